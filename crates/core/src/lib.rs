@@ -1,0 +1,27 @@
+//! # shepherd-core
+//!
+//! The vocabulary every other Shepherd crate speaks: what a task is
+//! ([`TaskSpec`], [`Task`], [`Attempt`]), the one lifecycle state machine
+//! that decides every transition ([`lifecycle`]), the validation that turns a
+//! user's request into a spec or a field-level error ([`validate`]), and
+//! placement constraints ([`constraint`]).
+//!
+//! Invariant: this crate does no I/O, has no async code and reads no clock.
+//! Times are passed in by the caller, so every function here is
+//! deterministic and unit-testable.
+
+pub mod constraint;
+pub mod lifecycle;
+pub mod state;
+pub mod task;
+pub mod time;
+pub mod validate;
+
+pub use constraint::{Constraint, ConstraintError, Operator};
+pub use lifecycle::{Decision, Event, IllegalTransition, LifecycleContext};
+pub use state::TaskState;
+pub use task::{
+    Attempt, AttemptOutcome, NewTask, Resources, RetryPolicy, Task, TaskId, TaskSpec,
+};
+pub use time::Timestamp;
+pub use validate::{validate, FieldError, Limits};

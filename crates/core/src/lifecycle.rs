@@ -1,0 +1,326 @@
+//! The one state machine that decides every task transition.
+//!
+//! Callers (the store, in practice) load a task's [`LifecycleContext`], ask
+//! [`decide`] what an [`Event`] does to it, and persist the [`Decision`] in the
+//! same transaction. Nothing else in Shepherd changes a task's state.
+
+use crate::{AttemptOutcome, TaskState};
+use std::time::Duration;
+
+/// What the state machine needs to know about a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LifecycleContext {
+    pub state: TaskState,
+    /// Number of the current (or last) attempt; 0 before the first.
+    pub attempt: u32,
+    /// Attempts that count against `max_attempts` (interrupted ones do not).
+    pub charged_attempts: u32,
+    pub max_attempts: u32,
+    /// The retry policy's base backoff.
+    pub backoff_seconds: u32,
+    pub cancel_requested: bool,
+}
+
+/// Something that happened to a task. Events about an attempt name it, so a
+/// late report about an attempt that was already given up is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The scheduler placed the task on a node.
+    Schedule { node_id: String },
+    /// The agent started the attempt.
+    Start { attempt: u32 },
+    /// The attempt exited with a code.
+    Exit { attempt: u32, code: i32 },
+    /// The attempt ran past the timeout and was stopped.
+    TimedOut { attempt: u32 },
+    /// The attempt could not be started.
+    StartFailed { attempt: u32, reason: String },
+    /// The attempt's node or agent went away.
+    Lost { attempt: u32, reason: String },
+    /// A clean agent shutdown stopped the attempt; it will run again.
+    Interrupted { attempt: u32 },
+    /// A user asked to cancel the task.
+    Cancel,
+    /// The agent stopped the attempt because the task was cancelled.
+    Cancelled { attempt: u32 },
+}
+
+/// What an event does to a task, for the store to persist.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// The new state (equal to the old one for a cancel request on a task
+    /// that is on a node: it stays there until the agent stops it).
+    pub to: TaskState,
+    /// Open this attempt number (on scheduling).
+    pub open_attempt: Option<u32>,
+    /// Close the current attempt with this outcome.
+    pub close_attempt: Option<AttemptOutcome>,
+    /// Whether the closed attempt counts against `max_attempts`.
+    pub charge_attempt: bool,
+    /// When going back to the queue: wait this long before placing again.
+    pub retry_after: Option<Duration>,
+    pub exit_code: Option<i32>,
+    pub reason: Option<String>,
+    /// Mark the task as cancel-requested.
+    pub request_cancel: bool,
+}
+
+impl Decision {
+    fn to(state: TaskState) -> Decision {
+        Decision {
+            to: state,
+            open_attempt: None,
+            close_attempt: None,
+            charge_attempt: false,
+            retry_after: None,
+            exit_code: None,
+            reason: None,
+            request_cancel: false,
+        }
+    }
+}
+
+/// An event that cannot apply to the task as it is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IllegalTransition {
+    #[error("task is {state}; `{event}` does not apply")]
+    WrongState { state: TaskState, event: &'static str },
+    #[error("report about attempt {reported}, but the current attempt is {current}")]
+    StaleAttempt { reported: u32, current: u32 },
+    #[error("task already ended as {0}")]
+    AlreadyTerminal(TaskState),
+}
+
+impl Event {
+    fn name(&self) -> &'static str {
+        match self {
+            Event::Schedule { .. } => "schedule",
+            Event::Start { .. } => "start",
+            Event::Exit { .. } => "exit",
+            Event::TimedOut { .. } => "timed_out",
+            Event::StartFailed { .. } => "start_failed",
+            Event::Lost { .. } => "lost",
+            Event::Interrupted { .. } => "interrupted",
+            Event::Cancel => "cancel",
+            Event::Cancelled { .. } => "cancelled",
+        }
+    }
+
+    fn attempt(&self) -> Option<u32> {
+        match self {
+            Event::Start { attempt }
+            | Event::Exit { attempt, .. }
+            | Event::TimedOut { attempt }
+            | Event::StartFailed { attempt, .. }
+            | Event::Lost { attempt, .. }
+            | Event::Interrupted { attempt }
+            | Event::Cancelled { attempt } => Some(*attempt),
+            Event::Schedule { .. } | Event::Cancel => None,
+        }
+    }
+}
+
+/// Decides what `event` does to a task in `ctx`.
+pub fn decide(ctx: &LifecycleContext, event: &Event) -> Result<Decision, IllegalTransition> {
+    use TaskState::*;
+    if ctx.state.is_terminal() {
+        return Err(IllegalTransition::AlreadyTerminal(ctx.state));
+    }
+    if let Some(reported) = event.attempt() {
+        if reported != ctx.attempt {
+            return Err(IllegalTransition::StaleAttempt { reported, current: ctx.attempt });
+        }
+    }
+    let on_node = matches!(ctx.state, Scheduled | Running);
+    let wrong = || IllegalTransition::WrongState { state: ctx.state, event: event.name() };
+    let decision = match event {
+        Event::Schedule { .. } if ctx.state == Queued => Decision {
+            open_attempt: Some(ctx.attempt + 1),
+            ..Decision::to(Scheduled)
+        },
+        Event::Start { .. } if ctx.state == Scheduled => Decision::to(Running),
+        Event::Exit { code: 0, .. } if ctx.state == Running => Decision {
+            close_attempt: Some(AttemptOutcome::Succeeded),
+            charge_attempt: true,
+            exit_code: Some(0),
+            ..Decision::to(Succeeded)
+        },
+        Event::Exit { code, .. } if ctx.state == Running => Decision {
+            exit_code: Some(*code),
+            ..retry_or_fail(ctx, AttemptOutcome::Failed, format!("exited with code {code}"))
+        },
+        Event::TimedOut { .. } if ctx.state == Running => Decision {
+            close_attempt: Some(AttemptOutcome::TimedOut),
+            charge_attempt: true,
+            reason: Some("timed out".to_string()),
+            ..Decision::to(TimedOut)
+        },
+        Event::StartFailed { reason, .. } if on_node => {
+            retry_or_fail(ctx, AttemptOutcome::StartFailed, reason.clone())
+        }
+        Event::Lost { .. } if on_node && ctx.cancel_requested => cancelled(AttemptOutcome::Lost),
+        Event::Lost { .. } if on_node => retry_or_fail(ctx, AttemptOutcome::Lost, "lost".to_string()),
+        Event::Interrupted { .. } if on_node && ctx.cancel_requested => {
+            cancelled(AttemptOutcome::Interrupted)
+        }
+        Event::Interrupted { .. } if on_node => Decision {
+            close_attempt: Some(AttemptOutcome::Interrupted),
+            ..Decision::to(Queued)
+        },
+        Event::Cancel if ctx.state == Queued => Decision {
+            reason: Some("cancelled by user".to_string()),
+            ..Decision::to(Cancelled)
+        },
+        Event::Cancel if on_node => Decision { request_cancel: true, ..Decision::to(ctx.state) },
+        Event::Cancelled { .. } if on_node => cancelled(AttemptOutcome::Cancelled),
+        _ => return Err(wrong()),
+    };
+    debug_assert!(decision.to == ctx.state || ctx.state.can_transition_to(decision.to));
+    Ok(decision)
+}
+
+fn cancelled(outcome: AttemptOutcome) -> Decision {
+    Decision {
+        close_attempt: Some(outcome),
+        charge_attempt: true,
+        reason: Some("cancelled by user".to_string()),
+        ..Decision::to(TaskState::Cancelled)
+    }
+}
+
+/// Back to the queue while attempts remain, else failed with `reason`.
+fn retry_or_fail(ctx: &LifecycleContext, outcome: AttemptOutcome, reason: String) -> Decision {
+    let charged = ctx.charged_attempts + 1;
+    let base = Decision {
+        close_attempt: Some(outcome),
+        charge_attempt: true,
+        reason: Some(reason),
+        ..Decision::to(TaskState::Failed)
+    };
+    if ctx.cancel_requested {
+        return cancelled(outcome);
+    }
+    if charged < ctx.max_attempts {
+        let policy = crate::RetryPolicy { max_attempts: ctx.max_attempts, backoff_seconds: ctx.backoff_seconds };
+        let wait = policy.backoff_before(ctx.attempt + 1);
+        Decision { to: TaskState::Queued, retry_after: Some(wait), ..base }
+    } else {
+        base
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use TaskState::*;
+
+    fn ctx(state: TaskState) -> LifecycleContext {
+        LifecycleContext { state, attempt: 1, charged_attempts: 0, max_attempts: 1, backoff_seconds: 5, cancel_requested: false }
+    }
+
+    fn all_events() -> Vec<Event> {
+        vec![
+            Event::Schedule { node_id: "n".into() },
+            Event::Start { attempt: 1 },
+            Event::Exit { attempt: 1, code: 0 },
+            Event::Exit { attempt: 1, code: 3 },
+            Event::TimedOut { attempt: 1 },
+            Event::StartFailed { attempt: 1, reason: "no such image".into() },
+            Event::Lost { attempt: 1, reason: "node down".into() },
+            Event::Interrupted { attempt: 1 },
+            Event::Cancel,
+            Event::Cancelled { attempt: 1 },
+        ]
+    }
+
+    #[test]
+    fn every_decision_is_a_legal_move() {
+        for state in TaskState::ALL {
+            for max_attempts in [1, 3] {
+                for cancel_requested in [false, true] {
+                    let c = LifecycleContext { max_attempts, cancel_requested, ..ctx(state) };
+                    for event in all_events() {
+                        if let Ok(d) = decide(&c, &event) {
+                            assert!(
+                                d.to == state || state.can_transition_to(d.to),
+                                "{state} --{event:?}--> {}",
+                                d.to
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn terminal_states_refuse_every_event() {
+        for state in TaskState::ALL.into_iter().filter(|s| s.is_terminal()) {
+            for event in all_events() {
+                assert_eq!(decide(&ctx(state), &event), Err(IllegalTransition::AlreadyTerminal(state)));
+            }
+        }
+    }
+
+    #[test]
+    fn the_happy_path() {
+        let d = decide(&LifecycleContext { attempt: 0, ..ctx(Queued) }, &Event::Schedule { node_id: "n".into() }).unwrap();
+        assert_eq!((d.to, d.open_attempt), (Scheduled, Some(1)));
+        assert_eq!(decide(&ctx(Scheduled), &Event::Start { attempt: 1 }).unwrap().to, Running);
+        let d = decide(&ctx(Running), &Event::Exit { attempt: 1, code: 0 }).unwrap();
+        assert_eq!((d.to, d.exit_code, d.close_attempt), (Succeeded, Some(0), Some(AttemptOutcome::Succeeded)));
+    }
+
+    #[test]
+    fn failures_retry_while_attempts_remain() {
+        let running = LifecycleContext { max_attempts: 2, ..ctx(Running) };
+        let d = decide(&running, &Event::Exit { attempt: 1, code: 1 }).unwrap();
+        assert_eq!((d.to, d.exit_code), (Queued, Some(1)));
+        assert!(d.retry_after.is_some());
+        let last = LifecycleContext { attempt: 2, charged_attempts: 1, ..running };
+        let d = decide(&last, &Event::Exit { attempt: 2, code: 1 }).unwrap();
+        assert_eq!(d.to, Failed);
+        assert_eq!(d.reason.as_deref(), Some("exited with code 1"));
+    }
+
+    #[test]
+    fn a_lost_attempt_is_retried_or_fails_with_reason_lost() {
+        let d = decide(&LifecycleContext { max_attempts: 2, ..ctx(Running) }, &Event::Lost { attempt: 1, reason: "x".into() }).unwrap();
+        assert_eq!(d.to, Queued);
+        let d = decide(&ctx(Scheduled), &Event::Lost { attempt: 1, reason: "x".into() }).unwrap();
+        assert_eq!((d.to, d.reason.as_deref()), (Failed, Some("lost")));
+    }
+
+    #[test]
+    fn interrupted_attempts_requeue_without_charge() {
+        let d = decide(&ctx(Running), &Event::Interrupted { attempt: 1 }).unwrap();
+        assert_eq!((d.to, d.charge_attempt), (Queued, false));
+    }
+
+    #[test]
+    fn cancel_ends_queued_tasks_and_flags_running_ones() {
+        assert_eq!(decide(&ctx(Queued), &Event::Cancel).unwrap().to, Cancelled);
+        let d = decide(&ctx(Running), &Event::Cancel).unwrap();
+        assert_eq!((d.to, d.request_cancel), (Running, true));
+        let flagged = LifecycleContext { cancel_requested: true, max_attempts: 5, ..ctx(Running) };
+        assert_eq!(decide(&flagged, &Event::Cancelled { attempt: 1 }).unwrap().to, Cancelled);
+        assert_eq!(decide(&flagged, &Event::Exit { attempt: 1, code: 137 }).unwrap().to, Cancelled);
+        assert_eq!(decide(&flagged, &Event::Lost { attempt: 1, reason: "x".into() }).unwrap().to, Cancelled);
+    }
+
+    #[test]
+    fn stale_attempt_reports_are_refused() {
+        let c = LifecycleContext { attempt: 2, ..ctx(Running) };
+        assert_eq!(
+            decide(&c, &Event::Exit { attempt: 1, code: 0 }),
+            Err(IllegalTransition::StaleAttempt { reported: 1, current: 2 })
+        );
+    }
+
+    #[test]
+    fn events_out_of_order_are_illegal() {
+        assert!(matches!(decide(&ctx(Queued), &Event::Start { attempt: 1 }), Err(IllegalTransition::WrongState { .. })));
+        assert!(matches!(decide(&ctx(Scheduled), &Event::Exit { attempt: 1, code: 0 }), Err(IllegalTransition::WrongState { .. })));
+        assert!(matches!(decide(&ctx(Running), &Event::Schedule { node_id: "n".into() }), Err(IllegalTransition::WrongState { .. })));
+    }
+}

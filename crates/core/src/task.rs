@@ -1,0 +1,293 @@
+//! The task model: what a user submits ([`TaskSpec`]), what Shepherd stores
+//! ([`NewTask`]) and what it reports back ([`Task`], [`Attempt`]).
+
+use crate::{TaskState, Timestamp};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+/// A task's id: a ULID, so ids sort by creation time and are unique without
+/// coordination between servers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TaskId(pub ulid::Ulid);
+
+impl TaskId {
+    /// A fresh id, ordered after every id made earlier by this process.
+    pub fn generate(generator: &mut ulid::Generator, now: Timestamp) -> TaskId {
+        let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(now.millis().max(0) as u64);
+        match generator.generate_from_datetime(time) {
+            Ok(id) => TaskId(id),
+            // The random part overflowed within one millisecond: take a fresh one.
+            Err(_) => TaskId(ulid::Ulid::from_datetime(time)),
+        }
+    }
+}
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl FromStr for TaskId {
+    type Err = ulid::DecodeError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ulid::Ulid::from_string(s).map(TaskId)
+    }
+}
+
+impl Serialize for TaskId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for TaskId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// CPU and memory a task reserves on its node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    /// Thousandths of a CPU core (1000 = one core).
+    #[serde(default = "Resources::default_cpu")]
+    pub cpu_millicores: u32,
+    /// Memory in MiB.
+    #[serde(default = "Resources::default_memory")]
+    pub memory_mib: u32,
+}
+
+impl Resources {
+    fn default_cpu() -> u32 {
+        100
+    }
+    fn default_memory() -> u32 {
+        128
+    }
+}
+
+impl Default for Resources {
+    fn default() -> Self {
+        Resources { cpu_millicores: Self::default_cpu(), memory_mib: Self::default_memory() }
+    }
+}
+
+/// How often a failed or lost task is tried again, and how long to wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included (1 = never retry).
+    #[serde(default = "RetryPolicy::default_attempts")]
+    pub max_attempts: u32,
+    /// Wait before the second attempt; doubles for each later one, capped at an hour.
+    #[serde(default = "RetryPolicy::default_backoff")]
+    pub backoff_seconds: u32,
+}
+
+impl RetryPolicy {
+    fn default_attempts() -> u32 {
+        1
+    }
+    fn default_backoff() -> u32 {
+        5
+    }
+
+    /// The wait before attempt number `next_attempt` (2 for the first retry).
+    pub fn backoff_before(&self, next_attempt: u32) -> std::time::Duration {
+        let doublings = next_attempt.saturating_sub(2).min(20);
+        let seconds = u64::from(self.backoff_seconds).saturating_mul(1 << doublings).min(3600);
+        std::time::Duration::from_secs(seconds)
+    }
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy { max_attempts: Self::default_attempts(), backoff_seconds: Self::default_backoff() }
+    }
+}
+
+/// A task as a user submits it: the body of `POST /v1/tasks`.
+///
+/// Unknown fields are rejected so that a typo never silently drops a setting.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TaskSpec {
+    /// The container image. With the `process` driver it is only recorded.
+    pub image: String,
+    /// The command and its arguments (argv). Empty: the image's default.
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// Environment variables for the task.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Opaque input, base64-encoded, at most 1 MiB decoded. The task finds it
+    /// in the file named by `$SHEPHERD_PAYLOAD_FILE`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<String>,
+    /// CPU and memory reserved for the task.
+    #[serde(default)]
+    pub resources: Resources,
+    /// Seconds the task may run before it is stopped (default 3600, at most 604800).
+    #[serde(default = "TaskSpec::default_timeout")]
+    pub timeout_seconds: u32,
+    /// Higher runs first; equal priorities run in submission order.
+    #[serde(default)]
+    pub priority: i32,
+    /// Retry policy for failed or lost attempts.
+    #[serde(default)]
+    pub retry: RetryPolicy,
+    /// Free-form labels, filterable with `GET /v1/tasks?label=key=value`.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Placement constraints, e.g. `node.labels.region==eu`.
+    #[serde(default)]
+    pub constraints: Vec<String>,
+    /// The project (tenant) the task belongs to.
+    #[serde(default = "TaskSpec::default_project")]
+    pub project: String,
+}
+
+impl TaskSpec {
+    /// The default timeout: one hour.
+    pub fn default_timeout() -> u32 {
+        3600
+    }
+    /// The project a task lands in when it names none.
+    pub fn default_project() -> String {
+        "default".to_string()
+    }
+
+    /// A minimal spec: the image and command, every other field defaulted.
+    pub fn new(image: impl Into<String>, command: Vec<String>) -> TaskSpec {
+        TaskSpec {
+            image: image.into(),
+            command,
+            env: BTreeMap::new(),
+            payload: None,
+            resources: Resources::default(),
+            timeout_seconds: Self::default_timeout(),
+            priority: 0,
+            retry: RetryPolicy::default(),
+            labels: BTreeMap::new(),
+            constraints: Vec::new(),
+            project: Self::default_project(),
+        }
+    }
+}
+
+/// A validated task ready to be stored: the spec with its payload decoded,
+/// stripped from the spec, and given an id and a creation time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewTask {
+    pub id: TaskId,
+    pub created_at: Timestamp,
+    /// The spec, with `payload` set to `None`: the bytes live in `payload`.
+    pub spec: TaskSpec,
+    pub payload: Option<Vec<u8>>,
+}
+
+/// How one attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptOutcome {
+    Succeeded,
+    /// Exited non-zero.
+    Failed,
+    /// Could not be started (bad command, missing image).
+    StartFailed,
+    TimedOut,
+    Cancelled,
+    /// Its node or agent went away while it was scheduled or running.
+    Lost,
+    /// Stopped by a clean agent shutdown; does not count against retries.
+    Interrupted,
+}
+
+impl AttemptOutcome {
+    /// The stable snake_case name used in the store.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptOutcome::Succeeded => "succeeded",
+            AttemptOutcome::Failed => "failed",
+            AttemptOutcome::StartFailed => "start_failed",
+            AttemptOutcome::TimedOut => "timed_out",
+            AttemptOutcome::Cancelled => "cancelled",
+            AttemptOutcome::Lost => "lost",
+            AttemptOutcome::Interrupted => "interrupted",
+        }
+    }
+
+    /// Parses [`AttemptOutcome::as_str`]'s names.
+    pub fn parse(name: &str) -> Option<AttemptOutcome> {
+        [
+            AttemptOutcome::Succeeded,
+            AttemptOutcome::Failed,
+            AttemptOutcome::StartFailed,
+            AttemptOutcome::TimedOut,
+            AttemptOutcome::Cancelled,
+            AttemptOutcome::Lost,
+            AttemptOutcome::Interrupted,
+        ]
+        .into_iter()
+        .find(|o| o.as_str() == name)
+    }
+}
+
+/// One try at running a task on a node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Attempt {
+    /// 1 for the first attempt.
+    pub number: u32,
+    pub node_id: String,
+    #[schema(value_type = String, format = DateTime)]
+    pub scheduled_at: Timestamp,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub started_at: Option<Timestamp>,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub finished_at: Option<Timestamp>,
+    /// `None` while the attempt is in progress.
+    pub outcome: Option<AttemptOutcome>,
+    pub exit_code: Option<i32>,
+    pub reason: Option<String>,
+}
+
+/// A task as Shepherd reports it: `GET /v1/tasks/{id}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Task {
+    #[schema(value_type = String, example = "01JDQ4V6Z5M7T8X9Y0A1B2C3D4")]
+    pub id: TaskId,
+    pub state: TaskState,
+    pub image: String,
+    pub command: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    /// Size of the payload in bytes (the bytes themselves are only given to the task).
+    pub payload_bytes: u64,
+    pub resources: Resources,
+    pub timeout_seconds: u32,
+    pub priority: i32,
+    pub retry: RetryPolicy,
+    pub labels: BTreeMap<String, String>,
+    pub constraints: Vec<String>,
+    pub project: String,
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: Timestamp,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub scheduled_at: Option<Timestamp>,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub started_at: Option<Timestamp>,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub finished_at: Option<Timestamp>,
+    /// The node of the current or last attempt.
+    pub node_id: Option<String>,
+    pub exit_code: Option<i32>,
+    /// Why the task failed, or why it waits.
+    pub reason: Option<String>,
+    /// Set once a user asked to cancel a task that was already on a node.
+    pub cancel_requested: bool,
+    pub attempts: Vec<Attempt>,
+}

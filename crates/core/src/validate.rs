@@ -1,0 +1,206 @@
+//! Turns a user's [`TaskSpec`] into a [`NewTask`], or a [`FieldError`] that
+//! names the offending field and says what would be accepted.
+
+use crate::{Constraint, NewTask, TaskId, TaskSpec, Timestamp};
+use base64::Engine;
+
+/// The bounds a spec must stay within.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_payload_bytes: usize,
+    pub max_timeout_seconds: u32,
+    pub max_cpu_millicores: u32,
+    pub max_memory_mib: u32,
+    pub max_batch: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_payload_bytes: 1024 * 1024,
+            max_timeout_seconds: 7 * 24 * 3600,
+            max_cpu_millicores: 256_000,
+            max_memory_mib: 4 * 1024 * 1024,
+            max_batch: 10_000,
+        }
+    }
+}
+
+/// A field of a request that is not acceptable, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct FieldError {
+    /// Path of the field in the request body, e.g. `tasks[3].resources.cpu_millicores`.
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    /// An error about `field`.
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> FieldError {
+        FieldError { field: field.into(), message: message.into() }
+    }
+
+    /// The same error under a prefix, for specs nested in a batch.
+    pub fn within(self, prefix: &str) -> FieldError {
+        if prefix.is_empty() {
+            self
+        } else {
+            FieldError { field: format!("{prefix}.{}", self.field), ..self }
+        }
+    }
+}
+
+fn check(ok: bool, field: &str, message: impl FnOnce() -> String) -> Result<(), FieldError> {
+    if ok {
+        Ok(())
+    } else {
+        Err(FieldError::new(field, message()))
+    }
+}
+
+fn is_label_key(key: &str) -> bool {
+    !key.is_empty()
+        && key.len() <= 63
+        && key.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/'))
+}
+
+fn is_env_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Checks a spec and prepares it for storage.
+pub fn validate(
+    mut spec: TaskSpec,
+    limits: &Limits,
+    id: TaskId,
+    now: Timestamp,
+) -> Result<NewTask, FieldError> {
+    check(!spec.image.trim().is_empty(), "image", || "is required and must not be empty".into())?;
+    check(spec.image.len() <= 255 && !spec.image.contains(char::is_whitespace), "image", || {
+        "must be an image reference without spaces, at most 255 characters".into()
+    })?;
+    check(spec.command.len() <= 1024, "command", || "at most 1024 arguments".into())?;
+    let command_bytes: usize = spec.command.iter().map(String::len).sum();
+    check(command_bytes <= 256 * 1024, "command", || "at most 256 KiB in all".into())?;
+    check(spec.env.len() <= 256, "env", || "at most 256 variables".into())?;
+    for (name, value) in &spec.env {
+        check(is_env_name(name), "env", || {
+            format!("`{name}` is not a valid variable name (letters, digits, _; not starting with a digit)")
+        })?;
+        check(!name.starts_with("SHEPHERD_"), "env", || format!("`{name}`: the SHEPHERD_ prefix is reserved"))?;
+        check(value.len() <= 64 * 1024, "env", || format!("`{name}`: value over 64 KiB"))?;
+    }
+    let payload = match spec.payload.take() {
+        None => None,
+        Some(encoded) => {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(encoded.as_bytes())
+                .map_err(|e| FieldError::new("payload", format!("must be base64: {e}")))?;
+            check(bytes.len() <= limits.max_payload_bytes, "payload", || {
+                format!("{} bytes is over the limit of {} bytes", bytes.len(), limits.max_payload_bytes)
+            })?;
+            Some(bytes)
+        }
+    };
+    let r = spec.resources;
+    check((1..=limits.max_cpu_millicores).contains(&r.cpu_millicores), "resources.cpu_millicores", || {
+        format!("must be between 1 and {}", limits.max_cpu_millicores)
+    })?;
+    check((4..=limits.max_memory_mib).contains(&r.memory_mib), "resources.memory_mib", || {
+        format!("must be between 4 and {}", limits.max_memory_mib)
+    })?;
+    check((1..=limits.max_timeout_seconds).contains(&spec.timeout_seconds), "timeout_seconds", || {
+        format!("must be between 1 and {}", limits.max_timeout_seconds)
+    })?;
+    check((-1000..=1000).contains(&spec.priority), "priority", || "must be between -1000 and 1000".into())?;
+    check((1..=100).contains(&spec.retry.max_attempts), "retry.max_attempts", || {
+        "must be between 1 and 100".into()
+    })?;
+    check(spec.retry.backoff_seconds <= 3600, "retry.backoff_seconds", || "at most 3600".into())?;
+    check(spec.labels.len() <= 64, "labels", || "at most 64 labels".into())?;
+    for (key, value) in &spec.labels {
+        check(is_label_key(key), "labels", || {
+            format!("`{key}` is not a valid key (1-63 of letters, digits, . _ - /)")
+        })?;
+        check(value.len() <= 255, "labels", || format!("`{key}`: value over 255 characters"))?;
+    }
+    check(spec.constraints.len() <= 32, "constraints", || "at most 32 constraints".into())?;
+    for (index, text) in spec.constraints.iter().enumerate() {
+        Constraint::parse(text).map_err(|e| FieldError::new(format!("constraints[{index}]"), e.to_string()))?;
+    }
+    let project_ok = spec.project.len() <= 63
+        && spec.project.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && spec.project.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    check(project_ok, "project", || "1-63 of lower-case letters, digits, - and _".into())?;
+    Ok(NewTask { id, created_at: now, spec, payload })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(spec: TaskSpec) -> Result<NewTask, FieldError> {
+        validate(spec, &Limits::default(), TaskId(ulid::Ulid::nil()), Timestamp(0))
+    }
+
+    fn field_of(spec: TaskSpec) -> String {
+        ok(spec).expect_err("should be rejected").field
+    }
+
+    fn base() -> TaskSpec {
+        TaskSpec::new("busybox", vec!["true".into()])
+    }
+
+    #[test]
+    fn a_minimal_spec_is_accepted_with_defaults() {
+        let task = ok(base()).unwrap();
+        assert_eq!(task.spec.timeout_seconds, 3600);
+        assert_eq!(task.spec.project, "default");
+        assert!(task.payload.is_none());
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        assert_eq!(field_of(TaskSpec { image: " ".into(), ..base() }), "image");
+        let mut s = base();
+        s.resources.cpu_millicores = 0;
+        assert_eq!(field_of(s), "resources.cpu_millicores");
+        let mut s = base();
+        s.resources.memory_mib = u32::MAX;
+        assert_eq!(field_of(s), "resources.memory_mib");
+        assert_eq!(field_of(TaskSpec { timeout_seconds: 0, ..base() }), "timeout_seconds");
+        assert_eq!(field_of(TaskSpec { priority: 5000, ..base() }), "priority");
+        assert_eq!(field_of(TaskSpec { project: "Bad Name".into(), ..base() }), "project");
+        assert_eq!(field_of(TaskSpec { constraints: vec!["x".into()], ..base() }), "constraints[0]");
+        assert_eq!(field_of(TaskSpec { payload: Some("!!".into()), ..base() }), "payload");
+        let mut s = base();
+        s.env.insert("1BAD".into(), "x".into());
+        assert_eq!(field_of(s), "env");
+        let mut s = base();
+        s.labels.insert("".into(), "x".into());
+        assert_eq!(field_of(s), "labels");
+        let mut s = base();
+        s.retry.max_attempts = 0;
+        assert_eq!(field_of(s), "retry.max_attempts");
+    }
+
+    #[test]
+    fn payload_is_decoded_and_bounded() {
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let task = ok(TaskSpec { payload: Some(b64.encode(b"hello")), ..base() }).unwrap();
+        assert_eq!(task.payload.as_deref(), Some(&b"hello"[..]));
+        assert!(task.spec.payload.is_none());
+        let big = vec![0u8; 1024 * 1024 + 1];
+        let err = ok(TaskSpec { payload: Some(b64.encode(&big)), ..base() }).unwrap_err();
+        assert_eq!(err.field, "payload");
+        assert!(ok(TaskSpec { payload: Some(b64.encode(&big[1..])), ..base() }).is_ok());
+    }
+
+    #[test]
+    fn within_prefixes_batch_fields() {
+        assert_eq!(FieldError::new("image", "x").within("tasks[3]").field, "tasks[3].image");
+    }
+}
