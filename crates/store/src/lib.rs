@@ -1,1 +1,81 @@
+//! # shepherd-store
+//!
+//! Shepherd's durable state behind one trait, [`Store`]: tasks and their
+//! attempts, task logs, and nodes. The embedded implementation,
+//! [`SqliteStore`], keeps everything in one SQLite database in WAL mode.
+//!
+//! Invariants:
+//! - A write is on disk (committed) before its future resolves, so a caller
+//!   may acknowledge it to a user.
+//! - Every change of a task's state goes through [`shepherd_core::lifecycle::decide`]
+//!   inside the transaction that persists it ([`Store::apply`]); the store
+//!   never writes a state of its own accord.
+//! - The SQL is kept portable (no SQLite-only syntax in queries) so a
+//!   PostgreSQL implementation can share the semantics.
 
+mod model;
+pub mod sqlite;
+
+pub use model::*;
+pub use sqlite::{SqliteStore, SqliteOptions, Synchronous};
+
+use async_trait::async_trait;
+use shepherd_core::{Event, NewTask, Task, TaskId, Timestamp};
+
+/// Failures of the store itself (not of the request it was given).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] rusqlite::Error),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("a task with id {0} already exists")]
+    Duplicate(TaskId),
+    #[error("the store is shut down")]
+    Closed,
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Shepherd's durable state. Implementations: [`SqliteStore`] (embedded);
+/// PostgreSQL later, with the same semantics.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Stores new tasks in one transaction: all of them or none.
+    async fn create_tasks(&self, tasks: Vec<NewTask>) -> Result<(), StoreError>;
+
+    /// One task with its attempts.
+    async fn get_task(&self, id: TaskId) -> Result<Option<Task>, StoreError>;
+
+    /// A page of tasks, newest first.
+    async fn list_tasks(&self, filter: TaskFilter) -> Result<TaskPage, StoreError>;
+
+    /// Applies lifecycle events, each through the state machine, in one
+    /// transaction. Each event succeeds or is refused on its own.
+    async fn apply(&self, events: Vec<(TaskId, Event)>, now: Timestamp) -> Result<Vec<ApplyResult>, StoreError>;
+
+    /// Queued tasks ready to place (past their retry backoff), highest
+    /// priority first, oldest first within a priority.
+    async fn queued_tasks(&self, now: Timestamp, limit: usize) -> Result<Vec<QueuedTask>, StoreError>;
+
+    /// Tasks that hold a place on a node (scheduled or running).
+    async fn active_tasks(&self) -> Result<Vec<ActiveTask>, StoreError>;
+
+    /// What an agent needs to run one attempt of a task.
+    async fn launch_spec(&self, id: TaskId) -> Result<Option<LaunchSpec>, StoreError>;
+
+    /// Appends log chunks.
+    async fn append_logs(&self, chunks: Vec<LogChunk>) -> Result<(), StoreError>;
+
+    /// Log chunks of a task after `after` (a chunk's `seq`), oldest first.
+    async fn read_logs(&self, id: TaskId, after: i64, limit: usize) -> Result<Vec<StoredLogChunk>, StoreError>;
+
+    /// Registers a node or updates it.
+    async fn upsert_node(&self, node: NodeRecord) -> Result<(), StoreError>;
+
+    /// All known nodes.
+    async fn list_nodes(&self) -> Result<Vec<NodeRecord>, StoreError>;
+
+    /// Counts of tasks per state.
+    async fn count_by_state(&self) -> Result<Vec<(shepherd_core::TaskState, u64)>, StoreError>;
+}

@@ -1,0 +1,164 @@
+//! The records the store takes and returns.
+
+use shepherd_core::{Decision, IllegalTransition, Resources, TaskId, TaskSpec, TaskState, Timestamp};
+use std::collections::BTreeMap;
+
+/// Which tasks `list_tasks` returns.
+#[derive(Debug, Clone, Default)]
+pub struct TaskFilter {
+    pub states: Vec<TaskState>,
+    pub project: Option<String>,
+    /// Every (key, value) must match.
+    pub labels: Vec<(String, String)>,
+    /// Only tasks older than this id (the previous page's `next_cursor`).
+    pub before: Option<TaskId>,
+    pub limit: usize,
+}
+
+/// A page of tasks and where the next one starts.
+#[derive(Debug, Clone)]
+pub struct TaskPage {
+    pub tasks: Vec<shepherd_core::Task>,
+    pub next_cursor: Option<TaskId>,
+}
+
+/// What one event did.
+pub type ApplyResult = Result<Applied, ApplyError>;
+
+/// A persisted transition.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    pub task_id: TaskId,
+    pub from: TaskState,
+    pub decision: Decision,
+    /// The task's current attempt number after the change.
+    pub attempt: u32,
+    /// The node of the current attempt, if any.
+    pub node_id: Option<String>,
+}
+
+/// Why an event was not applied.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ApplyError {
+    #[error("no task with id {0}")]
+    NotFound(TaskId),
+    #[error(transparent)]
+    Illegal(#[from] IllegalTransition),
+}
+
+/// A queued task as the scheduler sees it.
+#[derive(Debug, Clone)]
+pub struct QueuedTask {
+    pub id: TaskId,
+    pub project: String,
+    pub priority: i32,
+    pub resources: Resources,
+    pub constraints: Vec<String>,
+}
+
+/// A task that holds a place on a node.
+#[derive(Debug, Clone)]
+pub struct ActiveTask {
+    pub id: TaskId,
+    pub state: TaskState,
+    pub node_id: String,
+    pub attempt: u32,
+    pub resources: Resources,
+    pub cancel_requested: bool,
+}
+
+/// Everything a driver needs to start an attempt.
+#[derive(Debug, Clone)]
+pub struct LaunchSpec {
+    pub id: TaskId,
+    pub state: TaskState,
+    pub attempt: u32,
+    pub node_id: Option<String>,
+    pub cancel_requested: bool,
+    pub spec: TaskSpec,
+    pub payload: Option<Vec<u8>>,
+}
+
+/// Which output stream a log chunk came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogStream {
+    Stdout = 1,
+    Stderr = 2,
+    /// Lines written by Shepherd itself (e.g. the truncation notice).
+    System = 3,
+}
+
+impl LogStream {
+    /// From the stored number.
+    pub fn from_code(code: i64) -> LogStream {
+        match code {
+            1 => LogStream::Stdout,
+            2 => LogStream::Stderr,
+            _ => LogStream::System,
+        }
+    }
+    /// The name used in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogStream::Stdout => "stdout",
+            LogStream::Stderr => "stderr",
+            LogStream::System => "system",
+        }
+    }
+}
+
+/// Output to append to a task's log.
+#[derive(Debug, Clone)]
+pub struct LogChunk {
+    pub task_id: TaskId,
+    pub attempt: u32,
+    pub stream: LogStream,
+    pub data: Vec<u8>,
+}
+
+/// A stored log chunk, with its position.
+#[derive(Debug, Clone)]
+pub struct StoredLogChunk {
+    /// Increases with every chunk appended; pass it back as `after`.
+    pub seq: i64,
+    pub attempt: u32,
+    pub stream: LogStream,
+    pub data: Vec<u8>,
+}
+
+/// Health of a node as the cluster sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeState {
+    Ready,
+    Draining,
+    Down,
+}
+
+impl NodeState {
+    /// The stable name used in the API and the store.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeState::Ready => "ready",
+            NodeState::Draining => "draining",
+            NodeState::Down => "down",
+        }
+    }
+    /// Parses [`NodeState::as_str`]'s names.
+    pub fn parse(name: &str) -> Option<NodeState> {
+        [NodeState::Ready, NodeState::Draining, NodeState::Down].into_iter().find(|s| s.as_str() == name)
+    }
+}
+
+/// A node: a host with an agent and a driver.
+#[derive(Debug, Clone)]
+pub struct NodeRecord {
+    pub id: String,
+    pub hostname: String,
+    pub state: NodeState,
+    pub driver: String,
+    pub capacity: Resources,
+    pub max_tasks: u32,
+    pub labels: BTreeMap<String, String>,
+    pub registered_at: Timestamp,
+    pub last_heartbeat_at: Timestamp,
+}

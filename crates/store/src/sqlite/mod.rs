@@ -1,0 +1,367 @@
+//! The embedded store: one SQLite database file in WAL mode.
+//!
+//! Writes go to a single writer thread that batches them into group
+//! commits ([`writer`]); reads use a small pool of read-only connections,
+//! which WAL lets run alongside the writer.
+
+mod rows;
+mod schema;
+pub mod writer;
+
+use crate::*;
+use rusqlite::{params_from_iter, Connection, OpenFlags};
+use shepherd_core::{NewTask, Resources, Task, TaskId, TaskState, Timestamp};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use tokio::sync::oneshot;
+use writer::WriteOp;
+
+/// How hard SQLite works to survive power loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Synchronous {
+    /// fsync the WAL at every commit: survives power loss. The default.
+    Full,
+    /// fsync only at checkpoints: survives a process crash (SIGKILL), may
+    /// lose the last commits on power loss.
+    Normal,
+}
+
+/// Settings for [`SqliteStore::open`].
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    pub synchronous: Synchronous,
+    pub readers: usize,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        SqliteOptions { synchronous: Synchronous::Full, readers: 4 }
+    }
+}
+
+/// The embedded SQLite implementation of [`Store`].
+pub struct SqliteStore {
+    path: PathBuf,
+    writes: Mutex<Option<mpsc::Sender<WriteOp>>>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    readers: Arc<Vec<Mutex<Connection>>>,
+    next_reader: AtomicUsize,
+}
+
+/// Opens a connection with the pragmas every Shepherd connection uses.
+pub fn open_connection(path: &Path, synchronous: Synchronous, read_only: bool) -> rusqlite::Result<Connection> {
+    let flags = if read_only {
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    };
+    let conn = Connection::open_with_flags(path, flags)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    if !read_only {
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+    }
+    let sync = match synchronous {
+        Synchronous::Full => "FULL",
+        Synchronous::Normal => "NORMAL",
+    };
+    conn.pragma_update(None, "synchronous", sync)?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+/// Creates the schema in a fresh database (used by the ingest benchmark's baseline).
+pub fn create_schema(conn: &mut Connection) -> rusqlite::Result<usize> {
+    schema::migrate(conn)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and migrates it.
+    pub fn open(path: impl AsRef<Path>, options: SqliteOptions) -> Result<SqliteStore, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let mut conn = open_connection(&path, options.synchronous, false)?;
+        let version = schema::migrate(&mut conn)?;
+        tracing::info!(path = %path.display(), schema_version = version, "opened SQLite store");
+        let readers = (0..options.readers.max(1))
+            .map(|_| open_connection(&path, options.synchronous, true).map(Mutex::new))
+            .collect::<Result<Vec<_>, _>>()?;
+        let (tx, rx) = mpsc::channel();
+        let writer = std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || writer::run(conn, rx))?;
+        Ok(SqliteStore {
+            path,
+            writes: Mutex::new(Some(tx)),
+            writer: Mutex::new(Some(writer)),
+            readers: Arc::new(readers),
+            next_reader: AtomicUsize::new(0),
+        })
+    }
+
+    /// Where the database lives.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Stops the writer after the writes already queued, and waits for it.
+    pub fn close(&self) {
+        if let Ok(mut writes) = self.writes.lock() {
+            writes.take();
+        }
+        let handle = self.writer.lock().ok().and_then(|mut w| w.take());
+        if let Some(handle) = handle {
+            let _ = handle.join();
+        }
+    }
+
+    async fn write<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> WriteOp) -> Result<T, StoreError> {
+        let (reply, result) = oneshot::channel();
+        {
+            let writes = self.writes.lock().map_err(|_| StoreError::Closed)?;
+            let sender = writes.as_ref().ok_or(StoreError::Closed)?;
+            sender.send(make(reply)).map_err(|_| StoreError::Closed)?;
+        }
+        result.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        query: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let readers = self.readers.clone();
+        let index = self.next_reader.fetch_add(1, Ordering::Relaxed) % readers.len();
+        tokio::task::spawn_blocking(move || {
+            let conn = readers[index].lock().map_err(|_| StoreError::Closed)?;
+            query(&conn)
+        })
+        .await
+        .map_err(|_| StoreError::Closed)?
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn parse_json_list(text: Option<String>) -> Result<Vec<String>, StoreError> {
+    match text {
+        None => Ok(Vec::new()),
+        Some(text) => serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(format!("constraints: {e}"))),
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for SqliteStore {
+    async fn create_tasks(&self, tasks: Vec<NewTask>) -> Result<(), StoreError> {
+        self.write(|reply| WriteOp::Create(tasks, reply)).await
+    }
+
+    async fn get_task(&self, id: TaskId) -> Result<Option<Task>, StoreError> {
+        self.read(move |conn| rows::get_task(conn, id)).await
+    }
+
+    async fn list_tasks(&self, filter: TaskFilter) -> Result<TaskPage, StoreError> {
+        self.read(move |conn| {
+            let mut sql = format!("SELECT {} FROM tasks WHERE 1 = 1", rows::TASK_COLUMNS);
+            let mut args: Vec<String> = Vec::new();
+            if !filter.states.is_empty() {
+                let marks: Vec<String> = filter
+                    .states
+                    .iter()
+                    .map(|state| {
+                        args.push(state.as_str().to_string());
+                        format!("?{}", args.len())
+                    })
+                    .collect();
+                sql.push_str(&format!(" AND state IN ({})", marks.join(", ")));
+            }
+            if let Some(project) = &filter.project {
+                args.push(project.clone());
+                sql.push_str(&format!(" AND project = ?{}", args.len()));
+            }
+            for (key, value) in &filter.labels {
+                args.push(key.clone());
+                args.push(value.clone());
+                sql.push_str(&format!(
+                    " AND id IN (SELECT task_id FROM task_labels WHERE key = ?{} AND value = ?{})",
+                    args.len() - 1,
+                    args.len()
+                ));
+            }
+            if let Some(before) = filter.before {
+                args.push(before.to_string());
+                sql.push_str(&format!(" AND id < ?{}", args.len()));
+            }
+            let limit = filter.limit.clamp(1, 10_000);
+            sql.push_str(&format!(" ORDER BY id DESC LIMIT {}", limit + 1));
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let mut rows = stmt.query(params_from_iter(args.iter()))?;
+            let mut tasks = Vec::new();
+            while let Some(row) = rows.next()? {
+                tasks.push(rows::task_from_row(row)?);
+            }
+            let next_cursor = if tasks.len() > limit {
+                tasks.truncate(limit);
+                tasks.last().map(|t| t.id)
+            } else {
+                None
+            };
+            for task in &mut tasks {
+                rows::load_attempts(conn, task)?;
+            }
+            Ok(TaskPage { tasks, next_cursor })
+        })
+        .await
+    }
+
+    async fn apply(&self, events: Vec<(TaskId, shepherd_core::Event)>, now: Timestamp) -> Result<Vec<ApplyResult>, StoreError> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.write(|reply| WriteOp::Apply(events, now, reply)).await
+    }
+
+    async fn queued_tasks(&self, now: Timestamp, limit: usize) -> Result<Vec<QueuedTask>, StoreError> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, project, priority, cpu_millicores, memory_mib, constraints FROM tasks \
+                 WHERE state = 'queued' AND not_before <= ?1 ORDER BY priority DESC, id LIMIT ?2",
+            )?;
+            let mut rows = stmt.query(rusqlite::params![now.millis(), limit as i64])?;
+            let mut queued = Vec::new();
+            while let Some(row) = rows.next()? {
+                queued.push(QueuedTask {
+                    id: rows::parse_id(&row.get::<_, String>(0)?)?,
+                    project: row.get(1)?,
+                    priority: row.get(2)?,
+                    resources: Resources { cpu_millicores: row.get(3)?, memory_mib: row.get(4)? },
+                    constraints: parse_json_list(row.get(5)?)?,
+                });
+            }
+            Ok(queued)
+        })
+        .await
+    }
+
+    async fn active_tasks(&self) -> Result<Vec<ActiveTask>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, state, node_id, attempt, cpu_millicores, memory_mib, cancel_requested FROM tasks \
+                 WHERE state IN ('scheduled', 'running')",
+            )?;
+            let mut rows = stmt.query([])?;
+            let mut active = Vec::new();
+            while let Some(row) = rows.next()? {
+                active.push(ActiveTask {
+                    id: rows::parse_id(&row.get::<_, String>(0)?)?,
+                    state: rows::parse_state(&row.get::<_, String>(1)?)?,
+                    node_id: row.get::<_, Option<String>>(2)?.unwrap_or_default(),
+                    attempt: row.get(3)?,
+                    resources: Resources { cpu_millicores: row.get(4)?, memory_mib: row.get(5)? },
+                    cancel_requested: row.get::<_, i64>(6)? != 0,
+                });
+            }
+            Ok(active)
+        })
+        .await
+    }
+
+    async fn launch_spec(&self, id: TaskId) -> Result<Option<LaunchSpec>, StoreError> {
+        self.read(move |conn| {
+            use rusqlite::OptionalExtension;
+            let mut stmt = conn.prepare_cached(
+                "SELECT state, attempt, node_id, cancel_requested, spec, payload FROM tasks WHERE id = ?1",
+            )?;
+            let row = stmt
+                .query_row([id.to_string()], |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, u32>(1)?,
+                        row.get::<_, Option<String>>(2)?,
+                        row.get::<_, i64>(3)? != 0,
+                        row.get::<_, String>(4)?,
+                        row.get::<_, Option<Vec<u8>>>(5)?,
+                    ))
+                })
+                .optional()?;
+            let Some((state, attempt, node_id, cancel_requested, spec, payload)) = row else {
+                return Ok(None);
+            };
+            Ok(Some(LaunchSpec {
+                id,
+                state: rows::parse_state(&state)?,
+                attempt,
+                node_id,
+                cancel_requested,
+                spec: serde_json::from_str(&spec).map_err(|e| StoreError::Corrupt(format!("spec: {e}")))?,
+                payload,
+            }))
+        })
+        .await
+    }
+
+    async fn append_logs(&self, chunks: Vec<LogChunk>) -> Result<(), StoreError> {
+        if chunks.is_empty() {
+            return Ok(());
+        }
+        self.write(|reply| WriteOp::AppendLogs(chunks, reply)).await
+    }
+
+    async fn read_logs(&self, id: TaskId, after: i64, limit: usize) -> Result<Vec<StoredLogChunk>, StoreError> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT seq, attempt, stream, data FROM task_logs WHERE task_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+            )?;
+            let mut rows = stmt.query(rusqlite::params![id.to_string(), after, limit as i64])?;
+            let mut chunks = Vec::new();
+            while let Some(row) = rows.next()? {
+                chunks.push(StoredLogChunk {
+                    seq: row.get(0)?,
+                    attempt: row.get(1)?,
+                    stream: LogStream::from_code(row.get(2)?),
+                    data: row.get(3)?,
+                });
+            }
+            Ok(chunks)
+        })
+        .await
+    }
+
+    async fn upsert_node(&self, node: NodeRecord) -> Result<(), StoreError> {
+        self.write(|reply| WriteOp::UpsertNode(node, reply)).await
+    }
+
+    async fn list_nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, hostname, state, driver, cpu_millicores, memory_mib, max_tasks, labels, registered_at, \
+                 last_heartbeat_at FROM nodes ORDER BY id",
+            )?;
+            let mut rows = stmt.query([])?;
+            let mut nodes = Vec::new();
+            while let Some(row) = rows.next()? {
+                nodes.push(rows::node_from_row(row)?);
+            }
+            Ok(nodes)
+        })
+        .await
+    }
+
+    async fn count_by_state(&self) -> Result<Vec<(TaskState, u64)>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached("SELECT state, COUNT(*) FROM tasks GROUP BY state")?;
+            let mut rows = stmt.query([])?;
+            let mut counts = Vec::new();
+            while let Some(row) = rows.next()? {
+                counts.push((rows::parse_state(&row.get::<_, String>(0)?)?, row.get::<_, i64>(1)? as u64));
+            }
+            Ok(counts)
+        })
+        .await
+    }
+}

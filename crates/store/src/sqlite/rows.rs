@@ -1,0 +1,107 @@
+//! Mapping between rows and records.
+
+use crate::{NodeRecord, NodeState, StoreError};
+use rusqlite::{Connection, OptionalExtension, Row};
+use shepherd_core::{Attempt, AttemptOutcome, Resources, Task, TaskId, TaskSpec, TaskState, Timestamp};
+
+/// Columns read by [`task_from_row`], in order.
+pub const TASK_COLUMNS: &str = "id, state, spec, payload_bytes, created_at, scheduled_at, started_at, \
+     finished_at, node_id, exit_code, reason, cancel_requested";
+
+pub fn parse_id(text: &str) -> Result<TaskId, StoreError> {
+    text.parse().map_err(|_| StoreError::Corrupt(format!("bad task id `{text}`")))
+}
+
+pub fn parse_state(text: &str) -> Result<TaskState, StoreError> {
+    text.parse().map_err(|_| StoreError::Corrupt(format!("bad task state `{text}`")))
+}
+
+fn ts(value: Option<i64>) -> Option<Timestamp> {
+    value.map(Timestamp)
+}
+
+/// A task without its attempts; [`load_attempts`] fills them in.
+pub fn task_from_row(row: &Row<'_>) -> Result<Task, StoreError> {
+    let id: String = row.get(0)?;
+    let state: String = row.get(1)?;
+    let spec_json: String = row.get(2)?;
+    let spec: TaskSpec = serde_json::from_str(&spec_json)
+        .map_err(|e| StoreError::Corrupt(format!("task {id}: bad spec: {e}")))?;
+    Ok(Task {
+        id: parse_id(&id)?,
+        state: parse_state(&state)?,
+        image: spec.image,
+        command: spec.command,
+        env: spec.env,
+        payload_bytes: row.get::<_, i64>(3)? as u64,
+        resources: spec.resources,
+        timeout_seconds: spec.timeout_seconds,
+        priority: spec.priority,
+        retry: spec.retry,
+        labels: spec.labels,
+        constraints: spec.constraints,
+        project: spec.project,
+        created_at: Timestamp(row.get(4)?),
+        scheduled_at: ts(row.get(5)?),
+        started_at: ts(row.get(6)?),
+        finished_at: ts(row.get(7)?),
+        node_id: row.get(8)?,
+        exit_code: row.get(9)?,
+        reason: row.get(10)?,
+        cancel_requested: row.get::<_, i64>(11)? != 0,
+        attempts: Vec::new(),
+    })
+}
+
+pub fn load_attempts(conn: &Connection, task: &mut Task) -> Result<(), StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT number, node_id, scheduled_at, started_at, finished_at, outcome, exit_code, reason \
+         FROM attempts WHERE task_id = ?1 ORDER BY number",
+    )?;
+    let mut rows = stmt.query([task.id.to_string()])?;
+    while let Some(row) = rows.next()? {
+        let outcome: Option<String> = row.get(5)?;
+        task.attempts.push(Attempt {
+            number: row.get(0)?,
+            node_id: row.get(1)?,
+            scheduled_at: Timestamp(row.get(2)?),
+            started_at: ts(row.get(3)?),
+            finished_at: ts(row.get(4)?),
+            outcome: outcome.as_deref().and_then(AttemptOutcome::parse),
+            exit_code: row.get(6)?,
+            reason: row.get(7)?,
+        });
+    }
+    Ok(())
+}
+
+pub fn get_task(conn: &Connection, id: TaskId) -> Result<Option<Task>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1"))?;
+    let task = stmt
+        .query_row([id.to_string()], |row| Ok(task_from_row(row)))
+        .optional()?
+        .transpose()?;
+    match task {
+        Some(mut task) => {
+            load_attempts(conn, &mut task)?;
+            Ok(Some(task))
+        }
+        None => Ok(None),
+    }
+}
+
+pub fn node_from_row(row: &Row<'_>) -> Result<NodeRecord, StoreError> {
+    let state: String = row.get(2)?;
+    let labels: String = row.get(7)?;
+    Ok(NodeRecord {
+        id: row.get(0)?,
+        hostname: row.get(1)?,
+        state: NodeState::parse(&state).ok_or_else(|| StoreError::Corrupt(format!("bad node state `{state}`")))?,
+        driver: row.get(3)?,
+        capacity: Resources { cpu_millicores: row.get(4)?, memory_mib: row.get(5)? },
+        max_tasks: row.get(6)?,
+        labels: serde_json::from_str(&labels).map_err(|e| StoreError::Corrupt(format!("node labels: {e}")))?,
+        registered_at: Timestamp(row.get(8)?),
+        last_heartbeat_at: Timestamp(row.get(9)?),
+    })
+}

@@ -1,0 +1,104 @@
+//! Versioned migrations. Each entry runs once, in order, in one transaction
+//! with the row that records it. Never edit a shipped migration: add one.
+
+use rusqlite::Connection;
+
+const MIGRATIONS: &[&str] = &[
+    // 1: tasks, attempts, labels, logs, nodes.
+    r#"
+    CREATE TABLE tasks (
+        id               TEXT PRIMARY KEY,
+        project          TEXT NOT NULL,
+        state            TEXT NOT NULL,
+        priority         INTEGER NOT NULL,
+        image            TEXT NOT NULL,
+        cpu_millicores   INTEGER NOT NULL,
+        memory_mib       INTEGER NOT NULL,
+        constraints      TEXT,
+        spec             TEXT NOT NULL,
+        payload          BLOB,
+        payload_bytes    INTEGER NOT NULL,
+        created_at       BIGINT NOT NULL,
+        scheduled_at     BIGINT,
+        started_at       BIGINT,
+        finished_at      BIGINT,
+        node_id          TEXT,
+        exit_code        INTEGER,
+        reason           TEXT,
+        attempt          INTEGER NOT NULL,
+        charged_attempts INTEGER NOT NULL,
+        max_attempts     INTEGER NOT NULL,
+        backoff_seconds  INTEGER NOT NULL,
+        cancel_requested INTEGER NOT NULL,
+        not_before       BIGINT NOT NULL,
+        updated_at       BIGINT NOT NULL
+    );
+    CREATE INDEX tasks_queue ON tasks (priority DESC, id) WHERE state = 'queued';
+    CREATE INDEX tasks_active ON tasks (node_id) WHERE state IN ('scheduled', 'running');
+    CREATE INDEX tasks_by_state ON tasks (state, id);
+    CREATE INDEX tasks_by_project ON tasks (project, id);
+    CREATE TABLE task_labels (
+        task_id TEXT NOT NULL,
+        key     TEXT NOT NULL,
+        value   TEXT NOT NULL,
+        PRIMARY KEY (task_id, key)
+    );
+    CREATE INDEX task_labels_by_value ON task_labels (key, value, task_id);
+    CREATE TABLE attempts (
+        task_id      TEXT NOT NULL,
+        number       INTEGER NOT NULL,
+        node_id      TEXT NOT NULL,
+        scheduled_at BIGINT NOT NULL,
+        started_at   BIGINT,
+        finished_at  BIGINT,
+        outcome      TEXT,
+        exit_code    INTEGER,
+        reason       TEXT,
+        PRIMARY KEY (task_id, number)
+    );
+    CREATE TABLE task_logs (
+        seq     INTEGER PRIMARY KEY AUTOINCREMENT,
+        task_id TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        stream  INTEGER NOT NULL,
+        data    BLOB NOT NULL
+    );
+    CREATE INDEX task_logs_by_task ON task_logs (task_id, seq);
+    CREATE TABLE nodes (
+        id                TEXT PRIMARY KEY,
+        hostname          TEXT NOT NULL,
+        state             TEXT NOT NULL,
+        driver            TEXT NOT NULL,
+        cpu_millicores    INTEGER NOT NULL,
+        memory_mib        INTEGER NOT NULL,
+        max_tasks         INTEGER NOT NULL,
+        labels            TEXT NOT NULL,
+        registered_at     BIGINT NOT NULL,
+        last_heartbeat_at BIGINT NOT NULL
+    );
+    "#,
+];
+
+/// Brings the schema up to date. Returns the version it ends at.
+pub fn migrate(conn: &mut Connection) -> rusqlite::Result<usize> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)",
+    )?;
+    let current: i64 =
+        conn.query_row("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", [], |row| row.get(0))?;
+    for (index, sql) in MIGRATIONS.iter().enumerate() {
+        let version = index as i64 + 1;
+        if version <= current {
+            continue;
+        }
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, ?2)",
+            rusqlite::params![version, shepherd_core::Timestamp::now().millis()],
+        )?;
+        tx.commit()?;
+        tracing::info!(version, "applied store migration");
+    }
+    Ok(MIGRATIONS.len())
+}

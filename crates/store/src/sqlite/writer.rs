@@ -1,0 +1,292 @@
+//! The single writer: one thread owns the write connection and commits
+//! whatever requests have queued up in one transaction (group commit), so
+//! a thousand concurrent single-task creates cost a handful of fsyncs, not a
+//! thousand. Each request runs in its own savepoint: one refused request
+//! never undoes another's work.
+
+use super::rows;
+use crate::{Applied, ApplyError, ApplyResult, LogChunk, NodeRecord, StoreError};
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use shepherd_core::lifecycle::decide;
+use shepherd_core::{Event, LifecycleContext, NewTask, TaskId, TaskState, Timestamp};
+use std::sync::mpsc;
+use tokio::sync::oneshot;
+
+/// Most requests folded into one transaction.
+const MAX_GROUP: usize = 512;
+
+/// A write request with the channel its result goes back on.
+pub enum WriteOp {
+    Create(Vec<NewTask>, oneshot::Sender<Result<(), StoreError>>),
+    Apply(Vec<(TaskId, Event)>, Timestamp, oneshot::Sender<Result<Vec<ApplyResult>, StoreError>>),
+    AppendLogs(Vec<LogChunk>, oneshot::Sender<Result<(), StoreError>>),
+    UpsertNode(NodeRecord, oneshot::Sender<Result<(), StoreError>>),
+}
+
+/// The result of one op, held until the group commits.
+enum Outcome {
+    Unit(oneshot::Sender<Result<(), StoreError>>, Result<(), StoreError>),
+    Applied(oneshot::Sender<Result<Vec<ApplyResult>, StoreError>>, Result<Vec<ApplyResult>, StoreError>),
+}
+
+impl Outcome {
+    fn send(self) {
+        // A caller that stopped waiting has nothing to tell: ignore closed channels.
+        match self {
+            Outcome::Unit(tx, result) => drop(tx.send(result)),
+            Outcome::Applied(tx, result) => drop(tx.send(result)),
+        }
+    }
+
+    fn fail(self, message: &str) {
+        match self {
+            Outcome::Unit(tx, _) => drop(tx.send(Err(StoreError::Corrupt(message.to_string())))),
+            Outcome::Applied(tx, _) => drop(tx.send(Err(StoreError::Corrupt(message.to_string())))),
+        }
+    }
+}
+
+/// Runs until every sender is dropped.
+pub fn run(mut conn: Connection, requests: mpsc::Receiver<WriteOp>) {
+    while let Ok(first) = requests.recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match requests.try_recv() {
+                Ok(op) => group.push(op),
+                Err(_) => break,
+            }
+        }
+        commit_group(&mut conn, group);
+    }
+    tracing::debug!("store writer stopped");
+}
+
+fn commit_group(conn: &mut Connection, group: Vec<WriteOp>) {
+    let tx = match conn.transaction() {
+        Ok(tx) => tx,
+        Err(e) => {
+            let message = format!("could not begin transaction: {e}");
+            for op in group {
+                outcome_placeholder(op).fail(&message);
+            }
+            return;
+        }
+    };
+    let mut tx = tx;
+    let outcomes: Vec<Outcome> = group.into_iter().map(|op| execute(&mut tx, op)).collect();
+    match tx.commit() {
+        Ok(()) => outcomes.into_iter().for_each(Outcome::send),
+        Err(e) => {
+            let message = format!("commit failed: {e}");
+            tracing::error!(%message, "store commit failed");
+            outcomes.into_iter().for_each(|o| o.fail(&message));
+        }
+    }
+}
+
+fn outcome_placeholder(op: WriteOp) -> Outcome {
+    match op {
+        WriteOp::Create(_, tx) | WriteOp::AppendLogs(_, tx) | WriteOp::UpsertNode(_, tx) => {
+            Outcome::Unit(tx, Ok(()))
+        }
+        WriteOp::Apply(_, _, tx) => Outcome::Applied(tx, Ok(Vec::new())),
+    }
+}
+
+/// Runs one op in a savepoint, released on success and rolled back on error.
+fn in_savepoint<T>(
+    tx: &mut Transaction<'_>,
+    work: impl FnOnce(&Connection) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    let sp = tx.savepoint()?;
+    let result = work(&sp);
+    if result.is_ok() {
+        sp.commit()?;
+    }
+    result
+}
+
+fn execute(tx: &mut Transaction<'_>, op: WriteOp) -> Outcome {
+    match op {
+        WriteOp::Create(tasks, reply) => Outcome::Unit(reply, in_savepoint(tx, |t| insert_tasks(t, &tasks))),
+        WriteOp::Apply(events, now, reply) => {
+            Outcome::Applied(reply, in_savepoint(tx, |t| apply_events(t, &events, now)))
+        }
+        WriteOp::AppendLogs(chunks, reply) => Outcome::Unit(reply, in_savepoint(tx, |t| append_logs(t, &chunks))),
+        WriteOp::UpsertNode(node, reply) => Outcome::Unit(reply, in_savepoint(tx, |t| upsert_node(t, &node))),
+    }
+}
+
+/// Inserts tasks with prepared statements; also used by the ingest benchmark's
+/// raw baseline so that both sides write exactly the same rows.
+pub fn insert_tasks(tx: &Connection, tasks: &[NewTask]) -> Result<(), StoreError> {
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO tasks (id, project, state, priority, image, cpu_millicores, memory_mib, constraints, \
+         spec, payload, payload_bytes, created_at, attempt, charged_attempts, max_attempts, backoff_seconds, \
+         cancel_requested, not_before, updated_at) \
+         VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 0, 0, ?12, ?13, 0, ?11, ?11)",
+    )?;
+    let mut label = tx.prepare_cached("INSERT INTO task_labels (task_id, key, value) VALUES (?1, ?2, ?3)")?;
+    for task in tasks {
+        let spec = &task.spec;
+        let id = task.id.to_string();
+        let spec_json = serde_json::to_string(spec).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let constraints = if spec.constraints.is_empty() {
+            None
+        } else {
+            Some(serde_json::to_string(&spec.constraints).map_err(|e| StoreError::Corrupt(e.to_string()))?)
+        };
+        let inserted = insert.execute(params![
+            id,
+            spec.project,
+            spec.priority,
+            spec.image,
+            spec.resources.cpu_millicores,
+            spec.resources.memory_mib,
+            constraints,
+            spec_json,
+            task.payload,
+            task.payload.as_ref().map_or(0, |p| p.len() as i64),
+            task.created_at.millis(),
+            spec.retry.max_attempts,
+            spec.retry.backoff_seconds,
+        ]);
+        match inserted {
+            Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
+                return Err(StoreError::Duplicate(task.id))
+            }
+            other => other?,
+        };
+        for (key, value) in &spec.labels {
+            label.execute(params![id, key, value])?;
+        }
+    }
+    Ok(())
+}
+
+fn apply_events(tx: &Connection, events: &[(TaskId, Event)], now: Timestamp) -> Result<Vec<ApplyResult>, StoreError> {
+    events.iter().map(|(id, event)| apply_one(tx, *id, event, now)).collect()
+}
+
+fn apply_one(tx: &Connection, id: TaskId, event: &Event, now: Timestamp) -> Result<ApplyResult, StoreError> {
+    let key = id.to_string();
+    let mut select = tx.prepare_cached(
+        "SELECT state, attempt, charged_attempts, max_attempts, backoff_seconds, cancel_requested, node_id \
+         FROM tasks WHERE id = ?1",
+    )?;
+    let row = select
+        .query_row([&key], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, u32>(1)?,
+                row.get::<_, u32>(2)?,
+                row.get::<_, u32>(3)?,
+                row.get::<_, u32>(4)?,
+                row.get::<_, i64>(5)? != 0,
+                row.get::<_, Option<String>>(6)?,
+            ))
+        })
+        .optional()?;
+    let Some((state, attempt, charged, max_attempts, backoff_seconds, cancel_requested, node_id)) = row else {
+        return Ok(Err(ApplyError::NotFound(id)));
+    };
+    let ctx = LifecycleContext {
+        state: rows::parse_state(&state)?,
+        attempt,
+        charged_attempts: charged,
+        max_attempts,
+        backoff_seconds,
+        cancel_requested,
+    };
+    let decision = match decide(&ctx, event) {
+        Ok(decision) => decision,
+        Err(illegal) => return Ok(Err(ApplyError::Illegal(illegal))),
+    };
+    let attempt = decision.open_attempt.unwrap_or(attempt);
+    let node_id = match event {
+        Event::Schedule { node_id } => Some(node_id.clone()),
+        _ => node_id,
+    };
+    if let Some(number) = decision.open_attempt {
+        tx.prepare_cached("INSERT INTO attempts (task_id, number, node_id, scheduled_at) VALUES (?1, ?2, ?3, ?4)")?
+            .execute(params![key, number, node_id, now.millis()])?;
+    }
+    if matches!(event, Event::Start { .. }) {
+        tx.prepare_cached("UPDATE attempts SET started_at = ?3 WHERE task_id = ?1 AND number = ?2")?
+            .execute(params![key, attempt, now.millis()])?;
+    }
+    if let Some(outcome) = decision.close_attempt {
+        let detail = match event {
+            Event::Lost { reason, .. } => Some(reason.clone()),
+            _ => decision.reason.clone(),
+        };
+        tx.prepare_cached(
+            "UPDATE attempts SET finished_at = ?3, outcome = ?4, exit_code = ?5, reason = ?6 \
+             WHERE task_id = ?1 AND number = ?2",
+        )?
+        .execute(params![key, attempt, now.millis(), outcome.as_str(), decision.exit_code, detail])?;
+    }
+    let to = decision.to;
+    let not_before = decision.retry_after.map_or(now, |wait| now.plus(wait));
+    tx.prepare_cached(
+        "UPDATE tasks SET state = ?2, attempt = ?3, charged_attempts = charged_attempts + ?4, \
+         cancel_requested = cancel_requested | ?5, not_before = ?6, node_id = ?7, \
+         exit_code = COALESCE(?8, exit_code), reason = COALESCE(?9, reason), \
+         scheduled_at = CASE WHEN ?10 THEN ?13 ELSE scheduled_at END, \
+         started_at = CASE WHEN ?11 THEN ?13 ELSE started_at END, \
+         finished_at = CASE WHEN ?12 THEN ?13 ELSE finished_at END, updated_at = ?13 \
+         WHERE id = ?1",
+    )?
+    .execute(params![
+        key,
+        to.as_str(),
+        attempt,
+        u32::from(decision.charge_attempt),
+        i64::from(decision.request_cancel),
+        not_before.millis(),
+        node_id,
+        decision.exit_code,
+        decision.reason,
+        decision.open_attempt.is_some(),
+        matches!(event, Event::Start { .. }),
+        to.is_terminal(),
+        now.millis(),
+    ])?;
+    if to == TaskState::Queued && ctx.state != TaskState::Queued {
+        tracing::debug!(task = %id, attempt, "attempt ended; task queued again");
+    }
+    Ok(Ok(Applied { task_id: id, from: ctx.state, decision, attempt, node_id }))
+}
+
+fn append_logs(tx: &Connection, chunks: &[LogChunk]) -> Result<(), StoreError> {
+    let mut insert =
+        tx.prepare_cached("INSERT INTO task_logs (task_id, attempt, stream, data) VALUES (?1, ?2, ?3, ?4)")?;
+    for chunk in chunks {
+        insert.execute(params![chunk.task_id.to_string(), chunk.attempt, chunk.stream as i64, chunk.data])?;
+    }
+    Ok(())
+}
+
+fn upsert_node(tx: &Connection, node: &NodeRecord) -> Result<(), StoreError> {
+    let labels = serde_json::to_string(&node.labels).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    tx.prepare_cached(
+        "INSERT INTO nodes (id, hostname, state, driver, cpu_millicores, memory_mib, max_tasks, labels, \
+         registered_at, last_heartbeat_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
+         ON CONFLICT (id) DO UPDATE SET hostname = excluded.hostname, state = excluded.state, \
+         driver = excluded.driver, cpu_millicores = excluded.cpu_millicores, memory_mib = excluded.memory_mib, \
+         max_tasks = excluded.max_tasks, labels = excluded.labels, last_heartbeat_at = excluded.last_heartbeat_at",
+    )?
+    .execute(params![
+        node.id,
+        node.hostname,
+        node.state.as_str(),
+        node.driver,
+        node.capacity.cpu_millicores,
+        node.capacity.memory_mib,
+        node.max_tasks,
+        labels,
+        node.registered_at.millis(),
+        node.last_heartbeat_at.millis(),
+    ])?;
+    Ok(())
+}
