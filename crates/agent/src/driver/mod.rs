@@ -1,0 +1,85 @@
+//! The driver seam: how one attempt of a task is started, watched and
+//! stopped. The agent does the rest (timeouts, cancel, logs, reporting).
+
+pub mod process;
+
+use async_trait::async_trait;
+use shepherd_core::{Resources, TaskId};
+use shepherd_store::LogStream;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use tokio::sync::mpsc;
+
+/// Everything a driver needs to start one attempt.
+#[derive(Debug, Clone)]
+pub struct AttemptSpec {
+    pub task_id: TaskId,
+    pub attempt: u32,
+    pub node_id: String,
+    pub image: String,
+    pub command: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub resources: Resources,
+    /// A directory private to this attempt, removed after it ends.
+    pub work_dir: PathBuf,
+    /// The payload file, if the task has a payload (already written).
+    pub payload_file: Option<PathBuf>,
+}
+
+/// A piece of output from a running attempt.
+#[derive(Debug)]
+pub struct OutputChunk {
+    pub stream: LogStream,
+    pub data: Vec<u8>,
+}
+
+/// Where a driver sends output; dropped by the driver when output ends.
+pub type OutputSender = mpsc::Sender<OutputChunk>;
+
+/// How an attempt's process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExitStatus {
+    /// The exit code, or 128 + the signal number when killed by a signal
+    /// (the shell's convention).
+    pub code: i32,
+}
+
+/// Why a driver could not do what it was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    /// The attempt cannot start; the reason is shown to the user.
+    #[error("{0}")]
+    StartFailed(String),
+    #[error("driver I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A started attempt.
+#[async_trait]
+pub trait AttemptHandle: Send {
+    /// Waits for the attempt to end. Cancellation-safe: may be raced in `select!`.
+    async fn wait(&mut self) -> Result<ExitStatus, DriverError>;
+    /// Asks the attempt to stop (SIGTERM).
+    async fn terminate(&mut self) -> Result<(), DriverError>;
+    /// Stops the attempt at once (SIGKILL).
+    async fn kill(&mut self) -> Result<(), DriverError>;
+}
+
+/// Runs attempts. One per agent.
+#[async_trait]
+pub trait Driver: Send + Sync + 'static {
+    /// The driver's name, shown in `shepherd nodes`.
+    fn name(&self) -> &'static str;
+
+    /// Starts an attempt; its output goes to `output`.
+    async fn start(&self, spec: &AttemptSpec, output: OutputSender) -> Result<Box<dyn AttemptHandle>, DriverError>;
+
+    /// After an agent restart: the attempt if it is still running, so the
+    /// agent can adopt it; `None` if it is gone.
+    async fn recover(
+        &self,
+        task_id: TaskId,
+        attempt: u32,
+        output: OutputSender,
+    ) -> Result<Option<Box<dyn AttemptHandle>>, DriverError>;
+}

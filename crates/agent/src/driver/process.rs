@@ -1,0 +1,136 @@
+//! The `process` driver: the task's command runs as a child process on the
+//! host. For machines without Docker and for testing the lifecycle; the
+//! image is only recorded, and there is no isolation beyond a fresh
+//! process group and a private working directory.
+//!
+//! Children are tied to the agent with `PR_SET_PDEATHSIG`, so an agent that
+//! dies takes its tasks with it; after a restart their attempts are found
+//! gone ([`Driver::recover`] returns `None`) and retried. Nothing is ever left
+//! running unsupervised.
+
+use super::*;
+use std::process::Stdio;
+use tokio::io::AsyncReadExt;
+use tokio::process::{Child, Command};
+
+/// Runs attempts as host processes.
+#[derive(Debug, Default)]
+pub struct ProcessDriver;
+
+struct ProcessAttempt {
+    child: Child,
+    pid: i32,
+}
+
+fn signal_group(pid: i32, signal: i32) -> std::io::Result<()> {
+    // The child called setsid(), so its process group id is its pid and the
+    // negative pid reaches it and everything it forked.
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    let rc = unsafe { libc::kill(-pid, signal) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::ESRCH) {
+        Ok(()) // already gone
+    } else {
+        Err(err)
+    }
+}
+
+async fn pump(mut reader: impl tokio::io::AsyncRead + Unpin, stream: LogStream, output: OutputSender) {
+    let mut buffer = vec![0u8; 16 * 1024];
+    loop {
+        match reader.read(&mut buffer).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if output.send(OutputChunk { stream, data: buffer[..n].to_vec() }).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl AttemptHandle for ProcessAttempt {
+    async fn wait(&mut self) -> Result<ExitStatus, DriverError> {
+        use std::os::unix::process::ExitStatusExt;
+        let status = self.child.wait().await?;
+        let code = status.code().or_else(|| status.signal().map(|s| 128 + s)).unwrap_or(255);
+        Ok(ExitStatus { code })
+    }
+
+    async fn terminate(&mut self) -> Result<(), DriverError> {
+        Ok(signal_group(self.pid, libc::SIGTERM)?)
+    }
+
+    async fn kill(&mut self) -> Result<(), DriverError> {
+        Ok(signal_group(self.pid, libc::SIGKILL)?)
+    }
+}
+
+#[async_trait]
+impl Driver for ProcessDriver {
+    fn name(&self) -> &'static str {
+        "process"
+    }
+
+    async fn start(&self, spec: &AttemptSpec, output: OutputSender) -> Result<Box<dyn AttemptHandle>, DriverError> {
+        let Some((program, args)) = spec.command.split_first() else {
+            return Err(DriverError::StartFailed(
+                "the process driver needs a command: it cannot run an image's default entrypoint".into(),
+            ));
+        };
+        let mut command = Command::new(program);
+        command
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()))
+            .env("HOME", &spec.work_dir)
+            .envs(&spec.env)
+            .env("SHEPHERD_TASK_ID", spec.task_id.to_string())
+            .env("SHEPHERD_ATTEMPT", spec.attempt.to_string())
+            .env("SHEPHERD_NODE_ID", &spec.node_id)
+            .current_dir(&spec.work_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(file) = &spec.payload_file {
+            command.env("SHEPHERD_PAYLOAD_FILE", file);
+        }
+        // SAFETY: only async-signal-safe calls (setsid, prctl) between fork and exec.
+        unsafe {
+            command.pre_exec(|| {
+                libc::setsid();
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = command.spawn().map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => DriverError::StartFailed(format!("command `{program}` not found")),
+            std::io::ErrorKind::PermissionDenied => {
+                DriverError::StartFailed(format!("command `{program}` is not executable"))
+            }
+            _ => DriverError::StartFailed(format!("could not start `{program}`: {e}")),
+        })?;
+        let pid = child.id().map(|p| p as i32).ok_or_else(|| DriverError::StartFailed("child exited at once".into()))?;
+        if let Some(stdout) = child.stdout.take() {
+            tokio::spawn(pump(stdout, LogStream::Stdout, output.clone()));
+        }
+        if let Some(stderr) = child.stderr.take() {
+            tokio::spawn(pump(stderr, LogStream::Stderr, output));
+        }
+        Ok(Box::new(ProcessAttempt { child, pid }))
+    }
+
+    async fn recover(
+        &self,
+        _task_id: TaskId,
+        _attempt: u32,
+        _output: OutputSender,
+    ) -> Result<Option<Box<dyn AttemptHandle>>, DriverError> {
+        // Children die with the agent (PDEATHSIG): nothing survives to adopt.
+        Ok(None)
+    }
+}

@@ -1,0 +1,342 @@
+//! The agent: takes assignments, runs each attempt through the driver,
+//! enforces timeout and cancel, and reports what happened.
+
+use crate::driver::{AttemptHandle, AttemptSpec, Driver, DriverError, ExitStatus};
+use crate::logs::{self, LogLimits};
+use shepherd_core::{Event, TaskId, TaskState, Timestamp};
+use shepherd_store::{ApplyError, Store};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch, Notify};
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+/// How an agent runs its attempts.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub node_id: String,
+    /// Attempts get private working directories under here.
+    pub work_dir: PathBuf,
+    pub log_limits: LogLimits,
+    /// Time between SIGTERM and SIGKILL when stopping an attempt.
+    pub stop_grace: Duration,
+}
+
+/// Why a running attempt is being stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StopReason {
+    Cancelled,
+    Shutdown,
+}
+
+struct Running {
+    attempt: u32,
+    cancel: watch::Sender<bool>,
+}
+
+struct Inner {
+    config: AgentConfig,
+    store: Arc<dyn Store>,
+    driver: Arc<dyn Driver>,
+    running: Mutex<HashMap<TaskId, Running>>,
+    runners: Mutex<JoinSet<()>>,
+    shutdown: watch::Sender<bool>,
+    /// Signalled whenever an attempt ends and its resources are free.
+    capacity_freed: Arc<Notify>,
+}
+
+/// A node's agent. Cheap to clone.
+#[derive(Clone)]
+pub struct Agent {
+    inner: Arc<Inner>,
+}
+
+impl Agent {
+    /// An agent that runs attempts with `driver` and reports to `store`.
+    pub fn new(config: AgentConfig, store: Arc<dyn Store>, driver: Arc<dyn Driver>, capacity_freed: Arc<Notify>) -> Agent {
+        let (shutdown, _) = watch::channel(false);
+        Agent {
+            inner: Arc::new(Inner {
+                config,
+                store,
+                driver,
+                running: Mutex::new(HashMap::new()),
+                runners: Mutex::new(JoinSet::new()),
+                shutdown,
+                capacity_freed,
+            }),
+        }
+    }
+
+    /// This agent's node id.
+    pub fn node_id(&self) -> &str {
+        &self.inner.config.node_id
+    }
+
+    /// The driver's name.
+    pub fn driver_name(&self) -> &'static str {
+        self.inner.driver.name()
+    }
+
+    /// Attempts running (or starting) now.
+    pub fn running_count(&self) -> usize {
+        self.inner.running.lock().map(|r| r.len()).unwrap_or(0)
+    }
+
+    /// Starts attempt `attempt` of a task that the store has scheduled here.
+    pub fn assign(&self, task_id: TaskId, attempt: u32) {
+        let (cancel, cancel_rx) = watch::channel(false);
+        {
+            let Ok(mut running) = self.inner.running.lock() else { return };
+            if running.contains_key(&task_id) {
+                tracing::warn!(task = %task_id, attempt, "already running an attempt of this task; ignoring assignment");
+                return;
+            }
+            running.insert(task_id, Running { attempt, cancel });
+        }
+        let inner = self.inner.clone();
+        self.spawn(async move { run_attempt(inner, task_id, attempt, cancel_rx, None).await });
+    }
+
+    /// Stops a task's running attempt because it was cancelled.
+    pub fn cancel(&self, task_id: TaskId) {
+        if let Ok(running) = self.inner.running.lock() {
+            if let Some(entry) = running.get(&task_id) {
+                let _ = entry.cancel.send(true);
+            }
+        }
+    }
+
+    fn spawn(&self, work: impl std::future::Future<Output = ()> + Send + 'static) {
+        if let Ok(mut runners) = self.inner.runners.lock() {
+            while runners.try_join_next().is_some() {}
+            runners.spawn(work);
+        }
+    }
+
+    /// After a restart: adopts attempts assigned to this node that the
+    /// driver still has running, and reports the others lost (the state
+    /// machine then retries them or fails them with reason `lost`).
+    pub async fn reconcile(&self) -> Result<(), shepherd_store::StoreError> {
+        let active = self.inner.store.active_tasks().await?;
+        let mine = active.into_iter().filter(|t| t.node_id == self.inner.config.node_id);
+        let mut lost = Vec::new();
+        for task in mine {
+            let (tx, rx) = mpsc::channel(64);
+            match self.inner.driver.recover(task.id, task.attempt, tx).await {
+                Ok(Some(handle)) if task.state == TaskState::Running => {
+                    tracing::info!(task = %task.id, attempt = task.attempt, "adopted running attempt");
+                    let (cancel, cancel_rx) = watch::channel(task.cancel_requested);
+                    if let Ok(mut running) = self.inner.running.lock() {
+                        running.insert(task.id, Running { attempt: task.attempt, cancel });
+                    }
+                    let inner = self.inner.clone();
+                    let adopted = Adopted { handle, output: rx };
+                    self.spawn(async move { run_attempt(inner, task.id, task.attempt, cancel_rx, Some(adopted)).await });
+                }
+                Ok(_) => lost.push((task.id, Event::Lost { attempt: task.attempt, reason: "agent restarted and the attempt was gone".into() })),
+                Err(e) => {
+                    tracing::warn!(task = %task.id, error = %e, "could not recover attempt");
+                    lost.push((task.id, Event::Lost { attempt: task.attempt, reason: format!("could not recover: {e}") }));
+                }
+            }
+        }
+        if !lost.is_empty() {
+            tracing::info!(count = lost.len(), "attempts lost while the agent was away");
+            self.inner.store.apply(lost, Timestamp::now()).await?;
+            self.inner.capacity_freed.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Stops every running attempt (they go back to the queue without using
+    /// a retry) and waits for their final reports.
+    pub async fn shutdown(&self) {
+        let _ = self.inner.shutdown.send(true);
+        let runners = self.inner.runners.lock().map(|mut r| std::mem::take(&mut *r));
+        if let Ok(mut runners) = runners {
+            while runners.join_next().await.is_some() {}
+        }
+    }
+}
+
+/// An attempt found running after a restart.
+struct Adopted {
+    handle: Box<dyn AttemptHandle>,
+    output: mpsc::Receiver<crate::OutputChunk>,
+}
+
+async fn report(inner: &Inner, task_id: TaskId, event: Event) -> bool {
+    match inner.store.apply(vec![(task_id, event)], Timestamp::now()).await {
+        Ok(results) => match results.into_iter().next() {
+            Some(Ok(_)) => true,
+            Some(Err(ApplyError::Illegal(e))) => {
+                tracing::info!(task = %task_id, reason = %e, "report refused by the state machine");
+                false
+            }
+            Some(Err(e)) => {
+                tracing::warn!(task = %task_id, error = %e, "report refused");
+                false
+            }
+            None => false,
+        },
+        Err(e) => {
+            tracing::error!(task = %task_id, error = %e, "could not report to the store");
+            false
+        }
+    }
+}
+
+async fn run_attempt(
+    inner: Arc<Inner>,
+    task_id: TaskId,
+    attempt: u32,
+    cancel: watch::Receiver<bool>,
+    adopted: Option<Adopted>,
+) {
+    let work_dir = inner.config.work_dir.join(format!("{task_id}-{attempt}"));
+    let span = tracing::info_span!("attempt", task = %task_id, attempt, node = %inner.config.node_id);
+    run_attempt_inner(&inner, task_id, attempt, cancel, adopted, &work_dir).instrument(span).await;
+    if let Err(e) = tokio::fs::remove_dir_all(&work_dir).await {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(task = %task_id, error = %e, "could not remove attempt directory");
+        }
+    }
+    if let Ok(mut running) = inner.running.lock() {
+        if running.get(&task_id).is_some_and(|r| r.attempt == attempt) {
+            running.remove(&task_id);
+        }
+    }
+    inner.capacity_freed.notify_one();
+}
+
+async fn start(inner: &Inner, task_id: TaskId, attempt: u32, work_dir: &PathBuf) -> Result<Option<(Box<dyn AttemptHandle>, mpsc::Receiver<crate::OutputChunk>)>, String> {
+    let launch = match inner.store.launch_spec(task_id).await {
+        Ok(Some(launch)) => launch,
+        Ok(None) => return Ok(None),
+        Err(e) => return Err(format!("could not load the task: {e}")),
+    };
+    if launch.state != TaskState::Scheduled || launch.attempt != attempt {
+        tracing::info!(task = %task_id, attempt, "assignment is stale; not starting");
+        return Ok(None);
+    }
+    tokio::fs::create_dir_all(work_dir).await.map_err(|e| format!("could not create the attempt directory: {e}"))?;
+    let payload_file = match &launch.payload {
+        Some(bytes) => {
+            let path = work_dir.join("payload");
+            tokio::fs::write(&path, bytes).await.map_err(|e| format!("could not write the payload: {e}"))?;
+            Some(path)
+        }
+        None => None,
+    };
+    let spec = AttemptSpec {
+        task_id,
+        attempt,
+        node_id: inner.config.node_id.clone(),
+        image: launch.spec.image,
+        command: launch.spec.command,
+        env: launch.spec.env,
+        resources: launch.spec.resources,
+        work_dir: work_dir.clone(),
+        payload_file,
+    };
+    let (tx, rx) = mpsc::channel(64);
+    match inner.driver.start(&spec, tx).await {
+        Ok(handle) => Ok(Some((handle, rx))),
+        Err(DriverError::StartFailed(reason)) => Err(reason),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+async fn run_attempt_inner(
+    inner: &Arc<Inner>,
+    task_id: TaskId,
+    attempt: u32,
+    mut cancel: watch::Receiver<bool>,
+    adopted: Option<Adopted>,
+    work_dir: &PathBuf,
+) {
+    let timeout_seconds;
+    let (mut handle, output) = match adopted {
+        Some(adopted) => {
+            timeout_seconds = match inner.store.get_task(task_id).await {
+                Ok(Some(task)) => task.timeout_seconds,
+                _ => shepherd_core::TaskSpec::default_timeout(),
+            };
+            (adopted.handle, adopted.output)
+        }
+        None => match start(inner, task_id, attempt, work_dir).await {
+            Ok(Some((handle, output))) => {
+                timeout_seconds = match inner.store.get_task(task_id).await {
+                    Ok(Some(task)) => task.timeout_seconds,
+                    _ => shepherd_core::TaskSpec::default_timeout(),
+                };
+                let mut handle = handle;
+                if !report(inner, task_id, Event::Start { attempt }).await {
+                    // The task was given away or ended meanwhile: never let it run.
+                    let _ = handle.kill().await;
+                    let _ = handle.wait().await;
+                    return;
+                }
+                (handle, output)
+            }
+            Ok(None) => return,
+            Err(reason) => {
+                tracing::info!(task = %task_id, %reason, "attempt could not start");
+                report(inner, task_id, Event::StartFailed { attempt, reason }).await;
+                return;
+            }
+        },
+    };
+    let log_writer = tokio::spawn(logs::capture(inner.store.clone(), task_id, attempt, inner.config.log_limits, output));
+    let deadline = tokio::time::sleep(Duration::from_secs(u64::from(timeout_seconds)));
+    tokio::pin!(deadline);
+    let mut shutdown = inner.shutdown.subscribe();
+    let mut timed_out = false;
+    let mut stop_reason = None;
+    if *cancel.borrow() {
+        stop_reason = Some(StopReason::Cancelled);
+    }
+    let status: Result<ExitStatus, DriverError> = loop {
+        if timed_out || stop_reason.is_some() {
+            break stop(inner, handle.as_mut()).await;
+        }
+        tokio::select! {
+            status = handle.wait() => break status,
+            _ = &mut deadline => timed_out = true,
+            changed = cancel.changed() => {
+                if changed.is_err() || *cancel.borrow() { stop_reason = Some(StopReason::Cancelled); }
+            }
+            changed = shutdown.changed() => {
+                if changed.is_err() || *shutdown.borrow() { stop_reason = Some(StopReason::Shutdown); }
+            }
+        }
+    };
+    // Whatever the task forked is stopped with it, so that its output pipes close.
+    let _ = handle.kill().await;
+    if tokio::time::timeout(Duration::from_secs(10), log_writer).await.is_err() {
+        tracing::warn!(task = %task_id, "output did not end 10 s after the attempt; stopped capturing");
+    }
+    let event = match (stop_reason, timed_out, status) {
+        (Some(StopReason::Cancelled), _, _) => Event::Cancelled { attempt },
+        (Some(StopReason::Shutdown), _, _) => Event::Interrupted { attempt },
+        (None, true, _) => Event::TimedOut { attempt },
+        (None, false, Ok(status)) => Event::Exit { attempt, code: status.code },
+        (None, false, Err(e)) => Event::Lost { attempt, reason: format!("driver lost track of the attempt: {e}") },
+    };
+    report(inner, task_id, event).await;
+}
+
+/// SIGTERM, then SIGKILL after the grace period.
+async fn stop(inner: &Inner, handle: &mut dyn AttemptHandle) -> Result<ExitStatus, DriverError> {
+    handle.terminate().await?;
+    match tokio::time::timeout(inner.config.stop_grace, handle.wait()).await {
+        Ok(status) => status,
+        Err(_) => {
+            handle.kill().await?;
+            handle.wait().await
+        }
+    }
+}
