@@ -291,3 +291,34 @@ pub struct Task {
     pub cancel_requested: bool,
     pub attempts: Vec<Attempt>,
 }
+
+impl Task {
+    /// The task as it stands right after it was stored: queued, no attempts.
+    pub fn from_new(new: &NewTask) -> Task {
+        let spec = new.spec.clone();
+        Task {
+            id: new.id,
+            state: TaskState::Queued,
+            image: spec.image,
+            command: spec.command,
+            env: spec.env,
+            payload_bytes: new.payload.as_ref().map_or(0, |p| p.len() as u64),
+            resources: spec.resources,
+            timeout_seconds: spec.timeout_seconds,
+            priority: spec.priority,
+            retry: spec.retry,
+            labels: spec.labels,
+            constraints: spec.constraints,
+            project: spec.project,
+            created_at: new.created_at,
+            scheduled_at: None,
+            started_at: None,
+            finished_at: None,
+            node_id: None,
+            exit_code: None,
+            reason: None,
+            cancel_requested: false,
+            attempts: Vec::new(),
+        }
+    }
+}

@@ -1,1 +1,17 @@
+//! # shepherd-server
+//!
+//! The API server and the control loops around it: the REST API
+//! ([`api`]), the scheduler loop ([`scheduler`]) and node registration. The
+//! all-in-one [`Cluster`] runs all of it plus one in-process agent.
+//!
+//! Invariant: the server changes task state only through the store's
+//! lifecycle transitions, and tells an agent about an assignment only after
+//! that assignment is committed.
 
+pub mod api;
+mod cluster;
+pub mod links;
+pub mod placement_notes;
+pub mod scheduler;
+
+pub use cluster::{Cluster, ClusterConfig, ClusterError, LocalNodeConfig};

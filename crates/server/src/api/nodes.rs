@@ -1,0 +1,65 @@
+//! `GET /v1/nodes`.
+
+use super::{ApiError, AppState};
+use axum::extract::State;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use shepherd_core::{Resources, Timestamp};
+use std::collections::{BTreeMap, HashMap};
+
+/// A node and what is placed on it.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct NodeView {
+    pub id: String,
+    pub hostname: String,
+    /// `ready`, `draining` or `down`.
+    pub state: String,
+    pub driver: String,
+    pub capacity: Resources,
+    /// Reserved by scheduled and running tasks.
+    pub allocated: Resources,
+    pub max_tasks: u32,
+    /// Tasks scheduled or running there.
+    pub tasks: u32,
+    pub labels: BTreeMap<String, String>,
+    #[schema(value_type = String, format = DateTime)]
+    pub last_heartbeat_at: Timestamp,
+}
+
+/// The list of nodes.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct NodeList {
+    pub nodes: Vec<NodeView>,
+}
+
+/// Every node with its allocation.
+#[utoipa::path(get, path = "/v1/nodes", tag = "cluster", responses((status = 200, body = NodeList)))]
+pub async fn list(State(state): State<AppState>) -> Result<Json<NodeList>, ApiError> {
+    let nodes = state.store.list_nodes().await?;
+    let mut usage: HashMap<String, (Resources, u32)> = HashMap::new();
+    for task in state.store.active_tasks().await? {
+        let entry = usage.entry(task.node_id).or_insert((Resources { cpu_millicores: 0, memory_mib: 0 }, 0));
+        entry.0.cpu_millicores += task.resources.cpu_millicores;
+        entry.0.memory_mib += task.resources.memory_mib;
+        entry.1 += 1;
+    }
+    let nodes = nodes
+        .into_iter()
+        .map(|node| {
+            let (allocated, tasks) = usage.remove(&node.id).unwrap_or((Resources { cpu_millicores: 0, memory_mib: 0 }, 0));
+            NodeView {
+                id: node.id,
+                hostname: node.hostname,
+                state: node.state.as_str().into(),
+                driver: node.driver,
+                capacity: node.capacity,
+                allocated,
+                max_tasks: node.max_tasks,
+                tasks,
+                labels: node.labels,
+                last_heartbeat_at: node.last_heartbeat_at,
+            }
+        })
+        .collect();
+    Ok(Json(NodeList { nodes }))
+}

@@ -1,0 +1,190 @@
+//! Task endpoints: create (one or a batch), get, list, cancel, wait.
+
+use super::error::ApiJson;
+use super::{ApiError, AppState};
+use axum::extract::{Path, RawQuery, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use shepherd_core::{validate, Event, NewTask, Task, TaskId, TaskSpec, TaskState, Timestamp};
+use shepherd_store::{ApplyError, TaskFilter};
+use std::time::Duration;
+
+/// `POST /v1/tasks/batch` body.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchRequest {
+    /// Up to 10,000 tasks, stored in one transaction: all or none.
+    pub tasks: Vec<TaskSpec>,
+}
+
+/// The ids of a stored batch, in request order.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct BatchResponse {
+    #[schema(value_type = Vec<String>)]
+    pub ids: Vec<TaskId>,
+}
+
+/// A page of tasks.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TaskList {
+    pub tasks: Vec<Task>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub next_cursor: Option<TaskId>,
+}
+
+pub fn parse_id(raw: &str) -> Result<TaskId, ApiError> {
+    // An id that cannot exist answers exactly as a missing one does.
+    raw.parse().map_err(|_| ApiError::not_found(format!("no task with id {raw}")))
+}
+
+fn prepare(state: &AppState, specs: Vec<TaskSpec>, prefix: &dyn Fn(usize) -> String) -> Result<Vec<NewTask>, ApiError> {
+    let now = Timestamp::now();
+    let mut ids = state.ids.lock().map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "id generator poisoned"))?;
+    specs
+        .into_iter()
+        .enumerate()
+        .map(|(index, spec)| {
+            let id = TaskId::generate(&mut ids, now);
+            validate(spec, &state.limits, id, now).map_err(|e| ApiError::from(e.within(&prefix(index))))
+        })
+        .collect()
+}
+
+/// Submit one task. It is on disk before this answers 201.
+#[utoipa::path(post, path = "/v1/tasks", tag = "tasks", request_body = TaskSpec,
+    responses((status = 201, body = Task), (status = 400, body = super::ErrorBody), (status = 413, body = super::ErrorBody)))]
+pub async fn create(State(state): State<AppState>, ApiJson(spec): ApiJson<TaskSpec>) -> Result<(StatusCode, Json<Task>), ApiError> {
+    let mut tasks = prepare(&state, vec![spec], &|_| String::new())?;
+    let task = Task::from_new(&tasks[0]);
+    state.store.create_tasks(std::mem::take(&mut tasks)).await?;
+    state.scheduler_wakeup.notify_one();
+    Ok((StatusCode::CREATED, Json(task)))
+}
+
+/// Submit up to 10,000 tasks in one durable transaction.
+#[utoipa::path(post, path = "/v1/tasks/batch", tag = "tasks", request_body = BatchRequest,
+    responses((status = 201, body = BatchResponse), (status = 400, body = super::ErrorBody), (status = 413, body = super::ErrorBody)))]
+pub async fn create_batch(State(state): State<AppState>, ApiJson(batch): ApiJson<BatchRequest>) -> Result<(StatusCode, Json<BatchResponse>), ApiError> {
+    let count = batch.tasks.len();
+    if count == 0 || count > state.limits.max_batch {
+        return Err(ApiError::field("tasks", format!("a batch holds 1 to {} tasks, not {count}", state.limits.max_batch)));
+    }
+    let tasks = prepare(&state, batch.tasks, &|i| format!("tasks[{i}]"))?;
+    let ids = tasks.iter().map(|t| t.id).collect();
+    state.store.create_tasks(tasks).await?;
+    state.scheduler_wakeup.notify_one();
+    Ok((StatusCode::CREATED, Json(BatchResponse { ids })))
+}
+
+/// One task with its attempts.
+#[utoipa::path(get, path = "/v1/tasks/{id}", tag = "tasks", params(("id" = String, Path, description = "task id")),
+    responses((status = 200, body = Task), (status = 404, body = super::ErrorBody)))]
+pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Task>, ApiError> {
+    let id = parse_id(&id)?;
+    let mut task = state.store.get_task(id).await?.ok_or_else(|| ApiError::not_found(format!("no task with id {id}")))?;
+    state.notes.annotate(&mut task);
+    Ok(Json(task))
+}
+
+fn list_filter(query: Option<String>) -> Result<TaskFilter, ApiError> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.as_deref().unwrap_or(""))
+        .map_err(|e| ApiError::field("query", format!("bad query string: {e}")))?;
+    let mut filter = TaskFilter { limit: 50, ..Default::default() };
+    for (key, value) in pairs {
+        match key.as_str() {
+            "state" => {
+                for name in value.split(',').filter(|s| !s.is_empty()) {
+                    let state: TaskState = name.parse().map_err(|e: shepherd_core::state::UnknownState| ApiError::field("state", e.to_string()))?;
+                    filter.states.push(state);
+                }
+            }
+            "project" => filter.project = Some(value),
+            "label" => {
+                let (k, v) = value.split_once('=').ok_or_else(|| ApiError::field("label", format!("`{value}`: use key=value")))?;
+                filter.labels.push((k.to_string(), v.to_string()));
+            }
+            "limit" => {
+                filter.limit = value
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=1000).contains(n))
+                    .ok_or_else(|| ApiError::field("limit", "must be a number from 1 to 1000"))?;
+            }
+            "cursor" => {
+                filter.before = Some(value.parse().map_err(|_| ApiError::field("cursor", "not a cursor from a previous page"))?);
+            }
+            other => return Err(ApiError::field(other, "unknown query parameter; use state, project, label, limit, cursor")),
+        }
+    }
+    Ok(filter)
+}
+
+/// List tasks, newest first, with filters and cursor pagination.
+#[utoipa::path(get, path = "/v1/tasks", tag = "tasks",
+    params(
+        ("state" = Option<String>, Query, description = "comma-separated states"),
+        ("project" = Option<String>, Query, description = "project name"),
+        ("label" = Option<String>, Query, description = "key=value; repeat to require several"),
+        ("limit" = Option<u32>, Query, description = "page size, 1 to 1000 (default 50)"),
+        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
+    ),
+    responses((status = 200, body = TaskList), (status = 400, body = super::ErrorBody)))]
+pub async fn list(State(state): State<AppState>, RawQuery(query): RawQuery) -> Result<Json<TaskList>, ApiError> {
+    let filter = list_filter(query)?;
+    let page = state.store.list_tasks(filter).await?;
+    let mut tasks = page.tasks;
+    tasks.iter_mut().for_each(|t| state.notes.annotate(t));
+    Ok(Json(TaskList { tasks, next_cursor: page.next_cursor }))
+}
+
+/// Cancel a task. A queued task ends at once; a task on a node is stopped
+/// by its agent (SIGTERM, then SIGKILL) and then ends as cancelled.
+#[utoipa::path(post, path = "/v1/tasks/{id}/cancel", tag = "tasks", params(("id" = String, Path, description = "task id")),
+    responses((status = 200, body = Task), (status = 404, body = super::ErrorBody), (status = 409, body = super::ErrorBody)))]
+pub async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Task>, ApiError> {
+    let id = parse_id(&id)?;
+    let results = state.store.apply(vec![(id, Event::Cancel)], Timestamp::now()).await?;
+    match results.into_iter().next() {
+        Some(Ok(applied)) => {
+            if applied.decision.request_cancel {
+                if let Some(node) = &applied.node_id {
+                    state.links.cancel(node, id);
+                }
+            }
+        }
+        Some(Err(ApplyError::NotFound(_))) | None => return Err(ApiError::not_found(format!("no task with id {id}"))),
+        Some(Err(ApplyError::Illegal(e))) => return Err(ApiError::new(StatusCode::CONFLICT, "not_cancellable", e.to_string())),
+    }
+    get(State(state), Path(id.to_string())).await
+}
+
+/// `wait` query.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct WaitQuery {
+    /// Longest wait in seconds (default 60, at most 600).
+    pub timeout_seconds: Option<u64>,
+}
+
+/// Long-poll until the task ends or the timeout passes; returns the task either way.
+#[utoipa::path(get, path = "/v1/tasks/{id}/wait", tag = "tasks", params(("id" = String, Path, description = "task id"), WaitQuery),
+    responses((status = 200, body = Task), (status = 404, body = super::ErrorBody)))]
+pub async fn wait(State(state): State<AppState>, Path(id): Path<String>, RawQuery(query): RawQuery) -> Result<Json<Task>, ApiError> {
+    let id = parse_id(&id)?;
+    let query: WaitQuery = serde_urlencoded::from_str(query.as_deref().unwrap_or(""))
+        .map_err(|e| ApiError::field("timeout_seconds", format!("bad query: {e}")))?;
+    let limit = Duration::from_secs(query.timeout_seconds.unwrap_or(60).min(600));
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let task = state.store.get_task(id).await?.ok_or_else(|| ApiError::not_found(format!("no task with id {id}")))?;
+        if task.state.is_terminal() || tokio::time::Instant::now() >= deadline {
+            let mut task = task;
+            state.notes.annotate(&mut task);
+            return Ok(Json(task));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,219 @@
+//! The all-in-one cluster: store, API server, scheduler and one local agent
+//! in one process.
+
+use crate::api::{self, AppState};
+use crate::links::LocalAgents;
+use crate::placement_notes::PlacementNotes;
+use crate::scheduler::Scheduler;
+use shepherd_agent::{Agent, AgentConfig, Driver, LogLimits};
+use shepherd_core::{Limits, Resources, Timestamp};
+use shepherd_store::{NodeRecord, NodeState, SqliteOptions, SqliteStore, Store, StoreError, Synchronous};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+
+/// What the cluster needs to start.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub synchronous: Synchronous,
+    pub limits: Limits,
+    /// The in-process agent; `None` runs an API server and scheduler only.
+    pub local_node: Option<LocalNodeConfig>,
+}
+
+/// The local node's size and settings.
+#[derive(Debug, Clone)]
+pub struct LocalNodeConfig {
+    pub capacity: Resources,
+    pub max_tasks: u32,
+    pub labels: BTreeMap<String, String>,
+    pub log_limits: LogLimits,
+    pub stop_grace: Duration,
+}
+
+/// Why the cluster could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("data directory {path}: {source}")]
+    DataDir { path: PathBuf, source: std::io::Error },
+}
+
+/// A running cluster.
+pub struct Cluster {
+    addr: SocketAddr,
+    node_id: Option<String>,
+    driver: Option<&'static str>,
+    shutdown: watch::Sender<bool>,
+    server: JoinHandle<()>,
+    background: Vec<JoinHandle<()>>,
+    agent: Option<Agent>,
+    store: Arc<SqliteStore>,
+}
+
+/// The node id of this data directory, made once and kept, so a restart
+/// finds the attempts it owned.
+fn node_id(data_dir: &std::path::Path) -> Result<String, std::io::Error> {
+    let path = data_dir.join("node-id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_string()),
+        _ => {
+            let id = format!("node-{}", &ulid::Ulid::new().to_string().to_lowercase()[16..]);
+            std::fs::write(&path, &id)?;
+            Ok(id)
+        }
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "localhost".into())
+}
+
+impl Cluster {
+    /// Opens the store, reconciles the local agent's attempts, and starts
+    /// serving. Returns once the API is listening.
+    pub async fn start(config: ClusterConfig, driver: Arc<dyn Driver>) -> Result<Cluster, ClusterError> {
+        let data_err = |source| ClusterError::DataDir { path: config.data_dir.clone(), source };
+        std::fs::create_dir_all(&config.data_dir).map_err(data_err)?;
+        let store = Arc::new(SqliteStore::open(
+            config.data_dir.join("shepherd.db"),
+            SqliteOptions { synchronous: config.synchronous, ..Default::default() },
+        )?);
+        let dyn_store: Arc<dyn Store> = store.clone();
+        let wakeup = Arc::new(Notify::new());
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let mut background = Vec::new();
+
+        let mut agent = None;
+        let mut node_record = None;
+        if let Some(node) = &config.local_node {
+            let id = node_id(&config.data_dir).map_err(data_err)?;
+            let now = Timestamp::now();
+            let record = NodeRecord {
+                id: id.clone(),
+                hostname: hostname(),
+                state: NodeState::Ready,
+                driver: driver.name().to_string(),
+                capacity: node.capacity,
+                max_tasks: node.max_tasks,
+                labels: node.labels.clone(),
+                registered_at: now,
+                last_heartbeat_at: now,
+            };
+            dyn_store.upsert_node(record.clone()).await?;
+            let local = Agent::new(
+                AgentConfig {
+                    node_id: id,
+                    work_dir: config.data_dir.join("attempts"),
+                    log_limits: node.log_limits,
+                    stop_grace: node.stop_grace,
+                },
+                dyn_store.clone(),
+                driver.clone(),
+                wakeup.clone(),
+            );
+            local.reconcile().await?;
+            agent = Some(local);
+            node_record = Some(record);
+        }
+
+        let links = Arc::new(LocalAgents::new(agent.clone()));
+        let notes = Arc::new(PlacementNotes::default());
+        let scheduler = Scheduler { store: dyn_store.clone(), links: links.clone(), wakeup: wakeup.clone(), notes: notes.clone() };
+        background.push(tokio::spawn(scheduler.run(shutdown_rx.clone())));
+        if let Some(record) = node_record {
+            background.push(tokio::spawn(heartbeat(dyn_store.clone(), record, shutdown_rx.clone())));
+        }
+
+        let state = AppState {
+            store: dyn_store,
+            limits: config.limits,
+            scheduler_wakeup: wakeup,
+            links,
+            ids: Arc::new(Mutex::new(ulid::Generator::new())),
+            notes,
+        };
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| ClusterError::Bind { addr: config.listen, source })?;
+        let addr = listener.local_addr().map_err(|source| ClusterError::Bind { addr: config.listen, source })?;
+        let mut stop_serving = shutdown_rx.clone();
+        let app = api::router(state);
+        let server = tokio::spawn(async move {
+            let graceful = async move {
+                let _ = stop_serving.wait_for(|stop| *stop).await;
+            };
+            if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(graceful).await {
+                tracing::error!(error = %e, "API server failed");
+            }
+        });
+        tracing::info!(%addr, "API listening");
+        Ok(Cluster {
+            addr,
+            node_id: agent.as_ref().map(|a| a.node_id().to_string()),
+            driver: agent.as_ref().map(|a| a.driver_name()),
+            shutdown,
+            server,
+            background,
+            agent,
+            store,
+        })
+    }
+
+    /// Where the API listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The local node's id, if this cluster runs an agent.
+    pub fn node_id(&self) -> Option<&str> {
+        self.node_id.as_deref()
+    }
+
+    /// The local agent's driver, if any.
+    pub fn driver(&self) -> Option<&'static str> {
+        self.driver
+    }
+
+    /// Stops cleanly: no new placements, running attempts stopped and put
+    /// back in the queue (they run again on the next start), the API closed,
+    /// the store flushed.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for task in self.background {
+            let _ = task.await;
+        }
+        if let Some(agent) = &self.agent {
+            agent.shutdown().await;
+        }
+        // Followers of live logs keep connections open: give them a moment, then close.
+        let mut server = self.server;
+        if tokio::time::timeout(Duration::from_secs(3), &mut server).await.is_err() {
+            server.abort();
+        }
+        self.store.close();
+        tracing::info!("cluster stopped");
+    }
+}
+
+async fn heartbeat(store: Arc<dyn Store>, mut record: NodeRecord, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            _ = shutdown.changed() => return,
+        }
+        record.last_heartbeat_at = Timestamp::now();
+        if let Err(e) = store.upsert_node(record.clone()).await {
+            tracing::warn!(error = %e, "heartbeat not stored");
+        }
+    }
+}

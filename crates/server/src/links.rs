@@ -1,0 +1,46 @@
+//! How the server reaches agents. In the all-in-one cluster the agent lives
+//! in the same process ([`LocalAgents`]); multi-node clusters implement
+//! [`NodeLinks`] over the network.
+
+use shepherd_agent::Agent;
+use shepherd_core::TaskId;
+use std::collections::HashMap;
+
+/// Delivers assignments and cancels to the agent of a node.
+pub trait NodeLinks: Send + Sync + 'static {
+    /// Tells a node's agent to start an attempt. False if the node is unreachable.
+    fn assign(&self, node_id: &str, task_id: TaskId, attempt: u32) -> bool;
+    /// Tells a node's agent to stop a task's attempt.
+    fn cancel(&self, node_id: &str, task_id: TaskId);
+}
+
+/// Agents running in this process, by node id.
+#[derive(Default)]
+pub struct LocalAgents {
+    agents: HashMap<String, Agent>,
+}
+
+impl LocalAgents {
+    /// Links to these agents.
+    pub fn new(agents: impl IntoIterator<Item = Agent>) -> LocalAgents {
+        LocalAgents { agents: agents.into_iter().map(|a| (a.node_id().to_string(), a)).collect() }
+    }
+}
+
+impl NodeLinks for LocalAgents {
+    fn assign(&self, node_id: &str, task_id: TaskId, attempt: u32) -> bool {
+        match self.agents.get(node_id) {
+            Some(agent) => {
+                agent.assign(task_id, attempt);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn cancel(&self, node_id: &str, task_id: TaskId) {
+        if let Some(agent) = self.agents.get(node_id) {
+            agent.cancel(task_id);
+        }
+    }
+}
