@@ -94,14 +94,14 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
         let message = e.inner().to_string();
         if e.inner().is_syntax() || e.inner().is_eof() {
-            return ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", format!("request body is not valid JSON: {message}"));
+            return ApiError { field: Some("body".into()), ..ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", format!("request body is not valid JSON: {message}")) };
         }
         let field = field_of(&e.path().to_string(), &message);
         ApiError::field(field, message)
     })?;
     deserializer
         .end()
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", format!("trailing data after the JSON body: {e}")))?;
+        .map_err(|e| ApiError { field: Some("body".into()), ..ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", format!("trailing data after the JSON body: {e}")) })?;
     Ok(value)
 }
 

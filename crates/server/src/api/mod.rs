@@ -9,6 +9,9 @@ mod tasks;
 
 pub use error::{ApiError, ErrorBody};
 pub use openapi::ApiDoc;
+pub use health::Health;
+pub use nodes::{NodeList, NodeView};
+pub use tasks::{BatchRequest, BatchResponse, TaskList};
 
 use crate::links::NodeLinks;
 use crate::placement_notes::PlacementNotes;

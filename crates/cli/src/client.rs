@@ -1,0 +1,95 @@
+//! A small client of the REST API: JSON in, JSON out, API errors turned
+//! into messages that name the field.
+
+use anyhow::{anyhow, Context, Result};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// Where `shepherd up` listens by default, and where the CLI looks.
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7070";
+
+pub struct Client {
+    base: String,
+    http: reqwest::Client,
+}
+
+#[derive(serde::Deserialize)]
+struct ErrorBody {
+    error: ErrorDetail,
+}
+
+#[derive(serde::Deserialize)]
+struct ErrorDetail {
+    code: String,
+    field: Option<String>,
+    message: String,
+}
+
+impl Client {
+    pub fn new(server: &str) -> Result<Client> {
+        let base = server.trim_end_matches('/').to_string();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(anyhow!("--server `{server}`: use a URL such as {DEFAULT_SERVER}"));
+        }
+        let http = reqwest::Client::builder().build().context("cannot build the HTTP client")?;
+        Ok(Client { base, http })
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn unreachable(&self, e: reqwest::Error) -> anyhow::Error {
+        anyhow!(
+            "cannot reach the Shepherd server at {}: {e}\nIs `shepherd up` running? Point at another server with --server or SHEPHERD_SERVER.",
+            self.base
+        )
+    }
+
+    async fn check(response: reqwest::Response) -> Result<reqwest::Response> {
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let text = response.text().await.unwrap_or_default();
+        match serde_json::from_str::<ErrorBody>(&text) {
+            Ok(body) => {
+                let e = body.error;
+                match e.field {
+                    Some(field) => Err(anyhow!("{field}: {} ({}, HTTP {})", e.message, e.code, status.as_u16())),
+                    None => Err(anyhow!("{} ({}, HTTP {})", e.message, e.code, status.as_u16())),
+                }
+            }
+            Err(_) => Err(anyhow!("server answered HTTP {}: {text}", status.as_u16())),
+        }
+    }
+
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        let response = self.http.get(self.url(path)).send().await.map_err(|e| self.unreachable(e))?;
+        Ok(Self::check(response).await?.json().await.context("bad response from server")?)
+    }
+
+    pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
+        let response = self.http.post(self.url(path)).json(body).send().await.map_err(|e| self.unreachable(e))?;
+        Ok(Self::check(response).await?.json().await.context("bad response from server")?)
+    }
+
+    /// A streaming GET: the caller reads chunks as they come.
+    pub async fn stream(&self, path: &str) -> Result<reqwest::Response> {
+        let response = self.http.get(self.url(path)).send().await.map_err(|e| self.unreachable(e))?;
+        Self::check(response).await
+    }
+}
+
+/// Percent-encodes a query value.
+pub fn encode(value: &str) -> String {
+    let mut out = String::new();
+    for byte in value.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}

@@ -1,0 +1,363 @@
+//! Task commands: run, ps, inspect, logs, cancel, wait.
+
+use crate::client::{encode, Client};
+use crate::output::{ago, clip, exit_code_of, print_table};
+use anyhow::{Context, Result};
+use base64::Engine;
+use clap::Args;
+use shepherd_core::{Resources, RetryPolicy, Task, TaskSpec};
+use std::io::{Read, Write};
+use std::process::ExitCode;
+use std::time::Duration;
+
+fn parse_timeout(text: &str) -> Result<u32, String> {
+    let seconds = match text.parse::<u64>() {
+        Ok(seconds) => seconds,
+        Err(_) => humantime::parse_duration(text).map_err(|e| format!("`{text}`: {e} (use 30s, 5m, 1h)"))?.as_secs(),
+    };
+    u32::try_from(seconds).map_err(|_| format!("`{text}` is too long"))
+}
+
+fn parse_pair(text: &str) -> Result<(String, String), String> {
+    text.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| format!("`{text}`: use KEY=VALUE"))
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// Follow the task to its end, stream its output, exit with its exit code.
+    #[arg(long, short = 'w')]
+    wait: bool,
+    /// Print the created task (or, with --wait, the finished task) as JSON.
+    #[arg(long)]
+    json: bool,
+    /// CPU to reserve, in millicores (1000 = one core).
+    #[arg(long, value_name = "MILLICORES")]
+    cpu: Option<u32>,
+    /// Memory to reserve, in MiB.
+    #[arg(long, value_name = "MIB")]
+    memory: Option<u32>,
+    /// Longest run time: seconds, or 30s, 5m, 2h (default 1h).
+    #[arg(long, value_parser = parse_timeout)]
+    timeout: Option<u32>,
+    /// Higher runs first (-1000 to 1000).
+    #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+    priority: i32,
+    /// Extra attempts after a failed or lost one.
+    #[arg(long, default_value_t = 0)]
+    retries: u32,
+    /// Seconds before the first retry; doubles each time.
+    #[arg(long, default_value_t = 5)]
+    backoff: u32,
+    /// Environment variable KEY=VALUE (repeatable).
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE", value_parser = parse_pair)]
+    env: Vec<(String, String)>,
+    /// Label KEY=VALUE (repeatable).
+    #[arg(short = 'l', long = "label", value_name = "KEY=VALUE", value_parser = parse_pair)]
+    labels: Vec<(String, String)>,
+    /// Placement constraint, e.g. 'node.labels.region==eu' (repeatable).
+    #[arg(long = "constraint")]
+    constraints: Vec<String>,
+    /// Payload file handed to the task (`-` reads standard input).
+    #[arg(long, value_name = "FILE|-")]
+    payload: Option<String>,
+    /// Project the task belongs to.
+    #[arg(long, default_value = "default")]
+    project: String,
+    /// The image to run.
+    image: String,
+    /// The command and its arguments (after `--`).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    command: Vec<String>,
+}
+
+fn read_payload(source: &str) -> Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    if source == "-" {
+        std::io::stdin().read_to_end(&mut bytes).context("reading the payload from standard input")?;
+    } else {
+        bytes = std::fs::read(source).with_context(|| format!("reading the payload file {source}"))?;
+    }
+    Ok(bytes)
+}
+
+pub async fn run(client: &Client, args: RunArgs) -> Result<ExitCode> {
+    let mut spec = TaskSpec::new(args.image, args.command);
+    spec.resources = Resources {
+        cpu_millicores: args.cpu.unwrap_or(Resources::default().cpu_millicores),
+        memory_mib: args.memory.unwrap_or(Resources::default().memory_mib),
+    };
+    if let Some(timeout) = args.timeout {
+        spec.timeout_seconds = timeout;
+    }
+    spec.priority = args.priority;
+    spec.retry = RetryPolicy { max_attempts: args.retries.saturating_add(1), backoff_seconds: args.backoff };
+    spec.env = args.env.into_iter().collect();
+    spec.labels = args.labels.into_iter().collect();
+    spec.constraints = args.constraints;
+    spec.project = args.project;
+    if let Some(source) = &args.payload {
+        spec.payload = Some(base64::engine::general_purpose::STANDARD.encode(read_payload(source)?));
+    }
+    let task: Task = client.post("/v1/tasks", &spec).await?;
+    if !args.wait {
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&task)?);
+        } else {
+            println!("{}", task.id);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !args.json {
+        follow_logs(client, &task.id.to_string(), "all").await?;
+    }
+    let done = wait_for_end(client, &task.id.to_string(), None).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&done)?);
+    } else if !matches!(done.state, shepherd_core::TaskState::Succeeded) {
+        eprintln!("shepherd: task {} {}{}", done.id, done.state, done.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default());
+    }
+    Ok(ExitCode::from(exit_code_of(&done)))
+}
+
+async fn follow_logs(client: &Client, id: &str, stream: &str) -> Result<()> {
+    let mut response = client.stream(&format!("/v1/tasks/{id}/logs?follow=true&stream={stream}")).await?;
+    let mut stdout = std::io::stdout();
+    while let Some(chunk) = response.chunk().await.context("log stream broke")? {
+        stdout.write_all(&chunk)?;
+        stdout.flush()?;
+    }
+    Ok(())
+}
+
+async fn wait_for_end(client: &Client, id: &str, limit: Option<Duration>) -> Result<Task> {
+    let deadline = limit.map(|l| std::time::Instant::now() + l);
+    loop {
+        let remaining = deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()).as_secs().max(1)).unwrap_or(60).min(60);
+        let task: Task = client.get(&format!("/v1/tasks/{id}/wait?timeout_seconds={remaining}")).await?;
+        if task.state.is_terminal() || deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+            return Ok(task);
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct PsArgs {
+    /// Only these states (comma-separated: queued,scheduled,running,succeeded,failed,timed_out,cancelled).
+    #[arg(long, short = 's')]
+    state: Option<String>,
+    /// Only tasks with label KEY=VALUE (repeatable; all must match).
+    #[arg(long = "label", short = 'l', value_name = "KEY=VALUE")]
+    labels: Vec<String>,
+    /// Only this project's tasks.
+    #[arg(long)]
+    project: Option<String>,
+    /// Tasks per page (1 to 1000).
+    #[arg(long, short = 'n', default_value_t = 50)]
+    limit: u32,
+    /// Start after this cursor (printed at the end of the previous page).
+    #[arg(long)]
+    cursor: Option<String>,
+    /// Follow the cursor through every page.
+    #[arg(long, short = 'a')]
+    all: bool,
+    /// Print JSON ({"tasks": [...], "next_cursor": ...}).
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn ps(client: &Client, args: PsArgs) -> Result<ExitCode> {
+    let mut query = vec![format!("limit={}", args.limit)];
+    if let Some(state) = &args.state {
+        query.push(format!("state={}", encode(state)));
+    }
+    for label in &args.labels {
+        query.push(format!("label={}", encode(label)));
+    }
+    if let Some(project) = &args.project {
+        query.push(format!("project={}", encode(project)));
+    }
+    let mut cursor = args.cursor.clone();
+    let mut tasks: Vec<Task> = Vec::new();
+    let next = loop {
+        let mut q = query.clone();
+        if let Some(c) = &cursor {
+            q.push(format!("cursor={}", encode(c)));
+        }
+        let page: serde_json::Value = client.get(&format!("/v1/tasks?{}", q.join("&"))).await?;
+        let page_tasks: Vec<Task> = serde_json::from_value(page["tasks"].clone()).context("bad task list from server")?;
+        tasks.extend(page_tasks);
+        let next = page["next_cursor"].as_str().map(str::to_string);
+        if args.all && next.is_some() {
+            cursor = next;
+        } else {
+            break next;
+        }
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "tasks": tasks, "next_cursor": next }))?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<Vec<String>> = tasks
+        .iter()
+        .map(|t| {
+            vec![
+                t.id.to_string(),
+                clip(&t.image, 24),
+                clip(&t.command.join(" "), 30),
+                t.state.to_string(),
+                t.exit_code.map(|c| c.to_string()).unwrap_or_default(),
+                t.node_id.clone().unwrap_or_default(),
+                ago(t.created_at),
+            ]
+        })
+        .collect();
+    print_table(&["ID", "IMAGE", "COMMAND", "STATE", "EXIT", "NODE", "CREATED"], &rows);
+    if let Some(next) = next {
+        eprintln!("more: shepherd ps --cursor {next}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args)]
+pub struct InspectArgs {
+    /// Task id.
+    id: String,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn inspect(client: &Client, args: InspectArgs) -> Result<ExitCode> {
+    let task: Task = client.get(&format!("/v1/tasks/{}", encode(&args.id))).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&task)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let opt = |t: Option<shepherd_core::Timestamp>| t.map(|t| t.to_rfc3339()).unwrap_or_else(|| "-".into());
+    println!("ID:          {}", task.id);
+    println!("State:       {}{}", task.state, if task.cancel_requested && !task.state.is_terminal() { " (cancel requested)" } else { "" });
+    if let Some(reason) = &task.reason {
+        println!("Reason:      {reason}");
+    }
+    println!("Exit code:   {}", task.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "-".into()));
+    println!("Image:       {}", task.image);
+    println!("Command:     {}", task.command.join(" "));
+    println!("Project:     {}", task.project);
+    println!("Resources:   {} millicores, {} MiB", task.resources.cpu_millicores, task.resources.memory_mib);
+    println!("Timeout:     {}s", task.timeout_seconds);
+    println!("Priority:    {}", task.priority);
+    println!("Retry:       {} attempts, {}s backoff", task.retry.max_attempts, task.retry.backoff_seconds);
+    println!("Payload:     {} bytes", task.payload_bytes);
+    for (k, v) in &task.env {
+        println!("Env:         {k}={v}");
+    }
+    for (k, v) in &task.labels {
+        println!("Label:       {k}={v}");
+    }
+    for c in &task.constraints {
+        println!("Constraint:  {c}");
+    }
+    println!("Node:        {}", task.node_id.as_deref().unwrap_or("-"));
+    println!("Created:     {}", task.created_at.to_rfc3339());
+    println!("Scheduled:   {}", opt(task.scheduled_at));
+    println!("Started:     {}", opt(task.started_at));
+    println!("Finished:    {}", opt(task.finished_at));
+    if !task.attempts.is_empty() {
+        println!();
+        let rows: Vec<Vec<String>> = task
+            .attempts
+            .iter()
+            .map(|a| {
+                vec![
+                    a.number.to_string(),
+                    a.node_id.clone(),
+                    opt(a.started_at),
+                    opt(a.finished_at),
+                    a.outcome.map(|o| o.as_str().to_string()).unwrap_or_else(|| "in progress".into()),
+                    a.exit_code.map(|c| c.to_string()).unwrap_or_default(),
+                    a.reason.clone().unwrap_or_default(),
+                ]
+            })
+            .collect();
+        print_table(&["ATTEMPT", "NODE", "STARTED", "FINISHED", "OUTCOME", "EXIT", "REASON"], &rows);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args)]
+pub struct LogsArgs {
+    /// Keep following new output until the task ends.
+    #[arg(long, short = 'f')]
+    follow: bool,
+    /// stdout, stderr or all.
+    #[arg(long, default_value = "all", value_parser = ["all", "stdout", "stderr"])]
+    stream: String,
+    /// Task id.
+    id: String,
+}
+
+pub async fn logs(client: &Client, args: LogsArgs) -> Result<ExitCode> {
+    let id = encode(&args.id);
+    if args.follow {
+        follow_logs(client, &id, &args.stream).await?;
+    } else {
+        let mut response = client.stream(&format!("/v1/tasks/{id}/logs?stream={}", args.stream)).await?;
+        let mut stdout = std::io::stdout();
+        while let Some(chunk) = response.chunk().await.context("log stream broke")? {
+            stdout.write_all(&chunk)?;
+        }
+        stdout.flush()?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args)]
+pub struct CancelArgs {
+    /// Task ids.
+    #[arg(required = true)]
+    ids: Vec<String>,
+    /// Print the tasks as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn cancel(client: &Client, args: CancelArgs) -> Result<ExitCode> {
+    let mut failed = false;
+    for id in &args.ids {
+        match client.post::<_, Task>(&format!("/v1/tasks/{}/cancel", encode(id)), &serde_json::json!({})).await {
+            Ok(task) if args.json => println!("{}", serde_json::to_string(&task)?),
+            Ok(task) => println!("{} {}", task.id, if task.state.is_terminal() { task.state.to_string() } else { "cancelling".into() }),
+            Err(e) => {
+                eprintln!("error: {id}: {e:#}");
+                failed = true;
+            }
+        }
+    }
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+#[derive(Args)]
+pub struct WaitArgs {
+    /// Task id.
+    id: String,
+    /// Give up after this long (30s, 5m); exit 124 if the task is still going.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    timeout: Option<Duration>,
+    /// Print the final task as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn wait(client: &Client, args: WaitArgs) -> Result<ExitCode> {
+    let task = wait_for_end(client, &encode(&args.id), args.timeout).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&task)?);
+    } else {
+        println!("{} {}{}", task.id, task.state, task.exit_code.map(|c| format!(" (exit code {c})")).unwrap_or_default());
+    }
+    if task.state.is_terminal() {
+        Ok(ExitCode::from(exit_code_of(&task)))
+    } else {
+        Ok(ExitCode::from(124))
+    }
+}

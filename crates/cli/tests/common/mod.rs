@@ -1,0 +1,139 @@
+//! Starts the real `shepherd` binary as a server on a free port, and runs
+//! CLI commands against it.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_shepherd");
+
+/// A `shepherd up` process, killed when dropped.
+pub struct Server {
+    child: Child,
+    pub url: String,
+    pub data_dir: PathBuf,
+}
+
+impl Server {
+    /// Starts `shepherd up` on a free loopback port with `data_dir`.
+    pub fn start(data_dir: &Path, extra: &[&str]) -> Server {
+        let log = std::fs::File::create(data_dir.with_extension("log")).expect("server log file");
+        let mut child = Command::new(BIN)
+            .args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .args(["--stop-grace", "2s"])
+            .args(extra)
+            .env("SHEPHERD_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("start shepherd up");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let url = loop {
+            match lines.next() {
+                Some(Ok(line)) => {
+                    if let Some(url) = line.strip_prefix("shepherd: API listening on ") {
+                        break url.to_string();
+                    }
+                }
+                _ => panic!("shepherd up exited before listening; see {}", data_dir.with_extension("log").display()),
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        Server { child, url, data_dir: data_dir.to_path_buf() }
+    }
+
+    /// SIGKILL: no chance to clean up.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGINT, as Ctrl-C, and wait for a clean exit.
+    pub fn stop(&mut self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                assert!(status.success(), "shepherd up exited with {status}");
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("shepherd up did not stop within 30 s of SIGINT");
+    }
+
+    /// Runs a CLI command against this server.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN).args(args).env("SHEPHERD_SERVER", &self.url).stdin(Stdio::null()).output().expect("run shepherd")
+    }
+
+    pub fn http(&self) -> Http {
+        Http { base: self.url.clone(), client: reqwest::Client::new() }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A JSON client for the API.
+pub struct Http {
+    pub base: String,
+    pub client: reqwest::Client,
+}
+
+impl Http {
+    pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        let r = self.client.get(format!("{}{path}", self.base)).send().await.expect("request");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
+    pub async fn text(&self, path: &str) -> (u16, String) {
+        let r = self.client.get(format!("{}{path}", self.base)).send().await.expect("request");
+        (r.status().as_u16(), r.text().await.unwrap_or_default())
+    }
+
+    pub async fn post(&self, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+        self.post_raw(path, body.to_string().into_bytes()).await
+    }
+
+    pub async fn post_raw(&self, path: &str, body: Vec<u8>) -> (u16, serde_json::Value) {
+        let r = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("request");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
+    /// Polls until the task is terminal.
+    pub async fn wait_terminal(&self, id: &str, limit: Duration) -> serde_json::Value {
+        let deadline = Instant::now() + limit;
+        loop {
+            let (status, task) = self.get(&format!("/v1/tasks/{id}/wait?timeout_seconds=5")).await;
+            assert_eq!(status, 200, "{task}");
+            let state = task["state"].as_str().unwrap_or_default().to_string();
+            if ["succeeded", "failed", "timed_out", "cancelled"].contains(&state.as_str()) {
+                return task;
+            }
+            assert!(Instant::now() < deadline, "task {id} still {state} after {limit:?}");
+        }
+    }
+}
+
+/// A task body running `sh -c SCRIPT`.
+pub fn sh(script: &str) -> serde_json::Value {
+    serde_json::json!({ "image": "busybox", "command": ["sh", "-c", script] })
+}

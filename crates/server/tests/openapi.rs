@@ -1,0 +1,40 @@
+//! The OpenAPI document checked in at `docs/openapi.json` is the one the
+//! server generates. After changing the API, regenerate it with
+//! `SHEPHERD_UPDATE_OPENAPI=1 cargo nextest run -p shepherd-server openapi`.
+
+use shepherd_server::api::ApiDoc;
+use utoipa::OpenApi;
+
+#[test]
+fn checked_in_openapi_document_matches_the_server() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/openapi.json");
+    let generated = ApiDoc::openapi().to_pretty_json().expect("document serializes") + "\n";
+    if std::env::var_os("SHEPHERD_UPDATE_OPENAPI").is_some() {
+        std::fs::write(path, &generated).expect("write docs/openapi.json");
+    }
+    let checked_in = std::fs::read_to_string(path).unwrap_or_default();
+    assert!(
+        checked_in == generated,
+        "docs/openapi.json is out of date; run SHEPHERD_UPDATE_OPENAPI=1 cargo nextest run -p shepherd-server openapi"
+    );
+}
+
+#[test]
+fn every_route_is_documented() {
+    let doc = ApiDoc::openapi();
+    let documented: Vec<&str> = doc.paths.paths.keys().map(String::as_str).collect();
+    for path in [
+        "/v1/health",
+        "/v1/tasks",
+        "/v1/tasks/batch",
+        "/v1/tasks/{id}",
+        "/v1/tasks/{id}/cancel",
+        "/v1/tasks/{id}/wait",
+        "/v1/tasks/{id}/logs",
+        "/v1/nodes",
+        "/v1/openapi.json",
+    ] {
+        assert!(documented.contains(&path), "{path} is routed but not documented");
+    }
+    assert_eq!(documented.len(), 9, "documented paths: {documented:?}");
+}
