@@ -19,9 +19,14 @@ pub struct Server {
 impl Server {
     /// Starts `shepherd up` on a free loopback port with `data_dir`.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Server {
-        let log = std::fs::File::create(data_dir.with_extension("log")).expect("server log file");
+        Server::start_on(data_dir, "127.0.0.1:0", extra)
+    }
+
+    /// Starts `shepherd up` listening on `listen`.
+    pub fn start_on(data_dir: &Path, listen: &str, extra: &[&str]) -> Server {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(data_dir.with_extension("log")).expect("server log file");
         let mut child = Command::new(BIN)
-            .args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args(["up", "--listen", listen, "--data-dir"])
             .arg(data_dir)
             .args(["--stop-grace", "2s"])
             .args(extra)
@@ -136,4 +141,9 @@ impl Http {
 /// A task body running `sh -c SCRIPT`.
 pub fn sh(script: &str) -> serde_json::Value {
     serde_json::json!({ "image": "busybox", "command": ["sh", "-c", script] })
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
 }
