@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Builds Shepherd, starts an all-in-one cluster (embedded SQLite in
+# ./.shepherd), runs tasks on it and shows them. The cluster is stopped at
+# the end unless --keep is given.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+keep=false
+[ "${1:-}" = "--keep" ] && keep=true
+
+command -v curl >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq curl; }
+cargo build --release -p shepherd
+bin=$PWD/target/release/shepherd
+data=${SHEPHERD_DATA_DIR:-$PWD/.shepherd}
+listen=${SHEPHERD_LISTEN:-127.0.0.1:7070}
+export SHEPHERD_SERVER=http://$listen
+mkdir -p "$data"
+
+"$bin" up --listen "$listen" --data-dir "$data" >"$data/up.log" 2>&1 &
+pid=$!
+cleanup() { $keep || { kill -INT "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true; }; }
+trap cleanup EXIT
+for _ in $(seq 100); do
+    "$bin" nodes >/dev/null 2>&1 && break
+    kill -0 "$pid" 2>/dev/null || { cat "$data/up.log"; exit 1; }
+    sleep 0.1
+done
+sed -n '/API listening/,$p' "$data/up.log" | grep -v ' INFO ' || true
+
+step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; }
+step shepherd run --wait busybox -- sh -c 'echo hello from task $SHEPHERD_TASK_ID'
+"$bin" run --wait busybox -- sh -c 'echo hello from task $SHEPHERD_TASK_ID'
+
+step "shepherd run --wait --timeout 1s busybox -- sleep 5   # stopped at its timeout; exits 124"
+"$bin" run --wait --timeout 1s busybox -- sleep 5 || echo "(exit code $?)"
+
+step "curl -X POST $SHEPHERD_SERVER/v1/tasks/batch   # 200 tasks in one durable transaction"
+tasks=$(for i in $(seq 200); do printf '{"image":"busybox","command":["sh","-c","echo task %d; exit $((%d %% 10 == 0))"],"labels":{"demo":"batch"}},' "$i" "$i"; done)
+curl -sf -X POST "$SHEPHERD_SERVER/v1/tasks/batch" -H 'content-type: application/json' -d "{\"tasks\":[${tasks%,}]}" | head -c 120; echo ...
+for _ in $(seq 300); do
+    left=$("$bin" ps --json -l demo=batch -n 1000 --state queued,scheduled,running | grep -c '"id"' || true)
+    [ "$left" = 0 ] && break
+    sleep 0.2
+done
+
+step "shepherd ps -l demo=batch -n 5"
+"$bin" ps -l demo=batch -n 5
+step "shepherd ps -l demo=batch --state failed -n 3"
+"$bin" ps -l demo=batch --state failed -n 3
+step "shepherd nodes"
+"$bin" nodes
+step "curl $SHEPHERD_SERVER/v1/health"
+curl -s "$SHEPHERD_SERVER/v1/health"; echo
+
+if $keep; then
+    echo
+    echo "The cluster keeps running (pid $pid, log $data/up.log). Try:"
+    echo "  export SHEPHERD_SERVER=$SHEPHERD_SERVER"
+    echo "  $bin run --wait busybox -- uname -a"
+    echo "Stop it with: kill -INT $pid"
+else
+    echo
+    echo "Stopping the cluster (run with --keep to leave it up)."
+fi

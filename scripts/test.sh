@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Runs Shepherd's whole test suite: unit, property and integration tests
+# (real server processes, real SQLite, the crash test). Installs what it
+# needs first. Extra arguments go to `cargo nextest run`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v cargo >/dev/null 2>&1; then
+    echo "test.sh: cargo is required (install Rust with rustup)" >&2
+    exit 1
+fi
+if ! cargo nextest --version >/dev/null 2>&1; then
+    echo "test.sh: installing cargo-nextest" >&2
+    cargo install cargo-nextest --locked
+fi
+
+profile=default
+[ "${CI:-}" = "true" ] && profile=ci
+cargo build --workspace --all-targets
+cargo nextest run --workspace --profile "$profile" "$@"
