@@ -47,7 +47,7 @@ fn init_logging(default: &str) {
     let spec = std::env::var("SHEPHERD_LOG").unwrap_or_else(|_| default.to_string());
     let filter: Targets = spec.parse().unwrap_or_else(|_| Targets::new().with_default(tracing::Level::INFO));
     tracing_subscriber::registry()
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_filter(filter))
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).with_filter(filter))
         .init();
 }
 
