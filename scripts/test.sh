@@ -16,5 +16,6 @@ fi
 
 profile=default
 [ "${CI:-}" = "true" ] && profile=ci
+bash scripts/build-test-image.sh
 cargo build --workspace --all-targets
 cargo nextest run --workspace --profile "$profile" "$@"

@@ -15,6 +15,7 @@ mod logs;
 mod runner;
 
 pub use driver::{AttemptHandle, AttemptSpec, Driver, DriverError, ExitStatus, OutputChunk};
+pub use driver::docker::{DockerConfig, DockerDriver};
 pub use driver::process::ProcessDriver;
 pub use logs::LogLimits;
 pub use runner::{Agent, AgentConfig};

@@ -80,6 +80,11 @@ impl Agent {
         self.inner.driver.name()
     }
 
+    /// The images the driver's engine holds.
+    pub async fn images(&self) -> Vec<String> {
+        self.inner.driver.images().await
+    }
+
     /// Attempts running (or starting) now.
     pub fn running_count(&self) -> usize {
         self.inner.running.lock().map(|r| r.len()).unwrap_or(0)
@@ -121,7 +126,14 @@ impl Agent {
     /// machine then retries them or fails them with reason `lost`).
     pub async fn reconcile(&self) -> Result<(), shepherd_store::StoreError> {
         let active = self.inner.store.active_tasks().await?;
-        let mine = active.into_iter().filter(|t| t.node_id == self.inner.config.node_id);
+        let mine: Vec<_> = active.into_iter().filter(|t| t.node_id == self.inner.config.node_id).collect();
+        let keep: Vec<(TaskId, u32)> =
+            mine.iter().filter(|t| t.state == TaskState::Running).map(|t| (t.id, t.attempt)).collect();
+        match self.inner.driver.remove_orphans(&keep).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(removed = n, "removed containers of attempts this node no longer owns"),
+            Err(e) => tracing::warn!(error = %e, "could not clean up leftover containers"),
+        }
         let mut lost = Vec::new();
         for task in mine {
             let (tx, rx) = mpsc::channel(64);
@@ -239,6 +251,10 @@ async fn start(inner: &Inner, task_id: TaskId, attempt: u32, work_dir: &PathBuf)
         command: launch.spec.command,
         env: launch.spec.env,
         resources: launch.spec.resources,
+        workdir: launch.spec.workdir,
+        user: launch.spec.user,
+        network: launch.spec.network,
+        pull_policy: launch.spec.pull_policy,
         work_dir: work_dir.clone(),
         payload_file,
     };
@@ -258,21 +274,18 @@ async fn run_attempt_inner(
     adopted: Option<Adopted>,
     work_dir: &PathBuf,
 ) {
-    let timeout_seconds;
+    // The deadline counts from the attempt's start, also for an adopted one.
+    let mut time_left = Duration::from_secs(u64::from(shepherd_core::TaskSpec::default_timeout()));
+    if let Ok(Some(task)) = inner.store.get_task(task_id).await {
+        let limit = Duration::from_secs(u64::from(task.timeout_seconds));
+        let started = task.attempts.iter().find(|a| a.number == attempt).and_then(|a| a.started_at);
+        let elapsed = started.map_or(0, |s| (Timestamp::now().millis() - s.millis()).max(0) as u64);
+        time_left = limit.saturating_sub(Duration::from_millis(elapsed));
+    }
     let (mut handle, output) = match adopted {
-        Some(adopted) => {
-            timeout_seconds = match inner.store.get_task(task_id).await {
-                Ok(Some(task)) => task.timeout_seconds,
-                _ => shepherd_core::TaskSpec::default_timeout(),
-            };
-            (adopted.handle, adopted.output)
-        }
+        Some(adopted) => (adopted.handle, adopted.output),
         None => match start(inner, task_id, attempt, work_dir).await {
             Ok(Some((handle, output))) => {
-                timeout_seconds = match inner.store.get_task(task_id).await {
-                    Ok(Some(task)) => task.timeout_seconds,
-                    _ => shepherd_core::TaskSpec::default_timeout(),
-                };
                 let mut handle = handle;
                 if !report(inner, task_id, Event::Start { attempt }).await {
                     // The task was given away or ended meanwhile: never let it run.
@@ -291,7 +304,7 @@ async fn run_attempt_inner(
         },
     };
     let log_writer = tokio::spawn(logs::capture(inner.store.clone(), task_id, attempt, inner.config.log_limits, output));
-    let deadline = tokio::time::sleep(Duration::from_secs(u64::from(timeout_seconds)));
+    let deadline = tokio::time::sleep(time_left);
     tokio::pin!(deadline);
     let mut shutdown = inner.shutdown.subscribe();
     let mut timed_out = false;
@@ -310,7 +323,15 @@ async fn run_attempt_inner(
                 if changed.is_err() || *cancel.borrow() { stop_reason = Some(StopReason::Cancelled); }
             }
             changed = shutdown.changed() => {
-                if changed.is_err() || *shutdown.borrow() { stop_reason = Some(StopReason::Shutdown); }
+                if changed.is_err() || *shutdown.borrow() {
+                    if inner.driver.attempts_survive_agent() {
+                        // Leave it running: the next start of this agent adopts it.
+                        log_writer.abort();
+                        tracing::info!(task = %task_id, attempt, "agent stopping; attempt left running for adoption");
+                        return;
+                    }
+                    stop_reason = Some(StopReason::Shutdown);
+                }
             }
         }
     };
@@ -319,11 +340,15 @@ async fn run_attempt_inner(
     if tokio::time::timeout(Duration::from_secs(10), log_writer).await.is_err() {
         tracing::warn!(task = %task_id, "output did not end 10 s after the attempt; stopped capturing");
     }
+    // A clean shutdown leaves nothing to adopt: the attempt runs again.
+    if let Err(e) = handle.remove().await {
+        tracing::warn!(task = %task_id, error = %e, "could not remove the attempt's container");
+    }
     let event = match (stop_reason, timed_out, status) {
         (Some(StopReason::Cancelled), _, _) => Event::Cancelled { attempt },
         (Some(StopReason::Shutdown), _, _) => Event::Interrupted { attempt },
         (None, true, _) => Event::TimedOut { attempt },
-        (None, false, Ok(status)) => Event::Exit { attempt, code: status.code },
+        (None, false, Ok(status)) => Event::Exit { attempt, code: status.code, oom_killed: status.oom_killed },
         (None, false, Err(e)) => Event::Lost { attempt, reason: format!("driver lost track of the attempt: {e}") },
     };
     report(inner, task_id, event).await;

@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
-use shepherd_agent::{Driver, LogLimits, ProcessDriver};
+use shepherd_agent::{DockerConfig, DockerDriver, Driver, LogLimits, ProcessDriver};
 use shepherd_core::{Limits, Resources};
 use shepherd_server::{Cluster, ClusterConfig, LocalNodeConfig};
 use shepherd_store::Synchronous;
@@ -12,8 +12,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum DriverName {
+    /// `docker` when a Docker Engine answers, else `process`.
+    Auto,
+    /// Every task a hardened container on the local Docker Engine.
+    Docker,
     /// Commands run as host processes; the image is recorded only.
     Process,
 }
@@ -35,8 +39,11 @@ pub struct UpArgs {
     #[arg(long, env = "SHEPHERD_DATA_DIR")]
     data_dir: Option<PathBuf>,
     /// How the local agent runs tasks.
-    #[arg(long, value_enum, default_value = "process")]
+    #[arg(long, value_enum, default_value = "auto")]
     driver: DriverName,
+    /// Most processes in one task's container (docker driver).
+    #[arg(long, default_value_t = 256)]
+    pids_limit: i64,
     /// CPU the local node offers, in millicores (default: all cores).
     #[arg(long)]
     cpu: Option<u32>,
@@ -83,6 +90,22 @@ fn host_memory_mib() -> u32 {
         .unwrap_or(1024)
 }
 
+/// Picks the driver; says why.
+async fn choose_driver(wanted: DriverName, node_id: &str, pids_limit: i64) -> Result<(Arc<dyn Driver>, String)> {
+    let docker = || DockerDriver::connect(DockerConfig { node_id: node_id.to_string(), pids_limit, tmp_size_mib: 64 });
+    match wanted {
+        DriverName::Process => Ok((Arc::new(ProcessDriver), "chosen with --driver process: commands run on this host; the image is recorded only".into())),
+        DriverName::Docker => match docker().await {
+            Ok(driver) => Ok((Arc::new(driver), "chosen with --driver docker: every task a hardened container".into())),
+            Err(e) => bail!("--driver docker: {e}"),
+        },
+        DriverName::Auto => match docker().await {
+            Ok(driver) => Ok((Arc::new(driver), "a Docker Engine answered: every task a hardened container".into())),
+            Err(e) => Ok((Arc::new(ProcessDriver), format!("no Docker Engine ({e}): commands run on this host; the image is recorded only"))),
+        },
+    }
+}
+
 async fn stop_signal() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     tokio::select! {
@@ -100,9 +123,9 @@ pub async fn up(args: UpArgs) -> Result<ExitCode> {
     }
     let cores = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
     let capacity = Resources { cpu_millicores: args.cpu.unwrap_or(cores * 1000), memory_mib: args.memory.unwrap_or_else(host_memory_mib) };
-    let driver: Arc<dyn Driver> = match args.driver {
-        DriverName::Process => Arc::new(ProcessDriver),
-    };
+    std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    let node_id = shepherd_server::local_node_id(&data_dir).context("reading the node id")?;
+    let (driver, why) = choose_driver(args.driver, &node_id, args.pids_limit).await?;
     let config = ClusterConfig {
         listen: args.listen,
         data_dir: data_dir.clone(),
@@ -126,9 +149,7 @@ pub async fn up(args: UpArgs) -> Result<ExitCode> {
     match (cluster.node_id(), cluster.driver()) {
         (Some(node), Some(driver)) => {
             println!("  node:    {node}, driver `{driver}`, {} millicores, {} MiB, up to {} tasks", capacity.cpu_millicores, capacity.memory_mib, args.max_tasks);
-            if driver == "process" {
-                println!("           (process driver: commands run on this host; the image is recorded only)");
-            }
+            println!("           ({why})");
         }
         _ => println!("  node:    none (--no-agent): tasks are accepted and stay queued"),
     }

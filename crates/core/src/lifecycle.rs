@@ -29,8 +29,9 @@ pub enum Event {
     Schedule { node_id: String },
     /// The agent started the attempt.
     Start { attempt: u32 },
-    /// The attempt exited with a code.
-    Exit { attempt: u32, code: i32 },
+    /// The attempt exited with a code; `oom_killed` when the kernel killed
+    /// it for exceeding its memory limit.
+    Exit { attempt: u32, code: i32, oom_killed: bool },
     /// The attempt ran past the timeout and was stopped.
     TimedOut { attempt: u32 },
     /// The attempt could not be started.
@@ -139,16 +140,16 @@ pub fn decide(ctx: &LifecycleContext, event: &Event) -> Result<Decision, Illegal
             ..Decision::to(Scheduled)
         },
         Event::Start { .. } if ctx.state == Scheduled => Decision::to(Running),
-        Event::Exit { code: 0, .. } if ctx.state == Running => Decision {
+        Event::Exit { code: 0, oom_killed: false, .. } if ctx.state == Running => Decision {
             close_attempt: Some(AttemptOutcome::Succeeded),
             charge_attempt: true,
             exit_code: Some(0),
             ..Decision::to(Succeeded)
         },
-        Event::Exit { code, .. } if ctx.state == Running => Decision {
-            exit_code: Some(*code),
-            ..retry_or_fail(ctx, AttemptOutcome::Failed, format!("exited with code {code}"))
-        },
+        Event::Exit { code, oom_killed, .. } if ctx.state == Running => {
+            let reason = if *oom_killed { "oom_killed".to_string() } else { format!("exited with code {code}") };
+            Decision { exit_code: Some(*code), ..retry_or_fail(ctx, AttemptOutcome::Failed, reason) }
+        }
         Event::TimedOut { .. } if ctx.state == Running => Decision {
             close_attempt: Some(AttemptOutcome::TimedOut),
             charge_attempt: true,
@@ -222,8 +223,8 @@ mod tests {
         vec![
             Event::Schedule { node_id: "n".into() },
             Event::Start { attempt: 1 },
-            Event::Exit { attempt: 1, code: 0 },
-            Event::Exit { attempt: 1, code: 3 },
+            Event::Exit { attempt: 1, code: 0, oom_killed: false },
+            Event::Exit { attempt: 1, code: 3, oom_killed: false },
             Event::TimedOut { attempt: 1 },
             Event::StartFailed { attempt: 1, reason: "no such image".into() },
             Event::Lost { attempt: 1, reason: "node down".into() },
@@ -267,20 +268,26 @@ mod tests {
         let d = decide(&LifecycleContext { attempt: 0, ..ctx(Queued) }, &Event::Schedule { node_id: "n".into() }).unwrap();
         assert_eq!((d.to, d.open_attempt), (Scheduled, Some(1)));
         assert_eq!(decide(&ctx(Scheduled), &Event::Start { attempt: 1 }).unwrap().to, Running);
-        let d = decide(&ctx(Running), &Event::Exit { attempt: 1, code: 0 }).unwrap();
+        let d = decide(&ctx(Running), &Event::Exit { attempt: 1, code: 0, oom_killed: false }).unwrap();
         assert_eq!((d.to, d.exit_code, d.close_attempt), (Succeeded, Some(0), Some(AttemptOutcome::Succeeded)));
     }
 
     #[test]
     fn failures_retry_while_attempts_remain() {
         let running = LifecycleContext { max_attempts: 2, ..ctx(Running) };
-        let d = decide(&running, &Event::Exit { attempt: 1, code: 1 }).unwrap();
+        let d = decide(&running, &Event::Exit { attempt: 1, code: 1, oom_killed: false }).unwrap();
         assert_eq!((d.to, d.exit_code), (Queued, Some(1)));
         assert!(d.retry_after.is_some());
         let last = LifecycleContext { attempt: 2, charged_attempts: 1, ..running };
-        let d = decide(&last, &Event::Exit { attempt: 2, code: 1 }).unwrap();
+        let d = decide(&last, &Event::Exit { attempt: 2, code: 1, oom_killed: false }).unwrap();
         assert_eq!(d.to, Failed);
         assert_eq!(d.reason.as_deref(), Some("exited with code 1"));
+    }
+
+    #[test]
+    fn an_oom_kill_fails_with_reason_oom_killed() {
+        let d = decide(&ctx(Running), &Event::Exit { attempt: 1, code: 137, oom_killed: true }).unwrap();
+        assert_eq!((d.to, d.reason.as_deref(), d.exit_code), (Failed, Some("oom_killed"), Some(137)));
     }
 
     #[test]
@@ -304,7 +311,7 @@ mod tests {
         assert_eq!((d.to, d.request_cancel), (Running, true));
         let flagged = LifecycleContext { cancel_requested: true, max_attempts: 5, ..ctx(Running) };
         assert_eq!(decide(&flagged, &Event::Cancelled { attempt: 1 }).unwrap().to, Cancelled);
-        assert_eq!(decide(&flagged, &Event::Exit { attempt: 1, code: 137 }).unwrap().to, Cancelled);
+        assert_eq!(decide(&flagged, &Event::Exit { attempt: 1, code: 137, oom_killed: false }).unwrap().to, Cancelled);
         assert_eq!(decide(&flagged, &Event::Lost { attempt: 1, reason: "x".into() }).unwrap().to, Cancelled);
     }
 
@@ -312,7 +319,7 @@ mod tests {
     fn stale_attempt_reports_are_refused() {
         let c = LifecycleContext { attempt: 2, ..ctx(Running) };
         assert_eq!(
-            decide(&c, &Event::Exit { attempt: 1, code: 0 }),
+            decide(&c, &Event::Exit { attempt: 1, code: 0, oom_killed: false }),
             Err(IllegalTransition::StaleAttempt { reported: 1, current: 2 })
         );
     }
@@ -320,7 +327,7 @@ mod tests {
     #[test]
     fn events_out_of_order_are_illegal() {
         assert!(matches!(decide(&ctx(Queued), &Event::Start { attempt: 1 }), Err(IllegalTransition::WrongState { .. })));
-        assert!(matches!(decide(&ctx(Scheduled), &Event::Exit { attempt: 1, code: 0 }), Err(IllegalTransition::WrongState { .. })));
+        assert!(matches!(decide(&ctx(Scheduled), &Event::Exit { attempt: 1, code: 0, oom_killed: false }), Err(IllegalTransition::WrongState { .. })));
         assert!(matches!(decide(&ctx(Running), &Event::Schedule { node_id: "n".into() }), Err(IllegalTransition::WrongState { .. })));
     }
 }

@@ -111,6 +111,19 @@ impl Default for RetryPolicy {
     }
 }
 
+/// When the agent pulls the task's image.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PullPolicy {
+    /// Use the image the engine holds; fail at once if it holds none.
+    Never,
+    /// Pull only when the engine does not hold the image.
+    #[default]
+    IfNotPresent,
+    /// Pull before every attempt.
+    Always,
+}
+
 /// A task as a user submits it: the body of `POST /v1/tasks`.
 ///
 /// Unknown fields are rejected so that a typo never silently drops a setting.
@@ -150,6 +163,18 @@ pub struct TaskSpec {
     /// The project (tenant) the task belongs to.
     #[serde(default = "TaskSpec::default_project")]
     pub project: String,
+    /// Working directory inside the container (absolute path).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
+    /// User (name or uid[:gid]) the command runs as inside the container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// `none` (the default: no network at all) or `bridge` (the engine's default network).
+    #[serde(default = "TaskSpec::default_network")]
+    pub network: String,
+    /// When to pull the image (docker driver).
+    #[serde(default)]
+    pub pull_policy: PullPolicy,
 }
 
 impl TaskSpec {
@@ -160,6 +185,10 @@ impl TaskSpec {
     /// The project a task lands in when it names none.
     pub fn default_project() -> String {
         "default".to_string()
+    }
+    /// No network unless the task asks for one.
+    pub fn default_network() -> String {
+        "none".to_string()
     }
 
     /// A minimal spec: the image and command, every other field defaulted.
@@ -176,6 +205,10 @@ impl TaskSpec {
             labels: BTreeMap::new(),
             constraints: Vec::new(),
             project: Self::default_project(),
+            workdir: None,
+            user: None,
+            network: Self::default_network(),
+            pull_policy: PullPolicy::default(),
         }
     }
 }
@@ -274,6 +307,10 @@ pub struct Task {
     pub labels: BTreeMap<String, String>,
     pub constraints: Vec<String>,
     pub project: String,
+    pub workdir: Option<String>,
+    pub user: Option<String>,
+    pub network: String,
+    pub pull_policy: PullPolicy,
     #[schema(value_type = String, format = DateTime)]
     pub created_at: Timestamp,
     #[schema(value_type = Option<String>, format = DateTime)]
@@ -310,6 +347,10 @@ impl Task {
             labels: spec.labels,
             constraints: spec.constraints,
             project: spec.project,
+            workdir: spec.workdir,
+            user: spec.user,
+            network: spec.network,
+            pull_policy: spec.pull_policy,
             created_at: new.created_at,
             scheduled_at: None,
             started_at: None,

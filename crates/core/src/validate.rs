@@ -135,6 +135,20 @@ pub fn validate(
         && spec.project.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
         && spec.project.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
     check(project_ok, "project", || "1-63 of lower-case letters, digits, - and _".into())?;
+    if let Some(workdir) = &spec.workdir {
+        check(workdir.starts_with('/') && workdir.len() <= 1024 && !workdir.contains('\0'), "workdir", || {
+            "must be an absolute path".into()
+        })?;
+    }
+    if let Some(user) = &spec.user {
+        let ok = !user.is_empty()
+            && user.len() <= 64
+            && user.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | ':' | '.'));
+        check(ok, "user", || "a user name or uid, optionally :group or :gid".into())?;
+    }
+    check(matches!(spec.network.as_str(), "none" | "bridge"), "network", || {
+        format!("`{}`: use none (the default) or bridge", spec.network)
+    })?;
     Ok(NewTask { id, created_at: now, spec, payload })
 }
 
@@ -185,6 +199,9 @@ mod tests {
         let mut s = base();
         s.retry.max_attempts = 0;
         assert_eq!(field_of(s), "retry.max_attempts");
+        assert_eq!(field_of(TaskSpec { workdir: Some("relative".into()), ..base() }), "workdir");
+        assert_eq!(field_of(TaskSpec { user: Some("a b".into()), ..base() }), "user");
+        assert_eq!(field_of(TaskSpec { network: "host".into(), ..base() }), "network");
     }
 
     #[test]

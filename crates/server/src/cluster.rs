@@ -62,7 +62,7 @@ pub struct Cluster {
 
 /// The node id of this data directory, made once and kept, so a restart
 /// finds the attempts it owned.
-fn node_id(data_dir: &std::path::Path) -> Result<String, std::io::Error> {
+pub fn local_node_id(data_dir: &std::path::Path) -> Result<String, std::io::Error> {
     let path = data_dir.join("node-id");
     match std::fs::read_to_string(&path) {
         Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_string()),
@@ -96,7 +96,7 @@ impl Cluster {
         let mut agent = None;
         let mut node_record = None;
         if let Some(node) = &config.local_node {
-            let id = node_id(&config.data_dir).map_err(data_err)?;
+            let id = local_node_id(&config.data_dir).map_err(data_err)?;
             let now = Timestamp::now();
             let record = NodeRecord {
                 id: id.clone(),
@@ -106,6 +106,7 @@ impl Cluster {
                 capacity: node.capacity,
                 max_tasks: node.max_tasks,
                 labels: node.labels.clone(),
+                images: driver.images().await,
                 registered_at: now,
                 last_heartbeat_at: now,
             };
@@ -130,8 +131,8 @@ impl Cluster {
         let notes = Arc::new(PlacementNotes::default());
         let scheduler = Scheduler { store: dyn_store.clone(), links: links.clone(), wakeup: wakeup.clone(), notes: notes.clone() };
         background.push(tokio::spawn(scheduler.run(shutdown_rx.clone())));
-        if let Some(record) = node_record {
-            background.push(tokio::spawn(heartbeat(dyn_store.clone(), record, shutdown_rx.clone())));
+        if let (Some(record), Some(local)) = (node_record, agent.clone()) {
+            background.push(tokio::spawn(heartbeat(dyn_store.clone(), local, record, shutdown_rx.clone())));
         }
 
         let state = AppState {
@@ -205,13 +206,14 @@ impl Cluster {
     }
 }
 
-async fn heartbeat(store: Arc<dyn Store>, mut record: NodeRecord, mut shutdown: watch::Receiver<bool>) {
+async fn heartbeat(store: Arc<dyn Store>, agent: Agent, mut record: NodeRecord, mut shutdown: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(5)) => {}
             _ = shutdown.changed() => return,
         }
         record.last_heartbeat_at = Timestamp::now();
+        record.images = agent.images().await;
         if let Err(e) = store.upsert_node(record.clone()).await {
             tracing::warn!(error = %e, "heartbeat not stored");
         }

@@ -14,4 +14,4 @@ pub mod links;
 pub mod placement_notes;
 pub mod scheduler;
 
-pub use cluster::{Cluster, ClusterConfig, ClusterError, LocalNodeConfig};
+pub use cluster::{local_node_id, Cluster, ClusterConfig, ClusterError, LocalNodeConfig};

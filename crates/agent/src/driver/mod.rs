@@ -1,10 +1,11 @@
 //! The driver seam: how one attempt of a task is started, watched and
 //! stopped. The agent does the rest (timeouts, cancel, logs, reporting).
 
+pub mod docker;
 pub mod process;
 
 use async_trait::async_trait;
-use shepherd_core::{Resources, TaskId};
+use shepherd_core::{PullPolicy, Resources, TaskId};
 use shepherd_store::LogStream;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -20,6 +21,11 @@ pub struct AttemptSpec {
     pub command: Vec<String>,
     pub env: BTreeMap<String, String>,
     pub resources: Resources,
+    pub workdir: Option<String>,
+    pub user: Option<String>,
+    /// `none` or `bridge`.
+    pub network: String,
+    pub pull_policy: PullPolicy,
     /// A directory private to this attempt, removed after it ends.
     pub work_dir: PathBuf,
     /// The payload file, if the task has a payload (already written).
@@ -42,6 +48,8 @@ pub struct ExitStatus {
     /// The exit code, or 128 + the signal number when killed by a signal
     /// (the shell's convention).
     pub code: i32,
+    /// The kernel killed it for exceeding its memory limit.
+    pub oom_killed: bool,
 }
 
 /// Why a driver could not do what it was asked.
@@ -63,6 +71,11 @@ pub trait AttemptHandle: Send {
     async fn terminate(&mut self) -> Result<(), DriverError>;
     /// Stops the attempt at once (SIGKILL).
     async fn kill(&mut self) -> Result<(), DriverError>;
+    /// Frees what the attempt left on the host (its container), once its
+    /// output and exit status are captured.
+    async fn remove(&mut self) -> Result<(), DriverError> {
+        Ok(())
+    }
 }
 
 /// Runs attempts. One per agent.
@@ -70,6 +83,13 @@ pub trait AttemptHandle: Send {
 pub trait Driver: Send + Sync + 'static {
     /// The driver's name, shown in `shepherd nodes`.
     fn name(&self) -> &'static str;
+
+    /// Whether attempts keep running while the agent is down (containers
+    /// do; host child processes do not). If so, a clean agent shutdown
+    /// leaves them running and the next start adopts them.
+    fn attempts_survive_agent(&self) -> bool {
+        false
+    }
 
     /// Starts an attempt; its output goes to `output`.
     async fn start(&self, spec: &AttemptSpec, output: OutputSender) -> Result<Box<dyn AttemptHandle>, DriverError>;
@@ -82,4 +102,15 @@ pub trait Driver: Send + Sync + 'static {
         attempt: u32,
         output: OutputSender,
     ) -> Result<Option<Box<dyn AttemptHandle>>, DriverError>;
+
+    /// After a restart: stops and removes everything of this node's that
+    /// belongs to no attempt in `keep`. Returns how many it removed.
+    async fn remove_orphans(&self, _keep: &[(TaskId, u32)]) -> Result<usize, DriverError> {
+        Ok(0)
+    }
+
+    /// The images this node holds, for image-locality scoring.
+    async fn images(&self) -> Vec<String> {
+        Vec::new()
+    }
 }

@@ -58,7 +58,7 @@ impl AttemptHandle for ProcessAttempt {
         use std::os::unix::process::ExitStatusExt;
         let status = self.child.wait().await?;
         let code = status.code().or_else(|| status.signal().map(|s| 128 + s)).unwrap_or(255);
-        Ok(ExitStatus { code })
+        Ok(ExitStatus { code, oom_killed: false })
     }
 
     async fn terminate(&mut self) -> Result<(), DriverError> {

@@ -25,10 +25,13 @@ impl Server {
     /// Starts `shepherd up` listening on `listen`.
     pub fn start_on(data_dir: &Path, listen: &str, extra: &[&str]) -> Server {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(data_dir.with_extension("log")).expect("server log file");
+        // The lifecycle tests use the process driver; Docker tests ask for `--driver docker`.
+        let driver: &[&str] = if extra.contains(&"--driver") { &[] } else { &["--driver", "process"] };
         let mut child = Command::new(BIN)
             .args(["up", "--listen", listen, "--data-dir"])
             .arg(data_dir)
             .args(["--stop-grace", "2s"])
+            .args(driver)
             .args(extra)
             .env("SHEPHERD_LOG", "info")
             .stdout(Stdio::piped())
@@ -146,4 +149,28 @@ pub fn sh(script: &str) -> serde_json::Value {
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+/// The image the Docker tests run, built locally by scripts/build-test-image.sh.
+pub const TEST_IMAGE: &str = "busybox:latest";
+
+/// Builds the test image once per test binary (the script is idempotent).
+pub fn ensure_test_image() {
+    static BUILT: std::sync::Once = std::sync::Once::new();
+    BUILT.call_once(|| {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/build-test-image.sh");
+        let status = Command::new("bash").arg(script).status().expect("run build-test-image.sh");
+        assert!(status.success(), "scripts/build-test-image.sh failed: is the Docker Engine running?");
+    });
+}
+
+/// Names of the containers that carry a node's label.
+pub fn containers_of(node_id: &str) -> Vec<String> {
+    let output = Command::new("docker")
+        .args(["ps", "-a", "--format", "{{.Names}}", "--filter"])
+        .arg(format!("label=io.shepherd.node={node_id}"))
+        .output()
+        .expect("docker ps");
+    assert!(output.status.success(), "docker ps failed");
+    String::from_utf8_lossy(&output.stdout).lines().map(str::to_string).collect()
 }

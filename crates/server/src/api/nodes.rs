@@ -22,6 +22,8 @@ pub struct NodeView {
     /// Tasks scheduled or running there.
     pub tasks: u32,
     pub labels: BTreeMap<String, String>,
+    /// Images the node's engine holds.
+    pub images: Vec<String>,
     #[schema(value_type = String, format = DateTime)]
     pub last_heartbeat_at: Timestamp,
 }
@@ -57,6 +59,7 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<NodeList>, ApiEr
                 max_tasks: node.max_tasks,
                 tasks,
                 labels: node.labels,
+                images: node.images,
                 last_heartbeat_at: node.last_heartbeat_at,
             }
         })

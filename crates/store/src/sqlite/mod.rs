@@ -340,7 +340,7 @@ impl Store for SqliteStore {
         self.read(|conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT id, hostname, state, driver, cpu_millicores, memory_mib, max_tasks, labels, registered_at, \
-                 last_heartbeat_at FROM nodes ORDER BY id",
+                 last_heartbeat_at, images FROM nodes ORDER BY id",
             )?;
             let mut rows = stmt.query([])?;
             let mut nodes = Vec::new();

@@ -41,6 +41,10 @@ pub fn task_from_row(row: &Row<'_>) -> Result<Task, StoreError> {
         labels: spec.labels,
         constraints: spec.constraints,
         project: spec.project,
+        workdir: spec.workdir,
+        user: spec.user,
+        network: spec.network,
+        pull_policy: spec.pull_policy,
         created_at: Timestamp(row.get(4)?),
         scheduled_at: ts(row.get(5)?),
         started_at: ts(row.get(6)?),
@@ -93,6 +97,7 @@ pub fn get_task(conn: &Connection, id: TaskId) -> Result<Option<Task>, StoreErro
 pub fn node_from_row(row: &Row<'_>) -> Result<NodeRecord, StoreError> {
     let state: String = row.get(2)?;
     let labels: String = row.get(7)?;
+    let images: String = row.get(10)?;
     Ok(NodeRecord {
         id: row.get(0)?,
         hostname: row.get(1)?,
@@ -101,6 +106,7 @@ pub fn node_from_row(row: &Row<'_>) -> Result<NodeRecord, StoreError> {
         capacity: Resources { cpu_millicores: row.get(4)?, memory_mib: row.get(5)? },
         max_tasks: row.get(6)?,
         labels: serde_json::from_str(&labels).map_err(|e| StoreError::Corrupt(format!("node labels: {e}")))?,
+        images: serde_json::from_str(&images).map_err(|e| StoreError::Corrupt(format!("node images: {e}")))?,
         registered_at: Timestamp(row.get(8)?),
         last_heartbeat_at: Timestamp(row.get(9)?),
     })

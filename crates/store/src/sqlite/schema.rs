@@ -77,6 +77,10 @@ const MIGRATIONS: &[&str] = &[
         last_heartbeat_at BIGINT NOT NULL
     );
     "#,
+    // 2: the images each node holds.
+    r#"
+    ALTER TABLE nodes ADD COLUMN images TEXT NOT NULL DEFAULT '[]';
+    "#,
 ];
 
 /// Brings the schema up to date. Returns the version it ends at.

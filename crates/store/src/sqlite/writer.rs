@@ -269,12 +269,14 @@ fn append_logs(tx: &Connection, chunks: &[LogChunk]) -> Result<(), StoreError> {
 
 fn upsert_node(tx: &Connection, node: &NodeRecord) -> Result<(), StoreError> {
     let labels = serde_json::to_string(&node.labels).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let images = serde_json::to_string(&node.images).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     tx.prepare_cached(
         "INSERT INTO nodes (id, hostname, state, driver, cpu_millicores, memory_mib, max_tasks, labels, \
-         registered_at, last_heartbeat_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
+         registered_at, last_heartbeat_at, images) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
          ON CONFLICT (id) DO UPDATE SET hostname = excluded.hostname, state = excluded.state, \
          driver = excluded.driver, cpu_millicores = excluded.cpu_millicores, memory_mib = excluded.memory_mib, \
-         max_tasks = excluded.max_tasks, labels = excluded.labels, last_heartbeat_at = excluded.last_heartbeat_at",
+         max_tasks = excluded.max_tasks, labels = excluded.labels, last_heartbeat_at = excluded.last_heartbeat_at, \
+         images = excluded.images",
     )?
     .execute(params![
         node.id,
@@ -287,6 +289,7 @@ fn upsert_node(tx: &Connection, node: &NodeRecord) -> Result<(), StoreError> {
         labels,
         node.registered_at.millis(),
         node.last_heartbeat_at.millis(),
+        images,
     ])?;
     Ok(())
 }

@@ -1,0 +1,389 @@
+//! The `docker` driver: every attempt is a hardened container, created,
+//! started, followed and removed through the Docker Engine API (bollard,
+//! over the unix socket; `DOCKER_HOST` honoured; API version negotiated).
+//!
+//! Security defaults a task cannot turn off: all capabilities dropped,
+//! `no-new-privileges`, a read-only root filesystem with a writable tmpfs at
+//! `/tmp`, never privileged, no host mounts (only Shepherd's own read-only
+//! payload file), no host network or pid namespace, a pids limit, memory
+//! without swap, and network `none` unless the task asks for `bridge`.
+//!
+//! Every container is named `shepherd-<task>-<attempt>` and labelled with
+//! the task id, attempt and node id, so an agent that restarts can find and
+//! adopt its attempts, and remove what it no longer owns.
+
+use super::*;
+use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::query_parameters::{
+    AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder, KillContainerOptionsBuilder, ListContainersOptionsBuilder,
+    ListImagesOptionsBuilder, RemoveContainerOptionsBuilder,
+};
+use bollard::container::LogOutput;
+use bollard::Docker;
+use futures_util::StreamExt;
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// Label keys on every container Shepherd creates.
+pub const LABEL_TASK: &str = "io.shepherd.task";
+pub const LABEL_ATTEMPT: &str = "io.shepherd.attempt";
+pub const LABEL_NODE: &str = "io.shepherd.node";
+
+/// Where the payload file appears inside the container.
+pub const PAYLOAD_PATH: &str = "/run/shepherd/payload";
+
+/// Settings of the docker driver.
+#[derive(Debug, Clone)]
+pub struct DockerConfig {
+    pub node_id: String,
+    /// Most processes a container may have (contains fork bombs).
+    pub pids_limit: i64,
+    /// Size of the writable tmpfs at /tmp.
+    pub tmp_size_mib: u32,
+}
+
+/// Runs attempts as containers on one Docker Engine.
+pub struct DockerDriver {
+    docker: Docker,
+    config: DockerConfig,
+}
+
+fn engine_error(context: &str, e: bollard::errors::Error) -> DriverError {
+    DriverError::Io(std::io::Error::other(format!("{context}: {e}")))
+}
+
+fn is_status(e: &bollard::errors::Error, codes: &[u16]) -> bool {
+    matches!(e, bollard::errors::Error::DockerResponseServerError { status_code, .. } if codes.contains(status_code))
+}
+
+/// The container name of one attempt.
+pub fn container_name(task_id: TaskId, attempt: u32) -> String {
+    format!("shepherd-{}-{attempt}", task_id.to_string().to_lowercase())
+}
+
+impl DockerDriver {
+    /// Connects to the engine (`DOCKER_HOST` or the default socket), checks
+    /// that it answers, and negotiates the API version.
+    pub async fn connect(config: DockerConfig) -> Result<DockerDriver, String> {
+        let docker = Docker::connect_with_defaults().map_err(|e| format!("cannot connect to Docker: {e}"))?;
+        let docker = tokio::time::timeout(Duration::from_secs(5), docker.negotiate_version())
+            .await
+            .map_err(|_| "the Docker Engine did not answer within 5 s".to_string())?
+            .map_err(|e| format!("the Docker Engine did not answer: {e}"))?;
+        docker.ping().await.map_err(|e| format!("the Docker Engine did not answer a ping: {e}"))?;
+        Ok(DockerDriver { docker, config })
+    }
+
+    /// The engine client, for tests and benchmarks that need the raw engine.
+    pub fn engine(&self) -> &Docker {
+        &self.docker
+    }
+
+    async fn ensure_image(&self, image: &str, policy: PullPolicy) -> Result<(), DriverError> {
+        let present = match self.docker.inspect_image(image).await {
+            Ok(_) => true,
+            Err(e) if is_status(&e, &[404]) => false,
+            Err(e) => return Err(engine_error("inspecting the image", e)),
+        };
+        let pull = match policy {
+            PullPolicy::Never => false,
+            PullPolicy::IfNotPresent => !present,
+            PullPolicy::Always => true,
+        };
+        if pull {
+            let (name, tag) = split_reference(image);
+            let options = CreateImageOptionsBuilder::default().from_image(name).tag(tag).build();
+            let mut progress = self.docker.create_image(Some(options), None, None);
+            let pulled = tokio::time::timeout(Duration::from_secs(300), async {
+                while let Some(step) = progress.next().await {
+                    step?;
+                }
+                Ok::<(), bollard::errors::Error>(())
+            })
+            .await;
+            match pulled {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(e)) if present => tracing::warn!(image, error = %e, "pull failed; using the local image"),
+                Ok(Err(e)) => {
+                    return Err(DriverError::StartFailed(format!("image `{image}` is not on this node and could not be pulled: {e}")))
+                }
+                Err(_) if present => tracing::warn!(image, "pull timed out; using the local image"),
+                Err(_) => return Err(DriverError::StartFailed(format!("image `{image}`: pull timed out after 300 s"))),
+            }
+        } else if !present {
+            return Err(DriverError::StartFailed(format!("image `{image}` is not on this node (pull policy: never)")));
+        }
+        Ok(())
+    }
+
+    fn container_body(&self, spec: &AttemptSpec) -> ContainerCreateBody {
+        let mut env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        env.push(format!("SHEPHERD_TASK_ID={}", spec.task_id));
+        env.push(format!("SHEPHERD_ATTEMPT={}", spec.attempt));
+        env.push(format!("SHEPHERD_NODE_ID={}", spec.node_id));
+        let mut binds = Vec::new();
+        if let Some(file) = &spec.payload_file {
+            env.push(format!("SHEPHERD_PAYLOAD_FILE={PAYLOAD_PATH}"));
+            binds.push(format!("{}:{PAYLOAD_PATH}:ro", file.display()));
+        }
+        let labels = HashMap::from([
+            (LABEL_TASK.to_string(), spec.task_id.to_string()),
+            (LABEL_ATTEMPT.to_string(), spec.attempt.to_string()),
+            (LABEL_NODE.to_string(), self.config.node_id.clone()),
+        ]);
+        let memory = i64::from(spec.resources.memory_mib) * 1024 * 1024;
+        let host_config = HostConfig {
+            memory: Some(memory),
+            memory_swap: Some(memory),
+            nano_cpus: Some(i64::from(spec.resources.cpu_millicores) * 1_000_000),
+            pids_limit: Some(self.config.pids_limit),
+            cap_drop: Some(vec!["ALL".into()]),
+            security_opt: Some(vec!["no-new-privileges".into()]),
+            readonly_rootfs: Some(true),
+            tmpfs: Some(HashMap::from([(
+                "/tmp".to_string(),
+                format!("rw,nosuid,nodev,size={}m", self.config.tmp_size_mib),
+            )])),
+            privileged: Some(false),
+            network_mode: Some(if spec.network == "bridge" { "bridge".into() } else { "none".into() }),
+            binds: (!binds.is_empty()).then_some(binds),
+            ..Default::default()
+        };
+        ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            cmd: (!spec.command.is_empty()).then(|| spec.command.clone()),
+            env: Some(env),
+            labels: Some(labels),
+            working_dir: spec.workdir.clone(),
+            user: spec.user.clone(),
+            network_disabled: Some(spec.network != "bridge"),
+            host_config: Some(host_config),
+            ..Default::default()
+        }
+    }
+
+    /// Attaches to a container's output. Attaching before `start` (as
+    /// `docker run` does) sees every byte; the stream ends once the container
+    /// has exited and its output is drained.
+    async fn attach(&self, container: &str, output: OutputSender) -> Result<(), bollard::errors::Error> {
+        let options = AttachContainerOptionsBuilder::default().stream(true).stdout(true).stderr(true).logs(false).build();
+        let mut attached = self.docker.attach_container(container, Some(options)).await?.output;
+        tokio::spawn(async move {
+            while let Some(item) = attached.next().await {
+                let (stream, message) = match item {
+                    Ok(LogOutput::StdOut { message }) | Ok(LogOutput::Console { message }) => (LogStream::Stdout, message),
+                    Ok(LogOutput::StdErr { message }) => (LogStream::Stderr, message),
+                    Ok(LogOutput::StdIn { .. }) => continue,
+                    Err(_) => break,
+                };
+                if output.send(OutputChunk { stream, data: message.to_vec() }).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(())
+    }
+}
+
+/// `name:tag` → (`name`, `tag`); a digest or no tag means `latest` is not added.
+fn split_reference(image: &str) -> (&str, &str) {
+    if image.contains('@') {
+        return (image, "");
+    }
+    match image.rsplit_once(':') {
+        Some((name, tag)) if !tag.contains('/') => (name, tag),
+        _ => (image, "latest"),
+    }
+}
+
+/// A running (or finished) container.
+struct ContainerAttempt {
+    docker: Docker,
+    name: String,
+    removed: bool,
+}
+
+#[async_trait]
+impl AttemptHandle for ContainerAttempt {
+    async fn wait(&mut self) -> Result<ExitStatus, DriverError> {
+        let mut waits = self.docker.wait_container(&self.name, None);
+        let code = match waits.next().await {
+            Some(Ok(response)) => response.status_code,
+            Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => code,
+            Some(Err(e)) => return Err(engine_error("waiting for the container", e)),
+            None => return Err(DriverError::Io(std::io::Error::other("the engine closed the wait stream"))),
+        };
+        // The engine may record an OOM kill a moment after the exit: for a
+        // SIGKILL exit, look again briefly before concluding it was not one.
+        let mut oom_killed = false;
+        for retry in 0..4 {
+            oom_killed = match self.docker.inspect_container(&self.name, None).await {
+                Ok(info) => info.state.and_then(|s| s.oom_killed).unwrap_or(false),
+                Err(_) => false,
+            };
+            if oom_killed || code != 137 || retry == 3 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(ExitStatus { code: i32::try_from(code).unwrap_or(255), oom_killed })
+    }
+
+    async fn terminate(&mut self) -> Result<(), DriverError> {
+        self.signal("SIGTERM").await
+    }
+
+    async fn kill(&mut self) -> Result<(), DriverError> {
+        self.signal("SIGKILL").await
+    }
+
+    async fn remove(&mut self) -> Result<(), DriverError> {
+        if self.removed {
+            return Ok(());
+        }
+        let options = RemoveContainerOptionsBuilder::default().force(true).v(true).build();
+        match self.docker.remove_container(&self.name, Some(options)).await {
+            Ok(()) => {}
+            Err(e) if is_status(&e, &[404]) => {}
+            Err(e) => return Err(engine_error("removing the container", e)),
+        }
+        self.removed = true;
+        Ok(())
+    }
+}
+
+impl ContainerAttempt {
+    async fn signal(&self, signal: &str) -> Result<(), DriverError> {
+        let options = KillContainerOptionsBuilder::default().signal(signal).build();
+        match self.docker.kill_container(&self.name, Some(options)).await {
+            Ok(()) => Ok(()),
+            // Not running any more, or already gone: nothing to stop.
+            Err(e) if is_status(&e, &[404, 409]) => Ok(()),
+            Err(e) => Err(engine_error("signalling the container", e)),
+        }
+    }
+}
+
+#[async_trait]
+impl Driver for DockerDriver {
+    fn name(&self) -> &'static str {
+        "docker"
+    }
+
+    fn attempts_survive_agent(&self) -> bool {
+        true
+    }
+
+    async fn start(&self, spec: &AttemptSpec, output: OutputSender) -> Result<Box<dyn AttemptHandle>, DriverError> {
+        self.ensure_image(&spec.image, spec.pull_policy).await?;
+        let name = container_name(spec.task_id, spec.attempt);
+        let options = CreateContainerOptionsBuilder::default().name(&name).build();
+        let created = self.docker.create_container(Some(options), self.container_body(spec)).await;
+        match created {
+            Ok(_) => {}
+            // Left over from a start that was interrupted: replace it.
+            Err(e) if is_status(&e, &[409]) => {
+                let _ = self
+                    .docker
+                    .remove_container(&name, Some(RemoveContainerOptionsBuilder::default().force(true).build()))
+                    .await;
+                let options = CreateContainerOptionsBuilder::default().name(&name).build();
+                self.docker
+                    .create_container(Some(options), self.container_body(spec))
+                    .await
+                    .map_err(|e| DriverError::StartFailed(format!("could not create the container: {e}")))?;
+            }
+            Err(e) if is_status(&e, &[400, 404]) => {
+                return Err(DriverError::StartFailed(format!("could not create the container: {e}")))
+            }
+            Err(e) => return Err(engine_error("creating the container", e)),
+        }
+        let mut attempt = ContainerAttempt { docker: self.docker.clone(), name: name.clone(), removed: false };
+        if let Err(e) = self.attach(&name, output).await {
+            let _ = attempt.remove().await;
+            return Err(engine_error("attaching to the container", e));
+        }
+        if let Err(e) = self.docker.start_container(&name, None).await {
+            let _ = attempt.remove().await;
+            return Err(DriverError::StartFailed(format!("could not start the container: {e}")));
+        }
+        Ok(Box::new(attempt))
+    }
+
+    async fn recover(
+        &self,
+        task_id: TaskId,
+        attempt: u32,
+        output: OutputSender,
+    ) -> Result<Option<Box<dyn AttemptHandle>>, DriverError> {
+        let name = container_name(task_id, attempt);
+        match self.docker.inspect_container(&name, None).await {
+            Ok(info) => {
+                let mine = info.config.as_ref().and_then(|c| c.labels.as_ref()).and_then(|l| l.get(LABEL_NODE))
+                    == Some(&self.config.node_id);
+                if !mine {
+                    return Ok(None);
+                }
+                // Output from before the restart was captured then; follow from now on.
+                let running = info.state.as_ref().and_then(|s| s.running).unwrap_or(false);
+                if running {
+                    self.attach(&name, output).await.map_err(|e| engine_error("attaching to the container", e))?;
+                }
+                Ok(Some(Box::new(ContainerAttempt { docker: self.docker.clone(), name, removed: false })))
+            }
+            Err(e) if is_status(&e, &[404]) => Ok(None),
+            Err(e) => Err(engine_error("inspecting the container", e)),
+        }
+    }
+
+    async fn remove_orphans(&self, keep: &[(TaskId, u32)]) -> Result<usize, DriverError> {
+        let keep: Vec<String> = keep.iter().map(|(task, attempt)| container_name(*task, *attempt)).collect();
+        let filters = HashMap::from([("label".to_string(), vec![format!("{LABEL_NODE}={}", self.config.node_id)])]);
+        let options = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
+        let containers = self.docker.list_containers(Some(options)).await.map_err(|e| engine_error("listing containers", e))?;
+        let mut removed = 0;
+        for container in containers {
+            let names = container.names.unwrap_or_default();
+            if names.iter().any(|n| keep.contains(&n.trim_start_matches('/').to_string())) {
+                continue;
+            }
+            let Some(id) = container.id else { continue };
+            let options = RemoveContainerOptionsBuilder::default().force(true).v(true).build();
+            match self.docker.remove_container(&id, Some(options)).await {
+                Ok(()) => removed += 1,
+                Err(e) if is_status(&e, &[404]) => {}
+                Err(e) => return Err(engine_error("removing a leftover container", e)),
+            }
+        }
+        Ok(removed)
+    }
+
+    async fn images(&self) -> Vec<String> {
+        let options = ListImagesOptionsBuilder::default().build();
+        match self.docker.list_images(Some(options)).await {
+            Ok(images) => {
+                let mut tags: Vec<String> = images.into_iter().flat_map(|i| i.repo_tags).filter(|t| t != "<none>:<none>").collect();
+                tags.sort();
+                tags
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not list images");
+                Vec::new()
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_references_split_into_name_and_tag() {
+        assert_eq!(split_reference("busybox"), ("busybox", "latest"));
+        assert_eq!(split_reference("busybox:1.36"), ("busybox", "1.36"));
+        assert_eq!(split_reference("localhost:5000/app"), ("localhost:5000/app", "latest"));
+        assert_eq!(split_reference("localhost:5000/app:v2"), ("localhost:5000/app", "v2"));
+        assert_eq!(split_reference("app@sha256:abc"), ("app@sha256:abc", ""));
+    }
+}

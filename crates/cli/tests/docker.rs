@@ -1,0 +1,244 @@
+//! The docker driver against the real Docker Engine: hardened containers,
+//! limits, timeouts, cancel, OOM, adoption after a restart, and no leaks.
+
+mod common;
+
+use common::{containers_of, ensure_test_image, Server, TEST_IMAGE};
+use serde_json::{json, Value};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn docker_server(dir: &std::path::Path, extra: &[&str]) -> Server {
+    ensure_test_image();
+    let mut args = vec!["--driver", "docker"];
+    args.extend_from_slice(extra);
+    Server::start(dir, &args)
+}
+
+fn task(script: &str) -> Value {
+    json!({ "image": TEST_IMAGE, "command": ["sh", "-c", script] })
+}
+
+async fn node_id(http: &common::Http) -> String {
+    let (_, nodes) = http.get("/v1/nodes").await;
+    assert_eq!(nodes["nodes"][0]["driver"], "docker");
+    nodes["nodes"][0]["id"].as_str().unwrap().to_string()
+}
+
+async fn submit(http: &common::Http, body: Value) -> String {
+    let (status, task) = http.post("/v1/tasks", &body).await;
+    assert_eq!(status, 201, "{task}");
+    task["id"].as_str().unwrap().to_string()
+}
+
+async fn run(http: &common::Http, body: Value) -> (Value, String) {
+    let id = submit(http, body).await;
+    let task = http.wait_terminal(&id, Duration::from_secs(60)).await;
+    let (_, logs) = http.text(&format!("/v1/tasks/{id}/logs")).await;
+    (task, logs)
+}
+
+async fn wait_running(http: &common::Http, id: &str) {
+    for _ in 0..400 {
+        let (_, task) = http.get(&format!("/v1/tasks/{id}")).await;
+        if task["state"] == "running" {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("task {id} never ran");
+}
+
+#[tokio::test]
+async fn containers_are_hardened_and_report_exit_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = docker_server(&dir.path().join("data"), &[]);
+    let http = server.http();
+    let node = node_id(&http).await;
+
+    let (t, logs) = run(&http, task("echo hello")).await;
+    assert_eq!((t["state"].as_str(), t["exit_code"].as_i64(), logs.as_str()), (Some("succeeded"), Some(0), "hello\n"));
+    let (t, _) = run(&http, task("exit 3")).await;
+    assert_eq!((t["state"].as_str(), t["exit_code"].as_i64()), (Some("failed"), Some(3)));
+
+    let (_, logs) = run(&http, task("touch /rootfile 2>&1; sleep 0.1; echo ok > /tmp/file && cat /tmp/file")).await;
+    assert!(logs.contains("Read-only file system") && logs.ends_with("ok\n"), "{logs}");
+    let (t, logs) = run(&http, task("touch /tmp/f && chown 65534 /tmp/f")).await;
+    assert_eq!(t["state"], "failed", "chown without CAP_CHOWN must fail");
+    assert!(logs.contains("Operation not permitted"), "{logs}");
+    let (_, logs) = run(&http, task("grep -E '^(CapEff|CapBnd|NoNewPrivs)' /proc/self/status")).await;
+    assert!(logs.contains("CapEff:\t0000000000000000") && logs.contains("CapBnd:\t0000000000000000"), "{logs}");
+    assert!(logs.contains("NoNewPrivs:\t1"), "{logs}");
+    let (_, logs) = run(&http, task("ls /sys/class/net")).await;
+    assert_eq!(logs, "lo\n", "network none by default");
+    let mut bridged = task("ls /sys/class/net");
+    bridged["network"] = json!("bridge");
+    let (_, logs) = run(&http, bridged).await;
+    assert!(logs.contains("eth0"), "asked for bridge: {logs}");
+
+    let mut as_nobody = task("id -u; pwd; echo $GREETING; cat $SHEPHERD_PAYLOAD_FILE; echo x >> $SHEPHERD_PAYLOAD_FILE || echo read-only");
+    as_nobody["user"] = json!("65534");
+    as_nobody["workdir"] = json!("/tmp");
+    as_nobody["env"] = json!({"GREETING": "hi"});
+    as_nobody["payload"] = json!("cGF5bG9hZAo="); // "payload\n"
+    let id = submit(&http, as_nobody).await;
+    let t = http.wait_terminal(&id, Duration::from_secs(60)).await;
+    // stdout and stderr come through separate pipes: compare stdout alone.
+    let (_, logs) = http.text(&format!("/v1/tasks/{id}/logs?stream=stdout")).await;
+    assert_eq!(t["state"], "succeeded", "{logs}");
+    assert!(logs.starts_with("65534\n/tmp\nhi\npayload\n") && logs.ends_with("read-only\n"), "{logs}");
+
+    let mut missing = task("true");
+    missing["image"] = json!("shepherd-test/no-such-image:latest");
+    missing["pull_policy"] = json!("never");
+    let started = Instant::now();
+    let (t, _) = run(&http, missing).await;
+    assert_eq!(t["state"], "failed");
+    assert!(t["reason"].as_str().unwrap().contains("is not on this node"), "{t}");
+    assert!(started.elapsed() < Duration::from_secs(10), "a missing image fails at once");
+
+    let (_, nodes) = http.get("/v1/nodes").await;
+    assert!(nodes["nodes"][0]["images"].as_array().unwrap().iter().any(|i| i == TEST_IMAGE), "{nodes}");
+    assert!(containers_of(&node).is_empty(), "containers left behind: {:?}", containers_of(&node));
+}
+
+#[tokio::test]
+async fn timeout_cancel_oom_and_fork_bomb_are_contained() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = docker_server(&dir.path().join("data"), &["--pids-limit", "64"]);
+    let http = server.http();
+    let node = node_id(&http).await;
+
+    let mut slow = task("sleep 60");
+    slow["timeout_seconds"] = json!(1);
+    let slow = submit(&http, slow).await;
+    let to_cancel = submit(&http, task("echo started; sleep 60")).await;
+    let mut hog = task("dd if=/dev/zero of=/dev/null bs=64M count=1");
+    hog["resources"] = json!({"memory_mib": 16});
+    let hog = submit(&http, hog).await;
+    let mut bomb = task("bomb() { bomb | bomb & }; bomb; sleep 3; echo survived");
+    bomb["timeout_seconds"] = json!(8);
+    let bomb = submit(&http, bomb).await;
+
+    wait_running(&http, &to_cancel).await;
+    let (status, _) = http.post(&format!("/v1/tasks/{to_cancel}/cancel"), &json!({})).await;
+    assert_eq!(status, 200);
+    let t = http.wait_terminal(&to_cancel, Duration::from_secs(30)).await;
+    assert_eq!(t["state"], "cancelled");
+    let (_, logs) = http.text(&format!("/v1/tasks/{to_cancel}/logs")).await;
+    assert_eq!(logs, "started\n");
+
+    let t = http.wait_terminal(&slow, Duration::from_secs(30)).await;
+    assert_eq!(t["state"], "timed_out");
+    let t = http.wait_terminal(&hog, Duration::from_secs(30)).await;
+    assert_eq!((t["state"].as_str(), t["reason"].as_str()), (Some("failed"), Some("oom_killed")), "{t}");
+    let t = http.wait_terminal(&bomb, Duration::from_secs(60)).await;
+    assert!(["succeeded", "failed", "timed_out"].contains(&t["state"].as_str().unwrap()), "{t}");
+
+    // The limits are the cgroup's (v1 or v2 paths).
+    let mut limits = task("cat /sys/fs/cgroup/pids.max /sys/fs/cgroup/pids/pids.max /sys/fs/cgroup/memory.max /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null; true");
+    limits["resources"] = json!({"memory_mib": 32});
+    let (_, logs) = run(&http, limits).await;
+    assert_eq!(logs.split_whitespace().collect::<Vec<_>>(), ["64", (32 * 1024 * 1024).to_string().as_str()], "{logs}");
+
+    // The host and the engine are fine afterwards.
+    let (t, logs) = run(&http, task("echo still here")).await;
+    assert_eq!((t["state"].as_str(), logs.as_str()), (Some("succeeded"), "still here\n"));
+    assert!(containers_of(&node).is_empty(), "containers left behind: {:?}", containers_of(&node));
+}
+
+#[tokio::test]
+async fn a_task_printing_a_lot_is_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = docker_server(&dir.path().join("data"), &["--log-head-bytes", "1000", "--log-tail-bytes", "1000"]);
+    let http = server.http();
+    let (t, logs) = run(&http, task("yes 0123456789 | head -c 5000000; echo; echo THE-END")).await;
+    assert_eq!(t["state"], "succeeded");
+    assert!(logs.len() < 3000, "kept {} bytes", logs.len());
+    assert!(logs.starts_with("0123456789\n") && logs.trim_end().ends_with("THE-END"), "{logs}");
+    assert!(logs.contains("bytes of output truncated"));
+}
+
+#[tokio::test]
+async fn restarts_adopt_running_containers_and_remove_unowned_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut server = docker_server(&data, &[]);
+    let http = server.http();
+    let node = node_id(&http).await;
+
+    // SIGKILL: the container keeps running and is adopted.
+    let crashed = submit(&http, task("sleep 3; echo done after crash")).await;
+    wait_running(&http, &crashed).await;
+    server.kill();
+    let stray = format!("shepherd-stray-{}", std::process::id());
+    let created = Command::new("docker")
+        .args(["run", "-d", "--name", &stray, "--label"])
+        .arg(format!("io.shepherd.node={node}"))
+        .args(["--label", "io.shepherd.task=01ARZ3NDEKTSV4RRFFQ69G5FAV", "--label", "io.shepherd.attempt=1", TEST_IMAGE, "sleep", "300"])
+        .output()
+        .unwrap();
+    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
+    assert_eq!(containers_of(&node).len(), 2);
+
+    let mut server = docker_server(&data, &[]);
+    let http = server.http();
+    let t = http.wait_terminal(&crashed, Duration::from_secs(30)).await;
+    assert_eq!(t["state"], "succeeded", "{t}");
+    assert_eq!(t["attempts"].as_array().unwrap().len(), 1, "adopted, not run again: {t}");
+    let (_, logs) = http.text(&format!("/v1/tasks/{crashed}/logs")).await;
+    assert!(logs.contains("done after crash"), "{logs}");
+    assert!(!containers_of(&node).contains(&stray), "the container it does not own was removed");
+
+    // Ctrl-C: containers are left running and adopted on the next start.
+    let calm = submit(&http, task("sleep 3; echo done after stop")).await;
+    wait_running(&http, &calm).await;
+    server.stop();
+    assert_eq!(containers_of(&node).len(), 1, "left running across a clean stop");
+    let server = docker_server(&data, &[]);
+    let http = server.http();
+    let t = http.wait_terminal(&calm, Duration::from_secs(30)).await;
+    assert_eq!((t["state"].as_str(), t["attempts"].as_array().unwrap().len()), (Some("succeeded"), 1), "{t}");
+    assert!(containers_of(&node).is_empty(), "containers left behind: {:?}", containers_of(&node));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_tasks_some_cancelled_some_timed_out_leave_no_container() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = docker_server(&dir.path().join("data"), &["--max-tasks", "24"]);
+    let http = server.http();
+    let node = node_id(&http).await;
+    let tasks: Vec<Value> = (0..1000)
+        .map(|i| match i % 20 {
+            0 => json!({"image": TEST_IMAGE, "command": ["sleep", "30"], "timeout_seconds": 1, "labels": {"kind": "timeout"}, "resources": {"cpu_millicores": 10}}),
+            1 => json!({"image": TEST_IMAGE, "command": ["sleep", "30"], "labels": {"kind": "cancel"}, "resources": {"cpu_millicores": 10}}),
+            _ => json!({"image": TEST_IMAGE, "command": ["true"], "labels": {"kind": "ok"}, "resources": {"cpu_millicores": 10}}),
+        })
+        .collect();
+    let (status, created) = http.post("/v1/tasks/batch", &json!({"tasks": tasks})).await;
+    assert_eq!(status, 201);
+    let ids: Vec<String> = created["ids"].as_array().unwrap().iter().map(|i| i.as_str().unwrap().to_string()).collect();
+    // Cancel half of the cancel group early (likely queued), half once they may be running.
+    for (n, id) in ids.iter().enumerate().filter(|(i, _)| i % 20 == 1) {
+        if n % 40 == 21 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        let (status, _) = http.post(&format!("/v1/tasks/{id}/cancel"), &json!({})).await;
+        assert!(status == 200 || status == 409, "cancel answered {status}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(540);
+    loop {
+        let (_, health) = http.get("/v1/health").await;
+        let active: u64 = ["queued", "scheduled", "running"].iter().map(|s| health["tasks"][s].as_u64().unwrap_or(0)).sum();
+        if active == 0 {
+            assert_eq!(health["tasks"]["timed_out"], 50, "{health}");
+            assert_eq!(health["tasks"]["cancelled"], 50, "{health}");
+            assert_eq!(health["tasks"]["succeeded"], 900, "{health}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "still active: {health}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let left = containers_of(&node);
+    assert!(left.is_empty(), "{} containers left behind: {left:?}", left.len());
+}
