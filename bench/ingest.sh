@@ -8,4 +8,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release -p shepherd -p shepherd-bench
 mkdir -p bench/results
-exec target/release/shepherd-bench --json "bench/results/ingest-$(date -u +%Y%m%d-%H%M%S).json" "$@"
+exec target/release/shepherd-bench ingest --json "bench/results/ingest-$(date -u +%Y%m%d-%H%M%S).json" "$@"

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# Builds Shepherd, starts an all-in-one cluster (embedded SQLite in
-# ./.shepherd), runs tasks on it and shows them. The cluster is stopped at
-# the end unless --keep is given.
+# Builds Shepherd and the local test image (busybox:latest, no registry
+# needed), starts an all-in-one cluster (embedded SQLite in ./.shepherd; the
+# docker driver when a Docker Engine answers), runs container tasks on it and
+# shows them. The cluster is stopped at the end unless --keep is given.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 keep=false
 [ "${1:-}" = "--keep" ] && keep=true
 
 command -v curl >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq curl; }
+bash scripts/build-test-image.sh
 cargo build --release -p shepherd
 bin=$PWD/target/release/shepherd
 data=${SHEPHERD_DATA_DIR:-$PWD/.shepherd}
@@ -27,8 +29,11 @@ done
 sed -n '/API listening/,$p' "$data/up.log" | grep -v ' INFO ' || true
 
 step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; }
-step shepherd run --wait busybox -- sh -c 'echo hello from task $SHEPHERD_TASK_ID'
-"$bin" run --wait busybox -- sh -c 'echo hello from task $SHEPHERD_TASK_ID'
+step "shepherd run --wait busybox -- sh -c 'echo hello from task \$SHEPHERD_TASK_ID in container \$(hostname)'"
+"$bin" run --wait busybox -- sh -c 'echo hello from task $SHEPHERD_TASK_ID in container $(hostname)'
+
+step "shepherd run --wait busybox -- sh -c 'touch /etc/x; ls /sys/class/net'   # read-only root, no network"
+"$bin" run --wait busybox -- sh -c 'touch /etc/x; ls /sys/class/net' || echo "(exit code $?)"
 
 step "shepherd run --wait --timeout 1s busybox -- sleep 5   # stopped at its timeout; exits 124"
 "$bin" run --wait --timeout 1s busybox -- sleep 5 || echo "(exit code $?)"

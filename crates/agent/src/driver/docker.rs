@@ -116,7 +116,9 @@ impl DockerDriver {
         Ok(())
     }
 
-    fn container_body(&self, spec: &AttemptSpec) -> ContainerCreateBody {
+    /// The create body of an attempt's container: the hardened defaults, the
+    /// task's limits, env and labels. Public so benchmarks compare like with like.
+    pub fn container_body(&self, spec: &AttemptSpec) -> ContainerCreateBody {
         let mut env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
         env.push(format!("SHEPHERD_TASK_ID={}", spec.task_id));
         env.push(format!("SHEPHERD_ATTEMPT={}", spec.attempt));

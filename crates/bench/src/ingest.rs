@@ -1,0 +1,179 @@
+//! Ingest: durable tasks accepted per second through the API (single
+//! creates and batches), against the raw SQLite insert rate of the same rows
+//! into the same schema, measured in the same run.
+
+use anyhow::{bail, Context, Result};
+use shepherd_core::{validate, Limits, NewTask, TaskId, TaskSpec, Timestamp};
+use shepherd_store::sqlite::{create_schema, open_connection, writer::insert_tasks};
+use shepherd_store::Synchronous;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Tasks submitted one per request.
+    #[arg(long, default_value_t = 20_000)]
+    singles: usize,
+    /// Requests in flight for single creates.
+    #[arg(long, default_value_t = 64)]
+    single_concurrency: usize,
+    /// Tasks submitted in batches.
+    #[arg(long, default_value_t = 100_000)]
+    batched: usize,
+    /// Tasks per batch request.
+    #[arg(long, default_value_t = 1000)]
+    batch_size: usize,
+    /// Batch requests in flight.
+    #[arg(long, default_value_t = 2)]
+    batch_concurrency: usize,
+    /// SQLite durability for both sides: full or normal.
+    #[arg(long, default_value = "full")]
+    sync: String,
+    /// The shepherd binary (default: next to this one).
+    #[arg(long)]
+    shepherd: Option<PathBuf>,
+    /// Also write the results as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+fn spec() -> TaskSpec {
+    let mut spec = TaskSpec::new("busybox", vec!["sh".into(), "-c".into(), "echo hello from shepherd".into()]);
+    spec.labels.insert("bench".into(), "ingest".into());
+    spec
+}
+
+/// Raw baseline: the same rows, the same schema and pragmas, inserted with
+/// prepared statements in transactions of `batch` rows, no API in between.
+fn raw_insert_rate(dir: &Path, total: usize, batch: usize, sync: Synchronous) -> Result<f64> {
+    let mut conn = open_connection(&dir.join("raw.db"), sync, false)?;
+    create_schema(&mut conn)?;
+    let mut ids = ulid::Generator::new();
+    let now = Timestamp::now();
+    let tasks: Vec<NewTask> = (0..total)
+        .map(|_| validate(spec(), &Limits::default(), TaskId::generate(&mut ids, now), now))
+        .collect::<Result<_, _>>()?;
+    let started = Instant::now();
+    for chunk in tasks.chunks(batch) {
+        let tx = conn.transaction()?;
+        insert_tasks(&tx, chunk)?;
+        tx.commit()?;
+    }
+    Ok(total as f64 / started.elapsed().as_secs_f64())
+}
+
+pub struct ServerProcess(pub Child, pub String);
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `shepherd up` with `args` and a data directory; returns once it listens.
+pub fn start_server(binary: &Path, data: &Path, args: &[&str]) -> Result<ServerProcess> {
+    let mut child = Command::new(binary)
+        .args(["up", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .arg("--data-dir")
+        .arg(data)
+        .env("SHEPHERD_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", binary.display()))?;
+    let stdout = child.stdout.take().context("server stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let url = loop {
+        match lines.next() {
+            Some(Ok(line)) => {
+                if let Some(url) = line.strip_prefix("shepherd: API listening on ") {
+                    break url.to_string();
+                }
+            }
+            _ => bail!("shepherd up exited before listening"),
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    Ok(ServerProcess(child, url))
+}
+
+/// Sends `requests` copies of `body` to `path`, `concurrency` at a time;
+/// returns the seconds taken.
+async fn drive(url: &str, path: &str, body: String, requests: usize, concurrency: usize) -> Result<f64> {
+    let client = reqwest::Client::new();
+    let body = Arc::new(body);
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..concurrency {
+        let (client, body, next) = (client.clone(), body.clone(), next.clone());
+        let target = format!("{url}{path}");
+        workers.push(tokio::spawn(async move {
+            while next.fetch_add(1, Ordering::Relaxed) < requests {
+                let response = client
+                    .post(&target)
+                    .header("content-type", "application/json")
+                    .body(body.as_str().to_owned())
+                    .send()
+                    .await?;
+                if response.status().as_u16() != 201 {
+                    bail!("server answered {}", response.status());
+                }
+                response.bytes().await?;
+            }
+            Ok(())
+        }));
+    }
+    for worker in workers {
+        worker.await??;
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
+
+pub async fn run(args: Args) -> Result<()> {
+    let sync = match args.sync.as_str() {
+        "full" => Synchronous::Full,
+        "normal" => Synchronous::Normal,
+        other => bail!("--sync {other}: use full or normal"),
+    };
+    let binary = crate::shepherd_binary(args.shepherd)?;
+    let dir = tempfile::tempdir()?;
+    println!("ingest benchmark: sync={}, {} singles x{} in flight, {} in batches of {} x{} in flight",
+        args.sync, args.singles, args.single_concurrency, args.batched, args.batch_size, args.batch_concurrency);
+
+    let raw = raw_insert_rate(dir.path(), args.batched, args.batch_size, sync)?;
+    println!("raw SQLite insert (transactions of {}):   {raw:>10.0} rows/s", args.batch_size);
+
+    let server = start_server(&binary, &dir.path().join("api"), &["--no-agent", "--sync", &args.sync])?;
+    let one = serde_json::to_string(&spec())?;
+    let single_secs = drive(&server.1, "/v1/tasks", one, args.singles, args.single_concurrency).await?;
+    let single = args.singles as f64 / single_secs;
+    println!("API single creates (x{} in flight):     {single:>10.0} tasks/s  ({:.2} of raw)", args.single_concurrency, single / raw);
+
+    let requests = args.batched / args.batch_size;
+    let batch_body = serde_json::to_string(&serde_json::json!({ "tasks": vec![spec(); args.batch_size] }))?;
+    let batch_secs = drive(&server.1, "/v1/tasks/batch", batch_body, requests, args.batch_concurrency).await?;
+    let batched = (requests * args.batch_size) as f64 / batch_secs;
+    println!("API batches of {} (x{} in flight):    {batched:>10.0} tasks/s  ({:.2} of raw)", args.batch_size, args.batch_concurrency, batched / raw);
+
+    let health: serde_json::Value = reqwest::get(format!("{}/v1/health", server.1)).await?.json().await?;
+    let stored = health["tasks"]["queued"].as_u64().unwrap_or(0) as usize;
+    let expected = args.singles + requests * args.batch_size;
+    if stored != expected {
+        bail!("server holds {stored} queued tasks, expected {expected}");
+    }
+    println!("all {stored} acknowledged tasks are stored");
+    if let Some(path) = args.json {
+        let report = serde_json::json!({
+            "sync": args.sync, "raw_rows_per_s": raw, "single_tasks_per_s": single, "batch_tasks_per_s": batched,
+            "single_ratio": single / raw, "batch_ratio": batched / raw, "batch_size": args.batch_size,
+        });
+        std::fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")?;
+    }
+    Ok(())
+}

@@ -1,0 +1,157 @@
+//! What placement reads and returns.
+
+use shepherd_core::{Constraint, Resources, TaskId};
+use std::collections::{BTreeMap, HashMap};
+
+/// A node as placement sees it.
+#[derive(Debug, Clone)]
+pub struct NodeSnapshot {
+    pub id: String,
+    pub hostname: String,
+    /// The node pool, if the node belongs to one.
+    pub pool: Option<String>,
+    /// Projects the node is dedicated to; empty: shared by all.
+    pub dedicated_to: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+    /// Only ready nodes receive tasks (not draining, not down).
+    pub ready: bool,
+    pub capacity: Resources,
+    /// Reserved by tasks already scheduled or running there.
+    pub allocated: Resources,
+    pub max_tasks: u32,
+    pub task_count: u32,
+    /// Images the node's engine holds, sorted.
+    pub images: Vec<String>,
+    /// Tasks there per label `key=value`, for anti-affinity.
+    pub label_counts: HashMap<String, u32>,
+}
+
+impl NodeSnapshot {
+    /// A ready node with no labels, pool, images or tasks.
+    pub fn new(id: impl Into<String>, capacity: Resources) -> NodeSnapshot {
+        let id = id.into();
+        NodeSnapshot {
+            hostname: id.clone(),
+            id,
+            pool: None,
+            dedicated_to: Vec::new(),
+            labels: BTreeMap::new(),
+            ready: true,
+            capacity,
+            allocated: Resources { cpu_millicores: 0, memory_mib: 0 },
+            max_tasks: u32::MAX,
+            task_count: 0,
+            images: Vec::new(),
+            label_counts: HashMap::new(),
+        }
+    }
+
+    /// The node's value for a constraint attribute.
+    pub fn attribute(&self, name: &str) -> Option<&str> {
+        match name {
+            "node.id" => Some(&self.id),
+            "node.hostname" => Some(&self.hostname),
+            "node.pool" => self.pool.as_deref(),
+            _ => name.strip_prefix("node.labels.").and_then(|key| self.labels.get(key)).map(String::as_str),
+        }
+    }
+
+    /// Free CPU and memory.
+    pub fn free(&self) -> Resources {
+        Resources {
+            cpu_millicores: self.capacity.cpu_millicores.saturating_sub(self.allocated.cpu_millicores),
+            memory_mib: self.capacity.memory_mib.saturating_sub(self.allocated.memory_mib),
+        }
+    }
+
+    /// Share of the node in use, by its most used resource, in [0, 1].
+    pub fn load(&self) -> f64 {
+        let cpu = f64::from(self.allocated.cpu_millicores) / f64::from(self.capacity.cpu_millicores.max(1));
+        let mem = f64::from(self.allocated.memory_mib) / f64::from(self.capacity.memory_mib.max(1));
+        cpu.max(mem).min(1.0)
+    }
+}
+
+/// "At most `max_per_node` tasks with the same value of label `label` on one node."
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct AntiAffinity {
+    /// `key=value`: the task's own label it counts.
+    pub label: String,
+    pub max_per_node: u32,
+}
+
+/// A task waiting for a node.
+#[derive(Debug, Clone)]
+pub struct PendingTask {
+    pub id: TaskId,
+    pub project: String,
+    pub priority: i32,
+    pub resources: Resources,
+    pub image: String,
+    pub constraints: Vec<Constraint>,
+    /// The pool the task must run in, if any.
+    pub pool: Option<String>,
+    pub anti_affinity: Option<AntiAffinity>,
+    /// The profile the task names, if any.
+    pub profile: Option<String>,
+}
+
+impl PendingTask {
+    /// A task with only resources set: no constraints, project `default`.
+    pub fn new(id: TaskId, resources: Resources) -> PendingTask {
+        PendingTask {
+            id,
+            project: "default".into(),
+            priority: 0,
+            resources,
+            image: String::new(),
+            constraints: Vec::new(),
+            pool: None,
+            anti_affinity: None,
+            profile: None,
+        }
+    }
+}
+
+/// A decision: run this task on that node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    pub task_id: TaskId,
+    pub node_id: String,
+}
+
+/// The result of placing a batch.
+#[derive(Debug, Clone, Default)]
+pub struct PlacementPlan {
+    pub placements: Vec<Placement>,
+    /// Tasks that fit nowhere, with the reason.
+    pub unplaced: Vec<(TaskId, String)>,
+}
+
+/// Why one node cannot take one task; counted into "0/N nodes fit: ...".
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Rejection {
+    NotReady,
+    TooManyTasks,
+    InsufficientCpu,
+    InsufficientMemory,
+    Constraint(String),
+    Pool,
+    Dedicated,
+    AntiAffinity(String),
+}
+
+impl std::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Rejection::NotReady => f.write_str("not ready"),
+            Rejection::TooManyTasks => f.write_str("at task limit"),
+            Rejection::InsufficientCpu => f.write_str("insufficient cpu"),
+            Rejection::InsufficientMemory => f.write_str("insufficient memory"),
+            Rejection::Constraint(c) => write!(f, "constraint {c}"),
+            Rejection::Pool => f.write_str("other pool"),
+            Rejection::Dedicated => f.write_str("dedicated to other projects"),
+            Rejection::AntiAffinity(label) => write!(f, "anti-affinity {label}"),
+        }
+    }
+}

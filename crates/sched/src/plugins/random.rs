@@ -1,0 +1,19 @@
+//! Score `random`: a seeded pseudo-random score, reproducible per seed.
+use crate::cluster::ClusterView;
+use crate::model::{NodeSnapshot, PendingTask};
+use crate::plugin::ScorePlugin;
+
+pub struct Random;
+
+impl ScorePlugin for Random {
+    fn name(&self) -> &'static str {
+        "random"
+    }
+    fn score(&self, task: &PendingTask, node: &NodeSnapshot, cluster: &ClusterView<'_>) -> f64 {
+        let mut h = cluster.seed ^ (task.id.0 .0 as u64) ^ ((task.id.0 .0 >> 64) as u64);
+        for byte in node.id.bytes() {
+            h = crate::rng::mix(h ^ u64::from(byte));
+        }
+        (crate::rng::mix(h) >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
