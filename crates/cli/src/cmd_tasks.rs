@@ -63,6 +63,15 @@ pub struct RunArgs {
     /// Project the task belongs to.
     #[arg(long, default_value = "default")]
     project: String,
+    /// Placement profile (spread, binpack, random, or one from the scheduler config).
+    #[arg(long)]
+    profile: Option<String>,
+    /// Node pool to run in.
+    #[arg(long)]
+    pool: Option<String>,
+    /// Network: none (default) or bridge.
+    #[arg(long, default_value = "none")]
+    network: String,
     /// The image to run.
     image: String,
     /// The command and its arguments (after `--`).
@@ -95,6 +104,9 @@ pub async fn run(client: &Client, args: RunArgs) -> Result<ExitCode> {
     spec.labels = args.labels.into_iter().collect();
     spec.constraints = args.constraints;
     spec.project = args.project;
+    spec.profile = args.profile;
+    spec.pool = args.pool;
+    spec.network = args.network;
     if let Some(source) = &args.payload {
         spec.payload = Some(base64::engine::general_purpose::STANDARD.encode(read_payload(source)?));
     }

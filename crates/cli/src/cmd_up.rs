@@ -41,6 +41,9 @@ pub struct UpArgs {
     /// How the local agent runs tasks.
     #[arg(long, value_enum, default_value = "auto")]
     driver: DriverName,
+    /// Placement profiles and per-project settings (TOML; see docs/scheduling.md).
+    #[arg(long, env = "SHEPHERD_SCHEDULER_CONFIG")]
+    scheduler_config: Option<PathBuf>,
     /// Most processes in one task's container (docker driver).
     #[arg(long, default_value_t = 256)]
     pids_limit: i64,
@@ -126,7 +129,17 @@ pub async fn up(args: UpArgs) -> Result<ExitCode> {
     std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
     let node_id = shepherd_server::local_node_id(&data_dir).context("reading the node id")?;
     let (driver, why) = choose_driver(args.driver, &node_id, args.pids_limit).await?;
+    let scheduler = match &args.scheduler_config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            shepherd_sched::SchedulerConfig::from_toml(&text).with_context(|| format!("in {}", path.display()))?
+        }
+        None => shepherd_sched::SchedulerConfig::default(),
+    };
+    let engine = Arc::new(shepherd_sched::Engine::new(&scheduler).with_context(|| "scheduler config")?);
+    let profiles = engine.profile_names().join(", ");
     let config = ClusterConfig {
+        engine,
         listen: args.listen,
         data_dir: data_dir.clone(),
         synchronous: match args.sync {
@@ -153,6 +166,7 @@ pub async fn up(args: UpArgs) -> Result<ExitCode> {
         }
         _ => println!("  node:    none (--no-agent): tasks are accepted and stay queued"),
     }
+    println!("  profiles: {profiles}");
     println!("  openapi: {url}/v1/openapi.json");
     println!();
     if args.listen.to_string() != super::client::DEFAULT_SERVER.trim_start_matches("http://") {

@@ -21,7 +21,7 @@ pub use constraint::{Constraint, ConstraintError, Operator};
 pub use lifecycle::{Decision, Event, IllegalTransition, LifecycleContext};
 pub use state::TaskState;
 pub use task::{
-    Attempt, AttemptOutcome, NewTask, PullPolicy, Resources, RetryPolicy, Task, TaskId, TaskSpec,
+    AntiAffinitySpec, Attempt, AttemptOutcome, NewTask, PullPolicy, Resources, RetryPolicy, Task, TaskId, TaskSpec,
 };
 pub use time::Timestamp;
 pub use validate::{validate, FieldError, Limits};

@@ -111,6 +111,16 @@ impl Default for RetryPolicy {
     }
 }
 
+/// "At most `max_per_node` tasks with this task's value of label `label` on
+/// one node" (e.g. replicas of one service kept apart).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AntiAffinitySpec {
+    /// A label key the task itself carries.
+    pub label: String,
+    pub max_per_node: u32,
+}
+
 /// When the agent pulls the task's image.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -175,6 +185,15 @@ pub struct TaskSpec {
     /// When to pull the image (docker driver).
     #[serde(default)]
     pub pull_policy: PullPolicy,
+    /// The placement profile (default: the project's, else the cluster's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+    /// The node pool the task must run in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    /// Keep tasks sharing a label value apart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anti_affinity: Option<AntiAffinitySpec>,
 }
 
 impl TaskSpec {
@@ -209,6 +228,9 @@ impl TaskSpec {
             user: None,
             network: Self::default_network(),
             pull_policy: PullPolicy::default(),
+            profile: None,
+            pool: None,
+            anti_affinity: None,
         }
     }
 }
@@ -311,6 +333,9 @@ pub struct Task {
     pub user: Option<String>,
     pub network: String,
     pub pull_policy: PullPolicy,
+    pub profile: Option<String>,
+    pub pool: Option<String>,
+    pub anti_affinity: Option<AntiAffinitySpec>,
     #[schema(value_type = String, format = DateTime)]
     pub created_at: Timestamp,
     #[schema(value_type = Option<String>, format = DateTime)]
@@ -351,6 +376,9 @@ impl Task {
             user: spec.user,
             network: spec.network,
             pull_policy: spec.pull_policy,
+            profile: spec.profile,
+            pool: spec.pool,
+            anti_affinity: spec.anti_affinity,
             created_at: new.created_at,
             scheduled_at: None,
             started_at: None,

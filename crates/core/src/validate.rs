@@ -146,6 +146,18 @@ pub fn validate(
             && user.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | ':' | '.'));
         check(ok, "user", || "a user name or uid, optionally :group or :gid".into())?;
     }
+    if let Some(profile) = &spec.profile {
+        check(is_label_key(profile), "profile", || "a profile name (letters, digits, . _ - /)".into())?;
+    }
+    if let Some(pool) = &spec.pool {
+        check(is_label_key(pool), "pool", || "a pool name (letters, digits, . _ - /)".into())?;
+    }
+    if let Some(rule) = &spec.anti_affinity {
+        check(spec.labels.contains_key(&rule.label), "anti_affinity.label", || {
+            format!("the task has no label `{}` to keep apart by", rule.label)
+        })?;
+        check(rule.max_per_node >= 1, "anti_affinity.max_per_node", || "at least 1".into())?;
+    }
     check(matches!(spec.network.as_str(), "none" | "bridge"), "network", || {
         format!("`{}`: use none (the default) or bridge", spec.network)
     })?;

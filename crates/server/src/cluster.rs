@@ -17,7 +17,7 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
 /// What the cluster needs to start.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ClusterConfig {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
@@ -25,6 +25,8 @@ pub struct ClusterConfig {
     pub limits: Limits,
     /// The in-process agent; `None` runs an API server and scheduler only.
     pub local_node: Option<LocalNodeConfig>,
+    /// Placement profiles and per-project settings.
+    pub engine: Arc<shepherd_sched::Engine>,
 }
 
 /// The local node's size and settings.
@@ -129,7 +131,14 @@ impl Cluster {
 
         let links = Arc::new(LocalAgents::new(agent.clone()));
         let notes = Arc::new(PlacementNotes::default());
-        let scheduler = Scheduler { store: dyn_store.clone(), links: links.clone(), wakeup: wakeup.clone(), notes: notes.clone() };
+        let scheduler = Scheduler {
+            store: dyn_store.clone(),
+            links: links.clone(),
+            wakeup: wakeup.clone(),
+            notes: notes.clone(),
+            engine: config.engine.clone(),
+            passes: Default::default(),
+        };
         background.push(tokio::spawn(scheduler.run(shutdown_rx.clone())));
         if let (Some(record), Some(local)) = (node_record, agent.clone()) {
             background.push(tokio::spawn(heartbeat(dyn_store.clone(), local, record, shutdown_rx.clone())));
@@ -142,6 +151,7 @@ impl Cluster {
             links,
             ids: Arc::new(Mutex::new(ulid::Generator::new())),
             notes,
+            engine: config.engine.clone(),
         };
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await

@@ -1,14 +1,15 @@
-//! The scheduler loop: takes queued tasks in priority order, places them
-//! with `shepherd-sched` against the nodes and their current allocations,
-//! persists each placement (queued → scheduled) and only then tells the
-//! node's agent.
+//! The scheduler loop: takes queued tasks (a share per project), orders and
+//! places them with `shepherd-sched` against the nodes and their current
+//! allocations, persists each placement (queued → scheduled) and only then
+//! tells the node's agent.
 
 use crate::links::NodeLinks;
 use crate::placement_notes::PlacementNotes;
 use shepherd_core::{Constraint, Event, Resources, Timestamp};
-use shepherd_sched::{place_batch, NodeSnapshot, PendingTask};
-use shepherd_store::{NodeState, Store, StoreError};
+use shepherd_sched::{AntiAffinity, Engine, NodeSnapshot, PendingTask};
+use shepherd_store::{ActiveTask, NodeRecord, NodeState, QueuedTask, Store, StoreError};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
@@ -24,6 +25,70 @@ pub struct Scheduler {
     pub links: Arc<dyn NodeLinks>,
     pub wakeup: Arc<Notify>,
     pub notes: Arc<PlacementNotes>,
+    pub engine: Arc<Engine>,
+    /// Seeds each pass differently, reproducibly.
+    pub passes: AtomicU64,
+}
+
+const ZERO: Resources = Resources { cpu_millicores: 0, memory_mib: 0 };
+
+fn add(a: Resources, b: Resources) -> Resources {
+    Resources { cpu_millicores: a.cpu_millicores.saturating_add(b.cpu_millicores), memory_mib: a.memory_mib.saturating_add(b.memory_mib) }
+}
+
+/// The task as placement sees it.
+pub fn pending(task: &QueuedTask) -> PendingTask {
+    let spec = &task.spec;
+    PendingTask {
+        id: task.id,
+        project: spec.project.clone(),
+        priority: spec.priority,
+        resources: spec.resources,
+        image: spec.image.clone(),
+        // Validated at submission; one that no longer parses is dropped rather than matching nothing silently.
+        constraints: spec.constraints.iter().filter_map(|c| Constraint::parse(c).ok()).collect(),
+        pool: spec.pool.clone(),
+        anti_affinity: spec.anti_affinity.as_ref().and_then(|rule| {
+            spec.labels.get(&rule.label).map(|value| AntiAffinity { label: format!("{}={value}", rule.label), max_per_node: rule.max_per_node })
+        }),
+        profile: spec.profile.clone(),
+    }
+}
+
+/// Nodes as placement sees them, with what active tasks hold on each.
+pub fn snapshot(nodes: Vec<NodeRecord>, active: &[ActiveTask]) -> Vec<NodeSnapshot> {
+    let mut by_node: HashMap<&str, Vec<&ActiveTask>> = HashMap::new();
+    for task in active {
+        by_node.entry(task.node_id.as_str()).or_default().push(task);
+    }
+    nodes
+        .into_iter()
+        .map(|node| {
+            let tasks = by_node.remove(node.id.as_str()).unwrap_or_default();
+            let mut label_counts: HashMap<String, u32> = HashMap::new();
+            for task in &tasks {
+                for (key, value) in &task.labels {
+                    *label_counts.entry(format!("{key}={value}")).or_default() += 1;
+                }
+            }
+            let mut images = node.images;
+            images.sort();
+            NodeSnapshot {
+                pool: node.labels.get("pool").cloned(),
+                dedicated_to: Vec::new(),
+                hostname: node.hostname,
+                labels: node.labels,
+                ready: node.state == NodeState::Ready,
+                capacity: node.capacity,
+                allocated: tasks.iter().fold(ZERO, |acc, t| add(acc, t.resources)),
+                max_tasks: node.max_tasks,
+                task_count: tasks.len() as u32,
+                images,
+                label_counts,
+                id: node.id,
+            }
+        })
+        .collect()
 }
 
 impl Scheduler {
@@ -59,17 +124,19 @@ impl Scheduler {
         if queued.is_empty() {
             return Ok(0);
         }
-        let mut nodes = self.snapshot().await?;
-        let pending: Vec<PendingTask> = queued
-            .iter()
-            .map(|t| PendingTask {
-                id: t.id,
-                resources: t.resources,
-                // Validated at submission; a constraint that no longer parses matches nothing.
-                constraints: t.constraints.iter().filter_map(|c| Constraint::parse(c).ok()).collect(),
-            })
-            .collect();
-        let plan = place_batch(&mut nodes, &pending);
+        let active = self.store.active_tasks().await?;
+        let mut usage: HashMap<String, Resources> = HashMap::new();
+        for task in &active {
+            let held = usage.entry(task.project.clone()).or_insert(ZERO);
+            *held = add(*held, task.resources);
+        }
+        let nodes = snapshot(self.store.list_nodes().await?, &active);
+        let pending: Vec<PendingTask> = queued.iter().map(pending).collect();
+        let seed = self.passes.fetch_add(1, Ordering::Relaxed);
+        let engine = self.engine.clone();
+        let plan = tokio::task::spawn_blocking(move || engine.place_batch(nodes, pending, &usage, seed))
+            .await
+            .map_err(|_| StoreError::Closed)?;
         let events = plan.placements.iter().map(|p| (p.task_id, Event::Schedule { node_id: p.node_id.clone() })).collect();
         let results = self.store.apply(events, now).await?;
         let mut placed = Vec::new();
@@ -89,35 +156,5 @@ impl Scheduler {
         let count = placed.len();
         self.notes.record(placed, plan.unplaced);
         Ok(count)
-    }
-
-    async fn snapshot(&self) -> Result<Vec<NodeSnapshot>, StoreError> {
-        let mut usage: HashMap<String, (Resources, u32)> = HashMap::new();
-        for task in self.store.active_tasks().await? {
-            let entry = usage.entry(task.node_id).or_insert((Resources { cpu_millicores: 0, memory_mib: 0 }, 0));
-            entry.0.cpu_millicores += task.resources.cpu_millicores;
-            entry.0.memory_mib += task.resources.memory_mib;
-            entry.1 += 1;
-        }
-        Ok(self
-            .store
-            .list_nodes()
-            .await?
-            .into_iter()
-            .map(|node| {
-                let (allocated, task_count) = usage.remove(&node.id).unwrap_or((Resources { cpu_millicores: 0, memory_mib: 0 }, 0));
-                NodeSnapshot {
-                    pool: node.labels.get("pool").cloned(),
-                    id: node.id,
-                    hostname: node.hostname,
-                    labels: node.labels,
-                    ready: node.state == NodeState::Ready,
-                    capacity: node.capacity,
-                    allocated,
-                    max_tasks: node.max_tasks,
-                    task_count,
-                }
-            })
-            .collect())
     }
 }

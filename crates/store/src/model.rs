@@ -50,16 +50,15 @@ pub enum ApplyError {
 #[derive(Debug, Clone)]
 pub struct QueuedTask {
     pub id: TaskId,
-    pub project: String,
-    pub priority: i32,
-    pub resources: Resources,
-    pub constraints: Vec<String>,
+    pub spec: TaskSpec,
 }
 
 /// A task that holds a place on a node.
 #[derive(Debug, Clone)]
 pub struct ActiveTask {
     pub id: TaskId,
+    pub project: String,
+    pub labels: BTreeMap<String, String>,
     pub state: TaskState,
     pub node_id: String,
     pub attempt: u32,

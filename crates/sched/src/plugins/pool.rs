@@ -1,5 +1,6 @@
-//! Filter `pool`: a task that names a pool runs only there, and a node
-//! dedicated to some projects takes no other project's task.
+//! Filter `pool`: a task runs only in the pool it names, or, naming none,
+//! only on nodes in no pool (the default pool), as Nomad's node pools; and a
+//! node dedicated to some projects takes no other project's task.
 use crate::model::{NodeSnapshot, PendingTask, Rejection};
 use crate::plugin::FilterPlugin;
 
@@ -13,9 +14,6 @@ impl FilterPlugin for Pool {
         if !node.dedicated_to.is_empty() && !node.dedicated_to.iter().any(|p| *p == task.project) {
             return Err(Rejection::Dedicated);
         }
-        match &task.pool {
-            Some(pool) if node.pool.as_deref() != Some(pool.as_str()) => Err(Rejection::Pool),
-            _ => Ok(()),
-        }
+        if task.pool == node.pool { Ok(()) } else { Err(Rejection::Pool) }
     }
 }

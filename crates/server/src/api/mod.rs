@@ -35,6 +35,8 @@ pub struct AppState {
     pub links: Arc<dyn NodeLinks>,
     pub ids: Arc<Mutex<ulid::Generator>>,
     pub notes: Arc<PlacementNotes>,
+    /// Placement profiles, to check the profile a task names.
+    pub engine: Arc<shepherd_sched::Engine>,
 }
 
 /// Largest request body: a full batch with small payloads.

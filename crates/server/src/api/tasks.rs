@@ -47,6 +47,12 @@ fn prepare(state: &AppState, specs: Vec<TaskSpec>, prefix: &dyn Fn(usize) -> Str
         .into_iter()
         .enumerate()
         .map(|(index, spec)| {
+            if let Some(profile) = spec.profile.as_deref().filter(|p| !state.engine.has_profile(p)) {
+                let known = state.engine.profile_names().join(", ");
+                return Err(ApiError::from(
+                    shepherd_core::FieldError::new("profile", format!("unknown profile `{profile}`; known: {known}")).within(&prefix(index)),
+                ));
+            }
             let id = TaskId::generate(&mut ids, now);
             validate(spec, &state.limits, id, now).map_err(|e| ApiError::from(e.within(&prefix(index))))
         })

@@ -148,13 +148,6 @@ impl Drop for SqliteStore {
     }
 }
 
-fn parse_json_list(text: Option<String>) -> Result<Vec<String>, StoreError> {
-    match text {
-        None => Ok(Vec::new()),
-        Some(text) => serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(format!("constraints: {e}"))),
-    }
-}
-
 #[async_trait::async_trait]
 impl Store for SqliteStore {
     async fn create_tasks(&self, tasks: Vec<NewTask>) -> Result<(), StoreError> {
@@ -228,20 +221,36 @@ impl Store for SqliteStore {
 
     async fn queued_tasks(&self, now: Timestamp, limit: usize) -> Result<Vec<QueuedTask>, StoreError> {
         self.read(move |conn| {
+            // Each project with ready tasks gets a share of the batch, so a
+            // project with a million queued tasks cannot crowd out the rest.
+            let mut projects: Vec<String> = Vec::new();
+            {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT DISTINCT project FROM tasks WHERE state = 'queued' AND not_before <= ?1",
+                )?;
+                let mut rows = stmt.query([now.millis()])?;
+                while let Some(row) = rows.next()? {
+                    projects.push(row.get(0)?);
+                }
+            }
+            if projects.is_empty() {
+                return Ok(Vec::new());
+            }
+            let per_project = (limit / projects.len()).max(16);
             let mut stmt = conn.prepare_cached(
-                "SELECT id, project, priority, cpu_millicores, memory_mib, constraints FROM tasks \
-                 WHERE state = 'queued' AND not_before <= ?1 ORDER BY priority DESC, id LIMIT ?2",
+                "SELECT id, spec FROM tasks WHERE state = 'queued' AND project = ?1 AND not_before <= ?2 \
+                 ORDER BY priority DESC, id LIMIT ?3",
             )?;
-            let mut rows = stmt.query(rusqlite::params![now.millis(), limit as i64])?;
             let mut queued = Vec::new();
-            while let Some(row) = rows.next()? {
-                queued.push(QueuedTask {
-                    id: rows::parse_id(&row.get::<_, String>(0)?)?,
-                    project: row.get(1)?,
-                    priority: row.get(2)?,
-                    resources: Resources { cpu_millicores: row.get(3)?, memory_mib: row.get(4)? },
-                    constraints: parse_json_list(row.get(5)?)?,
-                });
+            for project in &projects {
+                let mut rows = stmt.query(rusqlite::params![project, now.millis(), per_project as i64])?;
+                while let Some(row) = rows.next()? {
+                    let spec: String = row.get(1)?;
+                    queued.push(QueuedTask {
+                        id: rows::parse_id(&row.get::<_, String>(0)?)?,
+                        spec: serde_json::from_str(&spec).map_err(|e| StoreError::Corrupt(format!("spec: {e}")))?,
+                    });
+                }
             }
             Ok(queued)
         })
@@ -251,14 +260,18 @@ impl Store for SqliteStore {
     async fn active_tasks(&self) -> Result<Vec<ActiveTask>, StoreError> {
         self.read(|conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT id, state, node_id, attempt, cpu_millicores, memory_mib, cancel_requested FROM tasks \
+                "SELECT id, state, node_id, attempt, cpu_millicores, memory_mib, cancel_requested, spec FROM tasks \
                  WHERE state IN ('scheduled', 'running')",
             )?;
             let mut rows = stmt.query([])?;
             let mut active = Vec::new();
             while let Some(row) = rows.next()? {
+                let spec: shepherd_core::TaskSpec = serde_json::from_str(&row.get::<_, String>(7)?)
+                    .map_err(|e| StoreError::Corrupt(format!("spec: {e}")))?;
                 active.push(ActiveTask {
                     id: rows::parse_id(&row.get::<_, String>(0)?)?,
+                    project: spec.project,
+                    labels: spec.labels,
                     state: rows::parse_state(&row.get::<_, String>(1)?)?,
                     node_id: row.get::<_, Option<String>>(2)?.unwrap_or_default(),
                     attempt: row.get(3)?,

@@ -81,6 +81,10 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE nodes ADD COLUMN images TEXT NOT NULL DEFAULT '[]';
     "#,
+    // 3: per-project queues, so every project gets into each scheduling batch.
+    r#"
+    CREATE INDEX tasks_queue_by_project ON tasks (project, priority DESC, id) WHERE state = 'queued';
+    "#,
 ];
 
 /// Brings the schema up to date. Returns the version it ends at.

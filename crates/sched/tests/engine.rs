@@ -1,0 +1,215 @@
+//! The placement engine on hand-built clusters: profiles, filters, scores,
+//! reasons, fairness and configuration.
+
+use shepherd_core::{Constraint, Resources, TaskId};
+use shepherd_sched::*;
+use std::collections::HashMap;
+
+fn res(cpu: u32, mem: u32) -> Resources {
+    Resources { cpu_millicores: cpu, memory_mib: mem }
+}
+
+fn node(id: &str, cpu: u32, mem: u32) -> NodeSnapshot {
+    NodeSnapshot::new(id, res(cpu, mem))
+}
+
+fn task(n: u128, cpu: u32, mem: u32) -> PendingTask {
+    PendingTask::new(TaskId(ulid::Ulid(n + 1)), res(cpu, mem))
+}
+
+fn with_profile(mut t: PendingTask, profile: &str) -> PendingTask {
+    t.profile = Some(profile.into());
+    t
+}
+
+fn counts(plan: &PlacementPlan) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for p in &plan.placements {
+        *counts.entry(p.node_id.clone()).or_default() += 1;
+    }
+    counts
+}
+
+#[test]
+fn spread_evens_out_and_binpack_fills_nodes_one_by_one() {
+    let engine = Engine::default();
+    let nodes: Vec<_> = (0..4).map(|i| node(&format!("n{i}"), 4000, 4000)).collect();
+    let tasks: Vec<_> = (0..8).map(|i| with_profile(task(i, 500, 500), "spread")).collect();
+    let plan = engine.place_batch(nodes.clone(), tasks, &HashMap::new(), 1);
+    assert!(counts(&plan).values().all(|&c| c == 2), "{:?}", counts(&plan));
+    let tasks: Vec<_> = (0..8).map(|i| with_profile(task(i, 500, 500), "binpack")).collect();
+    let plan = engine.place_batch(nodes, tasks, &HashMap::new(), 1);
+    assert_eq!(counts(&plan).len(), 1, "binpack used one node: {:?}", counts(&plan));
+}
+
+#[test]
+fn unplaced_tasks_say_why() {
+    let engine = Engine::default();
+    let mut eu = node("eu", 1000, 1000);
+    eu.labels.insert("region".into(), "eu".into());
+    let mut down = node("down", 8000, 8000);
+    down.ready = false;
+    let nodes = vec![node("small", 1000, 1000), eu, down];
+    let mut big = task(1, 2000, 100);
+    big.constraints = vec![];
+    let mut ap = task(2, 100, 100);
+    ap.constraints = vec![Constraint::parse("node.labels.region==ap").unwrap()];
+    let plan = engine.place_batch(nodes, vec![big, ap], &HashMap::new(), 1);
+    let reasons: HashMap<_, _> = plan.unplaced.into_iter().collect();
+    assert_eq!(reasons[&TaskId(ulid::Ulid(2))], "0/3 nodes fit: 2 insufficient cpu, 1 not ready");
+    assert_eq!(reasons[&TaskId(ulid::Ulid(3))], "0/3 nodes fit: 2 constraint node.labels.region==ap, 1 not ready");
+    let plan = engine.place_batch(vec![], vec![task(9, 1, 4)], &HashMap::new(), 1);
+    assert_eq!(plan.unplaced[0].1, "no nodes in the cluster");
+}
+
+#[test]
+fn pools_and_dedicated_nodes() {
+    let engine = Engine::default();
+    let mut gpu = node("gpu", 8000, 8000);
+    gpu.pool = Some("gpu".into());
+    let mut dedicated = node("acme-only", 8000, 8000);
+    dedicated.dedicated_to = vec!["acme".into()];
+    let nodes = vec![gpu, dedicated, node("shared", 4000, 4000)];
+    let mut wants_gpu = task(1, 100, 100);
+    wants_gpu.pool = Some("gpu".into());
+    let mut globex = task(2, 3000, 100);
+    globex.project = "globex".into();
+    let mut too_big = task(3, 3000, 100);
+    too_big.project = "globex".into();
+    let mut acme = task(4, 6000, 100);
+    acme.project = "acme".into();
+    let plan = engine.place_batch(nodes, vec![wants_gpu, globex, too_big, acme], &HashMap::new(), 1);
+    let placed: HashMap<_, _> = plan.placements.iter().map(|p| (p.task_id, p.node_id.as_str())).collect();
+    assert_eq!(placed[&TaskId(ulid::Ulid(2))], "gpu");
+    assert_eq!(placed[&TaskId(ulid::Ulid(3))], "shared");
+    assert_eq!(placed[&TaskId(ulid::Ulid(5))], "acme-only");
+    assert_eq!(plan.unplaced.len(), 1);
+    assert_eq!(plan.unplaced[0].1, "0/3 nodes fit: 1 dedicated to other projects, 1 insufficient cpu, 1 other pool");
+}
+
+#[test]
+fn anti_affinity_keeps_replicas_apart() {
+    let engine = Engine::default();
+    let nodes: Vec<_> = (0..3).map(|i| node(&format!("n{i}"), 8000, 8000)).collect();
+    let tasks: Vec<_> = (0..4)
+        .map(|i| {
+            let mut t = with_profile(task(i, 100, 100), "binpack");
+            t.anti_affinity = Some(AntiAffinity { label: "app=web".into(), max_per_node: 1 });
+            t
+        })
+        .collect();
+    let plan = engine.place_batch(nodes, tasks, &HashMap::new(), 1);
+    assert_eq!(counts(&plan).len(), 3);
+    assert_eq!(plan.unplaced.len(), 1);
+    assert!(plan.unplaced[0].1.contains("3 anti-affinity app=web"), "{}", plan.unplaced[0].1);
+}
+
+#[test]
+fn priorities_first_then_fair_share_across_projects() {
+    let engine = Engine::default();
+    let nodes = vec![node("n", 2000, 100_000)];
+    let mut tasks = Vec::new();
+    for i in 0..1000 {
+        let mut t = task(i, 100, 10);
+        t.project = "flood".into();
+        tasks.push(t);
+    }
+    for i in 1000..1010 {
+        let mut t = task(i, 100, 10);
+        t.project = "small".into();
+        tasks.push(t);
+    }
+    let mut urgent = task(5000, 100, 10);
+    urgent.project = "flood".into();
+    urgent.priority = 10;
+    tasks.push(urgent);
+    let plan = engine.place_batch(nodes, tasks, &HashMap::new(), 1);
+    assert_eq!(plan.placements.len(), 20);
+    assert_eq!(plan.placements[0].task_id, TaskId(ulid::Ulid(5001)), "the high-priority task goes first");
+    let small = plan.placements.iter().filter(|p| (1001..=1010).contains(&p.task_id.0 .0)).count();
+    assert!(small >= 9, "the small project got {small} of 20 slots");
+}
+
+#[test]
+fn weights_tilt_the_fair_share() {
+    let config = SchedulerConfig::from_toml("[projects.gold]\nweight = 3.0\n").unwrap();
+    let engine = Engine::new(&config).unwrap();
+    let mut tasks = Vec::new();
+    for (project, base) in [("gold", 0), ("bronze", 1000)] {
+        for i in 0..100 {
+            let mut t = task(base + i, 100, 10);
+            t.project = project.into();
+            tasks.push(t);
+        }
+    }
+    let plan = engine.place_batch(vec![node("n", 4000, 100_000)], tasks, &HashMap::new(), 1);
+    let gold = plan.placements.iter().filter(|p| p.task_id.0 .0 <= 100).count();
+    assert_eq!(plan.placements.len(), 40);
+    assert!((28..=32).contains(&gold), "gold got {gold} of 40 with weight 3:1");
+}
+
+#[test]
+fn image_locality_and_topology_spread_in_a_configured_profile() {
+    let config = SchedulerConfig::from_toml(
+        r#"
+        default_profile = "local"
+        [profiles.local]
+        order = "scan"
+        candidates = 100
+        scores = { image_locality = 1.0 }
+        [profiles.zones]
+        order = "scan"
+        candidates = 100
+        scores = { topology_spread = 1.0 }
+        "#,
+    )
+    .unwrap();
+    let engine = Engine::new(&config).unwrap();
+    let mut warm = node("warm", 4000, 4000);
+    warm.images = vec!["app:1".into()];
+    let mut t = task(1, 100, 100);
+    t.image = "app:1".into();
+    let plan = engine.place_batch(vec![node("cold", 4000, 4000), warm], vec![t], &HashMap::new(), 1);
+    assert_eq!(plan.placements[0].node_id, "warm");
+
+    let nodes: Vec<_> = ["a", "a", "b", "c"]
+        .iter()
+        .enumerate()
+        .map(|(i, zone)| {
+            let mut n = node(&format!("n{i}"), 8000, 8000);
+            n.labels.insert("zone".into(), zone.to_string());
+            n
+        })
+        .collect();
+    let tasks: Vec<_> = (0..6).map(|i| with_profile(task(i, 100, 100), "zones")).collect();
+    let plan = engine.place_batch(nodes, tasks, &HashMap::new(), 1);
+    let mut per_zone: HashMap<&str, usize> = HashMap::new();
+    for p in &plan.placements {
+        let zone = match p.node_id.as_str() { "n0" | "n1" => "a", "n2" => "b", _ => "c" };
+        *per_zone.entry(zone).or_default() += 1;
+    }
+    assert_eq!(per_zone.values().copied().collect::<std::collections::BTreeSet<_>>(), [2].into(), "{per_zone:?}");
+}
+
+#[test]
+fn the_same_seed_gives_the_same_placements() {
+    let engine = Engine::default();
+    let nodes: Vec<_> = (0..50).map(|i| node(&format!("n{i}"), 4000, 4000)).collect();
+    let tasks: Vec<_> = (0..100).map(|i| with_profile(task(i, 300, 300), "random")).collect();
+    let a = engine.place_batch(nodes.clone(), tasks.clone(), &HashMap::new(), 7);
+    let b = engine.place_batch(nodes.clone(), tasks.clone(), &HashMap::new(), 7);
+    let c = engine.place_batch(nodes, tasks, &HashMap::new(), 8);
+    assert_eq!(a.placements, b.placements);
+    assert_ne!(a.placements, c.placements);
+}
+
+#[test]
+fn bad_configs_are_refused_with_the_reason() {
+    let err = |text: &str| Engine::new(&SchedulerConfig::from_toml(text).unwrap()).err().unwrap().to_string();
+    assert!(err("[profiles.x]\nscores = { nope = 1.0 }").contains("unknown score plugin `nope`"));
+    assert!(err("[profiles.x]\nfilters = [\"nope\"]\nscores = { spread = 1.0 }").contains("unknown filter `nope`"));
+    assert!(err("[profiles.x]\nscores = {}").contains("at least one score plugin"));
+    assert!(err("[profiles.x]\nscores = { spread = -1.0 }").contains("positive"));
+    assert!(err("default_profile = \"ghost\"").contains("unknown profile `ghost`"));
+    assert!(SchedulerConfig::from_toml("[profiles.x]\nscores = { spread = 1.0 }\ncolour = 1").is_err());
+}
