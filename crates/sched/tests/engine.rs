@@ -84,7 +84,7 @@ fn pools_and_dedicated_nodes() {
     assert_eq!(placed[&TaskId(ulid::Ulid(3))], "shared");
     assert_eq!(placed[&TaskId(ulid::Ulid(5))], "acme-only");
     assert_eq!(plan.unplaced.len(), 1);
-    assert_eq!(plan.unplaced[0].1, "0/3 nodes fit: 1 dedicated to other projects, 1 insufficient cpu, 1 other pool");
+    assert_eq!(plan.unplaced[0].1, "0/3 nodes fit: 1 insufficient cpu, 1 other pool, 1 dedicated to other projects");
 }
 
 #[test]
