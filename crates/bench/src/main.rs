@@ -3,6 +3,7 @@
 
 mod docker;
 mod ingest;
+mod placement;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -20,6 +21,8 @@ enum Bench {
     Ingest(ingest::Args),
     /// Tasks per second with the docker driver vs raw engine cycles.
     Docker(docker::Args),
+    /// Placement decisions per second and quality, per profile and cluster size.
+    Placement(placement::Args),
 }
 
 /// The shepherd binary to benchmark: the given path, else the one next to this binary.
@@ -35,5 +38,6 @@ async fn main() -> Result<()> {
     match Cli::parse().bench {
         Bench::Ingest(args) => ingest::run(args).await,
         Bench::Docker(args) => docker::run(args).await,
+        Bench::Placement(args) => placement::run(args).await,
     }
 }

@@ -1,6 +1,7 @@
 //! The cluster during one placement pass: the nodes (updated as tasks are
-//! placed) plus two ordered indexes so that candidate search does not scan
-//! every node: free memory ascending (best fit, for binpack) and load
+//! placed) plus ordered indexes so that candidate search does not scan every
+//! node: free CPU and free memory ascending (best fit, for binpack: the range
+//! starts at the task's request, so full nodes are never visited) and load
 //! ascending (least loaded first, for spread).
 
 use crate::model::{NodeSnapshot, PendingTask};
@@ -24,6 +25,9 @@ pub enum CandidateOrder {
 pub struct Cluster {
     pub nodes: Vec<NodeSnapshot>,
     by_free_memory: BTreeSet<(u32, u32, u32)>,
+    by_free_cpu: BTreeSet<(u32, u32, u32)>,
+    /// Mean node capacity: says which resource a task mostly asks for.
+    mean_capacity: (f64, f64),
     by_load: BTreeSet<(u32, u32)>,
     /// Tasks per topology key, per value (`zone` → `a` → 12).
     topology: HashMap<String, HashMap<String, u32>>,
@@ -54,7 +58,20 @@ impl Cluster {
     /// Indexes `nodes`; `topology_keys` are the node labels whose task
     /// counts topology scorers need.
     pub fn new(nodes: Vec<NodeSnapshot>, topology_keys: &[String], seed: u64) -> Cluster {
-        let mut cluster = Cluster { by_free_memory: BTreeSet::new(), by_load: BTreeSet::new(), topology: HashMap::new(), nodes, seed };
+        let count = nodes.len().max(1) as f64;
+        let mean_capacity = (
+            nodes.iter().map(|n| f64::from(n.capacity.cpu_millicores)).sum::<f64>() / count,
+            nodes.iter().map(|n| f64::from(n.capacity.memory_mib)).sum::<f64>() / count,
+        );
+        let mut cluster = Cluster {
+            by_free_memory: BTreeSet::new(),
+            by_free_cpu: BTreeSet::new(),
+            mean_capacity,
+            by_load: BTreeSet::new(),
+            topology: HashMap::new(),
+            nodes,
+            seed,
+        };
         for key in topology_keys {
             let mut domains: HashMap<String, u32> = HashMap::new();
             for node in &cluster.nodes {
@@ -74,6 +91,7 @@ impl Cluster {
         let node = &self.nodes[i];
         let free = node.free();
         self.by_free_memory.insert((free.memory_mib, free.cpu_millicores, i as u32));
+        self.by_free_cpu.insert((free.cpu_millicores, free.memory_mib, i as u32));
         self.by_load.insert((load_key(node), i as u32));
     }
 
@@ -81,6 +99,7 @@ impl Cluster {
         let node = &self.nodes[i];
         let free = node.free();
         self.by_free_memory.remove(&(free.memory_mib, free.cpu_millicores, i as u32));
+        self.by_free_cpu.remove(&(free.cpu_millicores, free.memory_mib, i as u32));
         self.by_load.remove(&(load_key(node), i as u32));
     }
 
@@ -132,9 +151,16 @@ impl Cluster {
     pub fn candidates<'a>(&'a self, order: CandidateOrder, task: &PendingTask, start: usize) -> Box<dyn Iterator<Item = usize> + 'a> {
         let n = self.nodes.len();
         match order {
-            CandidateOrder::MostAllocated => Box::new(
-                self.by_free_memory.range((task.resources.memory_mib, 0, 0)..).map(|&(_, _, i)| i as usize),
-            ),
+            CandidateOrder::MostAllocated => {
+                // Best fit on the resource the task mostly asks for.
+                let cpu_share = f64::from(task.resources.cpu_millicores) / self.mean_capacity.0.max(1.0);
+                let mem_share = f64::from(task.resources.memory_mib) / self.mean_capacity.1.max(1.0);
+                if cpu_share >= mem_share {
+                    Box::new(self.by_free_cpu.range((task.resources.cpu_millicores, 0, 0)..).map(|&(_, _, i)| i as usize))
+                } else {
+                    Box::new(self.by_free_memory.range((task.resources.memory_mib, 0, 0)..).map(|&(_, _, i)| i as usize))
+                }
+            }
             CandidateOrder::LeastAllocated => Box::new(self.by_load.iter().map(|&(_, i)| i as usize)),
             CandidateOrder::Random => {
                 let start = if n == 0 { 0 } else { start % n };
