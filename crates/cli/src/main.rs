@@ -3,6 +3,7 @@
 
 mod client;
 mod cmd_nodes;
+mod cmd_simulate;
 mod cmd_tasks;
 mod cmd_up;
 mod output;
@@ -39,6 +40,8 @@ enum Command {
     Wait(cmd_tasks::WaitArgs),
     /// List the cluster's nodes.
     Nodes(cmd_nodes::NodesArgs),
+    /// Compare placement profiles offline: replay a workload on a virtual clock.
+    Simulate(cmd_simulate::SimulateArgs),
 }
 
 fn init_logging(default: &str) {
@@ -72,6 +75,7 @@ fn main() -> ExitCode {
             Command::Cancel(args) => cmd_tasks::cancel(&client?, args).await,
             Command::Wait(args) => cmd_tasks::wait(&client?, args).await,
             Command::Nodes(args) => cmd_nodes::nodes(&client?, args).await,
+            Command::Simulate(args) => cmd_simulate::simulate_cmd(args),
         }
     });
     match result {

@@ -1,0 +1,102 @@
+//! `shepherd simulate`: compare placement profiles offline on a workload.
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use shepherd_sched::{Engine, SchedulerConfig};
+use shepherd_sim::{generate, parse_workload, report, simulate, svg, GeneratorConfig, SimConfig};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Args)]
+pub struct SimulateArgs {
+    /// Workload file: JSON Lines or CSV (see docs/scheduling.md). Default: generate one.
+    #[arg(long)]
+    workload: Option<PathBuf>,
+    /// Tasks to generate when no workload is given.
+    #[arg(long, default_value_t = 5000)]
+    generate: usize,
+    /// Generated arrivals are spread over this many seconds.
+    #[arg(long, default_value_t = 300.0)]
+    arrival_seconds: f64,
+    /// Mean run time of generated tasks, seconds.
+    #[arg(long, default_value_t = 60.0)]
+    mean_duration: f64,
+    /// Share of generated tasks with a region constraint.
+    #[arg(long, default_value_t = 0.2)]
+    constrained: f64,
+    /// Simulated nodes (regions eu, us, ap; zones REGION-0..2).
+    #[arg(long, default_value_t = 50)]
+    nodes: usize,
+    /// CPU of each node, millicores.
+    #[arg(long, default_value_t = 16_000)]
+    node_cpu: u32,
+    /// Memory of each node, MiB.
+    #[arg(long, default_value_t = 65_536)]
+    node_memory: u32,
+    /// Profiles to compare, side by side.
+    #[arg(long, value_delimiter = ',', default_value = "spread,binpack,random")]
+    profiles: Vec<String>,
+    /// Extra profiles (TOML), as for `shepherd up --scheduler-config`.
+    #[arg(long)]
+    scheduler_config: Option<PathBuf>,
+    /// Virtual seconds between scheduling passes.
+    #[arg(long, default_value_t = 1.0)]
+    tick: f64,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Where to write the plot.
+    #[arg(long, default_value = "simulation.svg")]
+    plot: PathBuf,
+    /// Also write the full results (with time series) as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+pub fn simulate_cmd(args: SimulateArgs) -> Result<ExitCode> {
+    let config = match &args.scheduler_config {
+        Some(path) => SchedulerConfig::from_toml(&std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?)?,
+        None => SchedulerConfig::default(),
+    };
+    let engine = Engine::new(&config)?;
+    for profile in &args.profiles {
+        if !engine.has_profile(profile) {
+            bail!("--profiles: unknown profile `{profile}`; known: {}", engine.profile_names().join(", "));
+        }
+    }
+    if args.nodes == 0 || !(args.tick > 0.0) {
+        bail!("--nodes and --tick must be positive");
+    }
+    let workload = match &args.workload {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            parse_workload(&text).with_context(|| format!("in {}", path.display()))?
+        }
+        None => generate(&GeneratorConfig {
+            tasks: args.generate,
+            arrival_seconds: args.arrival_seconds,
+            mean_duration: args.mean_duration,
+            constrained: args.constrained,
+            seed: args.seed,
+        }),
+    };
+    let sim = SimConfig { nodes: args.nodes, node_cpu: args.node_cpu, node_memory: args.node_memory, tick_seconds: args.tick, seed: args.seed };
+    eprintln!("simulating {} tasks on {} nodes ({} m CPU, {} MiB each)", workload.len(), args.nodes, args.node_cpu, args.node_memory);
+    let mut reports = Vec::new();
+    for (i, profile) in args.profiles.iter().enumerate() {
+        let started = std::time::Instant::now();
+        eprint!("  [{}/{}] {profile} ... ", i + 1, args.profiles.len());
+        let report = simulate(&engine, profile, &workload, &sim);
+        eprintln!("done in {:.1}s (virtual makespan {:.0}s)", started.elapsed().as_secs_f64(), report.makespan_seconds);
+        reports.push(report);
+    }
+    println!();
+    print!("{}", report::table(&reports));
+    let title = format!("{} tasks on {} nodes, profiles {}", workload.len(), args.nodes, args.profiles.join(", "));
+    std::fs::write(&args.plot, svg::plot(&reports, &title)).with_context(|| format!("writing {}", args.plot.display()))?;
+    println!("\nplot: {}", args.plot.display());
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&reports)?).with_context(|| format!("writing {}", path.display()))?;
+        println!("results: {}", path.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
