@@ -10,10 +10,13 @@
 //! A report the state machine refuses (a stale attempt) makes the agent stop
 //! that attempt, never run it twice.
 
+pub mod backend;
 pub mod driver;
 mod logs;
+pub mod remote;
 mod runner;
 
+pub use backend::{AssignedAttempt, Backend, BackendError, StoreBackend};
 pub use driver::{AttemptHandle, AttemptSpec, Driver, DriverError, ExitStatus, OutputChunk};
 pub use driver::docker::{DockerConfig, DockerDriver};
 pub use driver::process::ProcessDriver;

@@ -6,7 +6,8 @@
 
 use crate::driver::OutputChunk;
 use shepherd_core::TaskId;
-use shepherd_store::{LogChunk, LogStream, Store};
+use crate::backend::Backend;
+use shepherd_store::{LogChunk, LogStream};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
@@ -83,7 +84,7 @@ impl Capture {
         }
     }
 
-    async fn flush(&mut self, store: &dyn Store) {
+    async fn flush(&mut self, store: &dyn Backend) {
         if self.pending.is_empty() {
             return;
         }
@@ -97,7 +98,7 @@ impl Capture {
 
 /// Drains `output` into the store until every sender is dropped.
 pub async fn capture(
-    store: Arc<dyn Store>,
+    store: Arc<dyn Backend>,
     task_id: TaskId,
     attempt: u32,
     limits: LogLimits,

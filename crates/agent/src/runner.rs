@@ -4,7 +4,7 @@
 use crate::driver::{AttemptHandle, AttemptSpec, Driver, DriverError, ExitStatus};
 use crate::logs::{self, LogLimits};
 use shepherd_core::{Event, TaskId, TaskState, Timestamp};
-use shepherd_store::{ApplyError, Store};
+use crate::backend::Backend;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -34,11 +34,13 @@ enum StopReason {
 struct Running {
     attempt: u32,
     cancel: watch::Sender<bool>,
+    /// Set when the attempt was given away: stop it and report nothing.
+    fenced: Arc<std::sync::atomic::AtomicBool>,
 }
 
 struct Inner {
     config: AgentConfig,
-    store: Arc<dyn Store>,
+    backend: Arc<dyn Backend>,
     driver: Arc<dyn Driver>,
     running: Mutex<HashMap<TaskId, Running>>,
     runners: Mutex<JoinSet<()>>,
@@ -54,13 +56,13 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// An agent that runs attempts with `driver` and reports to `store`.
-    pub fn new(config: AgentConfig, store: Arc<dyn Store>, driver: Arc<dyn Driver>, capacity_freed: Arc<Notify>) -> Agent {
+    /// An agent that runs attempts with `driver` and reports to `backend`.
+    pub fn new(config: AgentConfig, backend: Arc<dyn Backend>, driver: Arc<dyn Driver>, capacity_freed: Arc<Notify>) -> Agent {
         let (shutdown, _) = watch::channel(false);
         Agent {
             inner: Arc::new(Inner {
                 config,
-                store,
+                backend,
                 driver,
                 running: Mutex::new(HashMap::new()),
                 runners: Mutex::new(JoinSet::new()),
@@ -99,7 +101,7 @@ impl Agent {
                 tracing::warn!(task = %task_id, attempt, "already running an attempt of this task; ignoring assignment");
                 return;
             }
-            running.insert(task_id, Running { attempt, cancel });
+            running.insert(task_id, Running { attempt, cancel, fenced: Default::default() });
         }
         let inner = self.inner.clone();
         self.spawn(async move { run_attempt(inner, task_id, attempt, cancel_rx, None).await });
@@ -121,14 +123,28 @@ impl Agent {
         }
     }
 
-    /// After a restart: adopts attempts assigned to this node that the
-    /// driver still has running, and reports the others lost (the state
-    /// machine then retries them or fails them with reason `lost`).
-    pub async fn reconcile(&self) -> Result<(), shepherd_store::StoreError> {
-        let active = self.inner.store.active_tasks().await?;
-        let mine: Vec<_> = active.into_iter().filter(|t| t.node_id == self.inner.config.node_id).collect();
+    /// After a restart (or a reconnect): adopts attempts assigned to this
+    /// node that the driver still has running, starts those assigned but not
+    /// yet started, reports lost the running ones that are gone (the state
+    /// machine retries them or fails them with reason `lost`), and removes
+    /// every container of this node that no assigned attempt owns, such as
+    /// those of attempts given away while the node was cut off.
+    pub async fn reconcile(&self) -> Result<(), crate::backend::BackendError> {
+        let mine = self.inner.backend.assigned(&self.inner.config.node_id).await?;
         let keep: Vec<(TaskId, u32)> =
-            mine.iter().filter(|t| t.state == TaskState::Running).map(|t| (t.id, t.attempt)).collect();
+            mine.iter().filter(|t| t.state == TaskState::Running).map(|t| (t.task_id, t.attempt)).collect();
+        let stale: Vec<TaskId> = match self.inner.running.lock() {
+            Ok(running) => running
+                .iter()
+                .filter(|(id, r)| !mine.iter().any(|t| t.task_id == **id && t.attempt == r.attempt))
+                .map(|(id, _)| *id)
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        for id in stale {
+            // Given away while we were cut off: stop it, never report it.
+            self.fence(id);
+        }
         match self.inner.driver.remove_orphans(&keep).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(removed = n, "removed containers of attempts this node no longer owns"),
@@ -136,31 +152,54 @@ impl Agent {
         }
         let mut lost = Vec::new();
         for task in mine {
+            if self.is_running(task.task_id, task.attempt) {
+                continue;
+            }
+            if task.state == TaskState::Scheduled {
+                self.assign(task.task_id, task.attempt);
+                continue;
+            }
             let (tx, rx) = mpsc::channel(64);
-            match self.inner.driver.recover(task.id, task.attempt, tx).await {
-                Ok(Some(handle)) if task.state == TaskState::Running => {
-                    tracing::info!(task = %task.id, attempt = task.attempt, "adopted running attempt");
+            match self.inner.driver.recover(task.task_id, task.attempt, tx).await {
+                Ok(Some(handle)) => {
+                    tracing::info!(task = %task.task_id, attempt = task.attempt, "adopted running attempt");
                     let (cancel, cancel_rx) = watch::channel(task.cancel_requested);
                     if let Ok(mut running) = self.inner.running.lock() {
-                        running.insert(task.id, Running { attempt: task.attempt, cancel });
+                        running.insert(task.task_id, Running { attempt: task.attempt, cancel, fenced: Default::default() });
                     }
                     let inner = self.inner.clone();
                     let adopted = Adopted { handle, output: rx };
-                    self.spawn(async move { run_attempt(inner, task.id, task.attempt, cancel_rx, Some(adopted)).await });
+                    let (id, attempt) = (task.task_id, task.attempt);
+                    self.spawn(async move { run_attempt(inner, id, attempt, cancel_rx, Some(adopted)).await });
                 }
-                Ok(_) => lost.push((task.id, Event::Lost { attempt: task.attempt, reason: "agent restarted and the attempt was gone".into() })),
+                Ok(None) => lost.push((task.task_id, Event::Lost { attempt: task.attempt, reason: "agent restarted and the attempt was gone".into() })),
                 Err(e) => {
-                    tracing::warn!(task = %task.id, error = %e, "could not recover attempt");
-                    lost.push((task.id, Event::Lost { attempt: task.attempt, reason: format!("could not recover: {e}") }));
+                    tracing::warn!(task = %task.task_id, error = %e, "could not recover attempt");
+                    lost.push((task.task_id, Event::Lost { attempt: task.attempt, reason: format!("could not recover: {e}") }));
                 }
             }
         }
         if !lost.is_empty() {
             tracing::info!(count = lost.len(), "attempts lost while the agent was away");
-            self.inner.store.apply(lost, Timestamp::now()).await?;
+            self.inner.backend.report(lost).await?;
             self.inner.capacity_freed.notify_one();
         }
         Ok(())
+    }
+
+    fn is_running(&self, task_id: TaskId, attempt: u32) -> bool {
+        self.inner.running.lock().map(|r| r.get(&task_id).is_some_and(|e| e.attempt == attempt)).unwrap_or(false)
+    }
+
+    /// Kills a task's attempt without reporting anything: the cluster gave
+    /// the task away (fencing).
+    pub fn fence(&self, task_id: TaskId) {
+        if let Ok(running) = self.inner.running.lock() {
+            if let Some(entry) = running.get(&task_id) {
+                entry.fenced.store(true, std::sync::atomic::Ordering::SeqCst);
+                let _ = entry.cancel.send(true);
+            }
+        }
     }
 
     /// Stops every running attempt (they go back to the queue without using
@@ -181,21 +220,10 @@ struct Adopted {
 }
 
 async fn report(inner: &Inner, task_id: TaskId, event: Event) -> bool {
-    match inner.store.apply(vec![(task_id, event)], Timestamp::now()).await {
-        Ok(results) => match results.into_iter().next() {
-            Some(Ok(_)) => true,
-            Some(Err(ApplyError::Illegal(e))) => {
-                tracing::info!(task = %task_id, reason = %e, "report refused by the state machine");
-                false
-            }
-            Some(Err(e)) => {
-                tracing::warn!(task = %task_id, error = %e, "report refused");
-                false
-            }
-            None => false,
-        },
+    match inner.backend.report(vec![(task_id, event)]).await {
+        Ok(results) => results.into_iter().next().unwrap_or(false),
         Err(e) => {
-            tracing::error!(task = %task_id, error = %e, "could not report to the store");
+            tracing::error!(task = %task_id, error = %e, "could not report to the cluster");
             false
         }
     }
@@ -225,7 +253,7 @@ async fn run_attempt(
 }
 
 async fn start(inner: &Inner, task_id: TaskId, attempt: u32, work_dir: &PathBuf) -> Result<Option<(Box<dyn AttemptHandle>, mpsc::Receiver<crate::OutputChunk>)>, String> {
-    let launch = match inner.store.launch_spec(task_id).await {
+    let launch = match inner.backend.launch_spec(task_id).await {
         Ok(Some(launch)) => launch,
         Ok(None) => return Ok(None),
         Err(e) => return Err(format!("could not load the task: {e}")),
@@ -276,10 +304,9 @@ async fn run_attempt_inner(
 ) {
     // The deadline counts from the attempt's start, also for an adopted one.
     let mut time_left = Duration::from_secs(u64::from(shepherd_core::TaskSpec::default_timeout()));
-    if let Ok(Some(task)) = inner.store.get_task(task_id).await {
-        let limit = Duration::from_secs(u64::from(task.timeout_seconds));
-        let started = task.attempts.iter().find(|a| a.number == attempt).and_then(|a| a.started_at);
-        let elapsed = started.map_or(0, |s| (Timestamp::now().millis() - s.millis()).max(0) as u64);
+    if let Ok(Some(launch)) = inner.backend.launch_spec(task_id).await {
+        let limit = Duration::from_secs(u64::from(launch.spec.timeout_seconds));
+        let elapsed = launch.attempt_started_at.map_or(0, |s| (Timestamp::now().millis() - s.millis()).max(0) as u64);
         time_left = limit.saturating_sub(Duration::from_millis(elapsed));
     }
     let (mut handle, output) = match adopted {
@@ -303,7 +330,7 @@ async fn run_attempt_inner(
             }
         },
     };
-    let log_writer = tokio::spawn(logs::capture(inner.store.clone(), task_id, attempt, inner.config.log_limits, output));
+    let log_writer = tokio::spawn(logs::capture(inner.backend.clone(), task_id, attempt, inner.config.log_limits, output));
     let deadline = tokio::time::sleep(time_left);
     tokio::pin!(deadline);
     let mut shutdown = inner.shutdown.subscribe();
@@ -343,6 +370,16 @@ async fn run_attempt_inner(
     // A clean shutdown leaves nothing to adopt: the attempt runs again.
     if let Err(e) = handle.remove().await {
         tracing::warn!(task = %task_id, error = %e, "could not remove the attempt's container");
+    }
+    let fenced = inner
+        .running
+        .lock()
+        .ok()
+        .and_then(|r| r.get(&task_id).filter(|e| e.attempt == attempt).map(|e| e.fenced.load(std::sync::atomic::Ordering::SeqCst)))
+        .unwrap_or(false);
+    if fenced {
+        tracing::info!(task = %task_id, attempt, "attempt given away elsewhere: stopped, not reported");
+        return;
     }
     let event = match (stop_reason, timed_out, status) {
         (Some(StopReason::Cancelled), _, _) => Event::Cancelled { attempt },

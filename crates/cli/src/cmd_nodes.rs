@@ -38,3 +38,31 @@ pub async fn nodes(client: &Client, args: NodesArgs) -> Result<ExitCode> {
     print_table(&["ID", "HOSTNAME", "STATE", "DRIVER", "CPU (m)", "MEMORY (MiB)", "TASKS", "HEARTBEAT"], &rows);
     Ok(ExitCode::SUCCESS)
 }
+
+#[derive(Args)]
+pub struct NodeArgs {
+    #[command(subcommand)]
+    command: NodeCommand,
+}
+
+#[derive(clap::Subcommand)]
+enum NodeCommand {
+    /// Stop placing tasks on a node; running ones finish.
+    Drain {
+        /// Node id.
+        id: String,
+    },
+    /// List nodes (as `shepherd nodes`).
+    Ls(NodesArgs),
+}
+
+pub async fn node(client: &Client, args: NodeArgs) -> Result<ExitCode> {
+    match args.command {
+        NodeCommand::Drain { id } => {
+            let node: serde_json::Value = client.post(&format!("/v1/nodes/{}/drain", crate::client::encode(&id)), &serde_json::json!({})).await?;
+            println!("{} {}", node["id"].as_str().unwrap_or(&id), node["state"].as_str().unwrap_or("draining"));
+            Ok(ExitCode::SUCCESS)
+        }
+        NodeCommand::Ls(args) => nodes(client, args).await,
+    }
+}

@@ -1,8 +1,9 @@
-//! `shepherd up`: the all-in-one cluster in the foreground.
+//! `shepherd up` (all-in-one), `shepherd server` (API and scheduler; agents
+//! join over the network) and `shepherd agent --join` (a node).
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
-use shepherd_agent::{DockerConfig, DockerDriver, Driver, LogLimits, ProcessDriver};
+use shepherd_agent::{Agent, AgentConfig, DockerConfig, DockerDriver, Driver, LogLimits, ProcessDriver};
 use shepherd_core::{Limits, Resources};
 use shepherd_server::{Cluster, ClusterConfig, LocalNodeConfig};
 use shepherd_store::Synchronous;
@@ -11,6 +12,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum DriverName {
@@ -30,41 +32,53 @@ pub enum SyncMode {
     Normal,
 }
 
+/// Flags of a server (`up` and `server`).
 #[derive(Args)]
-pub struct UpArgs {
+pub struct ServerFlags {
     /// Address the API listens on (port 0 picks a free one).
     #[arg(long, env = "SHEPHERD_LISTEN", default_value = "127.0.0.1:7070")]
     listen: SocketAddr,
     /// Where the SQLite database, node id and attempt directories live.
     #[arg(long, env = "SHEPHERD_DATA_DIR")]
     data_dir: Option<PathBuf>,
-    /// How the local agent runs tasks.
-    #[arg(long, value_enum, default_value = "auto")]
-    driver: DriverName,
     /// Placement profiles and per-project settings (TOML; see docs/scheduling.md).
     #[arg(long, env = "SHEPHERD_SCHEDULER_CONFIG")]
     scheduler_config: Option<PathBuf>,
-    /// Most processes in one task's container (docker driver).
-    #[arg(long, default_value_t = 256)]
-    pids_limit: i64,
-    /// CPU the local node offers, in millicores (default: all cores).
-    #[arg(long)]
-    cpu: Option<u32>,
-    /// Memory the local node offers, in MiB (default: all of it).
-    #[arg(long)]
-    memory: Option<u32>,
-    /// Most tasks running at once on the local node.
-    #[arg(long, default_value_t = 256)]
-    max_tasks: u32,
-    /// A label of the local node, KEY=VALUE (repeatable); constraints match node.labels.KEY.
-    #[arg(long = "node-label", value_name = "KEY=VALUE")]
-    node_labels: Vec<String>,
-    /// Run the API and scheduler only, with no local agent (tasks stay queued).
-    #[arg(long)]
-    no_agent: bool,
     /// Durability of the embedded store.
     #[arg(long, value_enum, default_value = "full")]
     sync: SyncMode,
+    /// Agents on other hosts join with this secret (`shepherd agent --join`).
+    #[arg(long, env = "SHEPHERD_JOIN_TOKEN", hide_env_values = true)]
+    join_token: Option<String>,
+    /// A file holding the join token.
+    #[arg(long, conflicts_with = "join_token")]
+    join_token_file: Option<PathBuf>,
+    /// A node silent this long is down; its tasks are retried elsewhere.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    node_timeout: Duration,
+}
+
+/// Flags of a node (`up` and `agent`).
+#[derive(Args)]
+pub struct NodeFlags {
+    /// How tasks run.
+    #[arg(long, value_enum, default_value = "auto")]
+    driver: DriverName,
+    /// Most processes in one task's container (docker driver).
+    #[arg(long, default_value_t = 256)]
+    pids_limit: i64,
+    /// CPU the node offers, in millicores (default: all cores).
+    #[arg(long)]
+    cpu: Option<u32>,
+    /// Memory the node offers, in MiB (default: all of it).
+    #[arg(long)]
+    memory: Option<u32>,
+    /// Most tasks running at once on the node.
+    #[arg(long, default_value_t = 256)]
+    max_tasks: u32,
+    /// A label of the node, KEY=VALUE (repeatable); constraints match node.labels.KEY; `pool` sets its pool.
+    #[arg(long = "node-label", value_name = "KEY=VALUE")]
+    node_labels: Vec<String>,
     /// Output kept from the start of each attempt, in bytes.
     #[arg(long, default_value_t = 1024 * 1024)]
     log_head_bytes: usize,
@@ -73,7 +87,42 @@ pub struct UpArgs {
     log_tail_bytes: usize,
     /// Time between SIGTERM and SIGKILL when a task is stopped.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-    stop_grace: std::time::Duration,
+    stop_grace: Duration,
+}
+
+#[derive(Args)]
+pub struct UpArgs {
+    #[command(flatten)]
+    server: ServerFlags,
+    #[command(flatten)]
+    node: NodeFlags,
+    /// Run the API and scheduler only, with no local agent (tasks wait for agents).
+    #[arg(long)]
+    no_agent: bool,
+}
+
+#[derive(Args)]
+pub struct ServerArgs {
+    #[command(flatten)]
+    server: ServerFlags,
+}
+
+#[derive(Args)]
+pub struct AgentArgs {
+    /// The server to join, e.g. http://10.0.0.1:7070.
+    #[arg(long, env = "SHEPHERD_JOIN")]
+    join: String,
+    /// The cluster's join token.
+    #[arg(long, env = "SHEPHERD_JOIN_TOKEN", hide_env_values = true)]
+    join_token: Option<String>,
+    /// A file holding the join token.
+    #[arg(long, conflicts_with = "join_token")]
+    join_token_file: Option<PathBuf>,
+    /// Where the node id and attempt directories live.
+    #[arg(long, env = "SHEPHERD_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    node: NodeFlags,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -93,6 +142,18 @@ fn host_memory_mib() -> u32 {
         .unwrap_or(1024)
 }
 
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "localhost".into())
+}
+
+async fn stop_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
+    }
+}
+
 /// Picks the driver; says why.
 async fn choose_driver(wanted: DriverName, node_id: &str, pids_limit: i64) -> Result<(Arc<dyn Driver>, String)> {
     let docker = || DockerDriver::connect(DockerConfig { node_id: node_id.to_string(), pids_limit, tmp_size_mib: 64 });
@@ -109,27 +170,37 @@ async fn choose_driver(wanted: DriverName, node_id: &str, pids_limit: i64) -> Re
     }
 }
 
-async fn stop_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
-    }
+fn read_token(token: &Option<String>, file: &Option<PathBuf>) -> Result<Option<String>> {
+    Ok(match (token, file) {
+        (Some(token), _) => Some(token.clone()),
+        (None, Some(path)) => Some(std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?.trim().to_string()),
+        (None, None) => None,
+    })
 }
 
-pub async fn up(args: UpArgs) -> Result<ExitCode> {
-    let data_dir = args.data_dir.unwrap_or_else(default_data_dir);
+struct Node {
+    capacity: Resources,
+    labels: BTreeMap<String, String>,
+    driver: Arc<dyn Driver>,
+    why: String,
+}
+
+async fn prepare_node(flags: &NodeFlags, node_id: &str) -> Result<Node> {
     let mut labels = BTreeMap::new();
-    for label in &args.node_labels {
+    for label in &flags.node_labels {
         let Some((key, value)) = label.split_once('=') else { bail!("--node-label `{label}`: use KEY=VALUE") };
         labels.insert(key.to_string(), value.to_string());
     }
     let cores = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
-    let capacity = Resources { cpu_millicores: args.cpu.unwrap_or(cores * 1000), memory_mib: args.memory.unwrap_or_else(host_memory_mib) };
+    let capacity = Resources { cpu_millicores: flags.cpu.unwrap_or(cores * 1000), memory_mib: flags.memory.unwrap_or_else(host_memory_mib) };
+    let (driver, why) = choose_driver(flags.driver, node_id, flags.pids_limit).await?;
+    Ok(Node { capacity, labels, driver, why })
+}
+
+async fn run_cluster(server: ServerFlags, node: Option<&NodeFlags>) -> Result<ExitCode> {
+    let data_dir = server.data_dir.clone().unwrap_or_else(default_data_dir);
     std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
-    let node_id = shepherd_server::local_node_id(&data_dir).context("reading the node id")?;
-    let (driver, why) = choose_driver(args.driver, &node_id, args.pids_limit).await?;
-    let scheduler = match &args.scheduler_config {
+    let scheduler = match &server.scheduler_config {
         Some(path) => {
             let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
             shepherd_sched::SchedulerConfig::from_toml(&text).with_context(|| format!("in {}", path.display()))?
@@ -138,38 +209,53 @@ pub async fn up(args: UpArgs) -> Result<ExitCode> {
     };
     let engine = Arc::new(shepherd_sched::Engine::new(&scheduler).with_context(|| "scheduler config")?);
     let profiles = engine.profile_names().join(", ");
+    let join_token = read_token(&server.join_token, &server.join_token_file)?;
+    let mut local = None;
+    let mut driver: Arc<dyn Driver> = Arc::new(ProcessDriver);
+    if let Some(flags) = node {
+        let node_id = shepherd_server::local_node_id(&data_dir).context("reading the node id")?;
+        let prepared = prepare_node(flags, &node_id).await?;
+        driver = prepared.driver.clone();
+        local = Some((flags, prepared));
+    }
     let config = ClusterConfig {
         engine,
-        listen: args.listen,
+        listen: server.listen,
         data_dir: data_dir.clone(),
-        synchronous: match args.sync {
+        synchronous: match server.sync {
             SyncMode::Full => Synchronous::Full,
             SyncMode::Normal => Synchronous::Normal,
         },
         limits: Limits::default(),
-        local_node: (!args.no_agent).then(|| LocalNodeConfig {
-            capacity,
-            max_tasks: args.max_tasks,
-            labels,
-            log_limits: LogLimits { head_bytes: args.log_head_bytes, tail_bytes: args.log_tail_bytes },
-            stop_grace: args.stop_grace,
+        local_node: local.as_ref().map(|(flags, node)| LocalNodeConfig {
+            capacity: node.capacity,
+            max_tasks: flags.max_tasks,
+            labels: node.labels.clone(),
+            log_limits: LogLimits { head_bytes: flags.log_head_bytes, tail_bytes: flags.log_tail_bytes },
+            stop_grace: flags.stop_grace,
         }),
+        join_token: join_token.clone(),
+        node_timeout: server.node_timeout,
     };
     let cluster = Cluster::start(config, driver).await.context("cannot start the cluster")?;
     let url = format!("http://{}", cluster.addr());
     println!("shepherd: API listening on {url}");
     println!("  data:    {} (embedded SQLite)", data_dir.display());
-    match (cluster.node_id(), cluster.driver()) {
-        (Some(node), Some(driver)) => {
-            println!("  node:    {node}, driver `{driver}`, {} millicores, {} MiB, up to {} tasks", capacity.cpu_millicores, capacity.memory_mib, args.max_tasks);
-            println!("           ({why})");
+    match (&local, cluster.node_id(), cluster.driver()) {
+        (Some((flags, node)), Some(id), Some(driver)) => {
+            println!("  node:    {id}, driver `{driver}`, {} millicores, {} MiB, up to {} tasks", node.capacity.cpu_millicores, node.capacity.memory_mib, flags.max_tasks);
+            println!("           ({})", node.why);
         }
-        _ => println!("  node:    none (--no-agent): tasks are accepted and stay queued"),
+        _ => println!("  node:    none here: tasks wait for agents (shepherd agent --join {url})"),
+    }
+    match &join_token {
+        Some(_) => println!("  agents:  join with `shepherd agent --join {url} --join-token …`"),
+        None => println!("  agents:  none can join (no --join-token)"),
     }
     println!("  profiles: {profiles}");
     println!("  openapi: {url}/v1/openapi.json");
     println!();
-    if args.listen.to_string() != super::client::DEFAULT_SERVER.trim_start_matches("http://") {
+    if server.listen.to_string() != super::client::DEFAULT_SERVER.trim_start_matches("http://") {
         println!("Point the CLI here:  export SHEPHERD_SERVER={url}");
     }
     println!("Submit a task:       shepherd run --wait busybox -- echo hello");
@@ -180,5 +266,59 @@ pub async fn up(args: UpArgs) -> Result<ExitCode> {
     println!("shepherd: stopping");
     cluster.shutdown().await;
     println!("shepherd: stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn up(args: UpArgs) -> Result<ExitCode> {
+    let node = (!args.no_agent).then_some(&args.node);
+    run_cluster(args.server, node).await
+}
+
+pub async fn server(args: ServerArgs) -> Result<ExitCode> {
+    if args.server.join_token.is_none() && args.server.join_token_file.is_none() {
+        bail!("shepherd server needs --join-token (or SHEPHERD_JOIN_TOKEN, or --join-token-file) for its agents");
+    }
+    run_cluster(args.server, None).await
+}
+
+pub async fn agent(args: AgentArgs) -> Result<ExitCode> {
+    let Some(join_token) = read_token(&args.join_token, &args.join_token_file)? else {
+        bail!("shepherd agent needs --join-token (or SHEPHERD_JOIN_TOKEN, or --join-token-file)");
+    };
+    if !(args.join.starts_with("http://") || args.join.starts_with("https://")) {
+        bail!("--join `{}`: use the server's URL, e.g. http://10.0.0.1:7070", args.join);
+    }
+    let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
+    std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    let node_id = shepherd_server::local_node_id(&data_dir).context("reading the node id")?;
+    let node = prepare_node(&args.node, &node_id).await?;
+    println!("shepherd agent: node {node_id} joining {} ({})", args.join, node.why);
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let registration = shepherd_agent::remote::Registration {
+        join_token: String::new(),
+        node_id: node_id.clone(),
+        hostname: hostname(),
+        driver: node.driver.name().to_string(),
+        capacity: node.capacity,
+        max_tasks: args.node.max_tasks,
+        labels: node.labels.clone(),
+        images: node.driver.images().await,
+    };
+    let config = AgentConfig {
+        node_id,
+        work_dir: data_dir.join("attempts"),
+        log_limits: LogLimits { head_bytes: args.node.log_head_bytes, tail_bytes: args.node.log_tail_bytes },
+        stop_grace: args.node.stop_grace,
+    };
+    let driver = node.driver.clone();
+    shepherd_agent::remote::run(
+        shepherd_agent::remote::JoinConfig { server: args.join.clone(), join_token, registration },
+        move |backend| Agent::new(config, backend, driver, Arc::new(tokio::sync::Notify::new())),
+        stop_signal(),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    println!("shepherd agent: stopped");
     Ok(ExitCode::SUCCESS)
 }

@@ -26,6 +26,12 @@ struct Cli {
 enum Command {
     /// Start an all-in-one cluster: API server, scheduler and a local agent.
     Up(cmd_up::UpArgs),
+    /// Start an API server and scheduler that agents on other hosts join.
+    Server(cmd_up::ServerArgs),
+    /// Run a node: join a server and run the tasks it assigns.
+    Agent(cmd_up::AgentArgs),
+    /// Manage nodes: `shepherd node drain ID`.
+    Node(cmd_nodes::NodeArgs),
     /// Submit a task: shepherd run [OPTIONS] IMAGE [-- COMMAND ARGS...]
     Run(cmd_tasks::RunArgs),
     /// List tasks, newest first.
@@ -56,7 +62,7 @@ fn init_logging(default: &str) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(if matches!(cli.command, Command::Up(_)) { "info" } else { "warn" });
+    init_logging(if matches!(cli.command, Command::Up(_) | Command::Server(_) | Command::Agent(_)) { "info" } else { "warn" });
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -68,6 +74,9 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Up(args) => cmd_up::up(args).await,
+            Command::Server(args) => cmd_up::server(args).await,
+            Command::Agent(args) => cmd_up::agent(args).await,
+            Command::Node(args) => cmd_nodes::node(&client?, args).await,
             Command::Run(args) => cmd_tasks::run(&client?, args).await,
             Command::Ps(args) => cmd_tasks::ps(&client?, args).await,
             Command::Inspect(args) => cmd_tasks::inspect(&client?, args).await,

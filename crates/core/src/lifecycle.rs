@@ -23,7 +23,8 @@ pub struct LifecycleContext {
 
 /// Something that happened to a task. Events about an attempt name it, so a
 /// late report about an attempt that was already given up is refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
     /// The scheduler placed the task on a node.
     Schedule { node_id: String },

@@ -27,6 +27,10 @@ pub struct ClusterConfig {
     pub local_node: Option<LocalNodeConfig>,
     /// Placement profiles and per-project settings.
     pub engine: Arc<shepherd_sched::Engine>,
+    /// Agents on other hosts join with this token; `None`: no remote agents.
+    pub join_token: Option<String>,
+    /// A node silent this long is down; its tasks are lost and retried.
+    pub node_timeout: Duration,
 }
 
 /// The local node's size and settings.
@@ -48,6 +52,8 @@ pub enum ClusterError {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("data directory {path}: {source}")]
     DataDir { path: PathBuf, source: std::io::Error },
+    #[error("local agent: {0}")]
+    Agent(String),
 }
 
 /// A running cluster.
@@ -120,16 +126,17 @@ impl Cluster {
                     log_limits: node.log_limits,
                     stop_grace: node.stop_grace,
                 },
-                dyn_store.clone(),
+                Arc::new(shepherd_agent::StoreBackend(dyn_store.clone())),
                 driver.clone(),
                 wakeup.clone(),
             );
-            local.reconcile().await?;
+            local.reconcile().await.map_err(|e| ClusterError::Agent(e.to_string()))?;
             agent = Some(local);
             node_record = Some(record);
         }
 
-        let links = Arc::new(LocalAgents::new(agent.clone()));
+        let remote = Arc::new(crate::agents::RemoteAgents::default());
+        let links = Arc::new(crate::links::ClusterLinks { local: LocalAgents::new(agent.clone()), remote: remote.clone() });
         let notes = Arc::new(PlacementNotes::default());
         let scheduler = Scheduler {
             store: dyn_store.clone(),
@@ -141,8 +148,9 @@ impl Cluster {
         };
         background.push(tokio::spawn(scheduler.run(shutdown_rx.clone())));
         if let (Some(record), Some(local)) = (node_record, agent.clone()) {
-            background.push(tokio::spawn(heartbeat(dyn_store.clone(), local, record, shutdown_rx.clone())));
+            background.push(tokio::spawn(heartbeat(dyn_store.clone(), local, record.id, shutdown_rx.clone())));
         }
+        background.push(tokio::spawn(watch_nodes(dyn_store.clone(), remote.clone(), wakeup.clone(), config.node_timeout, shutdown_rx.clone())));
 
         let state = AppState {
             store: dyn_store,
@@ -152,6 +160,7 @@ impl Cluster {
             ids: Arc::new(Mutex::new(ulid::Generator::new())),
             notes,
             engine: config.engine.clone(),
+            agent_api: crate::agents::AgentApi { join_token: config.join_token.clone(), agents: remote },
         };
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
@@ -216,16 +225,76 @@ impl Cluster {
     }
 }
 
-async fn heartbeat(store: Arc<dyn Store>, agent: Agent, mut record: NodeRecord, mut shutdown: watch::Receiver<bool>) {
+async fn heartbeat(store: Arc<dyn Store>, agent: Agent, node_id: String, mut shutdown: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(5)) => {}
             _ = shutdown.changed() => return,
         }
+        let node = match store.list_nodes().await {
+            Ok(nodes) => nodes.into_iter().find(|n| n.id == node_id),
+            Err(e) => {
+                tracing::warn!(error = %e, "heartbeat: cannot read the node");
+                continue;
+            }
+        };
+        let Some(mut record) = node else { continue };
         record.last_heartbeat_at = Timestamp::now();
         record.images = agent.images().await;
-        if let Err(e) = store.upsert_node(record.clone()).await {
+        if record.state == NodeState::Down {
+            record.state = NodeState::Ready;
+        }
+        if let Err(e) = store.upsert_node(record).await {
             tracing::warn!(error = %e, "heartbeat not stored");
+        }
+    }
+}
+
+/// Declares nodes that stopped heartbeating down, and reports their
+/// attempts lost: the state machine retries them elsewhere or fails them.
+async fn watch_nodes(
+    store: Arc<dyn Store>,
+    remote: Arc<crate::agents::RemoteAgents>,
+    wakeup: Arc<Notify>,
+    timeout: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.changed() => return,
+        }
+        let nodes = match store.list_nodes().await {
+            Ok(nodes) => nodes,
+            Err(_) => continue,
+        };
+        let now = Timestamp::now();
+        for mut node in nodes {
+            let silent = now.millis() - node.last_heartbeat_at.millis();
+            if node.state == NodeState::Down || silent <= timeout.as_millis() as i64 {
+                continue;
+            }
+            tracing::warn!(node = %node.id, silent_ms = silent, "node missed its heartbeats: down");
+            node.state = NodeState::Down;
+            let id = node.id.clone();
+            if let Err(e) = store.upsert_node(node).await {
+                tracing::warn!(error = %e, "could not mark node down");
+                continue;
+            }
+            remote.disconnect(&id);
+            let lost: Vec<_> = match store.active_tasks().await {
+                Ok(active) => active
+                    .into_iter()
+                    .filter(|t| t.node_id == id)
+                    .map(|t| (t.id, shepherd_core::Event::Lost { attempt: t.attempt, reason: format!("node {id} missed its heartbeats") }))
+                    .collect(),
+                Err(_) => continue,
+            };
+            if !lost.is_empty() {
+                tracing::info!(node = %id, count = lost.len(), "attempts lost with their node");
+                let _ = store.apply(lost, now).await;
+                wakeup.notify_one();
+            }
         }
     }
 }

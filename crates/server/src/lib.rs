@@ -8,6 +8,7 @@
 //! lifecycle transitions, and tells an agent about an assignment only after
 //! that assignment is committed.
 
+pub mod agents;
 pub mod api;
 mod cluster;
 pub mod links;

@@ -44,3 +44,20 @@ impl NodeLinks for LocalAgents {
         }
     }
 }
+
+/// The in-process agent first, then remote agents.
+pub struct ClusterLinks {
+    pub local: LocalAgents,
+    pub remote: std::sync::Arc<crate::agents::RemoteAgents>,
+}
+
+impl NodeLinks for ClusterLinks {
+    fn assign(&self, node_id: &str, task_id: TaskId, attempt: u32) -> bool {
+        self.local.assign(node_id, task_id, attempt) || self.remote.assign(node_id, task_id, attempt)
+    }
+
+    fn cancel(&self, node_id: &str, task_id: TaskId) {
+        self.local.cancel(node_id, task_id);
+        self.remote.cancel(node_id, task_id);
+    }
+}

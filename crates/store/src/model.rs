@@ -76,6 +76,8 @@ pub struct LaunchSpec {
     pub cancel_requested: bool,
     pub spec: TaskSpec,
     pub payload: Option<Vec<u8>>,
+    /// When the current attempt started, if it has.
+    pub attempt_started_at: Option<Timestamp>,
 }
 
 /// Which output stream a log chunk came from.

@@ -37,6 +37,8 @@ pub struct AppState {
     pub notes: Arc<PlacementNotes>,
     /// Placement profiles, to check the profile a task names.
     pub engine: Arc<shepherd_sched::Engine>,
+    /// Remote agents: join token and connections.
+    pub agent_api: crate::agents::AgentApi,
 }
 
 /// Largest request body: a full batch with small payloads.
@@ -53,7 +55,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/tasks/{id}/wait", get(tasks::wait))
         .route("/v1/tasks/{id}/logs", get(logs::logs))
         .route("/v1/nodes", get(nodes::list))
+        .route("/v1/nodes/{id}/drain", post(nodes::drain))
         .route("/v1/openapi.json", get(openapi::document))
+        .merge(crate::agents::routes())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "route_not_found", "no such route; see /v1/openapi.json") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route; see /v1/openapi.json")

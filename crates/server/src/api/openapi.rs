@@ -19,6 +19,7 @@ use utoipa::OpenApi;
         super::tasks::wait,
         super::logs::logs,
         super::nodes::list,
+        super::nodes::drain,
         document,
     ),
     tags((name = "tasks", description = "Submit, follow and cancel tasks"), (name = "cluster", description = "Nodes and health"))

@@ -288,7 +288,8 @@ impl Store for SqliteStore {
         self.read(move |conn| {
             use rusqlite::OptionalExtension;
             let mut stmt = conn.prepare_cached(
-                "SELECT state, attempt, node_id, cancel_requested, spec, payload FROM tasks WHERE id = ?1",
+                "SELECT t.state, t.attempt, t.node_id, t.cancel_requested, t.spec, t.payload, a.started_at FROM tasks t \
+                 LEFT JOIN attempts a ON a.task_id = t.id AND a.number = t.attempt WHERE t.id = ?1",
             )?;
             let row = stmt
                 .query_row([id.to_string()], |row| {
@@ -299,10 +300,11 @@ impl Store for SqliteStore {
                         row.get::<_, i64>(3)? != 0,
                         row.get::<_, String>(4)?,
                         row.get::<_, Option<Vec<u8>>>(5)?,
+                        row.get::<_, Option<i64>>(6)?,
                     ))
                 })
                 .optional()?;
-            let Some((state, attempt, node_id, cancel_requested, spec, payload)) = row else {
+            let Some((state, attempt, node_id, cancel_requested, spec, payload, started_at)) = row else {
                 return Ok(None);
             };
             Ok(Some(LaunchSpec {
@@ -313,6 +315,7 @@ impl Store for SqliteStore {
                 cancel_requested,
                 spec: serde_json::from_str(&spec).map_err(|e| StoreError::Corrupt(format!("spec: {e}")))?,
                 payload,
+                attempt_started_at: started_at.map(Timestamp),
             }))
         })
         .await

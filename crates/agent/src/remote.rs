@@ -1,0 +1,300 @@
+//! An agent on another host: registers with the server using the join
+//! token, keeps a streaming connection open on which the server pushes
+//! assignments and cancels (newline-delimited JSON, no polling), reports
+//! transitions and output over HTTP, heartbeats, and on every (re)connect
+//! reconciles its attempts with what the server says it owns.
+//!
+//! Protocol v1, all under `/v1/agent/` (documented in ARCHITECTURE.md).
+
+use crate::backend::{AssignedAttempt, Backend, BackendError};
+use crate::runner::Agent;
+use async_trait::async_trait;
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use shepherd_core::{Event, Resources, TaskId, TaskSpec, TaskState, Timestamp};
+use shepherd_store::{LaunchSpec, LogChunk, LogStream};
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+/// The protocol version an agent speaks; the server refuses others.
+pub const PROTOCOL_VERSION: &str = "1";
+/// Header carrying it.
+pub const PROTOCOL_HEADER: &str = "x-shepherd-agent-protocol";
+
+/// `POST /v1/agent/register`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Registration {
+    pub join_token: String,
+    pub node_id: String,
+    pub hostname: String,
+    pub driver: String,
+    pub capacity: Resources,
+    pub max_tasks: u32,
+    pub labels: BTreeMap<String, String>,
+    pub images: Vec<String>,
+}
+
+/// The server's answer: the credential for everything else.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Registered {
+    pub node_token: String,
+}
+
+/// What the server pushes on the stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum AgentMessage {
+    /// Start this attempt.
+    Assign { task_id: TaskId, attempt: u32 },
+    /// Stop this task's attempt: it was cancelled.
+    Cancel { task_id: TaskId },
+    /// Compare your attempts with the server's (sent on every connect).
+    Reconcile,
+    /// Keep-alive.
+    Ping,
+}
+
+/// A launch spec on the wire (payload in base64).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WireLaunch {
+    pub id: TaskId,
+    pub state: TaskState,
+    pub attempt: u32,
+    pub node_id: Option<String>,
+    pub cancel_requested: bool,
+    pub spec: TaskSpec,
+    pub payload: Option<String>,
+    pub attempt_started_at: Option<Timestamp>,
+}
+
+impl From<LaunchSpec> for WireLaunch {
+    fn from(l: LaunchSpec) -> WireLaunch {
+        WireLaunch {
+            id: l.id,
+            state: l.state,
+            attempt: l.attempt,
+            node_id: l.node_id,
+            cancel_requested: l.cancel_requested,
+            spec: l.spec,
+            payload: l.payload.map(|p| base64::engine::general_purpose::STANDARD.encode(p)),
+            attempt_started_at: l.attempt_started_at,
+        }
+    }
+}
+
+/// A log chunk on the wire.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WireChunk {
+    pub task_id: TaskId,
+    pub attempt: u32,
+    /// 1 stdout, 2 stderr, 3 system.
+    pub stream: u8,
+    pub data: String,
+}
+
+impl From<&LogChunk> for WireChunk {
+    fn from(c: &LogChunk) -> WireChunk {
+        WireChunk {
+            task_id: c.task_id,
+            attempt: c.attempt,
+            stream: c.stream as u8,
+            data: base64::engine::general_purpose::STANDARD.encode(&c.data),
+        }
+    }
+}
+
+impl WireChunk {
+    /// Back to a chunk; `None` if the data is not base64.
+    pub fn decode(self) -> Option<LogChunk> {
+        let data = base64::engine::general_purpose::STANDARD.decode(self.data).ok()?;
+        Some(LogChunk { task_id: self.task_id, attempt: self.attempt, stream: LogStream::from_code(i64::from(self.stream)), data })
+    }
+}
+
+/// The server's agent API as the agent's [`Backend`].
+pub struct HttpBackend {
+    server: String,
+    http: reqwest::Client,
+    token: RwLock<String>,
+}
+
+impl HttpBackend {
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.server)
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let token = self.token.read().map(|t| t.clone()).unwrap_or_default();
+        self.http.request(method, self.url(path)).bearer_auth(token).header(PROTOCOL_HEADER, PROTOCOL_VERSION)
+    }
+
+    async fn send<T: for<'de> Deserialize<'de>>(&self, builder: reqwest::RequestBuilder) -> Result<T, BackendError> {
+        let response = builder.send().await.map_err(|e| BackendError(format!("server unreachable: {e}")))?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = response.text().await.unwrap_or_default();
+            return Err(BackendError(format!("server answered {status}: {body}")));
+        }
+        response.json().await.map_err(|e| BackendError(format!("bad answer from server: {e}")))
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct EventsRequest {
+    pub events: Vec<(TaskId, Event)>,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct EventsResponse {
+    pub accepted: Vec<bool>,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct LogsRequest {
+    pub chunks: Vec<WireChunk>,
+}
+
+#[async_trait]
+impl Backend for HttpBackend {
+    async fn report(&self, events: Vec<(TaskId, Event)>) -> Result<Vec<bool>, BackendError> {
+        // A report must not be lost to a short outage or a server restart: retry for a while.
+        let body = EventsRequest { events };
+        let mut wait = Duration::from_millis(100);
+        for _ in 0..40 {
+            match self.send::<EventsResponse>(self.request(reqwest::Method::POST, "/v1/agent/events").json(&body)).await {
+                Ok(response) => return Ok(response.accepted),
+                Err(e) => {
+                    tracing::warn!(error = %e, "report not delivered; retrying");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+        Err(BackendError("reports undeliverable for over a minute".into()))
+    }
+
+    async fn launch_spec(&self, id: TaskId) -> Result<Option<LaunchSpec>, BackendError> {
+        let wire: Option<WireLaunch> = self.send(self.request(reqwest::Method::GET, &format!("/v1/agent/tasks/{id}/launch"))).await?;
+        Ok(wire.map(|w| LaunchSpec {
+            id: w.id,
+            state: w.state,
+            attempt: w.attempt,
+            node_id: w.node_id,
+            cancel_requested: w.cancel_requested,
+            spec: w.spec,
+            payload: w.payload.and_then(|p| base64::engine::general_purpose::STANDARD.decode(p).ok()),
+            attempt_started_at: w.attempt_started_at,
+        }))
+    }
+
+    async fn append_logs(&self, chunks: Vec<LogChunk>) -> Result<(), BackendError> {
+        let body = LogsRequest { chunks: chunks.iter().map(WireChunk::from).collect() };
+        let _: serde_json::Value = self.send(self.request(reqwest::Method::POST, "/v1/agent/logs").json(&body)).await?;
+        Ok(())
+    }
+
+    async fn assigned(&self, _node_id: &str) -> Result<Vec<AssignedAttempt>, BackendError> {
+        self.send(self.request(reqwest::Method::GET, "/v1/agent/assigned")).await
+    }
+}
+
+/// How a remote agent joins.
+#[derive(Debug, Clone)]
+pub struct JoinConfig {
+    pub server: String,
+    pub join_token: String,
+    pub registration: Registration,
+}
+
+/// Runs a remote agent until `shutdown` resolves: (re)registers, follows the
+/// stream, heartbeats. `make_agent` builds the agent once around the backend.
+pub async fn run(
+    join: JoinConfig,
+    make_agent: impl FnOnce(Arc<dyn Backend>) -> Agent,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), BackendError> {
+    let http = reqwest::Client::builder().build().map_err(|e| BackendError(e.to_string()))?;
+    let backend = Arc::new(HttpBackend { server: join.server.trim_end_matches('/').to_string(), http, token: RwLock::new(String::new()) });
+    let agent = make_agent(backend.clone());
+    tokio::pin!(shutdown);
+    let mut wait = Duration::from_millis(200);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            result = session(&backend, &agent, &join) => {
+                match result {
+                    Ok(()) => tracing::info!("stream closed by the server; reconnecting"),
+                    Err(e) => tracing::warn!(error = %e, "disconnected from the server; reconnecting"),
+                }
+            }
+        }
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        wait = (wait * 2).min(Duration::from_secs(5));
+    }
+    agent.shutdown().await;
+    Ok(())
+}
+
+/// One connection: register, open the stream, heartbeat, handle messages.
+async fn session(backend: &Arc<HttpBackend>, agent: &Agent, join: &JoinConfig) -> Result<(), BackendError> {
+    let mut registration = join.registration.clone();
+    registration.join_token = join.join_token.clone();
+    let registered: Registered = backend
+        .send(backend.http.post(backend.url("/v1/agent/register")).header(PROTOCOL_HEADER, PROTOCOL_VERSION).json(&registration))
+        .await?;
+    if let Ok(mut token) = backend.token.write() {
+        *token = registered.node_token;
+    }
+    let mut response = backend
+        .request(reqwest::Method::GET, "/v1/agent/stream")
+        .send()
+        .await
+        .map_err(|e| BackendError(format!("server unreachable: {e}")))?;
+    if !response.status().is_success() {
+        return Err(BackendError(format!("stream refused: {}", response.status())));
+    }
+    tracing::info!(server = %backend.server, node = %registration.node_id, "connected");
+    let heartbeat = {
+        let backend = backend.clone();
+        let agent = agent.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                let body = serde_json::json!({ "images": agent.images().await, "running": agent.running_count() });
+                if let Err(e) = backend.send::<serde_json::Value>(backend.request(reqwest::Method::POST, "/v1/agent/heartbeat").json(&body)).await {
+                    tracing::warn!(error = %e, "heartbeat failed");
+                }
+            }
+        })
+    };
+    let _stop_heartbeat = AbortOnDrop(heartbeat);
+    let mut buffer: Vec<u8> = Vec::new();
+    // The server pings every few seconds: silence means the link is gone.
+    while let Ok(chunk) = tokio::time::timeout(Duration::from_secs(15), response.chunk()).await {
+        let Some(chunk) = chunk.map_err(|e| BackendError(format!("stream broke: {e}")))? else { return Ok(()) };
+        buffer.extend_from_slice(&chunk);
+        while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buffer.drain(..=end).collect();
+            match serde_json::from_slice::<AgentMessage>(&line) {
+                Ok(AgentMessage::Assign { task_id, attempt }) => agent.assign(task_id, attempt),
+                Ok(AgentMessage::Cancel { task_id }) => agent.cancel(task_id),
+                Ok(AgentMessage::Reconcile) => agent.reconcile().await?,
+                Ok(AgentMessage::Ping) => {}
+                Err(e) => tracing::warn!(error = %e, "unreadable message from the server"),
+            }
+        }
+    }
+    Err(BackendError("no word from the server for 15 s".into()))
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

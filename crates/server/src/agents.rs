@@ -1,0 +1,286 @@
+//! The agent API (`/v1/agent/…`, protocol v1) and the registry of
+//! connected remote agents, which is how assignments and cancels reach
+//! them ([`RemoteAgents`] implements [`NodeLinks`]).
+//!
+//! An agent registers with the cluster's join token and gets a node token;
+//! it then holds `GET /v1/agent/stream` open and the server pushes
+//! newline-delimited JSON messages on it (`assign`, `cancel`, `reconcile`
+//! first on every connect, `ping` every 5 s). Reports come back as
+//! `POST /v1/agent/events`; the state machine refuses any about an attempt
+//! that is not the task's current one, and the server refuses any about a
+//! task placed on another node: a node cut off and come back can never
+//! change a task that was given away.
+
+use crate::api::{ApiError, AppState};
+use crate::links::NodeLinks;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use shepherd_agent::remote::{
+    AgentMessage, EventsRequest, EventsResponse, LogsRequest, Registered, Registration, WireLaunch, PROTOCOL_HEADER,
+    PROTOCOL_VERSION,
+};
+use shepherd_agent::AssignedAttempt;
+use shepherd_core::{TaskId, Timestamp};
+use shepherd_store::{NodeRecord, NodeState};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Connected remote agents: their tokens and the senders of their streams.
+#[derive(Default)]
+pub struct RemoteAgents {
+    /// node token → node id.
+    tokens: Mutex<HashMap<String, String>>,
+    /// node id → the open stream.
+    streams: Mutex<HashMap<String, mpsc::UnboundedSender<AgentMessage>>>,
+}
+
+impl RemoteAgents {
+    /// Drops a node's stream and token: it must register again (and
+    /// reconcile) before it gets anything.
+    pub fn disconnect(&self, node_id: &str) {
+        if let Ok(mut streams) = self.streams.lock() {
+            streams.remove(node_id);
+        }
+        if let Ok(mut tokens) = self.tokens.lock() {
+            tokens.retain(|_, node| node != node_id);
+        }
+    }
+
+    fn is_current(&self, node_id: &str, tx: &mpsc::UnboundedSender<AgentMessage>) -> bool {
+        self.streams.lock().map(|s| s.get(node_id).is_some_and(|t| t.same_channel(tx))).unwrap_or(false)
+    }
+
+    fn send(&self, node_id: &str, message: AgentMessage) -> bool {
+        let mut streams = match self.streams.lock() {
+            Ok(streams) => streams,
+            Err(_) => return false,
+        };
+        match streams.get(node_id) {
+            Some(tx) if tx.send(message).is_ok() => true,
+            Some(_) => {
+                streams.remove(node_id);
+                false
+            }
+            None => false,
+        }
+    }
+}
+
+impl NodeLinks for RemoteAgents {
+    fn assign(&self, node_id: &str, task_id: TaskId, attempt: u32) -> bool {
+        self.send(node_id, AgentMessage::Assign { task_id, attempt })
+    }
+
+    fn cancel(&self, node_id: &str, task_id: TaskId) {
+        self.send(node_id, AgentMessage::Cancel { task_id });
+    }
+}
+
+/// The cluster's join token; `None` turns agent registration off.
+#[derive(Clone)]
+pub struct AgentApi {
+    pub join_token: Option<String>,
+    pub agents: Arc<RemoteAgents>,
+}
+
+fn random_token() -> String {
+    let mut bytes = [0u8; 24];
+    let filled = std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes));
+    if filled.is_err() {
+        // Never expected on Linux; fall back to two ULIDs' randomness.
+        return format!("{}{}", ulid::Ulid::new(), ulid::Ulid::new());
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn check_protocol(headers: &HeaderMap) -> Result<(), ApiError> {
+    match headers.get(PROTOCOL_HEADER).and_then(|v| v.to_str().ok()) {
+        Some(PROTOCOL_VERSION) => Ok(()),
+        other => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "protocol_mismatch",
+            format!("agent protocol {other:?} is not supported; this server speaks {PROTOCOL_VERSION}"),
+        )),
+    }
+}
+
+/// The node a request's bearer token belongs to.
+fn node_of(state: &AppState, headers: &HeaderMap) -> Result<String, ApiError> {
+    check_protocol(headers)?;
+    let token = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "missing node token"))?;
+    state
+        .agent_api
+        .agents
+        .tokens
+        .lock()
+        .ok()
+        .and_then(|t| t.get(token).cloned())
+        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "unknown node token: register again"))
+}
+
+/// The agent API's routes.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/agent/register", post(register))
+        .route("/v1/agent/stream", get(stream))
+        .route("/v1/agent/heartbeat", post(heartbeat))
+        .route("/v1/agent/events", post(events))
+        .route("/v1/agent/logs", post(logs))
+        .route("/v1/agent/assigned", get(assigned))
+        .route("/v1/agent/tasks/{id}/launch", get(launch))
+}
+
+async fn register(State(state): State<AppState>, headers: HeaderMap, Json(reg): Json<Registration>) -> Result<Json<Registered>, ApiError> {
+    check_protocol(&headers)?;
+    let Some(expected) = &state.agent_api.join_token else {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "joining_disabled", "this server takes no agents (start it with --join-token)"));
+    };
+    if reg.join_token != *expected {
+        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "wrong join token"));
+    }
+    if reg.node_id.is_empty() || reg.node_id.len() > 128 {
+        return Err(ApiError::field("node_id", "1 to 128 characters"));
+    }
+    let now = Timestamp::now();
+    let previous = state.store.list_nodes().await?.into_iter().find(|n| n.id == reg.node_id);
+    let node_state = match previous.as_ref().map(|n| n.state) {
+        Some(NodeState::Draining) => NodeState::Draining,
+        _ => NodeState::Ready,
+    };
+    state
+        .store
+        .upsert_node(NodeRecord {
+            id: reg.node_id.clone(),
+            hostname: reg.hostname,
+            state: node_state,
+            driver: reg.driver,
+            capacity: reg.capacity,
+            max_tasks: reg.max_tasks,
+            labels: reg.labels,
+            images: reg.images,
+            registered_at: previous.map_or(now, |n| n.registered_at),
+            last_heartbeat_at: now,
+        })
+        .await?;
+    let token = random_token();
+    if let Ok(mut tokens) = state.agent_api.agents.tokens.lock() {
+        tokens.retain(|_, node| *node != reg.node_id);
+        tokens.insert(token.clone(), reg.node_id.clone());
+    }
+    tracing::info!(node = %reg.node_id, "agent registered");
+    state.scheduler_wakeup.notify_one();
+    Ok(Json(Registered { node_token: token }))
+}
+
+async fn stream(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let node = node_of(&state, &headers)?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    // Reconcile first: the agent learns which attempts are still its own.
+    let _ = tx.send(AgentMessage::Reconcile);
+    if let Ok(mut streams) = state.agent_api.agents.streams.lock() {
+        streams.insert(node.clone(), tx.clone());
+    }
+    // Pings keep the stream alive; once the node is disconnected (down, or
+    // a newer stream replaced this one) the pinger stops and the stream ends.
+    let agents = state.agent_api.agents.clone();
+    let pinger_node = node.clone();
+    tokio::spawn(async move {
+        while agents.is_current(&pinger_node, &tx) && tx.send(AgentMessage::Ping).is_ok() {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+    });
+    let lines = futures_util::stream::unfold(rx, |mut rx| async move {
+        let message = rx.recv().await?;
+        let mut line = serde_json::to_vec(&message).unwrap_or_default();
+        line.push(b'\n');
+        Some((Ok::<_, std::io::Error>(line), rx))
+    });
+    tracing::info!(%node, "agent stream open");
+    Response::builder()
+        .header("content-type", "application/x-ndjson")
+        .body(Body::from_stream(lines))
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
+}
+
+#[derive(serde::Deserialize)]
+struct Heartbeat {
+    #[serde(default)]
+    images: Vec<String>,
+}
+
+async fn heartbeat(State(state): State<AppState>, headers: HeaderMap, Json(beat): Json<Heartbeat>) -> Result<Json<serde_json::Value>, ApiError> {
+    let node = node_of(&state, &headers)?;
+    let Some(mut record) = state.store.list_nodes().await?.into_iter().find(|n| n.id == node) else {
+        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "unknown node: register again"));
+    };
+    if record.state == NodeState::Down {
+        // Back after being declared down: its tasks were given away; it
+        // must reconcile (re-register) before it is ready again.
+        return Err(ApiError::new(StatusCode::CONFLICT, "node_down", "node was declared down: reconnect"));
+    }
+    record.last_heartbeat_at = Timestamp::now();
+    record.images = beat.images;
+    state.store.upsert_node(record).await?;
+    Ok(Json(serde_json::json!({"ok": true})))
+}
+
+async fn events(State(state): State<AppState>, headers: HeaderMap, Json(request): Json<EventsRequest>) -> Result<Json<EventsResponse>, ApiError> {
+    let node = node_of(&state, &headers)?;
+    // Only reports about tasks placed on this node are considered.
+    let total = request.events.len();
+    let mut mine = Vec::new();
+    let mut index = Vec::new();
+    for (i, (task_id, event)) in request.events.into_iter().enumerate() {
+        if let Some(launch) = state.store.launch_spec(task_id).await? {
+            if launch.node_id.as_deref() == Some(node.as_str()) {
+                mine.push((task_id, event));
+                index.push(i);
+                continue;
+            }
+        }
+        tracing::info!(%node, task = %task_id, "report about a task not on this node ignored");
+    }
+    let results = state.store.apply(mine, Timestamp::now()).await?;
+    let mut accepted = vec![false; total];
+    for (slot, result) in index.into_iter().zip(results) {
+        accepted[slot] = result.is_ok();
+    }
+    state.scheduler_wakeup.notify_one();
+    Ok(Json(EventsResponse { accepted }))
+}
+
+async fn logs(State(state): State<AppState>, headers: HeaderMap, Json(request): Json<LogsRequest>) -> Result<Json<serde_json::Value>, ApiError> {
+    node_of(&state, &headers)?;
+    let chunks: Vec<_> = request.chunks.into_iter().filter_map(|c| c.decode()).collect();
+    state.store.append_logs(chunks).await?;
+    Ok(Json(serde_json::json!({"ok": true})))
+}
+
+async fn assigned(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<Vec<AssignedAttempt>>, ApiError> {
+    let node = node_of(&state, &headers)?;
+    let active = state.store.active_tasks().await?;
+    Ok(Json(
+        active
+            .into_iter()
+            .filter(|t| t.node_id == node)
+            .map(|t| AssignedAttempt { task_id: t.id, attempt: t.attempt, state: t.state, cancel_requested: t.cancel_requested })
+            .collect(),
+    ))
+}
+
+async fn launch(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Result<Json<Option<WireLaunch>>, ApiError> {
+    let node = node_of(&state, &headers)?;
+    let id: TaskId = id.parse().map_err(|_| ApiError::not_found("no such task"))?;
+    let launch = state.store.launch_spec(id).await?.filter(|l| l.node_id.as_deref() == Some(node.as_str()));
+    Ok(Json(launch.map(WireLaunch::from)))
+}
