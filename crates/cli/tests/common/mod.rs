@@ -174,3 +174,52 @@ pub fn containers_of(node_id: &str) -> Vec<String> {
     assert!(output.status.success(), "docker ps failed");
     String::from_utf8_lossy(&output.stdout).lines().map(str::to_string).collect()
 }
+
+/// A `shepherd` process started with any arguments (server, agent), killed when dropped.
+pub struct Process {
+    pub child: Child,
+    /// The line it printed that the caller waited for.
+    pub banner: String,
+}
+
+impl Process {
+    /// Starts `shepherd ARGS` and waits for a stdout line starting with `ready_prefix`.
+    pub fn start(args: &[&str], log: &Path, ready_prefix: &str) -> Process {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("log file");
+        let mut child = Command::new(BIN)
+            .args(args)
+            .env("SHEPHERD_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("start shepherd");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let banner = loop {
+            match lines.next() {
+                Some(Ok(line)) if line.starts_with(ready_prefix) => break line,
+                Some(Ok(_)) => continue,
+                _ => panic!("shepherd {args:?} exited before printing {ready_prefix:?}"),
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        Process { child, banner }
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.signal(libc::SIGCONT);
+        self.kill();
+    }
+}
