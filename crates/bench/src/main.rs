@@ -1,6 +1,7 @@
 //! `shepherd-bench`: release-build benchmarks, each against a baseline
 //! measured in the same run. See `bench/RESULTS.md`.
 
+mod cluster;
 mod docker;
 mod ingest;
 mod placement;
@@ -23,6 +24,8 @@ enum Bench {
     Docker(docker::Args),
     /// Placement decisions per second and quality, per profile and cluster size.
     Placement(placement::Args),
+    /// Submit→container-start latency on a server with three agents vs a direct start.
+    Cluster(cluster::Args),
 }
 
 /// The shepherd binary to benchmark: the given path, else the one next to this binary.
@@ -39,5 +42,6 @@ async fn main() -> Result<()> {
         Bench::Ingest(args) => ingest::run(args).await,
         Bench::Docker(args) => docker::run(args).await,
         Bench::Placement(args) => placement::run(args).await,
+        Bench::Cluster(args) => cluster::run(args).await,
     }
 }

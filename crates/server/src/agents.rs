@@ -220,17 +220,13 @@ struct Heartbeat {
 
 async fn heartbeat(State(state): State<AppState>, headers: HeaderMap, Json(beat): Json<Heartbeat>) -> Result<Json<serde_json::Value>, ApiError> {
     let node = node_of(&state, &headers)?;
-    let Some(mut record) = state.store.list_nodes().await?.into_iter().find(|n| n.id == node) else {
-        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "unknown node: register again"));
-    };
-    if record.state == NodeState::Down {
+    match state.store.touch_node(&node, Timestamp::now(), beat.images).await? {
+        None => Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "unknown node: register again")),
         // Back after being declared down: its tasks were given away; it
-        // must reconcile (re-register) before it is ready again.
-        return Err(ApiError::new(StatusCode::CONFLICT, "node_down", "node was declared down: reconnect"));
-    }
-    record.last_heartbeat_at = Timestamp::now();
-    record.images = beat.images;
-    state.store.upsert_node(record).await?;
+        // must reconnect (and reconcile) before it is ready again.
+        Some(NodeState::Down) => Err(ApiError::new(StatusCode::CONFLICT, "node_down", "node was declared down: reconnect")),
+        Some(_) => Ok(()),
+    }?;
     Ok(Json(serde_json::json!({"ok": true})))
 }
 

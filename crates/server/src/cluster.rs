@@ -231,21 +231,12 @@ async fn heartbeat(store: Arc<dyn Store>, agent: Agent, node_id: String, mut shu
             _ = tokio::time::sleep(Duration::from_secs(5)) => {}
             _ = shutdown.changed() => return,
         }
-        let node = match store.list_nodes().await {
-            Ok(nodes) => nodes.into_iter().find(|n| n.id == node_id),
-            Err(e) => {
-                tracing::warn!(error = %e, "heartbeat: cannot read the node");
-                continue;
+        match store.touch_node(&node_id, Timestamp::now(), agent.images().await).await {
+            Ok(Some(NodeState::Down)) => {
+                let _ = store.set_node_state(&node_id, NodeState::Ready).await;
             }
-        };
-        let Some(mut record) = node else { continue };
-        record.last_heartbeat_at = Timestamp::now();
-        record.images = agent.images().await;
-        if record.state == NodeState::Down {
-            record.state = NodeState::Ready;
-        }
-        if let Err(e) = store.upsert_node(record).await {
-            tracing::warn!(error = %e, "heartbeat not stored");
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "heartbeat not stored"),
         }
     }
 }
@@ -269,15 +260,14 @@ async fn watch_nodes(
             Err(_) => continue,
         };
         let now = Timestamp::now();
-        for mut node in nodes {
+        for node in nodes {
             let silent = now.millis() - node.last_heartbeat_at.millis();
             if node.state == NodeState::Down || silent <= timeout.as_millis() as i64 {
                 continue;
             }
             tracing::warn!(node = %node.id, silent_ms = silent, "node missed its heartbeats: down");
-            node.state = NodeState::Down;
             let id = node.id.clone();
-            if let Err(e) = store.upsert_node(node).await {
+            if let Err(e) = store.set_node_state(&id, NodeState::Down).await {
                 tracing::warn!(error = %e, "could not mark node down");
                 continue;
             }

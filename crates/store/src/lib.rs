@@ -76,6 +76,14 @@ pub trait Store: Send + Sync + 'static {
     /// All known nodes.
     async fn list_nodes(&self) -> Result<Vec<NodeRecord>, StoreError>;
 
+    /// Records a heartbeat (time and images) without touching anything
+    /// else, so it never undoes a concurrent drain. Returns the node's
+    /// state, `None` if the node is unknown.
+    async fn touch_node(&self, id: &str, at: Timestamp, images: Vec<String>) -> Result<Option<NodeState>, StoreError>;
+
+    /// Sets a node's state (drain, down, ready). False if the node is unknown.
+    async fn set_node_state(&self, id: &str, state: NodeState) -> Result<bool, StoreError>;
+
     /// Counts of tasks per state.
     async fn count_by_state(&self) -> Result<Vec<(shepherd_core::TaskState, u64)>, StoreError>;
 }

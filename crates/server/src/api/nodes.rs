@@ -71,9 +71,9 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<NodeList>, ApiEr
 #[utoipa::path(post, path = "/v1/nodes/{id}/drain", tag = "cluster", params(("id" = String, Path, description = "node id")),
     responses((status = 200, body = NodeView), (status = 404, body = super::ErrorBody)))]
 pub async fn drain(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<NodeView>, ApiError> {
-    let mut node = state.store.list_nodes().await?.into_iter().find(|n| n.id == id).ok_or_else(|| ApiError::not_found(format!("no node with id {id}")))?;
-    node.state = shepherd_store::NodeState::Draining;
-    state.store.upsert_node(node).await?;
+    if !state.store.set_node_state(&id, shepherd_store::NodeState::Draining).await? {
+        return Err(ApiError::not_found(format!("no node with id {id}")));
+    }
     tracing::info!(node = %id, "node draining");
     let Json(list) = list(State(state)).await?;
     list.nodes.into_iter().find(|n| n.id == id).map(Json).ok_or_else(|| ApiError::not_found(format!("no node with id {id}")))

@@ -368,6 +368,16 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn touch_node(&self, id: &str, at: Timestamp, images: Vec<String>) -> Result<Option<NodeState>, StoreError> {
+        let id = id.to_string();
+        self.write(|reply| WriteOp::TouchNode(id, at, images, reply)).await
+    }
+
+    async fn set_node_state(&self, id: &str, state: NodeState) -> Result<bool, StoreError> {
+        let id = id.to_string();
+        self.write(|reply| WriteOp::SetNodeState(id, state, reply)).await
+    }
+
     async fn count_by_state(&self) -> Result<Vec<(TaskState, u64)>, StoreError> {
         self.read(|conn| {
             let mut stmt = conn.prepare_cached("SELECT state, COUNT(*) FROM tasks GROUP BY state")?;

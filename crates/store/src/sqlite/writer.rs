@@ -21,11 +21,15 @@ pub enum WriteOp {
     Apply(Vec<(TaskId, Event)>, Timestamp, oneshot::Sender<Result<Vec<ApplyResult>, StoreError>>),
     AppendLogs(Vec<LogChunk>, oneshot::Sender<Result<(), StoreError>>),
     UpsertNode(NodeRecord, oneshot::Sender<Result<(), StoreError>>),
+    TouchNode(String, Timestamp, Vec<String>, oneshot::Sender<Result<Option<crate::NodeState>, StoreError>>),
+    SetNodeState(String, crate::NodeState, oneshot::Sender<Result<bool, StoreError>>),
 }
 
 /// The result of one op, held until the group commits.
 enum Outcome {
     Unit(oneshot::Sender<Result<(), StoreError>>, Result<(), StoreError>),
+    State(oneshot::Sender<Result<Option<crate::NodeState>, StoreError>>, Result<Option<crate::NodeState>, StoreError>),
+    Flag(oneshot::Sender<Result<bool, StoreError>>, Result<bool, StoreError>),
     Applied(oneshot::Sender<Result<Vec<ApplyResult>, StoreError>>, Result<Vec<ApplyResult>, StoreError>),
 }
 
@@ -35,6 +39,8 @@ impl Outcome {
         match self {
             Outcome::Unit(tx, result) => drop(tx.send(result)),
             Outcome::Applied(tx, result) => drop(tx.send(result)),
+            Outcome::State(tx, result) => drop(tx.send(result)),
+            Outcome::Flag(tx, result) => drop(tx.send(result)),
         }
     }
 
@@ -42,6 +48,8 @@ impl Outcome {
         match self {
             Outcome::Unit(tx, _) => drop(tx.send(Err(StoreError::Corrupt(message.to_string())))),
             Outcome::Applied(tx, _) => drop(tx.send(Err(StoreError::Corrupt(message.to_string())))),
+            Outcome::State(tx, _) => drop(tx.send(Err(StoreError::Corrupt(message.to_string())))),
+            Outcome::Flag(tx, _) => drop(tx.send(Err(StoreError::Corrupt(message.to_string())))),
         }
     }
 }
@@ -90,6 +98,8 @@ fn outcome_placeholder(op: WriteOp) -> Outcome {
             Outcome::Unit(tx, Ok(()))
         }
         WriteOp::Apply(_, _, tx) => Outcome::Applied(tx, Ok(Vec::new())),
+        WriteOp::TouchNode(_, _, _, tx) => Outcome::State(tx, Ok(None)),
+        WriteOp::SetNodeState(_, _, tx) => Outcome::Flag(tx, Ok(false)),
     }
 }
 
@@ -114,6 +124,10 @@ fn execute(tx: &mut Transaction<'_>, op: WriteOp) -> Outcome {
         }
         WriteOp::AppendLogs(chunks, reply) => Outcome::Unit(reply, in_savepoint(tx, |t| append_logs(t, &chunks))),
         WriteOp::UpsertNode(node, reply) => Outcome::Unit(reply, in_savepoint(tx, |t| upsert_node(t, &node))),
+        WriteOp::TouchNode(id, at, images, reply) => Outcome::State(reply, in_savepoint(tx, |t| touch_node(t, &id, at, &images))),
+        WriteOp::SetNodeState(id, state, reply) => Outcome::Flag(reply, in_savepoint(tx, |t| {
+            Ok(t.prepare_cached("UPDATE nodes SET state = ?2 WHERE id = ?1")?.execute(params![id, state.as_str()])? > 0)
+        })),
     }
 }
 
@@ -292,4 +306,12 @@ fn upsert_node(tx: &Connection, node: &NodeRecord) -> Result<(), StoreError> {
         images,
     ])?;
     Ok(())
+}
+
+fn touch_node(tx: &Connection, id: &str, at: Timestamp, images: &[String]) -> Result<Option<crate::NodeState>, StoreError> {
+    let images = serde_json::to_string(images).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    tx.prepare_cached("UPDATE nodes SET last_heartbeat_at = ?2, images = ?3 WHERE id = ?1")?.execute(params![id, at.millis(), images])?;
+    let state: Option<String> =
+        tx.prepare_cached("SELECT state FROM nodes WHERE id = ?1")?.query_row([id], |row| row.get(0)).optional()?;
+    Ok(state.as_deref().and_then(crate::NodeState::parse))
 }
