@@ -95,16 +95,24 @@ impl Agent {
     /// Starts attempt `attempt` of a task that the store has scheduled here.
     pub fn assign(&self, task_id: TaskId, attempt: u32) {
         let (cancel, cancel_rx) = watch::channel(false);
+        let fenced: Arc<std::sync::atomic::AtomicBool> = Default::default();
         {
             let Ok(mut running) = self.inner.running.lock() else { return };
-            if running.contains_key(&task_id) {
-                tracing::warn!(task = %task_id, attempt, "already running an attempt of this task; ignoring assignment");
-                return;
+            if let Some(existing) = running.get(&task_id) {
+                if existing.attempt == attempt {
+                    tracing::debug!(task = %task_id, attempt, "attempt already running; duplicate assignment ignored");
+                    return;
+                }
+                // A newer attempt of the same task: the older one was given
+                // up by the cluster. Stop it without a report.
+                tracing::info!(task = %task_id, old = existing.attempt, attempt, "newer attempt assigned; fencing the old one");
+                existing.fenced.store(true, std::sync::atomic::Ordering::SeqCst);
+                let _ = existing.cancel.send(true);
             }
-            running.insert(task_id, Running { attempt, cancel, fenced: Default::default() });
+            running.insert(task_id, Running { attempt, cancel, fenced: fenced.clone() });
         }
         let inner = self.inner.clone();
-        self.spawn(async move { run_attempt(inner, task_id, attempt, cancel_rx, None).await });
+        self.spawn(async move { run_attempt(inner, task_id, attempt, cancel_rx, fenced, None).await });
     }
 
     /// Stops a task's running attempt because it was cancelled.
@@ -164,13 +172,14 @@ impl Agent {
                 Ok(Some(handle)) => {
                     tracing::info!(task = %task.task_id, attempt = task.attempt, "adopted running attempt");
                     let (cancel, cancel_rx) = watch::channel(task.cancel_requested);
+                    let fenced: Arc<std::sync::atomic::AtomicBool> = Default::default();
                     if let Ok(mut running) = self.inner.running.lock() {
-                        running.insert(task.task_id, Running { attempt: task.attempt, cancel, fenced: Default::default() });
+                        running.insert(task.task_id, Running { attempt: task.attempt, cancel, fenced: fenced.clone() });
                     }
                     let inner = self.inner.clone();
                     let adopted = Adopted { handle, output: rx };
                     let (id, attempt) = (task.task_id, task.attempt);
-                    self.spawn(async move { run_attempt(inner, id, attempt, cancel_rx, Some(adopted)).await });
+                    self.spawn(async move { run_attempt(inner, id, attempt, cancel_rx, fenced, Some(adopted)).await });
                 }
                 Ok(None) => lost.push((task.task_id, Event::Lost { attempt: task.attempt, reason: "agent restarted and the attempt was gone".into() })),
                 Err(e) => {
@@ -234,11 +243,12 @@ async fn run_attempt(
     task_id: TaskId,
     attempt: u32,
     cancel: watch::Receiver<bool>,
+    fenced: Arc<std::sync::atomic::AtomicBool>,
     adopted: Option<Adopted>,
 ) {
     let work_dir = inner.config.work_dir.join(format!("{task_id}-{attempt}"));
     let span = tracing::info_span!("attempt", task = %task_id, attempt, node = %inner.config.node_id);
-    run_attempt_inner(&inner, task_id, attempt, cancel, adopted, &work_dir).instrument(span).await;
+    run_attempt_inner(&inner, task_id, attempt, cancel, &fenced, adopted, &work_dir).instrument(span).await;
     if let Err(e) = tokio::fs::remove_dir_all(&work_dir).await {
         if e.kind() != std::io::ErrorKind::NotFound {
             tracing::warn!(task = %task_id, error = %e, "could not remove attempt directory");
@@ -299,6 +309,7 @@ async fn run_attempt_inner(
     task_id: TaskId,
     attempt: u32,
     mut cancel: watch::Receiver<bool>,
+    fenced: &std::sync::atomic::AtomicBool,
     adopted: Option<Adopted>,
     work_dir: &PathBuf,
 ) {
@@ -371,13 +382,7 @@ async fn run_attempt_inner(
     if let Err(e) = handle.remove().await {
         tracing::warn!(task = %task_id, error = %e, "could not remove the attempt's container");
     }
-    let fenced = inner
-        .running
-        .lock()
-        .ok()
-        .and_then(|r| r.get(&task_id).filter(|e| e.attempt == attempt).map(|e| e.fenced.load(std::sync::atomic::Ordering::SeqCst)))
-        .unwrap_or(false);
-    if fenced {
+    if fenced.load(std::sync::atomic::Ordering::SeqCst) {
         tracing::info!(task = %task_id, attempt, "attempt given away elsewhere: stopped, not reported");
         return;
     }

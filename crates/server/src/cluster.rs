@@ -250,6 +250,7 @@ async fn watch_nodes(
     timeout: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let started = Timestamp::now();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -261,7 +262,9 @@ async fn watch_nodes(
         };
         let now = Timestamp::now();
         for node in nodes {
-            let silent = now.millis() - node.last_heartbeat_at.millis();
+            // Agents cannot heartbeat a server that is down: after a restart,
+            // silence counts from when this server started listening.
+            let silent = now.millis() - node.last_heartbeat_at.millis().max(started.millis());
             if node.state == NodeState::Down || silent <= timeout.as_millis() as i64 {
                 continue;
             }
