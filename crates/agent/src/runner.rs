@@ -139,8 +139,9 @@ impl Agent {
     /// those of attempts given away while the node was cut off.
     pub async fn reconcile(&self) -> Result<(), crate::backend::BackendError> {
         let mine = self.inner.backend.assigned(&self.inner.config.node_id).await?;
-        let keep: Vec<(TaskId, u32)> =
-            mine.iter().filter(|t| t.state == TaskState::Running).map(|t| (t.task_id, t.attempt)).collect();
+        // Everything still assigned here is kept, scheduled ones too: the
+        // cluster may not have heard this agent's start report yet.
+        let keep: Vec<(TaskId, u32)> = mine.iter().map(|t| (t.task_id, t.attempt)).collect();
         let stale: Vec<TaskId> = match self.inner.running.lock() {
             Ok(running) => running
                 .iter()
