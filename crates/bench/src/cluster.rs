@@ -7,8 +7,8 @@ use crate::ingest::start_server;
 use anyhow::{bail, Context, Result};
 use bollard::query_parameters::{CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder};
 use futures_util::StreamExt;
-use shepherd_agent::{AttemptSpec, DockerConfig, DockerDriver};
-use shepherd_core::{PullPolicy, Resources, Task, TaskId};
+use shepherd_agent::{DockerConfig, DockerDriver};
+use shepherd_core::Task;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -46,21 +46,7 @@ async fn direct_starts(driver: &DockerDriver, image: &str, samples: usize) -> Re
     let docker = driver.engine();
     let mut times = Vec::new();
     for _ in 0..samples {
-        let spec = AttemptSpec {
-            task_id: TaskId(ulid::Ulid::new()),
-            attempt: 1,
-            node_id: "bench-direct".into(),
-            image: image.into(),
-            command: vec!["true".into()],
-            env: Default::default(),
-            resources: Resources::default(),
-            workdir: None,
-            user: None,
-            network: "none".into(),
-            pull_policy: PullPolicy::Never,
-            work_dir: std::env::temp_dir(),
-            payload_file: None,
-        };
+        let spec = crate::docker::attempt_spec(image);
         let name = format!("shepherd-bench-{}", spec.task_id.to_string().to_lowercase());
         let started = Instant::now();
         docker.create_container(Some(CreateContainerOptionsBuilder::default().name(&name).build()), driver.container_body(&spec)).await?;

@@ -37,7 +37,8 @@ pub struct Args {
     json: Option<PathBuf>,
 }
 
-fn attempt_spec(image: &str) -> AttemptSpec {
+/// A `true` attempt in `image` with default resources, for raw engine baselines.
+pub fn attempt_spec(image: &str) -> AttemptSpec {
     AttemptSpec {
         task_id: TaskId(ulid::Ulid::new()),
         attempt: 1,

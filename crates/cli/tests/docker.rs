@@ -38,16 +38,6 @@ async fn run(http: &common::Http, body: Value) -> (Value, String) {
     (task, logs)
 }
 
-async fn wait_running(http: &common::Http, id: &str) {
-    for _ in 0..400 {
-        let (_, task) = http.get(&format!("/v1/tasks/{id}")).await;
-        if task["state"] == "running" {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("task {id} never ran");
-}
 
 #[tokio::test]
 async fn containers_are_hardened_and_report_exit_codes() {
@@ -120,7 +110,7 @@ async fn timeout_cancel_oom_and_fork_bomb_are_contained() {
     bomb["timeout_seconds"] = json!(8);
     let bomb = submit(&http, bomb).await;
 
-    wait_running(&http, &to_cancel).await;
+    common::wait_running(&http, &to_cancel).await;
     let (status, _) = http.post(&format!("/v1/tasks/{to_cancel}/cancel"), &json!({})).await;
     assert_eq!(status, 200);
     let t = http.wait_terminal(&to_cancel, Duration::from_secs(30)).await;
@@ -169,7 +159,7 @@ async fn restarts_adopt_running_containers_and_remove_unowned_ones() {
 
     // SIGKILL: the container keeps running and is adopted.
     let crashed = submit(&http, task("sleep 3; echo done after crash")).await;
-    wait_running(&http, &crashed).await;
+    common::wait_running(&http, &crashed).await;
     server.kill();
     let stray = format!("shepherd-stray-{}", std::process::id());
     let created = Command::new("docker")
@@ -192,7 +182,7 @@ async fn restarts_adopt_running_containers_and_remove_unowned_ones() {
 
     // Ctrl-C: containers are left running and adopted on the next start.
     let calm = submit(&http, task("sleep 3; echo done after stop")).await;
-    wait_running(&http, &calm).await;
+    common::wait_running(&http, &calm).await;
     server.stop();
     assert_eq!(containers_of(&node).len(), 1, "left running across a clean stop");
     let server = docker_server(&data, &[]);

@@ -8,16 +8,6 @@ use common::{sh, Server};
 use serde_json::json;
 use std::time::Duration;
 
-async fn wait_running(http: &common::Http, id: &str) {
-    for _ in 0..200 {
-        let (_, task) = http.get(&format!("/v1/tasks/{id}")).await;
-        if task["state"] == "running" {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("task {id} never ran");
-}
 
 #[tokio::test]
 async fn ctrl_c_requeues_running_tasks_and_restart_resumes_them() {
@@ -27,7 +17,7 @@ async fn ctrl_c_requeues_running_tasks_and_restart_resumes_them() {
     let http = server.http();
     let (_, running) = http.post("/v1/tasks", &sh("sleep 1; echo finished")).await;
     let running = running["id"].as_str().unwrap().to_string();
-    wait_running(&http, &running).await;
+    common::wait_running(&http, &running).await;
     let (_, queued) = http.post("/v1/tasks", &json!({"image": "busybox", "command": ["true"], "constraints": ["node.labels.later==yes"]})).await;
     let queued = queued["id"].as_str().unwrap().to_string();
     server.stop();
@@ -56,8 +46,8 @@ async fn after_sigkill_running_attempts_are_lost_then_retried_or_failed() {
     let retried = retried["id"].as_str().unwrap().to_string();
     let (_, single) = http.post("/v1/tasks", &sh("sleep 60")).await;
     let single = single["id"].as_str().unwrap().to_string();
-    wait_running(&http, &retried).await;
-    wait_running(&http, &single).await;
+    common::wait_running(&http, &retried).await;
+    common::wait_running(&http, &single).await;
     server.kill();
 
     let server = Server::start(&data, &[]);

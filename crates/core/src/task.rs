@@ -355,16 +355,15 @@ pub struct Task {
 }
 
 impl Task {
-    /// The task as it stands right after it was stored: queued, no attempts.
-    pub fn from_new(new: &NewTask) -> Task {
-        let spec = new.spec.clone();
+    /// A queued task with no attempts, from its stored spec (payload stripped).
+    pub fn from_spec(id: TaskId, spec: TaskSpec, payload_bytes: u64, created_at: Timestamp) -> Task {
         Task {
-            id: new.id,
+            id,
             state: TaskState::Queued,
             image: spec.image,
             command: spec.command,
             env: spec.env,
-            payload_bytes: new.payload.as_ref().map_or(0, |p| p.len() as u64),
+            payload_bytes,
             resources: spec.resources,
             timeout_seconds: spec.timeout_seconds,
             priority: spec.priority,
@@ -379,7 +378,7 @@ impl Task {
             profile: spec.profile,
             pool: spec.pool,
             anti_affinity: spec.anti_affinity,
-            created_at: new.created_at,
+            created_at,
             scheduled_at: None,
             started_at: None,
             finished_at: None,
@@ -389,5 +388,10 @@ impl Task {
             cancel_requested: false,
             attempts: Vec::new(),
         }
+    }
+
+    /// The task as it stands right after it was stored: queued, no attempts.
+    pub fn from_new(new: &NewTask) -> Task {
+        Task::from_spec(new.id, new.spec.clone(), new.payload.as_ref().map_or(0, |p| p.len() as u64), new.created_at)
     }
 }

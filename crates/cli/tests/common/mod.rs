@@ -141,6 +141,18 @@ impl Http {
     }
 }
 
+/// Waits until a task is running.
+pub async fn wait_running(http: &Http, id: &str) {
+    for _ in 0..400 {
+        let (_, task) = http.get(&format!("/v1/tasks/{id}")).await;
+        if task["state"] == "running" {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("task {id} never ran");
+}
+
 /// A task body running `sh -c SCRIPT`.
 pub fn sh(script: &str) -> serde_json::Value {
     serde_json::json!({ "image": "busybox", "command": ["sh", "-c", script] })

@@ -27,28 +27,9 @@ pub fn task_from_row(row: &Row<'_>) -> Result<Task, StoreError> {
     let spec_json: String = row.get(2)?;
     let spec: TaskSpec = serde_json::from_str(&spec_json)
         .map_err(|e| StoreError::Corrupt(format!("task {id}: bad spec: {e}")))?;
+    let task = Task::from_spec(parse_id(&id)?, spec, row.get::<_, i64>(3)? as u64, Timestamp(row.get(4)?));
     Ok(Task {
-        id: parse_id(&id)?,
         state: parse_state(&state)?,
-        image: spec.image,
-        command: spec.command,
-        env: spec.env,
-        payload_bytes: row.get::<_, i64>(3)? as u64,
-        resources: spec.resources,
-        timeout_seconds: spec.timeout_seconds,
-        priority: spec.priority,
-        retry: spec.retry,
-        labels: spec.labels,
-        constraints: spec.constraints,
-        project: spec.project,
-        workdir: spec.workdir,
-        user: spec.user,
-        network: spec.network,
-        pull_policy: spec.pull_policy,
-        profile: spec.profile,
-        pool: spec.pool,
-        anti_affinity: spec.anti_affinity,
-        created_at: Timestamp(row.get(4)?),
         scheduled_at: ts(row.get(5)?),
         started_at: ts(row.get(6)?),
         finished_at: ts(row.get(7)?),
@@ -56,7 +37,7 @@ pub fn task_from_row(row: &Row<'_>) -> Result<Task, StoreError> {
         exit_code: row.get(9)?,
         reason: row.get(10)?,
         cancel_requested: row.get::<_, i64>(11)? != 0,
-        attempts: Vec::new(),
+        ..task
     })
 }
 
