@@ -205,6 +205,14 @@ pub struct JoinConfig {
     pub server: String,
     pub join_token: String,
     pub registration: Registration,
+    /// A CA certificate (PEM) to trust for an https:// server, besides the system's.
+    pub ca_pem: Option<Vec<u8>>,
+}
+
+/// Makes rustls use ring for every client in this process. Call once at start.
+pub fn install_crypto_provider() {
+    // An error only means a provider is already installed.
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 /// Runs a remote agent until `shutdown` resolves: (re)registers, follows the
@@ -214,7 +222,13 @@ pub async fn run(
     make_agent: impl FnOnce(Arc<dyn Backend>) -> Agent,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), BackendError> {
-    let http = reqwest::Client::builder().build().map_err(|e| BackendError(e.to_string()))?;
+    install_crypto_provider();
+    let mut builder = reqwest::Client::builder();
+    if let Some(pem) = &join.ca_pem {
+        let ca = reqwest::Certificate::from_pem(pem).map_err(|e| BackendError(format!("--tls-ca: {e}")))?;
+        builder = builder.add_root_certificate(ca);
+    }
+    let http = builder.build().map_err(|e| BackendError(e.to_string()))?;
     let backend = Arc::new(HttpBackend { server: join.server.trim_end_matches('/').to_string(), http, token: RwLock::new(String::new()) });
     let agent = make_agent(backend.clone());
     tokio::pin!(shutdown);

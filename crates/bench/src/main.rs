@@ -38,6 +38,7 @@ pub fn shepherd_binary(given: Option<PathBuf>) -> Result<PathBuf> {
 
 #[tokio::main]
 async fn main() -> Result<()> {
+    shepherd_agent::remote::install_crypto_provider();
     match Cli::parse().bench {
         Bench::Ingest(args) => ingest::run(args).await,
         Bench::Docker(args) => docker::run(args).await,

@@ -26,12 +26,18 @@ struct ErrorDetail {
 }
 
 impl Client {
-    pub fn new(server: &str) -> Result<Client> {
+    pub fn new(server: &str, tls_ca: Option<&std::path::Path>) -> Result<Client> {
         let base = server.trim_end_matches('/').to_string();
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             return Err(anyhow!("--server `{server}`: use a URL such as {DEFAULT_SERVER}"));
         }
-        let http = reqwest::Client::builder().build().context("cannot build the HTTP client")?;
+        shepherd_agent::remote::install_crypto_provider();
+        let mut builder = reqwest::Client::builder();
+        if let Some(path) = tls_ca {
+            let pem = std::fs::read(path).with_context(|| format!("reading --tls-ca {}", path.display()))?;
+            builder = builder.add_root_certificate(reqwest::Certificate::from_pem(&pem).context("--tls-ca is not a PEM certificate")?);
+        }
+        let http = builder.build().context("cannot build the HTTP client")?;
         Ok(Client { base, http })
     }
 
@@ -40,8 +46,15 @@ impl Client {
     }
 
     fn unreachable(&self, e: reqwest::Error) -> anyhow::Error {
+        // reqwest's message hides the cause (refused, TLS, DNS): show the chain.
+        let mut cause = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(inner) = source {
+            cause.push_str(&format!(": {inner}"));
+            source = inner.source();
+        }
         anyhow!(
-            "cannot reach the Shepherd server at {}: {e}\nIs `shepherd up` running? Point at another server with --server or SHEPHERD_SERVER.",
+            "cannot reach the Shepherd server at {}: {cause}\nIs `shepherd up` running? Point at another server with --server or SHEPHERD_SERVER (and --tls-ca for a private CA).",
             self.base
         )
     }

@@ -56,6 +56,12 @@ pub struct ServerFlags {
     /// A node silent this long is down; its tasks are retried elsewhere.
     #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
     node_timeout: Duration,
+    /// Serve HTTPS: the certificate chain (PEM). Needs --tls-key.
+    #[arg(long, env = "SHEPHERD_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, env = "SHEPHERD_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 /// Flags of a node (`up` and `agent`).
@@ -121,6 +127,9 @@ pub struct AgentArgs {
     /// Where the node id and attempt directories live.
     #[arg(long, env = "SHEPHERD_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// Trust this CA certificate (PEM) for an https:// server, besides the system's.
+    #[arg(long, env = "SHEPHERD_TLS_CA")]
+    tls_ca: Option<PathBuf>,
     #[command(flatten)]
     node: NodeFlags,
 }
@@ -236,9 +245,14 @@ async fn run_cluster(server: ServerFlags, node: Option<&NodeFlags>) -> Result<Ex
         }),
         join_token: join_token.clone(),
         node_timeout: server.node_timeout,
+        tls: match (&server.tls_cert, &server.tls_key) {
+            (Some(cert), Some(key)) => Some(shepherd_server::tls::TlsFiles { cert: cert.clone(), key: key.clone() }),
+            _ => None,
+        },
     };
     let cluster = Cluster::start(config, driver).await.context("cannot start the cluster")?;
-    let url = format!("http://{}", cluster.addr());
+    let scheme = if server.tls_cert.is_some() { "https" } else { "http" };
+    let url = format!("{scheme}://{}", cluster.addr());
     println!("shepherd: API listening on {url}");
     println!("  data:    {} (embedded SQLite)", data_dir.display());
     match (&local, cluster.node_id(), cluster.driver()) {
@@ -312,8 +326,12 @@ pub async fn agent(args: AgentArgs) -> Result<ExitCode> {
         stop_grace: args.node.stop_grace,
     };
     let driver = node.driver.clone();
+    let ca_pem = match &args.tls_ca {
+        Some(path) => Some(std::fs::read(path).with_context(|| format!("reading {}", path.display()))?),
+        None => None,
+    };
     shepherd_agent::remote::run(
-        shepherd_agent::remote::JoinConfig { server: args.join.clone(), join_token, registration },
+        shepherd_agent::remote::JoinConfig { server: args.join.clone(), join_token, registration, ca_pem },
         move |backend| Agent::new(config, backend, driver, Arc::new(tokio::sync::Notify::new())),
         stop_signal(),
     )

@@ -18,6 +18,9 @@ struct Cli {
     /// The Shepherd server to talk to.
     #[arg(long, global = true, env = "SHEPHERD_SERVER", default_value = client::DEFAULT_SERVER)]
     server: String,
+    /// Trust this CA certificate (PEM) for an https:// server, besides the system's.
+    #[arg(long, global = true, env = "SHEPHERD_TLS_CA")]
+    tls_ca: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -70,7 +73,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let client = client::Client::new(&cli.server);
+    let client = client::Client::new(&cli.server, cli.tls_ca.as_deref());
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Up(args) => cmd_up::up(args).await,

@@ -58,7 +58,7 @@ impl Cluster {
     }
 
     fn http(&self) -> Http {
-        Http { base: format!("http://{}", self.listen), client: reqwest::Client::new() }
+        Http { base: format!("http://{}", self.listen), client: common::client() }
     }
 
     fn node_id(&self, i: usize) -> String {

@@ -80,7 +80,7 @@ impl Hosts {
     }
 
     fn http(&self) -> Http {
-        Http { base: format!("http://127.0.0.1:{}", self.port), client: reqwest::Client::new() }
+        Http { base: format!("http://127.0.0.1:{}", self.port), client: common::client() }
     }
 
     /// Node ids by agent index, once all three are ready.

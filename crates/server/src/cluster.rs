@@ -31,6 +31,8 @@ pub struct ClusterConfig {
     pub join_token: Option<String>,
     /// A node silent this long is down; its tasks are lost and retried.
     pub node_timeout: Duration,
+    /// Serve HTTPS with this certificate and key.
+    pub tls: Option<crate::tls::TlsFiles>,
 }
 
 /// The local node's size and settings.
@@ -54,6 +56,8 @@ pub enum ClusterError {
     DataDir { path: PathBuf, source: std::io::Error },
     #[error("local agent: {0}")]
     Agent(String),
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 /// A running cluster.
@@ -168,11 +172,22 @@ impl Cluster {
         let addr = listener.local_addr().map_err(|source| ClusterError::Bind { addr: config.listen, source })?;
         let mut stop_serving = shutdown_rx.clone();
         let app = api::router(state);
+        let tls = match &config.tls {
+            Some(files) => Some(crate::tls::server_config(files).map_err(ClusterError::Tls)?),
+            None => None,
+        };
         let server = tokio::spawn(async move {
             let graceful = async move {
                 let _ = stop_serving.wait_for(|stop| *stop).await;
             };
-            if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(graceful).await {
+            let served = match tls {
+                Some(tls) => {
+                    let listener = crate::tls::TlsListener { tcp: listener, acceptor: tokio_rustls::TlsAcceptor::from(tls) };
+                    axum::serve(listener, app).with_graceful_shutdown(graceful).await
+                }
+                None => axum::serve(listener, app).with_graceful_shutdown(graceful).await,
+            };
+            if let Err(e) = served {
                 tracing::error!(error = %e, "API server failed");
             }
         });

@@ -14,5 +14,6 @@ mod cluster;
 pub mod links;
 pub mod placement_notes;
 pub mod scheduler;
+pub mod tls;
 
 pub use cluster::{local_node_id, Cluster, ClusterConfig, ClusterError, LocalNodeConfig};

@@ -81,7 +81,7 @@ impl Server {
     }
 
     pub fn http(&self) -> Http {
-        Http { base: self.url.clone(), client: reqwest::Client::new() }
+        Http { base: self.url.clone(), client: client() }
     }
 }
 
@@ -234,4 +234,10 @@ impl Drop for Process {
         self.signal(libc::SIGCONT);
         self.kill();
     }
+}
+
+/// An HTTP client (with rustls' ring provider installed, as the binary does).
+pub fn client() -> reqwest::Client {
+    shepherd_agent::remote::install_crypto_provider();
+    reqwest::Client::new()
 }
