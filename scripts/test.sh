@@ -14,6 +14,12 @@ if ! cargo nextest --version >/dev/null 2>&1; then
     cargo install cargo-nextest --locked
 fi
 
+# The TLS test makes its certificate with the openssl CLI.
+if ! command -v openssl >/dev/null 2>&1; then
+    echo "test.sh: installing openssl" >&2
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null
+fi
+
 profile=default
 [ "${CI:-}" = "true" ] && profile=ci
 bash scripts/build-test-image.sh
