@@ -215,6 +215,25 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+/// An HTTP(S) client trusting the system's roots plus `ca_pem`. On a host
+/// (or a minimal container) without system roots it trusts `ca_pem` alone,
+/// which is all plain `http://` and a private CA need.
+pub fn http_client(ca_pem: Option<&[u8]>) -> Result<reqwest::Client, String> {
+    install_crypto_provider();
+    let extra = match ca_pem {
+        Some(pem) => vec![reqwest::Certificate::from_pem(pem).map_err(|e| format!("--tls-ca: {e}"))?],
+        None => Vec::new(),
+    };
+    let mut builder = reqwest::Client::builder();
+    for cert in &extra {
+        builder = builder.add_root_certificate(cert.clone());
+    }
+    match builder.build() {
+        Ok(client) => Ok(client),
+        Err(_) => reqwest::Client::builder().tls_certs_only(extra).build().map_err(|e| format!("cannot build the HTTP client: {e}")),
+    }
+}
+
 /// Runs a remote agent until `shutdown` resolves: (re)registers, follows the
 /// stream, heartbeats. `make_agent` builds the agent once around the backend.
 pub async fn run(
@@ -222,13 +241,7 @@ pub async fn run(
     make_agent: impl FnOnce(Arc<dyn Backend>) -> Agent,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), BackendError> {
-    install_crypto_provider();
-    let mut builder = reqwest::Client::builder();
-    if let Some(pem) = &join.ca_pem {
-        let ca = reqwest::Certificate::from_pem(pem).map_err(|e| BackendError(format!("--tls-ca: {e}")))?;
-        builder = builder.add_root_certificate(ca);
-    }
-    let http = builder.build().map_err(|e| BackendError(e.to_string()))?;
+    let http = http_client(join.ca_pem.as_deref()).map_err(BackendError)?;
     let backend = Arc::new(HttpBackend { server: join.server.trim_end_matches('/').to_string(), http, token: RwLock::new(String::new()) });
     let agent = make_agent(backend.clone());
     tokio::pin!(shutdown);

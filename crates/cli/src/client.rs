@@ -31,13 +31,11 @@ impl Client {
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             return Err(anyhow!("--server `{server}`: use a URL such as {DEFAULT_SERVER}"));
         }
-        shepherd_agent::remote::install_crypto_provider();
-        let mut builder = reqwest::Client::builder();
-        if let Some(path) = tls_ca {
-            let pem = std::fs::read(path).with_context(|| format!("reading --tls-ca {}", path.display()))?;
-            builder = builder.add_root_certificate(reqwest::Certificate::from_pem(&pem).context("--tls-ca is not a PEM certificate")?);
-        }
-        let http = builder.build().context("cannot build the HTTP client")?;
+        let pem = match tls_ca {
+            Some(path) => Some(std::fs::read(path).with_context(|| format!("reading --tls-ca {}", path.display()))?),
+            None => None,
+        };
+        let http = shepherd_agent::remote::http_client(pem.as_deref()).map_err(|e| anyhow!(e))?;
         Ok(Client { base, http })
     }
 
