@@ -45,8 +45,14 @@ pub struct Registered {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum AgentMessage {
-    /// Start this attempt.
-    Assign { task_id: TaskId, attempt: u32 },
+    /// Start this attempt. `launch` carries what the agent needs to start
+    /// it, saving a round trip; without it the agent fetches the launch spec.
+    Assign {
+        task_id: TaskId,
+        attempt: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        launch: Option<Box<WireLaunch>>,
+    },
     /// Stop this task's attempt: it was cancelled.
     Cancel { task_id: TaskId },
     /// Compare your attempts with the server's (sent on every connect).
@@ -55,8 +61,9 @@ pub enum AgentMessage {
     Ping,
 }
 
-/// A launch spec on the wire (payload in base64).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// A launch spec on the wire (payload in base64). Its `Debug` leaves out
+/// the secrets' values.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct WireLaunch {
     pub id: TaskId,
     pub state: TaskState,
@@ -66,6 +73,20 @@ pub struct WireLaunch {
     pub spec: TaskSpec,
     pub payload: Option<String>,
     pub attempt_started_at: Option<Timestamp>,
+    /// Secret values by name (base64).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for WireLaunch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WireLaunch")
+            .field("id", &self.id)
+            .field("attempt", &self.attempt)
+            .field("spec", &self.spec)
+            .field("secrets", &self.secrets.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
 }
 
 impl From<LaunchSpec> for WireLaunch {
@@ -79,6 +100,28 @@ impl From<LaunchSpec> for WireLaunch {
             spec: l.spec,
             payload: l.payload.map(|p| base64::engine::general_purpose::STANDARD.encode(p)),
             attempt_started_at: l.attempt_started_at,
+            secrets: l.secrets.into_iter().map(|(k, v)| (k, base64::engine::general_purpose::STANDARD.encode(v))).collect(),
+        }
+    }
+}
+
+impl WireLaunch {
+    /// Back to a launch spec (a payload that is not base64 is dropped).
+    pub fn decode(self) -> LaunchSpec {
+        LaunchSpec {
+            id: self.id,
+            state: self.state,
+            attempt: self.attempt,
+            node_id: self.node_id,
+            cancel_requested: self.cancel_requested,
+            spec: self.spec,
+            payload: self.payload.and_then(|p| base64::engine::general_purpose::STANDARD.decode(p).ok()),
+            attempt_started_at: self.attempt_started_at,
+            secrets: self
+                .secrets
+                .into_iter()
+                .filter_map(|(k, v)| base64::engine::general_purpose::STANDARD.decode(v).ok().map(|v| (k, v)))
+                .collect(),
         }
     }
 }
@@ -176,16 +219,7 @@ impl Backend for HttpBackend {
 
     async fn launch_spec(&self, id: TaskId) -> Result<Option<LaunchSpec>, BackendError> {
         let wire: Option<WireLaunch> = self.send(self.request(reqwest::Method::GET, &format!("/v1/agent/tasks/{id}/launch"))).await?;
-        Ok(wire.map(|w| LaunchSpec {
-            id: w.id,
-            state: w.state,
-            attempt: w.attempt,
-            node_id: w.node_id,
-            cancel_requested: w.cancel_requested,
-            spec: w.spec,
-            payload: w.payload.and_then(|p| base64::engine::general_purpose::STANDARD.decode(p).ok()),
-            attempt_started_at: w.attempt_started_at,
-        }))
+        Ok(wire.map(WireLaunch::decode))
     }
 
     async fn append_logs(&self, chunks: Vec<LogChunk>) -> Result<(), BackendError> {
@@ -307,7 +341,10 @@ async fn session(backend: &Arc<HttpBackend>, agent: &Agent, join: &JoinConfig) -
         while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = buffer.drain(..=end).collect();
             match serde_json::from_slice::<AgentMessage>(&line) {
-                Ok(AgentMessage::Assign { task_id, attempt }) => agent.assign(task_id, attempt),
+                Ok(AgentMessage::Assign { task_id, attempt, launch }) => match launch {
+                    Some(launch) if launch.id == task_id && launch.attempt == attempt => agent.assign_launch(launch.decode()),
+                    _ => agent.assign(task_id, attempt),
+                },
                 Ok(AgentMessage::Cancel { task_id }) => agent.cancel(task_id),
                 Ok(AgentMessage::Reconcile) => agent.reconcile().await?,
                 Ok(AgentMessage::Ping) => {}

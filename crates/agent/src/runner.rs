@@ -5,6 +5,7 @@ use crate::driver::{AttemptHandle, AttemptSpec, Driver, DriverError, ExitStatus}
 use crate::logs::{self, LogLimits};
 use shepherd_core::{Event, TaskId, TaskState, Timestamp};
 use crate::backend::Backend;
+use shepherd_store::LaunchSpec;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -94,6 +95,16 @@ impl Agent {
 
     /// Starts attempt `attempt` of a task that the store has scheduled here.
     pub fn assign(&self, task_id: TaskId, attempt: u32) {
+        self.assign_attempt(task_id, attempt, None);
+    }
+
+    /// Starts an attempt whose launch spec came with the assignment, which
+    /// saves a round trip to the cluster before the container starts.
+    pub fn assign_launch(&self, launch: LaunchSpec) {
+        self.assign_attempt(launch.id, launch.attempt, Some(launch));
+    }
+
+    fn assign_attempt(&self, task_id: TaskId, attempt: u32, launch: Option<LaunchSpec>) {
         let (cancel, cancel_rx) = watch::channel(false);
         let fenced: Arc<std::sync::atomic::AtomicBool> = Default::default();
         {
@@ -112,7 +123,7 @@ impl Agent {
             running.insert(task_id, Running { attempt, cancel, fenced: fenced.clone() });
         }
         let inner = self.inner.clone();
-        self.spawn(async move { run_attempt(inner, task_id, attempt, cancel_rx, fenced, None).await });
+        self.spawn(async move { run_attempt(inner, task_id, attempt, cancel_rx, fenced, Begin::Start(launch)).await });
     }
 
     /// Stops a task's running attempt because it was cancelled.
@@ -180,7 +191,7 @@ impl Agent {
                     let inner = self.inner.clone();
                     let adopted = Adopted { handle, output: rx };
                     let (id, attempt) = (task.task_id, task.attempt);
-                    self.spawn(async move { run_attempt(inner, id, attempt, cancel_rx, fenced, Some(adopted)).await });
+                    self.spawn(async move { run_attempt(inner, id, attempt, cancel_rx, fenced, Begin::Adopt(adopted)).await });
                 }
                 Ok(None) => lost.push((task.task_id, Event::Lost { attempt: task.attempt, reason: "agent restarted and the attempt was gone".into() })),
                 Err(e) => {
@@ -245,11 +256,11 @@ async fn run_attempt(
     attempt: u32,
     cancel: watch::Receiver<bool>,
     fenced: Arc<std::sync::atomic::AtomicBool>,
-    adopted: Option<Adopted>,
+    begin: Begin,
 ) {
     let work_dir = inner.config.work_dir.join(format!("{task_id}-{attempt}"));
     let span = tracing::info_span!("attempt", task = %task_id, attempt, node = %inner.config.node_id);
-    run_attempt_inner(&inner, task_id, attempt, cancel, &fenced, adopted, &work_dir).instrument(span).await;
+    run_attempt_inner(&inner, task_id, attempt, cancel, &fenced, begin, &work_dir).instrument(span).await;
     if let Err(e) = tokio::fs::remove_dir_all(&work_dir).await {
         if e.kind() != std::io::ErrorKind::NotFound {
             tracing::warn!(task = %task_id, error = %e, "could not remove attempt directory");
@@ -263,12 +274,37 @@ async fn run_attempt(
     inner.capacity_freed.notify_one();
 }
 
-async fn start(inner: &Inner, task_id: TaskId, attempt: u32, work_dir: &PathBuf) -> Result<Option<(Box<dyn AttemptHandle>, mpsc::Receiver<crate::OutputChunk>)>, String> {
-    let launch = match inner.backend.launch_spec(task_id).await {
-        Ok(Some(launch)) => launch,
-        Ok(None) => return Ok(None),
-        Err(e) => return Err(format!("could not load the task: {e}")),
-    };
+/// How an attempt begins: started here (with its launch spec if the
+/// assignment carried it), or adopted from the driver after a restart.
+enum Begin {
+    Start(Option<LaunchSpec>),
+    Adopt(Adopted),
+}
+
+/// The time an attempt has left before its deadline; the deadline counts
+/// from the attempt's start, also for an adopted one.
+fn time_left(launch: Option<&LaunchSpec>) -> Duration {
+    let Some(launch) = launch else { return Duration::from_secs(u64::from(shepherd_core::TaskSpec::default_timeout())) };
+    let limit = Duration::from_secs(u64::from(launch.spec.timeout_seconds));
+    let elapsed = launch.attempt_started_at.map_or(0, |s| (Timestamp::now().millis() - s.millis()).max(0) as u64);
+    limit.saturating_sub(Duration::from_millis(elapsed))
+}
+
+/// Writes one read-only file per secret into `dir` (readable by the task's
+/// user, whoever it is; the directory cannot be listed by others).
+async fn write_secrets(dir: &std::path::Path, secrets: &std::collections::BTreeMap<String, Vec<u8>>) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    tokio::fs::create_dir_all(dir).await?;
+    tokio::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711)).await?;
+    for (name, value) in secrets {
+        let path = dir.join(name);
+        tokio::fs::write(&path, value).await?;
+        tokio::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o444)).await?;
+    }
+    Ok(())
+}
+
+async fn start(inner: &Inner, task_id: TaskId, attempt: u32, launch: LaunchSpec, work_dir: &PathBuf) -> Result<Option<(Box<dyn AttemptHandle>, mpsc::Receiver<crate::OutputChunk>)>, String> {
     if launch.state != TaskState::Scheduled || launch.attempt != attempt {
         tracing::info!(task = %task_id, attempt, "assignment is stale; not starting");
         return Ok(None);
@@ -282,13 +318,29 @@ async fn start(inner: &Inner, task_id: TaskId, attempt: u32, work_dir: &PathBuf)
         }
         None => None,
     };
+    let mut env = launch.spec.env;
+    let secrets_dir = if launch.spec.secrets.is_empty() {
+        None
+    } else {
+        let dir = work_dir.join("secrets");
+        write_secrets(&dir, &launch.secrets).await.map_err(|e| format!("could not write the secrets: {e}"))?;
+        for secret in &launch.spec.secrets {
+            let Some(value) = launch.secrets.get(&secret.name) else {
+                return Err(format!("secret `{}` no longer exists in project `{}`", secret.name, launch.spec.project));
+            };
+            if let Some(var) = &secret.env {
+                env.insert(var.clone(), String::from_utf8_lossy(value).into_owned());
+            }
+        }
+        Some(dir)
+    };
     let spec = AttemptSpec {
         task_id,
         attempt,
         node_id: inner.config.node_id.clone(),
         image: launch.spec.image,
         command: launch.spec.command,
-        env: launch.spec.env,
+        env,
         resources: launch.spec.resources,
         workdir: launch.spec.workdir,
         user: launch.spec.user,
@@ -296,7 +348,10 @@ async fn start(inner: &Inner, task_id: TaskId, attempt: u32, work_dir: &PathBuf)
         pull_policy: launch.spec.pull_policy,
         work_dir: work_dir.clone(),
         payload_file,
+        project: launch.spec.project,
+        secrets_dir,
     };
+    tracing::debug!(?spec, "starting attempt");
     let (tx, rx) = mpsc::channel(64);
     match inner.driver.start(&spec, tx).await {
         Ok(handle) => Ok(Some((handle, rx))),
@@ -311,36 +366,47 @@ async fn run_attempt_inner(
     attempt: u32,
     mut cancel: watch::Receiver<bool>,
     fenced: &std::sync::atomic::AtomicBool,
-    adopted: Option<Adopted>,
+    begin: Begin,
     work_dir: &PathBuf,
 ) {
-    // The deadline counts from the attempt's start, also for an adopted one.
-    let mut time_left = Duration::from_secs(u64::from(shepherd_core::TaskSpec::default_timeout()));
-    if let Ok(Some(launch)) = inner.backend.launch_spec(task_id).await {
-        let limit = Duration::from_secs(u64::from(launch.spec.timeout_seconds));
-        let elapsed = launch.attempt_started_at.map_or(0, |s| (Timestamp::now().millis() - s.millis()).max(0) as u64);
-        time_left = limit.saturating_sub(Duration::from_millis(elapsed));
-    }
-    let (mut handle, output) = match adopted {
-        Some(adopted) => (adopted.handle, adopted.output),
-        None => match start(inner, task_id, attempt, work_dir).await {
-            Ok(Some((handle, output))) => {
-                let mut handle = handle;
-                if !report(inner, task_id, Event::Start { attempt }).await {
-                    // The task was given away or ended meanwhile: never let it run.
-                    let _ = handle.kill().await;
-                    let _ = handle.wait().await;
+    let (time_left, mut handle, output) = match begin {
+        Begin::Adopt(adopted) => {
+            let launch = inner.backend.launch_spec(task_id).await.ok().flatten();
+            (time_left(launch.as_ref()), adopted.handle, adopted.output)
+        }
+        Begin::Start(launch) => {
+            let launch = match launch {
+                Some(launch) => launch,
+                None => match inner.backend.launch_spec(task_id).await {
+                    Ok(Some(launch)) => launch,
+                    Ok(None) => return,
+                    Err(e) => {
+                        let reason = format!("could not load the task: {e}");
+                        tracing::info!(task = %task_id, %reason, "attempt could not start");
+                        report(inner, task_id, Event::StartFailed { attempt, reason }).await;
+                        return;
+                    }
+                },
+            };
+            let time_left = time_left(Some(&launch));
+            match start(inner, task_id, attempt, launch, work_dir).await {
+                Ok(Some((mut handle, output))) => {
+                    if !report(inner, task_id, Event::Start { attempt }).await {
+                        // The task was given away or ended meanwhile: never let it run.
+                        let _ = handle.kill().await;
+                        let _ = handle.wait().await;
+                        return;
+                    }
+                    (time_left, handle, output)
+                }
+                Ok(None) => return,
+                Err(reason) => {
+                    tracing::info!(task = %task_id, %reason, "attempt could not start");
+                    report(inner, task_id, Event::StartFailed { attempt, reason }).await;
                     return;
                 }
-                (handle, output)
             }
-            Ok(None) => return,
-            Err(reason) => {
-                tracing::info!(task = %task_id, %reason, "attempt could not start");
-                report(inner, task_id, Event::StartFailed { attempt, reason }).await;
-                return;
-            }
-        },
+        }
     };
     let log_writer = tokio::spawn(logs::capture(inner.backend.clone(), task_id, attempt, inner.config.log_limits, output));
     let deadline = tokio::time::sleep(time_left);

@@ -82,7 +82,7 @@ pub async fn run(args: Args) -> Result<()> {
         std::thread::spawn(move || for _ in lines {});
         agents.push(Agent(child));
     }
-    let client = reqwest::Client::new();
+    let client = crate::ingest::bench_client();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let nodes: serde_json::Value = client.get(format!("{}/v1/nodes", server.1)).send().await?.json().await?;

@@ -53,6 +53,8 @@ pub fn attempt_spec(image: &str) -> AttemptSpec {
         pull_policy: PullPolicy::Never,
         work_dir: std::env::temp_dir(),
         payload_file: None,
+        project: "default".into(),
+        secrets_dir: None,
     }
 }
 
@@ -109,7 +111,7 @@ pub async fn run(args: Args) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let concurrency = args.concurrency.to_string();
     let server = start_server(&binary, &dir.path().join("docker"), &["--driver", "docker", "--max-tasks", &concurrency])?;
-    let client = reqwest::Client::new();
+    let client = crate::ingest::bench_client();
     let task = serde_json::json!({"image": args.image, "command": ["true"], "pull_policy": "never"});
     let batch = serde_json::json!({ "tasks": vec![task.clone(); args.tasks] });
     let started = Instant::now();

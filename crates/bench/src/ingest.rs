@@ -75,6 +75,18 @@ impl Drop for ServerProcess {
     }
 }
 
+/// The admin token benchmark servers start with.
+pub const BENCH_ADMIN_TOKEN: &str = "bench-admin-token-0123456789";
+
+/// An HTTP client that sends the benchmark's admin token.
+pub fn bench_client() -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Ok(value) = format!("Bearer {BENCH_ADMIN_TOKEN}").parse() {
+        headers.insert("authorization", value);
+    }
+    reqwest::Client::builder().default_headers(headers).build().unwrap_or_default()
+}
+
 /// Starts `shepherd up` with `args` and a data directory; returns once it listens.
 pub fn start_server(binary: &Path, data: &Path, args: &[&str]) -> Result<ServerProcess> {
     let mut child = Command::new(binary)
@@ -83,6 +95,8 @@ pub fn start_server(binary: &Path, data: &Path, args: &[&str]) -> Result<ServerP
         .arg("--data-dir")
         .arg(data)
         .env("SHEPHERD_LOG", "warn")
+        .env("SHEPHERD_ADMIN_TOKEN", BENCH_ADMIN_TOKEN)
+        .env("SHEPHERD_CONFIG", data.with_extension("cli.toml"))
         .stdout(Stdio::piped())
         .spawn()
         .with_context(|| format!("starting {}", binary.display()))?;
@@ -105,7 +119,7 @@ pub fn start_server(binary: &Path, data: &Path, args: &[&str]) -> Result<ServerP
 /// Sends `requests` copies of `body` to `path`, `concurrency` at a time;
 /// returns the seconds taken.
 async fn drive(url: &str, path: &str, body: String, requests: usize, concurrency: usize) -> Result<f64> {
-    let client = reqwest::Client::new();
+    let client = bench_client();
     let body = Arc::new(body);
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
@@ -161,7 +175,7 @@ pub async fn run(args: Args) -> Result<()> {
     let batched = (requests * args.batch_size) as f64 / batch_secs;
     println!("API batches of {} (x{} in flight):    {batched:>10.0} tasks/s  ({:.2} of raw)", args.batch_size, args.batch_concurrency, batched / raw);
 
-    let health: serde_json::Value = reqwest::get(format!("{}/v1/health", server.1)).await?.json().await?;
+    let health: serde_json::Value = bench_client().get(format!("{}/v1/health", server.1)).send().await?.json().await?;
     let stored = health["tasks"]["queued"].as_u64().unwrap_or(0) as usize;
     let expected = args.singles + requests * args.batch_size;
     if stored != expected {

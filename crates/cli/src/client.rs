@@ -8,9 +8,13 @@ use serde::Serialize;
 /// Where `shepherd up` listens by default, and where the CLI looks.
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7070";
 
+/// A client of one server, with the token it sends.
+#[derive(Clone)]
 pub struct Client {
     base: String,
     http: reqwest::Client,
+    token: Option<String>,
+    admin_token: Option<String>,
 }
 
 #[derive(serde::Deserialize)]
@@ -26,7 +30,9 @@ struct ErrorDetail {
 }
 
 impl Client {
-    pub fn new(server: &str, tls_ca: Option<&std::path::Path>) -> Result<Client> {
+    /// A client of `server` sending `token`; [`Client::admin`] sends
+    /// `admin_token` instead where one is known.
+    pub fn new(server: &str, tls_ca: Option<&std::path::Path>, token: Option<String>, admin_token: Option<String>) -> Result<Client> {
         let base = server.trim_end_matches('/').to_string();
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             return Err(anyhow!("--server `{server}`: use a URL such as {DEFAULT_SERVER}"));
@@ -36,7 +42,25 @@ impl Client {
             None => None,
         };
         let http = shepherd_agent::remote::http_client(pem.as_deref()).map_err(|e| anyhow!(e))?;
-        Ok(Client { base, http })
+        Ok(Client { base, http, token, admin_token })
+    }
+
+    /// The same client with the admin token, for cluster-wide commands
+    /// (nodes, projects, tokens); unchanged if no admin token is known.
+    pub fn admin(&self) -> Client {
+        let mut client = self.clone();
+        if let Some(admin) = &self.admin_token {
+            client.token = Some(admin.clone());
+        }
+        client
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let request = self.http.request(method, self.url(path));
+        match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -64,6 +88,10 @@ impl Client {
         }
         let text = response.text().await.unwrap_or_default();
         match serde_json::from_str::<ErrorBody>(&text) {
+            Ok(body) if status.as_u16() == 401 => Err(anyhow!(
+                "{} (HTTP 401)\nGive a token with --token or SHEPHERD_TOKEN, or run `shepherd up` once to write the CLI config.",
+                body.error.message
+            )),
             Ok(body) => {
                 let e = body.error;
                 match e.field {
@@ -76,18 +104,33 @@ impl Client {
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
-        let response = self.http.get(self.url(path)).send().await.map_err(|e| self.unreachable(e))?;
+        let response = self.request(reqwest::Method::GET, path).send().await.map_err(|e| self.unreachable(e))?;
         Ok(Self::check(response).await?.json().await.context("bad response from server")?)
     }
 
     pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
-        let response = self.http.post(self.url(path)).json(body).send().await.map_err(|e| self.unreachable(e))?;
+        self.send(reqwest::Method::POST, path, body).await
+    }
+
+    /// A request with a JSON body and a JSON answer.
+    pub async fn send<B: Serialize, T: DeserializeOwned>(&self, method: reqwest::Method, path: &str, body: &B) -> Result<T> {
+        let response = self.request(method, path).json(body).send().await.map_err(|e| self.unreachable(e))?;
         Ok(Self::check(response).await?.json().await.context("bad response from server")?)
+    }
+
+    /// A request whose answer has no body (204).
+    pub async fn send_empty<B: Serialize>(&self, method: reqwest::Method, path: &str, body: Option<&B>) -> Result<()> {
+        let mut request = self.request(method, path);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.map_err(|e| self.unreachable(e))?;
+        Self::check(response).await.map(|_| ())
     }
 
     /// A streaming GET: the caller reads chunks as they come.
     pub async fn stream(&self, path: &str) -> Result<reqwest::Response> {
-        let response = self.http.get(self.url(path)).send().await.map_err(|e| self.unreachable(e))?;
+        let response = self.request(reqwest::Method::GET, path).send().await.map_err(|e| self.unreachable(e))?;
         Self::check(response).await
     }
 }

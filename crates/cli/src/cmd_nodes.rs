@@ -14,7 +14,7 @@ pub struct NodesArgs {
 }
 
 pub async fn nodes(client: &Client, args: NodesArgs) -> Result<ExitCode> {
-    let list: serde_json::Value = client.get("/v1/nodes").await?;
+    let list: serde_json::Value = client.admin().get("/v1/nodes").await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(ExitCode::SUCCESS);
@@ -59,7 +59,7 @@ enum NodeCommand {
 pub async fn node(client: &Client, args: NodeArgs) -> Result<ExitCode> {
     match args.command {
         NodeCommand::Drain { id } => {
-            let node: serde_json::Value = client.post(&format!("/v1/nodes/{}/drain", crate::client::encode(&id)), &serde_json::json!({})).await?;
+            let node: serde_json::Value = client.admin().post(&format!("/v1/nodes/{}/drain", crate::client::encode(&id)), &serde_json::json!({})).await?;
             println!("{} {}", node["id"].as_str().unwrap_or(&id), node["state"].as_str().unwrap_or("draining"));
             Ok(ExitCode::SUCCESS)
         }

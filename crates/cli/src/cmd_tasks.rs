@@ -60,9 +60,13 @@ pub struct RunArgs {
     /// Payload file handed to the task (`-` reads standard input).
     #[arg(long, value_name = "FILE|-")]
     payload: Option<String>,
-    /// Project the task belongs to.
+    /// Project the task belongs to (default: the token's project).
     #[arg(long, default_value = "default")]
     project: String,
+    /// A project secret for the task, NAME or NAME:ENV_VAR (repeatable): a
+    /// read-only file at $SHEPHERD_SECRETS_DIR/NAME, and the variable if named.
+    #[arg(long = "secret", value_name = "NAME[:ENV]")]
+    secrets: Vec<String>,
     /// Placement profile (spread, binpack, random, or one from the scheduler config).
     #[arg(long)]
     profile: Option<String>,
@@ -107,6 +111,13 @@ pub async fn run(client: &Client, args: RunArgs) -> Result<ExitCode> {
     spec.profile = args.profile;
     spec.pool = args.pool;
     spec.network = args.network;
+    for secret in args.secrets {
+        let (name, env) = match secret.split_once(':') {
+            Some((name, env)) => (name.to_string(), Some(env.to_string())),
+            None => (secret, None),
+        };
+        spec.secrets.push(shepherd_core::SecretRef { name, env });
+    }
     if let Some(source) = &args.payload {
         spec.payload = Some(base64::engine::general_purpose::STANDARD.encode(read_payload(source)?));
     }
@@ -260,6 +271,12 @@ pub async fn inspect(client: &Client, args: InspectArgs) -> Result<ExitCode> {
     println!("Priority:    {}", task.priority);
     println!("Retry:       {} attempts, {}s backoff", task.retry.max_attempts, task.retry.backoff_seconds);
     println!("Payload:     {} bytes", task.payload_bytes);
+    for secret in &task.secrets {
+        match &secret.env {
+            Some(env) => println!("Secret:      {} (file, and ${env})", secret.name),
+            None => println!("Secret:      {} (file)", secret.name),
+        }
+    }
     for (k, v) in &task.env {
         println!("Env:         {k}={v}");
     }

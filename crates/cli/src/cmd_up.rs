@@ -62,6 +62,12 @@ pub struct ServerFlags {
     /// The certificate's private key (PEM).
     #[arg(long, env = "SHEPHERD_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// The cluster's admin token (default: DATA_DIR/admin-token, made on first start).
+    #[arg(long, env = "SHEPHERD_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// A file holding the admin token.
+    #[arg(long, conflicts_with = "admin_token")]
+    admin_token_file: Option<PathBuf>,
 }
 
 /// Flags of a node (`up` and `agent`).
@@ -85,6 +91,9 @@ pub struct NodeFlags {
     /// A label of the node, KEY=VALUE (repeatable); constraints match node.labels.KEY; `pool` sets its pool.
     #[arg(long = "node-label", value_name = "KEY=VALUE")]
     node_labels: Vec<String>,
+    /// Dedicate this node to these projects (comma-separated): no other project's task lands here.
+    #[arg(long, value_name = "PROJECT,...")]
+    dedicated_to: Option<String>,
     /// Output kept from the start of each attempt, in bytes.
     #[arg(long, default_value_t = 1024 * 1024)]
     log_head_bytes: usize,
@@ -179,6 +188,39 @@ async fn choose_driver(wanted: DriverName, node_id: &str, pids_limit: i64) -> Re
     }
 }
 
+/// The admin token: the flag, the file, or DATA_DIR/admin-token (made,
+/// readable by its owner only, on first start). Returns it and where it is kept.
+fn admin_token(server: &ServerFlags, data_dir: &std::path::Path) -> Result<(String, String)> {
+    if let Some(token) = read_token(&server.admin_token, &server.admin_token_file)? {
+        if token.len() < 16 {
+            bail!("the admin token must be at least 16 characters");
+        }
+        let source = match &server.admin_token_file {
+            Some(path) => path.display().to_string(),
+            None => "--admin-token / SHEPHERD_ADMIN_TOKEN".into(),
+        };
+        return Ok((token, source));
+    }
+    let path = data_dir.join("admin-token");
+    match std::fs::read_to_string(&path) {
+        Ok(token) if !token.trim().is_empty() => return Ok((token.trim().to_string(), path.display().to_string())),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+    let token = shepherd_server::auth::new_token().map_err(|_| anyhow::anyhow!("no randomness for the admin token"))?;
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    file.write_all(token.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
+    Ok((token, path.display().to_string()))
+}
+
 fn read_token(token: &Option<String>, file: &Option<PathBuf>) -> Result<Option<String>> {
     Ok(match (token, file) {
         (Some(token), _) => Some(token.clone()),
@@ -200,13 +242,21 @@ async fn prepare_node(flags: &NodeFlags, node_id: &str) -> Result<Node> {
         let Some((key, value)) = label.split_once('=') else { bail!("--node-label `{label}`: use KEY=VALUE") };
         labels.insert(key.to_string(), value.to_string());
     }
+    if let Some(projects) = &flags.dedicated_to {
+        for project in projects.split(',') {
+            if !shepherd_core::is_project_name(project) {
+                bail!("--dedicated-to: `{project}` is not a project name");
+            }
+        }
+        labels.insert(shepherd_sched::DEDICATED_LABEL.to_string(), projects.clone());
+    }
     let cores = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
     let capacity = Resources { cpu_millicores: flags.cpu.unwrap_or(cores * 1000), memory_mib: flags.memory.unwrap_or_else(host_memory_mib) };
     let (driver, why) = choose_driver(flags.driver, node_id, flags.pids_limit).await?;
     Ok(Node { capacity, labels, driver, why })
 }
 
-async fn run_cluster(server: ServerFlags, node: Option<&NodeFlags>) -> Result<ExitCode> {
+async fn run_cluster(server: ServerFlags, node: Option<&NodeFlags>, write_cli_config: bool) -> Result<ExitCode> {
     let data_dir = server.data_dir.clone().unwrap_or_else(default_data_dir);
     std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
     let scheduler = match &server.scheduler_config {
@@ -219,6 +269,7 @@ async fn run_cluster(server: ServerFlags, node: Option<&NodeFlags>) -> Result<Ex
     let engine = Arc::new(shepherd_sched::Engine::new(&scheduler).with_context(|| "scheduler config")?);
     let profiles = engine.profile_names().join(", ");
     let join_token = read_token(&server.join_token, &server.join_token_file)?;
+    let (admin_token, admin_token_source) = admin_token(&server, &data_dir)?;
     let mut local = None;
     let mut driver: Arc<dyn Driver> = Arc::new(ProcessDriver);
     if let Some(flags) = node {
@@ -249,10 +300,12 @@ async fn run_cluster(server: ServerFlags, node: Option<&NodeFlags>) -> Result<Ex
             (Some(cert), Some(key)) => Some(shepherd_server::tls::TlsFiles { cert: cert.clone(), key: key.clone() }),
             _ => None,
         },
+        admin_token: admin_token.clone(),
     };
     let cluster = Cluster::start(config, driver).await.context("cannot start the cluster")?;
     let scheme = if server.tls_cert.is_some() { "https" } else { "http" };
     let url = format!("{scheme}://{}", cluster.addr());
+    let default_token = cluster.bootstrap_default_project().await.context("creating the default project")?;
     println!("shepherd: API listening on {url}");
     println!("  data:    {} (embedded SQLite)", data_dir.display());
     match (&local, cluster.node_id(), cluster.driver()) {
@@ -268,9 +321,36 @@ async fn run_cluster(server: ServerFlags, node: Option<&NodeFlags>) -> Result<Ex
     }
     println!("  profiles: {profiles}");
     println!("  openapi: {url}/v1/openapi.json");
+    println!("  admin:   token in {admin_token_source}");
+    // The all-in-one cluster points the CLI at itself; a server leaves the
+    // user's CLI config alone and prints the token instead.
+    let mut wrote_config = false;
+    if let Some(token) = &default_token {
+        if write_cli_config {
+            let config = crate::config::CliConfig {
+                server: Some(url.clone()),
+                token: Some(token.clone()),
+                admin_token: Some(admin_token.clone()),
+                tls_ca: None,
+            };
+            match crate::config::save(&config) {
+                Ok(path) => {
+                    println!("  project: `default` created; its token and the admin token are in the CLI config {}", path.display());
+                    wrote_config = true;
+                }
+                Err(e) => println!("  project: `default` created; could not write the CLI config ({e:#})"),
+            }
+        }
+        if !wrote_config {
+            println!("  project: `default` created; its token (shown once): {token}");
+        }
+    }
     println!();
-    if server.listen.to_string() != super::client::DEFAULT_SERVER.trim_start_matches("http://") {
+    if !wrote_config && server.listen.to_string() != super::client::DEFAULT_SERVER.trim_start_matches("http://") {
         println!("Point the CLI here:  export SHEPHERD_SERVER={url}");
+    }
+    if !wrote_config && default_token.is_some() {
+        println!("                     export SHEPHERD_TOKEN=<the token above>");
     }
     println!("Submit a task:       shepherd run --wait busybox -- echo hello");
     println!("Stop with Ctrl-C; queued and running tasks resume on the next start.");
@@ -285,14 +365,14 @@ async fn run_cluster(server: ServerFlags, node: Option<&NodeFlags>) -> Result<Ex
 
 pub async fn up(args: UpArgs) -> Result<ExitCode> {
     let node = (!args.no_agent).then_some(&args.node);
-    run_cluster(args.server, node).await
+    run_cluster(args.server, node, true).await
 }
 
 pub async fn server(args: ServerArgs) -> Result<ExitCode> {
     if args.server.join_token.is_none() && args.server.join_token_file.is_none() {
         bail!("shepherd server needs --join-token (or SHEPHERD_JOIN_TOKEN, or --join-token-file) for its agents");
     }
-    run_cluster(args.server, None).await
+    run_cluster(args.server, None, false).await
 }
 
 pub async fn agent(args: AgentArgs) -> Result<ExitCode> {

@@ -5,7 +5,9 @@ mod client;
 mod cmd_nodes;
 mod cmd_simulate;
 mod cmd_tasks;
+mod cmd_tenants;
 mod cmd_up;
+mod config;
 mod output;
 
 use clap::{Parser, Subcommand};
@@ -15,9 +17,12 @@ use std::process::ExitCode;
 #[derive(Parser)]
 #[command(name = "shepherd", version, about, long_about = None)]
 struct Cli {
-    /// The Shepherd server to talk to.
-    #[arg(long, global = true, env = "SHEPHERD_SERVER", default_value = client::DEFAULT_SERVER)]
-    server: String,
+    /// The Shepherd server to talk to (default: the CLI config's, else http://127.0.0.1:7070).
+    #[arg(long, global = true, env = "SHEPHERD_SERVER")]
+    server: Option<String>,
+    /// The API token (default: the CLI config's; see `shepherd up`).
+    #[arg(long, global = true, env = "SHEPHERD_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// Trust this CA certificate (PEM) for an https:// server, besides the system's.
     #[arg(long, global = true, env = "SHEPHERD_TLS_CA")]
     tls_ca: Option<std::path::PathBuf>,
@@ -49,6 +54,14 @@ enum Command {
     Wait(cmd_tasks::WaitArgs),
     /// List the cluster's nodes.
     Nodes(cmd_nodes::NodesArgs),
+    /// Manage projects (tenants) and their limits (admin).
+    Project(cmd_tenants::ProjectArgs),
+    /// Manage a project's API tokens (admin).
+    Token(cmd_tenants::TokenArgs),
+    /// Manage a project's secrets.
+    Secret(cmd_tenants::SecretArgs),
+    /// Show the audit log: who created, cancelled or changed what.
+    Audit(cmd_tenants::AuditArgs),
     /// Compare placement profiles offline: replay a workload on a virtual clock.
     Simulate(cmd_simulate::SimulateArgs),
 }
@@ -63,6 +76,24 @@ fn init_logging(default: &str) {
         .init();
 }
 
+/// The client of a CLI command: flags and environment first, then the CLI
+/// config file. A token given by flag or environment is used for
+/// everything; from the config, admin commands use its admin token.
+fn make_client(cli: &Cli) -> anyhow::Result<client::Client> {
+    let config = if matches!(cli.command, Command::Up(_) | Command::Server(_) | Command::Agent(_) | Command::Simulate(_)) {
+        config::CliConfig::default()
+    } else {
+        config::load()?
+    };
+    let server = cli.server.clone().or(config.server).unwrap_or_else(|| client::DEFAULT_SERVER.to_string());
+    let tls_ca = cli.tls_ca.clone().or(config.tls_ca);
+    let (token, admin_token) = match &cli.token {
+        Some(token) => (Some(token.clone()), None),
+        None => (config.token.or(config.admin_token.clone()), config.admin_token),
+    };
+    client::Client::new(&server, tls_ca.as_deref(), token, admin_token)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(if matches!(cli.command, Command::Up(_) | Command::Server(_) | Command::Agent(_)) { "info" } else { "warn" });
@@ -73,7 +104,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let client = client::Client::new(&cli.server, cli.tls_ca.as_deref());
+    let client = make_client(&cli);
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Up(args) => cmd_up::up(args).await,
@@ -87,6 +118,10 @@ fn main() -> ExitCode {
             Command::Cancel(args) => cmd_tasks::cancel(&client?, args).await,
             Command::Wait(args) => cmd_tasks::wait(&client?, args).await,
             Command::Nodes(args) => cmd_nodes::nodes(&client?, args).await,
+            Command::Project(args) => cmd_tenants::project(&client?, args).await,
+            Command::Token(args) => cmd_tenants::token(&client?, args).await,
+            Command::Secret(args) => cmd_tenants::secret(&client?, args).await,
+            Command::Audit(args) => cmd_tenants::audit(&client?, args).await,
             Command::Simulate(args) => cmd_simulate::simulate_cmd(args),
         }
     });

@@ -83,6 +83,7 @@ fn payload_from_a_file_and_from_stdin() {
     let mut child = Command::new(BIN)
         .args(["run", "--wait", "--payload", "-", "busybox", "--", "sh", "-c", "cat $SHEPHERD_PAYLOAD_FILE"])
         .env("SHEPHERD_SERVER", &server.url)
+        .env("SHEPHERD_TOKEN", common::ADMIN_TOKEN)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -107,7 +108,7 @@ fn errors_are_clear_and_exit_non_zero() {
     assert!(stderr(&missing).contains("no task with id"), "{}", stderr(&missing));
     let usage = server.cli(&["run", "--timeout", "soon", "busybox"]);
     assert_eq!(usage.status.code(), Some(2));
-    let nowhere = Command::new(BIN).args(["ps"]).env("SHEPHERD_SERVER", "http://127.0.0.1:9").output().unwrap();
+    let nowhere = Command::new(BIN).args(["ps"]).env("SHEPHERD_SERVER", "http://127.0.0.1:9").env("SHEPHERD_TOKEN", "x").output().unwrap();
     assert_eq!(nowhere.status.code(), Some(1));
     assert!(stderr(&nowhere).contains("cannot reach the Shepherd server"), "{}", stderr(&nowhere));
 }

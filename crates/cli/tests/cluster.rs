@@ -133,7 +133,7 @@ async fn three_agents_share_the_work_and_a_drained_node_gets_none() {
     assert!(per_node.values().all(|&n| n >= 50), "spread profile should share the work: {per_node:?}");
 
     let drained = cluster.node_id(0);
-    let out = std::process::Command::new(common::BIN).args(["node", "drain", &drained]).env("SHEPHERD_SERVER", &http.base).output().unwrap();
+    let out = std::process::Command::new(common::BIN).args(["node", "drain", &drained]).env("SHEPHERD_SERVER", &http.base).env("SHEPHERD_TOKEN", common::ADMIN_TOKEN).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let ids = submit(&http, marked("true", &markers), 60).await;
     let per_node = finish_exactly_once(&http, &ids, &markers, Duration::from_secs(60)).await;

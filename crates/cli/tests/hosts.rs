@@ -61,7 +61,8 @@ impl Hosts {
         std::fs::create_dir_all(&data).unwrap();
         docker(&[
             "run", "-d", "--name", &self.server(), "--network", &self.net(), "-p", &format!("127.0.0.1:{}:7070", self.port),
-            "-v", &format!("{}:/data", data.display()), "-e", "SHEPHERD_LOG=info", IMAGE,
+            "-v", &format!("{}:/data", data.display()), "-e", "SHEPHERD_LOG=info", "-e",
+            &format!("SHEPHERD_ADMIN_TOKEN={}", common::ADMIN_TOKEN), IMAGE,
             "server", "--listen", "0.0.0.0:7070", "--data-dir", "/data", "--join-token", TOKEN, "--node-timeout", "4s",
         ]);
     }

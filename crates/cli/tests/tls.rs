@@ -38,7 +38,7 @@ fn server_agent_and_cli_over_tls() {
     );
     let cli = |args: &[&str], ca: bool| {
         let mut command = Command::new(BIN);
-        command.args(args).env("SHEPHERD_SERVER", &url);
+        command.args(args).env("SHEPHERD_SERVER", &url).env("SHEPHERD_TOKEN", common::ADMIN_TOKEN);
         if ca {
             command.env("SHEPHERD_TLS_CA", &cert);
         }

@@ -14,6 +14,7 @@ pub mod constraint;
 pub mod lifecycle;
 pub mod state;
 pub mod task;
+pub mod tenant;
 pub mod time;
 pub mod validate;
 
@@ -23,5 +24,6 @@ pub use state::TaskState;
 pub use task::{
     AntiAffinitySpec, Attempt, AttemptOutcome, NewTask, PullPolicy, Resources, RetryPolicy, Task, TaskId, TaskSpec,
 };
+pub use tenant::{is_env_name, is_project_name, is_secret_name, ProjectLimits, SecretRef};
 pub use time::Timestamp;
 pub use validate::{validate, FieldError, Limits};

@@ -194,6 +194,9 @@ pub struct TaskSpec {
     /// Keep tasks sharing a label value apart.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub anti_affinity: Option<AntiAffinitySpec>,
+    /// Project secrets the task receives (values never appear in the spec).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<crate::SecretRef>,
 }
 
 impl TaskSpec {
@@ -231,6 +234,7 @@ impl TaskSpec {
             profile: None,
             pool: None,
             anti_affinity: None,
+            secrets: Vec::new(),
         }
     }
 }
@@ -336,6 +340,9 @@ pub struct Task {
     pub profile: Option<String>,
     pub pool: Option<String>,
     pub anti_affinity: Option<AntiAffinitySpec>,
+    /// The secrets the task receives, by name (values are never shown).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<crate::SecretRef>,
     #[schema(value_type = String, format = DateTime)]
     pub created_at: Timestamp,
     #[schema(value_type = Option<String>, format = DateTime)]
@@ -378,6 +385,7 @@ impl Task {
             profile: spec.profile,
             pool: spec.pool,
             anti_affinity: spec.anti_affinity,
+            secrets: spec.secrets,
             created_at,
             scheduled_at: None,
             started_at: None,

@@ -131,10 +131,19 @@ pub fn validate(
     for (index, text) in spec.constraints.iter().enumerate() {
         Constraint::parse(text).map_err(|e| FieldError::new(format!("constraints[{index}]"), e.to_string()))?;
     }
-    let project_ok = spec.project.len() <= 63
-        && spec.project.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && spec.project.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
-    check(project_ok, "project", || "1-63 of lower-case letters, digits, - and _".into())?;
+    check(crate::is_project_name(&spec.project), "project", || "1-63 of lower-case letters, digits, - and _".into())?;
+    check(spec.secrets.len() <= 32, "secrets", || "at most 32 secrets".into())?;
+    for (index, secret) in spec.secrets.iter().enumerate() {
+        check(crate::is_secret_name(&secret.name), &format!("secrets[{index}].name"), || {
+            "1-64 of letters, digits, . _ - (not starting with .)".into()
+        })?;
+        check(!spec.secrets[..index].iter().any(|s| s.name == secret.name), &format!("secrets[{index}].name"), || {
+            format!("secret `{}` is listed twice", secret.name)
+        })?;
+        if let Some(env) = &secret.env {
+            check(crate::is_env_name(env), &format!("secrets[{index}].env"), || "an environment variable name".into())?;
+        }
+    }
     if let Some(workdir) = &spec.workdir {
         check(workdir.starts_with('/') && workdir.len() <= 1024 && !workdir.contains('\0'), "workdir", || {
             "must be an absolute path".into()

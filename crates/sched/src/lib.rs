@@ -28,6 +28,7 @@ pub mod model;
 pub mod plugin;
 pub mod plugins;
 pub mod profile;
+pub mod quota;
 pub mod registry;
 pub mod rng;
 
@@ -35,4 +36,9 @@ pub use cluster::{CandidateOrder, Cluster, ClusterView};
 pub use engine::{Engine, Placer};
 pub use model::{AntiAffinity, NodeSnapshot, PendingTask, Placement, PlacementPlan, Rejection};
 pub use plugin::{FilterPlugin, ScorePlugin};
+pub use quota::{admit, ProjectUsage};
+
+/// The node label that dedicates a node to projects (comma-separated):
+/// the `pool` filter keeps every other project's tasks off it.
+pub const DEDICATED_LABEL: &str = "dedicated_to";
 pub use profile::{BatchOrder, ConfigError, Profile, ProfileConfig, ProjectConfig, SchedulerConfig};

@@ -25,7 +25,7 @@ use shepherd_agent::remote::{
 };
 use shepherd_agent::AssignedAttempt;
 use shepherd_core::{TaskId, Timestamp};
-use shepherd_store::{NodeRecord, NodeState};
+use shepherd_store::{LaunchSpec, NodeRecord, NodeState};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -73,8 +73,9 @@ impl RemoteAgents {
 }
 
 impl NodeLinks for RemoteAgents {
-    fn assign(&self, node_id: &str, task_id: TaskId, attempt: u32) -> bool {
-        self.send(node_id, AgentMessage::Assign { task_id, attempt })
+    fn assign(&self, node_id: &str, launch: LaunchSpec) -> bool {
+        let (task_id, attempt) = (launch.id, launch.attempt);
+        self.send(node_id, AgentMessage::Assign { task_id, attempt, launch: Some(Box::new(WireLaunch::from(launch))) })
     }
 
     fn cancel(&self, node_id: &str, task_id: TaskId) {

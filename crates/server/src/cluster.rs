@@ -33,6 +33,8 @@ pub struct ClusterConfig {
     pub node_timeout: Duration,
     /// Serve HTTPS with this certificate and key.
     pub tls: Option<crate::tls::TlsFiles>,
+    /// The cluster's admin token (kept only as a hash in memory).
+    pub admin_token: String,
 }
 
 /// The local node's size and settings.
@@ -71,6 +73,9 @@ pub struct Cluster {
     agent: Option<Agent>,
     store: Arc<SqliteStore>,
 }
+
+/// The project `shepherd up` makes for a new cluster.
+pub const DEFAULT_PROJECT: &str = "default";
 
 /// The node id of this data directory, made once and kept, so a restart
 /// finds the attempts it owned.
@@ -165,6 +170,7 @@ impl Cluster {
             notes,
             engine: config.engine.clone(),
             agent_api: crate::agents::AgentApi { join_token: config.join_token.clone(), agents: remote },
+            auth: Arc::new(crate::auth::Auth::new(&config.admin_token)),
         };
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
@@ -202,6 +208,40 @@ impl Cluster {
             agent,
             store,
         })
+    }
+
+    /// Creates the `default` project if there is none yet and returns a
+    /// new token for it; `None` if it already existed (its tokens were
+    /// shown when it was made).
+    pub async fn bootstrap_default_project(&self) -> Result<Option<String>, StoreError> {
+        let project = shepherd_store::Project {
+            name: DEFAULT_PROJECT.into(),
+            created_at: Timestamp::now(),
+            limits: Default::default(),
+        };
+        if !self.store.create_project(project).await? {
+            return Ok(None);
+        }
+        let token = crate::auth::new_token().map_err(|_| StoreError::Corrupt("no randomness for a token".into()))?;
+        let record = shepherd_store::TokenRecord {
+            id: format!("tok_{}", ulid::Ulid::new().to_string().to_lowercase()),
+            project: DEFAULT_PROJECT.into(),
+            name: "created by shepherd up".into(),
+            created_at: Timestamp::now(),
+            revoked_at: None,
+        };
+        self.store.create_token(record.clone(), crate::auth::hash_token(&token)).await?;
+        let entry = shepherd_store::AuditEntry {
+            seq: 0,
+            at: Timestamp::now(),
+            actor: "admin".into(),
+            project: Some(DEFAULT_PROJECT.into()),
+            action: "project.create".into(),
+            target: DEFAULT_PROJECT.into(),
+            detail: Some(format!("first start; token {}", record.id)),
+        };
+        self.store.append_audit(vec![entry]).await?;
+        Ok(Some(token))
     }
 
     /// Where the API listens.

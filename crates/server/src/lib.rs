@@ -10,10 +10,11 @@
 
 pub mod agents;
 pub mod api;
+pub mod auth;
 mod cluster;
 pub mod links;
 pub mod placement_notes;
 pub mod scheduler;
 pub mod tls;
 
-pub use cluster::{local_node_id, Cluster, ClusterConfig, ClusterError, LocalNodeConfig};
+pub use cluster::{local_node_id, Cluster, ClusterConfig, ClusterError, LocalNodeConfig, DEFAULT_PROJECT};

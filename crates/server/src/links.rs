@@ -4,12 +4,14 @@
 
 use shepherd_agent::Agent;
 use shepherd_core::TaskId;
+use shepherd_store::LaunchSpec;
 use std::collections::HashMap;
 
 /// Delivers assignments and cancels to the agent of a node.
 pub trait NodeLinks: Send + Sync + 'static {
-    /// Tells a node's agent to start an attempt. False if the node is unreachable.
-    fn assign(&self, node_id: &str, task_id: TaskId, attempt: u32) -> bool;
+    /// Tells a node's agent to start an attempt, handing it the launch spec.
+    /// False if the node is unreachable.
+    fn assign(&self, node_id: &str, launch: LaunchSpec) -> bool;
     /// Tells a node's agent to stop a task's attempt.
     fn cancel(&self, node_id: &str, task_id: TaskId);
 }
@@ -28,10 +30,10 @@ impl LocalAgents {
 }
 
 impl NodeLinks for LocalAgents {
-    fn assign(&self, node_id: &str, task_id: TaskId, attempt: u32) -> bool {
+    fn assign(&self, node_id: &str, launch: LaunchSpec) -> bool {
         match self.agents.get(node_id) {
             Some(agent) => {
-                agent.assign(task_id, attempt);
+                agent.assign_launch(launch);
                 true
             }
             None => false,
@@ -52,8 +54,12 @@ pub struct ClusterLinks {
 }
 
 impl NodeLinks for ClusterLinks {
-    fn assign(&self, node_id: &str, task_id: TaskId, attempt: u32) -> bool {
-        self.local.assign(node_id, task_id, attempt) || self.remote.assign(node_id, task_id, attempt)
+    fn assign(&self, node_id: &str, launch: LaunchSpec) -> bool {
+        if self.local.agents.contains_key(node_id) {
+            self.local.assign(node_id, launch)
+        } else {
+            self.remote.assign(node_id, launch)
+        }
     }
 
     fn cancel(&self, node_id: &str, task_id: TaskId) {

@@ -5,8 +5,8 @@
 
 use crate::links::NodeLinks;
 use crate::placement_notes::PlacementNotes;
-use shepherd_core::{Constraint, Event, Resources, Timestamp};
-use shepherd_sched::{AntiAffinity, Engine, NodeSnapshot, PendingTask};
+use shepherd_core::{Constraint, Event, ProjectLimits, Resources, Timestamp};
+use shepherd_sched::{AntiAffinity, Engine, NodeSnapshot, PendingTask, ProjectUsage};
 use shepherd_store::{ActiveTask, NodeRecord, NodeState, QueuedTask, Store, StoreError};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -75,7 +75,11 @@ pub fn snapshot(nodes: Vec<NodeRecord>, active: &[ActiveTask]) -> Vec<NodeSnapsh
             images.sort();
             NodeSnapshot {
                 pool: node.labels.get("pool").cloned(),
-                dedicated_to: Vec::new(),
+                dedicated_to: node
+                    .labels
+                    .get(shepherd_sched::DEDICATED_LABEL)
+                    .map(|list| list.split(',').map(str::trim).filter(|p| !p.is_empty()).map(str::to_string).collect())
+                    .unwrap_or_default(),
                 hostname: node.hostname,
                 labels: node.labels,
                 ready: node.state == NodeState::Ready,
@@ -126,12 +130,24 @@ impl Scheduler {
         }
         let active = self.store.active_tasks().await?;
         let mut usage: HashMap<String, Resources> = HashMap::new();
+        let mut held: HashMap<String, ProjectUsage> = HashMap::new();
         for task in &active {
-            let held = usage.entry(task.project.clone()).or_insert(ZERO);
-            *held = add(*held, task.resources);
+            let project_usage = usage.entry(task.project.clone()).or_insert(ZERO);
+            *project_usage = add(*project_usage, task.resources);
+            let quota_usage = held.entry(task.project.clone()).or_insert(ProjectUsage::NONE);
+            quota_usage.tasks += 1;
+            quota_usage.resources = add(quota_usage.resources, task.resources);
         }
         let nodes = snapshot(self.store.list_nodes().await?, &active);
-        let pending: Vec<PendingTask> = queued.iter().map(pending).collect();
+        let limits: HashMap<String, ProjectLimits> = self
+            .store
+            .list_projects()
+            .await?
+            .into_iter()
+            .filter(|p| p.limits != ProjectLimits::default())
+            .map(|p| (p.name, p.limits))
+            .collect();
+        let (pending, over_quota) = shepherd_sched::admit(queued.iter().map(pending).collect(), &held, &limits);
         let seed = self.passes.fetch_add(1, Ordering::Relaxed);
         let engine = self.engine.clone();
         let plan = tokio::task::spawn_blocking(move || engine.place_batch(nodes, pending, &usage, seed))
@@ -139,22 +155,35 @@ impl Scheduler {
             .map_err(|_| StoreError::Closed)?;
         let events = plan.placements.iter().map(|p| (p.task_id, Event::Schedule { node_id: p.node_id.clone() })).collect();
         let results = self.store.apply(events, now).await?;
-        let mut placed = Vec::new();
+        let mut applied = Vec::new();
         for result in results {
             match result {
-                Ok(applied) => {
-                    let node = applied.node_id.unwrap_or_default();
-                    if !self.links.assign(&node, applied.task_id, applied.attempt) {
-                        tracing::warn!(task = %applied.task_id, node, "node unreachable after placement");
-                    }
-                    placed.push(applied.task_id);
-                }
+                Ok(a) => applied.push(a),
                 // Cancelled between the read and the write: nothing to do.
                 Err(e) => tracing::debug!(error = %e, "placement not applied"),
             }
         }
+        // The agents get what they need to start with the assignment.
+        let launches = futures_util::future::join_all(applied.iter().map(|a| self.store.launch_spec(a.task_id))).await;
+        let mut placed = Vec::new();
+        for (applied, launch) in applied.into_iter().zip(launches) {
+            let node = applied.node_id.unwrap_or_default();
+            match launch? {
+                Some(launch) if launch.attempt == applied.attempt => {
+                    tracing::debug!(?launch, node, "assigning");
+                    if !self.links.assign(&node, launch) {
+                        tracing::warn!(task = %applied.task_id, node, "node unreachable after placement");
+                    }
+                }
+                // Changed meanwhile (cancelled): whoever changed it tells the agent.
+                _ => tracing::debug!(task = %applied.task_id, "task changed after placement"),
+            }
+            placed.push(applied.task_id);
+        }
         let count = placed.len();
-        self.notes.record(placed, plan.unplaced);
+        let mut unplaced = plan.unplaced;
+        unplaced.extend(over_quota);
+        self.notes.record(placed, unplaced);
         Ok(count)
     }
 }

@@ -84,6 +84,45 @@ pub trait Store: Send + Sync + 'static {
     /// Sets a node's state (drain, down, ready). False if the node is unknown.
     async fn set_node_state(&self, id: &str, state: NodeState) -> Result<bool, StoreError>;
 
-    /// Counts of tasks per state.
-    async fn count_by_state(&self) -> Result<Vec<(shepherd_core::TaskState, u64)>, StoreError>;
+    /// Counts of tasks per state, of one project or of all.
+    async fn count_by_state(&self, project: Option<String>) -> Result<Vec<(shepherd_core::TaskState, u64)>, StoreError>;
+
+    /// Creates a project; false if one of that name exists.
+    async fn create_project(&self, project: Project) -> Result<bool, StoreError>;
+
+    /// One project.
+    async fn get_project(&self, name: &str) -> Result<Option<Project>, StoreError>;
+
+    /// Every project, by name.
+    async fn list_projects(&self) -> Result<Vec<Project>, StoreError>;
+
+    /// Replaces a project's limits; false if there is no such project.
+    async fn set_project_limits(&self, name: &str, limits: shepherd_core::ProjectLimits) -> Result<bool, StoreError>;
+
+    /// Stores a new token by the hash of its secret part.
+    async fn create_token(&self, token: TokenRecord, hash: String) -> Result<(), StoreError>;
+
+    /// The live (not revoked) token with this hash.
+    async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>, StoreError>;
+
+    /// A project's tokens, revoked ones included.
+    async fn list_tokens(&self, project: &str) -> Result<Vec<TokenRecord>, StoreError>;
+
+    /// Revokes a project's token; false if it has no such live token.
+    async fn revoke_token(&self, project: &str, id: &str, at: Timestamp) -> Result<bool, StoreError>;
+
+    /// Sets (creates or replaces) a project secret.
+    async fn put_secret(&self, project: &str, name: &str, value: Vec<u8>, at: Timestamp) -> Result<(), StoreError>;
+
+    /// Deletes a project secret; false if there was none.
+    async fn delete_secret(&self, project: &str, name: &str) -> Result<bool, StoreError>;
+
+    /// A project's secrets, names only.
+    async fn list_secrets(&self, project: &str) -> Result<Vec<SecretInfo>, StoreError>;
+
+    /// Appends to the audit log.
+    async fn append_audit(&self, entries: Vec<AuditEntry>) -> Result<(), StoreError>;
+
+    /// The audit log, newest first: of one project or all, before `before` (a seq).
+    async fn list_audit(&self, project: Option<String>, before: Option<i64>, limit: usize) -> Result<Vec<AuditEntry>, StoreError>;
 }

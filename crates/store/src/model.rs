@@ -66,8 +66,9 @@ pub struct ActiveTask {
     pub cancel_requested: bool,
 }
 
-/// Everything a driver needs to start an attempt.
-#[derive(Debug, Clone)]
+/// Everything a driver needs to start an attempt. Its `Debug` leaves out
+/// the payload and the secrets' values.
+#[derive(Clone)]
 pub struct LaunchSpec {
     pub id: TaskId,
     pub state: TaskState,
@@ -78,6 +79,23 @@ pub struct LaunchSpec {
     pub payload: Option<Vec<u8>>,
     /// When the current attempt started, if it has.
     pub attempt_started_at: Option<Timestamp>,
+    /// The values of the secrets the spec asks for, by secret name. A
+    /// secret deleted since the task was created is missing here.
+    pub secrets: BTreeMap<String, Vec<u8>>,
+}
+
+impl std::fmt::Debug for LaunchSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LaunchSpec")
+            .field("id", &self.id)
+            .field("state", &self.state)
+            .field("attempt", &self.attempt)
+            .field("node_id", &self.node_id)
+            .field("spec", &self.spec)
+            .field("payload_bytes", &self.payload.as_ref().map(Vec::len))
+            .field("secrets", &self.secrets.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Which output stream a log chunk came from.
@@ -164,4 +182,49 @@ pub struct NodeRecord {
     pub images: Vec<String>,
     pub registered_at: Timestamp,
     pub last_heartbeat_at: Timestamp,
+}
+
+/// A tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Project {
+    pub name: String,
+    pub created_at: Timestamp,
+    pub limits: shepherd_core::ProjectLimits,
+}
+
+/// An API token of a project. The token itself is never stored: only its
+/// hash, by which it is looked up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRecord {
+    /// Public id (shown in lists and the audit log, used to revoke).
+    pub id: String,
+    pub project: String,
+    /// What the token is for, as its creator said.
+    pub name: String,
+    pub created_at: Timestamp,
+    pub revoked_at: Option<Timestamp>,
+}
+
+/// A secret's name and when it was last set; the value is never listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretInfo {
+    pub name: String,
+    pub updated_at: Timestamp,
+}
+
+/// One line of the audit log: who did what to what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEntry {
+    /// Assigned by the store; ignored on append.
+    pub seq: i64,
+    pub at: Timestamp,
+    /// `admin`, or `token:ID` for a project token.
+    pub actor: String,
+    /// The project acted on, if any.
+    pub project: Option<String>,
+    /// e.g. `task.create`, `task.cancel`, `project.create`, `token.revoke`.
+    pub action: String,
+    /// What was acted on (a task id, a token id, a secret name, a node id).
+    pub target: String,
+    pub detail: Option<String>,
 }

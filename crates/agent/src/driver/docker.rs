@@ -28,9 +28,14 @@ use std::time::Duration;
 pub const LABEL_TASK: &str = "io.shepherd.task";
 pub const LABEL_ATTEMPT: &str = "io.shepherd.attempt";
 pub const LABEL_NODE: &str = "io.shepherd.node";
+/// Label key on the networks Shepherd creates: the project.
+pub const LABEL_PROJECT: &str = "io.shepherd.project";
 
 /// Where the payload file appears inside the container.
 pub const PAYLOAD_PATH: &str = "/run/shepherd/payload";
+
+/// Where the secrets directory appears inside the container.
+pub const SECRETS_PATH: &str = "/run/secrets";
 
 /// Settings of the docker driver.
 #[derive(Debug, Clone)]
@@ -46,6 +51,8 @@ pub struct DockerConfig {
 pub struct DockerDriver {
     docker: Docker,
     config: DockerConfig,
+    /// Project networks known to exist.
+    networks: tokio::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 fn engine_error(context: &str, e: bollard::errors::Error) -> DriverError {
@@ -54,6 +61,11 @@ fn engine_error(context: &str, e: bollard::errors::Error) -> DriverError {
 
 fn is_status(e: &bollard::errors::Error, codes: &[u16]) -> bool {
     matches!(e, bollard::errors::Error::DockerResponseServerError { status_code, .. } if codes.contains(status_code))
+}
+
+/// The engine's answer to creating a container from an image it lacks.
+fn is_missing_image(e: &bollard::errors::Error) -> bool {
+    matches!(e, bollard::errors::Error::DockerResponseServerError { status_code: 404, message } if message.contains("No such image"))
 }
 
 /// The container name of one attempt.
@@ -71,7 +83,7 @@ impl DockerDriver {
             .map_err(|_| "the Docker Engine did not answer within 5 s".to_string())?
             .map_err(|e| format!("the Docker Engine did not answer: {e}"))?;
         docker.ping().await.map_err(|e| format!("the Docker Engine did not answer a ping: {e}"))?;
-        Ok(DockerDriver { docker, config })
+        Ok(DockerDriver { docker, config, networks: Default::default() })
     }
 
     /// The engine client, for tests and benchmarks that need the raw engine.
@@ -79,41 +91,106 @@ impl DockerDriver {
         &self.docker
     }
 
-    async fn ensure_image(&self, image: &str, policy: PullPolicy) -> Result<(), DriverError> {
-        let present = match self.docker.inspect_image(image).await {
-            Ok(_) => true,
-            Err(e) if is_status(&e, &[404]) => false,
-            Err(e) => return Err(engine_error("inspecting the image", e)),
-        };
-        let pull = match policy {
-            PullPolicy::Never => false,
-            PullPolicy::IfNotPresent => !present,
-            PullPolicy::Always => true,
-        };
-        if pull {
-            let (name, tag) = split_reference(image);
-            let options = CreateImageOptionsBuilder::default().from_image(name).tag(tag).build();
-            let mut progress = self.docker.create_image(Some(options), None, None);
-            let pulled = tokio::time::timeout(Duration::from_secs(300), async {
-                while let Some(step) = progress.next().await {
-                    step?;
-                }
-                Ok::<(), bollard::errors::Error>(())
-            })
-            .await;
-            match pulled {
-                Ok(Ok(())) => return Ok(()),
-                Ok(Err(e)) if present => tracing::warn!(image, error = %e, "pull failed; using the local image"),
-                Ok(Err(e)) => {
-                    return Err(DriverError::StartFailed(format!("image `{image}` is not on this node and could not be pulled: {e}")))
-                }
-                Err(_) if present => tracing::warn!(image, "pull timed out; using the local image"),
-                Err(_) => return Err(DriverError::StartFailed(format!("image `{image}`: pull timed out after 300 s"))),
-            }
-        } else if !present {
-            return Err(DriverError::StartFailed(format!("image `{image}` is not on this node (pull policy: never)")));
+    /// Creates the project's network unless it exists. Serialized, so that
+    /// two starts never both create it (older engines allow duplicate names).
+    async fn ensure_network(&self, project: &str) -> Result<(), DriverError> {
+        let name = super::project_network(project);
+        let mut known = self.networks.lock().await;
+        if known.contains(&name) {
+            return Ok(());
         }
+        match self.docker.inspect_network(&name, None).await {
+            Ok(_) => {}
+            Err(e) if is_status(&e, &[404]) => {
+                let request = bollard::models::NetworkCreateRequest {
+                    name: name.clone(),
+                    driver: Some("bridge".into()),
+                    labels: Some(HashMap::from([(LABEL_PROJECT.to_string(), project.to_string())])),
+                    ..Default::default()
+                };
+                self.docker.create_network(request).await.map_err(|e| engine_error("creating the project network", e))?;
+                tracing::info!(network = %name, "created the project's network");
+            }
+            Err(e) => return Err(engine_error("inspecting the project network", e)),
+        }
+        known.insert(name);
         Ok(())
+    }
+
+    /// Pulls an image, for at most five minutes.
+    async fn pull(&self, image: &str) -> Result<(), String> {
+        let (name, tag) = split_reference(image);
+        let options = CreateImageOptionsBuilder::default().from_image(name).tag(tag).build();
+        let mut progress = self.docker.create_image(Some(options), None, None);
+        let pulled = tokio::time::timeout(Duration::from_secs(300), async {
+            while let Some(step) = progress.next().await {
+                step?;
+            }
+            Ok::<(), bollard::errors::Error>(())
+        })
+        .await;
+        match pulled {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("pull timed out after 300 s".into()),
+        }
+    }
+
+    /// Creates the attempt's container, replacing one left over from an
+    /// interrupted start. The image is not checked first: the engine says
+    /// when it is missing, which saves a call on every start.
+    async fn create(&self, name: &str, spec: &AttemptSpec) -> Result<(), bollard::errors::Error> {
+        let options = CreateContainerOptionsBuilder::default().name(name).build();
+        match self.docker.create_container(Some(options), self.container_body(spec)).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_status(&e, &[409]) => {
+                let _ = self
+                    .docker
+                    .remove_container(name, Some(RemoveContainerOptionsBuilder::default().force(true).build()))
+                    .await;
+                let options = CreateContainerOptionsBuilder::default().name(name).build();
+                self.docker.create_container(Some(options), self.container_body(spec)).await.map(|_| ())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Creates the container, pulling the image as the pull policy says:
+    /// `always` pulls first (falling back to a local copy if the pull
+    /// fails), `if_not_present` pulls when the engine lacks the image,
+    /// `never` fails at once.
+    async fn create_with_image(&self, name: &str, spec: &AttemptSpec) -> Result<(), DriverError> {
+        let image = spec.image.as_str();
+        let mut pull_error = None;
+        if spec.pull_policy == PullPolicy::Always {
+            if let Err(e) = self.pull(image).await {
+                tracing::warn!(image, error = %e, "pull failed; trying a local copy");
+                pull_error = Some(e);
+            }
+        }
+        let created = match self.create(name, spec).await {
+            Err(e) if is_missing_image(&e) => match spec.pull_policy {
+                PullPolicy::Never => {
+                    return Err(DriverError::StartFailed(format!("image `{image}` is not on this node (pull policy: never)")))
+                }
+                PullPolicy::Always => {
+                    let why = pull_error.unwrap_or_else(|| e.to_string());
+                    return Err(DriverError::StartFailed(format!("image `{image}` is not on this node and could not be pulled: {why}")));
+                }
+                PullPolicy::IfNotPresent => {
+                    if let Err(why) = self.pull(image).await {
+                        return Err(DriverError::StartFailed(format!("image `{image}` is not on this node and could not be pulled: {why}")));
+                    }
+                    self.create(name, spec).await
+                }
+            },
+            other => other,
+        };
+        match created {
+            Ok(()) => Ok(()),
+            Err(e) if is_status(&e, &[400, 404]) => Err(DriverError::StartFailed(format!("could not create the container: {e}"))),
+            Err(e) => Err(engine_error("creating the container", e)),
+        }
     }
 
     /// The create body of an attempt's container: the hardened defaults, the
@@ -128,6 +205,11 @@ impl DockerDriver {
             env.push(format!("SHEPHERD_PAYLOAD_FILE={PAYLOAD_PATH}"));
             binds.push(format!("{}:{PAYLOAD_PATH}:ro", file.display()));
         }
+        if let Some(dir) = &spec.secrets_dir {
+            env.push(format!("SHEPHERD_SECRETS_DIR={SECRETS_PATH}"));
+            binds.push(format!("{}:{SECRETS_PATH}:ro", dir.display()));
+        }
+        let network = if spec.network == "bridge" { super::project_network(&spec.project) } else { "none".to_string() };
         let labels = HashMap::from([
             (LABEL_TASK.to_string(), spec.task_id.to_string()),
             (LABEL_ATTEMPT.to_string(), spec.attempt.to_string()),
@@ -147,7 +229,7 @@ impl DockerDriver {
                 format!("rw,nosuid,nodev,size={}m", self.config.tmp_size_mib),
             )])),
             privileged: Some(false),
-            network_mode: Some(if spec.network == "bridge" { "bridge".into() } else { "none".into() }),
+            network_mode: Some(network),
             binds: (!binds.is_empty()).then_some(binds),
             ..Default::default()
         };
@@ -277,29 +359,11 @@ impl Driver for DockerDriver {
     }
 
     async fn start(&self, spec: &AttemptSpec, output: OutputSender) -> Result<Box<dyn AttemptHandle>, DriverError> {
-        self.ensure_image(&spec.image, spec.pull_policy).await?;
-        let name = container_name(spec.task_id, spec.attempt);
-        let options = CreateContainerOptionsBuilder::default().name(&name).build();
-        let created = self.docker.create_container(Some(options), self.container_body(spec)).await;
-        match created {
-            Ok(_) => {}
-            // Left over from a start that was interrupted: replace it.
-            Err(e) if is_status(&e, &[409]) => {
-                let _ = self
-                    .docker
-                    .remove_container(&name, Some(RemoveContainerOptionsBuilder::default().force(true).build()))
-                    .await;
-                let options = CreateContainerOptionsBuilder::default().name(&name).build();
-                self.docker
-                    .create_container(Some(options), self.container_body(spec))
-                    .await
-                    .map_err(|e| DriverError::StartFailed(format!("could not create the container: {e}")))?;
-            }
-            Err(e) if is_status(&e, &[400, 404]) => {
-                return Err(DriverError::StartFailed(format!("could not create the container: {e}")))
-            }
-            Err(e) => return Err(engine_error("creating the container", e)),
+        if spec.network == "bridge" {
+            self.ensure_network(&spec.project).await?;
         }
+        let name = container_name(spec.task_id, spec.attempt);
+        self.create_with_image(&name, spec).await?;
         let mut attempt = ContainerAttempt { docker: self.docker.clone(), name: name.clone(), removed: false };
         if let Err(e) = self.attach(&name, output).await {
             let _ = attempt.remove().await;

@@ -11,8 +11,9 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use tokio::sync::mpsc;
 
-/// Everything a driver needs to start one attempt.
-#[derive(Debug, Clone)]
+/// Everything a driver needs to start one attempt. Its `Debug` shows no
+/// environment (secrets may be in it).
+#[derive(Clone)]
 pub struct AttemptSpec {
     pub task_id: TaskId,
     pub attempt: u32,
@@ -30,6 +31,28 @@ pub struct AttemptSpec {
     pub work_dir: PathBuf,
     /// The payload file, if the task has a payload (already written).
     pub payload_file: Option<PathBuf>,
+    /// The task's project: its network, when it asks for one.
+    pub project: String,
+    /// A directory holding one read-only file per secret (already written).
+    pub secrets_dir: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for AttemptSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AttemptSpec")
+            .field("task_id", &self.task_id)
+            .field("attempt", &self.attempt)
+            .field("image", &self.image)
+            .field("project", &self.project)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The Docker network of a project's tasks that ask for a network: one
+/// bridge network per project, so tasks of different projects cannot
+/// reach each other.
+pub fn project_network(project: &str) -> String {
+    format!("shepherd-net-{project}")
 }
 
 /// A piece of output from a running attempt.

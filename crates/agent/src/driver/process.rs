@@ -99,6 +99,9 @@ impl Driver for ProcessDriver {
         if let Some(file) = &spec.payload_file {
             command.env("SHEPHERD_PAYLOAD_FILE", file);
         }
+        if let Some(dir) = &spec.secrets_dir {
+            command.env("SHEPHERD_SECRETS_DIR", dir);
+        }
         // SAFETY: only async-signal-safe calls (setsid, prctl) between fork and exec.
         unsafe {
             command.pre_exec(|| {

@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_shepherd");
 
+/// The admin token every test server is started with.
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
 /// A `shepherd up` process, killed when dropped.
 pub struct Server {
     child: Child,
@@ -24,6 +27,11 @@ impl Server {
 
     /// Starts `shepherd up` listening on `listen`.
     pub fn start_on(data_dir: &Path, listen: &str, extra: &[&str]) -> Server {
+        Server::start_env(data_dir, listen, extra, &[])
+    }
+
+    /// Starts `shepherd up` listening on `listen` with extra environment.
+    pub fn start_env(data_dir: &Path, listen: &str, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(data_dir.with_extension("log")).expect("server log file");
         // The lifecycle tests use the process driver; Docker tests ask for `--driver docker`.
         let driver: &[&str] = if extra.contains(&"--driver") { &[] } else { &["--driver", "process"] };
@@ -34,6 +42,10 @@ impl Server {
             .args(driver)
             .args(extra)
             .env("SHEPHERD_LOG", "info")
+            .env("SHEPHERD_ADMIN_TOKEN", ADMIN_TOKEN)
+            // The CLI config `up` writes goes beside the data, never to ~/.config.
+            .env("SHEPHERD_CONFIG", data_dir.with_extension("cli.toml"))
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
@@ -75,13 +87,31 @@ impl Server {
         panic!("shepherd up did not stop within 30 s of SIGINT");
     }
 
-    /// Runs a CLI command against this server.
+    /// Runs a CLI command against this server with the admin token.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(BIN).args(args).env("SHEPHERD_SERVER", &self.url).stdin(Stdio::null()).output().expect("run shepherd")
+        self.cli_as(ADMIN_TOKEN, args)
     }
 
+    /// Runs a CLI command against this server with `token`.
+    pub fn cli_as(&self, token: &str, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .env("SHEPHERD_SERVER", &self.url)
+            .env("SHEPHERD_TOKEN", token)
+            .env("SHEPHERD_CONFIG", self.data_dir.with_extension("none.toml"))
+            .stdin(Stdio::null())
+            .output()
+            .expect("run shepherd")
+    }
+
+    /// The API with the admin token.
     pub fn http(&self) -> Http {
         Http { base: self.url.clone(), client: client() }
+    }
+
+    /// The API with another token (`None`: no token at all).
+    pub fn http_as(&self, token: Option<&str>) -> Http {
+        Http { base: self.url.clone(), client: client_with(token) }
     }
 }
 
@@ -114,9 +144,21 @@ impl Http {
     }
 
     pub async fn post_raw(&self, path: &str, body: Vec<u8>) -> (u16, serde_json::Value) {
+        self.send_raw(reqwest::Method::POST, path, body).await
+    }
+
+    pub async fn send(&self, method: reqwest::Method, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+        self.send_raw(method, path, body.to_string().into_bytes()).await
+    }
+
+    pub async fn delete(&self, path: &str) -> (u16, serde_json::Value) {
+        self.send_raw(reqwest::Method::DELETE, path, Vec::new()).await
+    }
+
+    pub async fn send_raw(&self, method: reqwest::Method, path: &str, body: Vec<u8>) -> (u16, serde_json::Value) {
         let r = self
             .client
-            .post(format!("{}{path}", self.base))
+            .request(method, format!("{}{path}", self.base))
             .header("content-type", "application/json")
             .body(body)
             .send()
@@ -201,6 +243,7 @@ impl Process {
         let mut child = Command::new(BIN)
             .args(args)
             .env("SHEPHERD_LOG", "info")
+            .env("SHEPHERD_ADMIN_TOKEN", ADMIN_TOKEN)
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
@@ -236,8 +279,18 @@ impl Drop for Process {
     }
 }
 
-/// An HTTP client (with rustls' ring provider installed, as the binary does).
+/// An HTTP client sending the admin token (with rustls' ring provider
+/// installed, as the binary does).
 pub fn client() -> reqwest::Client {
+    client_with(Some(ADMIN_TOKEN))
+}
+
+/// An HTTP client sending `token`, or no token.
+pub fn client_with(token: Option<&str>) -> reqwest::Client {
     shepherd_agent::remote::install_crypto_provider();
-    reqwest::Client::new()
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(token) = token {
+        headers.insert("authorization", format!("Bearer {token}").parse().expect("header value"));
+    }
+    reqwest::Client::builder().default_headers(headers).build().expect("HTTP client")
 }

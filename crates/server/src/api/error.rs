@@ -50,6 +50,12 @@ impl ApiError {
     pub fn not_found(what: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", what)
     }
+
+    /// The same error, naming the field it is about.
+    pub fn with_field(mut self, field: impl Into<String>) -> ApiError {
+        self.field = Some(field.into());
+        self
+    }
 }
 
 impl From<FieldError> for ApiError {

@@ -4,6 +4,7 @@ use super::tasks::parse_id;
 use super::{ApiError, AppState};
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
+use axum::Extension;
 use axum::http::header;
 use axum::response::Response;
 use serde::Deserialize;
@@ -14,6 +15,7 @@ use std::time::Duration;
 
 /// `logs` query.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct LogsQuery {
     /// Keep the response open and stream new output until the task ends.
@@ -75,7 +77,12 @@ impl Follow {
 /// The task's output (stdout and stderr interleaved as they were captured).
 #[utoipa::path(get, path = "/v1/tasks/{id}/logs", tag = "tasks", params(("id" = String, Path, description = "task id"), LogsQuery),
     responses((status = 200, content_type = "text/plain", body = String), (status = 404, body = super::ErrorBody)))]
-pub async fn logs(State(state): State<AppState>, Path(id): Path<String>, RawQuery(query): RawQuery) -> Result<Response, ApiError> {
+pub async fn logs(
+    State(state): State<AppState>,
+    Extension(caller): Extension<crate::auth::Caller>,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
     let query: LogsQuery = serde_urlencoded::from_str(query.as_deref().unwrap_or(""))
         .map_err(|e| ApiError::field("query", format!("bad query: {e}; use follow=true|false and stream=stdout|stderr|all")))?;
@@ -85,9 +92,7 @@ pub async fn logs(State(state): State<AppState>, Path(id): Path<String>, RawQuer
         Some("stderr") => Some(LogStream::Stderr),
         Some(other) => return Err(ApiError::field("stream", format!("`{other}`: use stdout, stderr or all"))),
     };
-    if state.store.get_task(id).await?.is_none() {
-        return Err(ApiError::not_found(format!("no task with id {id}")));
-    }
+    super::tasks::load_visible(&state, &caller, id).await?;
     let follow = Follow { store: state.store.clone(), id, after: 0, filter, follow: query.follow, ending: false };
     let stream = futures_util::stream::unfold(follow, Follow::next);
     Response::builder()

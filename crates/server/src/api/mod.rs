@@ -5,19 +5,21 @@ mod health;
 mod logs;
 mod nodes;
 mod openapi;
+mod projects;
 mod tasks;
 
 pub use error::{ApiError, ErrorBody};
 pub use openapi::ApiDoc;
 pub use health::Health;
 pub use nodes::{NodeList, NodeView};
+pub use projects::{AuditList, AuditView, CreatedToken, ProjectView, SecretList, TokenView};
 pub use tasks::{BatchRequest, BatchResponse, TaskList};
 
 use crate::links::NodeLinks;
 use crate::placement_notes::PlacementNotes;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::Router;
 use shepherd_core::Limits;
 use shepherd_store::Store;
@@ -39,6 +41,27 @@ pub struct AppState {
     pub engine: Arc<shepherd_sched::Engine>,
     /// Remote agents: join token and connections.
     pub agent_api: crate::agents::AgentApi,
+    /// API tokens and rate limits.
+    pub auth: Arc<crate::auth::Auth>,
+}
+
+impl AppState {
+    /// Records an action in the audit log. A failure to record is logged,
+    /// not returned: the action itself has already happened.
+    pub async fn audit(&self, caller: &crate::auth::Caller, project: Option<&str>, action: &str, target: &str, detail: Option<String>) {
+        let entry = shepherd_store::AuditEntry {
+            seq: 0,
+            at: shepherd_core::Timestamp::now(),
+            actor: caller.actor(),
+            project: project.map(str::to_string),
+            action: action.to_string(),
+            target: target.to_string(),
+            detail,
+        };
+        if let Err(e) = self.store.append_audit(vec![entry]).await {
+            tracing::error!(error = %e, action, target, "could not write the audit log");
+        }
+    }
 }
 
 /// Largest request body: a full batch with small payloads.
@@ -46,17 +69,30 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
 
 /// The API router.
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/v1/health", get(health::health))
+    use axum::middleware::{from_fn, from_fn_with_state};
+    // Answered within the request timeout.
+    let short = Router::new()
         .route("/v1/tasks", post(tasks::create).get(tasks::list))
         .route("/v1/tasks/batch", post(tasks::create_batch))
         .route("/v1/tasks/{id}", get(tasks::get))
         .route("/v1/tasks/{id}/cancel", post(tasks::cancel))
-        .route("/v1/tasks/{id}/wait", get(tasks::wait))
-        .route("/v1/tasks/{id}/logs", get(logs::logs))
         .route("/v1/nodes", get(nodes::list))
         .route("/v1/nodes/{id}/drain", post(nodes::drain))
+        .route("/v1/projects", post(projects::create).get(projects::list))
+        .route("/v1/projects/{project}", get(projects::get).patch(projects::update))
+        .route("/v1/projects/{project}/tokens", post(projects::create_token).get(projects::list_tokens))
+        .route("/v1/projects/{project}/tokens/{id}", axum::routing::delete(projects::revoke_token))
+        .route("/v1/projects/{project}/secrets", get(projects::list_secrets))
+        .route("/v1/projects/{project}/secrets/{name}", put(projects::put_secret).delete(projects::delete_secret))
+        .route("/v1/audit", get(projects::audit))
+        .layer(from_fn(crate::auth::request_timeout));
+    // Long polls and live follows keep their own limits.
+    let long = Router::new().route("/v1/tasks/{id}/wait", get(tasks::wait)).route("/v1/tasks/{id}/logs", get(logs::logs));
+    let authenticated = short.merge(long).layer(from_fn_with_state(state.clone(), crate::auth::authenticate));
+    Router::new()
+        .route("/v1/health", get(health::health))
         .route("/v1/openapi.json", get(openapi::document))
+        .merge(authenticated)
         .merge(crate::agents::routes())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "route_not_found", "no such route; see /v1/openapi.json") })
         .method_not_allowed_fallback(|| async {

@@ -1,6 +1,8 @@
 //! `GET /v1/nodes`.
 
 use super::{ApiError, AppState};
+use crate::auth::Caller;
+use axum::Extension;
 use axum::extract::{Path, State};
 use axum::Json;
 use serde::{Deserialize, Serialize};
@@ -36,7 +38,8 @@ pub struct NodeList {
 
 /// Every node with its allocation.
 #[utoipa::path(get, path = "/v1/nodes", tag = "cluster", responses((status = 200, body = NodeList)))]
-pub async fn list(State(state): State<AppState>) -> Result<Json<NodeList>, ApiError> {
+pub async fn list(State(state): State<AppState>, Extension(caller): Extension<Caller>) -> Result<Json<NodeList>, ApiError> {
+    caller.require_admin()?;
     let nodes = state.store.list_nodes().await?;
     let mut usage: HashMap<String, (Resources, u32)> = HashMap::new();
     for task in state.store.active_tasks().await? {
@@ -70,11 +73,13 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<NodeList>, ApiEr
 /// Drain a node: no new tasks go there; running ones finish.
 #[utoipa::path(post, path = "/v1/nodes/{id}/drain", tag = "cluster", params(("id" = String, Path, description = "node id")),
     responses((status = 200, body = NodeView), (status = 404, body = super::ErrorBody)))]
-pub async fn drain(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<NodeView>, ApiError> {
+pub async fn drain(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> Result<Json<NodeView>, ApiError> {
+    caller.require_admin()?;
     if !state.store.set_node_state(&id, shepherd_store::NodeState::Draining).await? {
         return Err(ApiError::not_found(format!("no node with id {id}")));
     }
     tracing::info!(node = %id, "node draining");
-    let Json(list) = list(State(state)).await?;
+    state.audit(&caller, None, "node.drain", &id, None).await;
+    let Json(list) = list(State(state), Extension(caller)).await?;
     list.nodes.into_iter().find(|n| n.id == id).map(Json).ok_or_else(|| ApiError::not_found(format!("no node with id {id}")))
 }

@@ -20,11 +20,39 @@ use utoipa::OpenApi;
         super::logs::logs,
         super::nodes::list,
         super::nodes::drain,
+        super::projects::create,
+        super::projects::list,
+        super::projects::get,
+        super::projects::update,
+        super::projects::create_token,
+        super::projects::list_tokens,
+        super::projects::revoke_token,
+        super::projects::put_secret,
+        super::projects::delete_secret,
+        super::projects::list_secrets,
+        super::projects::audit,
         document,
     ),
-    tags((name = "tasks", description = "Submit, follow and cancel tasks"), (name = "cluster", description = "Nodes and health"))
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
+    tags(
+        (name = "tasks", description = "Submit, follow and cancel tasks"),
+        (name = "cluster", description = "Nodes and health"),
+        (name = "projects", description = "Tenants: projects, API tokens, secrets and the audit log")
+    )
 )]
 pub struct ApiDoc;
+
+/// Every call but health and this document needs `Authorization: Bearer TOKEN`.
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme("bearer", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
+    }
+}
 
 /// This document.
 #[utoipa::path(get, path = "/v1/openapi.json", tag = "cluster", responses((status = 200, content_type = "application/json", body = Object)))]

@@ -2,9 +2,10 @@
 
 use super::error::ApiJson;
 use super::{ApiError, AppState};
+use crate::auth::Caller;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
-use axum::Json;
+use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use shepherd_core::{validate, Event, NewTask, Task, TaskId, TaskSpec, TaskState, Timestamp};
 use shepherd_store::{ApplyError, TaskFilter};
@@ -40,13 +41,82 @@ pub fn parse_id(raw: &str) -> Result<TaskId, ApiError> {
     raw.parse().map_err(|_| ApiError::not_found(format!("no task with id {raw}")))
 }
 
-fn prepare(state: &AppState, specs: Vec<TaskSpec>, prefix: &dyn Fn(usize) -> String) -> Result<Vec<NewTask>, ApiError> {
+/// A task the caller may see: someone else's answers exactly as a missing one.
+pub async fn load_visible(state: &AppState, caller: &Caller, id: TaskId) -> Result<Task, ApiError> {
+    match state.store.get_task(id).await? {
+        Some(task) if caller.can_access(&task.project) => Ok(task),
+        _ => Err(ApiError::not_found(format!("no task with id {id}"))),
+    }
+}
+
+/// Puts a project token's tasks in its project; refuses another project.
+fn claim(caller: &Caller, spec: &mut TaskSpec, field: &str) -> Result<(), ApiError> {
+    if let Some(own) = caller.project() {
+        if spec.project == TaskSpec::default_project() || spec.project == own {
+            spec.project = own.to_string();
+        } else {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!("{field}: this token belongs to project `{own}` and cannot submit to `{}`", spec.project),
+            )
+            .with_field(field));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses tasks beyond a project's `max_queued`, and tasks naming
+/// secrets the project does not have.
+async fn admit(state: &AppState, tasks: &[NewTask], prefix: &(dyn Fn(usize) -> String + Sync)) -> Result<(), ApiError> {
+    let mut per_project: std::collections::BTreeMap<&str, u64> = Default::default();
+    for task in tasks {
+        *per_project.entry(task.spec.project.as_str()).or_default() += 1;
+    }
+    for (project, adding) in per_project {
+        let Some(record) = state.store.get_project(project).await? else { continue };
+        if let Some(max) = record.limits.max_queued {
+            let counts = state.store.count_by_state(Some(project.to_string())).await?;
+            let queued = counts.iter().filter(|(s, _)| *s == TaskState::Queued).map(|(_, n)| n).sum::<u64>();
+            if queued + adding > max {
+                return Err(ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "quota_exceeded",
+                    format!("project `{project}` may have {max} queued tasks; it has {queued} and this adds {adding}"),
+                ));
+            }
+        }
+    }
+    let mut known: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for (index, task) in tasks.iter().enumerate() {
+        for (i, secret) in task.spec.secrets.iter().enumerate() {
+            if !known.contains_key(&task.spec.project) {
+                let names = state.store.list_secrets(&task.spec.project).await?.into_iter().map(|s| s.name).collect();
+                known.insert(task.spec.project.clone(), names);
+            }
+            if !known.get(&task.spec.project).is_some_and(|names| names.contains(&secret.name)) {
+                return Err(ApiError::from(
+                    shepherd_core::FieldError::new(
+                        format!("secrets[{i}].name"),
+                        format!("project `{}` has no secret `{}`", task.spec.project, secret.name),
+                    )
+                    .within(&prefix(index)),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn prepare(state: &AppState, caller: &Caller, specs: Vec<TaskSpec>, prefix: &(dyn Fn(usize) -> String + Sync)) -> Result<Vec<NewTask>, ApiError> {
     let now = Timestamp::now();
     let mut ids = state.ids.lock().map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "id generator poisoned"))?;
     specs
         .into_iter()
         .enumerate()
-        .map(|(index, spec)| {
+        .map(|(index, mut spec)| {
+            let field = if prefix(index).is_empty() { "project".to_string() } else { format!("{}.project", prefix(index)) };
+            claim(caller, &mut spec, &field)?;
             if let Some(profile) = spec.profile.as_deref().filter(|p| !state.engine.has_profile(p)) {
                 let known = state.engine.profile_names().join(", ");
                 return Err(ApiError::from(
@@ -62,10 +132,16 @@ fn prepare(state: &AppState, specs: Vec<TaskSpec>, prefix: &dyn Fn(usize) -> Str
 /// Submit one task. It is on disk before this answers 201.
 #[utoipa::path(post, path = "/v1/tasks", tag = "tasks", request_body = TaskSpec,
     responses((status = 201, body = Task), (status = 400, body = super::ErrorBody), (status = 413, body = super::ErrorBody)))]
-pub async fn create(State(state): State<AppState>, ApiJson(spec): ApiJson<TaskSpec>) -> Result<(StatusCode, Json<Task>), ApiError> {
-    let mut tasks = prepare(&state, vec![spec], &|_| String::new())?;
+pub async fn create(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    ApiJson(spec): ApiJson<TaskSpec>,
+) -> Result<(StatusCode, Json<Task>), ApiError> {
+    let mut tasks = prepare(&state, &caller, vec![spec], &|_| String::new())?;
+    admit(&state, &tasks, &|_| String::new()).await?;
     let task = Task::from_new(&tasks[0]);
     state.store.create_tasks(std::mem::take(&mut tasks)).await?;
+    state.audit(&caller, Some(&task.project), "task.create", &task.id.to_string(), None).await;
     state.scheduler_wakeup.notify_one();
     Ok((StatusCode::CREATED, Json(task)))
 }
@@ -73,14 +149,24 @@ pub async fn create(State(state): State<AppState>, ApiJson(spec): ApiJson<TaskSp
 /// Submit up to 10,000 tasks in one durable transaction.
 #[utoipa::path(post, path = "/v1/tasks/batch", tag = "tasks", request_body = BatchRequest,
     responses((status = 201, body = BatchResponse), (status = 400, body = super::ErrorBody), (status = 413, body = super::ErrorBody)))]
-pub async fn create_batch(State(state): State<AppState>, ApiJson(batch): ApiJson<BatchRequest>) -> Result<(StatusCode, Json<BatchResponse>), ApiError> {
+pub async fn create_batch(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    ApiJson(batch): ApiJson<BatchRequest>,
+) -> Result<(StatusCode, Json<BatchResponse>), ApiError> {
     let count = batch.tasks.len();
     if count == 0 || count > state.limits.max_batch {
         return Err(ApiError::field("tasks", format!("a batch holds 1 to {} tasks, not {count}", state.limits.max_batch)));
     }
-    let tasks = prepare(&state, batch.tasks, &|i| format!("tasks[{i}]"))?;
-    let ids = tasks.iter().map(|t| t.id).collect();
+    let tasks = prepare(&state, &caller, batch.tasks, &|i| format!("tasks[{i}]"))?;
+    admit(&state, &tasks, &|i| format!("tasks[{i}]")).await?;
+    let ids: Vec<TaskId> = tasks.iter().map(|t| t.id).collect();
+    let projects: std::collections::BTreeSet<String> = tasks.iter().map(|t| t.spec.project.clone()).collect();
     state.store.create_tasks(tasks).await?;
+    for project in projects {
+        let detail = format!("{count} tasks, {} to {}", ids[0], ids[count - 1]);
+        state.audit(&caller, Some(&project), "task.create_batch", &ids[0].to_string(), Some(detail)).await;
+    }
     state.scheduler_wakeup.notify_one();
     Ok((StatusCode::CREATED, Json(BatchResponse { ids })))
 }
@@ -88,9 +174,9 @@ pub async fn create_batch(State(state): State<AppState>, ApiJson(batch): ApiJson
 /// One task with its attempts.
 #[utoipa::path(get, path = "/v1/tasks/{id}", tag = "tasks", params(("id" = String, Path, description = "task id")),
     responses((status = 200, body = Task), (status = 404, body = super::ErrorBody)))]
-pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Task>, ApiError> {
+pub async fn get(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> Result<Json<Task>, ApiError> {
     let id = parse_id(&id)?;
-    let mut task = state.store.get_task(id).await?.ok_or_else(|| ApiError::not_found(format!("no task with id {id}")))?;
+    let mut task = load_visible(&state, &caller, id).await?;
     state.notes.annotate(&mut task);
     Ok(Json(task))
 }
@@ -138,8 +224,17 @@ fn list_filter(query: Option<String>) -> Result<TaskFilter, ApiError> {
         ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
     ),
     responses((status = 200, body = TaskList), (status = 400, body = super::ErrorBody)))]
-pub async fn list(State(state): State<AppState>, RawQuery(query): RawQuery) -> Result<Json<TaskList>, ApiError> {
-    let filter = list_filter(query)?;
+pub async fn list(State(state): State<AppState>, Extension(caller): Extension<Caller>, RawQuery(query): RawQuery) -> Result<Json<TaskList>, ApiError> {
+    let mut filter = list_filter(query)?;
+    if let Some(own) = caller.project() {
+        match &filter.project {
+            Some(asked) if asked != own => {
+                return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", format!("this token sees project `{own}` only"))
+                    .with_field("project"))
+            }
+            _ => filter.project = Some(own.to_string()),
+        }
+    }
     let page = state.store.list_tasks(filter).await?;
     let mut tasks = page.tasks;
     tasks.iter_mut().for_each(|t| state.notes.annotate(t));
@@ -150,8 +245,9 @@ pub async fn list(State(state): State<AppState>, RawQuery(query): RawQuery) -> R
 /// by its agent (SIGTERM, then SIGKILL) and then ends as cancelled.
 #[utoipa::path(post, path = "/v1/tasks/{id}/cancel", tag = "tasks", params(("id" = String, Path, description = "task id")),
     responses((status = 200, body = Task), (status = 404, body = super::ErrorBody), (status = 409, body = super::ErrorBody)))]
-pub async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Task>, ApiError> {
+pub async fn cancel(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> Result<Json<Task>, ApiError> {
     let id = parse_id(&id)?;
+    let task = load_visible(&state, &caller, id).await?;
     let results = state.store.apply(vec![(id, Event::Cancel)], Timestamp::now()).await?;
     match results.into_iter().next() {
         Some(Ok(applied)) => {
@@ -164,11 +260,13 @@ pub async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> Re
         Some(Err(ApplyError::NotFound(_))) | None => return Err(ApiError::not_found(format!("no task with id {id}"))),
         Some(Err(ApplyError::Illegal(e))) => return Err(ApiError::new(StatusCode::CONFLICT, "not_cancellable", e.to_string())),
     }
-    get(State(state), Path(id.to_string())).await
+    state.audit(&caller, Some(&task.project), "task.cancel", &id.to_string(), None).await;
+    get(State(state), Extension(caller), Path(id.to_string())).await
 }
 
 /// `wait` query.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct WaitQuery {
     /// Longest wait in seconds (default 60, at most 600).
@@ -178,8 +276,14 @@ pub struct WaitQuery {
 /// Long-poll until the task ends or the timeout passes; returns the task either way.
 #[utoipa::path(get, path = "/v1/tasks/{id}/wait", tag = "tasks", params(("id" = String, Path, description = "task id"), WaitQuery),
     responses((status = 200, body = Task), (status = 404, body = super::ErrorBody)))]
-pub async fn wait(State(state): State<AppState>, Path(id): Path<String>, RawQuery(query): RawQuery) -> Result<Json<Task>, ApiError> {
+pub async fn wait(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<Task>, ApiError> {
     let id = parse_id(&id)?;
+    load_visible(&state, &caller, id).await?;
     let query: WaitQuery = serde_urlencoded::from_str(query.as_deref().unwrap_or(""))
         .map_err(|e| ApiError::field("timeout_seconds", format!("bad query: {e}")))?;
     let limit = Duration::from_secs(query.timeout_seconds.unwrap_or(60).min(600));

@@ -6,6 +6,7 @@
 
 mod rows;
 mod schema;
+mod tenants;
 pub mod writer;
 
 use crate::*;
@@ -125,6 +126,16 @@ impl SqliteStore {
             sender.send(make(reply)).map_err(|_| StoreError::Closed)?;
         }
         result.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Runs `work` on the writer thread in the next group commit.
+    async fn write_with<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let work: writer::Work = Box::new(move |conn| work(conn).map(|value| Box::new(value) as writer::AnyResult));
+        let value = self.write(|reply| WriteOp::Run(work, reply)).await?;
+        value.downcast::<T>().map(|v| *v).map_err(|_| StoreError::Corrupt("a write returned the wrong type".into()))
     }
 
     async fn read<T: Send + 'static>(
@@ -307,15 +318,24 @@ impl Store for SqliteStore {
             let Some((state, attempt, node_id, cancel_requested, spec, payload, started_at)) = row else {
                 return Ok(None);
             };
+            let spec: shepherd_core::TaskSpec =
+                serde_json::from_str(&spec).map_err(|e| StoreError::Corrupt(format!("spec: {e}")))?;
+            let secrets = if spec.secrets.is_empty() {
+                Default::default()
+            } else {
+                let names: Vec<String> = spec.secrets.iter().map(|s| s.name.clone()).collect();
+                tenants::secret_values(conn, &spec.project, &names)?
+            };
             Ok(Some(LaunchSpec {
                 id,
                 state: rows::parse_state(&state)?,
                 attempt,
                 node_id,
                 cancel_requested,
-                spec: serde_json::from_str(&spec).map_err(|e| StoreError::Corrupt(format!("spec: {e}")))?,
+                spec,
                 payload,
                 attempt_started_at: started_at.map(Timestamp),
+                secrets,
             }))
         })
         .await
@@ -378,10 +398,11 @@ impl Store for SqliteStore {
         self.write(|reply| WriteOp::SetNodeState(id, state, reply)).await
     }
 
-    async fn count_by_state(&self) -> Result<Vec<(TaskState, u64)>, StoreError> {
-        self.read(|conn| {
-            let mut stmt = conn.prepare_cached("SELECT state, COUNT(*) FROM tasks GROUP BY state")?;
-            let mut rows = stmt.query([])?;
+    async fn count_by_state(&self, project: Option<String>) -> Result<Vec<(TaskState, u64)>, StoreError> {
+        self.read(move |conn| {
+            let mut stmt =
+                conn.prepare_cached("SELECT state, COUNT(*) FROM tasks WHERE ?1 IS NULL OR project = ?1 GROUP BY state")?;
+            let mut rows = stmt.query([project])?;
             let mut counts = Vec::new();
             while let Some(row) = rows.next()? {
                 counts.push((rows::parse_state(&row.get::<_, String>(0)?)?, row.get::<_, i64>(1)? as u64));
@@ -389,5 +410,68 @@ impl Store for SqliteStore {
             Ok(counts)
         })
         .await
+    }
+
+    async fn create_project(&self, project: Project) -> Result<bool, StoreError> {
+        self.write_with(move |conn| tenants::create_project(conn, &project)).await
+    }
+
+    async fn get_project(&self, name: &str) -> Result<Option<Project>, StoreError> {
+        let name = name.to_string();
+        self.read(move |conn| tenants::get_project(conn, &name)).await
+    }
+
+    async fn list_projects(&self) -> Result<Vec<Project>, StoreError> {
+        self.read(tenants::list_projects).await
+    }
+
+    async fn set_project_limits(&self, name: &str, limits: shepherd_core::ProjectLimits) -> Result<bool, StoreError> {
+        let name = name.to_string();
+        self.write_with(move |conn| tenants::set_project_limits(conn, &name, &limits)).await
+    }
+
+    async fn create_token(&self, token: TokenRecord, hash: String) -> Result<(), StoreError> {
+        self.write_with(move |conn| tenants::create_token(conn, &token, &hash)).await
+    }
+
+    async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>, StoreError> {
+        let hash = hash.to_string();
+        self.read(move |conn| tenants::token_by_hash(conn, &hash)).await
+    }
+
+    async fn list_tokens(&self, project: &str) -> Result<Vec<TokenRecord>, StoreError> {
+        let project = project.to_string();
+        self.read(move |conn| tenants::list_tokens(conn, &project)).await
+    }
+
+    async fn revoke_token(&self, project: &str, id: &str, at: Timestamp) -> Result<bool, StoreError> {
+        let (project, id) = (project.to_string(), id.to_string());
+        self.write_with(move |conn| tenants::revoke_token(conn, &project, &id, at)).await
+    }
+
+    async fn put_secret(&self, project: &str, name: &str, value: Vec<u8>, at: Timestamp) -> Result<(), StoreError> {
+        let (project, name) = (project.to_string(), name.to_string());
+        self.write_with(move |conn| tenants::put_secret(conn, &project, &name, &value, at)).await
+    }
+
+    async fn delete_secret(&self, project: &str, name: &str) -> Result<bool, StoreError> {
+        let (project, name) = (project.to_string(), name.to_string());
+        self.write_with(move |conn| tenants::delete_secret(conn, &project, &name)).await
+    }
+
+    async fn list_secrets(&self, project: &str) -> Result<Vec<SecretInfo>, StoreError> {
+        let project = project.to_string();
+        self.read(move |conn| tenants::list_secrets(conn, &project)).await
+    }
+
+    async fn append_audit(&self, entries: Vec<AuditEntry>) -> Result<(), StoreError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        self.write_with(move |conn| tenants::append_audit(conn, &entries)).await
+    }
+
+    async fn list_audit(&self, project: Option<String>, before: Option<i64>, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        self.read(move |conn| tenants::list_audit(conn, project.as_deref(), before, limit)).await
     }
 }

@@ -85,6 +85,41 @@ const MIGRATIONS: &[&str] = &[
     r#"
     CREATE INDEX tasks_queue_by_project ON tasks (project, priority DESC, id) WHERE state = 'queued';
     "#,
+    // 4: tenants: projects, API tokens (hashes only), secrets, the audit log.
+    r#"
+    CREATE TABLE projects (
+        name       TEXT PRIMARY KEY,
+        created_at BIGINT NOT NULL,
+        limits     TEXT NOT NULL
+    );
+    CREATE TABLE api_tokens (
+        id         TEXT PRIMARY KEY,
+        project    TEXT NOT NULL,
+        name       TEXT NOT NULL,
+        hash       TEXT NOT NULL UNIQUE,
+        created_at BIGINT NOT NULL,
+        revoked_at BIGINT
+    );
+    CREATE INDEX api_tokens_by_project ON api_tokens (project);
+    CREATE TABLE secrets (
+        project    TEXT NOT NULL,
+        name       TEXT NOT NULL,
+        value      BLOB NOT NULL,
+        updated_at BIGINT NOT NULL,
+        PRIMARY KEY (project, name)
+    );
+    CREATE TABLE audit_log (
+        seq     INTEGER PRIMARY KEY AUTOINCREMENT,
+        at      BIGINT NOT NULL,
+        actor   TEXT NOT NULL,
+        project TEXT,
+        action  TEXT NOT NULL,
+        target  TEXT NOT NULL,
+        detail  TEXT
+    );
+    CREATE INDEX audit_log_by_project ON audit_log (project, seq);
+    CREATE INDEX tasks_by_project_state ON tasks (project, state);
+    "#,
 ];
 
 /// Brings the schema up to date. Returns the version it ends at.

@@ -23,7 +23,15 @@ pub enum WriteOp {
     UpsertNode(NodeRecord, oneshot::Sender<Result<(), StoreError>>),
     TouchNode(String, Timestamp, Vec<String>, oneshot::Sender<Result<Option<crate::NodeState>, StoreError>>),
     SetNodeState(String, crate::NodeState, oneshot::Sender<Result<bool, StoreError>>),
+    /// Any other write: a closure run in its own savepoint.
+    Run(Work, oneshot::Sender<Result<AnyResult, StoreError>>),
 }
+
+/// The value a [`WriteOp::Run`] closure produces.
+pub type AnyResult = Box<dyn std::any::Any + Send>;
+
+/// The closure of a [`WriteOp::Run`].
+pub type Work = Box<dyn FnOnce(&Connection) -> Result<AnyResult, StoreError> + Send>;
 
 /// The result of one op, held until the group commits.
 enum Outcome {
@@ -31,6 +39,7 @@ enum Outcome {
     State(oneshot::Sender<Result<Option<crate::NodeState>, StoreError>>, Result<Option<crate::NodeState>, StoreError>),
     Flag(oneshot::Sender<Result<bool, StoreError>>, Result<bool, StoreError>),
     Applied(oneshot::Sender<Result<Vec<ApplyResult>, StoreError>>, Result<Vec<ApplyResult>, StoreError>),
+    Any(oneshot::Sender<Result<AnyResult, StoreError>>, Result<AnyResult, StoreError>),
 }
 
 impl Outcome {
@@ -41,6 +50,7 @@ impl Outcome {
             Outcome::Applied(tx, result) => drop(tx.send(result)),
             Outcome::State(tx, result) => drop(tx.send(result)),
             Outcome::Flag(tx, result) => drop(tx.send(result)),
+            Outcome::Any(tx, result) => drop(tx.send(result)),
         }
     }
 
@@ -50,6 +60,7 @@ impl Outcome {
             Outcome::Applied(tx, _) => drop(tx.send(Err(StoreError::Corrupt(message.to_string())))),
             Outcome::State(tx, _) => drop(tx.send(Err(StoreError::Corrupt(message.to_string())))),
             Outcome::Flag(tx, _) => drop(tx.send(Err(StoreError::Corrupt(message.to_string())))),
+            Outcome::Any(tx, _) => drop(tx.send(Err(StoreError::Corrupt(message.to_string())))),
         }
     }
 }
@@ -100,6 +111,7 @@ fn outcome_placeholder(op: WriteOp) -> Outcome {
         WriteOp::Apply(_, _, tx) => Outcome::Applied(tx, Ok(Vec::new())),
         WriteOp::TouchNode(_, _, _, tx) => Outcome::State(tx, Ok(None)),
         WriteOp::SetNodeState(_, _, tx) => Outcome::Flag(tx, Ok(false)),
+        WriteOp::Run(_, tx) => Outcome::Any(tx, Ok(Box::new(()))),
     }
 }
 
@@ -128,6 +140,7 @@ fn execute(tx: &mut Transaction<'_>, op: WriteOp) -> Outcome {
         WriteOp::SetNodeState(id, state, reply) => Outcome::Flag(reply, in_savepoint(tx, |t| {
             Ok(t.prepare_cached("UPDATE nodes SET state = ?2 WHERE id = ?1")?.execute(params![id, state.as_str()])? > 0)
         })),
+        WriteOp::Run(work, reply) => Outcome::Any(reply, in_savepoint(tx, work)),
     }
 }
 

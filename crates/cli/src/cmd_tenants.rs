@@ -1,0 +1,271 @@
+//! `shepherd project`, `shepherd token`, `shepherd secret`, `shepherd audit`.
+
+use crate::client::{encode, Client};
+use crate::output::print_table;
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+use shepherd_core::ProjectLimits;
+use std::io::Read;
+use std::process::ExitCode;
+
+/// Quota flags shared by `project create` and `project limits`.
+#[derive(Args)]
+pub struct LimitFlags {
+    /// Most queued tasks; more are refused (HTTP 429).
+    #[arg(long)]
+    max_queued: Option<u64>,
+    /// Most tasks running at once; the rest wait.
+    #[arg(long)]
+    max_running: Option<u32>,
+    /// Most CPU in use, in millicores.
+    #[arg(long)]
+    max_cpu: Option<u64>,
+    /// Most memory in use, in MiB.
+    #[arg(long)]
+    max_memory: Option<u64>,
+    /// Requests per second per token.
+    #[arg(long)]
+    rate_limit: Option<u32>,
+}
+
+impl LimitFlags {
+    fn limits(&self) -> ProjectLimits {
+        ProjectLimits {
+            max_queued: self.max_queued,
+            max_running: self.max_running,
+            max_cpu_millicores: self.max_cpu,
+            max_memory_mib: self.max_memory,
+            requests_per_second: self.rate_limit,
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct ProjectArgs {
+    #[command(subcommand)]
+    command: ProjectCommand,
+}
+
+#[derive(Subcommand)]
+enum ProjectCommand {
+    /// Create a project and print its first token (shown once).
+    Create {
+        name: String,
+        #[command(flatten)]
+        limits: LimitFlags,
+    },
+    /// List projects and their limits.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replace a project's limits (unset flags become unlimited).
+    Limits {
+        name: String,
+        #[command(flatten)]
+        limits: LimitFlags,
+    },
+}
+
+fn limits_text(limits: &Value) -> String {
+    let text: Vec<String> = limits.as_object().into_iter().flatten().map(|(k, v)| format!("{k}={v}")).collect();
+    if text.is_empty() {
+        "unlimited".into()
+    } else {
+        text.join(" ")
+    }
+}
+
+pub async fn project(client: &Client, args: ProjectArgs) -> Result<ExitCode> {
+    let admin = client.admin();
+    match args.command {
+        ProjectCommand::Create { name, limits } => {
+            let created: Value = admin.post("/v1/projects", &json!({ "name": name, "limits": limits.limits() })).await?;
+            println!("project {name} created ({})", limits_text(&created["project"]["limits"]));
+            println!("token {} (shown once; keep it safe):", created["token"]["id"].as_str().unwrap_or("?"));
+            println!("{}", created["token"]["token"].as_str().unwrap_or_default());
+        }
+        ProjectCommand::Ls { json } => {
+            let list: Value = admin.get("/v1/projects").await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let rows: Vec<Vec<String>> = list["projects"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|p| vec![p["name"].as_str().unwrap_or_default().to_string(), limits_text(&p["limits"])])
+                .collect();
+            print_table(&["NAME", "LIMITS"], &rows);
+        }
+        ProjectCommand::Limits { name, limits } => {
+            let path = format!("/v1/projects/{}", encode(&name));
+            let updated: Value = admin.send(reqwest::Method::PATCH, &path, &json!({ "limits": limits.limits() })).await?;
+            println!("project {name}: {}", limits_text(&updated["limits"]));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args)]
+pub struct TokenArgs {
+    #[command(subcommand)]
+    command: TokenCommand,
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Make another token for a project (printed once).
+    Create {
+        project: String,
+        /// What the token is for.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List a project's tokens (never the tokens themselves).
+    Ls { project: String },
+    /// Revoke a token: it stops working at once.
+    Revoke { project: String, id: String },
+}
+
+pub async fn token(client: &Client, args: TokenArgs) -> Result<ExitCode> {
+    let admin = client.admin();
+    match args.command {
+        TokenCommand::Create { project, name } => {
+            let created: Value = admin.post(&format!("/v1/projects/{}/tokens", encode(&project)), &json!({ "name": name })).await?;
+            println!("token {} for project {project} (shown once; keep it safe):", created["id"].as_str().unwrap_or("?"));
+            println!("{}", created["token"].as_str().unwrap_or_default());
+        }
+        TokenCommand::Ls { project } => {
+            let list: Value = admin.get(&format!("/v1/projects/{}/tokens", encode(&project))).await?;
+            let rows: Vec<Vec<String>> = list["tokens"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|t| {
+                    let field = |k: &str| t[k].as_str().unwrap_or("-").to_string();
+                    vec![field("id"), field("name"), field("created_at"), field("revoked_at")]
+                })
+                .collect();
+            print_table(&["ID", "NAME", "CREATED", "REVOKED"], &rows);
+        }
+        TokenCommand::Revoke { project, id } => {
+            admin.send_empty::<()>(reqwest::Method::DELETE, &format!("/v1/projects/{}/tokens/{}", encode(&project), encode(&id)), None).await?;
+            println!("token {id} revoked");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args)]
+pub struct SecretArgs {
+    /// The project (default: the token's own, when it sees exactly one).
+    #[arg(long, global = true)]
+    project: Option<String>,
+    #[command(subcommand)]
+    command: SecretCommand,
+}
+
+#[derive(Subcommand)]
+enum SecretCommand {
+    /// Set a secret from --value, --from-file, or standard input.
+    Set {
+        name: String,
+        /// The value (visible in your shell history: prefer --from-file or stdin).
+        #[arg(long, conflicts_with = "from_file")]
+        value: Option<String>,
+        /// Read the value from a file (`-`: standard input).
+        #[arg(long, value_name = "FILE|-")]
+        from_file: Option<String>,
+    },
+    /// List a project's secrets (names only).
+    Ls,
+    /// Delete a secret.
+    Rm { name: String },
+}
+
+/// The project a command is about: the flag, or the only one the token sees.
+async fn which_project(client: &Client, flag: Option<String>) -> Result<String> {
+    if let Some(project) = flag {
+        return Ok(project);
+    }
+    let list: Value = client.get("/v1/projects").await?;
+    let names: Vec<&str> = list["projects"].as_array().into_iter().flatten().filter_map(|p| p["name"].as_str()).collect();
+    match names.as_slice() {
+        [only] => Ok(only.to_string()),
+        [] => bail!("this token sees no project; name one with --project"),
+        _ => bail!("this token sees several projects ({}); name one with --project", names.join(", ")),
+    }
+}
+
+pub async fn secret(client: &Client, args: SecretArgs) -> Result<ExitCode> {
+    let project = which_project(client, args.project).await?;
+    let base = format!("/v1/projects/{}/secrets", encode(&project));
+    match args.command {
+        SecretCommand::Set { name, value, from_file } => {
+            let value = match (value, from_file.as_deref()) {
+                (Some(value), _) => value,
+                (None, Some("-")) | (None, None) => {
+                    let mut text = String::new();
+                    std::io::stdin().read_to_string(&mut text).context("reading the secret from standard input")?;
+                    text
+                }
+                (None, Some(path)) => std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?,
+            };
+            client.send_empty(reqwest::Method::PUT, &format!("{base}/{}", encode(&name)), Some(&json!({ "value": value }))).await?;
+            println!("secret {name} set in project {project}");
+        }
+        SecretCommand::Ls => {
+            let list: Value = client.get(&base).await?;
+            let rows: Vec<Vec<String>> = list["secrets"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|s| vec![s["name"].as_str().unwrap_or_default().to_string(), s["updated_at"].as_str().unwrap_or("-").to_string()])
+                .collect();
+            print_table(&["NAME", "UPDATED"], &rows);
+        }
+        SecretCommand::Rm { name } => {
+            client.send_empty::<()>(reqwest::Method::DELETE, &format!("{base}/{}", encode(&name)), None).await?;
+            println!("secret {name} deleted from project {project}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args)]
+pub struct AuditArgs {
+    /// Only this project (a project token always sees its own only).
+    #[arg(long)]
+    project: Option<String>,
+    /// How many entries, newest first.
+    #[arg(long, default_value_t = 50)]
+    limit: u32,
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn audit(client: &Client, args: AuditArgs) -> Result<ExitCode> {
+    let mut path = format!("/v1/audit?limit={}", args.limit);
+    if let Some(project) = &args.project {
+        path.push_str(&format!("&project={}", encode(project)));
+    }
+    let list: Value = client.admin().get(&path).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<Vec<String>> = list["entries"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            let field = |k: &str| e[k].as_str().unwrap_or("-").to_string();
+            vec![field("at"), field("actor"), field("project"), field("action"), field("target"), field("detail")]
+        })
+        .collect();
+    print_table(&["AT", "ACTOR", "PROJECT", "ACTION", "TARGET", "DETAIL"], &rows);
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,92 @@
+//! Project quotas: before a batch is placed, each project's queued tasks
+//! are admitted in queue order only while the project stays within its
+//! limits on running tasks, CPU and memory. The rest wait in the queue,
+//! with the reason, and are never dropped.
+
+use crate::model::PendingTask;
+use shepherd_core::{ProjectLimits, Resources, TaskId};
+use std::collections::HashMap;
+
+/// What a project holds now: its scheduled and running tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProjectUsage {
+    pub tasks: u32,
+    pub resources: Resources,
+}
+
+impl ProjectUsage {
+    /// Nothing held. (Not `Default`: `Resources::default()` is a task's
+    /// default request, not zero.)
+    pub const NONE: ProjectUsage = ProjectUsage { tasks: 0, resources: Resources { cpu_millicores: 0, memory_mib: 0 } };
+}
+
+/// Splits `pending` (in queue order) into the tasks that fit their
+/// project's limits, counting each admitted one against the next, and the
+/// held-back ones with the reason.
+pub fn admit(
+    pending: Vec<PendingTask>,
+    usage: &HashMap<String, ProjectUsage>,
+    limits: &HashMap<String, ProjectLimits>,
+) -> (Vec<PendingTask>, Vec<(TaskId, String)>) {
+    let mut held: HashMap<String, ProjectUsage> = HashMap::new();
+    let mut admitted = Vec::with_capacity(pending.len());
+    let mut waiting = Vec::new();
+    for task in pending {
+        let Some(limit) = limits.get(&task.project) else {
+            admitted.push(task);
+            continue;
+        };
+        let now = held.entry(task.project.clone()).or_insert_with(|| usage.get(&task.project).copied().unwrap_or(ProjectUsage::NONE));
+        let cpu = u64::from(now.resources.cpu_millicores) + u64::from(task.resources.cpu_millicores);
+        let memory = u64::from(now.resources.memory_mib) + u64::from(task.resources.memory_mib);
+        let reason = if limit.max_running.is_some_and(|max| now.tasks + 1 > max) {
+            limit.max_running.map(|max| format!("project quota: {} of {max} running tasks in use", now.tasks))
+        } else if limit.max_cpu_millicores.is_some_and(|max| cpu > max) {
+            limit.max_cpu_millicores.map(|max| format!("project quota: {} of {max} millicores in use", now.resources.cpu_millicores))
+        } else if limit.max_memory_mib.is_some_and(|max| memory > max) {
+            limit.max_memory_mib.map(|max| format!("project quota: {} of {max} MiB in use", now.resources.memory_mib))
+        } else {
+            None
+        };
+        match reason {
+            Some(reason) => waiting.push((task.id, reason)),
+            None => {
+                now.tasks += 1;
+                now.resources.cpu_millicores = now.resources.cpu_millicores.saturating_add(task.resources.cpu_millicores);
+                now.resources.memory_mib = now.resources.memory_mib.saturating_add(task.resources.memory_mib);
+                admitted.push(task);
+            }
+        }
+    }
+    (admitted, waiting)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(n: u128, project: &str, cpu: u32) -> PendingTask {
+        let mut t = PendingTask::new(TaskId(ulid::Ulid(n)), Resources { cpu_millicores: cpu, memory_mib: 64 });
+        t.project = project.into();
+        t
+    }
+
+    #[test]
+    fn running_cpu_and_memory_limits_hold_back_the_rest_in_order() {
+        let limits = HashMap::from([
+            ("a".to_string(), ProjectLimits { max_running: Some(3), ..Default::default() }),
+            ("b".to_string(), ProjectLimits { max_cpu_millicores: Some(1000), ..Default::default() }),
+            ("c".to_string(), ProjectLimits { max_memory_mib: Some(100), ..Default::default() }),
+        ]);
+        let usage = HashMap::from([("a".to_string(), ProjectUsage { tasks: 2, resources: Resources { cpu_millicores: 0, memory_mib: 0 } })]);
+        let pending = vec![task(1, "a", 100), task(2, "a", 100), task(3, "b", 600), task(4, "b", 600), task(5, "b", 400), task(6, "c", 1), task(7, "c", 1), task(8, "free", 1)];
+        let (admitted, waiting) = admit(pending, &usage, &limits);
+        let ids: Vec<u128> = admitted.iter().map(|t| t.id.0 .0).collect();
+        assert_eq!(ids, vec![1, 3, 5, 6, 8]);
+        let held: Vec<u128> = waiting.iter().map(|(id, _)| id.0 .0).collect();
+        assert_eq!(held, vec![2, 4, 7]);
+        assert!(waiting[0].1.contains("2 of 3"), "{}", waiting[0].1);
+        assert!(waiting[1].1.contains("millicores"));
+        assert!(waiting[2].1.contains("MiB"));
+    }
+}

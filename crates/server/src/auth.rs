@@ -1,0 +1,263 @@
+//! Who is calling: every API request but health and the OpenAPI document
+//! carries `Authorization: Bearer TOKEN`, either the cluster's admin token
+//! or one of a project's API tokens. Tokens are random; only their SHA-256
+//! is stored. Each project token is rate limited by its project's
+//! `requests_per_second`.
+
+use crate::api::{ApiError, AppState};
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use shepherd_core::ProjectLimits;
+use shepherd_store::{Store, StoreError, TokenRecord};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long a looked-up token is trusted before the store is asked again
+/// (a revocation on another server takes effect within this; on this
+/// server at once).
+const TOKEN_CACHE_TTL: Duration = Duration::from_secs(2);
+
+/// Prefix of every token Shepherd makes, so that leaked ones are easy to find.
+pub const TOKEN_PREFIX: &str = "shp_";
+
+/// The authenticated caller of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// The cluster's admin: every project, nodes, projects and tokens.
+    Admin,
+    /// A project's token: that project's tasks, logs, secrets and audit log only.
+    Project { project: String, token_id: String },
+}
+
+impl Caller {
+    /// How the audit log names the caller.
+    pub fn actor(&self) -> String {
+        match self {
+            Caller::Admin => "admin".into(),
+            Caller::Project { token_id, .. } => format!("token:{token_id}"),
+        }
+    }
+
+    /// The project a project token is bound to; `None` for the admin.
+    pub fn project(&self) -> Option<&str> {
+        match self {
+            Caller::Admin => None,
+            Caller::Project { project, .. } => Some(project),
+        }
+    }
+
+    /// Whether the caller may see and change `project`'s things.
+    pub fn can_access(&self, project: &str) -> bool {
+        self.project().is_none_or(|own| own == project)
+    }
+
+    /// Refuses anyone but the admin.
+    pub fn require_admin(&self) -> Result<(), ApiError> {
+        match self {
+            Caller::Admin => Ok(()),
+            Caller::Project { .. } => {
+                Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "this needs the admin token; a project token cannot do it"))
+            }
+        }
+    }
+
+    /// The admin, or a token of `project`; others get the answer a missing
+    /// project gets, so that names of other projects do not leak.
+    pub fn require_project(&self, project: &str) -> Result<(), ApiError> {
+        if self.can_access(project) {
+            Ok(())
+        } else {
+            Err(ApiError::not_found(format!("no project {project}")))
+        }
+    }
+}
+
+/// A token's SHA-256, hex.
+pub fn hash_token(token: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A new random token: the prefix and 32 random bytes, hex.
+pub fn new_token() -> Result<String, ring::error::Unspecified> {
+    let mut bytes = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)?;
+    Ok(format!("{TOKEN_PREFIX}{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()))
+}
+
+struct Cached {
+    token: Option<TokenRecord>,
+    limits: ProjectLimits,
+    at: Instant,
+}
+
+/// A token bucket.
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+/// Token checks, their cache, and the per-token rate limiter.
+pub struct Auth {
+    admin_hash: String,
+    cache: Mutex<HashMap<String, Cached>>,
+    buckets: Mutex<HashMap<String, Bucket>>,
+}
+
+impl Auth {
+    /// Checks for this admin token.
+    pub fn new(admin_token: &str) -> Auth {
+        Auth { admin_hash: hash_token(admin_token), cache: Mutex::new(HashMap::new()), buckets: Mutex::new(HashMap::new()) }
+    }
+
+    /// Forgets cached lookups, e.g. after a revocation or a limits change.
+    pub fn forget(&self) {
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.clear();
+        }
+    }
+
+    /// The caller a bearer token belongs to (and its project's limits), or
+    /// `None` if the token is unknown or revoked.
+    async fn identify(&self, store: &dyn Store, token: &str) -> Result<Option<(Caller, ProjectLimits)>, StoreError> {
+        let hash = hash_token(token);
+        // Comparing hashes, not tokens: timing tells nothing about the token.
+        if hash == self.admin_hash {
+            return Ok(Some((Caller::Admin, ProjectLimits::default())));
+        }
+        let cached = self.cache.lock().ok().and_then(|cache| {
+            cache.get(&hash).filter(|c| c.at.elapsed() < TOKEN_CACHE_TTL).map(|c| (c.token.clone(), c.limits))
+        });
+        let (token, limits) = match cached {
+            Some(hit) => hit,
+            None => {
+                let token = store.token_by_hash(&hash).await?;
+                let limits = match &token {
+                    Some(t) => store.get_project(&t.project).await?.map(|p| p.limits).unwrap_or_default(),
+                    None => ProjectLimits::default(),
+                };
+                if let Ok(mut cache) = self.cache.lock() {
+                    if cache.len() > 100_000 {
+                        cache.clear();
+                    }
+                    cache.insert(hash, Cached { token: token.clone(), limits, at: Instant::now() });
+                }
+                (token, limits)
+            }
+        };
+        Ok(token.map(|t| (Caller::Project { project: t.project, token_id: t.id }, limits)))
+    }
+
+    /// Takes one request from a token's bucket; `Err(wait)` when it is empty.
+    fn take(&self, token_id: &str, per_second: u32) -> Result<(), Duration> {
+        let rate = f64::from(per_second.max(1));
+        let burst = rate * 2.0;
+        let Ok(mut buckets) = self.buckets.lock() else { return Ok(()) };
+        let now = Instant::now();
+        let bucket = buckets.entry(token_id.to_string()).or_insert(Bucket { tokens: burst, at: now });
+        bucket.tokens = (bucket.tokens + now.duration_since(bucket.at).as_secs_f64() * rate).min(burst);
+        bucket.at = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - bucket.tokens) / rate))
+        }
+    }
+}
+
+fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers.get("authorization")?.to_str().ok()?.strip_prefix("Bearer ").map(str::trim)
+}
+
+/// The caller of a request on a route that works without a token too;
+/// `None` without a valid token.
+pub async fn caller_of(state: &AppState, headers: &axum::http::HeaderMap) -> Result<Option<Caller>, ApiError> {
+    match bearer(headers) {
+        Some(token) => Ok(state.auth.identify(state.store.as_ref(), token).await?.map(|(caller, _)| caller)),
+        None => Ok(None),
+    }
+}
+
+/// Middleware: authenticates the request, applies the token's rate limit,
+/// and hands the [`Caller`] to the handler as a request extension.
+pub async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let Some(token) = bearer(request.headers()) else {
+        return ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "missing `Authorization: Bearer TOKEN` header")
+            .into_response();
+    };
+    let (caller, limits) = match state.auth.identify(state.store.as_ref(), token).await {
+        Ok(Some(found)) => found,
+        Ok(None) => {
+            return ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "unknown or revoked token").into_response();
+        }
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    if let (Caller::Project { token_id, .. }, Some(rate)) = (&caller, limits.requests_per_second) {
+        if let Err(wait) = state.auth.take(token_id, rate) {
+            let mut response = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!("this token may make {rate} requests per second; retry in {} ms", wait.as_millis().max(1)),
+            )
+            .into_response();
+            let seconds = wait.as_secs() + 1;
+            if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
+                response.headers_mut().insert("retry-after", value);
+            }
+            return response;
+        }
+    }
+    request.extensions_mut().insert(caller);
+    next.run(request).await
+}
+
+/// How long an ordinary request may take before it is answered 503.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Middleware: answers 503 to a request that takes longer than
+/// [`REQUEST_TIMEOUT`] (long polls and log follows are routed around it).
+pub async fn request_timeout(request: Request, next: Next) -> Response {
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "timeout", "the request took too long; try again").into_response(),
+    }
+}
+
+/// Shared handle, as the API state holds it.
+pub type SharedAuth = Arc<Auth>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_random_and_hashes_stable() {
+        let a = new_token().expect("token");
+        let b = new_token().expect("token");
+        assert_ne!(a, b);
+        assert!(a.starts_with(TOKEN_PREFIX) && a.len() == TOKEN_PREFIX.len() + 64);
+        assert_eq!(hash_token(&a), hash_token(&a));
+        assert_ne!(hash_token(&a), hash_token(&b));
+    }
+
+    #[test]
+    fn the_bucket_allows_a_burst_then_refuses() {
+        let auth = Auth::new("admin");
+        let allowed = (0..10).filter(|_| auth.take("t", 2).is_ok()).count();
+        assert_eq!(allowed, 4, "burst is twice the rate");
+        assert!(auth.take("other", 2).is_ok(), "buckets are per token");
+    }
+
+    #[test]
+    fn callers_see_only_their_project() {
+        let caller = Caller::Project { project: "a".into(), token_id: "t".into() };
+        assert!(caller.can_access("a"));
+        assert!(!caller.can_access("b"));
+        assert!(caller.require_admin().is_err());
+        assert!(Caller::Admin.can_access("b"));
+    }
+}
