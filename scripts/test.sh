@@ -25,3 +25,5 @@ profile=default
 bash scripts/build-test-image.sh
 cargo build --workspace --all-targets
 cargo nextest run --workspace --profile "$profile" "$@"
+# A short bounded fuzz run of request decoding and the constraint parser.
+bash scripts/fuzz.sh

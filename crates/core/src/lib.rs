@@ -11,6 +11,7 @@
 //! deterministic and unit-testable.
 
 pub mod constraint;
+pub mod decode;
 pub mod lifecycle;
 pub mod state;
 pub mod task;
@@ -19,6 +20,7 @@ pub mod time;
 pub mod validate;
 
 pub use constraint::{Constraint, ConstraintError, Operator};
+pub use decode::{decode_json, DecodeError};
 pub use lifecycle::{Decision, Event, IllegalTransition, LifecycleContext};
 pub use state::TaskState;
 pub use task::{

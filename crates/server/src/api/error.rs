@@ -82,33 +82,12 @@ impl IntoResponse for ApiError {
 /// `serde_path_to_error`) instead of axum's plain-text rejections.
 pub struct ApiJson<T>(pub T);
 
-/// Turns a serde error at `path` into the field it is about: serde reports
-/// a missing field at its parent, with the name in backticks.
-fn field_of(path: &str, message: &str) -> String {
-    let named = message.strip_prefix("missing field `").and_then(|rest| rest.split('`').next());
-    match (path, named) {
-        (".", Some(name)) | ("", Some(name)) => name.to_string(),
-        (".", None) | ("", None) => "body".to_string(),
-        (path, Some(name)) => format!("{path}.{name}"),
-        (path, None) => path.to_string(),
-    }
-}
-
 /// Decodes JSON, naming the field on failure.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
-    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
-        let message = e.inner().to_string();
-        if e.inner().is_syntax() || e.inner().is_eof() {
-            return ApiError { field: Some("body".into()), ..ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", format!("request body is not valid JSON: {message}")) };
-        }
-        let field = field_of(&e.path().to_string(), &message);
-        ApiError::field(field, message)
-    })?;
-    deserializer
-        .end()
-        .map_err(|e| ApiError { field: Some("body".into()), ..ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", format!("trailing data after the JSON body: {e}")) })?;
-    Ok(value)
+    shepherd_core::decode_json(bytes).map_err(|e| {
+        let code = if e.malformed { "malformed_json" } else { "invalid_field" };
+        ApiError::new(StatusCode::BAD_REQUEST, code, e.message).with_field(e.field)
+    })
 }
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
