@@ -15,6 +15,9 @@ bin=$PWD/target/release/shepherd
 data=${SHEPHERD_DATA_DIR:-$PWD/.shepherd}
 listen=${SHEPHERD_LISTEN:-127.0.0.1:7070}
 export SHEPHERD_SERVER=http://$listen
+# `shepherd up` writes the CLI's config (server, the default project's token,
+# the admin token) on first start; keep the quickstart's beside its data.
+export SHEPHERD_CONFIG=$data/cli.toml
 mkdir -p "$data"
 
 "$bin" up --listen "$listen" --data-dir "$data" >"$data/up.log" 2>&1 &
@@ -38,9 +41,10 @@ step "shepherd run --wait busybox -- sh -c 'touch /etc/x; ls /sys/class/net'   #
 step "shepherd run --wait --timeout 1s busybox -- sleep 5   # stopped at its timeout; exits 124"
 "$bin" run --wait --timeout 1s busybox -- sleep 5 || echo "(exit code $?)"
 
-step "curl -X POST $SHEPHERD_SERVER/v1/tasks/batch   # 200 tasks in one durable transaction"
+token=$(sed -n 's/^token = "\(.*\)"$/\1/p' "$SHEPHERD_CONFIG")
+step "curl -X POST $SHEPHERD_SERVER/v1/tasks/batch -H 'authorization: Bearer …'   # 200 tasks in one durable transaction"
 tasks=$(for i in $(seq 200); do printf '{"image":"busybox","command":["sh","-c","echo task %d; exit $((%d %% 10 == 0))"],"labels":{"demo":"batch"}},' "$i" "$i"; done)
-curl -sf -X POST "$SHEPHERD_SERVER/v1/tasks/batch" -H 'content-type: application/json' -d "{\"tasks\":[${tasks%,}]}" | head -c 120; echo ...
+curl -sf -X POST "$SHEPHERD_SERVER/v1/tasks/batch" -H "authorization: Bearer $token" -H 'content-type: application/json' -d "{\"tasks\":[${tasks%,}]}" | head -c 120; echo ...
 for _ in $(seq 300); do
     left=$("$bin" ps --json -l demo=batch -n 1000 --state queued,scheduled,running | grep -c '"id"' || true)
     [ "$left" = 0 ] && break
@@ -54,12 +58,24 @@ step "shepherd ps -l demo=batch --state failed -n 3"
 step "shepherd nodes"
 "$bin" nodes
 step "curl $SHEPHERD_SERVER/v1/health"
-curl -s "$SHEPHERD_SERVER/v1/health"; echo
+curl -s "$SHEPHERD_SERVER/v1/health" -H "authorization: Bearer $token"; echo
+
+step "shepherd project create acme --max-running 2 --rate-limit 100   # a tenant with quotas"
+"$bin" project ls | grep -q '^acme ' || "$bin" project create acme --max-running 2 --rate-limit 100 | head -1
+acme=$("$bin" token create acme --name quickstart | tail -1)
+step "echo -n hunter2 | SHEPHERD_TOKEN=\$acme shepherd secret set db"
+echo -n hunter2 | SHEPHERD_TOKEN=$acme "$bin" secret set db
+step "SHEPHERD_TOKEN=\$acme shepherd run --wait --secret db:DB_PASSWORD busybox -- sh -c 'ls /run/secrets; echo \${#DB_PASSWORD} characters'"
+SHEPHERD_TOKEN=$acme "$bin" run --wait --secret db:DB_PASSWORD busybox -- sh -c 'ls /run/secrets; echo ${#DB_PASSWORD} characters'
+step "SHEPHERD_TOKEN=\$acme shepherd ps -n 3   # acme sees only its own tasks"
+SHEPHERD_TOKEN=$acme "$bin" ps -n 3
+step "shepherd audit --limit 6"
+"$bin" audit --limit 6
 
 if $keep; then
     echo
     echo "The cluster keeps running (pid $pid, log $data/up.log). Try:"
-    echo "  export SHEPHERD_SERVER=$SHEPHERD_SERVER"
+    echo "  export SHEPHERD_CONFIG=$SHEPHERD_CONFIG   # server and tokens"
     echo "  $bin run --wait busybox -- uname -a"
     echo "Stop it with: kill -INT $pid"
 else

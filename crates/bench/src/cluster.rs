@@ -98,18 +98,19 @@ pub async fn run(args: Args) -> Result<()> {
         .await
         .map_err(anyhow::Error::msg)?;
     println!("cluster latency benchmark: server + 3 agents (docker driver), {} tasks one at a time", args.samples);
-    let direct_before = direct_starts(&driver, &args.image, args.samples / 2).await?;
+    // Interleaved, one direct start then one Shepherd task, so that drift in
+    // the engine's speed over the run weighs on both sides alike.
     let task = serde_json::json!({"image": args.image, "command": ["true"], "pull_policy": "never"});
     let mut shepherd = Vec::new();
+    let mut direct = Vec::new();
     for _ in 0..args.samples {
+        direct.extend(direct_starts(&driver, &args.image, 1).await?);
         let created: Task = client.post(format!("{}/v1/tasks", server.1)).json(&task).send().await?.json().await?;
         let done: Task = client.get(format!("{}/v1/tasks/{}/wait?timeout_seconds=60", server.1, created.id)).send().await?.json().await?;
         let started = done.started_at.context("task never started")?;
         shepherd.push((started.millis() - done.created_at.millis()) as f64);
     }
     shepherd.sort_by(|a, b| a.total_cmp(b));
-    let direct_after = direct_starts(&driver, &args.image, args.samples / 2).await?;
-    let mut direct: Vec<f64> = direct_before.into_iter().chain(direct_after).collect();
     direct.sort_by(|a, b| a.total_cmp(b));
     let (s50, s99) = (percentile(&shepherd, 50.0), percentile(&shepherd, 99.0));
     let (d50, d99) = (percentile(&direct, 50.0), percentile(&direct, 99.0));

@@ -100,17 +100,24 @@ struct Bucket {
     at: Instant,
 }
 
-/// Token checks, their cache, and the per-token rate limiter.
+/// Token checks, their cache, the per-token rate limiter, and a cache of
+/// projects' limits (read on every create).
 pub struct Auth {
     admin_hash: String,
     cache: Mutex<HashMap<String, Cached>>,
     buckets: Mutex<HashMap<String, Bucket>>,
+    limits: Mutex<HashMap<String, (Option<ProjectLimits>, Instant)>>,
 }
 
 impl Auth {
     /// Checks for this admin token.
     pub fn new(admin_token: &str) -> Auth {
-        Auth { admin_hash: hash_token(admin_token), cache: Mutex::new(HashMap::new()), buckets: Mutex::new(HashMap::new()) }
+        Auth {
+            admin_hash: hash_token(admin_token),
+            cache: Mutex::new(HashMap::new()),
+            buckets: Mutex::new(HashMap::new()),
+            limits: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Forgets cached lookups, e.g. after a revocation or a limits change.
@@ -118,6 +125,25 @@ impl Auth {
         if let Ok(mut cache) = self.cache.lock() {
             cache.clear();
         }
+        if let Ok(mut limits) = self.limits.lock() {
+            limits.clear();
+        }
+    }
+
+    /// A project's limits (`None`: no such project), cached like tokens.
+    pub async fn project_limits(&self, store: &dyn Store, project: &str) -> Result<Option<ProjectLimits>, StoreError> {
+        let cached = self.limits.lock().ok().and_then(|l| l.get(project).filter(|(_, at)| at.elapsed() < TOKEN_CACHE_TTL).map(|(v, _)| *v));
+        if let Some(limits) = cached {
+            return Ok(limits);
+        }
+        let limits = store.get_project(project).await?.map(|p| p.limits);
+        if let Ok(mut cache) = self.limits.lock() {
+            if cache.len() > 100_000 {
+                cache.clear();
+            }
+            cache.insert(project.to_string(), (limits, Instant::now()));
+        }
+        Ok(limits)
     }
 
     /// The caller a bearer token belongs to (and its project's limits), or
@@ -136,7 +162,7 @@ impl Auth {
             None => {
                 let token = store.token_by_hash(&hash).await?;
                 let limits = match &token {
-                    Some(t) => store.get_project(&t.project).await?.map(|p| p.limits).unwrap_or_default(),
+                    Some(t) => self.project_limits(store, &t.project).await?.unwrap_or_default(),
                     None => ProjectLimits::default(),
                 };
                 if let Ok(mut cache) = self.cache.lock() {

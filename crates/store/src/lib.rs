@@ -44,6 +44,10 @@ pub trait Store: Send + Sync + 'static {
     /// Stores new tasks in one transaction: all of them or none.
     async fn create_tasks(&self, tasks: Vec<NewTask>) -> Result<(), StoreError>;
 
+    /// Stores new tasks and the audit log lines that record who created
+    /// them, in one transaction.
+    async fn create_tasks_audited(&self, tasks: Vec<NewTask>, audit: Vec<AuditEntry>) -> Result<(), StoreError>;
+
     /// One task with its attempts.
     async fn get_task(&self, id: TaskId) -> Result<Option<Task>, StoreError>;
 
@@ -86,6 +90,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Counts of tasks per state, of one project or of all.
     async fn count_by_state(&self, project: Option<String>) -> Result<Vec<(shepherd_core::TaskState, u64)>, StoreError>;
+
+    /// How many of a project's tasks are queued.
+    async fn count_queued(&self, project: &str) -> Result<u64, StoreError>;
 
     /// Creates a project; false if one of that name exists.
     async fn create_project(&self, project: Project) -> Result<bool, StoreError>;

@@ -49,18 +49,23 @@ impl AppState {
     /// Records an action in the audit log. A failure to record is logged,
     /// not returned: the action itself has already happened.
     pub async fn audit(&self, caller: &crate::auth::Caller, project: Option<&str>, action: &str, target: &str, detail: Option<String>) {
-        let entry = shepherd_store::AuditEntry {
-            seq: 0,
-            at: shepherd_core::Timestamp::now(),
-            actor: caller.actor(),
-            project: project.map(str::to_string),
-            action: action.to_string(),
-            target: target.to_string(),
-            detail,
-        };
+        let entry = audit_entry(caller, project, action, target, detail);
         if let Err(e) = self.store.append_audit(vec![entry]).await {
             tracing::error!(error = %e, action, target, "could not write the audit log");
         }
+    }
+}
+
+/// An audit log line about an action of `caller`, now.
+pub fn audit_entry(caller: &crate::auth::Caller, project: Option<&str>, action: &str, target: &str, detail: Option<String>) -> shepherd_store::AuditEntry {
+    shepherd_store::AuditEntry {
+        seq: 0,
+        at: shepherd_core::Timestamp::now(),
+        actor: caller.actor(),
+        project: project.map(str::to_string),
+        action: action.to_string(),
+        target: target.to_string(),
+        detail,
     }
 }
 

@@ -184,6 +184,7 @@ pub async fn create(
     if !state.store.create_project(project.clone()).await? {
         return Err(ApiError::new(StatusCode::CONFLICT, "exists", format!("project {} exists", body.name)).with_field("name"));
     }
+    state.auth.forget();
     let token = issue_token(&state, &body.name, "default").await?;
     state.audit(&caller, Some(&body.name), "project.create", &body.name, Some(format!("limits {}", limits_text(&body.limits)))).await;
     state.audit(&caller, Some(&body.name), "token.create", &token.info.id, None).await;

@@ -74,10 +74,9 @@ async fn admit(state: &AppState, tasks: &[NewTask], prefix: &(dyn Fn(usize) -> S
         *per_project.entry(task.spec.project.as_str()).or_default() += 1;
     }
     for (project, adding) in per_project {
-        let Some(record) = state.store.get_project(project).await? else { continue };
-        if let Some(max) = record.limits.max_queued {
-            let counts = state.store.count_by_state(Some(project.to_string())).await?;
-            let queued = counts.iter().filter(|(s, _)| *s == TaskState::Queued).map(|(_, n)| n).sum::<u64>();
+        let Some(limits) = state.auth.project_limits(state.store.as_ref(), project).await? else { continue };
+        if let Some(max) = limits.max_queued {
+            let queued = state.store.count_queued(project).await?;
             if queued + adding > max {
                 return Err(ApiError::new(
                     StatusCode::TOO_MANY_REQUESTS,
@@ -140,8 +139,8 @@ pub async fn create(
     let mut tasks = prepare(&state, &caller, vec![spec], &|_| String::new())?;
     admit(&state, &tasks, &|_| String::new()).await?;
     let task = Task::from_new(&tasks[0]);
-    state.store.create_tasks(std::mem::take(&mut tasks)).await?;
-    state.audit(&caller, Some(&task.project), "task.create", &task.id.to_string(), None).await;
+    let audit = super::audit_entry(&caller, Some(&task.project), "task.create", &task.id.to_string(), None);
+    state.store.create_tasks_audited(std::mem::take(&mut tasks), vec![audit]).await?;
     state.scheduler_wakeup.notify_one();
     Ok((StatusCode::CREATED, Json(task)))
 }
@@ -162,11 +161,14 @@ pub async fn create_batch(
     admit(&state, &tasks, &|i| format!("tasks[{i}]")).await?;
     let ids: Vec<TaskId> = tasks.iter().map(|t| t.id).collect();
     let projects: std::collections::BTreeSet<String> = tasks.iter().map(|t| t.spec.project.clone()).collect();
-    state.store.create_tasks(tasks).await?;
-    for project in projects {
-        let detail = format!("{count} tasks, {} to {}", ids[0], ids[count - 1]);
-        state.audit(&caller, Some(&project), "task.create_batch", &ids[0].to_string(), Some(detail)).await;
-    }
+    let audit = projects
+        .iter()
+        .map(|project| {
+            let detail = format!("{count} tasks, {} to {}", ids[0], ids[count - 1]);
+            super::audit_entry(&caller, Some(project), "task.create_batch", &ids[0].to_string(), Some(detail))
+        })
+        .collect();
+    state.store.create_tasks_audited(tasks, audit).await?;
     state.scheduler_wakeup.notify_one();
     Ok((StatusCode::CREATED, Json(BatchResponse { ids })))
 }

@@ -165,6 +165,14 @@ impl Store for SqliteStore {
         self.write(|reply| WriteOp::Create(tasks, reply)).await
     }
 
+    async fn create_tasks_audited(&self, tasks: Vec<NewTask>, audit: Vec<AuditEntry>) -> Result<(), StoreError> {
+        self.write_with(move |conn| {
+            writer::insert_tasks(conn, &tasks)?;
+            tenants::append_audit(conn, &audit)
+        })
+        .await
+    }
+
     async fn get_task(&self, id: TaskId) -> Result<Option<Task>, StoreError> {
         self.read(move |conn| rows::get_task(conn, id)).await
     }
@@ -408,6 +416,17 @@ impl Store for SqliteStore {
                 counts.push((rows::parse_state(&row.get::<_, String>(0)?)?, row.get::<_, i64>(1)? as u64));
             }
             Ok(counts)
+        })
+        .await
+    }
+
+    async fn count_queued(&self, project: &str) -> Result<u64, StoreError> {
+        let project = project.to_string();
+        self.read(move |conn| {
+            let count: i64 = conn
+                .prepare_cached("SELECT COUNT(*) FROM tasks WHERE project = ?1 AND state = 'queued'")?
+                .query_row([project], |row| row.get(0))?;
+            Ok(count as u64)
         })
         .await
     }

@@ -109,7 +109,7 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (project, name)
     );
     CREATE TABLE audit_log (
-        seq     INTEGER PRIMARY KEY AUTOINCREMENT,
+        seq     INTEGER PRIMARY KEY,
         at      BIGINT NOT NULL,
         actor   TEXT NOT NULL,
         project TEXT,
@@ -118,7 +118,6 @@ const MIGRATIONS: &[&str] = &[
         detail  TEXT
     );
     CREATE INDEX audit_log_by_project ON audit_log (project, seq);
-    CREATE INDEX tasks_by_project_state ON tasks (project, state);
     "#,
 ];
 
