@@ -68,6 +68,9 @@ pub struct ServerFlags {
     /// A file holding the admin token.
     #[arg(long, conflicts_with = "admin_token")]
     admin_token_file: Option<PathBuf>,
+    /// Longest time an API request may take, body included (long polls and log follows excepted).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    request_timeout: Duration,
 }
 
 /// Flags of a node (`up` and `agent`).
@@ -301,11 +304,38 @@ async fn run_cluster(server: ServerFlags, node: Option<&NodeFlags>, write_cli_co
             _ => None,
         },
         admin_token: admin_token.clone(),
+        request_timeout: server.request_timeout,
     };
     let cluster = Cluster::start(config, driver).await.context("cannot start the cluster")?;
     let scheme = if server.tls_cert.is_some() { "https" } else { "http" };
     let url = format!("{scheme}://{}", cluster.addr());
     let default_token = cluster.bootstrap_default_project().await.context("creating the default project")?;
+    // The all-in-one cluster points the CLI at itself (before saying it
+    // listens, so that whoever waits for that line finds the config); a
+    // server leaves the user's CLI config alone and prints the token instead.
+    let mut wrote_config = false;
+    let mut project_line = None;
+    if let Some(token) = &default_token {
+        if write_cli_config {
+            let config = crate::config::CliConfig {
+                server: Some(url.clone()),
+                token: Some(token.clone()),
+                admin_token: Some(admin_token.clone()),
+                tls_ca: None,
+            };
+            match crate::config::save(&config) {
+                Ok(path) => {
+                    project_line = Some(format!("  project: `default` created; its token and the admin token are in the CLI config {}", path.display()));
+                    wrote_config = true;
+                }
+                Err(e) => project_line = Some(format!("  project: `default` created; could not write the CLI config ({e:#})")),
+            }
+        }
+        if !wrote_config {
+            let why = project_line.take().map(|l| format!("{l}\n")).unwrap_or_default();
+            project_line = Some(format!("{why}  project: `default` created; its token (shown once): {token}"));
+        }
+    }
     println!("shepherd: API listening on {url}");
     println!("  data:    {} (embedded SQLite)", data_dir.display());
     match (&local, cluster.node_id(), cluster.driver()) {
@@ -322,28 +352,8 @@ async fn run_cluster(server: ServerFlags, node: Option<&NodeFlags>, write_cli_co
     println!("  profiles: {profiles}");
     println!("  openapi: {url}/v1/openapi.json");
     println!("  admin:   token in {admin_token_source}");
-    // The all-in-one cluster points the CLI at itself; a server leaves the
-    // user's CLI config alone and prints the token instead.
-    let mut wrote_config = false;
-    if let Some(token) = &default_token {
-        if write_cli_config {
-            let config = crate::config::CliConfig {
-                server: Some(url.clone()),
-                token: Some(token.clone()),
-                admin_token: Some(admin_token.clone()),
-                tls_ca: None,
-            };
-            match crate::config::save(&config) {
-                Ok(path) => {
-                    println!("  project: `default` created; its token and the admin token are in the CLI config {}", path.display());
-                    wrote_config = true;
-                }
-                Err(e) => println!("  project: `default` created; could not write the CLI config ({e:#})"),
-            }
-        }
-        if !wrote_config {
-            println!("  project: `default` created; its token (shown once): {token}");
-        }
+    if let Some(line) = &project_line {
+        println!("{line}");
     }
     println!();
     if !wrote_config && server.listen.to_string() != super::client::DEFAULT_SERVER.trim_start_matches("http://") {

@@ -317,3 +317,46 @@ async fn up_writes_a_cli_config_that_the_cli_uses() {
     assert_eq!(bare.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&bare.stderr).contains("SHEPHERD_TOKEN"), "{}", String::from_utf8_lossy(&bare.stderr));
 }
+
+#[tokio::test]
+async fn a_client_trickling_its_body_is_cut_off_and_big_bodies_are_refused() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &["--no-agent", "--request-timeout", "1s"]);
+    let address = server.url.trim_start_matches("http://").to_string();
+    let mut slow = std::net::TcpStream::connect(&address).unwrap();
+    let head = format!(
+        "POST /v1/tasks HTTP/1.1\r\nhost: {address}\r\nauthorization: Bearer {ADMIN_TOKEN}\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"image\""
+    );
+    slow.write_all(head.as_bytes()).unwrap();
+    let started = Instant::now();
+    slow.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while !String::from_utf8_lossy(&answer).contains("\"timeout\"") {
+        match slow.read(&mut buffer) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => answer.extend_from_slice(&buffer[..n]),
+        }
+    }
+    let answer = String::from_utf8_lossy(&answer).to_string();
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("\"timeout\""), "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(5), "cut off after {:?}", started.elapsed());
+    // A body announced over the 64 MiB limit is refused before it is read;
+    // the server keeps serving.
+    let mut big = std::net::TcpStream::connect(&address).unwrap();
+    let head = format!(
+        "POST /v1/tasks HTTP/1.1\r\nhost: {address}\r\nauthorization: Bearer {ADMIN_TOKEN}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{{",
+        65 * 1024 * 1024
+    );
+    big.write_all(head.as_bytes()).unwrap();
+    big.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = big.read(&mut answer).unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]).to_string();
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    let http = server.http();
+    let (status, _) = http.post("/v1/tasks", &sh("true")).await;
+    assert_eq!(status, 201);
+}

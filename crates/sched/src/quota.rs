@@ -85,7 +85,7 @@ mod tests {
         assert_eq!(ids, vec![1, 3, 5, 6, 8]);
         let held: Vec<u128> = waiting.iter().map(|(id, _)| id.0 .0).collect();
         assert_eq!(held, vec![2, 4, 7]);
-        assert!(waiting[0].1.contains("2 of 3"), "{}", waiting[0].1);
+        assert!(waiting[0].1.contains("3 of 3"), "{}", waiting[0].1);
         assert!(waiting[1].1.contains("millicores"));
         assert!(waiting[2].1.contains("MiB"));
     }

@@ -241,15 +241,37 @@ pub async fn authenticate(State(state): State<AppState>, mut request: Request, n
     next.run(request).await
 }
 
-/// How long an ordinary request may take before it is answered 503.
+/// How long an ordinary request may take by default, from its headers to
+/// the answer (a client trickling its body in holds nothing for longer).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Middleware: answers 503 to a request that takes longer than
-/// [`REQUEST_TIMEOUT`] (long polls and log follows are routed around it).
-pub async fn request_timeout(request: Request, next: Next) -> Response {
-    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
+/// Middleware: answers 503 to a request that takes longer than the
+/// server's request timeout (long polls and log follows are routed around it).
+pub async fn request_timeout(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(state.request_timeout, next.run(request)).await {
         Ok(response) => response,
         Err(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "timeout", "the request took too long; try again").into_response(),
+    }
+}
+
+/// Middleware: refuses at once (413) a request whose `Content-Length`
+/// says its body is over [`crate::api::MAX_BODY_BYTES`], before reading any
+/// of it. (Bodies without a length are cut off at the limit as they arrive.)
+pub async fn refuse_oversized(request: Request, next: Next) -> Response {
+    let announced = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match announced {
+        Some(length) if length > crate::api::MAX_BODY_BYTES as u64 => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the body is {length} bytes; the limit is {} bytes", crate::api::MAX_BODY_BYTES),
+        )
+        .with_field("body")
+        .into_response(),
+        _ => next.run(request).await,
     }
 }
 

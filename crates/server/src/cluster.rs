@@ -35,6 +35,8 @@ pub struct ClusterConfig {
     pub tls: Option<crate::tls::TlsFiles>,
     /// The cluster's admin token (kept only as a hash in memory).
     pub admin_token: String,
+    /// Longest time an ordinary API request may take (503 after).
+    pub request_timeout: Duration,
 }
 
 /// The local node's size and settings.
@@ -171,6 +173,7 @@ impl Cluster {
             engine: config.engine.clone(),
             agent_api: crate::agents::AgentApi { join_token: config.join_token.clone(), agents: remote },
             auth: Arc::new(crate::auth::Auth::new(&config.admin_token)),
+            request_timeout: config.request_timeout,
         };
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await

@@ -43,6 +43,8 @@ pub struct AppState {
     pub agent_api: crate::agents::AgentApi,
     /// API tokens and rate limits.
     pub auth: Arc<crate::auth::Auth>,
+    /// Longest time an ordinary request may take.
+    pub request_timeout: std::time::Duration,
 }
 
 impl AppState {
@@ -74,7 +76,7 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
 
 /// The API router.
 pub fn router(state: AppState) -> Router {
-    use axum::middleware::{from_fn, from_fn_with_state};
+    use axum::middleware::from_fn_with_state;
     // Answered within the request timeout.
     let short = Router::new()
         .route("/v1/tasks", post(tasks::create).get(tasks::list))
@@ -90,7 +92,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/projects/{project}/secrets", get(projects::list_secrets))
         .route("/v1/projects/{project}/secrets/{name}", put(projects::put_secret).delete(projects::delete_secret))
         .route("/v1/audit", get(projects::audit))
-        .layer(from_fn(crate::auth::request_timeout));
+        .layer(from_fn_with_state(state.clone(), crate::auth::request_timeout));
     // Long polls and live follows keep their own limits.
     let long = Router::new().route("/v1/tasks/{id}/wait", get(tasks::wait)).route("/v1/tasks/{id}/logs", get(logs::logs));
     let authenticated = short.merge(long).layer(from_fn_with_state(state.clone(), crate::auth::authenticate));
@@ -104,5 +106,6 @@ pub fn router(state: AppState) -> Router {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route; see /v1/openapi.json")
         })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(crate::auth::refuse_oversized))
         .with_state(state)
 }

@@ -408,9 +408,12 @@ impl Store for SqliteStore {
 
     async fn count_by_state(&self, project: Option<String>) -> Result<Vec<(TaskState, u64)>, StoreError> {
         self.read(move |conn| {
-            let mut stmt =
-                conn.prepare_cached("SELECT state, COUNT(*) FROM tasks WHERE ?1 IS NULL OR project = ?1 GROUP BY state")?;
-            let mut rows = stmt.query([project])?;
+            // Two statements, so that each can use its index.
+            let (mut stmt, args) = match project {
+                None => (conn.prepare_cached("SELECT state, COUNT(*) FROM tasks GROUP BY state")?, Vec::new()),
+                Some(p) => (conn.prepare_cached("SELECT state, COUNT(*) FROM tasks WHERE project = ?1 GROUP BY state")?, vec![p]),
+            };
+            let mut rows = stmt.query(params_from_iter(args.iter()))?;
             let mut counts = Vec::new();
             while let Some(row) = rows.next()? {
                 counts.push((rows::parse_state(&row.get::<_, String>(0)?)?, row.get::<_, i64>(1)? as u64));
