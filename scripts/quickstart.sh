@@ -61,7 +61,9 @@ step "curl $SHEPHERD_SERVER/v1/health"
 curl -s "$SHEPHERD_SERVER/v1/health" -H "authorization: Bearer $token"; echo
 
 step "shepherd project create acme --max-running 2 --rate-limit 100   # a tenant with quotas"
-"$bin" project ls | grep -q '^acme ' || "$bin" project create acme --max-running 2 --rate-limit 100 | head -1
+if ! "$bin" project ls | awk '$1 == "acme" { found = 1 } END { exit !found }'; then
+    "$bin" project create acme --max-running 2 --rate-limit 100 | sed -n 1p
+fi
 acme=$("$bin" token create acme --name quickstart | tail -1)
 step "echo -n hunter2 | SHEPHERD_TOKEN=\$acme shepherd secret set db"
 echo -n hunter2 | SHEPHERD_TOKEN=$acme "$bin" secret set db
