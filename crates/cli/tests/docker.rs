@@ -157,8 +157,9 @@ async fn restarts_adopt_running_containers_and_remove_unowned_ones() {
     let http = server.http();
     let node = node_id(&http).await;
 
-    // SIGKILL: the container keeps running and is adopted.
-    let crashed = submit(&http, task("sleep 3; echo done after crash")).await;
+    // SIGKILL: the container keeps running and is adopted. (It must outlive
+    // the restart: output written while no agent watches is not captured.)
+    let crashed = submit(&http, task("sleep 8; echo done after crash")).await;
     common::wait_running(&http, &crashed).await;
     server.kill();
     let stray = format!("shepherd-stray-{}", std::process::id());
@@ -181,7 +182,7 @@ async fn restarts_adopt_running_containers_and_remove_unowned_ones() {
     assert!(!containers_of(&node).contains(&stray), "the container it does not own was removed");
 
     // Ctrl-C: containers are left running and adopted on the next start.
-    let calm = submit(&http, task("sleep 3; echo done after stop")).await;
+    let calm = submit(&http, task("sleep 8; echo done after stop")).await;
     common::wait_running(&http, &calm).await;
     server.stop();
     assert_eq!(containers_of(&node).len(), 1, "left running across a clean stop");

@@ -285,7 +285,13 @@ struct ContainerAttempt {
     docker: Docker,
     name: String,
     removed: bool,
+    /// Shepherd sent it SIGKILL (timeout, cancel): a 137 exit is ours, not the kernel's.
+    killed: bool,
 }
+
+/// How long a SIGKILL exit we did not send is watched for the engine's OOM
+/// flag, which can land well after the exit on a busy host.
+const OOM_FLAG_WAIT: Duration = Duration::from_secs(2);
 
 #[async_trait]
 impl AttemptHandle for ContainerAttempt {
@@ -297,19 +303,20 @@ impl AttemptHandle for ContainerAttempt {
             Some(Err(e)) => return Err(engine_error("waiting for the container", e)),
             None => return Err(DriverError::Io(std::io::Error::other("the engine closed the wait stream"))),
         };
-        // The engine may record an OOM kill a moment after the exit: for a
-        // SIGKILL exit, look again briefly before concluding it was not one.
-        let mut oom_killed = false;
-        for retry in 0..4 {
-            oom_killed = match self.docker.inspect_container(&self.name, None).await {
+        // The engine may record an OOM kill a while after the exit: for a
+        // SIGKILL exit Shepherd did not cause, look again for a moment
+        // before concluding it was not one.
+        let deadline = tokio::time::Instant::now() + OOM_FLAG_WAIT;
+        let oom_killed = loop {
+            let flagged = match self.docker.inspect_container(&self.name, None).await {
                 Ok(info) => info.state.and_then(|s| s.oom_killed).unwrap_or(false),
                 Err(_) => false,
             };
-            if oom_killed || code != 137 || retry == 3 {
-                break;
+            if flagged || code != 137 || self.killed || tokio::time::Instant::now() >= deadline {
+                break flagged;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        };
         Ok(ExitStatus { code: i32::try_from(code).unwrap_or(255), oom_killed })
     }
 
@@ -318,6 +325,7 @@ impl AttemptHandle for ContainerAttempt {
     }
 
     async fn kill(&mut self) -> Result<(), DriverError> {
+        self.killed = true;
         self.signal("SIGKILL").await
     }
 
@@ -364,7 +372,7 @@ impl Driver for DockerDriver {
         }
         let name = container_name(spec.task_id, spec.attempt);
         self.create_with_image(&name, spec).await?;
-        let mut attempt = ContainerAttempt { docker: self.docker.clone(), name: name.clone(), removed: false };
+        let mut attempt = ContainerAttempt { docker: self.docker.clone(), name: name.clone(), removed: false, killed: false };
         if let Err(e) = self.attach(&name, output).await {
             let _ = attempt.remove().await;
             return Err(engine_error("attaching to the container", e));
@@ -395,7 +403,7 @@ impl Driver for DockerDriver {
                 if running {
                     self.attach(&name, output).await.map_err(|e| engine_error("attaching to the container", e))?;
                 }
-                Ok(Some(Box::new(ContainerAttempt { docker: self.docker.clone(), name, removed: false })))
+                Ok(Some(Box::new(ContainerAttempt { docker: self.docker.clone(), name, removed: false, killed: false })))
             }
             Err(e) if is_status(&e, &[404]) => Ok(None),
             Err(e) => Err(engine_error("inspecting the container", e)),
