@@ -88,6 +88,21 @@ pub fn new_token() -> Result<String, ring::error::Unspecified> {
     Ok(format!("{TOKEN_PREFIX}{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()))
 }
 
+/// Makes a token for a project and stores its hash; returns the record and
+/// the token itself (to be shown once).
+pub async fn mint_token(store: &dyn Store, project: &str, name: &str) -> Result<(TokenRecord, String), StoreError> {
+    let token = new_token().map_err(|_| StoreError::Corrupt("no randomness for a token".into()))?;
+    let record = TokenRecord {
+        id: format!("tok_{}", ulid::Ulid::new().to_string().to_lowercase()),
+        project: project.to_string(),
+        name: name.to_string(),
+        created_at: shepherd_core::Timestamp::now(),
+        revoked_at: None,
+    };
+    store.create_token(record.clone(), hash_token(&token)).await?;
+    Ok((record, token))
+}
+
 struct Cached {
     token: Option<TokenRecord>,
     limits: ProjectLimits,

@@ -225,24 +225,9 @@ impl Cluster {
         if !self.store.create_project(project).await? {
             return Ok(None);
         }
-        let token = crate::auth::new_token().map_err(|_| StoreError::Corrupt("no randomness for a token".into()))?;
-        let record = shepherd_store::TokenRecord {
-            id: format!("tok_{}", ulid::Ulid::new().to_string().to_lowercase()),
-            project: DEFAULT_PROJECT.into(),
-            name: "created by shepherd up".into(),
-            created_at: Timestamp::now(),
-            revoked_at: None,
-        };
-        self.store.create_token(record.clone(), crate::auth::hash_token(&token)).await?;
-        let entry = shepherd_store::AuditEntry {
-            seq: 0,
-            at: Timestamp::now(),
-            actor: "admin".into(),
-            project: Some(DEFAULT_PROJECT.into()),
-            action: "project.create".into(),
-            target: DEFAULT_PROJECT.into(),
-            detail: Some(format!("first start; token {}", record.id)),
-        };
+        let (record, token) = crate::auth::mint_token(self.store.as_ref(), DEFAULT_PROJECT, "created by shepherd up").await?;
+        let detail = Some(format!("first start; token {}", record.id));
+        let entry = api::audit_entry(&crate::auth::Caller::Admin, Some(DEFAULT_PROJECT), "project.create", DEFAULT_PROJECT, detail);
         self.store.append_audit(vec![entry]).await?;
         Ok(Some(token))
     }

@@ -6,7 +6,7 @@
 
 use super::error::ApiJson;
 use super::{ApiError, AppState};
-use crate::auth::{hash_token, new_token, Caller};
+use crate::auth::Caller;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
@@ -155,15 +155,7 @@ async fn project_or_404(state: &AppState, caller: &Caller, name: &str) -> Result
 
 /// Makes and stores a token for a project.
 pub async fn issue_token(state: &AppState, project: &str, name: &str) -> Result<CreatedToken, ApiError> {
-    let token = new_token().map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "no randomness for a token"))?;
-    let record = TokenRecord {
-        id: format!("tok_{}", ulid::Ulid::new().to_string().to_lowercase()),
-        project: project.to_string(),
-        name: name.to_string(),
-        created_at: Timestamp::now(),
-        revoked_at: None,
-    };
-    state.store.create_token(record.clone(), hash_token(&token)).await?;
+    let (record, token) = crate::auth::mint_token(state.store.as_ref(), project, name).await?;
     Ok(CreatedToken { info: record.into(), token })
 }
 
