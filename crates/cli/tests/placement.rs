@@ -45,7 +45,52 @@ async fn a_task_that_fits_nowhere_waits_with_its_reason_and_runs_once_capacity_a
     assert_eq!(done["state"], "succeeded");
     let mars = state_of(&http, &mars).await;
     assert_eq!(mars["state"], "queued");
-    assert_eq!(mars["reason"], "0/1 nodes fit: 1 constraint node.labels.region==mars");
+    assert_eq!(mars["reason"], "no node can ever run this task (0/1 fit even with nothing running): 1 constraint node.labels.region==mars");
+}
+
+/// Issue 10: 5,000 tasks that can never be placed, queued ahead of a
+/// placeable one in the same project, must not hide it; every waiting task
+/// shows its reason, and the too-big ones say plainly that no node is big enough.
+#[tokio::test]
+async fn unplaceable_tasks_ahead_in_the_queue_never_block_a_placeable_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &["--cpu", "2000", "--memory", "4096", "--node-label", "region=eu"]);
+    let http = server.http();
+    let mut too_big = sh("true");
+    too_big["resources"] = json!({"cpu_millicores": 256000});
+    let mut nowhere = sh("true");
+    nowhere["constraints"] = json!(["node.labels.region==mars"]);
+    let mut ids = Vec::new();
+    for batch in 0..5 {
+        // 2,500 too big, then 2,500 with a constraint no node meets; 1,000 per request.
+        let template = if batch < 2 || (batch == 2) { &too_big } else { &nowhere };
+        let tasks: Vec<_> = (0..1000).map(|_| template.clone()).collect();
+        let (status, body) = http.post("/v1/tasks/batch", &json!({ "tasks": tasks })).await;
+        assert_eq!(status, 201, "{body}");
+        ids.extend(body["ids"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()));
+    }
+    assert_eq!(ids.len(), 5000);
+    // Behind them, in the same project, one task that fits, through the CLI.
+    let run = server.cli(&["run", "--wait", "busybox", "--", "echo", "made it"]);
+    assert!(run.status.success(), "stdout: {} stderr: {}", String::from_utf8_lossy(&run.stdout), String::from_utf8_lossy(&run.stderr));
+    assert_eq!(String::from_utf8_lossy(&run.stdout), "made it\n");
+    // Every waiting task has its reason: the first, the last, and ones deep in the queue.
+    for id in [&ids[0], &ids[2999], &ids[3000], &ids[4999]] {
+        let task = state_of(&http, id).await;
+        assert_eq!(task["state"], "queued");
+        assert!(task["reason"].is_string(), "no reason for {id}: {task}");
+    }
+    let big = state_of(&http, &ids[0]).await;
+    assert_eq!(
+        big["reason"],
+        "no node can ever run this task (0/1 fit even with nothing running): \
+         1 too little cpu in all (the task asks 256000 millicores; the largest node has 2000)"
+    );
+    let mars = state_of(&http, &ids[4999]).await;
+    assert!(mars["reason"].as_str().unwrap().contains("1 constraint node.labels.region==mars"), "{mars}");
+    // A second placeable task runs too (the skip holds across passes).
+    let again = server.cli(&["run", "--wait", "busybox", "--", "true"]);
+    assert!(again.status.success());
 }
 
 #[tokio::test]

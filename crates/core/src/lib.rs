@@ -13,6 +13,7 @@
 pub mod constraint;
 pub mod decode;
 pub mod lifecycle;
+pub mod shape;
 pub mod state;
 pub mod task;
 pub mod tenant;

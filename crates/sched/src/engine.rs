@@ -4,8 +4,9 @@
 
 use crate::cluster::{CandidateOrder, Cluster};
 use crate::fairness;
-use crate::model::{NodeSnapshot, PendingTask, Placement, PlacementPlan, Rejection};
+use crate::model::{NodeSnapshot, PendingTask, Placement, PlacementPlan, Rejection, Unplaced, Wait};
 use crate::profile::{self, BatchOrder, ConfigError, Profile, SchedulerConfig};
+use crate::quota::QuotaLedger;
 use shepherd_core::Resources;
 use std::collections::HashMap;
 
@@ -84,26 +85,75 @@ impl Engine {
 
     /// Orders a batch: priorities, then weighted fair share across projects.
     pub fn order(&self, tasks: Vec<PendingTask>, nodes: &[NodeSnapshot], usage: &HashMap<String, Resources>) -> Vec<PendingTask> {
-        let capacity = nodes.iter().fold(Resources { cpu_millicores: 0, memory_mib: 0 }, |acc, n| Resources {
-            cpu_millicores: acc.cpu_millicores.saturating_add(n.capacity.cpu_millicores),
-            memory_mib: acc.memory_mib.saturating_add(n.capacity.memory_mib),
-        });
-        fairness::order(tasks, usage, capacity, &self.weights, |t| self.profile_for(t).batch_order == BatchOrder::LargestFirst)
+        fairness::order(tasks, usage, total_capacity(nodes), &self.weights, |t| self.profile_for(t).batch_order == BatchOrder::LargestFirst)
     }
 
     /// Orders and places a batch against `nodes`: the whole pass in one call.
     pub fn place_batch(&self, nodes: Vec<NodeSnapshot>, tasks: Vec<PendingTask>, usage: &HashMap<String, Resources>, seed: u64) -> PlacementPlan {
-        let ordered = self.order(tasks, &nodes, usage);
-        let mut placer = self.placer(nodes, seed);
+        self.pass(nodes, usage.clone(), QuotaLedger::default(), seed).place(tasks)
+    }
+
+    /// A pass over `nodes` that may place several batches in turn (pages
+    /// of a long queue), each against the nodes as the earlier ones left
+    /// them. `usage` is what each project holds (for fair share), `quota`
+    /// what counts against project quotas.
+    pub fn pass(&self, nodes: Vec<NodeSnapshot>, usage: HashMap<String, Resources>, quota: QuotaLedger, seed: u64) -> Pass<'_> {
+        let capacity = total_capacity(&nodes);
+        Pass { placer: self.placer(nodes, seed), usage, quota, capacity }
+    }
+}
+
+fn total_capacity(nodes: &[NodeSnapshot]) -> Resources {
+    nodes.iter().fold(Resources { cpu_millicores: 0, memory_mib: 0 }, |acc, n| Resources {
+        cpu_millicores: acc.cpu_millicores.saturating_add(n.capacity.cpu_millicores),
+        memory_mib: acc.memory_mib.saturating_add(n.capacity.memory_mib),
+    })
+}
+
+/// One scheduling pass: nodes, fair-share usage and quotas, all updated as
+/// tasks are placed, so that later batches see what earlier ones took.
+pub struct Pass<'e> {
+    placer: Placer<'e>,
+    usage: HashMap<String, Resources>,
+    quota: QuotaLedger,
+    capacity: Resources,
+}
+
+impl Pass<'_> {
+    /// Orders a batch (priority, then fair share) and places it: quota
+    /// first, then a node.
+    pub fn place(&mut self, tasks: Vec<PendingTask>) -> PlacementPlan {
+        let engine = self.placer.engine;
+        let ordered = fairness::order(tasks, &self.usage, self.capacity, &engine.weights, |t| {
+            engine.profile_for(t).batch_order == BatchOrder::LargestFirst
+        });
         let mut plan = PlacementPlan::default();
         for task in &ordered {
-            match placer.place(task) {
-                Ok(node) => plan.placements.push(Placement { task_id: task.id, node_id: placer.cluster.nodes[node].id.clone() }),
-                Err(reason) => plan.unplaced.push((task.id, reason)),
+            if let Some(reason) = self.quota.check(task) {
+                plan.unplaced.push(Unplaced { task_id: task.id, reason, wait: Wait::Quota });
+                continue;
+            }
+            match self.placer.place(task) {
+                Ok(node) => {
+                    self.quota.charge(task);
+                    let used = self.usage.entry(task.project.clone()).or_insert(Resources { cpu_millicores: 0, memory_mib: 0 });
+                    used.cpu_millicores = used.cpu_millicores.saturating_add(task.resources.cpu_millicores);
+                    used.memory_mib = used.memory_mib.saturating_add(task.resources.memory_mib);
+                    plan.placements.push(Placement { task_id: task.id, node_id: self.placer.cluster.nodes[node].id.clone() });
+                }
+                Err(unfit) => plan.unplaced.push(Unplaced { task_id: task.id, reason: unfit.reason, wait: unfit.wait }),
             }
         }
         plan
     }
+}
+
+/// Why a task fits on no node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unfit {
+    pub reason: String,
+    /// [`Wait::Room`] or [`Wait::NeverFits`].
+    pub wait: Wait,
 }
 
 /// The shape of a task as far as feasibility goes: two tasks of the same
@@ -119,17 +169,24 @@ struct Shape {
     anti_affinity: Option<crate::model::AntiAffinity>,
 }
 
+/// "3 insufficient cpu, 1 not ready": counts, most first.
+fn render(counts: HashMap<Rejection, usize>, name: impl Fn(&Rejection) -> String) -> String {
+    let mut counts: Vec<(Rejection, usize)> = counts.into_iter().collect();
+    counts.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    counts.iter().map(|(why, n)| format!("{n} {}", name(why))).collect::<Vec<_>>().join(", ")
+}
+
 /// Places tasks one at a time against a cluster it updates.
 pub struct Placer<'e> {
     engine: &'e Engine,
     /// The nodes with every placement so far applied.
     pub cluster: Cluster,
-    infeasible: HashMap<Shape, String>,
+    infeasible: HashMap<Shape, Unfit>,
 }
 
 impl Placer<'_> {
     /// Places one task: the index of its node, or why it fits nowhere.
-    pub fn place(&mut self, task: &PendingTask) -> Result<usize, String> {
+    pub fn place(&mut self, task: &PendingTask) -> Result<usize, Unfit> {
         let profile = self.engine.profile_for(task);
         let shape = Shape {
             profile: profile.name.clone(),
@@ -172,28 +229,65 @@ impl Placer<'_> {
                 Ok(i)
             }
             None => {
-                let reason = self.explain(task, profile);
-                self.infeasible.insert(shape, reason.clone());
-                Err(reason)
+                let unfit = self.explain(task, profile);
+                self.infeasible.insert(shape, unfit.clone());
+                Err(unfit)
             }
         }
     }
 
-    /// "0/N nodes fit: ..." with the count of each first rejection.
-    fn explain(&self, task: &PendingTask, profile: &Profile) -> String {
+    /// "0/N nodes fit: ..." with the count of each first rejection; or, when
+    /// no node could take the task even with nothing running on it, "no
+    /// node can ever run this task: ..." saying what is missing.
+    fn explain(&mut self, task: &PendingTask, profile: &Profile) -> Unfit {
         if self.cluster.nodes.is_empty() {
-            return "no nodes in the cluster".into();
+            return Unfit { reason: "no nodes in the cluster".into(), wait: Wait::Room };
         }
-        let mut counts: HashMap<Rejection, usize> = HashMap::new();
-        for node in &self.cluster.nodes {
-            if let Some(why) = profile.filters.iter().find_map(|f| f.filter(task, node).err()) {
-                *counts.entry(why).or_default() += 1;
+        let first_rejection = |node: &NodeSnapshot| profile.filters.iter().find_map(|f| f.filter(task, node).err());
+        let mut now: HashMap<Rejection, usize> = HashMap::new();
+        let mut idle: HashMap<Rejection, usize> = HashMap::new();
+        let mut fits_idle = false;
+        for node in &mut self.cluster.nodes {
+            if let Some(why) = first_rejection(node) {
+                *now.entry(why).or_default() += 1;
             }
+            if fits_idle {
+                continue;
+            }
+            // The node as it would be with nothing running and ready: taken
+            // apart in place (no copy), put back right after.
+            let ready = std::mem::replace(&mut node.ready, true);
+            let allocated = std::mem::replace(&mut node.allocated, Resources { cpu_millicores: 0, memory_mib: 0 });
+            let task_count = std::mem::replace(&mut node.task_count, 0);
+            let label_counts = std::mem::take(&mut node.label_counts);
+            match first_rejection(node) {
+                Some(why) => *idle.entry(why).or_default() += 1,
+                None => fits_idle = true,
+            }
+            node.ready = ready;
+            node.allocated = allocated;
+            node.task_count = task_count;
+            node.label_counts = label_counts;
         }
-        let mut counts: Vec<(Rejection, usize)> = counts.into_iter().collect();
-        counts.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        let detail: Vec<String> = counts.iter().map(|(why, n)| format!("{n} {why}")).collect();
-        format!("0/{} nodes fit: {}", self.cluster.nodes.len(), detail.join(", "))
+        let total = self.cluster.nodes.len();
+        if fits_idle {
+            return Unfit { reason: format!("0/{total} nodes fit: {}", render(now, |why| why.to_string())), wait: Wait::Room };
+        }
+        let largest = |f: fn(&NodeSnapshot) -> u32| self.cluster.nodes.iter().map(f).max().unwrap_or(0);
+        let (cpu, memory) = (largest(|n| n.capacity.cpu_millicores), largest(|n| n.capacity.memory_mib));
+        let detail = render(idle, |why| match why {
+            Rejection::InsufficientCpu => format!(
+                "too little cpu in all (the task asks {} millicores; the largest node has {cpu})",
+                task.resources.cpu_millicores
+            ),
+            Rejection::InsufficientMemory => format!(
+                "too little memory in all (the task asks {} MiB; the largest node has {memory})",
+                task.resources.memory_mib
+            ),
+            Rejection::TooManyTasks => "take no tasks at all (task limit 0)".into(),
+            other => other.to_string(),
+        });
+        Unfit { reason: format!("no node can ever run this task (0/{total} fit even with nothing running): {detail}"), wait: Wait::NeverFits }
     }
 
     /// Frees a task's reservation (the simulator, when a task ends).

@@ -33,10 +33,10 @@ pub mod registry;
 pub mod rng;
 
 pub use cluster::{CandidateOrder, Cluster, ClusterView};
-pub use engine::{Engine, Placer};
-pub use model::{AntiAffinity, NodeSnapshot, PendingTask, Placement, PlacementPlan, Rejection};
+pub use engine::{Engine, Pass, Placer, Unfit};
+pub use model::{AntiAffinity, NodeSnapshot, PendingTask, Placement, PlacementPlan, Rejection, Unplaced, Wait};
 pub use plugin::{FilterPlugin, ScorePlugin};
-pub use quota::{admit, ProjectUsage};
+pub use quota::{admit, ProjectUsage, QuotaLedger};
 
 /// The node label that dedicates a node to projects (comma-separated):
 /// the `pool` filter keeps every other project's tasks off it.

@@ -120,12 +120,33 @@ pub struct Placement {
     pub node_id: String,
 }
 
-/// The result of placing a batch.
+/// The outcome of placing a batch.
 #[derive(Debug, Clone, Default)]
 pub struct PlacementPlan {
     pub placements: Vec<Placement>,
-    /// Tasks that fit nowhere, with the reason.
-    pub unplaced: Vec<(TaskId, String)>,
+    /// Tasks that stay queued, each with why.
+    pub unplaced: Vec<Unplaced>,
+}
+
+/// A task that stays queued after a pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unplaced {
+    pub task_id: TaskId,
+    /// "0/N nodes fit: …", "no node can ever run this task: …", "project quota: …".
+    pub reason: String,
+    pub wait: Wait,
+}
+
+/// What an unplaced task waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Wait {
+    /// Room: some node could take it if tasks there ended (or it came back).
+    Room,
+    /// A different cluster: no node there is could take it even idle (too
+    /// small in all, wrong labels or pool). Only new or changed nodes help.
+    NeverFits,
+    /// Its project's quota.
+    Quota,
 }
 
 /// Why one node cannot take one task; counted into "0/N nodes fit: ...".

@@ -1,7 +1,7 @@
-//! Project quotas: before a batch is placed, each project's queued tasks
-//! are admitted in queue order only while the project stays within its
-//! limits on running tasks, CPU and memory. The rest wait in the queue,
-//! with the reason, and are never dropped.
+//! Project quotas: a project's queued task is placed only while the
+//! project stays within its limits on running tasks, CPU and memory; quota
+//! is charged when a task is placed, not when it is considered. The rest
+//! wait in the queue, with the reason, and are never dropped.
 
 use crate::model::PendingTask;
 use shepherd_core::{ProjectLimits, Resources, TaskId};
@@ -20,40 +20,60 @@ impl ProjectUsage {
     pub const NONE: ProjectUsage = ProjectUsage { tasks: 0, resources: Resources { cpu_millicores: 0, memory_mib: 0 } };
 }
 
-/// Splits `pending` (in queue order) into the tasks that fit their
-/// project's limits, counting each admitted one against the next, and the
-/// held-back ones with the reason.
+/// What each project holds against its quota during a pass: charged as
+/// tasks are placed, so a task that fits nowhere never uses up quota that a
+/// task behind it could use.
+#[derive(Debug, Clone, Default)]
+pub struct QuotaLedger {
+    usage: HashMap<String, ProjectUsage>,
+    limits: HashMap<String, ProjectLimits>,
+}
+
+impl QuotaLedger {
+    /// A ledger starting from what projects hold now (their scheduled and running tasks).
+    pub fn new(usage: HashMap<String, ProjectUsage>, limits: HashMap<String, ProjectLimits>) -> QuotaLedger {
+        QuotaLedger { usage, limits }
+    }
+
+    /// Why placing `task` would take its project over quota, if it would.
+    pub fn check(&self, task: &PendingTask) -> Option<String> {
+        let limit = self.limits.get(&task.project)?;
+        let now = self.usage.get(&task.project).copied().unwrap_or(ProjectUsage::NONE);
+        let cpu = u64::from(now.resources.cpu_millicores) + u64::from(task.resources.cpu_millicores);
+        let memory = u64::from(now.resources.memory_mib) + u64::from(task.resources.memory_mib);
+        if let Some(max) = limit.max_running.filter(|max| now.tasks + 1 > *max) {
+            Some(format!("project quota: {} of {max} running tasks in use", now.tasks))
+        } else if let Some(max) = limit.max_cpu_millicores.filter(|max| cpu > *max) {
+            Some(format!("project quota: {} of {max} millicores in use", now.resources.cpu_millicores))
+        } else {
+            limit.max_memory_mib.filter(|max| memory > *max).map(|max| format!("project quota: {} of {max} MiB in use", now.resources.memory_mib))
+        }
+    }
+
+    /// Records that `task` was placed.
+    pub fn charge(&mut self, task: &PendingTask) {
+        let now = self.usage.entry(task.project.clone()).or_insert(ProjectUsage::NONE);
+        now.tasks += 1;
+        now.resources.cpu_millicores = now.resources.cpu_millicores.saturating_add(task.resources.cpu_millicores);
+        now.resources.memory_mib = now.resources.memory_mib.saturating_add(task.resources.memory_mib);
+    }
+}
+
+/// Splits `pending` (in queue order) into the tasks its projects' quotas
+/// admit and those held back, with why, charging each admitted task.
 pub fn admit(
     pending: Vec<PendingTask>,
     usage: &HashMap<String, ProjectUsage>,
     limits: &HashMap<String, ProjectLimits>,
 ) -> (Vec<PendingTask>, Vec<(TaskId, String)>) {
-    let mut held: HashMap<String, ProjectUsage> = HashMap::new();
+    let mut ledger = QuotaLedger::new(usage.clone(), limits.clone());
     let mut admitted = Vec::with_capacity(pending.len());
     let mut waiting = Vec::new();
     for task in pending {
-        let Some(limit) = limits.get(&task.project) else {
-            admitted.push(task);
-            continue;
-        };
-        let now = held.entry(task.project.clone()).or_insert_with(|| usage.get(&task.project).copied().unwrap_or(ProjectUsage::NONE));
-        let cpu = u64::from(now.resources.cpu_millicores) + u64::from(task.resources.cpu_millicores);
-        let memory = u64::from(now.resources.memory_mib) + u64::from(task.resources.memory_mib);
-        let reason = if limit.max_running.is_some_and(|max| now.tasks + 1 > max) {
-            limit.max_running.map(|max| format!("project quota: {} of {max} running tasks in use", now.tasks))
-        } else if limit.max_cpu_millicores.is_some_and(|max| cpu > max) {
-            limit.max_cpu_millicores.map(|max| format!("project quota: {} of {max} millicores in use", now.resources.cpu_millicores))
-        } else if limit.max_memory_mib.is_some_and(|max| memory > max) {
-            limit.max_memory_mib.map(|max| format!("project quota: {} of {max} MiB in use", now.resources.memory_mib))
-        } else {
-            None
-        };
-        match reason {
+        match ledger.check(&task) {
             Some(reason) => waiting.push((task.id, reason)),
             None => {
-                now.tasks += 1;
-                now.resources.cpu_millicores = now.resources.cpu_millicores.saturating_add(task.resources.cpu_millicores);
-                now.resources.memory_mib = now.resources.memory_mib.saturating_add(task.resources.memory_mib);
+                ledger.charge(&task);
                 admitted.push(task);
             }
         }

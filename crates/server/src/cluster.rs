@@ -149,14 +149,7 @@ impl Cluster {
         let remote = Arc::new(crate::agents::RemoteAgents::default());
         let links = Arc::new(crate::links::ClusterLinks { local: LocalAgents::new(agent.clone()), remote: remote.clone() });
         let notes = Arc::new(PlacementNotes::default());
-        let scheduler = Scheduler {
-            store: dyn_store.clone(),
-            links: links.clone(),
-            wakeup: wakeup.clone(),
-            notes: notes.clone(),
-            engine: config.engine.clone(),
-            passes: Default::default(),
-        };
+        let scheduler = Scheduler::new(dyn_store.clone(), links.clone(), wakeup.clone(), notes.clone(), config.engine.clone());
         background.push(tokio::spawn(scheduler.run(shutdown_rx.clone())));
         if let (Some(record), Some(local)) = (node_record, agent.clone()) {
             background.push(tokio::spawn(heartbeat(dyn_store.clone(), local, record.id, shutdown_rx.clone())));

@@ -1,40 +1,54 @@
-//! Why queued tasks wait: the scheduler's last "0/N nodes fit: ..." per
-//! task, kept in memory and shown by the API in a queued task's `reason`.
+//! Why queued tasks wait: the scheduler's reasons, kept in memory and shown
+//! by the API in a queued task's `reason`. A task the last pass looked at
+//! has its own reason; every other task of a placement shape that did not
+//! fit (which the scheduler skips without reading) has its shape's.
 
 use shepherd_core::{Task, TaskId, TaskState};
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-/// The latest unplaced reason of each waiting task.
+/// The latest unplaced reason of each waiting task and of each shape.
 #[derive(Default)]
 pub struct PlacementNotes {
-    reasons: Mutex<HashMap<TaskId, String>>,
+    notes: Mutex<Notes>,
 }
 
-/// Keep at most this many reasons; the oldest are simply forgotten.
+#[derive(Default)]
+struct Notes {
+    by_task: HashMap<TaskId, String>,
+    by_shape: HashMap<i64, String>,
+}
+
+/// Keep at most this many task reasons; the oldest are simply forgotten
+/// (their shapes' reasons remain).
 const MAX_NOTES: usize = 100_000;
 
 impl PlacementNotes {
-    /// Records the reasons of one scheduling pass and forgets placed tasks.
-    pub fn record(&self, placed: impl IntoIterator<Item = TaskId>, unplaced: Vec<(TaskId, String)>) {
-        if let Ok(mut reasons) = self.reasons.lock() {
+    /// Records one scheduling pass: forgets placed tasks, notes the reasons
+    /// of those it could not place, and replaces the shapes' reasons.
+    pub fn record(&self, placed: impl IntoIterator<Item = TaskId>, unplaced: Vec<(TaskId, String)>, shapes: HashMap<i64, String>) {
+        if let Ok(mut notes) = self.notes.lock() {
             for id in placed {
-                reasons.remove(&id);
+                notes.by_task.remove(&id);
             }
-            if reasons.len() + unplaced.len() > MAX_NOTES {
-                reasons.clear();
+            if notes.by_task.len() + unplaced.len() > MAX_NOTES {
+                notes.by_task.clear();
             }
-            reasons.extend(unplaced);
+            notes.by_task.extend(unplaced.into_iter().take(MAX_NOTES));
+            notes.by_shape = shapes;
         }
     }
 
-    /// Fills in a queued task's reason.
+    /// Fills in a queued task's reason: its shape's from the latest pass
+    /// (the freshest), else its own from the last pass that read it.
     pub fn annotate(&self, task: &mut Task) {
         if task.state != TaskState::Queued {
             return;
         }
-        if let Some(reason) = self.reasons.lock().ok().and_then(|r| r.get(&task.id).cloned()) {
-            task.reason = Some(reason);
+        let Ok(notes) = self.notes.lock() else { return };
+        let reason = notes.by_shape.get(&task.placement_shape()).or_else(|| notes.by_task.get(&task.id));
+        if let Some(reason) = reason {
+            task.reason = Some(reason.clone());
         }
     }
 }

@@ -2,20 +2,31 @@
 //! places them with `shepherd-sched` against the nodes and their current
 //! allocations, persists each placement (queued → scheduled) and only then
 //! tells the node's agent.
+//!
+//! A pass reads the queue a page at a time. Tasks that do not fit leave
+//! their placement shape behind, and the next page skips every task of a
+//! shape known not to fit (allocations only grow within a pass), so no
+//! number of waiting tasks can hide a placeable one behind them. Shapes that
+//! no node could take even idle are remembered across passes until the set
+//! of nodes changes; a pass that runs out of pages leaves a cursor where the
+//! next one goes on.
 
 use crate::links::NodeLinks;
 use crate::placement_notes::PlacementNotes;
-use shepherd_core::{Constraint, Event, ProjectLimits, Resources, Timestamp};
-use shepherd_sched::{AntiAffinity, Engine, NodeSnapshot, PendingTask, ProjectUsage};
-use shepherd_store::{ActiveTask, NodeRecord, NodeState, QueuedTask, Store, StoreError};
-use std::collections::HashMap;
+use shepherd_core::{Constraint, Event, ProjectLimits, Resources, TaskId, Timestamp};
+use shepherd_sched::{AntiAffinity, Engine, NodeSnapshot, PendingTask, ProjectUsage, QuotaLedger, Wait};
+use shepherd_store::{ActiveTask, NodeRecord, NodeState, QueueCursor, QueueQuery, QueuedTask, Store, StoreError};
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
 
-/// Tasks considered per pass.
-const BATCH: usize = 1000;
+/// Queued tasks read per page (shared among the projects with work).
+const PAGE: usize = 1000;
+/// Pages one pass reads at most; the next pass goes on where it stopped.
+const MAX_PAGES: usize = 10;
 /// Longest sleep between passes: retry backoffs expire without a wakeup.
 const IDLE_PASS: Duration = Duration::from_millis(250);
 
@@ -28,6 +39,43 @@ pub struct Scheduler {
     pub engine: Arc<Engine>,
     /// Seeds each pass differently, reproducibly.
     pub passes: AtomicU64,
+    /// What one pass leaves to the next.
+    pub memory: Mutex<PassMemory>,
+}
+
+/// What a pass leaves to the next.
+#[derive(Default)]
+pub struct PassMemory {
+    /// The node set these shapes were found against.
+    nodes: u64,
+    /// Shapes no node could take even idle (by the reason shown).
+    never_fits: HashMap<i64, String>,
+    /// Where each project's read stopped when a pass ran out of pages.
+    resume: BTreeMap<String, QueueCursor>,
+}
+
+/// What one pass did.
+#[derive(Debug, Default)]
+pub struct PassOutcome {
+    pub placed: usize,
+    /// It stopped at its page budget with more tasks to look at.
+    pub more: bool,
+}
+
+/// Identifies the node set as far as where a task could ever fit goes
+/// (not how full the nodes are).
+fn node_set_key(nodes: &[NodeSnapshot]) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for node in nodes {
+        (&node.id, node.capacity.cpu_millicores, node.capacity.memory_mib, node.max_tasks).hash(&mut hasher);
+        (&node.labels, &node.pool, &node.dedicated_to).hash(&mut hasher);
+    }
+    hasher.finish()
+}
+
+/// True if `a` comes later in queue order (priority descending, then id).
+fn is_after(a: &QueueCursor, b: &QueueCursor) -> bool {
+    (std::cmp::Reverse(a.priority), a.id) > (std::cmp::Reverse(b.priority), b.id)
 }
 
 const ZERO: Resources = Resources { cpu_millicores: 0, memory_mib: 0 };
@@ -96,11 +144,16 @@ pub fn snapshot(nodes: Vec<NodeRecord>, active: &[ActiveTask]) -> Vec<NodeSnapsh
 }
 
 impl Scheduler {
+    /// A scheduler over these parts.
+    pub fn new(store: Arc<dyn Store>, links: Arc<dyn NodeLinks>, wakeup: Arc<Notify>, notes: Arc<PlacementNotes>, engine: Arc<Engine>) -> Scheduler {
+        Scheduler { store, links, wakeup, notes, engine, passes: AtomicU64::new(0), memory: Mutex::new(PassMemory::default()) }
+    }
+
     /// Runs until `shutdown` turns true.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         loop {
-            let full = match self.pass().await {
-                Ok(placed) => placed >= BATCH,
+            let again = match self.pass().await {
+                Ok(outcome) => outcome.more && outcome.placed > 0,
                 Err(e) => {
                     tracing::warn!(error = %e, "scheduling pass failed");
                     false
@@ -109,7 +162,7 @@ impl Scheduler {
             if *shutdown.borrow() {
                 break;
             }
-            if full {
+            if again {
                 continue;
             }
             tokio::select! {
@@ -121,13 +174,9 @@ impl Scheduler {
         tracing::debug!("scheduler stopped");
     }
 
-    /// One pass; returns how many tasks it placed.
-    pub async fn pass(&self) -> Result<usize, StoreError> {
+    /// One pass: places what fits, explains what does not.
+    pub async fn pass(&self) -> Result<PassOutcome, StoreError> {
         let now = Timestamp::now();
-        let queued = self.store.queued_tasks(now, BATCH).await?;
-        if queued.is_empty() {
-            return Ok(0);
-        }
         let active = self.store.active_tasks().await?;
         let mut usage: HashMap<String, Resources> = HashMap::new();
         let mut held: HashMap<String, ProjectUsage> = HashMap::new();
@@ -147,13 +196,26 @@ impl Scheduler {
             .filter(|p| p.limits != ProjectLimits::default())
             .map(|p| (p.name, p.limits))
             .collect();
-        let (pending, over_quota) = shepherd_sched::admit(queued.iter().map(pending).collect(), &held, &limits);
+        let mut memory = self.memory.lock().map(|mut m| std::mem::take(&mut *m)).unwrap_or_default();
+        let key = node_set_key(&nodes);
+        if memory.nodes != key {
+            memory = PassMemory { nodes: key, never_fits: HashMap::new(), resume: std::mem::take(&mut memory.resume) };
+        }
         let seed = self.passes.fetch_add(1, Ordering::Relaxed);
-        let engine = self.engine.clone();
-        let plan = tokio::task::spawn_blocking(move || engine.place_batch(nodes, pending, &usage, seed))
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        let events = plan.placements.iter().map(|p| (p.task_id, Event::Schedule { node_id: p.node_id.clone() })).collect();
+        let (engine, store, runtime) = (self.engine.clone(), self.store.clone(), tokio::runtime::Handle::current());
+        // Placement is CPU work: the whole pass runs on a blocking thread,
+        // reading further pages of the queue from there.
+        let work = tokio::task::spawn_blocking(move || {
+            let result = place_pages(&engine, &store, &runtime, now, nodes, usage, QuotaLedger::new(held, limits), seed, &mut memory);
+            (result, memory)
+        });
+        let (result, memory) = work.await.map_err(|_| StoreError::Closed)?;
+        let shape_reasons = memory.never_fits.clone();
+        if let Ok(mut slot) = self.memory.lock() {
+            *slot = memory;
+        }
+        let pages = result?;
+        let events = pages.placements.iter().map(|p| (p.task_id, Event::Schedule { node_id: p.node_id.clone() })).collect();
         let results = self.store.apply(events, now).await?;
         let mut applied = Vec::new();
         for result in results {
@@ -181,9 +243,81 @@ impl Scheduler {
             placed.push(applied.task_id);
         }
         let count = placed.len();
-        let mut unplaced = plan.unplaced;
-        unplaced.extend(over_quota);
-        self.notes.record(placed, unplaced);
-        Ok(count)
+        let mut shapes = pages.shape_reasons;
+        shapes.extend(shape_reasons);
+        self.notes.record(placed, pages.unplaced, shapes);
+        Ok(PassOutcome { placed: count, more: pages.more })
     }
+}
+
+/// What the pages of one pass came to.
+#[derive(Default)]
+struct Pages {
+    placements: Vec<shepherd_sched::Placement>,
+    unplaced: Vec<(TaskId, String)>,
+    /// Shapes that did not fit in this pass, by reason.
+    shape_reasons: HashMap<i64, String>,
+    more: bool,
+}
+
+/// Reads the queue page by page and places each page, skipping shapes
+/// already found not to fit.
+#[allow(clippy::too_many_arguments)]
+fn place_pages(
+    engine: &Engine,
+    store: &Arc<dyn Store>,
+    runtime: &tokio::runtime::Handle,
+    now: Timestamp,
+    nodes: Vec<NodeSnapshot>,
+    usage: HashMap<String, Resources>,
+    quota: QuotaLedger,
+    seed: u64,
+    memory: &mut PassMemory,
+) -> Result<Pages, StoreError> {
+    let mut pass = engine.pass(nodes, usage, quota, seed);
+    let mut pages = Pages::default();
+    // Shapes known not to fit: from earlier passes (never fits), then this pass's.
+    let mut skip: HashMap<i64, String> = memory.never_fits.clone();
+    let mut projects: Option<BTreeMap<String, Option<QueueCursor>>> = None;
+    for page_number in 0..MAX_PAGES {
+        let query = QueueQuery { limit: PAGE, projects: projects.clone(), skip_shapes: skip.keys().copied().collect() };
+        let page = runtime.block_on(store.queued_tasks(now, query))?;
+        if page.tasks.is_empty() {
+            memory.resume.clear();
+            break;
+        }
+        let shapes: HashMap<TaskId, i64> = page.tasks.iter().map(|t| (t.id, t.shape)).collect();
+        let plan = pass.place(page.tasks.iter().map(pending).collect());
+        pages.placements.extend(plan.placements);
+        for unplaced in plan.unplaced {
+            if let Some(&shape) = shapes.get(&unplaced.task_id) {
+                if unplaced.wait == Wait::NeverFits {
+                    memory.never_fits.insert(shape, unplaced.reason.clone());
+                }
+                skip.entry(shape).or_insert_with(|| unplaced.reason.clone());
+                pages.shape_reasons.entry(shape).or_insert_with(|| unplaced.reason.clone());
+            }
+            pages.unplaced.push((unplaced.task_id, unplaced.reason));
+        }
+        if page.more.is_empty() {
+            memory.resume.clear();
+            break;
+        }
+        let mut next: BTreeMap<String, Option<QueueCursor>> = BTreeMap::new();
+        for (project, cursor) in page.more {
+            // After the head, jump to where the last pass stopped, if that is further on.
+            let cursor = match memory.resume.remove(&project) {
+                Some(resume) if page_number == 0 && is_after(&resume, &cursor) => resume,
+                _ => cursor,
+            };
+            next.insert(project, Some(cursor));
+        }
+        if page_number + 1 == MAX_PAGES {
+            pages.more = true;
+            memory.resume = next.into_iter().filter_map(|(p, c)| c.map(|c| (p, c))).collect();
+            break;
+        }
+        projects = Some(next);
+    }
+    Ok(pages)
 }

@@ -130,8 +130,8 @@ pub fn simulate(engine: &Engine, profile: &str, workload: &[WorkloadTask], confi
     let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
     placer.new_pass();
     for task in &queue {
-        if let Err(reason) = placer.place(task) {
-            *reasons.entry(reason).or_default() += 1;
+        if let Err(unfit) = placer.place(task) {
+            *reasons.entry(unfit.reason).or_default() += 1;
         }
     }
     decision_us.sort_by(|a, b| a.total_cmp(b));

@@ -58,9 +58,10 @@ pub trait Store: Send + Sync + 'static {
     /// transaction. Each event succeeds or is refused on its own.
     async fn apply(&self, events: Vec<(TaskId, Event)>, now: Timestamp) -> Result<Vec<ApplyResult>, StoreError>;
 
-    /// Queued tasks ready to place (past their retry backoff), highest
-    /// priority first, oldest first within a priority.
-    async fn queued_tasks(&self, now: Timestamp, limit: usize) -> Result<Vec<QueuedTask>, StoreError>;
+    /// Queued tasks ready to place (past their retry backoff), per project
+    /// highest priority first, oldest first within a priority, as `query`
+    /// says (a share per project, after a cursor, skipping shapes).
+    async fn queued_tasks(&self, now: Timestamp, query: QueueQuery) -> Result<QueuePage, StoreError>;
 
     /// Tasks that hold a place on a node (scheduled or running).
     async fn active_tasks(&self) -> Result<Vec<ActiveTask>, StoreError>;

@@ -51,6 +51,46 @@ pub enum ApplyError {
 pub struct QueuedTask {
     pub id: TaskId,
     pub spec: TaskSpec,
+    /// Its placement shape ([`shepherd_core::shape`]).
+    pub shape: i64,
+}
+
+impl QueuedTask {
+    /// Where a read that ended at this task continues.
+    pub fn cursor(&self) -> QueueCursor {
+        QueueCursor { priority: self.spec.priority, id: self.id }
+    }
+}
+
+/// A place in a project's queue (ordered by priority, highest first, then
+/// by id, oldest first): a read continues after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueCursor {
+    pub priority: i32,
+    pub id: TaskId,
+}
+
+/// What [`crate::Store::queued_tasks`] read.
+#[derive(Debug, Clone, Default)]
+pub struct QueuePage {
+    /// Per project in queue order.
+    pub tasks: Vec<QueuedTask>,
+    /// The projects whose share was filled, so more may wait: where to go on.
+    pub more: BTreeMap<String, QueueCursor>,
+}
+
+/// Which queued tasks [`crate::Store::queued_tasks`] reads: tasks ready to
+/// place (past their retry backoff), in queue order, a share per project.
+#[derive(Debug, Clone, Default)]
+pub struct QueueQuery {
+    /// Tasks to read in all, shared evenly among the projects read (at
+    /// least 16 each), so that no project crowds out the others.
+    pub limit: usize,
+    /// `None`: every project with ready tasks, from the head of its queue.
+    /// Otherwise only these projects, each after its cursor (or from the head).
+    pub projects: Option<BTreeMap<String, Option<QueueCursor>>>,
+    /// Leave out tasks of these placement shapes (known not to fit).
+    pub skip_shapes: Vec<i64>,
 }
 
 /// A task that holds a place on a node.

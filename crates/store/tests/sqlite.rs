@@ -72,13 +72,13 @@ async fn lifecycle_events_are_persisted_and_stale_ones_refused() {
     let id = task.id;
     store.create_tasks(vec![task]).await.unwrap();
     let now = Timestamp::now();
-    let queued = store.queued_tasks(now, 10).await.unwrap();
+    let queued = store.queued_tasks(now, QueueQuery { limit: 10, ..Default::default() }).await.unwrap().tasks;
     assert_eq!(queued.len(), 1);
 
     let results = store.apply(vec![(id, Event::Schedule { node_id: "n1".into() })], now).await.unwrap();
     let applied = results[0].as_ref().unwrap();
     assert_eq!((applied.from, applied.decision.to, applied.attempt), (TaskState::Queued, TaskState::Scheduled, 1));
-    assert!(store.queued_tasks(now, 10).await.unwrap().is_empty());
+    assert!(store.queued_tasks(now, QueueQuery { limit: 10, ..Default::default() }).await.unwrap().tasks.is_empty());
     assert_eq!(store.active_tasks().await.unwrap().len(), 1);
 
     store.apply(vec![(id, Event::Start { attempt: 1 })], now).await.unwrap()[0].as_ref().unwrap();
@@ -110,4 +110,40 @@ async fn logs_are_read_back_in_order_after_a_position() {
     assert_eq!(all.iter().map(|c| c.data.clone()).collect::<Vec<_>>(), vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
     let rest = store.read_logs(id, all[0].seq, 100).await.unwrap();
     assert_eq!(rest.len(), 2);
+}
+
+#[tokio::test]
+async fn the_queue_reads_in_pages_after_a_cursor_and_skips_shapes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let mut gen = ulid::Generator::new();
+    let now = Timestamp::now();
+    let make = |gen: &mut ulid::Generator, cpu: u32, priority: i32| {
+        let mut spec = TaskSpec::new("busybox", vec!["true".into()]);
+        spec.resources.cpu_millicores = cpu;
+        spec.priority = priority;
+        validate(spec, &Limits::default(), TaskId::generate(gen, now), now).unwrap()
+    };
+    // 20 big tasks at priority 5, then 20 at priority 0, then one small one at priority 0.
+    let mut tasks: Vec<NewTask> = (0..20).map(|_| make(&mut gen, 9000, 5)).collect();
+    tasks.extend((0..20).map(|_| make(&mut gen, 9000, 0)));
+    let small = make(&mut gen, 100, 0);
+    tasks.push(small.clone());
+    store.create_tasks(tasks.clone()).await.unwrap();
+    let big_shape = tasks[0].spec.placement_shape();
+
+    let first = store.queued_tasks(now, QueueQuery { limit: 16, ..Default::default() }).await.unwrap();
+    let ids: Vec<TaskId> = first.tasks.iter().map(|t| t.id).collect();
+    assert_eq!(ids, tasks[..16].iter().map(|t| t.id).collect::<Vec<_>>(), "priority first, then age");
+    assert!(first.tasks.iter().all(|t| t.shape == big_shape));
+    let cursor = first.more["default"];
+    // After the cursor: the rest of priority 5, then priority 0.
+    let projects = Some([("default".to_string(), Some(cursor))].into_iter().collect());
+    let second = store.queued_tasks(now, QueueQuery { limit: 16, projects, skip_shapes: vec![] }).await.unwrap();
+    let ids: Vec<TaskId> = second.tasks.iter().map(|t| t.id).collect();
+    assert_eq!(ids, tasks[16..32].iter().map(|t| t.id).collect::<Vec<_>>());
+    // Skipping the big shape finds the small task at once, and nothing is left after it.
+    let skipped = store.queued_tasks(now, QueueQuery { limit: 16, projects: None, skip_shapes: vec![big_shape] }).await.unwrap();
+    assert_eq!(skipped.tasks.iter().map(|t| t.id).collect::<Vec<_>>(), vec![small.id]);
+    assert!(skipped.more.is_empty());
 }

@@ -18,6 +18,10 @@ use std::sync::{mpsc, Arc, Mutex};
 use tokio::sync::oneshot;
 use writer::WriteOp;
 
+/// At most this many shapes are skipped in one queue read (one SQL
+/// parameter each); tasks of further shapes are read and placed as usual.
+const MAX_SKIPPED_SHAPES: usize = 500;
+
 /// How hard SQLite works to survive power loss.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Synchronous {
@@ -238,40 +242,83 @@ impl Store for SqliteStore {
         self.write(|reply| WriteOp::Apply(events, now, reply)).await
     }
 
-    async fn queued_tasks(&self, now: Timestamp, limit: usize) -> Result<Vec<QueuedTask>, StoreError> {
+    async fn queued_tasks(&self, now: Timestamp, query: QueueQuery) -> Result<QueuePage, StoreError> {
         self.read(move |conn| {
             // Each project with ready tasks gets a share of the batch, so a
             // project with a million queued tasks cannot crowd out the rest.
-            let mut projects: Vec<String> = Vec::new();
-            {
-                let mut stmt = conn.prepare_cached(
-                    "SELECT DISTINCT project FROM tasks WHERE state = 'queued' AND not_before <= ?1",
-                )?;
-                let mut rows = stmt.query([now.millis()])?;
-                while let Some(row) = rows.next()? {
-                    projects.push(row.get(0)?);
+            let projects: Vec<(String, Option<QueueCursor>)> = match query.projects {
+                Some(projects) => projects.into_iter().collect(),
+                None => {
+                    let mut stmt = conn.prepare_cached(
+                        "SELECT DISTINCT project FROM tasks WHERE state = 'queued' AND not_before <= ?1",
+                    )?;
+                    let mut rows = stmt.query([now.millis()])?;
+                    let mut projects = Vec::new();
+                    while let Some(row) = rows.next()? {
+                        projects.push((row.get(0)?, None));
+                    }
+                    projects
                 }
-            }
+            };
             if projects.is_empty() {
-                return Ok(Vec::new());
+                return Ok(QueuePage::default());
             }
-            let per_project = (limit / projects.len()).max(16);
-            let mut stmt = conn.prepare_cached(
-                "SELECT id, spec FROM tasks WHERE state = 'queued' AND project = ?1 AND not_before <= ?2 \
-                 ORDER BY priority DESC, id LIMIT ?3",
-            )?;
-            let mut queued = Vec::new();
-            for project in &projects {
-                let mut rows = stmt.query(rusqlite::params![project, now.millis(), per_project as i64])?;
-                while let Some(row) = rows.next()? {
-                    let spec: String = row.get(1)?;
-                    queued.push(QueuedTask {
-                        id: rows::parse_id(&row.get::<_, String>(0)?)?,
-                        spec: serde_json::from_str(&spec).map_err(|e| StoreError::Corrupt(format!("spec: {e}")))?,
-                    });
+            let per_project = (query.limit / projects.len()).max(16);
+            // Shapes to skip go in as parameters (?5, ?6, ...): portable SQL.
+            let skip: Vec<i64> = query.skip_shapes.iter().copied().take(MAX_SKIPPED_SHAPES).collect();
+            let skip_clause = if skip.is_empty() {
+                String::new()
+            } else {
+                let marks: Vec<String> = (0..skip.len()).map(|i| format!("?{}", i + 6)).collect();
+                format!(" AND shape NOT IN ({})", marks.join(", "))
+            };
+            // After a cursor the read is two index seeks: the rest of the
+            // cursor's priority, then the lower priorities.
+            let base = "SELECT id, spec, shape FROM tasks WHERE state = 'queued' AND project = ?1 AND not_before <= ?2";
+            let order = "ORDER BY priority DESC, id LIMIT ?3";
+            let head = format!("{base}{skip_clause} {order}");
+            let same = format!("{base} AND priority = ?4 AND id > ?5{skip_clause} {order}");
+            let lower = format!("{base} AND priority < ?4{skip_clause} {order}");
+            let mut page = QueuePage::default();
+            for (project, cursor) in &projects {
+                let segments: Vec<(&str, Vec<rusqlite::types::Value>)> = match cursor {
+                    None => vec![(head.as_str(), vec![0i64.into(), String::new().into()])],
+                    Some(c) => vec![
+                        (same.as_str(), vec![i64::from(c.priority).into(), c.id.to_string().into()]),
+                        (lower.as_str(), vec![i64::from(c.priority).into(), String::new().into()]),
+                    ],
+                };
+                let mut left = per_project;
+                for (sql, extra) in segments {
+                    if left == 0 {
+                        break;
+                    }
+                    let mut stmt = conn.prepare_cached(sql)?;
+                    let mut args: Vec<rusqlite::types::Value> =
+                        vec![project.clone().into(), now.millis().into(), (left as i64).into()];
+                    // Unused cursor parameters are bound anyway: numbering stays fixed.
+                    args.extend(extra);
+                    args.extend(skip.iter().map(|shape| rusqlite::types::Value::from(*shape)));
+                    // Without shapes to skip, a statement takes only the parameters it names.
+                    args.truncate(stmt.parameter_count());
+                    let mut rows = stmt.query(params_from_iter(args))?;
+                    while let Some(row) = rows.next()? {
+                        let spec: String = row.get(1)?;
+                        page.tasks.push(QueuedTask {
+                            id: rows::parse_id(&row.get::<_, String>(0)?)?,
+                            spec: serde_json::from_str(&spec).map_err(|e| StoreError::Corrupt(format!("spec: {e}")))?,
+                            shape: row.get(2)?,
+                        });
+                        left -= 1;
+                    }
+                }
+                if left == 0 {
+                    if let Some(last) = page.tasks.last() {
+                        page.more.insert(project.clone(), last.cursor());
+                    }
                 }
             }
-            Ok(queued)
+            Ok(page)
         })
         .await
     }

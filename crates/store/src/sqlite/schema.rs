@@ -119,7 +119,40 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX audit_log_by_project ON audit_log (project, seq);
     "#,
+    // 5: placement shapes, so the scheduler can skip tasks of a shape that
+    // fits nowhere without reading them (the queue index covers the shape).
+    // Shapes of existing tasks are filled in by `backfill`.
+    r#"
+    ALTER TABLE tasks ADD COLUMN shape BIGINT NOT NULL DEFAULT 0;
+    DROP INDEX tasks_queue_by_project;
+    CREATE INDEX tasks_queue_by_project ON tasks (project, priority DESC, id, shape) WHERE state = 'queued';
+    "#,
+    // 6: a per-project sequence for audit entries, so a project's cursor
+    // reveals nothing of other projects' activity.
+    r#"
+    ALTER TABLE audit_log ADD COLUMN project_seq BIGINT;
+    UPDATE audit_log SET project_seq =
+        (SELECT COUNT(*) FROM audit_log earlier WHERE earlier.project = audit_log.project AND earlier.seq <= audit_log.seq)
+        WHERE project IS NOT NULL;
+    CREATE UNIQUE INDEX audit_log_by_project_seq ON audit_log (project, project_seq);
+    "#,
 ];
+
+/// Data changes a migration needs that SQL alone cannot make.
+fn backfill(version: i64, tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
+    if version == 5 {
+        let mut read = tx.prepare("SELECT id, spec FROM tasks WHERE state IN ('queued', 'scheduled', 'running')")?;
+        let rows: Vec<(String, String)> = read.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?.collect::<Result<_, _>>()?;
+        let mut write = tx.prepare("UPDATE tasks SET shape = ?2 WHERE id = ?1")?;
+        for (id, spec) in rows {
+            // A spec that no longer decodes keeps shape 0; the scheduler reports it.
+            if let Ok(spec) = serde_json::from_str::<shepherd_core::TaskSpec>(&spec) {
+                write.execute(rusqlite::params![id, spec.placement_shape()])?;
+            }
+        }
+    }
+    Ok(())
+}
 
 /// Brings the schema up to date. Returns the version it ends at.
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<usize> {
@@ -135,6 +168,7 @@ pub fn migrate(conn: &mut Connection) -> rusqlite::Result<usize> {
         }
         let tx = conn.transaction()?;
         tx.execute_batch(sql)?;
+        backfill(version, &tx)?;
         tx.execute(
             "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, ?2)",
             rusqlite::params![version, shepherd_core::Timestamp::now().millis()],
