@@ -319,15 +319,44 @@ async fn session(backend: &Arc<HttpBackend>, agent: &Agent, join: &JoinConfig) -
         return Err(BackendError(format!("stream refused: {}", response.status())));
     }
     tracing::info!(server = %backend.server, node = %registration.node_id, "connected");
+    // The engine's image list is refreshed on its own, so a slow engine
+    // (busy starting containers) never delays a heartbeat.
+    let images = Arc::new(RwLock::new(registration.images.clone()));
+    let refresh_images = {
+        let (agent, images) = (agent.clone(), images.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                let fresh = agent.images().await;
+                if let Ok(mut images) = images.write() {
+                    *images = fresh;
+                }
+            }
+        })
+    };
+    let _stop_refresh = AbortOnDrop(refresh_images);
+    // Declared down by the server: end this session, so the agent registers
+    // again and reconciles (fencing what was given away) before new work.
+    let (told_down, mut down) = tokio::sync::oneshot::channel::<()>();
     let heartbeat = {
         let backend = backend.clone();
         let agent = agent.clone();
         tokio::spawn(async move {
+            let mut told_down = Some(told_down);
             loop {
                 tokio::time::sleep(Duration::from_secs(2)).await;
-                let body = serde_json::json!({ "images": agent.images().await, "running": agent.running_count() });
-                if let Err(e) = backend.send::<serde_json::Value>(backend.request(reqwest::Method::POST, "/v1/agent/heartbeat").json(&body)).await {
-                    tracing::warn!(error = %e, "heartbeat failed");
+                let images = images.read().map(|i| i.clone()).unwrap_or_default();
+                let body = serde_json::json!({ "images": images, "running": agent.running_count() });
+                let request = backend.request(reqwest::Method::POST, "/v1/agent/heartbeat").timeout(Duration::from_secs(5)).json(&body);
+                match backend.send::<serde_json::Value>(request).await {
+                    Ok(_) => {}
+                    Err(e) if e.0.contains("409") => {
+                        tracing::warn!("the server declared this node down; reconnecting");
+                        if let Some(tx) = told_down.take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
                 }
             }
         })
@@ -335,7 +364,14 @@ async fn session(backend: &Arc<HttpBackend>, agent: &Agent, join: &JoinConfig) -
     let _stop_heartbeat = AbortOnDrop(heartbeat);
     let mut buffer: Vec<u8> = Vec::new();
     // The server pings every few seconds: silence means the link is gone.
-    while let Ok(chunk) = tokio::time::timeout(Duration::from_secs(15), response.chunk()).await {
+    loop {
+        let chunk = tokio::select! {
+            chunk = tokio::time::timeout(Duration::from_secs(15), response.chunk()) => match chunk {
+                Ok(chunk) => chunk,
+                Err(_) => break,
+            },
+            _ = &mut down => return Err(BackendError("declared down by the server".into())),
+        };
         let Some(chunk) = chunk.map_err(|e| BackendError(format!("stream broke: {e}")))? else { return Ok(()) };
         buffer.extend_from_slice(&chunk);
         while let Some(end) = buffer.iter().position(|b| *b == b'\n') {

@@ -290,6 +290,18 @@ fn time_left(launch: Option<&LaunchSpec>) -> Duration {
     limit.saturating_sub(Duration::from_millis(elapsed))
 }
 
+/// The attempt's directory, and the directory of all attempts above it,
+/// readable by the agent's user only: no other user of the host can reach
+/// a payload or a secret. (A container sees only what is mounted into it.)
+async fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    tokio::fs::create_dir_all(dir).await?;
+    if let Some(parent) = dir.parent() {
+        tokio::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o700)).await?;
+    }
+    tokio::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).await
+}
+
 /// Writes one read-only file per secret into `dir` (readable by the task's
 /// user, whoever it is; the directory cannot be listed by others).
 async fn write_secrets(dir: &std::path::Path, secrets: &std::collections::BTreeMap<String, Vec<u8>>) -> std::io::Result<()> {
@@ -309,11 +321,17 @@ async fn start(inner: &Inner, task_id: TaskId, attempt: u32, launch: LaunchSpec,
         tracing::info!(task = %task_id, attempt, "assignment is stale; not starting");
         return Ok(None);
     }
-    tokio::fs::create_dir_all(work_dir).await.map_err(|e| format!("could not create the attempt directory: {e}"))?;
+    create_private_dir(work_dir).await.map_err(|e| format!("could not create the attempt directory: {e}"))?;
     let payload_file = match &launch.payload {
         Some(bytes) => {
+            use std::os::unix::fs::PermissionsExt;
             let path = work_dir.join("payload");
             tokio::fs::write(&path, bytes).await.map_err(|e| format!("could not write the payload: {e}"))?;
+            // Mounted on its own into the container: readable there by any
+            // user the task runs as; on the host the attempt directory is private.
+            tokio::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o444))
+                .await
+                .map_err(|e| format!("could not write the payload: {e}"))?;
             Some(path)
         }
         None => None,

@@ -261,7 +261,9 @@ async fn prepare_node(flags: &NodeFlags, node_id: &str) -> Result<Node> {
 
 async fn run_cluster(server: ServerFlags, node: Option<&NodeFlags>, write_cli_config: bool) -> Result<ExitCode> {
     let data_dir = server.data_dir.clone().unwrap_or_else(default_data_dir);
-    std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    crate::host::private_files();
+    crate::host::raise_fd_limit();
+    let _lock = crate::host::claim_data_dir(&data_dir)?;
     let scheduler = match &server.scheduler_config {
         Some(path) => {
             let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
@@ -393,7 +395,9 @@ pub async fn agent(args: AgentArgs) -> Result<ExitCode> {
         bail!("--join `{}`: use the server's URL, e.g. http://10.0.0.1:7070", args.join);
     }
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
-    std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    crate::host::private_files();
+    crate::host::raise_fd_limit();
+    let _lock = crate::host::claim_data_dir(&data_dir)?;
     let node_id = shepherd_server::local_node_id(&data_dir).context("reading the node id")?;
     let node = prepare_node(&args.node, &node_id).await?;
     println!("shepherd agent: node {node_id} joining {} ({})", args.join, node.why);

@@ -8,6 +8,7 @@ mod cmd_tasks;
 mod cmd_tenants;
 mod cmd_up;
 mod config;
+mod host;
 mod output;
 
 use clap::{Parser, Subcommand};
@@ -96,6 +97,9 @@ fn make_client(cli: &Cli) -> anyhow::Result<client::Client> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Up(_) | Command::Server(_) | Command::Agent(_)) {
+        host::quiet_on_closed_pipe();
+    }
     init_logging(if matches!(cli.command, Command::Up(_) | Command::Server(_) | Command::Agent(_)) { "info" } else { "warn" });
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,

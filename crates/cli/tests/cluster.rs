@@ -192,8 +192,18 @@ async fn an_agent_cut_off_past_the_timeout_comes_back_and_its_given_away_attempt
         given_away += task["attempts"].as_array().unwrap().iter().filter(|a| a["outcome"] == "lost" && a["node_id"] == frozen.as_str()).count();
     }
     assert!(given_away > 0, "the frozen node's attempts were declared lost and run elsewhere");
-    // It comes back and rejoins.
+    // It comes back and rejoins, having killed what was given away: no
+    // process of any attempt is left (every task has ended).
     wait_nodes_ready(&http, 3).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = std::process::Command::new("pgrep").arg("-f").arg(markers.to_str().unwrap()).output().expect("pgrep");
+        if left.stdout.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "processes of ended attempts still run: {}", String::from_utf8_lossy(&left.stdout));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -88,6 +88,8 @@ impl NodeLinks for RemoteAgents {
 pub struct AgentApi {
     pub join_token: Option<String>,
     pub agents: Arc<RemoteAgents>,
+    /// Heartbeats land here first, off the store's write path.
+    pub liveness: Arc<crate::liveness::Liveness>,
 }
 
 fn random_token() -> String {
@@ -178,6 +180,7 @@ async fn register(State(state): State<AppState>, headers: HeaderMap, Json(reg): 
         tokens.retain(|_, node| *node != reg.node_id);
         tokens.insert(token.clone(), reg.node_id.clone());
     }
+    state.agent_api.liveness.registered(&reg.node_id);
     tracing::info!(node = %reg.node_id, "agent registered");
     state.scheduler_wakeup.notify_one();
     Ok(Json(Registered { node_token: token }))
@@ -221,13 +224,26 @@ struct Heartbeat {
 
 async fn heartbeat(State(state): State<AppState>, headers: HeaderMap, Json(beat): Json<Heartbeat>) -> Result<Json<serde_json::Value>, ApiError> {
     let node = node_of(&state, &headers)?;
-    match state.store.touch_node(&node, Timestamp::now(), beat.images).await? {
-        None => Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "unknown node: register again")),
+    let liveness = state.agent_api.liveness.clone();
+    // Alive the moment the beat arrives: never behind the store's queue of writes.
+    liveness.beat(&node);
+    if liveness.is_down(&node) {
         // Back after being declared down: its tasks were given away; it
         // must reconnect (and reconcile) before it is ready again.
-        Some(NodeState::Down) => Err(ApiError::new(StatusCode::CONFLICT, "node_down", "node was declared down: reconnect")),
-        Some(_) => Ok(()),
-    }?;
+        return Err(ApiError::new(StatusCode::CONFLICT, "node_down", "node was declared down: reconnect"));
+    }
+    // The store learns the time and images in the background, one write per node at a time.
+    if liveness.start_write(&node) {
+        let store = state.store.clone();
+        tokio::spawn(async move {
+            match store.touch_node(&node, Timestamp::now(), beat.images).await {
+                Ok(Some(NodeState::Down)) => liveness.mark_down(&node),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(%node, error = %e, "heartbeat not stored"),
+            }
+            liveness.end_write(&node);
+        });
+    }
     Ok(Json(serde_json::json!({"ok": true})))
 }
 

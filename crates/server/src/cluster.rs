@@ -147,6 +147,7 @@ impl Cluster {
         }
 
         let remote = Arc::new(crate::agents::RemoteAgents::default());
+        let liveness = Arc::new(crate::liveness::Liveness::new(node_record.as_ref().map(|n| n.id.clone())));
         let links = Arc::new(crate::links::ClusterLinks { local: LocalAgents::new(agent.clone()), remote: remote.clone() });
         let notes = Arc::new(PlacementNotes::default());
         let scheduler = Scheduler::new(dyn_store.clone(), links.clone(), wakeup.clone(), notes.clone(), config.engine.clone());
@@ -154,7 +155,14 @@ impl Cluster {
         if let (Some(record), Some(local)) = (node_record, agent.clone()) {
             background.push(tokio::spawn(heartbeat(dyn_store.clone(), local, record.id, shutdown_rx.clone())));
         }
-        background.push(tokio::spawn(watch_nodes(dyn_store.clone(), remote.clone(), wakeup.clone(), config.node_timeout, shutdown_rx.clone())));
+        background.push(tokio::spawn(watch_nodes(
+            dyn_store.clone(),
+            remote.clone(),
+            liveness.clone(),
+            wakeup.clone(),
+            config.node_timeout,
+            shutdown_rx.clone(),
+        )));
 
         let state = AppState {
             store: dyn_store,
@@ -164,7 +172,7 @@ impl Cluster {
             ids: Arc::new(Mutex::new(ulid::Generator::new())),
             notes,
             engine: config.engine.clone(),
-            agent_api: crate::agents::AgentApi { join_token: config.join_token.clone(), agents: remote },
+            agent_api: crate::agents::AgentApi { join_token: config.join_token.clone(), agents: remote, liveness },
             auth: Arc::new(crate::auth::Auth::new(&config.admin_token)),
             request_timeout: config.request_timeout,
         };
@@ -261,6 +269,10 @@ impl Cluster {
     }
 }
 
+/// The in-process node's heartbeat: its time and images for the store.
+/// (Its liveness needs none: it lives as long as this process.) Should the
+/// store show it down, it fences its attempts (reconciles) before it is
+/// ready again, as a remote agent does on reconnecting.
 async fn heartbeat(store: Arc<dyn Store>, agent: Agent, node_id: String, mut shutdown: watch::Receiver<bool>) {
     loop {
         tokio::select! {
@@ -269,7 +281,13 @@ async fn heartbeat(store: Arc<dyn Store>, agent: Agent, node_id: String, mut shu
         }
         match store.touch_node(&node_id, Timestamp::now(), agent.images().await).await {
             Ok(Some(NodeState::Down)) => {
-                let _ = store.set_node_state(&node_id, NodeState::Ready).await;
+                tracing::warn!(node = %node_id, "local node found down: fencing its attempts before it takes work again");
+                match agent.reconcile().await {
+                    Ok(()) => {
+                        let _ = store.set_node_state(&node_id, NodeState::Ready).await;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "could not reconcile the local node"),
+                }
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "heartbeat not stored"),
@@ -279,14 +297,16 @@ async fn heartbeat(store: Arc<dyn Store>, agent: Agent, node_id: String, mut shu
 
 /// Declares nodes that stopped heartbeating down, and reports their
 /// attempts lost: the state machine retries them elsewhere or fails them.
+/// Silence is read from [`crate::liveness::Liveness`], which heartbeats
+/// reach without waiting for the store; in-process nodes are never silent.
 async fn watch_nodes(
     store: Arc<dyn Store>,
     remote: Arc<crate::agents::RemoteAgents>,
+    liveness: Arc<crate::liveness::Liveness>,
     wakeup: Arc<Notify>,
     timeout: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let started = Timestamp::now();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -298,19 +318,19 @@ async fn watch_nodes(
         };
         let now = Timestamp::now();
         for node in nodes {
-            // Agents cannot heartbeat a server that is down: after a restart,
-            // silence counts from when this server started listening.
-            let silent = now.millis() - node.last_heartbeat_at.millis().max(started.millis());
-            if node.state == NodeState::Down || silent <= timeout.as_millis() as i64 {
+            let silent = liveness.silent_for(&node.id);
+            if node.state == NodeState::Down || liveness.is_local(&node.id) || silent <= timeout {
                 continue;
             }
-            tracing::warn!(node = %node.id, silent_ms = silent, "node missed its heartbeats: down");
+            tracing::warn!(node = %node.id, silent_ms = silent.as_millis() as u64, "node missed its heartbeats: down");
             let id = node.id.clone();
+            // Its heartbeats are refused from now on: it must reconnect and reconcile.
+            liveness.mark_down(&id);
+            remote.disconnect(&id);
             if let Err(e) = store.set_node_state(&id, NodeState::Down).await {
                 tracing::warn!(error = %e, "could not mark node down");
                 continue;
             }
-            remote.disconnect(&id);
             let lost: Vec<_> = match store.active_tasks().await {
                 Ok(active) => active
                     .into_iter()

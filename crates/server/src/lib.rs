@@ -13,6 +13,7 @@ pub mod api;
 pub mod auth;
 mod cluster;
 pub mod links;
+pub mod liveness;
 pub mod placement_notes;
 pub mod scheduler;
 pub mod tls;

@@ -107,6 +107,9 @@ impl Driver for ProcessDriver {
             command.pre_exec(|| {
                 libc::setsid();
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                // The agent keeps its own files private (umask 077); the
+                // task gets the usual default.
+                libc::umask(0o022);
                 Ok(())
             });
         }

@@ -75,6 +75,21 @@ pub fn open_connection(path: &Path, synchronous: Synchronous, read_only: bool) -
     Ok(conn)
 }
 
+/// The database and its WAL and shared-memory files hold secrets: readable
+/// by their owner only, also when an older version made them 0644.
+fn private(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::PermissionsExt;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        match std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Creates the schema in a fresh database (used by the ingest benchmark's baseline).
 pub fn create_schema(conn: &mut Connection) -> rusqlite::Result<usize> {
     schema::migrate(conn)
@@ -89,6 +104,7 @@ impl SqliteStore {
         }
         let mut conn = open_connection(&path, options.synchronous, false)?;
         let version = schema::migrate(&mut conn)?;
+        private(&path)?;
         tracing::info!(path = %path.display(), schema_version = version, "opened SQLite store");
         let readers = (0..options.readers.max(1))
             .map(|_| open_connection(&path, options.synchronous, true).map(Mutex::new))

@@ -1,0 +1,122 @@
+//! Defects found by attacking Shepherd as a new user would (issue 10),
+//! each with the test that failed before its fix: load must not make a
+//! live node look dead, files stay private, one process per data dir.
+
+mod common;
+
+use common::Server;
+use serde_json::json;
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+/// 5,000 tasks started at once on one all-in-one node: before, the local
+/// node's heartbeat queued behind the store's writes, the node was declared
+/// down and every task recorded lost while its process kept running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_thousand_tasks_started_at_once_on_one_node_all_succeed_and_none_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        &dir.path().join("data"),
+        &["--max-tasks", "20000", "--cpu", "1000000", "--memory", "1000000", "--node-timeout", "2s"],
+    );
+    let http = server.http();
+    let task = json!({"image": "busybox", "command": ["sleep", "4"], "resources": {"cpu_millicores": 10, "memory_mib": 4}});
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        let tasks: Vec<_> = (0..1000).map(|_| task.clone()).collect();
+        let (status, body) = http.post("/v1/tasks/batch", &json!({ "tasks": tasks })).await;
+        assert_eq!(status, 201, "{body}");
+        ids.extend(body["ids"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()));
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(240);
+    loop {
+        let (_, health) = http.get("/v1/health").await;
+        let counts = &health["tasks"];
+        let done = counts["succeeded"].as_u64().unwrap_or(0) + counts["failed"].as_u64().unwrap_or(0);
+        if done == 5000 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "not done in time: {health}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let (_, health) = http.get("/v1/health").await;
+    assert_eq!(health["tasks"]["succeeded"], 5000, "{health}");
+    let (_, nodes) = http.get("/v1/nodes").await;
+    assert_eq!(nodes["nodes"][0]["state"], "ready", "{nodes}");
+    for id in ids.iter().step_by(97) {
+        let (_, task) = http.get(&format!("/v1/tasks/{id}")).await;
+        assert_eq!(task["attempts"].as_array().unwrap().len(), 1, "one attempt, never lost: {task}");
+    }
+}
+
+fn mode(path: &std::path::Path) -> u32 {
+    std::fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).permissions().mode() & 0o777
+}
+
+/// As another user of the host, nothing of Shepherd's state can be read:
+/// not the database (secret values live there) nor an attempt's secret file.
+#[tokio::test]
+async fn another_local_user_reads_no_secret_from_the_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    // The data dir's parent is open to everyone, as a home directory often is.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let data = dir.path().join("data");
+    let server = Server::start(&data, &[]);
+    let http = server.http();
+    let (status, _) = http.send(reqwest::Method::PUT, "/v1/projects/default/secrets/db-password", &json!({ "value": "hunter2-local" })).await;
+    assert_eq!(status, 204);
+    let mut task = common::sh("sleep 30");
+    task["secrets"] = json!([{"name": "db-password"}]);
+    let (_, created) = http.post("/v1/tasks", &task).await;
+    let id = created["id"].as_str().unwrap().to_string();
+    common::wait_running(&http, &id).await;
+
+    assert_eq!(mode(&data), 0o700, "data dir");
+    for file in ["shepherd.db", "shepherd.db-wal", "shepherd.db-shm"] {
+        assert_eq!(mode(&data.join(file)), 0o600, "{file}");
+    }
+    let attempts = data.join("attempts");
+    assert_eq!(mode(&attempts), 0o700, "attempts dir");
+    let secret = attempts.join(format!("{id}-1")).join("secrets/db-password");
+    assert_eq!(std::fs::read(&secret).unwrap(), b"hunter2-local", "the agent itself wrote it");
+
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("not root: cannot act as another user; the modes above were checked");
+        return;
+    }
+    for path in [data.join("shepherd.db"), data.join("shepherd.db-wal"), secret.clone(), data.join("admin-token")] {
+        let read = std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "cat"])
+            .arg(&path)
+            .output()
+            .expect("setpriv");
+        assert!(!read.status.success(), "nobody read {}", path.display());
+        assert!(!String::from_utf8_lossy(&read.stdout).contains("hunter2"), "nobody saw the secret in {}", path.display());
+    }
+    http.post(&format!("/v1/tasks/{id}/cancel"), &json!({})).await;
+}
+
+/// A second `shepherd up` on a data dir in use refuses, naming the first.
+#[tokio::test]
+async fn a_second_process_on_a_data_dir_in_use_is_refused_with_the_first_one_s_pid() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let _first = Server::start(&data, &[]);
+    let second = std::process::Command::new(common::BIN)
+        .args(["up", "--listen", "127.0.0.1:0", "--driver", "process", "--data-dir"])
+        .arg(&data)
+        .env("SHEPHERD_CONFIG", dir.path().join("cli.toml"))
+        .output()
+        .expect("run shepherd up");
+    assert!(!second.status.success());
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(stderr.contains("is in use by another shepherd process (pid "), "{stderr}");
+    let agent = std::process::Command::new(common::BIN)
+        .args(["agent", "--join", "http://127.0.0.1:1", "--join-token", "x", "--driver", "process", "--data-dir"])
+        .arg(&data)
+        .output()
+        .expect("run shepherd agent");
+    assert!(!agent.status.success());
+    assert!(String::from_utf8_lossy(&agent.stderr).contains("is in use by another shepherd process"));
+}
