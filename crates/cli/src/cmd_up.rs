@@ -71,6 +71,23 @@ pub struct ServerFlags {
     /// Longest time an API request may take, body included (long polls and log follows excepted).
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     request_timeout: Duration,
+    /// Most API connections open at once (agents included); more wait to be accepted.
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: u32,
+    /// Longest time a client may take to send a request's headers (and its TLS handshake).
+    #[arg(long, default_value = "10s", value_parser = positive_duration)]
+    header_timeout: Duration,
+    /// A keep-alive connection with no traffic this long is closed.
+    #[arg(long, default_value = "90s", value_parser = positive_duration)]
+    idle_timeout: Duration,
+}
+
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(d) if d.is_zero() => Err("must be more than zero".into()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(format!("`{text}`: {e} (use 10s, 2m)")),
+    }
 }
 
 /// Flags of a node (`up` and `agent`).
@@ -307,6 +324,11 @@ async fn run_cluster(server: ServerFlags, node: Option<&NodeFlags>, write_cli_co
         },
         admin_token: admin_token.clone(),
         request_timeout: server.request_timeout,
+        serve_limits: shepherd_server::serve::ServeLimits {
+            max_connections: server.max_connections as usize,
+            header_timeout: server.header_timeout,
+            idle_timeout: server.idle_timeout,
+        },
     };
     let cluster = Cluster::start(config, driver).await.context("cannot start the cluster")?;
     let scheme = if server.tls_cert.is_some() { "https" } else { "http" };

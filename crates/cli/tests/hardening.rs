@@ -120,3 +120,65 @@ async fn a_second_process_on_a_data_dir_in_use_is_refused_with_the_first_one_s_p
     assert!(!agent.status.success());
     assert!(String::from_utf8_lossy(&agent.stderr).contains("is in use by another shepherd process"));
 }
+
+fn read_until_closed(stream: &mut std::net::TcpStream, limit: Duration) -> Result<Vec<u8>, std::io::Error> {
+    use std::io::Read;
+    stream.set_read_timeout(Some(limit))?;
+    let mut all = Vec::new();
+    stream.read_to_end(&mut all)?;
+    Ok(all)
+}
+
+/// Clients that open a connection and never finish their headers are cut
+/// off after the header timeout and never starve an ordinary request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_header_clients_are_cut_off_and_never_starve_an_ordinary_request() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &["--header-timeout", "2s"]);
+    let addr = server.url.trim_start_matches("http://").to_string();
+    let mut slow = Vec::new();
+    for _ in 0..500 {
+        let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+        stream.write_all(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n").unwrap();
+        slow.push(stream);
+    }
+    let started = std::time::Instant::now();
+    let (status, _) = server.http().get("/v1/health").await;
+    assert_eq!(status, 200);
+    assert!(started.elapsed() < Duration::from_secs(2), "an ordinary request waited {:?}", started.elapsed());
+    // Each slow client is closed by the server once its headers are overdue.
+    for stream in slow.iter_mut().step_by(50) {
+        let answer = read_until_closed(stream, Duration::from_secs(10)).expect("the server closes the connection");
+        let text = String::from_utf8_lossy(&answer);
+        assert!(text.is_empty() || text.starts_with("HTTP/1.1 408"), "{text}");
+    }
+    let (status, _) = server.http().get("/v1/health").await;
+    assert_eq!(status, 200, "still serving");
+}
+
+/// Past `--max-connections`, a new connection waits until one closes (the
+/// header timeout frees idle ones); a quiet keep-alive connection is
+/// closed after the idle timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_cap_holds_new_clients_until_a_slot_frees_and_idle_connections_close() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &["--max-connections", "8", "--header-timeout", "2s", "--idle-timeout", "1s"]);
+    let addr = server.url.trim_start_matches("http://").to_string();
+    let mut held: Vec<_> = (0..8).map(|_| std::net::TcpStream::connect(&addr).unwrap()).collect();
+    let http = server.http();
+    let request = tokio::spawn(async move { http.get("/v1/health").await.0 });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!request.is_finished(), "the ninth connection waits while eight are held");
+    let status = tokio::time::timeout(Duration::from_secs(15), request).await.expect("served once slots free").unwrap();
+    assert_eq!(status, 200);
+    for stream in held.iter_mut() {
+        read_until_closed(stream, Duration::from_secs(10)).expect("idle connection closed by the header timeout");
+    }
+    // A keep-alive connection that finished a request and then sits idle is closed.
+    let mut keep = std::net::TcpStream::connect(&addr).unwrap();
+    keep.write_all(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let answer = read_until_closed(&mut keep, Duration::from_secs(10)).expect("closed after the idle timeout");
+    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"), "{}", String::from_utf8_lossy(&answer));
+}

@@ -37,6 +37,8 @@ pub struct ClusterConfig {
     pub admin_token: String,
     /// Longest time an ordinary API request may take (503 after).
     pub request_timeout: Duration,
+    /// Connection limits of the API listener.
+    pub serve_limits: crate::serve::ServeLimits,
 }
 
 /// The local node's size and settings.
@@ -180,27 +182,12 @@ impl Cluster {
             .await
             .map_err(|source| ClusterError::Bind { addr: config.listen, source })?;
         let addr = listener.local_addr().map_err(|source| ClusterError::Bind { addr: config.listen, source })?;
-        let mut stop_serving = shutdown_rx.clone();
         let app = api::router(state);
         let tls = match &config.tls {
             Some(files) => Some(crate::tls::server_config(files).map_err(ClusterError::Tls)?),
             None => None,
         };
-        let server = tokio::spawn(async move {
-            let graceful = async move {
-                let _ = stop_serving.wait_for(|stop| *stop).await;
-            };
-            let served = match tls {
-                Some(tls) => {
-                    let listener = crate::tls::TlsListener { tcp: listener, acceptor: tokio_rustls::TlsAcceptor::from(tls) };
-                    axum::serve(listener, app).with_graceful_shutdown(graceful).await
-                }
-                None => axum::serve(listener, app).with_graceful_shutdown(graceful).await,
-            };
-            if let Err(e) = served {
-                tracing::error!(error = %e, "API server failed");
-            }
-        });
+        let server = tokio::spawn(crate::serve::serve(listener, app, tls, config.serve_limits, shutdown_rx.clone()));
         tracing::info!(%addr, "API listening");
         Ok(Cluster {
             addr,

@@ -16,6 +16,7 @@ pub mod links;
 pub mod liveness;
 pub mod placement_notes;
 pub mod scheduler;
+pub mod serve;
 pub mod tls;
 
 pub use cluster::{local_node_id, Cluster, ClusterConfig, ClusterError, LocalNodeConfig, DEFAULT_PROJECT};
