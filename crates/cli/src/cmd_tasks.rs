@@ -60,9 +60,9 @@ pub struct RunArgs {
     /// Payload file handed to the task (`-` reads standard input).
     #[arg(long, value_name = "FILE|-")]
     payload: Option<String>,
-    /// Project the task belongs to (default: the token's project).
-    #[arg(long, default_value = "default")]
-    project: String,
+    /// Project the task belongs to (default: the token's project; with the admin token, `default`).
+    #[arg(long)]
+    project: Option<String>,
     /// A project secret for the task, NAME or NAME:ENV_VAR (repeatable): a
     /// read-only file at $SHEPHERD_SECRETS_DIR/NAME, and the variable if named.
     #[arg(long = "secret", value_name = "NAME[:ENV]")]
@@ -107,7 +107,7 @@ pub async fn run(client: &Client, args: RunArgs) -> Result<ExitCode> {
     spec.env = args.env.into_iter().collect();
     spec.labels = args.labels.into_iter().collect();
     spec.constraints = args.constraints;
-    spec.project = args.project;
+    spec.project = args.project.unwrap_or_default();
     spec.profile = args.profile;
     spec.pool = args.pool;
     spec.network = args.network;

@@ -96,8 +96,8 @@ pub struct NodeFlags {
     /// How tasks run.
     #[arg(long, value_enum, default_value = "auto")]
     driver: DriverName,
-    /// Most processes in one task's container (docker driver).
-    #[arg(long, default_value_t = 256)]
+    /// Most processes in one task's container (docker driver); at least 1 (tasks cannot turn it off).
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(i64).range(1..))]
     pids_limit: i64,
     /// CPU the node offers, in millicores (default: all cores).
     #[arg(long)]

@@ -27,11 +27,35 @@ fn field_of(path: &str, message: &str) -> String {
     }
 }
 
-/// Decodes one JSON value (and nothing after it), naming the field on failure.
+/// Serde's messages name Rust types ("expected struct TaskSpec"): say
+/// what JSON was expected instead.
+fn plain(message: &str) -> String {
+    let mut out = message.to_string();
+    while let Some(start) = out.find("struct ") {
+        let end = out[start + 7..].find(|c: char| !(c.is_alphanumeric() || c == '_')).map_or(out.len(), |i| start + 7 + i);
+        out.replace_range(start..end, "a JSON object");
+    }
+    out.replace("a sequence", "a JSON array").replace("a map", "a JSON object")
+}
+
+/// Decodes one JSON object (and nothing after it), naming the field on
+/// failure. Every Shepherd request body is an object: an array or a bare
+/// value is refused before serde could read it by position.
 pub fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
+    match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') => {}
+        Some(_) => {
+            return Err(DecodeError {
+                malformed: false,
+                field: "body".into(),
+                message: "the request body must be a JSON object ({...})".into(),
+            })
+        }
+        None => return Err(DecodeError { malformed: true, field: "body".into(), message: "the request body is empty; send a JSON object".into() }),
+    }
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
-    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
-        let message = e.inner().to_string();
+    let value = serde_path_to_error::deserialize(crate::strict::Strict(&mut deserializer)).map_err(|e| {
+        let message = plain(&e.inner().to_string());
         if e.inner().is_syntax() || e.inner().is_eof() {
             return DecodeError { malformed: true, field: "body".into(), message: format!("request body is not valid JSON: {message}") };
         }
@@ -61,5 +85,15 @@ mod tests {
         assert!(e.malformed);
         let e = decode_json::<TaskSpec>(br#"{"image": "x"} {}"#).unwrap_err();
         assert!(e.malformed);
+    }
+
+    #[test]
+    fn only_objects_are_bodies_and_messages_name_no_rust_types() {
+        let e = decode_json::<TaskSpec>(br#"["busybox"]"#).unwrap_err();
+        assert_eq!((e.field.as_str(), e.message.as_str()), ("body", "the request body must be a JSON object ({...})"));
+        assert!(decode_json::<TaskSpec>(b"  \"busybox\"").is_err());
+        let e = decode_json::<TaskSpec>(br#"{"image": "x", "resources": [1]}"#).unwrap_err();
+        assert_eq!(e.field, "resources");
+        assert!(!e.message.contains("struct") && e.message.contains("a JSON object"), "{}", e.message);
     }
 }

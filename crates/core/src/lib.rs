@@ -13,8 +13,10 @@
 pub mod constraint;
 pub mod decode;
 pub mod lifecycle;
+pub mod reference;
 pub mod shape;
 pub mod state;
+mod strict;
 pub mod task;
 pub mod tenant;
 pub mod time;

@@ -171,7 +171,10 @@ pub struct TaskSpec {
     #[serde(default)]
     pub constraints: Vec<String>,
     /// The project (tenant) the task belongs to.
-    #[serde(default = "TaskSpec::default_project")]
+    ///
+    /// Left out (or empty): the project of the caller's token; with the
+    /// admin token, `default`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub project: String,
     /// Working directory inside the container (absolute path).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -179,7 +182,9 @@ pub struct TaskSpec {
     /// User (name or uid[:gid]) the command runs as inside the container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
-    /// `none` (the default: no network at all) or `bridge` (the engine's default network).
+    /// `none` (the default: no network at all, only loopback) or `bridge`:
+    /// the project's own bridge network (`shepherd-net-PROJECT`), shared with
+    /// the project's other tasks and with nothing of any other project.
     #[serde(default = "TaskSpec::default_network")]
     pub network: String,
     /// When to pull the image (docker driver).
@@ -226,7 +231,7 @@ impl TaskSpec {
             retry: RetryPolicy::default(),
             labels: BTreeMap::new(),
             constraints: Vec::new(),
-            project: Self::default_project(),
+            project: String::new(),
             workdir: None,
             user: None,
             network: Self::default_network(),

@@ -29,26 +29,42 @@ pub fn is_env_name(name: &str) -> bool {
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-/// A project's quotas; `None` is unlimited.
+/// A project's quotas; `None` (absent) is unlimited. A zero quota holds
+/// everything it counts: `max_queued: 0` refuses new tasks, `max_running`,
+/// `max_cpu_millicores` or `max_memory_mib` of 0 keep every task queued (a
+/// paused project). `requests_per_second` must be at least 1.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProjectLimits {
-    /// Most tasks waiting in the queue; a create beyond it is refused (429).
+    /// Most tasks waiting in the queue; a create beyond it is refused (429). 0: no new tasks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_queued: Option<u64>,
-    /// Most tasks scheduled or running at once; the rest wait in the queue.
+    /// Most tasks scheduled or running at once; the rest wait in the queue. 0: all wait (paused).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_running: Option<u32>,
-    /// Most CPU held by the project's scheduled and running tasks.
+    /// Most CPU held by the project's scheduled and running tasks. 0: all wait.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_cpu_millicores: Option<u64>,
-    /// Most memory held by the project's scheduled and running tasks.
+    /// Most memory held by the project's scheduled and running tasks. 0: all wait.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_memory_mib: Option<u64>,
     /// Requests per second each of the project's tokens may make (bursts
-    /// up to twice as many).
+    /// up to twice as many); at least 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requests_per_second: Option<u32>,
+}
+
+impl ProjectLimits {
+    /// Refuses limits that have no meaning, naming the field.
+    pub fn validate(&self) -> Result<(), crate::FieldError> {
+        if self.requests_per_second == Some(0) {
+            return Err(crate::FieldError::new(
+                "limits.requests_per_second",
+                "must be at least 1 (0 would refuse every request; leave it out for no limit)",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// A project secret a task receives: always as a read-only file named

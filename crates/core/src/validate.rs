@@ -71,6 +71,13 @@ fn is_env_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
+/// The smallest CPU request: the engine's CFS quota floor is 1 ms per
+/// 100 ms period, 1% of a core.
+pub const MIN_CPU_MILLICORES: u32 = 10;
+
+/// The longest constraint string (it is echoed in reasons).
+pub const MAX_CONSTRAINT_BYTES: usize = 256;
+
 /// Checks a spec and prepares it for storage.
 pub fn validate(
     mut spec: TaskSpec,
@@ -78,11 +85,11 @@ pub fn validate(
     id: TaskId,
     now: Timestamp,
 ) -> Result<NewTask, FieldError> {
-    check(!spec.image.trim().is_empty(), "image", || "is required and must not be empty".into())?;
-    check(spec.image.len() <= 255 && !spec.image.contains(char::is_whitespace), "image", || {
-        "must be an image reference without spaces, at most 255 characters".into()
-    })?;
+    crate::reference::check_image_reference(&spec.image).map_err(|why| FieldError::new("image", why))?;
     check(spec.command.len() <= 1024, "command", || "at most 1024 arguments".into())?;
+    for (index, arg) in spec.command.iter().enumerate() {
+        check(!arg.contains('\0'), &format!("command[{index}]"), || "must not contain a NUL character".into())?;
+    }
     let command_bytes: usize = spec.command.iter().map(String::len).sum();
     check(command_bytes <= 256 * 1024, "command", || "at most 256 KiB in all".into())?;
     check(spec.env.len() <= 256, "env", || "at most 256 variables".into())?;
@@ -92,6 +99,7 @@ pub fn validate(
         })?;
         check(!name.starts_with("SHEPHERD_"), "env", || format!("`{name}`: the SHEPHERD_ prefix is reserved"))?;
         check(value.len() <= 64 * 1024, "env", || format!("`{name}`: value over 64 KiB"))?;
+        check(!value.contains('\0'), "env", || format!("`{name}`: the value must not contain a NUL character"))?;
     }
     let payload = match spec.payload.take() {
         None => None,
@@ -106,8 +114,11 @@ pub fn validate(
         }
     };
     let r = spec.resources;
-    check((1..=limits.max_cpu_millicores).contains(&r.cpu_millicores), "resources.cpu_millicores", || {
-        format!("must be between 1 and {}", limits.max_cpu_millicores)
+    check((MIN_CPU_MILLICORES..=limits.max_cpu_millicores).contains(&r.cpu_millicores), "resources.cpu_millicores", || {
+        format!(
+            "must be between {MIN_CPU_MILLICORES} and {} (below {MIN_CPU_MILLICORES}, 1% of a core, the engine cannot enforce a CPU share)",
+            limits.max_cpu_millicores
+        )
     })?;
     check((4..=limits.max_memory_mib).contains(&r.memory_mib), "resources.memory_mib", || {
         format!("must be between 4 and {}", limits.max_memory_mib)
@@ -129,7 +140,14 @@ pub fn validate(
     }
     check(spec.constraints.len() <= 32, "constraints", || "at most 32 constraints".into())?;
     for (index, text) in spec.constraints.iter().enumerate() {
+        check(text.len() <= MAX_CONSTRAINT_BYTES, &format!("constraints[{index}]"), || {
+            format!("is {} bytes long; at most {MAX_CONSTRAINT_BYTES}", text.len())
+        })?;
         Constraint::parse(text).map_err(|e| FieldError::new(format!("constraints[{index}]"), e.to_string()))?;
+    }
+    if spec.project.is_empty() {
+        // Not given, and no token's project to put it in: the default project.
+        spec.project = TaskSpec::default_project();
     }
     check(crate::is_project_name(&spec.project), "project", || "1-63 of lower-case letters, digits, - and _".into())?;
     check(spec.secrets.len() <= 32, "secrets", || "at most 32 secrets".into())?;
@@ -223,6 +241,28 @@ mod tests {
         assert_eq!(field_of(TaskSpec { workdir: Some("relative".into()), ..base() }), "workdir");
         assert_eq!(field_of(TaskSpec { user: Some("a b".into()), ..base() }), "user");
         assert_eq!(field_of(TaskSpec { network: "host".into(), ..base() }), "network");
+    }
+
+    #[test]
+    fn issue_10_inputs_are_refused_at_submission() {
+        let mut s = base();
+        s.resources.cpu_millicores = 5;
+        let e = ok(s).unwrap_err();
+        assert_eq!(e.field, "resources.cpu_millicores");
+        assert!(e.message.contains("between 10 and"), "{}", e.message);
+        let mut s = base();
+        s.resources.cpu_millicores = 10;
+        assert!(ok(s).is_ok());
+        for image in ["busybox:", "BUSYBOX", "a@sha256:zz", "../../etc", "-rm", "büsybox", "busy\0box"] {
+            assert_eq!(field_of(TaskSpec { image: image.into(), ..base() }), "image", "{image:?}");
+        }
+        assert_eq!(field_of(TaskSpec { command: vec!["a".into(), "b\0c".into()], ..base() }), "command[1]");
+        let mut s = base();
+        s.env.insert("X".into(), "a\0b".into());
+        assert_eq!(field_of(s), "env");
+        let long = format!("node.labels.x=={}", "y".repeat(300));
+        assert_eq!(field_of(TaskSpec { constraints: vec![long], ..base() }), "constraints[0]");
+        assert_eq!(ok(TaskSpec { project: String::new(), ..base() }).unwrap().spec.project, "default");
     }
 
     #[test]

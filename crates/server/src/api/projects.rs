@@ -172,6 +172,7 @@ pub async fn create(
     if !is_project_name(&body.name) {
         return Err(ApiError::field("name", "1-63 of lower-case letters, digits, - and _"));
     }
+    body.limits.validate()?;
     let project = Project { name: body.name.clone(), created_at: Timestamp::now(), limits: body.limits };
     if !state.store.create_project(project.clone()).await? {
         return Err(ApiError::new(StatusCode::CONFLICT, "exists", format!("project {} exists", body.name)).with_field("name"));
@@ -221,6 +222,7 @@ pub async fn update(
 ) -> Result<Json<ProjectView>, ApiError> {
     project_or_404(&state, &caller, &name).await?;
     caller.require_admin()?;
+    body.limits.validate()?;
     state.store.set_project_limits(&name, body.limits).await?;
     state.auth.forget();
     state.audit(&caller, Some(&name), "project.update", &name, Some(format!("limits {}", limits_text(&body.limits)))).await;

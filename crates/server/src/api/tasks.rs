@@ -52,7 +52,7 @@ pub async fn load_visible(state: &AppState, caller: &Caller, id: TaskId) -> Resu
 /// Puts a project token's tasks in its project; refuses another project.
 fn claim(caller: &Caller, spec: &mut TaskSpec, field: &str) -> Result<(), ApiError> {
     if let Some(own) = caller.project() {
-        if spec.project == TaskSpec::default_project() || spec.project == own {
+        if spec.project.is_empty() || spec.project == own {
             spec.project = own.to_string();
         } else {
             return Err(ApiError::new(
