@@ -182,3 +182,53 @@ async fn the_connection_cap_holds_new_clients_until_a_slot_frees_and_idle_connec
     let answer = read_until_closed(&mut keep, Duration::from_secs(10)).expect("closed after the idle timeout");
     assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"), "{}", String::from_utf8_lossy(&answer));
 }
+
+/// The bad inputs of issue 10: each answered 400 (or 403) naming the field,
+/// and the server keeps serving.
+#[tokio::test]
+async fn bad_inputs_are_refused_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &[]);
+    let http = server.http();
+    let field_of = |body: &serde_json::Value| body["error"]["field"].as_str().unwrap_or_default().to_string();
+
+    let mut tiny = common::sh("true");
+    tiny["resources"] = json!({"cpu_millicores": 5});
+    let (status, body) = http.post("/v1/tasks", &tiny).await;
+    assert_eq!((status, field_of(&body).as_str()), (400, "resources.cpu_millicores"), "{body}");
+    for image in ["busybox:", "BUSYBOX", "a@sha256:zz", "../../etc", "-rm", "büsybox", "busy\u{0}box"] {
+        let (status, body) = http.post("/v1/tasks", &json!({"image": image})).await;
+        assert_eq!((status, field_of(&body).as_str()), (400, "image"), "{image:?}: {body}");
+    }
+    let (status, body) = http.post("/v1/tasks", &json!({"image": "busybox", "command": ["echo", "a\u{0}b"]})).await;
+    assert_eq!((status, field_of(&body).as_str()), (400, "command[1]"), "{body}");
+    let (status, body) = http.post("/v1/tasks", &json!({"image": "busybox", "env": {"X": "a\u{0}b"}})).await;
+    assert_eq!((status, field_of(&body).as_str()), (400, "env"), "{body}");
+    let (status, body) = http.post("/v1/tasks", &json!(["busybox", ["true"]])).await;
+    assert_eq!((status, field_of(&body).as_str()), (400, "body"), "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(!message.contains("struct") && !message.contains("serde"), "{message}");
+    let (status, body) = http.post("/v1/tasks", &json!({"image": "busybox", "resources": [100, 64]})).await;
+    assert_eq!((status, field_of(&body).as_str()), (400, "resources"), "{body}");
+    let long = format!("node.labels.zone=={}", "z".repeat(5000));
+    let (status, body) = http.post("/v1/tasks", &json!({"image": "busybox", "constraints": [long]})).await;
+    assert_eq!((status, field_of(&body).as_str()), (400, "constraints[0]"), "{body}");
+    assert!(body.to_string().len() < 1000, "the constraint is not echoed whole");
+    let (status, body) = http.post("/v1/projects", &json!({"name": "limited", "limits": {"requests_per_second": 0}})).await;
+    assert_eq!((status, field_of(&body).as_str()), (400, "limits.requests_per_second"), "{body}");
+
+    // A project token may submit only to its own project, `default` included.
+    let (status, created) = http.post("/v1/projects", &json!({"name": "acme"})).await;
+    assert_eq!(status, 201, "{created}");
+    let acme = server.http_as(created["token"]["token"].as_str());
+    for other in ["default", "globex"] {
+        let (status, body) = acme.post("/v1/tasks", &json!({"image": "busybox", "project": other})).await;
+        assert_eq!((status, field_of(&body).as_str()), (403, "project"), "{other}: {body}");
+    }
+    let (status, body) = acme.post("/v1/tasks", &json!({"image": "busybox"})).await;
+    assert_eq!((status, body["project"].as_str()), (201, Some("acme")), "{body}");
+    let (status, body) = acme.post("/v1/tasks", &json!({"image": "busybox", "project": "acme"})).await;
+    assert_eq!(status, 201, "{body}");
+    let (status, _) = http.get("/v1/health").await;
+    assert_eq!(status, 200);
+}
