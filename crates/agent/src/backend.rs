@@ -32,6 +32,27 @@ pub trait Backend: Send + Sync + 'static {
     async fn append_logs(&self, chunks: Vec<LogChunk>) -> Result<(), BackendError>;
     /// The attempts the cluster has on `node_id` (scheduled or running).
     async fn assigned(&self, node_id: &str) -> Result<Vec<AssignedAttempt>, BackendError>;
+    /// How much of an attempt's output is stored, per stream (an adopted
+    /// attempt's output goes on from there).
+    async fn captured(&self, id: TaskId, attempt: u32) -> Result<crate::driver::Captured, BackendError>;
+}
+
+/// Sums the stored output of one attempt per stream.
+pub async fn captured_in(store: &dyn Store, id: TaskId, attempt: u32) -> Result<crate::driver::Captured, shepherd_store::StoreError> {
+    let mut captured = crate::driver::Captured::default();
+    let mut after = 0;
+    loop {
+        let chunks = store.read_logs(id, after, 1000).await?;
+        let Some(last) = chunks.last() else { return Ok(captured) };
+        after = last.seq;
+        for chunk in chunks.iter().filter(|c| c.attempt == attempt) {
+            match chunk.stream {
+                shepherd_store::LogStream::Stdout => captured.stdout += chunk.data.len() as u64,
+                shepherd_store::LogStream::Stderr => captured.stderr += chunk.data.len() as u64,
+                shepherd_store::LogStream::System => {}
+            }
+        }
+    }
 }
 
 /// The agent inside the server process: straight to the store.
@@ -63,6 +84,10 @@ impl Backend for StoreBackend {
 
     async fn append_logs(&self, chunks: Vec<LogChunk>) -> Result<(), BackendError> {
         self.0.append_logs(chunks).await.map_err(|e| BackendError(e.to_string()))
+    }
+
+    async fn captured(&self, id: TaskId, attempt: u32) -> Result<crate::driver::Captured, BackendError> {
+        captured_in(self.0.as_ref(), id, attempt).await.map_err(|e| BackendError(e.to_string()))
     }
 
     async fn assigned(&self, node_id: &str) -> Result<Vec<AssignedAttempt>, BackendError> {

@@ -97,18 +97,21 @@ impl Capture {
 }
 
 /// Drains `output` into the store until every sender is dropped.
+/// `already_stored`: bytes of this attempt stored before (an attempt adopted
+/// after a restart), counted against the head.
 pub async fn capture(
     store: Arc<dyn Backend>,
     task_id: TaskId,
     attempt: u32,
     limits: LogLimits,
+    already_stored: usize,
     mut output: mpsc::Receiver<OutputChunk>,
 ) {
     let mut capture = Capture {
         task_id,
         attempt,
         limits,
-        head_used: 0,
+        head_used: already_stored,
         pending: Vec::new(),
         pending_bytes: 0,
         tail: VecDeque::new(),

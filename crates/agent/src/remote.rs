@@ -228,6 +228,10 @@ impl Backend for HttpBackend {
         Ok(())
     }
 
+    async fn captured(&self, id: TaskId, attempt: u32) -> Result<crate::driver::Captured, BackendError> {
+        self.send(self.request(reqwest::Method::GET, &format!("/v1/agent/tasks/{id}/captured?attempt={attempt}"))).await
+    }
+
     async fn assigned(&self, _node_id: &str) -> Result<Vec<AssignedAttempt>, BackendError> {
         self.send(self.request(reqwest::Method::GET, "/v1/agent/assigned")).await
     }

@@ -180,7 +180,12 @@ impl Agent {
                 continue;
             }
             let (tx, rx) = mpsc::channel(64);
-            match self.inner.driver.recover(task.task_id, task.attempt, tx).await {
+            // Output stored before the restart is not sent again; what came after is.
+            let captured = self.inner.backend.captured(task.task_id, task.attempt).await.unwrap_or_else(|e| {
+                tracing::warn!(task = %task.task_id, error = %e, "could not tell how much output was stored; it may repeat");
+                Default::default()
+            });
+            match self.inner.driver.recover(task.task_id, task.attempt, tx, captured).await {
                 Ok(Some(handle)) => {
                     tracing::info!(task = %task.task_id, attempt = task.attempt, "adopted running attempt");
                     let (cancel, cancel_rx) = watch::channel(task.cancel_requested);
@@ -189,7 +194,7 @@ impl Agent {
                         running.insert(task.task_id, Running { attempt: task.attempt, cancel, fenced: fenced.clone() });
                     }
                     let inner = self.inner.clone();
-                    let adopted = Adopted { handle, output: rx };
+                    let adopted = Adopted { handle, output: rx, captured };
                     let (id, attempt) = (task.task_id, task.attempt);
                     self.spawn(async move { run_attempt(inner, id, attempt, cancel_rx, fenced, Begin::Adopt(adopted)).await });
                 }
@@ -238,6 +243,8 @@ impl Agent {
 struct Adopted {
     handle: Box<dyn AttemptHandle>,
     output: mpsc::Receiver<crate::OutputChunk>,
+    /// Output stored before the restart: it counts against the head limit.
+    captured: crate::driver::Captured,
 }
 
 async fn report(inner: &Inner, task_id: TaskId, event: Event) -> bool {
@@ -387,10 +394,11 @@ async fn run_attempt_inner(
     begin: Begin,
     work_dir: &PathBuf,
 ) {
-    let (time_left, mut handle, output) = match begin {
+    let (time_left, mut handle, output, already) = match begin {
         Begin::Adopt(adopted) => {
             let launch = inner.backend.launch_spec(task_id).await.ok().flatten();
-            (time_left(launch.as_ref()), adopted.handle, adopted.output)
+            let already = (adopted.captured.stdout + adopted.captured.stderr) as usize;
+            (time_left(launch.as_ref()), adopted.handle, adopted.output, already)
         }
         Begin::Start(launch) => {
             let launch = match launch {
@@ -409,13 +417,14 @@ async fn run_attempt_inner(
             let time_left = time_left(Some(&launch));
             match start(inner, task_id, attempt, launch, work_dir).await {
                 Ok(Some((mut handle, output))) => {
-                    if !report(inner, task_id, Event::Start { attempt }).await {
+                    let at = Some(Timestamp::now());
+                    if !report(inner, task_id, Event::Start { attempt, at }).await {
                         // The task was given away or ended meanwhile: never let it run.
                         let _ = handle.kill().await;
                         let _ = handle.wait().await;
                         return;
                     }
-                    (time_left, handle, output)
+                    (time_left, handle, output, 0)
                 }
                 Ok(None) => return,
                 Err(reason) => {
@@ -426,7 +435,7 @@ async fn run_attempt_inner(
             }
         }
     };
-    let log_writer = tokio::spawn(logs::capture(inner.backend.clone(), task_id, attempt, inner.config.log_limits, output));
+    let log_writer = tokio::spawn(logs::capture(inner.backend.clone(), task_id, attempt, inner.config.log_limits, already, output));
     let deadline = tokio::time::sleep(time_left);
     tokio::pin!(deadline);
     let mut shutdown = inner.shutdown.subscribe();
@@ -440,6 +449,9 @@ async fn run_attempt_inner(
             break stop(inner, handle.as_mut()).await;
         }
         tokio::select! {
+            // An adopted attempt that exited while no agent watched reports
+            // its real exit, even if its deadline has passed since.
+            biased;
             status = handle.wait() => break status,
             _ = &mut deadline => timed_out = true,
             changed = cancel.changed() => {
@@ -458,6 +470,7 @@ async fn run_attempt_inner(
             }
         }
     };
+    let exited_at = Timestamp::now();
     // Whatever the task forked is stopped with it, so that its output pipes close.
     let _ = handle.kill().await;
     if tokio::time::timeout(Duration::from_secs(10), log_writer).await.is_err() {
@@ -475,7 +488,9 @@ async fn run_attempt_inner(
         (Some(StopReason::Cancelled), _, _) => Event::Cancelled { attempt },
         (Some(StopReason::Shutdown), _, _) => Event::Interrupted { attempt },
         (None, true, _) => Event::TimedOut { attempt },
-        (None, false, Ok(status)) => Event::Exit { attempt, code: status.code, oom_killed: status.oom_killed },
+        (None, false, Ok(status)) => {
+            Event::Exit { attempt, code: status.code, oom_killed: status.oom_killed, at: Some(status.finished_at.unwrap_or(exited_at)) }
+        }
         (None, false, Err(e)) => Event::Lost { attempt, reason: format!("driver lost track of the attempt: {e}") },
     };
     report(inner, task_id, event).await;

@@ -8,6 +8,44 @@ use serde::Serialize;
 /// Where `shepherd up` listens by default, and where the CLI looks.
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7070";
 
+/// The server could not be reached or answered 5xx: worth trying again
+/// (a restart, an overload).
+#[derive(Debug)]
+pub struct Transient(pub String);
+
+impl std::fmt::Display for Transient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Transient {}
+
+/// An error the API answered: its status, code, field and message.
+#[derive(Debug)]
+pub struct ApiFailure {
+    pub status: u16,
+    pub code: String,
+    pub field: Option<String>,
+    pub message: String,
+}
+
+impl std::fmt::Display for ApiFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.field {
+            Some(field) => write!(f, "{field}: {} ({}, HTTP {})", self.message, self.code, self.status),
+            None => write!(f, "{} ({}, HTTP {})", self.message, self.code, self.status),
+        }
+    }
+}
+
+impl std::error::Error for ApiFailure {}
+
+/// Whether an error is worth trying again after a pause.
+pub fn is_transient(error: &anyhow::Error) -> bool {
+    error.downcast_ref::<Transient>().is_some()
+}
+
 /// A client of one server, with the token it sends.
 #[derive(Clone)]
 pub struct Client {
@@ -75,10 +113,10 @@ impl Client {
             cause.push_str(&format!(": {inner}"));
             source = inner.source();
         }
-        anyhow!(
+        anyhow::Error::new(Transient(format!(
             "cannot reach the Shepherd server at {}: {cause}\nIs `shepherd up` running? Point at another server with --server or SHEPHERD_SERVER (and --tls-ca for a private CA).",
             self.base
-        )
+        )))
     }
 
     async fn check(response: reqwest::Response) -> Result<reqwest::Response> {
@@ -92,13 +130,16 @@ impl Client {
                 "{} (HTTP 401)\nGive a token with --token or SHEPHERD_TOKEN, or run `shepherd up` once to write the CLI config.",
                 body.error.message
             )),
-            Ok(body) => {
-                let e = body.error;
-                match e.field {
-                    Some(field) => Err(anyhow!("{field}: {} ({}, HTTP {})", e.message, e.code, status.as_u16())),
-                    None => Err(anyhow!("{} ({}, HTTP {})", e.message, e.code, status.as_u16())),
-                }
+            Ok(body) if status.is_server_error() => {
+                Err(anyhow::Error::new(Transient(format!("{} ({}, HTTP {})", body.error.message, body.error.code, status.as_u16()))))
             }
+            Ok(body) => Err(anyhow::Error::new(ApiFailure {
+                status: status.as_u16(),
+                code: body.error.code,
+                field: body.error.field,
+                message: body.error.message,
+            })),
+            Err(_) if status.is_server_error() => Err(anyhow::Error::new(Transient(format!("server answered HTTP {}: {text}", status.as_u16())))),
             Err(_) => Err(anyhow!("server answered HTTP {}: {text}", status.as_u16())),
         }
     }

@@ -1,7 +1,7 @@
 //! Task commands: run, ps, inspect, logs, cancel, wait.
 
-use crate::client::{encode, Client};
-use crate::output::{ago, clip, exit_code_of, print_table};
+use crate::client::{encode, is_transient, ApiFailure, Client, Transient};
+use crate::output::{ago, clip, exit_code_of, plural, print_table, safe};
 use anyhow::{Context, Result};
 use base64::Engine;
 use clap::Args;
@@ -42,11 +42,11 @@ pub struct RunArgs {
     /// Higher runs first (-1000 to 1000).
     #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
     priority: i32,
-    /// Extra attempts after a failed or lost one.
-    #[arg(long, default_value_t = 0)]
+    /// Extra attempts after a failed or lost one (0 to 99).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=99))]
     retries: u32,
-    /// Seconds before the first retry; doubles each time.
-    #[arg(long, default_value_t = 5)]
+    /// Seconds before the first retry; doubles each time (at most 3600).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(0..=3600))]
     backoff: u32,
     /// Environment variable KEY=VALUE (repeatable).
     #[arg(short = 'e', long = "env", value_name = "KEY=VALUE", value_parser = parse_pair)]
@@ -81,6 +81,13 @@ pub struct RunArgs {
     /// The command and its arguments (after `--`).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     command: Vec<String>,
+}
+
+impl RunArgs {
+    /// Whether the command follows the task to its end (and exits with its code).
+    pub fn waits(&self) -> bool {
+        self.wait
+    }
 }
 
 fn read_payload(source: &str) -> Result<Vec<u8>> {
@@ -121,7 +128,7 @@ pub async fn run(client: &Client, args: RunArgs) -> Result<ExitCode> {
     if let Some(source) = &args.payload {
         spec.payload = Some(base64::engine::general_purpose::STANDARD.encode(read_payload(source)?));
     }
-    let task: Task = client.post("/v1/tasks", &spec).await?;
+    let task: Task = client.post("/v1/tasks", &spec).await.map_err(in_flag_terms)?;
     if !args.wait {
         if args.json {
             println!("{}", serde_json::to_string_pretty(&task)?);
@@ -130,10 +137,14 @@ pub async fn run(client: &Client, args: RunArgs) -> Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
+    // While it waits to be placed, say why (and again when the reason changes).
+    let watcher = tokio::spawn(say_why_it_waits(client.clone(), task.id.to_string()));
     if !args.json {
         follow_logs(client, &task.id.to_string(), "all").await?;
     }
-    let done = wait_for_end(client, &task.id.to_string(), None).await?;
+    let done = wait_for_end(client, &task.id.to_string(), None).await;
+    watcher.abort();
+    let done = done?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&done)?);
     } else if !matches!(done.state, shepherd_core::TaskState::Succeeded) {
@@ -142,23 +153,151 @@ pub async fn run(client: &Client, args: RunArgs) -> Result<ExitCode> {
     Ok(ExitCode::from(exit_code_of(&done)))
 }
 
-async fn follow_logs(client: &Client, id: &str, stream: &str) -> Result<()> {
-    let mut response = client.stream(&format!("/v1/tasks/{id}/logs?follow=true&stream={stream}")).await?;
-    let mut stdout = std::io::stdout();
-    while let Some(chunk) = response.chunk().await.context("log stream broke")? {
-        stdout.write_all(&chunk)?;
-        stdout.flush()?;
-    }
-    Ok(())
+/// An API error about a task's field, said in the terms of `run`'s flags.
+fn in_flag_terms(error: anyhow::Error) -> anyhow::Error {
+    let Some(failure) = error.downcast_ref::<ApiFailure>() else { return error };
+    let Some(field) = failure.field.as_deref() else { return error };
+    let base = field.split('[').next().unwrap_or(field);
+    let flag = match base {
+        "image" => "IMAGE",
+        "command" => "COMMAND",
+        "resources.cpu_millicores" => "--cpu",
+        "resources.memory_mib" => "--memory",
+        "timeout_seconds" => "--timeout",
+        "priority" => "--priority",
+        "retry.max_attempts" => return anyhow::anyhow!("--retries: at most 99 extra attempts ({})", failure.message),
+        "retry.backoff_seconds" => "--backoff",
+        "env" => "--env",
+        "labels" => "--label",
+        "constraints" => "--constraint",
+        "payload" => "--payload",
+        "project" => "--project",
+        "secrets" => "--secret",
+        "profile" => "--profile",
+        "pool" => "--pool",
+        "network" => "--network",
+        _ => return error,
+    };
+    anyhow::anyhow!("{flag}: {} (HTTP {})", failure.message, failure.status)
 }
 
+/// How long a command following a task keeps trying to reach a server that
+/// went away (restarting, say) before it gives up.
+const RECONNECT_FOR: Duration = Duration::from_secs(300);
+
+/// A stretch of time without the server.
+#[derive(Default)]
+struct Outage {
+    since: Option<std::time::Instant>,
+}
+
+impl Outage {
+    /// After a failure: wait a moment if it may pass, else give up with it.
+    async fn pause(&mut self, error: anyhow::Error) -> Result<()> {
+        if !is_transient(&error) {
+            return Err(error);
+        }
+        let since = match self.since {
+            Some(since) => since,
+            None => {
+                let first_line = error.to_string().lines().next().unwrap_or_default().to_string();
+                eprintln!("shepherd: lost the server ({first_line}); reconnecting");
+                *self.since.insert(std::time::Instant::now())
+            }
+        };
+        if since.elapsed() > RECONNECT_FOR {
+            return Err(error.context(format!("gave up after {}", humantime::format_duration(RECONNECT_FOR))));
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        Ok(())
+    }
+
+    /// The server answered again.
+    fn over(&mut self) {
+        if self.since.take().is_some() {
+            eprintln!("shepherd: reconnected");
+        }
+    }
+}
+
+/// Streams a task's output until it ends, reconnecting (and resuming after
+/// the bytes already written) if the server goes away meanwhile.
+async fn follow_logs(client: &Client, id: &str, stream: &str) -> Result<()> {
+    let mut stdout = std::io::stdout();
+    let mut offset: u64 = 0;
+    let mut outage = Outage::default();
+    loop {
+        let path = format!("/v1/tasks/{id}/logs?follow=true&stream={stream}&offset={offset}");
+        let mut response = match client.stream(&path).await {
+            Ok(response) => response,
+            Err(e) => {
+                outage.pause(e).await?;
+                continue;
+            }
+        };
+        outage.over();
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    stdout.write_all(&chunk)?;
+                    stdout.flush()?;
+                    offset += chunk.len() as u64;
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    outage.pause(anyhow::Error::new(Transient(format!("log stream broke: {e}")))).await?;
+                    break;
+                }
+            }
+        }
+        // The stream ends when the task does; if it ended for another reason, follow on.
+        match client.get::<Task>(&format!("/v1/tasks/{id}")).await {
+            Ok(task) if task.state.is_terminal() => return Ok(()),
+            Ok(_) => {}
+            Err(e) => outage.pause(e).await?,
+        }
+    }
+}
+
+/// While the task is queued, prints why it waits, once and on each change.
+async fn say_why_it_waits(client: Client, id: String) {
+    let mut said: Option<String> = None;
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let Ok(task) = client.get::<Task>(&format!("/v1/tasks/{id}")).await else { continue };
+        if task.state != shepherd_core::TaskState::Queued {
+            if task.state.is_terminal() || task.attempts.iter().all(|a| a.outcome.is_some()) {
+                // Back in the queue later (a retry) is reported like a first wait.
+                said = None;
+            }
+            if task.state.is_terminal() {
+                return;
+            }
+            continue;
+        }
+        if let Some(reason) = task.reason {
+            if said.as_deref() != Some(reason.as_str()) {
+                eprintln!("shepherd: task {id} waits: {}", crate::output::safe(&reason));
+                said = Some(reason);
+            }
+        }
+    }
+}
+
+/// Waits for the task to end (long polls), riding out a server restart.
 async fn wait_for_end(client: &Client, id: &str, limit: Option<Duration>) -> Result<Task> {
     let deadline = limit.map(|l| std::time::Instant::now() + l);
+    let mut outage = Outage::default();
     loop {
         let remaining = deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()).as_secs().max(1)).unwrap_or(60).min(60);
-        let task: Task = client.get(&format!("/v1/tasks/{id}/wait?timeout_seconds={remaining}")).await?;
-        if task.state.is_terminal() || deadline.is_some_and(|d| std::time::Instant::now() >= d) {
-            return Ok(task);
+        match client.get::<Task>(&format!("/v1/tasks/{id}/wait?timeout_seconds={remaining}")).await {
+            Ok(task) => {
+                outage.over();
+                if task.state.is_terminal() || deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+                    return Ok(task);
+                }
+            }
+            Err(e) => outage.pause(e).await?,
         }
     }
 }
@@ -260,33 +399,37 @@ pub async fn inspect(client: &Client, args: InspectArgs) -> Result<ExitCode> {
     println!("ID:          {}", task.id);
     println!("State:       {}{}", task.state, if task.cancel_requested && !task.state.is_terminal() { " (cancel requested)" } else { "" });
     if let Some(reason) = &task.reason {
-        println!("Reason:      {reason}");
+        println!("Reason:      {}", safe(reason));
     }
     println!("Exit code:   {}", task.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "-".into()));
-    println!("Image:       {}", task.image);
-    println!("Command:     {}", task.command.join(" "));
+    println!("Image:       {}", safe(&task.image));
+    println!("Command:     {}", safe(&task.command.join(" ")));
     println!("Project:     {}", task.project);
     println!("Resources:   {} millicores, {} MiB", task.resources.cpu_millicores, task.resources.memory_mib);
     println!("Timeout:     {}s", task.timeout_seconds);
     println!("Priority:    {}", task.priority);
-    println!("Retry:       {} attempts, {}s backoff", task.retry.max_attempts, task.retry.backoff_seconds);
-    println!("Payload:     {} bytes", task.payload_bytes);
+    println!(
+        "Retry:       {} in all, {}s backoff",
+        plural(u64::from(task.retry.max_attempts), "attempt"),
+        task.retry.backoff_seconds
+    );
+    println!("Payload:     {}", plural(task.payload_bytes, "byte"));
     for secret in &task.secrets {
         match &secret.env {
-            Some(env) => println!("Secret:      {} (file, and ${env})", secret.name),
-            None => println!("Secret:      {} (file)", secret.name),
+            Some(env) => println!("Secret:      {} (file, and ${})", safe(&secret.name), safe(env)),
+            None => println!("Secret:      {} (file)", safe(&secret.name)),
         }
     }
     for (k, v) in &task.env {
-        println!("Env:         {k}={v}");
+        println!("Env:         {}={}", safe(k), safe(v));
     }
     for (k, v) in &task.labels {
-        println!("Label:       {k}={v}");
+        println!("Label:       {}={}", safe(k), safe(v));
     }
     for c in &task.constraints {
-        println!("Constraint:  {c}");
+        println!("Constraint:  {}", safe(c));
     }
-    println!("Node:        {}", task.node_id.as_deref().unwrap_or("-"));
+    println!("Node:        {}", safe(task.node_id.as_deref().unwrap_or("-")));
     println!("Created:     {}", task.created_at.to_rfc3339());
     println!("Scheduled:   {}", opt(task.scheduled_at));
     println!("Started:     {}", opt(task.started_at));

@@ -24,19 +24,34 @@ pub struct LimitFlags {
     /// Most memory in use, in MiB.
     #[arg(long)]
     max_memory: Option<u64>,
-    /// Requests per second per token.
-    #[arg(long)]
+    /// Requests per second per token (at least 1).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     rate_limit: Option<u32>,
+}
+
+/// A limit `project limits --clear` can remove.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Limit {
+    MaxQueued,
+    MaxRunning,
+    MaxCpu,
+    MaxMemory,
+    RateLimit,
 }
 
 impl LimitFlags {
     fn limits(&self) -> ProjectLimits {
+        self.over(ProjectLimits::default())
+    }
+
+    /// `current` with the limits given here set.
+    fn over(&self, current: ProjectLimits) -> ProjectLimits {
         ProjectLimits {
-            max_queued: self.max_queued,
-            max_running: self.max_running,
-            max_cpu_millicores: self.max_cpu,
-            max_memory_mib: self.max_memory,
-            requests_per_second: self.rate_limit,
+            max_queued: self.max_queued.or(current.max_queued),
+            max_running: self.max_running.or(current.max_running),
+            max_cpu_millicores: self.max_cpu.or(current.max_cpu_millicores),
+            max_memory_mib: self.max_memory.or(current.max_memory_mib),
+            requests_per_second: self.rate_limit.or(current.requests_per_second),
         }
     }
 }
@@ -60,11 +75,14 @@ enum ProjectCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Replace a project's limits (unset flags become unlimited).
+    /// Change a project's limits: those given are set, --clear ones removed, the rest kept.
     Limits {
         name: String,
         #[command(flatten)]
         limits: LimitFlags,
+        /// Remove this limit (unlimited again); repeatable.
+        #[arg(long, value_enum, value_name = "LIMIT")]
+        clear: Vec<Limit>,
     },
 }
 
@@ -100,9 +118,21 @@ pub async fn project(client: &Client, args: ProjectArgs) -> Result<ExitCode> {
                 .collect();
             print_table(&["NAME", "LIMITS"], &rows);
         }
-        ProjectCommand::Limits { name, limits } => {
+        ProjectCommand::Limits { name, limits, clear } => {
             let path = format!("/v1/projects/{}", encode(&name));
-            let updated: Value = admin.send(reqwest::Method::PATCH, &path, &json!({ "limits": limits.limits() })).await?;
+            let current: Value = admin.get(&path).await?;
+            let current: ProjectLimits = serde_json::from_value(current["limits"].clone()).context("bad project from server")?;
+            let mut new = limits.over(current);
+            for limit in clear {
+                match limit {
+                    Limit::MaxQueued => new.max_queued = None,
+                    Limit::MaxRunning => new.max_running = None,
+                    Limit::MaxCpu => new.max_cpu_millicores = None,
+                    Limit::MaxMemory => new.max_memory_mib = None,
+                    Limit::RateLimit => new.requests_per_second = None,
+                }
+            }
+            let updated: Value = admin.send(reqwest::Method::PATCH, &path, &json!({ "limits": new })).await?;
             println!("project {name}: {}", limits_text(&updated["limits"]));
         }
     }

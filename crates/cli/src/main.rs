@@ -11,13 +11,20 @@ mod config;
 mod host;
 mod output;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use std::process::ExitCode;
 
 /// Run container tasks on Docker hosts.
 #[derive(Parser)]
 #[command(name = "shepherd", version, about, long_about = None)]
 struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// How a client command reaches the server; only client commands take these.
+#[derive(Args)]
+struct ClientFlags {
     /// The Shepherd server to talk to (default: the CLI config's, else http://127.0.0.1:7070).
     #[arg(long, global = true, env = "SHEPHERD_SERVER")]
     server: Option<String>,
@@ -27,8 +34,15 @@ struct Cli {
     /// Trust this CA certificate (PEM) for an https:// server, besides the system's.
     #[arg(long, global = true, env = "SHEPHERD_TLS_CA")]
     tls_ca: Option<std::path::PathBuf>,
-    #[command(subcommand)]
-    command: Command,
+}
+
+/// A client command's own arguments plus [`ClientFlags`].
+#[derive(Args)]
+struct Client<T: Args> {
+    #[command(flatten)]
+    client: ClientFlags,
+    #[command(flatten)]
+    args: T,
 }
 
 #[derive(Subcommand)]
@@ -40,29 +54,29 @@ enum Command {
     /// Run a node: join a server and run the tasks it assigns.
     Agent(cmd_up::AgentArgs),
     /// Manage nodes: `shepherd node drain ID`.
-    Node(cmd_nodes::NodeArgs),
+    Node(Client<cmd_nodes::NodeArgs>),
     /// Submit a task: shepherd run [OPTIONS] IMAGE [-- COMMAND ARGS...]
-    Run(cmd_tasks::RunArgs),
+    Run(Client<cmd_tasks::RunArgs>),
     /// List tasks, newest first.
-    Ps(cmd_tasks::PsArgs),
+    Ps(Client<cmd_tasks::PsArgs>),
     /// Show one task in full, with its attempts.
-    Inspect(cmd_tasks::InspectArgs),
+    Inspect(Client<cmd_tasks::InspectArgs>),
     /// Print a task's output.
-    Logs(cmd_tasks::LogsArgs),
+    Logs(Client<cmd_tasks::LogsArgs>),
     /// Cancel tasks.
-    Cancel(cmd_tasks::CancelArgs),
+    Cancel(Client<cmd_tasks::CancelArgs>),
     /// Wait for a task to end and exit with its exit code.
-    Wait(cmd_tasks::WaitArgs),
+    Wait(Client<cmd_tasks::WaitArgs>),
     /// List the cluster's nodes.
-    Nodes(cmd_nodes::NodesArgs),
+    Nodes(Client<cmd_nodes::NodesArgs>),
     /// Manage projects (tenants) and their limits (admin).
-    Project(cmd_tenants::ProjectArgs),
+    Project(Client<cmd_tenants::ProjectArgs>),
     /// Manage a project's API tokens (admin).
-    Token(cmd_tenants::TokenArgs),
+    Token(Client<cmd_tenants::TokenArgs>),
     /// Manage a project's secrets.
-    Secret(cmd_tenants::SecretArgs),
+    Secret(Client<cmd_tenants::SecretArgs>),
     /// Show the audit log: who created, cancelled or changed what.
-    Audit(cmd_tenants::AuditArgs),
+    Audit(Client<cmd_tenants::AuditArgs>),
     /// Compare placement profiles offline: replay a workload on a virtual clock.
     Simulate(cmd_simulate::SimulateArgs),
 }
@@ -80,20 +94,20 @@ fn init_logging(default: &str) {
 /// The client of a CLI command: flags and environment first, then the CLI
 /// config file. A token given by flag or environment is used for
 /// everything; from the config, admin commands use its admin token.
-fn make_client(cli: &Cli) -> anyhow::Result<client::Client> {
-    let config = if matches!(cli.command, Command::Up(_) | Command::Server(_) | Command::Agent(_) | Command::Simulate(_)) {
-        config::CliConfig::default()
-    } else {
-        config::load()?
-    };
-    let server = cli.server.clone().or(config.server).unwrap_or_else(|| client::DEFAULT_SERVER.to_string());
-    let tls_ca = cli.tls_ca.clone().or(config.tls_ca);
-    let (token, admin_token) = match &cli.token {
+fn make_client(flags: &ClientFlags) -> anyhow::Result<client::Client> {
+    let config = config::load()?;
+    let server = flags.server.clone().or(config.server).unwrap_or_else(|| client::DEFAULT_SERVER.to_string());
+    let tls_ca = flags.tls_ca.clone().or(config.tls_ca);
+    let (token, admin_token) = match &flags.token {
         Some(token) => (Some(token.clone()), None),
         None => (config.token.or(config.admin_token.clone()), config.admin_token),
     };
     client::Client::new(&server, tls_ca.as_deref(), token, admin_token)
 }
+
+/// Exit code of the CLI's own failures in commands that exit with a task's
+/// code (`run --wait`, `wait`), as `docker run` does: see `output::exit_code_of`.
+const CLI_FAILED: u8 = 125;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -108,32 +122,41 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let client = make_client(&cli);
+    // Commands that exit with a task's code keep their own failures apart.
+    let reports_task_code = match &cli.command {
+        Command::Run(c) => c.args.waits(),
+        Command::Wait(_) => true,
+        _ => false,
+    };
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Up(args) => cmd_up::up(args).await,
             Command::Server(args) => cmd_up::server(args).await,
             Command::Agent(args) => cmd_up::agent(args).await,
-            Command::Node(args) => cmd_nodes::node(&client?, args).await,
-            Command::Run(args) => cmd_tasks::run(&client?, args).await,
-            Command::Ps(args) => cmd_tasks::ps(&client?, args).await,
-            Command::Inspect(args) => cmd_tasks::inspect(&client?, args).await,
-            Command::Logs(args) => cmd_tasks::logs(&client?, args).await,
-            Command::Cancel(args) => cmd_tasks::cancel(&client?, args).await,
-            Command::Wait(args) => cmd_tasks::wait(&client?, args).await,
-            Command::Nodes(args) => cmd_nodes::nodes(&client?, args).await,
-            Command::Project(args) => cmd_tenants::project(&client?, args).await,
-            Command::Token(args) => cmd_tenants::token(&client?, args).await,
-            Command::Secret(args) => cmd_tenants::secret(&client?, args).await,
-            Command::Audit(args) => cmd_tenants::audit(&client?, args).await,
             Command::Simulate(args) => cmd_simulate::simulate_cmd(args),
+            Command::Node(c) => cmd_nodes::node(&make_client(&c.client)?, c.args).await,
+            Command::Run(c) => cmd_tasks::run(&make_client(&c.client)?, c.args).await,
+            Command::Ps(c) => cmd_tasks::ps(&make_client(&c.client)?, c.args).await,
+            Command::Inspect(c) => cmd_tasks::inspect(&make_client(&c.client)?, c.args).await,
+            Command::Logs(c) => cmd_tasks::logs(&make_client(&c.client)?, c.args).await,
+            Command::Cancel(c) => cmd_tasks::cancel(&make_client(&c.client)?, c.args).await,
+            Command::Wait(c) => cmd_tasks::wait(&make_client(&c.client)?, c.args).await,
+            Command::Nodes(c) => cmd_nodes::nodes(&make_client(&c.client)?, c.args).await,
+            Command::Project(c) => cmd_tenants::project(&make_client(&c.client)?, c.args).await,
+            Command::Token(c) => cmd_tenants::token(&make_client(&c.client)?, c.args).await,
+            Command::Secret(c) => cmd_tenants::secret(&make_client(&c.client)?, c.args).await,
+            Command::Audit(c) => cmd_tenants::audit(&make_client(&c.client)?, c.args).await,
         }
     });
     match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            if reports_task_code {
+                ExitCode::from(CLI_FAILED)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

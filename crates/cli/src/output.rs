@@ -1,13 +1,31 @@
-//! Output for people: aligned tables, relative times, exit codes.
+//! Output for people: aligned tables, relative times, exit codes, and
+//! tenants' text made safe for a terminal.
 
 use shepherd_core::{Task, TaskState, Timestamp};
+use unicode_width::UnicodeWidthStr;
 
-/// Prints rows as columns separated by three spaces, like `docker ps`.
+/// Text from the API (labels, commands, names, reasons: anything a tenant
+/// wrote) with control characters escaped, so that it can never move the
+/// cursor, retitle or recolour the reader's terminal.
+pub fn safe(text: &str) -> String {
+    if !text.chars().any(is_control) {
+        return text.to_string();
+    }
+    text.chars().map(|c| if is_control(c) { c.escape_default().to_string() } else { c.to_string() }).collect()
+}
+
+fn is_control(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Prints rows as columns separated by three spaces, like `docker ps`; cells
+/// are made safe and aligned by their width on screen (wide characters count twice).
 pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for row in rows {
+    let rows: Vec<Vec<String>> = rows.iter().map(|row| row.iter().map(|cell| safe(cell)).collect()).collect();
+    let mut widths: Vec<usize> = header.iter().map(|h| h.width()).collect();
+    for row in &rows {
         for (i, cell) in row.iter().enumerate() {
-            widths[i] = widths[i].max(cell.chars().count());
+            widths[i] = widths[i].max(cell.width());
         }
     }
     let line = |cells: Vec<String>| {
@@ -15,26 +33,41 @@ pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
         let text: Vec<String> = cells
             .into_iter()
             .enumerate()
-            .map(|(i, c)| if i == last { c } else { format!("{c:<width$}", width = widths[i]) })
+            .map(|(i, c)| {
+                if i == last {
+                    c
+                } else {
+                    let pad = widths[i].saturating_sub(c.width());
+                    format!("{c}{}", " ".repeat(pad))
+                }
+            })
             .collect();
         println!("{}", text.join("   ").trim_end());
     };
     line(header.iter().map(|h| h.to_string()).collect());
     for row in rows {
-        line(row.clone());
+        line(row);
     }
 }
 
-/// "3 seconds ago", "2 hours ago".
+/// "1 second", "3 seconds".
+pub fn plural(count: u64, unit: &str) -> String {
+    if count == 1 {
+        format!("1 {unit}")
+    } else {
+        format!("{count} {unit}s")
+    }
+}
+
+/// "3 seconds ago", "1 hour ago".
 pub fn ago(then: Timestamp) -> String {
-    let seconds = (Timestamp::now().millis() - then.millis()).max(0) / 1000;
+    let seconds = (Timestamp::now().millis() - then.millis()).max(0) as u64 / 1000;
     match seconds {
         0 => "just now".into(),
-        1 => "1 second ago".into(),
-        2..=59 => format!("{seconds} seconds ago"),
-        60..=3599 => format!("{} minutes ago", seconds / 60),
-        3600..=86399 => format!("{} hours ago", seconds / 3600),
-        _ => format!("{} days ago", seconds / 86400),
+        1..=59 => format!("{} ago", plural(seconds, "second")),
+        60..=3599 => format!("{} ago", plural(seconds / 60, "minute")),
+        3600..=86399 => format!("{} ago", plural(seconds / 3600, "hour")),
+        _ => format!("{} ago", plural(seconds / 86400, "day")),
     }
 }
 
@@ -49,14 +82,46 @@ pub fn clip(text: &str, max: usize) -> String {
 
 /// The process exit code that stands for how a task ended, so that
 /// `shepherd run --wait` and `shepherd wait` compose in shell scripts:
-/// the task's own code when it exited, 124 on timeout (as `timeout(1)`),
-/// 130 when cancelled, 125 when it failed without an exit code.
+///
+/// | the task | exit code |
+/// |---|---|
+/// | succeeded | 0 |
+/// | failed with exit code N | N |
+/// | killed for memory (OOM) | 137, as Docker (128 + SIGKILL), whatever its own code |
+/// | timed out | 124, as `timeout(1)` |
+/// | cancelled | 130 |
+/// | failed without an exit code (could not start, lost) | 126 |
+///
+/// The CLI's own failures in these commands (the server unreachable for
+/// five minutes, a bad answer) exit 125, as `docker run`'s do.
 pub fn exit_code_of(task: &Task) -> u8 {
     match (task.state, task.exit_code) {
         (TaskState::Succeeded, _) => 0,
         (TaskState::TimedOut, _) => 124,
         (TaskState::Cancelled, _) => 130,
+        _ if task.reason.as_deref() == Some("oom_killed") => 137,
         (_, Some(code)) => u8::try_from(code.clamp(0, 255)).unwrap_or(1).max(1),
-        _ => 125,
+        _ => 126,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_are_escaped_and_plain_text_untouched() {
+        assert_eq!(safe("plain text, ünïcode 名前"), "plain text, ünïcode 名前");
+        assert_eq!(safe("a\u{1b}[2Jb"), "a\\u{1b}[2Jb");
+        assert_eq!(safe("line\nbreak\r"), "line\\nbreak\\r");
+        assert_eq!(safe("\u{202e}evil"), "\\u{202e}evil");
+        assert_eq!(safe("\u{9b}31m"), "\\u{9b}31m");
+    }
+
+    #[test]
+    fn plurals() {
+        assert_eq!(plural(1, "attempt"), "1 attempt");
+        assert_eq!(plural(2, "attempt"), "2 attempts");
+        assert_eq!(plural(0, "attempt"), "0 attempts");
     }
 }

@@ -157,8 +157,7 @@ async fn restarts_adopt_running_containers_and_remove_unowned_ones() {
     let http = server.http();
     let node = node_id(&http).await;
 
-    // SIGKILL: the container keeps running and is adopted. (It must outlive
-    // the restart: output written while no agent watches is not captured.)
+    // SIGKILL: the container keeps running and is adopted.
     let crashed = submit(&http, task("sleep 8; echo done after crash")).await;
     common::wait_running(&http, &crashed).await;
     server.kill();
@@ -191,6 +190,67 @@ async fn restarts_adopt_running_containers_and_remove_unowned_ones() {
     let t = http.wait_terminal(&calm, Duration::from_secs(30)).await;
     assert_eq!((t["state"].as_str(), t["attempts"].as_array().unwrap().len()), (Some("succeeded"), 1), "{t}");
     assert!(containers_of(&node).is_empty(), "containers left behind: {:?}", containers_of(&node));
+}
+
+/// Issue 10: a stop (Ctrl-C) leaves a container running; whatever it
+/// writes and when it exits while no agent watches is recorded truly on
+/// the next start: its output (read back from the engine, nothing twice)
+/// and the engine's finish time, not the restart's.
+#[tokio::test]
+async fn output_and_exit_time_survive_a_stop_while_no_agent_watches() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut server = docker_server(&data, &[]);
+    let http = server.http();
+    let id = submit(&http, task("echo before; sleep 3; echo while-away; echo err-away >&2; exit 3")).await;
+    common::wait_running(&http, &id).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !http.text(&format!("/v1/tasks/{id}/logs")).await.1.contains("before") {
+        assert!(Instant::now() < deadline, "output before the stop was never captured");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    server.stop();
+    // It ends while no agent watches.
+    let container = format!("shepherd-{}-1", id.to_lowercase());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let finished = loop {
+        let out = Command::new("docker").args(["inspect", "-f", "{{.State.Running}} {{.State.FinishedAt}}", &container]).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if let Some(at) = text.strip_prefix("false ") {
+            break at.to_string();
+        }
+        assert!(Instant::now() < deadline, "container still running: {text}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let server = docker_server(&data, &[]);
+    let http = server.http();
+    let t = http.wait_terminal(&id, Duration::from_secs(30)).await;
+    assert_eq!((t["state"].as_str(), t["exit_code"].as_i64()), (Some("failed"), Some(3)), "{t}");
+    let engine_finished = &finished[..23]; // 2026-11-25T21:23:54.123
+    assert!(t["finished_at"].as_str().unwrap().starts_with(engine_finished), "finished_at {} is the engine's {finished}", t["finished_at"]);
+    let (_, logs) = http.text(&format!("/v1/tasks/{id}/logs")).await;
+    for line in ["before", "while-away", "err-away"] {
+        assert_eq!(logs.matches(line).count(), 1, "{line} once in {logs:?}");
+    }
+    assert!(containers_of(&node_id(&http).await).is_empty());
+}
+
+/// The command runs under an init: a cancel's SIGTERM reaches `sleep`, which
+/// ends at once rather than at the end of the grace period.
+#[tokio::test]
+async fn a_cancelled_sleep_ends_at_once_under_the_init() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = docker_server(&dir.path().join("data"), &["--stop-grace", "60s"]);
+    let http = server.http();
+    let id = submit(&http, task("sleep 300")).await;
+    common::wait_running(&http, &id).await;
+    let asked = Instant::now();
+    let (status, _) = http.post(&format!("/v1/tasks/{id}/cancel"), &json!({})).await;
+    assert_eq!(status, 200);
+    let t = http.wait_terminal(&id, Duration::from_secs(50)).await;
+    assert_eq!(t["state"], "cancelled");
+    assert!(asked.elapsed() < Duration::from_secs(30), "the cancel waited for the grace period: {:?}", asked.elapsed());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

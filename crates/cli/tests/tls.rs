@@ -59,6 +59,7 @@ fn server_agent_and_cli_over_tls() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "over tls\n");
     let untrusted = cli(&["ps"], false);
     assert_eq!(untrusted.status.code(), Some(1), "a client without the CA must not connect");
-    let plain = cli(&["--server", &format!("http://{listen}"), "ps"], true);
-    assert_ne!(plain.status.code(), Some(0), "plain HTTP to the TLS port must fail");
+    let plain = cli(&["ps", "--server", &format!("http://{listen}")], true);
+    assert_eq!(plain.status.code(), Some(1), "plain HTTP to the TLS port must fail: {}", String::from_utf8_lossy(&plain.stderr));
+    assert!(String::from_utf8_lossy(&plain.stderr).contains("cannot reach the Shepherd server"));
 }

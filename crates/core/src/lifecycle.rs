@@ -28,11 +28,23 @@ pub struct LifecycleContext {
 pub enum Event {
     /// The scheduler placed the task on a node.
     Schedule { node_id: String },
-    /// The agent started the attempt.
-    Start { attempt: u32 },
+    /// The agent started the attempt (`at`: when, by the node's clock; the
+    /// time the report is applied when absent).
+    Start {
+        attempt: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        at: Option<crate::Timestamp>,
+    },
     /// The attempt exited with a code; `oom_killed` when the kernel killed
-    /// it for exceeding its memory limit.
-    Exit { attempt: u32, code: i32, oom_killed: bool },
+    /// it for exceeding its memory limit. `at`: when it exited, as the
+    /// engine recorded it (it may have ended while no agent watched).
+    Exit {
+        attempt: u32,
+        code: i32,
+        oom_killed: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        at: Option<crate::Timestamp>,
+    },
     /// The attempt ran past the timeout and was stopped.
     TimedOut { attempt: u32 },
     /// The attempt could not be started.
@@ -108,9 +120,18 @@ impl Event {
         }
     }
 
+    /// When it happened, if the reporter knew better than "now" (the node's
+    /// or the engine's record of a start or an exit).
+    pub fn at(&self) -> Option<crate::Timestamp> {
+        match self {
+            Event::Start { at, .. } | Event::Exit { at, .. } => *at,
+            _ => None,
+        }
+    }
+
     fn attempt(&self) -> Option<u32> {
         match self {
-            Event::Start { attempt }
+            Event::Start { attempt, .. }
             | Event::Exit { attempt, .. }
             | Event::TimedOut { attempt }
             | Event::StartFailed { attempt, .. }
@@ -223,9 +244,9 @@ mod tests {
     fn all_events() -> Vec<Event> {
         vec![
             Event::Schedule { node_id: "n".into() },
-            Event::Start { attempt: 1 },
-            Event::Exit { attempt: 1, code: 0, oom_killed: false },
-            Event::Exit { attempt: 1, code: 3, oom_killed: false },
+            Event::Start { attempt: 1, at: None },
+            Event::Exit { attempt: 1, code: 0, oom_killed: false, at: None },
+            Event::Exit { attempt: 1, code: 3, oom_killed: false, at: None },
             Event::TimedOut { attempt: 1 },
             Event::StartFailed { attempt: 1, reason: "no such image".into() },
             Event::Lost { attempt: 1, reason: "node down".into() },
@@ -268,26 +289,26 @@ mod tests {
     fn the_happy_path() {
         let d = decide(&LifecycleContext { attempt: 0, ..ctx(Queued) }, &Event::Schedule { node_id: "n".into() }).unwrap();
         assert_eq!((d.to, d.open_attempt), (Scheduled, Some(1)));
-        assert_eq!(decide(&ctx(Scheduled), &Event::Start { attempt: 1 }).unwrap().to, Running);
-        let d = decide(&ctx(Running), &Event::Exit { attempt: 1, code: 0, oom_killed: false }).unwrap();
+        assert_eq!(decide(&ctx(Scheduled), &Event::Start { attempt: 1, at: None }).unwrap().to, Running);
+        let d = decide(&ctx(Running), &Event::Exit { attempt: 1, code: 0, oom_killed: false, at: None }).unwrap();
         assert_eq!((d.to, d.exit_code, d.close_attempt), (Succeeded, Some(0), Some(AttemptOutcome::Succeeded)));
     }
 
     #[test]
     fn failures_retry_while_attempts_remain() {
         let running = LifecycleContext { max_attempts: 2, ..ctx(Running) };
-        let d = decide(&running, &Event::Exit { attempt: 1, code: 1, oom_killed: false }).unwrap();
+        let d = decide(&running, &Event::Exit { attempt: 1, code: 1, oom_killed: false, at: None }).unwrap();
         assert_eq!((d.to, d.exit_code), (Queued, Some(1)));
         assert!(d.retry_after.is_some());
         let last = LifecycleContext { attempt: 2, charged_attempts: 1, ..running };
-        let d = decide(&last, &Event::Exit { attempt: 2, code: 1, oom_killed: false }).unwrap();
+        let d = decide(&last, &Event::Exit { attempt: 2, code: 1, oom_killed: false, at: None }).unwrap();
         assert_eq!(d.to, Failed);
         assert_eq!(d.reason.as_deref(), Some("exited with code 1"));
     }
 
     #[test]
     fn an_oom_kill_fails_with_reason_oom_killed() {
-        let d = decide(&ctx(Running), &Event::Exit { attempt: 1, code: 137, oom_killed: true }).unwrap();
+        let d = decide(&ctx(Running), &Event::Exit { attempt: 1, code: 137, oom_killed: true, at: None }).unwrap();
         assert_eq!((d.to, d.reason.as_deref(), d.exit_code), (Failed, Some("oom_killed"), Some(137)));
     }
 
@@ -312,7 +333,7 @@ mod tests {
         assert_eq!((d.to, d.request_cancel), (Running, true));
         let flagged = LifecycleContext { cancel_requested: true, max_attempts: 5, ..ctx(Running) };
         assert_eq!(decide(&flagged, &Event::Cancelled { attempt: 1 }).unwrap().to, Cancelled);
-        assert_eq!(decide(&flagged, &Event::Exit { attempt: 1, code: 137, oom_killed: false }).unwrap().to, Cancelled);
+        assert_eq!(decide(&flagged, &Event::Exit { attempt: 1, code: 137, oom_killed: false, at: None }).unwrap().to, Cancelled);
         assert_eq!(decide(&flagged, &Event::Lost { attempt: 1, reason: "x".into() }).unwrap().to, Cancelled);
     }
 
@@ -320,15 +341,15 @@ mod tests {
     fn stale_attempt_reports_are_refused() {
         let c = LifecycleContext { attempt: 2, ..ctx(Running) };
         assert_eq!(
-            decide(&c, &Event::Exit { attempt: 1, code: 0, oom_killed: false }),
+            decide(&c, &Event::Exit { attempt: 1, code: 0, oom_killed: false, at: None }),
             Err(IllegalTransition::StaleAttempt { reported: 1, current: 2 })
         );
     }
 
     #[test]
     fn events_out_of_order_are_illegal() {
-        assert!(matches!(decide(&ctx(Queued), &Event::Start { attempt: 1 }), Err(IllegalTransition::WrongState { .. })));
-        assert!(matches!(decide(&ctx(Scheduled), &Event::Exit { attempt: 1, code: 0, oom_killed: false }), Err(IllegalTransition::WrongState { .. })));
+        assert!(matches!(decide(&ctx(Queued), &Event::Start { attempt: 1, at: None }), Err(IllegalTransition::WrongState { .. })));
+        assert!(matches!(decide(&ctx(Scheduled), &Event::Exit { attempt: 1, code: 0, oom_killed: false, at: None }), Err(IllegalTransition::WrongState { .. })));
         assert!(matches!(decide(&ctx(Running), &Event::Schedule { node_id: "n".into() }), Err(IllegalTransition::WrongState { .. })));
     }
 }

@@ -363,6 +363,10 @@ pub struct Task {
     pub reason: Option<String>,
     /// Set once a user asked to cancel a task that was already on a node.
     pub cancel_requested: bool,
+    /// A queued task whose attempt failed: when the next attempt may start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub retry_at: Option<Timestamp>,
     pub attempts: Vec<Attempt>,
 }
 
@@ -399,6 +403,7 @@ impl Task {
             exit_code: None,
             reason: None,
             cancel_requested: false,
+            retry_at: None,
             attempts: Vec::new(),
         }
     }

@@ -141,6 +141,7 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/agent/logs", post(logs))
         .route("/v1/agent/assigned", get(assigned))
         .route("/v1/agent/tasks/{id}/launch", get(launch))
+        .route("/v1/agent/tasks/{id}/captured", get(captured))
 }
 
 async fn register(State(state): State<AppState>, headers: HeaderMap, Json(reg): Json<Registration>) -> Result<Json<Registered>, ApiError> {
@@ -296,4 +297,27 @@ async fn launch(State(state): State<AppState>, headers: HeaderMap, Path(id): Pat
     let id: TaskId = id.parse().map_err(|_| ApiError::not_found("no such task"))?;
     let launch = state.store.launch_spec(id).await?.filter(|l| l.node_id.as_deref() == Some(node.as_str()));
     Ok(Json(launch.map(WireLaunch::from)))
+}
+
+#[derive(serde::Deserialize)]
+struct CapturedQuery {
+    attempt: u32,
+}
+
+/// How much of an attempt's output is stored, per stream: an agent that
+/// adopts the attempt after a restart goes on from there.
+async fn captured(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    axum::extract::Query(query): axum::extract::Query<CapturedQuery>,
+) -> Result<Json<shepherd_agent::driver::Captured>, ApiError> {
+    let node = node_of(&state, &headers)?;
+    let id: TaskId = id.parse().map_err(|_| ApiError::not_found("no such task"))?;
+    match state.store.launch_spec(id).await? {
+        Some(launch) if launch.node_id.as_deref() == Some(node.as_str()) => {}
+        _ => return Err(ApiError::not_found("no such task on this node")),
+    }
+    let captured = shepherd_agent::backend::captured_in(state.store.as_ref(), id, query.attempt).await?;
+    Ok(Json(captured))
 }

@@ -56,9 +56,9 @@ pub struct LocalNodeConfig {
 pub enum ClusterError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Bind { addr: SocketAddr, source: std::io::Error },
-    #[error("data directory {path}: {source}")]
+    #[error("data directory {path}")]
     DataDir { path: PathBuf, source: std::io::Error },
     #[error("local agent: {0}")]
     Agent(String),

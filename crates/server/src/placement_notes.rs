@@ -45,6 +45,13 @@ impl PlacementNotes {
         if task.state != TaskState::Queued {
             return;
         }
+        if let Some(at) = task.retry_at.filter(|at| *at > shepherd_core::Timestamp::now()) {
+            // Waiting out its backoff: say which attempt comes next, and when.
+            let tried = task.attempts.iter().filter(|a| a.outcome != Some(shepherd_core::AttemptOutcome::Interrupted)).count();
+            let last = task.reason.take().map(|r| format!("{r}; ")).unwrap_or_default();
+            task.reason = Some(format!("{last}attempt {} of {} at {}", tried + 1, task.retry.max_attempts, at.to_rfc3339()));
+            return;
+        }
         let Ok(notes) = self.notes.lock() else { return };
         let reason = notes.by_shape.get(&task.placement_shape()).or_else(|| notes.by_task.get(&task.id));
         if let Some(reason) = reason {

@@ -25,8 +25,10 @@ use shepherd_core::{Event, NewTask, Task, TaskId, Timestamp};
 /// Failures of the store itself (not of the request it was given).
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// (The cause is part of the message, not a separate source, so that a
+    /// chain of errors does not say it twice.)
     #[error("database error: {0}")]
-    Database(#[from] rusqlite::Error),
+    Database(rusqlite::Error),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     #[error("a task with id {0} already exists")]
@@ -34,7 +36,19 @@ pub enum StoreError {
     #[error("the store is shut down")]
     Closed,
     #[error("I/O error: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> StoreError {
+        StoreError::Database(e)
+    }
+}
+
+impl From<std::io::Error> for StoreError {
+    fn from(e: std::io::Error) -> StoreError {
+        StoreError::Io(e)
+    }
 }
 
 /// Shepherd's durable state. Implementations: [`SqliteStore`] (embedded);

@@ -81,10 +81,10 @@ async fn lifecycle_events_are_persisted_and_stale_ones_refused() {
     assert!(store.queued_tasks(now, QueueQuery { limit: 10, ..Default::default() }).await.unwrap().tasks.is_empty());
     assert_eq!(store.active_tasks().await.unwrap().len(), 1);
 
-    store.apply(vec![(id, Event::Start { attempt: 1 })], now).await.unwrap()[0].as_ref().unwrap();
-    let stale = store.apply(vec![(id, Event::Exit { attempt: 7, code: 0, oom_killed: false })], now).await.unwrap();
+    store.apply(vec![(id, Event::Start { attempt: 1, at: None })], now).await.unwrap()[0].as_ref().unwrap();
+    let stale = store.apply(vec![(id, Event::Exit { attempt: 7, code: 0, oom_killed: false, at: None })], now).await.unwrap();
     assert!(matches!(stale[0], Err(ApplyError::Illegal(_))));
-    store.apply(vec![(id, Event::Exit { attempt: 1, code: 0, oom_killed: false })], now).await.unwrap()[0].as_ref().unwrap();
+    store.apply(vec![(id, Event::Exit { attempt: 1, code: 0, oom_killed: false, at: None })], now).await.unwrap()[0].as_ref().unwrap();
 
     let task = store.get_task(id).await.unwrap().unwrap();
     assert_eq!(task.state, TaskState::Succeeded);

@@ -2,7 +2,8 @@
 //! started, followed and removed through the Docker Engine API (bollard,
 //! over the unix socket; `DOCKER_HOST` honoured; API version negotiated).
 //!
-//! Security defaults a task cannot turn off: all capabilities dropped,
+//! The command runs under the engine's init (`docker run --init`), so
+//! signals reach it. Security defaults a task cannot turn off: all capabilities dropped,
 //! `no-new-privileges`, a read-only root filesystem with a writable tmpfs at
 //! `/tmp`, never privileged, no host mounts (only Shepherd's own read-only
 //! payload file), no host network or pid namespace, a pids limit, memory
@@ -229,6 +230,10 @@ impl DockerDriver {
                 format!("rw,nosuid,nodev,size={}m", self.config.tmp_size_mib),
             )])),
             privileged: Some(false),
+            // A tiny init (the engine's docker-init) as PID 1: signals reach
+            // the command (a cancel's SIGTERM ends `sleep` at once instead of
+            // after the grace period) and zombies are reaped.
+            init: Some(true),
             network_mode: Some(network),
             binds: (!binds.is_empty()).then_some(binds),
             ..Default::default()
@@ -250,23 +255,76 @@ impl DockerDriver {
     /// `docker run` does) sees every byte; the stream ends once the container
     /// has exited and its output is drained.
     async fn attach(&self, container: &str, output: OutputSender) -> Result<(), bollard::errors::Error> {
-        let options = AttachContainerOptionsBuilder::default().stream(true).stdout(true).stderr(true).logs(false).build();
-        let mut attached = self.docker.attach_container(container, Some(options)).await?.output;
-        tokio::spawn(async move {
-            while let Some(item) = attached.next().await {
-                let (stream, message) = match item {
-                    Ok(LogOutput::StdOut { message }) | Ok(LogOutput::Console { message }) => (LogStream::Stdout, message),
-                    Ok(LogOutput::StdErr { message }) => (LogStream::Stderr, message),
-                    Ok(LogOutput::StdIn { .. }) => continue,
-                    Err(_) => break,
-                };
-                if output.send(OutputChunk { stream, data: message.to_vec() }).await.is_err() {
-                    break;
-                }
-            }
-        });
-        Ok(())
+        attach(&self.docker, container, output).await
     }
+}
+
+/// Attaches to a container's output (see [`DockerDriver::attach`]).
+async fn attach(docker: &Docker, container: &str, output: OutputSender) -> Result<(), bollard::errors::Error> {
+    let options = AttachContainerOptionsBuilder::default().stream(true).stdout(true).stderr(true).logs(false).build();
+    let mut attached = docker.attach_container(container, Some(options)).await?.output;
+    tokio::spawn(async move {
+        while let Some(item) = attached.next().await {
+            let (stream, message) = match item {
+                Ok(LogOutput::StdOut { message }) | Ok(LogOutput::Console { message }) => (LogStream::Stdout, message),
+                Ok(LogOutput::StdErr { message }) => (LogStream::Stderr, message),
+                Ok(LogOutput::StdIn { .. }) => continue,
+                Err(_) => break,
+            };
+            if output.send(OutputChunk { stream, data: message.to_vec() }).await.is_err() {
+                break;
+            }
+        }
+    });
+    Ok(())
+}
+
+/// A time as the engine writes it (RFC 3339 with nanoseconds); `None` for
+/// its "never" (`0001-01-01T00:00:00Z`) or anything unreadable.
+fn engine_time(text: &str) -> Option<Timestamp> {
+    let time = humantime::parse_rfc3339_weak(text).ok()?;
+    let millis = time.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis();
+    Some(Timestamp(i64::try_from(millis).ok()?)).filter(|t| t.millis() > 0)
+}
+
+/// Streams a container's log from its start (following it while it runs),
+/// leaving out the first bytes of each stream that were captured already.
+/// If the engine keeps no log for it, says so in the output and, for a
+/// running container, follows from now on.
+fn replay(docker: Docker, container: String, output: OutputSender, captured: Captured, running: bool) {
+    tokio::spawn(async move {
+        let options = bollard::query_parameters::LogsOptionsBuilder::default().follow(true).stdout(true).stderr(true).build();
+        let mut log = docker.logs(&container, Some(options));
+        let mut skip = captured;
+        let mut first = true;
+        while let Some(item) = log.next().await {
+            let (stream, mut data) = match item {
+                Ok(LogOutput::StdOut { message }) | Ok(LogOutput::Console { message }) => (LogStream::Stdout, message.to_vec()),
+                Ok(LogOutput::StdErr { message }) => (LogStream::Stderr, message.to_vec()),
+                Ok(LogOutput::StdIn { .. }) => continue,
+                Err(e) if first => {
+                    tracing::warn!(%container, error = %e, "cannot read the container's log back; following from now on");
+                    let note = "\n[shepherd: output written while no agent watched this task could not be read back from the engine and is missing]\n";
+                    let _ = output.send(OutputChunk { stream: LogStream::System, data: note.as_bytes().to_vec() }).await;
+                    if running {
+                        if let Err(e) = attach(&docker, &container, output).await {
+                            tracing::warn!(%container, error = %e, "cannot attach to the container");
+                        }
+                    }
+                    return;
+                }
+                Err(_) => return,
+            };
+            first = false;
+            let left = if stream == LogStream::Stderr { &mut skip.stderr } else { &mut skip.stdout };
+            let dropped = (*left).min(data.len() as u64);
+            *left -= dropped;
+            data.drain(..dropped as usize);
+            if !data.is_empty() && output.send(OutputChunk { stream, data }).await.is_err() {
+                return;
+            }
+        }
+    });
 }
 
 /// `name:tag` → (`name`, `tag`); a digest or no tag means `latest` is not added.
@@ -307,17 +365,20 @@ impl AttemptHandle for ContainerAttempt {
         // SIGKILL exit Shepherd did not cause, look again for a moment
         // before concluding it was not one.
         let deadline = tokio::time::Instant::now() + OOM_FLAG_WAIT;
-        let oom_killed = loop {
-            let flagged = match self.docker.inspect_container(&self.name, None).await {
-                Ok(info) => info.state.and_then(|s| s.oom_killed).unwrap_or(false),
-                Err(_) => false,
+        let (oom_killed, finished_at) = loop {
+            let (flagged, finished_at) = match self.docker.inspect_container(&self.name, None).await {
+                Ok(info) => {
+                    let state = info.state.unwrap_or_default();
+                    (state.oom_killed.unwrap_or(false), state.finished_at.as_deref().and_then(engine_time))
+                }
+                Err(_) => (false, None),
             };
             if flagged || code != 137 || self.killed || tokio::time::Instant::now() >= deadline {
-                break flagged;
+                break (flagged, finished_at);
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
-        Ok(ExitStatus { code: i32::try_from(code).unwrap_or(255), oom_killed })
+        Ok(ExitStatus { code: i32::try_from(code).unwrap_or(255), oom_killed, finished_at })
     }
 
     async fn terminate(&mut self) -> Result<(), DriverError> {
@@ -389,6 +450,7 @@ impl Driver for DockerDriver {
         task_id: TaskId,
         attempt: u32,
         output: OutputSender,
+        captured: Captured,
     ) -> Result<Option<Box<dyn AttemptHandle>>, DriverError> {
         let name = container_name(task_id, attempt);
         match self.docker.inspect_container(&name, None).await {
@@ -398,11 +460,11 @@ impl Driver for DockerDriver {
                 if !mine {
                     return Ok(None);
                 }
-                // Output from before the restart was captured then; follow from now on.
+                // The engine kept everything the container wrote: read it back
+                // from the start, skip what was stored before the restart, and
+                // follow on. Output written while no agent watched is not lost.
                 let running = info.state.as_ref().and_then(|s| s.running).unwrap_or(false);
-                if running {
-                    self.attach(&name, output).await.map_err(|e| engine_error("attaching to the container", e))?;
-                }
+                replay(self.docker.clone(), name.clone(), output, captured, running);
                 Ok(Some(Box::new(ContainerAttempt { docker: self.docker.clone(), name, removed: false, killed: false })))
             }
             Err(e) if is_status(&e, &[404]) => Ok(None),

@@ -5,7 +5,7 @@ pub mod docker;
 pub mod process;
 
 use async_trait::async_trait;
-use shepherd_core::{PullPolicy, Resources, TaskId};
+use shepherd_core::{PullPolicy, Resources, TaskId, Timestamp};
 use shepherd_store::LogStream;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -73,6 +73,16 @@ pub struct ExitStatus {
     pub code: i32,
     /// The kernel killed it for exceeding its memory limit.
     pub oom_killed: bool,
+    /// When it exited, if the driver knows better than "when `wait` returned"
+    /// (the engine's record, for an attempt that ended while no agent watched).
+    pub finished_at: Option<Timestamp>,
+}
+
+/// How much of an attempt's output was stored, per stream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Captured {
+    pub stdout: u64,
+    pub stderr: u64,
 }
 
 /// Why a driver could not do what it was asked.
@@ -82,7 +92,13 @@ pub enum DriverError {
     #[error("{0}")]
     StartFailed(String),
     #[error("driver I/O error: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
+}
+
+impl From<std::io::Error> for DriverError {
+    fn from(e: std::io::Error) -> DriverError {
+        DriverError::Io(e)
+    }
 }
 
 /// A started attempt.
@@ -117,13 +133,17 @@ pub trait Driver: Send + Sync + 'static {
     /// Starts an attempt; its output goes to `output`.
     async fn start(&self, spec: &AttemptSpec, output: OutputSender) -> Result<Box<dyn AttemptHandle>, DriverError>;
 
-    /// After an agent restart: the attempt if it is still running, so the
-    /// agent can adopt it; `None` if it is gone.
+    /// After an agent restart: the attempt if it is still there (running, or
+    /// exited while no agent watched), so the agent can adopt it; `None` if
+    /// it is gone. Its output goes to `output` from where `captured` (what
+    /// was stored before the restart) ends, where the driver can read it
+    /// back; a driver that cannot says so in a system chunk.
     async fn recover(
         &self,
         task_id: TaskId,
         attempt: u32,
         output: OutputSender,
+        captured: Captured,
     ) -> Result<Option<Box<dyn AttemptHandle>>, DriverError>;
 
     /// After a restart: stops and removes everything of this node's that

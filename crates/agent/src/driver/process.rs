@@ -58,7 +58,7 @@ impl AttemptHandle for ProcessAttempt {
         use std::os::unix::process::ExitStatusExt;
         let status = self.child.wait().await?;
         let code = status.code().or_else(|| status.signal().map(|s| 128 + s)).unwrap_or(255);
-        Ok(ExitStatus { code, oom_killed: false })
+        Ok(ExitStatus { code, oom_killed: false, finished_at: None })
     }
 
     async fn terminate(&mut self) -> Result<(), DriverError> {
@@ -135,6 +135,7 @@ impl Driver for ProcessDriver {
         _task_id: TaskId,
         _attempt: u32,
         _output: OutputSender,
+        _captured: Captured,
     ) -> Result<Option<Box<dyn AttemptHandle>>, DriverError> {
         // Children die with the agent (PDEATHSIG): nothing survives to adopt.
         Ok(None)

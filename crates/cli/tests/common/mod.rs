@@ -35,10 +35,11 @@ impl Server {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(data_dir.with_extension("log")).expect("server log file");
         // The lifecycle tests use the process driver; Docker tests ask for `--driver docker`.
         let driver: &[&str] = if extra.contains(&"--driver") { &[] } else { &["--driver", "process"] };
+        let grace: &[&str] = if extra.contains(&"--stop-grace") { &[] } else { &["--stop-grace", "2s"] };
         let mut child = Command::new(BIN)
             .args(["up", "--listen", listen, "--data-dir"])
             .arg(data_dir)
-            .args(["--stop-grace", "2s"])
+            .args(grace)
             .args(driver)
             .args(extra)
             .env("SHEPHERD_LOG", "info")

@@ -23,6 +23,10 @@ pub struct LogsQuery {
     pub follow: bool,
     /// `stdout`, `stderr` or `all` (default).
     pub stream: Option<String>,
+    /// Skip this many bytes of the output (a client resuming after a broken
+    /// connection asks for what follows the bytes it has).
+    #[serde(default)]
+    pub offset: u64,
 }
 
 const PAGE: usize = 1000;
@@ -43,6 +47,37 @@ struct Follow {
     follow: bool,
     /// Set once the task was seen terminal: one last read, then the end.
     ending: bool,
+    /// Bytes still to skip (the `offset` asked for).
+    skip: u64,
+    /// The attempt of the last chunk sent, and whether it ended a line.
+    attempt: Option<u32>,
+    at_line_start: bool,
+}
+
+impl Follow {
+    /// The bytes of `chunks` as sent: each attempt after the first opens
+    /// with a header line, so the attempts' output never runs together.
+    fn render(&mut self, chunks: &[StoredLogChunk]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for chunk in chunks.iter().filter(|c| wanted(self.filter, c)) {
+            if Some(chunk.attempt) != self.attempt && (chunk.attempt > 1 || self.attempt.is_some()) {
+                if !self.at_line_start {
+                    out.push(b'\n');
+                }
+                out.extend_from_slice(format!("--- shepherd: attempt {} ---\n", chunk.attempt).as_bytes());
+                self.at_line_start = true;
+            }
+            self.attempt = Some(chunk.attempt);
+            if let Some(last) = chunk.data.last() {
+                self.at_line_start = *last == b'\n';
+            }
+            out.extend_from_slice(&chunk.data);
+        }
+        let skipped = (self.skip as usize).min(out.len());
+        self.skip -= skipped as u64;
+        out.drain(..skipped);
+        out
+    }
 }
 
 impl Follow {
@@ -50,11 +85,15 @@ impl Follow {
         loop {
             let chunks = match self.store.read_logs(self.id, self.after, PAGE).await {
                 Ok(chunks) => chunks,
-                Err(e) => return Some((Err(std::io::Error::other(e.to_string())), Follow { ending: true, follow: false, ..self })),
+                Err(e) => {
+                self.ending = true;
+                self.follow = false;
+                return Some((Err(std::io::Error::other(e.to_string())), self));
+            }
             };
             if let Some(last) = chunks.last() {
                 self.after = last.seq;
-                let bytes: Vec<u8> = chunks.iter().filter(|c| wanted(self.filter, c)).flat_map(|c| c.data.iter().copied()).collect();
+                let bytes = self.render(&chunks);
                 if !bytes.is_empty() {
                     return Some((Ok(bytes), self));
                 }
@@ -85,7 +124,7 @@ pub async fn logs(
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
     let query: LogsQuery = serde_urlencoded::from_str(query.as_deref().unwrap_or(""))
-        .map_err(|e| ApiError::field("query", format!("bad query: {e}; use follow=true|false and stream=stdout|stderr|all")))?;
+        .map_err(|e| ApiError::field("query", format!("bad query: {e}; use follow=true|false, stream=stdout|stderr|all and offset=BYTES")))?;
     let filter = match query.stream.as_deref() {
         None | Some("all") => None,
         Some("stdout") => Some(LogStream::Stdout),
@@ -93,7 +132,17 @@ pub async fn logs(
         Some(other) => return Err(ApiError::field("stream", format!("`{other}`: use stdout, stderr or all"))),
     };
     super::tasks::load_visible(&state, &caller, id).await?;
-    let follow = Follow { store: state.store.clone(), id, after: 0, filter, follow: query.follow, ending: false };
+    let follow = Follow {
+        store: state.store.clone(),
+        id,
+        after: 0,
+        filter,
+        follow: query.follow,
+        ending: false,
+        skip: query.offset,
+        attempt: None,
+        at_line_start: true,
+    };
     let stream = futures_util::stream::unfold(follow, Follow::next);
     Response::builder()
         .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")

@@ -58,7 +58,7 @@ fn claim(caller: &Caller, spec: &mut TaskSpec, field: &str) -> Result<(), ApiErr
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "forbidden",
-                format!("{field}: this token belongs to project `{own}` and cannot submit to `{}`", spec.project),
+                format!("this token belongs to project `{own}` and cannot submit to `{}`", spec.project),
             )
             .with_field(field));
         }

@@ -6,7 +6,7 @@ use shepherd_core::{Attempt, AttemptOutcome, Resources, Task, TaskId, TaskSpec, 
 
 /// Columns read by [`task_from_row`], in order.
 pub const TASK_COLUMNS: &str = "id, state, spec, payload_bytes, created_at, scheduled_at, started_at, \
-     finished_at, node_id, exit_code, reason, cancel_requested";
+     finished_at, node_id, exit_code, reason, cancel_requested, not_before";
 
 pub fn parse_id(text: &str) -> Result<TaskId, StoreError> {
     text.parse().map_err(|_| StoreError::Corrupt(format!("bad task id `{text}`")))
@@ -37,6 +37,8 @@ pub fn task_from_row(row: &Row<'_>) -> Result<Task, StoreError> {
         exit_code: row.get(9)?,
         reason: row.get(10)?,
         cancel_requested: row.get::<_, i64>(11)? != 0,
+        // Set past its creation only when a failed attempt is to be retried later.
+        retry_at: Some(Timestamp(row.get(12)?)).filter(|at| state == "queued" && *at > task.created_at),
         ..task
     })
 }

@@ -197,6 +197,9 @@ fn apply_events(tx: &Connection, events: &[(TaskId, Event)], now: Timestamp) -> 
 }
 
 fn apply_one(tx: &Connection, id: TaskId, event: &Event, now: Timestamp) -> Result<ApplyResult, StoreError> {
+    // A start or exit the node timed itself (an exit the engine recorded
+    // while no agent watched, say) is recorded at its own time; never later than now.
+    let now = event.at().map_or(now, |at| at.min(now));
     let key = id.to_string();
     let mut select = tx.prepare_cached(
         "SELECT state, attempt, charged_attempts, max_attempts, backoff_seconds, cancel_requested, node_id \
