@@ -274,11 +274,12 @@ pub fn http_client(ca_pem: Option<&[u8]>) -> Result<reqwest::Client, String> {
 
 /// Runs a remote agent until `shutdown` resolves: (re)registers, follows the
 /// stream, heartbeats. `make_agent` builds the agent once around the backend.
+/// Returns how many attempts the stop left running for adoption.
 pub async fn run(
     join: JoinConfig,
     make_agent: impl FnOnce(Arc<dyn Backend>) -> Agent,
     shutdown: impl std::future::Future<Output = ()>,
-) -> Result<(), BackendError> {
+) -> Result<usize, BackendError> {
     let http = http_client(join.ca_pem.as_deref()).map_err(BackendError)?;
     let backend = Arc::new(HttpBackend { server: join.server.trim_end_matches('/').to_string(), http, token: RwLock::new(String::new()) });
     let agent = make_agent(backend.clone());
@@ -300,8 +301,7 @@ pub async fn run(
         }
         wait = (wait * 2).min(Duration::from_secs(5));
     }
-    agent.shutdown().await;
-    Ok(())
+    Ok(agent.shutdown().await)
 }
 
 /// One connection: register, open the stream, heartbeat, handle messages.

@@ -23,6 +23,9 @@ pub struct AgentConfig {
     pub log_limits: LogLimits,
     /// Time between SIGTERM and SIGKILL when stopping an attempt.
     pub stop_grace: Duration,
+    /// On a clean shutdown, stop attempts even where the driver's would
+    /// survive the agent (containers): nothing is left for adoption.
+    pub stop_on_shutdown: bool,
 }
 
 /// Why a running attempt is being stopped.
@@ -48,6 +51,8 @@ struct Inner {
     shutdown: watch::Sender<bool>,
     /// Signalled whenever an attempt ends and its resources are free.
     capacity_freed: Arc<Notify>,
+    /// Attempts a shutdown left running for adoption.
+    left_running: std::sync::atomic::AtomicUsize,
 }
 
 /// A node's agent. Cheap to clone.
@@ -69,6 +74,7 @@ impl Agent {
                 runners: Mutex::new(JoinSet::new()),
                 shutdown,
                 capacity_freed,
+                left_running: Default::default(),
             }),
         }
     }
@@ -228,14 +234,18 @@ impl Agent {
         }
     }
 
-    /// Stops every running attempt (they go back to the queue without using
-    /// a retry) and waits for their final reports.
-    pub async fn shutdown(&self) {
+    /// Stops watching: attempts whose driver lets them outlive the agent
+    /// (containers) are left running for the next start to adopt, unless
+    /// `stop_on_shutdown`; the others are stopped (back to the queue without
+    /// using a retry). Waits for their final reports; returns how many were
+    /// left running.
+    pub async fn shutdown(&self) -> usize {
         let _ = self.inner.shutdown.send(true);
         let runners = self.inner.runners.lock().map(|mut r| std::mem::take(&mut *r));
         if let Ok(mut runners) = runners {
             while runners.join_next().await.is_some() {}
         }
+        self.inner.left_running.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
@@ -459,8 +469,9 @@ async fn run_attempt_inner(
             }
             changed = shutdown.changed() => {
                 if changed.is_err() || *shutdown.borrow() {
-                    if inner.driver.attempts_survive_agent() {
+                    if inner.driver.attempts_survive_agent() && !inner.config.stop_on_shutdown {
                         // Leave it running: the next start of this agent adopts it.
+                        inner.left_running.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                         log_writer.abort();
                         tracing::info!(task = %task_id, attempt, "agent stopping; attempt left running for adoption");
                         return;

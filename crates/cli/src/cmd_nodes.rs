@@ -54,9 +54,24 @@ enum NodeCommand {
     },
     /// List nodes (as `shepherd nodes`).
     Ls(NodesArgs),
+    /// On this host: remove every container and network of a node that will
+    /// not start again (what a stopped `up` or `agent` left for adoption).
+    Cleanup {
+        /// The node's data directory (its node id is kept there).
+        #[arg(long, env = "SHEPHERD_DATA_DIR")]
+        data_dir: Option<std::path::PathBuf>,
+        /// The node's id, instead of reading it from the data directory.
+        #[arg(long, conflicts_with = "data_dir")]
+        node_id: Option<String>,
+    },
 }
 
-pub async fn node(client: &Client, args: NodeArgs) -> Result<ExitCode> {
+pub async fn node(client: impl FnOnce() -> Result<Client>, args: NodeArgs) -> Result<ExitCode> {
+    let client = match args.command {
+        NodeCommand::Cleanup { data_dir, node_id } => return cleanup(data_dir, node_id).await,
+        _ => client()?,
+    };
+    let client = &client;
     match args.command {
         NodeCommand::Drain { id } => {
             let node: serde_json::Value = client.admin().post(&format!("/v1/nodes/{}/drain", crate::client::encode(&id)), &serde_json::json!({})).await?;
@@ -64,5 +79,30 @@ pub async fn node(client: &Client, args: NodeArgs) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         NodeCommand::Ls(args) => nodes(client, args).await,
+        NodeCommand::Cleanup { .. } => unreachable!("handled above"),
     }
+}
+
+async fn cleanup(data_dir: Option<std::path::PathBuf>, node_id: Option<String>) -> Result<ExitCode> {
+    use anyhow::Context;
+    // With the data directory: refuse while its node runs (it would lose its tasks).
+    let (node_id, _lock) = match node_id {
+        Some(id) => (id, None),
+        None => {
+            let dir = data_dir.unwrap_or_else(crate::cmd_up::default_data_dir);
+            let path = dir.join("node-id");
+            let id = std::fs::read_to_string(&path).with_context(|| format!("no node id at {} (give --node-id)", path.display()))?;
+            let lock = crate::host::claim_data_dir(&dir).context("cannot clean up a node that is running")?;
+            (id.trim().to_string(), Some(lock))
+        }
+    };
+    let config = shepherd_agent::DockerConfig { node_id: node_id.clone(), pids_limit: 1, tmp_size_mib: 1 };
+    let driver = shepherd_agent::DockerDriver::connect(config).await.map_err(|e| anyhow::anyhow!(e))?;
+    let (containers, networks) = driver.cleanup().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    println!(
+        "node {node_id}: removed {} and {}",
+        crate::output::plural(containers as u64, "container"),
+        crate::output::plural(networks as u64, "network")
+    );
+    Ok(ExitCode::SUCCESS)
 }

@@ -123,6 +123,10 @@ pub struct NodeFlags {
     /// Time between SIGTERM and SIGKILL when a task is stopped.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     stop_grace: Duration,
+    /// On Ctrl-C or SIGTERM, stop running task containers too (they run again
+    /// on the next start) instead of leaving them running for adoption.
+    #[arg(long)]
+    stop_tasks: bool,
 }
 
 #[derive(Args)]
@@ -163,7 +167,8 @@ pub struct AgentArgs {
     node: NodeFlags,
 }
 
-fn default_data_dir() -> PathBuf {
+/// `$XDG_DATA_HOME/shepherd`, else `~/.local/share/shepherd`.
+pub fn default_data_dir() -> PathBuf {
     match std::env::var_os("XDG_DATA_HOME").or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share").into_os_string())) {
         Some(base) => PathBuf::from(base).join("shepherd"),
         None => PathBuf::from(".shepherd"),
@@ -315,6 +320,7 @@ async fn run_cluster(server: ServerFlags, node: Option<&NodeFlags>, write_cli_co
             labels: node.labels.clone(),
             log_limits: LogLimits { head_bytes: flags.log_head_bytes, tail_bytes: flags.log_tail_bytes },
             stop_grace: flags.stop_grace,
+            stop_on_shutdown: flags.stop_tasks,
         }),
         join_token: join_token.clone(),
         node_timeout: server.node_timeout,
@@ -392,9 +398,21 @@ async fn run_cluster(server: ServerFlags, node: Option<&NodeFlags>, write_cli_co
     let _ = std::io::stdout().flush();
     stop_signal().await;
     println!("shepherd: stopping");
-    cluster.shutdown().await;
+    let left = cluster.shutdown().await;
     println!("shepherd: stopped");
+    if left > 0 {
+        left_running_note(left, &data_dir);
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Says what a stop left running, and the two ways to deal with it.
+fn left_running_note(left: usize, data_dir: &std::path::Path) {
+    let tasks = if left == 1 { "1 task container".to_string() } else { format!("{left} task containers") };
+    println!("  {tasks} left running: the next start with --data-dir {} adopts them.", data_dir.display());
+    println!("  Not starting again? Remove them (and this node's networks) with:");
+    println!("    shepherd node cleanup --data-dir {}", data_dir.display());
+    println!("  (or stop them with the node next time: --stop-tasks)");
 }
 
 pub async fn up(args: UpArgs) -> Result<ExitCode> {
@@ -440,13 +458,14 @@ pub async fn agent(args: AgentArgs) -> Result<ExitCode> {
         work_dir: data_dir.join("attempts"),
         log_limits: LogLimits { head_bytes: args.node.log_head_bytes, tail_bytes: args.node.log_tail_bytes },
         stop_grace: args.node.stop_grace,
+        stop_on_shutdown: args.node.stop_tasks,
     };
     let driver = node.driver.clone();
     let ca_pem = match &args.tls_ca {
         Some(path) => Some(std::fs::read(path).with_context(|| format!("reading {}", path.display()))?),
         None => None,
     };
-    shepherd_agent::remote::run(
+    let left = shepherd_agent::remote::run(
         shepherd_agent::remote::JoinConfig { server: args.join.clone(), join_token, registration, ca_pem },
         move |backend| Agent::new(config, backend, driver, Arc::new(tokio::sync::Notify::new())),
         stop_signal(),
@@ -454,5 +473,8 @@ pub async fn agent(args: AgentArgs) -> Result<ExitCode> {
     .await
     .map_err(|e| anyhow::anyhow!("{e}"))?;
     println!("shepherd agent: stopped");
+    if left > 0 {
+        left_running_note(left, &data_dir);
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -134,7 +134,7 @@ fn main() -> ExitCode {
             Command::Server(args) => cmd_up::server(args).await,
             Command::Agent(args) => cmd_up::agent(args).await,
             Command::Simulate(args) => cmd_simulate::simulate_cmd(args),
-            Command::Node(c) => cmd_nodes::node(&make_client(&c.client)?, c.args).await,
+            Command::Node(c) => cmd_nodes::node(|| make_client(&c.client), c.args).await,
             Command::Run(c) => cmd_tasks::run(&make_client(&c.client)?, c.args).await,
             Command::Ps(c) => cmd_tasks::ps(&make_client(&c.client)?, c.args).await,
             Command::Inspect(c) => cmd_tasks::inspect(&make_client(&c.client)?, c.args).await,

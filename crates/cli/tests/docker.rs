@@ -236,6 +236,53 @@ async fn output_and_exit_time_survive_a_stop_while_no_agent_watches() {
     assert!(containers_of(&node_id(&http).await).is_empty());
 }
 
+/// A stop leaves task containers running and says how to remove them;
+/// `shepherd node cleanup` does; `--stop-tasks` leaves none.
+#[tokio::test]
+async fn a_stop_says_what_it_left_running_and_node_cleanup_removes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut server = docker_server(&data, &[]);
+    let http = server.http();
+    let node = node_id(&http).await;
+    let mut bridged = task("sleep 300");
+    bridged["network"] = json!("bridge");
+    // A project of its own, so that this node makes (and labels) its network.
+    bridged["project"] = json!(format!("cleanup-{}", std::process::id()));
+    let id = submit(&http, bridged).await;
+    common::wait_running(&http, &id).await;
+    server.stop();
+    std::thread::sleep(Duration::from_millis(200));
+    let printed = server.printed();
+    assert!(printed.contains("1 task container left running"), "{printed}");
+    assert!(printed.contains("shepherd node cleanup --data-dir"), "{printed}");
+    assert_eq!(containers_of(&node).len(), 1);
+    let cleanup = Command::new(common::BIN).args(["node", "cleanup", "--data-dir"]).arg(&data).output().unwrap();
+    assert!(cleanup.status.success(), "{}", String::from_utf8_lossy(&cleanup.stderr));
+    let said = String::from_utf8_lossy(&cleanup.stdout);
+    assert!(said.contains("removed 1 container and 1 network"), "{said}");
+    assert!(containers_of(&node).is_empty());
+
+    // --stop-tasks: nothing is left; the task goes back to the queue. (The
+    // task cleaned up above is found gone, and lost.)
+    let mut server = docker_server(&data, &["--stop-tasks"]);
+    let http = server.http();
+    let lost = http.wait_terminal(&id, Duration::from_secs(30)).await;
+    assert_eq!(lost["reason"], "lost", "{lost}");
+    let again = submit(&http, task("sleep 300")).await;
+    common::wait_running(&http, &again).await;
+    server.stop();
+    assert!(containers_of(&node).is_empty(), "{:?}", containers_of(&node));
+    assert!(!server.printed().contains("left running"), "{}", server.printed());
+    // A running node's data dir cannot be cleaned up.
+    let server = docker_server(&data, &[]);
+    let (_, queued) = server.http().get(&format!("/v1/tasks/{again}")).await;
+    assert_eq!(queued["attempts"][0]["outcome"], "interrupted", "{queued}");
+    let refused = Command::new(common::BIN).args(["node", "cleanup", "--data-dir"]).arg(&data).output().unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("in use by another shepherd process"));
+}
+
 /// The command runs under an init: a cancel's SIGTERM reaches `sleep`, which
 /// ends at once rather than at the end of the grace period.
 #[tokio::test]

@@ -49,6 +49,8 @@ pub struct LocalNodeConfig {
     pub labels: BTreeMap<String, String>,
     pub log_limits: LogLimits,
     pub stop_grace: Duration,
+    /// A clean stop stops the tasks too, leaving no container for adoption.
+    pub stop_on_shutdown: bool,
 }
 
 /// Why the cluster could not start.
@@ -138,6 +140,7 @@ impl Cluster {
                     work_dir: config.data_dir.join("attempts"),
                     log_limits: node.log_limits,
                     stop_grace: node.stop_grace,
+                    stop_on_shutdown: node.stop_on_shutdown,
                 },
                 Arc::new(shepherd_agent::StoreBackend(dyn_store.clone())),
                 driver.clone(),
@@ -235,17 +238,19 @@ impl Cluster {
         self.driver
     }
 
-    /// Stops cleanly: no new placements, running attempts stopped and put
-    /// back in the queue (they run again on the next start), the API closed,
-    /// the store flushed.
-    pub async fn shutdown(self) {
+    /// Stops cleanly: no new placements; running attempts left running for
+    /// the next start to adopt (containers) or stopped and put back in the
+    /// queue (processes, or with `stop_on_shutdown`); the API closed, the
+    /// store flushed. Returns how many attempts were left running.
+    pub async fn shutdown(self) -> usize {
         let _ = self.shutdown.send(true);
         for task in self.background {
             let _ = task.await;
         }
-        if let Some(agent) = &self.agent {
-            agent.shutdown().await;
-        }
+        let left_running = match &self.agent {
+            Some(agent) => agent.shutdown().await,
+            None => 0,
+        };
         // Followers of live logs keep connections open: give them a moment, then close.
         let mut server = self.server;
         if tokio::time::timeout(Duration::from_secs(3), &mut server).await.is_err() {
@@ -253,6 +258,7 @@ impl Cluster {
         }
         self.store.close();
         tracing::info!("cluster stopped");
+        left_running
     }
 }
 

@@ -87,6 +87,28 @@ impl DockerDriver {
         Ok(DockerDriver { docker, config, networks: Default::default() })
     }
 
+    /// Removes every container and network carrying this node's label
+    /// (`shepherd node cleanup`, for a node that will not start again).
+    /// A network still used by another node's containers is kept. Returns
+    /// how many containers and networks were removed.
+    pub async fn cleanup(&self) -> Result<(usize, usize), DriverError> {
+        let containers = self.remove_orphans(&[]).await?;
+        let filters = HashMap::from([("label".to_string(), vec![format!("{LABEL_NODE}={}", self.config.node_id)])]);
+        let options = bollard::query_parameters::ListNetworksOptionsBuilder::default().filters(&filters).build();
+        let networks = self.docker.list_networks(Some(options)).await.map_err(|e| engine_error("listing networks", e))?;
+        let mut removed = 0;
+        for network in networks {
+            let Some(name) = network.name else { continue };
+            match self.docker.remove_network(&name).await {
+                Ok(()) => removed += 1,
+                Err(e) if is_status(&e, &[404]) => {}
+                Err(e) if is_status(&e, &[403, 409]) => tracing::info!(network = %name, "network still in use; kept"),
+                Err(e) => return Err(engine_error("removing a network", e)),
+            }
+        }
+        Ok((containers, removed))
+    }
+
     /// The engine client, for tests and benchmarks that need the raw engine.
     pub fn engine(&self) -> &Docker {
         &self.docker
@@ -106,7 +128,10 @@ impl DockerDriver {
                 let request = bollard::models::NetworkCreateRequest {
                     name: name.clone(),
                     driver: Some("bridge".into()),
-                    labels: Some(HashMap::from([(LABEL_PROJECT.to_string(), project.to_string())])),
+                    labels: Some(HashMap::from([
+                        (LABEL_PROJECT.to_string(), project.to_string()),
+                        (LABEL_NODE.to_string(), self.config.node_id.clone()),
+                    ])),
                     ..Default::default()
                 };
                 self.docker.create_network(request).await.map_err(|e| engine_error("creating the project network", e))?;

@@ -17,6 +17,8 @@ pub struct Server {
     child: Child,
     pub url: String,
     pub data_dir: PathBuf,
+    /// What it printed on stdout after the listening line.
+    pub stdout: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Server {
@@ -63,14 +65,25 @@ impl Server {
                 _ => panic!("shepherd up exited before listening; see {}", data_dir.with_extension("log").display()),
             }
         };
-        std::thread::spawn(move || for _ in lines {});
-        Server { child, url, data_dir: data_dir.to_path_buf() }
+        let stdout = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let printed = stdout.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                printed.lock().unwrap().push(line);
+            }
+        });
+        Server { child, url, data_dir: data_dir.to_path_buf(), stdout }
     }
 
     /// SIGKILL: no chance to clean up.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Everything printed on stdout since it listened.
+    pub fn printed(&self) -> String {
+        self.stdout.lock().unwrap().join("\n")
     }
 
     /// SIGINT, as Ctrl-C, and wait for a clean exit.
