@@ -352,10 +352,21 @@ async fn run_cluster(server: ServerFlags, node: Option<&NodeFlags>, write_cli_co
                 token: Some(token.clone()),
                 admin_token: Some(admin_token.clone()),
                 tls_ca: None,
+                data_dir: Some(std::fs::canonicalize(&data_dir).unwrap_or_else(|_| data_dir.clone())),
             };
-            match crate::config::save(&config) {
-                Ok(path) => {
+            let written = crate::config::place_for(&data_dir).and_then(|(path, usual)| crate::config::save_at(&config, &path).map(|()| (path, usual)));
+            match written {
+                Ok((path, true)) => {
                     project_line = Some(format!("  project: `default` created; its token and the admin token are in the CLI config {}", path.display()));
+                    wrote_config = true;
+                }
+                Ok((path, false)) => {
+                    let usual = crate::config::path().map(|p| p.display().to_string()).unwrap_or_default();
+                    project_line = Some(format!(
+                        "  project: `default` created; the CLI config {usual} belongs to another cluster and is kept:\n           this cluster's tokens are in {} (export SHEPHERD_CONFIG={})",
+                        path.display(),
+                        path.display()
+                    ));
                     wrote_config = true;
                 }
                 Err(e) => project_line = Some(format!("  project: `default` created; could not write the CLI config ({e:#})")),

@@ -26,6 +26,9 @@ pub struct CliConfig {
     /// A CA certificate (PEM) to trust for an https:// server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_ca: Option<PathBuf>,
+    /// The data directory of the cluster `shepherd up` wrote this for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
 }
 
 /// Where the config file is (whether or not it exists).
@@ -42,18 +45,53 @@ pub fn path() -> Option<PathBuf> {
 /// The config, or an empty one if there is no file.
 pub fn load() -> Result<CliConfig> {
     let Some(path) = path() else { return Ok(CliConfig::default()) };
-    match std::fs::read_to_string(&path) {
-        Ok(text) => toml::from_str(&text).with_context(|| format!("reading the CLI config {}", path.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(CliConfig::default()),
+    Ok(load_from(&path)?.unwrap_or_default())
+}
+
+/// The config at `path`, `None` if there is no file.
+pub fn load_from(path: &std::path::Path) -> Result<Option<CliConfig>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => toml::from_str(&text).map(Some).with_context(|| format!("reading the CLI config {}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e).with_context(|| format!("reading the CLI config {}", path.display())),
     }
 }
 
-/// Writes the config (readable by its owner only); returns where.
-pub fn save(config: &CliConfig) -> Result<PathBuf> {
+/// Where the CLI config should go: the usual place, unless a config there
+/// belongs to another cluster (another data dir); then a file beside it,
+/// named after this data dir, so the other cluster's tokens (shown once)
+/// are never lost. Returns the path and whether it is the usual one.
+pub fn place_for(data_dir: &std::path::Path) -> Result<(PathBuf, bool)> {
+    let usual = path().context("no place for the CLI config: set SHEPHERD_CONFIG or HOME")?;
+    let ours = |config: &CliConfig| config.data_dir.as_deref().is_some_and(|d| same_dir(d, data_dir));
+    match load_from(&usual) {
+        Ok(None) => Ok((usual, true)),
+        Ok(Some(config)) if ours(&config) => Ok((usual, true)),
+        // Another cluster's, or unreadable: leave it alone.
+        _ => {
+            let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+            for byte in canonical(data_dir).to_string_lossy().bytes() {
+                hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+            }
+            let stem = usual.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "config".into());
+            Ok((usual.with_file_name(format!("{stem}-{:08x}.toml", hash as u32)), false))
+        }
+    }
+}
+
+fn canonical(path: &std::path::Path) -> PathBuf {
+    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+fn same_dir(a: &std::path::Path, b: &std::path::Path) -> bool {
+    canonical(a) == canonical(b)
+}
+
+/// Writes the config at `path` (readable by its owner only).
+pub fn save_at(config: &CliConfig, path: &std::path::Path) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let path = path().context("no place for the CLI config: set SHEPHERD_CONFIG or HOME")?;
+    let path = path.to_path_buf();
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -66,5 +104,5 @@ pub fn save(config: &CliConfig) -> Result<PathBuf> {
         .open(&path)
         .with_context(|| format!("writing {}", path.display()))?;
     file.write_all(text.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
-    Ok(path)
+    Ok(())
 }

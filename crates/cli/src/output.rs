@@ -119,6 +119,29 @@ mod tests {
     }
 
     #[test]
+    fn exit_codes_follow_one_documented_mapping() {
+        let mut task = shepherd_core::Task::from_spec(
+            "01ARZ3NDEKTSV4RRFFQ69G5FAV".parse().unwrap(),
+            shepherd_core::TaskSpec::new("busybox", vec![]),
+            0,
+            Timestamp(0),
+        );
+        let mut ended = |state, code: Option<i32>, reason: Option<&str>| {
+            task.state = state;
+            task.exit_code = code;
+            task.reason = reason.map(str::to_string);
+            exit_code_of(&task)
+        };
+        assert_eq!(ended(TaskState::Succeeded, Some(0), None), 0);
+        assert_eq!(ended(TaskState::Failed, Some(3), None), 3);
+        assert_eq!(ended(TaskState::Failed, Some(0), Some("oom_killed")), 137, "a shell that exits 0 after its child's OOM kill");
+        assert_eq!(ended(TaskState::Failed, Some(137), Some("oom_killed")), 137);
+        assert_eq!(ended(TaskState::TimedOut, None, None), 124);
+        assert_eq!(ended(TaskState::Cancelled, Some(143), None), 130);
+        assert_eq!(ended(TaskState::Failed, None, Some("lost")), 126);
+    }
+
+    #[test]
     fn plurals() {
         assert_eq!(plural(1, "attempt"), "1 attempt");
         assert_eq!(plural(2, "attempt"), "2 attempts");

@@ -100,9 +100,19 @@ fn errors_are_clear_and_exit_non_zero() {
     let server = Server::start(&dir.path().join("data"), &["--no-agent"]);
     let bad = server.cli(&["run", "--constraint", "region=eu", "busybox", "--", "true"]);
     assert_eq!(bad.status.code(), Some(1));
-    assert!(stderr(&bad).contains("constraints[0]"), "{}", stderr(&bad));
+    // Said in the terms of the flags, not the API's fields.
+    assert!(stderr(&bad).contains("--constraint: "), "{}", stderr(&bad));
     let bad = server.cli(&["run", "--timeout", "0", "busybox", "--", "true"]);
-    assert!(stderr(&bad).contains("timeout_seconds"), "{}", stderr(&bad));
+    assert!(stderr(&bad).contains("--timeout: must be between 1 and"), "{}", stderr(&bad));
+    let bad = server.cli(&["run", "--retries", "100", "busybox", "--", "true"]);
+    assert_eq!(bad.status.code(), Some(2), "clap refuses it: {}", stderr(&bad));
+    assert!(stderr(&bad).contains("0..=99"), "{}", stderr(&bad));
+    // `run --wait` and `wait` keep their own failures (125) apart from a task's codes.
+    let refused = server.cli(&["run", "--wait", "--cpu", "5", "busybox", "--", "true"]);
+    assert_eq!(refused.status.code(), Some(125), "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("--cpu: must be between 10 and"), "{}", stderr(&refused));
+    let gone = server.cli(&["wait", "01ARZ3NDEKTSV4RRFFQ69G5FAV"]);
+    assert_eq!(gone.status.code(), Some(125), "{}", stderr(&gone));
     let missing = server.cli(&["inspect", "01ARZ3NDEKTSV4RRFFQ69G5FAV"]);
     assert_eq!(missing.status.code(), Some(1));
     assert!(stderr(&missing).contains("no task with id"), "{}", stderr(&missing));
@@ -111,4 +121,98 @@ fn errors_are_clear_and_exit_non_zero() {
     let nowhere = Command::new(BIN).args(["ps"]).env("SHEPHERD_SERVER", "http://127.0.0.1:9").env("SHEPHERD_TOKEN", "x").output().unwrap();
     assert_eq!(nowhere.status.code(), Some(1));
     assert!(stderr(&nowhere).contains("cannot reach the Shepherd server"), "{}", stderr(&nowhere));
+    // No doubled causes in a chain of errors.
+    let taken = Command::new(BIN)
+        .args(["up", "--driver", "process", "--listen", server.url.trim_start_matches("http://"), "--data-dir"])
+        .arg(dir.path().join("other"))
+        .env("SHEPHERD_CONFIG", dir.path().join("other.toml"))
+        .output()
+        .unwrap();
+    assert!(!taken.status.success());
+    let said = stderr(&taken);
+    assert_eq!(said.matches("Address already in use").count(), 1, "{said}");
+}
+
+/// Output to a closed pipe (`shepherd ps -a | head -2`) ends quietly.
+#[test]
+fn a_closed_pipe_ends_the_cli_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &["--no-agent"]);
+    let tasks: Vec<_> = (0..3000).map(|_| serde_json::json!({"image": "busybox", "command": ["true"]})).collect();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (status, _) = runtime.block_on(server.http().post("/v1/tasks/batch", &serde_json::json!({ "tasks": tasks })));
+    assert_eq!(status, 201);
+    let out = Command::new("bash")
+        .args(["-c", &format!("'{BIN}' ps -a -n 1000 | head -2")])
+        .env("SHEPHERD_SERVER", &server.url)
+        .env("SHEPHERD_TOKEN", common::ADMIN_TOKEN)
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&out).lines().count(), 2);
+    assert!(!stderr(&out).contains("panicked") && !stderr(&out).contains("Broken pipe"), "{}", stderr(&out));
+}
+
+/// `wait` and `logs -f` ride out a server restart, and the logs of a task
+/// run twice keep its attempts apart.
+#[test]
+fn wait_and_follow_survive_a_server_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let listen = format!("127.0.0.1:{}", common::free_port());
+    let mut server = Server::start_on(&data, &listen, &[]);
+    let created = server.cli(&["run", "busybox", "--", "sh", "-c", "echo one; sleep 3; echo two"]);
+    let id = stdout(&created).trim().to_string();
+    let env = |c: &mut Command| {
+        c.env("SHEPHERD_SERVER", &server.url).env("SHEPHERD_TOKEN", common::ADMIN_TOKEN).env("SHEPHERD_CONFIG", dir.path().join("none.toml"));
+    };
+    let mut wait = Command::new(BIN);
+    wait.args(["wait", &id]).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    env(&mut wait);
+    let wait = wait.spawn().unwrap();
+    let mut follow = Command::new(BIN);
+    follow.args(["logs", "-f", &id]).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    env(&mut follow);
+    let follow = follow.spawn().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // A clean stop interrupts the process-driver task; it runs again after the restart.
+    server.stop();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let _server = Server::start_on(&data, &listen, &[]);
+    let waited = wait.wait_with_output().unwrap();
+    assert_eq!(waited.status.code(), Some(0), "{}", stderr(&waited));
+    assert!(stderr(&waited).contains("reconnecting"), "{}", stderr(&waited));
+    let followed = follow.wait_with_output().unwrap();
+    assert_eq!(stdout(&followed), "one\n--- shepherd: attempt 2 ---\none\ntwo\n", "{}", stderr(&followed));
+}
+
+/// A second `up` on another data dir keeps the first cluster's CLI config
+/// (its default token was shown once) and writes its own beside it.
+#[test]
+fn a_second_cluster_never_overwrites_the_first_one_s_cli_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    let env = [("SHEPHERD_CONFIG", config.to_str().unwrap())];
+    let first = Server::start_env(&dir.path().join("one"), "127.0.0.1:0", &[], &env);
+    let written = std::fs::read_to_string(&config).unwrap();
+    assert!(written.contains(&first.url), "{written}");
+    let second = Server::start_env(&dir.path().join("two"), "127.0.0.1:0", &[], &env);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), written, "the first cluster's config is kept");
+    let said = second.printed();
+    let beside = said
+        .split("export SHEPHERD_CONFIG=")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .unwrap_or_else(|| panic!("where is the second config? {said}"))
+        .to_string();
+    assert!(std::fs::read_to_string(&beside).unwrap().contains(&second.url));
+    // Each config works for its own cluster.
+    for (path, server) in [(config.to_str().unwrap(), &first), (beside.as_str(), &second)] {
+        let out = Command::new(BIN).args(["ps"]).env("SHEPHERD_CONFIG", path).env_remove("SHEPHERD_TOKEN").output().unwrap();
+        assert!(out.status.success(), "{} for {}: {}", path, server.url, stderr(&out));
+    }
+    // A restart of the first cluster writes nothing (its tokens exist already).
+    drop(first);
+    let _again = Server::start_env(&dir.path().join("one"), "127.0.0.1:0", &[], &env);
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), written);
 }
