@@ -507,10 +507,19 @@ async fn run_attempt_inner(
     report(inner, task_id, event).await;
 }
 
-/// SIGTERM, then SIGKILL after the grace period.
+/// SIGTERM, then SIGKILL after the grace period. The SIGTERM is sent once
+/// more after a second: one that lands while the task's init is still
+/// starting (before it forwards signals) would otherwise be lost, and the
+/// task would always take the whole grace period.
 async fn stop(inner: &Inner, handle: &mut dyn AttemptHandle) -> Result<ExitStatus, DriverError> {
     handle.terminate().await?;
-    match tokio::time::timeout(inner.config.stop_grace, handle.wait()).await {
+    let grace = inner.config.stop_grace;
+    let again = Duration::from_secs(1).min(grace);
+    if let Ok(status) = tokio::time::timeout(again, handle.wait()).await {
+        return status;
+    }
+    handle.terminate().await?;
+    match tokio::time::timeout(grace.saturating_sub(again), handle.wait()).await {
         Ok(status) => status,
         Err(_) => {
             handle.kill().await?;

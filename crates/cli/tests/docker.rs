@@ -111,6 +111,12 @@ async fn timeout_cancel_oom_and_fork_bomb_are_contained() {
     let bomb = submit(&http, bomb).await;
 
     common::wait_running(&http, &to_cancel).await;
+    // Under an init a cancel ends it at once: let it print first.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !http.text(&format!("/v1/tasks/{to_cancel}/logs")).await.1.contains("started") {
+        assert!(Instant::now() < deadline, "never printed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let (status, _) = http.post(&format!("/v1/tasks/{to_cancel}/cancel"), &json!({})).await;
     assert_eq!(status, 200);
     let t = http.wait_terminal(&to_cancel, Duration::from_secs(30)).await;

@@ -232,3 +232,34 @@ async fn bad_inputs_are_refused_naming_the_field() {
     let (status, _) = http.get("/v1/health").await;
     assert_eq!(status, 200);
 }
+
+/// A project's audit cursor counts its own entries only: no gaps that
+/// would reveal how busy other tenants are.
+#[tokio::test]
+async fn a_project_s_audit_sequence_has_no_gaps_from_other_projects() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &["--no-agent"]);
+    let admin = server.http();
+    let mut tokens = Vec::new();
+    for name in ["quiet", "busy"] {
+        let (status, created) = admin.post("/v1/projects", &json!({"name": name})).await;
+        assert_eq!(status, 201);
+        tokens.push(created["token"]["token"].as_str().unwrap().to_string());
+    }
+    let quiet = server.http_as(Some(&tokens[0]));
+    let busy = server.http_as(Some(&tokens[1]));
+    for round in 0..3 {
+        quiet.post("/v1/tasks", &json!({"image": "busybox"})).await;
+        for _ in 0..(5 + round) {
+            busy.post("/v1/tasks", &json!({"image": "busybox"})).await;
+        }
+    }
+    let (status, log) = quiet.get("/v1/audit").await;
+    assert_eq!(status, 200);
+    let seqs: Vec<i64> = log["entries"].as_array().unwrap().iter().map(|e| e["seq"].as_i64().unwrap()).collect();
+    // project.create and token.create (by the admin), then three task creates: 5..1, newest first.
+    assert_eq!(seqs, vec![5, 4, 3, 2, 1], "{log}");
+    let (_, page) = quiet.get("/v1/audit?limit=2&cursor=4").await;
+    let seqs: Vec<i64> = page["entries"].as_array().unwrap().iter().map(|e| e["seq"].as_i64().unwrap()).collect();
+    assert_eq!(seqs, vec![3, 2]);
+}

@@ -119,6 +119,9 @@ pub struct SecretList {
 /// One audit log line.
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AuditView {
+    /// The entry's number: within its project when the list is of one
+    /// project (a project token's always is), so it reveals nothing of
+    /// other projects; in the whole log when the admin lists everything.
     pub seq: i64,
     #[schema(value_type = String)]
     pub at: Timestamp,

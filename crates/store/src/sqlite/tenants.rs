@@ -126,8 +126,11 @@ pub fn secret_values(conn: &Connection, project: &str, names: &[String]) -> Resu
 }
 
 pub fn append_audit(conn: &Connection, entries: &[AuditEntry]) -> Result<(), StoreError> {
+    // Each project numbers its own entries (one writer: no race), so a
+    // project's cursor says nothing of other projects' activity.
     let mut insert = conn.prepare_cached(
-        "INSERT INTO audit_log (at, actor, project, action, target, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO audit_log (at, actor, project, action, target, detail, project_seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6, \
+         CASE WHEN ?3 IS NULL THEN NULL ELSE (SELECT COALESCE(MAX(project_seq), 0) + 1 FROM audit_log WHERE project = ?3) END)",
     )?;
     for e in entries {
         insert.execute(params![e.at.millis(), e.actor, e.project, e.action, e.target, e.detail])?;
@@ -135,13 +138,25 @@ pub fn append_audit(conn: &Connection, entries: &[AuditEntry]) -> Result<(), Sto
     Ok(())
 }
 
+/// The audit log, newest first. For one project, `seq` (and `before`) are
+/// the project's own numbers; for all, the log's.
 pub fn list_audit(conn: &Connection, project: Option<&str>, before: Option<i64>, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT seq, at, actor, project, action, target, detail FROM audit_log \
-         WHERE (?1 IS NULL OR project = ?1) AND (?2 IS NULL OR seq < ?2) ORDER BY seq DESC LIMIT ?3",
-    )?;
+    let limit = limit.clamp(1, 10_000) as i64;
+    let (sql, project) = match project {
+        Some(project) => (
+            "SELECT project_seq, at, actor, project, action, target, detail FROM audit_log \
+             WHERE project = ?1 AND (?2 IS NULL OR project_seq < ?2) ORDER BY project_seq DESC LIMIT ?3",
+            Some(project),
+        ),
+        None => (
+            "SELECT seq, at, actor, project, action, target, detail FROM audit_log \
+             WHERE ?1 IS NULL AND (?2 IS NULL OR seq < ?2) ORDER BY seq DESC LIMIT ?3",
+            None,
+        ),
+    };
+    let mut stmt = conn.prepare_cached(sql)?;
     let entries = stmt
-        .query_map(params![project, before, limit.clamp(1, 10_000) as i64], |row| {
+        .query_map(params![project, before, limit], |row| {
             Ok(AuditEntry {
                 seq: row.get(0)?,
                 at: Timestamp(row.get(1)?),
