@@ -21,6 +21,11 @@ fn is_control(c: char) -> bool {
 /// Prints rows as columns separated by three spaces, like `docker ps`; cells
 /// are made safe and aligned by their width on screen (wide characters count twice).
 pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    print!("{}", table(header, rows));
+}
+
+/// The text of [`print_table`].
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let rows: Vec<Vec<String>> = rows.iter().map(|row| row.iter().map(|cell| safe(cell)).collect()).collect();
     let mut widths: Vec<usize> = header.iter().map(|h| h.width()).collect();
     for row in &rows {
@@ -28,7 +33,8 @@ pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
             widths[i] = widths[i].max(cell.width());
         }
     }
-    let line = |cells: Vec<String>| {
+    let mut out = String::new();
+    let mut line = |cells: Vec<String>| {
         let last = cells.len().saturating_sub(1);
         let text: Vec<String> = cells
             .into_iter()
@@ -42,12 +48,14 @@ pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
                 }
             })
             .collect();
-        println!("{}", text.join("   ").trim_end());
+        out.push_str(text.join("   ").trim_end());
+        out.push('\n');
     };
     line(header.iter().map(|h| h.to_string()).collect());
     for row in rows {
         line(row);
     }
+    out
 }
 
 /// "1 second", "3 seconds".
@@ -139,6 +147,17 @@ mod tests {
         assert_eq!(ended(TaskState::TimedOut, None, None), 124);
         assert_eq!(ended(TaskState::Cancelled, Some(143), None), 130);
         assert_eq!(ended(TaskState::Failed, None, Some("lost")), 126);
+    }
+
+    #[test]
+    fn tables_align_by_display_width_and_escape_control_characters() {
+        let rows = vec![vec!["名前名前".to_string(), "x".to_string()], vec!["ab\u{1b}c".to_string(), "y".to_string()]];
+        let text = table(&["NAME", "V"], &rows);
+        let lines: Vec<&str> = text.lines().collect();
+        // The second column starts at the same screen column on every line.
+        let column = |line: &str, cell: &str| line[..line.find(cell).unwrap()].width();
+        assert_eq!(column(lines[1], "   x"), column(lines[2], "   y"), "{text}");
+        assert!(lines[2].starts_with("ab\\u{1b}c"), "{text}");
     }
 
     #[test]

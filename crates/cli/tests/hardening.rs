@@ -263,3 +263,66 @@ async fn a_project_s_audit_sequence_has_no_gaps_from_other_projects() {
     let seqs: Vec<i64> = page["entries"].as_array().unwrap().iter().map(|e| e["seq"].as_i64().unwrap()).collect();
     assert_eq!(seqs, vec![3, 2]);
 }
+
+/// Papercuts: a task waiting to retry says which attempt comes next and
+/// when; `project limits` changes only what it is given; `run --wait` says
+/// why its task waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_tasks_say_why_and_limits_change_only_what_is_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &["--node-label", "region=eu"]);
+    let http = server.http();
+    let mut flaky = common::sh("exit 1");
+    flaky["retry"] = json!({"max_attempts": 3, "backoff_seconds": 60});
+    let (_, created) = http.post("/v1/tasks", &flaky).await;
+    let id = created["id"].as_str().unwrap().to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let task = loop {
+        let (_, task) = http.get(&format!("/v1/tasks/{id}")).await;
+        if task["retry_at"].is_string() {
+            break task;
+        }
+        assert!(std::time::Instant::now() < deadline, "never waited to retry: {task}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let reason = task["reason"].as_str().unwrap();
+    assert!(reason.starts_with("exited with code 1; attempt 2 of 3 at "), "{reason}");
+    assert!(reason.ends_with(task["retry_at"].as_str().unwrap()), "{reason}");
+
+    let (status, _) = http.post("/v1/projects", &json!({"name": "limited", "limits": {"max_queued": 10, "max_running": 2}})).await;
+    assert_eq!(status, 201);
+    let out = server.cli(&["project", "limits", "limited", "--max-running", "5"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (_, project) = http.get("/v1/projects/limited").await;
+    assert_eq!(project["limits"], json!({"max_queued": 10, "max_running": 5}), "{project}");
+    let out = server.cli(&["project", "limits", "limited", "--clear", "max-queued"]);
+    assert!(out.status.success());
+    let (_, project) = http.get("/v1/projects/limited").await;
+    assert_eq!(project["limits"], json!({"max_running": 5}), "{project}");
+
+    // run --wait on a task that cannot be placed says why, then ends with it.
+    let mut waiting = std::process::Command::new(common::BIN)
+        .args(["run", "--wait", "--constraint", "node.labels.region==mars", "busybox", "--", "true"])
+        .env("SHEPHERD_SERVER", &server.url)
+        .env("SHEPHERD_TOKEN", common::ADMIN_TOKEN)
+        .env("SHEPHERD_CONFIG", dir.path().join("none.toml"))
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = waiting.stderr.take().unwrap();
+    let (lines, said) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = lines.send(line);
+        }
+    });
+    let line = said.recv_timeout(Duration::from_secs(30)).expect("run --wait said nothing");
+    assert!(line.contains("waits: no node can ever run this task"), "{line}");
+    assert!(line.contains("constraint node.labels.region==mars"), "{line}");
+    let waiting_id = line.split_whitespace().nth(2).unwrap().to_string();
+    http.post(&format!("/v1/tasks/{waiting_id}/cancel"), &json!({})).await;
+    let status = waiting.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+}
