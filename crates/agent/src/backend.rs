@@ -1,25 +1,48 @@
-//! What the agent needs from the cluster, as one trait: the store itself
-//! when the agent runs inside the server (`StoreBackend`), or the server's
-//! agent API over the network (`crate::remote::HttpBackend`).
+//! What the agent needs from the cluster, as one trait: the server's agent
+//! API over the network (`crate::remote::HttpBackend`), or, when the agent
+//! runs inside the server, the store itself (`shepherd-server`'s
+//! `StoreBackend`: the agent crate never depends on the store).
 
 use async_trait::async_trait;
-use shepherd_core::{Event, TaskId, TaskState, Timestamp};
-use shepherd_store::{ApplyError, LaunchSpec, LogChunk, Store};
-use std::sync::Arc;
+use shepherd_core::{Event, LaunchSpec, LogChunk, TaskId};
+pub use shepherd_proto::{AssignedAttempt, Captured};
 
-/// An attempt the cluster has placed on this node.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct AssignedAttempt {
-    pub task_id: TaskId,
-    pub attempt: u32,
-    pub state: TaskState,
-    pub cancel_requested: bool,
+/// Why the agent could not get through to the cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// No connection, or it broke (the cause's text).
+    #[error("server unreachable: {0}")]
+    Unreachable(String),
+    /// The server answered with an error status.
+    #[error("server answered {status}: {body}")]
+    Refused { status: u16, body: String },
+    /// The server's answer could not be read.
+    #[error("bad answer from server: {0}")]
+    BadAnswer(String),
+    /// Reports kept failing for longer than the agent retries them.
+    #[error("reports undeliverable for over a minute")]
+    Undeliverable,
+    /// The server declared this node down: it must register again and reconcile.
+    #[error("declared down by the server")]
+    DeclaredDown,
+    /// The stream of assignments broke or fell silent.
+    #[error("stream: {0}")]
+    Stream(String),
+    /// The HTTP client could not be set up (a bad CA certificate).
+    #[error("{0}")]
+    Client(String),
+    /// In-process: the cluster's store failed (its message; not a
+    /// separate source, so a chain never says it twice).
+    #[error("the store failed: {0}")]
+    Store(Box<dyn std::error::Error + Send + Sync>),
 }
 
-/// The cluster could not be reached or refused the request.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct BackendError(pub String);
+impl BackendError {
+    /// The server answered with this HTTP status.
+    pub fn is_status(&self, code: u16) -> bool {
+        matches!(self, BackendError::Refused { status, .. } if *status == code)
+    }
+}
 
 /// The agent's view of the cluster.
 #[async_trait]
@@ -34,68 +57,101 @@ pub trait Backend: Send + Sync + 'static {
     async fn assigned(&self, node_id: &str) -> Result<Vec<AssignedAttempt>, BackendError>;
     /// How much of an attempt's output is stored, per stream (an adopted
     /// attempt's output goes on from there).
-    async fn captured(&self, id: TaskId, attempt: u32) -> Result<crate::driver::Captured, BackendError>;
+    async fn captured(&self, id: TaskId, attempt: u32) -> Result<Captured, BackendError>;
 }
 
-/// Sums the stored output of one attempt per stream.
-pub async fn captured_in(store: &dyn Store, id: TaskId, attempt: u32) -> Result<crate::driver::Captured, shepherd_store::StoreError> {
-    let mut captured = crate::driver::Captured::default();
-    let mut after = 0;
-    loop {
-        let chunks = store.read_logs(id, after, 1000).await?;
-        let Some(last) = chunks.last() else { return Ok(captured) };
-        after = last.seq;
-        for chunk in chunks.iter().filter(|c| c.attempt == attempt) {
-            match chunk.stream {
-                shepherd_store::LogStream::Stdout => captured.stdout += chunk.data.len() as u64,
-                shepherd_store::LogStream::Stderr => captured.stderr += chunk.data.len() as u64,
-                shepherd_store::LogStream::System => {}
-            }
+/// An in-memory cluster, for fast tests of the agent and of anything that
+/// drives one: it takes every report (but those it was told to refuse),
+/// keeps output, and says what is assigned where.
+pub mod memory {
+    use super::*;
+    use shepherd_core::LogStream;
+    use std::collections::{HashMap, HashSet};
+    use std::sync::Mutex;
+
+    /// See the module.
+    #[derive(Default)]
+    pub struct MemoryBackend {
+        state: Mutex<State>,
+    }
+
+    #[derive(Default)]
+    struct State {
+        reports: Vec<(TaskId, Event)>,
+        refused: HashSet<TaskId>,
+        logs: Vec<LogChunk>,
+        assigned: Vec<AssignedAttempt>,
+        launches: HashMap<TaskId, LaunchSpec>,
+    }
+
+    impl MemoryBackend {
+        fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+            self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        }
+
+        /// Every report taken (refused ones included), in order.
+        pub fn reports(&self) -> Vec<(TaskId, Event)> {
+            self.lock().reports.clone()
+        }
+
+        /// The reports about one task.
+        pub fn reports_of(&self, task: TaskId) -> Vec<Event> {
+            self.lock().reports.iter().filter(|(id, _)| *id == task).map(|(_, e)| e.clone()).collect()
+        }
+
+        /// From now on, refuse every report about `task` (it was given away).
+        pub fn refuse(&self, task: TaskId) {
+            self.lock().refused.insert(task);
+        }
+
+        /// What the cluster says is assigned (for `reconcile`).
+        pub fn set_assigned(&self, assigned: Vec<AssignedAttempt>) {
+            self.lock().assigned = assigned;
+        }
+
+        /// A launch spec the agent may fetch.
+        pub fn add_launch(&self, launch: LaunchSpec) {
+            self.lock().launches.insert(launch.id, launch);
+        }
+
+        /// A task's stored output (stdout and stderr).
+        pub fn output(&self, task: TaskId) -> Vec<u8> {
+            self.lock().logs.iter().filter(|c| c.task_id == task && c.stream != LogStream::System).flat_map(|c| c.data.clone()).collect()
         }
     }
-}
 
-/// The agent inside the server process: straight to the store.
-pub struct StoreBackend(pub Arc<dyn Store>);
+    #[async_trait]
+    impl Backend for MemoryBackend {
+        async fn report(&self, events: Vec<(TaskId, Event)>) -> Result<Vec<bool>, BackendError> {
+            let mut state = self.lock();
+            let accepted = events.iter().map(|(id, _)| !state.refused.contains(id)).collect();
+            state.reports.extend(events);
+            Ok(accepted)
+        }
 
-#[async_trait]
-impl Backend for StoreBackend {
-    async fn report(&self, events: Vec<(TaskId, Event)>) -> Result<Vec<bool>, BackendError> {
-        let results = self.0.apply(events, Timestamp::now()).await.map_err(|e| BackendError(e.to_string()))?;
-        Ok(results
-            .into_iter()
-            .map(|r| match r {
-                Ok(_) => true,
-                Err(ApplyError::Illegal(e)) => {
-                    tracing::info!(reason = %e, "report refused by the state machine");
-                    false
+        async fn launch_spec(&self, id: TaskId) -> Result<Option<LaunchSpec>, BackendError> {
+            Ok(self.lock().launches.get(&id).cloned())
+        }
+
+        async fn append_logs(&self, chunks: Vec<LogChunk>) -> Result<(), BackendError> {
+            self.lock().logs.extend(chunks);
+            Ok(())
+        }
+
+        async fn assigned(&self, _node_id: &str) -> Result<Vec<AssignedAttempt>, BackendError> {
+            Ok(self.lock().assigned.clone())
+        }
+
+        async fn captured(&self, id: TaskId, attempt: u32) -> Result<Captured, BackendError> {
+            let mut captured = Captured::default();
+            for chunk in self.lock().logs.iter().filter(|c| c.task_id == id && c.attempt == attempt) {
+                match chunk.stream {
+                    LogStream::Stdout => captured.stdout += chunk.data.len() as u64,
+                    LogStream::Stderr => captured.stderr += chunk.data.len() as u64,
+                    LogStream::System => {}
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "report refused");
-                    false
-                }
-            })
-            .collect())
-    }
-
-    async fn launch_spec(&self, id: TaskId) -> Result<Option<LaunchSpec>, BackendError> {
-        self.0.launch_spec(id).await.map_err(|e| BackendError(e.to_string()))
-    }
-
-    async fn append_logs(&self, chunks: Vec<LogChunk>) -> Result<(), BackendError> {
-        self.0.append_logs(chunks).await.map_err(|e| BackendError(e.to_string()))
-    }
-
-    async fn captured(&self, id: TaskId, attempt: u32) -> Result<crate::driver::Captured, BackendError> {
-        captured_in(self.0.as_ref(), id, attempt).await.map_err(|e| BackendError(e.to_string()))
-    }
-
-    async fn assigned(&self, node_id: &str) -> Result<Vec<AssignedAttempt>, BackendError> {
-        let active = self.0.active_tasks().await.map_err(|e| BackendError(e.to_string()))?;
-        Ok(active
-            .into_iter()
-            .filter(|t| t.node_id == node_id)
-            .map(|t| AssignedAttempt { task_id: t.id, attempt: t.attempt, state: t.state, cancel_requested: t.cancel_requested })
-            .collect())
+            }
+            Ok(captured)
+        }
     }
 }

@@ -7,7 +7,7 @@
 use crate::driver::OutputChunk;
 use shepherd_core::TaskId;
 use crate::backend::Backend;
-use shepherd_store::{LogChunk, LogStream};
+use shepherd_core::{LogChunk, LogStream};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;

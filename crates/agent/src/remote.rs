@@ -4,156 +4,20 @@
 //! transitions and output over HTTP, heartbeats, and on every (re)connect
 //! reconciles its attempts with what the server says it owns.
 //!
-//! Protocol v1, all under `/v1/agent/` (documented in ARCHITECTURE.md).
+//! Protocol v1, all under `/v1/agent/`: the messages are `shepherd-proto`'s
+//! (re-exported here), the calls are documented in ARCHITECTURE.md.
 
-use crate::backend::{AssignedAttempt, Backend, BackendError};
+use crate::backend::{Backend, BackendError};
 use crate::runner::Agent;
 use async_trait::async_trait;
-use base64::Engine as _;
-use serde::{Deserialize, Serialize};
-use shepherd_core::{Event, Resources, TaskId, TaskSpec, TaskState, Timestamp};
-use shepherd_store::{LaunchSpec, LogChunk, LogStream};
-use std::collections::BTreeMap;
+use serde::Deserialize;
+use shepherd_core::{Event, LaunchSpec, LogChunk, TaskId};
+pub use shepherd_proto::{
+    AgentMessage, AssignedAttempt, Captured, EventsRequest, EventsResponse, Heartbeat, LogsRequest, Registered, Registration, WireChunk,
+    WireLaunch, PROTOCOL_HEADER, PROTOCOL_VERSION,
+};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
-
-/// The protocol version an agent speaks; the server refuses others.
-pub const PROTOCOL_VERSION: &str = "1";
-/// Header carrying it.
-pub const PROTOCOL_HEADER: &str = "x-shepherd-agent-protocol";
-
-/// `POST /v1/agent/register`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Registration {
-    pub join_token: String,
-    pub node_id: String,
-    pub hostname: String,
-    pub driver: String,
-    pub capacity: Resources,
-    pub max_tasks: u32,
-    pub labels: BTreeMap<String, String>,
-    pub images: Vec<String>,
-}
-
-/// The server's answer: the credential for everything else.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Registered {
-    pub node_token: String,
-}
-
-/// What the server pushes on the stream.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum AgentMessage {
-    /// Start this attempt. `launch` carries what the agent needs to start
-    /// it, saving a round trip; without it the agent fetches the launch spec.
-    Assign {
-        task_id: TaskId,
-        attempt: u32,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        launch: Option<Box<WireLaunch>>,
-    },
-    /// Stop this task's attempt: it was cancelled.
-    Cancel { task_id: TaskId },
-    /// Compare your attempts with the server's (sent on every connect).
-    Reconcile,
-    /// Keep-alive.
-    Ping,
-}
-
-/// A launch spec on the wire (payload in base64). Its `Debug` leaves out
-/// the secrets' values.
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
-pub struct WireLaunch {
-    pub id: TaskId,
-    pub state: TaskState,
-    pub attempt: u32,
-    pub node_id: Option<String>,
-    pub cancel_requested: bool,
-    pub spec: TaskSpec,
-    pub payload: Option<String>,
-    pub attempt_started_at: Option<Timestamp>,
-    /// Secret values by name (base64).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub secrets: BTreeMap<String, String>,
-}
-
-impl std::fmt::Debug for WireLaunch {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WireLaunch")
-            .field("id", &self.id)
-            .field("attempt", &self.attempt)
-            .field("spec", &self.spec)
-            .field("secrets", &self.secrets.keys().collect::<Vec<_>>())
-            .finish_non_exhaustive()
-    }
-}
-
-impl From<LaunchSpec> for WireLaunch {
-    fn from(l: LaunchSpec) -> WireLaunch {
-        WireLaunch {
-            id: l.id,
-            state: l.state,
-            attempt: l.attempt,
-            node_id: l.node_id,
-            cancel_requested: l.cancel_requested,
-            spec: l.spec,
-            payload: l.payload.map(|p| base64::engine::general_purpose::STANDARD.encode(p)),
-            attempt_started_at: l.attempt_started_at,
-            secrets: l.secrets.into_iter().map(|(k, v)| (k, base64::engine::general_purpose::STANDARD.encode(v))).collect(),
-        }
-    }
-}
-
-impl WireLaunch {
-    /// Back to a launch spec (a payload that is not base64 is dropped).
-    pub fn decode(self) -> LaunchSpec {
-        LaunchSpec {
-            id: self.id,
-            state: self.state,
-            attempt: self.attempt,
-            node_id: self.node_id,
-            cancel_requested: self.cancel_requested,
-            spec: self.spec,
-            payload: self.payload.and_then(|p| base64::engine::general_purpose::STANDARD.decode(p).ok()),
-            attempt_started_at: self.attempt_started_at,
-            secrets: self
-                .secrets
-                .into_iter()
-                .filter_map(|(k, v)| base64::engine::general_purpose::STANDARD.decode(v).ok().map(|v| (k, v)))
-                .collect(),
-        }
-    }
-}
-
-/// A log chunk on the wire.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct WireChunk {
-    pub task_id: TaskId,
-    pub attempt: u32,
-    /// 1 stdout, 2 stderr, 3 system.
-    pub stream: u8,
-    pub data: String,
-}
-
-impl From<&LogChunk> for WireChunk {
-    fn from(c: &LogChunk) -> WireChunk {
-        WireChunk {
-            task_id: c.task_id,
-            attempt: c.attempt,
-            stream: c.stream as u8,
-            data: base64::engine::general_purpose::STANDARD.encode(&c.data),
-        }
-    }
-}
-
-impl WireChunk {
-    /// Back to a chunk; `None` if the data is not base64.
-    pub fn decode(self) -> Option<LogChunk> {
-        let data = base64::engine::general_purpose::STANDARD.decode(self.data).ok()?;
-        Some(LogChunk { task_id: self.task_id, attempt: self.attempt, stream: LogStream::from_code(i64::from(self.stream)), data })
-    }
-}
 
 /// The server's agent API as the agent's [`Backend`].
 pub struct HttpBackend {
@@ -173,29 +37,14 @@ impl HttpBackend {
     }
 
     async fn send<T: for<'de> Deserialize<'de>>(&self, builder: reqwest::RequestBuilder) -> Result<T, BackendError> {
-        let response = builder.send().await.map_err(|e| BackendError(format!("server unreachable: {e}")))?;
+        let response = builder.send().await.map_err(|e| BackendError::Unreachable(e.to_string()))?;
         let status = response.status();
         if !status.is_success() {
             let body = response.text().await.unwrap_or_default();
-            return Err(BackendError(format!("server answered {status}: {body}")));
+            return Err(BackendError::Refused { status: status.as_u16(), body });
         }
-        response.json().await.map_err(|e| BackendError(format!("bad answer from server: {e}")))
+        response.json().await.map_err(|e| BackendError::BadAnswer(e.to_string()))
     }
-}
-
-#[derive(Serialize, Deserialize)]
-pub struct EventsRequest {
-    pub events: Vec<(TaskId, Event)>,
-}
-
-#[derive(Serialize, Deserialize)]
-pub struct EventsResponse {
-    pub accepted: Vec<bool>,
-}
-
-#[derive(Serialize, Deserialize)]
-pub struct LogsRequest {
-    pub chunks: Vec<WireChunk>,
 }
 
 #[async_trait]
@@ -214,7 +63,7 @@ impl Backend for HttpBackend {
                 }
             }
         }
-        Err(BackendError("reports undeliverable for over a minute".into()))
+        Err(BackendError::Undeliverable)
     }
 
     async fn launch_spec(&self, id: TaskId) -> Result<Option<LaunchSpec>, BackendError> {
@@ -228,7 +77,7 @@ impl Backend for HttpBackend {
         Ok(())
     }
 
-    async fn captured(&self, id: TaskId, attempt: u32) -> Result<crate::driver::Captured, BackendError> {
+    async fn captured(&self, id: TaskId, attempt: u32) -> Result<Captured, BackendError> {
         self.send(self.request(reqwest::Method::GET, &format!("/v1/agent/tasks/{id}/captured?attempt={attempt}"))).await
     }
 
@@ -256,10 +105,10 @@ pub fn install_crypto_provider() {
 /// An HTTP(S) client trusting the system's roots plus `ca_pem`. On a host
 /// (or a minimal container) without system roots it trusts `ca_pem` alone,
 /// which is all plain `http://` and a private CA need.
-pub fn http_client(ca_pem: Option<&[u8]>) -> Result<reqwest::Client, String> {
+pub fn http_client(ca_pem: Option<&[u8]>) -> Result<reqwest::Client, ClientError> {
     install_crypto_provider();
     let extra = match ca_pem {
-        Some(pem) => vec![reqwest::Certificate::from_pem(pem).map_err(|e| format!("--tls-ca: {e}"))?],
+        Some(pem) => vec![reqwest::Certificate::from_pem(pem).map_err(ClientError::BadCa)?],
         None => Vec::new(),
     };
     let mut builder = reqwest::Client::builder();
@@ -268,8 +117,28 @@ pub fn http_client(ca_pem: Option<&[u8]>) -> Result<reqwest::Client, String> {
     }
     match builder.build() {
         Ok(client) => Ok(client),
-        Err(_) => reqwest::Client::builder().tls_certs_only(extra).build().map_err(|e| format!("cannot build the HTTP client: {e}")),
+        Err(_) => reqwest::Client::builder().tls_certs_only(extra).build().map_err(ClientError::Build),
     }
+}
+
+/// An error and its causes on one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
+}
+
+/// Why an HTTP client could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("--tls-ca: not a PEM certificate")]
+    BadCa(#[source] reqwest::Error),
+    #[error("cannot build the HTTP client")]
+    Build(#[source] reqwest::Error),
 }
 
 /// Runs a remote agent until `shutdown` resolves: (re)registers, follows the
@@ -280,7 +149,7 @@ pub async fn run(
     make_agent: impl FnOnce(Arc<dyn Backend>) -> Agent,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<usize, BackendError> {
-    let http = http_client(join.ca_pem.as_deref()).map_err(BackendError)?;
+    let http = http_client(join.ca_pem.as_deref()).map_err(|e| BackendError::Client(error_chain(&e)))?;
     let backend = Arc::new(HttpBackend { server: join.server.trim_end_matches('/').to_string(), http, token: RwLock::new(String::new()) });
     let agent = make_agent(backend.clone());
     tokio::pin!(shutdown);
@@ -318,9 +187,9 @@ async fn session(backend: &Arc<HttpBackend>, agent: &Agent, join: &JoinConfig) -
         .request(reqwest::Method::GET, "/v1/agent/stream")
         .send()
         .await
-        .map_err(|e| BackendError(format!("server unreachable: {e}")))?;
+        .map_err(|e| BackendError::Unreachable(e.to_string()))?;
     if !response.status().is_success() {
-        return Err(BackendError(format!("stream refused: {}", response.status())));
+        return Err(BackendError::Refused { status: response.status().as_u16(), body: "the stream was refused".into() });
     }
     tracing::info!(server = %backend.server, node = %registration.node_id, "connected");
     // The engine's image list is refreshed on its own, so a slow engine
@@ -350,11 +219,11 @@ async fn session(backend: &Arc<HttpBackend>, agent: &Agent, join: &JoinConfig) -
             loop {
                 tokio::time::sleep(Duration::from_secs(2)).await;
                 let images = images.read().map(|i| i.clone()).unwrap_or_default();
-                let body = serde_json::json!({ "images": images, "running": agent.running_count() });
+                let body = Heartbeat { images, running: agent.running_count() };
                 let request = backend.request(reqwest::Method::POST, "/v1/agent/heartbeat").timeout(Duration::from_secs(5)).json(&body);
                 match backend.send::<serde_json::Value>(request).await {
                     Ok(_) => {}
-                    Err(e) if e.0.contains("409") => {
+                    Err(e) if e.is_status(409) => {
                         tracing::warn!("the server declared this node down; reconnecting");
                         if let Some(tx) = told_down.take() {
                             let _ = tx.send(());
@@ -374,9 +243,9 @@ async fn session(backend: &Arc<HttpBackend>, agent: &Agent, join: &JoinConfig) -
                 Ok(chunk) => chunk,
                 Err(_) => break,
             },
-            _ = &mut down => return Err(BackendError("declared down by the server".into())),
+            _ = &mut down => return Err(BackendError::DeclaredDown),
         };
-        let Some(chunk) = chunk.map_err(|e| BackendError(format!("stream broke: {e}")))? else { return Ok(()) };
+        let Some(chunk) = chunk.map_err(|e| BackendError::Stream(format!("broke: {e}")))? else { return Ok(()) };
         buffer.extend_from_slice(&chunk);
         while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = buffer.drain(..=end).collect();
@@ -392,7 +261,7 @@ async fn session(backend: &Arc<HttpBackend>, agent: &Agent, join: &JoinConfig) -
             }
         }
     }
-    Err(BackendError("no word from the server for 15 s".into()))
+    Err(BackendError::Stream("no word from the server for 15 s".into()))
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);

@@ -5,7 +5,7 @@ use crate::driver::{AttemptHandle, AttemptSpec, Driver, DriverError, ExitStatus}
 use crate::logs::{self, LogLimits};
 use shepherd_core::{Event, TaskId, TaskState, Timestamp};
 use crate::backend::Backend;
-use shepherd_store::LaunchSpec;
+use shepherd_core::LaunchSpec;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -254,7 +254,7 @@ struct Adopted {
     handle: Box<dyn AttemptHandle>,
     output: mpsc::Receiver<crate::OutputChunk>,
     /// Output stored before the restart: it counts against the head limit.
-    captured: crate::driver::Captured,
+    captured: shepherd_proto::Captured,
 }
 
 async fn report(inner: &Inner, task_id: TaskId, event: Event) -> bool {
@@ -333,22 +333,39 @@ async fn write_secrets(dir: &std::path::Path, secrets: &std::collections::BTreeM
     Ok(())
 }
 
-async fn start(inner: &Inner, task_id: TaskId, attempt: u32, launch: LaunchSpec, work_dir: &PathBuf) -> Result<Option<(Box<dyn AttemptHandle>, mpsc::Receiver<crate::OutputChunk>)>, String> {
+/// Why an attempt could not start; its text is the attempt's reason.
+#[derive(Debug, thiserror::Error)]
+enum StartError {
+    #[error("could not create the attempt directory: {0}")]
+    WorkDir(std::io::Error),
+    #[error("could not write the payload: {0}")]
+    Payload(std::io::Error),
+    #[error("could not write the secrets: {0}")]
+    Secrets(std::io::Error),
+    #[error("secret `{name}` no longer exists in project `{project}`")]
+    SecretGone { name: String, project: String },
+    /// The driver's own reason (bad command, missing image, ...).
+    #[error("{0}")]
+    Driver(String),
+}
+
+/// A started attempt: its handle and its output.
+type Started = (Box<dyn AttemptHandle>, mpsc::Receiver<crate::OutputChunk>);
+
+async fn start(inner: &Inner, task_id: TaskId, attempt: u32, launch: LaunchSpec, work_dir: &PathBuf) -> Result<Option<Started>, StartError> {
     if launch.state != TaskState::Scheduled || launch.attempt != attempt {
         tracing::info!(task = %task_id, attempt, "assignment is stale; not starting");
         return Ok(None);
     }
-    create_private_dir(work_dir).await.map_err(|e| format!("could not create the attempt directory: {e}"))?;
+    create_private_dir(work_dir).await.map_err(StartError::WorkDir)?;
     let payload_file = match &launch.payload {
         Some(bytes) => {
             use std::os::unix::fs::PermissionsExt;
             let path = work_dir.join("payload");
-            tokio::fs::write(&path, bytes).await.map_err(|e| format!("could not write the payload: {e}"))?;
+            tokio::fs::write(&path, bytes).await.map_err(StartError::Payload)?;
             // Mounted on its own into the container: readable there by any
             // user the task runs as; on the host the attempt directory is private.
-            tokio::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o444))
-                .await
-                .map_err(|e| format!("could not write the payload: {e}"))?;
+            tokio::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o444)).await.map_err(StartError::Payload)?;
             Some(path)
         }
         None => None,
@@ -358,10 +375,10 @@ async fn start(inner: &Inner, task_id: TaskId, attempt: u32, launch: LaunchSpec,
         None
     } else {
         let dir = work_dir.join("secrets");
-        write_secrets(&dir, &launch.secrets).await.map_err(|e| format!("could not write the secrets: {e}"))?;
+        write_secrets(&dir, &launch.secrets).await.map_err(StartError::Secrets)?;
         for secret in &launch.spec.secrets {
             let Some(value) = launch.secrets.get(&secret.name) else {
-                return Err(format!("secret `{}` no longer exists in project `{}`", secret.name, launch.spec.project));
+                return Err(StartError::SecretGone { name: secret.name.clone(), project: launch.spec.project.clone() });
             };
             if let Some(var) = &secret.env {
                 env.insert(var.clone(), String::from_utf8_lossy(value).into_owned());
@@ -390,8 +407,8 @@ async fn start(inner: &Inner, task_id: TaskId, attempt: u32, launch: LaunchSpec,
     let (tx, rx) = mpsc::channel(64);
     match inner.driver.start(&spec, tx).await {
         Ok(handle) => Ok(Some((handle, rx))),
-        Err(DriverError::StartFailed(reason)) => Err(reason),
-        Err(e) => Err(e.to_string()),
+        Err(DriverError::StartFailed(reason)) => Err(StartError::Driver(reason)),
+        Err(e) => Err(StartError::Driver(e.to_string())),
     }
 }
 
@@ -437,7 +454,8 @@ async fn run_attempt_inner(
                     (time_left, handle, output, 0)
                 }
                 Ok(None) => return,
-                Err(reason) => {
+                Err(e) => {
+                    let reason = e.to_string();
                     tracing::info!(task = %task_id, %reason, "attempt could not start");
                     report(inner, task_id, Event::StartFailed { attempt, reason }).await;
                     return;

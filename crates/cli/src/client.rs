@@ -79,7 +79,7 @@ impl Client {
             Some(path) => Some(std::fs::read(path).with_context(|| format!("reading --tls-ca {}", path.display()))?),
             None => None,
         };
-        let http = shepherd_agent::remote::http_client(pem.as_deref()).map_err(|e| anyhow!(e))?;
+        let http = shepherd_agent::remote::http_client(pem.as_deref())?;
         Ok(Client { base, http, token, admin_token })
     }
 

@@ -97,7 +97,7 @@ async fn cleanup(data_dir: Option<std::path::PathBuf>, node_id: Option<String>) 
         }
     };
     let config = shepherd_agent::DockerConfig { node_id: node_id.clone(), pids_limit: 1, tmp_size_mib: 1 };
-    let driver = shepherd_agent::DockerDriver::connect(config).await.map_err(|e| anyhow::anyhow!(e))?;
+    let driver = shepherd_agent::DockerDriver::connect(config).await?;
     let (containers, networks) = driver.cleanup().await.map_err(|e| anyhow::anyhow!("{e}"))?;
     println!(
         "node {node_id}: removed {} and {}",

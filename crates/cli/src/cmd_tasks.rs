@@ -387,6 +387,9 @@ pub struct InspectArgs {
     /// Print JSON.
     #[arg(long)]
     json: bool,
+    /// Also show how the scheduler scored the best candidate nodes.
+    #[arg(long)]
+    explain: bool,
 }
 
 pub async fn inspect(client: &Client, args: InspectArgs) -> Result<ExitCode> {
@@ -453,7 +456,43 @@ pub async fn inspect(client: &Client, args: InspectArgs) -> Result<ExitCode> {
             .collect();
         print_table(&["ATTEMPT", "NODE", "STARTED", "FINISHED", "OUTCOME", "EXIT", "REASON"], &rows);
     }
+    if args.explain {
+        explain(client, &args.id).await?;
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The scores of the best candidates of the task's latest placement.
+async fn explain(client: &Client, id: &str) -> Result<()> {
+    let placement: serde_json::Value = client.get(&format!("/v1/tasks/{}/placement", encode(id))).await?;
+    println!();
+    let candidates = placement["candidates"].as_array().cloned().unwrap_or_default();
+    if candidates.is_empty() {
+        match placement["reason"].as_str() {
+            Some(reason) => println!("Placement:   not placed: {}", safe(reason)),
+            None => println!("Placement:   no scores (placed before this server started, or long ago)"),
+        }
+        return Ok(());
+    }
+    let mut plugins: Vec<String> = candidates.iter().flat_map(|c| c["scores"].as_object().into_iter().flat_map(|m| m.keys().cloned())).collect();
+    plugins.sort();
+    plugins.dedup();
+    let chosen = placement["node_id"].as_str().unwrap_or_default();
+    let mut header = vec!["NODE".to_string(), "TOTAL".to_string()];
+    header.extend(plugins.iter().map(|p| p.to_uppercase()));
+    let rows: Vec<Vec<String>> = candidates
+        .iter()
+        .map(|c| {
+            let node = c["node_id"].as_str().unwrap_or_default();
+            let mut row = vec![if node == chosen { format!("{node} (chosen)") } else { node.to_string() }, format!("{:.3}", c["total"].as_f64().unwrap_or(0.0))];
+            row.extend(plugins.iter().map(|p| c["scores"][p].as_f64().map(|v| format!("{v:.3}")).unwrap_or_default()));
+            row
+        })
+        .collect();
+    println!("Placement (best candidates, weighted scores):");
+    let header: Vec<&str> = header.iter().map(String::as_str).collect();
+    print_table(&header, &rows);
+    Ok(())
 }
 
 #[derive(Args)]

@@ -264,5 +264,5 @@ async fn every_documented_operation_is_routed() {
             operations += 1;
         }
     }
-    assert_eq!(operations, 22);
+    assert_eq!(operations, 23);
 }

@@ -12,7 +12,9 @@
 
 pub mod constraint;
 pub mod decode;
+pub mod launch;
 pub mod lifecycle;
+pub mod node;
 pub mod reference;
 pub mod shape;
 pub mod state;
@@ -24,6 +26,8 @@ pub mod validate;
 
 pub use constraint::{Constraint, ConstraintError, Operator};
 pub use decode::{decode_json, DecodeError};
+pub use launch::{LaunchSpec, LogChunk, LogStream};
+pub use node::{IllegalNodeEvent, NodeEvent, NodeState};
 pub use lifecycle::{Decision, Event, IllegalTransition, LifecycleContext};
 pub use state::TaskState;
 pub use task::{

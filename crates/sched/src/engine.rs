@@ -4,9 +4,10 @@
 
 use crate::cluster::{CandidateOrder, Cluster};
 use crate::fairness;
-use crate::model::{NodeSnapshot, PendingTask, Placement, PlacementPlan, Rejection, Unplaced, Wait};
+use crate::model::{Hold, NodeSnapshot, PendingTask, Placement, PlacementPlan, Rejection, Unfit, Unplaced, Wait};
 use crate::profile::{self, BatchOrder, ConfigError, Profile, SchedulerConfig};
 use crate::quota::QuotaLedger;
+use crate::registry::Registry;
 use shepherd_core::Resources;
 use std::collections::HashMap;
 
@@ -26,11 +27,17 @@ impl Default for Engine {
 }
 
 impl Engine {
-    /// The built-in profiles plus those in `config`.
+    /// The built-in profiles plus those in `config`, with the in-tree plugins.
     pub fn new(config: &SchedulerConfig) -> Result<Engine, ConfigError> {
-        let mut profiles = profile::builtins();
+        Engine::with_registry(config, &Registry::builtin())
+    }
+
+    /// The built-in profiles plus those in `config`, whose plugins come
+    /// from `registry` (the in-tree ones and any added to it).
+    pub fn with_registry(config: &SchedulerConfig, registry: &Registry) -> Result<Engine, ConfigError> {
+        let mut profiles = profile::builtins(registry);
         for (name, profile_config) in &config.profiles {
-            profiles.insert(name.clone(), profile::compile(name, profile_config)?);
+            profiles.insert(name.clone(), profile::compile(name, profile_config, registry)?);
         }
         let default_profile = config.default_profile.clone().unwrap_or_else(|| "spread".into());
         if !profiles.contains_key(&default_profile) {
@@ -77,10 +84,10 @@ impl Engine {
 
     /// A placer over `nodes` for one pass (or a whole simulation).
     pub fn placer(&self, nodes: Vec<NodeSnapshot>, seed: u64) -> Placer<'_> {
-        let mut keys: Vec<String> = self.profiles.values().map(|p| p.topology_key.clone()).collect();
+        let mut keys: Vec<String> = self.profiles.values().flat_map(|p| p.scorers.iter().flat_map(|(s, _)| s.topology_keys())).collect();
         keys.sort();
         keys.dedup();
-        Placer { engine: self, cluster: Cluster::new(nodes, &keys, seed), infeasible: HashMap::new() }
+        Placer { engine: self, cluster: Cluster::new(nodes, &keys, seed), infeasible: HashMap::new(), record_scores: false, scores: Vec::new() }
     }
 
     /// Orders a batch: priorities, then weighted fair share across projects.
@@ -120,6 +127,12 @@ pub struct Pass<'e> {
 }
 
 impl Pass<'_> {
+    /// Keeps, for each task placed, how its best candidate nodes scored
+    /// (`PlacementPlan::scores`).
+    pub fn record_scores(&mut self) {
+        self.placer.record_scores = true;
+    }
+
     /// Orders a batch (priority, then fair share) and places it: quota
     /// first, then a node.
     pub fn place(&mut self, tasks: Vec<PendingTask>) -> PlacementPlan {
@@ -129,32 +142,28 @@ impl Pass<'_> {
         });
         let mut plan = PlacementPlan::default();
         for task in &ordered {
-            if let Some(reason) = self.quota.check(task) {
-                plan.unplaced.push(Unplaced { task_id: task.id, reason, wait: Wait::Quota });
+            if let Some(hold) = self.quota.check(task) {
+                plan.unplaced.push(Unplaced { task_id: task.id, hold: Hold::Quota(hold) });
                 continue;
             }
             match self.placer.place(task) {
                 Ok(node) => {
+                    if self.placer.record_scores {
+                        plan.scores.push((task.id, self.placer.take_scores()));
+                    }
                     self.quota.charge(task);
                     let used = self.usage.entry(task.project.clone()).or_insert(Resources { cpu_millicores: 0, memory_mib: 0 });
                     used.cpu_millicores = used.cpu_millicores.saturating_add(task.resources.cpu_millicores);
                     used.memory_mib = used.memory_mib.saturating_add(task.resources.memory_mib);
                     plan.placements.push(Placement { task_id: task.id, node_id: self.placer.cluster.nodes[node].id.clone() });
                 }
-                Err(unfit) => plan.unplaced.push(Unplaced { task_id: task.id, reason: unfit.reason, wait: unfit.wait }),
+                Err(unfit) => plan.unplaced.push(Unplaced { task_id: task.id, hold: Hold::Unfit(unfit) }),
             }
         }
         plan
     }
 }
 
-/// Why a task fits on no node.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Unfit {
-    pub reason: String,
-    /// [`Wait::Room`] or [`Wait::NeverFits`].
-    pub wait: Wait,
-}
 
 /// The shape of a task as far as feasibility goes: two tasks of the same
 /// shape fit on the same nodes. Used to remember, within a pass, that a
@@ -169,20 +178,29 @@ struct Shape {
     anti_affinity: Option<crate::model::AntiAffinity>,
 }
 
-/// "3 insufficient cpu, 1 not ready": counts, most first.
-fn render(counts: HashMap<Rejection, usize>, name: impl Fn(&Rejection) -> String) -> String {
-    let mut counts: Vec<(Rejection, usize)> = counts.into_iter().collect();
-    counts.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-    counts.iter().map(|(why, n)| format!("{n} {}", name(why))).collect::<Vec<_>>().join(", ")
-}
-
 /// Places tasks one at a time against a cluster it updates.
 pub struct Placer<'e> {
     engine: &'e Engine,
     /// The nodes with every placement so far applied.
     pub cluster: Cluster,
     infeasible: HashMap<Shape, Unfit>,
+    /// Keep the scores of the best candidates of each placement.
+    pub record_scores: bool,
+    scores: Vec<NodeScore>,
 }
+
+/// How one candidate node scored for a task (as Nomad's score metadata):
+/// the weighted score of each plugin and their sum.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct NodeScore {
+    pub node_id: String,
+    pub total: f64,
+    /// Plugin name → weight × its score in [0, 1].
+    pub scores: Vec<(String, f64)>,
+}
+
+/// Candidates kept per placement when scores are recorded.
+const SCORES_KEPT: usize = 5;
 
 impl Placer<'_> {
     /// Places one task: the index of its node, or why it fits nowhere.
@@ -211,11 +229,19 @@ impl Placer<'_> {
             }
         }
         let view = self.cluster.view();
+        let mut recorded = Vec::new();
         let best = candidates
             .iter()
             .map(|&i| {
                 let node = &self.cluster.nodes[i];
-                let score: f64 = profile.scorers.iter().map(|(s, w)| w * s.score(task, node, &view)).sum();
+                let score: f64 = if self.record_scores {
+                    let parts: Vec<(String, f64)> = profile.scorers.iter().map(|(s, w)| (s.name().to_string(), w * s.score(task, node, &view))).collect();
+                    let total = parts.iter().map(|(_, v)| v).sum();
+                    recorded.push(NodeScore { node_id: node.id.clone(), total, scores: parts });
+                    total
+                } else {
+                    profile.scorers.iter().map(|(s, w)| w * s.score(task, node, &view)).sum()
+                };
                 (i, score)
             })
             // Highest score; on a tie, the candidate visited first.
@@ -223,6 +249,11 @@ impl Placer<'_> {
                 Some((_, b)) if b >= score => best,
                 _ => Some((i, score)),
             });
+        if self.record_scores {
+            recorded.sort_by(|a, b| b.total.total_cmp(&a.total));
+            recorded.truncate(SCORES_KEPT);
+            self.scores = recorded;
+        }
         match best {
             Some((i, _)) => {
                 self.cluster.assign(i, task);
@@ -236,17 +267,14 @@ impl Placer<'_> {
         }
     }
 
-    /// "0/N nodes fit: ..." with the count of each first rejection; or, when
-    /// no node could take the task even with nothing running on it, "no
-    /// node can ever run this task: ..." saying what is missing.
+    /// Counts, per reason, the nodes that turned the task down; when no
+    /// node would take it even with nothing running on it, counts those
+    /// reasons instead ([`Wait::NeverFits`]).
     fn explain(&mut self, task: &PendingTask, profile: &Profile) -> Unfit {
-        if self.cluster.nodes.is_empty() {
-            return Unfit { reason: "no nodes in the cluster".into(), wait: Wait::Room };
-        }
         let first_rejection = |node: &NodeSnapshot| profile.filters.iter().find_map(|f| f.filter(task, node).err());
         let mut now: HashMap<Rejection, usize> = HashMap::new();
         let mut idle: HashMap<Rejection, usize> = HashMap::new();
-        let mut fits_idle = false;
+        let mut fits_idle = self.cluster.nodes.is_empty();
         for node in &mut self.cluster.nodes {
             if let Some(why) = first_rejection(node) {
                 *now.entry(why).or_default() += 1;
@@ -269,25 +297,18 @@ impl Placer<'_> {
             node.task_count = task_count;
             node.label_counts = label_counts;
         }
-        let total = self.cluster.nodes.len();
-        if fits_idle {
-            return Unfit { reason: format!("0/{total} nodes fit: {}", render(now, |why| why.to_string())), wait: Wait::Room };
-        }
         let largest = |f: fn(&NodeSnapshot) -> u32| self.cluster.nodes.iter().map(f).max().unwrap_or(0);
-        let (cpu, memory) = (largest(|n| n.capacity.cpu_millicores), largest(|n| n.capacity.memory_mib));
-        let detail = render(idle, |why| match why {
-            Rejection::InsufficientCpu => format!(
-                "too little cpu in all (the task asks {} millicores; the largest node has {cpu})",
-                task.resources.cpu_millicores
-            ),
-            Rejection::InsufficientMemory => format!(
-                "too little memory in all (the task asks {} MiB; the largest node has {memory})",
-                task.resources.memory_mib
-            ),
-            Rejection::TooManyTasks => "take no tasks at all (task limit 0)".into(),
-            other => other.to_string(),
-        });
-        Unfit { reason: format!("no node can ever run this task (0/{total} fit even with nothing running): {detail}"), wait: Wait::NeverFits }
+        let largest = Resources { cpu_millicores: largest(|n| n.capacity.cpu_millicores), memory_mib: largest(|n| n.capacity.memory_mib) };
+        let (counts, wait) = if fits_idle { (now, Wait::Room) } else { (idle, Wait::NeverFits) };
+        let mut rejections: Vec<(Rejection, usize)> = counts.into_iter().collect();
+        rejections.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        Unfit { nodes: self.cluster.nodes.len(), rejections, wait, asks: task.resources, largest }
+    }
+
+    /// The best candidates of the last placement, best first, when
+    /// `record_scores` is on.
+    pub fn take_scores(&mut self) -> Vec<NodeScore> {
+        std::mem::take(&mut self.scores)
     }
 
     /// Frees a task's reservation (the simulator, when a task ends).

@@ -33,10 +33,11 @@ pub mod registry;
 pub mod rng;
 
 pub use cluster::{CandidateOrder, Cluster, ClusterView};
-pub use engine::{Engine, Pass, Placer, Unfit};
-pub use model::{AntiAffinity, NodeSnapshot, PendingTask, Placement, PlacementPlan, Rejection, Unplaced, Wait};
+pub use engine::{Engine, NodeScore, Pass, Placer};
+pub use model::{AntiAffinity, Hold, NodeSnapshot, PendingTask, Placement, PlacementPlan, QuotaHold, Rejection, Unfit, Unplaced, Wait};
 pub use plugin::{FilterPlugin, ScorePlugin};
 pub use quota::{admit, ProjectUsage, QuotaLedger};
+pub use registry::{ArgsError, Registry};
 
 /// The node label that dedicates a node to projects (comma-separated):
 /// the `pool` filter keeps every other project's tasks off it.

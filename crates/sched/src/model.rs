@@ -126,15 +126,104 @@ pub struct PlacementPlan {
     pub placements: Vec<Placement>,
     /// Tasks that stay queued, each with why.
     pub unplaced: Vec<Unplaced>,
+    /// For each placed task, how its best candidates scored (when asked).
+    pub scores: Vec<(TaskId, Vec<crate::engine::NodeScore>)>,
 }
 
-/// A task that stays queued after a pass.
+/// A task that stays queued after a pass, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unplaced {
     pub task_id: TaskId,
-    /// "0/N nodes fit: …", "no node can ever run this task: …", "project quota: …".
-    pub reason: String,
+    pub hold: Hold,
+}
+
+impl Unplaced {
+    /// What it waits for.
+    pub fn wait(&self) -> Wait {
+        match &self.hold {
+            Hold::Unfit(unfit) => unfit.wait,
+            Hold::Quota(_) => Wait::Quota,
+        }
+    }
+}
+
+/// Why a task was not placed: structured, rendered to text only at the
+/// edge (`Display`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hold {
+    /// No node took it.
+    Unfit(Unfit),
+    /// Its project's quota.
+    Quota(QuotaHold),
+}
+
+impl std::fmt::Display for Hold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Hold::Unfit(unfit) => unfit.fmt(f),
+            Hold::Quota(quota) => quota.fmt(f),
+        }
+    }
+}
+
+/// A project quota that holds a task back: `used` of `max` `what` in use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuotaHold {
+    /// "running tasks", "millicores", "MiB".
+    pub what: &'static str,
+    pub used: u64,
+    pub max: u64,
+}
+
+impl std::fmt::Display for QuotaHold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "project quota: {} of {} {} in use", self.used, self.max, self.what)
+    }
+}
+
+/// Why no node took a task: how many nodes turned it down for each reason
+/// (the first filter that refused, per node), most common first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unfit {
+    /// Nodes in the cluster.
+    pub nodes: usize,
+    pub rejections: Vec<(Rejection, usize)>,
+    /// [`Wait::Room`], or [`Wait::NeverFits`] when the counts are of the
+    /// nodes as they would be with nothing running on them.
     pub wait: Wait,
+    /// What the task asks, and the most any node has (for "too little in all").
+    pub asks: Resources,
+    pub largest: Resources,
+}
+
+impl std::fmt::Display for Unfit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.nodes == 0 {
+            return f.write_str("no nodes in the cluster");
+        }
+        let detail: Vec<String> = self
+            .rejections
+            .iter()
+            .map(|(why, n)| match (self.wait, why) {
+                (Wait::NeverFits, Rejection::InsufficientCpu) => format!(
+                    "{n} too little cpu in all (the task asks {} millicores; the largest node has {})",
+                    self.asks.cpu_millicores, self.largest.cpu_millicores
+                ),
+                (Wait::NeverFits, Rejection::InsufficientMemory) => format!(
+                    "{n} too little memory in all (the task asks {} MiB; the largest node has {})",
+                    self.asks.memory_mib, self.largest.memory_mib
+                ),
+                (Wait::NeverFits, Rejection::TooManyTasks) => format!("{n} take no tasks at all (task limit 0)"),
+                _ => format!("{n} {why}"),
+            })
+            .collect();
+        match self.wait {
+            Wait::NeverFits => {
+                write!(f, "no node can ever run this task (0/{} fit even with nothing running): {}", self.nodes, detail.join(", "))
+            }
+            _ => write!(f, "0/{} nodes fit: {}", self.nodes, detail.join(", ")),
+        }
+    }
 }
 
 /// What an unplaced task waits for.
@@ -160,6 +249,8 @@ pub enum Rejection {
     Pool,
     Dedicated,
     AntiAffinity(String),
+    /// A filter outside this list (a plugin of one's own): its name and why.
+    Other { filter: String, reason: String },
 }
 
 impl std::fmt::Display for Rejection {
@@ -173,6 +264,7 @@ impl std::fmt::Display for Rejection {
             Rejection::Pool => f.write_str("other pool"),
             Rejection::Dedicated => f.write_str("dedicated to other projects"),
             Rejection::AntiAffinity(label) => write!(f, "anti-affinity {label}"),
+            Rejection::Other { filter, reason } => write!(f, "{filter}: {reason}"),
         }
     }
 }

@@ -3,8 +3,11 @@
 //! that plugins compose by weight without knowing each other.
 //!
 //! To add a plugin: implement one of these traits in its own file under
-//! `plugins/`, and add one line to the registry (`registry.rs`). Profiles in
-//! the TOML config can then name it. See `docs/scheduling.md`.
+//! `plugins/` with a `NAME`, an `Args` struct if it takes settings, and a
+//! `factory`, and add it to the registry (`Registry::builtin`, or
+//! `Registry::with_filter`/`with_scorer` from outside the crate). Profiles in
+//! the TOML config can then name it and give it settings. See
+//! `docs/scheduling.md`.
 
 use crate::cluster::ClusterView;
 use crate::model::{NodeSnapshot, PendingTask, Rejection};
@@ -25,4 +28,9 @@ pub trait ScorePlugin: Send + Sync {
     /// cluster-wide context some scorers need (topology counts, a seeded
     /// random source).
     fn score(&self, task: &PendingTask, node: &NodeSnapshot, cluster: &ClusterView<'_>) -> f64;
+    /// Node labels whose per-value task counts this scorer reads through
+    /// [`ClusterView::topology_counts`]: the pass indexes them.
+    fn topology_keys(&self) -> Vec<String> {
+        Vec::new()
+    }
 }

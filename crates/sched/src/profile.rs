@@ -5,7 +5,7 @@
 
 use crate::cluster::CandidateOrder;
 use crate::plugin::{FilterPlugin, ScorePlugin};
-use crate::registry;
+use crate::registry::{self, Registry};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -30,8 +30,6 @@ pub struct Profile {
     /// Feasible candidates scored before choosing (power of K choices).
     pub candidates: usize,
     pub batch_order: BatchOrder,
-    /// Node label the `topology_spread` scorer counts by.
-    pub topology_key: String,
 }
 
 /// A profile as written in the TOML config.
@@ -48,8 +46,12 @@ pub struct ProfileConfig {
     pub candidates: usize,
     #[serde(default = "ProfileConfig::default_batch_order")]
     pub batch_order: BatchOrder,
-    #[serde(default = "ProfileConfig::default_topology_key")]
-    pub topology_key: String,
+    /// Each plugin's settings, by plugin name (`[profiles.P.args.topology_spread] key = "rack"`).
+    #[serde(default)]
+    pub args: BTreeMap<String, toml::Value>,
+    /// Older spelling of `args.topology_spread.key`; still read.
+    #[serde(default)]
+    pub topology_key: Option<String>,
 }
 
 impl ProfileConfig {
@@ -61,9 +63,6 @@ impl ProfileConfig {
     }
     fn default_batch_order() -> BatchOrder {
         BatchOrder::Submission
-    }
-    fn default_topology_key() -> String {
-        "zone".into()
     }
 }
 
@@ -110,6 +109,8 @@ pub enum ConfigError {
     UnknownFilter { profile: String, name: String, known: String },
     #[error("profile `{profile}`: unknown score plugin `{name}` (known: {known})")]
     UnknownScorer { profile: String, name: String, known: String },
+    #[error("profile `{profile}`: {error}")]
+    Args { profile: String, error: registry::ArgsError },
     #[error("profile `{profile}`: {message}")]
     Invalid { profile: String, message: String },
     #[error("unknown profile `{0}`")]
@@ -123,43 +124,51 @@ impl SchedulerConfig {
     }
 }
 
-fn builtin(name: &str, order: CandidateOrder, scorer: &str, batch_order: BatchOrder) -> Profile {
+fn builtin(registry: &Registry, name: &str, order: CandidateOrder, scorer: &str, batch_order: BatchOrder) -> Profile {
     Profile {
         name: name.into(),
-        filters: registry::DEFAULT_FILTERS.iter().filter_map(|f| registry::filter(f)).collect(),
-        scorers: registry::scorer(scorer, "zone").into_iter().map(|s| (s, 1.0)).collect(),
+        filters: registry::DEFAULT_FILTERS.iter().filter_map(|f| registry.filter(f, None)).filter_map(Result::ok).collect(),
+        scorers: registry.scorer(scorer, None).and_then(Result::ok).into_iter().map(|s| (s, 1.0)).collect(),
         order,
         // The index already visits the best node first; a few more let ties break by score.
         candidates: 4,
         batch_order,
-        topology_key: "zone".into(),
     }
 }
 
 /// The built-in profiles: `spread`, `binpack`, `random`.
-pub fn builtins() -> HashMap<String, Profile> {
+pub fn builtins(registry: &Registry) -> HashMap<String, Profile> {
     [
-        builtin("spread", CandidateOrder::LeastAllocated, "spread", BatchOrder::Submission),
-        builtin("binpack", CandidateOrder::MostAllocated, "binpack", BatchOrder::LargestFirst),
-        builtin("random", CandidateOrder::Random, "random", BatchOrder::Submission),
+        builtin(registry, "spread", CandidateOrder::LeastAllocated, "spread", BatchOrder::Submission),
+        builtin(registry, "binpack", CandidateOrder::MostAllocated, "binpack", BatchOrder::LargestFirst),
+        builtin(registry, "random", CandidateOrder::Random, "random", BatchOrder::Submission),
     ]
     .into_iter()
     .map(|p| (p.name.clone(), p))
     .collect()
 }
 
-/// Compiles a configured profile.
-pub fn compile(name: &str, config: &ProfileConfig) -> Result<Profile, ConfigError> {
+/// Compiles a configured profile with the plugins of `registry`.
+pub fn compile(name: &str, config: &ProfileConfig, registry: &Registry) -> Result<Profile, ConfigError> {
+    let mut args = config.args.clone();
+    if let Some(key) = &config.topology_key {
+        args.entry(crate::plugins::topology_spread::NAME.to_string())
+            .or_insert_with(|| toml::Value::Table([("key".to_string(), toml::Value::String(key.clone()))].into_iter().collect()));
+    }
+    for plugin in args.keys() {
+        let used = config.scores.contains_key(plugin) || config.filters.as_ref().map_or(registry::DEFAULT_FILTERS.contains(&plugin.as_str()), |f| f.contains(plugin));
+        if !used {
+            return Err(ConfigError::Invalid { profile: name.into(), message: format!("settings for `{plugin}`, which the profile does not use") });
+        }
+    }
+    let args_error = |error| ConfigError::Args { profile: name.into(), error };
     let filter_names: Vec<String> =
         config.filters.clone().unwrap_or_else(|| registry::DEFAULT_FILTERS.iter().map(|s| s.to_string()).collect());
     let filters = filter_names
         .iter()
-        .map(|f| {
-            registry::filter(f).ok_or_else(|| ConfigError::UnknownFilter {
-                profile: name.into(),
-                name: f.clone(),
-                known: registry::FILTERS.join(", "),
-            })
+        .map(|f| match registry.filter(f, args.get(f)) {
+            Some(made) => made.map_err(args_error),
+            None => Err(ConfigError::UnknownFilter { profile: name.into(), name: f.clone(), known: registry.filter_names().join(", ") }),
         })
         .collect::<Result<Vec<_>, _>>()?;
     if config.scores.is_empty() {
@@ -172,9 +181,10 @@ pub fn compile(name: &str, config: &ProfileConfig) -> Result<Profile, ConfigErro
             if !(weight.is_finite() && *weight > 0.0) {
                 return Err(ConfigError::Invalid { profile: name.into(), message: format!("weight of `{s}` must be a positive number") });
             }
-            registry::scorer(s, &config.topology_key)
-                .map(|plugin| (plugin, *weight))
-                .ok_or_else(|| ConfigError::UnknownScorer { profile: name.into(), name: s.clone(), known: registry::SCORERS.join(", ") })
+            match registry.scorer(s, args.get(s)) {
+                Some(made) => made.map(|plugin| (plugin, *weight)).map_err(args_error),
+                None => Err(ConfigError::UnknownScorer { profile: name.into(), name: s.clone(), known: registry.scorer_names().join(", ") }),
+            }
         })
         .collect::<Result<Vec<_>, _>>()?;
     if config.candidates == 0 {
@@ -187,6 +197,5 @@ pub fn compile(name: &str, config: &ProfileConfig) -> Result<Profile, ConfigErro
         order: config.order,
         candidates: config.candidates,
         batch_order: config.batch_order,
-        topology_key: config.topology_key.clone(),
     })
 }

@@ -3,7 +3,7 @@
 //! is charged when a task is placed, not when it is considered. The rest
 //! wait in the queue, with the reason, and are never dropped.
 
-use crate::model::PendingTask;
+use crate::model::{PendingTask, QuotaHold};
 use shepherd_core::{ProjectLimits, Resources, TaskId};
 use std::collections::HashMap;
 
@@ -35,18 +35,18 @@ impl QuotaLedger {
         QuotaLedger { usage, limits }
     }
 
-    /// Why placing `task` would take its project over quota, if it would.
-    pub fn check(&self, task: &PendingTask) -> Option<String> {
+    /// The quota that placing `task` would exceed, if any.
+    pub fn check(&self, task: &PendingTask) -> Option<QuotaHold> {
         let limit = self.limits.get(&task.project)?;
         let now = self.usage.get(&task.project).copied().unwrap_or(ProjectUsage::NONE);
         let cpu = u64::from(now.resources.cpu_millicores) + u64::from(task.resources.cpu_millicores);
         let memory = u64::from(now.resources.memory_mib) + u64::from(task.resources.memory_mib);
         if let Some(max) = limit.max_running.filter(|max| now.tasks + 1 > *max) {
-            Some(format!("project quota: {} of {max} running tasks in use", now.tasks))
+            Some(QuotaHold { what: "running tasks", used: u64::from(now.tasks), max: u64::from(max) })
         } else if let Some(max) = limit.max_cpu_millicores.filter(|max| cpu > *max) {
-            Some(format!("project quota: {} of {max} millicores in use", now.resources.cpu_millicores))
+            Some(QuotaHold { what: "millicores", used: u64::from(now.resources.cpu_millicores), max })
         } else {
-            limit.max_memory_mib.filter(|max| memory > *max).map(|max| format!("project quota: {} of {max} MiB in use", now.resources.memory_mib))
+            limit.max_memory_mib.filter(|max| memory > *max).map(|max| QuotaHold { what: "MiB", used: u64::from(now.resources.memory_mib), max })
         }
     }
 
@@ -71,7 +71,7 @@ pub fn admit(
     let mut waiting = Vec::new();
     for task in pending {
         match ledger.check(&task) {
-            Some(reason) => waiting.push((task.id, reason)),
+            Some(hold) => waiting.push((task.id, hold.to_string())),
             None => {
                 ledger.charge(&task);
                 admitted.push(task);

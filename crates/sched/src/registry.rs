@@ -1,42 +1,109 @@
-//! Every in-tree plugin, by the name profiles use. Adding a plugin adds one line here.
+//! The plugin registry: names to factories, in the manner of the
+//! Kubernetes scheduling framework's `registry.go`. A factory makes a plugin
+//! from its settings in a profile (`[profiles.P.args.NAME]`), so settings
+//! specific to one plugin live with that plugin. [`Registry::builtin`]
+//! holds every in-tree plugin; a program embedding the engine adds its own
+//! with [`Registry::with_filter`] and [`Registry::with_scorer`].
 
 use crate::plugin::{FilterPlugin, ScorePlugin};
 use crate::plugins::*;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// Filters in the order the default pipeline runs them: cheap structural
 /// checks first (a node in the wrong pool is wrong whatever it has free, and
 /// saying so makes the better reason), then capacity, where most rejections
 /// in a busy cluster fall, then the string-matching constraints.
-pub const DEFAULT_FILTERS: [&str; 6] = ["node_ready", "pool", "task_limit", "resources", "constraints", "anti_affinity"];
+pub const DEFAULT_FILTERS: [&str; 6] = [node_ready::NAME, pool::NAME, task_limit::NAME, resources::NAME, constraints::NAME, anti_affinity::NAME];
 
-/// The filter plugin called `name`.
-pub fn filter(name: &str) -> Option<Arc<dyn FilterPlugin>> {
-    Some(match name {
-        "node_ready" => Arc::new(node_ready::NodeReady),
-        "task_limit" => Arc::new(task_limit::TaskLimit),
-        "resources" => Arc::new(resources::ResourcesFit),
-        "pool" => Arc::new(pool::Pool),
-        "constraints" => Arc::new(constraints::Constraints),
-        "anti_affinity" => Arc::new(anti_affinity::AntiAffinityFilter),
-        _ => return None,
-    })
+/// Makes a filter plugin from its settings (`None`: none given).
+pub type FilterFactory = fn(Option<&toml::Value>) -> Result<Arc<dyn FilterPlugin>, ArgsError>;
+/// Makes a score plugin from its settings (`None`: none given).
+pub type ScoreFactory = fn(Option<&toml::Value>) -> Result<Arc<dyn ScorePlugin>, ArgsError>;
+
+/// A plugin's settings that it cannot use.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("settings of `{plugin}`: {message}")]
+pub struct ArgsError {
+    pub plugin: String,
+    pub message: String,
 }
 
-/// The score plugin called `name`; `topology_key` configures `topology_spread`.
-pub fn scorer(name: &str, topology_key: &str) -> Option<Arc<dyn ScorePlugin>> {
-    Some(match name {
-        "binpack" => Arc::new(binpack::Binpack),
-        "spread" => Arc::new(spread::Spread),
-        "balanced" => Arc::new(balanced::Balanced),
-        "image_locality" => Arc::new(image_locality::ImageLocality),
-        "topology_spread" => Arc::new(topology_spread::TopologySpread { key: topology_key.to_string() }),
-        "random" => Arc::new(random::Random),
-        _ => return None,
-    })
+/// For plugins without settings: refuses any.
+pub fn no_args(plugin: &str, args: Option<&toml::Value>) -> Result<(), ArgsError> {
+    match args {
+        None => Ok(()),
+        Some(toml::Value::Table(t)) if t.is_empty() => Ok(()),
+        Some(_) => Err(ArgsError { plugin: plugin.into(), message: "this plugin takes no settings".into() }),
+    }
 }
 
-/// Names of every filter plugin.
-pub const FILTERS: [&str; 6] = DEFAULT_FILTERS;
-/// Names of every score plugin.
-pub const SCORERS: [&str; 6] = ["binpack", "spread", "balanced", "image_locality", "topology_spread", "random"];
+/// Decodes a plugin's settings into its `Args` (defaults when none are given).
+pub fn parse_args<A: serde::de::DeserializeOwned>(plugin: &str, args: Option<&toml::Value>) -> Result<A, ArgsError> {
+    let value = args.cloned().unwrap_or_else(|| toml::Value::Table(Default::default()));
+    value.try_into().map_err(|e: toml::de::Error| ArgsError { plugin: plugin.into(), message: e.to_string() })
+}
+
+/// Plugin names to factories.
+#[derive(Clone)]
+pub struct Registry {
+    filters: BTreeMap<&'static str, FilterFactory>,
+    scorers: BTreeMap<&'static str, ScoreFactory>,
+}
+
+impl Registry {
+    /// Every in-tree plugin.
+    pub fn builtin() -> Registry {
+        Registry { filters: BTreeMap::new(), scorers: BTreeMap::new() }
+            .with_filter(node_ready::NAME, node_ready::factory)
+            .with_filter(task_limit::NAME, task_limit::factory)
+            .with_filter(resources::NAME, resources::factory)
+            .with_filter(pool::NAME, pool::factory)
+            .with_filter(constraints::NAME, constraints::factory)
+            .with_filter(anti_affinity::NAME, anti_affinity::factory)
+            .with_scorer(binpack::NAME, binpack::factory)
+            .with_scorer(spread::NAME, spread::factory)
+            .with_scorer(balanced::NAME, balanced::factory)
+            .with_scorer(image_locality::NAME, image_locality::factory)
+            .with_scorer(topology_spread::NAME, topology_spread::factory)
+            .with_scorer(random::NAME, random::factory)
+    }
+
+    /// The registry with one more filter (or another factory for a name).
+    pub fn with_filter(mut self, name: &'static str, factory: FilterFactory) -> Registry {
+        self.filters.insert(name, factory);
+        self
+    }
+
+    /// The registry with one more score plugin (or another factory for a name).
+    pub fn with_scorer(mut self, name: &'static str, factory: ScoreFactory) -> Registry {
+        self.scorers.insert(name, factory);
+        self
+    }
+
+    /// The filter called `name`, made with `args`; `None` if there is no such filter.
+    pub fn filter(&self, name: &str, args: Option<&toml::Value>) -> Option<Result<Arc<dyn FilterPlugin>, ArgsError>> {
+        self.filters.get(name).map(|factory| factory(args))
+    }
+
+    /// The score plugin called `name`, made with `args`; `None` if there is no such plugin.
+    pub fn scorer(&self, name: &str, args: Option<&toml::Value>) -> Option<Result<Arc<dyn ScorePlugin>, ArgsError>> {
+        self.scorers.get(name).map(|factory| factory(args))
+    }
+
+    /// Every filter's name, sorted.
+    pub fn filter_names(&self) -> Vec<&'static str> {
+        self.filters.keys().copied().collect()
+    }
+
+    /// Every score plugin's name, sorted.
+    pub fn scorer_names(&self) -> Vec<&'static str> {
+        self.scorers.keys().copied().collect()
+    }
+}
+
+impl Default for Registry {
+    fn default() -> Registry {
+        Registry::builtin()
+    }
+}

@@ -55,7 +55,7 @@ fn unplaced_tasks_say_why() {
     let mut ap = task(2, 100, 100);
     ap.constraints = vec![Constraint::parse("node.labels.region==ap").unwrap()];
     let plan = engine.place_batch(nodes, vec![big, ap], &HashMap::new(), 1);
-    let reasons: HashMap<_, _> = plan.unplaced.into_iter().map(|u| (u.task_id, u.reason)).collect();
+    let reasons: HashMap<_, _> = plan.unplaced.into_iter().map(|u| (u.task_id, u.hold.to_string())).collect();
     assert_eq!(reasons[&TaskId(ulid::Ulid(2))], "0/3 nodes fit: 2 insufficient cpu, 1 not ready");
     // No node matches the constraint, busy or not: said plainly, and marked as never fitting.
     assert_eq!(
@@ -63,8 +63,8 @@ fn unplaced_tasks_say_why() {
         "no node can ever run this task (0/3 fit even with nothing running): 3 constraint node.labels.region==ap"
     );
     let plan = engine.place_batch(vec![], vec![task(9, 1, 4)], &HashMap::new(), 1);
-    assert_eq!(plan.unplaced[0].reason, "no nodes in the cluster");
-    assert_eq!(plan.unplaced[0].wait, Wait::Room, "nodes may join");
+    assert_eq!(plan.unplaced[0].hold.to_string(), "no nodes in the cluster");
+    assert_eq!(plan.unplaced[0].wait(), Wait::Room, "nodes may join");
 }
 
 #[test]
@@ -79,15 +79,18 @@ fn a_task_bigger_than_every_node_says_so_and_one_waiting_for_room_does_not() {
     let plan = engine.place_batch(nodes, vec![huge, waits], &HashMap::new(), 1);
     let by_id: HashMap<_, _> = plan.unplaced.iter().map(|u| (u.task_id, u)).collect();
     let huge = by_id[&TaskId(ulid::Ulid(2))];
-    assert_eq!(huge.wait, Wait::NeverFits);
+    assert_eq!(huge.wait(), Wait::NeverFits);
     assert_eq!(
-        huge.reason,
+        huge.hold.to_string(),
         "no node can ever run this task (0/2 fit even with nothing running): \
          2 too little cpu in all (the task asks 256000 millicores; the largest node has 8000)"
     );
     let waits = by_id[&TaskId(ulid::Ulid(3))];
-    assert_eq!(waits.wait, Wait::Room);
-    assert_eq!(waits.reason, "0/2 nodes fit: 2 insufficient cpu");
+    assert_eq!(waits.wait(), Wait::Room);
+    assert_eq!(waits.hold.to_string(), "0/2 nodes fit: 2 insufficient cpu");
+    // Structured: the counts per reason, for any other renderer.
+    let Hold::Unfit(unfit) = &waits.hold else { panic!("{waits:?}") };
+    assert_eq!(unfit.rejections, vec![(Rejection::InsufficientCpu, 2)]);
 }
 
 #[test]
@@ -102,14 +105,14 @@ fn a_pass_places_page_after_page_and_charges_quota_only_for_placed_tasks() {
     };
     // The first page's task fits nowhere: it must not use the project's only running slot.
     let first = pass.place(vec![in_project(1, 5000)]);
-    assert_eq!(first.unplaced[0].wait, Wait::NeverFits);
+    assert_eq!(first.unplaced[0].wait(), Wait::NeverFits);
     let second = pass.place(vec![in_project(2, 1500), in_project(3, 100)]);
     assert_eq!(second.placements.len(), 1, "{second:?}");
-    assert_eq!(second.unplaced[0].wait, Wait::Quota);
-    assert_eq!(second.unplaced[0].reason, "project quota: 1 of 1 running tasks in use");
+    assert_eq!(second.unplaced[0].wait(), Wait::Quota);
+    assert_eq!(second.unplaced[0].hold.to_string(), "project quota: 1 of 1 running tasks in use");
     // The node as the first page left it: 1500 of 2000 millicores taken.
     let third = pass.place(vec![task(4, 600, 10)]);
-    assert_eq!(third.unplaced[0].reason, "0/1 nodes fit: 1 insufficient cpu");
+    assert_eq!(third.unplaced[0].hold.to_string(), "0/1 nodes fit: 1 insufficient cpu");
 }
 
 #[test]
@@ -134,7 +137,7 @@ fn pools_and_dedicated_nodes() {
     assert_eq!(placed[&TaskId(ulid::Ulid(3))], "shared");
     assert_eq!(placed[&TaskId(ulid::Ulid(5))], "acme-only");
     assert_eq!(plan.unplaced.len(), 1);
-    assert_eq!(plan.unplaced[0].reason, "0/3 nodes fit: 1 insufficient cpu, 1 other pool, 1 dedicated to other projects");
+    assert_eq!(plan.unplaced[0].hold.to_string(), "0/3 nodes fit: 1 insufficient cpu, 1 other pool, 1 dedicated to other projects");
 }
 
 #[test]
@@ -151,7 +154,7 @@ fn anti_affinity_keeps_replicas_apart() {
     let plan = engine.place_batch(nodes, tasks, &HashMap::new(), 1);
     assert_eq!(counts(&plan).len(), 3);
     assert_eq!(plan.unplaced.len(), 1);
-    assert!(plan.unplaced[0].reason.contains("3 anti-affinity app=web"), "{}", plan.unplaced[0].reason);
+    assert!(plan.unplaced[0].hold.to_string().contains("3 anti-affinity app=web"), "{}", plan.unplaced[0].hold.to_string());
 }
 
 #[test]

@@ -19,13 +19,12 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use shepherd_agent::remote::{
-    AgentMessage, EventsRequest, EventsResponse, LogsRequest, Registered, Registration, WireLaunch, PROTOCOL_HEADER,
-    PROTOCOL_VERSION,
+use shepherd_core::{LaunchSpec, TaskId, Timestamp};
+use shepherd_proto::{
+    AgentMessage, AssignedAttempt, Captured, EventsRequest, EventsResponse, Heartbeat, LogsRequest, Registered, Registration, WireLaunch,
+    PROTOCOL_HEADER, PROTOCOL_VERSION,
 };
-use shepherd_agent::AssignedAttempt;
-use shepherd_core::{TaskId, Timestamp};
-use shepherd_store::{LaunchSpec, NodeRecord, NodeState};
+use shepherd_store::{NodeRecord, NodeState};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -157,10 +156,10 @@ async fn register(State(state): State<AppState>, headers: HeaderMap, Json(reg): 
     }
     let now = Timestamp::now();
     let previous = state.store.list_nodes().await?.into_iter().find(|n| n.id == reg.node_id);
-    let node_state = match previous.as_ref().map(|n| n.state) {
-        Some(NodeState::Draining) => NodeState::Draining,
-        _ => NodeState::Ready,
-    };
+    // Registered (again): ready, unless drained. The stream's first
+    // message makes the agent reconcile before any new work.
+    let node_state = previous.as_ref().map_or(Ok(NodeState::Ready), |n| n.state.next(shepherd_core::NodeEvent::Registered));
+    let node_state = node_state.map_err(|e| ApiError::new(StatusCode::CONFLICT, "not_registrable", e.to_string()))?;
     state
         .store
         .upsert_node(NodeRecord {
@@ -215,12 +214,6 @@ async fn stream(State(state): State<AppState>, headers: HeaderMap) -> Result<Res
         .header("content-type", "application/x-ndjson")
         .body(Body::from_stream(lines))
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
-}
-
-#[derive(serde::Deserialize)]
-struct Heartbeat {
-    #[serde(default)]
-    images: Vec<String>,
 }
 
 async fn heartbeat(State(state): State<AppState>, headers: HeaderMap, Json(beat): Json<Heartbeat>) -> Result<Json<serde_json::Value>, ApiError> {
@@ -282,14 +275,7 @@ async fn logs(State(state): State<AppState>, headers: HeaderMap, Json(request): 
 
 async fn assigned(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<Vec<AssignedAttempt>>, ApiError> {
     let node = node_of(&state, &headers)?;
-    let active = state.store.active_tasks().await?;
-    Ok(Json(
-        active
-            .into_iter()
-            .filter(|t| t.node_id == node)
-            .map(|t| AssignedAttempt { task_id: t.id, attempt: t.attempt, state: t.state, cancel_requested: t.cancel_requested })
-            .collect(),
-    ))
+    Ok(Json(crate::local_backend::assigned_to(state.store.as_ref(), &node).await?))
 }
 
 async fn launch(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Result<Json<Option<WireLaunch>>, ApiError> {
@@ -311,13 +297,13 @@ async fn captured(
     headers: HeaderMap,
     Path(id): Path<String>,
     axum::extract::Query(query): axum::extract::Query<CapturedQuery>,
-) -> Result<Json<shepherd_agent::driver::Captured>, ApiError> {
+) -> Result<Json<Captured>, ApiError> {
     let node = node_of(&state, &headers)?;
     let id: TaskId = id.parse().map_err(|_| ApiError::not_found("no such task"))?;
     match state.store.launch_spec(id).await? {
         Some(launch) if launch.node_id.as_deref() == Some(node.as_str()) => {}
         _ => return Err(ApiError::not_found("no such task on this node")),
     }
-    let captured = shepherd_agent::backend::captured_in(state.store.as_ref(), id, query.attempt).await?;
+    let captured = crate::local_backend::captured_in(state.store.as_ref(), id, query.attempt).await?;
     Ok(Json(captured))
 }

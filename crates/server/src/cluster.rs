@@ -11,7 +11,7 @@ use shepherd_store::{NodeRecord, NodeState, SqliteOptions, SqliteStore, Store, S
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
@@ -142,7 +142,7 @@ impl Cluster {
                     stop_grace: node.stop_grace,
                     stop_on_shutdown: node.stop_on_shutdown,
                 },
-                Arc::new(shepherd_agent::StoreBackend(dyn_store.clone())),
+                Arc::new(crate::local_backend::StoreBackend(dyn_store.clone())),
                 driver.clone(),
                 wakeup.clone(),
             );
@@ -169,16 +169,22 @@ impl Cluster {
             shutdown_rx.clone(),
         )));
 
+        let auth = Arc::new(crate::auth::Auth::new(&config.admin_token));
+        let tasks = crate::service::TaskService::new(
+            dyn_store.clone(),
+            config.limits,
+            config.engine.clone(),
+            notes,
+            auth.clone(),
+            links,
+            wakeup.clone(),
+        );
         let state = AppState {
             store: dyn_store,
-            limits: config.limits,
+            tasks: Arc::new(tasks),
             scheduler_wakeup: wakeup,
-            links,
-            ids: Arc::new(Mutex::new(ulid::Generator::new())),
-            notes,
-            engine: config.engine.clone(),
             agent_api: crate::agents::AgentApi { join_token: config.join_token.clone(), agents: remote, liveness },
-            auth: Arc::new(crate::auth::Auth::new(&config.admin_token)),
+            auth,
             request_timeout: config.request_timeout,
         };
         let listener = tokio::net::TcpListener::bind(config.listen)
@@ -277,7 +283,9 @@ async fn heartbeat(store: Arc<dyn Store>, agent: Agent, node_id: String, mut shu
                 tracing::warn!(node = %node_id, "local node found down: fencing its attempts before it takes work again");
                 match agent.reconcile().await {
                     Ok(()) => {
-                        let _ = store.set_node_state(&node_id, NodeState::Ready).await;
+                        if let Ok(ready) = NodeState::Down.next(shepherd_core::NodeEvent::Fenced) {
+                            let _ = store.set_node_state(&node_id, ready).await;
+                        }
                     }
                     Err(e) => tracing::warn!(error = %e, "could not reconcile the local node"),
                 }
@@ -312,15 +320,17 @@ async fn watch_nodes(
         let now = Timestamp::now();
         for node in nodes {
             let silent = liveness.silent_for(&node.id);
-            if node.state == NodeState::Down || liveness.is_local(&node.id) || silent <= timeout {
+            if liveness.is_local(&node.id) || silent <= timeout {
                 continue;
             }
+            // Already down (no change) or not one that can go down: nothing to do.
+            let Ok(down) = node.state.next(shepherd_core::NodeEvent::MissedHeartbeats) else { continue };
             tracing::warn!(node = %node.id, silent_ms = silent.as_millis() as u64, "node missed its heartbeats: down");
             let id = node.id.clone();
             // Its heartbeats are refused from now on: it must reconnect and reconcile.
             liveness.mark_down(&id);
             remote.disconnect(&id);
-            if let Err(e) = store.set_node_state(&id, NodeState::Down).await {
+            if let Err(e) = store.set_node_state(&id, down).await {
                 tracing::warn!(error = %e, "could not mark node down");
                 continue;
             }

@@ -14,9 +14,11 @@ pub mod auth;
 mod cluster;
 pub mod links;
 pub mod liveness;
+pub mod local_backend;
 pub mod placement_notes;
 pub mod scheduler;
 pub mod serve;
+pub mod service;
 pub mod tls;
 
 pub use cluster::{local_node_id, Cluster, ClusterConfig, ClusterError, LocalNodeConfig, DEFAULT_PROJECT};

@@ -4,7 +4,7 @@
 
 use shepherd_agent::Agent;
 use shepherd_core::TaskId;
-use shepherd_store::LaunchSpec;
+use shepherd_core::LaunchSpec;
 use std::collections::HashMap;
 
 /// Delivers assignments and cancels to the agent of a node.

@@ -17,6 +17,8 @@ pub struct PlacementNotes {
 struct Notes {
     by_task: HashMap<TaskId, String>,
     by_shape: HashMap<i64, String>,
+    /// How the best candidates scored, per placed task (the latest placements).
+    scores: HashMap<TaskId, Vec<shepherd_sched::NodeScore>>,
 }
 
 /// Keep at most this many task reasons; the oldest are simply forgotten
@@ -37,6 +39,26 @@ impl PlacementNotes {
             notes.by_task.extend(unplaced.into_iter().take(MAX_NOTES));
             notes.by_shape = shapes;
         }
+    }
+
+    /// Keeps how the candidates of these placements scored (a bounded
+    /// number of the latest: an explanation, not a record).
+    pub fn record_scores(&self, scores: Vec<(TaskId, Vec<shepherd_sched::NodeScore>)>) {
+        if scores.is_empty() {
+            return;
+        }
+        if let Ok(mut notes) = self.notes.lock() {
+            if notes.scores.len() + scores.len() > MAX_NOTES {
+                notes.scores.clear();
+            }
+            notes.scores.extend(scores.into_iter().take(MAX_NOTES));
+        }
+    }
+
+    /// How the candidates of the task's latest placement scored, best first,
+    /// if this server placed it and still remembers.
+    pub fn scores(&self, id: TaskId) -> Vec<shepherd_sched::NodeScore> {
+        self.notes.lock().ok().and_then(|n| n.scores.get(&id).cloned()).unwrap_or_default()
     }
 
     /// Fills in a queued task's reason: its shape's from the latest pass

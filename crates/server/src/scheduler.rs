@@ -246,6 +246,7 @@ impl Scheduler {
         let mut shapes = pages.shape_reasons;
         shapes.extend(shape_reasons);
         self.notes.record(placed, pages.unplaced, shapes);
+        self.notes.record_scores(pages.scores);
         Ok(PassOutcome { placed: count, more: pages.more })
     }
 }
@@ -257,6 +258,8 @@ struct Pages {
     unplaced: Vec<(TaskId, String)>,
     /// Shapes that did not fit in this pass, by reason.
     shape_reasons: HashMap<i64, String>,
+    /// How the best candidates of each placed task scored.
+    scores: Vec<(TaskId, Vec<shepherd_sched::NodeScore>)>,
     more: bool,
 }
 
@@ -275,6 +278,8 @@ fn place_pages(
     memory: &mut PassMemory,
 ) -> Result<Pages, StoreError> {
     let mut pass = engine.pass(nodes, usage, quota, seed);
+    // Kept for `inspect --explain`: a few candidates per placement, cheap.
+    pass.record_scores();
     let mut pages = Pages::default();
     // Shapes known not to fit: from earlier passes (never fits), then this pass's.
     let mut skip: HashMap<i64, String> = memory.never_fits.clone();
@@ -289,15 +294,18 @@ fn place_pages(
         let shapes: HashMap<TaskId, i64> = page.tasks.iter().map(|t| (t.id, t.shape)).collect();
         let plan = pass.place(page.tasks.iter().map(pending).collect());
         pages.placements.extend(plan.placements);
+        pages.scores.extend(plan.scores);
         for unplaced in plan.unplaced {
+            // Rendered here, at the edge: the notes keep what the API shows.
+            let reason = unplaced.hold.to_string();
             if let Some(&shape) = shapes.get(&unplaced.task_id) {
-                if unplaced.wait == Wait::NeverFits {
-                    memory.never_fits.insert(shape, unplaced.reason.clone());
+                if unplaced.wait() == Wait::NeverFits {
+                    memory.never_fits.insert(shape, reason.clone());
                 }
-                skip.entry(shape).or_insert_with(|| unplaced.reason.clone());
-                pages.shape_reasons.entry(shape).or_insert_with(|| unplaced.reason.clone());
+                skip.entry(shape).or_insert_with(|| reason.clone());
+                pages.shape_reasons.entry(shape).or_insert_with(|| reason.clone());
             }
-            pages.unplaced.push((unplaced.task_id, unplaced.reason));
+            pages.unplaced.push((unplaced.task_id, reason));
         }
         if page.more.is_empty() {
             memory.resume.clear();

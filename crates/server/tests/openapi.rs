@@ -30,6 +30,7 @@ fn every_route_is_documented() {
         "/v1/tasks/{id}",
         "/v1/tasks/{id}/cancel",
         "/v1/tasks/{id}/wait",
+        "/v1/tasks/{id}/placement",
         "/v1/tasks/{id}/logs",
         "/v1/nodes",
         "/v1/nodes/{id}/drain",
@@ -44,5 +45,5 @@ fn every_route_is_documented() {
     ] {
         assert!(documented.contains(&path), "{path} is routed but not documented");
     }
-    assert_eq!(documented.len(), 17, "documented paths: {documented:?}");
+    assert_eq!(documented.len(), 18, "documented paths: {documented:?}");
 }

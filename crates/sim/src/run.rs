@@ -131,7 +131,7 @@ pub fn simulate(engine: &Engine, profile: &str, workload: &[WorkloadTask], confi
     placer.new_pass();
     for task in &queue {
         if let Err(unfit) = placer.place(task) {
-            *reasons.entry(unfit.reason).or_default() += 1;
+            *reasons.entry(unfit.to_string()).or_default() += 1;
         }
     }
     decision_us.sort_by(|a, b| a.total_cmp(b));

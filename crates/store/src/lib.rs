@@ -17,6 +17,8 @@ mod model;
 pub mod sqlite;
 
 pub use model::*;
+/// Kept by the store, defined in `shepherd-core` (the agent shares them).
+pub use shepherd_core::{LaunchSpec, LogChunk, LogStream, NodeState};
 pub use sqlite::{SqliteStore, SqliteOptions, Synchronous};
 
 use async_trait::async_trait;

@@ -48,6 +48,27 @@ pub struct DockerConfig {
     pub tmp_size_mib: u32,
 }
 
+/// Why the driver could not reach the Docker Engine. (The cause is part of
+/// the message, not a separate source: a chain says it once.)
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("cannot connect to Docker: {0}")]
+    Client(bollard::errors::Error),
+    #[error("the Docker Engine did not answer within 5 s")]
+    Timeout,
+    #[error("the Docker Engine did not answer: {0}")]
+    NoAnswer(bollard::errors::Error),
+}
+
+/// Why an image could not be pulled.
+#[derive(Debug, thiserror::Error)]
+pub enum PullError {
+    #[error("{0}")]
+    Engine(bollard::errors::Error),
+    #[error("pull timed out after 300 s")]
+    Timeout,
+}
+
 /// Runs attempts as containers on one Docker Engine.
 pub struct DockerDriver {
     docker: Docker,
@@ -77,13 +98,13 @@ pub fn container_name(task_id: TaskId, attempt: u32) -> String {
 impl DockerDriver {
     /// Connects to the engine (`DOCKER_HOST` or the default socket), checks
     /// that it answers, and negotiates the API version.
-    pub async fn connect(config: DockerConfig) -> Result<DockerDriver, String> {
-        let docker = Docker::connect_with_defaults().map_err(|e| format!("cannot connect to Docker: {e}"))?;
+    pub async fn connect(config: DockerConfig) -> Result<DockerDriver, ConnectError> {
+        let docker = Docker::connect_with_defaults().map_err(ConnectError::Client)?;
         let docker = tokio::time::timeout(Duration::from_secs(5), docker.negotiate_version())
             .await
-            .map_err(|_| "the Docker Engine did not answer within 5 s".to_string())?
-            .map_err(|e| format!("the Docker Engine did not answer: {e}"))?;
-        docker.ping().await.map_err(|e| format!("the Docker Engine did not answer a ping: {e}"))?;
+            .map_err(|_| ConnectError::Timeout)?
+            .map_err(ConnectError::NoAnswer)?;
+        docker.ping().await.map_err(ConnectError::NoAnswer)?;
         Ok(DockerDriver { docker, config, networks: Default::default() })
     }
 
@@ -144,7 +165,7 @@ impl DockerDriver {
     }
 
     /// Pulls an image, for at most five minutes.
-    async fn pull(&self, image: &str) -> Result<(), String> {
+    async fn pull(&self, image: &str) -> Result<(), PullError> {
         let (name, tag) = split_reference(image);
         let options = CreateImageOptionsBuilder::default().from_image(name).tag(tag).build();
         let mut progress = self.docker.create_image(Some(options), None, None);
@@ -157,8 +178,8 @@ impl DockerDriver {
         .await;
         match pulled {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err("pull timed out after 300 s".into()),
+            Ok(Err(e)) => Err(PullError::Engine(e)),
+            Err(_) => Err(PullError::Timeout),
         }
     }
 
@@ -200,7 +221,7 @@ impl DockerDriver {
                     return Err(DriverError::StartFailed(format!("image `{image}` is not on this node (pull policy: never)")))
                 }
                 PullPolicy::Always => {
-                    let why = pull_error.unwrap_or_else(|| e.to_string());
+                    let why = pull_error.map_or_else(|| e.to_string(), |p| p.to_string());
                     return Err(DriverError::StartFailed(format!("image `{image}` is not on this node and could not be pulled: {why}")));
                 }
                 PullPolicy::IfNotPresent => {

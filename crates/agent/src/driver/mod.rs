@@ -2,11 +2,12 @@
 //! stopped. The agent does the rest (timeouts, cancel, logs, reporting).
 
 pub mod docker;
+pub mod fake;
 pub mod process;
 
 use async_trait::async_trait;
 use shepherd_core::{PullPolicy, Resources, TaskId, Timestamp};
-use shepherd_store::LogStream;
+use shepherd_core::LogStream;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use tokio::sync::mpsc;
@@ -78,12 +79,7 @@ pub struct ExitStatus {
     pub finished_at: Option<Timestamp>,
 }
 
-/// How much of an attempt's output was stored, per stream.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Captured {
-    pub stdout: u64,
-    pub stderr: u64,
-}
+pub use shepherd_proto::Captured;
 
 /// Why a driver could not do what it was asked.
 #[derive(Debug, thiserror::Error)]

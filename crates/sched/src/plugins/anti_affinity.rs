@@ -4,9 +4,18 @@ use crate::plugin::FilterPlugin;
 
 pub struct AntiAffinityFilter;
 
+/// The name profiles use.
+pub const NAME: &str = "anti_affinity";
+
+/// Makes the plugin; it takes no settings.
+pub fn factory(args: Option<&toml::Value>) -> Result<std::sync::Arc<dyn crate::plugin::FilterPlugin>, crate::registry::ArgsError> {
+    crate::registry::no_args(NAME, args)?;
+    Ok(std::sync::Arc::new(AntiAffinityFilter))
+}
+
 impl FilterPlugin for AntiAffinityFilter {
     fn name(&self) -> &'static str {
-        "anti_affinity"
+        NAME
     }
     fn filter(&self, task: &PendingTask, node: &NodeSnapshot) -> Result<(), Rejection> {
         match &task.anti_affinity {

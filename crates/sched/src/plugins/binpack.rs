@@ -7,9 +7,18 @@ use crate::plugin::ScorePlugin;
 
 pub struct Binpack;
 
+/// The name profiles use.
+pub const NAME: &str = "binpack";
+
+/// Makes the plugin; it takes no settings.
+pub fn factory(args: Option<&toml::Value>) -> Result<std::sync::Arc<dyn crate::plugin::ScorePlugin>, crate::registry::ArgsError> {
+    crate::registry::no_args(NAME, args)?;
+    Ok(std::sync::Arc::new(Binpack))
+}
+
 impl ScorePlugin for Binpack {
     fn name(&self) -> &'static str {
-        "binpack"
+        NAME
     }
     fn score(&self, task: &PendingTask, node: &NodeSnapshot, _: &ClusterView<'_>) -> f64 {
         let (cpu, mem) = shares_after(task, node);

@@ -5,9 +5,18 @@ use crate::plugin::ScorePlugin;
 
 pub struct ImageLocality;
 
+/// The name profiles use.
+pub const NAME: &str = "image_locality";
+
+/// Makes the plugin; it takes no settings.
+pub fn factory(args: Option<&toml::Value>) -> Result<std::sync::Arc<dyn crate::plugin::ScorePlugin>, crate::registry::ArgsError> {
+    crate::registry::no_args(NAME, args)?;
+    Ok(std::sync::Arc::new(ImageLocality))
+}
+
 impl ScorePlugin for ImageLocality {
     fn name(&self) -> &'static str {
-        "image_locality"
+        NAME
     }
     fn score(&self, task: &PendingTask, node: &NodeSnapshot, _: &ClusterView<'_>) -> f64 {
         if node.images.binary_search(&task.image).is_ok() { 1.0 } else { 0.0 }

@@ -6,9 +6,18 @@ use crate::plugin::FilterPlugin;
 
 pub struct Pool;
 
+/// The name profiles use.
+pub const NAME: &str = "pool";
+
+/// Makes the plugin; it takes no settings.
+pub fn factory(args: Option<&toml::Value>) -> Result<std::sync::Arc<dyn crate::plugin::FilterPlugin>, crate::registry::ArgsError> {
+    crate::registry::no_args(NAME, args)?;
+    Ok(std::sync::Arc::new(Pool))
+}
+
 impl FilterPlugin for Pool {
     fn name(&self) -> &'static str {
-        "pool"
+        NAME
     }
     fn filter(&self, task: &PendingTask, node: &NodeSnapshot) -> Result<(), Rejection> {
         if !node.dedicated_to.is_empty() && !node.dedicated_to.iter().any(|p| *p == task.project) {

@@ -4,9 +4,18 @@ use crate::plugin::FilterPlugin;
 
 pub struct ResourcesFit;
 
+/// The name profiles use.
+pub const NAME: &str = "resources";
+
+/// Makes the plugin; it takes no settings.
+pub fn factory(args: Option<&toml::Value>) -> Result<std::sync::Arc<dyn crate::plugin::FilterPlugin>, crate::registry::ArgsError> {
+    crate::registry::no_args(NAME, args)?;
+    Ok(std::sync::Arc::new(ResourcesFit))
+}
+
 impl FilterPlugin for ResourcesFit {
     fn name(&self) -> &'static str {
-        "resources"
+        NAME
     }
     fn filter(&self, task: &PendingTask, node: &NodeSnapshot) -> Result<(), Rejection> {
         let free = node.free();

@@ -6,9 +6,18 @@ use crate::plugin::ScorePlugin;
 
 pub struct Spread;
 
+/// The name profiles use.
+pub const NAME: &str = "spread";
+
+/// Makes the plugin; it takes no settings.
+pub fn factory(args: Option<&toml::Value>) -> Result<std::sync::Arc<dyn crate::plugin::ScorePlugin>, crate::registry::ArgsError> {
+    crate::registry::no_args(NAME, args)?;
+    Ok(std::sync::Arc::new(Spread))
+}
+
 impl ScorePlugin for Spread {
     fn name(&self) -> &'static str {
-        "spread"
+        NAME
     }
     fn score(&self, task: &PendingTask, node: &NodeSnapshot, _: &ClusterView<'_>) -> f64 {
         let (cpu, mem) = shares_after(task, node);

@@ -1,6 +1,5 @@
 //! `GET /v1/tasks/{id}/logs`: the stored output, or a live follow.
 
-use super::tasks::parse_id;
 use super::{ApiError, AppState};
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
@@ -122,7 +121,6 @@ pub async fn logs(
     Path(id): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let id = parse_id(&id)?;
     let query: LogsQuery = serde_urlencoded::from_str(query.as_deref().unwrap_or(""))
         .map_err(|e| ApiError::field("query", format!("bad query: {e}; use follow=true|false, stream=stdout|stderr|all and offset=BYTES")))?;
     let filter = match query.stream.as_deref() {
@@ -131,7 +129,7 @@ pub async fn logs(
         Some("stderr") => Some(LogStream::Stderr),
         Some(other) => return Err(ApiError::field("stream", format!("`{other}`: use stdout, stderr or all"))),
     };
-    super::tasks::load_visible(&state, &caller, id).await?;
+    let id = state.tasks.load_visible(&caller, &id).await?.id;
     let follow = Follow {
         store: state.store.clone(),
         id,

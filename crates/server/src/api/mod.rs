@@ -13,32 +13,24 @@ pub use openapi::ApiDoc;
 pub use health::Health;
 pub use nodes::{NodeList, NodeView};
 pub use projects::{AuditList, AuditView, CreatedToken, ProjectView, SecretList, TokenView};
-pub use tasks::{BatchRequest, BatchResponse, TaskList};
+pub use tasks::{BatchRequest, BatchResponse, CandidateView, PlacementView, TaskList};
 
-use crate::links::NodeLinks;
-use crate::placement_notes::PlacementNotes;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::routing::{get, post, put};
 use axum::Router;
-use shepherd_core::Limits;
 use shepherd_store::Store;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use tokio::sync::Notify;
 
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
     pub store: Arc<dyn Store>,
-    pub limits: Limits,
-    /// Wakes the scheduler when tasks arrive.
+    /// Task operations (create, get, list, cancel, wait), authorization included.
+    pub tasks: Arc<crate::service::TaskService>,
+    /// Wakes the scheduler when nodes or limits change.
     pub scheduler_wakeup: Arc<Notify>,
-    /// Reaches the agents, to stop cancelled attempts.
-    pub links: Arc<dyn NodeLinks>,
-    pub ids: Arc<Mutex<ulid::Generator>>,
-    pub notes: Arc<PlacementNotes>,
-    /// Placement profiles, to check the profile a task names.
-    pub engine: Arc<shepherd_sched::Engine>,
     /// Remote agents: join token and connections.
     pub agent_api: crate::agents::AgentApi,
     /// API tokens and rate limits.
@@ -58,18 +50,7 @@ impl AppState {
     }
 }
 
-/// An audit log line about an action of `caller`, now.
-pub fn audit_entry(caller: &crate::auth::Caller, project: Option<&str>, action: &str, target: &str, detail: Option<String>) -> shepherd_store::AuditEntry {
-    shepherd_store::AuditEntry {
-        seq: 0,
-        at: shepherd_core::Timestamp::now(),
-        actor: caller.actor(),
-        project: project.map(str::to_string),
-        action: action.to_string(),
-        target: target.to_string(),
-        detail,
-    }
-}
+pub use crate::service::tasks::audit_entry;
 
 /// Largest request body: a full batch with small payloads.
 pub const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
@@ -83,6 +64,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/tasks/batch", post(tasks::create_batch))
         .route("/v1/tasks/{id}", get(tasks::get))
         .route("/v1/tasks/{id}/cancel", post(tasks::cancel))
+        .route("/v1/tasks/{id}/placement", get(tasks::placement))
         .route("/v1/nodes", get(nodes::list))
         .route("/v1/nodes/{id}/drain", post(nodes::drain))
         .route("/v1/projects", post(projects::create).get(projects::list))

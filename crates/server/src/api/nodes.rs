@@ -75,7 +75,10 @@ pub async fn list(State(state): State<AppState>, Extension(caller): Extension<Ca
     responses((status = 200, body = NodeView), (status = 404, body = super::ErrorBody)))]
 pub async fn drain(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> Result<Json<NodeView>, ApiError> {
     caller.require_admin()?;
-    if !state.store.set_node_state(&id, shepherd_store::NodeState::Draining).await? {
+    let node = state.store.list_nodes().await?.into_iter().find(|n| n.id == id);
+    let Some(node) = node else { return Err(ApiError::not_found(format!("no node with id {id}"))) };
+    let to = node.state.next(shepherd_core::NodeEvent::Drain).map_err(|e| ApiError::new(axum::http::StatusCode::CONFLICT, "not_drainable", e.to_string()))?;
+    if !state.store.set_node_state(&id, to).await? {
         return Err(ApiError::not_found(format!("no node with id {id}")));
     }
     tracing::info!(node = %id, "node draining");

@@ -17,6 +17,7 @@ use utoipa::OpenApi;
         super::tasks::get,
         super::tasks::cancel,
         super::tasks::wait,
+        super::tasks::placement,
         super::logs::logs,
         super::nodes::list,
         super::nodes::drain,

@@ -1,14 +1,17 @@
-//! Task endpoints: create (one or a batch), get, list, cancel, wait.
+//! Task endpoints: create (one or a batch), get, list, cancel, wait. Thin:
+//! each decodes the request, calls the `TaskService`, and renders its answer
+//! or its error.
 
 use super::error::ApiJson;
 use super::{ApiError, AppState};
 use crate::auth::Caller;
+use crate::service::TaskError;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
-use shepherd_core::{validate, Event, NewTask, Task, TaskId, TaskSpec, TaskState, Timestamp};
-use shepherd_store::{ApplyError, TaskFilter};
+use shepherd_core::{Task, TaskId, TaskSpec, TaskState};
+use shepherd_store::TaskFilter;
 use std::time::Duration;
 
 /// `POST /v1/tasks/batch` body.
@@ -36,96 +39,17 @@ pub struct TaskList {
     pub next_cursor: Option<TaskId>,
 }
 
-pub fn parse_id(raw: &str) -> Result<TaskId, ApiError> {
-    // An id that cannot exist answers exactly as a missing one does.
-    raw.parse().map_err(|_| ApiError::not_found(format!("no task with id {raw}")))
-}
-
-/// A task the caller may see: someone else's answers exactly as a missing one.
-pub async fn load_visible(state: &AppState, caller: &Caller, id: TaskId) -> Result<Task, ApiError> {
-    match state.store.get_task(id).await? {
-        Some(task) if caller.can_access(&task.project) => Ok(task),
-        _ => Err(ApiError::not_found(format!("no task with id {id}"))),
-    }
-}
-
-/// Puts a project token's tasks in its project; refuses another project.
-fn claim(caller: &Caller, spec: &mut TaskSpec, field: &str) -> Result<(), ApiError> {
-    if let Some(own) = caller.project() {
-        if spec.project.is_empty() || spec.project == own {
-            spec.project = own.to_string();
-        } else {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                format!("this token belongs to project `{own}` and cannot submit to `{}`", spec.project),
-            )
-            .with_field(field));
+impl From<TaskError> for ApiError {
+    fn from(e: TaskError) -> ApiError {
+        match e {
+            TaskError::NotFound(id) => ApiError::not_found(format!("no task with id {id}")),
+            TaskError::Forbidden { field, message } => ApiError::new(StatusCode::FORBIDDEN, "forbidden", message).with_field(field),
+            TaskError::Invalid(e) => e.into(),
+            TaskError::QuotaExceeded(message) => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", message),
+            TaskError::NotCancellable(message) => ApiError::new(StatusCode::CONFLICT, "not_cancellable", message),
+            TaskError::Store(e) => e.into(),
         }
     }
-    Ok(())
-}
-
-/// Refuses tasks beyond a project's `max_queued`, and tasks naming
-/// secrets the project does not have.
-async fn admit(state: &AppState, tasks: &[NewTask], prefix: &(dyn Fn(usize) -> String + Sync)) -> Result<(), ApiError> {
-    let mut per_project: std::collections::BTreeMap<&str, u64> = Default::default();
-    for task in tasks {
-        *per_project.entry(task.spec.project.as_str()).or_default() += 1;
-    }
-    for (project, adding) in per_project {
-        let Some(limits) = state.auth.project_limits(state.store.as_ref(), project).await? else { continue };
-        if let Some(max) = limits.max_queued {
-            let queued = state.store.count_queued(project).await?;
-            if queued + adding > max {
-                return Err(ApiError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "quota_exceeded",
-                    format!("project `{project}` may have {max} queued tasks; it has {queued} and this adds {adding}"),
-                ));
-            }
-        }
-    }
-    let mut known: std::collections::BTreeMap<String, Vec<String>> = Default::default();
-    for (index, task) in tasks.iter().enumerate() {
-        for (i, secret) in task.spec.secrets.iter().enumerate() {
-            if !known.contains_key(&task.spec.project) {
-                let names = state.store.list_secrets(&task.spec.project).await?.into_iter().map(|s| s.name).collect();
-                known.insert(task.spec.project.clone(), names);
-            }
-            if !known.get(&task.spec.project).is_some_and(|names| names.contains(&secret.name)) {
-                return Err(ApiError::from(
-                    shepherd_core::FieldError::new(
-                        format!("secrets[{i}].name"),
-                        format!("project `{}` has no secret `{}`", task.spec.project, secret.name),
-                    )
-                    .within(&prefix(index)),
-                ));
-            }
-        }
-    }
-    Ok(())
-}
-
-fn prepare(state: &AppState, caller: &Caller, specs: Vec<TaskSpec>, prefix: &(dyn Fn(usize) -> String + Sync)) -> Result<Vec<NewTask>, ApiError> {
-    let now = Timestamp::now();
-    let mut ids = state.ids.lock().map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "id generator poisoned"))?;
-    specs
-        .into_iter()
-        .enumerate()
-        .map(|(index, mut spec)| {
-            let field = if prefix(index).is_empty() { "project".to_string() } else { format!("{}.project", prefix(index)) };
-            claim(caller, &mut spec, &field)?;
-            if let Some(profile) = spec.profile.as_deref().filter(|p| !state.engine.has_profile(p)) {
-                let known = state.engine.profile_names().join(", ");
-                return Err(ApiError::from(
-                    shepherd_core::FieldError::new("profile", format!("unknown profile `{profile}`; known: {known}")).within(&prefix(index)),
-                ));
-            }
-            let id = TaskId::generate(&mut ids, now);
-            validate(spec, &state.limits, id, now).map_err(|e| ApiError::from(e.within(&prefix(index))))
-        })
-        .collect()
 }
 
 /// Submit one task. It is on disk before this answers 201.
@@ -136,13 +60,7 @@ pub async fn create(
     Extension(caller): Extension<Caller>,
     ApiJson(spec): ApiJson<TaskSpec>,
 ) -> Result<(StatusCode, Json<Task>), ApiError> {
-    let mut tasks = prepare(&state, &caller, vec![spec], &|_| String::new())?;
-    admit(&state, &tasks, &|_| String::new()).await?;
-    let task = Task::from_new(&tasks[0]);
-    let audit = super::audit_entry(&caller, Some(&task.project), "task.create", &task.id.to_string(), None);
-    state.store.create_tasks_audited(std::mem::take(&mut tasks), vec![audit]).await?;
-    state.scheduler_wakeup.notify_one();
-    Ok((StatusCode::CREATED, Json(task)))
+    Ok((StatusCode::CREATED, Json(state.tasks.create(&caller, spec).await?)))
 }
 
 /// Submit up to 10,000 tasks in one durable transaction.
@@ -153,34 +71,15 @@ pub async fn create_batch(
     Extension(caller): Extension<Caller>,
     ApiJson(batch): ApiJson<BatchRequest>,
 ) -> Result<(StatusCode, Json<BatchResponse>), ApiError> {
-    let count = batch.tasks.len();
-    if count == 0 || count > state.limits.max_batch {
-        return Err(ApiError::field("tasks", format!("a batch holds 1 to {} tasks, not {count}", state.limits.max_batch)));
-    }
-    let tasks = prepare(&state, &caller, batch.tasks, &|i| format!("tasks[{i}]"))?;
-    admit(&state, &tasks, &|i| format!("tasks[{i}]")).await?;
-    let ids: Vec<TaskId> = tasks.iter().map(|t| t.id).collect();
-    let projects: std::collections::BTreeSet<String> = tasks.iter().map(|t| t.spec.project.clone()).collect();
-    let audit = projects
-        .iter()
-        .map(|project| {
-            let detail = format!("{count} tasks, {} to {}", ids[0], ids[count - 1]);
-            super::audit_entry(&caller, Some(project), "task.create_batch", &ids[0].to_string(), Some(detail))
-        })
-        .collect();
-    state.store.create_tasks_audited(tasks, audit).await?;
-    state.scheduler_wakeup.notify_one();
-    Ok((StatusCode::CREATED, Json(BatchResponse { ids })))
+    let created = state.tasks.create_batch(&caller, batch.tasks).await?;
+    Ok((StatusCode::CREATED, Json(BatchResponse { ids: created.iter().map(|t| t.id).collect() })))
 }
 
 /// One task with its attempts.
 #[utoipa::path(get, path = "/v1/tasks/{id}", tag = "tasks", params(("id" = String, Path, description = "task id")),
     responses((status = 200, body = Task), (status = 404, body = super::ErrorBody)))]
 pub async fn get(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> Result<Json<Task>, ApiError> {
-    let id = parse_id(&id)?;
-    let mut task = load_visible(&state, &caller, id).await?;
-    state.notes.annotate(&mut task);
-    Ok(Json(task))
+    Ok(Json(state.tasks.get(&caller, &id).await?))
 }
 
 fn list_filter(query: Option<String>) -> Result<TaskFilter, ApiError> {
@@ -227,20 +126,8 @@ fn list_filter(query: Option<String>) -> Result<TaskFilter, ApiError> {
     ),
     responses((status = 200, body = TaskList), (status = 400, body = super::ErrorBody)))]
 pub async fn list(State(state): State<AppState>, Extension(caller): Extension<Caller>, RawQuery(query): RawQuery) -> Result<Json<TaskList>, ApiError> {
-    let mut filter = list_filter(query)?;
-    if let Some(own) = caller.project() {
-        match &filter.project {
-            Some(asked) if asked != own => {
-                return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", format!("this token sees project `{own}` only"))
-                    .with_field("project"))
-            }
-            _ => filter.project = Some(own.to_string()),
-        }
-    }
-    let page = state.store.list_tasks(filter).await?;
-    let mut tasks = page.tasks;
-    tasks.iter_mut().for_each(|t| state.notes.annotate(t));
-    Ok(Json(TaskList { tasks, next_cursor: page.next_cursor }))
+    let page = state.tasks.list(&caller, list_filter(query)?).await?;
+    Ok(Json(TaskList { tasks: page.tasks, next_cursor: page.next_cursor }))
 }
 
 /// Cancel a task. A queued task ends at once; a task on a node is stopped
@@ -248,22 +135,7 @@ pub async fn list(State(state): State<AppState>, Extension(caller): Extension<Ca
 #[utoipa::path(post, path = "/v1/tasks/{id}/cancel", tag = "tasks", params(("id" = String, Path, description = "task id")),
     responses((status = 200, body = Task), (status = 404, body = super::ErrorBody), (status = 409, body = super::ErrorBody)))]
 pub async fn cancel(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> Result<Json<Task>, ApiError> {
-    let id = parse_id(&id)?;
-    let task = load_visible(&state, &caller, id).await?;
-    let results = state.store.apply(vec![(id, Event::Cancel)], Timestamp::now()).await?;
-    match results.into_iter().next() {
-        Some(Ok(applied)) => {
-            if applied.decision.request_cancel {
-                if let Some(node) = &applied.node_id {
-                    state.links.cancel(node, id);
-                }
-            }
-        }
-        Some(Err(ApplyError::NotFound(_))) | None => return Err(ApiError::not_found(format!("no task with id {id}"))),
-        Some(Err(ApplyError::Illegal(e))) => return Err(ApiError::new(StatusCode::CONFLICT, "not_cancellable", e.to_string())),
-    }
-    state.audit(&caller, Some(&task.project), "task.cancel", &id.to_string(), None).await;
-    get(State(state), Extension(caller), Path(id.to_string())).await
+    Ok(Json(state.tasks.cancel(&caller, &id).await?))
 }
 
 /// `wait` query.
@@ -284,19 +156,51 @@ pub async fn wait(
     Path(id): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<Task>, ApiError> {
-    let id = parse_id(&id)?;
-    load_visible(&state, &caller, id).await?;
+    // An unknown or foreign task answers 404 before a bad query is looked at.
+    state.tasks.load_visible(&caller, &id).await?;
     let query: WaitQuery = serde_urlencoded::from_str(query.as_deref().unwrap_or(""))
         .map_err(|e| ApiError::field("timeout_seconds", format!("bad query: {e}")))?;
     let limit = Duration::from_secs(query.timeout_seconds.unwrap_or(60).min(600));
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        let task = state.store.get_task(id).await?.ok_or_else(|| ApiError::not_found(format!("no task with id {id}")))?;
-        if task.state.is_terminal() || tokio::time::Instant::now() >= deadline {
-            let mut task = task;
-            state.notes.annotate(&mut task);
-            return Ok(Json(task));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    Ok(Json(state.tasks.wait(&caller, &id, limit).await?))
+}
+
+/// How one candidate node scored for a task.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct CandidateView {
+    pub node_id: String,
+    /// The sum of the weighted scores; the highest was chosen.
+    pub total: f64,
+    /// Each score plugin's weight × score in [0, 1].
+    pub scores: std::collections::BTreeMap<String, f64>,
+}
+
+/// Why a task is where it is: for a placed task, how its best candidate
+/// nodes scored (as long as this server remembers); for a waiting one, why.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PlacementView {
+    #[schema(value_type = String)]
+    pub task_id: TaskId,
+    pub state: TaskState,
+    pub node_id: Option<String>,
+    /// Why a queued task waits.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The best candidates of its latest placement, best first (empty if unknown).
+    pub candidates: Vec<CandidateView>,
+}
+
+/// How the scheduler placed a task: the scores of its best candidates.
+#[utoipa::path(get, path = "/v1/tasks/{id}/placement", tag = "tasks", params(("id" = String, Path, description = "task id")),
+    responses((status = 200, body = PlacementView), (status = 404, body = super::ErrorBody)))]
+pub async fn placement(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> Result<Json<PlacementView>, ApiError> {
+    let task = state.tasks.get(&caller, &id).await?;
+    let candidates = state
+        .tasks
+        .notes
+        .scores(task.id)
+        .into_iter()
+        .map(|c| CandidateView { node_id: c.node_id, total: c.total, scores: c.scores.into_iter().collect() })
+        .collect();
+    let reason = (task.state == TaskState::Queued).then_some(task.reason).flatten();
+    Ok(Json(PlacementView { task_id: task.id, state: task.state, node_id: task.node_id, reason, candidates }))
 }

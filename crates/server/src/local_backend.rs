@@ -1,0 +1,82 @@
+//! The agent inside the server process (`shepherd up`) reaches the cluster
+//! through the store itself: the [`Backend`] here is the in-process twin
+//! of the agent API in `agents.rs`. It lives in the server crate so that
+//! the agent crate never depends on the store.
+
+use async_trait::async_trait;
+use shepherd_agent::{AssignedAttempt, Backend, BackendError, Captured};
+use shepherd_core::{Event, LaunchSpec, LogChunk, LogStream, TaskId, Timestamp};
+use shepherd_store::{ApplyError, Store, StoreError};
+use std::sync::Arc;
+
+/// The store as an in-process agent's backend.
+pub struct StoreBackend(pub Arc<dyn Store>);
+
+/// Sums the stored output of one attempt per stream.
+pub async fn captured_in(store: &dyn Store, id: TaskId, attempt: u32) -> Result<Captured, StoreError> {
+    let mut captured = Captured::default();
+    let mut after = 0;
+    loop {
+        let chunks = store.read_logs(id, after, 1000).await?;
+        let Some(last) = chunks.last() else { return Ok(captured) };
+        after = last.seq;
+        for chunk in chunks.iter().filter(|c| c.attempt == attempt) {
+            match chunk.stream {
+                LogStream::Stdout => captured.stdout += chunk.data.len() as u64,
+                LogStream::Stderr => captured.stderr += chunk.data.len() as u64,
+                LogStream::System => {}
+            }
+        }
+    }
+}
+
+/// The attempts the store has on a node (scheduled or running).
+pub async fn assigned_to(store: &dyn Store, node_id: &str) -> Result<Vec<AssignedAttempt>, StoreError> {
+    let active = store.active_tasks().await?;
+    Ok(active
+        .into_iter()
+        .filter(|t| t.node_id == node_id)
+        .map(|t| AssignedAttempt { task_id: t.id, attempt: t.attempt, state: t.state, cancel_requested: t.cancel_requested })
+        .collect())
+}
+
+fn failed(e: StoreError) -> BackendError {
+    BackendError::Store(Box::new(e))
+}
+
+#[async_trait]
+impl Backend for StoreBackend {
+    async fn report(&self, events: Vec<(TaskId, Event)>) -> Result<Vec<bool>, BackendError> {
+        let results = self.0.apply(events, Timestamp::now()).await.map_err(failed)?;
+        Ok(results
+            .into_iter()
+            .map(|r| match r {
+                Ok(_) => true,
+                Err(ApplyError::Illegal(e)) => {
+                    tracing::info!(reason = %e, "report refused by the state machine");
+                    false
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "report refused");
+                    false
+                }
+            })
+            .collect())
+    }
+
+    async fn launch_spec(&self, id: TaskId) -> Result<Option<LaunchSpec>, BackendError> {
+        self.0.launch_spec(id).await.map_err(failed)
+    }
+
+    async fn append_logs(&self, chunks: Vec<LogChunk>) -> Result<(), BackendError> {
+        self.0.append_logs(chunks).await.map_err(failed)
+    }
+
+    async fn assigned(&self, node_id: &str) -> Result<Vec<AssignedAttempt>, BackendError> {
+        assigned_to(self.0.as_ref(), node_id).await.map_err(failed)
+    }
+
+    async fn captured(&self, id: TaskId, attempt: u32) -> Result<Captured, BackendError> {
+        captured_in(self.0.as_ref(), id, attempt).await.map_err(failed)
+    }
+}

@@ -1,0 +1,274 @@
+//! Tasks: create (one or a batch), get, list, cancel, wait.
+
+use crate::auth::{Auth, Caller};
+use crate::links::NodeLinks;
+use crate::placement_notes::PlacementNotes;
+use shepherd_core::{validate, Event, FieldError, Limits, NewTask, Task, TaskId, TaskSpec, Timestamp};
+use shepherd_store::{ApplyError, AuditEntry, Store, StoreError, TaskFilter, TaskPage};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// Why a task operation was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum TaskError {
+    /// No such task, or one the caller may not see (they answer alike).
+    #[error("no task with id {0}")]
+    NotFound(String),
+    /// A field the caller may not set that way (another project).
+    #[error("{field}: {message}")]
+    Forbidden { field: String, message: String },
+    /// A field that is not acceptable.
+    #[error(transparent)]
+    Invalid(#[from] FieldError),
+    /// The project's `max_queued` quota would be exceeded.
+    #[error("{0}")]
+    QuotaExceeded(String),
+    /// The task has ended; there is nothing to cancel.
+    #[error("{0}")]
+    NotCancellable(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Task operations with their authorization, quotas and audit lines.
+pub struct TaskService {
+    pub store: Arc<dyn Store>,
+    pub limits: Limits,
+    /// Placement profiles, to check the profile a task names.
+    pub engine: Arc<shepherd_sched::Engine>,
+    pub notes: Arc<PlacementNotes>,
+    /// Project limits (cached).
+    pub auth: Arc<Auth>,
+    /// Reaches the agents, to stop cancelled attempts.
+    pub links: Arc<dyn NodeLinks>,
+    /// Wakes the scheduler when tasks arrive.
+    pub wakeup: Arc<Notify>,
+    ids: Mutex<ulid::Generator>,
+}
+
+impl TaskService {
+    /// The service over these parts.
+    pub fn new(
+        store: Arc<dyn Store>,
+        limits: Limits,
+        engine: Arc<shepherd_sched::Engine>,
+        notes: Arc<PlacementNotes>,
+        auth: Arc<Auth>,
+        links: Arc<dyn NodeLinks>,
+        wakeup: Arc<Notify>,
+    ) -> TaskService {
+        TaskService { store, limits, engine, notes, auth, links, wakeup, ids: Mutex::new(ulid::Generator::new()) }
+    }
+
+    /// Validates and stores one task, with its audit line; on disk before
+    /// this returns.
+    pub async fn create(&self, caller: &Caller, spec: TaskSpec) -> Result<Task, TaskError> {
+        let mut created = self.store_new(caller, vec![spec], &|_| String::new(), false).await?;
+        created.pop().ok_or_else(|| TaskError::Store(StoreError::Corrupt("no task was created".into())))
+    }
+
+    /// Validates and stores a batch in one transaction (all or none), with
+    /// one audit line per project; on disk before this returns. Errors name
+    /// the spec's place in the batch (`tasks[3].image`).
+    pub async fn create_batch(&self, caller: &Caller, specs: Vec<TaskSpec>) -> Result<Vec<Task>, TaskError> {
+        if specs.is_empty() || specs.len() > self.limits.max_batch {
+            let message = format!("a batch holds 1 to {} tasks, not {}", self.limits.max_batch, specs.len());
+            return Err(FieldError::new("tasks", message).into());
+        }
+        self.store_new(caller, specs, &|i| format!("tasks[{i}]"), true).await
+    }
+
+    async fn store_new(
+        &self,
+        caller: &Caller,
+        specs: Vec<TaskSpec>,
+        prefix: &(dyn Fn(usize) -> String + Sync),
+        batch: bool,
+    ) -> Result<Vec<Task>, TaskError> {
+        let tasks = self.prepare(caller, specs, prefix)?;
+        self.admit(&tasks, prefix).await?;
+        let created: Vec<Task> = tasks.iter().map(Task::from_new).collect();
+        let audit = audit_lines(caller, &tasks, batch);
+        self.store.create_tasks_audited(tasks, audit).await?;
+        self.wakeup.notify_one();
+        Ok(created)
+    }
+
+    /// One task the caller may see, with why it waits if it does.
+    pub async fn get(&self, caller: &Caller, id: &str) -> Result<Task, TaskError> {
+        let mut task = self.load_visible(caller, id).await?;
+        self.notes.annotate(&mut task);
+        Ok(task)
+    }
+
+    /// A page of tasks; a project token sees its own project's only (asking
+    /// for another is refused).
+    pub async fn list(&self, caller: &Caller, mut filter: TaskFilter) -> Result<TaskPage, TaskError> {
+        if let Some(own) = caller.project() {
+            match &filter.project {
+                Some(asked) if asked != own => {
+                    return Err(TaskError::Forbidden { field: "project".into(), message: format!("this token sees project `{own}` only") })
+                }
+                _ => filter.project = Some(own.to_string()),
+            }
+        }
+        let mut page = self.store.list_tasks(filter).await?;
+        page.tasks.iter_mut().for_each(|t| self.notes.annotate(t));
+        Ok(page)
+    }
+
+    /// Cancels a task: a queued one ends at once; one on a node is stopped
+    /// by its agent (SIGTERM, grace, SIGKILL) and then ends as cancelled.
+    pub async fn cancel(&self, caller: &Caller, id: &str) -> Result<Task, TaskError> {
+        let task = self.load_visible(caller, id).await?;
+        let results = self.store.apply(vec![(task.id, Event::Cancel)], Timestamp::now()).await?;
+        match results.into_iter().next() {
+            Some(Ok(applied)) => {
+                if applied.decision.request_cancel {
+                    if let Some(node) = &applied.node_id {
+                        self.links.cancel(node, task.id);
+                    }
+                }
+            }
+            Some(Err(ApplyError::NotFound(_))) | None => return Err(TaskError::NotFound(id.to_string())),
+            Some(Err(ApplyError::Illegal(e))) => return Err(TaskError::NotCancellable(e.to_string())),
+        }
+        let line = audit_entry(caller, Some(&task.project), "task.cancel", &task.id.to_string(), None);
+        if let Err(e) = self.store.append_audit(vec![line]).await {
+            tracing::error!(error = %e, task = %task.id, "could not write the audit log");
+        }
+        self.get(caller, id).await
+    }
+
+    /// Waits until the task ends or `limit` passes; the task either way.
+    pub async fn wait(&self, caller: &Caller, id: &str, limit: Duration) -> Result<Task, TaskError> {
+        let task = self.load_visible(caller, id).await?;
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let mut task = self.store.get_task(task.id).await?.ok_or_else(|| TaskError::NotFound(id.to_string()))?;
+            if task.state.is_terminal() || tokio::time::Instant::now() >= deadline {
+                self.notes.annotate(&mut task);
+                return Ok(task);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A task the caller may see: someone else's answers exactly as a
+    /// missing one, and so does an id that cannot exist.
+    pub async fn load_visible(&self, caller: &Caller, id: &str) -> Result<Task, TaskError> {
+        let parsed: TaskId = id.parse().map_err(|_| TaskError::NotFound(id.to_string()))?;
+        match self.store.get_task(parsed).await? {
+            Some(task) if caller.can_access(&task.project) => Ok(task),
+            _ => Err(TaskError::NotFound(id.to_string())),
+        }
+    }
+
+    fn prepare(&self, caller: &Caller, specs: Vec<TaskSpec>, prefix: &(dyn Fn(usize) -> String + Sync)) -> Result<Vec<NewTask>, TaskError> {
+        let now = Timestamp::now();
+        let mut ids = self.ids.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        specs
+            .into_iter()
+            .enumerate()
+            .map(|(index, mut spec)| {
+                claim(caller, &mut spec, &within(&prefix(index), "project"))?;
+                if let Some(profile) = spec.profile.as_deref().filter(|p| !self.engine.has_profile(p)) {
+                    let known = self.engine.profile_names().join(", ");
+                    return Err(FieldError::new("profile", format!("unknown profile `{profile}`; known: {known}")).within(&prefix(index)).into());
+                }
+                let id = TaskId::generate(&mut ids, now);
+                validate(spec, &self.limits, id, now).map_err(|e| e.within(&prefix(index)).into())
+            })
+            .collect()
+    }
+
+    /// Refuses tasks beyond a project's `max_queued`, and tasks naming
+    /// secrets the project does not have.
+    async fn admit(&self, tasks: &[NewTask], prefix: &(dyn Fn(usize) -> String + Sync)) -> Result<(), TaskError> {
+        let mut per_project: BTreeMap<&str, u64> = BTreeMap::new();
+        for task in tasks {
+            *per_project.entry(task.spec.project.as_str()).or_default() += 1;
+        }
+        for (project, adding) in per_project {
+            let Some(limits) = self.auth.project_limits(self.store.as_ref(), project).await? else { continue };
+            if let Some(max) = limits.max_queued {
+                let queued = self.store.count_queued(project).await?;
+                if queued + adding > max {
+                    return Err(TaskError::QuotaExceeded(format!(
+                        "project `{project}` may have {max} queued tasks; it has {queued} and this adds {adding}"
+                    )));
+                }
+            }
+        }
+        let mut known: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (index, task) in tasks.iter().enumerate() {
+            for (i, secret) in task.spec.secrets.iter().enumerate() {
+                if !known.contains_key(&task.spec.project) {
+                    let names = self.store.list_secrets(&task.spec.project).await?.into_iter().map(|s| s.name).collect();
+                    known.insert(task.spec.project.clone(), names);
+                }
+                if !known.get(&task.spec.project).is_some_and(|names| names.contains(&secret.name)) {
+                    let message = format!("project `{}` has no secret `{}`", task.spec.project, secret.name);
+                    return Err(FieldError::new(format!("secrets[{i}].name"), message).within(&prefix(index)).into());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn within(prefix: &str, field: &str) -> String {
+    if prefix.is_empty() {
+        field.to_string()
+    } else {
+        format!("{prefix}.{field}")
+    }
+}
+
+/// Puts a project token's task in its project (a task that names none
+/// goes there); naming any other project is refused.
+fn claim(caller: &Caller, spec: &mut TaskSpec, field: &str) -> Result<(), TaskError> {
+    if let Some(own) = caller.project() {
+        if spec.project.is_empty() || spec.project == own {
+            spec.project = own.to_string();
+        } else {
+            return Err(TaskError::Forbidden {
+                field: field.to_string(),
+                message: format!("this token belongs to project `{own}` and cannot submit to `{}`", spec.project),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The audit line of a created task, or one per project for a batch.
+fn audit_lines(caller: &Caller, tasks: &[NewTask], batch: bool) -> Vec<AuditEntry> {
+    if let (false, [task]) = (batch, tasks) {
+        return vec![audit_entry(caller, Some(&task.spec.project), "task.create", &task.id.to_string(), None)];
+    }
+    let (Some(first), Some(last)) = (tasks.first(), tasks.last()) else { return Vec::new() };
+    let projects: std::collections::BTreeSet<&str> = tasks.iter().map(|t| t.spec.project.as_str()).collect();
+    projects
+        .into_iter()
+        .map(|project| {
+            let detail = format!("{} tasks, {} to {}", tasks.len(), first.id, last.id);
+            audit_entry(caller, Some(project), "task.create_batch", &first.id.to_string(), Some(detail))
+        })
+        .collect()
+}
+
+/// An audit log line about an action of `caller`, now.
+pub fn audit_entry(caller: &Caller, project: Option<&str>, action: &str, target: &str, detail: Option<String>) -> AuditEntry {
+    AuditEntry {
+        seq: 0,
+        at: Timestamp::now(),
+        actor: caller.actor(),
+        project: project.map(str::to_string),
+        action: action.to_string(),
+        target: target.to_string(),
+        detail,
+    }
+}
