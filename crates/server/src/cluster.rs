@@ -41,6 +41,35 @@ pub struct ClusterConfig {
     pub serve_limits: crate::serve::ServeLimits,
 }
 
+impl ClusterConfig {
+    /// An all-in-one cluster on `127.0.0.1:0` (a free port) with `data_dir`
+    /// and the defaults of `shepherd up`: one local node of 4 cores and
+    /// 8 GiB. Tests and embedders change what they need.
+    pub fn local(data_dir: PathBuf, admin_token: &str) -> ClusterConfig {
+        ClusterConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            data_dir,
+            synchronous: Synchronous::Full,
+            limits: Limits::default(),
+            local_node: Some(LocalNodeConfig {
+                capacity: Resources { cpu_millicores: 4000, memory_mib: 8192 },
+                max_tasks: 256,
+                labels: BTreeMap::new(),
+                log_limits: LogLimits::default(),
+                stop_grace: Duration::from_secs(10),
+                stop_on_shutdown: false,
+            }),
+            engine: Arc::new(shepherd_sched::Engine::default()),
+            join_token: None,
+            node_timeout: Duration::from_secs(15),
+            tls: None,
+            admin_token: admin_token.to_string(),
+            request_timeout: Duration::from_secs(30),
+            serve_limits: crate::serve::ServeLimits::default(),
+        }
+    }
+}
+
 /// The local node's size and settings.
 #[derive(Debug, Clone)]
 pub struct LocalNodeConfig {

@@ -44,6 +44,8 @@ pub struct Record {
 #[derive(Default)]
 struct State {
     scripts: HashMap<TaskId, Script>,
+    /// For tasks without a script of their own.
+    default_script: Option<Script>,
     records: HashMap<(TaskId, u32), Record>,
     /// Attempts still "running" when the agent goes away, recoverable.
     surviving: HashMap<(TaskId, u32), Arc<Live>>,
@@ -77,6 +79,11 @@ impl FakeDriver {
     /// How `task`'s attempts behave (default: exit 0 at once).
     pub fn script(&self, task: TaskId, script: Script) {
         self.lock().scripts.insert(task, script);
+    }
+
+    /// How attempts of tasks without a script behave from now on.
+    pub fn script_all(&self, script: Script) {
+        self.lock().default_script = Some(script);
     }
 
     /// What happened to one attempt.
@@ -167,7 +174,10 @@ impl Driver for FakeDriver {
     }
 
     async fn start(&self, spec: &AttemptSpec, output: OutputSender) -> Result<Box<dyn AttemptHandle>, DriverError> {
-        let script = self.lock().scripts.get(&spec.task_id).cloned().unwrap_or_default();
+        let script = {
+            let state = self.lock();
+            state.scripts.get(&spec.task_id).or(state.default_script.as_ref()).cloned().unwrap_or_default()
+        };
         if let Some(reason) = script.start_fails {
             return Err(DriverError::StartFailed(reason));
         }

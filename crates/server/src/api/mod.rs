@@ -40,6 +40,37 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// The state of an API over `store` alone: the default placement
+    /// engine, no in-process agent, no agents allowed to join. For tests
+    /// of the router (`tower::ServiceExt::oneshot`) and for embedding.
+    pub fn standalone(store: Arc<dyn Store>, admin_token: &str) -> AppState {
+        let wakeup = Arc::new(Notify::new());
+        let notes = Arc::new(crate::placement_notes::PlacementNotes::default());
+        let auth = Arc::new(crate::auth::Auth::new(admin_token));
+        let remote = Arc::new(crate::agents::RemoteAgents::default());
+        let tasks = crate::service::TaskService::new(
+            store.clone(),
+            shepherd_core::Limits::default(),
+            Arc::new(shepherd_sched::Engine::default()),
+            notes,
+            auth.clone(),
+            remote.clone(),
+            wakeup.clone(),
+        );
+        AppState {
+            store,
+            tasks: Arc::new(tasks),
+            scheduler_wakeup: wakeup,
+            agent_api: crate::agents::AgentApi {
+                join_token: None,
+                agents: remote,
+                liveness: Arc::new(crate::liveness::Liveness::new(None)),
+            },
+            auth,
+            request_timeout: std::time::Duration::from_secs(30),
+        }
+    }
+
     /// Records an action in the audit log. A failure to record is logged,
     /// not returned: the action itself has already happened.
     pub async fn audit(&self, caller: &crate::auth::Caller, project: Option<&str>, action: &str, target: &str, detail: Option<String>) {
