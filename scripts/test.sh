@@ -22,6 +22,13 @@ fi
 
 profile=default
 [ "${CI:-}" = "true" ] && profile=ci
+# Lint gates: formatting (rustfmt.toml) and clippy with warnings as errors.
+if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+    echo "test.sh: rustfmt and clippy are required (rustup component add rustfmt clippy)" >&2
+    exit 1
+fi
+cargo fmt --all --check
+cargo clippy --workspace --all-targets -- -D warnings
 bash scripts/build-test-image.sh
 cargo build --workspace --all-targets
 cargo nextest run --workspace --profile "$profile" "$@"

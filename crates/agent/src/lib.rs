@@ -21,8 +21,8 @@ pub mod remote;
 mod runner;
 
 pub use backend::{AssignedAttempt, Backend, BackendError, Captured};
-pub use driver::{AttemptHandle, AttemptSpec, Driver, DriverError, ExitStatus, OutputChunk};
 pub use driver::docker::{DockerConfig, DockerDriver};
 pub use driver::process::ProcessDriver;
+pub use driver::{AttemptHandle, AttemptSpec, Driver, DriverError, ExitStatus, OutputChunk};
 pub use logs::LogLimits;
 pub use runner::{Agent, AgentConfig};

@@ -4,9 +4,9 @@
 //! whatever falls between is dropped and counted. A task printing gigabytes
 //! costs the server at most head + tail bytes.
 
+use crate::backend::Backend;
 use crate::driver::OutputChunk;
 use shepherd_core::TaskId;
-use crate::backend::Backend;
 use shepherd_core::{LogChunk, LogStream};
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -75,9 +75,16 @@ impl Capture {
 
     fn finish(&mut self) {
         if self.dropped > 0 {
-            let notice = format!("\n[shepherd: {} bytes of output truncated; showing the first {} and the last {} bytes]\n",
-                self.dropped, self.limits.head_bytes, self.limits.tail_bytes);
-            self.pending.push(LogChunk { task_id: self.task_id, attempt: self.attempt, stream: LogStream::System, data: notice.into_bytes() });
+            let notice = format!(
+                "\n[shepherd: {} bytes of output truncated; showing the first {} and the last {} bytes]\n",
+                self.dropped, self.limits.head_bytes, self.limits.tail_bytes
+            );
+            self.pending.push(LogChunk {
+                task_id: self.task_id,
+                attempt: self.attempt,
+                stream: LogStream::System,
+                data: notice.into_bytes(),
+            });
         }
         for (stream, data) in self.tail.drain(..) {
             self.pending.push(LogChunk { task_id: self.task_id, attempt: self.attempt, stream, data });

@@ -183,11 +183,8 @@ async fn session(backend: &Arc<HttpBackend>, agent: &Agent, join: &JoinConfig) -
     if let Ok(mut token) = backend.token.write() {
         *token = registered.node_token;
     }
-    let mut response = backend
-        .request(reqwest::Method::GET, "/v1/agent/stream")
-        .send()
-        .await
-        .map_err(|e| BackendError::Unreachable(e.to_string()))?;
+    let mut response =
+        backend.request(reqwest::Method::GET, "/v1/agent/stream").send().await.map_err(|e| BackendError::Unreachable(e.to_string()))?;
     if !response.status().is_success() {
         return Err(BackendError::Refused { status: response.status().as_u16(), body: "the stream was refused".into() });
     }

@@ -1,11 +1,11 @@
 //! The agent: takes assignments, runs each attempt through the driver,
 //! enforces timeout and cancel, and reports what happened.
 
+use crate::backend::Backend;
 use crate::driver::{AttemptHandle, AttemptSpec, Driver, DriverError, ExitStatus};
 use crate::logs::{self, LogLimits};
-use shepherd_core::{Event, TaskId, TaskState, Timestamp};
-use crate::backend::Backend;
 use shepherd_core::LaunchSpec;
+use shepherd_core::{Event, TaskId, TaskState, Timestamp};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -129,7 +129,7 @@ impl Agent {
             running.insert(task_id, Running { attempt, cancel, fenced: fenced.clone() });
         }
         let inner = self.inner.clone();
-        self.spawn(async move { run_attempt(inner, task_id, attempt, cancel_rx, fenced, Begin::Start(launch)).await });
+        self.spawn(async move { run_attempt(inner, task_id, attempt, cancel_rx, fenced, Begin::Start(launch.map(Box::new))).await });
     }
 
     /// Stops a task's running attempt because it was cancelled.
@@ -204,7 +204,8 @@ impl Agent {
                     let (id, attempt) = (task.task_id, task.attempt);
                     self.spawn(async move { run_attempt(inner, id, attempt, cancel_rx, fenced, Begin::Adopt(adopted)).await });
                 }
-                Ok(None) => lost.push((task.task_id, Event::Lost { attempt: task.attempt, reason: "agent restarted and the attempt was gone".into() })),
+                Ok(None) => lost
+                    .push((task.task_id, Event::Lost { attempt: task.attempt, reason: "agent restarted and the attempt was gone".into() })),
                 Err(e) => {
                     tracing::warn!(task = %task.task_id, error = %e, "could not recover attempt");
                     lost.push((task.task_id, Event::Lost { attempt: task.attempt, reason: format!("could not recover: {e}") }));
@@ -294,7 +295,7 @@ async fn run_attempt(
 /// How an attempt begins: started here (with its launch spec if the
 /// assignment carried it), or adopted from the driver after a restart.
 enum Begin {
-    Start(Option<LaunchSpec>),
+    Start(Option<Box<LaunchSpec>>),
     Adopt(Adopted),
 }
 
@@ -352,7 +353,13 @@ enum StartError {
 /// A started attempt: its handle and its output.
 type Started = (Box<dyn AttemptHandle>, mpsc::Receiver<crate::OutputChunk>);
 
-async fn start(inner: &Inner, task_id: TaskId, attempt: u32, launch: LaunchSpec, work_dir: &PathBuf) -> Result<Option<Started>, StartError> {
+async fn start(
+    inner: &Inner,
+    task_id: TaskId,
+    attempt: u32,
+    launch: LaunchSpec,
+    work_dir: &std::path::Path,
+) -> Result<Option<Started>, StartError> {
     if launch.state != TaskState::Scheduled || launch.attempt != attempt {
         tracing::info!(task = %task_id, attempt, "assignment is stale; not starting");
         return Ok(None);
@@ -398,7 +405,7 @@ async fn start(inner: &Inner, task_id: TaskId, attempt: u32, launch: LaunchSpec,
         user: launch.spec.user,
         network: launch.spec.network,
         pull_policy: launch.spec.pull_policy,
-        work_dir: work_dir.clone(),
+        work_dir: work_dir.to_path_buf(),
         payload_file,
         project: launch.spec.project,
         secrets_dir,
@@ -419,7 +426,7 @@ async fn run_attempt_inner(
     mut cancel: watch::Receiver<bool>,
     fenced: &std::sync::atomic::AtomicBool,
     begin: Begin,
-    work_dir: &PathBuf,
+    work_dir: &std::path::Path,
 ) {
     let (time_left, mut handle, output, already) = match begin {
         Begin::Adopt(adopted) => {
@@ -429,7 +436,7 @@ async fn run_attempt_inner(
         }
         Begin::Start(launch) => {
             let launch = match launch {
-                Some(launch) => launch,
+                Some(launch) => *launch,
                 None => match inner.backend.launch_spec(task_id).await {
                     Ok(Some(launch)) => launch,
                     Ok(None) => return,

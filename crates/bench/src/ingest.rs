@@ -54,9 +54,8 @@ fn raw_insert_rate(dir: &Path, total: usize, batch: usize, sync: Synchronous) ->
     create_schema(&mut conn)?;
     let mut ids = ulid::Generator::new();
     let now = Timestamp::now();
-    let tasks: Vec<NewTask> = (0..total)
-        .map(|_| validate(spec(), &Limits::default(), TaskId::generate(&mut ids, now), now))
-        .collect::<Result<_, _>>()?;
+    let tasks: Vec<NewTask> =
+        (0..total).map(|_| validate(spec(), &Limits::default(), TaskId::generate(&mut ids, now), now)).collect::<Result<_, _>>()?;
     let started = Instant::now();
     for chunk in tasks.chunks(batch) {
         let tx = conn.transaction()?;
@@ -129,12 +128,8 @@ async fn drive(url: &str, path: &str, body: String, requests: usize, concurrency
         let target = format!("{url}{path}");
         workers.push(tokio::spawn(async move {
             while next.fetch_add(1, Ordering::Relaxed) < requests {
-                let response = client
-                    .post(&target)
-                    .header("content-type", "application/json")
-                    .body(body.as_str().to_owned())
-                    .send()
-                    .await?;
+                let response =
+                    client.post(&target).header("content-type", "application/json").body(body.as_str().to_owned()).send().await?;
                 if response.status().as_u16() != 201 {
                     bail!("server answered {}", response.status());
                 }
@@ -157,8 +152,10 @@ pub async fn run(args: Args) -> Result<()> {
     };
     let binary = crate::shepherd_binary(args.shepherd)?;
     let dir = tempfile::tempdir()?;
-    println!("ingest benchmark: sync={}, {} singles x{} in flight, {} in batches of {} x{} in flight",
-        args.sync, args.singles, args.single_concurrency, args.batched, args.batch_size, args.batch_concurrency);
+    println!(
+        "ingest benchmark: sync={}, {} singles x{} in flight, {} in batches of {} x{} in flight",
+        args.sync, args.singles, args.single_concurrency, args.batched, args.batch_size, args.batch_concurrency
+    );
 
     let raw = raw_insert_rate(dir.path(), args.batched, args.batch_size, sync)?;
     println!("raw SQLite insert (transactions of {}):   {raw:>10.0} rows/s", args.batch_size);
@@ -173,7 +170,12 @@ pub async fn run(args: Args) -> Result<()> {
     let batch_body = serde_json::to_string(&serde_json::json!({ "tasks": vec![spec(); args.batch_size] }))?;
     let batch_secs = drive(&server.1, "/v1/tasks/batch", batch_body, requests, args.batch_concurrency).await?;
     let batched = (requests * args.batch_size) as f64 / batch_secs;
-    println!("API batches of {} (x{} in flight):    {batched:>10.0} tasks/s  ({:.2} of raw)", args.batch_size, args.batch_concurrency, batched / raw);
+    println!(
+        "API batches of {} (x{} in flight):    {batched:>10.0} tasks/s  ({:.2} of raw)",
+        args.batch_size,
+        args.batch_concurrency,
+        batched / raw
+    );
 
     let health: serde_json::Value = bench_client().get(format!("{}/v1/health", server.1)).send().await?.json().await?;
     let stored = health["tasks"]["queued"].as_u64().unwrap_or(0) as usize;

@@ -66,7 +66,8 @@ fn task(i: usize, rng: &mut Rng, constrained: f64, profile: &str) -> PendingTask
         Resources { cpu_millicores: 100 + 100 * rng.below(20) as u32, memory_mib: 128 * (1 + rng.below(16) as u32) },
     );
     if rng.unit() < constrained {
-        t.constraints.push(Constraint::parse(&format!("node.labels.region=={}", REGIONS[rng.below(3) as usize])).unwrap_or_else(|_| unreachable!()));
+        t.constraints
+            .push(Constraint::parse(&format!("node.labels.region=={}", REGIONS[rng.below(3) as usize])).unwrap_or_else(|_| unreachable!()));
     }
     t.profile = Some(profile.into());
     t
@@ -144,7 +145,11 @@ fn quality(seed: u64) -> (usize, usize, f64) {
 pub async fn run(args: Args) -> Result<()> {
     let engine = Engine::default();
     let mut rows = Vec::new();
-    println!("placement benchmark: {} placements per cell, {:.0}% with a region constraint, one thread", args.tasks, args.constrained * 100.0);
+    println!(
+        "placement benchmark: {} placements per cell, {:.0}% with a region constraint, one thread",
+        args.tasks,
+        args.constrained * 100.0
+    );
     println!("| profile | nodes | placements/s | p50 µs | p99 µs | unplaced |");
     println!("|---|---|---|---|---|---|");
     for &n in &args.nodes {
@@ -172,7 +177,10 @@ pub async fn run(args: Args) -> Result<()> {
     }
     let (ffd, binpack_nodes, spread_balance) = quality(args.seed);
     println!();
-    println!("quality: binpack used {binpack_nodes} nodes, first-fit-decreasing (offline) {ffd}: ratio {:.3}", binpack_nodes as f64 / ffd as f64);
+    println!(
+        "quality: binpack used {binpack_nodes} nodes, first-fit-decreasing (offline) {ffd}: ratio {:.3}",
+        binpack_nodes as f64 / ffd as f64
+    );
     println!("quality: spread over 500 nodes, most/least loaded ratio {spread_balance:.3}");
     // The cost of sampling: the same spread scorer over 2 random feasible
     // candidates (power of two choices) instead of the least-loaded index.

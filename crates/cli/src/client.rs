@@ -139,14 +139,16 @@ impl Client {
                 field: body.error.field,
                 message: body.error.message,
             })),
-            Err(_) if status.is_server_error() => Err(anyhow::Error::new(Transient(format!("server answered HTTP {}: {text}", status.as_u16())))),
+            Err(_) if status.is_server_error() => {
+                Err(anyhow::Error::new(Transient(format!("server answered HTTP {}: {text}", status.as_u16()))))
+            }
             Err(_) => Err(anyhow!("server answered HTTP {}: {text}", status.as_u16())),
         }
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
         let response = self.request(reqwest::Method::GET, path).send().await.map_err(|e| self.unreachable(e))?;
-        Ok(Self::check(response).await?.json().await.context("bad response from server")?)
+        Self::check(response).await?.json().await.context("bad response from server")
     }
 
     pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
@@ -156,7 +158,7 @@ impl Client {
     /// A request with a JSON body and a JSON answer.
     pub async fn send<B: Serialize, T: DeserializeOwned>(&self, method: reqwest::Method, path: &str, body: &B) -> Result<T> {
         let response = self.request(method, path).json(body).send().await.map_err(|e| self.unreachable(e))?;
-        Ok(Self::check(response).await?.json().await.context("bad response from server")?)
+        Self::check(response).await?.json().await.context("bad response from server")
     }
 
     /// A request whose answer has no body (204).

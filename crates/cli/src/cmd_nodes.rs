@@ -74,7 +74,8 @@ pub async fn node(client: impl FnOnce() -> Result<Client>, args: NodeArgs) -> Re
     let client = &client;
     match args.command {
         NodeCommand::Drain { id } => {
-            let node: serde_json::Value = client.admin().post(&format!("/v1/nodes/{}/drain", crate::client::encode(&id)), &serde_json::json!({})).await?;
+            let node: serde_json::Value =
+                client.admin().post(&format!("/v1/nodes/{}/drain", crate::client::encode(&id)), &serde_json::json!({})).await?;
             println!("{} {}", node["id"].as_str().unwrap_or(&id), node["state"].as_str().unwrap_or("draining"));
             Ok(ExitCode::SUCCESS)
         }
@@ -89,7 +90,7 @@ async fn cleanup(data_dir: Option<std::path::PathBuf>, node_id: Option<String>) 
     let (node_id, _lock) = match node_id {
         Some(id) => (id, None),
         None => {
-            let dir = data_dir.unwrap_or_else(crate::cmd_up::default_data_dir);
+            let dir = data_dir.unwrap_or_else(crate::node::default_data_dir);
             let path = dir.join("node-id");
             let id = std::fs::read_to_string(&path).with_context(|| format!("no node id at {} (give --node-id)", path.display()))?;
             let lock = crate::host::claim_data_dir(&dir).context("cannot clean up a node that is running")?;

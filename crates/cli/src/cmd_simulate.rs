@@ -63,7 +63,7 @@ pub fn simulate_cmd(args: SimulateArgs) -> Result<ExitCode> {
             bail!("--profiles: unknown profile `{profile}`; known: {}", engine.profile_names().join(", "));
         }
     }
-    if args.nodes == 0 || !(args.tick > 0.0) {
+    if args.nodes == 0 || args.tick.is_nan() || args.tick <= 0.0 {
         bail!("--nodes and --tick must be positive");
     }
     let workload = match &args.workload {
@@ -79,7 +79,8 @@ pub fn simulate_cmd(args: SimulateArgs) -> Result<ExitCode> {
             seed: args.seed,
         }),
     };
-    let sim = SimConfig { nodes: args.nodes, node_cpu: args.node_cpu, node_memory: args.node_memory, tick_seconds: args.tick, seed: args.seed };
+    let sim =
+        SimConfig { nodes: args.nodes, node_cpu: args.node_cpu, node_memory: args.node_memory, tick_seconds: args.tick, seed: args.seed };
     eprintln!("simulating {} tasks on {} nodes ({} m CPU, {} MiB each)", workload.len(), args.nodes, args.node_cpu, args.node_memory);
     let mut reports = Vec::new();
     for (i, profile) in args.profiles.iter().enumerate() {

@@ -411,11 +411,7 @@ pub async fn inspect(client: &Client, args: InspectArgs) -> Result<ExitCode> {
     println!("Resources:   {} millicores, {} MiB", task.resources.cpu_millicores, task.resources.memory_mib);
     println!("Timeout:     {}s", task.timeout_seconds);
     println!("Priority:    {}", task.priority);
-    println!(
-        "Retry:       {} in all, {}s backoff",
-        plural(u64::from(task.retry.max_attempts), "attempt"),
-        task.retry.backoff_seconds
-    );
+    println!("Retry:       {} in all, {}s backoff", plural(u64::from(task.retry.max_attempts), "attempt"), task.retry.backoff_seconds);
     println!("Payload:     {}", plural(task.payload_bytes, "byte"));
     for secret in &task.secrets {
         match &secret.env {
@@ -474,7 +470,8 @@ async fn explain(client: &Client, id: &str) -> Result<()> {
         }
         return Ok(());
     }
-    let mut plugins: Vec<String> = candidates.iter().flat_map(|c| c["scores"].as_object().into_iter().flat_map(|m| m.keys().cloned())).collect();
+    let mut plugins: Vec<String> =
+        candidates.iter().flat_map(|c| c["scores"].as_object().into_iter().flat_map(|m| m.keys().cloned())).collect();
     plugins.sort();
     plugins.dedup();
     let chosen = placement["node_id"].as_str().unwrap_or_default();
@@ -484,7 +481,10 @@ async fn explain(client: &Client, id: &str) -> Result<()> {
         .iter()
         .map(|c| {
             let node = c["node_id"].as_str().unwrap_or_default();
-            let mut row = vec![if node == chosen { format!("{node} (chosen)") } else { node.to_string() }, format!("{:.3}", c["total"].as_f64().unwrap_or(0.0))];
+            let mut row = vec![
+                if node == chosen { format!("{node} (chosen)") } else { node.to_string() },
+                format!("{:.3}", c["total"].as_f64().unwrap_or(0.0)),
+            ];
             row.extend(plugins.iter().map(|p| c["scores"][p].as_f64().map(|v| format!("{v:.3}")).unwrap_or_default()));
             row
         })

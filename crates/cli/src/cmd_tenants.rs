@@ -36,6 +36,7 @@ enum Limit {
     MaxRunning,
     MaxCpu,
     MaxMemory,
+    #[allow(clippy::enum_variant_names)]
     RateLimit,
 }
 
@@ -182,7 +183,9 @@ pub async fn token(client: &Client, args: TokenArgs) -> Result<ExitCode> {
             print_table(&["ID", "NAME", "CREATED", "REVOKED"], &rows);
         }
         TokenCommand::Revoke { project, id } => {
-            admin.send_empty::<()>(reqwest::Method::DELETE, &format!("/v1/projects/{}/tokens/{}", encode(&project), encode(&id)), None).await?;
+            admin
+                .send_empty::<()>(reqwest::Method::DELETE, &format!("/v1/projects/{}/tokens/{}", encode(&project), encode(&id)), None)
+                .await?;
             println!("token {id} revoked");
         }
     }

@@ -1,28 +1,18 @@
-//! `shepherd up` (all-in-one), `shepherd server` (API and scheduler; agents
-//! join over the network) and `shepherd agent --join` (a node).
+//! `shepherd up` (all-in-one: server, scheduler and a local agent) and
+//! `shepherd server` (API and scheduler; agents join over the network).
 
+use crate::node::{default_data_dir, left_running_note, prepare_node, read_token, stop_signal, NodeFlags};
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
-use shepherd_agent::{Agent, AgentConfig, DockerConfig, DockerDriver, Driver, LogLimits, ProcessDriver};
-use shepherd_core::{Limits, Resources};
+use shepherd_agent::{Driver, LogLimits, ProcessDriver};
+use shepherd_core::Limits;
 use shepherd_server::{Cluster, ClusterConfig, LocalNodeConfig};
 use shepherd_store::Synchronous;
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
-
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum DriverName {
-    /// `docker` when a Docker Engine answers, else `process`.
-    Auto,
-    /// Every task a hardened container on the local Docker Engine.
-    Docker,
-    /// Commands run as host processes; the image is recorded only.
-    Process,
-}
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum SyncMode {
@@ -90,45 +80,6 @@ fn positive_duration(text: &str) -> Result<Duration, String> {
     }
 }
 
-/// Flags of a node (`up` and `agent`).
-#[derive(Args)]
-pub struct NodeFlags {
-    /// How tasks run.
-    #[arg(long, value_enum, default_value = "auto")]
-    driver: DriverName,
-    /// Most processes in one task's container (docker driver); at least 1 (tasks cannot turn it off).
-    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(i64).range(1..))]
-    pids_limit: i64,
-    /// CPU the node offers, in millicores (default: all cores).
-    #[arg(long)]
-    cpu: Option<u32>,
-    /// Memory the node offers, in MiB (default: all of it).
-    #[arg(long)]
-    memory: Option<u32>,
-    /// Most tasks running at once on the node.
-    #[arg(long, default_value_t = 256)]
-    max_tasks: u32,
-    /// A label of the node, KEY=VALUE (repeatable); constraints match node.labels.KEY; `pool` sets its pool.
-    #[arg(long = "node-label", value_name = "KEY=VALUE")]
-    node_labels: Vec<String>,
-    /// Dedicate this node to these projects (comma-separated): no other project's task lands here.
-    #[arg(long, value_name = "PROJECT,...")]
-    dedicated_to: Option<String>,
-    /// Output kept from the start of each attempt, in bytes.
-    #[arg(long, default_value_t = 1024 * 1024)]
-    log_head_bytes: usize,
-    /// Output kept from the end of each attempt, in bytes.
-    #[arg(long, default_value_t = 1024 * 1024)]
-    log_tail_bytes: usize,
-    /// Time between SIGTERM and SIGKILL when a task is stopped.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-    stop_grace: Duration,
-    /// On Ctrl-C or SIGTERM, stop running task containers too (they run again
-    /// on the next start) instead of leaving them running for adoption.
-    #[arg(long)]
-    stop_tasks: bool,
-}
-
 #[derive(Args)]
 pub struct UpArgs {
     #[command(flatten)]
@@ -144,73 +95,6 @@ pub struct UpArgs {
 pub struct ServerArgs {
     #[command(flatten)]
     server: ServerFlags,
-}
-
-#[derive(Args)]
-pub struct AgentArgs {
-    /// The server to join, e.g. http://10.0.0.1:7070.
-    #[arg(long, env = "SHEPHERD_JOIN")]
-    join: String,
-    /// The cluster's join token.
-    #[arg(long, env = "SHEPHERD_JOIN_TOKEN", hide_env_values = true)]
-    join_token: Option<String>,
-    /// A file holding the join token.
-    #[arg(long, conflicts_with = "join_token")]
-    join_token_file: Option<PathBuf>,
-    /// Where the node id and attempt directories live.
-    #[arg(long, env = "SHEPHERD_DATA_DIR")]
-    data_dir: Option<PathBuf>,
-    /// Trust this CA certificate (PEM) for an https:// server, besides the system's.
-    #[arg(long, env = "SHEPHERD_TLS_CA")]
-    tls_ca: Option<PathBuf>,
-    #[command(flatten)]
-    node: NodeFlags,
-}
-
-/// `$XDG_DATA_HOME/shepherd`, else `~/.local/share/shepherd`.
-pub fn default_data_dir() -> PathBuf {
-    match std::env::var_os("XDG_DATA_HOME").or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share").into_os_string())) {
-        Some(base) => PathBuf::from(base).join("shepherd"),
-        None => PathBuf::from(".shepherd"),
-    }
-}
-
-fn host_memory_mib() -> u32 {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    meminfo
-        .lines()
-        .find_map(|line| line.strip_prefix("MemTotal:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map(|kib| (kib / 1024).min(u64::from(u32::MAX)) as u32)
-        .unwrap_or(1024)
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "localhost".into())
-}
-
-async fn stop_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
-    }
-}
-
-/// Picks the driver; says why.
-async fn choose_driver(wanted: DriverName, node_id: &str, pids_limit: i64) -> Result<(Arc<dyn Driver>, String)> {
-    let docker = || DockerDriver::connect(DockerConfig { node_id: node_id.to_string(), pids_limit, tmp_size_mib: 64 });
-    match wanted {
-        DriverName::Process => Ok((Arc::new(ProcessDriver), "chosen with --driver process: commands run on this host; the image is recorded only".into())),
-        DriverName::Docker => match docker().await {
-            Ok(driver) => Ok((Arc::new(driver), "chosen with --driver docker: every task a hardened container".into())),
-            Err(e) => bail!("--driver docker: {e}"),
-        },
-        DriverName::Auto => match docker().await {
-            Ok(driver) => Ok((Arc::new(driver), "a Docker Engine answered: every task a hardened container".into())),
-            Err(e) => Ok((Arc::new(ProcessDriver), format!("no Docker Engine ({e}): commands run on this host; the image is recorded only"))),
-        },
-    }
 }
 
 /// The admin token: the flag, the file, or DATA_DIR/admin-token (made,
@@ -244,41 +128,6 @@ fn admin_token(server: &ServerFlags, data_dir: &std::path::Path) -> Result<(Stri
         .with_context(|| format!("writing {}", path.display()))?;
     file.write_all(token.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
     Ok((token, path.display().to_string()))
-}
-
-fn read_token(token: &Option<String>, file: &Option<PathBuf>) -> Result<Option<String>> {
-    Ok(match (token, file) {
-        (Some(token), _) => Some(token.clone()),
-        (None, Some(path)) => Some(std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?.trim().to_string()),
-        (None, None) => None,
-    })
-}
-
-struct Node {
-    capacity: Resources,
-    labels: BTreeMap<String, String>,
-    driver: Arc<dyn Driver>,
-    why: String,
-}
-
-async fn prepare_node(flags: &NodeFlags, node_id: &str) -> Result<Node> {
-    let mut labels = BTreeMap::new();
-    for label in &flags.node_labels {
-        let Some((key, value)) = label.split_once('=') else { bail!("--node-label `{label}`: use KEY=VALUE") };
-        labels.insert(key.to_string(), value.to_string());
-    }
-    if let Some(projects) = &flags.dedicated_to {
-        for project in projects.split(',') {
-            if !shepherd_core::is_project_name(project) {
-                bail!("--dedicated-to: `{project}` is not a project name");
-            }
-        }
-        labels.insert(shepherd_sched::DEDICATED_LABEL.to_string(), projects.clone());
-    }
-    let cores = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
-    let capacity = Resources { cpu_millicores: flags.cpu.unwrap_or(cores * 1000), memory_mib: flags.memory.unwrap_or_else(host_memory_mib) };
-    let (driver, why) = choose_driver(flags.driver, node_id, flags.pids_limit).await?;
-    Ok(Node { capacity, labels, driver, why })
 }
 
 async fn run_cluster(server: ServerFlags, node: Option<&NodeFlags>, write_cli_config: bool) -> Result<ExitCode> {
@@ -354,10 +203,14 @@ async fn run_cluster(server: ServerFlags, node: Option<&NodeFlags>, write_cli_co
                 tls_ca: None,
                 data_dir: Some(std::fs::canonicalize(&data_dir).unwrap_or_else(|_| data_dir.clone())),
             };
-            let written = crate::config::place_for(&data_dir).and_then(|(path, usual)| crate::config::save_at(&config, &path).map(|()| (path, usual)));
+            let written = crate::config::place_for(&data_dir)
+                .and_then(|(path, usual)| crate::config::save_at(&config, &path).map(|()| (path, usual)));
             match written {
                 Ok((path, true)) => {
-                    project_line = Some(format!("  project: `default` created; its token and the admin token are in the CLI config {}", path.display()));
+                    project_line = Some(format!(
+                        "  project: `default` created; its token and the admin token are in the CLI config {}",
+                        path.display()
+                    ));
                     wrote_config = true;
                 }
                 Ok((path, false)) => {
@@ -381,7 +234,10 @@ async fn run_cluster(server: ServerFlags, node: Option<&NodeFlags>, write_cli_co
     println!("  data:    {} (embedded SQLite)", data_dir.display());
     match (&local, cluster.node_id(), cluster.driver()) {
         (Some((flags, node)), Some(id), Some(driver)) => {
-            println!("  node:    {id}, driver `{driver}`, {} millicores, {} MiB, up to {} tasks", node.capacity.cpu_millicores, node.capacity.memory_mib, flags.max_tasks);
+            println!(
+                "  node:    {id}, driver `{driver}`, {} millicores, {} MiB, up to {} tasks",
+                node.capacity.cpu_millicores, node.capacity.memory_mib, flags.max_tasks
+            );
             println!("           ({})", node.why);
         }
         _ => println!("  node:    none here: tasks wait for agents (shepherd agent --join {url})"),
@@ -417,15 +273,6 @@ async fn run_cluster(server: ServerFlags, node: Option<&NodeFlags>, write_cli_co
     Ok(ExitCode::SUCCESS)
 }
 
-/// Says what a stop left running, and the two ways to deal with it.
-fn left_running_note(left: usize, data_dir: &std::path::Path) {
-    let tasks = if left == 1 { "1 task container".to_string() } else { format!("{left} task containers") };
-    println!("  {tasks} left running: the next start with --data-dir {} adopts them.", data_dir.display());
-    println!("  Not starting again? Remove them (and this node's networks) with:");
-    println!("    shepherd node cleanup --data-dir {}", data_dir.display());
-    println!("  (or stop them with the node next time: --stop-tasks)");
-}
-
 pub async fn up(args: UpArgs) -> Result<ExitCode> {
     let node = (!args.no_agent).then_some(&args.node);
     run_cluster(args.server, node, true).await
@@ -436,56 +283,4 @@ pub async fn server(args: ServerArgs) -> Result<ExitCode> {
         bail!("shepherd server needs --join-token (or SHEPHERD_JOIN_TOKEN, or --join-token-file) for its agents");
     }
     run_cluster(args.server, None, false).await
-}
-
-pub async fn agent(args: AgentArgs) -> Result<ExitCode> {
-    let Some(join_token) = read_token(&args.join_token, &args.join_token_file)? else {
-        bail!("shepherd agent needs --join-token (or SHEPHERD_JOIN_TOKEN, or --join-token-file)");
-    };
-    if !(args.join.starts_with("http://") || args.join.starts_with("https://")) {
-        bail!("--join `{}`: use the server's URL, e.g. http://10.0.0.1:7070", args.join);
-    }
-    let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
-    crate::host::private_files();
-    crate::host::raise_fd_limit();
-    let _lock = crate::host::claim_data_dir(&data_dir)?;
-    let node_id = shepherd_server::local_node_id(&data_dir).context("reading the node id")?;
-    let node = prepare_node(&args.node, &node_id).await?;
-    println!("shepherd agent: node {node_id} joining {} ({})", args.join, node.why);
-    use std::io::Write;
-    let _ = std::io::stdout().flush();
-    let registration = shepherd_agent::remote::Registration {
-        join_token: String::new(),
-        node_id: node_id.clone(),
-        hostname: hostname(),
-        driver: node.driver.name().to_string(),
-        capacity: node.capacity,
-        max_tasks: args.node.max_tasks,
-        labels: node.labels.clone(),
-        images: node.driver.images().await,
-    };
-    let config = AgentConfig {
-        node_id,
-        work_dir: data_dir.join("attempts"),
-        log_limits: LogLimits { head_bytes: args.node.log_head_bytes, tail_bytes: args.node.log_tail_bytes },
-        stop_grace: args.node.stop_grace,
-        stop_on_shutdown: args.node.stop_tasks,
-    };
-    let driver = node.driver.clone();
-    let ca_pem = match &args.tls_ca {
-        Some(path) => Some(std::fs::read(path).with_context(|| format!("reading {}", path.display()))?),
-        None => None,
-    };
-    let left = shepherd_agent::remote::run(
-        shepherd_agent::remote::JoinConfig { server: args.join.clone(), join_token, registration, ca_pem },
-        move |backend| Agent::new(config, backend, driver, Arc::new(tokio::sync::Notify::new())),
-        stop_signal(),
-    )
-    .await
-    .map_err(|e| anyhow::anyhow!("{e}"))?;
-    println!("shepherd agent: stopped");
-    if left > 0 {
-        left_running_note(left, &data_dir);
-    }
-    Ok(ExitCode::SUCCESS)
 }

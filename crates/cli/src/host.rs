@@ -37,8 +37,7 @@ pub fn raise_fd_limit() {
 /// the first one's containers.
 pub fn claim_data_dir(dir: &Path) -> Result<std::fs::File> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-        .with_context(|| format!("making {} private", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).with_context(|| format!("making {} private", dir.display()))?;
     let path = dir.join("lock");
     let mut file = std::fs::OpenOptions::new()
         .read(true)
@@ -52,13 +51,13 @@ pub fn claim_data_dir(dir: &Path) -> Result<std::fs::File> {
         let mut holder = String::new();
         let _ = file.read_to_string(&mut holder);
         let holder = holder.trim();
-        let who = if holder.is_empty() { "another shepherd process".to_string() } else { format!("another shepherd process (pid {holder})") };
-        bail!(
-            "the data directory {} is in use by {who}; stop it first, or give this one its own --data-dir",
-            dir.display()
-        );
+        let who =
+            if holder.is_empty() { "another shepherd process".to_string() } else { format!("another shepherd process (pid {holder})") };
+        bail!("the data directory {} is in use by {who}; stop it first, or give this one its own --data-dir", dir.display());
     }
-    file.set_len(0).and_then(|_| file.rewind()).and_then(|_| writeln!(file, "{}", std::process::id()))
+    file.set_len(0)
+        .and_then(|_| file.rewind())
+        .and_then(|_| writeln!(file, "{}", std::process::id()))
         .with_context(|| format!("writing {}", path.display()))?;
     Ok(file)
 }

@@ -2,6 +2,7 @@
 //! talks to a Shepherd server through its public REST API only.
 
 mod client;
+mod cmd_agent;
 mod cmd_nodes;
 mod cmd_simulate;
 mod cmd_tasks;
@@ -9,6 +10,7 @@ mod cmd_tenants;
 mod cmd_up;
 mod config;
 mod host;
+mod node;
 mod output;
 
 use clap::{Args, Parser, Subcommand};
@@ -52,7 +54,7 @@ enum Command {
     /// Start an API server and scheduler that agents on other hosts join.
     Server(cmd_up::ServerArgs),
     /// Run a node: join a server and run the tasks it assigns.
-    Agent(cmd_up::AgentArgs),
+    Agent(cmd_agent::AgentArgs),
     /// Manage nodes: `shepherd node drain ID`.
     Node(Client<cmd_nodes::NodeArgs>),
     /// Submit a task: shepherd run [OPTIONS] IMAGE [-- COMMAND ARGS...]
@@ -87,7 +89,12 @@ fn init_logging(default: &str) {
     let spec = std::env::var("SHEPHERD_LOG").unwrap_or_else(|_| default.to_string());
     let filter: Targets = spec.parse().unwrap_or_else(|_| Targets::new().with_default(tracing::Level::INFO));
     tracing_subscriber::registry()
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).with_filter(filter))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .with_filter(filter),
+        )
         .init();
 }
 
@@ -132,7 +139,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Up(args) => cmd_up::up(args).await,
             Command::Server(args) => cmd_up::server(args).await,
-            Command::Agent(args) => cmd_up::agent(args).await,
+            Command::Agent(args) => cmd_agent::agent(args).await,
             Command::Simulate(args) => cmd_simulate::simulate_cmd(args),
             Command::Node(c) => cmd_nodes::node(|| make_client(&c.client), c.args).await,
             Command::Run(c) => cmd_tasks::run(&make_client(&c.client)?, c.args).await,

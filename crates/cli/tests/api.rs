@@ -12,7 +12,8 @@ async fn create_get_list_filter_paginate_and_cancel_queued() {
     let server = Server::start(&dir.path().join("data"), &["--no-agent"]);
     let http = server.http();
 
-    let (status, task) = http.post("/v1/tasks", &json!({"image": "busybox", "command": ["true"], "labels": {"team": "a"}, "project": "p1"})).await;
+    let (status, task) =
+        http.post("/v1/tasks", &json!({"image": "busybox", "command": ["true"], "labels": {"team": "a"}, "project": "p1"})).await;
     assert_eq!(status, 201, "{task}");
     assert_eq!(task["state"], "queued");
     let id = task["id"].as_str().unwrap().to_string();
@@ -34,7 +35,10 @@ async fn create_get_list_filter_paginate_and_cancel_queued() {
     let mut seen = 0;
     let mut cursor: Option<String> = None;
     loop {
-        let path = match &cursor { Some(c) => format!("/v1/tasks?limit=7&cursor={c}"), None => "/v1/tasks?limit=7".into() };
+        let path = match &cursor {
+            Some(c) => format!("/v1/tasks?limit=7&cursor={c}"),
+            None => "/v1/tasks?limit=7".into(),
+        };
         let (status, page) = http.get(&path).await;
         assert_eq!(status, 200);
         seen += page["tasks"].as_array().unwrap().len();
@@ -216,11 +220,13 @@ async fn many_tasks_run_concurrently_up_to_capacity() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"), &["--cpu", "2000", "--max-tasks", "8"]);
     let http = server.http();
-    let tasks: Vec<_> = (0..16).map(|_| {
-        let mut t = sh("sleep 0.5");
-        t["resources"] = json!({"cpu_millicores": 10});
-        t
-    }).collect();
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let mut t = sh("sleep 0.5");
+            t["resources"] = json!({"cpu_millicores": 10});
+            t
+        })
+        .collect();
     let (_, created) = http.post("/v1/tasks/batch", &json!({"tasks": tasks})).await;
     let started = std::time::Instant::now();
     let mut max_running = 0;
@@ -247,8 +253,7 @@ async fn every_documented_operation_is_routed() {
     let http = server.http();
     let (status, doc) = http.get("/v1/openapi.json").await;
     assert_eq!(status, 200);
-    let checked_in: serde_json::Value =
-        serde_json::from_str(include_str!("../../../docs/openapi.json")).unwrap();
+    let checked_in: serde_json::Value = serde_json::from_str(include_str!("../../../docs/openapi.json")).unwrap();
     assert_eq!(doc, checked_in, "served document differs from docs/openapi.json");
     let mut operations = 0;
     for (path, item) in doc["paths"].as_object().unwrap() {
@@ -256,7 +261,8 @@ async fn every_documented_operation_is_routed() {
         for method in item.as_object().unwrap().keys() {
             let url = format!("{}{concrete}", http.base);
             let method = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
-            let response = http.client.request(method.clone(), url).header("content-type", "application/json").body("{}").send().await.unwrap();
+            let response =
+                http.client.request(method.clone(), url).header("content-type", "application/json").body("{}").send().await.unwrap();
             let status = response.status().as_u16();
             let body: serde_json::Value = response.json().await.unwrap_or_default();
             assert_ne!(status, 405, "{method} {path}");

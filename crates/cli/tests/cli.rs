@@ -32,8 +32,27 @@ fn run_wait_streams_output_and_exits_with_the_task_code() {
 fn json_output_ps_inspect_logs_wait_cancel_and_nodes() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"), &[]);
-    let created = server.cli(&["run", "--json", "-l", "team=blue", "-e", "NAME=shepherd", "--cpu", "250", "--memory", "64",
-        "--priority", "5", "--retries", "2", "busybox", "--", "sh", "-c", "echo hi $NAME"]);
+    let created = server.cli(&[
+        "run",
+        "--json",
+        "-l",
+        "team=blue",
+        "-e",
+        "NAME=shepherd",
+        "--cpu",
+        "250",
+        "--memory",
+        "64",
+        "--priority",
+        "5",
+        "--retries",
+        "2",
+        "busybox",
+        "--",
+        "sh",
+        "-c",
+        "echo hi $NAME",
+    ]);
     assert!(created.status.success(), "{}", stderr(&created));
     let task: serde_json::Value = serde_json::from_str(&stdout(&created)).unwrap();
     let id = task["id"].as_str().unwrap().to_string();
@@ -78,7 +97,8 @@ fn payload_from_a_file_and_from_stdin() {
     let server = Server::start(&dir.path().join("data"), &[]);
     let file = dir.path().join("input.bin");
     std::fs::write(&file, b"from a file").unwrap();
-    let out = server.cli(&["run", "--wait", "--payload", file.to_str().unwrap(), "busybox", "--", "sh", "-c", "cat $SHEPHERD_PAYLOAD_FILE"]);
+    let out =
+        server.cli(&["run", "--wait", "--payload", file.to_str().unwrap(), "busybox", "--", "sh", "-c", "cat $SHEPHERD_PAYLOAD_FILE"]);
     assert_eq!(stdout(&out), "from a file");
     let mut child = Command::new(BIN)
         .args(["run", "--wait", "--payload", "-", "busybox", "--", "sh", "-c", "cat $SHEPHERD_PAYLOAD_FILE"])
@@ -163,7 +183,9 @@ fn wait_and_follow_survive_a_server_restart() {
     let created = server.cli(&["run", "busybox", "--", "sh", "-c", "echo one; sleep 3; echo two"]);
     let id = stdout(&created).trim().to_string();
     let env = |c: &mut Command| {
-        c.env("SHEPHERD_SERVER", &server.url).env("SHEPHERD_TOKEN", common::ADMIN_TOKEN).env("SHEPHERD_CONFIG", dir.path().join("none.toml"));
+        c.env("SHEPHERD_SERVER", &server.url)
+            .env("SHEPHERD_TOKEN", common::ADMIN_TOKEN)
+            .env("SHEPHERD_CONFIG", dir.path().join("none.toml"));
     };
     let mut wait = Command::new(BIN);
     wait.args(["wait", &id]).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());

@@ -38,7 +38,8 @@ impl Cluster {
 
     fn start_server(&mut self) {
         let data = self.path("server");
-        let args = ["server", "--listen", &self.listen, "--data-dir", data.to_str().unwrap(), "--join-token", TOKEN, "--node-timeout", "3s"];
+        let args =
+            ["server", "--listen", &self.listen, "--data-dir", data.to_str().unwrap(), "--join-token", TOKEN, "--node-timeout", "3s"];
         self.server = Some(Process::start(&args, &self.path("server.log"), "shepherd: API listening on "));
     }
 
@@ -46,8 +47,21 @@ impl Cluster {
         let data = self.path(&format!("agent{i}"));
         let url = format!("http://{}", self.listen);
         let args = [
-            "agent", "--join", &url, "--join-token", TOKEN, "--data-dir", data.to_str().unwrap(), "--driver", "process",
-            "--max-tasks", "6", "--stop-grace", "1s", "--node-label", &format!("name=agent{i}"),
+            "agent",
+            "--join",
+            &url,
+            "--join-token",
+            TOKEN,
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--driver",
+            "process",
+            "--max-tasks",
+            "6",
+            "--stop-grace",
+            "1s",
+            "--node-label",
+            &format!("name=agent{i}"),
         ];
         let agent = Process::start(&args, &self.path(&format!("agent{i}.log")), "shepherd agent: node ");
         if i < self.agents.len() {
@@ -133,7 +147,12 @@ async fn three_agents_share_the_work_and_a_drained_node_gets_none() {
     assert!(per_node.values().all(|&n| n >= 50), "spread profile should share the work: {per_node:?}");
 
     let drained = cluster.node_id(0);
-    let out = std::process::Command::new(common::BIN).args(["node", "drain", &drained]).env("SHEPHERD_SERVER", &http.base).env("SHEPHERD_TOKEN", common::ADMIN_TOKEN).output().unwrap();
+    let out = std::process::Command::new(common::BIN)
+        .args(["node", "drain", &drained])
+        .env("SHEPHERD_SERVER", &http.base)
+        .env("SHEPHERD_TOKEN", common::ADMIN_TOKEN)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let ids = submit(&http, marked("true", &markers), 60).await;
     let per_node = finish_exactly_once(&http, &ids, &markers, Duration::from_secs(60)).await;
@@ -189,7 +208,8 @@ async fn an_agent_cut_off_past_the_timeout_comes_back_and_its_given_away_attempt
     let mut given_away = 0;
     for id in &ids {
         let (_, task) = http.get(&format!("/v1/tasks/{id}")).await;
-        given_away += task["attempts"].as_array().unwrap().iter().filter(|a| a["outcome"] == "lost" && a["node_id"] == frozen.as_str()).count();
+        given_away +=
+            task["attempts"].as_array().unwrap().iter().filter(|a| a["outcome"] == "lost" && a["node_id"] == frozen.as_str()).count();
     }
     assert!(given_away > 0, "the frozen node's attempts were declared lost and run elsewhere");
     // It comes back and rejoins, having killed what was given away: no

@@ -43,9 +43,11 @@ async fn sigkill_during_a_10k_task_workload_loses_no_acknowledged_task() {
                     .send()
                     .await;
                 let ids: Option<Vec<String>> = match sent {
-                    Ok(r) if r.status().as_u16() == 201 => r.json::<serde_json::Value>().await.ok().map(|v| {
-                        v["ids"].as_array().unwrap().iter().map(|id| id.as_str().unwrap().to_string()).collect()
-                    }),
+                    Ok(r) if r.status().as_u16() == 201 => r
+                        .json::<serde_json::Value>()
+                        .await
+                        .ok()
+                        .map(|v| v["ids"].as_array().unwrap().iter().map(|id| id.as_str().unwrap().to_string()).collect()),
                     _ => None,
                 };
                 match ids {
@@ -94,7 +96,10 @@ async fn sigkill_during_a_10k_task_workload_loses_no_acknowledged_task() {
     let mut stored: HashMap<String, serde_json::Value> = HashMap::new();
     let mut cursor: Option<String> = None;
     loop {
-        let path = match &cursor { Some(c) => format!("/v1/tasks?limit=1000&cursor={c}"), None => "/v1/tasks?limit=1000".into() };
+        let path = match &cursor {
+            Some(c) => format!("/v1/tasks?limit=1000&cursor={c}"),
+            None => "/v1/tasks?limit=1000".into(),
+        };
         let (status, page) = http.get(&path).await;
         assert_eq!(status, 200);
         for task in page["tasks"].as_array().unwrap() {
@@ -123,5 +128,8 @@ async fn sigkill_during_a_10k_task_workload_loses_no_acknowledged_task() {
         retried += usize::from(attempts.len() > 1);
     }
     let succeeded = acknowledged.iter().filter(|id| stored[*id]["state"] == "succeeded").count();
-    eprintln!("{} acknowledged ({killed_at} before the kill), {succeeded} succeeded, {retried} retried after the crash", acknowledged.len());
+    eprintln!(
+        "{} acknowledged ({killed_at} before the kill), {succeeded} succeeded, {retried} retried after the crash",
+        acknowledged.len()
+    );
 }

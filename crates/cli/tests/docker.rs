@@ -38,7 +38,6 @@ async fn run(http: &common::Http, body: Value) -> (Value, String) {
     (task, logs)
 }
 
-
 #[tokio::test]
 async fn containers_are_hardened_and_report_exit_codes() {
     let dir = tempfile::tempdir().unwrap();

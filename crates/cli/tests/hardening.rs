@@ -63,7 +63,8 @@ async fn another_local_user_reads_no_secret_from_the_data_dir() {
     let data = dir.path().join("data");
     let server = Server::start(&data, &[]);
     let http = server.http();
-    let (status, _) = http.send(reqwest::Method::PUT, "/v1/projects/default/secrets/db-password", &json!({ "value": "hunter2-local" })).await;
+    let (status, _) =
+        http.send(reqwest::Method::PUT, "/v1/projects/default/secrets/db-password", &json!({ "value": "hunter2-local" })).await;
     assert_eq!(status, 204);
     let mut task = common::sh("sleep 30");
     task["secrets"] = json!([{"name": "db-password"}]);

@@ -47,7 +47,8 @@ impl Hosts {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/build-shepherd-image.sh");
         let built = Command::new("bash").args([script, BIN, IMAGE]).status().expect("build image");
         assert!(built.success(), "could not build the shepherd image");
-        let hosts = Hosts { tag: format!("{}", std::process::id()), dir: tempfile::tempdir().unwrap(), port: free_port(), nodes: Vec::new() };
+        let hosts =
+            Hosts { tag: format!("{}", std::process::id()), dir: tempfile::tempdir().unwrap(), port: free_port(), nodes: Vec::new() };
         docker(&["network", "create", &hosts.net()]);
         hosts.run_server();
         for i in 0..3 {
@@ -60,10 +61,30 @@ impl Hosts {
         let data = self.dir.path().join("server");
         std::fs::create_dir_all(&data).unwrap();
         docker(&[
-            "run", "-d", "--name", &self.server(), "--network", &self.net(), "-p", &format!("127.0.0.1:{}:7070", self.port),
-            "-v", &format!("{}:/data", data.display()), "-e", "SHEPHERD_LOG=info", "-e",
-            &format!("SHEPHERD_ADMIN_TOKEN={}", common::ADMIN_TOKEN), IMAGE,
-            "server", "--listen", "0.0.0.0:7070", "--data-dir", "/data", "--join-token", TOKEN, "--node-timeout", "4s",
+            "run",
+            "-d",
+            "--name",
+            &self.server(),
+            "--network",
+            &self.net(),
+            "-p",
+            &format!("127.0.0.1:{}:7070", self.port),
+            "-v",
+            &format!("{}:/data", data.display()),
+            "-e",
+            "SHEPHERD_LOG=info",
+            "-e",
+            &format!("SHEPHERD_ADMIN_TOKEN={}", common::ADMIN_TOKEN),
+            IMAGE,
+            "server",
+            "--listen",
+            "0.0.0.0:7070",
+            "--data-dir",
+            "/data",
+            "--join-token",
+            TOKEN,
+            "--node-timeout",
+            "4s",
         ]);
     }
 
@@ -73,10 +94,34 @@ impl Hosts {
         std::fs::create_dir_all(&data).unwrap();
         let data = data.display().to_string();
         docker(&[
-            "run", "-d", "--name", &self.agent(i), "--network", &self.net(), "-v", "/var/run/docker.sock:/var/run/docker.sock",
-            "-v", &format!("{data}:{data}"), "-e", "SHEPHERD_LOG=info", IMAGE,
-            "agent", "--join", &format!("http://{}:7070", self.server()), "--join-token", TOKEN, "--data-dir", &data,
-            "--driver", "docker", "--max-tasks", "8", "--stop-grace", "2s", "--node-label", &format!("name=ag{i}"),
+            "run",
+            "-d",
+            "--name",
+            &self.agent(i),
+            "--network",
+            &self.net(),
+            "-v",
+            "/var/run/docker.sock:/var/run/docker.sock",
+            "-v",
+            &format!("{data}:{data}"),
+            "-e",
+            "SHEPHERD_LOG=info",
+            IMAGE,
+            "agent",
+            "--join",
+            &format!("http://{}:7070", self.server()),
+            "--join-token",
+            TOKEN,
+            "--data-dir",
+            &data,
+            "--driver",
+            "docker",
+            "--max-tasks",
+            "8",
+            "--stop-grace",
+            "2s",
+            "--node-label",
+            &format!("name=ag{i}"),
         ]);
     }
 
@@ -92,11 +137,14 @@ impl Hosts {
             let response = http.client.get(format!("{}/v1/nodes", http.base)).send().await;
             if let Ok(r) = response {
                 let nodes: Value = r.json().await.unwrap_or_default();
-                let ready: Vec<&Value> = nodes["nodes"].as_array().map(|n| n.iter().filter(|n| n["state"] == "ready").collect()).unwrap_or_default();
+                let ready: Vec<&Value> =
+                    nodes["nodes"].as_array().map(|n| n.iter().filter(|n| n["state"] == "ready").collect()).unwrap_or_default();
                 if ready.len() >= 3 {
                     let mut ids = vec![String::new(); 3];
                     for node in ready {
-                        if let Some(i) = node["labels"]["name"].as_str().and_then(|n| n.strip_prefix("ag")).and_then(|i| i.parse::<usize>().ok()) {
+                        if let Some(i) =
+                            node["labels"]["name"].as_str().and_then(|n| n.strip_prefix("ag")).and_then(|i| i.parse::<usize>().ok())
+                        {
                             ids[i] = node["id"].as_str().unwrap().to_string();
                         }
                     }

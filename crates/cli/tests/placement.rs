@@ -62,8 +62,8 @@ async fn unplaceable_tasks_ahead_in_the_queue_never_block_a_placeable_one() {
     nowhere["constraints"] = json!(["node.labels.region==mars"]);
     let mut ids = Vec::new();
     for batch in 0..5 {
-        // 2,500 too big, then 2,500 with a constraint no node meets; 1,000 per request.
-        let template = if batch < 2 || (batch == 2) { &too_big } else { &nowhere };
+        // 3,000 too big, then 2,000 with a constraint no node meets; 1,000 per request.
+        let template = if batch < 3 { &too_big } else { &nowhere };
         let tasks: Vec<_> = (0..1000).map(|_| template.clone()).collect();
         let (status, body) = http.post("/v1/tasks/batch", &json!({ "tasks": tasks })).await;
         assert_eq!(status, 201, "{body}");
@@ -142,7 +142,15 @@ fn simulate_compares_profiles_and_writes_a_plot() {
     let workload = dir.path().join("work.csv");
     let mut csv = String::from("at,duration,cpu,memory,project,priority,constraints\n");
     for i in 0..200 {
-        csv.push_str(&format!("{},{},{},{},p{},0,{}\n", i / 10, 5 + i % 7, 500 + 100 * (i % 5), 256, i % 2, if i % 4 == 0 { "node.labels.region==eu" } else { "" }));
+        csv.push_str(&format!(
+            "{},{},{},{},p{},0,{}\n",
+            i / 10,
+            5 + i % 7,
+            500 + 100 * (i % 5),
+            256,
+            i % 2,
+            if i % 4 == 0 { "node.labels.region==eu" } else { "" }
+        ));
     }
     std::fs::write(&workload, csv).unwrap();
     let plot = dir.path().join("plot.svg");

@@ -60,7 +60,19 @@ async fn dedicated_nodes_take_only_their_projects_tasks() {
     for (name, extra) in &agents {
         let data = dir.path().join(name);
         let label = format!("name={name}");
-        let mut args = vec!["agent", "--join", &url, "--join-token", JOIN, "--data-dir", data.to_str().unwrap(), "--driver", "process", "--node-label", &label];
+        let mut args = vec![
+            "agent",
+            "--join",
+            &url,
+            "--join-token",
+            JOIN,
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--driver",
+            "process",
+            "--node-label",
+            &label,
+        ];
         args.extend(extra.iter().copied());
         processes.push(Process::start(&args, &dir.path().join(format!("{name}.log")), "shepherd agent: node "));
     }
@@ -70,7 +82,10 @@ async fn dedicated_nodes_take_only_their_projects_tasks() {
         let (_, nodes) = admin.get("/v1/nodes").await;
         let ready: Vec<&Value> = nodes["nodes"].as_array().unwrap().iter().filter(|n| n["state"] == "ready").collect();
         if ready.len() == 3 {
-            break ready.iter().map(|n| (n["id"].as_str().unwrap().to_string(), n["labels"]["name"].as_str().unwrap().to_string())).collect();
+            break ready
+                .iter()
+                .map(|n| (n["id"].as_str().unwrap().to_string(), n["labels"]["name"].as_str().unwrap().to_string()))
+                .collect();
         }
         assert!(Instant::now() < deadline, "agents did not join: {nodes}");
         tokio::time::sleep(Duration::from_millis(100)).await;

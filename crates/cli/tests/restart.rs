@@ -8,7 +8,6 @@ use common::{sh, Server};
 use serde_json::json;
 use std::time::Duration;
 
-
 #[tokio::test]
 async fn ctrl_c_requeues_running_tasks_and_restart_resumes_them() {
     let dir = tempfile::tempdir().unwrap();
@@ -18,7 +17,8 @@ async fn ctrl_c_requeues_running_tasks_and_restart_resumes_them() {
     let (_, running) = http.post("/v1/tasks", &sh("sleep 1; echo finished")).await;
     let running = running["id"].as_str().unwrap().to_string();
     common::wait_running(&http, &running).await;
-    let (_, queued) = http.post("/v1/tasks", &json!({"image": "busybox", "command": ["true"], "constraints": ["node.labels.later==yes"]})).await;
+    let (_, queued) =
+        http.post("/v1/tasks", &json!({"image": "busybox", "command": ["true"], "constraints": ["node.labels.later==yes"]})).await;
     let queued = queued["id"].as_str().unwrap().to_string();
     server.stop();
 

@@ -83,7 +83,10 @@ async fn a_project_sees_only_its_own_things_and_needs_a_live_token() {
     let (_, theirs) = b.get(&format!("/v1/tasks/{running}")).await;
     let (_, nothing) = b.get(&format!("/v1/tasks/{missing}")).await;
     assert_eq!(theirs["error"]["code"], nothing["error"]["code"]);
-    assert_eq!(theirs["error"]["message"].as_str().unwrap().replace(&running, "ID"), nothing["error"]["message"].as_str().unwrap().replace(missing, "ID"));
+    assert_eq!(
+        theirs["error"]["message"].as_str().unwrap().replace(&running, "ID"),
+        nothing["error"]["message"].as_str().unwrap().replace(missing, "ID")
+    );
     // Lists and counts show beta nothing of alpha.
     let (_, list) = b.get("/v1/tasks").await;
     assert_eq!(list["tasks"].as_array().unwrap().len(), 0, "{list}");
@@ -297,7 +300,13 @@ async fn up_writes_a_cli_config_that_the_cli_uses() {
     assert_eq!(std::fs::metadata(&config).unwrap().permissions().mode() & 0o777, 0o600);
     assert!(text.contains(&format!("admin_token = \"{ADMIN_TOKEN}\"")), "{text}");
     let cli = |args: &[&str]| {
-        std::process::Command::new(common::BIN).args(args).env("SHEPHERD_CONFIG", &config).env_remove("SHEPHERD_SERVER").env_remove("SHEPHERD_TOKEN").output().unwrap()
+        std::process::Command::new(common::BIN)
+            .args(args)
+            .env("SHEPHERD_CONFIG", &config)
+            .env_remove("SHEPHERD_SERVER")
+            .env_remove("SHEPHERD_TOKEN")
+            .output()
+            .unwrap()
     };
     let run = cli(&["run", "--wait", "busybox", "--", "echo", "hello from the config"]);
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));

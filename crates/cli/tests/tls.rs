@@ -22,8 +22,19 @@ fn server_agent_and_cli_over_tls() {
     let listen = format!("127.0.0.1:{}", free_port());
     let data = dir.path().join("server");
     let server = Process::start(
-        &["server", "--listen", &listen, "--data-dir", data.to_str().unwrap(), "--join-token", "t",
-          "--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()],
+        &[
+            "server",
+            "--listen",
+            &listen,
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--join-token",
+            "t",
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
         &dir.path().join("server.log"),
         "shepherd: API listening on ",
     );
@@ -31,8 +42,19 @@ fn server_agent_and_cli_over_tls() {
     let url = format!("https://{listen}");
     let agent_data = dir.path().join("agent");
     let _agent = Process::start(
-        &["agent", "--join", &url, "--join-token", "t", "--tls-ca", cert.to_str().unwrap(), "--driver", "process",
-          "--data-dir", agent_data.to_str().unwrap()],
+        &[
+            "agent",
+            "--join",
+            &url,
+            "--join-token",
+            "t",
+            "--tls-ca",
+            cert.to_str().unwrap(),
+            "--driver",
+            "process",
+            "--data-dir",
+            agent_data.to_str().unwrap(),
+        ],
         &dir.path().join("agent.log"),
         "shepherd agent: node ",
     );

@@ -109,9 +109,7 @@ fn parse_attribute(raw: &str) -> Result<String, ConstraintError> {
         return Err(ConstraintError::Empty);
     }
     let known = ATTRIBUTES.contains(&attribute)
-        || attribute
-            .strip_prefix("node.labels.")
-            .is_some_and(|key| !key.is_empty() && key.chars().all(is_value_char));
+        || attribute.strip_prefix("node.labels.").is_some_and(|key| !key.is_empty() && key.chars().all(is_value_char));
     if known {
         Ok(attribute.to_string())
     } else {
@@ -137,10 +135,7 @@ fn parse_value(raw: &str, after: &str) -> Result<String, ConstraintError> {
 fn parse_list(raw: &str, after: &str) -> Result<Vec<String>, ConstraintError> {
     let inner = raw.trim();
     let inner = inner.strip_prefix('(').and_then(|s| s.strip_suffix(')')).unwrap_or(inner);
-    let values: Vec<String> = inner
-        .split(',')
-        .map(|v| parse_value(v, after))
-        .collect::<Result<_, _>>()?;
+    let values: Vec<String> = inner.split(',').map(|v| parse_value(v, after)).collect::<Result<_, _>>()?;
     Ok(values)
 }
 
@@ -157,14 +152,8 @@ mod tests {
         let c = Constraint::parse("node.labels.region==eu").unwrap();
         assert_eq!(c.operator, Operator::Equal("eu".into()));
         assert_eq!(Constraint::parse(" node.hostname != a ").unwrap().operator, Operator::NotEqual("a".into()));
-        assert_eq!(
-            Constraint::parse("node.labels.zone in (a, b)").unwrap().operator,
-            Operator::In(vec!["a".into(), "b".into()])
-        );
-        assert_eq!(
-            Constraint::parse("node.labels.zone not in (c)").unwrap().operator,
-            Operator::NotIn(vec!["c".into()])
-        );
+        assert_eq!(Constraint::parse("node.labels.zone in (a, b)").unwrap().operator, Operator::In(vec!["a".into(), "b".into()]));
+        assert_eq!(Constraint::parse("node.labels.zone not in (c)").unwrap().operator, Operator::NotIn(vec!["c".into()]));
         assert_eq!(Constraint::parse("node.labels.gpu exists").unwrap().operator, Operator::Exists);
         assert_eq!(Constraint::parse("node.labels.gpu not exists").unwrap().operator, Operator::NotExists);
     }

@@ -51,7 +51,13 @@ pub fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> 
                 message: "the request body must be a JSON object ({...})".into(),
             })
         }
-        None => return Err(DecodeError { malformed: true, field: "body".into(), message: "the request body is empty; send a JSON object".into() }),
+        None => {
+            return Err(DecodeError {
+                malformed: true,
+                field: "body".into(),
+                message: "the request body is empty; send a JSON object".into(),
+            })
+        }
     }
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(crate::strict::Strict(&mut deserializer)).map_err(|e| {

@@ -74,4 +74,3 @@ pub struct LogChunk {
     pub stream: LogStream,
     pub data: Vec<u8>,
 }
-

@@ -27,12 +27,10 @@ pub mod validate;
 pub use constraint::{Constraint, ConstraintError, Operator};
 pub use decode::{decode_json, DecodeError};
 pub use launch::{LaunchSpec, LogChunk, LogStream};
-pub use node::{IllegalNodeEvent, NodeEvent, NodeState};
 pub use lifecycle::{Decision, Event, IllegalTransition, LifecycleContext};
+pub use node::{IllegalNodeEvent, NodeEvent, NodeState};
 pub use state::TaskState;
-pub use task::{
-    AntiAffinitySpec, Attempt, AttemptOutcome, NewTask, PullPolicy, Resources, RetryPolicy, Task, TaskId, TaskSpec,
-};
+pub use task::{AntiAffinitySpec, Attempt, AttemptOutcome, NewTask, PullPolicy, Resources, RetryPolicy, Task, TaskId, TaskSpec};
 pub use tenant::{is_env_name, is_project_name, is_secret_name, ProjectLimits, SecretRef};
 pub use time::Timestamp;
 pub use validate::{validate, FieldError, Limits};

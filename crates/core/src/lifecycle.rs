@@ -157,17 +157,11 @@ pub fn decide(ctx: &LifecycleContext, event: &Event) -> Result<Decision, Illegal
     let on_node = matches!(ctx.state, Scheduled | Running);
     let wrong = || IllegalTransition::WrongState { state: ctx.state, event: event.name() };
     let decision = match event {
-        Event::Schedule { .. } if ctx.state == Queued => Decision {
-            open_attempt: Some(ctx.attempt + 1),
-            ..Decision::to(Scheduled)
-        },
+        Event::Schedule { .. } if ctx.state == Queued => Decision { open_attempt: Some(ctx.attempt + 1), ..Decision::to(Scheduled) },
         Event::Start { .. } if ctx.state == Scheduled => Decision::to(Running),
-        Event::Exit { code: 0, oom_killed: false, .. } if ctx.state == Running => Decision {
-            close_attempt: Some(AttemptOutcome::Succeeded),
-            charge_attempt: true,
-            exit_code: Some(0),
-            ..Decision::to(Succeeded)
-        },
+        Event::Exit { code: 0, oom_killed: false, .. } if ctx.state == Running => {
+            Decision { close_attempt: Some(AttemptOutcome::Succeeded), charge_attempt: true, exit_code: Some(0), ..Decision::to(Succeeded) }
+        }
         Event::Exit { code, oom_killed, .. } if ctx.state == Running => {
             let reason = if *oom_killed { "oom_killed".to_string() } else { format!("exited with code {code}") };
             Decision { exit_code: Some(*code), ..retry_or_fail(ctx, AttemptOutcome::Failed, reason) }
@@ -178,22 +172,12 @@ pub fn decide(ctx: &LifecycleContext, event: &Event) -> Result<Decision, Illegal
             reason: Some("timed out".to_string()),
             ..Decision::to(TimedOut)
         },
-        Event::StartFailed { reason, .. } if on_node => {
-            retry_or_fail(ctx, AttemptOutcome::StartFailed, reason.clone())
-        }
+        Event::StartFailed { reason, .. } if on_node => retry_or_fail(ctx, AttemptOutcome::StartFailed, reason.clone()),
         Event::Lost { .. } if on_node && ctx.cancel_requested => cancelled(AttemptOutcome::Lost),
         Event::Lost { .. } if on_node => retry_or_fail(ctx, AttemptOutcome::Lost, "lost".to_string()),
-        Event::Interrupted { .. } if on_node && ctx.cancel_requested => {
-            cancelled(AttemptOutcome::Interrupted)
-        }
-        Event::Interrupted { .. } if on_node => Decision {
-            close_attempt: Some(AttemptOutcome::Interrupted),
-            ..Decision::to(Queued)
-        },
-        Event::Cancel if ctx.state == Queued => Decision {
-            reason: Some("cancelled by user".to_string()),
-            ..Decision::to(Cancelled)
-        },
+        Event::Interrupted { .. } if on_node && ctx.cancel_requested => cancelled(AttemptOutcome::Interrupted),
+        Event::Interrupted { .. } if on_node => Decision { close_attempt: Some(AttemptOutcome::Interrupted), ..Decision::to(Queued) },
+        Event::Cancel if ctx.state == Queued => Decision { reason: Some("cancelled by user".to_string()), ..Decision::to(Cancelled) },
         Event::Cancel if on_node => Decision { request_cancel: true, ..Decision::to(ctx.state) },
         Event::Cancelled { .. } if on_node => cancelled(AttemptOutcome::Cancelled),
         _ => return Err(wrong()),
@@ -214,12 +198,7 @@ fn cancelled(outcome: AttemptOutcome) -> Decision {
 /// Back to the queue while attempts remain, else failed with `reason`.
 fn retry_or_fail(ctx: &LifecycleContext, outcome: AttemptOutcome, reason: String) -> Decision {
     let charged = ctx.charged_attempts + 1;
-    let base = Decision {
-        close_attempt: Some(outcome),
-        charge_attempt: true,
-        reason: Some(reason),
-        ..Decision::to(TaskState::Failed)
-    };
+    let base = Decision { close_attempt: Some(outcome), charge_attempt: true, reason: Some(reason), ..Decision::to(TaskState::Failed) };
     if ctx.cancel_requested {
         return cancelled(outcome);
     }
@@ -264,11 +243,7 @@ mod tests {
                     let c = LifecycleContext { max_attempts, cancel_requested, ..ctx(state) };
                     for event in all_events() {
                         if let Ok(d) = decide(&c, &event) {
-                            assert!(
-                                d.to == state || state.can_transition_to(d.to),
-                                "{state} --{event:?}--> {}",
-                                d.to
-                            );
+                            assert!(d.to == state || state.can_transition_to(d.to), "{state} --{event:?}--> {}", d.to);
                         }
                     }
                 }
@@ -349,7 +324,10 @@ mod tests {
     #[test]
     fn events_out_of_order_are_illegal() {
         assert!(matches!(decide(&ctx(Queued), &Event::Start { attempt: 1, at: None }), Err(IllegalTransition::WrongState { .. })));
-        assert!(matches!(decide(&ctx(Scheduled), &Event::Exit { attempt: 1, code: 0, oom_killed: false, at: None }), Err(IllegalTransition::WrongState { .. })));
+        assert!(matches!(
+            decide(&ctx(Scheduled), &Event::Exit { attempt: 1, code: 0, oom_killed: false, at: None }),
+            Err(IllegalTransition::WrongState { .. })
+        ));
         assert!(matches!(decide(&ctx(Running), &Event::Schedule { node_id: "n".into() }), Err(IllegalTransition::WrongState { .. })));
     }
 }

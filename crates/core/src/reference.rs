@@ -76,15 +76,15 @@ fn check_name(name: &str) -> Result<(), String> {
     }
     let mut parts: Vec<&str> = name.split('/').collect();
     let first = parts[0];
-    if parts.len() > 1 && (first.contains('.') || first.contains(':') || first == "localhost" || first.chars().any(|c| c.is_ascii_uppercase())) {
+    if parts.len() > 1
+        && (first.contains('.') || first.contains(':') || first == "localhost" || first.chars().any(|c| c.is_ascii_uppercase()))
+    {
         check_domain(first)?;
         parts.remove(0);
     }
     for part in parts {
         if !is_component(part) {
-            return Err(format!(
-                "`{part}` is not a valid repository name part (lower-case letters and digits, separated by . _ __ or -)"
-            ));
+            return Err(format!("`{part}` is not a valid repository name part (lower-case letters and digits, separated by . _ __ or -)"));
         }
     }
     Ok(())

@@ -44,10 +44,7 @@ impl TaskState {
 
     /// A terminal state never changes again.
     pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            TaskState::Succeeded | TaskState::Failed | TaskState::TimedOut | TaskState::Cancelled
-        )
+        matches!(self, TaskState::Succeeded | TaskState::Failed | TaskState::TimedOut | TaskState::Cancelled)
     }
 
     /// Whether a task holds resources on a node in this state.
@@ -59,12 +56,12 @@ impl TaskState {
     /// a move outside it, and the store refuses any other.
     pub fn can_transition_to(self, to: TaskState) -> bool {
         use TaskState::*;
-        match (self, to) {
-            (Queued, Scheduled | Cancelled) => true,
-            (Scheduled, Running | Queued | Failed | Cancelled) => true,
-            (Running, Queued | Succeeded | Failed | TimedOut | Cancelled) => true,
-            _ => false,
-        }
+        matches!(
+            (self, to),
+            (Queued, Scheduled | Cancelled)
+                | (Scheduled, Running | Queued | Failed | Cancelled)
+                | (Running, Queued | Succeeded | Failed | TimedOut | Cancelled)
+        )
     }
 
     /// The stable lower-case name used in the API, the CLI and the store.
@@ -95,10 +92,7 @@ pub struct UnknownState(pub String);
 impl FromStr for TaskState {
     type Err = UnknownState;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        TaskState::ALL
-            .into_iter()
-            .find(|state| state.as_str() == s)
-            .ok_or_else(|| UnknownState(s.to_string()))
+        TaskState::ALL.into_iter().find(|state| state.as_str() == s).ok_or_else(|| UnknownState(s.to_string()))
     }
 }
 
@@ -124,11 +118,7 @@ mod tests {
         ];
         for from in TaskState::ALL {
             for to in TaskState::ALL {
-                assert_eq!(
-                    from.can_transition_to(to),
-                    legal.contains(&(from, to)),
-                    "{from} -> {to}"
-                );
+                assert_eq!(from.can_transition_to(to), legal.contains(&(from, to)), "{from} -> {to}");
             }
         }
     }

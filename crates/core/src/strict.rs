@@ -29,10 +29,31 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for Strict<D> {
     type Error = D::Error;
 
     forward!(
-        deserialize_any, deserialize_bool, deserialize_i8, deserialize_i16, deserialize_i32, deserialize_i64, deserialize_i128,
-        deserialize_u8, deserialize_u16, deserialize_u32, deserialize_u64, deserialize_u128, deserialize_f32, deserialize_f64,
-        deserialize_char, deserialize_str, deserialize_string, deserialize_bytes, deserialize_byte_buf, deserialize_option,
-        deserialize_unit, deserialize_seq, deserialize_map, deserialize_identifier, deserialize_ignored_any,
+        deserialize_any,
+        deserialize_bool,
+        deserialize_i8,
+        deserialize_i16,
+        deserialize_i32,
+        deserialize_i64,
+        deserialize_i128,
+        deserialize_u8,
+        deserialize_u16,
+        deserialize_u32,
+        deserialize_u64,
+        deserialize_u128,
+        deserialize_f32,
+        deserialize_f64,
+        deserialize_char,
+        deserialize_str,
+        deserialize_string,
+        deserialize_bytes,
+        deserialize_byte_buf,
+        deserialize_option,
+        deserialize_unit,
+        deserialize_seq,
+        deserialize_map,
+        deserialize_identifier,
+        deserialize_ignored_any,
     );
 
     fn deserialize_unit_struct<V: Visitor<'de>>(self, name: &'static str, visitor: V) -> Result<V::Value, D::Error> {
@@ -47,10 +68,20 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for Strict<D> {
     fn deserialize_tuple_struct<V: Visitor<'de>>(self, name: &'static str, len: usize, visitor: V) -> Result<V::Value, D::Error> {
         self.0.deserialize_tuple_struct(name, len, Any(visitor))
     }
-    fn deserialize_struct<V: Visitor<'de>>(self, name: &'static str, fields: &'static [&'static str], visitor: V) -> Result<V::Value, D::Error> {
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, D::Error> {
         self.0.deserialize_struct(name, fields, Object(visitor))
     }
-    fn deserialize_enum<V: Visitor<'de>>(self, name: &'static str, variants: &'static [&'static str], visitor: V) -> Result<V::Value, D::Error> {
+    fn deserialize_enum<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        variants: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, D::Error> {
         self.0.deserialize_enum(name, variants, Any(visitor))
     }
     fn is_human_readable(&self) -> bool {
@@ -67,25 +98,63 @@ impl<'de, S: DeserializeSeed<'de>> DeserializeSeed<'de> for Seed<S> {
 
 macro_rules! visit_forward {
     () => {
-        fn visit_bool<E: de::Error>(self, v: bool) -> Result<V::Value, E> { self.0.visit_bool(v) }
-        fn visit_i64<E: de::Error>(self, v: i64) -> Result<V::Value, E> { self.0.visit_i64(v) }
-        fn visit_i128<E: de::Error>(self, v: i128) -> Result<V::Value, E> { self.0.visit_i128(v) }
-        fn visit_u64<E: de::Error>(self, v: u64) -> Result<V::Value, E> { self.0.visit_u64(v) }
-        fn visit_u128<E: de::Error>(self, v: u128) -> Result<V::Value, E> { self.0.visit_u128(v) }
-        fn visit_f64<E: de::Error>(self, v: f64) -> Result<V::Value, E> { self.0.visit_f64(v) }
-        fn visit_char<E: de::Error>(self, v: char) -> Result<V::Value, E> { self.0.visit_char(v) }
-        fn visit_str<E: de::Error>(self, v: &str) -> Result<V::Value, E> { self.0.visit_str(v) }
-        fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<V::Value, E> { self.0.visit_borrowed_str(v) }
-        fn visit_string<E: de::Error>(self, v: String) -> Result<V::Value, E> { self.0.visit_string(v) }
-        fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<V::Value, E> { self.0.visit_bytes(v) }
-        fn visit_borrowed_bytes<E: de::Error>(self, v: &'de [u8]) -> Result<V::Value, E> { self.0.visit_borrowed_bytes(v) }
-        fn visit_byte_buf<E: de::Error>(self, v: Vec<u8>) -> Result<V::Value, E> { self.0.visit_byte_buf(v) }
-        fn visit_none<E: de::Error>(self) -> Result<V::Value, E> { self.0.visit_none() }
-        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<V::Value, D::Error> { self.0.visit_some(Strict(d)) }
-        fn visit_unit<E: de::Error>(self) -> Result<V::Value, E> { self.0.visit_unit() }
-        fn visit_newtype_struct<D: Deserializer<'de>>(self, d: D) -> Result<V::Value, D::Error> { self.0.visit_newtype_struct(Strict(d)) }
-        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<V::Value, A::Error> { self.0.visit_map(Map(map)) }
-        fn visit_enum<A: EnumAccess<'de>>(self, data: A) -> Result<V::Value, A::Error> { self.0.visit_enum(Enum(data)) }
+        fn visit_bool<E: de::Error>(self, v: bool) -> Result<V::Value, E> {
+            self.0.visit_bool(v)
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<V::Value, E> {
+            self.0.visit_i64(v)
+        }
+        fn visit_i128<E: de::Error>(self, v: i128) -> Result<V::Value, E> {
+            self.0.visit_i128(v)
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<V::Value, E> {
+            self.0.visit_u64(v)
+        }
+        fn visit_u128<E: de::Error>(self, v: u128) -> Result<V::Value, E> {
+            self.0.visit_u128(v)
+        }
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<V::Value, E> {
+            self.0.visit_f64(v)
+        }
+        fn visit_char<E: de::Error>(self, v: char) -> Result<V::Value, E> {
+            self.0.visit_char(v)
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<V::Value, E> {
+            self.0.visit_str(v)
+        }
+        fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<V::Value, E> {
+            self.0.visit_borrowed_str(v)
+        }
+        fn visit_string<E: de::Error>(self, v: String) -> Result<V::Value, E> {
+            self.0.visit_string(v)
+        }
+        fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<V::Value, E> {
+            self.0.visit_bytes(v)
+        }
+        fn visit_borrowed_bytes<E: de::Error>(self, v: &'de [u8]) -> Result<V::Value, E> {
+            self.0.visit_borrowed_bytes(v)
+        }
+        fn visit_byte_buf<E: de::Error>(self, v: Vec<u8>) -> Result<V::Value, E> {
+            self.0.visit_byte_buf(v)
+        }
+        fn visit_none<E: de::Error>(self) -> Result<V::Value, E> {
+            self.0.visit_none()
+        }
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<V::Value, D::Error> {
+            self.0.visit_some(Strict(d))
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<V::Value, E> {
+            self.0.visit_unit()
+        }
+        fn visit_newtype_struct<D: Deserializer<'de>>(self, d: D) -> Result<V::Value, D::Error> {
+            self.0.visit_newtype_struct(Strict(d))
+        }
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<V::Value, A::Error> {
+            self.0.visit_map(Map(map))
+        }
+        fn visit_enum<A: EnumAccess<'de>>(self, data: A) -> Result<V::Value, A::Error> {
+            self.0.visit_enum(Enum(data))
+        }
     };
 }
 

@@ -60,15 +60,12 @@ fn check(ok: bool, field: &str, message: impl FnOnce() -> String) -> Result<(), 
 }
 
 fn is_label_key(key: &str) -> bool {
-    !key.is_empty()
-        && key.len() <= 63
-        && key.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/'))
+    !key.is_empty() && key.len() <= 63 && key.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/'))
 }
 
 fn is_env_name(name: &str) -> bool {
     let mut chars = name.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_') && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 /// The smallest CPU request: the engine's CFS quota floor is 1 ms per
@@ -79,12 +76,7 @@ pub const MIN_CPU_MILLICORES: u32 = 10;
 pub const MAX_CONSTRAINT_BYTES: usize = 256;
 
 /// Checks a spec and prepares it for storage.
-pub fn validate(
-    mut spec: TaskSpec,
-    limits: &Limits,
-    id: TaskId,
-    now: Timestamp,
-) -> Result<NewTask, FieldError> {
+pub fn validate(mut spec: TaskSpec, limits: &Limits, id: TaskId, now: Timestamp) -> Result<NewTask, FieldError> {
     crate::reference::check_image_reference(&spec.image).map_err(|why| FieldError::new("image", why))?;
     check(spec.command.len() <= 1024, "command", || "at most 1024 arguments".into())?;
     for (index, arg) in spec.command.iter().enumerate() {
@@ -127,15 +119,11 @@ pub fn validate(
         format!("must be between 1 and {}", limits.max_timeout_seconds)
     })?;
     check((-1000..=1000).contains(&spec.priority), "priority", || "must be between -1000 and 1000".into())?;
-    check((1..=100).contains(&spec.retry.max_attempts), "retry.max_attempts", || {
-        "must be between 1 and 100".into()
-    })?;
+    check((1..=100).contains(&spec.retry.max_attempts), "retry.max_attempts", || "must be between 1 and 100".into())?;
     check(spec.retry.backoff_seconds <= 3600, "retry.backoff_seconds", || "at most 3600".into())?;
     check(spec.labels.len() <= 64, "labels", || "at most 64 labels".into())?;
     for (key, value) in &spec.labels {
-        check(is_label_key(key), "labels", || {
-            format!("`{key}` is not a valid key (1-63 of letters, digits, . _ - /)")
-        })?;
+        check(is_label_key(key), "labels", || format!("`{key}` is not a valid key (1-63 of letters, digits, . _ - /)"))?;
         check(value.len() <= 255, "labels", || format!("`{key}`: value over 255 characters"))?;
     }
     check(spec.constraints.len() <= 32, "constraints", || "at most 32 constraints".into())?;
@@ -168,9 +156,8 @@ pub fn validate(
         })?;
     }
     if let Some(user) = &spec.user {
-        let ok = !user.is_empty()
-            && user.len() <= 64
-            && user.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | ':' | '.'));
+        let ok =
+            !user.is_empty() && user.len() <= 64 && user.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | ':' | '.'));
         check(ok, "user", || "a user name or uid, optionally :group or :gid".into())?;
     }
     if let Some(profile) = &spec.profile {

@@ -34,8 +34,8 @@ proptest! {
         };
         for (kind, offset, code) in events {
             let e = event(kind, offset, code)(ctx.attempt);
-            match decide(&ctx, &e) {
-                Ok(d) => {
+            if let Ok(d) = decide(&ctx, &e) {
+                {
                     prop_assert!(!ctx.state.is_terminal());
                     prop_assert!(d.to == ctx.state || ctx.state.can_transition_to(d.to));
                     let attempt = d.open_attempt.unwrap_or(ctx.attempt);
@@ -52,7 +52,6 @@ proptest! {
                         prop_assert!(ctx.charged_attempts < max_attempts, "requeued with no attempts left");
                     }
                 }
-                Err(_) => {}
             }
         }
     }

@@ -223,7 +223,12 @@ mod tests {
 
     #[test]
     fn chunks_and_events_round_trip() {
-        let chunk = LogChunk { task_id: "01ARZ3NDEKTSV4RRFFQ69G5FAV".parse().unwrap(), attempt: 1, stream: LogStream::Stderr, data: b"x\n".to_vec() };
+        let chunk = LogChunk {
+            task_id: "01ARZ3NDEKTSV4RRFFQ69G5FAV".parse().unwrap(),
+            attempt: 1,
+            stream: LogStream::Stderr,
+            data: b"x\n".to_vec(),
+        };
         let back = serde_json::from_str::<WireChunk>(&serde_json::to_string(&WireChunk::from(&chunk)).unwrap()).unwrap().decode().unwrap();
         assert_eq!((back.stream, back.data), (LogStream::Stderr, b"x\n".to_vec()));
         // An older agent's events (no `at`) still read.

@@ -21,8 +21,9 @@ pub enum CandidateOrder {
     Scan,
 }
 
-/// Nodes plus indexes.
-pub struct Cluster {
+/// The nodes of one pass plus their indexes (`sched::NodeIndex`; the
+/// server's `Cluster` is the running all-in-one assembly).
+pub struct NodeIndex {
     pub nodes: Vec<NodeSnapshot>,
     by_free_memory: BTreeSet<(u32, u32, u32)>,
     by_free_cpu: BTreeSet<(u32, u32, u32)>,
@@ -36,7 +37,7 @@ pub struct Cluster {
 
 /// What score plugins may read about the whole cluster.
 pub struct ClusterView<'a> {
-    cluster: &'a Cluster,
+    cluster: &'a NodeIndex,
     pub seed: u64,
 }
 
@@ -54,16 +55,16 @@ fn load_key(node: &NodeSnapshot) -> u32 {
     (node.load() * 1_000_000.0) as u32
 }
 
-impl Cluster {
+impl NodeIndex {
     /// Indexes `nodes`; `topology_keys` are the node labels whose task
     /// counts topology scorers need.
-    pub fn new(nodes: Vec<NodeSnapshot>, topology_keys: &[String], seed: u64) -> Cluster {
+    pub fn new(nodes: Vec<NodeSnapshot>, topology_keys: &[String], seed: u64) -> NodeIndex {
         let count = nodes.len().max(1) as f64;
         let mean_capacity = (
             nodes.iter().map(|n| f64::from(n.capacity.cpu_millicores)).sum::<f64>() / count,
             nodes.iter().map(|n| f64::from(n.capacity.memory_mib)).sum::<f64>() / count,
         );
-        let mut cluster = Cluster {
+        let mut cluster = NodeIndex {
             by_free_memory: BTreeSet::new(),
             by_free_cpu: BTreeSet::new(),
             mean_capacity,

@@ -2,7 +2,7 @@
 //! in the profile's order through its filters, scores the first feasible
 //! ones and takes the best; explains every task that fits nowhere.
 
-use crate::cluster::{CandidateOrder, Cluster};
+use crate::cluster::{CandidateOrder, NodeIndex};
 use crate::fairness;
 use crate::model::{Hold, NodeSnapshot, PendingTask, Placement, PlacementPlan, Rejection, Unfit, Unplaced, Wait};
 use crate::profile::{self, BatchOrder, ConfigError, Profile, SchedulerConfig};
@@ -87,7 +87,13 @@ impl Engine {
         let mut keys: Vec<String> = self.profiles.values().flat_map(|p| p.scorers.iter().flat_map(|(s, _)| s.topology_keys())).collect();
         keys.sort();
         keys.dedup();
-        Placer { engine: self, cluster: Cluster::new(nodes, &keys, seed), infeasible: HashMap::new(), record_scores: false, scores: Vec::new() }
+        Placer {
+            engine: self,
+            cluster: NodeIndex::new(nodes, &keys, seed),
+            infeasible: HashMap::new(),
+            record_scores: false,
+            scores: Vec::new(),
+        }
     }
 
     /// Orders a batch: priorities, then weighted fair share across projects.
@@ -96,7 +102,13 @@ impl Engine {
     }
 
     /// Orders and places a batch against `nodes`: the whole pass in one call.
-    pub fn place_batch(&self, nodes: Vec<NodeSnapshot>, tasks: Vec<PendingTask>, usage: &HashMap<String, Resources>, seed: u64) -> PlacementPlan {
+    pub fn place_batch(
+        &self,
+        nodes: Vec<NodeSnapshot>,
+        tasks: Vec<PendingTask>,
+        usage: &HashMap<String, Resources>,
+        seed: u64,
+    ) -> PlacementPlan {
         self.pass(nodes, usage.clone(), QuotaLedger::default(), seed).place(tasks)
     }
 
@@ -164,7 +176,6 @@ impl Pass<'_> {
     }
 }
 
-
 /// The shape of a task as far as feasibility goes: two tasks of the same
 /// shape fit on the same nodes. Used to remember, within a pass, that a
 /// shape fits nowhere (allocations only grow within a pass).
@@ -182,7 +193,7 @@ struct Shape {
 pub struct Placer<'e> {
     engine: &'e Engine,
     /// The nodes with every placement so far applied.
-    pub cluster: Cluster,
+    pub cluster: NodeIndex,
     infeasible: HashMap<Shape, Unfit>,
     /// Keep the scores of the best candidates of each placement.
     pub record_scores: bool,
@@ -235,7 +246,8 @@ impl Placer<'_> {
             .map(|&i| {
                 let node = &self.cluster.nodes[i];
                 let score: f64 = if self.record_scores {
-                    let parts: Vec<(String, f64)> = profile.scorers.iter().map(|(s, w)| (s.name().to_string(), w * s.score(task, node, &view))).collect();
+                    let parts: Vec<(String, f64)> =
+                        profile.scorers.iter().map(|(s, w)| (s.name().to_string(), w * s.score(task, node, &view))).collect();
                     let total = parts.iter().map(|(_, v)| v).sum();
                     recorded.push(NodeScore { node_id: node.id.clone(), total, scores: parts });
                     total

@@ -32,11 +32,11 @@ pub mod quota;
 pub mod registry;
 pub mod rng;
 
-pub use cluster::{CandidateOrder, Cluster, ClusterView};
+pub use cluster::{CandidateOrder, ClusterView, NodeIndex};
 pub use engine::{Engine, NodeScore, Pass, Placer};
 pub use model::{AntiAffinity, Hold, NodeSnapshot, PendingTask, Placement, PlacementPlan, QuotaHold, Rejection, Unfit, Unplaced, Wait};
 pub use plugin::{FilterPlugin, ScorePlugin};
-pub use quota::{admit, ProjectUsage, QuotaLedger};
+pub use quota::{ProjectUsage, QuotaLedger};
 pub use registry::{ArgsError, Registry};
 
 /// The node label that dedicates a node to projects (comma-separated):

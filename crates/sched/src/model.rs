@@ -250,7 +250,10 @@ pub enum Rejection {
     Dedicated,
     AntiAffinity(String),
     /// A filter outside this list (a plugin of one's own): its name and why.
-    Other { filter: String, reason: String },
+    Other {
+        filter: String,
+        reason: String,
+    },
 }
 
 impl std::fmt::Display for Rejection {

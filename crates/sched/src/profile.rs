@@ -156,9 +156,13 @@ pub fn compile(name: &str, config: &ProfileConfig, registry: &Registry) -> Resul
             .or_insert_with(|| toml::Value::Table([("key".to_string(), toml::Value::String(key.clone()))].into_iter().collect()));
     }
     for plugin in args.keys() {
-        let used = config.scores.contains_key(plugin) || config.filters.as_ref().map_or(registry::DEFAULT_FILTERS.contains(&plugin.as_str()), |f| f.contains(plugin));
+        let used = config.scores.contains_key(plugin)
+            || config.filters.as_ref().map_or(registry::DEFAULT_FILTERS.contains(&plugin.as_str()), |f| f.contains(plugin));
         if !used {
-            return Err(ConfigError::Invalid { profile: name.into(), message: format!("settings for `{plugin}`, which the profile does not use") });
+            return Err(ConfigError::Invalid {
+                profile: name.into(),
+                message: format!("settings for `{plugin}`, which the profile does not use"),
+            });
         }
     }
     let args_error = |error| ConfigError::Args { profile: name.into(), error };
@@ -183,19 +187,14 @@ pub fn compile(name: &str, config: &ProfileConfig, registry: &Registry) -> Resul
             }
             match registry.scorer(s, args.get(s)) {
                 Some(made) => made.map(|plugin| (plugin, *weight)).map_err(args_error),
-                None => Err(ConfigError::UnknownScorer { profile: name.into(), name: s.clone(), known: registry.scorer_names().join(", ") }),
+                None => {
+                    Err(ConfigError::UnknownScorer { profile: name.into(), name: s.clone(), known: registry.scorer_names().join(", ") })
+                }
             }
         })
         .collect::<Result<Vec<_>, _>>()?;
     if config.candidates == 0 {
         return Err(ConfigError::Invalid { profile: name.into(), message: "candidates must be at least 1".into() });
     }
-    Ok(Profile {
-        name: name.into(),
-        filters,
-        scorers,
-        order: config.order,
-        candidates: config.candidates,
-        batch_order: config.batch_order,
-    })
+    Ok(Profile { name: name.into(), filters, scorers, order: config.order, candidates: config.candidates, batch_order: config.batch_order })
 }

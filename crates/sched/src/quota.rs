@@ -4,7 +4,7 @@
 //! wait in the queue, with the reason, and are never dropped.
 
 use crate::model::{PendingTask, QuotaHold};
-use shepherd_core::{ProjectLimits, Resources, TaskId};
+use shepherd_core::{ProjectLimits, Resources};
 use std::collections::HashMap;
 
 /// What a project holds now: its scheduled and running tasks.
@@ -46,7 +46,11 @@ impl QuotaLedger {
         } else if let Some(max) = limit.max_cpu_millicores.filter(|max| cpu > *max) {
             Some(QuotaHold { what: "millicores", used: u64::from(now.resources.cpu_millicores), max })
         } else {
-            limit.max_memory_mib.filter(|max| memory > *max).map(|max| QuotaHold { what: "MiB", used: u64::from(now.resources.memory_mib), max })
+            limit.max_memory_mib.filter(|max| memory > *max).map(|max| QuotaHold {
+                what: "MiB",
+                used: u64::from(now.resources.memory_mib),
+                max,
+            })
         }
     }
 
@@ -59,31 +63,10 @@ impl QuotaLedger {
     }
 }
 
-/// Splits `pending` (in queue order) into the tasks its projects' quotas
-/// admit and those held back, with why, charging each admitted task.
-pub fn admit(
-    pending: Vec<PendingTask>,
-    usage: &HashMap<String, ProjectUsage>,
-    limits: &HashMap<String, ProjectLimits>,
-) -> (Vec<PendingTask>, Vec<(TaskId, String)>) {
-    let mut ledger = QuotaLedger::new(usage.clone(), limits.clone());
-    let mut admitted = Vec::with_capacity(pending.len());
-    let mut waiting = Vec::new();
-    for task in pending {
-        match ledger.check(&task) {
-            Some(hold) => waiting.push((task.id, hold.to_string())),
-            None => {
-                ledger.charge(&task);
-                admitted.push(task);
-            }
-        }
-    }
-    (admitted, waiting)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shepherd_core::TaskId;
 
     fn task(n: u128, project: &str, cpu: u32) -> PendingTask {
         let mut t = PendingTask::new(TaskId(ulid::Ulid(n)), Resources { cpu_millicores: cpu, memory_mib: 64 });
@@ -98,9 +81,30 @@ mod tests {
             ("b".to_string(), ProjectLimits { max_cpu_millicores: Some(1000), ..Default::default() }),
             ("c".to_string(), ProjectLimits { max_memory_mib: Some(100), ..Default::default() }),
         ]);
-        let usage = HashMap::from([("a".to_string(), ProjectUsage { tasks: 2, resources: Resources { cpu_millicores: 0, memory_mib: 0 } })]);
-        let pending = vec![task(1, "a", 100), task(2, "a", 100), task(3, "b", 600), task(4, "b", 600), task(5, "b", 400), task(6, "c", 1), task(7, "c", 1), task(8, "free", 1)];
-        let (admitted, waiting) = admit(pending, &usage, &limits);
+        let usage =
+            HashMap::from([("a".to_string(), ProjectUsage { tasks: 2, resources: Resources { cpu_millicores: 0, memory_mib: 0 } })]);
+        let pending = vec![
+            task(1, "a", 100),
+            task(2, "a", 100),
+            task(3, "b", 600),
+            task(4, "b", 600),
+            task(5, "b", 400),
+            task(6, "c", 1),
+            task(7, "c", 1),
+            task(8, "free", 1),
+        ];
+        // Placing in queue order, each admitted task charged as if placed.
+        let mut ledger = QuotaLedger::new(usage, limits);
+        let (mut admitted, mut waiting) = (Vec::new(), Vec::new());
+        for task in pending {
+            match ledger.check(&task) {
+                Some(hold) => waiting.push((task.id, hold.to_string())),
+                None => {
+                    ledger.charge(&task);
+                    admitted.push(task);
+                }
+            }
+        }
         let ids: Vec<u128> = admitted.iter().map(|t| t.id.0 .0).collect();
         assert_eq!(ids, vec![1, 3, 5, 6, 8]);
         let held: Vec<u128> = waiting.iter().map(|(id, _)| id.0 .0).collect();

@@ -14,7 +14,8 @@ use std::sync::Arc;
 /// checks first (a node in the wrong pool is wrong whatever it has free, and
 /// saying so makes the better reason), then capacity, where most rejections
 /// in a busy cluster fall, then the string-matching constraints.
-pub const DEFAULT_FILTERS: [&str; 6] = [node_ready::NAME, pool::NAME, task_limit::NAME, resources::NAME, constraints::NAME, anti_affinity::NAME];
+pub const DEFAULT_FILTERS: [&str; 6] =
+    [node_ready::NAME, pool::NAME, task_limit::NAME, resources::NAME, constraints::NAME, anti_affinity::NAME];
 
 /// Makes a filter plugin from its settings (`None`: none given).
 pub type FilterFactory = fn(Option<&toml::Value>) -> Result<Arc<dyn FilterPlugin>, ArgsError>;

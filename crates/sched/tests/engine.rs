@@ -238,7 +238,11 @@ fn image_locality_and_topology_spread_in_a_configured_profile() {
     let plan = engine.place_batch(nodes, tasks, &HashMap::new(), 1);
     let mut per_zone: HashMap<&str, usize> = HashMap::new();
     for p in &plan.placements {
-        let zone = match p.node_id.as_str() { "n0" | "n1" => "a", "n2" => "b", _ => "c" };
+        let zone = match p.node_id.as_str() {
+            "n0" | "n1" => "a",
+            "n2" => "b",
+            _ => "c",
+        };
         *per_zone.entry(zone).or_default() += 1;
     }
     assert_eq!(per_zone.values().copied().collect::<std::collections::BTreeSet<_>>(), [2].into(), "{per_zone:?}");

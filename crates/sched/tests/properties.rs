@@ -9,8 +9,8 @@ use shepherd_sched::*;
 use std::collections::HashMap;
 
 fn arb_node(i: usize) -> impl Strategy<Value = NodeSnapshot> {
-    (1u32..16, 1u32..64, 0usize..3, prop::option::of(0usize..2), prop::bool::weighted(0.15), prop::bool::weighted(0.9), 1u32..40)
-        .prop_map(move |(cores, gib, region, pool, dedicated, ready, max_tasks)| {
+    (1u32..16, 1u32..64, 0usize..3, prop::option::of(0usize..2), prop::bool::weighted(0.15), prop::bool::weighted(0.9), 1u32..40).prop_map(
+        move |(cores, gib, region, pool, dedicated, ready, max_tasks)| {
             let mut n = NodeSnapshot::new(format!("n{i}"), Resources { cpu_millicores: cores * 1000, memory_mib: gib * 1024 });
             n.labels.insert("region".into(), ["eu", "us", "ap"][region].into());
             n.pool = pool.map(|p| ["gpu", "batch"][p].to_string());
@@ -20,12 +20,13 @@ fn arb_node(i: usize) -> impl Strategy<Value = NodeSnapshot> {
             n.ready = ready;
             n.max_tasks = max_tasks;
             n
-        })
+        },
+    )
 }
 
 fn arb_task(i: usize) -> impl Strategy<Value = PendingTask> {
-    (1u32..4000, 4u32..16_384, 0usize..4, prop::option::of(0usize..3), 0usize..3, 0usize..4, prop::option::of(1u32..3))
-        .prop_map(move |(cpu, mem, project, region, pool, profile, anti)| {
+    (1u32..4000, 4u32..16_384, 0usize..4, prop::option::of(0usize..3), 0usize..3, 0usize..4, prop::option::of(1u32..3)).prop_map(
+        move |(cpu, mem, project, region, pool, profile, anti)| {
             let mut t = PendingTask::new(TaskId(ulid::Ulid(i as u128 + 1)), Resources { cpu_millicores: cpu, memory_mib: mem });
             t.project = ["acme", "globex", "initech", "umbrella"][project].into();
             if let Some(r) = region {
@@ -35,7 +36,8 @@ fn arb_task(i: usize) -> impl Strategy<Value = PendingTask> {
             t.profile = [None, Some("spread".into()), Some("binpack".into()), Some("random".into())][profile].clone();
             t.anti_affinity = anti.map(|max| AntiAffinity { label: "app=web".into(), max_per_node: max });
             t
-        })
+        },
+    )
 }
 
 fn arb_case() -> impl Strategy<Value = (Vec<NodeSnapshot>, Vec<PendingTask>, u64)> {

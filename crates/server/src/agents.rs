@@ -216,7 +216,11 @@ async fn stream(State(state): State<AppState>, headers: HeaderMap) -> Result<Res
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
 }
 
-async fn heartbeat(State(state): State<AppState>, headers: HeaderMap, Json(beat): Json<Heartbeat>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn heartbeat(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Json(beat): Json<Heartbeat>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let node = node_of(&state, &headers)?;
     let liveness = state.agent_api.liveness.clone();
     // Alive the moment the beat arrives: never behind the store's queue of writes.
@@ -241,7 +245,11 @@ async fn heartbeat(State(state): State<AppState>, headers: HeaderMap, Json(beat)
     Ok(Json(serde_json::json!({"ok": true})))
 }
 
-async fn events(State(state): State<AppState>, headers: HeaderMap, Json(request): Json<EventsRequest>) -> Result<Json<EventsResponse>, ApiError> {
+async fn events(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Json(request): Json<EventsRequest>,
+) -> Result<Json<EventsResponse>, ApiError> {
     let node = node_of(&state, &headers)?;
     // Only reports about tasks placed on this node are considered.
     let total = request.events.len();
@@ -266,7 +274,11 @@ async fn events(State(state): State<AppState>, headers: HeaderMap, Json(request)
     Ok(Json(EventsResponse { accepted }))
 }
 
-async fn logs(State(state): State<AppState>, headers: HeaderMap, Json(request): Json<LogsRequest>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn logs(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Json(request): Json<LogsRequest>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     node_of(&state, &headers)?;
     let chunks: Vec<_> = request.chunks.into_iter().filter_map(|c| c.decode()).collect();
     state.store.append_logs(chunks).await?;

@@ -169,9 +169,11 @@ impl Auth {
         if hash == self.admin_hash {
             return Ok(Some((Caller::Admin, ProjectLimits::default())));
         }
-        let cached = self.cache.lock().ok().and_then(|cache| {
-            cache.get(&hash).filter(|c| c.at.elapsed() < TOKEN_CACHE_TTL).map(|c| (c.token.clone(), c.limits))
-        });
+        let cached = self
+            .cache
+            .lock()
+            .ok()
+            .and_then(|cache| cache.get(&hash).filter(|c| c.at.elapsed() < TOKEN_CACHE_TTL).map(|c| (c.token.clone(), c.limits)));
         let (token, limits) = match cached {
             Some(hit) => hit,
             None => {
@@ -227,8 +229,7 @@ pub async fn caller_of(state: &AppState, headers: &axum::http::HeaderMap) -> Res
 /// and hands the [`Caller`] to the handler as a request extension.
 pub async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let Some(token) = bearer(request.headers()) else {
-        return ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "missing `Authorization: Bearer TOKEN` header")
-            .into_response();
+        return ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "missing `Authorization: Bearer TOKEN` header").into_response();
     };
     let (caller, limits) = match state.auth.identify(state.store.as_ref(), token).await {
         Ok(Some(found)) => found,
@@ -273,11 +274,8 @@ pub async fn request_timeout(State(state): State<AppState>, request: Request, ne
 /// says its body is over [`crate::api::MAX_BODY_BYTES`], before reading any
 /// of it. (Bodies without a length are cut off at the limit as they arrive.)
 pub async fn refuse_oversized(request: Request, next: Next) -> Response {
-    let announced = request
-        .headers()
-        .get(axum::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let announced =
+        request.headers().get(axum::http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     match announced {
         Some(length) if length > crate::api::MAX_BODY_BYTES as u64 => ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,

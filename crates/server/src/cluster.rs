@@ -216,9 +216,8 @@ impl Cluster {
             auth,
             request_timeout: config.request_timeout,
         };
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| ClusterError::Bind { addr: config.listen, source })?;
+        let listener =
+            tokio::net::TcpListener::bind(config.listen).await.map_err(|source| ClusterError::Bind { addr: config.listen, source })?;
         let addr = listener.local_addr().map_err(|source| ClusterError::Bind { addr: config.listen, source })?;
         let app = api::router(state);
         let tls = match &config.tls {
@@ -243,11 +242,7 @@ impl Cluster {
     /// new token for it; `None` if it already existed (its tokens were
     /// shown when it was made).
     pub async fn bootstrap_default_project(&self) -> Result<Option<String>, StoreError> {
-        let project = shepherd_store::Project {
-            name: DEFAULT_PROJECT.into(),
-            created_at: Timestamp::now(),
-            limits: Default::default(),
-        };
+        let project = shepherd_store::Project { name: DEFAULT_PROJECT.into(), created_at: Timestamp::now(), limits: Default::default() };
         if !self.store.create_project(project).await? {
             return Ok(None);
         }

@@ -3,8 +3,8 @@
 //! [`NodeLinks`] over the network.
 
 use shepherd_agent::Agent;
-use shepherd_core::TaskId;
 use shepherd_core::LaunchSpec;
+use shepherd_core::TaskId;
 use std::collections::HashMap;
 
 /// Delivers assignments and cancels to the agent of a node.

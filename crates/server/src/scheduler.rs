@@ -97,7 +97,9 @@ pub fn pending(task: &QueuedTask) -> PendingTask {
         constraints: spec.constraints.iter().filter_map(|c| Constraint::parse(c).ok()).collect(),
         pool: spec.pool.clone(),
         anti_affinity: spec.anti_affinity.as_ref().and_then(|rule| {
-            spec.labels.get(&rule.label).map(|value| AntiAffinity { label: format!("{}={value}", rule.label), max_per_node: rule.max_per_node })
+            spec.labels
+                .get(&rule.label)
+                .map(|value| AntiAffinity { label: format!("{}={value}", rule.label), max_per_node: rule.max_per_node })
         }),
         profile: spec.profile.clone(),
     }
@@ -145,7 +147,13 @@ pub fn snapshot(nodes: Vec<NodeRecord>, active: &[ActiveTask]) -> Vec<NodeSnapsh
 
 impl Scheduler {
     /// A scheduler over these parts.
-    pub fn new(store: Arc<dyn Store>, links: Arc<dyn NodeLinks>, wakeup: Arc<Notify>, notes: Arc<PlacementNotes>, engine: Arc<Engine>) -> Scheduler {
+    pub fn new(
+        store: Arc<dyn Store>,
+        links: Arc<dyn NodeLinks>,
+        wakeup: Arc<Notify>,
+        notes: Arc<PlacementNotes>,
+        engine: Arc<Engine>,
+    ) -> Scheduler {
         Scheduler { store, links, wakeup, notes, engine, passes: AtomicU64::new(0), memory: Mutex::new(PassMemory::default()) }
     }
 

@@ -61,7 +61,8 @@ async fn errors_name_the_field_and_unknown_routes_say_so() {
     let api = Api::new();
     let (status, body) = api.call("POST", "/v1/tasks", Some(ADMIN), Some(json!({"image": "busybox", "timeout_seconds": 0}))).await;
     assert_eq!((status, body["error"]["field"].as_str()), (StatusCode::BAD_REQUEST, Some("timeout_seconds")), "{body}");
-    let (status, body) = api.call("POST", "/v1/tasks/batch", Some(ADMIN), Some(json!({"tasks": [{"image": "busybox"}, {"image": "BAD"}]}))).await;
+    let (status, body) =
+        api.call("POST", "/v1/tasks/batch", Some(ADMIN), Some(json!({"tasks": [{"image": "busybox"}, {"image": "BAD"}]}))).await;
     assert_eq!((status, body["error"]["field"].as_str()), (StatusCode::BAD_REQUEST, Some("tasks[1].image")), "{body}");
     let (status, body) = api.call("GET", "/v1/nowhere", Some(ADMIN), None).await;
     assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::NOT_FOUND, Some("route_not_found")));

@@ -25,10 +25,8 @@ pub struct SimConfig {
 fn nodes(config: &SimConfig) -> Vec<NodeSnapshot> {
     (0..config.nodes)
         .map(|i| {
-            let mut node = NodeSnapshot::new(
-                format!("sim-{i:05}"),
-                Resources { cpu_millicores: config.node_cpu, memory_mib: config.node_memory },
-            );
+            let mut node =
+                NodeSnapshot::new(format!("sim-{i:05}"), Resources { cpu_millicores: config.node_cpu, memory_mib: config.node_memory });
             let region = ["eu", "us", "ap"][i % 3];
             node.labels.insert("region".into(), region.into());
             node.labels.insert("zone".into(), format!("{region}-{}", (i / 3) % 3));

@@ -77,7 +77,9 @@ pub fn parse_workload(text: &str) -> Result<Vec<WorkloadTask>, WorkloadError> {
             let fields: Vec<&str> = line.split(',').map(str::trim).collect();
             let get = |name: &str| columns.iter().position(|c| *c == name).and_then(|i| fields.get(i)).copied().unwrap_or("");
             let number = |name: &str| -> Result<f64, WorkloadError> {
-                get(name).parse::<f64>().map_err(|_| WorkloadError { line: index + 1, message: format!("{name}: `{}` is not a number", get(name)) })
+                get(name)
+                    .parse::<f64>()
+                    .map_err(|_| WorkloadError { line: index + 1, message: format!("{name}: `{}` is not a number", get(name)) })
             };
             let task = WorkloadTask {
                 at: number("at")?,
@@ -92,8 +94,7 @@ pub fn parse_workload(text: &str) -> Result<Vec<WorkloadTask>, WorkloadError> {
         }
     } else {
         for (index, line) in lines {
-            let task: WorkloadTask =
-                serde_json::from_str(line).map_err(|e| WorkloadError { line: index + 1, message: e.to_string() })?;
+            let task: WorkloadTask = serde_json::from_str(line).map_err(|e| WorkloadError { line: index + 1, message: e.to_string() })?;
             tasks.push(check(task, index + 1)?);
         }
     }

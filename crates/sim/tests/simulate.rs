@@ -34,5 +34,8 @@ fn tasks_that_fit_nowhere_are_reported_with_the_reason() {
     let config = SimConfig { nodes: 3, node_cpu: 1000, node_memory: 1024, tick_seconds: 1.0, seed: 1 };
     let r = simulate(&Engine::default(), "spread", &workload, &config);
     assert_eq!(r.placed, 1);
-    assert_eq!(r.unplaced, vec![("no node can ever run this task (0/3 fit even with nothing running): 3 constraint node.labels.region==mars".to_string(), 1)]);
+    assert_eq!(
+        r.unplaced,
+        vec![("no node can ever run this task (0/3 fit even with nothing running): 3 constraint node.labels.region==mars".to_string(), 1)]
+    );
 }

@@ -19,7 +19,7 @@ pub mod sqlite;
 pub use model::*;
 /// Kept by the store, defined in `shepherd-core` (the agent shares them).
 pub use shepherd_core::{LaunchSpec, LogChunk, LogStream, NodeState};
-pub use sqlite::{SqliteStore, SqliteOptions, Synchronous};
+pub use sqlite::{SqliteOptions, SqliteStore, Synchronous};
 
 use async_trait::async_trait;
 use shepherd_core::{Event, NewTask, Task, TaskId, Timestamp};

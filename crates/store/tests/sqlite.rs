@@ -43,10 +43,8 @@ async fn tasks_survive_reopen_and_list_pages_newest_first() {
     expected.reverse();
     assert_eq!(seen, expected);
 
-    let even = store
-        .list_tasks(TaskFilter { labels: vec![("group".into(), "even".into())], limit: 100, ..Default::default() })
-        .await
-        .unwrap();
+    let even =
+        store.list_tasks(TaskFilter { labels: vec![("group".into(), "even".into())], limit: 100, ..Default::default() }).await.unwrap();
     assert_eq!(even.tasks.len(), 13);
 }
 

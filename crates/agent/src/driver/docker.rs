@@ -14,12 +14,12 @@
 //! adopt its attempts, and remove what it no longer owns.
 
 use super::*;
+use bollard::container::LogOutput;
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{
-    AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder, KillContainerOptionsBuilder, ListContainersOptionsBuilder,
-    ListImagesOptionsBuilder, RemoveContainerOptionsBuilder,
+    AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder, KillContainerOptionsBuilder,
+    ListContainersOptionsBuilder, ListImagesOptionsBuilder, RemoveContainerOptionsBuilder,
 };
-use bollard::container::LogOutput;
 use bollard::Docker;
 use futures_util::StreamExt;
 use std::collections::HashMap;
@@ -191,10 +191,7 @@ impl DockerDriver {
         match self.docker.create_container(Some(options), self.container_body(spec)).await {
             Ok(_) => Ok(()),
             Err(e) if is_status(&e, &[409]) => {
-                let _ = self
-                    .docker
-                    .remove_container(name, Some(RemoveContainerOptionsBuilder::default().force(true).build()))
-                    .await;
+                let _ = self.docker.remove_container(name, Some(RemoveContainerOptionsBuilder::default().force(true).build())).await;
                 let options = CreateContainerOptionsBuilder::default().name(name).build();
                 self.docker.create_container(Some(options), self.container_body(spec)).await.map(|_| ())
             }
@@ -226,7 +223,9 @@ impl DockerDriver {
                 }
                 PullPolicy::IfNotPresent => {
                     if let Err(why) = self.pull(image).await {
-                        return Err(DriverError::StartFailed(format!("image `{image}` is not on this node and could not be pulled: {why}")));
+                        return Err(DriverError::StartFailed(format!(
+                            "image `{image}` is not on this node and could not be pulled: {why}"
+                        )));
                     }
                     self.create(name, spec).await
                 }
@@ -271,10 +270,7 @@ impl DockerDriver {
             cap_drop: Some(vec!["ALL".into()]),
             security_opt: Some(vec!["no-new-privileges".into()]),
             readonly_rootfs: Some(true),
-            tmpfs: Some(HashMap::from([(
-                "/tmp".to_string(),
-                format!("rw,nosuid,nodev,size={}m", self.config.tmp_size_mib),
-            )])),
+            tmpfs: Some(HashMap::from([("/tmp".to_string(), format!("rw,nosuid,nodev,size={}m", self.config.tmp_size_mib))])),
             privileged: Some(false),
             // A tiny init (the engine's docker-init) as PID 1: signals reach
             // the command (a cancel's SIGTERM ends `sleep` at once instead of
@@ -501,8 +497,8 @@ impl Driver for DockerDriver {
         let name = container_name(task_id, attempt);
         match self.docker.inspect_container(&name, None).await {
             Ok(info) => {
-                let mine = info.config.as_ref().and_then(|c| c.labels.as_ref()).and_then(|l| l.get(LABEL_NODE))
-                    == Some(&self.config.node_id);
+                let mine =
+                    info.config.as_ref().and_then(|c| c.labels.as_ref()).and_then(|l| l.get(LABEL_NODE)) == Some(&self.config.node_id);
                 if !mine {
                     return Ok(None);
                 }

@@ -133,7 +133,8 @@ impl FakeAttempt {
 #[async_trait]
 impl AttemptHandle for FakeAttempt {
     async fn wait(&mut self) -> Result<ExitStatus, DriverError> {
-        let exit = self.exits.wait_for(Option::is_some).await.map_err(|_| DriverError::Io(std::io::Error::other("fake attempt vanished")))?;
+        let exit =
+            self.exits.wait_for(Option::is_some).await.map_err(|_| DriverError::Io(std::io::Error::other("fake attempt vanished")))?;
         let code = exit.unwrap_or(0);
         drop(exit);
         self.update(|r| r.ended = true);
@@ -213,7 +214,13 @@ impl Driver for FakeDriver {
         Ok(self.handle(spec.task_id, spec.attempt, live))
     }
 
-    async fn recover(&self, task_id: TaskId, attempt: u32, _output: OutputSender, _captured: Captured) -> Result<Option<Box<dyn AttemptHandle>>, DriverError> {
+    async fn recover(
+        &self,
+        task_id: TaskId,
+        attempt: u32,
+        _output: OutputSender,
+        _captured: Captured,
+    ) -> Result<Option<Box<dyn AttemptHandle>>, DriverError> {
         let live = self.lock().surviving.get(&(task_id, attempt)).cloned();
         Ok(live.map(|live| self.handle(task_id, attempt, live)))
     }

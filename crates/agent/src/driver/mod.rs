@@ -6,8 +6,8 @@ pub mod fake;
 pub mod process;
 
 use async_trait::async_trait;
-use shepherd_core::{PullPolicy, Resources, TaskId, Timestamp};
 use shepherd_core::LogStream;
+use shepherd_core::{PullPolicy, Resources, TaskId, Timestamp};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use tokio::sync::mpsc;

@@ -78,9 +78,7 @@ impl Driver for ProcessDriver {
 
     async fn start(&self, spec: &AttemptSpec, output: OutputSender) -> Result<Box<dyn AttemptHandle>, DriverError> {
         let Some((program, args)) = spec.command.split_first() else {
-            return Err(DriverError::StartFailed(
-                "the process driver needs a command: it cannot run an image's default entrypoint".into(),
-            ));
+            return Err(DriverError::StartFailed("the process driver needs a command: it cannot run an image's default entrypoint".into()));
         };
         let mut command = Command::new(program);
         command
@@ -115,9 +113,7 @@ impl Driver for ProcessDriver {
         }
         let mut child = command.spawn().map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => DriverError::StartFailed(format!("command `{program}` not found")),
-            std::io::ErrorKind::PermissionDenied => {
-                DriverError::StartFailed(format!("command `{program}` is not executable"))
-            }
+            std::io::ErrorKind::PermissionDenied => DriverError::StartFailed(format!("command `{program}` is not executable")),
             _ => DriverError::StartFailed(format!("could not start `{program}`: {e}")),
         })?;
         let pid = child.id().map(|p| p as i32).ok_or_else(|| DriverError::StartFailed("child exited at once".into()))?;

@@ -19,6 +19,10 @@ impl ScorePlugin for ImageLocality {
         NAME
     }
     fn score(&self, task: &PendingTask, node: &NodeSnapshot, _: &ClusterView<'_>) -> f64 {
-        if node.images.binary_search(&task.image).is_ok() { 1.0 } else { 0.0 }
+        if node.images.binary_search(&task.image).is_ok() {
+            1.0
+        } else {
+            0.0
+        }
     }
 }

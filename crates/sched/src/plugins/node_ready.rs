@@ -18,6 +18,10 @@ impl FilterPlugin for NodeReady {
         NAME
     }
     fn filter(&self, _task: &PendingTask, node: &NodeSnapshot) -> Result<(), Rejection> {
-        if node.ready { Ok(()) } else { Err(Rejection::NotReady) }
+        if node.ready {
+            Ok(())
+        } else {
+            Err(Rejection::NotReady)
+        }
     }
 }

@@ -20,9 +20,13 @@ impl FilterPlugin for Pool {
         NAME
     }
     fn filter(&self, task: &PendingTask, node: &NodeSnapshot) -> Result<(), Rejection> {
-        if !node.dedicated_to.is_empty() && !node.dedicated_to.iter().any(|p| *p == task.project) {
+        if !node.dedicated_to.is_empty() && !node.dedicated_to.contains(&task.project) {
             return Err(Rejection::Dedicated);
         }
-        if task.pool == node.pool { Ok(()) } else { Err(Rejection::Pool) }
+        if task.pool == node.pool {
+            Ok(())
+        } else {
+            Err(Rejection::Pool)
+        }
     }
 }

@@ -18,6 +18,10 @@ impl FilterPlugin for TaskLimit {
         NAME
     }
     fn filter(&self, _task: &PendingTask, node: &NodeSnapshot) -> Result<(), Rejection> {
-        if node.task_count < node.max_tasks { Ok(()) } else { Err(Rejection::TooManyTasks) }
+        if node.task_count < node.max_tasks {
+            Ok(())
+        } else {
+            Err(Rejection::TooManyTasks)
+        }
     }
 }

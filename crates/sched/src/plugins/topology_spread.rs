@@ -43,6 +43,10 @@ impl ScorePlugin for TopologySpread {
     fn score(&self, _task: &PendingTask, node: &NodeSnapshot, cluster: &ClusterView<'_>) -> f64 {
         let Some(domain) = node.labels.get(&self.key) else { return 0.0 };
         let (here, most) = cluster.topology_counts(&self.key, domain);
-        if most == 0 { 1.0 } else { 1.0 - f64::from(here) / f64::from(most) }
+        if most == 0 {
+            1.0
+        } else {
+            1.0 - f64::from(here) / f64::from(most)
+        }
     }
 }

@@ -103,7 +103,12 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
             }
         })?;
         if bytes.is_empty() {
-            return Err(ApiError { status: StatusCode::BAD_REQUEST, code: "malformed_json", field: Some("body".into()), message: "request body is empty; send a JSON object".into() });
+            return Err(ApiError {
+                status: StatusCode::BAD_REQUEST,
+                code: "malformed_json",
+                field: Some("body".into()),
+                message: "request body is empty; send a JSON object".into(),
+            });
         }
         decode(&bytes).map(ApiJson)
     }

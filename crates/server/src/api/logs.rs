@@ -3,9 +3,9 @@
 use super::{ApiError, AppState};
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
-use axum::Extension;
 use axum::http::header;
 use axum::response::Response;
+use axum::Extension;
 use serde::Deserialize;
 use shepherd_core::TaskId;
 use shepherd_store::{LogStream, Store, StoredLogChunk};
@@ -85,10 +85,10 @@ impl Follow {
             let chunks = match self.store.read_logs(self.id, self.after, PAGE).await {
                 Ok(chunks) => chunks,
                 Err(e) => {
-                self.ending = true;
-                self.follow = false;
-                return Some((Err(std::io::Error::other(e.to_string())), self));
-            }
+                    self.ending = true;
+                    self.follow = false;
+                    return Some((Err(std::io::Error::other(e.to_string())), self));
+                }
             };
             if let Some(last) = chunks.last() {
                 self.after = last.seq;
@@ -121,8 +121,9 @@ pub async fn logs(
     Path(id): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let query: LogsQuery = serde_urlencoded::from_str(query.as_deref().unwrap_or(""))
-        .map_err(|e| ApiError::field("query", format!("bad query: {e}; use follow=true|false, stream=stdout|stderr|all and offset=BYTES")))?;
+    let query: LogsQuery = serde_urlencoded::from_str(query.as_deref().unwrap_or("")).map_err(|e| {
+        ApiError::field("query", format!("bad query: {e}; use follow=true|false, stream=stdout|stderr|all and offset=BYTES"))
+    })?;
     let filter = match query.stream.as_deref() {
         None | Some("all") => None,
         Some("stdout") => Some(LogStream::Stdout),

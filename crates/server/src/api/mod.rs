@@ -9,9 +9,9 @@ mod projects;
 mod tasks;
 
 pub use error::{ApiError, ErrorBody};
-pub use openapi::ApiDoc;
 pub use health::Health;
 pub use nodes::{NodeList, NodeView};
+pub use openapi::ApiDoc;
 pub use projects::{AuditList, AuditView, CreatedToken, ProjectView, SecretList, TokenView};
 pub use tasks::{BatchRequest, BatchResponse, CandidateView, PlacementView, TaskList};
 

@@ -2,8 +2,8 @@
 
 use super::{ApiError, AppState};
 use crate::auth::Caller;
-use axum::Extension;
 use axum::extract::{Path, State};
+use axum::Extension;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use shepherd_core::{Resources, Timestamp};
@@ -73,11 +73,18 @@ pub async fn list(State(state): State<AppState>, Extension(caller): Extension<Ca
 /// Drain a node: no new tasks go there; running ones finish.
 #[utoipa::path(post, path = "/v1/nodes/{id}/drain", tag = "cluster", params(("id" = String, Path, description = "node id")),
     responses((status = 200, body = NodeView), (status = 404, body = super::ErrorBody)))]
-pub async fn drain(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> Result<Json<NodeView>, ApiError> {
+pub async fn drain(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<NodeView>, ApiError> {
     caller.require_admin()?;
     let node = state.store.list_nodes().await?.into_iter().find(|n| n.id == id);
     let Some(node) = node else { return Err(ApiError::not_found(format!("no node with id {id}"))) };
-    let to = node.state.next(shepherd_core::NodeEvent::Drain).map_err(|e| ApiError::new(axum::http::StatusCode::CONFLICT, "not_drainable", e.to_string()))?;
+    let to = node
+        .state
+        .next(shepherd_core::NodeEvent::Drain)
+        .map_err(|e| ApiError::new(axum::http::StatusCode::CONFLICT, "not_drainable", e.to_string()))?;
     if !state.store.set_node_state(&id, to).await? {
         return Err(ApiError::not_found(format!("no node with id {id}")));
     }

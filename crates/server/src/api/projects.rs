@@ -201,7 +201,11 @@ pub async fn list(State(state): State<AppState>, Extension(caller): Extension<Ca
 /// One project.
 #[utoipa::path(get, path = "/v1/projects/{project}", tag = "projects", params(("project" = String, Path, description = "project name")),
     responses((status = 200, body = ProjectView), (status = 404, body = super::ErrorBody)))]
-pub async fn get(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(name): Path<String>) -> Result<Json<ProjectView>, ApiError> {
+pub async fn get(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Result<Json<ProjectView>, ApiError> {
     Ok(Json(project_or_404(&state, &caller, &name).await?.into()))
 }
 
@@ -262,7 +266,11 @@ pub async fn create_token(
 /// A project's tokens (never the tokens themselves).
 #[utoipa::path(get, path = "/v1/projects/{project}/tokens", tag = "projects", params(("project" = String, Path, description = "project name")),
     responses((status = 200, body = TokenList), (status = 404, body = super::ErrorBody)))]
-pub async fn list_tokens(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(name): Path<String>) -> Result<Json<TokenList>, ApiError> {
+pub async fn list_tokens(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Result<Json<TokenList>, ApiError> {
     project_or_404(&state, &caller, &name).await?;
     let tokens = state.store.list_tokens(&name).await?.into_iter().map(TokenView::from).collect();
     Ok(Json(TokenList { tokens }))
@@ -329,9 +337,14 @@ pub async fn delete_secret(
 /// A project's secrets, names only.
 #[utoipa::path(get, path = "/v1/projects/{project}/secrets", tag = "projects", params(("project" = String, Path, description = "project name")),
     responses((status = 200, body = SecretList), (status = 404, body = super::ErrorBody)))]
-pub async fn list_secrets(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(project): Path<String>) -> Result<Json<SecretList>, ApiError> {
+pub async fn list_secrets(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(project): Path<String>,
+) -> Result<Json<SecretList>, ApiError> {
     project_or_404(&state, &caller, &project).await?;
-    let secrets = state.store.list_secrets(&project).await?.into_iter().map(|s| SecretView { name: s.name, updated_at: s.updated_at }).collect();
+    let secrets =
+        state.store.list_secrets(&project).await?.into_iter().map(|s| SecretView { name: s.name, updated_at: s.updated_at }).collect();
     Ok(Json(SecretList { secrets }))
 }
 
@@ -344,7 +357,11 @@ pub async fn list_secrets(State(state): State<AppState>, Extension(caller): Exte
         ("cursor" = Option<i64>, Query, description = "next_cursor of the previous page"),
     ),
     responses((status = 200, body = AuditList), (status = 400, body = super::ErrorBody)))]
-pub async fn audit(State(state): State<AppState>, Extension(caller): Extension<Caller>, RawQuery(query): RawQuery) -> Result<Json<AuditList>, ApiError> {
+pub async fn audit(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<AuditList>, ApiError> {
     let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.as_deref().unwrap_or(""))
         .map_err(|e| ApiError::field("query", format!("bad query string: {e}")))?;
     let (mut project, mut limit, mut before) = (None, 100usize, None);
@@ -352,7 +369,11 @@ pub async fn audit(State(state): State<AppState>, Extension(caller): Extension<C
         match key.as_str() {
             "project" => project = Some(value),
             "limit" => {
-                limit = value.parse().ok().filter(|n| (1..=1000).contains(n)).ok_or_else(|| ApiError::field("limit", "a number from 1 to 1000"))?
+                limit = value
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=1000).contains(n))
+                    .ok_or_else(|| ApiError::field("limit", "a number from 1 to 1000"))?
             }
             "cursor" => before = Some(value.parse().map_err(|_| ApiError::field("cursor", "not a cursor from a previous page"))?),
             other => return Err(ApiError::field(other, "unknown query parameter; use project, limit, cursor")),
@@ -360,7 +381,9 @@ pub async fn audit(State(state): State<AppState>, Extension(caller): Extension<C
     }
     if let Some(own) = caller.project() {
         if project.as_deref().is_some_and(|p| p != own) {
-            return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", format!("this token sees project `{own}` only")).with_field("project"));
+            return Err(
+                ApiError::new(StatusCode::FORBIDDEN, "forbidden", format!("this token sees project `{own}` only")).with_field("project")
+            );
         }
         project = Some(own.to_string());
     }

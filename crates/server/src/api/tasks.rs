@@ -78,7 +78,11 @@ pub async fn create_batch(
 /// One task with its attempts.
 #[utoipa::path(get, path = "/v1/tasks/{id}", tag = "tasks", params(("id" = String, Path, description = "task id")),
     responses((status = 200, body = Task), (status = 404, body = super::ErrorBody)))]
-pub async fn get(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> Result<Json<Task>, ApiError> {
+pub async fn get(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<Task>, ApiError> {
     Ok(Json(state.tasks.get(&caller, &id).await?))
 }
 
@@ -90,7 +94,8 @@ fn list_filter(query: Option<String>) -> Result<TaskFilter, ApiError> {
         match key.as_str() {
             "state" => {
                 for name in value.split(',').filter(|s| !s.is_empty()) {
-                    let state: TaskState = name.parse().map_err(|e: shepherd_core::state::UnknownState| ApiError::field("state", e.to_string()))?;
+                    let state: TaskState =
+                        name.parse().map_err(|e: shepherd_core::state::UnknownState| ApiError::field("state", e.to_string()))?;
                     filter.states.push(state);
                 }
             }
@@ -125,7 +130,11 @@ fn list_filter(query: Option<String>) -> Result<TaskFilter, ApiError> {
         ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
     ),
     responses((status = 200, body = TaskList), (status = 400, body = super::ErrorBody)))]
-pub async fn list(State(state): State<AppState>, Extension(caller): Extension<Caller>, RawQuery(query): RawQuery) -> Result<Json<TaskList>, ApiError> {
+pub async fn list(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<TaskList>, ApiError> {
     let page = state.tasks.list(&caller, list_filter(query)?).await?;
     Ok(Json(TaskList { tasks: page.tasks, next_cursor: page.next_cursor }))
 }
@@ -134,7 +143,11 @@ pub async fn list(State(state): State<AppState>, Extension(caller): Extension<Ca
 /// by its agent (SIGTERM, then SIGKILL) and then ends as cancelled.
 #[utoipa::path(post, path = "/v1/tasks/{id}/cancel", tag = "tasks", params(("id" = String, Path, description = "task id")),
     responses((status = 200, body = Task), (status = 404, body = super::ErrorBody), (status = 409, body = super::ErrorBody)))]
-pub async fn cancel(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> Result<Json<Task>, ApiError> {
+pub async fn cancel(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<Task>, ApiError> {
     Ok(Json(state.tasks.cancel(&caller, &id).await?))
 }
 
@@ -192,7 +205,11 @@ pub struct PlacementView {
 /// How the scheduler placed a task: the scores of its best candidates.
 #[utoipa::path(get, path = "/v1/tasks/{id}/placement", tag = "tasks", params(("id" = String, Path, description = "task id")),
     responses((status = 200, body = PlacementView), (status = 404, body = super::ErrorBody)))]
-pub async fn placement(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> Result<Json<PlacementView>, ApiError> {
+pub async fn placement(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<PlacementView>, ApiError> {
     let task = state.tasks.get(&caller, &id).await?;
     let candidates = state
         .tasks

@@ -177,7 +177,9 @@ impl TaskService {
                 claim(caller, &mut spec, &within(&prefix(index), "project"))?;
                 if let Some(profile) = spec.profile.as_deref().filter(|p| !self.engine.has_profile(p)) {
                     let known = self.engine.profile_names().join(", ");
-                    return Err(FieldError::new("profile", format!("unknown profile `{profile}`; known: {known}")).within(&prefix(index)).into());
+                    return Err(FieldError::new("profile", format!("unknown profile `{profile}`; known: {known}"))
+                        .within(&prefix(index))
+                        .into());
                 }
                 let id = TaskId::generate(&mut ids, now);
                 validate(spec, &self.limits, id, now).map_err(|e| e.within(&prefix(index)).into())

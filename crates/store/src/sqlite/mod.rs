@@ -110,9 +110,7 @@ impl SqliteStore {
             .map(|_| open_connection(&path, options.synchronous, true).map(Mutex::new))
             .collect::<Result<Vec<_>, _>>()?;
         let (tx, rx) = mpsc::channel();
-        let writer = std::thread::Builder::new()
-            .name("store-writer".into())
-            .spawn(move || writer::run(conn, rx))?;
+        let writer = std::thread::Builder::new().name("store-writer".into()).spawn(move || writer::run(conn, rx))?;
         Ok(SqliteStore {
             path,
             writes: Mutex::new(Some(tx)),
@@ -265,9 +263,7 @@ impl Store for SqliteStore {
             let projects: Vec<(String, Option<QueueCursor>)> = match query.projects {
                 Some(projects) => projects.into_iter().collect(),
                 None => {
-                    let mut stmt = conn.prepare_cached(
-                        "SELECT DISTINCT project FROM tasks WHERE state = 'queued' AND not_before <= ?1",
-                    )?;
+                    let mut stmt = conn.prepare_cached("SELECT DISTINCT project FROM tasks WHERE state = 'queued' AND not_before <= ?1")?;
                     let mut rows = stmt.query([now.millis()])?;
                     let mut projects = Vec::new();
                     while let Some(row) = rows.next()? {
@@ -310,8 +306,7 @@ impl Store for SqliteStore {
                         break;
                     }
                     let mut stmt = conn.prepare_cached(sql)?;
-                    let mut args: Vec<rusqlite::types::Value> =
-                        vec![project.clone().into(), now.millis().into(), (left as i64).into()];
+                    let mut args: Vec<rusqlite::types::Value> = vec![project.clone().into(), now.millis().into(), (left as i64).into()];
                     // Unused cursor parameters are bound anyway: numbering stays fixed.
                     args.extend(extra);
                     args.extend(skip.iter().map(|shape| rusqlite::types::Value::from(*shape)));
@@ -348,8 +343,8 @@ impl Store for SqliteStore {
             let mut rows = stmt.query([])?;
             let mut active = Vec::new();
             while let Some(row) = rows.next()? {
-                let spec: shepherd_core::TaskSpec = serde_json::from_str(&row.get::<_, String>(7)?)
-                    .map_err(|e| StoreError::Corrupt(format!("spec: {e}")))?;
+                let spec: shepherd_core::TaskSpec =
+                    serde_json::from_str(&row.get::<_, String>(7)?).map_err(|e| StoreError::Corrupt(format!("spec: {e}")))?;
                 active.push(ActiveTask {
                     id: rows::parse_id(&row.get::<_, String>(0)?)?,
                     project: spec.project,
@@ -389,8 +384,7 @@ impl Store for SqliteStore {
             let Some((state, attempt, node_id, cancel_requested, spec, payload, started_at)) = row else {
                 return Ok(None);
             };
-            let spec: shepherd_core::TaskSpec =
-                serde_json::from_str(&spec).map_err(|e| StoreError::Corrupt(format!("spec: {e}")))?;
+            let spec: shepherd_core::TaskSpec = serde_json::from_str(&spec).map_err(|e| StoreError::Corrupt(format!("spec: {e}")))?;
             let secrets = if spec.secrets.is_empty() {
                 Default::default()
             } else {
@@ -421,9 +415,8 @@ impl Store for SqliteStore {
 
     async fn read_logs(&self, id: TaskId, after: i64, limit: usize) -> Result<Vec<StoredLogChunk>, StoreError> {
         self.read(move |conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT seq, attempt, stream, data FROM task_logs WHERE task_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
-            )?;
+            let mut stmt = conn
+                .prepare_cached("SELECT seq, attempt, stream, data FROM task_logs WHERE task_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3")?;
             let mut rows = stmt.query(rusqlite::params![id.to_string(), after, limit as i64])?;
             let mut chunks = Vec::new();
             while let Some(row) = rows.next()? {

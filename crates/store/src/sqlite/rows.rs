@@ -25,8 +25,7 @@ pub fn task_from_row(row: &Row<'_>) -> Result<Task, StoreError> {
     let id: String = row.get(0)?;
     let state: String = row.get(1)?;
     let spec_json: String = row.get(2)?;
-    let spec: TaskSpec = serde_json::from_str(&spec_json)
-        .map_err(|e| StoreError::Corrupt(format!("task {id}: bad spec: {e}")))?;
+    let spec: TaskSpec = serde_json::from_str(&spec_json).map_err(|e| StoreError::Corrupt(format!("task {id}: bad spec: {e}")))?;
     let task = Task::from_spec(parse_id(&id)?, spec, row.get::<_, i64>(3)? as u64, Timestamp(row.get(4)?));
     Ok(Task {
         state: parse_state(&state)?,
@@ -67,10 +66,7 @@ pub fn load_attempts(conn: &Connection, task: &mut Task) -> Result<(), StoreErro
 
 pub fn get_task(conn: &Connection, id: TaskId) -> Result<Option<Task>, StoreError> {
     let mut stmt = conn.prepare_cached(&format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1"))?;
-    let task = stmt
-        .query_row([id.to_string()], |row| Ok(task_from_row(row)))
-        .optional()?
-        .transpose()?;
+    let task = stmt.query_row([id.to_string()], |row| Ok(task_from_row(row))).optional()?.transpose()?;
     match task {
         Some(mut task) => {
             load_attempts(conn, &mut task)?;

@@ -14,11 +14,7 @@ fn limits_to(limits: &ProjectLimits) -> Result<String, StoreError> {
 }
 
 fn project_from(row: &Row) -> Result<Project, StoreError> {
-    Ok(Project {
-        name: row.get(0)?,
-        created_at: Timestamp(row.get(1)?),
-        limits: limits_from(&row.get::<_, String>(2)?)?,
-    })
+    Ok(Project { name: row.get(0)?, created_at: Timestamp(row.get(1)?), limits: limits_from(&row.get::<_, String>(2)?)? })
 }
 
 fn token_from(row: &Row) -> rusqlite::Result<TokenRecord> {
@@ -63,24 +59,26 @@ pub fn set_project_limits(conn: &Connection, name: &str, limits: &ProjectLimits)
 }
 
 pub fn create_token(conn: &Connection, token: &TokenRecord, hash: &str) -> Result<(), StoreError> {
-    conn.prepare_cached("INSERT INTO api_tokens (id, project, name, hash, created_at) VALUES (?1, ?2, ?3, ?4, ?5)")?
-        .execute(params![token.id, token.project, token.name, hash, token.created_at.millis()])?;
+    conn.prepare_cached("INSERT INTO api_tokens (id, project, name, hash, created_at) VALUES (?1, ?2, ?3, ?4, ?5)")?.execute(params![
+        token.id,
+        token.project,
+        token.name,
+        hash,
+        token.created_at.millis()
+    ])?;
     Ok(())
 }
 
 pub fn token_by_hash(conn: &Connection, hash: &str) -> Result<Option<TokenRecord>, StoreError> {
     Ok(conn
-        .prepare_cached(
-            "SELECT id, project, name, created_at, revoked_at FROM api_tokens WHERE hash = ?1 AND revoked_at IS NULL",
-        )?
+        .prepare_cached("SELECT id, project, name, created_at, revoked_at FROM api_tokens WHERE hash = ?1 AND revoked_at IS NULL")?
         .query_row([hash], token_from)
         .optional()?)
 }
 
 pub fn list_tokens(conn: &Connection, project: &str) -> Result<Vec<TokenRecord>, StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT id, project, name, created_at, revoked_at FROM api_tokens WHERE project = ?1 ORDER BY created_at, id",
-    )?;
+    let mut stmt =
+        conn.prepare_cached("SELECT id, project, name, created_at, revoked_at FROM api_tokens WHERE project = ?1 ORDER BY created_at, id")?;
     let tokens = stmt.query_map([project], token_from)?.collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(tokens)
 }

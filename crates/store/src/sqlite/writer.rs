@@ -105,9 +105,7 @@ fn commit_group(conn: &mut Connection, group: Vec<WriteOp>) {
 
 fn outcome_placeholder(op: WriteOp) -> Outcome {
     match op {
-        WriteOp::Create(_, tx) | WriteOp::AppendLogs(_, tx) | WriteOp::UpsertNode(_, tx) => {
-            Outcome::Unit(tx, Ok(()))
-        }
+        WriteOp::Create(_, tx) | WriteOp::AppendLogs(_, tx) | WriteOp::UpsertNode(_, tx) => Outcome::Unit(tx, Ok(())),
         WriteOp::Apply(_, _, tx) => Outcome::Applied(tx, Ok(Vec::new())),
         WriteOp::TouchNode(_, _, _, tx) => Outcome::State(tx, Ok(None)),
         WriteOp::SetNodeState(_, _, tx) => Outcome::Flag(tx, Ok(false)),
@@ -116,10 +114,7 @@ fn outcome_placeholder(op: WriteOp) -> Outcome {
 }
 
 /// Runs one op in a savepoint, released on success and rolled back on error.
-fn in_savepoint<T>(
-    tx: &mut Transaction<'_>,
-    work: impl FnOnce(&Connection) -> Result<T, StoreError>,
-) -> Result<T, StoreError> {
+fn in_savepoint<T>(tx: &mut Transaction<'_>, work: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
     let sp = tx.savepoint()?;
     let result = work(&sp);
     if result.is_ok() {
@@ -131,15 +126,16 @@ fn in_savepoint<T>(
 fn execute(tx: &mut Transaction<'_>, op: WriteOp) -> Outcome {
     match op {
         WriteOp::Create(tasks, reply) => Outcome::Unit(reply, in_savepoint(tx, |t| insert_tasks(t, &tasks))),
-        WriteOp::Apply(events, now, reply) => {
-            Outcome::Applied(reply, in_savepoint(tx, |t| apply_events(t, &events, now)))
-        }
+        WriteOp::Apply(events, now, reply) => Outcome::Applied(reply, in_savepoint(tx, |t| apply_events(t, &events, now))),
         WriteOp::AppendLogs(chunks, reply) => Outcome::Unit(reply, in_savepoint(tx, |t| append_logs(t, &chunks))),
         WriteOp::UpsertNode(node, reply) => Outcome::Unit(reply, in_savepoint(tx, |t| upsert_node(t, &node))),
         WriteOp::TouchNode(id, at, images, reply) => Outcome::State(reply, in_savepoint(tx, |t| touch_node(t, &id, at, &images))),
-        WriteOp::SetNodeState(id, state, reply) => Outcome::Flag(reply, in_savepoint(tx, |t| {
-            Ok(t.prepare_cached("UPDATE nodes SET state = ?2 WHERE id = ?1")?.execute(params![id, state.as_str()])? > 0)
-        })),
+        WriteOp::SetNodeState(id, state, reply) => Outcome::Flag(
+            reply,
+            in_savepoint(tx, |t| {
+                Ok(t.prepare_cached("UPDATE nodes SET state = ?2 WHERE id = ?1")?.execute(params![id, state.as_str()])? > 0)
+            }),
+        ),
         WriteOp::Run(work, reply) => Outcome::Any(reply, in_savepoint(tx, work)),
     }
 }
@@ -239,12 +235,19 @@ fn apply_one(tx: &Connection, id: TaskId, event: &Event, now: Timestamp) -> Resu
         _ => node_id,
     };
     if let Some(number) = decision.open_attempt {
-        tx.prepare_cached("INSERT INTO attempts (task_id, number, node_id, scheduled_at) VALUES (?1, ?2, ?3, ?4)")?
-            .execute(params![key, number, node_id, now.millis()])?;
+        tx.prepare_cached("INSERT INTO attempts (task_id, number, node_id, scheduled_at) VALUES (?1, ?2, ?3, ?4)")?.execute(params![
+            key,
+            number,
+            node_id,
+            now.millis()
+        ])?;
     }
     if matches!(event, Event::Start { .. }) {
-        tx.prepare_cached("UPDATE attempts SET started_at = ?3 WHERE task_id = ?1 AND number = ?2")?
-            .execute(params![key, attempt, now.millis()])?;
+        tx.prepare_cached("UPDATE attempts SET started_at = ?3 WHERE task_id = ?1 AND number = ?2")?.execute(params![
+            key,
+            attempt,
+            now.millis()
+        ])?;
     }
     if let Some(outcome) = decision.close_attempt {
         let detail = match event {
@@ -290,8 +293,7 @@ fn apply_one(tx: &Connection, id: TaskId, event: &Event, now: Timestamp) -> Resu
 }
 
 fn append_logs(tx: &Connection, chunks: &[LogChunk]) -> Result<(), StoreError> {
-    let mut insert =
-        tx.prepare_cached("INSERT INTO task_logs (task_id, attempt, stream, data) VALUES (?1, ?2, ?3, ?4)")?;
+    let mut insert = tx.prepare_cached("INSERT INTO task_logs (task_id, attempt, stream, data) VALUES (?1, ?2, ?3, ?4)")?;
     for chunk in chunks {
         insert.execute(params![chunk.task_id.to_string(), chunk.attempt, chunk.stream as i64, chunk.data])?;
     }
@@ -328,7 +330,6 @@ fn upsert_node(tx: &Connection, node: &NodeRecord) -> Result<(), StoreError> {
 fn touch_node(tx: &Connection, id: &str, at: Timestamp, images: &[String]) -> Result<Option<crate::NodeState>, StoreError> {
     let images = serde_json::to_string(images).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     tx.prepare_cached("UPDATE nodes SET last_heartbeat_at = ?2, images = ?3 WHERE id = ?1")?.execute(params![id, at.millis(), images])?;
-    let state: Option<String> =
-        tx.prepare_cached("SELECT state FROM nodes WHERE id = ?1")?.query_row([id], |row| row.get(0)).optional()?;
+    let state: Option<String> = tx.prepare_cached("SELECT state FROM nodes WHERE id = ?1")?.query_row([id], |row| row.get(0)).optional()?;
     Ok(state.as_deref().and_then(crate::NodeState::parse))
 }

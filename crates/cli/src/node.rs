@@ -1,0 +1,159 @@
+//! What `up` and `agent` share: a node's flags, the driver it runs, its
+//! data directory, the signals that stop it, and what a stop left behind.
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use shepherd_agent::{DockerConfig, DockerDriver, Driver, ProcessDriver};
+use shepherd_core::Resources;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DriverName {
+    /// `docker` when a Docker Engine answers, else `process`.
+    Auto,
+    /// Every task a hardened container on the local Docker Engine.
+    Docker,
+    /// Commands run as host processes; the image is recorded only.
+    Process,
+}
+
+/// Flags of a node (`up` and `agent`).
+#[derive(Args)]
+pub struct NodeFlags {
+    /// How tasks run.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub(crate) driver: DriverName,
+    /// Most processes in one task's container (docker driver); at least 1 (tasks cannot turn it off).
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(i64).range(1..))]
+    pub(crate) pids_limit: i64,
+    /// CPU the node offers, in millicores (default: all cores).
+    #[arg(long)]
+    pub(crate) cpu: Option<u32>,
+    /// Memory the node offers, in MiB (default: all of it).
+    #[arg(long)]
+    pub(crate) memory: Option<u32>,
+    /// Most tasks running at once on the node.
+    #[arg(long, default_value_t = 256)]
+    pub(crate) max_tasks: u32,
+    /// A label of the node, KEY=VALUE (repeatable); constraints match node.labels.KEY; `pool` sets its pool.
+    #[arg(long = "node-label", value_name = "KEY=VALUE")]
+    pub(crate) node_labels: Vec<String>,
+    /// Dedicate this node to these projects (comma-separated): no other project's task lands here.
+    #[arg(long, value_name = "PROJECT,...")]
+    pub(crate) dedicated_to: Option<String>,
+    /// Output kept from the start of each attempt, in bytes.
+    #[arg(long, default_value_t = 1024 * 1024)]
+    pub(crate) log_head_bytes: usize,
+    /// Output kept from the end of each attempt, in bytes.
+    #[arg(long, default_value_t = 1024 * 1024)]
+    pub(crate) log_tail_bytes: usize,
+    /// Time between SIGTERM and SIGKILL when a task is stopped.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub(crate) stop_grace: Duration,
+    /// On Ctrl-C or SIGTERM, stop running task containers too (they run again
+    /// on the next start) instead of leaving them running for adoption.
+    #[arg(long)]
+    pub(crate) stop_tasks: bool,
+}
+
+/// `$XDG_DATA_HOME/shepherd`, else `~/.local/share/shepherd`.
+pub fn default_data_dir() -> PathBuf {
+    match std::env::var_os("XDG_DATA_HOME")
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share").into_os_string()))
+    {
+        Some(base) => PathBuf::from(base).join("shepherd"),
+        None => PathBuf::from(".shepherd"),
+    }
+}
+
+pub fn host_memory_mib() -> u32 {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    meminfo
+        .lines()
+        .find_map(|line| line.strip_prefix("MemTotal:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kib| (kib / 1024).min(u64::from(u32::MAX)) as u32)
+        .unwrap_or(1024)
+}
+
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "localhost".into())
+}
+
+pub async fn stop_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
+    }
+}
+
+/// Picks the driver; says why.
+pub async fn choose_driver(wanted: DriverName, node_id: &str, pids_limit: i64) -> Result<(Arc<dyn Driver>, String)> {
+    let docker = || DockerDriver::connect(DockerConfig { node_id: node_id.to_string(), pids_limit, tmp_size_mib: 64 });
+    match wanted {
+        DriverName::Process => {
+            Ok((Arc::new(ProcessDriver), "chosen with --driver process: commands run on this host; the image is recorded only".into()))
+        }
+        DriverName::Docker => match docker().await {
+            Ok(driver) => Ok((Arc::new(driver), "chosen with --driver docker: every task a hardened container".into())),
+            Err(e) => bail!("--driver docker: {e}"),
+        },
+        DriverName::Auto => match docker().await {
+            Ok(driver) => Ok((Arc::new(driver), "a Docker Engine answered: every task a hardened container".into())),
+            Err(e) => {
+                Ok((Arc::new(ProcessDriver), format!("no Docker Engine ({e}): commands run on this host; the image is recorded only")))
+            }
+        },
+    }
+}
+
+pub fn read_token(token: &Option<String>, file: &Option<PathBuf>) -> Result<Option<String>> {
+    Ok(match (token, file) {
+        (Some(token), _) => Some(token.clone()),
+        (None, Some(path)) => {
+            Some(std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?.trim().to_string())
+        }
+        (None, None) => None,
+    })
+}
+
+pub struct Node {
+    pub(crate) capacity: Resources,
+    pub(crate) labels: BTreeMap<String, String>,
+    pub(crate) driver: Arc<dyn Driver>,
+    pub(crate) why: String,
+}
+
+pub async fn prepare_node(flags: &NodeFlags, node_id: &str) -> Result<Node> {
+    let mut labels = BTreeMap::new();
+    for label in &flags.node_labels {
+        let Some((key, value)) = label.split_once('=') else { bail!("--node-label `{label}`: use KEY=VALUE") };
+        labels.insert(key.to_string(), value.to_string());
+    }
+    if let Some(projects) = &flags.dedicated_to {
+        for project in projects.split(',') {
+            if !shepherd_core::is_project_name(project) {
+                bail!("--dedicated-to: `{project}` is not a project name");
+            }
+        }
+        labels.insert(shepherd_sched::DEDICATED_LABEL.to_string(), projects.clone());
+    }
+    let cores = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
+    let capacity =
+        Resources { cpu_millicores: flags.cpu.unwrap_or(cores * 1000), memory_mib: flags.memory.unwrap_or_else(host_memory_mib) };
+    let (driver, why) = choose_driver(flags.driver, node_id, flags.pids_limit).await?;
+    Ok(Node { capacity, labels, driver, why })
+}
+
+/// Says what a stop left running, and the two ways to deal with it.
+pub fn left_running_note(left: usize, data_dir: &std::path::Path) {
+    let tasks = if left == 1 { "1 task container".to_string() } else { format!("{left} task containers") };
+    println!("  {tasks} left running: the next start with --data-dir {} adopts them.", data_dir.display());
+    println!("  Not starting again? Remove them (and this node's networks) with:");
+    println!("    shepherd node cleanup --data-dir {}", data_dir.display());
+    println!("  (or stop them with the node next time: --stop-tasks)");
+}
