@@ -69,33 +69,33 @@ pub fn placement_shape(
     h.0 as i64
 }
 
+/// `placement_shape` of a value with the task's placement fields (a spec
+/// or a task: they name them alike).
+macro_rules! shape_of {
+    ($t:expr) => {
+        placement_shape(
+            &$t.project,
+            $t.profile.as_deref(),
+            $t.pool.as_deref(),
+            $t.resources,
+            &$t.constraints,
+            $t.anti_affinity.as_ref(),
+            &$t.labels,
+        )
+    };
+}
+
 impl TaskSpec {
     /// This task's placement shape (see [`crate::shape`]).
     pub fn placement_shape(&self) -> i64 {
-        placement_shape(
-            &self.project,
-            self.profile.as_deref(),
-            self.pool.as_deref(),
-            self.resources,
-            &self.constraints,
-            self.anti_affinity.as_ref(),
-            &self.labels,
-        )
+        shape_of!(self)
     }
 }
 
 impl Task {
     /// This task's placement shape (see [`crate::shape`]).
     pub fn placement_shape(&self) -> i64 {
-        placement_shape(
-            &self.project,
-            self.profile.as_deref(),
-            self.pool.as_deref(),
-            self.resources,
-            &self.constraints,
-            self.anti_affinity.as_ref(),
-            &self.labels,
-        )
+        shape_of!(self)
     }
 }
 
