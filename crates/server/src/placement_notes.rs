@@ -19,6 +19,8 @@ struct Notes {
     by_shape: HashMap<i64, String>,
     /// How the best candidates scored, per placed task (the latest placements).
     scores: HashMap<TaskId, Vec<shepherd_sched::NodeScore>>,
+    /// Why every task waits, when one reason holds for all (no nodes).
+    cluster: Option<String>,
 }
 
 /// Keep at most this many task reasons; the oldest are simply forgotten
@@ -38,6 +40,13 @@ impl PlacementNotes {
             }
             notes.by_task.extend(unplaced.into_iter().take(MAX_NOTES));
             notes.by_shape = shapes;
+        }
+    }
+
+    /// One reason for every waiting task (no nodes at all), or none.
+    pub fn set_cluster_reason(&self, reason: Option<String>) {
+        if let Ok(mut notes) = self.notes.lock() {
+            notes.cluster = reason;
         }
     }
 
@@ -75,7 +84,7 @@ impl PlacementNotes {
             return;
         }
         let Ok(notes) = self.notes.lock() else { return };
-        let reason = notes.by_shape.get(&task.placement_shape()).or_else(|| notes.by_task.get(&task.id));
+        let reason = notes.cluster.as_ref().or_else(|| notes.by_shape.get(&task.placement_shape())).or_else(|| notes.by_task.get(&task.id));
         if let Some(reason) = reason {
             task.reason = Some(reason.clone());
         }

@@ -64,11 +64,10 @@ pub struct PassOutcome {
 
 /// Identifies the node set as far as where a task could ever fit goes
 /// (not how full the nodes are).
-fn node_set_key(nodes: &[NodeSnapshot]) -> u64 {
+fn node_set_key(nodes: &[NodeRecord]) -> u64 {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     for node in nodes {
-        (&node.id, node.capacity.cpu_millicores, node.capacity.memory_mib, node.max_tasks).hash(&mut hasher);
-        (&node.labels, &node.pool, &node.dedicated_to).hash(&mut hasher);
+        (&node.id, node.capacity.cpu_millicores, node.capacity.memory_mib, node.max_tasks, &node.labels).hash(&mut hasher);
     }
     hasher.finish()
 }
@@ -182,10 +181,51 @@ impl Scheduler {
         tracing::debug!("scheduler stopped");
     }
 
+    fn restore(&self, memory: PassMemory) {
+        if let Ok(mut slot) = self.memory.lock() {
+            *slot = memory;
+        }
+    }
+
     /// One pass: places what fits, explains what does not.
     pub async fn pass(&self) -> Result<PassOutcome, StoreError> {
         let now = Timestamp::now();
-        let active = self.store.active_tasks().await?;
+        let records = self.store.list_nodes().await?;
+        if records.is_empty() {
+            // Nothing can be placed, and every task waits for the same reason.
+            self.notes.set_cluster_reason(Some("no nodes in the cluster".into()));
+            return Ok(PassOutcome::default());
+        }
+        self.notes.set_cluster_reason(None);
+        let mut memory = self.memory.lock().map(|mut m| std::mem::take(&mut *m)).unwrap_or_default();
+        let key = node_set_key(&records);
+        if memory.nodes != key {
+            memory = PassMemory { nodes: key, never_fits: HashMap::new(), resume: std::mem::take(&mut memory.resume) };
+        }
+        // The first page, before anything else is read: an idle pass ends here.
+        let query = QueueQuery { limit: PAGE, projects: None, skip_shapes: memory.never_fits.keys().copied().collect() };
+        let first = match self.store.queued_tasks(now, query).await {
+            Ok(first) => first,
+            Err(e) => {
+                self.restore(memory);
+                return Err(e);
+            }
+        };
+        if first.tasks.is_empty() {
+            memory.resume.clear();
+            let shapes = memory.never_fits.clone();
+            self.restore(memory);
+            // What no node could ever take is still explained.
+            self.notes.record(Vec::new(), Vec::new(), shapes);
+            return Ok(PassOutcome::default());
+        }
+        let active = match self.store.active_tasks().await {
+            Ok(active) => active,
+            Err(e) => {
+                self.restore(memory);
+                return Err(e);
+            }
+        };
         let mut usage: HashMap<String, Resources> = HashMap::new();
         let mut held: HashMap<String, ProjectUsage> = HashMap::new();
         for task in &active {
@@ -195,33 +235,28 @@ impl Scheduler {
             quota_usage.tasks += 1;
             quota_usage.resources = add(quota_usage.resources, task.resources);
         }
-        let nodes = snapshot(self.store.list_nodes().await?, &active);
-        let limits: HashMap<String, ProjectLimits> = self
-            .store
-            .list_projects()
-            .await?
-            .into_iter()
-            .filter(|p| p.limits != ProjectLimits::default())
-            .map(|p| (p.name, p.limits))
-            .collect();
-        let mut memory = self.memory.lock().map(|mut m| std::mem::take(&mut *m)).unwrap_or_default();
-        let key = node_set_key(&nodes);
-        if memory.nodes != key {
-            memory = PassMemory { nodes: key, never_fits: HashMap::new(), resume: std::mem::take(&mut memory.resume) };
-        }
+        let nodes = snapshot(records, &active);
+        let projects = match self.store.list_projects().await {
+            Ok(projects) => projects,
+            Err(e) => {
+                self.restore(memory);
+                return Err(e);
+            }
+        };
+        let limits: HashMap<String, ProjectLimits> =
+            projects.into_iter().filter(|p| p.limits != ProjectLimits::default()).map(|p| (p.name, p.limits)).collect();
         let seed = self.passes.fetch_add(1, Ordering::Relaxed);
         let (engine, store, runtime) = (self.engine.clone(), self.store.clone(), tokio::runtime::Handle::current());
         // Placement is CPU work: the whole pass runs on a blocking thread,
         // reading further pages of the queue from there.
         let work = tokio::task::spawn_blocking(move || {
-            let result = place_pages(&engine, &store, &runtime, now, nodes, usage, QuotaLedger::new(held, limits), seed, &mut memory);
+            let result =
+                place_pages(&engine, &store, &runtime, now, first, nodes, usage, QuotaLedger::new(held, limits), seed, &mut memory);
             (result, memory)
         });
         let (result, memory) = work.await.map_err(|_| StoreError::Closed)?;
         let shape_reasons = memory.never_fits.clone();
-        if let Ok(mut slot) = self.memory.lock() {
-            *slot = memory;
-        }
+        self.restore(memory);
         let pages = result?;
         let events = pages.placements.iter().map(|p| (p.task_id, Event::Schedule { node_id: p.node_id.clone() })).collect();
         let results = self.store.apply(events, now).await?;
@@ -279,6 +314,7 @@ fn place_pages(
     store: &Arc<dyn Store>,
     runtime: &tokio::runtime::Handle,
     now: Timestamp,
+    first: shepherd_store::QueuePage,
     nodes: Vec<NodeSnapshot>,
     usage: HashMap<String, Resources>,
     quota: QuotaLedger,
@@ -292,9 +328,15 @@ fn place_pages(
     // Shapes known not to fit: from earlier passes (never fits), then this pass's.
     let mut skip: HashMap<i64, String> = memory.never_fits.clone();
     let mut projects: Option<BTreeMap<String, Option<QueueCursor>>> = None;
+    let mut first = Some(first);
     for page_number in 0..MAX_PAGES {
-        let query = QueueQuery { limit: PAGE, projects: projects.clone(), skip_shapes: skip.keys().copied().collect() };
-        let page = runtime.block_on(store.queued_tasks(now, query))?;
+        let page = match first.take() {
+            Some(first) => first,
+            None => {
+                let query = QueueQuery { limit: PAGE, projects: projects.clone(), skip_shapes: skip.keys().copied().collect() };
+                runtime.block_on(store.queued_tasks(now, query))?
+            }
+        };
         if page.tasks.is_empty() {
             memory.resume.clear();
             break;
