@@ -30,6 +30,11 @@ fi
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
 bash scripts/build-test-image.sh
+# A throwaway PostgreSQL for the PostgreSQL store's tests (no fsync: tests only).
+pg_dir="$(mktemp -d /tmp/shepherd-test-pg.XXXXXX)"
+trap 'bash scripts/postgres.sh stop "$pg_dir"; rm -rf "$pg_dir"' EXIT
+SHEPHERD_TEST_POSTGRES="$(bash scripts/postgres.sh start "$pg_dir" --fast)"
+export SHEPHERD_TEST_POSTGRES
 cargo build --workspace --all-targets
 cargo nextest run --workspace --profile "$profile" "$@"
 # A short bounded fuzz run of request decoding and the constraint parser.

@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use shepherd_agent::{Driver, LogLimits, ProcessDriver};
 use shepherd_core::Limits;
-use shepherd_server::{Cluster, ClusterConfig, LocalNodeConfig};
+use shepherd_server::{Cluster, ClusterConfig, LocalNodeConfig, StoreConfig};
 use shepherd_store::Synchronous;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -34,7 +34,11 @@ pub struct ServerFlags {
     /// Placement profiles and per-project settings (TOML; see docs/scheduling.md).
     #[arg(long, env = "SHEPHERD_SCHEDULER_CONFIG")]
     scheduler_config: Option<PathBuf>,
-    /// Durability of the embedded store.
+    /// Where state is kept: `sqlite` (DATA_DIR/shepherd.db, the default) or a
+    /// PostgreSQL URL, postgres://USER:PASSWORD@HOST:PORT/DATABASE (servers may share it).
+    #[arg(long, env = "SHEPHERD_STORE", default_value = "sqlite", value_parser = parse_store, hide_env_values = true)]
+    store: StoreChoice,
+    /// Durability of the embedded SQLite store.
     #[arg(long, value_enum, default_value = "full")]
     sync: SyncMode,
     /// Agents on other hosts join with this secret (`shepherd agent --join`).
@@ -70,6 +74,23 @@ pub struct ServerFlags {
     /// A keep-alive connection with no traffic this long is closed.
     #[arg(long, default_value = "90s", value_parser = positive_duration)]
     idle_timeout: Duration,
+}
+
+/// `--store`: the embedded SQLite, or a PostgreSQL URL.
+#[derive(Clone)]
+pub enum StoreChoice {
+    Sqlite,
+    Postgres(String),
+}
+
+fn parse_store(text: &str) -> Result<StoreChoice, String> {
+    if text == "sqlite" {
+        Ok(StoreChoice::Sqlite)
+    } else if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+        Ok(StoreChoice::Postgres(text.to_string()))
+    } else {
+        Err("use `sqlite` or a PostgreSQL URL, postgres://USER:PASSWORD@HOST:PORT/DATABASE".into())
+    }
 }
 
 fn positive_duration(text: &str) -> Result<Duration, String> {
@@ -158,9 +179,14 @@ async fn run_cluster(server: ServerFlags, node: Option<&NodeFlags>, write_cli_co
         engine,
         listen: server.listen,
         data_dir: data_dir.clone(),
-        synchronous: match server.sync {
-            SyncMode::Full => Synchronous::Full,
-            SyncMode::Normal => Synchronous::Normal,
+        store: match &server.store {
+            StoreChoice::Sqlite => StoreConfig::Sqlite {
+                synchronous: match server.sync {
+                    SyncMode::Full => Synchronous::Full,
+                    SyncMode::Normal => Synchronous::Normal,
+                },
+            },
+            StoreChoice::Postgres(url) => StoreConfig::Postgres { url: url.clone() },
         },
         limits: Limits::default(),
         local_node: local.as_ref().map(|(flags, node)| LocalNodeConfig {
@@ -231,7 +257,12 @@ async fn run_cluster(server: ServerFlags, node: Option<&NodeFlags>, write_cli_co
         }
     }
     println!("shepherd: API listening on {url}");
-    println!("  data:    {} (embedded SQLite)", data_dir.display());
+    match &server.store {
+        StoreChoice::Sqlite => println!("  data:    {} (embedded SQLite)", data_dir.display()),
+        StoreChoice::Postgres(url) => {
+            println!("  data:    {} (node id, attempts); store: PostgreSQL {}", data_dir.display(), shepherd_store::postgres::redact(url))
+        }
+    }
     match (&local, cluster.node_id(), cluster.driver()) {
         (Some((flags, node)), Some(id), Some(driver)) => {
             println!(

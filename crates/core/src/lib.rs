@@ -27,7 +27,7 @@ pub mod validate;
 pub use constraint::{Constraint, ConstraintError, Operator};
 pub use decode::{decode_json, DecodeError};
 pub use launch::{LaunchSpec, LogChunk, LogStream};
-pub use lifecycle::{Decision, Event, IllegalTransition, LifecycleContext};
+pub use lifecycle::{change, Change, ClosedAttempt, Decision, Event, IllegalTransition, LifecycleContext};
 pub use node::{IllegalNodeEvent, NodeEvent, NodeState};
 pub use state::TaskState;
 pub use task::{AntiAffinitySpec, Attempt, AttemptOutcome, NewTask, PullPolicy, Resources, RetryPolicy, Task, TaskId, TaskSpec};

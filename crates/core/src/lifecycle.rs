@@ -4,7 +4,7 @@
 //! [`decide`] what an [`Event`] does to it, and persist the [`Decision`] in the
 //! same transaction. Nothing else in Shepherd changes a task's state.
 
-use crate::{AttemptOutcome, TaskState};
+use crate::{AttemptOutcome, TaskState, Timestamp};
 use std::time::Duration;
 
 /// What the state machine needs to know about a task.
@@ -184,6 +184,92 @@ pub fn decide(ctx: &LifecycleContext, event: &Event) -> Result<Decision, Illegal
     };
     debug_assert!(decision.to == ctx.state || ctx.state.can_transition_to(decision.to));
     Ok(decision)
+}
+
+/// Every field of a task (and of its attempts) that an event changes,
+/// worked out in full, so that a store only writes what it says: no
+/// lifecycle rule lives in any store's SQL.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    /// What the state machine decided.
+    pub decision: Decision,
+    pub state: TaskState,
+    /// The current attempt's number after the event.
+    pub attempt: u32,
+    pub charged_attempts: u32,
+    pub cancel_requested: bool,
+    /// The node of the current (or last) attempt.
+    pub node_id: Option<String>,
+    /// The task may not be placed before this.
+    pub not_before: Timestamp,
+    /// Set when `Some`; left as it is when `None` (so are the times below).
+    pub exit_code: Option<i32>,
+    pub reason: Option<String>,
+    pub scheduled_at: Option<Timestamp>,
+    pub started_at: Option<Timestamp>,
+    pub finished_at: Option<Timestamp>,
+    pub updated_at: Timestamp,
+    /// A new attempt row: its number, node and time.
+    pub open_attempt: Option<(u32, String, Timestamp)>,
+    /// The current attempt started at this time.
+    pub start_attempt: Option<(u32, Timestamp)>,
+    /// The current attempt ended.
+    pub close_attempt: Option<ClosedAttempt>,
+}
+
+/// How an attempt ended, as its row records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClosedAttempt {
+    pub number: u32,
+    pub finished_at: Timestamp,
+    pub outcome: AttemptOutcome,
+    pub exit_code: Option<i32>,
+    pub reason: Option<String>,
+}
+
+/// Decides what `event` does to a task in `ctx` (on node `node_id`) at
+/// `now`, and works out every field that changes. An event that carries its
+/// own time (a start or exit timed by the node or the engine) happens then,
+/// never later than `now`.
+pub fn change(ctx: &LifecycleContext, node_id: Option<&str>, event: &Event, now: Timestamp) -> Result<Change, IllegalTransition> {
+    let decision = decide(ctx, event)?;
+    let at = event.at().map_or(now, |at| at.min(now));
+    let attempt = decision.open_attempt.unwrap_or(ctx.attempt);
+    let node_id = match event {
+        Event::Schedule { node_id } => Some(node_id.clone()),
+        _ => node_id.map(str::to_string),
+    };
+    let open_attempt = decision.open_attempt.map(|number| (number, node_id.clone().unwrap_or_default(), at));
+    let start_attempt = matches!(event, Event::Start { .. }).then_some((attempt, at));
+    let close_attempt = decision.close_attempt.map(|outcome| ClosedAttempt {
+        number: attempt,
+        finished_at: at,
+        outcome,
+        exit_code: decision.exit_code,
+        // A lost attempt keeps the detailed reason; the task says `lost`.
+        reason: match event {
+            Event::Lost { reason, .. } => Some(reason.clone()),
+            _ => decision.reason.clone(),
+        },
+    });
+    Ok(Change {
+        state: decision.to,
+        attempt,
+        charged_attempts: ctx.charged_attempts + u32::from(decision.charge_attempt),
+        cancel_requested: ctx.cancel_requested || decision.request_cancel,
+        node_id,
+        not_before: decision.retry_after.map_or(at, |wait| at.plus(wait)),
+        exit_code: decision.exit_code,
+        reason: decision.reason.clone(),
+        scheduled_at: open_attempt.as_ref().map(|_| at),
+        started_at: start_attempt.map(|_| at),
+        finished_at: decision.to.is_terminal().then_some(at),
+        updated_at: at,
+        open_attempt,
+        start_attempt,
+        close_attempt,
+        decision,
+    })
 }
 
 fn cancelled(outcome: AttemptOutcome) -> Decision {

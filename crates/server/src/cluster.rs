@@ -7,7 +7,7 @@ use crate::placement_notes::PlacementNotes;
 use crate::scheduler::Scheduler;
 use shepherd_agent::{Agent, AgentConfig, Driver, LogLimits};
 use shepherd_core::{Limits, Resources, Timestamp};
-use shepherd_store::{NodeRecord, NodeState, SqliteOptions, SqliteStore, Store, StoreError, Synchronous};
+use shepherd_store::{NodeRecord, NodeState, PgStore, SqliteOptions, SqliteStore, Store, StoreError, Synchronous};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -21,7 +21,8 @@ use tokio::task::JoinHandle;
 pub struct ClusterConfig {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
-    pub synchronous: Synchronous,
+    /// Where tasks, nodes and tenants are kept.
+    pub store: StoreConfig,
     pub limits: Limits,
     /// The in-process agent; `None` runs an API server and scheduler only.
     pub local_node: Option<LocalNodeConfig>,
@@ -49,7 +50,7 @@ impl ClusterConfig {
         ClusterConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             data_dir,
-            synchronous: Synchronous::Full,
+            store: StoreConfig::Sqlite { synchronous: Synchronous::Full },
             limits: Limits::default(),
             local_node: Some(LocalNodeConfig {
                 capacity: Resources { cpu_millicores: 4000, memory_mib: 8192 },
@@ -68,6 +69,16 @@ impl ClusterConfig {
             serve_limits: crate::serve::ServeLimits::default(),
         }
     }
+}
+
+/// The store a cluster keeps its state in.
+#[derive(Debug, Clone)]
+pub enum StoreConfig {
+    /// The embedded SQLite file `DATA_DIR/shepherd.db` (the default).
+    Sqlite { synchronous: Synchronous },
+    /// A PostgreSQL database (`postgres://user:password@host:port/database`),
+    /// which several servers may share.
+    Postgres { url: String },
 }
 
 /// The local node's size and settings.
@@ -106,7 +117,7 @@ pub struct Cluster {
     server: JoinHandle<()>,
     background: Vec<JoinHandle<()>>,
     agent: Option<Agent>,
-    store: Arc<SqliteStore>,
+    store: Arc<dyn Store>,
 }
 
 /// The project `shepherd up` makes for a new cluster.
@@ -136,11 +147,14 @@ impl Cluster {
     pub async fn start(config: ClusterConfig, driver: Arc<dyn Driver>) -> Result<Cluster, ClusterError> {
         let data_err = |source| ClusterError::DataDir { path: config.data_dir.clone(), source };
         std::fs::create_dir_all(&config.data_dir).map_err(data_err)?;
-        let store = Arc::new(SqliteStore::open(
-            config.data_dir.join("shepherd.db"),
-            SqliteOptions { synchronous: config.synchronous, ..Default::default() },
-        )?);
-        let dyn_store: Arc<dyn Store> = store.clone();
+        let store: Arc<dyn Store> = match &config.store {
+            StoreConfig::Sqlite { synchronous } => Arc::new(SqliteStore::open(
+                config.data_dir.join("shepherd.db"),
+                SqliteOptions { synchronous: *synchronous, ..Default::default() },
+            )?),
+            StoreConfig::Postgres { url } => Arc::new(PgStore::connect(url, 16).await?),
+        };
+        let dyn_store = store.clone();
         let wakeup = Arc::new(Notify::new());
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut background = Vec::new();

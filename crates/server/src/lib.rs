@@ -21,4 +21,4 @@ pub mod serve;
 pub mod service;
 pub mod tls;
 
-pub use cluster::{local_node_id, Cluster, ClusterConfig, ClusterError, LocalNodeConfig, DEFAULT_PROJECT};
+pub use cluster::{local_node_id, Cluster, ClusterConfig, ClusterError, LocalNodeConfig, StoreConfig, DEFAULT_PROJECT};

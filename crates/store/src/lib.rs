@@ -13,10 +13,13 @@
 //! - The SQL is kept portable (no SQLite-only syntax in queries) so a
 //!   PostgreSQL implementation can share the semantics.
 
+pub mod conformance;
 mod model;
+pub mod postgres;
 pub mod sqlite;
 
 pub use model::*;
+pub use postgres::PgStore;
 /// Kept by the store, defined in `shepherd-core` (the agent shares them).
 pub use shepherd_core::{LaunchSpec, LogChunk, LogStream, NodeState};
 pub use sqlite::{SqliteOptions, SqliteStore, Synchronous};
@@ -24,13 +27,26 @@ pub use sqlite::{SqliteOptions, SqliteStore, Synchronous};
 use async_trait::async_trait;
 use shepherd_core::{Event, NewTask, Task, TaskId, Timestamp};
 
-/// Failures of the store itself (not of the request it was given).
+/// Failures of the store itself (not of the request it was given), the
+/// same whatever database is behind it: each backend maps its own errors
+/// onto these.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// (The cause is part of the message, not a separate source, so that a
-    /// chain of errors does not say it twice.)
+    /// The database cannot be reached, or the connection broke: the same
+    /// request may succeed later.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
+    /// A concurrent write conflicted (a serialization failure, a busy
+    /// database): the same request may succeed if tried again.
+    #[error("conflicting write: {0}")]
+    Conflict(String),
+    /// Any other failure of the database, with its own message. (Part of
+    /// the message, not a separate source: a chain says it once.)
     #[error("database error: {0}")]
-    Database(rusqlite::Error),
+    Database(Box<dyn std::error::Error + Send + Sync>),
+    /// The database holds a newer schema than this build knows.
+    #[error("the database is at schema version {found}; this shepherd knows versions up to {known}: run a newer shepherd")]
+    NewerSchema { found: i64, known: i64 },
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     #[error("a task with id {0} already exists")]
@@ -41,9 +57,10 @@ pub enum StoreError {
     Io(std::io::Error),
 }
 
-impl From<rusqlite::Error> for StoreError {
-    fn from(e: rusqlite::Error) -> StoreError {
-        StoreError::Database(e)
+impl StoreError {
+    /// Whether trying the same request again later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_) | StoreError::Conflict(_))
     }
 }
 
@@ -146,6 +163,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Appends to the audit log.
     async fn append_audit(&self, entries: Vec<AuditEntry>) -> Result<(), StoreError>;
+
+    /// Flushes and stops: writes already accepted are committed first. (A
+    /// no-op for stores whose writes commit as they go.)
+    fn close(&self) {}
 
     /// The audit log, newest first: of one project or all, before `before` (a seq).
     async fn list_audit(&self, project: Option<String>, before: Option<i64>, limit: usize) -> Result<Vec<AuditEntry>, StoreError>;

@@ -308,3 +308,21 @@ pub fn client_with(token: Option<&str>) -> reqwest::Client {
     }
     reqwest::Client::builder().default_headers(headers).build().expect("HTTP client")
 }
+
+/// A new, empty database on the test PostgreSQL server
+/// (`SHEPHERD_TEST_POSTGRES`, started by scripts/test.sh); its URL.
+pub async fn fresh_postgres_database() -> String {
+    let url = std::env::var("SHEPHERD_TEST_POSTGRES")
+        .expect("SHEPHERD_TEST_POSTGRES must name a PostgreSQL server: run scripts/test.sh, or start one with scripts/postgres.sh");
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.expect("connect to the test server");
+    tokio::spawn(connection);
+    let name = format!("shepherd_cli_{}", ulid_like());
+    client.execute(&format!("CREATE DATABASE {name}"), &[]).await.expect("create a test database");
+    let base = url.rsplit_once('/').map_or(url.as_str(), |(base, _)| base);
+    format!("{base}/{name}")
+}
+
+fn ulid_like() -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    format!("{}_{nanos}", std::process::id())
+}

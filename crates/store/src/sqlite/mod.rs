@@ -18,6 +18,21 @@ use std::sync::{mpsc, Arc, Mutex};
 use tokio::sync::oneshot;
 use writer::WriteOp;
 
+/// SQLite's errors as the store's.
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> StoreError {
+        match &e {
+            rusqlite::Error::SqliteFailure(f, _)
+                if matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) =>
+            {
+                StoreError::Conflict(e.to_string())
+            }
+            rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::CannotOpen => StoreError::Unavailable(e.to_string()),
+            _ => StoreError::Database(Box::new(e)),
+        }
+    }
+}
+
 /// At most this many shapes are skipped in one queue read (one SQL
 /// parameter each); tasks of further shapes are read and placed as usual.
 const MAX_SKIPPED_SHAPES: usize = 500;
@@ -91,7 +106,7 @@ fn private(path: &Path) -> Result<(), StoreError> {
 }
 
 /// Creates the schema in a fresh database (used by the ingest benchmark's baseline).
-pub fn create_schema(conn: &mut Connection) -> rusqlite::Result<usize> {
+pub fn create_schema(conn: &mut Connection) -> rusqlite::Result<i64> {
     schema::migrate(conn)
 }
 
@@ -104,6 +119,9 @@ impl SqliteStore {
         }
         let mut conn = open_connection(&path, options.synchronous, false)?;
         let version = schema::migrate(&mut conn)?;
+        if version > schema::VERSION {
+            return Err(StoreError::NewerSchema { found: version, known: schema::VERSION });
+        }
         private(&path)?;
         tracing::info!(path = %path.display(), schema_version = version, "opened SQLite store");
         let readers = (0..options.readers.max(1))
@@ -126,7 +144,7 @@ impl SqliteStore {
     }
 
     /// Stops the writer after the writes already queued, and waits for it.
-    pub fn close(&self) {
+    pub fn close_writer(&self) {
         if let Ok(mut writes) = self.writes.lock() {
             writes.take();
         }
@@ -173,12 +191,16 @@ impl SqliteStore {
 
 impl Drop for SqliteStore {
     fn drop(&mut self) {
-        self.close();
+        self.close_writer();
     }
 }
 
 #[async_trait::async_trait]
 impl Store for SqliteStore {
+    fn close(&self) {
+        self.close_writer();
+    }
+
     async fn create_tasks(&self, tasks: Vec<NewTask>) -> Result<(), StoreError> {
         self.write(|reply| WriteOp::Create(tasks, reply)).await
     }

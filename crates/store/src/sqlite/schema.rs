@@ -154,10 +154,18 @@ fn backfill(version: i64, tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()
     Ok(())
 }
 
-/// Brings the schema up to date. Returns the version it ends at.
-pub fn migrate(conn: &mut Connection) -> rusqlite::Result<usize> {
+/// The schema version this build knows.
+pub const VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Brings the schema up to date. Returns the version it ends at (higher
+/// than [`VERSION`] if a newer shepherd migrated the database: the caller
+/// refuses it).
+pub fn migrate(conn: &mut Connection) -> rusqlite::Result<i64> {
     conn.execute_batch("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)")?;
     let current: i64 = conn.query_row("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", [], |row| row.get(0))?;
+    if current > VERSION {
+        return Ok(current);
+    }
     for (index, sql) in MIGRATIONS.iter().enumerate() {
         let version = index as i64 + 1;
         if version <= current {
@@ -173,5 +181,5 @@ pub fn migrate(conn: &mut Connection) -> rusqlite::Result<usize> {
         tx.commit()?;
         tracing::info!(version, "applied store migration");
     }
-    Ok(MIGRATIONS.len())
+    Ok(VERSION)
 }

@@ -7,8 +7,7 @@
 use super::rows;
 use crate::{Applied, ApplyError, ApplyResult, LogChunk, NodeRecord, StoreError};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
-use shepherd_core::lifecycle::decide;
-use shepherd_core::{Event, LifecycleContext, NewTask, TaskId, TaskState, Timestamp};
+use shepherd_core::{Change, Event, LifecycleContext, NewTask, TaskId, TaskState, Timestamp};
 use std::sync::mpsc;
 use tokio::sync::oneshot;
 
@@ -193,9 +192,6 @@ fn apply_events(tx: &Connection, events: &[(TaskId, Event)], now: Timestamp) -> 
 }
 
 fn apply_one(tx: &Connection, id: TaskId, event: &Event, now: Timestamp) -> Result<ApplyResult, StoreError> {
-    // A start or exit the node timed itself (an exit the engine recorded
-    // while no agent watched, say) is recorded at its own time; never later than now.
-    let now = event.at().map_or(now, |at| at.min(now));
     let key = id.to_string();
     let mut select = tx.prepare_cached(
         "SELECT state, attempt, charged_attempts, max_attempts, backoff_seconds, cancel_requested, node_id \
@@ -225,70 +221,65 @@ fn apply_one(tx: &Connection, id: TaskId, event: &Event, now: Timestamp) -> Resu
         backoff_seconds,
         cancel_requested,
     };
-    let decision = match decide(&ctx, event) {
-        Ok(decision) => decision,
+    let change = match shepherd_core::change(&ctx, node_id.as_deref(), event, now) {
+        Ok(change) => change,
         Err(illegal) => return Ok(Err(ApplyError::Illegal(illegal))),
     };
-    let attempt = decision.open_attempt.unwrap_or(attempt);
-    let node_id = match event {
-        Event::Schedule { node_id } => Some(node_id.clone()),
-        _ => node_id,
-    };
-    if let Some(number) = decision.open_attempt {
+    // From here on, only what the lifecycle worked out is written.
+    if let Some((number, node, at)) = &change.open_attempt {
         tx.prepare_cached("INSERT INTO attempts (task_id, number, node_id, scheduled_at) VALUES (?1, ?2, ?3, ?4)")?.execute(params![
             key,
             number,
-            node_id,
-            now.millis()
+            node,
+            at.millis()
         ])?;
     }
-    if matches!(event, Event::Start { .. }) {
+    if let Some((number, at)) = change.start_attempt {
         tx.prepare_cached("UPDATE attempts SET started_at = ?3 WHERE task_id = ?1 AND number = ?2")?.execute(params![
             key,
-            attempt,
-            now.millis()
+            number,
+            at.millis()
         ])?;
     }
-    if let Some(outcome) = decision.close_attempt {
-        let detail = match event {
-            Event::Lost { reason, .. } => Some(reason.clone()),
-            _ => decision.reason.clone(),
-        };
+    if let Some(closed) = &change.close_attempt {
         tx.prepare_cached(
             "UPDATE attempts SET finished_at = ?3, outcome = ?4, exit_code = ?5, reason = ?6 \
              WHERE task_id = ?1 AND number = ?2",
         )?
-        .execute(params![key, attempt, now.millis(), outcome.as_str(), decision.exit_code, detail])?;
+        .execute(params![
+            key,
+            closed.number,
+            closed.finished_at.millis(),
+            closed.outcome.as_str(),
+            closed.exit_code,
+            closed.reason
+        ])?;
     }
-    let to = decision.to;
-    let not_before = decision.retry_after.map_or(now, |wait| now.plus(wait));
     tx.prepare_cached(
-        "UPDATE tasks SET state = ?2, attempt = ?3, charged_attempts = charged_attempts + ?4, \
-         cancel_requested = cancel_requested | ?5, not_before = ?6, node_id = ?7, \
-         exit_code = COALESCE(?8, exit_code), reason = COALESCE(?9, reason), \
-         scheduled_at = CASE WHEN ?10 THEN ?13 ELSE scheduled_at END, \
-         started_at = CASE WHEN ?11 THEN ?13 ELSE started_at END, \
-         finished_at = CASE WHEN ?12 THEN ?13 ELSE finished_at END, updated_at = ?13 \
+        "UPDATE tasks SET state = ?2, attempt = ?3, charged_attempts = ?4, cancel_requested = ?5, not_before = ?6, node_id = ?7, \
+         exit_code = COALESCE(?8, exit_code), reason = COALESCE(?9, reason), scheduled_at = COALESCE(?10, scheduled_at), \
+         started_at = COALESCE(?11, started_at), finished_at = COALESCE(?12, finished_at), updated_at = ?13 \
          WHERE id = ?1",
     )?
     .execute(params![
         key,
-        to.as_str(),
-        attempt,
-        u32::from(decision.charge_attempt),
-        i64::from(decision.request_cancel),
-        not_before.millis(),
-        node_id,
-        decision.exit_code,
-        decision.reason,
-        decision.open_attempt.is_some(),
-        matches!(event, Event::Start { .. }),
-        to.is_terminal(),
-        now.millis(),
+        change.state.as_str(),
+        change.attempt,
+        change.charged_attempts,
+        i64::from(change.cancel_requested),
+        change.not_before.millis(),
+        change.node_id,
+        change.exit_code,
+        change.reason,
+        change.scheduled_at.map(Timestamp::millis),
+        change.started_at.map(Timestamp::millis),
+        change.finished_at.map(Timestamp::millis),
+        change.updated_at.millis(),
     ])?;
-    if to == TaskState::Queued && ctx.state != TaskState::Queued {
-        tracing::debug!(task = %id, attempt, "attempt ended; task queued again");
+    if change.state == TaskState::Queued && ctx.state != TaskState::Queued {
+        tracing::debug!(task = %id, attempt = change.attempt, "attempt ended; task queued again");
     }
+    let Change { decision, attempt, node_id, .. } = change;
     Ok(Ok(Applied { task_id: id, from: ctx.state, decision, attempt, node_id }))
 }
 

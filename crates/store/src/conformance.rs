@@ -1,0 +1,342 @@
+//! One conformance suite for every [`Store`] implementation, in the manner
+//! of quickwit's metastore test suite: each check takes a fresh, empty
+//! store and asserts what any backend must do. A backend's tests run them
+//! all with [`store_conformance!`](crate::store_conformance):
+//!
+//! ```ignore
+//! async fn fixture() -> shepherd_store::conformance::Fixture { /* a fresh store */ }
+//! shepherd_store::store_conformance!(fixture);
+//! ```
+//!
+//! The checks panic on failure, as tests do.
+
+use crate::*;
+use shepherd_core::{validate, Event, Limits, NewTask, NodeState, ProjectLimits, Resources, TaskId, TaskSpec, TaskState, Timestamp};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// A fresh store and whatever keeps it alive (a temporary directory, a
+/// throwaway database).
+pub struct Fixture {
+    pub store: Arc<dyn Store>,
+    pub keep: Box<dyn std::any::Any + Send>,
+}
+
+fn spec(project: &str) -> TaskSpec {
+    let mut spec = TaskSpec::new("busybox", vec!["true".into()]);
+    spec.project = project.into();
+    spec
+}
+
+fn new_task(gen: &mut ulid::Generator, spec: TaskSpec) -> NewTask {
+    let now = Timestamp::now();
+    validate(spec, &Limits::default(), TaskId::generate(gen, now), now).expect("a valid spec")
+}
+
+/// Tasks are stored whole and read back; a batch with a duplicate id stores nothing.
+pub async fn create_get_and_batches(store: &dyn Store) {
+    let mut gen = ulid::Generator::new();
+    let mut s = spec("p");
+    s.labels.insert("team".into(), "data".into());
+    s.env.insert("K".into(), "v".into());
+    s.payload = Some("aGk=".into());
+    let task = new_task(&mut gen, s);
+    store.create_tasks(vec![task.clone()]).await.unwrap();
+    let got = store.get_task(task.id).await.unwrap().expect("stored");
+    assert_eq!((got.state, got.project.as_str(), got.payload_bytes), (TaskState::Queued, "p", 2));
+    assert_eq!(got.labels["team"], "data");
+    assert_eq!(got.env["K"], "v");
+    let launch = store.launch_spec(task.id).await.unwrap().expect("launch spec");
+    assert_eq!(launch.payload.as_deref(), Some(&b"hi"[..]));
+    let fresh = new_task(&mut gen, spec("p"));
+    let err = store.create_tasks(vec![fresh.clone(), task.clone()]).await.unwrap_err();
+    assert!(matches!(err, StoreError::Duplicate(id) if id == task.id), "{err}");
+    assert!(store.get_task(fresh.id).await.unwrap().is_none(), "all or nothing");
+    assert!(store.get_task(TaskId(ulid::Ulid::new())).await.unwrap().is_none());
+}
+
+/// Every event through the state machine, with the fields it changes; a
+/// report about a stale attempt or an ended task is refused.
+pub async fn apply_every_event(store: &dyn Store) {
+    let mut gen = ulid::Generator::new();
+    let mut s = spec("p");
+    s.retry = shepherd_core::RetryPolicy { max_attempts: 2, backoff_seconds: 0 };
+    let task = new_task(&mut gen, s);
+    let id = task.id;
+    store.create_tasks(vec![task]).await.unwrap();
+    let now = Timestamp::now();
+    let apply = |event: Event| async move { store.apply(vec![(id, event)], now).await.unwrap().remove(0) };
+    let scheduled = apply(Event::Schedule { node_id: "n1".into() }).await.unwrap();
+    assert_eq!(
+        (scheduled.from, scheduled.decision.to, scheduled.attempt, scheduled.node_id.as_deref()),
+        (TaskState::Queued, TaskState::Scheduled, 1, Some("n1"))
+    );
+    let started_at = Timestamp(now.millis() - 5000);
+    apply(Event::Start { attempt: 1, at: Some(started_at) }).await.unwrap();
+    assert!(
+        matches!(apply(Event::Exit { attempt: 7, code: 0, oom_killed: false, at: None }).await, Err(ApplyError::Illegal(_))),
+        "stale attempt"
+    );
+    let lost = apply(Event::Lost { attempt: 1, reason: "node n1 missed its heartbeats".into() }).await.unwrap();
+    assert_eq!(lost.decision.to, TaskState::Queued, "retried");
+    let task = store.get_task(id).await.unwrap().unwrap();
+    assert_eq!(task.attempts[0].started_at, Some(started_at), "a start keeps its own time");
+    assert_eq!(task.attempts[0].reason.as_deref(), Some("node n1 missed its heartbeats"));
+    assert_eq!(task.reason.as_deref(), Some("lost"));
+    apply(Event::Schedule { node_id: "n2".into() }).await.unwrap();
+    apply(Event::Start { attempt: 2, at: None }).await.unwrap();
+    let cancel = apply(Event::Cancel).await.unwrap();
+    assert!(cancel.decision.request_cancel);
+    assert_eq!(store.active_tasks().await.unwrap().iter().find(|t| t.id == id).map(|t| t.cancel_requested), Some(true));
+    let exited_at = Timestamp(now.millis() - 1000);
+    apply(Event::Exit { attempt: 2, code: 3, oom_killed: false, at: Some(exited_at) }).await.unwrap();
+    let task = store.get_task(id).await.unwrap().unwrap();
+    assert_eq!((task.state, task.exit_code, task.node_id.as_deref()), (TaskState::Cancelled, Some(3), Some("n2")), "{task:?}");
+    assert_eq!(task.finished_at, Some(exited_at), "an exit keeps the engine's time");
+    assert_eq!(task.attempts.len(), 2);
+    assert!(matches!(apply(Event::Cancel).await, Err(ApplyError::Illegal(_))), "already ended");
+    let missing = store.apply(vec![(TaskId(ulid::Ulid::new()), Event::Cancel)], now).await.unwrap();
+    assert!(matches!(missing[0], Err(ApplyError::NotFound(_))));
+    // Several events in one call: each succeeds or fails on its own.
+    let (a, b) = (new_task(&mut gen, spec("p")), new_task(&mut gen, spec("p")));
+    store.create_tasks(vec![a.clone(), b.clone()]).await.unwrap();
+    let results = store.apply(vec![(a.id, Event::Cancel), (b.id, Event::Start { attempt: 1, at: None })], now).await.unwrap();
+    assert!(results[0].is_ok() && results[1].is_err());
+}
+
+/// The queue: a share per project, priority then age, pages after a
+/// cursor, shapes skipped, retry backoff respected.
+pub async fn queue_pages_shares_and_shapes(store: &dyn Store) {
+    let mut gen = ulid::Generator::new();
+    let make = |gen: &mut ulid::Generator, project: &str, cpu: u32, priority: i32| {
+        let mut s = spec(project);
+        s.resources = Resources { cpu_millicores: cpu, memory_mib: 64 };
+        s.priority = priority;
+        new_task(gen, s)
+    };
+    let mut tasks: Vec<NewTask> = (0..20).map(|_| make(&mut gen, "big", 9000, 5)).collect();
+    tasks.extend((0..20).map(|_| make(&mut gen, "big", 9000, 0)));
+    let small = make(&mut gen, "big", 100, 0);
+    tasks.push(small.clone());
+    let other = make(&mut gen, "other", 100, 0);
+    tasks.push(other.clone());
+    store.create_tasks(tasks.clone()).await.unwrap();
+    // Every task above is ready now (its creation time has passed).
+    let now = Timestamp::now();
+    let big_shape = tasks[0].spec.placement_shape();
+
+    let first = store.queued_tasks(now, QueueQuery { limit: 32, ..Default::default() }).await.unwrap();
+    let big: Vec<TaskId> = first.tasks.iter().filter(|t| t.spec.project == "big").map(|t| t.id).collect();
+    assert_eq!(big, tasks[..16].iter().map(|t| t.id).collect::<Vec<_>>(), "a share of 16 each, priority then age");
+    assert!(first.tasks.iter().any(|t| t.id == other.id), "the other project gets its share");
+    assert!(first.tasks.iter().filter(|t| t.spec.project == "big").all(|t| t.shape == big_shape));
+    let cursor = first.more["big"];
+    assert!(!first.more.contains_key("other"));
+    let projects = Some(BTreeMap::from([("big".to_string(), Some(cursor))]));
+    let second = store.queued_tasks(now, QueueQuery { limit: 16, projects, skip_shapes: vec![] }).await.unwrap();
+    assert_eq!(second.tasks.iter().map(|t| t.id).collect::<Vec<_>>(), tasks[16..32].iter().map(|t| t.id).collect::<Vec<_>>());
+    let skipped = store.queued_tasks(now, QueueQuery { limit: 100, projects: None, skip_shapes: vec![big_shape] }).await.unwrap();
+    let ids: Vec<TaskId> = skipped.tasks.iter().map(|t| t.id).collect();
+    assert!(ids.contains(&small.id) && ids.contains(&other.id) && ids.len() == 2, "{ids:?}");
+    assert_eq!(store.count_queued("big").await.unwrap(), 41);
+    // A task waiting out its retry backoff is not ready.
+    let mut s = spec("retry");
+    s.retry = shepherd_core::RetryPolicy { max_attempts: 2, backoff_seconds: 600 };
+    let retried = new_task(&mut gen, s);
+    store.create_tasks(vec![retried.clone()]).await.unwrap();
+    store.apply(vec![(retried.id, Event::Schedule { node_id: "n".into() })], now).await.unwrap();
+    store.apply(vec![(retried.id, Event::StartFailed { attempt: 1, reason: "x".into() })], now).await.unwrap();
+    let ready = store.queued_tasks(now, QueueQuery { limit: 1000, ..Default::default() }).await.unwrap();
+    assert!(!ready.tasks.iter().any(|t| t.id == retried.id), "still backing off");
+    let later =
+        store.queued_tasks(now.plus(std::time::Duration::from_secs(601)), QueueQuery { limit: 1000, ..Default::default() }).await.unwrap();
+    assert!(later.tasks.iter().any(|t| t.id == retried.id));
+    assert!(store.get_task(retried.id).await.unwrap().unwrap().retry_at.is_some());
+}
+
+/// Lists: newest first, pages by cursor, filters by state, project and labels; counts.
+pub async fn lists_and_counts(store: &dyn Store) {
+    let mut gen = ulid::Generator::new();
+    let tasks: Vec<NewTask> = (0..25)
+        .map(|i| {
+            let mut s = spec(if i < 20 { "a" } else { "b" });
+            s.labels.insert("group".into(), if i % 2 == 0 { "even".into() } else { "odd".into() });
+            new_task(&mut gen, s)
+        })
+        .collect();
+    store.create_tasks(tasks.clone()).await.unwrap();
+    let mut seen = Vec::new();
+    let mut before = None;
+    loop {
+        let page = store.list_tasks(TaskFilter { before, limit: 10, ..Default::default() }).await.unwrap();
+        seen.extend(page.tasks.iter().map(|t| t.id));
+        match page.next_cursor {
+            Some(cursor) => before = Some(cursor),
+            None => break,
+        }
+    }
+    let mut expected: Vec<TaskId> = tasks.iter().map(|t| t.id).collect();
+    expected.reverse();
+    assert_eq!(seen, expected);
+    let even =
+        store.list_tasks(TaskFilter { labels: vec![("group".into(), "even".into())], limit: 100, ..Default::default() }).await.unwrap();
+    assert_eq!(even.tasks.len(), 13);
+    let b = store.list_tasks(TaskFilter { project: Some("b".into()), limit: 100, ..Default::default() }).await.unwrap();
+    assert_eq!(b.tasks.len(), 5);
+    store.apply(vec![(tasks[0].id, Event::Cancel)], Timestamp::now()).await.unwrap();
+    let cancelled = store.list_tasks(TaskFilter { states: vec![TaskState::Cancelled], limit: 100, ..Default::default() }).await.unwrap();
+    assert_eq!(cancelled.tasks.iter().map(|t| t.id).collect::<Vec<_>>(), vec![tasks[0].id]);
+    let counts: BTreeMap<TaskState, u64> = store.count_by_state(Some("a".into())).await.unwrap().into_iter().collect();
+    assert_eq!((counts.get(&TaskState::Queued), counts.get(&TaskState::Cancelled)), (Some(&19), Some(&1)));
+    let all: u64 = store.count_by_state(None).await.unwrap().into_iter().map(|(_, n)| n).sum();
+    assert_eq!(all, 25);
+}
+
+/// Logs come back in order, after a position, per task.
+pub async fn logs_in_order(store: &dyn Store) {
+    let id = TaskId(ulid::Ulid::new());
+    let other = TaskId(ulid::Ulid::new());
+    let chunk = |task, text: &str| LogChunk { task_id: task, attempt: 1, stream: LogStream::Stdout, data: text.as_bytes().to_vec() };
+    store.append_logs(vec![chunk(id, "a"), chunk(other, "x"), chunk(id, "b")]).await.unwrap();
+    store.append_logs(vec![LogChunk { stream: LogStream::Stderr, ..chunk(id, "c") }]).await.unwrap();
+    let all = store.read_logs(id, 0, 100).await.unwrap();
+    assert_eq!(all.iter().map(|c| c.data.clone()).collect::<Vec<_>>(), vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
+    assert_eq!(all[2].stream, LogStream::Stderr);
+    let rest = store.read_logs(id, all[0].seq, 100).await.unwrap();
+    assert_eq!(rest.len(), 2);
+    assert_eq!(store.read_logs(id, 0, 1).await.unwrap().len(), 1);
+}
+
+/// Nodes: registered, touched without undoing a drain, state changed.
+pub async fn nodes(store: &dyn Store) {
+    let now = Timestamp::now();
+    let node = NodeRecord {
+        id: "n1".into(),
+        hostname: "host".into(),
+        state: NodeState::Ready,
+        driver: "docker".into(),
+        capacity: Resources { cpu_millicores: 2000, memory_mib: 4096 },
+        max_tasks: 10,
+        labels: BTreeMap::from([("zone".to_string(), "a".to_string())]),
+        images: vec!["busybox:latest".into()],
+        registered_at: now,
+        last_heartbeat_at: now,
+    };
+    store.upsert_node(node.clone()).await.unwrap();
+    assert!(store.set_node_state("n1", NodeState::Draining).await.unwrap());
+    let later = now.plus(std::time::Duration::from_secs(2));
+    assert_eq!(store.touch_node("n1", later, vec!["x:1".into()]).await.unwrap(), Some(NodeState::Draining));
+    let nodes = store.list_nodes().await.unwrap();
+    assert_eq!(nodes.len(), 1);
+    assert_eq!(
+        (nodes[0].state, nodes[0].last_heartbeat_at, nodes[0].images.clone()),
+        (NodeState::Draining, later, vec!["x:1".to_string()])
+    );
+    assert_eq!(nodes[0].labels["zone"], "a");
+    assert_eq!(store.touch_node("nope", later, vec![]).await.unwrap(), None);
+    assert!(!store.set_node_state("nope", NodeState::Down).await.unwrap());
+    store.upsert_node(NodeRecord { capacity: Resources { cpu_millicores: 8000, memory_mib: 4096 }, ..node }).await.unwrap();
+    assert_eq!(store.list_nodes().await.unwrap()[0].capacity.cpu_millicores, 8000);
+}
+
+/// Projects, tokens (by hash, revocable), secrets (values only in launch specs).
+pub async fn tenants(store: &dyn Store) {
+    let now = Timestamp::now();
+    let project = Project { name: "acme".into(), created_at: now, limits: ProjectLimits { max_running: Some(3), ..Default::default() } };
+    assert!(store.create_project(project.clone()).await.unwrap());
+    assert!(!store.create_project(project).await.unwrap(), "exists");
+    assert_eq!(store.get_project("acme").await.unwrap().unwrap().limits.max_running, Some(3));
+    assert!(store.set_project_limits("acme", ProjectLimits { max_queued: Some(9), ..Default::default() }).await.unwrap());
+    assert_eq!(store.list_projects().await.unwrap()[0].limits, ProjectLimits { max_queued: Some(9), ..Default::default() });
+    assert!(!store.set_project_limits("nope", ProjectLimits::default()).await.unwrap());
+    let token = TokenRecord { id: "t1".into(), project: "acme".into(), name: "ci".into(), created_at: now, revoked_at: None };
+    store.create_token(token.clone(), "hash-1".into()).await.unwrap();
+    assert_eq!(store.token_by_hash("hash-1").await.unwrap(), Some(token));
+    assert!(store.token_by_hash("hash-2").await.unwrap().is_none());
+    assert!(store.revoke_token("acme", "t1", now).await.unwrap());
+    assert!(store.token_by_hash("hash-1").await.unwrap().is_none(), "revoked");
+    assert!(!store.revoke_token("acme", "t1", now).await.unwrap(), "already revoked");
+    assert_eq!(store.list_tokens("acme").await.unwrap()[0].revoked_at, Some(now));
+    store.put_secret("acme", "db", b"one".to_vec(), now).await.unwrap();
+    store.put_secret("acme", "db", b"two".to_vec(), now).await.unwrap();
+    assert_eq!(store.list_secrets("acme").await.unwrap().iter().map(|s| s.name.clone()).collect::<Vec<_>>(), vec!["db".to_string()]);
+    let mut gen = ulid::Generator::new();
+    let mut s = spec("acme");
+    s.secrets.push(shepherd_core::SecretRef { name: "db".into(), env: None });
+    let task = new_task(&mut gen, s);
+    store.create_tasks(vec![task.clone()]).await.unwrap();
+    assert_eq!(store.launch_spec(task.id).await.unwrap().unwrap().secrets["db"], b"two");
+    assert!(store.delete_secret("acme", "db").await.unwrap());
+    assert!(!store.delete_secret("acme", "db").await.unwrap());
+}
+
+/// The audit log: newest first, numbered per project (no gaps from others).
+pub async fn audit(store: &dyn Store) {
+    let entry = |project: Option<&str>, target: &str| AuditEntry {
+        seq: 0,
+        at: Timestamp::now(),
+        actor: "admin".into(),
+        project: project.map(str::to_string),
+        action: "task.create".into(),
+        target: target.into(),
+        detail: None,
+    };
+    store.append_audit(vec![entry(Some("a"), "1"), entry(Some("b"), "x"), entry(Some("b"), "y"), entry(None, "node")]).await.unwrap();
+    store.append_audit(vec![entry(Some("a"), "2")]).await.unwrap();
+    let a = store.list_audit(Some("a".into()), None, 10).await.unwrap();
+    assert_eq!(a.iter().map(|e| (e.seq, e.target.as_str())).collect::<Vec<_>>(), vec![(2, "2"), (1, "1")]);
+    let older = store.list_audit(Some("a".into()), Some(2), 10).await.unwrap();
+    assert_eq!(older.len(), 1);
+    let all = store.list_audit(None, None, 10).await.unwrap();
+    assert_eq!(all.len(), 5);
+    assert!(all.windows(2).all(|w| w[0].seq > w[1].seq), "newest first");
+}
+
+/// Many writers at once: every write lands, none twice.
+pub async fn concurrent_writers(store: Arc<dyn Store>) {
+    let mut writers = Vec::new();
+    for w in 0..8 {
+        let store = store.clone();
+        writers.push(tokio::spawn(async move {
+            let mut gen = ulid::Generator::new();
+            for _ in 0..25 {
+                let task = new_task(&mut gen, spec(&format!("w{w}")));
+                store.create_tasks(vec![task.clone()]).await.unwrap();
+                store.apply(vec![(task.id, Event::Cancel)], Timestamp::now()).await.unwrap()[0].as_ref().unwrap();
+            }
+        }));
+    }
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let counts: BTreeMap<TaskState, u64> = store.count_by_state(None).await.unwrap().into_iter().collect();
+    assert_eq!(counts.get(&TaskState::Cancelled), Some(&200));
+}
+
+/// Runs every conformance check against fresh stores from `$fixture`, an
+/// async fn returning a [`Fixture`], one `#[tokio::test]` each.
+#[macro_export]
+macro_rules! store_conformance {
+    ($fixture:path) => {
+        $crate::store_conformance!(@one $fixture, create_get_and_batches);
+        $crate::store_conformance!(@one $fixture, apply_every_event);
+        $crate::store_conformance!(@one $fixture, queue_pages_shares_and_shapes);
+        $crate::store_conformance!(@one $fixture, lists_and_counts);
+        $crate::store_conformance!(@one $fixture, logs_in_order);
+        $crate::store_conformance!(@one $fixture, nodes);
+        $crate::store_conformance!(@one $fixture, tenants);
+        $crate::store_conformance!(@one $fixture, audit);
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn concurrent_writers() {
+            let fixture = $fixture().await;
+            $crate::conformance::concurrent_writers(fixture.store.clone()).await;
+        }
+    };
+    (@one $fixture:path, $check:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $check() {
+            let fixture = $fixture().await;
+            $crate::conformance::$check(fixture.store.as_ref()).await;
+        }
+    };
+}

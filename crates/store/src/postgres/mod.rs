@@ -1,0 +1,852 @@
+//! The PostgreSQL store: the same [`Store`] as SQLite's (the conformance
+//! suite runs unchanged against both), for several servers sharing one
+//! database. Connections come from a pool (deadpool-postgres); statements
+//! are prepared and cached per connection; a batch of tasks is one
+//! multi-row insert (`UNNEST` of arrays); every lifecycle change is worked
+//! out by `shepherd_core::change` and written as it says, under a row lock.
+
+mod schema;
+
+use crate::*;
+use deadpool_postgres::GenericClient;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use shepherd_core::{Change, Event, LifecycleContext, NewTask, Resources, Task, TaskId, TaskState, Timestamp};
+use std::collections::BTreeMap;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{NoTls, Row};
+
+pub use schema::VERSION;
+
+/// The PostgreSQL implementation of [`Store`].
+pub struct PgStore {
+    pool: Pool,
+}
+
+/// PostgreSQL's errors as the store's.
+pub(crate) fn error(e: tokio_postgres::Error) -> StoreError {
+    match e.code() {
+        Some(code) if *code == SqlState::T_R_SERIALIZATION_FAILURE || *code == SqlState::T_R_DEADLOCK_DETECTED => {
+            StoreError::Conflict(e.to_string())
+        }
+        Some(code) if code.code().starts_with("08") || *code == SqlState::ADMIN_SHUTDOWN || *code == SqlState::CANNOT_CONNECT_NOW => {
+            StoreError::Unavailable(e.to_string())
+        }
+        Some(_) => StoreError::Database(Box::new(e)),
+        None if e.is_closed() => StoreError::Unavailable(e.to_string()),
+        // No SQL state: the connection (an I/O error, a refused connect).
+        None => StoreError::Unavailable(e.to_string()),
+    }
+}
+
+fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
+    match e {
+        deadpool_postgres::PoolError::Backend(e) => error(e),
+        other => StoreError::Unavailable(other.to_string()),
+    }
+}
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("{what}: {e}"))
+}
+
+fn parse_id(text: &str) -> Result<TaskId, StoreError> {
+    text.parse().map_err(|_| StoreError::Corrupt(format!("bad task id `{text}`")))
+}
+
+fn parse_state(text: &str) -> Result<TaskState, StoreError> {
+    text.parse().map_err(|_| StoreError::Corrupt(format!("bad task state `{text}`")))
+}
+
+const TASK_COLUMNS: &str = "id, state, spec, payload_bytes, created_at, scheduled_at, started_at, finished_at, node_id, exit_code, \
+     reason, cancel_requested, not_before";
+
+fn task_from_row(row: &Row) -> Result<Task, StoreError> {
+    let id: String = row.get(0);
+    let state: String = row.get(1);
+    let spec: shepherd_core::TaskSpec = serde_json::from_str(row.get::<_, &str>(2)).map_err(|e| corrupt("spec", e))?;
+    let created_at = Timestamp(row.get(4));
+    let task = Task::from_spec(parse_id(&id)?, spec, row.get::<_, i64>(3) as u64, created_at);
+    let not_before = Timestamp(row.get(12));
+    Ok(Task {
+        state: parse_state(&state)?,
+        scheduled_at: row.get::<_, Option<i64>>(5).map(Timestamp),
+        started_at: row.get::<_, Option<i64>>(6).map(Timestamp),
+        finished_at: row.get::<_, Option<i64>>(7).map(Timestamp),
+        node_id: row.get(8),
+        exit_code: row.get(9),
+        reason: row.get(10),
+        cancel_requested: row.get(11),
+        retry_at: Some(not_before).filter(|at| state == "queued" && *at > created_at),
+        ..task
+    })
+}
+
+async fn load_attempts(client: &impl GenericClient, task: &mut Task) -> Result<(), StoreError> {
+    let stmt = client
+        .prepare_cached(
+            "SELECT number, node_id, scheduled_at, started_at, finished_at, outcome, exit_code, reason FROM attempts \
+             WHERE task_id = $1 ORDER BY number",
+        )
+        .await
+        .map_err(error)?;
+    for row in client.query(&stmt, &[&task.id.to_string()]).await.map_err(error)? {
+        let outcome: Option<String> = row.get(5);
+        task.attempts.push(shepherd_core::Attempt {
+            number: row.get::<_, i64>(0) as u32,
+            node_id: row.get(1),
+            scheduled_at: Timestamp(row.get(2)),
+            started_at: row.get::<_, Option<i64>>(3).map(Timestamp),
+            finished_at: row.get::<_, Option<i64>>(4).map(Timestamp),
+            outcome: outcome.as_deref().and_then(shepherd_core::AttemptOutcome::parse),
+            exit_code: row.get(6),
+            reason: row.get(7),
+        });
+    }
+    Ok(())
+}
+
+fn node_from_row(row: &Row) -> Result<NodeRecord, StoreError> {
+    let state: String = row.get(2);
+    Ok(NodeRecord {
+        id: row.get(0),
+        hostname: row.get(1),
+        state: NodeState::parse(&state).ok_or_else(|| StoreError::Corrupt(format!("bad node state `{state}`")))?,
+        driver: row.get(3),
+        capacity: Resources { cpu_millicores: row.get::<_, i64>(4) as u32, memory_mib: row.get::<_, i64>(5) as u32 },
+        max_tasks: row.get::<_, i64>(6) as u32,
+        labels: serde_json::from_str(row.get::<_, &str>(7)).map_err(|e| corrupt("node labels", e))?,
+        images: serde_json::from_str(row.get::<_, &str>(10)).map_err(|e| corrupt("node images", e))?,
+        registered_at: Timestamp(row.get(8)),
+        last_heartbeat_at: Timestamp(row.get(9)),
+    })
+}
+
+fn token_from(row: &Row) -> TokenRecord {
+    TokenRecord {
+        id: row.get(0),
+        project: row.get(1),
+        name: row.get(2),
+        created_at: Timestamp(row.get(3)),
+        revoked_at: row.get::<_, Option<i64>>(4).map(Timestamp),
+    }
+}
+
+fn project_from(row: &Row) -> Result<Project, StoreError> {
+    Ok(Project {
+        name: row.get(0),
+        created_at: Timestamp(row.get(1)),
+        limits: serde_json::from_str(row.get::<_, &str>(2)).map_err(|e| corrupt("project limits", e))?,
+    })
+}
+
+impl PgStore {
+    /// Connects to `url` (`postgres://user:password@host:port/database`),
+    /// migrates the schema, and keeps a pool of up to `max_connections`.
+    pub async fn connect(url: &str, max_connections: usize) -> Result<PgStore, StoreError> {
+        let config: tokio_postgres::Config =
+            url.parse().map_err(|e| StoreError::Unavailable(format!("`{}` is not a PostgreSQL URL: {e}", redact(url))))?;
+        let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let pool = Pool::builder(manager).max_size(max_connections.max(2)).build().map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let store = PgStore { pool };
+        let mut client = store.pool.get().await.map_err(|e| match e {
+            deadpool_postgres::PoolError::Backend(e) => {
+                StoreError::Unavailable(format!("cannot connect to PostgreSQL at {}: {}", redact(url), error_chain(&e)))
+            }
+            other => StoreError::Unavailable(other.to_string()),
+        })?;
+        let version = schema::migrate(&mut client).await?;
+        tracing::info!(url = %redact(url), schema_version = version, "connected to the PostgreSQL store");
+        Ok(store)
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.pool.get().await.map_err(pool_error)
+    }
+}
+
+/// The URL without its password, for messages and logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
+}
+
+async fn insert_tasks(tx: &deadpool_postgres::Transaction<'_>, tasks: &[NewTask]) -> Result<(), StoreError> {
+    let mut ids = Vec::with_capacity(tasks.len());
+    let (mut projects, mut priorities, mut images, mut cpus, mut memories) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut constraints, mut specs, mut payloads, mut payload_bytes, mut created) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut max_attempts, mut backoffs, mut shapes) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut label_tasks, mut label_keys, mut label_values) = (Vec::new(), Vec::new(), Vec::new());
+    for task in tasks {
+        let spec = &task.spec;
+        let id = task.id.to_string();
+        for (key, value) in &spec.labels {
+            label_tasks.push(id.clone());
+            label_keys.push(key.clone());
+            label_values.push(value.clone());
+        }
+        ids.push(id);
+        projects.push(spec.project.clone());
+        priorities.push(spec.priority);
+        images.push(spec.image.clone());
+        cpus.push(i64::from(spec.resources.cpu_millicores));
+        memories.push(i64::from(spec.resources.memory_mib));
+        constraints.push(if spec.constraints.is_empty() {
+            None
+        } else {
+            Some(serde_json::to_string(&spec.constraints).map_err(|e| corrupt("constraints", e))?)
+        });
+        specs.push(serde_json::to_string(spec).map_err(|e| corrupt("spec", e))?);
+        payload_bytes.push(task.payload.as_ref().map_or(0, |p| p.len() as i64));
+        payloads.push(task.payload.clone());
+        created.push(task.created_at.millis());
+        max_attempts.push(i64::from(spec.retry.max_attempts));
+        backoffs.push(i64::from(spec.retry.backoff_seconds));
+        shapes.push(spec.placement_shape());
+    }
+    let inserted = tx
+        .execute(
+            "INSERT INTO tasks (id, project, state, priority, image, cpu_millicores, memory_mib, constraints, spec, payload, payload_bytes, \
+             created_at, attempt, charged_attempts, max_attempts, backoff_seconds, cancel_requested, not_before, updated_at, shape) \
+             SELECT id, project, 'queued', priority, image, cpu, memory, constraints, spec, payload, payload_bytes, created, 0, 0, \
+             max_attempts, backoff, false, created, created, shape \
+             FROM UNNEST($1::text[], $2::text[], $3::int[], $4::text[], $5::bigint[], $6::bigint[], $7::text[], $8::text[], $9::bytea[], \
+             $10::bigint[], $11::bigint[], $12::bigint[], $13::bigint[], $14::bigint[]) \
+             AS t(id, project, priority, image, cpu, memory, constraints, spec, payload, payload_bytes, created, max_attempts, backoff, shape)",
+            &[&ids, &projects, &priorities, &images, &cpus, &memories, &constraints, &specs, &payloads, &payload_bytes, &created, &max_attempts, &backoffs, &shapes],
+        )
+        .await;
+    match inserted {
+        Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+            // Which one: the server says "Key (id)=(01…) already exists."
+            let named =
+                e.as_db_error().and_then(|db| db.detail()).and_then(|d| d.split("=(").nth(1)).and_then(|rest| rest.split(')').next());
+            let id = match named.map(parse_id) {
+                Some(Ok(id)) => id,
+                _ => parse_id(&ids[0])?,
+            };
+            return Err(StoreError::Duplicate(id));
+        }
+        other => other.map_err(error)?,
+    };
+    if !label_tasks.is_empty() {
+        tx.execute(
+            "INSERT INTO task_labels (task_id, key, value) SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[])",
+            &[&label_tasks, &label_keys, &label_values],
+        )
+        .await
+        .map_err(error)?;
+    }
+    Ok(())
+}
+
+async fn append_audit(tx: &impl GenericClient, entries: &[AuditEntry]) -> Result<(), StoreError> {
+    for e in entries {
+        // The project's next number, taken atomically (concurrent servers).
+        let project_seq: Option<i64> = match &e.project {
+            Some(project) => Some(
+                tx.query_one(
+                    "INSERT INTO audit_counters (project, last) VALUES ($1, 1) \
+                     ON CONFLICT (project) DO UPDATE SET last = audit_counters.last + 1 RETURNING last",
+                    &[project],
+                )
+                .await
+                .map_err(error)?
+                .get(0),
+            ),
+            None => None,
+        };
+        tx.execute(
+            "INSERT INTO audit_log (at, actor, project, action, target, detail, project_seq) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            &[&e.at.millis(), &e.actor, &e.project, &e.action, &e.target, &e.detail, &project_seq],
+        )
+        .await
+        .map_err(error)?;
+    }
+    Ok(())
+}
+
+async fn apply_one(tx: &deadpool_postgres::Transaction<'_>, id: TaskId, event: &Event, now: Timestamp) -> Result<ApplyResult, StoreError> {
+    let key = id.to_string();
+    let stmt = tx
+        .prepare_cached(
+            "SELECT state, attempt, charged_attempts, max_attempts, backoff_seconds, cancel_requested, node_id FROM tasks \
+             WHERE id = $1 FOR UPDATE",
+        )
+        .await
+        .map_err(error)?;
+    let Some(row) = tx.query_opt(&stmt, &[&key]).await.map_err(error)? else { return Ok(Err(ApplyError::NotFound(id))) };
+    let ctx = LifecycleContext {
+        state: parse_state(row.get::<_, &str>(0))?,
+        attempt: row.get::<_, i64>(1) as u32,
+        charged_attempts: row.get::<_, i64>(2) as u32,
+        max_attempts: row.get::<_, i64>(3) as u32,
+        backoff_seconds: row.get::<_, i64>(4) as u32,
+        cancel_requested: row.get(5),
+    };
+    let node_id: Option<String> = row.get(6);
+    let change = match shepherd_core::change(&ctx, node_id.as_deref(), event, now) {
+        Ok(change) => change,
+        Err(illegal) => return Ok(Err(ApplyError::Illegal(illegal))),
+    };
+    if let Some((number, node, at)) = &change.open_attempt {
+        tx.execute(
+            "INSERT INTO attempts (task_id, number, node_id, scheduled_at) VALUES ($1, $2, $3, $4)",
+            &[&key, &i64::from(*number), node, &at.millis()],
+        )
+        .await
+        .map_err(error)?;
+    }
+    if let Some((number, at)) = change.start_attempt {
+        tx.execute("UPDATE attempts SET started_at = $3 WHERE task_id = $1 AND number = $2", &[&key, &i64::from(number), &at.millis()])
+            .await
+            .map_err(error)?;
+    }
+    if let Some(closed) = &change.close_attempt {
+        tx.execute(
+            "UPDATE attempts SET finished_at = $3, outcome = $4, exit_code = $5, reason = $6 WHERE task_id = $1 AND number = $2",
+            &[&key, &i64::from(closed.number), &closed.finished_at.millis(), &closed.outcome.as_str(), &closed.exit_code, &closed.reason],
+        )
+        .await
+        .map_err(error)?;
+    }
+    let stmt = tx
+        .prepare_cached(
+            "UPDATE tasks SET state = $2, attempt = $3, charged_attempts = $4, cancel_requested = $5, not_before = $6, node_id = $7, \
+             exit_code = COALESCE($8, exit_code), reason = COALESCE($9, reason), scheduled_at = COALESCE($10, scheduled_at), \
+             started_at = COALESCE($11, started_at), finished_at = COALESCE($12, finished_at), updated_at = $13 WHERE id = $1",
+        )
+        .await
+        .map_err(error)?;
+    let millis = |t: Option<Timestamp>| t.map(Timestamp::millis);
+    tx.execute(
+        &stmt,
+        &[
+            &key,
+            &change.state.as_str(),
+            &i64::from(change.attempt),
+            &i64::from(change.charged_attempts),
+            &change.cancel_requested,
+            &change.not_before.millis(),
+            &change.node_id,
+            &change.exit_code,
+            &change.reason,
+            &millis(change.scheduled_at),
+            &millis(change.started_at),
+            &millis(change.finished_at),
+            &change.updated_at.millis(),
+        ],
+    )
+    .await
+    .map_err(error)?;
+    let Change { decision, attempt, node_id, .. } = change;
+    Ok(Ok(Applied { task_id: id, from: ctx.state, decision, attempt, node_id }))
+}
+
+#[async_trait::async_trait]
+impl Store for PgStore {
+    async fn create_tasks(&self, tasks: Vec<NewTask>) -> Result<(), StoreError> {
+        self.create_tasks_audited(tasks, Vec::new()).await
+    }
+
+    async fn create_tasks_audited(&self, tasks: Vec<NewTask>, audit: Vec<AuditEntry>) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(error)?;
+        insert_tasks(&tx, &tasks).await?;
+        append_audit(&tx, &audit).await?;
+        tx.commit().await.map_err(error)
+    }
+
+    async fn get_task(&self, id: TaskId) -> Result<Option<Task>, StoreError> {
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(&format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1")).await.map_err(error)?;
+        let Some(row) = client.query_opt(&stmt, &[&id.to_string()]).await.map_err(error)? else { return Ok(None) };
+        let mut task = task_from_row(&row)?;
+        load_attempts(&client, &mut task).await?;
+        Ok(Some(task))
+    }
+
+    async fn list_tasks(&self, filter: TaskFilter) -> Result<TaskPage, StoreError> {
+        let client = self.client().await?;
+        let mut sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE true");
+        let mut args: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();
+        if !filter.states.is_empty() {
+            args.push(Box::new(filter.states.iter().map(|s| s.as_str().to_string()).collect::<Vec<_>>()));
+            sql.push_str(&format!(" AND state = ANY(${})", args.len()));
+        }
+        if let Some(project) = &filter.project {
+            args.push(Box::new(project.clone()));
+            sql.push_str(&format!(" AND project = ${}", args.len()));
+        }
+        for (key, value) in &filter.labels {
+            args.push(Box::new(key.clone()));
+            args.push(Box::new(value.clone()));
+            sql.push_str(&format!(
+                " AND id IN (SELECT task_id FROM task_labels WHERE key = ${} AND value = ${})",
+                args.len() - 1,
+                args.len()
+            ));
+        }
+        if let Some(before) = filter.before {
+            args.push(Box::new(before.to_string()));
+            sql.push_str(&format!(" AND id < ${}", args.len()));
+        }
+        let limit = filter.limit.clamp(1, 10_000);
+        sql.push_str(&format!(" ORDER BY id DESC LIMIT {}", limit + 1));
+        let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| a.as_ref() as &(dyn ToSql + Sync)).collect();
+        let rows = client.query(&sql, &params).await.map_err(error)?;
+        let mut tasks = rows.iter().map(task_from_row).collect::<Result<Vec<_>, _>>()?;
+        let next_cursor = if tasks.len() > limit {
+            tasks.truncate(limit);
+            tasks.last().map(|t| t.id)
+        } else {
+            None
+        };
+        for task in &mut tasks {
+            load_attempts(&client, task).await?;
+        }
+        Ok(TaskPage { tasks, next_cursor })
+    }
+
+    async fn apply(&self, events: Vec<(TaskId, Event)>, now: Timestamp) -> Result<Vec<ApplyResult>, StoreError> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(error)?;
+        let mut results = Vec::with_capacity(events.len());
+        for (id, event) in &events {
+            results.push(apply_one(&tx, *id, event, now).await?);
+        }
+        tx.commit().await.map_err(error)?;
+        Ok(results)
+    }
+
+    async fn queued_tasks(&self, now: Timestamp, query: QueueQuery) -> Result<QueuePage, StoreError> {
+        let client = self.client().await?;
+        let projects: Vec<(String, Option<QueueCursor>)> = match query.projects {
+            Some(projects) => projects.into_iter().collect(),
+            None => client
+                .query("SELECT DISTINCT project FROM tasks WHERE state = 'queued' AND not_before <= $1", &[&now.millis()])
+                .await
+                .map_err(error)?
+                .iter()
+                .map(|row| (row.get(0), None))
+                .collect(),
+        };
+        let mut page = QueuePage::default();
+        if projects.is_empty() {
+            return Ok(page);
+        }
+        let per_project = (query.limit / projects.len()).max(16);
+        let skip: Vec<i64> = query.skip_shapes;
+        let base = "SELECT id, spec, shape FROM tasks WHERE state = 'queued' AND project = $1 AND not_before <= $2 AND shape <> ALL($3)";
+        let order = "ORDER BY priority DESC, id LIMIT $4";
+        let head = client.prepare_cached(&format!("{base} {order}")).await.map_err(error)?;
+        let same = client.prepare_cached(&format!("{base} AND priority = $5 AND id > $6 {order}")).await.map_err(error)?;
+        let lower = client.prepare_cached(&format!("{base} AND priority < $5 {order}")).await.map_err(error)?;
+        for (project, cursor) in &projects {
+            let mut left = per_project as i64;
+            let mut rows = Vec::new();
+            match cursor {
+                None => rows.extend(client.query(&head, &[project, &now.millis(), &skip, &left]).await.map_err(error)?),
+                Some(c) => {
+                    let after = c.id.to_string();
+                    rows.extend(client.query(&same, &[project, &now.millis(), &skip, &left, &c.priority, &after]).await.map_err(error)?);
+                    left -= rows.len() as i64;
+                    if left > 0 {
+                        rows.extend(client.query(&lower, &[project, &now.millis(), &skip, &left, &c.priority]).await.map_err(error)?);
+                    }
+                }
+            }
+            let full = rows.len() >= per_project;
+            for row in rows {
+                page.tasks.push(QueuedTask {
+                    id: parse_id(row.get::<_, &str>(0))?,
+                    spec: serde_json::from_str(row.get::<_, &str>(1)).map_err(|e| corrupt("spec", e))?,
+                    shape: row.get(2),
+                });
+            }
+            if full {
+                if let Some(last) = page.tasks.last() {
+                    page.more.insert(project.clone(), last.cursor());
+                }
+            }
+        }
+        Ok(page)
+    }
+
+    async fn active_tasks(&self) -> Result<Vec<ActiveTask>, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT id, state, node_id, attempt, cpu_millicores, memory_mib, cancel_requested, spec FROM tasks \
+                 WHERE state IN ('scheduled', 'running')",
+            )
+            .await
+            .map_err(error)?;
+        client
+            .query(&stmt, &[])
+            .await
+            .map_err(error)?
+            .iter()
+            .map(|row| {
+                let spec: shepherd_core::TaskSpec = serde_json::from_str(row.get::<_, &str>(7)).map_err(|e| corrupt("spec", e))?;
+                Ok(ActiveTask {
+                    id: parse_id(row.get::<_, &str>(0))?,
+                    project: spec.project,
+                    labels: spec.labels,
+                    state: parse_state(row.get::<_, &str>(1))?,
+                    node_id: row.get::<_, Option<String>>(2).unwrap_or_default(),
+                    attempt: row.get::<_, i64>(3) as u32,
+                    resources: Resources { cpu_millicores: row.get::<_, i64>(4) as u32, memory_mib: row.get::<_, i64>(5) as u32 },
+                    cancel_requested: row.get(6),
+                })
+            })
+            .collect()
+    }
+
+    async fn launch_spec(&self, id: TaskId) -> Result<Option<LaunchSpec>, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT t.state, t.attempt, t.node_id, t.cancel_requested, t.spec, t.payload, a.started_at FROM tasks t \
+                 LEFT JOIN attempts a ON a.task_id = t.id AND a.number = t.attempt WHERE t.id = $1",
+            )
+            .await
+            .map_err(error)?;
+        let Some(row) = client.query_opt(&stmt, &[&id.to_string()]).await.map_err(error)? else { return Ok(None) };
+        let spec: shepherd_core::TaskSpec = serde_json::from_str(row.get::<_, &str>(4)).map_err(|e| corrupt("spec", e))?;
+        let mut secrets = BTreeMap::new();
+        if !spec.secrets.is_empty() {
+            let names: Vec<String> = spec.secrets.iter().map(|s| s.name.clone()).collect();
+            for secret in client
+                .query("SELECT name, value FROM secrets WHERE project = $1 AND name = ANY($2)", &[&spec.project, &names])
+                .await
+                .map_err(error)?
+            {
+                secrets.insert(secret.get::<_, String>(0), secret.get::<_, Vec<u8>>(1));
+            }
+        }
+        Ok(Some(LaunchSpec {
+            id,
+            state: parse_state(row.get::<_, &str>(0))?,
+            attempt: row.get::<_, i64>(1) as u32,
+            node_id: row.get(2),
+            cancel_requested: row.get(3),
+            spec,
+            payload: row.get(5),
+            attempt_started_at: row.get::<_, Option<i64>>(6).map(Timestamp),
+            secrets,
+        }))
+    }
+
+    async fn append_logs(&self, chunks: Vec<LogChunk>) -> Result<(), StoreError> {
+        if chunks.is_empty() {
+            return Ok(());
+        }
+        let client = self.client().await?;
+        let ids: Vec<String> = chunks.iter().map(|c| c.task_id.to_string()).collect();
+        let attempts: Vec<i64> = chunks.iter().map(|c| i64::from(c.attempt)).collect();
+        let streams: Vec<i16> = chunks.iter().map(|c| c.stream as i16).collect();
+        let data: Vec<&[u8]> = chunks.iter().map(|c| c.data.as_slice()).collect();
+        client
+            .execute(
+                "INSERT INTO task_logs (task_id, attempt, stream, data) SELECT task_id, attempt, stream, data \
+                 FROM UNNEST($1::text[], $2::bigint[], $3::smallint[], $4::bytea[]) WITH ORDINALITY AS t(task_id, attempt, stream, data, n) \
+                 ORDER BY n",
+                &[&ids, &attempts, &streams, &data],
+            )
+            .await
+            .map_err(error)?;
+        Ok(())
+    }
+
+    async fn read_logs(&self, id: TaskId, after: i64, limit: usize) -> Result<Vec<StoredLogChunk>, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached("SELECT seq, attempt, stream, data FROM task_logs WHERE task_id = $1 AND seq > $2 ORDER BY seq LIMIT $3")
+            .await
+            .map_err(error)?;
+        Ok(client
+            .query(&stmt, &[&id.to_string(), &after, &(limit as i64)])
+            .await
+            .map_err(error)?
+            .iter()
+            .map(|row| StoredLogChunk {
+                seq: row.get(0),
+                attempt: row.get::<_, i64>(1) as u32,
+                stream: LogStream::from_code(i64::from(row.get::<_, i16>(2))),
+                data: row.get(3),
+            })
+            .collect())
+    }
+
+    async fn upsert_node(&self, node: NodeRecord) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        let labels = serde_json::to_string(&node.labels).map_err(|e| corrupt("labels", e))?;
+        let images = serde_json::to_string(&node.images).map_err(|e| corrupt("images", e))?;
+        client
+            .execute(
+                "INSERT INTO nodes (id, hostname, state, driver, cpu_millicores, memory_mib, max_tasks, labels, registered_at, \
+                 last_heartbeat_at, images) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+                 ON CONFLICT (id) DO UPDATE SET hostname = excluded.hostname, state = excluded.state, driver = excluded.driver, \
+                 cpu_millicores = excluded.cpu_millicores, memory_mib = excluded.memory_mib, max_tasks = excluded.max_tasks, \
+                 labels = excluded.labels, last_heartbeat_at = excluded.last_heartbeat_at, images = excluded.images",
+                &[
+                    &node.id,
+                    &node.hostname,
+                    &node.state.as_str(),
+                    &node.driver,
+                    &i64::from(node.capacity.cpu_millicores),
+                    &i64::from(node.capacity.memory_mib),
+                    &i64::from(node.max_tasks),
+                    &labels,
+                    &node.registered_at.millis(),
+                    &node.last_heartbeat_at.millis(),
+                    &images,
+                ],
+            )
+            .await
+            .map_err(error)?;
+        Ok(())
+    }
+
+    async fn list_nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT id, hostname, state, driver, cpu_millicores, memory_mib, max_tasks, labels, registered_at, last_heartbeat_at, images \
+                 FROM nodes ORDER BY id",
+            )
+            .await
+            .map_err(error)?;
+        client.query(&stmt, &[]).await.map_err(error)?.iter().map(node_from_row).collect()
+    }
+
+    async fn touch_node(&self, id: &str, at: Timestamp, images: Vec<String>) -> Result<Option<NodeState>, StoreError> {
+        let client = self.client().await?;
+        let images = serde_json::to_string(&images).map_err(|e| corrupt("images", e))?;
+        let row = client
+            .query_opt("UPDATE nodes SET last_heartbeat_at = $2, images = $3 WHERE id = $1 RETURNING state", &[&id, &at.millis(), &images])
+            .await
+            .map_err(error)?;
+        row.map(|row| {
+            let state: String = row.get(0);
+            NodeState::parse(&state).ok_or_else(|| StoreError::Corrupt(format!("bad node state `{state}`")))
+        })
+        .transpose()
+    }
+
+    async fn set_node_state(&self, id: &str, state: NodeState) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        Ok(client.execute("UPDATE nodes SET state = $2 WHERE id = $1", &[&id, &state.as_str()]).await.map_err(error)? > 0)
+    }
+
+    async fn count_by_state(&self, project: Option<String>) -> Result<Vec<(TaskState, u64)>, StoreError> {
+        let client = self.client().await?;
+        let rows = match project {
+            None => client.query("SELECT state, COUNT(*) FROM tasks GROUP BY state", &[]).await,
+            Some(p) => client.query("SELECT state, COUNT(*) FROM tasks WHERE project = $1 GROUP BY state", &[&p]).await,
+        }
+        .map_err(error)?;
+        rows.iter().map(|row| Ok((parse_state(row.get::<_, &str>(0))?, row.get::<_, i64>(1) as u64))).collect()
+    }
+
+    async fn count_queued(&self, project: &str) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        let row =
+            client.query_one("SELECT COUNT(*) FROM tasks WHERE project = $1 AND state = 'queued'", &[&project]).await.map_err(error)?;
+        Ok(row.get::<_, i64>(0) as u64)
+    }
+
+    async fn create_project(&self, project: Project) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let limits = serde_json::to_string(&project.limits).map_err(|e| corrupt("limits", e))?;
+        Ok(client
+            .execute(
+                "INSERT INTO projects (name, created_at, limits) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING",
+                &[&project.name, &project.created_at.millis(), &limits],
+            )
+            .await
+            .map_err(error)?
+            > 0)
+    }
+
+    async fn get_project(&self, name: &str) -> Result<Option<Project>, StoreError> {
+        let client = self.client().await?;
+        client
+            .query_opt("SELECT name, created_at, limits FROM projects WHERE name = $1", &[&name])
+            .await
+            .map_err(error)?
+            .as_ref()
+            .map(project_from)
+            .transpose()
+    }
+
+    async fn list_projects(&self) -> Result<Vec<Project>, StoreError> {
+        let client = self.client().await?;
+        client
+            .query("SELECT name, created_at, limits FROM projects ORDER BY name", &[])
+            .await
+            .map_err(error)?
+            .iter()
+            .map(project_from)
+            .collect()
+    }
+
+    async fn set_project_limits(&self, name: &str, limits: shepherd_core::ProjectLimits) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let limits = serde_json::to_string(&limits).map_err(|e| corrupt("limits", e))?;
+        Ok(client.execute("UPDATE projects SET limits = $2 WHERE name = $1", &[&name, &limits]).await.map_err(error)? > 0)
+    }
+
+    async fn create_token(&self, token: TokenRecord, hash: String) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO api_tokens (id, project, name, hash, created_at) VALUES ($1, $2, $3, $4, $5)",
+                &[&token.id, &token.project, &token.name, &hash, &token.created_at.millis()],
+            )
+            .await
+            .map_err(error)?;
+        Ok(())
+    }
+
+    async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached("SELECT id, project, name, created_at, revoked_at FROM api_tokens WHERE hash = $1 AND revoked_at IS NULL")
+            .await
+            .map_err(error)?;
+        Ok(client.query_opt(&stmt, &[&hash]).await.map_err(error)?.as_ref().map(token_from))
+    }
+
+    async fn list_tokens(&self, project: &str) -> Result<Vec<TokenRecord>, StoreError> {
+        let client = self.client().await?;
+        Ok(client
+            .query(
+                "SELECT id, project, name, created_at, revoked_at FROM api_tokens WHERE project = $1 ORDER BY created_at, id",
+                &[&project],
+            )
+            .await
+            .map_err(error)?
+            .iter()
+            .map(token_from)
+            .collect())
+    }
+
+    async fn revoke_token(&self, project: &str, id: &str, at: Timestamp) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        Ok(client
+            .execute(
+                "UPDATE api_tokens SET revoked_at = $3 WHERE project = $1 AND id = $2 AND revoked_at IS NULL",
+                &[&project, &id, &at.millis()],
+            )
+            .await
+            .map_err(error)?
+            > 0)
+    }
+
+    async fn put_secret(&self, project: &str, name: &str, value: Vec<u8>, at: Timestamp) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO secrets (project, name, value, updated_at) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (project, name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                &[&project, &name, &value, &at.millis()],
+            )
+            .await
+            .map_err(error)?;
+        Ok(())
+    }
+
+    async fn delete_secret(&self, project: &str, name: &str) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        Ok(client.execute("DELETE FROM secrets WHERE project = $1 AND name = $2", &[&project, &name]).await.map_err(error)? > 0)
+    }
+
+    async fn list_secrets(&self, project: &str) -> Result<Vec<SecretInfo>, StoreError> {
+        let client = self.client().await?;
+        Ok(client
+            .query("SELECT name, updated_at FROM secrets WHERE project = $1 ORDER BY name", &[&project])
+            .await
+            .map_err(error)?
+            .iter()
+            .map(|row| SecretInfo { name: row.get(0), updated_at: Timestamp(row.get(1)) })
+            .collect())
+    }
+
+    async fn append_audit(&self, entries: Vec<AuditEntry>) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(error)?;
+        append_audit(&tx, &entries).await?;
+        tx.commit().await.map_err(error)
+    }
+
+    async fn list_audit(&self, project: Option<String>, before: Option<i64>, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        let client = self.client().await?;
+        let limit = limit.clamp(1, 10_000) as i64;
+        let rows = match &project {
+            Some(project) => {
+                client
+                    .query(
+                        "SELECT project_seq, at, actor, project, action, target, detail FROM audit_log \
+                     WHERE project = $1 AND ($2::bigint IS NULL OR project_seq < $2) ORDER BY project_seq DESC LIMIT $3",
+                        &[project, &before, &limit],
+                    )
+                    .await
+            }
+            None => {
+                client
+                    .query(
+                        "SELECT seq, at, actor, project, action, target, detail FROM audit_log \
+                     WHERE ($1::bigint IS NULL OR seq < $1) ORDER BY seq DESC LIMIT $2",
+                        &[&before, &limit],
+                    )
+                    .await
+            }
+        }
+        .map_err(error)?;
+        Ok(rows
+            .iter()
+            .map(|row| AuditEntry {
+                seq: row.get(0),
+                at: Timestamp(row.get(1)),
+                actor: row.get(2),
+                project: row.get(3),
+                action: row.get(4),
+                target: row.get(5),
+                detail: row.get(6),
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn urls_are_shown_without_their_password() {
+        assert_eq!(super::redact("postgres://shep:secret@db:5432/shep"), "postgres://shep:***@db:5432/shep");
+        assert_eq!(super::redact("postgres://db/shep"), "postgres://db/shep");
+    }
+}

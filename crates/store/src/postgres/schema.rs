@@ -1,0 +1,154 @@
+//! PostgreSQL migrations: the same tables as SQLite's, in PostgreSQL's
+//! types. Each runs once, in order, in one transaction under an advisory
+//! lock, so servers starting together never race. Never edit a shipped
+//! migration: add one.
+
+use crate::StoreError;
+
+const MIGRATIONS: &[&str] = &[
+    // 1: everything of SQLite's schema version 6.
+    r#"
+    CREATE TABLE tasks (
+        id               TEXT COLLATE "C" PRIMARY KEY,
+        project          TEXT NOT NULL,
+        state            TEXT NOT NULL,
+        priority         INTEGER NOT NULL,
+        image            TEXT NOT NULL,
+        cpu_millicores   BIGINT NOT NULL,
+        memory_mib       BIGINT NOT NULL,
+        constraints      TEXT,
+        spec             TEXT NOT NULL,
+        payload          BYTEA,
+        payload_bytes    BIGINT NOT NULL,
+        created_at       BIGINT NOT NULL,
+        scheduled_at     BIGINT,
+        started_at       BIGINT,
+        finished_at      BIGINT,
+        node_id          TEXT,
+        exit_code        INTEGER,
+        reason           TEXT,
+        attempt          BIGINT NOT NULL,
+        charged_attempts BIGINT NOT NULL,
+        max_attempts     BIGINT NOT NULL,
+        backoff_seconds  BIGINT NOT NULL,
+        cancel_requested BOOLEAN NOT NULL,
+        not_before       BIGINT NOT NULL,
+        updated_at       BIGINT NOT NULL,
+        shape            BIGINT NOT NULL
+    );
+    CREATE INDEX tasks_queue_by_project ON tasks (project, priority DESC, id, shape) WHERE state = 'queued';
+    CREATE INDEX tasks_active ON tasks (node_id) WHERE state IN ('scheduled', 'running');
+    CREATE INDEX tasks_by_state ON tasks (state, id);
+    CREATE INDEX tasks_by_project ON tasks (project, id);
+    CREATE TABLE task_labels (
+        task_id TEXT COLLATE "C" NOT NULL,
+        key     TEXT NOT NULL,
+        value   TEXT NOT NULL,
+        PRIMARY KEY (task_id, key)
+    );
+    CREATE INDEX task_labels_by_value ON task_labels (key, value, task_id);
+    CREATE TABLE attempts (
+        task_id      TEXT COLLATE "C" NOT NULL,
+        number       BIGINT NOT NULL,
+        node_id      TEXT NOT NULL,
+        scheduled_at BIGINT NOT NULL,
+        started_at   BIGINT,
+        finished_at  BIGINT,
+        outcome      TEXT,
+        exit_code    INTEGER,
+        reason       TEXT,
+        PRIMARY KEY (task_id, number)
+    );
+    CREATE TABLE task_logs (
+        seq     BIGSERIAL PRIMARY KEY,
+        task_id TEXT COLLATE "C" NOT NULL,
+        attempt BIGINT NOT NULL,
+        stream  SMALLINT NOT NULL,
+        data    BYTEA NOT NULL
+    );
+    CREATE INDEX task_logs_by_task ON task_logs (task_id, seq);
+    CREATE TABLE nodes (
+        id                TEXT PRIMARY KEY,
+        hostname          TEXT NOT NULL,
+        state             TEXT NOT NULL,
+        driver            TEXT NOT NULL,
+        cpu_millicores    BIGINT NOT NULL,
+        memory_mib        BIGINT NOT NULL,
+        max_tasks         BIGINT NOT NULL,
+        labels            TEXT NOT NULL,
+        registered_at     BIGINT NOT NULL,
+        last_heartbeat_at BIGINT NOT NULL,
+        images            TEXT NOT NULL DEFAULT '[]'
+    );
+    CREATE TABLE projects (
+        name       TEXT PRIMARY KEY,
+        created_at BIGINT NOT NULL,
+        limits     TEXT NOT NULL
+    );
+    CREATE TABLE api_tokens (
+        id         TEXT PRIMARY KEY,
+        project    TEXT NOT NULL,
+        name       TEXT NOT NULL,
+        hash       TEXT NOT NULL UNIQUE,
+        created_at BIGINT NOT NULL,
+        revoked_at BIGINT
+    );
+    CREATE INDEX api_tokens_by_project ON api_tokens (project);
+    CREATE TABLE secrets (
+        project    TEXT NOT NULL,
+        name       TEXT NOT NULL,
+        value      BYTEA NOT NULL,
+        updated_at BIGINT NOT NULL,
+        PRIMARY KEY (project, name)
+    );
+    CREATE TABLE audit_log (
+        seq         BIGSERIAL PRIMARY KEY,
+        at          BIGINT NOT NULL,
+        actor       TEXT NOT NULL,
+        project     TEXT,
+        action      TEXT NOT NULL,
+        target      TEXT NOT NULL,
+        detail      TEXT,
+        project_seq BIGINT
+    );
+    CREATE UNIQUE INDEX audit_log_by_project_seq ON audit_log (project, project_seq);
+    -- Each project's last audit number: concurrent writers take the next one atomically.
+    CREATE TABLE audit_counters (
+        project TEXT PRIMARY KEY,
+        last    BIGINT NOT NULL
+    );
+    "#,
+];
+
+/// The schema version this build knows.
+pub const VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Brings the schema up to date; refuses a database a newer shepherd migrated.
+pub async fn migrate(client: &mut tokio_postgres::Client) -> Result<i64, StoreError> {
+    let tx = client.transaction().await.map_err(super::error)?;
+    // One migrating server at a time; the lock ends with the transaction.
+    tx.execute("SELECT pg_advisory_xact_lock(7253911)", &[]).await.map_err(super::error)?;
+    tx.batch_execute("CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)")
+        .await
+        .map_err(super::error)?;
+    let current: i64 = tx.query_one("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", &[]).await.map_err(super::error)?.get(0);
+    if current > VERSION {
+        return Err(StoreError::NewerSchema { found: current, known: VERSION });
+    }
+    for (index, sql) in MIGRATIONS.iter().enumerate() {
+        let version = index as i64 + 1;
+        if version <= current {
+            continue;
+        }
+        tx.batch_execute(sql).await.map_err(super::error)?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)",
+            &[&version, &shepherd_core::Timestamp::now().millis()],
+        )
+        .await
+        .map_err(super::error)?;
+        tracing::info!(version, "applied store migration (postgres)");
+    }
+    tx.commit().await.map_err(super::error)?;
+    Ok(VERSION)
+}
