@@ -36,6 +36,10 @@ pub struct Args {
     /// The shepherd binary (default: next to this one).
     #[arg(long)]
     shepherd: Option<PathBuf>,
+    /// Run against PostgreSQL: a server's URL (postgres://USER@HOST:PORT/postgres).
+    /// The baseline and the API each get a fresh database on it.
+    #[arg(long)]
+    postgres: Option<String>,
     /// Also write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -61,6 +65,35 @@ fn raw_insert_rate(dir: &Path, total: usize, batch: usize, sync: Synchronous) ->
         let tx = conn.transaction()?;
         insert_tasks(&tx, chunk)?;
         tx.commit()?;
+    }
+    Ok(total as f64 / started.elapsed().as_secs_f64())
+}
+
+/// A fresh database on the PostgreSQL server at `url`; its URL.
+async fn fresh_database(url: &str, name: &str) -> Result<String> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.context("connecting to --postgres")?;
+    tokio::spawn(connection);
+    let name = format!("{name}_{}", std::process::id());
+    client.execute(&format!("DROP DATABASE IF EXISTS {name}"), &[]).await?;
+    client.execute(&format!("CREATE DATABASE {name}"), &[]).await?;
+    let base = url.rsplit_once('/').map_or(url, |(base, _)| base);
+    Ok(format!("{base}/{name}"))
+}
+
+/// Raw baseline on PostgreSQL: the same rows, the same schema and the same
+/// insert statement, straight into the store (`PgStore::create_tasks`, no
+/// API, no audit line) in transactions of `batch` rows.
+async fn raw_postgres_rate(url: &str, total: usize, batch: usize) -> Result<f64> {
+    use shepherd_store::Store;
+    let db = fresh_database(url, "shepherd_bench_raw").await?;
+    let store = shepherd_store::PgStore::connect(&db, 4).await?;
+    let mut ids = ulid::Generator::new();
+    let now = Timestamp::now();
+    let tasks: Vec<NewTask> =
+        (0..total).map(|_| validate(spec(), &Limits::default(), TaskId::generate(&mut ids, now), now)).collect::<Result<_, _>>()?;
+    let started = Instant::now();
+    for chunk in tasks.chunks(batch) {
+        store.create_tasks(chunk.to_vec()).await?;
     }
     Ok(total as f64 / started.elapsed().as_secs_f64())
 }
@@ -157,10 +190,19 @@ pub async fn run(args: Args) -> Result<()> {
         args.sync, args.singles, args.single_concurrency, args.batched, args.batch_size, args.batch_concurrency
     );
 
-    let raw = raw_insert_rate(dir.path(), args.batched, args.batch_size, sync)?;
-    println!("raw SQLite insert (transactions of {}):   {raw:>10.0} rows/s", args.batch_size);
-
-    let server = start_server(&binary, &dir.path().join("api"), &["--no-agent", "--sync", &args.sync])?;
+    let (raw, server) = match &args.postgres {
+        None => {
+            let raw = raw_insert_rate(dir.path(), args.batched, args.batch_size, sync)?;
+            println!("raw SQLite insert (transactions of {}):   {raw:>10.0} rows/s", args.batch_size);
+            (raw, start_server(&binary, &dir.path().join("api"), &["--no-agent", "--sync", &args.sync])?)
+        }
+        Some(url) => {
+            let raw = raw_postgres_rate(url, args.batched, args.batch_size).await?;
+            println!("raw PostgreSQL insert (transactions of {}): {raw:>8.0} rows/s", args.batch_size);
+            let api = fresh_database(url, "shepherd_bench_api").await?;
+            (raw, start_server(&binary, &dir.path().join("api"), &["--no-agent", "--store", &api])?)
+        }
+    };
     let one = serde_json::to_string(&spec())?;
     let single_secs = drive(&server.1, "/v1/tasks", one, args.singles, args.single_concurrency).await?;
     let single = args.singles as f64 / single_secs;
@@ -186,6 +228,7 @@ pub async fn run(args: Args) -> Result<()> {
     println!("all {stored} acknowledged tasks are stored");
     if let Some(path) = args.json {
         let report = serde_json::json!({
+            "store": if args.postgres.is_some() { "postgres" } else { "sqlite" },
             "sync": args.sync, "raw_rows_per_s": raw, "single_tasks_per_s": single, "batch_tasks_per_s": batched,
             "single_ratio": single / raw, "batch_ratio": batched / raw, "batch_size": args.batch_size,
         });
