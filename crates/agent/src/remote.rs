@@ -21,14 +21,16 @@ use std::time::Duration;
 
 /// The server's agent API as the agent's [`Backend`].
 pub struct HttpBackend {
-    server: String,
+    /// The server of the current session (one of the join list).
+    server: RwLock<String>,
     http: reqwest::Client,
     token: RwLock<String>,
 }
 
 impl HttpBackend {
     fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.server)
+        let server = self.server.read().map(|s| s.clone()).unwrap_or_default();
+        format!("{server}{path}")
     }
 
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
@@ -89,7 +91,8 @@ impl Backend for HttpBackend {
 /// How a remote agent joins.
 #[derive(Debug, Clone)]
 pub struct JoinConfig {
-    pub server: String,
+    /// The servers to join, tried in turn (servers sharing a store: any of them).
+    pub servers: Vec<String>,
     pub join_token: String,
     pub registration: Registration,
     /// A CA certificate (PEM) to trust for an https:// server, besides the system's.
@@ -150,25 +153,41 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<usize, BackendError> {
     let http = http_client(join.ca_pem.as_deref()).map_err(|e| BackendError::Client(error_chain(&e)))?;
-    let backend = Arc::new(HttpBackend { server: join.server.trim_end_matches('/').to_string(), http, token: RwLock::new(String::new()) });
+    let servers: Vec<String> = join.servers.iter().map(|s| s.trim_end_matches('/').to_string()).collect();
+    let first = servers.first().cloned().ok_or_else(|| BackendError::Client("no server to join".into()))?;
+    let backend = Arc::new(HttpBackend { server: RwLock::new(first), http, token: RwLock::new(String::new()) });
     let agent = make_agent(backend.clone());
     tokio::pin!(shutdown);
     let mut wait = Duration::from_millis(200);
+    let mut next = 0;
     loop {
+        let server = servers[next % servers.len()].clone();
+        if let Ok(mut current) = backend.server.write() {
+            *current = server.clone();
+        }
+        let started = std::time::Instant::now();
         tokio::select! {
             _ = &mut shutdown => break,
             result = session(&backend, &agent, &join) => {
                 match result {
-                    Ok(()) => tracing::info!("stream closed by the server; reconnecting"),
-                    Err(e) => tracing::warn!(error = %e, "disconnected from the server; reconnecting"),
+                    Ok(()) => tracing::info!(%server, "stream closed by the server; reconnecting"),
+                    Err(e) => tracing::warn!(%server, error = %e, "disconnected from the server; reconnecting"),
                 }
             }
+        }
+        // The next server in the list (the same one when there is one): a
+        // server that is gone does not hold the agent back.
+        next += 1;
+        if started.elapsed() > Duration::from_secs(30) {
+            wait = Duration::from_millis(200);
         }
         tokio::select! {
             _ = &mut shutdown => break,
             _ = tokio::time::sleep(wait) => {}
         }
-        wait = (wait * 2).min(Duration::from_secs(5));
+        if next % servers.len() == 0 {
+            wait = (wait * 2).min(Duration::from_secs(5));
+        }
     }
     Ok(agent.shutdown().await)
 }
@@ -188,7 +207,7 @@ async fn session(backend: &Arc<HttpBackend>, agent: &Agent, join: &JoinConfig) -
     if !response.status().is_success() {
         return Err(BackendError::Refused { status: response.status().as_u16(), body: "the stream was refused".into() });
     }
-    tracing::info!(server = %backend.server, node = %registration.node_id, "connected");
+    tracing::info!(server = %backend.url(""), node = %registration.node_id, "connected");
     // The engine's image list is refreshed on its own, so a slow engine
     // (busy starting containers) never delays a heartbeat.
     let images = Arc::new(RwLock::new(registration.images.clone()));

@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 #[derive(Args)]
 pub struct AgentArgs {
-    /// The server to join, e.g. http://10.0.0.1:7070.
+    /// The server to join, e.g. http://10.0.0.1:7070; several, comma-separated,
+    /// for servers sharing a PostgreSQL store (the agent moves on when one is gone).
     #[arg(long, env = "SHEPHERD_JOIN")]
     join: String,
     /// The cluster's join token.
@@ -33,8 +34,14 @@ pub async fn agent(args: AgentArgs) -> Result<ExitCode> {
     let Some(join_token) = read_token(&args.join_token, &args.join_token_file)? else {
         bail!("shepherd agent needs --join-token (or SHEPHERD_JOIN_TOKEN, or --join-token-file)");
     };
-    if !(args.join.starts_with("http://") || args.join.starts_with("https://")) {
-        bail!("--join `{}`: use the server's URL, e.g. http://10.0.0.1:7070", args.join);
+    let servers: Vec<String> = args.join.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect();
+    if servers.is_empty() {
+        bail!("--join: give the server's URL, e.g. http://10.0.0.1:7070");
+    }
+    for server in &servers {
+        if !(server.starts_with("http://") || server.starts_with("https://")) {
+            bail!("--join `{server}`: use the server's URL, e.g. http://10.0.0.1:7070");
+        }
     }
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
     crate::host::private_files();
@@ -68,7 +75,7 @@ pub async fn agent(args: AgentArgs) -> Result<ExitCode> {
         None => None,
     };
     let left = shepherd_agent::remote::run(
-        shepherd_agent::remote::JoinConfig { server: args.join.clone(), join_token, registration, ca_pem },
+        shepherd_agent::remote::JoinConfig { servers, join_token, registration, ca_pem },
         move |backend| Agent::new(config, backend, driver, Arc::new(tokio::sync::Notify::new())),
         stop_signal(),
     )

@@ -107,3 +107,23 @@ async fn cleanup(data_dir: Option<std::path::PathBuf>, node_id: Option<String>) 
     );
     Ok(ExitCode::SUCCESS)
 }
+
+#[derive(Args)]
+pub struct ServersArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The servers sharing the cluster's store, with their roles.
+pub async fn servers(client: &Client, args: ServersArgs) -> Result<ExitCode> {
+    let list: serde_json::Value = client.admin().get("/v1/servers").await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let servers: Vec<shepherd_server::api::ServerView> = serde_json::from_value(list["servers"].clone())?;
+    let rows: Vec<Vec<String>> = servers.iter().map(|s| vec![s.id.clone(), s.url.clone(), s.role.clone(), ago(s.last_seen_at)]).collect();
+    print_table(&["ID", "URL", "ROLE", "LAST SEEN"], &rows);
+    Ok(ExitCode::SUCCESS)
+}

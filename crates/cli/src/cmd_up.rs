@@ -74,6 +74,10 @@ pub struct ServerFlags {
     /// A keep-alive connection with no traffic this long is closed.
     #[arg(long, default_value = "90s", value_parser = positive_duration)]
     idle_timeout: Duration,
+    /// Servers sharing a PostgreSQL store: the leader's lease. When the
+    /// leader is gone, another takes over within this long.
+    #[arg(long, default_value = "5s", value_parser = positive_duration)]
+    leader_lease: Duration,
 }
 
 /// `--store`: the embedded SQLite, or a PostgreSQL URL.
@@ -205,6 +209,7 @@ async fn run_cluster(server: ServerFlags, node: Option<&NodeFlags>, write_cli_co
         },
         admin_token: admin_token.clone(),
         request_timeout: server.request_timeout,
+        leader_lease: server.leader_lease,
         serve_limits: shepherd_server::serve::ServeLimits {
             max_connections: server.max_connections as usize,
             header_timeout: server.header_timeout,

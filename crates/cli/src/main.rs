@@ -71,6 +71,8 @@ enum Command {
     Wait(Client<cmd_tasks::WaitArgs>),
     /// List the cluster's nodes.
     Nodes(Client<cmd_nodes::NodesArgs>),
+    /// List the servers sharing the cluster's store, and which one leads (admin).
+    Servers(Client<cmd_nodes::ServersArgs>),
     /// Manage projects (tenants) and their limits (admin).
     Project(Client<cmd_tenants::ProjectArgs>),
     /// Manage a project's API tokens (admin).
@@ -149,6 +151,7 @@ fn main() -> ExitCode {
             Command::Cancel(c) => cmd_tasks::cancel(&make_client(&c.client)?, c.args).await,
             Command::Wait(c) => cmd_tasks::wait(&make_client(&c.client)?, c.args).await,
             Command::Nodes(c) => cmd_nodes::nodes(&make_client(&c.client)?, c.args).await,
+            Command::Servers(c) => cmd_nodes::servers(&make_client(&c.client)?, c.args).await,
             Command::Project(c) => cmd_tenants::project(&make_client(&c.client)?, c.args).await,
             Command::Token(c) => cmd_tenants::token(&make_client(&c.client)?, c.args).await,
             Command::Secret(c) => cmd_tenants::secret(&make_client(&c.client)?, c.args).await,

@@ -270,5 +270,5 @@ async fn every_documented_operation_is_routed() {
             operations += 1;
         }
     }
-    assert_eq!(operations, 23);
+    assert_eq!(operations, 24);
 }

@@ -51,6 +51,25 @@ impl RemoteAgents {
         }
     }
 
+    /// Whether this server holds the node's stream.
+    pub fn holds(&self, node_id: &str) -> bool {
+        self.streams.lock().map(|s| s.contains_key(node_id)).unwrap_or(false)
+    }
+
+    /// Asks every agent connected here to reconcile (messages between
+    /// servers may have been missed).
+    pub fn reconcile_all(&self) {
+        let nodes: Vec<String> = self.streams.lock().map(|s| s.keys().cloned().collect()).unwrap_or_default();
+        for node in nodes {
+            self.send(&node, AgentMessage::Reconcile);
+        }
+    }
+
+    /// Sends a cancel to the node's agent if its stream is here; false if not.
+    pub fn cancel_here(&self, node_id: &str, task_id: TaskId) -> bool {
+        self.send(node_id, AgentMessage::Cancel { task_id })
+    }
+
     fn is_current(&self, node_id: &str, tx: &mpsc::UnboundedSender<AgentMessage>) -> bool {
         self.streams.lock().map(|s| s.get(node_id).is_some_and(|t| t.same_channel(tx))).unwrap_or(false)
     }

@@ -40,6 +40,9 @@ pub struct ClusterConfig {
     pub request_timeout: Duration,
     /// Connection limits of the API listener.
     pub serve_limits: crate::serve::ServeLimits,
+    /// The leader's lease (servers sharing a store): a new leader takes over
+    /// within this long after the old one is gone.
+    pub leader_lease: Duration,
 }
 
 impl ClusterConfig {
@@ -67,6 +70,7 @@ impl ClusterConfig {
             admin_token: admin_token.to_string(),
             request_timeout: Duration::from_secs(30),
             serve_limits: crate::serve::ServeLimits::default(),
+            leader_lease: Duration::from_secs(5),
         }
     }
 }
@@ -123,6 +127,20 @@ pub struct Cluster {
 /// The project `shepherd up` makes for a new cluster.
 pub const DEFAULT_PROJECT: &str = "default";
 
+/// The server id of this data directory, made once and kept: the lease's
+/// holder when this server leads.
+pub fn server_id(data_dir: &std::path::Path) -> Result<String, std::io::Error> {
+    let path = data_dir.join("server-id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_string()),
+        _ => {
+            let id = format!("server-{}", &ulid::Ulid::new().to_string().to_lowercase()[16..]);
+            std::fs::write(&path, &id)?;
+            Ok(id)
+        }
+    }
+}
+
 /// The node id of this data directory, made once and kept, so a restart
 /// finds the attempts it owned.
 pub fn local_node_id(data_dir: &std::path::Path) -> Result<String, std::io::Error> {
@@ -158,6 +176,15 @@ impl Cluster {
         let wakeup = Arc::new(Notify::new());
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut background = Vec::new();
+        // Listening first: the server's address is part of who it is.
+        let listener =
+            tokio::net::TcpListener::bind(config.listen).await.map_err(|source| ClusterError::Bind { addr: config.listen, source })?;
+        let addr = listener.local_addr().map_err(|source| ClusterError::Bind { addr: config.listen, source })?;
+        let url = format!("{}://{addr}", if config.tls.is_some() { "https" } else { "http" });
+        let leadership = crate::leader::Leadership::new(server_id(&config.data_dir).map_err(data_err)?, config.leader_lease);
+        // Lead (or not) before the first pass, then keep the lease up.
+        leadership.round(dyn_store.as_ref()).await;
+        background.push(tokio::spawn(leadership.clone().run(dyn_store.clone(), url.clone(), shutdown_rx.clone())));
 
         let mut agent = None;
         let mut node_record = None;
@@ -196,9 +223,17 @@ impl Cluster {
 
         let remote = Arc::new(crate::agents::RemoteAgents::default());
         let liveness = Arc::new(crate::liveness::Liveness::new(node_record.as_ref().map(|n| n.id.clone())));
-        let links = Arc::new(crate::links::ClusterLinks { local: LocalAgents::new(agent.clone()), remote: remote.clone() });
+        let links = Arc::new(crate::links::ClusterLinks {
+            local: LocalAgents::new(agent.clone()),
+            remote: remote.clone(),
+            store: dyn_store.clone(),
+        });
+        if let Some(messages) = dyn_store.subscribe() {
+            background.push(tokio::spawn(crate::links::dispatch(messages, dyn_store.clone(), remote.clone(), shutdown_rx.clone())));
+        }
         let notes = Arc::new(PlacementNotes::default());
-        let scheduler = Scheduler::new(dyn_store.clone(), links.clone(), wakeup.clone(), notes.clone(), config.engine.clone());
+        let scheduler =
+            Scheduler::new(dyn_store.clone(), links.clone(), wakeup.clone(), notes.clone(), config.engine.clone(), leadership.clone());
         background.push(tokio::spawn(scheduler.run(shutdown_rx.clone())));
         if let (Some(record), Some(local)) = (node_record, agent.clone()) {
             background.push(tokio::spawn(heartbeat(dyn_store.clone(), local, record.id, shutdown_rx.clone())));
@@ -207,6 +242,7 @@ impl Cluster {
             dyn_store.clone(),
             remote.clone(),
             liveness.clone(),
+            leadership.clone(),
             wakeup.clone(),
             config.node_timeout,
             shutdown_rx.clone(),
@@ -229,10 +265,8 @@ impl Cluster {
             agent_api: crate::agents::AgentApi { join_token: config.join_token.clone(), agents: remote, liveness },
             auth,
             request_timeout: config.request_timeout,
+            leadership,
         };
-        let listener =
-            tokio::net::TcpListener::bind(config.listen).await.map_err(|source| ClusterError::Bind { addr: config.listen, source })?;
-        let addr = listener.local_addr().map_err(|source| ClusterError::Bind { addr: config.listen, source })?;
         let app = api::router(state);
         let tls = match &config.tls {
             Some(files) => Some(crate::tls::server_config(files).map_err(ClusterError::Tls)?),
@@ -336,34 +370,50 @@ async fn heartbeat(store: Arc<dyn Store>, agent: Agent, node_id: String, mut shu
 
 /// Declares nodes that stopped heartbeating down, and reports their
 /// attempts lost: the state machine retries them elsewhere or fails them.
-/// Silence is read from [`crate::liveness::Liveness`], which heartbeats
-/// reach without waiting for the store; in-process nodes are never silent.
+/// Only the leader does, with its lease on every report. A node's last sign
+/// of life is the latest of its heartbeats here (`Liveness`: in memory,
+/// before any store write), its heartbeat time in the store (written by
+/// whichever server it talks to), and the moment this server began to lead
+/// (agents of a server that died need time to move). In-process nodes are
+/// never silent.
 async fn watch_nodes(
     store: Arc<dyn Store>,
     remote: Arc<crate::agents::RemoteAgents>,
     liveness: Arc<crate::liveness::Liveness>,
+    leadership: crate::leader::Leadership,
     wakeup: Arc<Notify>,
     timeout: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let mut leading_since: Option<i64> = None;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             _ = shutdown.changed() => return,
         }
+        let Some(lease) = leadership.lease() else {
+            leading_since = None;
+            continue;
+        };
+        let now = Timestamp::now();
+        let since = *leading_since.get_or_insert(now.millis());
         let nodes = match store.list_nodes().await {
             Ok(nodes) => nodes,
             Err(_) => continue,
         };
-        let now = Timestamp::now();
         for node in nodes {
-            let silent = liveness.silent_for(&node.id);
-            if liveness.is_local(&node.id) || silent <= timeout {
+            if liveness.is_local(&node.id) {
+                continue;
+            }
+            let heard_here = now.millis() - liveness.silent_for(&node.id).as_millis() as i64;
+            let last = heard_here.max(node.last_heartbeat_at.millis()).max(since);
+            let silent = now.millis() - last;
+            if silent <= timeout.as_millis() as i64 {
                 continue;
             }
             // Already down (no change) or not one that can go down: nothing to do.
             let Ok(down) = node.state.next(shepherd_core::NodeEvent::MissedHeartbeats) else { continue };
-            tracing::warn!(node = %node.id, silent_ms = silent.as_millis() as u64, "node missed its heartbeats: down");
+            tracing::warn!(node = %node.id, silent_ms = silent, "node missed its heartbeats: down");
             let id = node.id.clone();
             // Its heartbeats are refused from now on: it must reconnect and reconcile.
             liveness.mark_down(&id);
@@ -382,7 +432,11 @@ async fn watch_nodes(
             };
             if !lost.is_empty() {
                 tracing::info!(node = %id, count = lost.len(), "attempts lost with their node");
-                let _ = store.apply(lost, now).await;
+                match store.apply_as_leader(lost, now, &lease).await {
+                    Err(e) if crate::leader::fenced(&e) => leadership.step_down(),
+                    Err(e) => tracing::warn!(error = %e, "could not report the attempts lost"),
+                    Ok(_) => {}
+                }
                 wakeup.notify_one();
             }
         }

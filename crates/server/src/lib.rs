@@ -12,6 +12,7 @@ pub mod agents;
 pub mod api;
 pub mod auth;
 mod cluster;
+pub mod leader;
 pub mod links;
 pub mod liveness;
 pub mod local_backend;

@@ -47,23 +47,102 @@ impl NodeLinks for LocalAgents {
     }
 }
 
-/// The in-process agent first, then remote agents.
+/// The in-process agent first, then remote agents connected to this
+/// server, then, through the store, whichever server holds the node's
+/// agent (servers sharing a store: PostgreSQL's LISTEN/NOTIFY).
 pub struct ClusterLinks {
     pub local: LocalAgents,
     pub remote: std::sync::Arc<crate::agents::RemoteAgents>,
+    pub store: std::sync::Arc<dyn shepherd_store::Store>,
+}
+
+/// What servers tell each other about agents.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Dispatch {
+    /// Push this attempt to the node's agent, if you hold its stream.
+    Assign { node: String, task: TaskId, attempt: u32 },
+    /// Stop this task's attempt on the node, if you hold its stream.
+    Cancel { node: String, task: TaskId },
+}
+
+impl ClusterLinks {
+    fn publish(&self, message: Dispatch) {
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            let text = serde_json::to_string(&message).unwrap_or_default();
+            if let Err(e) = store.publish(text).await {
+                tracing::warn!(error = %e, ?message, "could not tell the other servers");
+            }
+        });
+    }
 }
 
 impl NodeLinks for ClusterLinks {
     fn assign(&self, node_id: &str, launch: LaunchSpec) -> bool {
         if self.local.agents.contains_key(node_id) {
-            self.local.assign(node_id, launch)
-        } else {
-            self.remote.assign(node_id, launch)
+            return self.local.assign(node_id, launch);
         }
+        let (task, attempt) = (launch.id, launch.attempt);
+        if self.remote.assign(node_id, launch) {
+            return true;
+        }
+        // Not connected here: the server that holds it pushes it (or its
+        // agent finds it when it reconciles).
+        self.publish(Dispatch::Assign { node: node_id.to_string(), task, attempt });
+        true
     }
 
     fn cancel(&self, node_id: &str, task_id: TaskId) {
         self.local.cancel(node_id, task_id);
-        self.remote.cancel(node_id, task_id);
+        if !self.remote.cancel_here(node_id, task_id) {
+            self.publish(Dispatch::Cancel { node: node_id.to_string(), task: task_id });
+        }
+    }
+}
+
+/// Acts on what other servers publish, for the agents connected here:
+/// assignments (with the launch spec read from the store) and cancels.
+/// After the store's listener reconnected (messages may have been missed),
+/// every agent here reconciles.
+pub async fn dispatch(
+    mut messages: tokio::sync::broadcast::Receiver<String>,
+    store: std::sync::Arc<dyn shepherd_store::Store>,
+    remote: std::sync::Arc<crate::agents::RemoteAgents>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        let message = tokio::select! {
+            message = messages.recv() => message,
+            _ = shutdown.changed() => return,
+        };
+        let text = match message {
+            Ok(text) => text,
+            Err(RecvError::Lagged(missed)) => {
+                tracing::warn!(missed, "fell behind the other servers' messages; agents reconcile");
+                remote.reconcile_all();
+                continue;
+            }
+            Err(RecvError::Closed) => return,
+        };
+        if text == shepherd_store::postgres::RESYNC {
+            remote.reconcile_all();
+            continue;
+        }
+        match serde_json::from_str::<Dispatch>(&text) {
+            Ok(Dispatch::Assign { node, task, attempt }) if remote.holds(&node) => match store.launch_spec(task).await {
+                Ok(Some(launch)) if launch.attempt == attempt && launch.node_id.as_deref() == Some(node.as_str()) => {
+                    remote.assign(&node, launch);
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, %task, "could not read an assignment for an agent here"),
+            },
+            Ok(Dispatch::Cancel { node, task }) => {
+                remote.cancel_here(&node, task);
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, "a message not for the dispatcher"),
+        }
     }
 }

@@ -41,6 +41,8 @@ pub struct Scheduler {
     pub passes: AtomicU64,
     /// What one pass leaves to the next.
     pub memory: Mutex<PassMemory>,
+    /// Only the leader places; its lease fences every placement.
+    pub leadership: crate::leader::Leadership,
 }
 
 /// What a pass leaves to the next.
@@ -152,8 +154,9 @@ impl Scheduler {
         wakeup: Arc<Notify>,
         notes: Arc<PlacementNotes>,
         engine: Arc<Engine>,
+        leadership: crate::leader::Leadership,
     ) -> Scheduler {
-        Scheduler { store, links, wakeup, notes, engine, passes: AtomicU64::new(0), memory: Mutex::new(PassMemory::default()) }
+        Scheduler { store, links, wakeup, notes, engine, passes: AtomicU64::new(0), memory: Mutex::new(PassMemory::default()), leadership }
     }
 
     /// Runs until `shutdown` turns true.
@@ -187,8 +190,10 @@ impl Scheduler {
         }
     }
 
-    /// One pass: places what fits, explains what does not.
+    /// One pass: places what fits, explains what does not. Only while
+    /// this server leads; a pass whose placements are fenced steps down.
     pub async fn pass(&self) -> Result<PassOutcome, StoreError> {
+        let Some(lease) = self.leadership.lease() else { return Ok(PassOutcome::default()) };
         let now = Timestamp::now();
         let records = self.store.list_nodes().await?;
         if records.is_empty() {
@@ -259,7 +264,14 @@ impl Scheduler {
         self.restore(memory);
         let pages = result?;
         let events = pages.placements.iter().map(|p| (p.task_id, Event::Schedule { node_id: p.node_id.clone() })).collect();
-        let results = self.store.apply(events, now).await?;
+        let results = match self.store.apply_as_leader(events, now, &lease).await {
+            Ok(results) => results,
+            Err(e) if crate::leader::fenced(&e) => {
+                self.leadership.step_down();
+                return Ok(PassOutcome::default());
+            }
+            Err(e) => return Err(e),
+        };
         let mut applied = Vec::new();
         for result in results {
             match result {

@@ -313,6 +313,64 @@ pub async fn concurrent_writers(store: Arc<dyn Store>) {
     assert_eq!(counts.get(&TaskState::Cancelled), Some(&200));
 }
 
+/// The leader's lease: one holder at a time, renewed by it, taken over
+/// after it expires or is released, with a higher epoch; a write under an
+/// old lease is fenced.
+pub async fn leases_and_fencing(store: &dyn Store) {
+    use std::time::Duration;
+    let a = store.acquire_lease("a", Duration::from_secs(30)).await.unwrap().expect("free: a takes it");
+    assert!(store.acquire_lease("b", Duration::from_secs(30)).await.unwrap().is_none(), "held by a");
+    let renewed = store.acquire_lease("a", Duration::from_secs(30)).await.unwrap().expect("a renews");
+    assert_eq!(renewed.epoch, a.epoch, "a renewal keeps the epoch");
+    let mut gen = ulid::Generator::new();
+    let task = new_task(&mut gen, spec("p"));
+    store.create_tasks(vec![task.clone()]).await.unwrap();
+    let placed = store.apply_as_leader(vec![(task.id, Event::Schedule { node_id: "n".into() })], Timestamp::now(), &renewed).await.unwrap();
+    assert!(placed[0].is_ok());
+    store.release_lease("a").await.unwrap();
+    let b = store.acquire_lease("b", Duration::from_millis(300)).await.unwrap().expect("released: b takes it");
+    assert!(b.epoch > a.epoch, "a new holder, a new epoch");
+    let late = store.apply_as_leader(vec![(task.id, Event::Start { attempt: 1, at: None })], Timestamp::now(), &renewed).await;
+    assert!(matches!(late, Err(StoreError::Fenced { .. })), "a's old lease is fenced: {late:?}");
+    assert_eq!(store.get_task(task.id).await.unwrap().unwrap().state, TaskState::Scheduled, "nothing written");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let expired = store.apply_as_leader(vec![(task.id, Event::Start { attempt: 1, at: None })], Timestamp::now(), &b).await;
+    assert!(matches!(expired, Err(StoreError::Fenced { .. })), "b's lease expired: {expired:?}");
+    let c = store.acquire_lease("c", Duration::from_secs(30)).await.unwrap().expect("expired: c takes it");
+    assert!(c.epoch > b.epoch);
+    store.apply_as_leader(vec![(task.id, Event::Start { attempt: 1, at: None })], Timestamp::now(), &c).await.unwrap()[0].as_ref().unwrap();
+}
+
+/// Servers say who they are; messages reach every subscriber (for stores
+/// servers share).
+pub async fn servers_and_messages(store: &dyn Store) {
+    let now = Timestamp::now();
+    let server = |id: &str, role: &str| ServerRecord {
+        id: id.into(),
+        url: format!("http://{id}"),
+        role: role.into(),
+        started_at: now,
+        last_seen_at: now,
+    };
+    store.touch_server(server("s1", "leader")).await.unwrap();
+    store.touch_server(server("s2", "follower")).await.unwrap();
+    store.touch_server(server("s1", "follower")).await.unwrap();
+    let servers = store.list_servers().await.unwrap();
+    assert_eq!(servers.iter().map(|s| (s.id.as_str(), s.role.as_str())).collect::<Vec<_>>(), vec![("s1", "follower"), ("s2", "follower")]);
+    if let Some(mut messages) = store.subscribe() {
+        // The listening connection may still be opening: publish until heard.
+        let mut heard = None;
+        for _ in 0..50 {
+            store.publish("hello".into()).await.unwrap();
+            if let Ok(Ok(message)) = tokio::time::timeout(std::time::Duration::from_millis(100), messages.recv()).await {
+                heard = Some(message);
+                break;
+            }
+        }
+        assert_eq!(heard.as_deref(), Some("hello"));
+    }
+}
+
 /// Runs every conformance check against fresh stores from `$fixture`, an
 /// async fn returning a [`Fixture`], one `#[tokio::test]` each.
 #[macro_export]
@@ -326,6 +384,8 @@ macro_rules! store_conformance {
         $crate::store_conformance!(@one $fixture, nodes);
         $crate::store_conformance!(@one $fixture, tenants);
         $crate::store_conformance!(@one $fixture, audit);
+        $crate::store_conformance!(@one $fixture, leases_and_fencing);
+        $crate::store_conformance!(@one $fixture, servers_and_messages);
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn concurrent_writers() {
             let fixture = $fixture().await;

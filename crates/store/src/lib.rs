@@ -53,6 +53,9 @@ pub enum StoreError {
     Duplicate(TaskId),
     #[error("the store is shut down")]
     Closed,
+    /// A leader-only write under a lease that is no longer the current one.
+    #[error("not the leader any more (lease epoch {epoch} is over)")]
+    Fenced { epoch: i64 },
     #[error("I/O error: {0}")]
     Io(std::io::Error),
 }
@@ -167,6 +170,40 @@ pub trait Store: Send + Sync + 'static {
     /// Flushes and stops: writes already accepted are committed first. (A
     /// no-op for stores whose writes commit as they go.)
     fn close(&self) {}
+
+    /// Takes the leader's lease for `holder`, or renews it if `holder` has
+    /// it, for `ttl` by the store's clock; `None` while another holds an
+    /// unexpired one. A new holder gets a higher epoch.
+    async fn acquire_lease(&self, holder: &str, ttl: std::time::Duration) -> Result<Option<Lease>, StoreError>;
+
+    /// Gives the lease up if `holder` has it (a clean stop: the next leader
+    /// need not wait for it to expire).
+    async fn release_lease(&self, holder: &str) -> Result<(), StoreError>;
+
+    /// [`Store::apply`] for leader-only writes (placements, lost attempts):
+    /// in the same transaction, refused with [`StoreError::Fenced`] unless
+    /// `lease` is still the current, unexpired lease.
+    async fn apply_as_leader(&self, events: Vec<(TaskId, Event)>, now: Timestamp, lease: &Lease) -> Result<Vec<ApplyResult>, StoreError>;
+
+    /// Records a server's heartbeat (and role).
+    async fn touch_server(&self, server: ServerRecord) -> Result<(), StoreError>;
+
+    /// Every server seen, by id.
+    async fn list_servers(&self) -> Result<Vec<ServerRecord>, StoreError>;
+
+    /// Sends a message to every server sharing this store (itself
+    /// included), e.g. "assign this attempt to the agent you hold". A
+    /// store that only one server uses has no one to tell: the default
+    /// does nothing.
+    async fn publish(&self, _message: String) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Messages [`Store::publish`]ed by any server, from now on; `None` for
+    /// a store that only one server uses.
+    fn subscribe(&self) -> Option<tokio::sync::broadcast::Receiver<String>> {
+        None
+    }
 
     /// The audit log, newest first: of one project or all, before `before` (a seq).
     async fn list_audit(&self, project: Option<String>, before: Option<i64>, limit: usize) -> Result<Vec<AuditEntry>, StoreError>;

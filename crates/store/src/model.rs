@@ -176,3 +176,26 @@ pub struct AuditEntry {
     pub target: String,
     pub detail: Option<String>,
 }
+
+/// The right to act as the cluster's leader (run the scheduler and node
+/// failure detection) until `expires_at`. `epoch` grows with every change
+/// of holder: a write made under an older epoch is refused (fencing).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub holder: String,
+    pub epoch: i64,
+    /// By the store's clock (PostgreSQL's, shared by all servers).
+    pub expires_at: Timestamp,
+}
+
+/// A server of the cluster, as it last said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerRecord {
+    pub id: String,
+    /// Where its API listens.
+    pub url: String,
+    /// `leader` or `follower`.
+    pub role: String,
+    pub started_at: Timestamp,
+    pub last_seen_at: Timestamp,
+}

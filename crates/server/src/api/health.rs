@@ -17,6 +17,52 @@ pub struct Health {
     /// project for a project token, absent without a token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tasks: Option<BTreeMap<String, u64>>,
+    /// This server's id and role (`leader` runs the scheduler; `follower`
+    /// serves the API) among servers sharing a store.
+    #[serde(default)]
+    pub server: ServerRole,
+}
+
+/// Which server answered, and its role.
+#[derive(Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ServerRole {
+    pub id: String,
+    pub role: String,
+}
+
+/// A server of the cluster.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ServerView {
+    pub id: String,
+    pub url: String,
+    pub role: String,
+    #[schema(value_type = String)]
+    pub started_at: shepherd_core::Timestamp,
+    #[schema(value_type = String)]
+    pub last_seen_at: shepherd_core::Timestamp,
+}
+
+/// The servers sharing this cluster's store.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ServerList {
+    pub servers: Vec<ServerView>,
+}
+
+/// The servers sharing the store, with their roles and last heartbeat (admin).
+#[utoipa::path(get, path = "/v1/servers", tag = "cluster", responses((status = 200, body = ServerList), (status = 403, body = super::ErrorBody)))]
+pub async fn servers(
+    State(state): State<AppState>,
+    axum::Extension(caller): axum::Extension<crate::auth::Caller>,
+) -> Result<Json<ServerList>, ApiError> {
+    caller.require_admin()?;
+    let servers = state
+        .store
+        .list_servers()
+        .await?
+        .into_iter()
+        .map(|s| ServerView { id: s.id, url: s.url, role: s.role, started_at: s.started_at, last_seen_at: s.last_seen_at })
+        .collect();
+    Ok(Json(ServerList { servers }))
 }
 
 /// Health and task counts.
@@ -35,5 +81,7 @@ pub async fn health(State(state): State<AppState>, headers: HeaderMap) -> Result
             None
         }
     };
-    Ok(Json(Health { status: "ok".into(), version: env!("CARGO_PKG_VERSION").into(), tasks }))
+    let role = if state.leadership.is_leader() { "leader" } else { "follower" };
+    let server = ServerRole { id: state.leadership.id().to_string(), role: role.into() };
+    Ok(Json(Health { status: "ok".into(), version: env!("CARGO_PKG_VERSION").into(), tasks, server }))
 }

@@ -9,7 +9,7 @@ mod projects;
 mod tasks;
 
 pub use error::{ApiError, ErrorBody};
-pub use health::Health;
+pub use health::{Health, ServerList, ServerRole, ServerView};
 pub use nodes::{NodeList, NodeView};
 pub use openapi::ApiDoc;
 pub use projects::{AuditList, AuditView, CreatedToken, ProjectView, SecretList, TokenView};
@@ -37,6 +37,8 @@ pub struct AppState {
     pub auth: Arc<crate::auth::Auth>,
     /// Longest time an ordinary request may take.
     pub request_timeout: std::time::Duration,
+    /// Whether this server leads (servers sharing a store).
+    pub leadership: crate::leader::Leadership,
 }
 
 impl AppState {
@@ -68,6 +70,7 @@ impl AppState {
             },
             auth,
             request_timeout: std::time::Duration::from_secs(30),
+            leadership: crate::leader::Leadership::new("standalone".into(), std::time::Duration::from_secs(5)),
         }
     }
 
@@ -97,6 +100,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/tasks/{id}/cancel", post(tasks::cancel))
         .route("/v1/tasks/{id}/placement", get(tasks::placement))
         .route("/v1/nodes", get(nodes::list))
+        .route("/v1/servers", get(health::servers))
         .route("/v1/nodes/{id}/drain", post(nodes::drain))
         .route("/v1/projects", post(projects::create).get(projects::list))
         .route("/v1/projects/{project}", get(projects::get).patch(projects::update))

@@ -20,6 +20,7 @@ use utoipa::OpenApi;
         super::tasks::placement,
         super::logs::logs,
         super::nodes::list,
+        super::health::servers,
         super::nodes::drain,
         super::projects::create,
         super::projects::list,

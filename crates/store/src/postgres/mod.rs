@@ -21,6 +21,69 @@ pub use schema::VERSION;
 /// The PostgreSQL implementation of [`Store`].
 pub struct PgStore {
     pool: Pool,
+    /// Messages between servers (LISTEN/NOTIFY on [`CHANNEL`]).
+    messages: tokio::sync::broadcast::Sender<String>,
+    listener: tokio::task::JoinHandle<()>,
+}
+
+/// The NOTIFY channel servers talk on.
+const CHANNEL: &str = "shepherd";
+
+/// Handed to subscribers each time the listening connection (re)starts:
+/// messages sent meanwhile may have been missed.
+pub const RESYNC: &str = "__resync__";
+
+/// The database's clock in milliseconds: every server reads the same one.
+const NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        self.listener.abort();
+    }
+}
+
+/// Holds a connection that LISTENs on [`CHANNEL`] and hands every
+/// notification to `messages`; reconnects (after a pause) when it breaks.
+async fn listen(config: tokio_postgres::Config, messages: tokio::sync::broadcast::Sender<String>) {
+    use futures_util::StreamExt;
+    loop {
+        match config.connect(NoTls).await {
+            Ok((client, mut connection)) => {
+                let mut stream = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+                let listening = async {
+                    // The connection must be driven while LISTEN runs.
+                    client.batch_execute(&format!("LISTEN {CHANNEL}")).await
+                };
+                let mut listening = std::pin::pin!(listening);
+                let mut ready = false;
+                loop {
+                    tokio::select! {
+                        result = &mut listening, if !ready => {
+                            if let Err(e) = result {
+                                tracing::warn!(error = %e, "LISTEN failed");
+                                break;
+                            }
+                            ready = true;
+                            let _ = messages.send(RESYNC.to_string());
+                        }
+                        message = stream.next() => match message {
+                            Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
+                                let _ = messages.send(n.payload().to_string());
+                            }
+                            Some(Ok(_)) => {}
+                            Some(Err(e)) => {
+                                tracing::warn!(error = %e, "the listening connection broke; reconnecting");
+                                break;
+                            }
+                            None => break,
+                        },
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot open the listening connection; retrying"),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
 }
 
 /// PostgreSQL's errors as the store's.
@@ -146,9 +209,11 @@ impl PgStore {
     pub async fn connect(url: &str, max_connections: usize) -> Result<PgStore, StoreError> {
         let config: tokio_postgres::Config =
             url.parse().map_err(|e| StoreError::Unavailable(format!("`{}` is not a PostgreSQL URL: {e}", redact(url))))?;
-        let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let manager = Manager::from_config(config.clone(), NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager).max_size(max_connections.max(2)).build().map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        let store = PgStore { pool };
+        let (messages, _) = tokio::sync::broadcast::channel(4096);
+        let listener = tokio::spawn(listen(config, messages.clone()));
+        let store = PgStore { pool, messages, listener };
         let mut client = store.pool.get().await.map_err(|e| match e {
             deadpool_postgres::PoolError::Backend(e) => {
                 StoreError::Unavailable(format!("cannot connect to PostgreSQL at {}: {}", redact(url), error_chain(&e)))
@@ -418,6 +483,93 @@ async fn apply_one(tx: &deadpool_postgres::Transaction<'_>, id: TaskId, event: &
 
 #[async_trait::async_trait]
 impl Store for PgStore {
+    async fn acquire_lease(&self, holder: &str, ttl: std::time::Duration) -> Result<Option<Lease>, StoreError> {
+        let client = self.client().await?;
+        let ttl = ttl.as_millis() as i64;
+        let row = client
+            .query_opt(
+                &format!(
+                    "INSERT INTO leadership (id, holder, epoch, expires_at) VALUES (1, $1, 1, {NOW_MS} + $2) \
+                     ON CONFLICT (id) DO UPDATE SET \
+                     epoch = CASE WHEN leadership.holder = excluded.holder THEN leadership.epoch ELSE leadership.epoch + 1 END, \
+                     holder = excluded.holder, expires_at = excluded.expires_at \
+                     WHERE leadership.holder = excluded.holder OR leadership.expires_at < {NOW_MS} \
+                     RETURNING holder, epoch, expires_at"
+                ),
+                &[&holder, &ttl],
+            )
+            .await
+            .map_err(error)?;
+        Ok(row.map(|row| Lease { holder: row.get(0), epoch: row.get(1), expires_at: Timestamp(row.get(2)) }))
+    }
+
+    async fn release_lease(&self, holder: &str) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client.execute("UPDATE leadership SET expires_at = 0 WHERE id = 1 AND holder = $1", &[&holder]).await.map_err(error)?;
+        Ok(())
+    }
+
+    async fn apply_as_leader(&self, events: Vec<(TaskId, Event)>, now: Timestamp, lease: &Lease) -> Result<Vec<ApplyResult>, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(error)?;
+        // FOR SHARE: a new leader cannot take the lease over until this
+        // transaction ends, so a write checked here is never late.
+        let current = tx
+            .query_opt(&format!("SELECT holder, epoch, expires_at >= {NOW_MS} FROM leadership WHERE id = 1 FOR SHARE"), &[])
+            .await
+            .map_err(error)?;
+        match current {
+            Some(row) if row.get::<_, &str>(0) == lease.holder && row.get::<_, i64>(1) == lease.epoch && row.get::<_, bool>(2) => {}
+            _ => return Err(StoreError::Fenced { epoch: lease.epoch }),
+        }
+        let mut results = Vec::with_capacity(events.len());
+        for (id, event) in &events {
+            results.push(apply_one(&tx, *id, event, now).await?);
+        }
+        tx.commit().await.map_err(error)?;
+        Ok(results)
+    }
+
+    async fn touch_server(&self, server: ServerRecord) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO servers (id, url, role, started_at, last_seen_at) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (id) DO UPDATE SET url = excluded.url, role = excluded.role, last_seen_at = excluded.last_seen_at",
+                &[&server.id, &server.url, &server.role, &server.started_at.millis(), &server.last_seen_at.millis()],
+            )
+            .await
+            .map_err(error)?;
+        Ok(())
+    }
+
+    async fn list_servers(&self) -> Result<Vec<ServerRecord>, StoreError> {
+        let client = self.client().await?;
+        Ok(client
+            .query("SELECT id, url, role, started_at, last_seen_at FROM servers ORDER BY id", &[])
+            .await
+            .map_err(error)?
+            .iter()
+            .map(|row| ServerRecord {
+                id: row.get(0),
+                url: row.get(1),
+                role: row.get(2),
+                started_at: Timestamp(row.get(3)),
+                last_seen_at: Timestamp(row.get(4)),
+            })
+            .collect())
+    }
+
+    async fn publish(&self, message: String) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &message]).await.map_err(error)?;
+        Ok(())
+    }
+
+    fn subscribe(&self) -> Option<tokio::sync::broadcast::Receiver<String>> {
+        Some(self.messages.subscribe())
+    }
+
     async fn create_tasks(&self, tasks: Vec<NewTask>) -> Result<(), StoreError> {
         self.create_tasks_audited(tasks, Vec::new()).await
     }

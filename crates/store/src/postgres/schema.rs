@@ -118,6 +118,22 @@ const MIGRATIONS: &[&str] = &[
         last    BIGINT NOT NULL
     );
     "#,
+    // 2: the leader's lease and the servers sharing the database.
+    r#"
+    CREATE TABLE leadership (
+        id         INTEGER PRIMARY KEY CHECK (id = 1),
+        holder     TEXT NOT NULL,
+        epoch      BIGINT NOT NULL,
+        expires_at BIGINT NOT NULL
+    );
+    CREATE TABLE servers (
+        id           TEXT PRIMARY KEY,
+        url          TEXT NOT NULL,
+        role         TEXT NOT NULL,
+        started_at   BIGINT NOT NULL,
+        last_seen_at BIGINT NOT NULL
+    );
+    "#,
 ];
 
 /// The schema version this build knows.

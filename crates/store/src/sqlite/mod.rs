@@ -195,10 +195,104 @@ impl Drop for SqliteStore {
     }
 }
 
+/// The current lease, if `lease` still is it at `now`.
+fn check_lease(conn: &Connection, lease: &Lease, now: Timestamp) -> Result<(), StoreError> {
+    use rusqlite::OptionalExtension;
+    let current = conn
+        .prepare_cached("SELECT holder, epoch, expires_at FROM leadership WHERE id = 1")?
+        .query_row([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?, row.get::<_, i64>(2)?)))
+        .optional()?;
+    match current {
+        Some((holder, epoch, expires_at)) if holder == lease.holder && epoch == lease.epoch && expires_at >= now.millis() => Ok(()),
+        _ => Err(StoreError::Fenced { epoch: lease.epoch }),
+    }
+}
+
 #[async_trait::async_trait]
 impl Store for SqliteStore {
     fn close(&self) {
         self.close_writer();
+    }
+
+    async fn acquire_lease(&self, holder: &str, ttl: std::time::Duration) -> Result<Option<Lease>, StoreError> {
+        let holder = holder.to_string();
+        self.write_with(move |conn| {
+            use rusqlite::OptionalExtension;
+            let now = Timestamp::now();
+            let row = conn
+                .prepare_cached(
+                    "INSERT INTO leadership (id, holder, epoch, expires_at) VALUES (1, ?1, 1, ?2) \
+                     ON CONFLICT (id) DO UPDATE SET \
+                     epoch = CASE WHEN leadership.holder = excluded.holder THEN leadership.epoch ELSE leadership.epoch + 1 END, \
+                     holder = excluded.holder, expires_at = excluded.expires_at \
+                     WHERE leadership.holder = excluded.holder OR leadership.expires_at < ?3 \
+                     RETURNING holder, epoch, expires_at",
+                )?
+                .query_row(rusqlite::params![holder, now.plus(ttl).millis(), now.millis()], |row| {
+                    Ok(Lease { holder: row.get(0)?, epoch: row.get(1)?, expires_at: Timestamp(row.get(2)?) })
+                })
+                .optional()?;
+            Ok(row)
+        })
+        .await
+    }
+
+    async fn release_lease(&self, holder: &str) -> Result<(), StoreError> {
+        let holder = holder.to_string();
+        self.write_with(move |conn| {
+            conn.prepare_cached("UPDATE leadership SET expires_at = 0 WHERE id = 1 AND holder = ?1")?.execute([holder])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn apply_as_leader(
+        &self,
+        events: Vec<(TaskId, shepherd_core::Event)>,
+        now: Timestamp,
+        lease: &Lease,
+    ) -> Result<Vec<ApplyResult>, StoreError> {
+        let lease = lease.clone();
+        self.write_with(move |conn| {
+            check_lease(conn, &lease, Timestamp::now())?;
+            writer::apply_events(conn, &events, now)
+        })
+        .await
+    }
+
+    async fn touch_server(&self, server: ServerRecord) -> Result<(), StoreError> {
+        self.write_with(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO servers (id, url, role, started_at, last_seen_at) VALUES (?1, ?2, ?3, ?4, ?5) \
+                 ON CONFLICT (id) DO UPDATE SET url = excluded.url, role = excluded.role, last_seen_at = excluded.last_seen_at",
+            )?
+            .execute(rusqlite::params![
+                server.id,
+                server.url,
+                server.role,
+                server.started_at.millis(),
+                server.last_seen_at.millis()
+            ])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_servers(&self) -> Result<Vec<ServerRecord>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached("SELECT id, url, role, started_at, last_seen_at FROM servers ORDER BY id")?;
+            let rows = stmt.query_map([], |row| {
+                Ok(ServerRecord {
+                    id: row.get(0)?,
+                    url: row.get(1)?,
+                    role: row.get(2)?,
+                    started_at: Timestamp(row.get(3)?),
+                    last_seen_at: Timestamp(row.get(4)?),
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
     }
 
     async fn create_tasks(&self, tasks: Vec<NewTask>) -> Result<(), StoreError> {

@@ -136,6 +136,23 @@ const MIGRATIONS: &[&str] = &[
         WHERE project IS NOT NULL;
     CREATE UNIQUE INDEX audit_log_by_project_seq ON audit_log (project, project_seq);
     "#,
+    // 7: the leader's lease and the servers (one server uses SQLite, but
+    // the store's contract is the same as PostgreSQL's).
+    r#"
+    CREATE TABLE leadership (
+        id         INTEGER PRIMARY KEY CHECK (id = 1),
+        holder     TEXT NOT NULL,
+        epoch      BIGINT NOT NULL,
+        expires_at BIGINT NOT NULL
+    );
+    CREATE TABLE servers (
+        id           TEXT PRIMARY KEY,
+        url          TEXT NOT NULL,
+        role         TEXT NOT NULL,
+        started_at   BIGINT NOT NULL,
+        last_seen_at BIGINT NOT NULL
+    );
+    "#,
 ];
 
 /// Data changes a migration needs that SQL alone cannot make.

@@ -187,7 +187,7 @@ pub fn insert_tasks(tx: &Connection, tasks: &[NewTask]) -> Result<(), StoreError
     Ok(())
 }
 
-fn apply_events(tx: &Connection, events: &[(TaskId, Event)], now: Timestamp) -> Result<Vec<ApplyResult>, StoreError> {
+pub(crate) fn apply_events(tx: &Connection, events: &[(TaskId, Event)], now: Timestamp) -> Result<Vec<ApplyResult>, StoreError> {
     events.iter().map(|(id, event)| apply_one(tx, *id, event, now)).collect()
 }
 
