@@ -103,6 +103,11 @@ pub enum IllegalTransition {
     StaleAttempt { reported: u32, current: u32 },
     #[error("task already ended as {0}")]
     AlreadyTerminal(TaskState),
+    /// The event was applied before: an agent sent a report again because
+    /// the answer to the first one was lost (its server died). Nothing
+    /// changes, and the agent may go on as if it had been accepted.
+    #[error("`{event}` for attempt {attempt} was already applied")]
+    Repeated { event: &'static str, attempt: u32 },
 }
 
 impl Event {
@@ -159,6 +164,9 @@ pub fn decide(ctx: &LifecycleContext, event: &Event) -> Result<Decision, Illegal
     let decision = match event {
         Event::Schedule { .. } if ctx.state == Queued => Decision { open_attempt: Some(ctx.attempt + 1), ..Decision::to(Scheduled) },
         Event::Start { .. } if ctx.state == Scheduled => Decision::to(Running),
+        Event::Start { attempt, .. } if ctx.state == Running => {
+            return Err(IllegalTransition::Repeated { event: "start", attempt: *attempt });
+        }
         Event::Exit { code: 0, oom_killed: false, .. } if ctx.state == Running => {
             Decision { close_attempt: Some(AttemptOutcome::Succeeded), charge_attempt: true, exit_code: Some(0), ..Decision::to(Succeeded) }
         }
@@ -410,6 +418,11 @@ mod tests {
     #[test]
     fn events_out_of_order_are_illegal() {
         assert!(matches!(decide(&ctx(Queued), &Event::Start { attempt: 1, at: None }), Err(IllegalTransition::WrongState { .. })));
+        // A start reported again (its first answer lost) is known as such.
+        assert!(matches!(
+            decide(&ctx(Running), &Event::Start { attempt: 1, at: None }),
+            Err(IllegalTransition::Repeated { event: "start", attempt: 1 })
+        ));
         assert!(matches!(
             decide(&ctx(Scheduled), &Event::Exit { attempt: 1, code: 0, oom_killed: false, at: None }),
             Err(IllegalTransition::WrongState { .. })

@@ -19,12 +19,12 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use shepherd_core::{LaunchSpec, TaskId, Timestamp};
+use shepherd_core::{IllegalTransition, LaunchSpec, TaskId, Timestamp};
 use shepherd_proto::{
     AgentMessage, AssignedAttempt, Captured, EventsRequest, EventsResponse, Heartbeat, LogsRequest, Registered, Registration, WireLaunch,
     PROTOCOL_HEADER, PROTOCOL_VERSION,
 };
-use shepherd_store::{NodeRecord, NodeState};
+use shepherd_store::{ApplyError, NodeRecord, NodeState};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -287,7 +287,8 @@ async fn events(
     let results = state.store.apply(mine, Timestamp::now()).await?;
     let mut accepted = vec![false; total];
     for (slot, result) in index.into_iter().zip(results) {
-        accepted[slot] = result.is_ok();
+        // A report repeated after its answer was lost counts as accepted.
+        accepted[slot] = matches!(result, Ok(_) | Err(ApplyError::Illegal(IllegalTransition::Repeated { .. })));
     }
     state.scheduler_wakeup.notify_one();
     Ok(Json(EventsResponse { accepted }))

@@ -203,12 +203,26 @@ fn project_from(row: &Row) -> Result<Project, StoreError> {
     })
 }
 
+/// How long PostgreSQL lets a session sit idle inside a transaction.
+/// Our transactions send their statements back to back; a gap this long
+/// means the server holding it has stalled.
+pub const IDLE_IN_TRANSACTION: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl PgStore {
     /// Connects to `url` (`postgres://user:password@host:port/database`),
     /// migrates the schema, and keeps a pool of up to `max_connections`.
     pub async fn connect(url: &str, max_connections: usize) -> Result<PgStore, StoreError> {
-        let config: tokio_postgres::Config =
+        let mut config: tokio_postgres::Config =
             url.parse().map_err(|e| StoreError::Unavailable(format!("`{}` is not a PostgreSQL URL: {e}", redact(url))))?;
+        // A server that stalls inside a transaction (frozen, swapped out,
+        // partitioned) must not hold its row locks for ever: the lease row
+        // it reads FOR SHARE would keep every other server from taking
+        // over. PostgreSQL ends such a session, rolling its writes back.
+        // A URL's own `options=-c idle_in_transaction_session_timeout=…` wins.
+        let options = config.get_options().unwrap_or("").to_string();
+        if !options.contains("idle_in_transaction_session_timeout") {
+            config.options(format!("{options} -c idle_in_transaction_session_timeout={}", IDLE_IN_TRANSACTION.as_millis()).trim());
+        }
         let manager = Manager::from_config(config.clone(), NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager).max_size(max_connections.max(2)).build().map_err(|e| StoreError::Unavailable(e.to_string()))?;
         let (messages, _) = tokio::sync::broadcast::channel(4096);
