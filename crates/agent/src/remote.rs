@@ -252,6 +252,9 @@ async fn session(backend: &Arc<HttpBackend>, agent: &Agent, join: &JoinConfig) -
     };
     let _stop_heartbeat = AbortOnDrop(heartbeat);
     let mut buffer: Vec<u8> = Vec::new();
+    // Now and then the agent reconciles on its own: an assignment or a
+    // cancel lost between servers (one died after committing it) is found.
+    let mut anti_entropy = tokio::time::interval_at(tokio::time::Instant::now() + RECONCILE_EVERY, RECONCILE_EVERY);
     // The server pings every few seconds: silence means the link is gone.
     loop {
         let chunk = tokio::select! {
@@ -260,6 +263,10 @@ async fn session(backend: &Arc<HttpBackend>, agent: &Agent, join: &JoinConfig) -
                 Err(_) => break,
             },
             _ = &mut down => return Err(BackendError::DeclaredDown),
+            _ = anti_entropy.tick() => {
+                agent.reconcile().await?;
+                continue;
+            }
         };
         let Some(chunk) = chunk.map_err(|e| BackendError::Stream(format!("broke: {e}")))? else { return Ok(()) };
         buffer.extend_from_slice(&chunk);
@@ -279,6 +286,9 @@ async fn session(backend: &Arc<HttpBackend>, agent: &Agent, join: &JoinConfig) -
     }
     Err(BackendError::Stream("no word from the server for 15 s".into()))
 }
+
+/// How often a connected agent reconciles with the cluster unasked.
+const RECONCILE_EVERY: Duration = Duration::from_secs(30);
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 

@@ -179,6 +179,10 @@ impl Agent {
         let mut lost = Vec::new();
         for task in mine {
             if self.is_running(task.task_id, task.attempt) {
+                // A cancel whose message was lost on the way.
+                if task.cancel_requested {
+                    self.cancel(task.task_id);
+                }
                 continue;
             }
             if task.state == TaskState::Scheduled {
@@ -438,7 +442,14 @@ async fn run_attempt_inner(
             let launch = match launch {
                 Some(launch) => *launch,
                 None => match inner.backend.launch_spec(task_id).await {
-                    Ok(Some(launch)) => launch,
+                    // Only an attempt still waiting for its start starts: a
+                    // reconcile that read "scheduled" just before the same
+                    // attempt ran and ended must not run it again.
+                    Ok(Some(launch)) if launch.state == TaskState::Scheduled && launch.attempt == attempt => launch,
+                    Ok(Some(launch)) => {
+                        tracing::debug!(task = %task_id, attempt, state = %launch.state, "attempt no longer waits to start; not started");
+                        return;
+                    }
                     Ok(None) => return,
                     Err(e) => {
                         let reason = format!("could not load the task: {e}");

@@ -191,3 +191,35 @@ async fn stop_on_shutdown_stops_even_surviving_attempts() {
     assert_eq!(backend.reports_of(id(1))[1], Event::Interrupted { attempt: 1 });
     assert_eq!(driver.running(), 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_reconcile_delivers_a_cancel_whose_message_was_lost() {
+    let s = setup(FakeDriver::new(), Duration::from_secs(10));
+    s.driver.script(id(1), Script { runs_for: None, ..Script::default() });
+    s.agent.assign_launch(launch(id(1), 1, 3600));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The cluster recorded the cancel; its message never reached the agent.
+    s.backend.set_assigned(vec![AssignedAttempt { task_id: id(1), attempt: 1, state: TaskState::Running, cancel_requested: true }]);
+    s.agent.reconcile().await.unwrap();
+    let reports = until_final(&s.backend, id(1)).await;
+    assert_eq!(reports[1], Event::Cancelled { attempt: 1 }, "{reports:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_assignment_read_before_its_attempt_ended_does_not_run_it_again() {
+    let s = setup(FakeDriver::new(), Duration::from_secs(10));
+    // The attempt ran and ended; a reconcile that read "scheduled" just
+    // before asks for it again. The launch spec now says it is over.
+    let mut over = launch(id(1), 1, 60);
+    over.state = TaskState::Succeeded;
+    s.backend.add_launch(over);
+    s.agent.assign(id(1), 1);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(s.backend.reports_of(id(1)).is_empty(), "{:?}", s.backend.reports_of(id(1)));
+    assert!(!s.driver.record(id(1), 1).started, "never started again");
+    // A newer attempt still waiting for its start does start.
+    s.backend.add_launch(launch(id(1), 2, 60));
+    s.agent.assign(id(1), 2);
+    let reports = until_final(&s.backend, id(1)).await;
+    assert!(matches!(reports[..], [Event::Start { attempt: 2, .. }, Event::Exit { attempt: 2, code: 0, .. }]), "{reports:?}");
+}

@@ -4,6 +4,9 @@
 mod common;
 
 use common::Server;
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -61,4 +64,132 @@ fn a_wrong_store_url_is_refused_clearly() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("cannot connect to PostgreSQL at postgres://shepherd:***@127.0.0.1:1/x"), "{stderr}");
     assert!(!stderr.contains("hunter2"));
+}
+
+/// A PostgreSQL server of the test's own (it is restarted, so not the
+/// shared one), stopped when dropped.
+struct OwnPostgres {
+    dir: tempfile::TempDir,
+    url: String,
+}
+
+const POSTGRES_SH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/postgres.sh");
+
+impl OwnPostgres {
+    fn start() -> OwnPostgres {
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new("bash").arg(POSTGRES_SH).arg("start").arg(dir.path()).output().unwrap();
+        assert!(out.status.success(), "postgres.sh start: {}", String::from_utf8_lossy(&out.stderr));
+        let url = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        OwnPostgres { dir, url }
+    }
+
+    /// Stops it (`immediate`: as a crash would), waits `pause`, starts it again.
+    fn restart(&self, mode: &str, pause: Duration) {
+        let out = std::process::Command::new("bash")
+            .arg(POSTGRES_SH)
+            .arg("restart")
+            .arg(self.dir.path())
+            .arg(mode)
+            .arg(pause.as_secs_f64().to_string())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "postgres.sh restart: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+impl Drop for OwnPostgres {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("bash").arg(POSTGRES_SH).arg("stop").arg(self.dir.path()).output();
+    }
+}
+
+/// Submits tasks at a steady pace (singles and batches of 5, about 60 a
+/// second: what the agent can also run) until `stop`;
+/// returns the ids the server acknowledged and how many requests it refused
+/// (only ever 503, with a JSON body, while the database is away).
+async fn submit_until(base: String, markers: std::path::PathBuf, stop: Arc<AtomicBool>) -> (Vec<String>, usize) {
+    let client = common::client();
+    let task = json!({
+        "image": "busybox",
+        "command": ["sh", "-c", format!("echo ran >> {}/$SHEPHERD_TASK_ID", markers.display())],
+        "resources": {"cpu_millicores": 10, "memory_mib": 4},
+    });
+    let (mut acknowledged, mut refused) = (Vec::new(), 0);
+    for round in 0u64.. {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let (path, body) =
+            if round % 2 == 0 { ("/v1/tasks", task.clone()) } else { ("/v1/tasks/batch", json!({"tasks": vec![task.clone(); 5]})) };
+        let sent = tokio::time::timeout(Duration::from_secs(20), client.post(format!("{base}{path}")).json(&body).send()).await;
+        let response = sent.expect("the server answers within 20 s").expect("the server is reachable");
+        let status = response.status().as_u16();
+        let retry_after = response.headers().get("retry-after").is_some();
+        let body: Value = response.json().await.unwrap_or_default();
+        match status {
+            201 => match (body["id"].as_str(), body["ids"].as_array()) {
+                (Some(id), _) => acknowledged.push(id.to_string()),
+                (_, Some(ids)) => acknowledged.extend(ids.iter().filter_map(|v| v.as_str()).map(str::to_string)),
+                _ => panic!("201 without ids: {body}"),
+            },
+            503 => {
+                assert_eq!(body["error"]["code"], "store_unavailable", "{body}");
+                assert!(retry_after, "a 503 says when to retry");
+                refused += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    (acknowledged, refused)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_restarted_under_load_loses_nothing_acknowledged() {
+    // Needs PostgreSQL installed, as every test here does.
+    let _ = common::fresh_postgres_database().await;
+    let postgres = OwnPostgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let markers = dir.path().join("markers");
+    std::fs::create_dir_all(&markers).unwrap();
+    let server = Server::start(&dir.path().join("data"), &["--store", &postgres.url, "--max-tasks", "20"]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let submitter = tokio::spawn(submit_until(server.url.clone(), markers.clone(), stop.clone()));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // A clean restart, then one as after a crash, each with the database
+    // away for a while.
+    let pg = Arc::new(postgres);
+    for mode in ["fast", "immediate"] {
+        let pg = pg.clone();
+        tokio::task::spawn_blocking(move || pg.restart(mode, Duration::from_secs(2))).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (acknowledged, refused) = submitter.await.unwrap();
+    eprintln!("{} tasks acknowledged, {refused} requests refused while the database was away", acknowledged.len());
+    assert!(acknowledged.len() > 200, "the load went on: {}", acknowledged.len());
+
+    // Every acknowledged task is there and runs, exactly once.
+    let http = server.http();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let (status, health) = http.get("/v1/health").await;
+        let tasks = &health["tasks"];
+        let open = ["queued", "scheduled", "running"].iter().map(|s| tasks[*s].as_u64().unwrap_or(0)).sum::<u64>();
+        if status == 200 && open == 0 {
+            assert!(tasks["succeeded"].as_u64().unwrap_or(0) >= acknowledged.len() as u64, "{health}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "tasks did not finish after the restarts: {health}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    for id in &acknowledged {
+        let (status, task) = http.get(&format!("/v1/tasks/{id}")).await;
+        assert_eq!(status, 200, "acknowledged task {id} is gone: {task}");
+        assert_eq!(task["state"], "succeeded", "{task}");
+        let ran = std::fs::read_to_string(markers.join(id)).unwrap_or_default();
+        assert_eq!(ran.lines().count(), 1, "task {id} ran {} times", ran.lines().count());
+    }
 }

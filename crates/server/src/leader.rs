@@ -84,6 +84,12 @@ impl Leadership {
                 if was.is_none() {
                     tracing::info!(server = %self.id, epoch = lease.epoch, "leading");
                 }
+                if was.is_none_or(|was| was.lease.epoch != lease.epoch) {
+                    // The previous leader may have died between committing
+                    // placements and telling the servers that hold the
+                    // agents: every agent looks at what it owns.
+                    crate::links::reconcile_everywhere(store).await;
+                }
             }
             Ok(None) => {
                 if self.current.send_replace(None).is_some() {

@@ -64,6 +64,18 @@ pub enum Dispatch {
     Assign { node: String, task: TaskId, attempt: u32 },
     /// Stop this task's attempt on the node, if you hold its stream.
     Cancel { node: String, task: TaskId },
+    /// Have every agent connected to you reconcile: sent by a new leader,
+    /// since the old one may have died between committing placements and
+    /// publishing them.
+    Reconcile,
+}
+
+/// Asks every server to have its agents reconcile.
+pub async fn reconcile_everywhere(store: &dyn shepherd_store::Store) {
+    let text = serde_json::to_string(&Dispatch::Reconcile).unwrap_or_default();
+    if let Err(e) = store.publish(text).await {
+        tracing::warn!(error = %e, "could not ask the servers' agents to reconcile");
+    }
 }
 
 impl ClusterLinks {
@@ -141,6 +153,7 @@ pub async fn dispatch(
             Ok(Dispatch::Cancel { node, task }) => {
                 remote.cancel_here(&node, task);
             }
+            Ok(Dispatch::Reconcile) => remote.reconcile_all(),
             Ok(_) => {}
             Err(e) => tracing::debug!(error = %e, "a message not for the dispatcher"),
         }
