@@ -37,7 +37,7 @@ impl Drop for Agent {
     }
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     let rank = ((p / 100.0) * (sorted.len().saturating_sub(1)) as f64).round() as usize;
     sorted.get(rank).copied().unwrap_or(f64::NAN)
 }

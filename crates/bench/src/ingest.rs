@@ -45,7 +45,7 @@ pub struct Args {
     json: Option<PathBuf>,
 }
 
-fn spec() -> TaskSpec {
+pub fn spec() -> TaskSpec {
     let mut spec = TaskSpec::new("busybox", vec!["sh".into(), "-c".into(), "echo hello from shepherd".into()]);
     spec.labels.insert("bench".into(), "ingest".into());
     spec
@@ -70,7 +70,7 @@ fn raw_insert_rate(dir: &Path, total: usize, batch: usize, sync: Synchronous) ->
 }
 
 /// A fresh database on the PostgreSQL server at `url`; its URL.
-async fn fresh_database(url: &str, name: &str) -> Result<String> {
+pub async fn fresh_database(url: &str, name: &str) -> Result<String> {
     let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.context("connecting to --postgres")?;
     tokio::spawn(connection);
     let name = format!("{name}_{}", std::process::id());
@@ -121,8 +121,14 @@ pub fn bench_client() -> reqwest::Client {
 
 /// Starts `shepherd up` with `args` and a data directory; returns once it listens.
 pub fn start_server(binary: &Path, data: &Path, args: &[&str]) -> Result<ServerProcess> {
+    start_shepherd(binary, "up", data, args)
+}
+
+/// Starts `shepherd COMMAND` (`up` or `server`) with `args` and a data
+/// directory on a free port; returns once it listens.
+pub fn start_shepherd(binary: &Path, command: &str, data: &Path, args: &[&str]) -> Result<ServerProcess> {
     let mut child = Command::new(binary)
-        .args(["up", "--listen", "127.0.0.1:0"])
+        .args([command, "--listen", "127.0.0.1:0"])
         .args(args)
         .arg("--data-dir")
         .arg(data)
@@ -141,7 +147,7 @@ pub fn start_server(binary: &Path, data: &Path, args: &[&str]) -> Result<ServerP
                     break url.to_string();
                 }
             }
-            _ => bail!("shepherd up exited before listening"),
+            _ => bail!("shepherd {command} exited before listening"),
         }
     };
     std::thread::spawn(move || for _ in lines {});
@@ -150,7 +156,7 @@ pub fn start_server(binary: &Path, data: &Path, args: &[&str]) -> Result<ServerP
 
 /// Sends `requests` copies of `body` to `path`, `concurrency` at a time;
 /// returns the seconds taken.
-async fn drive(url: &str, path: &str, body: String, requests: usize, concurrency: usize) -> Result<f64> {
+pub async fn drive(url: &str, path: &str, body: String, requests: usize, concurrency: usize) -> Result<f64> {
     let client = bench_client();
     let body = Arc::new(body);
     let next = Arc::new(AtomicUsize::new(0));

@@ -3,6 +3,7 @@
 
 mod cluster;
 mod docker;
+mod ha;
 mod ingest;
 mod placement;
 
@@ -26,6 +27,8 @@ enum Bench {
     Placement(placement::Args),
     /// Submit→container-start latency on a server with three agents vs a direct start.
     Cluster(cluster::Args),
+    /// Several servers on one PostgreSQL: ingest scaling and leader failover time.
+    Ha(ha::Args),
 }
 
 /// The shepherd binary to benchmark: the given path, else the one next to this binary.
@@ -44,5 +47,6 @@ async fn main() -> Result<()> {
         Bench::Docker(args) => docker::run(args).await,
         Bench::Placement(args) => placement::run(args).await,
         Bench::Cluster(args) => cluster::run(args).await,
+        Bench::Ha(args) => ha::run(args).await,
     }
 }

@@ -124,8 +124,12 @@ impl Leadership {
             if let Err(e) = store.touch_server(record).await {
                 tracing::debug!(error = %e, "server heartbeat not stored");
             }
+            // The leader renews every third of the lease; the others look
+            // more often (a tenth, at least 100 ms), so that one takes over
+            // soon after a dead leader's lease runs out.
+            let pause = if self.is_leader() { self.ttl / 3 } else { (self.ttl / 10).max(Duration::from_millis(100)).min(self.ttl / 3) };
             tokio::select! {
-                _ = tokio::time::sleep(self.ttl / 3) => {}
+                _ = tokio::time::sleep(pause) => {}
                 _ = shutdown.changed() => break,
             }
         }

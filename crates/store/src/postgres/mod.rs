@@ -21,6 +21,9 @@ pub use schema::VERSION;
 /// The PostgreSQL implementation of [`Store`].
 pub struct PgStore {
     pool: Pool,
+    /// Connections that commit without waiting for the disk, for audit
+    /// number reservations only ([`reserve_audit_numbers`]).
+    counters: Pool,
     /// Messages between servers (LISTEN/NOTIFY on [`CHANNEL`]).
     messages: tokio::sync::broadcast::Sender<String>,
     listener: tokio::task::JoinHandle<()>,
@@ -225,9 +228,17 @@ impl PgStore {
         }
         let manager = Manager::from_config(config.clone(), NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager).max_size(max_connections.max(2)).build().map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let mut counters_config = config.clone();
+        let options = counters_config.get_options().unwrap_or("").to_string();
+        counters_config.options(format!("{options} -c synchronous_commit=off"));
+        let counters =
+            Pool::builder(Manager::from_config(counters_config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast }))
+                .max_size(4)
+                .build()
+                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         let (messages, _) = tokio::sync::broadcast::channel(4096);
         let listener = tokio::spawn(listen(config, messages.clone()));
-        let store = PgStore { pool, messages, listener };
+        let store = PgStore { pool, counters, messages, listener };
         let mut client = store.pool.get().await.map_err(|e| match e {
             deadpool_postgres::PoolError::Backend(e) => {
                 StoreError::Unavailable(format!("cannot connect to PostgreSQL at {}: {}", redact(url), error_chain(&e)))
@@ -358,14 +369,16 @@ async fn insert_tasks(tx: &deadpool_postgres::Transaction<'_>, tasks: &[NewTask]
     Ok(())
 }
 
-/// Takes the next audit numbers of each project the entries name, in a
-/// short transaction of its own that waits for no disk flush: the counter
-/// row is locked for microseconds, not for the whole create (concurrent
-/// creates in one project would otherwise commit one at a time). A number
-/// taken by a create that then fails is skipped: a gap in the project's own
-/// numbering, which tells nothing of other projects. (Its record reaches
-/// the disk before any later commit that uses it: the log is sequential.)
-async fn reserve_audit_numbers(pool: &Pool, entries: &[AuditEntry]) -> Result<Vec<Option<i64>>, StoreError> {
+/// Takes the next audit numbers of each project the entries name, in one
+/// statement committed on its own on a connection that waits for no disk
+/// flush (the `counters` pool): the counter row is locked only while
+/// PostgreSQL executes it, not for any round trip, so concurrent creates in
+/// one project (through any number of servers) are not serialised on it. A
+/// number taken by a create that then fails is skipped: a gap in the
+/// project's own numbering, which tells nothing of other projects. (Its
+/// record reaches the disk before any later commit that uses it: the log is
+/// sequential.)
+async fn reserve_audit_numbers(counters: &Pool, entries: &[AuditEntry]) -> Result<Vec<Option<i64>>, StoreError> {
     let mut wanted: BTreeMap<&str, i64> = BTreeMap::new();
     for entry in entries {
         if let Some(project) = &entry.project {
@@ -375,22 +388,23 @@ async fn reserve_audit_numbers(pool: &Pool, entries: &[AuditEntry]) -> Result<Ve
     if wanted.is_empty() {
         return Ok(vec![None; entries.len()]);
     }
-    let mut client = pool.get().await.map_err(pool_error)?;
-    let tx = client.transaction().await.map_err(error)?;
-    tx.batch_execute("SET LOCAL synchronous_commit TO off").await.map_err(error)?;
-    let mut next: BTreeMap<&str, i64> = BTreeMap::new();
-    let take = tx
+    let client = counters.get().await.map_err(pool_error)?;
+    // Projects in order, so that two reservations never wait on each other crosswise.
+    let take = client
         .prepare_cached(
-            "INSERT INTO audit_counters (project, last) VALUES ($1, $2) \
-             ON CONFLICT (project) DO UPDATE SET last = audit_counters.last + $2 RETURNING last",
+            "INSERT INTO audit_counters (project, last) SELECT * FROM UNNEST($1::text[], $2::bigint[]) \
+             ON CONFLICT (project) DO UPDATE SET last = audit_counters.last + excluded.last RETURNING project, last",
         )
         .await
         .map_err(error)?;
-    for (project, count) in &wanted {
-        let last: i64 = tx.query_one(&take, &[project, count]).await.map_err(error)?.get(0);
+    let projects: Vec<&str> = wanted.keys().copied().collect();
+    let counts: Vec<i64> = wanted.values().copied().collect();
+    let mut next: BTreeMap<String, i64> = BTreeMap::new();
+    for row in client.query(&take, &[&projects, &counts]).await.map_err(error)? {
+        let (project, last): (String, i64) = (row.get(0), row.get(1));
+        let count = wanted.get(project.as_str()).copied().unwrap_or(0);
         next.insert(project, last - count + 1);
     }
-    tx.commit().await.map_err(error)?;
     Ok(entries
         .iter()
         .map(|entry| {
@@ -589,7 +603,7 @@ impl Store for PgStore {
     }
 
     async fn create_tasks_audited(&self, tasks: Vec<NewTask>, audit: Vec<AuditEntry>) -> Result<(), StoreError> {
-        let numbers = reserve_audit_numbers(&self.pool, &audit).await?;
+        let numbers = reserve_audit_numbers(&self.counters, &audit).await?;
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(error)?;
         insert_tasks(&tx, &tasks).await?;
@@ -1018,7 +1032,7 @@ impl Store for PgStore {
     }
 
     async fn append_audit(&self, entries: Vec<AuditEntry>) -> Result<(), StoreError> {
-        let numbers = reserve_audit_numbers(&self.pool, &entries).await?;
+        let numbers = reserve_audit_numbers(&self.counters, &entries).await?;
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(error)?;
         append_audit(&tx, &entries, &numbers).await?;
