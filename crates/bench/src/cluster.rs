@@ -27,7 +27,7 @@ pub struct Args {
     json: Option<PathBuf>,
 }
 
-struct Agent(Child);
+pub struct Agent(Child);
 
 impl Drop for Agent {
     fn drop(&mut self) {
@@ -35,6 +35,27 @@ impl Drop for Agent {
         unsafe { libc::kill(self.0.id() as i32, libc::SIGINT) };
         let _ = self.0.wait();
     }
+}
+
+/// Starts `shepherd agent` joining `join` (one URL or several, comma
+/// separated) with `driver`; returns once it registered.
+pub fn start_agent(binary: &std::path::Path, join: &str, data: &std::path::Path, driver: &str) -> Result<Agent> {
+    let mut child = Command::new(binary)
+        .args(["agent", "--join", join, "--join-token", crate::ingest::BENCH_JOIN_TOKEN, "--driver", driver, "--data-dir"])
+        .arg(data)
+        .env("SHEPHERD_LOG", "error")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting an agent")?;
+    let stdout = child.stdout.take().context("agent stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    match lines.next() {
+        Some(Ok(line)) if line.starts_with("shepherd agent: node") => {}
+        other => bail!("agent did not start: {other:?}"),
+    }
+    std::thread::spawn(move || for _ in lines {});
+    Ok(Agent(child))
 }
 
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -62,25 +83,10 @@ async fn direct_starts(driver: &DockerDriver, image: &str, samples: usize) -> Re
 pub async fn run(args: Args) -> Result<()> {
     let binary = crate::shepherd_binary(args.shepherd)?;
     let dir = tempfile::tempdir()?;
-    let server = start_server(&binary, &dir.path().join("server"), &["--no-agent", "--join-token", "bench"])?;
+    let server = start_server(&binary, &dir.path().join("server"), &["--no-agent", "--join-token", crate::ingest::BENCH_JOIN_TOKEN])?;
     let mut agents = Vec::new();
     for i in 0..3 {
-        let data = dir.path().join(format!("agent{i}"));
-        let mut child = Command::new(&binary)
-            .args(["agent", "--join", &server.1, "--join-token", "bench", "--driver", "docker", "--data-dir"])
-            .arg(&data)
-            .env("SHEPHERD_LOG", "warn")
-            .stdout(Stdio::piped())
-            .spawn()
-            .context("starting an agent")?;
-        let stdout = child.stdout.take().context("agent stdout")?;
-        let mut lines = BufReader::new(stdout).lines();
-        match lines.next() {
-            Some(Ok(line)) if line.starts_with("shepherd agent: node") => {}
-            other => bail!("agent did not start: {other:?}"),
-        }
-        std::thread::spawn(move || for _ in lines {});
-        agents.push(Agent(child));
+        agents.push(start_agent(&binary, &server.1, &dir.path().join(format!("agent{i}")), "docker")?);
     }
     let client = crate::ingest::bench_client();
     let deadline = Instant::now() + Duration::from_secs(30);

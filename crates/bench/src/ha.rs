@@ -3,12 +3,10 @@
 //! server, measured in the same run), and failover: the time from
 //! SIGKILLing the leader to the first placement by its successor.
 
-use crate::cluster::percentile;
-use crate::ingest::{bench_client, drive, fresh_database, spec, start_shepherd, ServerProcess};
+use crate::cluster::{percentile, start_agent};
+use crate::ingest::{bench_client, drive, fresh_database, spec, start_shepherd, start_shepherd_on, ServerProcess};
 use anyhow::{bail, Context, Result};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 #[derive(clap::Args)]
@@ -46,12 +44,10 @@ pub struct Args {
     json: Option<PathBuf>,
 }
 
-const JOIN_TOKEN: &str = "bench-join-token";
-
 fn start_servers(binary: &Path, dir: &Path, store: &str, n: usize, extra: &[&str]) -> Result<Vec<ServerProcess>> {
     (0..n)
         .map(|i| {
-            let mut args = vec!["--store", store, "--join-token", JOIN_TOKEN];
+            let mut args = vec!["--store", store, "--join-token", crate::ingest::BENCH_JOIN_TOKEN];
             args.extend_from_slice(extra);
             start_shepherd(binary, "server", &dir.join(format!("server{i}")), &args)
         })
@@ -97,15 +93,6 @@ async fn ingest(servers: &[ServerProcess], args: &Args) -> Result<(f64, f64)> {
     Ok((singles, batched))
 }
 
-struct AgentProcess(Child);
-
-impl Drop for AgentProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 async fn health(client: &reqwest::Client, url: &str) -> Option<serde_json::Value> {
     let response = tokio::time::timeout(Duration::from_millis(500), client.get(format!("{url}/v1/health")).send()).await.ok()?.ok()?;
     response.json().await.ok()
@@ -146,22 +133,7 @@ async fn failover(binary: &Path, dir: &Path, args: &Args) -> Result<Vec<f64>> {
     let mut servers: Vec<Option<ServerProcess>> =
         start_servers(binary, dir, &store, 3, &["--leader-lease", &lease])?.into_iter().map(Some).collect();
     let ports: Vec<String> = servers.iter().flatten().map(|s| s.1.clone()).collect();
-    let mut agent = Command::new(binary)
-        .args(["agent", "--join", &ports.join(","), "--join-token", JOIN_TOKEN, "--driver", "process", "--data-dir"])
-        .arg(dir.join("agent"))
-        .env("SHEPHERD_LOG", "error")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting an agent")?;
-    let stdout = agent.stdout.take().context("agent stdout")?;
-    let mut lines = BufReader::new(stdout).lines();
-    match lines.next() {
-        Some(Ok(line)) if line.starts_with("shepherd agent: node") => {}
-        other => bail!("agent did not start: {other:?}"),
-    }
-    std::thread::spawn(move || for _ in lines {});
-    let _agent = AgentProcess(agent);
+    let _agent = start_agent(binary, &ports.join(","), &dir.join("agent"), "process")?;
     let client = bench_client();
     let task = serde_json::json!({"image": "busybox", "command": ["true"], "resources": {"cpu_millicores": 10, "memory_mib": 4}});
     let mut times = Vec::new();
@@ -192,35 +164,11 @@ async fn failover(binary: &Path, dir: &Path, args: &Args) -> Result<Vec<f64>> {
         // Bring the killed server back on its port, as a follower.
         let port = ports[killed].rsplit(':').next().unwrap_or("0").to_string();
         let listen = format!("127.0.0.1:{port}");
-        servers[killed] = Some(restart_on(binary, &dir.join(format!("server{killed}")), &store, &lease, &listen)?);
+        let args = ["--store", store.as_str(), "--join-token", crate::ingest::BENCH_JOIN_TOKEN, "--leader-lease", lease.as_str()];
+        servers[killed] = Some(start_shepherd_on(binary, "server", &listen, &dir.join(format!("server{killed}")), &args)?);
     }
     times.sort_by(|a, b| a.total_cmp(b));
     Ok(times)
-}
-
-fn restart_on(binary: &Path, data: &Path, store: &str, lease: &str, listen: &str) -> Result<ServerProcess> {
-    let mut child = Command::new(binary)
-        .args(["server", "--listen", listen, "--store", store, "--join-token", JOIN_TOKEN, "--leader-lease", lease, "--data-dir"])
-        .arg(data)
-        .env("SHEPHERD_LOG", "warn")
-        .env("SHEPHERD_ADMIN_TOKEN", crate::ingest::BENCH_ADMIN_TOKEN)
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("restarting a server")?;
-    let stdout = child.stdout.take().context("server stdout")?;
-    let mut lines = BufReader::new(stdout).lines();
-    let url = loop {
-        match lines.next() {
-            Some(Ok(line)) => {
-                if let Some(url) = line.strip_prefix("shepherd: API listening on ") {
-                    break url.to_string();
-                }
-            }
-            _ => bail!("the restarted server exited before listening"),
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    Ok(ServerProcess(child, url))
 }
 
 /// Milliseconds since the epoch of an RFC 3339 time as the API writes it.

@@ -107,6 +107,9 @@ impl Drop for ServerProcess {
     }
 }
 
+/// The join token benchmark servers and agents share.
+pub const BENCH_JOIN_TOKEN: &str = "bench-join-token";
+
 /// The admin token benchmark servers start with.
 pub const BENCH_ADMIN_TOKEN: &str = "bench-admin-token-0123456789";
 
@@ -127,8 +130,13 @@ pub fn start_server(binary: &Path, data: &Path, args: &[&str]) -> Result<ServerP
 /// Starts `shepherd COMMAND` (`up` or `server`) with `args` and a data
 /// directory on a free port; returns once it listens.
 pub fn start_shepherd(binary: &Path, command: &str, data: &Path, args: &[&str]) -> Result<ServerProcess> {
+    start_shepherd_on(binary, command, "127.0.0.1:0", data, args)
+}
+
+/// [`start_shepherd`] listening on `listen`.
+pub fn start_shepherd_on(binary: &Path, command: &str, listen: &str, data: &Path, args: &[&str]) -> Result<ServerProcess> {
     let mut child = Command::new(binary)
-        .args([command, "--listen", "127.0.0.1:0"])
+        .args([command, "--listen", listen])
         .args(args)
         .arg("--data-dir")
         .arg(data)

@@ -340,15 +340,24 @@ impl Cluster {
     }
 }
 
-/// The in-process node's heartbeat: its time and images for the store.
-/// (Its liveness needs none: it lives as long as this process.) Should the
+/// The in-process node's heartbeat: its time and images for the store,
+/// and a reconcile every 30 s. (Its liveness needs none: it lives as long
+/// as this process.) Should the
 /// store show it down, it fences its attempts (reconciles) before it is
 /// ready again, as a remote agent does on reconnecting.
 async fn heartbeat(store: Arc<dyn Store>, agent: Agent, node_id: String, mut shutdown: watch::Receiver<bool>) {
-    loop {
+    for beat in 1u64.. {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(5)) => {}
             _ = shutdown.changed() => return,
+        }
+        // Every 30 s the node reconciles, as remote agents do: a report
+        // that could not be stored (the store away longer than the agent
+        // retries) leaves its task waiting for this.
+        if beat % 6 == 0 {
+            if let Err(e) = agent.reconcile().await {
+                tracing::warn!(error = %e, "could not reconcile the local node");
+            }
         }
         match store.touch_node(&node_id, Timestamp::now(), agent.images().await).await {
             Ok(Some(NodeState::Down)) => {

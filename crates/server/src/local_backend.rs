@@ -47,11 +47,28 @@ fn failed(e: StoreError) -> BackendError {
 #[async_trait]
 impl Backend for StoreBackend {
     async fn report(&self, events: Vec<(TaskId, Event)>) -> Result<Vec<bool>, BackendError> {
-        let results = self.0.apply(events, Timestamp::now()).await.map_err(failed)?;
+        // A report must not be lost to a store that is restarting or
+        // failing over: retry for about a minute, as the remote agent does.
+        let mut wait = std::time::Duration::from_millis(100);
+        let mut tries = 0;
+        let results = loop {
+            match self.0.apply(events.clone(), Timestamp::now()).await {
+                Ok(results) => break results,
+                Err(e) if e.is_transient() && tries < 40 => {
+                    tries += 1;
+                    tracing::warn!(error = %e, "report not stored; retrying");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(std::time::Duration::from_secs(2));
+                }
+                Err(e) => return Err(failed(e)),
+            }
+        };
         Ok(results
             .into_iter()
             .map(|r| match r {
                 Ok(_) => true,
+                // Stored by an earlier try whose answer was lost.
+                Err(ApplyError::Illegal(shepherd_core::IllegalTransition::Repeated { .. })) => true,
                 Err(ApplyError::Illegal(e)) => {
                     tracing::info!(reason = %e, "report refused by the state machine");
                     false
