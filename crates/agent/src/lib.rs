@@ -19,6 +19,7 @@ pub mod driver;
 mod logs;
 pub mod remote;
 mod runner;
+pub mod sim;
 
 pub use backend::{AssignedAttempt, Backend, BackendError, Captured};
 pub use driver::docker::{DockerConfig, DockerDriver};

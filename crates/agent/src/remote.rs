@@ -13,8 +13,8 @@ use async_trait::async_trait;
 use serde::Deserialize;
 use shepherd_core::{Event, LaunchSpec, LogChunk, TaskId};
 pub use shepherd_proto::{
-    AgentMessage, AssignedAttempt, Captured, EventsRequest, EventsResponse, Heartbeat, LogsRequest, Registered, Registration, WireChunk,
-    WireLaunch, PROTOCOL_HEADER, PROTOCOL_VERSION,
+    AgentMessage, AssignedAttempt, Captured, EventsRequest, EventsResponse, Heartbeat, HeartbeatAnswer, LogsRequest, Registered,
+    Registration, WireChunk, WireLaunch, PROTOCOL_HEADER, PROTOCOL_VERSION,
 };
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -202,6 +202,8 @@ async fn session(backend: &Arc<HttpBackend>, agent: &Agent, join: &JoinConfig) -
     if let Ok(mut token) = backend.token.write() {
         *token = registered.node_token;
     }
+    // The server says how often (it spaces heartbeats out as the fleet grows).
+    let mut every = registered.heartbeat_ms.map_or(DEFAULT_HEARTBEAT, Duration::from_millis);
     let mut response =
         backend.request(reqwest::Method::GET, "/v1/agent/stream").send().await.map_err(|e| BackendError::Unreachable(e.to_string()))?;
     if !response.status().is_success() {
@@ -233,12 +235,16 @@ async fn session(backend: &Arc<HttpBackend>, agent: &Agent, join: &JoinConfig) -
         tokio::spawn(async move {
             let mut told_down = Some(told_down);
             loop {
-                tokio::time::sleep(Duration::from_secs(2)).await;
+                tokio::time::sleep(every).await;
                 let images = images.read().map(|i| i.clone()).unwrap_or_default();
                 let body = Heartbeat { images, running: agent.running_count() };
                 let request = backend.request(reqwest::Method::POST, "/v1/agent/heartbeat").timeout(Duration::from_secs(5)).json(&body);
-                match backend.send::<serde_json::Value>(request).await {
-                    Ok(_) => {}
+                match backend.send::<HeartbeatAnswer>(request).await {
+                    Ok(answer) => {
+                        if let Some(ms) = answer.heartbeat_ms {
+                            every = Duration::from_millis(ms.max(100));
+                        }
+                    }
                     Err(e) if e.is_status(409) => {
                         tracing::warn!("the server declared this node down; reconnecting");
                         if let Some(tx) = told_down.take() {
@@ -286,6 +292,9 @@ async fn session(backend: &Arc<HttpBackend>, agent: &Agent, join: &JoinConfig) -
     }
     Err(BackendError::Stream("no word from the server for 15 s".into()))
 }
+
+/// How often an agent heartbeats when the server does not say.
+const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(2);
 
 /// How often a connected agent reconciles with the cluster unasked.
 const RECONCILE_EVERY: Duration = Duration::from_secs(30);

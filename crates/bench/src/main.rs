@@ -6,6 +6,7 @@ mod docker;
 mod ha;
 mod ingest;
 mod placement;
+mod scale;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -29,6 +30,8 @@ enum Bench {
     Cluster(cluster::Args),
     /// Several servers on one PostgreSQL: ingest scaling and leader failover time.
     Ha(ha::Args),
+    /// End to end at scale: a server with up to 10,000 simulated nodes, tasks started per second.
+    Scale(scale::Args),
 }
 
 /// The shepherd binary to benchmark: the given path, else the one next to this binary.
@@ -48,5 +51,6 @@ async fn main() -> Result<()> {
         Bench::Placement(args) => placement::run(args).await,
         Bench::Cluster(args) => cluster::run(args).await,
         Bench::Ha(args) => ha::run(args).await,
+        Bench::Scale(args) => scale::run(args).await,
     }
 }

@@ -4,6 +4,7 @@
 mod client;
 mod cmd_agent;
 mod cmd_nodes;
+mod cmd_nodesim;
 mod cmd_simulate;
 mod cmd_tasks;
 mod cmd_tenants;
@@ -83,6 +84,9 @@ enum Command {
     Audit(Client<cmd_tenants::AuditArgs>),
     /// Compare placement profiles offline: replay a workload on a virtual clock.
     Simulate(cmd_simulate::SimulateArgs),
+    /// Join many simulated nodes to a server (benchmarks and scale tests).
+    #[command(hide = true)]
+    Nodesim(cmd_nodesim::NodesimArgs),
 }
 
 fn init_logging(default: &str) {
@@ -123,7 +127,11 @@ fn main() -> ExitCode {
     if !matches!(cli.command, Command::Up(_) | Command::Server(_) | Command::Agent(_)) {
         host::quiet_on_closed_pipe();
     }
-    init_logging(if matches!(cli.command, Command::Up(_) | Command::Server(_) | Command::Agent(_)) { "info" } else { "warn" });
+    init_logging(if matches!(cli.command, Command::Up(_) | Command::Server(_) | Command::Agent(_) | Command::Nodesim(_)) {
+        "info"
+    } else {
+        "warn"
+    });
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -143,6 +151,7 @@ fn main() -> ExitCode {
             Command::Server(args) => cmd_up::server(args).await,
             Command::Agent(args) => cmd_agent::agent(args).await,
             Command::Simulate(args) => cmd_simulate::simulate_cmd(args),
+            Command::Nodesim(args) => cmd_nodesim::nodesim(args).await,
             Command::Node(c) => cmd_nodes::node(|| make_client(&c.client), c.args).await,
             Command::Run(c) => cmd_tasks::run(&make_client(&c.client)?, c.args).await,
             Command::Ps(c) => cmd_tasks::ps(&make_client(&c.client)?, c.args).await,

@@ -134,7 +134,9 @@ impl Event {
         }
     }
 
-    fn attempt(&self) -> Option<u32> {
+    /// The attempt an agent's report is about (`None` for the scheduler's
+    /// and users' events).
+    pub fn attempt(&self) -> Option<u32> {
         match self {
             Event::Start { attempt, .. }
             | Event::Exit { attempt, .. }

@@ -39,6 +39,19 @@ pub struct Registration {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Registered {
     pub node_token: String,
+    /// How often to heartbeat (ms); older servers leave it out (2 s then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_ms: Option<u64>,
+}
+
+/// The server's answer to a heartbeat.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct HeartbeatAnswer {
+    /// How often to heartbeat from now on (ms): the interval grows with
+    /// the number of nodes, so that heartbeats cost the server about the
+    /// same at any size, and stays well inside the node timeout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_ms: Option<u64>,
 }
 
 /// `POST /v1/agent/heartbeat`.

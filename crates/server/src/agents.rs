@@ -21,8 +21,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use shepherd_core::{IllegalTransition, LaunchSpec, TaskId, Timestamp};
 use shepherd_proto::{
-    AgentMessage, AssignedAttempt, Captured, EventsRequest, EventsResponse, Heartbeat, LogsRequest, Registered, Registration, WireLaunch,
-    PROTOCOL_HEADER, PROTOCOL_VERSION,
+    AgentMessage, AssignedAttempt, Captured, EventsRequest, EventsResponse, Heartbeat, HeartbeatAnswer, LogsRequest, Registered,
+    Registration, WireLaunch, PROTOCOL_HEADER, PROTOCOL_VERSION,
 };
 use shepherd_store::{ApplyError, NodeRecord, NodeState};
 use std::collections::HashMap;
@@ -108,6 +108,10 @@ pub struct AgentApi {
     pub agents: Arc<RemoteAgents>,
     /// Heartbeats land here first, off the store's write path.
     pub liveness: Arc<crate::liveness::Liveness>,
+    /// Applied reports reach the scheduler's view through this.
+    pub observer: crate::view::Observer,
+    /// A node silent this long is down (agents heartbeat well inside it).
+    pub node_timeout: Duration,
 }
 
 fn random_token() -> String {
@@ -174,7 +178,7 @@ async fn register(State(state): State<AppState>, headers: HeaderMap, Json(reg): 
         return Err(ApiError::field("node_id", "1 to 128 characters"));
     }
     let now = Timestamp::now();
-    let previous = state.store.list_nodes().await?.into_iter().find(|n| n.id == reg.node_id);
+    let previous = state.store.get_node(&reg.node_id).await?;
     // Registered (again): ready, unless drained. The stream's first
     // message makes the agent reconcile before any new work.
     let node_state = previous.as_ref().map_or(Ok(NodeState::Ready), |n| n.state.next(shepherd_core::NodeEvent::Registered));
@@ -200,9 +204,11 @@ async fn register(State(state): State<AppState>, headers: HeaderMap, Json(reg): 
         tokens.insert(token.clone(), reg.node_id.clone());
     }
     state.agent_api.liveness.registered(&reg.node_id);
+    state.agent_api.observer.view.nodes_changed();
     tracing::info!(node = %reg.node_id, "agent registered");
     state.scheduler_wakeup.notify_one();
-    Ok(Json(Registered { node_token: token }))
+    let every = state.agent_api.liveness.interval(state.agent_api.node_timeout);
+    Ok(Json(Registered { node_token: token, heartbeat_ms: Some(every.as_millis() as u64) }))
 }
 
 async fn stream(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
@@ -222,11 +228,19 @@ async fn stream(State(state): State<AppState>, headers: HeaderMap) -> Result<Res
             tokio::time::sleep(Duration::from_secs(5)).await;
         }
     });
+    // Messages waiting together go out in one write (a pass that places
+    // many tasks on a node sends them as one chunk).
     let lines = futures_util::stream::unfold(rx, |mut rx| async move {
-        let message = rx.recv().await?;
-        let mut line = serde_json::to_vec(&message).unwrap_or_default();
-        line.push(b'\n');
-        Some((Ok::<_, std::io::Error>(line), rx))
+        let mut message = Some(rx.recv().await?);
+        let mut lines = Vec::new();
+        while let Some(next) = message.take() {
+            lines.extend(serde_json::to_vec(&next).unwrap_or_default());
+            lines.push(b'\n');
+            if lines.len() < STREAM_CHUNK {
+                message = rx.try_recv().ok();
+            }
+        }
+        Some((Ok::<_, std::io::Error>(lines), rx))
     });
     tracing::info!(%node, "agent stream open");
     Response::builder()
@@ -235,33 +249,24 @@ async fn stream(State(state): State<AppState>, headers: HeaderMap) -> Result<Res
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
 }
 
+/// Bytes of messages one stream write gathers at most.
+const STREAM_CHUNK: usize = 256 * 1024;
+
 async fn heartbeat(
     State(state): State<AppState>,
     headers: HeaderMap,
     Json(beat): Json<Heartbeat>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<HeartbeatAnswer>, ApiError> {
     let node = node_of(&state, &headers)?;
     let liveness = state.agent_api.liveness.clone();
-    // Alive the moment the beat arrives: never behind the store's queue of writes.
-    liveness.beat(&node);
     if liveness.is_down(&node) {
         // Back after being declared down: its tasks were given away; it
         // must reconnect (and reconcile) before it is ready again.
         return Err(ApiError::new(StatusCode::CONFLICT, "node_down", "node was declared down: reconnect"));
     }
-    // The store learns the time and images in the background, one write per node at a time.
-    if liveness.start_write(&node) {
-        let store = state.store.clone();
-        tokio::spawn(async move {
-            match store.touch_node(&node, Timestamp::now(), beat.images).await {
-                Ok(Some(NodeState::Down)) => liveness.mark_down(&node),
-                Ok(_) => {}
-                Err(e) => tracing::warn!(%node, error = %e, "heartbeat not stored"),
-            }
-            liveness.end_write(&node);
-        });
-    }
-    Ok(Json(serde_json::json!({"ok": true})))
+    // The store learns the time and images with the next batch (liveness::flush).
+    liveness.beat_with(&node, beat.images);
+    Ok(Json(HeartbeatAnswer { heartbeat_ms: Some(liveness.interval(state.agent_api.node_timeout).as_millis() as u64) }))
 }
 
 async fn events(
@@ -270,21 +275,23 @@ async fn events(
     Json(request): Json<EventsRequest>,
 ) -> Result<Json<EventsResponse>, ApiError> {
     let node = node_of(&state, &headers)?;
+    // A report is a sign of life as good as a heartbeat.
+    state.agent_api.liveness.beat(&node);
     // Only reports about tasks placed on this node are considered.
     let total = request.events.len();
+    let owners = state.store.task_nodes(request.events.iter().map(|(id, _)| *id).collect()).await?;
     let mut mine = Vec::new();
     let mut index = Vec::new();
-    for (i, (task_id, event)) in request.events.into_iter().enumerate() {
-        if let Some(launch) = state.store.launch_spec(task_id).await? {
-            if launch.node_id.as_deref() == Some(node.as_str()) {
-                mine.push((task_id, event));
-                index.push(i);
-                continue;
-            }
+    for (i, ((task_id, event), owner)) in request.events.into_iter().zip(owners).enumerate() {
+        if owner.as_deref() == Some(node.as_str()) {
+            mine.push((task_id, event));
+            index.push(i);
+            continue;
         }
         tracing::info!(%node, task = %task_id, "report about a task not on this node ignored");
     }
     let results = state.store.apply(mine, Timestamp::now()).await?;
+    state.agent_api.observer.observe(&results);
     let mut accepted = vec![false; total];
     for (slot, result) in index.into_iter().zip(results) {
         // A report repeated after its answer was lost counts as accepted.

@@ -186,6 +186,13 @@ impl Cluster {
         leadership.round(dyn_store.as_ref()).await;
         background.push(tokio::spawn(leadership.clone().run(dyn_store.clone(), url.clone(), shutdown_rx.clone())));
 
+        let view = Arc::new(crate::view::ClusterView::default());
+        let observer = crate::view::Observer {
+            view: view.clone(),
+            store: dyn_store.clone(),
+            leadership: leadership.clone(),
+            shared: dyn_store.subscribe().is_some(),
+        };
         let mut agent = None;
         let mut node_record = None;
         if let Some(node) = &config.local_node {
@@ -212,7 +219,7 @@ impl Cluster {
                     stop_grace: node.stop_grace,
                     stop_on_shutdown: node.stop_on_shutdown,
                 },
-                Arc::new(crate::local_backend::StoreBackend(dyn_store.clone())),
+                Arc::new(crate::local_backend::StoreBackend { store: dyn_store.clone(), observer: observer.clone() }),
                 driver.clone(),
                 wakeup.clone(),
             );
@@ -229,19 +236,41 @@ impl Cluster {
             store: dyn_store.clone(),
         });
         if let Some(messages) = dyn_store.subscribe() {
-            background.push(tokio::spawn(crate::links::dispatch(messages, dyn_store.clone(), remote.clone(), shutdown_rx.clone())));
+            background.push(tokio::spawn(crate::links::dispatch(
+                messages,
+                dyn_store.clone(),
+                remote.clone(),
+                view.clone(),
+                shutdown_rx.clone(),
+            )));
         }
         let notes = Arc::new(PlacementNotes::default());
-        let scheduler =
-            Scheduler::new(dyn_store.clone(), links.clone(), wakeup.clone(), notes.clone(), config.engine.clone(), leadership.clone());
+        let scheduler = Scheduler::new(
+            dyn_store.clone(),
+            links.clone(),
+            wakeup.clone(),
+            notes.clone(),
+            config.engine.clone(),
+            leadership.clone(),
+            view.clone(),
+        );
         background.push(tokio::spawn(scheduler.run(shutdown_rx.clone())));
         if let (Some(record), Some(local)) = (node_record, agent.clone()) {
             background.push(tokio::spawn(heartbeat(dyn_store.clone(), local, record.id, shutdown_rx.clone())));
         }
-        background.push(tokio::spawn(watch_nodes(
+        // Heartbeats reach the store in batches, a few times per node timeout.
+        let flush_every = (config.node_timeout / 3).clamp(Duration::from_millis(100), Duration::from_secs(5));
+        background.push(tokio::spawn(crate::liveness::flush(
             dyn_store.clone(),
+            liveness.clone(),
+            view.clone(),
+            flush_every,
+            shutdown_rx.clone(),
+        )));
+        background.push(tokio::spawn(watch_nodes(
             remote.clone(),
             liveness.clone(),
+            observer.clone(),
             leadership.clone(),
             wakeup.clone(),
             config.node_timeout,
@@ -262,7 +291,13 @@ impl Cluster {
             store: dyn_store,
             tasks: Arc::new(tasks),
             scheduler_wakeup: wakeup,
-            agent_api: crate::agents::AgentApi { join_token: config.join_token.clone(), agents: remote, liveness },
+            agent_api: crate::agents::AgentApi {
+                join_token: config.join_token.clone(),
+                agents: remote,
+                liveness,
+                observer,
+                node_timeout: config.node_timeout,
+            },
             auth,
             request_timeout: config.request_timeout,
             leadership,
@@ -386,14 +421,15 @@ async fn heartbeat(store: Arc<dyn Store>, agent: Agent, node_id: String, mut shu
 /// (agents of a server that died need time to move). In-process nodes are
 /// never silent.
 async fn watch_nodes(
-    store: Arc<dyn Store>,
     remote: Arc<crate::agents::RemoteAgents>,
     liveness: Arc<crate::liveness::Liveness>,
+    observer: crate::view::Observer,
     leadership: crate::leader::Leadership,
     wakeup: Arc<Notify>,
     timeout: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let store = observer.store.clone();
     let mut leading_since: Option<i64> = None;
     loop {
         tokio::select! {
@@ -431,10 +467,10 @@ async fn watch_nodes(
                 tracing::warn!(error = %e, "could not mark node down");
                 continue;
             }
-            let lost: Vec<_> = match store.active_tasks().await {
+            observer.view.nodes_changed();
+            let lost: Vec<_> = match store.active_tasks_on(&id).await {
                 Ok(active) => active
                     .into_iter()
-                    .filter(|t| t.node_id == id)
                     .map(|t| (t.id, shepherd_core::Event::Lost { attempt: t.attempt, reason: format!("node {id} missed its heartbeats") }))
                     .collect(),
                 Err(_) => continue,
@@ -444,7 +480,7 @@ async fn watch_nodes(
                 match store.apply_as_leader(lost, now, &lease).await {
                     Err(e) if crate::leader::fenced(&e) => leadership.step_down(),
                     Err(e) => tracing::warn!(error = %e, "could not report the attempts lost"),
-                    Ok(_) => {}
+                    Ok(results) => observer.observe(&results),
                 }
                 wakeup.notify_one();
             }

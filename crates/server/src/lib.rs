@@ -21,5 +21,6 @@ pub mod scheduler;
 pub mod serve;
 pub mod service;
 pub mod tls;
+pub mod view;
 
 pub use cluster::{local_node_id, Cluster, ClusterConfig, ClusterError, LocalNodeConfig, StoreConfig, DEFAULT_PROJECT};

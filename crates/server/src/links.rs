@@ -68,6 +68,9 @@ pub enum Dispatch {
     /// since the old one may have died between committing placements and
     /// publishing them.
     Reconcile,
+    /// These attempts (task, attempt) left their nodes: the leader's view
+    /// releases what they held.
+    Released { tasks: Vec<(TaskId, u32)> },
 }
 
 /// Asks every server to have its agents reconcile.
@@ -121,6 +124,7 @@ pub async fn dispatch(
     mut messages: tokio::sync::broadcast::Receiver<String>,
     store: std::sync::Arc<dyn shepherd_store::Store>,
     remote: std::sync::Arc<crate::agents::RemoteAgents>,
+    view: std::sync::Arc<crate::view::ClusterView>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     use tokio::sync::broadcast::error::RecvError;
@@ -134,12 +138,15 @@ pub async fn dispatch(
             Err(RecvError::Lagged(missed)) => {
                 tracing::warn!(missed, "fell behind the other servers' messages; agents reconcile");
                 remote.reconcile_all();
+                view.invalidate();
                 continue;
             }
             Err(RecvError::Closed) => return,
         };
         if text == shepherd_store::postgres::RESYNC {
             remote.reconcile_all();
+            // Releases may have been missed too: the scheduler reads them again.
+            view.invalidate();
             continue;
         }
         match serde_json::from_str::<Dispatch>(&text) {
@@ -154,6 +161,11 @@ pub async fn dispatch(
                 remote.cancel_here(&node, task);
             }
             Ok(Dispatch::Reconcile) => remote.reconcile_all(),
+            Ok(Dispatch::Released { tasks }) => {
+                for (task, attempt) in tasks {
+                    view.released(task, attempt);
+                }
+            }
             Ok(_) => {}
             Err(e) => tracing::debug!(error = %e, "a message not for the dispatcher"),
         }

@@ -1,16 +1,26 @@
 //! Which nodes are alive, kept in memory and off the store's write path:
 //! a heartbeat is recorded here the moment it arrives, before anything is
 //! written, so a busy store can never make a live node look silent. The
-//! store still gets each node's heartbeat time and images (for `nodes` and
-//! image-aware placement), in the background and at most one write per node
-//! at a time.
+//! store still gets each node's heartbeat time and images (for `nodes`,
+//! image-aware placement and a leader on another server), in one batched
+//! write every few seconds for all the nodes heard since ([`flush`]), with
+//! images only when they changed: 10,000 nodes beating every 2 s cost one
+//! write of 10,000 rows, not 5,000 writes a second.
 //!
 //! Nodes whose agent runs inside this process are alive as long as the
 //! process is: they are never declared down.
 
+use shepherd_core::Timestamp;
+use shepherd_store::{NodeBeat, NodeState, Store};
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// Heartbeats per second a server aims to receive at most (the interval
+/// grows with the fleet until the node timeout caps it).
+pub const BEATS_PER_SECOND: u64 = 1000;
+/// The shortest heartbeat interval.
+pub const MIN_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Last sign of life of each node, and the nodes declared down.
 pub struct Liveness {
@@ -23,8 +33,10 @@ pub struct Liveness {
 struct Inner {
     last: HashMap<String, Instant>,
     down: HashSet<String>,
-    /// Nodes with a heartbeat write to the store in flight.
-    writing: HashSet<String>,
+    /// Heard since the last flush: when, and the images if they changed.
+    unflushed: HashMap<String, (Timestamp, Option<Vec<String>>)>,
+    /// The images last written per node.
+    images: HashMap<String, Vec<String>>,
 }
 
 impl Liveness {
@@ -36,6 +48,20 @@ impl Liveness {
     /// Whether the node's agent runs in this process.
     pub fn is_local(&self, node: &str) -> bool {
         self.local.contains(node)
+    }
+
+    /// How many nodes this server has heard from.
+    pub fn known(&self) -> usize {
+        self.inner.lock().map(|inner| inner.last.len()).unwrap_or(0)
+    }
+
+    /// The heartbeat interval agents are told: the number of nodes heard
+    /// here divided by [`BEATS_PER_SECOND`], at least 2 s, and at most a
+    /// third of the node timeout, so failure detection never waits longer
+    /// than the timeout (several beats fit in it).
+    pub fn interval(&self, node_timeout: Duration) -> Duration {
+        let spread = Duration::from_millis((self.known() as u64).saturating_mul(1000) / BEATS_PER_SECOND);
+        spread.max(MIN_INTERVAL).min((node_timeout / 3).max(Duration::from_millis(100)))
     }
 
     /// Records a heartbeat (or a registration).
@@ -76,15 +102,72 @@ impl Liveness {
         }
     }
 
-    /// Claims the node's one heartbeat write slot; false if a write is in flight.
-    pub fn start_write(&self, node: &str) -> bool {
-        self.inner.lock().map(|mut inner| inner.writing.insert(node.to_string())).unwrap_or(false)
+    /// Records a heartbeat with the node's images, for the next flush.
+    pub fn beat_with(&self, node: &str, images: Vec<String>) {
+        if let Ok(mut inner) = self.inner.lock() {
+            inner.last.insert(node.to_string(), Instant::now());
+            let changed = inner.images.get(node) != Some(&images);
+            let entry = inner.unflushed.entry(node.to_string()).or_insert((Timestamp::now(), None));
+            entry.0 = Timestamp::now();
+            if changed {
+                entry.1 = Some(images.clone());
+                inner.images.insert(node.to_string(), images);
+            }
+        }
     }
 
-    /// Releases the slot [`Liveness::start_write`] claimed.
-    pub fn end_write(&self, node: &str) {
+    /// The heartbeats heard since the last call, for one write.
+    pub fn take_unflushed(&self) -> Vec<NodeBeat> {
+        let Ok(mut inner) = self.inner.lock() else { return Vec::new() };
+        std::mem::take(&mut inner.unflushed).into_iter().map(|(id, (at, images))| NodeBeat { id, at, images }).collect()
+    }
+
+    /// A write failed: its images must be written again.
+    fn forget_images(&self, beats: &[NodeBeat]) {
         if let Ok(mut inner) = self.inner.lock() {
-            inner.writing.remove(node);
+            for beat in beats.iter().filter(|b| b.images.is_some()) {
+                inner.images.remove(&beat.id);
+            }
+        }
+    }
+}
+
+/// Writes the heartbeats heard here to the store every `every`, in one
+/// batch; a node the store shows down (a leader elsewhere decided it) is
+/// told to reconnect at its next heartbeat. Changed images make the
+/// scheduler read the nodes again.
+pub async fn flush(
+    store: Arc<dyn Store>,
+    liveness: Arc<Liveness>,
+    view: Arc<crate::view::ClusterView>,
+    every: Duration,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.changed() => return,
+        }
+        let beats = liveness.take_unflushed();
+        if beats.is_empty() {
+            continue;
+        }
+        let images_changed = beats.iter().any(|b| b.images.is_some());
+        match store.touch_nodes(beats.clone()).await {
+            Ok(states) => {
+                for (beat, state) in beats.iter().zip(states) {
+                    if state == Some(NodeState::Down) {
+                        liveness.mark_down(&beat.id);
+                    }
+                }
+                if images_changed {
+                    view.nodes_changed();
+                }
+            }
+            Err(e) => {
+                liveness.forget_images(&beats);
+                tracing::warn!(error = %e, nodes = beats.len(), "heartbeats not stored");
+            }
         }
     }
 }
@@ -105,9 +188,40 @@ mod tests {
         assert!(liveness.is_down("remote"));
         liveness.registered("remote");
         assert!(!liveness.is_down("remote"));
-        assert!(liveness.start_write("remote"));
-        assert!(!liveness.start_write("remote"), "one write at a time");
-        liveness.end_write("remote");
-        assert!(liveness.start_write("remote"));
+    }
+
+    #[test]
+    fn the_interval_grows_with_the_fleet_but_stays_inside_the_timeout() {
+        let liveness = Liveness::new([]);
+        assert_eq!(liveness.interval(Duration::from_secs(15)), MIN_INTERVAL);
+        for i in 0..4000 {
+            liveness.beat(&format!("n{i}"));
+        }
+        assert_eq!(liveness.interval(Duration::from_secs(60)), Duration::from_secs(4));
+        assert_eq!(liveness.interval(Duration::from_secs(9)), Duration::from_secs(3), "a third of the timeout at most");
+        assert_eq!(liveness.interval(Duration::from_secs(3)), Duration::from_secs(1), "short timeouts win over the minimum");
+    }
+
+    #[test]
+    fn beats_are_flushed_once_each_with_images_only_when_they_changed() {
+        let liveness = Liveness::new([]);
+        liveness.beat_with("a", vec!["x".into()]);
+        liveness.beat_with("a", vec!["x".into()]);
+        liveness.beat_with("b", vec![]);
+        let mut beats = liveness.take_unflushed();
+        beats.sort_by(|x, y| x.id.cmp(&y.id));
+        assert_eq!(
+            beats.iter().map(|b| (b.id.as_str(), b.images.clone())).collect::<Vec<_>>(),
+            vec![("a", Some(vec!["x".to_string()])), ("b", Some(vec![]))]
+        );
+        assert!(liveness.take_unflushed().is_empty(), "nothing heard since");
+        liveness.beat_with("a", vec!["x".into()]);
+        assert_eq!(liveness.take_unflushed()[0].images, None, "same images: not written again");
+        liveness.beat_with("a", vec!["x".into(), "y".into()]);
+        let beats = liveness.take_unflushed();
+        assert_eq!(beats[0].images.as_ref().map(Vec::len), Some(2));
+        liveness.forget_images(&beats);
+        liveness.beat_with("a", vec!["x".into(), "y".into()]);
+        assert!(liveness.take_unflushed()[0].images.is_some(), "written again after a failed write");
     }
 }

@@ -10,7 +10,11 @@ use shepherd_store::{ApplyError, Store, StoreError};
 use std::sync::Arc;
 
 /// The store as an in-process agent's backend.
-pub struct StoreBackend(pub Arc<dyn Store>);
+pub struct StoreBackend {
+    pub store: Arc<dyn Store>,
+    /// Applied reports reach the scheduler's view through this.
+    pub observer: crate::view::Observer,
+}
 
 /// Sums the stored output of one attempt per stream.
 pub async fn captured_in(store: &dyn Store, id: TaskId, attempt: u32) -> Result<Captured, StoreError> {
@@ -32,10 +36,9 @@ pub async fn captured_in(store: &dyn Store, id: TaskId, attempt: u32) -> Result<
 
 /// The attempts the store has on a node (scheduled or running).
 pub async fn assigned_to(store: &dyn Store, node_id: &str) -> Result<Vec<AssignedAttempt>, StoreError> {
-    let active = store.active_tasks().await?;
+    let active = store.active_tasks_on(node_id).await?;
     Ok(active
         .into_iter()
-        .filter(|t| t.node_id == node_id)
         .map(|t| AssignedAttempt { task_id: t.id, attempt: t.attempt, state: t.state, cancel_requested: t.cancel_requested })
         .collect())
 }
@@ -52,8 +55,11 @@ impl Backend for StoreBackend {
         let mut wait = std::time::Duration::from_millis(100);
         let mut tries = 0;
         let results = loop {
-            match self.0.apply(events.clone(), Timestamp::now()).await {
-                Ok(results) => break results,
+            match self.store.apply(events.clone(), Timestamp::now()).await {
+                Ok(results) => {
+                    self.observer.observe(&results);
+                    break results;
+                }
                 Err(e) if e.is_transient() && tries < 40 => {
                     tries += 1;
                     tracing::warn!(error = %e, "report not stored; retrying");
@@ -82,18 +88,18 @@ impl Backend for StoreBackend {
     }
 
     async fn launch_spec(&self, id: TaskId) -> Result<Option<LaunchSpec>, BackendError> {
-        self.0.launch_spec(id).await.map_err(failed)
+        self.store.launch_spec(id).await.map_err(failed)
     }
 
     async fn append_logs(&self, chunks: Vec<LogChunk>) -> Result<(), BackendError> {
-        self.0.append_logs(chunks).await.map_err(failed)
+        self.store.append_logs(chunks).await.map_err(failed)
     }
 
     async fn assigned(&self, node_id: &str) -> Result<Vec<AssignedAttempt>, BackendError> {
-        assigned_to(self.0.as_ref(), node_id).await.map_err(failed)
+        assigned_to(self.store.as_ref(), node_id).await.map_err(failed)
     }
 
     async fn captured(&self, id: TaskId, attempt: u32) -> Result<Captured, BackendError> {
-        captured_in(self.0.as_ref(), id, attempt).await.map_err(failed)
+        captured_in(self.store.as_ref(), id, attempt).await.map_err(failed)
     }
 }

@@ -3,6 +3,12 @@
 //! allocations, persists each placement (queued → scheduled) and only then
 //! tells the node's agent.
 //!
+//! Nodes and allocations come from the in-memory [`ClusterView`], not from
+//! the store: a pass reads only the queue, so its cost follows the work in
+//! hand rather than the number of nodes or running tasks. The view is
+//! rebuilt from the store when this server starts to lead (a new epoch) and
+//! checked against it now and then.
+//!
 //! A pass reads the queue a page at a time. Tasks that do not fit leave
 //! their placement shape behind, and the next page skips every task of a
 //! shape known not to fit (allocations only grow within a pass), so no
@@ -13,14 +19,16 @@
 
 use crate::links::NodeLinks;
 use crate::placement_notes::PlacementNotes;
+use crate::view::{label_pairs, ClusterView, Holding};
 use shepherd_core::{Constraint, Event, ProjectLimits, Resources, TaskId, Timestamp};
-use shepherd_sched::{AntiAffinity, Engine, NodeSnapshot, PendingTask, ProjectUsage, QuotaLedger, Wait};
-use shepherd_store::{ActiveTask, NodeRecord, NodeState, QueueCursor, QueueQuery, QueuedTask, Store, StoreError};
+use shepherd_sched::{AntiAffinity, Engine, NodeSnapshot, PendingTask, QuotaLedger, Wait};
+use shepherd_store::{NodeRecord, QueueCursor, QueueQuery, QueuedTask, Store, StoreError};
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use std::time::Instant;
 use tokio::sync::{watch, Notify};
 
 /// Queued tasks read per page (shared among the projects with work).
@@ -43,6 +51,12 @@ pub struct Scheduler {
     pub memory: Mutex<PassMemory>,
     /// Only the leader places; its lease fences every placement.
     pub leadership: crate::leader::Leadership,
+    /// Nodes and what active attempts hold, in memory.
+    pub view: Arc<ClusterView>,
+    /// The epoch the view was built under.
+    epoch: Mutex<Option<i64>>,
+    /// How often the view is compared with the store (`None`: never).
+    pub check_every: Option<Duration>,
 }
 
 /// What a pass leaves to the next.
@@ -54,6 +68,16 @@ pub struct PassMemory {
     never_fits: HashMap<i64, String>,
     /// Where each project's read stopped when a pass ran out of pages.
     resume: BTreeMap<String, QueueCursor>,
+}
+
+/// How often the view is checked against the store: `SHEPHERD_VIEW_CHECK`
+/// seconds (0: never), else every minute.
+fn check_interval() -> Option<Duration> {
+    match std::env::var("SHEPHERD_VIEW_CHECK").ok().and_then(|v| v.parse::<f64>().ok()) {
+        Some(secs) if secs <= 0.0 => None,
+        Some(secs) => Some(Duration::from_secs_f64(secs)),
+        None => Some(Duration::from_secs(60)),
+    }
 }
 
 /// What one pass did.
@@ -79,12 +103,6 @@ fn is_after(a: &QueueCursor, b: &QueueCursor) -> bool {
     (std::cmp::Reverse(a.priority), a.id) > (std::cmp::Reverse(b.priority), b.id)
 }
 
-const ZERO: Resources = Resources { cpu_millicores: 0, memory_mib: 0 };
-
-fn add(a: Resources, b: Resources) -> Resources {
-    Resources { cpu_millicores: a.cpu_millicores.saturating_add(b.cpu_millicores), memory_mib: a.memory_mib.saturating_add(b.memory_mib) }
-}
-
 /// The task as placement sees it.
 pub fn pending(task: &QueuedTask) -> PendingTask {
     let spec = &task.spec;
@@ -106,46 +124,6 @@ pub fn pending(task: &QueuedTask) -> PendingTask {
     }
 }
 
-/// Nodes as placement sees them, with what active tasks hold on each.
-pub fn snapshot(nodes: Vec<NodeRecord>, active: &[ActiveTask]) -> Vec<NodeSnapshot> {
-    let mut by_node: HashMap<&str, Vec<&ActiveTask>> = HashMap::new();
-    for task in active {
-        by_node.entry(task.node_id.as_str()).or_default().push(task);
-    }
-    nodes
-        .into_iter()
-        .map(|node| {
-            let tasks = by_node.remove(node.id.as_str()).unwrap_or_default();
-            let mut label_counts: HashMap<String, u32> = HashMap::new();
-            for task in &tasks {
-                for (key, value) in &task.labels {
-                    *label_counts.entry(format!("{key}={value}")).or_default() += 1;
-                }
-            }
-            let mut images = node.images;
-            images.sort();
-            NodeSnapshot {
-                pool: node.labels.get("pool").cloned(),
-                dedicated_to: node
-                    .labels
-                    .get(shepherd_sched::DEDICATED_LABEL)
-                    .map(|list| list.split(',').map(str::trim).filter(|p| !p.is_empty()).map(str::to_string).collect())
-                    .unwrap_or_default(),
-                hostname: node.hostname,
-                labels: node.labels,
-                ready: node.state == NodeState::Ready,
-                capacity: node.capacity,
-                allocated: tasks.iter().fold(ZERO, |acc, t| add(acc, t.resources)),
-                max_tasks: node.max_tasks,
-                task_count: tasks.len() as u32,
-                images,
-                label_counts,
-                id: node.id,
-            }
-        })
-        .collect()
-}
-
 impl Scheduler {
     /// A scheduler over these parts.
     pub fn new(
@@ -155,13 +133,31 @@ impl Scheduler {
         notes: Arc<PlacementNotes>,
         engine: Arc<Engine>,
         leadership: crate::leader::Leadership,
+        view: Arc<ClusterView>,
     ) -> Scheduler {
-        Scheduler { store, links, wakeup, notes, engine, passes: AtomicU64::new(0), memory: Mutex::new(PassMemory::default()), leadership }
+        Scheduler {
+            store,
+            links,
+            wakeup,
+            notes,
+            engine,
+            passes: AtomicU64::new(0),
+            memory: Mutex::new(PassMemory::default()),
+            leadership,
+            view,
+            epoch: Mutex::new(None),
+            check_every: check_interval(),
+        }
     }
 
     /// Runs until `shutdown` turns true.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let mut last_check = Instant::now();
         loop {
+            if self.check_every.is_some_and(|every| last_check.elapsed() >= every) {
+                last_check = Instant::now();
+                self.check_view().await;
+            }
             let again = match self.pass().await {
                 Ok(outcome) => outcome.more && outcome.placed > 0,
                 Err(e) => {
@@ -184,6 +180,34 @@ impl Scheduler {
         tracing::debug!("scheduler stopped");
     }
 
+    /// Compares the view with the store's active tasks. A difference seen
+    /// twice, a moment apart, is real: it is logged and the view rebuilt.
+    pub async fn check_view(&self) {
+        if !self.leadership.is_leader() || !self.view.is_built() {
+            return;
+        }
+        let first = match self.store.active_tasks().await {
+            Ok(active) => self.view.differences(&active),
+            Err(_) => return,
+        };
+        if first.is_empty() {
+            tracing::info!(active = self.view.len(), "scheduler view matches the store");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let second = match self.store.active_tasks().await {
+            Ok(active) => self.view.differences(&active),
+            Err(_) => return,
+        };
+        let lasting: Vec<&String> = second.iter().filter(|d| first.contains(d)).collect();
+        if lasting.is_empty() {
+            tracing::info!(active = self.view.len(), "scheduler view matches the store");
+            return;
+        }
+        tracing::error!(count = lasting.len(), first = ?lasting.iter().take(5).collect::<Vec<_>>(), "scheduler view differs from the store; rebuilding it");
+        self.view.invalidate();
+    }
+
     fn restore(&self, memory: PassMemory) {
         if let Ok(mut slot) = self.memory.lock() {
             *slot = memory;
@@ -193,9 +217,27 @@ impl Scheduler {
     /// One pass: places what fits, explains what does not. Only while
     /// this server leads; a pass whose placements are fenced steps down.
     pub async fn pass(&self) -> Result<PassOutcome, StoreError> {
-        let Some(lease) = self.leadership.lease() else { return Ok(PassOutcome::default()) };
+        let Some(lease) = self.leadership.lease() else {
+            self.view.invalidate();
+            return Ok(PassOutcome::default());
+        };
+        if let Ok(mut epoch) = self.epoch.lock() {
+            if *epoch != Some(lease.epoch) {
+                // Leading anew: what another leader placed meanwhile is only in the store.
+                self.view.invalidate();
+                *epoch = Some(lease.epoch);
+            }
+        }
+        self.view.next_pass();
         let now = Timestamp::now();
-        let records = self.store.list_nodes().await?;
+        let records = match self.view.records() {
+            Some(records) => records,
+            None => {
+                let records = self.store.list_nodes().await?;
+                self.view.set_records(records.clone());
+                records
+            }
+        };
         if records.is_empty() {
             // Nothing can be placed, and every task waits for the same reason.
             self.notes.set_cluster_reason(Some("no nodes in the cluster".into()));
@@ -224,23 +266,19 @@ impl Scheduler {
             self.notes.record(Vec::new(), Vec::new(), shapes);
             return Ok(PassOutcome::default());
         }
-        let active = match self.store.active_tasks().await {
-            Ok(active) => active,
-            Err(e) => {
-                self.restore(memory);
-                return Err(e);
+        if !self.view.is_built() {
+            match self.store.active_tasks().await {
+                Ok(active) => {
+                    self.view.rebuild(&active);
+                    tracing::info!(active = active.len(), nodes = records.len(), "scheduler view built from the store");
+                }
+                Err(e) => {
+                    self.restore(memory);
+                    return Err(e);
+                }
             }
-        };
-        let mut usage: HashMap<String, Resources> = HashMap::new();
-        let mut held: HashMap<String, ProjectUsage> = HashMap::new();
-        for task in &active {
-            let project_usage = usage.entry(task.project.clone()).or_insert(ZERO);
-            *project_usage = add(*project_usage, task.resources);
-            let quota_usage = held.entry(task.project.clone()).or_insert(ProjectUsage::NONE);
-            quota_usage.tasks += 1;
-            quota_usage.resources = add(quota_usage.resources, task.resources);
         }
-        let nodes = snapshot(records, &active);
+        let (nodes, usage, held) = self.view.snapshot(records);
         let projects = match self.store.list_projects().await {
             Ok(projects) => projects,
             Err(e) => {
@@ -280,12 +318,24 @@ impl Scheduler {
                 Err(e) => tracing::debug!(error = %e, "placement not applied"),
             }
         }
-        // The agents get what they need to start with the assignment.
-        let launches = futures_util::future::join_all(applied.iter().map(|a| self.store.launch_spec(a.task_id))).await;
+        for a in &applied {
+            if let (Some(node), Some((project, resources, labels))) = (&a.node_id, pages.holdings.get(&a.task_id)) {
+                let holding = Holding {
+                    node: node.clone(),
+                    project: project.clone(),
+                    attempt: a.attempt,
+                    resources: *resources,
+                    labels: labels.clone(),
+                };
+                self.view.placed(a.task_id, holding);
+            }
+        }
+        // The agents get what they need to start with the assignment, read in one go.
+        let launches = self.store.launch_specs(applied.iter().map(|a| a.task_id).collect()).await?;
         let mut placed = Vec::new();
         for (applied, launch) in applied.into_iter().zip(launches) {
             let node = applied.node_id.unwrap_or_default();
-            match launch? {
+            match launch {
                 Some(launch) if launch.attempt == applied.attempt => {
                     tracing::debug!(?launch, node, "assigning");
                     if !self.links.assign(&node, launch) {
@@ -315,6 +365,8 @@ struct Pages {
     shape_reasons: HashMap<i64, String>,
     /// How the best candidates of each placed task scored.
     scores: Vec<(TaskId, Vec<shepherd_sched::NodeScore>)>,
+    /// What each placed task will hold (project, resources, labels).
+    holdings: HashMap<TaskId, (String, Resources, Vec<String>)>,
     more: bool,
 }
 
@@ -355,6 +407,15 @@ fn place_pages(
         }
         let shapes: HashMap<TaskId, i64> = page.tasks.iter().map(|t| (t.id, t.shape)).collect();
         let plan = pass.place(page.tasks.iter().map(pending).collect());
+        if !plan.placements.is_empty() {
+            let by_id: HashMap<TaskId, &QueuedTask> = page.tasks.iter().map(|t| (t.id, t)).collect();
+            for placement in &plan.placements {
+                if let Some(task) = by_id.get(&placement.task_id) {
+                    let holding = (task.spec.project.clone(), task.spec.resources, label_pairs(&task.spec.labels));
+                    pages.holdings.insert(placement.task_id, holding);
+                }
+            }
+        }
         pages.placements.extend(plan.placements);
         pages.scores.extend(plan.scores);
         for unplaced in plan.unplaced {

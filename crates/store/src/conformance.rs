@@ -233,10 +233,58 @@ pub async fn nodes(store: &dyn Store) {
         (NodeState::Draining, later, vec!["x:1".to_string()])
     );
     assert_eq!(nodes[0].labels["zone"], "a");
+    let one = store.get_node("n1").await.unwrap().expect("stored");
+    assert_eq!((one.state, one.last_heartbeat_at, one.hostname.as_str()), (NodeState::Draining, later, "host"));
+    assert!(store.get_node("nope").await.unwrap().is_none());
     assert_eq!(store.touch_node("nope", later, vec![]).await.unwrap(), None);
     assert!(!store.set_node_state("nope", NodeState::Down).await.unwrap());
-    store.upsert_node(NodeRecord { capacity: Resources { cpu_millicores: 8000, memory_mib: 4096 }, ..node }).await.unwrap();
+    store.upsert_node(NodeRecord { capacity: Resources { cpu_millicores: 8000, memory_mib: 4096 }, ..node.clone() }).await.unwrap();
     assert_eq!(store.list_nodes().await.unwrap()[0].capacity.cpu_millicores, 8000);
+    // Heartbeats in one batch: images kept where none are sent, an older
+    // time never replaces a newer one, unknown nodes answer None.
+    store.upsert_node(NodeRecord { id: "n2".into(), ..node }).await.unwrap();
+    let latest = later.plus(std::time::Duration::from_secs(3));
+    let beats = vec![
+        NodeBeat { id: "n1".into(), at: latest, images: None },
+        NodeBeat { id: "nope".into(), at: latest, images: None },
+        NodeBeat { id: "n2".into(), at: now, images: Some(vec!["y:2".into()]) },
+    ];
+    assert_eq!(store.touch_nodes(beats).await.unwrap(), vec![Some(NodeState::Ready), None, Some(NodeState::Ready)]);
+    let nodes = store.list_nodes().await.unwrap();
+    assert_eq!((nodes[0].last_heartbeat_at, nodes[0].images.clone()), (latest, vec!["busybox:latest".to_string()]));
+    assert_eq!(nodes[1].images, vec!["y:2".to_string()]);
+    store.touch_nodes(vec![NodeBeat { id: "n1".into(), at: later, images: None }]).await.unwrap();
+    assert_eq!(store.list_nodes().await.unwrap()[0].last_heartbeat_at, latest, "no going back in time");
+    assert!(store.touch_nodes(Vec::new()).await.unwrap().is_empty());
+}
+
+/// Active tasks by node, nodes of tasks and launch specs in batches.
+pub async fn lookups_in_batches(store: &dyn Store) {
+    let mut gen = ulid::Generator::new();
+    let tasks: Vec<NewTask> = (0..4).map(|_| new_task(&mut gen, spec("p"))).collect();
+    let ids: Vec<TaskId> = tasks.iter().map(|t| t.id).collect();
+    store.create_tasks(tasks).await.unwrap();
+    let now = Timestamp::now();
+    let placed = vec![
+        (ids[0], Event::Schedule { node_id: "a".into() }),
+        (ids[1], Event::Schedule { node_id: "b".into() }),
+        (ids[2], Event::Schedule { node_id: "a".into() }),
+    ];
+    assert!(store.apply(placed, now).await.unwrap().iter().all(Result::is_ok));
+    store.apply(vec![(ids[2], Event::Start { attempt: 1, at: None })], now).await.unwrap();
+    let mut on_a: Vec<TaskId> = store.active_tasks_on("a").await.unwrap().into_iter().map(|t| t.id).collect();
+    on_a.sort();
+    assert_eq!(on_a, vec![ids[0], ids[2]]);
+    assert!(store.active_tasks_on("nowhere").await.unwrap().is_empty());
+    // Ended tasks leave the node's list.
+    store.apply(vec![(ids[2], Event::Exit { attempt: 1, code: 0, oom_killed: false, at: None })], now).await.unwrap();
+    assert_eq!(store.active_tasks_on("a").await.unwrap().len(), 1);
+    let unknown = TaskId(ulid::Ulid::new());
+    let nodes = store.task_nodes(vec![ids[1], unknown, ids[3], ids[0]]).await.unwrap();
+    assert_eq!(nodes, vec![Some("b".to_string()), None, None, Some("a".to_string())]);
+    let specs = store.launch_specs(vec![ids[1], unknown, ids[0]]).await.unwrap();
+    assert_eq!(specs.iter().map(|l| l.as_ref().map(|l| l.id)).collect::<Vec<_>>(), vec![Some(ids[1]), None, Some(ids[0])]);
+    assert_eq!(specs[0].as_ref().and_then(|l| l.node_id.clone()).as_deref(), Some("b"));
 }
 
 /// Projects, tokens (by hash, revocable), secrets (values only in launch specs).
@@ -382,6 +430,7 @@ macro_rules! store_conformance {
         $crate::store_conformance!(@one $fixture, lists_and_counts);
         $crate::store_conformance!(@one $fixture, logs_in_order);
         $crate::store_conformance!(@one $fixture, nodes);
+        $crate::store_conformance!(@one $fixture, lookups_in_batches);
         $crate::store_conformance!(@one $fixture, tenants);
         $crate::store_conformance!(@one $fixture, audit);
         $crate::store_conformance!(@one $fixture, leases_and_fencing);

@@ -102,6 +102,20 @@ pub trait Store: Send + Sync + 'static {
     /// Tasks that hold a place on a node (scheduled or running).
     async fn active_tasks(&self) -> Result<Vec<ActiveTask>, StoreError>;
 
+    /// The tasks scheduled on or running on one node (an index lookup, not
+    /// a scan of every active task).
+    async fn active_tasks_on(&self, node_id: &str) -> Result<Vec<ActiveTask>, StoreError>;
+
+    /// The node of each task's current attempt, in the order asked (`None`:
+    /// no such task, or on no node).
+    async fn task_nodes(&self, ids: Vec<TaskId>) -> Result<Vec<Option<String>>, StoreError>;
+
+    /// The launch specs of several tasks, in the order asked (a scheduling
+    /// pass reads those of all its placements at once).
+    async fn launch_specs(&self, ids: Vec<TaskId>) -> Result<Vec<Option<LaunchSpec>>, StoreError> {
+        futures_util::future::join_all(ids.into_iter().map(|id| self.launch_spec(id))).await.into_iter().collect()
+    }
+
     /// What an agent needs to run one attempt of a task.
     async fn launch_spec(&self, id: TaskId) -> Result<Option<LaunchSpec>, StoreError>;
 
@@ -117,10 +131,17 @@ pub trait Store: Send + Sync + 'static {
     /// All known nodes.
     async fn list_nodes(&self) -> Result<Vec<NodeRecord>, StoreError>;
 
+    /// One node, by id.
+    async fn get_node(&self, id: &str) -> Result<Option<NodeRecord>, StoreError>;
+
     /// Records a heartbeat (time and images) without touching anything
     /// else, so it never undoes a concurrent drain. Returns the node's
     /// state, `None` if the node is unknown.
     async fn touch_node(&self, id: &str, at: Timestamp, images: Vec<String>) -> Result<Option<NodeState>, StoreError>;
+
+    /// Heartbeats of many nodes in one write (images only where given);
+    /// each node's state, in order (`None`: no such node).
+    async fn touch_nodes(&self, beats: Vec<NodeBeat>) -> Result<Vec<Option<NodeState>>, StoreError>;
 
     /// Sets a node's state (drain, down, ready). False if the node is unknown.
     async fn set_node_state(&self, id: &str, state: NodeState) -> Result<bool, StoreError>;

@@ -116,6 +116,15 @@ pub struct StoredLogChunk {
     pub data: Vec<u8>,
 }
 
+/// One node's heartbeat for [`crate::Store::touch_nodes`]: when it was
+/// last heard, and its images if they changed since the last write.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeBeat {
+    pub id: String,
+    pub at: Timestamp,
+    pub images: Option<Vec<String>>,
+}
+
 /// A node: a host with an agent and a driver.
 #[derive(Debug, Clone)]
 pub struct NodeRecord {

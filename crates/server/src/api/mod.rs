@@ -59,6 +59,9 @@ impl AppState {
             remote.clone(),
             wakeup.clone(),
         );
+        let leadership = crate::leader::Leadership::new("standalone".into(), std::time::Duration::from_secs(5));
+        let observer =
+            crate::view::Observer { view: Default::default(), store: store.clone(), leadership: leadership.clone(), shared: false };
         AppState {
             store,
             tasks: Arc::new(tasks),
@@ -67,10 +70,12 @@ impl AppState {
                 join_token: None,
                 agents: remote,
                 liveness: Arc::new(crate::liveness::Liveness::new(None)),
+                observer,
+                node_timeout: std::time::Duration::from_secs(15),
             },
             auth,
             request_timeout: std::time::Duration::from_secs(30),
-            leadership: crate::leader::Leadership::new("standalone".into(), std::time::Duration::from_secs(5)),
+            leadership,
         }
     }
 

@@ -79,7 +79,7 @@ pub async fn drain(
     Path(id): Path<String>,
 ) -> Result<Json<NodeView>, ApiError> {
     caller.require_admin()?;
-    let node = state.store.list_nodes().await?.into_iter().find(|n| n.id == id);
+    let node = state.store.get_node(&id).await?;
     let Some(node) = node else { return Err(ApiError::not_found(format!("no node with id {id}"))) };
     let to = node
         .state
@@ -88,6 +88,7 @@ pub async fn drain(
     if !state.store.set_node_state(&id, to).await? {
         return Err(ApiError::not_found(format!("no node with id {id}")));
     }
+    state.agent_api.observer.view.nodes_changed();
     tracing::info!(node = %id, "node draining");
     state.audit(&caller, None, "node.drain", &id, None).await;
     let Json(list) = list(State(state), Extension(caller)).await?;

@@ -732,32 +732,26 @@ impl Store for PgStore {
 
     async fn active_tasks(&self) -> Result<Vec<ActiveTask>, StoreError> {
         let client = self.client().await?;
+        let stmt = client.prepare_cached(&format!("{ACTIVE_COLUMNS} WHERE state IN ('scheduled', 'running')")).await.map_err(error)?;
+        client.query(&stmt, &[]).await.map_err(error)?.iter().map(active_from_row).collect()
+    }
+
+    async fn active_tasks_on(&self, node_id: &str) -> Result<Vec<ActiveTask>, StoreError> {
+        let client = self.client().await?;
         let stmt = client
-            .prepare_cached(
-                "SELECT id, state, node_id, attempt, cpu_millicores, memory_mib, cancel_requested, spec FROM tasks \
-                 WHERE state IN ('scheduled', 'running')",
-            )
+            .prepare_cached(&format!("{ACTIVE_COLUMNS} WHERE node_id = $1 AND state IN ('scheduled', 'running')"))
             .await
             .map_err(error)?;
-        client
-            .query(&stmt, &[])
-            .await
-            .map_err(error)?
-            .iter()
-            .map(|row| {
-                let spec: shepherd_core::TaskSpec = serde_json::from_str(row.get::<_, &str>(7)).map_err(|e| corrupt("spec", e))?;
-                Ok(ActiveTask {
-                    id: parse_id(row.get::<_, &str>(0))?,
-                    project: spec.project,
-                    labels: spec.labels,
-                    state: parse_state(row.get::<_, &str>(1))?,
-                    node_id: row.get::<_, Option<String>>(2).unwrap_or_default(),
-                    attempt: row.get::<_, i64>(3) as u32,
-                    resources: Resources { cpu_millicores: row.get::<_, i64>(4) as u32, memory_mib: row.get::<_, i64>(5) as u32 },
-                    cancel_requested: row.get(6),
-                })
-            })
-            .collect()
+        client.query(&stmt, &[&node_id]).await.map_err(error)?.iter().map(active_from_row).collect()
+    }
+
+    async fn task_nodes(&self, ids: Vec<TaskId>) -> Result<Vec<Option<String>>, StoreError> {
+        let client = self.client().await?;
+        let keys: Vec<String> = ids.iter().map(|id| id.to_string()).collect();
+        let stmt = client.prepare_cached("SELECT id, node_id FROM tasks WHERE id = ANY($1)").await.map_err(error)?;
+        let found: std::collections::HashMap<String, Option<String>> =
+            client.query(&stmt, &[&keys]).await.map_err(error)?.iter().map(|row| (row.get(0), row.get(1))).collect();
+        Ok(keys.iter().map(|key| found.get(key).cloned().flatten()).collect())
     }
 
     async fn launch_spec(&self, id: TaskId) -> Result<Option<LaunchSpec>, StoreError> {
@@ -878,6 +872,18 @@ impl Store for PgStore {
         client.query(&stmt, &[]).await.map_err(error)?.iter().map(node_from_row).collect()
     }
 
+    async fn get_node(&self, id: &str) -> Result<Option<NodeRecord>, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT id, hostname, state, driver, cpu_millicores, memory_mib, max_tasks, labels, registered_at, last_heartbeat_at, images \
+                 FROM nodes WHERE id = $1",
+            )
+            .await
+            .map_err(error)?;
+        client.query_opt(&stmt, &[&id]).await.map_err(error)?.as_ref().map(node_from_row).transpose()
+    }
+
     async fn touch_node(&self, id: &str, at: Timestamp, images: Vec<String>) -> Result<Option<NodeState>, StoreError> {
         let client = self.client().await?;
         let images = serde_json::to_string(&images).map_err(|e| corrupt("images", e))?;
@@ -890,6 +896,35 @@ impl Store for PgStore {
             NodeState::parse(&state).ok_or_else(|| StoreError::Corrupt(format!("bad node state `{state}`")))
         })
         .transpose()
+    }
+
+    async fn touch_nodes(&self, beats: Vec<NodeBeat>) -> Result<Vec<Option<NodeState>>, StoreError> {
+        if beats.is_empty() {
+            return Ok(Vec::new());
+        }
+        let client = self.client().await?;
+        let ids: Vec<&str> = beats.iter().map(|b| b.id.as_str()).collect();
+        let times: Vec<i64> = beats.iter().map(|b| b.at.millis()).collect();
+        let images = beats
+            .iter()
+            .map(|b| b.images.as_ref().map(serde_json::to_string).transpose().map_err(|e| corrupt("images", e)))
+            .collect::<Result<Vec<Option<String>>, StoreError>>()?;
+        // One statement for the whole batch; images kept where none were sent.
+        let rows = client
+            .query(
+                "UPDATE nodes n SET last_heartbeat_at = GREATEST(n.last_heartbeat_at, v.at), images = COALESCE(v.images, n.images) \
+                 FROM UNNEST($1::text[], $2::int8[], $3::text[]) AS v(id, at, images) WHERE n.id = v.id RETURNING n.id, n.state",
+                &[&ids, &times, &images],
+            )
+            .await
+            .map_err(error)?;
+        let mut states = std::collections::HashMap::new();
+        for row in rows {
+            let state: String = row.get(1);
+            let state = NodeState::parse(&state).ok_or_else(|| StoreError::Corrupt(format!("bad node state `{state}`")))?;
+            states.insert(row.get::<_, String>(0), state);
+        }
+        Ok(ids.iter().map(|id| states.get(*id).copied()).collect())
     }
 
     async fn set_node_state(&self, id: &str, state: NodeState) -> Result<bool, StoreError> {
@@ -1076,6 +1111,22 @@ impl Store for PgStore {
             })
             .collect())
     }
+}
+
+const ACTIVE_COLUMNS: &str = "SELECT id, state, node_id, attempt, cpu_millicores, memory_mib, cancel_requested, spec FROM tasks";
+
+fn active_from_row(row: &tokio_postgres::Row) -> Result<ActiveTask, StoreError> {
+    let spec: shepherd_core::TaskSpec = serde_json::from_str(row.get::<_, &str>(7)).map_err(|e| corrupt("spec", e))?;
+    Ok(ActiveTask {
+        id: parse_id(row.get::<_, &str>(0))?,
+        project: spec.project,
+        labels: spec.labels,
+        state: parse_state(row.get::<_, &str>(1))?,
+        node_id: row.get::<_, Option<String>>(2).unwrap_or_default(),
+        attempt: row.get::<_, i64>(3) as u32,
+        resources: Resources { cpu_millicores: row.get::<_, i64>(4) as u32, memory_mib: row.get::<_, i64>(5) as u32 },
+        cancel_requested: row.get(6),
+    })
 }
 
 #[cfg(test)]

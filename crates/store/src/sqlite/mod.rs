@@ -451,75 +451,33 @@ impl Store for SqliteStore {
     }
 
     async fn active_tasks(&self) -> Result<Vec<ActiveTask>, StoreError> {
-        self.read(|conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT id, state, node_id, attempt, cpu_millicores, memory_mib, cancel_requested, spec FROM tasks \
-                 WHERE state IN ('scheduled', 'running')",
-            )?;
-            let mut rows = stmt.query([])?;
-            let mut active = Vec::new();
-            while let Some(row) = rows.next()? {
-                let spec: shepherd_core::TaskSpec =
-                    serde_json::from_str(&row.get::<_, String>(7)?).map_err(|e| StoreError::Corrupt(format!("spec: {e}")))?;
-                active.push(ActiveTask {
-                    id: rows::parse_id(&row.get::<_, String>(0)?)?,
-                    project: spec.project,
-                    labels: spec.labels,
-                    state: rows::parse_state(&row.get::<_, String>(1)?)?,
-                    node_id: row.get::<_, Option<String>>(2)?.unwrap_or_default(),
-                    attempt: row.get(3)?,
-                    resources: Resources { cpu_millicores: row.get(4)?, memory_mib: row.get(5)? },
-                    cancel_requested: row.get::<_, i64>(6)? != 0,
-                });
+        self.read(|conn| active_in(conn, None)).await
+    }
+
+    async fn active_tasks_on(&self, node_id: &str) -> Result<Vec<ActiveTask>, StoreError> {
+        let node_id = node_id.to_string();
+        self.read(move |conn| active_in(conn, Some(&node_id))).await
+    }
+
+    async fn task_nodes(&self, ids: Vec<TaskId>) -> Result<Vec<Option<String>>, StoreError> {
+        self.read(move |conn| {
+            use rusqlite::OptionalExtension;
+            let mut stmt = conn.prepare_cached("SELECT node_id FROM tasks WHERE id = ?1")?;
+            let mut nodes = Vec::with_capacity(ids.len());
+            for id in ids {
+                nodes.push(stmt.query_row([id.to_string()], |row| row.get::<_, Option<String>>(0)).optional()?.flatten());
             }
-            Ok(active)
+            Ok(nodes)
         })
         .await
     }
 
+    async fn launch_specs(&self, ids: Vec<TaskId>) -> Result<Vec<Option<LaunchSpec>>, StoreError> {
+        self.read(move |conn| ids.into_iter().map(|id| launch_spec_in(conn, id)).collect()).await
+    }
+
     async fn launch_spec(&self, id: TaskId) -> Result<Option<LaunchSpec>, StoreError> {
-        self.read(move |conn| {
-            use rusqlite::OptionalExtension;
-            let mut stmt = conn.prepare_cached(
-                "SELECT t.state, t.attempt, t.node_id, t.cancel_requested, t.spec, t.payload, a.started_at FROM tasks t \
-                 LEFT JOIN attempts a ON a.task_id = t.id AND a.number = t.attempt WHERE t.id = ?1",
-            )?;
-            let row = stmt
-                .query_row([id.to_string()], |row| {
-                    Ok((
-                        row.get::<_, String>(0)?,
-                        row.get::<_, u32>(1)?,
-                        row.get::<_, Option<String>>(2)?,
-                        row.get::<_, i64>(3)? != 0,
-                        row.get::<_, String>(4)?,
-                        row.get::<_, Option<Vec<u8>>>(5)?,
-                        row.get::<_, Option<i64>>(6)?,
-                    ))
-                })
-                .optional()?;
-            let Some((state, attempt, node_id, cancel_requested, spec, payload, started_at)) = row else {
-                return Ok(None);
-            };
-            let spec: shepherd_core::TaskSpec = serde_json::from_str(&spec).map_err(|e| StoreError::Corrupt(format!("spec: {e}")))?;
-            let secrets = if spec.secrets.is_empty() {
-                Default::default()
-            } else {
-                let names: Vec<String> = spec.secrets.iter().map(|s| s.name.clone()).collect();
-                tenants::secret_values(conn, &spec.project, &names)?
-            };
-            Ok(Some(LaunchSpec {
-                id,
-                state: rows::parse_state(&state)?,
-                attempt,
-                node_id,
-                cancel_requested,
-                spec,
-                payload,
-                attempt_started_at: started_at.map(Timestamp),
-                secrets,
-            }))
-        })
-        .await
+        self.read(move |conn| launch_spec_in(conn, id)).await
     }
 
     async fn append_logs(&self, chunks: Vec<LogChunk>) -> Result<(), StoreError> {
@@ -568,9 +526,30 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn get_node(&self, id: &str) -> Result<Option<NodeRecord>, StoreError> {
+        let id = id.to_string();
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, hostname, state, driver, cpu_millicores, memory_mib, max_tasks, labels, registered_at, \
+                 last_heartbeat_at, images FROM nodes WHERE id = ?1",
+            )?;
+            let mut rows = stmt.query([id])?;
+            match rows.next()? {
+                Some(row) => Ok(Some(rows::node_from_row(row)?)),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
     async fn touch_node(&self, id: &str, at: Timestamp, images: Vec<String>) -> Result<Option<NodeState>, StoreError> {
         let id = id.to_string();
         self.write(|reply| WriteOp::TouchNode(id, at, images, reply)).await
+    }
+
+    async fn touch_nodes(&self, beats: Vec<NodeBeat>) -> Result<Vec<Option<NodeState>>, StoreError> {
+        self.write_with(move |conn| beats.iter().map(|beat| writer::touch_node(conn, &beat.id, beat.at, beat.images.as_deref())).collect())
+            .await
     }
 
     async fn set_node_state(&self, id: &str, state: NodeState) -> Result<bool, StoreError> {
@@ -668,4 +647,75 @@ impl Store for SqliteStore {
     async fn list_audit(&self, project: Option<String>, before: Option<i64>, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
         self.read(move |conn| tenants::list_audit(conn, project.as_deref(), before, limit)).await
     }
+}
+
+/// The active tasks, all or one node's (by the partial index on node_id).
+fn active_in(conn: &Connection, node_id: Option<&str>) -> Result<Vec<ActiveTask>, StoreError> {
+    const COLUMNS: &str = "SELECT id, state, node_id, attempt, cpu_millicores, memory_mib, cancel_requested, spec FROM tasks";
+    let (mut stmt, args) = match node_id {
+        None => (conn.prepare_cached(&format!("{COLUMNS} WHERE state IN ('scheduled', 'running')"))?, Vec::new()),
+        Some(node) => {
+            (conn.prepare_cached(&format!("{COLUMNS} WHERE node_id = ?1 AND state IN ('scheduled', 'running')"))?, vec![node.to_string()])
+        }
+    };
+    let mut rows = stmt.query(params_from_iter(args.iter()))?;
+    let mut active = Vec::new();
+    while let Some(row) = rows.next()? {
+        let spec: shepherd_core::TaskSpec =
+            serde_json::from_str(&row.get::<_, String>(7)?).map_err(|e| StoreError::Corrupt(format!("spec: {e}")))?;
+        active.push(ActiveTask {
+            id: rows::parse_id(&row.get::<_, String>(0)?)?,
+            project: spec.project,
+            labels: spec.labels,
+            state: rows::parse_state(&row.get::<_, String>(1)?)?,
+            node_id: row.get::<_, Option<String>>(2)?.unwrap_or_default(),
+            attempt: row.get(3)?,
+            resources: Resources { cpu_millicores: row.get(4)?, memory_mib: row.get(5)? },
+            cancel_requested: row.get::<_, i64>(6)? != 0,
+        });
+    }
+    Ok(active)
+}
+
+/// One task's launch spec, on a reader connection.
+fn launch_spec_in(conn: &Connection, id: TaskId) -> Result<Option<LaunchSpec>, StoreError> {
+    use rusqlite::OptionalExtension;
+    let mut stmt = conn.prepare_cached(
+        "SELECT t.state, t.attempt, t.node_id, t.cancel_requested, t.spec, t.payload, a.started_at FROM tasks t \
+         LEFT JOIN attempts a ON a.task_id = t.id AND a.number = t.attempt WHERE t.id = ?1",
+    )?;
+    let row = stmt
+        .query_row([id.to_string()], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, u32>(1)?,
+                row.get::<_, Option<String>>(2)?,
+                row.get::<_, i64>(3)? != 0,
+                row.get::<_, String>(4)?,
+                row.get::<_, Option<Vec<u8>>>(5)?,
+                row.get::<_, Option<i64>>(6)?,
+            ))
+        })
+        .optional()?;
+    let Some((state, attempt, node_id, cancel_requested, spec, payload, started_at)) = row else {
+        return Ok(None);
+    };
+    let spec: shepherd_core::TaskSpec = serde_json::from_str(&spec).map_err(|e| StoreError::Corrupt(format!("spec: {e}")))?;
+    let secrets = if spec.secrets.is_empty() {
+        Default::default()
+    } else {
+        let names: Vec<String> = spec.secrets.iter().map(|s| s.name.clone()).collect();
+        tenants::secret_values(conn, &spec.project, &names)?
+    };
+    Ok(Some(LaunchSpec {
+        id,
+        state: rows::parse_state(&state)?,
+        attempt,
+        node_id,
+        cancel_requested,
+        spec,
+        payload,
+        attempt_started_at: started_at.map(Timestamp),
+        secrets,
+    }))
 }

@@ -128,7 +128,7 @@ fn execute(tx: &mut Transaction<'_>, op: WriteOp) -> Outcome {
         WriteOp::Apply(events, now, reply) => Outcome::Applied(reply, in_savepoint(tx, |t| apply_events(t, &events, now))),
         WriteOp::AppendLogs(chunks, reply) => Outcome::Unit(reply, in_savepoint(tx, |t| append_logs(t, &chunks))),
         WriteOp::UpsertNode(node, reply) => Outcome::Unit(reply, in_savepoint(tx, |t| upsert_node(t, &node))),
-        WriteOp::TouchNode(id, at, images, reply) => Outcome::State(reply, in_savepoint(tx, |t| touch_node(t, &id, at, &images))),
+        WriteOp::TouchNode(id, at, images, reply) => Outcome::State(reply, in_savepoint(tx, |t| touch_node(t, &id, at, Some(&images)))),
         WriteOp::SetNodeState(id, state, reply) => Outcome::Flag(
             reply,
             in_savepoint(tx, |t| {
@@ -318,9 +318,24 @@ fn upsert_node(tx: &Connection, node: &NodeRecord) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn touch_node(tx: &Connection, id: &str, at: Timestamp, images: &[String]) -> Result<Option<crate::NodeState>, StoreError> {
-    let images = serde_json::to_string(images).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    tx.prepare_cached("UPDATE nodes SET last_heartbeat_at = ?2, images = ?3 WHERE id = ?1")?.execute(params![id, at.millis(), images])?;
+/// Records a heartbeat (and the images, if given); the node's state.
+pub(crate) fn touch_node(
+    tx: &Connection,
+    id: &str,
+    at: Timestamp,
+    images: Option<&[String]>,
+) -> Result<Option<crate::NodeState>, StoreError> {
+    match images {
+        Some(images) => {
+            let images = serde_json::to_string(images).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            tx.prepare_cached("UPDATE nodes SET last_heartbeat_at = MAX(last_heartbeat_at, ?2), images = ?3 WHERE id = ?1")?
+                .execute(params![id, at.millis(), images])?;
+        }
+        None => {
+            tx.prepare_cached("UPDATE nodes SET last_heartbeat_at = MAX(last_heartbeat_at, ?2) WHERE id = ?1")?
+                .execute(params![id, at.millis()])?;
+        }
+    }
     let state: Option<String> = tx.prepare_cached("SELECT state FROM nodes WHERE id = ?1")?.query_row([id], |row| row.get(0)).optional()?;
     Ok(state.as_deref().and_then(crate::NodeState::parse))
 }
