@@ -1,6 +1,6 @@
 //! A server with 500 simulated nodes (`shepherd nodesim`, the real agent
 //! protocol) runs 20,000 short tasks while ten nodes freeze past the node
-//! timeout and come back: every task succeeds, its exit is accepted exactly
+//! timeout (12 s against 3 s) and come back: every task succeeds, its exit is accepted exactly
 //! once, the frozen nodes are declared down and rejoin, and the scheduler's
 //! in-memory view matches the store throughout (checked every second).
 
@@ -53,7 +53,7 @@ async fn five_hundred_simulated_nodes_run_every_task_exactly_once_through_churn(
         "--report-every",
         "50ms",
         "--churn",
-        "10@4s+6s",
+        "10@4s+12s",
         "--record-exits",
         "--stats",
         stats.to_str().unwrap(),
@@ -100,7 +100,23 @@ async fn five_hundred_simulated_nodes_run_every_task_exactly_once_through_churn(
     let text = log();
     assert!(!text.contains("scheduler view differs"), "the view drifted from the store:\n{}", tail(&text));
     assert!(checks(&text) >= 3, "the view was checked during the run");
-    assert!(text.matches("node missed its heartbeats").count() >= 10, "the frozen nodes were declared down:\n{}", tail(&text));
+    let waited = Instant::now();
+    while log().matches("node missed its heartbeats").count() < 10 {
+        assert!(waited.elapsed() < Duration::from_secs(30), "the frozen nodes were declared down:\n{}", tail(&log()));
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    // The frozen nodes come back (registered again, ready).
+    let waited = Instant::now();
+    loop {
+        let (_, nodes) = http.get("/v1/nodes").await;
+        let ready = nodes["nodes"].as_array().map_or(0, |n| n.iter().filter(|n| n["state"] == "ready").count());
+        if ready == NODES {
+            break;
+        }
+        assert!(waited.elapsed() < Duration::from_secs(60), "{ready} of {NODES} nodes ready after the thaw");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 
     // The simulator's record: each task's exit accepted exactly once.
     sim.signal(libc::SIGTERM);
@@ -110,9 +126,6 @@ async fn five_hundred_simulated_nodes_run_every_task_exactly_once_through_churn(
     assert_eq!(report.exited.len(), TASKS, "accepted exits: {} (registrations {})", report.exited.len(), report.registrations);
     assert_eq!(unique.len(), TASKS, "an exit was accepted twice");
     assert!(report.registrations >= (NODES + 10) as u64, "the frozen nodes registered again: {}", report.registrations);
-    let (_, nodes) = http.get("/v1/nodes").await;
-    let ready = nodes["nodes"].as_array().map_or(0, |n| n.iter().filter(|n| n["state"] == "ready").count());
-    assert_eq!(ready, NODES, "every node is back");
 }
 
 fn tail(text: &str) -> String {

@@ -223,9 +223,12 @@ async fn stream(State(state): State<AppState>, headers: HeaderMap) -> Result<Res
     // a newer stream replaced this one) the pinger stops and the stream ends.
     let agents = state.agent_api.agents.clone();
     let pinger_node = node.clone();
+    let (liveness, node_timeout) = (state.agent_api.liveness.clone(), state.agent_api.node_timeout);
     tokio::spawn(async move {
         while agents.is_current(&pinger_node, &tx) && tx.send(AgentMessage::Ping).is_ok() {
-            tokio::time::sleep(Duration::from_secs(5)).await;
+            // As often as the node heartbeats, between 5 and 10 s: an agent
+            // takes 15 s of silence for a broken link.
+            tokio::time::sleep(liveness.interval(node_timeout).clamp(Duration::from_secs(5), Duration::from_secs(10))).await;
         }
     });
     // Messages waiting together go out in one write (a pass that places

@@ -431,9 +431,12 @@ async fn watch_nodes(
 ) {
     let store = observer.store.clone();
     let mut leading_since: Option<i64> = None;
+    // A tenth of the timeout between looks (1 to 5 s): listing thousands of
+    // nodes every second would cost more than it tells.
+    let every = (timeout / 10).clamp(Duration::from_secs(1), Duration::from_secs(5));
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = tokio::time::sleep(every) => {}
             _ = shutdown.changed() => return,
         }
         let Some(lease) = leadership.lease() else {

@@ -97,7 +97,7 @@ fn sub(a: Resources, b: Resources) -> Resources {
 
 /// How long node records are trusted without a change seen here (changes
 /// made through other servers show up within this).
-const RECORDS_FOR: std::time::Duration = std::time::Duration::from_secs(2);
+const RECORDS_FOR: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Inner {
     fn hold(&mut self, task: TaskId, holding: Holding) {
@@ -438,6 +438,40 @@ mod tests {
         view.next_pass();
         view.placed(id(1), holding("a", 2));
         assert_eq!(view.len(), 1, "an old tombstone is gone after two passes");
+    }
+
+    #[test]
+    fn applied_events_that_take_a_task_off_its_node_release_it_and_no_others() {
+        use shepherd_core::Decision;
+        use shepherd_store::Applied;
+        let applied = |n: u8, from: TaskState, to: TaskState| {
+            let decision = Decision {
+                to,
+                open_attempt: None,
+                close_attempt: None,
+                charge_attempt: false,
+                retry_after: None,
+                exit_code: None,
+                reason: None,
+                request_cancel: false,
+            };
+            Ok(Applied { task_id: id(n), from, decision, attempt: 1, node_id: Some("a".into()) })
+        };
+        let view = ClusterView::default();
+        view.rebuild(&[]);
+        for n in 1..=4 {
+            view.placed(id(n), holding("a", 1));
+        }
+        let results = vec![
+            applied(1, TaskState::Scheduled, TaskState::Running),
+            applied(2, TaskState::Running, TaskState::Succeeded),
+            applied(3, TaskState::Running, TaskState::Queued),
+            applied(4, TaskState::Running, TaskState::Running),
+            applied(5, TaskState::Queued, TaskState::Cancelled),
+            Err(shepherd_store::ApplyError::NotFound(id(6))),
+        ];
+        assert_eq!(view.observe(&results), vec![(id(2), 1), (id(3), 1)]);
+        assert_eq!(view.len(), 2, "started and cancel-requested tasks still hold their place");
     }
 
     #[test]
