@@ -48,8 +48,18 @@ pub struct Args {
     /// Seconds of idle heartbeating measured per node count.
     #[arg(long, default_value_t = 10)]
     idle_seconds: u64,
+    /// Extra arguments for `shepherd server` (repeatable), e.g. `--server-arg=--sync=normal`.
+    #[arg(long = "server-arg", allow_hyphen_values = true)]
+    server_args: Vec<String>,
     #[arg(long)]
     shepherd: Option<PathBuf>,
+    /// Another shepherd binary (the previous version) whose server is
+    /// measured the same way, just before this one, at each node count up
+    /// to --baseline-max-nodes (the simulator is always this version's).
+    #[arg(long)]
+    baseline: Option<PathBuf>,
+    #[arg(long, default_value_t = 5000)]
+    baseline_max_nodes: usize,
     #[arg(long)]
     json: Option<PathBuf>,
     /// A plot of tasks started over time, one line per measurement.
@@ -60,6 +70,8 @@ pub struct Args {
 /// One measurement.
 #[derive(Debug, Clone, Serialize)]
 struct Measure {
+    /// Which server: "this" or "baseline".
+    server: String,
     nodes: usize,
     running: usize,
     tasks: usize,
@@ -187,14 +199,17 @@ async fn follow(stats: &Path, target: u64, from: Instant, limit: Duration) -> Re
     }
 }
 
-async fn measure(binary: &Path, args: &Args, nodes: usize, running: usize) -> Result<(Measure, ServerProcess, Sim, tempfile::TempDir)> {
+async fn measure(
+    binary: &Path,
+    server_binary: &Path,
+    args: &Args,
+    nodes: usize,
+    running: usize,
+) -> Result<(Measure, ServerProcess, Sim, tempfile::TempDir)> {
     let dir = tempfile::tempdir()?;
-    let server = start_shepherd(
-        binary,
-        "server",
-        &dir.path().join("server"),
-        &["--join-token", BENCH_JOIN_TOKEN, "--max-connections", "60000", "--node-timeout", "60s"],
-    )?;
+    let mut server_args = vec!["--join-token", BENCH_JOIN_TOKEN, "--max-connections", "60000", "--node-timeout", "60s"];
+    server_args.extend(args.server_args.iter().map(String::as_str));
+    let server = start_shepherd(server_binary, "server", &dir.path().join("server"), &server_args)?;
     let pid = server.0.id();
     let stats = dir.path().join("sim.json");
     let sim = start_sim(binary, &server.1, nodes, args, &stats)?;
@@ -225,6 +240,7 @@ async fn measure(binary: &Path, args: &Args, nodes: usize, running: usize) -> Re
     let server_cores = (cpu_seconds(pid) - server_before) / seconds;
     let sim_cores = (cpu_seconds(sim.0.id()) - sim_before) / seconds;
     let measure = Measure {
+        server: if server_binary == binary { "this".into() } else { "baseline".into() },
         nodes,
         running,
         tasks: args.tasks,
@@ -333,9 +349,14 @@ pub async fn run(args: Args) -> Result<()> {
     let mut measures = Vec::new();
     let mut latency_result = None;
     let largest = args.nodes.iter().copied().max().unwrap_or(0);
+    let mut baselines = Vec::new();
     for &nodes in &args.nodes {
+        if let Some(baseline) = args.baseline.as_ref().filter(|_| nodes <= args.baseline_max_nodes) {
+            eprintln!("scale (baseline {}): {nodes} nodes, nothing running", baseline.display());
+            baselines.push(measure(&binary, baseline, &args, nodes, 0).await?.0);
+        }
         eprintln!("scale: {nodes} nodes, nothing running");
-        let (measure, server, _sim, dir) = measure(&binary, &args, nodes, 0).await?;
+        let (measure, server, _sim, dir) = measure(&binary, &binary, &args, nodes, 0).await?;
         if nodes == args.latency_nodes {
             let rate = measure.started_per_second / 2.0;
             eprintln!("  latency at {rate:.0} tasks/s for {}s", args.latency_seconds);
@@ -349,7 +370,7 @@ pub async fn run(args: Args) -> Result<()> {
     }
     for &running in args.running.iter().filter(|r| **r > 0) {
         eprintln!("scale: {largest} nodes, {running} running");
-        let (measure, _server, _sim, _dir) = measure(&binary, &args, largest, running).await?;
+        let (measure, _server, _sim, _dir) = measure(&binary, &binary, &args, largest, running).await?;
         measures.push(measure);
     }
     println!("| nodes | running | tasks/s started | server cores | simulator cores | idle server (heartbeats) | server RSS |");
@@ -366,6 +387,15 @@ pub async fn run(args: Args) -> Result<()> {
             m.server_rss_mib
         );
     }
+    if !baselines.is_empty() {
+        println!("\n| nodes | baseline tasks/s | this version tasks/s | ratio |");
+        println!("|---|---|---|---|");
+        for b in &baselines {
+            if let Some(m) = measures.iter().find(|m| m.nodes == b.nodes && m.running == 0) {
+                println!("| {} | {:.0} | {:.0} | {:.2}× |", b.nodes, b.started_per_second, m.started_per_second, m.started_per_second / b.started_per_second);
+            }
+        }
+    }
     if let Some(l) = &latency_result {
         println!(
             "\nsubmit→start at {:.0} tasks/s on {} nodes: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms ({} tasks)",
@@ -373,7 +403,8 @@ pub async fn run(args: Args) -> Result<()> {
         );
     }
     if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_string_pretty(&serde_json::json!({ "measures": measures, "latency": latency_result }))?)?;
+        let record = serde_json::json!({ "measures": measures, "baselines": baselines, "latency": latency_result });
+        std::fs::write(path, serde_json::to_string_pretty(&record)?)?;
     }
     if let Some(path) = &args.svg {
         std::fs::write(path, plot(&measures))?;

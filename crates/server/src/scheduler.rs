@@ -20,7 +20,7 @@
 use crate::links::NodeLinks;
 use crate::placement_notes::PlacementNotes;
 use crate::view::{label_pairs, ClusterView, Holding};
-use shepherd_core::{Constraint, Event, ProjectLimits, Resources, TaskId, Timestamp};
+use shepherd_core::{Constraint, Event, LaunchSpec, ProjectLimits, Resources, TaskId, Timestamp};
 use shepherd_sched::{AntiAffinity, Engine, NodeSnapshot, PendingTask, QuotaLedger, Wait};
 use shepherd_store::{NodeRecord, QueueCursor, QueueQuery, QueuedTask, Store, StoreError};
 use std::collections::{BTreeMap, HashMap};
@@ -330,11 +330,30 @@ impl Scheduler {
                 self.view.placed(a.task_id, holding);
             }
         }
-        // The agents get what they need to start with the assignment, read in one go.
-        let launches = self.store.launch_specs(applied.iter().map(|a| a.task_id).collect()).await?;
+        // The agents get what they need to start with the assignment. A
+        // task with neither payload nor secrets needs nothing more than the
+        // spec the pass read; the others are read in one go.
+        let mut plain = pages.plain;
+        let to_read: Vec<TaskId> = applied.iter().filter(|a| !plain.contains_key(&a.task_id)).map(|a| a.task_id).collect();
+        let mut read: HashMap<TaskId, LaunchSpec> =
+            self.store.launch_specs(to_read).await?.into_iter().flatten().map(|l| (l.id, l)).collect();
         let mut placed = Vec::new();
-        for (applied, launch) in applied.into_iter().zip(launches) {
-            let node = applied.node_id.unwrap_or_default();
+        for applied in applied {
+            let node = applied.node_id.clone().unwrap_or_default();
+            let launch = match plain.remove(&applied.task_id) {
+                Some(spec) => Some(LaunchSpec {
+                    id: applied.task_id,
+                    state: applied.decision.to,
+                    attempt: applied.attempt,
+                    node_id: applied.node_id.clone(),
+                    cancel_requested: false,
+                    spec,
+                    payload: None,
+                    attempt_started_at: None,
+                    secrets: Default::default(),
+                }),
+                None => read.remove(&applied.task_id),
+            };
             match launch {
                 Some(launch) if launch.attempt == applied.attempt => {
                     tracing::debug!(?launch, node, "assigning");
@@ -367,6 +386,9 @@ struct Pages {
     scores: Vec<(TaskId, Vec<shepherd_sched::NodeScore>)>,
     /// What each placed task will hold (project, resources, labels).
     holdings: HashMap<TaskId, (String, Resources, Vec<String>)>,
+    /// Placed tasks with neither payload nor secrets: their launch spec is
+    /// their spec, with nothing more to read.
+    plain: HashMap<TaskId, shepherd_core::TaskSpec>,
     more: bool,
 }
 
@@ -413,6 +435,9 @@ fn place_pages(
                 if let Some(task) = by_id.get(&placement.task_id) {
                     let holding = (task.spec.project.clone(), task.spec.resources, label_pairs(&task.spec.labels));
                     pages.holdings.insert(placement.task_id, holding);
+                    if !task.has_payload && task.spec.secrets.is_empty() {
+                        pages.plain.insert(placement.task_id, task.spec.clone());
+                    }
                 }
             }
         }

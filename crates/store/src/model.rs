@@ -53,6 +53,8 @@ pub struct QueuedTask {
     pub spec: TaskSpec,
     /// Its placement shape ([`shepherd_core::shape`]).
     pub shape: i64,
+    /// Whether it has a payload (which the queue read leaves out).
+    pub has_payload: bool,
 }
 
 impl QueuedTask {

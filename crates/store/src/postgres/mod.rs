@@ -694,7 +694,8 @@ impl Store for PgStore {
         }
         let per_project = (query.limit / projects.len()).max(16);
         let skip: Vec<i64> = query.skip_shapes;
-        let base = "SELECT id, spec, shape FROM tasks WHERE state = 'queued' AND project = $1 AND not_before <= $2 AND shape <> ALL($3)";
+        let base =
+            "SELECT id, spec, shape, payload_bytes FROM tasks WHERE state = 'queued' AND project = $1 AND not_before <= $2 AND shape <> ALL($3)";
         let order = "ORDER BY priority DESC, id LIMIT $4";
         let head = client.prepare_cached(&format!("{base} {order}")).await.map_err(error)?;
         let same = client.prepare_cached(&format!("{base} AND priority = $5 AND id > $6 {order}")).await.map_err(error)?;
@@ -719,6 +720,7 @@ impl Store for PgStore {
                     id: parse_id(row.get::<_, &str>(0))?,
                     spec: serde_json::from_str(row.get::<_, &str>(1)).map_err(|e| corrupt("spec", e))?,
                     shape: row.get(2),
+                    has_payload: row.get::<_, i64>(3) > 0,
                 });
             }
             if full {
