@@ -392,7 +392,13 @@ pub async fn run(args: Args) -> Result<()> {
         println!("|---|---|---|---|");
         for b in &baselines {
             if let Some(m) = measures.iter().find(|m| m.nodes == b.nodes && m.running == 0) {
-                println!("| {} | {:.0} | {:.0} | {:.2}× |", b.nodes, b.started_per_second, m.started_per_second, m.started_per_second / b.started_per_second);
+                println!(
+                    "| {} | {:.0} | {:.0} | {:.2}× |",
+                    b.nodes,
+                    b.started_per_second,
+                    m.started_per_second,
+                    m.started_per_second / b.started_per_second
+                );
             }
         }
     }

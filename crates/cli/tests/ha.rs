@@ -189,6 +189,8 @@ async fn three_servers_survive_losing_their_leader_twice_a_follower_and_a_frozen
         None => Some(dir),
     };
     eprintln!("logs in {}", dir_path.display());
+    // The leaders' in-memory views are checked against the store every 2 s.
+    std::env::set_var("SHEPHERD_VIEW_CHECK", "2");
     let store = common::fresh_postgres_database().await;
     let mut servers = Servers { dir: dir_path.clone(), store, ports: (0..3).map(|_| free_port()).collect(), procs: vec![None, None, None] };
     for i in 0..3 {
@@ -296,6 +298,20 @@ async fn three_servers_survive_losing_their_leader_twice_a_follower_and_a_frozen
     let nodes = nodes["nodes"].as_array().cloned().unwrap_or_default();
     assert_eq!(nodes.len(), 3, "{nodes:?}");
     assert!(nodes.iter().all(|n| n["state"] == "ready"), "{nodes:?}");
+    // The views never held less than the store (releases from followers may
+    // arrive late, which only holds capacity back for a moment).
+    let mut checks = 0;
+    for entry in std::fs::read_dir(&dir_path).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if name.starts_with("server") && name.ends_with(".log") {
+            let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            checks += text.matches("scheduler view matches the store").count();
+            for line in text.lines().filter(|l| l.contains("scheduler view differs")) {
+                assert!(!line.contains("held too little"), "{name}: {line}");
+            }
+        }
+    }
+    assert!(checks > 0, "the leaders' views were checked");
     for mut agent in agents {
         agent.kill();
     }

@@ -204,7 +204,10 @@ impl Scheduler {
             tracing::info!(active = self.view.len(), "scheduler view matches the store");
             return;
         }
-        tracing::error!(count = lasting.len(), first = ?lasting.iter().take(5).collect::<Vec<_>>(), "scheduler view differs from the store; rebuilding it");
+        // Holding too much only holds capacity back; too little could overcommit a node.
+        let too_little = lasting.iter().any(|d| !d.contains("not active in the store"));
+        let kind = if too_little { "held too little" } else { "held too much" };
+        tracing::error!(count = lasting.len(), kind, first = ?lasting.iter().take(5).collect::<Vec<_>>(), "scheduler view differs from the store; rebuilding it");
         self.view.invalidate();
     }
 

@@ -122,7 +122,10 @@ where
     let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
     let mut closing = false;
-    let tick = (limits.idle_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
+    // Wakes when the connection could first have been idle for the whole
+    // timeout, not on a tick: 10,000 agent streams cost no timer work
+    // between their messages.
+    let mut deadline = tokio::time::Instant::now() + limits.idle_timeout;
     loop {
         tokio::select! {
             result = conn.as_mut() => {
@@ -131,11 +134,13 @@ where
                 }
                 return;
             }
-            _ = tokio::time::sleep(tick), if !closing => {
+            _ = tokio::time::sleep_until(deadline), if !closing => {
                 let idle = started.elapsed().saturating_sub(Duration::from_millis(last.load(Ordering::Relaxed)));
                 if idle >= limits.idle_timeout {
                     conn.as_mut().graceful_shutdown();
                     closing = true;
+                } else {
+                    deadline = tokio::time::Instant::now() + (limits.idle_timeout - idle);
                 }
             }
             _ = stopped(&mut shutdown), if !closing => {
