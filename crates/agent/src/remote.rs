@@ -238,7 +238,8 @@ async fn session(backend: &Arc<HttpBackend>, agent: &Agent, join: &JoinConfig) -
                 tokio::time::sleep(every).await;
                 let images = images.read().map(|i| i.clone()).unwrap_or_default();
                 let body = Heartbeat { images, running: agent.running_count() };
-                let request = backend.request(reqwest::Method::POST, "/v1/agent/heartbeat").timeout(Duration::from_secs(5)).json(&body);
+                let timeout = every.clamp(Duration::from_secs(1), Duration::from_secs(5));
+                let request = backend.request(reqwest::Method::POST, "/v1/agent/heartbeat").timeout(timeout).json(&body);
                 match backend.send::<HeartbeatAnswer>(request).await {
                     Ok(answer) => {
                         if let Some(ms) = answer.heartbeat_ms {

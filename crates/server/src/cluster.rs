@@ -258,8 +258,8 @@ impl Cluster {
         if let (Some(record), Some(local)) = (node_record, agent.clone()) {
             background.push(tokio::spawn(heartbeat(dyn_store.clone(), local, record.id, shutdown_rx.clone())));
         }
-        // Heartbeats reach the store in batches, a few times per node timeout.
-        let flush_every = (config.node_timeout / 3).clamp(Duration::from_millis(100), Duration::from_secs(5));
+        // Heartbeats reach the store in batches, five times per node timeout (at most 5 s apart).
+        let flush_every = (config.node_timeout / 5).clamp(Duration::from_millis(100), Duration::from_secs(5));
         background.push(tokio::spawn(crate::liveness::flush(
             dyn_store.clone(),
             liveness.clone(),

@@ -138,7 +138,7 @@ pub async fn dispatch(
             Err(RecvError::Lagged(missed)) => {
                 tracing::warn!(missed, "fell behind the other servers' messages; agents reconcile");
                 remote.reconcile_all();
-                view.invalidate();
+                view.mark_stale();
                 continue;
             }
             Err(RecvError::Closed) => return,
@@ -146,7 +146,7 @@ pub async fn dispatch(
         if text == shepherd_store::postgres::RESYNC {
             remote.reconcile_all();
             // Releases may have been missed too: the scheduler reads them again.
-            view.invalidate();
+            view.mark_stale();
             continue;
         }
         match serde_json::from_str::<Dispatch>(&text) {

@@ -57,11 +57,11 @@ impl Liveness {
 
     /// The heartbeat interval agents are told: the number of nodes heard
     /// here divided by [`BEATS_PER_SECOND`], at least 2 s, and at most a
-    /// third of the node timeout, so failure detection never waits longer
-    /// than the timeout (several beats fit in it).
+    /// fifth of the node timeout, so that a lost beat, a slow answer and
+    /// the batched write together still fit well inside the timeout.
     pub fn interval(&self, node_timeout: Duration) -> Duration {
         let spread = Duration::from_millis((self.known() as u64).saturating_mul(1000) / BEATS_PER_SECOND);
-        spread.max(MIN_INTERVAL).min((node_timeout / 3).max(Duration::from_millis(100)))
+        spread.max(MIN_INTERVAL).min((node_timeout / 5).max(Duration::from_millis(100)))
     }
 
     /// Records a heartbeat (or a registration).
@@ -122,11 +122,16 @@ impl Liveness {
         std::mem::take(&mut inner.unflushed).into_iter().map(|(id, (at, images))| NodeBeat { id, at, images }).collect()
     }
 
-    /// A write failed: its images must be written again.
-    fn forget_images(&self, beats: &[NodeBeat]) {
+    /// A write failed: the beats go back for the next one (a newer beat
+    /// heard meanwhile wins), and their images must be written again.
+    fn restore(&self, beats: Vec<NodeBeat>) {
         if let Ok(mut inner) = self.inner.lock() {
-            for beat in beats.iter().filter(|b| b.images.is_some()) {
-                inner.images.remove(&beat.id);
+            for beat in beats {
+                if beat.images.is_some() {
+                    inner.images.remove(&beat.id);
+                }
+                let entry = inner.unflushed.entry(beat.id).or_insert((beat.at, None));
+                entry.0 = entry.0.max(beat.at);
             }
         }
     }
@@ -165,8 +170,8 @@ pub async fn flush(
                 }
             }
             Err(e) => {
-                liveness.forget_images(&beats);
-                tracing::warn!(error = %e, nodes = beats.len(), "heartbeats not stored");
+                tracing::warn!(error = %e, nodes = beats.len(), "heartbeats not stored; kept for the next write");
+                liveness.restore(beats);
             }
         }
     }
@@ -198,8 +203,8 @@ mod tests {
             liveness.beat(&format!("n{i}"));
         }
         assert_eq!(liveness.interval(Duration::from_secs(60)), Duration::from_secs(4));
-        assert_eq!(liveness.interval(Duration::from_secs(9)), Duration::from_secs(3), "a third of the timeout at most");
-        assert_eq!(liveness.interval(Duration::from_secs(3)), Duration::from_secs(1), "short timeouts win over the minimum");
+        assert_eq!(liveness.interval(Duration::from_secs(15)), Duration::from_secs(3), "a fifth of the timeout at most");
+        assert_eq!(liveness.interval(Duration::from_secs(5)), Duration::from_secs(1), "short timeouts win over the minimum");
     }
 
     #[test]
@@ -220,8 +225,13 @@ mod tests {
         liveness.beat_with("a", vec!["x".into(), "y".into()]);
         let beats = liveness.take_unflushed();
         assert_eq!(beats[0].images.as_ref().map(Vec::len), Some(2));
-        liveness.forget_images(&beats);
+        let at = beats[0].at;
+        liveness.restore(beats);
+        let again = liveness.take_unflushed();
+        assert_eq!((again.len(), again[0].at), (1, at), "a failed write's beats go back");
+        liveness.restore(again);
         liveness.beat_with("a", vec!["x".into(), "y".into()]);
-        assert!(liveness.take_unflushed()[0].images.is_some(), "written again after a failed write");
+        let again = liveness.take_unflushed();
+        assert!(again[0].images.is_some() && again[0].at >= at, "images written again, the newer time kept");
     }
 }

@@ -231,6 +231,9 @@ impl Scheduler {
                 *epoch = Some(lease.epoch);
             }
         }
+        if self.view.take_stale() {
+            self.view.invalidate();
+        }
         self.view.next_pass();
         let now = Timestamp::now();
         let records = match self.view.records() {
@@ -311,7 +314,12 @@ impl Scheduler {
                 self.leadership.step_down();
                 return Ok(PassOutcome::default());
             }
-            Err(e) => return Err(e),
+            Err(e) => {
+                // The placements may have been committed all the same (a
+                // connection lost after COMMIT): read them back next pass.
+                self.view.invalidate();
+                return Err(e);
+            }
         };
         let mut applied = Vec::new();
         for result in results {

@@ -70,6 +70,9 @@ impl Default for NodeUse {
 #[derive(Default)]
 pub struct ClusterView {
     inner: Mutex<Inner>,
+    /// Set from outside the scheduler (releases may have been missed): the
+    /// scheduler rebuilds at the start of its next pass, never mid-pass.
+    stale: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
@@ -155,7 +158,19 @@ impl ClusterView {
         self.inner.lock().map(|i| i.built).unwrap_or(false)
     }
 
+    /// Asks the scheduler to rebuild the view before its next pass (safe
+    /// from any task: a pass in flight keeps the view it started with).
+    pub fn mark_stale(&self) {
+        self.stale.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether a rebuild was asked for since the last call.
+    pub fn take_stale(&self) -> bool {
+        self.stale.swap(false, std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Forgets everything: the next pass rebuilds it (leadership changed).
+    /// Only the scheduler calls it, between its own reads of the view.
     pub fn invalidate(&self) {
         if let Ok(mut inner) = self.inner.lock() {
             *inner = Inner::default();

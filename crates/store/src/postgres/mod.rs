@@ -695,7 +695,7 @@ impl Store for PgStore {
         let per_project = (query.limit / projects.len()).max(16);
         let skip: Vec<i64> = query.skip_shapes;
         let base =
-            "SELECT id, spec, shape, payload_bytes FROM tasks WHERE state = 'queued' AND project = $1 AND not_before <= $2 AND shape <> ALL($3)";
+            "SELECT id, spec, shape, payload IS NOT NULL FROM tasks WHERE state = 'queued' AND project = $1 AND not_before <= $2 AND shape <> ALL($3)";
         let order = "ORDER BY priority DESC, id LIMIT $4";
         let head = client.prepare_cached(&format!("{base} {order}")).await.map_err(error)?;
         let same = client.prepare_cached(&format!("{base} AND priority = $5 AND id > $6 {order}")).await.map_err(error)?;
@@ -720,7 +720,7 @@ impl Store for PgStore {
                     id: parse_id(row.get::<_, &str>(0))?,
                     spec: serde_json::from_str(row.get::<_, &str>(1)).map_err(|e| corrupt("spec", e))?,
                     shape: row.get(2),
-                    has_payload: row.get::<_, i64>(3) > 0,
+                    has_payload: row.get::<_, bool>(3),
                 });
             }
             if full {
@@ -890,7 +890,10 @@ impl Store for PgStore {
         let client = self.client().await?;
         let images = serde_json::to_string(&images).map_err(|e| corrupt("images", e))?;
         let row = client
-            .query_opt("UPDATE nodes SET last_heartbeat_at = $2, images = $3 WHERE id = $1 RETURNING state", &[&id, &at.millis(), &images])
+            .query_opt(
+                "UPDATE nodes SET last_heartbeat_at = GREATEST(last_heartbeat_at, $2), images = $3 WHERE id = $1 RETURNING state",
+                &[&id, &at.millis(), &images],
+            )
             .await
             .map_err(error)?;
         row.map(|row| {
@@ -905,9 +908,12 @@ impl Store for PgStore {
             return Ok(Vec::new());
         }
         let client = self.client().await?;
-        let ids: Vec<&str> = beats.iter().map(|b| b.id.as_str()).collect();
-        let times: Vec<i64> = beats.iter().map(|b| b.at.millis()).collect();
-        let images = beats
+        // In id order, so two servers' batches lock rows in the same order.
+        let mut sorted: Vec<&NodeBeat> = beats.iter().collect();
+        sorted.sort_by(|a, b| a.id.cmp(&b.id));
+        let ids: Vec<&str> = sorted.iter().map(|b| b.id.as_str()).collect();
+        let times: Vec<i64> = sorted.iter().map(|b| b.at.millis()).collect();
+        let images = sorted
             .iter()
             .map(|b| b.images.as_ref().map(serde_json::to_string).transpose().map_err(|e| corrupt("images", e)))
             .collect::<Result<Vec<Option<String>>, StoreError>>()?;
@@ -926,7 +932,7 @@ impl Store for PgStore {
             let state = NodeState::parse(&state).ok_or_else(|| StoreError::Corrupt(format!("bad node state `{state}`")))?;
             states.insert(row.get::<_, String>(0), state);
         }
-        Ok(ids.iter().map(|id| states.get(*id).copied()).collect())
+        Ok(beats.iter().map(|b| states.get(&b.id).copied()).collect())
     }
 
     async fn set_node_state(&self, id: &str, state: NodeState) -> Result<bool, StoreError> {

@@ -402,7 +402,8 @@ impl Store for SqliteStore {
             };
             // After a cursor the read is two index seeks: the rest of the
             // cursor's priority, then the lower priorities.
-            let base = "SELECT id, spec, shape, payload_bytes FROM tasks WHERE state = 'queued' AND project = ?1 AND not_before <= ?2";
+            let base =
+                "SELECT id, spec, shape, payload IS NOT NULL FROM tasks WHERE state = 'queued' AND project = ?1 AND not_before <= ?2";
             let order = "ORDER BY priority DESC, id LIMIT ?3";
             let head = format!("{base}{skip_clause} {order}");
             let same = format!("{base} AND priority = ?4 AND id > ?5{skip_clause} {order}");
@@ -435,7 +436,7 @@ impl Store for SqliteStore {
                             id: rows::parse_id(&row.get::<_, String>(0)?)?,
                             spec: serde_json::from_str(&spec).map_err(|e| StoreError::Corrupt(format!("spec: {e}")))?,
                             shape: row.get(2)?,
-                            has_payload: row.get::<_, i64>(3)? > 0,
+                            has_payload: row.get::<_, i64>(3)? != 0,
                         });
                         left -= 1;
                     }
