@@ -7,9 +7,9 @@
 //!
 //! It is built to cost the simulator little per node, so the server is what
 //! a benchmark measures: one task per node reads its stream; one per node
-//! reports (events coalesced for `report_every`, heartbeats every
-//! `heartbeat`, one request at a time, so a node's reports stay in order);
-//! one timer task ends every simulated run.
+//! reports (events coalesced for `report_every`, one request at a time, so
+//! a node's reports stay in order); one per node heartbeats (every
+//! `heartbeat`, or as the server says); one timer task ends every simulated run.
 //!
 //! A task's run time is its label `nodesim.run_ms` if it has one, else drawn
 //! from the configured range; its exit code is its label `nodesim.exit_code`
@@ -214,6 +214,8 @@ impl Fleet {
             tasks.push(tokio::spawn(async move { fleet.node_loop(index).await }));
             let fleet = self.clone();
             tasks.push(tokio::spawn(async move { fleet.reporter(index).await }));
+            let fleet = self.clone();
+            tasks.push(tokio::spawn(async move { fleet.heartbeater(index).await }));
         }
         let timer = {
             let fleet = self.clone();
@@ -420,33 +422,39 @@ impl Fleet {
         Ok(())
     }
 
-    /// Sends the node's reports and heartbeats, one request at a time.
+    /// Sends the node's reports, one request at a time (so they stay in order).
     async fn reporter(self: Arc<Fleet>, index: usize) {
         let node = self.nodes[index].clone();
-        // Heartbeats spread over the interval, not all at once.
-        let offset = self.config.heartbeat.mul_f64(index as f64 / self.nodes.len().max(1) as f64);
-        let mut next_beat = tokio::time::Instant::now() + offset;
-        let every = |node: &SimNode| match node.every_ms.load(Ordering::Relaxed) {
-            0 => self.config.heartbeat,
-            ms => Duration::from_millis(ms),
-        };
         loop {
-            tokio::select! {
-                _ = node.wake.notified() => tokio::time::sleep(self.config.report_every).await,
-                _ = tokio::time::sleep_until(next_beat) => {}
-            }
+            node.wake.notified().await;
+            tokio::time::sleep(self.config.report_every).await;
             if node.paused.load(Ordering::SeqCst) || node.token.lock().map(|t| t.is_empty()).unwrap_or(true) {
-                next_beat = tokio::time::Instant::now() + every(&node);
                 continue;
             }
             let events = node.inner.lock().map(|mut inner| std::mem::take(&mut inner.pending)).unwrap_or_default();
             if !events.is_empty() {
                 self.send_events(&node, events).await;
             }
-            if tokio::time::Instant::now() >= next_beat {
-                self.heartbeat(&node).await;
-                next_beat = tokio::time::Instant::now() + every(&node);
+        }
+    }
+
+    /// Heartbeats the node on its own schedule: a slow report never delays
+    /// them (a real agent's heartbeat runs apart from its reports too).
+    async fn heartbeater(self: Arc<Fleet>, index: usize) {
+        let node = self.nodes[index].clone();
+        // Spread over the interval, not all at once.
+        let offset = self.config.heartbeat.mul_f64(index as f64 / self.nodes.len().max(1) as f64);
+        tokio::time::sleep(offset).await;
+        loop {
+            let every = match node.every_ms.load(Ordering::Relaxed) {
+                0 => self.config.heartbeat,
+                ms => Duration::from_millis(ms),
+            };
+            tokio::time::sleep(every).await;
+            if node.paused.load(Ordering::SeqCst) || node.token.lock().map(|t| t.is_empty()).unwrap_or(true) {
+                continue;
             }
+            self.heartbeat(&node).await;
         }
     }
 
