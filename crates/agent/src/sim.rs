@@ -244,13 +244,14 @@ impl Fleet {
         }
     }
 
-    fn post(&self, node: &SimNode, path: &str) -> reqwest::RequestBuilder {
+    /// A request as the node: its token and the protocol header.
+    fn request(&self, method: reqwest::Method, node: &SimNode, path: &str) -> reqwest::RequestBuilder {
         let token = node.token.lock().map(|t| t.clone()).unwrap_or_default();
-        self.http
-            .post(format!("{}{path}", self.config.server))
-            .bearer_auth(token)
-            .header(PROTOCOL_HEADER, PROTOCOL_VERSION)
-            .timeout(Duration::from_secs(30))
+        self.http.request(method, format!("{}{path}", self.config.server)).bearer_auth(token).header(PROTOCOL_HEADER, PROTOCOL_VERSION)
+    }
+
+    fn post(&self, node: &SimNode, path: &str) -> reqwest::RequestBuilder {
+        self.request(reqwest::Method::POST, node, path).timeout(Duration::from_secs(30))
     }
 
     /// Register, follow the stream, again after any break or a freeze.
@@ -304,15 +305,7 @@ impl Fleet {
         node.every_ms.store(registered.heartbeat_ms.unwrap_or(0), Ordering::Relaxed);
         node.reconnect.store(false, Ordering::SeqCst);
         self.stats.registrations.fetch_add(1, Ordering::Relaxed);
-        let token = node.token.lock().map(|t| t.clone()).unwrap_or_default();
-        let mut response = self
-            .http
-            .get(format!("{}/v1/agent/stream", self.config.server))
-            .bearer_auth(token)
-            .header(PROTOCOL_HEADER, PROTOCOL_VERSION)
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
+        let mut response = self.request(reqwest::Method::GET, node, "/v1/agent/stream").send().await.map_err(|e| e.to_string())?;
         if !response.status().is_success() {
             return Err(format!("stream: {}", response.status()));
         }
@@ -382,15 +375,7 @@ impl Fleet {
     async fn reconcile(&self, index: usize, node: &Arc<SimNode>) -> Result<(), String> {
         self.stats.reconciles.fetch_add(1, Ordering::Relaxed);
         let _permit = self.requests.acquire().await.map_err(|e| e.to_string())?;
-        let token = node.token.lock().map(|t| t.clone()).unwrap_or_default();
-        let response = self
-            .http
-            .get(format!("{}/v1/agent/assigned", self.config.server))
-            .bearer_auth(token)
-            .header(PROTOCOL_HEADER, PROTOCOL_VERSION)
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
+        let response = self.request(reqwest::Method::GET, node, "/v1/agent/assigned").send().await.map_err(|e| e.to_string())?;
         if !response.status().is_success() {
             return Err(format!("assigned: {}", response.status()));
         }

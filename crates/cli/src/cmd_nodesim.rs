@@ -1,7 +1,7 @@
 //! `shepherd nodesim` (hidden): joins many simulated nodes to a server over
 //! the real agent protocol, for benchmarks and scale tests.
 
-use crate::node::{read_token, stop_signal};
+use crate::node::{stop_signal, JoinFlags};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use shepherd_agent::sim::{Churn, Fleet, SimConfig};
@@ -13,15 +13,8 @@ use std::time::Duration;
 
 #[derive(Args)]
 pub struct NodesimArgs {
-    /// The server to join, e.g. http://127.0.0.1:7070.
-    #[arg(long, env = "SHEPHERD_JOIN")]
-    join: String,
-    /// The cluster's join token.
-    #[arg(long, env = "SHEPHERD_JOIN_TOKEN", hide_env_values = true)]
-    join_token: Option<String>,
-    /// A file holding the join token.
-    #[arg(long, conflicts_with = "join_token")]
-    join_token_file: Option<PathBuf>,
+    #[command(flatten)]
+    join: JoinFlags,
     /// How many nodes to simulate.
     #[arg(long, default_value_t = 100)]
     nodes: usize,
@@ -81,12 +74,8 @@ fn parse_run_ms(text: &str) -> Result<(u64, u64)> {
 }
 
 pub async fn nodesim(args: NodesimArgs) -> Result<ExitCode> {
-    let Some(join_token) = read_token(&args.join_token, &args.join_token_file)? else {
-        bail!("shepherd nodesim needs --join-token (or SHEPHERD_JOIN_TOKEN, or --join-token-file)");
-    };
-    if !(args.join.starts_with("http://") || args.join.starts_with("https://")) {
-        bail!("--join `{}`: use the server's URL, e.g. http://127.0.0.1:7070", args.join);
-    }
+    let (servers, join_token) = args.join.resolve("nodesim")?;
+    let [server] = &servers[..] else { bail!("--join: shepherd nodesim joins one server") };
     if args.nodes == 0 {
         bail!("--nodes: at least 1");
     }
@@ -97,7 +86,7 @@ pub async fn nodesim(args: NodesimArgs) -> Result<ExitCode> {
     }
     crate::host::raise_fd_limit();
     let config = SimConfig {
-        server: args.join.trim_end_matches('/').to_string(),
+        server: server.trim_end_matches('/').to_string(),
         join_token,
         nodes: args.nodes,
         prefix: args.prefix.clone(),
@@ -112,7 +101,7 @@ pub async fn nodesim(args: NodesimArgs) -> Result<ExitCode> {
     };
     let fleet = Fleet::new(config, args.record_exits).context("setting up the HTTP client")?;
     let stats = fleet.stats();
-    println!("shepherd nodesim: {} nodes joining {}", args.nodes, args.join);
+    println!("shepherd nodesim: {} nodes joining {server}", args.nodes);
     use std::io::Write;
     let _ = std::io::stdout().flush();
     let progress = {

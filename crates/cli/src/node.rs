@@ -111,6 +111,41 @@ pub async fn choose_driver(wanted: DriverName, node_id: &str, pids_limit: i64) -
     }
 }
 
+/// How a node (or a simulated fleet) joins: the servers and the join token.
+#[derive(clap::Args)]
+pub struct JoinFlags {
+    /// The server to join, e.g. http://10.0.0.1:7070; several, comma-separated,
+    /// for servers sharing a PostgreSQL store (the agent moves on when one is gone).
+    #[arg(long, env = "SHEPHERD_JOIN")]
+    pub join: String,
+    /// The cluster's join token.
+    #[arg(long, env = "SHEPHERD_JOIN_TOKEN", hide_env_values = true)]
+    pub join_token: Option<String>,
+    /// A file holding the join token.
+    #[arg(long, conflicts_with = "join_token")]
+    pub join_token_file: Option<PathBuf>,
+}
+
+impl JoinFlags {
+    /// The server URLs and the join token, checked; `command` names the
+    /// command in the messages.
+    pub fn resolve(&self, command: &str) -> Result<(Vec<String>, String)> {
+        let Some(join_token) = read_token(&self.join_token, &self.join_token_file)? else {
+            anyhow::bail!("shepherd {command} needs --join-token (or SHEPHERD_JOIN_TOKEN, or --join-token-file)");
+        };
+        let servers: Vec<String> = self.join.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect();
+        if servers.is_empty() {
+            anyhow::bail!("--join: give the server's URL, e.g. http://10.0.0.1:7070");
+        }
+        for server in &servers {
+            if !(server.starts_with("http://") || server.starts_with("https://")) {
+                anyhow::bail!("--join `{server}`: use the server's URL, e.g. http://10.0.0.1:7070");
+            }
+        }
+        Ok((servers, join_token))
+    }
+}
+
 pub fn read_token(token: &Option<String>, file: &Option<PathBuf>) -> Result<Option<String>> {
     Ok(match (token, file) {
         (Some(token), _) => Some(token.clone()),
