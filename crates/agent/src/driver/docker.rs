@@ -405,19 +405,37 @@ impl AttemptHandle for ContainerAttempt {
         };
         // The engine may record an OOM kill a while after the exit: for a
         // SIGKILL exit Shepherd did not cause, look again for a moment
-        // before concluding it was not one.
+        // before concluding it was not one. The container's OOM flag is not
+        // enough on its own: an engine that handles the exit before the OOM
+        // notification never sets it (Docker 20.10 under load), but it still
+        // logs the container's `oom` event, so that is looked for too.
         let deadline = tokio::time::Instant::now() + OOM_FLAG_WAIT;
+        let mut round = 0u32;
         let (oom_killed, finished_at) = loop {
-            let (flagged, finished_at) = match self.docker.inspect_container(&self.name, None).await {
+            let (mut flagged, finished_at, started_at) = match self.docker.inspect_container(&self.name, None).await {
                 Ok(info) => {
                     let state = info.state.unwrap_or_default();
-                    (state.oom_killed.unwrap_or(false), state.finished_at.as_deref().and_then(engine_time))
+                    (
+                        state.oom_killed.unwrap_or(false),
+                        state.finished_at.as_deref().and_then(engine_time),
+                        state.started_at.as_deref().and_then(engine_time),
+                    )
                 }
-                Err(_) => (false, None),
+                Err(_) => (false, None, None),
             };
-            if flagged || code != 137 || self.killed || tokio::time::Instant::now() >= deadline {
+            if code != 137 || self.killed {
                 break (flagged, finished_at);
             }
+            if !flagged && round % 4 == 0 {
+                flagged = self.oom_event_logged(started_at).await;
+            }
+            if flagged || tokio::time::Instant::now() >= deadline {
+                if flagged {
+                    tracing::debug!(container = %self.name, "the engine reported an OOM kill");
+                }
+                break (flagged, finished_at);
+            }
+            round += 1;
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
         Ok(ExitStatus { code: i32::try_from(code).unwrap_or(255), oom_killed, finished_at })
@@ -448,6 +466,35 @@ impl AttemptHandle for ContainerAttempt {
 }
 
 impl ContainerAttempt {
+    /// Whether the engine's event log holds an `oom` event for this
+    /// container since it started (or, not knowing when, in the last hour).
+    async fn oom_event_logged(&self, started_at: Option<Timestamp>) -> bool {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let since = started_at.map_or(now.as_secs().saturating_sub(3600), |t| (t.millis() / 1000).saturating_sub(1) as u64);
+        let filters = HashMap::from([("container".to_string(), vec![self.name.clone()]), ("event".to_string(), vec!["oom".to_string()])]);
+        let options = bollard::query_parameters::EventsOptionsBuilder::default()
+            .since(&since.to_string())
+            .until(&format!("{}.{:09}", now.as_secs(), now.subsec_nanos()))
+            .filters(&filters)
+            .build();
+        let mut events = self.docker.events(Some(options));
+        let found = tokio::time::timeout(Duration::from_secs(2), async {
+            while let Some(event) = events.next().await {
+                match event {
+                    Ok(event) if event.action.as_deref() == Some("oom") => return true,
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::debug!(container = %self.name, error = %e, "cannot read the engine's events");
+                        return false;
+                    }
+                }
+            }
+            false
+        })
+        .await;
+        found.unwrap_or(false)
+    }
+
     async fn signal(&self, signal: &str) -> Result<(), DriverError> {
         let options = KillContainerOptionsBuilder::default().signal(signal).build();
         match self.docker.kill_container(&self.name, Some(options)).await {
