@@ -102,6 +102,49 @@ pub async fn apply_every_event(store: &dyn Store) {
     store.create_tasks(vec![a.clone(), b.clone()]).await.unwrap();
     let results = store.apply(vec![(a.id, Event::Cancel), (b.id, Event::Start { attempt: 1, at: None })], now).await.unwrap();
     assert!(results[0].is_ok() && results[1].is_err());
+
+    // A whole life in one call (two attempts, a retry between them) leaves
+    // the same rows as the same events one call each.
+    let mut s = spec("p");
+    s.retry = shepherd_core::RetryPolicy { max_attempts: 3, backoff_seconds: 0 };
+    let (one, all) = (new_task(&mut gen, s.clone()), new_task(&mut gen, s));
+    store.create_tasks(vec![one.clone(), all.clone()]).await.unwrap();
+    let life = vec![
+        Event::Schedule { node_id: "n1".into() },
+        Event::Start { attempt: 1, at: Some(Timestamp(now.millis() - 900)) },
+        Event::Exit { attempt: 1, code: 137, oom_killed: true, at: Some(Timestamp(now.millis() - 800)) },
+        Event::Start { attempt: 1, at: None },
+        Event::Schedule { node_id: "n2".into() },
+        Event::Start { attempt: 2, at: Some(Timestamp(now.millis() - 700)) },
+        Event::Exit { attempt: 2, code: 0, oom_killed: false, at: Some(Timestamp(now.millis() - 600)) },
+    ];
+    let mut each = Vec::new();
+    for event in &life {
+        each.push(store.apply(vec![(one.id, event.clone())], now).await.unwrap().remove(0));
+    }
+    let mut batch: Vec<(TaskId, Event)> = life.iter().map(|e| (all.id, e.clone())).collect();
+    batch.insert(3, (TaskId(ulid::Ulid::new()), Event::Cancel));
+    let mut together = store.apply(batch, now).await.unwrap();
+    assert!(matches!(together.remove(3), Err(ApplyError::NotFound(_))));
+    let summary = |results: &[ApplyResult]| -> Vec<String> {
+        results
+            .iter()
+            .map(|r| r.as_ref().map(|a| format!("{:?} {} {:?}", a.decision.to, a.attempt, a.node_id)).map_err(|_| ()))
+            .map(|r| format!("{r:?}"))
+            .collect()
+    };
+    assert_eq!(summary(&each), summary(&together));
+    assert!(each[3].is_err(), "a second start of an ended attempt is refused");
+    let (one, all) = (store.get_task(one.id).await.unwrap().unwrap(), store.get_task(all.id).await.unwrap().unwrap());
+    let rows = |t: &shepherd_core::Task| {
+        format!(
+            "{:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?}",
+            t.state, t.exit_code, t.reason, t.node_id, t.scheduled_at, t.started_at, t.finished_at, t.cancel_requested, t.attempts
+        )
+    };
+    assert_eq!(rows(&one), rows(&all));
+    assert_eq!((all.state, all.attempts.len(), all.exit_code), (TaskState::Succeeded, 2, Some(0)), "{all:?}");
+    assert_eq!(all.attempts[0].reason.as_deref(), Some("oom_killed"), "{all:?}");
 }
 
 /// The queue: a share per project, priority then age, pages after a

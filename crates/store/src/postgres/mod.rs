@@ -5,12 +5,13 @@
 //! multi-row insert (`UNNEST` of arrays); every lifecycle change is worked
 //! out by `shepherd_core::change` and written as it says, under a row lock.
 
+mod apply;
 mod schema;
 
 use crate::*;
 use deadpool_postgres::GenericClient;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use shepherd_core::{Change, Event, LifecycleContext, NewTask, Resources, Task, TaskId, TaskState, Timestamp};
+use shepherd_core::{Event, NewTask, Resources, Task, TaskId, TaskState, Timestamp};
 use std::collections::BTreeMap;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
@@ -27,6 +28,8 @@ pub struct PgStore {
     /// Messages between servers (LISTEN/NOTIFY on [`CHANNEL`]).
     messages: tokio::sync::broadcast::Sender<String>,
     listener: tokio::task::JoinHandle<()>,
+    /// Group commit for [`Store::apply`].
+    combiner: apply::Combiner,
 }
 
 /// The NOTIFY channel servers talk on.
@@ -238,7 +241,8 @@ impl PgStore {
                 .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         let (messages, _) = tokio::sync::broadcast::channel(4096);
         let listener = tokio::spawn(listen(config, messages.clone()));
-        let store = PgStore { pool, counters, messages, listener };
+        let combiner = apply::Combiner::start(pool.clone());
+        let store = PgStore { pool, counters, messages, listener, combiner };
         let mut client = store.pool.get().await.map_err(|e| match e {
             deadpool_postgres::PoolError::Backend(e) => {
                 StoreError::Unavailable(format!("cannot connect to PostgreSQL at {}: {}", redact(url), error_chain(&e)))
@@ -432,83 +436,6 @@ async fn append_audit(tx: &impl GenericClient, entries: &[AuditEntry], numbers: 
     Ok(())
 }
 
-async fn apply_one(tx: &deadpool_postgres::Transaction<'_>, id: TaskId, event: &Event, now: Timestamp) -> Result<ApplyResult, StoreError> {
-    let key = id.to_string();
-    let stmt = tx
-        .prepare_cached(
-            "SELECT state, attempt, charged_attempts, max_attempts, backoff_seconds, cancel_requested, node_id FROM tasks \
-             WHERE id = $1 FOR UPDATE",
-        )
-        .await
-        .map_err(error)?;
-    let Some(row) = tx.query_opt(&stmt, &[&key]).await.map_err(error)? else { return Ok(Err(ApplyError::NotFound(id))) };
-    let ctx = LifecycleContext {
-        state: parse_state(row.get::<_, &str>(0))?,
-        attempt: row.get::<_, i64>(1) as u32,
-        charged_attempts: row.get::<_, i64>(2) as u32,
-        max_attempts: row.get::<_, i64>(3) as u32,
-        backoff_seconds: row.get::<_, i64>(4) as u32,
-        cancel_requested: row.get(5),
-    };
-    let node_id: Option<String> = row.get(6);
-    let change = match shepherd_core::change(&ctx, node_id.as_deref(), event, now) {
-        Ok(change) => change,
-        Err(illegal) => return Ok(Err(ApplyError::Illegal(illegal))),
-    };
-    if let Some((number, node, at)) = &change.open_attempt {
-        tx.execute(
-            "INSERT INTO attempts (task_id, number, node_id, scheduled_at) VALUES ($1, $2, $3, $4)",
-            &[&key, &i64::from(*number), node, &at.millis()],
-        )
-        .await
-        .map_err(error)?;
-    }
-    if let Some((number, at)) = change.start_attempt {
-        tx.execute("UPDATE attempts SET started_at = $3 WHERE task_id = $1 AND number = $2", &[&key, &i64::from(number), &at.millis()])
-            .await
-            .map_err(error)?;
-    }
-    if let Some(closed) = &change.close_attempt {
-        tx.execute(
-            "UPDATE attempts SET finished_at = $3, outcome = $4, exit_code = $5, reason = $6 WHERE task_id = $1 AND number = $2",
-            &[&key, &i64::from(closed.number), &closed.finished_at.millis(), &closed.outcome.as_str(), &closed.exit_code, &closed.reason],
-        )
-        .await
-        .map_err(error)?;
-    }
-    let stmt = tx
-        .prepare_cached(
-            "UPDATE tasks SET state = $2, attempt = $3, charged_attempts = $4, cancel_requested = $5, not_before = $6, node_id = $7, \
-             exit_code = COALESCE($8, exit_code), reason = COALESCE($9, reason), scheduled_at = COALESCE($10, scheduled_at), \
-             started_at = COALESCE($11, started_at), finished_at = COALESCE($12, finished_at), updated_at = $13 WHERE id = $1",
-        )
-        .await
-        .map_err(error)?;
-    let millis = |t: Option<Timestamp>| t.map(Timestamp::millis);
-    tx.execute(
-        &stmt,
-        &[
-            &key,
-            &change.state.as_str(),
-            &i64::from(change.attempt),
-            &i64::from(change.charged_attempts),
-            &change.cancel_requested,
-            &change.not_before.millis(),
-            &change.node_id,
-            &change.exit_code,
-            &change.reason,
-            &millis(change.scheduled_at),
-            &millis(change.started_at),
-            &millis(change.finished_at),
-            &change.updated_at.millis(),
-        ],
-    )
-    .await
-    .map_err(error)?;
-    let Change { decision, attempt, node_id, .. } = change;
-    Ok(Ok(Applied { task_id: id, from: ctx.state, decision, attempt, node_id }))
-}
-
 #[async_trait::async_trait]
 impl Store for PgStore {
     async fn acquire_lease(&self, holder: &str, ttl: std::time::Duration) -> Result<Option<Lease>, StoreError> {
@@ -550,10 +477,8 @@ impl Store for PgStore {
             Some(row) if row.get::<_, &str>(0) == lease.holder && row.get::<_, i64>(1) == lease.epoch && row.get::<_, bool>(2) => {}
             _ => return Err(StoreError::Fenced { epoch: lease.epoch }),
         }
-        let mut results = Vec::with_capacity(events.len());
-        for (id, event) in &events {
-            results.push(apply_one(&tx, *id, event, now).await?);
-        }
+        let batch: Vec<(TaskId, &Event, Timestamp)> = events.iter().map(|(id, event)| (*id, event, now)).collect();
+        let results = apply::apply_batch(&tx, &batch).await?;
         tx.commit().await.map_err(error)?;
         Ok(results)
     }
@@ -666,14 +591,7 @@ impl Store for PgStore {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(error)?;
-        let mut results = Vec::with_capacity(events.len());
-        for (id, event) in &events {
-            results.push(apply_one(&tx, *id, event, now).await?);
-        }
-        tx.commit().await.map_err(error)?;
-        Ok(results)
+        self.combiner.apply(events, now).await
     }
 
     async fn queued_tasks(&self, now: Timestamp, query: QueueQuery) -> Result<QueuePage, StoreError> {

@@ -1,0 +1,432 @@
+//! Lifecycle events on PostgreSQL, set at a time, and group commit.
+//!
+//! [`apply_batch`] locks every task a batch names with one query (in id
+//! order, so two batches never deadlock), runs each event through
+//! `shepherd_core::change` in memory, in the order given, and writes what
+//! they changed with three or four statements whatever the batch's size:
+//! new attempts, changed attempts and changed tasks, each one `UNNEST` of
+//! arrays. Event by event it was three round trips per event.
+//!
+//! [`Combiner`] is group commit for [`Store::apply`](crate::Store::apply):
+//! requests that arrive while a transaction is in flight wait, and the next
+//! transaction takes all of them, so a thousand agents' reports cost a
+//! handful of commits (and flushes), not a thousand. SQLite's single writer
+//! does the same for every write.
+
+use super::{error, parse_state, pool_error};
+use crate::{Applied, ApplyError, ApplyResult, StoreError};
+use shepherd_core::{ClosedAttempt, Event, LifecycleContext, TaskId, Timestamp};
+use std::collections::HashMap;
+use tokio::sync::{mpsc, oneshot};
+
+/// Most events one combined transaction takes.
+const MAX_EVENTS: usize = 4096;
+
+/// Transactions a combiner keeps in flight at once: one commits while the
+/// next one's statements run.
+const IN_FLIGHT: usize = 2;
+
+/// A task as the batch has changed it so far.
+struct Current {
+    ctx: LifecycleContext,
+    node_id: Option<String>,
+}
+
+/// The task row a batch writes: the last change's fields, and for the
+/// fields a change leaves alone when `None`, the last one it set.
+struct TaskWrite {
+    change: shepherd_core::Change,
+}
+
+/// An attempt row a batch writes.
+#[derive(Default)]
+struct AttemptWrite {
+    /// Opened in this batch: inserted whole.
+    opened: Option<(String, Timestamp)>,
+    started_at: Option<Timestamp>,
+    closed: Option<ClosedAttempt>,
+}
+
+/// Applies events in one transaction, in the order given, each with its
+/// own `now`. Returns one result per event, in order.
+pub(super) async fn apply_batch(
+    tx: &deadpool_postgres::Transaction<'_>,
+    events: &[(TaskId, &Event, Timestamp)],
+) -> Result<Vec<ApplyResult>, StoreError> {
+    if events.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut keys: Vec<String> = events.iter().map(|(id, _, _)| id.to_string()).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let select = tx
+        .prepare_cached(
+            "SELECT id, state, attempt, charged_attempts, max_attempts, backoff_seconds, cancel_requested, node_id FROM tasks \
+             WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+        )
+        .await
+        .map_err(error)?;
+    let mut current: HashMap<String, Current> = HashMap::with_capacity(keys.len());
+    for row in tx.query(&select, &[&keys]).await.map_err(error)? {
+        let ctx = LifecycleContext {
+            state: parse_state(row.get::<_, &str>(1))?,
+            attempt: row.get::<_, i64>(2) as u32,
+            charged_attempts: row.get::<_, i64>(3) as u32,
+            max_attempts: row.get::<_, i64>(4) as u32,
+            backoff_seconds: row.get::<_, i64>(5) as u32,
+            cancel_requested: row.get(6),
+        };
+        current.insert(row.get(0), Current { ctx, node_id: row.get(7) });
+    }
+
+    // Each event against the task as the events before it left it.
+    let mut results = Vec::with_capacity(events.len());
+    let mut tasks: HashMap<String, TaskWrite> = HashMap::new();
+    let mut task_order: Vec<String> = Vec::new();
+    let mut attempts: HashMap<(String, u32), AttemptWrite> = HashMap::new();
+    let mut attempt_order: Vec<(String, u32)> = Vec::new();
+    for (id, event, now) in events {
+        let key = id.to_string();
+        let Some(task) = current.get_mut(&key) else {
+            results.push(Err(ApplyError::NotFound(*id)));
+            continue;
+        };
+        let change = match shepherd_core::change(&task.ctx, task.node_id.as_deref(), event, *now) {
+            Ok(change) => change,
+            Err(illegal) => {
+                results.push(Err(ApplyError::Illegal(illegal)));
+                continue;
+            }
+        };
+        let from = task.ctx.state;
+        task.ctx = LifecycleContext {
+            state: change.state,
+            attempt: change.attempt,
+            charged_attempts: change.charged_attempts,
+            cancel_requested: change.cancel_requested,
+            ..task.ctx
+        };
+        task.node_id = change.node_id.clone();
+        if let Some((number, node, at)) = &change.open_attempt {
+            attempt_row(&mut attempts, &mut attempt_order, &key, *number).opened = Some((node.clone(), *at));
+        }
+        if let Some((number, at)) = change.start_attempt {
+            attempt_row(&mut attempts, &mut attempt_order, &key, number).started_at = Some(at);
+        }
+        if let Some(closed) = &change.close_attempt {
+            attempt_row(&mut attempts, &mut attempt_order, &key, closed.number).closed = Some(closed.clone());
+        }
+        results.push(Ok(Applied {
+            task_id: *id,
+            from,
+            decision: change.decision.clone(),
+            attempt: change.attempt,
+            node_id: change.node_id.clone(),
+        }));
+        match tasks.get_mut(&key) {
+            Some(write) => {
+                // Fields a change leaves alone when `None` keep the last one set.
+                let before = std::mem::replace(&mut write.change, change);
+                let c = &mut write.change;
+                c.exit_code = c.exit_code.or(before.exit_code);
+                c.reason = c.reason.take().or(before.reason);
+                c.scheduled_at = c.scheduled_at.or(before.scheduled_at);
+                c.started_at = c.started_at.or(before.started_at);
+                c.finished_at = c.finished_at.or(before.finished_at);
+            }
+            None => {
+                task_order.push(key.clone());
+                tasks.insert(key, TaskWrite { change });
+            }
+        }
+    }
+
+    write_attempts(tx, &attempts, &attempt_order).await?;
+    write_tasks(tx, &tasks, &task_order).await?;
+    Ok(results)
+}
+
+/// The attempt row a batch writes for `(key, number)`, added in order.
+fn attempt_row<'a>(
+    attempts: &'a mut HashMap<(String, u32), AttemptWrite>,
+    order: &mut Vec<(String, u32)>,
+    key: &str,
+    number: u32,
+) -> &'a mut AttemptWrite {
+    let slot = (key.to_string(), number);
+    if !attempts.contains_key(&slot) {
+        order.push(slot.clone());
+    }
+    attempts.entry(slot).or_default()
+}
+
+/// Inserts the attempts the batch opened and updates the ones it changed.
+async fn write_attempts(
+    tx: &deadpool_postgres::Transaction<'_>,
+    attempts: &HashMap<(String, u32), AttemptWrite>,
+    order: &[(String, u32)],
+) -> Result<(), StoreError> {
+    #[derive(Default)]
+    struct Columns {
+        task_id: Vec<String>,
+        number: Vec<i64>,
+        node_id: Vec<String>,
+        scheduled_at: Vec<i64>,
+        started_at: Vec<Option<i64>>,
+        closed: Vec<bool>,
+        finished_at: Vec<Option<i64>>,
+        outcome: Vec<Option<&'static str>>,
+        exit_code: Vec<Option<i32>>,
+        reason: Vec<Option<String>>,
+    }
+    let (mut new, mut changed) = (Columns::default(), Columns::default());
+    for slot in order {
+        let Some(write) = attempts.get(slot) else { continue };
+        let columns = if write.opened.is_some() { &mut new } else { &mut changed };
+        columns.task_id.push(slot.0.clone());
+        columns.number.push(i64::from(slot.1));
+        if let Some((node, at)) = &write.opened {
+            columns.node_id.push(node.clone());
+            columns.scheduled_at.push(at.millis());
+        }
+        columns.started_at.push(write.started_at.map(Timestamp::millis));
+        columns.closed.push(write.closed.is_some());
+        columns.finished_at.push(write.closed.as_ref().map(|c| c.finished_at.millis()));
+        columns.outcome.push(write.closed.as_ref().map(|c| c.outcome.as_str()));
+        columns.exit_code.push(write.closed.as_ref().and_then(|c| c.exit_code));
+        columns.reason.push(write.closed.as_ref().and_then(|c| c.reason.clone()));
+    }
+    if !new.task_id.is_empty() {
+        let insert = tx
+            .prepare_cached(
+                "INSERT INTO attempts (task_id, number, node_id, scheduled_at, started_at, finished_at, outcome, exit_code, reason) \
+                 SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[], $7::text[], \
+                 $8::integer[], $9::text[])",
+            )
+            .await
+            .map_err(error)?;
+        tx.execute(
+            &insert,
+            &[
+                &new.task_id,
+                &new.number,
+                &new.node_id,
+                &new.scheduled_at,
+                &new.started_at,
+                &new.finished_at,
+                &new.outcome,
+                &new.exit_code,
+                &new.reason,
+            ],
+        )
+        .await
+        .map_err(error)?;
+    }
+    if !changed.task_id.is_empty() {
+        // A start sets `started_at`; an end sets every closing field, NULLs
+        // included (an attempt lost with its node has no exit code).
+        let update = tx
+            .prepare_cached(
+                "UPDATE attempts a SET started_at = COALESCE(u.started_at, a.started_at), \
+                 finished_at = CASE WHEN u.closed THEN u.finished_at ELSE a.finished_at END, \
+                 outcome = CASE WHEN u.closed THEN u.outcome ELSE a.outcome END, \
+                 exit_code = CASE WHEN u.closed THEN u.exit_code ELSE a.exit_code END, \
+                 reason = CASE WHEN u.closed THEN u.reason ELSE a.reason END \
+                 FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::bool[], $5::bigint[], $6::text[], $7::integer[], $8::text[]) \
+                 AS u(task_id, number, started_at, closed, finished_at, outcome, exit_code, reason) \
+                 WHERE a.task_id = u.task_id AND a.number = u.number",
+            )
+            .await
+            .map_err(error)?;
+        tx.execute(
+            &update,
+            &[
+                &changed.task_id,
+                &changed.number,
+                &changed.started_at,
+                &changed.closed,
+                &changed.finished_at,
+                &changed.outcome,
+                &changed.exit_code,
+                &changed.reason,
+            ],
+        )
+        .await
+        .map_err(error)?;
+    }
+    Ok(())
+}
+
+/// Writes each changed task's row once, as its last change left it.
+async fn write_tasks(
+    tx: &deadpool_postgres::Transaction<'_>,
+    tasks: &HashMap<String, TaskWrite>,
+    order: &[String],
+) -> Result<(), StoreError> {
+    if order.is_empty() {
+        return Ok(());
+    }
+    let n = order.len();
+    let (mut ids, mut states, mut attempts, mut charged) =
+        (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut cancel, mut not_before, mut nodes) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut exit_codes, mut reasons, mut scheduled, mut started) =
+        (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut finished, mut updated) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for key in order {
+        let Some(TaskWrite { change: c }) = tasks.get(key) else { continue };
+        ids.push(key.as_str());
+        states.push(c.state.as_str());
+        attempts.push(i64::from(c.attempt));
+        charged.push(i64::from(c.charged_attempts));
+        cancel.push(c.cancel_requested);
+        not_before.push(c.not_before.millis());
+        nodes.push(c.node_id.as_deref());
+        exit_codes.push(c.exit_code);
+        reasons.push(c.reason.as_deref());
+        scheduled.push(c.scheduled_at.map(Timestamp::millis));
+        started.push(c.started_at.map(Timestamp::millis));
+        finished.push(c.finished_at.map(Timestamp::millis));
+        updated.push(c.updated_at.millis());
+    }
+    let update = tx
+        .prepare_cached(
+            "UPDATE tasks t SET state = u.state, attempt = u.attempt, charged_attempts = u.charged, cancel_requested = u.cancel, \
+             not_before = u.not_before, node_id = u.node_id, exit_code = COALESCE(u.exit_code, t.exit_code), \
+             reason = COALESCE(u.reason, t.reason), scheduled_at = COALESCE(u.scheduled_at, t.scheduled_at), \
+             started_at = COALESCE(u.started_at, t.started_at), finished_at = COALESCE(u.finished_at, t.finished_at), \
+             updated_at = u.updated_at \
+             FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bool[], $6::bigint[], $7::text[], $8::integer[], \
+             $9::text[], $10::bigint[], $11::bigint[], $12::bigint[], $13::bigint[]) \
+             AS u(id, state, attempt, charged, cancel, not_before, node_id, exit_code, reason, scheduled_at, started_at, finished_at, updated_at) \
+             WHERE t.id = u.id",
+        )
+        .await
+        .map_err(error)?;
+    tx.execute(
+        &update,
+        &[
+            &ids,
+            &states,
+            &attempts,
+            &charged,
+            &cancel,
+            &not_before,
+            &nodes,
+            &exit_codes,
+            &reasons,
+            &scheduled,
+            &started,
+            &finished,
+            &updated,
+        ],
+    )
+    .await
+    .map_err(error)?;
+    Ok(())
+}
+
+/// One caller's events, waiting for a combined transaction.
+struct Request {
+    events: Vec<(TaskId, Event)>,
+    now: Timestamp,
+    reply: oneshot::Sender<Result<Vec<ApplyResult>, StoreError>>,
+}
+
+/// Group commit for `apply`: see the module's comment.
+pub(super) struct Combiner {
+    requests: mpsc::UnboundedSender<Request>,
+    workers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Combiner {
+    fn drop(&mut self) {
+        self.workers.iter().for_each(tokio::task::JoinHandle::abort);
+    }
+}
+
+impl Combiner {
+    /// Starts the workers that commit what callers hand in.
+    pub(super) fn start(pool: deadpool_postgres::Pool) -> Combiner {
+        let (requests, receiver) = mpsc::unbounded_channel();
+        let receiver = std::sync::Arc::new(tokio::sync::Mutex::new(receiver));
+        let workers = (0..IN_FLIGHT).map(|_| tokio::spawn(work(pool.clone(), receiver.clone()))).collect();
+        Combiner { requests, workers }
+    }
+
+    /// Applies `events` in the next combined transaction.
+    pub(super) async fn apply(&self, events: Vec<(TaskId, Event)>, now: Timestamp) -> Result<Vec<ApplyResult>, StoreError> {
+        let (reply, result) = oneshot::channel();
+        self.requests.send(Request { events, now, reply }).map_err(|_| StoreError::Closed)?;
+        result.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+/// Takes whatever requests are waiting (one at least), commits them in one
+/// transaction and answers each.
+async fn work(pool: deadpool_postgres::Pool, receiver: std::sync::Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Request>>>) {
+    loop {
+        let mut group = Vec::new();
+        {
+            let mut receiver = receiver.lock().await;
+            let Some(first) = receiver.recv().await else { return };
+            let mut events = first.events.len();
+            group.push(first);
+            while events < MAX_EVENTS {
+                match receiver.try_recv() {
+                    Ok(request) => {
+                        events += request.events.len();
+                        group.push(request);
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+        match commit(&pool, &group).await {
+            Ok(results) => answer(group, results),
+            // A failure that is not about the database's availability may
+            // be one request's doing: each is tried alone, so that it
+            // never fails the others.
+            Err(e) if group.len() > 1 && !e.is_transient() => {
+                tracing::debug!(error = %e, requests = group.len(), "a combined apply failed; trying each request alone");
+                for request in group {
+                    let result = commit(&pool, std::slice::from_ref(&request)).await;
+                    let _ = request.reply.send(result);
+                }
+            }
+            Err(e) => {
+                let message = e.to_string();
+                let mut group = group.into_iter();
+                let first = group.next();
+                for request in group {
+                    let e = match &e {
+                        StoreError::Conflict(_) => StoreError::Conflict(message.clone()),
+                        _ => StoreError::Unavailable(message.clone()),
+                    };
+                    let _ = request.reply.send(Err(e));
+                }
+                if let Some(first) = first {
+                    let _ = first.reply.send(Err(e));
+                }
+            }
+        }
+    }
+}
+
+/// Hands each request its share of a combined transaction's results.
+fn answer(group: Vec<Request>, mut results: Vec<ApplyResult>) {
+    for request in group.into_iter().rev() {
+        let mine = results.split_off(results.len().saturating_sub(request.events.len()));
+        let _ = request.reply.send(Ok(mine));
+    }
+}
+
+async fn commit(pool: &deadpool_postgres::Pool, group: &[Request]) -> Result<Vec<ApplyResult>, StoreError> {
+    let events: Vec<(TaskId, &Event, Timestamp)> =
+        group.iter().flat_map(|r| r.events.iter().map(|(id, event)| (*id, event, r.now))).collect();
+    let mut client = pool.get().await.map_err(pool_error)?;
+    let tx = client.transaction().await.map_err(error)?;
+    let results = apply_batch(&tx, &events).await?;
+    tx.commit().await.map_err(error)?;
+    Ok(results)
+}
