@@ -426,7 +426,7 @@ impl AttemptHandle for ContainerAttempt {
             if code != 137 || self.killed {
                 break (flagged, finished_at);
             }
-            if !flagged && round % 4 == 0 {
+            if !flagged && round.is_multiple_of(4) {
                 flagged = self.oom_event_logged(started_at).await;
             }
             if flagged || tokio::time::Instant::now() >= deadline {
