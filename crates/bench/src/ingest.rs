@@ -140,7 +140,8 @@ pub fn start_shepherd_on(binary: &Path, command: &str, listen: &str, data: &Path
         .args(args)
         .arg("--data-dir")
         .arg(data)
-        .env("SHEPHERD_LOG", "warn")
+        // The server's log level: warnings, unless SHEPHERD_BENCH_SERVER_LOG says otherwise.
+        .env("SHEPHERD_LOG", std::env::var("SHEPHERD_BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".into()))
         .env("SHEPHERD_ADMIN_TOKEN", BENCH_ADMIN_TOKEN)
         .env("SHEPHERD_CONFIG", data.with_extension("cli.toml"))
         .stdout(Stdio::piped())

@@ -280,26 +280,20 @@ async fn events(
     let node = node_of(&state, &headers)?;
     // A report is a sign of life as good as a heartbeat.
     state.agent_api.liveness.beat(&node);
-    // Only reports about tasks placed on this node are considered.
-    let total = request.events.len();
-    let owners = state.store.task_nodes(request.events.iter().map(|(id, _)| *id).collect()).await?;
-    let mut mine = Vec::new();
-    let mut index = Vec::new();
-    for (i, ((task_id, event), owner)) in request.events.into_iter().zip(owners).enumerate() {
-        if owner.as_deref() == Some(node.as_str()) {
-            mine.push((task_id, event));
-            index.push(i);
-            continue;
-        }
-        tracing::info!(%node, task = %task_id, "report about a task not on this node ignored");
-    }
-    let results = state.store.apply(mine, Timestamp::now()).await?;
+    // Only reports about tasks placed on this node are considered: the
+    // store checks, in the transaction that writes them.
+    let results = state.store.apply_reported(node.clone(), request.events, Timestamp::now()).await?;
     state.agent_api.observer.observe(&results);
-    let mut accepted = vec![false; total];
-    for (slot, result) in index.into_iter().zip(results) {
-        // A report repeated after its answer was lost counts as accepted.
-        accepted[slot] = matches!(result, Ok(_) | Err(ApplyError::Illegal(IllegalTransition::Repeated { .. })));
-    }
+    let accepted = results
+        .iter()
+        .map(|result| {
+            if let Err(ApplyError::NotOnNode(task) | ApplyError::NotFound(task)) = result {
+                tracing::info!(%node, %task, "report about a task not on this node ignored");
+            }
+            // A report repeated after its answer was lost counts as accepted.
+            matches!(result, Ok(_) | Err(ApplyError::Illegal(IllegalTransition::Repeated { .. })))
+        })
+        .collect();
     state.scheduler_wakeup.notify_one();
     Ok(Json(EventsResponse { accepted }))
 }

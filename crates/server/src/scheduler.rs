@@ -235,6 +235,7 @@ impl Scheduler {
             self.view.invalidate();
         }
         self.view.next_pass();
+        let began = Instant::now();
         let now = Timestamp::now();
         let records = match self.view.records() {
             Some(records) => records,
@@ -304,6 +305,7 @@ impl Scheduler {
             (result, memory)
         });
         let (result, memory) = work.await.map_err(|_| StoreError::Closed)?;
+        let placed_at = began.elapsed();
         let shape_reasons = memory.never_fits.clone();
         self.restore(memory);
         let pages = result?;
@@ -321,6 +323,7 @@ impl Scheduler {
                 return Err(e);
             }
         };
+        let committed_at = began.elapsed();
         let mut applied = Vec::new();
         for result in results {
             match result {
@@ -367,7 +370,7 @@ impl Scheduler {
             };
             match launch {
                 Some(launch) if launch.attempt == applied.attempt => {
-                    tracing::debug!(?launch, node, "assigning");
+                    tracing::trace!(?launch, node, "assigning");
                     if !self.links.assign(&node, launch) {
                         tracing::warn!(task = %applied.task_id, node, "node unreachable after placement");
                     }
@@ -378,6 +381,13 @@ impl Scheduler {
             placed.push(applied.task_id);
         }
         let count = placed.len();
+        tracing::debug!(
+            placed = count,
+            read_and_placed_ms = placed_at.as_secs_f64() * 1000.0,
+            committed_ms = (committed_at - placed_at).as_secs_f64() * 1000.0,
+            assigned_ms = (began.elapsed() - committed_at).as_secs_f64() * 1000.0,
+            "pass"
+        );
         let mut shapes = pages.shape_reasons;
         shapes.extend(shape_reasons);
         self.notes.record(placed, pages.unplaced, shapes);

@@ -147,6 +147,43 @@ pub async fn apply_every_event(store: &dyn Store) {
     assert_eq!(all.attempts[0].reason.as_deref(), Some("oom_killed"), "{all:?}");
 }
 
+/// A node's reports count only for tasks whose current attempt is on it,
+/// checked with the write; the others are refused and change nothing.
+pub async fn reports_from_their_node(store: &dyn Store) {
+    let mut gen = ulid::Generator::new();
+    let (here, there, queued) = (new_task(&mut gen, spec("p")), new_task(&mut gen, spec("p")), new_task(&mut gen, spec("p")));
+    store.create_tasks(vec![here.clone(), there.clone(), queued.clone()]).await.unwrap();
+    let now = Timestamp::now();
+    let placed = store
+        .apply(vec![(here.id, Event::Schedule { node_id: "n1".into() }), (there.id, Event::Schedule { node_id: "n2".into() })], now)
+        .await
+        .unwrap();
+    assert!(placed.iter().all(Result::is_ok));
+    let start = Event::Start { attempt: 1, at: None };
+    let missing = TaskId(ulid::Ulid::new());
+    let results = store
+        .apply_reported(
+            "n1".into(),
+            vec![(here.id, start.clone()), (there.id, start.clone()), (queued.id, start.clone()), (missing, start.clone())],
+            now,
+        )
+        .await
+        .unwrap();
+    assert!(results[0].is_ok(), "{results:?}");
+    assert!(matches!(results[1], Err(ApplyError::NotOnNode(id)) if id == there.id), "{results:?}");
+    assert!(matches!(results[2], Err(ApplyError::NotOnNode(id)) if id == queued.id), "{results:?}");
+    assert!(matches!(results[3], Err(ApplyError::NotFound(_)) | Err(ApplyError::NotOnNode(_))), "{results:?}");
+    let states = |id| async move { store.get_task(id).await.unwrap().unwrap().state };
+    assert_eq!(
+        (states(here.id).await, states(there.id).await, states(queued.id).await),
+        (TaskState::Running, TaskState::Scheduled, TaskState::Queued)
+    );
+    // Its own node may report it.
+    let results = store.apply_reported("n2".into(), vec![(there.id, start)], now).await.unwrap();
+    assert!(results[0].is_ok(), "{results:?}");
+    assert!(store.apply_reported("n2".into(), vec![], now).await.unwrap().is_empty());
+}
+
 /// The queue: a share per project, priority then age, pages after a
 /// cursor, shapes skipped, retry backoff respected.
 pub async fn queue_pages_shares_and_shapes(store: &dyn Store) {
@@ -323,8 +360,6 @@ pub async fn lookups_in_batches(store: &dyn Store) {
     store.apply(vec![(ids[2], Event::Exit { attempt: 1, code: 0, oom_killed: false, at: None })], now).await.unwrap();
     assert_eq!(store.active_tasks_on("a").await.unwrap().len(), 1);
     let unknown = TaskId(ulid::Ulid::new());
-    let nodes = store.task_nodes(vec![ids[1], unknown, ids[3], ids[0]]).await.unwrap();
-    assert_eq!(nodes, vec![Some("b".to_string()), None, None, Some("a".to_string())]);
     let specs = store.launch_specs(vec![ids[1], unknown, ids[0]]).await.unwrap();
     assert_eq!(specs.iter().map(|l| l.as_ref().map(|l| l.id)).collect::<Vec<_>>(), vec![Some(ids[1]), None, Some(ids[0])]);
     assert_eq!(specs[0].as_ref().and_then(|l| l.node_id.clone()).as_deref(), Some("b"));
@@ -469,6 +504,7 @@ macro_rules! store_conformance {
     ($fixture:path) => {
         $crate::store_conformance!(@one $fixture, create_get_and_batches);
         $crate::store_conformance!(@one $fixture, apply_every_event);
+        $crate::store_conformance!(@one $fixture, reports_from_their_node);
         $crate::store_conformance!(@one $fixture, queue_pages_shares_and_shapes);
         $crate::store_conformance!(@one $fixture, lists_and_counts);
         $crate::store_conformance!(@one $fixture, logs_in_order);

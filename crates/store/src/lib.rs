@@ -94,6 +94,12 @@ pub trait Store: Send + Sync + 'static {
     /// transaction. Each event succeeds or is refused on its own.
     async fn apply(&self, events: Vec<(TaskId, Event)>, now: Timestamp) -> Result<Vec<ApplyResult>, StoreError>;
 
+    /// Applies events that `node` reported, as [`Store::apply`] does, except
+    /// that an event about a task whose current attempt is not on `node` is
+    /// refused with [`ApplyError::NotOnNode`], checked in the same
+    /// transaction as the write.
+    async fn apply_reported(&self, node: String, events: Vec<(TaskId, Event)>, now: Timestamp) -> Result<Vec<ApplyResult>, StoreError>;
+
     /// Queued tasks ready to place (past their retry backoff), per project
     /// highest priority first, oldest first within a priority, as `query`
     /// says (a share per project, after a cursor, skipping shapes).
@@ -105,10 +111,6 @@ pub trait Store: Send + Sync + 'static {
     /// The tasks scheduled on or running on one node (an index lookup, not
     /// a scan of every active task).
     async fn active_tasks_on(&self, node_id: &str) -> Result<Vec<ActiveTask>, StoreError>;
-
-    /// The node of each task's current attempt, in the order asked (`None`:
-    /// no such task, or on no node).
-    async fn task_nodes(&self, ids: Vec<TaskId>) -> Result<Vec<Option<String>>, StoreError>;
 
     /// The launch specs of several tasks, in the order asked (a scheduling
     /// pass reads those of all its placements at once).

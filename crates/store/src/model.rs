@@ -44,6 +44,9 @@ pub enum ApplyError {
     NotFound(TaskId),
     #[error(transparent)]
     Illegal(#[from] IllegalTransition),
+    /// A node reported about a task whose current attempt is not its own.
+    #[error("task {0} is not on the reporting node")]
+    NotOnNode(TaskId),
 }
 
 /// A queued task as the scheduler sees it.

@@ -133,7 +133,8 @@ impl TaskService {
                     }
                 }
             }
-            Some(Err(ApplyError::NotFound(_))) | None => return Err(TaskError::NotFound(id.to_string())),
+            // (NotOnNode: only for reports, which name their node.)
+            Some(Err(ApplyError::NotFound(_) | ApplyError::NotOnNode(_))) | None => return Err(TaskError::NotFound(id.to_string())),
             Some(Err(ApplyError::Illegal(e))) => return Err(TaskError::NotCancellable(e.to_string())),
         }
         let line = audit_entry(caller, Some(&task.project), "task.cancel", &task.id.to_string(), None);

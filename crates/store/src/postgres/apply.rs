@@ -47,16 +47,20 @@ struct AttemptWrite {
     closed: Option<ClosedAttempt>,
 }
 
-/// Applies events in one transaction, in the order given, each with its
-/// own `now`. Returns one result per event, in order.
+/// One event of a batch: the task, the event, its `now`, and the node
+/// that reported it (if one did: the task's current attempt must be there).
+pub(super) type BatchEvent<'a> = (TaskId, &'a Event, Timestamp, Option<&'a str>);
+
+/// Applies events in one transaction, in the order given. Returns one
+/// result per event, in order.
 pub(super) async fn apply_batch(
     tx: &deadpool_postgres::Transaction<'_>,
-    events: &[(TaskId, &Event, Timestamp)],
+    events: &[BatchEvent<'_>],
 ) -> Result<Vec<ApplyResult>, StoreError> {
     if events.is_empty() {
         return Ok(Vec::new());
     }
-    let mut keys: Vec<String> = events.iter().map(|(id, _, _)| id.to_string()).collect();
+    let mut keys: Vec<String> = events.iter().map(|(id, ..)| id.to_string()).collect();
     keys.sort_unstable();
     keys.dedup();
     let select = tx
@@ -85,12 +89,16 @@ pub(super) async fn apply_batch(
     let mut task_order: Vec<String> = Vec::new();
     let mut attempts: HashMap<(String, u32), AttemptWrite> = HashMap::new();
     let mut attempt_order: Vec<(String, u32)> = Vec::new();
-    for (id, event, now) in events {
+    for (id, event, now, reporter) in events {
         let key = id.to_string();
         let Some(task) = current.get_mut(&key) else {
             results.push(Err(ApplyError::NotFound(*id)));
             continue;
         };
+        if reporter.is_some() && task.node_id.as_deref() != *reporter {
+            results.push(Err(ApplyError::NotOnNode(*id)));
+            continue;
+        }
         let change = match shepherd_core::change(&task.ctx, task.node_id.as_deref(), event, *now) {
             Ok(change) => change,
             Err(illegal) => {
@@ -330,6 +338,7 @@ async fn write_tasks(
 struct Request {
     events: Vec<(TaskId, Event)>,
     now: Timestamp,
+    reporter: Option<String>,
     reply: oneshot::Sender<Result<Vec<ApplyResult>, StoreError>>,
 }
 
@@ -354,10 +363,16 @@ impl Combiner {
         Combiner { requests, workers }
     }
 
-    /// Applies `events` in the next combined transaction.
-    pub(super) async fn apply(&self, events: Vec<(TaskId, Event)>, now: Timestamp) -> Result<Vec<ApplyResult>, StoreError> {
+    /// Applies `events` (reported by `reporter`, if a node did) in the next
+    /// combined transaction.
+    pub(super) async fn apply(
+        &self,
+        events: Vec<(TaskId, Event)>,
+        now: Timestamp,
+        reporter: Option<String>,
+    ) -> Result<Vec<ApplyResult>, StoreError> {
         let (reply, result) = oneshot::channel();
-        self.requests.send(Request { events, now, reply }).map_err(|_| StoreError::Closed)?;
+        self.requests.send(Request { events, now, reporter, reply }).map_err(|_| StoreError::Closed)?;
         result.await.map_err(|_| StoreError::Closed)?
     }
 }
@@ -422,8 +437,8 @@ fn answer(group: Vec<Request>, mut results: Vec<ApplyResult>) {
 }
 
 async fn commit(pool: &deadpool_postgres::Pool, group: &[Request]) -> Result<Vec<ApplyResult>, StoreError> {
-    let events: Vec<(TaskId, &Event, Timestamp)> =
-        group.iter().flat_map(|r| r.events.iter().map(|(id, event)| (*id, event, r.now))).collect();
+    let events: Vec<BatchEvent<'_>> =
+        group.iter().flat_map(|r| r.events.iter().map(|(id, event)| (*id, event, r.now, r.reporter.as_deref()))).collect();
     let mut client = pool.get().await.map_err(pool_error)?;
     let tx = client.transaction().await.map_err(error)?;
     let results = apply_batch(&tx, &events).await?;

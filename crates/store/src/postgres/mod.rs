@@ -477,7 +477,7 @@ impl Store for PgStore {
             Some(row) if row.get::<_, &str>(0) == lease.holder && row.get::<_, i64>(1) == lease.epoch && row.get::<_, bool>(2) => {}
             _ => return Err(StoreError::Fenced { epoch: lease.epoch }),
         }
-        let batch: Vec<(TaskId, &Event, Timestamp)> = events.iter().map(|(id, event)| (*id, event, now)).collect();
+        let batch: Vec<apply::BatchEvent<'_>> = events.iter().map(|(id, event)| (*id, event, now, None)).collect();
         let results = apply::apply_batch(&tx, &batch).await?;
         tx.commit().await.map_err(error)?;
         Ok(results)
@@ -591,7 +591,14 @@ impl Store for PgStore {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        self.combiner.apply(events, now).await
+        self.combiner.apply(events, now, None).await
+    }
+
+    async fn apply_reported(&self, node: String, events: Vec<(TaskId, Event)>, now: Timestamp) -> Result<Vec<ApplyResult>, StoreError> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.combiner.apply(events, now, Some(node)).await
     }
 
     async fn queued_tasks(&self, now: Timestamp, query: QueueQuery) -> Result<QueuePage, StoreError> {
@@ -599,7 +606,18 @@ impl Store for PgStore {
         let projects: Vec<(String, Option<QueueCursor>)> = match query.projects {
             Some(projects) => projects.into_iter().collect(),
             None => client
-                .query("SELECT DISTINCT project FROM tasks WHERE state = 'queued' AND not_before <= $1", &[&now.millis()])
+                // One index step per project (a loose index scan), not a
+                // read of every queued task.
+                .query(
+                    "WITH RECURSIVE p(project) AS ( \
+                       SELECT (SELECT project FROM tasks WHERE state = 'queued' ORDER BY project LIMIT 1) \
+                       UNION ALL \
+                       SELECT (SELECT project FROM tasks WHERE state = 'queued' AND project > p.project ORDER BY project LIMIT 1) \
+                       FROM p WHERE p.project IS NOT NULL) \
+                     SELECT project FROM p WHERE project IS NOT NULL AND EXISTS \
+                       (SELECT 1 FROM tasks WHERE state = 'queued' AND project = p.project AND not_before <= $1)",
+                    &[&now.millis()],
+                )
                 .await
                 .map_err(error)?
                 .iter()
@@ -663,15 +681,6 @@ impl Store for PgStore {
             .await
             .map_err(error)?;
         client.query(&stmt, &[&node_id]).await.map_err(error)?.iter().map(active_from_row).collect()
-    }
-
-    async fn task_nodes(&self, ids: Vec<TaskId>) -> Result<Vec<Option<String>>, StoreError> {
-        let client = self.client().await?;
-        let keys: Vec<String> = ids.iter().map(|id| id.to_string()).collect();
-        let stmt = client.prepare_cached("SELECT id, node_id FROM tasks WHERE id = ANY($1)").await.map_err(error)?;
-        let found: std::collections::HashMap<String, Option<String>> =
-            client.query(&stmt, &[&keys]).await.map_err(error)?.iter().map(|row| (row.get(0), row.get(1))).collect();
-        Ok(keys.iter().map(|key| found.get(key).cloned().flatten()).collect())
     }
 
     async fn launch_spec(&self, id: TaskId) -> Result<Option<LaunchSpec>, StoreError> {

@@ -255,7 +255,7 @@ impl Store for SqliteStore {
         let lease = lease.clone();
         self.write_with(move |conn| {
             check_lease(conn, &lease, Timestamp::now())?;
-            writer::apply_events(conn, &events, now)
+            writer::apply_events(conn, &events, now, None)
         })
         .await
     }
@@ -369,7 +369,19 @@ impl Store for SqliteStore {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        self.write(|reply| WriteOp::Apply(events, now, reply)).await
+        self.write(|reply| WriteOp::Apply(events, now, None, reply)).await
+    }
+
+    async fn apply_reported(
+        &self,
+        node: String,
+        events: Vec<(TaskId, shepherd_core::Event)>,
+        now: Timestamp,
+    ) -> Result<Vec<ApplyResult>, StoreError> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.write(|reply| WriteOp::Apply(events, now, Some(node), reply)).await
     }
 
     async fn queued_tasks(&self, now: Timestamp, query: QueueQuery) -> Result<QueuePage, StoreError> {
@@ -379,7 +391,18 @@ impl Store for SqliteStore {
             let projects: Vec<(String, Option<QueueCursor>)> = match query.projects {
                 Some(projects) => projects.into_iter().collect(),
                 None => {
-                    let mut stmt = conn.prepare_cached("SELECT DISTINCT project FROM tasks WHERE state = 'queued' AND not_before <= ?1")?;
+                    // One index step per project (a loose index scan), not
+                    // a read of every queued task.
+                    let mut stmt = conn.prepare_cached(
+                        "WITH RECURSIVE p(project) AS ( \
+                           SELECT (SELECT project FROM tasks INDEXED BY tasks_queue_by_project WHERE state = 'queued' \
+                                   ORDER BY project LIMIT 1) \
+                           UNION ALL \
+                           SELECT (SELECT project FROM tasks INDEXED BY tasks_queue_by_project WHERE state = 'queued' \
+                                   AND project > p.project ORDER BY project LIMIT 1) FROM p WHERE p.project IS NOT NULL) \
+                         SELECT project FROM p WHERE project IS NOT NULL AND EXISTS (SELECT 1 FROM tasks INDEXED BY \
+                           tasks_queue_by_project WHERE state = 'queued' AND project = p.project AND not_before <= ?1)",
+                    )?;
                     let mut rows = stmt.query([now.millis()])?;
                     let mut projects = Vec::new();
                     while let Some(row) = rows.next()? {
@@ -459,19 +482,6 @@ impl Store for SqliteStore {
     async fn active_tasks_on(&self, node_id: &str) -> Result<Vec<ActiveTask>, StoreError> {
         let node_id = node_id.to_string();
         self.read(move |conn| active_in(conn, Some(&node_id))).await
-    }
-
-    async fn task_nodes(&self, ids: Vec<TaskId>) -> Result<Vec<Option<String>>, StoreError> {
-        self.read(move |conn| {
-            use rusqlite::OptionalExtension;
-            let mut stmt = conn.prepare_cached("SELECT node_id FROM tasks WHERE id = ?1")?;
-            let mut nodes = Vec::with_capacity(ids.len());
-            for id in ids {
-                nodes.push(stmt.query_row([id.to_string()], |row| row.get::<_, Option<String>>(0)).optional()?.flatten());
-            }
-            Ok(nodes)
-        })
-        .await
     }
 
     async fn launch_specs(&self, ids: Vec<TaskId>) -> Result<Vec<Option<LaunchSpec>>, StoreError> {

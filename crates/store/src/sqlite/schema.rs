@@ -153,6 +153,12 @@ const MIGRATIONS: &[&str] = &[
         last_seen_at BIGINT NOT NULL
     );
     "#,
+    // 8: the first queue index: every query of the queue goes by project
+    // (`tasks_queue_by_project`), and keeping it up cost every create and
+    // every placement a write.
+    r#"
+    DROP INDEX tasks_queue;
+    "#,
 ];
 
 /// Data changes a migration needs that SQL alone cannot make.

@@ -17,7 +17,9 @@ const MAX_GROUP: usize = 512;
 /// A write request with the channel its result goes back on.
 pub enum WriteOp {
     Create(Vec<NewTask>, oneshot::Sender<Result<(), StoreError>>),
-    Apply(Vec<(TaskId, Event)>, Timestamp, oneshot::Sender<Result<Vec<ApplyResult>, StoreError>>),
+    /// Events, their time, and the node that reported them (if one did:
+    /// events about tasks not on it are refused).
+    Apply(Vec<(TaskId, Event)>, Timestamp, Option<String>, oneshot::Sender<Result<Vec<ApplyResult>, StoreError>>),
     AppendLogs(Vec<LogChunk>, oneshot::Sender<Result<(), StoreError>>),
     UpsertNode(NodeRecord, oneshot::Sender<Result<(), StoreError>>),
     TouchNode(String, Timestamp, Vec<String>, oneshot::Sender<Result<Option<crate::NodeState>, StoreError>>),
@@ -105,7 +107,7 @@ fn commit_group(conn: &mut Connection, group: Vec<WriteOp>) {
 fn outcome_placeholder(op: WriteOp) -> Outcome {
     match op {
         WriteOp::Create(_, tx) | WriteOp::AppendLogs(_, tx) | WriteOp::UpsertNode(_, tx) => Outcome::Unit(tx, Ok(())),
-        WriteOp::Apply(_, _, tx) => Outcome::Applied(tx, Ok(Vec::new())),
+        WriteOp::Apply(_, _, _, tx) => Outcome::Applied(tx, Ok(Vec::new())),
         WriteOp::TouchNode(_, _, _, tx) => Outcome::State(tx, Ok(None)),
         WriteOp::SetNodeState(_, _, tx) => Outcome::Flag(tx, Ok(false)),
         WriteOp::Run(_, tx) => Outcome::Any(tx, Ok(Box::new(()))),
@@ -125,7 +127,9 @@ fn in_savepoint<T>(tx: &mut Transaction<'_>, work: impl FnOnce(&Connection) -> R
 fn execute(tx: &mut Transaction<'_>, op: WriteOp) -> Outcome {
     match op {
         WriteOp::Create(tasks, reply) => Outcome::Unit(reply, in_savepoint(tx, |t| insert_tasks(t, &tasks))),
-        WriteOp::Apply(events, now, reply) => Outcome::Applied(reply, in_savepoint(tx, |t| apply_events(t, &events, now))),
+        WriteOp::Apply(events, now, reporter, reply) => {
+            Outcome::Applied(reply, in_savepoint(tx, |t| apply_events(t, &events, now, reporter.as_deref())))
+        }
         WriteOp::AppendLogs(chunks, reply) => Outcome::Unit(reply, in_savepoint(tx, |t| append_logs(t, &chunks))),
         WriteOp::UpsertNode(node, reply) => Outcome::Unit(reply, in_savepoint(tx, |t| upsert_node(t, &node))),
         WriteOp::TouchNode(id, at, images, reply) => Outcome::State(reply, in_savepoint(tx, |t| touch_node(t, &id, at, Some(&images)))),
@@ -187,11 +191,18 @@ pub fn insert_tasks(tx: &Connection, tasks: &[NewTask]) -> Result<(), StoreError
     Ok(())
 }
 
-pub(crate) fn apply_events(tx: &Connection, events: &[(TaskId, Event)], now: Timestamp) -> Result<Vec<ApplyResult>, StoreError> {
-    events.iter().map(|(id, event)| apply_one(tx, *id, event, now)).collect()
+/// Applies events in order; with a `reporter`, only those about tasks whose
+/// current attempt is on that node.
+pub(crate) fn apply_events(
+    tx: &Connection,
+    events: &[(TaskId, Event)],
+    now: Timestamp,
+    reporter: Option<&str>,
+) -> Result<Vec<ApplyResult>, StoreError> {
+    events.iter().map(|(id, event)| apply_one(tx, *id, event, now, reporter)).collect()
 }
 
-fn apply_one(tx: &Connection, id: TaskId, event: &Event, now: Timestamp) -> Result<ApplyResult, StoreError> {
+fn apply_one(tx: &Connection, id: TaskId, event: &Event, now: Timestamp, reporter: Option<&str>) -> Result<ApplyResult, StoreError> {
     let key = id.to_string();
     let mut select = tx.prepare_cached(
         "SELECT state, attempt, charged_attempts, max_attempts, backoff_seconds, cancel_requested, node_id \
@@ -213,6 +224,9 @@ fn apply_one(tx: &Connection, id: TaskId, event: &Event, now: Timestamp) -> Resu
     let Some((state, attempt, charged, max_attempts, backoff_seconds, cancel_requested, node_id)) = row else {
         return Ok(Err(ApplyError::NotFound(id)));
     };
+    if reporter.is_some() && node_id.as_deref() != reporter {
+        return Ok(Err(ApplyError::NotOnNode(id)));
+    }
     let ctx = LifecycleContext {
         state: rows::parse_state(&state)?,
         attempt,
