@@ -237,12 +237,13 @@ impl Scheduler {
         self.view.next_pass();
         let began = Instant::now();
         let now = Timestamp::now();
-        let records = match self.view.records() {
-            Some(records) => records,
+        let (records, key) = match self.view.records() {
+            Some(cached) => cached,
             None => {
-                let records = self.store.list_nodes().await?;
-                self.view.set_records(records.clone());
-                records
+                let records = Arc::new(self.store.list_nodes().await?);
+                let key = node_set_key(&records);
+                self.view.set_records(records.clone(), key);
+                (records, key)
             }
         };
         if records.is_empty() {
@@ -252,7 +253,6 @@ impl Scheduler {
         }
         self.notes.set_cluster_reason(None);
         let mut memory = self.memory.lock().map(|mut m| std::mem::take(&mut *m)).unwrap_or_default();
-        let key = node_set_key(&records);
         if memory.nodes != key {
             memory = PassMemory { nodes: key, never_fits: HashMap::new(), resume: std::mem::take(&mut memory.resume) };
         }
@@ -285,7 +285,7 @@ impl Scheduler {
                 }
             }
         }
-        let (nodes, usage, held) = self.view.snapshot(records);
+        let (nodes, usage, held) = self.view.snapshot(&records);
         let projects = match self.store.list_projects().await {
             Ok(projects) => projects,
             Err(e) => {

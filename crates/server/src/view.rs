@@ -21,7 +21,7 @@ use shepherd_core::{Resources, TaskId, TaskState};
 use shepherd_sched::{NodeSnapshot, ProjectUsage};
 use shepherd_store::{ActiveTask, ApplyResult, NodeRecord, NodeState};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// What one attempt holds.
 #[derive(Debug, Clone, PartialEq)]
@@ -86,7 +86,7 @@ struct Inner {
     released: HashMap<TaskId, u32>,
     released_before: HashMap<TaskId, u32>,
     /// Node records, and whether they must be read again.
-    records: Option<Vec<NodeRecord>>,
+    records: Option<(Arc<Vec<NodeRecord>>, u64)>,
     records_read_at: Option<std::time::Instant>,
 }
 
@@ -240,8 +240,10 @@ impl ClusterView {
         released
     }
 
-    /// The node records if they are fresh, else `None` (read them again).
-    pub fn records(&self) -> Option<Vec<NodeRecord>> {
+    /// The node records and the key of their node set if they are fresh,
+    /// else `None` (read them again). Shared, not copied: an idle pass at
+    /// 10,000 nodes copied every record four times a second.
+    pub fn records(&self) -> Option<(Arc<Vec<NodeRecord>>, u64)> {
         let inner = self.inner.lock().ok()?;
         let fresh = inner.records_read_at.is_some_and(|at| at.elapsed() < RECORDS_FOR);
         if fresh {
@@ -251,10 +253,10 @@ impl ClusterView {
         }
     }
 
-    /// Keeps node records just read from the store.
-    pub fn set_records(&self, records: Vec<NodeRecord>) {
+    /// Keeps node records just read from the store, with their set's key.
+    pub fn set_records(&self, records: Arc<Vec<NodeRecord>>, key: u64) {
         if let Ok(mut inner) = self.inner.lock() {
-            inner.records = Some(records);
+            inner.records = Some((records, key));
             inner.records_read_at = Some(std::time::Instant::now());
         }
     }
@@ -269,13 +271,13 @@ impl ClusterView {
 
     /// Nodes as placement sees them, with what the view holds on each, and
     /// the usage per project (resources, and tasks plus resources for quotas).
-    pub fn snapshot(&self, records: Vec<NodeRecord>) -> (Vec<NodeSnapshot>, HashMap<String, Resources>, HashMap<String, ProjectUsage>) {
+    pub fn snapshot(&self, records: &[NodeRecord]) -> (Vec<NodeSnapshot>, HashMap<String, Resources>, HashMap<String, ProjectUsage>) {
         let Ok(inner) = self.inner.lock() else { return (Vec::new(), HashMap::new(), HashMap::new()) };
         let nodes = records
-            .into_iter()
+            .iter()
             .map(|node| {
                 let used = inner.nodes.get(&node.id).cloned().unwrap_or_default();
-                let mut images = node.images;
+                let mut images = node.images.clone();
                 images.sort();
                 NodeSnapshot {
                     pool: node.labels.get("pool").cloned(),
@@ -284,8 +286,8 @@ impl ClusterView {
                         .get(shepherd_sched::DEDICATED_LABEL)
                         .map(|list| list.split(',').map(str::trim).filter(|p| !p.is_empty()).map(str::to_string).collect())
                         .unwrap_or_default(),
-                    hostname: node.hostname,
-                    labels: node.labels,
+                    hostname: node.hostname.clone(),
+                    labels: node.labels.clone(),
                     ready: node.state == NodeState::Ready,
                     capacity: node.capacity,
                     allocated: used.allocated,
@@ -293,7 +295,7 @@ impl ClusterView {
                     task_count: used.tasks,
                     images,
                     label_counts: used.label_counts,
-                    id: node.id,
+                    id: node.id.clone(),
                 }
             })
             .collect();
@@ -423,12 +425,12 @@ mod tests {
                 })
                 .collect()
         };
-        let (nodes, usage, held) = view.snapshot(records(&["a", "b"]));
+        let (nodes, usage, held) = view.snapshot(&records(&["a", "b"]));
         assert_eq!((nodes[0].allocated.cpu_millicores, nodes[0].task_count, nodes[0].label_counts["app=web"]), (1000, 2, 2));
         assert_eq!((usage["p"].cpu_millicores, held["p"].tasks), (1500, 3));
         view.released(id(1), 1);
         view.released(id(3), 1);
-        let (nodes, _, held) = view.snapshot(records(&["a", "b"]));
+        let (nodes, _, held) = view.snapshot(&records(&["a", "b"]));
         assert_eq!((nodes[0].task_count, nodes[1].task_count, held["p"].tasks), (1, 0, 1));
         assert!(nodes[1].label_counts.is_empty());
         assert_eq!(view.len(), 1);
