@@ -69,6 +69,9 @@ pub struct SqliteStore {
     next_reader: AtomicUsize,
 }
 
+/// WAL pages between automatic checkpoints.
+const WAL_CHECKPOINT_PAGES: i64 = 10_000;
+
 /// Opens a connection with the pragmas every Shepherd connection uses.
 pub fn open_connection(path: &Path, synchronous: Synchronous, read_only: bool) -> rusqlite::Result<Connection> {
     let flags = if read_only {
@@ -80,6 +83,12 @@ pub fn open_connection(path: &Path, synchronous: Synchronous, read_only: bool) -
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
     if !read_only {
         conn.pragma_update(None, "journal_mode", "WAL")?;
+        // Checkpoint every 10,000 pages (40 MiB) of WAL, not SQLite's 1,000:
+        // the same hot pages (recent tasks, the indexes' tails) are written
+        // by most commits, and a checkpoint copies each once however often
+        // it changed. At 5,000 nodes this took the writer from checkpointing
+        // a few times a second to once every few seconds (+16% tasks/s).
+        conn.pragma_update(None, "wal_autocheckpoint", WAL_CHECKPOINT_PAGES)?;
     }
     let sync = match synchronous {
         Synchronous::Full => "FULL",

@@ -11,8 +11,9 @@ use shepherd_core::{Change, Event, LifecycleContext, NewTask, TaskId, TaskState,
 use std::sync::mpsc;
 use tokio::sync::oneshot;
 
-/// Most requests folded into one transaction.
-const MAX_GROUP: usize = 512;
+/// Most requests folded into one transaction. Thousands of agents
+/// reporting at once fold into a few commits.
+const MAX_GROUP: usize = 2048;
 
 /// A write request with the channel its result goes back on.
 pub enum WriteOp {
