@@ -36,6 +36,11 @@ trap 'bash scripts/postgres.sh stop "$pg_dir"; rm -rf "$pg_dir"' EXIT
 SHEPHERD_TEST_POSTGRES="$(bash scripts/postgres.sh start "$pg_dir" --fast)"
 export SHEPHERD_TEST_POSTGRES
 cargo build --workspace --all-targets
+# The warm-container runner, static (it runs in images without a libc), for
+# its container test; its own target directory keeps the flags apart.
+RUSTFLAGS="-C target-feature=+crt-static" cargo build -p shepherd-runner --release --target x86_64-unknown-linux-gnu
+SHEPHERD_RUNNER_STATIC="$PWD/target/x86_64-unknown-linux-gnu/release/shepherd-runner"
+export SHEPHERD_RUNNER_STATIC
 cargo nextest run --workspace --profile "$profile" "$@"
 # A short bounded fuzz run of request decoding and the constraint parser.
 bash scripts/fuzz.sh
