@@ -370,7 +370,7 @@ impl Scheduler {
             };
             match launch {
                 Some(launch) if launch.attempt == applied.attempt => {
-                    tracing::trace!(?launch, node, "assigning");
+                    tracing::debug!(?launch, node, "assigning");
                     if !self.links.assign(&node, launch) {
                         tracing::warn!(task = %applied.task_id, node, "node unreachable after placement");
                     }
