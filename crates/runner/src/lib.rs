@@ -9,10 +9,14 @@
 //! are the agent's. It is built statically (`-C target-feature=+crt-static`)
 //! so that it runs in images without a libc.
 
+pub mod clean;
 pub mod protocol;
+pub mod reap;
 
 use base64::Engine as _;
+use clean::Scratch;
 use protocol::{Exited, Failure, Kind, Ready, ResetDone, RunRequest, SignalRequest};
+use reap::Reaper;
 use std::io::{self, Read, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
@@ -27,9 +31,11 @@ use std::time::{Duration, Instant};
 pub struct Config {
     /// Directories emptied by every reset (their contents, not themselves:
     /// they are usually mount points), e.g. `/tmp` and the secrets directory.
+    /// Their permissions are put back as they were when the runner started.
     pub scratch: Vec<PathBuf>,
-    /// Whether this process is the container's PID 1 (a reset then kills
-    /// every other process). Tests on the host run it as an ordinary child.
+    /// Whether this process is the container's PID 1: it then reaps every
+    /// process, and a reset kills every other process and removes System V
+    /// IPC objects. Tests on the host run it as an ordinary child.
     pub pid1: bool,
 }
 
@@ -37,20 +43,16 @@ pub struct Config {
 /// task's output pipes to close.
 const RESET_WAIT: Duration = Duration::from_secs(5);
 
-/// How long output still in the pipes is forwarded after the task's process
-/// exits (a background process that keeps them open is cut off then).
+/// How long after the task's process exits its output is still forwarded
+/// while nothing more arrives (something it left behind may hold the pipes).
 const DRAIN: Duration = Duration::from_millis(200);
 
 type Out = Arc<Mutex<Box<dyn Write + Send>>>;
 
-fn send(out: &Out, kind: Kind, body: &[u8]) -> io::Result<()> {
-    let mut out = out.lock().map_err(|_| io::Error::other("output lock poisoned"))?;
-    protocol::write_frame(&mut *out, kind, body)
-}
-
 fn send_json(out: &Out, kind: Kind, value: &impl serde::Serialize) -> io::Result<()> {
     let body = serde_json::to_vec(value).map_err(io::Error::other)?;
-    send(out, kind, &body)
+    let mut out = out.lock().map_err(|_| io::Error::other("output lock poisoned"))?;
+    protocol::write_frame(&mut *out, kind, &body)
 }
 
 /// The task being run (or just ended).
@@ -66,69 +68,197 @@ struct Task {
     ended: Arc<Mutex<bool>>,
 }
 
-/// Serves the protocol until `input` ends; then kills what is left.
+/// The runner's state between frames.
+struct Runner {
+    config: Config,
+    scratch: Vec<Scratch>,
+    out: Out,
+    /// Output is forwarded only while this matches the task that wrote it.
+    generation: Arc<AtomicU64>,
+    /// Reaps every process, as PID 1.
+    reaper: Option<Arc<Reaper>>,
+    task: Option<Task>,
+    /// A task was asked for since the last reset (even one that failed to
+    /// start): the next needs a reset first.
+    dirty: bool,
+}
+
+/// Serves the protocol until `input` ends (or breaks); then kills what is
+/// left.
 pub fn serve(mut input: impl Read, output: impl Write + Send + 'static, config: Config) -> io::Result<()> {
-    let out: Out = Arc::new(Mutex::new(Box::new(output)));
-    // Output is forwarded only while this matches the task that wrote it.
-    let generation = Arc::new(AtomicU64::new(0));
-    send_json(&out, Kind::Ready, &Ready { version: protocol::VERSION, pid1: config.pid1 })?;
-    let mut task: Option<Task> = None;
-    while let Some((kind, body)) = protocol::read_frame(&mut input)? {
+    let scratch = config.scratch.iter().cloned().map(Scratch::record).collect();
+    let reaper = config.pid1.then(Reaper::start);
+    let mut runner = Runner {
+        config,
+        scratch,
+        out: Arc::new(Mutex::new(Box::new(output))),
+        generation: Arc::new(AtomicU64::new(0)),
+        reaper,
+        task: None,
+        dirty: false,
+    };
+    send_json(&runner.out, Kind::Ready, &Ready { version: protocol::VERSION, pid1: runner.config.pid1 })?;
+    let result = loop {
+        match protocol::read_frame(&mut input) {
+            Ok(Some((kind, body))) => runner.handle(kind, &body)?,
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(e),
+        }
+    };
+    // The agent went away (or broke the protocol): nothing may outlive the
+    // conversation.
+    let _ = runner.reset();
+    result
+}
+
+impl Runner {
+    fn fail(&self, message: String) -> io::Result<()> {
+        send_json(&self.out, Kind::Failure, &Failure { message })
+    }
+
+    fn handle(&mut self, kind: Kind, body: &[u8]) -> io::Result<()> {
         match kind {
             Kind::Run => {
-                if task.as_ref().is_some_and(|t| !*t.ended.lock().unwrap_or_else(|e| e.into_inner())) {
-                    send_json(&out, Kind::Failure, &Failure { message: "a task is already running".into() })?;
-                    continue;
+                if self.task.as_ref().is_some_and(|t| !*t.ended.lock().unwrap_or_else(|e| e.into_inner())) {
+                    return self.fail("a task is already running".into());
                 }
-                if task.is_some() {
-                    send_json(&out, Kind::Failure, &Failure { message: "reset before the next task".into() })?;
-                    continue;
+                if self.dirty {
+                    return self.fail("reset before the next task".into());
                 }
-                let request: RunRequest = match protocol::decode(&body) {
+                let request: RunRequest = match protocol::decode(body) {
                     Ok(request) => request,
-                    Err(e) => {
-                        send_json(&out, Kind::Failure, &Failure { message: format!("bad run request: {e}") })?;
-                        continue;
-                    }
+                    Err(e) => return self.fail(format!("bad run request: {e}")),
                 };
-                let id = generation.fetch_add(1, Ordering::SeqCst) + 1;
-                match start(&request, &out, &generation, id) {
-                    Ok(started) => task = Some(started),
-                    Err(message) => send_json(&out, Kind::Failure, &Failure { message })?,
+                self.dirty = true;
+                let id = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+                match start(&request, &self.out, &self.generation, id, self.reaper.clone()) {
+                    Ok(started) => self.task = Some(started),
+                    Err(message) => return self.fail(message),
                 }
             }
             Kind::Signal => {
-                let request: SignalRequest = match protocol::decode(&body) {
+                let request: SignalRequest = match protocol::decode(body) {
                     Ok(request) => request,
-                    Err(e) => {
-                        send_json(&out, Kind::Failure, &Failure { message: format!("bad signal request: {e}") })?;
-                        continue;
-                    }
+                    Err(e) => return self.fail(format!("bad signal request: {e}")),
                 };
-                if let Some(t) = &task {
+                if let Some(t) = self.task.as_ref().filter(|t| !*t.ended.lock().unwrap_or_else(|e| e.into_inner())) {
                     // The whole process group: what the task started too.
                     // SAFETY: kill(2) with a negative pid signals a process group; no memory is touched.
                     unsafe { libc::kill(-t.pid, request.signal) };
                 }
             }
             Kind::Reset => {
-                let done = reset(task.take(), &config, &generation);
-                send_json(&out, Kind::ResetDone, &done)?;
+                let done = self.reset();
+                send_json(&self.out, Kind::ResetDone, &done)?;
             }
-            other => {
-                send_json(&out, Kind::Failure, &Failure { message: format!("unexpected frame {other:?}") })?;
+            other => return self.fail(format!("unexpected frame {other:?}")),
+        }
+        Ok(())
+    }
+
+    /// Restores a clean state after the last task. `ok` only if every step
+    /// worked and this is PID 1 (elsewhere other processes cannot all be
+    /// killed, nor IPC objects removed).
+    fn reset(&mut self) -> ResetDone {
+        let mut problems = Vec::new();
+        let task = self.task.take();
+        self.dirty = false;
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        if self.config.pid1 {
+            // SAFETY: kill(-1) from PID 1 signals every other process in the
+            // container's PID namespace; the runner itself is spared.
+            unsafe { libc::kill(-1, libc::SIGKILL) };
+        } else {
+            if let Some(task) = &task {
+                // SAFETY: kill(2) on the task's process group; no memory is touched.
+                unsafe { libc::kill(-task.pid, libc::SIGKILL) };
+            }
+            problems.push("not PID 1: processes outside the task's group may be left".to_string());
+        }
+        let deadline = Instant::now() + RESET_WAIT;
+        let finished = |handle: &JoinHandle<()>| {
+            while !handle.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            handle.is_finished()
+        };
+        if let Some(mut task) = task {
+            if let Some(waiter) = task.waiter.take() {
+                if finished(&waiter) {
+                    let _ = waiter.join();
+                } else {
+                    problems.push("the task's process did not end".to_string());
+                }
+            }
+            for reader in task.readers.drain(..) {
+                if finished(&reader) {
+                    let _ = reader.join();
+                } else {
+                    problems.push("the task's output is still held open".to_string());
+                }
+            }
+            for file in &task.files {
+                match std::fs::remove_file(file) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => problems.push(format!("cannot remove {}: {e}", file.display())),
+                }
             }
         }
+        if self.config.pid1 {
+            // Every other process gone (the reaper reaps them as they die).
+            loop {
+                match reap::other_processes() {
+                    Ok(left) if left.is_empty() => break,
+                    Ok(left) if Instant::now() >= deadline => {
+                        problems.push(format!("processes still alive after SIGKILL: {left:?}"));
+                        break;
+                    }
+                    Ok(_) => std::thread::sleep(Duration::from_millis(1)),
+                    Err(e) => {
+                        problems.push(format!("cannot list processes: {e}"));
+                        break;
+                    }
+                }
+            }
+            if let Some(reaper) = &self.reaper {
+                reaper.forget_unclaimed();
+            }
+            if let Err(e) = clean::remove_sysv_ipc() {
+                problems.push(format!("cannot remove System V IPC objects: {e}"));
+            }
+        }
+        for scratch in &self.scratch {
+            if let Err(e) = scratch.restore() {
+                problems.push(format!("cannot restore {}: {e}", scratch.path.display()));
+            }
+        }
+        ResetDone { ok: problems.is_empty(), error: (!problems.is_empty()).then(|| problems.join("; ")) }
     }
-    // The agent went away: nothing may outlive the conversation.
-    let _ = reset(task, &config, &generation);
-    Ok(())
 }
 
 /// Writes the task's files and starts its process in a group of its own.
-fn start(request: &RunRequest, out: &Out, generation: &Arc<AtomicU64>, id: u64) -> Result<Task, String> {
-    let Some((program, args)) = request.argv.split_first() else { return Err("no command to run".into()) };
+/// On failure, removes what it wrote.
+fn start(request: &RunRequest, out: &Out, generation: &Arc<AtomicU64>, id: u64, reaper: Option<Arc<Reaper>>) -> Result<Task, String> {
     let mut files = Vec::new();
+    let started = start_writing(request, out, generation, id, reaper, &mut files);
+    if started.is_err() {
+        for file in &files {
+            let _ = std::fs::remove_file(file);
+        }
+    }
+    started
+}
+
+fn start_writing(
+    request: &RunRequest,
+    out: &Out,
+    generation: &Arc<AtomicU64>,
+    id: u64,
+    reaper: Option<Arc<Reaper>>,
+    files: &mut Vec<PathBuf>,
+) -> Result<Task, String> {
+    let Some((program, args)) = request.argv.split_first() else { return Err("no command to run".into()) };
     for file in &request.files {
         let path = PathBuf::from(&file.path);
         if !path.is_absolute() {
@@ -136,8 +266,8 @@ fn start(request: &RunRequest, out: &Out, generation: &Arc<AtomicU64>, id: u64) 
         }
         let data =
             base64::engine::general_purpose::STANDARD.decode(&file.data).map_err(|e| format!("file `{}` is not base64: {e}", file.path))?;
+        files.push(path.clone());
         write_file(&path, &data, file.mode).map_err(|e| format!("cannot write `{}`: {e}", file.path))?;
-        files.push(path);
     }
     let mut command = Command::new(program);
     command
@@ -160,34 +290,43 @@ fn start(request: &RunRequest, out: &Out, generation: &Arc<AtomicU64>, id: u64) 
     }
     let mut child: Child = command.spawn().map_err(|e| format!("cannot start `{program}`: {e}"))?;
     let pid = child.id() as i32;
+    if let Some(reaper) = &reaper {
+        reaper.spawned();
+    }
+    let progress = Arc::new(Progress::new());
     let mut readers = Vec::new();
     let open = Arc::new(AtomicUsize::new(2));
     match child.stdout.take() {
-        Some(stdout) => readers.push(forward(stdout, Kind::Stdout, out.clone(), generation.clone(), id, open.clone())),
+        Some(stdout) => readers.push(forward(stdout, Kind::Stdout, out.clone(), generation.clone(), id, open.clone(), progress.clone())),
         None => drop(open.fetch_sub(1, Ordering::SeqCst)),
     }
     match child.stderr.take() {
-        Some(stderr) => readers.push(forward(stderr, Kind::Stderr, out.clone(), generation.clone(), id, open.clone())),
+        Some(stderr) => readers.push(forward(stderr, Kind::Stderr, out.clone(), generation.clone(), id, open.clone(), progress.clone())),
         None => drop(open.fetch_sub(1, Ordering::SeqCst)),
     }
     let ended = Arc::new(Mutex::new(false));
     let waiter = {
         let (out, generation, ended) = (out.clone(), generation.clone(), ended.clone());
         std::thread::spawn(move || {
-            let status = child.wait();
+            // As PID 1 the reaper waits for every process; elsewhere, the child.
+            let status = match &reaper {
+                Some(reaper) => Some(std::process::ExitStatus::from_raw(reaper.wait_for(pid))),
+                None => child.wait().ok(),
+            };
             // What is already in the pipes arrives first: until both close,
-            // or for a moment if something the task left behind holds them.
-            let drained_by = Instant::now() + DRAIN;
-            while open.load(Ordering::SeqCst) > 0 && Instant::now() < drained_by {
+            // or until nothing has come for a moment (something the task
+            // left behind may hold them open).
+            progress.touch();
+            while open.load(Ordering::SeqCst) > 0 && progress.since() < DRAIN {
                 std::thread::sleep(Duration::from_millis(1));
             }
             let exited = match status {
-                Ok(status) => match (status.code(), status.signal()) {
+                Some(status) => match (status.code(), status.signal()) {
                     (Some(code), _) => Exited { code, signal: None },
                     (None, Some(signal)) => Exited { code: 128 + signal, signal: Some(signal) },
                     (None, None) => Exited { code: 255, signal: None },
                 },
-                Err(_) => Exited { code: 255, signal: None },
+                None => Exited { code: 255, signal: None },
             };
             // Output written from now on (a background process) is not the
             // task's any more. Under the output lock, so that no output
@@ -202,7 +341,7 @@ fn start(request: &RunRequest, out: &Out, generation: &Arc<AtomicU64>, id: u64) 
             }
         })
     };
-    Ok(Task { pid, files, readers, waiter: Some(waiter), ended })
+    Ok(Task { pid, files: std::mem::take(files), readers, waiter: Some(waiter), ended })
 }
 
 fn write_file(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
@@ -216,6 +355,26 @@ fn write_file(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
 }
 
 /// Forwards one pipe as frames while the task is the current one.
+/// When output last moved (read from a pipe or written to the agent).
+struct Progress {
+    epoch: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Progress {
+    fn new() -> Progress {
+        Progress { epoch: Instant::now(), last_ms: AtomicU64::new(0) }
+    }
+
+    fn touch(&self) {
+        self.last_ms.store(self.epoch.elapsed().as_millis() as u64, Ordering::SeqCst);
+    }
+
+    fn since(&self) -> Duration {
+        self.epoch.elapsed().saturating_sub(Duration::from_millis(self.last_ms.load(Ordering::SeqCst)))
+    }
+}
+
 fn forward(
     mut pipe: impl Read + Send + 'static,
     kind: Kind,
@@ -223,6 +382,7 @@ fn forward(
     generation: Arc<AtomicU64>,
     id: u64,
     open: Arc<AtomicUsize>,
+    progress: Arc<Progress>,
 ) -> JoinHandle<()> {
     std::thread::spawn(move || {
         let mut buffer = vec![0u8; 64 * 1024];
@@ -235,105 +395,15 @@ fn forward(
                 Ok(n) => {
                     // After an error writing, the pipe is still read (and
                     // dropped), so the task never blocks on a full pipe.
+                    progress.touch();
                     if let Ok(mut writer) = out.lock() {
                         if generation.load(Ordering::SeqCst) == id {
                             let _ = protocol::write_frame(&mut *writer, kind, &buffer[..n]);
+                            progress.touch();
                         }
                     }
                 }
             }
         }
     })
-}
-
-/// Restores a clean state after `task`. `ok` only if every step worked and
-/// this is PID 1 (elsewhere other processes cannot all be killed).
-fn reset(task: Option<Task>, config: &Config, generation: &AtomicU64) -> ResetDone {
-    let mut problems = Vec::new();
-    if let Some(task) = &task {
-        if !*task.ended.lock().unwrap_or_else(|e| e.into_inner()) {
-            // SAFETY: kill(2) on the task's process group; no memory is touched.
-            unsafe { libc::kill(-task.pid, libc::SIGKILL) };
-        }
-    }
-    generation.fetch_add(1, Ordering::SeqCst);
-    if config.pid1 {
-        // SAFETY: kill(-1) from PID 1 signals every other process in the
-        // container's PID namespace; the runner itself is spared.
-        unsafe { libc::kill(-1, libc::SIGKILL) };
-    } else if let Some(task) = &task {
-        // SAFETY: as above, the task's process group only.
-        unsafe { libc::kill(-task.pid, libc::SIGKILL) };
-        problems.push("not PID 1: processes outside the task's group may be left".to_string());
-    }
-    let deadline = Instant::now() + RESET_WAIT;
-    if let Some(mut task) = task {
-        if let Some(waiter) = task.waiter.take() {
-            let _ = waiter.join();
-        }
-        if config.pid1 {
-            // Reap everything the kill ended (orphans are PID 1's children).
-            loop {
-                let mut status = 0;
-                // SAFETY: waitpid(2) with WNOHANG writes only to `status`.
-                let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
-                if pid < 0 {
-                    break; // ECHILD: no child left
-                }
-                if pid == 0 {
-                    if Instant::now() >= deadline {
-                        problems.push("processes still alive after SIGKILL".to_string());
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(2));
-                }
-            }
-        }
-        for reader in task.readers.drain(..) {
-            while !reader.is_finished() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            if reader.is_finished() {
-                let _ = reader.join();
-            } else {
-                problems.push("the task's output is still held open".to_string());
-            }
-        }
-        for file in &task.files {
-            match std::fs::remove_file(file) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => problems.push(format!("cannot remove {}: {e}", file.display())),
-            }
-        }
-    }
-    for dir in &config.scratch {
-        if let Err(e) = empty_dir(dir) {
-            problems.push(format!("cannot empty {}: {e}", dir.display()));
-        }
-    }
-    ResetDone { ok: problems.is_empty(), error: (!problems.is_empty()).then(|| problems.join("; ")) }
-}
-
-/// Removes everything inside `dir`, and checks that nothing is left.
-fn empty_dir(dir: &Path) -> io::Result<()> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    for entry in entries {
-        let entry = entry?;
-        let path = entry.path();
-        // Not following links: a link is removed, never what it points to.
-        if entry.file_type()?.is_dir() {
-            std::fs::remove_dir_all(&path)?;
-        } else {
-            std::fs::remove_file(&path)?;
-        }
-    }
-    if std::fs::read_dir(dir)?.next().is_some() {
-        return Err(io::Error::other("entries came back while it was emptied"));
-    }
-    Ok(())
 }

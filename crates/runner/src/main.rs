@@ -1,7 +1,7 @@
 //! `shepherd-runner [--scratch DIR]...`: the warm-container runner. Started
 //! by the agent as a reused container's entrypoint; speaks the protocol of
 //! `shepherd_runner::protocol` on stdin/stdout. Default scratch: `/tmp`,
-//! `/run/secrets` and `/run/shepherd`.
+//! `/run/secrets`, `/run/shepherd`, `/dev/shm` and `/dev/mqueue`.
 
 use std::path::PathBuf;
 
@@ -18,7 +18,7 @@ fn main() {
         }
     }
     if scratch.is_empty() {
-        scratch = ["/tmp", "/run/secrets", "/run/shepherd"].iter().map(PathBuf::from).collect();
+        scratch = ["/tmp", "/run/secrets", "/run/shepherd", "/dev/shm", "/dev/mqueue"].iter().map(PathBuf::from).collect();
     }
     let pid1 = std::process::id() == 1;
     if pid1 {

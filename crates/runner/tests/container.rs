@@ -117,6 +117,16 @@ fn as_pid1_the_reset_leaves_nothing_of_the_previous_task() {
     assert!(!output.contains("wrote") && output.contains("still"), "{output}");
     assert_eq!(c.reset(), ok);
 
+    // Orphans are reaped while a task runs (no zombies against the pids
+    // limit); /dev/shm and the scratch directories' own modes are restored.
+    let (output, exit) = c.run(&sh("for i in 1 2 3 4 5; do sh -c 'sleep 0.05 &'; done; sleep 0.5; \
+         ps -o stat | grep -c Z; echo x > /dev/shm/seg; chmod 700 /tmp; true"));
+    assert_eq!((output.as_str(), exit.code), ("0\n", 0), "zombies left while the task ran");
+    assert_eq!(c.reset(), ok);
+    let (output, _) = c.run(&sh("ls -A /dev/shm; stat -c %a /tmp"));
+    assert_eq!(output, "1777\n");
+    assert_eq!(c.reset(), ok);
+
     // Many tasks in a row, each with its own exit code.
     for k in 0..20 {
         let (output, exit) = c.run(&sh(&format!("test -e /tmp/k && exit 99; touch /tmp/k; echo {k}; exit {}", k % 7)));

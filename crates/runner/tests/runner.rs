@@ -177,12 +177,23 @@ fn bad_requests_are_refused_and_the_runner_goes_on() {
     assert!(failure(&mut runner).contains("bad run request"));
     runner.run(&RunRequest::default());
     assert!(failure(&mut runner).contains("no command"));
-    runner.run(&RunRequest { argv: vec!["/no/such/program".into()], ..Default::default() });
+    // Any task asked for, even one that did not start, needs a reset before the next.
+    runner.run(&sh("true"));
+    assert!(failure(&mut runner).contains("reset before"));
+    runner.reset();
+    // A task that cannot start leaves none of its files behind.
+    let secret = scratch.path().join("secret");
+    let mut missing = RunRequest { argv: vec!["/no/such/program".into()], ..Default::default() };
+    missing.files.push(FileSpec { path: secret.display().to_string(), mode: 0o400, data: "c2VjcmV0".into() });
+    runner.run(&missing);
     assert!(failure(&mut runner).contains("cannot start"));
+    assert!(!secret.exists(), "the failed task's file was removed at once");
+    runner.reset();
     let mut relative = sh("true");
     relative.files.push(FileSpec { path: "relative".into(), mode: 0o600, data: String::new() });
     runner.run(&relative);
     assert!(failure(&mut runner).contains("not absolute"));
+    runner.reset();
     runner.send(Kind::Stdout, b"from the wrong side");
     assert!(failure(&mut runner).contains("unexpected"));
 

@@ -178,6 +178,14 @@ pub async fn reports_from_their_node(store: &dyn Store) {
         (states(here.id).await, states(there.id).await, states(queued.id).await),
         (TaskState::Running, TaskState::Scheduled, TaskState::Queued)
     );
+    // Nor may a node place a task or ask for its cancel, even one it last ran.
+    let results = store
+        .apply_reported("n1".into(), vec![(here.id, Event::Cancel), (queued.id, Event::Schedule { node_id: "n1".into() })], now)
+        .await
+        .unwrap();
+    assert!(results.iter().all(|r| matches!(r, Err(ApplyError::NotOnNode(_)))), "{results:?}");
+    assert_eq!(states(queued.id).await, TaskState::Queued);
+    assert!(!store.get_task(here.id).await.unwrap().unwrap().cancel_requested);
     // Its own node may report it.
     let results = store.apply_reported("n2".into(), vec![(there.id, start)], now).await.unwrap();
     assert!(results[0].is_ok(), "{results:?}");

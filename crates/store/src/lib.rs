@@ -95,7 +95,8 @@ pub trait Store: Send + Sync + 'static {
     async fn apply(&self, events: Vec<(TaskId, Event)>, now: Timestamp) -> Result<Vec<ApplyResult>, StoreError>;
 
     /// Applies events that `node` reported, as [`Store::apply`] does, except
-    /// that an event about a task whose current attempt is not on `node` is
+    /// that an event about a task whose current attempt is not on `node`,
+    /// or one that names no attempt (a placement, a cancel request), is
     /// refused with [`ApplyError::NotOnNode`], checked in the same
     /// transaction as the write.
     async fn apply_reported(&self, node: String, events: Vec<(TaskId, Event)>, now: Timestamp) -> Result<Vec<ApplyResult>, StoreError>;

@@ -95,7 +95,9 @@ pub(super) async fn apply_batch(
             results.push(Err(ApplyError::NotFound(*id)));
             continue;
         };
-        if reporter.is_some() && task.node_id.as_deref() != *reporter {
+        // A node reports only about its own attempts: never a placement or
+        // a cancel request (events without an attempt), never another node's task.
+        if reporter.is_some() && (event.attempt().is_none() || task.node_id.as_deref() != *reporter) {
             results.push(Err(ApplyError::NotOnNode(*id)));
             continue;
         }

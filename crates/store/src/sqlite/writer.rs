@@ -225,7 +225,9 @@ fn apply_one(tx: &Connection, id: TaskId, event: &Event, now: Timestamp, reporte
     let Some((state, attempt, charged, max_attempts, backoff_seconds, cancel_requested, node_id)) = row else {
         return Ok(Err(ApplyError::NotFound(id)));
     };
-    if reporter.is_some() && node_id.as_deref() != reporter {
+    // A node reports only about its own attempts: never a placement or a
+    // cancel request (events without an attempt), never another node's task.
+    if reporter.is_some() && (event.attempt().is_none() || node_id.as_deref() != reporter) {
         return Ok(Err(ApplyError::NotOnNode(id)));
     }
     let ctx = LifecycleContext {

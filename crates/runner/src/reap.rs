@@ -1,0 +1,94 @@
+//! PID 1's duty: reaping every process that ends in the container (the
+//! task's own process, and the orphans it leaves, which become PID 1's
+//! children), so that zombies never pile up against the pids limit while a
+//! long task runs. The task's exit status is handed to whoever waits for it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+/// Reaps every child of this process, on a thread of its own.
+pub struct Reaper {
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct State {
+    /// Exit statuses (as `waitpid` gives them) not yet claimed.
+    exited: HashMap<i32, i32>,
+    /// Bumped after each spawn, so a reaper with no children wakes up.
+    spawned: u64,
+}
+
+impl Reaper {
+    /// Starts the reaping thread.
+    pub fn start() -> Arc<Reaper> {
+        let reaper = Arc::new(Reaper { state: Mutex::new(State::default()), changed: Condvar::new() });
+        let worker = reaper.clone();
+        std::thread::spawn(move || worker.run());
+        reaper
+    }
+
+    fn run(&self) {
+        let mut seen = 0;
+        loop {
+            let mut status = 0;
+            // SAFETY: waitpid(2) writes only to `status`.
+            let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
+            if pid > 0 {
+                let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                state.exited.insert(pid, status);
+                self.changed.notify_all();
+                continue;
+            }
+            if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            // No child at all: the next one can only come from a spawn.
+            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            while state.spawned == seen {
+                state = self.changed.wait_timeout(state, Duration::from_secs(1)).unwrap_or_else(|e| e.into_inner()).0;
+            }
+            seen = state.spawned;
+        }
+    }
+
+    /// Says that a child was just spawned.
+    pub fn spawned(&self) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.spawned += 1;
+        self.changed.notify_all();
+    }
+
+    /// Waits for `pid` to end; its raw `waitpid` status.
+    pub fn wait_for(&self, pid: i32) -> i32 {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(status) = state.exited.remove(&pid) {
+                return status;
+            }
+            state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Forgets the statuses of processes nobody waits for (orphans).
+    pub fn forget_unclaimed(&self) {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).exited.clear();
+    }
+}
+
+/// The other processes in this PID namespace (from `/proc`), zombies
+/// included.
+pub fn other_processes() -> std::io::Result<Vec<i32>> {
+    let me = std::process::id() as i32;
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc")? {
+        if let Some(pid) = entry?.file_name().to_str().and_then(|name| name.parse::<i32>().ok()) {
+            if pid != me {
+                pids.push(pid);
+            }
+        }
+    }
+    Ok(pids)
+}
