@@ -286,6 +286,12 @@ async fn a_stop_says_what_it_left_running_and_node_cleanup_removes_it() {
     let refused = Command::new(common::BIN).args(["node", "cleanup", "--data-dir"]).arg(&data).output().unwrap();
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("in use by another shepherd process"));
+    // Leave nothing on the engine: that last server may have created the
+    // requeued task's container when it was killed.
+    drop(server);
+    let cleanup = Command::new(common::BIN).args(["node", "cleanup", "--data-dir"]).arg(&data).output().unwrap();
+    assert!(cleanup.status.success(), "{}", String::from_utf8_lossy(&cleanup.stderr));
+    assert!(containers_of(&node).is_empty(), "{:?}", containers_of(&node));
 }
 
 /// The command runs under an init: a cancel's SIGTERM reaches `sleep`, which
