@@ -6,6 +6,8 @@
 //! (scripts/build-test-image.sh) and the static runner in
 //! SHEPHERD_RUNNER_STATIC (scripts/test.sh builds both).
 
+mod common;
+
 use base64::Engine as _;
 use shepherd_runner::protocol::{self, Exited, FileSpec, Kind, Ready, ResetDone, RunRequest};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -36,15 +38,7 @@ impl Container {
             .spawn()
             .expect("docker run");
         let stdin = child.stdin.take().unwrap();
-        let mut stdout = child.stdout.take().unwrap();
-        let (tx, frames) = mpsc::channel();
-        std::thread::spawn(move || {
-            while let Ok(Some(frame)) = protocol::read_frame(&mut stdout) {
-                if tx.send(frame).is_err() {
-                    return;
-                }
-            }
-        });
+        let frames = common::frames(child.stdout.take().unwrap());
         let mut container = Container { name, child, stdin, frames };
         let (kind, body) = container.next();
         assert_eq!(kind, Kind::Ready);

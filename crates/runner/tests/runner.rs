@@ -2,6 +2,8 @@
 //! on the host (not PID 1: its reset says so, and kills only the task's
 //! process group). Scratch directories are temporary ones.
 
+mod common;
+
 use base64::Engine as _;
 use shepherd_runner::protocol::{self, Exited, FileSpec, Kind, Ready, ResetDone, RunRequest, SignalRequest};
 use std::io::Write;
@@ -25,15 +27,7 @@ impl Runner {
             .spawn()
             .unwrap();
         let stdin = child.stdin.take();
-        let mut stdout = child.stdout.take().unwrap();
-        let (tx, frames) = mpsc::channel();
-        std::thread::spawn(move || {
-            while let Ok(Some(frame)) = protocol::read_frame(&mut stdout) {
-                if tx.send(frame).is_err() {
-                    return;
-                }
-            }
-        });
+        let frames = common::frames(child.stdout.take().unwrap());
         let mut runner = Runner { child, stdin, frames };
         let (kind, body) = runner.next();
         assert_eq!(kind, Kind::Ready);

@@ -32,12 +32,6 @@ struct Current {
     node_id: Option<String>,
 }
 
-/// The task row a batch writes: the last change's fields, and for the
-/// fields a change leaves alone when `None`, the last one it set.
-struct TaskWrite {
-    change: shepherd_core::Change,
-}
-
 /// An attempt row a batch writes.
 #[derive(Default)]
 struct AttemptWrite {
@@ -85,7 +79,9 @@ pub(super) async fn apply_batch(
 
     // Each event against the task as the events before it left it.
     let mut results = Vec::with_capacity(events.len());
-    let mut tasks: HashMap<String, TaskWrite> = HashMap::new();
+    // The task row a batch writes: the last change's fields, and for the
+    // fields a change leaves alone when `None`, the last one it set.
+    let mut tasks: HashMap<String, shepherd_core::Change> = HashMap::new();
     let mut task_order: Vec<String> = Vec::new();
     let mut attempts: HashMap<(String, u32), AttemptWrite> = HashMap::new();
     let mut attempt_order: Vec<(String, u32)> = Vec::new();
@@ -134,10 +130,9 @@ pub(super) async fn apply_batch(
             node_id: change.node_id.clone(),
         }));
         match tasks.get_mut(&key) {
-            Some(write) => {
+            Some(c) => {
                 // Fields a change leaves alone when `None` keep the last one set.
-                let before = std::mem::replace(&mut write.change, change);
-                let c = &mut write.change;
+                let before = std::mem::replace(c, change);
                 c.exit_code = c.exit_code.or(before.exit_code);
                 c.reason = c.reason.take().or(before.reason);
                 c.scheduled_at = c.scheduled_at.or(before.scheduled_at);
@@ -146,7 +141,7 @@ pub(super) async fn apply_batch(
             }
             None => {
                 task_order.push(key.clone());
-                tasks.insert(key, TaskWrite { change });
+                tasks.insert(key, change);
             }
         }
     }
@@ -270,7 +265,7 @@ async fn write_attempts(
 /// Writes each changed task's row once, as its last change left it.
 async fn write_tasks(
     tx: &deadpool_postgres::Transaction<'_>,
-    tasks: &HashMap<String, TaskWrite>,
+    tasks: &HashMap<String, shepherd_core::Change>,
     order: &[String],
 ) -> Result<(), StoreError> {
     if order.is_empty() {
@@ -284,7 +279,7 @@ async fn write_tasks(
         (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
     let (mut finished, mut updated) = (Vec::with_capacity(n), Vec::with_capacity(n));
     for key in order {
-        let Some(TaskWrite { change: c }) = tasks.get(key) else { continue };
+        let Some(c) = tasks.get(key) else { continue };
         ids.push(key.as_str());
         states.push(c.state.as_str());
         attempts.push(i64::from(c.attempt));
