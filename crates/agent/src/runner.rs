@@ -463,7 +463,7 @@ async fn run_attempt_inner(
             match start(inner, task_id, attempt, launch, work_dir).await {
                 Ok(Some((mut handle, output))) => {
                     let at = Some(Timestamp::now());
-                    if !report(inner, task_id, Event::Start { attempt, at }).await {
+                    if !report(inner, task_id, Event::Start { attempt, at, runtime: None }).await {
                         // The task was given away or ended meanwhile: never let it run.
                         let _ = handle.kill().await;
                         let _ = handle.wait().await;

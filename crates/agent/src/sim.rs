@@ -354,7 +354,7 @@ impl Fleet {
                 return;
             }
             inner.running.insert(task, attempt);
-            inner.pending.push((task, Event::Start { attempt, at: Some(Timestamp::now()) }));
+            inner.pending.push((task, Event::Start { attempt, at: Some(Timestamp::now()), runtime: None }));
         }
         if let Ok(mut timers) = self.timers.lock() {
             timers.push(Reverse((Instant::now() + Duration::from_millis(run_ms), index, task, attempt, code)));

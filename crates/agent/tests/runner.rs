@@ -74,7 +74,7 @@ async fn an_attempt_runs_and_its_exit_and_output_are_reported() {
     s.driver.script(id(1), Script { output: b"hello\n".to_vec(), runs_for: Some(Duration::from_secs(3)), code: 3, ..Script::default() });
     s.agent.assign_launch(launch(id(1), 1, 60));
     let reports = until_final(&s.backend, id(1)).await;
-    assert!(matches!(reports[0], Event::Start { attempt: 1, at: Some(_) }), "{reports:?}");
+    assert!(matches!(reports[0], Event::Start { attempt: 1, at: Some(_), runtime: None }), "{reports:?}");
     assert!(matches!(reports[1], Event::Exit { attempt: 1, code: 3, oom_killed: false, at: Some(_) }), "{reports:?}");
     assert_eq!(s.backend.output(id(1)), b"hello\n");
     let record = s.driver.record(id(1), 1);

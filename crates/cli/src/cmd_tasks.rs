@@ -76,6 +76,18 @@ pub struct RunArgs {
     /// Network: none (default) or bridge.
     #[arg(long, default_value = "none")]
     network: String,
+    /// Run in a warm container reused by this project's tasks of the same
+    /// image, user, workdir, network and limits (reset between tasks).
+    #[arg(long)]
+    reuse: bool,
+    /// With --reuse: how long a warm container waits for the next task
+    /// (seconds, or 30s, 5m; default 60s). Implies --reuse.
+    #[arg(long, value_name = "DURATION", value_parser = parse_timeout)]
+    reuse_idle: Option<u32>,
+    /// With --reuse: tasks one warm container runs before it is replaced
+    /// (default 1000). Implies --reuse.
+    #[arg(long, value_name = "N")]
+    reuse_max_tasks: Option<u32>,
     /// The image to run.
     image: String,
     /// The command and its arguments (after `--`).
@@ -118,6 +130,13 @@ pub async fn run(client: &Client, args: RunArgs) -> Result<ExitCode> {
     spec.profile = args.profile;
     spec.pool = args.pool;
     spec.network = args.network;
+    if args.reuse || args.reuse_idle.is_some() || args.reuse_max_tasks.is_some() {
+        let defaults = shepherd_core::ReusePolicy::default();
+        spec.reuse = Some(shepherd_core::ReusePolicy {
+            idle_seconds: args.reuse_idle.unwrap_or(defaults.idle_seconds),
+            max_tasks: args.reuse_max_tasks.unwrap_or(defaults.max_tasks),
+        });
+    }
     for secret in args.secrets {
         let (name, env) = match secret.split_once(':') {
             Some((name, env)) => (name.to_string(), Some(env.to_string())),
@@ -176,6 +195,8 @@ fn in_flag_terms(error: anyhow::Error) -> anyhow::Error {
         "profile" => "--profile",
         "pool" => "--pool",
         "network" => "--network",
+        "reuse.idle_seconds" => "--reuse-idle",
+        "reuse.max_tasks" => "--reuse-max-tasks",
         _ => return error,
     };
     anyhow::anyhow!("{flag}: {} (HTTP {})", failure.message, failure.status)
@@ -413,6 +434,13 @@ pub async fn inspect(client: &Client, args: InspectArgs) -> Result<ExitCode> {
     println!("Priority:    {}", task.priority);
     println!("Retry:       {} in all, {}s backoff", plural(u64::from(task.retry.max_attempts), "attempt"), task.retry.backoff_seconds);
     println!("Payload:     {}", plural(task.payload_bytes, "byte"));
+    if let Some(reuse) = &task.reuse {
+        println!(
+            "Reuse:       warm containers, idle {}s, at most {} per container",
+            reuse.idle_seconds,
+            plural(u64::from(reuse.max_tasks), "task")
+        );
+    }
     for secret in &task.secrets {
         match &secret.env {
             Some(env) => println!("Secret:      {} (file, and ${})", safe(&secret.name), safe(env)),
@@ -446,11 +474,15 @@ pub async fn inspect(client: &Client, args: InspectArgs) -> Result<ExitCode> {
                     opt(a.finished_at),
                     a.outcome.map(|o| o.as_str().to_string()).unwrap_or_else(|| "in progress".into()),
                     a.exit_code.map(|c| c.to_string()).unwrap_or_default(),
+                    match &a.runtime {
+                        Some(r) => format!("{} {}", if r.warm { "warm" } else { "cold" }, safe(&r.container)),
+                        None => "-".into(),
+                    },
                     a.reason.clone().unwrap_or_default(),
                 ]
             })
             .collect();
-        print_table(&["ATTEMPT", "NODE", "STARTED", "FINISHED", "OUTCOME", "EXIT", "REASON"], &rows);
+        print_table(&["ATTEMPT", "NODE", "STARTED", "FINISHED", "OUTCOME", "EXIT", "CONTAINER", "REASON"], &rows);
     }
     if args.explain {
         explain(client, &args.id).await?;

@@ -30,7 +30,10 @@ pub use launch::{LaunchSpec, LogChunk, LogStream};
 pub use lifecycle::{change, Change, ClosedAttempt, Decision, Event, IllegalTransition, LifecycleContext};
 pub use node::{IllegalNodeEvent, NodeEvent, NodeState};
 pub use state::TaskState;
-pub use task::{AntiAffinitySpec, Attempt, AttemptOutcome, NewTask, PullPolicy, Resources, RetryPolicy, Task, TaskId, TaskSpec};
+pub use task::{
+    AntiAffinitySpec, Attempt, AttemptOutcome, AttemptRuntime, NewTask, PullPolicy, Resources, RetryPolicy, ReusePolicy, Task, TaskId,
+    TaskSpec,
+};
 pub use tenant::{is_env_name, is_project_name, is_secret_name, ProjectLimits, SecretRef};
 pub use time::Timestamp;
 pub use validate::{validate, FieldError, Limits};

@@ -34,6 +34,9 @@ pub enum Event {
         attempt: u32,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         at: Option<crate::Timestamp>,
+        /// Where it runs (its container, warm or cold), if the driver says.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        runtime: Option<crate::AttemptRuntime>,
     },
     /// The attempt exited with a code; `oom_killed` when the kernel killed
     /// it for exceeding its memory limit. `at`: when it exited, as the
@@ -221,8 +224,8 @@ pub struct Change {
     pub updated_at: Timestamp,
     /// A new attempt row: its number, node and time.
     pub open_attempt: Option<(u32, String, Timestamp)>,
-    /// The current attempt started at this time.
-    pub start_attempt: Option<(u32, Timestamp)>,
+    /// The current attempt started at this time (and where, if its agent said).
+    pub start_attempt: Option<(u32, Timestamp, Option<crate::AttemptRuntime>)>,
     /// The current attempt ended.
     pub close_attempt: Option<ClosedAttempt>,
 }
@@ -250,7 +253,10 @@ pub fn change(ctx: &LifecycleContext, node_id: Option<&str>, event: &Event, now:
         _ => node_id.map(str::to_string),
     };
     let open_attempt = decision.open_attempt.map(|number| (number, node_id.clone().unwrap_or_default(), at));
-    let start_attempt = matches!(event, Event::Start { .. }).then_some((attempt, at));
+    let start_attempt = match event {
+        Event::Start { runtime, .. } => Some((attempt, at, runtime.clone())),
+        _ => None,
+    };
     let close_attempt = decision.close_attempt.map(|outcome| ClosedAttempt {
         number: attempt,
         finished_at: at,
@@ -272,7 +278,7 @@ pub fn change(ctx: &LifecycleContext, node_id: Option<&str>, event: &Event, now:
         exit_code: decision.exit_code,
         reason: decision.reason.clone(),
         scheduled_at: open_attempt.as_ref().map(|_| at),
-        started_at: start_attempt.map(|_| at),
+        started_at: start_attempt.as_ref().map(|_| at),
         finished_at: decision.to.is_terminal().then_some(at),
         updated_at: at,
         open_attempt,
@@ -319,7 +325,7 @@ mod tests {
     fn all_events() -> Vec<Event> {
         vec![
             Event::Schedule { node_id: "n".into() },
-            Event::Start { attempt: 1, at: None },
+            Event::Start { attempt: 1, at: None, runtime: None },
             Event::Exit { attempt: 1, code: 0, oom_killed: false, at: None },
             Event::Exit { attempt: 1, code: 3, oom_killed: false, at: None },
             Event::TimedOut { attempt: 1 },
@@ -360,7 +366,7 @@ mod tests {
     fn the_happy_path() {
         let d = decide(&LifecycleContext { attempt: 0, ..ctx(Queued) }, &Event::Schedule { node_id: "n".into() }).unwrap();
         assert_eq!((d.to, d.open_attempt), (Scheduled, Some(1)));
-        assert_eq!(decide(&ctx(Scheduled), &Event::Start { attempt: 1, at: None }).unwrap().to, Running);
+        assert_eq!(decide(&ctx(Scheduled), &Event::Start { attempt: 1, at: None, runtime: None }).unwrap().to, Running);
         let d = decide(&ctx(Running), &Event::Exit { attempt: 1, code: 0, oom_killed: false, at: None }).unwrap();
         assert_eq!((d.to, d.exit_code, d.close_attempt), (Succeeded, Some(0), Some(AttemptOutcome::Succeeded)));
     }
@@ -419,10 +425,13 @@ mod tests {
 
     #[test]
     fn events_out_of_order_are_illegal() {
-        assert!(matches!(decide(&ctx(Queued), &Event::Start { attempt: 1, at: None }), Err(IllegalTransition::WrongState { .. })));
+        assert!(matches!(
+            decide(&ctx(Queued), &Event::Start { attempt: 1, at: None, runtime: None }),
+            Err(IllegalTransition::WrongState { .. })
+        ));
         // A start reported again (its first answer lost) is known as such.
         assert!(matches!(
-            decide(&ctx(Running), &Event::Start { attempt: 1, at: None }),
+            decide(&ctx(Running), &Event::Start { attempt: 1, at: None, runtime: None }),
             Err(IllegalTransition::Repeated { event: "start", attempt: 1 })
         ));
         assert!(matches!(

@@ -121,6 +121,38 @@ pub struct AntiAffinitySpec {
     pub max_per_node: u32,
 }
 
+/// Run the task in a warm container that earlier tasks of the same project
+/// and key (image, user, workdir, network, limits, pull policy) ran in, and
+/// keep it for later ones: no container is created or removed per task.
+/// Between tasks the container is reset (every process killed, `/tmp`,
+/// secrets and payload wiped); one that fails to reset is discarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReusePolicy {
+    /// How long the container waits idle for the next task before it is
+    /// removed (1 to 3600).
+    #[serde(default = "ReusePolicy::default_idle")]
+    pub idle_seconds: u32,
+    /// How many tasks one container runs before it is replaced (1 to 100000).
+    #[serde(default = "ReusePolicy::default_max_tasks")]
+    pub max_tasks: u32,
+}
+
+impl ReusePolicy {
+    fn default_idle() -> u32 {
+        60
+    }
+    fn default_max_tasks() -> u32 {
+        1000
+    }
+}
+
+impl Default for ReusePolicy {
+    fn default() -> Self {
+        ReusePolicy { idle_seconds: Self::default_idle(), max_tasks: Self::default_max_tasks() }
+    }
+}
+
 /// When the agent pulls the task's image.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -202,6 +234,9 @@ pub struct TaskSpec {
     /// Project secrets the task receives (values never appear in the spec).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<crate::SecretRef>,
+    /// Run in a warm, reused container (see [`ReusePolicy`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reuse: Option<ReusePolicy>,
 }
 
 impl TaskSpec {
@@ -240,6 +275,7 @@ impl TaskSpec {
             pool: None,
             anti_affinity: None,
             secrets: Vec::new(),
+            reuse: None,
         }
     }
 }
@@ -318,6 +354,21 @@ pub struct Attempt {
     pub outcome: Option<AttemptOutcome>,
     pub exit_code: Option<i32>,
     pub reason: Option<String>,
+    /// Where it ran, as its agent reported at the start: the container, and
+    /// whether it was a warm one that ran other tasks before (`reuse`).
+    /// Absent for drivers without containers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<AttemptRuntime>,
+}
+
+/// Where an attempt runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AttemptRuntime {
+    /// The container's name on the node's engine.
+    pub container: String,
+    /// Whether the attempt ran in a reused (warm) container rather than one
+    /// created for it.
+    pub warm: bool,
 }
 
 /// A task as Shepherd reports it: `GET /v1/tasks/{id}`.
@@ -348,6 +399,9 @@ pub struct Task {
     /// The secrets the task receives, by name (values are never shown).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<crate::SecretRef>,
+    /// Runs in a warm, reused container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reuse: Option<ReusePolicy>,
     #[schema(value_type = String, format = DateTime)]
     pub created_at: Timestamp,
     #[schema(value_type = Option<String>, format = DateTime)]
@@ -395,6 +449,7 @@ impl Task {
             pool: spec.pool,
             anti_affinity: spec.anti_affinity,
             secrets: spec.secrets,
+            reuse: spec.reuse,
             created_at,
             scheduled_at: None,
             started_at: None,

@@ -172,6 +172,10 @@ pub fn validate(mut spec: TaskSpec, limits: &Limits, id: TaskId, now: Timestamp)
         })?;
         check(rule.max_per_node >= 1, "anti_affinity.max_per_node", || "at least 1".into())?;
     }
+    if let Some(reuse) = &spec.reuse {
+        check((1..=3600).contains(&reuse.idle_seconds), "reuse.idle_seconds", || "must be between 1 and 3600".into())?;
+        check((1..=100_000).contains(&reuse.max_tasks), "reuse.max_tasks", || "must be between 1 and 100000".into())?;
+    }
     check(matches!(spec.network.as_str(), "none" | "bridge"), "network", || {
         format!("`{}`: use none (the default) or bridge", spec.network)
     })?;
@@ -228,6 +232,9 @@ mod tests {
         assert_eq!(field_of(TaskSpec { workdir: Some("relative".into()), ..base() }), "workdir");
         assert_eq!(field_of(TaskSpec { user: Some("a b".into()), ..base() }), "user");
         assert_eq!(field_of(TaskSpec { network: "host".into(), ..base() }), "network");
+        let reuse = |idle_seconds, max_tasks| Some(crate::ReusePolicy { idle_seconds, max_tasks });
+        assert_eq!(field_of(TaskSpec { reuse: reuse(0, 10), ..base() }), "reuse.idle_seconds");
+        assert_eq!(field_of(TaskSpec { reuse: reuse(60, 0), ..base() }), "reuse.max_tasks");
     }
 
     #[test]

@@ -11,7 +11,7 @@ fn event(kind: u8, attempt_offset: u8, code: i32) -> impl Fn(u32) -> Event {
         let attempt = current.saturating_sub(u32::from(attempt_offset % 2));
         match kind % 9 {
             0 => Event::Schedule { node_id: "n".into() },
-            1 => Event::Start { attempt, at: None },
+            1 => Event::Start { attempt, at: None, runtime: None },
             2 => Event::Exit { attempt, code, oom_killed: code == 137, at: None },
             3 => Event::TimedOut { attempt },
             4 => Event::StartFailed { attempt, reason: "x".into() },

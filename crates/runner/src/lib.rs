@@ -15,7 +15,7 @@ pub mod reap;
 
 use base64::Engine as _;
 use clean::Scratch;
-use protocol::{Exited, Failure, Kind, Ready, ResetDone, RunRequest, SignalRequest};
+use protocol::{Exited, Failure, Kind, Ready, ResetDone, RunRequest, SignalRequest, Started};
 use reap::Reaper;
 use std::io::{self, Read, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -131,9 +131,20 @@ impl Runner {
                 };
                 self.dirty = true;
                 let id = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+                // `Started` goes out before any output or exit of the task:
+                // its forwarders and waiter need the output lock, held here.
+                let out = self.out.clone();
+                let mut writer = out.lock().map_err(|_| io::Error::other("output lock poisoned"))?;
                 match start(&request, &self.out, &self.generation, id, self.reaper.clone()) {
-                    Ok(started) => self.task = Some(started),
-                    Err(message) => return self.fail(message),
+                    Ok(started) => {
+                        let body = serde_json::to_vec(&Started { pid: started.pid }).map_err(io::Error::other)?;
+                        self.task = Some(started);
+                        protocol::write_frame(&mut *writer, Kind::Started, &body)?;
+                    }
+                    Err(message) => {
+                        drop(writer);
+                        return self.fail(message);
+                    }
                 }
             }
             Kind::Signal => {

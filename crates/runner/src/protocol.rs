@@ -4,7 +4,8 @@
 //! A frame is one kind byte, a big-endian `u32` length, and that many bytes
 //! of body: JSON for requests and answers, raw bytes for output. The runner
 //! says [`Kind::Ready`] once; then, for each task, the agent sends
-//! [`Kind::Run`], the runner streams [`Kind::Stdout`]/[`Kind::Stderr`] and
+//! [`Kind::Run`], the runner answers [`Kind::Started`] (or
+//! [`Kind::Failure`] if the task could not start), streams [`Kind::Stdout`]/[`Kind::Stderr`] and
 //! ends with [`Kind::Exited`]; the agent may send [`Kind::Signal`]
 //! meanwhile, and sends [`Kind::Reset`] after the exit, answered by
 //! [`Kind::ResetDone`]. Only a runner that said `pid1` and answered a reset
@@ -42,6 +43,9 @@ pub enum Kind {
     ResetDone = 0x85,
     /// Runner → agent: a request it could not carry out ([`Failure`]).
     Failure = 0x86,
+    /// Runner → agent: the task's process started ([`Started`]); always
+    /// before its output and its `Exited`.
+    Started = 0x87,
 }
 
 impl Kind {
@@ -57,6 +61,7 @@ impl Kind {
             0x84 => Kind::Exited,
             0x85 => Kind::ResetDone,
             0x86 => Kind::Failure,
+            0x87 => Kind::Started,
             _ => return None,
         })
     }
@@ -103,6 +108,13 @@ pub struct Ready {
     /// Whether the runner is the container's PID 1: only then can a reset
     /// kill every other process, and only then may the container be reused.
     pub pid1: bool,
+}
+
+/// The task's process started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Started {
+    /// Its process id (in the container's PID namespace).
+    pub pid: i32,
 }
 
 /// How the task's process ended.

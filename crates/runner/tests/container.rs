@@ -52,6 +52,8 @@ impl Container {
 
     fn run(&mut self, request: &RunRequest) -> (String, Exited) {
         protocol::write_json(&mut self.stdin, Kind::Run, request).unwrap();
+        let (kind, body) = self.next();
+        assert_eq!(kind, Kind::Started, "{}", String::from_utf8_lossy(&body));
         let mut output = Vec::new();
         loop {
             match self.next() {

@@ -43,8 +43,14 @@ impl Runner {
         self.send(Kind::Run, &serde_json::to_vec(request).unwrap());
     }
 
+    /// The next frame but a `Started` (checked where it matters).
     fn next(&mut self) -> (Kind, Vec<u8>) {
-        self.frames.recv_timeout(Duration::from_secs(10)).expect("a frame from the runner")
+        loop {
+            let frame = self.frames.recv_timeout(Duration::from_secs(10)).expect("a frame from the runner");
+            if frame.0 != Kind::Started {
+                return frame;
+            }
+        }
     }
 
     /// Output until the exit: (stdout, stderr, exit).
@@ -118,6 +124,10 @@ fn runs_tasks_one_after_another_with_their_own_output_env_files_and_exit_codes()
             data: base64::engine::general_purpose::STANDARD.encode(format!("payload {k}\n")),
         });
         runner.run(&request);
+        // `Started` first, with the task's pid, before any output.
+        let (kind, body) = runner.frames.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(kind, Kind::Started);
+        assert!(protocol::decode::<protocol::Started>(&body).unwrap().pid > 1);
         let (stdout, stderr, exit) = runner.until_exit();
         // The previous task's file is gone: only this task's payload is there.
         assert_eq!(stdout, format!("payload {k}\nbar{k}\npayload\n"));

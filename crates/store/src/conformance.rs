@@ -72,7 +72,7 @@ pub async fn apply_every_event(store: &dyn Store) {
         (TaskState::Queued, TaskState::Scheduled, 1, Some("n1"))
     );
     let started_at = Timestamp(now.millis() - 5000);
-    apply(Event::Start { attempt: 1, at: Some(started_at) }).await.unwrap();
+    apply(Event::Start { attempt: 1, at: Some(started_at), runtime: None }).await.unwrap();
     assert!(
         matches!(apply(Event::Exit { attempt: 7, code: 0, oom_killed: false, at: None }).await, Err(ApplyError::Illegal(_))),
         "stale attempt"
@@ -84,7 +84,8 @@ pub async fn apply_every_event(store: &dyn Store) {
     assert_eq!(task.attempts[0].reason.as_deref(), Some("node n1 missed its heartbeats"));
     assert_eq!(task.reason.as_deref(), Some("lost"));
     apply(Event::Schedule { node_id: "n2".into() }).await.unwrap();
-    apply(Event::Start { attempt: 2, at: None }).await.unwrap();
+    let warm = shepherd_core::AttemptRuntime { container: "shepherd-warm-1".into(), warm: true };
+    apply(Event::Start { attempt: 2, at: None, runtime: Some(warm.clone()) }).await.unwrap();
     let cancel = apply(Event::Cancel).await.unwrap();
     assert!(cancel.decision.request_cancel);
     assert_eq!(store.active_tasks().await.unwrap().iter().find(|t| t.id == id).map(|t| t.cancel_requested), Some(true));
@@ -94,13 +95,15 @@ pub async fn apply_every_event(store: &dyn Store) {
     assert_eq!((task.state, task.exit_code, task.node_id.as_deref()), (TaskState::Cancelled, Some(3), Some("n2")), "{task:?}");
     assert_eq!(task.finished_at, Some(exited_at), "an exit keeps the engine's time");
     assert_eq!(task.attempts.len(), 2);
+    assert_eq!((task.attempts[0].runtime.as_ref(), task.attempts[1].runtime.as_ref()), (None, Some(&warm)), "where each attempt ran");
     assert!(matches!(apply(Event::Cancel).await, Err(ApplyError::Illegal(_))), "already ended");
     let missing = store.apply(vec![(TaskId(ulid::Ulid::new()), Event::Cancel)], now).await.unwrap();
     assert!(matches!(missing[0], Err(ApplyError::NotFound(_))));
     // Several events in one call: each succeeds or fails on its own.
     let (a, b) = (new_task(&mut gen, spec("p")), new_task(&mut gen, spec("p")));
     store.create_tasks(vec![a.clone(), b.clone()]).await.unwrap();
-    let results = store.apply(vec![(a.id, Event::Cancel), (b.id, Event::Start { attempt: 1, at: None })], now).await.unwrap();
+    let results =
+        store.apply(vec![(a.id, Event::Cancel), (b.id, Event::Start { attempt: 1, at: None, runtime: None })], now).await.unwrap();
     assert!(results[0].is_ok() && results[1].is_err());
 
     // A whole life in one call (two attempts, a retry between them) leaves
@@ -111,11 +114,15 @@ pub async fn apply_every_event(store: &dyn Store) {
     store.create_tasks(vec![one.clone(), all.clone()]).await.unwrap();
     let life = vec![
         Event::Schedule { node_id: "n1".into() },
-        Event::Start { attempt: 1, at: Some(Timestamp(now.millis() - 900)) },
+        Event::Start { attempt: 1, at: Some(Timestamp(now.millis() - 900)), runtime: None },
         Event::Exit { attempt: 1, code: 137, oom_killed: true, at: Some(Timestamp(now.millis() - 800)) },
-        Event::Start { attempt: 1, at: None },
+        Event::Start { attempt: 1, at: None, runtime: None },
         Event::Schedule { node_id: "n2".into() },
-        Event::Start { attempt: 2, at: Some(Timestamp(now.millis() - 700)) },
+        Event::Start {
+            attempt: 2,
+            at: Some(Timestamp(now.millis() - 700)),
+            runtime: Some(shepherd_core::AttemptRuntime { container: "shepherd-x-2".into(), warm: false }),
+        },
         Event::Exit { attempt: 2, code: 0, oom_killed: false, at: Some(Timestamp(now.millis() - 600)) },
     ];
     let mut each = Vec::new();
@@ -145,6 +152,7 @@ pub async fn apply_every_event(store: &dyn Store) {
     assert_eq!(rows(&one), rows(&all));
     assert_eq!((all.state, all.attempts.len(), all.exit_code), (TaskState::Succeeded, 2, Some(0)), "{all:?}");
     assert_eq!(all.attempts[0].reason.as_deref(), Some("oom_killed"), "{all:?}");
+    assert_eq!(all.attempts[1].runtime.as_ref().map(|r| (r.container.as_str(), r.warm)), Some(("shepherd-x-2", false)), "{all:?}");
 }
 
 /// A node's reports count only for tasks whose current attempt is on it,
@@ -159,7 +167,7 @@ pub async fn reports_from_their_node(store: &dyn Store) {
         .await
         .unwrap();
     assert!(placed.iter().all(Result::is_ok));
-    let start = Event::Start { attempt: 1, at: None };
+    let start = Event::Start { attempt: 1, at: None, runtime: None };
     let missing = TaskId(ulid::Ulid::new());
     let results = store
         .apply_reported(
@@ -359,7 +367,7 @@ pub async fn lookups_in_batches(store: &dyn Store) {
         (ids[2], Event::Schedule { node_id: "a".into() }),
     ];
     assert!(store.apply(placed, now).await.unwrap().iter().all(Result::is_ok));
-    store.apply(vec![(ids[2], Event::Start { attempt: 1, at: None })], now).await.unwrap();
+    store.apply(vec![(ids[2], Event::Start { attempt: 1, at: None, runtime: None })], now).await.unwrap();
     let mut on_a: Vec<TaskId> = store.active_tasks_on("a").await.unwrap().into_iter().map(|t| t.id).collect();
     on_a.sort();
     assert_eq!(on_a, vec![ids[0], ids[2]]);
@@ -464,15 +472,18 @@ pub async fn leases_and_fencing(store: &dyn Store) {
     store.release_lease("a").await.unwrap();
     let b = store.acquire_lease("b", Duration::from_millis(300)).await.unwrap().expect("released: b takes it");
     assert!(b.epoch > a.epoch, "a new holder, a new epoch");
-    let late = store.apply_as_leader(vec![(task.id, Event::Start { attempt: 1, at: None })], Timestamp::now(), &renewed).await;
+    let late =
+        store.apply_as_leader(vec![(task.id, Event::Start { attempt: 1, at: None, runtime: None })], Timestamp::now(), &renewed).await;
     assert!(matches!(late, Err(StoreError::Fenced { .. })), "a's old lease is fenced: {late:?}");
     assert_eq!(store.get_task(task.id).await.unwrap().unwrap().state, TaskState::Scheduled, "nothing written");
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let expired = store.apply_as_leader(vec![(task.id, Event::Start { attempt: 1, at: None })], Timestamp::now(), &b).await;
+    let expired = store.apply_as_leader(vec![(task.id, Event::Start { attempt: 1, at: None, runtime: None })], Timestamp::now(), &b).await;
     assert!(matches!(expired, Err(StoreError::Fenced { .. })), "b's lease expired: {expired:?}");
     let c = store.acquire_lease("c", Duration::from_secs(30)).await.unwrap().expect("expired: c takes it");
     assert!(c.epoch > b.epoch);
-    store.apply_as_leader(vec![(task.id, Event::Start { attempt: 1, at: None })], Timestamp::now(), &c).await.unwrap()[0].as_ref().unwrap();
+    store.apply_as_leader(vec![(task.id, Event::Start { attempt: 1, at: None, runtime: None })], Timestamp::now(), &c).await.unwrap()[0]
+        .as_ref()
+        .unwrap();
 }
 
 /// Servers say who they are; messages reach every subscriber (for stores

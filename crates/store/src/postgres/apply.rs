@@ -38,6 +38,7 @@ struct AttemptWrite {
     /// Opened in this batch: inserted whole.
     opened: Option<(String, Timestamp)>,
     started_at: Option<Timestamp>,
+    runtime: Option<shepherd_core::AttemptRuntime>,
     closed: Option<ClosedAttempt>,
 }
 
@@ -116,8 +117,10 @@ pub(super) async fn apply_batch(
         if let Some((number, node, at)) = &change.open_attempt {
             attempt_row(&mut attempts, &mut attempt_order, &key, *number).opened = Some((node.clone(), *at));
         }
-        if let Some((number, at)) = change.start_attempt {
-            attempt_row(&mut attempts, &mut attempt_order, &key, number).started_at = Some(at);
+        if let Some((number, at, runtime)) = &change.start_attempt {
+            let row = attempt_row(&mut attempts, &mut attempt_order, &key, *number);
+            row.started_at = Some(*at);
+            row.runtime = runtime.clone();
         }
         if let Some(closed) = &change.close_attempt {
             attempt_row(&mut attempts, &mut attempt_order, &key, closed.number).closed = Some(closed.clone());
@@ -178,6 +181,8 @@ async fn write_attempts(
         node_id: Vec<String>,
         scheduled_at: Vec<i64>,
         started_at: Vec<Option<i64>>,
+        container: Vec<Option<String>>,
+        warm: Vec<bool>,
         closed: Vec<bool>,
         finished_at: Vec<Option<i64>>,
         outcome: Vec<Option<&'static str>>,
@@ -195,6 +200,8 @@ async fn write_attempts(
             columns.scheduled_at.push(at.millis());
         }
         columns.started_at.push(write.started_at.map(Timestamp::millis));
+        columns.container.push(write.runtime.as_ref().map(|r| r.container.clone()));
+        columns.warm.push(write.runtime.as_ref().is_some_and(|r| r.warm));
         columns.closed.push(write.closed.is_some());
         columns.finished_at.push(write.closed.as_ref().map(|c| c.finished_at.millis()));
         columns.outcome.push(write.closed.as_ref().map(|c| c.outcome.as_str()));
@@ -204,9 +211,10 @@ async fn write_attempts(
     if !new.task_id.is_empty() {
         let insert = tx
             .prepare_cached(
-                "INSERT INTO attempts (task_id, number, node_id, scheduled_at, started_at, finished_at, outcome, exit_code, reason) \
+                "INSERT INTO attempts (task_id, number, node_id, scheduled_at, started_at, finished_at, outcome, exit_code, reason, \
+                 container, warm) \
                  SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[], $7::text[], \
-                 $8::integer[], $9::text[])",
+                 $8::integer[], $9::text[], $10::text[], $11::bool[])",
             )
             .await
             .map_err(error)?;
@@ -222,6 +230,8 @@ async fn write_attempts(
                 &new.outcome,
                 &new.exit_code,
                 &new.reason,
+                &new.container,
+                &new.warm,
             ],
         )
         .await
@@ -233,12 +243,14 @@ async fn write_attempts(
         let update = tx
             .prepare_cached(
                 "UPDATE attempts a SET started_at = COALESCE(u.started_at, a.started_at), \
+                 container = COALESCE(u.container, a.container), warm = CASE WHEN u.started_at IS NULL THEN a.warm ELSE u.warm END, \
                  finished_at = CASE WHEN u.closed THEN u.finished_at ELSE a.finished_at END, \
                  outcome = CASE WHEN u.closed THEN u.outcome ELSE a.outcome END, \
                  exit_code = CASE WHEN u.closed THEN u.exit_code ELSE a.exit_code END, \
                  reason = CASE WHEN u.closed THEN u.reason ELSE a.reason END \
-                 FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::bool[], $5::bigint[], $6::text[], $7::integer[], $8::text[]) \
-                 AS u(task_id, number, started_at, closed, finished_at, outcome, exit_code, reason) \
+                 FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::bool[], $5::bigint[], $6::text[], $7::integer[], $8::text[], \
+                 $9::text[], $10::bool[]) \
+                 AS u(task_id, number, started_at, closed, finished_at, outcome, exit_code, reason, container, warm) \
                  WHERE a.task_id = u.task_id AND a.number = u.number",
             )
             .await
@@ -254,6 +266,8 @@ async fn write_attempts(
                 &changed.outcome,
                 &changed.exit_code,
                 &changed.reason,
+                &changed.container,
+                &changed.warm,
             ],
         )
         .await

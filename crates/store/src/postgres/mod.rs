@@ -154,7 +154,7 @@ fn task_from_row(row: &Row) -> Result<Task, StoreError> {
 async fn load_attempts(client: &impl GenericClient, task: &mut Task) -> Result<(), StoreError> {
     let stmt = client
         .prepare_cached(
-            "SELECT number, node_id, scheduled_at, started_at, finished_at, outcome, exit_code, reason FROM attempts \
+            "SELECT number, node_id, scheduled_at, started_at, finished_at, outcome, exit_code, reason, container, warm FROM attempts \
              WHERE task_id = $1 ORDER BY number",
         )
         .await
@@ -170,6 +170,7 @@ async fn load_attempts(client: &impl GenericClient, task: &mut Task) -> Result<(
             outcome: outcome.as_deref().and_then(shepherd_core::AttemptOutcome::parse),
             exit_code: row.get(6),
             reason: row.get(7),
+            runtime: row.get::<_, Option<String>>(8).map(|container| shepherd_core::AttemptRuntime { container, warm: row.get(9) }),
         });
     }
     Ok(())

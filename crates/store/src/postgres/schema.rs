@@ -134,6 +134,11 @@ const MIGRATIONS: &[&str] = &[
         last_seen_at BIGINT NOT NULL
     );
     "#,
+    // 3: where each attempt ran: its container, and whether a warm one.
+    r#"
+    ALTER TABLE attempts ADD COLUMN container TEXT;
+    ALTER TABLE attempts ADD COLUMN warm BOOLEAN NOT NULL DEFAULT FALSE;
+    "#,
 ];
 
 /// The schema version this build knows.

@@ -44,7 +44,7 @@ pub fn task_from_row(row: &Row<'_>) -> Result<Task, StoreError> {
 
 pub fn load_attempts(conn: &Connection, task: &mut Task) -> Result<(), StoreError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT number, node_id, scheduled_at, started_at, finished_at, outcome, exit_code, reason \
+        "SELECT number, node_id, scheduled_at, started_at, finished_at, outcome, exit_code, reason, container, warm \
          FROM attempts WHERE task_id = ?1 ORDER BY number",
     )?;
     let mut rows = stmt.query([task.id.to_string()])?;
@@ -59,6 +59,9 @@ pub fn load_attempts(conn: &Connection, task: &mut Task) -> Result<(), StoreErro
             outcome: outcome.as_deref().and_then(AttemptOutcome::parse),
             exit_code: row.get(6)?,
             reason: row.get(7)?,
+            runtime: row
+                .get::<_, Option<String>>(8)?
+                .map(|container| shepherd_core::AttemptRuntime { container, warm: row.get(9).unwrap_or(false) }),
         });
     }
     Ok(())

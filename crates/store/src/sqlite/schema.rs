@@ -159,6 +159,11 @@ const MIGRATIONS: &[&str] = &[
     r#"
     DROP INDEX tasks_queue;
     "#,
+    // 9: where each attempt ran: its container, and whether a warm one.
+    r#"
+    ALTER TABLE attempts ADD COLUMN container TEXT;
+    ALTER TABLE attempts ADD COLUMN warm INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];
 
 /// Data changes a migration needs that SQL alone cannot make.

@@ -251,12 +251,10 @@ fn apply_one(tx: &Connection, id: TaskId, event: &Event, now: Timestamp, reporte
             at.millis()
         ])?;
     }
-    if let Some((number, at)) = change.start_attempt {
-        tx.prepare_cached("UPDATE attempts SET started_at = ?3 WHERE task_id = ?1 AND number = ?2")?.execute(params![
-            key,
-            number,
-            at.millis()
-        ])?;
+    if let Some((number, at, runtime)) = &change.start_attempt {
+        tx.prepare_cached("UPDATE attempts SET started_at = ?3, container = ?4, warm = ?5 WHERE task_id = ?1 AND number = ?2")?.execute(
+            params![key, number, at.millis(), runtime.as_ref().map(|r| r.container.as_str()), runtime.as_ref().is_some_and(|r| r.warm)],
+        )?;
     }
     if let Some(closed) = &change.close_attempt {
         tx.prepare_cached(
