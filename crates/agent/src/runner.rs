@@ -250,6 +250,10 @@ impl Agent {
         if let Ok(mut runners) = runners {
             while runners.join_next().await.is_some() {}
         }
+        let removed = self.inner.driver.shutdown().await;
+        if removed > 0 {
+            tracing::info!(removed, "removed idle warm containers");
+        }
         self.inner.left_running.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
@@ -381,6 +385,7 @@ async fn start(
         }
         None => None,
     };
+    let warm_key = shepherd_core::shape::warm_key(&launch.spec);
     let mut env = launch.spec.env;
     let secrets_dir = if launch.spec.secrets.is_empty() {
         None
@@ -411,6 +416,8 @@ async fn start(
         pull_policy: launch.spec.pull_policy,
         work_dir: work_dir.to_path_buf(),
         payload_file,
+        warm_key,
+        reuse: launch.spec.reuse,
         project: launch.spec.project,
         secrets_dir,
     };
@@ -463,7 +470,7 @@ async fn run_attempt_inner(
             match start(inner, task_id, attempt, launch, work_dir).await {
                 Ok(Some((mut handle, output))) => {
                     let at = Some(Timestamp::now());
-                    if !report(inner, task_id, Event::Start { attempt, at, runtime: None }).await {
+                    if !report(inner, task_id, Event::Start { attempt, at, runtime: handle.runtime() }).await {
                         // The task was given away or ended meanwhile: never let it run.
                         let _ = handle.kill().await;
                         let _ = handle.wait().await;
@@ -505,7 +512,7 @@ async fn run_attempt_inner(
             }
             changed = shutdown.changed() => {
                 if changed.is_err() || *shutdown.borrow() {
-                    if inner.driver.attempts_survive_agent() && !inner.config.stop_on_shutdown {
+                    if inner.driver.attempts_survive_agent() && handle.outlives_agent() && !inner.config.stop_on_shutdown {
                         // Leave it running: the next start of this agent adopts it.
                         inner.left_running.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                         log_writer.abort();

@@ -100,9 +100,7 @@ pub async fn run(args: Args) -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let driver = DockerDriver::connect(DockerConfig { node_id: "bench-direct".into(), pids_limit: 256, tmp_size_mib: 64 })
-        .await
-        .map_err(anyhow::Error::msg)?;
+    let driver = DockerDriver::connect(DockerConfig::new("bench-direct")).await.map_err(anyhow::Error::msg)?;
     println!("cluster latency benchmark: server + 3 agents (docker driver), {} tasks one at a time", args.samples);
     // Interleaved, one direct start then one Shepherd task, so that drift in
     // the engine's speed over the run weighs on both sides alike.

@@ -55,6 +55,8 @@ pub fn attempt_spec(image: &str) -> AttemptSpec {
         payload_file: None,
         project: "default".into(),
         secrets_dir: None,
+        reuse: None,
+        warm_key: None,
     }
 }
 
@@ -99,11 +101,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 pub async fn run(args: Args) -> Result<()> {
     let binary = crate::shepherd_binary(args.shepherd)?;
-    let driver = Arc::new(
-        DockerDriver::connect(DockerConfig { node_id: "bench-raw".into(), pids_limit: 256, tmp_size_mib: 64 })
-            .await
-            .map_err(anyhow::Error::msg)?,
-    );
+    let driver = Arc::new(DockerDriver::connect(DockerConfig::new("bench-raw")).await.map_err(anyhow::Error::msg)?);
     println!("docker benchmark: {} tasks of `true`, {} in flight, image {}", args.tasks, args.concurrency, args.image);
     let raw_before = raw_cycles(driver.clone(), &args.image, args.tasks, args.concurrency).await?;
     println!("raw engine create+start+wait+remove (before): {raw_before:>7.1} /s");

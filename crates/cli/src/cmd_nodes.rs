@@ -97,7 +97,7 @@ async fn cleanup(data_dir: Option<std::path::PathBuf>, node_id: Option<String>) 
             (id.trim().to_string(), Some(lock))
         }
     };
-    let config = shepherd_agent::DockerConfig { node_id: node_id.clone(), pids_limit: 1, tmp_size_mib: 1 };
+    let config = shepherd_agent::DockerConfig { pids_limit: 1, tmp_size_mib: 1, ..shepherd_agent::DockerConfig::new(node_id.clone()) };
     let driver = shepherd_agent::DockerDriver::connect(config).await?;
     let (containers, networks) = driver.cleanup().await.map_err(|e| anyhow::anyhow!("{e}"))?;
     println!(

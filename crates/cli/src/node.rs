@@ -57,6 +57,56 @@ pub struct NodeFlags {
     /// on the next start) instead of leaving them running for adoption.
     #[arg(long)]
     pub(crate) stop_tasks: bool,
+    /// Most warm containers per task key (tasks with `reuse`; docker driver);
+    /// 0 runs every task cold.
+    #[arg(long, default_value_t = 4)]
+    pub(crate) warm_max: usize,
+    /// The statically linked `shepherd-runner` that warm containers run
+    /// (default: $SHEPHERD_RUNNER, else `shepherd-runner` next to this binary).
+    #[arg(long, value_name = "PATH")]
+    pub(crate) runner: Option<PathBuf>,
+}
+
+/// Whether `path` is an ELF executable without a program interpreter (a
+/// static binary, which runs in images without a libc).
+fn is_static_elf(path: &std::path::Path) -> bool {
+    let Ok(bytes) = std::fs::read(path) else { return false };
+    let read = |at: usize, len: usize| bytes.get(at..at + len);
+    let u16_at = |at| read(at, 2).map(|b| u16::from_le_bytes([b[0], b[1]]) as usize);
+    let u32_at = |at| read(at, 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
+    let u64_at = |at| read(at, 8).and_then(|b| b.try_into().ok()).map(|b: [u8; 8]| u64::from_le_bytes(b) as usize);
+    // 64-bit little-endian ELF only (the targets Shepherd builds for).
+    if read(0, 6) != Some(b"\x7fELF\x02\x01") {
+        return false;
+    }
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38)) else { return false };
+    (0..phnum).all(|i| u32_at(phoff + i * phentsize).is_some_and(|kind| kind != 3 /* PT_INTERP */))
+}
+
+/// The warm-container settings of the docker driver: `None` (every task
+/// cold) without a static runner.
+fn warm_config(flags: &NodeFlags) -> Option<shepherd_agent::driver::warm::WarmConfig> {
+    if flags.warm_max == 0 {
+        return None;
+    }
+    let explicit = flags.runner.clone().or_else(|| std::env::var_os("SHEPHERD_RUNNER").map(PathBuf::from));
+    let runner = explicit.clone().or_else(|| std::env::current_exe().ok().and_then(|exe| Some(exe.parent()?.join("shepherd-runner"))))?;
+    let runner = match runner.canonicalize() {
+        Ok(path) if is_static_elf(&path) => path,
+        Ok(path) => {
+            tracing::warn!(runner = %path.display(), "not a static binary: warm containers are off, tasks with reuse run cold");
+            return None;
+        }
+        Err(e) => {
+            if explicit.is_some() {
+                tracing::warn!(runner = %runner.display(), error = %e, "no runner: warm containers are off, tasks with reuse run cold");
+            } else {
+                tracing::info!("no shepherd-runner next to this binary: warm containers are off, tasks with reuse run cold");
+            }
+            return None;
+        }
+    };
+    Some(shepherd_agent::driver::warm::WarmConfig { runner, max_per_key: flags.warm_max })
 }
 
 /// `$XDG_DATA_HOME/shepherd`, else `~/.local/share/shepherd`.
@@ -92,8 +142,13 @@ pub async fn stop_signal() {
 }
 
 /// Picks the driver; says why.
-pub async fn choose_driver(wanted: DriverName, node_id: &str, pids_limit: i64) -> Result<(Arc<dyn Driver>, String)> {
-    let docker = || DockerDriver::connect(DockerConfig { node_id: node_id.to_string(), pids_limit, tmp_size_mib: 64 });
+pub async fn choose_driver(
+    wanted: DriverName,
+    node_id: &str,
+    pids_limit: i64,
+    warm: Option<shepherd_agent::driver::warm::WarmConfig>,
+) -> Result<(Arc<dyn Driver>, String)> {
+    let docker = || DockerDriver::connect(DockerConfig { pids_limit, warm: warm.clone(), ..DockerConfig::new(node_id) });
     match wanted {
         DriverName::Process => {
             Ok((Arc::new(ProcessDriver), "chosen with --driver process: commands run on this host; the image is recorded only".into()))
@@ -180,7 +235,7 @@ pub async fn prepare_node(flags: &NodeFlags, node_id: &str) -> Result<Node> {
     let cores = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
     let capacity =
         Resources { cpu_millicores: flags.cpu.unwrap_or(cores * 1000), memory_mib: flags.memory.unwrap_or_else(host_memory_mib) };
-    let (driver, why) = choose_driver(flags.driver, node_id, flags.pids_limit).await?;
+    let (driver, why) = choose_driver(flags.driver, node_id, flags.pids_limit, warm_config(flags)).await?;
     Ok(Node { capacity, labels, driver, why })
 }
 

@@ -145,3 +145,61 @@ mod tests {
         assert_eq!(value, 8_031_604_373_575_033_668);
     }
 }
+
+/// What a node reports, among its images, for each key it holds an idle
+/// warm container of: `warm=` and the key's hash. (No image reference
+/// contains `=`.)
+pub const WARM_PREFIX: &str = "warm=";
+
+/// The key of the warm containers a task that asks for `reuse` may run in:
+/// the fields that decide what its container is (project, image, user,
+/// workdir, network, CPU and memory limits, pull policy), hashed, with
+/// [`WARM_PREFIX`]. `None` for a task that does not ask for reuse. The
+/// agent adds the image's resolved id; the scheduler prefers nodes that
+/// report the key (`warm_locality`).
+pub fn warm_key(spec: &TaskSpec) -> Option<String> {
+    spec.reuse?;
+    let mut h = Fnv::new();
+    h.bytes(spec.project.as_bytes());
+    h.bytes(spec.image.as_bytes());
+    h.opt(spec.user.as_deref());
+    h.opt(spec.workdir.as_deref());
+    h.bytes(spec.network.as_bytes());
+    h.bytes(&spec.resources.cpu_millicores.to_le_bytes());
+    h.bytes(&spec.resources.memory_mib.to_le_bytes());
+    h.bytes(format!("{:?}", spec.pull_policy).as_bytes());
+    Some(format!("{WARM_PREFIX}{:016x}", h.0))
+}
+
+#[cfg(test)]
+mod warm_key_tests {
+    use super::*;
+
+    #[test]
+    fn warm_keys_are_per_project_and_container_shape() {
+        let mut spec = TaskSpec::new("busybox", vec!["true".into()]);
+        assert_eq!(warm_key(&spec), None, "no reuse, no key");
+        spec.reuse = Some(crate::ReusePolicy::default());
+        spec.project = "a".into();
+        let key = warm_key(&spec).unwrap();
+        assert!(key.starts_with(WARM_PREFIX) && key.len() == WARM_PREFIX.len() + 16, "{key}");
+        let mut same = spec.clone();
+        same.command = vec!["other".into()];
+        same.env.insert("X".into(), "1".into());
+        same.reuse = Some(crate::ReusePolicy { idle_seconds: 5, max_tasks: 2 });
+        assert_eq!(warm_key(&same).as_ref(), Some(&key), "command, env and the reuse settings are per task");
+        let differs = |change: fn(&mut TaskSpec)| {
+            let mut other = spec.clone();
+            change(&mut other);
+            warm_key(&other).unwrap() != key
+        };
+        assert!(differs(|s| s.project = "b".into()));
+        assert!(differs(|s| s.image = "busybox:2".into()));
+        assert!(differs(|s| s.user = Some("1000".into())));
+        assert!(differs(|s| s.workdir = Some("/w".into())));
+        assert!(differs(|s| s.network = "bridge".into()));
+        assert!(differs(|s| s.resources.cpu_millicores += 1));
+        assert!(differs(|s| s.resources.memory_mib += 1));
+        assert!(differs(|s| s.pull_policy = crate::PullPolicy::Always));
+    }
+}

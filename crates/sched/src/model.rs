@@ -20,7 +20,8 @@ pub struct NodeSnapshot {
     pub allocated: Resources,
     pub max_tasks: u32,
     pub task_count: u32,
-    /// Images the node's engine holds, sorted.
+    /// Images the node's engine holds, and the keys of its idle warm
+    /// containers (`warm=…`), sorted.
     pub images: Vec<String>,
     /// Tasks there per label `key=value`, for anti-affinity.
     pub label_counts: HashMap<String, u32>,
@@ -94,6 +95,9 @@ pub struct PendingTask {
     pub anti_affinity: Option<AntiAffinity>,
     /// The profile the task names, if any.
     pub profile: Option<String>,
+    /// The key of the warm containers it may run in (a task with `reuse`;
+    /// see `shepherd_core::shape::warm_key`).
+    pub warm_key: Option<String>,
 }
 
 impl PendingTask {
@@ -109,6 +113,7 @@ impl PendingTask {
             pool: None,
             anti_affinity: None,
             profile: None,
+            warm_key: None,
         }
     }
 }

@@ -128,7 +128,13 @@ fn builtin(registry: &Registry, name: &str, order: CandidateOrder, scorer: &str,
     Profile {
         name: name.into(),
         filters: registry::DEFAULT_FILTERS.iter().filter_map(|f| registry.filter(f, None)).filter_map(Result::ok).collect(),
-        scorers: registry.scorer(scorer, None).and_then(Result::ok).into_iter().map(|s| (s, 1.0)).collect(),
+        // Every built-in profile also prefers a node with an idle warm
+        // container of the task's key (0 for every node otherwise).
+        scorers: [scorer, crate::plugins::warm_locality::NAME]
+            .into_iter()
+            .filter_map(|name| registry.scorer(name, None).and_then(Result::ok))
+            .map(|s| (s, 1.0))
+            .collect(),
         order,
         // The index already visits the best node first; a few more let ties break by score.
         candidates: 4,

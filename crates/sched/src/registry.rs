@@ -66,6 +66,7 @@ impl Registry {
             .with_scorer(spread::NAME, spread::factory)
             .with_scorer(balanced::NAME, balanced::factory)
             .with_scorer(image_locality::NAME, image_locality::factory)
+            .with_scorer(warm_locality::NAME, warm_locality::factory)
             .with_scorer(topology_spread::NAME, topology_spread::factory)
             .with_scorer(random::NAME, random::factory)
     }

@@ -249,6 +249,32 @@ fn image_locality_and_topology_spread_in_a_configured_profile() {
 }
 
 #[test]
+fn the_built_in_profiles_prefer_a_node_with_an_idle_warm_container_of_the_task_key() {
+    let engine = Engine::default();
+    for profile in ["spread", "binpack"] {
+        // The warm node is the busier one: spread alone would pick the other.
+        let mut warm = node("warm", 4000, 4000);
+        warm.allocated = res(1000, 1000);
+        warm.task_count = 1;
+        warm.images = vec!["busybox".into(), "warm=00000000000000aa".into()];
+        let idle = node("idle", 4000, 4000);
+        let mut t = with_profile(task(1, 100, 100), profile);
+        t.warm_key = Some("warm=00000000000000aa".into());
+        let plan = engine.place_batch(vec![idle.clone(), warm.clone()], vec![t.clone()], &HashMap::new(), 1);
+        assert_eq!(plan.placements[0].node_id, "warm", "{profile}");
+        // Another key, or no reuse: the profile's own choice.
+        t.warm_key = Some("warm=00000000000000bb".into());
+        let other = engine.place_batch(vec![idle.clone(), warm.clone()], vec![t.clone()], &HashMap::new(), 1);
+        t.warm_key = None;
+        let none = engine.place_batch(vec![idle, warm], vec![t], &HashMap::new(), 1);
+        assert_eq!(other.placements[0].node_id, none.placements[0].node_id, "{profile}");
+        if profile == "spread" {
+            assert_eq!(none.placements[0].node_id, "idle");
+        }
+    }
+}
+
+#[test]
 fn the_same_seed_gives_the_same_placements() {
     let engine = Engine::default();
     let nodes: Vec<_> = (0..50).map(|i| node(&format!("n{i}"), 4000, 4000)).collect();

@@ -121,6 +121,7 @@ pub fn pending(task: &QueuedTask) -> PendingTask {
                 .map(|value| AntiAffinity { label: format!("{}={value}", rule.label), max_per_node: rule.max_per_node })
         }),
         profile: spec.profile.clone(),
+        warm_key: shepherd_core::shape::warm_key(spec),
     }
 }
 

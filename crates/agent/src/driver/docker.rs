@@ -23,6 +23,7 @@ use bollard::query_parameters::{
 use bollard::Docker;
 use futures_util::StreamExt;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Label keys on every container Shepherd creates.
@@ -46,6 +47,15 @@ pub struct DockerConfig {
     pub pids_limit: i64,
     /// Size of the writable tmpfs at /tmp.
     pub tmp_size_mib: u32,
+    /// Warm containers for tasks that ask for `reuse`; without, they run cold.
+    pub warm: Option<super::warm::WarmConfig>,
+}
+
+impl DockerConfig {
+    /// The defaults: 256 processes, 64 MiB of /tmp, no warm containers.
+    pub fn new(node_id: impl Into<String>) -> DockerConfig {
+        DockerConfig { node_id: node_id.into(), pids_limit: 256, tmp_size_mib: 64, warm: None }
+    }
 }
 
 /// Why the driver could not reach the Docker Engine. (The cause is part of
@@ -75,13 +85,15 @@ pub struct DockerDriver {
     config: DockerConfig,
     /// Project networks known to exist.
     networks: tokio::sync::Mutex<std::collections::HashSet<String>>,
+    /// Warm containers, if enabled.
+    warm: Option<Arc<super::warm::Pool>>,
 }
 
-fn engine_error(context: &str, e: bollard::errors::Error) -> DriverError {
+pub(super) fn engine_error(context: &str, e: bollard::errors::Error) -> DriverError {
     DriverError::Io(std::io::Error::other(format!("{context}: {e}")))
 }
 
-fn is_status(e: &bollard::errors::Error, codes: &[u16]) -> bool {
+pub(super) fn is_status(e: &bollard::errors::Error, codes: &[u16]) -> bool {
     matches!(e, bollard::errors::Error::DockerResponseServerError { status_code, .. } if codes.contains(status_code))
 }
 
@@ -105,7 +117,11 @@ impl DockerDriver {
             .map_err(|_| ConnectError::Timeout)?
             .map_err(ConnectError::NoAnswer)?;
         docker.ping().await.map_err(ConnectError::NoAnswer)?;
-        Ok(DockerDriver { docker, config, networks: Default::default() })
+        let warm = config
+            .warm
+            .clone()
+            .map(|warm| super::warm::Pool::new(docker.clone(), config.node_id.clone(), warm, config.pids_limit, config.tmp_size_mib));
+        Ok(DockerDriver { docker, config, networks: Default::default(), warm })
     }
 
     /// Removes every container and network carrying this node's label
@@ -242,17 +258,12 @@ impl DockerDriver {
     /// The create body of an attempt's container: the hardened defaults, the
     /// task's limits, env and labels. Public so benchmarks compare like with like.
     pub fn container_body(&self, spec: &AttemptSpec) -> ContainerCreateBody {
-        let mut env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        env.push(format!("SHEPHERD_TASK_ID={}", spec.task_id));
-        env.push(format!("SHEPHERD_ATTEMPT={}", spec.attempt));
-        env.push(format!("SHEPHERD_NODE_ID={}", spec.node_id));
+        let env = task_env(spec);
         let mut binds = Vec::new();
         if let Some(file) = &spec.payload_file {
-            env.push(format!("SHEPHERD_PAYLOAD_FILE={PAYLOAD_PATH}"));
             binds.push(format!("{}:{PAYLOAD_PATH}:ro", file.display()));
         }
         if let Some(dir) = &spec.secrets_dir {
-            env.push(format!("SHEPHERD_SECRETS_DIR={SECRETS_PATH}"));
             binds.push(format!("{}:{SECRETS_PATH}:ro", dir.display()));
         }
         let network = if spec.network == "bridge" { super::project_network(&spec.project) } else { "none".to_string() };
@@ -299,6 +310,22 @@ impl DockerDriver {
     async fn attach(&self, container: &str, output: OutputSender) -> Result<(), bollard::errors::Error> {
         attach(&self.docker, container, output).await
     }
+}
+
+/// The environment Shepherd gives a task's container, warm or cold: the
+/// task's own, then where it runs and where its payload and secrets are.
+pub(super) fn task_env(spec: &AttemptSpec) -> Vec<String> {
+    let mut env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    env.push(format!("SHEPHERD_TASK_ID={}", spec.task_id));
+    env.push(format!("SHEPHERD_ATTEMPT={}", spec.attempt));
+    env.push(format!("SHEPHERD_NODE_ID={}", spec.node_id));
+    if spec.payload_file.is_some() {
+        env.push(format!("SHEPHERD_PAYLOAD_FILE={PAYLOAD_PATH}"));
+    }
+    if spec.secrets_dir.is_some() {
+        env.push(format!("SHEPHERD_SECRETS_DIR={SECRETS_PATH}"));
+    }
+    env
 }
 
 /// Attaches to a container's output (see [`DockerDriver::attach`]).
@@ -380,6 +407,35 @@ fn split_reference(image: &str) -> (&str, &str) {
     }
 }
 
+/// Whether the engine's event log holds an `oom` event for container `name`
+/// since `since` (Unix seconds, fractions allowed) until now.
+pub(super) async fn oom_event_logged(docker: &Docker, name: &str, since: &str) -> bool {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let filters = HashMap::from([("container".to_string(), vec![name.to_string()]), ("event".to_string(), vec!["oom".to_string()])]);
+    let options = bollard::query_parameters::EventsOptionsBuilder::default()
+        .since(since)
+        .until(&format!("{}.{:09}", now.as_secs(), now.subsec_nanos()))
+        .filters(&filters)
+        .build();
+    let mut events = docker.events(Some(options));
+
+    let found = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(event) if event.action.as_deref() == Some("oom") => return true,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(container = %name, error = %e, "cannot read the engine's events");
+                    return false;
+                }
+            }
+        }
+        false
+    })
+    .await;
+    found.unwrap_or(false)
+}
+
 /// A running (or finished) container.
 struct ContainerAttempt {
     docker: Docker,
@@ -450,6 +506,10 @@ impl AttemptHandle for ContainerAttempt {
         self.signal("SIGKILL").await
     }
 
+    fn runtime(&self) -> Option<shepherd_core::AttemptRuntime> {
+        Some(shepherd_core::AttemptRuntime { container: self.name.clone(), warm: false })
+    }
+
     async fn remove(&mut self) -> Result<(), DriverError> {
         if self.removed {
             return Ok(());
@@ -471,28 +531,7 @@ impl ContainerAttempt {
     async fn oom_event_logged(&self, started_at: Option<Timestamp>) -> bool {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         let since = started_at.map_or(now.as_secs().saturating_sub(3600), |t| (t.millis() / 1000).saturating_sub(1) as u64);
-        let filters = HashMap::from([("container".to_string(), vec![self.name.clone()]), ("event".to_string(), vec!["oom".to_string()])]);
-        let options = bollard::query_parameters::EventsOptionsBuilder::default()
-            .since(&since.to_string())
-            .until(&format!("{}.{:09}", now.as_secs(), now.subsec_nanos()))
-            .filters(&filters)
-            .build();
-        let mut events = self.docker.events(Some(options));
-        let found = tokio::time::timeout(Duration::from_secs(2), async {
-            while let Some(event) = events.next().await {
-                match event {
-                    Ok(event) if event.action.as_deref() == Some("oom") => return true,
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::debug!(container = %self.name, error = %e, "cannot read the engine's events");
-                        return false;
-                    }
-                }
-            }
-            false
-        })
-        .await;
-        found.unwrap_or(false)
+        oom_event_logged(&self.docker, &self.name, &since.to_string()).await
     }
 
     async fn signal(&self, signal: &str) -> Result<(), DriverError> {
@@ -519,6 +558,11 @@ impl Driver for DockerDriver {
     async fn start(&self, spec: &AttemptSpec, output: OutputSender) -> Result<Box<dyn AttemptHandle>, DriverError> {
         if spec.network == "bridge" {
             self.ensure_network(&spec.project).await?;
+        }
+        if let (Some(pool), Some(reuse), Some(key)) = (&self.warm, spec.reuse, &spec.warm_key) {
+            if let Some(handle) = pool.start(spec, reuse, key.clone(), &output).await? {
+                return Ok(handle);
+            }
         }
         let name = container_name(spec.task_id, spec.attempt);
         self.create_with_image(&name, spec).await?;
@@ -562,7 +606,9 @@ impl Driver for DockerDriver {
     }
 
     async fn remove_orphans(&self, keep: &[(TaskId, u32)]) -> Result<usize, DriverError> {
-        let keep: Vec<String> = keep.iter().map(|(task, attempt)| container_name(*task, *attempt)).collect();
+        let mut keep: Vec<String> = keep.iter().map(|(task, attempt)| container_name(*task, *attempt)).collect();
+        // This driver's own warm containers (a reconnect, not a restart).
+        keep.extend(self.warm.as_ref().map(|pool| pool.live()).unwrap_or_default());
         let filters = HashMap::from([("label".to_string(), vec![format!("{LABEL_NODE}={}", self.config.node_id)])]);
         let options = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
         let containers = self.docker.list_containers(Some(options)).await.map_err(|e| engine_error("listing containers", e))?;
@@ -588,6 +634,7 @@ impl Driver for DockerDriver {
         match self.docker.list_images(Some(options)).await {
             Ok(images) => {
                 let mut tags: Vec<String> = images.into_iter().flat_map(|i| i.repo_tags).filter(|t| t != "<none>:<none>").collect();
+                tags.extend(self.warm.as_ref().map(|pool| pool.idle_keys()).unwrap_or_default());
                 tags.sort();
                 tags
             }
@@ -595,6 +642,13 @@ impl Driver for DockerDriver {
                 tracing::warn!(error = %e, "could not list images");
                 Vec::new()
             }
+        }
+    }
+
+    async fn shutdown(&self) -> usize {
+        match &self.warm {
+            Some(pool) => pool.remove_idle().await,
+            None => 0,
         }
     }
 }

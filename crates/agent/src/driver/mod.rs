@@ -4,6 +4,7 @@
 pub mod docker;
 pub mod fake;
 pub mod process;
+pub mod warm;
 
 use async_trait::async_trait;
 use shepherd_core::LogStream;
@@ -36,6 +37,10 @@ pub struct AttemptSpec {
     pub project: String,
     /// A directory holding one read-only file per secret (already written).
     pub secrets_dir: Option<PathBuf>,
+    /// Run in a warm container, if the driver has them.
+    pub reuse: Option<shepherd_core::ReusePolicy>,
+    /// The task's warm key ([`shepherd_core::shape::warm_key`]), with `reuse`.
+    pub warm_key: Option<String>,
 }
 
 impl std::fmt::Debug for AttemptSpec {
@@ -111,6 +116,16 @@ pub trait AttemptHandle: Send {
     async fn remove(&mut self) -> Result<(), DriverError> {
         Ok(())
     }
+    /// Where the attempt runs (its container, warm or cold), for the record.
+    fn runtime(&self) -> Option<shepherd_core::AttemptRuntime> {
+        None
+    }
+    /// Whether this attempt can keep running while the agent is down, for a
+    /// driver whose attempts do ([`Driver::attempts_survive_agent`]): a task
+    /// in a warm container cannot (its runner is driven by this agent).
+    fn outlives_agent(&self) -> bool {
+        true
+    }
 }
 
 /// Runs attempts. One per agent.
@@ -148,8 +163,15 @@ pub trait Driver: Send + Sync + 'static {
         Ok(0)
     }
 
-    /// The images this node holds, for image-locality scoring.
+    /// The images this node holds, for image-locality scoring, and the keys
+    /// of its idle warm containers (`warm=…`), for warm-locality scoring.
     async fn images(&self) -> Vec<String> {
         Vec::new()
+    }
+
+    /// The agent is stopping: frees what the driver keeps between attempts
+    /// (idle warm containers). Returns how many it removed.
+    async fn shutdown(&self) -> usize {
+        0
     }
 }

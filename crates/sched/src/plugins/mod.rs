@@ -12,6 +12,7 @@ pub mod resources;
 pub mod spread;
 pub mod task_limit;
 pub mod topology_spread;
+pub mod warm_locality;
 
 use crate::model::{NodeSnapshot, PendingTask};
 
