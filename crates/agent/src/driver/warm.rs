@@ -17,7 +17,7 @@
 //! (project, image reference, user, workdir, network, limits, pull policy)
 //! and the image's resolved id: containers are never shared across projects.
 //! At most `warm_max` containers (busy or idle) per key; a task that finds
-//! none free and the key full runs cold. Idle containers are removed after
+//! none free and the key full waits for one (up to 10 s), then runs cold. Idle containers are removed after
 //! their last task's `idle_seconds`, and all of them when the driver shuts
 //! down. The containers are created with `StdinOnce`: if the agent dies,
 //! the engine closes their stdin, the runner kills what runs and exits, and
@@ -51,6 +51,9 @@ const READY_WAIT: Duration = Duration::from_secs(15);
 const START_WAIT: Duration = Duration::from_secs(30);
 /// How long a reset may take.
 const RESET_WAIT: Duration = Duration::from_secs(15);
+/// How long a task waits for a busy warm container of its key before it
+/// runs cold.
+const WARM_WAIT: Duration = Duration::from_secs(10);
 /// How long a SIGKILL exit is watched for the engine's `oom` event.
 const OOM_WAIT: Duration = Duration::from_secs(3);
 
@@ -222,6 +225,8 @@ struct State {
     count: HashMap<PoolKey, usize>,
     /// Every warm container this driver runs now.
     live: HashSet<String>,
+    /// Signalled when a container of the key comes back or goes away.
+    freed: HashMap<PoolKey, Arc<tokio::sync::Notify>>,
 }
 
 /// The warm containers of one driver.
@@ -313,16 +318,8 @@ impl Pool {
     async fn discard(&self, key: &PoolKey, conn: Conn) {
         let name = conn.name.clone();
         drop(conn);
-        {
-            let mut state = self.state();
-            state.live.remove(&name);
-            if let Some(count) = state.count.get_mut(key) {
-                *count = count.saturating_sub(1);
-                if *count == 0 {
-                    state.count.remove(key);
-                }
-            }
-        }
+        self.state().live.remove(&name);
+        self.uncount(key);
         remove_container(&self.docker, &name).await;
     }
 
@@ -390,44 +387,63 @@ impl Pool {
         output: &OutputSender,
     ) -> Result<Option<Box<dyn AttemptHandle>>, DriverError> {
         let Some(plan) = self.plan(spec, task_key).await? else { return Ok(None) };
+        let give_up = Instant::now() + WARM_WAIT;
         loop {
-            let idle = {
+            // An idle container of the key, else room for a new one, else
+            // wait for one to come back (a reset takes milliseconds; a
+            // container costs the engine a hundred or more).
+            let (idle, room, freed) = {
                 let mut state = self.state();
-                state.idle.get_mut(&plan.key).and_then(Vec::pop)
+                let idle = state.idle.get_mut(&plan.key).and_then(Vec::pop);
+                let room = idle.is_none() && {
+                    let count = state.count.entry(plan.key.clone()).or_default();
+                    let room = *count < self.config.max_per_key;
+                    if room {
+                        *count += 1;
+                    }
+                    room
+                };
+                (idle, room, state.freed.entry(plan.key.clone()).or_default().clone())
             };
-            let Some(idle) = idle else { break };
-            match self.run(&plan, idle.conn, reuse, output).await {
-                Ok(Some(handle)) => return Ok(Some(handle)),
-                Ok(None) => continue,
-                Err(e) => return Err(e),
-            }
-        }
-        let room = {
-            let mut state = self.state();
-            let count = state.count.entry(plan.key.clone()).or_default();
-            if *count < self.config.max_per_key {
-                *count += 1;
-                true
-            } else {
-                false
-            }
-        };
-        if !room {
-            tracing::debug!(task = %spec.task_id, "every warm container of the task's key is busy; running cold");
-            return Ok(None);
-        }
-        let conn = match self.create(spec, &plan).await {
-            Ok(conn) => conn,
-            Err(e) => {
-                tracing::warn!(task = %spec.task_id, error = %e, "could not make a warm container; running cold");
-                let mut state = self.state();
-                if let Some(count) = state.count.get_mut(&plan.key) {
-                    *count = count.saturating_sub(1);
+            if let Some(idle) = idle {
+                match self.run(&plan, idle.conn, reuse, output).await? {
+                    Some(handle) => return Ok(Some(handle)),
+                    None => continue,
                 }
+            }
+            if room {
+                let conn = match self.create(spec, &plan).await {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        tracing::warn!(task = %spec.task_id, error = %e, "could not make a warm container; running cold");
+                        self.uncount(&plan.key);
+                        return Ok(None);
+                    }
+                };
+                match self.run(&plan, conn, reuse, output).await? {
+                    Some(handle) => return Ok(Some(handle)),
+                    None => continue,
+                }
+            }
+            if tokio::time::timeout_at(give_up, freed.notified()).await.is_err() {
+                tracing::debug!(task = %spec.task_id, "every warm container of the task's key stayed busy; running cold");
                 return Ok(None);
             }
-        };
-        self.run(&plan, conn, reuse, output).await
+        }
+    }
+
+    /// One container fewer of `key`; a task waiting for one may make one.
+    fn uncount(&self, key: &PoolKey) {
+        let mut state = self.state();
+        if let Some(count) = state.count.get_mut(key) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                state.count.remove(key);
+            }
+        }
+        if let Some(freed) = state.freed.get(key) {
+            freed.notify_one();
+        }
     }
 
     /// Gives a task to a container. `Ok(None)` if the container turned out
@@ -494,7 +510,11 @@ impl Pool {
         match conn.next(RESET_WAIT).await {
             Control::ResetDone(ResetDone { ok: true, .. }) => {
                 let until = Instant::now() + Duration::from_secs(u64::from(reuse.idle_seconds));
-                self.state().idle.entry(key).or_default().push(Idle { conn, until });
+                let mut state = self.state();
+                if let Some(freed) = state.freed.get(&key) {
+                    freed.notify_one();
+                }
+                state.idle.entry(key).or_default().push(Idle { conn, until });
             }
             Control::ResetDone(ResetDone { error, .. }) => {
                 tracing::warn!(container = %conn.name, error = error.as_deref().unwrap_or("?"), "warm container did not reset cleanly; removed");
