@@ -11,6 +11,9 @@ keep=false
 command -v curl >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq curl; }
 bash scripts/build-test-image.sh
 cargo build --release -p shepherd
+# The warm-container runner must be static (it runs in images without a libc).
+RUSTFLAGS="-C target-feature=+crt-static" cargo build --release -p shepherd-runner --target x86_64-unknown-linux-gnu
+runner=$PWD/target/x86_64-unknown-linux-gnu/release/shepherd-runner
 bin=$PWD/target/release/shepherd
 data=${SHEPHERD_DATA_DIR:-$PWD/.shepherd}
 listen=${SHEPHERD_LISTEN:-127.0.0.1:7070}
@@ -20,7 +23,7 @@ export SHEPHERD_SERVER=http://$listen
 export SHEPHERD_CONFIG=$data/cli.toml
 mkdir -p "$data"
 
-"$bin" up --listen "$listen" --data-dir "$data" >"$data/up.log" 2>&1 &
+"$bin" up --listen "$listen" --data-dir "$data" --runner "$runner" >"$data/up.log" 2>&1 &
 pid=$!
 cleanup() { $keep || { kill -INT "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true; }; }
 trap cleanup EXIT
@@ -40,6 +43,14 @@ step "shepherd run --wait busybox -- sh -c 'touch /etc/x; ls /sys/class/net'   #
 
 step "shepherd run --wait --timeout 1s busybox -- sleep 5   # stopped at its timeout; exits 124"
 "$bin" run --wait --timeout 1s busybox -- sleep 5 || echo "(exit code $?)"
+
+step "shepherd run --wait --reuse busybox -- sh -c 'ls /tmp; touch /tmp/left-by-\$SHEPHERD_TASK_ID; …'   # three times: warm, one container, reset between tasks"
+for i in 1 2 3; do
+    "$bin" run --wait --reuse busybox -- sh -c 'ls /tmp; touch /tmp/left-by-$SHEPHERD_TASK_ID; echo "task $SHEPHERD_TASK_ID: /tmp was empty"'
+done
+last=$("$bin" ps -n 1 --json | grep -o '"id": *"[0-9A-Z]*"' | head -1 | grep -o '[0-9A-Z]\{26\}')
+step "shepherd inspect $last | tail -2   # ran warm, in the same container as the task before"
+"$bin" inspect "$last" | tail -2
 
 token=$(sed -n 's/^token = "\(.*\)"$/\1/p' "$SHEPHERD_CONFIG")
 step "curl -X POST $SHEPHERD_SERVER/v1/tasks/batch -H 'authorization: Bearer …'   # 200 tasks in one durable transaction"

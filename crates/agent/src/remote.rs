@@ -286,6 +286,7 @@ async fn session(backend: &Arc<HttpBackend>, agent: &Agent, join: &JoinConfig) -
                 },
                 Ok(AgentMessage::Cancel { task_id }) => agent.cancel(task_id),
                 Ok(AgentMessage::Reconcile) => agent.reconcile().await?,
+                Ok(AgentMessage::Drain) => agent.drain(),
                 Ok(AgentMessage::Ping) => {}
                 Err(e) => tracing::warn!(error = %e, "unreadable message from the server"),
             }

@@ -111,6 +111,7 @@ impl Agent {
     }
 
     fn assign_attempt(&self, task_id: TaskId, attempt: u32, launch: Option<LaunchSpec>) {
+        self.inner.driver.keep_idle(true);
         let (cancel, cancel_rx) = watch::channel(false);
         let fenced: Arc<std::sync::atomic::AtomicBool> = Default::default();
         {
@@ -130,6 +131,20 @@ impl Agent {
         }
         let inner = self.inner.clone();
         self.spawn(async move { run_attempt(inner, task_id, attempt, cancel_rx, fenced, Begin::Start(launch.map(Box::new))).await });
+    }
+
+    /// The node is draining: the driver frees what it keeps between
+    /// attempts (idle warm containers) and keeps nothing more until the next
+    /// assignment (a node made ready again gets work).
+    pub fn drain(&self) {
+        self.inner.driver.keep_idle(false);
+        let driver = self.inner.driver.clone();
+        tokio::spawn(async move {
+            let removed = driver.shutdown().await;
+            if removed > 0 {
+                tracing::info!(removed, "node draining: removed idle warm containers");
+            }
+        });
     }
 
     /// Stops a task's running attempt because it was cancelled.

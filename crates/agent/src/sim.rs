@@ -338,7 +338,7 @@ impl Fleet {
                         node.wake.notify_one();
                     }
                     Ok(AgentMessage::Reconcile) => self.reconcile(index, node).await?,
-                    Ok(AgentMessage::Ping) => {}
+                    Ok(AgentMessage::Drain) | Ok(AgentMessage::Ping) => {}
                     Err(e) => tracing::warn!(error = %e, "unreadable message"),
                 }
             }

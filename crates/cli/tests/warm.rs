@@ -1,6 +1,6 @@
 //! Warm containers (`reuse`) on the real Docker Engine: many tasks through
 //! a few containers, each starting clean; never shared across projects;
-//! timeouts, cancels, OOM kills, stubborn and hostile tasks, a runner killed
+//! removed when idle, on drain and on stop; timeouts, cancels, OOM kills, stubborn and hostile tasks, a runner killed
 //! from outside and an agent killed outright all end right and leave no
 //! container behind.
 //!
@@ -132,15 +132,26 @@ async fn five_hundred_warm_tasks_each_start_clean_with_their_own_env_payload_sec
     assert!(containers.len() <= 4, "at most --warm-max (4) containers of the key: {containers:?}");
     assert_eq!(warm_count, 500 - containers.len(), "all but each container's first task ran warm");
 
-    // The idle ones stay until their idle time; a stop removes them.
+    // The idle ones stay until their idle time, and the node says it holds
+    // them (for `warm_locality`); a stop removes them.
     assert!(!warm_containers(&node).is_empty(), "idle warm containers are kept");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, nodes) = admin.get("/v1/nodes").await;
+        let images = nodes["nodes"][0]["images"].as_array().cloned().unwrap_or_default();
+        if images.iter().any(|i| i.as_str().is_some_and(|i| i.starts_with("warm="))) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the node never reported its idle warm key: {nodes}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     server.stop();
     let left = containers_of(&node);
     assert!(left.is_empty(), "containers left after a stop: {left:?}");
 }
 
 #[tokio::test]
-async fn projects_with_the_same_key_never_share_a_container_and_idle_ones_go() {
+async fn projects_with_the_same_key_never_share_a_container_idle_ones_go_and_a_drain_frees_them() {
     let dir = tempfile::tempdir().unwrap();
     let server = warm_server(&dir.path().join("data"), &[]);
     let admin = server.http();
@@ -149,9 +160,11 @@ async fn projects_with_the_same_key_never_share_a_container_and_idle_ones_go() {
     let (a, b) = (project(&admin, "aa").await, project(&admin, "bb").await);
     let (a, b) = (server.http_as(Some(&a)), server.http_as(Some(&b)));
     for round in 0..10 {
-        for (name, http) in [("aa", &a), ("bb", &b)] {
+        // Same image, command, limits: only the project differs. `aa`'s
+        // containers may idle 2 s, `bb`'s a minute.
+        for (name, http, idle) in [("aa", &a, 2), ("bb", &b, 60)] {
             let mut t = warm("echo $SHEPHERD_TASK_ID > /tmp/who; cat /tmp/who > /dev/null");
-            t["reuse"] = json!({ "idle_seconds": 2 });
+            t["reuse"] = json!({ "idle_seconds": idle });
             let (task, _) = run(http, t).await;
             assert_eq!(task["state"], "succeeded", "{task}");
             let (container, warm) = ran_in(&task);
@@ -162,8 +175,13 @@ async fn projects_with_the_same_key_never_share_a_container_and_idle_ones_go() {
     assert_eq!(used["aa"].len(), 1, "{used:?}");
     assert_eq!(used["bb"].len(), 1, "{used:?}");
     assert!(used["aa"].is_disjoint(&used["bb"]), "projects shared a container: {used:?}");
-    // Both are removed once idle past their 2 s.
-    wait_until(Duration::from_secs(15), "idle warm containers removed", || warm_containers(&node).is_empty()).await;
+    let bb: Vec<String> = used["bb"].iter().cloned().collect();
+    // `aa`'s goes once idle past its 2 s; `bb`'s stays.
+    wait_until(Duration::from_secs(15), "aa's idle warm container removed", || warm_containers(&node) == bb).await;
+    // Draining the node frees it at once.
+    let (status, _) = admin.post(&format!("/v1/nodes/{node}/drain"), &json!({})).await;
+    assert_eq!(status, 200);
+    wait_until(Duration::from_secs(10), "warm containers removed on drain", || warm_containers(&node).is_empty()).await;
 }
 
 #[tokio::test]

@@ -82,6 +82,9 @@ pub enum AgentMessage {
     Cancel { task_id: TaskId },
     /// Compare your attempts with the server's (sent on every connect).
     Reconcile,
+    /// The node is draining: free what it keeps between tasks (idle warm
+    /// containers) and keep nothing more until it is given work again.
+    Drain,
     /// Keep-alive.
     Ping,
 }

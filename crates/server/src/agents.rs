@@ -70,6 +70,11 @@ impl RemoteAgents {
         self.send(node_id, AgentMessage::Cancel { task_id })
     }
 
+    /// Tells the node's agent that its node drains, if its stream is here; false if not.
+    pub fn drain_here(&self, node_id: &str) -> bool {
+        self.send(node_id, AgentMessage::Drain)
+    }
+
     fn is_current(&self, node_id: &str, tx: &mpsc::UnboundedSender<AgentMessage>) -> bool {
         self.streams.lock().map(|s| s.get(node_id).is_some_and(|t| t.same_channel(tx))).unwrap_or(false)
     }
@@ -98,6 +103,10 @@ impl NodeLinks for RemoteAgents {
 
     fn cancel(&self, node_id: &str, task_id: TaskId) {
         self.send(node_id, AgentMessage::Cancel { task_id });
+    }
+
+    fn drain(&self, node_id: &str) {
+        self.drain_here(node_id);
     }
 }
 

@@ -14,6 +14,9 @@ pub trait NodeLinks: Send + Sync + 'static {
     fn assign(&self, node_id: &str, launch: LaunchSpec) -> bool;
     /// Tells a node's agent to stop a task's attempt.
     fn cancel(&self, node_id: &str, task_id: TaskId);
+    /// Tells a node's agent that its node is draining (it frees idle warm
+    /// containers).
+    fn drain(&self, _node_id: &str) {}
 }
 
 /// Agents running in this process, by node id.
@@ -45,6 +48,12 @@ impl NodeLinks for LocalAgents {
             agent.cancel(task_id);
         }
     }
+
+    fn drain(&self, node_id: &str) {
+        if let Some(agent) = self.agents.get(node_id) {
+            agent.drain();
+        }
+    }
 }
 
 /// The in-process agent first, then remote agents connected to this
@@ -64,6 +73,8 @@ pub enum Dispatch {
     Assign { node: String, task: TaskId, attempt: u32 },
     /// Stop this task's attempt on the node, if you hold its stream.
     Cancel { node: String, task: TaskId },
+    /// The node is draining: tell its agent, if you hold its stream.
+    Drain { node: String },
     /// Have every agent connected to you reconcile: sent by a new leader,
     /// since the old one may have died between committing placements and
     /// publishing them.
@@ -114,6 +125,15 @@ impl NodeLinks for ClusterLinks {
             self.publish(Dispatch::Cancel { node: node_id.to_string(), task: task_id });
         }
     }
+
+    fn drain(&self, node_id: &str) {
+        if self.local.agents.contains_key(node_id) {
+            return self.local.drain(node_id);
+        }
+        if !self.remote.drain_here(node_id) {
+            self.publish(Dispatch::Drain { node: node_id.to_string() });
+        }
+    }
 }
 
 /// Acts on what other servers publish, for the agents connected here:
@@ -159,6 +179,9 @@ pub async fn dispatch(
             },
             Ok(Dispatch::Cancel { node, task }) => {
                 remote.cancel_here(&node, task);
+            }
+            Ok(Dispatch::Drain { node }) => {
+                remote.drain_here(&node);
             }
             Ok(Dispatch::Reconcile) => remote.reconcile_all(),
             Ok(Dispatch::Released { tasks }) => {

@@ -645,6 +645,12 @@ impl Driver for DockerDriver {
         }
     }
 
+    fn keep_idle(&self, keep: bool) {
+        if let Some(pool) = &self.warm {
+            pool.keep_idle(keep);
+        }
+    }
+
     async fn shutdown(&self) -> usize {
         match &self.warm {
             Some(pool) => pool.remove_idle().await,

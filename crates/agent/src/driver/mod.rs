@@ -169,9 +169,14 @@ pub trait Driver: Send + Sync + 'static {
         Vec::new()
     }
 
-    /// The agent is stopping: frees what the driver keeps between attempts
-    /// (idle warm containers). Returns how many it removed.
+    /// The agent is stopping (or its node draining): frees what the driver
+    /// keeps between attempts (idle warm containers). Returns how many it
+    /// removed.
     async fn shutdown(&self) -> usize {
         0
     }
+
+    /// Whether to keep anything between attempts (false while the node
+    /// drains: what an attempt leaves is freed at once).
+    fn keep_idle(&self, _keep: bool) {}
 }

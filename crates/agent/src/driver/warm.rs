@@ -152,10 +152,13 @@ async fn decode(
             }
             Some(Ok(LogOutput::StdIn { .. })) => continue,
             Some(Err(e)) => {
+                sink.lock().unwrap_or_else(|e| e.into_inner()).take();
                 let _ = control.send(Control::Ended(format!("reading the runner's output: {e}")));
                 return;
             }
             None => {
+                // The task's output ends with the container's.
+                sink.lock().unwrap_or_else(|e| e.into_inner()).take();
                 let _ = control.send(Control::Ended("the container's output ended".into()));
                 return;
             }
@@ -165,6 +168,7 @@ async fn decode(
             let kind = Kind::from_byte(buffer[at]);
             let len = u32::from_be_bytes([buffer[at + 1], buffer[at + 2], buffer[at + 3], buffer[at + 4]]);
             let Some(kind) = kind.filter(|_| len <= protocol::MAX_FRAME) else {
+                sink.lock().unwrap_or_else(|e| e.into_inner()).take();
                 let _ = control.send(Control::Ended(format!("the runner sent a bad frame (kind {:#x}, {len} bytes)", buffer[at])));
                 return;
             };
@@ -203,6 +207,7 @@ async fn decode(
                     }
                 }
                 Err(e) => {
+                    sink.lock().unwrap_or_else(|e| e.into_inner()).take();
                     let _ = control.send(Control::Ended(format!("the runner sent a bad frame: {e}")));
                     return;
                 }
@@ -237,7 +242,26 @@ pub(super) struct Pool {
     pids_limit: i64,
     tmp_size_mib: u32,
     state: Mutex<State>,
+    /// False while the node drains: containers are removed after their task.
+    keep: std::sync::atomic::AtomicBool,
+    /// What the engine said of each image reference lately.
+    images: Mutex<HashMap<String, (Instant, Arc<ImageFacts>)>>,
 }
+
+/// What a warm task needs of its image: the resolved id and the config a
+/// cold container would get from it.
+#[derive(Debug)]
+struct ImageFacts {
+    id: String,
+    entrypoint: Vec<String>,
+    cmd: Vec<String>,
+    env: Vec<String>,
+    working_dir: Option<String>,
+}
+
+/// How long an image's facts are reused before the engine is asked again
+/// (a tag moved to another image is seen at most this late).
+const IMAGE_FACTS_FOR: Duration = Duration::from_secs(2);
 
 /// How a warm task runs: argv, env, workdir, worked out from the image's
 /// config as the engine would for a cold container.
@@ -248,7 +272,9 @@ struct Plan {
 
 impl Pool {
     pub(super) fn new(docker: Docker, node_id: String, config: WarmConfig, pids_limit: i64, tmp_size_mib: u32) -> Arc<Pool> {
-        let pool = Arc::new(Pool { docker, node_id, config, pids_limit, tmp_size_mib, state: Mutex::default() });
+        let keep = std::sync::atomic::AtomicBool::new(true);
+        let pool =
+            Arc::new(Pool { docker, node_id, config, pids_limit, tmp_size_mib, state: Mutex::default(), keep, images: Mutex::default() });
         let weak = Arc::downgrade(&pool);
         tokio::spawn(async move {
             loop {
@@ -262,6 +288,11 @@ impl Pool {
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether containers are kept after their task (false while the node drains).
+    pub(super) fn keep_idle(&self, keep: bool) {
+        self.keep.store(keep, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// The names of every warm container this driver runs now.
@@ -323,19 +354,42 @@ impl Pool {
         remove_container(&self.docker, &name).await;
     }
 
-    /// Works out the task's run request and key from the image's config.
-    /// `None` when the engine lacks the image (the cold path pulls it).
-    async fn plan(&self, spec: &AttemptSpec, task_key: String) -> Result<Option<Plan>, DriverError> {
-        let image = match self.docker.inspect_image(&spec.image).await {
+    /// The image's id and config, from the engine at most [`IMAGE_FACTS_FOR`]
+    /// ago; `None` if the engine lacks it.
+    async fn image_facts(&self, reference: &str) -> Result<Option<Arc<ImageFacts>>, DriverError> {
+        let cached = self.images.lock().unwrap_or_else(|e| e.into_inner()).get(reference).cloned();
+        if let Some((at, facts)) = cached {
+            if at.elapsed() < IMAGE_FACTS_FOR {
+                return Ok(Some(facts));
+            }
+        }
+        let image = match self.docker.inspect_image(reference).await {
             Ok(image) => image,
             Err(e) if is_status(&e, &[404]) => return Ok(None),
             Err(e) => return Err(engine_error("inspecting the image", e)),
         };
-        let Some(image_id) = image.id else { return Ok(None) };
+        let Some(id) = image.id else { return Ok(None) };
         let config = image.config.unwrap_or_default();
-        let mut argv = config.entrypoint.unwrap_or_default();
+        let facts = Arc::new(ImageFacts {
+            id,
+            entrypoint: config.entrypoint.unwrap_or_default(),
+            cmd: config.cmd.unwrap_or_default(),
+            env: config.env.unwrap_or_default(),
+            working_dir: config.working_dir.filter(|w| !w.is_empty()),
+        });
+        let mut images = self.images.lock().unwrap_or_else(|e| e.into_inner());
+        images.retain(|_, (at, _)| at.elapsed() < IMAGE_FACTS_FOR);
+        images.insert(reference.to_string(), (Instant::now(), facts.clone()));
+        Ok(Some(facts))
+    }
+
+    /// Works out the task's run request and key from the image's config.
+    /// `None` when the engine lacks the image (the cold path pulls it).
+    async fn plan(&self, spec: &AttemptSpec, task_key: String) -> Result<Option<Plan>, DriverError> {
+        let Some(image) = self.image_facts(&spec.image).await? else { return Ok(None) };
+        let mut argv = image.entrypoint.clone();
         if spec.command.is_empty() {
-            argv.extend(config.cmd.unwrap_or_default());
+            argv.extend(image.cmd.iter().cloned());
         } else {
             argv.extend(spec.command.iter().cloned());
         }
@@ -351,13 +405,13 @@ impl Pool {
             env.push((k.to_string(), v.to_string()));
         };
         set("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
-        for pair in config.env.unwrap_or_default() {
-            set(&pair);
+        for pair in &image.env {
+            set(pair);
         }
         for pair in &super::docker::task_env(spec) {
             set(pair);
         }
-        let workdir = spec.workdir.clone().or(config.working_dir.filter(|w| !w.is_empty()));
+        let workdir = spec.workdir.clone().or_else(|| image.working_dir.clone());
         let mut files = Vec::new();
         use base64::Engine as _;
         let encode = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
@@ -373,7 +427,7 @@ impl Pool {
                 files.push(FileSpec { path: format!("{}/{name}", super::docker::SECRETS_PATH), mode: 0o444, data: encode(&bytes) });
             }
         }
-        Ok(Some(Plan { key: PoolKey { task_key, image_id }, request: RunRequest { argv, env, workdir, files } }))
+        Ok(Some(Plan { key: PoolKey { task_key, image_id: image.id.clone() }, request: RunRequest { argv, env, workdir, files } }))
     }
 
     /// Starts the attempt in a warm container: an idle one of its key, or a
@@ -501,6 +555,10 @@ impl Pool {
     async fn recycle(&self, key: PoolKey, mut conn: Conn, reuse: ReusePolicy) {
         if conn.tasks >= reuse.max_tasks {
             tracing::debug!(container = %conn.name, tasks = conn.tasks, "warm container ran its max_tasks; removed");
+            return self.discard(&key, conn).await;
+        }
+        if !self.keep.load(std::sync::atomic::Ordering::SeqCst) {
+            tracing::debug!(container = %conn.name, "node draining: warm container removed after its task");
             return self.discard(&key, conn).await;
         }
         if let Err(e) = conn.send(Kind::Reset, &[]).await {
@@ -647,6 +705,7 @@ impl AttemptHandle for WarmAttempt {
                 Some(Control::Exited(exited)) => self.exited = Some(exited),
                 Some(Control::Ended(why)) | Some(Control::Failure(why)) => {
                     self.broken = true;
+                    conn.set_sink(None);
                     return Err(DriverError::Io(std::io::Error::other(format!("the warm container's runner stopped answering: {why}"))));
                 }
                 Some(other) => tracing::debug!(container = %conn.name, ?other, "unexpected message from the runner; ignored"),
@@ -733,7 +792,9 @@ impl Drop for WarmAttempt {
         // the container is not left running nor counted.
         if let Some(conn) = self.conn.take() {
             let (pool, key) = (self.pool.clone(), self.key.clone());
-            tokio::spawn(async move { pool.discard(&key, conn).await });
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move { pool.discard(&key, conn).await });
+            }
         }
     }
 }

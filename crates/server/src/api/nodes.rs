@@ -89,6 +89,7 @@ pub async fn drain(
         return Err(ApiError::not_found(format!("no node with id {id}")));
     }
     state.agent_api.observer.view.nodes_changed();
+    crate::links::NodeLinks::drain(state.tasks.links.as_ref(), &id);
     tracing::info!(node = %id, "node draining");
     state.audit(&caller, None, "node.drain", &id, None).await;
     let Json(list) = list(State(state), Extension(caller)).await?;
