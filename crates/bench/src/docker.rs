@@ -178,8 +178,10 @@ async fn measure_shepherd(
 
 /// Where a warm task's time goes, at the driver: handing the task to an
 /// idle container's runner (Run → Started), waiting for its exit, and the
-/// reset that makes the container ready for the next. Mean ms of each, over
-/// `cycles` tasks one after another in one container.
+/// reset that makes the container ready for the next. Median ms of each
+/// (the means are dominated by a few slow cycles when the engine is busy
+/// cleaning up after the other measurements), over `cycles` tasks one after
+/// another in one container.
 async fn warm_breakdown(runner: &std::path::Path, image: &str, cycles: usize) -> Result<(f64, f64, f64)> {
     use shepherd_agent::{AttemptHandle, Driver};
     let config = DockerConfig {
@@ -187,7 +189,7 @@ async fn warm_breakdown(runner: &std::path::Path, image: &str, cycles: usize) ->
         ..DockerConfig::new("bench-warm")
     };
     let driver = DockerDriver::connect(config).await.map_err(anyhow::Error::msg)?;
-    let (mut start, mut wait, mut reset) = (0.0, 0.0, 0.0);
+    let (mut start, mut wait, mut reset) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..=cycles {
         let mut spec = attempt_spec(image);
         spec.reuse = Some(shepherd_core::ReusePolicy::default());
@@ -206,14 +208,17 @@ async fn warm_breakdown(runner: &std::path::Path, image: &str, cycles: usize) ->
         }
         // The first makes the container: not counted.
         if i > 0 {
-            start += (t1 - t0).as_secs_f64() * 1000.0;
-            wait += (t2 - t1).as_secs_f64() * 1000.0;
-            reset += (t3 - t2).as_secs_f64() * 1000.0;
+            start.push((t1 - t0).as_secs_f64() * 1000.0);
+            wait.push((t2 - t1).as_secs_f64() * 1000.0);
+            reset.push((t3 - t2).as_secs_f64() * 1000.0);
         }
     }
     driver.shutdown().await;
-    let n = cycles.max(1) as f64;
-    Ok((start / n, wait / n, reset / n))
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        percentile(&v, 50.0)
+    };
+    Ok((median(start), median(wait), median(reset)))
 }
 
 /// `tasks` replicated-job tasks of `true` in Docker Swarm mode on the local
@@ -322,7 +327,7 @@ pub async fn run(args: Args) -> Result<()> {
     println!("  submit→start, one at a time:                p50 {:.1} ms, p99 {:.1} ms", warm.p50, warm.p99);
 
     let (run_ms, wait_ms, reset_ms) = warm_breakdown(&runner, &args.image, 200).await?;
-    println!("  one warm task at the driver (mean of 200):  run→started {run_ms:.2} ms, wait {wait_ms:.2} ms, reset {reset_ms:.2} ms");
+    println!("  one warm task at the driver (median of 200): run→started {run_ms:.2} ms, wait {wait_ms:.2} ms, reset {reset_ms:.2} ms");
 
     let raw_after = raw_cycles(driver.clone(), &args.image, args.tasks, args.concurrency).await?;
     println!("raw engine create+start+wait+remove (after):  {raw_after:>7.1} /s");
