@@ -59,7 +59,7 @@ pub struct NodeFlags {
     pub(crate) stop_tasks: bool,
     /// Most warm containers per task key (tasks with `reuse`; docker driver);
     /// 0 runs every task cold.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 8)]
     pub(crate) warm_max: usize,
     /// The statically linked `shepherd-runner` that warm containers run
     /// (default: $SHEPHERD_RUNNER, else `shepherd-runner` next to this binary).
