@@ -44,9 +44,9 @@ step "shepherd run --wait busybox -- sh -c 'touch /etc/x; ls /sys/class/net'   #
 step "shepherd run --wait --timeout 1s busybox -- sleep 5   # stopped at its timeout; exits 124"
 "$bin" run --wait --timeout 1s busybox -- sleep 5 || echo "(exit code $?)"
 
-step "shepherd run --wait --reuse busybox -- sh -c 'ls /tmp; touch /tmp/left-by-\$SHEPHERD_TASK_ID; …'   # three times: warm, one container, reset between tasks"
+step "shepherd run --wait --reuse busybox -- sh -c 'echo \"… sees /tmp: [\$(ls /tmp)]\"; touch /tmp/left-by-\$SHEPHERD_TASK_ID'   # three times: warm, one container, reset between tasks"
 for i in 1 2 3; do
-    "$bin" run --wait --reuse busybox -- sh -c 'ls /tmp; touch /tmp/left-by-$SHEPHERD_TASK_ID; echo "task $SHEPHERD_TASK_ID: /tmp was empty"'
+    "$bin" run --wait --reuse busybox -- sh -c 'echo "task $SHEPHERD_TASK_ID sees /tmp: [$(ls /tmp)]"; touch /tmp/left-by-$SHEPHERD_TASK_ID'
 done
 last=$("$bin" ps -n 1 --json | grep -o '"id": *"[0-9A-Z]*"' | head -1 | grep -o '[0-9A-Z]\{26\}')
 step "shepherd inspect $last | tail -2   # ran warm, in the same container as the task before"
