@@ -95,7 +95,9 @@ async fn five_hundred_warm_tasks_each_start_clean_with_their_own_env_payload_sec
         for p in /proc/[0-9]*; do [ "$(cat $p/comm 2>/dev/null)" = sleep ] && exit 91; done
         [ "$(cat "$SHEPHERD_PAYLOAD_FILE")" = "payload-$K" ] || exit 92
         [ "$(cat "$SHEPHERD_SECRETS_DIR/token")" = tok-value ] || exit 93
+        [ -n "$HOME" ] && [ -n "$HOSTNAME" ] && [ -z "$LEFT" ] || exit 94
         echo "task $K" > /tmp/mark
+        export LEFT=1
         sleep 1000 > /dev/null 2>&1 &
         echo "k=$K"
         exit $((K % 5))"#;
@@ -269,6 +271,26 @@ async fn timeouts_cancels_oom_stubborn_and_hostile_tasks_end_right_and_the_conta
     assert_eq!((t["state"].as_str(), t["reason"].as_str()), (Some("failed"), Some("lost")), "{t}");
     let (t, _) = run(&http, warm("true")).await;
     assert_eq!(t["state"], "succeeded", "the pool goes on without it");
+
+    // An image with a VOLUME (writable, and holding the image's own files)
+    // always runs cold: a reset could neither keep nor clear it rightly.
+    let mut build = Command::new("docker")
+        .args(["build", "-q", "-t", "shepherd-test-volume:latest", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    build.stdin.take().unwrap().write_all(format!("FROM {TEST_IMAGE}\nVOLUME /data\n").as_bytes()).unwrap();
+    assert!(build.wait().unwrap().success(), "docker build of an image with a volume");
+    let mut with_volume = warm("touch /data/x");
+    with_volume["image"] = json!("shepherd-test-volume:latest");
+    for _ in 0..2 {
+        let (t, _) = run(&http, with_volume.clone()).await;
+        assert_eq!(t["state"], "succeeded", "{t}");
+        let (container, warm) = ran_in(&t);
+        assert!(!warm && !container.starts_with("shepherd-warm-"), "ran in {container}");
+    }
 
     server.stop();
     let left = containers_of(&node);

@@ -57,7 +57,7 @@ pub struct HeartbeatAnswer {
 /// `POST /v1/agent/heartbeat`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Heartbeat {
-    /// The images the node's engine holds.
+    /// The images the node's engine holds, and `warm=<key>` for its idle warm containers.
     #[serde(default)]
     pub images: Vec<String>,
     /// Attempts running on the node now.

@@ -37,6 +37,9 @@ pub struct Config {
     /// process, and a reset kills every other process and removes System V
     /// IPC objects. Tests on the host run it as an ordinary child.
     pub pid1: bool,
+    /// The environment every task starts from (the runner's own at start),
+    /// under the request's.
+    pub base_env: Vec<(String, String)>,
 }
 
 /// How long a reset waits for killed processes to be reaped and for the
@@ -135,7 +138,7 @@ impl Runner {
                 // its forwarders and waiter need the output lock, held here.
                 let out = self.out.clone();
                 let mut writer = out.lock().map_err(|_| io::Error::other("output lock poisoned"))?;
-                match start(&request, &self.out, &self.generation, id, self.reaper.clone()) {
+                match start(&request, &self.config.base_env, &self.out, &self.generation, id, self.reaper.clone()) {
                     Ok(started) => {
                         let body = serde_json::to_vec(&Started { pid: started.pid }).map_err(io::Error::other)?;
                         self.task = Some(started);
@@ -250,9 +253,16 @@ impl Runner {
 
 /// Writes the task's files and starts its process in a group of its own.
 /// On failure, removes what it wrote.
-fn start(request: &RunRequest, out: &Out, generation: &Arc<AtomicU64>, id: u64, reaper: Option<Arc<Reaper>>) -> Result<Task, String> {
+fn start(
+    request: &RunRequest,
+    base_env: &[(String, String)],
+    out: &Out,
+    generation: &Arc<AtomicU64>,
+    id: u64,
+    reaper: Option<Arc<Reaper>>,
+) -> Result<Task, String> {
     let mut files = Vec::new();
-    let started = start_writing(request, out, generation, id, reaper, &mut files);
+    let started = start_writing(request, base_env, out, generation, id, reaper, &mut files);
     if started.is_err() {
         for file in &files {
             let _ = std::fs::remove_file(file);
@@ -263,6 +273,7 @@ fn start(request: &RunRequest, out: &Out, generation: &Arc<AtomicU64>, id: u64, 
 
 fn start_writing(
     request: &RunRequest,
+    base_env: &[(String, String)],
     out: &Out,
     generation: &Arc<AtomicU64>,
     id: u64,
@@ -284,6 +295,7 @@ fn start_writing(
     command
         .args(args)
         .env_clear()
+        .envs(base_env.iter().map(|(k, v)| (k, v)))
         .envs(request.env.iter().map(|(k, v)| (k, v)))
         .current_dir(request.workdir.as_deref().unwrap_or("/"))
         .stdin(Stdio::null())

@@ -72,7 +72,10 @@ impl Kind {
 pub struct RunRequest {
     /// The program and its arguments (exec form; no shell is implied).
     pub argv: Vec<String>,
-    /// The whole environment the task sees (nothing is inherited).
+    /// The task's environment, on top of the runner's own as it started
+    /// (what the engine gave the container: the image's, PATH, HOSTNAME,
+    /// HOME), as the engine merges a cold container's. Nothing a task sets
+    /// reaches the next.
     pub env: Vec<(String, String)>,
     /// The working directory (default `/`).
     #[serde(default)]

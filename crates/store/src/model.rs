@@ -140,7 +140,7 @@ pub struct NodeRecord {
     pub capacity: Resources,
     pub max_tasks: u32,
     pub labels: BTreeMap<String, String>,
-    /// Images the node's engine holds (for image-locality scoring).
+    /// Images the node's engine holds (for image-locality scoring), and `warm=<key>` entries (warm locality).
     pub images: Vec<String>,
     pub registered_at: Timestamp,
     pub last_heartbeat_at: Timestamp,

@@ -258,7 +258,7 @@ impl DockerDriver {
     /// The create body of an attempt's container: the hardened defaults, the
     /// task's limits, env and labels. Public so benchmarks compare like with like.
     pub fn container_body(&self, spec: &AttemptSpec) -> ContainerCreateBody {
-        let env = task_env(spec);
+        let env: Vec<String> = task_env(spec).into_iter().map(|(k, v)| format!("{k}={v}")).collect();
         let mut binds = Vec::new();
         if let Some(file) = &spec.payload_file {
             binds.push(format!("{}:{PAYLOAD_PATH}:ro", file.display()));
@@ -314,16 +314,16 @@ impl DockerDriver {
 
 /// The environment Shepherd gives a task's container, warm or cold: the
 /// task's own, then where it runs and where its payload and secrets are.
-pub(super) fn task_env(spec: &AttemptSpec) -> Vec<String> {
-    let mut env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    env.push(format!("SHEPHERD_TASK_ID={}", spec.task_id));
-    env.push(format!("SHEPHERD_ATTEMPT={}", spec.attempt));
-    env.push(format!("SHEPHERD_NODE_ID={}", spec.node_id));
+pub(super) fn task_env(spec: &AttemptSpec) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = spec.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    env.push(("SHEPHERD_TASK_ID".into(), spec.task_id.to_string()));
+    env.push(("SHEPHERD_ATTEMPT".into(), spec.attempt.to_string()));
+    env.push(("SHEPHERD_NODE_ID".into(), spec.node_id.clone()));
     if spec.payload_file.is_some() {
-        env.push(format!("SHEPHERD_PAYLOAD_FILE={PAYLOAD_PATH}"));
+        env.push(("SHEPHERD_PAYLOAD_FILE".into(), PAYLOAD_PATH.into()));
     }
     if spec.secrets_dir.is_some() {
-        env.push(format!("SHEPHERD_SECRETS_DIR={SECRETS_PATH}"));
+        env.push(("SHEPHERD_SECRETS_DIR".into(), SECRETS_PATH.into()));
     }
     env
 }

@@ -255,8 +255,9 @@ struct ImageFacts {
     id: String,
     entrypoint: Vec<String>,
     cmd: Vec<String>,
-    env: Vec<String>,
     working_dir: Option<String>,
+    /// The image declares volumes.
+    volumes: bool,
 }
 
 /// How long an image's facts are reused before the engine is asked again
@@ -374,7 +375,7 @@ impl Pool {
             id,
             entrypoint: config.entrypoint.unwrap_or_default(),
             cmd: config.cmd.unwrap_or_default(),
-            env: config.env.unwrap_or_default(),
+            volumes: config.volumes.is_some_and(|v| !v.is_empty()),
             working_dir: config.working_dir.filter(|w| !w.is_empty()),
         });
         let mut images = self.images.lock().unwrap_or_else(|e| e.into_inner());
@@ -387,6 +388,12 @@ impl Pool {
     /// `None` when the engine lacks the image (the cold path pulls it).
     async fn plan(&self, spec: &AttemptSpec, task_key: String) -> Result<Option<Plan>, DriverError> {
         let Some(image) = self.image_facts(&spec.image).await? else { return Ok(None) };
+        if image.volumes {
+            // A VOLUME is writable, and emptying it would drop what the
+            // image put there: such images always run cold.
+            tracing::debug!(image = %spec.image, "the image declares volumes; running cold");
+            return Ok(None);
+        }
         let mut argv = image.entrypoint.clone();
         if spec.command.is_empty() {
             argv.extend(image.cmd.iter().cloned());
@@ -396,21 +403,9 @@ impl Pool {
         if argv.is_empty() {
             return Err(DriverError::StartFailed("no command: the task gives none and the image has no entrypoint or cmd".into()));
         }
-        // The image's environment, the engine's default PATH where the image
-        // sets none, then the task's (as the engine merges them for a cold one).
-        let mut env: Vec<(String, String)> = Vec::new();
-        let mut set = |pair: &str| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            env.retain(|(key, _)| key != k);
-            env.push((k.to_string(), v.to_string()));
-        };
-        set("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
-        for pair in &image.env {
-            set(pair);
-        }
-        for pair in &super::docker::task_env(spec) {
-            set(pair);
-        }
+        // The task's environment; the runner puts it over the container's
+        // own (the image's, PATH, HOSTNAME, HOME), as the engine would.
+        let env = super::docker::task_env(spec);
         let workdir = spec.workdir.clone().or_else(|| image.working_dir.clone());
         let mut files = Vec::new();
         use base64::Engine as _;

@@ -24,7 +24,7 @@ pub struct NodeView {
     /// Tasks scheduled or running there.
     pub tasks: u32,
     pub labels: BTreeMap<String, String>,
-    /// Images the node's engine holds.
+    /// Images the node's engine holds, and `warm=<key>` for each task key it holds an idle warm container of.
     pub images: Vec<String>,
     #[schema(value_type = String, format = DateTime)]
     pub last_heartbeat_at: Timestamp,
