@@ -18,6 +18,11 @@ fn parse_timeout(text: &str) -> Result<u32, String> {
     u32::try_from(seconds).map_err(|_| format!("`{text}` is too long"))
 }
 
+fn parse_time(text: &str) -> Result<shepherd_core::Timestamp, String> {
+    serde_json::from_value(serde_json::Value::String(text.to_string()))
+        .map_err(|e| format!("`{text}`: {e} (use e.g. 2026-12-01T09:00:00Z)"))
+}
+
 fn parse_pair(text: &str) -> Result<(String, String), String> {
     text.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| format!("`{text}`: use KEY=VALUE"))
 }
@@ -88,6 +93,12 @@ pub struct RunArgs {
     /// (default 1000). Implies --reuse.
     #[arg(long, value_name = "N")]
     reuse_max_tasks: Option<u32>,
+    /// Wait this long after submission before the first attempt (30s, 10m, 2h; at most a year).
+    #[arg(long, value_parser = parse_timeout, conflicts_with = "start_at")]
+    delay: Option<u32>,
+    /// Start no earlier than this time (RFC 3339 in UTC, e.g. 2026-12-01T09:00:00Z).
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    start_at: Option<shepherd_core::Timestamp>,
     /// The image to run.
     image: String,
     /// The command and its arguments (after `--`).
@@ -130,6 +141,8 @@ pub async fn run(client: &Client, args: RunArgs) -> Result<ExitCode> {
     spec.profile = args.profile;
     spec.pool = args.pool;
     spec.network = args.network;
+    spec.delay_seconds = args.delay;
+    spec.start_at = args.start_at;
     if args.reuse || args.reuse_idle.is_some() || args.reuse_max_tasks.is_some() {
         let defaults = shepherd_core::ReusePolicy::default();
         spec.reuse = Some(shepherd_core::ReusePolicy {
@@ -196,6 +209,8 @@ fn in_flag_terms(error: anyhow::Error) -> anyhow::Error {
         "pool" => "--pool",
         "network" => "--network",
         "reuse.idle_seconds" => "--reuse-idle",
+        "delay_seconds" => "--delay",
+        "start_at" => "--start-at",
         "reuse.max_tasks" => "--reuse-max-tasks",
         _ => return error,
     };
@@ -458,6 +473,9 @@ pub async fn inspect(client: &Client, args: InspectArgs) -> Result<ExitCode> {
     }
     println!("Node:        {}", safe(task.node_id.as_deref().unwrap_or("-")));
     println!("Created:     {}", task.created_at.to_rfc3339());
+    if let Some(at) = task.start_at {
+        println!("Start at:    {} (delayed)", at.to_rfc3339());
+    }
     println!("Scheduled:   {}", opt(task.scheduled_at));
     println!("Started:     {}", opt(task.started_at));
     println!("Finished:    {}", opt(task.finished_at));

@@ -272,3 +272,58 @@ async fn every_documented_operation_is_routed() {
     }
     assert_eq!(operations, 24);
 }
+
+#[tokio::test]
+async fn a_delayed_task_waits_queued_with_its_reason_then_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &[]);
+    let http = server.http();
+
+    let mut delayed = sh("echo late");
+    delayed["delay_seconds"] = json!(3);
+    let (status, task) = http.post("/v1/tasks", &delayed).await;
+    assert_eq!(status, 201, "{task}");
+    let id = task["id"].as_str().unwrap().to_string();
+    assert!(task["start_at"].is_string(), "{task}");
+    // Meanwhile an ordinary task runs at once.
+    let (_, now) = http.post("/v1/tasks", &sh("true")).await;
+    let done = http.wait_terminal(now["id"].as_str().unwrap(), Duration::from_secs(30)).await;
+    assert_eq!(done["state"], "succeeded");
+    let (_, waiting) = http.get(&format!("/v1/tasks/{id}")).await;
+    assert_eq!(waiting["state"], "queued", "{waiting}");
+    let reason = waiting["reason"].as_str().unwrap_or_default();
+    assert!(reason.starts_with("delayed until ") && reason.ends_with(task["start_at"].as_str().unwrap()), "{waiting}");
+
+    let done = http.wait_terminal(&id, Duration::from_secs(30)).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let started = done["started_at"].as_str().unwrap();
+    assert!(started >= task["start_at"].as_str().unwrap(), "started {started}, due {}", task["start_at"]);
+
+    // A start time in the past runs at once; both forms at once, or too far
+    // ahead, are refused naming the field.
+    let mut past = sh("true");
+    past["start_at"] = json!("2020-01-01T00:00:00Z");
+    let (status, task) = http.post("/v1/tasks", &past).await;
+    assert_eq!(status, 201, "{task}");
+    assert_eq!(http.wait_terminal(task["id"].as_str().unwrap(), Duration::from_secs(30)).await["state"], "succeeded");
+    for (body, field) in [
+        (json!({"delay_seconds": 5, "start_at": "2030-01-01T00:00:00Z"}), "start_at"),
+        (json!({"delay_seconds": 40_000_000}), "delay_seconds"),
+        (json!({"start_at": "2999-01-01T00:00:00Z"}), "start_at"),
+    ] {
+        let mut task = sh("true");
+        for (k, v) in body.as_object().unwrap() {
+            task[k] = v.clone();
+        }
+        let (status, error) = http.post("/v1/tasks", &task).await;
+        assert_eq!((status, error["error"]["field"].as_str()), (400, Some(field)), "{error}");
+    }
+
+    // The CLI: --delay, shown by inspect.
+    let out = server.cli(&["run", "--delay", "1h", "busybox", "--", "true"]);
+    assert!(out.status.success(), "{out:?}");
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let shown = server.cli(&["inspect", &id]);
+    let text = String::from_utf8_lossy(&shown.stdout);
+    assert!(text.contains("Start at:") && text.contains("Reason:      delayed until"), "{text}");
+}

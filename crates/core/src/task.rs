@@ -237,6 +237,15 @@ pub struct TaskSpec {
     /// Run in a warm, reused container (see [`ReusePolicy`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reuse: Option<ReusePolicy>,
+    /// Stay queued this many seconds after submission before the first
+    /// attempt (at most a year). Not with `start_at`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_seconds: Option<u32>,
+    /// Stay queued until this time (RFC 3339, UTC, at most a year ahead; a
+    /// past time runs at once). Not with `delay_seconds`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub start_at: Option<Timestamp>,
 }
 
 impl TaskSpec {
@@ -276,6 +285,8 @@ impl TaskSpec {
             anti_affinity: None,
             secrets: Vec::new(),
             reuse: None,
+            delay_seconds: None,
+            start_at: None,
         }
     }
 }
@@ -289,6 +300,22 @@ pub struct NewTask {
     /// The spec, with `payload` set to `None`: the bytes live in `payload`.
     pub spec: TaskSpec,
     pub payload: Option<Vec<u8>>,
+}
+
+impl NewTask {
+    /// When the first attempt may be placed: its `start_at` or its
+    /// `delay_seconds` after submission, never before submission.
+    pub fn not_before(&self) -> Timestamp {
+        self.spec.first_start(self.created_at)
+    }
+}
+
+impl TaskSpec {
+    /// When a task submitted at `created_at` may first be placed.
+    pub fn first_start(&self, created_at: Timestamp) -> Timestamp {
+        let delayed = self.delay_seconds.map(|d| created_at.plus(std::time::Duration::from_secs(u64::from(d))));
+        self.start_at.or(delayed).map_or(created_at, |at| at.max(created_at))
+    }
 }
 
 /// How one attempt ended.
@@ -402,6 +429,11 @@ pub struct Task {
     /// Runs in a warm, reused container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reuse: Option<ReusePolicy>,
+    /// When its first attempt may start, if it was submitted with a delay
+    /// (`delay_seconds` or `start_at`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub start_at: Option<Timestamp>,
     #[schema(value_type = String, format = DateTime)]
     pub created_at: Timestamp,
     #[schema(value_type = Option<String>, format = DateTime)]
@@ -427,6 +459,7 @@ pub struct Task {
 impl Task {
     /// A queued task with no attempts, from its stored spec (payload stripped).
     pub fn from_spec(id: TaskId, spec: TaskSpec, payload_bytes: u64, created_at: Timestamp) -> Task {
+        let start_at = Some(spec.first_start(created_at)).filter(|at| *at > created_at);
         Task {
             id,
             state: TaskState::Queued,
@@ -449,6 +482,7 @@ impl Task {
             pool: spec.pool,
             anti_affinity: spec.anti_affinity,
             secrets: spec.secrets,
+            start_at,
             reuse: spec.reuse,
             created_at,
             scheduled_at: None,

@@ -75,6 +75,9 @@ pub const MIN_CPU_MILLICORES: u32 = 10;
 /// The longest constraint string (it is echoed in reasons).
 pub const MAX_CONSTRAINT_BYTES: usize = 256;
 
+/// The longest a task may wait for its first start (`delay_seconds`, `start_at`): a year.
+pub const MAX_DELAY_SECONDS: u32 = 365 * 86_400;
+
 /// Checks a spec and prepares it for storage.
 pub fn validate(mut spec: TaskSpec, limits: &Limits, id: TaskId, now: Timestamp) -> Result<NewTask, FieldError> {
     crate::reference::check_image_reference(&spec.image).map_err(|why| FieldError::new("image", why))?;
@@ -172,6 +175,11 @@ pub fn validate(mut spec: TaskSpec, limits: &Limits, id: TaskId, now: Timestamp)
         })?;
         check(rule.max_per_node >= 1, "anti_affinity.max_per_node", || "at least 1".into())?;
     }
+    check(spec.delay_seconds.is_none() || spec.start_at.is_none(), "start_at", || "give delay_seconds or start_at, not both".into())?;
+    check(spec.delay_seconds.is_none_or(|d| d <= MAX_DELAY_SECONDS), "delay_seconds", || format!("at most {MAX_DELAY_SECONDS} (a year)"))?;
+    check(spec.start_at.is_none_or(|at| at.millis() <= now.millis() + i64::from(MAX_DELAY_SECONDS) * 1000), "start_at", || {
+        "at most a year ahead".into()
+    })?;
     if let Some(reuse) = &spec.reuse {
         check((1..=3600).contains(&reuse.idle_seconds), "reuse.idle_seconds", || "must be between 1 and 3600".into())?;
         check((1..=100_000).contains(&reuse.max_tasks), "reuse.max_tasks", || "must be between 1 and 100000".into())?;
@@ -235,6 +243,10 @@ mod tests {
         let reuse = |idle_seconds, max_tasks| Some(crate::ReusePolicy { idle_seconds, max_tasks });
         assert_eq!(field_of(TaskSpec { reuse: reuse(0, 10), ..base() }), "reuse.idle_seconds");
         assert_eq!(field_of(TaskSpec { reuse: reuse(60, 0), ..base() }), "reuse.max_tasks");
+        assert_eq!(field_of(TaskSpec { delay_seconds: Some(MAX_DELAY_SECONDS + 1), ..base() }), "delay_seconds");
+        let far = Some(Timestamp(Timestamp::now().millis() + 400 * 86_400_000));
+        assert_eq!(field_of(TaskSpec { start_at: far, ..base() }), "start_at");
+        assert_eq!(field_of(TaskSpec { delay_seconds: Some(1), start_at: Some(Timestamp(0)), ..base() }), "start_at");
     }
 
     #[test]

@@ -76,6 +76,11 @@ impl PlacementNotes {
         if task.state != TaskState::Queued {
             return;
         }
+        if let Some(at) = task.start_at.filter(|at| *at > shepherd_core::Timestamp::now() && task.attempts.is_empty()) {
+            // Submitted with a delay, and not yet due.
+            task.reason = Some(format!("delayed until {}", at.to_rfc3339()));
+            return;
+        }
         if let Some(at) = task.retry_at.filter(|at| *at > shepherd_core::Timestamp::now()) {
             // Waiting out its backoff: say which attempt comes next, and when.
             let tried = task.attempts.iter().filter(|a| a.outcome != Some(shepherd_core::AttemptOutcome::Interrupted)).count();

@@ -248,6 +248,19 @@ pub async fn queue_pages_shares_and_shapes(store: &dyn Store) {
         store.queued_tasks(now.plus(std::time::Duration::from_secs(601)), QueueQuery { limit: 1000, ..Default::default() }).await.unwrap();
     assert!(later.tasks.iter().any(|t| t.id == retried.id));
     assert!(store.get_task(retried.id).await.unwrap().unwrap().retry_at.is_some());
+    // A task submitted with a delay is not ready until then.
+    let mut s = spec("later");
+    s.delay_seconds = Some(60);
+    let delayed = new_task(&mut gen, s);
+    store.create_tasks(vec![delayed.clone()]).await.unwrap();
+    let ready = |at: Timestamp| async move {
+        let page = store.queued_tasks(at, QueueQuery { limit: 100, ..Default::default() }).await.unwrap();
+        page.tasks.iter().any(|t| t.id == delayed.id)
+    };
+    assert!(!ready(now).await, "not before its delay");
+    assert!(ready(delayed.created_at.plus(std::time::Duration::from_secs(60))).await, "ready once it is due");
+    let read = store.get_task(delayed.id).await.unwrap().unwrap();
+    assert_eq!(read.start_at, Some(delayed.created_at.plus(std::time::Duration::from_secs(60))));
 }
 
 /// Lists: newest first, pages by cursor, filters by state, project and labels; counts.

@@ -289,7 +289,7 @@ async fn insert_tasks(tx: &deadpool_postgres::Transaction<'_>, tasks: &[NewTask]
     let (mut projects, mut priorities, mut images, mut cpus, mut memories) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut constraints, mut specs, mut payloads, mut payload_bytes, mut created) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let (mut max_attempts, mut backoffs, mut shapes) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut max_attempts, mut backoffs, mut shapes, mut not_before) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut label_tasks, mut label_keys, mut label_values) = (Vec::new(), Vec::new(), Vec::new());
     for task in tasks {
         let spec = &task.spec;
@@ -317,16 +317,18 @@ async fn insert_tasks(tx: &deadpool_postgres::Transaction<'_>, tasks: &[NewTask]
         max_attempts.push(i64::from(spec.retry.max_attempts));
         backoffs.push(i64::from(spec.retry.backoff_seconds));
         shapes.push(spec.placement_shape());
+        not_before.push(task.not_before().millis());
     }
     let insert = tx
         .prepare_cached(
             "INSERT INTO tasks (id, project, state, priority, image, cpu_millicores, memory_mib, constraints, spec, payload, payload_bytes, \
              created_at, attempt, charged_attempts, max_attempts, backoff_seconds, cancel_requested, not_before, updated_at, shape) \
              SELECT id, project, 'queued', priority, image, cpu, memory, constraints, spec, payload, payload_bytes, created, 0, 0, \
-             max_attempts, backoff, false, created, created, shape \
+             max_attempts, backoff, false, not_before, created, shape \
              FROM UNNEST($1::text[], $2::text[], $3::int[], $4::text[], $5::bigint[], $6::bigint[], $7::text[], $8::text[], $9::bytea[], \
-             $10::bigint[], $11::bigint[], $12::bigint[], $13::bigint[], $14::bigint[]) \
-             AS t(id, project, priority, image, cpu, memory, constraints, spec, payload, payload_bytes, created, max_attempts, backoff, shape)",
+             $10::bigint[], $11::bigint[], $12::bigint[], $13::bigint[], $14::bigint[], $15::bigint[]) \
+             AS t(id, project, priority, image, cpu, memory, constraints, spec, payload, payload_bytes, created, max_attempts, backoff, shape, \
+             not_before)",
         )
         .await
         .map_err(error)?;
@@ -348,6 +350,7 @@ async fn insert_tasks(tx: &deadpool_postgres::Transaction<'_>, tasks: &[NewTask]
                 &max_attempts,
                 &backoffs,
                 &shapes,
+                &not_before,
             ],
         )
         .await;

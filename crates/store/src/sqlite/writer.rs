@@ -151,7 +151,7 @@ pub fn insert_tasks(tx: &Connection, tasks: &[NewTask]) -> Result<(), StoreError
         "INSERT INTO tasks (id, project, state, priority, image, cpu_millicores, memory_mib, constraints, \
          spec, payload, payload_bytes, created_at, attempt, charged_attempts, max_attempts, backoff_seconds, \
          cancel_requested, not_before, updated_at, shape) \
-         VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 0, 0, ?12, ?13, 0, ?11, ?11, ?14)",
+         VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 0, 0, ?12, ?13, 0, ?15, ?11, ?14)",
     )?;
     let mut label = tx.prepare_cached("INSERT INTO task_labels (task_id, key, value) VALUES (?1, ?2, ?3)")?;
     for task in tasks {
@@ -178,6 +178,7 @@ pub fn insert_tasks(tx: &Connection, tasks: &[NewTask]) -> Result<(), StoreError
             spec.retry.max_attempts,
             spec.retry.backoff_seconds,
             spec.placement_shape(),
+            task.not_before().millis(),
         ]);
         match inserted {
             Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
