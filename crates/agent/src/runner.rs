@@ -53,6 +53,32 @@ struct Inner {
     capacity_freed: Arc<Notify>,
     /// Attempts a shutdown left running for adoption.
     left_running: std::sync::atomic::AtomicUsize,
+    /// Attempts that ran here lately: an attempt number is never reused, so
+    /// an assignment of one of these is a late copy (a server that was
+    /// frozen flushing what it sent before) and must not run it again.
+    ran: Mutex<RecentlyRan>,
+}
+
+/// The last [`RecentlyRan::CAPACITY`] attempts this agent ran.
+#[derive(Default)]
+struct RecentlyRan {
+    set: std::collections::HashSet<(TaskId, u32)>,
+    order: std::collections::VecDeque<(TaskId, u32)>,
+}
+
+impl RecentlyRan {
+    const CAPACITY: usize = 100_000;
+
+    fn insert(&mut self, attempt: (TaskId, u32)) {
+        if self.set.insert(attempt) {
+            self.order.push_back(attempt);
+            if self.order.len() > Self::CAPACITY {
+                if let Some(oldest) = self.order.pop_front() {
+                    self.set.remove(&oldest);
+                }
+            }
+        }
+    }
 }
 
 /// A node's agent. Cheap to clone.
@@ -75,6 +101,7 @@ impl Agent {
                 shutdown,
                 capacity_freed,
                 left_running: Default::default(),
+                ran: Mutex::default(),
             }),
         }
     }
@@ -112,6 +139,10 @@ impl Agent {
 
     fn assign_attempt(&self, task_id: TaskId, attempt: u32, launch: Option<LaunchSpec>) {
         self.inner.driver.keep_idle(true);
+        if self.inner.ran.lock().is_ok_and(|ran| ran.set.contains(&(task_id, attempt))) {
+            tracing::info!(task = %task_id, attempt, "attempt already ran here; late assignment ignored");
+            return;
+        }
         let (cancel, cancel_rx) = watch::channel(false);
         let fenced: Arc<std::sync::atomic::AtomicBool> = Default::default();
         {
@@ -306,6 +337,9 @@ async fn run_attempt(
         if e.kind() != std::io::ErrorKind::NotFound {
             tracing::warn!(task = %task_id, error = %e, "could not remove attempt directory");
         }
+    }
+    if let Ok(mut ran) = inner.ran.lock() {
+        ran.insert((task_id, attempt));
     }
     if let Ok(mut running) = inner.running.lock() {
         if running.get(&task_id).is_some_and(|r| r.attempt == attempt) {

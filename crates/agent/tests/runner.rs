@@ -206,6 +206,19 @@ async fn a_reconcile_delivers_a_cancel_whose_message_was_lost() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_late_copy_of_an_assignment_that_already_ran_here_is_ignored() {
+    let s = setup(FakeDriver::new(), Duration::from_secs(10));
+    s.agent.assign_launch(launch(id(1), 1, 60));
+    let reports = until_final(&s.backend, id(1)).await;
+    assert_eq!(reports.len(), 2, "{reports:?}");
+    // A server frozen after sending it flushes the same assignment, its
+    // launch spec still saying "scheduled".
+    s.agent.assign_launch(launch(id(1), 1, 60));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(s.backend.reports_of(id(1)).len(), 2, "ran once: {:?}", s.backend.reports_of(id(1)));
+}
+
+#[tokio::test(start_paused = true)]
 async fn an_assignment_read_before_its_attempt_ended_does_not_run_it_again() {
     let s = setup(FakeDriver::new(), Duration::from_secs(10));
     // The attempt ran and ended; a reconcile that read "scheduled" just
