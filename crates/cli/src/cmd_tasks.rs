@@ -19,8 +19,7 @@ fn parse_timeout(text: &str) -> Result<u32, String> {
 }
 
 fn parse_time(text: &str) -> Result<shepherd_core::Timestamp, String> {
-    serde_json::from_value(serde_json::Value::String(text.to_string()))
-        .map_err(|e| format!("`{text}`: {e} (use e.g. 2026-12-01T09:00:00Z)"))
+    shepherd_core::Timestamp::parse_rfc3339(text).map_err(|e| format!("`{text}`: {e} (use e.g. 2026-12-01T09:00:00Z)"))
 }
 
 fn parse_pair(text: &str) -> Result<(String, String), String> {

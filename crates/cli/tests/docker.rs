@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{containers_of, ensure_test_image, Server, TEST_IMAGE};
+use common::{containers_of, ensure_test_image, run_to_end as run, submit, Server, TEST_IMAGE};
 use serde_json::{json, Value};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -23,19 +23,6 @@ async fn node_id(http: &common::Http) -> String {
     let (_, nodes) = http.get("/v1/nodes").await;
     assert_eq!(nodes["nodes"][0]["driver"], "docker");
     nodes["nodes"][0]["id"].as_str().unwrap().to_string()
-}
-
-async fn submit(http: &common::Http, body: Value) -> String {
-    let (status, task) = http.post("/v1/tasks", &body).await;
-    assert_eq!(status, 201, "{task}");
-    task["id"].as_str().unwrap().to_string()
-}
-
-async fn run(http: &common::Http, body: Value) -> (Value, String) {
-    let id = submit(http, body).await;
-    let task = http.wait_terminal(&id, Duration::from_secs(60)).await;
-    let (_, logs) = http.text(&format!("/v1/tasks/{id}/logs")).await;
-    (task, logs)
 }
 
 #[tokio::test]

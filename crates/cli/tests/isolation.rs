@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{ensure_test_image, Http, Server, TEST_IMAGE};
+use common::{ensure_test_image, run_to_end as output_of, submit, Http, Server, TEST_IMAGE};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -28,19 +28,6 @@ async fn project(admin: &Http, name: &str) -> String {
 
 fn bridged(script: &str) -> Value {
     json!({ "image": TEST_IMAGE, "command": ["sh", "-c", script], "network": "bridge", "timeout_seconds": 120 })
-}
-
-async fn submit(http: &Http, body: Value) -> String {
-    let (status, task) = http.post("/v1/tasks", &body).await;
-    assert_eq!(status, 201, "{task}");
-    task["id"].as_str().unwrap().to_string()
-}
-
-async fn output_of(http: &Http, body: Value) -> (Value, String) {
-    let id = submit(http, body).await;
-    let task = http.wait_terminal(&id, Duration::from_secs(60)).await;
-    let (_, logs) = http.text(&format!("/v1/tasks/{id}/logs")).await;
-    (task, logs)
 }
 
 #[tokio::test]

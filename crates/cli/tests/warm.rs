@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{containers_of, ensure_test_image, Http, Server, TEST_IMAGE};
+use common::{containers_of, ensure_test_image, run_to_end as run, submit, Http, Server, TEST_IMAGE};
 use serde_json::{json, Value};
 use std::collections::{BTreeSet, HashMap};
 use std::process::Command;
@@ -36,19 +36,6 @@ fn warm(script: &str) -> Value {
 async fn node_id(http: &Http) -> String {
     let (_, nodes) = http.get("/v1/nodes").await;
     nodes["nodes"][0]["id"].as_str().unwrap().to_string()
-}
-
-async fn submit(http: &Http, body: Value) -> String {
-    let (status, task) = http.post("/v1/tasks", &body).await;
-    assert_eq!(status, 201, "{task}");
-    task["id"].as_str().unwrap().to_string()
-}
-
-async fn run(http: &Http, body: Value) -> (Value, String) {
-    let id = submit(http, body).await;
-    let task = http.wait_terminal(&id, Duration::from_secs(60)).await;
-    let (_, logs) = http.text(&format!("/v1/tasks/{id}/logs")).await;
-    (task, logs)
 }
 
 /// (container, warm) of a task's last attempt.

@@ -26,6 +26,13 @@ impl Timestamp {
         Timestamp(self.0.saturating_add(duration.as_millis() as i64))
     }
 
+    /// Reads RFC 3339 in UTC (`2026-12-01T09:00:00Z`, fractions allowed).
+    pub fn parse_rfc3339(text: &str) -> Result<Timestamp, String> {
+        let time = humantime::parse_rfc3339(text).map_err(|e| e.to_string())?;
+        let millis = time.duration_since(UNIX_EPOCH).map_err(|e| e.to_string())?.as_millis();
+        Ok(Timestamp(millis as i64))
+    }
+
     /// RFC 3339 with millisecond precision, e.g. `2026-11-25T12:00:00.123Z`.
     pub fn to_rfc3339(self) -> String {
         let time = UNIX_EPOCH + Duration::from_millis(self.0.max(0) as u64);
@@ -42,9 +49,7 @@ impl Serialize for Timestamp {
 impl<'de> Deserialize<'de> for Timestamp {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;
-        let time = humantime::parse_rfc3339(&text).map_err(serde::de::Error::custom)?;
-        let millis = time.duration_since(UNIX_EPOCH).map_err(serde::de::Error::custom)?.as_millis();
-        Ok(Timestamp(millis as i64))
+        Timestamp::parse_rfc3339(&text).map_err(serde::de::Error::custom)
     }
 }
 

@@ -178,15 +178,31 @@ pub fn read_frame(input: &mut impl Read) -> io::Result<Option<(Kind, Vec<u8>)>> 
             Err(e) => return Err(e),
         }
     }
+    let (kind, len) = header(&head)?;
+    let mut body = vec![0u8; len];
+    input.read_exact(&mut body)?;
+    Ok(Some((kind, body)))
+}
+
+/// A frame header's kind and body length; an unknown kind or a length over
+/// [`MAX_FRAME`] is an error.
+fn header(head: &[u8; 5]) -> io::Result<(Kind, usize)> {
     let kind =
         Kind::from_byte(head[0]).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("unknown frame kind {:#x}", head[0])))?;
     let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]);
     if len > MAX_FRAME {
         return Err(io::Error::new(io::ErrorKind::InvalidData, format!("frame of {len} bytes is over the limit")));
     }
-    let mut body = vec![0u8; len as usize];
-    input.read_exact(&mut body)?;
-    Ok(Some((kind, body)))
+    Ok((kind, len as usize))
+}
+
+/// The frame at the start of `buffer`, for readers that gather bytes as
+/// they come: its kind, body and whole length, or `None` while the frame
+/// is incomplete. Errors as [`read_frame`].
+pub fn frame_at(buffer: &[u8]) -> io::Result<Option<(Kind, &[u8], usize)>> {
+    let Some(head) = buffer.first_chunk::<5>() else { return Ok(None) };
+    let (kind, len) = header(head)?;
+    Ok(buffer.get(5..5 + len).map(|body| (kind, body, 5 + len)))
 }
 
 /// Decodes a frame's JSON body.
@@ -215,5 +231,14 @@ mod tests {
         assert!(read_frame(&mut &[1u8, 0, 0][..]).is_err(), "cut inside the header");
         assert!(read_frame(&mut &[1u8, 0, 0, 0, 9, b'{'][..]).is_err(), "cut inside the body");
         assert!(decode::<RunRequest>(b"not json").is_err());
+
+        // Gathered a few bytes at a time: nothing until a frame is whole.
+        let mut frames = Vec::new();
+        write_frame(&mut frames, Kind::Stdout, b"abc").unwrap();
+        assert_eq!(frame_at(&frames[..4]).unwrap(), None);
+        assert_eq!(frame_at(&frames[..7]).unwrap(), None);
+        assert_eq!(frame_at(&frames).unwrap(), Some((Kind::Stdout, &b"abc"[..], 8)));
+        assert!(frame_at(&[0x7f, 0, 0, 0, 0]).is_err(), "unknown kind");
+        assert!(frame_at(&[1, 0xff, 0xff, 0xff, 0xff]).is_err(), "over the limit");
     }
 }

@@ -266,30 +266,18 @@ impl DockerDriver {
         if let Some(dir) = &spec.secrets_dir {
             binds.push(format!("{}:{SECRETS_PATH}:ro", dir.display()));
         }
-        let network = if spec.network == "bridge" { super::project_network(&spec.project) } else { "none".to_string() };
         let labels = HashMap::from([
             (LABEL_TASK.to_string(), spec.task_id.to_string()),
             (LABEL_ATTEMPT.to_string(), spec.attempt.to_string()),
             (LABEL_NODE.to_string(), self.config.node_id.clone()),
         ]);
-        let memory = i64::from(spec.resources.memory_mib) * 1024 * 1024;
         let host_config = HostConfig {
-            memory: Some(memory),
-            memory_swap: Some(memory),
-            nano_cpus: Some(i64::from(spec.resources.cpu_millicores) * 1_000_000),
-            pids_limit: Some(self.config.pids_limit),
-            cap_drop: Some(vec!["ALL".into()]),
-            security_opt: Some(vec!["no-new-privileges".into()]),
-            readonly_rootfs: Some(true),
-            tmpfs: Some(HashMap::from([("/tmp".to_string(), format!("rw,nosuid,nodev,size={}m", self.config.tmp_size_mib))])),
-            privileged: Some(false),
             // A tiny init (the engine's docker-init) as PID 1: signals reach
             // the command (a cancel's SIGTERM ends `sleep` at once instead of
             // after the grace period) and zombies are reaped.
             init: Some(true),
-            network_mode: Some(network),
             binds: (!binds.is_empty()).then_some(binds),
-            ..Default::default()
+            ..hardened_host_config(spec, self.config.pids_limit, self.config.tmp_size_mib)
         };
         ContainerCreateBody {
             image: Some(spec.image.clone()),
@@ -310,6 +298,33 @@ impl DockerDriver {
     async fn attach(&self, container: &str, output: OutputSender) -> Result<(), bollard::errors::Error> {
         attach(&self.docker, container, output).await
     }
+}
+
+/// What every task container gets, cold or warm: all capabilities
+/// dropped, no-new-privileges, a read-only root with a tmpfs at /tmp, never
+/// privileged, the pids limit, the task's CPU and memory (no swap), and its
+/// project's network or none.
+pub(super) fn hardened_host_config(spec: &AttemptSpec, pids_limit: i64, tmp_size_mib: u32) -> HostConfig {
+    let network = if spec.network == "bridge" { super::project_network(&spec.project) } else { "none".to_string() };
+    let memory = i64::from(spec.resources.memory_mib) * 1024 * 1024;
+    HostConfig {
+        memory: Some(memory),
+        memory_swap: Some(memory),
+        nano_cpus: Some(i64::from(spec.resources.cpu_millicores) * 1_000_000),
+        pids_limit: Some(pids_limit),
+        cap_drop: Some(vec!["ALL".into()]),
+        security_opt: Some(vec!["no-new-privileges".into()]),
+        readonly_rootfs: Some(true),
+        tmpfs: Some(HashMap::from([("/tmp".to_string(), tmpfs_options(tmp_size_mib))])),
+        privileged: Some(false),
+        network_mode: Some(network),
+        ..Default::default()
+    }
+}
+
+/// The mount options of a task's tmpfs of `size_mib`.
+pub(super) fn tmpfs_options(size_mib: u32) -> String {
+    format!("rw,nosuid,nodev,size={size_mib}m")
 }
 
 /// The environment Shepherd gives a task's container, warm or cold: the

@@ -23,7 +23,7 @@
 //! the engine closes their stdin, the runner kills what runs and exits, and
 //! the next start of the agent removes the exited containers.
 
-use super::docker::{engine_error, is_status, oom_event_logged, LABEL_NODE, LABEL_PROJECT};
+use super::docker::{engine_error, hardened_host_config, is_status, oom_event_logged, tmpfs_options, LABEL_NODE, LABEL_PROJECT};
 use super::*;
 use bollard::container::LogOutput;
 use bollard::models::{ContainerCreateBody, HostConfig};
@@ -106,11 +106,8 @@ impl Drop for Conn {
 
 impl Conn {
     async fn send(&mut self, kind: Kind, body: &[u8]) -> std::io::Result<()> {
-        let len = u32::try_from(body.len()).map_err(|_| std::io::Error::other("frame too large"))?;
         let mut frame = Vec::with_capacity(5 + body.len());
-        frame.push(kind as u8);
-        frame.extend_from_slice(&len.to_be_bytes());
-        frame.extend_from_slice(body);
+        protocol::write_frame(&mut frame, kind, body)?;
         self.input.write_all(&frame).await?;
         self.input.flush().await
     }
@@ -142,6 +139,11 @@ async fn decode(
     control: tokio::sync::mpsc::UnboundedSender<Control>,
     sink: Arc<Mutex<Option<OutputSender>>>,
 ) {
+    // The conversation is over: the task's output ends with it.
+    let end = |why: String| {
+        sink.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let _ = control.send(Control::Ended(why));
+    };
     let mut buffer: Vec<u8> = Vec::new();
     loop {
         match stream.next().await {
@@ -151,33 +153,19 @@ async fn decode(
                 continue;
             }
             Some(Ok(LogOutput::StdIn { .. })) => continue,
-            Some(Err(e)) => {
-                sink.lock().unwrap_or_else(|e| e.into_inner()).take();
-                let _ = control.send(Control::Ended(format!("reading the runner's output: {e}")));
-                return;
-            }
-            None => {
-                // The task's output ends with the container's.
-                sink.lock().unwrap_or_else(|e| e.into_inner()).take();
-                let _ = control.send(Control::Ended("the container's output ended".into()));
-                return;
-            }
+            Some(Err(e)) => return end(format!("reading the runner's output: {e}")),
+            None => return end("the container's output ended".into()),
         }
         let mut at = 0;
-        while buffer.len() - at >= 5 {
-            let kind = Kind::from_byte(buffer[at]);
-            let len = u32::from_be_bytes([buffer[at + 1], buffer[at + 2], buffer[at + 3], buffer[at + 4]]);
-            let Some(kind) = kind.filter(|_| len <= protocol::MAX_FRAME) else {
-                sink.lock().unwrap_or_else(|e| e.into_inner()).take();
-                let _ = control.send(Control::Ended(format!("the runner sent a bad frame (kind {:#x}, {len} bytes)", buffer[at])));
-                return;
+        loop {
+            let (kind, body) = match protocol::frame_at(&buffer[at..]) {
+                Ok(Some((kind, body, whole))) => {
+                    at += whole;
+                    (kind, body.to_vec())
+                }
+                Ok(None) => break,
+                Err(e) => return end(format!("the runner sent a bad frame: {e}")),
             };
-            let len = len as usize;
-            if buffer.len() - at - 5 < len {
-                break;
-            }
-            let body = buffer[at + 5..at + 5 + len].to_vec();
-            at += 5 + len;
             let message = match kind {
                 Kind::Stdout | Kind::Stderr => {
                     let stream = if kind == Kind::Stdout { LogStream::Stdout } else { LogStream::Stderr };
@@ -206,11 +194,7 @@ async fn decode(
                         return;
                     }
                 }
-                Err(e) => {
-                    sink.lock().unwrap_or_else(|e| e.into_inner()).take();
-                    let _ = control.send(Control::Ended(format!("the runner sent a bad frame: {e}")));
-                    return;
-                }
+                Err(e) => return end(format!("the runner sent a bad frame: {e}")),
             }
         }
         buffer.drain(..at);
@@ -615,28 +599,17 @@ impl Pool {
     /// with the runner as PID 1 (instead of the engine's init), stdin open,
     /// and tmpfs where the payload and secrets go.
     fn body(&self, spec: &AttemptSpec, plan: &Plan) -> ContainerCreateBody {
-        let network = if spec.network == "bridge" { super::project_network(&spec.project) } else { "none".to_string() };
-        let memory = i64::from(spec.resources.memory_mib) * 1024 * 1024;
-        let tmpfs = |size: u32| format!("rw,nosuid,nodev,size={size}m");
-        let host_config = HostConfig {
-            memory: Some(memory),
-            memory_swap: Some(memory),
-            nano_cpus: Some(i64::from(spec.resources.cpu_millicores) * 1_000_000),
-            pids_limit: Some(self.pids_limit),
-            cap_drop: Some(vec!["ALL".into()]),
-            security_opt: Some(vec!["no-new-privileges".into()]),
-            readonly_rootfs: Some(true),
-            tmpfs: Some(HashMap::from([
-                ("/tmp".to_string(), tmpfs(self.tmp_size_mib)),
-                (super::docker::SECRETS_PATH.to_string(), tmpfs(16)),
-                ("/run/shepherd".to_string(), tmpfs(self.tmp_size_mib)),
-            ])),
-            privileged: Some(false),
+        let mut host_config = HostConfig {
+            // The runner is PID 1, not the engine's init.
             init: Some(false),
-            network_mode: Some(network),
             binds: Some(vec![format!("{}:{RUNNER_PATH}:ro", self.config.runner.display())]),
-            ..Default::default()
+            ..hardened_host_config(spec, self.pids_limit, self.tmp_size_mib)
         };
+        // Where the runner writes the payload and secrets.
+        if let Some(tmpfs) = host_config.tmpfs.as_mut() {
+            tmpfs.insert(super::docker::SECRETS_PATH.to_string(), tmpfs_options(16));
+            tmpfs.insert("/run/shepherd".to_string(), tmpfs_options(self.tmp_size_mib));
+        }
         ContainerCreateBody {
             image: Some(plan.key.image_id.clone()),
             entrypoint: Some(vec![RUNNER_PATH.to_string()]),

@@ -197,6 +197,21 @@ impl Http {
     }
 }
 
+/// Submits a task; its id.
+pub async fn submit(http: &Http, body: serde_json::Value) -> String {
+    let (status, task) = http.post("/v1/tasks", &body).await;
+    assert_eq!(status, 201, "{task}");
+    task["id"].as_str().unwrap().to_string()
+}
+
+/// Submits a task and waits (up to a minute) for its end: the task, and its output.
+pub async fn run_to_end(http: &Http, body: serde_json::Value) -> (serde_json::Value, String) {
+    let id = submit(http, body).await;
+    let task = http.wait_terminal(&id, Duration::from_secs(60)).await;
+    let (_, logs) = http.text(&format!("/v1/tasks/{id}/logs")).await;
+    (task, logs)
+}
+
 /// Waits until a task is running.
 pub async fn wait_running(http: &Http, id: &str) {
     for _ in 0..400 {
