@@ -2,7 +2,7 @@
 
 use crate::client::{encode, is_transient, ApiFailure, Client, Transient};
 use crate::output::{ago, clip, exit_code_of, plural, print_table, safe};
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use base64::Engine;
 use clap::Args;
 use shepherd_core::{Resources, RetryPolicy, Task, TaskSpec};
@@ -43,15 +43,15 @@ pub struct RunArgs {
     /// Longest run time: seconds, or 30s, 5m, 2h (default 1h).
     #[arg(long, value_parser = parse_timeout)]
     timeout: Option<u32>,
-    /// Higher runs first (-1000 to 1000).
-    #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
-    priority: i32,
-    /// Extra attempts after a failed or lost one (0 to 99).
-    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=99))]
-    retries: u32,
-    /// Seconds before the first retry; doubles each time (at most 3600).
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(0..=3600))]
-    backoff: u32,
+    /// Higher runs first (-1000 to 1000; default 0).
+    #[arg(long, allow_hyphen_values = true)]
+    priority: Option<i32>,
+    /// Extra attempts after a failed or lost one (0 to 99; default 0).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(0..=99))]
+    retries: Option<u32>,
+    /// Seconds before the first retry; doubles each time (at most 3600; default 5).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(0..=3600))]
+    backoff: Option<u32>,
     /// Environment variable KEY=VALUE (repeatable).
     #[arg(short = 'e', long = "env", value_name = "KEY=VALUE", value_parser = parse_pair)]
     env: Vec<(String, String)>,
@@ -78,8 +78,8 @@ pub struct RunArgs {
     #[arg(long)]
     pool: Option<String>,
     /// Network: none (default) or bridge.
-    #[arg(long, default_value = "none")]
-    network: String,
+    #[arg(long)]
+    network: Option<String>,
     /// Run in a warm container reused by this project's tasks of the same
     /// image, user, workdir, network and limits (reset between tasks).
     #[arg(long)]
@@ -98,8 +98,17 @@ pub struct RunArgs {
     /// Start no earlier than this time (RFC 3339 in UTC, e.g. 2026-12-01T09:00:00Z).
     #[arg(long, value_name = "TIME", value_parser = parse_time)]
     start_at: Option<shepherd_core::Timestamp>,
-    /// The image to run.
-    image: String,
+    /// Make the task from this code (see `shepherd code push`): the flags
+    /// given override the code's settings; the arguments after `--`, if
+    /// any, its command. No IMAGE then.
+    #[arg(long, value_name = "NAME")]
+    code: Option<String>,
+    /// With --code: the code's revision to run (default: its latest).
+    #[arg(long, value_name = "N", requires = "code")]
+    revision: Option<u32>,
+    /// The image to run (not with --code).
+    #[arg(required_unless_present = "code")]
+    image: Option<String>,
     /// The command and its arguments (after `--`).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     command: Vec<String>,
@@ -123,7 +132,12 @@ fn read_payload(source: &str) -> Result<Vec<u8>> {
 }
 
 pub async fn run(client: &Client, args: RunArgs) -> Result<ExitCode> {
-    let mut spec = TaskSpec::new(args.image, args.command);
+    // With --code every argument is the command (clap gives the first to IMAGE).
+    let command = match (&args.code, args.image.clone()) {
+        (Some(_), Some(first)) => std::iter::once(first).chain(args.command.iter().cloned()).collect(),
+        _ => args.command.clone(),
+    };
+    let mut spec = TaskSpec::new(args.image.clone().filter(|_| args.code.is_none()).unwrap_or_default(), command);
     spec.resources = Resources {
         cpu_millicores: args.cpu.unwrap_or(Resources::default().cpu_millicores),
         memory_mib: args.memory.unwrap_or(Resources::default().memory_mib),
@@ -131,15 +145,19 @@ pub async fn run(client: &Client, args: RunArgs) -> Result<ExitCode> {
     if let Some(timeout) = args.timeout {
         spec.timeout_seconds = timeout;
     }
-    spec.priority = args.priority;
-    spec.retry = RetryPolicy { max_attempts: args.retries.saturating_add(1), backoff_seconds: args.backoff };
-    spec.env = args.env.into_iter().collect();
-    spec.labels = args.labels.into_iter().collect();
-    spec.constraints = args.constraints;
-    spec.project = args.project.unwrap_or_default();
-    spec.profile = args.profile;
-    spec.pool = args.pool;
-    spec.network = args.network;
+    spec.priority = args.priority.unwrap_or(0);
+    let defaults = RetryPolicy::default();
+    spec.retry = RetryPolicy {
+        max_attempts: args.retries.unwrap_or(0).saturating_add(1),
+        backoff_seconds: args.backoff.unwrap_or(defaults.backoff_seconds),
+    };
+    spec.env = args.env.iter().cloned().collect();
+    spec.labels = args.labels.iter().cloned().collect();
+    spec.constraints = args.constraints.clone();
+    spec.project = args.project.clone().unwrap_or_default();
+    spec.profile = args.profile.clone();
+    spec.pool = args.pool.clone();
+    spec.network = args.network.clone().unwrap_or_else(TaskSpec::default_network);
     spec.delay_seconds = args.delay;
     spec.start_at = args.start_at;
     if args.reuse || args.reuse_idle.is_some() || args.reuse_max_tasks.is_some() {
@@ -149,7 +167,7 @@ pub async fn run(client: &Client, args: RunArgs) -> Result<ExitCode> {
             max_tasks: args.reuse_max_tasks.unwrap_or(defaults.max_tasks),
         });
     }
-    for secret in args.secrets {
+    for secret in args.secrets.clone() {
         let (name, env) = match secret.split_once(':') {
             Some((name, env)) => (name.to_string(), Some(env.to_string())),
             None => (secret, None),
@@ -159,7 +177,10 @@ pub async fn run(client: &Client, args: RunArgs) -> Result<ExitCode> {
     if let Some(source) = &args.payload {
         spec.payload = Some(base64::engine::general_purpose::STANDARD.encode(read_payload(source)?));
     }
-    let task: Task = client.post("/v1/tasks", &spec).await.map_err(in_flag_terms)?;
+    let task: Task = match &args.code {
+        None => client.post("/v1/tasks", &spec).await.map_err(in_flag_terms)?,
+        Some(code) => client.post("/v1/tasks", &code_request(&args, code, spec)?).await.map_err(in_flag_terms)?,
+    };
     if !args.wait {
         if args.json {
             println!("{}", serde_json::to_string_pretty(&task)?);
@@ -182,6 +203,44 @@ pub async fn run(client: &Client, args: RunArgs) -> Result<ExitCode> {
         eprintln!("shepherd: task {} {}{}", done.id, done.state, done.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default());
     }
     Ok(ExitCode::from(exit_code_of(&done)))
+}
+
+/// A task naming a code carries only what the flags set: the rest comes
+/// from the code.
+fn code_request(args: &RunArgs, code: &str, spec: TaskSpec) -> Result<serde_json::Map<String, serde_json::Value>> {
+    let serde_json::Value::Object(mut full) = serde_json::to_value(&spec)? else { bail!("a task is a JSON object") };
+    let mut keep = |key: &str, set: bool| {
+        if !set {
+            full.remove(key);
+        }
+    };
+    keep("image", false);
+    keep("command", !spec.command.is_empty());
+    keep("env", !args.env.is_empty());
+    keep("labels", !args.labels.is_empty());
+    keep("constraints", !args.constraints.is_empty());
+    keep("timeout_seconds", args.timeout.is_some());
+    keep("priority", args.priority.is_some());
+    keep("retry", args.retries.is_some() || args.backoff.is_some());
+    keep("network", args.network.is_some());
+    keep("pull_policy", false);
+    let mut body = full;
+    if args.cpu.is_none() && args.memory.is_none() {
+        body.remove("resources");
+    } else if let Some(resources) = body.get_mut("resources").and_then(|r| r.as_object_mut()) {
+        // Only what was given: the other comes from the code (or the default).
+        if args.cpu.is_none() {
+            resources.remove("cpu_millicores");
+        }
+        if args.memory.is_none() {
+            resources.remove("memory_mib");
+        }
+    }
+    body.insert("code".into(), code.into());
+    if let Some(revision) = args.revision {
+        body.insert("code_revision".into(), revision.into());
+    }
+    Ok(body)
 }
 
 /// An API error about a task's field, said in the terms of `run`'s flags.
@@ -469,6 +528,9 @@ pub async fn inspect(client: &Client, args: InspectArgs) -> Result<ExitCode> {
     }
     for c in &task.constraints {
         println!("Constraint:  {}", safe(c));
+    }
+    if let Some(code) = &task.code {
+        println!("Code:        {} (revision {})", safe(&code.name), code.revision);
     }
     println!("Node:        {}", safe(task.node_id.as_deref().unwrap_or("-")));
     println!("Created:     {}", task.created_at.to_rfc3339());

@@ -3,6 +3,7 @@
 
 mod client;
 mod cmd_agent;
+mod cmd_codes;
 mod cmd_nodes;
 mod cmd_nodesim;
 mod cmd_simulate;
@@ -82,6 +83,10 @@ enum Command {
     Secret(Client<cmd_tenants::SecretArgs>),
     /// Show the audit log: who created, cancelled or changed what.
     Audit(Client<cmd_tenants::AuditArgs>),
+    /// Manage codes: named, versioned task templates (push, ls, inspect, revisions, rollback, rm).
+    Code(Client<cmd_codes::CodeArgs>),
+    /// Manage schedules: tasks run at cron times or intervals (create, ls, inspect, pause, resume, rm).
+    Schedule(Client<cmd_codes::ScheduleArgs>),
     /// Compare placement profiles offline: replay a workload on a virtual clock.
     Simulate(cmd_simulate::SimulateArgs),
     /// Join many simulated nodes to a server (benchmarks and scale tests).
@@ -165,6 +170,8 @@ fn main() -> ExitCode {
             Command::Token(c) => cmd_tenants::token(&make_client(&c.client)?, c.args).await,
             Command::Secret(c) => cmd_tenants::secret(&make_client(&c.client)?, c.args).await,
             Command::Audit(c) => cmd_tenants::audit(&make_client(&c.client)?, c.args).await,
+            Command::Code(c) => cmd_codes::code(&make_client(&c.client)?, c.args).await,
+            Command::Schedule(c) => cmd_codes::schedule(&make_client(&c.client)?, c.args).await,
         }
     });
     match result {

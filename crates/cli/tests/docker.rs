@@ -270,11 +270,13 @@ async fn a_stop_says_what_it_left_running_and_node_cleanup_removes_it() {
     let server = docker_server(&data, &[]);
     let (_, queued) = server.http().get(&format!("/v1/tasks/{again}")).await;
     assert_eq!(queued["attempts"][0]["outcome"], "interrupted", "{queued}");
+    // Let it start its second attempt: a server killed while the engine is
+    // still creating a container leaves one that appears after a cleanup.
+    common::wait_running(&server.http(), &again).await;
     let refused = Command::new(common::BIN).args(["node", "cleanup", "--data-dir"]).arg(&data).output().unwrap();
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("in use by another shepherd process"));
-    // Leave nothing on the engine: that last server may have created the
-    // requeued task's container when it was killed.
+    // Leave nothing on the engine: that last server's running container.
     drop(server);
     let cleanup = Command::new(common::BIN).args(["node", "cleanup", "--data-dir"]).arg(&data).output().unwrap();
     assert!(cleanup.status.success(), "{}", String::from_utf8_lossy(&cleanup.stderr));

@@ -85,7 +85,7 @@ mod tests {
         let e = decode_json::<TaskSpec>(br#"{"image": "x", "resources": {"cpu_millicores": "lots"}}"#).unwrap_err();
         assert_eq!(e.field, "resources.cpu_millicores");
         assert!(!e.malformed);
-        let e = decode_json::<TaskSpec>(b"{}").unwrap_err();
+        let e = decode_json::<TaskSpec>(br#"{"image": 5}"#).unwrap_err();
         assert_eq!(e.field, "image");
         let e = decode_json::<TaskSpec>(b"{").unwrap_err();
         assert!(e.malformed);

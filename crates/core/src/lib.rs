@@ -10,12 +10,14 @@
 //! Times are passed in by the caller, so every function here is
 //! deterministic and unit-testable.
 
+pub mod code;
 pub mod constraint;
 pub mod decode;
 pub mod launch;
 pub mod lifecycle;
 pub mod node;
 pub mod reference;
+pub mod schedule;
 pub mod shape;
 pub mod state;
 mod strict;
@@ -24,11 +26,13 @@ pub mod tenant;
 pub mod time;
 pub mod validate;
 
+pub use code::{Code, CodeRef, CodeSpec};
 pub use constraint::{Constraint, ConstraintError, Operator};
 pub use decode::{decode_json, DecodeError};
 pub use launch::{LaunchSpec, LogChunk, LogStream};
 pub use lifecycle::{change, Change, ClosedAttempt, Decision, Event, IllegalTransition, LifecycleContext};
 pub use node::{IllegalNodeEvent, NodeEvent, NodeState};
+pub use schedule::{CatchUp, Overlap, Schedule, ScheduleSpec, ScheduleState};
 pub use state::TaskState;
 pub use task::{
     AntiAffinitySpec, Attempt, AttemptOutcome, AttemptRuntime, NewTask, PullPolicy, Resources, RetryPolicy, ReusePolicy, Task, TaskId,

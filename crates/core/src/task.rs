@@ -173,6 +173,8 @@ pub enum PullPolicy {
 #[serde(deny_unknown_fields)]
 pub struct TaskSpec {
     /// The container image. With the `process` driver it is only recorded.
+    /// May be left out when the task names a `code`.
+    #[serde(default)]
     pub image: String,
     /// The command and its arguments (argv). Empty: the image's default.
     #[serde(default)]
@@ -246,6 +248,14 @@ pub struct TaskSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>, format = DateTime)]
     pub start_at: Option<Timestamp>,
+    /// Make the task from this code (see `POST /v1/codes`): every field the
+    /// task leaves out comes from the code; `env` and `labels` are merged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    /// The code's revision to use (default: its latest). Set by the server
+    /// to the revision the task was made from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code_revision: Option<u32>,
 }
 
 impl TaskSpec {
@@ -287,6 +297,8 @@ impl TaskSpec {
             reuse: None,
             delay_seconds: None,
             start_at: None,
+            code: None,
+            code_revision: None,
         }
     }
 }
@@ -434,6 +446,9 @@ pub struct Task {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>, format = DateTime)]
     pub start_at: Option<Timestamp>,
+    /// The code (and its revision) the task was made from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<crate::code::CodeRef>,
     #[schema(value_type = String, format = DateTime)]
     pub created_at: Timestamp,
     #[schema(value_type = Option<String>, format = DateTime)]
@@ -484,6 +499,7 @@ impl Task {
             secrets: spec.secrets,
             start_at,
             reuse: spec.reuse,
+            code: spec.code.map(|name| crate::code::CodeRef { name, revision: spec.code_revision.unwrap_or(0) }),
             created_at,
             scheduled_at: None,
             started_at: None,

@@ -22,6 +22,11 @@ impl Timestamp {
     }
 
     /// This instant plus a duration.
+    /// This time less `duration` (saturating).
+    pub fn minus(self, duration: Duration) -> Timestamp {
+        Timestamp(self.0.saturating_sub(i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)))
+    }
+
     pub fn plus(self, duration: Duration) -> Timestamp {
         Timestamp(self.0.saturating_add(duration.as_millis() as i64))
     }

@@ -80,7 +80,11 @@ pub const MAX_DELAY_SECONDS: u32 = 365 * 86_400;
 
 /// Checks a spec and prepares it for storage.
 pub fn validate(mut spec: TaskSpec, limits: &Limits, id: TaskId, now: Timestamp) -> Result<NewTask, FieldError> {
+    check(!spec.image.is_empty(), "image", || "required (or name a `code` that gives one)".into())?;
     crate::reference::check_image_reference(&spec.image).map_err(|why| FieldError::new("image", why))?;
+    if let Some(code) = &spec.code {
+        check(crate::code::is_code_name(code), "code", || format!("`{code}` is not a code name"))?;
+    }
     check(spec.command.len() <= 1024, "command", || "at most 1024 arguments".into())?;
     for (index, arg) in spec.command.iter().enumerate() {
         check(!arg.contains('\0'), &format!("command[{index}]"), || "must not contain a NUL character".into())?;

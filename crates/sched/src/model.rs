@@ -98,6 +98,9 @@ pub struct PendingTask {
     /// The key of the warm containers it may run in (a task with `reuse`;
     /// see `shepherd_core::shape::warm_key`).
     pub warm_key: Option<String>,
+    /// The code it was made from, whose `max_concurrency` limits how many
+    /// of its project's tasks of that code hold a node at once.
+    pub code: Option<String>,
 }
 
 impl PendingTask {
@@ -114,6 +117,7 @@ impl PendingTask {
             anti_affinity: None,
             profile: None,
             warm_key: None,
+            code: None,
         }
     }
 }
@@ -178,11 +182,16 @@ pub struct QuotaHold {
     pub what: &'static str,
     pub used: u64,
     pub max: u64,
+    /// Set when the limit is a code's `max_concurrency`, not the project's.
+    pub code: Option<String>,
 }
 
 impl std::fmt::Display for QuotaHold {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "project quota: {} of {} {} in use", self.used, self.max, self.what)
+        match &self.code {
+            Some(code) => write!(f, "code `{code}` runs at most {} tasks at once: {} scheduled or running", self.max, self.used),
+            None => write!(f, "project quota: {} of {} {} in use", self.used, self.max, self.what),
+        }
     }
 }
 

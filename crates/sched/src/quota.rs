@@ -27,35 +27,62 @@ impl ProjectUsage {
 pub struct QuotaLedger {
     usage: HashMap<String, ProjectUsage>,
     limits: HashMap<String, ProjectLimits>,
+    /// Tasks of each (project, code) holding a node, and codes' `max_concurrency`.
+    code_usage: HashMap<(String, String), u32>,
+    code_limits: HashMap<(String, String), u32>,
 }
 
 impl QuotaLedger {
     /// A ledger starting from what projects hold now (their scheduled and running tasks).
     pub fn new(usage: HashMap<String, ProjectUsage>, limits: HashMap<String, ProjectLimits>) -> QuotaLedger {
-        QuotaLedger { usage, limits }
+        QuotaLedger { usage, limits, code_usage: HashMap::new(), code_limits: HashMap::new() }
+    }
+
+    /// Adds codes' concurrency limits: what each (project, code) holds now,
+    /// and its `max_concurrency`.
+    pub fn with_codes(mut self, usage: HashMap<(String, String), u32>, limits: HashMap<(String, String), u32>) -> QuotaLedger {
+        self.code_usage = usage;
+        self.code_limits = limits;
+        self
+    }
+
+    fn code_key(task: &PendingTask) -> Option<(String, String)> {
+        task.code.as_ref().map(|code| (task.project.clone(), code.clone()))
     }
 
     /// The quota that placing `task` would exceed, if any.
     pub fn check(&self, task: &PendingTask) -> Option<QuotaHold> {
+        if let Some(key) = Self::code_key(task).filter(|_| !self.code_limits.is_empty()) {
+            if let Some(max) = self.code_limits.get(&key) {
+                let used = self.code_usage.get(&key).copied().unwrap_or(0);
+                if used >= *max {
+                    return Some(QuotaHold { what: "running tasks", used: u64::from(used), max: u64::from(*max), code: Some(key.1) });
+                }
+            }
+        }
         let limit = self.limits.get(&task.project)?;
         let now = self.usage.get(&task.project).copied().unwrap_or(ProjectUsage::NONE);
         let cpu = u64::from(now.resources.cpu_millicores) + u64::from(task.resources.cpu_millicores);
         let memory = u64::from(now.resources.memory_mib) + u64::from(task.resources.memory_mib);
         if let Some(max) = limit.max_running.filter(|max| now.tasks + 1 > *max) {
-            Some(QuotaHold { what: "running tasks", used: u64::from(now.tasks), max: u64::from(max) })
+            Some(QuotaHold { what: "running tasks", used: u64::from(now.tasks), max: u64::from(max), code: None })
         } else if let Some(max) = limit.max_cpu_millicores.filter(|max| cpu > *max) {
-            Some(QuotaHold { what: "millicores", used: u64::from(now.resources.cpu_millicores), max })
+            Some(QuotaHold { what: "millicores", used: u64::from(now.resources.cpu_millicores), max, code: None })
         } else {
             limit.max_memory_mib.filter(|max| memory > *max).map(|max| QuotaHold {
                 what: "MiB",
                 used: u64::from(now.resources.memory_mib),
                 max,
+                code: None,
             })
         }
     }
 
     /// Records that `task` was placed.
     pub fn charge(&mut self, task: &PendingTask) {
+        if let Some(key) = Self::code_key(task) {
+            *self.code_usage.entry(key).or_default() += 1;
+        }
         let now = self.usage.entry(task.project.clone()).or_insert(ProjectUsage::NONE);
         now.tasks += 1;
         now.resources.cpu_millicores = now.resources.cpu_millicores.saturating_add(task.resources.cpu_millicores);
@@ -112,5 +139,30 @@ mod tests {
         assert!(waiting[0].1.contains("3 of 3"), "{}", waiting[0].1);
         assert!(waiting[1].1.contains("millicores"));
         assert!(waiting[2].1.contains("MiB"));
+    }
+
+    #[test]
+    fn a_code_s_max_concurrency_holds_its_tasks_only_in_its_project() {
+        let coded = |n: u128, project: &str, code: &str| {
+            let mut t = task(n, project, 10);
+            t.code = Some(code.into());
+            t
+        };
+        let key = |p: &str, c: &str| (p.to_string(), c.to_string());
+        let mut ledger = QuotaLedger::new(HashMap::new(), HashMap::new())
+            .with_codes(HashMap::from([(key("a", "resize"), 1)]), HashMap::from([(key("a", "resize"), 2)]));
+        let mut admitted = Vec::new();
+        let mut reasons = Vec::new();
+        for t in [coded(1, "a", "resize"), coded(2, "a", "resize"), coded(3, "b", "resize"), coded(4, "a", "other"), task(5, "a", 1)] {
+            match ledger.check(&t) {
+                Some(hold) => reasons.push(hold.to_string()),
+                None => {
+                    ledger.charge(&t);
+                    admitted.push(t.id.0 .0);
+                }
+            }
+        }
+        assert_eq!(admitted, vec![1, 3, 4, 5]);
+        assert_eq!(reasons, vec!["code `resize` runs at most 2 tasks at once: 2 scheduled or running".to_string()]);
     }
 }

@@ -30,6 +30,8 @@ pub enum Caller {
     Admin,
     /// A project's token: that project's tasks, logs, secrets and audit log only.
     Project { project: String, token_id: String },
+    /// A schedule firing: creates its project's tasks as itself.
+    Schedule { project: String, id: String },
 }
 
 impl Caller {
@@ -38,6 +40,7 @@ impl Caller {
         match self {
             Caller::Admin => "admin".into(),
             Caller::Project { token_id, .. } => format!("token:{token_id}"),
+            Caller::Schedule { id, .. } => format!("schedule:{id}"),
         }
     }
 
@@ -45,7 +48,7 @@ impl Caller {
     pub fn project(&self) -> Option<&str> {
         match self {
             Caller::Admin => None,
-            Caller::Project { project, .. } => Some(project),
+            Caller::Project { project, .. } | Caller::Schedule { project, .. } => Some(project),
         }
     }
 
@@ -58,7 +61,7 @@ impl Caller {
     pub fn require_admin(&self) -> Result<(), ApiError> {
         match self {
             Caller::Admin => Ok(()),
-            Caller::Project { .. } => {
+            Caller::Project { .. } | Caller::Schedule { .. } => {
                 Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "this needs the admin token; a project token cannot do it"))
             }
         }

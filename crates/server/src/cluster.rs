@@ -287,9 +287,14 @@ impl Cluster {
             links,
             wakeup.clone(),
         );
+        let tasks = Arc::new(tasks);
+        let schedules = Arc::new(crate::service::ScheduleService::new(dyn_store.clone(), tasks.clone()));
+        background.push(tokio::spawn(schedules.clone().run(leadership.clone(), shutdown_rx.clone())));
         let state = AppState {
+            codes: Arc::new(crate::service::CodeService { store: dyn_store.clone(), limits: config.limits, engine: config.engine.clone() }),
+            schedules,
             store: dyn_store,
-            tasks: Arc::new(tasks),
+            tasks,
             scheduler_wakeup: wakeup,
             agent_api: crate::agents::AgentApi {
                 join_token: config.join_token.clone(),

@@ -122,6 +122,7 @@ pub fn pending(task: &QueuedTask) -> PendingTask {
         }),
         profile: spec.profile.clone(),
         warm_key: shepherd_core::shape::warm_key(spec),
+        code: spec.code.clone(),
     }
 }
 
@@ -296,13 +297,20 @@ impl Scheduler {
         };
         let limits: HashMap<String, ProjectLimits> =
             projects.into_iter().filter(|p| p.limits != ProjectLimits::default()).map(|p| (p.name, p.limits)).collect();
+        let code_limits: HashMap<(String, String), u32> = match self.store.code_limits().await {
+            Ok(limits) => limits.into_iter().map(|l| ((l.project, l.name), l.max)).collect(),
+            Err(e) => {
+                self.restore(memory);
+                return Err(e);
+            }
+        };
+        let quota = QuotaLedger::new(held, limits).with_codes(self.view.code_usage(), code_limits);
         let seed = self.passes.fetch_add(1, Ordering::Relaxed);
         let (engine, store, runtime) = (self.engine.clone(), self.store.clone(), tokio::runtime::Handle::current());
         // Placement is CPU work: the whole pass runs on a blocking thread,
         // reading further pages of the queue from there.
         let work = tokio::task::spawn_blocking(move || {
-            let result =
-                place_pages(&engine, &store, &runtime, now, first, nodes, usage, QuotaLedger::new(held, limits), seed, &mut memory);
+            let result = place_pages(&engine, &store, &runtime, now, first, nodes, usage, quota, seed, &mut memory);
             (result, memory)
         });
         let (result, memory) = work.await.map_err(|_| StoreError::Closed)?;
@@ -334,13 +342,14 @@ impl Scheduler {
             }
         }
         for a in &applied {
-            if let (Some(node), Some((project, resources, labels))) = (&a.node_id, pages.holdings.get(&a.task_id)) {
+            if let (Some(node), Some((project, resources, labels, code))) = (&a.node_id, pages.holdings.get(&a.task_id)) {
                 let holding = Holding {
                     node: node.clone(),
                     project: project.clone(),
                     attempt: a.attempt,
                     resources: *resources,
                     labels: labels.clone(),
+                    code: code.clone(),
                 };
                 self.view.placed(a.task_id, holding);
             }
@@ -407,7 +416,7 @@ struct Pages {
     /// How the best candidates of each placed task scored.
     scores: Vec<(TaskId, Vec<shepherd_sched::NodeScore>)>,
     /// What each placed task will hold (project, resources, labels).
-    holdings: HashMap<TaskId, (String, Resources, Vec<String>)>,
+    holdings: HashMap<TaskId, (String, Resources, Vec<String>, Option<String>)>,
     /// Placed tasks with neither payload nor secrets: their launch spec is
     /// their spec, with nothing more to read.
     plain: HashMap<TaskId, shepherd_core::TaskSpec>,
@@ -455,7 +464,7 @@ fn place_pages(
             let by_id: HashMap<TaskId, &QueuedTask> = page.tasks.iter().map(|t| (t.id, t)).collect();
             for placement in &plan.placements {
                 if let Some(task) = by_id.get(&placement.task_id) {
-                    let holding = (task.spec.project.clone(), task.spec.resources, label_pairs(&task.spec.labels));
+                    let holding = (task.spec.project.clone(), task.spec.resources, label_pairs(&task.spec.labels), task.spec.code.clone());
                     pages.holdings.insert(placement.task_id, holding);
                     if !task.has_payload && task.spec.secrets.is_empty() {
                         pages.plain.insert(placement.task_id, task.spec.clone());

@@ -32,6 +32,8 @@ pub struct Holding {
     pub resources: Resources,
     /// Its labels as `key=value`, for anti-affinity counts.
     pub labels: Vec<String>,
+    /// The code it was made from, for codes' concurrency limits.
+    pub code: Option<String>,
 }
 
 impl Holding {
@@ -43,6 +45,7 @@ impl Holding {
             attempt: task.attempt,
             resources: task.resources,
             labels: label_pairs(&task.labels),
+            code: task.code.clone(),
         }
     }
 }
@@ -82,6 +85,8 @@ struct Inner {
     active: HashMap<TaskId, Holding>,
     nodes: HashMap<String, NodeUse>,
     projects: HashMap<String, ProjectUsage>,
+    /// Tasks holding a node per (project, code).
+    codes: HashMap<(String, String), u32>,
     /// The latest attempt released per task: this pass's and the last one's.
     released: HashMap<TaskId, u32>,
     released_before: HashMap<TaskId, u32>,
@@ -116,6 +121,9 @@ impl Inner {
         let project = self.projects.entry(holding.project.clone()).or_insert(ProjectUsage::NONE);
         project.tasks += 1;
         project.resources = add(project.resources, holding.resources);
+        if let Some(code) = &holding.code {
+            *self.codes.entry((holding.project.clone(), code.clone())).or_default() += 1;
+        }
         self.active.insert(task, holding);
     }
 
@@ -140,6 +148,15 @@ impl Inner {
             project.resources = sub(project.resources, holding.resources);
             if project.tasks == 0 {
                 self.projects.remove(&holding.project);
+            }
+        }
+        if let Some(code) = &holding.code {
+            let key = (holding.project.clone(), code.clone());
+            if let Some(count) = self.codes.get_mut(&key) {
+                *count = count.saturating_sub(1);
+                if *count == 0 {
+                    self.codes.remove(&key);
+                }
             }
         }
     }
@@ -184,6 +201,7 @@ impl ClusterView {
             inner.active.clear();
             inner.nodes.clear();
             inner.projects.clear();
+            inner.codes.clear();
             for task in active {
                 if inner.released_attempt(&task.id).is_some_and(|released| released >= task.attempt) {
                     continue;
@@ -267,6 +285,11 @@ impl ClusterView {
         if let Ok(mut inner) = self.inner.lock() {
             inner.records_read_at = None;
         }
+    }
+
+    /// Tasks holding a node per (project, code).
+    pub fn code_usage(&self) -> HashMap<(String, String), u32> {
+        self.inner.lock().map(|inner| inner.codes.clone()).unwrap_or_default()
     }
 
     /// Nodes as placement sees them, with what the view holds on each, and
@@ -395,6 +418,7 @@ mod tests {
             attempt,
             resources: Resources { cpu_millicores: 500, memory_mib: 256 },
             labels: vec!["app=web".into()],
+            code: None,
         }
     }
 
@@ -498,6 +522,7 @@ mod tests {
             id: id(n),
             project: "p".into(),
             labels: BTreeMap::from([("app".to_string(), "web".to_string())]),
+            code: None,
             state: TaskState::Running,
             node_id: "a".into(),
             attempt,

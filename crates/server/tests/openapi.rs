@@ -43,8 +43,16 @@ fn every_route_is_documented() {
         "/v1/projects/{project}/secrets",
         "/v1/projects/{project}/secrets/{name}",
         "/v1/audit",
+        "/v1/codes",
+        "/v1/codes/{name}",
+        "/v1/codes/{name}/revisions",
+        "/v1/codes/{name}/rollback",
+        "/v1/schedules",
+        "/v1/schedules/{id}",
+        "/v1/schedules/{id}/pause",
+        "/v1/schedules/{id}/resume",
     ] {
         assert!(documented.contains(&path), "{path} is routed but not documented");
     }
-    assert_eq!(documented.len(), 19, "documented paths: {documented:?}");
+    assert_eq!(documented.len(), 27, "documented paths: {documented:?}");
 }

@@ -529,6 +529,127 @@ pub async fn servers_and_messages(store: &dyn Store) {
     }
 }
 
+/// Codes: revisions numbered per code, read by number or latest, listed,
+/// deleted (and pushed again, numbering on); limits of live codes only.
+pub async fn codes(store: &dyn Store) {
+    let spec = |name: &str, image: &str, max: Option<u32>| {
+        let mut spec: shepherd_core::CodeSpec =
+            serde_json::from_value(serde_json::json!({"name": name, "image": image})).expect("a code spec");
+        spec.max_concurrency = max;
+        spec
+    };
+    let at = Timestamp(1_000);
+    let first = store.push_code("p", spec("resize", "busybox:1", Some(2)), at, None).await.unwrap();
+    assert_eq!((first.revision, first.spec.project.as_str()), (1, "p"));
+    let second = store.push_code("p", spec("resize", "busybox:2", None), at, None).await.unwrap();
+    assert_eq!(second.revision, 2);
+    store.push_code("q", spec("resize", "other", Some(5)), at, None).await.unwrap();
+    store.push_code("p", spec("thumb", "busybox", Some(3)), at, None).await.unwrap();
+    let latest = store.get_code("p", "resize", None).await.unwrap().expect("latest");
+    assert_eq!((latest.revision, latest.spec.image.as_str()), (2, "busybox:2"));
+    let old = store.get_code("p", "resize", Some(1)).await.unwrap().expect("revision 1");
+    assert_eq!(old.spec.image, "busybox:1");
+    assert!(store.get_code("p", "resize", Some(9)).await.unwrap().is_none());
+    assert!(store.get_code("p", "nothing", None).await.unwrap().is_none());
+    let back = store.push_code("p", old.spec.clone(), Timestamp(2_000), Some(1)).await.unwrap();
+    assert_eq!((back.revision, back.rolled_back_from), (3, Some(1)));
+    let revisions: Vec<u32> = store.code_revisions("p", "resize").await.unwrap().iter().map(|c| c.revision).collect();
+    assert_eq!(revisions, vec![3, 2, 1]);
+    let names = |codes: Vec<shepherd_core::Code>| {
+        codes.iter().map(|c| format!("{}/{}@{}", c.spec.project, c.spec.name, c.revision)).collect::<Vec<_>>()
+    };
+    assert_eq!(names(store.list_codes(Some("p".into())).await.unwrap()), vec!["p/resize@3", "p/thumb@1"]);
+    assert_eq!(names(store.list_codes(None).await.unwrap()).len(), 3);
+    let mut limits: Vec<(String, String, u32)> =
+        store.code_limits().await.unwrap().into_iter().map(|l| (l.project, l.name, l.max)).collect();
+    limits.sort();
+    // resize@3 is revision 1's copy: its limit (2) is the code's again.
+    assert_eq!(limits, vec![("p".into(), "resize".into(), 2), ("p".into(), "thumb".into(), 3), ("q".into(), "resize".into(), 5)]);
+    assert!(store.delete_code("p", "resize").await.unwrap());
+    assert!(!store.delete_code("p", "resize").await.unwrap());
+    assert!(store.get_code("p", "resize", Some(1)).await.unwrap().is_none(), "a deleted code is gone");
+    assert!(store.code_revisions("p", "resize").await.unwrap().is_empty());
+    assert_eq!(store.code_limits().await.unwrap().len(), 2);
+    let again = store.push_code("p", spec("resize", "busybox:3", None), at, None).await.unwrap();
+    assert_eq!(again.revision, 4, "numbers are never reused");
+}
+
+/// Schedules: stored, listed, found due, fired once per slot under the
+/// lease (a second firing of the same slot writes nothing), done at the end.
+pub async fn schedules(store: &dyn Store) {
+    use shepherd_core::{Schedule, ScheduleState};
+    use std::time::Duration;
+    let every: shepherd_core::ScheduleSpec =
+        serde_json::from_value(serde_json::json!({"project": "p", "run_every": 10, "task": {"image": "busybox"}}))
+            .expect("a schedule spec");
+    let schedule = |id: &str, next: i64| Schedule {
+        id: id.into(),
+        state: ScheduleState::Active,
+        created_at: Timestamp(0),
+        next_at: Some(Timestamp(next)),
+        fired: 0,
+        skipped: 0,
+        last_task: None,
+        last_fired_at: None,
+        spec: every.clone(),
+    };
+    store.create_schedule(schedule("a", 10_000)).await.unwrap();
+    store.create_schedule(schedule("b", 5_000)).await.unwrap();
+    assert_eq!(store.next_schedule_at().await.unwrap(), Some(Timestamp(5_000)));
+    let due: Vec<String> = store.due_schedules(Timestamp(20_000), 10).await.unwrap().into_iter().map(|s| s.id).collect();
+    assert_eq!(due, vec!["b", "a"], "soonest first");
+    assert!(store.due_schedules(Timestamp(4_000), 10).await.unwrap().is_empty());
+    let lease = store.acquire_lease("me", Duration::from_secs(30)).await.unwrap().expect("the lease");
+    let mut gen = ulid::Generator::new();
+    let task = new_task(&mut gen, spec("p"));
+    let firing = ScheduleFiring {
+        id: "a".into(),
+        expected_next: Timestamp(10_000),
+        next: Some(Timestamp(20_000)),
+        skipped: 2,
+        tasks: vec![task.clone()],
+        audit: vec![],
+        at: Timestamp(10_001),
+    };
+    assert!(store.fire_schedule(firing.clone(), &lease).await.unwrap());
+    let mut twice = firing.clone();
+    twice.tasks = vec![new_task(&mut gen, spec("p"))];
+    assert!(!store.fire_schedule(twice.clone(), &lease).await.unwrap(), "that slot has fired");
+    assert!(store.get_task(twice.tasks[0].id).await.unwrap().is_none(), "and its task was not stored");
+    let a = store.get_schedule("a").await.unwrap().expect("a");
+    assert_eq!((a.next_at, a.fired, a.skipped, a.last_task.clone()), (Some(Timestamp(20_000)), 1, 2, Some(task.id.to_string())));
+    assert_eq!(a.last_fired_at, Some(Timestamp(10_001)));
+    assert!(store.get_task(task.id).await.unwrap().is_some());
+    // Paused: never due; a firing against it writes nothing.
+    assert!(store.set_schedule_state("b", ScheduleState::Paused, None).await.unwrap());
+    assert_eq!(store.due_schedules(Timestamp(20_000), 10).await.unwrap().len(), 1);
+    // The last slot: done.
+    let last = ScheduleFiring { expected_next: Timestamp(20_000), next: None, tasks: vec![new_task(&mut gen, spec("p"))], ..firing };
+    assert!(store.fire_schedule(last, &lease).await.unwrap());
+    let a = store.get_schedule("a").await.unwrap().expect("a");
+    assert_eq!((a.state, a.next_at, a.fired), (ScheduleState::Done, None, 2));
+    assert!(store.set_schedule_state("a", ScheduleState::Cancelled, None).await.unwrap());
+    assert!(!store.set_schedule_state("a", ScheduleState::Active, Some(Timestamp(1))).await.unwrap(), "cancelled stays cancelled");
+    assert_eq!(store.list_schedules(Some("p".into())).await.unwrap().len(), 2);
+    assert!(store.list_schedules(Some("q".into())).await.unwrap().is_empty());
+    assert!(store.get_schedule("zz").await.unwrap().is_none());
+    // Another holder's lease is fenced.
+    store.release_lease("me").await.unwrap();
+    let other = store.acquire_lease("other", Duration::from_secs(30)).await.unwrap().expect("free");
+    assert!(store.set_schedule_state("b", ScheduleState::Active, Some(Timestamp(5_000))).await.unwrap());
+    let stale = ScheduleFiring {
+        id: "b".into(),
+        expected_next: Timestamp(5_000),
+        next: Some(Timestamp(15_000)),
+        skipped: 0,
+        tasks: vec![],
+        audit: vec![],
+        at: Timestamp(5_000),
+    };
+    assert!(matches!(store.fire_schedule(stale.clone(), &lease).await, Err(StoreError::Fenced { .. })));
+    assert!(store.fire_schedule(stale, &other).await.unwrap());
+}
+
 /// Runs every conformance check against fresh stores from `$fixture`, an
 /// async fn returning a [`Fixture`], one `#[tokio::test]` each.
 #[macro_export]
@@ -546,6 +667,8 @@ macro_rules! store_conformance {
         $crate::store_conformance!(@one $fixture, audit);
         $crate::store_conformance!(@one $fixture, leases_and_fencing);
         $crate::store_conformance!(@one $fixture, servers_and_messages);
+        $crate::store_conformance!(@one $fixture, codes);
+        $crate::store_conformance!(@one $fixture, schedules);
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn concurrent_writers() {
             let fixture = $fixture().await;

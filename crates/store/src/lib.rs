@@ -25,7 +25,7 @@ pub use shepherd_core::{LaunchSpec, LogChunk, LogStream, NodeState};
 pub use sqlite::{SqliteOptions, SqliteStore, Synchronous};
 
 use async_trait::async_trait;
-use shepherd_core::{Event, NewTask, Task, TaskId, Timestamp};
+use shepherd_core::{Code, CodeSpec, Event, NewTask, Schedule, ScheduleState, Task, TaskId, Timestamp};
 
 /// Failures of the store itself (not of the request it was given), the
 /// same whatever database is behind it: each backend maps its own errors
@@ -231,4 +231,49 @@ pub trait Store: Send + Sync + 'static {
 
     /// The audit log, newest first: of one project or all, before `before` (a seq).
     async fn list_audit(&self, project: Option<String>, before: Option<i64>, limit: usize) -> Result<Vec<AuditEntry>, StoreError>;
+
+    /// Stores a new revision of a code (numbered one past its latest, even
+    /// if it was deleted) and makes it the code's current one.
+    async fn push_code(&self, project: &str, spec: CodeSpec, at: Timestamp, rolled_back_from: Option<u32>) -> Result<Code, StoreError>;
+
+    /// A live code's revision (`None`: its latest). A deleted code has none.
+    async fn get_code(&self, project: &str, name: &str, revision: Option<u32>) -> Result<Option<Code>, StoreError>;
+
+    /// The latest revision of every live code, of one project or all, by project then name.
+    async fn list_codes(&self, project: Option<String>) -> Result<Vec<Code>, StoreError>;
+
+    /// A live code's revisions, newest first.
+    async fn code_revisions(&self, project: &str, name: &str) -> Result<Vec<Code>, StoreError>;
+
+    /// Deletes a code: it can no longer be run or read; its revisions stay
+    /// for the tasks that name them. False if there was no live code.
+    async fn delete_code(&self, project: &str, name: &str) -> Result<bool, StoreError>;
+
+    /// The concurrency limits of live codes that set one.
+    async fn code_limits(&self) -> Result<Vec<CodeLimit>, StoreError>;
+
+    /// Stores a new schedule.
+    async fn create_schedule(&self, schedule: Schedule) -> Result<(), StoreError>;
+
+    /// One schedule.
+    async fn get_schedule(&self, id: &str) -> Result<Option<Schedule>, StoreError>;
+
+    /// Schedules of one project or all, oldest first.
+    async fn list_schedules(&self, project: Option<String>) -> Result<Vec<Schedule>, StoreError>;
+
+    /// Sets a schedule's state and next slot (pause, resume, cancel); false
+    /// if there is no such schedule or it is already cancelled.
+    async fn set_schedule_state(&self, id: &str, state: ScheduleState, next_at: Option<Timestamp>) -> Result<bool, StoreError>;
+
+    /// Active schedules whose next slot is at or before `now`, soonest first.
+    async fn due_schedules(&self, now: Timestamp, limit: usize) -> Result<Vec<Schedule>, StoreError>;
+
+    /// The earliest next slot of any active schedule.
+    async fn next_schedule_at(&self) -> Result<Option<Timestamp>, StoreError>;
+
+    /// Fires a schedule's slots: creates their tasks, moves its next slot
+    /// on and adds to its counts, in one transaction, under `lease` — only
+    /// if it is still active with `firing.expected_next` as its next slot
+    /// (false otherwise, and nothing is written).
+    async fn fire_schedule(&self, firing: ScheduleFiring, lease: &Lease) -> Result<bool, StoreError>;
 }

@@ -104,6 +104,8 @@ pub struct ActiveTask {
     pub id: TaskId,
     pub project: String,
     pub labels: BTreeMap<String, String>,
+    /// The code it was made from (for codes' concurrency limits).
+    pub code: Option<String>,
     pub state: TaskState,
     pub node_id: String,
     pub attempt: u32,
@@ -212,4 +214,32 @@ pub struct ServerRecord {
     pub role: String,
     pub started_at: Timestamp,
     pub last_seen_at: Timestamp,
+}
+
+/// A code's concurrency limit: at most `max` of `project`'s tasks made
+/// from code `name` hold a node at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CodeLimit {
+    pub project: String,
+    pub name: String,
+    pub max: u32,
+}
+
+/// What firing a schedule's due slots changes, written in one transaction
+/// ([`crate::Store::fire_schedule`]) only if the schedule is still active
+/// with `expected_next` as its next slot: so each slot fires once, however
+/// many servers look.
+#[derive(Debug, Clone)]
+pub struct ScheduleFiring {
+    pub id: String,
+    pub expected_next: Timestamp,
+    /// The slot after these; `None`: the schedule is done.
+    pub next: Option<Timestamp>,
+    /// Slots skipped this time (added to the schedule's count).
+    pub skipped: u32,
+    /// One task per slot fired (added to the schedule's count; the last
+    /// becomes its `last_task`).
+    pub tasks: Vec<shepherd_core::NewTask>,
+    pub audit: Vec<AuditEntry>,
+    pub at: Timestamp,
 }

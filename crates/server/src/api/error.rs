@@ -95,26 +95,44 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     })
 }
 
+/// [`ApiJson`], keeping the body's bytes too (a task naming a code is
+/// laid over the code as sent: the bytes tell which fields it set).
+pub struct ApiJsonBody<T>(pub T, pub axum::body::Bytes);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = body_bytes(req, state).await?;
+        decode(&bytes).map(|value| ApiJsonBody(value, bytes))
+    }
+}
+
+async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<axum::body::Bytes, ApiError> {
+    let bytes = axum::body::Bytes::from_request(req, state).await.map_err(|e: BytesRejection| {
+        let status = e.status();
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError { status, code: "body_too_large", field: Some("body".into()), message: e.body_text() }
+        } else {
+            ApiError { status, code: "bad_body", field: Some("body".into()), message: e.body_text() }
+        }
+    })?;
+    if bytes.is_empty() {
+        return Err(ApiError {
+            status: StatusCode::BAD_REQUEST,
+            code: "malformed_json",
+            field: Some("body".into()),
+            message: "request body is empty; send a JSON object".into(),
+        });
+    }
+    Ok(bytes)
+}
+
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = axum::body::Bytes::from_request(req, state).await.map_err(|e: BytesRejection| {
-            let status = e.status();
-            if status == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError { status, code: "body_too_large", field: Some("body".into()), message: e.body_text() }
-            } else {
-                ApiError { status, code: "bad_body", field: Some("body".into()), message: e.body_text() }
-            }
-        })?;
-        if bytes.is_empty() {
-            return Err(ApiError {
-                status: StatusCode::BAD_REQUEST,
-                code: "malformed_json",
-                field: Some("body".into()),
-                message: "request body is empty; send a JSON object".into(),
-            });
-        }
+        let bytes = body_bytes(req, state).await?;
         decode(&bytes).map(ApiJson)
     }
 }

@@ -1,5 +1,6 @@
 //! The REST API under `/v1`: one file per resource, one router here.
 
+mod codes;
 pub mod error;
 mod health;
 mod logs;
@@ -8,6 +9,7 @@ mod openapi;
 mod projects;
 mod tasks;
 
+pub use codes::{CodeList, RevisionList, RollbackRequest, ScheduleList};
 pub use error::{ApiError, ErrorBody};
 pub use health::{Health, ServerList, ServerRole, ServerView};
 pub use nodes::{NodeList, NodeView};
@@ -29,6 +31,10 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     /// Task operations (create, get, list, cancel, wait), authorization included.
     pub tasks: Arc<crate::service::TaskService>,
+    /// Codes (named, versioned task templates).
+    pub codes: Arc<crate::service::CodeService>,
+    /// Schedules (and, through them, their firing loop's wakeup).
+    pub schedules: Arc<crate::service::ScheduleService>,
     /// Wakes the scheduler when nodes or limits change.
     pub scheduler_wakeup: Arc<Notify>,
     /// Remote agents: join token and connections.
@@ -62,9 +68,16 @@ impl AppState {
         let leadership = crate::leader::Leadership::new("standalone".into(), std::time::Duration::from_secs(5));
         let observer =
             crate::view::Observer { view: Default::default(), store: store.clone(), leadership: leadership.clone(), shared: false };
+        let tasks = Arc::new(tasks);
         AppState {
+            codes: Arc::new(crate::service::CodeService {
+                store: store.clone(),
+                limits: shepherd_core::Limits::default(),
+                engine: Arc::new(shepherd_sched::Engine::default()),
+            }),
+            schedules: Arc::new(crate::service::ScheduleService::new(store.clone(), tasks.clone())),
             store,
-            tasks: Arc::new(tasks),
+            tasks,
             scheduler_wakeup: wakeup,
             agent_api: crate::agents::AgentApi {
                 join_token: None,
@@ -114,6 +127,14 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/projects/{project}/secrets", get(projects::list_secrets))
         .route("/v1/projects/{project}/secrets/{name}", put(projects::put_secret).delete(projects::delete_secret))
         .route("/v1/audit", get(projects::audit))
+        .route("/v1/codes", post(codes::push).get(codes::list))
+        .route("/v1/codes/{name}", get(codes::get).delete(codes::delete))
+        .route("/v1/codes/{name}/revisions", get(codes::revisions))
+        .route("/v1/codes/{name}/rollback", post(codes::rollback))
+        .route("/v1/schedules", post(codes::create_schedule).get(codes::list_schedules))
+        .route("/v1/schedules/{id}", get(codes::get_schedule).delete(codes::cancel_schedule))
+        .route("/v1/schedules/{id}/pause", post(codes::pause_schedule))
+        .route("/v1/schedules/{id}/resume", post(codes::resume_schedule))
         .layer(from_fn_with_state(state.clone(), crate::auth::request_timeout));
     // Long polls and live follows keep their own limits.
     let long = Router::new().route("/v1/tasks/{id}/wait", get(tasks::wait)).route("/v1/tasks/{id}/logs", get(logs::logs));

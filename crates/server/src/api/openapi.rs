@@ -33,6 +33,18 @@ use utoipa::OpenApi;
         super::projects::delete_secret,
         super::projects::list_secrets,
         super::projects::audit,
+        super::codes::push,
+        super::codes::list,
+        super::codes::get,
+        super::codes::revisions,
+        super::codes::rollback,
+        super::codes::delete,
+        super::codes::create_schedule,
+        super::codes::list_schedules,
+        super::codes::get_schedule,
+        super::codes::pause_schedule,
+        super::codes::resume_schedule,
+        super::codes::cancel_schedule,
         document,
     ),
     modifiers(&BearerAuth),
@@ -40,7 +52,9 @@ use utoipa::OpenApi;
     tags(
         (name = "tasks", description = "Submit, follow and cancel tasks"),
         (name = "cluster", description = "Nodes and health"),
-        (name = "projects", description = "Tenants: projects, API tokens, secrets and the audit log")
+        (name = "projects", description = "Tenants: projects, API tokens, secrets and the audit log"),
+        (name = "codes", description = "Named, versioned task templates"),
+        (name = "schedules", description = "Tasks run at cron times or at intervals")
     )
 )]
 pub struct ApiDoc;

@@ -2,7 +2,7 @@
 //! each decodes the request, calls the `TaskService`, and renders its answer
 //! or its error.
 
-use super::error::ApiJson;
+use super::error::ApiJsonBody;
 use super::{ApiError, AppState};
 use crate::auth::Caller;
 use crate::service::TaskError;
@@ -10,6 +10,7 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 use shepherd_core::{Task, TaskId, TaskSpec, TaskState};
 use shepherd_store::TaskFilter;
 use std::time::Duration;
@@ -43,10 +44,12 @@ impl From<TaskError> for ApiError {
     fn from(e: TaskError) -> ApiError {
         match e {
             TaskError::NotFound(id) => ApiError::not_found(format!("no task with id {id}")),
+            TaskError::Missing(what) => ApiError::not_found(format!("no {what}")),
             TaskError::Forbidden { field, message } => ApiError::new(StatusCode::FORBIDDEN, "forbidden", message).with_field(field),
             TaskError::Invalid(e) => e.into(),
             TaskError::QuotaExceeded(message) => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", message),
             TaskError::NotCancellable(message) => ApiError::new(StatusCode::CONFLICT, "not_cancellable", message),
+            TaskError::Conflict(message) => ApiError::new(StatusCode::CONFLICT, "conflict", message),
             TaskError::Store(e) => e.into(),
         }
     }
@@ -58,8 +61,15 @@ impl From<TaskError> for ApiError {
 pub async fn create(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    ApiJson(spec): ApiJson<TaskSpec>,
+    ApiJsonBody(spec, body): ApiJsonBody<TaskSpec>,
 ) -> Result<(StatusCode, Json<Task>), ApiError> {
+    let spec = if spec.code.is_some() {
+        let object: Option<Map<String, Value>> = serde_json::from_slice(&body).ok();
+        let mut specs = state.tasks.expand_codes(&caller, vec![spec], &|_| object.clone(), &|_| String::new()).await?;
+        specs.pop().ok_or_else(|| ApiError::field("code", "no task was made"))?
+    } else {
+        spec
+    };
     Ok((StatusCode::CREATED, Json(state.tasks.create(&caller, spec).await?)))
 }
 
@@ -69,9 +79,20 @@ pub async fn create(
 pub async fn create_batch(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    ApiJson(batch): ApiJson<BatchRequest>,
+    ApiJsonBody(batch, body): ApiJsonBody<BatchRequest>,
 ) -> Result<(StatusCode, Json<BatchResponse>), ApiError> {
-    let created = state.tasks.create_batch(&caller, batch.tasks).await?;
+    let mut specs = batch.tasks;
+    if specs.iter().any(|s| s.code.is_some()) {
+        /// The batch's task objects as sent, for the tasks that name a code.
+        #[derive(Deserialize)]
+        struct Objects {
+            tasks: Vec<Map<String, Value>>,
+        }
+        let objects: Option<Objects> = serde_json::from_slice(&body).ok();
+        let object = |i: usize| objects.as_ref().and_then(|o| o.tasks.get(i).cloned());
+        specs = state.tasks.expand_codes(&caller, specs, &object, &|i| format!("tasks[{i}]")).await?;
+    }
+    let created = state.tasks.create_batch(&caller, specs).await?;
     Ok((StatusCode::CREATED, Json(BatchResponse { ids: created.iter().map(|t| t.id).collect() })))
 }
 

@@ -4,6 +4,10 @@
 //! here, not by each caller, and errors are typed ([`TaskError`]) for each
 //! API to render its own way.
 
+pub mod codes;
+pub mod schedules;
 pub mod tasks;
 
+pub use codes::CodeService;
+pub use schedules::ScheduleService;
 pub use tasks::{TaskError, TaskService};

@@ -3,6 +3,7 @@
 use crate::auth::{Auth, Caller};
 use crate::links::NodeLinks;
 use crate::placement_notes::PlacementNotes;
+use serde_json::{Map, Value};
 use shepherd_core::{validate, Event, FieldError, Limits, NewTask, Task, TaskId, TaskSpec, Timestamp};
 use shepherd_store::{ApplyError, AuditEntry, Store, StoreError, TaskFilter, TaskPage};
 use std::collections::BTreeMap;
@@ -16,6 +17,10 @@ pub enum TaskError {
     /// No such task, or one the caller may not see (they answer alike).
     #[error("no task with id {0}")]
     NotFound(String),
+    /// Something else the caller named does not exist (or is another
+    /// project's): the message says what.
+    #[error("no {0}")]
+    Missing(String),
     /// A field the caller may not set that way (another project).
     #[error("{field}: {message}")]
     Forbidden { field: String, message: String },
@@ -25,6 +30,9 @@ pub enum TaskError {
     /// The project's `max_queued` quota would be exceeded.
     #[error("{0}")]
     QuotaExceeded(String),
+    /// The thing is not in a state that allows this (a paused schedule paused again).
+    #[error("{0}")]
+    Conflict(String),
     /// The task has ended; there is nothing to cancel.
     #[error("{0}")]
     NotCancellable(String),
@@ -63,6 +71,46 @@ impl TaskService {
         TaskService { store, limits, engine, notes, auth, links, wakeup, ids: Mutex::new(ulid::Generator::new()) }
     }
 
+    /// Makes the tasks that name a `code` from their code (its latest
+    /// revision, or the one they pin): `objects(i)` is the i-th request's
+    /// JSON object as sent, laid over the code's template so that what the
+    /// request sets wins (see `shepherd_core::code`). Others pass unchanged.
+    pub async fn expand_codes(
+        &self,
+        caller: &Caller,
+        specs: Vec<TaskSpec>,
+        objects: &(dyn Fn(usize) -> Option<Map<String, Value>> + Sync),
+        prefix: &(dyn Fn(usize) -> String + Sync),
+    ) -> Result<Vec<TaskSpec>, TaskError> {
+        let mut codes: BTreeMap<(String, String, Option<u32>), shepherd_core::Code> = BTreeMap::new();
+        let mut out = Vec::with_capacity(specs.len());
+        for (index, mut spec) in specs.into_iter().enumerate() {
+            let Some(name) = spec.code.clone() else {
+                out.push(spec);
+                continue;
+            };
+            claim(caller, &mut spec, &within(&prefix(index), "project"))?;
+            let project = if spec.project.is_empty() { TaskSpec::default_project() } else { spec.project.clone() };
+            let key = (project.clone(), name.clone(), spec.code_revision);
+            if !codes.contains_key(&key) {
+                let code = self.store.get_code(&project, &name, spec.code_revision).await?.ok_or_else(|| {
+                    let what = spec.code_revision.map_or(String::new(), |r| format!(" at revision {r}"));
+                    FieldError::new("code", format!("project `{project}` has no code `{name}`{what}")).within(&prefix(index))
+                })?;
+                codes.insert(key.clone(), code);
+            }
+            let Some(code) = codes.get(&key) else { continue };
+            let mut object = objects(index).unwrap_or_default();
+            object.insert("project".into(), Value::String(project));
+            let merged = shepherd_core::code::lay_over(code, &object);
+            let bytes = serde_json::to_vec(&Value::Object(merged)).map_err(|e| FieldError::new("body", e.to_string()))?;
+            let made: TaskSpec = shepherd_core::decode_json(&bytes)
+                .map_err(|e| TaskError::Invalid(FieldError::new(e.field, e.message).within(&prefix(index))))?;
+            out.push(made);
+        }
+        Ok(out)
+    }
+
     /// Validates and stores one task, with its audit line; on disk before
     /// this returns.
     pub async fn create(&self, caller: &Caller, spec: TaskSpec) -> Result<Task, TaskError> {
@@ -79,6 +127,22 @@ impl TaskService {
             return Err(FieldError::new("tasks", message).into());
         }
         self.store_new(caller, specs, &|i| format!("tasks[{i}]"), true).await
+    }
+
+    /// Validates specs as `create` would, storing nothing.
+    pub fn check(&self, caller: &Caller, specs: Vec<TaskSpec>) -> Result<(), TaskError> {
+        self.prepare(caller, specs, &|_| String::new()).map(|_| ())
+    }
+
+    /// Validated, admitted (quota, secrets) tasks ready to store, with
+    /// their audit lines, for a caller that stores them in a transaction
+    /// of its own (a schedule's firing).
+    pub async fn prepare_new(&self, caller: &Caller, specs: Vec<TaskSpec>) -> Result<(Vec<NewTask>, Vec<AuditEntry>), TaskError> {
+        let prefix = |_| String::new();
+        let tasks = self.prepare(caller, specs, &prefix)?;
+        self.admit(&tasks, &prefix).await?;
+        let audit = audit_lines(caller, &tasks, false);
+        Ok((tasks, audit))
     }
 
     async fn store_new(

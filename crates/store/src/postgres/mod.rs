@@ -6,6 +6,7 @@
 //! out by `shepherd_core::change` and written as it says, under a row lock.
 
 mod apply;
+mod codes;
 mod schema;
 
 use crate::*;
@@ -1005,6 +1006,69 @@ impl Store for PgStore {
             .collect())
     }
 
+    async fn push_code(
+        &self,
+        project: &str,
+        spec: shepherd_core::CodeSpec,
+        at: Timestamp,
+        from: Option<u32>,
+    ) -> Result<shepherd_core::Code, StoreError> {
+        self.pg_push_code(project, spec, at, from).await
+    }
+
+    async fn get_code(&self, project: &str, name: &str, revision: Option<u32>) -> Result<Option<shepherd_core::Code>, StoreError> {
+        self.pg_get_code(project, name, revision).await
+    }
+
+    async fn list_codes(&self, project: Option<String>) -> Result<Vec<shepherd_core::Code>, StoreError> {
+        self.pg_list_codes(project).await
+    }
+
+    async fn code_revisions(&self, project: &str, name: &str) -> Result<Vec<shepherd_core::Code>, StoreError> {
+        self.pg_code_revisions(project, name).await
+    }
+
+    async fn delete_code(&self, project: &str, name: &str) -> Result<bool, StoreError> {
+        self.pg_delete_code(project, name).await
+    }
+
+    async fn code_limits(&self) -> Result<Vec<CodeLimit>, StoreError> {
+        self.pg_code_limits().await
+    }
+
+    async fn create_schedule(&self, schedule: shepherd_core::Schedule) -> Result<(), StoreError> {
+        self.pg_create_schedule(schedule).await
+    }
+
+    async fn get_schedule(&self, id: &str) -> Result<Option<shepherd_core::Schedule>, StoreError> {
+        self.pg_get_schedule(id).await
+    }
+
+    async fn list_schedules(&self, project: Option<String>) -> Result<Vec<shepherd_core::Schedule>, StoreError> {
+        self.pg_list_schedules(project).await
+    }
+
+    async fn set_schedule_state(
+        &self,
+        id: &str,
+        state: shepherd_core::ScheduleState,
+        next_at: Option<Timestamp>,
+    ) -> Result<bool, StoreError> {
+        self.pg_set_schedule_state(id, state, next_at).await
+    }
+
+    async fn due_schedules(&self, now: Timestamp, limit: usize) -> Result<Vec<shepherd_core::Schedule>, StoreError> {
+        self.pg_due_schedules(now, limit).await
+    }
+
+    async fn next_schedule_at(&self) -> Result<Option<Timestamp>, StoreError> {
+        self.pg_next_schedule_at().await
+    }
+
+    async fn fire_schedule(&self, firing: ScheduleFiring, lease: &Lease) -> Result<bool, StoreError> {
+        self.pg_fire_schedule(firing, lease).await
+    }
+
     async fn append_audit(&self, entries: Vec<AuditEntry>) -> Result<(), StoreError> {
         let numbers = reserve_audit_numbers(&self.counters, &entries).await?;
         let mut client = self.client().await?;
@@ -1060,6 +1124,7 @@ fn active_from_row(row: &tokio_postgres::Row) -> Result<ActiveTask, StoreError> 
         id: parse_id(row.get::<_, &str>(0))?,
         project: spec.project,
         labels: spec.labels,
+        code: spec.code,
         state: parse_state(row.get::<_, &str>(1))?,
         node_id: row.get::<_, Option<String>>(2).unwrap_or_default(),
         attempt: row.get::<_, i64>(3) as u32,

@@ -4,6 +4,7 @@
 //! commits ([`writer`]); reads use a small pool of read-only connections,
 //! which WAL lets run alongside the writer.
 
+mod codes;
 mod rows;
 mod schema;
 mod tenants;
@@ -11,7 +12,7 @@ pub mod writer;
 
 use crate::*;
 use rusqlite::{params_from_iter, Connection, OpenFlags};
-use shepherd_core::{NewTask, Resources, Task, TaskId, TaskState, Timestamp};
+use shepherd_core::{Code, CodeSpec, NewTask, Resources, Schedule, ScheduleState, Task, TaskId, TaskState, Timestamp};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -658,6 +659,74 @@ impl Store for SqliteStore {
         self.read(move |conn| tenants::list_secrets(conn, &project)).await
     }
 
+    async fn push_code(&self, project: &str, spec: CodeSpec, at: Timestamp, rolled_back_from: Option<u32>) -> Result<Code, StoreError> {
+        let project = project.to_string();
+        self.write_with(move |conn| codes::push_code(conn, &project, spec, at, rolled_back_from)).await
+    }
+
+    async fn get_code(&self, project: &str, name: &str, revision: Option<u32>) -> Result<Option<Code>, StoreError> {
+        let (project, name) = (project.to_string(), name.to_string());
+        self.read(move |conn| codes::get_code(conn, &project, &name, revision)).await
+    }
+
+    async fn list_codes(&self, project: Option<String>) -> Result<Vec<Code>, StoreError> {
+        self.read(move |conn| codes::list_codes(conn, project.as_deref())).await
+    }
+
+    async fn code_revisions(&self, project: &str, name: &str) -> Result<Vec<Code>, StoreError> {
+        let (project, name) = (project.to_string(), name.to_string());
+        self.read(move |conn| codes::code_revisions(conn, &project, &name)).await
+    }
+
+    async fn delete_code(&self, project: &str, name: &str) -> Result<bool, StoreError> {
+        let (project, name) = (project.to_string(), name.to_string());
+        self.write_with(move |conn| codes::delete_code(conn, &project, &name)).await
+    }
+
+    async fn code_limits(&self) -> Result<Vec<CodeLimit>, StoreError> {
+        self.read(codes::code_limits).await
+    }
+
+    async fn create_schedule(&self, schedule: Schedule) -> Result<(), StoreError> {
+        self.write_with(move |conn| codes::create_schedule(conn, &schedule)).await
+    }
+
+    async fn get_schedule(&self, id: &str) -> Result<Option<Schedule>, StoreError> {
+        let id = id.to_string();
+        self.read(move |conn| codes::get_schedule(conn, &id)).await
+    }
+
+    async fn list_schedules(&self, project: Option<String>) -> Result<Vec<Schedule>, StoreError> {
+        self.read(move |conn| codes::list_schedules(conn, project.as_deref())).await
+    }
+
+    async fn set_schedule_state(&self, id: &str, state: ScheduleState, next_at: Option<Timestamp>) -> Result<bool, StoreError> {
+        let id = id.to_string();
+        self.write_with(move |conn| codes::set_schedule_state(conn, &id, state, next_at)).await
+    }
+
+    async fn due_schedules(&self, now: Timestamp, limit: usize) -> Result<Vec<Schedule>, StoreError> {
+        self.read(move |conn| codes::due_schedules(conn, now, limit)).await
+    }
+
+    async fn next_schedule_at(&self) -> Result<Option<Timestamp>, StoreError> {
+        self.read(codes::next_schedule_at).await
+    }
+
+    async fn fire_schedule(&self, firing: ScheduleFiring, lease: &Lease) -> Result<bool, StoreError> {
+        let lease = lease.clone();
+        self.write_with(move |conn| {
+            check_lease(conn, &lease, Timestamp::now())?;
+            if !codes::advance_schedule(conn, &firing)? {
+                return Ok(false);
+            }
+            writer::insert_tasks(conn, &firing.tasks)?;
+            tenants::append_audit(conn, &firing.audit)?;
+            Ok(true)
+        })
+        .await
+    }
+
     async fn append_audit(&self, entries: Vec<AuditEntry>) -> Result<(), StoreError> {
         if entries.is_empty() {
             return Ok(());
@@ -688,6 +757,7 @@ fn active_in(conn: &Connection, node_id: Option<&str>) -> Result<Vec<ActiveTask>
             id: rows::parse_id(&row.get::<_, String>(0)?)?,
             project: spec.project,
             labels: spec.labels,
+            code: spec.code,
             state: rows::parse_state(&row.get::<_, String>(1)?)?,
             node_id: row.get::<_, Option<String>>(2)?.unwrap_or_default(),
             attempt: row.get(3)?,

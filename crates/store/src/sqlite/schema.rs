@@ -164,6 +164,40 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE attempts ADD COLUMN container TEXT;
     ALTER TABLE attempts ADD COLUMN warm INTEGER NOT NULL DEFAULT 0;
     "#,
+    // 10: codes (named, versioned task templates) and schedules.
+    r#"
+    CREATE TABLE codes (
+        project TEXT NOT NULL,
+        name TEXT NOT NULL,
+        latest INTEGER NOT NULL,
+        live INTEGER NOT NULL,
+        max_concurrency INTEGER,
+        PRIMARY KEY (project, name)
+    );
+    CREATE TABLE code_revisions (
+        project TEXT NOT NULL,
+        name TEXT NOT NULL,
+        revision INTEGER NOT NULL,
+        created_at BIGINT NOT NULL,
+        rolled_back_from INTEGER,
+        spec TEXT NOT NULL,
+        PRIMARY KEY (project, name, revision)
+    );
+    CREATE TABLE schedules (
+        id TEXT PRIMARY KEY,
+        project TEXT NOT NULL,
+        spec TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        state TEXT NOT NULL,
+        next_at BIGINT,
+        fired INTEGER NOT NULL DEFAULT 0,
+        skipped INTEGER NOT NULL DEFAULT 0,
+        last_task TEXT,
+        last_fired_at BIGINT
+    );
+    CREATE INDEX schedules_due ON schedules (next_at) WHERE state = 'active';
+    CREATE INDEX schedules_by_project ON schedules (project, created_at);
+    "#,
 ];
 
 /// Data changes a migration needs that SQL alone cannot make.

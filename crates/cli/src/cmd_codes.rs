@@ -1,0 +1,450 @@
+//! `shepherd code …` and `shepherd schedule …`: codes (named, versioned
+//! task templates) and schedules, through the REST API.
+
+use crate::client::{encode, Client};
+use crate::output::{print_table, safe};
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use serde_json::{json, Map, Value};
+use shepherd_core::{Code, Schedule};
+use std::process::ExitCode;
+
+fn parse_pair(text: &str) -> Result<(String, String), String> {
+    text.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| format!("`{text}`: use KEY=VALUE"))
+}
+
+fn parse_seconds(text: &str) -> Result<u32, String> {
+    if let Ok(n) = text.parse::<u32>() {
+        return Ok(n);
+    }
+    let d = humantime::parse_duration(text).map_err(|e| format!("`{text}`: {e} (use e.g. 90, 30s, 5m, 2h)"))?;
+    u32::try_from(d.as_secs()).map_err(|_| format!("`{text}` is too long"))
+}
+
+fn parse_time(text: &str) -> Result<shepherd_core::Timestamp, String> {
+    shepherd_core::Timestamp::parse_rfc3339(text).map_err(|e| format!("`{text}`: {e} (use e.g. 2026-12-01T09:00:00Z)"))
+}
+
+#[derive(Args)]
+pub struct CodeArgs {
+    /// The project (default: the token's; with the admin token, `default`).
+    #[arg(long, global = true)]
+    project: Option<String>,
+    #[command(subcommand)]
+    command: CodeCommand,
+}
+
+#[derive(Subcommand)]
+enum CodeCommand {
+    /// Push a code: a new revision (the first if NAME is new).
+    /// shepherd code push NAME IMAGE [-- COMMAND ARGS...]
+    Push(Box<PushArgs>),
+    /// List codes, each at its latest revision.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a code (its latest revision, or --revision N).
+    Inspect {
+        name: String,
+        #[arg(long)]
+        revision: Option<u32>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List a code's revisions, newest first.
+    Revisions { name: String },
+    /// Make revision N current again (as a new revision, its copy).
+    Rollback { name: String, revision: u32 },
+    /// Delete a code (tasks made from it go on).
+    Rm { name: String },
+}
+
+#[derive(Args)]
+struct PushArgs {
+    name: String,
+    image: String,
+    /// The command and its arguments (after `--`).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    command: Vec<String>,
+    /// Environment variable KEY=VALUE for every task (repeatable).
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE", value_parser = parse_pair)]
+    env: Vec<(String, String)>,
+    /// Label KEY=VALUE for every task (repeatable).
+    #[arg(short = 'l', long = "label", value_name = "KEY=VALUE", value_parser = parse_pair)]
+    labels: Vec<(String, String)>,
+    /// Default CPU in millicores.
+    #[arg(long, value_name = "MILLICORES")]
+    cpu: Option<u32>,
+    /// Default memory in MiB.
+    #[arg(long, value_name = "MIB")]
+    memory: Option<u32>,
+    /// Default timeout (seconds, or 30s, 5m, 2h).
+    #[arg(long, value_parser = parse_seconds)]
+    timeout: Option<u32>,
+    /// Default extra attempts after a failure (0 to 99).
+    #[arg(long)]
+    retries: Option<u32>,
+    /// At most N of its tasks scheduled or running at once, cluster-wide.
+    #[arg(long, value_name = "N")]
+    max_concurrency: Option<u32>,
+    /// Default placement profile.
+    #[arg(long)]
+    profile: Option<String>,
+    /// Default node pool.
+    #[arg(long)]
+    pool: Option<String>,
+    /// Default network (none or bridge).
+    #[arg(long)]
+    network: Option<String>,
+    /// Run its tasks in warm, reused containers.
+    #[arg(long)]
+    reuse: bool,
+    /// A description for people.
+    #[arg(long)]
+    description: Option<String>,
+    #[arg(long)]
+    json: bool,
+}
+
+fn query(project: &Option<String>) -> String {
+    project.as_ref().map_or(String::new(), |p| format!("?project={}", encode(p)))
+}
+
+fn code_rows(codes: &[Code]) -> Vec<Vec<String>> {
+    codes
+        .iter()
+        .map(|c| {
+            vec![
+                safe(&c.spec.name),
+                safe(&c.spec.project),
+                c.revision.to_string(),
+                safe(&c.spec.image),
+                c.spec.max_concurrency.map_or("-".into(), |m| m.to_string()),
+                c.created_at.to_rfc3339(),
+            ]
+        })
+        .collect()
+}
+
+pub async fn code(client: &Client, args: CodeArgs) -> Result<ExitCode> {
+    let q = query(&args.project);
+    match args.command {
+        CodeCommand::Push(push) => {
+            let mut body = Map::new();
+            body.insert("name".into(), push.name.clone().into());
+            body.insert("image".into(), push.image.into());
+            if let Some(project) = &args.project {
+                body.insert("project".into(), project.clone().into());
+            }
+            if !push.command.is_empty() {
+                body.insert("command".into(), json!(push.command));
+            }
+            if !push.env.is_empty() {
+                body.insert("env".into(), json!(push.env.into_iter().collect::<std::collections::BTreeMap<String, String>>()));
+            }
+            if !push.labels.is_empty() {
+                body.insert("labels".into(), json!(push.labels.into_iter().collect::<std::collections::BTreeMap<String, String>>()));
+            }
+            if push.cpu.is_some() || push.memory.is_some() {
+                let mut resources = Map::new();
+                if let Some(cpu) = push.cpu {
+                    resources.insert("cpu_millicores".into(), cpu.into());
+                }
+                if let Some(memory) = push.memory {
+                    resources.insert("memory_mib".into(), memory.into());
+                }
+                body.insert("resources".into(), Value::Object(resources));
+            }
+            let optional: [(&str, Option<Value>); 7] = [
+                ("timeout_seconds", push.timeout.map(Value::from)),
+                ("retry", push.retries.map(|r| json!({"max_attempts": r.saturating_add(1)}))),
+                ("max_concurrency", push.max_concurrency.map(Value::from)),
+                ("profile", push.profile.map(Value::from)),
+                ("pool", push.pool.map(Value::from)),
+                ("network", push.network.map(Value::from)),
+                ("description", push.description.map(Value::from)),
+            ];
+            for (key, value) in optional {
+                if let Some(value) = value {
+                    body.insert(key.into(), value);
+                }
+            }
+            if push.reuse {
+                body.insert("reuse".into(), json!({}));
+            }
+            let code: Code = client.post("/v1/codes", &body).await?;
+            if push.json {
+                println!("{}", serde_json::to_string_pretty(&code)?);
+            } else {
+                println!("code {} revision {} pushed to project {}", code.spec.name, code.revision, code.spec.project);
+            }
+        }
+        CodeCommand::Ls { json } => {
+            let list: Value = client.get(&format!("/v1/codes{q}")).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let codes: Vec<Code> = serde_json::from_value(list["codes"].clone()).context("reading the code list")?;
+            print_table(&["NAME", "PROJECT", "REVISION", "IMAGE", "MAX", "PUSHED"], &code_rows(&codes));
+        }
+        CodeCommand::Inspect { name, revision, json } => {
+            let mut path = format!("/v1/codes/{}{q}", encode(&name));
+            if let Some(revision) = revision {
+                path.push_str(&format!("{}revision={revision}", if q.is_empty() { '?' } else { '&' }));
+            }
+            let code: Value = client.get(&path).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&code)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let code: Code = serde_json::from_value(code).context("reading the code")?;
+            let s = &code.spec;
+            println!("Code:        {}", safe(&s.name));
+            println!("Project:     {}", safe(&s.project));
+            println!("Revision:    {}{}", code.revision, code.rolled_back_from.map_or(String::new(), |r| format!(" (copy of {r})")));
+            println!("Pushed:      {}", code.created_at.to_rfc3339());
+            println!("Image:       {}", safe(&s.image));
+            if !s.command.is_empty() {
+                println!("Command:     {}", safe(&s.command.join(" ")));
+            }
+            if let Some(r) = s.resources {
+                println!("Resources:   {} millicores, {} MiB", r.cpu_millicores, r.memory_mib);
+            }
+            if let Some(t) = s.timeout_seconds {
+                println!("Timeout:     {t}s");
+            }
+            if let Some(r) = s.retry {
+                println!("Attempts:    {}", r.max_attempts);
+            }
+            if let Some(m) = s.max_concurrency {
+                println!("Concurrency: at most {m} at once");
+            }
+            for (k, v) in &s.env {
+                println!("Env:         {}={}", safe(k), safe(v));
+            }
+            for (k, v) in &s.labels {
+                println!("Label:       {}={}", safe(k), safe(v));
+            }
+            if let Some(d) = &s.description {
+                println!("Description: {}", safe(d));
+            }
+        }
+        CodeCommand::Revisions { name } => {
+            let list: Value = client.get(&format!("/v1/codes/{}/revisions{q}", encode(&name))).await?;
+            let codes: Vec<Code> = serde_json::from_value(list["revisions"].clone()).context("reading the revisions")?;
+            print_table(&["NAME", "PROJECT", "REVISION", "IMAGE", "MAX", "PUSHED"], &code_rows(&codes));
+        }
+        CodeCommand::Rollback { name, revision } => {
+            let code: Code = client.post(&format!("/v1/codes/{}/rollback{q}", encode(&name)), &json!({ "revision": revision })).await?;
+            println!("code {} revision {} is a copy of revision {revision}", code.spec.name, code.revision);
+        }
+        CodeCommand::Rm { name } => {
+            client.send_empty::<()>(reqwest::Method::DELETE, &format!("/v1/codes/{}{q}", encode(&name)), None).await?;
+            println!("code {name} deleted");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args)]
+pub struct ScheduleArgs {
+    #[command(subcommand)]
+    command: ScheduleCommand,
+}
+
+#[derive(Subcommand)]
+enum ScheduleCommand {
+    /// Create a schedule of a code (--code) or an image:
+    /// shepherd schedule create (--cron EXPR | --every 5m) (--code NAME | IMAGE [-- CMD...])
+    Create(Box<CreateArgs>),
+    /// List schedules.
+    Ls {
+        #[arg(long)]
+        project: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a schedule.
+    Inspect {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pause a schedule.
+    Pause { id: String },
+    /// Resume a paused schedule from now.
+    Resume { id: String },
+    /// Cancel a schedule for good.
+    Rm { id: String },
+}
+
+#[derive(Args)]
+struct CreateArgs {
+    /// Cron expression (5 fields, or 6 with seconds first; @hourly, @daily…).
+    #[arg(long, required_unless_present = "every", conflicts_with = "every")]
+    cron: Option<String>,
+    /// IANA time zone of --cron (default UTC).
+    #[arg(long, requires = "cron")]
+    tz: Option<String>,
+    /// Run every interval (seconds, or 30s, 5m, 1h).
+    #[arg(long, value_parser = parse_seconds)]
+    every: Option<u32>,
+    /// No slot before this (RFC 3339 UTC).
+    #[arg(long, value_parser = parse_time)]
+    start_at: Option<shepherd_core::Timestamp>,
+    /// No slot after this (RFC 3339 UTC).
+    #[arg(long, value_parser = parse_time)]
+    end_at: Option<shepherd_core::Timestamp>,
+    /// Fire at most N times.
+    #[arg(long, value_name = "N")]
+    run_times: Option<u32>,
+    /// Skip a slot while the previous task is still queued or running.
+    #[arg(long)]
+    no_overlap: bool,
+    /// Slots missed while no server ran: `once` (default: one run for all) or `skip`.
+    #[arg(long, value_parser = ["once", "skip"])]
+    catch_up: Option<String>,
+    /// A name for people.
+    #[arg(long)]
+    name: Option<String>,
+    /// The project (default: the token's; admin: `default`).
+    #[arg(long)]
+    project: Option<String>,
+    /// Run this code (then the arguments are its command, if any).
+    #[arg(long)]
+    code: Option<String>,
+    /// Environment variable KEY=VALUE of the task (repeatable).
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE", value_parser = parse_pair)]
+    env: Vec<(String, String)>,
+    /// The task's timeout (seconds, or 30s, 5m, 2h).
+    #[arg(long, value_parser = parse_seconds)]
+    timeout: Option<u32>,
+    /// The image (not with --code).
+    #[arg(required_unless_present = "code")]
+    image: Option<String>,
+    /// The command and its arguments (after `--`).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    command: Vec<String>,
+    #[arg(long)]
+    json: bool,
+}
+
+fn schedule_rows(list: &[Schedule]) -> Vec<Vec<String>> {
+    list.iter()
+        .map(|s| {
+            let when = match (&s.spec.cron, s.spec.run_every) {
+                (Some(cron), _) => format!("{} {}", cron, s.spec.time_zone.as_deref().unwrap_or("UTC")),
+                (None, Some(every)) => format!("every {every}s"),
+                _ => "-".into(),
+            };
+            let what = s.spec.task.get("code").or(s.spec.task.get("image")).and_then(Value::as_str).unwrap_or("-");
+            vec![
+                s.id.clone(),
+                safe(&s.spec.project),
+                s.state.as_str().to_string(),
+                safe(&when),
+                safe(what),
+                s.next_at.map_or("-".into(), |t| t.to_rfc3339()),
+                s.fired.to_string(),
+                s.skipped.to_string(),
+            ]
+        })
+        .collect()
+}
+
+const SCHEDULE_HEADER: [&str; 8] = ["ID", "PROJECT", "STATE", "WHEN", "RUNS", "NEXT", "FIRED", "SKIPPED"];
+
+pub async fn schedule(client: &Client, args: ScheduleArgs) -> Result<ExitCode> {
+    match args.command {
+        ScheduleCommand::Create(c) => {
+            let mut task = Map::new();
+            let mut command = c.command.clone();
+            match (&c.code, c.image.clone()) {
+                (Some(code), first) => {
+                    task.insert("code".into(), code.clone().into());
+                    if let Some(first) = first {
+                        command.insert(0, first);
+                    }
+                }
+                (None, Some(image)) => {
+                    task.insert("image".into(), image.into());
+                }
+                (None, None) => bail!("give an IMAGE or --code NAME"),
+            }
+            if !command.is_empty() {
+                task.insert("command".into(), json!(command));
+            }
+            if !c.env.is_empty() {
+                task.insert("env".into(), json!(c.env.into_iter().collect::<std::collections::BTreeMap<String, String>>()));
+            }
+            if let Some(timeout) = c.timeout {
+                task.insert("timeout_seconds".into(), timeout.into());
+            }
+            let mut body = Map::new();
+            let optional: [(&str, Option<Value>); 9] = [
+                ("cron", c.cron.map(Value::from)),
+                ("time_zone", c.tz.map(Value::from)),
+                ("run_every", c.every.map(Value::from)),
+                ("start_at", c.start_at.map(|t| Value::from(t.to_rfc3339()))),
+                ("end_at", c.end_at.map(|t| Value::from(t.to_rfc3339()))),
+                ("run_times", c.run_times.map(Value::from)),
+                ("catch_up", c.catch_up.map(Value::from)),
+                ("name", c.name.map(Value::from)),
+                ("project", c.project.map(Value::from)),
+            ];
+            for (key, value) in optional {
+                if let Some(value) = value {
+                    body.insert(key.into(), value);
+                }
+            }
+            if c.no_overlap {
+                body.insert("overlap".into(), "skip".into());
+            }
+            body.insert("task".into(), Value::Object(task));
+            let created: Schedule = client.post("/v1/schedules", &body).await?;
+            if c.json {
+                println!("{}", serde_json::to_string_pretty(&created)?);
+            } else {
+                println!("{}", created.id);
+            }
+        }
+        ScheduleCommand::Ls { project, json } => {
+            let list: Value = client.get(&format!("/v1/schedules{}", query(&project))).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let schedules: Vec<Schedule> = serde_json::from_value(list["schedules"].clone()).context("reading the schedules")?;
+            print_table(&SCHEDULE_HEADER, &schedule_rows(&schedules));
+        }
+        ScheduleCommand::Inspect { id, json } => {
+            let s: Value = client.get(&format!("/v1/schedules/{}", encode(&id))).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let s: Schedule = serde_json::from_value(s).context("reading the schedule")?;
+            print_table(&SCHEDULE_HEADER, &schedule_rows(std::slice::from_ref(&s)));
+            if let Some(task) = &s.last_task {
+                println!("\nLast task:   {task} ({})", s.last_fired_at.map_or("-".into(), |t| t.to_rfc3339()));
+            }
+            println!("Overlap:     {:?}, catch up: {:?}", s.spec.overlap, s.spec.catch_up);
+            println!("Task:        {}", safe(&Value::Object(s.spec.task.clone()).to_string()));
+        }
+        ScheduleCommand::Pause { id } => change(client, &id, "pause").await?,
+        ScheduleCommand::Resume { id } => change(client, &id, "resume").await?,
+        ScheduleCommand::Rm { id } => {
+            let s: Schedule = client.send(reqwest::Method::DELETE, &format!("/v1/schedules/{}", encode(&id)), &json!({})).await?;
+            println!("schedule {} {}", s.id, s.state.as_str());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn change(client: &Client, id: &str, action: &str) -> Result<()> {
+    let s: Schedule = client.post(&format!("/v1/schedules/{}/{action}", encode(id)), &json!({})).await?;
+    println!("schedule {} {}", s.id, s.state.as_str());
+    Ok(())
+}

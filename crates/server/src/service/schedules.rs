@@ -1,0 +1,249 @@
+//! Schedules: create, read, list, pause, resume, cancel, and the leader's
+//! loop that fires their due slots.
+//!
+//! Firing a slot is one store transaction ([`Store::fire_schedule`]): the
+//! slot's task is inserted and the schedule's next slot moved on only if
+//! the next slot is still the one this server read, under the leader's
+//! lease. So each slot fires once, across restarts and leader changes: a
+//! server that dies before the commit left nothing, one that dies after it
+//! left the slot moved on.
+
+use super::codes::project_of;
+use super::tasks::{audit_entry, TaskError, TaskService};
+use crate::auth::Caller;
+use crate::leader::Leadership;
+use shepherd_core::schedule::due;
+use shepherd_core::{FieldError, Schedule, ScheduleSpec, ScheduleState, TaskSpec, Timestamp};
+use shepherd_store::{ScheduleFiring, Store, StoreError};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{watch, Notify};
+
+/// The label each task a schedule creates carries: the schedule's id.
+pub const SCHEDULE_LABEL: &str = "shepherd.schedule";
+
+/// Schedule operations, and what firing needs.
+pub struct ScheduleService {
+    pub store: Arc<dyn Store>,
+    pub tasks: Arc<TaskService>,
+    /// Wakes the firing loop when a schedule is created or resumed.
+    pub wakeup: Arc<Notify>,
+    ids: std::sync::Mutex<ulid::Generator>,
+}
+
+impl ScheduleService {
+    /// The service over a store and the task service that makes its tasks.
+    pub fn new(store: Arc<dyn Store>, tasks: Arc<TaskService>) -> ScheduleService {
+        ScheduleService { store, tasks, wakeup: Arc::new(Notify::new()), ids: std::sync::Mutex::new(ulid::Generator::new()) }
+    }
+
+    /// Checks a schedule (its timing, and that its task would be accepted
+    /// now) and stores it with its first slot.
+    pub async fn create(&self, caller: &Caller, mut spec: ScheduleSpec) -> Result<Schedule, TaskError> {
+        let task_project = spec.task.get("project").and_then(|p| p.as_str()).map(str::to_string);
+        let asked = Some(spec.project.clone()).filter(|p| !p.is_empty()).or(task_project.clone());
+        spec.project = project_of(caller, asked.as_deref())?;
+        if task_project.as_ref().is_some_and(|p| *p != spec.project) {
+            return Err(FieldError::new("task.project", format!("must be the schedule's project `{}`", spec.project)).into());
+        }
+        spec.task.insert("project".into(), spec.project.clone().into());
+        let now = Timestamp::now();
+        let slots = spec.slots(now)?;
+        // The task as it would be made now: refused here rather than at every slot.
+        let owner = Caller::Schedule { project: spec.project.clone(), id: "new".into() };
+        let made = self.make_task(&owner, &spec).await.map_err(|e| match e {
+            TaskError::Invalid(e) => TaskError::Invalid(e.within("task")),
+            other => other,
+        })?;
+        self.tasks.check(&owner, vec![made]).map_err(|e| match e {
+            TaskError::Invalid(e) => TaskError::Invalid(e.within("task")),
+            other => other,
+        })?;
+        let next_at = spec.first_slot(&slots, now);
+        let id = {
+            let mut ids = self.ids.lock().unwrap_or_else(|p| p.into_inner());
+            shepherd_core::TaskId::generate(&mut ids, now).to_string()
+        };
+        let schedule = Schedule {
+            id,
+            state: if next_at.is_some() { ScheduleState::Active } else { ScheduleState::Done },
+            created_at: now,
+            next_at,
+            fired: 0,
+            skipped: 0,
+            last_task: None,
+            last_fired_at: None,
+            spec,
+        };
+        self.store.create_schedule(schedule.clone()).await?;
+        self.audit(caller, &schedule, "schedule.create").await;
+        self.wakeup.notify_one();
+        Ok(schedule)
+    }
+
+    /// One schedule the caller may see.
+    pub async fn get(&self, caller: &Caller, id: &str) -> Result<Schedule, TaskError> {
+        match self.store.get_schedule(id).await? {
+            Some(s) if caller.can_access(&s.spec.project) => Ok(s),
+            _ => Err(TaskError::Missing(format!("schedule {id}"))),
+        }
+    }
+
+    /// The caller's project's schedules (the admin's: of `project`, or all).
+    pub async fn list(&self, caller: &Caller, project: Option<&str>) -> Result<Vec<Schedule>, TaskError> {
+        let project = match (caller.project(), project) {
+            (None, None) => None,
+            _ => Some(project_of(caller, project)?),
+        };
+        Ok(self.store.list_schedules(project).await?)
+    }
+
+    /// Pauses: no slot fires until resumed.
+    pub async fn pause(&self, caller: &Caller, id: &str) -> Result<Schedule, TaskError> {
+        let s = self.get(caller, id).await?;
+        if s.state != ScheduleState::Active {
+            return Err(TaskError::Conflict(format!("schedule {id} is {}, not active", s.state.as_str())));
+        }
+        self.store.set_schedule_state(id, ScheduleState::Paused, None).await?;
+        self.audit(caller, &s, "schedule.pause").await;
+        self.get(caller, id).await
+    }
+
+    /// Resumes from now: slots that passed while paused do not fire.
+    pub async fn resume(&self, caller: &Caller, id: &str) -> Result<Schedule, TaskError> {
+        let s = self.get(caller, id).await?;
+        if s.state != ScheduleState::Paused {
+            return Err(TaskError::Conflict(format!("schedule {id} is {}, not paused", s.state.as_str())));
+        }
+        let now = Timestamp::now();
+        let slots = s.spec.slots(s.created_at)?;
+        let next = slots.after(now.minus(Duration::from_millis(1))).filter(|_| s.spec.run_times.is_none_or(|max| s.fired < max));
+        let state = if next.is_some() { ScheduleState::Active } else { ScheduleState::Done };
+        self.store.set_schedule_state(id, state, next).await?;
+        self.audit(caller, &s, "schedule.resume").await;
+        self.wakeup.notify_one();
+        self.get(caller, id).await
+    }
+
+    /// Cancels for good (kept, as `cancelled`, for the record).
+    pub async fn cancel(&self, caller: &Caller, id: &str) -> Result<Schedule, TaskError> {
+        let s = self.get(caller, id).await?;
+        if !self.store.set_schedule_state(id, ScheduleState::Cancelled, None).await? {
+            return Err(TaskError::Conflict(format!("schedule {id} is already cancelled")));
+        }
+        self.audit(caller, &s, "schedule.cancel").await;
+        self.get(caller, id).await
+    }
+
+    async fn audit(&self, caller: &Caller, s: &Schedule, action: &str) {
+        if let Err(e) = self.store.append_audit(vec![audit_entry(caller, Some(&s.spec.project), action, &s.id, None)]).await {
+            tracing::error!(error = %e, schedule = %s.id, "could not write the audit log");
+        }
+    }
+
+    /// The task one slot creates: the template, a code laid under it.
+    async fn make_task(&self, owner: &Caller, spec: &ScheduleSpec) -> Result<TaskSpec, TaskError> {
+        let bytes = serde_json::to_vec(&spec.task).map_err(|e| FieldError::new("task", e.to_string()))?;
+        let decoded: TaskSpec = shepherd_core::decode_json(&bytes).map_err(|e| FieldError::new(e.field, e.message))?;
+        let object = spec.task.clone();
+        let mut made = self.tasks.expand_codes(owner, vec![decoded], &|_| Some(object.clone()), &|_| String::new()).await?;
+        made.pop().ok_or_else(|| FieldError::new("task", "no task").into())
+    }
+
+    /// Fires what is due at `now`; the number of tasks created. Leader only.
+    pub async fn fire_due(&self, now: Timestamp, leadership: &Leadership) -> Result<usize, StoreError> {
+        let mut created = 0;
+        for schedule in self.store.due_schedules(now, 100).await? {
+            let Some(lease) = leadership.lease() else { break };
+            created += self.fire_one(&schedule, now, &lease).await?;
+        }
+        Ok(created)
+    }
+
+    async fn fire_one(&self, s: &Schedule, now: Timestamp, lease: &shepherd_store::Lease) -> Result<usize, StoreError> {
+        let Some(expected) = s.next_at else { return Ok(0) };
+        let firing = |next, skipped, tasks, audit| ScheduleFiring {
+            id: s.id.clone(),
+            expected_next: expected,
+            next,
+            skipped,
+            tasks,
+            audit,
+            at: now,
+        };
+        let slots = match s.spec.slots(s.created_at) {
+            Ok(slots) => slots,
+            Err(e) => {
+                tracing::error!(schedule = %s.id, error = %e, "a stored schedule no longer parses; it is stopped");
+                self.store.fire_schedule(firing(None, 0, Vec::new(), Vec::new()), lease).await?;
+                return Ok(0);
+            }
+        };
+        let running = match &s.last_task {
+            Some(id) => match id.parse() {
+                Ok(id) => self.store.get_task(id).await?.is_some_and(|t| !t.state.is_terminal()),
+                Err(_) => false,
+            },
+            None => false,
+        };
+        let decision = due(&s.spec, &slots, expected, now, s.fired, running);
+        let owner = Caller::Schedule { project: s.spec.project.clone(), id: s.id.clone() };
+        let (mut tasks, mut audit, mut skipped) = (Vec::new(), Vec::new(), decision.skipped);
+        if !decision.fire.is_empty() {
+            match self.slot_tasks(&owner, s, decision.fire.len()).await {
+                Ok((made, lines)) => (tasks, audit) = (made, lines),
+                Err(e) => {
+                    // The task cannot be made now (its code deleted, the
+                    // project's queue full): the slots pass, counted.
+                    tracing::warn!(schedule = %s.id, error = %e, "schedule slots skipped");
+                    skipped += decision.fire.len() as u32;
+                }
+            }
+        }
+        let fired = tasks.len();
+        let wrote = self.store.fire_schedule(firing(decision.next, skipped, tasks, audit), lease).await?;
+        if wrote && fired > 0 {
+            self.tasks.wakeup.notify_one();
+            tracing::info!(schedule = %s.id, tasks = fired, skipped, "schedule fired");
+        }
+        Ok(if wrote { fired } else { 0 })
+    }
+
+    async fn slot_tasks(
+        &self,
+        owner: &Caller,
+        s: &Schedule,
+        n: usize,
+    ) -> Result<(Vec<shepherd_core::NewTask>, Vec<shepherd_store::AuditEntry>), TaskError> {
+        let mut spec = self.make_task(owner, &s.spec).await?;
+        spec.labels.insert(SCHEDULE_LABEL.into(), s.id.clone());
+        self.tasks.prepare_new(owner, vec![spec; n]).await
+    }
+
+    /// The firing loop: while this server leads, fires due slots, sleeping
+    /// until the next one (at most a second, so schedules created through
+    /// other servers are seen).
+    pub async fn run(self: Arc<Self>, leadership: Leadership, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            if leadership.is_leader() {
+                if let Err(e) = self.fire_due(Timestamp::now(), &leadership).await {
+                    if crate::leader::fenced(&e) {
+                        leadership.step_down();
+                    } else {
+                        tracing::warn!(error = %e, "firing schedules failed");
+                    }
+                }
+            }
+            let mut wait = Duration::from_secs(1);
+            if let Ok(Some(next)) = self.store.next_schedule_at().await {
+                let until = Duration::from_millis(next.millis().saturating_sub(Timestamp::now().millis()).max(0) as u64);
+                wait = wait.min(until.max(Duration::from_millis(5)));
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.wakeup.notified() => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}

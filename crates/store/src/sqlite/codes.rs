@@ -1,0 +1,202 @@
+//! Codes and schedules in SQLite: plain functions over a connection, run on
+//! the writer thread (writes) or a reader (reads).
+
+use crate::{CodeLimit, ScheduleFiring, StoreError};
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use shepherd_core::{Code, CodeSpec, Schedule, ScheduleSpec, ScheduleState, Timestamp};
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("{what}: {e}"))
+}
+
+/// `revision, created_at, rolled_back_from, spec` as a code.
+fn code_from(row: &Row<'_>) -> Result<Code, StoreError> {
+    let spec: CodeSpec = serde_json::from_str(&row.get::<_, String>(3)?).map_err(|e| corrupt("code spec", e))?;
+    Ok(Code {
+        revision: u32::try_from(row.get::<_, i64>(0)?).map_err(|e| corrupt("code revision", e))?,
+        created_at: Timestamp(row.get(1)?),
+        rolled_back_from: row.get::<_, Option<i64>>(2)?.and_then(|r| u32::try_from(r).ok()),
+        spec,
+    })
+}
+
+pub fn push_code(conn: &Connection, project: &str, mut spec: CodeSpec, at: Timestamp, from: Option<u32>) -> Result<Code, StoreError> {
+    spec.project = project.to_string();
+    let max = spec.max_concurrency.map(i64::from);
+    let revision: i64 = conn
+        .prepare_cached(
+            "INSERT INTO codes (project, name, latest, live, max_concurrency) VALUES (?1, ?2, 1, 1, ?3) \
+             ON CONFLICT (project, name) DO UPDATE SET latest = codes.latest + 1, live = 1, max_concurrency = excluded.max_concurrency \
+             RETURNING latest",
+        )?
+        .query_row(params![project, spec.name, max], |row| row.get(0))?;
+    let text = serde_json::to_string(&spec).map_err(|e| corrupt("code spec", e))?;
+    conn.prepare_cached(
+        "INSERT INTO code_revisions (project, name, revision, created_at, rolled_back_from, spec) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![project, spec.name, revision, at.millis(), from.map(i64::from), text])?;
+    Ok(Code { revision: revision as u32, created_at: at, rolled_back_from: from, spec })
+}
+
+pub fn get_code(conn: &Connection, project: &str, name: &str, revision: Option<u32>) -> Result<Option<Code>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT r.revision, r.created_at, r.rolled_back_from, r.spec FROM codes c \
+         JOIN code_revisions r ON r.project = c.project AND r.name = c.name AND r.revision = COALESCE(?3, c.latest) \
+         WHERE c.project = ?1 AND c.name = ?2 AND c.live = 1",
+    )?;
+    let mut rows = stmt.query(params![project, name, revision.map(i64::from)])?;
+    rows.next()?.map(code_from).transpose()
+}
+
+pub fn list_codes(conn: &Connection, project: Option<&str>) -> Result<Vec<Code>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT r.revision, r.created_at, r.rolled_back_from, r.spec FROM codes c \
+         JOIN code_revisions r ON r.project = c.project AND r.name = c.name AND r.revision = c.latest \
+         WHERE c.live = 1 AND (?1 IS NULL OR c.project = ?1) ORDER BY c.project, c.name",
+    )?;
+    let mut rows = stmt.query(params![project])?;
+    let mut codes = Vec::new();
+    while let Some(row) = rows.next()? {
+        codes.push(code_from(row)?);
+    }
+    Ok(codes)
+}
+
+pub fn code_revisions(conn: &Connection, project: &str, name: &str) -> Result<Vec<Code>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT r.revision, r.created_at, r.rolled_back_from, r.spec FROM codes c \
+         JOIN code_revisions r ON r.project = c.project AND r.name = c.name \
+         WHERE c.project = ?1 AND c.name = ?2 AND c.live = 1 ORDER BY r.revision DESC",
+    )?;
+    let mut rows = stmt.query(params![project, name])?;
+    let mut codes = Vec::new();
+    while let Some(row) = rows.next()? {
+        codes.push(code_from(row)?);
+    }
+    Ok(codes)
+}
+
+pub fn delete_code(conn: &Connection, project: &str, name: &str) -> Result<bool, StoreError> {
+    Ok(conn.prepare_cached("UPDATE codes SET live = 0 WHERE project = ?1 AND name = ?2 AND live = 1")?.execute(params![project, name])? > 0)
+}
+
+pub fn code_limits(conn: &Connection) -> Result<Vec<CodeLimit>, StoreError> {
+    let mut stmt =
+        conn.prepare_cached("SELECT project, name, max_concurrency FROM codes WHERE live = 1 AND max_concurrency IS NOT NULL")?;
+    let limits = stmt
+        .query_map([], |row| {
+            Ok(CodeLimit { project: row.get(0)?, name: row.get(1)?, max: row.get::<_, i64>(2)?.clamp(0, u32::MAX.into()) as u32 })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(limits)
+}
+
+const SCHEDULE_COLUMNS: &str = "id, spec, created_at, state, next_at, fired, skipped, last_task, last_fired_at";
+
+fn schedule_from(row: &Row<'_>) -> Result<Schedule, StoreError> {
+    let spec: ScheduleSpec = serde_json::from_str(&row.get::<_, String>(1)?).map_err(|e| corrupt("schedule spec", e))?;
+    let state: String = row.get(3)?;
+    Ok(Schedule {
+        id: row.get(0)?,
+        created_at: Timestamp(row.get(2)?),
+        state: ScheduleState::parse(&state).ok_or_else(|| corrupt("schedule state", &state))?,
+        next_at: row.get::<_, Option<i64>>(4)?.map(Timestamp),
+        fired: row.get::<_, i64>(5)?.clamp(0, u32::MAX.into()) as u32,
+        skipped: row.get::<_, i64>(6)?.clamp(0, u32::MAX.into()) as u32,
+        last_task: row.get(7)?,
+        last_fired_at: row.get::<_, Option<i64>>(8)?.map(Timestamp),
+        spec,
+    })
+}
+
+fn schedules(conn: &Connection, sql: &str, args: impl rusqlite::Params) -> Result<Vec<Schedule>, StoreError> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let mut rows = stmt.query(args)?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push(schedule_from(row)?);
+    }
+    Ok(out)
+}
+
+pub fn create_schedule(conn: &Connection, s: &Schedule) -> Result<(), StoreError> {
+    let spec = serde_json::to_string(&s.spec).map_err(|e| corrupt("schedule spec", e))?;
+    conn.prepare_cached(
+        "INSERT INTO schedules (id, project, spec, created_at, state, next_at, fired, skipped, last_task, last_fired_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?
+    .execute(params![
+        s.id,
+        s.spec.project,
+        spec,
+        s.created_at.millis(),
+        s.state.as_str(),
+        s.next_at.map(Timestamp::millis),
+        s.fired,
+        s.skipped,
+        s.last_task,
+        s.last_fired_at.map(Timestamp::millis)
+    ])?;
+    Ok(())
+}
+
+pub fn get_schedule(conn: &Connection, id: &str) -> Result<Option<Schedule>, StoreError> {
+    Ok(schedules(conn, &format!("SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE id = ?1"), params![id])?.pop())
+}
+
+pub fn list_schedules(conn: &Connection, project: Option<&str>) -> Result<Vec<Schedule>, StoreError> {
+    schedules(
+        conn,
+        &format!("SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE ?1 IS NULL OR project = ?1 ORDER BY created_at, id"),
+        params![project],
+    )
+}
+
+pub fn set_schedule_state(conn: &Connection, id: &str, state: ScheduleState, next_at: Option<Timestamp>) -> Result<bool, StoreError> {
+    Ok(conn.prepare_cached("UPDATE schedules SET state = ?2, next_at = ?3 WHERE id = ?1 AND state <> 'cancelled'")?.execute(params![
+        id,
+        state.as_str(),
+        next_at.map(Timestamp::millis)
+    ])? > 0)
+}
+
+pub fn due_schedules(conn: &Connection, now: Timestamp, limit: usize) -> Result<Vec<Schedule>, StoreError> {
+    schedules(
+        conn,
+        &format!("SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE state = 'active' AND next_at <= ?1 ORDER BY next_at LIMIT ?2"),
+        params![now.millis(), limit as i64],
+    )
+}
+
+pub fn next_schedule_at(conn: &Connection) -> Result<Option<Timestamp>, StoreError> {
+    let at: Option<i64> = conn
+        .prepare_cached("SELECT MIN(next_at) FROM schedules WHERE state = 'active'")?
+        .query_row([], |row| row.get(0))
+        .optional()?
+        .flatten();
+    Ok(at.map(Timestamp))
+}
+
+/// Moves the schedule on if it is still where the firing expects; false if not.
+pub fn advance_schedule(conn: &Connection, f: &ScheduleFiring) -> Result<bool, StoreError> {
+    let state = if f.next.is_some() { ScheduleState::Active } else { ScheduleState::Done };
+    let last = f.tasks.last().map(|t| t.id.to_string());
+    let fired = f.tasks.len() as i64;
+    let changed = conn
+        .prepare_cached(
+            "UPDATE schedules SET next_at = ?3, state = ?4, fired = fired + ?5, skipped = skipped + ?6, \
+             last_task = COALESCE(?7, last_task), last_fired_at = CASE WHEN ?5 > 0 THEN ?8 ELSE last_fired_at END \
+             WHERE id = ?1 AND state = 'active' AND next_at = ?2",
+        )?
+        .execute(params![
+            f.id,
+            f.expected_next.millis(),
+            f.next.map(Timestamp::millis),
+            state.as_str(),
+            fired,
+            i64::from(f.skipped),
+            last,
+            f.at.millis()
+        ])?;
+    Ok(changed > 0)
+}
