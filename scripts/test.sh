@@ -41,6 +41,15 @@ cargo build --workspace --all-targets
 RUSTFLAGS="-C target-feature=+crt-static" cargo build -p shepherd-runner --release --target x86_64-unknown-linux-gnu
 SHEPHERD_RUNNER_STATIC="$PWD/target/x86_64-unknown-linux-gnu/release/shepherd-runner"
 export SHEPHERD_RUNNER_STATIC
+# IronWorker's own Python client, pinned, for the compatibility test.
+iron_venv="$PWD/target/iron-venv"
+if ! "$iron_venv/bin/python" -c 'import iron_worker' >/dev/null 2>&1; then
+    echo "test.sh: installing the iron_worker Python client" >&2
+    python3 -m venv "$iron_venv"
+    "$iron_venv/bin/pip" install -q iron-worker==1.3.8 iron-core==1.2.1
+fi
+SHEPHERD_TEST_PYTHON="$iron_venv/bin/python"
+export SHEPHERD_TEST_PYTHON
 cargo nextest run --workspace --profile "$profile" "$@"
 # A short bounded fuzz run of request decoding and the constraint parser.
 bash scripts/fuzz.sh

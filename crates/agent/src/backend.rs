@@ -58,6 +58,8 @@ pub trait Backend: Send + Sync + 'static {
     /// How much of an attempt's output is stored, per stream (an adopted
     /// attempt's output goes on from there).
     async fn captured(&self, id: TaskId, attempt: u32) -> Result<Captured, BackendError>;
+    /// The code package (zip bytes) of a task assigned to this node.
+    async fn package(&self, id: TaskId) -> Result<Vec<u8>, BackendError>;
 }
 
 /// An in-memory cluster, for fast tests of the agent and of anything that
@@ -78,6 +80,7 @@ pub mod memory {
     #[derive(Default)]
     struct State {
         reports: Vec<(TaskId, Event)>,
+        packages: HashMap<TaskId, Vec<u8>>,
         refused: HashSet<TaskId>,
         logs: Vec<LogChunk>,
         assigned: Vec<AssignedAttempt>,
@@ -110,6 +113,11 @@ pub mod memory {
         }
 
         /// A launch spec the agent may fetch.
+        /// Gives a task's package.
+        pub fn add_package(&self, task: TaskId, zip: Vec<u8>) {
+            self.lock().packages.insert(task, zip);
+        }
+
         pub fn add_launch(&self, launch: LaunchSpec) {
             self.lock().launches.insert(launch.id, launch);
         }
@@ -152,6 +160,10 @@ pub mod memory {
                 }
             }
             Ok(captured)
+        }
+
+        async fn package(&self, id: TaskId) -> Result<Vec<u8>, BackendError> {
+            self.lock().packages.get(&id).cloned().ok_or(BackendError::Refused { status: 404, body: "no package".into() })
         }
     }
 }

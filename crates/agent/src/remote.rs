@@ -86,6 +86,20 @@ impl Backend for HttpBackend {
     async fn assigned(&self, _node_id: &str) -> Result<Vec<AssignedAttempt>, BackendError> {
         self.send(self.request(reqwest::Method::GET, "/v1/agent/assigned")).await
     }
+
+    async fn package(&self, id: TaskId) -> Result<Vec<u8>, BackendError> {
+        let response = self
+            .request(reqwest::Method::GET, &format!("/v1/agent/tasks/{id}/package"))
+            .send()
+            .await
+            .map_err(|e| BackendError::Unreachable(e.to_string()))?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = response.text().await.unwrap_or_default();
+            return Err(BackendError::Refused { status: status.as_u16(), body });
+        }
+        Ok(response.bytes().await.map_err(|e| BackendError::BadAnswer(e.to_string()))?.to_vec())
+    }
 }
 
 /// How a remote agent joins.

@@ -402,9 +402,27 @@ enum StartError {
     Secrets(std::io::Error),
     #[error("secret `{name}` no longer exists in project `{project}`")]
     SecretGone { name: String, project: String },
+    #[error("the task's code package: {0}")]
+    Package(String),
     /// The driver's own reason (bad command, missing image, ...).
     #[error("{0}")]
     Driver(String),
+}
+
+/// The directory holding a task's code package, unpacked (fetched from the
+/// cluster the first time this node needs it).
+async fn unpacked_package(inner: &Inner, task_id: TaskId, digest: &str) -> Result<std::path::PathBuf, StartError> {
+    let cache = inner.config.work_dir.with_file_name("packages");
+    let dir = cache.join(digest);
+    if tokio::fs::metadata(&dir).await.is_ok_and(|m| m.is_dir()) {
+        return Ok(dir);
+    }
+    let zip = inner.backend.package(task_id).await.map_err(|e| StartError::Package(e.to_string()))?;
+    let digest = digest.to_string();
+    tokio::task::spawn_blocking(move || crate::package::unpack(&zip, &digest, &cache))
+        .await
+        .map_err(|e| StartError::Package(e.to_string()))?
+        .map_err(|e| StartError::Package(e.to_string()))
 }
 
 /// A started attempt: its handle and its output.
@@ -434,7 +452,13 @@ async fn start(
         }
         None => None,
     };
-    let warm_key = shepherd_core::shape::warm_key(&launch.spec);
+    let package_dir = match &launch.spec.package {
+        Some(package) => Some(unpacked_package(inner, task_id, &package.digest).await?),
+        None => None,
+    };
+    // A package is mounted into a container of its own: such tasks run cold.
+    let reuse = launch.spec.reuse.filter(|_| package_dir.is_none());
+    let warm_key = shepherd_core::shape::warm_key(&launch.spec).filter(|_| package_dir.is_none());
     let mut env = launch.spec.env;
     let secrets_dir = if launch.spec.secrets.is_empty() {
         None
@@ -466,9 +490,10 @@ async fn start(
         work_dir: work_dir.to_path_buf(),
         payload_file,
         warm_key,
-        reuse: launch.spec.reuse,
+        reuse,
         project: launch.spec.project,
         secrets_dir,
+        package_dir,
     };
     tracing::debug!(?spec, "starting attempt");
     let (tx, rx) = mpsc::channel(64);

@@ -70,6 +70,7 @@ pub fn attempt_spec(image: &str) -> AttemptSpec {
         secrets_dir: None,
         reuse: None,
         warm_key: None,
+        package_dir: None,
     }
 }
 

@@ -78,6 +78,20 @@ pub struct ServerFlags {
     /// leader is gone, another takes over within this long.
     #[arg(long, default_value = "5s", value_parser = positive_duration)]
     leader_lease: Duration,
+    /// An IronWorker stack: the image that runs code packages uploaded for
+    /// runtime NAME, e.g. `--stack sh=busybox --stack python=python:3.12`
+    /// (repeatable).
+    #[arg(long = "stack", value_name = "NAME=IMAGE", value_parser = parse_stack)]
+    stacks: Vec<(String, String)>,
+}
+
+fn parse_stack(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, image)) if !name.is_empty() && shepherd_core::reference::check_image_reference(image).is_ok() => {
+            Ok((name.to_string(), image.to_string()))
+        }
+        _ => Err(format!("`{text}`: use NAME=IMAGE, e.g. sh=busybox")),
+    }
 }
 
 /// `--store`: the embedded SQLite, or a PostgreSQL URL.
@@ -210,6 +224,7 @@ async fn run_cluster(server: ServerFlags, node: Option<&NodeFlags>, write_cli_co
         admin_token: admin_token.clone(),
         request_timeout: server.request_timeout,
         leader_lease: server.leader_lease,
+        stacks: server.stacks.iter().cloned().collect(),
         serve_limits: shepherd_server::serve::ServeLimits {
             max_connections: server.max_connections as usize,
             header_timeout: server.header_timeout,

@@ -18,6 +18,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 
+/// The label every task made from a code carries: the code's name.
+pub const CODE_LABEL: &str = "shepherd.code";
+
 /// The most tasks of one code that may be limited to run at once.
 pub const MAX_CONCURRENCY: u32 = 100_000;
 
@@ -84,6 +87,65 @@ pub struct CodeSpec {
     /// Free text for people.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// The zip package its tasks run (uploaded through the IronWorker API
+    /// or `shepherd code push --zip`); then `image` is the runtime's stack
+    /// and `command` runs the package's executable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub package: Option<PackageRef>,
+}
+
+/// A zip package of a code: stored by its SHA-256 per project, unpacked
+/// read-only at `/task` for the code's tasks, whose command runs
+/// `executable` the way IronWorker ran workers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PackageRef {
+    /// SHA-256 of the zip, in lowercase hex.
+    pub digest: String,
+    /// The zip's size in bytes.
+    pub size: u64,
+    /// The runtime it was uploaded for (`sh`, `python`, `binary`, …): which
+    /// image (the server's `--stack`) and interpreter run it.
+    pub runtime: String,
+    /// The file in the package that is run, relative to its root.
+    pub executable: String,
+}
+
+impl PackageRef {
+    /// Whether `digest` is a SHA-256 in lowercase hex.
+    pub fn is_digest(digest: &str) -> bool {
+        digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    }
+
+    /// The interpreter of a runtime (none: the executable runs itself).
+    pub fn interpreter(runtime: &str) -> Option<&'static str> {
+        match runtime {
+            "binary" | "exec" => None,
+            "bash" => Some("bash"),
+            "python" | "python3" => Some("python3"),
+            "python2" => Some("python"),
+            "ruby" => Some("ruby"),
+            "node" | "nodejs" => Some("node"),
+            "php" => Some("php"),
+            "java" => Some("java -jar"),
+            _ => Some("sh"),
+        }
+    }
+
+    /// The command that runs the package as IronWorker ran workers:
+    /// `INTERPRETER EXECUTABLE -payload FILE -id TASK_ID -d DIR`, through
+    /// `sh -c` so the task's own paths come from its environment.
+    pub fn command(&self) -> Vec<String> {
+        let quoted = self.executable.replace('\'', "'\\''");
+        let run = match Self::interpreter(&self.runtime) {
+            Some(interpreter) => format!("{interpreter} \"$SHEPHERD_TASK_DIR\"/'{quoted}'"),
+            None => format!("\"$SHEPHERD_TASK_DIR\"/'{quoted}'"),
+        };
+        let script = format!(
+            "cd \"$SHEPHERD_TASK_DIR\" && exec {run} -payload \"${{SHEPHERD_PAYLOAD_FILE:-/dev/null}}\" -id \"$SHEPHERD_TASK_ID\" -d \"$SHEPHERD_TASK_DIR\" \"$@\""
+        );
+        vec!["sh".into(), "-c".into(), script, "worker".into()]
+    }
 }
 
 /// One revision of a code, as stored and shown.
@@ -153,6 +215,9 @@ impl CodeSpec {
         if let Some(reuse) = self.reuse {
             put("reuse", serde_json::json!(reuse));
         }
+        if let Some(package) = &self.package {
+            put("package", serde_json::json!(package));
+        }
         template
     }
 
@@ -168,6 +233,18 @@ impl CodeSpec {
         if let Some(max) = self.max_concurrency {
             if !(1..=MAX_CONCURRENCY).contains(&max) {
                 return Err(FieldError::new("max_concurrency", format!("must be between 1 and {MAX_CONCURRENCY}")));
+            }
+        }
+        if let Some(package) = &self.package {
+            if !PackageRef::is_digest(&package.digest) {
+                return Err(FieldError::new("package.digest", "must be a SHA-256 in lowercase hex"));
+            }
+            let bad = package.executable.is_empty()
+                || package.executable.starts_with('/')
+                || package.executable.split('/').any(|part| part == "..")
+                || package.executable.contains('\0');
+            if bad {
+                return Err(FieldError::new("package.executable", "must be a relative path inside the package"));
             }
         }
         if self.description.as_ref().is_some_and(|d| d.len() > 4096) {
@@ -201,6 +278,14 @@ pub fn lay_over(code: &Code, request: &Map<String, Value>) -> Map<String, Value>
     }
     task.insert("code".into(), Value::String(code.spec.name.clone()));
     task.insert("code_revision".into(), Value::from(code.revision));
+    match task.get_mut("labels") {
+        Some(Value::Object(labels)) => {
+            labels.insert(CODE_LABEL.into(), Value::String(code.spec.name.clone()));
+        }
+        _ => {
+            task.insert("labels".into(), serde_json::json!({ CODE_LABEL: code.spec.name }));
+        }
+    }
     task
 }
 
@@ -229,7 +314,8 @@ mod tests {
         assert_eq!(spec.env.get("A").map(String::as_str), Some("code"));
         assert_eq!(spec.env.get("B").map(String::as_str), Some("task"));
         assert_eq!(spec.env.get("C").map(String::as_str), Some("task"));
-        assert_eq!(spec.labels.len(), 2);
+        assert_eq!(spec.labels.len(), 3);
+        assert_eq!(spec.labels.get(CODE_LABEL).map(String::as_str), Some("resize"));
         // Set to the default explicitly: still the request's.
         assert_eq!(spec.timeout_seconds, 3600);
         assert_eq!(spec.retry.max_attempts, 3);

@@ -26,7 +26,7 @@ pub mod tenant;
 pub mod time;
 pub mod validate;
 
-pub use code::{Code, CodeRef, CodeSpec};
+pub use code::{Code, CodeRef, CodeSpec, PackageRef};
 pub use constraint::{Constraint, ConstraintError, Operator};
 pub use decode::{decode_json, DecodeError};
 pub use launch::{LaunchSpec, LogChunk, LogStream};
@@ -35,8 +35,8 @@ pub use node::{IllegalNodeEvent, NodeEvent, NodeState};
 pub use schedule::{CatchUp, Overlap, Schedule, ScheduleSpec, ScheduleState};
 pub use state::TaskState;
 pub use task::{
-    AntiAffinitySpec, Attempt, AttemptOutcome, AttemptRuntime, NewTask, PullPolicy, Resources, RetryPolicy, ReusePolicy, Task, TaskId,
-    TaskSpec,
+    AntiAffinitySpec, Attempt, AttemptOutcome, AttemptRuntime, NewTask, Progress, PullPolicy, Resources, RetryPolicy, ReusePolicy, Task,
+    TaskId, TaskSpec,
 };
 pub use tenant::{is_env_name, is_project_name, is_secret_name, ProjectLimits, SecretRef};
 pub use time::Timestamp;

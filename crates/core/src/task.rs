@@ -256,6 +256,11 @@ pub struct TaskSpec {
     /// to the revision the task was made from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub code_revision: Option<u32>,
+    /// A code package (a zip uploaded to the project, by its SHA-256)
+    /// unpacked read-only at `/task` (`$SHEPHERD_TASK_DIR`). Set from a
+    /// code that has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub package: Option<crate::code::PackageRef>,
 }
 
 impl TaskSpec {
@@ -299,6 +304,7 @@ impl TaskSpec {
             start_at: None,
             code: None,
             code_revision: None,
+            package: None,
         }
     }
 }
@@ -410,6 +416,17 @@ pub struct AttemptRuntime {
     pub warm: bool,
 }
 
+/// A task's own report of how far it got.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Progress {
+    /// 0 to 100.
+    pub percent: u8,
+    /// At most 1000 bytes.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+}
+
 /// A task as Shepherd reports it: `GET /v1/tasks/{id}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Task {
@@ -449,6 +466,9 @@ pub struct Task {
     /// The code (and its revision) the task was made from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub code: Option<crate::code::CodeRef>,
+    /// What the task last said of its progress (`POST /v1/tasks/{id}/progress`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Progress>,
     #[schema(value_type = String, format = DateTime)]
     pub created_at: Timestamp,
     #[schema(value_type = Option<String>, format = DateTime)]
@@ -500,6 +520,7 @@ impl Task {
             start_at,
             reuse: spec.reuse,
             code: spec.code.map(|name| crate::code::CodeRef { name, revision: spec.code_revision.unwrap_or(0) }),
+            progress: None,
             created_at,
             scheduled_at: None,
             started_at: None,

@@ -85,6 +85,9 @@ pub fn validate(mut spec: TaskSpec, limits: &Limits, id: TaskId, now: Timestamp)
     if let Some(code) = &spec.code {
         check(crate::code::is_code_name(code), "code", || format!("`{code}` is not a code name"))?;
     }
+    if let Some(package) = &spec.package {
+        check(crate::code::PackageRef::is_digest(&package.digest), "package.digest", || "must be a SHA-256 in lowercase hex".into())?;
+    }
     check(spec.command.len() <= 1024, "command", || "at most 1024 arguments".into())?;
     for (index, arg) in spec.command.iter().enumerate() {
         check(!arg.contains('\0'), &format!("command[{index}]"), || "must not contain a NUL character".into())?;

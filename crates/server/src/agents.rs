@@ -173,6 +173,21 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/agent/assigned", get(assigned))
         .route("/v1/agent/tasks/{id}/launch", get(launch))
         .route("/v1/agent/tasks/{id}/captured", get(captured))
+        .route("/v1/agent/tasks/{id}/package", get(package))
+}
+
+/// The code package of a task on this node (the zip's bytes).
+async fn package(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    let node = node_of(&state, &headers)?;
+    let id: TaskId = id.parse().map_err(|_| ApiError::not_found("no such task"))?;
+    match state.store.launch_spec(id).await? {
+        Some(launch) if launch.node_id.as_deref() == Some(node.as_str()) => {}
+        _ => return Err(ApiError::not_found("no such task on this node")),
+    }
+    let zip =
+        crate::local_backend::package_of(state.store.as_ref(), id).await?.ok_or_else(|| ApiError::not_found("the task has no package"))?;
+    Ok(([(axum::http::header::CONTENT_TYPE, "application/zip")], zip).into_response())
 }
 
 async fn register(State(state): State<AppState>, headers: HeaderMap, Json(reg): Json<Registration>) -> Result<Json<Registered>, ApiError> {

@@ -230,16 +230,31 @@ pub async fn caller_of(state: &AppState, headers: &axum::http::HeaderMap) -> Res
 
 /// Middleware: authenticates the request, applies the token's rate limit,
 /// and hands the [`Caller`] to the handler as a request extension.
-pub async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
-    let Some(token) = bearer(request.headers()) else {
+pub async fn authenticate(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let Some(token) = bearer(request.headers()).map(str::to_string) else {
         return ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "missing `Authorization: Bearer TOKEN` header").into_response();
     };
+    match admit(&state, &token).await {
+        Ok(caller) => run_as(caller, request, next).await,
+        Err(response) => *response,
+    }
+}
+
+/// Runs the rest of a request as `caller`.
+pub async fn run_as(caller: Caller, mut request: Request, next: Next) -> Response {
+    request.extensions_mut().insert(caller);
+    next.run(request).await
+}
+
+/// The caller a token stands for, after its rate limit; the answer to give
+/// instead (401, 429) if it may not go on.
+pub async fn admit(state: &AppState, token: &str) -> Result<Caller, Box<Response>> {
     let (caller, limits) = match state.auth.identify(state.store.as_ref(), token).await {
         Ok(Some(found)) => found,
         Ok(None) => {
-            return ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "unknown or revoked token").into_response();
+            return Err(Box::new(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "unknown or revoked token").into_response()));
         }
-        Err(e) => return ApiError::from(e).into_response(),
+        Err(e) => return Err(Box::new(ApiError::from(e).into_response())),
     };
     if let (Caller::Project { token_id, .. }, Some(rate)) = (&caller, limits.requests_per_second) {
         if let Err(wait) = state.auth.take(token_id, rate) {
@@ -253,11 +268,10 @@ pub async fn authenticate(State(state): State<AppState>, mut request: Request, n
             if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
                 response.headers_mut().insert("retry-after", value);
             }
-            return response;
+            return Err(Box::new(response));
         }
     }
-    request.extensions_mut().insert(caller);
-    next.run(request).await
+    Ok(caller)
 }
 
 /// How long an ordinary request may take by default, from its headers to

@@ -43,6 +43,8 @@ pub struct ClusterConfig {
     /// The leader's lease (servers sharing a store): a new leader takes over
     /// within this long after the old one is gone.
     pub leader_lease: Duration,
+    /// IronWorker stacks (runtime names) and the images that run them.
+    pub stacks: BTreeMap<String, String>,
 }
 
 impl ClusterConfig {
@@ -71,6 +73,7 @@ impl ClusterConfig {
             request_timeout: Duration::from_secs(30),
             serve_limits: crate::serve::ServeLimits::default(),
             leader_lease: Duration::from_secs(5),
+            stacks: BTreeMap::new(),
         }
     }
 }
@@ -293,6 +296,7 @@ impl Cluster {
         let state = AppState {
             codes: Arc::new(crate::service::CodeService { store: dyn_store.clone(), limits: config.limits, engine: config.engine.clone() }),
             schedules,
+            stacks: Arc::new(config.stacks.clone()),
             store: dyn_store,
             tasks,
             scheduler_wakeup: wakeup,

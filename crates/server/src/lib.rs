@@ -12,6 +12,7 @@ pub mod agents;
 pub mod api;
 pub mod auth;
 mod cluster;
+pub mod ironworker;
 pub mod leader;
 pub mod links;
 pub mod liveness;

@@ -102,4 +102,15 @@ impl Backend for StoreBackend {
     async fn captured(&self, id: TaskId, attempt: u32) -> Result<Captured, BackendError> {
         captured_in(self.store.as_ref(), id, attempt).await.map_err(failed)
     }
+
+    async fn package(&self, id: TaskId) -> Result<Vec<u8>, BackendError> {
+        package_of(self.store.as_ref(), id).await.map_err(failed)?.ok_or(BackendError::Refused { status: 404, body: "no package".into() })
+    }
+}
+
+/// The package of a task, from its project's packages.
+pub async fn package_of(store: &dyn Store, id: TaskId) -> Result<Option<Vec<u8>>, StoreError> {
+    let Some(launch) = store.launch_spec(id).await? else { return Ok(None) };
+    let Some(package) = &launch.spec.package else { return Ok(None) };
+    store.get_package(&launch.spec.project, &package.digest).await
 }

@@ -51,8 +51,9 @@ fn every_route_is_documented() {
         "/v1/schedules/{id}",
         "/v1/schedules/{id}/pause",
         "/v1/schedules/{id}/resume",
+        "/v1/tasks/{id}/progress",
     ] {
         assert!(documented.contains(&path), "{path} is routed but not documented");
     }
-    assert_eq!(documented.len(), 27, "documented paths: {documented:?}");
+    assert_eq!(documented.len(), 28, "documented paths: {documented:?}");
 }

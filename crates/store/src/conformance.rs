@@ -650,6 +650,25 @@ pub async fn schedules(store: &dyn Store) {
     assert!(store.fire_schedule(stale, &other).await.unwrap());
 }
 
+/// Packages are kept per project by digest; progress is read back with the task.
+pub async fn packages_and_progress(store: &dyn Store) {
+    let digest = "a".repeat(64);
+    store.put_package("p", &digest, b"zip bytes".to_vec(), Timestamp(1)).await.unwrap();
+    store.put_package("p", &digest, b"zip bytes".to_vec(), Timestamp(2)).await.unwrap();
+    assert_eq!(store.get_package("p", &digest).await.unwrap().as_deref(), Some(&b"zip bytes"[..]));
+    assert_eq!(store.package_size("p", &digest).await.unwrap(), Some(9));
+    assert!(store.get_package("q", &digest).await.unwrap().is_none(), "another project's package is not there");
+    assert!(store.package_size("q", &digest).await.unwrap().is_none());
+    let mut gen = ulid::Generator::new();
+    let task = new_task(&mut gen, spec("p"));
+    store.create_tasks(vec![task.clone()]).await.unwrap();
+    assert!(store.get_task(task.id).await.unwrap().unwrap().progress.is_none());
+    let progress = shepherd_core::Progress { percent: 40, message: "half way".into() };
+    assert!(store.set_progress(task.id, progress.clone()).await.unwrap());
+    assert_eq!(store.get_task(task.id).await.unwrap().unwrap().progress, Some(progress));
+    assert!(!store.set_progress(TaskId(ulid::Ulid::new()), shepherd_core::Progress { percent: 1, message: String::new() }).await.unwrap());
+}
+
 /// Runs every conformance check against fresh stores from `$fixture`, an
 /// async fn returning a [`Fixture`], one `#[tokio::test]` each.
 #[macro_export]
@@ -669,6 +688,7 @@ macro_rules! store_conformance {
         $crate::store_conformance!(@one $fixture, servers_and_messages);
         $crate::store_conformance!(@one $fixture, codes);
         $crate::store_conformance!(@one $fixture, schedules);
+        $crate::store_conformance!(@one $fixture, packages_and_progress);
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn concurrent_writers() {
             let fixture = $fixture().await;

@@ -276,4 +276,17 @@ pub trait Store: Send + Sync + 'static {
     /// if it is still active with `firing.expected_next` as its next slot
     /// (false otherwise, and nothing is written).
     async fn fire_schedule(&self, firing: ScheduleFiring, lease: &Lease) -> Result<bool, StoreError>;
+
+    /// Stores a code package (a zip) for a project by its SHA-256 (storing
+    /// the same one again changes nothing).
+    async fn put_package(&self, project: &str, digest: &str, data: Vec<u8>, at: Timestamp) -> Result<(), StoreError>;
+
+    /// A project's package, by its SHA-256.
+    async fn get_package(&self, project: &str, digest: &str) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Whether a project has a package, and its size.
+    async fn package_size(&self, project: &str, digest: &str) -> Result<Option<u64>, StoreError>;
+
+    /// Records a task's progress; false if there is no such task.
+    async fn set_progress(&self, id: TaskId, progress: shepherd_core::Progress) -> Result<bool, StoreError>;
 }

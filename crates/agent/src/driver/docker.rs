@@ -38,6 +38,8 @@ pub const PAYLOAD_PATH: &str = "/run/shepherd/payload";
 
 /// Where the secrets directory appears inside the container.
 pub const SECRETS_PATH: &str = "/run/secrets";
+/// Where a task's code package is mounted, read-only.
+pub const PACKAGE_PATH: &str = "/task";
 
 /// Settings of the docker driver.
 #[derive(Debug, Clone)]
@@ -266,6 +268,9 @@ impl DockerDriver {
         if let Some(dir) = &spec.secrets_dir {
             binds.push(format!("{}:{SECRETS_PATH}:ro", dir.display()));
         }
+        if let Some(dir) = &spec.package_dir {
+            binds.push(format!("{}:{PACKAGE_PATH}:ro", dir.display()));
+        }
         let labels = HashMap::from([
             (LABEL_TASK.to_string(), spec.task_id.to_string()),
             (LABEL_ATTEMPT.to_string(), spec.attempt.to_string()),
@@ -339,6 +344,9 @@ pub(super) fn task_env(spec: &AttemptSpec) -> Vec<(String, String)> {
     }
     if spec.secrets_dir.is_some() {
         env.push(("SHEPHERD_SECRETS_DIR".into(), SECRETS_PATH.into()));
+    }
+    if spec.package_dir.is_some() {
+        env.push(("SHEPHERD_TASK_DIR".into(), PACKAGE_PATH.into()));
     }
     env
 }

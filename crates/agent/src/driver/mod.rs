@@ -41,6 +41,8 @@ pub struct AttemptSpec {
     pub reuse: Option<shepherd_core::ReusePolicy>,
     /// The task's warm key ([`shepherd_core::shape::warm_key`]), with `reuse`.
     pub warm_key: Option<String>,
+    /// The task's code package, unpacked (mounted read-only at `/task`).
+    pub package_dir: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for AttemptSpec {

@@ -100,6 +100,9 @@ impl Driver for ProcessDriver {
         if let Some(dir) = &spec.secrets_dir {
             command.env("SHEPHERD_SECRETS_DIR", dir);
         }
+        if let Some(dir) = &spec.package_dir {
+            command.env("SHEPHERD_TASK_DIR", dir);
+        }
         // SAFETY: only async-signal-safe calls (setsid, prctl) between fork and exec.
         unsafe {
             command.pre_exec(|| {

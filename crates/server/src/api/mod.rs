@@ -35,6 +35,8 @@ pub struct AppState {
     pub codes: Arc<crate::service::CodeService>,
     /// Schedules (and, through them, their firing loop's wakeup).
     pub schedules: Arc<crate::service::ScheduleService>,
+    /// IronWorker stacks (runtimes) and the images that run them.
+    pub stacks: Arc<std::collections::BTreeMap<String, String>>,
     /// Wakes the scheduler when nodes or limits change.
     pub scheduler_wakeup: Arc<Notify>,
     /// Remote agents: join token and connections.
@@ -76,6 +78,7 @@ impl AppState {
                 engine: Arc::new(shepherd_sched::Engine::default()),
             }),
             schedules: Arc::new(crate::service::ScheduleService::new(store.clone(), tasks.clone())),
+            stacks: Default::default(),
             store,
             tasks,
             scheduler_wakeup: wakeup,
@@ -117,6 +120,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/tasks/{id}", get(tasks::get))
         .route("/v1/tasks/{id}/cancel", post(tasks::cancel))
         .route("/v1/tasks/{id}/placement", get(tasks::placement))
+        .route("/v1/tasks/{id}/progress", post(tasks::progress))
         .route("/v1/nodes", get(nodes::list))
         .route("/v1/servers", get(health::servers))
         .route("/v1/nodes/{id}/drain", post(nodes::drain))
@@ -143,6 +147,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/health", get(health::health))
         .route("/v1/openapi.json", get(openapi::document))
         .merge(authenticated)
+        .merge(crate::ironworker::routes(state.clone()))
         .merge(crate::agents::routes())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "route_not_found", "no such route; see /v1/openapi.json") })
         .method_not_allowed_fallback(|| async {

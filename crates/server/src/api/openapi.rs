@@ -18,6 +18,7 @@ use utoipa::OpenApi;
         super::tasks::cancel,
         super::tasks::wait,
         super::tasks::placement,
+        super::tasks::progress,
         super::logs::logs,
         super::nodes::list,
         super::health::servers,

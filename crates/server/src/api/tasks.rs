@@ -172,6 +172,22 @@ pub async fn cancel(
     Ok(Json(state.tasks.cancel(&caller, &id).await?))
 }
 
+/// A task's own report of its progress.
+#[utoipa::path(post, path = "/v1/tasks/{id}/progress", tag = "tasks", params(("id" = String, Path, description = "task id")),
+    request_body = shepherd_core::Progress,
+    responses((status = 200, body = Task), (status = 400, body = super::ErrorBody), (status = 404, body = super::ErrorBody)))]
+pub async fn progress(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    super::error::ApiJson(progress): super::error::ApiJson<shepherd_core::Progress>,
+) -> Result<Json<Task>, ApiError> {
+    let task = state.tasks.load_visible(&caller, &id).await?;
+    let progress = crate::ironworker::progress(f64::from(progress.percent), progress.message).map_err(|e| ApiError::field("percent", e))?;
+    state.store.set_progress(task.id, progress).await?;
+    Ok(Json(state.tasks.get(&caller, &id).await?))
+}
+
 /// `wait` query.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]

@@ -42,6 +42,12 @@ impl CodeService {
         if let Some(profile) = spec.profile.as_deref().filter(|p| !self.engine.has_profile(p)) {
             return Err(FieldError::new("profile", format!("unknown profile `{profile}`")).into());
         }
+        if let Some(package) = &spec.package {
+            if self.store.package_size(&spec.project, &package.digest).await?.is_none() {
+                let message = format!("project `{}` has no package {}", spec.project, package.digest);
+                return Err(FieldError::new("package.digest", message).into());
+            }
+        }
         let project = spec.project.clone();
         let code = self.store.push_code(&project, spec, Timestamp::now(), None).await?;
         self.audit(caller, &project, "code.push", &code, None).await;

@@ -270,6 +270,18 @@ impl TaskService {
                 }
             }
         }
+        let mut packages = std::collections::BTreeSet::new();
+        for (index, task) in tasks.iter().enumerate() {
+            if let Some(package) = &task.spec.package {
+                if !packages.insert((task.spec.project.as_str(), package.digest.as_str())) {
+                    continue;
+                }
+                if self.store.package_size(&task.spec.project, &package.digest).await?.is_none() {
+                    let message = format!("project `{}` has no package {}", task.spec.project, package.digest);
+                    return Err(FieldError::new("package.digest", message).within(&prefix(index)).into());
+                }
+            }
+        }
         let mut known: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for (index, task) in tasks.iter().enumerate() {
             for (i, secret) in task.spec.secrets.iter().enumerate() {

@@ -252,4 +252,42 @@ impl PgStore {
         tx.commit().await.map_err(error)?;
         Ok(true)
     }
+
+    pub(super) async fn pg_put_package(&self, project: &str, digest: &str, data: Vec<u8>, at: Timestamp) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO packages (project, digest, size, data, created_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (project, digest) DO NOTHING",
+                &[&project, &digest, &(data.len() as i64), &data, &at.millis()],
+            )
+            .await
+            .map_err(error)?;
+        Ok(())
+    }
+
+    pub(super) async fn pg_get_package(&self, project: &str, digest: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let client = self.client().await?;
+        let row =
+            client.query_opt("SELECT data FROM packages WHERE project = $1 AND digest = $2", &[&project, &digest]).await.map_err(error)?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    pub(super) async fn pg_package_size(&self, project: &str, digest: &str) -> Result<Option<u64>, StoreError> {
+        let client = self.client().await?;
+        let row =
+            client.query_opt("SELECT size FROM packages WHERE project = $1 AND digest = $2", &[&project, &digest]).await.map_err(error)?;
+        Ok(row.map(|r| r.get::<_, i64>(0).max(0) as u64))
+    }
+
+    pub(super) async fn pg_set_progress(&self, id: shepherd_core::TaskId, progress: shepherd_core::Progress) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let n = client
+            .execute(
+                "UPDATE tasks SET progress_percent = $2, progress_message = $3 WHERE id = $1",
+                &[&id.to_string(), &i64::from(progress.percent), &progress.message],
+            )
+            .await
+            .map_err(error)?;
+        Ok(n > 0)
+    }
 }

@@ -129,7 +129,7 @@ fn parse_state(text: &str) -> Result<TaskState, StoreError> {
 }
 
 const TASK_COLUMNS: &str = "id, state, spec, payload_bytes, created_at, scheduled_at, started_at, finished_at, node_id, exit_code, \
-     reason, cancel_requested, not_before";
+     reason, cancel_requested, not_before, progress_percent, progress_message";
 
 fn task_from_row(row: &Row) -> Result<Task, StoreError> {
     let id: String = row.get(0);
@@ -148,6 +148,10 @@ fn task_from_row(row: &Row) -> Result<Task, StoreError> {
         reason: row.get(10),
         cancel_requested: row.get(11),
         retry_at: Some(not_before).filter(|at| state == "queued" && *at > created_at),
+        progress: row.get::<_, Option<i64>>(13).map(|percent| shepherd_core::Progress {
+            percent: percent.clamp(0, 100) as u8,
+            message: row.get::<_, Option<String>>(14).unwrap_or_default(),
+        }),
         ..task
     })
 }
@@ -1067,6 +1071,22 @@ impl Store for PgStore {
 
     async fn fire_schedule(&self, firing: ScheduleFiring, lease: &Lease) -> Result<bool, StoreError> {
         self.pg_fire_schedule(firing, lease).await
+    }
+
+    async fn put_package(&self, project: &str, digest: &str, data: Vec<u8>, at: Timestamp) -> Result<(), StoreError> {
+        self.pg_put_package(project, digest, data, at).await
+    }
+
+    async fn get_package(&self, project: &str, digest: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.pg_get_package(project, digest).await
+    }
+
+    async fn package_size(&self, project: &str, digest: &str) -> Result<Option<u64>, StoreError> {
+        self.pg_package_size(project, digest).await
+    }
+
+    async fn set_progress(&self, id: TaskId, progress: shepherd_core::Progress) -> Result<bool, StoreError> {
+        self.pg_set_progress(id, progress).await
     }
 
     async fn append_audit(&self, entries: Vec<AuditEntry>) -> Result<(), StoreError> {

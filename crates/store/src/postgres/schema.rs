@@ -173,6 +173,19 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX schedules_due ON schedules (next_at) WHERE state = 'active';
     CREATE INDEX schedules_by_project ON schedules (project, created_at);
     "#,
+    // 5: code packages (zips, by SHA-256 per project) and tasks' progress.
+    r#"
+    CREATE TABLE packages (
+        project TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        size BIGINT NOT NULL,
+        data BYTEA NOT NULL,
+        created_at BIGINT NOT NULL,
+        PRIMARY KEY (project, digest)
+    );
+    ALTER TABLE tasks ADD COLUMN progress_percent BIGINT;
+    ALTER TABLE tasks ADD COLUMN progress_message TEXT;
+    "#,
 ];
 
 /// The schema version this build knows.

@@ -200,3 +200,34 @@ pub fn advance_schedule(conn: &Connection, f: &ScheduleFiring) -> Result<bool, S
         ])?;
     Ok(changed > 0)
 }
+
+pub fn put_package(conn: &Connection, project: &str, digest: &str, data: &[u8], at: Timestamp) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO packages (project, digest, size, data, created_at) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (project, digest) DO NOTHING",
+    )?
+    .execute(params![project, digest, data.len() as i64, data, at.millis()])?;
+    Ok(())
+}
+
+pub fn get_package(conn: &Connection, project: &str, digest: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT data FROM packages WHERE project = ?1 AND digest = ?2")?
+        .query_row(params![project, digest], |row| row.get(0))
+        .optional()?)
+}
+
+pub fn package_size(conn: &Connection, project: &str, digest: &str) -> Result<Option<u64>, StoreError> {
+    let size: Option<i64> = conn
+        .prepare_cached("SELECT size FROM packages WHERE project = ?1 AND digest = ?2")?
+        .query_row(params![project, digest], |row| row.get(0))
+        .optional()?;
+    Ok(size.map(|s| s.max(0) as u64))
+}
+
+pub fn set_progress(conn: &Connection, id: shepherd_core::TaskId, progress: &shepherd_core::Progress) -> Result<bool, StoreError> {
+    Ok(conn.prepare_cached("UPDATE tasks SET progress_percent = ?2, progress_message = ?3 WHERE id = ?1")?.execute(params![
+        id.to_string(),
+        i64::from(progress.percent),
+        progress.message
+    ])? > 0)
+}

@@ -727,6 +727,25 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn put_package(&self, project: &str, digest: &str, data: Vec<u8>, at: Timestamp) -> Result<(), StoreError> {
+        let (project, digest) = (project.to_string(), digest.to_string());
+        self.write_with(move |conn| codes::put_package(conn, &project, &digest, &data, at)).await
+    }
+
+    async fn get_package(&self, project: &str, digest: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let (project, digest) = (project.to_string(), digest.to_string());
+        self.read(move |conn| codes::get_package(conn, &project, &digest)).await
+    }
+
+    async fn package_size(&self, project: &str, digest: &str) -> Result<Option<u64>, StoreError> {
+        let (project, digest) = (project.to_string(), digest.to_string());
+        self.read(move |conn| codes::package_size(conn, &project, &digest)).await
+    }
+
+    async fn set_progress(&self, id: TaskId, progress: shepherd_core::Progress) -> Result<bool, StoreError> {
+        self.write_with(move |conn| codes::set_progress(conn, id, &progress)).await
+    }
+
     async fn append_audit(&self, entries: Vec<AuditEntry>) -> Result<(), StoreError> {
         if entries.is_empty() {
             return Ok(());

@@ -6,7 +6,7 @@ use shepherd_core::{Attempt, AttemptOutcome, Resources, Task, TaskId, TaskSpec, 
 
 /// Columns read by [`task_from_row`], in order.
 pub const TASK_COLUMNS: &str = "id, state, spec, payload_bytes, created_at, scheduled_at, started_at, \
-     finished_at, node_id, exit_code, reason, cancel_requested, not_before";
+     finished_at, node_id, exit_code, reason, cancel_requested, not_before, progress_percent, progress_message";
 
 pub fn parse_id(text: &str) -> Result<TaskId, StoreError> {
     text.parse().map_err(|_| StoreError::Corrupt(format!("bad task id `{text}`")))
@@ -38,6 +38,10 @@ pub fn task_from_row(row: &Row<'_>) -> Result<Task, StoreError> {
         cancel_requested: row.get::<_, i64>(11)? != 0,
         // Set past its creation only when a failed attempt is to be retried later.
         retry_at: Some(Timestamp(row.get(12)?)).filter(|at| state == "queued" && *at > task.created_at),
+        progress: row.get::<_, Option<i64>>(13)?.map(|percent| shepherd_core::Progress {
+            percent: percent.clamp(0, 100) as u8,
+            message: row.get::<_, Option<String>>(14).ok().flatten().unwrap_or_default(),
+        }),
         ..task
     })
 }

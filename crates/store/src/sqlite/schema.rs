@@ -198,6 +198,19 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX schedules_due ON schedules (next_at) WHERE state = 'active';
     CREATE INDEX schedules_by_project ON schedules (project, created_at);
     "#,
+    // 11: code packages (zips, by SHA-256 per project) and tasks' progress.
+    r#"
+    CREATE TABLE packages (
+        project TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        size BIGINT NOT NULL,
+        data BLOB NOT NULL,
+        created_at BIGINT NOT NULL,
+        PRIMARY KEY (project, digest)
+    );
+    ALTER TABLE tasks ADD COLUMN progress_percent INTEGER;
+    ALTER TABLE tasks ADD COLUMN progress_message TEXT;
+    "#,
 ];
 
 /// Data changes a migration needs that SQL alone cannot make.

@@ -1,0 +1,185 @@
+//! Code packages on a node: a zip checked against its SHA-256, unpacked
+//! once per digest into a cache directory (readable by any user, since the
+//! task's user inside a container is any uid), and mounted read-only into
+//! the tasks that run it. Unpacking refuses what could escape the
+//! directory (absolute paths, `..`, links) and bounds the files' count and
+//! size, so a package cannot fill the node's disk.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+/// At most this many files in a package.
+pub const MAX_FILES: usize = 10_000;
+/// At most this many bytes unpacked.
+pub const MAX_UNPACKED_BYTES: u64 = 512 * 1024 * 1024;
+
+/// Why a package could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum PackageError {
+    #[error("the package is not a zip file: {0}")]
+    NotZip(String),
+    #[error("the package's SHA-256 is {found}, not {expected}")]
+    Digest { expected: String, found: String },
+    #[error("the package holds `{0}`, which is outside it (an absolute path, `..` or a link)")]
+    Escapes(String),
+    #[error("the package is too large unpacked (over {MAX_FILES} files or {MAX_UNPACKED_BYTES} bytes)")]
+    TooLarge,
+    #[error("the package has no file `{0}`")]
+    NoExecutable(String),
+    #[error("could not unpack the package: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// SHA-256 of `bytes`, in lowercase hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The files of a zip (paths relative to its root), checked as
+/// [`unpack`] would check them.
+pub fn files(zip: &[u8]) -> Result<Vec<String>, PackageError> {
+    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(zip)).map_err(|e| PackageError::NotZip(e.to_string()))?;
+    if archive.len() > MAX_FILES {
+        return Err(PackageError::TooLarge);
+    }
+    let mut names = Vec::new();
+    let mut total = 0u64;
+    for index in 0..archive.len() {
+        let entry = archive.by_index_raw(index).map_err(|e| PackageError::NotZip(e.to_string()))?;
+        let Some(path) = entry.enclosed_name().filter(|_| !entry.is_symlink()) else {
+            return Err(PackageError::Escapes(entry.name().to_string()));
+        };
+        total = total.saturating_add(entry.size());
+        if total > MAX_UNPACKED_BYTES {
+            return Err(PackageError::TooLarge);
+        }
+        if !entry.is_dir() {
+            names.push(path.to_string_lossy().into_owned());
+        }
+    }
+    Ok(names)
+}
+
+/// Unpacks `zip` (whose SHA-256 must be `digest`) under `cache`, unless
+/// it is there already; the directory holding its files.
+pub fn unpack(zip: &[u8], digest: &str, cache: &Path) -> Result<PathBuf, PackageError> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = cache.join(digest);
+    if dir.is_dir() {
+        return Ok(dir);
+    }
+    let found = sha256_hex(zip);
+    if found != digest {
+        return Err(PackageError::Digest { expected: digest.to_string(), found });
+    }
+    files(zip)?;
+    std::fs::create_dir_all(cache)?;
+    std::fs::set_permissions(cache, std::fs::Permissions::from_mode(0o755))?;
+    // Unpacked beside its final place, then renamed: a reader never sees half a package.
+    // Unique per call: attempts of one package may unpack it at once.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let staging = cache.join(format!(".{digest}.{}.{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::create_dir(&staging)?;
+    let result = unpack_into(zip, &staging);
+    if let Err(e) = result {
+        let _ = std::fs::remove_dir_all(&staging);
+        return Err(e);
+    }
+    std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o755))?;
+    match std::fs::rename(&staging, &dir) {
+        Ok(()) => Ok(dir),
+        // Another attempt unpacked it first.
+        Err(_) if dir.is_dir() => {
+            let _ = std::fs::remove_dir_all(&staging);
+            Ok(dir)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn unpack_into(zip: &[u8], root: &Path) -> Result<(), PackageError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(zip)).map_err(|e| PackageError::NotZip(e.to_string()))?;
+    let mut written = 0u64;
+    for index in 0..archive.len() {
+        let mut entry = archive.by_index(index).map_err(|e| PackageError::NotZip(e.to_string()))?;
+        let Some(relative) = entry.enclosed_name().filter(|_| !entry.is_symlink()) else {
+            return Err(PackageError::Escapes(entry.name().to_string()));
+        };
+        let path = root.join(relative);
+        if entry.is_dir() {
+            std::fs::create_dir_all(&path)?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+            continue;
+        }
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+            std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o755))?;
+        }
+        let mut out = std::fs::File::create(&path)?;
+        // Read at most what is left of the bound: a zip can lie about sizes.
+        let left = MAX_UNPACKED_BYTES - written;
+        let copied = std::io::copy(&mut (&mut entry).take(left + 1), &mut out)?;
+        written += copied;
+        if written > MAX_UNPACKED_BYTES {
+            return Err(PackageError::TooLarge);
+        }
+        // Executable for everyone if the zip says so for its owner; readable by all.
+        let executable = entry.unix_mode().is_some_and(|mode| mode & 0o100 != 0);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(if executable { 0o755 } else { 0o644 }))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn zip_of(files: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut buffer = std::io::Cursor::new(Vec::new());
+        {
+            let mut writer = zip::ZipWriter::new(&mut buffer);
+            for (name, data) in files {
+                writer.start_file(*name, zip::write::SimpleFileOptions::default().unix_permissions(0o755)).unwrap();
+                writer.write_all(data).unwrap();
+            }
+            writer.finish().unwrap();
+        }
+        buffer.into_inner()
+    }
+
+    #[test]
+    fn a_package_unpacks_once_by_digest_and_escapes_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let zip = zip_of(&[("worker.sh", b"echo hi\n"), ("lib/util.sh", b"true\n")]);
+        let digest = sha256_hex(&zip);
+        assert_eq!(files(&zip).unwrap(), vec!["worker.sh", "lib/util.sh"]);
+        let unpacked = unpack(&zip, &digest, dir.path()).unwrap();
+        assert_eq!(std::fs::read(unpacked.join("lib/util.sh")).unwrap(), b"true\n");
+        assert_eq!(unpack(&zip, &digest, dir.path()).unwrap(), unpacked, "a second unpack finds it");
+        let wrong = unpack(&zip, &"0".repeat(64), dir.path()).unwrap_err();
+        assert!(matches!(wrong, PackageError::Digest { .. }), "{wrong}");
+        let evil = zip_of(&[("../../etc/passwd", b"x")]);
+        assert!(matches!(files(&evil).unwrap_err(), PackageError::Escapes(_)));
+        assert!(matches!(unpack(&evil, &sha256_hex(&evil), dir.path()).unwrap_err(), PackageError::Escapes(_)));
+        assert!(matches!(files(b"not a zip").unwrap_err(), PackageError::NotZip(_)));
+    }
+
+    #[test]
+    fn attempts_unpacking_one_package_at_once_all_get_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let zip = zip_of(&[("worker.sh", b"echo hi\n")]);
+        let digest = sha256_hex(&zip);
+        let unpacked: Vec<PathBuf> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..8).map(|_| scope.spawn(|| unpack(&zip, &digest, dir.path()).unwrap())).collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(unpacked.iter().all(|d| d.join("worker.sh").is_file()));
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left.len(), 1, "no staging directory left: {left:?}");
+    }
+}
