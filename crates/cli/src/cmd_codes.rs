@@ -103,6 +103,9 @@ struct PushArgs {
     /// A description for people.
     #[arg(long)]
     description: Option<String>,
+    /// POST each task's JSON here when it ends (see `shepherd webhook`).
+    #[arg(long, value_name = "URL")]
+    webhook: Option<String>,
     #[arg(long)]
     json: bool,
 }
@@ -156,7 +159,8 @@ pub async fn code(client: &Client, args: CodeArgs) -> Result<ExitCode> {
                 }
                 body.insert("resources".into(), Value::Object(resources));
             }
-            let optional: [(&str, Option<Value>); 7] = [
+            let optional: [(&str, Option<Value>); 8] = [
+                ("webhook", push.webhook.map(Value::from)),
                 ("timeout_seconds", push.timeout.map(Value::from)),
                 ("retry", push.retries.map(|r| json!({"max_attempts": r.saturating_add(1)}))),
                 ("max_concurrency", push.max_concurrency.map(Value::from)),
@@ -447,4 +451,72 @@ async fn change(client: &Client, id: &str, action: &str) -> Result<()> {
     let s: Schedule = client.post(&format!("/v1/schedules/{}/{action}", encode(id)), &json!({})).await?;
     println!("schedule {} {}", s.id, s.state.as_str());
     Ok(())
+}
+
+#[derive(Args)]
+pub struct WebhookArgs {
+    #[command(subcommand)]
+    command: WebhookCommand,
+}
+
+#[derive(Subcommand)]
+enum WebhookCommand {
+    /// Print the project's signing secret: receivers check
+    /// `X-Shepherd-Signature: sha256=HEX(HMAC-SHA256(secret, X-Shepherd-Timestamp + "." + body))`.
+    Secret {
+        /// The project (default: the token's own, when it sees exactly one).
+        #[arg(long)]
+        project: Option<String>,
+        /// Replace it with a new one first.
+        #[arg(long)]
+        rotate: bool,
+    },
+    /// Show a task's webhook deliveries: each try's status, latency and error.
+    Show {
+        task: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub async fn webhook(client: &Client, args: WebhookArgs) -> Result<ExitCode> {
+    match args.command {
+        WebhookCommand::Secret { project, rotate } => {
+            let project = crate::cmd_tenants::which_project(client, project).await?;
+            let path = format!("/v1/projects/{}/webhook-secret", encode(&project));
+            let answer: Value = if rotate { client.post(&path, &json!({})).await? } else { client.get(&path).await? };
+            println!("{}", answer["secret"].as_str().unwrap_or_default());
+        }
+        WebhookCommand::Show { task, json } => {
+            let view: Value = client.get(&format!("/v1/tasks/{}/webhook", encode(&task))).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&view)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!("URL:         {}", safe(view["url"].as_str().unwrap_or_default()));
+            println!("State:       {} after {} tries", view["state"].as_str().unwrap_or("-"), view["attempts"]);
+            if let Some(next) = view["next_at"].as_str() {
+                println!("Next try:    {next}");
+            }
+            let rows: Vec<Vec<String>> = view["history"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|a| {
+                    vec![
+                        a["number"].to_string(),
+                        a["at"].as_str().unwrap_or("-").to_string(),
+                        a["status"].as_u64().map_or("-".into(), |s| s.to_string()),
+                        format!("{} ms", a["latency_ms"]),
+                        safe(a["error"].as_str().unwrap_or("")),
+                    ]
+                })
+                .collect();
+            if !rows.is_empty() {
+                println!();
+                print_table(&["TRY", "AT", "STATUS", "LATENCY", "ERROR"], &rows);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

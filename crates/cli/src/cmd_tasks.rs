@@ -98,6 +98,10 @@ pub struct RunArgs {
     /// Start no earlier than this time (RFC 3339 in UTC, e.g. 2026-12-01T09:00:00Z).
     #[arg(long, value_name = "TIME", value_parser = parse_time)]
     start_at: Option<shepherd_core::Timestamp>,
+    /// POST the task's JSON to this URL when it ends, signed with the
+    /// project's webhook secret (`shepherd webhook secret`).
+    #[arg(long, value_name = "URL")]
+    webhook: Option<String>,
     /// Make the task from this code (see `shepherd code push`): the flags
     /// given override the code's settings; the arguments after `--`, if
     /// any, its command. No IMAGE then.
@@ -160,6 +164,7 @@ pub async fn run(client: &Client, args: RunArgs) -> Result<ExitCode> {
     spec.network = args.network.clone().unwrap_or_else(TaskSpec::default_network);
     spec.delay_seconds = args.delay;
     spec.start_at = args.start_at;
+    spec.webhook = args.webhook.clone();
     if args.reuse || args.reuse_idle.is_some() || args.reuse_max_tasks.is_some() {
         let defaults = shepherd_core::ReusePolicy::default();
         spec.reuse = Some(shepherd_core::ReusePolicy {
@@ -531,6 +536,12 @@ pub async fn inspect(client: &Client, args: InspectArgs) -> Result<ExitCode> {
     }
     if let Some(code) = &task.code {
         println!("Code:        {} (revision {})", safe(&code.name), code.revision);
+    }
+    if let Some(progress) = &task.progress {
+        println!("Progress:    {}% {}", progress.percent, safe(&progress.message));
+    }
+    if let Some(url) = &task.webhook {
+        println!("Webhook:     {} (shepherd webhook show {})", safe(url), task.id);
     }
     println!("Node:        {}", safe(task.node_id.as_deref().unwrap_or("-")));
     println!("Created:     {}", task.created_at.to_rfc3339());

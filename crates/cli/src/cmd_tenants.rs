@@ -220,7 +220,7 @@ enum SecretCommand {
 }
 
 /// The project a command is about: the flag, or the only one the token sees.
-async fn which_project(client: &Client, flag: Option<String>) -> Result<String> {
+pub(crate) async fn which_project(client: &Client, flag: Option<String>) -> Result<String> {
     if let Some(project) = flag {
         return Ok(project);
     }

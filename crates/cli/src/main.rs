@@ -87,6 +87,8 @@ enum Command {
     Code(Client<cmd_codes::CodeArgs>),
     /// Manage schedules: tasks run at cron times or intervals (create, ls, inspect, pause, resume, rm).
     Schedule(Client<cmd_codes::ScheduleArgs>),
+    /// Webhooks: the project's signing secret, and a task's deliveries.
+    Webhook(Client<cmd_codes::WebhookArgs>),
     /// Compare placement profiles offline: replay a workload on a virtual clock.
     Simulate(cmd_simulate::SimulateArgs),
     /// Join many simulated nodes to a server (benchmarks and scale tests).
@@ -172,6 +174,7 @@ fn main() -> ExitCode {
             Command::Audit(c) => cmd_tenants::audit(&make_client(&c.client)?, c.args).await,
             Command::Code(c) => cmd_codes::code(&make_client(&c.client)?, c.args).await,
             Command::Schedule(c) => cmd_codes::schedule(&make_client(&c.client)?, c.args).await,
+            Command::Webhook(c) => cmd_codes::webhook(&make_client(&c.client)?, c.args).await,
         }
     });
     match result {

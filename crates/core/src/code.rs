@@ -92,6 +92,9 @@ pub struct CodeSpec {
     /// and `command` runs the package's executable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub package: Option<PackageRef>,
+    /// Where its tasks' ends are posted (a task's own wins).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<String>,
 }
 
 /// A zip package of a code: stored by its SHA-256 per project, unpacked
@@ -217,6 +220,9 @@ impl CodeSpec {
         }
         if let Some(package) = &self.package {
             put("package", serde_json::json!(package));
+        }
+        if let Some(webhook) = &self.webhook {
+            put("webhook", Value::String(webhook.clone()));
         }
         template
     }

@@ -261,6 +261,10 @@ pub struct TaskSpec {
     /// code that has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub package: Option<crate::code::PackageRef>,
+    /// When the task ends, Shepherd POSTs its JSON here (http or https),
+    /// signed with the project's webhook secret; retried with backoff.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<String>,
 }
 
 impl TaskSpec {
@@ -305,6 +309,7 @@ impl TaskSpec {
             code: None,
             code_revision: None,
             package: None,
+            webhook: None,
         }
     }
 }
@@ -469,6 +474,9 @@ pub struct Task {
     /// What the task last said of its progress (`POST /v1/tasks/{id}/progress`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<Progress>,
+    /// Where its end is posted (see `GET /v1/tasks/{id}/webhook`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<String>,
     #[schema(value_type = String, format = DateTime)]
     pub created_at: Timestamp,
     #[schema(value_type = Option<String>, format = DateTime)]
@@ -521,6 +529,7 @@ impl Task {
             reuse: spec.reuse,
             code: spec.code.map(|name| crate::code::CodeRef { name, revision: spec.code_revision.unwrap_or(0) }),
             progress: None,
+            webhook: spec.webhook,
             created_at,
             scheduled_at: None,
             started_at: None,

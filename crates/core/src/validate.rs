@@ -78,12 +78,28 @@ pub const MAX_CONSTRAINT_BYTES: usize = 256;
 /// The longest a task may wait for its first start (`delay_seconds`, `start_at`): a year.
 pub const MAX_DELAY_SECONDS: u32 = 365 * 86_400;
 
+/// Checks a webhook URL: http or https, at most 2048 bytes, nothing a
+/// header or a log line could be confused by.
+pub fn check_webhook(url: &str) -> Result<(), FieldError> {
+    let rest = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"));
+    let host = rest.and_then(|r| r.split(['/', '?', '#']).next()).unwrap_or_default();
+    let ok = rest.is_some() && !host.is_empty() && url.len() <= 2048 && !url.chars().any(|c| c.is_whitespace() || c.is_control());
+    if ok {
+        Ok(())
+    } else {
+        Err(FieldError::new("webhook", format!("`{url}` is not an http:// or https:// URL (at most 2048 bytes)")))
+    }
+}
+
 /// Checks a spec and prepares it for storage.
 pub fn validate(mut spec: TaskSpec, limits: &Limits, id: TaskId, now: Timestamp) -> Result<NewTask, FieldError> {
     check(!spec.image.is_empty(), "image", || "required (or name a `code` that gives one)".into())?;
     crate::reference::check_image_reference(&spec.image).map_err(|why| FieldError::new("image", why))?;
     if let Some(code) = &spec.code {
         check(crate::code::is_code_name(code), "code", || format!("`{code}` is not a code name"))?;
+    }
+    if let Some(url) = &spec.webhook {
+        check_webhook(url)?;
     }
     if let Some(package) = &spec.package {
         check(crate::code::PackageRef::is_digest(&package.digest), "package.digest", || "must be a SHA-256 in lowercase hex".into())?;

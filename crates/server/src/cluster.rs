@@ -291,6 +291,10 @@ impl Cluster {
             wakeup.clone(),
         );
         let tasks = Arc::new(tasks);
+        match crate::webhooks::Dispatcher::new(dyn_store.clone()) {
+            Ok(dispatcher) => background.push(tokio::spawn(dispatcher.run(leadership.clone(), shutdown_rx.clone()))),
+            Err(e) => tracing::error!(error = %e, "webhooks are off: no HTTP client"),
+        }
         let schedules = Arc::new(crate::service::ScheduleService::new(dyn_store.clone(), tasks.clone()));
         background.push(tokio::spawn(schedules.clone().run(leadership.clone(), shutdown_rx.clone())));
         let state = AppState {

@@ -23,5 +23,6 @@ pub mod serve;
 pub mod service;
 pub mod tls;
 pub mod view;
+pub mod webhooks;
 
 pub use cluster::{local_node_id, Cluster, ClusterConfig, ClusterError, LocalNodeConfig, StoreConfig, DEFAULT_PROJECT};

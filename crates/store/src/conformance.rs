@@ -669,6 +669,37 @@ pub async fn packages_and_progress(store: &dyn Store) {
     assert!(!store.set_progress(TaskId(ulid::Ulid::new()), shepherd_core::Progress { percent: 1, message: String::new() }).await.unwrap());
 }
 
+/// A task naming a webhook gets a delivery, due once the task has ended;
+/// tries are recorded in order; a secret is set once and kept.
+pub async fn webhooks(store: &dyn Store) {
+    let mut gen = ulid::Generator::new();
+    let mut with_hook = spec("p");
+    with_hook.webhook = Some("http://127.0.0.1:9/hook".into());
+    let task = new_task(&mut gen, with_hook);
+    let plain = new_task(&mut gen, spec("p"));
+    store.create_tasks(vec![task.clone(), plain.clone()]).await.unwrap();
+    let later = Timestamp::now().plus(std::time::Duration::from_secs(60));
+    assert!(store.due_webhooks(later, 10).await.unwrap().is_empty(), "not due before the task ends");
+    assert!(store.webhook_of(plain.id).await.unwrap().is_none());
+    store.apply(vec![(task.id, Event::Cancel)], Timestamp::now()).await.unwrap();
+    let due = store.due_webhooks(later, 10).await.unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!((due[0].task_id, due[0].url.as_str(), due[0].state.as_str()), (task.id, "http://127.0.0.1:9/hook", "pending"));
+    let failed = WebhookAttempt { number: 1, at: Timestamp(10), status: Some(500), latency_ms: 3, error: Some("status 500".into()) };
+    store.record_webhook(task.id, failed.clone(), WebhookNext::RetryAt(later.plus(std::time::Duration::from_secs(60)))).await.unwrap();
+    assert!(store.due_webhooks(later, 10).await.unwrap().is_empty(), "not due before its retry time");
+    let ok = WebhookAttempt { number: 2, at: Timestamp(20), status: Some(200), latency_ms: 4, error: None };
+    store.record_webhook(task.id, ok.clone(), WebhookNext::Delivered).await.unwrap();
+    let delivery = store.webhook_of(task.id).await.unwrap().expect("a delivery");
+    assert_eq!((delivery.state.as_str(), delivery.attempts, delivery.delivered_at), ("delivered", 2, Some(Timestamp(20))));
+    assert_eq!(delivery.history, vec![failed, ok]);
+    let later_still = later.plus(std::time::Duration::from_secs(3600));
+    assert!(store.due_webhooks(later_still, 10).await.unwrap().is_empty(), "delivered: never again");
+    let first = store.ensure_secret("p", ".webhook", b"one".to_vec(), Timestamp(1)).await.unwrap();
+    let second = store.ensure_secret("p", ".webhook", b"two".to_vec(), Timestamp(2)).await.unwrap();
+    assert_eq!((first.as_slice(), second.as_slice()), (&b"one"[..], &b"one"[..]));
+}
+
 /// Runs every conformance check against fresh stores from `$fixture`, an
 /// async fn returning a [`Fixture`], one `#[tokio::test]` each.
 #[macro_export]
@@ -689,6 +720,7 @@ macro_rules! store_conformance {
         $crate::store_conformance!(@one $fixture, codes);
         $crate::store_conformance!(@one $fixture, schedules);
         $crate::store_conformance!(@one $fixture, packages_and_progress);
+        $crate::store_conformance!(@one $fixture, webhooks);
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn concurrent_writers() {
             let fixture = $fixture().await;

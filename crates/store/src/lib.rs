@@ -289,4 +289,18 @@ pub trait Store: Send + Sync + 'static {
 
     /// Records a task's progress; false if there is no such task.
     async fn set_progress(&self, id: TaskId, progress: shepherd_core::Progress) -> Result<bool, StoreError>;
+
+    /// A project secret's value, set to `value` first if it has none (a
+    /// secret Shepherd keeps for itself, such as the webhook secret).
+    async fn ensure_secret(&self, project: &str, name: &str, value: Vec<u8>, at: Timestamp) -> Result<Vec<u8>, StoreError>;
+
+    /// Webhooks due a try: of ended tasks, pending, due at `now`, soonest first
+    /// (without their history).
+    async fn due_webhooks(&self, now: Timestamp, limit: usize) -> Result<Vec<WebhookDelivery>, StoreError>;
+
+    /// Records a try at a task's webhook and what follows it.
+    async fn record_webhook(&self, task: TaskId, attempt: WebhookAttempt, next: WebhookNext) -> Result<(), StoreError>;
+
+    /// A task's webhook, with every try.
+    async fn webhook_of(&self, task: TaskId) -> Result<Option<WebhookDelivery>, StoreError>;
 }

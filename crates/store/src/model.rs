@@ -243,3 +243,41 @@ pub struct ScheduleFiring {
     pub audit: Vec<AuditEntry>,
     pub at: Timestamp,
 }
+
+/// A task's webhook: where its end is posted, and how that went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookDelivery {
+    pub task_id: TaskId,
+    pub project: String,
+    pub url: String,
+    /// `pending` (the task has not ended, or a try failed and another is
+    /// due), `delivered` (a 2xx answer), `failed` (given up).
+    pub state: String,
+    /// Tries so far.
+    pub attempts: u32,
+    /// When the next try is due, while pending.
+    pub next_at: Option<Timestamp>,
+    pub delivered_at: Option<Timestamp>,
+    /// Every try, oldest first.
+    pub history: Vec<WebhookAttempt>,
+}
+
+/// One try at posting a task's end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookAttempt {
+    pub number: u32,
+    pub at: Timestamp,
+    /// The HTTP status the endpoint answered, if it answered.
+    pub status: Option<u16>,
+    pub latency_ms: u64,
+    /// Why it failed (a connection error, a timeout, a non-2xx status).
+    pub error: Option<String>,
+}
+
+/// What follows a webhook try.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookNext {
+    Delivered,
+    RetryAt(Timestamp),
+    GiveUp,
+}

@@ -8,6 +8,7 @@ mod nodes;
 mod openapi;
 mod projects;
 mod tasks;
+mod webhooks;
 
 pub use codes::{CodeList, RevisionList, RollbackRequest, ScheduleList};
 pub use error::{ApiError, ErrorBody};
@@ -16,6 +17,7 @@ pub use nodes::{NodeList, NodeView};
 pub use openapi::ApiDoc;
 pub use projects::{AuditList, AuditView, CreatedToken, ProjectView, SecretList, TokenView};
 pub use tasks::{BatchRequest, BatchResponse, CandidateView, PlacementView, TaskList};
+pub use webhooks::{WebhookAttemptView, WebhookSecret, WebhookView};
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
@@ -121,6 +123,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/tasks/{id}/cancel", post(tasks::cancel))
         .route("/v1/tasks/{id}/placement", get(tasks::placement))
         .route("/v1/tasks/{id}/progress", post(tasks::progress))
+        .route("/v1/tasks/{id}/webhook", get(webhooks::of_task))
+        .route("/v1/projects/{project}/webhook-secret", get(webhooks::secret).post(webhooks::rotate))
         .route("/v1/nodes", get(nodes::list))
         .route("/v1/servers", get(health::servers))
         .route("/v1/nodes/{id}/drain", post(nodes::drain))

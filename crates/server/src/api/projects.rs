@@ -151,7 +151,7 @@ pub struct AuditList {
 
 const MAX_SECRET_BYTES: usize = 64 * 1024;
 
-async fn project_or_404(state: &AppState, caller: &Caller, name: &str) -> Result<Project, ApiError> {
+pub(super) async fn project_or_404(state: &AppState, caller: &Caller, name: &str) -> Result<Project, ApiError> {
     caller.require_project(name)?;
     state.store.get_project(name).await?.ok_or_else(|| ApiError::not_found(format!("no project {name}")))
 }
@@ -343,8 +343,15 @@ pub async fn list_secrets(
     Path(project): Path<String>,
 ) -> Result<Json<SecretList>, ApiError> {
     project_or_404(&state, &caller, &project).await?;
-    let secrets =
-        state.store.list_secrets(&project).await?.into_iter().map(|s| SecretView { name: s.name, updated_at: s.updated_at }).collect();
+    // Names starting with `.` are Shepherd's own (the webhook secret).
+    let secrets = state
+        .store
+        .list_secrets(&project)
+        .await?
+        .into_iter()
+        .filter(|s| !s.name.starts_with('.'))
+        .map(|s| SecretView { name: s.name, updated_at: s.updated_at })
+        .collect();
     Ok(Json(SecretList { secrets }))
 }
 

@@ -1,7 +1,7 @@
 //! Codes and schedules in PostgreSQL.
 
 use super::{error, PgStore, NOW_MS};
-use crate::{CodeLimit, Lease, ScheduleFiring, StoreError};
+use crate::{CodeLimit, Lease, ScheduleFiring, StoreError, WebhookAttempt, WebhookDelivery, WebhookNext};
 use shepherd_core::{Code, CodeSpec, Schedule, ScheduleSpec, ScheduleState, Timestamp};
 use tokio_postgres::Row;
 
@@ -290,4 +290,113 @@ impl PgStore {
             .map_err(error)?;
         Ok(n > 0)
     }
+
+    pub(super) async fn pg_ensure_secret(&self, project: &str, name: &str, value: Vec<u8>, at: Timestamp) -> Result<Vec<u8>, StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO secrets (project, name, value, updated_at) VALUES ($1, $2, $3, $4) ON CONFLICT (project, name) DO NOTHING",
+                &[&project, &name, &value, &at.millis()],
+            )
+            .await
+            .map_err(error)?;
+        let row =
+            client.query_one("SELECT value FROM secrets WHERE project = $1 AND name = $2", &[&project, &name]).await.map_err(error)?;
+        Ok(row.get(0))
+    }
+
+    pub(super) async fn pg_due_webhooks(&self, now: Timestamp, limit: usize) -> Result<Vec<WebhookDelivery>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT d.task_id, d.project, d.url, d.state, d.attempts, d.next_at, d.delivered_at FROM webhook_deliveries d \
+                 JOIN tasks t ON t.id = d.task_id WHERE d.state = 'pending' AND d.next_at <= $1 \
+                 AND t.state IN ('succeeded', 'failed', 'timed_out', 'cancelled') ORDER BY d.next_at LIMIT $2",
+                &[&now.millis(), &(limit as i64)],
+            )
+            .await
+            .map_err(error)?;
+        rows.iter().map(webhook_from).collect()
+    }
+
+    pub(super) async fn pg_record_webhook(
+        &self,
+        task: shepherd_core::TaskId,
+        attempt: WebhookAttempt,
+        next: WebhookNext,
+    ) -> Result<(), StoreError> {
+        let id = task.to_string();
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(error)?;
+        tx.execute(
+            "INSERT INTO webhook_attempts (task_id, number, at, status, latency_ms, error) VALUES ($1, $2, $3, $4, $5, $6) \
+             ON CONFLICT (task_id, number) DO NOTHING",
+            &[
+                &id,
+                &i64::from(attempt.number),
+                &attempt.at.millis(),
+                &attempt.status.map(i64::from),
+                &(attempt.latency_ms as i64),
+                &attempt.error,
+            ],
+        )
+        .await
+        .map_err(error)?;
+        let (state, next_at, delivered_at) = match next {
+            WebhookNext::Delivered => ("delivered", None, Some(attempt.at.millis())),
+            WebhookNext::RetryAt(at) => ("pending", Some(at.millis()), None),
+            WebhookNext::GiveUp => ("failed", None, None),
+        };
+        tx.execute(
+            "UPDATE webhook_deliveries SET state = $2, next_at = $3, delivered_at = $4, attempts = GREATEST(attempts, $5) WHERE task_id = $1",
+            &[&id, &state, &next_at, &delivered_at, &i64::from(attempt.number)],
+        )
+        .await
+        .map_err(error)?;
+        tx.commit().await.map_err(error)
+    }
+
+    pub(super) async fn pg_webhook_of(&self, task: shepherd_core::TaskId) -> Result<Option<WebhookDelivery>, StoreError> {
+        let id = task.to_string();
+        let client = self.client().await?;
+        let Some(row) = client
+            .query_opt(
+                "SELECT d.task_id, d.project, d.url, d.state, d.attempts, d.next_at, d.delivered_at FROM webhook_deliveries d WHERE d.task_id = $1",
+                &[&id],
+            )
+            .await
+            .map_err(error)?
+        else {
+            return Ok(None);
+        };
+        let mut delivery = webhook_from(&row)?;
+        let rows = client
+            .query("SELECT number, at, status, latency_ms, error FROM webhook_attempts WHERE task_id = $1 ORDER BY number", &[&id])
+            .await
+            .map_err(error)?;
+        delivery.history = rows
+            .iter()
+            .map(|row| WebhookAttempt {
+                number: to_u32(row.get(0)),
+                at: Timestamp(row.get(1)),
+                status: row.get::<_, Option<i64>>(2).and_then(|s| u16::try_from(s).ok()),
+                latency_ms: row.get::<_, i64>(3).max(0) as u64,
+                error: row.get(4),
+            })
+            .collect();
+        Ok(Some(delivery))
+    }
+}
+
+fn webhook_from(row: &Row) -> Result<WebhookDelivery, StoreError> {
+    Ok(WebhookDelivery {
+        task_id: super::parse_id(row.get::<_, &str>(0))?,
+        project: row.get(1),
+        url: row.get(2),
+        state: row.get(3),
+        attempts: to_u32(row.get(4)),
+        next_at: row.get::<_, Option<i64>>(5).map(Timestamp),
+        delivered_at: row.get::<_, Option<i64>>(6).map(Timestamp),
+        history: Vec::new(),
+    })
 }

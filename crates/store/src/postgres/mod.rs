@@ -296,9 +296,16 @@ async fn insert_tasks(tx: &deadpool_postgres::Transaction<'_>, tasks: &[NewTask]
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut max_attempts, mut backoffs, mut shapes, mut not_before) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut label_tasks, mut label_keys, mut label_values) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut hook_tasks, mut hook_projects, mut hook_urls, mut hook_at) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for task in tasks {
         let spec = &task.spec;
         let id = task.id.to_string();
+        if let Some(url) = &spec.webhook {
+            hook_tasks.push(id.clone());
+            hook_projects.push(spec.project.clone());
+            hook_urls.push(url.clone());
+            hook_at.push(task.created_at.millis());
+        }
         for (key, value) in &spec.labels {
             label_tasks.push(id.clone());
             label_keys.push(key.clone());
@@ -378,6 +385,16 @@ async fn insert_tasks(tx: &deadpool_postgres::Transaction<'_>, tasks: &[NewTask]
             .await
             .map_err(error)?;
         tx.execute(&insert, &[&label_tasks, &label_keys, &label_values]).await.map_err(error)?;
+    }
+    if !hook_tasks.is_empty() {
+        let insert = tx
+            .prepare_cached(
+                "INSERT INTO webhook_deliveries (task_id, project, url, state, attempts, next_at, created_at) \
+                 SELECT t, p, u, 'pending', 0, a, a FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[]) AS x(t, p, u, a)",
+            )
+            .await
+            .map_err(error)?;
+        tx.execute(&insert, &[&hook_tasks, &hook_projects, &hook_urls, &hook_at]).await.map_err(error)?;
     }
     Ok(())
 }
@@ -1087,6 +1104,22 @@ impl Store for PgStore {
 
     async fn set_progress(&self, id: TaskId, progress: shepherd_core::Progress) -> Result<bool, StoreError> {
         self.pg_set_progress(id, progress).await
+    }
+
+    async fn ensure_secret(&self, project: &str, name: &str, value: Vec<u8>, at: Timestamp) -> Result<Vec<u8>, StoreError> {
+        self.pg_ensure_secret(project, name, value, at).await
+    }
+
+    async fn due_webhooks(&self, now: Timestamp, limit: usize) -> Result<Vec<WebhookDelivery>, StoreError> {
+        self.pg_due_webhooks(now, limit).await
+    }
+
+    async fn record_webhook(&self, task: TaskId, attempt: WebhookAttempt, next: WebhookNext) -> Result<(), StoreError> {
+        self.pg_record_webhook(task, attempt, next).await
+    }
+
+    async fn webhook_of(&self, task: TaskId) -> Result<Option<WebhookDelivery>, StoreError> {
+        self.pg_webhook_of(task).await
     }
 
     async fn append_audit(&self, entries: Vec<AuditEntry>) -> Result<(), StoreError> {

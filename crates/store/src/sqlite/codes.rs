@@ -1,7 +1,7 @@
 //! Codes and schedules in SQLite: plain functions over a connection, run on
 //! the writer thread (writes) or a reader (reads).
 
-use crate::{CodeLimit, ScheduleFiring, StoreError};
+use crate::{CodeLimit, ScheduleFiring, StoreError, WebhookAttempt, WebhookDelivery, WebhookNext};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use shepherd_core::{Code, CodeSpec, Schedule, ScheduleSpec, ScheduleState, Timestamp};
 
@@ -230,4 +230,89 @@ pub fn set_progress(conn: &Connection, id: shepherd_core::TaskId, progress: &she
         i64::from(progress.percent),
         progress.message
     ])? > 0)
+}
+
+pub fn ensure_secret(conn: &Connection, project: &str, name: &str, value: &[u8], at: Timestamp) -> Result<Vec<u8>, StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO secrets (project, name, value, updated_at) VALUES (?1, ?2, ?3, ?4) ON CONFLICT (project, name) DO NOTHING",
+    )?
+    .execute(params![project, name, value, at.millis()])?;
+    Ok(conn
+        .prepare_cached("SELECT value FROM secrets WHERE project = ?1 AND name = ?2")?
+        .query_row(params![project, name], |row| row.get(0))?)
+}
+
+const WEBHOOK_COLUMNS: &str = "d.task_id, d.project, d.url, d.state, d.attempts, d.next_at, d.delivered_at";
+
+fn webhook_from(row: &Row<'_>) -> Result<WebhookDelivery, StoreError> {
+    Ok(WebhookDelivery {
+        task_id: super::rows::parse_id(&row.get::<_, String>(0)?)?,
+        project: row.get(1)?,
+        url: row.get(2)?,
+        state: row.get(3)?,
+        attempts: row.get::<_, i64>(4)?.clamp(0, u32::MAX.into()) as u32,
+        next_at: row.get::<_, Option<i64>>(5)?.map(Timestamp),
+        delivered_at: row.get::<_, Option<i64>>(6)?.map(Timestamp),
+        history: Vec::new(),
+    })
+}
+
+pub fn due_webhooks(conn: &Connection, now: Timestamp, limit: usize) -> Result<Vec<WebhookDelivery>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {WEBHOOK_COLUMNS} FROM webhook_deliveries d JOIN tasks t ON t.id = d.task_id \
+         WHERE d.state = 'pending' AND d.next_at <= ?1 AND t.state IN ('succeeded', 'failed', 'timed_out', 'cancelled') \
+         ORDER BY d.next_at LIMIT ?2"
+    ))?;
+    let mut rows = stmt.query(params![now.millis(), limit as i64])?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push(webhook_from(row)?);
+    }
+    Ok(out)
+}
+
+pub fn record_webhook(
+    conn: &Connection,
+    task: shepherd_core::TaskId,
+    attempt: &WebhookAttempt,
+    next: WebhookNext,
+) -> Result<(), StoreError> {
+    let id = task.to_string();
+    conn.prepare_cached(
+        "INSERT INTO webhook_attempts (task_id, number, at, status, latency_ms, error) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+         ON CONFLICT (task_id, number) DO NOTHING",
+    )?
+    .execute(params![id, attempt.number, attempt.at.millis(), attempt.status, attempt.latency_ms as i64, attempt.error])?;
+    let (state, next_at, delivered_at) = match next {
+        WebhookNext::Delivered => ("delivered", None, Some(attempt.at.millis())),
+        WebhookNext::RetryAt(at) => ("pending", Some(at.millis()), None),
+        WebhookNext::GiveUp => ("failed", None, None),
+    };
+    conn.prepare_cached(
+        "UPDATE webhook_deliveries SET state = ?2, next_at = ?3, delivered_at = ?4, attempts = MAX(attempts, ?5) WHERE task_id = ?1",
+    )?
+    .execute(params![id, state, next_at, delivered_at, attempt.number])?;
+    Ok(())
+}
+
+pub fn webhook_of(conn: &Connection, task: shepherd_core::TaskId) -> Result<Option<WebhookDelivery>, StoreError> {
+    let id = task.to_string();
+    let mut stmt = conn.prepare_cached(&format!("SELECT {WEBHOOK_COLUMNS} FROM webhook_deliveries d WHERE d.task_id = ?1"))?;
+    let mut rows = stmt.query(params![id])?;
+    let Some(row) = rows.next()? else { return Ok(None) };
+    let mut delivery = webhook_from(row)?;
+    let mut stmt =
+        conn.prepare_cached("SELECT number, at, status, latency_ms, error FROM webhook_attempts WHERE task_id = ?1 ORDER BY number")?;
+    delivery.history = stmt
+        .query_map(params![id], |row| {
+            Ok(WebhookAttempt {
+                number: row.get(0)?,
+                at: Timestamp(row.get(1)?),
+                status: row.get::<_, Option<i64>>(2)?.and_then(|s| u16::try_from(s).ok()),
+                latency_ms: row.get::<_, i64>(3)?.max(0) as u64,
+                error: row.get(4)?,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(Some(delivery))
 }

@@ -746,6 +746,23 @@ impl Store for SqliteStore {
         self.write_with(move |conn| codes::set_progress(conn, id, &progress)).await
     }
 
+    async fn ensure_secret(&self, project: &str, name: &str, value: Vec<u8>, at: Timestamp) -> Result<Vec<u8>, StoreError> {
+        let (project, name) = (project.to_string(), name.to_string());
+        self.write_with(move |conn| codes::ensure_secret(conn, &project, &name, &value, at)).await
+    }
+
+    async fn due_webhooks(&self, now: Timestamp, limit: usize) -> Result<Vec<WebhookDelivery>, StoreError> {
+        self.read(move |conn| codes::due_webhooks(conn, now, limit)).await
+    }
+
+    async fn record_webhook(&self, task: TaskId, attempt: WebhookAttempt, next: WebhookNext) -> Result<(), StoreError> {
+        self.write_with(move |conn| codes::record_webhook(conn, task, &attempt, next)).await
+    }
+
+    async fn webhook_of(&self, task: TaskId) -> Result<Option<WebhookDelivery>, StoreError> {
+        self.read(move |conn| codes::webhook_of(conn, task)).await
+    }
+
     async fn append_audit(&self, entries: Vec<AuditEntry>) -> Result<(), StoreError> {
         if entries.is_empty() {
             return Ok(());

@@ -211,6 +211,29 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE tasks ADD COLUMN progress_percent INTEGER;
     ALTER TABLE tasks ADD COLUMN progress_message TEXT;
     "#,
+    // 12: webhooks: one delivery per task that names one, and its tries.
+    r#"
+    CREATE TABLE webhook_deliveries (
+        task_id TEXT PRIMARY KEY,
+        project TEXT NOT NULL,
+        url TEXT NOT NULL,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_at BIGINT,
+        created_at BIGINT NOT NULL,
+        delivered_at BIGINT
+    );
+    CREATE INDEX webhook_pending ON webhook_deliveries (next_at) WHERE state = 'pending';
+    CREATE TABLE webhook_attempts (
+        task_id TEXT NOT NULL,
+        number INTEGER NOT NULL,
+        at BIGINT NOT NULL,
+        status INTEGER,
+        latency_ms BIGINT NOT NULL,
+        error TEXT,
+        PRIMARY KEY (task_id, number)
+    );
+    "#,
 ];
 
 /// Data changes a migration needs that SQL alone cannot make.

@@ -154,6 +154,9 @@ pub fn insert_tasks(tx: &Connection, tasks: &[NewTask]) -> Result<(), StoreError
          VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 0, 0, ?12, ?13, 0, ?15, ?11, ?14)",
     )?;
     let mut label = tx.prepare_cached("INSERT INTO task_labels (task_id, key, value) VALUES (?1, ?2, ?3)")?;
+    let mut webhook = tx.prepare_cached(
+        "INSERT INTO webhook_deliveries (task_id, project, url, state, attempts, next_at, created_at) VALUES (?1, ?2, ?3, 'pending', 0, ?4, ?4)",
+    )?;
     for task in tasks {
         let spec = &task.spec;
         let id = task.id.to_string();
@@ -188,6 +191,9 @@ pub fn insert_tasks(tx: &Connection, tasks: &[NewTask]) -> Result<(), StoreError
         };
         for (key, value) in &spec.labels {
             label.execute(params![id, key, value])?;
+        }
+        if let Some(url) = &spec.webhook {
+            webhook.execute(params![id, spec.project, url, task.created_at.millis()])?;
         }
     }
     Ok(())
