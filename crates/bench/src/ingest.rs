@@ -234,9 +234,26 @@ pub async fn run(args: Args) -> Result<()> {
         batched / raw
     );
 
+    // The same tasks made from a code (issue 15): the request names the code
+    // and one env var; the server lays it over the code's template.
+    let code = serde_json::json!({"name": "bench", "image": "busybox", "command": ["sh", "-c", "echo hello from shepherd"],
+        "labels": {"bench": "ingest"}});
+    let pushed = bench_client().post(format!("{}/v1/codes", server.1)).json(&code).send().await?;
+    if pushed.status().as_u16() != 201 {
+        bail!("pushing the code: {}", pushed.status());
+    }
+    let from_code = serde_json::json!({"code": "bench", "env": {"RUN": "1"}});
+    let code_single_secs = drive(&server.1, "/v1/tasks", from_code.to_string(), args.singles, args.single_concurrency).await?;
+    let code_single = args.singles as f64 / code_single_secs;
+    println!("  from a code, single creates:          {code_single:>10.0} tasks/s  ({:.2} of plain singles)", code_single / single);
+    let code_batch_body = serde_json::to_string(&serde_json::json!({ "tasks": vec![from_code; args.batch_size] }))?;
+    let code_batch_secs = drive(&server.1, "/v1/tasks/batch", code_batch_body, requests, args.batch_concurrency).await?;
+    let code_batched = (requests * args.batch_size) as f64 / code_batch_secs;
+    println!("  from a code, batches:                 {code_batched:>10.0} tasks/s  ({:.2} of plain batches)", code_batched / batched);
+
     let health: serde_json::Value = bench_client().get(format!("{}/v1/health", server.1)).send().await?.json().await?;
     let stored = health["tasks"]["queued"].as_u64().unwrap_or(0) as usize;
-    let expected = args.singles + requests * args.batch_size;
+    let expected = 2 * (args.singles + requests * args.batch_size);
     if stored != expected {
         bail!("server holds {stored} queued tasks, expected {expected}");
     }
@@ -246,6 +263,8 @@ pub async fn run(args: Args) -> Result<()> {
             "store": if args.postgres.is_some() { "postgres" } else { "sqlite" },
             "sync": args.sync, "raw_rows_per_s": raw, "single_tasks_per_s": single, "batch_tasks_per_s": batched,
             "single_ratio": single / raw, "batch_ratio": batched / raw, "batch_size": args.batch_size,
+            "code_single_tasks_per_s": code_single, "code_batch_tasks_per_s": code_batched,
+            "code_single_ratio_to_plain": code_single / single, "code_batch_ratio_to_plain": code_batched / batched,
         });
         std::fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")?;
     }

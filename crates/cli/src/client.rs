@@ -161,6 +161,13 @@ impl Client {
         Self::check(response).await?.json().await.context("bad response from server")
     }
 
+    /// A POST of raw bytes (a zip) with a JSON answer.
+    pub async fn post_bytes<T: DeserializeOwned>(&self, path: &str, bytes: Vec<u8>, content_type: &str) -> Result<T> {
+        let request = self.request(reqwest::Method::POST, path).header("content-type", content_type).body(bytes);
+        let response = request.send().await.map_err(|e| self.unreachable(e))?;
+        Self::check(response).await?.json().await.context("bad response from server")
+    }
+
     /// A request whose answer has no body (204).
     pub async fn send_empty<B: Serialize>(&self, method: reqwest::Method, path: &str, body: Option<&B>) -> Result<()> {
         let mut request = self.request(method, path);

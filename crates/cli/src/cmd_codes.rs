@@ -37,7 +37,8 @@ pub struct CodeArgs {
 #[derive(Subcommand)]
 enum CodeCommand {
     /// Push a code: a new revision (the first if NAME is new).
-    /// shepherd code push NAME IMAGE [-- COMMAND ARGS...]
+    /// shepherd code push NAME IMAGE [-- COMMAND ARGS...], or
+    /// shepherd code push NAME --zip FILE --runtime sh --exec worker.sh
     Push(Box<PushArgs>),
     /// List codes, each at its latest revision.
     Ls {
@@ -63,7 +64,20 @@ enum CodeCommand {
 #[derive(Args)]
 struct PushArgs {
     name: String,
-    image: String,
+    /// The image (with --zip: default, the runtime's stack image).
+    #[arg(required_unless_present = "zip")]
+    image: Option<String>,
+    /// A zip code package: stored in the project, unpacked read-only at
+    /// /task for the code's tasks, which run its --exec file as IronWorker
+    /// ran workers (`sh worker.sh -payload FILE -id TASK_ID -d /task`).
+    #[arg(long, value_name = "FILE", requires = "exec")]
+    zip: Option<std::path::PathBuf>,
+    /// With --zip: the runtime (its interpreter, and the server's --stack image).
+    #[arg(long, default_value = "sh", requires = "zip")]
+    runtime: String,
+    /// With --zip: the file in the package to run.
+    #[arg(long = "exec", value_name = "FILE", requires = "zip")]
+    exec: Option<String>,
     /// The command and its arguments (after `--`).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     command: Vec<String>,
@@ -136,7 +150,17 @@ pub async fn code(client: &Client, args: CodeArgs) -> Result<ExitCode> {
         CodeCommand::Push(push) => {
             let mut body = Map::new();
             body.insert("name".into(), push.name.clone().into());
-            body.insert("image".into(), push.image.into());
+            if let Some(image) = push.image.clone() {
+                body.insert("image".into(), image.into());
+            }
+            if let (Some(path), Some(exec)) = (&push.zip, &push.exec) {
+                let zip = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+                let stored: Value = client.post_bytes(&format!("/v1/packages{q}"), zip, "application/zip").await?;
+                body.insert(
+                    "package".into(),
+                    json!({"digest": stored["digest"], "size": stored["size"], "runtime": push.runtime, "executable": exec}),
+                );
+            }
             if let Some(project) = &args.project {
                 body.insert("project".into(), project.clone().into());
             }

@@ -270,7 +270,7 @@ async fn every_documented_operation_is_routed() {
             operations += 1;
         }
     }
-    assert_eq!(operations, 40);
+    assert_eq!(operations, 41);
 }
 
 #[tokio::test]

@@ -143,6 +143,51 @@ async fn codes_are_versioned_templates_that_tasks_override() {
     assert_eq!(http.get("/v1/codes/greet").await.0, 404);
 }
 
+/// A zip package pushed with the CLI runs as IronWorker ran workers: the
+/// executable with -payload, -id and -d, the package's files beside it.
+#[tokio::test]
+async fn a_zip_package_runs_its_executable_with_the_payload() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &["--stack", "sh=busybox"]);
+    let http = server.http();
+    let worker = "while [ $# -gt 0 ]; do case $1 in -payload) P=$2; shift;; -id) I=$2; shift;; -d) D=$2; shift;; esac; shift; done\n\
+                  echo \"id=$I same=$([ \"$I\" = \"$SHEPHERD_TASK_ID\" ] && echo yes) payload=$(cat \"$P\") lib=$(cat \"$D/lib/data.txt\") env=$TASK_ID\"\n";
+    let zip = dir.path().join("worker.zip");
+    std::fs::write(&zip, common::zip_of(&[("worker.sh", worker), ("lib/data.txt", "packaged")])).unwrap();
+    let out = server.cli(&["code", "push", "zipped", "--zip", zip.to_str().unwrap(), "--exec", "worker.sh", "--max-concurrency", "3"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (_, code) = http.get("/v1/codes/zipped").await;
+    assert_eq!(
+        (code["image"].as_str(), code["package"]["runtime"].as_str(), code["max_concurrency"].as_u64()),
+        (Some("busybox"), Some("sh"), Some(3)),
+        "{code}"
+    );
+    let payload = dir.path().join("payload.json");
+    std::fs::write(&payload, "{\"n\": 1}").unwrap();
+    let out = server.cli(&["run", "--code", "zipped", "--payload", payload.to_str().unwrap(), "--wait"]);
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{said} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(said.contains("same=yes payload={\"n\": 1} lib=packaged env=") && !said.contains("env=\n"), "{said}");
+    // Refusals: no such file in the package; another project's package; not a zip; too large.
+    let digest = code["package"]["digest"].as_str().unwrap().to_string();
+    let mut bad = json!({"name": "nofile", "package": {"digest": digest, "size": 1, "runtime": "sh", "executable": "missing.sh"}});
+    let (status, error) = http.post("/v1/codes", &bad).await;
+    assert_eq!((status, error["error"]["field"].as_str()), (400, Some("package.executable")), "{error}");
+    bad["package"]["executable"] = json!("worker.sh");
+    bad["project"] = json!("elsewhere");
+    http.post("/v1/projects", &json!({"name": "elsewhere"})).await;
+    let (status, error) = http.post("/v1/codes", &bad).await;
+    assert_eq!((status, error["error"]["field"].as_str()), (400, Some("package.digest")), "{error}");
+    bad["package"]["runtime"] = json!("cobol");
+    bad["project"] = json!("default");
+    let (status, error) = http.post("/v1/codes", &bad).await;
+    assert_eq!((status, error["error"]["field"].as_str()), (400, Some("package.runtime")), "{error}");
+    let (status, error) = http.post_raw("/v1/packages", b"not a zip".to_vec()).await;
+    assert_eq!(status, 400, "{error}");
+    let (status, error) = http.post_raw("/v1/packages", vec![0u8; 33 * 1024 * 1024]).await;
+    assert_eq!((status, error["error"]["code"].as_str()), (413, Some("body_too_large")), "{error}");
+}
+
 async fn schedule(http: &common::Http, id: &str) -> Value {
     http.get(&format!("/v1/schedules/{id}")).await.1
 }

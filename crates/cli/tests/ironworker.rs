@@ -52,4 +52,39 @@ async fn the_iron_worker_python_client_works_unmodified() {
     eprintln!("{said}");
     assert!(out.status.success(), "the IronWorker client failed:\n{said}\n{}", server.printed());
     assert!(said.contains("all IronWorker client calls succeeded"), "{said}");
+
+    // An upload with `config` and `env_vars`, as other clients send them:
+    // the worker gets the config as the file at -config (and CONFIG_FILE).
+    let worker = "while [ $# -gt 0 ]; do case $1 in -config) C=$2; shift;; esac; shift; done\n\
+                  echo \"config=$(cat \"$C\") same=$([ \"$C\" = \"$CONFIG_FILE\" ] && echo yes) greeting=$GREETING\"\n";
+    let zip = common::zip_of(&[("configured.sh", worker)]);
+    let boundary = "shepherd-test-boundary";
+    let data = json!({"name": "configured", "runtime": "sh", "file_name": "configured.sh",
+        "config": {"db": "postgres://x"}, "env_vars": {"GREETING": "hello"}});
+    let mut body = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"data\"\r\n\r\n{data}\r\n--{boundary}\r\n\
+         Content-Disposition: form-data; name=\"file\"; filename=\"configured.zip\"\r\nContent-Type: application/zip\r\n\r\n"
+    )
+    .into_bytes();
+    body.extend_from_slice(&zip);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    let uploaded = http
+        .client
+        .post(format!("{}/2/projects/iron/codes", http.base))
+        .header("authorization", format!("OAuth {token}"))
+        .header("content-type", format!("multipart/form-data; boundary={boundary}"))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(uploaded.status().as_u16(), 200, "{}", uploaded.text().await.unwrap_or_default());
+    let (status, queued) = http
+        .post(&format!("/2/projects/iron/tasks?oauth={token}"), &json!({"tasks": [{"code_name": "configured", "payload": "{}"}]}))
+        .await;
+    assert_eq!(status, 200, "{queued}");
+    let id = queued["tasks"][0]["id"].as_str().unwrap().to_string();
+    let done = http.wait_terminal(&id, std::time::Duration::from_secs(60)).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let (_, log) = http.text(&format!("/v1/tasks/{id}/logs")).await;
+    assert_eq!(log, "config={\"db\":\"postgres://x\"} same=yes greeting=hello\n");
 }

@@ -35,7 +35,9 @@ pub struct CodeSpec {
     /// token, `default`).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub project: String,
-    /// The image its tasks run.
+    /// The image its tasks run. With a `package`, left out: the image the
+    /// admin maps its runtime to (`--stack`).
+    #[serde(default)]
     pub image: String,
     /// The command and its arguments (empty: the image's default).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -87,9 +89,10 @@ pub struct CodeSpec {
     /// Free text for people.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
-    /// The zip package its tasks run (uploaded through the IronWorker API
-    /// or `shepherd code push --zip`); then `image` is the runtime's stack
-    /// and `command` runs the package's executable.
+    /// The zip package its tasks run (uploaded with `POST /v1/packages`,
+    /// `shepherd code push --zip`, or the IronWorker API); `image` then
+    /// defaults to the runtime's stack and `command` to running the
+    /// package's executable as IronWorker did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub package: Option<PackageRef>,
     /// Where its tasks' ends are posted (a task's own wins).
@@ -136,20 +139,30 @@ impl PackageRef {
     }
 
     /// The command that runs the package as IronWorker ran workers:
-    /// `INTERPRETER EXECUTABLE -payload FILE -id TASK_ID -d DIR`, through
-    /// `sh -c` so the task's own paths come from its environment.
+    /// `INTERPRETER EXECUTABLE -payload FILE -id TASK_ID -d DIR` (and
+    /// `-config FILE` when the code sets [`CONFIG_ENV`]), with IronWorker's
+    /// `TASK_ID`, `TASK_DIR`, `PAYLOAD_FILE` and `CONFIG_FILE` in the
+    /// environment, through `sh -c` so the paths come from the task's own.
     pub fn command(&self) -> Vec<String> {
         let quoted = self.executable.replace('\'', "'\\''");
         let run = match Self::interpreter(&self.runtime) {
-            Some(interpreter) => format!("{interpreter} \"$SHEPHERD_TASK_DIR\"/'{quoted}'"),
-            None => format!("\"$SHEPHERD_TASK_DIR\"/'{quoted}'"),
+            Some(interpreter) => format!("{interpreter} \"$TASK_DIR\"/'{quoted}'"),
+            None => format!("\"$TASK_DIR\"/'{quoted}'"),
         };
         let script = format!(
-            "cd \"$SHEPHERD_TASK_DIR\" && exec {run} -payload \"${{SHEPHERD_PAYLOAD_FILE:-/dev/null}}\" -id \"$SHEPHERD_TASK_ID\" -d \"$SHEPHERD_TASK_DIR\" \"$@\""
+            "export TASK_ID=\"$SHEPHERD_TASK_ID\" TASK_DIR=\"$SHEPHERD_TASK_DIR\" PAYLOAD_FILE=\"${{SHEPHERD_PAYLOAD_FILE:-/dev/null}}\"; \
+             if [ -n \"${{{CONFIG_ENV}+x}}\" ]; then \
+             CONFIG_FILE=\"${{TMPDIR:-/tmp}}/iron-config-$SHEPHERD_TASK_ID-$SHEPHERD_ATTEMPT.json\"; \
+             printf '%s' \"${CONFIG_ENV}\" > \"$CONFIG_FILE\" || exit 1; export CONFIG_FILE; set -- -config \"$CONFIG_FILE\" \"$@\"; fi; \
+             cd \"$TASK_DIR\" && exec {run} -payload \"$PAYLOAD_FILE\" -id \"$TASK_ID\" -d \"$TASK_DIR\" \"$@\""
         );
         vec!["sh".into(), "-c".into(), script, "worker".into()]
     }
 }
+
+/// The environment variable that holds a package code's IronWorker
+/// `config` (JSON); its worker gets it as the file at `-config`.
+pub const CONFIG_ENV: &str = "IRON_CONFIG_JSON";
 
 /// One revision of a code, as stored and shown.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -334,6 +347,21 @@ mod tests {
         let spec: TaskSpec = serde_json::from_value(Value::Object(task)).unwrap();
         assert_eq!(spec.timeout_seconds, 600);
         assert_eq!(spec.env.len(), 2);
+    }
+
+    #[test]
+    fn a_package_runs_as_ironworker_ran_workers() {
+        let package = PackageRef { digest: "a".repeat(64), size: 1, runtime: "python".into(), executable: "it's.py".into() };
+        let command = package.command();
+        assert_eq!(&command[..2], ["sh", "-c"]);
+        let script = &command[2];
+        assert!(
+            script.contains("exec python3 \"$TASK_DIR\"/'it'\\''s.py' -payload \"$PAYLOAD_FILE\" -id \"$TASK_ID\" -d \"$TASK_DIR\""),
+            "{script}"
+        );
+        assert!(script.contains("${IRON_CONFIG_JSON+x}") && script.contains("-config"), "{script}");
+        let binary = PackageRef { runtime: "binary".into(), executable: "run".into(), ..package };
+        assert!(binary.command()[2].contains("exec \"$TASK_DIR\"/'run' -payload"));
     }
 
     #[test]

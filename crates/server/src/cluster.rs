@@ -298,9 +298,13 @@ impl Cluster {
         let schedules = Arc::new(crate::service::ScheduleService::new(dyn_store.clone(), tasks.clone()));
         background.push(tokio::spawn(schedules.clone().run(leadership.clone(), shutdown_rx.clone())));
         let state = AppState {
-            codes: Arc::new(crate::service::CodeService { store: dyn_store.clone(), limits: config.limits, engine: config.engine.clone() }),
+            codes: Arc::new(crate::service::CodeService {
+                store: dyn_store.clone(),
+                limits: config.limits,
+                engine: config.engine.clone(),
+                stacks: Arc::new(config.stacks.clone()),
+            }),
             schedules,
-            stacks: Arc::new(config.stacks.clone()),
             store: dyn_store,
             tasks,
             scheduler_wakeup: wakeup,

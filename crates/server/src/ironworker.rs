@@ -31,8 +31,7 @@ use serde_json::{json, Map, Value};
 use shepherd_core::{Code, CodeSpec, PackageRef, Progress, Schedule, ScheduleState, Task, TaskSpec, TaskState, Timestamp};
 use shepherd_store::TaskFilter;
 
-/// Largest code package accepted (the zip).
-pub const MAX_PACKAGE_BYTES: usize = 32 * 1024 * 1024;
+use crate::service::codes::MAX_PACKAGE_BYTES;
 
 /// The label holding a task's IronWorker `label`.
 pub const LABEL_KEY: &str = "ironworker.label";
@@ -64,6 +63,7 @@ impl From<TaskError> for IronError {
             TaskError::Invalid(_) => StatusCode::BAD_REQUEST,
             TaskError::QuotaExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
             TaskError::NotCancellable(_) | TaskError::Conflict(_) => StatusCode::CONFLICT,
+            TaskError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             TaskError::Store(e) if e.is_transient() => StatusCode::SERVICE_UNAVAILABLE,
             TaskError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -234,6 +234,12 @@ struct UploadData {
     retries_delay: Option<u32>,
     #[serde(default)]
     stack: Option<String>,
+    /// Given to the worker as the file at `-config` (a JSON string, or JSON).
+    #[serde(default)]
+    config: Option<Value>,
+    /// Environment variables of the code's tasks.
+    #[serde(default)]
+    env_vars: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// The file part as sent. Python 3's `iron_worker` client writes the zip's
@@ -299,35 +305,25 @@ async fn upload_code(
     let data: UploadData = serde_json::from_str(data.as_deref().ok_or_else(|| IronError::bad("missing the `data` part"))?)
         .map_err(|e| IronError::bad(format!("bad `data`: {e}")))?;
     let zip = package_bytes(file.ok_or_else(|| IronError::bad("missing the `file` part (the zip)"))?);
-    if zip.len() > MAX_PACKAGE_BYTES {
-        return Err(IronError(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("a code package is at most {MAX_PACKAGE_BYTES} bytes, not {}", zip.len()),
-        ));
-    }
-    let files = shepherd_agent::package::files(&zip).map_err(|e| IronError::bad(e.to_string()))?;
+    let stored = state.codes.put_package(&caller, Some(&project), zip).await?;
     let executable = data.file_name.clone().ok_or_else(|| IronError::bad("`file_name` (the executable) is required"))?;
-    let executable = executable.trim_start_matches("./").to_string();
-    if !files.contains(&executable) {
-        return Err(IronError::bad(format!("the package has no file `{executable}`; it holds: {}", files.join(", "))));
-    }
     let runtime = data.runtime.clone().unwrap_or_else(|| "sh".into());
-    let stack = data.stack.clone().unwrap_or_else(|| runtime.clone());
-    let image = state.stacks.get(&stack).cloned().ok_or_else(|| {
-        let known: Vec<&str> = state.stacks.keys().map(String::as_str).collect();
-        IronError::bad(format!(
-            "no image for the stack `{stack}`: the admin maps stacks to images with `--stack {stack}=IMAGE` (mapped: {})",
-            if known.is_empty() { "none".to_string() } else { known.join(", ") }
-        ))
-    })?;
-    let digest = shepherd_agent::package::sha256_hex(&zip);
-    let package = PackageRef { digest: digest.clone(), size: zip.len() as u64, runtime, executable };
-    let project_name = crate::service::codes::project_of(&caller, Some(&project))?;
-    state.store.put_package(&project_name, &digest, zip, Timestamp::now()).await?;
-    let mut spec: CodeSpec = serde_json::from_value(json!({ "name": data.name, "image": image, "project": project_name }))
+    let image = state.codes.stack_image(data.stack.as_deref().unwrap_or(&runtime))?;
+    let package =
+        PackageRef { digest: stored.digest, size: stored.size, runtime, executable: executable.trim_start_matches("./").to_string() };
+    let mut spec: CodeSpec = serde_json::from_value(json!({ "name": data.name, "image": image, "project": project }))
         .map_err(|e| IronError::bad(e.to_string()))?;
-    spec.command = package.command();
     spec.package = Some(package);
+    spec.env = data.env_vars.clone().unwrap_or_default();
+    match &data.config {
+        None | Some(Value::Null) => {}
+        Some(Value::String(text)) => {
+            spec.env.insert(shepherd_core::code::CONFIG_ENV.into(), text.clone());
+        }
+        Some(other) => {
+            spec.env.insert(shepherd_core::code::CONFIG_ENV.into(), other.to_string());
+        }
+    }
     spec.max_concurrency = data.max_concurrency.filter(|m| *m > 0).and_then(|m| u32::try_from(m).ok());
     if data.retries.is_some() || data.retries_delay.is_some() {
         spec.retry = Some(shepherd_core::RetryPolicy {

@@ -53,9 +53,10 @@ fn every_route_is_documented() {
         "/v1/schedules/{id}/resume",
         "/v1/tasks/{id}/progress",
         "/v1/tasks/{id}/webhook",
+        "/v1/packages",
         "/v1/projects/{project}/webhook-secret",
     ] {
         assert!(documented.contains(&path), "{path} is routed but not documented");
     }
-    assert_eq!(documented.len(), 30, "documented paths: {documented:?}");
+    assert_eq!(documented.len(), 31, "documented paths: {documented:?}");
 }

@@ -341,3 +341,18 @@ fn ulid_like() -> String {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     format!("{}_{nanos}", std::process::id())
 }
+
+/// A zip of `files` (name, contents), each executable.
+pub fn zip_of(files: &[(&str, &str)]) -> Vec<u8> {
+    use std::io::Write;
+    let mut buffer = std::io::Cursor::new(Vec::new());
+    {
+        let mut writer = zip::ZipWriter::new(&mut buffer);
+        for (name, data) in files {
+            writer.start_file(*name, zip::write::SimpleFileOptions::default().unix_permissions(0o755)).expect("a zip entry");
+            writer.write_all(data.as_bytes()).expect("zip data");
+        }
+        writer.finish().expect("a zip");
+    }
+    buffer.into_inner()
+}

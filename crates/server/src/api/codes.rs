@@ -123,6 +123,21 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Store a code package: the body is the zip (at most 32 MiB). Name its
+/// digest in a code's `package` to run it.
+#[utoipa::path(post, path = "/v1/packages", tag = "codes", params(CodeQuery),
+    request_body(content = Vec<u8>, content_type = "application/zip"),
+    responses((status = 201, body = crate::service::codes::StoredPackage), (status = 400, body = super::ErrorBody), (status = 413, body = super::ErrorBody)))]
+pub async fn put_package(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    RawQuery(raw): RawQuery,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<crate::service::codes::StoredPackage>), ApiError> {
+    let q: CodeQuery = query(raw)?;
+    Ok((StatusCode::CREATED, Json(state.codes.put_package(&caller, q.project.as_deref(), body.to_vec()).await?)))
+}
+
 /// Query of `GET /v1/schedules`.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]

@@ -37,8 +37,6 @@ pub struct AppState {
     pub codes: Arc<crate::service::CodeService>,
     /// Schedules (and, through them, their firing loop's wakeup).
     pub schedules: Arc<crate::service::ScheduleService>,
-    /// IronWorker stacks (runtimes) and the images that run them.
-    pub stacks: Arc<std::collections::BTreeMap<String, String>>,
     /// Wakes the scheduler when nodes or limits change.
     pub scheduler_wakeup: Arc<Notify>,
     /// Remote agents: join token and connections.
@@ -78,9 +76,9 @@ impl AppState {
                 store: store.clone(),
                 limits: shepherd_core::Limits::default(),
                 engine: Arc::new(shepherd_sched::Engine::default()),
+                stacks: Default::default(),
             }),
             schedules: Arc::new(crate::service::ScheduleService::new(store.clone(), tasks.clone())),
-            stacks: Default::default(),
             store,
             tasks,
             scheduler_wakeup: wakeup,
@@ -139,6 +137,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/codes/{name}", get(codes::get).delete(codes::delete))
         .route("/v1/codes/{name}/revisions", get(codes::revisions))
         .route("/v1/codes/{name}/rollback", post(codes::rollback))
+        .route("/v1/packages", post(codes::put_package))
         .route("/v1/schedules", post(codes::create_schedule).get(codes::list_schedules))
         .route("/v1/schedules/{id}", get(codes::get_schedule).delete(codes::cancel_schedule))
         .route("/v1/schedules/{id}/pause", post(codes::pause_schedule))

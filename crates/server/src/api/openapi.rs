@@ -43,6 +43,7 @@ use utoipa::OpenApi;
         super::codes::revisions,
         super::codes::rollback,
         super::codes::delete,
+        super::codes::put_package,
         super::codes::create_schedule,
         super::codes::list_schedules,
         super::codes::get_schedule,

@@ -50,6 +50,7 @@ impl From<TaskError> for ApiError {
             TaskError::QuotaExceeded(message) => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", message),
             TaskError::NotCancellable(message) => ApiError::new(StatusCode::CONFLICT, "not_cancellable", message),
             TaskError::Conflict(message) => ApiError::new(StatusCode::CONFLICT, "conflict", message),
+            TaskError::TooLarge(message) => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", message).with_field("body"),
             TaskError::Store(e) => e.into(),
         }
     }

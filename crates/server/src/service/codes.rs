@@ -12,6 +12,21 @@ pub struct CodeService {
     pub store: Arc<dyn Store>,
     pub limits: Limits,
     pub engine: Arc<shepherd_sched::Engine>,
+    /// Runtimes (IronWorker's stacks) and the images that run their packages.
+    pub stacks: Arc<std::collections::BTreeMap<String, String>>,
+}
+
+/// The largest code package (a zip).
+pub const MAX_PACKAGE_BYTES: usize = 32 * 1024 * 1024;
+
+/// A stored code package.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct StoredPackage {
+    /// SHA-256 of the zip, lowercase hex: name it in a code's `package.digest`.
+    pub digest: String,
+    pub size: u64,
+    /// The files it holds.
+    pub files: Vec<String>,
 }
 
 /// The project a caller means: a project token's own (naming another is
@@ -38,20 +53,67 @@ impl CodeService {
     /// alone would be valid.
     pub async fn push(&self, caller: &Caller, mut spec: CodeSpec) -> Result<Code, TaskError> {
         spec.project = project_of(caller, Some(&spec.project))?;
+        if let Some(package) = &spec.package {
+            self.check_package(&spec.project, package).await?;
+            if spec.image.is_empty() {
+                spec.image = self.stack_image(&package.runtime)?;
+            }
+            if spec.command.is_empty() {
+                spec.command = package.command();
+            }
+        }
         spec.validate(&self.limits)?;
         if let Some(profile) = spec.profile.as_deref().filter(|p| !self.engine.has_profile(p)) {
             return Err(FieldError::new("profile", format!("unknown profile `{profile}`")).into());
-        }
-        if let Some(package) = &spec.package {
-            if self.store.package_size(&spec.project, &package.digest).await?.is_none() {
-                let message = format!("project `{}` has no package {}", spec.project, package.digest);
-                return Err(FieldError::new("package.digest", message).into());
-            }
         }
         let project = spec.project.clone();
         let code = self.store.push_code(&project, spec, Timestamp::now(), None).await?;
         self.audit(caller, &project, "code.push", &code, None).await;
         Ok(code)
+    }
+
+    /// Stores a code package (a zip) in a project, checked: at most
+    /// [`MAX_PACKAGE_BYTES`], a zip whose files stay inside it.
+    pub async fn put_package(&self, caller: &Caller, project: Option<&str>, zip: Vec<u8>) -> Result<StoredPackage, TaskError> {
+        let project = project_of(caller, project)?;
+        if zip.len() > MAX_PACKAGE_BYTES {
+            return Err(TaskError::TooLarge(format!("a code package is at most {MAX_PACKAGE_BYTES} bytes, not {}", zip.len())));
+        }
+        let files = shepherd_agent::package::files(&zip).map_err(|e| FieldError::new("body", e.to_string()))?;
+        let digest = shepherd_agent::package::sha256_hex(&zip);
+        let size = zip.len() as u64;
+        self.store.put_package(&project, &digest, zip, Timestamp::now()).await?;
+        let line = audit_entry(caller, Some(&project), "package.put", &digest, Some(format!("{size} bytes")));
+        if let Err(e) = self.store.append_audit(vec![line]).await {
+            tracing::error!(error = %e, "could not write the audit log");
+        }
+        Ok(StoredPackage { digest, size, files })
+    }
+
+    /// The image of a runtime's stack.
+    pub fn stack_image(&self, runtime: &str) -> Result<String, TaskError> {
+        self.stacks.get(runtime).cloned().ok_or_else(|| {
+            let known: Vec<&str> = self.stacks.keys().map(String::as_str).collect();
+            let known = if known.is_empty() { "none".to_string() } else { known.join(", ") };
+            FieldError::new(
+                "package.runtime",
+                format!("no image for the runtime `{runtime}`: the admin maps runtimes with `--stack {runtime}=IMAGE` (mapped: {known})"),
+            )
+            .into()
+        })
+    }
+
+    /// The project has the package, and it holds the executable.
+    async fn check_package(&self, project: &str, package: &shepherd_core::PackageRef) -> Result<(), TaskError> {
+        let Some(zip) = self.store.get_package(project, &package.digest).await? else {
+            return Err(FieldError::new("package.digest", format!("project `{project}` has no package {}", package.digest)).into());
+        };
+        let files = shepherd_agent::package::files(&zip).map_err(|e| FieldError::new("package.digest", e.to_string()))?;
+        if !files.contains(&package.executable) {
+            let message = format!("the package has no file `{}`; it holds: {}", package.executable, files.join(", "));
+            return Err(FieldError::new("package.executable", message).into());
+        }
+        Ok(())
     }
 
     /// A code's latest revision, or the one asked for.

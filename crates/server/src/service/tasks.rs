@@ -30,6 +30,9 @@ pub enum TaskError {
     /// The project's `max_queued` quota would be exceeded.
     #[error("{0}")]
     QuotaExceeded(String),
+    /// A body over its limit (a code package).
+    #[error("{0}")]
+    TooLarge(String),
     /// The thing is not in a state that allows this (a paused schedule paused again).
     #[error("{0}")]
     Conflict(String),
