@@ -258,8 +258,13 @@ async fn schedules_fire_each_slot_once_across_a_restart() {
     let after = wait_fired(&http, &every_id, before + 3, Duration::from_secs(30)).await;
     let tasks = tasks_of(&http, &every_id).await;
     assert_eq!(tasks.len() as u64, after["fired"].as_u64().unwrap(), "one task per fired slot: {after}");
-    let created: BTreeSet<&str> = tasks.iter().map(|t| t["created_at"].as_str().unwrap()).collect();
-    assert_eq!(created.len(), tasks.len(), "no slot fired twice");
+    let slots: BTreeSet<i64> = tasks
+        .iter()
+        .map(|t| shepherd_core::Timestamp::parse_rfc3339(t["labels"]["shepherd.slot"].as_str().unwrap()).unwrap().millis())
+        .collect();
+    assert_eq!(slots.len(), tasks.len(), "no slot fired twice");
+    let slots: Vec<i64> = slots.into_iter().collect();
+    assert!(slots.windows(2).all(|p| p[1] - p[0] == 2000), "none missed across the restart: {slots:?}");
 
     // Pause: nothing fires; resume: it goes on; cancel: for good.
     let (status, paused) = http.post(&format!("/v1/schedules/{every_id}/pause"), &json!({})).await;

@@ -21,6 +21,8 @@ use tokio::sync::{watch, Notify};
 
 /// The label each task a schedule creates carries: the schedule's id.
 pub const SCHEDULE_LABEL: &str = "shepherd.schedule";
+/// The label holding the slot (RFC 3339) a schedule's task was made for.
+pub const SLOT_LABEL: &str = "shepherd.slot";
 
 /// Schedule operations, and what firing needs.
 pub struct ScheduleService {
@@ -190,7 +192,7 @@ impl ScheduleService {
         let owner = Caller::Schedule { project: s.spec.project.clone(), id: s.id.clone() };
         let (mut tasks, mut audit, mut skipped) = (Vec::new(), Vec::new(), decision.skipped);
         if !decision.fire.is_empty() {
-            match self.slot_tasks(&owner, s, decision.fire.len()).await {
+            match self.slot_tasks(&owner, s, &decision.fire).await {
                 Ok((made, lines)) => (tasks, audit) = (made, lines),
                 Err(e) => {
                     // The task cannot be made now (its code deleted, the
@@ -213,11 +215,19 @@ impl ScheduleService {
         &self,
         owner: &Caller,
         s: &Schedule,
-        n: usize,
+        slots: &[Timestamp],
     ) -> Result<(Vec<shepherd_core::NewTask>, Vec<shepherd_store::AuditEntry>), TaskError> {
         let mut spec = self.make_task(owner, &s.spec).await?;
         spec.labels.insert(SCHEDULE_LABEL.into(), s.id.clone());
-        self.tasks.prepare_new(owner, vec![spec; n]).await
+        let specs = slots
+            .iter()
+            .map(|slot| {
+                let mut one = spec.clone();
+                one.labels.insert(SLOT_LABEL.into(), slot.to_rfc3339());
+                one
+            })
+            .collect();
+        self.tasks.prepare_new(owner, specs).await
     }
 
     /// The firing loop: while this server leads, fires due slots, sleeping
