@@ -83,6 +83,11 @@ pub struct ServerFlags {
     /// (repeatable).
     #[arg(long = "stack", value_name = "NAME=IMAGE", value_parser = parse_stack)]
     stacks: Vec<(String, String)>,
+    /// Let webhooks call loopback, private and link-local addresses (by
+    /// default only public ones: a tenant's webhook must not reach into
+    /// the cluster's own network).
+    #[arg(long)]
+    webhook_allow_private: bool,
 }
 
 fn parse_stack(text: &str) -> Result<(String, String), String> {
@@ -225,6 +230,7 @@ async fn run_cluster(server: ServerFlags, node: Option<&NodeFlags>, write_cli_co
         request_timeout: server.request_timeout,
         leader_lease: server.leader_lease,
         stacks: server.stacks.iter().cloned().collect(),
+        webhook_allow_private: server.webhook_allow_private,
         serve_limits: shepherd_server::serve::ServeLimits {
             max_connections: server.max_connections as usize,
             header_timeout: server.header_timeout,

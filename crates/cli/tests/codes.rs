@@ -119,7 +119,9 @@ async fn codes_are_versioned_templates_that_tasks_override() {
     assert_eq!(other.get("/v1/codes").await.1["codes"], json!([]));
     let (status, error) = other.post("/v1/tasks", &json!({"code": "greet"})).await;
     assert_eq!((status, error["error"]["field"].as_str()), (400, Some("code")), "{error}");
-    assert_eq!(other.get("/v1/codes/greet?project=default").await.0, 403);
+    assert_eq!(other.get("/v1/codes/greet?project=default").await.0, 404, "another project's: as missing");
+    assert_eq!(other.get("/v1/codes?project=default").await.0, 404);
+    assert_eq!(other.get("/v1/schedules?project=default").await.0, 404);
 
     // The CLI.
     let out =

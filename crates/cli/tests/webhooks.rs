@@ -92,7 +92,7 @@ fn signed(secret: &str, r: &Received) -> bool {
 #[tokio::test]
 async fn webhooks_are_signed_retried_until_delivered_and_delivered_once() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("data"), &[]);
+    let server = Server::start(&dir.path().join("data"), &["--webhook-allow-private"]);
     let http = server.http();
     let (url, got) = receiver(2).await;
 
@@ -166,12 +166,33 @@ async fn webhooks_are_signed_retried_until_delivered_and_delivered_once() {
     assert_eq!(status, 201);
     assert!(quick.elapsed() < Duration::from_secs(2), "the API waited on a dead endpoint");
 
+    // By default a webhook reaches public addresses only: loopback is refused
+    // without a try, and the tenant is told why.
+    let guarded = Server::start(&dir.path().join("guarded"), &[]);
+    let guarded_http = guarded.http();
+    let mut inward = sh("true");
+    inward["webhook"] = json!(url);
+    let (_, task) = guarded_http.post("/v1/tasks", &inward).await;
+    let inward_id = task["id"].as_str().unwrap().to_string();
+    guarded_http.wait_terminal(&inward_id, Duration::from_secs(30)).await;
+    let began = Instant::now();
+    loop {
+        let (_, view) = guarded_http.get(&format!("/v1/tasks/{inward_id}/webhook")).await;
+        if view["state"] == "failed" {
+            assert!(view["history"][0]["error"].as_str().unwrap().contains("not a public address"), "{view}");
+            break;
+        }
+        assert!(began.elapsed() < Duration::from_secs(30), "{view}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(got.lock().unwrap().len(), 3, "the receiver heard nothing from the guarded server");
+
     // Refusals and the CLI.
     let mut bad = sh("true");
     bad["webhook"] = json!("ftp://example/x");
     let (status, error) = http.post("/v1/tasks", &bad).await;
     assert_eq!((status, error["error"]["field"].as_str()), (400, Some("webhook")), "{error}");
-    assert_eq!(http.get(&format!("/v1/tasks/{}/webhook", task["id"].as_str().unwrap())).await.0, 200);
+    assert_eq!(http.get(&format!("/v1/tasks/{dead_id}/webhook")).await.0, 200);
     let out = server.cli(&["webhook", "show", &id]);
     let shown = String::from_utf8_lossy(&out.stdout);
     assert!(shown.contains("delivered after 3 tries") && shown.contains("500"), "{shown}");

@@ -152,7 +152,7 @@ impl PackageRef {
         let script = format!(
             "export TASK_ID=\"$SHEPHERD_TASK_ID\" TASK_DIR=\"$SHEPHERD_TASK_DIR\" PAYLOAD_FILE=\"${{SHEPHERD_PAYLOAD_FILE:-/dev/null}}\"; \
              if [ -n \"${{{CONFIG_ENV}+x}}\" ]; then \
-             CONFIG_FILE=\"${{TMPDIR:-/tmp}}/iron-config-$SHEPHERD_TASK_ID-$SHEPHERD_ATTEMPT.json\"; \
+             CONFIG_FILE=$(umask 077; mktemp \"${{TMPDIR:-/tmp}}/iron-config.XXXXXX\") || exit 1; \
              printf '%s' \"${CONFIG_ENV}\" > \"$CONFIG_FILE\" || exit 1; export CONFIG_FILE; set -- -config \"$CONFIG_FILE\" \"$@\"; fi; \
              cd \"$TASK_DIR\" && exec {run} -payload \"$PAYLOAD_FILE\" -id \"$TASK_ID\" -d \"$TASK_DIR\" \"$@\""
         );

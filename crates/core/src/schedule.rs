@@ -255,12 +255,19 @@ pub fn due(spec: &ScheduleSpec, slots: &Slots, next: Timestamp, now: Timestamp, 
     let mut looked = 0usize;
     while let Some(at) = slot.filter(|at| *at <= now) {
         looked += 1;
-        if looked > MAX_SLOTS_AT_ONCE * 100 {
-            // Far behind (a long outage of a frequent schedule): the rest are missed.
-            missed = missed.saturating_add(1);
-            last_missed = Some(at);
-            slot = slots.after(now);
-            break;
+        if looked > MAX_SLOTS_AT_ONCE * 100 && at < now.minus(MISSED_AFTER) {
+            // Far behind (a long outage of a frequent schedule): jump to the
+            // grace window, counting what is jumped over (for `run_every`
+            // exactly; for cron, at least one), and go on from there.
+            let resume = slots.after(now.minus(MISSED_AFTER).minus(Duration::from_millis(1)));
+            let jumped = match (slots, resume) {
+                (Slots::Every { every_ms, .. }, Some(resume)) => ((resume.millis() - at.millis()) / every_ms).max(1),
+                _ => 1,
+            };
+            missed = missed.saturating_add(u32::try_from(jumped).unwrap_or(u32::MAX));
+            last_missed = Some(resume.map_or(at, |r| r.minus(Duration::from_millis(1))).min(now).max(at));
+            slot = resume;
+            continue;
         }
         if at < now.minus(MISSED_AFTER) || timely.len() >= MAX_SLOTS_AT_ONCE {
             missed = missed.saturating_add(1);
@@ -396,6 +403,19 @@ mod tests {
         assert_eq!(d.fire.len(), 4);
         assert_eq!(d.fire[0], at("2026-01-01T00:09:30Z"));
         assert_eq!(d.skipped, 56);
+    }
+
+    #[test]
+    fn a_very_long_outage_still_fires_the_timely_slots_and_counts_the_rest() {
+        // Every second, down for a day: 86,400 slots came due.
+        let s = spec(json!({"run_every": 1, "start_at": "2026-01-01T00:00:00Z"}));
+        let slots = s.slots(at("2026-01-01T00:00:00Z")).unwrap();
+        let d = due(&s, &slots, at("2026-01-01T00:00:00Z"), at("2026-01-02T00:00:00Z"), 0, false);
+        // One run for the missed ones, then every slot of the last 30 s.
+        assert_eq!(d.fire.len(), 1 + 31, "{:?}", (d.fire.len(), d.skipped));
+        assert_eq!(d.fire[1], at("2026-01-01T23:59:30Z"));
+        assert_eq!(d.skipped as u64 + d.fire.len() as u64, 86_401, "every slot counted");
+        assert_eq!(d.next, Some(at("2026-01-02T00:00:01Z")));
     }
 
     #[test]

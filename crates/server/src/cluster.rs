@@ -45,6 +45,9 @@ pub struct ClusterConfig {
     pub leader_lease: Duration,
     /// IronWorker stacks (runtime names) and the images that run them.
     pub stacks: BTreeMap<String, String>,
+    /// Webhooks may call loopback, private and link-local addresses (a
+    /// cluster whose tenants are trusted, or tests); by default only public ones.
+    pub webhook_allow_private: bool,
 }
 
 impl ClusterConfig {
@@ -74,6 +77,7 @@ impl ClusterConfig {
             serve_limits: crate::serve::ServeLimits::default(),
             leader_lease: Duration::from_secs(5),
             stacks: BTreeMap::new(),
+            webhook_allow_private: false,
         }
     }
 }
@@ -291,7 +295,7 @@ impl Cluster {
             wakeup.clone(),
         );
         let tasks = Arc::new(tasks);
-        match crate::webhooks::Dispatcher::new(dyn_store.clone()) {
+        match crate::webhooks::Dispatcher::new(dyn_store.clone(), config.webhook_allow_private) {
             Ok(dispatcher) => background.push(tokio::spawn(dispatcher.run(leadership.clone(), shutdown_rx.clone()))),
             Err(e) => tracing::error!(error = %e, "webhooks are off: no HTTP client"),
         }

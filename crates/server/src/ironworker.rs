@@ -96,7 +96,9 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/2/projects/{project}/schedules", get(list_schedules).post(create_schedules))
         .route("/2/projects/{project}/schedules/{id}", get(get_schedule))
         .route("/2/projects/{project}/schedules/{id}/cancel", post(cancel_schedule));
-    project.layer(axum::middleware::from_fn_with_state(state, authenticate))
+    project
+        .layer(axum::middleware::from_fn_with_state(state.clone(), crate::auth::request_timeout))
+        .layer(axum::middleware::from_fn_with_state(state, authenticate))
 }
 
 /// `Authorization: OAuth TOKEN` (or `Bearer TOKEN`), or `?oauth=TOKEN`.
@@ -305,12 +307,22 @@ async fn upload_code(
     let data: UploadData = serde_json::from_str(data.as_deref().ok_or_else(|| IronError::bad("missing the `data` part"))?)
         .map_err(|e| IronError::bad(format!("bad `data`: {e}")))?;
     let zip = package_bytes(file.ok_or_else(|| IronError::bad("missing the `file` part (the zip)"))?);
-    let stored = state.codes.put_package(&caller, Some(&project), zip).await?;
+    // Everything is checked before the zip is stored.
+    if !shepherd_core::code::is_code_name(&data.name) {
+        return Err(IronError::bad(format!("`{}` is not a code name (letters, digits, _ - .)", data.name)));
+    }
     let executable = data.file_name.clone().ok_or_else(|| IronError::bad("`file_name` (the executable) is required"))?;
+    let executable = executable.trim_start_matches("./").to_string();
     let runtime = data.runtime.clone().unwrap_or_else(|| "sh".into());
     let image = state.codes.stack_image(data.stack.as_deref().unwrap_or(&runtime))?;
-    let package =
-        PackageRef { digest: stored.digest, size: stored.size, runtime, executable: executable.trim_start_matches("./").to_string() };
+    if zip.len() <= MAX_PACKAGE_BYTES {
+        let files = shepherd_agent::package::files(&zip).map_err(|e| IronError::bad(e.to_string()))?;
+        if !files.contains(&executable) {
+            return Err(IronError::bad(format!("the package has no file `{executable}`; it holds: {}", files.join(", "))));
+        }
+    }
+    let stored = state.codes.put_package(&caller, Some(&project), zip).await?;
+    let package = PackageRef { digest: stored.digest, size: stored.size, runtime, executable };
     let mut spec: CodeSpec = serde_json::from_value(json!({ "name": data.name, "image": image, "project": project }))
         .map_err(|e| IronError::bad(e.to_string()))?;
     spec.package = Some(package);
@@ -506,6 +518,11 @@ async fn list_tasks(
     let query: ListQuery = serde_urlencoded::from_str(raw.as_deref().unwrap_or("")).map_err(|e| IronError::bad(e.to_string()))?;
     let per_page = query.per_page.unwrap_or(30).clamp(1, 100);
     let page = query.page.unwrap_or(0);
+    if page.saturating_mul(per_page) > 10_000 {
+        return Err(IronError::bad(
+            "page × per_page goes back at most 10,000 tasks; use Shepherd's cursor paging (GET /v1/tasks) for more",
+        ));
+    }
     let mut filter = TaskFilter { limit: per_page, project: Some(project), ..Default::default() };
     for status in ["queued", "running", "complete", "error", "cancelled", "killed", "timeout"] {
         if query.rest.get(status).is_some_and(|v| v == "1" || v == "true") {

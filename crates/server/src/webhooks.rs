@@ -73,28 +73,80 @@ fn random_hex() -> Result<String, StoreError> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// Whether an address is on the public internet: not loopback, private,
+/// link-local, shared (CGNAT), unspecified, broadcast, multicast or
+/// documentation space (IPv4, IPv6, and IPv4 mapped into IPv6).
+pub fn is_public(ip: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            !(v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || v4.is_documentation()
+                || a == 0
+                || (a == 100 && (64..128).contains(&b))
+                || (a == 198 && (18..20).contains(&b)))
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_public(IpAddr::V4(v4));
+            }
+            let first = v6.segments()[0];
+            !(v6.is_loopback() || v6.is_unspecified() || v6.is_multicast() || (first & 0xfe00) == 0xfc00 || (first & 0xffc0) == 0xfe80)
+        }
+    }
+}
+
+/// Resolves webhook hosts, keeping only public addresses (so a name that
+/// resolves to an internal address, now or later, is refused as well).
+struct PublicOnly;
+
+impl reqwest::dns::Resolve for PublicOnly {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_string();
+        Box::pin(async move {
+            let all: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let public: Vec<std::net::SocketAddr> = all.into_iter().filter(|a| is_public(a.ip())).collect();
+            if public.is_empty() {
+                return Err(format!("`{host}` resolves to no public address (the admin allows others with --webhook-allow-private)").into());
+            }
+            Ok(Box::new(public.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
 /// The delivery loop (leader only).
 pub struct Dispatcher {
     store: Arc<dyn Store>,
     http: reqwest::Client,
+    allow_private: bool,
     slots: Arc<Semaphore>,
     in_flight: Arc<Mutex<HashSet<TaskId>>>,
 }
 
 impl Dispatcher {
     /// A dispatcher over `store`.
-    pub fn new(store: Arc<dyn Store>) -> Result<Dispatcher, reqwest::Error> {
+    pub fn new(store: Arc<dyn Store>, allow_private: bool) -> Result<Dispatcher, reqwest::Error> {
         // https endpoints: the binary installs ring's provider; an embedder may not have.
         if rustls::crypto::CryptoProvider::get_default().is_none() {
             let _ = rustls::crypto::ring::default_provider().install_default();
         }
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        if !allow_private {
+            builder = builder.dns_resolver(Arc::new(PublicOnly));
+        }
+        let http = builder
             .timeout(TRY_TIMEOUT)
             .connect_timeout(Duration::from_secs(5))
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("shepherd-webhooks/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        Ok(Dispatcher { store, http, slots: Arc::new(Semaphore::new(MAX_IN_FLIGHT)), in_flight: Arc::default() })
+        Ok(Dispatcher { store, http, allow_private, slots: Arc::new(Semaphore::new(MAX_IN_FLIGHT)), in_flight: Arc::default() })
     }
 
     /// Runs until shutdown: while leading, starts the due deliveries.
@@ -122,10 +174,11 @@ impl Dispatcher {
             if !self.in_flight.lock().map(|mut set| set.insert(delivery.task_id)).unwrap_or(false) {
                 continue;
             }
-            let (store, http, in_flight) = (self.store.clone(), self.http.clone(), self.in_flight.clone());
+            let (store, http, in_flight, allow_private) =
+                (self.store.clone(), self.http.clone(), self.in_flight.clone(), self.allow_private);
             tokio::spawn(async move {
                 let id = delivery.task_id;
-                if let Err(e) = deliver(store.as_ref(), &http, delivery).await {
+                if let Err(e) = deliver(store.as_ref(), &http, delivery, allow_private).await {
                     tracing::warn!(task = %id, error = %e, "webhook try not recorded");
                 }
                 if let Ok(mut set) = in_flight.lock() {
@@ -139,12 +192,20 @@ impl Dispatcher {
 }
 
 /// One try: POST, record, plan the next.
-async fn deliver(store: &dyn Store, http: &reqwest::Client, delivery: WebhookDelivery) -> Result<(), StoreError> {
+async fn deliver(store: &dyn Store, http: &reqwest::Client, delivery: WebhookDelivery, allow_private: bool) -> Result<(), StoreError> {
     let Some(task) = store.get_task(delivery.task_id).await? else { return Ok(()) };
+    let number = delivery.attempts + 1;
+    // An address in the URL itself is never resolved: check it here.
+    if !allow_private {
+        if let Some(ip) = literal_ip(&delivery.url).filter(|ip| !is_public(*ip)) {
+            let error = Some(format!("{ip} is not a public address (the admin allows others with --webhook-allow-private)"));
+            let attempt = WebhookAttempt { number, at: Timestamp::now(), status: None, latency_ms: 0, error };
+            return store.record_webhook(delivery.task_id, attempt, WebhookNext::GiveUp).await;
+        }
+    }
     let body = serde_json::to_vec(&task).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let secret = project_secret(store, &delivery.project).await?;
     let timestamp = Timestamp::now().millis() / 1000;
-    let number = delivery.attempts + 1;
     let began = Instant::now();
     let sent = http
         .post(&delivery.url)
@@ -179,6 +240,17 @@ async fn deliver(store: &dyn Store, http: &reqwest::Client, delivery: WebhookDel
     store.record_webhook(delivery.task_id, WebhookAttempt { number, at: now, status, latency_ms, error }, next).await
 }
 
+/// The IP address a URL names directly, if it does.
+fn literal_ip(url: &str) -> Option<std::net::IpAddr> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if let Some(v6) = host.strip_prefix('[') {
+        return v6.split(']').next()?.parse().ok();
+    }
+    host.rsplit_once(':').map_or(host, |(h, _)| h).parse().ok()
+}
+
 /// A reqwest error with its causes (the connection's reason is in a source).
 fn error_text(e: &reqwest::Error) -> String {
     let mut text = e.to_string();
@@ -194,6 +266,31 @@ fn error_text(e: &reqwest::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_public_addresses_are_called_unless_allowed() {
+        for private in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+        ] {
+            assert!(!is_public(private.parse().unwrap()), "{private}");
+        }
+        for public in ["1.1.1.1", "93.184.216.34", "2606:4700::1111"] {
+            assert!(is_public(public.parse().unwrap()), "{public}");
+        }
+        assert_eq!(literal_ip("http://127.0.0.1:8080/x"), Some("127.0.0.1".parse().unwrap()));
+        assert_eq!(literal_ip("https://user@[::1]:443/x"), Some("::1".parse().unwrap()));
+        assert_eq!(literal_ip("https://hooks.example.com/x"), None);
+    }
 
     #[test]
     fn backoff_doubles_from_a_second_up_to_five_minutes() {

@@ -470,7 +470,7 @@ struct ContainerAttempt {
 
 /// How long a SIGKILL exit we did not send is watched for the engine's OOM
 /// flag, which can land well after the exit on a busy host.
-const OOM_FLAG_WAIT: Duration = Duration::from_secs(5);
+const OOM_FLAG_WAIT: Duration = Duration::from_secs(15);
 
 #[async_trait]
 impl AttemptHandle for ContainerAttempt {

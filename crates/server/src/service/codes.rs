@@ -48,6 +48,15 @@ pub fn project_of(caller: &Caller, asked: Option<&str>) -> Result<String, TaskEr
     }
 }
 
+/// The project a caller may read in: as [`project_of`], but another
+/// project answers as a missing one (404), never "forbidden".
+pub fn readable_project(caller: &Caller, asked: Option<&str>) -> Result<String, TaskError> {
+    project_of(caller, asked).map_err(|e| match e {
+        TaskError::Forbidden { .. } => TaskError::Missing(format!("project {}", asked.unwrap_or_default())),
+        other => other,
+    })
+}
+
 impl CodeService {
     /// Stores a new revision of a code, after checking that a task of it
     /// alone would be valid.
@@ -75,7 +84,7 @@ impl CodeService {
     /// Stores a code package (a zip) in a project, checked: at most
     /// [`MAX_PACKAGE_BYTES`], a zip whose files stay inside it.
     pub async fn put_package(&self, caller: &Caller, project: Option<&str>, zip: Vec<u8>) -> Result<StoredPackage, TaskError> {
-        let project = project_of(caller, project)?;
+        let project = readable_project(caller, project)?;
         if zip.len() > MAX_PACKAGE_BYTES {
             return Err(TaskError::TooLarge(format!("a code package is at most {MAX_PACKAGE_BYTES} bytes, not {}", zip.len())));
         }
@@ -118,7 +127,7 @@ impl CodeService {
 
     /// A code's latest revision, or the one asked for.
     pub async fn get(&self, caller: &Caller, project: Option<&str>, name: &str, revision: Option<u32>) -> Result<Code, TaskError> {
-        let project = project_of(caller, project)?;
+        let project = readable_project(caller, project)?;
         self.store.get_code(&project, name, revision).await?.ok_or_else(|| missing(&project, name, revision))
     }
 
@@ -126,14 +135,14 @@ impl CodeService {
     pub async fn list(&self, caller: &Caller, project: Option<&str>) -> Result<Vec<Code>, TaskError> {
         let project = match (caller.project(), project) {
             (None, None) => None,
-            _ => Some(project_of(caller, project)?),
+            _ => Some(readable_project(caller, project)?),
         };
         Ok(self.store.list_codes(project).await?)
     }
 
     /// A code's revisions, newest first.
     pub async fn revisions(&self, caller: &Caller, project: Option<&str>, name: &str) -> Result<Vec<Code>, TaskError> {
-        let project = project_of(caller, project)?;
+        let project = readable_project(caller, project)?;
         let revisions = self.store.code_revisions(&project, name).await?;
         if revisions.is_empty() {
             return Err(missing(&project, name, None));
@@ -144,7 +153,7 @@ impl CodeService {
     /// Makes an earlier revision current again, as a new revision (a copy
     /// of it), so that the history only grows.
     pub async fn rollback(&self, caller: &Caller, project: Option<&str>, name: &str, revision: u32) -> Result<Code, TaskError> {
-        let project = project_of(caller, project)?;
+        let project = readable_project(caller, project)?;
         let old = self.store.get_code(&project, name, Some(revision)).await?.ok_or_else(|| missing(&project, name, Some(revision)))?;
         let code = self.store.push_code(&project, old.spec, Timestamp::now(), Some(revision)).await?;
         self.audit(caller, &project, "code.rollback", &code, Some(format!("to revision {revision}"))).await;
@@ -153,7 +162,7 @@ impl CodeService {
 
     /// Deletes a code; its tasks keep running.
     pub async fn delete(&self, caller: &Caller, project: Option<&str>, name: &str) -> Result<(), TaskError> {
-        let project = project_of(caller, project)?;
+        let project = readable_project(caller, project)?;
         if !self.store.delete_code(&project, name).await? {
             return Err(missing(&project, name, None));
         }

@@ -8,7 +8,7 @@
 //! server that dies before the commit left nothing, one that dies after it
 //! left the slot moved on.
 
-use super::codes::project_of;
+use super::codes::{project_of, readable_project};
 use super::tasks::{audit_entry, TaskError, TaskService};
 use crate::auth::Caller;
 use crate::leader::Leadership;
@@ -95,7 +95,7 @@ impl ScheduleService {
     pub async fn list(&self, caller: &Caller, project: Option<&str>) -> Result<Vec<Schedule>, TaskError> {
         let project = match (caller.project(), project) {
             (None, None) => None,
-            _ => Some(project_of(caller, project)?),
+            _ => Some(readable_project(caller, project)?),
         };
         Ok(self.store.list_schedules(project).await?)
     }
@@ -119,7 +119,16 @@ impl ScheduleService {
         }
         let now = Timestamp::now();
         let slots = s.spec.slots(s.created_at)?;
-        let next = slots.after(now.minus(Duration::from_millis(1))).filter(|_| s.spec.run_times.is_none_or(|max| s.fired < max));
+        // From now, but never a slot that fired already (this server's clock
+        // may be behind the leader's) nor one before start_at.
+        let mut from = now.minus(Duration::from_millis(1));
+        if let Some(fired) = s.last_fired_at {
+            from = from.max(fired);
+        }
+        if let Some(start) = s.spec.start_at {
+            from = from.max(start.minus(Duration::from_millis(1)));
+        }
+        let next = slots.after(from).filter(|_| s.spec.run_times.is_none_or(|max| s.fired < max));
         let state = if next.is_some() { ScheduleState::Active } else { ScheduleState::Done };
         self.store.set_schedule_state(id, state, next).await?;
         self.audit(caller, &s, "schedule.resume").await;
@@ -157,7 +166,13 @@ impl ScheduleService {
         let mut created = 0;
         for schedule in self.store.due_schedules(now, 100).await? {
             let Some(lease) = leadership.lease() else { break };
-            created += self.fire_one(&schedule, now, &lease).await?;
+            match self.fire_one(&schedule, now, &lease).await {
+                Ok(n) => created += n,
+                // Not leading any more: stop here.
+                Err(e) if crate::leader::fenced(&e) => return Err(e),
+                // This one is tried again at the next look; the others go on.
+                Err(e) => tracing::warn!(schedule = %schedule.id, error = %e, "firing a schedule failed; will retry"),
+            }
         }
         Ok(created)
     }
@@ -194,6 +209,8 @@ impl ScheduleService {
         if !decision.fire.is_empty() {
             match self.slot_tasks(&owner, s, &decision.fire).await {
                 Ok((made, lines)) => (tasks, audit) = (made, lines),
+                // The store failed: nothing is written, the slots fire at the next look.
+                Err(TaskError::Store(e)) => return Err(e),
                 Err(e) => {
                     // The task cannot be made now (its code deleted, the
                     // project's queue full): the slots pass, counted.

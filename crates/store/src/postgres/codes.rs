@@ -348,7 +348,7 @@ impl PgStore {
             WebhookNext::GiveUp => ("failed", None, None),
         };
         tx.execute(
-            "UPDATE webhook_deliveries SET state = $2, next_at = $3, delivered_at = $4, attempts = GREATEST(attempts, $5) WHERE task_id = $1",
+            "UPDATE webhook_deliveries SET state = $2, next_at = $3, delivered_at = $4, attempts = GREATEST(attempts, $5) WHERE task_id = $1 AND state = 'pending'",
             &[&id, &state, &next_at, &delivered_at, &i64::from(attempt.number)],
         )
         .await

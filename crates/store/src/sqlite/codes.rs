@@ -289,7 +289,7 @@ pub fn record_webhook(
         WebhookNext::GiveUp => ("failed", None, None),
     };
     conn.prepare_cached(
-        "UPDATE webhook_deliveries SET state = ?2, next_at = ?3, delivered_at = ?4, attempts = MAX(attempts, ?5) WHERE task_id = ?1",
+        "UPDATE webhook_deliveries SET state = ?2, next_at = ?3, delivered_at = ?4, attempts = MAX(attempts, ?5) WHERE task_id = ?1 AND state = 'pending'",
     )?
     .execute(params![id, state, next_at, delivered_at, attempt.number])?;
     Ok(())
