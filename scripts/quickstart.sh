@@ -52,6 +52,18 @@ last=$("$bin" ps -n 1 --json | grep -o '"id": *"[0-9A-Z]*"' | head -1 | grep -o 
 step "shepherd inspect $last | tail -2   # ran warm, in the same container as the task before"
 "$bin" inspect "$last" | tail -2
 
+step "shepherd code push greet busybox -e WHO=code -- sh -c 'echo hello from \$WHO'; shepherd run --code greet -e WHO=you --wait   # a versioned template"
+"$bin" code push greet busybox --max-concurrency 4 -e WHO=code -- sh -c 'echo hello from $WHO'
+"$bin" run --code greet -e WHO=you --wait
+step "shepherd schedule create --every 1s --run-times 3 --code greet   # three runs, one per second, each slot exactly once"
+schedule=$("$bin" schedule create --every 1s --run-times 3 --code greet)
+for _ in $(seq 100); do
+    "$bin" schedule inspect "$schedule" --json | grep -q '"state": "done"' && break
+    sleep 0.1
+done
+"$bin" schedule ls
+"$bin" ps -l "shepherd.schedule=$schedule"
+
 token=$(sed -n 's/^token = "\(.*\)"$/\1/p' "$SHEPHERD_CONFIG")
 step "curl -X POST $SHEPHERD_SERVER/v1/tasks/batch -H 'authorization: Bearer …'   # 200 tasks in one durable transaction"
 tasks=$(for i in $(seq 200); do printf '{"image":"busybox","command":["sh","-c","echo task %d; exit $((%d %% 10 == 0))"],"labels":{"demo":"batch"}},' "$i" "$i"; done)
