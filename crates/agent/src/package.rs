@@ -13,6 +13,102 @@ pub const MAX_FILES: usize = 10_000;
 /// At most this many bytes unpacked.
 pub const MAX_UNPACKED_BYTES: u64 = 512 * 1024 * 1024;
 
+/// The unpacked packages a node keeps: past this many bytes, the least
+/// recently used ones that no attempt here uses are removed.
+pub const CACHE_BUDGET_BYTES: u64 = 2 * 1024 * 1024 * 1024;
+
+/// Which packages the attempts of this node use (by digest, how many). A
+/// package in use is never evicted; eviction runs under the same lock that
+/// marks one in use, so no attempt starts on a directory being removed.
+#[derive(Default)]
+pub struct InUse {
+    counts: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+}
+
+/// Holds a package in use until dropped.
+pub struct Hold<'a> {
+    in_use: &'a InUse,
+    digest: String,
+}
+
+impl Drop for Hold<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut counts) = self.in_use.counts.lock() {
+            if let Some(count) = counts.get_mut(&self.digest) {
+                *count -= 1;
+                if *count == 0 {
+                    counts.remove(&self.digest);
+                }
+            }
+        }
+    }
+}
+
+impl InUse {
+    /// Marks `digest` in use until the returned hold is dropped.
+    pub fn hold(&self, digest: &str) -> Hold<'_> {
+        if let Ok(mut counts) = self.counts.lock() {
+            *counts.entry(digest.to_string()).or_default() += 1;
+        }
+        Hold { in_use: self, digest: digest.to_string() }
+    }
+
+    /// Removes the least recently used unpacked packages under `cache` that
+    /// are not in use, until the rest fit in `budget` bytes. Returns how
+    /// many it removed.
+    pub fn evict(&self, cache: &Path, budget: u64) -> std::io::Result<usize> {
+        let Ok(counts) = self.counts.lock() else { return Ok(0) };
+        let mut entries = Vec::new();
+        for entry in std::fs::read_dir(cache)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !shepherd_core::PackageRef::is_digest(&name) {
+                continue;
+            }
+            let used = entry.metadata()?.modified().unwrap_or(std::time::UNIX_EPOCH);
+            entries.push((used, name, dir_size(&entry.path())));
+        }
+        let mut total: u64 = entries.iter().map(|e| e.2).sum();
+        entries.sort();
+        let mut removed = 0;
+        for (_, name, size) in entries {
+            if total <= budget {
+                break;
+            }
+            if counts.contains_key(&name) {
+                continue;
+            }
+            std::fs::remove_dir_all(cache.join(&name))?;
+            total = total.saturating_sub(size);
+            removed += 1;
+        }
+        Ok(removed)
+    }
+}
+
+fn dir_size(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            match entry.metadata() {
+                Ok(m) if m.is_dir() => stack.push(entry.path()),
+                Ok(m) => total += m.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}
+
+/// Marks an unpacked package as just used (for eviction's order).
+pub fn touch(dir: &Path) {
+    if let Ok(file) = std::fs::File::open(dir) {
+        let _ = file.set_modified(std::time::SystemTime::now());
+    }
+}
+
 /// Why a package could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum PackageError {
@@ -167,6 +263,29 @@ mod tests {
         assert!(matches!(files(&evil).unwrap_err(), PackageError::Escapes(_)));
         assert!(matches!(unpack(&evil, &sha256_hex(&evil), dir.path()).unwrap_err(), PackageError::Escapes(_)));
         assert!(matches!(files(b"not a zip").unwrap_err(), PackageError::NotZip(_)));
+    }
+
+    #[test]
+    fn eviction_removes_the_least_recently_used_packages_not_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let in_use = InUse::default();
+        let mut digests = Vec::new();
+        for n in 0..3 {
+            let zip = zip_of(&[("data", &vec![b'x'; 1000 + n])]);
+            let digest = sha256_hex(&zip);
+            let unpacked = unpack(&zip, &digest, dir.path()).unwrap();
+            let when = std::time::SystemTime::now() - std::time::Duration::from_secs(100 - n as u64 * 10);
+            std::fs::File::open(&unpacked).unwrap().set_modified(when).unwrap();
+            digests.push(digest);
+        }
+        // The oldest is in use: the next oldest goes instead.
+        let hold = in_use.hold(&digests[0]);
+        assert_eq!(in_use.evict(dir.path(), 2100).unwrap(), 1);
+        assert!(dir.path().join(&digests[0]).is_dir() && !dir.path().join(&digests[1]).exists() && dir.path().join(&digests[2]).is_dir());
+        drop(hold);
+        assert_eq!(in_use.evict(dir.path(), 1100).unwrap(), 1);
+        assert!(!dir.path().join(&digests[0]).exists(), "released: evicted");
+        assert_eq!(in_use.evict(dir.path(), 1100).unwrap(), 0, "within the budget");
     }
 
     #[test]

@@ -57,6 +57,8 @@ struct Inner {
     /// an assignment of one of these is a late copy (a server that was
     /// frozen flushing what it sent before) and must not run it again.
     ran: Mutex<RecentlyRan>,
+    /// Code packages the attempts here use (kept from eviction).
+    packages: crate::package::InUse,
 }
 
 /// The last [`RecentlyRan::CAPACITY`] attempts this agent ran.
@@ -102,6 +104,7 @@ impl Agent {
                 capacity_freed,
                 left_running: Default::default(),
                 ran: Mutex::default(),
+                packages: Default::default(),
             }),
         }
     }
@@ -415,14 +418,23 @@ async fn unpacked_package(inner: &Inner, task_id: TaskId, digest: &str) -> Resul
     let cache = inner.config.work_dir.with_file_name("packages");
     let dir = cache.join(digest);
     if tokio::fs::metadata(&dir).await.is_ok_and(|m| m.is_dir()) {
+        crate::package::touch(&dir);
         return Ok(dir);
     }
     let zip = inner.backend.package(task_id).await.map_err(|e| StartError::Package(e.to_string()))?;
-    let digest = digest.to_string();
-    tokio::task::spawn_blocking(move || crate::package::unpack(&zip, &digest, &cache))
+    let (digest, unpacked_in) = (digest.to_string(), cache.clone());
+    let dir = tokio::task::spawn_blocking(move || crate::package::unpack(&zip, &digest, &unpacked_in))
         .await
         .map_err(|e| StartError::Package(e.to_string()))?
-        .map_err(|e| StartError::Package(e.to_string()))
+        .map_err(|e| StartError::Package(e.to_string()))?;
+    // A new package may take the cache over its budget: the least recently
+    // used ones no attempt here runs go.
+    match inner.packages.evict(&cache, crate::package::CACHE_BUDGET_BYTES) {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(removed = n, "removed unused code packages from the node's cache"),
+        Err(e) => tracing::warn!(error = %e, "could not trim the code package cache"),
+    }
+    Ok(dir)
 }
 
 /// A started attempt: its handle and its output.
@@ -513,9 +525,12 @@ async fn run_attempt_inner(
     begin: Begin,
     work_dir: &std::path::Path,
 ) {
+    // The attempt's code package stays unpacked while it runs.
+    let mut _package = None;
     let (time_left, mut handle, output, already) = match begin {
         Begin::Adopt(adopted) => {
             let launch = inner.backend.launch_spec(task_id).await.ok().flatten();
+            _package = launch.as_ref().and_then(|l| l.spec.package.as_ref()).map(|p| inner.packages.hold(&p.digest));
             let already = (adopted.captured.stdout + adopted.captured.stderr) as usize;
             (time_left(launch.as_ref()), adopted.handle, adopted.output, already)
         }
@@ -541,6 +556,7 @@ async fn run_attempt_inner(
                 },
             };
             let time_left = time_left(Some(&launch));
+            _package = launch.spec.package.as_ref().map(|p| inner.packages.hold(&p.digest));
             match start(inner, task_id, attempt, launch, work_dir).await {
                 Ok(Some((mut handle, output))) => {
                     let at = Some(Timestamp::now());

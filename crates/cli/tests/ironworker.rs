@@ -68,15 +68,16 @@ async fn the_iron_worker_python_client_works_unmodified() {
     .into_bytes();
     body.extend_from_slice(&zip);
     body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
-    let uploaded = http
-        .client
+    // A client of its own: the script ran for a while, and the pooled
+    // connection of `http` may be closing just as it is reused.
+    let uploaded = common::client_with(None)
         .post(format!("{}/2/projects/iron/codes", http.base))
         .header("authorization", format!("OAuth {token}"))
         .header("content-type", format!("multipart/form-data; boundary={boundary}"))
         .body(body)
         .send()
         .await
-        .unwrap();
+        .unwrap_or_else(|e| panic!("{e:?}\n{}", std::fs::read_to_string(dir.path().join("data.log")).unwrap_or_default()));
     assert_eq!(uploaded.status().as_u16(), 200, "{}", uploaded.text().await.unwrap_or_default());
     let (status, queued) = http
         .post(&format!("/2/projects/iron/tasks?oauth={token}"), &json!({"tasks": [{"code_name": "configured", "payload": "{}"}]}))
