@@ -156,6 +156,45 @@ async fn slow_header_clients_are_cut_off_and_never_starve_an_ordinary_request() 
     }
     let (status, _) = server.http().get("/v1/health").await;
     assert_eq!(status, 200, "still serving");
+
+    // The header timeout runs from a request's first byte: a kept-alive
+    // connection quiet for longer than it (but not the idle timeout) still
+    // serves its next request.
+    let mut keep = std::net::TcpStream::connect(&addr).unwrap();
+    for round in 0..2 {
+        keep.write_all(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let answer = read_response(&mut keep);
+        assert!(answer.starts_with("HTTP/1.1 200"), "round {round}: {answer}");
+        if round == 0 {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
+    }
+}
+
+/// One HTTP/1.1 response with a content-length, read whole.
+fn read_response(stream: &mut std::net::TcpStream) -> String {
+    use std::io::Read;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut data = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut chunk).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        data.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&data).to_string();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length = text[..end]
+                .lines()
+                .find_map(|l| l.to_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0)))
+                .unwrap_or(0);
+            if data.len() >= end + 4 + length {
+                break;
+            }
+        }
+    }
+    String::from_utf8_lossy(&data).to_string()
 }
 
 /// Past `--max-connections`, a new connection waits until one closes (the

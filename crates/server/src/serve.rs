@@ -13,7 +13,7 @@
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -109,16 +109,23 @@ async fn stopped(shutdown: &mut watch::Receiver<bool>) {
 }
 
 /// One connection, closed when idle too long or when the server stops.
+///
+/// The header timeout is kept here rather than by hyper, whose
+/// `header_read_timeout` also runs while a kept-alive connection waits for
+/// its next request (closing it after the header timeout instead of the
+/// idle timeout). Here it runs from connecting until the first request's
+/// headers are in, then from the first byte of each later request.
 async fn connection<I>(io: I, app: Router, limits: ServeLimits, mut shutdown: watch::Receiver<bool>)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let started = Instant::now();
     let last = Arc::new(AtomicU64::new(0));
-    let io = Tracked { inner: io, started, last: last.clone() };
+    let phase = Arc::new(Phase::default());
+    let io = Tracked { inner: io, started, last: last.clone(), phase: phase.clone(), tail: [0; 3] };
     let service = hyper_util::service::TowerToHyperService::new(app);
     let mut builder = hyper::server::conn::http1::Builder::new();
-    builder.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout).keep_alive(true);
+    builder.timer(TokioTimer::new()).keep_alive(true);
     let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
     let mut closing = false;
@@ -126,6 +133,8 @@ where
     // timeout, not on a tick: 10,000 agent streams cost no timer work
     // between their messages.
     let mut deadline = tokio::time::Instant::now() + limits.idle_timeout;
+    let origin = tokio::time::Instant::from_std(started);
+    let mut headers_due = Some(origin + limits.header_timeout);
     loop {
         tokio::select! {
             result = conn.as_mut() => {
@@ -133,6 +142,21 @@ where
                     tracing::debug!(error = %e, "connection ended with an error");
                 }
                 return;
+            }
+            _ = tokio::time::sleep_until(headers_due.unwrap_or(deadline)), if headers_due.is_some() => {
+                match phase.headers_since() {
+                    Some(since) if started.elapsed().saturating_sub(since) >= limits.header_timeout => {
+                        tracing::debug!("request headers overdue; connection closed");
+                        return;
+                    }
+                    Some(since) => headers_due = Some(origin + since + limits.header_timeout),
+                    None => headers_due = None,
+                }
+            }
+            _ = phase.began.notified(), if headers_due.is_none() => {
+                if let Some(since) = phase.headers_since() {
+                    headers_due = Some(origin + since + limits.header_timeout);
+                }
             }
             _ = tokio::time::sleep_until(deadline), if !closing => {
                 let idle = started.elapsed().saturating_sub(Duration::from_millis(last.load(Ordering::Relaxed)));
@@ -151,16 +175,79 @@ where
     }
 }
 
-/// An I/O stream that notes when bytes last moved (milliseconds since `started`).
+/// Where a connection is in its current request, as seen from its bytes:
+/// reading a request's headers (since when), or not.
+struct Phase {
+    /// [`Phase::HEADERS`], [`Phase::BUSY`] (headers in, until the response
+    /// starts) or [`Phase::IDLE`] (waiting for the next request).
+    state: AtomicU8,
+    /// Milliseconds from the connection's start to the request's first byte.
+    since: AtomicU64,
+    /// Told when a request's first byte arrives.
+    began: tokio::sync::Notify,
+}
+
+impl Default for Phase {
+    fn default() -> Phase {
+        // A new connection owes its first request's headers from the start.
+        Phase { state: AtomicU8::new(Phase::HEADERS), since: AtomicU64::new(0), began: tokio::sync::Notify::new() }
+    }
+}
+
+impl Phase {
+    const IDLE: u8 = 0;
+    const HEADERS: u8 = 1;
+    const BUSY: u8 = 2;
+
+    /// When the request whose headers are being read began, if one is.
+    fn headers_since(&self) -> Option<Duration> {
+        (self.state.load(Ordering::Acquire) == Phase::HEADERS).then(|| Duration::from_millis(self.since.load(Ordering::Acquire)))
+    }
+}
+
+/// An I/O stream that notes when bytes last moved (milliseconds since
+/// `started`) and where the current request is ([`Phase`]).
 struct Tracked<I> {
     inner: I,
     started: Instant,
     last: Arc<AtomicU64>,
+    phase: Arc<Phase>,
+    /// The last bytes read, to see a header terminator split across reads.
+    tail: [u8; 3],
 }
 
 impl<I> Tracked<I> {
     fn touch(&self) {
         self.last.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn read_bytes(&mut self, bytes: &[u8]) {
+        let state = &self.phase.state;
+        if state.load(Ordering::Acquire) == Phase::IDLE {
+            self.phase.since.store(self.started.elapsed().as_millis() as u64, Ordering::Release);
+            state.store(Phase::HEADERS, Ordering::Release);
+            self.tail = [0; 3];
+            self.phase.began.notify_one();
+        }
+        if state.load(Ordering::Acquire) == Phase::HEADERS {
+            let mut window = self.tail.to_vec();
+            window.extend_from_slice(&bytes[..bytes.len().min(64 * 1024)]);
+            if window.windows(4).any(|w| w == b"\r\n\r\n") {
+                state.store(Phase::BUSY, Ordering::Release);
+            }
+        }
+        let mut joined = self.tail.to_vec();
+        joined.extend_from_slice(&bytes[bytes.len().saturating_sub(3)..]);
+        let n = joined.len();
+        self.tail.copy_from_slice(&joined[n - 3..]);
+    }
+
+    /// A response started (an interim `100 Continue` does not count): the
+    /// next bytes read begin the next request.
+    fn wrote(&self, first: &[u8]) {
+        if !first.starts_with(b"HTTP/1.1 1") {
+            let _ = self.phase.state.compare_exchange(Phase::BUSY, Phase::IDLE, Ordering::AcqRel, Ordering::Acquire);
+        }
     }
 }
 
@@ -170,6 +257,8 @@ impl<I: AsyncRead + Unpin> AsyncRead for Tracked<I> {
         let result = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
             self.touch();
+            let read = buf.filled()[before..].to_vec();
+            self.read_bytes(&read);
         }
         result
     }
@@ -180,6 +269,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Tracked<I> {
         let result = Pin::new(&mut self.inner).poll_write(cx, data);
         if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
             self.touch();
+            self.wrote(data);
         }
         result
     }
@@ -196,6 +286,8 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Tracked<I> {
         let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
             self.touch();
+            let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| &b[..]);
+            self.wrote(first);
         }
         result
     }
