@@ -2,28 +2,13 @@
 //! task templates) and schedules, through the REST API.
 
 use crate::client::{encode, Client};
+use crate::cmd_tasks::{parse_pair, parse_time, parse_timeout};
 use crate::output::{print_table, safe};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use serde_json::{json, Map, Value};
 use shepherd_core::{Code, Schedule};
 use std::process::ExitCode;
-
-fn parse_pair(text: &str) -> Result<(String, String), String> {
-    text.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| format!("`{text}`: use KEY=VALUE"))
-}
-
-fn parse_seconds(text: &str) -> Result<u32, String> {
-    if let Ok(n) = text.parse::<u32>() {
-        return Ok(n);
-    }
-    let d = humantime::parse_duration(text).map_err(|e| format!("`{text}`: {e} (use e.g. 90, 30s, 5m, 2h)"))?;
-    u32::try_from(d.as_secs()).map_err(|_| format!("`{text}` is too long"))
-}
-
-fn parse_time(text: &str) -> Result<shepherd_core::Timestamp, String> {
-    shepherd_core::Timestamp::parse_rfc3339(text).map_err(|e| format!("`{text}`: {e} (use e.g. 2026-12-01T09:00:00Z)"))
-}
 
 #[derive(Args)]
 pub struct CodeArgs {
@@ -94,7 +79,7 @@ struct PushArgs {
     #[arg(long, value_name = "MIB")]
     memory: Option<u32>,
     /// Default timeout (seconds, or 30s, 5m, 2h).
-    #[arg(long, value_parser = parse_seconds)]
+    #[arg(long, value_parser = parse_timeout)]
     timeout: Option<u32>,
     /// Default extra attempts after a failure (0 to 99).
     #[arg(long)]
@@ -317,7 +302,7 @@ struct CreateArgs {
     #[arg(long, requires = "cron")]
     tz: Option<String>,
     /// Run every interval (seconds, or 30s, 5m, 1h).
-    #[arg(long, value_parser = parse_seconds)]
+    #[arg(long, value_parser = parse_timeout)]
     every: Option<u32>,
     /// No slot before this (RFC 3339 UTC).
     #[arg(long, value_parser = parse_time)]
@@ -347,7 +332,7 @@ struct CreateArgs {
     #[arg(short = 'e', long = "env", value_name = "KEY=VALUE", value_parser = parse_pair)]
     env: Vec<(String, String)>,
     /// The task's timeout (seconds, or 30s, 5m, 2h).
-    #[arg(long, value_parser = parse_seconds)]
+    #[arg(long, value_parser = parse_timeout)]
     timeout: Option<u32>,
     /// The image (not with --code).
     #[arg(required_unless_present = "code")]

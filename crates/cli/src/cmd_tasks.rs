@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
-fn parse_timeout(text: &str) -> Result<u32, String> {
+pub(crate) fn parse_timeout(text: &str) -> Result<u32, String> {
     let seconds = match text.parse::<u64>() {
         Ok(seconds) => seconds,
         Err(_) => humantime::parse_duration(text).map_err(|e| format!("`{text}`: {e} (use 30s, 5m, 1h)"))?.as_secs(),
@@ -18,11 +18,11 @@ fn parse_timeout(text: &str) -> Result<u32, String> {
     u32::try_from(seconds).map_err(|_| format!("`{text}` is too long"))
 }
 
-fn parse_time(text: &str) -> Result<shepherd_core::Timestamp, String> {
+pub(crate) fn parse_time(text: &str) -> Result<shepherd_core::Timestamp, String> {
     shepherd_core::Timestamp::parse_rfc3339(text).map_err(|e| format!("`{text}`: {e} (use e.g. 2026-12-01T09:00:00Z)"))
 }
 
-fn parse_pair(text: &str) -> Result<(String, String), String> {
+pub(crate) fn parse_pair(text: &str) -> Result<(String, String), String> {
     text.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| format!("`{text}`: use KEY=VALUE"))
 }
 

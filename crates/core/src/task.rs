@@ -432,6 +432,19 @@ pub struct Progress {
     pub message: String,
 }
 
+impl Progress {
+    /// A checked report: 0 to 100 percent (rounded), a message of at most 1000 bytes.
+    pub fn new(percent: f64, message: String) -> Result<Progress, String> {
+        if !(0.0..=100.0).contains(&percent) {
+            return Err("percent must be between 0 and 100".into());
+        }
+        if message.len() > 1000 {
+            return Err("the message is at most 1000 bytes".into());
+        }
+        Ok(Progress { percent: percent.round() as u8, message })
+    }
+}
+
 /// A task as Shepherd reports it: `GET /v1/tasks/{id}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Task {
@@ -546,5 +559,17 @@ impl Task {
     /// The task as it stands right after it was stored: queued, no attempts.
     pub fn from_new(new: &NewTask) -> Task {
         Task::from_spec(new.id, new.spec.clone(), new.payload.as_ref().map_or(0, |p| p.len() as u64), new.created_at)
+    }
+}
+
+#[cfg(test)]
+mod progress_tests {
+    use super::Progress;
+
+    #[test]
+    fn progress_is_bounded() {
+        assert_eq!(Progress::new(49.6, "x".into()).unwrap(), Progress { percent: 50, message: "x".into() });
+        assert!(Progress::new(101.0, String::new()).is_err());
+        assert!(Progress::new(5.0, "m".repeat(1001)).is_err());
     }
 }

@@ -80,15 +80,19 @@ impl Caller {
 
 /// A token's SHA-256, hex.
 pub fn hash_token(token: &str) -> String {
-    let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
-    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    shepherd_agent::package::sha256_hex(token.as_bytes())
+}
+
+/// 32 random bytes, hex: the secret part of tokens and webhook secrets.
+pub fn random_hex() -> Result<String, ring::error::Unspecified> {
+    let mut bytes = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// A new random token: the prefix and 32 random bytes, hex.
 pub fn new_token() -> Result<String, ring::error::Unspecified> {
-    let mut bytes = [0u8; 32];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)?;
-    Ok(format!("{TOKEN_PREFIX}{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()))
+    Ok(format!("{TOKEN_PREFIX}{}", random_hex()?))
 }
 
 /// Makes a token for a project and stores its hash; returns the record and

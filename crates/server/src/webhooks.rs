@@ -67,10 +67,7 @@ pub async fn rotate_secret(store: &dyn Store, project: &str) -> Result<String, S
 }
 
 fn random_hex() -> Result<String, StoreError> {
-    use ring::rand::SecureRandom;
-    let mut bytes = [0u8; 32];
-    ring::rand::SystemRandom::new().fill(&mut bytes).map_err(|_| StoreError::Corrupt("no randomness for a webhook secret".into()))?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    crate::auth::random_hex().map_err(|_| StoreError::Corrupt("no randomness for a webhook secret".into()))
 }
 
 /// Whether an address is on the public internet: not loopback, private,

@@ -184,7 +184,8 @@ pub async fn progress(
     super::error::ApiJson(progress): super::error::ApiJson<shepherd_core::Progress>,
 ) -> Result<Json<Task>, ApiError> {
     let task = state.tasks.load_visible(&caller, &id).await?;
-    let progress = crate::ironworker::progress(f64::from(progress.percent), progress.message).map_err(|e| ApiError::field("percent", e))?;
+    let progress =
+        shepherd_core::Progress::new(f64::from(progress.percent), progress.message).map_err(|e| ApiError::field("percent", e))?;
     state.store.set_progress(task.id, progress).await?;
     Ok(Json(state.tasks.get(&caller, &id).await?))
 }

@@ -1,13 +1,9 @@
 //! Codes and schedules in PostgreSQL.
 
-use super::{error, PgStore, NOW_MS};
+use super::{corrupt, error, PgStore};
 use crate::{CodeLimit, Lease, ScheduleFiring, StoreError, WebhookAttempt, WebhookDelivery, WebhookNext};
 use shepherd_core::{Code, CodeSpec, Schedule, ScheduleSpec, ScheduleState, Timestamp};
 use tokio_postgres::Row;
-
-fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt(format!("{what}: {e}"))
-}
 
 fn to_u32(n: i64) -> u32 {
     n.clamp(0, u32::MAX.into()) as u32
@@ -216,14 +212,7 @@ impl PgStore {
         let numbers = super::reserve_audit_numbers(&self.counters, &f.audit).await?;
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(error)?;
-        let current = tx
-            .query_opt(&format!("SELECT holder, epoch, expires_at >= {NOW_MS} FROM leadership WHERE id = 1 FOR SHARE"), &[])
-            .await
-            .map_err(error)?;
-        match current {
-            Some(row) if row.get::<_, &str>(0) == lease.holder && row.get::<_, i64>(1) == lease.epoch && row.get::<_, bool>(2) => {}
-            _ => return Err(StoreError::Fenced { epoch: lease.epoch }),
-        }
+        super::check_lease(&tx, lease).await?;
         let state = if f.next.is_some() { ScheduleState::Active } else { ScheduleState::Done };
         let last = f.tasks.last().map(|t| t.id.to_string());
         let changed = tx

@@ -116,6 +116,20 @@ fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
     }
 }
 
+/// Refuses (fenced) unless `lease` is still the current, unexpired lease.
+/// FOR SHARE: a new leader cannot take the lease over until `tx` ends, so a
+/// write checked here is never late.
+async fn check_lease(tx: &deadpool_postgres::Transaction<'_>, lease: &Lease) -> Result<(), StoreError> {
+    let current = tx
+        .query_opt(&format!("SELECT holder, epoch, expires_at >= {NOW_MS} FROM leadership WHERE id = 1 FOR SHARE"), &[])
+        .await
+        .map_err(error)?;
+    match current {
+        Some(row) if row.get::<_, &str>(0) == lease.holder && row.get::<_, i64>(1) == lease.epoch && row.get::<_, bool>(2) => Ok(()),
+        _ => Err(StoreError::Fenced { epoch: lease.epoch }),
+    }
+}
+
 fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("{what}: {e}"))
 }
@@ -493,16 +507,7 @@ impl Store for PgStore {
     async fn apply_as_leader(&self, events: Vec<(TaskId, Event)>, now: Timestamp, lease: &Lease) -> Result<Vec<ApplyResult>, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(error)?;
-        // FOR SHARE: a new leader cannot take the lease over until this
-        // transaction ends, so a write checked here is never late.
-        let current = tx
-            .query_opt(&format!("SELECT holder, epoch, expires_at >= {NOW_MS} FROM leadership WHERE id = 1 FOR SHARE"), &[])
-            .await
-            .map_err(error)?;
-        match current {
-            Some(row) if row.get::<_, &str>(0) == lease.holder && row.get::<_, i64>(1) == lease.epoch && row.get::<_, bool>(2) => {}
-            _ => return Err(StoreError::Fenced { epoch: lease.epoch }),
-        }
+        check_lease(&tx, lease).await?;
         let batch: Vec<apply::BatchEvent<'_>> = events.iter().map(|(id, event)| (*id, event, now, None)).collect();
         let results = apply::apply_batch(&tx, &batch).await?;
         tx.commit().await.map_err(error)?;
