@@ -65,6 +65,7 @@ done
 "$bin" ps -l "shepherd.schedule=$schedule"
 
 token=$(sed -n 's/^token = "\(.*\)"$/\1/p' "$SHEPHERD_CONFIG")
+admin_token=$(sed -n 's/^admin_token = "\(.*\)"$/\1/p' "$SHEPHERD_CONFIG")
 step "curl -X POST $SHEPHERD_SERVER/v1/tasks/batch -H 'authorization: Bearer …'   # 200 tasks in one durable transaction"
 tasks=$(for i in $(seq 200); do printf '{"image":"busybox","command":["sh","-c","echo task %d; exit $((%d %% 10 == 0))"],"labels":{"demo":"batch"}},' "$i" "$i"; done)
 curl -sf -X POST "$SHEPHERD_SERVER/v1/tasks/batch" -H "authorization: Bearer $token" -H 'content-type: application/json' -d "{\"tasks\":[${tasks%,}]}" | head -c 120; echo ...
@@ -96,6 +97,14 @@ step "SHEPHERD_TOKEN=\$acme shepherd ps -n 3   # acme sees only its own tasks"
 SHEPHERD_TOKEN=$acme "$bin" ps -n 3
 step "shepherd audit --limit 6"
 "$bin" audit --limit 6
+step "shepherd usage   # what each project's tasks used (CPU, memory, run time), per hour"
+"$bin" usage
+step "timeout 2 shepherd events --after 0-0-0 --types node,project   # the event stream, from the start"
+timeout 2 "$bin" events --after 0-0-0 --types node,project || true
+step "curl $SHEPHERD_SERVER/metrics | grep shepherd_tasks_finished_total"
+curl -s "$SHEPHERD_SERVER/metrics" -H "authorization: Bearer $admin_token" | grep '^shepherd_tasks_finished_total' || true
+echo
+echo "The dashboard: $SHEPHERD_SERVER/ui (log in with the admin token, or a project's)."
 
 if $keep; then
     echo

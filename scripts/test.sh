@@ -30,6 +30,8 @@ fi
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
 bash scripts/build-test-image.sh
+# A real image registry for the registry tests (each test starts its own).
+bash scripts/registry.sh install
 # A throwaway PostgreSQL for the PostgreSQL store's tests (no fsync: tests only).
 pg_dir="$(mktemp -d /tmp/shepherd-test-pg.XXXXXX)"
 trap 'bash scripts/postgres.sh stop "$pg_dir"; rm -rf "$pg_dir"' EXIT
@@ -41,12 +43,18 @@ cargo build --workspace --all-targets
 RUSTFLAGS="-C target-feature=+crt-static" cargo build -p shepherd-runner --release --target x86_64-unknown-linux-gnu
 SHEPHERD_RUNNER_STATIC="$PWD/target/x86_64-unknown-linux-gnu/release/shepherd-runner"
 export SHEPHERD_RUNNER_STATIC
-# IronWorker's own Python client, pinned, for the compatibility test.
+# Python clients, pinned: IronWorker's own, for the compatibility test, and
+# websocket-client, which drives Chromium for the dashboard's browser test.
 iron_venv="$PWD/target/iron-venv"
-if ! "$iron_venv/bin/python" -c 'import iron_worker' >/dev/null 2>&1; then
-    echo "test.sh: installing the iron_worker Python client" >&2
+if ! "$iron_venv/bin/python" -c 'import iron_worker, websocket' >/dev/null 2>&1; then
+    echo "test.sh: installing the Python test clients" >&2
     python3 -m venv "$iron_venv"
-    "$iron_venv/bin/pip" install -q iron-worker==1.3.8 iron-core==1.2.1
+    "$iron_venv/bin/pip" install -q iron-worker==1.3.8 iron-core==1.2.1 websocket-client==1.9.0
+fi
+# Headless Chromium for the dashboard's browser test (Debian's package).
+if ! command -v chromium >/dev/null 2>&1; then
+    echo "test.sh: installing chromium" >&2
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 fi
 SHEPHERD_TEST_PYTHON="$iron_venv/bin/python"
 export SHEPHERD_TEST_PYTHON

@@ -82,6 +82,8 @@ pub mod memory {
         reports: Vec<(TaskId, Event)>,
         packages: HashMap<TaskId, Vec<u8>>,
         refused: HashSet<TaskId>,
+        /// While set, reports fail as if no server answered.
+        unreachable: bool,
         logs: Vec<LogChunk>,
         assigned: Vec<AssignedAttempt>,
         launches: HashMap<TaskId, LaunchSpec>,
@@ -105,6 +107,11 @@ pub mod memory {
         /// From now on, refuse every report about `task` (it was given away).
         pub fn refuse(&self, task: TaskId) {
             self.lock().refused.insert(task);
+        }
+
+        /// Makes reports fail as if no server answered (or answer again).
+        pub fn set_unreachable(&self, unreachable: bool) {
+            self.lock().unreachable = unreachable;
         }
 
         /// What the cluster says is assigned (for `reconcile`).
@@ -132,6 +139,9 @@ pub mod memory {
     impl Backend for MemoryBackend {
         async fn report(&self, events: Vec<(TaskId, Event)>) -> Result<Vec<bool>, BackendError> {
             let mut state = self.lock();
+            if state.unreachable {
+                return Err(BackendError::Stream("no server answered".into()));
+            }
             let accepted = events.iter().map(|(id, _)| !state.refused.contains(id)).collect();
             state.reports.extend(events);
             Ok(accepted)

@@ -17,6 +17,7 @@
 pub mod backend;
 pub mod driver;
 mod logs;
+pub mod metrics;
 pub mod package;
 pub mod remote;
 mod runner;

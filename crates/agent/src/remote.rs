@@ -301,6 +301,7 @@ async fn session(backend: &Arc<HttpBackend>, agent: &Agent, join: &JoinConfig) -
                 Ok(AgentMessage::Cancel { task_id }) => agent.cancel(task_id),
                 Ok(AgentMessage::Reconcile) => agent.reconcile().await?,
                 Ok(AgentMessage::Drain) => agent.drain(),
+                Ok(AgentMessage::RemoveVolume { engine_name, project }) => agent.remove_volume(engine_name, project),
                 Ok(AgentMessage::Ping) => {}
                 Err(e) => tracing::warn!(error = %e, "unreadable message from the server"),
             }

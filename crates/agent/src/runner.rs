@@ -57,6 +57,10 @@ struct Inner {
     /// an assignment of one of these is a late copy (a server that was
     /// frozen flushing what it sent before) and must not run it again.
     ran: Mutex<RecentlyRan>,
+    /// Reports the cluster did not take (no server answered): sent again,
+    /// in order, before each reconcile, so an attempt that ran while its
+    /// reports were lost is never left waiting to start.
+    unreported: Mutex<Vec<(TaskId, Event)>>,
     /// Code packages the attempts here use (kept from eviction).
     packages: crate::package::InUse,
 }
@@ -104,6 +108,7 @@ impl Agent {
                 capacity_freed,
                 left_running: Default::default(),
                 ran: Mutex::default(),
+                unreported: Mutex::default(),
                 packages: Default::default(),
             }),
         }
@@ -181,6 +186,18 @@ impl Agent {
         });
     }
 
+    /// Removes a removed project volume's data from this node, in the
+    /// background (the engine refuses while a container still uses it:
+    /// logged, kept).
+    pub fn remove_volume(&self, engine_name: String, project: String) {
+        let driver = self.inner.driver.clone();
+        tokio::spawn(async move {
+            if let Err(e) = driver.remove_volume(&engine_name, &project).await {
+                tracing::warn!(volume = %engine_name, error = %e, "could not remove a project volume");
+            }
+        });
+    }
+
     /// Stops a task's running attempt because it was cancelled.
     pub fn cancel(&self, task_id: TaskId) {
         if let Ok(running) = self.inner.running.lock() {
@@ -204,6 +221,18 @@ impl Agent {
     /// every container of this node that no assigned attempt owns, such as
     /// those of attempts given away while the node was cut off.
     pub async fn reconcile(&self) -> Result<(), crate::backend::BackendError> {
+        // First what the cluster did not hear: the state read next follows it.
+        let unreported = self.inner.unreported.lock().map(|mut u| std::mem::take(&mut *u)).unwrap_or_default();
+        if !unreported.is_empty() {
+            tracing::info!(count = unreported.len(), "sending reports the cluster did not take");
+            if let Err(e) = self.inner.backend.report(unreported.clone()).await {
+                if let Ok(mut u) = self.inner.unreported.lock() {
+                    let newer = std::mem::take(&mut *u);
+                    *u = unreported.into_iter().chain(newer).collect();
+                }
+                return Err(e);
+            }
+        }
         let mine = self.inner.backend.assigned(&self.inner.config.node_id).await?;
         // Everything still assigned here is kept, scheduled ones too: the
         // cluster may not have heard this agent's start report yet.
@@ -234,8 +263,16 @@ impl Agent {
                 }
                 continue;
             }
-            if task.state == TaskState::Scheduled {
+            let ran_here = self.inner.ran.lock().is_ok_and(|ran| ran.set.contains(&(task.task_id, task.attempt)));
+            if task.state == TaskState::Scheduled && !ran_here {
                 self.assign(task.task_id, task.attempt);
+                continue;
+            }
+            if task.state == TaskState::Scheduled {
+                // It ended here, every report sent or sent again above, and
+                // the cluster still waits for it: it is lost (and retried
+                // per its policy) rather than waiting for ever.
+                lost.push((task.task_id, Event::Lost { attempt: task.attempt, reason: "its end never reached the cluster".into() }));
                 continue;
             }
             let (tx, rx) = mpsc::channel(64);
@@ -316,10 +353,19 @@ struct Adopted {
 }
 
 async fn report(inner: &Inner, task_id: TaskId, event: Event) -> bool {
-    match inner.backend.report(vec![(task_id, event)]).await {
+    match inner.backend.report(vec![(task_id, event.clone())]).await {
         Ok(results) => results.into_iter().next().unwrap_or(false),
         Err(e) => {
-            tracing::error!(task = %task_id, error = %e, "could not report to the cluster");
+            // An attempt whose start the cluster did not hear is stopped
+            // (it may be given away); how one ended is sent again.
+            if !matches!(event, Event::Start { .. }) {
+                tracing::error!(task = %task_id, error = %e, "could not report to the cluster; sent again at the next reconcile");
+                if let Ok(mut unreported) = inner.unreported.lock() {
+                    unreported.push((task_id, event));
+                }
+            } else {
+                tracing::error!(task = %task_id, error = %e, "could not report the start to the cluster; stopping the attempt");
+            }
             false
         }
     }
@@ -335,6 +381,7 @@ async fn run_attempt(
 ) {
     let work_dir = inner.config.work_dir.join(format!("{task_id}-{attempt}"));
     let span = tracing::info_span!("attempt", task = %task_id, attempt, node = %inner.config.node_id);
+    let _running = crate::metrics::RunningGuard::new();
     run_attempt_inner(&inner, task_id, attempt, cancel, &fenced, begin, &work_dir).instrument(span).await;
     if let Err(e) = tokio::fs::remove_dir_all(&work_dir).await {
         if e.kind() != std::io::ErrorKind::NotFound {
@@ -405,6 +452,8 @@ enum StartError {
     Secrets(std::io::Error),
     #[error("secret `{name}` no longer exists in project `{project}`")]
     SecretGone { name: String, project: String },
+    #[error("volume `{name}` no longer exists in project `{project}`")]
+    VolumeGone { name: String, project: String },
     #[error("the task's code package: {0}")]
     Package(String),
     /// The driver's own reason (bad command, missing image, ...).
@@ -468,9 +517,15 @@ async fn start(
         Some(package) => Some(unpacked_package(inner, task_id, &package.digest).await?),
         None => None,
     };
-    // A package is mounted into a container of its own: such tasks run cold.
-    let reuse = launch.spec.reuse.filter(|_| package_dir.is_none());
-    let warm_key = shepherd_core::shape::warm_key(&launch.spec).filter(|_| package_dir.is_none());
+    // Run cold: what `warm_key` gives no key (no `reuse`; scratch, volumes,
+    // named networks, devices, GPUs: mounts of a container's own), a code
+    // package (mounted into a container of its own), and networks the
+    // project's policy gives it (an internal bridge without egress).
+    let warm_key = shepherd_core::shape::warm_key(&launch.spec).filter(|_| package_dir.is_none() && launch.networks.is_empty());
+    let reuse = launch.spec.reuse.filter(|_| warm_key.is_some());
+    if let Some(missing) = launch.spec.volumes.iter().find(|m| !launch.volumes.iter().any(|v| v.name == m.name)) {
+        return Err(StartError::VolumeGone { name: missing.name.clone(), project: launch.spec.project.clone() });
+    }
     let mut env = launch.spec.env;
     let secrets_dir = if launch.spec.secrets.is_empty() {
         None
@@ -506,13 +561,27 @@ async fn start(
         project: launch.spec.project,
         secrets_dir,
         package_dir,
+        scratch: launch.spec.scratch,
+        volumes: launch.volumes,
+        networks: launch.networks,
+        gpus: launch.spec.gpus,
+        devices: launch.spec.devices,
+        gpu_ids: Vec::new(),
+        registry_auth: launch.registry_auth,
+        pull_timeout: std::time::Duration::from_secs(u64::from(launch.spec.pull_timeout_seconds.unwrap_or(600))),
     };
     tracing::debug!(?spec, "starting attempt");
     let (tx, rx) = mpsc::channel(64);
     match inner.driver.start(&spec, tx).await {
         Ok(handle) => Ok(Some((handle, rx))),
-        Err(DriverError::StartFailed(reason)) => Err(StartError::Driver(reason)),
-        Err(e) => Err(StartError::Driver(e.to_string())),
+        Err(DriverError::StartFailed(reason)) => {
+            crate::metrics::metrics().start_failures.inc();
+            Err(StartError::Driver(reason))
+        }
+        Err(e) => {
+            crate::metrics::metrics().start_failures.inc();
+            Err(StartError::Driver(e.to_string()))
+        }
     }
 }
 
@@ -628,13 +697,18 @@ async fn run_attempt_inner(
         tracing::info!(task = %task_id, attempt, "attempt given away elsewhere: stopped, not reported");
         return;
     }
+    let usage = status.as_ref().ok().and_then(|s| s.usage);
     let event = match (stop_reason, timed_out, status) {
-        (Some(StopReason::Cancelled), _, _) => Event::Cancelled { attempt },
+        (Some(StopReason::Cancelled), _, _) => Event::Cancelled { attempt, usage },
         (Some(StopReason::Shutdown), _, _) => Event::Interrupted { attempt },
-        (None, true, _) => Event::TimedOut { attempt },
-        (None, false, Ok(status)) => {
-            Event::Exit { attempt, code: status.code, oom_killed: status.oom_killed, at: Some(status.finished_at.unwrap_or(exited_at)) }
-        }
+        (None, true, _) => Event::TimedOut { attempt, usage },
+        (None, false, Ok(status)) => Event::Exit {
+            attempt,
+            code: status.code,
+            oom_killed: status.oom_killed,
+            at: Some(status.finished_at.unwrap_or(exited_at)),
+            usage,
+        },
         (None, false, Err(e)) => Event::Lost { attempt, reason: format!("driver lost track of the attempt: {e}") },
     };
     report(inner, task_id, event).await;

@@ -57,7 +57,8 @@ pub struct SimConfig {
     pub registering: usize,
 }
 
-/// `nodes` nodes (the first ones) freeze `after` the start for `pause`:
+/// `nodes` nodes (the first ones) freeze `after` the whole fleet first
+/// registered, for `pause`:
 /// no heartbeats, no stream, reports held back; then they reconnect.
 #[derive(Debug, Clone, Copy)]
 pub struct Churn {
@@ -225,6 +226,12 @@ impl Fleet {
         if let Some(churn) = self.config.churn {
             let fleet = self.clone();
             tasks.push(tokio::spawn(async move {
+                // From when the whole fleet has joined (a loaded host may take
+                // a while): a node frozen before it registered would never be
+                // declared down.
+                while fleet.stats.registrations.load(Ordering::Relaxed) < fleet.nodes.len() as u64 {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
                 tokio::time::sleep(churn.after).await;
                 tracing::info!(nodes = churn.nodes, "freezing nodes");
                 for node in fleet.nodes.iter().take(churn.nodes) {
@@ -332,13 +339,13 @@ impl Fleet {
                     Ok(AgentMessage::Cancel { task_id }) => {
                         if let Ok(mut inner) = node.inner.lock() {
                             if let Some(attempt) = inner.running.remove(&task_id) {
-                                inner.pending.push((task_id, Event::Cancelled { attempt }));
+                                inner.pending.push((task_id, Event::Cancelled { attempt, usage: None }));
                             }
                         }
                         node.wake.notify_one();
                     }
                     Ok(AgentMessage::Reconcile) => self.reconcile(index, node).await?,
-                    Ok(AgentMessage::Drain) | Ok(AgentMessage::Ping) => {}
+                    Ok(AgentMessage::Drain) | Ok(AgentMessage::Ping) | Ok(AgentMessage::RemoveVolume { .. }) => {}
                     Err(e) => tracing::warn!(error = %e, "unreadable message"),
                 }
             }
@@ -390,7 +397,7 @@ impl Fleet {
                 match (a.state, here) {
                     (_, true) if a.cancel_requested => {
                         inner.running.remove(&a.task_id);
-                        inner.pending.push((a.task_id, Event::Cancelled { attempt: a.attempt }));
+                        inner.pending.push((a.task_id, Event::Cancelled { attempt: a.attempt, usage: None }));
                     }
                     (TaskState::Scheduled, false) => to_start.push((a.task_id, a.attempt)),
                     (TaskState::Running, false) => {
@@ -545,7 +552,9 @@ impl Fleet {
                 if let Ok(mut inner) = node.inner.lock() {
                     if inner.running.get(&task) == Some(&attempt) {
                         inner.running.remove(&task);
-                        inner.pending.push((task, Event::Exit { attempt, code, oom_killed: false, at: Some(Timestamp::now()) }));
+                        inner
+                            .pending
+                            .push((task, Event::Exit { attempt, code, oom_killed: false, at: Some(Timestamp::now()), usage: None }));
                     }
                 }
                 node.wake.notify_one();

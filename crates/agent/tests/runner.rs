@@ -28,6 +28,9 @@ fn launch(task: TaskId, attempt: u32, timeout_seconds: u32) -> LaunchSpec {
         payload: None,
         attempt_started_at: None,
         secrets: Default::default(),
+        volumes: Vec::new(),
+        networks: Vec::new(),
+        registry_auth: None,
     }
 }
 
@@ -75,7 +78,7 @@ async fn an_attempt_runs_and_its_exit_and_output_are_reported() {
     s.agent.assign_launch(launch(id(1), 1, 60));
     let reports = until_final(&s.backend, id(1)).await;
     assert!(matches!(reports[0], Event::Start { attempt: 1, at: Some(_), runtime: None }), "{reports:?}");
-    assert!(matches!(reports[1], Event::Exit { attempt: 1, code: 3, oom_killed: false, at: Some(_) }), "{reports:?}");
+    assert!(matches!(reports[1], Event::Exit { attempt: 1, code: 3, oom_killed: false, at: Some(_), .. }), "{reports:?}");
     assert_eq!(s.backend.output(id(1)), b"hello\n");
     let record = s.driver.record(id(1), 1);
     assert!(record.removed && !record.killed, "{record:?}");
@@ -90,7 +93,7 @@ async fn a_deadline_stops_the_attempt_as_timed_out() {
     let started = tokio::time::Instant::now();
     s.agent.assign_launch(launch(id(1), 1, 5));
     let reports = until_final(&s.backend, id(1)).await;
-    assert_eq!(reports[1], Event::TimedOut { attempt: 1 });
+    assert_eq!(reports[1], Event::TimedOut { attempt: 1, usage: None });
     let took = started.elapsed();
     assert!(took >= Duration::from_secs(5) && took < Duration::from_secs(6), "{took:?}");
     assert_eq!(s.driver.record(id(1), 1).terminated, 1);
@@ -107,9 +110,9 @@ async fn a_cancel_ends_an_obedient_attempt_at_once_and_a_deaf_one_after_the_grac
     let asked = tokio::time::Instant::now();
     s.agent.cancel(id(1));
     s.agent.cancel(id(2));
-    assert_eq!(until_final(&s.backend, id(1)).await[1], Event::Cancelled { attempt: 1 });
+    assert_eq!(until_final(&s.backend, id(1)).await[1], Event::Cancelled { attempt: 1, usage: None });
     assert!(asked.elapsed() < Duration::from_secs(1));
-    assert_eq!(until_final(&s.backend, id(2)).await[1], Event::Cancelled { attempt: 1 });
+    assert_eq!(until_final(&s.backend, id(2)).await[1], Event::Cancelled { attempt: 1, usage: None });
     assert!(asked.elapsed() >= Duration::from_secs(30), "SIGKILL only after the grace: {:?}", asked.elapsed());
     let deaf = s.driver.record(id(2), 1);
     assert!(deaf.killed && deaf.terminated == 2, "SIGTERM twice, then SIGKILL: {deaf:?}");
@@ -141,7 +144,7 @@ async fn a_refused_start_report_kills_the_attempt_and_fencing_reports_nothing() 
     s.agent.assign_launch(launch(id(3), 2, 3600));
     tokio::time::sleep(Duration::from_secs(15)).await;
     assert!(s.driver.record(id(3), 1).ended);
-    assert!(!s.backend.reports_of(id(3)).iter().any(|e| matches!(e, Event::Cancelled { attempt: 1 })));
+    assert!(!s.backend.reports_of(id(3)).iter().any(|e| matches!(e, Event::Cancelled { attempt: 1, .. })));
 }
 
 #[tokio::test(start_paused = true)]
@@ -202,7 +205,40 @@ async fn a_reconcile_delivers_a_cancel_whose_message_was_lost() {
     s.backend.set_assigned(vec![AssignedAttempt { task_id: id(1), attempt: 1, state: TaskState::Running, cancel_requested: true }]);
     s.agent.reconcile().await.unwrap();
     let reports = until_final(&s.backend, id(1)).await;
-    assert_eq!(reports[1], Event::Cancelled { attempt: 1 }, "{reports:?}");
+    assert_eq!(reports[1], Event::Cancelled { attempt: 1, usage: None }, "{reports:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn reports_no_server_took_are_sent_again_at_the_next_reconcile_in_order() {
+    let s = setup(FakeDriver::new(), Duration::from_secs(10));
+    s.driver.script(id(1), Script { runs_for: Some(Duration::from_secs(3)), code: 4, ..Script::default() });
+    s.agent.assign_launch(launch(id(1), 1, 60));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Started and heard; then no server answers while it ends.
+    s.backend.set_unreachable(true);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(matches!(s.backend.reports_of(id(1))[..], [Event::Start { .. }]), "{:?}", s.backend.reports_of(id(1)));
+    s.backend.set_unreachable(false);
+    s.backend.set_assigned(vec![AssignedAttempt { task_id: id(1), attempt: 1, state: TaskState::Running, cancel_requested: false }]);
+    s.agent.reconcile().await.unwrap();
+    // Sent before the cluster's state is read (this fake's list stays as
+    // set, so what the reconcile does next does not count here).
+    let reports = s.backend.reports_of(id(1));
+    assert!(matches!(reports[..2], [Event::Start { attempt: 1, .. }, Event::Exit { attempt: 1, code: 4, .. }]), "{reports:?}");
+    s.backend.set_assigned(Vec::new());
+
+    // One whose start no server heard is stopped; the cluster, still
+    // waiting for it to start, hears it lost rather than waiting for ever.
+    s.backend.set_unreachable(true);
+    s.driver.script(id(2), Script { runs_for: Some(Duration::from_secs(3)), ..Script::default() });
+    s.agent.assign_launch(launch(id(2), 1, 60));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    s.backend.set_unreachable(false);
+    assert!(s.backend.reports_of(id(2)).is_empty());
+    s.backend.set_assigned(vec![AssignedAttempt { task_id: id(2), attempt: 1, state: TaskState::Scheduled, cancel_requested: false }]);
+    s.agent.reconcile().await.unwrap();
+    let reports = s.backend.reports_of(id(2));
+    assert!(matches!(reports[..], [Event::Lost { attempt: 1, .. }]), "{reports:?}");
 }
 
 #[tokio::test(start_paused = true)]

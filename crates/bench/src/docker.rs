@@ -71,6 +71,14 @@ pub fn attempt_spec(image: &str) -> AttemptSpec {
         reuse: None,
         warm_key: None,
         package_dir: None,
+        scratch: None,
+        volumes: Vec::new(),
+        networks: Vec::new(),
+        gpus: 0,
+        devices: Vec::new(),
+        gpu_ids: Vec::new(),
+        registry_auth: None,
+        pull_timeout: std::time::Duration::from_secs(600),
     }
 }
 

@@ -1,6 +1,7 @@
 //! `shepherd-bench`: release-build benchmarks, each against a baseline
 //! measured in the same run. See `bench/RESULTS.md`.
 
+mod autoscale;
 mod cluster;
 mod docker;
 mod ha;
@@ -30,6 +31,10 @@ enum Bench {
     Cluster(cluster::Args),
     /// Several servers on one PostgreSQL: ingest scaling and leader failover time.
     Ha(ha::Args),
+    /// Autoscaled pools: from a task for an empty pool to its start on a new machine (docker provisioner).
+    AutoscaleLatency(autoscale::LatencyArgs),
+    /// Autoscaled pools: a simulated bursty day, machine-hours and queue wait vs a fixed pool.
+    AutoscaleDay(autoscale::DayArgs),
     /// End to end at scale: a server with up to 10,000 simulated nodes, tasks started per second.
     Scale(scale::Args),
 }
@@ -52,5 +57,7 @@ async fn main() -> Result<()> {
         Bench::Cluster(args) => cluster::run(args).await,
         Bench::Ha(args) => ha::run(args).await,
         Bench::Scale(args) => scale::run(args).await,
+        Bench::AutoscaleLatency(args) => autoscale::latency(args).await,
+        Bench::AutoscaleDay(args) => autoscale::day(args),
     }
 }

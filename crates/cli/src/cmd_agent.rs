@@ -20,6 +20,10 @@ pub struct AgentArgs {
     tls_ca: Option<PathBuf>,
     #[command(flatten)]
     node: NodeFlags,
+    /// Serve this node's metrics (`/metrics`: attempts running, engine call
+    /// latency, start failures) on this address, without a token.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
 pub async fn agent(args: AgentArgs) -> Result<ExitCode> {
@@ -30,6 +34,12 @@ pub async fn agent(args: AgentArgs) -> Result<ExitCode> {
     let _lock = crate::host::claim_data_dir(&data_dir)?;
     let node_id = shepherd_server::local_node_id(&data_dir).context("reading the node id")?;
     let node = prepare_node(&args.node, &node_id).await?;
+    let _metrics = match args.metrics_listen {
+        Some(addr) => {
+            Some(shepherd_server::metrics::serve_node_metrics(addr).await.with_context(|| format!("cannot serve metrics on {addr}"))?)
+        }
+        None => None,
+    };
     println!("shepherd agent: node {node_id} joining {} ({})", args.join.join, node.why);
     use std::io::Write;
     let _ = std::io::stdout().flush();

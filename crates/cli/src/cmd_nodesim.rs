@@ -43,7 +43,7 @@ pub struct NodesimArgs {
     /// A node's events wait this long to travel in one request.
     #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
     report_every: Duration,
-    /// Freeze the first K nodes AFTER the start for PAUSE, then reconnect: K@AFTER+PAUSE.
+    /// Freeze the first K nodes AFTER the whole fleet joined, for PAUSE, then reconnect: K@AFTER+PAUSE.
     #[arg(long, value_parser = Churn::parse)]
     churn: Option<Churn>,
     /// Write the fleet's counters here (JSON) four times a second and when
@@ -139,10 +139,15 @@ pub async fn nodesim(args: NodesimArgs) -> Result<ExitCode> {
     };
     fleet.run(stop_signal()).await;
     progress.abort();
+    // Wait for the writer to stop: aborted between its write and its rename,
+    // it would replace the final report (with its exits) by a partial one.
+    let _ = progress.await;
     let report = stats.report(args.nodes);
     if let Some(path) = &args.stats {
         let text = serde_json::to_string(&report).context("encoding the stats")?;
-        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+        let partial = path.with_extension("partial");
+        std::fs::write(&partial, text).with_context(|| format!("writing {}", partial.display()))?;
+        std::fs::rename(&partial, path).with_context(|| format!("writing {}", path.display()))?;
     }
     println!(
         "shepherd nodesim: stopped; {} assignments, {} starts and {} exits accepted, {} refused",

@@ -33,6 +33,12 @@ pub struct SimulateArgs {
     /// Memory of each node, MiB.
     #[arg(long, default_value_t = 65_536)]
     node_memory: u32,
+    /// How many of the nodes have GPUs (the first ones).
+    #[arg(long, default_value_t = 0)]
+    gpu_nodes: usize,
+    /// GPUs on each GPU node (tasks ask with `"gpus": N` in the workload).
+    #[arg(long, default_value_t = 0)]
+    node_gpus: u32,
     /// Profiles to compare, side by side.
     #[arg(long, value_delimiter = ',', default_value = "spread,binpack,random")]
     profiles: Vec<String>,
@@ -79,8 +85,15 @@ pub fn simulate_cmd(args: SimulateArgs) -> Result<ExitCode> {
             seed: args.seed,
         }),
     };
-    let sim =
-        SimConfig { nodes: args.nodes, node_cpu: args.node_cpu, node_memory: args.node_memory, tick_seconds: args.tick, seed: args.seed };
+    let sim = SimConfig {
+        nodes: args.nodes,
+        node_cpu: args.node_cpu,
+        node_memory: args.node_memory,
+        tick_seconds: args.tick,
+        seed: args.seed,
+        gpu_nodes: args.gpu_nodes,
+        node_gpus: args.node_gpus,
+    };
     eprintln!("simulating {} tasks on {} nodes ({} m CPU, {} MiB each)", workload.len(), args.nodes, args.node_cpu, args.node_memory);
     let mut reports = Vec::new();
     for (i, profile) in args.profiles.iter().enumerate() {

@@ -77,9 +77,23 @@ pub struct RunArgs {
     /// Node pool to run in.
     #[arg(long)]
     pool: Option<String>,
-    /// Network: none (default) or bridge.
-    #[arg(long)]
-    network: Option<String>,
+    /// Network: none (default), bridge (the project's own), or the name of
+    /// one of the project's networks (`shepherd project network`);
+    /// repeatable to join several.
+    #[arg(long = "network")]
+    network: Vec<String>,
+    /// When to pull the image: always (with the project's registry login;
+    /// a failed pull fails the attempt), if_not_present (default) or never.
+    #[arg(long, value_name = "POLICY", value_parser = ["always", "if_not_present", "never"])]
+    pull: Option<String>,
+    /// How long the image's pull may take (30s, 10m; default 10m), apart
+    /// from --timeout, which starts when the container does.
+    #[arg(long, value_name = "DURATION", value_parser = parse_timeout)]
+    pull_timeout: Option<u32>,
+    /// Mount a volume of the project: NAME:/target[:ro] (repeatable; make
+    /// it with `shepherd volume create`). Never a host path.
+    #[arg(short = 'v', long = "volume", value_name = "NAME:/TARGET[:ro]", value_parser = parse_volume)]
+    volumes: Vec<shepherd_core::VolumeMount>,
     /// Run in a warm container reused by this project's tasks of the same
     /// image, user, workdir, network and limits (reset between tasks).
     #[arg(long)]
@@ -161,7 +175,18 @@ pub async fn run(client: &Client, args: RunArgs) -> Result<ExitCode> {
     spec.project = args.project.clone().unwrap_or_default();
     spec.profile = args.profile.clone();
     spec.pool = args.pool.clone();
-    spec.network = args.network.clone().unwrap_or_else(TaskSpec::default_network);
+    spec.network = TaskSpec::default_network();
+    for network in &args.network {
+        match network.as_str() {
+            "none" | "bridge" => spec.network = network.clone(),
+            named => spec.networks.push(named.to_string()),
+        }
+    }
+    spec.volumes = args.volumes.clone();
+    spec.pull_timeout_seconds = args.pull_timeout;
+    if let Some(policy) = &args.pull {
+        spec.pull_policy = serde_json::from_value(serde_json::Value::String(policy.clone()))?;
+    }
     spec.delay_seconds = args.delay;
     spec.start_at = args.start_at;
     spec.webhook = args.webhook.clone();
@@ -227,8 +252,10 @@ fn code_request(args: &RunArgs, code: &str, spec: TaskSpec) -> Result<serde_json
     keep("timeout_seconds", args.timeout.is_some());
     keep("priority", args.priority.is_some());
     keep("retry", args.retries.is_some() || args.backoff.is_some());
-    keep("network", args.network.is_some());
-    keep("pull_policy", false);
+    keep("network", !args.network.is_empty());
+    keep("networks", !spec.networks.is_empty());
+    keep("volumes", !args.volumes.is_empty());
+    keep("pull_policy", args.pull.is_some());
     let mut body = full;
     if args.cpu.is_none() && args.memory.is_none() {
         body.remove("resources");
@@ -246,6 +273,11 @@ fn code_request(args: &RunArgs, code: &str, spec: TaskSpec) -> Result<serde_json
         body.insert("code_revision".into(), revision.into());
     }
     Ok(body)
+}
+
+/// `NAME:/target[:ro]`: a project volume, never a host path.
+fn parse_volume(text: &str) -> Result<shepherd_core::VolumeMount, String> {
+    shepherd_core::VolumeMount::parse(text)
 }
 
 /// An API error about a task's field, said in the terms of `run`'s flags.
@@ -270,7 +302,9 @@ fn in_flag_terms(error: anyhow::Error) -> anyhow::Error {
         "secrets" => "--secret",
         "profile" => "--profile",
         "pool" => "--pool",
-        "network" => "--network",
+        "network" | "networks" => "--network",
+        "volumes" => "--volume",
+        "pull_timeout_seconds" => "--pull-timeout",
         "reuse.idle_seconds" => "--reuse-idle",
         "delay_seconds" => "--delay",
         "start_at" => "--start-at",
@@ -286,13 +320,13 @@ const RECONNECT_FOR: Duration = Duration::from_secs(300);
 
 /// A stretch of time without the server.
 #[derive(Default)]
-struct Outage {
+pub struct Outage {
     since: Option<std::time::Instant>,
 }
 
 impl Outage {
     /// After a failure: wait a moment if it may pass, else give up with it.
-    async fn pause(&mut self, error: anyhow::Error) -> Result<()> {
+    pub async fn pause(&mut self, error: anyhow::Error) -> Result<()> {
         if !is_transient(&error) {
             return Err(error);
         }
@@ -312,7 +346,7 @@ impl Outage {
     }
 
     /// The server answered again.
-    fn over(&mut self) {
+    pub fn over(&mut self) {
         if self.since.take().is_some() {
             eprintln!("shepherd: reconnected");
         }
@@ -503,6 +537,13 @@ pub async fn inspect(client: &Client, args: InspectArgs) -> Result<ExitCode> {
     if let Some(reason) = &task.reason {
         println!("Reason:      {}", safe(reason));
     }
+    if let Some(queue) = &task.queue {
+        println!("Queue:       #{} in project {}, #{} in the cluster", queue.in_project, safe(&task.project), queue.in_cluster);
+        match queue.estimated_start {
+            Some(at) => println!("Starts:      about {} ({})", at.to_rfc3339(), safe(&queue.estimate)),
+            None => println!("Starts:      {}", safe(&queue.estimate)),
+        }
+    }
     println!("Exit code:   {}", task.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "-".into()));
     println!("Image:       {}", safe(&task.image));
     println!("Command:     {}", safe(&task.command.join(" ")));
@@ -524,6 +565,12 @@ pub async fn inspect(client: &Client, args: InspectArgs) -> Result<ExitCode> {
             Some(env) => println!("Secret:      {} (file, and ${})", safe(&secret.name), safe(env)),
             None => println!("Secret:      {} (file)", safe(&secret.name)),
         }
+    }
+    for volume in &task.volumes {
+        println!("Volume:      {} at {}{}", safe(&volume.name), safe(&volume.target), if volume.read_only { " (read-only)" } else { "" });
+    }
+    if !task.networks.is_empty() {
+        println!("Networks:    {}", safe(&task.networks.join(", ")));
     }
     for (k, v) in &task.env {
         println!("Env:         {}={}", safe(k), safe(v));
@@ -568,16 +615,25 @@ pub async fn inspect(client: &Client, args: InspectArgs) -> Result<ExitCode> {
                         Some(r) => format!("{} {}", if r.warm { "warm" } else { "cold" }, safe(&r.container)),
                         None => "-".into(),
                     },
+                    match a.usage {
+                        Some(u) => format!("{:.2}s cpu, {} peak", u.cpu_ms as f64 / 1000.0, mib(u.peak_memory_bytes)),
+                        None => "-".into(),
+                    },
                     a.reason.clone().unwrap_or_default(),
                 ]
             })
             .collect();
-        print_table(&["ATTEMPT", "NODE", "STARTED", "FINISHED", "OUTCOME", "EXIT", "CONTAINER", "REASON"], &rows);
+        print_table(&["ATTEMPT", "NODE", "STARTED", "FINISHED", "OUTCOME", "EXIT", "CONTAINER", "USAGE", "REASON"], &rows);
     }
     if args.explain {
         explain(client, &args.id).await?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Bytes as MiB, one decimal.
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
 
 /// The scores of the best candidates of the task's latest placement.

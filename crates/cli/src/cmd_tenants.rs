@@ -27,6 +27,15 @@ pub struct LimitFlags {
     /// Requests per second per token (at least 1).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     rate_limit: Option<u32>,
+    /// Most named volumes.
+    #[arg(long)]
+    max_volumes: Option<u64>,
+    /// Most MiB the project's sized volumes add up to.
+    #[arg(long, value_name = "MIB")]
+    max_volume_size: Option<u64>,
+    /// Most GPUs in use.
+    #[arg(long)]
+    max_gpus: Option<u64>,
 }
 
 /// A limit `project limits --clear` can remove.
@@ -38,6 +47,9 @@ enum Limit {
     MaxMemory,
     #[allow(clippy::enum_variant_names)]
     RateLimit,
+    MaxVolumes,
+    MaxVolumeSize,
+    MaxGpus,
 }
 
 impl LimitFlags {
@@ -53,6 +65,9 @@ impl LimitFlags {
             max_cpu_millicores: self.max_cpu.or(current.max_cpu_millicores),
             max_memory_mib: self.max_memory.or(current.max_memory_mib),
             requests_per_second: self.rate_limit.or(current.requests_per_second),
+            max_volumes: self.max_volumes.or(current.max_volumes),
+            max_volume_size_mib: self.max_volume_size.or(current.max_volume_size_mib),
+            max_gpus: self.max_gpus.or(current.max_gpus),
         }
     }
 }
@@ -85,6 +100,68 @@ enum ProjectCommand {
         #[arg(long, value_enum, value_name = "LIMIT")]
         clear: Vec<Limit>,
     },
+    /// Show or change what a project's tasks may use: volume drivers,
+    /// egress, devices (flags given replace those fields; the rest is kept).
+    Policy {
+        name: String,
+        /// A volume driver the project may use (repeatable; replaces the
+        /// list; without any: `local` only).
+        #[arg(long = "volume-driver", value_name = "DRIVER")]
+        volume_drivers: Vec<String>,
+        /// `allowed`, or `none`: every network of the project is internal
+        /// (its tasks reach each other, nothing outside).
+        #[arg(long, value_parser = ["allowed", "none"])]
+        egress: Option<String>,
+        /// A device (as agents name them: `--device /dev/fuse` is `fuse`)
+        /// its tasks may ask for (repeatable; replaces the list).
+        #[arg(long = "device", value_name = "NAME")]
+        devices: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Give a project a named network (or change or remove one): its tasks
+    /// join it with `run --network NAME`.
+    Network {
+        project: String,
+        /// The network's name in the project.
+        #[arg(default_value = "default")]
+        name: String,
+        /// Docker network driver: bridge (default), macvlan, ipvlan, overlay or a plugin's.
+        #[arg(long)]
+        driver: Option<String>,
+        /// A driver option, k=v (repeatable).
+        #[arg(long = "opt", value_name = "K=V")]
+        options: Vec<String>,
+        /// No route out: its tasks reach only each other.
+        #[arg(long)]
+        internal: bool,
+        /// Remove the network from the project.
+        #[arg(long, conflicts_with_all = ["driver", "options", "internal"])]
+        rm: bool,
+    },
+}
+
+fn print_policy(project: &str, policy: &Value) {
+    let list = |key: &str, default: &str| {
+        let items: Vec<&str> = policy[key].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+        if items.is_empty() {
+            default.to_string()
+        } else {
+            items.join(", ")
+        }
+    };
+    println!("project:        {project}");
+    println!("volume drivers: {}", list("volume_drivers", "local"));
+    println!("egress:         {}", policy["egress"].as_str().unwrap_or("allowed"));
+    println!("devices:        {}", list("devices", "none"));
+    let networks = policy["networks"].as_object().cloned().unwrap_or_default();
+    if networks.is_empty() {
+        println!("networks:       none (tasks get `none`, or `bridge`: the project's own)");
+    }
+    for (name, network) in networks {
+        let internal = if network["internal"] == true { ", internal" } else { "" };
+        println!("network:        {name} ({}{internal})", network["driver"].as_str().unwrap_or("bridge"));
+    }
 }
 
 fn limits_text(limits: &Value) -> String {
@@ -119,6 +196,55 @@ pub async fn project(client: &Client, args: ProjectArgs) -> Result<ExitCode> {
                 .collect();
             print_table(&["NAME", "LIMITS"], &rows);
         }
+        ProjectCommand::Policy { name, volume_drivers, egress, devices, json } => {
+            let path = format!("/v1/projects/{}/policy", encode(&name));
+            let mut policy: Value = admin.get(&path).await?;
+            let changing = !volume_drivers.is_empty() || egress.is_some() || !devices.is_empty();
+            if !volume_drivers.is_empty() {
+                policy["volume_drivers"] = json!(volume_drivers);
+            }
+            if let Some(egress) = egress {
+                policy["egress"] = egress.into();
+            }
+            if !devices.is_empty() {
+                policy["devices"] = json!(devices);
+            }
+            if changing {
+                policy = admin.send(reqwest::Method::PUT, &path, &policy).await?;
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&policy)?);
+            } else {
+                print_policy(&name, &policy);
+            }
+        }
+        ProjectCommand::Network { project, name, driver, options, internal, rm } => {
+            let path = format!("/v1/projects/{}/policy", encode(&project));
+            let mut policy: Value = admin.get(&path).await?;
+            if !policy["networks"].is_object() {
+                policy["networks"] = json!({});
+            }
+            if rm {
+                if policy["networks"].as_object_mut().and_then(|n| n.remove(&name)).is_none() {
+                    bail!("project {project} has no network {name}");
+                }
+            } else {
+                let mut opts = serde_json::Map::new();
+                for option in options {
+                    let Some((k, v)) = option.split_once('=') else { bail!("--opt {option}: use KEY=VALUE") };
+                    opts.insert(k.to_string(), v.into());
+                }
+                policy["networks"][&name] =
+                    json!({ "driver": driver.unwrap_or_else(|| "bridge".into()), "options": opts, "internal": internal });
+            }
+            let policy: Value = admin.send(reqwest::Method::PUT, &path, &policy).await?;
+            if rm {
+                println!("network {name} removed from project {project}");
+            } else {
+                println!("network {name} set for project {project}");
+            }
+            print_policy(&project, &policy);
+        }
         ProjectCommand::Limits { name, limits, clear } => {
             let path = format!("/v1/projects/{}", encode(&name));
             let current: Value = admin.get(&path).await?;
@@ -131,6 +257,9 @@ pub async fn project(client: &Client, args: ProjectArgs) -> Result<ExitCode> {
                     Limit::MaxCpu => new.max_cpu_millicores = None,
                     Limit::MaxMemory => new.max_memory_mib = None,
                     Limit::RateLimit => new.requests_per_second = None,
+                    Limit::MaxVolumes => new.max_volumes = None,
+                    Limit::MaxVolumeSize => new.max_volume_size_mib = None,
+                    Limit::MaxGpus => new.max_gpus = None,
                 }
             }
             let updated: Value = admin.send(reqwest::Method::PATCH, &path, &json!({ "limits": new })).await?;

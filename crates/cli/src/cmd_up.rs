@@ -88,6 +88,18 @@ pub struct ServerFlags {
     /// the cluster's own network).
     #[arg(long)]
     webhook_allow_private: bool,
+    /// Also serve `/metrics` on this address without a token, for a
+    /// Prometheus scraper on a private network (e.g. 127.0.0.1:9090).
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<std::net::SocketAddr>,
+    /// How long the event stream keeps events for clients that resume it
+    /// (`Last-Event-ID`).
+    #[arg(long, default_value = "1h", value_parser = positive_duration)]
+    event_retention: Duration,
+    /// Autoscaled pools and the provisioners that make their machines (a
+    /// TOML file; see docs/provisioning.md). Only the leader acts on it.
+    #[arg(long, value_name = "FILE", env = "SHEPHERD_AUTOSCALE_CONFIG")]
+    autoscale_config: Option<std::path::PathBuf>,
 }
 
 fn parse_stack(text: &str) -> Result<(String, String), String> {
@@ -231,6 +243,18 @@ async fn run_cluster(server: ServerFlags, node: Option<&NodeFlags>, write_cli_co
         leader_lease: server.leader_lease,
         stacks: server.stacks.iter().cloned().collect(),
         webhook_allow_private: server.webhook_allow_private,
+        metrics_listen: server.metrics_listen,
+        event_retention: server.event_retention,
+        autoscale: match &server.autoscale_config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| format!("--autoscale-config {}", path.display()))?;
+                Some(
+                    shepherd_server::autoscale::config::AutoscaleConfig::parse(&text)
+                        .with_context(|| format!("--autoscale-config {}", path.display()))?,
+                )
+            }
+            None => None,
+        },
         serve_limits: shepherd_server::serve::ServeLimits {
             max_connections: server.max_connections as usize,
             header_timeout: server.header_timeout,
@@ -336,8 +360,12 @@ pub async fn up(args: UpArgs) -> Result<ExitCode> {
 }
 
 pub async fn server(args: ServerArgs) -> Result<ExitCode> {
-    if args.server.join_token.is_none() && args.server.join_token_file.is_none() {
-        bail!("shepherd server needs --join-token (or SHEPHERD_JOIN_TOKEN, or --join-token-file) for its agents");
+    // Provisioned machines join with credentials of their own; other agents need the cluster's.
+    if args.server.join_token.is_none() && args.server.join_token_file.is_none() && args.server.autoscale_config.is_none() {
+        bail!(
+            "shepherd server needs --join-token (or SHEPHERD_JOIN_TOKEN, or --join-token-file) for its agents, \
+             unless its only agents are the machines of --autoscale-config"
+        );
     }
     run_cluster(args.server, None, false).await
 }

@@ -4,12 +4,17 @@
 mod client;
 mod cmd_agent;
 mod cmd_codes;
+mod cmd_events;
+mod cmd_machines;
 mod cmd_nodes;
 mod cmd_nodesim;
+mod cmd_registry;
 mod cmd_simulate;
 mod cmd_tasks;
 mod cmd_tenants;
 mod cmd_up;
+mod cmd_usage;
+mod cmd_volumes;
 mod config;
 mod host;
 mod node;
@@ -73,6 +78,8 @@ enum Command {
     Wait(Client<cmd_tasks::WaitArgs>),
     /// List the cluster's nodes.
     Nodes(Client<cmd_nodes::NodesArgs>),
+    /// List provisioned machines and autoscaled pools (admin).
+    Machines(Client<cmd_machines::MachinesArgs>),
     /// List the servers sharing the cluster's store, and which one leads (admin).
     Servers(Client<cmd_nodes::ServersArgs>),
     /// Manage projects (tenants) and their limits (admin).
@@ -81,6 +88,10 @@ enum Command {
     Token(Client<cmd_tenants::TokenArgs>),
     /// Manage a project's secrets.
     Secret(Client<cmd_tenants::SecretArgs>),
+    /// Manage a project's named volumes (create, ls, inspect, rm).
+    Volume(Client<cmd_volumes::VolumeArgs>),
+    /// Manage a project's registry logins (login, logout, ls).
+    Registry(Client<cmd_registry::RegistryArgs>),
     /// Show the audit log: who created, cancelled or changed what.
     Audit(Client<cmd_tenants::AuditArgs>),
     /// Manage codes: named, versioned task templates (push, ls, inspect, revisions, rollback, rm).
@@ -89,6 +100,10 @@ enum Command {
     Schedule(Client<cmd_codes::ScheduleArgs>),
     /// Webhooks: the project's signing secret, and a task's deliveries.
     Webhook(Client<cmd_codes::WebhookArgs>),
+    /// What a project's tasks used (CPU, memory, run time) per hour or day; --csv for billing.
+    Usage(Client<cmd_usage::UsageArgs>),
+    /// Follow the cluster's event stream: task and node state changes, tenant changes.
+    Events(Client<cmd_events::EventsArgs>),
     /// Compare placement profiles offline: replay a workload on a virtual clock.
     Simulate(cmd_simulate::SimulateArgs),
     /// Join many simulated nodes to a server (benchmarks and scale tests).
@@ -167,14 +182,19 @@ fn main() -> ExitCode {
             Command::Cancel(c) => cmd_tasks::cancel(&make_client(&c.client)?, c.args).await,
             Command::Wait(c) => cmd_tasks::wait(&make_client(&c.client)?, c.args).await,
             Command::Nodes(c) => cmd_nodes::nodes(&make_client(&c.client)?, c.args).await,
+            Command::Machines(c) => cmd_machines::machines(&make_client(&c.client)?, c.args).await,
             Command::Servers(c) => cmd_nodes::servers(&make_client(&c.client)?, c.args).await,
             Command::Project(c) => cmd_tenants::project(&make_client(&c.client)?, c.args).await,
             Command::Token(c) => cmd_tenants::token(&make_client(&c.client)?, c.args).await,
             Command::Secret(c) => cmd_tenants::secret(&make_client(&c.client)?, c.args).await,
+            Command::Volume(c) => cmd_volumes::volume(&make_client(&c.client)?, c.args).await,
+            Command::Registry(c) => cmd_registry::registry(&make_client(&c.client)?, c.args).await,
             Command::Audit(c) => cmd_tenants::audit(&make_client(&c.client)?, c.args).await,
             Command::Code(c) => cmd_codes::code(&make_client(&c.client)?, c.args).await,
             Command::Schedule(c) => cmd_codes::schedule(&make_client(&c.client)?, c.args).await,
             Command::Webhook(c) => cmd_codes::webhook(&make_client(&c.client)?, c.args).await,
+            Command::Usage(c) => cmd_usage::usage(&make_client(&c.client)?, c.args).await,
+            Command::Events(c) => cmd_events::events(&make_client(&c.client)?, c.args).await,
         }
     });
     match result {

@@ -61,6 +61,16 @@ pub struct NodeFlags {
     /// 0 runs every task cold.
     #[arg(long, default_value_t = 8)]
     pub(crate) warm_max: usize,
+    /// A host device the node offers its tasks, HOST[:CONTAINER] under /dev
+    /// (repeatable): a task asks for it by the host path's file name
+    /// (`--device /dev/fuse` is `fuse`) in `devices`, if its project may.
+    #[arg(long = "device", value_name = "HOST[:CONTAINER]", value_parser = parse_device)]
+    pub(crate) devices: Vec<shepherd_agent::driver::devices::HostDevice>,
+    /// GPUs the node offers (docker driver; NVIDIA's container toolkit on
+    /// the host): granted to tasks by index through the engine's device
+    /// requests, each GPU to one task at a time.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) gpus: u32,
     /// The statically linked `shepherd-runner` that warm containers run
     /// (default: $SHEPHERD_RUNNER, else `shepherd-runner` next to this binary).
     #[arg(long, value_name = "PATH")]
@@ -147,8 +157,18 @@ pub async fn choose_driver(
     node_id: &str,
     pids_limit: i64,
     warm: Option<shepherd_agent::driver::warm::WarmConfig>,
+    devices: &[shepherd_agent::driver::devices::HostDevice],
+    gpus: u32,
 ) -> Result<(Arc<dyn Driver>, String)> {
-    let docker = || DockerDriver::connect(DockerConfig { pids_limit, warm: warm.clone(), ..DockerConfig::new(node_id) });
+    let docker = || {
+        DockerDriver::connect(DockerConfig {
+            pids_limit,
+            warm: warm.clone(),
+            devices: devices.to_vec(),
+            gpus,
+            ..DockerConfig::new(node_id)
+        })
+    };
     match wanted {
         DriverName::Process => {
             Ok((Arc::new(ProcessDriver), "chosen with --driver process: commands run on this host; the image is recorded only".into()))
@@ -201,6 +221,14 @@ impl JoinFlags {
     }
 }
 
+fn parse_device(text: &str) -> Result<shepherd_agent::driver::devices::HostDevice, String> {
+    let device = shepherd_agent::driver::devices::HostDevice::parse(text)?;
+    if !std::path::Path::new(&device.host).exists() {
+        return Err(format!("{}: no such device on this host", device.host));
+    }
+    Ok(device)
+}
+
 pub fn read_token(token: &Option<String>, file: &Option<PathBuf>) -> Result<Option<String>> {
     Ok(match (token, file) {
         (Some(token), _) => Some(token.clone()),
@@ -235,7 +263,18 @@ pub async fn prepare_node(flags: &NodeFlags, node_id: &str) -> Result<Node> {
     let cores = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
     let capacity =
         Resources { cpu_millicores: flags.cpu.unwrap_or(cores * 1000), memory_mib: flags.memory.unwrap_or_else(host_memory_mib) };
-    let (driver, why) = choose_driver(flags.driver, node_id, flags.pids_limit, warm_config(flags)).await?;
+    // What it offers beyond CPU and memory, as labels the scheduler reads.
+    if flags.gpus > 0 {
+        labels.insert(shepherd_sched::GPUS_LABEL.to_string(), flags.gpus.to_string());
+    }
+    if !flags.devices.is_empty() {
+        let names: Vec<&str> = flags.devices.iter().map(|d| d.name.as_str()).collect();
+        labels.insert(shepherd_sched::DEVICES_LABEL.to_string(), names.join(","));
+    }
+    let (driver, why) = choose_driver(flags.driver, node_id, flags.pids_limit, warm_config(flags), &flags.devices, flags.gpus).await?;
+    if (flags.gpus > 0 || !flags.devices.is_empty()) && driver.name() != "docker" {
+        bail!("--device and --gpus need the docker driver");
+    }
     Ok(Node { capacity, labels, driver, why })
 }
 

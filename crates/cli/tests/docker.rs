@@ -89,7 +89,10 @@ async fn timeout_cancel_oom_and_fork_bomb_are_contained() {
     slow["timeout_seconds"] = json!(1);
     let slow = submit(&http, slow).await;
     let to_cancel = submit(&http, task("echo started; sleep 60")).await;
-    let mut hog = task("dd if=/dev/zero of=/dev/null bs=64M count=1");
+    // The hog waits a moment: an OOM kill in a container's first
+    // milliseconds, before the engine's shim watches its memory cgroup, is
+    // never reported by Docker 20.10 (no flag, no event): a plain exit 137.
+    let mut hog = task("sleep 1; dd if=/dev/zero of=/dev/null bs=64M count=1");
     hog["resources"] = json!({"memory_mib": 16});
     let hog = submit(&http, hog).await;
     let mut bomb = task("bomb() { bomb | bomb & }; bomb; sleep 3; echo survived");
@@ -329,6 +332,9 @@ async fn a_thousand_tasks_some_cancelled_some_timed_out_leave_no_container() {
         let (_, health) = http.get("/v1/health").await;
         let active: u64 = ["queued", "scheduled", "running"].iter().map(|s| health["tasks"][s].as_u64().unwrap_or(0)).sum();
         if active == 0 {
+            // Any that failed, with why, before the counts are checked.
+            let (_, failed) = http.get("/v1/tasks?state=failed&limit=10").await;
+            assert!(failed["tasks"].as_array().is_some_and(|t| t.is_empty()), "failed tasks: {failed}");
             assert_eq!(health["tasks"]["timed_out"], 50, "{health}");
             assert_eq!(health["tasks"]["cancelled"], 50, "{health}");
             assert_eq!(health["tasks"]["succeeded"], 900, "{health}");
@@ -339,4 +345,82 @@ async fn a_thousand_tasks_some_cancelled_some_timed_out_leave_no_container() {
     }
     let left = containers_of(&node);
     assert!(left.is_empty(), "{} containers left behind: {left:?}", left.len());
+}
+
+#[tokio::test]
+async fn a_container_reports_what_it_used_from_the_engine() {
+    ensure_test_image();
+    let dir = tempfile::tempdir().unwrap();
+    let server = docker_server(&dir.path().join("data"), &[]);
+    let http = server.http();
+    // Three seconds of a busy shell holding a 40 MB string: sampled by the
+    // engine each second, so CPU is at least most of the run, never more
+    // than the run, and the peak covers the string.
+    // A whole core for it (the default request is a tenth of one, which
+    // the engine enforces).
+    let mut body = task(
+        "x=$(head -c 40000000 /dev/zero | tr '\\0' a); end=$(($(date +%s)+3)); while [ $(date +%s) -lt $end ]; do :; done; echo ${#x}",
+    );
+    body["resources"] = json!({ "cpu_millicores": 1000, "memory_mib": 512 });
+    let (busy, _) = run(&http, body).await;
+    assert_eq!(busy["state"], "succeeded", "{busy}");
+    let attempt = &busy["attempts"][0];
+    let usage = &attempt["usage"];
+    let cpu = usage["cpu_ms"].as_u64().unwrap_or_else(|| panic!("no usage: {busy}"));
+    let started = shepherd_core::Timestamp::parse_rfc3339(attempt["started_at"].as_str().unwrap()).unwrap();
+    let finished = shepherd_core::Timestamp::parse_rfc3339(attempt["finished_at"].as_str().unwrap()).unwrap();
+    let wall = (finished.millis() - started.millis()) as u64;
+    assert!(cpu >= 800 && cpu <= wall + 200, "cpu {cpu} ms over {wall} ms: {busy}");
+    assert!(usage["peak_memory_bytes"].as_u64().unwrap() >= 40_000_000, "{busy}");
+    // A task shorter than a second costs the engine no stats stream and reports none.
+    let (quick, _) = run(&http, task("true")).await;
+    assert!(quick["attempts"][0].get("usage").is_none(), "{quick}");
+}
+
+#[tokio::test]
+async fn a_scratch_directory_is_private_writable_sized_and_gone_with_its_attempt() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = docker_server(&dir.path().join("data"), &[]);
+    let http = server.http();
+    let node = node_id(&http).await;
+    let volumes_before = Command::new("docker").args(["volume", "ls", "-q"]).output().unwrap().stdout.len();
+
+    // Writable under the read-only root, by a non-root user, at its size.
+    let mut t = task(
+        "echo data > /work/f && cat /work/f && df -m /work | tail -1 && echo $SHEPHERD_SCRATCH_DIR; \
+         dd if=/dev/zero of=/work/big bs=1M count=40 2>&1 | grep -o 'No space left on device'; touch /elsewhere 2>/dev/null || echo read-only",
+    );
+    t["scratch"] = json!({"target": "/work", "size_mib": 16});
+    t["resources"] = json!({"memory_mib": 64});
+    t["user"] = json!("65534");
+    let (done, logs) = run(&http, t).await;
+    assert_eq!(done["state"], "succeeded", "{done} {logs}");
+    let lines: Vec<&str> = logs.lines().collect();
+    assert_eq!(lines[0], "data", "{logs}");
+    assert!(lines[1].starts_with("tmpfs") && lines[1].split_whitespace().nth(1) == Some("16"), "a 16 MiB tmpfs: {logs}");
+    assert_eq!(&lines[2..], ["/work", "No space left on device", "read-only"], "{logs}");
+
+    // Each attempt starts empty: nothing of the task before.
+    for _ in 0..20 {
+        let mut t = task("ls -A /work | wc -l; echo x > /work/left");
+        t["scratch"] = json!({"target": "/work", "size_mib": 8});
+        let (done, logs) = run(&http, t).await;
+        assert_eq!((done["state"].as_str(), logs.trim()), (Some("succeeded"), "0"));
+    }
+    // Nothing left on the engine: no container, no volume.
+    assert!(containers_of(&node).is_empty());
+    let volumes_after = Command::new("docker").args(["volume", "ls", "-q"]).output().unwrap().stdout.len();
+    assert_eq!(volumes_before, volumes_after, "no volume made or left");
+
+    // Bad input names the field.
+    for (scratch, field) in [
+        (json!({"target": "/run/secrets", "size_mib": 8}), "scratch.target"),
+        (json!({"target": "work", "size_mib": 8}), "scratch.target"),
+        (json!({"target": "/work", "size_mib": 100_000}), "scratch.size_mib"),
+    ] {
+        let mut t = task("true");
+        t["scratch"] = scratch;
+        let (status, body) = http.post("/v1/tasks", &t).await;
+        assert_eq!((status, body["error"]["field"].as_str()), (400, Some(field)), "{body}");
+    }
 }

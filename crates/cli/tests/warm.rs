@@ -110,6 +110,8 @@ async fn five_hundred_warm_tasks_each_start_clean_with_their_own_env_payload_sec
         assert_eq!((task["state"].as_str(), task["exit_code"].as_i64()), (Some(expected), Some((k % 5) as i64)), "task {k}: {task}");
         let (container, warm) = ran_in(&task);
         assert!(container.starts_with("shepherd-warm-"), "task {k} ran in {container}");
+        // The runner (PID 1) reaps the task and reports what it used.
+        assert!(task["attempts"][0]["usage"]["peak_memory_bytes"].as_u64().is_some_and(|b| b > 0), "task {k}: {task}");
         *containers.entry(container).or_default() += 1;
         warm_count += usize::from(warm);
         if k % 50 == 0 {
@@ -293,7 +295,7 @@ async fn an_agent_killed_with_warm_containers_leaves_nothing_after_its_restart()
     let node = node_id(&http).await;
     let (t, _) = run(&http, warm("true")).await;
     assert_eq!(t["state"], "succeeded");
-    let mut busy = warm("sleep 3; echo done");
+    let mut busy = warm("sleep 10; echo done");
     busy["retry"] = json!({ "max_attempts": 2, "backoff_seconds": 0 });
     let id = submit(&http, busy).await;
     common::wait_running(&http, &id).await;

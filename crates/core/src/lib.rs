@@ -13,10 +13,13 @@
 pub mod code;
 pub mod constraint;
 pub mod decode;
+pub mod events;
 pub mod launch;
 pub mod lifecycle;
+pub mod machine;
 pub mod node;
 pub mod reference;
+pub mod registry;
 pub mod schedule;
 pub mod shape;
 pub mod state;
@@ -25,19 +28,27 @@ pub mod task;
 pub mod tenant;
 pub mod time;
 pub mod validate;
+pub mod volume;
 
 pub use code::{Code, CodeRef, CodeSpec, PackageRef};
 pub use constraint::{Constraint, ConstraintError, Operator};
 pub use decode::{decode_json, DecodeError};
-pub use launch::{LaunchSpec, LogChunk, LogStream};
+pub use events::{ClusterEvent, EventCursor, StoredEvent};
+pub use launch::{LaunchSpec, LogChunk, LogStream, ResolvedNetwork};
 pub use lifecycle::{change, Change, ClosedAttempt, Decision, Event, IllegalTransition, LifecycleContext};
+pub use machine::{IllegalMachineChange, Machine, MachineShape, MachineState};
 pub use node::{IllegalNodeEvent, NodeEvent, NodeState};
+pub use registry::{RegistryAuth, RegistryLogin};
 pub use schedule::{CatchUp, Overlap, Schedule, ScheduleSpec, ScheduleState};
 pub use state::TaskState;
 pub use task::{
-    AntiAffinitySpec, Attempt, AttemptOutcome, AttemptRuntime, NewTask, Progress, PullPolicy, Resources, RetryPolicy, ReusePolicy, Task,
-    TaskId, TaskSpec,
+    AntiAffinitySpec, Attempt, AttemptOutcome, AttemptRuntime, NewTask, Progress, PullPolicy, QueuePosition, Resources, RetryPolicy,
+    ReusePolicy, ScratchSpec, Task, TaskId, TaskSpec, Usage,
 };
-pub use tenant::{is_env_name, is_project_name, is_secret_name, ProjectLimits, SecretRef};
+pub use tenant::{
+    engine_network_name, is_env_name, is_project_name, is_secret_name, is_short_name, Egress, NetworkSpec, ProjectLimits, ProjectPolicy,
+    SecretRef,
+};
 pub use time::Timestamp;
 pub use validate::{validate, FieldError, Limits};
+pub use volume::{ResolvedMount, Volume, VolumeMount, VolumeScope, VolumeSpec};

@@ -47,9 +47,16 @@ pub enum Event {
         oom_killed: bool,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         at: Option<crate::Timestamp>,
+        /// What it used, if the node measured it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        usage: Option<crate::Usage>,
     },
     /// The attempt ran past the timeout and was stopped.
-    TimedOut { attempt: u32 },
+    TimedOut {
+        attempt: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        usage: Option<crate::Usage>,
+    },
     /// The attempt could not be started.
     StartFailed { attempt: u32, reason: String },
     /// The attempt's node or agent went away.
@@ -59,7 +66,11 @@ pub enum Event {
     /// A user asked to cancel the task.
     Cancel,
     /// The agent stopped the attempt because the task was cancelled.
-    Cancelled { attempt: u32 },
+    Cancelled {
+        attempt: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        usage: Option<crate::Usage>,
+    },
 }
 
 /// What an event does to a task, for the store to persist.
@@ -143,11 +154,11 @@ impl Event {
         match self {
             Event::Start { attempt, .. }
             | Event::Exit { attempt, .. }
-            | Event::TimedOut { attempt }
+            | Event::TimedOut { attempt, .. }
             | Event::StartFailed { attempt, .. }
             | Event::Lost { attempt, .. }
             | Event::Interrupted { attempt }
-            | Event::Cancelled { attempt } => Some(*attempt),
+            | Event::Cancelled { attempt, .. } => Some(*attempt),
             Event::Schedule { .. } | Event::Cancel => None,
         }
     }
@@ -238,6 +249,8 @@ pub struct ClosedAttempt {
     pub outcome: AttemptOutcome,
     pub exit_code: Option<i32>,
     pub reason: Option<String>,
+    /// What the attempt used, if its node measured it.
+    pub usage: Option<crate::Usage>,
 }
 
 /// Decides what `event` does to a task in `ctx` (on node `node_id`) at
@@ -266,6 +279,10 @@ pub fn change(ctx: &LifecycleContext, node_id: Option<&str>, event: &Event, now:
         reason: match event {
             Event::Lost { reason, .. } => Some(reason.clone()),
             _ => decision.reason.clone(),
+        },
+        usage: match event {
+            Event::Exit { usage, .. } | Event::TimedOut { usage, .. } | Event::Cancelled { usage, .. } => *usage,
+            _ => None,
         },
     });
     Ok(Change {
@@ -326,14 +343,14 @@ mod tests {
         vec![
             Event::Schedule { node_id: "n".into() },
             Event::Start { attempt: 1, at: None, runtime: None },
-            Event::Exit { attempt: 1, code: 0, oom_killed: false, at: None },
-            Event::Exit { attempt: 1, code: 3, oom_killed: false, at: None },
-            Event::TimedOut { attempt: 1 },
+            Event::Exit { attempt: 1, code: 0, oom_killed: false, at: None, usage: None },
+            Event::Exit { attempt: 1, code: 3, oom_killed: false, at: None, usage: None },
+            Event::TimedOut { attempt: 1, usage: None },
             Event::StartFailed { attempt: 1, reason: "no such image".into() },
             Event::Lost { attempt: 1, reason: "node down".into() },
             Event::Interrupted { attempt: 1 },
             Event::Cancel,
-            Event::Cancelled { attempt: 1 },
+            Event::Cancelled { attempt: 1, usage: None },
         ]
     }
 
@@ -367,25 +384,25 @@ mod tests {
         let d = decide(&LifecycleContext { attempt: 0, ..ctx(Queued) }, &Event::Schedule { node_id: "n".into() }).unwrap();
         assert_eq!((d.to, d.open_attempt), (Scheduled, Some(1)));
         assert_eq!(decide(&ctx(Scheduled), &Event::Start { attempt: 1, at: None, runtime: None }).unwrap().to, Running);
-        let d = decide(&ctx(Running), &Event::Exit { attempt: 1, code: 0, oom_killed: false, at: None }).unwrap();
+        let d = decide(&ctx(Running), &Event::Exit { attempt: 1, code: 0, oom_killed: false, at: None, usage: None }).unwrap();
         assert_eq!((d.to, d.exit_code, d.close_attempt), (Succeeded, Some(0), Some(AttemptOutcome::Succeeded)));
     }
 
     #[test]
     fn failures_retry_while_attempts_remain() {
         let running = LifecycleContext { max_attempts: 2, ..ctx(Running) };
-        let d = decide(&running, &Event::Exit { attempt: 1, code: 1, oom_killed: false, at: None }).unwrap();
+        let d = decide(&running, &Event::Exit { attempt: 1, code: 1, oom_killed: false, at: None, usage: None }).unwrap();
         assert_eq!((d.to, d.exit_code), (Queued, Some(1)));
         assert!(d.retry_after.is_some());
         let last = LifecycleContext { attempt: 2, charged_attempts: 1, ..running };
-        let d = decide(&last, &Event::Exit { attempt: 2, code: 1, oom_killed: false, at: None }).unwrap();
+        let d = decide(&last, &Event::Exit { attempt: 2, code: 1, oom_killed: false, at: None, usage: None }).unwrap();
         assert_eq!(d.to, Failed);
         assert_eq!(d.reason.as_deref(), Some("exited with code 1"));
     }
 
     #[test]
     fn an_oom_kill_fails_with_reason_oom_killed() {
-        let d = decide(&ctx(Running), &Event::Exit { attempt: 1, code: 137, oom_killed: true, at: None }).unwrap();
+        let d = decide(&ctx(Running), &Event::Exit { attempt: 1, code: 137, oom_killed: true, at: None, usage: None }).unwrap();
         assert_eq!((d.to, d.reason.as_deref(), d.exit_code), (Failed, Some("oom_killed"), Some(137)));
     }
 
@@ -409,8 +426,11 @@ mod tests {
         let d = decide(&ctx(Running), &Event::Cancel).unwrap();
         assert_eq!((d.to, d.request_cancel), (Running, true));
         let flagged = LifecycleContext { cancel_requested: true, max_attempts: 5, ..ctx(Running) };
-        assert_eq!(decide(&flagged, &Event::Cancelled { attempt: 1 }).unwrap().to, Cancelled);
-        assert_eq!(decide(&flagged, &Event::Exit { attempt: 1, code: 137, oom_killed: false, at: None }).unwrap().to, Cancelled);
+        assert_eq!(decide(&flagged, &Event::Cancelled { attempt: 1, usage: None }).unwrap().to, Cancelled);
+        assert_eq!(
+            decide(&flagged, &Event::Exit { attempt: 1, code: 137, oom_killed: false, at: None, usage: None }).unwrap().to,
+            Cancelled
+        );
         assert_eq!(decide(&flagged, &Event::Lost { attempt: 1, reason: "x".into() }).unwrap().to, Cancelled);
     }
 
@@ -418,7 +438,7 @@ mod tests {
     fn stale_attempt_reports_are_refused() {
         let c = LifecycleContext { attempt: 2, ..ctx(Running) };
         assert_eq!(
-            decide(&c, &Event::Exit { attempt: 1, code: 0, oom_killed: false, at: None }),
+            decide(&c, &Event::Exit { attempt: 1, code: 0, oom_killed: false, at: None, usage: None }),
             Err(IllegalTransition::StaleAttempt { reported: 1, current: 2 })
         );
     }
@@ -435,7 +455,7 @@ mod tests {
             Err(IllegalTransition::Repeated { event: "start", attempt: 1 })
         ));
         assert!(matches!(
-            decide(&ctx(Scheduled), &Event::Exit { attempt: 1, code: 0, oom_killed: false, at: None }),
+            decide(&ctx(Scheduled), &Event::Exit { attempt: 1, code: 0, oom_killed: false, at: None, usage: None }),
             Err(IllegalTransition::WrongState { .. })
         ));
         assert!(matches!(decide(&ctx(Running), &Event::Schedule { node_id: "n".into() }), Err(IllegalTransition::WrongState { .. })));

@@ -35,6 +35,7 @@ impl Fnv {
 }
 
 /// The placement shape of a task with these fields.
+#[allow(clippy::too_many_arguments)]
 pub fn placement_shape(
     project: &str,
     profile: Option<&str>,
@@ -43,6 +44,9 @@ pub fn placement_shape(
     constraints: &[String],
     anti_affinity: Option<&AntiAffinitySpec>,
     labels: &BTreeMap<String, String>,
+    volumes: &[crate::VolumeMount],
+    gpus: u32,
+    devices: &[String],
 ) -> i64 {
     let mut h = Fnv::new();
     h.bytes(project.as_bytes());
@@ -66,6 +70,25 @@ pub fn placement_shape(
         }
         None => h.bytes(b"0"),
     }
+    // Volumes pin tasks to where they live. (Hashed only when there are
+    // some: the shapes of tasks without stay what they were.)
+    if !volumes.is_empty() {
+        let mut names: Vec<&str> = volumes.iter().map(|v| v.name.as_str()).collect();
+        names.sort_unstable();
+        h.bytes(b"volumes");
+        for name in names {
+            h.bytes(name.as_bytes());
+        }
+    }
+    if gpus > 0 || !devices.is_empty() {
+        h.bytes(b"devices");
+        h.bytes(&gpus.to_le_bytes());
+        let mut sorted: Vec<&str> = devices.iter().map(String::as_str).collect();
+        sorted.sort_unstable();
+        for device in sorted {
+            h.bytes(device.as_bytes());
+        }
+    }
     h.0 as i64
 }
 
@@ -81,6 +104,9 @@ macro_rules! shape_of {
             &$t.constraints,
             $t.anti_affinity.as_ref(),
             &$t.labels,
+            &$t.volumes,
+            $t.gpus,
+            &$t.devices,
         )
     };
 }
@@ -141,7 +167,7 @@ mod tests {
         let mut spec = TaskSpec::new("busybox", vec![]);
         spec.project = "default".into();
         let value = spec.placement_shape();
-        assert_eq!(value, super::placement_shape("default", None, None, Default::default(), &[], None, &Default::default()));
+        assert_eq!(value, super::placement_shape("default", None, None, Default::default(), &[], None, &Default::default(), &[], 0, &[]));
         assert_eq!(value, 8_031_604_373_575_033_668);
     }
 }
@@ -159,6 +185,9 @@ pub const WARM_PREFIX: &str = "warm=";
 /// report the key (`warm_locality`).
 pub fn warm_key(spec: &TaskSpec) -> Option<String> {
     spec.reuse?;
+    if spec.scratch.is_some() || !spec.volumes.is_empty() || !spec.networks.is_empty() || spec.gpus > 0 || !spec.devices.is_empty() {
+        return None; // its mounts are the container's own: such tasks run cold
+    }
     let mut h = Fnv::new();
     h.bytes(spec.project.as_bytes());
     h.bytes(spec.image.as_bytes());

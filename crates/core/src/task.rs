@@ -121,6 +121,19 @@ pub struct AntiAffinitySpec {
     pub max_per_node: u32,
 }
 
+/// A private writable directory for one attempt, removed with it: a tmpfs
+/// of `size_mib` at `target` (its pages count toward the task's memory, so
+/// the size is at most `resources.memory_mib`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScratchSpec {
+    /// An absolute path in the container (not `/`, `/tmp`, nor under
+    /// `/proc`, `/sys`, `/dev`, `/run/secrets`, `/run/shepherd` or `/task`).
+    pub target: String,
+    /// Its size in MiB (1 to the task's `memory_mib`).
+    pub size_mib: u32,
+}
+
 /// Run the task in a warm container that earlier tasks of the same project
 /// and key (image, user, workdir, network, limits, pull policy) ran in, and
 /// keep it for later ones: no container is created or removed per task.
@@ -239,6 +252,33 @@ pub struct TaskSpec {
     /// Run in a warm, reused container (see [`ReusePolicy`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reuse: Option<ReusePolicy>,
+    /// A private writable scratch directory for each attempt (a tmpfs),
+    /// gone when the attempt ends. Such tasks run cold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scratch: Option<ScratchSpec>,
+    /// Volumes of the task's project it mounts (`shepherd volume create`);
+    /// never a host path. Such tasks run cold.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<crate::VolumeMount>,
+    /// Named networks of the task's project it joins (set by the admin:
+    /// `shepherd project network`), besides `network`. Such tasks run cold.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<String>,
+    /// GPUs the task needs (nodes offer them with `--gpus`; counted like
+    /// CPU and memory, within the project's `max_gpus`). Such tasks run cold.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub gpus: u32,
+    /// Devices the task needs, by the names nodes give them (`--device
+    /// /dev/fuse` is `fuse`), among those its project's policy allows.
+    /// Such tasks run cold.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<String>,
+    /// Seconds the image's pull may take (default 600, at most 3600): a
+    /// deadline of its own, before the run's `timeout_seconds` starts. A
+    /// pull that fails or runs out of time fails the attempt with
+    /// `image_pull_failed` (retried per `retry`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_timeout_seconds: Option<u32>,
     /// Stay queued this many seconds after submission before the first
     /// attempt (at most a year). Not with `start_at`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -304,6 +344,12 @@ impl TaskSpec {
             anti_affinity: None,
             secrets: Vec::new(),
             reuse: None,
+            scratch: None,
+            volumes: Vec::new(),
+            networks: Vec::new(),
+            gpus: 0,
+            devices: Vec::new(),
+            pull_timeout_seconds: None,
             delay_seconds: None,
             start_at: None,
             code: None,
@@ -409,6 +455,22 @@ pub struct Attempt {
     /// Absent for drivers without containers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runtime: Option<AttemptRuntime>,
+    /// What it used, once it ended, if its node measured it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+}
+
+/// What an attempt used, as its node measured it: the process driver and a
+/// warm container's runner from the kernel's record of the exited process
+/// tree, the docker driver from the engine's stats (sampled each second
+/// once a container has run a second: shorter runs report none, and the
+/// last second may be missing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Usage {
+    /// CPU time, user and system, in milliseconds.
+    pub cpu_ms: u64,
+    /// The most memory it held at once, in bytes.
+    pub peak_memory_bytes: u64,
 }
 
 /// Where an attempt runs.
@@ -476,6 +538,21 @@ pub struct Task {
     /// Runs in a warm, reused container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reuse: Option<ReusePolicy>,
+    /// Its private scratch directory, per attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scratch: Option<ScratchSpec>,
+    /// The project's volumes it mounts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<crate::VolumeMount>,
+    /// The project's named networks it joins.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<String>,
+    /// GPUs it needs.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub gpus: u32,
+    /// Devices it needs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<String>,
     /// When its first attempt may start, if it was submitted with a delay
     /// (`delay_seconds` or `start_at`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -509,7 +586,31 @@ pub struct Task {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>, format = DateTime)]
     pub retry_at: Option<Timestamp>,
+    /// A queued task's place in line and when it may start (`GET` of one task).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<QueuePosition>,
     pub attempts: Vec<Attempt>,
+}
+
+/// Where a queued task stands: its place in its project's queue and in
+/// the cluster's (1: next), and when it may start going by recent
+/// placements.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct QueuePosition {
+    /// 1 + the project's queued tasks placed before it (higher priority,
+    /// then older).
+    pub in_project: u64,
+    /// 1 + every project's queued tasks placed before it (fair share across
+    /// projects may let it pass some of them).
+    pub in_cluster: u64,
+    /// When it may start, if there is a basis for a guess.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub estimated_start: Option<Timestamp>,
+    /// How the estimate was made, or why there is none: e.g. `from 12.5
+    /// placements/s in project acme over the last minute`, `unknown: no
+    /// placements in the last minute`, `unknown: it waits for a quota`.
+    pub estimate: String,
 }
 
 impl Task {
@@ -540,6 +641,11 @@ impl Task {
             secrets: spec.secrets,
             start_at,
             reuse: spec.reuse,
+            scratch: spec.scratch,
+            volumes: spec.volumes,
+            networks: spec.networks,
+            gpus: spec.gpus,
+            devices: spec.devices,
             code: spec.code.map(|name| crate::code::CodeRef { name, revision: spec.code_revision.unwrap_or(0) }),
             progress: None,
             webhook: spec.webhook,
@@ -552,6 +658,7 @@ impl Task {
             reason: None,
             cancel_requested: false,
             retry_at: None,
+            queue: None,
             attempts: Vec::new(),
         }
     }
@@ -560,6 +667,11 @@ impl Task {
     pub fn from_new(new: &NewTask) -> Task {
         Task::from_spec(new.id, new.spec.clone(), new.payload.as_ref().map_or(0, |p| p.len() as u64), new.created_at)
     }
+}
+
+/// For `skip_serializing_if`: a count left at zero is left out.
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! for. Pure data and validation; the server enforces, the store keeps.
 
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// Whether `name` is a valid project name: 1-63 of lower-case letters,
 /// digits, `-` and `_`, starting with a letter or digit. Project names end
@@ -52,6 +53,16 @@ pub struct ProjectLimits {
     /// up to twice as many); at least 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requests_per_second: Option<u32>,
+    /// Most named volumes the project may have.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_volumes: Option<u64>,
+    /// Most MiB its volumes may add up to (volumes without a size count 0:
+    /// the size is known only where the driver bounds it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_volume_size_mib: Option<u64>,
+    /// Most GPUs held by the project's scheduled and running tasks. 0: its GPU tasks wait.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_gpus: Option<u64>,
 }
 
 impl ProjectLimits {
@@ -98,5 +109,160 @@ mod tests {
         assert!(is_env_name("DB_PASSWORD"));
         assert!(!is_env_name("1X"));
         assert!(!is_env_name("A-B"));
+    }
+}
+
+/// Whether `name` is a valid network or device name: 1-32 of lower-case
+/// letters, digits, `-` and `_`, starting with a letter or digit.
+pub fn is_short_name(name: &str) -> bool {
+    name.len() <= 32
+        && name.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+}
+
+/// Whether `name` could be a Docker volume or network driver (`local`,
+/// `rexray/ebs:latest`): 1-128 of letters, digits and `- _ . / :`.
+pub fn is_driver_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 128 && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/' | ':'))
+}
+
+/// What a project's tasks may use beyond CPU and memory: volume drivers,
+/// named networks, egress and devices. Set by the admin
+/// (`PUT /v1/projects/{name}/policy`); the defaults are the closed ones.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectPolicy {
+    /// Volume drivers its volumes may use; empty: `local` only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volume_drivers: Vec<String>,
+    /// Its named networks (a task joins those it names in `networks`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub networks: BTreeMap<String, NetworkSpec>,
+    /// Whether its tasks may reach anything beyond their own networks.
+    #[serde(default)]
+    pub egress: Egress,
+    /// Devices (as nodes name them, e.g. `fuse`) its tasks may ask for; empty: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<String>,
+}
+
+/// A project's egress policy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Egress {
+    /// Its networks may route out (`bridge` is NATed to the host's network).
+    #[default]
+    Allowed,
+    /// Every network of the project is made `internal`: tasks reach their
+    /// project's peers on the same network and nothing else.
+    None,
+}
+
+/// A project's named network, made on each engine that runs a task on it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkSpec {
+    /// The Docker network driver: `bridge` (default), `macvlan`,
+    /// `ipvlan`, `overlay` or a plugin's.
+    #[serde(default = "NetworkSpec::default_driver")]
+    pub driver: String,
+    /// Driver options (`docker network create --opt`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub options: BTreeMap<String, String>,
+    /// No route out: tasks on it reach only each other.
+    #[serde(default)]
+    pub internal: bool,
+}
+
+impl NetworkSpec {
+    fn default_driver() -> String {
+        "bridge".into()
+    }
+
+    /// A bridge network, internal or not.
+    pub fn bridge(internal: bool) -> NetworkSpec {
+        NetworkSpec { driver: Self::default_driver(), options: BTreeMap::new(), internal }
+    }
+}
+
+/// The engine's name of a project's named network: `shepherd-net-PROJECT.NAME`
+/// (a dot, which neither name may hold, keeps projects apart).
+pub fn engine_network_name(project: &str, name: &str) -> String {
+    format!("shepherd-net-{project}.{name}")
+}
+
+impl ProjectPolicy {
+    /// Whether the project may make volumes with `driver`.
+    pub fn allows_volume_driver(&self, driver: &str) -> bool {
+        if self.volume_drivers.is_empty() {
+            driver == "local"
+        } else {
+            self.volume_drivers.iter().any(|d| d == driver)
+        }
+    }
+
+    /// Refuses names and drivers the engine could not take, naming the field.
+    pub fn validate(&self) -> Result<(), crate::FieldError> {
+        let driver_ok = is_driver_name;
+        for (i, driver) in self.volume_drivers.iter().enumerate() {
+            if !driver_ok(driver) {
+                return Err(crate::FieldError::new(format!("volume_drivers[{i}]"), format!("`{driver}` is not a driver name")));
+            }
+        }
+        if self.networks.len() > 16 {
+            return Err(crate::FieldError::new("networks", "at most 16 networks"));
+        }
+        for (name, network) in &self.networks {
+            if !is_short_name(name) {
+                return Err(crate::FieldError::new(
+                    format!("networks.{name}"),
+                    "network names are 1-32 of a-z 0-9 - _, starting with a letter or digit",
+                ));
+            }
+            if !driver_ok(&network.driver) {
+                return Err(crate::FieldError::new(
+                    format!("networks.{name}.driver"),
+                    format!("`{}` is not a driver name", network.driver),
+                ));
+            }
+            if matches!(network.driver.as_str(), "host" | "none") {
+                return Err(crate::FieldError::new(
+                    format!("networks.{name}.driver"),
+                    "`host` and `none` are not project networks (a task without networks has none; the host's is never given)",
+                ));
+            }
+            if network.options.len() > 32 || network.options.keys().any(|k| k.is_empty() || k.len() > 128) {
+                return Err(crate::FieldError::new(format!("networks.{name}.options"), "at most 32 options, keys of 1-128 bytes"));
+            }
+        }
+        for (i, device) in self.devices.iter().enumerate() {
+            if !is_short_name(device) {
+                return Err(crate::FieldError::new(format!("devices[{i}]"), format!("`{device}` is not a device name (e.g. fuse)")));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod policy_tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_closed_and_names_checked() {
+        let policy = ProjectPolicy::default();
+        assert!(policy.allows_volume_driver("local"));
+        assert!(!policy.allows_volume_driver("rexray/ebs"));
+        assert_eq!(policy.egress, Egress::Allowed);
+        let open = ProjectPolicy { volume_drivers: vec!["nfs".into()], ..ProjectPolicy::default() };
+        assert!(!open.allows_volume_driver("local"), "an allow-list names local too if it wants it");
+        let mut bad = ProjectPolicy::default();
+        bad.networks.insert("Bad".into(), NetworkSpec::bridge(false));
+        assert_eq!(bad.validate().unwrap_err().field, "networks.Bad");
+        let mut host = ProjectPolicy::default();
+        host.networks.insert("h".into(), NetworkSpec { driver: "host".into(), ..NetworkSpec::bridge(false) });
+        assert_eq!(host.validate().unwrap_err().field, "networks.h.driver");
+        assert_eq!(engine_network_name("a-b", "c"), "shepherd-net-a-b.c");
+        assert_ne!(engine_network_name("a", "b-c"), engine_network_name("a-b", "c"));
     }
 }

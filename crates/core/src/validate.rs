@@ -203,6 +203,22 @@ pub fn validate(mut spec: TaskSpec, limits: &Limits, id: TaskId, now: Timestamp)
     check(spec.start_at.is_none_or(|at| at.millis() <= now.millis() + i64::from(MAX_DELAY_SECONDS) * 1000), "start_at", || {
         "at most a year ahead".into()
     })?;
+    if let Some(scratch) = &spec.scratch {
+        check_scratch(scratch, spec.resources.memory_mib)?;
+    }
+    crate::volume::check_mounts(&spec.volumes, spec.scratch.as_ref().map(|s| s.target.as_str()))?;
+    check(spec.networks.len() <= 8, "networks", || "at most 8 networks".into())?;
+    check(spec.gpus <= 64, "gpus", || "at most 64".into())?;
+    check(spec.pull_timeout_seconds.is_none_or(|t| (1..=3600).contains(&t)), "pull_timeout_seconds", || "between 1 and 3600".into())?;
+    check(spec.devices.len() <= 16, "devices", || "at most 16 devices".into())?;
+    for (i, name) in spec.devices.iter().enumerate() {
+        check(crate::is_short_name(name), &format!("devices[{i}]"), || format!("`{name}` is not a device name (e.g. fuse)"))?;
+        check(!spec.devices[..i].contains(name), &format!("devices[{i}]"), || format!("`{name}` is named twice"))?;
+    }
+    for (i, name) in spec.networks.iter().enumerate() {
+        check(crate::is_short_name(name), &format!("networks[{i}]"), || format!("`{name}` is not a network name"))?;
+        check(!spec.networks[..i].contains(name), &format!("networks[{i}]"), || format!("`{name}` is named twice"))?;
+    }
     if let Some(reuse) = &spec.reuse {
         check((1..=3600).contains(&reuse.idle_seconds), "reuse.idle_seconds", || "must be between 1 and 3600".into())?;
         check((1..=100_000).contains(&reuse.max_tasks), "reuse.max_tasks", || "must be between 1 and 100000".into())?;
@@ -211,6 +227,13 @@ pub fn validate(mut spec: TaskSpec, limits: &Limits, id: TaskId, now: Timestamp)
         format!("`{}`: use none (the default) or bridge", spec.network)
     })?;
     Ok(NewTask { id, created_at: now, spec, payload })
+}
+
+fn check_scratch(scratch: &crate::ScratchSpec, memory_mib: u32) -> Result<(), FieldError> {
+    crate::volume::check_target(&scratch.target, "scratch.target")?;
+    check((1..=memory_mib).contains(&scratch.size_mib), "scratch.size_mib", || {
+        format!("must be between 1 and the task's memory_mib ({memory_mib}): scratch space is memory (a tmpfs)")
+    })
 }
 
 #[cfg(test)]
@@ -263,6 +286,14 @@ mod tests {
         assert_eq!(field_of(TaskSpec { workdir: Some("relative".into()), ..base() }), "workdir");
         assert_eq!(field_of(TaskSpec { user: Some("a b".into()), ..base() }), "user");
         assert_eq!(field_of(TaskSpec { network: "host".into(), ..base() }), "network");
+        let scratch = |target: &str, size_mib| Some(crate::ScratchSpec { target: target.into(), size_mib });
+        for bad in ["work", "/", "/tmp", "/proc/x", "/dev", "/run/secrets", "/task/a", "/a/../b", "/a//b", "/a/", "/a,b", "/a:b"] {
+            assert_eq!(field_of(TaskSpec { scratch: scratch(bad, 16), ..base() }), "scratch.target", "{bad}");
+        }
+        assert_eq!(field_of(TaskSpec { scratch: scratch("/work", 0), ..base() }), "scratch.size_mib");
+        let memory = base().resources.memory_mib;
+        assert_eq!(field_of(TaskSpec { scratch: scratch("/work", memory + 1), ..base() }), "scratch.size_mib");
+        assert!(ok(TaskSpec { scratch: scratch("/work/data", memory), ..base() }).is_ok());
         let reuse = |idle_seconds, max_tasks| Some(crate::ReusePolicy { idle_seconds, max_tasks });
         assert_eq!(field_of(TaskSpec { reuse: reuse(0, 10), ..base() }), "reuse.idle_seconds");
         assert_eq!(field_of(TaskSpec { reuse: reuse(60, 0), ..base() }), "reuse.max_tasks");

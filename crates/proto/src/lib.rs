@@ -85,6 +85,8 @@ pub enum AgentMessage {
     /// The node is draining: free what it keeps between tasks (idle warm
     /// containers) and keep nothing more until it is given work again.
     Drain,
+    /// A project volume was removed: remove its data from this node.
+    RemoveVolume { engine_name: String, project: String },
     /// Keep-alive.
     Ping,
 }
@@ -104,6 +106,16 @@ pub struct WireLaunch {
     /// Secret values by name (base64).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub secrets: BTreeMap<String, String>,
+    /// Its volume mounts, resolved.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<shepherd_core::ResolvedMount>,
+    /// Its networks beyond the plain ones, resolved.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<shepherd_core::ResolvedNetwork>,
+    /// The project's login to the image's registry, if any (a secret, as
+    /// the secrets are; its `Debug` leaves the password out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry_auth: Option<shepherd_core::RegistryAuth>,
 }
 
 impl std::fmt::Debug for WireLaunch {
@@ -129,6 +141,9 @@ impl From<LaunchSpec> for WireLaunch {
             payload: l.payload.map(|p| b64().encode(p)),
             attempt_started_at: l.attempt_started_at,
             secrets: l.secrets.into_iter().map(|(k, v)| (k, b64().encode(v))).collect(),
+            volumes: l.volumes,
+            networks: l.networks,
+            registry_auth: l.registry_auth,
         }
     }
 }
@@ -146,6 +161,9 @@ impl WireLaunch {
             payload: self.payload.and_then(|p| b64().decode(p).ok()),
             attempt_started_at: self.attempt_started_at,
             secrets: self.secrets.into_iter().filter_map(|(k, v)| b64().decode(v).ok().map(|v| (k, v))).collect(),
+            volumes: self.volumes,
+            networks: self.networks,
+            registry_auth: self.registry_auth,
         }
     }
 }
@@ -228,6 +246,9 @@ mod tests {
             payload: Some(vec![0, 1, 255]),
             attempt_started_at: None,
             secrets: BTreeMap::from([("db".to_string(), b"hunter2".to_vec())]),
+            volumes: Vec::new(),
+            networks: Vec::new(),
+            registry_auth: None,
         };
         let wire = WireLaunch::from(launch.clone());
         assert!(!format!("{wire:?}").contains("hunter2"));

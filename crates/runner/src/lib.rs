@@ -332,9 +332,12 @@ fn start_writing(
         let (out, generation, ended) = (out.clone(), generation.clone(), ended.clone());
         std::thread::spawn(move || {
             // As PID 1 the reaper waits for every process; elsewhere, the child.
-            let status = match &reaper {
-                Some(reaper) => Some(std::process::ExitStatus::from_raw(reaper.wait_for(pid))),
-                None => child.wait().ok(),
+            let (status, used) = match &reaper {
+                Some(reaper) => {
+                    let (status, used) = reaper.wait_for(pid);
+                    (Some(std::process::ExitStatus::from_raw(status)), Some(used))
+                }
+                None => (child.wait().ok(), None),
             };
             // What is already in the pipes arrives first: until both close,
             // or until nothing has come for a moment (something the task
@@ -343,14 +346,15 @@ fn start_writing(
             while open.load(Ordering::SeqCst) > 0 && progress.since() < DRAIN {
                 std::thread::sleep(Duration::from_millis(1));
             }
-            let exited = match status {
+            let (code, signal) = match status {
                 Some(status) => match (status.code(), status.signal()) {
-                    (Some(code), _) => Exited { code, signal: None },
-                    (None, Some(signal)) => Exited { code: 128 + signal, signal: Some(signal) },
-                    (None, None) => Exited { code: 255, signal: None },
+                    (Some(code), _) => (code, None),
+                    (None, Some(signal)) => (128 + signal, Some(signal)),
+                    (None, None) => (255, None),
                 },
-                None => Exited { code: 255, signal: None },
+                None => (255, None),
             };
+            let exited = Exited { code, signal, cpu_ms: used.map(|u| u.cpu_ms), peak_memory_bytes: used.map(|u| u.peak_memory_bytes) };
             // Output written from now on (a background process) is not the
             // task's any more. Under the output lock, so that no output
             // frame of this task can follow its `Exited`.

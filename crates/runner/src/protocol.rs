@@ -128,6 +128,12 @@ pub struct Exited {
     pub code: i32,
     /// The signal that killed it, if one did.
     pub signal: Option<i32>,
+    /// CPU time it used, user and system, in milliseconds (as PID 1 only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_ms: Option<u64>,
+    /// The most memory it held at once, in bytes (as PID 1 only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_memory_bytes: Option<u64>,
 }
 
 /// The reset's outcome.

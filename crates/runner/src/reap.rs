@@ -7,6 +7,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
+/// What a process used, from the kernel's record at its end.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Used {
+    pub cpu_ms: u64,
+    pub peak_memory_bytes: u64,
+}
+
 /// Reaps every child of this process, on a thread of its own.
 pub struct Reaper {
     state: Mutex<State>,
@@ -15,8 +22,8 @@ pub struct Reaper {
 
 #[derive(Default)]
 struct State {
-    /// Exit statuses (as `waitpid` gives them) not yet claimed.
-    exited: HashMap<i32, i32>,
+    /// Exit statuses (as `waitpid` gives them) and what each used, not yet claimed.
+    exited: HashMap<i32, (i32, Used)>,
     /// Bumped after each spawn, so a reaper with no children wakes up.
     spawned: u64,
 }
@@ -34,11 +41,16 @@ impl Reaper {
         let mut seen = 0;
         loop {
             let mut status = 0;
-            // SAFETY: waitpid(2) writes only to `status`.
-            let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
+            // SAFETY: a zeroed rusage is a valid out-parameter.
+            let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+            // SAFETY: wait4(2) writes only to `status` and `usage`.
+            let pid = unsafe { libc::wait4(-1, &mut status, 0, &mut usage) };
             if pid > 0 {
+                let ms = |t: libc::timeval| (t.tv_sec.max(0) as u64) * 1000 + (t.tv_usec.max(0) as u64) / 1000;
+                let used =
+                    Used { cpu_ms: ms(usage.ru_utime) + ms(usage.ru_stime), peak_memory_bytes: usage.ru_maxrss.max(0) as u64 * 1024 };
                 let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-                state.exited.insert(pid, status);
+                state.exited.insert(pid, (status, used));
                 self.changed.notify_all();
                 continue;
             }
@@ -61,8 +73,9 @@ impl Reaper {
         self.changed.notify_all();
     }
 
-    /// Waits for `pid` to end; its raw `waitpid` status.
-    pub fn wait_for(&self, pid: i32) -> i32 {
+    /// Waits for `pid` to end; its raw `waitpid` status, and what it (and
+    /// the children it waited for) used.
+    pub fn wait_for(&self, pid: i32) -> (i32, Used) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             if let Some(status) = state.exited.remove(&pid) {

@@ -104,6 +104,7 @@ fn as_pid1_the_reset_leaves_nothing_of_the_previous_task() {
     // The next task sees none of it: only PID 1 and its own processes.
     let (output, exit) = c.run(&sh("ls -A /tmp /run/shepherd /run/secrets; ps -o pid,comm | grep -c sleep; true"));
     assert_eq!(exit.code, 0);
+    assert!(exit.peak_memory_bytes.is_some_and(|b| b > 0) && exit.cpu_ms.is_some(), "as PID 1 the runner reports usage: {exit:?}");
     assert_eq!(output, "/run/secrets:\n\n/run/shepherd:\n\n/tmp:\n0\n", "{output}");
     assert_eq!(c.reset(), ok);
 

@@ -132,7 +132,7 @@ fn runs_tasks_one_after_another_with_their_own_output_env_files_and_exit_codes()
         // The previous task's file is gone: only this task's payload is there.
         assert_eq!(stdout, format!("payload {k}\nbar{k}\npayload\n"));
         assert_eq!(stderr, "oops\n");
-        assert_eq!(exit, Exited { code: k, signal: None });
+        assert_eq!(exit, Exited { code: k, signal: None, cpu_ms: None, peak_memory_bytes: None });
         assert_reset_clean_but_not_pid1(&runner.reset());
         assert_eq!(std::fs::read_dir(scratch.path()).unwrap().count(), 0, "scratch emptied");
     }
@@ -148,7 +148,7 @@ fn signals_reach_the_task_and_what_it_leaves_behind_is_cut_off_and_killed() {
     assert_eq!(runner.next(), (Kind::Stdout, b"started\n".to_vec()));
     runner.send(Kind::Signal, &serde_json::to_vec(&SignalRequest { signal: 15 }).unwrap());
     let (_, _, exit) = runner.until_exit();
-    assert_eq!(exit, Exited { code: 143, signal: Some(15) });
+    assert_eq!(exit, Exited { code: 143, signal: Some(15), cpu_ms: None, peak_memory_bytes: None });
     assert_reset_clean_but_not_pid1(&runner.reset());
 
     // A background process that keeps the output open: the exit is still
@@ -205,7 +205,7 @@ fn bad_requests_are_refused_and_the_runner_goes_on() {
     runner.run(&sh("true"));
     assert!(failure(&mut runner).contains("already running"));
     runner.send(Kind::Signal, &serde_json::to_vec(&SignalRequest { signal: 9 }).unwrap());
-    assert_eq!(runner.until_exit().2, Exited { code: 137, signal: Some(9) });
+    assert_eq!(runner.until_exit().2, Exited { code: 137, signal: Some(9), cpu_ms: None, peak_memory_bytes: None });
     runner.run(&sh("true"));
     assert!(failure(&mut runner).contains("reset before"));
     runner.reset();

@@ -115,6 +115,7 @@ impl NodeIndex {
         let node = &mut self.nodes[i];
         node.allocated.cpu_millicores += task.resources.cpu_millicores;
         node.allocated.memory_mib += task.resources.memory_mib;
+        node.gpus_allocated += task.gpus;
         node.task_count += 1;
         if let Some(rule) = &task.anti_affinity {
             *node.label_counts.entry(rule.label.clone()).or_default() += 1;
@@ -133,6 +134,7 @@ impl NodeIndex {
         let node = &mut self.nodes[i];
         node.allocated.cpu_millicores = node.allocated.cpu_millicores.saturating_sub(task.resources.cpu_millicores);
         node.allocated.memory_mib = node.allocated.memory_mib.saturating_sub(task.resources.memory_mib);
+        node.gpus_allocated = node.gpus_allocated.saturating_sub(task.gpus);
         node.task_count = node.task_count.saturating_sub(1);
         if let Some(rule) = &task.anti_affinity {
             if let Some(count) = node.label_counts.get_mut(&rule.label) {

@@ -118,7 +118,7 @@ impl Engine {
     /// what counts against project quotas.
     pub fn pass(&self, nodes: Vec<NodeSnapshot>, usage: HashMap<String, Resources>, quota: QuotaLedger, seed: u64) -> Pass<'_> {
         let capacity = total_capacity(&nodes);
-        Pass { placer: self.placer(nodes, seed), usage, quota, capacity }
+        Pass { placer: self.placer(nodes, seed), usage, quota, capacity, bound: HashMap::new() }
     }
 }
 
@@ -136,6 +136,9 @@ pub struct Pass<'e> {
     usage: HashMap<String, Resources>,
     quota: QuotaLedger,
     capacity: Resources,
+    /// Node-scoped volumes (project, name) bound by placements of this
+    /// pass: later tasks that mount them go to the same node.
+    bound: HashMap<(String, String), String>,
 }
 
 impl Pass<'_> {
@@ -154,6 +157,21 @@ impl Pass<'_> {
         });
         let mut plan = PlacementPlan::default();
         for task in &ordered {
+            // A volume an earlier placement of this pass bound pins this task too.
+            let pinned;
+            let task = if task.volumes.iter().any(|v| v.node.is_none() && self.bound.contains_key(&(task.project.clone(), v.name.clone())))
+            {
+                let mut t = task.clone();
+                for v in &mut t.volumes {
+                    if v.node.is_none() {
+                        v.node = self.bound.get(&(t.project.clone(), v.name.clone())).cloned();
+                    }
+                }
+                pinned = t;
+                &pinned
+            } else {
+                task
+            };
             if let Some(hold) = self.quota.check(task) {
                 plan.unplaced.push(Unplaced { task_id: task.id, hold: Hold::Quota(hold) });
                 continue;
@@ -167,7 +185,11 @@ impl Pass<'_> {
                     let used = self.usage.entry(task.project.clone()).or_insert(Resources { cpu_millicores: 0, memory_mib: 0 });
                     used.cpu_millicores = used.cpu_millicores.saturating_add(task.resources.cpu_millicores);
                     used.memory_mib = used.memory_mib.saturating_add(task.resources.memory_mib);
-                    plan.placements.push(Placement { task_id: task.id, node_id: self.placer.cluster.nodes[node].id.clone() });
+                    let node_id = self.placer.cluster.nodes[node].id.clone();
+                    for v in task.volumes.iter().filter(|v| v.node.is_none()) {
+                        self.bound.insert((task.project.clone(), v.name.clone()), node_id.clone());
+                    }
+                    plan.placements.push(Placement { task_id: task.id, node_id });
                 }
                 Err(unfit) => plan.unplaced.push(Unplaced { task_id: task.id, hold: Hold::Unfit(unfit) }),
             }
@@ -187,6 +209,9 @@ struct Shape {
     pool: Option<String>,
     project: String,
     anti_affinity: Option<crate::model::AntiAffinity>,
+    gpus: u32,
+    devices: Vec<String>,
+    volumes: Vec<crate::model::NodeVolume>,
 }
 
 /// Places tasks one at a time against a cluster it updates.
@@ -224,6 +249,9 @@ impl Placer<'_> {
             pool: task.pool.clone(),
             project: task.project.clone(),
             anti_affinity: task.anti_affinity.clone(),
+            gpus: task.gpus,
+            devices: task.devices.clone(),
+            volumes: task.volumes.clone(),
         };
         if let Some(reason) = self.infeasible.get(&shape) {
             return Err(reason.clone());
@@ -299,6 +327,7 @@ impl Placer<'_> {
             let ready = std::mem::replace(&mut node.ready, true);
             let allocated = std::mem::replace(&mut node.allocated, Resources { cpu_millicores: 0, memory_mib: 0 });
             let task_count = std::mem::replace(&mut node.task_count, 0);
+            let gpus_allocated = std::mem::replace(&mut node.gpus_allocated, 0);
             let label_counts = std::mem::take(&mut node.label_counts);
             match first_rejection(node) {
                 Some(why) => *idle.entry(why).or_default() += 1,
@@ -307,6 +336,7 @@ impl Placer<'_> {
             node.ready = ready;
             node.allocated = allocated;
             node.task_count = task_count;
+            node.gpus_allocated = gpus_allocated;
             node.label_counts = label_counts;
         }
         let largest = |f: fn(&NodeSnapshot) -> u32| self.cluster.nodes.iter().map(f).max().unwrap_or(0);
@@ -314,7 +344,7 @@ impl Placer<'_> {
         let (counts, wait) = if fits_idle { (now, Wait::Room) } else { (idle, Wait::NeverFits) };
         let mut rejections: Vec<(Rejection, usize)> = counts.into_iter().collect();
         rejections.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        Unfit { nodes: self.cluster.nodes.len(), rejections, wait, asks: task.resources, largest }
+        Unfit { nodes: self.cluster.nodes.len(), rejections, wait, asks: task.resources, largest, asks_gpus: task.gpus }
     }
 
     /// The best candidates of the last placement, best first, when

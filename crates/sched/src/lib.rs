@@ -21,6 +21,7 @@
 //! capacity or task limit, a constraint is never violated, and a dedicated
 //! pool never receives another project's task.
 
+pub mod autoscale;
 pub mod cluster;
 pub mod engine;
 pub mod fairness;
@@ -34,7 +35,9 @@ pub mod rng;
 
 pub use cluster::{CandidateOrder, ClusterView, NodeIndex};
 pub use engine::{Engine, NodeScore, Pass, Placer};
-pub use model::{AntiAffinity, Hold, NodeSnapshot, PendingTask, Placement, PlacementPlan, QuotaHold, Rejection, Unfit, Unplaced, Wait};
+pub use model::{
+    AntiAffinity, Hold, NodeSnapshot, NodeVolume, PendingTask, Placement, PlacementPlan, QuotaHold, Rejection, Unfit, Unplaced, Wait,
+};
 pub use plugin::{FilterPlugin, ScorePlugin};
 pub use quota::{ProjectUsage, QuotaLedger};
 pub use registry::{ArgsError, Registry};
@@ -43,3 +46,10 @@ pub use registry::{ArgsError, Registry};
 /// the `pool` filter keeps every other project's tasks off it.
 pub const DEDICATED_LABEL: &str = "dedicated_to";
 pub use profile::{BatchOrder, ConfigError, Profile, ProfileConfig, ProjectConfig, SchedulerConfig};
+
+/// The node label that says how many GPUs a node offers (`--gpus`).
+pub const GPUS_LABEL: &str = "shepherd.gpus";
+
+/// The node label that names the devices a node offers (`--device`),
+/// comma-separated.
+pub const DEVICES_LABEL: &str = "shepherd.devices";

@@ -25,6 +25,11 @@ pub struct NodeSnapshot {
     pub images: Vec<String>,
     /// Tasks there per label `key=value`, for anti-affinity.
     pub label_counts: HashMap<String, u32>,
+    /// GPUs the node has (`shepherd agent --gpus`), and those reserved.
+    pub gpus: u32,
+    pub gpus_allocated: u32,
+    /// Devices the node offers by name (`--device /dev/fuse` → `fuse`), sorted.
+    pub devices: Vec<String>,
 }
 
 impl NodeSnapshot {
@@ -44,6 +49,9 @@ impl NodeSnapshot {
             task_count: 0,
             images: Vec::new(),
             label_counts: HashMap::new(),
+            gpus: 0,
+            gpus_allocated: 0,
+            devices: Vec::new(),
         }
     }
 
@@ -81,6 +89,15 @@ pub struct AntiAffinity {
     pub max_per_node: u32,
 }
 
+/// A node-scoped volume a task mounts (`local`, say): the node it lives
+/// on, once a task used it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct NodeVolume {
+    /// The volume's name in the task's project.
+    pub name: String,
+    pub node: Option<String>,
+}
+
 /// A task waiting for a node.
 #[derive(Debug, Clone)]
 pub struct PendingTask {
@@ -101,6 +118,12 @@ pub struct PendingTask {
     /// The code it was made from, whose `max_concurrency` limits how many
     /// of its project's tasks of that code hold a node at once.
     pub code: Option<String>,
+    /// Its node-scoped volumes: it runs where they live.
+    pub volumes: Vec<NodeVolume>,
+    /// GPUs it needs.
+    pub gpus: u32,
+    /// Devices it needs, by name.
+    pub devices: Vec<String>,
 }
 
 impl PendingTask {
@@ -118,6 +141,9 @@ impl PendingTask {
             profile: None,
             warm_key: None,
             code: None,
+            volumes: Vec::new(),
+            gpus: 0,
+            devices: Vec::new(),
         }
     }
 }
@@ -208,6 +234,8 @@ pub struct Unfit {
     /// What the task asks, and the most any node has (for "too little in all").
     pub asks: Resources,
     pub largest: Resources,
+    /// GPUs the task asks.
+    pub asks_gpus: u32,
 }
 
 impl std::fmt::Display for Unfit {
@@ -228,6 +256,7 @@ impl std::fmt::Display for Unfit {
                     self.asks.memory_mib, self.largest.memory_mib
                 ),
                 (Wait::NeverFits, Rejection::TooManyTasks) => format!("{n} take no tasks at all (task limit 0)"),
+                (Wait::NeverFits, Rejection::InsufficientGpu) => format!("{n} too few gpus in all (the task asks {})", self.asks_gpus),
                 _ => format!("{n} {why}"),
             })
             .collect();
@@ -259,6 +288,14 @@ pub enum Rejection {
     TooManyTasks,
     InsufficientCpu,
     InsufficientMemory,
+    InsufficientGpu,
+    /// The node does not offer this device.
+    MissingDevice(String),
+    /// The task's volume lives on another node (its name, that node).
+    VolumeElsewhere {
+        volume: String,
+        node: String,
+    },
     Constraint(String),
     Pool,
     Dedicated,
@@ -277,6 +314,9 @@ impl std::fmt::Display for Rejection {
             Rejection::TooManyTasks => f.write_str("at task limit"),
             Rejection::InsufficientCpu => f.write_str("insufficient cpu"),
             Rejection::InsufficientMemory => f.write_str("insufficient memory"),
+            Rejection::InsufficientGpu => f.write_str("insufficient gpu"),
+            Rejection::MissingDevice(device) => write!(f, "no device {device}"),
+            Rejection::VolumeElsewhere { volume, node } => write!(f, "volume {volume} lives on node {node}"),
             Rejection::Constraint(c) => write!(f, "constraint {c}"),
             Rejection::Pool => f.write_str("other pool"),
             Rejection::Dedicated => f.write_str("dedicated to other projects"),

@@ -172,8 +172,13 @@ pub fn compile(name: &str, config: &ProfileConfig, registry: &Registry) -> Resul
         }
     }
     let args_error = |error| ConfigError::Args { profile: name.into(), error };
-    let filter_names: Vec<String> =
+    let mut filter_names: Vec<String> =
         config.filters.clone().unwrap_or_else(|| registry::DEFAULT_FILTERS.iter().map(|s| s.to_string()).collect());
+    for required in registry::REQUIRED_FILTERS {
+        if !filter_names.iter().any(|f| f == required) {
+            filter_names.push(required.to_string());
+        }
+    }
     let filters = filter_names
         .iter()
         .map(|f| match registry.filter(f, args.get(f)) {

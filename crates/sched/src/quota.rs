@@ -12,12 +12,13 @@ use std::collections::HashMap;
 pub struct ProjectUsage {
     pub tasks: u32,
     pub resources: Resources,
+    pub gpus: u32,
 }
 
 impl ProjectUsage {
     /// Nothing held. (Not `Default`: `Resources::default()` is a task's
     /// default request, not zero.)
-    pub const NONE: ProjectUsage = ProjectUsage { tasks: 0, resources: Resources { cpu_millicores: 0, memory_mib: 0 } };
+    pub const NONE: ProjectUsage = ProjectUsage { tasks: 0, resources: Resources { cpu_millicores: 0, memory_mib: 0 }, gpus: 0 };
 }
 
 /// What each project holds against its quota during a pass: charged as
@@ -68,10 +69,13 @@ impl QuotaLedger {
             Some(QuotaHold { what: "running tasks", used: u64::from(now.tasks), max: u64::from(max), code: None })
         } else if let Some(max) = limit.max_cpu_millicores.filter(|max| cpu > *max) {
             Some(QuotaHold { what: "millicores", used: u64::from(now.resources.cpu_millicores), max, code: None })
+        } else if let Some(max) = limit.max_memory_mib.filter(|max| memory > *max) {
+            Some(QuotaHold { what: "MiB", used: u64::from(now.resources.memory_mib), max, code: None })
         } else {
-            limit.max_memory_mib.filter(|max| memory > *max).map(|max| QuotaHold {
-                what: "MiB",
-                used: u64::from(now.resources.memory_mib),
+            let gpus = u64::from(now.gpus) + u64::from(task.gpus);
+            limit.max_gpus.filter(|max| task.gpus > 0 && gpus > *max).map(|max| QuotaHold {
+                what: "gpus",
+                used: u64::from(now.gpus),
                 max,
                 code: None,
             })
@@ -87,6 +91,7 @@ impl QuotaLedger {
         now.tasks += 1;
         now.resources.cpu_millicores = now.resources.cpu_millicores.saturating_add(task.resources.cpu_millicores);
         now.resources.memory_mib = now.resources.memory_mib.saturating_add(task.resources.memory_mib);
+        now.gpus = now.gpus.saturating_add(task.gpus);
     }
 }
 
@@ -108,8 +113,10 @@ mod tests {
             ("b".to_string(), ProjectLimits { max_cpu_millicores: Some(1000), ..Default::default() }),
             ("c".to_string(), ProjectLimits { max_memory_mib: Some(100), ..Default::default() }),
         ]);
-        let usage =
-            HashMap::from([("a".to_string(), ProjectUsage { tasks: 2, resources: Resources { cpu_millicores: 0, memory_mib: 0 } })]);
+        let usage = HashMap::from([(
+            "a".to_string(),
+            ProjectUsage { tasks: 2, resources: Resources { cpu_millicores: 0, memory_mib: 0 }, gpus: 0 },
+        )]);
         let pending = vec![
             task(1, "a", 100),
             task(2, "a", 100),

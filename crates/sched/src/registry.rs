@@ -14,8 +14,20 @@ use std::sync::Arc;
 /// checks first (a node in the wrong pool is wrong whatever it has free, and
 /// saying so makes the better reason), then capacity, where most rejections
 /// in a busy cluster fall, then the string-matching constraints.
-pub const DEFAULT_FILTERS: [&str; 6] =
-    [node_ready::NAME, pool::NAME, task_limit::NAME, resources::NAME, constraints::NAME, anti_affinity::NAME];
+pub const DEFAULT_FILTERS: [&str; 8] = [
+    node_ready::NAME,
+    pool::NAME,
+    volume_locality::NAME,
+    task_limit::NAME,
+    resources::NAME,
+    devices::NAME,
+    constraints::NAME,
+    anti_affinity::NAME,
+];
+
+/// Filters every profile has, added to those it lists: without them a task
+/// would run where its volume is not, or without the device it needs.
+pub const REQUIRED_FILTERS: [&str; 2] = [volume_locality::NAME, devices::NAME];
 
 /// Makes a filter plugin from its settings (`None`: none given).
 pub type FilterFactory = fn(Option<&toml::Value>) -> Result<Arc<dyn FilterPlugin>, ArgsError>;
@@ -62,6 +74,8 @@ impl Registry {
             .with_filter(pool::NAME, pool::factory)
             .with_filter(constraints::NAME, constraints::factory)
             .with_filter(anti_affinity::NAME, anti_affinity::factory)
+            .with_filter(volume_locality::NAME, volume_locality::factory)
+            .with_filter(devices::NAME, devices::factory)
             .with_scorer(binpack::NAME, binpack::factory)
             .with_scorer(spread::NAME, spread::factory)
             .with_scorer(balanced::NAME, balanced::factory)

@@ -296,3 +296,77 @@ fn bad_configs_are_refused_with_the_reason() {
     assert!(err("default_profile = \"ghost\"").contains("unknown profile `ghost`"));
     assert!(SchedulerConfig::from_toml("[profiles.x]\nscores = { spread = 1.0 }\ncolour = 1").is_err());
 }
+
+#[test]
+fn gpus_are_a_resource_with_reasons_and_quotas() {
+    let engine = Engine::default();
+    let mut a = node("a", 8000, 8000);
+    a.gpus = 2;
+    let b = node("b", 8000, 8000);
+    let gpu_task = |n| {
+        let mut t = task(n, 100, 100);
+        t.gpus = 1;
+        t
+    };
+    let plan = engine.place_batch(vec![a.clone(), b.clone()], (0..3).map(gpu_task).collect(), &HashMap::new(), 1);
+    assert_eq!(plan.placements.len(), 2);
+    assert!(plan.placements.iter().all(|p| p.node_id == "a"));
+    let reason = plan.unplaced[0].hold.to_string();
+    assert!(reason.contains("insufficient gpu"), "{reason}");
+    // More than any node has: never fits, and says so.
+    let mut big = task(9, 100, 100);
+    big.gpus = 3;
+    let plan = engine.place_batch(vec![a.clone(), b], vec![big], &HashMap::new(), 1);
+    let reason = plan.unplaced[0].hold.to_string();
+    assert!(reason.contains("no node can ever run") && reason.contains("too few gpus in all"), "{reason}");
+    // A project quota on GPUs.
+    let limits = HashMap::from([("default".to_string(), shepherd_core::ProjectLimits { max_gpus: Some(1), ..Default::default() })]);
+    let mut pass = engine.pass(vec![a], HashMap::new(), QuotaLedger::new(HashMap::new(), limits), 1);
+    let plan = pass.place((0..2).map(gpu_task).collect());
+    assert_eq!(plan.placements.len(), 1);
+    assert_eq!(plan.unplaced[0].hold.to_string(), "project quota: 1 of 1 gpus in use");
+}
+
+#[test]
+fn devices_and_volumes_filter_with_reasons_even_in_profiles_that_list_no_such_filter() {
+    let config: SchedulerConfig = toml::from_str(
+        r#"
+        [profiles.bare]
+        filters = ["resources"]
+        scores = { spread = 1.0 }
+        "#,
+    )
+    .unwrap();
+    let engine = Engine::new(&config).unwrap();
+    let mut a = node("a", 8000, 8000);
+    a.devices = vec!["fuse".into()];
+    let b = node("b", 8000, 8000);
+    let mut fuse = with_profile(task(1, 100, 100), "bare");
+    fuse.devices = vec!["fuse".into()];
+    let mut pinned = with_profile(task(2, 100, 100), "bare");
+    pinned.volumes = vec![NodeVolume { name: "cache".into(), node: Some("b".into()) }];
+    let mut gone = with_profile(task(3, 100, 100), "bare");
+    gone.volumes = vec![NodeVolume { name: "old".into(), node: Some("z".into()) }];
+    let plan = engine.place_batch(vec![a, b], vec![fuse, pinned, gone], &HashMap::new(), 1);
+    let at: HashMap<u128, String> = plan.placements.iter().map(|p| (p.task_id.0 .0 - 1, p.node_id.clone())).collect();
+    assert_eq!(at[&1], "a");
+    assert_eq!(at[&2], "b");
+    let reason = plan.unplaced[0].hold.to_string();
+    assert!(reason.contains("volume old lives on node z"), "{reason}");
+}
+
+#[test]
+fn an_unbound_local_volume_is_bound_by_its_first_placement_in_the_pass() {
+    let engine = Engine::default();
+    let nodes: Vec<_> = (0..4).map(|i| node(&format!("n{i}"), 8000, 8000)).collect();
+    let tasks: Vec<_> = (0..12)
+        .map(|i| {
+            let mut t = with_profile(task(i, 100, 100), "spread");
+            t.volumes = vec![NodeVolume { name: "cache".into(), node: None }];
+            t
+        })
+        .collect();
+    let plan = engine.place_batch(nodes, tasks, &HashMap::new(), 7);
+    assert_eq!(plan.placements.len(), 12);
+    assert_eq!(counts(&plan).len(), 1, "spread, yet all on the volume's node: {:?}", counts(&plan));
+}

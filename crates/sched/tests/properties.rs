@@ -87,3 +87,97 @@ proptest! {
         prop_assert_eq!(plan.placements, again.placements);
     }
 }
+
+/// A cluster with GPUs and devices, and tasks that mount node-scoped
+/// volumes (some already bound to a node, some to a node that is gone) and
+/// ask for GPUs and devices.
+fn arb_volume_case() -> impl Strategy<Value = (Vec<NodeSnapshot>, Vec<PendingTask>, u64)> {
+    let node = |i: usize| {
+        (0u32..4, prop::bool::ANY, prop::bool::weighted(0.9)).prop_map(move |(gpus, fuse, ready)| {
+            let mut n = NodeSnapshot::new(format!("n{i}"), Resources { cpu_millicores: 8000, memory_mib: 16_384 });
+            n.gpus = gpus;
+            n.devices = if fuse { vec!["fuse".into(), "null".into()] } else { vec!["null".into()] };
+            n.ready = ready;
+            n
+        })
+    };
+    let task = |i: usize| {
+        (0usize..2, prop::collection::vec((0usize..4, prop::option::of(0usize..6)), 0..3), 0u32..3, prop::bool::weighted(0.2), 0usize..3)
+            .prop_map(move |(project, volumes, gpus, fuse, profile)| {
+                let mut t = PendingTask::new(TaskId(ulid::Ulid(i as u128 + 1)), Resources { cpu_millicores: 500, memory_mib: 512 });
+                t.project = ["acme", "globex"][project].into();
+                let mut names: Vec<usize> = Vec::new();
+                for (v, bound) in volumes {
+                    if names.contains(&v) {
+                        continue;
+                    }
+                    names.push(v);
+                    // A volume's binding is the same for every task of the
+                    // project that reads it in one pass: by its name.
+                    let node = bound.filter(|_| v % 2 == 0).map(|b| format!("n{}", (v + b) % 5));
+                    t.volumes.push(NodeVolume { name: format!("v{v}"), node });
+                }
+                t.gpus = gpus;
+                if fuse {
+                    t.devices.push("fuse".into());
+                }
+                t.profile = [None, Some("binpack".into()), Some("random".into())][profile].clone();
+                t
+            })
+    };
+    (1usize..6, 1usize..80, any::<u64>()).prop_flat_map(move |(n, t, seed)| {
+        let nodes: Vec<_> = (0..n).map(node).collect();
+        let tasks: Vec<_> = (0..t).map(task).collect();
+        (nodes, tasks, Just(seed))
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    /// A task using a node-scoped volume never runs anywhere but where the
+    /// volume lives (or, unbound, where the pass's first task of it went);
+    /// GPUs are never over-committed; devices are always there.
+    #[test]
+    fn local_volumes_pin_tasks_and_gpus_and_devices_fit((nodes, mut tasks, seed) in arb_volume_case()) {
+        // Bindings are per volume, not per task: make them agree (as the
+        // server gives them: the store's binding of that volume).
+        let mut binding: HashMap<(String, String), Option<String>> = HashMap::new();
+        for t in &mut tasks {
+            for v in &mut t.volumes {
+                let key = (t.project.clone(), v.name.clone());
+                v.node = binding.entry(key).or_insert_with(|| v.node.clone()).clone();
+            }
+        }
+        let engine = Engine::default();
+        let plan = engine.place_batch(nodes.clone(), tasks.clone(), &HashMap::new(), seed);
+        prop_assert_eq!(plan.placements.len() + plan.unplaced.len(), tasks.len());
+        let by_id: HashMap<_, _> = tasks.iter().map(|t| (t.id, t)).collect();
+        let mut gpus_used: HashMap<String, u32> = HashMap::new();
+        let mut lives: HashMap<(String, String), String> = HashMap::new();
+        for p in &plan.placements {
+            let task = by_id[&p.task_id];
+            let node = nodes.iter().find(|n| n.id == p.node_id).unwrap();
+            for v in &task.volumes {
+                if let Some(bound) = &v.node {
+                    prop_assert_eq!(bound, &p.node_id, "volume {} bound to {} but its task ran on {}", v.name, bound, p.node_id);
+                }
+                let at = lives.entry((task.project.clone(), v.name.clone())).or_insert_with(|| p.node_id.clone());
+                prop_assert_eq!(&*at, &p.node_id, "two tasks of volume {} on two nodes", v.name);
+            }
+            let used = gpus_used.entry(p.node_id.clone()).or_default();
+            *used += task.gpus;
+            prop_assert!(*used <= node.gpus, "gpus over-committed on {}", node.id);
+            for d in &task.devices {
+                prop_assert!(node.devices.contains(d));
+            }
+        }
+        // A task whose volume lives on a node that is not there never runs, and says why.
+        for u in &plan.unplaced {
+            let task = by_id[&u.task_id];
+            if task.volumes.iter().any(|v| v.node.as_ref().is_some_and(|n| !nodes.iter().any(|x| &x.id == n))) {
+                prop_assert!(u.hold.to_string().contains("lives on node") || u.hold.to_string().contains("quota"), "{}", u.hold);
+            }
+        }
+    }
+}

@@ -19,7 +19,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use shepherd_core::{IllegalTransition, LaunchSpec, TaskId, Timestamp};
+use shepherd_core::{IllegalTransition, LaunchSpec, Machine, MachineState, TaskId, Timestamp};
 use shepherd_proto::{
     AgentMessage, AssignedAttempt, Captured, EventsRequest, EventsResponse, Heartbeat, HeartbeatAnswer, LogsRequest, Registered,
     Registration, WireLaunch, PROTOCOL_HEADER, PROTOCOL_VERSION,
@@ -73,6 +73,11 @@ impl RemoteAgents {
     /// Tells the node's agent that its node drains, if its stream is here; false if not.
     pub fn drain_here(&self, node_id: &str) -> bool {
         self.send(node_id, AgentMessage::Drain)
+    }
+
+    /// Tells the node's agent to remove a volume, if its stream is here; false if not.
+    pub fn remove_volume_here(&self, node_id: &str, engine_name: &str, project: &str) -> bool {
+        self.send(node_id, AgentMessage::RemoveVolume { engine_name: engine_name.into(), project: project.into() })
     }
 
     fn is_current(&self, node_id: &str, tx: &mpsc::UnboundedSender<AgentMessage>) -> bool {
@@ -192,15 +197,25 @@ async fn package(State(state): State<AppState>, headers: HeaderMap, Path(id): Pa
 
 async fn register(State(state): State<AppState>, headers: HeaderMap, Json(reg): Json<Registration>) -> Result<Json<Registered>, ApiError> {
     check_protocol(&headers)?;
-    let Some(expected) = &state.agent_api.join_token else {
-        return Err(ApiError::new(StatusCode::FORBIDDEN, "joining_disabled", "this server takes no agents (start it with --join-token)"));
-    };
-    if reg.join_token != *expected {
-        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "wrong join token"));
-    }
     if reg.node_id.is_empty() || reg.node_id.len() > 128 {
         return Err(ApiError::field("node_id", "1 to 128 characters"));
     }
+    let mut reg = reg;
+    // The cluster's join token, or a provisioned machine's own.
+    let machine = match &state.agent_api.join_token {
+        Some(expected) if reg.join_token == *expected => None,
+        cluster_token => match machine_joining(&state, &mut reg).await? {
+            Some(machine) => Some(machine),
+            None if cluster_token.is_none() => {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "joining_disabled",
+                    "this server takes no agents (start it with --join-token)",
+                ))
+            }
+            None => return Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "wrong join token")),
+        },
+    };
     let now = Timestamp::now();
     let previous = state.store.get_node(&reg.node_id).await?;
     // Registered (again): ready, unless drained. The stream's first
@@ -227,12 +242,56 @@ async fn register(State(state): State<AppState>, headers: HeaderMap, Json(reg): 
         tokens.retain(|_, node| *node != reg.node_id);
         tokens.insert(token.clone(), reg.node_id.clone());
     }
+    if let Some(machine) = machine {
+        machine_joined(&state, machine, &reg.node_id, now).await?;
+    }
     state.agent_api.liveness.registered(&reg.node_id);
     state.agent_api.observer.view.nodes_changed();
     tracing::info!(node = %reg.node_id, "agent registered");
     state.scheduler_wakeup.notify_one();
     let every = state.agent_api.liveness.interval(state.agent_api.node_timeout);
     Ok(Json(Registered { node_token: token, heartbeat_ms: Some(every.as_millis() as u64) }))
+}
+
+/// The provisioned machine whose join credential the registration carries,
+/// if any; its node then registers as the machine's pool and shape say,
+/// whatever the agent claims.
+async fn machine_joining(state: &AppState, reg: &mut Registration) -> Result<Option<Machine>, ApiError> {
+    let hash = crate::auth::hash_token(&reg.join_token);
+    let machines = state.store.machines().await?;
+    let Some(machine) = machines.into_iter().find(|m| m.join_token_sha256 == hash) else { return Ok(None) };
+    if !matches!(machine.state, MachineState::Creating | MachineState::Joined | MachineState::Draining) {
+        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", format!("machine {} is {}", machine.id, machine.state)));
+    }
+    if machine.node_id.as_deref().is_some_and(|node| node != reg.node_id) {
+        return Err(ApiError::new(StatusCode::CONFLICT, "machine_taken", format!("machine {} joined as another node", machine.id)));
+    }
+    reg.capacity = machine.shape.capacity();
+    reg.max_tasks = machine.shape.max_tasks;
+    reg.labels.extend(machine.shape.labels.clone());
+    reg.labels.insert("pool".into(), machine.pool.clone());
+    reg.labels.insert("machine".into(), machine.id.clone());
+    reg.labels.remove(shepherd_sched::DEDICATED_LABEL);
+    Ok(Some(machine))
+}
+
+/// Records that a machine's agent joined (compare-and-set on its state).
+async fn machine_joined(state: &AppState, machine: Machine, node_id: &str, now: Timestamp) -> Result<(), ApiError> {
+    if machine.state != MachineState::Creating && machine.node_id.is_some() {
+        return Ok(());
+    }
+    let expected = machine.state;
+    let mut joined = machine;
+    joined.node_id = Some(node_id.to_string());
+    if expected == MachineState::Creating {
+        joined.state = MachineState::Joined;
+        joined.joined_at = Some(now);
+        joined.updated_at = now;
+    }
+    if state.store.put_machine(joined.clone(), Some(expected)).await? {
+        tracing::info!(machine = %joined.id, node = node_id, pool = %joined.pool, "machine joined");
+    }
+    Ok(())
 }
 
 async fn stream(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {

@@ -260,8 +260,9 @@ pub async fn admit(state: &AppState, token: &str) -> Result<Caller, Box<Response
         }
         Err(e) => return Err(Box::new(ApiError::from(e).into_response())),
     };
-    if let (Caller::Project { token_id, .. }, Some(rate)) = (&caller, limits.requests_per_second) {
+    if let (Caller::Project { token_id, project, .. }, Some(rate)) = (&caller, limits.requests_per_second) {
         if let Err(wait) = state.auth.take(token_id, rate) {
+            state.metrics.rate_limited(project);
             let mut response = ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate_limited",

@@ -48,6 +48,12 @@ pub struct ClusterConfig {
     /// Webhooks may call loopback, private and link-local addresses (a
     /// cluster whose tenants are trusted, or tests); by default only public ones.
     pub webhook_allow_private: bool,
+    /// Serve `/metrics` without a token on this address too.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Events are kept this long for clients resuming the stream.
+    pub event_retention: Duration,
+    /// Autoscaled pools and the provisioners that make their machines.
+    pub autoscale: Option<crate::autoscale::config::AutoscaleConfig>,
 }
 
 impl ClusterConfig {
@@ -78,6 +84,9 @@ impl ClusterConfig {
             leader_lease: Duration::from_secs(5),
             stacks: BTreeMap::new(),
             webhook_allow_private: false,
+            metrics_listen: None,
+            event_retention: Duration::from_secs(3600),
+            autoscale: None,
         }
     }
 }
@@ -117,6 +126,8 @@ pub enum ClusterError {
     Agent(String),
     #[error("TLS: {0}")]
     Tls(String),
+    #[error("autoscaler: {0}")]
+    Autoscale(String),
 }
 
 /// A running cluster.
@@ -180,6 +191,8 @@ impl Cluster {
             StoreConfig::Postgres { url } => Arc::new(PgStore::connect(url, 16).await?),
         };
         let dyn_store = store.clone();
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        dyn_store.set_observer(metrics.clone());
         let wakeup = Arc::new(Notify::new());
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut background = Vec::new();
@@ -252,7 +265,7 @@ impl Cluster {
             )));
         }
         let notes = Arc::new(PlacementNotes::default());
-        let scheduler = Scheduler::new(
+        let mut scheduler = Scheduler::new(
             dyn_store.clone(),
             links.clone(),
             wakeup.clone(),
@@ -261,7 +274,28 @@ impl Cluster {
             leadership.clone(),
             view.clone(),
         );
+        scheduler.metrics = metrics.clone();
         background.push(tokio::spawn(scheduler.run(shutdown_rx.clone())));
+        let autoscaler = match &config.autoscale {
+            Some(autoscale) => {
+                let parts = crate::autoscale::AutoscaleParts {
+                    store: dyn_store.clone(),
+                    view: view.clone(),
+                    engine: config.engine.clone(),
+                    leadership: leadership.clone(),
+                    links: links.clone(),
+                    notes: notes.clone(),
+                    metrics: metrics.clone(),
+                    wakeup: wakeup.clone(),
+                };
+                let autoscaler = crate::autoscale::Autoscaler::new(autoscale.clone(), parts, &url, config.data_dir.join("machines"))
+                    .await
+                    .map_err(|e| ClusterError::Autoscale(e.to_string()))?;
+                background.push(tokio::spawn(autoscaler.clone().run(shutdown_rx.clone())));
+                Some(autoscaler)
+            }
+            None => None,
+        };
         if let (Some(record), Some(local)) = (node_record, agent.clone()) {
             background.push(tokio::spawn(heartbeat(dyn_store.clone(), local, record.id, shutdown_rx.clone())));
         }
@@ -285,7 +319,7 @@ impl Cluster {
         )));
 
         let auth = Arc::new(crate::auth::Auth::new(&config.admin_token));
-        let tasks = crate::service::TaskService::new(
+        let mut tasks = crate::service::TaskService::new(
             dyn_store.clone(),
             config.limits,
             config.engine.clone(),
@@ -294,7 +328,16 @@ impl Cluster {
             links,
             wakeup.clone(),
         );
+        tasks.metrics = metrics.clone();
         let tasks = Arc::new(tasks);
+        let events = crate::events::EventHub::new(dyn_store.clone());
+        background.push(tokio::spawn(events.clone().run(shutdown_rx.clone())));
+        background.push(tokio::spawn(crate::events::prune(
+            dyn_store.clone(),
+            leadership.clone(),
+            config.event_retention,
+            shutdown_rx.clone(),
+        )));
         match crate::webhooks::Dispatcher::new(dyn_store.clone(), config.webhook_allow_private) {
             Ok(dispatcher) => background.push(tokio::spawn(dispatcher.run(leadership.clone(), shutdown_rx.clone()))),
             Err(e) => tracing::error!(error = %e, "webhooks are off: no HTTP client"),
@@ -322,7 +365,18 @@ impl Cluster {
             auth,
             request_timeout: config.request_timeout,
             leadership,
+            metrics,
+            events,
+            timeline: Default::default(),
+            autoscaler,
         };
+        background.push(tokio::spawn(state.timeline.clone().run(state.clone(), shutdown_rx.clone())));
+        if let Some(listen) = config.metrics_listen {
+            let listener = tokio::net::TcpListener::bind(listen).await.map_err(|source| ClusterError::Bind { addr: listen, source })?;
+            let app = api::metrics_router(state.clone());
+            background.push(tokio::spawn(crate::serve::serve(listener, app, None, config.serve_limits, shutdown_rx.clone())));
+            tracing::info!(addr = %listen, "metrics listening");
+        }
         let app = api::router(state);
         let tls = match &config.tls {
             Some(files) => Some(crate::tls::server_config(files).map_err(ClusterError::Tls)?),
@@ -346,7 +400,12 @@ impl Cluster {
     /// new token for it; `None` if it already existed (its tokens were
     /// shown when it was made).
     pub async fn bootstrap_default_project(&self) -> Result<Option<String>, StoreError> {
-        let project = shepherd_store::Project { name: DEFAULT_PROJECT.into(), created_at: Timestamp::now(), limits: Default::default() };
+        let project = shepherd_store::Project {
+            name: DEFAULT_PROJECT.into(),
+            created_at: Timestamp::now(),
+            limits: Default::default(),
+            policy: Default::default(),
+        };
         if !self.store.create_project(project).await? {
             return Ok(None);
         }

@@ -11,17 +11,21 @@
 pub mod agents;
 pub mod api;
 pub mod auth;
+pub mod autoscale;
 mod cluster;
+pub mod events;
 pub mod ironworker;
 pub mod leader;
 pub mod links;
 pub mod liveness;
 pub mod local_backend;
+pub mod metrics;
 pub mod placement_notes;
 pub mod scheduler;
 pub mod serve;
 pub mod service;
 pub mod tls;
+pub mod ui;
 pub mod view;
 pub mod webhooks;
 

@@ -17,6 +17,8 @@ pub trait NodeLinks: Send + Sync + 'static {
     /// Tells a node's agent that its node is draining (it frees idle warm
     /// containers).
     fn drain(&self, _node_id: &str) {}
+    /// Tells a node's agent to remove a removed volume's data.
+    fn remove_volume(&self, _node_id: &str, _engine_name: &str, _project: &str) {}
 }
 
 /// Agents running in this process, by node id.
@@ -54,6 +56,12 @@ impl NodeLinks for LocalAgents {
             agent.drain();
         }
     }
+
+    fn remove_volume(&self, node_id: &str, engine_name: &str, project: &str) {
+        if let Some(agent) = self.agents.get(node_id) {
+            agent.remove_volume(engine_name.to_string(), project.to_string());
+        }
+    }
 }
 
 /// The in-process agent first, then remote agents connected to this
@@ -75,6 +83,8 @@ pub enum Dispatch {
     Cancel { node: String, task: TaskId },
     /// The node is draining: tell its agent, if you hold its stream.
     Drain { node: String },
+    /// A volume was removed: tell the node's agent, if you hold its stream.
+    RemoveVolume { node: String, engine_name: String, project: String },
     /// Have every agent connected to you reconcile: sent by a new leader,
     /// since the old one may have died between committing placements and
     /// publishing them.
@@ -134,6 +144,15 @@ impl NodeLinks for ClusterLinks {
             self.publish(Dispatch::Drain { node: node_id.to_string() });
         }
     }
+
+    fn remove_volume(&self, node_id: &str, engine_name: &str, project: &str) {
+        if self.local.agents.contains_key(node_id) {
+            return self.local.remove_volume(node_id, engine_name, project);
+        }
+        if !self.remote.remove_volume_here(node_id, engine_name, project) {
+            self.publish(Dispatch::RemoveVolume { node: node_id.to_string(), engine_name: engine_name.into(), project: project.into() });
+        }
+    }
 }
 
 /// Acts on what other servers publish, for the agents connected here:
@@ -182,6 +201,9 @@ pub async fn dispatch(
             }
             Ok(Dispatch::Drain { node }) => {
                 remote.drain_here(&node);
+            }
+            Ok(Dispatch::RemoveVolume { node, engine_name, project }) => {
+                remote.remove_volume_here(&node, &engine_name, &project);
             }
             Ok(Dispatch::Reconcile) => remote.reconcile_all(),
             Ok(Dispatch::Released { tasks }) => {

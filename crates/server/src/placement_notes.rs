@@ -21,6 +21,8 @@ struct Notes {
     scores: HashMap<TaskId, Vec<shepherd_sched::NodeScore>>,
     /// Why every task waits, when one reason holds for all (no nodes).
     cluster: Option<String>,
+    /// What the autoscaler's latest plan says of waiting tasks.
+    autoscale: HashMap<TaskId, String>,
 }
 
 /// Keep at most this many task reasons; the oldest are simply forgotten
@@ -47,6 +49,13 @@ impl PlacementNotes {
     pub fn set_cluster_reason(&self, reason: Option<String>) {
         if let Ok(mut notes) = self.notes.lock() {
             notes.cluster = reason;
+        }
+    }
+
+    /// Replaces what the autoscaler says of waiting tasks (its latest plan).
+    pub fn set_autoscale(&self, notes: HashMap<TaskId, String>) {
+        if let Ok(mut n) = self.notes.lock() {
+            n.autoscale = notes;
         }
     }
 
@@ -92,6 +101,10 @@ impl PlacementNotes {
         let reason = notes.cluster.as_ref().or_else(|| notes.by_shape.get(&task.placement_shape())).or_else(|| notes.by_task.get(&task.id));
         if let Some(reason) = reason {
             task.reason = Some(reason.clone());
+        }
+        if let Some(autoscale) = notes.autoscale.get(&task.id) {
+            let before = task.reason.take().map(|r| format!("{r}; ")).unwrap_or_default();
+            task.reason = Some(format!("{before}autoscaler: {autoscale}"));
         }
     }
 }

@@ -21,7 +21,7 @@ use crate::links::NodeLinks;
 use crate::placement_notes::PlacementNotes;
 use crate::view::{label_pairs, ClusterView, Holding};
 use shepherd_core::{Constraint, Event, LaunchSpec, ProjectLimits, Resources, TaskId, Timestamp};
-use shepherd_sched::{AntiAffinity, Engine, NodeSnapshot, PendingTask, QuotaLedger, Wait};
+use shepherd_sched::{AntiAffinity, Engine, NodeSnapshot, NodeVolume, PendingTask, QuotaLedger, Wait};
 use shepherd_store::{NodeRecord, QueueCursor, QueueQuery, QueuedTask, Store, StoreError};
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
@@ -57,6 +57,8 @@ pub struct Scheduler {
     epoch: Mutex<Option<i64>>,
     /// How often the view is compared with the store (`None`: never).
     pub check_every: Option<Duration>,
+    /// Pass durations and placements.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// What a pass leaves to the next.
@@ -103,8 +105,12 @@ fn is_after(a: &QueueCursor, b: &QueueCursor) -> bool {
     (std::cmp::Reverse(a.priority), a.id) > (std::cmp::Reverse(b.priority), b.id)
 }
 
+/// Where each node-scoped volume lives, by (project, name): `None` until
+/// a task used it. Cluster-scoped volumes are not in it (they pin nothing).
+pub type VolumeHomes = HashMap<(String, String), Option<String>>;
+
 /// The task as placement sees it.
-pub fn pending(task: &QueuedTask) -> PendingTask {
+pub fn pending(task: &QueuedTask, homes: &VolumeHomes) -> PendingTask {
     let spec = &task.spec;
     PendingTask {
         id: task.id,
@@ -123,7 +129,27 @@ pub fn pending(task: &QueuedTask) -> PendingTask {
         profile: spec.profile.clone(),
         warm_key: shepherd_core::shape::warm_key(spec),
         code: spec.code.clone(),
+        volumes: spec
+            .volumes
+            .iter()
+            .filter_map(|m| {
+                homes.get(&(spec.project.clone(), m.name.clone())).map(|node| NodeVolume { name: m.name.clone(), node: node.clone() })
+            })
+            .collect(),
+        gpus: spec.gpus,
+        devices: spec.devices.clone(),
     }
+}
+
+/// The node-scoped volumes and where they live.
+async fn volume_homes(store: &dyn Store) -> Result<VolumeHomes, StoreError> {
+    Ok(store
+        .volumes(None)
+        .await?
+        .into_iter()
+        .filter(|v| v.scope == shepherd_core::VolumeScope::Node)
+        .map(|v| ((v.project, v.name), v.node_id))
+        .collect())
 }
 
 impl Scheduler {
@@ -149,6 +175,7 @@ impl Scheduler {
             view,
             epoch: Mutex::new(None),
             check_every: check_interval(),
+            metrics: Arc::new(crate::metrics::Metrics::new()),
         }
     }
 
@@ -317,7 +344,21 @@ impl Scheduler {
         let placed_at = began.elapsed();
         let shape_reasons = memory.never_fits.clone();
         self.restore(memory);
-        let pages = result?;
+        let mut pages = result?;
+        // Bind the volumes first placements chose; a placement whose volume
+        // turns out to live elsewhere (bound meanwhile) stays queued.
+        let mut unbound: std::collections::HashSet<TaskId> = std::collections::HashSet::new();
+        for (task, project, volume, node) in std::mem::take(&mut pages.binds) {
+            match self.store.bind_volume(&project, &volume, &node).await? {
+                Some(at) if at == node => {}
+                other => {
+                    tracing::info!(%task, volume, ?other, node, "volume bound elsewhere; the task waits");
+                    unbound.insert(task);
+                }
+            }
+        }
+        // (The view holds only what is committed: nothing to undo there.)
+        pages.placements.retain(|p| !unbound.contains(&p.task_id));
         let events = pages.placements.iter().map(|p| (p.task_id, Event::Schedule { node_id: p.node_id.clone() })).collect();
         let results = match self.store.apply_as_leader(events, now, &lease).await {
             Ok(results) => results,
@@ -342,15 +383,8 @@ impl Scheduler {
             }
         }
         for a in &applied {
-            if let (Some(node), Some((project, resources, labels, code))) = (&a.node_id, pages.holdings.get(&a.task_id)) {
-                let holding = Holding {
-                    node: node.clone(),
-                    project: project.clone(),
-                    attempt: a.attempt,
-                    resources: *resources,
-                    labels: labels.clone(),
-                    code: code.clone(),
-                };
+            if let (Some(node), Some(holding)) = (&a.node_id, pages.holdings.get(&a.task_id)) {
+                let holding = Holding { node: node.clone(), attempt: a.attempt, ..holding.clone() };
                 self.view.placed(a.task_id, holding);
             }
         }
@@ -375,6 +409,9 @@ impl Scheduler {
                     payload: None,
                     attempt_started_at: None,
                     secrets: Default::default(),
+                    volumes: Vec::new(),
+                    networks: Vec::new(),
+                    registry_auth: None,
                 }),
                 None => read.remove(&applied.task_id),
             };
@@ -391,6 +428,7 @@ impl Scheduler {
             placed.push(applied.task_id);
         }
         let count = placed.len();
+        self.metrics.pass(began.elapsed(), count);
         tracing::debug!(
             placed = count,
             read_and_placed_ms = placed_at.as_secs_f64() * 1000.0,
@@ -416,10 +454,14 @@ struct Pages {
     /// How the best candidates of each placed task scored.
     scores: Vec<(TaskId, Vec<shepherd_sched::NodeScore>)>,
     /// What each placed task will hold (project, resources, labels).
-    holdings: HashMap<TaskId, (String, Resources, Vec<String>, Option<String>)>,
+    /// (Its node and attempt are set once the placement is committed.)
+    holdings: HashMap<TaskId, Holding>,
     /// Placed tasks with neither payload nor secrets: their launch spec is
     /// their spec, with nothing more to read.
     plain: HashMap<TaskId, shepherd_core::TaskSpec>,
+    /// Node-scoped volumes this pass's placements bind: (task, project,
+    /// volume, node).
+    binds: Vec<(TaskId, String, String, String)>,
     more: bool,
 }
 
@@ -446,6 +488,10 @@ fn place_pages(
     let mut skip: HashMap<i64, String> = memory.never_fits.clone();
     let mut projects: Option<BTreeMap<String, Option<QueueCursor>>> = None;
     let mut first = Some(first);
+    // Read once, when a task of the pass mounts a volume.
+    let mut homes: Option<VolumeHomes> = None;
+    // The projects with registry logins, read once when a task is placed.
+    let mut logins: Option<std::collections::HashSet<String>> = None;
     for page_number in 0..MAX_PAGES {
         let page = match first.take() {
             Some(first) => first,
@@ -459,14 +505,41 @@ fn place_pages(
             break;
         }
         let shapes: HashMap<TaskId, i64> = page.tasks.iter().map(|t| (t.id, t.shape)).collect();
-        let plan = pass.place(page.tasks.iter().map(pending).collect());
+        if homes.is_none() && page.tasks.iter().any(|t| !t.spec.volumes.is_empty()) {
+            homes = Some(runtime.block_on(volume_homes(store.as_ref()))?);
+        }
+        let empty = VolumeHomes::new();
+        let known = homes.as_ref().unwrap_or(&empty);
+        let plan = pass.place(page.tasks.iter().map(|t| pending(t, known)).collect());
         if !plan.placements.is_empty() {
             let by_id: HashMap<TaskId, &QueuedTask> = page.tasks.iter().map(|t| (t.id, t)).collect();
             for placement in &plan.placements {
                 if let Some(task) = by_id.get(&placement.task_id) {
-                    let holding = (task.spec.project.clone(), task.spec.resources, label_pairs(&task.spec.labels), task.spec.code.clone());
+                    let holding = Holding {
+                        node: String::new(),
+                        project: task.spec.project.clone(),
+                        attempt: 0,
+                        resources: task.spec.resources,
+                        labels: label_pairs(&task.spec.labels),
+                        code: task.spec.code.clone(),
+                        gpus: task.spec.gpus,
+                    };
                     pages.holdings.insert(placement.task_id, holding);
-                    if !task.has_payload && task.spec.secrets.is_empty() {
+                    // Its node-scoped volumes not bound yet are bound to its node before the commit.
+                    for mount in &task.spec.volumes {
+                        let key = (task.spec.project.clone(), mount.name.clone());
+                        if matches!(homes.as_ref().and_then(|h| h.get(&key)), Some(None)) {
+                            pages.binds.push((placement.task_id, key.0, key.1, placement.node_id.clone()));
+                        }
+                    }
+                    let spec = &task.spec;
+                    // Volumes, networks and registry logins are resolved by the store's read.
+                    let resolved = spec.volumes.is_empty() && spec.networks.is_empty() && spec.network != "bridge";
+                    if logins.is_none() {
+                        logins = Some(runtime.block_on(store.registry_login_projects())?.into_iter().collect());
+                    }
+                    let login = logins.as_ref().is_some_and(|l| l.contains(&spec.project));
+                    if !task.has_payload && spec.secrets.is_empty() && resolved && !login {
                         pages.plain.insert(placement.task_id, task.spec.clone());
                     }
                 }

@@ -34,6 +34,8 @@ pub struct Holding {
     pub labels: Vec<String>,
     /// The code it was made from, for codes' concurrency limits.
     pub code: Option<String>,
+    /// GPUs it holds.
+    pub gpus: u32,
 }
 
 impl Holding {
@@ -46,8 +48,22 @@ impl Holding {
             resources: task.resources,
             labels: label_pairs(&task.labels),
             code: task.code.clone(),
+            gpus: task.gpus,
         }
     }
+}
+
+pub use shepherd_sched::{DEVICES_LABEL, GPUS_LABEL};
+
+/// The devices a node's labels offer, sorted.
+pub fn devices_of(labels: &BTreeMap<String, String>) -> Vec<String> {
+    let mut devices: Vec<String> = labels
+        .get(DEVICES_LABEL)
+        .map(|list| list.split(',').map(str::trim).filter(|d| !d.is_empty()).map(str::to_string).collect())
+        .unwrap_or_default();
+    devices.sort();
+    devices.dedup();
+    devices
 }
 
 /// `key=value` for each label.
@@ -60,12 +76,13 @@ struct NodeUse {
     allocated: Resources,
     tasks: u32,
     label_counts: HashMap<String, u32>,
+    gpus: u32,
 }
 
 impl Default for NodeUse {
     /// Nothing held. (`Resources::default()` is a task's default request, not zero.)
     fn default() -> NodeUse {
-        NodeUse { allocated: Resources { cpu_millicores: 0, memory_mib: 0 }, tasks: 0, label_counts: HashMap::new() }
+        NodeUse { allocated: Resources { cpu_millicores: 0, memory_mib: 0 }, tasks: 0, label_counts: HashMap::new(), gpus: 0 }
     }
 }
 
@@ -115,12 +132,14 @@ impl Inner {
         let node = self.nodes.entry(holding.node.clone()).or_default();
         node.allocated = add(node.allocated, holding.resources);
         node.tasks += 1;
+        node.gpus += holding.gpus;
         for label in &holding.labels {
             *node.label_counts.entry(label.clone()).or_default() += 1;
         }
         let project = self.projects.entry(holding.project.clone()).or_insert(ProjectUsage::NONE);
         project.tasks += 1;
         project.resources = add(project.resources, holding.resources);
+        project.gpus += holding.gpus;
         if let Some(code) = &holding.code {
             *self.codes.entry((holding.project.clone(), code.clone())).or_default() += 1;
         }
@@ -131,6 +150,7 @@ impl Inner {
         if let Some(node) = self.nodes.get_mut(&holding.node) {
             node.allocated = sub(node.allocated, holding.resources);
             node.tasks = node.tasks.saturating_sub(1);
+            node.gpus = node.gpus.saturating_sub(holding.gpus);
             for label in &holding.labels {
                 if let Some(count) = node.label_counts.get_mut(label) {
                     *count = count.saturating_sub(1);
@@ -146,6 +166,7 @@ impl Inner {
         if let Some(project) = self.projects.get_mut(&holding.project) {
             project.tasks = project.tasks.saturating_sub(1);
             project.resources = sub(project.resources, holding.resources);
+            project.gpus = project.gpus.saturating_sub(holding.gpus);
             if project.tasks == 0 {
                 self.projects.remove(&holding.project);
             }
@@ -318,6 +339,9 @@ impl ClusterView {
                     task_count: used.tasks,
                     images,
                     label_counts: used.label_counts,
+                    gpus: node.labels.get(GPUS_LABEL).and_then(|g| g.parse().ok()).unwrap_or(0),
+                    gpus_allocated: used.gpus,
+                    devices: devices_of(&node.labels),
                     id: node.id.clone(),
                 }
             })
@@ -419,6 +443,7 @@ mod tests {
             resources: Resources { cpu_millicores: 500, memory_mib: 256 },
             labels: vec!["app=web".into()],
             code: None,
+            gpus: 0,
         }
     }
 
@@ -496,7 +521,17 @@ mod tests {
                 reason: None,
                 request_cancel: false,
             };
-            Ok(Applied { task_id: id(n), from, decision, attempt: 1, node_id: Some("a".into()) })
+            Ok(Applied {
+                task_id: id(n),
+                from,
+                decision,
+                attempt: 1,
+                node_id: Some("a".into()),
+                project: "p".into(),
+                created_at: shepherd_core::Timestamp(0),
+                started_at: None,
+                at: shepherd_core::Timestamp(0),
+            })
         };
         let view = ClusterView::default();
         view.rebuild(&[]);
@@ -528,6 +563,7 @@ mod tests {
             attempt,
             resources: Resources { cpu_millicores: 500, memory_mib: 256 },
             cancel_requested: false,
+            gpus: 0,
         };
         view.released(id(2), 1);
         view.rebuild(&[task(1, 1), task(2, 1)]);

@@ -20,6 +20,9 @@ pub struct SimConfig {
     /// Virtual seconds between scheduling passes.
     pub tick_seconds: f64,
     pub seed: u64,
+    /// The first `gpu_nodes` nodes have `node_gpus` GPUs each.
+    pub gpu_nodes: usize,
+    pub node_gpus: u32,
 }
 
 fn nodes(config: &SimConfig) -> Vec<NodeSnapshot> {
@@ -30,6 +33,9 @@ fn nodes(config: &SimConfig) -> Vec<NodeSnapshot> {
             let region = ["eu", "us", "ap"][i % 3];
             node.labels.insert("region".into(), region.into());
             node.labels.insert("zone".into(), format!("{region}-{}", (i / 3) % 3));
+            if i < config.gpu_nodes {
+                node.gpus = config.node_gpus;
+            }
             node
         })
         .collect()
@@ -41,6 +47,7 @@ fn pending(index: usize, task: &WorkloadTask, profile: &str) -> PendingTask {
     p.priority = task.priority;
     p.constraints = task.constraints.iter().filter_map(|c| Constraint::parse(c).ok()).collect();
     p.profile = Some(profile.to_string());
+    p.gpus = task.gpus;
     p
 }
 

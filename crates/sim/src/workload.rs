@@ -4,7 +4,7 @@
 //! `{"at": 0.5, "duration": 30, "cpu": 500, "memory": 512, "project": "a", "priority": 0, "constraints": ["node.labels.region==eu"]}`
 //!
 //! CSV with a header: `at,duration,cpu,memory,project,priority,constraints`,
-//! constraints separated by `;`. `project`, `priority` and `constraints` may
+//! constraints separated by `;` (and an optional `gpus` column; `"gpus": N` in JSON). `project`, `priority` and `constraints` may
 //! be left empty.
 
 use serde::Deserialize;
@@ -27,6 +27,9 @@ pub struct WorkloadTask {
     pub priority: i32,
     #[serde(default)]
     pub constraints: Vec<String>,
+    /// GPUs it needs.
+    #[serde(default)]
+    pub gpus: u32,
 }
 
 fn default_project() -> String {
@@ -89,6 +92,7 @@ pub fn parse_workload(text: &str) -> Result<Vec<WorkloadTask>, WorkloadError> {
                 project: if get("project").is_empty() { default_project() } else { get("project").to_string() },
                 priority: if get("priority").is_empty() { 0 } else { number("priority")? as i32 },
                 constraints: get("constraints").split(';').map(str::trim).filter(|c| !c.is_empty()).map(String::from).collect(),
+                gpus: if get("gpus").is_empty() { 0 } else { number("gpus")? as u32 },
             };
             tasks.push(check(task, index + 1)?);
         }
@@ -147,6 +151,7 @@ pub fn generate(config: &GeneratorConfig) -> Vec<WorkloadTask> {
                 project: project.into(),
                 priority: if project == "web" { 1 } else { 0 },
                 constraints,
+                gpus: 0,
             }
         })
         .collect();

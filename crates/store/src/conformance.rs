@@ -74,7 +74,7 @@ pub async fn apply_every_event(store: &dyn Store) {
     let started_at = Timestamp(now.millis() - 5000);
     apply(Event::Start { attempt: 1, at: Some(started_at), runtime: None }).await.unwrap();
     assert!(
-        matches!(apply(Event::Exit { attempt: 7, code: 0, oom_killed: false, at: None }).await, Err(ApplyError::Illegal(_))),
+        matches!(apply(Event::Exit { attempt: 7, code: 0, oom_killed: false, at: None, usage: None }).await, Err(ApplyError::Illegal(_))),
         "stale attempt"
     );
     let lost = apply(Event::Lost { attempt: 1, reason: "node n1 missed its heartbeats".into() }).await.unwrap();
@@ -90,7 +90,7 @@ pub async fn apply_every_event(store: &dyn Store) {
     assert!(cancel.decision.request_cancel);
     assert_eq!(store.active_tasks().await.unwrap().iter().find(|t| t.id == id).map(|t| t.cancel_requested), Some(true));
     let exited_at = Timestamp(now.millis() - 1000);
-    apply(Event::Exit { attempt: 2, code: 3, oom_killed: false, at: Some(exited_at) }).await.unwrap();
+    apply(Event::Exit { attempt: 2, code: 3, oom_killed: false, at: Some(exited_at), usage: None }).await.unwrap();
     let task = store.get_task(id).await.unwrap().unwrap();
     assert_eq!((task.state, task.exit_code, task.node_id.as_deref()), (TaskState::Cancelled, Some(3), Some("n2")), "{task:?}");
     assert_eq!(task.finished_at, Some(exited_at), "an exit keeps the engine's time");
@@ -115,7 +115,7 @@ pub async fn apply_every_event(store: &dyn Store) {
     let life = vec![
         Event::Schedule { node_id: "n1".into() },
         Event::Start { attempt: 1, at: Some(Timestamp(now.millis() - 900)), runtime: None },
-        Event::Exit { attempt: 1, code: 137, oom_killed: true, at: Some(Timestamp(now.millis() - 800)) },
+        Event::Exit { attempt: 1, code: 137, oom_killed: true, at: Some(Timestamp(now.millis() - 800)), usage: None },
         Event::Start { attempt: 1, at: None, runtime: None },
         Event::Schedule { node_id: "n2".into() },
         Event::Start {
@@ -123,7 +123,7 @@ pub async fn apply_every_event(store: &dyn Store) {
             at: Some(Timestamp(now.millis() - 700)),
             runtime: Some(shepherd_core::AttemptRuntime { container: "shepherd-x-2".into(), warm: false }),
         },
-        Event::Exit { attempt: 2, code: 0, oom_killed: false, at: Some(Timestamp(now.millis() - 600)) },
+        Event::Exit { attempt: 2, code: 0, oom_killed: false, at: Some(Timestamp(now.millis() - 600)), usage: None },
     ];
     let mut each = Vec::new();
     for event in &life {
@@ -386,7 +386,7 @@ pub async fn lookups_in_batches(store: &dyn Store) {
     assert_eq!(on_a, vec![ids[0], ids[2]]);
     assert!(store.active_tasks_on("nowhere").await.unwrap().is_empty());
     // Ended tasks leave the node's list.
-    store.apply(vec![(ids[2], Event::Exit { attempt: 1, code: 0, oom_killed: false, at: None })], now).await.unwrap();
+    store.apply(vec![(ids[2], Event::Exit { attempt: 1, code: 0, oom_killed: false, at: None, usage: None })], now).await.unwrap();
     assert_eq!(store.active_tasks_on("a").await.unwrap().len(), 1);
     let unknown = TaskId(ulid::Ulid::new());
     let specs = store.launch_specs(vec![ids[1], unknown, ids[0]]).await.unwrap();
@@ -397,7 +397,12 @@ pub async fn lookups_in_batches(store: &dyn Store) {
 /// Projects, tokens (by hash, revocable), secrets (values only in launch specs).
 pub async fn tenants(store: &dyn Store) {
     let now = Timestamp::now();
-    let project = Project { name: "acme".into(), created_at: now, limits: ProjectLimits { max_running: Some(3), ..Default::default() } };
+    let project = Project {
+        name: "acme".into(),
+        created_at: now,
+        limits: ProjectLimits { max_running: Some(3), ..Default::default() },
+        policy: Default::default(),
+    };
     assert!(store.create_project(project.clone()).await.unwrap());
     assert!(!store.create_project(project).await.unwrap(), "exists");
     assert_eq!(store.get_project("acme").await.unwrap().unwrap().limits.max_running, Some(3));
@@ -423,6 +428,18 @@ pub async fn tenants(store: &dyn Store) {
     assert_eq!(store.launch_spec(task.id).await.unwrap().unwrap().secrets["db"], b"two");
     assert!(store.delete_secret("acme", "db").await.unwrap());
     assert!(!store.delete_secret("acme", "db").await.unwrap());
+}
+
+fn audit_line(project: &str, action: &str, target: &str) -> AuditEntry {
+    AuditEntry {
+        seq: 0,
+        at: Timestamp::now(),
+        actor: "admin".into(),
+        project: Some(project.into()),
+        action: action.into(),
+        target: target.into(),
+        detail: None,
+    }
 }
 
 /// The audit log: newest first, numbered per project (no gaps from others).
@@ -700,6 +717,356 @@ pub async fn webhooks(store: &dyn Store) {
     assert_eq!((first.as_slice(), second.as_slice()), (&b"one"[..], &b"one"[..]));
 }
 
+/// Every state change, node change and tenant action lands in the event
+/// stream in the transaction that made it; a reader resuming after any
+/// cursor gets exactly the rest, in order; pruning by age keeps the rest
+/// and never renumbers.
+pub async fn events(store: &dyn Store) {
+    use shepherd_core::ClusterEvent;
+    let mut gen = ulid::Generator::new();
+    assert!(store.read_events(None, 100).await.unwrap().is_empty());
+    assert_eq!(store.latest_event().await.unwrap(), None);
+    let tasks: Vec<NewTask> = (0..3).map(|_| new_task(&mut gen, spec("p"))).collect();
+    let ids: Vec<TaskId> = tasks.iter().map(|t| t.id).collect();
+    store.create_tasks(tasks).await.unwrap();
+    let now = Timestamp::now();
+    let node = NodeRecord {
+        id: "n1".into(),
+        hostname: "h".into(),
+        state: NodeState::Ready,
+        driver: "fake".into(),
+        capacity: Resources { cpu_millicores: 1000, memory_mib: 1024 },
+        max_tasks: 4,
+        labels: BTreeMap::new(),
+        images: vec![],
+        registered_at: now,
+        last_heartbeat_at: now,
+    };
+    store.upsert_node(node).await.unwrap();
+    let placed = store.apply(vec![(ids[0], Event::Schedule { node_id: "n1".into() })], now).await.unwrap();
+    assert!(placed[0].is_ok());
+    // A refused event records nothing.
+    assert!(store.apply(vec![(ids[1], Event::Start { attempt: 1, at: None, runtime: None })], now).await.unwrap()[0].is_err());
+    store.apply_reported("n1".into(), vec![(ids[0], Event::Start { attempt: 1, at: None, runtime: None })], now).await.unwrap();
+    store
+        .apply_reported("n1".into(), vec![(ids[0], Event::Exit { attempt: 1, code: 3, oom_killed: false, at: None, usage: None })], now)
+        .await
+        .unwrap();
+    assert!(store.set_node_state("n1", NodeState::Draining).await.unwrap());
+    store.append_audit(vec![audit_line("p", "secret.set", "db"), audit_line("p", "task.cancel", "x")]).await.unwrap();
+
+    // A store may hold events back until no older transaction is running
+    // (PostgreSQL: other sessions' transactions): they show up soon after.
+    let all = settled(store, None, 9).await;
+    let mut active = store.active_counts().await.unwrap();
+    active.sort_by_key(|(p, s, _)| (p.clone(), s.as_str()));
+    assert_eq!(active, vec![("p".to_string(), TaskState::Queued, 2)]);
+    let kinds: Vec<String> = all
+        .iter()
+        .map(|e| match &e.event {
+            ClusterEvent::Task(t) => format!("task {} {}", ids.iter().position(|i| *i == t.task).unwrap(), t.state),
+            ClusterEvent::Node(n) => format!("node {} {}", n.node, n.state),
+            other => format!("{} {}", other.kind(), other.project().unwrap_or("")),
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "task 0 queued",
+            "task 1 queued",
+            "task 2 queued",
+            "node n1 ready",
+            "task 0 scheduled",
+            "task 0 running",
+            "task 0 failed",
+            "node n1 draining",
+            "secret p",
+        ]
+    );
+    let ClusterEvent::Task(failed) = &all[6].event else { panic!("a task event") };
+    assert_eq!((failed.exit_code, failed.attempt, failed.node.as_deref(), failed.from), (Some(3), 1, Some("n1"), Some(TaskState::Running)));
+    assert_eq!(failed.project, "p");
+    let cursors: Vec<_> = all.iter().map(|e| e.cursor).collect();
+    assert!(cursors.windows(2).all(|w| w[0] < w[1]), "strictly increasing: {cursors:?}");
+    assert_eq!(store.latest_event().await.unwrap(), Some(*cursors.last().unwrap()));
+    // Resuming after any event gives exactly the rest, whatever the page size.
+    for (i, cursor) in cursors.iter().enumerate() {
+        let rest = store.read_events(Some(*cursor), 1000).await.unwrap();
+        assert_eq!(rest, all[i + 1..].to_vec(), "after event {i}");
+    }
+    let mut paged = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store.read_events(after, 1).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some(last.cursor);
+        paged.extend(page);
+    }
+    assert_eq!(paged, all);
+    // Pruning by age: everything recorded before now goes; later events keep
+    // numbering after the old ones.
+    let later = Timestamp::now().plus(std::time::Duration::from_secs(1));
+    assert!(store.prune_events(later).await.unwrap() >= 1);
+    assert!(store.read_events(None, 100).await.unwrap().is_empty());
+    store.set_node_state("n1", NodeState::Ready).await.unwrap();
+    let fresh = settled(store, Some(*cursors.last().unwrap()), 1).await;
+    assert!(fresh[0].cursor > *cursors.last().unwrap());
+}
+
+/// The events after `after` once there are `count` of them (within 10 s).
+async fn settled(store: &dyn Store, after: Option<shepherd_core::EventCursor>, count: usize) -> Vec<shepherd_core::StoredEvent> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let events = store.read_events(after, 1000).await.unwrap();
+        if events.len() >= count || std::time::Instant::now() > deadline {
+            assert_eq!(events.len(), count, "{events:?}");
+            return events;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// A queued task's place in line: priority, then age; other projects'
+/// tasks count in the cluster's line only.
+pub async fn queue_positions(store: &dyn Store) {
+    let mut gen = ulid::Generator::new();
+    let tasks: Vec<NewTask> = (0..3).map(|_| new_task(&mut gen, spec("p"))).collect();
+    let ids: Vec<TaskId> = tasks.iter().map(|t| t.id).collect();
+    store.create_tasks(tasks).await.unwrap();
+    store.apply(vec![(ids[0], Event::Cancel)], Timestamp::now()).await.unwrap();
+    assert_eq!(store.queue_position(ids[1]).await.unwrap(), Some((1, 1)));
+    assert_eq!(store.queue_position(ids[2]).await.unwrap(), Some((2, 2)));
+    assert_eq!(store.queue_position(ids[0]).await.unwrap(), None, "not queued");
+    let mut urgent = spec("q");
+    urgent.priority = 5;
+    let urgent = new_task(&mut gen, urgent);
+    let urgent_id = urgent.id;
+    store.create_tasks(vec![urgent, new_task(&mut gen, spec("q"))]).await.unwrap();
+    assert_eq!(store.queue_position(urgent_id).await.unwrap(), Some((1, 1)));
+    assert_eq!(store.queue_position(ids[2]).await.unwrap(), Some((2, 3)));
+    assert_eq!(store.queue_position(TaskId::generate(&mut gen, Timestamp::now())).await.unwrap(), None);
+}
+
+/// What an attempt used is kept with it and summed per project and bucket.
+pub async fn usage(store: &dyn Store) {
+    let mut gen = ulid::Generator::new();
+    let tasks = vec![new_task(&mut gen, spec("a")), new_task(&mut gen, spec("a")), new_task(&mut gen, spec("b"))];
+    let ids: Vec<TaskId> = tasks.iter().map(|t| t.id).collect();
+    store.create_tasks(tasks).await.unwrap();
+    let base = Timestamp(1_800_000_000_000 / 3_600_000 * 3_600_000);
+    let at = |s: u64| base.plus(std::time::Duration::from_secs(s));
+    for (i, id) in ids.iter().enumerate() {
+        let usage = (i != 1).then_some(shepherd_core::Usage { cpu_ms: 1000 * (i as u64 + 1), peak_memory_bytes: 1 << 20 });
+        let events = vec![
+            (*id, Event::Schedule { node_id: "n".into() }),
+            (*id, Event::Start { attempt: 1, at: Some(at(10)), runtime: None }),
+            (*id, Event::Exit { attempt: 1, code: 0, oom_killed: false, at: Some(at(20)), usage }),
+        ];
+        let results = store.apply(events, at(3700)).await.unwrap();
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+    }
+    let task = store.get_task(ids[0]).await.unwrap().unwrap();
+    assert_eq!(task.attempts[0].usage, Some(shepherd_core::Usage { cpu_ms: 1000, peak_memory_bytes: 1 << 20 }));
+    assert_eq!(store.get_task(ids[1]).await.unwrap().unwrap().attempts[0].usage, None);
+    let hour = 3_600_000;
+    let rows = store.usage(UsageQuery { project: None, from: base, to: at(7200), bucket_ms: hour }).await.unwrap();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(
+        (rows[0].project.as_str(), rows[0].start, rows[0].tasks, rows[0].attempts, rows[0].cpu_ms, rows[0].wall_ms),
+        ("a", base, 2, 2, 1000, 20_000)
+    );
+    assert!((rows[0].memory_byte_ms - (1u64 << 20) as f64 * 10_000.0).abs() < 1.0);
+    assert_eq!((rows[1].project.as_str(), rows[1].cpu_ms), ("b", 3000));
+    let only_b = store.usage(UsageQuery { project: Some("b".into()), from: base, to: at(7200), bucket_ms: hour }).await.unwrap();
+    assert_eq!(only_b.len(), 1);
+    assert!(store.usage(UsageQuery { project: None, from: at(21), to: at(7200), bucket_ms: hour }).await.unwrap().is_empty());
+}
+
+/// The observer hears of stored tasks by project, of applied events, and
+/// of commits.
+pub async fn observer(store: &dyn Store) {
+    #[derive(Default)]
+    struct Seen {
+        created: std::sync::Mutex<Vec<(String, u64)>>,
+        applied: std::sync::atomic::AtomicUsize,
+        commits: std::sync::atomic::AtomicUsize,
+    }
+    impl StoreObserver for Seen {
+        fn committed(&self, requests: usize, _took: std::time::Duration) {
+            assert!(requests >= 1);
+            self.commits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        fn created(&self, project: &str, count: u64) {
+            self.created.lock().unwrap().push((project.to_string(), count));
+        }
+        fn applied(&self, results: &[ApplyResult]) {
+            self.applied.fetch_add(results.iter().filter(|r| r.is_ok()).count(), std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+    let seen = Arc::new(Seen::default());
+    store.set_observer(seen.clone());
+    let mut gen = ulid::Generator::new();
+    let tasks = vec![new_task(&mut gen, spec("a")), new_task(&mut gen, spec("b")), new_task(&mut gen, spec("a"))];
+    let id = tasks[0].id;
+    store.create_tasks(tasks).await.unwrap();
+    store.create_tasks_audited(vec![new_task(&mut gen, spec("c"))], Vec::new()).await.unwrap();
+    let results = store.apply(vec![(id, Event::Cancel)], Timestamp::now()).await.unwrap();
+    assert!(results[0].is_ok());
+    let Ok(applied) = &results[0] else { unreachable!() };
+    assert_eq!((applied.project.as_str(), applied.decision.to), ("a", TaskState::Cancelled));
+    let mut created = seen.created.lock().unwrap().clone();
+    created.sort();
+    assert_eq!(created, vec![("a".to_string(), 2), ("b".to_string(), 1), ("c".to_string(), 1)]);
+    assert_eq!(seen.applied.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert!(seen.commits.load(std::sync::atomic::Ordering::SeqCst) >= 2);
+}
+
+/// Machines: inserted once, changed only by compare-and-set, listed and
+/// forgotten; a node is forgotten only while it holds no task; the cluster's
+/// identity is made once.
+pub async fn machines(store: &dyn Store) {
+    use shepherd_core::{Machine, MachineShape, MachineState};
+    let now = Timestamp::now();
+    let machine = Machine {
+        id: "m-1".into(),
+        pool: "burst".into(),
+        provisioner: "local".into(),
+        provider_id: None,
+        state: MachineState::Creating,
+        shape: MachineShape {
+            cpu_millicores: 2000,
+            memory_mib: 1024,
+            max_tasks: 8,
+            labels: BTreeMap::from([("tier".to_string(), "b".to_string())]),
+        },
+        cost: Some("0.05/h".into()),
+        node_id: None,
+        created_at: now,
+        updated_at: now,
+        provisioned_at: None,
+        joined_at: None,
+        error: None,
+        join_token_sha256: "ab".repeat(32),
+    };
+    assert!(store.put_machine(machine.clone(), None).await.unwrap());
+    assert!(!store.put_machine(machine.clone(), None).await.unwrap(), "an id is taken once");
+    let joined = Machine { state: MachineState::Joined, node_id: Some("n9".into()), provider_id: Some("c1".into()), ..machine.clone() };
+    assert!(!store.put_machine(joined.clone(), Some(MachineState::Joined)).await.unwrap(), "the state did not match");
+    assert!(store.put_machine(joined.clone(), Some(MachineState::Creating)).await.unwrap());
+    assert!(store.put_machine(Machine { id: "m-0".into(), ..machine.clone() }, None).await.unwrap());
+    let all = store.machines().await.unwrap();
+    assert_eq!(all.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(), ["m-0", "m-1"]);
+    assert_eq!(all[1], joined);
+    assert!(store.delete_machine("m-1").await.unwrap());
+    assert!(!store.delete_machine("m-1").await.unwrap());
+    assert_eq!(store.machines().await.unwrap().len(), 1);
+
+    // A node holding a task stays; once the task is gone, it can go.
+    let node = NodeRecord {
+        id: "n9".into(),
+        hostname: "m-1".into(),
+        state: NodeState::Draining,
+        driver: "docker".into(),
+        capacity: Resources { cpu_millicores: 2000, memory_mib: 1024 },
+        max_tasks: 8,
+        labels: BTreeMap::new(),
+        images: Vec::new(),
+        registered_at: now,
+        last_heartbeat_at: now,
+    };
+    store.upsert_node(node).await.unwrap();
+    let mut gen = ulid::Generator::new();
+    let task = new_task(&mut gen, spec("p"));
+    let id = task.id;
+    store.create_tasks(vec![task]).await.unwrap();
+    store.apply(vec![(id, Event::Schedule { node_id: "n9".into() })], now).await.unwrap().remove(0).unwrap();
+    assert!(!store.delete_node("n9").await.unwrap(), "it holds a task");
+    store.apply(vec![(id, Event::Lost { attempt: 1, reason: "gone".into() })], now).await.unwrap().remove(0).unwrap();
+    assert!(store.delete_node("n9").await.unwrap());
+    assert!(store.get_node("n9").await.unwrap().is_none());
+    assert!(!store.delete_node("n9").await.unwrap());
+
+    // Each state change and the destroy are in the event stream, in order
+    // (PostgreSQL shows a commit once no older transaction runs: waited for).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let events: Vec<String> = store
+            .read_events(None, 1000)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter_map(|e| match e.event {
+                shepherd_core::ClusterEvent::Machine(m) => Some(format!("{} {}", m.machine, m.state)),
+                _ => None,
+            })
+            .collect();
+        if events.len() >= 4 || std::time::Instant::now() > deadline {
+            assert_eq!(events, ["m-1 creating", "m-1 joined", "m-0 creating", "m-1 destroyed"]);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
+    let cluster = store.cluster_id().await.unwrap();
+    assert!(cluster.len() >= 16);
+    assert_eq!(store.cluster_id().await.unwrap(), cluster);
+    // Other values: the first proposal stays; keys are apart.
+    assert_eq!(store.cluster_value("key-a", "one").await.unwrap(), "one");
+    assert_eq!(store.cluster_value("key-a", "two").await.unwrap(), "one");
+    assert_eq!(store.cluster_value("key-b", "two").await.unwrap(), "two");
+    assert_eq!(store.cluster_id().await.unwrap(), cluster);
+}
+
+/// Volumes: one name per project, engine names never shared across
+/// projects, listed by project, bound to a node once; project policies.
+pub async fn volumes_and_policies(store: &dyn Store) {
+    use shepherd_core::{Egress, NetworkSpec, ProjectPolicy, Volume, VolumeScope, VolumeSpec};
+    let now = Timestamp(1_000);
+    for name in ["a", "a-b"] {
+        store
+            .create_project(Project { name: name.into(), created_at: now, limits: Default::default(), policy: Default::default() })
+            .await
+            .unwrap();
+    }
+    let mut spec = VolumeSpec::local("b-c");
+    spec.options.insert("type".into(), "tmpfs".into());
+    spec.size_mib = Some(64);
+    let volume = Volume::new("a", spec, now);
+    assert!(store.create_volume(volume.clone()).await.unwrap());
+    assert!(!store.create_volume(volume.clone()).await.unwrap(), "one name per project");
+    // `a-b` + `c` spells the same engine name as `a` + `b-c`: refused.
+    let clash = Volume::new("a-b", VolumeSpec::local("c"), now);
+    assert_eq!(clash.engine_name, volume.engine_name);
+    assert!(!store.create_volume(clash).await.unwrap(), "engine names are never shared");
+    assert!(store.create_volume(Volume::new("a-b", VolumeSpec::local("d"), now)).await.unwrap());
+    let of_a = store.volumes(Some("a".into())).await.unwrap();
+    assert_eq!(of_a, vec![volume.clone()]);
+    assert_eq!(of_a[0].scope, VolumeScope::Node);
+    assert_eq!(store.volumes(None).await.unwrap().len(), 2);
+    assert_eq!(store.get_volume("a-b", "d").await.unwrap().map(|v| v.engine_name), Some("shepherd-vol-a-b-d".into()));
+    assert!(store.get_volume("a-b", "b-c").await.unwrap().is_none(), "another project's volume is invisible");
+    // Bound once: the first node stays.
+    assert_eq!(store.bind_volume("a", "b-c", "n1").await.unwrap(), Some("n1".into()));
+    assert_eq!(store.bind_volume("a", "b-c", "n2").await.unwrap(), Some("n1".into()));
+    assert_eq!(store.get_volume("a", "b-c").await.unwrap().unwrap().node_id, Some("n1".into()));
+    assert_eq!(store.bind_volume("a", "nope", "n1").await.unwrap(), None);
+    assert!(store.delete_volume("a", "b-c").await.unwrap());
+    assert!(!store.delete_volume("a", "b-c").await.unwrap());
+    assert!(store.volumes(Some("a".into())).await.unwrap().is_empty());
+
+    // Policies: default closed, set whole, kept apart from limits.
+    assert_eq!(store.get_project("a").await.unwrap().unwrap().policy, ProjectPolicy::default());
+    let mut policy = ProjectPolicy { volume_drivers: vec!["local".into(), "nfs".into()], egress: Egress::None, ..Default::default() };
+    policy.networks.insert("back".into(), NetworkSpec::bridge(true));
+    assert!(store.set_project_policy("a", policy.clone()).await.unwrap());
+    assert!(!store.set_project_policy("nope", policy.clone()).await.unwrap());
+    assert!(store.set_project_limits("a", shepherd_core::ProjectLimits { max_volumes: Some(3), ..Default::default() }).await.unwrap());
+    let a = store.get_project("a").await.unwrap().unwrap();
+    assert_eq!(a.policy, policy);
+    assert_eq!(a.limits.max_volumes, Some(3));
+    assert_eq!(store.list_projects().await.unwrap().iter().find(|p| p.name == "a").unwrap().policy, policy);
+}
+
 /// Runs every conformance check against fresh stores from `$fixture`, an
 /// async fn returning a [`Fixture`], one `#[tokio::test]` each.
 #[macro_export]
@@ -721,6 +1088,12 @@ macro_rules! store_conformance {
         $crate::store_conformance!(@one $fixture, schedules);
         $crate::store_conformance!(@one $fixture, packages_and_progress);
         $crate::store_conformance!(@one $fixture, webhooks);
+        $crate::store_conformance!(@one $fixture, events);
+        $crate::store_conformance!(@one $fixture, observer);
+        $crate::store_conformance!(@one $fixture, queue_positions);
+        $crate::store_conformance!(@one $fixture, usage);
+        $crate::store_conformance!(@one $fixture, machines);
+        $crate::store_conformance!(@one $fixture, volumes_and_policies);
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn concurrent_writers() {
             let fixture = $fixture().await;

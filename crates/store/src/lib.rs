@@ -25,7 +25,9 @@ pub use shepherd_core::{LaunchSpec, LogChunk, LogStream, NodeState};
 pub use sqlite::{SqliteOptions, SqliteStore, Synchronous};
 
 use async_trait::async_trait;
-use shepherd_core::{Code, CodeSpec, Event, NewTask, Schedule, ScheduleState, Task, TaskId, Timestamp};
+use shepherd_core::{
+    Code, CodeSpec, Event, EventCursor, Machine, MachineState, NewTask, Schedule, ScheduleState, StoredEvent, Task, TaskId, Timestamp,
+};
 
 /// Failures of the store itself (not of the request it was given), the
 /// same whatever database is behind it: each backend maps its own errors
@@ -303,4 +305,223 @@ pub trait Store: Send + Sync + 'static {
 
     /// A task's webhook, with every try.
     async fn webhook_of(&self, task: TaskId) -> Result<Option<WebhookDelivery>, StoreError>;
+
+    /// Events of the cluster's stream after `after` (from the oldest kept
+    /// when `None`), oldest first, from at most `limit` stored rows after
+    /// the one `after` is in (a row holds one write's events, never split).
+    /// Only committed events, and nothing is later found before a cursor
+    /// already returned. SQLite gives them in commit order. PostgreSQL
+    /// gives them in the order of the writing transactions' ids, which are
+    /// taken at a transaction's first write or lock: two transactions racing
+    /// on one task (a leader's `Lost` against a node's report) may show in
+    /// the other order; each event names its `from` state. PostgreSQL holds
+    /// events back while any older transaction of the database server is
+    /// still open.
+    async fn read_events(&self, after: Option<EventCursor>, limit: usize) -> Result<Vec<StoredEvent>, StoreError>;
+
+    /// The cursor of the newest event, if there is one (a stream that
+    /// starts "now" starts after it).
+    async fn latest_event(&self) -> Result<Option<EventCursor>, StoreError>;
+
+    /// A queued task's place in line: 1 + the queued tasks of its project,
+    /// and of every project, that come before it in queue order (higher
+    /// priority, then older), each counted up to [`QUEUE_COUNT_CAP`] (a
+    /// place beyond it reads `QUEUE_COUNT_CAP + 1`). `None` if it is not queued.
+    async fn queue_position(&self, id: TaskId) -> Result<Option<(u64, u64)>, StoreError>;
+
+    /// What attempts used, summed per project and bucket of time.
+    async fn usage(&self, query: UsageQuery) -> Result<Vec<UsageRow>, StoreError>;
+
+    /// How many tasks each project has queued, scheduled and running.
+    async fn active_counts(&self) -> Result<Vec<(String, shepherd_core::TaskState, u64)>, StoreError>;
+
+    /// Removes the events recorded before `before`; returns how many rows went.
+    async fn prune_events(&self, before: Timestamp) -> Result<u64, StoreError>;
+
+    /// Records a provisioned machine: a new one when `expected` is `None`
+    /// (false if the id is taken), else only while its stored state is
+    /// still `expected` (compare-and-set: false if it changed meanwhile).
+    async fn put_machine(&self, machine: Machine, expected: Option<MachineState>) -> Result<bool, StoreError>;
+
+    /// Every provisioned machine, by id.
+    async fn machines(&self) -> Result<Vec<Machine>, StoreError>;
+
+    /// Forgets a machine; false if there was none.
+    async fn delete_machine(&self, id: &str) -> Result<bool, StoreError>;
+
+    /// Forgets a node that holds no scheduled or running task (a destroyed
+    /// machine's); false if it holds one or is unknown.
+    async fn delete_node(&self, id: &str) -> Result<bool, StoreError>;
+
+    /// The projects that hold a registry login (a secret `registry.*`).
+    async fn registry_login_projects(&self) -> Result<Vec<String>, StoreError>;
+
+    /// Sets a project's policy (volume drivers, networks, egress,
+    /// devices); false if there is no such project.
+    async fn set_project_policy(&self, name: &str, policy: shepherd_core::ProjectPolicy) -> Result<bool, StoreError>;
+
+    /// Records a volume; false if its project has one of that name or its
+    /// engine name is another volume's.
+    async fn create_volume(&self, volume: shepherd_core::Volume) -> Result<bool, StoreError>;
+
+    /// A project's volumes (every project's with `None`), by project and name.
+    async fn volumes(&self, project: Option<String>) -> Result<Vec<shepherd_core::Volume>, StoreError>;
+
+    /// One volume of a project.
+    async fn get_volume(&self, project: &str, name: &str) -> Result<Option<shepherd_core::Volume>, StoreError> {
+        Ok(self.volumes(Some(project.to_string())).await?.into_iter().find(|v| v.name == name))
+    }
+
+    /// Forgets a volume; false if there was none.
+    async fn delete_volume(&self, project: &str, name: &str) -> Result<bool, StoreError>;
+
+    /// Binds a node-scoped volume to `node` unless it is bound already;
+    /// the node it is bound to after (`None`: no such volume).
+    async fn bind_volume(&self, project: &str, name: &str, node: &str) -> Result<Option<String>, StoreError>;
+
+    /// A value of the cluster's, the same for every server of a shared
+    /// store: the one stored under `key`, or `proposed`, stored now, if
+    /// there is none (the first caller's proposal wins).
+    async fn cluster_value(&self, key: &str, proposed: &str) -> Result<String, StoreError>;
+
+    /// The cluster's identity: random, made at first use, the same for
+    /// every server of a shared store (provisioners tag machines with it).
+    async fn cluster_id(&self) -> Result<String, StoreError> {
+        self.cluster_value("cluster_id", &ulid::Ulid::new().to_string().to_lowercase()).await
+    }
+
+    /// Hands the store an observer of its writes (metrics). Set once; later
+    /// calls are ignored.
+    fn set_observer(&self, _observer: std::sync::Arc<dyn StoreObserver>) {}
+}
+
+/// What a store tells an observer about its writes, after they committed.
+/// Called on the store's own threads: keep it quick and never block.
+pub trait StoreObserver: Send + Sync + 'static {
+    /// A transaction committed `requests` write requests together (group
+    /// commit) in `took`, from its first statement to the end of its commit.
+    fn committed(&self, _requests: usize, _took: std::time::Duration) {}
+    /// `count` tasks of `project` were stored.
+    fn created(&self, _project: &str, _count: u64) {}
+    /// Lifecycle events were applied.
+    fn applied(&self, _results: &[ApplyResult]) {}
+}
+
+/// Where a store keeps its observer: set once, shared with its threads.
+#[derive(Clone, Default)]
+pub struct ObserverSlot(std::sync::Arc<std::sync::OnceLock<std::sync::Arc<dyn StoreObserver>>>);
+
+impl ObserverSlot {
+    /// The observer, once one is set.
+    pub fn get(&self) -> Option<&std::sync::Arc<dyn StoreObserver>> {
+        self.0.get()
+    }
+
+    /// Sets the observer unless one is set already.
+    pub fn set(&self, observer: std::sync::Arc<dyn StoreObserver>) {
+        let _ = self.0.set(observer);
+    }
+
+    /// Tells the observer about stored tasks.
+    pub fn created(&self, tasks: &[NewTask]) {
+        if let Some(o) = self.get() {
+            for (project, count) in count_by_project(tasks) {
+                o.created(project, count);
+            }
+        }
+    }
+
+    /// Tells the observer about applied events.
+    pub fn applied(&self, results: &[ApplyResult]) {
+        if let Some(o) = self.get() {
+            o.applied(results);
+        }
+    }
+}
+
+/// The most queued tasks [`Store::queue_position`] counts ahead of one: a
+/// task's `GET` stays quick whatever the queue's length.
+pub const QUEUE_COUNT_CAP: u64 = 100_000;
+
+/// The most a stored usage figure may be (2⁴⁰: 35 years of CPU in ms, a
+/// TiB of memory): what a node reports is clamped to it, so no sum of a
+/// report's worth of attempts overflows.
+pub const MAX_USAGE: u64 = 1 << 40;
+
+/// The SQL both stores sum usage with (`$`-numbered parameters: from, to,
+/// bucket, and the project or NULL for all). An attempt's start as its node
+/// saw it can fall after its end as the engine recorded it (a container that
+/// exits at once): such an attempt counts no run time, not a negative one.
+pub const USAGE_SQL: &str = "SELECT t.project, (a.finished_at / $3) * $3 AS bucket, COUNT(DISTINCT a.task_id), COUNT(*), \
+     CAST(COALESCE(SUM(a.cpu_ms), 0) AS BIGINT), \
+     CAST(COALESCE(SUM(CAST(a.peak_memory_bytes AS DOUBLE PRECISION) * (CASE WHEN a.finished_at > a.started_at THEN a.finished_at - a.started_at ELSE 0 END)), 0) AS DOUBLE PRECISION), \
+     CAST(COALESCE(SUM(CASE WHEN a.finished_at > a.started_at THEN a.finished_at - a.started_at ELSE 0 END), 0) AS BIGINT) \
+     FROM attempts a JOIN tasks t ON t.id = a.task_id \
+     WHERE a.finished_at >= $1 AND a.finished_at < $2 AND a.started_at IS NOT NULL AND ($4 IS NULL OR t.project = $4) \
+     GROUP BY t.project, (a.finished_at / $3) * $3 ORDER BY 2, 1";
+
+/// How many of `tasks` each project has, in the order first seen.
+pub fn count_by_project(tasks: &[NewTask]) -> Vec<(&str, u64)> {
+    let mut counts: Vec<(&str, u64)> = Vec::new();
+    for task in tasks {
+        match counts.iter_mut().find(|(p, _)| *p == task.spec.project) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((&task.spec.project, 1)),
+        }
+    }
+    counts
+}
+
+/// The events that creating `tasks` records: each one queued.
+pub fn created_events(tasks: &[NewTask]) -> Vec<shepherd_core::ClusterEvent> {
+    tasks
+        .iter()
+        .map(|t| {
+            shepherd_core::ClusterEvent::Task(shepherd_core::events::TaskChange {
+                task: t.id,
+                project: t.spec.project.clone(),
+                state: shepherd_core::TaskState::Queued,
+                from: None,
+                attempt: 0,
+                node: None,
+                exit_code: None,
+                reason: None,
+                at: t.created_at,
+            })
+        })
+        .collect()
+}
+
+/// Appends the events of one stored row (`cursor` with index 0) that
+/// come after `after`.
+pub(crate) fn push_events(out: &mut Vec<StoredEvent>, row: EventCursor, body: &str, after: Option<EventCursor>) -> Result<(), StoreError> {
+    let events: Vec<shepherd_core::ClusterEvent> =
+        serde_json::from_str(body).map_err(|e| StoreError::Corrupt(format!("event row: {e}")))?;
+    for (index, event) in events.into_iter().enumerate() {
+        let cursor = EventCursor { index: index as u32, ..row };
+        if after.is_none_or(|a| cursor > a) {
+            out.push(StoredEvent { cursor, event });
+        }
+    }
+    Ok(())
+}
+
+/// The events an audit log records: tenant actions.
+pub fn audit_events(entries: &[AuditEntry]) -> Vec<shepherd_core::ClusterEvent> {
+    entries.iter().filter_map(|e| shepherd_core::ClusterEvent::from_audit(e.project.as_deref(), &e.action, &e.target, e.at)).collect()
+}
+
+/// A stored volume record with the node it is bound to (kept apart, for
+/// compare-and-set).
+pub(crate) fn volume_from(record: &str, node: Option<String>) -> Result<shepherd_core::Volume, StoreError> {
+    let mut volume: shepherd_core::Volume = serde_json::from_str(record).map_err(|e| StoreError::Corrupt(format!("volume record: {e}")))?;
+    volume.node_id = node;
+    Ok(volume)
+}
+
+/// A project's login to the registry of `image`, from its secrets (`None`
+/// if it has none, or one that does not decode).
+pub(crate) fn registry_auth_from(image: &str, value: Option<Vec<u8>>) -> Option<shepherd_core::RegistryAuth> {
+    let auth: shepherd_core::RegistryAuth = serde_json::from_slice(&value?).ok()?;
+    (auth.registry == shepherd_core::registry::registry_of(image)).then_some(auth)
 }

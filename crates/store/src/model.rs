@@ -35,6 +35,31 @@ pub struct Applied {
     pub attempt: u32,
     /// The node of the current attempt, if any.
     pub node_id: Option<String>,
+    /// The task's project.
+    pub project: String,
+    /// When the task was created.
+    pub created_at: Timestamp,
+    /// When its latest attempt started (after the change), if one did.
+    pub started_at: Option<Timestamp>,
+    /// When the change happened.
+    pub at: Timestamp,
+}
+
+impl Applied {
+    /// The event the change stands for in the cluster's event stream.
+    pub fn event(&self) -> shepherd_core::ClusterEvent {
+        shepherd_core::ClusterEvent::Task(shepherd_core::events::TaskChange {
+            task: self.task_id,
+            project: self.project.clone(),
+            state: self.decision.to,
+            from: Some(self.from),
+            attempt: self.attempt,
+            node: self.node_id.clone(),
+            exit_code: self.decision.exit_code,
+            reason: self.decision.reason.clone(),
+            at: self.at,
+        })
+    }
 }
 
 /// Why an event was not applied.
@@ -111,6 +136,8 @@ pub struct ActiveTask {
     pub attempt: u32,
     pub resources: Resources,
     pub cancel_requested: bool,
+    /// GPUs it holds.
+    pub gpus: u32,
 }
 
 /// A stored log chunk, with its position.
@@ -154,6 +181,9 @@ pub struct Project {
     pub name: String,
     pub created_at: Timestamp,
     pub limits: shepherd_core::ProjectLimits,
+    /// What its tasks may use beyond CPU and memory (set apart from the
+    /// project's creation: `set_project_policy`).
+    pub policy: shepherd_core::ProjectPolicy,
 }
 
 /// An API token of a project. The token itself is never stored: only its
@@ -280,4 +310,31 @@ pub enum WebhookNext {
     Delivered,
     RetryAt(Timestamp),
     GiveUp,
+}
+
+/// Which usage [`Store::usage`](crate::Store::usage) sums: attempts that
+/// ended in `[from, to)`, per project and per `bucket_ms` of their end time.
+#[derive(Debug, Clone)]
+pub struct UsageQuery {
+    pub project: Option<String>,
+    pub from: Timestamp,
+    pub to: Timestamp,
+    pub bucket_ms: i64,
+}
+
+/// What one project's attempts used in one bucket of time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UsageRow {
+    pub project: String,
+    /// The bucket's start.
+    pub start: Timestamp,
+    /// Tasks with an attempt that ended in the bucket.
+    pub tasks: u64,
+    pub attempts: u64,
+    /// CPU time, from the attempts whose node measured it.
+    pub cpu_ms: u64,
+    /// Peak memory times run time, in byte-milliseconds (measured attempts).
+    pub memory_byte_ms: f64,
+    /// Run time (start to end) of the attempts that started.
+    pub wall_ms: u64,
 }

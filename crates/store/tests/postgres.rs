@@ -36,7 +36,12 @@ async fn a_second_store_on_the_same_database_finds_it_migrated_and_shares_it() {
     let url = fresh_database().await;
     let (a, b) = tokio::join!(PgStore::connect(&url, 4), PgStore::connect(&url, 4));
     let (a, b) = (a.unwrap(), b.unwrap());
-    let project = shepherd_store::Project { name: "p".into(), created_at: shepherd_core::Timestamp::now(), limits: Default::default() };
+    let project = shepherd_store::Project {
+        name: "p".into(),
+        created_at: shepherd_core::Timestamp::now(),
+        limits: Default::default(),
+        policy: Default::default(),
+    };
     assert!(a.create_project(project).await.unwrap());
     assert_eq!(b.list_projects().await.unwrap().len(), 1);
 }

@@ -17,8 +17,8 @@ use super::*;
 use bollard::container::LogOutput;
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{
-    AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder, KillContainerOptionsBuilder,
-    ListContainersOptionsBuilder, ListImagesOptionsBuilder, RemoveContainerOptionsBuilder,
+    AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, KillContainerOptionsBuilder, ListContainersOptionsBuilder,
+    ListImagesOptionsBuilder, RemoveContainerOptionsBuilder,
 };
 use bollard::Docker;
 use futures_util::StreamExt;
@@ -32,6 +32,10 @@ pub const LABEL_ATTEMPT: &str = "io.shepherd.attempt";
 pub const LABEL_NODE: &str = "io.shepherd.node";
 /// Label key on the networks Shepherd creates: the project.
 pub const LABEL_PROJECT: &str = "io.shepherd.project";
+/// Label key on the volumes Shepherd makes: the volume's name in its project.
+pub const LABEL_VOLUME: &str = "io.shepherd.volume";
+/// Label key on a task container: the GPUs granted to it, comma-separated.
+pub const LABEL_GPUS: &str = "io.shepherd.gpus";
 
 /// Where the payload file appears inside the container.
 pub const PAYLOAD_PATH: &str = "/run/shepherd/payload";
@@ -51,12 +55,16 @@ pub struct DockerConfig {
     pub tmp_size_mib: u32,
     /// Warm containers for tasks that ask for `reuse`; without, they run cold.
     pub warm: Option<super::warm::WarmConfig>,
+    /// Host devices the node offers (`--device`).
+    pub devices: Vec<super::devices::HostDevice>,
+    /// GPUs the node offers (`--gpus`), granted by index.
+    pub gpus: u32,
 }
 
 impl DockerConfig {
     /// The defaults: 256 processes, 64 MiB of /tmp, no warm containers.
     pub fn new(node_id: impl Into<String>) -> DockerConfig {
-        DockerConfig { node_id: node_id.into(), pids_limit: 256, tmp_size_mib: 64, warm: None }
+        DockerConfig { node_id: node_id.into(), pids_limit: 256, tmp_size_mib: 64, warm: None, devices: Vec::new(), gpus: 0 }
     }
 }
 
@@ -72,15 +80,6 @@ pub enum ConnectError {
     NoAnswer(bollard::errors::Error),
 }
 
-/// Why an image could not be pulled.
-#[derive(Debug, thiserror::Error)]
-pub enum PullError {
-    #[error("{0}")]
-    Engine(bollard::errors::Error),
-    #[error("pull timed out after 300 s")]
-    Timeout,
-}
-
 /// Runs attempts as containers on one Docker Engine.
 pub struct DockerDriver {
     docker: Docker,
@@ -89,10 +88,24 @@ pub struct DockerDriver {
     networks: tokio::sync::Mutex<std::collections::HashSet<String>>,
     /// Warm containers, if enabled.
     warm: Option<Arc<super::warm::Pool>>,
+    /// Which GPUs are free.
+    gpus: Arc<super::devices::GpuSlots>,
+    /// Pulls in flight, one per image and login.
+    pulls: super::pull::SingleFlight<super::pull::PullKey, Result<(), String>>,
 }
 
 pub(super) fn engine_error(context: &str, e: bollard::errors::Error) -> DriverError {
     DriverError::Io(std::io::Error::other(format!("{context}: {e}")))
+}
+
+/// The engine's message of an error (its own words, or a registry's
+/// relayed in a pull's stream, for a task's reason).
+pub(super) fn engine_message(e: &bollard::errors::Error) -> String {
+    match e {
+        bollard::errors::Error::DockerResponseServerError { message, .. } => message.clone(),
+        bollard::errors::Error::DockerStreamError { error } => error.clone(),
+        other => other.to_string(),
+    }
 }
 
 pub(super) fn is_status(e: &bollard::errors::Error, codes: &[u16]) -> bool {
@@ -123,7 +136,8 @@ impl DockerDriver {
             .warm
             .clone()
             .map(|warm| super::warm::Pool::new(docker.clone(), config.node_id.clone(), warm, config.pids_limit, config.tmp_size_mib));
-        Ok(DockerDriver { docker, config, networks: Default::default(), warm })
+        let gpus = Arc::new(super::devices::GpuSlots::new(config.gpus));
+        Ok(DockerDriver { docker, config, networks: Default::default(), warm, gpus, pulls: Default::default() })
     }
 
     /// Removes every container and network carrying this node's label
@@ -156,17 +170,39 @@ impl DockerDriver {
     /// Creates the project's network unless it exists. Serialized, so that
     /// two starts never both create it (older engines allow duplicate names).
     async fn ensure_network(&self, project: &str) -> Result<(), DriverError> {
-        let name = super::project_network(project);
+        let network = shepherd_core::ResolvedNetwork {
+            engine_name: super::project_network(project),
+            project: project.to_string(),
+            driver: "bridge".into(),
+            options: Default::default(),
+            internal: false,
+        };
+        self.ensure_resolved_network(&network).await
+    }
+
+    /// Creates a network of a project's policy unless it exists (with its
+    /// driver, options and `internal`). One that exists must be the
+    /// project's: a network of another project's is never joined.
+    async fn ensure_resolved_network(&self, network: &shepherd_core::ResolvedNetwork) -> Result<(), DriverError> {
+        let name = network.engine_name.clone();
+        let project = network.project.as_str();
         let mut known = self.networks.lock().await;
         if known.contains(&name) {
             return Ok(());
         }
         match self.docker.inspect_network(&name, None).await {
-            Ok(_) => {}
+            Ok(found) => {
+                let owner = found.labels.as_ref().and_then(|l| l.get(LABEL_PROJECT));
+                if owner.is_some_and(|o| o != project) {
+                    return Err(DriverError::StartFailed(format!("network {name} belongs to another project")));
+                }
+            }
             Err(e) if is_status(&e, &[404]) => {
                 let request = bollard::models::NetworkCreateRequest {
                     name: name.clone(),
-                    driver: Some("bridge".into()),
+                    driver: Some(network.driver.clone()),
+                    internal: Some(network.internal),
+                    options: (!network.options.is_empty()).then(|| network.options.clone().into_iter().collect()),
                     labels: Some(HashMap::from([
                         (LABEL_PROJECT.to_string(), project.to_string()),
                         (LABEL_NODE.to_string(), self.config.node_id.clone()),
@@ -174,7 +210,7 @@ impl DockerDriver {
                     ..Default::default()
                 };
                 self.docker.create_network(request).await.map_err(|e| engine_error("creating the project network", e))?;
-                tracing::info!(network = %name, "created the project's network");
+                tracing::info!(network = %name, driver = %network.driver, internal = network.internal, "created a project network");
             }
             Err(e) => return Err(engine_error("inspecting the project network", e)),
         }
@@ -182,23 +218,56 @@ impl DockerDriver {
         Ok(())
     }
 
-    /// Pulls an image, for at most five minutes.
-    async fn pull(&self, image: &str) -> Result<(), PullError> {
-        let (name, tag) = split_reference(image);
-        let options = CreateImageOptionsBuilder::default().from_image(name).tag(tag).build();
-        let mut progress = self.docker.create_image(Some(options), None, None);
-        let pulled = tokio::time::timeout(Duration::from_secs(300), async {
-            while let Some(step) = progress.next().await {
-                step?;
+    /// Makes a project volume on this engine unless it exists, with its
+    /// driver, options and Shepherd's labels. One that exists must carry
+    /// the same project: a volume of another project's is never mounted.
+    async fn ensure_volume(&self, volume: &shepherd_core::ResolvedMount) -> Result<(), DriverError> {
+        match self.docker.inspect_volume(&volume.engine_name).await {
+            Ok(found) => {
+                if found.labels.get(LABEL_PROJECT) != Some(&volume.project) {
+                    return Err(DriverError::StartFailed(format!(
+                        "the engine's volume {} is not project {}'s: refusing to mount it",
+                        volume.engine_name, volume.project
+                    )));
+                }
+                Ok(())
             }
-            Ok::<(), bollard::errors::Error>(())
-        })
-        .await;
-        match pulled {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(PullError::Engine(e)),
-            Err(_) => Err(PullError::Timeout),
+            Err(e) if is_status(&e, &[404]) => {
+                let request = bollard::models::VolumeCreateRequest {
+                    name: Some(volume.engine_name.clone()),
+                    driver: Some(volume.driver.clone()),
+                    driver_opts: (!volume.options.is_empty()).then(|| volume.options.clone().into_iter().collect()),
+                    labels: Some(HashMap::from([
+                        (LABEL_PROJECT.to_string(), volume.project.clone()),
+                        (LABEL_VOLUME.to_string(), volume.name.clone()),
+                    ])),
+                    ..Default::default()
+                };
+                // Made at once by two starts: the engine answers both with the one volume.
+                self.docker
+                    .create_volume(request)
+                    .await
+                    .map_err(|e| DriverError::StartFailed(format!("could not make volume {}: {}", volume.name, engine_message(&e))))?;
+                tracing::info!(volume = %volume.engine_name, driver = %volume.driver, "made a project volume");
+                Ok(())
+            }
+            Err(e) => Err(engine_error("inspecting a volume", e)),
         }
+    }
+
+    /// Pulls an image with the attempt's login and deadline: one pull per
+    /// image and login on this node at a time (the others wait for it).
+    /// With `skip_if_present`, an image that arrived meanwhile is not pulled.
+    async fn pull(&self, spec: &AttemptSpec, skip_if_present: bool) -> Result<(), String> {
+        let (docker, image, auth, deadline) = (self.docker.clone(), spec.image.clone(), spec.registry_auth.clone(), spec.pull_timeout);
+        let key = super::pull::pull_key(&spec.image, spec.registry_auth.as_ref());
+        let work = move || async move {
+            if skip_if_present && docker.inspect_image(&image).await.is_ok() {
+                return Ok(());
+            }
+            super::pull::pull(docker, image, auth, deadline).await
+        };
+        self.pulls.run(key, work, Err("image_pull_failed: the pull stopped".into())).await
     }
 
     /// Creates the attempt's container, replacing one left over from an
@@ -206,7 +275,9 @@ impl DockerDriver {
     /// when it is missing, which saves a call on every start.
     async fn create(&self, name: &str, spec: &AttemptSpec) -> Result<(), bollard::errors::Error> {
         let options = CreateContainerOptionsBuilder::default().name(name).build();
-        match self.docker.create_container(Some(options), self.container_body(spec)).await {
+        let started = std::time::Instant::now();
+        let created = self.docker.create_container(Some(options), self.container_body(spec)).await;
+        match crate::metrics::metrics().time("create", started, created) {
             Ok(_) => Ok(()),
             Err(e) if is_status(&e, &[409]) => {
                 let _ = self.docker.remove_container(name, Some(RemoveContainerOptionsBuilder::default().force(true).build())).await;
@@ -218,33 +289,23 @@ impl DockerDriver {
     }
 
     /// Creates the container, pulling the image as the pull policy says:
-    /// `always` pulls first (falling back to a local copy if the pull
-    /// fails), `if_not_present` pulls when the engine lacks the image,
-    /// `never` fails at once.
+    /// `always` pulls first, with the project's own login, and a pull that
+    /// fails fails the attempt (a copy another project pulled is never
+    /// used instead); `if_not_present` pulls when the engine lacks the
+    /// image; `never` fails at once. Failed pulls say `image_pull_failed`.
     async fn create_with_image(&self, name: &str, spec: &AttemptSpec) -> Result<(), DriverError> {
         let image = spec.image.as_str();
-        let mut pull_error = None;
         if spec.pull_policy == PullPolicy::Always {
-            if let Err(e) = self.pull(image).await {
-                tracing::warn!(image, error = %e, "pull failed; trying a local copy");
-                pull_error = Some(e);
-            }
+            self.pull(spec, false).await.map_err(DriverError::StartFailed)?;
         }
         let created = match self.create(name, spec).await {
             Err(e) if is_missing_image(&e) => match spec.pull_policy {
                 PullPolicy::Never => {
                     return Err(DriverError::StartFailed(format!("image `{image}` is not on this node (pull policy: never)")))
                 }
-                PullPolicy::Always => {
-                    let why = pull_error.map_or_else(|| e.to_string(), |p| p.to_string());
-                    return Err(DriverError::StartFailed(format!("image `{image}` is not on this node and could not be pulled: {why}")));
-                }
-                PullPolicy::IfNotPresent => {
-                    if let Err(why) = self.pull(image).await {
-                        return Err(DriverError::StartFailed(format!(
-                            "image `{image}` is not on this node and could not be pulled: {why}"
-                        )));
-                    }
+                // Pulled just now, and gone again (removed meanwhile): pulled again.
+                PullPolicy::Always | PullPolicy::IfNotPresent => {
+                    self.pull(spec, spec.pull_policy == PullPolicy::IfNotPresent).await.map_err(DriverError::StartFailed)?;
                     self.create(name, spec).await
                 }
             },
@@ -271,12 +332,15 @@ impl DockerDriver {
         if let Some(dir) = &spec.package_dir {
             binds.push(format!("{}:{PACKAGE_PATH}:ro", dir.display()));
         }
-        let labels = HashMap::from([
+        let mut labels = HashMap::from([
             (LABEL_TASK.to_string(), spec.task_id.to_string()),
             (LABEL_ATTEMPT.to_string(), spec.attempt.to_string()),
             (LABEL_NODE.to_string(), self.config.node_id.clone()),
         ]);
-        let host_config = HostConfig {
+        if !spec.gpu_ids.is_empty() {
+            labels.insert(LABEL_GPUS.to_string(), spec.gpu_ids.join(","));
+        }
+        let mut host_config = HostConfig {
             // A tiny init (the engine's docker-init) as PID 1: signals reach
             // the command (a cancel's SIGTERM ends `sleep` at once instead of
             // after the grace period) and zombies are reaped.
@@ -284,6 +348,38 @@ impl DockerDriver {
             binds: (!binds.is_empty()).then_some(binds),
             ..hardened_host_config(spec, self.config.pids_limit, self.config.tmp_size_mib)
         };
+        if !spec.volumes.is_empty() {
+            host_config.mounts = Some(
+                spec.volumes
+                    .iter()
+                    .map(|v| bollard::models::Mount {
+                        typ: Some(bollard::models::MountType::VOLUME),
+                        source: Some(v.engine_name.clone()),
+                        target: Some(v.target.clone()),
+                        read_only: Some(v.read_only),
+                        ..Default::default()
+                    })
+                    .collect(),
+            );
+        }
+        if let Some(first) = spec.networks.first() {
+            host_config.network_mode = Some(first.engine_name.clone());
+        }
+        // Only the devices and GPUs granted to this attempt.
+        let devices: Vec<_> =
+            spec.devices.iter().filter_map(|name| self.config.devices.iter().find(|d| &d.name == name)).map(|d| d.mapping()).collect();
+        if !devices.is_empty() {
+            host_config.devices = Some(devices);
+        }
+        let gpus = super::devices::gpu_request(&spec.gpu_ids);
+        if !gpus.is_empty() {
+            host_config.device_requests = Some(gpus);
+        }
+        if let (Some(scratch), Some(tmpfs)) = (&spec.scratch, host_config.tmpfs.as_mut()) {
+            // Gone with the container. Owned by the task's user when it is
+            // numeric (the engine ignores a mode: a new mountpoint is root's 0755).
+            tmpfs.insert(scratch.target.clone(), scratch_options(scratch.size_mib, spec.user.as_deref()));
+        }
         ContainerCreateBody {
             image: Some(spec.image.clone()),
             cmd: (!spec.command.is_empty()).then(|| spec.command.clone()),
@@ -291,7 +387,7 @@ impl DockerDriver {
             labels: Some(labels),
             working_dir: spec.workdir.clone(),
             user: spec.user.clone(),
-            network_disabled: Some(spec.network != "bridge"),
+            network_disabled: Some(spec.network != "bridge" && spec.networks.is_empty()),
             host_config: Some(host_config),
             ..Default::default()
         }
@@ -327,6 +423,22 @@ pub(super) fn hardened_host_config(spec: &AttemptSpec, pids_limit: i64, tmp_size
     }
 }
 
+/// The mount options of a task's scratch tmpfs: its size, and its owner
+/// when the task's user is numeric (`1000` or `1000:1000`).
+fn scratch_options(size_mib: u32, user: Option<&str>) -> String {
+    let mut options = tmpfs_options(size_mib);
+    if let Some(user) = user {
+        let (uid, gid) = user.split_once(':').map_or((user, None), |(u, g)| (u, Some(g)));
+        if uid.parse::<u32>().is_ok() {
+            options.push_str(&format!(",uid={uid}"));
+        }
+        if let Some(gid) = gid.filter(|g| g.parse::<u32>().is_ok()) {
+            options.push_str(&format!(",gid={gid}"));
+        }
+    }
+    options
+}
+
 /// The mount options of a task's tmpfs of `size_mib`.
 pub(super) fn tmpfs_options(size_mib: u32) -> String {
     format!("rw,nosuid,nodev,size={size_mib}m")
@@ -347,6 +459,9 @@ pub(super) fn task_env(spec: &AttemptSpec) -> Vec<(String, String)> {
     }
     if spec.package_dir.is_some() {
         env.push(("SHEPHERD_TASK_DIR".into(), PACKAGE_PATH.into()));
+    }
+    if let Some(scratch) = &spec.scratch {
+        env.push(("SHEPHERD_SCRATCH_DIR".into(), scratch.target.clone()));
     }
     env
 }
@@ -420,16 +535,6 @@ fn replay(docker: Docker, container: String, output: OutputSender, captured: Cap
 }
 
 /// `name:tag` → (`name`, `tag`); a digest or no tag means `latest` is not added.
-fn split_reference(image: &str) -> (&str, &str) {
-    if image.contains('@') {
-        return (image, "");
-    }
-    match image.rsplit_once(':') {
-        Some((name, tag)) if !tag.contains('/') => (name, tag),
-        _ => (image, "latest"),
-    }
-}
-
 /// Whether the engine's event log holds an `oom` event for container `name`
 /// since `since` (Unix seconds, fractions allowed) until now.
 pub(super) async fn oom_event_logged(docker: &Docker, name: &str, since: &str) -> bool {
@@ -466,6 +571,46 @@ struct ContainerAttempt {
     removed: bool,
     /// Shepherd sent it SIGKILL (timeout, cancel): a 137 exit is ours, not the kernel's.
     killed: bool,
+    /// What it used, as the engine's stats last said.
+    usage: std::sync::Mutex<Option<shepherd_core::Usage>>,
+    /// The GPUs it holds, given back when it is removed.
+    gpus: Option<(Arc<super::devices::GpuSlots>, Vec<String>)>,
+}
+
+/// A container's usage is sampled once it has run this long: shorter tasks
+/// cost the engine no stats stream.
+const USAGE_AFTER: Duration = Duration::from_secs(1);
+
+/// Follows the engine's stats of a running container (a sample a second)
+/// into `usage`: the CPU counter's latest value, the highest memory seen
+/// (without the page cache, which `max_usage` would count). Ends when the
+/// container does.
+async fn sample_usage(docker: &Docker, name: &str, usage: &std::sync::Mutex<Option<shepherd_core::Usage>>) {
+    tokio::time::sleep(USAGE_AFTER).await;
+    let options = bollard::query_parameters::StatsOptionsBuilder::default().stream(true).one_shot(false).build();
+    let mut stats = docker.stats(name, Some(options));
+    while let Some(Ok(sample)) = stats.next().await {
+        let cpu_ns = sample.cpu_stats.and_then(|c| c.cpu_usage).and_then(|u| u.total_usage).unwrap_or(0);
+        // What the container holds without the page cache it could drop,
+        // as `docker stats` shows it (cgroup v1 and v2 name the cache apart).
+        let memory = sample
+            .memory_stats
+            .map(|m| {
+                let cache = m.stats.as_ref().and_then(|s| s.get("total_inactive_file").or(s.get("inactive_file")).copied()).unwrap_or(0);
+                m.usage.unwrap_or(0).saturating_sub(cache)
+            })
+            .unwrap_or(0);
+        if cpu_ns == 0 && memory == 0 {
+            continue; // the empty sample of a container that has stopped
+        }
+        if let Ok(mut usage) = usage.lock() {
+            let last = usage.unwrap_or_default();
+            *usage = Some(shepherd_core::Usage {
+                cpu_ms: last.cpu_ms.max(cpu_ns / 1_000_000),
+                peak_memory_bytes: last.peak_memory_bytes.max(memory),
+            });
+        }
+    }
 }
 
 /// How long a SIGKILL exit we did not send is watched for the engine's OOM
@@ -476,7 +621,17 @@ const OOM_FLAG_WAIT: Duration = Duration::from_secs(15);
 impl AttemptHandle for ContainerAttempt {
     async fn wait(&mut self) -> Result<ExitStatus, DriverError> {
         let mut waits = self.docker.wait_container(&self.name, None);
-        let code = match waits.next().await {
+        let started = std::time::Instant::now();
+        let waited = {
+            let sampling = sample_usage(&self.docker, &self.name, &self.usage);
+            tokio::pin!(sampling);
+            tokio::select! {
+                biased;
+                waited = waits.next() => waited,
+                () = &mut sampling => waits.next().await,
+            }
+        };
+        let code = match crate::metrics::metrics().time("wait", started, waited) {
             Some(Ok(response)) => response.status_code,
             Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => code,
             Some(Err(e)) => return Err(engine_error("waiting for the container", e)),
@@ -517,7 +672,8 @@ impl AttemptHandle for ContainerAttempt {
             round += 1;
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
-        Ok(ExitStatus { code: i32::try_from(code).unwrap_or(255), oom_killed, finished_at })
+        let usage = self.usage.lock().ok().and_then(|u| *u);
+        Ok(ExitStatus { code: i32::try_from(code).unwrap_or(255), oom_killed, finished_at, usage })
     }
 
     async fn terminate(&mut self) -> Result<(), DriverError> {
@@ -538,12 +694,17 @@ impl AttemptHandle for ContainerAttempt {
             return Ok(());
         }
         let options = RemoveContainerOptionsBuilder::default().force(true).v(true).build();
-        match self.docker.remove_container(&self.name, Some(options)).await {
+        let started = std::time::Instant::now();
+        let removed = self.docker.remove_container(&self.name, Some(options)).await;
+        match crate::metrics::metrics().time("remove", started, removed) {
             Ok(()) => {}
             Err(e) if is_status(&e, &[404]) => {}
             Err(e) => return Err(engine_error("removing the container", e)),
         }
         self.removed = true;
+        if let Some((slots, ids)) = self.gpus.take() {
+            slots.give_back(&ids);
+        }
         Ok(())
     }
 }
@@ -579,22 +740,64 @@ impl Driver for DockerDriver {
     }
 
     async fn start(&self, spec: &AttemptSpec, output: OutputSender) -> Result<Box<dyn AttemptHandle>, DriverError> {
-        if spec.network == "bridge" {
+        if !spec.networks.is_empty() {
+            for network in &spec.networks {
+                self.ensure_resolved_network(network).await?;
+            }
+        } else if spec.network == "bridge" {
             self.ensure_network(&spec.project).await?;
+        }
+        for volume in &spec.volumes {
+            self.ensure_volume(volume).await?;
         }
         if let (Some(pool), Some(reuse), Some(key)) = (&self.warm, spec.reuse, &spec.warm_key) {
             if let Some(handle) = pool.start(spec, reuse, key.clone(), &output).await? {
                 return Ok(handle);
             }
         }
+        if let Some(missing) = spec.devices.iter().find(|name| !self.config.devices.iter().any(|d| &d.name == *name)) {
+            return Err(DriverError::StartFailed(format!("this node offers no device `{missing}`")));
+        }
+        // Its GPUs: granted now, given back when its container goes.
+        let granted = self
+            .gpus
+            .take(spec.gpus)
+            .ok_or_else(|| DriverError::StartFailed(format!("{} GPUs asked, {} free on this node", spec.gpus, self.gpus.free())))?;
+        let with_gpus;
+        let spec = if granted.is_empty() {
+            spec
+        } else {
+            with_gpus = AttemptSpec { gpu_ids: granted.clone(), ..spec.clone() };
+            &with_gpus
+        };
         let name = container_name(spec.task_id, spec.attempt);
-        self.create_with_image(&name, spec).await?;
-        let mut attempt = ContainerAttempt { docker: self.docker.clone(), name: name.clone(), removed: false, killed: false };
+        if let Err(e) = self.create_with_image(&name, spec).await {
+            self.gpus.give_back(&granted);
+            return Err(e);
+        }
+        let mut attempt = ContainerAttempt {
+            docker: self.docker.clone(),
+            name: name.clone(),
+            removed: false,
+            killed: false,
+            usage: Default::default(),
+            gpus: (!granted.is_empty()).then(|| (self.gpus.clone(), granted)),
+        };
+        // Its other networks are joined before it starts.
+        for network in spec.networks.iter().skip(1) {
+            let request = bollard::models::NetworkConnectRequest { container: name.clone(), ..Default::default() };
+            if let Err(e) = self.docker.connect_network(&network.engine_name, request).await {
+                let _ = attempt.remove().await;
+                return Err(engine_error("joining a project network", e));
+            }
+        }
         if let Err(e) = self.attach(&name, output).await {
             let _ = attempt.remove().await;
             return Err(engine_error("attaching to the container", e));
         }
-        if let Err(e) = self.docker.start_container(&name, None).await {
+        let started = std::time::Instant::now();
+        let result = self.docker.start_container(&name, None).await;
+        if let Err(e) = crate::metrics::metrics().time("start", started, result) {
             let _ = attempt.remove().await;
             return Err(DriverError::StartFailed(format!("could not start the container: {e}")));
         }
@@ -620,8 +823,24 @@ impl Driver for DockerDriver {
                 // from the start, skip what was stored before the restart, and
                 // follow on. Output written while no agent watched is not lost.
                 let running = info.state.as_ref().and_then(|s| s.running).unwrap_or(false);
+                // Its GPUs are held again until it goes.
+                let gpus: Vec<String> = info
+                    .config
+                    .as_ref()
+                    .and_then(|c| c.labels.as_ref())
+                    .and_then(|l| l.get(LABEL_GPUS))
+                    .map(|ids| ids.split(',').map(str::to_string).collect())
+                    .unwrap_or_default();
+                self.gpus.hold(&gpus);
                 replay(self.docker.clone(), name.clone(), output, captured, running);
-                Ok(Some(Box::new(ContainerAttempt { docker: self.docker.clone(), name, removed: false, killed: false })))
+                Ok(Some(Box::new(ContainerAttempt {
+                    docker: self.docker.clone(),
+                    name,
+                    removed: false,
+                    killed: false,
+                    usage: Default::default(),
+                    gpus: (!gpus.is_empty()).then(|| (self.gpus.clone(), gpus)),
+                })))
             }
             Err(e) if is_status(&e, &[404]) => Ok(None),
             Err(e) => Err(engine_error("inspecting the container", e)),
@@ -668,6 +887,23 @@ impl Driver for DockerDriver {
         }
     }
 
+    async fn remove_volume(&self, engine_name: &str, project: &str) -> Result<bool, DriverError> {
+        match self.docker.inspect_volume(engine_name).await {
+            Ok(found) if found.labels.get(LABEL_PROJECT).map(String::as_str) == Some(project) => {}
+            Ok(_) => return Ok(false),
+            Err(e) if is_status(&e, &[404]) => return Ok(false),
+            Err(e) => return Err(engine_error("inspecting a volume", e)),
+        }
+        match self.docker.remove_volume(engine_name, None::<bollard::query_parameters::RemoveVolumeOptions>).await {
+            Ok(()) => {
+                tracing::info!(volume = %engine_name, "removed a project volume");
+                Ok(true)
+            }
+            Err(e) if is_status(&e, &[404]) => Ok(false),
+            Err(e) => Err(engine_error("removing a volume", e)),
+        }
+    }
+
     fn keep_idle(&self, keep: bool) {
         if let Some(pool) = &self.warm {
             pool.keep_idle(keep);
@@ -687,11 +923,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn image_references_split_into_name_and_tag() {
-        assert_eq!(split_reference("busybox"), ("busybox", "latest"));
-        assert_eq!(split_reference("busybox:1.36"), ("busybox", "1.36"));
-        assert_eq!(split_reference("localhost:5000/app"), ("localhost:5000/app", "latest"));
-        assert_eq!(split_reference("localhost:5000/app:v2"), ("localhost:5000/app", "v2"));
-        assert_eq!(split_reference("app@sha256:abc"), ("app@sha256:abc", ""));
+    fn a_scratch_tmpfs_belongs_to_a_numeric_user() {
+        assert_eq!(scratch_options(16, None), "rw,nosuid,nodev,size=16m");
+        assert_eq!(scratch_options(16, Some("65534")), "rw,nosuid,nodev,size=16m,uid=65534");
+        assert_eq!(scratch_options(16, Some("1000:1001")), "rw,nosuid,nodev,size=16m,uid=1000,gid=1001");
+        assert_eq!(scratch_options(16, Some("nobody")), "rw,nosuid,nodev,size=16m");
+        assert_eq!(scratch_options(16, Some("1000:staff")), "rw,nosuid,nodev,size=16m,uid=1000");
     }
 }

@@ -138,7 +138,7 @@ impl AttemptHandle for FakeAttempt {
         let code = exit.unwrap_or(0);
         drop(exit);
         self.update(|r| r.ended = true);
-        Ok(ExitStatus { code, oom_killed: false, finished_at: None })
+        Ok(ExitStatus { code, oom_killed: false, finished_at: None, usage: None })
     }
 
     async fn terminate(&mut self) -> Result<(), DriverError> {

@@ -1,9 +1,11 @@
 //! The driver seam: how one attempt of a task is started, watched and
 //! stopped. The agent does the rest (timeouts, cancel, logs, reporting).
 
+pub mod devices;
 pub mod docker;
 pub mod fake;
 pub mod process;
+pub mod pull;
 pub mod warm;
 
 use async_trait::async_trait;
@@ -43,6 +45,25 @@ pub struct AttemptSpec {
     pub warm_key: Option<String>,
     /// The task's code package, unpacked (mounted read-only at `/task`).
     pub package_dir: Option<PathBuf>,
+    /// A private scratch directory for the attempt (a tmpfs in a container;
+    /// a directory in the attempt's own for the process driver).
+    pub scratch: Option<shepherd_core::ScratchSpec>,
+    /// Its project's volumes it mounts (the docker driver makes them on
+    /// first use).
+    pub volumes: Vec<shepherd_core::ResolvedMount>,
+    /// The networks it joins instead of the plain `network` (empty: the
+    /// plain one).
+    pub networks: Vec<shepherd_core::ResolvedNetwork>,
+    /// GPUs it needs and devices it needs, by name (the docker driver
+    /// grants them from what the node offers).
+    pub gpus: u32,
+    pub devices: Vec<String>,
+    /// The GPUs granted to it (set by the driver).
+    pub gpu_ids: Vec<String>,
+    /// The project's login to the image's registry, if any.
+    pub registry_auth: Option<shepherd_core::RegistryAuth>,
+    /// How long the image's pull may take.
+    pub pull_timeout: std::time::Duration,
 }
 
 impl std::fmt::Debug for AttemptSpec {
@@ -84,6 +105,8 @@ pub struct ExitStatus {
     /// When it exited, if the driver knows better than "when `wait` returned"
     /// (the engine's record, for an attempt that ended while no agent watched).
     pub finished_at: Option<Timestamp>,
+    /// What it used (CPU, peak memory), if the driver measured it.
+    pub usage: Option<shepherd_core::Usage>,
 }
 
 pub use shepherd_proto::Captured;
@@ -181,4 +204,12 @@ pub trait Driver: Send + Sync + 'static {
     /// Whether to keep anything between attempts (false while the node
     /// drains: what an attempt leaves is freed at once).
     fn keep_idle(&self, _keep: bool) {}
+
+    /// Removes a project volume's data from this node (its volume was
+    /// removed); true if there was some. Drivers without volumes have none.
+    /// `engine_name` is the volume's engine name, `project` its project
+    /// (a volume of another project's is never removed).
+    async fn remove_volume(&self, _engine_name: &str, _project: &str) -> Result<bool, DriverError> {
+        Ok(false)
+    }
 }

@@ -20,6 +20,47 @@ pub struct ProcessDriver;
 struct ProcessAttempt {
     child: Child,
     pid: i32,
+    /// Its usage once read at its exit (`Some(None)`: could not be): a
+    /// `wait` cut short and called again goes straight to reaping.
+    usage: Option<Option<shepherd_core::Usage>>,
+}
+
+/// Waits until `pid` (our child) has exited, without reaping it, and reads
+/// what it and the children it waited for used: the kernel keeps a
+/// zombie's resource usage (`waitid` with `WNOWAIT` fills `rusage`). The
+/// exit is awaited on a pidfd, so no thread blocks. `None` where pidfds are
+/// missing (Linux before 5.3) or the child is gone.
+async fn usage_at_exit(pid: i32) -> Option<shepherd_core::Usage> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open(2) takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: the fd was just opened for us and is owned by nothing else.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+    // SAFETY: the OwnedFd stays open and the same for the AsyncFd's whole life (it owns it).
+    let fd = unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }.ok()?;
+    let _ready = fd.readable().await.ok()?;
+    // SAFETY: zeroed siginfo_t and rusage are valid out-parameters.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waitid(2) with valid pointers; WNOWAIT leaves the child to be reaped by `Child::wait`.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_waitid,
+            libc::P_PID,
+            pid,
+            &mut info as *mut libc::siginfo_t,
+            libc::WEXITED | libc::WNOWAIT,
+            &mut usage as *mut libc::rusage,
+        )
+    };
+    if rc != 0 {
+        return None;
+    }
+    let ms = |t: libc::timeval| (t.tv_sec.max(0) as u64) * 1000 + (t.tv_usec.max(0) as u64) / 1000;
+    Some(shepherd_core::Usage { cpu_ms: ms(usage.ru_utime) + ms(usage.ru_stime), peak_memory_bytes: usage.ru_maxrss.max(0) as u64 * 1024 })
 }
 
 fn signal_group(pid: i32, signal: i32) -> std::io::Result<()> {
@@ -56,9 +97,14 @@ async fn pump(mut reader: impl tokio::io::AsyncRead + Unpin, stream: LogStream, 
 impl AttemptHandle for ProcessAttempt {
     async fn wait(&mut self) -> Result<ExitStatus, DriverError> {
         use std::os::unix::process::ExitStatusExt;
+        // What it used is read while it is a zombie, before it is reaped.
+        let usage = match self.usage {
+            Some(usage) => usage,
+            None => *self.usage.insert(usage_at_exit(self.pid).await),
+        };
         let status = self.child.wait().await?;
         let code = status.code().or_else(|| status.signal().map(|s| 128 + s)).unwrap_or(255);
-        Ok(ExitStatus { code, oom_killed: false, finished_at: None })
+        Ok(ExitStatus { code, oom_killed: false, finished_at: None, usage })
     }
 
     async fn terminate(&mut self) -> Result<(), DriverError> {
@@ -103,6 +149,19 @@ impl Driver for ProcessDriver {
         if let Some(dir) = &spec.package_dir {
             command.env("SHEPHERD_TASK_DIR", dir);
         }
+        if !spec.volumes.is_empty() || !spec.networks.is_empty() || spec.gpus > 0 || !spec.devices.is_empty() {
+            // No mounts, network namespaces or device cgroups here: refused, not ignored.
+            return Err(DriverError::StartFailed(
+                "project volumes, networks, devices and GPUs need the docker driver (this node runs tasks as plain processes)".into(),
+            ));
+        }
+        if spec.scratch.is_some() {
+            // No mounts here: a directory in the attempt's own, removed with
+            // it (its size is not enforced).
+            let dir = spec.work_dir.join("scratch");
+            std::fs::create_dir_all(&dir).map_err(|e| DriverError::StartFailed(format!("making the scratch directory: {e}")))?;
+            command.env("SHEPHERD_SCRATCH_DIR", dir);
+        }
         // SAFETY: only async-signal-safe calls (setsid, prctl) between fork and exec.
         unsafe {
             command.pre_exec(|| {
@@ -126,7 +185,7 @@ impl Driver for ProcessDriver {
         if let Some(stderr) = child.stderr.take() {
             tokio::spawn(pump(stderr, LogStream::Stderr, output));
         }
-        Ok(Box::new(ProcessAttempt { child, pid }))
+        Ok(Box::new(ProcessAttempt { child, pid, usage: None }))
     }
 
     async fn recover(

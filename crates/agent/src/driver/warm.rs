@@ -683,7 +683,7 @@ impl AttemptHandle for WarmAttempt {
                 }
             }
         }
-        let exited = self.exited.unwrap_or(Exited { code: 255, signal: None });
+        let exited = self.exited.unwrap_or(Exited { code: 255, signal: None, cpu_ms: None, peak_memory_bytes: None });
         // A SIGKILL that Shepherd did not send: the kernel's OOM killer, if
         // the engine logged an `oom` event for the container since the task
         // began (it lands a moment after the kill).
@@ -698,7 +698,15 @@ impl AttemptHandle for WarmAttempt {
                 }
             }
         }
-        let status = ExitStatus { code: exited.code, oom_killed: self.oom, finished_at: None };
+        let status = ExitStatus {
+            code: exited.code,
+            oom_killed: self.oom,
+            finished_at: None,
+            usage: match (exited.cpu_ms, exited.peak_memory_bytes) {
+                (Some(cpu_ms), Some(peak_memory_bytes)) => Some(shepherd_core::Usage { cpu_ms, peak_memory_bytes }),
+                _ => None,
+            },
+        };
         self.status = Some(status);
         Ok(status)
     }

@@ -4,6 +4,7 @@ pub mod anti_affinity;
 pub mod balanced;
 pub mod binpack;
 pub mod constraints;
+pub mod devices;
 pub mod image_locality;
 pub mod node_ready;
 pub mod pool;
@@ -12,6 +13,7 @@ pub mod resources;
 pub mod spread;
 pub mod task_limit;
 pub mod topology_spread;
+pub mod volume_locality;
 pub mod warm_locality;
 
 use crate::model::{NodeSnapshot, PendingTask};

@@ -1,4 +1,4 @@
-//! Filter `resources`: the task's CPU and memory fit in what is free.
+//! Filter `resources`: the task's CPU, memory and GPUs fit in what is free.
 use crate::model::{NodeSnapshot, PendingTask, Rejection};
 use crate::plugin::FilterPlugin;
 
@@ -23,6 +23,8 @@ impl FilterPlugin for ResourcesFit {
             Err(Rejection::InsufficientCpu)
         } else if task.resources.memory_mib > free.memory_mib {
             Err(Rejection::InsufficientMemory)
+        } else if task.gpus > node.gpus.saturating_sub(node.gpus_allocated) {
+            Err(Rejection::InsufficientGpu)
         } else {
             Ok(())
         }

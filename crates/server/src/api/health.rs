@@ -85,3 +85,22 @@ pub async fn health(State(state): State<AppState>, headers: HeaderMap) -> Result
     let server = ServerRole { id: state.leadership.id().to_string(), role: role.into() };
     Ok(Json(Health { status: "ok".into(), version: env!("CARGO_PKG_VERSION").into(), tasks, server }))
 }
+
+/// Prometheus metrics in the text exposition format (admin).
+#[utoipa::path(get, path = "/metrics", tag = "cluster",
+    responses((status = 200, description = "Prometheus text format 0.0.4", content_type = "text/plain"), (status = 403, body = super::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn metrics(
+    State(state): State<AppState>,
+    axum::Extension(caller): axum::Extension<crate::auth::Caller>,
+) -> Result<axum::response::Response, ApiError> {
+    caller.require_admin()?;
+    Ok(open_metrics(State(state)).await)
+}
+
+/// The same without a token: only on the `--metrics-listen` address.
+pub async fn open_metrics(State(state): State<AppState>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let body = state.metrics.render(state.store.as_ref()).await;
+    ([(axum::http::header::CONTENT_TYPE, prometheus_client::encoding::prometheus_text::CONTENT_TYPE)], body).into_response()
+}

@@ -2,21 +2,28 @@
 
 mod codes;
 pub mod error;
+pub mod events;
 mod health;
 mod logs;
+mod machines;
 mod nodes;
 mod openapi;
 mod projects;
+mod registries;
 mod tasks;
+mod usage;
+mod volumes;
 mod webhooks;
 
 pub use codes::{CodeList, RevisionList, RollbackRequest, ScheduleList};
 pub use error::{ApiError, ErrorBody};
 pub use health::{Health, ServerList, ServerRole, ServerView};
+pub use machines::{MachineList, MachineView};
 pub use nodes::{NodeList, NodeView};
 pub use openapi::ApiDoc;
 pub use projects::{AuditList, AuditView, CreatedToken, ProjectView, SecretList, TokenView};
 pub use tasks::{BatchRequest, BatchResponse, CandidateView, PlacementView, TaskList};
+pub use usage::{UsageReport, UsageView};
 pub use webhooks::{WebhookAttemptView, WebhookSecret, WebhookView};
 
 use axum::extract::DefaultBodyLimit;
@@ -47,6 +54,14 @@ pub struct AppState {
     pub request_timeout: std::time::Duration,
     /// Whether this server leads (servers sharing a store).
     pub leadership: crate::leader::Leadership,
+    /// Prometheus metrics.
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// The event stream's poller.
+    pub events: Arc<crate::events::EventHub>,
+    /// The dashboard's last hour.
+    pub timeline: Arc<crate::ui::Timeline>,
+    /// Autoscaled pools, when configured.
+    pub autoscaler: Option<Arc<crate::autoscale::Autoscaler>>,
 }
 
 impl AppState {
@@ -70,8 +85,13 @@ impl AppState {
         let leadership = crate::leader::Leadership::new("standalone".into(), std::time::Duration::from_secs(5));
         let observer =
             crate::view::Observer { view: Default::default(), store: store.clone(), leadership: leadership.clone(), shared: false };
+        let metrics = tasks.metrics.clone();
         let tasks = Arc::new(tasks);
         AppState {
+            metrics,
+            events: crate::events::EventHub::new(store.clone()),
+            timeline: Default::default(),
+            autoscaler: None,
             codes: Arc::new(crate::service::CodeService {
                 store: store.clone(),
                 limits: shepherd_core::Limits::default(),
@@ -124,6 +144,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/tasks/{id}/webhook", get(webhooks::of_task))
         .route("/v1/projects/{project}/webhook-secret", get(webhooks::secret).post(webhooks::rotate))
         .route("/v1/nodes", get(nodes::list))
+        .route("/v1/machines", get(machines::list))
+        .route("/v1/autoscale", get(machines::autoscale))
         .route("/v1/servers", get(health::servers))
         .route("/v1/nodes/{id}/drain", post(nodes::drain))
         .route("/v1/projects", post(projects::create).get(projects::list))
@@ -132,7 +154,14 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/projects/{project}/tokens/{id}", axum::routing::delete(projects::revoke_token))
         .route("/v1/projects/{project}/secrets", get(projects::list_secrets))
         .route("/v1/projects/{project}/secrets/{name}", put(projects::put_secret).delete(projects::delete_secret))
+        .route("/v1/projects/{project}/volumes", post(volumes::create).get(volumes::list))
+        .route("/v1/projects/{project}/volumes/{name}", get(volumes::get).delete(volumes::delete))
+        .route("/v1/projects/{project}/policy", get(volumes::get_policy).put(volumes::set_policy))
+        .route("/v1/projects/{project}/registries", get(registries::list))
+        .route("/v1/projects/{project}/registries/{registry}", put(registries::login).delete(registries::logout))
         .route("/v1/audit", get(projects::audit))
+        .route("/v1/usage", get(usage::usage))
+        .route("/v1/overview", get(crate::ui::overview))
         .route("/v1/codes", post(codes::push).get(codes::list))
         .route("/v1/codes/{name}", get(codes::get).delete(codes::delete))
         .route("/v1/codes/{name}/revisions", get(codes::revisions))
@@ -144,11 +173,19 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/schedules/{id}/resume", post(codes::resume_schedule))
         .layer(from_fn_with_state(state.clone(), crate::auth::request_timeout));
     // Long polls and live follows keep their own limits.
-    let long = Router::new().route("/v1/tasks/{id}/wait", get(tasks::wait)).route("/v1/tasks/{id}/logs", get(logs::logs));
+    let long = Router::new()
+        .route("/v1/tasks/{id}/wait", get(tasks::wait))
+        .route("/v1/tasks/{id}/logs", get(logs::logs))
+        .route("/v1/events", get(events::events))
+        .route("/metrics", get(health::metrics));
     let authenticated = short.merge(long).layer(from_fn_with_state(state.clone(), crate::auth::authenticate));
-    Router::new()
+    let app = Router::new()
         .route("/v1/health", get(health::health))
         .route("/v1/openapi.json", get(openapi::document))
+        .route("/ui", get(crate::ui::index))
+        .route("/ui/", get(crate::ui::index))
+        .route("/ui/app.js", get(crate::ui::script))
+        .route("/ui/style.css", get(crate::ui::style))
         .merge(authenticated)
         .merge(crate::ironworker::routes(state.clone()))
         .merge(crate::agents::routes())
@@ -157,6 +194,36 @@ pub fn router(state: AppState) -> Router {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route; see /v1/openapi.json")
         })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(axum::middleware::from_fn(crate::auth::refuse_oversized))
-        .with_state(state)
+        .layer(axum::middleware::from_fn(crate::auth::refuse_oversized));
+    let metrics = state.metrics.clone();
+    // Request durations, kept cheap for every request: the closure holds
+    // the metrics alone (no `AppState` clone), and the histogram is found
+    // without building its label.
+    app.layer(axum::middleware::from_fn(move |request, next| timed(metrics.clone(), request, next))).with_state(state)
+}
+
+/// Middleware: each request's duration, by route (as declared: no ids),
+/// method and status.
+async fn timed(
+    metrics: Arc<crate::metrics::Metrics>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let started = std::time::Instant::now();
+    let route = request.extensions().get::<axum::extract::MatchedPath>().cloned();
+    let method = request.method().clone();
+    let response = next.run(request).await;
+    let route = route.as_ref().map_or("unmatched", |r| r.as_str());
+    // Methods are the client's to choose: any but the standard ones are `other`.
+    let method = match method.as_str() {
+        m @ ("GET" | "POST" | "PUT" | "PATCH" | "DELETE" | "HEAD" | "OPTIONS") => m,
+        _ => "other",
+    };
+    metrics.request(route, method, response.status().as_u16(), started.elapsed());
+    response
+}
+
+/// The router of `--metrics-listen`: `/metrics` without a token, nothing else.
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new().route("/metrics", get(health::open_metrics)).with_state(state)
 }

@@ -21,11 +21,13 @@ pub struct ProjectView {
     #[schema(value_type = String)]
     pub created_at: Timestamp,
     pub limits: ProjectLimits,
+    /// Volume drivers, networks, egress and devices its tasks may use.
+    pub policy: shepherd_core::ProjectPolicy,
 }
 
 impl From<Project> for ProjectView {
     fn from(p: Project) -> ProjectView {
-        ProjectView { name: p.name, created_at: p.created_at, limits: p.limits }
+        ProjectView { name: p.name, created_at: p.created_at, limits: p.limits, policy: p.policy }
     }
 }
 
@@ -176,7 +178,7 @@ pub async fn create(
         return Err(ApiError::field("name", "1-63 of lower-case letters, digits, - and _"));
     }
     body.limits.validate()?;
-    let project = Project { name: body.name.clone(), created_at: Timestamp::now(), limits: body.limits };
+    let project = Project { name: body.name.clone(), created_at: Timestamp::now(), limits: body.limits, policy: Default::default() };
     if !state.store.create_project(project.clone()).await? {
         return Err(ApiError::new(StatusCode::CONFLICT, "exists", format!("project {} exists", body.name)).with_field("name"));
     }

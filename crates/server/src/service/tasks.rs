@@ -57,6 +57,8 @@ pub struct TaskService {
     pub links: Arc<dyn NodeLinks>,
     /// Wakes the scheduler when tasks arrive.
     pub wakeup: Arc<Notify>,
+    /// Counts quota refusals.
+    pub metrics: Arc<crate::metrics::Metrics>,
     ids: Mutex<ulid::Generator>,
 }
 
@@ -71,7 +73,8 @@ impl TaskService {
         links: Arc<dyn NodeLinks>,
         wakeup: Arc<Notify>,
     ) -> TaskService {
-        TaskService { store, limits, engine, notes, auth, links, wakeup, ids: Mutex::new(ulid::Generator::new()) }
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        TaskService { store, limits, engine, notes, auth, links, wakeup, metrics, ids: Mutex::new(ulid::Generator::new()) }
     }
 
     /// Makes the tasks that name a `code` from their code (its latest
@@ -168,6 +171,11 @@ impl TaskService {
     pub async fn get(&self, caller: &Caller, id: &str) -> Result<Task, TaskError> {
         let mut task = self.load_visible(caller, id).await?;
         self.notes.annotate(&mut task);
+        if task.state == shepherd_core::TaskState::Queued {
+            if let Some((in_project, in_cluster)) = self.store.queue_position(task.id).await? {
+                task.queue = Some(self.metrics.queue_position(&task, in_project, in_cluster));
+            }
+        }
         Ok(task)
     }
 
@@ -267,6 +275,7 @@ impl TaskService {
             if let Some(max) = limits.max_queued {
                 let queued = self.store.count_queued(project).await?;
                 if queued + adding > max {
+                    self.metrics.quota_refused(project);
                     return Err(TaskError::QuotaExceeded(format!(
                         "project `{project}` may have {max} queued tasks; it has {queued} and this adds {adding}"
                     )));
@@ -295,6 +304,42 @@ impl TaskService {
                 if !known.get(&task.spec.project).is_some_and(|names| names.contains(&secret.name)) {
                     let message = format!("project `{}` has no secret `{}`", task.spec.project, secret.name);
                     return Err(FieldError::new(format!("secrets[{i}].name"), message).within(&prefix(index)).into());
+                }
+            }
+        }
+        // Volumes and networks: only the project's own (another project's
+        // are as unknown as ones that do not exist).
+        let mut volumes: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut policies: BTreeMap<String, shepherd_core::ProjectPolicy> = BTreeMap::new();
+        for (index, task) in tasks.iter().enumerate() {
+            let project = &task.spec.project;
+            for (i, mount) in task.spec.volumes.iter().enumerate() {
+                if !volumes.contains_key(project) {
+                    let names = self.store.volumes(Some(project.clone())).await?.into_iter().map(|v| v.name).collect();
+                    volumes.insert(project.clone(), names);
+                }
+                if !volumes.get(project).is_some_and(|names| names.contains(&mount.name)) {
+                    let message = format!("project `{project}` has no volume `{}` (make it with `shepherd volume create`)", mount.name);
+                    return Err(FieldError::new(format!("volumes[{i}].name"), message).within(&prefix(index)).into());
+                }
+            }
+            if !policies.contains_key(project) && (!task.spec.networks.is_empty() || !task.spec.devices.is_empty()) {
+                let policy = self.store.get_project(project).await?.map(|p| p.policy).unwrap_or_default();
+                policies.insert(project.clone(), policy);
+            }
+            for (i, name) in task.spec.devices.iter().enumerate() {
+                if !policies.get(project).is_some_and(|p| p.devices.contains(name)) {
+                    let message = format!(
+                        "project `{project}` may not use device `{name}` (the admin allows devices: `shepherd project policy --device`)"
+                    );
+                    return Err(TaskError::Forbidden { field: within(&prefix(index), &format!("devices[{i}]")), message });
+                }
+            }
+            for (i, name) in task.spec.networks.iter().enumerate() {
+                if !policies.get(project).is_some_and(|p| p.networks.contains_key(name)) {
+                    let message =
+                        format!("project `{project}` has no network `{name}` (the admin adds it with `shepherd project network`)");
+                    return Err(FieldError::new(format!("networks[{i}]"), message).within(&prefix(index)).into());
                 }
             }
         }

@@ -30,6 +30,9 @@ const IN_FLIGHT: usize = 2;
 struct Current {
     ctx: LifecycleContext,
     node_id: Option<String>,
+    project: String,
+    created_at: Timestamp,
+    started_at: Option<Timestamp>,
 }
 
 /// An attempt row a batch writes.
@@ -60,8 +63,8 @@ pub(super) async fn apply_batch(
     keys.dedup();
     let select = tx
         .prepare_cached(
-            "SELECT id, state, attempt, charged_attempts, max_attempts, backoff_seconds, cancel_requested, node_id FROM tasks \
-             WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+            "SELECT id, state, attempt, charged_attempts, max_attempts, backoff_seconds, cancel_requested, node_id, \
+             project, created_at, started_at FROM tasks WHERE id = ANY($1) ORDER BY id FOR UPDATE",
         )
         .await
         .map_err(error)?;
@@ -75,7 +78,16 @@ pub(super) async fn apply_batch(
             backoff_seconds: row.get::<_, i64>(5) as u32,
             cancel_requested: row.get(6),
         };
-        current.insert(row.get(0), Current { ctx, node_id: row.get(7) });
+        current.insert(
+            row.get(0),
+            Current {
+                ctx,
+                node_id: row.get(7),
+                project: row.get(8),
+                created_at: Timestamp(row.get(9)),
+                started_at: row.get::<_, Option<i64>>(10).map(Timestamp),
+            },
+        );
     }
 
     // Each event against the task as the events before it left it.
@@ -114,6 +126,7 @@ pub(super) async fn apply_batch(
             ..task.ctx
         };
         task.node_id = change.node_id.clone();
+        task.started_at = change.started_at.or(task.started_at);
         if let Some((number, node, at)) = &change.open_attempt {
             attempt_row(&mut attempts, &mut attempt_order, &key, *number).opened = Some((node.clone(), *at));
         }
@@ -131,6 +144,10 @@ pub(super) async fn apply_batch(
             decision: change.decision.clone(),
             attempt: change.attempt,
             node_id: change.node_id.clone(),
+            project: task.project.clone(),
+            created_at: task.created_at,
+            started_at: task.started_at,
+            at: change.updated_at,
         }));
         match tasks.get_mut(&key) {
             Some(c) => {
@@ -151,6 +168,8 @@ pub(super) async fn apply_batch(
 
     write_attempts(tx, &attempts, &attempt_order).await?;
     write_tasks(tx, &tasks, &task_order).await?;
+    let changes: Vec<shepherd_core::ClusterEvent> = results.iter().filter_map(|r| r.as_ref().ok()).map(Applied::event).collect();
+    super::append_events(tx, events[0].2, &changes).await?;
     Ok(results)
 }
 
@@ -188,6 +207,8 @@ async fn write_attempts(
         outcome: Vec<Option<&'static str>>,
         exit_code: Vec<Option<i32>>,
         reason: Vec<Option<String>>,
+        cpu_ms: Vec<Option<i64>>,
+        peak_memory: Vec<Option<i64>>,
     }
     let (mut new, mut changed) = (Columns::default(), Columns::default());
     for slot in order {
@@ -207,14 +228,17 @@ async fn write_attempts(
         columns.outcome.push(write.closed.as_ref().map(|c| c.outcome.as_str()));
         columns.exit_code.push(write.closed.as_ref().and_then(|c| c.exit_code));
         columns.reason.push(write.closed.as_ref().and_then(|c| c.reason.clone()));
+        let usage = write.closed.as_ref().and_then(|c| c.usage);
+        columns.cpu_ms.push(usage.map(|u| u.cpu_ms.min(crate::MAX_USAGE) as i64));
+        columns.peak_memory.push(usage.map(|u| u.peak_memory_bytes.min(crate::MAX_USAGE) as i64));
     }
     if !new.task_id.is_empty() {
         let insert = tx
             .prepare_cached(
                 "INSERT INTO attempts (task_id, number, node_id, scheduled_at, started_at, finished_at, outcome, exit_code, reason, \
-                 container, warm) \
+                 container, warm, cpu_ms, peak_memory_bytes) \
                  SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[], $7::text[], \
-                 $8::integer[], $9::text[], $10::text[], $11::bool[])",
+                 $8::integer[], $9::text[], $10::text[], $11::bool[], $12::bigint[], $13::bigint[])",
             )
             .await
             .map_err(error)?;
@@ -232,6 +256,8 @@ async fn write_attempts(
                 &new.reason,
                 &new.container,
                 &new.warm,
+                &new.cpu_ms,
+                &new.peak_memory,
             ],
         )
         .await
@@ -247,10 +273,12 @@ async fn write_attempts(
                  finished_at = CASE WHEN u.closed THEN u.finished_at ELSE a.finished_at END, \
                  outcome = CASE WHEN u.closed THEN u.outcome ELSE a.outcome END, \
                  exit_code = CASE WHEN u.closed THEN u.exit_code ELSE a.exit_code END, \
-                 reason = CASE WHEN u.closed THEN u.reason ELSE a.reason END \
+                 reason = CASE WHEN u.closed THEN u.reason ELSE a.reason END, \
+                 cpu_ms = CASE WHEN u.closed THEN u.cpu_ms ELSE a.cpu_ms END, \
+                 peak_memory_bytes = CASE WHEN u.closed THEN u.peak_memory ELSE a.peak_memory_bytes END \
                  FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::bool[], $5::bigint[], $6::text[], $7::integer[], $8::text[], \
-                 $9::text[], $10::bool[]) \
-                 AS u(task_id, number, started_at, closed, finished_at, outcome, exit_code, reason, container, warm) \
+                 $9::text[], $10::bool[], $11::bigint[], $12::bigint[]) \
+                 AS u(task_id, number, started_at, closed, finished_at, outcome, exit_code, reason, container, warm, cpu_ms, peak_memory) \
                  WHERE a.task_id = u.task_id AND a.number = u.number",
             )
             .await
@@ -268,6 +296,8 @@ async fn write_attempts(
                 &changed.reason,
                 &changed.container,
                 &changed.warm,
+                &changed.cpu_ms,
+                &changed.peak_memory,
             ],
         )
         .await
@@ -367,10 +397,10 @@ impl Drop for Combiner {
 
 impl Combiner {
     /// Starts the workers that commit what callers hand in.
-    pub(super) fn start(pool: deadpool_postgres::Pool) -> Combiner {
+    pub(super) fn start(pool: deadpool_postgres::Pool, observer: crate::ObserverSlot) -> Combiner {
         let (requests, receiver) = mpsc::unbounded_channel();
         let receiver = std::sync::Arc::new(tokio::sync::Mutex::new(receiver));
-        let workers = (0..IN_FLIGHT).map(|_| tokio::spawn(work(pool.clone(), receiver.clone()))).collect();
+        let workers = (0..IN_FLIGHT).map(|_| tokio::spawn(work(pool.clone(), receiver.clone(), observer.clone()))).collect();
         Combiner { requests, workers }
     }
 
@@ -390,7 +420,11 @@ impl Combiner {
 
 /// Takes whatever requests are waiting (one at least), commits them in one
 /// transaction and answers each.
-async fn work(pool: deadpool_postgres::Pool, receiver: std::sync::Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Request>>>) {
+async fn work(
+    pool: deadpool_postgres::Pool,
+    receiver: std::sync::Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Request>>>,
+    observer: crate::ObserverSlot,
+) {
     loop {
         let mut group = Vec::new();
         {
@@ -408,8 +442,14 @@ async fn work(pool: deadpool_postgres::Pool, receiver: std::sync::Arc<tokio::syn
                 }
             }
         }
+        let started = std::time::Instant::now();
         match commit(&pool, &group).await {
-            Ok(results) => answer(group, results),
+            Ok(results) => {
+                if let Some(observer) = observer.get() {
+                    observer.committed(group.len(), started.elapsed());
+                }
+                answer(group, results)
+            }
             // A failure that is not about the database's availability may
             // be one request's doing: each is tried alone, so that it
             // never fails the others.

@@ -237,8 +237,12 @@ impl PgStore {
             return Ok(false);
         }
         super::insert_tasks(&tx, &f.tasks).await?;
+        if let Some(first) = f.tasks.first() {
+            super::append_events(&tx, first.created_at, &crate::created_events(&f.tasks)).await?;
+        }
         super::append_audit(&tx, &f.audit, &numbers).await?;
         tx.commit().await.map_err(error)?;
+        self.observer.created(&f.tasks);
         Ok(true)
     }
 

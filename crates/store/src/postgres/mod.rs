@@ -12,7 +12,7 @@ mod schema;
 use crate::*;
 use deadpool_postgres::GenericClient;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use shepherd_core::{Event, NewTask, Resources, Task, TaskId, TaskState, Timestamp};
+use shepherd_core::{Event, EventCursor, NewTask, Resources, StoredEvent, Task, TaskId, TaskState, Timestamp, Volume};
 use std::collections::BTreeMap;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
@@ -31,6 +31,7 @@ pub struct PgStore {
     listener: tokio::task::JoinHandle<()>,
     /// Group commit for [`Store::apply`].
     combiner: apply::Combiner,
+    observer: ObserverSlot,
 }
 
 /// The NOTIFY channel servers talk on.
@@ -173,8 +174,8 @@ fn task_from_row(row: &Row) -> Result<Task, StoreError> {
 async fn load_attempts(client: &impl GenericClient, task: &mut Task) -> Result<(), StoreError> {
     let stmt = client
         .prepare_cached(
-            "SELECT number, node_id, scheduled_at, started_at, finished_at, outcome, exit_code, reason, container, warm FROM attempts \
-             WHERE task_id = $1 ORDER BY number",
+            "SELECT number, node_id, scheduled_at, started_at, finished_at, outcome, exit_code, reason, container, warm, \
+             cpu_ms, peak_memory_bytes FROM attempts WHERE task_id = $1 ORDER BY number",
         )
         .await
         .map_err(error)?;
@@ -190,6 +191,12 @@ async fn load_attempts(client: &impl GenericClient, task: &mut Task) -> Result<(
             exit_code: row.get(6),
             reason: row.get(7),
             runtime: row.get::<_, Option<String>>(8).map(|container| shepherd_core::AttemptRuntime { container, warm: row.get(9) }),
+            usage: match (row.get::<_, Option<i64>>(10), row.get::<_, Option<i64>>(11)) {
+                (Some(cpu), Some(memory)) => {
+                    Some(shepherd_core::Usage { cpu_ms: cpu.max(0) as u64, peak_memory_bytes: memory.max(0) as u64 })
+                }
+                _ => None,
+            },
         });
     }
     Ok(())
@@ -226,6 +233,7 @@ fn project_from(row: &Row) -> Result<Project, StoreError> {
         name: row.get(0),
         created_at: Timestamp(row.get(1)),
         limits: serde_json::from_str(row.get::<_, &str>(2)).map_err(|e| corrupt("project limits", e))?,
+        policy: serde_json::from_str(row.get::<_, &str>(3)).map_err(|e| corrupt("project policy", e))?,
     })
 }
 
@@ -261,8 +269,9 @@ impl PgStore {
                 .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         let (messages, _) = tokio::sync::broadcast::channel(4096);
         let listener = tokio::spawn(listen(config, messages.clone()));
-        let combiner = apply::Combiner::start(pool.clone());
-        let store = PgStore { pool, counters, messages, listener, combiner };
+        let observer = ObserverSlot::default();
+        let combiner = apply::Combiner::start(pool.clone(), observer.clone());
+        let store = PgStore { pool, counters, messages, listener, combiner, observer };
         let mut client = store.pool.get().await.map_err(|e| match e {
             deadpool_postgres::PoolError::Backend(e) => {
                 StoreError::Unavailable(format!("cannot connect to PostgreSQL at {}: {}", redact(url), error_chain(&e)))
@@ -460,10 +469,35 @@ async fn reserve_audit_numbers(counters: &Pool, entries: &[AuditEntry]) -> Resul
         .collect())
 }
 
+/// Records events in the stream, in the transaction of the write that
+/// made them: one row per write, numbered by the writing transaction's id
+/// and a sequence (see [`Store::read_events`] for why both).
+async fn append_events(tx: &impl GenericClient, at: Timestamp, events: &[shepherd_core::ClusterEvent]) -> Result<(), StoreError> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let body = serde_json::to_string(events).map_err(|e| corrupt("events", e))?;
+    let insert =
+        tx.prepare_cached("INSERT INTO events (xid, at, body) VALUES (pg_current_xact_id()::text::bigint, $1, $2)").await.map_err(error)?;
+    tx.execute(&insert, &[&at.millis(), &body]).await.map_err(error)?;
+    Ok(())
+}
+
+/// Records a node's new state in the event stream.
+async fn append_node_event(tx: &impl GenericClient, id: &str, state: NodeState, at: Timestamp) -> Result<(), StoreError> {
+    let event = shepherd_core::ClusterEvent::Node(shepherd_core::events::NodeChange {
+        node: id.to_string(),
+        state: state.as_str().to_string(),
+        at,
+    });
+    append_events(tx, at, &[event]).await
+}
+
 async fn append_audit(tx: &impl GenericClient, entries: &[AuditEntry], numbers: &[Option<i64>]) -> Result<(), StoreError> {
     if entries.is_empty() {
         return Ok(());
     }
+    append_events(tx, entries[0].at, &crate::audit_events(entries)).await?;
     let insert = tx
         .prepare_cached(
             "INSERT INTO audit_log (at, actor, project, action, target, detail, project_seq) VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -511,6 +545,7 @@ impl Store for PgStore {
         let batch: Vec<apply::BatchEvent<'_>> = events.iter().map(|(id, event)| (*id, event, now, None)).collect();
         let results = apply::apply_batch(&tx, &batch).await?;
         tx.commit().await.map_err(error)?;
+        self.observer.applied(&results);
         Ok(results)
     }
 
@@ -562,9 +597,18 @@ impl Store for PgStore {
         let numbers = reserve_audit_numbers(&self.counters, &audit).await?;
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(error)?;
+        let started = std::time::Instant::now();
         insert_tasks(&tx, &tasks).await?;
+        if let Some(first) = tasks.first() {
+            append_events(&tx, first.created_at, &crate::created_events(&tasks)).await?;
+        }
         append_audit(&tx, &audit, &numbers).await?;
-        tx.commit().await.map_err(error)
+        tx.commit().await.map_err(error)?;
+        if let Some(observer) = self.observer.get() {
+            observer.committed(1, started.elapsed());
+        }
+        self.observer.created(&tasks);
+        Ok(())
     }
 
     async fn get_task(&self, id: TaskId) -> Result<Option<Task>, StoreError> {
@@ -622,14 +666,18 @@ impl Store for PgStore {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        self.combiner.apply(events, now, None).await
+        let results = self.combiner.apply(events, now, None).await?;
+        self.observer.applied(&results);
+        Ok(results)
     }
 
     async fn apply_reported(&self, node: String, events: Vec<(TaskId, Event)>, now: Timestamp) -> Result<Vec<ApplyResult>, StoreError> {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        self.combiner.apply(events, now, Some(node)).await
+        let results = self.combiner.apply(events, now, Some(node)).await?;
+        self.observer.applied(&results);
+        Ok(results)
     }
 
     async fn queued_tasks(&self, now: Timestamp, query: QueueQuery) -> Result<QueuePage, StoreError> {
@@ -736,6 +784,25 @@ impl Store for PgStore {
                 secrets.insert(secret.get::<_, String>(0), secret.get::<_, Vec<u8>>(1));
             }
         }
+        let login = shepherd_core::registry::secret_name(&shepherd_core::registry::registry_of(&spec.image));
+        let value = client
+            .query_opt("SELECT value FROM secrets WHERE project = $1 AND name = $2", &[&spec.project, &login])
+            .await
+            .map_err(error)?
+            .map(|row| row.get::<_, Vec<u8>>(0));
+        let registry_auth = crate::registry_auth_from(&spec.image, value);
+        drop(client);
+        let mounts = if spec.volumes.is_empty() {
+            Vec::new()
+        } else {
+            shepherd_core::launch::resolve_mounts(&spec, &self.volumes(Some(spec.project.clone())).await?)
+        };
+        let networks = if spec.networks.is_empty() && spec.network != "bridge" {
+            Vec::new()
+        } else {
+            let policy = self.get_project(&spec.project).await?.map(|p| p.policy).unwrap_or_default();
+            shepherd_core::launch::resolve_networks(&spec, &policy)
+        };
         Ok(Some(LaunchSpec {
             id,
             state: parse_state(row.get::<_, &str>(0))?,
@@ -746,6 +813,9 @@ impl Store for PgStore {
             payload: row.get(5),
             attempt_started_at: row.get::<_, Option<i64>>(6).map(Timestamp),
             secrets,
+            volumes: mounts,
+            networks,
+            registry_auth,
         }))
     }
 
@@ -791,7 +861,8 @@ impl Store for PgStore {
     }
 
     async fn upsert_node(&self, node: NodeRecord) -> Result<(), StoreError> {
-        let client = self.client().await?;
+        let mut client = self.client().await?;
+        let client = client.transaction().await.map_err(error)?;
         let labels = serde_json::to_string(&node.labels).map_err(|e| corrupt("labels", e))?;
         let images = serde_json::to_string(&node.images).map_err(|e| corrupt("images", e))?;
         client
@@ -817,7 +888,8 @@ impl Store for PgStore {
             )
             .await
             .map_err(error)?;
-        Ok(())
+        append_node_event(&client, &node.id, node.state, node.last_heartbeat_at).await?;
+        client.commit().await.map_err(error)
     }
 
     async fn list_nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
@@ -894,8 +966,14 @@ impl Store for PgStore {
     }
 
     async fn set_node_state(&self, id: &str, state: NodeState) -> Result<bool, StoreError> {
-        let client = self.client().await?;
-        Ok(client.execute("UPDATE nodes SET state = $2 WHERE id = $1", &[&id, &state.as_str()]).await.map_err(error)? > 0)
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(error)?;
+        let changed = tx.execute("UPDATE nodes SET state = $2 WHERE id = $1", &[&id, &state.as_str()]).await.map_err(error)? > 0;
+        if changed {
+            append_node_event(&tx, id, state, Timestamp::now()).await?;
+        }
+        tx.commit().await.map_err(error)?;
+        Ok(changed)
     }
 
     async fn count_by_state(&self, project: Option<String>) -> Result<Vec<(TaskState, u64)>, StoreError> {
@@ -931,7 +1009,7 @@ impl Store for PgStore {
     async fn get_project(&self, name: &str) -> Result<Option<Project>, StoreError> {
         let client = self.client().await?;
         client
-            .query_opt("SELECT name, created_at, limits FROM projects WHERE name = $1", &[&name])
+            .query_opt("SELECT name, created_at, limits, policy FROM projects WHERE name = $1", &[&name])
             .await
             .map_err(error)?
             .as_ref()
@@ -942,7 +1020,7 @@ impl Store for PgStore {
     async fn list_projects(&self) -> Result<Vec<Project>, StoreError> {
         let client = self.client().await?;
         client
-            .query("SELECT name, created_at, limits FROM projects ORDER BY name", &[])
+            .query("SELECT name, created_at, limits, policy FROM projects ORDER BY name", &[])
             .await
             .map_err(error)?
             .iter()
@@ -954,6 +1032,57 @@ impl Store for PgStore {
         let client = self.client().await?;
         let limits = serde_json::to_string(&limits).map_err(|e| corrupt("limits", e))?;
         Ok(client.execute("UPDATE projects SET limits = $2 WHERE name = $1", &[&name, &limits]).await.map_err(error)? > 0)
+    }
+
+    async fn registry_login_projects(&self) -> Result<Vec<String>, StoreError> {
+        let client = self.client().await?;
+        let rows =
+            client.query("SELECT DISTINCT project FROM secrets WHERE name LIKE 'registry.%' ORDER BY project", &[]).await.map_err(error)?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    async fn set_project_policy(&self, name: &str, policy: shepherd_core::ProjectPolicy) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let policy = serde_json::to_string(&policy).map_err(|e| corrupt("policy", e))?;
+        Ok(client.execute("UPDATE projects SET policy = $2 WHERE name = $1", &[&name, &policy]).await.map_err(error)? > 0)
+    }
+
+    async fn create_volume(&self, volume: Volume) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let record = serde_json::to_string(&volume).map_err(|e| corrupt("volume record", e))?;
+        Ok(client
+            .execute(
+                "INSERT INTO volumes (project, name, engine_name, node_id, record) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                &[&volume.project, &volume.name, &volume.engine_name, &volume.node_id, &record],
+            )
+            .await
+            .map_err(error)?
+            == 1)
+    }
+
+    async fn volumes(&self, project: Option<String>) -> Result<Vec<Volume>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query("SELECT record, node_id FROM volumes WHERE $1::TEXT IS NULL OR project = $1 ORDER BY project, name", &[&project])
+            .await
+            .map_err(error)?;
+        rows.iter().map(|row| crate::volume_from(row.get::<_, &str>(0), row.get(1))).collect()
+    }
+
+    async fn delete_volume(&self, project: &str, name: &str) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        Ok(client.execute("DELETE FROM volumes WHERE project = $1 AND name = $2", &[&project, &name]).await.map_err(error)? == 1)
+    }
+
+    async fn bind_volume(&self, project: &str, name: &str, node: &str) -> Result<Option<String>, StoreError> {
+        let client = self.client().await?;
+        client
+            .execute("UPDATE volumes SET node_id = $3 WHERE project = $1 AND name = $2 AND node_id IS NULL", &[&project, &name, &node])
+            .await
+            .map_err(error)?;
+        let row =
+            client.query_opt("SELECT node_id FROM volumes WHERE project = $1 AND name = $2", &[&project, &name]).await.map_err(error)?;
+        Ok(row.and_then(|r| r.get(0)))
     }
 
     async fn create_token(&self, token: TokenRecord, hash: String) -> Result<(), StoreError> {
@@ -1095,6 +1224,188 @@ impl Store for PgStore {
         self.pg_fire_schedule(firing, lease).await
     }
 
+    async fn read_events(&self, after: Option<EventCursor>, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
+        // Rows are read in (transaction id, sequence) order, and only those of
+        // transactions older than every one still running (the snapshot's
+        // xmin): a transaction that commits later has an id at least that
+        // xmin, so it can never land before a cursor already handed out.
+        let client = self.client().await?;
+        let (major, minor) = after.map_or((-1, -1), |c| (c.major, c.minor));
+        let rows = client
+            .query(
+                "SELECT xid, id, body FROM events WHERE (xid, id) >= ($1, $2) \
+                 AND xid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint ORDER BY xid, id LIMIT $3",
+                &[&major, &minor, &((limit.max(1) + usize::from(after.is_some())) as i64)],
+            )
+            .await
+            .map_err(error)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let cursor = EventCursor { major: row.get(0), minor: row.get(1), index: 0 };
+            crate::push_events(&mut out, cursor, row.get(2), after)?;
+        }
+        Ok(out)
+    }
+
+    async fn latest_event(&self) -> Result<Option<EventCursor>, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT xid, id, body FROM events WHERE xid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint \
+                 ORDER BY xid DESC, id DESC LIMIT 1",
+                &[],
+            )
+            .await
+            .map_err(error)?;
+        let Some(row) = row else { return Ok(None) };
+        let mut events = Vec::new();
+        crate::push_events(&mut events, EventCursor { major: row.get(0), minor: row.get(1), index: 0 }, row.get(2), None)?;
+        Ok(events.last().map(|e| e.cursor))
+    }
+
+    async fn queue_position(&self, id: TaskId) -> Result<Option<(u64, u64)>, StoreError> {
+        let client = self.client().await?;
+        let key = id.to_string();
+        let row =
+            client.query_opt("SELECT project, priority FROM tasks WHERE id = $1 AND state = 'queued'", &[&key]).await.map_err(error)?;
+        let Some(row) = row else { return Ok(None) };
+        let (project, priority): (String, i32) = (row.get(0), row.get(1));
+        // Each walks a queue index up to the task, at most QUEUE_COUNT_CAP entries.
+        let cap = QUEUE_COUNT_CAP as i64;
+        let in_project = client
+            .query_one(
+                "SELECT COUNT(*) FROM (SELECT 1 FROM tasks WHERE state = 'queued' AND project = $4 \
+                 AND (priority > $1 OR (priority = $1 AND id < $2)) LIMIT $3) AS ahead",
+                &[&priority, &key, &cap, &project],
+            )
+            .await
+            .map_err(error)?;
+        let in_cluster = client
+            .query_one(
+                "SELECT COUNT(*) FROM (SELECT 1 FROM tasks WHERE state = 'queued' \
+                 AND (priority > $1 OR (priority = $1 AND id < $2)) LIMIT $3) AS ahead",
+                &[&priority, &key, &cap],
+            )
+            .await
+            .map_err(error)?;
+        Ok(Some((in_project.get::<_, i64>(0) as u64 + 1, in_cluster.get::<_, i64>(0) as u64 + 1)))
+    }
+
+    async fn usage(&self, query: UsageQuery) -> Result<Vec<UsageRow>, StoreError> {
+        let client = self.client().await?;
+        let sql = USAGE_SQL.replace("$4 IS NULL", "$4::text IS NULL");
+        let rows = client
+            .query(&sql, &[&query.from.millis(), &query.to.millis(), &query.bucket_ms.max(1), &query.project])
+            .await
+            .map_err(error)?;
+        Ok(rows
+            .iter()
+            .map(|row| UsageRow {
+                project: row.get(0),
+                start: Timestamp(row.get(1)),
+                tasks: row.get::<_, i64>(2).max(0) as u64,
+                attempts: row.get::<_, i64>(3).max(0) as u64,
+                cpu_ms: row.get::<_, i64>(4).max(0) as u64,
+                memory_byte_ms: row.get::<_, f64>(5),
+                wall_ms: row.get::<_, i64>(6).max(0) as u64,
+            })
+            .collect())
+    }
+
+    async fn active_counts(&self) -> Result<Vec<(String, TaskState, u64)>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT project, state, COUNT(*) FROM tasks WHERE state IN ('queued', 'scheduled', 'running') GROUP BY project, state",
+                &[],
+            )
+            .await
+            .map_err(error)?;
+        rows.iter().map(|row| Ok((row.get::<_, String>(0), parse_state(row.get::<_, &str>(1))?, row.get::<_, i64>(2) as u64))).collect()
+    }
+
+    async fn put_machine(&self, machine: Machine, expected: Option<MachineState>) -> Result<bool, StoreError> {
+        let mut client = self.client().await?;
+        let record = serde_json::to_string(&machine).map_err(|e| StoreError::Corrupt(format!("machine record: {e}")))?;
+        let tx = client.transaction().await.map_err(error)?;
+        let changed = match expected {
+            None => tx
+                .execute(
+                    "INSERT INTO machines (id, state, record) VALUES ($1, $2, $3) ON CONFLICT (id) DO NOTHING",
+                    &[&machine.id, &machine.state.as_str(), &record],
+                )
+                .await
+                .map_err(error)?,
+            Some(expected) => tx
+                .execute(
+                    "UPDATE machines SET state = $2, record = $3 WHERE id = $1 AND state = $4",
+                    &[&machine.id, &machine.state.as_str(), &record, &expected.as_str()],
+                )
+                .await
+                .map_err(error)?,
+        };
+        if changed == 1 && expected != Some(machine.state) {
+            let at = Timestamp::now();
+            append_events(&tx, at, &[shepherd_core::events::MachineChange::of(&machine, at)]).await?;
+        }
+        tx.commit().await.map_err(error)?;
+        Ok(changed == 1)
+    }
+
+    async fn machines(&self) -> Result<Vec<Machine>, StoreError> {
+        let client = self.client().await?;
+        let rows = client.query("SELECT record FROM machines ORDER BY id", &[]).await.map_err(error)?;
+        rows.iter()
+            .map(|row| serde_json::from_str(row.get::<_, &str>(0)).map_err(|e| StoreError::Corrupt(format!("machine record: {e}"))))
+            .collect()
+    }
+
+    async fn delete_machine(&self, id: &str) -> Result<bool, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(error)?;
+        let Some(row) = tx.query_opt("DELETE FROM machines WHERE id = $1 RETURNING record", &[&id]).await.map_err(error)? else {
+            return Ok(false);
+        };
+        let machine: Machine =
+            serde_json::from_str(row.get::<_, &str>(0)).map_err(|e| StoreError::Corrupt(format!("machine record: {e}")))?;
+        let at = Timestamp::now();
+        append_events(&tx, at, &[shepherd_core::events::MachineChange::destroyed(&machine, at)]).await?;
+        tx.commit().await.map_err(error)?;
+        Ok(true)
+    }
+
+    async fn delete_node(&self, id: &str) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let deleted = client
+            .execute(
+                "DELETE FROM nodes WHERE id = $1 AND NOT EXISTS \
+                 (SELECT 1 FROM tasks WHERE node_id = $1 AND state IN ('scheduled', 'running'))",
+                &[&id],
+            )
+            .await
+            .map_err(error)?;
+        Ok(deleted == 1)
+    }
+
+    async fn cluster_value(&self, key: &str, proposed: &str) -> Result<String, StoreError> {
+        let client = self.client().await?;
+        client
+            .execute("INSERT INTO cluster_meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING", &[&key, &proposed])
+            .await
+            .map_err(error)?;
+        let row = client.query_one("SELECT value FROM cluster_meta WHERE key = $1", &[&key]).await.map_err(error)?;
+        Ok(row.get(0))
+    }
+
+    async fn prune_events(&self, before: Timestamp) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        client.execute("DELETE FROM events WHERE at < $1", &[&before.millis()]).await.map_err(error)
+    }
+
+    fn set_observer(&self, observer: std::sync::Arc<dyn StoreObserver>) {
+        self.observer.set(observer);
+    }
+
     async fn put_package(&self, project: &str, digest: &str, data: Vec<u8>, at: Timestamp) -> Result<(), StoreError> {
         self.pg_put_package(project, digest, data, at).await
     }
@@ -1188,6 +1499,7 @@ fn active_from_row(row: &tokio_postgres::Row) -> Result<ActiveTask, StoreError> 
         attempt: row.get::<_, i64>(3) as u32,
         resources: Resources { cpu_millicores: row.get::<_, i64>(4) as u32, memory_mib: row.get::<_, i64>(5) as u32 },
         cancel_requested: row.get(6),
+        gpus: spec.gpus,
     })
 }
 

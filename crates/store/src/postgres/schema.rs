@@ -209,6 +209,50 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (task_id, number)
     );
     "#,
+    // 7: the event stream: each row the events of one write, with the id of
+    // the transaction that wrote it (read in (xid, id) order below the
+    // oldest running transaction, so commit order never skips a row).
+    r#"
+    CREATE TABLE events (
+        id   BIGSERIAL PRIMARY KEY,
+        xid  BIGINT NOT NULL,
+        at   BIGINT NOT NULL,
+        body TEXT NOT NULL
+    );
+    CREATE INDEX events_order ON events (xid, id);
+    CREATE INDEX events_at ON events (at);
+    "#,
+    // 8: what each attempt used, and attempts by end time (usage reports).
+    r#"
+    ALTER TABLE attempts ADD COLUMN cpu_ms BIGINT;
+    ALTER TABLE attempts ADD COLUMN peak_memory_bytes BIGINT;
+    CREATE INDEX attempts_finished ON attempts (finished_at);
+    "#,
+    // 9: provisioned machines (the record as JSON, state apart for
+    // compare-and-set), and the cluster's identity.
+    r#"
+    CREATE TABLE machines (
+        id     TEXT COLLATE "C" PRIMARY KEY,
+        state  TEXT NOT NULL,
+        record TEXT NOT NULL
+    );
+    CREATE TABLE cluster_meta (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    "#,
+    // 10: projects' policies and named volumes (see the SQLite schema, 17).
+    r#"
+    ALTER TABLE projects ADD COLUMN policy TEXT NOT NULL DEFAULT '{}';
+    CREATE TABLE volumes (
+        project     TEXT COLLATE "C" NOT NULL,
+        name        TEXT COLLATE "C" NOT NULL,
+        engine_name TEXT NOT NULL UNIQUE,
+        node_id     TEXT,
+        record      TEXT NOT NULL,
+        PRIMARY KEY (project, name)
+    );
+    "#,
 ];
 
 /// The schema version this build knows.

@@ -5,14 +5,18 @@
 //! which WAL lets run alongside the writer.
 
 mod codes;
+mod machines;
 mod rows;
 mod schema;
 mod tenants;
+mod volumes;
 pub mod writer;
 
 use crate::*;
 use rusqlite::{params_from_iter, Connection, OpenFlags};
-use shepherd_core::{Code, CodeSpec, NewTask, Resources, Schedule, ScheduleState, Task, TaskId, TaskState, Timestamp};
+use shepherd_core::{
+    Code, CodeSpec, EventCursor, NewTask, Resources, Schedule, ScheduleState, StoredEvent, Task, TaskId, TaskState, Timestamp,
+};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -68,6 +72,7 @@ pub struct SqliteStore {
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     readers: Arc<Vec<Mutex<Connection>>>,
     next_reader: AtomicUsize,
+    observer: ObserverSlot,
 }
 
 /// WAL pages between automatic checkpoints.
@@ -138,13 +143,16 @@ impl SqliteStore {
             .map(|_| open_connection(&path, options.synchronous, true).map(Mutex::new))
             .collect::<Result<Vec<_>, _>>()?;
         let (tx, rx) = mpsc::channel();
-        let writer = std::thread::Builder::new().name("store-writer".into()).spawn(move || writer::run(conn, rx))?;
+        let observer = ObserverSlot::default();
+        let slot = observer.clone();
+        let writer = std::thread::Builder::new().name("store-writer".into()).spawn(move || writer::run(conn, rx, slot))?;
         Ok(SqliteStore {
             path,
             writes: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(writer)),
             readers: Arc::new(readers),
             next_reader: AtomicUsize::new(0),
+            observer,
         })
     }
 
@@ -198,6 +206,13 @@ impl SqliteStore {
         .map_err(|_| StoreError::Closed)?
     }
 }
+
+/// Queued tasks ahead of one (priority `?1`, id `?2`), at most `?3` counted.
+const QUEUE_AHEAD_SQLITE: &str = "SELECT COUNT(*) FROM (SELECT 1 FROM tasks WHERE state = 'queued' \
+     AND (priority > ?1 OR (priority = ?1 AND id < ?2)) LIMIT ?3) AS ahead";
+/// The same within project `?4`.
+const QUEUE_AHEAD_IN_PROJECT_SQLITE: &str = "SELECT COUNT(*) FROM (SELECT 1 FROM tasks WHERE state = 'queued' AND project = ?4 \
+     AND (priority > ?1 OR (priority = ?1 AND id < ?2)) LIMIT ?3) AS ahead";
 
 impl Drop for SqliteStore {
     fn drop(&mut self) {
@@ -263,11 +278,16 @@ impl Store for SqliteStore {
         lease: &Lease,
     ) -> Result<Vec<ApplyResult>, StoreError> {
         let lease = lease.clone();
-        self.write_with(move |conn| {
-            check_lease(conn, &lease, Timestamp::now())?;
-            writer::apply_events(conn, &events, now, None)
-        })
-        .await
+        let results = self
+            .write_with(move |conn| {
+                check_lease(conn, &lease, Timestamp::now())?;
+                let results = writer::apply_events(conn, &events, now, None)?;
+                writer::append_applied(conn, now, &results)?;
+                Ok(results)
+            })
+            .await?;
+        self.observer.applied(&results);
+        Ok(results)
     }
 
     async fn touch_server(&self, server: ServerRecord) -> Result<(), StoreError> {
@@ -306,15 +326,21 @@ impl Store for SqliteStore {
     }
 
     async fn create_tasks(&self, tasks: Vec<NewTask>) -> Result<(), StoreError> {
+        // The writer tells the observer once the group commits.
         self.write(|reply| WriteOp::Create(tasks, reply)).await
     }
 
     async fn create_tasks_audited(&self, tasks: Vec<NewTask>, audit: Vec<AuditEntry>) -> Result<(), StoreError> {
+        let tasks = Arc::new(tasks);
+        let stored = tasks.clone();
         self.write_with(move |conn| {
-            writer::insert_tasks(conn, &tasks)?;
+            writer::insert_tasks(conn, &stored)?;
+            writer::append_created(conn, &stored)?;
             tenants::append_audit(conn, &audit)
         })
-        .await
+        .await?;
+        self.observer.created(&tasks);
+        Ok(())
     }
 
     async fn get_task(&self, id: TaskId) -> Result<Option<Task>, StoreError> {
@@ -379,7 +405,9 @@ impl Store for SqliteStore {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        self.write(|reply| WriteOp::Apply(events, now, None, reply)).await
+        let results = self.write(|reply| WriteOp::Apply(events, now, None, reply)).await?;
+        self.observer.applied(&results);
+        Ok(results)
     }
 
     async fn apply_reported(
@@ -391,7 +419,9 @@ impl Store for SqliteStore {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        self.write(|reply| WriteOp::Apply(events, now, Some(node), reply)).await
+        let results = self.write(|reply| WriteOp::Apply(events, now, Some(node), reply)).await?;
+        self.observer.applied(&results);
+        Ok(results)
     }
 
     async fn queued_tasks(&self, now: Timestamp, query: QueueQuery) -> Result<QueuePage, StoreError> {
@@ -718,13 +748,21 @@ impl Store for SqliteStore {
         self.write_with(move |conn| {
             check_lease(conn, &lease, Timestamp::now())?;
             if !codes::advance_schedule(conn, &firing)? {
-                return Ok(false);
+                return Ok(None);
             }
             writer::insert_tasks(conn, &firing.tasks)?;
+            writer::append_created(conn, &firing.tasks)?;
             tenants::append_audit(conn, &firing.audit)?;
-            Ok(true)
+            Ok(Some(firing.tasks))
         })
         .await
+        .map(|fired| match fired {
+            Some(tasks) => {
+                self.observer.created(&tasks);
+                true
+            }
+            None => false,
+        })
     }
 
     async fn put_package(&self, project: &str, digest: &str, data: Vec<u8>, at: Timestamp) -> Result<(), StoreError> {
@@ -763,6 +801,178 @@ impl Store for SqliteStore {
         self.read(move |conn| codes::webhook_of(conn, task)).await
     }
 
+    async fn read_events(&self, after: Option<EventCursor>, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
+        self.read(move |conn| {
+            // The row of `after` again, for the events after its index.
+            let from = after.map_or(0, |c| c.major);
+            let mut stmt = conn.prepare_cached("SELECT id, body FROM events WHERE id >= ?1 ORDER BY id LIMIT ?2")?;
+            let rows = stmt.query_map(rusqlite::params![from, (limit.max(1) + usize::from(after.is_some())) as i64], |row| {
+                Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (id, body) = row?;
+                crate::push_events(&mut out, EventCursor { major: id, minor: 0, index: 0 }, &body, after)?;
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn latest_event(&self) -> Result<Option<EventCursor>, StoreError> {
+        self.read(|conn| {
+            use rusqlite::OptionalExtension;
+            let row = conn
+                .prepare_cached("SELECT id, body FROM events ORDER BY id DESC LIMIT 1")?
+                .query_row([], |row| Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?)))
+                .optional()?;
+            let Some((id, body)) = row else { return Ok(None) };
+            let mut events = Vec::new();
+            crate::push_events(&mut events, EventCursor { major: id, minor: 0, index: 0 }, &body, None)?;
+            Ok(events.last().map(|e| e.cursor))
+        })
+        .await
+    }
+
+    async fn queue_position(&self, id: TaskId) -> Result<Option<(u64, u64)>, StoreError> {
+        self.read(move |conn| {
+            use rusqlite::OptionalExtension;
+            let key = id.to_string();
+            let row = conn
+                .prepare_cached("SELECT project, priority FROM tasks WHERE id = ?1 AND state = 'queued'")?
+                .query_row([&key], |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?)))
+                .optional()?;
+            let Some((project, priority)) = row else { return Ok(None) };
+            // Each walks a queue index up to the task, at most QUEUE_COUNT_CAP entries.
+            let cap = QUEUE_COUNT_CAP as i64;
+            let in_project: i64 = conn
+                .prepare_cached(QUEUE_AHEAD_IN_PROJECT_SQLITE)?
+                .query_row(rusqlite::params![priority, key, cap, project], |row| row.get(0))?;
+            let in_cluster: i64 =
+                conn.prepare_cached(QUEUE_AHEAD_SQLITE)?.query_row(rusqlite::params![priority, key, cap], |row| row.get(0))?;
+            Ok(Some((in_project as u64 + 1, in_cluster as u64 + 1)))
+        })
+        .await
+    }
+
+    async fn usage(&self, query: UsageQuery) -> Result<Vec<UsageRow>, StoreError> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(&USAGE_SQL.replace('$', "?"))?;
+            let rows =
+                stmt.query_map(rusqlite::params![query.from.millis(), query.to.millis(), query.bucket_ms.max(1), query.project], |row| {
+                    Ok(UsageRow {
+                        project: row.get(0)?,
+                        start: Timestamp(row.get(1)?),
+                        tasks: row.get::<_, i64>(2)?.max(0) as u64,
+                        attempts: row.get::<_, i64>(3)?.max(0) as u64,
+                        cpu_ms: row.get::<_, i64>(4)?.max(0) as u64,
+                        memory_byte_ms: row.get::<_, f64>(5)?,
+                        wall_ms: row.get::<_, i64>(6)?.max(0) as u64,
+                    })
+                })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn active_counts(&self) -> Result<Vec<(String, TaskState, u64)>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT project, state, COUNT(*) FROM tasks WHERE state IN ('queued', 'scheduled', 'running') GROUP BY project, state",
+            )?;
+            let mut rows = stmt.query([])?;
+            let mut counts = Vec::new();
+            while let Some(row) = rows.next()? {
+                counts.push((row.get::<_, String>(0)?, rows::parse_state(&row.get::<_, String>(1)?)?, row.get::<_, i64>(2)? as u64));
+            }
+            Ok(counts)
+        })
+        .await
+    }
+
+    async fn put_machine(&self, machine: Machine, expected: Option<MachineState>) -> Result<bool, StoreError> {
+        self.write_with(move |conn| machines::put(conn, &machine, expected)).await
+    }
+
+    async fn machines(&self) -> Result<Vec<Machine>, StoreError> {
+        self.read(machines::list).await
+    }
+
+    async fn delete_machine(&self, id: &str) -> Result<bool, StoreError> {
+        let id = id.to_string();
+        self.write_with(move |conn| machines::delete(conn, &id)).await
+    }
+
+    async fn delete_node(&self, id: &str) -> Result<bool, StoreError> {
+        let id = id.to_string();
+        self.write_with(move |conn| machines::delete_node(conn, &id)).await
+    }
+
+    async fn registry_login_projects(&self) -> Result<Vec<String>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached("SELECT DISTINCT project FROM secrets WHERE name LIKE 'registry.%' ORDER BY project")?;
+            let projects = stmt.query_map([], |row| row.get(0))?.collect::<Result<Vec<String>, _>>()?;
+            Ok(projects)
+        })
+        .await
+    }
+
+    async fn set_project_policy(&self, name: &str, policy: shepherd_core::ProjectPolicy) -> Result<bool, StoreError> {
+        let name = name.to_string();
+        self.write_with(move |conn| tenants::set_project_policy(conn, &name, &policy)).await
+    }
+
+    async fn create_volume(&self, volume: shepherd_core::Volume) -> Result<bool, StoreError> {
+        self.write_with(move |conn| volumes::create(conn, &volume)).await
+    }
+
+    async fn volumes(&self, project: Option<String>) -> Result<Vec<shepherd_core::Volume>, StoreError> {
+        self.read(move |conn| volumes::list(conn, project.as_deref())).await
+    }
+
+    async fn delete_volume(&self, project: &str, name: &str) -> Result<bool, StoreError> {
+        let (project, name) = (project.to_string(), name.to_string());
+        self.write_with(move |conn| volumes::delete(conn, &project, &name)).await
+    }
+
+    async fn bind_volume(&self, project: &str, name: &str, node: &str) -> Result<Option<String>, StoreError> {
+        let (project, name, node) = (project.to_string(), name.to_string(), node.to_string());
+        self.write_with(move |conn| volumes::bind(conn, &project, &name, &node)).await
+    }
+
+    async fn cluster_value(&self, key: &str, proposed: &str) -> Result<String, StoreError> {
+        let (key, proposed) = (key.to_string(), proposed.to_string());
+        self.write_with(move |conn| machines::cluster_value(conn, &key, &proposed)).await
+    }
+
+    async fn prune_events(&self, before: Timestamp) -> Result<u64, StoreError> {
+        // Oldest first, in id order (no index on the time): rows up to the
+        // first one recorded at or after `before`, a page at a time.
+        let mut removed = 0;
+        loop {
+            let (done, count) = self
+                .write_with(move |conn| {
+                    let rows: Vec<(i64, i64)> = conn
+                        .prepare_cached("SELECT id, at FROM events ORDER BY id LIMIT 2000")?
+                        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+                        .collect::<rusqlite::Result<_>>()?;
+                    let old = rows.iter().take_while(|(_, at)| *at < before.millis()).count();
+                    let Some(&(last, _)) = old.checked_sub(1).and_then(|i| rows.get(i)) else { return Ok((true, 0)) };
+                    let count = conn.prepare_cached("DELETE FROM events WHERE id <= ?1")?.execute([last])? as u64;
+                    Ok((old < rows.len() || rows.len() < 2000, count))
+                })
+                .await?;
+            removed += count;
+            if done {
+                return Ok(removed);
+            }
+        }
+    }
+
+    fn set_observer(&self, observer: Arc<dyn StoreObserver>) {
+        self.observer.set(observer);
+    }
+
     async fn append_audit(&self, entries: Vec<AuditEntry>) -> Result<(), StoreError> {
         if entries.is_empty() {
             return Ok(());
@@ -799,6 +1009,7 @@ fn active_in(conn: &Connection, node_id: Option<&str>) -> Result<Vec<ActiveTask>
             attempt: row.get(3)?,
             resources: Resources { cpu_millicores: row.get(4)?, memory_mib: row.get(5)? },
             cancel_requested: row.get::<_, i64>(6)? != 0,
+            gpus: spec.gpus,
         });
     }
     Ok(active)
@@ -834,6 +1045,20 @@ fn launch_spec_in(conn: &Connection, id: TaskId) -> Result<Option<LaunchSpec>, S
         let names: Vec<String> = spec.secrets.iter().map(|s| s.name.clone()).collect();
         tenants::secret_values(conn, &spec.project, &names)?
     };
+    let mounts = if spec.volumes.is_empty() {
+        Vec::new()
+    } else {
+        shepherd_core::launch::resolve_mounts(&spec, &volumes::list(conn, Some(&spec.project))?)
+    };
+    let networks = if spec.networks.is_empty() && spec.network != "bridge" {
+        Vec::new()
+    } else {
+        let policy = tenants::get_project(conn, &spec.project)?.map(|p| p.policy).unwrap_or_default();
+        shepherd_core::launch::resolve_networks(&spec, &policy)
+    };
+    let login = shepherd_core::registry::secret_name(&shepherd_core::registry::registry_of(&spec.image));
+    let registry_auth =
+        crate::registry_auth_from(&spec.image, tenants::secret_values(conn, &spec.project, std::slice::from_ref(&login))?.remove(&login));
     Ok(Some(LaunchSpec {
         id,
         state: rows::parse_state(&state)?,
@@ -844,5 +1069,8 @@ fn launch_spec_in(conn: &Connection, id: TaskId) -> Result<Option<LaunchSpec>, S
         payload,
         attempt_started_at: started_at.map(Timestamp),
         secrets,
+        volumes: mounts,
+        networks,
+        registry_auth,
     }))
 }

@@ -234,6 +234,56 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (task_id, number)
     );
     "#,
+    // 13: the event stream: each row the events of one write, in commit
+    // order (the single writer), ids never reused (AUTOINCREMENT), so a
+    // reader resuming after an id misses nothing even after pruning.
+    r#"
+    CREATE TABLE events (
+        id   INTEGER PRIMARY KEY AUTOINCREMENT,
+        at   BIGINT NOT NULL,
+        body TEXT NOT NULL
+    );
+    CREATE INDEX events_at ON events (at);
+    "#,
+    // 14: what each attempt used, and attempts by end time (usage reports).
+    r#"
+    ALTER TABLE attempts ADD COLUMN cpu_ms BIGINT;
+    ALTER TABLE attempts ADD COLUMN peak_memory_bytes BIGINT;
+    CREATE INDEX attempts_finished ON attempts (finished_at);
+    "#,
+    // 15: events are pruned in id order (their times grow with their ids),
+    // so the index on their time, one more write per event row, goes.
+    r#"
+    DROP INDEX events_at;
+    "#,
+    // 16: provisioned machines (the record as JSON, state apart for
+    // compare-and-set), and the cluster's identity.
+    r#"
+    CREATE TABLE machines (
+        id     TEXT PRIMARY KEY,
+        state  TEXT NOT NULL,
+        record TEXT NOT NULL
+    );
+    CREATE TABLE cluster_meta (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    "#,
+    // 17: projects' policies (volume drivers, networks, egress, devices)
+    // and named volumes (the record as JSON; the engine name unique, so
+    // two projects never share an engine volume; the node a node-scoped
+    // volume lives on apart, for compare-and-set).
+    r#"
+    ALTER TABLE projects ADD COLUMN policy TEXT NOT NULL DEFAULT '{}';
+    CREATE TABLE volumes (
+        project     TEXT NOT NULL,
+        name        TEXT NOT NULL,
+        engine_name TEXT NOT NULL UNIQUE,
+        node_id     TEXT,
+        record      TEXT NOT NULL,
+        PRIMARY KEY (project, name)
+    );
+    "#,
 ];
 
 /// Data changes a migration needs that SQL alone cannot make.

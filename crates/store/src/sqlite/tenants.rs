@@ -2,7 +2,7 @@
 
 use crate::{AuditEntry, Project, SecretInfo, StoreError, TokenRecord};
 use rusqlite::{params, Connection, OptionalExtension, Row};
-use shepherd_core::{ProjectLimits, Timestamp};
+use shepherd_core::{ProjectLimits, ProjectPolicy, Timestamp};
 use std::collections::BTreeMap;
 
 fn limits_from(text: &str) -> Result<ProjectLimits, StoreError> {
@@ -14,7 +14,12 @@ fn limits_to(limits: &ProjectLimits) -> Result<String, StoreError> {
 }
 
 fn project_from(row: &Row) -> Result<Project, StoreError> {
-    Ok(Project { name: row.get(0)?, created_at: Timestamp(row.get(1)?), limits: limits_from(&row.get::<_, String>(2)?)? })
+    Ok(Project {
+        name: row.get(0)?,
+        created_at: Timestamp(row.get(1)?),
+        limits: limits_from(&row.get::<_, String>(2)?)?,
+        policy: serde_json::from_str(&row.get::<_, String>(3)?).map_err(|e| StoreError::Corrupt(format!("project policy: {e}")))?,
+    })
 }
 
 fn token_from(row: &Row) -> rusqlite::Result<TokenRecord> {
@@ -35,7 +40,7 @@ pub fn create_project(conn: &Connection, project: &Project) -> Result<bool, Stor
 }
 
 pub fn get_project(conn: &Connection, name: &str) -> Result<Option<Project>, StoreError> {
-    let mut stmt = conn.prepare_cached("SELECT name, created_at, limits FROM projects WHERE name = ?1")?;
+    let mut stmt = conn.prepare_cached("SELECT name, created_at, limits, policy FROM projects WHERE name = ?1")?;
     let mut rows = stmt.query([name])?;
     match rows.next()? {
         Some(row) => Ok(Some(project_from(row)?)),
@@ -44,7 +49,7 @@ pub fn get_project(conn: &Connection, name: &str) -> Result<Option<Project>, Sto
 }
 
 pub fn list_projects(conn: &Connection) -> Result<Vec<Project>, StoreError> {
-    let mut stmt = conn.prepare_cached("SELECT name, created_at, limits FROM projects ORDER BY name")?;
+    let mut stmt = conn.prepare_cached("SELECT name, created_at, limits, policy FROM projects ORDER BY name")?;
     let mut rows = stmt.query([])?;
     let mut projects = Vec::new();
     while let Some(row) = rows.next()? {
@@ -56,6 +61,11 @@ pub fn list_projects(conn: &Connection) -> Result<Vec<Project>, StoreError> {
 pub fn set_project_limits(conn: &Connection, name: &str, limits: &ProjectLimits) -> Result<bool, StoreError> {
     let updated = conn.prepare_cached("UPDATE projects SET limits = ?2 WHERE name = ?1")?.execute(params![name, limits_to(limits)?])?;
     Ok(updated > 0)
+}
+
+pub fn set_project_policy(conn: &Connection, name: &str, policy: &ProjectPolicy) -> Result<bool, StoreError> {
+    let text = serde_json::to_string(policy).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    Ok(conn.prepare_cached("UPDATE projects SET policy = ?2 WHERE name = ?1")?.execute(params![name, text])? > 0)
 }
 
 pub fn create_token(conn: &Connection, token: &TokenRecord, hash: &str) -> Result<(), StoreError> {
@@ -132,6 +142,9 @@ pub fn append_audit(conn: &Connection, entries: &[AuditEntry]) -> Result<(), Sto
     )?;
     for e in entries {
         insert.execute(params![e.at.millis(), e.actor, e.project, e.action, e.target, e.detail])?;
+    }
+    if let Some(first) = entries.first() {
+        super::writer::append_events(conn, first.at, &crate::audit_events(entries))?;
     }
     Ok(())
 }

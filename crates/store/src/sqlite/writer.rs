@@ -7,7 +7,7 @@
 use super::rows;
 use crate::{Applied, ApplyError, ApplyResult, LogChunk, NodeRecord, StoreError};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
-use shepherd_core::{Change, Event, LifecycleContext, NewTask, TaskId, TaskState, Timestamp};
+use shepherd_core::{Change, ClusterEvent, Event, LifecycleContext, NewTask, TaskId, TaskState, Timestamp};
 use std::sync::mpsc;
 use tokio::sync::oneshot;
 
@@ -68,7 +68,7 @@ impl Outcome {
 }
 
 /// Runs until every sender is dropped.
-pub fn run(mut conn: Connection, requests: mpsc::Receiver<WriteOp>) {
+pub fn run(mut conn: Connection, requests: mpsc::Receiver<WriteOp>, observer: crate::ObserverSlot) {
     while let Ok(first) = requests.recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -77,12 +77,21 @@ pub fn run(mut conn: Connection, requests: mpsc::Receiver<WriteOp>) {
                 Err(_) => break,
             }
         }
-        commit_group(&mut conn, group);
+        let (started, requests) = (std::time::Instant::now(), group.len());
+        let created = commit_group(&mut conn, group);
+        if let Some(observer) = observer.get() {
+            observer.committed(requests, started.elapsed());
+            for (project, count) in created {
+                observer.created(&project, count);
+            }
+        }
     }
     tracing::debug!("store writer stopped");
 }
 
-fn commit_group(conn: &mut Connection, group: Vec<WriteOp>) {
+/// Commits a group; returns how many tasks each project got from its
+/// `Create` requests (none if the commit failed).
+fn commit_group(conn: &mut Connection, group: Vec<WriteOp>) -> Vec<(String, u64)> {
     let tx = match conn.transaction() {
         Ok(tx) => tx,
         Err(e) => {
@@ -90,17 +99,41 @@ fn commit_group(conn: &mut Connection, group: Vec<WriteOp>) {
             for op in group {
                 outcome_placeholder(op).fail(&message);
             }
-            return;
+            return Vec::new();
         }
     };
     let mut tx = tx;
-    let outcomes: Vec<Outcome> = group.into_iter().map(|op| execute(&mut tx, op)).collect();
+    let mut created = Vec::new();
+    let mut events = Vec::new();
+    let mut outcomes = Vec::with_capacity(group.len());
+    let mut recorded: Result<(), StoreError> = Ok(());
+    for op in group {
+        // A `Run` op records its own events as it goes: the events gathered
+        // before it go first, so the stream keeps the order things happened.
+        if matches!(op, WriteOp::Run(..)) && !events.is_empty() && recorded.is_ok() {
+            recorded = append_events(&tx, Timestamp::now(), &std::mem::take(&mut events));
+        }
+        outcomes.push(execute(&mut tx, op, &mut created, &mut events));
+    }
+    // The group's events in one row: a thousand single creates cost one
+    // insert, not a thousand.
+    if let Err(e) = recorded.and_then(|()| append_events(&tx, Timestamp::now(), &events)) {
+        let message = format!("could not record the events: {e}");
+        tracing::error!(%message, "store commit failed");
+        drop(tx);
+        outcomes.into_iter().for_each(|o| o.fail(&message));
+        return Vec::new();
+    }
     match tx.commit() {
-        Ok(()) => outcomes.into_iter().for_each(Outcome::send),
+        Ok(()) => {
+            outcomes.into_iter().for_each(Outcome::send);
+            created
+        }
         Err(e) => {
             let message = format!("commit failed: {e}");
             tracing::error!(%message, "store commit failed");
             outcomes.into_iter().for_each(|o| o.fail(&message));
+            Vec::new()
         }
     }
 }
@@ -125,19 +158,45 @@ fn in_savepoint<T>(tx: &mut Transaction<'_>, work: impl FnOnce(&Connection) -> R
     result
 }
 
-fn execute(tx: &mut Transaction<'_>, op: WriteOp) -> Outcome {
+fn execute(tx: &mut Transaction<'_>, op: WriteOp, created: &mut Vec<(String, u64)>, events: &mut Vec<ClusterEvent>) -> Outcome {
     match op {
-        WriteOp::Create(tasks, reply) => Outcome::Unit(reply, in_savepoint(tx, |t| insert_tasks(t, &tasks))),
-        WriteOp::Apply(events, now, reporter, reply) => {
-            Outcome::Applied(reply, in_savepoint(tx, |t| apply_events(t, &events, now, reporter.as_deref())))
+        WriteOp::Create(tasks, reply) => {
+            let result = in_savepoint(tx, |t| insert_tasks(t, &tasks));
+            if result.is_ok() {
+                events.extend(crate::created_events(&tasks));
+                for (project, count) in crate::count_by_project(&tasks) {
+                    match created.iter_mut().find(|(p, _)| p == project) {
+                        Some((_, n)) => *n += count,
+                        None => created.push((project.to_string(), count)),
+                    }
+                }
+            }
+            Outcome::Unit(reply, result)
+        }
+        WriteOp::Apply(applied, now, reporter, reply) => {
+            let result = in_savepoint(tx, |t| apply_events(t, &applied, now, reporter.as_deref()));
+            if let Ok(results) = &result {
+                events.extend(results.iter().filter_map(|r| r.as_ref().ok()).map(crate::Applied::event));
+            }
+            Outcome::Applied(reply, result)
         }
         WriteOp::AppendLogs(chunks, reply) => Outcome::Unit(reply, in_savepoint(tx, |t| append_logs(t, &chunks))),
-        WriteOp::UpsertNode(node, reply) => Outcome::Unit(reply, in_savepoint(tx, |t| upsert_node(t, &node))),
+        WriteOp::UpsertNode(node, reply) => {
+            let result = in_savepoint(tx, |t| upsert_node(t, &node));
+            if result.is_ok() {
+                events.push(node_event(&node.id, node.state, node.last_heartbeat_at));
+            }
+            Outcome::Unit(reply, result)
+        }
         WriteOp::TouchNode(id, at, images, reply) => Outcome::State(reply, in_savepoint(tx, |t| touch_node(t, &id, at, Some(&images)))),
         WriteOp::SetNodeState(id, state, reply) => Outcome::Flag(
             reply,
             in_savepoint(tx, |t| {
-                Ok(t.prepare_cached("UPDATE nodes SET state = ?2 WHERE id = ?1")?.execute(params![id, state.as_str()])? > 0)
+                let changed = t.prepare_cached("UPDATE nodes SET state = ?2 WHERE id = ?1")?.execute(params![id, state.as_str()])? > 0;
+                if changed {
+                    events.push(node_event(&id, state, Timestamp::now()));
+                }
+                Ok(changed)
             }),
         ),
         WriteOp::Run(work, reply) => Outcome::Any(reply, in_savepoint(tx, work)),
@@ -199,6 +258,34 @@ pub fn insert_tasks(tx: &Connection, tasks: &[NewTask]) -> Result<(), StoreError
     Ok(())
 }
 
+/// Records events in the stream, in the transaction of the write that
+/// made them: one row per write.
+pub(crate) fn append_events(tx: &Connection, at: Timestamp, events: &[ClusterEvent]) -> Result<(), StoreError> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let body = serde_json::to_string(events).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    tx.prepare_cached("INSERT INTO events (at, body) VALUES (?1, ?2)")?.execute(params![at.millis(), body])?;
+    Ok(())
+}
+
+/// Records the creation of `tasks` in the event stream.
+pub(crate) fn append_created(tx: &Connection, tasks: &[NewTask]) -> Result<(), StoreError> {
+    let Some(first) = tasks.first() else { return Ok(()) };
+    append_events(tx, first.created_at, &crate::created_events(tasks))
+}
+
+/// Records the changes that applied in the event stream.
+pub(crate) fn append_applied(tx: &Connection, now: Timestamp, results: &[ApplyResult]) -> Result<(), StoreError> {
+    let events: Vec<ClusterEvent> = results.iter().filter_map(|r| r.as_ref().ok()).map(crate::Applied::event).collect();
+    append_events(tx, now, &events)
+}
+
+/// A node's new state, as the event stream says it.
+fn node_event(id: &str, state: crate::NodeState, at: Timestamp) -> ClusterEvent {
+    ClusterEvent::Node(shepherd_core::events::NodeChange { node: id.to_string(), state: state.as_str().to_string(), at })
+}
+
 /// Applies events in order; with a `reporter`, only those about tasks whose
 /// current attempt is on that node.
 pub(crate) fn apply_events(
@@ -213,8 +300,8 @@ pub(crate) fn apply_events(
 fn apply_one(tx: &Connection, id: TaskId, event: &Event, now: Timestamp, reporter: Option<&str>) -> Result<ApplyResult, StoreError> {
     let key = id.to_string();
     let mut select = tx.prepare_cached(
-        "SELECT state, attempt, charged_attempts, max_attempts, backoff_seconds, cancel_requested, node_id \
-         FROM tasks WHERE id = ?1",
+        "SELECT state, attempt, charged_attempts, max_attempts, backoff_seconds, cancel_requested, node_id, \
+         project, created_at, started_at FROM tasks WHERE id = ?1",
     )?;
     let row = select
         .query_row([&key], |row| {
@@ -226,10 +313,14 @@ fn apply_one(tx: &Connection, id: TaskId, event: &Event, now: Timestamp, reporte
                 row.get::<_, u32>(4)?,
                 row.get::<_, i64>(5)? != 0,
                 row.get::<_, Option<String>>(6)?,
+                row.get::<_, String>(7)?,
+                row.get::<_, i64>(8)?,
+                row.get::<_, Option<i64>>(9)?,
             ))
         })
         .optional()?;
-    let Some((state, attempt, charged, max_attempts, backoff_seconds, cancel_requested, node_id)) = row else {
+    let Some((state, attempt, charged, max_attempts, backoff_seconds, cancel_requested, node_id, project, created_at, started_at)) = row
+    else {
         return Ok(Err(ApplyError::NotFound(id)));
     };
     // A node reports only about its own attempts: never a placement or a
@@ -265,7 +356,7 @@ fn apply_one(tx: &Connection, id: TaskId, event: &Event, now: Timestamp, reporte
     }
     if let Some(closed) = &change.close_attempt {
         tx.prepare_cached(
-            "UPDATE attempts SET finished_at = ?3, outcome = ?4, exit_code = ?5, reason = ?6 \
+            "UPDATE attempts SET finished_at = ?3, outcome = ?4, exit_code = ?5, reason = ?6, cpu_ms = ?7, peak_memory_bytes = ?8 \
              WHERE task_id = ?1 AND number = ?2",
         )?
         .execute(params![
@@ -274,7 +365,9 @@ fn apply_one(tx: &Connection, id: TaskId, event: &Event, now: Timestamp, reporte
             closed.finished_at.millis(),
             closed.outcome.as_str(),
             closed.exit_code,
-            closed.reason
+            closed.reason,
+            closed.usage.map(|u| u.cpu_ms.min(crate::MAX_USAGE) as i64),
+            closed.usage.map(|u| u.peak_memory_bytes.min(crate::MAX_USAGE) as i64),
         ])?;
     }
     tx.prepare_cached(
@@ -301,8 +394,19 @@ fn apply_one(tx: &Connection, id: TaskId, event: &Event, now: Timestamp, reporte
     if change.state == TaskState::Queued && ctx.state != TaskState::Queued {
         tracing::debug!(task = %id, attempt = change.attempt, "attempt ended; task queued again");
     }
-    let Change { decision, attempt, node_id, .. } = change;
-    Ok(Ok(Applied { task_id: id, from: ctx.state, decision, attempt, node_id }))
+    let started_at = change.started_at.or(started_at.map(Timestamp));
+    let Change { decision, attempt, node_id, updated_at, .. } = change;
+    Ok(Ok(Applied {
+        task_id: id,
+        from: ctx.state,
+        decision,
+        attempt,
+        node_id,
+        project,
+        created_at: Timestamp(created_at),
+        started_at,
+        at: updated_at,
+    }))
 }
 
 fn append_logs(tx: &Connection, chunks: &[LogChunk]) -> Result<(), StoreError> {
