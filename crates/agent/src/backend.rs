@@ -60,6 +60,11 @@ pub trait Backend: Send + Sync + 'static {
     async fn captured(&self, id: TaskId, attempt: u32) -> Result<Captured, BackendError>;
     /// The code package (zip bytes) of a task assigned to this node.
     async fn package(&self, id: TaskId) -> Result<Vec<u8>, BackendError>;
+    /// How far an attempt got before its task runs (its image's pull),
+    /// shown on the task. Informational: a lost report is not retried.
+    async fn progress(&self, _id: TaskId, _attempt: u32, _progress: shepherd_core::Progress) -> Result<(), BackendError> {
+        Ok(())
+    }
 }
 
 /// An in-memory cluster, for fast tests of the agent and of anything that
@@ -87,6 +92,7 @@ pub mod memory {
         logs: Vec<LogChunk>,
         assigned: Vec<AssignedAttempt>,
         launches: HashMap<TaskId, LaunchSpec>,
+        progress: Vec<(TaskId, u32, shepherd_core::Progress)>,
     }
 
     impl MemoryBackend {
@@ -102,6 +108,11 @@ pub mod memory {
         /// The reports about one task.
         pub fn reports_of(&self, task: TaskId) -> Vec<Event> {
             self.lock().reports.iter().filter(|(id, _)| *id == task).map(|(_, e)| e.clone()).collect()
+        }
+
+        /// Every progress report of attempts before their tasks ran, in order.
+        pub fn progress(&self) -> Vec<(TaskId, u32, shepherd_core::Progress)> {
+            self.lock().progress.clone()
         }
 
         /// From now on, refuse every report about `task` (it was given away).
@@ -174,6 +185,11 @@ pub mod memory {
 
         async fn package(&self, id: TaskId) -> Result<Vec<u8>, BackendError> {
             self.lock().packages.get(&id).cloned().ok_or(BackendError::Refused { status: 404, body: "no package".into() })
+        }
+
+        async fn progress(&self, id: TaskId, attempt: u32, progress: shepherd_core::Progress) -> Result<(), BackendError> {
+            self.lock().progress.push((id, attempt, progress));
+            Ok(())
         }
     }
 }

@@ -29,6 +29,12 @@ pub struct AgentMetrics {
     pub start_failures: Counter,
     /// Image pulls made (one serves every attempt that waited for it).
     pub pulls: Counter,
+    /// Image pulls under way now.
+    pub pulls_in_flight: Gauge,
+    /// How long pulls took, failed ones included.
+    pub pull_seconds: Histogram,
+    /// Images removed by the image cleanup.
+    pub images_removed: Counter,
 }
 
 fn engine_histogram() -> Histogram {
@@ -41,6 +47,10 @@ static METRICS: LazyLock<AgentMetrics> = LazyLock::new(|| AgentMetrics {
     engine_calls: Family::new_with_constructor(engine_histogram),
     start_failures: Counter::default(),
     pulls: Counter::default(),
+    pulls_in_flight: Gauge::default(),
+    // 10 ms to ~20 min.
+    pull_seconds: Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.01, 2.0, 17)),
+    images_removed: Counter::default(),
 });
 
 /// This process's node metrics.
@@ -63,6 +73,13 @@ impl AgentMetrics {
             self.start_failures.clone(),
         );
         registry.register("shepherd_image_pulls", "Image pulls made (one serves every attempt waiting for it)", self.pulls.clone());
+        registry.register("shepherd_image_pulls_in_flight", "Image pulls under way now", self.pulls_in_flight.clone());
+        registry.register("shepherd_image_pull_seconds", "How long image pulls took, failed ones included", self.pull_seconds.clone());
+        registry.register(
+            "shepherd_images_removed",
+            "Images the image cleanup removed (unused past their time, the engine's images above the threshold)",
+            self.images_removed.clone(),
+        );
     }
 
     /// Times an engine call.

@@ -87,6 +87,13 @@ impl Backend for HttpBackend {
         self.send(self.request(reqwest::Method::GET, "/v1/agent/assigned")).await
     }
 
+    async fn progress(&self, id: TaskId, attempt: u32, progress: shepherd_core::Progress) -> Result<(), BackendError> {
+        let body = shepherd_proto::ProgressReport { attempt, progress };
+        let _: serde_json::Value =
+            self.send(self.request(reqwest::Method::POST, &format!("/v1/agent/tasks/{id}/progress")).json(&body)).await?;
+        Ok(())
+    }
+
     async fn package(&self, id: TaskId) -> Result<Vec<u8>, BackendError> {
         let response = self
             .request(reqwest::Method::GET, &format!("/v1/agent/tasks/{id}/package"))
@@ -302,6 +309,9 @@ async fn session(backend: &Arc<HttpBackend>, agent: &Agent, join: &JoinConfig) -
                 Ok(AgentMessage::Reconcile) => agent.reconcile().await?,
                 Ok(AgentMessage::Drain) => agent.drain(),
                 Ok(AgentMessage::RemoveVolume { engine_name, project }) => agent.remove_volume(engine_name, project),
+                Ok(AgentMessage::Prefetch { image, auth, pull_timeout_seconds }) => {
+                    agent.prefetch(image, auth, Duration::from_secs(u64::from(pull_timeout_seconds)))
+                }
                 Ok(AgentMessage::Ping) => {}
                 Err(e) => tracing::warn!(error = %e, "unreadable message from the server"),
             }

@@ -26,6 +26,8 @@ pub struct AgentConfig {
     /// On a clean shutdown, stop attempts even where the driver's would
     /// survive the agent (containers): nothing is left for adoption.
     pub stop_on_shutdown: bool,
+    /// How often the driver's image cleanup runs (`None`: never).
+    pub image_cleanup_every: Option<Duration>,
 }
 
 /// Why a running attempt is being stopped.
@@ -63,6 +65,8 @@ struct Inner {
     unreported: Mutex<Vec<(TaskId, Event)>>,
     /// Code packages the attempts here use (kept from eviction).
     packages: crate::package::InUse,
+    /// Images the attempts here need (kept from the image cleanup).
+    images: Arc<crate::driver::images::ImageHolds>,
 }
 
 /// The last [`RecentlyRan::CAPACITY`] attempts this agent ran.
@@ -97,7 +101,7 @@ impl Agent {
     /// An agent that runs attempts with `driver` and reports to `backend`.
     pub fn new(config: AgentConfig, backend: Arc<dyn Backend>, driver: Arc<dyn Driver>, capacity_freed: Arc<Notify>) -> Agent {
         let (shutdown, _) = watch::channel(false);
-        Agent {
+        let agent = Agent {
             inner: Arc::new(Inner {
                 config,
                 backend,
@@ -110,8 +114,24 @@ impl Agent {
                 ran: Mutex::default(),
                 unreported: Mutex::default(),
                 packages: Default::default(),
+                images: Default::default(),
             }),
+        };
+        if let Some(every) = agent.inner.config.image_cleanup_every {
+            let weak = Arc::downgrade(&agent.inner);
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    let Some(inner) = weak.upgrade() else { return };
+                    match inner.driver.collect_images(&inner.images).await {
+                        Ok(0) => {}
+                        Ok(removed) => tracing::info!(removed, "image cleanup removed unused images"),
+                        Err(e) => tracing::warn!(error = %e, "image cleanup failed"),
+                    }
+                }
+            });
         }
+        agent
     }
 
     /// This agent's node id.
@@ -169,7 +189,10 @@ impl Agent {
             running.insert(task_id, Running { attempt, cancel, fenced: fenced.clone() });
         }
         let inner = self.inner.clone();
-        self.spawn(async move { run_attempt(inner, task_id, attempt, cancel_rx, fenced, Begin::Start(launch.map(Box::new))).await });
+        let expected = self.inner.images.expect();
+        self.spawn(
+            async move { run_attempt(inner, task_id, attempt, cancel_rx, fenced, Begin::Start(launch.map(Box::new), expected)).await },
+        );
     }
 
     /// The node is draining: the driver frees what it keeps between
@@ -182,6 +205,19 @@ impl Agent {
             let removed = driver.shutdown().await;
             if removed > 0 {
                 tracing::info!(removed, "node draining: removed idle warm containers");
+            }
+        });
+    }
+
+    /// Pulls an image ahead of the tasks that will need it
+    /// (`shepherd image prefetch`), in the background; the next heartbeat
+    /// lists it among the node's images.
+    pub fn prefetch(&self, image: String, auth: Option<shepherd_core::RegistryAuth>, deadline: Duration) {
+        let driver = self.inner.driver.clone();
+        tokio::spawn(async move {
+            match driver.prefetch(&image, auth, deadline).await {
+                Ok(()) => tracing::info!(image, "prefetched an image"),
+                Err(e) => tracing::warn!(image, error = %e, "could not prefetch an image"),
             }
         });
     }
@@ -402,8 +438,22 @@ async fn run_attempt(
 /// How an attempt begins: started here (with its launch spec if the
 /// assignment carried it), or adopted from the driver after a restart.
 enum Begin {
-    Start(Option<Box<LaunchSpec>>),
+    /// With the image cleanup told that it will name its image.
+    Start(Option<Box<LaunchSpec>>, crate::driver::images::Expected),
     Adopt(Adopted),
+}
+
+/// Where a driver's progress before the task runs goes: to the cluster,
+/// in the background (informational: a lost report is not retried).
+fn progress_sink(backend: Arc<dyn Backend>, task_id: TaskId, attempt: u32) -> crate::driver::ProgressSink {
+    Arc::new(move |progress: shepherd_core::Progress| {
+        let backend = backend.clone();
+        tokio::spawn(async move {
+            if let Err(e) = backend.progress(task_id, attempt, progress).await {
+                tracing::debug!(task = %task_id, error = %e, "progress not delivered");
+            }
+        });
+    })
 }
 
 /// The time an attempt has left before its deadline; the deadline counts
@@ -569,6 +619,7 @@ async fn start(
         gpu_ids: Vec::new(),
         registry_auth: launch.registry_auth,
         pull_timeout: std::time::Duration::from_secs(u64::from(launch.spec.pull_timeout_seconds.unwrap_or(600))),
+        progress: Some(progress_sink(inner.backend.clone(), task_id, attempt)),
     };
     tracing::debug!(?spec, "starting attempt");
     let (tx, rx) = mpsc::channel(64);
@@ -594,16 +645,21 @@ async fn run_attempt_inner(
     begin: Begin,
     work_dir: &std::path::Path,
 ) {
-    // The attempt's code package stays unpacked while it runs.
+    // The attempt's code package stays unpacked, and its image on the
+    // node, while it runs.
     let mut _package = None;
+    let mut _image = None;
     let (time_left, mut handle, output, already) = match begin {
         Begin::Adopt(adopted) => {
             let launch = inner.backend.launch_spec(task_id).await.ok().flatten();
             _package = launch.as_ref().and_then(|l| l.spec.package.as_ref()).map(|p| inner.packages.hold(&p.digest));
+            if let Some(launch) = &launch {
+                _image = Some(inner.images.hold(&launch.spec.image, inner.images.expect()).await);
+            }
             let already = (adopted.captured.stdout + adopted.captured.stderr) as usize;
             (time_left(launch.as_ref()), adopted.handle, adopted.output, already)
         }
-        Begin::Start(launch) => {
+        Begin::Start(launch, expected) => {
             let launch = match launch {
                 Some(launch) => *launch,
                 None => match inner.backend.launch_spec(task_id).await {
@@ -626,6 +682,7 @@ async fn run_attempt_inner(
             };
             let time_left = time_left(Some(&launch));
             _package = launch.spec.package.as_ref().map(|p| inner.packages.hold(&p.digest));
+            _image = Some(inner.images.hold(&launch.spec.image, expected).await);
             match start(inner, task_id, attempt, launch, work_dir).await {
                 Ok(Some((mut handle, output))) => {
                     let at = Some(Timestamp::now());

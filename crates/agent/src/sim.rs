@@ -345,7 +345,10 @@ impl Fleet {
                         node.wake.notify_one();
                     }
                     Ok(AgentMessage::Reconcile) => self.reconcile(index, node).await?,
-                    Ok(AgentMessage::Drain) | Ok(AgentMessage::Ping) | Ok(AgentMessage::RemoveVolume { .. }) => {}
+                    Ok(AgentMessage::Drain)
+                    | Ok(AgentMessage::Ping)
+                    | Ok(AgentMessage::RemoveVolume { .. })
+                    | Ok(AgentMessage::Prefetch { .. }) => {}
                     Err(e) => tracing::warn!(error = %e, "unreadable message"),
                 }
             }

@@ -55,6 +55,7 @@ fn agent_on(dir: &tempfile::TempDir, backend: Arc<MemoryBackend>, driver: FakeDr
         log_limits: LogLimits::default(),
         stop_grace: grace,
         stop_on_shutdown,
+        image_cleanup_every: None,
     };
     Agent::new(config, backend, Arc::new(driver), Arc::new(tokio::sync::Notify::new()))
 }

@@ -79,6 +79,7 @@ pub fn attempt_spec(image: &str) -> AttemptSpec {
         gpu_ids: Vec::new(),
         registry_auth: None,
         pull_timeout: std::time::Duration::from_secs(600),
+        progress: None,
     }
 }
 

@@ -33,7 +33,7 @@ pub async fn agent(args: AgentArgs) -> Result<ExitCode> {
     crate::host::raise_fd_limit();
     let _lock = crate::host::claim_data_dir(&data_dir)?;
     let node_id = shepherd_server::local_node_id(&data_dir).context("reading the node id")?;
-    let node = prepare_node(&args.node, &node_id).await?;
+    let node = prepare_node(&args.node, &node_id, &data_dir).await?;
     let _metrics = match args.metrics_listen {
         Some(addr) => {
             Some(shepherd_server::metrics::serve_node_metrics(addr).await.with_context(|| format!("cannot serve metrics on {addr}"))?)
@@ -59,6 +59,7 @@ pub async fn agent(args: AgentArgs) -> Result<ExitCode> {
         log_limits: LogLimits { head_bytes: args.node.log_head_bytes, tail_bytes: args.node.log_tail_bytes },
         stop_grace: args.node.stop_grace,
         stop_on_shutdown: args.node.stop_tasks,
+        image_cleanup_every: args.node.image_cleanup_every(),
     };
     let driver = node.driver.clone();
     let ca_pem = match &args.tls_ca {

@@ -624,6 +624,12 @@ pub async fn inspect(client: &Client, args: InspectArgs) -> Result<ExitCode> {
             })
             .collect();
         print_table(&["ATTEMPT", "NODE", "STARTED", "FINISHED", "OUTCOME", "EXIT", "CONTAINER", "USAGE", "REASON"], &rows);
+        // The image each attempt ran, exactly (a tag may move between attempts).
+        for a in &task.attempts {
+            if let Some(digest) = a.runtime.as_ref().and_then(|r| r.image_digest.as_deref()) {
+                println!("Attempt {} ran image {}", a.number, safe(digest));
+            }
+        }
     }
     if args.explain {
         explain(client, &args.id).await?;

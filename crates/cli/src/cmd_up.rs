@@ -206,7 +206,7 @@ async fn run_cluster(server: ServerFlags, node: Option<&NodeFlags>, write_cli_co
     let mut driver: Arc<dyn Driver> = Arc::new(ProcessDriver);
     if let Some(flags) = node {
         let node_id = shepherd_server::local_node_id(&data_dir).context("reading the node id")?;
-        let prepared = prepare_node(flags, &node_id).await?;
+        let prepared = prepare_node(flags, &node_id, &data_dir).await?;
         driver = prepared.driver.clone();
         local = Some((flags, prepared));
     }
@@ -231,6 +231,7 @@ async fn run_cluster(server: ServerFlags, node: Option<&NodeFlags>, write_cli_co
             log_limits: LogLimits { head_bytes: flags.log_head_bytes, tail_bytes: flags.log_tail_bytes },
             stop_grace: flags.stop_grace,
             stop_on_shutdown: flags.stop_tasks,
+            image_cleanup_every: flags.image_cleanup_every(),
         }),
         join_token: join_token.clone(),
         node_timeout: server.node_timeout,

@@ -5,6 +5,7 @@ mod client;
 mod cmd_agent;
 mod cmd_codes;
 mod cmd_events;
+mod cmd_images;
 mod cmd_machines;
 mod cmd_nodes;
 mod cmd_nodesim;
@@ -92,6 +93,8 @@ enum Command {
     Volume(Client<cmd_volumes::VolumeArgs>),
     /// Manage a project's registry logins (login, logout, ls).
     Registry(Client<cmd_registry::RegistryArgs>),
+    /// Pull an image onto a pool's nodes ahead of a burst (prefetch).
+    Image(Client<cmd_images::ImageArgs>),
     /// Show the audit log: who created, cancelled or changed what.
     Audit(Client<cmd_tenants::AuditArgs>),
     /// Manage codes: named, versioned task templates (push, ls, inspect, revisions, rollback, rm).
@@ -189,6 +192,7 @@ fn main() -> ExitCode {
             Command::Secret(c) => cmd_tenants::secret(&make_client(&c.client)?, c.args).await,
             Command::Volume(c) => cmd_volumes::volume(&make_client(&c.client)?, c.args).await,
             Command::Registry(c) => cmd_registry::registry(&make_client(&c.client)?, c.args).await,
+            Command::Image(c) => cmd_images::image(&make_client(&c.client)?, c.args).await,
             Command::Audit(c) => cmd_tenants::audit(&make_client(&c.client)?, c.args).await,
             Command::Code(c) => cmd_codes::code(&make_client(&c.client)?, c.args).await,
             Command::Schedule(c) => cmd_codes::schedule(&make_client(&c.client)?, c.args).await,

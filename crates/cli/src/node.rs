@@ -71,10 +71,68 @@ pub struct NodeFlags {
     /// requests, each GPU to one task at a time.
     #[arg(long, default_value_t = 0)]
     pub(crate) gpus: u32,
+    /// Remove images this node pulled that no task used for
+    /// --image-cleanup-unused once the engine's images take more than this
+    /// (e.g. 20GiB, 512MiB; `off`: never). Images it did not pull, and
+    /// images its attempts need, are never removed.
+    #[arg(long, default_value = "20GiB", value_name = "SIZE|off", value_parser = parse_cleanup_size)]
+    pub(crate) image_cleanup_above: CleanupAbove,
+    /// How long no task of this node used a pulled image before the cleanup may remove it.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub(crate) image_cleanup_unused: Duration,
+    /// How often the image cleanup looks.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub(crate) image_cleanup_every: Duration,
+    /// Let every attempt that misses its image pull it itself instead of
+    /// waiting for one pull per image (benchmarks of the dedup only).
+    #[arg(long, hide = true)]
+    pub(crate) no_pull_dedup: bool,
     /// The statically linked `shepherd-runner` that warm containers run
     /// (default: $SHEPHERD_RUNNER, else `shepherd-runner` next to this binary).
     #[arg(long, value_name = "PATH")]
     pub(crate) runner: Option<PathBuf>,
+}
+
+impl NodeFlags {
+    /// How often the image cleanup runs, if it is on.
+    pub(crate) fn image_cleanup_every(&self) -> Option<Duration> {
+        self.image_cleanup_above.0.map(|_| self.image_cleanup_every)
+    }
+}
+
+/// `--image-cleanup-above`: bytes, or `None` for `off`.
+#[derive(Debug, Clone, Copy)]
+pub struct CleanupAbove(pub Option<u64>);
+
+/// `--image-cleanup-above`: a size in bytes (B, KiB, MiB, GiB, TiB, or
+/// KB/MB/GB/TB as powers of 1000), or `off`.
+fn parse_cleanup_size(text: &str) -> Result<CleanupAbove, String> {
+    if text.eq_ignore_ascii_case("off") {
+        return Ok(CleanupAbove(None));
+    }
+    parse_size(text).map(|bytes| CleanupAbove(Some(bytes)))
+}
+
+/// A size in bytes: a number with an optional unit (B, KiB, MiB, GiB, TiB;
+/// KB, MB, GB, TB as powers of 1000).
+pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().map_err(|_| format!("`{text}`: give a size such as 512MiB or 20GiB"))?;
+    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kib" | "k" => 1 << 10,
+        "mib" | "m" => 1 << 20,
+        "gib" | "g" => 1 << 30,
+        "tib" | "t" => 1 << 40,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        other => return Err(format!("`{text}`: unknown unit `{other}` (B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)")),
+    };
+    number.checked_mul(scale).ok_or_else(|| format!("`{text}`: too large"))
 }
 
 /// Whether `path` is an ELF executable without a program interpreter (a
@@ -152,24 +210,25 @@ pub async fn stop_signal() {
 }
 
 /// Picks the driver; says why.
-pub async fn choose_driver(
-    wanted: DriverName,
-    node_id: &str,
-    pids_limit: i64,
-    warm: Option<shepherd_agent::driver::warm::WarmConfig>,
-    devices: &[shepherd_agent::driver::devices::HostDevice],
-    gpus: u32,
-) -> Result<(Arc<dyn Driver>, String)> {
+pub async fn choose_driver(flags: &NodeFlags, node_id: &str, data_dir: &std::path::Path) -> Result<(Arc<dyn Driver>, String)> {
+    let warm = warm_config(flags);
+    let image_cleanup = flags.image_cleanup_above.0.map(|above_bytes| shepherd_agent::driver::images::ImageCleanup {
+        above_bytes,
+        unused_for: flags.image_cleanup_unused,
+        state_file: Some(data_dir.join("pulled-images.json")),
+    });
     let docker = || {
         DockerDriver::connect(DockerConfig {
-            pids_limit,
+            pids_limit: flags.pids_limit,
             warm: warm.clone(),
-            devices: devices.to_vec(),
-            gpus,
+            devices: flags.devices.clone(),
+            gpus: flags.gpus,
+            image_cleanup: image_cleanup.clone(),
+            pull_dedup: !flags.no_pull_dedup,
             ..DockerConfig::new(node_id)
         })
     };
-    match wanted {
+    match flags.driver {
         DriverName::Process => {
             Ok((Arc::new(ProcessDriver), "chosen with --driver process: commands run on this host; the image is recorded only".into()))
         }
@@ -246,7 +305,7 @@ pub struct Node {
     pub(crate) why: String,
 }
 
-pub async fn prepare_node(flags: &NodeFlags, node_id: &str) -> Result<Node> {
+pub async fn prepare_node(flags: &NodeFlags, node_id: &str, data_dir: &std::path::Path) -> Result<Node> {
     let mut labels = BTreeMap::new();
     for label in &flags.node_labels {
         let Some((key, value)) = label.split_once('=') else { bail!("--node-label `{label}`: use KEY=VALUE") };
@@ -271,7 +330,7 @@ pub async fn prepare_node(flags: &NodeFlags, node_id: &str) -> Result<Node> {
         let names: Vec<&str> = flags.devices.iter().map(|d| d.name.as_str()).collect();
         labels.insert(shepherd_sched::DEVICES_LABEL.to_string(), names.join(","));
     }
-    let (driver, why) = choose_driver(flags.driver, node_id, flags.pids_limit, warm_config(flags), &flags.devices, flags.gpus).await?;
+    let (driver, why) = choose_driver(flags, node_id, data_dir).await?;
     if (flags.gpus > 0 || !flags.devices.is_empty()) && driver.name() != "docker" {
         bail!("--device and --gpus need the docker driver");
     }

@@ -3,7 +3,11 @@
 //! project pulls with its own login and no other project can; fifty tasks
 //! missing one image cause one pull; a pull past its deadline fails the
 //! attempt with `image_pull_failed` and the retry succeeds once the
-//! registry answers.
+//! registry answers; a slow pull shows its progress on the task; a digest
+//! reference runs and each attempt records the image it ran; a registry
+//! serving TLS with a test CA is pulled from once the engine trusts the CA;
+//! prefetch puts an image on every node of a pool; the image cleanup
+//! removes a pulled image no task needs and keeps one in use.
 
 mod common;
 
@@ -35,11 +39,25 @@ impl Registry {
     }
 
     fn push(&mut self, name: &str) -> String {
-        let out = Command::new("bash").args([SCRIPT, "push"]).arg(&self.dir).args([TEST_IMAGE, name]).output().unwrap();
+        self.push_local(TEST_IMAGE, name)
+    }
+
+    /// Pushes the engine's `local` image as `name`; its reference here.
+    fn push_local(&mut self, local: &str, name: &str) -> String {
+        let out = Command::new("bash").args([SCRIPT, "push"]).arg(&self.dir).args([local, name]).output().unwrap();
         assert!(out.status.success(), "registry.sh push: {}", String::from_utf8_lossy(&out.stderr));
         let reference = String::from_utf8_lossy(&out.stdout).trim().to_string();
         self.pushed.push(reference.clone());
         reference
+    }
+
+    /// The manifest digest the registry serves for `NAME:TAG` (`sha256:…`).
+    fn digest(&self, name_and_tag: &str) -> String {
+        let out = Command::new("bash").args([SCRIPT, "digest"]).arg(&self.dir).arg(name_and_tag).output().unwrap();
+        assert!(out.status.success(), "registry.sh digest: {}", String::from_utf8_lossy(&out.stderr));
+        let digest = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        assert!(digest.starts_with("sha256:"), "{digest:?}");
+        digest
     }
 
     fn stop(&self) {
@@ -268,4 +286,344 @@ async fn a_pull_past_its_deadline_fails_and_the_retry_succeeds_once_the_registry
     let done = admin.wait_terminal(&id, Duration::from_secs(60)).await;
     assert_eq!(done["state"], "succeeded", "{done}");
     assert_eq!(done["attempts"].as_array().map(Vec::len), Some(2), "{done}");
+}
+
+/// Logs `http`'s project `project` in to `address` as alice.
+async fn login(http: &Http, project: &str, address: &str) {
+    let (status, body) = http
+        .send(
+            reqwest::Method::PUT,
+            &format!("/v1/projects/{project}/registries/{address}"),
+            &json!({"username": "alice", "password": "s3cret"}),
+        )
+        .await;
+    assert_eq!(status, 204, "{body}");
+}
+
+/// A local image of the test image plus `mib` MiB of random bytes (which
+/// no compression shrinks), named `name`.
+fn big_image(name: &str, mib: usize) {
+    let container = format!("shepherd-big-{}", suffix());
+    let out = Command::new("docker")
+        .args(["run", "--name", &container, TEST_IMAGE, "sh", "-c", &format!("head -c {} /dev/urandom > /blob", mib << 20)])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("docker").args(["commit", &container, name]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let _ = Command::new("docker").args(["rm", "-f", &container]).output();
+}
+
+/// A TCP proxy to `target` that passes what comes back at about
+/// `bytes_per_second` (a slow link to the registry), until dropped.
+struct SlowLink {
+    port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl SlowLink {
+    fn new(target: u16, bytes_per_second: usize) -> SlowLink {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = stop.clone();
+        std::thread::spawn(move || {
+            while !stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                let Ok((client, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                let _ = client.set_nonblocking(false);
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", target)) else { continue };
+                let (mut client_in, mut server_out) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut client_in, &mut server_out);
+                    let _ = server_out.shutdown(std::net::Shutdown::Write);
+                });
+                let (mut server_in, mut client_out) = (server, client);
+                std::thread::spawn(move || {
+                    let mut buffer = vec![0u8; 16 * 1024];
+                    let chunk_time = Duration::from_secs_f64(buffer.len() as f64 / bytes_per_second as f64);
+                    loop {
+                        match server_in.read(&mut buffer) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => {
+                                if client_out.write_all(&buffer[..n]).is_err() {
+                                    break;
+                                }
+                                std::thread::sleep(chunk_time.mul_f64(n as f64 / buffer.len() as f64));
+                            }
+                        }
+                    }
+                    let _ = client_out.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        SlowLink { port, stop }
+    }
+}
+
+impl Drop for SlowLink {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[tokio::test]
+async fn a_slow_pull_shows_its_progress_and_each_attempt_records_the_image_it_ran() {
+    ensure_test_image();
+    let dir = tempfile::tempdir().unwrap();
+    let mut registry = Registry::start(&dir.path().join("registry"), None);
+    let s = suffix();
+    let local = format!("shepherd-test-big:{s}");
+    big_image(&local, 12);
+    let image = registry.push_local(&local, &format!("tools/big:{s}"));
+    forget(&local);
+    forget(&image);
+    let digest = registry.digest(&format!("tools/big:{s}"));
+    // The same repository through a link of ~3 MiB/s: a pull of ~4 s.
+    let link = SlowLink::new(registry.port(), 3 << 20);
+    let slow = format!("127.0.0.1:{}/tools/big:{s}", link.port);
+    let server = Server::start(&dir.path().join("data"), &["--driver", "docker"]);
+    let admin = server.http();
+    login(&admin, "default", &registry.address).await;
+    login(&admin, "default", &format!("127.0.0.1:{}", link.port)).await;
+
+    // While the attempt waits for its image, the task says how far the pull got.
+    let (status, created) = admin.post("/v1/tasks", &task(&slow, "if_not_present")).await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_string();
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, t) = admin.get(&format!("/v1/tasks/{id}")).await;
+        if let Some(message) = t["progress"]["message"].as_str() {
+            if seen.last().map(String::as_str) != Some(message) {
+                seen.push(message.to_string());
+            }
+        }
+        if t["state"] != "queued" && t["state"] != "scheduled" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still waiting: {t}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let done = admin.wait_terminal(&id, Duration::from_secs(60)).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let percents: Vec<u32> = seen.iter().filter_map(|m| m.strip_prefix("pulling image: ")?.strip_suffix('%')?.parse().ok()).collect();
+    assert!(percents.iter().any(|p| *p > 0 && *p < 100), "the pull's progress was shown: {seen:?}");
+    assert!(percents.windows(2).all(|w| w[0] <= w[1]), "progress only grows: {percents:?}");
+    assert!(done["progress"].is_null(), "the pull's progress goes once the task runs: {done}");
+    // The attempt records the image it ran: the registry's digest.
+    let ran = done["attempts"][0]["runtime"]["image_digest"].as_str().unwrap_or_default().to_string();
+    assert!(ran.ends_with(&format!("@{digest}")), "{ran} is not {digest}: {done}");
+    let (_, metrics) = admin.text("/metrics").await;
+    assert!(metrics.contains("shepherd_image_pull_seconds_count"), "pull durations are measured");
+
+    // A task naming the digest runs it, and records it.
+    let by_digest = format!("{}/tools/big@{digest}", registry.address);
+    let (done, logs) = run(&admin, task(&by_digest, "always")).await;
+    assert_eq!((done["state"].as_str(), logs.trim()), (Some("succeeded"), "pulled"), "{done}");
+    assert_eq!(done["attempts"][0]["runtime"]["image_digest"], by_digest.as_str(), "{done}");
+    let out = server.cli(&["inspect", done["id"].as_str().unwrap()]);
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(printed.contains(&format!("Attempt 1 ran image {by_digest}")), "{printed}");
+    // A digest the registry does not have: image_pull_failed.
+    let missing = format!("{}/tools/big@sha256:{}", registry.address, "0".repeat(64));
+    let (done, _) = run(&admin, task(&missing, "if_not_present")).await;
+    assert_eq!(done["state"], "failed", "{done}");
+    assert!(done["reason"].as_str().unwrap_or_default().contains("image_pull_failed"), "{done}");
+    forget(&by_digest);
+    forget(&slow);
+}
+
+/// An address of this host that is not loopback (the engine skips TLS
+/// checks for 127.0.0.0/8): the engine's default bridge, else the first
+/// address `hostname -I` gives.
+fn host_address() -> String {
+    let bridge = Command::new("sh").args(["-c", "ip -4 -o addr show docker0 2>/dev/null | awk '{print $4}' | cut -d/ -f1"]).output();
+    let any = Command::new("hostname").arg("-I").output();
+    let candidates = [bridge, any]
+        .into_iter()
+        .filter_map(Result::ok)
+        .flat_map(|out| String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_string).collect::<Vec<_>>());
+    let address = candidates
+        .filter_map(|a| a.parse::<std::net::Ipv4Addr>().ok())
+        .find(|a| !a.is_loopback())
+        .expect("no address of this host other than loopback");
+    address.to_string()
+}
+
+/// Installs a registry's CA for the engine until dropped.
+struct Trust(PathBuf);
+
+impl Trust {
+    fn new(dir: &Path) -> Trust {
+        let out = Command::new("bash").args([SCRIPT, "trust"]).arg(dir).output().unwrap();
+        assert!(out.status.success(), "registry.sh trust: {}", String::from_utf8_lossy(&out.stderr));
+        Trust(dir.to_path_buf())
+    }
+}
+
+impl Drop for Trust {
+    fn drop(&mut self) {
+        let _ = Command::new("bash").args([SCRIPT, "untrust"]).arg(&self.0).output();
+    }
+}
+
+#[tokio::test]
+async fn a_registry_serving_tls_is_pulled_from_once_the_engine_trusts_its_ca() {
+    ensure_test_image();
+    let dir = tempfile::tempdir().unwrap();
+    let registry_dir = dir.path().join("registry");
+    std::fs::create_dir_all(&registry_dir).unwrap();
+    let out =
+        Command::new("bash").args([SCRIPT, "start-tls"]).arg(&registry_dir).args(["alice", "s3cret", &host_address()]).output().unwrap();
+    assert!(out.status.success(), "registry.sh start-tls: {}", String::from_utf8_lossy(&out.stderr));
+    let mut registry =
+        Registry { dir: registry_dir.clone(), address: String::from_utf8_lossy(&out.stdout).trim().to_string(), pushed: Vec::new() };
+    let image = {
+        let _trust = Trust::new(&registry_dir);
+        registry.push(&format!("tools/tls:{}", suffix()))
+    };
+    forget(&image);
+    let server = Server::start(&dir.path().join("data"), &["--driver", "docker"]);
+    let admin = server.http();
+    login(&admin, "default", &registry.address).await;
+    // Not trusted: the engine refuses the certificate, and the task says so.
+    let (done, _) = run(&admin, task(&image, "always")).await;
+    assert_eq!(done["state"], "failed", "{done}");
+    let reason = done["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("image_pull_failed") && (reason.contains("x509") || reason.contains("certificate")), "{reason}");
+    // Trusted: pulled over TLS with the project's login.
+    let _trust = Trust::new(&registry_dir);
+    let (done, logs) = run(&admin, task(&image, "always")).await;
+    assert_eq!((done["state"].as_str(), logs.trim()), (Some("succeeded"), "pulled"), "{done}");
+    assert!(done["attempts"][0]["runtime"]["image_digest"].as_str().is_some_and(|d| d.contains("@sha256:")), "{done}");
+}
+
+#[tokio::test]
+async fn prefetch_puts_an_image_on_every_node_of_a_pool_and_no_other() {
+    ensure_test_image();
+    let dir = tempfile::tempdir().unwrap();
+    let mut registry = Registry::start(&dir.path().join("registry"), None);
+    let image = registry.push(&format!("tools/prefetch:{}", suffix()));
+    forget(&image);
+    let token = "prefetch-join-token";
+    let server = Server::start(&dir.path().join("data"), &["--driver", "docker", "--join-token", token]);
+    let admin = server.http();
+    login(&admin, "default", &registry.address).await;
+    let mut agents = Vec::new();
+    for i in 0..2 {
+        let data = dir.path().join(format!("agent{i}"));
+        let log = dir.path().join(format!("agent{i}.log"));
+        let args = [
+            "agent",
+            "--join",
+            &server.url,
+            "--join-token",
+            token,
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--driver",
+            "docker",
+            "--node-label",
+            "pool=burst",
+            "--stop-tasks",
+        ];
+        agents.push((common::Process::start(&args, &log, "shepherd agent:"), log));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, nodes) = admin.get("/v1/nodes").await;
+        let ready = nodes["nodes"].as_array().unwrap().iter().filter(|n| n["state"] == "ready" && n["labels"]["pool"] == "burst").count();
+        if ready == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the pool's agents never joined: {nodes}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let before = registry.manifest_fetches(&image);
+    let out = server.cli(&["image", "prefetch", &image, "--pool", "burst", "--project", "default", "--timeout", "60s"]);
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{printed}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(printed.contains("onto 2 nodes of pool burst") && printed.contains("2/2 nodes hold it"), "{printed}");
+    // Each node of the pool pulled it; the node outside the pool did not.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while registry.manifest_fetches(&image) - before < 2 {
+        assert!(Instant::now() < deadline, "pulls: {}", registry.manifest_fetches(&image) - before);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for (_, log) in &agents {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        assert!(text.contains("prefetched an image"), "{text}");
+    }
+    let up_log = std::fs::read_to_string(dir.path().join("data.log")).unwrap_or_default();
+    assert!(!up_log.contains("prefetched an image"), "the node outside the pool was asked");
+    // The pool's tasks find it there: `never` pulls nothing and runs.
+    let mut t = task(&image, "never");
+    t["pool"] = json!("burst");
+    let (done, logs) = run(&admin, t).await;
+    assert_eq!((done["state"].as_str(), logs.trim()), (Some("succeeded"), "pulled"), "{done}");
+    // The audit log has it; bad input names the field; a project prefetches for itself only.
+    let (_, audit) = admin.get("/v1/audit").await;
+    assert!(audit.to_string().contains("image.prefetch"), "{audit}");
+    let (status, body) = admin.post("/v1/images/prefetch", &json!({"image": "Not An Image"})).await;
+    assert_eq!((status, body["error"]["field"].as_str()), (400, Some("image")), "{body}");
+    let other = server.http_as(Some(&project(&admin, &format!("pf{}", suffix())).await));
+    let (status, _) = other.get(&format!("/v1/images/prefetch?image={image}&project=default")).await;
+    assert_eq!(status, 404);
+    forget(&image);
+}
+
+#[tokio::test]
+async fn the_image_cleanup_removes_pulled_images_no_task_needs_and_keeps_those_in_use() {
+    ensure_test_image();
+    let dir = tempfile::tempdir().unwrap();
+    let mut registry = Registry::start(&dir.path().join("registry"), None);
+    let s = suffix();
+    let (unused, busy) = (registry.push(&format!("tools/gc-a:{s}")), registry.push(&format!("tools/gc-b:{s}")));
+    forget(&unused);
+    forget(&busy);
+    let server = Server::start(
+        &dir.path().join("data"),
+        &["--driver", "docker", "--image-cleanup-above", "0", "--image-cleanup-unused", "2s", "--image-cleanup-every", "1s"],
+    );
+    let admin = server.http();
+    login(&admin, "default", &registry.address).await;
+    let present = |image: &str| Command::new("docker").args(["image", "inspect", image]).output().unwrap().status.success();
+    let (done, _) = run(&admin, task(&unused, "if_not_present")).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    // A task of the other image runs for a while.
+    let mut long = task(&busy, "if_not_present");
+    long["command"] = json!(["sleep", "12"]);
+    let (status, created) = admin.post("/v1/tasks", &long).await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_string();
+    common::wait_running(&admin, &id).await;
+    // The unused one goes; the one in use stays; the local test image (not pulled) stays.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while present(&unused) {
+        assert!(Instant::now() < deadline, "the unused image was never removed");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(present(&busy), "an image in use was removed");
+    assert!(present(TEST_IMAGE), "an image the agent did not pull was removed");
+    let done = admin.wait_terminal(&id, Duration::from_secs(60)).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    // Once unused past its time, it goes too.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while present(&busy) {
+        assert!(Instant::now() < deadline, "the image was never removed after its task");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(present(TEST_IMAGE));
+    let (_, metrics) = admin.text("/metrics").await;
+    assert!(
+        metrics.contains("shepherd_images_removed_total 2"),
+        "{}",
+        metrics.lines().filter(|l| l.contains("images_removed")).collect::<Vec<_>>().join("\n")
+    );
 }

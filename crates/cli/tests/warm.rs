@@ -38,9 +38,13 @@ async fn node_id(http: &Http) -> String {
     nodes["nodes"][0]["id"].as_str().unwrap().to_string()
 }
 
-/// (container, warm) of a task's last attempt.
+/// (container, warm) of a task's last attempt (which also records the image it ran).
 fn ran_in(task: &Value) -> (String, bool) {
     let attempt = task["attempts"].as_array().and_then(|a| a.last()).cloned().unwrap_or_default();
+    if attempt["started_at"].is_string() {
+        let image = attempt["runtime"]["image_digest"].as_str().unwrap_or_default();
+        assert!(image.starts_with("sha256:") || image.contains("@sha256:"), "no image recorded: {attempt}");
+    }
     (attempt["runtime"]["container"].as_str().unwrap_or("-").to_string(), attempt["runtime"]["warm"].as_bool().unwrap_or(false))
 }
 

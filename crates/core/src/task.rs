@@ -481,6 +481,11 @@ pub struct AttemptRuntime {
     /// Whether the attempt ran in a reused (warm) container rather than one
     /// created for it.
     pub warm: bool,
+    /// The image it ran, exactly: its registry digest (`NAME@sha256:…`)
+    /// when the image came from a registry, else the engine's image id
+    /// (`sha256:…`); absent where the driver does not know.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_digest: Option<String>,
 }
 
 /// A task's own report of how far it got.

@@ -59,7 +59,9 @@ fn check(ok: bool, field: &str, message: impl FnOnce() -> String) -> Result<(), 
     }
 }
 
-fn is_label_key(key: &str) -> bool {
+/// Whether `key` is a label key (also a pool name): 1-63 of letters,
+/// digits, `.`, `_`, `-`, `/`.
+pub fn is_label_key(key: &str) -> bool {
     !key.is_empty() && key.len() <= 63 && key.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/'))
 }
 

@@ -87,6 +87,15 @@ pub enum AgentMessage {
     Drain,
     /// A project volume was removed: remove its data from this node.
     RemoveVolume { engine_name: String, project: String },
+    /// Pull this image now, ahead of the tasks that will need it
+    /// (`shepherd image prefetch`), with a project's login to its registry.
+    Prefetch {
+        image: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        auth: Option<shepherd_core::RegistryAuth>,
+        /// How long the pull may take, in seconds.
+        pull_timeout_seconds: u32,
+    },
     /// Keep-alive.
     Ping,
 }
@@ -209,6 +218,14 @@ pub struct EventsResponse {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LogsRequest {
     pub chunks: Vec<WireChunk>,
+}
+
+/// `POST /v1/agent/tasks/{id}/progress`: how far an attempt got before its
+/// task runs (its image's pull), shown on the task.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProgressReport {
+    pub attempt: u32,
+    pub progress: shepherd_core::Progress,
 }
 
 /// An attempt the cluster has placed on a node (`GET /v1/agent/assigned`).

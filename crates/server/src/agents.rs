@@ -75,6 +75,11 @@ impl RemoteAgents {
         self.send(node_id, AgentMessage::Drain)
     }
 
+    /// Tells the node's agent to pull an image now, if its stream is here; false if not.
+    pub fn prefetch_here(&self, node_id: &str, image: &str, auth: Option<shepherd_core::RegistryAuth>, pull_timeout_seconds: u32) -> bool {
+        self.send(node_id, AgentMessage::Prefetch { image: image.into(), auth, pull_timeout_seconds })
+    }
+
     /// Tells the node's agent to remove a volume, if its stream is here; false if not.
     pub fn remove_volume_here(&self, node_id: &str, engine_name: &str, project: &str) -> bool {
         self.send(node_id, AgentMessage::RemoveVolume { engine_name: engine_name.into(), project: project.into() })
@@ -179,6 +184,7 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/agent/tasks/{id}/launch", get(launch))
         .route("/v1/agent/tasks/{id}/captured", get(captured))
         .route("/v1/agent/tasks/{id}/package", get(package))
+        .route("/v1/agent/tasks/{id}/progress", post(progress))
 }
 
 /// The code package of a task on this node (the zip's bytes).
@@ -193,6 +199,20 @@ async fn package(State(state): State<AppState>, headers: HeaderMap, Path(id): Pa
     let zip =
         crate::local_backend::package_of(state.store.as_ref(), id).await?.ok_or_else(|| ApiError::not_found("the task has no package"))?;
     Ok(([(axum::http::header::CONTENT_TYPE, "application/zip")], zip).into_response())
+}
+
+async fn progress(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Json(report): Json<shepherd_proto::ProgressReport>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let node = node_of(&state, &headers)?;
+    let id: TaskId = id.parse().map_err(|_| ApiError::not_found("no such task"))?;
+    let progress = shepherd_core::Progress::new(f64::from(report.progress.percent), report.progress.message)
+        .map_err(|e| ApiError::field("progress.percent", e))?;
+    let taken = crate::local_backend::attempt_progress(state.store.as_ref(), Some(&node), id, report.attempt, progress).await?;
+    Ok(Json(serde_json::json!({ "taken": taken })))
 }
 
 async fn register(State(state): State<AppState>, headers: HeaderMap, Json(reg): Json<Registration>) -> Result<Json<Registered>, ApiError> {

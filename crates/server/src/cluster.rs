@@ -73,6 +73,7 @@ impl ClusterConfig {
                 log_limits: LogLimits::default(),
                 stop_grace: Duration::from_secs(10),
                 stop_on_shutdown: false,
+                image_cleanup_every: None,
             }),
             engine: Arc::new(shepherd_sched::Engine::default()),
             join_token: None,
@@ -111,6 +112,8 @@ pub struct LocalNodeConfig {
     pub stop_grace: Duration,
     /// A clean stop stops the tasks too, leaving no container for adoption.
     pub stop_on_shutdown: bool,
+    /// How often the driver's image cleanup runs (`None`: never).
+    pub image_cleanup_every: Option<Duration>,
 }
 
 /// Why the cluster could not start.
@@ -238,6 +241,7 @@ impl Cluster {
                     log_limits: node.log_limits,
                     stop_grace: node.stop_grace,
                     stop_on_shutdown: node.stop_on_shutdown,
+                    image_cleanup_every: node.image_cleanup_every,
                 },
                 Arc::new(crate::local_backend::StoreBackend { store: dyn_store.clone(), observer: observer.clone() }),
                 driver.clone(),

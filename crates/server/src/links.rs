@@ -19,6 +19,10 @@ pub trait NodeLinks: Send + Sync + 'static {
     fn drain(&self, _node_id: &str) {}
     /// Tells a node's agent to remove a removed volume's data.
     fn remove_volume(&self, _node_id: &str, _engine_name: &str, _project: &str) {}
+    /// Tells a node's agent to pull an image now with `project`'s login
+    /// (`shepherd image prefetch`); `auth` is that login, if the project
+    /// has one for the image's registry.
+    fn prefetch(&self, _node_id: &str, _image: &str, _project: Option<&str>, _auth: Option<shepherd_core::RegistryAuth>, _timeout: u32) {}
 }
 
 /// Agents running in this process, by node id.
@@ -62,6 +66,12 @@ impl NodeLinks for LocalAgents {
             agent.remove_volume(engine_name.to_string(), project.to_string());
         }
     }
+
+    fn prefetch(&self, node_id: &str, image: &str, _project: Option<&str>, auth: Option<shepherd_core::RegistryAuth>, timeout: u32) {
+        if let Some(agent) = self.agents.get(node_id) {
+            agent.prefetch(image.to_string(), auth, std::time::Duration::from_secs(u64::from(timeout)));
+        }
+    }
 }
 
 /// The in-process agent first, then remote agents connected to this
@@ -85,6 +95,9 @@ pub enum Dispatch {
     Drain { node: String },
     /// A volume was removed: tell the node's agent, if you hold its stream.
     RemoveVolume { node: String, engine_name: String, project: String },
+    /// Have the node's agent pull an image, if you hold its stream (with
+    /// the project's login, read from the store: no password travels here).
+    Prefetch { node: String, image: String, project: Option<String>, timeout: u32 },
     /// Have every agent connected to you reconcile: sent by a new leader,
     /// since the old one may have died between committing placements and
     /// publishing them.
@@ -153,6 +166,20 @@ impl NodeLinks for ClusterLinks {
             self.publish(Dispatch::RemoveVolume { node: node_id.to_string(), engine_name: engine_name.into(), project: project.into() });
         }
     }
+
+    fn prefetch(&self, node_id: &str, image: &str, project: Option<&str>, auth: Option<shepherd_core::RegistryAuth>, timeout: u32) {
+        if self.local.agents.contains_key(node_id) {
+            return self.local.prefetch(node_id, image, project, auth, timeout);
+        }
+        if !self.remote.prefetch_here(node_id, image, auth, timeout) {
+            self.publish(Dispatch::Prefetch {
+                node: node_id.to_string(),
+                image: image.to_string(),
+                project: project.map(str::to_string),
+                timeout,
+            });
+        }
+    }
 }
 
 /// Acts on what other servers publish, for the agents connected here:
@@ -204,6 +231,16 @@ pub async fn dispatch(
             }
             Ok(Dispatch::RemoveVolume { node, engine_name, project }) => {
                 remote.remove_volume_here(&node, &engine_name, &project);
+            }
+            Ok(Dispatch::Prefetch { node, image, project, timeout }) if remote.holds(&node) => {
+                let auth = match &project {
+                    Some(project) => store.registry_auth(project, &image).await.unwrap_or_else(|e| {
+                        tracing::warn!(error = %e, "could not read a registry login for a prefetch");
+                        None
+                    }),
+                    None => None,
+                };
+                remote.prefetch_here(&node, &image, auth, timeout);
             }
             Ok(Dispatch::Reconcile) => remote.reconcile_all(),
             Ok(Dispatch::Released { tasks }) => {

@@ -103,9 +103,32 @@ impl Backend for StoreBackend {
         captured_in(self.store.as_ref(), id, attempt).await.map_err(failed)
     }
 
+    async fn progress(&self, id: TaskId, attempt: u32, progress: shepherd_core::Progress) -> Result<(), BackendError> {
+        attempt_progress(self.store.as_ref(), None, id, attempt, progress).await.map_err(failed)?;
+        Ok(())
+    }
+
     async fn package(&self, id: TaskId) -> Result<Vec<u8>, BackendError> {
         package_of(self.store.as_ref(), id).await.map_err(failed)?.ok_or(BackendError::Refused { status: 404, body: "no package".into() })
     }
+}
+
+/// Records how far an attempt got before its task runs (its image's pull),
+/// if it is still the task's current attempt, waiting to start, on `node`
+/// (any node for the in-process agent). False if not.
+pub async fn attempt_progress(
+    store: &dyn Store,
+    node: Option<&str>,
+    id: TaskId,
+    attempt: u32,
+    progress: shepherd_core::Progress,
+) -> Result<bool, StoreError> {
+    let Some(launch) = store.launch_spec(id).await? else { return Ok(false) };
+    let current = launch.attempt == attempt && launch.state == shepherd_core::TaskState::Scheduled;
+    if !current || node.is_some_and(|node| launch.node_id.as_deref() != Some(node)) {
+        return Ok(false);
+    }
+    store.set_progress(id, progress).await
 }
 
 /// The package of a task, from its project's packages.

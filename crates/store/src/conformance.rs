@@ -84,7 +84,11 @@ pub async fn apply_every_event(store: &dyn Store) {
     assert_eq!(task.attempts[0].reason.as_deref(), Some("node n1 missed its heartbeats"));
     assert_eq!(task.reason.as_deref(), Some("lost"));
     apply(Event::Schedule { node_id: "n2".into() }).await.unwrap();
-    let warm = shepherd_core::AttemptRuntime { container: "shepherd-warm-1".into(), warm: true };
+    let warm = shepherd_core::AttemptRuntime {
+        container: "shepherd-warm-1".into(),
+        warm: true,
+        image_digest: Some("127.0.0.1:5000/app@sha256:0123abcd".into()),
+    };
     apply(Event::Start { attempt: 2, at: None, runtime: Some(warm.clone()) }).await.unwrap();
     let cancel = apply(Event::Cancel).await.unwrap();
     assert!(cancel.decision.request_cancel);
@@ -121,7 +125,11 @@ pub async fn apply_every_event(store: &dyn Store) {
         Event::Start {
             attempt: 2,
             at: Some(Timestamp(now.millis() - 700)),
-            runtime: Some(shepherd_core::AttemptRuntime { container: "shepherd-x-2".into(), warm: false }),
+            runtime: Some(shepherd_core::AttemptRuntime {
+                container: "shepherd-x-2".into(),
+                warm: false,
+                image_digest: Some("sha256:feed".into()),
+            }),
         },
         Event::Exit { attempt: 2, code: 0, oom_killed: false, at: Some(Timestamp(now.millis() - 600)), usage: None },
     ];
@@ -152,7 +160,11 @@ pub async fn apply_every_event(store: &dyn Store) {
     assert_eq!(rows(&one), rows(&all));
     assert_eq!((all.state, all.attempts.len(), all.exit_code), (TaskState::Succeeded, 2, Some(0)), "{all:?}");
     assert_eq!(all.attempts[0].reason.as_deref(), Some("oom_killed"), "{all:?}");
-    assert_eq!(all.attempts[1].runtime.as_ref().map(|r| (r.container.as_str(), r.warm)), Some(("shepherd-x-2", false)), "{all:?}");
+    assert_eq!(
+        all.attempts[1].runtime.as_ref().map(|r| (r.container.as_str(), r.warm, r.image_digest.as_deref())),
+        Some(("shepherd-x-2", false, Some("sha256:feed"))),
+        "{all:?}"
+    );
 }
 
 /// A node's reports count only for tasks whose current attempt is on it,
@@ -682,8 +694,25 @@ pub async fn packages_and_progress(store: &dyn Store) {
     assert!(store.get_task(task.id).await.unwrap().unwrap().progress.is_none());
     let progress = shepherd_core::Progress { percent: 40, message: "half way".into() };
     assert!(store.set_progress(task.id, progress.clone()).await.unwrap());
-    assert_eq!(store.get_task(task.id).await.unwrap().unwrap().progress, Some(progress));
+    assert_eq!(store.get_task(task.id).await.unwrap().unwrap().progress, Some(progress.clone()));
     assert!(!store.set_progress(TaskId(ulid::Ulid::new()), shepherd_core::Progress { percent: 1, message: String::new() }).await.unwrap());
+
+    // An image pull's progress shows while the attempt waits to start and
+    // goes when it starts; the task's own progress stays.
+    let pulled = new_task(&mut gen, spec("p"));
+    store.create_tasks(vec![pulled.clone()]).await.unwrap();
+    let now = Timestamp::now();
+    for (id, event) in [(pulled.id, Event::Schedule { node_id: "n".into() }), (task.id, Event::Schedule { node_id: "n".into() })] {
+        store.apply(vec![(id, event)], now).await.unwrap().remove(0).unwrap();
+    }
+    let pulling = shepherd_core::Progress { percent: 43, message: "pulling image: 43%".into() };
+    assert!(store.set_progress(pulled.id, pulling.clone()).await.unwrap());
+    assert_eq!(store.get_task(pulled.id).await.unwrap().unwrap().progress, Some(pulling));
+    for id in [pulled.id, task.id] {
+        store.apply(vec![(id, Event::Start { attempt: 1, at: None, runtime: None })], now).await.unwrap().remove(0).unwrap();
+    }
+    assert_eq!(store.get_task(pulled.id).await.unwrap().unwrap().progress, None, "the pull's progress goes with the start");
+    assert_eq!(store.get_task(task.id).await.unwrap().unwrap().progress, Some(progress), "the task's own stays");
 }
 
 /// A task naming a webhook gets a delivery, due once the task has ended;
@@ -1067,6 +1096,28 @@ pub async fn volumes_and_policies(store: &dyn Store) {
     assert_eq!(store.list_projects().await.unwrap().iter().find(|p| p.name == "a").unwrap().policy, policy);
 }
 
+/// Registry logins: a project's login answers for images of its registry
+/// only, and for no other project.
+pub async fn registry_logins(store: &dyn Store) {
+    use shepherd_core::RegistryAuth;
+    let now = Timestamp(1_000);
+    for name in ["a", "b"] {
+        store
+            .create_project(Project { name: name.into(), created_at: now, limits: Default::default(), policy: Default::default() })
+            .await
+            .unwrap();
+    }
+    let auth = RegistryAuth { registry: "127.0.0.1:5000".into(), username: "u".into(), password: "p".into() };
+    let secret = shepherd_core::registry::secret_name(&auth.registry);
+    store.put_secret("a", &secret, serde_json::to_vec(&auth).unwrap(), now).await.unwrap();
+    assert_eq!(store.registry_auth("a", "127.0.0.1:5000/app:1").await.unwrap(), Some(auth.clone()));
+    assert_eq!(store.registry_auth("a", "127.0.0.1:5000/app@sha256:00").await.unwrap(), Some(auth));
+    assert_eq!(store.registry_auth("a", "127.0.0.1:5001/app:1").await.unwrap(), None, "another registry");
+    assert_eq!(store.registry_auth("a", "busybox").await.unwrap(), None, "Docker Hub");
+    assert_eq!(store.registry_auth("b", "127.0.0.1:5000/app:1").await.unwrap(), None, "another project");
+    assert_eq!(store.registry_login_projects().await.unwrap(), vec!["a".to_string()]);
+}
+
 /// Runs every conformance check against fresh stores from `$fixture`, an
 /// async fn returning a [`Fixture`], one `#[tokio::test]` each.
 #[macro_export]
@@ -1094,6 +1145,7 @@ macro_rules! store_conformance {
         $crate::store_conformance!(@one $fixture, usage);
         $crate::store_conformance!(@one $fixture, machines);
         $crate::store_conformance!(@one $fixture, volumes_and_policies);
+        $crate::store_conformance!(@one $fixture, registry_logins);
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn concurrent_writers() {
             let fixture = $fixture().await;

@@ -356,6 +356,10 @@ pub trait Store: Send + Sync + 'static {
     /// The projects that hold a registry login (a secret `registry.*`).
     async fn registry_login_projects(&self) -> Result<Vec<String>, StoreError>;
 
+    /// A project's login to the registry `image` comes from, if it has one
+    /// (what its tasks pull with; `shepherd image prefetch` too).
+    async fn registry_auth(&self, project: &str, image: &str) -> Result<Option<shepherd_core::RegistryAuth>, StoreError>;
+
     /// Sets a project's policy (volume drivers, networks, egress,
     /// devices); false if there is no such project.
     async fn set_project_policy(&self, name: &str, policy: shepherd_core::ProjectPolicy) -> Result<bool, StoreError>;

@@ -59,12 +59,26 @@ pub struct DockerConfig {
     pub devices: Vec<super::devices::HostDevice>,
     /// GPUs the node offers (`--gpus`), granted by index.
     pub gpus: u32,
+    /// When to remove images this node pulled and no longer uses (`None`: never).
+    pub image_cleanup: Option<super::images::ImageCleanup>,
+    /// One pull per image and login at a time (false: every attempt that
+    /// misses the image pulls it itself; for benchmarks only).
+    pub pull_dedup: bool,
 }
 
 impl DockerConfig {
     /// The defaults: 256 processes, 64 MiB of /tmp, no warm containers.
     pub fn new(node_id: impl Into<String>) -> DockerConfig {
-        DockerConfig { node_id: node_id.into(), pids_limit: 256, tmp_size_mib: 64, warm: None, devices: Vec::new(), gpus: 0 }
+        DockerConfig {
+            node_id: node_id.into(),
+            pids_limit: 256,
+            tmp_size_mib: 64,
+            warm: None,
+            devices: Vec::new(),
+            gpus: 0,
+            image_cleanup: None,
+            pull_dedup: true,
+        }
     }
 }
 
@@ -92,7 +106,20 @@ pub struct DockerDriver {
     gpus: Arc<super::devices::GpuSlots>,
     /// Pulls in flight, one per image and login.
     pulls: super::pull::SingleFlight<super::pull::PullKey, Result<(), String>>,
+    /// How far each pull in flight got (percent), for the attempts waiting on it.
+    pull_progress: Arc<std::sync::Mutex<std::collections::HashMap<super::pull::PullKey, tokio::sync::watch::Receiver<u8>>>>,
+    /// The images this agent pulled, and when a task last used each: what
+    /// the image cleanup may remove.
+    image_use: Arc<super::images::ImageUse>,
+    /// What each image reference resolved to lately (forgotten when it is
+    /// pulled again), for the attempts' records.
+    digests: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, String)>>,
 }
+
+/// How long an image reference's digest is reused before the engine is
+/// asked again (a tag moved by hand is seen at most this late; a pull by
+/// this agent is seen at once).
+const DIGEST_FOR: Duration = Duration::from_secs(2);
 
 pub(super) fn engine_error(context: &str, e: bollard::errors::Error) -> DriverError {
     DriverError::Io(std::io::Error::other(format!("{context}: {e}")))
@@ -137,7 +164,18 @@ impl DockerDriver {
             .clone()
             .map(|warm| super::warm::Pool::new(docker.clone(), config.node_id.clone(), warm, config.pids_limit, config.tmp_size_mib));
         let gpus = Arc::new(super::devices::GpuSlots::new(config.gpus));
-        Ok(DockerDriver { docker, config, networks: Default::default(), warm, gpus, pulls: Default::default() })
+        let image_use = Arc::new(super::images::ImageUse::load(config.image_cleanup.as_ref().and_then(|c| c.state_file.clone())));
+        Ok(DockerDriver {
+            docker,
+            config,
+            networks: Default::default(),
+            warm,
+            gpus,
+            pulls: Default::default(),
+            pull_progress: Default::default(),
+            image_use,
+            digests: Default::default(),
+        })
     }
 
     /// Removes every container and network carrying this node's label
@@ -259,15 +297,86 @@ impl DockerDriver {
     /// image and login on this node at a time (the others wait for it).
     /// With `skip_if_present`, an image that arrived meanwhile is not pulled.
     async fn pull(&self, spec: &AttemptSpec, skip_if_present: bool) -> Result<(), String> {
-        let (docker, image, auth, deadline) = (self.docker.clone(), spec.image.clone(), spec.registry_auth.clone(), spec.pull_timeout);
-        let key = super::pull::pull_key(&spec.image, spec.registry_auth.as_ref());
-        let work = move || async move {
-            if skip_if_present && docker.inspect_image(&image).await.is_ok() {
-                return Ok(());
+        self.pull_image(&spec.image, spec.registry_auth.clone(), spec.pull_timeout, skip_if_present, spec.progress.as_ref()).await
+    }
+
+    /// Pulls `image` with `auth` within `deadline` (see [`Self::pull`]),
+    /// telling `progress` how far the pull got, twice a second at most.
+    async fn pull_image(
+        &self,
+        image: &str,
+        auth: Option<shepherd_core::RegistryAuth>,
+        deadline: Duration,
+        skip_if_present: bool,
+        progress: Option<&super::ProgressSink>,
+    ) -> Result<(), String> {
+        let key = super::pull::pull_key(image, auth.as_ref());
+        let work = {
+            let (docker, image, key, percents) = (self.docker.clone(), image.to_string(), key.clone(), self.pull_progress.clone());
+            let image_use = self.image_use.clone();
+            move || async move {
+                if skip_if_present && docker.inspect_image(&image).await.is_ok() {
+                    return Ok(());
+                }
+                let (tx, rx) = tokio::sync::watch::channel(0u8);
+                percents.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone(), rx);
+                let pulled = super::pull::pull(docker, image.clone(), auth, deadline, move |percent| {
+                    tx.send_replace(percent);
+                })
+                .await;
+                percents.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+                if pulled.is_ok() {
+                    image_use.pulled(&image);
+                }
+                pulled
             }
-            super::pull::pull(docker, image, auth, deadline).await
         };
-        self.pulls.run(key, work, Err("image_pull_failed: the pull stopped".into())).await
+        let flight = async {
+            if self.config.pull_dedup {
+                self.pulls.run(key.clone(), work, Err("image_pull_failed: the pull stopped".into())).await
+            } else {
+                work().await
+            }
+        };
+        let pulled = match progress {
+            None => flight.await,
+            Some(sink) => {
+                let watch = async {
+                    let mut last = None;
+                    loop {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        let percent = self.pull_progress.lock().unwrap_or_else(|e| e.into_inner()).get(&key).map(|rx| *rx.borrow());
+                        if let Some(percent) = percent.filter(|p| last != Some(*p)) {
+                            last = Some(percent);
+                            if let Ok(report) = shepherd_core::Progress::new(f64::from(percent), format!("pulling image: {percent}%")) {
+                                sink(report);
+                            }
+                        }
+                    }
+                };
+                tokio::select! {
+                    pulled = flight => pulled,
+                    _ = watch => Err("image_pull_failed: the pull stopped".into()),
+                }
+            }
+        };
+        self.digests.lock().unwrap_or_else(|e| e.into_inner()).remove(image);
+        pulled
+    }
+
+    /// What an attempt of `image` records as the image it ran
+    /// ([`super::pull::image_digest`]); `None` if the engine cannot say.
+    async fn image_digest(&self, image: &str) -> Option<String> {
+        let cached = self.digests.lock().unwrap_or_else(|e| e.into_inner()).get(image).cloned();
+        if let Some((at, digest)) = cached {
+            if at.elapsed() < DIGEST_FOR {
+                return Some(digest);
+            }
+        }
+        let inspected = self.docker.inspect_image(image).await.ok()?;
+        let digest = super::pull::image_digest(image, &inspected);
+        self.digests.lock().unwrap_or_else(|e| e.into_inner()).insert(image.to_string(), (std::time::Instant::now(), digest.clone()));
+        Some(digest)
     }
 
     /// Creates the attempt's container, replacing one left over from an
@@ -575,6 +684,8 @@ struct ContainerAttempt {
     usage: std::sync::Mutex<Option<shepherd_core::Usage>>,
     /// The GPUs it holds, given back when it is removed.
     gpus: Option<(Arc<super::devices::GpuSlots>, Vec<String>)>,
+    /// The image it runs, exactly, if known.
+    image_digest: Option<String>,
 }
 
 /// A container's usage is sampled once it has run this long: shorter tasks
@@ -686,7 +797,7 @@ impl AttemptHandle for ContainerAttempt {
     }
 
     fn runtime(&self) -> Option<shepherd_core::AttemptRuntime> {
-        Some(shepherd_core::AttemptRuntime { container: self.name.clone(), warm: false })
+        Some(shepherd_core::AttemptRuntime { container: self.name.clone(), warm: false, image_digest: self.image_digest.clone() })
     }
 
     async fn remove(&mut self) -> Result<(), DriverError> {
@@ -740,6 +851,7 @@ impl Driver for DockerDriver {
     }
 
     async fn start(&self, spec: &AttemptSpec, output: OutputSender) -> Result<Box<dyn AttemptHandle>, DriverError> {
+        self.image_use.used(&spec.image);
         if !spec.networks.is_empty() {
             for network in &spec.networks {
                 self.ensure_resolved_network(network).await?;
@@ -782,6 +894,7 @@ impl Driver for DockerDriver {
             killed: false,
             usage: Default::default(),
             gpus: (!granted.is_empty()).then(|| (self.gpus.clone(), granted)),
+            image_digest: None,
         };
         // Its other networks are joined before it starts.
         for network in spec.networks.iter().skip(1) {
@@ -796,7 +909,9 @@ impl Driver for DockerDriver {
             return Err(engine_error("attaching to the container", e));
         }
         let started = std::time::Instant::now();
-        let result = self.docker.start_container(&name, None).await;
+        // The image it runs is looked up while the engine starts it.
+        let (result, image_digest) = tokio::join!(self.docker.start_container(&name, None), self.image_digest(&spec.image));
+        attempt.image_digest = image_digest;
         if let Err(e) = crate::metrics::metrics().time("start", started, result) {
             let _ = attempt.remove().await;
             return Err(DriverError::StartFailed(format!("could not start the container: {e}")));
@@ -840,6 +955,7 @@ impl Driver for DockerDriver {
                     killed: false,
                     usage: Default::default(),
                     gpus: (!gpus.is_empty()).then(|| (self.gpus.clone(), gpus)),
+                    image_digest: None,
                 })))
             }
             Err(e) if is_status(&e, &[404]) => Ok(None),
@@ -875,7 +991,12 @@ impl Driver for DockerDriver {
         let options = ListImagesOptionsBuilder::default().build();
         match self.docker.list_images(Some(options)).await {
             Ok(images) => {
-                let mut tags: Vec<String> = images.into_iter().flat_map(|i| i.repo_tags).filter(|t| t != "<none>:<none>").collect();
+                // By tag and by digest (a task may name either).
+                let mut tags: Vec<String> = images
+                    .into_iter()
+                    .flat_map(|i| i.repo_tags.into_iter().chain(i.repo_digests))
+                    .filter(|t| t != "<none>:<none>" && t != "<none>@<none>")
+                    .collect();
                 tags.extend(self.warm.as_ref().map(|pool| pool.idle_keys()).unwrap_or_default());
                 tags.sort();
                 tags
@@ -885,6 +1006,53 @@ impl Driver for DockerDriver {
                 Vec::new()
             }
         }
+    }
+
+    async fn prefetch(&self, image: &str, auth: Option<shepherd_core::RegistryAuth>, deadline: Duration) -> Result<(), DriverError> {
+        self.pull_image(image, auth, deadline, false, None).await.map_err(DriverError::StartFailed)
+    }
+
+    async fn collect_images(&self, holds: &super::images::ImageHolds) -> Result<usize, DriverError> {
+        let Some(cleanup) = &self.config.image_cleanup else { return Ok(0) };
+        let listed = self
+            .docker
+            .list_images(Some(ListImagesOptionsBuilder::default().build()))
+            .await
+            .map_err(|e| engine_error("listing images", e))?;
+        let mut total: u64 = listed.iter().map(|i| i.size.max(0) as u64).sum();
+        if total <= cleanup.above_bytes {
+            return Ok(0);
+        }
+        self.image_use.save();
+        let mut removed = 0;
+        for image in self.image_use.unused_for(cleanup.unused_for) {
+            if total <= cleanup.above_bytes {
+                break;
+            }
+            let name = super::images::listed_name(&image);
+            let Some(found) = listed.iter().find(|i| i.repo_tags.contains(&name) || i.repo_digests.contains(&name)) else {
+                // Gone already (removed by hand).
+                self.image_use.forget(&image);
+                continue;
+            };
+            let Some(_removal) = holds.begin_removal(&image) else { continue };
+            let options = bollard::query_parameters::RemoveImageOptionsBuilder::default().force(false).build();
+            match self.docker.remove_image(&image, Some(options), None).await {
+                Ok(_) => {
+                    tracing::info!(image, bytes = found.size, "image cleanup removed an unused image");
+                    crate::metrics::metrics().images_removed.inc();
+                    self.image_use.forget(&image);
+                    self.digests.lock().unwrap_or_else(|e| e.into_inner()).remove(&image);
+                    total = total.saturating_sub(found.size.max(0) as u64);
+                    removed += 1;
+                }
+                Err(e) if is_status(&e, &[404]) => self.image_use.forget(&image),
+                // A container (a warm one, one left by hand) still uses it: kept.
+                Err(e) if is_status(&e, &[409]) => tracing::debug!(image, "image still used by a container; kept"),
+                Err(e) => tracing::warn!(image, error = %e, "image cleanup could not remove an image"),
+            }
+        }
+        Ok(removed)
     }
 
     async fn remove_volume(&self, engine_name: &str, project: &str) -> Result<bool, DriverError> {

@@ -4,6 +4,7 @@
 pub mod devices;
 pub mod docker;
 pub mod fake;
+pub mod images;
 pub mod process;
 pub mod pull;
 pub mod warm;
@@ -64,7 +65,13 @@ pub struct AttemptSpec {
     pub registry_auth: Option<shepherd_core::RegistryAuth>,
     /// How long the image's pull may take.
     pub pull_timeout: std::time::Duration,
+    /// Where the driver says how far it got before the task runs (an
+    /// image pull: `pulling image: 43%`); `None` where nobody listens.
+    pub progress: Option<ProgressSink>,
 }
+
+/// Takes an attempt's progress before its task runs.
+pub type ProgressSink = std::sync::Arc<dyn Fn(shepherd_core::Progress) + Send + Sync>;
 
 impl std::fmt::Debug for AttemptSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -204,6 +211,25 @@ pub trait Driver: Send + Sync + 'static {
     /// Whether to keep anything between attempts (false while the node
     /// drains: what an attempt leaves is freed at once).
     fn keep_idle(&self, _keep: bool) {}
+
+    /// Removes images no task of this node used for a while, if the
+    /// driver keeps images and its cleanup is on, never one that `holds`
+    /// says an attempt here needs. Returns how many it removed.
+    async fn collect_images(&self, _holds: &images::ImageHolds) -> Result<usize, DriverError> {
+        Ok(0)
+    }
+
+    /// Pulls `image` onto this node ahead of the tasks that will need it
+    /// (`shepherd image prefetch`), with `auth`, within `deadline`. Drivers
+    /// that pull no images say so.
+    async fn prefetch(
+        &self,
+        _image: &str,
+        _auth: Option<shepherd_core::RegistryAuth>,
+        _deadline: std::time::Duration,
+    ) -> Result<(), DriverError> {
+        Err(DriverError::StartFailed(format!("the {} driver pulls no images", self.name())))
+    }
 
     /// Removes a project volume's data from this node (its volume was
     /// removed); true if there was some. Drivers without volumes have none.

@@ -82,9 +82,64 @@ pub fn pull_key(image: &str, auth: Option<&RegistryAuth>) -> PullKey {
     (image.to_string(), auth.map(|a| (a.registry.clone(), a.username.clone())))
 }
 
-/// Pulls `image` on `docker` with `auth`, within `deadline`. The error is
-/// the reason an attempt fails with: `image_pull_failed: …`.
-pub async fn pull(docker: bollard::Docker, image: String, auth: Option<RegistryAuth>, deadline: Duration) -> Result<(), String> {
+/// How far a pull got, from the engine's progress messages: each layer's
+/// download and extraction, weighted by its size (a layer the engine
+/// already holds counts as done; one whose size is not known yet, not at all).
+#[derive(Debug, Default)]
+pub struct PullProgress {
+    /// Per layer: size, bytes downloaded, bytes extracted.
+    layers: HashMap<String, (u64, u64, u64)>,
+}
+
+impl PullProgress {
+    /// Takes one message of the pull's stream.
+    pub fn step(&mut self, info: &bollard::models::CreateImageInfo) {
+        let (Some(id), Some(status)) = (&info.id, &info.status) else { return };
+        let detail = info.progress_detail.as_ref();
+        let current = detail.and_then(|d| d.current).unwrap_or(0).max(0) as u64;
+        let total = detail.and_then(|d| d.total).unwrap_or(0).max(0) as u64;
+        let layer = self.layers.entry(id.clone()).or_default();
+        match status.as_str() {
+            "Downloading" => {
+                layer.0 = layer.0.max(total);
+                layer.1 = current.min(layer.0);
+            }
+            "Verifying Checksum" | "Download complete" => layer.1 = layer.0,
+            "Extracting" => {
+                layer.0 = layer.0.max(total);
+                layer.1 = layer.0;
+                layer.2 = current.min(layer.0);
+            }
+            "Pull complete" => {
+                layer.1 = layer.0;
+                layer.2 = layer.0;
+            }
+            _ => {}
+        }
+    }
+
+    /// Percent done: downloads and extractions, 99 at most until the
+    /// pull ends.
+    pub fn percent(&self) -> u8 {
+        let total: u64 = self.layers.values().map(|l| l.0).sum();
+        if total == 0 {
+            return 0;
+        }
+        let done: u64 = self.layers.values().map(|l| l.1 + l.2).sum();
+        (done.saturating_mul(100) / (2 * total)).min(99) as u8
+    }
+}
+
+/// Pulls `image` on `docker` with `auth`, within `deadline`, telling
+/// `progress` how far it got (percent) as it goes. The error is the reason
+/// an attempt fails with: `image_pull_failed: …`.
+pub async fn pull(
+    docker: bollard::Docker,
+    image: String,
+    auth: Option<RegistryAuth>,
+    deadline: Duration,
+    progress: impl Fn(u8) + Send,
+) -> Result<(), String> {
     let (name, tag) = split_reference(&image);
     let options = bollard::query_parameters::CreateImageOptionsBuilder::default().from_image(name).tag(tag).build();
     let credentials = auth.map(|a| bollard::auth::DockerCredentials {
@@ -95,14 +150,18 @@ pub async fn pull(docker: bollard::Docker, image: String, auth: Option<RegistryA
         ..Default::default()
     });
     let started = std::time::Instant::now();
-    let mut progress = docker.create_image(Some(options), None, credentials);
+    let mut steps = docker.create_image(Some(options), None, credentials);
+    crate::metrics::metrics().pulls_in_flight.inc();
     let pulled = tokio::time::timeout(deadline, async {
-        while let Some(step) = progress.next().await {
-            step?;
+        let mut done = PullProgress::default();
+        while let Some(step) = steps.next().await {
+            done.step(&step?);
+            progress(done.percent());
         }
         Ok::<(), bollard::errors::Error>(())
     })
     .await;
+    crate::metrics::metrics().pulls_in_flight.dec();
     let result = match pulled {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(format!("image_pull_failed: {}: {}", image, super::docker::engine_message(&e))),
@@ -113,7 +172,28 @@ pub async fn pull(docker: bollard::Docker, image: String, auth: Option<RegistryA
     };
     tracing::info!(image, ok = result.is_ok(), seconds = started.elapsed().as_secs_f64(), "pulled an image");
     crate::metrics::metrics().pulls.inc();
+    crate::metrics::metrics().pull_seconds.observe(started.elapsed().as_secs_f64());
+    if result.is_ok() {
+        progress(100);
+    }
     result
+}
+
+/// What an attempt records as the image it ran: the registry digest of the
+/// reference's repository (`NAME@sha256:…`) when the engine holds one (the
+/// image came from, or went to, that registry), else the engine's image id
+/// (never another repository's digest of the same image).
+pub fn image_digest(reference: &str, image: &bollard::models::ImageInspect) -> String {
+    let (name, _) = split_reference(reference);
+    let name = name.split_once('@').map_or(name, |(name, _)| name);
+    let digests = image.repo_digests.as_deref().unwrap_or_default();
+    // The engine names Docker Hub's images in full (`docker.io/library/…`
+    // is shown as `busybox@…`): matched by the repository's own name.
+    let matching = digests.iter().find(|d| d.split_once('@').is_some_and(|(repo, _)| repo == name));
+    match matching {
+        Some(digest) => digest.clone(),
+        None => image.id.clone().unwrap_or_default(),
+    }
 }
 
 /// `name` and `tag` of a reference (a digest reference whole, no tag).
@@ -181,5 +261,40 @@ mod tests {
         assert_eq!(split_reference("127.0.0.1:5000/a/b:1"), ("127.0.0.1:5000/a/b", "1"));
         assert_eq!(split_reference("127.0.0.1:5000/a/b"), ("127.0.0.1:5000/a/b", "latest"));
         assert_eq!(split_reference("a@sha256:00"), ("a@sha256:00", ""));
+    }
+
+    #[test]
+    fn an_attempt_records_its_repository_s_digest_else_the_image_id() {
+        let image = bollard::models::ImageInspect {
+            id: Some("sha256:1d".into()),
+            repo_digests: Some(vec!["127.0.0.1:5000/other@sha256:aa".into(), "127.0.0.1:5000/app@sha256:bb".into()]),
+            ..Default::default()
+        };
+        assert_eq!(image_digest("127.0.0.1:5000/app:1", &image), "127.0.0.1:5000/app@sha256:bb");
+        assert_eq!(image_digest("127.0.0.1:5000/app@sha256:bb", &image), "127.0.0.1:5000/app@sha256:bb");
+        assert_eq!(image_digest("busybox", &image), "sha256:1d", "never another repository's digest");
+    }
+
+    #[test]
+    fn pull_progress_weighs_layers_by_size_and_counts_download_and_extraction() {
+        let step = |id: &str, status: &str, current: i64, total: i64| bollard::models::CreateImageInfo {
+            id: Some(id.into()),
+            status: Some(status.into()),
+            progress_detail: Some(bollard::models::ProgressDetail { current: Some(current), total: Some(total) }),
+            ..Default::default()
+        };
+        let mut progress = PullProgress::default();
+        assert_eq!(progress.percent(), 0);
+        progress.step(&step("a", "Pulling fs layer", 0, 0));
+        progress.step(&step("a", "Downloading", 300, 600));
+        progress.step(&step("b", "Downloading", 0, 200));
+        // 300 of 800 bytes downloaded, nothing extracted: 300 / 1600.
+        assert_eq!(progress.percent(), 18);
+        progress.step(&step("a", "Download complete", 0, 0));
+        progress.step(&step("b", "Download complete", 0, 0));
+        assert_eq!(progress.percent(), 50);
+        progress.step(&step("a", "Extracting", 600, 600));
+        progress.step(&step("b", "Pull complete", 0, 0));
+        assert_eq!(progress.percent(), 99, "99 at most until the pull ends");
     }
 }

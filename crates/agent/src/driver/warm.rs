@@ -237,6 +237,8 @@ pub(super) struct Pool {
 #[derive(Debug)]
 struct ImageFacts {
     id: String,
+    /// What an attempt records as the image it ran.
+    digest: String,
     entrypoint: Vec<String>,
     cmd: Vec<String>,
     working_dir: Option<String>,
@@ -252,6 +254,8 @@ const IMAGE_FACTS_FOR: Duration = Duration::from_secs(2);
 /// config as the engine would for a cold container.
 struct Plan {
     key: PoolKey,
+    /// The image the task runs, exactly.
+    image_digest: String,
     request: RunRequest,
 }
 
@@ -353,9 +357,11 @@ impl Pool {
             Err(e) if is_status(&e, &[404]) => return Ok(None),
             Err(e) => return Err(engine_error("inspecting the image", e)),
         };
+        let digest = super::pull::image_digest(reference, &image);
         let Some(id) = image.id else { return Ok(None) };
         let config = image.config.unwrap_or_default();
         let facts = Arc::new(ImageFacts {
+            digest,
             id,
             entrypoint: config.entrypoint.unwrap_or_default(),
             cmd: config.cmd.unwrap_or_default(),
@@ -406,7 +412,11 @@ impl Pool {
                 files.push(FileSpec { path: format!("{}/{name}", super::docker::SECRETS_PATH), mode: 0o444, data: encode(&bytes) });
             }
         }
-        Ok(Some(Plan { key: PoolKey { task_key, image_id: image.id.clone() }, request: RunRequest { argv, env, workdir, files } }))
+        Ok(Some(Plan {
+            key: PoolKey { task_key, image_id: image.id.clone() },
+            image_digest: image.digest.clone(),
+            request: RunRequest { argv, env, workdir, files },
+        }))
     }
 
     /// Starts the attempt in a warm container: an idle one of its key, or a
@@ -503,7 +513,7 @@ impl Pool {
                 Ok(Some(Box::new(WarmAttempt {
                     pool: self.clone(),
                     key: plan.key.clone(),
-                    runtime: AttemptRuntime { container: conn.name.clone(), warm },
+                    runtime: AttemptRuntime { container: conn.name.clone(), warm, image_digest: Some(plan.image_digest.clone()) },
                     conn: Some(conn),
                     reuse,
                     since,

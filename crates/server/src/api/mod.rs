@@ -4,6 +4,7 @@ mod codes;
 pub mod error;
 pub mod events;
 mod health;
+mod images;
 mod logs;
 mod machines;
 mod nodes;
@@ -157,6 +158,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/projects/{project}/volumes", post(volumes::create).get(volumes::list))
         .route("/v1/projects/{project}/volumes/{name}", get(volumes::get).delete(volumes::delete))
         .route("/v1/projects/{project}/policy", get(volumes::get_policy).put(volumes::set_policy))
+        .route("/v1/images/prefetch", post(images::prefetch).get(images::prefetch_status))
         .route("/v1/projects/{project}/registries", get(registries::list))
         .route("/v1/projects/{project}/registries/{registry}", put(registries::login).delete(registries::logout))
         .route("/v1/audit", get(projects::audit))

@@ -42,6 +42,8 @@ use utoipa::OpenApi;
         super::registries::login,
         super::registries::logout,
         super::registries::list,
+        super::images::prefetch,
+        super::images::prefetch_status,
         super::volumes::create,
         super::volumes::list,
         super::volumes::get,

@@ -202,6 +202,7 @@ async fn write_attempts(
         started_at: Vec<Option<i64>>,
         container: Vec<Option<String>>,
         warm: Vec<bool>,
+        image_digest: Vec<Option<String>>,
         closed: Vec<bool>,
         finished_at: Vec<Option<i64>>,
         outcome: Vec<Option<&'static str>>,
@@ -223,6 +224,7 @@ async fn write_attempts(
         columns.started_at.push(write.started_at.map(Timestamp::millis));
         columns.container.push(write.runtime.as_ref().map(|r| r.container.clone()));
         columns.warm.push(write.runtime.as_ref().is_some_and(|r| r.warm));
+        columns.image_digest.push(write.runtime.as_ref().and_then(|r| r.image_digest.clone()));
         columns.closed.push(write.closed.is_some());
         columns.finished_at.push(write.closed.as_ref().map(|c| c.finished_at.millis()));
         columns.outcome.push(write.closed.as_ref().map(|c| c.outcome.as_str()));
@@ -236,9 +238,9 @@ async fn write_attempts(
         let insert = tx
             .prepare_cached(
                 "INSERT INTO attempts (task_id, number, node_id, scheduled_at, started_at, finished_at, outcome, exit_code, reason, \
-                 container, warm, cpu_ms, peak_memory_bytes) \
+                 container, warm, cpu_ms, peak_memory_bytes, image_digest) \
                  SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[], $7::text[], \
-                 $8::integer[], $9::text[], $10::text[], $11::bool[], $12::bigint[], $13::bigint[])",
+                 $8::integer[], $9::text[], $10::text[], $11::bool[], $12::bigint[], $13::bigint[], $14::text[])",
             )
             .await
             .map_err(error)?;
@@ -258,6 +260,7 @@ async fn write_attempts(
                 &new.warm,
                 &new.cpu_ms,
                 &new.peak_memory,
+                &new.image_digest,
             ],
         )
         .await
@@ -270,6 +273,7 @@ async fn write_attempts(
             .prepare_cached(
                 "UPDATE attempts a SET started_at = COALESCE(u.started_at, a.started_at), \
                  container = COALESCE(u.container, a.container), warm = CASE WHEN u.started_at IS NULL THEN a.warm ELSE u.warm END, \
+                 image_digest = CASE WHEN u.started_at IS NULL THEN a.image_digest ELSE u.image_digest END, \
                  finished_at = CASE WHEN u.closed THEN u.finished_at ELSE a.finished_at END, \
                  outcome = CASE WHEN u.closed THEN u.outcome ELSE a.outcome END, \
                  exit_code = CASE WHEN u.closed THEN u.exit_code ELSE a.exit_code END, \
@@ -277,8 +281,9 @@ async fn write_attempts(
                  cpu_ms = CASE WHEN u.closed THEN u.cpu_ms ELSE a.cpu_ms END, \
                  peak_memory_bytes = CASE WHEN u.closed THEN u.peak_memory ELSE a.peak_memory_bytes END \
                  FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::bool[], $5::bigint[], $6::text[], $7::integer[], $8::text[], \
-                 $9::text[], $10::bool[], $11::bigint[], $12::bigint[]) \
-                 AS u(task_id, number, started_at, closed, finished_at, outcome, exit_code, reason, container, warm, cpu_ms, peak_memory) \
+                 $9::text[], $10::bool[], $11::bigint[], $12::bigint[], $13::text[]) \
+                 AS u(task_id, number, started_at, closed, finished_at, outcome, exit_code, reason, container, warm, cpu_ms, peak_memory, \
+                 image_digest) \
                  WHERE a.task_id = u.task_id AND a.number = u.number",
             )
             .await
@@ -298,6 +303,7 @@ async fn write_attempts(
                 &changed.warm,
                 &changed.cpu_ms,
                 &changed.peak_memory,
+                &changed.image_digest,
             ],
         )
         .await
@@ -344,7 +350,11 @@ async fn write_tasks(
              not_before = u.not_before, node_id = u.node_id, exit_code = COALESCE(u.exit_code, t.exit_code), \
              reason = COALESCE(u.reason, t.reason), scheduled_at = COALESCE(u.scheduled_at, t.scheduled_at), \
              started_at = COALESCE(u.started_at, t.started_at), finished_at = COALESCE(u.finished_at, t.finished_at), \
-             updated_at = u.updated_at \
+             updated_at = u.updated_at, \
+             progress_percent = CASE WHEN u.state <> 'scheduled' AND t.progress_message LIKE 'pulling image:%' \
+             THEN NULL ELSE t.progress_percent END, \
+             progress_message = CASE WHEN u.state <> 'scheduled' AND t.progress_message LIKE 'pulling image:%' \
+             THEN NULL ELSE t.progress_message END \
              FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bool[], $6::bigint[], $7::text[], $8::integer[], \
              $9::text[], $10::bigint[], $11::bigint[], $12::bigint[], $13::bigint[]) \
              AS u(id, state, attempt, charged, cancel, not_before, node_id, exit_code, reason, scheduled_at, started_at, finished_at, updated_at) \

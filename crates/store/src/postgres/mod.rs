@@ -175,7 +175,7 @@ async fn load_attempts(client: &impl GenericClient, task: &mut Task) -> Result<(
     let stmt = client
         .prepare_cached(
             "SELECT number, node_id, scheduled_at, started_at, finished_at, outcome, exit_code, reason, container, warm, \
-             cpu_ms, peak_memory_bytes FROM attempts WHERE task_id = $1 ORDER BY number",
+             cpu_ms, peak_memory_bytes, image_digest FROM attempts WHERE task_id = $1 ORDER BY number",
         )
         .await
         .map_err(error)?;
@@ -190,7 +190,11 @@ async fn load_attempts(client: &impl GenericClient, task: &mut Task) -> Result<(
             outcome: outcome.as_deref().and_then(shepherd_core::AttemptOutcome::parse),
             exit_code: row.get(6),
             reason: row.get(7),
-            runtime: row.get::<_, Option<String>>(8).map(|container| shepherd_core::AttemptRuntime { container, warm: row.get(9) }),
+            runtime: row.get::<_, Option<String>>(8).map(|container| shepherd_core::AttemptRuntime {
+                container,
+                warm: row.get(9),
+                image_digest: row.get(12),
+            }),
             usage: match (row.get::<_, Option<i64>>(10), row.get::<_, Option<i64>>(11)) {
                 (Some(cpu), Some(memory)) => {
                     Some(shepherd_core::Usage { cpu_ms: cpu.max(0) as u64, peak_memory_bytes: memory.max(0) as u64 })
@@ -1039,6 +1043,17 @@ impl Store for PgStore {
         let rows =
             client.query("SELECT DISTINCT project FROM secrets WHERE name LIKE 'registry.%' ORDER BY project", &[]).await.map_err(error)?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    async fn registry_auth(&self, project: &str, image: &str) -> Result<Option<shepherd_core::RegistryAuth>, StoreError> {
+        let client = self.client().await?;
+        let login = shepherd_core::registry::secret_name(&shepherd_core::registry::registry_of(image));
+        let value = client
+            .query_opt("SELECT value FROM secrets WHERE project = $1 AND name = $2", &[&project, &login])
+            .await
+            .map_err(error)?
+            .map(|row| row.get::<_, Vec<u8>>(0));
+        Ok(crate::registry_auth_from(image, value))
     }
 
     async fn set_project_policy(&self, name: &str, policy: shepherd_core::ProjectPolicy) -> Result<bool, StoreError> {

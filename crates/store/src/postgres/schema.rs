@@ -253,6 +253,10 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (project, name)
     );
     "#,
+    // 11: the image each attempt ran (see the SQLite schema, 18).
+    r#"
+    ALTER TABLE attempts ADD COLUMN image_digest TEXT;
+    "#,
 ];
 
 /// The schema version this build knows.

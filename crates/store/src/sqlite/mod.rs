@@ -917,6 +917,15 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn registry_auth(&self, project: &str, image: &str) -> Result<Option<shepherd_core::RegistryAuth>, StoreError> {
+        let (project, image) = (project.to_string(), image.to_string());
+        self.read(move |conn| {
+            let login = shepherd_core::registry::secret_name(&shepherd_core::registry::registry_of(&image));
+            Ok(crate::registry_auth_from(&image, tenants::secret_values(conn, &project, std::slice::from_ref(&login))?.remove(&login)))
+        })
+        .await
+    }
+
     async fn set_project_policy(&self, name: &str, policy: shepherd_core::ProjectPolicy) -> Result<bool, StoreError> {
         let name = name.to_string();
         self.write_with(move |conn| tenants::set_project_policy(conn, &name, &policy)).await

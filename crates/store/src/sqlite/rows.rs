@@ -49,7 +49,7 @@ pub fn task_from_row(row: &Row<'_>) -> Result<Task, StoreError> {
 pub fn load_attempts(conn: &Connection, task: &mut Task) -> Result<(), StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT number, node_id, scheduled_at, started_at, finished_at, outcome, exit_code, reason, container, warm, \
-         cpu_ms, peak_memory_bytes FROM attempts WHERE task_id = ?1 ORDER BY number",
+         cpu_ms, peak_memory_bytes, image_digest FROM attempts WHERE task_id = ?1 ORDER BY number",
     )?;
     let mut rows = stmt.query([task.id.to_string()])?;
     while let Some(row) = rows.next()? {
@@ -63,9 +63,11 @@ pub fn load_attempts(conn: &Connection, task: &mut Task) -> Result<(), StoreErro
             outcome: outcome.as_deref().and_then(AttemptOutcome::parse),
             exit_code: row.get(6)?,
             reason: row.get(7)?,
-            runtime: row
-                .get::<_, Option<String>>(8)?
-                .map(|container| shepherd_core::AttemptRuntime { container, warm: row.get(9).unwrap_or(false) }),
+            runtime: row.get::<_, Option<String>>(8)?.map(|container| shepherd_core::AttemptRuntime {
+                container,
+                warm: row.get(9).unwrap_or(false),
+                image_digest: row.get(12).unwrap_or(None),
+            }),
             usage: match (row.get::<_, Option<i64>>(10)?, row.get::<_, Option<i64>>(11)?) {
                 (Some(cpu), Some(memory)) => {
                     Some(shepherd_core::Usage { cpu_ms: cpu.max(0) as u64, peak_memory_bytes: memory.max(0) as u64 })

@@ -284,6 +284,11 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (project, name)
     );
     "#,
+    // 18: the image each attempt ran, exactly (a registry digest or the
+    // engine's image id).
+    r#"
+    ALTER TABLE attempts ADD COLUMN image_digest TEXT;
+    "#,
 ];
 
 /// Data changes a migration needs that SQL alone cannot make.

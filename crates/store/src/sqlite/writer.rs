@@ -350,9 +350,17 @@ fn apply_one(tx: &Connection, id: TaskId, event: &Event, now: Timestamp, reporte
         ])?;
     }
     if let Some((number, at, runtime)) = &change.start_attempt {
-        tx.prepare_cached("UPDATE attempts SET started_at = ?3, container = ?4, warm = ?5 WHERE task_id = ?1 AND number = ?2")?.execute(
-            params![key, number, at.millis(), runtime.as_ref().map(|r| r.container.as_str()), runtime.as_ref().is_some_and(|r| r.warm)],
-        )?;
+        tx.prepare_cached(
+            "UPDATE attempts SET started_at = ?3, container = ?4, warm = ?5, image_digest = ?6 WHERE task_id = ?1 AND number = ?2",
+        )?
+        .execute(params![
+            key,
+            number,
+            at.millis(),
+            runtime.as_ref().map(|r| r.container.as_str()),
+            runtime.as_ref().is_some_and(|r| r.warm),
+            runtime.as_ref().and_then(|r| r.image_digest.as_deref())
+        ])?;
     }
     if let Some(closed) = &change.close_attempt {
         tx.prepare_cached(
@@ -373,7 +381,9 @@ fn apply_one(tx: &Connection, id: TaskId, event: &Event, now: Timestamp, reporte
     tx.prepare_cached(
         "UPDATE tasks SET state = ?2, attempt = ?3, charged_attempts = ?4, cancel_requested = ?5, not_before = ?6, node_id = ?7, \
          exit_code = COALESCE(?8, exit_code), reason = COALESCE(?9, reason), scheduled_at = COALESCE(?10, scheduled_at), \
-         started_at = COALESCE(?11, started_at), finished_at = COALESCE(?12, finished_at), updated_at = ?13 \
+         started_at = COALESCE(?11, started_at), finished_at = COALESCE(?12, finished_at), updated_at = ?13, \
+         progress_percent = CASE WHEN ?2 <> 'scheduled' AND progress_message LIKE 'pulling image:%' THEN NULL ELSE progress_percent END, \
+         progress_message = CASE WHEN ?2 <> 'scheduled' AND progress_message LIKE 'pulling image:%' THEN NULL ELSE progress_message END \
          WHERE id = ?1",
     )?
     .execute(params![
