@@ -64,11 +64,11 @@ def api(url, path, body=None, method=None):
 
 
 def registry_requests(log, since):
-    """Manifest and blob GETs served (200) after byte offset `since`."""
+    """Manifest requests (HEAD or GET) and blob GETs served (200) after byte offset `since`."""
     with open(log, "rb") as f:
         f.seek(since)
         text = f.read().decode(errors="replace")
-    manifests = sum(1 for l in text.splitlines() if "/manifests/" in l and '"GET ' in l and '" 200 ' in l)
+    manifests = sum(1 for l in text.splitlines() if "/manifests/" in l and ('"GET ' in l or '"HEAD ' in l) and '" 200 ' in l)
     blobs = sum(1 for l in text.splitlines() if "/blobs/" in l and '"GET ' in l and '" 200 ' in l)
     return manifests, blobs
 

@@ -232,13 +232,18 @@ async fn session(backend: &Arc<HttpBackend>, agent: &Agent, join: &JoinConfig) -
     }
     tracing::info!(server = %backend.url(""), node = %registration.node_id, "connected");
     // The engine's image list is refreshed on its own, so a slow engine
-    // (busy starting containers) never delays a heartbeat.
+    // (busy starting containers) never delays a heartbeat: every 10 s, and
+    // at once when a prefetch landed.
     let images = Arc::new(RwLock::new(registration.images.clone()));
     let refresh_images = {
         let (agent, images) = (agent.clone(), images.clone());
+        let changed = agent.images_changed();
         tokio::spawn(async move {
             loop {
-                tokio::time::sleep(Duration::from_secs(10)).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+                    _ = changed.notified() => {}
+                }
                 let fresh = agent.images().await;
                 if let Ok(mut images) = images.write() {
                     *images = fresh;

@@ -67,6 +67,9 @@ struct Inner {
     packages: crate::package::InUse,
     /// Images the attempts here need (kept from the image cleanup).
     images: Arc<crate::driver::images::ImageHolds>,
+    /// Signalled when the node's images changed (a prefetch landed): the
+    /// next heartbeat lists them without waiting for the periodic refresh.
+    images_changed: Arc<Notify>,
 }
 
 /// The last [`RecentlyRan::CAPACITY`] attempts this agent ran.
@@ -115,6 +118,7 @@ impl Agent {
                 unreported: Mutex::default(),
                 packages: Default::default(),
                 images: Default::default(),
+                images_changed: Default::default(),
             }),
         };
         if let Some(every) = agent.inner.config.image_cleanup_every {
@@ -142,6 +146,11 @@ impl Agent {
     /// The driver's name.
     pub fn driver_name(&self) -> &'static str {
         self.inner.driver.name()
+    }
+
+    /// Signalled when the node's images changed (a prefetch landed).
+    pub fn images_changed(&self) -> Arc<Notify> {
+        self.inner.images_changed.clone()
     }
 
     /// The images the driver's engine holds.
@@ -213,10 +222,13 @@ impl Agent {
     /// (`shepherd image prefetch`), in the background; the next heartbeat
     /// lists it among the node's images.
     pub fn prefetch(&self, image: String, auth: Option<shepherd_core::RegistryAuth>, deadline: Duration) {
-        let driver = self.inner.driver.clone();
+        let (driver, changed) = (self.inner.driver.clone(), self.inner.images_changed.clone());
         tokio::spawn(async move {
             match driver.prefetch(&image, auth, deadline).await {
-                Ok(()) => tracing::info!(image, "prefetched an image"),
+                Ok(()) => {
+                    tracing::info!(image, "prefetched an image");
+                    changed.notify_one();
+                }
                 Err(e) => tracing::warn!(image, error = %e, "could not prefetch an image"),
             }
         });

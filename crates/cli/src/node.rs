@@ -80,8 +80,8 @@ pub struct NodeFlags {
     /// How long no task of this node used a pulled image before the cleanup may remove it.
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     pub(crate) image_cleanup_unused: Duration,
-    /// How often the image cleanup looks.
-    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    /// How often the image cleanup looks (at least 1s).
+    #[arg(long, default_value = "60s", value_parser = parse_cleanup_every)]
     pub(crate) image_cleanup_every: Duration,
     /// Let every attempt that misses its image pull it itself instead of
     /// waiting for one pull per image (benchmarks of the dedup only).
@@ -98,6 +98,15 @@ impl NodeFlags {
     pub(crate) fn image_cleanup_every(&self) -> Option<Duration> {
         self.image_cleanup_above.0.map(|_| self.image_cleanup_every)
     }
+}
+
+/// `--image-cleanup-every`: a duration of at least a second.
+fn parse_cleanup_every(text: &str) -> Result<Duration, String> {
+    let every = humantime::parse_duration(text).map_err(|e| format!("`{text}`: {e}"))?;
+    if every < Duration::from_secs(1) {
+        return Err(format!("`{text}`: at least 1s"));
+    }
+    Ok(every)
 }
 
 /// `--image-cleanup-above`: bytes, or `None` for `off`.

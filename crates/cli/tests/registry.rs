@@ -584,7 +584,11 @@ async fn the_image_cleanup_removes_pulled_images_no_task_needs_and_keeps_those_i
     let dir = tempfile::tempdir().unwrap();
     let mut registry = Registry::start(&dir.path().join("registry"), None);
     let s = suffix();
-    let (unused, busy) = (registry.push(&format!("tools/gc-a:{s}")), registry.push(&format!("tools/gc-b:{s}")));
+    // Two different images (two tags of one image are one image: in use together).
+    let other = format!("shepherd-test-gc:{s}");
+    big_image(&other, 1);
+    let (unused, busy) = (registry.push(&format!("tools/gc-a:{s}")), registry.push_local(&other, &format!("tools/gc-b:{s}")));
+    forget(&other);
     forget(&unused);
     forget(&busy);
     let server = Server::start(
@@ -609,7 +613,9 @@ async fn the_image_cleanup_removes_pulled_images_no_task_needs_and_keeps_those_i
         assert!(Instant::now() < deadline, "the unused image was never removed");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    assert!(present(&busy), "an image in use was removed");
+    let log = || std::fs::read_to_string(dir.path().join("data.log")).unwrap_or_default();
+    let cleanup_lines = || log().lines().filter(|l| l.contains("image")).map(str::to_string).collect::<Vec<_>>().join("\n");
+    assert!(present(&busy), "an image in use was removed:\n{}", cleanup_lines());
     assert!(present(TEST_IMAGE), "an image the agent did not pull was removed");
     let done = admin.wait_terminal(&id, Duration::from_secs(60)).await;
     assert_eq!(done["state"], "succeeded", "{done}");

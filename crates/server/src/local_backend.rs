@@ -123,12 +123,7 @@ pub async fn attempt_progress(
     attempt: u32,
     progress: shepherd_core::Progress,
 ) -> Result<bool, StoreError> {
-    let Some(launch) = store.launch_spec(id).await? else { return Ok(false) };
-    let current = launch.attempt == attempt && launch.state == shepherd_core::TaskState::Scheduled;
-    if !current || node.is_some_and(|node| launch.node_id.as_deref() != Some(node)) {
-        return Ok(false);
-    }
-    store.set_progress(id, progress).await
+    store.set_attempt_progress(id, attempt, node.map(str::to_string), progress).await
 }
 
 /// The package of a task, from its project's packages.

@@ -706,12 +706,16 @@ pub async fn packages_and_progress(store: &dyn Store) {
         store.apply(vec![(id, event)], now).await.unwrap().remove(0).unwrap();
     }
     let pulling = shepherd_core::Progress { percent: 43, message: "pulling image: 43%".into() };
-    assert!(store.set_progress(pulled.id, pulling.clone()).await.unwrap());
-    assert_eq!(store.get_task(pulled.id).await.unwrap().unwrap().progress, Some(pulling));
+    assert!(!store.set_attempt_progress(pulled.id, 2, None, pulling.clone()).await.unwrap(), "not its attempt");
+    assert!(!store.set_attempt_progress(pulled.id, 1, Some("m".into()), pulling.clone()).await.unwrap(), "not its node");
+    assert!(store.set_attempt_progress(pulled.id, 1, Some("n".into()), pulling.clone()).await.unwrap());
+    assert_eq!(store.get_task(pulled.id).await.unwrap().unwrap().progress, Some(pulling.clone()));
     for id in [pulled.id, task.id] {
         store.apply(vec![(id, Event::Start { attempt: 1, at: None, runtime: None })], now).await.unwrap().remove(0).unwrap();
     }
     assert_eq!(store.get_task(pulled.id).await.unwrap().unwrap().progress, None, "the pull's progress goes with the start");
+    assert!(!store.set_attempt_progress(pulled.id, 1, None, pulling).await.unwrap(), "a late report lands nowhere");
+    assert_eq!(store.get_task(pulled.id).await.unwrap().unwrap().progress, None);
     assert_eq!(store.get_task(task.id).await.unwrap().unwrap().progress, Some(progress), "the task's own stays");
 }
 

@@ -292,6 +292,18 @@ pub trait Store: Send + Sync + 'static {
     /// Records a task's progress; false if there is no such task.
     async fn set_progress(&self, id: TaskId, progress: shepherd_core::Progress) -> Result<bool, StoreError>;
 
+    /// Records how far attempt `attempt` got before its task runs (its
+    /// image's pull), in the same write that checks it is still the task's
+    /// current attempt, waiting to start, on `node_id` (any node if `None`):
+    /// a late report never lands on a task that started. False if not.
+    async fn set_attempt_progress(
+        &self,
+        id: TaskId,
+        attempt: u32,
+        node_id: Option<String>,
+        progress: shepherd_core::Progress,
+    ) -> Result<bool, StoreError>;
+
     /// A project secret's value, set to `value` first if it has none (a
     /// secret Shepherd keeps for itself, such as the webhook secret).
     async fn ensure_secret(&self, project: &str, name: &str, value: Vec<u8>, at: Timestamp) -> Result<Vec<u8>, StoreError>;

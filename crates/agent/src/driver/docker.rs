@@ -1024,6 +1024,14 @@ impl Driver for DockerDriver {
             return Ok(0);
         }
         self.image_use.save();
+        // The images attempts here need, by id: another name of one of them
+        // (a digest, a second tag) is never removed either.
+        let held_ids: std::collections::HashSet<&str> = holds
+            .held()
+            .iter()
+            .filter_map(|name| listed.iter().find(|i| i.repo_tags.contains(name) || i.repo_digests.contains(name)))
+            .map(|i| i.id.as_str())
+            .collect();
         let mut removed = 0;
         for image in self.image_use.unused_for(cleanup.unused_for) {
             if total <= cleanup.above_bytes {
@@ -1035,6 +1043,9 @@ impl Driver for DockerDriver {
                 self.image_use.forget(&image);
                 continue;
             };
+            if held_ids.contains(found.id.as_str()) {
+                continue;
+            }
             let Some(_removal) = holds.begin_removal(&image) else { continue };
             let options = bollard::query_parameters::RemoveImageOptionsBuilder::default().force(false).build();
             match self.docker.remove_image(&image, Some(options), None).await {

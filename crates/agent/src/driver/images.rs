@@ -100,6 +100,7 @@ impl ImageHolds {
     /// while the cleanup is removing that very image (the attempt then
     /// pulls it again as its pull policy says).
     pub async fn hold(&self, image: &str, mut expected: Expected) -> ImageHold<'_> {
+        let image = &listed_name(image);
         loop {
             {
                 let mut state = self.lock();
@@ -117,6 +118,7 @@ impl ImageHolds {
     /// Marks `image` as being removed, if no attempt holds it and none is
     /// still to name its image; `None` otherwise.
     pub fn begin_removal(&self, image: &str) -> Option<Removal<'_>> {
+        let image = &listed_name(image);
         let mut state = self.lock();
         if state.unresolved > 0 || state.counts.contains_key(image) || state.removing.is_some() {
             return None;
@@ -125,7 +127,7 @@ impl ImageHolds {
         Some(Removal { holds: self })
     }
 
-    /// The images held now.
+    /// The images held now, as [`listed_name`] names them.
     pub fn held(&self) -> Vec<String> {
         let mut images: Vec<String> = self.lock().counts.keys().cloned().collect();
         images.sort();
@@ -159,21 +161,21 @@ impl ImageUse {
 
     /// This agent pulled `image` just now.
     pub fn pulled(&self, image: &str) {
-        self.lock().insert(image.to_string(), shepherd_core::Timestamp::now().millis());
+        self.lock().insert(listed_name(image), shepherd_core::Timestamp::now().millis());
         self.save();
     }
 
     /// A task of this node uses `image` now (kept in memory; written with
     /// the next pull or cleanup).
     pub fn used(&self, image: &str) {
-        if let Some(at) = self.lock().get_mut(image) {
+        if let Some(at) = self.lock().get_mut(&listed_name(image)) {
             *at = shepherd_core::Timestamp::now().millis();
         }
     }
 
     /// The image is gone from the engine.
     pub fn forget(&self, image: &str) {
-        self.lock().remove(image);
+        self.lock().remove(&listed_name(image));
         self.save();
     }
 
@@ -197,13 +199,19 @@ impl ImageUse {
     }
 }
 
-/// The reference an image is listed under: a digest reference as it is,
-/// else with its tag (`:latest` when it names none).
+/// The reference an image is listed under by the engine: Docker Hub's
+/// names short (`docker.io/library/busybox` is `busybox`), a digest
+/// reference as it is, else with its tag (`:latest` when it names none).
+/// Two spellings of one reference name the same image here.
 pub fn listed_name(image: &str) -> String {
-    if image.contains('@') {
-        return image.to_string();
+    let short = ["docker.io/library/", "index.docker.io/library/", "docker.io/", "index.docker.io/"]
+        .iter()
+        .find_map(|prefix| image.strip_prefix(prefix))
+        .unwrap_or(image);
+    if short.contains('@') {
+        return short.to_string();
     }
-    let (name, tag) = super::pull::split_reference(image);
+    let (name, tag) = super::pull::split_reference(short);
     format!("{name}:{tag}")
 }
 
@@ -233,11 +241,16 @@ mod tests {
         assert!(waiting.is_err(), "waits while the image is being removed");
         drop(removal);
         let hold = holds.hold("a", holds.expect()).await;
-        assert_eq!(holds.held(), vec!["a".to_string()]);
+        assert_eq!(holds.held(), vec!["a:latest".to_string()]);
         drop(hold);
         // A dropped expectation (the attempt gave up) frees the cleanup.
         drop(holds.expect());
         assert!(holds.begin_removal("a").is_some());
+        // Spellings of one reference are one image.
+        let hold = holds.hold("docker.io/library/busybox", holds.expect()).await;
+        assert!(holds.begin_removal("busybox:latest").is_none());
+        assert_eq!(holds.held(), vec!["busybox:latest".to_string()]);
+        drop(hold);
     }
 
     #[test]
@@ -256,6 +269,8 @@ mod tests {
         again.forget("r/a:1");
         assert_eq!(again.unused_for(Duration::ZERO), vec!["r/b:1".to_string()]);
         assert_eq!(listed_name("busybox"), "busybox:latest");
+        assert_eq!(listed_name("docker.io/library/busybox:1"), "busybox:1");
+        assert_eq!(listed_name("docker.io/acme/app"), "acme/app:latest");
         assert_eq!(listed_name("r:5000/a@sha256:00"), "r:5000/a@sha256:00");
     }
 }

@@ -121,12 +121,13 @@ impl PullProgress {
     /// Percent done: downloads and extractions, 99 at most until the
     /// pull ends.
     pub fn percent(&self) -> u8 {
-        let total: u64 = self.layers.values().map(|l| l.0).sum();
+        // In u128: the sizes come from the registry, whatever they say.
+        let total: u128 = self.layers.values().map(|l| u128::from(l.0)).sum();
         if total == 0 {
             return 0;
         }
-        let done: u64 = self.layers.values().map(|l| l.1 + l.2).sum();
-        (done.saturating_mul(100) / (2 * total)).min(99) as u8
+        let done: u128 = self.layers.values().map(|l| u128::from(l.1) + u128::from(l.2)).sum();
+        (done * 100 / (2 * total)).min(99) as u8
     }
 }
 
@@ -296,5 +297,9 @@ mod tests {
         progress.step(&step("a", "Extracting", 600, 600));
         progress.step(&step("b", "Pull complete", 0, 0));
         assert_eq!(progress.percent(), 99, "99 at most until the pull ends");
+        // Sizes a registry made up do not overflow.
+        progress.step(&step("c", "Downloading", i64::MAX, i64::MAX));
+        progress.step(&step("d", "Extracting", i64::MAX, i64::MAX));
+        assert!(progress.percent() <= 99);
     }
 }

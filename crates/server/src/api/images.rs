@@ -67,7 +67,7 @@ fn covered(nodes: Vec<NodeRecord>, pool: Option<&str>, project: Option<&str>) ->
         .filter(|n| n.state == NodeState::Ready)
         .filter(|n| pool.is_none_or(|pool| n.labels.get("pool").map(String::as_str) == Some(pool)))
         .filter(|n| match (project, n.labels.get(shepherd_sched::DEDICATED_LABEL)) {
-            (Some(project), Some(dedicated)) => dedicated.split(',').any(|p| p == project),
+            (Some(project), Some(dedicated)) => dedicated.split(',').any(|p| p.trim() == project),
             _ => true,
         })
         .collect()

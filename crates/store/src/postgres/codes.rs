@@ -284,6 +284,25 @@ impl PgStore {
         Ok(n > 0)
     }
 
+    pub(super) async fn pg_set_attempt_progress(
+        &self,
+        id: shepherd_core::TaskId,
+        attempt: u32,
+        node_id: Option<String>,
+        progress: shepherd_core::Progress,
+    ) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let n = client
+            .execute(
+                "UPDATE tasks SET progress_percent = $2, progress_message = $3 \
+                 WHERE id = $1 AND attempt = $4 AND state = 'scheduled' AND ($5::text IS NULL OR node_id = $5)",
+                &[&id.to_string(), &i64::from(progress.percent), &progress.message, &i64::from(attempt), &node_id],
+            )
+            .await
+            .map_err(error)?;
+        Ok(n > 0)
+    }
+
     pub(super) async fn pg_ensure_secret(&self, project: &str, name: &str, value: Vec<u8>, at: Timestamp) -> Result<Vec<u8>, StoreError> {
         let client = self.client().await?;
         client

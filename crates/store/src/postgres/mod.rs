@@ -1437,6 +1437,16 @@ impl Store for PgStore {
         self.pg_set_progress(id, progress).await
     }
 
+    async fn set_attempt_progress(
+        &self,
+        id: TaskId,
+        attempt: u32,
+        node_id: Option<String>,
+        progress: shepherd_core::Progress,
+    ) -> Result<bool, StoreError> {
+        self.pg_set_attempt_progress(id, attempt, node_id, progress).await
+    }
+
     async fn ensure_secret(&self, project: &str, name: &str, value: Vec<u8>, at: Timestamp) -> Result<Vec<u8>, StoreError> {
         self.pg_ensure_secret(project, name, value, at).await
     }

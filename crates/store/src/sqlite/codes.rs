@@ -232,6 +232,22 @@ pub fn set_progress(conn: &Connection, id: shepherd_core::TaskId, progress: &she
     ])? > 0)
 }
 
+pub fn set_attempt_progress(
+    conn: &Connection,
+    id: shepherd_core::TaskId,
+    attempt: u32,
+    node_id: Option<&str>,
+    progress: &shepherd_core::Progress,
+) -> Result<bool, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "UPDATE tasks SET progress_percent = ?2, progress_message = ?3 \
+             WHERE id = ?1 AND attempt = ?4 AND state = 'scheduled' AND (?5 IS NULL OR node_id = ?5)",
+        )?
+        .execute(params![id.to_string(), i64::from(progress.percent), progress.message, attempt, node_id])?
+        > 0)
+}
+
 pub fn ensure_secret(conn: &Connection, project: &str, name: &str, value: &[u8], at: Timestamp) -> Result<Vec<u8>, StoreError> {
     conn.prepare_cached(
         "INSERT INTO secrets (project, name, value, updated_at) VALUES (?1, ?2, ?3, ?4) ON CONFLICT (project, name) DO NOTHING",

@@ -784,6 +784,16 @@ impl Store for SqliteStore {
         self.write_with(move |conn| codes::set_progress(conn, id, &progress)).await
     }
 
+    async fn set_attempt_progress(
+        &self,
+        id: TaskId,
+        attempt: u32,
+        node_id: Option<String>,
+        progress: shepherd_core::Progress,
+    ) -> Result<bool, StoreError> {
+        self.write_with(move |conn| codes::set_attempt_progress(conn, id, attempt, node_id.as_deref(), &progress)).await
+    }
+
     async fn ensure_secret(&self, project: &str, name: &str, value: Vec<u8>, at: Timestamp) -> Result<Vec<u8>, StoreError> {
         let (project, name) = (project.to_string(), name.to_string());
         self.write_with(move |conn| codes::ensure_secret(conn, &project, &name, &value, at)).await
