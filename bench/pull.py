@@ -11,9 +11,12 @@ from the engine, submits 200 short tasks in one batch, and measures:
             the image pulls it itself)
 - prefetch: `shepherd image prefetch` first (timed apart), then the batch
 
-Baseline in the same run: one `docker pull` of the image straight from the
-engine. Counts the registry's manifest and blob requests of each run (from
-its access log). Prints a table and writes JSON (argv[1]).
+Each mode runs twice: on loopback (the registry answers at memory speed)
+and through a link throttled to LINK_MIBPS MiB/s (default 16, as from a
+registry across a network). Baseline in the same run: one `docker pull` of
+the image straight from the engine, over each link. Counts the registry's
+manifest and blob requests of each run (from its access log). Prints a
+table and writes JSON (argv[1]).
 
 Usage: bench/pull.sh (builds, then runs this).
 """
@@ -27,6 +30,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 
@@ -38,6 +42,50 @@ JOIN = "bench-join-token"
 TASKS = 200
 NODES = 3
 RUNS = int(os.environ.get("PULL_BENCH_RUNS", "2"))
+LINK_MIBPS = float(os.environ.get("LINK_MIBPS", "16"))
+
+
+class SlowLink:
+    """A TCP proxy to 127.0.0.1:`target` passing what comes back at about `mibps` MiB/s."""
+
+    def __init__(self, target, mibps):
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(256)
+        self.port = self.listener.getsockname()[1]
+        self.target, self.rate = target, mibps * 1024 * 1024
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self):
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.target))
+            threading.Thread(target=self.pipe, args=(client, server, None), daemon=True).start()
+            threading.Thread(target=self.pipe, args=(server, client, self.rate), daemon=True).start()
+
+    @staticmethod
+    def pipe(src, dst, rate):
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                dst.sendall(data)
+                if rate:
+                    time.sleep(len(data) / rate)
+        except OSError:
+            pass
+        finally:
+            try:
+                dst.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+
+    def close(self):
+        self.listener.close()
 
 
 def free_port():
@@ -132,7 +180,7 @@ def run_batch(cluster, image):
     t0 = time.time()
     ids = api(cluster.url, "/v1/tasks/batch", {"tasks": [task] * TASKS})["ids"]
     pending = set(ids)
-    last_start, failed, done = 0.0, 0, {}
+    last_start, first_start, failed, done = 0.0, None, 0, {}
     deadline = time.time() + 900
     while pending:
         for id_ in list(pending)[:50]:
@@ -154,7 +202,8 @@ def run_batch(cluster, image):
         frac = started[20:23] if started[19:20] == "." else "0"
         ts = calendar.timegm(time.strptime(started[:19], "%Y-%m-%dT%H:%M:%S")) + float("0." + frac)
         last_start = max(last_start, ts - t0)
-    return last_start, total, failed
+        first_start = ts - t0 if first_start is None else min(first_start, ts - t0)
+    return first_start or 0.0, last_start, total, failed
 
 
 def main():
@@ -171,22 +220,27 @@ def main():
         sh("docker", "run", "--name", "shepherd-bench-big", "busybox:latest", "sh", "-c", "head -c 52428800 /dev/urandom > /blob")
         sh("docker", "commit", "shepherd-bench-big", local)
         sh("docker", "rm", "-f", "shepherd-bench-big")
-        image = sh("bash", REGISTRY, "push", reg_dir, local, name)
+        direct = sh("bash", REGISTRY, "push", reg_dir, local, name)
         subprocess.run(["docker", "rmi", "-f", local], capture_output=True)
+        link = SlowLink(int(address.rsplit(":", 1)[1]), LINK_MIBPS)
+        slow_address = f"127.0.0.1:{link.port}"
+        cfg = os.path.join(reg_dir, "docker-config")
+        subprocess.run(["docker", "--config", cfg, "login", slow_address, "-u", "bench", "--password-stdin"],
+                       input="bench-pass", text=True, check=True, capture_output=True)
         results = []
         for run in range(1, RUNS + 1):
-            row = {"run": run}
+          for via, image in (("loopback", direct), (f"{LINK_MIBPS:g} MiB/s", f"{slow_address}/{name}")):
+            row = {"run": run, "link": via}
             # Baseline: one pull straight from the engine.
             subprocess.run(["docker", "rmi", "-f", image], capture_output=True)
-            cfg = os.path.join(reg_dir, "docker-config")
             t0 = time.time()
             sh("docker", "--config", cfg, "pull", image)
             row["docker_pull_s"] = round(time.time() - t0, 2)
             for mode in ("dedup", "nodedup", "prefetch"):
                 subprocess.run(["docker", "rmi", "-f", image], capture_output=True)
-                cwork = os.path.join(work, f"{mode}-{run}")
+                cwork = os.path.join(work, f"{mode}-{run}-{'lo' if via == 'loopback' else 'slow'}")
                 os.makedirs(cwork)
-                cluster = Cluster(cwork, address, dedup=(mode != "nodedup"))
+                cluster = Cluster(cwork, image.split("/", 1)[0], dedup=(mode != "nodedup"))
                 try:
                     since = os.path.getsize(log)
                     prefetch_s = 0.0
@@ -196,26 +250,31 @@ def main():
                         subprocess.run([BIN, "image", "prefetch", image, "--project", "default", "--timeout", "10m"],
                                        env=env, check=True, capture_output=True)
                         prefetch_s = time.time() - t0
-                    last_start, total, failed = run_batch(cluster, image)
+                    first_start, last_start, total, failed = run_batch(cluster, image)
                     manifests, blobs = registry_requests(log, since)
-                    row[mode] = {"prefetch_s": round(prefetch_s, 2), "last_start_s": round(last_start, 2),
+                    row[mode] = {"prefetch_s": round(prefetch_s, 2), "first_start_s": round(first_start, 2),
+                                 "last_start_s": round(last_start, 2),
                                  "all_done_s": round(total, 2), "failed": failed,
                                  "registry_manifest_gets": manifests, "registry_blob_gets": blobs}
                 finally:
                     cluster.stop()
-                print(f"run {run} {mode}: {row[mode]}", flush=True)
+                print(f"run {run} {via} {mode}: {row[mode]}", flush=True)
+            subprocess.run(["docker", "rmi", "-f", image], capture_output=True)
             results.append(row)
         print()
-        print("| run | docker pull (s) | dedup: last start (s) | manifests/blobs | no dedup: last start (s) | manifests/blobs | prefetch (s) + last start (s) | manifests/blobs |")
-        print("|---|---|---|---|---|---|---|---|")
+        print("| run | link | docker pull (s) | one pull per image: first / last start (s) | manifests/blobs "
+              "| every attempt pulls: first / last start (s) | manifests/blobs | prefetch (s), then first / last start (s) | manifests/blobs |")
+        print("|---|---|---|---|---|---|---|---|---|")
         for r in results:
             d, n, p = r["dedup"], r["nodedup"], r["prefetch"]
-            print(f"| {r['run']} | {r['docker_pull_s']} | {d['last_start_s']} | {d['registry_manifest_gets']}/{d['registry_blob_gets']} "
-                  f"| {n['last_start_s']} | {n['registry_manifest_gets']}/{n['registry_blob_gets']} "
-                  f"| {p['prefetch_s']} + {p['last_start_s']} | {p['registry_manifest_gets']}/{p['registry_blob_gets']} |")
+            print(f"| {r['run']} | {r['link']} | {r['docker_pull_s']} | {d['first_start_s']} / {d['last_start_s']} "
+                  f"| {d['registry_manifest_gets']}/{d['registry_blob_gets']} "
+                  f"| {n['first_start_s']} / {n['last_start_s']} | {n['registry_manifest_gets']}/{n['registry_blob_gets']} "
+                  f"| {p['prefetch_s']}, then {p['first_start_s']} / {p['last_start_s']} "
+                  f"| {p['registry_manifest_gets']}/{p['registry_blob_gets']} |")
         if out:
             with open(out, "w") as f:
-                json.dump({"tasks": TASKS, "nodes": NODES, "image_mib": 50, "runs": results}, f, indent=1)
+                json.dump({"tasks": TASKS, "nodes": NODES, "image_mib": 50, "link_mibps": LINK_MIBPS, "runs": results}, f, indent=1)
     finally:
         subprocess.run(["bash", REGISTRY, "stop", reg_dir], capture_output=True)
         shutil.rmtree(work, ignore_errors=True)
