@@ -626,10 +626,15 @@ async fn the_image_cleanup_removes_pulled_images_no_task_needs_and_keeps_those_i
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     assert!(present(TEST_IMAGE));
-    let (_, metrics) = admin.text("/metrics").await;
-    assert!(
-        metrics.contains("shepherd_images_removed_total 2"),
-        "{}",
-        metrics.lines().filter(|l| l.contains("images_removed")).collect::<Vec<_>>().join("\n")
-    );
+    // Counted once the engine has answered the removal (a moment after the image is gone).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, metrics) = admin.text("/metrics").await;
+        if metrics.contains("shepherd_images_removed_total 2") {
+            break;
+        }
+        let counted: Vec<&str> = metrics.lines().filter(|l| l.contains("images_removed")).collect();
+        assert!(Instant::now() < deadline, "{}", counted.join("\n"));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
