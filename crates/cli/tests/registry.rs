@@ -194,14 +194,7 @@ async fn fifty_tasks_missing_one_image_cause_one_pull() {
     forget(&image);
     let server = Server::start(&dir.path().join("data"), &["--driver", "docker", "--max-tasks", "64"]);
     let admin = server.http();
-    let (status, _) = admin
-        .send(
-            reqwest::Method::PUT,
-            &format!("/v1/projects/default/registries/{}", registry.address),
-            &json!({"username": "alice", "password": "s3cret"}),
-        )
-        .await;
-    assert_eq!(status, 204);
+    login(&admin, "default", &registry.address).await;
     let before = registry.manifest_fetches(&image);
     let tasks: Vec<Value> = (0..50)
         .map(|_| {
@@ -251,14 +244,7 @@ async fn a_pull_past_its_deadline_fails_and_the_retry_succeeds_once_the_registry
     });
     let server = Server::start(&dir.path().join("data"), &["--driver", "docker"]);
     let admin = server.http();
-    let (status, _) = admin
-        .send(
-            reqwest::Method::PUT,
-            &format!("/v1/projects/default/registries/{}", registry.address),
-            &json!({"username": "alice", "password": "s3cret"}),
-        )
-        .await;
-    assert_eq!(status, 204);
+    login(&admin, "default", &registry.address).await;
     let mut t = task(&image, "if_not_present");
     t["pull_timeout_seconds"] = json!(2);
     t["retry"] = json!({"max_attempts": 2, "backoff_seconds": 5});
