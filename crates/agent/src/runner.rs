@@ -281,6 +281,8 @@ impl Agent {
                 return Err(e);
             }
         }
+        // Containers made from here on belong to attempts the list read next may predate.
+        let since = std::time::SystemTime::now();
         let mine = self.inner.backend.assigned(&self.inner.config.node_id).await?;
         // Everything still assigned here is kept, scheduled ones too: the
         // cluster may not have heard this agent's start report yet.
@@ -297,7 +299,7 @@ impl Agent {
             // Given away while we were cut off: stop it, never report it.
             self.fence(id);
         }
-        match self.inner.driver.remove_orphans(&keep).await {
+        match self.inner.driver.remove_orphans(&keep, Some(since)).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(removed = n, "removed containers of attempts this node no longer owns"),
             Err(e) => tracing::warn!(error = %e, "could not clean up leftover containers"),
@@ -583,7 +585,7 @@ async fn start(
     // named networks, devices, GPUs: mounts of a container's own), a code
     // package (mounted into a container of its own), and networks the
     // project's policy gives it (an internal bridge without egress).
-    let warm_key = shepherd_core::shape::warm_key(&launch.spec).filter(|_| package_dir.is_none() && launch.networks.is_empty());
+    let warm_key = shepherd_core::shape::WarmKey::of(&launch.spec).filter(|_| package_dir.is_none() && launch.networks.is_empty());
     let reuse = launch.spec.reuse.filter(|_| warm_key.is_some());
     if let Some(missing) = launch.spec.volumes.iter().find(|m| !launch.volumes.iter().any(|v| v.name == m.name)) {
         return Err(StartError::VolumeGone { name: missing.name.clone(), project: launch.spec.project.clone() });

@@ -195,7 +195,7 @@ async fn measure_shepherd(
 async fn warm_breakdown(runner: &std::path::Path, image: &str, cycles: usize) -> Result<(f64, f64, f64)> {
     use shepherd_agent::{AttemptHandle, Driver};
     let config = DockerConfig {
-        warm: Some(shepherd_agent::driver::warm::WarmConfig { runner: runner.to_path_buf(), max_per_key: 1 }),
+        warm: Some(shepherd_agent::driver::warm::WarmConfig { runner: runner.to_path_buf(), max_per_key: 1, max_per_project: 1 }),
         ..DockerConfig::new("bench-warm")
     };
     let driver = DockerDriver::connect(config).await.map_err(anyhow::Error::msg)?;
@@ -203,7 +203,10 @@ async fn warm_breakdown(runner: &std::path::Path, image: &str, cycles: usize) ->
     for i in 0..=cycles {
         let mut spec = attempt_spec(image);
         spec.reuse = Some(shepherd_core::ReusePolicy::default());
-        spec.warm_key = Some("warm=bench".into());
+        spec.warm_key = shepherd_core::shape::WarmKey::of(&shepherd_core::TaskSpec {
+            reuse: spec.reuse,
+            ..shepherd_core::TaskSpec::new(image, vec!["true".into()])
+        });
         let (tx, mut rx) = tokio::sync::mpsc::channel(64);
         tokio::spawn(async move { while rx.recv().await.is_some() {} });
         let t0 = Instant::now();

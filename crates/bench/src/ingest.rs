@@ -4,7 +4,7 @@
 
 use anyhow::{bail, Context, Result};
 use shepherd_core::{validate, Limits, NewTask, TaskId, TaskSpec, Timestamp};
-use shepherd_store::sqlite::{create_schema, open_connection, writer::insert_tasks};
+use shepherd_store::sqlite::{create_schema, open_connection, shape_key, writer::insert_tasks};
 use shepherd_store::Synchronous;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -56,6 +56,7 @@ pub fn spec() -> TaskSpec {
 fn raw_insert_rate(dir: &Path, total: usize, batch: usize, sync: Synchronous) -> Result<f64> {
     let mut conn = open_connection(&dir.join("raw.db"), sync, false)?;
     create_schema(&mut conn)?;
+    let key = shape_key(&conn)?;
     let mut ids = ulid::Generator::new();
     let now = Timestamp::now();
     let tasks: Vec<NewTask> =
@@ -63,7 +64,7 @@ fn raw_insert_rate(dir: &Path, total: usize, batch: usize, sync: Synchronous) ->
     let started = Instant::now();
     for chunk in tasks.chunks(batch) {
         let tx = conn.transaction()?;
-        insert_tasks(&tx, chunk)?;
+        insert_tasks(&tx, chunk, &key)?;
         tx.commit()?;
     }
     Ok(total as f64 / started.elapsed().as_secs_f64())

@@ -116,6 +116,14 @@ enum ProjectCommand {
         /// its tasks may ask for (repeatable; replaces the list).
         #[arg(long = "device", value_name = "NAME")]
         devices: Vec<String>,
+        /// An NFS server (IP address) its `local` volumes may mount
+        /// (repeatable; replaces the list; without any: none).
+        #[arg(long = "nfs-server", value_name = "IP")]
+        nfs_servers: Vec<String>,
+        /// An option key a plugin volume driver may be given, DRIVER=KEY
+        /// (repeatable; replaces the lists).
+        #[arg(long = "volume-option", value_name = "DRIVER=KEY")]
+        volume_options: Vec<String>,
         #[arg(long)]
         json: bool,
     },
@@ -154,6 +162,11 @@ fn print_policy(project: &str, policy: &Value) {
     println!("volume drivers: {}", list("volume_drivers", "local"));
     println!("egress:         {}", policy["egress"].as_str().unwrap_or("allowed"));
     println!("devices:        {}", list("devices", "none"));
+    println!("nfs servers:    {}", list("nfs_servers", "none"));
+    for (driver, keys) in policy["volume_options"].as_object().into_iter().flatten() {
+        let keys: Vec<&str> = keys.as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+        println!("volume options: {driver}: {}", keys.join(", "));
+    }
     let networks = policy["networks"].as_object().cloned().unwrap_or_default();
     if networks.is_empty() {
         println!("networks:       none (tasks get `none`, or `bridge`: the project's own)");
@@ -196,10 +209,25 @@ pub async fn project(client: &Client, args: ProjectArgs) -> Result<ExitCode> {
                 .collect();
             print_table(&["NAME", "LIMITS"], &rows);
         }
-        ProjectCommand::Policy { name, volume_drivers, egress, devices, json } => {
+        ProjectCommand::Policy { name, volume_drivers, egress, devices, nfs_servers, volume_options, json } => {
             let path = format!("/v1/projects/{}/policy", encode(&name));
             let mut policy: Value = admin.get(&path).await?;
-            let changing = !volume_drivers.is_empty() || egress.is_some() || !devices.is_empty();
+            let changing = !volume_drivers.is_empty()
+                || egress.is_some()
+                || !devices.is_empty()
+                || !nfs_servers.is_empty()
+                || !volume_options.is_empty();
+            if !nfs_servers.is_empty() {
+                policy["nfs_servers"] = json!(nfs_servers);
+            }
+            if !volume_options.is_empty() {
+                let mut by_driver: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+                for option in volume_options {
+                    let Some((driver, key)) = option.rsplit_once('=') else { bail!("--volume-option {option}: use DRIVER=KEY") };
+                    by_driver.entry(driver.to_string()).or_default().push(key.to_string());
+                }
+                policy["volume_options"] = json!(by_driver);
+            }
             if !volume_drivers.is_empty() {
                 policy["volume_drivers"] = json!(volume_drivers);
             }

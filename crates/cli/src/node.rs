@@ -61,6 +61,10 @@ pub struct NodeFlags {
     /// 0 runs every task cold.
     #[arg(long, default_value_t = 8)]
     pub(crate) warm_max: usize,
+    /// Most warm containers of one project on this node, busy or idle,
+    /// across its keys (its longest idle one makes room for a new key).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) warm_max_per_project: u64,
     /// A host device the node offers its tasks, HOST[:CONTAINER] under /dev
     /// (repeatable): a task asks for it by the host path's file name
     /// (`--device /dev/fuse` is `fuse`) in `devices`, if its project may.
@@ -183,7 +187,11 @@ fn warm_config(flags: &NodeFlags) -> Option<shepherd_agent::driver::warm::WarmCo
             return None;
         }
     };
-    Some(shepherd_agent::driver::warm::WarmConfig { runner, max_per_key: flags.warm_max })
+    Some(shepherd_agent::driver::warm::WarmConfig {
+        runner,
+        max_per_key: flags.warm_max,
+        max_per_project: flags.warm_max_per_project as usize,
+    })
 }
 
 /// `$XDG_DATA_HOME/shepherd`, else `~/.local/share/shepherd`.

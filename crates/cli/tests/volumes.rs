@@ -348,3 +348,79 @@ async fn a_node_s_device_reaches_only_the_tasks_that_ask_for_it_and_may() {
         assert_eq!(status, 200);
     }
 }
+
+/// Issue 27, item 1: a `local` volume's options are an allow-list (none, a
+/// tmpfs, NFS from a server the admin listed), at the API and again on the
+/// node. An overlay over host directories (the attack: lowerdir=/etc, an
+/// upperdir under /etc/cron.d) and every other shape are refused with 400
+/// naming `options`; a volume stored with such options (an older version,
+/// a store written by hand) is refused by the node before the engine sees
+/// it, and nothing is mounted.
+#[tokio::test]
+async fn local_volume_options_are_an_allow_list_checked_again_on_the_node() {
+    ensure_test_image();
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(&dir.path().join("data"), &["--driver", "docker"]);
+    let admin = server.http();
+    let s = suffix();
+    let name = format!("volopt{s}");
+    let _cleanup =
+        Leftovers { volumes: ["scratch", "sneaky"].iter().map(|v| format!("shepherd-vol-{name}-{v}")).collect(), networks: Vec::new() };
+    let token = project(&admin, &name).await;
+    let a = server.http_as(Some(&token));
+    let path = format!("/v1/projects/{name}/volumes");
+    let overlay = json!({"type": "overlay", "device": "overlay", "o": "lowerdir=/etc,upperdir=/etc/cron.d,workdir=/tmp/w"});
+    for options in [
+        overlay.clone(),
+        json!({"type": "ext4", "device": "../dev/sda"}),
+        json!({"type": "ext4", "device": "/dev/sda1"}),
+        json!({"type": "tmpfs", "device": "/etc"}),
+        json!({"type": "tmpfs", "device": "tmpfs", "o": "size=16m,bind"}),
+        json!({"type": "TMPFS", "device": "tmpfs"}),
+        json!({"Type": "tmpfs", "device": "tmpfs"}),
+        json!({"device": "overlay", "o": "lowerdir=/"}),
+        json!({"type": "nfs", "device": ":/export", "o": "addr=10.0.0.5"}),
+        json!({"type": "nfs", "device": ":/export", "o": "addr=127.1"}),
+        json!({"type": "cifs", "device": "//10.0.0.5/share"}),
+    ] {
+        let (status, body) = a.post(&path, &json!({ "name": "bad", "options": options })).await;
+        assert_eq!((status, body["error"]["field"].as_str()), (400, Some("options")), "{options}: {body}");
+    }
+    // NFS from a server the admin lists (not mounted here: there is none).
+    let (status, body) =
+        admin.send(reqwest::Method::PUT, &format!("/v1/projects/{name}/policy"), &json!({ "nfs_servers": ["10.0.0.5"] })).await;
+    assert_eq!(status, 200, "{body}");
+    let nfs = json!({"type": "nfs", "device": ":/export", "o": "addr=10.0.0.5,nfsvers=4.1,ro"});
+    let (status, body) = a.post(&path, &json!({ "name": "shared", "options": nfs })).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["scope"], "cluster", "NFS is the same data everywhere: {body}");
+    // A sized tmpfs owned by the task's user works end to end.
+    let tmpfs = json!({"type": "tmpfs", "device": "tmpfs", "o": "size=16m,uid=1000,gid=1000,mode=0700"});
+    let (status, body) = a.post(&path, &json!({ "name": "scratch", "options": tmpfs })).await;
+    assert_eq!(status, 201, "{body}");
+    let mut write = task("echo ok > /s/f && cat /s/f && stat -c %u /s");
+    write["user"] = json!("1000");
+    write["volumes"] = json!([{ "name": "scratch", "target": "/s" }]);
+    let (done, logs) = run(&a, write).await;
+    assert_eq!(done["state"], "succeeded", "{done} {logs}");
+    assert_eq!(logs.lines().collect::<Vec<_>>(), ["ok", "1000"], "{logs}");
+
+    // A record with the attack's options, as an older version stored it.
+    server.stop();
+    {
+        let store = shepherd_store::SqliteStore::open(dir.path().join("data/shepherd.db"), Default::default()).unwrap();
+        let mut spec = shepherd_core::VolumeSpec::local("sneaky");
+        spec.options = serde_json::from_value(overlay).unwrap();
+        let volume = shepherd_core::Volume::new(&name, spec, shepherd_core::Timestamp::now());
+        assert!(shepherd_store::Store::create_volume(&store, volume).await.unwrap());
+    }
+    let server = Server::start(&dir.path().join("data"), &["--driver", "docker"]);
+    let a = server.http_as(Some(&token));
+    let mut reach = task("ls /host");
+    reach["volumes"] = json!([{ "name": "sneaky", "target": "/host" }]);
+    reach["retry"] = json!({ "max_attempts": 1 });
+    let (done, logs) = run(&a, reach).await;
+    assert_eq!(done["state"], "failed", "{done} {logs}");
+    assert!(done["reason"].as_str().unwrap_or_default().contains("refusing to mount"), "{done}");
+    assert!(!engine_volumes(&name).iter().any(|v| v.ends_with("-sneaky")), "the engine never made it: {:?}", engine_volumes(&name));
+}

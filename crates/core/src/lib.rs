@@ -29,6 +29,7 @@ pub mod tenant;
 pub mod time;
 pub mod validate;
 pub mod volume;
+pub mod volume_options;
 
 pub use code::{Code, CodeRef, CodeSpec, PackageRef};
 pub use constraint::{Constraint, ConstraintError, Operator};

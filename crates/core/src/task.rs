@@ -167,7 +167,7 @@ impl Default for ReusePolicy {
 }
 
 /// When the agent pulls the task's image.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PullPolicy {
     /// Use the image the engine holds; fail at once if it holds none.

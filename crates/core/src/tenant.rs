@@ -144,6 +144,13 @@ pub struct ProjectPolicy {
     /// Devices (as nodes name them, e.g. `fuse`) its tasks may ask for; empty: none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub devices: Vec<String>,
+    /// NFS servers (IP addresses) its `local` volumes may mount; empty: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nfs_servers: Vec<String>,
+    /// Option keys its volumes may give each plugin driver (by driver);
+    /// a plugin driver gets no options the admin did not name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub volume_options: BTreeMap<String, Vec<String>>,
 }
 
 /// A project's egress policy.
@@ -201,8 +208,42 @@ impl ProjectPolicy {
         }
     }
 
+    /// The NFS servers it lists, as addresses (entries that do not parse
+    /// are refused by [`Self::validate`], so none are lost here).
+    pub fn nfs_server_addresses(&self) -> Vec<std::net::IpAddr> {
+        self.nfs_servers.iter().filter_map(|a| a.parse().ok()).collect()
+    }
+
     /// Refuses names and drivers the engine could not take, naming the field.
     pub fn validate(&self) -> Result<(), crate::FieldError> {
+        if self.nfs_servers.len() > 64 {
+            return Err(crate::FieldError::new("nfs_servers", "at most 64 servers"));
+        }
+        for (i, server) in self.nfs_servers.iter().enumerate() {
+            match server.parse::<std::net::IpAddr>() {
+                Ok(ip) if ip.to_string() == *server && !ip.is_unspecified() && !ip.is_multicast() => {}
+                _ => {
+                    return Err(crate::FieldError::new(
+                        format!("nfs_servers[{i}]"),
+                        format!("`{server}` is not a host IP address in its usual spelling (e.g. 10.0.0.5)"),
+                    ))
+                }
+            }
+        }
+        if self.volume_options.len() > 16 {
+            return Err(crate::FieldError::new("volume_options", "at most 16 drivers"));
+        }
+        for (driver, keys) in &self.volume_options {
+            let key_ok = |k: &String| {
+                !k.is_empty() && k.len() <= 128 && k.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+            };
+            if driver == "local" || !is_driver_name(driver) || keys.len() > 32 || !keys.iter().all(key_ok) {
+                return Err(crate::FieldError::new(
+                    format!("volume_options.{driver}"),
+                    "a plugin driver's name (not local: its options are fixed) with at most 32 option keys of a-z A-Z 0-9 - _ .",
+                ));
+            }
+        }
         let driver_ok = is_driver_name;
         for (i, driver) in self.volume_drivers.iter().enumerate() {
             if !driver_ok(driver) {

@@ -80,17 +80,47 @@ pub const MAX_CONSTRAINT_BYTES: usize = 256;
 /// The longest a task may wait for its first start (`delay_seconds`, `start_at`): a year.
 pub const MAX_DELAY_SECONDS: u32 = 365 * 86_400;
 
-/// Checks a webhook URL: http or https, at most 2048 bytes, nothing a
-/// header or a log line could be confused by.
-pub fn check_webhook(url: &str) -> Result<(), FieldError> {
-    let rest = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"));
-    let host = rest.and_then(|r| r.split(['/', '?', '#']).next()).unwrap_or_default();
-    let ok = rest.is_some() && !host.is_empty() && url.len() <= 2048 && !url.chars().any(|c| c.is_whitespace() || c.is_control());
-    if ok {
-        Ok(())
-    } else {
-        Err(FieldError::new("webhook", format!("`{url}` is not an http:// or https:// URL (at most 2048 bytes)")))
+/// Checks a webhook URL and returns it as it will be called: parsed as
+/// the HTTP client parses it (the WHATWG URL standard, the `url` crate that
+/// reqwest uses), so that what is stored, shown and checked before a
+/// delivery is exactly where the delivery goes: `http://0x7f.1/` is stored
+/// as `http://127.0.0.1/`, full-width digits and ideographic full stops
+/// become ASCII, a trailing dot goes. http or https (any case), a host, at
+/// most 2048 bytes, no user or password (they would show in every view of
+/// the task), no fragment.
+pub fn normalize_webhook(text: &str) -> Result<String, FieldError> {
+    let refuse = |why: &str| FieldError::new("webhook", format!("`{text}`: {why}"));
+    if text.len() > 2048 || text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(refuse("not an http:// or https:// URL (at most 2048 bytes, no spaces)"));
     }
+    let mut url = url::Url::parse(text).map_err(|e| refuse(&format!("not a URL ({e})")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(refuse("not an http:// or https:// URL"));
+    }
+    if url.host().is_none() {
+        return Err(refuse("no host"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(refuse("a user or password in the URL is not allowed (the receiver checks the signature instead)"));
+    }
+    url.set_fragment(None);
+    if let Some(url::Host::Domain(domain)) = url.host() {
+        // `example.com.` and `example.com` are one host.
+        if let Some(bare) = domain.strip_suffix('.').filter(|d| !d.is_empty()) {
+            let bare = bare.to_string();
+            url.set_host(Some(&bare)).map_err(|e| refuse(&format!("not a URL ({e})")))?;
+        }
+    }
+    let normalized = url.to_string();
+    if normalized.len() > 2048 {
+        return Err(refuse("longer than 2048 bytes once normalized"));
+    }
+    Ok(normalized)
+}
+
+/// Checks a webhook URL (see [`normalize_webhook`]).
+pub fn check_webhook(url: &str) -> Result<(), FieldError> {
+    normalize_webhook(url).map(|_| ())
 }
 
 /// Checks a spec and prepares it for storage.
@@ -101,7 +131,7 @@ pub fn validate(mut spec: TaskSpec, limits: &Limits, id: TaskId, now: Timestamp)
         check(crate::code::is_code_name(code), "code", || format!("`{code}` is not a code name"))?;
     }
     if let Some(url) = &spec.webhook {
-        check_webhook(url)?;
+        spec.webhook = Some(normalize_webhook(url)?);
     }
     if let Some(package) = &spec.package {
         check(crate::code::PackageRef::is_digest(&package.digest), "package.digest", || "must be a SHA-256 in lowercase hex".into())?;
@@ -342,5 +372,43 @@ mod tests {
     #[test]
     fn within_prefixes_batch_fields() {
         assert_eq!(FieldError::new("image", "x").within("tasks[3]").field, "tasks[3].image");
+    }
+}
+
+#[cfg(test)]
+mod webhook_tests {
+    use super::normalize_webhook;
+
+    #[test]
+    fn webhooks_are_stored_as_the_client_will_call_them() {
+        let port = 8080;
+        // Every spelling of loopback an attacker tried is one address once parsed.
+        for spelling in [
+            format!("http://2130706433:{port}/x"),
+            format!("http://0x7f000001:{port}/x"),
+            format!("http://127.1:{port}/x"),
+            format!("http://0x7f.1:{port}/x"),
+            format!("http://127.0.0.1.:{port}/x"),
+            format!("http://0177.0.0.1:{port}/x"),
+            format!("http://127.000.000.001:{port}/x"),
+            format!("http://%31%32%37.0.0.1:{port}/x"),
+            format!("http://\u{ff11}\u{ff12}\u{ff17}.\u{ff10}.\u{ff10}.\u{ff11}:{port}/x"),
+            format!("http://127\u{3002}0\u{3002}0\u{3002}1:{port}/x"),
+            format!("HTTP://127.0.0.1:{port}/x"),
+        ] {
+            assert_eq!(normalize_webhook(&spelling).unwrap(), format!("http://127.0.0.1:{port}/x"), "{spelling}");
+        }
+        assert_eq!(normalize_webhook("http://0:80/").unwrap(), "http://0.0.0.0/");
+        // A backslash is a slash to the parser: the host is what comes before it.
+        assert_eq!(
+            normalize_webhook(&format!("http://127.0.0.1:{port}\\@example.com/")).unwrap(),
+            format!("http://127.0.0.1:{port}/@example.com/")
+        );
+        assert_eq!(normalize_webhook("https://Hooks.Example.COM./a?b=1#frag").unwrap(), "https://hooks.example.com/a?b=1");
+        for bad in ["ftp://example.com/", "http://", "https://user:pw@example.com/", "https://user@example.com/", "not a url", "mailto:x@y"]
+        {
+            assert_eq!(normalize_webhook(bad).unwrap_err().field, "webhook", "{bad}");
+        }
+        assert!(normalize_webhook(&format!("https://example.com/{}", "a".repeat(2048))).is_err());
     }
 }

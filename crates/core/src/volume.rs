@@ -75,14 +75,16 @@ impl VolumeSpec {
 
     /// The scope it has: the one given, else by driver.
     pub fn effective_scope(&self) -> VolumeScope {
-        self.scope.unwrap_or(if self.driver == "local" { VolumeScope::Node } else { VolumeScope::Cluster })
+        let nfs = matches!(self.options.get("type").map(String::as_str), Some("nfs" | "nfs4"));
+        self.scope.unwrap_or(if self.driver == "local" && !nfs { VolumeScope::Node } else { VolumeScope::Cluster })
     }
 
     /// Refuses what the engine could not make or a tenant may not ask,
-    /// naming the field. Host paths are refused: a `local` volume with
-    /// `o=bind` (or `type` `none` with a `device`) would mount any
-    /// directory of the host.
-    pub fn validate(&self) -> Result<(), FieldError> {
+    /// naming the field. Options go through the allow-list of their driver
+    /// ([`crate::volume_options`]) under the project's `policy`: a `local`
+    /// volume is plain, a tmpfs or NFS from a listed server, never a host
+    /// path.
+    pub fn validate(&self, policy: &crate::ProjectPolicy) -> Result<(), FieldError> {
         if !is_volume_name(&self.name) {
             return Err(FieldError::new("name", format!("`{}`: use 1-63 of a-z 0-9 - _ . starting with a letter or digit", self.name)));
         }
@@ -97,20 +99,12 @@ impl VolumeSpec {
                 return Err(FieldError::new(format!("options.{key}"), "keys are 1-128 bytes, values at most 4096, no NUL"));
             }
         }
-        if self.driver == "local" {
-            // The local driver mounts `device` with `type` and `o`; a bind
-            // (or a plain device path) reaches the host's files.
-            let o = self.options.get("o").map(String::as_str).unwrap_or_default();
-            let bind = o.split(',').any(|flag| matches!(flag.trim(), "bind" | "rbind"));
-            let kind = self.options.get("type").map(String::as_str).unwrap_or_default();
-            let host_device = self.options.get("device").is_some_and(|d| d.starts_with('/')) && !matches!(kind, "tmpfs");
-            if bind || kind == "none" || host_device {
-                return Err(FieldError::new(
-                    "options",
-                    "a local volume may not bind a host path (o=bind, type=none or a device path): tasks never reach the host's files",
-                ));
-            }
-        }
+        let servers = policy.nfs_server_addresses();
+        let allowed = crate::volume_options::OptionPolicy {
+            nfs_servers: crate::volume_options::NfsServers::Listed(&servers),
+            plugin_keys: &policy.volume_options,
+        };
+        crate::volume_options::check(&self.driver, &self.options, allowed)?;
         if self.size_mib == Some(0) {
             return Err(FieldError::new("size_mib", "at least 1"));
         }
@@ -305,21 +299,23 @@ mod tests {
 
     #[test]
     fn host_paths_are_refused_in_specs_and_mounts() {
+        let policy = crate::ProjectPolicy { nfs_servers: vec!["10.0.0.1".into()], ..Default::default() };
         let mut spec = VolumeSpec::local("data");
-        assert!(spec.validate().is_ok());
+        assert!(spec.validate(&policy).is_ok());
         spec.options = BTreeMap::from([("type".into(), "none".into()), ("o".into(), "bind".into()), ("device".into(), "/etc".into())]);
-        assert_eq!(spec.validate().unwrap_err().field, "options");
+        assert_eq!(spec.validate(&policy).unwrap_err().field, "options");
         spec.options = BTreeMap::from([("o".into(), "rbind,ro".into())]);
-        assert_eq!(spec.validate().unwrap_err().field, "options");
+        assert_eq!(spec.validate(&policy).unwrap_err().field, "options");
         spec.options = BTreeMap::from([("type".into(), "ext4".into()), ("device".into(), "/dev/sda1".into())]);
-        assert_eq!(spec.validate().unwrap_err().field, "options");
-        // tmpfs and NFS are fine.
+        assert_eq!(spec.validate(&policy).unwrap_err().field, "options");
+        // tmpfs and a listed NFS server are fine; an unlisted one is not.
         spec.options =
             BTreeMap::from([("type".into(), "tmpfs".into()), ("device".into(), "tmpfs".into()), ("o".into(), "size=64m".into())]);
-        assert!(spec.validate().is_ok());
+        assert!(spec.validate(&policy).is_ok());
         spec.options =
             BTreeMap::from([("type".into(), "nfs".into()), ("o".into(), "addr=10.0.0.1".into()), ("device".into(), ":/x".into())]);
-        assert!(spec.validate().is_ok());
+        assert!(spec.validate(&policy).is_ok());
+        assert_eq!(spec.validate(&crate::ProjectPolicy::default()).unwrap_err().field, "options");
         assert!(VolumeMount::parse("/var/run/docker.sock:/sock").unwrap_err().contains("host path"));
         assert!(VolumeMount::parse("./data:/data").is_err());
         assert_eq!(

@@ -81,7 +81,8 @@ impl PlacementNotes {
 
     /// Fills in a queued task's reason: its shape's from the latest pass
     /// (the freshest), else its own from the last pass that read it.
-    pub fn annotate(&self, task: &mut Task) {
+    /// Shapes are keyed by the cluster's `shape_key` (the store's).
+    pub fn annotate(&self, task: &mut Task, shape_key: &shepherd_core::shape::ShapeKey) {
         if task.state != TaskState::Queued {
             return;
         }
@@ -98,7 +99,8 @@ impl PlacementNotes {
             return;
         }
         let Ok(notes) = self.notes.lock() else { return };
-        let reason = notes.cluster.as_ref().or_else(|| notes.by_shape.get(&task.placement_shape())).or_else(|| notes.by_task.get(&task.id));
+        let reason =
+            notes.cluster.as_ref().or_else(|| notes.by_shape.get(&task.placement_shape(shape_key))).or_else(|| notes.by_task.get(&task.id));
         if let Some(reason) = reason {
             task.reason = Some(reason.clone());
         }

@@ -14,7 +14,7 @@
 //! shape known not to fit (allocations only grow within a pass), so no
 //! number of waiting tasks can hide a placeable one behind them. Shapes that
 //! no node could take even idle are remembered across passes until the set
-//! of nodes changes; a pass that runs out of pages leaves a cursor where the
+//! of nodes or the projects' settings change, and for 10 s at most; a pass that runs out of pages leaves a cursor where the
 //! next one goes on.
 
 use crate::links::NodeLinks;
@@ -59,17 +59,42 @@ pub struct Scheduler {
     pub check_every: Option<Duration>,
     /// Pass durations and placements.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// [`settings_key`] of the projects the latest pass read.
+    settings_key: AtomicU64,
 }
+
+/// How long a "no node can ever run this" verdict is trusted before the
+/// shape is tried again, whatever else changed: a safety net under the
+/// node set and project settings, which end verdicts at once.
+const NEVER_FITS_FOR: Duration = Duration::from_secs(10);
 
 /// What a pass leaves to the next.
 #[derive(Default)]
 pub struct PassMemory {
-    /// The node set these shapes were found against.
+    /// The node set and project settings these shapes were found against.
     nodes: u64,
-    /// Shapes no node could take even idle (by the reason shown).
+    /// When the verdicts were first made (they all end together).
+    since: Option<Instant>,
+    /// Shapes no node could take even idle (by the reason shown). Shapes
+    /// are keyed by the cluster's secret and include the project, so a
+    /// verdict never reaches another project's tasks.
     never_fits: HashMap<i64, String>,
     /// Where each project's read stopped when a pass ran out of pages.
     resume: BTreeMap<String, QueueCursor>,
+}
+
+impl PassMemory {
+    /// Forgets the "never fits" verdicts made against another node set or
+    /// other project settings (`key`), or longer than [`NEVER_FITS_FOR`]
+    /// ago; keeps where each project's read stopped.
+    fn refresh(&mut self, key: u64, now: Instant) {
+        let expired = self.since.is_some_and(|since| now.saturating_duration_since(since) >= NEVER_FITS_FOR);
+        if self.nodes != key || expired {
+            self.nodes = key;
+            self.since = None;
+            self.never_fits.clear();
+        }
+    }
 }
 
 /// How often the view is checked against the store: `SHEPHERD_VIEW_CHECK`
@@ -96,6 +121,17 @@ fn node_set_key(nodes: &[NodeRecord]) -> u64 {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     for node in nodes {
         (&node.id, node.capacity.cpu_millicores, node.capacity.memory_mib, node.max_tasks, &node.labels).hash(&mut hasher);
+    }
+    hasher.finish()
+}
+
+/// Identifies the projects' settings (limits and policies): a verdict
+/// made under one set is not trusted under another.
+fn settings_key(projects: &[shepherd_store::Project]) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for project in projects {
+        project.name.hash(&mut hasher);
+        format!("{:?}{:?}", project.limits, project.policy).hash(&mut hasher);
     }
     hasher.finish()
 }
@@ -176,6 +212,7 @@ impl Scheduler {
             epoch: Mutex::new(None),
             check_every: check_interval(),
             metrics: Arc::new(crate::metrics::Metrics::new()),
+            settings_key: AtomicU64::new(0),
         }
     }
 
@@ -282,9 +319,7 @@ impl Scheduler {
         }
         self.notes.set_cluster_reason(None);
         let mut memory = self.memory.lock().map(|mut m| std::mem::take(&mut *m)).unwrap_or_default();
-        if memory.nodes != key {
-            memory = PassMemory { nodes: key, never_fits: HashMap::new(), resume: std::mem::take(&mut memory.resume) };
-        }
+        memory.refresh(key ^ self.settings_key.load(Ordering::Relaxed), Instant::now());
         // The first page, before anything else is read: an idle pass ends here.
         let query = QueueQuery { limit: PAGE, projects: None, skip_shapes: memory.never_fits.keys().copied().collect() };
         let first = match self.store.queued_tasks(now, query).await {
@@ -322,6 +357,8 @@ impl Scheduler {
                 return Err(e);
             }
         };
+        // Verdicts made under other project settings end with them (next pass).
+        self.settings_key.store(settings_key(&projects), Ordering::Relaxed);
         let limits: HashMap<String, ProjectLimits> =
             projects.into_iter().filter(|p| p.limits != ProjectLimits::default()).map(|p| (p.name, p.limits)).collect();
         let code_limits: HashMap<(String, String), u32> = match self.store.code_limits().await {
@@ -553,6 +590,7 @@ fn place_pages(
             if let Some(&shape) = shapes.get(&unplaced.task_id) {
                 if unplaced.wait() == Wait::NeverFits {
                     memory.never_fits.insert(shape, reason.clone());
+                    memory.since.get_or_insert_with(Instant::now);
                 }
                 skip.entry(shape).or_insert_with(|| reason.clone());
                 pages.shape_reasons.entry(shape).or_insert_with(|| reason.clone());
@@ -580,4 +618,31 @@ fn place_pages(
         projects = Some(next);
     }
     Ok(pages)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn never_fits_verdicts_end_with_their_nodes_settings_or_time() {
+        let start = Instant::now();
+        let mut memory = PassMemory { nodes: 1, ..Default::default() };
+        let verdict = |memory: &mut PassMemory| {
+            memory.never_fits.insert(42, "no node can ever run this task".into());
+            memory.since = Some(start);
+        };
+        verdict(&mut memory);
+        memory.refresh(1, start + Duration::from_secs(1));
+        assert!(memory.never_fits.contains_key(&42), "kept within its time on the same nodes");
+        memory.refresh(1, start + NEVER_FITS_FOR);
+        assert!(memory.never_fits.is_empty(), "tried again after its time, whatever else changed");
+        verdict(&mut memory);
+        memory.refresh(2, start);
+        assert!(memory.never_fits.is_empty(), "other nodes or project settings end it at once");
+        memory.resume.insert("p".into(), QueueCursor { priority: 0, id: TaskId(ulid::Ulid::nil()) });
+        verdict(&mut memory);
+        memory.refresh(3, start);
+        assert_eq!(memory.resume.len(), 1, "where reads stopped is kept");
+    }
 }

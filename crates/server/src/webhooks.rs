@@ -15,13 +15,22 @@
 //!   secret is the project's (`GET /v1/projects/{p}/webhook-secret`).
 //! - A slow or dead endpoint costs a bounded number of connections (at most
 //!   [`MAX_IN_FLIGHT`], each with a 10 s timeout) in this loop of its own:
-//!   never the scheduler's or the API's time.
+//!   never the scheduler's or the API's time. One project holds at most
+//!   [`MAX_PER_PROJECT`] of them, and due deliveries are read a few per
+//!   project, so one project's hanging endpoints never delay another's.
+//! - Only public addresses are called (unless the admin allows others):
+//!   the address is checked where it is used. The URL is parsed as the
+//!   HTTP client parses it (stored that way at submission), so an IP in it
+//!   is the address connected to and is checked before the try; a name is
+//!   resolved by [`PublicOnly`], the client's own resolver, whose answer is
+//!   the only set of addresses the client connects to. A refused address
+//!   ends the delivery at once, by name or by number alike.
 
 use crate::leader::Leadership;
 use ring::hmac;
 use shepherd_core::{TaskId, Timestamp};
 use shepherd_store::{Store, StoreError, WebhookAttempt, WebhookDelivery, WebhookNext};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{watch, Semaphore};
@@ -33,6 +42,8 @@ pub const SECRET_NAME: &str = ".webhook";
 pub const GIVE_UP_AFTER: Duration = Duration::from_secs(24 * 3600);
 /// At most this many deliveries at once.
 pub const MAX_IN_FLIGHT: usize = 16;
+/// At most this many of one project's deliveries at once.
+pub const MAX_PER_PROJECT: usize = 4;
 /// One try's limit.
 pub const TRY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -71,13 +82,14 @@ fn random_hex() -> Result<String, StoreError> {
 }
 
 /// Whether an address is on the public internet: not loopback, private,
-/// link-local, shared (CGNAT), unspecified, broadcast, multicast or
-/// documentation space (IPv4, IPv6, and IPv4 mapped into IPv6).
+/// link-local, shared (CGNAT), unspecified, broadcast, multicast,
+/// reserved, benchmarking or documentation space; IPv6 forms that carry an
+/// IPv4 address (mapped, compatible, NAT64, 6to4) are judged by it.
 pub fn is_public(ip: std::net::IpAddr) -> bool {
-    use std::net::IpAddr;
+    use std::net::{IpAddr, Ipv4Addr};
     match ip {
         IpAddr::V4(v4) => {
-            let [a, b, ..] = v4.octets();
+            let [a, b, c, _] = v4.octets();
             !(v4.is_loopback()
                 || v4.is_private()
                 || v4.is_link_local()
@@ -86,17 +98,70 @@ pub fn is_public(ip: std::net::IpAddr) -> bool {
                 || v4.is_multicast()
                 || v4.is_documentation()
                 || a == 0
+                || a >= 240
                 || (a == 100 && (64..128).contains(&b))
+                || (a == 192 && b == 0 && c == 0)
                 || (a == 198 && (18..20).contains(&b)))
         }
         IpAddr::V6(v6) => {
+            let s = v6.segments();
+            let embedded = |hi: u16, lo: u16| Ipv4Addr::new((hi >> 8) as u8, hi as u8, (lo >> 8) as u8, lo as u8);
             if let Some(v4) = v6.to_ipv4_mapped() {
                 return is_public(IpAddr::V4(v4));
             }
-            let first = v6.segments()[0];
-            !(v6.is_loopback() || v6.is_unspecified() || v6.is_multicast() || (first & 0xfe00) == 0xfc00 || (first & 0xffc0) == 0xfe80)
+            if s[..6] == [0; 6] {
+                return false; // ::/96: unspecified, loopback, IPv4-compatible
+            }
+            if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+                return is_public(IpAddr::V4(embedded(s[6], s[7]))); // NAT64
+            }
+            if s[0] == 0x2002 {
+                return is_public(IpAddr::V4(embedded(s[1], s[2]))); // 6to4
+            }
+            !(v6.is_multicast() || (s[0] & 0xfe00) == 0xfc00 || (s[0] & 0xffc0) == 0xfe80 || (s[0] == 0x2001 && s[1] == 0xdb8))
         }
     }
+}
+
+/// Why a delivery was not even tried: its address is not public.
+#[derive(Debug)]
+pub struct NotPublic(pub String);
+
+impl std::fmt::Display for NotPublic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (the admin allows others with --webhook-allow-private)", self.0)
+    }
+}
+
+impl std::error::Error for NotPublic {}
+
+/// Checks the address a URL names itself, parsed as the client parses it
+/// (names are checked by [`PublicOnly`] when the client resolves them).
+pub fn check_url(text: &str) -> Result<(), NotPublic> {
+    let url = url::Url::parse(text).map_err(|e| NotPublic(format!("`{text}` is not a URL the client can call: {e}")))?;
+    let ip = match url.host() {
+        Some(url::Host::Ipv4(ip)) => std::net::IpAddr::V4(ip),
+        Some(url::Host::Ipv6(ip)) => std::net::IpAddr::V6(ip),
+        Some(url::Host::Domain(_)) => return Ok(()),
+        None => return Err(NotPublic(format!("`{text}` names no host"))),
+    };
+    if is_public(ip) {
+        Ok(())
+    } else {
+        Err(NotPublic(format!("{ip} is not a public address")))
+    }
+}
+
+/// Whether a client error came from refusing an address ([`NotPublic`]).
+fn refused(e: &reqwest::Error) -> Option<String> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(cause) = source {
+        if let Some(not_public) = cause.downcast_ref::<NotPublic>() {
+            return Some(not_public.to_string());
+        }
+        source = cause.source();
+    }
+    None
 }
 
 /// Resolves webhook hosts, keeping only public addresses (so a name that
@@ -110,7 +175,9 @@ impl reqwest::dns::Resolve for PublicOnly {
             let all: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             let public: Vec<std::net::SocketAddr> = all.into_iter().filter(|a| is_public(a.ip())).collect();
             if public.is_empty() {
-                return Err(format!("`{host}` resolves to no public address (the admin allows others with --webhook-allow-private)").into());
+                return Err(
+                    Box::new(NotPublic(format!("`{host}` resolves to no public address"))) as Box<dyn std::error::Error + Send + Sync>
+                );
             }
             Ok(Box::new(public.into_iter()) as reqwest::dns::Addrs)
         })
@@ -123,7 +190,38 @@ pub struct Dispatcher {
     http: reqwest::Client,
     allow_private: bool,
     slots: Arc<Semaphore>,
-    in_flight: Arc<Mutex<HashSet<TaskId>>>,
+    in_flight: Arc<Mutex<InFlight>>,
+}
+
+/// The deliveries being tried, and how many per project.
+#[derive(Default)]
+struct InFlight {
+    tasks: HashSet<TaskId>,
+    per_project: HashMap<String, usize>,
+}
+
+impl InFlight {
+    /// Takes a place for `delivery` if it is not being tried already and
+    /// its project has room.
+    fn take(&mut self, delivery: &WebhookDelivery) -> bool {
+        let count = self.per_project.get(&delivery.project).copied().unwrap_or(0);
+        if count >= MAX_PER_PROJECT || self.tasks.contains(&delivery.task_id) {
+            return false;
+        }
+        self.tasks.insert(delivery.task_id);
+        self.per_project.insert(delivery.project.clone(), count + 1);
+        true
+    }
+
+    fn give_back(&mut self, task: TaskId, project: &str) {
+        self.tasks.remove(&task);
+        if let Some(count) = self.per_project.get_mut(project) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.per_project.remove(project);
+            }
+        }
+    }
 }
 
 impl Dispatcher {
@@ -166,20 +264,28 @@ impl Dispatcher {
         if free == 0 {
             return Ok(());
         }
-        for delivery in self.store.due_webhooks(Timestamp::now(), free + MAX_IN_FLIGHT).await? {
-            let Ok(permit) = self.slots.clone().try_acquire_owned() else { break };
-            if !self.in_flight.lock().map(|mut set| set.insert(delivery.task_id)).unwrap_or(false) {
+        // A few per project (in order of when each is due), so that one
+        // project's backlog never fills the list.
+        let due = self.store.due_webhooks(Timestamp::now(), free + MAX_IN_FLIGHT, MAX_PER_PROJECT).await?;
+        for delivery in due {
+            if !self.in_flight.lock().map(|mut f| f.take(&delivery)).unwrap_or(false) {
                 continue;
             }
+            let Ok(permit) = self.slots.clone().try_acquire_owned() else {
+                if let Ok(mut f) = self.in_flight.lock() {
+                    f.give_back(delivery.task_id, &delivery.project);
+                }
+                break;
+            };
             let (store, http, in_flight, allow_private) =
                 (self.store.clone(), self.http.clone(), self.in_flight.clone(), self.allow_private);
             tokio::spawn(async move {
-                let id = delivery.task_id;
+                let (id, project) = (delivery.task_id, delivery.project.clone());
                 if let Err(e) = deliver(store.as_ref(), &http, delivery, allow_private).await {
                     tracing::warn!(task = %id, error = %e, "webhook try not recorded");
                 }
-                if let Ok(mut set) = in_flight.lock() {
-                    set.remove(&id);
+                if let Ok(mut f) = in_flight.lock() {
+                    f.give_back(id, &project);
                 }
                 drop(permit);
             });
@@ -192,11 +298,11 @@ impl Dispatcher {
 async fn deliver(store: &dyn Store, http: &reqwest::Client, delivery: WebhookDelivery, allow_private: bool) -> Result<(), StoreError> {
     let Some(task) = store.get_task(delivery.task_id).await? else { return Ok(()) };
     let number = delivery.attempts + 1;
-    // An address in the URL itself is never resolved: check it here.
+    // An address in the URL itself is never resolved: check it here, as
+    // the client parses it.
     if !allow_private {
-        if let Some(ip) = literal_ip(&delivery.url).filter(|ip| !is_public(*ip)) {
-            let error = Some(format!("{ip} is not a public address (the admin allows others with --webhook-allow-private)"));
-            let attempt = WebhookAttempt { number, at: Timestamp::now(), status: None, latency_ms: 0, error };
+        if let Err(refused) = check_url(&delivery.url) {
+            let attempt = WebhookAttempt { number, at: Timestamp::now(), status: None, latency_ms: 0, error: Some(refused.to_string()) };
             return store.record_webhook(delivery.task_id, attempt, WebhookNext::GiveUp).await;
         }
     }
@@ -216,13 +322,19 @@ async fn deliver(store: &dyn Store, http: &reqwest::Client, delivery: WebhookDel
         .send()
         .await;
     let latency_ms = began.elapsed().as_millis() as u64;
-    let (status, error) = match sent {
-        Ok(response) if response.status().is_success() => (Some(response.status().as_u16()), None),
-        Ok(response) => (Some(response.status().as_u16()), Some(format!("answered {}", response.status()))),
-        Err(e) => (None, Some(error_text(&e))),
+    let (status, error, not_public) = match sent {
+        Ok(response) if response.status().is_success() => (Some(response.status().as_u16()), None, false),
+        Ok(response) => (Some(response.status().as_u16()), Some(format!("answered {}", response.status())), false),
+        Err(e) => match refused(&e) {
+            // The resolver refused every address of the name: as for a number, no more tries.
+            Some(why) => (None, Some(why), true),
+            None => (None, Some(error_text(&e)), false),
+        },
     };
     let now = Timestamp::now();
-    let next = if error.is_none() {
+    let next = if not_public {
+        WebhookNext::GiveUp
+    } else if error.is_none() {
         WebhookNext::Delivered
     } else {
         let ended = task.finished_at.unwrap_or(now);
@@ -235,17 +347,6 @@ async fn deliver(store: &dyn Store, http: &reqwest::Client, delivery: WebhookDel
     };
     tracing::debug!(task = %delivery.task_id, number, ?status, latency_ms, ?next, "webhook try");
     store.record_webhook(delivery.task_id, WebhookAttempt { number, at: now, status, latency_ms, error }, next).await
-}
-
-/// The IP address a URL names directly, if it does.
-fn literal_ip(url: &str) -> Option<std::net::IpAddr> {
-    let rest = url.split_once("://")?.1;
-    let authority = rest.split(['/', '?', '#']).next()?;
-    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    if let Some(v6) = host.strip_prefix('[') {
-        return v6.split(']').next()?.parse().ok();
-    }
-    host.rsplit_once(':').map_or(host, |(h, _)| h).parse().ok()
 }
 
 /// A reqwest error with its causes (the connection's reason is in a source).
@@ -278,15 +379,45 @@ mod tests {
             "fd00::1",
             "fe80::1",
             "::ffff:127.0.0.1",
+            "::127.0.0.1",
+            "64:ff9b::7f00:1",
+            "2002:7f00:1::",
+            "2002:a9fe:a9fe::1",
+            "240.0.0.1",
+            "255.255.255.255",
+            "192.0.0.8",
+            "2001:db8::1",
         ] {
             assert!(!is_public(private.parse().unwrap()), "{private}");
         }
-        for public in ["1.1.1.1", "93.184.216.34", "2606:4700::1111"] {
+        for public in ["1.1.1.1", "93.184.216.34", "2606:4700::1111", "64:ff9b::101:101"] {
             assert!(is_public(public.parse().unwrap()), "{public}");
         }
-        assert_eq!(literal_ip("http://127.0.0.1:8080/x"), Some("127.0.0.1".parse().unwrap()));
-        assert_eq!(literal_ip("https://user@[::1]:443/x"), Some("::1".parse().unwrap()));
-        assert_eq!(literal_ip("https://hooks.example.com/x"), None);
+        // Literal addresses are checked as the client parses them: every
+        // spelling of loopback or the metadata address is one address.
+        for refused in [
+            "http://127.0.0.1:8080/x",
+            "http://2130706433/",
+            "http://0x7f000001/",
+            "http://127.1/",
+            "http://0x7f.1/",
+            "http://0/",
+            "http://127.0.0.1./",
+            "http://0177.0.0.1/",
+            "http://127.000.000.001/",
+            "http://%31%32%37.0.0.1/",
+            "http://\u{ff11}\u{ff12}\u{ff17}.\u{ff10}.\u{ff10}.\u{ff11}/",
+            "http://127\u{3002}0\u{3002}0\u{3002}1/",
+            "http://127.0.0.1:80\\@example.com/",
+            "http://169.254.169.254/latest/meta-data",
+            "http://2852039166/",
+            "http://[::ffff:a9fe:a9fe]/",
+            "https://user@[::1]:443/x",
+        ] {
+            assert!(check_url(refused).is_err(), "{refused}");
+        }
+        assert!(check_url("https://hooks.example.com/x").is_ok(), "names are checked when resolved");
+        assert!(check_url("https://1.1.1.1/x").is_ok());
     }
 
     #[test]

@@ -125,7 +125,7 @@ async fn makes_what_the_queue_needs_once_and_says_so() {
     settle().await;
     assert_eq!(s.fake.creates.load(Ordering::SeqCst), 3);
     let mut task = s.store.get_task(ids[0]).await.unwrap().unwrap();
-    s.notes.annotate(&mut task);
+    s.notes.annotate(&mut task, s.store.shape_key());
     assert!(task.reason.unwrap().contains("autoscaler: a new machine of pool burst is being made for it"));
 }
 
@@ -140,7 +140,7 @@ async fn never_more_than_max_and_nothing_for_what_fits_no_shape() {
     }
     assert_eq!(s.fake.creates.load(Ordering::SeqCst), 4, "max_creating 4 of max 5 at once");
     let mut task = s.store.get_task(huge[0]).await.unwrap().unwrap();
-    s.notes.annotate(&mut task);
+    s.notes.annotate(&mut task, s.store.shape_key());
     let reason = task.reason.unwrap();
     assert!(reason.contains("no autoscaled pool's machine could ever run it") && reason.contains("memory"), "{reason}");
 }

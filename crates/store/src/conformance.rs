@@ -231,7 +231,7 @@ pub async fn queue_pages_shares_and_shapes(store: &dyn Store) {
     store.create_tasks(tasks.clone()).await.unwrap();
     // Every task above is ready now (its creation time has passed).
     let now = Timestamp::now();
-    let big_shape = tasks[0].spec.placement_shape();
+    let big_shape = tasks[0].spec.placement_shape(store.shape_key());
 
     let first = store.queued_tasks(now, QueueQuery { limit: 32, ..Default::default() }).await.unwrap();
     let big: Vec<TaskId> = first.tasks.iter().filter(|t| t.spec.project == "big").map(|t| t.id).collect();
@@ -549,9 +549,14 @@ pub async fn servers_and_messages(store: &dyn Store) {
         let mut heard = None;
         for _ in 0..50 {
             store.publish("hello".into()).await.unwrap();
-            if let Ok(Ok(message)) = tokio::time::timeout(std::time::Duration::from_millis(100), messages.recv()).await {
-                heard = Some(message);
-                break;
+            // (A listener that starts says so first: not a message.)
+            match tokio::time::timeout(std::time::Duration::from_millis(100), messages.recv()).await {
+                Ok(Ok(message)) if message == crate::postgres::RESYNC => {}
+                Ok(Ok(message)) => {
+                    heard = Some(message);
+                    break;
+                }
+                _ => {}
             }
         }
         assert_eq!(heard.as_deref(), Some("hello"));
@@ -729,25 +734,38 @@ pub async fn webhooks(store: &dyn Store) {
     let plain = new_task(&mut gen, spec("p"));
     store.create_tasks(vec![task.clone(), plain.clone()]).await.unwrap();
     let later = Timestamp::now().plus(std::time::Duration::from_secs(60));
-    assert!(store.due_webhooks(later, 10).await.unwrap().is_empty(), "not due before the task ends");
+    assert!(store.due_webhooks(later, 10, 10).await.unwrap().is_empty(), "not due before the task ends");
     assert!(store.webhook_of(plain.id).await.unwrap().is_none());
     store.apply(vec![(task.id, Event::Cancel)], Timestamp::now()).await.unwrap();
-    let due = store.due_webhooks(later, 10).await.unwrap();
+    let due = store.due_webhooks(later, 10, 10).await.unwrap();
     assert_eq!(due.len(), 1);
     assert_eq!((due[0].task_id, due[0].url.as_str(), due[0].state.as_str()), (task.id, "http://127.0.0.1:9/hook", "pending"));
     let failed = WebhookAttempt { number: 1, at: Timestamp(10), status: Some(500), latency_ms: 3, error: Some("status 500".into()) };
     store.record_webhook(task.id, failed.clone(), WebhookNext::RetryAt(later.plus(std::time::Duration::from_secs(60)))).await.unwrap();
-    assert!(store.due_webhooks(later, 10).await.unwrap().is_empty(), "not due before its retry time");
+    assert!(store.due_webhooks(later, 10, 10).await.unwrap().is_empty(), "not due before its retry time");
     let ok = WebhookAttempt { number: 2, at: Timestamp(20), status: Some(200), latency_ms: 4, error: None };
     store.record_webhook(task.id, ok.clone(), WebhookNext::Delivered).await.unwrap();
     let delivery = store.webhook_of(task.id).await.unwrap().expect("a delivery");
     assert_eq!((delivery.state.as_str(), delivery.attempts, delivery.delivered_at), ("delivered", 2, Some(Timestamp(20))));
     assert_eq!(delivery.history, vec![failed, ok]);
     let later_still = later.plus(std::time::Duration::from_secs(3600));
-    assert!(store.due_webhooks(later_still, 10).await.unwrap().is_empty(), "delivered: never again");
+    assert!(store.due_webhooks(later_still, 10, 10).await.unwrap().is_empty(), "delivered: never again");
     let first = store.ensure_secret("p", ".webhook", b"one".to_vec(), Timestamp(1)).await.unwrap();
     let second = store.ensure_secret("p", ".webhook", b"two".to_vec(), Timestamp(2)).await.unwrap();
     assert_eq!((first.as_slice(), second.as_slice()), (&b"one"[..], &b"one"[..]));
+    // A few per project: one project's backlog never fills the list.
+    let hooked = |project: &str, gen: &mut ulid::Generator| {
+        let mut spec = spec(project);
+        spec.webhook = Some(format!("http://{project}.example/hook"));
+        new_task(gen, spec)
+    };
+    let mut all: Vec<NewTask> = (0..20).map(|_| hooked("flood", &mut gen)).collect();
+    all.push(hooked("quiet", &mut gen));
+    store.create_tasks(all.clone()).await.unwrap();
+    store.apply(all.iter().map(|t| (t.id, Event::Cancel)).collect(), Timestamp::now()).await.unwrap();
+    let due = store.due_webhooks(later_still, 6, 3).await.unwrap();
+    let count = |project: &str| due.iter().filter(|d| d.project == project).count();
+    assert_eq!((count("flood"), count("quiet")), (3, 1), "{due:?}");
 }
 
 /// Every state change, node change and tenant action lands in the event

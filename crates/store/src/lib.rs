@@ -308,9 +308,10 @@ pub trait Store: Send + Sync + 'static {
     /// secret Shepherd keeps for itself, such as the webhook secret).
     async fn ensure_secret(&self, project: &str, name: &str, value: Vec<u8>, at: Timestamp) -> Result<Vec<u8>, StoreError>;
 
-    /// Webhooks due a try: of ended tasks, pending, due at `now`, soonest first
-    /// (without their history).
-    async fn due_webhooks(&self, now: Timestamp, limit: usize) -> Result<Vec<WebhookDelivery>, StoreError>;
+    /// Webhooks due a try: of ended tasks, pending, due at `now`, at most
+    /// `per_project` of each project (its soonest), soonest first, `limit`
+    /// in all (without their history).
+    async fn due_webhooks(&self, now: Timestamp, limit: usize, per_project: usize) -> Result<Vec<WebhookDelivery>, StoreError>;
 
     /// Records a try at a task's webhook and what follows it.
     async fn record_webhook(&self, task: TaskId, attempt: WebhookAttempt, next: WebhookNext) -> Result<(), StoreError>;
@@ -409,6 +410,10 @@ pub trait Store: Send + Sync + 'static {
     /// Hands the store an observer of its writes (metrics). Set once; later
     /// calls are ignored.
     fn set_observer(&self, _observer: std::sync::Arc<dyn StoreObserver>) {}
+
+    /// The cluster's secret key of placement shapes, which this store
+    /// gives every task it stores ([`shepherd_core::shape`]).
+    fn shape_key(&self) -> &shepherd_core::shape::ShapeKey;
 }
 
 /// What a store tells an observer about its writes, after they committed.
@@ -540,4 +545,21 @@ pub(crate) fn volume_from(record: &str, node: Option<String>) -> Result<shepherd
 pub(crate) fn registry_auth_from(image: &str, value: Option<Vec<u8>>) -> Option<shepherd_core::RegistryAuth> {
     let auth: shepherd_core::RegistryAuth = serde_json::from_slice(&value?).ok()?;
     (auth.registry == shepherd_core::registry::registry_of(image)).then_some(auth)
+}
+
+/// The `cluster_meta` key of the secret that keys placement shapes.
+pub(crate) const SHAPE_KEY: &str = "shape_key";
+
+/// A new random secret for [`SHAPE_KEY`] (32 bytes, hex).
+pub(crate) fn new_secret() -> Result<String, StoreError> {
+    let mut bytes = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+        .map_err(|_| StoreError::Corrupt("the system's random source failed".into()))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The shape key from its stored text.
+pub(crate) fn shape_key_from(hex: &str) -> Result<shepherd_core::shape::ShapeKey, StoreError> {
+    shepherd_core::shape::ShapeKey::from_hex(hex)
+        .ok_or_else(|| StoreError::Corrupt(format!("cluster value {SHAPE_KEY} is not a hex secret")))
 }

@@ -28,3 +28,26 @@ async fn tasks_survive_reopen() {
     let store = SqliteStore::open(dir.path().join("state.db"), SqliteOptions::default()).unwrap();
     assert_eq!(store.get_task(task.id).await.unwrap().unwrap().state, TaskState::Queued);
 }
+
+/// Placement shapes are keyed by a secret each database makes once and
+/// keeps: the same spec has the same shape after a reopen, another
+/// database's shapes differ, and the stored shape is the keyed one.
+#[tokio::test]
+async fn shape_keys_are_per_database_and_kept() {
+    let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut gen = ulid::Generator::new();
+    let now = Timestamp::now();
+    let task = validate(TaskSpec::new("busybox", vec!["true".into()]), &Limits::default(), TaskId::generate(&mut gen, now), now).unwrap();
+    let spec = task.spec.clone();
+    let first = {
+        let store = SqliteStore::open(one.path().join("state.db"), SqliteOptions::default()).unwrap();
+        store.create_tasks(vec![task]).await.unwrap();
+        let page = store.queued_tasks(now, QueueQuery { limit: 10, projects: None, skip_shapes: vec![] }).await.unwrap();
+        assert_eq!(page.tasks[0].shape, spec.placement_shape(store.shape_key()), "the stored shape is the keyed one");
+        spec.placement_shape(store.shape_key())
+    };
+    let again = SqliteStore::open(one.path().join("state.db"), SqliteOptions::default()).unwrap();
+    assert_eq!(spec.placement_shape(again.shape_key()), first, "the key outlives the process");
+    let other = SqliteStore::open(two.path().join("state.db"), SqliteOptions::default()).unwrap();
+    assert_ne!(spec.placement_shape(other.shape_key()), first, "another cluster has another key");
+}

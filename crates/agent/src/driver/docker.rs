@@ -183,7 +183,7 @@ impl DockerDriver {
     /// A network still used by another node's containers is kept. Returns
     /// how many containers and networks were removed.
     pub async fn cleanup(&self) -> Result<(usize, usize), DriverError> {
-        let containers = self.remove_orphans(&[]).await?;
+        let containers = self.remove_orphans(&[], None).await?;
         let filters = HashMap::from([("label".to_string(), vec![format!("{LABEL_NODE}={}", self.config.node_id)])]);
         let options = bollard::query_parameters::ListNetworksOptionsBuilder::default().filters(&filters).build();
         let networks = self.docker.list_networks(Some(options)).await.map_err(|e| engine_error("listing networks", e))?;
@@ -259,7 +259,20 @@ impl DockerDriver {
     /// Makes a project volume on this engine unless it exists, with its
     /// driver, options and Shepherd's labels. One that exists must carry
     /// the same project: a volume of another project's is never mounted.
+    ///
+    /// A `local` volume's options are checked again here, before the engine
+    /// sees them (the allow-list of [`shepherd_core::volume_options`]): a
+    /// volume stored by an older version, or options that reached the node
+    /// some other way, never mount the host's files. An existing engine
+    /// volume is checked as the engine made it.
     async fn ensure_volume(&self, volume: &shepherd_core::ResolvedMount) -> Result<(), DriverError> {
+        use shepherd_core::volume_options::{check_local, NfsServers};
+        let refuse = |what: &str, e: shepherd_core::FieldError| {
+            DriverError::StartFailed(format!("volume {} {what}: {}; refusing to mount it", volume.name, e.message))
+        };
+        if volume.driver == "local" {
+            check_local(&volume.options, NfsServers::AnyLiteral).map_err(|e| refuse("has options a node never mounts", e))?;
+        }
         match self.docker.inspect_volume(&volume.engine_name).await {
             Ok(found) => {
                 if found.labels.get(LABEL_PROJECT) != Some(&volume.project) {
@@ -267,6 +280,11 @@ impl DockerDriver {
                         "the engine's volume {} is not project {}'s: refusing to mount it",
                         volume.engine_name, volume.project
                     )));
+                }
+                if found.driver == "local" {
+                    let options: std::collections::BTreeMap<String, String> = found.options.into_iter().collect();
+                    check_local(&options, NfsServers::AnyLiteral)
+                        .map_err(|e| refuse("on the engine has options a node never mounts", e))?;
                 }
                 Ok(())
             }
@@ -963,26 +981,42 @@ impl Driver for DockerDriver {
         }
     }
 
-    async fn remove_orphans(&self, keep: &[(TaskId, u32)]) -> Result<usize, DriverError> {
+    async fn remove_orphans(&self, keep: &[(TaskId, u32)], since: Option<std::time::SystemTime>) -> Result<usize, DriverError> {
         let mut keep: Vec<String> = keep.iter().map(|(task, attempt)| container_name(*task, *attempt)).collect();
-        // This driver's own warm containers (a reconnect, not a restart).
-        keep.extend(self.warm.as_ref().map(|pool| pool.live()).unwrap_or_default());
         let filters = HashMap::from([("label".to_string(), vec![format!("{LABEL_NODE}={}", self.config.node_id)])]);
         let options = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
         let containers = self.docker.list_containers(Some(options)).await.map_err(|e| engine_error("listing containers", e))?;
-        let mut removed = 0;
+        // This driver's own warm containers (a reconnect, not a restart),
+        // read after the listing: a warm container is live before the
+        // engine makes it, so every one listed is in this set unless it is
+        // gone for good.
+        keep.extend(self.warm.as_ref().map(|pool| pool.live()).unwrap_or_default());
+        // The engine's creation times are whole seconds: a second's margin.
+        let young = since.map(|at| at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64) - 1);
+        let (mut removed, mut failed) = (0, 0);
         for container in containers {
             let names = container.names.unwrap_or_default();
             if names.iter().any(|n| keep.contains(&n.trim_start_matches('/').to_string())) {
                 continue;
+            }
+            if young.is_some_and(|young| container.created.unwrap_or(0) >= young) {
+                continue; // made after the snapshot of what to keep
             }
             let Some(id) = container.id else { continue };
             let options = RemoveContainerOptionsBuilder::default().force(true).v(true).build();
             match self.docker.remove_container(&id, Some(options)).await {
                 Ok(()) => removed += 1,
                 Err(e) if is_status(&e, &[404]) => {}
-                Err(e) => return Err(engine_error("removing a leftover container", e)),
+                // One that cannot go now (a removal in progress: 409) does
+                // not keep the others: the next reconcile tries it again.
+                Err(e) => {
+                    failed += 1;
+                    tracing::info!(container = %id, error = %engine_message(&e), "could not remove a leftover container; trying again later");
+                }
             }
+        }
+        if failed > 0 {
+            tracing::warn!(failed, removed, "some leftover containers could not be removed yet");
         }
         Ok(removed)
     }

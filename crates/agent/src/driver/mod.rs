@@ -42,8 +42,8 @@ pub struct AttemptSpec {
     pub secrets_dir: Option<PathBuf>,
     /// Run in a warm container, if the driver has them.
     pub reuse: Option<shepherd_core::ReusePolicy>,
-    /// The task's warm key ([`shepherd_core::shape::warm_key`]), with `reuse`.
-    pub warm_key: Option<String>,
+    /// The task's warm key ([`shepherd_core::shape::WarmKey`]), with `reuse`.
+    pub warm_key: Option<shepherd_core::shape::WarmKey>,
     /// The task's code package, unpacked (mounted read-only at `/task`).
     pub package_dir: Option<PathBuf>,
     /// A private scratch directory for the attempt (a tmpfs in a container;
@@ -191,7 +191,9 @@ pub trait Driver: Send + Sync + 'static {
 
     /// After a restart: stops and removes everything of this node's that
     /// belongs to no attempt in `keep`. Returns how many it removed.
-    async fn remove_orphans(&self, _keep: &[(TaskId, u32)]) -> Result<usize, DriverError> {
+    /// With `since`, what was made at or after it is kept too: `keep` is a
+    /// snapshot taken then, and attempts started after it are not in it.
+    async fn remove_orphans(&self, _keep: &[(TaskId, u32)], _since: Option<std::time::SystemTime>) -> Result<usize, DriverError> {
         Ok(0)
     }
 

@@ -13,11 +13,16 @@
 //! was OOM-killed, whose runner broke the protocol, or that ran its
 //! `max_tasks`, is removed, never reused.
 //!
-//! The pool is keyed by the task's [`shepherd_core::shape::warm_key`]
+//! The pool is keyed by the task's [`shepherd_core::shape::WarmKey`]
 //! (project, image reference, user, workdir, network, limits, pull policy)
-//! and the image's resolved id: containers are never shared across projects.
-//! At most `warm_max` containers (busy or idle) per key; a task that finds
-//! none free and the key full waits for one (up to 10 s), then runs cold. Idle containers are removed after
+//! and the image's resolved id, compared in full (never by a hash of
+//! them): containers are never shared across projects or keys.
+//! At most `warm_max` containers (busy or idle) per key, and
+//! `warm_max_per_project` per project on this node (an idle container of
+//! another key of the project is removed to make room; warm containers
+//! are the project's, so one project cannot fill a node with them); a task
+//! that finds none free and the key full waits for one (up to 10 s), then
+//! runs cold. Idle containers are removed after
 //! their last task's `idle_seconds`, and all of them when the driver shuts
 //! down. The containers are created with `StdinOnce`: if the agent dies,
 //! the engine closes their stdin, the runner kills what runs and exits, and
@@ -64,12 +69,15 @@ pub struct WarmConfig {
     pub runner: std::path::PathBuf,
     /// Most warm containers per key (busy and idle).
     pub max_per_key: usize,
+    /// Most warm containers of one project on this node (busy and idle).
+    pub max_per_project: usize,
 }
 
-/// A pool's key: the task's warm key and the image's resolved id.
+/// A pool's key: the task's warm key and the image's resolved id, both
+/// compared in full.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct PoolKey {
-    task_key: String,
+    task_key: shepherd_core::shape::WarmKey,
     image_id: String,
 }
 
@@ -212,6 +220,8 @@ struct State {
     idle: HashMap<PoolKey, Vec<Idle>>,
     /// Containers per key, busy or idle.
     count: HashMap<PoolKey, usize>,
+    /// Containers per project, busy or idle.
+    per_project: HashMap<String, usize>,
     /// Every warm container this driver runs now.
     live: HashSet<String>,
     /// Signalled when a container of the key comes back or goes away.
@@ -293,7 +303,7 @@ impl Pool {
     /// `warm_locality`).
     pub(super) fn idle_keys(&self) -> Vec<String> {
         let state = self.state();
-        let mut keys: Vec<String> = state.idle.iter().filter(|(_, v)| !v.is_empty()).map(|(k, _)| k.task_key.clone()).collect();
+        let mut keys: Vec<String> = state.idle.iter().filter(|(_, v)| !v.is_empty()).map(|(k, _)| k.task_key.hint()).collect();
         keys.sort();
         keys.dedup();
         keys
@@ -376,7 +386,7 @@ impl Pool {
 
     /// Works out the task's run request and key from the image's config.
     /// `None` when the engine lacks the image (the cold path pulls it).
-    async fn plan(&self, spec: &AttemptSpec, task_key: String) -> Result<Option<Plan>, DriverError> {
+    async fn plan(&self, spec: &AttemptSpec, task_key: shepherd_core::shape::WarmKey) -> Result<Option<Plan>, DriverError> {
         let Some(image) = self.image_facts(&spec.image).await? else { return Ok(None) };
         if image.volumes {
             // A VOLUME is writable, and emptying it would drop what the
@@ -426,7 +436,7 @@ impl Pool {
         self: &Arc<Pool>,
         spec: &AttemptSpec,
         reuse: ReusePolicy,
-        task_key: String,
+        task_key: shepherd_core::shape::WarmKey,
         output: &OutputSender,
     ) -> Result<Option<Box<dyn AttemptHandle>>, DriverError> {
         let Some(plan) = self.plan(spec, task_key).await? else { return Ok(None) };
@@ -435,19 +445,41 @@ impl Pool {
             // An idle container of the key, else room for a new one, else
             // wait for one to come back (a reset takes milliseconds; a
             // container costs the engine a hundred or more).
-            let (idle, room, freed) = {
+            let (idle, room, evicted, freed) = {
                 let mut state = self.state();
                 let idle = state.idle.get_mut(&plan.key).and_then(Vec::pop);
-                let room = idle.is_none() && {
-                    let count = state.count.entry(plan.key.clone()).or_default();
-                    let room = *count < self.config.max_per_key;
-                    if room {
-                        *count += 1;
+                let key_room = idle.is_none() && state.count.get(&plan.key).copied().unwrap_or(0) < self.config.max_per_key;
+                // The project's own cap on this node: an idle container of
+                // another of its keys makes room (the longest idle first).
+                let mut evicted = None;
+                let project = &plan.key.task_key.project;
+                if key_room && state.per_project.get(project).copied().unwrap_or(0) >= self.config.max_per_project {
+                    let oldest = state
+                        .idle
+                        .iter()
+                        .filter(|(k, v)| k.task_key.project == *project && !v.is_empty())
+                        .min_by_key(|(_, v)| v.iter().map(|i| i.until).min())
+                        .map(|(k, _)| k.clone());
+                    if let Some(key) = oldest {
+                        if let Some(list) = state.idle.get_mut(&key) {
+                            if let Some(at) = list.iter().enumerate().min_by_key(|(_, i)| i.until).map(|(at, _)| at) {
+                                evicted = Some((key.clone(), list.remove(at).conn));
+                            }
+                        }
                     }
-                    room
-                };
-                (idle, room, state.freed.entry(plan.key.clone()).or_default().clone())
+                }
+                let room =
+                    key_room && (evicted.is_some() || state.per_project.get(project).copied().unwrap_or(0) < self.config.max_per_project);
+                if room {
+                    *state.count.entry(plan.key.clone()).or_default() += 1;
+                    *state.per_project.entry(project.clone()).or_default() += 1;
+                }
+                (idle, room, evicted, state.freed.entry(plan.key.clone()).or_default().clone())
             };
+            if let Some((key, conn)) = evicted {
+                tracing::debug!(container = %conn.name, "the project's warm containers are at their cap on this node; its longest idle removed");
+                self.discard(&key, conn).await;
+            }
             if let Some(idle) = idle {
                 match self.run(&plan, idle.conn, reuse, output).await? {
                     Some(handle) => return Ok(Some(handle)),
@@ -482,6 +514,12 @@ impl Pool {
             *count = count.saturating_sub(1);
             if *count == 0 {
                 state.count.remove(key);
+            }
+        }
+        if let Some(count) = state.per_project.get_mut(&key.task_key.project) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                state.per_project.remove(&key.task_key.project);
             }
         }
         if let Some(freed) = state.freed.get(key) {
@@ -580,8 +618,13 @@ impl Pool {
         let name = format!("shepherd-warm-{}", ulid::Ulid::new().to_string().to_lowercase());
         let body = self.body(spec, plan);
         let options = CreateContainerOptionsBuilder::default().name(&name).build();
-        self.docker.create_container(Some(options), body).await.map_err(|e| format!("creating the container: {e}"))?;
+        // Live before the engine has it: a reconcile that lists containers
+        // and then reads the live set never sees it as an orphan.
         self.state().live.insert(name.clone());
+        if let Err(e) = self.docker.create_container(Some(options), body).await {
+            self.state().live.remove(&name);
+            return Err(format!("creating the container: {e}"));
+        }
         let conn = self.attach_and_start(&name).await;
         if conn.is_err() {
             self.state().live.remove(&name);
@@ -627,7 +670,7 @@ impl Pool {
             labels: Some(HashMap::from([
                 (LABEL_NODE.to_string(), self.node_id.clone()),
                 (LABEL_PROJECT.to_string(), spec.project.clone()),
-                (LABEL_WARM.to_string(), plan.key.task_key.clone()),
+                (LABEL_WARM.to_string(), plan.key.task_key.hint()),
             ])),
             user: spec.user.clone(),
             network_disabled: Some(spec.network != "bridge"),

@@ -37,7 +37,7 @@ pub async fn create(
     ApiJson(spec): ApiJson<VolumeSpec>,
 ) -> Result<(StatusCode, Json<Volume>), ApiError> {
     let found = project_or_404(&state, &caller, &project).await?;
-    spec.validate()?;
+    spec.validate(&found.policy)?;
     if !found.policy.allows_volume_driver(&spec.driver) {
         let allowed = if found.policy.volume_drivers.is_empty() { "local".to_string() } else { found.policy.volume_drivers.join(", ") };
         return Err(ApiError::new(

@@ -170,7 +170,7 @@ impl TaskService {
     /// One task the caller may see, with why it waits if it does.
     pub async fn get(&self, caller: &Caller, id: &str) -> Result<Task, TaskError> {
         let mut task = self.load_visible(caller, id).await?;
-        self.notes.annotate(&mut task);
+        self.notes.annotate(&mut task, self.store.shape_key());
         if task.state == shepherd_core::TaskState::Queued {
             if let Some((in_project, in_cluster)) = self.store.queue_position(task.id).await? {
                 task.queue = Some(self.metrics.queue_position(&task, in_project, in_cluster));
@@ -191,7 +191,7 @@ impl TaskService {
             }
         }
         let mut page = self.store.list_tasks(filter).await?;
-        page.tasks.iter_mut().for_each(|t| self.notes.annotate(t));
+        page.tasks.iter_mut().for_each(|t| self.notes.annotate(t, self.store.shape_key()));
         Ok(page)
     }
 
@@ -226,7 +226,7 @@ impl TaskService {
         loop {
             let mut task = self.store.get_task(task.id).await?.ok_or_else(|| TaskError::NotFound(id.to_string()))?;
             if task.state.is_terminal() || tokio::time::Instant::now() >= deadline {
-                self.notes.annotate(&mut task);
+                self.notes.annotate(&mut task, self.store.shape_key());
                 return Ok(task);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;

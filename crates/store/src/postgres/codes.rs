@@ -236,7 +236,7 @@ impl PgStore {
         if changed == 0 {
             return Ok(false);
         }
-        super::insert_tasks(&tx, &f.tasks).await?;
+        super::insert_tasks(&tx, &f.tasks, &self.shape_key).await?;
         if let Some(first) = f.tasks.first() {
             super::append_events(&tx, first.created_at, &crate::created_events(&f.tasks)).await?;
         }
@@ -317,14 +317,20 @@ impl PgStore {
         Ok(row.get(0))
     }
 
-    pub(super) async fn pg_due_webhooks(&self, now: Timestamp, limit: usize) -> Result<Vec<WebhookDelivery>, StoreError> {
+    pub(super) async fn pg_due_webhooks(
+        &self,
+        now: Timestamp,
+        limit: usize,
+        per_project: usize,
+    ) -> Result<Vec<WebhookDelivery>, StoreError> {
         let client = self.client().await?;
         let rows = client
             .query(
-                "SELECT d.task_id, d.project, d.url, d.state, d.attempts, d.next_at, d.delivered_at FROM webhook_deliveries d \
+                "SELECT task_id, project, url, state, attempts, next_at, delivered_at FROM \
+                 (SELECT d.*, ROW_NUMBER() OVER (PARTITION BY d.project ORDER BY d.next_at) AS rank FROM webhook_deliveries d \
                  JOIN tasks t ON t.id = d.task_id WHERE d.state = 'pending' AND d.next_at <= $1 \
-                 AND t.state IN ('succeeded', 'failed', 'timed_out', 'cancelled') ORDER BY d.next_at LIMIT $2",
-                &[&now.millis(), &(limit as i64)],
+                 AND t.state IN ('succeeded', 'failed', 'timed_out', 'cancelled')) d WHERE rank <= $3 ORDER BY next_at LIMIT $2",
+                &[&now.millis(), &(limit as i64), &(per_project.max(1) as i64)],
             )
             .await
             .map_err(error)?;

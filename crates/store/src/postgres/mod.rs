@@ -12,6 +12,7 @@ mod schema;
 use crate::*;
 use deadpool_postgres::GenericClient;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use shepherd_core::shape::ShapeKey;
 use shepherd_core::{Event, EventCursor, NewTask, Resources, StoredEvent, Task, TaskId, TaskState, Timestamp, Volume};
 use std::collections::BTreeMap;
 use tokio_postgres::error::SqlState;
@@ -32,6 +33,8 @@ pub struct PgStore {
     /// Group commit for [`Store::apply`].
     combiner: apply::Combiner,
     observer: ObserverSlot,
+    /// Keys placement shapes (the cluster's secret, in `cluster_meta`).
+    shape_key: ShapeKey,
 }
 
 /// The NOTIFY channel servers talk on.
@@ -271,20 +274,22 @@ impl PgStore {
                 .max_size(4)
                 .build()
                 .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        let (messages, _) = tokio::sync::broadcast::channel(4096);
-        let listener = tokio::spawn(listen(config, messages.clone()));
-        let observer = ObserverSlot::default();
-        let combiner = apply::Combiner::start(pool.clone(), observer.clone());
-        let store = PgStore { pool, counters, messages, listener, combiner, observer };
-        let mut client = store.pool.get().await.map_err(|e| match e {
+        let mut client = pool.get().await.map_err(|e| match e {
             deadpool_postgres::PoolError::Backend(e) => {
                 StoreError::Unavailable(format!("cannot connect to PostgreSQL at {}: {}", redact(url), error_chain(&e)))
             }
             other => StoreError::Unavailable(other.to_string()),
         })?;
         let version = schema::migrate(&mut client).await?;
+        let row = client.query_one("SELECT value FROM cluster_meta WHERE key = $1", &[&crate::SHAPE_KEY]).await.map_err(error)?;
+        let shape_key = crate::shape_key_from(row.get(0))?;
+        drop(client);
         tracing::info!(url = %redact(url), schema_version = version, "connected to the PostgreSQL store");
-        Ok(store)
+        let (messages, _) = tokio::sync::broadcast::channel(4096);
+        let listener = tokio::spawn(listen(config, messages.clone()));
+        let observer = ObserverSlot::default();
+        let combiner = apply::Combiner::start(pool.clone(), observer.clone());
+        Ok(PgStore { pool, counters, messages, listener, combiner, observer, shape_key })
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
@@ -316,7 +321,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-async fn insert_tasks(tx: &deadpool_postgres::Transaction<'_>, tasks: &[NewTask]) -> Result<(), StoreError> {
+async fn insert_tasks(tx: &deadpool_postgres::Transaction<'_>, tasks: &[NewTask], key: &ShapeKey) -> Result<(), StoreError> {
     let mut ids = Vec::with_capacity(tasks.len());
     let (mut projects, mut priorities, mut images, mut cpus, mut memories) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut constraints, mut specs, mut payloads, mut payload_bytes, mut created) =
@@ -355,7 +360,7 @@ async fn insert_tasks(tx: &deadpool_postgres::Transaction<'_>, tasks: &[NewTask]
         created.push(task.created_at.millis());
         max_attempts.push(i64::from(spec.retry.max_attempts));
         backoffs.push(i64::from(spec.retry.backoff_seconds));
-        shapes.push(spec.placement_shape());
+        shapes.push(spec.placement_shape(key));
         not_before.push(task.not_before().millis());
     }
     let insert = tx
@@ -602,7 +607,7 @@ impl Store for PgStore {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(error)?;
         let started = std::time::Instant::now();
-        insert_tasks(&tx, &tasks).await?;
+        insert_tasks(&tx, &tasks, &self.shape_key).await?;
         if let Some(first) = tasks.first() {
             append_events(&tx, first.created_at, &crate::created_events(&tasks)).await?;
         }
@@ -1417,6 +1422,10 @@ impl Store for PgStore {
         client.execute("DELETE FROM events WHERE at < $1", &[&before.millis()]).await.map_err(error)
     }
 
+    fn shape_key(&self) -> &ShapeKey {
+        &self.shape_key
+    }
+
     fn set_observer(&self, observer: std::sync::Arc<dyn StoreObserver>) {
         self.observer.set(observer);
     }
@@ -1451,8 +1460,8 @@ impl Store for PgStore {
         self.pg_ensure_secret(project, name, value, at).await
     }
 
-    async fn due_webhooks(&self, now: Timestamp, limit: usize) -> Result<Vec<WebhookDelivery>, StoreError> {
-        self.pg_due_webhooks(now, limit).await
+    async fn due_webhooks(&self, now: Timestamp, limit: usize, per_project: usize) -> Result<Vec<WebhookDelivery>, StoreError> {
+        self.pg_due_webhooks(now, limit, per_project).await
     }
 
     async fn record_webhook(&self, task: TaskId, attempt: WebhookAttempt, next: WebhookNext) -> Result<(), StoreError> {

@@ -257,7 +257,39 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE attempts ADD COLUMN image_digest TEXT;
     "#,
+    // 12: placement shapes keyed by the cluster's secret (see the SQLite
+    // schema, 19): the key is made and unfinished tasks' shapes computed
+    // again by `backfill`.
+    r#"
+    SELECT 1;
+    "#,
 ];
+
+/// Data changes a migration needs that SQL alone cannot make.
+async fn backfill(version: i64, tx: &tokio_postgres::Transaction<'_>) -> Result<(), StoreError> {
+    if version == 12 {
+        let secret = crate::new_secret()?;
+        tx.execute("INSERT INTO cluster_meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING", &[&crate::SHAPE_KEY, &secret])
+            .await
+            .map_err(super::error)?;
+        let row = tx.query_one("SELECT value FROM cluster_meta WHERE key = $1", &[&crate::SHAPE_KEY]).await.map_err(super::error)?;
+        let key = crate::shape_key_from(row.get(0))?;
+        let rows =
+            tx.query("SELECT id, spec FROM tasks WHERE state IN ('queued', 'scheduled', 'running')", &[]).await.map_err(super::error)?;
+        let (mut ids, mut shapes) = (Vec::new(), Vec::new());
+        for row in rows {
+            let (id, spec): (String, String) = (row.get(0), row.get(1));
+            if let Ok(spec) = serde_json::from_str::<shepherd_core::TaskSpec>(&spec) {
+                ids.push(id);
+                shapes.push(spec.placement_shape(&key));
+            }
+        }
+        tx.execute("UPDATE tasks SET shape = s FROM UNNEST($1::text[], $2::bigint[]) AS u(i, s) WHERE id = i", &[&ids, &shapes])
+            .await
+            .map_err(super::error)?;
+    }
+    Ok(())
+}
 
 /// The schema version this build knows.
 pub const VERSION: i64 = MIGRATIONS.len() as i64;
@@ -280,6 +312,7 @@ pub async fn migrate(client: &mut tokio_postgres::Client) -> Result<i64, StoreEr
             continue;
         }
         tx.batch_execute(sql).await.map_err(super::error)?;
+        backfill(version, &tx).await?;
         tx.execute(
             "INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)",
             &[&version, &shepherd_core::Timestamp::now().millis()],

@@ -273,13 +273,14 @@ fn webhook_from(row: &Row<'_>) -> Result<WebhookDelivery, StoreError> {
     })
 }
 
-pub fn due_webhooks(conn: &Connection, now: Timestamp, limit: usize) -> Result<Vec<WebhookDelivery>, StoreError> {
+pub fn due_webhooks(conn: &Connection, now: Timestamp, limit: usize, per_project: usize) -> Result<Vec<WebhookDelivery>, StoreError> {
     let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {WEBHOOK_COLUMNS} FROM webhook_deliveries d JOIN tasks t ON t.id = d.task_id \
-         WHERE d.state = 'pending' AND d.next_at <= ?1 AND t.state IN ('succeeded', 'failed', 'timed_out', 'cancelled') \
-         ORDER BY d.next_at LIMIT ?2"
+        "SELECT {WEBHOOK_COLUMNS} FROM (SELECT d.*, ROW_NUMBER() OVER (PARTITION BY d.project ORDER BY d.next_at) AS rank \
+         FROM webhook_deliveries d JOIN tasks t ON t.id = d.task_id \
+         WHERE d.state = 'pending' AND d.next_at <= ?1 AND t.state IN ('succeeded', 'failed', 'timed_out', 'cancelled')) d \
+         WHERE d.rank <= ?3 ORDER BY d.next_at LIMIT ?2"
     ))?;
-    let mut rows = stmt.query(params![now.millis(), limit as i64])?;
+    let mut rows = stmt.query(params![now.millis(), limit as i64, per_project.max(1) as i64])?;
     let mut out = Vec::new();
     while let Some(row) = rows.next()? {
         out.push(webhook_from(row)?);

@@ -73,6 +73,8 @@ pub struct SqliteStore {
     readers: Arc<Vec<Mutex<Connection>>>,
     next_reader: AtomicUsize,
     observer: ObserverSlot,
+    /// Keys placement shapes (the cluster's secret, in `cluster_meta`).
+    shape_key: shepherd_core::shape::ShapeKey,
 }
 
 /// WAL pages between automatic checkpoints.
@@ -121,8 +123,16 @@ fn private(path: &Path) -> Result<(), StoreError> {
 }
 
 /// Creates the schema in a fresh database (used by the ingest benchmark's baseline).
-pub fn create_schema(conn: &mut Connection) -> rusqlite::Result<i64> {
+pub fn create_schema(conn: &mut Connection) -> Result<i64, StoreError> {
     schema::migrate(conn)
+}
+
+/// The database's placement shape key (made by the migrations).
+pub fn shape_key(conn: &Connection) -> Result<shepherd_core::shape::ShapeKey, StoreError> {
+    use rusqlite::OptionalExtension;
+    let value: Option<String> =
+        conn.query_row("SELECT value FROM cluster_meta WHERE key = ?1", [crate::SHAPE_KEY], |row| row.get(0)).optional()?;
+    crate::shape_key_from(&value.ok_or_else(|| StoreError::Corrupt(format!("no cluster value {}", crate::SHAPE_KEY)))?)
 }
 
 impl SqliteStore {
@@ -138,6 +148,7 @@ impl SqliteStore {
             return Err(StoreError::NewerSchema { found: version, known: schema::VERSION });
         }
         private(&path)?;
+        let shape_key = shape_key(&conn)?;
         tracing::info!(path = %path.display(), schema_version = version, "opened SQLite store");
         let readers = (0..options.readers.max(1))
             .map(|_| open_connection(&path, options.synchronous, true).map(Mutex::new))
@@ -145,7 +156,8 @@ impl SqliteStore {
         let (tx, rx) = mpsc::channel();
         let observer = ObserverSlot::default();
         let slot = observer.clone();
-        let writer = std::thread::Builder::new().name("store-writer".into()).spawn(move || writer::run(conn, rx, slot))?;
+        let key = shape_key.clone();
+        let writer = std::thread::Builder::new().name("store-writer".into()).spawn(move || writer::run(conn, rx, slot, key))?;
         Ok(SqliteStore {
             path,
             writes: Mutex::new(Some(tx)),
@@ -153,6 +165,7 @@ impl SqliteStore {
             readers: Arc::new(readers),
             next_reader: AtomicUsize::new(0),
             observer,
+            shape_key,
         })
     }
 
@@ -333,8 +346,9 @@ impl Store for SqliteStore {
     async fn create_tasks_audited(&self, tasks: Vec<NewTask>, audit: Vec<AuditEntry>) -> Result<(), StoreError> {
         let tasks = Arc::new(tasks);
         let stored = tasks.clone();
+        let key = self.shape_key.clone();
         self.write_with(move |conn| {
-            writer::insert_tasks(conn, &stored)?;
+            writer::insert_tasks(conn, &stored, &key)?;
             writer::append_created(conn, &stored)?;
             tenants::append_audit(conn, &audit)
         })
@@ -745,12 +759,13 @@ impl Store for SqliteStore {
 
     async fn fire_schedule(&self, firing: ScheduleFiring, lease: &Lease) -> Result<bool, StoreError> {
         let lease = lease.clone();
+        let key = self.shape_key.clone();
         self.write_with(move |conn| {
             check_lease(conn, &lease, Timestamp::now())?;
             if !codes::advance_schedule(conn, &firing)? {
                 return Ok(None);
             }
-            writer::insert_tasks(conn, &firing.tasks)?;
+            writer::insert_tasks(conn, &firing.tasks, &key)?;
             writer::append_created(conn, &firing.tasks)?;
             tenants::append_audit(conn, &firing.audit)?;
             Ok(Some(firing.tasks))
@@ -799,8 +814,8 @@ impl Store for SqliteStore {
         self.write_with(move |conn| codes::ensure_secret(conn, &project, &name, &value, at)).await
     }
 
-    async fn due_webhooks(&self, now: Timestamp, limit: usize) -> Result<Vec<WebhookDelivery>, StoreError> {
-        self.read(move |conn| codes::due_webhooks(conn, now, limit)).await
+    async fn due_webhooks(&self, now: Timestamp, limit: usize, per_project: usize) -> Result<Vec<WebhookDelivery>, StoreError> {
+        self.read(move |conn| codes::due_webhooks(conn, now, limit, per_project)).await
     }
 
     async fn record_webhook(&self, task: TaskId, attempt: WebhookAttempt, next: WebhookNext) -> Result<(), StoreError> {
@@ -986,6 +1001,10 @@ impl Store for SqliteStore {
                 return Ok(removed);
             }
         }
+    }
+
+    fn shape_key(&self) -> &shepherd_core::shape::ShapeKey {
+        &self.shape_key
     }
 
     fn set_observer(&self, observer: Arc<dyn StoreObserver>) {

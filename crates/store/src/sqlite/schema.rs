@@ -289,18 +289,27 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE attempts ADD COLUMN image_digest TEXT;
     "#,
+    // 19: placement shapes keyed by the cluster's secret (HMAC-SHA-256, so
+    // no tenant can make its shape collide with another's); the key is
+    // made here and the shapes of unfinished tasks computed again.
+    r#"
+    CREATE TABLE IF NOT EXISTS cluster_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    "#,
 ];
 
 /// Data changes a migration needs that SQL alone cannot make.
-fn backfill(version: i64, tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
-    if version == 5 {
+fn backfill(version: i64, tx: &rusqlite::Transaction<'_>) -> Result<(), crate::StoreError> {
+    // (Version 5 added shapes; version 19 computes them all again, keyed.)
+    if version == 19 {
+        let secret = crate::new_secret()?;
+        let key = crate::shape_key_from(&super::machines::cluster_value(tx, crate::SHAPE_KEY, &secret)?)?;
         let mut read = tx.prepare("SELECT id, spec FROM tasks WHERE state IN ('queued', 'scheduled', 'running')")?;
         let rows: Vec<(String, String)> = read.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?.collect::<Result<_, _>>()?;
         let mut write = tx.prepare("UPDATE tasks SET shape = ?2 WHERE id = ?1")?;
         for (id, spec) in rows {
-            // A spec that no longer decodes keeps shape 0; the scheduler reports it.
+            // A spec that no longer decodes keeps its shape; the scheduler reports it.
             if let Ok(spec) = serde_json::from_str::<shepherd_core::TaskSpec>(&spec) {
-                write.execute(rusqlite::params![id, spec.placement_shape()])?;
+                write.execute(rusqlite::params![id, spec.placement_shape(&key)])?;
             }
         }
     }
@@ -313,7 +322,7 @@ pub const VERSION: i64 = MIGRATIONS.len() as i64;
 /// Brings the schema up to date. Returns the version it ends at (higher
 /// than [`VERSION`] if a newer shepherd migrated the database: the caller
 /// refuses it).
-pub fn migrate(conn: &mut Connection) -> rusqlite::Result<i64> {
+pub fn migrate(conn: &mut Connection) -> Result<i64, crate::StoreError> {
     conn.execute_batch("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)")?;
     let current: i64 = conn.query_row("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", [], |row| row.get(0))?;
     if current > VERSION {

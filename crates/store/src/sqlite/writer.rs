@@ -7,6 +7,7 @@
 use super::rows;
 use crate::{Applied, ApplyError, ApplyResult, LogChunk, NodeRecord, StoreError};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use shepherd_core::shape::ShapeKey;
 use shepherd_core::{Change, ClusterEvent, Event, LifecycleContext, NewTask, TaskId, TaskState, Timestamp};
 use std::sync::mpsc;
 use tokio::sync::oneshot;
@@ -68,7 +69,7 @@ impl Outcome {
 }
 
 /// Runs until every sender is dropped.
-pub fn run(mut conn: Connection, requests: mpsc::Receiver<WriteOp>, observer: crate::ObserverSlot) {
+pub fn run(mut conn: Connection, requests: mpsc::Receiver<WriteOp>, observer: crate::ObserverSlot, key: ShapeKey) {
     while let Ok(first) = requests.recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -78,7 +79,7 @@ pub fn run(mut conn: Connection, requests: mpsc::Receiver<WriteOp>, observer: cr
             }
         }
         let (started, requests) = (std::time::Instant::now(), group.len());
-        let created = commit_group(&mut conn, group);
+        let created = commit_group(&mut conn, group, &key);
         if let Some(observer) = observer.get() {
             observer.committed(requests, started.elapsed());
             for (project, count) in created {
@@ -91,7 +92,7 @@ pub fn run(mut conn: Connection, requests: mpsc::Receiver<WriteOp>, observer: cr
 
 /// Commits a group; returns how many tasks each project got from its
 /// `Create` requests (none if the commit failed).
-fn commit_group(conn: &mut Connection, group: Vec<WriteOp>) -> Vec<(String, u64)> {
+fn commit_group(conn: &mut Connection, group: Vec<WriteOp>, key: &ShapeKey) -> Vec<(String, u64)> {
     let tx = match conn.transaction() {
         Ok(tx) => tx,
         Err(e) => {
@@ -113,7 +114,7 @@ fn commit_group(conn: &mut Connection, group: Vec<WriteOp>) -> Vec<(String, u64)
         if matches!(op, WriteOp::Run(..)) && !events.is_empty() && recorded.is_ok() {
             recorded = append_events(&tx, Timestamp::now(), &std::mem::take(&mut events));
         }
-        outcomes.push(execute(&mut tx, op, &mut created, &mut events));
+        outcomes.push(execute(&mut tx, op, &mut created, &mut events, key));
     }
     // The group's events in one row: a thousand single creates cost one
     // insert, not a thousand.
@@ -158,10 +159,16 @@ fn in_savepoint<T>(tx: &mut Transaction<'_>, work: impl FnOnce(&Connection) -> R
     result
 }
 
-fn execute(tx: &mut Transaction<'_>, op: WriteOp, created: &mut Vec<(String, u64)>, events: &mut Vec<ClusterEvent>) -> Outcome {
+fn execute(
+    tx: &mut Transaction<'_>,
+    op: WriteOp,
+    created: &mut Vec<(String, u64)>,
+    events: &mut Vec<ClusterEvent>,
+    key: &ShapeKey,
+) -> Outcome {
     match op {
         WriteOp::Create(tasks, reply) => {
-            let result = in_savepoint(tx, |t| insert_tasks(t, &tasks));
+            let result = in_savepoint(tx, |t| insert_tasks(t, &tasks, key));
             if result.is_ok() {
                 events.extend(crate::created_events(&tasks));
                 for (project, count) in crate::count_by_project(&tasks) {
@@ -205,7 +212,7 @@ fn execute(tx: &mut Transaction<'_>, op: WriteOp, created: &mut Vec<(String, u64
 
 /// Inserts tasks with prepared statements; also used by the ingest benchmark's
 /// raw baseline so that both sides write exactly the same rows.
-pub fn insert_tasks(tx: &Connection, tasks: &[NewTask]) -> Result<(), StoreError> {
+pub fn insert_tasks(tx: &Connection, tasks: &[NewTask], key: &ShapeKey) -> Result<(), StoreError> {
     let mut insert = tx.prepare_cached(
         "INSERT INTO tasks (id, project, state, priority, image, cpu_millicores, memory_mib, constraints, \
          spec, payload, payload_bytes, created_at, attempt, charged_attempts, max_attempts, backoff_seconds, \
@@ -239,7 +246,7 @@ pub fn insert_tasks(tx: &Connection, tasks: &[NewTask]) -> Result<(), StoreError
             task.created_at.millis(),
             spec.retry.max_attempts,
             spec.retry.backoff_seconds,
-            spec.placement_shape(),
+            spec.placement_shape(key),
             task.not_before().millis(),
         ]);
         match inserted {
