@@ -40,7 +40,7 @@ export SHEPHERD_TEST_POSTGRES
 cargo build --workspace --all-targets
 # The warm-container runner, static (it runs in images without a libc), for
 # its container test; its own target directory keeps the flags apart.
-RUSTFLAGS="-C target-feature=+crt-static" cargo build -p shepherd-runner --release --target x86_64-unknown-linux-gnu
+RUSTFLAGS="-C target-feature=+crt-static" cargo build -p shepherd-runner --release --target x86_64-unknown-linux-gnu --bins --examples
 SHEPHERD_RUNNER_STATIC="$PWD/target/x86_64-unknown-linux-gnu/release/shepherd-runner"
 export SHEPHERD_RUNNER_STATIC
 # Python clients, pinned: IronWorker's own, for the compatibility test, and

@@ -314,8 +314,8 @@ async fn session(backend: &Arc<HttpBackend>, agent: &Agent, join: &JoinConfig) -
                 Ok(AgentMessage::Reconcile) => agent.reconcile().await?,
                 Ok(AgentMessage::Drain) => agent.drain(),
                 Ok(AgentMessage::RemoveVolume { engine_name, project }) => agent.remove_volume(engine_name, project),
-                Ok(AgentMessage::Prefetch { image, auth, pull_timeout_seconds }) => {
-                    agent.prefetch(image, auth, Duration::from_secs(u64::from(pull_timeout_seconds)))
+                Ok(AgentMessage::Prefetch { image, auth, project, pull_timeout_seconds }) => {
+                    agent.prefetch(image, project, auth, Duration::from_secs(u64::from(pull_timeout_seconds)))
                 }
                 Ok(AgentMessage::Ping) => {}
                 Err(e) => tracing::warn!(error = %e, "unreadable message from the server"),

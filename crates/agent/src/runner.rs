@@ -221,10 +221,11 @@ impl Agent {
     /// Pulls an image ahead of the tasks that will need it
     /// (`shepherd image prefetch`), in the background; the next heartbeat
     /// lists it among the node's images.
-    pub fn prefetch(&self, image: String, auth: Option<shepherd_core::RegistryAuth>, deadline: Duration) {
+    /// `project` is whose login `auth` is.
+    pub fn prefetch(&self, image: String, project: Option<String>, auth: Option<shepherd_core::RegistryAuth>, deadline: Duration) {
         let (driver, changed) = (self.inner.driver.clone(), self.inner.images_changed.clone());
         tokio::spawn(async move {
-            match driver.prefetch(&image, auth, deadline).await {
+            match driver.prefetch(&image, project.as_deref(), auth, deadline).await {
                 Ok(()) => {
                     tracing::info!(image, "prefetched an image");
                     changed.notify_one();

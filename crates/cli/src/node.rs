@@ -61,6 +61,13 @@ pub struct NodeFlags {
     /// 0 runs every task cold.
     #[arg(long, default_value_t = 8)]
     pub(crate) warm_max: usize,
+    /// Every start of an image that a project pulled with its registry
+    /// login pulls it again with the starting task's own login, so the
+    /// registry decides each time (like Kubernetes' AlwaysPullImages).
+    /// Without it, such an image is still never run by another project
+    /// until that project pulled it itself.
+    #[arg(long)]
+    pub(crate) verify_images: bool,
     /// Most warm containers of one project on this node, busy or idle,
     /// across its keys (its longest idle one makes room for a new key).
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
@@ -242,6 +249,8 @@ pub async fn choose_driver(flags: &NodeFlags, node_id: &str, data_dir: &std::pat
             gpus: flags.gpus,
             image_cleanup: image_cleanup.clone(),
             pull_dedup: !flags.no_pull_dedup,
+            access_file: Some(data_dir.join("image-access.json")),
+            verify_images: flags.verify_images,
             ..DockerConfig::new(node_id)
         })
     };

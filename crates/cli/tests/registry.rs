@@ -170,9 +170,38 @@ async fn a_project_pulls_with_its_own_login_and_no_other_project_can() {
     assert_eq!(done["state"], "failed", "b used a's pull: {done}");
     let (done, _) = run(&a, task(&image, "always")).await;
     assert_eq!(done["state"], "succeeded", "{done}");
-    // ...while `if_not_present` runs what the node holds (as documented).
-    let (done, _) = run(&b, task(&image, "if_not_present")).await;
+    // Issue 27, item 9: nor by any other way to the node's copy: every
+    // pull policy, by digest, warm; a prefetch without a login holds
+    // nothing for b.
+    let digest = registry.digest(image.split_once('/').unwrap().1);
+    let by_digest = format!("{}@{digest}", image.rsplit_once(':').unwrap().0);
+    let mut warm = task(&image, "if_not_present");
+    warm["reuse"] = json!({ "idle_seconds": 30 });
+    for (how, body) in [
+        ("if_not_present", task(&image, "if_not_present")),
+        ("never", task(&image, "never")),
+        ("by digest", task(&by_digest, "if_not_present")),
+        ("warm", warm.clone()),
+    ] {
+        for (who, http) in [("b", &b), ("c", &c)] {
+            let (done, logs) = run(http, body.clone()).await;
+            assert_eq!(done["state"], "failed", "{who} ran a's private pull {how}: {done} {logs}");
+            assert!(done["reason"].as_str().unwrap_or_default().contains("image_pull_failed"), "{who} {how}: {done}");
+        }
+    }
+    let (status, prefetched) = b.post("/v1/images/prefetch", &json!({ "image": image })).await;
+    assert_eq!(status, 202, "{prefetched}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (_, held) = b.get(&format!("/v1/images/prefetch?image={}", image.replace(':', "%3A").replace('/', "%2F"))).await;
+    assert_eq!(held["done"], false, "a prefetch without a login holds nothing for b: {held}");
+    // a keeps running it, warm too; once b logs in, b pulls it itself and runs it.
+    let (done, _) = run(&a, warm.clone()).await;
     assert_eq!(done["state"], "succeeded", "{done}");
+    self::login(&b, &b_name, &registry.address).await;
+    let (done, logs) = run(&b, task(&image, "if_not_present")).await;
+    assert_eq!((done["state"].as_str(), logs.trim()), (Some("succeeded"), "pulled"), "{done}");
+    let (done, _) = run(&b, task(&by_digest, "never")).await;
+    assert_eq!(done["state"], "succeeded", "b pulled it: its copy now: {done}");
     // Logged out: a's `always` pull fails too.
     let out = server.cli_as(&a_token, &["registry", "logout", &registry.address]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -183,6 +212,32 @@ async fn a_project_pulls_with_its_own_login_and_no_other_project_can() {
         .send(reqwest::Method::PUT, &format!("/v1/projects/{a_name}/registries/not%20a%20host"), &json!({"username": "u", "password": "p"}))
         .await;
     assert_eq!((status, body["error"]["field"].as_str()), (400, Some("registry")), "{body}");
+}
+
+/// With `--verify-images` the registry decides at every start of an image
+/// a project pulled with its login: a project whose login was taken away
+/// no longer runs even its own copy (without the flag it does).
+#[tokio::test]
+async fn with_verify_images_every_start_of_a_private_image_asks_the_registry() {
+    ensure_test_image();
+    let dir = tempfile::tempdir().unwrap();
+    let mut registry = Registry::start(&dir.path().join("registry"), None);
+    let image = registry.push(&format!("tools/verified:{}", suffix()));
+    forget(&image);
+    let server = Server::start(&dir.path().join("data"), &["--driver", "docker", "--verify-images"]);
+    let admin = server.http();
+    let name = format!("verify{}", suffix());
+    let a = server.http_as(Some(&project(&admin, &name).await));
+    login(&a, &name, &registry.address).await;
+    let (done, _) = run(&a, task(&image, "if_not_present")).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let (done, _) = run(&a, task(&image, "never")).await;
+    assert_eq!(done["state"], "succeeded", "verified with its login, the copy runs: {done}");
+    let (status, _) = a.delete(&format!("/v1/projects/{name}/registries/{}", registry.address)).await;
+    assert_eq!(status, 204);
+    let (done, _) = run(&a, task(&image, "if_not_present")).await;
+    assert_eq!(done["state"], "failed", "the registry refuses a project without a login: {done}");
+    assert!(done["reason"].as_str().unwrap_or_default().contains("image_pull_failed"), "{done}");
 }
 
 #[tokio::test]

@@ -93,6 +93,10 @@ pub enum AgentMessage {
         image: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         auth: Option<shepherd_core::RegistryAuth>,
+        /// The project whose login `auth` is (the image is then that
+        /// project's on the node).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        project: Option<String>,
         /// How long the pull may take, in seconds.
         pull_timeout_seconds: u32,
     },

@@ -86,3 +86,112 @@ pub fn remove_sysv_ipc() -> io::Result<()> {
     }
     Ok(())
 }
+
+/// What an entry of `/dev` is: its type, permissions, owner, device number
+/// and (for a link) target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct DevEntry {
+    kind: u32,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    rdev: u64,
+    target: Option<PathBuf>,
+}
+
+impl DevEntry {
+    fn of(path: &Path) -> io::Result<DevEntry> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::symlink_metadata(path)?;
+        let target = meta.file_type().is_symlink().then(|| std::fs::read_link(path)).transpose()?;
+        Ok(DevEntry {
+            kind: meta.mode() & libc::S_IFMT,
+            mode: meta.mode() & 0o7777,
+            uid: meta.uid(),
+            gid: meta.gid(),
+            rdev: meta.rdev(),
+            target,
+        })
+    }
+}
+
+/// The container's `/dev` as the runner found it: a root-owned tmpfs a
+/// task running as root may write into (a file left there, a `/dev/null`
+/// replaced by a file). A reset removes what was added and checks that
+/// what was there still is; what it cannot make again (a device node
+/// removed or replaced: making one needs `CAP_MKNOD`) fails the reset.
+/// Mount points below it (`/dev/shm`, `/dev/mqueue`, `/dev/pts`) are
+/// checked as entries, their contents are the scratch directories' or the
+/// kernel's.
+#[derive(Debug, Clone)]
+pub struct DevSnapshot {
+    root: PathBuf,
+    device: u64,
+    entries: std::collections::BTreeMap<PathBuf, DevEntry>,
+}
+
+impl DevSnapshot {
+    /// Records `root` (`/dev`) as it is now; `None` if it is not a directory.
+    pub fn record(root: &Path) -> Option<DevSnapshot> {
+        use std::os::unix::fs::MetadataExt;
+        let device = std::fs::symlink_metadata(root).ok().filter(|m| m.is_dir())?.dev();
+        let mut entries = std::collections::BTreeMap::new();
+        let mut dirs = vec![root.to_path_buf()];
+        while let Some(dir) = dirs.pop() {
+            let Ok(list) = std::fs::read_dir(&dir) else { continue };
+            for entry in list.flatten() {
+                let path = entry.path();
+                let Ok(found) = DevEntry::of(&path) else { continue };
+                let meta = std::fs::symlink_metadata(&path).ok();
+                if found.kind == libc::S_IFDIR && meta.is_some_and(|m| m.dev() == device) {
+                    dirs.push(path.clone());
+                }
+                entries.insert(path, found);
+            }
+        }
+        Some(DevSnapshot { root: root.to_path_buf(), device, entries })
+    }
+
+    /// Removes what was added on `/dev`'s own filesystem, puts back the
+    /// permissions of what was there, and returns what it could not.
+    pub fn restore(&self) -> Vec<String> {
+        use std::os::unix::fs::MetadataExt;
+        let mut problems = Vec::new();
+        let mut dirs = vec![self.root.clone()];
+        while let Some(dir) = dirs.pop() {
+            let Ok(list) = std::fs::read_dir(&dir) else {
+                problems.push(format!("cannot list {}", dir.display()));
+                continue;
+            };
+            for entry in list.flatten() {
+                let path = entry.path();
+                let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
+                if self.entries.contains_key(&path) {
+                    if meta.is_dir() && meta.dev() == self.device {
+                        dirs.push(path);
+                    }
+                    continue;
+                }
+                // Added by a task: removed, never followed.
+                let removed = if meta.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+                if let Err(e) = removed {
+                    problems.push(format!("cannot remove {} (left by a task): {e}", path.display()));
+                }
+            }
+        }
+        for (path, was) in &self.entries {
+            match DevEntry::of(path) {
+                Ok(now) if now == *was => {}
+                Ok(now) if DevEntry { mode: was.mode, ..now.clone() } == *was => {
+                    // Only its permissions changed: put them back.
+                    if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(was.mode)) {
+                        problems.push(format!("cannot restore the mode of {}: {e}", path.display()));
+                    }
+                }
+                Ok(_) => problems.push(format!("{} was replaced by a task", path.display())),
+                Err(_) => problems.push(format!("{} was removed by a task", path.display())),
+            }
+        }
+        problems
+    }
+}

@@ -3,13 +3,17 @@
 //! [`protocol`] on its stdin and stdout, runs each task in a process group
 //! of its own, forwards its output, reports its exit, and between tasks
 //! restores a clean state: every other process in the container killed and
-//! reaped, the scratch directories emptied, the task's files removed.
+//! reaped, the scratch directories emptied, the task's files removed, the
+//! runner's own settings a task could change (limits, priorities, CPU
+//! affinity, `oom_score_adj`: [`pid1`]) and `/dev` as they were at start,
+//! or the reset fails and the agent never reuses the container.
 //!
 //! It decides nothing: timeouts, cancels and whether to reuse the container
 //! are the agent's. It is built statically (`-C target-feature=+crt-static`)
 //! so that it runs in images without a libc.
 
 pub mod clean;
+pub mod pid1;
 pub mod protocol;
 pub mod reap;
 
@@ -40,6 +44,9 @@ pub struct Config {
     /// The environment every task starts from (the runner's own at start),
     /// under the request's.
     pub base_env: Vec<(String, String)>,
+    /// A device directory (`/dev`) a reset puts back as it was at start:
+    /// what a task added removed, what it changed refused.
+    pub dev: Option<PathBuf>,
 }
 
 /// How long a reset waits for killed processes to be reaped and for the
@@ -84,14 +91,24 @@ struct Runner {
     /// A task was asked for since the last reset (even one that failed to
     /// start): the next needs a reset first.
     dirty: bool,
+    /// As PID 1: its own settings at start (or why they could not be read).
+    settings: Option<Result<pid1::Settings, String>>,
+    /// `/dev` at start.
+    dev: Option<clean::DevSnapshot>,
 }
 
 /// Serves the protocol until `input` ends (or breaks); then kills what is
 /// left.
 pub fn serve(mut input: impl Read, output: impl Write + Send + 'static, config: Config) -> io::Result<()> {
     let scratch = config.scratch.iter().cloned().map(Scratch::record).collect();
+    // Read on this thread, which forks every task and resets: nice and
+    // affinity are per thread.
+    let settings = config.pid1.then(|| pid1::Settings::read().map_err(|e| e.to_string()));
+    let dev = config.dev.as_deref().and_then(clean::DevSnapshot::record);
     let reaper = config.pid1.then(Reaper::start);
     let mut runner = Runner {
+        settings,
+        dev,
         config,
         scratch,
         out: Arc::new(Mutex::new(Box::new(output))),
@@ -246,6 +263,14 @@ impl Runner {
             if let Err(e) = scratch.restore() {
                 problems.push(format!("cannot restore {}: {e}", scratch.path.display()));
             }
+        }
+        match &self.settings {
+            Some(Ok(settings)) => problems.extend(settings.restore()),
+            Some(Err(e)) => problems.push(format!("the runner's settings could not be read at start: {e}")),
+            None => {}
+        }
+        if let Some(dev) = &self.dev {
+            problems.extend(dev.restore());
         }
         ResetDone { ok: problems.is_empty(), error: (!problems.is_empty()).then(|| problems.join("; ")) }
     }

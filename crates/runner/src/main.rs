@@ -28,7 +28,8 @@ fn main() {
         // SAFETY: prctl(PR_SET_DUMPABLE) changes a flag of this process only.
         unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
     }
-    let config = shepherd_runner::Config { scratch, pid1, base_env: std::env::vars().collect() };
+    let dev = pid1.then(|| PathBuf::from("/dev"));
+    let config = shepherd_runner::Config { scratch, pid1, base_env: std::env::vars().collect(), dev };
     if let Err(e) = shepherd_runner::serve(std::io::stdin().lock(), std::io::stdout(), config) {
         eprintln!("shepherd-runner: {e}");
         std::process::exit(1);

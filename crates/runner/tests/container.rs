@@ -21,15 +21,40 @@ struct Container {
     frames: mpsc::Receiver<(Kind, Vec<u8>)>,
 }
 
+/// The static runner (scripts/test.sh builds it).
+fn runner_path() -> String {
+    std::env::var("SHEPHERD_RUNNER_STATIC")
+        .expect("SHEPHERD_RUNNER_STATIC must name the statically built shepherd-runner: run scripts/test.sh")
+}
+
+/// The static `pid1-probe` example, built beside the runner.
+fn probe_path() -> String {
+    let runner = std::path::PathBuf::from(runner_path());
+    let probe = runner.parent().unwrap().join("examples/pid1-probe");
+    assert!(probe.exists(), "{} is missing: scripts/test.sh builds it with the runner", probe.display());
+    probe.display().to_string()
+}
+
 impl Container {
     fn start() -> Container {
-        let runner = std::env::var("SHEPHERD_RUNNER_STATIC")
-            .expect("SHEPHERD_RUNNER_STATIC must name the statically built shepherd-runner: run scripts/test.sh");
-        let name = format!("shepherd-runner-test-{}", std::process::id());
+        Container::start_with(&[])
+    }
+
+    /// With the probe at `/probe`.
+    fn with_probe() -> Container {
+        Container::start_with(&["-v".to_string(), format!("{}:/probe:ro", probe_path())])
+    }
+
+    fn start_with(extra: &[String]) -> Container {
+        let runner = runner_path();
+        static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let number = STARTED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let name = format!("shepherd-runner-test-{}-{number}", std::process::id());
         let mut child = Command::new("docker")
             .args(["run", "-i", "--rm", "--name", &name, "--read-only", "--network", "none"])
             .args(["--tmpfs", "/tmp", "--tmpfs", "/run/secrets", "--tmpfs", "/run/shepherd"])
             .args(["--cap-drop", "ALL", "--security-opt", "no-new-privileges"])
+            .args(extra)
             .arg("-v")
             .arg(format!("{runner}:/shepherd-runner:ro"))
             .args(["--entrypoint", "/shepherd-runner", "busybox"])
@@ -130,4 +155,78 @@ fn as_pid1_the_reset_leaves_nothing_of_the_previous_task() {
         assert_eq!((output.trim(), exit.code), (k.to_string().as_str(), k % 7));
         assert_eq!(c.reset(), ok);
     }
+}
+
+/// Issue 27, item 6: the attack's probes, each in a fresh container. A task
+/// that changed PID 1 (its limits, nice value, CPU affinity, I/O priority,
+/// scheduling policy, `oom_score_adj`) or `/dev` (files, directories,
+/// links and fifos left there; `/dev/null` replaced or its mode changed)
+/// leaves nothing to the next task: the reset puts it back, or fails (the
+/// agent then never gives the container another task). Before, 60 of 170
+/// such probes leaked.
+#[test]
+fn as_pid1_the_reset_puts_back_what_a_task_changed_of_pid1_and_dev_or_fails() {
+    // What a task inherits from PID 1, and /dev.
+    let look = "/probe show; ls -A /dev | sort | tr '\\n' ' '; stat -c '%a %F' /dev/null";
+    // PID 1's own settings, and /dev: what a probe must change.
+    let pid1 = "cat /proc/1/limits /proc/1/oom_score_adj; cut -d' ' -f19,41 /proc/1/stat; grep Cpus_allowed_list /proc/1/status; \
+                ionice -p 1; ls -A /dev | sort | tr '\\n' ' '; stat -c '%a %F' /dev/null";
+    let (baseline, untouched) = {
+        let mut c = Container::with_probe();
+        let (out, exit) = c.run(&sh(look));
+        assert_eq!(exit.code, 0, "{out}");
+        assert!(c.reset().ok);
+        let (pid1_out, _) = c.run(&sh(pid1));
+        (out, pid1_out)
+    };
+    assert!(baseline.contains("nofile=") && baseline.contains("null"), "{baseline}");
+    let probes = [
+        ("a file in /dev", "touch /dev/leak"),
+        ("a directory in /dev", "mkdir -p /dev/d/e && touch /dev/d/e/f"),
+        ("a link in /dev", "ln -s /etc/passwd /dev/l"),
+        ("a fifo in /dev", "mkfifo /dev/p"),
+        ("/dev/null replaced", "rm -f /dev/null && echo x > /dev/null"),
+        ("/dev/null's mode", "chmod 600 /dev/null"),
+        ("open files, soft", "/probe rlimit nofile 64 $(hard nofile)"),
+        ("file size, soft", "/probe rlimit fsize 1024 $(hard fsize)"),
+        ("open files, hard", "/probe rlimit nofile 64 64"),
+        ("file size", "/probe rlimit fsize 1024 1024"),
+        ("core size", "/probe rlimit core 0 0"),
+        ("nice", "renice -n 19 -p 1"),
+        ("CPU affinity", "taskset -p 1 1"),
+        ("I/O priority", "ionice -c 3 -p 1"),
+        ("scheduling policy", "/probe idle"),
+        ("oom_score_adj", "echo 1000 > /proc/1/oom_score_adj"),
+    ];
+    let (mut restored, mut refused) = (Vec::new(), Vec::new());
+    for (what, script) in probes {
+        let mut c = Container::with_probe();
+        let hard = "hard() { /probe show | tr ' ' '\\n' | grep \"^$1=\" | cut -d/ -f2; }";
+        let (out, _) = c.run(&sh(&format!("{hard}; {script}; {pid1}")));
+        assert_ne!(out, untouched, "{what}: the probe changed nothing, so it tests nothing: {out}");
+        let done = c.reset();
+        if done.ok {
+            let (after, exit) = c.run(&sh(look));
+            assert_eq!(exit.code, 0, "{what}: {after}");
+            assert_eq!(after, baseline, "{what} leaked to the next task");
+            restored.push(what);
+        } else {
+            // Refused: the agent removes the container instead of reusing it.
+            assert!(done.error.is_some(), "{what}: {done:?}");
+            refused.push((what, done.error.unwrap_or_default()));
+        }
+    }
+    eprintln!("put back: {restored:?}\nrefused: {refused:?}");
+    for must_restore in [
+        "a file in /dev",
+        "a directory in /dev",
+        "a link in /dev",
+        "a fifo in /dev",
+        "/dev/null's mode",
+        "open files, soft",
+        "file size, soft",
+    ] {
+        assert!(restored.contains(&must_restore), "{must_restore} should be put back, not cost the container: {refused:?}");
+    }
+    assert!(refused.iter().any(|(what, why)| *what == "/dev/null replaced" && why.contains("/dev/null")), "{refused:?}");
 }

@@ -76,8 +76,16 @@ impl RemoteAgents {
     }
 
     /// Tells the node's agent to pull an image now, if its stream is here; false if not.
-    pub fn prefetch_here(&self, node_id: &str, image: &str, auth: Option<shepherd_core::RegistryAuth>, pull_timeout_seconds: u32) -> bool {
-        self.send(node_id, AgentMessage::Prefetch { image: image.into(), auth, pull_timeout_seconds })
+    pub fn prefetch_here(
+        &self,
+        node_id: &str,
+        image: &str,
+        project: Option<&str>,
+        auth: Option<shepherd_core::RegistryAuth>,
+        pull_timeout_seconds: u32,
+    ) -> bool {
+        let project = project.map(str::to_string);
+        self.send(node_id, AgentMessage::Prefetch { image: image.into(), auth, project, pull_timeout_seconds })
     }
 
     /// Tells the node's agent to remove a volume, if its stream is here; false if not.

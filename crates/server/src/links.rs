@@ -67,9 +67,9 @@ impl NodeLinks for LocalAgents {
         }
     }
 
-    fn prefetch(&self, node_id: &str, image: &str, _project: Option<&str>, auth: Option<shepherd_core::RegistryAuth>, timeout: u32) {
+    fn prefetch(&self, node_id: &str, image: &str, project: Option<&str>, auth: Option<shepherd_core::RegistryAuth>, timeout: u32) {
         if let Some(agent) = self.agents.get(node_id) {
-            agent.prefetch(image.to_string(), auth, std::time::Duration::from_secs(u64::from(timeout)));
+            agent.prefetch(image.to_string(), project.map(str::to_string), auth, std::time::Duration::from_secs(u64::from(timeout)));
         }
     }
 }
@@ -171,7 +171,7 @@ impl NodeLinks for ClusterLinks {
         if self.local.agents.contains_key(node_id) {
             return self.local.prefetch(node_id, image, project, auth, timeout);
         }
-        if !self.remote.prefetch_here(node_id, image, auth, timeout) {
+        if !self.remote.prefetch_here(node_id, image, project, auth, timeout) {
             self.publish(Dispatch::Prefetch {
                 node: node_id.to_string(),
                 image: image.to_string(),
@@ -240,7 +240,7 @@ pub async fn dispatch(
                     }),
                     None => None,
                 };
-                remote.prefetch_here(&node, &image, auth, timeout);
+                remote.prefetch_here(&node, &image, project.as_deref(), auth, timeout);
             }
             Ok(Dispatch::Reconcile) => remote.reconcile_all(),
             Ok(Dispatch::Released { tasks }) => {

@@ -64,6 +64,13 @@ pub struct DockerConfig {
     /// One pull per image and login at a time (false: every attempt that
     /// misses the image pulls it itself; for benchmarks only).
     pub pull_dedup: bool,
+    /// Where the record of which projects may run which pulled images is
+    /// kept across restarts ([`super::access`]).
+    pub access_file: Option<std::path::PathBuf>,
+    /// Every start of an image a project pulled with its login pulls it
+    /// again with the starting task's own login (the registry decides,
+    /// each time, as Kubernetes' AlwaysPullImages).
+    pub verify_images: bool,
 }
 
 impl DockerConfig {
@@ -78,6 +85,8 @@ impl DockerConfig {
             gpus: 0,
             image_cleanup: None,
             pull_dedup: true,
+            access_file: None,
+            verify_images: false,
         }
     }
 }
@@ -112,8 +121,19 @@ pub struct DockerDriver {
     /// the image cleanup may remove.
     image_use: Arc<super::images::ImageUse>,
     /// What each image reference resolved to lately (forgotten when it is
-    /// pulled again), for the attempts' records.
-    digests: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, String)>>,
+    /// pulled again): the attempts' record of it, and the engine's id.
+    digests: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, ImageFacts)>>,
+    /// Which projects may run which pulled images.
+    access: Arc<super::access::ImageAccess>,
+}
+
+/// What an image reference resolved to.
+#[derive(Debug, Clone)]
+struct ImageFacts {
+    /// What an attempt records as the image it ran.
+    digest: String,
+    /// The engine's image id.
+    id: String,
 }
 
 /// How long an image reference's digest is reused before the engine is
@@ -165,7 +185,9 @@ impl DockerDriver {
             .map(|warm| super::warm::Pool::new(docker.clone(), config.node_id.clone(), warm, config.pids_limit, config.tmp_size_mib));
         let gpus = Arc::new(super::devices::GpuSlots::new(config.gpus));
         let image_use = Arc::new(super::images::ImageUse::load(config.image_cleanup.as_ref().and_then(|c| c.state_file.clone())));
+        let access = Arc::new(super::access::ImageAccess::load(config.access_file.clone()));
         Ok(DockerDriver {
+            access,
             docker,
             config,
             networks: Default::default(),
@@ -315,7 +337,63 @@ impl DockerDriver {
     /// image and login on this node at a time (the others wait for it).
     /// With `skip_if_present`, an image that arrived meanwhile is not pulled.
     async fn pull(&self, spec: &AttemptSpec, skip_if_present: bool) -> Result<(), String> {
-        self.pull_image(&spec.image, spec.registry_auth.clone(), spec.pull_timeout, skip_if_present, spec.progress.as_ref()).await
+        self.pull_image(
+            &spec.image,
+            Some(&spec.project),
+            spec.registry_auth.clone(),
+            spec.pull_timeout,
+            skip_if_present,
+            spec.progress.as_ref(),
+        )
+        .await
+    }
+
+    /// A task runs a local copy of its image only if its project may
+    /// ([`super::access`]): an image another project pulled with its login
+    /// is pulled again with this task's own (or without, if its project
+    /// has none), whatever its pull policy; a pull the registry refuses
+    /// fails the attempt. With `verify_images`, every start of such an
+    /// image asks the registry again.
+    async fn check_image_access(&self, spec: &AttemptSpec) -> Result<(), DriverError> {
+        if !self.access.any_restricted() {
+            return Ok(());
+        }
+        let Some(facts) = self.image_facts(&spec.image).await else { return Ok(()) }; // missing: the create pulls it
+        if !self.access.is_restricted(&facts.id) {
+            return Ok(());
+        }
+        let allowed = self.access.allows(&facts.id, &spec.project);
+        if allowed && !self.config.verify_images {
+            return Ok(());
+        }
+        // The registry decides: asked with this project's own login (or
+        // none), never answered from the node's copy (a pull by digest of
+        // an image the engine holds would not ask it).
+        let served =
+            super::pull::registry_digest(&self.docker, &spec.image, spec.registry_auth.clone(), spec.pull_timeout).await.map_err(|e| {
+                DriverError::StartFailed(format!(
+                    "{e} (the copy on this node was pulled with another project's login: a project pulls it itself)"
+                ))
+            })?;
+        if facts.digest == format!("{}@{served}", super::pull::repository(&spec.image)) {
+            // The node's copy is what the registry serves this project.
+            self.access.pulled(&facts.id, spec.registry_auth.as_ref().map(|_| spec.project.as_str()));
+            return Ok(());
+        }
+        // The tag moved: pulled as it is now, with this project's login.
+        if spec.pull_policy == PullPolicy::Never {
+            return Err(DriverError::StartFailed(format!(
+                "image_pull_failed: {}: the registry serves another image than this node's copy (pull policy never)",
+                spec.image
+            )));
+        }
+        self.pull(spec, false).await.map_err(DriverError::StartFailed)?;
+        match self.image_facts(&spec.image).await {
+            Some(now) if self.access.allows(&now.id, &spec.project) => Ok(()),
+            _ => {
+                Err(DriverError::StartFailed(format!("image_pull_failed: {}: this project may not run the copy on this node", spec.image)))
+            }
+        }
     }
 
     /// Pulls `image` with `auth` within `deadline` (see [`Self::pull`]),
@@ -323,12 +401,14 @@ impl DockerDriver {
     async fn pull_image(
         &self,
         image: &str,
+        project: Option<&str>,
         auth: Option<shepherd_core::RegistryAuth>,
         deadline: Duration,
         skip_if_present: bool,
         progress: Option<&super::ProgressSink>,
     ) -> Result<(), String> {
         let key = super::pull::pull_key(image, auth.as_ref());
+        let with_login = auth.is_some();
         let work = {
             let (docker, image, key, percents) = (self.docker.clone(), image.to_string(), key.clone(), self.pull_progress.clone());
             let image_use = self.image_use.clone();
@@ -379,22 +459,40 @@ impl DockerDriver {
             }
         };
         self.digests.lock().unwrap_or_else(|e| e.into_inner()).remove(image);
+        if pulled.is_ok() {
+            // Whose it is now: the project whose login pulled it; anyone's
+            // after a pull by tag without a login (the engine asked the
+            // registry, which served it to anyone). A pull by digest of an
+            // image the engine holds asks nobody: it proves nothing.
+            match (self.image_facts(image).await, with_login) {
+                (Some(facts), true) => self.access.pulled(&facts.id, project),
+                (Some(facts), false) if !image.contains('@') => self.access.pulled(&facts.id, None),
+                (Some(_), false) => {}
+                (None, _) => tracing::warn!(image, "pulled an image the engine then could not find"),
+            }
+        }
         pulled
+    }
+
+    /// What `image` resolves to on the engine now (at most [`DIGEST_FOR`]
+    /// old); `None` if the engine lacks it or cannot say.
+    async fn image_facts(&self, image: &str) -> Option<ImageFacts> {
+        let cached = self.digests.lock().unwrap_or_else(|e| e.into_inner()).get(image).cloned();
+        if let Some((at, facts)) = cached {
+            if at.elapsed() < DIGEST_FOR {
+                return Some(facts);
+            }
+        }
+        let inspected = self.docker.inspect_image(image).await.ok()?;
+        let facts = ImageFacts { digest: super::pull::image_digest(image, &inspected), id: inspected.id.clone()? };
+        self.digests.lock().unwrap_or_else(|e| e.into_inner()).insert(image.to_string(), (std::time::Instant::now(), facts.clone()));
+        Some(facts)
     }
 
     /// What an attempt of `image` records as the image it ran
     /// ([`super::pull::image_digest`]); `None` if the engine cannot say.
     async fn image_digest(&self, image: &str) -> Option<String> {
-        let cached = self.digests.lock().unwrap_or_else(|e| e.into_inner()).get(image).cloned();
-        if let Some((at, digest)) = cached {
-            if at.elapsed() < DIGEST_FOR {
-                return Some(digest);
-            }
-        }
-        let inspected = self.docker.inspect_image(image).await.ok()?;
-        let digest = super::pull::image_digest(image, &inspected);
-        self.digests.lock().unwrap_or_else(|e| e.into_inner()).insert(image.to_string(), (std::time::Instant::now(), digest.clone()));
-        Some(digest)
+        self.image_facts(image).await.map(|f| f.digest)
     }
 
     /// Creates the attempt's container, replacing one left over from an
@@ -880,6 +978,7 @@ impl Driver for DockerDriver {
         for volume in &spec.volumes {
             self.ensure_volume(volume).await?;
         }
+        self.check_image_access(spec).await?;
         if let (Some(pool), Some(reuse), Some(key)) = (&self.warm, spec.reuse, &spec.warm_key) {
             if let Some(handle) = pool.start(spec, reuse, key.clone(), &output).await? {
                 return Ok(handle);
@@ -1025,12 +1124,24 @@ impl Driver for DockerDriver {
         let options = ListImagesOptionsBuilder::default().build();
         match self.docker.list_images(Some(options)).await {
             Ok(images) => {
-                // By tag and by digest (a task may name either).
-                let mut tags: Vec<String> = images
-                    .into_iter()
-                    .flat_map(|i| i.repo_tags.into_iter().chain(i.repo_digests))
-                    .filter(|t| t != "<none>:<none>" && t != "<none>@<none>")
-                    .collect();
+                // By tag and by digest (a task may name either). An image
+                // some projects pulled with their logins is theirs: listed
+                // as `for=PROJECT=REFERENCE` for each of them.
+                let present: std::collections::BTreeSet<String> = images.iter().map(|i| i.id.clone()).collect();
+                self.access.retain(&present);
+                let mut tags: Vec<String> = Vec::new();
+                for image in images {
+                    let names =
+                        image.repo_tags.into_iter().chain(image.repo_digests).filter(|t| t != "<none>:<none>" && t != "<none>@<none>");
+                    match self.access.projects_of(&image.id) {
+                        None => tags.extend(names),
+                        Some(projects) => {
+                            for name in names {
+                                tags.extend(projects.iter().map(|p| format!("{}{p}={name}", super::access::FOR_PREFIX)));
+                            }
+                        }
+                    }
+                }
                 tags.extend(self.warm.as_ref().map(|pool| pool.idle_keys()).unwrap_or_default());
                 tags.sort();
                 tags
@@ -1042,8 +1153,14 @@ impl Driver for DockerDriver {
         }
     }
 
-    async fn prefetch(&self, image: &str, auth: Option<shepherd_core::RegistryAuth>, deadline: Duration) -> Result<(), DriverError> {
-        self.pull_image(image, auth, deadline, false, None).await.map_err(DriverError::StartFailed)
+    async fn prefetch(
+        &self,
+        image: &str,
+        project: Option<&str>,
+        auth: Option<shepherd_core::RegistryAuth>,
+        deadline: Duration,
+    ) -> Result<(), DriverError> {
+        self.pull_image(image, project, auth, deadline, false, None).await.map_err(DriverError::StartFailed)
     }
 
     async fn collect_images(&self, holds: &super::images::ImageHolds) -> Result<usize, DriverError> {

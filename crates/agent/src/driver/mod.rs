@@ -1,6 +1,7 @@
 //! The driver seam: how one attempt of a task is started, watched and
 //! stopped. The agent does the rest (timeouts, cancel, logs, reporting).
 
+pub mod access;
 pub mod devices;
 pub mod docker;
 pub mod fake;
@@ -224,9 +225,12 @@ pub trait Driver: Send + Sync + 'static {
     /// Pulls `image` onto this node ahead of the tasks that will need it
     /// (`shepherd image prefetch`), with `auth`, within `deadline`. Drivers
     /// that pull no images say so.
+    /// `project` is whose login `auth` is (the image is then that
+    /// project's on this node: [`access`]).
     async fn prefetch(
         &self,
         _image: &str,
+        _project: Option<&str>,
         _auth: Option<shepherd_core::RegistryAuth>,
         _deadline: std::time::Duration,
     ) -> Result<(), DriverError> {

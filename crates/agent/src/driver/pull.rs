@@ -143,13 +143,7 @@ pub async fn pull(
 ) -> Result<(), String> {
     let (name, tag) = split_reference(&image);
     let options = bollard::query_parameters::CreateImageOptionsBuilder::default().from_image(name).tag(tag).build();
-    let credentials = auth.map(|a| bollard::auth::DockerCredentials {
-        username: Some(a.username),
-        password: Some(a.password),
-        // Docker Hub's logins name its index, as `docker login` does.
-        serveraddress: Some(if a.registry == "docker.io" { "https://index.docker.io/v1/".to_string() } else { a.registry }),
-        ..Default::default()
-    });
+    let credentials = auth.map(credentials);
     let started = std::time::Instant::now();
     let mut steps = docker.create_image(Some(options), None, credentials);
     crate::metrics::metrics().pulls_in_flight.inc();
@@ -178,6 +172,40 @@ pub async fn pull(
         progress(100);
     }
     result
+}
+
+/// A project's login as the engine takes it.
+pub fn credentials(auth: RegistryAuth) -> bollard::auth::DockerCredentials {
+    bollard::auth::DockerCredentials {
+        username: Some(auth.username),
+        password: Some(auth.password),
+        // Docker Hub's logins name its index, as `docker login` does.
+        serveraddress: Some(if auth.registry == "docker.io" { "https://index.docker.io/v1/".to_string() } else { auth.registry }),
+        ..Default::default()
+    }
+}
+
+/// Asks the registry, through the engine, whether `auth` (or no login)
+/// may have `image`, without pulling it: the manifest digest it serves
+/// (`sha256:…`), or the registry's refusal (`image_pull_failed: …`).
+pub async fn registry_digest(
+    docker: &bollard::Docker,
+    image: &str,
+    auth: Option<RegistryAuth>,
+    deadline: Duration,
+) -> Result<String, String> {
+    let asked = tokio::time::timeout(deadline, docker.inspect_registry_image(image, auth.map(credentials))).await;
+    match asked {
+        Ok(Ok(found)) => found.descriptor.digest.ok_or_else(|| format!("image_pull_failed: {image}: the registry named no digest")),
+        Ok(Err(e)) => Err(format!("image_pull_failed: {image}: {}", super::docker::engine_message(&e))),
+        Err(_) => Err(format!("image_pull_failed: {image}: the registry did not answer within {}", humantime::format_duration(deadline))),
+    }
+}
+
+/// The repository of a reference, without tag or digest.
+pub fn repository(image: &str) -> &str {
+    let (name, _) = split_reference(image);
+    name.split_once('@').map_or(name, |(name, _)| name)
 }
 
 /// What an attempt records as the image it ran: the registry digest of the

@@ -1,4 +1,7 @@
-//! Score `image_locality`: prefer nodes that already hold the task's image.
+//! Score `image_locality`: prefer nodes that already hold the task's image
+//! for the task's project: an image some projects pulled with their
+//! registry logins is listed by its node as `for=PROJECT=IMAGE` for each
+//! of them, and another project's task would have to pull it anyway.
 use crate::cluster::ClusterView;
 use crate::model::{NodeSnapshot, PendingTask};
 use crate::plugin::ScorePlugin;
@@ -19,7 +22,9 @@ impl ScorePlugin for ImageLocality {
         NAME
     }
     fn score(&self, task: &PendingTask, node: &NodeSnapshot, _: &ClusterView<'_>) -> f64 {
-        if node.images.binary_search(&task.image).is_ok() {
+        let held = node.images.binary_search(&task.image).is_ok()
+            || node.images.binary_search(&format!("for={}={}", task.project, task.image)).is_ok();
+        if held {
             1.0
         } else {
             0.0

@@ -86,12 +86,25 @@ fn listed_name(image: &str) -> String {
     }
 }
 
-fn status(image: &str, pool: Option<String>, nodes: &[NodeRecord]) -> PrefetchStatus {
+/// Whether a node's image list holds `image` for `project`: an image some
+/// projects pulled with their logins is listed as `for=PROJECT=IMAGE` for
+/// each of them, and is another project's only once it pulled it itself
+/// (for the admin, held at all).
+fn holds(images: &[String], image: &str, project: Option<&str>) -> bool {
     let listed = listed_name(image);
-    let nodes: Vec<PrefetchNode> = nodes
-        .iter()
-        .map(|n| PrefetchNode { node_id: n.id.clone(), present: n.images.iter().any(|i| *i == listed || i == image) })
-        .collect();
+    images.iter().any(|i| {
+        let name = match i.strip_prefix("for=").and_then(|rest| rest.split_once('=')) {
+            Some((owner, name)) if project.is_none_or(|p| p == owner) => name,
+            Some(_) => return false,
+            None => i.as_str(),
+        };
+        name == listed || name == image
+    })
+}
+
+fn status(image: &str, project: Option<&str>, pool: Option<String>, nodes: &[NodeRecord]) -> PrefetchStatus {
+    let nodes: Vec<PrefetchNode> =
+        nodes.iter().map(|n| PrefetchNode { node_id: n.id.clone(), present: holds(&n.images, image, project) }).collect();
     let done = nodes.iter().all(|n| n.present);
     PrefetchStatus { image: image.to_string(), pool, nodes, done }
 }
@@ -137,7 +150,7 @@ pub async fn prefetch(
     }
     let detail = format!("{} node(s){}", nodes.len(), request.pool.as_ref().map(|p| format!(" of pool {p}")).unwrap_or_default());
     state.audit(&caller, project.as_deref(), "image.prefetch", &request.image, Some(detail)).await;
-    Ok((StatusCode::ACCEPTED, Json(status(&request.image, request.pool, &nodes))))
+    Ok((StatusCode::ACCEPTED, Json(status(&request.image, project.as_deref(), request.pool, &nodes))))
 }
 
 /// Which ready nodes of a pool hold an image, as their last heartbeats said.
@@ -151,7 +164,7 @@ pub async fn prefetch_status(
     check(&request)?;
     let project = project_of(&caller, request.project.as_deref())?;
     let nodes = covered(state.store.list_nodes().await?, request.pool.as_deref(), project.as_deref());
-    Ok(Json(status(&request.image, request.pool, &nodes)))
+    Ok(Json(status(&request.image, project.as_deref(), request.pool, &nodes)))
 }
 
 #[cfg(test)]
@@ -164,6 +177,11 @@ mod tests {
         assert_eq!(listed_name("127.0.0.1:5000/app"), "127.0.0.1:5000/app:latest");
         assert_eq!(listed_name("127.0.0.1:5000/app:2"), "127.0.0.1:5000/app:2");
         assert_eq!(listed_name("r/app@sha256:00"), "r/app@sha256:00");
+        let images = vec!["busybox:latest".to_string(), "for=a=r/private:1".to_string()];
+        assert!(holds(&images, "busybox", Some("b")));
+        assert!(holds(&images, "r/private:1", Some("a")));
+        assert!(!holds(&images, "r/private:1", Some("b")), "another project's pull is not b's");
+        assert!(holds(&images, "r/private:1", None), "the admin sees it held");
     }
 
     #[test]
