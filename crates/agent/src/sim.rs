@@ -290,6 +290,8 @@ impl Fleet {
             max_tasks: self.config.max_tasks,
             labels: self.config.labels.clone(),
             images: Vec::new(),
+            // The same for a node in every run against a cluster (ids repeat across runs).
+            node_secret: Some(crate::package::sha256_hex(format!("{}\n{}", self.config.join_token, node.id).as_bytes())),
         };
         let registered: Registered = {
             let _permit = self.registering.acquire().await.map_err(|e| e.to_string())?;

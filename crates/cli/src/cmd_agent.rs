@@ -52,6 +52,7 @@ pub async fn agent(args: AgentArgs) -> Result<ExitCode> {
         max_tasks: args.node.max_tasks,
         labels: node.labels.clone(),
         images: node.driver.images().await,
+        node_secret: Some(shepherd_server::local_node_secret(&data_dir).context("reading the node secret")?),
     };
     let config = AgentConfig {
         node_id,

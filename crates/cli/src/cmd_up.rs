@@ -88,6 +88,10 @@ pub struct ServerFlags {
     /// the cluster's own network).
     #[arg(long)]
     webhook_allow_private: bool,
+    /// Most output a joined node may store for one attempt (its head and
+    /// tail together; output past it is refused and counted).
+    #[arg(long, default_value_t = shepherd_server::DEFAULT_MAX_ATTEMPT_LOG_BYTES)]
+    max_attempt_log_bytes: u64,
     /// Also serve `/metrics` on this address without a token, for a
     /// Prometheus scraper on a private network (e.g. 127.0.0.1:9090).
     #[arg(long, value_name = "ADDR")]
@@ -244,6 +248,7 @@ async fn run_cluster(server: ServerFlags, node: Option<&NodeFlags>, write_cli_co
         leader_lease: server.leader_lease,
         stacks: server.stacks.iter().cloned().collect(),
         webhook_allow_private: server.webhook_allow_private,
+        max_attempt_log_bytes: server.max_attempt_log_bytes,
         metrics_listen: server.metrics_listen,
         event_retention: server.event_retention,
         autoscale: match &server.autoscale_config {

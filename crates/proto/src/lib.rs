@@ -22,8 +22,9 @@ fn b64() -> base64::engine::GeneralPurpose {
     base64::engine::general_purpose::STANDARD
 }
 
-/// `POST /v1/agent/register`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `POST /v1/agent/register`. Its `Debug` leaves out the join token and
+/// the node's secret.
+#[derive(Clone, Serialize, Deserialize)]
 pub struct Registration {
     pub join_token: String,
     pub node_id: String,
@@ -33,6 +34,25 @@ pub struct Registration {
     pub max_tasks: u32,
     pub labels: BTreeMap<String, String>,
     pub images: Vec<String>,
+    /// The node's own secret (kept in its data directory): its id is bound
+    /// to it at the first registration, and a registration of that id with
+    /// another secret is refused. Its `Debug` is hidden.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_secret: Option<String>,
+}
+
+impl std::fmt::Debug for Registration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registration")
+            .field("node_id", &self.node_id)
+            .field("hostname", &self.hostname)
+            .field("driver", &self.driver)
+            .field("capacity", &self.capacity)
+            .field("max_tasks", &self.max_tasks)
+            .field("labels", &self.labels)
+            .field("images", &self.images.len())
+            .finish_non_exhaustive()
+    }
 }
 
 /// The server's answer to a registration: the credential for everything else.

@@ -139,6 +139,10 @@ pub struct AgentApi {
     pub observer: crate::view::Observer,
     /// A node silent this long is down (agents heartbeat well inside it).
     pub node_timeout: Duration,
+    /// Which attempts' output a node may write, and how much.
+    pub logs: Arc<crate::agent_guard::LogGuard>,
+    /// Refused reports and output, logged a line per node now and then.
+    pub refusals: Arc<crate::agent_guard::Refusals>,
 }
 
 fn random_token() -> String {
@@ -244,6 +248,35 @@ async fn register(State(state): State<AppState>, headers: HeaderMap, Json(reg): 
             None => return Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "wrong join token")),
         },
     };
+    // A node id is its first registrant's: bound to the hash of that
+    // agent's own secret, so a holder of the join token cannot register
+    // as a live node and be handed its tasks and their secrets.
+    let credential = reg.node_secret.as_deref().map(crate::auth::hash_token);
+    if !state.store.claim_node(&reg.node_id, credential).await? {
+        tracing::warn!(node = %reg.node_id, "a registration with another node's id and not its secret was refused");
+        state.metrics.agent_refused("registration", 1);
+        let entry = shepherd_store::AuditEntry {
+            seq: 0,
+            at: Timestamp::now(),
+            actor: "agent".into(),
+            project: None,
+            action: "node.register_refused".into(),
+            target: reg.node_id.clone(),
+            detail: Some(format!("from host {:?}: the id is bound to another node's secret", reg.hostname)),
+        };
+        if let Err(e) = state.store.append_audit(vec![entry]).await {
+            tracing::warn!(error = %e, "could not audit a refused registration");
+        }
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "node_id_taken",
+            format!(
+                "node id {} belongs to another node (registered with another secret): use a data directory of this node's own",
+                reg.node_id
+            ),
+        )
+        .with_field("node_id"));
+    }
     let now = Timestamp::now();
     let previous = state.store.get_node(&reg.node_id).await?;
     // Registered (again): ready, unless drained. The stream's first
@@ -395,16 +428,27 @@ async fn events(
     // store checks, in the transaction that writes them.
     let results = state.store.apply_reported(node.clone(), request.events, Timestamp::now()).await?;
     state.agent_api.observer.observe(&results);
+    let mut refused = 0;
+    let mut example = None;
     let accepted = results
         .iter()
         .map(|result| {
             if let Err(ApplyError::NotOnNode(task) | ApplyError::NotFound(task)) = result {
-                tracing::info!(%node, %task, "report about a task not on this node ignored");
+                refused += 1;
+                example.get_or_insert(*task);
             }
             // A report repeated after its answer was lost counts as accepted.
             matches!(result, Ok(_) | Err(ApplyError::Illegal(IllegalTransition::Repeated { .. })))
         })
         .collect();
+    if refused > 0 {
+        state.metrics.agent_refused("report", refused);
+        // Counted always, logged a line per node now and then: a rogue node
+        // cannot fill the server's log.
+        if let Some(count) = state.agent_api.refusals.note(&node, refused) {
+            tracing::info!(%node, count, example = ?example, "refused what a node sent (reports about tasks not on it; counted in shepherd_agent_refusals, logged at most every 10 s per node)");
+        }
+    }
     state.scheduler_wakeup.notify_one();
     Ok(Json(EventsResponse { accepted }))
 }
@@ -414,10 +458,20 @@ async fn logs(
     headers: HeaderMap,
     Json(request): Json<LogsRequest>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    node_of(&state, &headers)?;
+    let node = node_of(&state, &headers)?;
     let chunks: Vec<_> = request.chunks.into_iter().filter_map(|c| c.decode()).collect();
-    state.store.append_logs(chunks).await?;
-    Ok(Json(serde_json::json!({"ok": true})))
+    // Only output of attempts on this node that have not ended, bounded.
+    let sorted = state.agent_api.logs.sort(state.store.as_ref(), &node, chunks).await?;
+    state.store.append_logs(sorted.accepted).await?;
+    let refused = (sorted.not_its_own + sorted.over_bound) as u64;
+    if refused > 0 {
+        state.metrics.agent_refused("output_not_its_own", sorted.not_its_own as u64);
+        state.metrics.agent_refused("output_over_bound", sorted.over_bound as u64);
+        if let Some(count) = state.agent_api.refusals.note(&node, refused) {
+            tracing::info!(%node, count, "refused what a node sent (output of attempts not on it, or past the bounds; counted in shepherd_agent_refusals, logged at most every 10 s per node)");
+        }
+    }
+    Ok(Json(serde_json::json!({"ok": true, "refused": refused})))
 }
 
 async fn assigned(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<Vec<AssignedAttempt>>, ApiError> {

@@ -48,6 +48,9 @@ pub struct ClusterConfig {
     /// Webhooks may call loopback, private and link-local addresses (a
     /// cluster whose tenants are trusted, or tests); by default only public ones.
     pub webhook_allow_private: bool,
+    /// Most output bytes a remote node may store for one attempt (its
+    /// head and tail together; agents keep 1 MiB of each by default).
+    pub max_attempt_log_bytes: u64,
     /// Serve `/metrics` without a token on this address too.
     pub metrics_listen: Option<SocketAddr>,
     /// Events are kept this long for clients resuming the stream.
@@ -85,6 +88,7 @@ impl ClusterConfig {
             leader_lease: Duration::from_secs(5),
             stacks: BTreeMap::new(),
             webhook_allow_private: false,
+            max_attempt_log_bytes: DEFAULT_MAX_ATTEMPT_LOG_BYTES,
             metrics_listen: None,
             event_retention: Duration::from_secs(3600),
             autoscale: None,
@@ -145,6 +149,10 @@ pub struct Cluster {
     store: Arc<dyn Store>,
 }
 
+/// The default of [`ClusterConfig::max_attempt_log_bytes`]: twice an
+/// agent's default head and tail.
+pub const DEFAULT_MAX_ATTEMPT_LOG_BYTES: u64 = 4 * 1024 * 1024;
+
 /// The project `shepherd up` makes for a new cluster.
 pub const DEFAULT_PROJECT: &str = "default";
 
@@ -172,6 +180,24 @@ pub fn local_node_id(data_dir: &std::path::Path) -> Result<String, std::io::Erro
             let id = format!("node-{}", &ulid::Ulid::new().to_string().to_lowercase()[16..]);
             std::fs::write(&path, &id)?;
             Ok(id)
+        }
+    }
+}
+
+/// This data directory's node secret, made once (32 random bytes, hex,
+/// readable by its owner only) and kept: the node's id is bound to it at
+/// its first registration, so no other agent can register as this node.
+pub fn local_node_secret(data_dir: &std::path::Path) -> Result<String, std::io::Error> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = data_dir.join("node-secret");
+    match std::fs::read_to_string(&path) {
+        Ok(secret) if !secret.trim().is_empty() => Ok(secret.trim().to_string()),
+        _ => {
+            let secret = crate::auth::random_hex().map_err(|_| std::io::Error::other("the system's random source failed"))?;
+            let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&path)?;
+            file.write_all(secret.as_bytes())?;
+            Ok(secret)
         }
     }
 }
@@ -220,6 +246,15 @@ impl Cluster {
         let mut node_record = None;
         if let Some(node) = &config.local_node {
             let id = local_node_id(&config.data_dir).map_err(data_err)?;
+            // Its id is this data directory's: no remote agent may take it.
+            let secret = local_node_secret(&config.data_dir).map_err(data_err)?;
+            if !dyn_store.claim_node(&id, Some(crate::auth::hash_token(&secret))).await? {
+                return Err(ClusterError::Agent(format!(
+                    "node id {id} is bound to another node's secret (another agent registered as this node): \
+                     remove {} to make this a new node",
+                    config.data_dir.join("node-id").display()
+                )));
+            }
             let now = Timestamp::now();
             let record = NodeRecord {
                 id: id.clone(),
@@ -365,6 +400,8 @@ impl Cluster {
                 liveness,
                 observer,
                 node_timeout: config.node_timeout,
+                logs: Arc::new(crate::agent_guard::LogGuard::new(config.max_attempt_log_bytes)),
+                refusals: Default::default(),
             },
             auth,
             request_timeout: config.request_timeout,

@@ -8,6 +8,7 @@
 //! lifecycle transitions, and tells an agent about an assignment only after
 //! that assignment is committed.
 
+pub mod agent_guard;
 pub mod agents;
 pub mod api;
 pub mod auth;
@@ -29,4 +30,7 @@ pub mod ui;
 pub mod view;
 pub mod webhooks;
 
-pub use cluster::{local_node_id, Cluster, ClusterConfig, ClusterError, LocalNodeConfig, StoreConfig, DEFAULT_PROJECT};
+pub use cluster::{
+    local_node_id, local_node_secret, Cluster, ClusterConfig, ClusterError, LocalNodeConfig, StoreConfig, DEFAULT_MAX_ATTEMPT_LOG_BYTES,
+    DEFAULT_PROJECT,
+};

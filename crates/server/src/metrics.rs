@@ -60,6 +60,12 @@ pub struct PoolOutcomeLabel {
     pub outcome: &'static str,
 }
 
+/// What the agent API refused of a node.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabel {
+    pub kind: &'static str,
+}
+
 /// An API route (as declared), its method and the answer's status.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabel {
@@ -89,6 +95,7 @@ pub struct Metrics {
     machines: Family<PoolStateLabel, Gauge>,
     pool_failing: Family<PoolLabel, Gauge>,
     machine_creates: Family<PoolOutcomeLabel, Counter>,
+    agent_refusals: Family<RefusalLabel, Counter>,
     /// Held while a scrape refills the gauges.
     scraping: tokio::sync::Mutex<()>,
     /// The request histograms met so far, by a hash of their labels.
@@ -185,6 +192,7 @@ impl Metrics {
             machines: Family::default(),
             pool_failing: Family::default(),
             machine_creates: Family::default(),
+            agent_refusals: Family::default(),
             recent: Default::default(),
             ended: Default::default(),
             request_handles: Default::default(),
@@ -229,8 +237,20 @@ impl Metrics {
             m.pool_failing.clone(),
         );
         registry.register("shepherd_machine_creates", "Machine creates by pool and outcome (made, failed)", m.machine_creates.clone());
+        registry.register(
+            "shepherd_agent_refusals",
+            "What the agent API refused of nodes: reports and output about attempts not theirs, output past its bounds, registrations with another node's id",
+            m.agent_refusals.clone(),
+        );
         shepherd_agent::metrics::metrics().register(&mut registry);
         Metrics { registry, ..m }
+    }
+
+    /// The agent API refused `count` things of `kind` from a node.
+    pub fn agent_refused(&self, kind: &'static str, count: u64) {
+        if count > 0 {
+            self.agent_refusals.get_or_create(&RefusalLabel { kind }).inc_by(count);
+        }
     }
 
     /// An autoscaled pool is failing (or recovered).

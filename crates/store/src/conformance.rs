@@ -530,6 +530,34 @@ pub async fn leases_and_fencing(store: &dyn Store) {
 
 /// Servers say who they are; messages reach every subscriber (for stores
 /// servers share).
+/// A node id is bound to the credential of its first registration: the
+/// same one is taken again, another never; an id bound to nothing takes a
+/// registration without one; removing the node frees the id.
+pub async fn node_credentials(store: &dyn Store) {
+    assert!(store.claim_node("n1", None).await.unwrap(), "bound to nothing yet");
+    assert!(store.claim_node("n1", Some("aa".into())).await.unwrap(), "the first binds it");
+    assert!(store.claim_node("n1", Some("aa".into())).await.unwrap(), "the same again");
+    assert!(!store.claim_node("n1", Some("bb".into())).await.unwrap(), "another credential");
+    assert!(!store.claim_node("n1", None).await.unwrap(), "none, once bound");
+    assert!(store.claim_node("n2", Some("bb".into())).await.unwrap(), "ids are apart");
+    let now = Timestamp::now();
+    let node = NodeRecord {
+        id: "n1".into(),
+        hostname: "h".into(),
+        state: NodeState::Ready,
+        driver: "fake".into(),
+        capacity: Resources::default(),
+        max_tasks: 1,
+        labels: Default::default(),
+        images: Vec::new(),
+        registered_at: now,
+        last_heartbeat_at: now,
+    };
+    store.upsert_node(node).await.unwrap();
+    assert!(store.delete_node("n1").await.unwrap());
+    assert!(store.claim_node("n1", Some("cc".into())).await.unwrap(), "a removed node's id is free again");
+}
+
 pub async fn servers_and_messages(store: &dyn Store) {
     let now = Timestamp::now();
     let server = |id: &str, role: &str| ServerRecord {
@@ -1157,6 +1185,7 @@ macro_rules! store_conformance {
         $crate::store_conformance!(@one $fixture, audit);
         $crate::store_conformance!(@one $fixture, leases_and_fencing);
         $crate::store_conformance!(@one $fixture, servers_and_messages);
+        $crate::store_conformance!(@one $fixture, node_credentials);
         $crate::store_conformance!(@one $fixture, codes);
         $crate::store_conformance!(@one $fixture, schedules);
         $crate::store_conformance!(@one $fixture, packages_and_progress);

@@ -366,6 +366,12 @@ pub trait Store: Send + Sync + 'static {
     /// machine's); false if it holds one or is unknown.
     async fn delete_node(&self, id: &str) -> Result<bool, StoreError>;
 
+    /// Binds node `id` to `credential` (the SHA-256 of its own secret) if it
+    /// is bound to none, and says whether it is bound to this one. `None`
+    /// (an agent that keeps no secret): true only while the id is bound to
+    /// no credential. Removing the node frees the id.
+    async fn claim_node(&self, id: &str, credential: Option<String>) -> Result<bool, StoreError>;
+
     /// The projects that hold a registry login (a secret `registry.*`).
     async fn registry_login_projects(&self) -> Result<Vec<String>, StoreError>;
 

@@ -109,6 +109,8 @@ impl AppState {
                 liveness: Arc::new(crate::liveness::Liveness::new(None)),
                 observer,
                 node_timeout: std::time::Duration::from_secs(15),
+                logs: Arc::new(crate::agent_guard::LogGuard::new(crate::cluster::DEFAULT_MAX_ATTEMPT_LOG_BYTES)),
+                refusals: Default::default(),
             },
             auth,
             request_timeout: std::time::Duration::from_secs(30),

@@ -1404,7 +1404,25 @@ impl Store for PgStore {
             )
             .await
             .map_err(error)?;
+        if deleted == 1 {
+            client.execute("DELETE FROM node_credentials WHERE node_id = $1", &[&id]).await.map_err(error)?;
+        }
         Ok(deleted == 1)
+    }
+
+    async fn claim_node(&self, id: &str, credential: Option<String>) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        if let Some(credential) = &credential {
+            client
+                .execute(
+                    "INSERT INTO node_credentials (node_id, credential) VALUES ($1, $2) ON CONFLICT (node_id) DO NOTHING",
+                    &[&id, credential],
+                )
+                .await
+                .map_err(error)?;
+        }
+        let row = client.query_opt("SELECT credential FROM node_credentials WHERE node_id = $1", &[&id]).await.map_err(error)?;
+        Ok(row.map(|r| r.get::<_, String>(0)) == credential)
     }
 
     async fn cluster_value(&self, key: &str, proposed: &str) -> Result<String, StoreError> {

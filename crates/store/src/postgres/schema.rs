@@ -263,6 +263,10 @@ const MIGRATIONS: &[&str] = &[
     r#"
     SELECT 1;
     "#,
+    // 13: the credential each node id is bound to (see the SQLite schema, 20).
+    r#"
+    CREATE TABLE node_credentials (node_id TEXT COLLATE "C" PRIMARY KEY, credential TEXT NOT NULL);
+    "#,
 ];
 
 /// Data changes a migration needs that SQL alone cannot make.

@@ -49,11 +49,27 @@ pub fn delete(conn: &Connection, id: &str) -> Result<bool, StoreError> {
 }
 
 pub fn delete_node(conn: &Connection, id: &str) -> Result<bool, StoreError> {
-    Ok(conn.execute(
+    let deleted = conn.execute(
         "DELETE FROM nodes WHERE id = ?1 AND NOT EXISTS \
          (SELECT 1 FROM tasks WHERE node_id = ?1 AND state IN ('scheduled', 'running'))",
         [id],
-    )? == 1)
+    )? == 1;
+    if deleted {
+        conn.execute("DELETE FROM node_credentials WHERE node_id = ?1", [id])?;
+    }
+    Ok(deleted)
+}
+
+pub fn claim_node(conn: &Connection, id: &str, credential: Option<&str>) -> Result<bool, StoreError> {
+    if let Some(credential) = credential {
+        conn.execute(
+            "INSERT INTO node_credentials (node_id, credential) VALUES (?1, ?2) ON CONFLICT (node_id) DO NOTHING",
+            [id, credential],
+        )?;
+    }
+    let bound: Option<String> =
+        conn.query_row("SELECT credential FROM node_credentials WHERE node_id = ?1", [id], |row| row.get(0)).optional()?;
+    Ok(bound.as_deref() == credential)
 }
 
 pub fn cluster_value(conn: &Connection, key: &str, proposed: &str) -> Result<String, StoreError> {

@@ -933,6 +933,11 @@ impl Store for SqliteStore {
         self.write_with(move |conn| machines::delete_node(conn, &id)).await
     }
 
+    async fn claim_node(&self, id: &str, credential: Option<String>) -> Result<bool, StoreError> {
+        let id = id.to_string();
+        self.write_with(move |conn| machines::claim_node(conn, &id, credential.as_deref())).await
+    }
+
     async fn registry_login_projects(&self) -> Result<Vec<String>, StoreError> {
         self.read(|conn| {
             let mut stmt = conn.prepare_cached("SELECT DISTINCT project FROM secrets WHERE name LIKE 'registry.%' ORDER BY project")?;

@@ -295,6 +295,11 @@ const MIGRATIONS: &[&str] = &[
     r#"
     CREATE TABLE IF NOT EXISTS cluster_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     "#,
+    // 20: the credential each node id is bound to (the SHA-256 of the
+    // node's own secret, from its first registration).
+    r#"
+    CREATE TABLE node_credentials (node_id TEXT PRIMARY KEY, credential TEXT NOT NULL);
+    "#,
 ];
 
 /// Data changes a migration needs that SQL alone cannot make.
