@@ -122,6 +122,10 @@ pub enum PackageError {
     TooLarge,
     #[error("the package has no file `{0}`")]
     NoExecutable(String),
+    #[error("the package holds `{0}` twice, or as both a file and a directory")]
+    Clash(String),
+    #[error("the package's entry `{0}` is not what its header says (its size or checksum)")]
+    Lies(String),
     #[error("could not unpack the package: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -139,8 +143,22 @@ pub fn files(zip: &[u8]) -> Result<Vec<String>, PackageError> {
     if archive.len() > MAX_FILES {
         return Err(PackageError::TooLarge);
     }
+    // The zip crate keeps one entry per name: a name given twice shows as
+    // fewer entries than the end record counts (unless that says zip64).
+    let tail = &zip[zip.len().saturating_sub(65_557)..];
+    if let Some(end) = tail.windows(4).rposition(|w| w == [0x50, 0x4b, 0x05, 0x06]) {
+        if let Some(count) = tail.get(end + 10..end + 12).map(|b| u16::from_le_bytes([b[0], b[1]])) {
+            if count != u16::MAX && usize::from(count) != archive.len() {
+                return Err(PackageError::Clash("a name given twice".into()));
+            }
+        }
+    }
     let mut names = Vec::new();
     let mut total = 0u64;
+    // Every path and every directory above a file: a name met twice (as
+    // two files, or a file where a directory must be) would fail the unpack.
+    let mut files_seen = std::collections::HashSet::new();
+    let mut dirs_seen = std::collections::HashSet::new();
     for index in 0..archive.len() {
         let entry = archive.by_index_raw(index).map_err(|e| PackageError::NotZip(e.to_string()))?;
         let Some(path) = entry.enclosed_name().filter(|_| !entry.is_symlink()) else {
@@ -150,8 +168,54 @@ pub fn files(zip: &[u8]) -> Result<Vec<String>, PackageError> {
         if total > MAX_UNPACKED_BYTES {
             return Err(PackageError::TooLarge);
         }
-        if !entry.is_dir() {
-            names.push(path.to_string_lossy().into_owned());
+        let name = path.to_string_lossy().into_owned();
+        let mut parent = path.parent();
+        while let Some(dir) = parent.filter(|d| !d.as_os_str().is_empty()) {
+            let dir = dir.to_string_lossy().into_owned();
+            if files_seen.contains(&dir) {
+                return Err(PackageError::Clash(dir));
+            }
+            dirs_seen.insert(dir);
+            parent = parent.and_then(Path::parent);
+        }
+        if entry.is_dir() {
+            if files_seen.contains(&name) {
+                return Err(PackageError::Clash(name));
+            }
+            dirs_seen.insert(name);
+        } else {
+            if dirs_seen.contains(&name) || !files_seen.insert(name.clone()) {
+                return Err(PackageError::Clash(name));
+            }
+            names.push(name);
+        }
+    }
+    Ok(names)
+}
+
+/// Checks a package as an upload must be checked: [`files`], and every
+/// entry read to its end (CPU work: at most [`MAX_UNPACKED_BYTES`]), so
+/// that a header that lies about an entry's size, or a checksum that does
+/// not match, is refused now and not by every node that unpacks it.
+pub fn verify(zip: &[u8]) -> Result<Vec<String>, PackageError> {
+    let names = files(zip)?;
+    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(zip)).map_err(|e| PackageError::NotZip(e.to_string()))?;
+    let mut read = 0u64;
+    for index in 0..archive.len() {
+        let mut entry = archive.by_index(index).map_err(|e| PackageError::NotZip(e.to_string()))?;
+        if entry.is_dir() {
+            continue;
+        }
+        let (name, declared) = (entry.name().to_string(), entry.size());
+        let left = MAX_UNPACKED_BYTES - read;
+        // The zip crate checks the CRC at the end of the entry.
+        let copied = std::io::copy(&mut (&mut entry).take(left + 1), &mut std::io::sink()).map_err(|_| PackageError::Lies(name.clone()))?;
+        read += copied;
+        if read > MAX_UNPACKED_BYTES {
+            return Err(PackageError::TooLarge);
+        }
+        if copied != declared {
+            return Err(PackageError::Lies(name));
         }
     }
     Ok(names)
@@ -263,6 +327,42 @@ mod tests {
         assert!(matches!(files(&evil).unwrap_err(), PackageError::Escapes(_)));
         assert!(matches!(unpack(&evil, &sha256_hex(&evil), dir.path()).unwrap_err(), PackageError::Escapes(_)));
         assert!(matches!(files(b"not a zip").unwrap_err(), PackageError::NotZip(_)));
+    }
+
+    /// Replaces every `from` in the zip's bytes (names in both headers).
+    fn patched(zip: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+        let mut out = zip.to_vec();
+        let mut at = 0;
+        while let Some(found) = out[at..].windows(from.len()).position(|w| w == from) {
+            out[at + found..at + found + to.len()].copy_from_slice(to);
+            at += found + to.len();
+        }
+        out
+    }
+
+    #[test]
+    fn clashing_names_and_lying_headers_are_refused_at_upload() {
+        let clash = zip_of(&[("a", b"file"), ("a/b", b"under a file")]);
+        assert!(matches!(files(&clash).unwrap_err(), PackageError::Clash(name) if name == "a"));
+        let twice = patched(&zip_of(&[("dup1", b"one"), ("dup2", b"two")]), b"dup2", b"dup1");
+        assert!(matches!(verify(&twice).unwrap_err(), PackageError::Clash(_)));
+        // A header that says 1 byte for 4,096 (central directory's
+        // uncompressed size, at offset 24 of its header).
+        let honest = {
+            let mut buffer = std::io::Cursor::new(Vec::new());
+            let mut writer = zip::ZipWriter::new(&mut buffer);
+            let options = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
+            writer.start_file("big", options).unwrap();
+            writer.write_all(&[b'z'; 4096]).unwrap();
+            writer.finish().unwrap();
+            buffer.into_inner()
+        };
+        assert_eq!(verify(&honest).unwrap(), vec!["big"]);
+        let mut lying = honest.clone();
+        let central = lying.windows(4).rposition(|w| w == [0x50, 0x4b, 0x01, 0x02]).unwrap();
+        lying[central + 24..central + 28].copy_from_slice(&1u32.to_le_bytes());
+        assert!(files(&lying).is_ok(), "the headers alone look fine");
+        assert!(matches!(verify(&lying).unwrap_err(), PackageError::Lies(name) if name == "big"));
     }
 
     #[test]

@@ -64,7 +64,12 @@ struct Inner {
     /// reports were lost is never left waiting to start.
     unreported: Mutex<Vec<(TaskId, Event)>>,
     /// Code packages the attempts here use (kept from eviction).
-    packages: crate::package::InUse,
+    packages: Arc<crate::package::InUse>,
+    /// Packages being fetched and unpacked: one at a time per digest (the
+    /// attempts that need it meanwhile wait for that one), and at most
+    /// [`UNPACKS_AT_ONCE`] digests at once.
+    unpacks: crate::driver::pull::SingleFlight<String, Result<std::path::PathBuf, String>>,
+    unpacking: Arc<tokio::sync::Semaphore>,
     /// Images the attempts here need (kept from the image cleanup).
     images: Arc<crate::driver::images::ImageHolds>,
     /// Signalled when the node's images changed (a prefetch landed): the
@@ -117,6 +122,8 @@ impl Agent {
                 ran: Mutex::default(),
                 unreported: Mutex::default(),
                 packages: Default::default(),
+                unpacks: Default::default(),
+                unpacking: Arc::new(tokio::sync::Semaphore::new(UNPACKS_AT_ONCE)),
                 images: Default::default(),
                 images_changed: Default::default(),
             }),
@@ -526,6 +533,28 @@ enum StartError {
     Driver(String),
 }
 
+impl StartError {
+    /// The node's disk (or its quota) is full: not the task's fault. Such
+    /// an attempt goes back to the queue without using a retry.
+    fn is_disk_full(&self) -> bool {
+        let full = |e: &std::io::Error| matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT));
+        match self {
+            StartError::WorkDir(e) | StartError::Payload(e) | StartError::Secrets(e) => full(e),
+            StartError::Package(text) => text.contains("(os error 28)") || text.contains("(os error 122)"),
+            _ => false,
+        }
+    }
+}
+
+/// How long an attempt that found the node's disk full keeps its place
+/// before it goes back to the queue (so that it is not placed here again
+/// at once, over and over).
+const DISK_FULL_PAUSE: Duration = Duration::from_secs(5);
+
+/// Digests unpacked at once at most (each may take up to
+/// [`crate::package::MAX_UNPACKED_BYTES`] of disk while it unpacks).
+const UNPACKS_AT_ONCE: usize = 2;
+
 /// The directory holding a task's code package, unpacked (fetched from the
 /// cluster the first time this node needs it).
 async fn unpacked_package(inner: &Inner, task_id: TaskId, digest: &str) -> Result<std::path::PathBuf, StartError> {
@@ -535,20 +564,37 @@ async fn unpacked_package(inner: &Inner, task_id: TaskId, digest: &str) -> Resul
         crate::package::touch(&dir);
         return Ok(dir);
     }
-    let zip = inner.backend.package(task_id).await.map_err(|e| StartError::Package(e.to_string()))?;
-    let (digest, unpacked_in) = (digest.to_string(), cache.clone());
-    let dir = tokio::task::spawn_blocking(move || crate::package::unpack(&zip, &digest, &unpacked_in))
-        .await
-        .map_err(|e| StartError::Package(e.to_string()))?
-        .map_err(|e| StartError::Package(e.to_string()))?;
-    // A new package may take the cache over its budget: the least recently
-    // used ones no attempt here runs go.
-    match inner.packages.evict(&cache, crate::package::CACHE_BUDGET_BYTES) {
-        Ok(0) => {}
-        Ok(n) => tracing::info!(removed = n, "removed unused code packages from the node's cache"),
-        Err(e) => tracing::warn!(error = %e, "could not trim the code package cache"),
-    }
-    Ok(dir)
+    // One fetch and unpack per digest: attempts of one package that start
+    // together wait for it (a small zip that unpacks to 511 MiB once, not
+    // once per attempt).
+    let work = {
+        let (backend, packages, unpacking) = (inner.backend.clone(), inner.packages.clone(), inner.unpacking.clone());
+        let digest = digest.to_string();
+        move || async move {
+            let _turn = unpacking.acquire_owned().await.map_err(|e| e.to_string())?;
+            let zip = backend.package(task_id).await.map_err(|e| e.to_string())?;
+            // Room first: the least recently used packages no attempt here
+            // runs go until this one fits in the node's budget.
+            let (evict_in, room) = (cache.clone(), crate::package::CACHE_BUDGET_BYTES.saturating_sub(crate::package::MAX_UNPACKED_BYTES));
+            let unpacked_in = cache.clone();
+            tokio::task::spawn_blocking(move || {
+                match packages.evict(&evict_in, room) {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(removed = n, "removed unused code packages from the node's cache"),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => tracing::warn!(error = %e, "could not trim the code package cache"),
+                }
+                let unpacked = crate::package::unpack(&zip, &digest, &unpacked_in).map_err(|e| e.to_string());
+                if unpacked.is_ok() {
+                    tracing::info!(package = %digest, "unpacked a code package");
+                }
+                unpacked
+            })
+            .await
+            .map_err(|e| e.to_string())?
+        }
+    };
+    inner.unpacks.run(digest.to_string(), work, Err("the package's unpack stopped".into())).await.map_err(StartError::Package)
 }
 
 /// A started attempt: its handle and its output.
@@ -710,6 +756,13 @@ async fn run_attempt_inner(
                     (time_left, handle, output, 0)
                 }
                 Ok(None) => return,
+                Err(e) if e.is_disk_full() => {
+                    tracing::warn!(task = %task_id, attempt, error = %e, "the node's disk is full: the attempt goes back to the queue");
+                    let _ = tokio::fs::remove_dir_all(work_dir).await;
+                    tokio::time::sleep(DISK_FULL_PAUSE).await;
+                    report(inner, task_id, Event::Interrupted { attempt }).await;
+                    return;
+                }
                 Err(e) => {
                     let reason = e.to_string();
                     tracing::info!(task = %task_id, %reason, "attempt could not start");

@@ -463,6 +463,63 @@ async fn change(client: &Client, id: &str, action: &str) -> Result<()> {
 }
 
 #[derive(Args)]
+pub struct PackageArgs {
+    /// The project (default: the token's; with the admin token, `default`).
+    #[arg(long, global = true)]
+    project: Option<String>,
+    #[command(subcommand)]
+    command: PackageCommand,
+}
+
+#[derive(Subcommand)]
+enum PackageCommand {
+    /// List the project's code packages and its package quota.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a package (refused while a live code or an unfinished task runs it).
+    Rm { digest: String },
+}
+
+pub async fn package(client: &Client, args: PackageArgs) -> Result<ExitCode> {
+    let q = query(&args.project);
+    match args.command {
+        PackageCommand::Ls { json } => {
+            let list: Value = client.get(&format!("/v1/packages{q}")).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let packages = list["packages"].as_array().cloned().unwrap_or_default();
+            let rows: Vec<Vec<String>> = packages
+                .iter()
+                .map(|p| {
+                    vec![
+                        safe(p["digest"].as_str().unwrap_or_default()),
+                        p["size"].as_u64().unwrap_or(0).to_string(),
+                        safe(p["created_at"].as_str().unwrap_or_default()),
+                    ]
+                })
+                .collect();
+            print_table(&["DIGEST", "BYTES", "CREATED"], &rows);
+            let used: u64 = packages.iter().filter_map(|p| p["size"].as_u64()).sum();
+            println!(
+                "{} of {} packages, {used} of {} bytes",
+                packages.len(),
+                list["max_packages"].as_u64().unwrap_or(0),
+                list["max_bytes"].as_u64().unwrap_or(0)
+            );
+        }
+        PackageCommand::Rm { digest } => {
+            client.send_empty::<Value>(reqwest::Method::DELETE, &format!("/v1/packages/{}{q}", encode(&digest)), None).await?;
+            println!("package {digest} removed");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args)]
 pub struct WebhookArgs {
     #[command(subcommand)]
     command: WebhookCommand,

@@ -36,6 +36,21 @@ pub struct LimitFlags {
     /// Most GPUs in use.
     #[arg(long)]
     max_gpus: Option<u64>,
+    /// Most code packages stored (default 100).
+    #[arg(long)]
+    max_packages: Option<u64>,
+    /// Most MiB of code packages stored (default 1024).
+    #[arg(long, value_name = "MIB")]
+    max_package_size: Option<u64>,
+    /// Most live codes (default 1000).
+    #[arg(long)]
+    max_codes: Option<u64>,
+    /// Most revisions of one code (default 1000).
+    #[arg(long)]
+    max_code_revisions: Option<u64>,
+    /// Most schedules not cancelled or ended (default 1000).
+    #[arg(long)]
+    max_schedules: Option<u64>,
 }
 
 /// A limit `project limits --clear` can remove.
@@ -50,6 +65,11 @@ enum Limit {
     MaxVolumes,
     MaxVolumeSize,
     MaxGpus,
+    MaxPackages,
+    MaxPackageSize,
+    MaxCodes,
+    MaxCodeRevisions,
+    MaxSchedules,
 }
 
 impl LimitFlags {
@@ -68,6 +88,11 @@ impl LimitFlags {
             max_volumes: self.max_volumes.or(current.max_volumes),
             max_volume_size_mib: self.max_volume_size.or(current.max_volume_size_mib),
             max_gpus: self.max_gpus.or(current.max_gpus),
+            max_packages: self.max_packages.or(current.max_packages),
+            max_package_mib: self.max_package_size.or(current.max_package_mib),
+            max_codes: self.max_codes.or(current.max_codes),
+            max_code_revisions: self.max_code_revisions.or(current.max_code_revisions),
+            max_schedules: self.max_schedules.or(current.max_schedules),
         }
     }
 }
@@ -288,6 +313,11 @@ pub async fn project(client: &Client, args: ProjectArgs) -> Result<ExitCode> {
                     Limit::MaxVolumes => new.max_volumes = None,
                     Limit::MaxVolumeSize => new.max_volume_size_mib = None,
                     Limit::MaxGpus => new.max_gpus = None,
+                    Limit::MaxPackages => new.max_packages = None,
+                    Limit::MaxPackageSize => new.max_package_mib = None,
+                    Limit::MaxCodes => new.max_codes = None,
+                    Limit::MaxCodeRevisions => new.max_code_revisions = None,
+                    Limit::MaxSchedules => new.max_schedules = None,
                 }
             }
             let updated: Value = admin.send(reqwest::Method::PATCH, &path, &json!({ "limits": new })).await?;

@@ -99,6 +99,8 @@ enum Command {
     Audit(Client<cmd_tenants::AuditArgs>),
     /// Manage codes: named, versioned task templates (push, ls, inspect, revisions, rollback, rm).
     Code(Client<cmd_codes::CodeArgs>),
+    /// Code packages stored in a project: list, remove.
+    Package(Client<cmd_codes::PackageArgs>),
     /// Manage schedules: tasks run at cron times or intervals (create, ls, inspect, pause, resume, rm).
     Schedule(Client<cmd_codes::ScheduleArgs>),
     /// Webhooks: the project's signing secret, and a task's deliveries.
@@ -195,6 +197,7 @@ fn main() -> ExitCode {
             Command::Image(c) => cmd_images::image(&make_client(&c.client)?, c.args).await,
             Command::Audit(c) => cmd_tenants::audit(&make_client(&c.client)?, c.args).await,
             Command::Code(c) => cmd_codes::code(&make_client(&c.client)?, c.args).await,
+            Command::Package(c) => cmd_codes::package(&make_client(&c.client)?, c.args).await,
             Command::Schedule(c) => cmd_codes::schedule(&make_client(&c.client)?, c.args).await,
             Command::Webhook(c) => cmd_codes::webhook(&make_client(&c.client)?, c.args).await,
             Command::Usage(c) => cmd_usage::usage(&make_client(&c.client)?, c.args).await,

@@ -63,9 +63,55 @@ pub struct ProjectLimits {
     /// Most GPUs held by the project's scheduled and running tasks. 0: its GPU tasks wait.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_gpus: Option<u64>,
+    /// Most code packages it may store (default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_packages: Option<u64>,
+    /// Most MiB its packages may add up to (default 1024).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_package_mib: Option<u64>,
+    /// Most live codes (default 1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_codes: Option<u64>,
+    /// Most revisions of one code (default 1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_code_revisions: Option<u64>,
+    /// Most schedules that are not cancelled or ended (default 1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_schedules: Option<u64>,
+}
+
+/// What a project may store when its limits do not say: everything a
+/// tenant can fill has a bound.
+pub mod default_limits {
+    pub const PACKAGES: u64 = 100;
+    pub const PACKAGE_MIB: u64 = 1024;
+    pub const CODES: u64 = 1000;
+    pub const CODE_REVISIONS: u64 = 1000;
+    pub const SCHEDULES: u64 = 1000;
 }
 
 impl ProjectLimits {
+    /// Code packages it may store.
+    pub fn packages(&self) -> u64 {
+        self.max_packages.unwrap_or(default_limits::PACKAGES)
+    }
+    /// Bytes its packages may add up to.
+    pub fn package_bytes(&self) -> u64 {
+        self.max_package_mib.unwrap_or(default_limits::PACKAGE_MIB).saturating_mul(1024 * 1024)
+    }
+    /// Live codes it may have.
+    pub fn codes(&self) -> u64 {
+        self.max_codes.unwrap_or(default_limits::CODES)
+    }
+    /// Revisions one of its codes may have.
+    pub fn code_revisions(&self) -> u64 {
+        self.max_code_revisions.unwrap_or(default_limits::CODE_REVISIONS)
+    }
+    /// Schedules it may have (not cancelled or ended).
+    pub fn schedules(&self) -> u64 {
+        self.max_schedules.unwrap_or(default_limits::SCHEDULES)
+    }
+
     /// Refuses limits that have no meaning, naming the field.
     pub fn validate(&self) -> Result<(), crate::FieldError> {
         if self.requests_per_second == Some(0) {

@@ -721,6 +721,30 @@ pub async fn packages_and_progress(store: &dyn Store) {
     assert_eq!(store.package_size("p", &digest).await.unwrap(), Some(9));
     assert!(store.get_package("q", &digest).await.unwrap().is_none(), "another project's package is not there");
     assert!(store.package_size("q", &digest).await.unwrap().is_none());
+    // Listed without bytes; removed per project: another project's copy of
+    // the same bytes stays; in use while an unfinished task names it.
+    let listed = store.list_packages("p").await.unwrap();
+    assert_eq!(listed.iter().map(|p| (p.digest.as_str(), p.size)).collect::<Vec<_>>(), vec![(digest.as_str(), 9)]);
+    store.put_package("q", &digest, b"zip bytes".to_vec(), Timestamp(3)).await.unwrap();
+    assert!(store.delete_package("q", &digest).await.unwrap());
+    assert!(!store.delete_package("q", &digest).await.unwrap(), "gone already");
+    assert_eq!(store.get_package("p", &digest).await.unwrap().as_deref(), Some(&b"zip bytes"[..]), "p's stays");
+    let other = "b".repeat(64);
+    store.put_package("p", &other, b"other zip".to_vec(), Timestamp(4)).await.unwrap();
+    assert_eq!(store.list_packages("p").await.unwrap().len(), 2);
+    let mut packaged = spec("p");
+    packaged.package =
+        Some(shepherd_core::PackageRef { digest: other.clone(), size: 9, executable: "run.sh".into(), runtime: "sh".into() });
+    let mut ids = ulid::Generator::new();
+    let runs = new_task(&mut ids, packaged);
+    store.create_tasks(vec![runs.clone()]).await.unwrap();
+    assert!(store.package_in_use("p", &other).await.unwrap());
+    assert!(!store.package_in_use("p", &digest).await.unwrap());
+    assert!(!store.package_in_use("q", &other).await.unwrap(), "another project's task");
+    store.apply(vec![(runs.id, Event::Cancel)], Timestamp::now()).await.unwrap();
+    assert!(!store.package_in_use("p", &other).await.unwrap(), "ended");
+    assert!(store.delete_package("p", &other).await.unwrap());
+    assert!(store.get_package("p", &other).await.unwrap().is_none());
     let mut gen = ulid::Generator::new();
     let task = new_task(&mut gen, spec("p"));
     store.create_tasks(vec![task.clone()]).await.unwrap();

@@ -289,6 +289,16 @@ pub trait Store: Send + Sync + 'static {
     /// Whether a project has a package, and its size.
     async fn package_size(&self, project: &str, digest: &str) -> Result<Option<u64>, StoreError>;
 
+    /// A project's packages, oldest first (without their bytes).
+    async fn list_packages(&self, project: &str) -> Result<Vec<PackageInfo>, StoreError>;
+
+    /// Removes a project's package; false if it has none by that digest.
+    async fn delete_package(&self, project: &str, digest: &str) -> Result<bool, StoreError>;
+
+    /// Whether an unfinished task (queued, scheduled or running) of the
+    /// project runs the package.
+    async fn package_in_use(&self, project: &str, digest: &str) -> Result<bool, StoreError>;
+
     /// Records a task's progress; false if there is no such task.
     async fn set_progress(&self, id: TaskId, progress: shepherd_core::Progress) -> Result<bool, StoreError>;
 

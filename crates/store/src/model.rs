@@ -338,3 +338,12 @@ pub struct UsageRow {
     /// Run time (start to end) of the attempts that started.
     pub wall_ms: u64,
 }
+
+/// A stored code package, without its bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackageInfo {
+    /// SHA-256 of the zip, lowercase hex.
+    pub digest: String,
+    pub size: u64,
+    pub created_at: Timestamp,
+}

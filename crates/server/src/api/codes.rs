@@ -138,6 +138,32 @@ pub async fn put_package(
     Ok((StatusCode::CREATED, Json(state.codes.put_package(&caller, q.project.as_deref(), body.to_vec()).await?)))
 }
 
+/// A project's code packages, oldest first, and its package quota.
+#[utoipa::path(get, path = "/v1/packages", tag = "codes", params(CodeQuery),
+    responses((status = 200, body = crate::service::codes::PackageList), (status = 404, body = super::ErrorBody)))]
+pub async fn list_packages(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<crate::service::codes::PackageList>, ApiError> {
+    let q: CodeQuery = query(raw)?;
+    Ok(Json(state.codes.packages(&caller, q.project.as_deref()).await?))
+}
+
+/// Remove a code package (refused while a live code or an unfinished task runs it).
+#[utoipa::path(delete, path = "/v1/packages/{digest}", tag = "codes", params(("digest" = String, Path, description = "the package's SHA-256"), CodeQuery),
+    responses((status = 204), (status = 404, body = super::ErrorBody), (status = 409, body = super::ErrorBody)))]
+pub async fn delete_package(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(digest): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<StatusCode, ApiError> {
+    let q: CodeQuery = query(raw)?;
+    state.codes.delete_package(&caller, q.project.as_deref(), &digest).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 /// Query of `GET /v1/schedules`.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]

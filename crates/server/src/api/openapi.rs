@@ -57,6 +57,8 @@ use utoipa::OpenApi;
         super::codes::rollback,
         super::codes::delete,
         super::codes::put_package,
+        super::codes::list_packages,
+        super::codes::delete_package,
         super::codes::create_schedule,
         super::codes::list_schedules,
         super::codes::get_schedule,

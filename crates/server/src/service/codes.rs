@@ -25,8 +25,32 @@ pub struct StoredPackage {
     /// SHA-256 of the zip, lowercase hex: name it in a code's `package.digest`.
     pub digest: String,
     pub size: u64,
-    /// The files it holds.
+    /// How many files it holds.
+    pub file_count: usize,
+    /// The first [`FILES_SHOWN`] of them.
     pub files: Vec<String>,
+}
+
+/// File names a stored package's answer lists at most.
+pub const FILES_SHOWN: usize = 100;
+
+/// A project's package, as listed.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct PackageEntry {
+    pub digest: String,
+    pub size: u64,
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: Timestamp,
+}
+
+/// A project's packages, oldest first, with its quota.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct PackageList {
+    pub packages: Vec<PackageEntry>,
+    /// Most packages the project may store.
+    pub max_packages: u64,
+    /// Most bytes they may add up to.
+    pub max_bytes: u64,
 }
 
 /// The project a caller means: a project token's own (naming another is
@@ -76,6 +100,7 @@ impl CodeService {
             return Err(FieldError::new("profile", format!("unknown profile `{profile}`")).into());
         }
         let project = spec.project.clone();
+        self.check_code_quota(&project, &spec.name).await?;
         let code = self.store.push_code(&project, spec, Timestamp::now(), None).await?;
         self.audit(caller, &project, "code.push", &code, None).await;
         Ok(code)
@@ -83,20 +108,120 @@ impl CodeService {
 
     /// Stores a code package (a zip) in a project, checked: at most
     /// [`MAX_PACKAGE_BYTES`], a zip whose files stay inside it.
+    ///
+    /// The zip is read to its end (off the async runtime: it is CPU work),
+    /// so that names given twice, a file where a directory must be, or a
+    /// header that lies about a size are refused now, not by every node.
+    /// Within the project's package quota (count and bytes); the same
+    /// bytes again are the package it has.
     pub async fn put_package(&self, caller: &Caller, project: Option<&str>, zip: Vec<u8>) -> Result<StoredPackage, TaskError> {
         let project = readable_project(caller, project)?;
         if zip.len() > MAX_PACKAGE_BYTES {
             return Err(TaskError::TooLarge(format!("a code package is at most {MAX_PACKAGE_BYTES} bytes, not {}", zip.len())));
         }
-        let files = shepherd_agent::package::files(&zip).map_err(|e| FieldError::new("body", e.to_string()))?;
-        let digest = shepherd_agent::package::sha256_hex(&zip);
+        let (zip, checked) = tokio::task::spawn_blocking(move || {
+            let checked = shepherd_agent::package::verify(&zip).map(|files| (files, shepherd_agent::package::sha256_hex(&zip)));
+            (zip, checked)
+        })
+        .await
+        .map_err(|_| TaskError::Store(shepherd_store::StoreError::Closed))?;
+        let (files, digest) = checked.map_err(|e| FieldError::new("body", e.to_string()))?;
         let size = zip.len() as u64;
-        self.store.put_package(&project, &digest, zip, Timestamp::now()).await?;
-        let line = audit_entry(caller, Some(&project), "package.put", &digest, Some(format!("{size} bytes")));
+        let limits = self.project_limits(&project).await?;
+        let stored = self.store.list_packages(&project).await?;
+        if !stored.iter().any(|p| p.digest == digest) {
+            let used: u64 = stored.iter().map(|p| p.size).sum();
+            if stored.len() as u64 >= limits.packages() {
+                return Err(TaskError::QuotaExceeded(format!(
+                    "project {project} may store {} code packages and has {}: remove some (shepherd package rm)",
+                    limits.packages(),
+                    stored.len()
+                )));
+            }
+            if used + size > limits.package_bytes() {
+                return Err(TaskError::QuotaExceeded(format!(
+                    "project {project} may store {} bytes of code packages; it has {used} and this adds {size}",
+                    limits.package_bytes()
+                )));
+            }
+            self.store.put_package(&project, &digest, zip, Timestamp::now()).await?;
+            let line = audit_entry(caller, Some(&project), "package.put", &digest, Some(format!("{size} bytes")));
+            if let Err(e) = self.store.append_audit(vec![line]).await {
+                tracing::error!(error = %e, "could not write the audit log");
+            }
+        }
+        let file_count = files.len();
+        Ok(StoredPackage { digest, size, file_count, files: files.into_iter().take(FILES_SHOWN).collect() })
+    }
+
+    /// A project's packages and its package quota.
+    pub async fn packages(&self, caller: &Caller, project: Option<&str>) -> Result<PackageList, TaskError> {
+        let project = readable_project(caller, project)?;
+        let limits = self.project_limits(&project).await?;
+        let packages = self
+            .store
+            .list_packages(&project)
+            .await?
+            .into_iter()
+            .map(|p| PackageEntry { digest: p.digest, size: p.size, created_at: p.created_at })
+            .collect();
+        Ok(PackageList { packages, max_packages: limits.packages(), max_bytes: limits.package_bytes() })
+    }
+
+    /// Removes a project's package, unless a live code runs it or an
+    /// unfinished task does (409).
+    pub async fn delete_package(&self, caller: &Caller, project: Option<&str>, digest: &str) -> Result<(), TaskError> {
+        let project = readable_project(caller, project)?;
+        if self.store.package_size(&project, digest).await?.is_none() {
+            return Err(TaskError::Missing(format!("package {digest} in project `{project}`")));
+        }
+        if let Some(why) = self.package_kept(&project, digest).await? {
+            return Err(TaskError::Conflict(format!("package {digest} is in use: {why}")));
+        }
+        self.store.delete_package(&project, digest).await?;
+        let line = audit_entry(caller, Some(&project), "package.delete", digest, None);
         if let Err(e) = self.store.append_audit(vec![line]).await {
             tracing::error!(error = %e, "could not write the audit log");
         }
-        Ok(StoredPackage { digest, size, files })
+        Ok(())
+    }
+
+    /// Why a package must stay: a live code runs it, or an unfinished task.
+    async fn package_kept(&self, project: &str, digest: &str) -> Result<Option<String>, TaskError> {
+        let codes = self.store.list_codes(Some(project.to_string())).await?;
+        if let Some(code) = codes.iter().find(|c| c.spec.package.as_ref().is_some_and(|p| p.digest == digest)) {
+            return Ok(Some(format!("code `{}` runs it", code.spec.name)));
+        }
+        if self.store.package_in_use(project, digest).await? {
+            return Ok(Some("an unfinished task runs it".into()));
+        }
+        Ok(None)
+    }
+
+    /// The project's limits (the defaults for a project without a record).
+    async fn project_limits(&self, project: &str) -> Result<shepherd_core::ProjectLimits, TaskError> {
+        Ok(self.store.get_project(project).await?.map(|p| p.limits).unwrap_or_default())
+    }
+
+    /// A new code within the project's live codes, a new revision within
+    /// the code's revisions.
+    async fn check_code_quota(&self, project: &str, name: &str) -> Result<(), TaskError> {
+        let limits = self.project_limits(project).await?;
+        let codes = self.store.list_codes(Some(project.to_string())).await?;
+        if !codes.iter().any(|c| c.spec.name == name) && codes.len() as u64 >= limits.codes() {
+            return Err(TaskError::QuotaExceeded(format!(
+                "project {project} may have {} codes and has {}: remove some (shepherd code rm)",
+                limits.codes(),
+                codes.len()
+            )));
+        }
+        let revisions = self.store.code_revisions(project, name).await?.len() as u64;
+        if revisions >= limits.code_revisions() {
+            return Err(TaskError::QuotaExceeded(format!(
+                "code `{name}` has {revisions} revisions, the most project {project} may keep (the admin raises max_code_revisions)"
+            )));
+        }
+        Ok(())
     }
 
     /// The image of a runtime's stack.
@@ -155,20 +280,36 @@ impl CodeService {
     pub async fn rollback(&self, caller: &Caller, project: Option<&str>, name: &str, revision: u32) -> Result<Code, TaskError> {
         let project = readable_project(caller, project)?;
         let old = self.store.get_code(&project, name, Some(revision)).await?.ok_or_else(|| missing(&project, name, Some(revision)))?;
+        self.check_code_quota(&project, name).await?;
         let code = self.store.push_code(&project, old.spec, Timestamp::now(), Some(revision)).await?;
         self.audit(caller, &project, "code.rollback", &code, Some(format!("to revision {revision}"))).await;
         Ok(code)
     }
 
-    /// Deletes a code; its tasks keep running.
+    /// Deletes a code; its tasks keep running. The packages its revisions
+    /// ran that nothing else needs (no live code, no unfinished task) go
+    /// with it.
     pub async fn delete(&self, caller: &Caller, project: Option<&str>, name: &str) -> Result<(), TaskError> {
         let project = readable_project(caller, project)?;
+        let revisions = self.store.code_revisions(&project, name).await?;
         if !self.store.delete_code(&project, name).await? {
             return Err(missing(&project, name, None));
         }
         let line = audit_entry(caller, Some(&project), "code.delete", name, None);
         if let Err(e) = self.store.append_audit(vec![line]).await {
             tracing::error!(error = %e, code = name, "could not write the audit log");
+        }
+        let mut digests: Vec<String> = revisions.into_iter().filter_map(|c| c.spec.package.map(|p| p.digest)).collect();
+        digests.sort();
+        digests.dedup();
+        for digest in digests {
+            if self.store.package_size(&project, &digest).await?.is_some() && self.package_kept(&project, &digest).await?.is_none() {
+                self.store.delete_package(&project, &digest).await?;
+                let line = audit_entry(caller, Some(&project), "package.delete", &digest, Some(format!("with code {name}")));
+                if let Err(e) = self.store.append_audit(vec![line]).await {
+                    tracing::error!(error = %e, "could not write the audit log");
+                }
+            }
         }
         Ok(())
     }

@@ -1456,6 +1456,37 @@ impl Store for PgStore {
         self.pg_get_package(project, digest).await
     }
 
+    async fn list_packages(&self, project: &str) -> Result<Vec<crate::PackageInfo>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query("SELECT digest, size, created_at FROM packages WHERE project = $1 ORDER BY created_at, digest", &[&project])
+            .await
+            .map_err(error)?;
+        Ok(rows
+            .iter()
+            .map(|r| crate::PackageInfo { digest: r.get(0), size: r.get::<_, i64>(1).max(0) as u64, created_at: Timestamp(r.get(2)) })
+            .collect())
+    }
+
+    async fn delete_package(&self, project: &str, digest: &str) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let n = client.execute("DELETE FROM packages WHERE project = $1 AND digest = $2", &[&project, &digest]).await.map_err(error)?;
+        Ok(n > 0)
+    }
+
+    async fn package_in_use(&self, project: &str, digest: &str) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let pattern = format!("%\"digest\":\"{digest}\"%");
+        let row = client
+            .query_opt(
+                "SELECT 1 FROM tasks WHERE project = $1 AND state IN ('queued', 'scheduled', 'running') AND spec LIKE $2 LIMIT 1",
+                &[&project, &pattern],
+            )
+            .await
+            .map_err(error)?;
+        Ok(row.is_some())
+    }
+
     async fn package_size(&self, project: &str, digest: &str) -> Result<Option<u64>, StoreError> {
         self.pg_package_size(project, digest).await
     }

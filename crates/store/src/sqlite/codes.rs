@@ -201,19 +201,50 @@ pub fn advance_schedule(conn: &Connection, f: &ScheduleFiring) -> Result<bool, S
     Ok(changed > 0)
 }
 
-pub fn put_package(conn: &Connection, project: &str, digest: &str, data: &[u8], at: Timestamp) -> Result<(), StoreError> {
+/// Records a project's package whose bytes are in the packages directory
+/// (the row keeps an empty `data`; rows stored inline by older versions
+/// keep theirs).
+pub fn put_package(conn: &Connection, project: &str, digest: &str, size: u64, at: Timestamp) -> Result<(), StoreError> {
     conn.prepare_cached(
-        "INSERT INTO packages (project, digest, size, data, created_at) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (project, digest) DO NOTHING",
+        "INSERT INTO packages (project, digest, size, data, created_at) VALUES (?1, ?2, ?3, X'', ?4) ON CONFLICT (project, digest) DO NOTHING",
     )?
-    .execute(params![project, digest, data.len() as i64, data, at.millis()])?;
+    .execute(params![project, digest, size as i64, at.millis()])?;
     Ok(())
 }
 
-pub fn get_package(conn: &Connection, project: &str, digest: &str) -> Result<Option<Vec<u8>>, StoreError> {
+/// A package's row: its inline bytes (empty when they are in a file) and size.
+pub fn get_package(conn: &Connection, project: &str, digest: &str) -> Result<Option<(Vec<u8>, u64)>, StoreError> {
     Ok(conn
-        .prepare_cached("SELECT data FROM packages WHERE project = ?1 AND digest = ?2")?
-        .query_row(params![project, digest], |row| row.get(0))
+        .prepare_cached("SELECT data, size FROM packages WHERE project = ?1 AND digest = ?2")?
+        .query_row(params![project, digest], |row| Ok((row.get(0)?, row.get::<_, i64>(1)?.max(0) as u64)))
         .optional()?)
+}
+
+pub fn list_packages(conn: &Connection, project: &str) -> Result<Vec<crate::PackageInfo>, StoreError> {
+    let mut stmt = conn.prepare_cached("SELECT digest, size, created_at FROM packages WHERE project = ?1 ORDER BY created_at, digest")?;
+    let rows = stmt.query_map(params![project], |row| {
+        Ok(crate::PackageInfo { digest: row.get(0)?, size: row.get::<_, i64>(1)?.max(0) as u64, created_at: Timestamp(row.get(2)?) })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+/// Removes a project's package: (whether it had it, whether no project
+/// has that digest any more).
+pub fn delete_package(conn: &Connection, project: &str, digest: &str) -> Result<(bool, bool), StoreError> {
+    let deleted = conn.prepare_cached("DELETE FROM packages WHERE project = ?1 AND digest = ?2")?.execute(params![project, digest])? > 0;
+    let left: i64 = conn.prepare_cached("SELECT COUNT(*) FROM packages WHERE digest = ?1")?.query_row(params![digest], |row| row.get(0))?;
+    Ok((deleted, left == 0))
+}
+
+/// Unfinished tasks of the project whose spec names the package (a spec
+/// stores it as `"digest":"HEX"`).
+pub fn package_in_use(conn: &Connection, project: &str, digest: &str) -> Result<bool, StoreError> {
+    let pattern = format!("%\"digest\":\"{digest}\"%");
+    let found: Option<i64> = conn
+        .prepare_cached("SELECT 1 FROM tasks WHERE project = ?1 AND state IN ('queued', 'scheduled', 'running') AND spec LIKE ?2 LIMIT 1")?
+        .query_row(params![project, pattern], |row| row.get(0))
+        .optional()?;
+    Ok(found.is_some())
 }
 
 pub fn package_size(conn: &Connection, project: &str, digest: &str) -> Result<Option<u64>, StoreError> {

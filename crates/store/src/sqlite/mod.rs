@@ -75,6 +75,12 @@ pub struct SqliteStore {
     observer: ObserverSlot,
     /// Keys placement shapes (the cluster's secret, in `cluster_meta`).
     shape_key: shepherd_core::shape::ShapeKey,
+    /// Code packages' bytes, one file per digest beside the database: a
+    /// 32 MiB upload never goes through the writer that every other write
+    /// waits for.
+    packages_dir: PathBuf,
+    /// Held while a package file is written or removed with its row.
+    package_files: tokio::sync::Mutex<()>,
 }
 
 /// WAL pages between automatic checkpoints.
@@ -159,13 +165,15 @@ impl SqliteStore {
         let key = shape_key.clone();
         let writer = std::thread::Builder::new().name("store-writer".into()).spawn(move || writer::run(conn, rx, slot, key))?;
         Ok(SqliteStore {
-            path,
             writes: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(writer)),
             readers: Arc::new(readers),
             next_reader: AtomicUsize::new(0),
             observer,
             shape_key,
+            packages_dir: path.with_file_name("package-zips"),
+            package_files: tokio::sync::Mutex::new(()),
+            path,
         })
     }
 
@@ -781,13 +789,49 @@ impl Store for SqliteStore {
     }
 
     async fn put_package(&self, project: &str, digest: &str, data: Vec<u8>, at: Timestamp) -> Result<(), StoreError> {
+        if !shepherd_core::PackageRef::is_digest(digest) {
+            return Err(StoreError::Corrupt(format!("`{digest}` is not a package digest")));
+        }
+        let _files = self.package_files.lock().await;
+        let (file, size) = (self.packages_dir.join(digest), data.len() as u64);
+        // Durable before the row that names it commits.
+        tokio::task::spawn_blocking(move || write_durably(&file, &data)).await.map_err(|_| StoreError::Closed)??;
         let (project, digest) = (project.to_string(), digest.to_string());
-        self.write_with(move |conn| codes::put_package(conn, &project, &digest, &data, at)).await
+        self.write_with(move |conn| codes::put_package(conn, &project, &digest, size, at)).await
     }
 
     async fn get_package(&self, project: &str, digest: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let (project, key) = (project.to_string(), digest.to_string());
+        let Some((inline, size)) = self.read(move |conn| codes::get_package(conn, &project, &key)).await? else { return Ok(None) };
+        if inline.len() as u64 == size && size > 0 {
+            return Ok(Some(inline));
+        }
+        let file = self.packages_dir.join(digest);
+        let bytes = tokio::task::spawn_blocking(move || std::fs::read(&file)).await.map_err(|_| StoreError::Closed)?;
+        bytes.map(Some).map_err(|e| StoreError::Corrupt(format!("package {digest}: {e}")))
+    }
+
+    async fn list_packages(&self, project: &str) -> Result<Vec<crate::PackageInfo>, StoreError> {
+        let project = project.to_string();
+        self.read(move |conn| codes::list_packages(conn, &project)).await
+    }
+
+    async fn delete_package(&self, project: &str, digest: &str) -> Result<bool, StoreError> {
+        let _files = self.package_files.lock().await;
+        let (project, key) = (project.to_string(), digest.to_string());
+        let (deleted, last) = self.write_with(move |conn| codes::delete_package(conn, &project, &key)).await?;
+        if deleted && last && shepherd_core::PackageRef::is_digest(digest) {
+            match std::fs::remove_file(self.packages_dir.join(digest)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+                _ => {}
+            }
+        }
+        Ok(deleted)
+    }
+
+    async fn package_in_use(&self, project: &str, digest: &str) -> Result<bool, StoreError> {
         let (project, digest) = (project.to_string(), digest.to_string());
-        self.read(move |conn| codes::get_package(conn, &project, &digest)).await
+        self.read(move |conn| codes::package_in_use(conn, &project, &digest)).await
     }
 
     async fn package_size(&self, project: &str, digest: &str) -> Result<Option<u64>, StoreError> {
@@ -1116,4 +1160,24 @@ fn launch_spec_in(conn: &Connection, id: TaskId) -> Result<Option<LaunchSpec>, S
         networks,
         registry_auth,
     }))
+}
+
+/// Writes `bytes` to `file` so that it survives a power loss: beside it
+/// first, synced, renamed into place, the directory synced. A file that is
+/// there already is kept (its name is its content's digest).
+fn write_durably(file: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if file.is_file() {
+        return Ok(());
+    }
+    let dir = file.parent().ok_or_else(|| StoreError::Corrupt("a package file has no directory".into()))?;
+    std::fs::create_dir_all(dir)?;
+    let partial = file.with_extension("partial");
+    let mut out = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&partial)?;
+    out.write_all(bytes)?;
+    out.sync_all()?;
+    std::fs::rename(&partial, file)?;
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(())
 }

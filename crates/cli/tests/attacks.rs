@@ -1,0 +1,158 @@
+//! Defects found by the second round of attacks (issue 27) that need only
+//! the process driver, each with the test that failed before its fix.
+
+mod common;
+
+use common::Server;
+use serde_json::json;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// Unmounts what a test mounted however it ends.
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Item 21: a node whose disk is full sends the attempt back to the queue
+/// (an infrastructure failure, no retry used) instead of failing the task
+/// with "No space left on device"; once there is room, it runs.
+#[tokio::test]
+async fn a_full_disk_returns_the_attempt_to_the_queue_without_using_a_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let attempts = data.join("attempts");
+    std::fs::create_dir_all(&attempts).unwrap();
+    let mounted = Command::new("mount").args(["-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs"]).arg(&attempts).status().unwrap();
+    assert!(mounted.success(), "this test mounts a small tmpfs (it needs root)");
+    let _mount = Mounted(attempts.clone());
+    let server = Server::start(&data, &[]);
+    let http = server.http();
+    use base64::Engine as _;
+    let payload = base64::engine::general_purpose::STANDARD.encode(vec![b'p'; 200 * 1024]);
+    let (status, task) = http
+        .post("/v1/tasks", &json!({"image": "busybox", "command": ["sh", "-c", "wc -c < $SHEPHERD_PAYLOAD_FILE"], "payload": payload, "retry": {"max_attempts": 1}}))
+        .await;
+    assert_eq!(status, 201, "{task}");
+    let id = task["id"].as_str().unwrap().to_string();
+    // Back to the queue, the attempt interrupted, the task not failed.
+    let began = Instant::now();
+    loop {
+        let (_, task) = http.get(&format!("/v1/tasks/{id}")).await;
+        assert_ne!(task["state"], "failed", "a full disk failed the task: {task}");
+        if task["attempts"].as_array().is_some_and(|a| a.iter().any(|a| a["outcome"] == "interrupted")) {
+            break;
+        }
+        assert!(began.elapsed() < Duration::from_secs(30), "{task}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Room again: the next attempt runs, although the task allows one.
+    let grown = Command::new("mount").args(["-o", "remount,size=8m"]).arg(&attempts).status().unwrap();
+    assert!(grown.success());
+    let done = http.wait_terminal(&id, Duration::from_secs(60)).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+}
+
+/// A zip whose entry `name` holds `bytes` repeated `times` (deflated: a
+/// small zip that unpacks large).
+fn zip_bomb(name: &str, bytes: &[u8], times: usize) -> Vec<u8> {
+    use std::io::Write;
+    let mut buffer = std::io::Cursor::new(Vec::new());
+    {
+        let mut writer = zip::ZipWriter::new(&mut buffer);
+        let options = zip::write::SimpleFileOptions::default().unix_permissions(0o755).compression_method(zip::CompressionMethod::Deflated);
+        writer.start_file("worker.sh", options).unwrap();
+        writer.write_all(b"echo ran\n").unwrap();
+        writer.start_file(name, options).unwrap();
+        for _ in 0..times {
+            writer.write_all(bytes).unwrap();
+        }
+        writer.finish().unwrap();
+    }
+    buffer.into_inner()
+}
+
+/// Items 10, 11 and 23: packages have a quota (count and bytes), are
+/// listed and removed (and go with the last code that ran them), a zip
+/// whose names clash or whose header lies is refused at upload, and four
+/// tasks of one package that start together unpack it once on the node.
+#[tokio::test]
+async fn packages_have_a_quota_are_removed_and_unpack_once_per_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = Server::start(&data, &["--stack", "sh=busybox"]);
+    let admin = server.http();
+    let (status, made) = admin.post("/v1/projects", &json!({"name": "zips", "limits": {"max_packages": 2, "max_package_mib": 1}})).await;
+    assert_eq!(status, 201, "{made}");
+    let http = server.http_as(made["token"]["token"].as_str());
+    let zip = |text: &str| common::zip_of(&[("worker.sh", text)]);
+
+    // Clashing names and lying headers: refused at upload, naming the body.
+    let clash = common::zip_of(&[("a", "file"), ("a/b", "under a file")]);
+    let (status, error) = http.post_raw("/v1/packages", clash).await;
+    assert_eq!((status, error["error"]["field"].as_str()), (400, Some("body")), "{error}");
+    let mut lying = zip_bomb("data", b"z", 4096);
+    let central = lying.windows(4).rposition(|w| w == [0x50, 0x4b, 0x01, 0x02]).unwrap();
+    lying[central + 24..central + 28].copy_from_slice(&1u32.to_le_bytes());
+    let (status, error) = http.post_raw("/v1/packages", lying).await;
+    assert_eq!((status, error["error"]["field"].as_str()), (400, Some("body")), "{error}");
+
+    // A quota of two packages: the same bytes again are the one it has.
+    for text in ["echo one", "echo two", "echo one"] {
+        let (status, body) = http.post_raw("/v1/packages", zip(text)).await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let (status, error) = http.post_raw("/v1/packages", zip("echo three")).await;
+    assert_eq!((status, error["error"]["code"].as_str()), (429, Some("quota_exceeded")), "{error}");
+    let out = server.cli_as(made["token"]["token"].as_str().unwrap(), &["package", "ls"]);
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && listed.contains("2 of 2 packages"), "{listed}");
+
+    // A package a code runs stays; removing the code removes it.
+    let (_, first) = http.post_raw("/v1/packages", zip("echo one")).await;
+    let digest = first["digest"].as_str().unwrap().to_string();
+    let code = json!({"name": "runs", "package": {"digest": digest, "size": 1, "runtime": "sh", "executable": "worker.sh"}});
+    assert_eq!(http.post("/v1/codes?project=zips", &code).await.0, 201);
+    let (status, error) = http.delete(&format!("/v1/packages/{digest}")).await;
+    assert_eq!(status, 409, "{error}");
+    assert_eq!(http.delete("/v1/codes/runs").await.0, 204);
+    let (_, list) = http.get("/v1/packages").await;
+    assert_eq!(list["packages"].as_array().unwrap().len(), 1, "the code's package went with it: {list}");
+    let other = list["packages"][0]["digest"].as_str().unwrap().to_string();
+    assert_eq!(http.delete(&format!("/v1/packages/{other}")).await.0, 204);
+    assert_eq!(http.delete(&format!("/v1/packages/{other}")).await.0, 404);
+
+    // 1 MiB of bytes per project: a zip that is larger is refused.
+    let big: Vec<u8> = (0..1_200_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    let mut raw = std::io::Cursor::new(Vec::new());
+    {
+        use std::io::Write;
+        let mut writer = zip::ZipWriter::new(&mut raw);
+        writer.start_file("noise", zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored)).unwrap();
+        writer.write_all(&big).unwrap();
+        writer.finish().unwrap();
+    }
+    let (status, error) = http.post_raw("/v1/packages", raw.into_inner()).await;
+    assert_eq!((status, error["error"]["code"].as_str()), (429, Some("quota_exceeded")), "{error}");
+
+    // A small zip that unpacks to 96 MiB, four tasks at once: one unpack.
+    let bomb = zip_bomb("fill", &[0u8; 1024 * 1024], 96);
+    assert!(bomb.len() < 512 * 1024, "{} bytes", bomb.len());
+    let (status, stored) = admin.post_raw("/v1/packages", bomb).await;
+    assert_eq!(status, 201, "{stored}");
+    let code = json!({"name": "bomb", "package": {"digest": stored["digest"], "size": 1, "runtime": "sh", "executable": "worker.sh"}});
+    assert_eq!(admin.post("/v1/codes", &code).await.0, 201);
+    let (status, batch) =
+        admin.post("/v1/tasks/batch", &json!({"tasks": [{"code": "bomb"}, {"code": "bomb"}, {"code": "bomb"}, {"code": "bomb"}]})).await;
+    assert_eq!(status, 201, "{batch}");
+    for id in batch["ids"].as_array().unwrap() {
+        let done = admin.wait_terminal(id.as_str().unwrap(), Duration::from_secs(60)).await;
+        assert_eq!(done["state"], "succeeded", "{done}");
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let log = std::fs::read_to_string(data.with_extension("log")).unwrap();
+    assert_eq!(log.lines().filter(|l| l.contains("unpacked a code package")).count(), 1, "one unpack for four attempts");
+}
