@@ -424,12 +424,28 @@ pub async fn schedule(client: &Client, args: ScheduleArgs) -> Result<ExitCode> {
             }
         }
         ScheduleCommand::Ls { project, json } => {
-            let list: Value = client.get(&format!("/v1/schedules{}", query(&project))).await?;
+            // Every page, following `next`.
+            let mut all: Vec<Value> = Vec::new();
+            let mut after: Option<String> = None;
+            loop {
+                let mut path = format!("/v1/schedules{}", query(&project));
+                path.push(if path.contains('?') { '&' } else { '?' });
+                path.push_str("limit=1000");
+                if let Some(after) = &after {
+                    path.push_str(&format!("&after={}", encode(after)));
+                }
+                let page: Value = client.get(&path).await?;
+                all.extend(page["schedules"].as_array().cloned().unwrap_or_default());
+                match page["next"].as_str() {
+                    Some(next) => after = Some(next.to_string()),
+                    None => break,
+                }
+            }
             if json {
-                println!("{}", serde_json::to_string_pretty(&list)?);
+                println!("{}", serde_json::to_string_pretty(&json!({ "schedules": all }))?);
                 return Ok(ExitCode::SUCCESS);
             }
-            let schedules: Vec<Schedule> = serde_json::from_value(list["schedules"].clone()).context("reading the schedules")?;
+            let schedules: Vec<Schedule> = serde_json::from_value(Value::Array(all)).context("reading the schedules")?;
             print_table(&SCHEDULE_HEADER, &schedule_rows(&schedules));
         }
         ScheduleCommand::Inspect { id, json } => {
@@ -443,7 +459,15 @@ pub async fn schedule(client: &Client, args: ScheduleArgs) -> Result<ExitCode> {
             if let Some(task) = &s.last_task {
                 println!("\nLast task:   {task} ({})", s.last_fired_at.map_or("-".into(), |t| t.to_rfc3339()));
             }
-            println!("Overlap:     {:?}, catch up: {:?}", s.spec.overlap, s.spec.catch_up);
+            let word = |v: Value| v.as_str().map(str::to_string).unwrap_or_default();
+            println!("Overlap:     {}, catch up: {}", word(json!(s.spec.overlap)), word(json!(s.spec.catch_up)));
+            if s.failed > 0 || s.reason.is_some() {
+                println!(
+                    "Failed:      {} slot(s) could not make their task{}",
+                    s.failed,
+                    s.reason.as_ref().map(|r| format!(": {}", safe(r))).unwrap_or_default()
+                );
+            }
             println!("Task:        {}", safe(&Value::Object(s.spec.task.clone()).to_string()));
         }
         ScheduleCommand::Pause { id } => change(client, &id, "pause").await?,

@@ -156,3 +156,97 @@ async fn packages_have_a_quota_are_removed_and_unpack_once_per_node() {
     let log = std::fs::read_to_string(data.with_extension("log")).unwrap();
     assert_eq!(log.lines().filter(|l| l.contains("unpacked a code package")).count(), 1, "one unpack for four attempts");
 }
+
+/// Item 12: a revoked token's open event stream and followed log end
+/// (before, both went on for as long as the client kept them).
+#[tokio::test]
+async fn a_revoked_token_loses_its_open_streams() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &[]);
+    let admin = server.http();
+    let (status, made) = admin.post("/v1/projects", &json!({"name": "streams"})).await;
+    assert_eq!(status, 201, "{made}");
+    let token = made["token"]["token"].as_str().unwrap().to_string();
+    let token_id = made["token"]["id"].as_str().unwrap().to_string();
+    let http = server.http_as(Some(&token));
+    let (status, task) =
+        http.post("/v1/tasks", &json!({"image": "busybox", "command": ["sh", "-c", "while true; do echo tick; sleep 0.2; done"]})).await;
+    assert_eq!(status, 201, "{task}");
+    let id = task["id"].as_str().unwrap().to_string();
+    let client = reqwest::Client::new();
+    let open = |path: String| {
+        let (client, token, base) = (client.clone(), token.clone(), server.url.clone());
+        async move {
+            let mut response = client.get(format!("{base}{path}")).bearer_auth(&token).send().await.unwrap();
+            assert_eq!(response.status(), 200);
+            // Read until the server ends the response; how long that took.
+            let began = Instant::now();
+            while let Ok(Some(_)) = response.chunk().await {}
+            began.elapsed()
+        }
+    };
+    let events = tokio::spawn(open("/v1/events".into()));
+    let logs = tokio::spawn(open(format!("/v1/tasks/{id}/logs?follow=true")));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!events.is_finished() && !logs.is_finished(), "both streams stay open while the token lives");
+    let revoked_at = Instant::now();
+    let (status, body) = admin.delete(&format!("/v1/projects/streams/tokens/{token_id}")).await;
+    assert_eq!(status, 204, "{body}");
+    for (what, stream) in [("events", events), ("logs", logs)] {
+        let ended = tokio::time::timeout(Duration::from_secs(10), stream).await;
+        assert!(ended.is_ok(), "the {what} stream went on after its token was revoked");
+    }
+    eprintln!("streams ended {:?} after the revocation", revoked_at.elapsed());
+    assert_eq!(http.get("/v1/tasks").await.0, 401, "and the token is refused");
+    let (status, _) = admin.post(&format!("/v1/tasks/{id}/cancel"), &json!({})).await;
+    assert_eq!(status, 200);
+}
+
+/// Items 14, 15, 16: a schedule blocked by its project's quota ends after
+/// its `run_times` runs with the reason on it and a single log line; a
+/// project has a bounded number of schedules, listed a page at a time; a
+/// cron pattern that never matches is refused.
+#[tokio::test]
+async fn a_blocked_schedule_ends_with_its_reason_and_schedules_are_bounded_and_paged() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = Server::start(&data, &[]);
+    let admin = server.http();
+    let (status, made) = admin.post("/v1/projects", &json!({"name": "cron", "limits": {"max_queued": 0, "max_schedules": 3}})).await;
+    assert_eq!(status, 201, "{made}");
+    let http = server.http_as(made["token"]["token"].as_str());
+    let task = json!({"image": "busybox", "command": ["true"]});
+    let (status, blocked) = http.post("/v1/schedules", &json!({"run_every": 1, "run_times": 3, "task": task})).await;
+    assert_eq!(status, 201, "{blocked}");
+    let id = blocked["id"].as_str().unwrap().to_string();
+    let began = Instant::now();
+    let done = loop {
+        let (_, s) = http.get(&format!("/v1/schedules/{id}")).await;
+        if s["state"] == "done" {
+            break s;
+        }
+        assert!(began.elapsed() < Duration::from_secs(30), "a blocked schedule never ended: {s}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!((done["fired"].as_u64(), done["failed"].as_u64()), (Some(0), Some(3)), "{done}");
+    assert!(done["reason"].as_str().unwrap_or_default().contains("queued"), "{done}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let log = std::fs::read_to_string(data.with_extension("log")).unwrap();
+    assert_eq!(log.lines().filter(|l| l.contains("schedule slots failed")).count(), 1, "one line for three failed slots");
+
+    // Never matching: refused (the cron library would look to the year 5000).
+    let (status, error) = http.post("/v1/schedules", &json!({"cron": "0 0 31 2 *", "end_at": "2099-01-01T00:00:00Z", "task": task})).await;
+    assert_eq!((status, error["error"]["field"].as_str()), (400, Some("cron")), "{error}");
+    // Three at most (the done one does not count), paged.
+    for _ in 0..3 {
+        assert_eq!(http.post("/v1/schedules", &json!({"cron": "@daily", "task": task})).await.0, 201);
+    }
+    let (status, error) = http.post("/v1/schedules", &json!({"cron": "@daily", "task": task})).await;
+    assert_eq!((status, error["error"]["code"].as_str()), (429, Some("quota_exceeded")), "{error}");
+    let (_, first) = http.get("/v1/schedules?limit=3").await;
+    assert_eq!(first["schedules"].as_array().unwrap().len(), 3, "{first}");
+    let next = first["next"].as_str().expect("a next page").to_string();
+    let (_, second) = http.get(&format!("/v1/schedules?limit=3&after={next}")).await;
+    assert_eq!((second["schedules"].as_array().unwrap().len(), second.get("next")), (1, None), "{second}");
+    assert_eq!(http.get("/v1/schedules?limit=0").await.0, 400);
+}

@@ -21,6 +21,12 @@ pub const MISSED_AFTER: Duration = Duration::from_secs(30);
 /// The most slots fired for one schedule at one look (more are missed).
 pub const MAX_SLOTS_AT_ONCE: usize = 100;
 
+/// A cron pattern must match within this many years of its schedule's
+/// start: the cron library looks as far as the year 5000 for the next
+/// time of a pattern that never matches (`0 0 31 2 *`), hundreds of
+/// milliseconds of CPU per look.
+pub const CRON_HORIZON_YEARS: i32 = 8;
+
 /// What to do when a slot comes due while the schedule's previous task is
 /// still queued or running.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -56,8 +62,9 @@ pub struct ScheduleSpec {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub project: String,
     /// A cron expression: five fields (minute hour day-of-month month
-    /// day-of-week), or six with seconds first; `@hourly`, `@daily`, ….
-    /// Not with `run_every`.
+    /// day-of-week), or six with seconds first (`* * * * * *` is every
+    /// second); `@hourly`, `@daily`, …. It must match within 8 years. Not
+    /// with `run_every`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cron: Option<String>,
     /// The IANA time zone the cron expression is read in (default `UTC`).
@@ -74,7 +81,9 @@ pub struct ScheduleSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>, format = DateTime)]
     pub end_at: Option<Timestamp>,
-    /// Fire at most this many times.
+    /// At most this many runs: slots that made a task, or failed to (its
+    /// project's quota, a deleted code), so that a blocked schedule still
+    /// ends. Slots skipped by `overlap` or missed do not count.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_times: Option<u32>,
     /// The task each slot creates, as for `POST /v1/tasks` (it may name a
@@ -132,14 +141,22 @@ pub struct Schedule {
     pub next_at: Option<Timestamp>,
     /// Slots that created a task.
     pub fired: u32,
-    /// Slots skipped (overlap, missed, quota).
+    /// Slots skipped (overlap, missed, and those that failed).
     pub skipped: u32,
+    /// Slots whose task could not be made (a quota, a deleted code):
+    /// counted by `run_times` with `fired`.
+    #[serde(default)]
+    pub failed: u32,
     /// The task the last fired slot created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_task: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>, format = DateTime)]
     pub last_fired_at: Option<Timestamp>,
+    /// Why its latest slots were skipped (its task could not be made: a
+    /// quota, a deleted code); gone once a slot fires again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     #[serde(flatten)]
     pub spec: ScheduleSpec,
 }
@@ -182,16 +199,22 @@ impl ScheduleSpec {
                 Ok(Slots::Every { every_ms: i64::from(every) * 1000, anchor: self.start_at.unwrap_or(created_at), end })
             }
             (Some(text), None) => {
+                if text.split_whitespace().count() > 6 {
+                    return Err(FieldError::new("cron", format!("`{text}`: five fields, or six with seconds first")));
+                }
                 let cron = croner::Cron::from_str(text.trim()).map_err(|e| FieldError::new("cron", format!("`{text}`: {e}")))?;
                 let zone_name = self.time_zone.as_deref().unwrap_or("UTC");
                 let zone = chrono_tz::Tz::from_str(zone_name)
                     .map_err(|_| FieldError::new("time_zone", format!("`{zone_name}` is not an IANA time zone (e.g. Europe/Berlin)")))?;
-                let slots = Slots::Cron { cron: Box::new(cron), zone, end };
-                // A pattern that matches no time at all (30 February).
-                if slots.after(created_at.minus(Duration::from_millis(1))).is_none() && end.is_none() {
-                    return Err(FieldError::new("cron", format!("`{text}` never matches")));
+                // A pattern that matches no time at all (30 February), or
+                // none for years: refused without asking the cron library,
+                // which would look until the year 5000.
+                let from = self.start_at.unwrap_or(created_at).max(created_at);
+                let year = to_chrono(from).map_or(1970, |t| chrono::Datelike::year(&t));
+                if !matches_within(&cron, year, CRON_HORIZON_YEARS) {
+                    return Err(FieldError::new("cron", format!("`{text}` matches no day within {CRON_HORIZON_YEARS} years")));
                 }
-                Ok(slots)
+                Ok(Slots::Cron { cron: Box::new(cron), zone, end })
             }
         }
     }
@@ -201,6 +224,31 @@ impl ScheduleSpec {
         let from = self.start_at.unwrap_or(created_at).max(created_at);
         slots.after(from.minus(Duration::from_millis(1)))
     }
+}
+
+/// Whether `cron` matches some day in `years` years from `from_year` (day
+/// by day: at most some 3,000 cheap checks; any hour, minute and second
+/// field matches some value).
+fn matches_within(cron: &croner::Cron, from_year: i32, years: i32) -> bool {
+    let pattern = &cron.pattern;
+    for year in from_year..from_year.saturating_add(years) {
+        if !pattern.year_match(year).unwrap_or(false) {
+            continue;
+        }
+        for month in 1..=12u32 {
+            if !pattern.month_match(month).unwrap_or(false) {
+                continue;
+            }
+            let days = chrono::NaiveDate::from_ymd_opt(year, month, 1)
+                .and_then(|first| first.checked_add_months(chrono::Months::new(1)))
+                .and_then(|next| next.pred_opt())
+                .map_or(28, |last| chrono::Datelike::day(&last));
+            if (1..=days).any(|day| pattern.day_match(year, month, day).unwrap_or(false)) {
+                return true;
+            }
+        }
+    }
+    false
 }
 
 fn to_chrono(at: Timestamp) -> Option<chrono::DateTime<chrono::Utc>> {
@@ -245,9 +293,10 @@ pub struct Due {
     pub next: Option<Timestamp>,
 }
 
-/// Decides what the slots due at `now` do. `fired`: slots fired so far;
-/// `previous_running`: the schedule's last task is still queued or running.
-pub fn due(spec: &ScheduleSpec, slots: &Slots, next: Timestamp, now: Timestamp, fired: u32, previous_running: bool) -> Due {
+/// Decides what the slots due at `now` do. `used`: slots that fired or
+/// failed so far (what `run_times` counts); `previous_running`: the
+/// schedule's last task is still queued or running.
+pub fn due(spec: &ScheduleSpec, slots: &Slots, next: Timestamp, now: Timestamp, used: u32, previous_running: bool) -> Due {
     let mut missed = 0u32;
     let mut last_missed = None;
     let mut timely = Vec::new();
@@ -296,7 +345,7 @@ pub fn due(spec: &ScheduleSpec, slots: &Slots, next: Timestamp, now: Timestamp, 
         fire.truncate(keep);
     }
     if let Some(max) = spec.run_times {
-        let left = max.saturating_sub(fired) as usize;
+        let left = max.saturating_sub(used) as usize;
         if fire.len() >= left {
             skipped += (fire.len() - left) as u32;
             fire.truncate(left);
@@ -362,6 +411,16 @@ mod tests {
         assert_eq!(field(json!({"run_every": 5, "time_zone": "UTC"})), "time_zone");
         assert_eq!(field(json!({"run_every": 5, "run_times": 0})), "run_times");
         assert_eq!(field(json!({"run_every": 5, "start_at": "2026-02-01T00:00:00Z", "end_at": "2026-01-01T00:00:00Z"})), "end_at");
+        // Never matching is refused by a bounded look, with an end or not
+        // (the cron library would look until the year 5000).
+        for never in ["0 0 31 2 *", "0 0 30 2 *", "0 0 31 4,6,9,11 *"] {
+            assert_eq!(field(json!({"cron": never})), "cron", "{never}");
+            assert_eq!(field(json!({"cron": never, "end_at": "2030-01-01T00:00:00Z"})), "cron", "{never} with an end");
+        }
+        assert_eq!(field(json!({"cron": "0 0 0 1 1 * 2099"})), "cron", "a year field (seven fields) is not cron here");
+        // Rare but real: 29 February, seconds first.
+        assert!(spec(json!({"cron": "0 0 29 2 *"})).slots(now).is_ok());
+        assert!(spec(json!({"cron": "*/5 * * * * *"})).slots(now).is_ok());
     }
 
     fn every_10s(extra: Value) -> (ScheduleSpec, Slots) {

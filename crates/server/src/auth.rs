@@ -232,14 +232,40 @@ pub async fn caller_of(state: &AppState, headers: &axum::http::HeaderMap) -> Res
     }
 }
 
+/// The token a request came with (a request extension beside its
+/// [`Caller`]): what a long-lived response checks again while it lasts.
+#[derive(Clone)]
+pub struct BearerToken(pub String);
+
+/// How often a long-lived response (an event stream, a followed log)
+/// checks that its token is still live.
+const STREAM_CHECK_EVERY: Duration = Duration::from_millis(500);
+
+/// Resolves once `token` no longer admits anyone (revoked, or its project
+/// removed): a stream it opened ends then. Revoked through this server it
+/// is seen within [`STREAM_CHECK_EVERY`]; through another, within the
+/// token cache's 2 s more.
+pub async fn revoked(state: AppState, token: String) {
+    loop {
+        tokio::time::sleep(STREAM_CHECK_EVERY).await;
+        if let Ok(None) = state.auth.identify(state.store.as_ref(), &token).await {
+            return;
+        }
+    }
+}
+
 /// Middleware: authenticates the request, applies the token's rate limit,
-/// and hands the [`Caller`] to the handler as a request extension.
-pub async fn authenticate(State(state): State<AppState>, request: Request, next: Next) -> Response {
+/// and hands the [`Caller`] (and the [`BearerToken`]) to the handler as
+/// request extensions.
+pub async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let Some(token) = bearer(request.headers()).map(str::to_string) else {
         return ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "missing `Authorization: Bearer TOKEN` header").into_response();
     };
     match admit(&state, &token).await {
-        Ok(caller) => run_as(caller, request, next).await,
+        Ok(caller) => {
+            request.extensions_mut().insert(BearerToken(token));
+            run_as(caller, request, next).await
+        }
         Err(response) => *response,
     }
 }

@@ -168,9 +168,11 @@ async fn list_codes(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(project): Path<String>,
+    RawQuery(raw): RawQuery,
 ) -> IronResult<Json<Value>> {
+    let paging = Paging::from_query(raw)?;
     let codes = state.codes.list(&caller, Some(&project)).await?;
-    Ok(Json(json!({ "codes": codes.iter().map(code_json).collect::<Vec<_>>() })))
+    Ok(Json(json!({ "codes": paging.page(&codes).iter().map(code_json).collect::<Vec<_>>() })))
 }
 
 async fn get_code(
@@ -749,9 +751,30 @@ async fn list_schedules(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(project): Path<String>,
+    RawQuery(raw): RawQuery,
 ) -> IronResult<Json<Value>> {
+    let paging = Paging::from_query(raw)?;
     let schedules = state.schedules.list(&caller, Some(&project)).await?;
-    Ok(Json(json!({ "schedules": schedules.iter().map(schedule_json).collect::<Vec<_>>() })))
+    Ok(Json(json!({ "schedules": paging.page(&schedules).iter().map(schedule_json).collect::<Vec<_>>() })))
+}
+
+/// IronWorker's paging of lists: `page` (from 0) of `per_page` (default 30, at most 100).
+#[derive(Debug, Default, Deserialize)]
+struct Paging {
+    page: Option<usize>,
+    per_page: Option<usize>,
+}
+
+impl Paging {
+    fn from_query(raw: Option<String>) -> Result<Paging, IronError> {
+        serde_urlencoded::from_str(raw.as_deref().unwrap_or("")).map_err(|e| IronError::bad(format!("bad query: {e}")))
+    }
+
+    fn page<'a, T>(&self, all: &'a [T]) -> &'a [T] {
+        let per_page = self.per_page.unwrap_or(30).clamp(1, 100);
+        let start = self.page.unwrap_or(0).saturating_mul(per_page).min(all.len());
+        &all[start..(start + per_page).min(all.len())]
+    }
 }
 
 async fn get_schedule(

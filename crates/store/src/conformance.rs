@@ -651,8 +651,10 @@ pub async fn schedules(store: &dyn Store) {
         next_at: Some(Timestamp(next)),
         fired: 0,
         skipped: 0,
+        failed: 0,
         last_task: None,
         last_fired_at: None,
+        reason: None,
         spec: every.clone(),
     };
     store.create_schedule(schedule("a", 10_000)).await.unwrap();
@@ -669,6 +671,8 @@ pub async fn schedules(store: &dyn Store) {
         expected_next: Timestamp(10_000),
         next: Some(Timestamp(20_000)),
         skipped: 2,
+        failed: 0,
+        reason: None,
         tasks: vec![task.clone()],
         audit: vec![],
         at: Timestamp(10_001),
@@ -704,12 +708,56 @@ pub async fn schedules(store: &dyn Store) {
         expected_next: Timestamp(5_000),
         next: Some(Timestamp(15_000)),
         skipped: 0,
+        failed: 0,
+        reason: None,
         tasks: vec![],
         audit: vec![],
         at: Timestamp(5_000),
     };
     assert!(matches!(store.fire_schedule(stale.clone(), &lease).await, Err(StoreError::Fenced { .. })));
     assert!(store.fire_schedule(stale, &other).await.unwrap());
+    // A slot whose task could not be made: counted as failed, with the
+    // reason shown until a slot fires again.
+    let failing = ScheduleFiring {
+        id: "b".into(),
+        expected_next: Timestamp(15_000),
+        next: Some(Timestamp(25_000)),
+        skipped: 1,
+        failed: 1,
+        reason: Some("project p may have 0 queued tasks".into()),
+        tasks: vec![],
+        audit: vec![],
+        at: Timestamp(15_000),
+    };
+    assert!(store.fire_schedule(failing, &other).await.unwrap());
+    let b = store.get_schedule("b").await.unwrap().expect("b");
+    assert_eq!((b.failed, b.skipped, b.reason.as_deref()), (1, 1, Some("project p may have 0 queued tasks")));
+    let quiet = ScheduleFiring {
+        id: "b".into(),
+        expected_next: Timestamp(25_000),
+        next: Some(Timestamp(35_000)),
+        skipped: 1,
+        failed: 0,
+        reason: None,
+        tasks: vec![],
+        audit: vec![],
+        at: Timestamp(25_000),
+    };
+    assert!(store.fire_schedule(quiet, &other).await.unwrap());
+    assert!(store.get_schedule("b").await.unwrap().unwrap().reason.is_some(), "an overlap skip keeps the reason");
+    let fires = ScheduleFiring {
+        id: "b".into(),
+        expected_next: Timestamp(35_000),
+        next: Some(Timestamp(45_000)),
+        skipped: 0,
+        failed: 0,
+        reason: None,
+        tasks: vec![new_task(&mut gen, spec("p"))],
+        audit: vec![],
+        at: Timestamp(35_000),
+    };
+    assert!(store.fire_schedule(fires, &other).await.unwrap());
+    assert_eq!(store.get_schedule("b").await.unwrap().unwrap().reason, None, "a slot that fires clears it");
 }
 
 /// Packages are kept per project by digest; progress is read back with the task.

@@ -267,6 +267,10 @@ pub struct ScheduleFiring {
     pub next: Option<Timestamp>,
     /// Slots skipped this time (added to the schedule's count).
     pub skipped: u32,
+    /// Of those, slots whose task could not be made (added to `failed`).
+    pub failed: u32,
+    /// Why they could not (the schedule's `reason`; `None` clears it).
+    pub reason: Option<String>,
     /// One task per slot fired (added to the schedule's count; the last
     /// becomes its `last_task`).
     pub tasks: Vec<shepherd_core::NewTask>,

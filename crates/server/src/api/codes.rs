@@ -171,12 +171,19 @@ pub async fn delete_package(
 pub struct ScheduleQuery {
     /// The project (the admin sees every project's by default).
     pub project: Option<String>,
+    /// At most this many (1 to 1000, default 100).
+    pub limit: Option<usize>,
+    /// The page after this schedule id (the previous page's `next`).
+    pub after: Option<String>,
 }
 
-/// Schedules, oldest first.
+/// Schedules, oldest first, a page at a time.
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ScheduleList {
     pub schedules: Vec<Schedule>,
+    /// Where the next page starts (`?after=`), if there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
 }
 
 /// Create a schedule.
@@ -198,7 +205,18 @@ pub async fn list_schedules(
     RawQuery(raw): RawQuery,
 ) -> Result<Json<ScheduleList>, ApiError> {
     let q: ScheduleQuery = query(raw)?;
-    Ok(Json(ScheduleList { schedules: state.schedules.list(&caller, q.project.as_deref()).await? }))
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::field("limit", "1 to 1000"));
+    }
+    let all = state.schedules.list(&caller, q.project.as_deref()).await?;
+    let start = match &q.after {
+        Some(after) => all.iter().position(|s| s.id == *after).map_or(all.len(), |at| at + 1),
+        None => 0,
+    };
+    let schedules: Vec<Schedule> = all.iter().skip(start).take(limit).cloned().collect();
+    let next = (all.len() > start + limit).then(|| schedules.last().map(|s| s.id.clone())).flatten();
+    Ok(Json(ScheduleList { schedules, next }))
 }
 
 /// One schedule.

@@ -76,6 +76,7 @@ impl EventFilter {
 pub async fn events(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
+    token: Option<Extension<crate::auth::BearerToken>>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>>, ApiError> {
@@ -115,8 +116,16 @@ pub async fn events(
     let (tx, rx) = mpsc::channel::<Event>(256);
     let subscribers = state.metrics.subscribers().clone();
     subscribers.inc();
+    // The stream ends once its token is revoked.
+    let revoked = token.map(|Extension(token)| crate::auth::revoked(state.clone(), token.0));
     tokio::spawn(async move {
-        follow(&hub, &filter, last, batches, &tx).await;
+        match revoked {
+            Some(revoked) => tokio::select! {
+                _ = follow(&hub, &filter, last, batches, &tx) => {}
+                _ = revoked => tracing::info!("event stream ended: its token was revoked"),
+            },
+            None => follow(&hub, &filter, last, batches, &tx).await,
+        }
         subscribers.dec();
     });
     let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (Ok(e), rx)) });

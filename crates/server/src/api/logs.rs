@@ -51,6 +51,8 @@ struct Follow {
     /// The attempt of the last chunk sent, and whether it ended a line.
     attempt: Option<u32>,
     at_line_start: bool,
+    /// Set once the request's token is revoked: the follow ends.
+    revoked: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Follow {
@@ -82,6 +84,9 @@ impl Follow {
 impl Follow {
     async fn next(mut self) -> Option<(Result<Vec<u8>, std::io::Error>, Follow)> {
         loop {
+            if self.revoked.load(std::sync::atomic::Ordering::Relaxed) {
+                return None;
+            }
             let chunks = match self.store.read_logs(self.id, self.after, PAGE).await {
                 Ok(chunks) => chunks,
                 Err(e) => {
@@ -118,6 +123,7 @@ impl Follow {
 pub async fn logs(
     State(state): State<AppState>,
     Extension(caller): Extension<crate::auth::Caller>,
+    token: Option<Extension<crate::auth::BearerToken>>,
     Path(id): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
@@ -141,7 +147,32 @@ pub async fn logs(
         skip: query.offset,
         attempt: None,
         at_line_start: true,
+        revoked: Arc::default(),
     };
+    if let (true, Some(Extension(token))) = (query.follow, token) {
+        // A follow lasts as long as its token: watched while the follow lives.
+        let flag = Arc::downgrade(&follow.revoked);
+        let state = state.clone();
+        tokio::spawn(async move {
+            let watch = crate::auth::revoked(state, token.0);
+            tokio::pin!(watch);
+            loop {
+                tokio::select! {
+                    _ = &mut watch => {
+                        if let Some(flag) = flag.upgrade() {
+                            flag.store(true, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        return;
+                    }
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                        if flag.strong_count() == 0 {
+                            return; // the follow ended
+                        }
+                    }
+                }
+            }
+        });
+    }
     let stream = futures_util::stream::unfold(follow, Follow::next);
     Response::builder()
         .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")

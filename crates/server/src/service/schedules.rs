@@ -31,12 +31,24 @@ pub struct ScheduleService {
     /// Wakes the firing loop when a schedule is created or resumed.
     pub wakeup: Arc<Notify>,
     ids: std::sync::Mutex<ulid::Generator>,
+    /// When each schedule last logged that its slots failed (a line a
+    /// minute at most per schedule; the count and reason are on it).
+    warned: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
 }
+
+/// A schedule's failing slots are logged at most this often.
+const WARN_EVERY: Duration = Duration::from_secs(60);
 
 impl ScheduleService {
     /// The service over a store and the task service that makes its tasks.
     pub fn new(store: Arc<dyn Store>, tasks: Arc<TaskService>) -> ScheduleService {
-        ScheduleService { store, tasks, wakeup: Arc::new(Notify::new()), ids: std::sync::Mutex::new(ulid::Generator::new()) }
+        ScheduleService {
+            store,
+            tasks,
+            wakeup: Arc::new(Notify::new()),
+            ids: std::sync::Mutex::new(ulid::Generator::new()),
+            warned: Default::default(),
+        }
     }
 
     /// Checks a schedule (its timing, and that its task would be accepted
@@ -50,7 +62,24 @@ impl ScheduleService {
         }
         spec.task.insert("project".into(), spec.project.clone().into());
         let now = Timestamp::now();
-        let slots = spec.slots(now)?;
+        // Checking a cron pattern is CPU work: off the async runtime.
+        let checked = spec.clone();
+        let slots = tokio::task::spawn_blocking(move || checked.slots(now)).await.map_err(|_| TaskError::Store(StoreError::Closed))??;
+        let limits = self.store.get_project(&spec.project).await?.map(|p| p.limits).unwrap_or_default();
+        let kept = self
+            .store
+            .list_schedules(Some(spec.project.clone()))
+            .await?
+            .iter()
+            .filter(|s| matches!(s.state, ScheduleState::Active | ScheduleState::Paused))
+            .count() as u64;
+        if kept >= limits.schedules() {
+            return Err(TaskError::QuotaExceeded(format!(
+                "project {} may have {} schedules (active or paused) and has {kept}: cancel some",
+                spec.project,
+                limits.schedules()
+            )));
+        }
         // The task as it would be made now: refused here rather than at every slot.
         let owner = Caller::Schedule { project: spec.project.clone(), id: "new".into() };
         let made = self.make_task(&owner, &spec).await.map_err(|e| match e {
@@ -73,8 +102,10 @@ impl ScheduleService {
             next_at,
             fired: 0,
             skipped: 0,
+            failed: 0,
             last_task: None,
             last_fired_at: None,
+            reason: None,
             spec,
         };
         self.store.create_schedule(schedule.clone()).await?;
@@ -91,7 +122,9 @@ impl ScheduleService {
         }
     }
 
-    /// The caller's project's schedules (the admin's: of `project`, or all).
+    /// The caller's project's schedules (the admin's: of `project`, or
+    /// all), oldest first (each project holds at most its `max_schedules`
+    /// live ones; the edges page what they answer).
     pub async fn list(&self, caller: &Caller, project: Option<&str>) -> Result<Vec<Schedule>, TaskError> {
         let project = match (caller.project(), project) {
             (None, None) => None,
@@ -118,7 +151,10 @@ impl ScheduleService {
             return Err(TaskError::Conflict(format!("schedule {id} is {}, not paused", s.state.as_str())));
         }
         let now = Timestamp::now();
-        let slots = s.spec.slots(s.created_at)?;
+        let checked = s.spec.clone();
+        let created = s.created_at;
+        let slots =
+            tokio::task::spawn_blocking(move || checked.slots(created)).await.map_err(|_| TaskError::Store(StoreError::Closed))??;
         // From now, but never a slot that fired already (this server's clock
         // may be behind the leader's) nor one before start_at.
         let mut from = now.minus(Duration::from_millis(1));
@@ -128,7 +164,7 @@ impl ScheduleService {
         if let Some(start) = s.spec.start_at {
             from = from.max(start.minus(Duration::from_millis(1)));
         }
-        let next = slots.after(from).filter(|_| s.spec.run_times.is_none_or(|max| s.fired < max));
+        let next = slots.after(from).filter(|_| s.spec.run_times.is_none_or(|max| s.fired.saturating_add(s.failed) < max));
         let state = if next.is_some() { ScheduleState::Active } else { ScheduleState::Done };
         self.store.set_schedule_state(id, state, next).await?;
         self.audit(caller, &s, "schedule.resume").await;
@@ -179,11 +215,13 @@ impl ScheduleService {
 
     async fn fire_one(&self, s: &Schedule, now: Timestamp, lease: &shepherd_store::Lease) -> Result<usize, StoreError> {
         let Some(expected) = s.next_at else { return Ok(0) };
-        let firing = |next, skipped, tasks, audit| ScheduleFiring {
+        let firing = |next, skipped, failed, reason, tasks, audit| ScheduleFiring {
             id: s.id.clone(),
             expected_next: expected,
             next,
             skipped,
+            failed,
+            reason,
             tasks,
             audit,
             at: now,
@@ -192,7 +230,8 @@ impl ScheduleService {
             Ok(slots) => slots,
             Err(e) => {
                 tracing::error!(schedule = %s.id, error = %e, "a stored schedule no longer parses; it is stopped");
-                self.store.fire_schedule(firing(None, 0, Vec::new(), Vec::new()), lease).await?;
+                let reason = Some(format!("no longer parses: {e}"));
+                self.store.fire_schedule(firing(None, 0, 0, reason, Vec::new(), Vec::new()), lease).await?;
                 return Ok(0);
             }
         };
@@ -203,9 +242,10 @@ impl ScheduleService {
             },
             None => false,
         };
-        let decision = due(&s.spec, &slots, expected, now, s.fired, running);
+        let decision = due(&s.spec, &slots, expected, now, s.fired.saturating_add(s.failed), running);
         let owner = Caller::Schedule { project: s.spec.project.clone(), id: s.id.clone() };
         let (mut tasks, mut audit, mut skipped) = (Vec::new(), Vec::new(), decision.skipped);
+        let (mut failed, mut reason) = (0, None);
         if !decision.fire.is_empty() {
             match self.slot_tasks(&owner, s, &decision.fire).await {
                 Ok((made, lines)) => (tasks, audit) = (made, lines),
@@ -213,19 +253,40 @@ impl ScheduleService {
                 Err(TaskError::Store(e)) => return Err(e),
                 Err(e) => {
                     // The task cannot be made now (its code deleted, the
-                    // project's queue full): the slots pass, counted.
-                    tracing::warn!(schedule = %s.id, error = %e, "schedule slots skipped");
-                    skipped += decision.fire.len() as u32;
+                    // project's queue full): the slots pass, counted as
+                    // failed (run_times counts them), the reason on the
+                    // schedule, a log line a minute at most.
+                    failed = decision.fire.len() as u32;
+                    skipped += failed;
+                    reason = Some(e.to_string());
+                    if self.should_warn(&s.id) {
+                        tracing::warn!(schedule = %s.id, error = %e, failed_so_far = s.failed + failed, "schedule slots failed (logged once a minute; see the schedule's reason)");
+                    }
                 }
             }
         }
         let fired = tasks.len();
-        let wrote = self.store.fire_schedule(firing(decision.next, skipped, tasks, audit), lease).await?;
+        let wrote = self.store.fire_schedule(firing(decision.next, skipped, failed, reason, tasks, audit), lease).await?;
         if wrote && fired > 0 {
             self.tasks.wakeup.notify_one();
             tracing::info!(schedule = %s.id, tasks = fired, skipped, "schedule fired");
         }
         Ok(if wrote { fired } else { 0 })
+    }
+
+    /// Whether a schedule's failing slots may be logged now.
+    fn should_warn(&self, id: &str) -> bool {
+        let mut warned = self.warned.lock().unwrap_or_else(|e| e.into_inner());
+        if warned.len() > 10_000 {
+            warned.retain(|_, at| at.elapsed() < WARN_EVERY);
+        }
+        match warned.get(id) {
+            Some(at) if at.elapsed() < WARN_EVERY => false,
+            _ => {
+                warned.insert(id.to_string(), std::time::Instant::now());
+                true
+            }
+        }
     }
 
     async fn slot_tasks(

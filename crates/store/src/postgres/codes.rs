@@ -21,7 +21,7 @@ fn code_from(row: &Row) -> Result<Code, StoreError> {
 }
 
 const CODE_COLUMNS: &str = "r.revision, r.created_at, r.rolled_back_from, r.spec";
-const SCHEDULE_COLUMNS: &str = "id, spec, created_at, state, next_at, fired, skipped, last_task, last_fired_at";
+const SCHEDULE_COLUMNS: &str = "id, spec, created_at, state, next_at, fired, skipped, last_task, last_fired_at, failed, reason";
 
 fn schedule_from(row: &Row) -> Result<Schedule, StoreError> {
     let spec: ScheduleSpec = serde_json::from_str(row.get::<_, &str>(1)).map_err(|e| corrupt("schedule spec", e))?;
@@ -35,6 +35,8 @@ fn schedule_from(row: &Row) -> Result<Schedule, StoreError> {
         skipped: to_u32(row.get(6)),
         last_task: row.get(7),
         last_fired_at: row.get::<_, Option<i64>>(8).map(Timestamp),
+        failed: to_u32(row.get(9)),
+        reason: row.get(10),
         spec,
     })
 }
@@ -218,7 +220,8 @@ impl PgStore {
         let changed = tx
             .execute(
                 "UPDATE schedules SET next_at = $3, state = $4, fired = fired + $5, skipped = skipped + $6, \
-                 last_task = COALESCE($7, last_task), last_fired_at = CASE WHEN $5 > 0 THEN $8 ELSE last_fired_at END \
+                 last_task = COALESCE($7, last_task), last_fired_at = CASE WHEN $5 > 0 THEN $8 ELSE last_fired_at END, \
+                 failed = failed + $9, reason = CASE WHEN $5 > 0 OR $10::text IS NOT NULL THEN $10 ELSE reason END \
                  WHERE id = $1 AND state = 'active' AND next_at = $2",
                 &[
                     &f.id,
@@ -229,6 +232,8 @@ impl PgStore {
                     &i64::from(f.skipped),
                     &last,
                     &f.at.millis(),
+                    &i64::from(f.failed),
+                    &f.reason,
                 ],
             )
             .await

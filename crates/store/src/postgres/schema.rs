@@ -267,6 +267,11 @@ const MIGRATIONS: &[&str] = &[
     r#"
     CREATE TABLE node_credentials (node_id TEXT COLLATE "C" PRIMARY KEY, credential TEXT NOT NULL);
     "#,
+    // 14: schedules' failed slots and why (see the SQLite schema, 21).
+    r#"
+    ALTER TABLE schedules ADD COLUMN failed BIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE schedules ADD COLUMN reason TEXT;
+    "#,
 ];
 
 /// Data changes a migration needs that SQL alone cannot make.

@@ -91,7 +91,7 @@ pub fn code_limits(conn: &Connection) -> Result<Vec<CodeLimit>, StoreError> {
     Ok(limits)
 }
 
-const SCHEDULE_COLUMNS: &str = "id, spec, created_at, state, next_at, fired, skipped, last_task, last_fired_at";
+const SCHEDULE_COLUMNS: &str = "id, spec, created_at, state, next_at, fired, skipped, last_task, last_fired_at, failed, reason";
 
 fn schedule_from(row: &Row<'_>) -> Result<Schedule, StoreError> {
     let spec: ScheduleSpec = serde_json::from_str(&row.get::<_, String>(1)?).map_err(|e| corrupt("schedule spec", e))?;
@@ -105,6 +105,8 @@ fn schedule_from(row: &Row<'_>) -> Result<Schedule, StoreError> {
         skipped: row.get::<_, i64>(6)?.clamp(0, u32::MAX.into()) as u32,
         last_task: row.get(7)?,
         last_fired_at: row.get::<_, Option<i64>>(8)?.map(Timestamp),
+        failed: row.get::<_, i64>(9)?.clamp(0, u32::MAX.into()) as u32,
+        reason: row.get(10)?,
         spec,
     })
 }
@@ -185,7 +187,8 @@ pub fn advance_schedule(conn: &Connection, f: &ScheduleFiring) -> Result<bool, S
     let changed = conn
         .prepare_cached(
             "UPDATE schedules SET next_at = ?3, state = ?4, fired = fired + ?5, skipped = skipped + ?6, \
-             last_task = COALESCE(?7, last_task), last_fired_at = CASE WHEN ?5 > 0 THEN ?8 ELSE last_fired_at END \
+             last_task = COALESCE(?7, last_task), last_fired_at = CASE WHEN ?5 > 0 THEN ?8 ELSE last_fired_at END, \
+             failed = failed + ?9, reason = CASE WHEN ?5 > 0 OR ?10 IS NOT NULL THEN ?10 ELSE reason END \
              WHERE id = ?1 AND state = 'active' AND next_at = ?2",
         )?
         .execute(params![
@@ -196,7 +199,9 @@ pub fn advance_schedule(conn: &Connection, f: &ScheduleFiring) -> Result<bool, S
             fired,
             i64::from(f.skipped),
             last,
-            f.at.millis()
+            f.at.millis(),
+            i64::from(f.failed),
+            f.reason
         ])?;
     Ok(changed > 0)
 }

@@ -300,6 +300,11 @@ const MIGRATIONS: &[&str] = &[
     r#"
     CREATE TABLE node_credentials (node_id TEXT PRIMARY KEY, credential TEXT NOT NULL);
     "#,
+    // 21: schedules' slots whose task could not be made, and why.
+    r#"
+    ALTER TABLE schedules ADD COLUMN failed BIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE schedules ADD COLUMN reason TEXT;
+    "#,
 ];
 
 /// Data changes a migration needs that SQL alone cannot make.
