@@ -11,6 +11,14 @@ trap 'rm -rf "$root"' EXIT
 mkdir -p "$root"/{bin,usr/local/bin,tmp,etc,data}
 chmod 1777 "$root/tmp"
 cp "$bin" "$root/usr/local/bin/shepherd"
+# The static warm-container runner beside it (where the node looks), so
+# that machines made from this image run warm tasks too.
+runner=${SHEPHERD_RUNNER_STATIC:-$(dirname "$bin")/../x86_64-unknown-linux-gnu/release/shepherd-runner}
+if [ -f "$runner" ]; then
+    cp "$runner" "$root/usr/local/bin/shepherd-runner"
+else
+    echo "build-shepherd-image: no static shepherd-runner at $runner: machines of this image run tasks with reuse cold" >&2
+fi
 # The dynamic loader and every library the binary links, at the same paths.
 for lib in $(ldd "$bin" | grep -oE '/[^ ]+'); do
     mkdir -p "$root$(dirname "$lib")"

@@ -11,6 +11,16 @@ and shepherd:pool, booted with a cloud-init script that installs the
 shepherd binary and runs `shepherd agent` under systemd with the machine's
 own join token.
 
+The join token travels in the instance's user-data, which the instance
+metadata service (IMDS) serves to anything on the host that asks. So the
+instances require IMDSv2 (session tokens) with a hop limit of 1: a task's
+container is one network hop further than the host, so its requests to
+169.254.169.254 never get a token and read nothing (user-data, the
+instance role's credentials). The cloud-init script also removes the token
+from the user-data's copy on disk once the agent has it in its own file.
+Keep it that way: with IMDSv1 or a hop limit of 2, any task could read the
+join token and register nodes of its own.
+
 Environment (all required unless noted):
   SHEPHERD_EC2_AMI            an AMI with Docker Engine installed
   SHEPHERD_EC2_SUBNET         the subnet the instances go in
@@ -72,6 +82,8 @@ WantedBy=multi-user.target
 UNIT
 systemctl daemon-reload
 systemctl enable --now shepherd-agent
+# The token is in /etc/shepherd-agent.env (0600) now: not in cloud-init's copy.
+rm -f /var/lib/cloud/instance/user-data.txt /var/lib/cloud/instance/scripts/part-001
 """
 
 
@@ -104,6 +116,8 @@ def create(request):
         "--security-group-ids", os.environ["SHEPHERD_EC2_SECURITY_GROUP"],
         "--count", "1",
         "--user-data", user_data(request),
+        # IMDSv2 only, one hop: the host reads its metadata, a container never.
+        "--metadata-options", "HttpTokens=required,HttpPutResponseHopLimit=1,HttpEndpoint=enabled",
         "--tag-specifications", f"ResourceType=instance,Tags=[{tags(request)}]",
         "--client-token", request["machine"]["id"],  # EC2's own idempotency key
     )

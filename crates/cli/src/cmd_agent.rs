@@ -41,6 +41,7 @@ pub async fn agent(args: AgentArgs) -> Result<ExitCode> {
         None => None,
     };
     println!("shepherd agent: node {node_id} joining {} ({})", args.join.join, node.why);
+    println!("  warm:    {}", node.warm);
     use std::io::Write;
     let _ = std::io::stdout().flush();
     let registration = shepherd_agent::remote::Registration {

@@ -106,6 +106,24 @@ pub struct RunArgs {
     /// (default 1000). Implies --reuse.
     #[arg(long, value_name = "N")]
     reuse_max_tasks: Option<u32>,
+    /// The user the command runs as, as `docker run --user` takes it
+    /// (NAME, UID or UID:GID).
+    #[arg(long, short = 'u', value_name = "USER")]
+    user: Option<String>,
+    /// The working directory in the container (absolute).
+    #[arg(long, value_name = "DIR")]
+    workdir: Option<String>,
+    /// A device the node offers, by name (e.g. fuse), if the project's
+    /// policy allows it (repeatable).
+    #[arg(long = "device", value_name = "NAME")]
+    devices: Vec<String>,
+    /// GPUs the task needs.
+    #[arg(long, value_name = "N")]
+    gpus: Option<u32>,
+    /// A private scratch directory (a tmpfs owned by the task's numeric
+    /// user), TARGET:SIZE_MIB, e.g. /work:256.
+    #[arg(long, value_name = "TARGET:MIB", value_parser = parse_scratch)]
+    scratch: Option<shepherd_core::ScratchSpec>,
     /// Wait this long after submission before the first attempt (30s, 10m, 2h; at most a year).
     #[arg(long, value_parser = parse_timeout, conflicts_with = "start_at")]
     delay: Option<u32>,
@@ -190,6 +208,11 @@ pub async fn run(client: &Client, args: RunArgs) -> Result<ExitCode> {
     spec.delay_seconds = args.delay;
     spec.start_at = args.start_at;
     spec.webhook = args.webhook.clone();
+    spec.user = args.user.clone();
+    spec.workdir = args.workdir.clone();
+    spec.devices = args.devices.clone();
+    spec.gpus = args.gpus.unwrap_or(0);
+    spec.scratch = args.scratch.clone();
     if args.reuse || args.reuse_idle.is_some() || args.reuse_max_tasks.is_some() {
         let defaults = shepherd_core::ReusePolicy::default();
         spec.reuse = Some(shepherd_core::ReusePolicy {
@@ -256,6 +279,11 @@ fn code_request(args: &RunArgs, code: &str, spec: TaskSpec) -> Result<serde_json
     keep("networks", !spec.networks.is_empty());
     keep("volumes", !args.volumes.is_empty());
     keep("pull_policy", args.pull.is_some());
+    keep("user", args.user.is_some());
+    keep("workdir", args.workdir.is_some());
+    keep("devices", !args.devices.is_empty());
+    keep("gpus", args.gpus.is_some());
+    keep("scratch", args.scratch.is_some());
     let mut body = full;
     if args.cpu.is_none() && args.memory.is_none() {
         body.remove("resources");
@@ -273,6 +301,13 @@ fn code_request(args: &RunArgs, code: &str, spec: TaskSpec) -> Result<serde_json
         body.insert("code_revision".into(), revision.into());
     }
     Ok(body)
+}
+
+/// `TARGET:SIZE_MIB`: a task's scratch directory.
+fn parse_scratch(text: &str) -> Result<shepherd_core::ScratchSpec, String> {
+    let (target, size) = text.rsplit_once(':').ok_or_else(|| format!("`{text}`: use TARGET:SIZE_MIB, e.g. /work:256"))?;
+    let size_mib = size.parse().map_err(|_| format!("`{size}` is not a size in MiB"))?;
+    Ok(shepherd_core::ScratchSpec { target: target.to_string(), size_mib })
 }
 
 /// `NAME:/target[:ro]`: a project volume, never a host path.
@@ -309,6 +344,12 @@ fn in_flag_terms(error: anyhow::Error) -> anyhow::Error {
         "delay_seconds" => "--delay",
         "start_at" => "--start-at",
         "reuse.max_tasks" => "--reuse-max-tasks",
+        "user" => "--user",
+        "workdir" => "--workdir",
+        "devices" => "--device",
+        "gpus" => "--gpus",
+        "scratch" => "--scratch",
+        "webhook" => "--webhook",
         _ => return error,
     };
     anyhow::anyhow!("{flag}: {} (HTTP {})", failure.message, failure.status)
@@ -538,7 +579,8 @@ pub async fn inspect(client: &Client, args: InspectArgs) -> Result<ExitCode> {
         println!("Reason:      {}", safe(reason));
     }
     if let Some(queue) = &task.queue {
-        println!("Queue:       #{} in project {}, #{} in the cluster", queue.in_project, safe(&task.project), queue.in_cluster);
+        let cluster = queue.in_cluster.map(|n| format!(", #{n} in the cluster")).unwrap_or_default();
+        println!("Queue:       #{} in project {}{cluster}", queue.in_project, safe(&task.project));
         match queue.estimated_start {
             Some(at) => println!("Starts:      about {} ({})", at.to_rfc3339(), safe(&queue.estimate)),
             None => println!("Starts:      {}", safe(&queue.estimate)),

@@ -326,12 +326,14 @@ async fn run_cluster(server: ServerFlags, node: Option<&NodeFlags>, write_cli_co
                 node.capacity.cpu_millicores, node.capacity.memory_mib, flags.max_tasks
             );
             println!("           ({})", node.why);
+            println!("  warm:    {}", node.warm);
         }
         _ => println!("  node:    none here: tasks wait for agents (shepherd agent --join {url})"),
     }
-    match &join_token {
-        Some(_) => println!("  agents:  join with `shepherd agent --join {url} --join-token …`"),
-        None => println!("  agents:  none can join (no --join-token)"),
+    match (&join_token, &server.autoscale_config) {
+        (Some(_), _) => println!("  agents:  join with `shepherd agent --join {url} --join-token …`"),
+        (None, Some(_)) => println!("  agents:  only the autoscaler's machines join (each with its own token); others need --join-token"),
+        (None, None) => println!("  agents:  none can join (no --join-token)"),
     }
     println!("  profiles: {profiles}");
     println!("  openapi: {url}/v1/openapi.json");
@@ -373,5 +375,7 @@ pub async fn server(args: ServerArgs) -> Result<ExitCode> {
              unless its only agents are the machines of --autoscale-config"
         );
     }
+    // A server is often one of several, or remote from its users: it leaves
+    // the CLI config alone and says how to point the CLI at it instead.
     run_cluster(args.server, None, false).await
 }

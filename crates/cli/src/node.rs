@@ -171,34 +171,55 @@ fn is_static_elf(path: &std::path::Path) -> bool {
     (0..phnum).all(|i| u32_at(phoff + i * phentsize).is_some_and(|kind| kind != 3 /* PT_INTERP */))
 }
 
-/// The warm-container settings of the docker driver: `None` (every task
-/// cold) without a static runner.
-fn warm_config(flags: &NodeFlags) -> Option<shepherd_agent::driver::warm::WarmConfig> {
-    if flags.warm_max == 0 {
-        return None;
+/// How to build the static runner, for the messages that miss it.
+const BUILD_RUNNER: &str =
+    "RUSTFLAGS=\"-C target-feature=+crt-static\" cargo build --release -p shepherd-runner --target x86_64-unknown-linux-gnu";
+
+/// Where the static runner may be: `--runner` or `$SHEPHERD_RUNNER` when
+/// given (only there); else next to this binary, then where the static
+/// build puts it beside a `target/release` binary
+/// (`target/x86_64-unknown-linux-gnu/release/`).
+fn runner_candidates(flags: &NodeFlags) -> (Vec<PathBuf>, bool) {
+    if let Some(explicit) = flags.runner.clone().or_else(|| std::env::var_os("SHEPHERD_RUNNER").map(PathBuf::from)) {
+        return (vec![explicit], true);
     }
-    let explicit = flags.runner.clone().or_else(|| std::env::var_os("SHEPHERD_RUNNER").map(PathBuf::from));
-    let runner = explicit.clone().or_else(|| std::env::current_exe().ok().and_then(|exe| Some(exe.parent()?.join("shepherd-runner"))))?;
-    let runner = match runner.canonicalize() {
-        Ok(path) if is_static_elf(&path) => path,
-        Ok(path) => {
-            tracing::warn!(runner = %path.display(), "not a static binary: warm containers are off, tasks with reuse run cold");
-            return None;
-        }
-        Err(e) => {
-            if explicit.is_some() {
-                tracing::warn!(runner = %runner.display(), error = %e, "no runner: warm containers are off, tasks with reuse run cold");
-            } else {
-                tracing::info!("no shepherd-runner next to this binary: warm containers are off, tasks with reuse run cold");
+    let Some(dir) = std::env::current_exe().ok().and_then(|exe| exe.parent().map(PathBuf::from)) else { return (Vec::new(), false) };
+    let mut candidates = vec![dir.join("shepherd-runner")];
+    if let Some(target) = dir.parent() {
+        candidates.push(target.join("x86_64-unknown-linux-gnu").join(dir.file_name().unwrap_or_default()).join("shepherd-runner"));
+    }
+    (candidates, false)
+}
+
+/// The warm-container settings of the docker driver (`None`: every task
+/// cold, without a static runner) and what to say of them on the banner.
+fn warm_config(flags: &NodeFlags) -> (Option<shepherd_agent::driver::warm::WarmConfig>, String) {
+    if flags.warm_max == 0 {
+        return (None, "off (--warm-max 0): tasks with reuse run cold".into());
+    }
+    let (candidates, explicit) = runner_candidates(flags);
+    let mut dynamic = None;
+    for candidate in &candidates {
+        match candidate.canonicalize() {
+            Ok(path) if is_static_elf(&path) => {
+                let config = shepherd_agent::driver::warm::WarmConfig {
+                    runner: path.clone(),
+                    max_per_key: flags.warm_max,
+                    max_per_project: flags.warm_max_per_project as usize,
+                };
+                return (Some(config), format!("on, up to {} per task key (runner {})", flags.warm_max, path.display()));
             }
-            return None;
+            Ok(path) => dynamic = dynamic.or(Some(path)),
+            Err(_) => {}
         }
+    }
+    let why = match (dynamic, explicit) {
+        (Some(path), _) => format!("{} is not a static binary", path.display()),
+        (None, true) => format!("no runner at {}", candidates.first().map(|p| p.display().to_string()).unwrap_or_default()),
+        (None, false) => "no static shepherd-runner next to this binary".into(),
     };
-    Some(shepherd_agent::driver::warm::WarmConfig {
-        runner,
-        max_per_key: flags.warm_max,
-        max_per_project: flags.warm_max_per_project as usize,
-    })
+    tracing::warn!("{why}: warm containers are off, tasks with reuse run cold");
+    (None, format!("OFF: {why}, so tasks with reuse run cold; build it with\n           {BUILD_RUNNER}"))
 }
 
 /// `$XDG_DATA_HOME/shepherd`, else `~/.local/share/shepherd`.
@@ -234,8 +255,8 @@ pub async fn stop_signal() {
 }
 
 /// Picks the driver; says why.
-pub async fn choose_driver(flags: &NodeFlags, node_id: &str, data_dir: &std::path::Path) -> Result<(Arc<dyn Driver>, String)> {
-    let warm = warm_config(flags);
+pub async fn choose_driver(flags: &NodeFlags, node_id: &str, data_dir: &std::path::Path) -> Result<(Arc<dyn Driver>, String, String)> {
+    let (warm, warm_note) = warm_config(flags);
     let image_cleanup = flags.image_cleanup_above.0.map(|above_bytes| shepherd_agent::driver::images::ImageCleanup {
         above_bytes,
         unused_for: flags.image_cleanup_unused,
@@ -254,21 +275,20 @@ pub async fn choose_driver(flags: &NodeFlags, node_id: &str, data_dir: &std::pat
             ..DockerConfig::new(node_id)
         })
     };
-    match flags.driver {
+    let (driver, why): (Arc<dyn Driver>, String) = match flags.driver {
         DriverName::Process => {
-            Ok((Arc::new(ProcessDriver), "chosen with --driver process: commands run on this host; the image is recorded only".into()))
+            (Arc::new(ProcessDriver), "chosen with --driver process: commands run on this host; the image is recorded only".into())
         }
         DriverName::Docker => match docker().await {
-            Ok(driver) => Ok((Arc::new(driver), "chosen with --driver docker: every task a hardened container".into())),
+            Ok(driver) => (Arc::new(driver), "chosen with --driver docker: every task a hardened container".into()),
             Err(e) => bail!("--driver docker: {e}"),
         },
         DriverName::Auto => match docker().await {
-            Ok(driver) => Ok((Arc::new(driver), "a Docker Engine answered: every task a hardened container".into())),
-            Err(e) => {
-                Ok((Arc::new(ProcessDriver), format!("no Docker Engine ({e}): commands run on this host; the image is recorded only")))
-            }
+            Ok(driver) => (Arc::new(driver), "a Docker Engine answered: every task a hardened container".into()),
+            Err(e) => (Arc::new(ProcessDriver), format!("no Docker Engine ({e}): commands run on this host; the image is recorded only")),
         },
-    }
+    };
+    Ok((driver, why, warm_note))
 }
 
 /// How a node (or a simulated fleet) joins: the servers and the join token.
@@ -329,6 +349,8 @@ pub struct Node {
     pub(crate) labels: BTreeMap<String, String>,
     pub(crate) driver: Arc<dyn Driver>,
     pub(crate) why: String,
+    /// Whether warm containers are on, and if not why (for the banner).
+    pub(crate) warm: String,
 }
 
 pub async fn prepare_node(flags: &NodeFlags, node_id: &str, data_dir: &std::path::Path) -> Result<Node> {
@@ -356,11 +378,12 @@ pub async fn prepare_node(flags: &NodeFlags, node_id: &str, data_dir: &std::path
         let names: Vec<&str> = flags.devices.iter().map(|d| d.name.as_str()).collect();
         labels.insert(shepherd_sched::DEVICES_LABEL.to_string(), names.join(","));
     }
-    let (driver, why) = choose_driver(flags, node_id, data_dir).await?;
+    let (driver, why, warm) = choose_driver(flags, node_id, data_dir).await?;
     if (flags.gpus > 0 || !flags.devices.is_empty()) && driver.name() != "docker" {
         bail!("--device and --gpus need the docker driver");
     }
-    Ok(Node { capacity, labels, driver, why })
+    let warm = if driver.name() == "docker" { warm } else { "no (the docker driver runs them)".into() };
+    Ok(Node { capacity, labels, driver, why, warm })
 }
 
 /// Says what a stop left running, and the two ways to deal with it.

@@ -500,13 +500,14 @@ pub struct Progress {
 }
 
 impl Progress {
-    /// A checked report: 0 to 100 percent (rounded), a message of at most 1000 bytes.
-    pub fn new(percent: f64, message: String) -> Result<Progress, String> {
+    /// A checked report: 0 to 100 percent (rounded), a message of at most
+    /// 1000 bytes; the error names the field (`percent`, `message`).
+    pub fn new(percent: f64, message: String) -> Result<Progress, crate::FieldError> {
         if !(0.0..=100.0).contains(&percent) {
-            return Err("percent must be between 0 and 100".into());
+            return Err(crate::FieldError::new("percent", "must be between 0 and 100"));
         }
         if message.len() > 1000 {
-            return Err("the message is at most 1000 bytes".into());
+            return Err(crate::FieldError::new("message", "at most 1000 bytes"));
         }
         Ok(Progress { percent: percent.round() as u8, message })
     }
@@ -606,8 +607,10 @@ pub struct QueuePosition {
     /// then older).
     pub in_project: u64,
     /// 1 + every project's queued tasks placed before it (fair share across
-    /// projects may let it pass some of them).
-    pub in_cluster: u64,
+    /// projects may let it pass some of them). For the admin only: a
+    /// project learns nothing of other projects' queues.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_cluster: Option<u64>,
     /// When it may start, if there is a basis for a guess.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>, format = DateTime)]

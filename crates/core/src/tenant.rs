@@ -22,6 +22,14 @@ pub fn is_secret_name(name: &str) -> bool {
         && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
+/// Whether `name` is one of the names Shepherd keeps for itself among a
+/// project's secrets: its registry logins (`registry.HOST`) and its own
+/// (starting with `.`, such as the webhook signing key). No task receives
+/// them, and the secrets API neither sets, lists nor removes them.
+pub fn is_reserved_secret_name(name: &str) -> bool {
+    name.starts_with('.') || name.starts_with("registry.")
+}
+
 /// Whether `name` is a valid environment variable name.
 pub fn is_env_name(name: &str) -> bool {
     !name.is_empty()

@@ -201,6 +201,9 @@ pub fn validate(mut spec: TaskSpec, limits: &Limits, id: TaskId, now: Timestamp)
         check(crate::is_secret_name(&secret.name), &format!("secrets[{index}].name"), || {
             "1-64 of letters, digits, . _ - (not starting with .)".into()
         })?;
+        check(!crate::tenant::is_reserved_secret_name(&secret.name), &format!("secrets[{index}].name"), || {
+            format!("`{}` is a registry login: the node pulls with it, a task never receives it", secret.name)
+        })?;
         check(!spec.secrets[..index].iter().any(|s| s.name == secret.name), &format!("secrets[{index}].name"), || {
             format!("secret `{}` is listed twice", secret.name)
         })?;

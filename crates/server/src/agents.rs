@@ -221,8 +221,8 @@ async fn progress(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let node = node_of(&state, &headers)?;
     let id: TaskId = id.parse().map_err(|_| ApiError::not_found("no such task"))?;
-    let progress = shepherd_core::Progress::new(f64::from(report.progress.percent), report.progress.message)
-        .map_err(|e| ApiError::field("progress.percent", e))?;
+    let progress =
+        shepherd_core::Progress::new(f64::from(report.progress.percent), report.progress.message).map_err(|e| e.within("progress"))?;
     let taken = crate::local_backend::attempt_progress(state.store.as_ref(), Some(&node), id, report.attempt, progress).await?;
     Ok(Json(serde_json::json!({ "taken": taken })))
 }

@@ -369,7 +369,10 @@ impl Cluster {
         );
         tasks.metrics = metrics.clone();
         let tasks = Arc::new(tasks);
-        let events = crate::events::EventHub::new(dyn_store.clone());
+        // Project streams' cursors are sealed with the cluster's key, so any server resumes them.
+        let proposed = crate::auth::random_hex().map_err(|_| ClusterError::Agent("the system's random source failed".into()))?;
+        let secret = dyn_store.cluster_value("event_cursor_key", &proposed).await?;
+        let events = crate::events::EventHub::with_seal(dyn_store.clone(), crate::events::CursorSeal::new(secret.as_bytes()));
         background.push(tokio::spawn(events.clone().run(shutdown_rx.clone())));
         background.push(tokio::spawn(crate::events::prune(
             dyn_store.clone(),
@@ -413,6 +416,11 @@ impl Cluster {
         };
         background.push(tokio::spawn(state.timeline.clone().run(state.clone(), shutdown_rx.clone())));
         if let Some(listen) = config.metrics_listen {
+            if !listen.ip().is_loopback() {
+                // The metrics name every project and node, and need no token there.
+                tracing::warn!(addr = %listen, "--metrics-listen serves /metrics without a token on a non-loopback address: \
+                    every project's and node's name is readable by anyone who reaches it (firewall it, or use the API's /metrics with the admin token)");
+            }
             let listener = tokio::net::TcpListener::bind(listen).await.map_err(|source| ClusterError::Bind { addr: listen, source })?;
             let app = api::metrics_router(state.clone());
             background.push(tokio::spawn(crate::serve::serve(listener, app, None, config.serve_limits, shutdown_rx.clone())));

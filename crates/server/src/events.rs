@@ -35,13 +35,95 @@ pub struct EventHub {
     batches: broadcast::Sender<Arc<Batch>>,
     /// Where the poller has read up to (`None`: not polling: nobody follows).
     position: Mutex<Option<EventCursor>>,
+    /// Seals the cursors a project's stream hands out.
+    seal: CursorSeal,
+}
+
+/// A project's stream gets its cursors sealed (ChaCha20-Poly1305 under the
+/// cluster's key): the store's cursors count every project's events, and a
+/// tenant must learn nothing of the others' work from its own ids. The
+/// nonce is an HMAC of the cursor, so one event always has one id (a
+/// client deduplicates by it) and ids say nothing of order or distance. A
+/// sealed cursor resumes the stream on any server of the cluster, and one
+/// the cluster did not seal is refused.
+pub struct CursorSeal {
+    key: ring::aead::LessSafeKey,
+    nonces: ring::hmac::Key,
+}
+
+impl CursorSeal {
+    /// A seal under `secret` (32 bytes are used: shorter secrets are padded
+    /// by hashing).
+    pub fn new(secret: &[u8]) -> CursorSeal {
+        let derive = |label: &[u8]| {
+            let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+            context.update(label);
+            context.update(secret);
+            context.finish()
+        };
+        let digest = derive(b"event cursor key\n");
+        let unbound = ring::aead::UnboundKey::new(&ring::aead::CHACHA20_POLY1305, digest.as_ref()).unwrap_or_else(|_| {
+            // SHA-256 is exactly the key's length: never reached.
+            unreachable!("a ChaCha20-Poly1305 key is 32 bytes")
+        });
+        let nonces = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, derive(b"event cursor nonce\n").as_ref());
+        CursorSeal { key: ring::aead::LessSafeKey::new(unbound), nonces }
+    }
+
+    /// A seal under a key of this process alone (tests, embedders).
+    pub fn random() -> CursorSeal {
+        let mut secret = [0u8; 32];
+        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret);
+        CursorSeal::new(&secret)
+    }
+
+    /// `cursor`, sealed: URL-safe base64 of nonce, ciphertext and tag.
+    pub fn seal(&self, cursor: EventCursor) -> String {
+        use base64::Engine as _;
+        let mut data = cursor.to_string().into_bytes();
+        let mut nonce = [0u8; 12];
+        nonce.copy_from_slice(&ring::hmac::sign(&self.nonces, &data).as_ref()[..12]);
+        if self.key.seal_in_place_append_tag(ring::aead::Nonce::assume_unique_for_key(nonce), ring::aead::Aad::empty(), &mut data).is_err()
+        {
+            return String::new();
+        }
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&data);
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(out)
+    }
+
+    /// The cursor sealed in `text`; `None` if this cluster did not seal it.
+    pub fn open(&self, text: &str) -> Option<EventCursor> {
+        use base64::Engine as _;
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(text).ok()?;
+        if bytes.len() < 12 + 16 {
+            return None;
+        }
+        let (nonce, sealed) = bytes.split_at(12);
+        let nonce = ring::aead::Nonce::try_assume_unique_for_key(nonce).ok()?;
+        let mut sealed = sealed.to_vec();
+        let plain = self.key.open_in_place(nonce, ring::aead::Aad::empty(), &mut sealed).ok()?;
+        std::str::from_utf8(plain).ok()?.parse().ok()
+    }
 }
 
 impl EventHub {
-    /// A hub over `store`; [`EventHub::run`] polls.
+    /// A hub over `store`, its project cursors sealed with a key of this
+    /// process; [`EventHub::run`] polls.
     pub fn new(store: Arc<dyn Store>) -> Arc<EventHub> {
+        EventHub::with_seal(store, CursorSeal::random())
+    }
+
+    /// A hub whose project cursors are sealed with `seal` (the cluster's
+    /// key, so that any server resumes them).
+    pub fn with_seal(store: Arc<dyn Store>, seal: CursorSeal) -> Arc<EventHub> {
         let (batches, _) = broadcast::channel(256);
-        Arc::new(EventHub { store, batches, position: Mutex::new(None) })
+        Arc::new(EventHub { store, batches, position: Mutex::new(None), seal })
+    }
+
+    /// Seals and opens project cursors.
+    pub fn seal(&self) -> &CursorSeal {
+        &self.seal
     }
 
     /// The store the events are read from.
@@ -125,5 +207,27 @@ pub async fn prune(store: Arc<dyn Store>, leadership: crate::leader::Leadership,
             Ok(rows) => tracing::debug!(rows, "pruned old events"),
             Err(e) => tracing::warn!(error = %e, "could not prune old events"),
         }
+    }
+}
+
+#[cfg(test)]
+mod seal_tests {
+    use super::*;
+
+    #[test]
+    fn sealed_cursors_open_under_their_key_only_and_say_nothing() {
+        let seal = CursorSeal::new(b"the cluster's key");
+        let cursor = EventCursor { major: 1234, minor: 5, index: 6 };
+        let (a, b) = (seal.seal(cursor), seal.seal(cursor));
+        assert_eq!(a, b, "one event, one id");
+        assert_ne!(a, seal.seal(EventCursor { major: 1234, minor: 5, index: 7 }));
+        assert!(!a.contains("1234"));
+        assert_eq!(seal.open(&a), Some(cursor));
+        assert_eq!(CursorSeal::new(b"the cluster's key").open(&b), Some(cursor), "another server of the cluster opens it");
+        assert_eq!(CursorSeal::new(b"another cluster").open(&a), None);
+        assert_eq!(seal.open("1234-5-6"), None, "a plain cursor is not a project's");
+        let mut forged = a.into_bytes();
+        forged[20] ^= 1;
+        assert_eq!(seal.open(&String::from_utf8(forged).unwrap_or_default()), None);
     }
 }

@@ -654,7 +654,11 @@ async fn task_progress(
 ) -> IronResult<Json<Value>> {
     let body: ProgressBody = serde_json::from_slice(&body).map_err(|e| IronError::bad(format!("bad body: {e}")))?;
     let task = state.tasks.load_visible(&caller, &id).await?;
-    let progress = Progress::new(body.percent, body.msg.unwrap_or_default()).map_err(IronError::bad)?;
+    let progress =
+        Progress::new(body.percent, body.msg.unwrap_or_default()).map_err(|e| IronError::bad(format!("{}: {}", e.field, e.message)))?;
+    if task.state.is_terminal() {
+        return Err(IronError(StatusCode::CONFLICT, format!("task {} has ended: its progress is final", task.id)));
+    }
     state.store.set_progress(task.id, progress).await?;
     Ok(Json(json!({ "msg": "Progress set" })))
 }

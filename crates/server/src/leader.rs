@@ -134,7 +134,10 @@ impl Leadership {
             }
         }
         if self.is_leader() {
-            self.step_down();
+            // Stopping, not fenced: said as it is.
+            if self.current.send_replace(None).is_some() {
+                tracing::info!(server = %self.id, "stopping: giving the lease up");
+            }
             if let Err(e) = store.release_lease(&self.id).await {
                 tracing::warn!(error = %e, "could not give the lease up");
             }

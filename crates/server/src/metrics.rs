@@ -314,7 +314,9 @@ impl Metrics {
     /// the placements of the last minute (its project's if it had any, else
     /// the cluster's). Only the leader places, so on another server of a
     /// shared store the estimate is unknown.
-    pub fn queue_position(&self, task: &shepherd_core::Task, in_project: u64, in_cluster: u64) -> shepherd_core::QueuePosition {
+    /// `in_cluster` is `None` for a project's caller: nothing of other
+    /// projects (their queue, the cluster's rate) goes into its answer.
+    pub fn queue_position(&self, task: &shepherd_core::Task, in_project: u64, in_cluster: Option<u64>) -> shepherd_core::QueuePosition {
         let now = shepherd_core::Timestamp::now();
         let (estimated_start, estimate) = self.estimate(task, in_project, in_cluster, now);
         shepherd_core::QueuePosition { in_project, in_cluster, estimated_start, estimate }
@@ -324,7 +326,7 @@ impl Metrics {
         &self,
         task: &shepherd_core::Task,
         in_project: u64,
-        in_cluster: u64,
+        in_cluster: Option<u64>,
         now: shepherd_core::Timestamp,
     ) -> (Option<shepherd_core::Timestamp>, String) {
         let reason = task.reason.as_deref().unwrap_or_default();
@@ -339,7 +341,7 @@ impl Metrics {
         let (cluster, project) = self.recent.lock().map(|mut r| r.rates(second, &task.project)).unwrap_or((0.0, 0.0));
         let (wait, basis) = if project > 0.0 {
             (in_project as f64 / project, format!("from {project:.2} placements/s of project {} over the last minute", task.project))
-        } else if cluster > 0.0 {
+        } else if let Some(in_cluster) = in_cluster.filter(|_| cluster > 0.0) {
             (in_cluster as f64 / cluster, format!("from {cluster:.2} placements/s over the last minute"))
         } else {
             return match not_before {

@@ -13,6 +13,7 @@ function el(tag, attrs, ...children) {
   const node = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs || {})) {
     if (k === "class") node.className = v;
+    else if (k === "width") node.style.width = v; // through the CSSOM: the page's CSP allows no inline style
     else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
     else if (v !== undefined && v !== null) node.setAttribute(k, v);
   }
@@ -175,7 +176,7 @@ async function task(id, mine) {
   add("Labels", Object.entries(t.labels || {}).map(([k, v]) => k + "=" + v).join(", "));
   if (t.reason) add("Reason", el("span", { id: "task-reason" }, t.reason));
   if (t.queue) {
-    add("Queue", el("span", { id: "task-queue" }, "#" + t.queue.in_project + " in project " + t.project + ", #" + t.queue.in_cluster + " in the cluster"));
+    add("Queue", el("span", { id: "task-queue" }, "#" + t.queue.in_project + " in project " + t.project + (t.queue.in_cluster ? ", #" + t.queue.in_cluster + " in the cluster" : "")));
     add("Starts", t.queue.estimated_start ? "about " + when(t.queue.estimated_start) + " (" + t.queue.estimate + ")" : t.queue.estimate);
   }
   if (t.progress) add("Progress", t.progress.percent + "% " + (t.progress.message || ""));
@@ -209,7 +210,7 @@ async function task(id, mine) {
 async function nodes(mine) {
   const list = await api("/v1/nodes");
   current(mine);
-  const bar = (used, total) => el("div", { class: "bar", title: used + " / " + total }, el("span", { style: "width:" + Math.min(100, total ? (100 * used) / total : 0) + "%" }));
+  const bar = (used, total) => el("div", { class: "bar", title: used + " / " + total }, el("span", { width: Math.min(100, total ? (100 * used) / total : 0) + "%" }));
   const rows = list.nodes.map((n) => el("tr", { "data-node-id": n.id },
     el("td", { class: "mono" }, n.id), el("td", {}, n.hostname), el("td", {}, state(n.state)), el("td", {}, n.driver),
     el("td", {}, bar(n.allocated.cpu_millicores, n.capacity.cpu_millicores), n.allocated.cpu_millicores + " / " + n.capacity.cpu_millicores + " mCPU"),

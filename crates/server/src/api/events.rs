@@ -109,10 +109,28 @@ pub async fn events(
     let hub = state.events.clone();
     // Subscribed before anything is read: nothing committed from here on is missed.
     let batches = hub.subscribe();
+    // A project's cursors are sealed: its ids say nothing of other
+    // projects' events, and only a cursor this cluster sealed resumes it.
+    let sealed = filter.project_only;
+    let latest = hub.store().latest_event().await?;
     let last = match resume {
-        Some(text) => Some(text.parse::<EventCursor>().map_err(|e| ApiError::field("last-event-id", e.to_string()))?),
-        None => hub.store().latest_event().await?,
+        // From the oldest kept: says nothing of anyone.
+        Some(text) if sealed && text == "0-0-0" => Some(EventCursor { major: 0, minor: 0, index: 0 }),
+        Some(text) if sealed => Some(
+            hub.seal()
+                .open(&text)
+                .ok_or_else(|| ApiError::field("last-event-id", "not an event id of this stream (or 0-0-0: from the oldest kept)"))?,
+        ),
+        // The admin resumes from either kind.
+        Some(text) => Some(match text.parse::<EventCursor>() {
+            Ok(cursor) => cursor,
+            Err(e) => hub.seal().open(&text).ok_or_else(|| ApiError::field("last-event-id", e.to_string()))?,
+        }),
+        None => latest,
     };
+    if last.is_some() && last > latest {
+        return Err(ApiError::field("last-event-id", "is ahead of the stream: no event has that id yet"));
+    }
     let (tx, rx) = mpsc::channel::<Event>(256);
     let subscribers = state.metrics.subscribers().clone();
     subscribers.inc();
@@ -121,10 +139,10 @@ pub async fn events(
     tokio::spawn(async move {
         match revoked {
             Some(revoked) => tokio::select! {
-                _ = follow(&hub, &filter, last, batches, &tx) => {}
+                _ = follow(&hub, &filter, last, batches, &tx, sealed) => {}
                 _ = revoked => tracing::info!("event stream ended: its token was revoked"),
             },
-            None => follow(&hub, &filter, last, batches, &tx).await,
+            None => follow(&hub, &filter, last, batches, &tx, sealed).await,
         }
         subscribers.dec();
     });
@@ -139,8 +157,10 @@ async fn follow(
     mut last: Option<EventCursor>,
     mut batches: broadcast::Receiver<Arc<Batch>>,
     tx: &mpsc::Sender<Event>,
+    sealed: bool,
 ) {
-    if catch_up(hub, filter, &mut last, None, tx).await.is_err() {
+    let seal = sealed.then(|| hub.seal());
+    if catch_up(hub, filter, &mut last, None, tx, seal).await.is_err() {
         return;
     }
     loop {
@@ -152,13 +172,13 @@ async fn follow(
             Ok(batch) => {
                 // The poller read from further on than this follower has got:
                 // the gap comes from the store first.
-                let gap = if batch.after > last { catch_up(hub, filter, &mut last, batch.after, tx).await } else { Ok(()) };
+                let gap = if batch.after > last { catch_up(hub, filter, &mut last, batch.after, tx, seal).await } else { Ok(()) };
                 match gap {
-                    Ok(()) => send(filter, &mut last, &batch.events, tx).await,
+                    Ok(()) => send(filter, &mut last, &batch.events, tx, seal).await,
                     Err(()) => Err(()),
                 }
             }
-            Err(broadcast::error::RecvError::Lagged(_)) => catch_up(hub, filter, &mut last, None, tx).await,
+            Err(broadcast::error::RecvError::Lagged(_)) => catch_up(hub, filter, &mut last, None, tx, seal).await,
             Err(broadcast::error::RecvError::Closed) => return,
         };
         if result.is_err() {
@@ -176,6 +196,7 @@ async fn catch_up(
     last: &mut Option<EventCursor>,
     until: Option<EventCursor>,
     tx: &mpsc::Sender<Event>,
+    seal: Option<&crate::events::CursorSeal>,
 ) -> Result<(), ()> {
     loop {
         let page = match hub.store().read_events(*last, PAGE_ROWS).await {
@@ -190,7 +211,7 @@ async fn catch_up(
             Some(until) => page.into_iter().filter(|e| e.cursor <= until).collect(),
             None => page,
         };
-        send(filter, last, &page, tx).await?;
+        send(filter, last, &page, tx, seal).await?;
         if until.is_some_and(|u| end >= u) {
             *last = (*last).max(until);
             return Ok(());
@@ -199,7 +220,13 @@ async fn catch_up(
 }
 
 /// Sends the events after `last` that pass the filter; moves `last` on.
-async fn send(filter: &EventFilter, last: &mut Option<EventCursor>, events: &[StoredEvent], tx: &mpsc::Sender<Event>) -> Result<(), ()> {
+async fn send(
+    filter: &EventFilter,
+    last: &mut Option<EventCursor>,
+    events: &[StoredEvent],
+    tx: &mpsc::Sender<Event>,
+    seal: Option<&crate::events::CursorSeal>,
+) -> Result<(), ()> {
     for stored in events {
         if Some(stored.cursor) <= *last {
             continue;
@@ -209,7 +236,11 @@ async fn send(filter: &EventFilter, last: &mut Option<EventCursor>, events: &[St
             continue;
         }
         let data = serde_json::to_string(&stored.event).unwrap_or_default();
-        let event = Event::default().id(stored.cursor.to_string()).event(stored.event.kind()).data(data);
+        let id = match seal {
+            Some(seal) => seal.seal(stored.cursor),
+            None => stored.cursor.to_string(),
+        };
+        let event = Event::default().id(id).event(stored.event.kind()).data(data);
         tx.send(event).await.map_err(|_| ())?;
     }
     Ok(())

@@ -217,7 +217,10 @@ async fn timed(
     let started = std::time::Instant::now();
     let route = request.extensions().get::<axum::extract::MatchedPath>().cloned();
     let method = request.method().clone();
-    let response = next.run(request).await;
+    let iron = request.uri().path().starts_with("/2/");
+    let mut response = json_errors(next.run(request).await, iron).await;
+    // A browser never takes a task's output (text/plain) or a JSON answer for a page.
+    response.headers_mut().insert(axum::http::header::X_CONTENT_TYPE_OPTIONS, axum::http::HeaderValue::from_static("nosniff"));
     let route = route.as_ref().map_or("unmatched", |r| r.as_str());
     // Methods are the client's to choose: any but the standard ones are `other`.
     let method = match method.as_str() {
@@ -226,6 +229,27 @@ async fn timed(
     };
     metrics.request(route, method, response.status().as_u16(), started.elapsed());
     response
+}
+
+/// An error that an extractor answered as plain text (a path that is not
+/// UTF-8, a body that is not multipart): said as JSON, as every other
+/// error is (`{"error": …}`, or IronWorker's `{"msg": …}` under `/2/`).
+async fn json_errors(response: axum::response::Response, iron: bool) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let plain =
+        response.headers().get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("text/plain"));
+    if !(response.status().is_client_error() || response.status().is_server_error()) || !plain {
+        return response;
+    }
+    let status = response.status();
+    let text = match axum::body::to_bytes(response.into_body(), 64 * 1024).await {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).trim().to_string(),
+        Err(_) => status.canonical_reason().unwrap_or("error").to_string(),
+    };
+    if iron {
+        return (status, axum::Json(serde_json::json!({ "msg": text }))).into_response();
+    }
+    ApiError::new(status, if status.is_client_error() { "bad_request" } else { "internal" }, text).into_response()
 }
 
 /// The router of `--metrics-listen`: `/metrics` without a token, nothing else.

@@ -311,6 +311,12 @@ pub async fn put_secret(
     if !is_secret_name(&name) {
         return Err(ApiError::field("name", "1-64 of letters, digits, . _ - (not starting with .)"));
     }
+    if shepherd_core::tenant::is_reserved_secret_name(&name) {
+        return Err(ApiError::field(
+            "name",
+            "`registry.*` names are registry logins: set them with PUT /v1/projects/{p}/registries/{host}",
+        ));
+    }
     if body.value.len() > MAX_SECRET_BYTES {
         return Err(ApiError::field("value", format!("at most {MAX_SECRET_BYTES} bytes")));
     }
@@ -329,6 +335,11 @@ pub async fn delete_secret(
     Path((project, name)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     project_or_404(&state, &caller, &project).await?;
+    // Shepherd's own (the webhook signing key) and registry logins are not
+    // removed here: the webhook key rotates, logins have their own route.
+    if !is_secret_name(&name) || shepherd_core::tenant::is_reserved_secret_name(&name) {
+        return Err(ApiError::not_found(format!("no secret {name} in project {project}")));
+    }
     if !state.store.delete_secret(&project, &name).await? {
         return Err(ApiError::not_found(format!("no secret {name} in project {project}")));
     }
@@ -351,7 +362,7 @@ pub async fn list_secrets(
         .list_secrets(&project)
         .await?
         .into_iter()
-        .filter(|s| !s.name.starts_with('.'))
+        .filter(|s| !shepherd_core::tenant::is_reserved_secret_name(&s.name))
         .map(|s| SecretView { name: s.name, updated_at: s.updated_at })
         .collect();
     Ok(Json(SecretList { secrets }))

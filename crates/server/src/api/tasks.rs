@@ -184,8 +184,14 @@ pub async fn progress(
     super::error::ApiJson(progress): super::error::ApiJson<shepherd_core::Progress>,
 ) -> Result<Json<Task>, ApiError> {
     let task = state.tasks.load_visible(&caller, &id).await?;
-    let progress =
-        shepherd_core::Progress::new(f64::from(progress.percent), progress.message).map_err(|e| ApiError::field("percent", e))?;
+    let progress = shepherd_core::Progress::new(f64::from(progress.percent), progress.message)?;
+    if task.state.is_terminal() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "ended",
+            format!("task {} has ended ({}): its progress is final", task.id, task.state),
+        ));
+    }
     state.store.set_progress(task.id, progress).await?;
     Ok(Json(state.tasks.get(&caller, &id).await?))
 }

@@ -62,6 +62,9 @@ impl ScheduleService {
         }
         spec.task.insert("project".into(), spec.project.clone().into());
         let now = Timestamp::now();
+        if spec.end_at.is_some_and(|end| end <= now) {
+            return Err(FieldError::new("end_at", "is in the past: the schedule would never fire").into());
+        }
         // Checking a cron pattern is CPU work: off the async runtime.
         let checked = spec.clone();
         let slots = tokio::task::spawn_blocking(move || checked.slots(now)).await.map_err(|_| TaskError::Store(StoreError::Closed))??;

@@ -173,6 +173,7 @@ impl TaskService {
         self.notes.annotate(&mut task, self.store.shape_key());
         if task.state == shepherd_core::TaskState::Queued {
             if let Some((in_project, in_cluster)) = self.store.queue_position(task.id).await? {
+                let in_cluster = matches!(caller, Caller::Admin).then_some(in_cluster);
                 task.queue = Some(self.metrics.queue_position(&task, in_project, in_cluster));
             }
         }
