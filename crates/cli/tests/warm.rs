@@ -329,3 +329,42 @@ async fn an_agent_killed_with_warm_containers_leaves_nothing_after_its_restart()
     let left = containers_of(&node);
     assert!(left.is_empty(), "containers left: {left:?}");
 }
+
+/// Issue 27, items 5 and 19: the node reconciling twenty times a second
+/// while fifty warm tasks start loses none of them (before, a warm
+/// container made between its keep-list and its listing was removed as an
+/// orphan while it ran a task); and one project holds at most
+/// `--warm-max-per-project` warm containers on the node, across its keys
+/// (its longest idle one makes room for a new key).
+#[tokio::test]
+async fn reconciles_never_take_a_busy_warm_container_and_a_project_holds_a_bounded_number() {
+    ensure_test_image();
+    let dir = tempfile::tempdir().unwrap();
+    let runner = runner();
+    let server = Server::start_env(
+        &dir.path().join("data"),
+        "127.0.0.1:0",
+        &["--driver", "docker", "--runner", runner.as_str(), "--warm-max", "8", "--warm-max-per-project", "3", "--max-tasks", "16"],
+        &[("SHEPHERD_RECONCILE_EVERY", "0.05")],
+    );
+    let http = server.http();
+    let node = node_id(&http).await;
+    let tasks: Vec<Value> = (0..50).map(|i| warm(&format!("echo {i}; sleep 0.2"))).collect();
+    let (status, created) = http.post("/v1/tasks/batch", &json!({ "tasks": tasks })).await;
+    assert_eq!(status, 201, "{created}");
+    for id in created["ids"].as_array().unwrap() {
+        let done = http.wait_terminal(id.as_str().unwrap(), Duration::from_secs(120)).await;
+        assert_eq!(done["state"], "succeeded", "a warm task lost to a reconcile: {done}");
+        assert_eq!(done["attempts"].as_array().unwrap().len(), 1, "{done}");
+    }
+    assert!(warm_containers(&node).len() <= 3, "at most 3 of the project's: {:?}", warm_containers(&node));
+    // Five keys (five users) of one project, one after another: never more than three kept.
+    for user in 0..5 {
+        let mut task = warm("id -u");
+        task["user"] = json!(format!("{}", 1000 + user));
+        let (done, logs) = run(&http, task).await;
+        assert_eq!((done["state"].as_str(), logs.trim()), (Some("succeeded"), format!("{}", 1000 + user).as_str()), "{done}");
+        let held = warm_containers(&node);
+        assert!(held.len() <= 3, "the project holds {} warm containers: {held:?}", held.len());
+    }
+}

@@ -510,18 +510,28 @@ impl Cluster {
 /// store show it down, it fences its attempts (reconciles) before it is
 /// ready again, as a remote agent does on reconnecting.
 async fn heartbeat(store: Arc<dyn Store>, agent: Agent, node_id: String, mut shutdown: watch::Receiver<bool>) {
-    for beat in 1u64.. {
+    // Every 30 s the node reconciles, as remote agents do: a report that
+    // could not be stored (the store away longer than the agent retries)
+    // leaves its task waiting for this. (`SHEPHERD_RECONCILE_EVERY`, in
+    // seconds, for tests that race reconciles against starts.)
+    let every = std::env::var("SHEPHERD_RECONCILE_EVERY")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|s| *s > 0.0)
+        .map_or(Duration::from_secs(30), Duration::from_secs_f64);
+    let mut reconciles = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    reconciles.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut beats = tokio::time::interval_at(tokio::time::Instant::now() + Duration::from_secs(5), Duration::from_secs(5));
+    loop {
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-            _ = shutdown.changed() => return,
-        }
-        // Every 30 s the node reconciles, as remote agents do: a report
-        // that could not be stored (the store away longer than the agent
-        // retries) leaves its task waiting for this.
-        if beat % 6 == 0 {
-            if let Err(e) = agent.reconcile().await {
-                tracing::warn!(error = %e, "could not reconcile the local node");
+            _ = beats.tick() => {}
+            _ = reconciles.tick() => {
+                if let Err(e) = agent.reconcile().await {
+                    tracing::warn!(error = %e, "could not reconcile the local node");
+                }
+                continue;
             }
+            _ = shutdown.changed() => return,
         }
         match store.touch_node(&node_id, Timestamp::now(), agent.images().await).await {
             Ok(Some(NodeState::Down)) => {
