@@ -289,8 +289,6 @@ impl Agent {
                 return Err(e);
             }
         }
-        // Containers made from here on belong to attempts the list read next may predate.
-        let since = std::time::SystemTime::now();
         let mine = self.inner.backend.assigned(&self.inner.config.node_id).await?;
         // Everything still assigned here is kept, scheduled ones too: the
         // cluster may not have heard this agent's start report yet.
@@ -307,7 +305,7 @@ impl Agent {
             // Given away while we were cut off: stop it, never report it.
             self.fence(id);
         }
-        match self.inner.driver.remove_orphans(&keep, Some(since)).await {
+        match self.inner.driver.remove_orphans(&keep).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(removed = n, "removed containers of attempts this node no longer owns"),
             Err(e) => tracing::warn!(error = %e, "could not clean up leftover containers"),

@@ -131,6 +131,29 @@ struct Measured {
     samples: usize,
     /// Attempts that ran in a reused container.
     warm: usize,
+    /// Engine calls during the throughput phase, per task, by call:
+    /// (call, calls per task, mean ms per call).
+    engine_calls: Vec<(String, f64, f64)>,
+}
+
+/// The node's engine calls so far, from `/metrics`: call → (count, seconds).
+async fn engine_calls(client: &reqwest::Client, url: &str) -> Result<std::collections::BTreeMap<String, (f64, f64)>> {
+    let text = client.get(format!("{url}/metrics")).send().await?.text().await?;
+    let mut calls: std::collections::BTreeMap<String, (f64, f64)> = Default::default();
+    for line in text.lines() {
+        for (suffix, count) in [("_count{call=\"", true), ("_sum{call=\"", false)] {
+            let Some(rest) = line.strip_prefix(&format!("shepherd_engine_call_seconds{suffix}")) else { continue };
+            let Some((call, value)) = rest.split_once("\"} ") else { continue };
+            let value: f64 = value.trim().parse().unwrap_or(0.0);
+            let entry = calls.entry(call.to_string()).or_default();
+            if count {
+                entry.0 = value;
+            } else {
+                entry.1 = value;
+            }
+        }
+    }
+    Ok(calls)
 }
 
 async fn measure_shepherd(
@@ -161,6 +184,11 @@ async fn measure_shepherd(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let rate = args.tasks as f64 / started.elapsed().as_secs_f64();
+    let engine_calls = engine_calls(&client, &server.1)
+        .await?
+        .into_iter()
+        .map(|(call, (count, seconds))| (call, count / args.tasks as f64, if count > 0.0 { 1000.0 * seconds / count } else { 0.0 }))
+        .collect();
     let mut warm = 0;
     for id in created["ids"].as_array().map(Vec::as_slice).unwrap_or_default().iter().filter_map(|i| i.as_str()) {
         let task: Task = client.get(format!("{}/v1/tasks/{id}", server.1)).send().await?.json().await?;
@@ -183,7 +211,7 @@ async fn measure_shepherd(
     while Instant::now() < deadline && server.0.try_wait()?.is_none() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    Ok(Measured { rate, p50, p99, samples: latencies.len(), warm })
+    Ok(Measured { rate, p50, p99, samples: latencies.len(), warm, engine_calls })
 }
 
 /// Where a warm task's time goes, at the driver: handing the task to an
@@ -327,6 +355,9 @@ pub async fn run(args: Args) -> Result<()> {
     .await?;
     println!("shepherd cold (a container per task):         {:>7.1} tasks/s", cold.rate);
     println!("  submit→start, one at a time:                p50 {:.0} ms, p99 {:.0} ms", cold.p50, cold.p99);
+    for (call, per_task, mean_ms) in &cold.engine_calls {
+        println!("  engine call {call:<14} {per_task:>5.2} per task, {mean_ms:>7.1} ms each");
+    }
 
     let mut warm_task = cold_task.clone();
     warm_task["reuse"] = serde_json::json!({ "idle_seconds": 60 });
@@ -361,6 +392,7 @@ pub async fn run(args: Args) -> Result<()> {
             "cold_tasks_per_s": cold.rate, "warm_tasks_per_s": warm.rate, "warm_attempts": warm.warm, "swarm_tasks_per_s": swarm,
             "ratio_cold_raw": cold.rate / raw, "ratio_warm_raw": warm.rate / raw,
             "cold_submit_to_start_ms": {"p50": cold.p50, "p99": cold.p99, "samples": cold.samples},
+            "cold_engine_calls": cold.engine_calls.iter().map(|(call, per_task, ms)| serde_json::json!({"call": call, "per_task": per_task, "mean_ms": ms})).collect::<Vec<_>>(),
             "warm_submit_to_start_ms": {"p50": warm.p50, "p99": warm.p99, "samples": warm.samples},
             "warm_driver_ms": {"run_to_started": run_ms, "wait": wait_ms, "reset": reset_ms},
         });

@@ -54,11 +54,12 @@ fn every_route_is_documented() {
         "/v1/tasks/{id}/progress",
         "/v1/tasks/{id}/webhook",
         "/v1/packages",
+        "/v1/packages/{digest}",
         "/v1/projects/{project}/webhook-secret",
         "/v1/machines",
         "/v1/autoscale",
     ] {
         assert!(documented.contains(&path), "{path} is routed but not documented");
     }
-    assert_eq!(documented.len(), 43, "documented paths: {documented:?}");
+    assert_eq!(documented.len(), 44, "documented paths: {documented:?}");
 }

@@ -125,6 +125,9 @@ pub struct DockerDriver {
     digests: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, ImageFacts)>>,
     /// Which projects may run which pulled images.
     access: Arc<super::access::ImageAccess>,
+    /// Containers of attempts this driver started and has not removed yet
+    /// (named before the engine makes them): never orphans.
+    made: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 /// What an image reference resolved to.
@@ -188,6 +191,7 @@ impl DockerDriver {
         let access = Arc::new(super::access::ImageAccess::load(config.access_file.clone()));
         Ok(DockerDriver {
             access,
+            made: Default::default(),
             docker,
             config,
             networks: Default::default(),
@@ -205,7 +209,7 @@ impl DockerDriver {
     /// A network still used by another node's containers is kept. Returns
     /// how many containers and networks were removed.
     pub async fn cleanup(&self) -> Result<(usize, usize), DriverError> {
-        let containers = self.remove_orphans(&[], None).await?;
+        let containers = self.remove_orphans(&[]).await?;
         let filters = HashMap::from([("label".to_string(), vec![format!("{LABEL_NODE}={}", self.config.node_id)])]);
         let options = bollard::query_parameters::ListNetworksOptionsBuilder::default().filters(&filters).build();
         let networks = self.docker.list_networks(Some(options)).await.map_err(|e| engine_error("listing networks", e))?;
@@ -483,7 +487,8 @@ impl DockerDriver {
                 return Some(facts);
             }
         }
-        let inspected = self.docker.inspect_image(image).await.ok()?;
+        let started = std::time::Instant::now();
+        let inspected = crate::metrics::metrics().time("inspect_image", started, self.docker.inspect_image(image).await).ok()?;
         let facts = ImageFacts { digest: super::pull::image_digest(image, &inspected), id: inspected.id.clone()? };
         self.digests.lock().unwrap_or_else(|e| e.into_inner()).insert(image.to_string(), (std::time::Instant::now(), facts.clone()));
         Some(facts)
@@ -622,7 +627,8 @@ impl DockerDriver {
     /// `docker run` does) sees every byte; the stream ends once the container
     /// has exited and its output is drained.
     async fn attach(&self, container: &str, output: OutputSender) -> Result<(), bollard::errors::Error> {
-        attach(&self.docker, container, output).await
+        let started = std::time::Instant::now();
+        crate::metrics::metrics().time("attach", started, attach(&self.docker, container, output).await)
     }
 }
 
@@ -802,6 +808,10 @@ struct ContainerAttempt {
     gpus: Option<(Arc<super::devices::GpuSlots>, Vec<String>)>,
     /// The image it runs, exactly, if known.
     image_digest: Option<String>,
+    /// The driver's containers not removed yet (this one leaves it when removed).
+    made: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    /// Adopted after a restart: it may have ended while no agent watched.
+    adopted: bool,
 }
 
 /// A container's usage is sampled once it has run this long: shorter tasks
@@ -864,16 +874,27 @@ impl AttemptHandle for ContainerAttempt {
             Some(Err(e)) => return Err(engine_error("waiting for the container", e)),
             None => return Err(DriverError::Io(std::io::Error::other("the engine closed the wait stream"))),
         };
-        // The engine may record an OOM kill a while after the exit: for a
-        // SIGKILL exit Shepherd did not cause, look again for a moment
-        // before concluding it was not one. The container's OOM flag is not
-        // enough on its own: an engine that handles the exit before the OOM
-        // notification never sets it (Docker 20.10 under load), but it still
-        // logs the container's `oom` event, so that is looked for too.
+        // Only a SIGKILL exit Shepherd did not cause can be an OOM kill:
+        // any other exit of a container this agent watched from its start
+        // costs the engine no more calls (its time is the time the wait
+        // answered, within milliseconds of the engine's). An adopted one
+        // may have ended long before: the engine says when.
+        if (code != 137 || self.killed) && !self.adopted {
+            let usage = self.usage.lock().ok().and_then(|u| *u);
+            return Ok(ExitStatus { code: i32::try_from(code).unwrap_or(255), oom_killed: false, finished_at: None, usage });
+        }
+        // The engine may record an OOM kill a while after the exit: look
+        // again for a moment before concluding it was not one. The
+        // container's OOM flag is not enough on its own: an engine that
+        // handles the exit before the OOM notification never sets it
+        // (Docker 20.10 under load), but it still logs the container's
+        // `oom` event, so that is looked for too.
         let deadline = tokio::time::Instant::now() + OOM_FLAG_WAIT;
         let mut round = 0u32;
         let (oom_killed, finished_at) = loop {
-            let (mut flagged, finished_at, started_at) = match self.docker.inspect_container(&self.name, None).await {
+            let inspected = std::time::Instant::now();
+            let info = crate::metrics::metrics().time("inspect", inspected, self.docker.inspect_container(&self.name, None).await);
+            let (mut flagged, finished_at, started_at) = match info {
                 Ok(info) => {
                     let state = info.state.unwrap_or_default();
                     (
@@ -929,6 +950,7 @@ impl AttemptHandle for ContainerAttempt {
             Err(e) => return Err(engine_error("removing the container", e)),
         }
         self.removed = true;
+        self.made.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.name);
         if let Some((slots, ids)) = self.gpus.take() {
             slots.give_back(&ids);
         }
@@ -1000,7 +1022,10 @@ impl Driver for DockerDriver {
             &with_gpus
         };
         let name = container_name(spec.task_id, spec.attempt);
+        // Its own before the engine has it: a reconcile listing meanwhile keeps it.
+        self.made.lock().unwrap_or_else(|e| e.into_inner()).insert(name.clone());
         if let Err(e) = self.create_with_image(&name, spec).await {
+            self.made.lock().unwrap_or_else(|e| e.into_inner()).remove(&name);
             self.gpus.give_back(&granted);
             return Err(e);
         }
@@ -1012,6 +1037,8 @@ impl Driver for DockerDriver {
             usage: Default::default(),
             gpus: (!granted.is_empty()).then(|| (self.gpus.clone(), granted)),
             image_digest: None,
+            made: self.made.clone(),
+            adopted: false,
         };
         // Its other networks are joined before it starts.
         for network in spec.networks.iter().skip(1) {
@@ -1065,6 +1092,7 @@ impl Driver for DockerDriver {
                     .unwrap_or_default();
                 self.gpus.hold(&gpus);
                 replay(self.docker.clone(), name.clone(), output, captured, running);
+                self.made.lock().unwrap_or_else(|e| e.into_inner()).insert(name.clone());
                 Ok(Some(Box::new(ContainerAttempt {
                     docker: self.docker.clone(),
                     name,
@@ -1073,6 +1101,8 @@ impl Driver for DockerDriver {
                     usage: Default::default(),
                     gpus: (!gpus.is_empty()).then(|| (self.gpus.clone(), gpus)),
                     image_digest: None,
+                    made: self.made.clone(),
+                    adopted: true,
                 })))
             }
             Err(e) if is_status(&e, &[404]) => Ok(None),
@@ -1080,7 +1110,7 @@ impl Driver for DockerDriver {
         }
     }
 
-    async fn remove_orphans(&self, keep: &[(TaskId, u32)], since: Option<std::time::SystemTime>) -> Result<usize, DriverError> {
+    async fn remove_orphans(&self, keep: &[(TaskId, u32)]) -> Result<usize, DriverError> {
         let mut keep: Vec<String> = keep.iter().map(|(task, attempt)| container_name(*task, *attempt)).collect();
         let filters = HashMap::from([("label".to_string(), vec![format!("{LABEL_NODE}={}", self.config.node_id)])]);
         let options = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
@@ -1090,16 +1120,15 @@ impl Driver for DockerDriver {
         // engine makes it, so every one listed is in this set unless it is
         // gone for good.
         keep.extend(self.warm.as_ref().map(|pool| pool.live()).unwrap_or_default());
-        // The engine's creation times are whole seconds: a second's margin.
-        let young = since.map(|at| at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64) - 1);
+        // So are the containers of attempts this driver started (named
+        // before the engine makes them) and has not removed: the keep-list
+        // may predate them.
+        keep.extend(self.made.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned());
         let (mut removed, mut failed) = (0, 0);
         for container in containers {
             let names = container.names.unwrap_or_default();
             if names.iter().any(|n| keep.contains(&n.trim_start_matches('/').to_string())) {
                 continue;
-            }
-            if young.is_some_and(|young| container.created.unwrap_or(0) >= young) {
-                continue; // made after the snapshot of what to keep
             }
             let Some(id) = container.id else { continue };
             let options = RemoveContainerOptionsBuilder::default().force(true).v(true).build();

@@ -225,7 +225,7 @@ impl Driver for FakeDriver {
         Ok(live.map(|live| self.handle(task_id, attempt, live)))
     }
 
-    async fn remove_orphans(&self, keep: &[(TaskId, u32)], _since: Option<std::time::SystemTime>) -> Result<usize, DriverError> {
+    async fn remove_orphans(&self, keep: &[(TaskId, u32)]) -> Result<usize, DriverError> {
         let mut state = self.lock();
         let orphans: Vec<(TaskId, u32)> = state.surviving.keys().filter(|k| !keep.contains(k)).copied().collect();
         for key in &orphans {

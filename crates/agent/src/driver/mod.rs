@@ -191,10 +191,10 @@ pub trait Driver: Send + Sync + 'static {
     ) -> Result<Option<Box<dyn AttemptHandle>>, DriverError>;
 
     /// After a restart: stops and removes everything of this node's that
-    /// belongs to no attempt in `keep`. Returns how many it removed.
-    /// With `since`, what was made at or after it is kept too: `keep` is a
-    /// snapshot taken then, and attempts started after it are not in it.
-    async fn remove_orphans(&self, _keep: &[(TaskId, u32)], _since: Option<std::time::SystemTime>) -> Result<usize, DriverError> {
+    /// belongs to no attempt in `keep` (nor to one this driver started and
+    /// has not removed yet: `keep` is a snapshot, and attempts started
+    /// after it are not in it). Returns how many it removed.
+    async fn remove_orphans(&self, _keep: &[(TaskId, u32)]) -> Result<usize, DriverError> {
         Ok(0)
     }
 

@@ -138,8 +138,13 @@ reporter = worker.queue(code_name="hello", payload={"progress": True, "token": T
 reported = wait_for(worker, reporter.id, ["complete", "error"])
 check(reported.status == "complete", "the reporting task completes: %s" % worker.log(reporter.id))
 check(reported.percent == 60, "its progress is shown: %s%%" % reported.percent)
-worker.setProgress(reporter.id, 100, "done, said from outside")
-check(worker.task(reporter.id).percent == 100, "progress set from a client")
+# Its progress is final once it ended: a late report is refused (409).
+try:
+    worker.setProgress(reporter.id, 100, "done, said from outside")
+    check(False, "progress after the end is refused")
+except Exception as e:
+    check(getattr(getattr(e, "response", None), "status_code", None) == 409, "progress after the end is refused: %s" % e)
+check(worker.task(reporter.id).percent == 60, "the progress stays as the task left it")
 
 # A schedule, seen firing.
 scheduled = worker.queue(code_name="hello", payload={"from": "schedule"}, run_every=1, run_times=2)
