@@ -48,6 +48,97 @@ pub struct Args {
     /// Also write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Cold only, paired: this many rounds, each raw cycles and Shepherd
+    /// tasks back to back (the order alternating), `--tasks` of each per
+    /// round, on one running server; the ratio of each round and their
+    /// median. The engine's own rate drifts by ±10% from minute to
+    /// minute here; pairs taken a minute apart see the same engine.
+    #[arg(long)]
+    paired_rounds: Option<usize>,
+}
+
+/// `tasks` tasks of `task` through a running server, in one batch: tasks/s.
+async fn shepherd_round(client: &reqwest::Client, url: &str, task: &serde_json::Value, tasks: usize) -> Result<f64> {
+    let before: serde_json::Value = client.get(format!("{url}/v1/health")).send().await?.json().await?;
+    let done_before = before["tasks"]["succeeded"].as_u64().unwrap_or(0);
+    let batch = serde_json::json!({ "tasks": vec![task.clone(); tasks] });
+    let started = Instant::now();
+    let response = client.post(format!("{url}/v1/tasks/batch")).json(&batch).send().await?;
+    if response.status().as_u16() != 201 {
+        bail!("batch refused: {}", response.text().await?);
+    }
+    loop {
+        let health: serde_json::Value = client.get(format!("{url}/v1/health")).send().await?.json().await?;
+        let failed: u64 = ["failed", "timed_out", "cancelled"].iter().map(|s| health["tasks"][s].as_u64().unwrap_or(0)).sum();
+        if failed > 0 {
+            bail!("tasks did not succeed: {health}");
+        }
+        if health["tasks"]["succeeded"].as_u64().unwrap_or(0) >= done_before + tasks as u64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(tasks as f64 / started.elapsed().as_secs_f64())
+}
+
+/// The paired cold measurement (`--paired-rounds`).
+async fn paired(args: &Args, binary: &std::path::Path, driver: Arc<DockerDriver>, rounds: usize) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let concurrency = args.concurrency.to_string();
+    let server = start_server(binary, &dir.path().join("cold"), &["--driver", "docker", "--max-tasks", &concurrency, "--warm-max", "0"])?;
+    let client = crate::ingest::bench_client();
+    let task = serde_json::json!({"image": args.image, "command": ["true"], "pull_policy": "never"});
+    println!(
+        "paired cold rounds: {rounds} × ({} raw cycles, {} tasks), {} in flight, image {}",
+        args.tasks, args.tasks, args.concurrency, args.image
+    );
+    let before = engine_calls(&client, &server.1).await?;
+    let (mut ratios, mut raw_total, mut cold_total) = (Vec::new(), 0.0, 0.0);
+    for round in 0..rounds {
+        // Alternating which goes first, so a drift within a round favours neither.
+        let (raw, cold) = if round % 2 == 0 {
+            let raw = raw_cycles(driver.clone(), &args.image, args.tasks, args.concurrency).await?;
+            (raw, shepherd_round(&client, &server.1, &task, args.tasks).await?)
+        } else {
+            let cold = shepherd_round(&client, &server.1, &task, args.tasks).await?;
+            (raw_cycles(driver.clone(), &args.image, args.tasks, args.concurrency).await?, cold)
+        };
+        println!("  round {:>2}: raw {raw:>5.1} /s, shepherd cold {cold:>5.1} tasks/s, ratio {:.3}", round + 1, cold / raw);
+        ratios.push(cold / raw);
+        raw_total += raw;
+        cold_total += cold;
+    }
+    let after = engine_calls(&client, &server.1).await?;
+    let tasks = (rounds * args.tasks) as f64;
+    for (call, (count, seconds)) in &after {
+        let (count0, seconds0) = before.get(call).copied().unwrap_or_default();
+        let (n, s) = (count - count0, seconds - seconds0);
+        if n > 0.0 {
+            println!("  engine call {call:<14} {:>5.2} per task, {:>7.1} ms each", n / tasks, 1000.0 * s / n);
+        }
+    }
+    let mut sorted = ratios.clone();
+    sorted.sort_by(|a, b| a.total_cmp(b));
+    let median = percentile(&sorted, 50.0);
+    println!(
+        "ratio cold / raw engine: median of rounds {median:.3} (from {:.3} to {:.3}); of the means {:.3}",
+        sorted[0],
+        sorted[sorted.len() - 1],
+        cold_total / raw_total
+    );
+    if let Some(path) = &args.json {
+        let report = serde_json::json!({
+            "paired_rounds": rounds, "tasks_per_round": args.tasks, "concurrency": args.concurrency,
+            "ratios": ratios, "median_ratio": median, "ratio_of_means": cold_total / raw_total,
+            "raw_mean_per_s": raw_total / rounds as f64, "cold_mean_per_s": cold_total / rounds as f64,
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")?;
+    }
+    let mut server = server;
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(server.0.id() as i32, libc::SIGINT) };
+    let _ = server.0.wait();
+    Ok(())
 }
 
 /// A `true` attempt in `image` with default resources, for raw engine baselines.
@@ -338,6 +429,9 @@ pub async fn run(args: Args) -> Result<()> {
     let binary = crate::shepherd_binary(args.shepherd.clone())?;
     let runner = runner_path(args.runner.clone())?;
     let driver = Arc::new(DockerDriver::connect(DockerConfig::new("bench-raw")).await.map_err(anyhow::Error::msg)?);
+    if let Some(rounds) = args.paired_rounds.filter(|r| *r > 0) {
+        return paired(&args, &binary, driver, rounds).await;
+    }
     println!("docker benchmark: {} tasks of `true`, {} in flight, image {}", args.tasks, args.concurrency, args.image);
     let raw_before = raw_cycles(driver.clone(), &args.image, args.tasks, args.concurrency).await?;
     println!("raw engine create+start+wait+remove (before): {raw_before:>7.1} /s");

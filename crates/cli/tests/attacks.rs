@@ -250,3 +250,61 @@ async fn a_blocked_schedule_ends_with_its_reason_and_schedules_are_bounded_and_p
     assert_eq!((second["schedules"].as_array().unwrap().len(), second.get("next")), (1, None), "{second}");
     assert_eq!(http.get("/v1/schedules?limit=0").await.0, 400);
 }
+
+/// Items 17, 20 and 22, and papercuts: a registry login is never a task's
+/// secret and the secrets API leaves logins and the webhook key alone;
+/// the dashboard is served with a content security policy and every
+/// answer with nosniff; errors name their field, are JSON whatever
+/// refused them, and a late or out-of-range report is refused.
+#[tokio::test]
+async fn logins_stay_out_of_tasks_headers_guard_the_dashboard_and_errors_say_what() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &[]);
+    let http = server.http();
+    // A project's registry login: set with its own route, never a task's secret.
+    let (status, _) = http
+        .send(reqwest::Method::PUT, "/v1/projects/default/registries/127.0.0.1:5999", &json!({"username": "u", "password": "hunter2"}))
+        .await;
+    assert_eq!(status, 204);
+    let (status, body) = http
+        .post("/v1/tasks", &json!({"image": "busybox", "command": ["true"], "secrets": [{"name": "registry.127.0.0.1_5999", "env": "P"}]}))
+        .await;
+    assert_eq!((status, body["error"]["field"].as_str()), (400, Some("secrets[0].name")), "{body}");
+    let (status, body) = http.send(reqwest::Method::PUT, "/v1/projects/default/secrets/registry.evil", &json!({"value": "x"})).await;
+    assert_eq!((status, body["error"]["field"].as_str()), (400, Some("name")), "{body}");
+    let (_, secret) = http.get("/v1/projects/default/webhook-secret").await;
+    assert_eq!(http.delete("/v1/projects/default/secrets/.webhook").await.0, 404, "the webhook key is not a secret to remove");
+    assert_eq!(http.delete("/v1/projects/default/secrets/registry.127.0.0.1_5999").await.0, 404);
+    let (_, again) = http.get("/v1/projects/default/webhook-secret").await;
+    assert_eq!(secret["secret"], again["secret"], "still the same key");
+    let (_, secrets) = http.get("/v1/projects/default/secrets").await;
+    assert_eq!(secrets["secrets"], json!([]), "logins are not listed as secrets: {secrets}");
+
+    // Headers.
+    let page = reqwest::get(format!("{}/ui", server.url)).await.unwrap();
+    let csp = page.headers().get("content-security-policy").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    assert!(csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"), "{csp}");
+    assert_eq!(page.headers().get("x-frame-options").and_then(|v| v.to_str().ok()), Some("DENY"));
+    let answer = http.client.get(format!("{}/v1/tasks", server.url)).send().await.unwrap();
+    assert_eq!(answer.headers().get("x-content-type-options").and_then(|v| v.to_str().ok()), Some("nosniff"));
+
+    // Errors: a path that is not UTF-8 is answered in JSON.
+    let raw = http.client.get(format!("{}/v1/tasks/%FF%FE", server.url)).send().await.unwrap();
+    let status = raw.status().as_u16();
+    let body: serde_json::Value = raw.json().await.unwrap_or_default();
+    assert!(status >= 400 && body["error"]["message"].is_string(), "{status} {body}");
+    // A schedule that would end before it starts; a progress message too
+    // long (named `message`); progress after the end; an event id ahead.
+    let (status, body) =
+        http.post("/v1/schedules", &json!({"run_every": 5, "end_at": "2001-01-01T00:00:00Z", "task": {"image": "busybox"}})).await;
+    assert_eq!((status, body["error"]["field"].as_str()), (400, Some("end_at")), "{body}");
+    let (_, task) = http.post("/v1/tasks", &json!({"image": "busybox", "command": ["true"]})).await;
+    let id = task["id"].as_str().unwrap().to_string();
+    let (status, body) = http.post(&format!("/v1/tasks/{id}/progress"), &json!({"percent": 10, "message": "m".repeat(1001)})).await;
+    assert_eq!((status, body["error"]["field"].as_str()), (400, Some("message")), "{body}");
+    http.wait_terminal(&id, Duration::from_secs(30)).await;
+    let (status, body) = http.post(&format!("/v1/tasks/{id}/progress"), &json!({"percent": 100, "message": "late"})).await;
+    assert_eq!(status, 409, "{body}");
+    let ahead = http.client.get(format!("{}/v1/events", server.url)).header("last-event-id", "999999999-0-0").send().await.unwrap();
+    assert_eq!(ahead.status().as_u16(), 400);
+}
