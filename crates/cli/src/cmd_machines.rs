@@ -29,7 +29,7 @@ pub async fn machines(client: &Client, args: MachinesArgs) -> Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&serde_json::json!({"machines": list["machines"], "autoscale": autoscale}))?);
         return Ok(ExitCode::SUCCESS);
     }
-    let machines: Vec<shepherd_server::api::MachineView> = serde_json::from_value(list["machines"].clone())?;
+    let machines: Vec<shepherd_server::http::v1::MachineView> = serde_json::from_value(list["machines"].clone())?;
     let rows: Vec<Vec<String>> = machines
         .iter()
         .map(|m| {

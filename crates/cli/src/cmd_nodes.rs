@@ -19,7 +19,7 @@ pub async fn nodes(client: &Client, args: NodesArgs) -> Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let nodes: Vec<shepherd_server::api::NodeView> = serde_json::from_value(list["nodes"].clone())?;
+    let nodes: Vec<shepherd_server::http::v1::NodeView> = serde_json::from_value(list["nodes"].clone())?;
     let rows: Vec<Vec<String>> = nodes
         .iter()
         .map(|n| {
@@ -122,7 +122,7 @@ pub async fn servers(client: &Client, args: ServersArgs) -> Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let servers: Vec<shepherd_server::api::ServerView> = serde_json::from_value(list["servers"].clone())?;
+    let servers: Vec<shepherd_server::http::v1::ServerView> = serde_json::from_value(list["servers"].clone())?;
     let rows: Vec<Vec<String>> = servers.iter().map(|s| vec![s.id.clone(), s.url.clone(), s.role.clone(), ago(s.last_seen_at)]).collect();
     print_table(&["ID", "URL", "ROLE", "LAST SEEN"], &rows);
     Ok(ExitCode::SUCCESS)

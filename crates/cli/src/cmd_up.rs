@@ -177,7 +177,7 @@ fn admin_token(server: &ServerFlags, data_dir: &std::path::Path) -> Result<(Stri
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     }
-    let token = shepherd_server::auth::new_token().map_err(|_| anyhow::anyhow!("no randomness for the admin token"))?;
+    let token = shepherd_server::service::auth::new_token().map_err(|_| anyhow::anyhow!("no randomness for the admin token"))?;
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut file = std::fs::OpenOptions::new()
@@ -240,7 +240,7 @@ async fn run_cluster(server: ServerFlags, node: Option<&NodeFlags>, write_cli_co
         join_token: join_token.clone(),
         node_timeout: server.node_timeout,
         tls: match (&server.tls_cert, &server.tls_key) {
-            (Some(cert), Some(key)) => Some(shepherd_server::tls::TlsFiles { cert: cert.clone(), key: key.clone() }),
+            (Some(cert), Some(key)) => Some(shepherd_server::http::tls::TlsFiles { cert: cert.clone(), key: key.clone() }),
             _ => None,
         },
         admin_token: admin_token.clone(),
@@ -255,13 +255,13 @@ async fn run_cluster(server: ServerFlags, node: Option<&NodeFlags>, write_cli_co
             Some(path) => {
                 let text = std::fs::read_to_string(path).with_context(|| format!("--autoscale-config {}", path.display()))?;
                 Some(
-                    shepherd_server::autoscale::config::AutoscaleConfig::parse(&text)
+                    shepherd_server::loops::autoscale::config::AutoscaleConfig::parse(&text)
                         .with_context(|| format!("--autoscale-config {}", path.display()))?,
                 )
             }
             None => None,
         },
-        serve_limits: shepherd_server::serve::ServeLimits {
+        serve_limits: shepherd_server::http::serve::ServeLimits {
             max_connections: server.max_connections as usize,
             header_timeout: server.header_timeout,
             idle_timeout: server.idle_timeout,

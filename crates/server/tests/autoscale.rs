@@ -6,8 +6,8 @@
 use shepherd_core::{validate, Limits, MachineState, TaskId, TaskSpec, Timestamp};
 use shepherd_provision::fake::FakeProvisioner;
 use shepherd_provision::{ProviderMachine, Provisioner};
-use shepherd_server::autoscale::config::AutoscaleConfig;
-use shepherd_server::autoscale::{AutoscaleParts, Autoscaler};
+use shepherd_server::loops::autoscale::config::AutoscaleConfig;
+use shepherd_server::loops::autoscale::{AutoscaleParts, Autoscaler};
 use shepherd_store::{SqliteOptions, SqliteStore, Store};
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -16,7 +16,7 @@ use std::time::Duration;
 
 struct NoLinks;
 
-impl shepherd_server::links::NodeLinks for NoLinks {
+impl shepherd_server::nodes::links::NodeLinks for NoLinks {
     fn assign(&self, _: &str, _: shepherd_core::LaunchSpec) -> bool {
         true
     }
@@ -44,7 +44,7 @@ async fn autoscaler_on(
     fake: FakeProvisioner,
     pool: &str,
 ) -> (Arc<FakeProvisioner>, Arc<Autoscaler>, Arc<shepherd_server::placement_notes::PlacementNotes>) {
-    let leadership = shepherd_server::leader::Leadership::new("s1".into(), Duration::from_secs(30));
+    let leadership = shepherd_server::loops::leader::Leadership::new("s1".into(), Duration::from_secs(30));
     leadership.round(store.as_ref()).await;
     assert!(leadership.is_leader());
     let text = format!(
@@ -61,7 +61,7 @@ async fn autoscaler_on(
     let notes = Arc::new(shepherd_server::placement_notes::PlacementNotes::default());
     let parts = AutoscaleParts {
         store: store.clone(),
-        view: Arc::new(shepherd_server::view::ClusterView::default()),
+        view: Arc::new(shepherd_server::nodes::view::ClusterView::default()),
         engine: Arc::new(shepherd_sched::Engine::default()),
         leadership,
         links: Arc::new(NoLinks),
@@ -115,10 +115,8 @@ async fn makes_what_the_queue_needs_once_and_says_so() {
     let requests = s.fake.requests.lock().unwrap().clone();
     assert_eq!(requests[0].labels["pool"], "burst");
     assert_eq!(requests[0].shape.max_tasks, 20);
-    assert!(machines
-        .iter()
-        .all(|m| m.join_token_sha256
-            == shepherd_server::auth::hash_token(&requests.iter().find(|r| r.machine_id == m.id).unwrap().join_token)));
+    assert!(machines.iter().all(|m| m.join_token_sha256
+        == shepherd_server::service::auth::hash_token(&requests.iter().find(|r| r.machine_id == m.id).unwrap().join_token)));
     // Machines being made count: the next rounds make nothing more.
     s.autoscaler.clone().round().await.unwrap();
     s.autoscaler.clone().round().await.unwrap();
@@ -235,7 +233,7 @@ async fn a_create_a_dead_server_began_is_resumed_by_the_next_with_the_same_token
     let requests = fake.requests.lock().unwrap().clone();
     assert_eq!(requests.len(), 1, "{requests:?}");
     assert_eq!(requests[0].machine_id, recorded[0].id);
-    assert_eq!(shepherd_server::auth::hash_token(&requests[0].join_token), recorded[0].join_token_sha256);
+    assert_eq!(shepherd_server::service::auth::hash_token(&requests[0].join_token), recorded[0].join_token_sha256);
     let machines = s.store.machines().await.unwrap();
     assert_eq!(machines.len(), 1);
     assert_eq!(machines[0].state, MachineState::Creating);

@@ -2,7 +2,7 @@
 //! server generates. After changing the API, regenerate it with
 //! `SHEPHERD_UPDATE_OPENAPI=1 cargo nextest run -p shepherd-server openapi`.
 
-use shepherd_server::api::ApiDoc;
+use shepherd_server::http::openapi::ApiDoc;
 use utoipa::OpenApi;
 
 #[test]

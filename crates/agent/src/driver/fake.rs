@@ -4,7 +4,10 @@
 //! (tokio) delay, or runs until stopped; it may ignore SIGTERM. Attempts
 //! can be made to "survive" an agent restart and be recovered.
 
-use super::*;
+use super::seam::{AttemptHandle, Driver};
+use super::spec::{AttemptSpec, Captured, DriverError, ExitStatus, OutputChunk, OutputSender};
+use async_trait::async_trait;
+use shepherd_core::{LogStream, TaskId};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -8,7 +8,10 @@
 //! gone ([`Driver::recover`] returns `None`) and retried. Nothing is ever left
 //! running unsupervised.
 
-use super::*;
+use super::seam::{AttemptHandle, Driver};
+use super::spec::{AttemptSpec, Captured, DriverError, ExitStatus, OutputChunk, OutputSender};
+use async_trait::async_trait;
+use shepherd_core::{LogStream, TaskId};
 use std::process::Stdio;
 use tokio::io::AsyncReadExt;
 use tokio::process::{Child, Command};

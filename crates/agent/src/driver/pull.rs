@@ -159,7 +159,7 @@ pub async fn pull(
     crate::metrics::metrics().pulls_in_flight.dec();
     let result = match pulled {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(format!("image_pull_failed: {}: {}", image, super::docker::engine_message(&e))),
+        Ok(Err(e)) => Err(format!("image_pull_failed: {}: {}", image, super::engine::engine_message(&e))),
         Err(_) => Err(format!(
             "image_pull_failed: {image}: the pull took longer than its pull_timeout ({})",
             humantime::format_duration(deadline)
@@ -197,7 +197,7 @@ pub async fn registry_digest(
     let asked = tokio::time::timeout(deadline, docker.inspect_registry_image(image, auth.map(credentials))).await;
     match asked {
         Ok(Ok(found)) => found.descriptor.digest.ok_or_else(|| format!("image_pull_failed: {image}: the registry named no digest")),
-        Ok(Err(e)) => Err(format!("image_pull_failed: {image}: {}", super::docker::engine_message(&e))),
+        Ok(Err(e)) => Err(format!("image_pull_failed: {image}: {}", super::engine::engine_message(&e))),
         Err(_) => Err(format!("image_pull_failed: {image}: the registry did not answer within {}", humantime::format_duration(deadline))),
     }
 }

@@ -28,14 +28,17 @@
 //! the engine closes their stdin, the runner kills what runs and exits, and
 //! the next start of the agent removes the exited containers.
 
-use super::docker::{engine_error, hardened_host_config, is_status, oom_event_logged, tmpfs_options, LABEL_NODE, LABEL_PROJECT};
-use super::*;
+use super::container::{hardened_host_config, tmpfs_options, LABEL_NODE, LABEL_PROJECT};
+use super::engine::{engine_error, is_status, oom_event_logged};
+use super::seam::AttemptHandle;
+use super::spec::{AttemptSpec, DriverError, ExitStatus, OutputChunk, OutputSender};
+use async_trait::async_trait;
 use bollard::container::LogOutput;
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder};
 use bollard::Docker;
 use futures_util::StreamExt;
-use shepherd_core::{AttemptRuntime, ReusePolicy};
+use shepherd_core::{AttemptRuntime, LogStream, ReusePolicy};
 use shepherd_runner::protocol::{self, Exited, FileSpec, Kind, Ready, ResetDone, RunRequest, SignalRequest};
 use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
@@ -405,21 +408,21 @@ impl Pool {
         }
         // The task's environment; the runner puts it over the container's
         // own (the image's, PATH, HOSTNAME, HOME), as the engine would.
-        let env = super::docker::task_env(spec);
+        let env = super::container::task_env(spec);
         let workdir = spec.workdir.clone().or_else(|| image.working_dir.clone());
         let mut files = Vec::new();
         use base64::Engine as _;
         let encode = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
         if let Some(path) = &spec.payload_file {
             let bytes = tokio::fs::read(path).await?;
-            files.push(FileSpec { path: super::docker::PAYLOAD_PATH.into(), mode: 0o444, data: encode(&bytes) });
+            files.push(FileSpec { path: super::container::PAYLOAD_PATH.into(), mode: 0o444, data: encode(&bytes) });
         }
         if let Some(dir) = &spec.secrets_dir {
             let mut entries = tokio::fs::read_dir(dir).await?;
             while let Some(entry) = entries.next_entry().await? {
                 let bytes = tokio::fs::read(entry.path()).await?;
                 let name = entry.file_name().to_string_lossy().into_owned();
-                files.push(FileSpec { path: format!("{}/{name}", super::docker::SECRETS_PATH), mode: 0o444, data: encode(&bytes) });
+                files.push(FileSpec { path: format!("{}/{name}", super::container::SECRETS_PATH), mode: 0o444, data: encode(&bytes) });
             }
         }
         Ok(Some(Plan {
@@ -660,7 +663,7 @@ impl Pool {
         };
         // Where the runner writes the payload and secrets.
         if let Some(tmpfs) = host_config.tmpfs.as_mut() {
-            tmpfs.insert(super::docker::SECRETS_PATH.to_string(), tmpfs_options(16));
+            tmpfs.insert(super::container::SECRETS_PATH.to_string(), tmpfs_options(16));
             tmpfs.insert("/run/shepherd".to_string(), tmpfs_options(self.tmp_size_mib));
         }
         ContainerCreateBody {

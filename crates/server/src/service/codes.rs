@@ -2,7 +2,7 @@
 //! each checked against the caller's project and audited.
 
 use super::tasks::{audit_entry, TaskError};
-use crate::auth::Caller;
+use crate::service::auth::Caller;
 use shepherd_core::{Code, CodeSpec, FieldError, Limits, Timestamp};
 use shepherd_store::Store;
 use std::sync::Arc;

@@ -1,8 +1,8 @@
 //! Tasks: create (one or a batch), get, list, cancel, wait.
 
-use crate::auth::{Auth, Caller};
-use crate::links::NodeLinks;
+use crate::nodes::links::NodeLinks;
 use crate::placement_notes::PlacementNotes;
+use crate::service::auth::{Auth, Caller};
 use serde_json::{Map, Value};
 use shepherd_core::{validate, Event, FieldError, Limits, NewTask, Task, TaskId, TaskSpec, Timestamp};
 use shepherd_store::{ApplyError, AuditEntry, Store, StoreError, TaskFilter, TaskPage};

@@ -1,0 +1,90 @@
+//! The leader's watch over nodes: a node silent past the node timeout is
+//! declared down and its attempts reported lost.
+
+use crate::loops::leader::{fenced, Leadership};
+use crate::nodes::liveness::Liveness;
+use crate::nodes::remote::RemoteAgents;
+use crate::nodes::view::Observer;
+use shepherd_core::Timestamp;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{watch, Notify};
+
+/// Declares nodes that stopped heartbeating down, and reports their
+/// attempts lost: the state machine retries them elsewhere or fails them.
+/// Only the leader does, with its lease on every report. A node's last sign
+/// of life is the latest of its heartbeats here (`Liveness`: in memory,
+/// before any store write), its heartbeat time in the store (written by
+/// whichever server it talks to), and the moment this server began to lead
+/// (agents of a server that died need time to move). In-process nodes are
+/// never silent.
+pub async fn run(
+    remote: Arc<RemoteAgents>,
+    liveness: Arc<Liveness>,
+    observer: Observer,
+    leadership: Leadership,
+    wakeup: Arc<Notify>,
+    timeout: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let store = observer.store.clone();
+    let mut leading_since: Option<i64> = None;
+    // A tenth of the timeout between looks (1 to 5 s): listing thousands of
+    // nodes every second would cost more than it tells.
+    let every = (timeout / 10).clamp(Duration::from_secs(1), Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.changed() => return,
+        }
+        let Some(lease) = leadership.lease() else {
+            leading_since = None;
+            continue;
+        };
+        let now = Timestamp::now();
+        let since = *leading_since.get_or_insert(now.millis());
+        let nodes = match store.list_nodes().await {
+            Ok(nodes) => nodes,
+            Err(_) => continue,
+        };
+        for node in nodes {
+            if liveness.is_local(&node.id) {
+                continue;
+            }
+            let heard_here = now.millis() - liveness.silent_for(&node.id).as_millis() as i64;
+            let last = heard_here.max(node.last_heartbeat_at.millis()).max(since);
+            let silent = now.millis() - last;
+            if silent <= timeout.as_millis() as i64 {
+                continue;
+            }
+            // Already down (no change) or not one that can go down: nothing to do.
+            let Ok(down) = node.state.next(shepherd_core::NodeEvent::MissedHeartbeats) else { continue };
+            tracing::warn!(node = %node.id, silent_ms = silent, "node missed its heartbeats: down");
+            let id = node.id.clone();
+            // Its heartbeats are refused from now on: it must reconnect and reconcile.
+            liveness.mark_down(&id);
+            remote.disconnect(&id);
+            if let Err(e) = store.set_node_state(&id, down).await {
+                tracing::warn!(error = %e, "could not mark node down");
+                continue;
+            }
+            observer.view.nodes_changed();
+            let lost: Vec<_> = match store.active_tasks_on(&id).await {
+                Ok(active) => active
+                    .into_iter()
+                    .map(|t| (t.id, shepherd_core::Event::Lost { attempt: t.attempt, reason: format!("node {id} missed its heartbeats") }))
+                    .collect(),
+                Err(_) => continue,
+            };
+            if !lost.is_empty() {
+                tracing::info!(node = %id, count = lost.len(), "attempts lost with their node");
+                match store.apply_as_leader(lost, now, &lease).await {
+                    Err(e) if fenced(&e) => leadership.step_down(),
+                    Err(e) => tracing::warn!(error = %e, "could not report the attempts lost"),
+                    Ok(results) => observer.observe(&results),
+                }
+                wakeup.notify_one();
+            }
+        }
+    }
+}
