@@ -11,6 +11,7 @@
 //! deterministic and unit-testable.
 
 pub mod code;
+mod code_ref;
 pub mod constraint;
 pub mod decode;
 pub mod events;

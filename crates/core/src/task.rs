@@ -300,7 +300,7 @@ pub struct TaskSpec {
     /// unpacked read-only at `/task` (`$SHEPHERD_TASK_DIR`). Set from a
     /// code that has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub package: Option<crate::code::PackageRef>,
+    pub package: Option<crate::code_ref::PackageRef>,
     /// When the task ends, Shepherd POSTs its JSON here (http or https),
     /// signed with the project's webhook secret; retried with backoff.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -566,7 +566,7 @@ pub struct Task {
     pub start_at: Option<Timestamp>,
     /// The code (and its revision) the task was made from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub code: Option<crate::code::CodeRef>,
+    pub code: Option<crate::code_ref::CodeRef>,
     /// What the task last said of its progress (`POST /v1/tasks/{id}/progress`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<Progress>,
@@ -654,7 +654,7 @@ impl Task {
             networks: spec.networks,
             gpus: spec.gpus,
             devices: spec.devices,
-            code: spec.code.map(|name| crate::code::CodeRef { name, revision: spec.code_revision.unwrap_or(0) }),
+            code: spec.code.map(|name| crate::code_ref::CodeRef { name, revision: spec.code_revision.unwrap_or(0) }),
             progress: None,
             webhook: spec.webhook,
             created_at,

@@ -128,13 +128,13 @@ pub fn validate(mut spec: TaskSpec, limits: &Limits, id: TaskId, now: Timestamp)
     check(!spec.image.is_empty(), "image", || "required (or name a `code` that gives one)".into())?;
     crate::reference::check_image_reference(&spec.image).map_err(|why| FieldError::new("image", why))?;
     if let Some(code) = &spec.code {
-        check(crate::code::is_code_name(code), "code", || format!("`{code}` is not a code name"))?;
+        check(crate::code_ref::is_code_name(code), "code", || format!("`{code}` is not a code name"))?;
     }
     if let Some(url) = &spec.webhook {
         spec.webhook = Some(normalize_webhook(url)?);
     }
     if let Some(package) = &spec.package {
-        check(crate::code::PackageRef::is_digest(&package.digest), "package.digest", || "must be a SHA-256 in lowercase hex".into())?;
+        check(crate::code_ref::PackageRef::is_digest(&package.digest), "package.digest", || "must be a SHA-256 in lowercase hex".into())?;
     }
     check(spec.command.len() <= 1024, "command", || "at most 1024 arguments".into())?;
     for (index, arg) in spec.command.iter().enumerate() {

@@ -4,6 +4,7 @@
 
 use crate::cluster::{CandidateOrder, NodeIndex};
 use crate::fairness;
+pub use crate::model::NodeScore;
 use crate::model::{Hold, NodeSnapshot, PendingTask, Placement, PlacementPlan, Rejection, Unfit, Unplaced, Wait};
 use crate::profile::{self, BatchOrder, ConfigError, Profile, SchedulerConfig};
 use crate::quota::QuotaLedger;
@@ -223,16 +224,6 @@ pub struct Placer<'e> {
     /// Keep the scores of the best candidates of each placement.
     pub record_scores: bool,
     scores: Vec<NodeScore>,
-}
-
-/// How one candidate node scored for a task (as Nomad's score metadata):
-/// the weighted score of each plugin and their sum.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct NodeScore {
-    pub node_id: String,
-    pub total: f64,
-    /// Plugin name → weight × its score in [0, 1].
-    pub scores: Vec<(String, f64)>,
 }
 
 /// Candidates kept per placement when scores are recorded.

@@ -162,7 +162,19 @@ pub struct PlacementPlan {
     /// Tasks that stay queued, each with why.
     pub unplaced: Vec<Unplaced>,
     /// For each placed task, how its best candidates scored (when asked).
-    pub scores: Vec<(TaskId, Vec<crate::engine::NodeScore>)>,
+    pub scores: Vec<(TaskId, Vec<NodeScore>)>,
+}
+
+/// How one candidate node scored for a task (as Nomad's score metadata):
+/// the weighted score of each plugin and their sum.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct NodeScore {
+    /// The candidate node.
+    pub node_id: String,
+    /// The sum of `scores`.
+    pub total: f64,
+    /// Plugin name → weight × its score in [0, 1].
+    pub scores: Vec<(String, f64)>,
 }
 
 /// A task that stays queued after a pass, and why.

@@ -386,7 +386,16 @@ impl Cluster {
         background.push(tokio::spawn(
             Arc::new(crate::loops::schedules::SlotFiring::new(schedules.clone())).run(leadership.clone(), shutdown_rx.clone()),
         ));
+        let projects = Arc::new(crate::service::ProjectService { store: dyn_store.clone(), auth: auth.clone(), wakeup: wakeup.clone() });
+        let volumes =
+            Arc::new(crate::service::VolumeService { store: dyn_store.clone(), projects: projects.clone(), links: tasks.links.clone() });
+        let nodes = Arc::new(crate::service::NodeService { store: dyn_store.clone(), links: tasks.links.clone(), view: view.clone() });
+        let images = Arc::new(crate::service::ImageService { store: dyn_store.clone(), links: tasks.links.clone() });
         let state = AppState {
+            nodes,
+            images,
+            projects,
+            volumes,
             codes: Arc::new(crate::service::CodeService {
                 store: dyn_store.clone(),
                 limits: config.limits,

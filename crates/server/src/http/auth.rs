@@ -6,7 +6,7 @@
 
 use crate::http::error::ApiError;
 use crate::http::state::AppState;
-use crate::service::auth::{Caller, Denied};
+use crate::service::auth::Caller;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
@@ -15,15 +15,6 @@ use std::time::Duration;
 
 /// Largest request body: a full batch with small payloads.
 pub const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
-
-impl From<Denied> for ApiError {
-    fn from(e: Denied) -> ApiError {
-        match e {
-            Denied::AdminOnly => ApiError::new(StatusCode::FORBIDDEN, "forbidden", e.to_string()),
-            Denied::NoProject(_) => ApiError::not_found(e.to_string()),
-        }
-    }
-}
 
 fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
     headers.get("authorization")?.to_str().ok()?.strip_prefix("Bearer ").map(str::trim)

@@ -2,6 +2,8 @@
 //! there is one, the field, e.g.
 //! `{"error": {"code": "invalid_field", "field": "timeout_seconds", "message": "must be between 1 and 604800"}}`.
 
+use crate::service::auth::Denied;
+use crate::service::error::{Refusal, ServiceError};
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequest, Request};
 use axum::http::StatusCode;
@@ -68,6 +70,40 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
         tracing::error!(error = %e, "store error while serving a request");
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", format!("the store failed: {e}"))
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> ApiError {
+        match e {
+            ServiceError::NotFound(id) => ApiError::not_found(format!("no task with id {id}")),
+            ServiceError::Missing(what) => ApiError::not_found(format!("no {what}")),
+            ServiceError::Forbidden { field, message } => ApiError::new(StatusCode::FORBIDDEN, "forbidden", message).with_field(field),
+            ServiceError::Invalid(e) => e.into(),
+            ServiceError::QuotaExceeded(message) => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", message),
+            ServiceError::NotCancellable(message) => ApiError::new(StatusCode::CONFLICT, "not_cancellable", message),
+            ServiceError::Conflict(message) => ApiError::new(StatusCode::CONFLICT, "conflict", message),
+            ServiceError::TooLarge(message) => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", message).with_field("body"),
+            ServiceError::Refused { kind, code, field, message } => {
+                let status = match kind {
+                    Refusal::Forbidden => StatusCode::FORBIDDEN,
+                    Refusal::Conflict => StatusCode::CONFLICT,
+                    Refusal::Quota => StatusCode::TOO_MANY_REQUESTS,
+                };
+                ApiError { status, code, field, message }
+            }
+            ServiceError::Denied(e) => e.into(),
+            ServiceError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<Denied> for ApiError {
+    fn from(e: Denied) -> ApiError {
+        match e {
+            Denied::AdminOnly => ApiError::new(StatusCode::FORBIDDEN, "forbidden", e.to_string()),
+            Denied::NoProject(_) => ApiError::not_found(e.to_string()),
+        }
     }
 }
 

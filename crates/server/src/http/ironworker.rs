@@ -19,7 +19,7 @@
 
 use crate::http::state::AppState;
 use crate::service::auth::Caller;
-use crate::service::TaskError;
+use crate::service::error::{Refusal, ServiceError};
 use axum::extract::{Multipart, Path, RawQuery, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
@@ -28,7 +28,7 @@ use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
-use shepherd_core::{Code, CodeSpec, PackageRef, Progress, Schedule, ScheduleState, Task, TaskSpec, TaskState, Timestamp};
+use shepherd_core::{Code, CodeSpec, PackageRef, Schedule, ScheduleState, Task, TaskSpec, TaskState, Timestamp};
 use shepherd_store::TaskFilter;
 
 use crate::service::codes::MAX_PACKAGE_BYTES;
@@ -55,17 +55,22 @@ impl IronError {
     }
 }
 
-impl From<TaskError> for IronError {
-    fn from(e: TaskError) -> IronError {
+impl From<ServiceError> for IronError {
+    fn from(e: ServiceError) -> IronError {
         let status = match &e {
-            TaskError::NotFound(_) | TaskError::Missing(_) => StatusCode::NOT_FOUND,
-            TaskError::Forbidden { .. } => StatusCode::FORBIDDEN,
-            TaskError::Invalid(_) => StatusCode::BAD_REQUEST,
-            TaskError::QuotaExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
-            TaskError::NotCancellable(_) | TaskError::Conflict(_) => StatusCode::CONFLICT,
-            TaskError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            TaskError::Store(e) if e.is_transient() => StatusCode::SERVICE_UNAVAILABLE,
-            TaskError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ServiceError::NotFound(_) | ServiceError::Missing(_) => StatusCode::NOT_FOUND,
+            ServiceError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            ServiceError::Invalid(_) => StatusCode::BAD_REQUEST,
+            ServiceError::QuotaExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
+            ServiceError::NotCancellable(_) | ServiceError::Conflict(_) => StatusCode::CONFLICT,
+            ServiceError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ServiceError::Refused { kind: Refusal::Forbidden, .. } => StatusCode::FORBIDDEN,
+            ServiceError::Refused { kind: Refusal::Conflict, .. } => StatusCode::CONFLICT,
+            ServiceError::Refused { kind: Refusal::Quota, .. } => StatusCode::TOO_MANY_REQUESTS,
+            ServiceError::Denied(crate::service::auth::Denied::AdminOnly) => StatusCode::FORBIDDEN,
+            ServiceError::Denied(crate::service::auth::Denied::NoProject(_)) => StatusCode::NOT_FOUND,
+            ServiceError::Store(e) if e.is_transient() => StatusCode::SERVICE_UNAVAILABLE,
+            ServiceError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         IronError(status, e.to_string())
     }
@@ -73,7 +78,7 @@ impl From<TaskError> for IronError {
 
 impl From<shepherd_store::StoreError> for IronError {
     fn from(e: shepherd_store::StoreError) -> IronError {
-        TaskError::Store(e).into()
+        ServiceError::Store(e).into()
     }
 }
 
@@ -128,12 +133,12 @@ async fn authenticate(State(state): State<AppState>, request: Request, next: Nex
     };
     // The project in the path: another project's answers as a missing one.
     let project = request.uri().path().split('/').nth(3).unwrap_or_default().to_string();
-    if !caller.can_access(&project) || !shepherd_core::is_project_name(&project) {
+    if !shepherd_core::is_project_name(&project) {
         return IronError::missing("Project not found").into_response();
     }
-    match state.store.get_project(&project).await {
-        Ok(Some(_)) => {}
-        Ok(None) => return IronError::missing("Project not found").into_response(),
+    match state.projects.visible(&caller, &project).await {
+        Ok(_) => {}
+        Err(ServiceError::Missing(_) | ServiceError::Denied(_)) => return IronError::missing("Project not found").into_response(),
         Err(e) => return IronError::from(e).into_response(),
     }
     crate::http::auth::run_as(caller, request, next).await
@@ -215,9 +220,7 @@ async fn download_code(
     RawQuery(raw): RawQuery,
 ) -> IronResult<Response> {
     let query: RevisionQuery = serde_urlencoded::from_str(raw.as_deref().unwrap_or("")).map_err(|e| IronError::bad(e.to_string()))?;
-    let code = state.codes.get(&caller, Some(&project), &name, query.revision).await?;
-    let package = code.spec.package.as_ref().ok_or_else(|| IronError::missing("this code has no package"))?;
-    let zip = state.store.get_package(&project, &package.digest).await?.ok_or_else(|| IronError::missing("package not found"))?;
+    let (code, zip) = state.codes.package_zip(&caller, Some(&project), &name, query.revision).await?;
     let disposition = format!("filename={}_{}.zip", code.spec.name, code.revision);
     Ok(([(header::CONTENT_TYPE, "application/zip".to_string()), (header::CONTENT_DISPOSITION, disposition)], zip).into_response())
 }
@@ -443,12 +446,11 @@ struct QueuedTask {
 /// A Shepherd task request (a JSON object naming the code) for one
 /// IronWorker task.
 fn task_object(project: &str, t: &QueuedTask) -> IronResult<Map<String, Value>> {
-    use base64::Engine;
     let mut object = Map::new();
     object.insert("code".into(), t.code_name.clone().into());
     object.insert("project".into(), project.into());
     if let Some(payload) = &t.payload {
-        object.insert("payload".into(), base64::engine::general_purpose::STANDARD.encode(payload.as_bytes()).into());
+        object.insert("payload".into(), base64::Engine::encode(&base64::engine::general_purpose::STANDARD, payload.as_bytes()).into());
     }
     if let Some(priority) = t.priority {
         if !(0..=2).contains(&priority) {
@@ -555,17 +557,15 @@ async fn get_task(
     Extension(caller): Extension<Caller>,
     Path((_project, id)): Path<(String, String)>,
 ) -> IronResult<Json<Value>> {
-    let task = state.tasks.get(&caller, &id).await?;
-    let payload = state.store.launch_spec(task.id).await?.and_then(|l| l.payload);
+    let (task, payload) = state.tasks.with_payload(&caller, &id).await?;
     Ok(Json(task_json(&task, payload.as_deref())))
 }
 
 async fn log_text(state: &AppState, caller: &Caller, id: &str, stdout_only: bool) -> IronResult<Response> {
-    let task = state.tasks.load_visible(caller, id).await?;
     let mut text = Vec::new();
     let mut after = 0;
     loop {
-        let chunks = state.store.read_logs(task.id, after, 1000).await?;
+        let chunks = state.tasks.output(caller, id, after, 1000).await?;
         let Some(last) = chunks.last() else { break };
         after = last.seq;
         for chunk in chunks {
@@ -620,22 +620,12 @@ async fn retry_task(
     Path((_project, id)): Path<(String, String)>,
     body: axum::body::Bytes,
 ) -> IronResult<Json<Value>> {
-    use base64::Engine;
     let retry: RetryBody = if body.iter().all(u8::is_ascii_whitespace) {
         RetryBody::default()
     } else {
         serde_json::from_slice(&body).map_err(|e| IronError::bad(format!("bad body: {e}")))?
     };
-    let task = state.tasks.load_visible(&caller, &id).await?;
-    if !task.state.is_terminal() {
-        return Err(IronError(StatusCode::CONFLICT, format!("task {id} has not ended; only an ended task is retried")));
-    }
-    let launch = state.store.launch_spec(task.id).await?.ok_or_else(|| IronError::missing("task not found"))?;
-    let mut spec = launch.spec;
-    spec.payload = launch.payload.map(|p| base64::engine::general_purpose::STANDARD.encode(p));
-    spec.start_at = None;
-    spec.delay_seconds = retry.delay.filter(|d| *d > 0);
-    let created = state.tasks.create(&caller, spec).await?;
+    let created = state.tasks.retry(&caller, &id, retry.delay).await?;
     Ok(Json(json!({ "msg": "Queued up", "tasks": [{ "id": created.id.to_string() }] })))
 }
 
@@ -653,13 +643,7 @@ async fn task_progress(
     body: axum::body::Bytes,
 ) -> IronResult<Json<Value>> {
     let body: ProgressBody = serde_json::from_slice(&body).map_err(|e| IronError::bad(format!("bad body: {e}")))?;
-    let task = state.tasks.load_visible(&caller, &id).await?;
-    let progress =
-        Progress::new(body.percent, body.msg.unwrap_or_default()).map_err(|e| IronError::bad(format!("{}: {}", e.field, e.message)))?;
-    if task.state.is_terminal() {
-        return Err(IronError(StatusCode::CONFLICT, format!("task {} has ended: its progress is final", task.id)));
-    }
-    state.store.set_progress(task.id, progress).await?;
+    state.tasks.set_progress(&caller, &id, body.percent, body.msg.unwrap_or_default()).await?;
     Ok(Json(json!({ "msg": "Progress set" })))
 }
 

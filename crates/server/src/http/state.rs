@@ -13,6 +13,14 @@ pub struct AppState {
     pub tasks: Arc<crate::service::TaskService>,
     /// Codes (named, versioned task templates).
     pub codes: Arc<crate::service::CodeService>,
+    /// Projects, their tokens, secrets, registry logins and audit log.
+    pub projects: Arc<crate::service::ProjectService>,
+    /// Nodes: their allocation, draining.
+    pub nodes: Arc<crate::service::NodeService>,
+    /// Image prefetches.
+    pub images: Arc<crate::service::ImageService>,
+    /// Projects' volumes.
+    pub volumes: Arc<crate::service::VolumeService>,
     /// Schedules (and, through them, their firing loop's wakeup).
     pub schedules: Arc<crate::service::ScheduleService>,
     /// Wakes the scheduler when nodes or limits change.
@@ -58,7 +66,15 @@ impl AppState {
             crate::nodes::view::Observer { view: Default::default(), store: store.clone(), leadership: leadership.clone(), shared: false };
         let metrics = tasks.metrics.clone();
         let tasks = Arc::new(tasks);
+        let projects = Arc::new(crate::service::ProjectService { store: store.clone(), auth: auth.clone(), wakeup: wakeup.clone() });
+        let volumes = Arc::new(crate::service::VolumeService { store: store.clone(), projects: projects.clone(), links: remote.clone() });
+        let nodes = Arc::new(crate::service::NodeService { store: store.clone(), links: remote.clone(), view: observer.view.clone() });
+        let images = Arc::new(crate::service::ImageService { store: store.clone(), links: remote.clone() });
         AppState {
+            nodes,
+            images,
+            projects,
+            volumes,
             metrics: metrics.clone(),
             events: crate::loops::events::EventHub::new(store.clone()),
             timeline: Default::default(),
@@ -101,9 +117,6 @@ impl AppState {
         target: &str,
         detail: Option<String>,
     ) {
-        let entry = crate::service::tasks::audit_entry(caller, project, action, target, detail);
-        if let Err(e) = self.store.append_audit(vec![entry]).await {
-            tracing::error!(error = %e, action, target, "could not write the audit log");
-        }
+        crate::service::audit::record(self.store.as_ref(), caller, project, action, target, detail).await;
     }
 }

@@ -9,8 +9,8 @@
 
 use crate::loops::leader::{fenced, Leadership};
 use crate::service::auth::Caller;
+use crate::service::error::ServiceError;
 use crate::service::schedules::{ScheduleService, SCHEDULE_LABEL, SLOT_LABEL};
-use crate::service::tasks::TaskError;
 use shepherd_core::schedule::due;
 use shepherd_core::{Schedule, Timestamp};
 use shepherd_store::{ScheduleFiring, Store, StoreError};
@@ -92,7 +92,7 @@ impl SlotFiring {
             match self.slot_tasks(&owner, s, &decision.fire).await {
                 Ok((made, lines)) => (tasks, audit) = (made, lines),
                 // The store failed: nothing is written, the slots fire at the next look.
-                Err(TaskError::Store(e)) => return Err(e),
+                Err(ServiceError::Store(e)) => return Err(e),
                 Err(e) => {
                     // The task cannot be made now (its code deleted, the
                     // project's queue full): the slots pass, counted as
@@ -136,7 +136,7 @@ impl SlotFiring {
         owner: &Caller,
         s: &Schedule,
         slots: &[Timestamp],
-    ) -> Result<(Vec<shepherd_core::NewTask>, Vec<shepherd_store::AuditEntry>), TaskError> {
+    ) -> Result<(Vec<shepherd_core::NewTask>, Vec<shepherd_store::AuditEntry>), ServiceError> {
         let mut spec = self.schedules.make_task(owner, &s.spec).await?;
         spec.labels.insert(SCHEDULE_LABEL.into(), s.id.clone());
         let specs = slots

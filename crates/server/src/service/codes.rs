@@ -1,7 +1,8 @@
 //! Codes: push (a new revision), read, list, revisions, roll back, delete;
 //! each checked against the caller's project and audited.
 
-use super::tasks::{audit_entry, TaskError};
+use super::audit::audit_entry;
+use super::error::ServiceError;
 use crate::service::auth::Caller;
 use shepherd_core::{Code, CodeSpec, FieldError, Limits, Timestamp};
 use shepherd_store::Store;
@@ -55,11 +56,12 @@ pub struct PackageList {
 
 /// The project a caller means: a project token's own (naming another is
 /// refused), else the one asked for, else `default`.
-pub fn project_of(caller: &Caller, asked: Option<&str>) -> Result<String, TaskError> {
+pub fn project_of(caller: &Caller, asked: Option<&str>) -> Result<String, ServiceError> {
     match (caller.project(), asked.filter(|p| !p.is_empty())) {
-        (Some(own), Some(asked)) if own != asked => {
-            Err(TaskError::Forbidden { field: "project".into(), message: format!("this token belongs to project `{own}`, not `{asked}`") })
-        }
+        (Some(own), Some(asked)) if own != asked => Err(ServiceError::Forbidden {
+            field: "project".into(),
+            message: format!("this token belongs to project `{own}`, not `{asked}`"),
+        }),
         (Some(own), _) => Ok(own.to_string()),
         (None, Some(asked)) => {
             if shepherd_core::is_project_name(asked) {
@@ -74,9 +76,9 @@ pub fn project_of(caller: &Caller, asked: Option<&str>) -> Result<String, TaskEr
 
 /// The project a caller may read in: as [`project_of`], but another
 /// project answers as a missing one (404), never "forbidden".
-pub fn readable_project(caller: &Caller, asked: Option<&str>) -> Result<String, TaskError> {
+pub fn readable_project(caller: &Caller, asked: Option<&str>) -> Result<String, ServiceError> {
     project_of(caller, asked).map_err(|e| match e {
-        TaskError::Forbidden { .. } => TaskError::Missing(format!("project {}", asked.unwrap_or_default())),
+        ServiceError::Forbidden { .. } => ServiceError::Missing(format!("project {}", asked.unwrap_or_default())),
         other => other,
     })
 }
@@ -84,7 +86,7 @@ pub fn readable_project(caller: &Caller, asked: Option<&str>) -> Result<String, 
 impl CodeService {
     /// Stores a new revision of a code, after checking that a task of it
     /// alone would be valid.
-    pub async fn push(&self, caller: &Caller, mut spec: CodeSpec) -> Result<Code, TaskError> {
+    pub async fn push(&self, caller: &Caller, mut spec: CodeSpec) -> Result<Code, ServiceError> {
         spec.project = project_of(caller, Some(&spec.project))?;
         if let Some(package) = &spec.package {
             self.check_package(&spec.project, package).await?;
@@ -114,17 +116,17 @@ impl CodeService {
     /// header that lies about a size are refused now, not by every node.
     /// Within the project's package quota (count and bytes); the same
     /// bytes again are the package it has.
-    pub async fn put_package(&self, caller: &Caller, project: Option<&str>, zip: Vec<u8>) -> Result<StoredPackage, TaskError> {
+    pub async fn put_package(&self, caller: &Caller, project: Option<&str>, zip: Vec<u8>) -> Result<StoredPackage, ServiceError> {
         let project = readable_project(caller, project)?;
         if zip.len() > MAX_PACKAGE_BYTES {
-            return Err(TaskError::TooLarge(format!("a code package is at most {MAX_PACKAGE_BYTES} bytes, not {}", zip.len())));
+            return Err(ServiceError::TooLarge(format!("a code package is at most {MAX_PACKAGE_BYTES} bytes, not {}", zip.len())));
         }
         let (zip, checked) = tokio::task::spawn_blocking(move || {
             let checked = shepherd_agent::package::verify(&zip).map(|files| (files, shepherd_agent::package::sha256_hex(&zip)));
             (zip, checked)
         })
         .await
-        .map_err(|_| TaskError::Store(shepherd_store::StoreError::Closed))?;
+        .map_err(|_| ServiceError::Store(shepherd_store::StoreError::Closed))?;
         let (files, digest) = checked.map_err(|e| FieldError::new("body", e.to_string()))?;
         let size = zip.len() as u64;
         let limits = self.project_limits(&project).await?;
@@ -132,14 +134,14 @@ impl CodeService {
         if !stored.iter().any(|p| p.digest == digest) {
             let used: u64 = stored.iter().map(|p| p.size).sum();
             if stored.len() as u64 >= limits.packages() {
-                return Err(TaskError::QuotaExceeded(format!(
+                return Err(ServiceError::QuotaExceeded(format!(
                     "project {project} may store {} code packages and has {}: remove some (shepherd package rm)",
                     limits.packages(),
                     stored.len()
                 )));
             }
             if used + size > limits.package_bytes() {
-                return Err(TaskError::QuotaExceeded(format!(
+                return Err(ServiceError::QuotaExceeded(format!(
                     "project {project} may store {} bytes of code packages; it has {used} and this adds {size}",
                     limits.package_bytes()
                 )));
@@ -155,7 +157,7 @@ impl CodeService {
     }
 
     /// A project's packages and its package quota.
-    pub async fn packages(&self, caller: &Caller, project: Option<&str>) -> Result<PackageList, TaskError> {
+    pub async fn packages(&self, caller: &Caller, project: Option<&str>) -> Result<PackageList, ServiceError> {
         let project = readable_project(caller, project)?;
         let limits = self.project_limits(&project).await?;
         let packages = self
@@ -170,13 +172,13 @@ impl CodeService {
 
     /// Removes a project's package, unless a live code runs it or an
     /// unfinished task does (409).
-    pub async fn delete_package(&self, caller: &Caller, project: Option<&str>, digest: &str) -> Result<(), TaskError> {
+    pub async fn delete_package(&self, caller: &Caller, project: Option<&str>, digest: &str) -> Result<(), ServiceError> {
         let project = readable_project(caller, project)?;
         if self.store.package_size(&project, digest).await?.is_none() {
-            return Err(TaskError::Missing(format!("package {digest} in project `{project}`")));
+            return Err(ServiceError::Missing(format!("package {digest} in project `{project}`")));
         }
         if let Some(why) = self.package_kept(&project, digest).await? {
-            return Err(TaskError::Conflict(format!("package {digest} is in use: {why}")));
+            return Err(ServiceError::Conflict(format!("package {digest} is in use: {why}")));
         }
         self.store.delete_package(&project, digest).await?;
         let line = audit_entry(caller, Some(&project), "package.delete", digest, None);
@@ -187,7 +189,7 @@ impl CodeService {
     }
 
     /// Why a package must stay: a live code runs it, or an unfinished task.
-    async fn package_kept(&self, project: &str, digest: &str) -> Result<Option<String>, TaskError> {
+    async fn package_kept(&self, project: &str, digest: &str) -> Result<Option<String>, ServiceError> {
         let codes = self.store.list_codes(Some(project.to_string())).await?;
         if let Some(code) = codes.iter().find(|c| c.spec.package.as_ref().is_some_and(|p| p.digest == digest)) {
             return Ok(Some(format!("code `{}` runs it", code.spec.name)));
@@ -199,17 +201,17 @@ impl CodeService {
     }
 
     /// The project's limits (the defaults for a project without a record).
-    async fn project_limits(&self, project: &str) -> Result<shepherd_core::ProjectLimits, TaskError> {
+    async fn project_limits(&self, project: &str) -> Result<shepherd_core::ProjectLimits, ServiceError> {
         Ok(self.store.get_project(project).await?.map(|p| p.limits).unwrap_or_default())
     }
 
     /// A new code within the project's live codes, a new revision within
     /// the code's revisions.
-    async fn check_code_quota(&self, project: &str, name: &str) -> Result<(), TaskError> {
+    async fn check_code_quota(&self, project: &str, name: &str) -> Result<(), ServiceError> {
         let limits = self.project_limits(project).await?;
         let codes = self.store.list_codes(Some(project.to_string())).await?;
         if !codes.iter().any(|c| c.spec.name == name) && codes.len() as u64 >= limits.codes() {
-            return Err(TaskError::QuotaExceeded(format!(
+            return Err(ServiceError::QuotaExceeded(format!(
                 "project {project} may have {} codes and has {}: remove some (shepherd code rm)",
                 limits.codes(),
                 codes.len()
@@ -217,7 +219,7 @@ impl CodeService {
         }
         let revisions = self.store.code_revisions(project, name).await?.len() as u64;
         if revisions >= limits.code_revisions() {
-            return Err(TaskError::QuotaExceeded(format!(
+            return Err(ServiceError::QuotaExceeded(format!(
                 "code `{name}` has {revisions} revisions, the most project {project} may keep (the admin raises max_code_revisions)"
             )));
         }
@@ -225,7 +227,7 @@ impl CodeService {
     }
 
     /// The image of a runtime's stack.
-    pub fn stack_image(&self, runtime: &str) -> Result<String, TaskError> {
+    pub fn stack_image(&self, runtime: &str) -> Result<String, ServiceError> {
         self.stacks.get(runtime).cloned().ok_or_else(|| {
             let known: Vec<&str> = self.stacks.keys().map(String::as_str).collect();
             let known = if known.is_empty() { "none".to_string() } else { known.join(", ") };
@@ -238,7 +240,7 @@ impl CodeService {
     }
 
     /// The project has the package, and it holds the executable.
-    async fn check_package(&self, project: &str, package: &shepherd_core::PackageRef) -> Result<(), TaskError> {
+    async fn check_package(&self, project: &str, package: &shepherd_core::PackageRef) -> Result<(), ServiceError> {
         let Some(zip) = self.store.get_package(project, &package.digest).await? else {
             return Err(FieldError::new("package.digest", format!("project `{project}` has no package {}", package.digest)).into());
         };
@@ -251,13 +253,28 @@ impl CodeService {
     }
 
     /// A code's latest revision, or the one asked for.
-    pub async fn get(&self, caller: &Caller, project: Option<&str>, name: &str, revision: Option<u32>) -> Result<Code, TaskError> {
+    pub async fn get(&self, caller: &Caller, project: Option<&str>, name: &str, revision: Option<u32>) -> Result<Code, ServiceError> {
         let project = readable_project(caller, project)?;
         self.store.get_code(&project, name, revision).await?.ok_or_else(|| missing(&project, name, revision))
     }
 
+    /// A code (at its latest revision or the one asked) with its package's zip.
+    pub async fn package_zip(
+        &self,
+        caller: &Caller,
+        project: Option<&str>,
+        name: &str,
+        revision: Option<u32>,
+    ) -> Result<(Code, Vec<u8>), ServiceError> {
+        let code = self.get(caller, project, name, revision).await?;
+        let package = code.spec.package.as_ref().ok_or_else(|| ServiceError::Missing(format!("package: code {name} has none")))?;
+        let zip =
+            self.store.get_package(&code.spec.project, &package.digest).await?.ok_or_else(|| ServiceError::Missing("package".into()))?;
+        Ok((code, zip))
+    }
+
     /// Codes of the caller's project (or, for the admin, of the one asked, or all).
-    pub async fn list(&self, caller: &Caller, project: Option<&str>) -> Result<Vec<Code>, TaskError> {
+    pub async fn list(&self, caller: &Caller, project: Option<&str>) -> Result<Vec<Code>, ServiceError> {
         let project = match (caller.project(), project) {
             (None, None) => None,
             _ => Some(readable_project(caller, project)?),
@@ -266,7 +283,7 @@ impl CodeService {
     }
 
     /// A code's revisions, newest first.
-    pub async fn revisions(&self, caller: &Caller, project: Option<&str>, name: &str) -> Result<Vec<Code>, TaskError> {
+    pub async fn revisions(&self, caller: &Caller, project: Option<&str>, name: &str) -> Result<Vec<Code>, ServiceError> {
         let project = readable_project(caller, project)?;
         let revisions = self.store.code_revisions(&project, name).await?;
         if revisions.is_empty() {
@@ -277,7 +294,7 @@ impl CodeService {
 
     /// Makes an earlier revision current again, as a new revision (a copy
     /// of it), so that the history only grows.
-    pub async fn rollback(&self, caller: &Caller, project: Option<&str>, name: &str, revision: u32) -> Result<Code, TaskError> {
+    pub async fn rollback(&self, caller: &Caller, project: Option<&str>, name: &str, revision: u32) -> Result<Code, ServiceError> {
         let project = readable_project(caller, project)?;
         let old = self.store.get_code(&project, name, Some(revision)).await?.ok_or_else(|| missing(&project, name, Some(revision)))?;
         self.check_code_quota(&project, name).await?;
@@ -289,7 +306,7 @@ impl CodeService {
     /// Deletes a code; its tasks keep running. The packages its revisions
     /// ran that nothing else needs (no live code, no unfinished task) go
     /// with it.
-    pub async fn delete(&self, caller: &Caller, project: Option<&str>, name: &str) -> Result<(), TaskError> {
+    pub async fn delete(&self, caller: &Caller, project: Option<&str>, name: &str) -> Result<(), ServiceError> {
         let project = readable_project(caller, project)?;
         let revisions = self.store.code_revisions(&project, name).await?;
         if !self.store.delete_code(&project, name).await? {
@@ -322,7 +339,7 @@ impl CodeService {
     }
 }
 
-fn missing(project: &str, name: &str, revision: Option<u32>) -> TaskError {
+fn missing(project: &str, name: &str, revision: Option<u32>) -> ServiceError {
     let what = revision.map_or(String::new(), |r| format!(" revision {r}"));
-    TaskError::Missing(format!("code `{name}`{what} in project `{project}`"))
+    ServiceError::Missing(format!("code `{name}`{what} in project `{project}`"))
 }

@@ -1,8 +1,10 @@
 //! Schedules: create, read, list, pause, resume, cancel. The leader's loop
 //! that fires their due slots is `crate::loops::schedules`.
 
+use super::audit::audit_entry;
 use super::codes::{project_of, readable_project};
-use super::tasks::{audit_entry, TaskError, TaskService};
+use super::error::ServiceError;
+use super::tasks::TaskService;
 use crate::service::auth::Caller;
 use shepherd_core::{FieldError, Schedule, ScheduleSpec, ScheduleState, TaskSpec, Timestamp};
 use shepherd_store::{Store, StoreError};
@@ -32,7 +34,7 @@ impl ScheduleService {
 
     /// Checks a schedule (its timing, and that its task would be accepted
     /// now) and stores it with its first slot.
-    pub async fn create(&self, caller: &Caller, mut spec: ScheduleSpec) -> Result<Schedule, TaskError> {
+    pub async fn create(&self, caller: &Caller, mut spec: ScheduleSpec) -> Result<Schedule, ServiceError> {
         let task_project = spec.task.get("project").and_then(|p| p.as_str()).map(str::to_string);
         let asked = Some(spec.project.clone()).filter(|p| !p.is_empty()).or(task_project.clone());
         spec.project = project_of(caller, asked.as_deref())?;
@@ -46,7 +48,8 @@ impl ScheduleService {
         }
         // Checking a cron pattern is CPU work: off the async runtime.
         let checked = spec.clone();
-        let slots = tokio::task::spawn_blocking(move || checked.slots(now)).await.map_err(|_| TaskError::Store(StoreError::Closed))??;
+        let slots =
+            tokio::task::spawn_blocking(move || checked.slots(now)).await.map_err(|_| ServiceError::Store(StoreError::Closed))??;
         let limits = self.store.get_project(&spec.project).await?.map(|p| p.limits).unwrap_or_default();
         let kept = self
             .store
@@ -56,7 +59,7 @@ impl ScheduleService {
             .filter(|s| matches!(s.state, ScheduleState::Active | ScheduleState::Paused))
             .count() as u64;
         if kept >= limits.schedules() {
-            return Err(TaskError::QuotaExceeded(format!(
+            return Err(ServiceError::QuotaExceeded(format!(
                 "project {} may have {} schedules (active or paused) and has {kept}: cancel some",
                 spec.project,
                 limits.schedules()
@@ -65,11 +68,11 @@ impl ScheduleService {
         // The task as it would be made now: refused here rather than at every slot.
         let owner = Caller::Schedule { project: spec.project.clone(), id: "new".into() };
         let made = self.make_task(&owner, &spec).await.map_err(|e| match e {
-            TaskError::Invalid(e) => TaskError::Invalid(e.within("task")),
+            ServiceError::Invalid(e) => ServiceError::Invalid(e.within("task")),
             other => other,
         })?;
         self.tasks.check(&owner, vec![made]).map_err(|e| match e {
-            TaskError::Invalid(e) => TaskError::Invalid(e.within("task")),
+            ServiceError::Invalid(e) => ServiceError::Invalid(e.within("task")),
             other => other,
         })?;
         let next_at = spec.first_slot(&slots, now);
@@ -97,17 +100,17 @@ impl ScheduleService {
     }
 
     /// One schedule the caller may see.
-    pub async fn get(&self, caller: &Caller, id: &str) -> Result<Schedule, TaskError> {
+    pub async fn get(&self, caller: &Caller, id: &str) -> Result<Schedule, ServiceError> {
         match self.store.get_schedule(id).await? {
             Some(s) if caller.can_access(&s.spec.project) => Ok(s),
-            _ => Err(TaskError::Missing(format!("schedule {id}"))),
+            _ => Err(ServiceError::Missing(format!("schedule {id}"))),
         }
     }
 
     /// The caller's project's schedules (the admin's: of `project`, or
     /// all), oldest first (each project holds at most its `max_schedules`
     /// live ones; the edges page what they answer).
-    pub async fn list(&self, caller: &Caller, project: Option<&str>) -> Result<Vec<Schedule>, TaskError> {
+    pub async fn list(&self, caller: &Caller, project: Option<&str>) -> Result<Vec<Schedule>, ServiceError> {
         let project = match (caller.project(), project) {
             (None, None) => None,
             _ => Some(readable_project(caller, project)?),
@@ -116,10 +119,10 @@ impl ScheduleService {
     }
 
     /// Pauses: no slot fires until resumed.
-    pub async fn pause(&self, caller: &Caller, id: &str) -> Result<Schedule, TaskError> {
+    pub async fn pause(&self, caller: &Caller, id: &str) -> Result<Schedule, ServiceError> {
         let s = self.get(caller, id).await?;
         if s.state != ScheduleState::Active {
-            return Err(TaskError::Conflict(format!("schedule {id} is {}, not active", s.state.as_str())));
+            return Err(ServiceError::Conflict(format!("schedule {id} is {}, not active", s.state.as_str())));
         }
         self.store.set_schedule_state(id, ScheduleState::Paused, None).await?;
         self.audit(caller, &s, "schedule.pause").await;
@@ -127,16 +130,16 @@ impl ScheduleService {
     }
 
     /// Resumes from now: slots that passed while paused do not fire.
-    pub async fn resume(&self, caller: &Caller, id: &str) -> Result<Schedule, TaskError> {
+    pub async fn resume(&self, caller: &Caller, id: &str) -> Result<Schedule, ServiceError> {
         let s = self.get(caller, id).await?;
         if s.state != ScheduleState::Paused {
-            return Err(TaskError::Conflict(format!("schedule {id} is {}, not paused", s.state.as_str())));
+            return Err(ServiceError::Conflict(format!("schedule {id} is {}, not paused", s.state.as_str())));
         }
         let now = Timestamp::now();
         let checked = s.spec.clone();
         let created = s.created_at;
         let slots =
-            tokio::task::spawn_blocking(move || checked.slots(created)).await.map_err(|_| TaskError::Store(StoreError::Closed))??;
+            tokio::task::spawn_blocking(move || checked.slots(created)).await.map_err(|_| ServiceError::Store(StoreError::Closed))??;
         // From now, but never a slot that fired already (this server's clock
         // may be behind the leader's) nor one before start_at.
         let mut from = now.minus(Duration::from_millis(1));
@@ -155,10 +158,10 @@ impl ScheduleService {
     }
 
     /// Cancels for good (kept, as `cancelled`, for the record).
-    pub async fn cancel(&self, caller: &Caller, id: &str) -> Result<Schedule, TaskError> {
+    pub async fn cancel(&self, caller: &Caller, id: &str) -> Result<Schedule, ServiceError> {
         let s = self.get(caller, id).await?;
         if !self.store.set_schedule_state(id, ScheduleState::Cancelled, None).await? {
-            return Err(TaskError::Conflict(format!("schedule {id} is already cancelled")));
+            return Err(ServiceError::Conflict(format!("schedule {id} is already cancelled")));
         }
         self.audit(caller, &s, "schedule.cancel").await;
         self.get(caller, id).await
@@ -172,7 +175,7 @@ impl ScheduleService {
 
     /// The task one slot creates: the template, a code laid under it.
     /// The task a schedule makes, as `owner` would submit it (its code expanded).
-    pub async fn make_task(&self, owner: &Caller, spec: &ScheduleSpec) -> Result<TaskSpec, TaskError> {
+    pub async fn make_task(&self, owner: &Caller, spec: &ScheduleSpec) -> Result<TaskSpec, ServiceError> {
         let bytes = serde_json::to_vec(&spec.task).map_err(|e| FieldError::new("task", e.to_string()))?;
         let decoded: TaskSpec = shepherd_core::decode_json(&bytes).map_err(|e| FieldError::new(e.field, e.message))?;
         let object = spec.task.clone();

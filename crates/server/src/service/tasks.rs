@@ -2,7 +2,9 @@
 
 use crate::nodes::links::NodeLinks;
 use crate::placement_notes::PlacementNotes;
+pub use crate::service::audit::audit_entry;
 use crate::service::auth::{Auth, Caller};
+use crate::service::error::{Refusal, ServiceError};
 use serde_json::{Map, Value};
 use shepherd_core::{validate, Event, FieldError, Limits, NewTask, Task, TaskId, TaskSpec, Timestamp};
 use shepherd_store::{ApplyError, AuditEntry, Store, StoreError, TaskFilter, TaskPage};
@@ -10,39 +12,6 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
-
-/// Why a task operation was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum TaskError {
-    /// No such task, or one the caller may not see (they answer alike).
-    #[error("no task with id {0}")]
-    NotFound(String),
-    /// Something else the caller named does not exist (or is another
-    /// project's): the message says what.
-    #[error("no {0}")]
-    Missing(String),
-    /// A field the caller may not set that way (another project).
-    #[error("{field}: {message}")]
-    Forbidden { field: String, message: String },
-    /// A field that is not acceptable.
-    #[error(transparent)]
-    Invalid(#[from] FieldError),
-    /// The project's `max_queued` quota would be exceeded.
-    #[error("{0}")]
-    QuotaExceeded(String),
-    /// A body over its limit (a code package).
-    #[error("{0}")]
-    TooLarge(String),
-    /// The thing is not in a state that allows this (a paused schedule paused again).
-    #[error("{0}")]
-    Conflict(String),
-    /// The task has ended; there is nothing to cancel.
-    #[error("{0}")]
-    NotCancellable(String),
-    /// The store failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
 
 /// Task operations with their authorization, quotas and audit lines.
 pub struct TaskService {
@@ -87,7 +56,7 @@ impl TaskService {
         specs: Vec<TaskSpec>,
         objects: &(dyn Fn(usize) -> Option<Map<String, Value>> + Sync),
         prefix: &(dyn Fn(usize) -> String + Sync),
-    ) -> Result<Vec<TaskSpec>, TaskError> {
+    ) -> Result<Vec<TaskSpec>, ServiceError> {
         let mut codes: BTreeMap<(String, String, Option<u32>), shepherd_core::Code> = BTreeMap::new();
         let mut out = Vec::with_capacity(specs.len());
         for (index, mut spec) in specs.into_iter().enumerate() {
@@ -111,7 +80,7 @@ impl TaskService {
             let merged = shepherd_core::code::lay_over(code, &object);
             let bytes = serde_json::to_vec(&Value::Object(merged)).map_err(|e| FieldError::new("body", e.to_string()))?;
             let made: TaskSpec = shepherd_core::decode_json(&bytes)
-                .map_err(|e| TaskError::Invalid(FieldError::new(e.field, e.message).within(&prefix(index))))?;
+                .map_err(|e| ServiceError::Invalid(FieldError::new(e.field, e.message).within(&prefix(index))))?;
             out.push(made);
         }
         Ok(out)
@@ -119,15 +88,15 @@ impl TaskService {
 
     /// Validates and stores one task, with its audit line; on disk before
     /// this returns.
-    pub async fn create(&self, caller: &Caller, spec: TaskSpec) -> Result<Task, TaskError> {
+    pub async fn create(&self, caller: &Caller, spec: TaskSpec) -> Result<Task, ServiceError> {
         let mut created = self.store_new(caller, vec![spec], &|_| String::new(), false).await?;
-        created.pop().ok_or_else(|| TaskError::Store(StoreError::Corrupt("no task was created".into())))
+        created.pop().ok_or_else(|| ServiceError::Store(StoreError::Corrupt("no task was created".into())))
     }
 
     /// Validates and stores a batch in one transaction (all or none), with
     /// one audit line per project; on disk before this returns. Errors name
     /// the spec's place in the batch (`tasks[3].image`).
-    pub async fn create_batch(&self, caller: &Caller, specs: Vec<TaskSpec>) -> Result<Vec<Task>, TaskError> {
+    pub async fn create_batch(&self, caller: &Caller, specs: Vec<TaskSpec>) -> Result<Vec<Task>, ServiceError> {
         if specs.is_empty() || specs.len() > self.limits.max_batch {
             let message = format!("a batch holds 1 to {} tasks, not {}", self.limits.max_batch, specs.len());
             return Err(FieldError::new("tasks", message).into());
@@ -136,14 +105,14 @@ impl TaskService {
     }
 
     /// Validates specs as `create` would, storing nothing.
-    pub fn check(&self, caller: &Caller, specs: Vec<TaskSpec>) -> Result<(), TaskError> {
+    pub fn check(&self, caller: &Caller, specs: Vec<TaskSpec>) -> Result<(), ServiceError> {
         self.prepare(caller, specs, &|_| String::new()).map(|_| ())
     }
 
     /// Validated, admitted (quota, secrets) tasks ready to store, with
     /// their audit lines, for a caller that stores them in a transaction
     /// of its own (a schedule's firing).
-    pub async fn prepare_new(&self, caller: &Caller, specs: Vec<TaskSpec>) -> Result<(Vec<NewTask>, Vec<AuditEntry>), TaskError> {
+    pub async fn prepare_new(&self, caller: &Caller, specs: Vec<TaskSpec>) -> Result<(Vec<NewTask>, Vec<AuditEntry>), ServiceError> {
         let prefix = |_| String::new();
         let tasks = self.prepare(caller, specs, &prefix)?;
         self.admit(&tasks, &prefix).await?;
@@ -157,7 +126,7 @@ impl TaskService {
         specs: Vec<TaskSpec>,
         prefix: &(dyn Fn(usize) -> String + Sync),
         batch: bool,
-    ) -> Result<Vec<Task>, TaskError> {
+    ) -> Result<Vec<Task>, ServiceError> {
         let tasks = self.prepare(caller, specs, prefix)?;
         self.admit(&tasks, prefix).await?;
         let created: Vec<Task> = tasks.iter().map(Task::from_new).collect();
@@ -168,7 +137,7 @@ impl TaskService {
     }
 
     /// One task the caller may see, with why it waits if it does.
-    pub async fn get(&self, caller: &Caller, id: &str) -> Result<Task, TaskError> {
+    pub async fn get(&self, caller: &Caller, id: &str) -> Result<Task, ServiceError> {
         let mut task = self.load_visible(caller, id).await?;
         self.notes.annotate(&mut task, self.store.shape_key());
         if task.state == shepherd_core::TaskState::Queued {
@@ -182,11 +151,14 @@ impl TaskService {
 
     /// A page of tasks; a project token sees its own project's only (asking
     /// for another is refused).
-    pub async fn list(&self, caller: &Caller, mut filter: TaskFilter) -> Result<TaskPage, TaskError> {
+    pub async fn list(&self, caller: &Caller, mut filter: TaskFilter) -> Result<TaskPage, ServiceError> {
         if let Some(own) = caller.project() {
             match &filter.project {
                 Some(asked) if asked != own => {
-                    return Err(TaskError::Forbidden { field: "project".into(), message: format!("this token sees project `{own}` only") })
+                    return Err(ServiceError::Forbidden {
+                        field: "project".into(),
+                        message: format!("this token sees project `{own}` only"),
+                    })
                 }
                 _ => filter.project = Some(own.to_string()),
             }
@@ -198,7 +170,7 @@ impl TaskService {
 
     /// Cancels a task: a queued one ends at once; one on a node is stopped
     /// by its agent (SIGTERM, grace, SIGKILL) and then ends as cancelled.
-    pub async fn cancel(&self, caller: &Caller, id: &str) -> Result<Task, TaskError> {
+    pub async fn cancel(&self, caller: &Caller, id: &str) -> Result<Task, ServiceError> {
         let task = self.load_visible(caller, id).await?;
         let results = self.store.apply(vec![(task.id, Event::Cancel)], Timestamp::now()).await?;
         match results.into_iter().next() {
@@ -210,8 +182,8 @@ impl TaskService {
                 }
             }
             // (NotOnNode: only for reports, which name their node.)
-            Some(Err(ApplyError::NotFound(_) | ApplyError::NotOnNode(_))) | None => return Err(TaskError::NotFound(id.to_string())),
-            Some(Err(ApplyError::Illegal(e))) => return Err(TaskError::NotCancellable(e.to_string())),
+            Some(Err(ApplyError::NotFound(_) | ApplyError::NotOnNode(_))) | None => return Err(ServiceError::NotFound(id.to_string())),
+            Some(Err(ApplyError::Illegal(e))) => return Err(ServiceError::NotCancellable(e.to_string())),
         }
         let line = audit_entry(caller, Some(&task.project), "task.cancel", &task.id.to_string(), None);
         if let Err(e) = self.store.append_audit(vec![line]).await {
@@ -221,11 +193,11 @@ impl TaskService {
     }
 
     /// Waits until the task ends or `limit` passes; the task either way.
-    pub async fn wait(&self, caller: &Caller, id: &str, limit: Duration) -> Result<Task, TaskError> {
+    pub async fn wait(&self, caller: &Caller, id: &str, limit: Duration) -> Result<Task, ServiceError> {
         let task = self.load_visible(caller, id).await?;
         let deadline = tokio::time::Instant::now() + limit;
         loop {
-            let mut task = self.store.get_task(task.id).await?.ok_or_else(|| TaskError::NotFound(id.to_string()))?;
+            let mut task = self.store.get_task(task.id).await?.ok_or_else(|| ServiceError::NotFound(id.to_string()))?;
             if task.state.is_terminal() || tokio::time::Instant::now() >= deadline {
                 self.notes.annotate(&mut task, self.store.shape_key());
                 return Ok(task);
@@ -236,15 +208,80 @@ impl TaskService {
 
     /// A task the caller may see: someone else's answers exactly as a
     /// missing one, and so does an id that cannot exist.
-    pub async fn load_visible(&self, caller: &Caller, id: &str) -> Result<Task, TaskError> {
-        let parsed: TaskId = id.parse().map_err(|_| TaskError::NotFound(id.to_string()))?;
+    pub async fn load_visible(&self, caller: &Caller, id: &str) -> Result<Task, ServiceError> {
+        let parsed: TaskId = id.parse().map_err(|_| ServiceError::NotFound(id.to_string()))?;
         match self.store.get_task(parsed).await? {
             Some(task) if caller.can_access(&task.project) => Ok(task),
-            _ => Err(TaskError::NotFound(id.to_string())),
+            _ => Err(ServiceError::NotFound(id.to_string())),
         }
     }
 
-    fn prepare(&self, caller: &Caller, specs: Vec<TaskSpec>, prefix: &(dyn Fn(usize) -> String + Sync)) -> Result<Vec<NewTask>, TaskError> {
+    /// Sets a task's progress (0-100 and a message); refused once the task
+    /// has ended. The task as it is now.
+    pub async fn set_progress(&self, caller: &Caller, id: &str, percent: f64, message: String) -> Result<Task, ServiceError> {
+        let task = self.load_visible(caller, id).await?;
+        let progress = shepherd_core::Progress::new(percent, message)?;
+        if task.state.is_terminal() {
+            return Err(ServiceError::refused(
+                Refusal::Conflict,
+                "ended",
+                format!("task {} has ended ({}): its progress is final", task.id, task.state),
+            ));
+        }
+        self.store.set_progress(task.id, progress).await?;
+        self.get(caller, id).await
+    }
+
+    /// The webhook deliveries of a task, every try.
+    pub async fn webhook(&self, caller: &Caller, id: &str) -> Result<shepherd_store::WebhookDelivery, ServiceError> {
+        let task = self.load_visible(caller, id).await?;
+        self.store.webhook_of(task.id).await?.ok_or_else(|| ServiceError::Missing(format!("webhook: task {id} names none")))
+    }
+
+    /// A task with its payload (the bytes its attempts read).
+    pub async fn with_payload(&self, caller: &Caller, id: &str) -> Result<(Task, Option<Vec<u8>>), ServiceError> {
+        let task = self.get(caller, id).await?;
+        let payload = self.store.launch_spec(task.id).await?.and_then(|l| l.payload);
+        Ok((task, payload))
+    }
+
+    /// A page of a task's stored output after chunk `after`.
+    pub async fn output(
+        &self,
+        caller: &Caller,
+        id: &str,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<shepherd_store::StoredLogChunk>, ServiceError> {
+        let task = self.load_visible(caller, id).await?;
+        Ok(self.store.read_logs(task.id, after, limit).await?)
+    }
+
+    /// A new task like an ended one (the same spec, code revision and
+    /// payload), after `delay_seconds` if given.
+    pub async fn retry(&self, caller: &Caller, id: &str, delay_seconds: Option<u32>) -> Result<Task, ServiceError> {
+        let task = self.load_visible(caller, id).await?;
+        if !task.state.is_terminal() {
+            return Err(ServiceError::refused(
+                Refusal::Conflict,
+                "not_ended",
+                format!("task {id} has not ended; only an ended task is retried"),
+            ));
+        }
+        let launch = self.store.launch_spec(task.id).await?.ok_or_else(|| ServiceError::NotFound(id.to_string()))?;
+        let mut spec = launch.spec;
+        spec.payload = launch.payload.map(|p| base64::Engine::encode(&base64::engine::general_purpose::STANDARD, p));
+        spec.start_at = None;
+        spec.delay_seconds = delay_seconds.filter(|d| *d > 0);
+        self.create(caller, spec).await
+    }
+
+    fn prepare(
+        &self,
+        caller: &Caller,
+        specs: Vec<TaskSpec>,
+        prefix: &(dyn Fn(usize) -> String + Sync),
+    ) -> Result<Vec<NewTask>, ServiceError> {
         let now = Timestamp::now();
         let mut ids = self.ids.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         specs
@@ -266,7 +303,7 @@ impl TaskService {
 
     /// Refuses tasks beyond a project's `max_queued`, and tasks naming
     /// secrets the project does not have.
-    async fn admit(&self, tasks: &[NewTask], prefix: &(dyn Fn(usize) -> String + Sync)) -> Result<(), TaskError> {
+    async fn admit(&self, tasks: &[NewTask], prefix: &(dyn Fn(usize) -> String + Sync)) -> Result<(), ServiceError> {
         let mut per_project: BTreeMap<&str, u64> = BTreeMap::new();
         for task in tasks {
             *per_project.entry(task.spec.project.as_str()).or_default() += 1;
@@ -277,7 +314,7 @@ impl TaskService {
                 let queued = self.store.count_queued(project).await?;
                 if queued + adding > max {
                     self.metrics.quota_refused(project);
-                    return Err(TaskError::QuotaExceeded(format!(
+                    return Err(ServiceError::QuotaExceeded(format!(
                         "project `{project}` may have {max} queued tasks; it has {queued} and this adds {adding}"
                     )));
                 }
@@ -333,7 +370,7 @@ impl TaskService {
                     let message = format!(
                         "project `{project}` may not use device `{name}` (the admin allows devices: `shepherd project policy --device`)"
                     );
-                    return Err(TaskError::Forbidden { field: within(&prefix(index), &format!("devices[{i}]")), message });
+                    return Err(ServiceError::Forbidden { field: within(&prefix(index), &format!("devices[{i}]")), message });
                 }
             }
             for (i, name) in task.spec.networks.iter().enumerate() {
@@ -358,12 +395,12 @@ fn within(prefix: &str, field: &str) -> String {
 
 /// Puts a project token's task in its project (a task that names none
 /// goes there); naming any other project is refused.
-fn claim(caller: &Caller, spec: &mut TaskSpec, field: &str) -> Result<(), TaskError> {
+fn claim(caller: &Caller, spec: &mut TaskSpec, field: &str) -> Result<(), ServiceError> {
     if let Some(own) = caller.project() {
         if spec.project.is_empty() || spec.project == own {
             spec.project = own.to_string();
         } else {
-            return Err(TaskError::Forbidden {
+            return Err(ServiceError::Forbidden {
                 field: field.to_string(),
                 message: format!("this token belongs to project `{own}` and cannot submit to `{}`", spec.project),
             });
@@ -386,17 +423,4 @@ fn audit_lines(caller: &Caller, tasks: &[NewTask], batch: bool) -> Vec<AuditEntr
             audit_entry(caller, Some(project), "task.create_batch", &first.id.to_string(), Some(detail))
         })
         .collect()
-}
-
-/// An audit log line about an action of `caller`, now.
-pub fn audit_entry(caller: &Caller, project: Option<&str>, action: &str, target: &str, detail: Option<String>) -> AuditEntry {
-    AuditEntry {
-        seq: 0,
-        at: Timestamp::now(),
-        actor: caller.actor(),
-        project: project.map(str::to_string),
-        action: action.to_string(),
-        target: target.to_string(),
-        detail,
-    }
 }

@@ -13,7 +13,7 @@
 //! handful of commits (and flushes), not a thousand. SQLite's single writer
 //! does the same for every write.
 
-use super::{error, parse_state, pool_error};
+use super::sql::{append_events, error, parse_state, pool_error};
 use crate::{Applied, ApplyError, ApplyResult, StoreError};
 use shepherd_core::{ClosedAttempt, Event, LifecycleContext, TaskId, Timestamp};
 use std::collections::HashMap;
@@ -169,7 +169,7 @@ pub(super) async fn apply_batch(
     write_attempts(tx, &attempts, &attempt_order).await?;
     write_tasks(tx, &tasks, &task_order).await?;
     let changes: Vec<shepherd_core::ClusterEvent> = results.iter().filter_map(|r| r.as_ref().ok()).map(Applied::event).collect();
-    super::append_events(tx, events[0].2, &changes).await?;
+    append_events(tx, events[0].2, &changes).await?;
     Ok(results)
 }
 

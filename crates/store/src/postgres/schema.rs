@@ -3,6 +3,7 @@
 //! lock, so servers starting together never race. Never edit a shipped
 //! migration: add one.
 
+use super::sql::error;
 use crate::StoreError;
 
 const MIGRATIONS: &[&str] = &[
@@ -280,11 +281,10 @@ async fn backfill(version: i64, tx: &tokio_postgres::Transaction<'_>) -> Result<
         let secret = crate::new_secret()?;
         tx.execute("INSERT INTO cluster_meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING", &[&crate::SHAPE_KEY, &secret])
             .await
-            .map_err(super::error)?;
-        let row = tx.query_one("SELECT value FROM cluster_meta WHERE key = $1", &[&crate::SHAPE_KEY]).await.map_err(super::error)?;
+            .map_err(error)?;
+        let row = tx.query_one("SELECT value FROM cluster_meta WHERE key = $1", &[&crate::SHAPE_KEY]).await.map_err(error)?;
         let key = crate::shape_key_from(row.get(0))?;
-        let rows =
-            tx.query("SELECT id, spec FROM tasks WHERE state IN ('queued', 'scheduled', 'running')", &[]).await.map_err(super::error)?;
+        let rows = tx.query("SELECT id, spec FROM tasks WHERE state IN ('queued', 'scheduled', 'running')", &[]).await.map_err(error)?;
         let (mut ids, mut shapes) = (Vec::new(), Vec::new());
         for row in rows {
             let (id, spec): (String, String) = (row.get(0), row.get(1));
@@ -295,7 +295,7 @@ async fn backfill(version: i64, tx: &tokio_postgres::Transaction<'_>) -> Result<
         }
         tx.execute("UPDATE tasks SET shape = s FROM UNNEST($1::text[], $2::bigint[]) AS u(i, s) WHERE id = i", &[&ids, &shapes])
             .await
-            .map_err(super::error)?;
+            .map_err(error)?;
     }
     Ok(())
 }
@@ -305,13 +305,13 @@ pub const VERSION: i64 = MIGRATIONS.len() as i64;
 
 /// Brings the schema up to date; refuses a database a newer shepherd migrated.
 pub async fn migrate(client: &mut tokio_postgres::Client) -> Result<i64, StoreError> {
-    let tx = client.transaction().await.map_err(super::error)?;
+    let tx = client.transaction().await.map_err(error)?;
     // One migrating server at a time; the lock ends with the transaction.
-    tx.execute("SELECT pg_advisory_xact_lock(7253911)", &[]).await.map_err(super::error)?;
+    tx.execute("SELECT pg_advisory_xact_lock(7253911)", &[]).await.map_err(error)?;
     tx.batch_execute("CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)")
         .await
-        .map_err(super::error)?;
-    let current: i64 = tx.query_one("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", &[]).await.map_err(super::error)?.get(0);
+        .map_err(error)?;
+    let current: i64 = tx.query_one("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", &[]).await.map_err(error)?.get(0);
     if current > VERSION {
         return Err(StoreError::NewerSchema { found: current, known: VERSION });
     }
@@ -320,16 +320,16 @@ pub async fn migrate(client: &mut tokio_postgres::Client) -> Result<i64, StoreEr
         if version <= current {
             continue;
         }
-        tx.batch_execute(sql).await.map_err(super::error)?;
+        tx.batch_execute(sql).await.map_err(error)?;
         backfill(version, &tx).await?;
         tx.execute(
             "INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)",
             &[&version, &shepherd_core::Timestamp::now().millis()],
         )
         .await
-        .map_err(super::error)?;
+        .map_err(error)?;
         tracing::info!(version, "applied store migration (postgres)");
     }
-    tx.commit().await.map_err(super::error)?;
+    tx.commit().await.map_err(error)?;
     Ok(VERSION)
 }

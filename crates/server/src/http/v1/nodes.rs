@@ -3,12 +3,13 @@
 use crate::http::error::ApiError;
 use crate::http::state::AppState;
 use crate::service::auth::Caller;
+use crate::service::nodes::NodeUse;
 use axum::extract::{Path, State};
 use axum::Extension;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use shepherd_core::{Resources, Timestamp};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 /// A node and what is placed on it.
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
@@ -31,6 +32,25 @@ pub struct NodeView {
     pub last_heartbeat_at: Timestamp,
 }
 
+impl From<NodeUse> for NodeView {
+    fn from(u: NodeUse) -> NodeView {
+        let node = u.node;
+        NodeView {
+            id: node.id,
+            hostname: node.hostname,
+            state: node.state.as_str().into(),
+            driver: node.driver,
+            capacity: node.capacity,
+            allocated: u.allocated,
+            max_tasks: node.max_tasks,
+            tasks: u.tasks,
+            labels: node.labels,
+            images: node.images,
+            last_heartbeat_at: node.last_heartbeat_at,
+        }
+    }
+}
+
 /// The list of nodes.
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NodeList {
@@ -40,34 +60,7 @@ pub struct NodeList {
 /// Every node with its allocation.
 #[utoipa::path(get, path = "/v1/nodes", tag = "cluster", responses((status = 200, body = NodeList)))]
 pub async fn list(State(state): State<AppState>, Extension(caller): Extension<Caller>) -> Result<Json<NodeList>, ApiError> {
-    caller.require_admin()?;
-    let nodes = state.store.list_nodes().await?;
-    let mut usage: HashMap<String, (Resources, u32)> = HashMap::new();
-    for task in state.store.active_tasks().await? {
-        let entry = usage.entry(task.node_id).or_insert((Resources { cpu_millicores: 0, memory_mib: 0 }, 0));
-        entry.0.cpu_millicores += task.resources.cpu_millicores;
-        entry.0.memory_mib += task.resources.memory_mib;
-        entry.1 += 1;
-    }
-    let nodes = nodes
-        .into_iter()
-        .map(|node| {
-            let (allocated, tasks) = usage.remove(&node.id).unwrap_or((Resources { cpu_millicores: 0, memory_mib: 0 }, 0));
-            NodeView {
-                id: node.id,
-                hostname: node.hostname,
-                state: node.state.as_str().into(),
-                driver: node.driver,
-                capacity: node.capacity,
-                allocated,
-                max_tasks: node.max_tasks,
-                tasks,
-                labels: node.labels,
-                images: node.images,
-                last_heartbeat_at: node.last_heartbeat_at,
-            }
-        })
-        .collect();
+    let nodes = state.nodes.list(&caller).await?.into_iter().map(NodeView::from).collect();
     Ok(Json(NodeList { nodes }))
 }
 
@@ -79,20 +72,5 @@ pub async fn drain(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<NodeView>, ApiError> {
-    caller.require_admin()?;
-    let node = state.store.get_node(&id).await?;
-    let Some(node) = node else { return Err(ApiError::not_found(format!("no node with id {id}"))) };
-    let to = node
-        .state
-        .next(shepherd_core::NodeEvent::Drain)
-        .map_err(|e| ApiError::new(axum::http::StatusCode::CONFLICT, "not_drainable", e.to_string()))?;
-    if !state.store.set_node_state(&id, to).await? {
-        return Err(ApiError::not_found(format!("no node with id {id}")));
-    }
-    state.agents.observer.view.nodes_changed();
-    crate::nodes::links::NodeLinks::drain(state.tasks.links.as_ref(), &id);
-    tracing::info!(node = %id, "node draining");
-    state.audit(&caller, None, "node.drain", &id, None).await;
-    let Json(list) = list(State(state), Extension(caller)).await?;
-    list.nodes.into_iter().find(|n| n.id == id).map(Json).ok_or_else(|| ApiError::not_found(format!("no node with id {id}")))
+    Ok(Json(state.nodes.drain(&caller, &id).await?.into()))
 }

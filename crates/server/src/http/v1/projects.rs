@@ -8,11 +8,12 @@ use crate::http::error::ApiError;
 use crate::http::error::ApiJson;
 use crate::http::state::AppState;
 use crate::service::auth::Caller;
+use crate::service::projects::NewToken;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
-use shepherd_core::{is_project_name, is_secret_name, ProjectLimits, Timestamp};
+use shepherd_core::{ProjectLimits, Timestamp};
 use shepherd_store::{AuditEntry, Project, TokenRecord};
 
 /// A project as the API shows it.
@@ -152,17 +153,10 @@ pub struct AuditList {
     pub next_cursor: Option<i64>,
 }
 
-const MAX_SECRET_BYTES: usize = 64 * 1024;
-
-pub(super) async fn project_or_404(state: &AppState, caller: &Caller, name: &str) -> Result<Project, ApiError> {
-    caller.require_project(name)?;
-    state.store.get_project(name).await?.ok_or_else(|| ApiError::not_found(format!("no project {name}")))
-}
-
-/// Makes and stores a token for a project.
-pub async fn issue_token(state: &AppState, project: &str, name: &str) -> Result<CreatedToken, ApiError> {
-    let (record, token) = crate::service::auth::mint_token(state.store.as_ref(), project, name).await?;
-    Ok(CreatedToken { info: record.into(), token })
+impl From<NewToken> for CreatedToken {
+    fn from(t: NewToken) -> CreatedToken {
+        CreatedToken { info: t.record.into(), token: t.token }
+    }
 }
 
 /// Create a project and its first token (admin).
@@ -174,30 +168,14 @@ pub async fn create(
     Extension(caller): Extension<Caller>,
     ApiJson(body): ApiJson<CreateProject>,
 ) -> Result<(StatusCode, Json<CreatedProject>), ApiError> {
-    caller.require_admin()?;
-    if !is_project_name(&body.name) {
-        return Err(ApiError::field("name", "1-63 of lower-case letters, digits, - and _"));
-    }
-    body.limits.validate()?;
-    let project = Project { name: body.name.clone(), created_at: Timestamp::now(), limits: body.limits, policy: Default::default() };
-    if !state.store.create_project(project.clone()).await? {
-        return Err(ApiError::new(StatusCode::CONFLICT, "exists", format!("project {} exists", body.name)).with_field("name"));
-    }
-    state.auth.forget();
-    let token = issue_token(&state, &body.name, "default").await?;
-    state.audit(&caller, Some(&body.name), "project.create", &body.name, Some(format!("limits {}", limits_text(&body.limits)))).await;
-    state.audit(&caller, Some(&body.name), "token.create", &token.info.id, None).await;
-    Ok((StatusCode::CREATED, Json(CreatedProject { project: project.into(), token })))
-}
-
-fn limits_text(limits: &ProjectLimits) -> String {
-    serde_json::to_string(limits).unwrap_or_default()
+    let (project, token) = state.projects.create(&caller, &body.name, body.limits).await?;
+    Ok((StatusCode::CREATED, Json(CreatedProject { project: project.into(), token: token.into() })))
 }
 
 /// Projects: all of them for the admin, its own for a project token.
 #[utoipa::path(get, path = "/v1/projects", tag = "projects", responses((status = 200, body = ProjectList)))]
 pub async fn list(State(state): State<AppState>, Extension(caller): Extension<Caller>) -> Result<Json<ProjectList>, ApiError> {
-    let projects = state.store.list_projects().await?.into_iter().filter(|p| caller.can_access(&p.name)).map(ProjectView::from).collect();
+    let projects = state.projects.list(&caller).await?.into_iter().map(ProjectView::from).collect();
     Ok(Json(ProjectList { projects }))
 }
 
@@ -209,7 +187,7 @@ pub async fn get(
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> Result<Json<ProjectView>, ApiError> {
-    Ok(Json(project_or_404(&state, &caller, &name).await?.into()))
+    Ok(Json(state.projects.visible(&caller, &name).await?.into()))
 }
 
 /// `PATCH /v1/projects/{project}` body.
@@ -230,14 +208,7 @@ pub async fn update(
     Path(name): Path<String>,
     ApiJson(body): ApiJson<UpdateProject>,
 ) -> Result<Json<ProjectView>, ApiError> {
-    project_or_404(&state, &caller, &name).await?;
-    caller.require_admin()?;
-    body.limits.validate()?;
-    state.store.set_project_limits(&name, body.limits).await?;
-    state.auth.forget();
-    state.audit(&caller, Some(&name), "project.update", &name, Some(format!("limits {}", limits_text(&body.limits)))).await;
-    state.scheduler_wakeup.notify_one();
-    Ok(Json(project_or_404(&state, &caller, &name).await?.into()))
+    Ok(Json(state.projects.set_limits(&caller, &name, body.limits).await?.into()))
 }
 
 /// Create another token for a project (admin).
@@ -250,20 +221,14 @@ pub async fn create_token(
     Path(name): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
-    project_or_404(&state, &caller, &name).await?;
+    state.projects.visible(&caller, &name).await?;
     caller.require_admin()?;
     let body: CreateToken = if body.iter().all(u8::is_ascii_whitespace) {
         CreateToken::default()
     } else {
         serde_json::from_slice(&body).map_err(|e| ApiError::field("name", format!("bad body: {e}")))?
     };
-    let label = body.name.unwrap_or_else(|| "default".into());
-    if label.is_empty() || label.len() > 100 {
-        return Err(ApiError::field("name", "1-100 characters"));
-    }
-    let token = issue_token(&state, &name, &label).await?;
-    state.audit(&caller, Some(&name), "token.create", &token.info.id, Some(label)).await;
-    Ok((StatusCode::CREATED, Json(token)))
+    Ok((StatusCode::CREATED, Json(state.projects.create_token(&caller, &name, body.name).await?.into())))
 }
 
 /// A project's tokens (never the tokens themselves).
@@ -274,8 +239,7 @@ pub async fn list_tokens(
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> Result<Json<TokenList>, ApiError> {
-    project_or_404(&state, &caller, &name).await?;
-    let tokens = state.store.list_tokens(&name).await?.into_iter().map(TokenView::from).collect();
+    let tokens = state.projects.tokens(&caller, &name).await?.into_iter().map(TokenView::from).collect();
     Ok(Json(TokenList { tokens }))
 }
 
@@ -289,12 +253,7 @@ pub async fn revoke_token(
     Extension(caller): Extension<Caller>,
     Path((name, id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    project_or_404(&state, &caller, &name).await?;
-    if !state.store.revoke_token(&name, &id, Timestamp::now()).await? {
-        return Err(ApiError::not_found(format!("no live token {id} in project {name}")));
-    }
-    state.auth.forget();
-    state.audit(&caller, Some(&name), "token.revoke", &id, None).await;
+    state.projects.revoke_token(&caller, &name, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -308,21 +267,7 @@ pub async fn put_secret(
     Path((project, name)): Path<(String, String)>,
     ApiJson(body): ApiJson<SecretValue>,
 ) -> Result<StatusCode, ApiError> {
-    project_or_404(&state, &caller, &project).await?;
-    if !is_secret_name(&name) {
-        return Err(ApiError::field("name", "1-64 of letters, digits, . _ - (not starting with .)"));
-    }
-    if shepherd_core::tenant::is_reserved_secret_name(&name) {
-        return Err(ApiError::field(
-            "name",
-            "`registry.*` names are registry logins: set them with PUT /v1/projects/{p}/registries/{host}",
-        ));
-    }
-    if body.value.len() > MAX_SECRET_BYTES {
-        return Err(ApiError::field("value", format!("at most {MAX_SECRET_BYTES} bytes")));
-    }
-    state.store.put_secret(&project, &name, body.value.into_bytes(), Timestamp::now()).await?;
-    state.audit(&caller, Some(&project), "secret.set", &name, None).await;
+    state.projects.put_secret(&caller, &project, &name, body.value).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -335,16 +280,7 @@ pub async fn delete_secret(
     Extension(caller): Extension<Caller>,
     Path((project, name)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    project_or_404(&state, &caller, &project).await?;
-    // Shepherd's own (the webhook signing key) and registry logins are not
-    // removed here: the webhook key rotates, logins have their own route.
-    if !is_secret_name(&name) || shepherd_core::tenant::is_reserved_secret_name(&name) {
-        return Err(ApiError::not_found(format!("no secret {name} in project {project}")));
-    }
-    if !state.store.delete_secret(&project, &name).await? {
-        return Err(ApiError::not_found(format!("no secret {name} in project {project}")));
-    }
-    state.audit(&caller, Some(&project), "secret.delete", &name, None).await;
+    state.projects.delete_secret(&caller, &project, &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -356,14 +292,11 @@ pub async fn list_secrets(
     Extension(caller): Extension<Caller>,
     Path(project): Path<String>,
 ) -> Result<Json<SecretList>, ApiError> {
-    project_or_404(&state, &caller, &project).await?;
-    // Names starting with `.` are Shepherd's own (the webhook secret).
     let secrets = state
-        .store
-        .list_secrets(&project)
+        .projects
+        .secrets(&caller, &project)
         .await?
         .into_iter()
-        .filter(|s| !shepherd_core::tenant::is_reserved_secret_name(&s.name))
         .map(|s| SecretView { name: s.name, updated_at: s.updated_at })
         .collect();
     Ok(Json(SecretList { secrets }))
@@ -400,15 +333,7 @@ pub async fn audit(
             other => return Err(ApiError::field(other, "unknown query parameter; use project, limit, cursor")),
         }
     }
-    if let Some(own) = caller.project() {
-        if project.as_deref().is_some_and(|p| p != own) {
-            return Err(
-                ApiError::new(StatusCode::FORBIDDEN, "forbidden", format!("this token sees project `{own}` only")).with_field("project")
-            );
-        }
-        project = Some(own.to_string());
-    }
-    let entries: Vec<AuditView> = state.store.list_audit(project, before, limit).await?.into_iter().map(AuditView::from).collect();
+    let entries: Vec<AuditView> = state.projects.audit(&caller, project, before, limit).await?.into_iter().map(AuditView::from).collect();
     let next_cursor = if entries.len() == limit { entries.last().map(|e| e.seq) } else { None };
     Ok(Json(AuditList { entries, next_cursor }))
 }

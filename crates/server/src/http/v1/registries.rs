@@ -3,7 +3,6 @@
 //! agent only with the launch spec of that project's tasks whose image
 //! comes from that registry.
 
-use super::projects::project_or_404;
 use crate::http::error::ApiError;
 use crate::http::error::ApiJson;
 use crate::http::state::AppState;
@@ -12,8 +11,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
-use shepherd_core::registry::{is_registry_host, registry_of_secret, secret_name};
-use shepherd_core::{RegistryAuth, RegistryLogin, Timestamp};
+use shepherd_core::{RegistryLogin, Timestamp};
 
 /// A registry the project has a login to (never its password).
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
@@ -40,21 +38,7 @@ pub async fn login(
     Path((project, registry)): Path<(String, String)>,
     ApiJson(body): ApiJson<RegistryLogin>,
 ) -> Result<StatusCode, ApiError> {
-    project_or_404(&state, &caller, &project).await?;
-    if !is_registry_host(&registry) {
-        return Err(ApiError::field("registry", format!("`{registry}`: a registry is host[:port], e.g. ghcr.io or 127.0.0.1:5000")));
-    }
-    if body.username.is_empty() || body.username.len() > 256 {
-        return Err(ApiError::field("username", "1-256 characters"));
-    }
-    if body.password.is_empty() || body.password.len() > 8192 {
-        return Err(ApiError::field("password", "1-8192 characters"));
-    }
-    let username = body.username.clone();
-    let value = serde_json::to_vec(&RegistryAuth { registry: registry.clone(), username: body.username, password: body.password })
-        .map_err(|e| ApiError::field("password", e.to_string()))?;
-    state.store.put_secret(&project, &secret_name(&registry), value, Timestamp::now()).await?;
-    state.audit(&caller, Some(&project), "registry.login", &registry, Some(format!("as {username}"))).await;
+    state.projects.registry_login(&caller, &project, &registry, body).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -67,11 +51,7 @@ pub async fn logout(
     Extension(caller): Extension<Caller>,
     Path((project, registry)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    project_or_404(&state, &caller, &project).await?;
-    if !state.store.delete_secret(&project, &secret_name(&registry)).await? {
-        return Err(ApiError::not_found(format!("project {project} has no login to {registry}")));
-    }
-    state.audit(&caller, Some(&project), "registry.logout", &registry, None).await;
+    state.projects.registry_logout(&caller, &project, &registry).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -83,13 +63,8 @@ pub async fn list(
     Extension(caller): Extension<Caller>,
     Path(project): Path<String>,
 ) -> Result<Json<RegistryList>, ApiError> {
-    project_or_404(&state, &caller, &project).await?;
-    let registries = state
-        .store
-        .list_secrets(&project)
-        .await?
-        .into_iter()
-        .filter_map(|s| registry_of_secret(&s.name).map(|registry| RegistryView { registry, updated_at: s.updated_at }))
-        .collect();
-    Ok(Json(RegistryList { registries }))
+    let registries = state.projects.registries(&caller, &project).await?;
+    Ok(Json(RegistryList {
+        registries: registries.into_iter().map(|(registry, updated_at)| RegistryView { registry, updated_at }).collect(),
+    }))
 }

@@ -6,7 +6,6 @@ use crate::http::error::ApiError;
 use crate::http::error::ApiJsonBody;
 use crate::http::state::AppState;
 use crate::service::auth::Caller;
-use crate::service::TaskError;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
@@ -39,22 +38,6 @@ pub struct TaskList {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>)]
     pub next_cursor: Option<TaskId>,
-}
-
-impl From<TaskError> for ApiError {
-    fn from(e: TaskError) -> ApiError {
-        match e {
-            TaskError::NotFound(id) => ApiError::not_found(format!("no task with id {id}")),
-            TaskError::Missing(what) => ApiError::not_found(format!("no {what}")),
-            TaskError::Forbidden { field, message } => ApiError::new(StatusCode::FORBIDDEN, "forbidden", message).with_field(field),
-            TaskError::Invalid(e) => e.into(),
-            TaskError::QuotaExceeded(message) => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", message),
-            TaskError::NotCancellable(message) => ApiError::new(StatusCode::CONFLICT, "not_cancellable", message),
-            TaskError::Conflict(message) => ApiError::new(StatusCode::CONFLICT, "conflict", message),
-            TaskError::TooLarge(message) => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", message).with_field("body"),
-            TaskError::Store(e) => e.into(),
-        }
-    }
 }
 
 /// Submit one task. It is on disk before this answers 201.
@@ -184,17 +167,7 @@ pub async fn progress(
     Path(id): Path<String>,
     crate::http::error::ApiJson(progress): crate::http::error::ApiJson<shepherd_core::Progress>,
 ) -> Result<Json<Task>, ApiError> {
-    let task = state.tasks.load_visible(&caller, &id).await?;
-    let progress = shepherd_core::Progress::new(f64::from(progress.percent), progress.message)?;
-    if task.state.is_terminal() {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "ended",
-            format!("task {} has ended ({}): its progress is final", task.id, task.state),
-        ));
-    }
-    state.store.set_progress(task.id, progress).await?;
-    Ok(Json(state.tasks.get(&caller, &id).await?))
+    Ok(Json(state.tasks.set_progress(&caller, &id, f64::from(progress.percent), progress.message).await?))
 }
 
 /// `wait` query.

@@ -7,7 +7,6 @@
 //! first task that mounts it starts there; removing it removes it from the
 //! engines that hold it.
 
-use super::projects::project_or_404;
 use crate::http::error::ApiError;
 use crate::http::error::ApiJson;
 use crate::http::state::AppState;
@@ -16,8 +15,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
-use shepherd_core::{ProjectPolicy, TaskState, Timestamp, Volume, VolumeScope, VolumeSpec};
-use shepherd_store::TaskFilter;
+use shepherd_core::{ProjectPolicy, Volume, VolumeSpec};
 
 /// A project's volumes.
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
@@ -37,53 +35,7 @@ pub async fn create(
     Path(project): Path<String>,
     ApiJson(spec): ApiJson<VolumeSpec>,
 ) -> Result<(StatusCode, Json<Volume>), ApiError> {
-    let found = project_or_404(&state, &caller, &project).await?;
-    spec.validate(&found.policy)?;
-    if !found.policy.allows_volume_driver(&spec.driver) {
-        let allowed = if found.policy.volume_drivers.is_empty() { "local".to_string() } else { found.policy.volume_drivers.join(", ") };
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "driver_not_allowed",
-            format!("project {project} may not use volume driver `{}` (allowed: {allowed}; the admin sets them)", spec.driver),
-        )
-        .with_field("driver"));
-    }
-    let existing = state.store.volumes(Some(project.clone())).await?;
-    if let Some(max) = found.limits.max_volumes {
-        if existing.len() as u64 >= max {
-            return Err(ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "quota_exceeded",
-                format!("project {project} may have {max} volumes; it has {}", existing.len()),
-            ));
-        }
-    }
-    if let (Some(max), Some(size)) = (found.limits.max_volume_size_mib, spec.size_mib) {
-        let used: u64 = existing.iter().filter_map(|v| v.size_mib).sum();
-        if used + size > max {
-            return Err(ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "quota_exceeded",
-                format!("project {project} may have {max} MiB of volumes; it has {used} and this adds {size}"),
-            )
-            .with_field("size_mib"));
-        }
-    }
-    if existing.iter().any(|v| v.name == spec.name) {
-        return Err(ApiError::new(StatusCode::CONFLICT, "exists", format!("project {project} has a volume {} already", spec.name)));
-    }
-    let volume = Volume::new(&project, spec, Timestamp::now());
-    if !state.store.create_volume(volume.clone()).await? {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "exists",
-            format!("the engine name {} is taken by another project's volume: choose another name", volume.engine_name),
-        )
-        .with_field("name"));
-    }
-    let detail = format!("driver {}, {:?} scope", volume.driver, volume.scope).to_lowercase();
-    state.audit(&caller, Some(&project), "volume.create", &volume.name, Some(detail)).await;
-    Ok((StatusCode::CREATED, Json(volume)))
+    Ok((StatusCode::CREATED, Json(state.volumes.create(&caller, &project, spec).await?)))
 }
 
 /// A project's volumes.
@@ -94,8 +46,7 @@ pub async fn list(
     Extension(caller): Extension<Caller>,
     Path(project): Path<String>,
 ) -> Result<Json<VolumeList>, ApiError> {
-    project_or_404(&state, &caller, &project).await?;
-    Ok(Json(VolumeList { volumes: state.store.volumes(Some(project)).await? }))
+    Ok(Json(VolumeList { volumes: state.volumes.list(&caller, &project).await? }))
 }
 
 /// One volume.
@@ -107,9 +58,7 @@ pub async fn get(
     Extension(caller): Extension<Caller>,
     Path((project, name)): Path<(String, String)>,
 ) -> Result<Json<Volume>, ApiError> {
-    project_or_404(&state, &caller, &project).await?;
-    let volume = state.store.get_volume(&project, &name).await?;
-    volume.map(Json).ok_or_else(|| ApiError::not_found(format!("no volume {name} in project {project}")))
+    Ok(Json(state.volumes.get(&caller, &project, &name).await?))
 }
 
 /// Remove a volume and its data on every engine that holds it. Refused
@@ -122,39 +71,7 @@ pub async fn delete(
     Extension(caller): Extension<Caller>,
     Path((project, name)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    project_or_404(&state, &caller, &project).await?;
-    let Some(volume) = state.store.get_volume(&project, &name).await? else {
-        return Err(ApiError::not_found(format!("no volume {name} in project {project}")));
-    };
-    // Tasks that still need it: the newest 10,000 unfinished ones of the project.
-    let filter = TaskFilter {
-        states: vec![TaskState::Queued, TaskState::Scheduled, TaskState::Running],
-        project: Some(project.clone()),
-        labels: Vec::new(),
-        before: None,
-        limit: 10_000,
-    };
-    let page = state.store.list_tasks(filter).await?;
-    if let Some(user) = page.tasks.iter().find(|t| t.volumes.iter().any(|m| m.name == name)) {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "in_use",
-            format!("task {} ({}) mounts volume {name}: cancel it or let it finish first", user.id, user.state.as_str()),
-        ));
-    }
-    if !state.store.delete_volume(&project, &name).await? {
-        return Err(ApiError::not_found(format!("no volume {name} in project {project}")));
-    }
-    // Its data: on its node, or, for a cluster-wide one, on every node that may have made it.
-    let nodes: Vec<String> = match (&volume.scope, &volume.node_id) {
-        (VolumeScope::Node, Some(node)) => vec![node.clone()],
-        (VolumeScope::Node, None) => Vec::new(),
-        (VolumeScope::Cluster, _) => state.store.list_nodes().await?.into_iter().map(|n| n.id).collect(),
-    };
-    for node in &nodes {
-        state.tasks.links.remove_volume(node, &volume.engine_name, &project);
-    }
-    state.audit(&caller, Some(&project), "volume.delete", &name, None).await;
+    state.volumes.delete(&caller, &project, &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -171,13 +88,7 @@ pub async fn set_policy(
     Path(project): Path<String>,
     ApiJson(policy): ApiJson<ProjectPolicy>,
 ) -> Result<Json<ProjectPolicy>, ApiError> {
-    project_or_404(&state, &caller, &project).await?;
-    caller.require_admin()?;
-    policy.validate()?;
-    state.store.set_project_policy(&project, policy.clone()).await?;
-    let detail = serde_json::to_string(&policy).unwrap_or_default();
-    state.audit(&caller, Some(&project), "project.policy", &project, Some(detail)).await;
-    Ok(Json(policy))
+    Ok(Json(state.projects.set_policy(&caller, &project, policy).await?))
 }
 
 /// A project's policy.
@@ -188,5 +99,5 @@ pub async fn get_policy(
     Extension(caller): Extension<Caller>,
     Path(project): Path<String>,
 ) -> Result<Json<ProjectPolicy>, ApiError> {
-    Ok(Json(project_or_404(&state, &caller, &project).await?.policy))
+    Ok(Json(state.projects.visible(&caller, &project).await?.policy))
 }

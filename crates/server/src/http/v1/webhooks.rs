@@ -48,8 +48,7 @@ pub async fn of_task(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<WebhookView>, ApiError> {
-    let task = state.tasks.load_visible(&caller, &id).await?;
-    let delivery = state.store.webhook_of(task.id).await?.ok_or_else(|| ApiError::not_found(format!("task {id} names no webhook")))?;
+    let delivery = state.tasks.webhook(&caller, &id).await?;
     Ok(Json(WebhookView {
         url: delivery.url,
         state: delivery.state,
@@ -72,9 +71,7 @@ pub async fn secret(
     Extension(caller): Extension<Caller>,
     Path(project): Path<String>,
 ) -> Result<Json<WebhookSecret>, ApiError> {
-    super::projects::project_or_404(&state, &caller, &project).await?;
-    let secret = crate::loops::webhooks::project_secret(state.store.as_ref(), &project).await?;
-    state.audit(&caller, Some(&project), "webhook_secret.read", &project, None).await;
+    let secret = state.projects.webhook_secret(&caller, &project).await?;
     Ok(Json(WebhookSecret { secret }))
 }
 
@@ -86,8 +83,6 @@ pub async fn rotate(
     Extension(caller): Extension<Caller>,
     Path(project): Path<String>,
 ) -> Result<Json<WebhookSecret>, ApiError> {
-    super::projects::project_or_404(&state, &caller, &project).await?;
-    let secret = crate::loops::webhooks::rotate_secret(state.store.as_ref(), &project).await?;
-    state.audit(&caller, Some(&project), "webhook_secret.rotate", &project, None).await;
+    let secret = state.projects.rotate_webhook_secret(&caller, &project).await?;
     Ok(Json(WebhookSecret { secret }))
 }

@@ -1,0 +1,181 @@
+//! The connection to PostgreSQL: [`PgStore`] itself, its pools, and the
+//! connection that LISTENs for the messages servers send each other.
+
+use super::apply;
+use super::schema;
+use super::sql::{error, pool_error};
+use crate::{ObserverSlot, StoreError};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use shepherd_core::shape::ShapeKey;
+use tokio_postgres::NoTls;
+
+/// The PostgreSQL implementation of [`Store`](crate::Store).
+pub struct PgStore {
+    pub(super) pool: Pool,
+    /// Connections that commit without waiting for the disk, for audit
+    /// number reservations only ([`reserve_audit_numbers`](super::events::reserve_audit_numbers)).
+    pub(super) counters: Pool,
+    /// Messages between servers (LISTEN/NOTIFY on [`CHANNEL`]).
+    pub(super) messages: tokio::sync::broadcast::Sender<String>,
+    pub(super) listener: tokio::task::JoinHandle<()>,
+    /// Group commit for [`Store::apply`](crate::Store::apply).
+    pub(super) combiner: apply::Combiner,
+    pub(super) observer: ObserverSlot,
+    /// Keys placement shapes (the cluster's secret, in `cluster_meta`).
+    pub(super) shape_key: ShapeKey,
+}
+
+/// The NOTIFY channel servers talk on.
+const CHANNEL: &str = "shepherd";
+
+/// Handed to subscribers each time the listening connection (re)starts:
+/// messages sent meanwhile may have been missed.
+pub const RESYNC: &str = "__resync__";
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        self.listener.abort();
+    }
+}
+
+/// Holds a connection that LISTENs on [`CHANNEL`] and hands every
+/// notification to `messages`; reconnects (after a pause) when it breaks.
+async fn listen(config: tokio_postgres::Config, messages: tokio::sync::broadcast::Sender<String>) {
+    use futures_util::StreamExt;
+    loop {
+        match config.connect(NoTls).await {
+            Ok((client, mut connection)) => {
+                let mut stream = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+                let listening = async {
+                    // The connection must be driven while LISTEN runs.
+                    client.batch_execute(&format!("LISTEN {CHANNEL}")).await
+                };
+                let mut listening = std::pin::pin!(listening);
+                let mut ready = false;
+                loop {
+                    tokio::select! {
+                        result = &mut listening, if !ready => {
+                            if let Err(e) = result {
+                                tracing::warn!(error = %e, "LISTEN failed");
+                                break;
+                            }
+                            ready = true;
+                            let _ = messages.send(RESYNC.to_string());
+                        }
+                        message = stream.next() => match message {
+                            Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
+                                let _ = messages.send(n.payload().to_string());
+                            }
+                            Some(Ok(_)) => {}
+                            Some(Err(e)) => {
+                                tracing::warn!(error = %e, "the listening connection broke; reconnecting");
+                                break;
+                            }
+                            None => break,
+                        },
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot open the listening connection; retrying"),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}
+
+/// How long PostgreSQL lets a session sit idle inside a transaction.
+/// Our transactions send their statements back to back; a gap this long
+/// means the server holding it has stalled.
+pub const IDLE_IN_TRANSACTION: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl PgStore {
+    /// Connects to `url` (`postgres://user:password@host:port/database`),
+    /// migrates the schema, and keeps a pool of up to `max_connections`.
+    pub async fn connect(url: &str, max_connections: usize) -> Result<PgStore, StoreError> {
+        let mut config: tokio_postgres::Config =
+            url.parse().map_err(|e| StoreError::Unavailable(format!("`{}` is not a PostgreSQL URL: {e}", redact(url))))?;
+        // A server that stalls inside a transaction (frozen, swapped out,
+        // partitioned) must not hold its row locks for ever: the lease row
+        // it reads FOR SHARE would keep every other server from taking
+        // over. PostgreSQL ends such a session, rolling its writes back.
+        // A URL's own `options=-c idle_in_transaction_session_timeout=…` wins.
+        let options = config.get_options().unwrap_or("").to_string();
+        if !options.contains("idle_in_transaction_session_timeout") {
+            config.options(format!("{options} -c idle_in_transaction_session_timeout={}", IDLE_IN_TRANSACTION.as_millis()).trim());
+        }
+        let manager = Manager::from_config(config.clone(), NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let pool = Pool::builder(manager).max_size(max_connections.max(2)).build().map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let mut counters_config = config.clone();
+        let options = counters_config.get_options().unwrap_or("").to_string();
+        counters_config.options(format!("{options} -c synchronous_commit=off"));
+        let counters =
+            Pool::builder(Manager::from_config(counters_config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast }))
+                .max_size(4)
+                .build()
+                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let mut client = pool.get().await.map_err(|e| match e {
+            deadpool_postgres::PoolError::Backend(e) => {
+                StoreError::Unavailable(format!("cannot connect to PostgreSQL at {}: {}", redact(url), error_chain(&e)))
+            }
+            other => StoreError::Unavailable(other.to_string()),
+        })?;
+        let version = schema::migrate(&mut client).await?;
+        let row = client.query_one("SELECT value FROM cluster_meta WHERE key = $1", &[&crate::SHAPE_KEY]).await.map_err(error)?;
+        let shape_key = crate::shape_key_from(row.get(0))?;
+        drop(client);
+        tracing::info!(url = %redact(url), schema_version = version, "connected to the PostgreSQL store");
+        let (messages, _) = tokio::sync::broadcast::channel(4096);
+        let listener = tokio::spawn(listen(config, messages.clone()));
+        let observer = ObserverSlot::default();
+        let combiner = apply::Combiner::start(pool.clone(), observer.clone());
+        Ok(PgStore { pool, counters, messages, listener, combiner, observer, shape_key })
+    }
+
+    /// A connection from the pool.
+    pub(super) async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.pool.get().await.map_err(pool_error)
+    }
+}
+
+/// The [`Store`](crate::Store) methods on messages between servers, as
+/// `pg_` methods its impl (in `mod.rs`) hands each call to; the trait
+/// documents each.
+impl PgStore {
+    pub(super) async fn pg_publish(&self, message: String) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &message]).await.map_err(error)?;
+        Ok(())
+    }
+}
+
+/// The URL without its password, for messages and logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn urls_are_shown_without_their_password() {
+        assert_eq!(super::redact("postgres://shep:secret@db:5432/shep"), "postgres://shep:***@db:5432/shep");
+        assert_eq!(super::redact("postgres://db/shep"), "postgres://db/shep");
+    }
+}

@@ -1,0 +1,314 @@
+//! Tasks: their creation (a batch is one multi-row insert), reading them,
+//! their lifecycle events (through the group commit of [`super::apply`]),
+//! what an agent needs to launch one, and progress reports.
+
+use super::connection::PgStore;
+use super::events::{append_audit, reserve_audit_numbers};
+use super::rows::{load_attempts, task_from_row, TASK_COLUMNS};
+use super::sql::{append_events, corrupt, error, parse_id, parse_state};
+use crate::{ApplyResult, AuditEntry, LaunchSpec, StoreError, TaskFilter, TaskPage};
+use shepherd_core::shape::ShapeKey;
+use shepherd_core::{Event, NewTask, Task, TaskId, Timestamp};
+use std::collections::BTreeMap;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
+
+/// Inserts new tasks, their labels and their webhooks, a batch in one
+/// multi-row insert each; a task id already taken fails the whole batch.
+pub(super) async fn insert_tasks(tx: &deadpool_postgres::Transaction<'_>, tasks: &[NewTask], key: &ShapeKey) -> Result<(), StoreError> {
+    let mut ids = Vec::with_capacity(tasks.len());
+    let (mut projects, mut priorities, mut images, mut cpus, mut memories) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut constraints, mut specs, mut payloads, mut payload_bytes, mut created) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut max_attempts, mut backoffs, mut shapes, mut not_before) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut label_tasks, mut label_keys, mut label_values) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut hook_tasks, mut hook_projects, mut hook_urls, mut hook_at) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for task in tasks {
+        let spec = &task.spec;
+        let id = task.id.to_string();
+        if let Some(url) = &spec.webhook {
+            hook_tasks.push(id.clone());
+            hook_projects.push(spec.project.clone());
+            hook_urls.push(url.clone());
+            hook_at.push(task.created_at.millis());
+        }
+        for (key, value) in &spec.labels {
+            label_tasks.push(id.clone());
+            label_keys.push(key.clone());
+            label_values.push(value.clone());
+        }
+        ids.push(id);
+        projects.push(spec.project.clone());
+        priorities.push(spec.priority);
+        images.push(spec.image.clone());
+        cpus.push(i64::from(spec.resources.cpu_millicores));
+        memories.push(i64::from(spec.resources.memory_mib));
+        constraints.push(if spec.constraints.is_empty() {
+            None
+        } else {
+            Some(serde_json::to_string(&spec.constraints).map_err(|e| corrupt("constraints", e))?)
+        });
+        specs.push(serde_json::to_string(spec).map_err(|e| corrupt("spec", e))?);
+        payload_bytes.push(task.payload.as_ref().map_or(0, |p| p.len() as i64));
+        payloads.push(task.payload.clone());
+        created.push(task.created_at.millis());
+        max_attempts.push(i64::from(spec.retry.max_attempts));
+        backoffs.push(i64::from(spec.retry.backoff_seconds));
+        shapes.push(spec.placement_shape(key));
+        not_before.push(task.not_before().millis());
+    }
+    let insert = tx
+        .prepare_cached(
+            "INSERT INTO tasks (id, project, state, priority, image, cpu_millicores, memory_mib, constraints, spec, payload, payload_bytes, \
+             created_at, attempt, charged_attempts, max_attempts, backoff_seconds, cancel_requested, not_before, updated_at, shape) \
+             SELECT id, project, 'queued', priority, image, cpu, memory, constraints, spec, payload, payload_bytes, created, 0, 0, \
+             max_attempts, backoff, false, not_before, created, shape \
+             FROM UNNEST($1::text[], $2::text[], $3::int[], $4::text[], $5::bigint[], $6::bigint[], $7::text[], $8::text[], $9::bytea[], \
+             $10::bigint[], $11::bigint[], $12::bigint[], $13::bigint[], $14::bigint[], $15::bigint[]) \
+             AS t(id, project, priority, image, cpu, memory, constraints, spec, payload, payload_bytes, created, max_attempts, backoff, shape, \
+             not_before)",
+        )
+        .await
+        .map_err(error)?;
+    let inserted = tx
+        .execute(
+            &insert,
+            &[
+                &ids,
+                &projects,
+                &priorities,
+                &images,
+                &cpus,
+                &memories,
+                &constraints,
+                &specs,
+                &payloads,
+                &payload_bytes,
+                &created,
+                &max_attempts,
+                &backoffs,
+                &shapes,
+                &not_before,
+            ],
+        )
+        .await;
+    match inserted {
+        Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+            // Which one: the server says "Key (id)=(01…) already exists."
+            let named =
+                e.as_db_error().and_then(|db| db.detail()).and_then(|d| d.split("=(").nth(1)).and_then(|rest| rest.split(')').next());
+            let id = match named.map(parse_id) {
+                Some(Ok(id)) => id,
+                _ => parse_id(&ids[0])?,
+            };
+            return Err(StoreError::Duplicate(id));
+        }
+        other => other.map_err(error)?,
+    };
+    if !label_tasks.is_empty() {
+        let insert = tx
+            .prepare_cached("INSERT INTO task_labels (task_id, key, value) SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[])")
+            .await
+            .map_err(error)?;
+        tx.execute(&insert, &[&label_tasks, &label_keys, &label_values]).await.map_err(error)?;
+    }
+    if !hook_tasks.is_empty() {
+        let insert = tx
+            .prepare_cached(
+                "INSERT INTO webhook_deliveries (task_id, project, url, state, attempts, next_at, created_at) \
+                 SELECT t, p, u, 'pending', 0, a, a FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[]) AS x(t, p, u, a)",
+            )
+            .await
+            .map_err(error)?;
+        tx.execute(&insert, &[&hook_tasks, &hook_projects, &hook_urls, &hook_at]).await.map_err(error)?;
+    }
+    Ok(())
+}
+
+/// The [`Store`](crate::Store) methods on tasks, as `pg_` methods its impl
+/// (in `mod.rs`) hands each call to; the trait documents each.
+impl PgStore {
+    pub(super) async fn pg_create_tasks(&self, tasks: Vec<NewTask>) -> Result<(), StoreError> {
+        self.pg_create_tasks_audited(tasks, Vec::new()).await
+    }
+
+    pub(super) async fn pg_create_tasks_audited(&self, tasks: Vec<NewTask>, audit: Vec<AuditEntry>) -> Result<(), StoreError> {
+        let numbers = reserve_audit_numbers(&self.counters, &audit).await?;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(error)?;
+        let started = std::time::Instant::now();
+        insert_tasks(&tx, &tasks, &self.shape_key).await?;
+        if let Some(first) = tasks.first() {
+            append_events(&tx, first.created_at, &crate::created_events(&tasks)).await?;
+        }
+        append_audit(&tx, &audit, &numbers).await?;
+        tx.commit().await.map_err(error)?;
+        if let Some(observer) = self.observer.get() {
+            observer.committed(1, started.elapsed());
+        }
+        self.observer.created(&tasks);
+        Ok(())
+    }
+
+    pub(super) async fn pg_get_task(&self, id: TaskId) -> Result<Option<Task>, StoreError> {
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(&format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1")).await.map_err(error)?;
+        let Some(row) = client.query_opt(&stmt, &[&id.to_string()]).await.map_err(error)? else { return Ok(None) };
+        let mut task = task_from_row(&row)?;
+        load_attempts(&client, &mut task).await?;
+        Ok(Some(task))
+    }
+
+    pub(super) async fn pg_list_tasks(&self, filter: TaskFilter) -> Result<TaskPage, StoreError> {
+        let client = self.client().await?;
+        let mut sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE true");
+        let mut args: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();
+        if !filter.states.is_empty() {
+            args.push(Box::new(filter.states.iter().map(|s| s.as_str().to_string()).collect::<Vec<_>>()));
+            sql.push_str(&format!(" AND state = ANY(${})", args.len()));
+        }
+        if let Some(project) = &filter.project {
+            args.push(Box::new(project.clone()));
+            sql.push_str(&format!(" AND project = ${}", args.len()));
+        }
+        for (key, value) in &filter.labels {
+            args.push(Box::new(key.clone()));
+            args.push(Box::new(value.clone()));
+            sql.push_str(&format!(
+                " AND id IN (SELECT task_id FROM task_labels WHERE key = ${} AND value = ${})",
+                args.len() - 1,
+                args.len()
+            ));
+        }
+        if let Some(before) = filter.before {
+            args.push(Box::new(before.to_string()));
+            sql.push_str(&format!(" AND id < ${}", args.len()));
+        }
+        let limit = filter.limit.clamp(1, 10_000);
+        sql.push_str(&format!(" ORDER BY id DESC LIMIT {}", limit + 1));
+        let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| a.as_ref() as &(dyn ToSql + Sync)).collect();
+        let rows = client.query(&sql, &params).await.map_err(error)?;
+        let mut tasks = rows.iter().map(task_from_row).collect::<Result<Vec<_>, _>>()?;
+        let next_cursor = if tasks.len() > limit {
+            tasks.truncate(limit);
+            tasks.last().map(|t| t.id)
+        } else {
+            None
+        };
+        for task in &mut tasks {
+            load_attempts(&client, task).await?;
+        }
+        Ok(TaskPage { tasks, next_cursor })
+    }
+
+    pub(super) async fn pg_apply(&self, events: Vec<(TaskId, Event)>, now: Timestamp) -> Result<Vec<ApplyResult>, StoreError> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let results = self.combiner.apply(events, now, None).await?;
+        self.observer.applied(&results);
+        Ok(results)
+    }
+
+    pub(super) async fn pg_apply_reported(
+        &self,
+        node: String,
+        events: Vec<(TaskId, Event)>,
+        now: Timestamp,
+    ) -> Result<Vec<ApplyResult>, StoreError> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let results = self.combiner.apply(events, now, Some(node)).await?;
+        self.observer.applied(&results);
+        Ok(results)
+    }
+
+    pub(super) async fn pg_launch_spec(&self, id: TaskId) -> Result<Option<LaunchSpec>, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT t.state, t.attempt, t.node_id, t.cancel_requested, t.spec, t.payload, a.started_at FROM tasks t \
+                 LEFT JOIN attempts a ON a.task_id = t.id AND a.number = t.attempt WHERE t.id = $1",
+            )
+            .await
+            .map_err(error)?;
+        let Some(row) = client.query_opt(&stmt, &[&id.to_string()]).await.map_err(error)? else { return Ok(None) };
+        let spec: shepherd_core::TaskSpec = serde_json::from_str(row.get::<_, &str>(4)).map_err(|e| corrupt("spec", e))?;
+        let mut secrets = BTreeMap::new();
+        if !spec.secrets.is_empty() {
+            let names: Vec<String> = spec.secrets.iter().map(|s| s.name.clone()).collect();
+            for secret in client
+                .query("SELECT name, value FROM secrets WHERE project = $1 AND name = ANY($2)", &[&spec.project, &names])
+                .await
+                .map_err(error)?
+            {
+                secrets.insert(secret.get::<_, String>(0), secret.get::<_, Vec<u8>>(1));
+            }
+        }
+        let login = shepherd_core::registry::secret_name(&shepherd_core::registry::registry_of(&spec.image));
+        let value = client
+            .query_opt("SELECT value FROM secrets WHERE project = $1 AND name = $2", &[&spec.project, &login])
+            .await
+            .map_err(error)?
+            .map(|row| row.get::<_, Vec<u8>>(0));
+        let registry_auth = crate::registry_auth_from(&spec.image, value);
+        drop(client);
+        let mounts = if spec.volumes.is_empty() {
+            Vec::new()
+        } else {
+            shepherd_core::launch::resolve_mounts(&spec, &self.pg_volumes(Some(spec.project.clone())).await?)
+        };
+        let networks = if spec.networks.is_empty() && spec.network != "bridge" {
+            Vec::new()
+        } else {
+            let policy = self.pg_get_project(&spec.project).await?.map(|p| p.policy).unwrap_or_default();
+            shepherd_core::launch::resolve_networks(&spec, &policy)
+        };
+        Ok(Some(LaunchSpec {
+            id,
+            state: parse_state(row.get::<_, &str>(0))?,
+            attempt: row.get::<_, i64>(1) as u32,
+            node_id: row.get(2),
+            cancel_requested: row.get(3),
+            spec,
+            payload: row.get(5),
+            attempt_started_at: row.get::<_, Option<i64>>(6).map(Timestamp),
+            secrets,
+            volumes: mounts,
+            networks,
+            registry_auth,
+        }))
+    }
+
+    pub(super) async fn pg_set_progress(&self, id: shepherd_core::TaskId, progress: shepherd_core::Progress) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let n = client
+            .execute(
+                "UPDATE tasks SET progress_percent = $2, progress_message = $3 WHERE id = $1",
+                &[&id.to_string(), &i64::from(progress.percent), &progress.message],
+            )
+            .await
+            .map_err(error)?;
+        Ok(n > 0)
+    }
+
+    pub(super) async fn pg_set_attempt_progress(
+        &self,
+        id: shepherd_core::TaskId,
+        attempt: u32,
+        node_id: Option<String>,
+        progress: shepherd_core::Progress,
+    ) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let n = client
+            .execute(
+                "UPDATE tasks SET progress_percent = $2, progress_message = $3 \
+                 WHERE id = $1 AND attempt = $4 AND state = 'scheduled' AND ($5::text IS NULL OR node_id = $5)",
+                &[&id.to_string(), &i64::from(progress.percent), &progress.message, &i64::from(attempt), &node_id],
+            )
+            .await
+            .map_err(error)?;
+        Ok(n > 0)
+    }
+}
