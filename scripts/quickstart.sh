@@ -8,13 +8,26 @@ cd "$(dirname "$0")/.."
 keep=false
 [ "${1:-}" = "--keep" ] && keep=true
 
+started=$SECONDS
+phase() { printf '\033[1m==> %s\033[0m  [%dm%02ds]\n' "$*" $(((SECONDS - started) / 60)) $(((SECONDS - started) % 60)); }
+
 command -v curl >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq curl; }
+phase "the local image busybox:latest (Debian's busybox-static, docker import)"
 bash scripts/build-test-image.sh
-cargo build --release -p shepherd
-# The warm-container runner must be static (it runs in images without a libc).
-RUSTFLAGS="-C target-feature=+crt-static" cargo build --release -p shepherd-runner --target x86_64-unknown-linux-gnu
-runner=$PWD/target/x86_64-unknown-linux-gnu/release/shepherd-runner
-bin=$PWD/target/release/shepherd
+phase "building Shepherd: the quickstart profile (Cargo.toml), about 3-4 minutes the first time on 2 cores"
+# The warm-container runner must be static (it runs in images without a
+# libc). It builds beside the main build, in a target directory of its own
+# (one cargo at a time per directory), and goes next to the binary, where
+# `shepherd up` looks for it.
+RUSTFLAGS="-C target-feature=+crt-static" cargo build --release -q -p shepherd-runner \
+    --target x86_64-unknown-linux-gnu --target-dir target/runner &
+runner_build=$!
+cargo build --profile quickstart -p shepherd
+wait "$runner_build"
+bin=$PWD/target/quickstart/shepherd
+runner=$PWD/target/quickstart/shepherd-runner
+cp target/runner/x86_64-unknown-linux-gnu/release/shepherd-runner "$runner"
+phase "built; starting an all-in-one cluster"
 data=${SHEPHERD_DATA_DIR:-$PWD/.shepherd}
 listen=${SHEPHERD_LISTEN:-127.0.0.1:7070}
 export SHEPHERD_SERVER=http://$listen
@@ -106,6 +119,7 @@ curl -s "$SHEPHERD_SERVER/metrics" -H "authorization: Bearer $admin_token" | gre
 echo
 echo "The dashboard: $SHEPHERD_SERVER/ui (log in with the admin token, or a project's)."
 
+phase "done"
 if $keep; then
     echo
     echo "The cluster keeps running (pid $pid, log $data/up.log). Try:"
