@@ -234,10 +234,10 @@ def name(key):
     return "::".join(key) or "(crate root)"
 
 
-def main():
-    show = "--graph" in sys.argv[1:]
+def check(root, show=False):
+    """Every breach under `root`/crates, as lines."""
     errors = []
-    crates_dir = os.path.join(ROOT, "crates")
+    crates_dir = os.path.join(root, "crates")
     for crate in sorted(os.listdir(crates_dir)):
         src = os.path.join(crates_dir, crate, "src")
         if not os.path.isdir(src):
@@ -264,6 +264,52 @@ def main():
                     elif under(t, rules["edges"]) and not under(k, rules["edges"] + rules["root"]):
                         errors.append(f"crates/{crate}: domain module {name(k)} imports the edge {name(t)}")
         del root_deps
+    return errors
+
+
+def self_test():
+    """The check finds what it must: a circle, a domain module importing an
+    edge, an edge importing the root; and passes a clean crate."""
+    import tempfile
+
+    files = {
+        "crates/server/src/lib.rs": "pub mod cluster; pub mod http; pub mod service;",
+        "crates/server/src/cluster/mod.rs": "use crate::http::router;",
+        "crates/server/src/http/mod.rs": "pub mod state; use crate::service::tasks::Tasks; pub fn router() {}",
+        "crates/server/src/http/state.rs": "// nothing",
+        "crates/server/src/service/mod.rs": "pub mod tasks; pub mod codes;",
+        "crates/server/src/service/tasks.rs": "use super::codes::Code; pub struct Tasks;",
+        "crates/server/src/service/codes.rs": "pub struct Code; fn f() { crate::service::tasks::Tasks; }",
+        "crates/other/src/lib.rs": "mod a; mod b;",
+        "crates/other/src/a.rs": "// `use crate::b::X;` in a comment is no import\nconst S: &str = \"crate::b::X\";",
+        "crates/other/src/b.rs": "use crate::a::Y;",
+    }
+    with tempfile.TemporaryDirectory() as root:
+        def write(extra):
+            for path, text in {**files, **extra}.items():
+                os.makedirs(os.path.dirname(os.path.join(root, path)), exist_ok=True)
+                with open(os.path.join(root, path), "w") as f:
+                    f.write(text)
+        write({})
+        errors = check(root)
+        assert any("circle among 2 files: service::codes, service::tasks" in e for e in errors), errors
+        assert len(errors) == 1, errors
+        write({
+            "crates/server/src/service/codes.rs": "pub struct Code; fn f() { crate::http::state::AppState; }",
+            "crates/server/src/http/state.rs": "use crate::cluster::Cluster;",
+        })
+        errors = check(root)
+        assert any("domain module service::codes imports the edge http::state" in e for e in errors), errors
+        assert any("http::state imports the composition root cluster" in e for e in errors), errors
+        write({"crates/server/src/service/codes.rs": "pub struct Code;", "crates/server/src/http/state.rs": "// nothing"})
+        assert check(root) == [], check(root)
+
+
+def main():
+    if "--self-test" in sys.argv[1:]:
+        self_test()
+        print("check-layers: the self-test finds a circle, a domain module importing an edge and an edge importing the root")
+    errors = check(ROOT, show="--graph" in sys.argv[1:])
     for e in errors:
         print(e, file=sys.stderr)
     if errors:

@@ -138,8 +138,8 @@ def check_book(book):
         return [f"{book}: no HTML pages (did mdBook run?)"]
     for page in sorted(pages):
         for ref in parse(page).refs:
-            if EXTERNAL.match(ref) or ref.startswith("//"):
-                continue
+            if EXTERNAL.match(ref) or ref.startswith("/"):
+                continue  # another site, or this one's root (the 404 page's), not a relative link
             path, _, anchor = ref.partition("#")
             path = path.split("?", 1)[0]
             full = os.path.normpath(os.path.join(os.path.dirname(page), path)) if path else page

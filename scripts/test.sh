@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Runs Shepherd's whole test suite: unit, property and integration tests
-# (real server processes, real SQLite, the crash test). Installs what it
-# needs first. Extra arguments go to `cargo nextest run`.
+# Runs Shepherd's whole test suite: lint gates, the layering check, the
+# book and its links, unit, property and integration tests (real server
+# processes, real SQLite and PostgreSQL, the engine, a registry, a
+# browser), and a bounded fuzz run. Installs what it needs first. Extra
+# arguments go to `cargo nextest run`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,6 +31,13 @@ if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 
 fi
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
+# Layering: no file imports one that imports it back, and in the server no
+# domain module (service, nodes, loops) imports an edge (http) or the root.
+python3 scripts/check-layers.py --self-test
+# The book (docs/, mdBook, installed into target/tools if missing) builds,
+# its API reference matches docs/openapi.json, and every relative link of
+# the README, ARCHITECTURE.md, the pages and the built HTML resolves.
+bash scripts/docs.sh
 bash scripts/build-test-image.sh
 # A real image registry for the registry tests (each test starts its own).
 bash scripts/registry.sh install
