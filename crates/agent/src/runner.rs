@@ -746,9 +746,14 @@ async fn run_attempt_inner(
                 Ok(Some((mut handle, output))) => {
                     let at = Some(Timestamp::now());
                     if !report(inner, task_id, Event::Start { attempt, at, runtime: handle.runtime() }).await {
-                        // The task was given away or ended meanwhile: never let it run.
+                        // The task was given away or ended meanwhile: never let
+                        // it run, and leave nothing of it (its container, or
+                        // the warm container's turn).
                         let _ = handle.kill().await;
                         let _ = handle.wait().await;
+                        if let Err(e) = handle.remove().await {
+                            tracing::warn!(task = %task_id, error = %e, "could not remove the container of an attempt the cluster took back");
+                        }
                         return;
                     }
                     (time_left, handle, output, 0)

@@ -128,6 +128,7 @@ async fn a_refused_start_report_kills_the_attempt_and_fencing_reports_nothing() 
     s.agent.assign_launch(launch(id(1), 1, 3600));
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(s.driver.record(id(1), 1).killed);
+    assert!(s.driver.record(id(1), 1).removed, "its container is not left behind");
     assert_eq!(s.backend.reports_of(id(1)).len(), 1, "only the refused start");
     // Fenced while running: killed, and no report at all.
     s.driver.script(id(2), Script { runs_for: None, ..Script::default() });
@@ -136,6 +137,7 @@ async fn a_refused_start_report_kills_the_attempt_and_fencing_reports_nothing() 
     s.agent.fence(id(2));
     tokio::time::sleep(Duration::from_secs(15)).await;
     assert!(s.driver.record(id(2), 1).ended);
+    assert!(s.driver.record(id(2), 1).removed);
     assert_eq!(s.backend.reports_of(id(2)).len(), 1, "the start only: {:?}", s.backend.reports_of(id(2)));
     assert_eq!(s.agent.running_count(), 0);
     // A newer attempt of a task fences the older one.

@@ -40,6 +40,18 @@ pub(super) struct ContainerAttempt {
     pub(super) adopted: bool,
 }
 
+impl Drop for ContainerAttempt {
+    /// A handle dropped without `remove` (its agent stopping and leaving it
+    /// running for the next start to adopt) no longer keeps the container
+    /// from orphan sweeps: only containers of attempts this driver still
+    /// watches are kept out of them.
+    fn drop(&mut self) {
+        if !self.removed {
+            self.made.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.name);
+        }
+    }
+}
+
 /// A container's usage is sampled once it has run this long: shorter tasks
 /// cost the engine no stats stream.
 const USAGE_AFTER: Duration = Duration::from_secs(1);
