@@ -14,8 +14,9 @@ use std::sync::Arc;
 /// checks first (a node in the wrong pool is wrong whatever it has free, and
 /// saying so makes the better reason), then capacity, where most rejections
 /// in a busy cluster fall, then the string-matching constraints.
-pub const DEFAULT_FILTERS: [&str; 8] = [
+pub const DEFAULT_FILTERS: [&str; 9] = [
     node_ready::NAME,
+    dedicated::NAME,
     pool::NAME,
     volume_locality::NAME,
     task_limit::NAME,
@@ -26,8 +27,11 @@ pub const DEFAULT_FILTERS: [&str; 8] = [
 ];
 
 /// Filters every profile has, added to those it lists: without them a task
-/// would run where its volume is not, or without the device it needs.
-pub const REQUIRED_FILTERS: [&str; 2] = [volume_locality::NAME, devices::NAME];
+/// would run on a draining or down node, on a node dedicated to other
+/// projects (a tenant boundary an operator's profile must not open by
+/// leaving a filter out), where its volume is not, or without the device
+/// it needs.
+pub const REQUIRED_FILTERS: [&str; 4] = [node_ready::NAME, dedicated::NAME, volume_locality::NAME, devices::NAME];
 
 /// Makes a filter plugin from its settings (`None`: none given).
 pub type FilterFactory = fn(Option<&toml::Value>) -> Result<Arc<dyn FilterPlugin>, ArgsError>;
@@ -74,6 +78,7 @@ impl Registry {
             .with_filter(pool::NAME, pool::factory)
             .with_filter(constraints::NAME, constraints::factory)
             .with_filter(anti_affinity::NAME, anti_affinity::factory)
+            .with_filter(dedicated::NAME, dedicated::factory)
             .with_filter(volume_locality::NAME, volume_locality::factory)
             .with_filter(devices::NAME, devices::factory)
             .with_scorer(binpack::NAME, binpack::factory)

@@ -356,6 +356,43 @@ fn devices_and_volumes_filter_with_reasons_even_in_profiles_that_list_no_such_fi
 }
 
 #[test]
+fn no_profile_opens_another_project_s_dedicated_node_or_a_draining_one() {
+    // An operator's profile listing only `resources`: the tenant boundary
+    // (nodes dedicated to other projects) and readiness hold anyway.
+    let config: SchedulerConfig = toml::from_str(
+        r#"
+        [profiles.bare]
+        filters = ["resources"]
+        scores = { spread = 1.0 }
+        "#,
+    )
+    .unwrap();
+    let engine = Engine::new(&config).unwrap();
+    let mut acme_only = node("acme-only", 64000, 64000);
+    acme_only.dedicated_to = vec!["acme".into()];
+    let mut draining = node("draining", 64000, 64000);
+    draining.ready = false;
+    let shared = node("shared", 1000, 1000);
+    let tasks: Vec<_> = (0..3)
+        .map(|i| {
+            let mut t = with_profile(task(i, 400, 400), "bare");
+            t.project = "beta".into();
+            t
+        })
+        .collect();
+    let plan = engine.place_batch(vec![acme_only.clone(), draining, shared], tasks, &HashMap::new(), 1);
+    assert!(plan.placements.iter().all(|p| p.node_id == "shared"), "{:?}", plan.placements);
+    assert_eq!(plan.placements.len(), 2, "the third fits only on nodes it may not use");
+    let reason = plan.unplaced[0].hold.to_string();
+    assert!(reason.contains("dedicated"), "{reason}");
+    // acme's own task may use its node through the same profile.
+    let mut own = with_profile(task(9, 400, 400), "bare");
+    own.project = "acme".into();
+    let plan = engine.place_batch(vec![acme_only], vec![own], &HashMap::new(), 1);
+    assert_eq!(plan.placements.len(), 1);
+}
+
+#[test]
 fn an_unbound_local_volume_is_bound_by_its_first_placement_in_the_pass() {
     let engine = Engine::default();
     let nodes: Vec<_> = (0..4).map(|i| node(&format!("n{i}"), 8000, 8000)).collect();

@@ -4,6 +4,7 @@ pub mod anti_affinity;
 pub mod balanced;
 pub mod binpack;
 pub mod constraints;
+pub mod dedicated;
 pub mod devices;
 pub mod image_locality;
 pub mod node_ready;

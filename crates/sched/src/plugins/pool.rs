@@ -1,6 +1,6 @@
 //! Filter `pool`: a task runs only in the pool it names, or, naming none,
-//! only on nodes in no pool (the default pool), as Nomad's node pools; and a
-//! node dedicated to some projects takes no other project's task.
+//! only on nodes in no pool (the default pool), as Nomad's node pools.
+//! (Nodes dedicated to projects are the `dedicated` filter's.)
 use crate::model::{NodeSnapshot, PendingTask, Rejection};
 use crate::plugin::FilterPlugin;
 
@@ -20,9 +20,6 @@ impl FilterPlugin for Pool {
         NAME
     }
     fn filter(&self, task: &PendingTask, node: &NodeSnapshot) -> Result<(), Rejection> {
-        if !node.dedicated_to.is_empty() && !node.dedicated_to.contains(&task.project) {
-            return Err(Rejection::Dedicated);
-        }
         if task.pool == node.pool {
             Ok(())
         } else {
