@@ -213,6 +213,7 @@ struct Shape {
     gpus: u32,
     devices: Vec<String>,
     volumes: Vec<crate::model::NodeVolume>,
+    seen_by_plugins: Option<(String, i32)>,
 }
 
 /// Places tasks one at a time against a cluster it updates.
@@ -229,6 +230,47 @@ pub struct Placer<'e> {
 /// Candidates kept per placement when scores are recorded.
 const SCORES_KEPT: usize = 5;
 
+/// The largest window of nodes a batched filter sees in one call while
+/// candidates are sought.
+const MAX_WINDOW: usize = 4096;
+
+/// For each node, the first filter of the profile (in its order) that
+/// rejects `task` there, or `None` where every filter accepts. Batched
+/// filters are called once with every node still in the running.
+fn first_rejections(task: &PendingTask, profile: &Profile, nodes: &[NodeSnapshot]) -> Vec<Option<Rejection>> {
+    let mut verdict: Vec<Option<Rejection>> = vec![None; nodes.len()];
+    let mut alive: Vec<usize> = (0..nodes.len()).collect();
+    let mut batch = Vec::new();
+    for filter in &profile.filters {
+        if alive.is_empty() {
+            break;
+        }
+        if filter.batched() {
+            let refs: Vec<&NodeSnapshot> = alive.iter().map(|&i| &nodes[i]).collect();
+            batch.clear();
+            filter.filter_batch(task, &refs, &mut batch);
+            let missing = Rejection::Other { filter: filter.name().to_string(), reason: "gave no verdict".into() };
+            let mut answers = batch.drain(..);
+            alive.retain(|&i| match answers.next().unwrap_or(Err(missing.clone())) {
+                Ok(()) => true,
+                Err(why) => {
+                    verdict[i] = Some(why);
+                    false
+                }
+            });
+        } else {
+            alive.retain(|&i| match filter.filter(task, &nodes[i]) {
+                Ok(()) => true,
+                Err(why) => {
+                    verdict[i] = Some(why);
+                    false
+                }
+            });
+        }
+    }
+    verdict
+}
+
 impl Placer<'_> {
     /// Places one task: the index of its node, or why it fits nowhere.
     pub fn place(&mut self, task: &PendingTask) -> Result<usize, Unfit> {
@@ -243,48 +285,37 @@ impl Placer<'_> {
             gpus: task.gpus,
             devices: task.devices.clone(),
             volumes: task.volumes.clone(),
+            // Run-time plugins see the image and priority too: their
+            // verdicts are remembered per shape only with them.
+            seen_by_plugins: profile.batched().then(|| (task.image.clone(), task.priority)),
         };
         if let Some(reason) = self.infeasible.get(&shape) {
             return Err(reason.clone());
         }
         let start = (crate::rng::mix(self.cluster.seed ^ (task.id.0 .0 as u64)) % (self.cluster.nodes.len().max(1) as u64)) as usize;
-        let mut candidates: Vec<usize> = Vec::with_capacity(profile.candidates);
-        for i in self.cluster.candidates(profile.order, task, start) {
-            let node = &self.cluster.nodes[i];
-            if profile.filters.iter().all(|f| f.filter(task, node).is_ok()) {
-                candidates.push(i);
-                if candidates.len() >= profile.candidates {
-                    break;
-                }
-            }
-        }
-        let view = self.cluster.view();
-        let mut recorded = Vec::new();
-        let best = candidates
-            .iter()
-            .map(|&i| {
-                let node = &self.cluster.nodes[i];
-                let score: f64 = if self.record_scores {
-                    let parts: Vec<(String, f64)> =
-                        profile.scorers.iter().map(|(s, w)| (s.name().to_string(), w * s.score(task, node, &view))).collect();
-                    let total = parts.iter().map(|(_, v)| v).sum();
-                    recorded.push(NodeScore { node_id: node.id.clone(), total, scores: parts });
-                    total
-                } else {
-                    profile.scorers.iter().map(|(s, w)| w * s.score(task, node, &view)).sum()
+        let candidates = self.feasible_candidates(task, profile, start);
+        let scored = match self.score_candidates(task, profile, &candidates) {
+            Ok(scored) => scored,
+            Err(failure) => {
+                // A scorer that failed places nothing on a guess: the task
+                // waits, naming the plugin and what it did.
+                let unfit = Unfit {
+                    nodes: self.cluster.nodes.len(),
+                    rejections: vec![(failure, candidates.len())],
+                    wait: Wait::Room,
+                    asks: task.resources,
+                    largest: Resources { cpu_millicores: 0, memory_mib: 0 },
+                    asks_gpus: task.gpus,
                 };
-                (i, score)
-            })
-            // Highest score; on a tie, the candidate visited first.
-            .fold(None, |best: Option<(usize, f64)>, (i, score)| match best {
-                Some((_, b)) if b >= score => best,
-                _ => Some((i, score)),
-            });
-        if self.record_scores {
-            recorded.sort_by(|a, b| b.total.total_cmp(&a.total));
-            recorded.truncate(SCORES_KEPT);
-            self.scores = recorded;
-        }
+                self.infeasible.insert(shape, unfit.clone());
+                return Err(unfit);
+            }
+        };
+        // Highest score; on a tie, the candidate visited first.
+        let best = candidates.iter().zip(&scored).fold(None, |best: Option<(usize, f64)>, (&i, &score)| match best {
+            Some((_, b)) if b >= score => best,
+            _ => Some((i, score)),
+        });
         match best {
             Some((i, _)) => {
                 self.cluster.assign(i, task);
@@ -298,37 +329,154 @@ impl Placer<'_> {
         }
     }
 
+    /// The first `profile.candidates` nodes, in the profile's order, that
+    /// every filter accepts. Batched filters (run-time plugins) see the
+    /// nodes the others accepted in windows that double in size (starting
+    /// at the number of candidates wanted), so that each crosses its
+    /// boundary a few times per task instead of once per node; the nodes
+    /// chosen are the same as if every filter ran node by node.
+    fn feasible_candidates(&self, task: &PendingTask, profile: &Profile, start: usize) -> Vec<usize> {
+        let want = profile.candidates;
+        let mut candidates: Vec<usize> = Vec::with_capacity(want);
+        let nodes = &self.cluster.nodes;
+        if !profile.filters.iter().any(|f| f.batched()) {
+            for i in self.cluster.candidates(profile.order, task, start) {
+                if profile.filters.iter().all(|f| f.filter(task, &nodes[i]).is_ok()) {
+                    candidates.push(i);
+                    if candidates.len() >= want {
+                        break;
+                    }
+                }
+            }
+            return candidates;
+        }
+        let mut window: Vec<usize> = Vec::with_capacity(want);
+        let mut window_size = want.max(1);
+        let mut verdicts = Vec::new();
+        let mut flush = |window: &mut Vec<usize>, candidates: &mut Vec<usize>| {
+            for filter in profile.filters.iter().filter(|f| f.batched()) {
+                if window.is_empty() {
+                    break;
+                }
+                let refs: Vec<&NodeSnapshot> = window.iter().map(|&i| &nodes[i]).collect();
+                verdicts.clear();
+                filter.filter_batch(task, &refs, &mut verdicts);
+                let mut verdict = verdicts.iter();
+                // A plugin that answered too few verdicts keeps none of the rest.
+                window.retain(|_| matches!(verdict.next(), Some(Ok(()))));
+            }
+            for &i in window.iter() {
+                if candidates.len() < want {
+                    candidates.push(i);
+                }
+            }
+            window.clear();
+        };
+        for i in self.cluster.candidates(profile.order, task, start) {
+            if profile.filters.iter().filter(|f| !f.batched()).all(|f| f.filter(task, &nodes[i]).is_ok()) {
+                window.push(i);
+                if window.len() >= window_size {
+                    flush(&mut window, &mut candidates);
+                    if candidates.len() >= want {
+                        return candidates;
+                    }
+                    window_size = (window_size * 2).min(MAX_WINDOW);
+                }
+            }
+        }
+        flush(&mut window, &mut candidates);
+        candidates
+    }
+
+    /// Each candidate's total score (weight times each scorer's score, in
+    /// the profile's order), keeping the best ones' parts when scores are
+    /// recorded. Batched scorers score all candidates in one call.
+    fn score_candidates(&mut self, task: &PendingTask, profile: &Profile, candidates: &[usize]) -> Result<Vec<f64>, Rejection> {
+        let view = self.cluster.view();
+        let nodes = &self.cluster.nodes;
+        let mut totals = vec![0.0f64; candidates.len()];
+        let mut parts: Vec<Vec<(String, f64)>> = if self.record_scores { vec![Vec::new(); candidates.len()] } else { Vec::new() };
+        let mut batch = Vec::new();
+        for (scorer, weight) in &profile.scorers {
+            if scorer.batched() {
+                if candidates.is_empty() {
+                    continue;
+                }
+                let refs: Vec<&NodeSnapshot> = candidates.iter().map(|&i| &nodes[i]).collect();
+                batch.clear();
+                scorer.score_batch(task, &refs, &view, &mut batch)?;
+                if batch.len() != candidates.len() {
+                    return Err(Rejection::Other {
+                        filter: scorer.name().to_string(),
+                        reason: format!("answered {} scores for {} nodes", batch.len(), candidates.len()),
+                    });
+                }
+            } else {
+                batch.clear();
+                batch.extend(candidates.iter().map(|&i| scorer.score(task, &nodes[i], &view)));
+            }
+            for (k, score) in batch.iter().enumerate() {
+                let weighted = weight * score;
+                totals[k] += weighted;
+                if let Some(p) = parts.get_mut(k) {
+                    p.push((scorer.name().to_string(), weighted));
+                }
+            }
+        }
+        if self.record_scores {
+            let mut recorded: Vec<NodeScore> = candidates
+                .iter()
+                .zip(parts)
+                .zip(&totals)
+                .map(|((&i, scores), &total)| NodeScore { node_id: nodes[i].id.clone(), total, scores })
+                .collect();
+            recorded.sort_by(|a, b| b.total.total_cmp(&a.total));
+            recorded.truncate(SCORES_KEPT);
+            self.scores = recorded;
+        }
+        Ok(totals)
+    }
+
     /// Counts, per reason, the nodes that turned the task down; when no
     /// node would take it even with nothing running on it, counts those
     /// reasons instead ([`Wait::NeverFits`]).
     fn explain(&mut self, task: &PendingTask, profile: &Profile) -> Unfit {
-        let first_rejection = |node: &NodeSnapshot| profile.filters.iter().find_map(|f| f.filter(task, node).err());
         let mut now: HashMap<Rejection, usize> = HashMap::new();
+        for why in first_rejections(task, profile, &self.cluster.nodes).into_iter().flatten() {
+            *now.entry(why).or_default() += 1;
+        }
         let mut idle: HashMap<Rejection, usize> = HashMap::new();
         let mut fits_idle = self.cluster.nodes.is_empty();
-        for node in &mut self.cluster.nodes {
-            if let Some(why) = first_rejection(node) {
-                *now.entry(why).or_default() += 1;
+        if !fits_idle {
+            // The nodes as they would be with nothing running and ready:
+            // taken apart in place (no copy), put back right after.
+            let saved: Vec<_> = self
+                .cluster
+                .nodes
+                .iter_mut()
+                .map(|node| {
+                    (
+                        std::mem::replace(&mut node.ready, true),
+                        std::mem::replace(&mut node.allocated, Resources { cpu_millicores: 0, memory_mib: 0 }),
+                        std::mem::replace(&mut node.task_count, 0),
+                        std::mem::replace(&mut node.gpus_allocated, 0),
+                        std::mem::take(&mut node.label_counts),
+                    )
+                })
+                .collect();
+            for why in first_rejections(task, profile, &self.cluster.nodes) {
+                match why {
+                    Some(why) => *idle.entry(why).or_default() += 1,
+                    None => fits_idle = true,
+                }
             }
-            if fits_idle {
-                continue;
+            for (node, (ready, allocated, task_count, gpus_allocated, label_counts)) in self.cluster.nodes.iter_mut().zip(saved) {
+                node.ready = ready;
+                node.allocated = allocated;
+                node.task_count = task_count;
+                node.gpus_allocated = gpus_allocated;
+                node.label_counts = label_counts;
             }
-            // The node as it would be with nothing running and ready: taken
-            // apart in place (no copy), put back right after.
-            let ready = std::mem::replace(&mut node.ready, true);
-            let allocated = std::mem::replace(&mut node.allocated, Resources { cpu_millicores: 0, memory_mib: 0 });
-            let task_count = std::mem::replace(&mut node.task_count, 0);
-            let gpus_allocated = std::mem::replace(&mut node.gpus_allocated, 0);
-            let label_counts = std::mem::take(&mut node.label_counts);
-            match first_rejection(node) {
-                Some(why) => *idle.entry(why).or_default() += 1,
-                None => fits_idle = true,
-            }
-            node.ready = ready;
-            node.allocated = allocated;
-            node.task_count = task_count;
-            node.gpus_allocated = gpus_allocated;
-            node.label_counts = label_counts;
         }
         let largest = |f: fn(&NodeSnapshot) -> u32| self.cluster.nodes.iter().map(f).max().unwrap_or(0);
         let largest = Resources { cpu_millicores: largest(|n| n.capacity.cpu_millicores), memory_mib: largest(|n| n.capacity.memory_mib) };

@@ -312,7 +312,9 @@ pub enum Rejection {
     Pool,
     Dedicated,
     AntiAffinity(String),
-    /// A filter outside this list (a plugin of one's own): its name and why.
+    /// A filter outside this list (a plugin loaded at run time, or one of
+    /// an embedding program): its name and why ("rejected by licences: no
+    /// licence.matlab left"); also a run-time plugin that failed.
     Other {
         filter: String,
         reason: String,
@@ -333,7 +335,7 @@ impl std::fmt::Display for Rejection {
             Rejection::Pool => f.write_str("other pool"),
             Rejection::Dedicated => f.write_str("dedicated to other projects"),
             Rejection::AntiAffinity(label) => write!(f, "anti-affinity {label}"),
-            Rejection::Other { filter, reason } => write!(f, "{filter}: {reason}"),
+            Rejection::Other { filter, reason } => write!(f, "rejected by {filter}: {reason}"),
         }
     }
 }

@@ -6,8 +6,11 @@
 //! `plugins/` with a `NAME`, an `Args` struct if it takes settings, and a
 //! `factory`, and add it to the registry (`Registry::builtin`, or
 //! `Registry::with_filter`/`with_scorer` from outside the crate). Profiles in
-//! the TOML config can then name it and give it settings. See
-//! `docs/scheduling.md`.
+//! the TOML config can then name it and give it settings. Plugins loaded at
+//! run time (WebAssembly, HTTP extenders: the `shepherd-plugins` crate) are
+//! *batched*: the engine hands them the task and many nodes in one call
+//! instead of one call per node. See `docs/scheduling.md` and
+//! `docs/plugins.md`.
 
 use crate::cluster::ClusterView;
 use crate::model::{NodeSnapshot, PendingTask, Rejection};
@@ -15,15 +18,27 @@ use crate::model::{NodeSnapshot, PendingTask, Rejection};
 /// Feasibility: `Err` says why the node cannot take the task.
 pub trait FilterPlugin: Send + Sync {
     /// The name used in profiles.
-    fn name(&self) -> &'static str;
+    fn name(&self) -> &str;
     /// Whether `node` can take `task`.
     fn filter(&self, task: &PendingTask, node: &NodeSnapshot) -> Result<(), Rejection>;
+    /// Whether the engine should call [`FilterPlugin::filter_batch`] with
+    /// many nodes at once rather than `filter` per node: for plugins whose
+    /// every call crosses a boundary (a WebAssembly sandbox, the network).
+    fn batched(&self) -> bool {
+        false
+    }
+    /// The verdict for each of `nodes`, in order, pushed onto `out` (which
+    /// the caller has cleared). A plugin that fails as a whole rejects
+    /// every node with the reason.
+    fn filter_batch(&self, task: &PendingTask, nodes: &[&NodeSnapshot], out: &mut Vec<Result<(), Rejection>>) {
+        out.extend(nodes.iter().map(|node| self.filter(task, node)));
+    }
 }
 
 /// Ranking: higher is better, always within [0, 1].
 pub trait ScorePlugin: Send + Sync {
     /// The name used in profiles.
-    fn name(&self) -> &'static str;
+    fn name(&self) -> &str;
     /// How good `node` is for `task`, in [0, 1]. `cluster` gives the
     /// cluster-wide context some scorers need (topology counts, a seeded
     /// random source).
@@ -32,5 +47,24 @@ pub trait ScorePlugin: Send + Sync {
     /// [`ClusterView::topology_counts`]: the pass indexes them.
     fn topology_keys(&self) -> Vec<String> {
         Vec::new()
+    }
+    /// Whether the engine should call [`ScorePlugin::score_batch`] once
+    /// for all candidates rather than `score` per node.
+    fn batched(&self) -> bool {
+        false
+    }
+    /// The score of each of `nodes`, in order, pushed onto `out` (cleared
+    /// by the caller), each in [0, 1]. `Err`: the plugin failed (it
+    /// trapped, ran out of fuel, answered garbage, is disabled); the task
+    /// then waits with that reason instead of being placed on a guess.
+    fn score_batch(
+        &self,
+        task: &PendingTask,
+        nodes: &[&NodeSnapshot],
+        cluster: &ClusterView<'_>,
+        out: &mut Vec<f64>,
+    ) -> Result<(), Rejection> {
+        out.extend(nodes.iter().map(|node| self.score(task, node, cluster)));
+        Ok(())
     }
 }

@@ -32,6 +32,13 @@ pub struct Profile {
     pub batch_order: BatchOrder,
 }
 
+impl Profile {
+    /// Whether any of its plugins is batched (a run-time plugin).
+    pub fn batched(&self) -> bool {
+        self.filters.iter().any(|f| f.batched()) || self.scorers.iter().any(|(s, _)| s.batched())
+    }
+}
+
 /// A profile as written in the TOML config.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -98,6 +105,11 @@ pub struct SchedulerConfig {
     pub profiles: BTreeMap<String, ProfileConfig>,
     #[serde(default)]
     pub projects: BTreeMap<String, ProjectConfig>,
+    /// Plugins loaded at run time (`[plugins.NAME] wasm = "…"` or
+    /// `http = "…"`), kept as written: the engine itself loads nothing;
+    /// `shepherd-plugins` reads these and registers them.
+    #[serde(default)]
+    pub plugins: BTreeMap<String, toml::Table>,
 }
 
 /// A configuration that cannot be used.

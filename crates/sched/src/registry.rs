@@ -34,9 +34,9 @@ pub const DEFAULT_FILTERS: [&str; 9] = [
 pub const REQUIRED_FILTERS: [&str; 4] = [node_ready::NAME, dedicated::NAME, volume_locality::NAME, devices::NAME];
 
 /// Makes a filter plugin from its settings (`None`: none given).
-pub type FilterFactory = fn(Option<&toml::Value>) -> Result<Arc<dyn FilterPlugin>, ArgsError>;
+pub type FilterFactory = Arc<dyn Fn(Option<&toml::Value>) -> Result<Arc<dyn FilterPlugin>, ArgsError> + Send + Sync>;
 /// Makes a score plugin from its settings (`None`: none given).
-pub type ScoreFactory = fn(Option<&toml::Value>) -> Result<Arc<dyn ScorePlugin>, ArgsError>;
+pub type ScoreFactory = Arc<dyn Fn(Option<&toml::Value>) -> Result<Arc<dyn ScorePlugin>, ArgsError> + Send + Sync>;
 
 /// A plugin's settings that it cannot use.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -64,8 +64,8 @@ pub fn parse_args<A: serde::de::DeserializeOwned>(plugin: &str, args: Option<&to
 /// Plugin names to factories.
 #[derive(Clone)]
 pub struct Registry {
-    filters: BTreeMap<&'static str, FilterFactory>,
-    scorers: BTreeMap<&'static str, ScoreFactory>,
+    filters: BTreeMap<String, FilterFactory>,
+    scorers: BTreeMap<String, ScoreFactory>,
 }
 
 impl Registry {
@@ -91,15 +91,28 @@ impl Registry {
     }
 
     /// The registry with one more filter (or another factory for a name).
-    pub fn with_filter(mut self, name: &'static str, factory: FilterFactory) -> Registry {
-        self.filters.insert(name, factory);
+    pub fn with_filter(
+        mut self,
+        name: impl Into<String>,
+        factory: impl Fn(Option<&toml::Value>) -> Result<Arc<dyn FilterPlugin>, ArgsError> + Send + Sync + 'static,
+    ) -> Registry {
+        self.filters.insert(name.into(), Arc::new(factory));
         self
     }
 
     /// The registry with one more score plugin (or another factory for a name).
-    pub fn with_scorer(mut self, name: &'static str, factory: ScoreFactory) -> Registry {
-        self.scorers.insert(name, factory);
+    pub fn with_scorer(
+        mut self,
+        name: impl Into<String>,
+        factory: impl Fn(Option<&toml::Value>) -> Result<Arc<dyn ScorePlugin>, ArgsError> + Send + Sync + 'static,
+    ) -> Registry {
+        self.scorers.insert(name.into(), Arc::new(factory));
         self
+    }
+
+    /// Whether a plugin of that name is registered, as a filter or a scorer.
+    pub fn contains(&self, name: &str) -> bool {
+        self.filters.contains_key(name) || self.scorers.contains_key(name)
     }
 
     /// The filter called `name`, made with `args`; `None` if there is no such filter.
@@ -113,13 +126,13 @@ impl Registry {
     }
 
     /// Every filter's name, sorted.
-    pub fn filter_names(&self) -> Vec<&'static str> {
-        self.filters.keys().copied().collect()
+    pub fn filter_names(&self) -> Vec<&str> {
+        self.filters.keys().map(String::as_str).collect()
     }
 
     /// Every score plugin's name, sorted.
-    pub fn scorer_names(&self) -> Vec<&'static str> {
-        self.scorers.keys().copied().collect()
+    pub fn scorer_names(&self) -> Vec<&str> {
+        self.scorers.keys().map(String::as_str).collect()
     }
 }
 

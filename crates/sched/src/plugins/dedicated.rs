@@ -17,7 +17,7 @@ pub fn factory(args: Option<&toml::Value>) -> Result<std::sync::Arc<dyn crate::p
 }
 
 impl FilterPlugin for Dedicated {
-    fn name(&self) -> &'static str {
+    fn name(&self) -> &str {
         NAME
     }
     fn filter(&self, task: &PendingTask, node: &NodeSnapshot) -> Result<(), Rejection> {

@@ -15,7 +15,7 @@ pub fn factory(args: Option<&toml::Value>) -> Result<std::sync::Arc<dyn crate::p
 }
 
 impl ScorePlugin for Random {
-    fn name(&self) -> &'static str {
+    fn name(&self) -> &str {
         NAME
     }
     fn score(&self, task: &PendingTask, node: &NodeSnapshot, cluster: &ClusterView<'_>) -> f64 {

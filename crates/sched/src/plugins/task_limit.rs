@@ -14,7 +14,7 @@ pub fn factory(args: Option<&toml::Value>) -> Result<std::sync::Arc<dyn crate::p
 }
 
 impl FilterPlugin for TaskLimit {
-    fn name(&self) -> &'static str {
+    fn name(&self) -> &str {
         NAME
     }
     fn filter(&self, _task: &PendingTask, node: &NodeSnapshot) -> Result<(), Rejection> {

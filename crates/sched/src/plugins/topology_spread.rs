@@ -34,7 +34,7 @@ pub fn factory(args: Option<&toml::Value>) -> Result<std::sync::Arc<dyn ScorePlu
 }
 
 impl ScorePlugin for TopologySpread {
-    fn name(&self) -> &'static str {
+    fn name(&self) -> &str {
         NAME
     }
     fn topology_keys(&self) -> Vec<String> {

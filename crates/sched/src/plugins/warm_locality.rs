@@ -17,7 +17,7 @@ pub fn factory(args: Option<&toml::Value>) -> Result<std::sync::Arc<dyn crate::p
 }
 
 impl ScorePlugin for WarmLocality {
-    fn name(&self) -> &'static str {
+    fn name(&self) -> &str {
         NAME
     }
     fn score(&self, task: &PendingTask, node: &NodeSnapshot, _: &ClusterView<'_>) -> f64 {
