@@ -123,6 +123,43 @@ impl Engine {
     }
 }
 
+/// The engine a running scheduler uses, replaced whole when its
+/// configuration is reloaded: each pass takes the engine of the moment
+/// ([`SharedEngine::get`]) and keeps it to the end, so every task of a
+/// pass is placed by one version.
+#[derive(Clone)]
+pub struct SharedEngine(std::sync::Arc<std::sync::RwLock<std::sync::Arc<Engine>>>);
+
+impl SharedEngine {
+    /// Shares `engine`.
+    pub fn new(engine: Engine) -> SharedEngine {
+        SharedEngine(std::sync::Arc::new(std::sync::RwLock::new(std::sync::Arc::new(engine))))
+    }
+
+    /// The engine now.
+    pub fn get(&self) -> std::sync::Arc<Engine> {
+        match self.0.read() {
+            Ok(engine) => engine.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Puts `engine` in place for the passes that start from now on.
+    pub fn replace(&self, engine: Engine) {
+        let engine = std::sync::Arc::new(engine);
+        match self.0.write() {
+            Ok(mut slot) => *slot = engine,
+            Err(poisoned) => *poisoned.into_inner() = engine,
+        }
+    }
+}
+
+impl Default for SharedEngine {
+    fn default() -> SharedEngine {
+        SharedEngine::new(Engine::default())
+    }
+}
+
 fn total_capacity(nodes: &[NodeSnapshot]) -> Resources {
     nodes.iter().fold(Resources { cpu_millicores: 0, memory_mib: 0 }, |acc, n| Resources {
         cpu_millicores: acc.cpu_millicores.saturating_add(n.capacity.cpu_millicores),

@@ -34,7 +34,7 @@ pub mod registry;
 pub mod rng;
 
 pub use cluster::{CandidateOrder, ClusterView, NodeIndex};
-pub use engine::{Engine, NodeScore, Pass, Placer};
+pub use engine::{Engine, NodeScore, Pass, Placer, SharedEngine};
 pub use model::{
     AntiAffinity, Hold, NodeSnapshot, NodeVolume, PendingTask, Placement, PlacementPlan, QuotaHold, Rejection, Unfit, Unplaced, Wait,
 };

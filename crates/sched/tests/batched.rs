@@ -55,7 +55,13 @@ impl ScorePlugin for Cost {
     fn batched(&self) -> bool {
         self.batched
     }
-    fn score_batch(&self, task: &PendingTask, nodes: &[&NodeSnapshot], view: &ClusterView<'_>, out: &mut Vec<f64>) -> Result<(), Rejection> {
+    fn score_batch(
+        &self,
+        task: &PendingTask,
+        nodes: &[&NodeSnapshot],
+        view: &ClusterView<'_>,
+        out: &mut Vec<f64>,
+    ) -> Result<(), Rejection> {
         if self.fail {
             return Err(Rejection::Other { filter: "cost".into(), reason: "out of fuel".into() });
         }
@@ -139,7 +145,10 @@ fn reasons_name_the_plugin_and_a_failing_scorer_holds_only_its_profile() {
     // No gold node at all: the filter's own words, counted per node.
     let engine = engine_ok();
     let plan = engine.place_batch(nodes(10, 1000).into_iter().skip(1).collect(), tasks(1, "gold"), &HashMap::new(), 1);
-    assert_eq!(plan.unplaced[0].hold.to_string(), "no node can ever run this task (0/9 fit even with nothing running): 9 rejected by tier: not gold");
+    assert_eq!(
+        plan.unplaced[0].hold.to_string(),
+        "no node can ever run this task (0/9 fit even with nothing running): 9 rejected by tier: not gold"
+    );
 }
 
 fn engine_ok() -> Engine {
