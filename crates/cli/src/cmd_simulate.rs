@@ -59,11 +59,16 @@ pub struct SimulateArgs {
 }
 
 pub fn simulate_cmd(args: SimulateArgs) -> Result<ExitCode> {
-    let config = match &args.scheduler_config {
-        Some(path) => SchedulerConfig::from_toml(&std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?)?,
-        None => SchedulerConfig::default(),
+    // The same engine a server makes of the file, run-time plugins included.
+    let loaded = match &args.scheduler_config {
+        Some(path) => Some(shepherd_plugins::load_file(path).with_context(|| format!("scheduler config {}", path.display()))?),
+        None => None,
     };
-    let engine = Engine::new(&config)?;
+    let plugins = loaded.as_ref().map(|l| l.plugins.clone()).unwrap_or_default();
+    let engine = match loaded {
+        Some(loaded) => loaded.engine,
+        None => Engine::new(&SchedulerConfig::default())?,
+    };
     for profile in &args.profiles {
         if !engine.has_profile(profile) {
             bail!("--profiles: unknown profile `{profile}`; known: {}", engine.profile_names().join(", "));
@@ -105,6 +110,23 @@ pub fn simulate_cmd(args: SimulateArgs) -> Result<ExitCode> {
     }
     println!();
     print!("{}", report::table(&reports));
+    if !plugins.is_empty() {
+        println!("\n| plugin | kind | state | calls | nodes per call | µs per call | failures |\n|---|---|---|---|---|---|---|");
+        for p in plugins.iter().map(|h| h.status()) {
+            let per = |x: f64| if p.calls == 0 { 0.0 } else { x / p.calls as f64 };
+            println!(
+                "| {} | {} | {} | {} | {:.1} | {:.1} | {}{} |",
+                p.name,
+                p.kind,
+                p.state,
+                p.calls,
+                per(p.nodes as f64),
+                per(p.seconds * 1e6),
+                p.failures,
+                p.last_error.map(|e| format!(" (last: {e})")).unwrap_or_default()
+            );
+        }
+    }
     let title = format!("{} tasks on {} nodes, profiles {}", workload.len(), args.nodes, args.profiles.join(", "));
     std::fs::write(&args.plot, svg::plot(&reports, &title)).with_context(|| format!("writing {}", args.plot.display()))?;
     println!("\nplot: {}", args.plot.display());

@@ -31,7 +31,9 @@ pub struct ServerFlags {
     /// Where the SQLite database, node id and attempt directories live.
     #[arg(long, env = "SHEPHERD_DATA_DIR")]
     data_dir: Option<PathBuf>,
-    /// Placement profiles and per-project settings (TOML; see docs/scheduling.md).
+    /// Placement profiles, run-time plugins (WebAssembly, HTTP extenders) and
+    /// per-project settings (TOML; see docs/scheduling.md and docs/plugins.md).
+    /// Reloaded when it or a plugin file changes, and on SIGHUP.
     #[arg(long, env = "SHEPHERD_SCHEDULER_CONFIG")]
     scheduler_config: Option<PathBuf>,
     /// Where state is kept: `sqlite` (DATA_DIR/shepherd.db, the default) or a
@@ -195,15 +197,14 @@ async fn run_cluster(server: ServerFlags, node: Option<&NodeFlags>, write_cli_co
     crate::host::private_files();
     crate::host::raise_fd_limit();
     let _lock = crate::host::claim_data_dir(&data_dir)?;
-    let scheduler = match &server.scheduler_config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-            shepherd_sched::SchedulerConfig::from_toml(&text).with_context(|| format!("in {}", path.display()))?
-        }
-        None => shepherd_sched::SchedulerConfig::default(),
-    };
-    let engine = Arc::new(shepherd_sched::Engine::new(&scheduler).with_context(|| "scheduler config")?);
-    let profiles = engine.profile_names().join(", ");
+    // Profiles and run-time plugins; reloaded while the server runs when
+    // the file changes, on SIGHUP or `POST /v1/plugins/reload`.
+    let scheduling = Arc::new(match &server.scheduler_config {
+        Some(path) => shepherd_plugins::Scheduling::from_file(path).with_context(|| format!("scheduler config {}", path.display()))?,
+        None => shepherd_plugins::Scheduling::fixed(shepherd_sched::Engine::default()),
+    });
+    let profiles = scheduling.engine().get().profile_names().join(", ");
+    let plugins: Vec<String> = scheduling.report().plugins.into_iter().map(|p| format!("{} ({})", p.name, p.kind)).collect();
     let join_token = read_token(&server.join_token, &server.join_token_file)?;
     let (admin_token, admin_token_source) = admin_token(&server, &data_dir)?;
     let mut local = None;
@@ -215,7 +216,7 @@ async fn run_cluster(server: ServerFlags, node: Option<&NodeFlags>, write_cli_co
         local = Some((flags, prepared));
     }
     let config = ClusterConfig {
-        engine,
+        scheduling,
         listen: server.listen,
         data_dir: data_dir.clone(),
         store: match &server.store {
@@ -336,6 +337,9 @@ async fn run_cluster(server: ServerFlags, node: Option<&NodeFlags>, write_cli_co
         (None, None) => println!("  agents:  none can join (no --join-token)"),
     }
     println!("  profiles: {profiles}");
+    if !plugins.is_empty() {
+        println!("  plugins: {} (reloaded when their files change; GET /v1/plugins)", plugins.join(", "));
+    }
     println!("  openapi: {url}/v1/openapi.json");
     println!("  admin:   token in {admin_token_source}");
     if let Some(line) = &project_line {

@@ -23,6 +23,11 @@ use std::time::Duration;
 
 /// A project.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PluginLabel {
+    pub plugin: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ProjectLabel {
     pub project: String,
 }
@@ -96,6 +101,10 @@ pub struct Metrics {
     pool_failing: Family<PoolLabel, Gauge>,
     machine_creates: Family<PoolOutcomeLabel, Counter>,
     agent_refusals: Family<RefusalLabel, Counter>,
+    plugin_calls: Family<PluginLabel, Counter>,
+    plugin_failures: Family<PluginLabel, Counter>,
+    plugin_seconds: Family<PluginLabel, Counter<f64, std::sync::atomic::AtomicU64>>,
+    plugin_disabled: Family<PluginLabel, Gauge>,
     /// Held while a scrape refills the gauges.
     scraping: tokio::sync::Mutex<()>,
     /// The request histograms met so far, by a hash of their labels.
@@ -193,12 +202,28 @@ impl Metrics {
             pool_failing: Family::default(),
             machine_creates: Family::default(),
             agent_refusals: Family::default(),
+            plugin_calls: Family::default(),
+            plugin_failures: Family::default(),
+            plugin_seconds: Family::default(),
+            plugin_disabled: Family::default(),
             recent: Default::default(),
             ended: Default::default(),
             request_handles: Default::default(),
             scraping: Default::default(),
             registry: Registry::default(),
         };
+        registry.register(
+            "shepherd_sched_plugin_calls",
+            "Calls to run-time scheduling plugins (WebAssembly, HTTP)",
+            m.plugin_calls.clone(),
+        );
+        registry.register("shepherd_sched_plugin_failures", "Failed calls to run-time scheduling plugins", m.plugin_failures.clone());
+        registry.register("shepherd_sched_plugin_seconds", "Time spent in run-time scheduling plugins' calls", m.plugin_seconds.clone());
+        registry.register(
+            "shepherd_sched_plugin_disabled",
+            "1 while a run-time scheduling plugin is disabled after failing",
+            m.plugin_disabled.clone(),
+        );
         registry.register("shepherd_tasks_created", "Tasks created, by project", m.tasks_created.clone());
         registry.register("shepherd_tasks_finished", "Tasks that ended, by project and final state", m.tasks_finished.clone());
         registry.register(
@@ -361,9 +386,23 @@ impl Metrics {
 
     /// The exposition in Prometheus' text format (0.0.4), with the
     /// cluster-wide gauges read from `store` now.
-    pub async fn render(&self, store: &dyn Store) -> String {
+    pub async fn render(&self, store: &dyn Store, plugins: &[shepherd_plugins::PluginStatus]) -> String {
         // One scrape at a time: the gauges are cleared and refilled.
         let _one = self.scraping.lock().await;
+        self.plugin_disabled.clear();
+        for plugin in plugins {
+            let label = PluginLabel { plugin: plugin.name.clone() };
+            // Counters move up by what the plugin counted since the last
+            // scrape (a reload starts its counts again).
+            let calls = self.plugin_calls.get_or_create(&label);
+            calls.inc_by(plugin.calls.checked_sub(calls.get()).unwrap_or(plugin.calls));
+            let failures = self.plugin_failures.get_or_create(&label);
+            failures.inc_by(plugin.failures.checked_sub(failures.get()).unwrap_or(plugin.failures));
+            let seconds = self.plugin_seconds.get_or_create(&label);
+            let delta = plugin.seconds - seconds.get();
+            seconds.inc_by(if delta >= 0.0 { delta } else { plugin.seconds });
+            self.plugin_disabled.get_or_create(&label).set(i64::from(plugin.state == "disabled"));
+        }
         match store.active_counts().await {
             Ok(counts) => {
                 self.tasks.clear();

@@ -62,7 +62,7 @@ async fn autoscaler_on(
     let parts = AutoscaleParts {
         store: store.clone(),
         view: Arc::new(shepherd_server::nodes::view::ClusterView::default()),
-        engine: Arc::new(shepherd_sched::Engine::default()),
+        engine: shepherd_sched::SharedEngine::default(),
         leadership,
         links: Arc::new(NoLinks),
         notes: notes.clone(),

@@ -81,6 +81,12 @@ impl Server {
         let _ = self.child.wait();
     }
 
+    /// Its process id (to send it signals).
+    #[allow(dead_code)]
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
     /// Everything printed on stdout since it listened.
     pub fn printed(&self) -> String {
         self.stdout.lock().unwrap().join("\n")

@@ -28,8 +28,9 @@ pub struct ClusterConfig {
     pub limits: Limits,
     /// The in-process agent; `None` runs an API server and scheduler only.
     pub local_node: Option<LocalNodeConfig>,
-    /// Placement profiles and per-project settings.
-    pub engine: Arc<shepherd_sched::Engine>,
+    /// Placement profiles, run-time plugins and per-project settings,
+    /// reloaded from their file while the cluster runs.
+    pub scheduling: Arc<shepherd_plugins::Scheduling>,
     /// Agents on other hosts join with this token; `None`: no remote agents.
     pub join_token: Option<String>,
     /// A node silent this long is down; its tasks are lost and retried.
@@ -80,7 +81,7 @@ impl ClusterConfig {
                 stop_on_shutdown: false,
                 image_cleanup_every: None,
             }),
-            engine: Arc::new(shepherd_sched::Engine::default()),
+            scheduling: Arc::new(shepherd_plugins::Scheduling::fixed(shepherd_sched::Engine::default())),
             join_token: None,
             node_timeout: Duration::from_secs(15),
             tls: None,
@@ -301,13 +302,14 @@ impl Cluster {
                 shutdown_rx.clone(),
             )));
         }
+        background.push(tokio::spawn(crate::loops::reload::run(config.scheduling.clone(), wakeup.clone(), shutdown_rx.clone())));
         let notes = Arc::new(PlacementNotes::default());
         let mut scheduler = Scheduler::new(
             dyn_store.clone(),
             links.clone(),
             wakeup.clone(),
             notes.clone(),
-            config.engine.clone(),
+            config.scheduling.engine(),
             leadership.clone(),
             view.clone(),
         );
@@ -318,7 +320,7 @@ impl Cluster {
                 let parts = crate::loops::autoscale::AutoscaleParts {
                     store: dyn_store.clone(),
                     view: view.clone(),
-                    engine: config.engine.clone(),
+                    engine: config.scheduling.engine(),
                     leadership: leadership.clone(),
                     links: links.clone(),
                     notes: notes.clone(),
@@ -359,7 +361,7 @@ impl Cluster {
         let mut tasks = crate::service::TaskService::new(
             dyn_store.clone(),
             config.limits,
-            config.engine.clone(),
+            config.scheduling.engine(),
             notes,
             auth.clone(),
             links,
@@ -399,7 +401,7 @@ impl Cluster {
             codes: Arc::new(crate::service::CodeService {
                 store: dyn_store.clone(),
                 limits: config.limits,
-                engine: config.engine.clone(),
+                engine: config.scheduling.engine(),
                 stacks: Arc::new(config.stacks.clone()),
             }),
             schedules,
@@ -425,6 +427,7 @@ impl Cluster {
             events,
             timeline: Default::default(),
             autoscaler,
+            scheduling: config.scheduling.clone(),
         };
         background.push(tokio::spawn(state.timeline.clone().run(dyn_store, state.metrics.clone(), shutdown_rx.clone())));
         if let Some(listen) = config.metrics_listen {

@@ -28,6 +28,8 @@ use utoipa::OpenApi;
         super::v1::nodes::drain,
         super::v1::machines::list,
         super::v1::machines::autoscale,
+        super::v1::plugins::list,
+        super::v1::plugins::reload,
         super::v1::projects::create,
         super::v1::projects::list,
         super::v1::projects::get,

@@ -41,6 +41,8 @@ pub struct AppState {
     pub timeline: Arc<crate::loops::timeline::Timeline>,
     /// Autoscaled pools, when configured.
     pub autoscaler: Option<Arc<crate::loops::autoscale::Autoscaler>>,
+    /// The scheduler's configuration and run-time plugins (reloads).
+    pub scheduling: Arc<shepherd_plugins::Scheduling>,
 }
 
 impl AppState {
@@ -52,10 +54,11 @@ impl AppState {
         let notes = Arc::new(crate::placement_notes::PlacementNotes::default());
         let auth = Arc::new(crate::service::auth::Auth::new(admin_token));
         let remote = Arc::new(crate::nodes::remote::RemoteAgents::default());
+        let scheduling = Arc::new(shepherd_plugins::Scheduling::fixed(shepherd_sched::Engine::default()));
         let tasks = crate::service::TaskService::new(
             store.clone(),
             shepherd_core::Limits::default(),
-            Arc::new(shepherd_sched::Engine::default()),
+            scheduling.engine(),
             notes,
             auth.clone(),
             remote.clone(),
@@ -79,10 +82,11 @@ impl AppState {
             events: crate::loops::events::EventHub::new(store.clone()),
             timeline: Default::default(),
             autoscaler: None,
+            scheduling: scheduling.clone(),
             codes: Arc::new(crate::service::CodeService {
                 store: store.clone(),
                 limits: shepherd_core::Limits::default(),
-                engine: Arc::new(shepherd_sched::Engine::default()),
+                engine: scheduling.engine(),
                 stacks: Default::default(),
             }),
             schedules: Arc::new(crate::service::ScheduleService::new(store.clone(), tasks.clone())),

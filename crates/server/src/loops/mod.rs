@@ -4,7 +4,8 @@
 //! into the store ([`heartbeats`]), the autoscaler ([`autoscale`]), webhook
 //! delivery ([`webhooks`]), schedule firing ([`schedules`]), the event hub
 //! ([`events`]), the relay of other servers' messages ([`relay`]) and the
-//! dashboard's timeline ([`timeline`]).
+//! dashboard's timeline ([`timeline`]) and the scheduler config's
+//! reloads ([`reload`]).
 
 pub mod autoscale;
 pub mod events;
@@ -12,6 +13,7 @@ pub mod heartbeats;
 pub mod leader;
 pub mod node_watch;
 pub mod relay;
+pub mod reload;
 pub mod scheduler;
 pub mod schedules;
 pub mod timeline;

@@ -21,7 +21,7 @@ use crate::nodes::links::NodeLinks;
 use crate::nodes::view::{label_pairs, ClusterView, Holding};
 use crate::placement_notes::PlacementNotes;
 use shepherd_core::{Constraint, Event, LaunchSpec, ProjectLimits, Resources, TaskId, Timestamp};
-use shepherd_sched::{AntiAffinity, Engine, NodeSnapshot, NodeVolume, PendingTask, QuotaLedger, Wait};
+use shepherd_sched::{AntiAffinity, Engine, NodeSnapshot, NodeVolume, PendingTask, QuotaLedger, SharedEngine, Wait};
 use shepherd_store::{NodeRecord, QueueCursor, QueueQuery, QueuedTask, Store, StoreError};
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
@@ -44,7 +44,8 @@ pub struct Scheduler {
     pub links: Arc<dyn NodeLinks>,
     pub wakeup: Arc<Notify>,
     pub notes: Arc<PlacementNotes>,
-    pub engine: Arc<Engine>,
+    /// The engine of the moment: each pass takes it once (reloads swap it).
+    pub engine: SharedEngine,
     /// Seeds each pass differently, reproducibly.
     pub passes: AtomicU64,
     /// What one pass leaves to the next.
@@ -195,7 +196,7 @@ impl Scheduler {
         links: Arc<dyn NodeLinks>,
         wakeup: Arc<Notify>,
         notes: Arc<PlacementNotes>,
-        engine: Arc<Engine>,
+        engine: SharedEngine,
         leadership: crate::loops::leader::Leadership,
         view: Arc<ClusterView>,
     ) -> Scheduler {
@@ -370,7 +371,7 @@ impl Scheduler {
         };
         let quota = QuotaLedger::new(held, limits).with_codes(self.view.code_usage(), code_limits);
         let seed = self.passes.fetch_add(1, Ordering::Relaxed);
-        let (engine, store, runtime) = (self.engine.clone(), self.store.clone(), tokio::runtime::Handle::current());
+        let (engine, store, runtime) = (self.engine.get(), self.store.clone(), tokio::runtime::Handle::current());
         // Placement is CPU work: the whole pass runs on a blocking thread,
         // reading further pages of the queue from there.
         let work = tokio::task::spawn_blocking(move || {

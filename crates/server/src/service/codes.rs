@@ -12,7 +12,7 @@ use std::sync::Arc;
 pub struct CodeService {
     pub store: Arc<dyn Store>,
     pub limits: Limits,
-    pub engine: Arc<shepherd_sched::Engine>,
+    pub engine: shepherd_sched::SharedEngine,
     /// Runtimes (IronWorker's stacks) and the images that run their packages.
     pub stacks: Arc<std::collections::BTreeMap<String, String>>,
 }
@@ -98,7 +98,7 @@ impl CodeService {
             }
         }
         spec.validate(&self.limits)?;
-        if let Some(profile) = spec.profile.as_deref().filter(|p| !self.engine.has_profile(p)) {
+        if let Some(profile) = spec.profile.as_deref().filter(|p| !self.engine.get().has_profile(p)) {
             return Err(FieldError::new("profile", format!("unknown profile `{profile}`")).into());
         }
         let project = spec.project.clone();

@@ -18,7 +18,7 @@ pub struct TaskService {
     pub store: Arc<dyn Store>,
     pub limits: Limits,
     /// Placement profiles, to check the profile a task names.
-    pub engine: Arc<shepherd_sched::Engine>,
+    pub engine: shepherd_sched::SharedEngine,
     pub notes: Arc<PlacementNotes>,
     /// Project limits (cached).
     pub auth: Arc<Auth>,
@@ -36,7 +36,7 @@ impl TaskService {
     pub fn new(
         store: Arc<dyn Store>,
         limits: Limits,
-        engine: Arc<shepherd_sched::Engine>,
+        engine: shepherd_sched::SharedEngine,
         notes: Arc<PlacementNotes>,
         auth: Arc<Auth>,
         links: Arc<dyn NodeLinks>,
@@ -289,8 +289,8 @@ impl TaskService {
             .enumerate()
             .map(|(index, mut spec)| {
                 claim(caller, &mut spec, &within(&prefix(index), "project"))?;
-                if let Some(profile) = spec.profile.as_deref().filter(|p| !self.engine.has_profile(p)) {
-                    let known = self.engine.profile_names().join(", ");
+                if let Some(profile) = spec.profile.as_deref().filter(|p| !self.engine.get().has_profile(p)) {
+                    let known = self.engine.get().profile_names().join(", ");
                     return Err(FieldError::new("profile", format!("unknown profile `{profile}`; known: {known}"))
                         .within(&prefix(index))
                         .into());

@@ -102,6 +102,7 @@ pub async fn metrics(
 /// The same without a token: only on the `--metrics-listen` address.
 pub async fn open_metrics(State(state): State<AppState>) -> axum::response::Response {
     use axum::response::IntoResponse;
-    let body = state.metrics.render(state.store.as_ref()).await;
+    let plugins = state.scheduling.report().plugins;
+    let body = state.metrics.render(state.store.as_ref(), &plugins).await;
     ([(axum::http::header::CONTENT_TYPE, prometheus_client::encoding::prometheus_text::CONTENT_TYPE)], body).into_response()
 }

@@ -10,6 +10,7 @@ pub mod logs;
 pub mod machines;
 pub mod nodes;
 pub mod packages;
+pub mod plugins;
 pub mod projects;
 pub mod registries;
 pub mod schedules;
@@ -49,6 +50,8 @@ pub fn routes(state: &AppState) -> Router<AppState> {
         .route("/v1/nodes", get(nodes::list))
         .route("/v1/machines", get(machines::list))
         .route("/v1/autoscale", get(machines::autoscale))
+        .route("/v1/plugins", get(plugins::list))
+        .route("/v1/plugins/reload", post(plugins::reload))
         .route("/v1/servers", get(health::servers))
         .route("/v1/nodes/{id}/drain", post(nodes::drain))
         .route("/v1/projects", post(projects::create).get(projects::list))

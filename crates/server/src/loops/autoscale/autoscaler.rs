@@ -10,7 +10,6 @@ use crate::nodes::view::ClusterView;
 use crate::placement_notes::PlacementNotes;
 use shepherd_core::Timestamp;
 use shepherd_provision::Provisioner;
-use shepherd_sched::Engine;
 use shepherd_store::{AuditEntry, Store, StoreError};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -27,7 +26,7 @@ pub struct AutoscaleParts {
     /// What each node holds (the scheduler's view).
     pub view: Arc<ClusterView>,
     /// The placement engine a scale-up is planned with.
-    pub engine: Arc<Engine>,
+    pub engine: shepherd_sched::SharedEngine,
     /// Whether this server leads (the autoscaler acts only then).
     pub leadership: Leadership,
     /// The agents of the nodes, to drain an idle machine's node.

@@ -190,7 +190,7 @@ impl Autoscaler {
             .collect();
         let code_limits = self.parts.store.code_limits().await?.into_iter().map(|l| ((l.project, l.name), l.max)).collect();
         let quota = QuotaLedger::new(held, limits).with_codes(code_usage, code_limits);
-        let engine = self.parts.engine.clone();
+        let engine = self.parts.engine.get();
         let plan = tokio::task::spawn_blocking(move || {
             shepherd_sched::autoscale::plan(&engine, snapshots, coming, &usage, quota, tasks, &options, 0)
         })
