@@ -39,6 +39,10 @@ python3 scripts/check-layers.py --self-test
 # the README, ARCHITECTURE.md, the pages and the built HTML resolves.
 bash scripts/docs.sh
 bash scripts/build-test-image.sh
+# The example scheduling plugins (WebAssembly, from Rust and C, with Debian's
+# rustc 1.63 + wasm32 std and clang/lld, installed if missing), which the
+# plugin tests load.
+bash examples/plugins/build.sh
 # A real image registry for the registry tests (each test starts its own).
 bash scripts/registry.sh install
 # A throwaway PostgreSQL for the PostgreSQL store's tests (no fsync: tests only).

@@ -18,7 +18,7 @@ mkdir -p "$sdk"
 rust=(--edition 2021 --target wasm32-unknown-unknown -C opt-level=2 -C panic=abort)
 "$RUSTC" "${rust[@]}" --crate-type rlib --crate-name shepherd_plugin_sdk \
     -o "$sdk/libshepherd_plugin_sdk.rlib" "$root/crates/plugin-sdk/src/lib.rs"
-for example in label_filter prefer_values; do
+for example in label_filter prefer_values spread; do
     "$RUSTC" "${rust[@]}" --crate-type cdylib -C strip=symbols \
         --extern shepherd_plugin_sdk="$sdk/libshepherd_plugin_sdk.rlib" -L "$sdk" \
         -o "$here/$example.wasm" "$here/$example.rs"

@@ -48,6 +48,9 @@ pub struct Args {
     /// Seconds of idle heartbeating measured per node count.
     #[arg(long, default_value_t = 10)]
     idle_seconds: u64,
+    /// A label every simulated node carries (repeatable): KEY=VALUE.
+    #[arg(long = "node-label", value_name = "KEY=VALUE")]
+    node_labels: Vec<String>,
     /// Extra arguments for `shepherd server` (repeatable), e.g. `--server-arg=--sync=normal`.
     #[arg(long = "server-arg", allow_hyphen_values = true)]
     server_args: Vec<String>,
@@ -142,6 +145,7 @@ fn start_sim(binary: &Path, url: &str, nodes: usize, args: &Args, stats: &Path) 
         .args(["nodesim", "--join", url, "--join-token", BENCH_JOIN_TOKEN])
         .args(["--nodes", &nodes.to_string(), "--max-tasks", &args.max_tasks.to_string()])
         .args(["--cpu", "64000", "--memory", "262144", "--run-ms", &args.run_ms])
+        .args(args.node_labels.iter().flat_map(|l| ["--label", l.as_str()]))
         .arg("--stats")
         .arg(stats)
         .env("SHEPHERD_LOG", "warn")

@@ -71,14 +71,20 @@ pub struct Node<'a> {
     pub max_tasks: u32,
     pub gpus: u32,
     pub gpus_allocated: u32,
-    /// Labels, sorted by key.
-    pub labels: Vec<(&'a str, &'a str)>,
+    /// Its labels as encoded (read lazily: most plugins look at one).
+    labels: &'a [u8],
+    labels_count: u32,
 }
 
 impl<'a> Node<'a> {
     /// The value of label `key`.
     pub fn label(&self, key: &str) -> Option<&'a str> {
-        self.labels.binary_search_by(|(k, _)| (*k).cmp(key)).ok().map(|i| self.labels[i].1)
+        self.labels().find(|(k, _)| *k == key).map(|(_, v)| v)
+    }
+    /// Every label, sorted by key.
+    pub fn labels(&self) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
+        let mut r = Reader { bytes: self.labels };
+        (0..self.labels_count).map_while(move |_| Some((r.str()?, r.str()?)))
     }
     /// Free CPU (millicores).
     pub fn free_cpu_millicores(&self) -> u32 {
@@ -180,10 +186,18 @@ impl<'a> Reader<'a> {
         let b = self.take(4)?;
         Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     }
-    /// A length-prefixed UTF-8 string.
+    /// A length-prefixed UTF-8 string. The engine writes only valid
+    /// UTF-8 (Rust strings), so it is not checked again here: checking
+    /// byte by byte in an interpreter is most of a call's time.
     pub fn str(&mut self) -> Option<&'a str> {
         let len = self.u32()? as usize;
-        core::str::from_utf8(self.take(len)?).ok()
+        let bytes = self.take(len)?;
+        // SAFETY: the engine encodes `&str`s only (see above).
+        Some(unsafe { core::str::from_utf8_unchecked(bytes) })
+    }
+    fn skip_str(&mut self) -> Option<()> {
+        let len = self.u32()? as usize;
+        self.take(len).map(|_| ())
     }
     /// A request: the call (0 filter, 1 score), the task, the nodes.
     pub fn request(&mut self) -> Option<(u32, Task<'a>, Vec<Node<'a>>)> {
@@ -218,11 +232,13 @@ impl<'a> Reader<'a> {
             for slot in v.iter_mut() {
                 *slot = self.u32()?;
             }
-            let labels_count = self.u32()? as usize;
-            let mut labels = Vec::with_capacity(labels_count.min(self.bytes.len() / 8 + 1));
+            let labels_count = self.u32()?;
+            let start = self.bytes;
             for _ in 0..labels_count {
-                labels.push((self.str()?, self.str()?));
+                self.skip_str()?;
+                self.skip_str()?;
             }
+            let labels = &start[..start.len() - self.bytes.len()];
             nodes.push(Node {
                 id,
                 pool: if pool.is_empty() { None } else { Some(pool) },
@@ -235,6 +251,7 @@ impl<'a> Reader<'a> {
                 gpus: v[6],
                 gpus_allocated: v[7],
                 labels,
+                labels_count,
             });
         }
         Some((call, task, nodes))
@@ -315,8 +332,13 @@ pub mod rt {
     /// A buffer of `len` bytes for the host to write the next request into.
     pub unsafe fn alloc(len: i32) -> i32 {
         let buf = INPUT.get().get_or_insert_with(Vec::new);
-        buf.clear();
-        buf.resize(len.max(0) as usize, 0);
+        let len = len.max(0) as usize;
+        // Grown (and zeroed) only when too small: zeroing the buffer at
+        // every call costs an interpreter more than the rest of the call.
+        // The request is the first `len` bytes, all written by the host.
+        if buf.len() < len {
+            buf.resize(len, 0);
+        }
         buf.as_mut_ptr() as i32
     }
 
