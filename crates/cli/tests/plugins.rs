@@ -46,7 +46,12 @@ async fn a_wasm_filter_holds_tasks_with_its_reason_and_reloads_while_the_server_
     std::fs::write(&file, config("licence.matlab")).unwrap();
     let server = Server::start(&dir.path().join("data"), &["--scheduler-config", file.to_str().unwrap(), "--node-label", "zone=a"]);
     let http = server.http();
-    assert!(server.printed().contains("plugins: licences (wasm)"), "{}", server.printed());
+    // The banner names the plugins (read from its stdout as it comes).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !server.printed().contains("plugins: licences (wasm)") {
+        assert!(Instant::now() < deadline, "banner: {}", server.printed());
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let mut licensed = sh("true");
     licensed["profile"] = json!("licensed");
     let (status, task) = http.post("/v1/tasks", &licensed).await;
