@@ -203,9 +203,7 @@ impl FilterPlugin for HttpPlugin {
         &self.extender.name
     }
     fn filter(&self, task: &PendingTask, node: &NodeSnapshot) -> Result<(), Rejection> {
-        let mut out = Vec::with_capacity(1);
-        self.filter_batch(task, &[node], &mut out);
-        out.pop().unwrap_or(Ok(()))
+        shepherd_sched::plugin::filter_one(self, task, node)
     }
     fn batched(&self) -> bool {
         true
@@ -237,11 +235,7 @@ impl ScorePlugin for HttpPlugin {
         &self.extender.name
     }
     fn score(&self, task: &PendingTask, node: &NodeSnapshot, cluster: &ClusterView<'_>) -> f64 {
-        let mut out = Vec::with_capacity(1);
-        match self.score_batch(task, &[node], cluster, &mut out) {
-            Ok(()) => out.pop().unwrap_or(0.0),
-            Err(_) => 0.0,
-        }
+        shepherd_sched::plugin::score_one(self, task, node, cluster)
     }
     fn batched(&self) -> bool {
         true

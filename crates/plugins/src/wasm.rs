@@ -159,7 +159,7 @@ impl WasmModule {
         let alloc = instance.get_typed_func::<i32, i32>(&store, "shepherd_alloc").map_err(|e| format!("`shepherd_alloc`: {e}"))?;
         let mut made = Instance { store, memory, alloc, filter, score };
         if let Ok(init) = instance.get_typed_func::<(i32, i32), i32>(&made.store, "shepherd_init") {
-            let ptr = made.write(settings).map_err(|e| self.explain_str(&e))?;
+            let ptr = made.write(settings)?;
             let code = match init.call(&mut made.store, (ptr, settings.len() as i32)) {
                 Ok(code) => code,
                 Err(e) => return Err(self.explain(&e, made.store.data().limits.denied)),
@@ -183,10 +183,6 @@ impl WasmModule {
             return format!("out of fuel ({} per call)", self.limits.fuel);
         }
         format!("trapped: {text}")
-    }
-
-    fn explain_str(&self, error: &str) -> String {
-        error.to_string()
     }
 }
 
@@ -292,9 +288,7 @@ impl FilterPlugin for WasmPlugin {
         &self.module.name
     }
     fn filter(&self, task: &PendingTask, node: &NodeSnapshot) -> Result<(), Rejection> {
-        let mut out = Vec::with_capacity(1);
-        self.filter_batch(task, &[node], &mut out);
-        out.pop().unwrap_or_else(|| Err(self.failure("gave no verdict")))
+        shepherd_sched::plugin::filter_one(self, task, node)
     }
     fn batched(&self) -> bool {
         true
@@ -318,11 +312,7 @@ impl ScorePlugin for WasmPlugin {
         &self.module.name
     }
     fn score(&self, task: &PendingTask, node: &NodeSnapshot, cluster: &ClusterView<'_>) -> f64 {
-        let mut out = Vec::with_capacity(1);
-        match self.score_batch(task, &[node], cluster, &mut out) {
-            Ok(()) => out.pop().unwrap_or(0.0),
-            Err(_) => 0.0,
-        }
+        shepherd_sched::plugin::score_one(self, task, node, cluster)
     }
     fn batched(&self) -> bool {
         true

@@ -35,6 +35,24 @@ pub trait FilterPlugin: Send + Sync {
     }
 }
 
+/// `FilterPlugin::filter` of a batched plugin: one node through
+/// `filter_batch` (a plugin that gives no verdict rejects the node).
+pub fn filter_one(plugin: &dyn FilterPlugin, task: &PendingTask, node: &NodeSnapshot) -> Result<(), Rejection> {
+    let mut out = Vec::with_capacity(1);
+    plugin.filter_batch(task, &[node], &mut out);
+    out.pop().unwrap_or_else(|| Err(Rejection::Other { filter: plugin.name().to_string(), reason: "gave no verdict".into() }))
+}
+
+/// `ScorePlugin::score` of a batched plugin: one node through
+/// `score_batch` (0 when the plugin fails).
+pub fn score_one(plugin: &dyn ScorePlugin, task: &PendingTask, node: &NodeSnapshot, cluster: &ClusterView<'_>) -> f64 {
+    let mut out = Vec::with_capacity(1);
+    match plugin.score_batch(task, &[node], cluster, &mut out) {
+        Ok(()) => out.pop().unwrap_or(0.0),
+        Err(_) => 0.0,
+    }
+}
+
 /// Ranking: higher is better, always within [0, 1].
 pub trait ScorePlugin: Send + Sync {
     /// The name used in profiles.
