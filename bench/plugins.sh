@@ -3,7 +3,8 @@
 #  1. decisions/s at 10,000 nodes (shepherd simulate) for one profile three
 #     ways: the built-in spread scorer, the same logic as a WebAssembly
 #     scorer (examples/plugins/spread.rs), and as an HTTP extender on
-#     loopback (bench/extender.py);
+#     loopback (bench/extender.py); built-in and WebAssembly alternate three
+#     times (compare the medians), the extender runs once;
 #  2. end to end at 5,000 simulated nodes (shepherd-bench scale) with the
 #     example WebAssembly label filter in the default profile, against the
 #     same profile without it, alternating.
@@ -46,7 +47,7 @@ order = "random"
 scores = { spread_http = 1.0 }
 TOML
 echo "== decisions at 10,000 nodes, $tasks tasks, 16 candidates per decision (bench/plugins.sh)"
-"$bin" simulate --nodes 10000 --generate "$tasks" --profiles builtin,wasm,http,builtin \
+"$bin" simulate --nodes 10000 --generate "$tasks" --profiles builtin,wasm,builtin,wasm,builtin,wasm,http \
     --scheduler-config "$work/decisions.toml" --plot "$work/decisions.svg"
 [[ -n $skip_scale ]] && exit 0
 for variant in base wasm; do

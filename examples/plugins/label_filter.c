@@ -58,32 +58,32 @@ __attribute__((export_name("shepherd_init"))) int init(u8 *ptr, u32 len) {
     return 0;
 }
 
-__attribute__((export_name("shepherd_filter"))) unsigned long long filter(u8 *ptr, u32 len) {
-    struct reader r = { ptr, ptr + len, 1 };
-    u32 skip;
-    r_u32(&r); r_u32(&r);                                   /* version, call */
-    for (int i = 0; i < 4; i++) r_str(&r, &skip);           /* id, project, image, pool */
-    for (int i = 0; i < 4; i++) r_u32(&r);                  /* cpu, memory, gpus, priority */
-    u32 constraints = r_u32(&r);
-    for (u32 i = 0; i < constraints && r.ok; i++) r_str(&r, &skip);
-    u32 n = r_u32(&r);
-    if (!r.ok || 4 + 4 * (unsigned long long)n + 4 + 4 + 3 + label_len + 5 > OUTPUT_MAX) return 0;
+/* The request (docs/plugins.md): fixed-size records, strings as
+ * (offset, length) references from the request's start. */
+#define NODE_RECORD 56
+#define LABEL_RECORD 16
+
+static int ref_equals(const u8 *req, u32 len, u32 at, const u8 *s, u32 slen) {
+    if (at + 8 > len) return 0;
+    u32 off = get_u32(req + at), n = get_u32(req + at + 4);
+    return off <= len && n <= len - off && same(req + off, n, s, slen);
+}
+
+__attribute__((export_name("shepherd_filter"))) unsigned long long filter(u8 *req, u32 len) {
+    if (len < 20) return 0;
+    u32 n = get_u32(req + 8), nodes_at = get_u32(req + 16);
+    if ((unsigned long long)nodes_at + (unsigned long long)n * NODE_RECORD > len) return 0;
+    if (4 + 4 * (unsigned long long)n + 4 + 4 + 3 + label_len + 5 > OUTPUT_MAX) return 0;
     put_u32(output, n);
     int any_rejected = 0;
-    for (u32 i = 0; i < n && r.ok; i++) {
-        r_str(&r, &skip); r_str(&r, &skip);                 /* id, pool */
-        for (int j = 0; j < 8; j++) r_u32(&r);              /* capacity, allocation, counts, gpus */
-        u32 labels = r_u32(&r), found = 0;
-        for (u32 j = 0; j < labels && r.ok; j++) {
-            u32 klen, vlen;
-            const u8 *k = r_str(&r, &klen);
-            r_str(&r, &vlen);
-            if (r.ok && same(k, klen, label, label_len)) found = 1;
-        }
+    for (u32 i = 0; i < n; i++) {
+        const u8 *node = req + nodes_at + i * NODE_RECORD;
+        u32 labels_at = get_u32(node + 48), labels = get_u32(node + 52), found = 0;
+        for (u32 j = 0; j < labels && !found; j++)
+            found = ref_equals(req, len, labels_at + j * LABEL_RECORD, label, label_len);
         put_u32(output + 4 + 4 * i, found ? 0 : 1);         /* 0: keep; 1: the first reason */
         if (!found) any_rejected = 1;
     }
-    if (!r.ok) return 0;
     u8 *p = output + 4 + 4 * n;
     /* One reason: "no LABEL left". */
     put_u32(p, any_rejected ? 1 : 0); p += 4;

@@ -58,41 +58,175 @@ pub struct Task<'a> {
     pub constraints: Vec<&'a str>,
 }
 
-/// A candidate node.
-#[derive(Debug, Clone)]
+/// Offsets in the request (ABI v1, `docs/plugins.md`).
+mod layout {
+    pub const HEADER: usize = 20;
+    pub const TASK_RECORD: usize = 56;
+    pub const NODE_RECORD: usize = 56;
+    pub const LABEL_RECORD: usize = 16;
+}
+
+#[inline]
+fn read_u32(bytes: &[u8], at: usize) -> u32 {
+    match bytes.get(at..at + 4) {
+        Some(b) => u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+        None => 0,
+    }
+}
+
+/// The string a reference (offset, length) at `at` points to. The engine
+/// writes only valid UTF-8 (Rust strings), so it is not checked again:
+/// checking byte by byte in an interpreter is most of a call's time.
+#[inline]
+fn read_str(bytes: &[u8], at: usize) -> &str {
+    let (start, len) = (read_u32(bytes, at) as usize, read_u32(bytes, at + 4) as usize);
+    match bytes.get(start..start.saturating_add(len)) {
+        // SAFETY: the engine encodes `&str`s only (see above).
+        Some(b) => unsafe { core::str::from_utf8_unchecked(b) },
+        None => "",
+    }
+}
+
+/// A candidate node: a view of its fixed-size record in the request, each
+/// field read where it is asked for (no parsing, no allocation).
+#[derive(Debug, Clone, Copy)]
 pub struct Node<'a> {
-    pub id: &'a str,
-    pub pool: Option<&'a str>,
-    pub capacity_cpu_millicores: u32,
-    pub capacity_memory_mib: u32,
-    pub allocated_cpu_millicores: u32,
-    pub allocated_memory_mib: u32,
-    pub task_count: u32,
-    pub max_tasks: u32,
-    pub gpus: u32,
-    pub gpus_allocated: u32,
-    /// Its labels as encoded (read lazily: most plugins look at one).
-    labels: &'a [u8],
-    labels_count: u32,
+    request: &'a [u8],
+    at: usize,
 }
 
 impl<'a> Node<'a> {
+    #[inline]
+    fn u32(&self, offset: usize) -> u32 {
+        debug_assert!(self.at + offset + 4 <= self.request.len());
+        // SAFETY: `Request::parse` checked that every node record lies in
+        // the request, and `offset` is below the record's 56 bytes: one
+        // load, where a checked read costs an interpreter several more.
+        unsafe { core::ptr::read_unaligned(self.request.as_ptr().add(self.at + offset) as *const u32) }.to_le()
+    }
+    #[inline]
+    pub fn id(&self) -> &'a str {
+        read_str(self.request, self.at)
+    }
+    /// Its pool, if it is in one.
+    #[inline]
+    pub fn pool(&self) -> Option<&'a str> {
+        let pool = read_str(self.request, self.at + 8);
+        if pool.is_empty() {
+            None
+        } else {
+            Some(pool)
+        }
+    }
+    #[inline]
+    pub fn capacity_cpu_millicores(&self) -> u32 {
+        self.u32(16)
+    }
+    #[inline]
+    pub fn capacity_memory_mib(&self) -> u32 {
+        self.u32(20)
+    }
+    #[inline]
+    pub fn allocated_cpu_millicores(&self) -> u32 {
+        self.u32(24)
+    }
+    #[inline]
+    pub fn allocated_memory_mib(&self) -> u32 {
+        self.u32(28)
+    }
+    #[inline]
+    pub fn task_count(&self) -> u32 {
+        self.u32(32)
+    }
+    #[inline]
+    pub fn max_tasks(&self) -> u32 {
+        self.u32(36)
+    }
+    #[inline]
+    pub fn gpus(&self) -> u32 {
+        self.u32(40)
+    }
+    #[inline]
+    pub fn gpus_allocated(&self) -> u32 {
+        self.u32(44)
+    }
+    /// Free CPU (millicores).
+    #[inline]
+    pub fn free_cpu_millicores(&self) -> u32 {
+        self.capacity_cpu_millicores().saturating_sub(self.allocated_cpu_millicores())
+    }
+    /// Free memory (MiB).
+    #[inline]
+    pub fn free_memory_mib(&self) -> u32 {
+        self.capacity_memory_mib().saturating_sub(self.allocated_memory_mib())
+    }
+    /// Every label, sorted by key.
+    #[inline]
+    pub fn labels(&self) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
+        let (request, first, count) = (self.request, self.u32(48) as usize, self.u32(52) as usize);
+        (0..count).map(move |i| {
+            let at = first + i * layout::LABEL_RECORD;
+            (read_str(request, at), read_str(request, at + 8))
+        })
+    }
     /// The value of label `key`.
+    #[inline]
     pub fn label(&self, key: &str) -> Option<&'a str> {
         self.labels().find(|(k, _)| *k == key).map(|(_, v)| v)
     }
-    /// Every label, sorted by key.
-    pub fn labels(&self) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
-        let mut r = Reader { bytes: self.labels };
-        (0..self.labels_count).map_while(move |_| Some((r.str()?, r.str()?)))
+}
+
+/// A request: what it asks for, the task, and its nodes.
+pub struct Request<'a> {
+    /// 0: filter, 1: score.
+    pub call: u32,
+    pub task: Task<'a>,
+    bytes: &'a [u8],
+    nodes_at: usize,
+    nodes: usize,
+}
+
+impl<'a> Request<'a> {
+    /// Reads a request; `None` if it is not ABI v1 or its node records do
+    /// not fit in it.
+    pub fn parse(bytes: &'a [u8]) -> Option<Request<'a>> {
+        if read_u32(bytes, 0) != ABI_VERSION || bytes.len() < layout::HEADER + layout::TASK_RECORD {
+            return None;
+        }
+        let (call, nodes, at, nodes_at) =
+            (read_u32(bytes, 4), read_u32(bytes, 8) as usize, read_u32(bytes, 12) as usize, read_u32(bytes, 16) as usize);
+        if nodes_at.checked_add(nodes.checked_mul(layout::NODE_RECORD)?)? > bytes.len() {
+            return None;
+        }
+        let pool = read_str(bytes, at + 24);
+        let (constraints_at, constraints_count) = (read_u32(bytes, at + 48) as usize, read_u32(bytes, at + 52) as usize);
+        let task = Task {
+            id: read_str(bytes, at),
+            project: read_str(bytes, at + 8),
+            image: read_str(bytes, at + 16),
+            pool: if pool.is_empty() { None } else { Some(pool) },
+            cpu_millicores: read_u32(bytes, at + 32),
+            memory_mib: read_u32(bytes, at + 36),
+            gpus: read_u32(bytes, at + 40),
+            priority: read_u32(bytes, at + 44) as i32,
+            constraints: (0..constraints_count.min(1024)).map(|i| read_str(bytes, constraints_at + i * 8)).collect(),
+        };
+        Some(Request { call, task, bytes, nodes_at, nodes })
     }
-    /// Free CPU (millicores).
-    pub fn free_cpu_millicores(&self) -> u32 {
-        self.capacity_cpu_millicores.saturating_sub(self.allocated_cpu_millicores)
+    /// How many nodes it carries.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.nodes
     }
-    /// Free memory (MiB).
-    pub fn free_memory_mib(&self) -> u32 {
-        self.capacity_memory_mib.saturating_sub(self.allocated_memory_mib)
+    /// Whether it carries no node.
+    pub fn is_empty(&self) -> bool {
+        self.nodes == 0
+    }
+    /// The nodes, in order.
+    #[inline]
+    pub fn nodes(&self) -> impl Iterator<Item = Node<'a>> + 'a {
+        let (request, first) = (self.bytes, self.nodes_at);
+        (0..self.nodes).map(move |i| Node { request, at: first + i * layout::NODE_RECORD })
     }
 }
 
@@ -163,7 +297,7 @@ pub fn log(message: &str) {
     let _ = message;
 }
 
-/// Decoding of the engine's bytes (ABI v1).
+/// Sequential decoding (the settings, ABI v1).
 pub struct Reader<'a> {
     bytes: &'a [u8],
 }
@@ -186,75 +320,10 @@ impl<'a> Reader<'a> {
         let b = self.take(4)?;
         Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     }
-    /// A length-prefixed UTF-8 string. The engine writes only valid
-    /// UTF-8 (Rust strings), so it is not checked again here: checking
-    /// byte by byte in an interpreter is most of a call's time.
+    /// A length-prefixed UTF-8 string.
     pub fn str(&mut self) -> Option<&'a str> {
         let len = self.u32()? as usize;
-        let bytes = self.take(len)?;
-        // SAFETY: the engine encodes `&str`s only (see above).
-        Some(unsafe { core::str::from_utf8_unchecked(bytes) })
-    }
-    fn skip_str(&mut self) -> Option<()> {
-        let len = self.u32()? as usize;
-        self.take(len).map(|_| ())
-    }
-    /// A request: the call (0 filter, 1 score), the task, the nodes.
-    pub fn request(&mut self) -> Option<(u32, Task<'a>, Vec<Node<'a>>)> {
-        if self.u32()? != ABI_VERSION {
-            return None;
-        }
-        let call = self.u32()?;
-        let (id, project, image, pool) = (self.str()?, self.str()?, self.str()?, self.str()?);
-        let (cpu, mem, gpus) = (self.u32()?, self.u32()?, self.u32()?);
-        let priority = self.u32()? as i32;
-        let count = self.u32()? as usize;
-        let mut constraints = Vec::with_capacity(count.min(64));
-        for _ in 0..count {
-            constraints.push(self.str()?);
-        }
-        let task = Task {
-            id,
-            project,
-            image,
-            pool: if pool.is_empty() { None } else { Some(pool) },
-            cpu_millicores: cpu,
-            memory_mib: mem,
-            gpus,
-            priority,
-            constraints,
-        };
-        let n = self.u32()? as usize;
-        let mut nodes = Vec::with_capacity(n.min(self.bytes.len() / 48 + 1));
-        for _ in 0..n {
-            let (id, pool) = (self.str()?, self.str()?);
-            let mut v = [0u32; 8];
-            for slot in v.iter_mut() {
-                *slot = self.u32()?;
-            }
-            let labels_count = self.u32()?;
-            let start = self.bytes;
-            for _ in 0..labels_count {
-                self.skip_str()?;
-                self.skip_str()?;
-            }
-            let labels = &start[..start.len() - self.bytes.len()];
-            nodes.push(Node {
-                id,
-                pool: if pool.is_empty() { None } else { Some(pool) },
-                capacity_cpu_millicores: v[0],
-                capacity_memory_mib: v[1],
-                allocated_cpu_millicores: v[2],
-                allocated_memory_mib: v[3],
-                task_count: v[4],
-                max_tasks: v[5],
-                gpus: v[6],
-                gpus_allocated: v[7],
-                labels,
-                labels_count,
-            });
-        }
-        Some((call, task, nodes))
+        core::str::from_utf8(self.take(len)?).ok()
     }
     /// Settings: key/value pairs.
     pub fn settings(&mut self) -> Option<Settings<'a>> {
@@ -267,42 +336,9 @@ impl<'a> Reader<'a> {
     }
 }
 
+#[inline]
 fn put_u32(out: &mut Vec<u8>, v: u32) {
     out.extend_from_slice(&v.to_le_bytes());
-}
-
-/// Encodes a filter's answer.
-pub fn encode_verdicts(out: &mut Vec<u8>, verdicts: &[Verdict]) {
-    out.clear();
-    put_u32(out, verdicts.len() as u32);
-    let mut reasons: Vec<&str> = Vec::new();
-    for v in verdicts {
-        let code = match v {
-            Verdict::Keep => 0,
-            Verdict::Reject(why) => match reasons.iter().position(|r| *r == why.as_str()) {
-                Some(i) => i + 1,
-                None => {
-                    reasons.push(why);
-                    reasons.len()
-                }
-            },
-        };
-        put_u32(out, code as u32);
-    }
-    put_u32(out, reasons.len() as u32);
-    for r in reasons {
-        put_u32(out, r.len() as u32);
-        out.extend_from_slice(r.as_bytes());
-    }
-}
-
-/// Encodes a scorer's answer.
-pub fn encode_scores(out: &mut Vec<u8>, scores: &[f64]) {
-    out.clear();
-    put_u32(out, scores.len() as u32);
-    for s in scores {
-        out.extend_from_slice(&s.to_le_bytes());
-    }
 }
 
 /// What [`export!`] expands to call; not for direct use.
@@ -371,7 +407,7 @@ pub mod rt {
         }
     }
 
-    /// `shepherd_filter`.
+    /// `shepherd_filter`: verdicts written as they come, reasons after.
     pub unsafe fn filter<T: Filter>(slot: &Slot<T>, len: i32) -> i64 {
         let out = OUTPUT.get().get_or_insert_with(Vec::new);
         out.clear();
@@ -380,14 +416,32 @@ pub mod rt {
                 *slot.get() = Some(made);
             }
         }
-        if let (Some(plugin), Some((_, task, nodes))) = (slot.get().as_ref(), Reader::new(input(len)).request()) {
-            let verdicts: Vec<Verdict> = nodes.iter().map(|n| plugin.filter(&task, n)).collect();
-            encode_verdicts(out, &verdicts);
+        if let (Some(plugin), Some(request)) = (slot.get().as_ref(), Request::parse(input(len))) {
+            put_u32(out, request.len() as u32);
+            let mut reasons: Vec<String> = Vec::new();
+            for node in request.nodes() {
+                let code = match plugin.filter(&request.task, &node) {
+                    Verdict::Keep => 0,
+                    Verdict::Reject(why) => match reasons.iter().position(|r| *r == why) {
+                        Some(i) => i + 1,
+                        None => {
+                            reasons.push(why);
+                            reasons.len()
+                        }
+                    },
+                };
+                put_u32(out, code as u32);
+            }
+            put_u32(out, reasons.len() as u32);
+            for r in &reasons {
+                put_u32(out, r.len() as u32);
+                out.extend_from_slice(r.as_bytes());
+            }
         }
         answer(out)
     }
 
-    /// `shepherd_score`.
+    /// `shepherd_score`: scores written as they come.
     pub unsafe fn score<T: Scorer>(slot: &Slot<T>, len: i32) -> i64 {
         let out = OUTPUT.get().get_or_insert_with(Vec::new);
         out.clear();
@@ -396,9 +450,11 @@ pub mod rt {
                 *slot.get() = Some(made);
             }
         }
-        if let (Some(plugin), Some((_, task, nodes))) = (slot.get().as_ref(), Reader::new(input(len)).request()) {
-            let scores: Vec<f64> = nodes.iter().map(|n| plugin.score(&task, n)).collect();
-            encode_scores(out, &scores);
+        if let (Some(plugin), Some(request)) = (slot.get().as_ref(), Request::parse(input(len))) {
+            put_u32(out, request.len() as u32);
+            for node in request.nodes() {
+                out.extend_from_slice(&plugin.score(&request.task, &node).to_le_bytes());
+            }
         }
         answer(out)
     }
@@ -471,26 +527,26 @@ mod tests {
     use alloc::vec;
 
     #[test]
-    fn verdicts_share_their_reasons() {
-        let mut out = Vec::new();
-        encode_verdicts(&mut out, &[Verdict::Keep, Verdict::Reject("no x".into()), Verdict::Reject("no x".into())]);
-        let mut r = Reader::new(&out);
-        assert_eq!((r.u32(), r.u32(), r.u32(), r.u32()), (Some(3), Some(0), Some(1), Some(1)));
-        assert_eq!((r.u32(), r.str()), (Some(1), Some("no x")));
-        let settings = {
-            let mut b = Vec::new();
-            for v in [1u32, 5] {
-                b.extend_from_slice(&v.to_le_bytes());
-            }
-            b.extend_from_slice(b"label");
-            b.extend_from_slice(&3u32.to_le_bytes());
-            b.extend_from_slice(b"a,b");
-            b
-        };
-        let s = Reader::new(&settings).settings().unwrap();
+    fn settings_are_read_in_order_and_truncated_requests_refused() {
+        let mut b = Vec::new();
+        for v in [1u32, 5] {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        b.extend_from_slice(b"label");
+        b.extend_from_slice(&3u32.to_le_bytes());
+        b.extend_from_slice(b"a,b");
+        let s = Reader::new(&b).settings().unwrap();
         assert_eq!(s.get("label"), Some("a,b"));
         assert_eq!(s.list("label"), vec!["a", "b"]);
-        // A truncated request is refused, not misread.
-        assert!(Reader::new(&[1, 0, 0, 0, 0]).request().is_none());
+        assert!(Reader::new(&b[..10]).settings().is_none());
+        // A request whose node records would run past its end is refused, not misread.
+        let mut request = vec![0u8; 76];
+        request[0] = 1;
+        request[8] = 2; // two nodes
+        request[12] = 20;
+        request[16] = 76;
+        assert!(Request::parse(&request).is_none());
+        request[8] = 0;
+        assert_eq!(Request::parse(&request).map(|r| r.len()), Some(0));
     }
 }

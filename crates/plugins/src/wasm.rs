@@ -79,6 +79,10 @@ struct Instance {
     store: Store<HostState>,
     memory: Memory,
     alloc: TypedFunc<i32, i32>,
+    /// The buffer the guest last gave (address, size): requests that fit
+    /// are written there without asking again (ABI v1: it stays valid
+    /// until `shepherd_alloc` is called again).
+    buffer: Option<(i32, usize)>,
     filter: Option<TypedFunc<(i32, i32), i64>>,
     score: Option<TypedFunc<(i32, i32), i64>>,
 }
@@ -157,7 +161,7 @@ impl WasmModule {
         let filter = if self.filter { Some(typed("shepherd_filter")?) } else { None };
         let score = if self.score { Some(typed("shepherd_score")?) } else { None };
         let alloc = instance.get_typed_func::<i32, i32>(&store, "shepherd_alloc").map_err(|e| format!("`shepherd_alloc`: {e}"))?;
-        let mut made = Instance { store, memory, alloc, filter, score };
+        let mut made = Instance { store, memory, alloc, buffer: None, filter, score };
         if let Ok(init) = instance.get_typed_func::<(i32, i32), i32>(&made.store, "shepherd_init") {
             let ptr = made.write(settings)?;
             let code = match init.call(&mut made.store, (ptr, settings.len() as i32)) {
@@ -189,19 +193,47 @@ impl WasmModule {
 impl Instance {
     /// Copies `bytes` into a buffer the guest allocates; its address.
     fn write(&mut self, bytes: &[u8]) -> Result<i32, String> {
-        let len = i32::try_from(bytes.len()).map_err(|_| "a request over 2 GiB")?;
-        let ptr = self.alloc.call(&mut self.store, len).map_err(|e| e.to_string())?;
-        self.memory
-            .write(&mut self.store, ptr as u32 as usize, bytes)
-            .map_err(|_| format!("answered garbage: shepherd_alloc({len}) gave {ptr}, outside its memory"))?;
+        let (ptr, dest) = self.buffer_for(bytes.len())?;
+        dest.copy_from_slice(bytes);
         Ok(ptr)
     }
 
+    /// `len` bytes of the guest's buffer (asked of `shepherd_alloc` when
+    /// the last one is too small), and their address.
+    fn buffer_for(&mut self, len: usize) -> Result<(i32, &mut [u8]), String> {
+        let wanted = i32::try_from(len).map_err(|_| "a request over 2 GiB")?;
+        let ptr = match self.buffer {
+            Some((ptr, size)) if size >= len => ptr,
+            _ => {
+                let ptr = self.alloc.call(&mut self.store, wanted).map_err(|e| e.to_string())?;
+                self.buffer = Some((ptr, len));
+                ptr
+            }
+        };
+        let start = ptr as u32 as usize;
+        match self.memory.data_mut(&mut self.store).get_mut(start..start.saturating_add(len)) {
+            Some(dest) => Ok((ptr, dest)),
+            None => {
+                self.buffer = None;
+                Err(format!("answered garbage: shepherd_alloc({len}) gave {ptr}, outside its memory"))
+            }
+        }
+    }
+
     /// Calls `func` on the request; the answer's bytes.
-    fn call(&mut self, func: TypedFunc<(i32, i32), i64>, request: &[u8], fuel: u64) -> Result<&[u8], CallError> {
+    /// Writes the request in place in the guest's buffer and calls `func`
+    /// on it; the answer's bytes.
+    fn call(
+        &mut self,
+        func: TypedFunc<(i32, i32), i64>,
+        (call, task, nodes): (Call, &PendingTask, &[&NodeSnapshot]),
+        fuel: u64,
+    ) -> Result<&[u8], CallError> {
         self.store.set_fuel(fuel).map_err(|e| CallError::Message(e.to_string()))?;
-        let ptr = self.write(request).map_err(CallError::Message)?;
-        let packed = func.call(&mut self.store, (ptr, request.len() as i32)).map_err(CallError::Wasm)?;
+        let plan = abi::plan(task, nodes);
+        let (ptr, dest) = self.buffer_for(plan.len()).map_err(CallError::Message)?;
+        abi::write_request(dest, &plan, call, task, nodes);
+        let packed = func.call(&mut self.store, (ptr, plan.len() as i32)).map_err(CallError::Wasm)?;
         let (at, len) = ((packed as u64 >> 32) as usize, (packed as u64 & 0xffff_ffff) as usize);
         if len > MAX_ANSWER {
             return Err(CallError::Message(format!("answered garbage: an answer of {len} bytes")));
@@ -252,8 +284,6 @@ impl WasmPlugin {
             return Err(why);
         }
         let started = Instant::now();
-        let mut request = Vec::with_capacity(64 + nodes.len() * 96);
-        abi::encode_request(&mut request, call, task, nodes);
         let taken = self.idle.lock().ok().and_then(|mut idle| idle.pop());
         let result = taken.map_or_else(|| self.module.instantiate(&self.settings), Ok).and_then(|mut instance| {
             let func = match call {
@@ -261,7 +291,7 @@ impl WasmPlugin {
                 Call::Score => instance.score,
             }
             .ok_or("not exported")?;
-            let answer = match instance.call(func, &request, self.module.limits.fuel) {
+            let answer = match instance.call(func, (call, task, nodes), self.module.limits.fuel) {
                 Ok(bytes) => decode(bytes).map_err(|e| format!("answered garbage: {e}")),
                 Err(CallError::Wasm(e)) => Err(self.module.explain(&e, instance.store.data().limits.denied)),
                 Err(CallError::Message(m)) => Err(m),
