@@ -8,6 +8,7 @@ mod ha;
 mod ingest;
 mod placement;
 mod scale;
+mod workflow;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -37,6 +38,8 @@ enum Bench {
     AutoscaleDay(autoscale::DayArgs),
     /// End to end at scale: a server with up to 10,000 simulated nodes, tasks started per second.
     Scale(scale::Args),
+    /// Workflows: an array vs batches, dependency release, another project's wait beside an array.
+    Workflow(workflow::Args),
 }
 
 /// The shepherd binary to benchmark: the given path, else the one next to this binary.
@@ -57,6 +60,7 @@ async fn main() -> Result<()> {
         Bench::Cluster(args) => cluster::run(args).await,
         Bench::Ha(args) => ha::run(args).await,
         Bench::Scale(args) => scale::run(args).await,
+        Bench::Workflow(args) => workflow::run(args).await,
         Bench::AutoscaleLatency(args) => autoscale::latency(args).await,
         Bench::AutoscaleDay(args) => autoscale::day(args),
     }

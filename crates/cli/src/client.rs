@@ -161,6 +161,17 @@ impl Client {
         Self::check(response).await?.json().await.context("bad response from server")
     }
 
+    /// A POST with a JSON body and an `Idempotency-Key` (if given): a
+    /// retry of the same request answers the same and stores nothing twice.
+    pub async fn post_idempotent<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B, key: Option<&str>) -> Result<T> {
+        let mut request = self.request(reqwest::Method::POST, path).json(body);
+        if let Some(key) = key {
+            request = request.header("idempotency-key", key);
+        }
+        let response = request.send().await.map_err(|e| self.unreachable(e))?;
+        Self::check(response).await?.json().await.context("bad response from server")
+    }
+
     /// A POST of raw bytes (a zip) with a JSON answer.
     pub async fn post_bytes<T: DeserializeOwned>(&self, path: &str, bytes: Vec<u8>, content_type: &str) -> Result<T> {
         let request = self.request(reqwest::Method::POST, path).header("content-type", content_type).body(bytes);

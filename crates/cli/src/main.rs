@@ -69,12 +69,16 @@ enum Command {
     Run(Client<cmd_tasks::RunArgs>),
     /// List tasks, newest first.
     Ps(Client<cmd_tasks::PsArgs>),
-    /// Show one task in full, with its attempts.
+    /// Show one task (or array) in full, with its attempts (or its children's counts).
     Inspect(Client<cmd_tasks::InspectArgs>),
     /// Print a task's output.
     Logs(Client<cmd_tasks::LogsArgs>),
-    /// Cancel tasks.
+    /// Cancel tasks or arrays.
     Cancel(Client<cmd_tasks::CancelArgs>),
+    /// Run an array's failed children again: shepherd retry ARRAY_ID --failed.
+    Retry(Client<cmd_tasks::RetryArgs>),
+    /// Show the dependency graph around a task or an array, with states.
+    Graph(Client<cmd_tasks::GraphArgs>),
     /// Wait for a task to end and exit with its exit code.
     Wait(Client<cmd_tasks::WaitArgs>),
     /// List the cluster's nodes.
@@ -185,6 +189,8 @@ fn main() -> ExitCode {
             Command::Inspect(c) => cmd_tasks::inspect(&make_client(&c.client)?, c.args).await,
             Command::Logs(c) => cmd_tasks::logs(&make_client(&c.client)?, c.args).await,
             Command::Cancel(c) => cmd_tasks::cancel(&make_client(&c.client)?, c.args).await,
+            Command::Retry(c) => cmd_tasks::retry(&make_client(&c.client)?, c.args).await,
+            Command::Graph(c) => cmd_tasks::graph(&make_client(&c.client)?, c.args).await,
             Command::Wait(c) => cmd_tasks::wait(&make_client(&c.client)?, c.args).await,
             Command::Nodes(c) => cmd_nodes::nodes(&make_client(&c.client)?, c.args).await,
             Command::Machines(c) => cmd_machines::machines(&make_client(&c.client)?, c.args).await,

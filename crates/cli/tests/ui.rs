@@ -47,6 +47,16 @@ async fn the_dashboard_shows_each_page_follows_a_live_log_and_keeps_projects_apa
     let (failed, _) = common::run_to_end(&alpha, sh("exit 2")).await;
     assert_eq!(failed["state"], "failed");
     let live = common::submit(&alpha, sh("for i in $(seq 1 240); do echo line $i; sleep 0.5; done")).await;
+    // An array with a failed index, and a task waiting for it to finish.
+    let mut array = sh("test $SHEPHERD_ARRAY_INDEX -ne 1");
+    array["array"] = json!({"size": 4});
+    let (status, created) = alpha.post("/v1/tasks", &array).await;
+    assert_eq!(status, 201, "{created}");
+    let array_id = created["id"].as_str().unwrap().to_string();
+    let mut join = sh("echo joined");
+    join["depends_on"] = json!([{"task": array_id, "on": "finished"}]);
+    let (status, _) = alpha.post("/v1/tasks", &join).await;
+    assert_eq!(status, 201);
     let (status, _) = alpha.send(reqwest::Method::PUT, "/v1/projects/alpha/secrets/db", &json!({ "value": "s3cret-value" })).await;
     assert_eq!(status, 204);
     // The overview's timeline samples every 5 s: let it take a second one.
@@ -62,6 +72,7 @@ async fn the_dashboard_shows_each_page_follows_a_live_log_and_keeps_projects_apa
         "beta_task": beta_task["id"],
         "live_task": live,
         "failed_task": failed["id"],
+        "array": array_id,
         "succeeded_at_least": 2,
         "screenshots": screenshots,
     });
@@ -77,7 +88,7 @@ async fn the_dashboard_shows_each_page_follows_a_live_log_and_keeps_projects_apa
     let output = tokio::task::spawn_blocking(move || child.wait_with_output()).await.unwrap().expect("driver output");
     let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     assert!(output.status.success() && stdout.trim() == "ok", "the browser check failed:\n{stdout}\n{stderr}");
-    for page in ["login", "overview", "tasks", "task", "nodes", "projects", "audit"] {
+    for page in ["login", "overview", "tasks", "task", "arrays", "array", "nodes", "projects", "audit"] {
         let shot = screenshots.join(format!("{page}.png"));
         assert!(std::fs::metadata(&shot).map(|m| m.len() > 1000).unwrap_or(false), "no screenshot {}", shot.display());
     }

@@ -31,6 +31,7 @@ pub mod time;
 pub mod validate;
 pub mod volume;
 pub mod volume_options;
+pub mod workflow;
 
 pub use code::{Code, CodeRef, CodeSpec, PackageRef};
 pub use constraint::{Constraint, ConstraintError, Operator};
@@ -54,3 +55,4 @@ pub use tenant::{
 pub use time::Timestamp;
 pub use validate::{validate, FieldError, Limits};
 pub use volume::{ResolvedMount, Volume, VolumeMount, VolumeScope, VolumeSpec};
+pub use workflow::{ArrayMember, ArraySpec, ArrayStatus, DependOn, Dependency, DependencyTarget, FailurePolicy};

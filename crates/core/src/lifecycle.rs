@@ -65,6 +65,12 @@ pub enum Event {
     Interrupted { attempt: u32 },
     /// A user asked to cancel the task.
     Cancel,
+    /// The task's dependencies are met (and, a child of an array, it has a
+    /// place under the array's parallelism): it joins the queue.
+    Release,
+    /// A dependency ended in a way that can never satisfy it (or, a child
+    /// of a fail-fast array, a sibling failed): `reason` says which.
+    DependencyFailed { reason: String },
     /// The agent stopped the attempt because the task was cancelled.
     Cancelled {
         attempt: u32,
@@ -135,6 +141,8 @@ impl Event {
             Event::Lost { .. } => "lost",
             Event::Interrupted { .. } => "interrupted",
             Event::Cancel => "cancel",
+            Event::Release => "release",
+            Event::DependencyFailed { .. } => "dependency_failed",
             Event::Cancelled { .. } => "cancelled",
         }
     }
@@ -159,7 +167,7 @@ impl Event {
             | Event::Lost { attempt, .. }
             | Event::Interrupted { attempt }
             | Event::Cancelled { attempt, .. } => Some(*attempt),
-            Event::Schedule { .. } | Event::Cancel => None,
+            Event::Schedule { .. } | Event::Cancel | Event::Release | Event::DependencyFailed { .. } => None,
         }
     }
 }
@@ -201,7 +209,16 @@ pub fn decide(ctx: &LifecycleContext, event: &Event) -> Result<Decision, Illegal
         Event::Lost { .. } if on_node => retry_or_fail(ctx, AttemptOutcome::Lost, "lost".to_string()),
         Event::Interrupted { .. } if on_node && ctx.cancel_requested => cancelled(AttemptOutcome::Interrupted),
         Event::Interrupted { .. } if on_node => Decision { close_attempt: Some(AttemptOutcome::Interrupted), ..Decision::to(Queued) },
-        Event::Cancel if ctx.state == Queued => Decision { reason: Some("cancelled by user".to_string()), ..Decision::to(Cancelled) },
+        Event::Release if ctx.state == Waiting => Decision::to(Queued),
+        Event::DependencyFailed { reason } if matches!(ctx.state, Waiting | Queued) => {
+            Decision { reason: Some(reason.clone()), ..Decision::to(Cancelled) }
+        }
+        Event::DependencyFailed { reason } if on_node => {
+            Decision { request_cancel: true, reason: Some(reason.clone()), ..Decision::to(ctx.state) }
+        }
+        Event::Cancel if matches!(ctx.state, Queued | Waiting) => {
+            Decision { reason: Some("cancelled by user".to_string()), ..Decision::to(Cancelled) }
+        }
         Event::Cancel if on_node => Decision { request_cancel: true, ..Decision::to(ctx.state) },
         Event::Cancelled { .. } if on_node => cancelled(AttemptOutcome::Cancelled),
         _ => return Err(wrong()),
@@ -350,6 +367,8 @@ mod tests {
             Event::Lost { attempt: 1, reason: "node down".into() },
             Event::Interrupted { attempt: 1 },
             Event::Cancel,
+            Event::Release,
+            Event::DependencyFailed { reason: "dependency_failed: x".into() },
             Event::Cancelled { attempt: 1, usage: None },
         ]
     }
@@ -432,6 +451,19 @@ mod tests {
             Cancelled
         );
         assert_eq!(decide(&flagged, &Event::Lost { attempt: 1, reason: "x".into() }).unwrap().to, Cancelled);
+    }
+
+    #[test]
+    fn waiting_tasks_are_released_or_end_with_their_dependency() {
+        assert_eq!(decide(&ctx(Waiting), &Event::Release).unwrap().to, Queued);
+        assert!(matches!(decide(&ctx(Queued), &Event::Release), Err(IllegalTransition::WrongState { .. })));
+        let d = decide(&ctx(Waiting), &Event::DependencyFailed { reason: "dependency_failed: A".into() }).unwrap();
+        assert_eq!((d.to, d.reason.as_deref()), (Cancelled, Some("dependency_failed: A")));
+        assert_eq!(decide(&ctx(Waiting), &Event::Cancel).unwrap().to, Cancelled);
+        assert!(matches!(decide(&ctx(Waiting), &Event::Schedule { node_id: "n".into() }), Err(IllegalTransition::WrongState { .. })));
+        // A fail-fast sibling stops a running child as a cancel would.
+        let d = decide(&ctx(Running), &Event::DependencyFailed { reason: "array_failed: 3".into() }).unwrap();
+        assert_eq!((d.to, d.request_cancel), (Running, true));
     }
 
     #[test]

@@ -7,13 +7,17 @@ use std::str::FromStr;
 /// Where a task is in its life.
 ///
 /// ```text
-/// queued ──► scheduled ──► running ──► succeeded | failed | timed_out | cancelled
+/// waiting ──► queued ──► scheduled ──► running ──► succeeded | failed | timed_out | cancelled
 ///   ▲            │            │
 ///   └────────────┴────────────┘   (attempt lost or failed, retries remain)
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskState {
+    /// Accepted and durable, waiting for its dependencies (or, a child of
+    /// an array, for a place under the array's parallelism): never placed
+    /// until it is released to the queue.
+    Waiting,
     /// Accepted and durable, waiting for a node.
     Queued,
     /// Assigned to a node; the attempt has not started yet.
@@ -32,7 +36,8 @@ pub enum TaskState {
 
 impl TaskState {
     /// Every state, in lifecycle order. Tests iterate over all pairs of these.
-    pub const ALL: [TaskState; 7] = [
+    pub const ALL: [TaskState; 8] = [
+        TaskState::Waiting,
         TaskState::Queued,
         TaskState::Scheduled,
         TaskState::Running,
@@ -58,7 +63,8 @@ impl TaskState {
         use TaskState::*;
         matches!(
             (self, to),
-            (Queued, Scheduled | Cancelled)
+            (Waiting, Queued | Cancelled)
+                | (Queued, Scheduled | Cancelled)
                 | (Scheduled, Running | Queued | Failed | Cancelled)
                 | (Running, Queued | Succeeded | Failed | TimedOut | Cancelled)
         )
@@ -67,6 +73,7 @@ impl TaskState {
     /// The stable lower-case name used in the API, the CLI and the store.
     pub fn as_str(self) -> &'static str {
         match self {
+            TaskState::Waiting => "waiting",
             TaskState::Queued => "queued",
             TaskState::Scheduled => "scheduled",
             TaskState::Running => "running",
@@ -86,7 +93,7 @@ impl fmt::Display for TaskState {
 
 /// The name given was not one of the task states.
 #[derive(Debug, thiserror::Error)]
-#[error("unknown task state `{0}`; expected one of queued, scheduled, running, succeeded, failed, timed_out, cancelled")]
+#[error("unknown task state `{0}`; expected one of waiting, queued, scheduled, running, succeeded, failed, timed_out, cancelled")]
 pub struct UnknownState(pub String);
 
 impl FromStr for TaskState {
@@ -104,6 +111,8 @@ mod tests {
     fn every_pair_of_states_matches_the_lifecycle_table() {
         use TaskState::*;
         let legal = [
+            (Waiting, Queued),
+            (Waiting, Cancelled),
             (Queued, Scheduled),
             (Queued, Cancelled),
             (Scheduled, Running),

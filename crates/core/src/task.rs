@@ -305,6 +305,13 @@ pub struct TaskSpec {
     /// signed with the project's webhook secret; retried with backoff.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook: Option<String>,
+    /// Run this spec as an array of `size` children (see [`crate::ArraySpec`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub array: Option<crate::ArraySpec>,
+    /// Tasks or arrays that must end first (at most 100); until they do,
+    /// the task is `waiting`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<crate::Dependency>,
 }
 
 impl TaskSpec {
@@ -356,6 +363,8 @@ impl TaskSpec {
             code_revision: None,
             package: None,
             webhook: None,
+            array: None,
+            depends_on: Vec::new(),
         }
     }
 }
@@ -573,6 +582,12 @@ pub struct Task {
     /// Where its end is posted (see `GET /v1/tasks/{id}/webhook`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook: Option<String>,
+    /// The array it is a child of, and its index there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub array: Option<crate::ArrayMember>,
+    /// What it waits for (by id), its own or its array's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<crate::Dependency>,
     #[schema(value_type = String, format = DateTime)]
     pub created_at: Timestamp,
     #[schema(value_type = Option<String>, format = DateTime)]
@@ -657,6 +672,8 @@ impl Task {
             code: spec.code.map(|name| crate::code_ref::CodeRef { name, revision: spec.code_revision.unwrap_or(0) }),
             progress: None,
             webhook: spec.webhook,
+            array: None,
+            depends_on: spec.depends_on,
             created_at,
             scheduled_at: None,
             started_at: None,

@@ -184,6 +184,28 @@ pub fn validate(mut spec: TaskSpec, limits: &Limits, id: TaskId, now: Timestamp)
         check(is_label_key(key), "labels", || format!("`{key}` is not a valid key (1-63 of letters, digits, . _ - /)"))?;
         check(value.len() <= 255, "labels", || format!("`{key}`: value over 255 characters"))?;
     }
+    if let Some(array) = &spec.array {
+        let max = crate::workflow::MAX_ARRAY_SIZE;
+        check((1..=max).contains(&array.size), "array.size", || format!("must be between 1 and {max}"))?;
+        check(array.parallelism.is_none_or(|p| (1..=array.size).contains(&p)), "array.parallelism", || {
+            format!("must be between 1 and the array's size ({})", array.size)
+        })?;
+        check(spec.webhook.is_none(), "webhook", || "an array's children post no webhooks (watch the array's events instead)".into())?;
+    }
+    check(spec.depends_on.len() <= crate::workflow::MAX_DEPENDENCIES, "depends_on", || {
+        format!("at most {} dependencies", crate::workflow::MAX_DEPENDENCIES)
+    })?;
+    for (i, dep) in spec.depends_on.iter().enumerate() {
+        if let crate::DependencyTarget::Id(id) = &dep.task {
+            check(id.parse::<TaskId>().is_ok(), &format!("depends_on[{i}].task"), || format!("`{id}` is not a task or array id"))?;
+        }
+        check(dep.on != crate::DependOn::Each || spec.array.is_some(), &format!("depends_on[{i}].on"), || {
+            "`each` pairs the children of two arrays: only an array may depend on `each`".into()
+        })?;
+        check(!spec.depends_on[..i].iter().any(|d| d.task == dep.task), &format!("depends_on[{i}].task"), || {
+            format!("`{}` is named twice", dep.task)
+        })?;
+    }
     check(spec.constraints.len() <= 32, "constraints", || "at most 32 constraints".into())?;
     for (index, text) in spec.constraints.iter().enumerate() {
         check(text.len() <= MAX_CONSTRAINT_BYTES, &format!("constraints[{index}]"), || {

@@ -123,7 +123,7 @@ async function tasks(params, mine) {
   const page = await api("/v1/tasks?" + query);
   current(mine);
   const stateSelect = el("select", { id: "filter-state" }, el("option", { value: "" }, "any state"),
-    ["queued", "scheduled", "running", "succeeded", "failed", "timed_out", "cancelled"].map((s) => el("option", { value: s }, s)));
+    ["waiting", "queued", "scheduled", "running", "succeeded", "failed", "timed_out", "cancelled"].map((s) => el("option", { value: s }, s)));
   stateSelect.value = params.get("state") || "";
   const project = el("input", { id: "filter-project", placeholder: "project", value: params.get("project") || "" });
   const label = el("input", { id: "filter-label", placeholder: "label key=value", value: params.get("label") || "" });
@@ -180,6 +180,7 @@ async function task(id, mine) {
     add("Starts", t.queue.estimated_start ? "about " + when(t.queue.estimated_start) + " (" + t.queue.estimate + ")" : t.queue.estimate);
   }
   if (t.progress) add("Progress", t.progress.percent + "% " + (t.progress.message || ""));
+  if (t.array) add("Array", el("span", {}, el("a", { href: "#/array/" + t.array.id }, t.array.id), " index " + t.array.index + " of " + t.array.size));
   add("Created", when(t.created_at));
   add("Finished", when(t.finished_at));
   const attempts = el("table", { id: "attempts" },
@@ -195,8 +196,9 @@ async function task(id, mine) {
   if (!["succeeded", "failed", "timed_out", "cancelled"].includes(t.state)) {
     actions.append(el("button", { class: "secondary", id: "cancel", onclick: async () => { await api("/v1/tasks/" + t.id + "/cancel", { method: "POST", body: "{}" }); route(); } }, "Cancel"));
   }
+  const deps = (t.depends_on || []).length || t.state === "waiting" ? [el("h2", {}, "Dependencies"), await graph(t.id)] : [];
   view.replaceChildren(el("h1", { class: "mono" }, "Task " + t.id), el("div", { class: "card" }, kv), actions,
-    el("h2", {}, "Attempts"), attempts, el("h2", {}, "Output"), log);
+    ...deps, el("h2", {}, "Attempts"), attempts, el("h2", {}, "Output"), log);
   // Live: the output as it comes, and the task's state changes.
   follow("/v1/tasks/" + t.id + "/logs?follow=true", (text) => {
     log.append(text);
@@ -205,6 +207,116 @@ async function task(id, mine) {
   follow("/v1/events?types=task&task=" + t.id, sseEvents((e) => {
     document.getElementById("task-state")?.replaceChildren(state(e.state));
   }));
+}
+
+// Arrays: each with a bar of its children's progress.
+function progressBar(a) {
+  const c = a.counts || {};
+  const done = ["succeeded", "failed", "timed_out", "cancelled"].reduce((n, k) => n + (c[k] || 0), 0);
+  const pct = a.children ? Math.round((100 * done) / a.children) : 0;
+  return el("div", { class: "progress" },
+    el("div", { class: "bar" }, el("span", { width: pct + "%" })),
+    el("span", { class: "muted" }, done + "/" + a.children + " done" + ((c.failed || 0) + (c.timed_out || 0) ? ", " + ((c.failed || 0) + (c.timed_out || 0)) + " failed" : "")));
+}
+
+async function arrays(params, mine) {
+  const query = new URLSearchParams({ limit: "50" });
+  if (params.get("cursor")) query.set("cursor", params.get("cursor"));
+  const page = await api("/v1/arrays?" + query);
+  current(mine);
+  const rows = page.arrays.map((a) =>
+    el("tr", { "data-array-id": a.id },
+      el("td", { class: "mono" }, el("a", { href: "#/array/" + a.id }, a.id)),
+      el("td", {}, a.project), el("td", {}, state(a.state)), el("td", {}, progressBar(a)),
+      el("td", { class: "mono" }, a.image), el("td", {}, when(a.created_at))));
+  const table = el("table", { id: "arrays" },
+    el("thead", {}, el("tr", {}, ["ID", "Project", "State", "Progress", "Image", "Created"].map((h) => el("th", {}, h)))),
+    el("tbody", {}, rows));
+  const pager = el("div", { class: "pager" });
+  if (page.next_cursor) pager.append(el("a", { href: "#/arrays?cursor=" + encodeURIComponent(page.next_cursor) }, "older »"));
+  view.replaceChildren(el("h1", {}, "Arrays"), table, pager);
+  const timer = setTimeout(() => route(), 3000);
+  stop.push(() => clearTimeout(timer));
+}
+
+async function array(id, mine) {
+  const a = await api("/v1/arrays/" + encodeURIComponent(id));
+  current(mine);
+  const kv = el("dl", { class: "kv" });
+  const add = (k, v) => kv.append(el("dt", {}, k), el("dd", {}, v));
+  add("State", el("span", { id: "array-state" }, state(a.state)));
+  if (a.reason) add("Reason", a.reason);
+  add("Project", a.project);
+  add("Image", el("span", { class: "mono" }, a.image));
+  add("Command", el("span", { class: "mono" }, (a.command || []).join(" ")));
+  add("Size", a.size + " (" + a.children + " children" + (a.parallelism ? ", at most " + a.parallelism + " at once" : "") + ")");
+  add("Progress", progressBar(a));
+  add("Children", Object.entries(a.counts).filter(([, n]) => n > 0).map(([k, n]) => k + " " + n).join(", "));
+  if (a.failed_indices.length) add("Failed indices", el("span", { id: "failed-indices", class: "mono" }, a.failed_indices.join(", ")));
+  if (a.retry_of) add("Retry of", el("a", { href: "#/array/" + a.retry_of }, a.retry_of));
+  add("Created", when(a.created_at));
+  add("Finished", when(a.finished_at));
+  const actions = el("div", { class: "pager" });
+  if (["waiting", "running"].includes(a.state)) {
+    actions.append(el("button", { class: "secondary", id: "cancel-array", onclick: async () => { await api("/v1/arrays/" + a.id + "/cancel", { method: "POST", body: "{}" }); route(); } }, "Cancel array"));
+  } else if (a.failed_indices.length) {
+    actions.append(el("button", { class: "secondary", id: "retry-array", onclick: async () => { const r = await api("/v1/arrays/" + a.id + "/retry", { method: "POST", body: JSON.stringify({ failed: true }) }); location.hash = "#/array/" + r.id; } }, "Retry the failed"));
+  }
+  const children = await api("/v1/tasks?limit=50&array=" + encodeURIComponent(a.id));
+  const rows = children.tasks.map((t) => el("tr", {},
+    el("td", {}, String(t.array ? t.array.index : "")),
+    el("td", { class: "mono" }, el("a", { href: "#/task/" + t.id }, t.id)), el("td", {}, state(t.state)), el("td", {}, t.reason || "")));
+  view.replaceChildren(el("h1", { class: "mono" }, "Array " + a.id), el("div", { class: "card" }, kv), actions,
+    el("h2", {}, "Children (first 50)"),
+    el("table", { id: "children" }, el("thead", {}, el("tr", {}, ["Index", "Task", "State", "Reason"].map((h) => el("th", {}, h)))), el("tbody", {}, rows)),
+    el("h2", {}, "Dependencies"), await graph(a.id));
+  if (["waiting", "running"].includes(a.state)) {
+    const timer = setTimeout(() => route(), 2000);
+    stop.push(() => clearTimeout(timer));
+  }
+}
+
+// The graph around a task or an array: what it waits for on the left,
+// what waits for it on the right, drawn as SVG (text nodes only).
+async function graph(id) {
+  const { edges } = await api("/v1/tasks/" + encodeURIComponent(id) + "/dependencies");
+  if (!edges.length) return el("p", { class: "muted", id: "graph" }, "No dependencies either way.");
+  const before = edges.filter((e) => e.task === id), after = edges.filter((e) => e.depends_on === id);
+  const label = async (node) => {
+    try { const t = await api("/v1/tasks/" + node); return t.state; } catch (_) { }
+    try { const a = await api("/v1/arrays/" + node); return "array " + a.state; } catch (_) { return "?"; }
+  };
+  const ns = "http://www.w3.org/2000/svg";
+  const svg = (tag, attrs, text) => {
+    const n = document.createElementNS(ns, tag);
+    for (const [k, v] of Object.entries(attrs)) n.setAttribute(k, v);
+    if (text !== undefined) n.textContent = text;
+    return n;
+  };
+  const rows = Math.max(before.length, after.length, 1);
+  const height = 40 + rows * 44, width = 960;
+  const root = svg("svg", { class: "plot", id: "graph", viewBox: "0 0 " + width + " " + height, role: "img" });
+  const box = (x, y, node, st, href) => {
+    const g = svg("a", { href: href });
+    g.append(svg("rect", { x, y, width: 290, height: 32, rx: 6, class: "node " + st.split(" ").pop() }));
+    g.append(svg("text", { x: x + 8, y: y + 20, class: "tick" }, node.slice(-12) + "  " + st));
+    root.append(g);
+  };
+  const mid = { x: 335, y: height / 2 - 16 };
+  box(mid.x, mid.y, id, await label(id), "#/task/" + id);
+  for (const [i, e] of before.entries()) {
+    const y = 20 + i * 44;
+    root.append(svg("line", { x1: 300, y1: y + 16, x2: mid.x, y2: mid.y + 16, class: "axis" }));
+    root.append(svg("text", { x: 300, y: y + 12, class: "tick" }, e.on));
+    box(10, y, e.depends_on, await label(e.depends_on), "#/task/" + e.depends_on);
+  }
+  for (const [i, e] of after.entries()) {
+    const y = 20 + i * 44;
+    root.append(svg("line", { x1: mid.x + 290, y1: mid.y + 16, x2: 660, y2: y + 16, class: "axis" }));
+    root.append(svg("text", { x: 630, y: y + 12, class: "tick" }, e.on));
+    box(660, y, e.task, await label(e.task), "#/task/" + e.task);
+  }
+  return root;
 }
 
 async function nodes(mine) {
@@ -303,6 +415,8 @@ async function route() {
     if (path === "/") await overview(mine);
     else if (path === "/tasks") await tasks(params, mine);
     else if (path.startsWith("/task/")) await task(decodeURIComponent(path.slice(6)), mine);
+    else if (path === "/arrays") await arrays(params, mine);
+    else if (path.startsWith("/array/")) await array(decodeURIComponent(path.slice(7)), mine);
     else if (path === "/nodes") await nodes(mine);
     else if (path === "/projects") await projects(mine);
     else if (path === "/audit") await audit(mine);

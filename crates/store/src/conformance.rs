@@ -33,6 +33,270 @@ fn new_task(gen: &mut ulid::Generator, spec: TaskSpec) -> NewTask {
     validate(spec, &Limits::default(), TaskId::generate(gen, now), now).expect("a valid spec")
 }
 
+fn dep(id: TaskId, on: shepherd_core::DependOn) -> shepherd_core::Dependency {
+    shepherd_core::Dependency { task: shepherd_core::DependencyTarget::Id(id.to_string()), on }
+}
+
+fn new_array(gen: &mut ulid::Generator, mut spec: TaskSpec, size: u32, parallelism: Option<u32>, fail_fast: bool) -> NewArray {
+    let now = Timestamp::now();
+    spec.array = Some(shepherd_core::ArraySpec {
+        size,
+        parallelism,
+        failure_policy: if fail_fast { shepherd_core::FailurePolicy::FailFast } else { shepherd_core::FailurePolicy::FinishAll },
+    });
+    let task = new_task(gen, spec);
+    let children = (0..size).map(|i| (TaskId::generate(gen, now), i)).collect();
+    NewArray { id: task.id, created_at: task.created_at, spec: task.spec, payload: task.payload, children, retry_of: None }
+}
+
+async fn submit_all(store: &dyn Store, entries: Vec<Entry>) {
+    let submitted = store.submit(Submission { entries, audit: Vec::new(), batch: true, idempotency: None }).await.unwrap();
+    assert_eq!(submitted, Submitted::Created);
+}
+
+/// Runs a queued task to its end: placed, started, exited with `code`.
+async fn run_to_end(store: &dyn Store, id: TaskId, code: i32) {
+    let now = Timestamp::now();
+    let placed = store.apply(vec![(id, Event::Schedule { node_id: "n1".into() })], now).await.unwrap().remove(0).expect("placed");
+    let attempt = placed.attempt;
+    store.apply(vec![(id, Event::Start { attempt, at: None, runtime: None })], now).await.unwrap().remove(0).expect("started");
+    let exit = Event::Exit { attempt, code, oom_killed: false, at: None, usage: None };
+    store.apply(vec![(id, exit)], now).await.unwrap().remove(0).expect("exited");
+}
+
+async fn state_of(store: &dyn Store, id: TaskId) -> TaskState {
+    store.get_task(id).await.unwrap().expect("task").state
+}
+
+/// A diamond (A → B, C → D): dependents wait apart from the queue, go to
+/// it when their dependencies end as asked, and end `cancelled` with
+/// `dependency_failed: ID` when one never can; unknown and other
+/// projects' ids are refused naming the field.
+pub async fn workflow_dependencies(store: &dyn Store) {
+    use shepherd_core::DependOn::*;
+    let mut gen = ulid::Generator::new();
+    let a = new_task(&mut gen, spec("p"));
+    let mut b = new_task(&mut gen, spec("p"));
+    b.spec.depends_on = vec![dep(a.id, Succeeded)];
+    let mut c = new_task(&mut gen, spec("p"));
+    c.spec.depends_on = vec![dep(a.id, Finished)];
+    let mut d = new_task(&mut gen, spec("p"));
+    d.spec.depends_on = vec![dep(b.id, Succeeded), dep(c.id, Succeeded)];
+    let ids = [a.id, b.id, c.id, d.id];
+    submit_all(store, vec![Entry::Task(a), Entry::Task(b), Entry::Task(c), Entry::Task(d)]).await;
+    assert_eq!(state_of(store, ids[0]).await, TaskState::Queued);
+    let waiting = store.get_task(ids[3]).await.unwrap().unwrap();
+    assert_eq!(waiting.state, TaskState::Waiting);
+    assert_eq!(waiting.reason.as_deref(), Some("waiting for 2 of 2 dependencies"));
+    let queue = store.queued_tasks(Timestamp::now(), QueueQuery { limit: 100, ..Default::default() }).await.unwrap();
+    assert_eq!(queue.tasks.iter().map(|t| t.id).collect::<Vec<_>>(), vec![ids[0]], "waiting tasks are not in the queue");
+    run_to_end(store, ids[0], 0).await;
+    assert_eq!((state_of(store, ids[1]).await, state_of(store, ids[2]).await), (TaskState::Queued, TaskState::Queued));
+    assert_eq!(store.get_task(ids[3]).await.unwrap().unwrap().reason.as_deref(), Some("waiting for 2 of 2 dependencies"));
+    run_to_end(store, ids[2], 0).await;
+    assert_eq!(store.get_task(ids[3]).await.unwrap().unwrap().reason.as_deref(), Some("waiting for 1 of 2 dependencies"));
+    run_to_end(store, ids[1], 1).await;
+    let d = store.get_task(ids[3]).await.unwrap().unwrap();
+    assert_eq!(d.state, TaskState::Cancelled);
+    assert_eq!(d.reason, Some(format!("dependency_failed: {}", ids[1])));
+    let edges = store.dependency_edges(&ids[3].to_string(), 100).await.unwrap();
+    assert_eq!(edges.len(), 2);
+
+    // Refusals, naming the field; nothing is stored.
+    let mut e = new_task(&mut gen, spec("p"));
+    e.spec.depends_on = vec![dep(ids[0], Succeeded), dep(TaskId(ulid::Ulid::new()), Succeeded)];
+    let err = store
+        .submit(Submission { entries: vec![Entry::Task(e.clone())], audit: Vec::new(), batch: false, idempotency: None })
+        .await
+        .unwrap_err();
+    assert!(matches!(&err, StoreError::Invalid { field, .. } if field == "depends_on[1].task"), "{err}");
+    assert!(store.get_task(e.id).await.unwrap().is_none());
+    let mut other = new_task(&mut gen, spec("q"));
+    other.spec.depends_on = vec![dep(ids[0], Finished)];
+    let err = store
+        .submit(Submission { entries: vec![Entry::Task(other)], audit: Vec::new(), batch: true, idempotency: None })
+        .await
+        .unwrap_err();
+    assert!(matches!(&err, StoreError::Invalid { field, .. } if field == "tasks[0].depends_on[0].task"), "{err}");
+    // A dependency that already failed ends its new dependent at once.
+    let mut late = new_task(&mut gen, spec("p"));
+    late.spec.depends_on = vec![dep(ids[1], Succeeded)];
+    let late_id = late.id;
+    submit_all(store, vec![Entry::Task(late)]).await;
+    assert_eq!(state_of(store, late_id).await, TaskState::Cancelled);
+    // A dependency that already succeeded is met at once.
+    let mut met = new_task(&mut gen, spec("p"));
+    met.spec.depends_on = vec![dep(ids[0], Succeeded)];
+    let met_id = met.id;
+    submit_all(store, vec![Entry::Task(met)]).await;
+    assert_eq!(state_of(store, met_id).await, TaskState::Queued);
+}
+
+/// A failing task's 1,000 transitive dependents end `cancelled` with
+/// `dependency_failed` in the transaction that ends it.
+pub async fn workflow_cascade(store: &dyn Store) {
+    let mut gen = ulid::Generator::new();
+    let root = new_task(&mut gen, spec("p"));
+    let root_id = root.id;
+    let mut entries = vec![Entry::Task(root)];
+    let mut ids = Vec::new();
+    // A tree: each task depends on the one at half its position.
+    for i in 1..=1000usize {
+        let parent = entries[i / 2].id();
+        let mut t = new_task(&mut gen, spec("p"));
+        t.spec.depends_on = vec![dep(parent, shepherd_core::DependOn::Succeeded)];
+        ids.push(t.id);
+        entries.push(Entry::Task(t));
+    }
+    for chunk in entries.chunks(500) {
+        submit_all(store, chunk.to_vec()).await;
+    }
+    let cursor = store.latest_event().await.unwrap();
+    run_to_end(store, root_id, 2).await;
+    let page = store
+        .list_tasks(TaskFilter { project: Some("p".into()), states: vec![TaskState::Cancelled], limit: 2000, ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(page.tasks.len(), 1000);
+    assert!(page.tasks.iter().all(|t| t.reason.as_deref().is_some_and(|r| r.starts_with("dependency_failed: "))));
+    // Every one of them is in the event stream.
+    let events = store.read_events(cursor, 10_000).await.unwrap();
+    let cancelled =
+        events.iter().filter(|e| matches!(&e.event, shepherd_core::ClusterEvent::Task(t) if t.state == TaskState::Cancelled)).count();
+    assert_eq!(cancelled, 1000);
+}
+
+/// An array stores one spec; children get their index; parallelism caps
+/// how many are queued or on a node; the array ends when its children do.
+pub async fn workflow_arrays(store: &dyn Store) {
+    let mut gen = ulid::Generator::new();
+    let mut s = spec("p");
+    s.payload = Some("aGk=".into());
+    let array = new_array(&mut gen, s, 10, Some(3), false);
+    let (array_id, children) = (array.id, array.children.clone());
+    submit_all(store, vec![Entry::Array(array)]).await;
+    let status = store.get_array(&array_id.to_string()).await.unwrap().expect("array");
+    assert_eq!((status.state.as_str(), status.size, status.children), ("running", 10, 10));
+    assert_eq!((status.counts["queued"], status.counts["waiting"]), (3, 7));
+    let child = store.get_task(children[4].0).await.unwrap().unwrap();
+    assert_eq!(child.array.as_ref().map(|m| (m.index, m.size)), Some((4, 10)));
+    assert_eq!(child.env["SHEPHERD_ARRAY_INDEX"], "4");
+    let launch = store.launch_spec(children[0].0).await.unwrap().unwrap();
+    assert_eq!((launch.spec.env["SHEPHERD_ARRAY_SIZE"].as_str(), launch.payload.as_deref()), ("10", Some(&b"hi"[..])));
+    let page = store.list_tasks(TaskFilter { array: Some(array_id.to_string()), limit: 100, ..Default::default() }).await.unwrap();
+    assert_eq!(page.tasks.len(), 10);
+    let mut ran = Vec::new();
+    loop {
+        let queue = store.queued_tasks(Timestamp::now(), QueueQuery { limit: 100, ..Default::default() }).await.unwrap();
+        assert!(queue.tasks.len() <= 3, "parallelism 3, {} queued", queue.tasks.len());
+        let Some(next) = queue.tasks.first() else { break };
+        let index = children.iter().find(|(id, _)| *id == next.id).map(|(_, i)| *i).unwrap();
+        // The queue's spec is what an agent may get as it is: with its index.
+        assert_eq!(next.spec.env["SHEPHERD_ARRAY_INDEX"], index.to_string());
+        run_to_end(store, next.id, i32::from(index == 6)).await;
+        ran.push(index);
+    }
+    ran.sort_unstable();
+    assert_eq!(ran, (0..10).collect::<Vec<_>>(), "every index ran once");
+    let status = store.get_array(&array_id.to_string()).await.unwrap().unwrap();
+    assert_eq!((status.state.as_str(), status.counts["succeeded"], status.failed_indices.clone()), ("failed", 9, vec![6]));
+    let source = store.array_source(&array_id.to_string()).await.unwrap().unwrap();
+    assert_eq!((source.failed, source.payload.as_deref()), (vec![6], Some(&b"hi"[..])));
+    assert_eq!(store.list_arrays(Some("p".into()), None, 10).await.unwrap().len(), 1);
+    assert!(store.list_arrays(Some("q".into()), None, 10).await.unwrap().is_empty());
+}
+
+/// `each` pairs children by index; a task waits for a whole array; a
+/// fail-fast array stops at its first failure; a cancelled array ends.
+pub async fn workflow_array_dependencies(store: &dyn Store) {
+    use shepherd_core::DependOn::*;
+    let mut gen = ulid::Generator::new();
+    let a = new_array(&mut gen, spec("p"), 3, None, false);
+    let mut b = new_array(&mut gen, spec("p"), 3, None, false);
+    b.spec.depends_on = vec![dep(a.id, Each)];
+    let mut t = new_task(&mut gen, spec("p"));
+    t.spec.depends_on = vec![dep(a.id, Finished)];
+    let (a_children, b_children, t_id, b_id) = (a.children.clone(), b.children.clone(), t.id, b.id);
+    submit_all(store, vec![Entry::Array(a.clone()), Entry::Array(b), Entry::Task(t)]).await;
+    assert_eq!(state_of(store, b_children[0].0).await, TaskState::Waiting);
+    run_to_end(store, a_children[0].0, 0).await;
+    assert_eq!(state_of(store, b_children[0].0).await, TaskState::Queued, "b[0] follows a[0]");
+    assert_eq!(state_of(store, b_children[1].0).await, TaskState::Waiting);
+    run_to_end(store, a_children[1].0, 1).await;
+    let b1 = store.get_task(b_children[1].0).await.unwrap().unwrap();
+    assert_eq!((b1.state, b1.reason.clone()), (TaskState::Cancelled, Some(format!("dependency_failed: {}", a_children[1].0))));
+    assert_eq!(state_of(store, t_id).await, TaskState::Waiting);
+    run_to_end(store, a_children[2].0, 0).await;
+    assert_eq!(store.get_array(&a.id.to_string()).await.unwrap().unwrap().state, "failed");
+    assert_eq!(state_of(store, t_id).await, TaskState::Queued, "`finished` is met by a failed array");
+    // An `each` between arrays of different sizes is refused.
+    let mut c = new_array(&mut gen, spec("p"), 4, None, false);
+    c.spec.depends_on = vec![dep(a.id, Each)];
+    let err =
+        store.submit(Submission { entries: vec![Entry::Array(c)], audit: Vec::new(), batch: false, idempotency: None }).await.unwrap_err();
+    assert!(matches!(&err, StoreError::Invalid { field, .. } if field == "depends_on[0].on"), "{err}");
+
+    // Fail fast: the first failure ends the rest.
+    let f = new_array(&mut gen, spec("p"), 5, Some(2), true);
+    let (f_id, f_children) = (f.id, f.children.clone());
+    submit_all(store, vec![Entry::Array(f)]).await;
+    run_to_end(store, f_children[0].0, 3).await;
+    let status = store.get_array(&f_id.to_string()).await.unwrap().unwrap();
+    assert_eq!(status.counts["failed"], 1);
+    // The other admitted child was queued: it ends at once, like the waiting ones.
+    assert_eq!(status.counts["cancelled"], 4, "{status:?}");
+    assert_eq!(status.state, "failed");
+
+    // Cancel: every child that has not ended, the array with them.
+    let g = new_array(&mut gen, spec("p"), 4, None, false);
+    let (g_id, g_children) = (g.id, g.children.clone());
+    submit_all(store, vec![Entry::Array(g)]).await;
+    run_to_end(store, g_children[0].0, 0).await;
+    let placed = store.apply(vec![(g_children[1].0, Event::Schedule { node_id: "n1".into() })], Timestamp::now()).await.unwrap();
+    assert!(placed[0].is_ok());
+    assert!(store.cancel_array(Some("q".into()), &g_id.to_string(), Timestamp::now()).await.unwrap().is_none(), "another project's");
+    let results = store.cancel_array(Some("p".into()), &g_id.to_string(), Timestamp::now()).await.unwrap().expect("cancelled");
+    assert!(results.iter().flatten().any(|r| r.decision.request_cancel), "the one on a node is asked to stop");
+    let status = store.get_array(&g_id.to_string()).await.unwrap().unwrap();
+    assert_eq!((status.counts["cancelled"], status.counts["scheduled"], status.state.as_str()), (2, 1, "running"));
+    store.apply(vec![(g_children[1].0, Event::Cancelled { attempt: 1, usage: None })], Timestamp::now()).await.unwrap();
+    assert_eq!(store.get_array(&g_id.to_string()).await.unwrap().unwrap().state, "cancelled");
+    let _ = b_id;
+}
+
+/// An idempotency key stands for its first answer for 24 hours: the same
+/// request stores nothing again, another request with it is refused.
+pub async fn idempotency_keys(store: &dyn Store) {
+    let mut gen = ulid::Generator::new();
+    let now = Timestamp::now();
+    let key = |request: &str, response: &str| IdempotencyKey {
+        project: "p".into(),
+        key: "k-1".into(),
+        request: request.into(),
+        status: 201,
+        response: response.into(),
+        at: now,
+    };
+    let first = new_task(&mut gen, spec("p"));
+    let sub = |task: NewTask, k: IdempotencyKey| Submission {
+        entries: vec![Entry::Task(task)],
+        audit: Vec::new(),
+        batch: false,
+        idempotency: Some(k),
+    };
+    assert_eq!(store.submit(sub(first.clone(), key("r1", "{\"id\":1}"))).await.unwrap(), Submitted::Created);
+    let again = new_task(&mut gen, spec("p"));
+    let replayed = store.submit(sub(again.clone(), key("r1", "ignored"))).await.unwrap();
+    assert_eq!(replayed, Submitted::Replayed { status: 201, response: "{\"id\":1}".into() });
+    assert!(store.get_task(again.id).await.unwrap().is_none(), "nothing stored twice");
+    let err = store.submit(sub(again.clone(), key("r2", "x"))).await.unwrap_err();
+    assert!(matches!(err, StoreError::IdempotencyConflict(_)), "{err}");
+    assert_eq!(store.idempotent_answer("p", "k-1", now).await.unwrap().map(|a| a.0), Some("r1".to_string()));
+    assert_eq!(store.idempotent_answer("q", "k-1", now).await.unwrap(), None, "keys are per project");
+    assert_eq!(store.prune_idempotency(Timestamp(now.millis() + 1)).await.unwrap(), 1);
+    assert_eq!(store.idempotent_answer("p", "k-1", now).await.unwrap(), None);
+}
+
 /// Tasks are stored whole and read back; a batch with a duplicate id stores nothing.
 pub async fn create_get_and_batches(store: &dyn Store) {
     let mut gen = ulid::Generator::new();
@@ -1269,6 +1533,11 @@ macro_rules! store_conformance {
         $crate::store_conformance!(@one $fixture, machines);
         $crate::store_conformance!(@one $fixture, volumes_and_policies);
         $crate::store_conformance!(@one $fixture, registry_logins);
+        $crate::store_conformance!(@one $fixture, workflow_dependencies);
+        $crate::store_conformance!(@one $fixture, workflow_cascade);
+        $crate::store_conformance!(@one $fixture, workflow_arrays);
+        $crate::store_conformance!(@one $fixture, workflow_array_dependencies);
+        $crate::store_conformance!(@one $fixture, idempotency_keys);
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn concurrent_writers() {
             let fixture = $fixture().await;

@@ -17,12 +17,14 @@ pub mod conformance;
 mod model;
 pub mod postgres;
 pub mod sqlite;
+pub mod workflow;
 
 pub use model::*;
 pub use postgres::PgStore;
 /// Kept by the store, defined in `shepherd-core` (the agent shares them).
 pub use shepherd_core::{LaunchSpec, LogChunk, LogStream, NodeState};
 pub use sqlite::{SqliteOptions, SqliteStore, Synchronous};
+pub use workflow::{ArraySource, Entry, IdempotencyKey, NewArray, Submission, Submitted};
 
 use async_trait::async_trait;
 use shepherd_core::{
@@ -60,6 +62,13 @@ pub enum StoreError {
     Fenced { epoch: i64 },
     #[error("I/O error: {0}")]
     Io(std::io::Error),
+    /// A request the store refused for what it names (a dependency that
+    /// is not there, or another project's): `field` says where.
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+    /// An idempotency key used before, within its lifetime, for another request.
+    #[error("idempotency key `{0}` was used for a different request")]
+    IdempotencyConflict(String),
 }
 
 impl StoreError {
@@ -85,6 +94,46 @@ pub trait Store: Send + Sync + 'static {
     /// Stores new tasks and the audit log lines that record who created
     /// them, in one transaction.
     async fn create_tasks_audited(&self, tasks: Vec<NewTask>, audit: Vec<AuditEntry>) -> Result<(), StoreError>;
+
+    /// Stores a submission: tasks and arrays with their dependencies,
+    /// audit lines and idempotency key, in one transaction (all or none).
+    /// Each dependency must be a task or array of the entry's own project
+    /// ([`StoreError::Invalid`] naming the field otherwise); one that has
+    /// already ended in a way that can never satisfy it ends its dependent
+    /// at once. A key used before for the same request stores nothing and
+    /// gives back the first answer ([`Submitted::Replayed`]).
+    async fn submit(&self, submission: Submission) -> Result<Submitted, StoreError>;
+
+    /// The answer an idempotency key stands for, if it was used in the
+    /// last 24 hours: `(request hash, status, response)`.
+    async fn idempotent_answer(&self, project: &str, key: &str, now: Timestamp) -> Result<Option<(String, u16, String)>, StoreError>;
+
+    /// Forgets idempotency keys made before `before`; how many went.
+    async fn prune_idempotency(&self, before: Timestamp) -> Result<u64, StoreError>;
+
+    /// One array with its children's counts.
+    async fn get_array(&self, id: &str) -> Result<Option<shepherd_core::ArrayStatus>, StoreError>;
+
+    /// Arrays of one project or all, newest first, before `before` (an id).
+    async fn list_arrays(
+        &self,
+        project: Option<String>,
+        before: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<shepherd_core::ArrayStatus>, StoreError>;
+
+    /// What an array's children share (spec with `array`, payload) and
+    /// the indices of those that failed or timed out (all of them).
+    async fn array_source(&self, id: &str) -> Result<Option<ArraySource>, StoreError>;
+
+    /// Cancels every child of an array that has not ended, in one
+    /// transaction (of `project` only, when given); `None` if there is no
+    /// such array. What changed, for the caller to stop attempts on nodes.
+    async fn cancel_array(&self, project: Option<String>, id: &str, now: Timestamp) -> Result<Option<Vec<ApplyResult>>, StoreError>;
+
+    /// The dependencies of `id` (a task or an array) and its dependents,
+    /// as edges `(dependent, dependency, on)`, at most `limit`.
+    async fn dependency_edges(&self, id: &str, limit: usize) -> Result<Vec<(String, String, shepherd_core::DependOn)>, StoreError>;
 
     /// One task with its attempts.
     async fn get_task(&self, id: TaskId) -> Result<Option<Task>, StoreError>;

@@ -12,6 +12,8 @@ pub struct TaskFilter {
     pub labels: Vec<(String, String)>,
     /// Only tasks older than this id (the previous page's `next_cursor`).
     pub before: Option<TaskId>,
+    /// Only the children of this array.
+    pub array: Option<String>,
     pub limit: usize,
 }
 

@@ -140,13 +140,19 @@ pub struct LogsArgs {
     /// stdout, stderr or all.
     #[arg(long, default_value = "all", value_parser = ["all", "stdout", "stderr"])]
     stream: String,
-    /// Task id.
+    /// Task id (or, with --index, an array's).
     id: String,
+    /// The child of array ID at this index.
+    #[arg(long, value_name = "N")]
+    index: Option<u32>,
 }
 
 /// `shepherd logs`: prints a task's output, or follows it to the task's end.
 pub async fn logs(client: &Client, args: LogsArgs) -> Result<ExitCode> {
-    let id = encode(&args.id);
+    let id = match args.index {
+        None => encode(&args.id),
+        Some(index) => encode(&super::arrays::child_at(client, &args.id, index).await?),
+    };
     if args.follow {
         follow_logs(client, &id, &args.stream).await?;
     } else {

@@ -128,6 +128,27 @@ pub struct RunArgs {
     /// With --code: the code's revision to run (default: its latest).
     #[arg(long, value_name = "N", requires = "code")]
     revision: Option<u32>,
+    /// Run N copies of the task as an array (1 to 100000): each gets
+    /// SHEPHERD_ARRAY_INDEX (0 to N-1) and SHEPHERD_ARRAY_SIZE. Prints the
+    /// array's id; with --wait, a progress bar.
+    #[arg(long, value_name = "N")]
+    array: Option<u32>,
+    /// With --array: at most this many children queued or running at once.
+    #[arg(long, value_name = "N", requires = "array")]
+    parallelism: Option<u32>,
+    /// With --array: the first failed child ends the array (the rest are
+    /// cancelled) instead of every child running.
+    #[arg(long, requires = "array")]
+    fail_fast: bool,
+    /// Start only after a task or array ends: ID (succeeded), ID:finished
+    /// (in any way), or, array to array, ID:each (child i after child i)
+    /// (repeatable).
+    #[arg(long = "depends-on", value_name = "ID[:ON]", value_parser = parse_dependency)]
+    depends_on: Vec<shepherd_core::Dependency>,
+    /// An Idempotency-Key: the same submission again within 24 hours
+    /// (a retry after a timeout) creates nothing and answers the same.
+    #[arg(long, value_name = "KEY")]
+    idempotency_key: Option<String>,
     /// The image to run (not with --code).
     #[arg(required_unless_present = "code")]
     image: Option<String>,
@@ -218,10 +239,38 @@ pub async fn run(client: &Client, args: RunArgs) -> Result<ExitCode> {
     if let Some(source) = &args.payload {
         spec.payload = Some(base64::engine::general_purpose::STANDARD.encode(read_payload(source)?));
     }
-    let task: Task = match &args.code {
-        None => client.post("/v1/tasks", &spec).await.map_err(in_flag_terms)?,
-        Some(code) => client.post("/v1/tasks", &code_request(&args, code, spec)?).await.map_err(in_flag_terms)?,
+    if let Some(size) = args.array {
+        spec.array = Some(shepherd_core::ArraySpec {
+            size,
+            parallelism: args.parallelism,
+            failure_policy: if args.fail_fast { shepherd_core::FailurePolicy::FailFast } else { shepherd_core::FailurePolicy::FinishAll },
+        });
+    }
+    spec.depends_on = args.depends_on.clone();
+    let key = args.idempotency_key.as_deref();
+    let answer: serde_json::Value = match &args.code {
+        None => client.post_idempotent("/v1/tasks", &spec, key).await.map_err(in_flag_terms)?,
+        Some(code) => client.post_idempotent("/v1/tasks", &code_request(&args, code, spec)?, key).await.map_err(in_flag_terms)?,
     };
+    if answer["array"].as_bool() == Some(true) {
+        let id = answer["id"].as_str().context("the server's answer has no id")?.to_string();
+        if !args.wait {
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&answer)?);
+            } else {
+                println!("{id}");
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        let done = super::arrays::wait_array(client, &id, args.json).await?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&done)?);
+        } else {
+            super::arrays::print_array(&done);
+        }
+        return Ok(if done.state == "succeeded" { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+    }
+    let task: Task = serde_json::from_value(answer).context("bad task from server")?;
     if !args.wait {
         if args.json {
             println!("{}", serde_json::to_string_pretty(&task)?);
@@ -291,6 +340,15 @@ fn code_request(args: &RunArgs, code: &str, spec: TaskSpec) -> Result<serde_json
     Ok(body)
 }
 
+/// `ID[:succeeded|finished|each]`: a dependency.
+fn parse_dependency(text: &str) -> Result<shepherd_core::Dependency, String> {
+    let (id, on) = match text.split_once(':') {
+        Some((id, on)) => (id, shepherd_core::DependOn::parse(on).ok_or_else(|| format!("`{on}`: use succeeded, finished or each"))?),
+        None => (text, shepherd_core::DependOn::Succeeded),
+    };
+    Ok(shepherd_core::Dependency { task: shepherd_core::DependencyTarget::Id(id.to_string()), on })
+}
+
 /// `TARGET:SIZE_MIB`: a task's scratch directory.
 fn parse_scratch(text: &str) -> Result<shepherd_core::ScratchSpec, String> {
     let (target, size) = text.rsplit_once(':').ok_or_else(|| format!("`{text}`: use TARGET:SIZE_MIB, e.g. /work:256"))?;
@@ -338,6 +396,10 @@ fn in_flag_terms(error: anyhow::Error) -> anyhow::Error {
         "gpus" => "--gpus",
         "scratch" => "--scratch",
         "webhook" => "--webhook",
+        "array.size" => "--array",
+        "array.parallelism" => "--parallelism",
+        "depends_on" => "--depends-on",
+        "Idempotency-Key" => "--idempotency-key",
         _ => return error,
     };
     anyhow::anyhow!("{flag}: {} (HTTP {})", failure.message, failure.status)
@@ -345,7 +407,7 @@ fn in_flag_terms(error: anyhow::Error) -> anyhow::Error {
 
 #[derive(Args)]
 pub struct CancelArgs {
-    /// Task ids.
+    /// Task or array ids.
     #[arg(required = true)]
     ids: Vec<String>,
     /// Print the tasks as JSON.
@@ -361,6 +423,22 @@ pub async fn cancel(client: &Client, args: CancelArgs) -> Result<ExitCode> {
         match client.post::<_, Task>(&format!("/v1/tasks/{}/cancel", encode(id)), &serde_json::json!({})).await {
             Ok(task) if args.json => println!("{}", serde_json::to_string(&task)?),
             Ok(task) => println!("{} {}", task.id, if task.state.is_terminal() { task.state.to_string() } else { "cancelling".into() }),
+            // Not a task: perhaps an array.
+            Err(e) if super::arrays::is_not_found(&e) => {
+                match client
+                    .post::<_, shepherd_core::ArrayStatus>(&format!("/v1/arrays/{}/cancel", encode(id)), &serde_json::json!({}))
+                    .await
+                {
+                    Ok(array) if args.json => println!("{}", serde_json::to_string(&array)?),
+                    Ok(array) => {
+                        println!("{} {}", array.id, if super::arrays::ended(&array) { array.state.clone() } else { "cancelling".into() })
+                    }
+                    Err(_) => {
+                        eprintln!("error: {id}: {e:#}");
+                        failed = true;
+                    }
+                }
+            }
             Err(e) => {
                 eprintln!("error: {id}: {e:#}");
                 failed = true;

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 #[derive(Args)]
 pub struct PsArgs {
-    /// Only these states (comma-separated: queued,scheduled,running,succeeded,failed,timed_out,cancelled).
+    /// Only these states (comma-separated: waiting,queued,scheduled,running,succeeded,failed,timed_out,cancelled).
     #[arg(long, short = 's')]
     state: Option<String>,
     /// Only tasks with label KEY=VALUE (repeatable; all must match).
@@ -19,6 +19,9 @@ pub struct PsArgs {
     /// Only this project's tasks.
     #[arg(long)]
     project: Option<String>,
+    /// Only the children of this array (in index order, with INDEX).
+    #[arg(long, value_name = "ARRAY_ID")]
+    array: Option<String>,
     /// Tasks per page (1 to 1000).
     #[arg(long, short = 'n', default_value_t = 50)]
     limit: u32,
@@ -44,6 +47,9 @@ pub async fn ps(client: &Client, args: PsArgs) -> Result<ExitCode> {
     }
     if let Some(project) = &args.project {
         query.push(format!("project={}", encode(project)));
+    }
+    if let Some(array) = &args.array {
+        query.push(format!("array={}", encode(array)));
     }
     let mut cursor = args.cursor.clone();
     let mut tasks: Vec<Task> = Vec::new();
@@ -71,6 +77,7 @@ pub async fn ps(client: &Client, args: PsArgs) -> Result<ExitCode> {
         .map(|t| {
             vec![
                 t.id.to_string(),
+                t.array.as_ref().map(|m| m.index.to_string()).unwrap_or_default(),
                 clip(&t.image, 24),
                 clip(&t.command.join(" "), 30),
                 t.state.to_string(),
@@ -80,7 +87,7 @@ pub async fn ps(client: &Client, args: PsArgs) -> Result<ExitCode> {
             ]
         })
         .collect();
-    print_table(&["ID", "IMAGE", "COMMAND", "STATE", "EXIT", "NODE", "CREATED"], &rows);
+    print_table(&["ID", "INDEX", "IMAGE", "COMMAND", "STATE", "EXIT", "NODE", "CREATED"], &rows);
     if let Some(next) = next {
         eprintln!("more: shepherd ps --cursor {next}");
     }
@@ -89,11 +96,15 @@ pub async fn ps(client: &Client, args: PsArgs) -> Result<ExitCode> {
 
 #[derive(Args)]
 pub struct InspectArgs {
-    /// Task id.
+    /// Task or array id.
     id: String,
     /// Print JSON.
     #[arg(long)]
     json: bool,
+    /// An array: follow it to its end with a progress bar first (exit 1
+    /// unless every child succeeded).
+    #[arg(long, short = 'w')]
+    wait: bool,
     /// Also show how the scheduler scored the best candidate nodes.
     #[arg(long)]
     explain: bool,
@@ -101,7 +112,23 @@ pub struct InspectArgs {
 
 /// `shepherd inspect`: one task in full, with its attempts.
 pub async fn inspect(client: &Client, args: InspectArgs) -> Result<ExitCode> {
-    let task: Task = client.get(&format!("/v1/tasks/{}", encode(&args.id))).await?;
+    let task: Task = match client.get(&format!("/v1/tasks/{}", encode(&args.id))).await {
+        Ok(task) => task,
+        Err(e) if super::arrays::is_not_found(&e) => {
+            let Some(mut array) = super::arrays::find_array(client, &args.id).await? else { return Err(e) };
+            if args.wait {
+                array = super::arrays::wait_array(client, &args.id, args.json).await?;
+            }
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&array)?);
+            } else {
+                super::arrays::print_array(&array);
+            }
+            let ok = !args.wait || array.state == "succeeded";
+            return Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+        }
+        Err(e) => return Err(e),
+    };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&task)?);
         return Ok(ExitCode::SUCCESS);
@@ -111,6 +138,12 @@ pub async fn inspect(client: &Client, args: InspectArgs) -> Result<ExitCode> {
     println!("State:       {}{}", task.state, if task.cancel_requested && !task.state.is_terminal() { " (cancel requested)" } else { "" });
     if let Some(reason) = &task.reason {
         println!("Reason:      {}", safe(reason));
+    }
+    if let Some(member) = &task.array {
+        println!("Array:       {} (index {} of {})", member.id, member.index, member.size);
+    }
+    for dep in &task.depends_on {
+        println!("Depends on:  {} ({})", dep.task, dep.on.as_str());
     }
     if let Some(queue) = &task.queue {
         let cluster = queue.in_cluster.map(|n| format!(", #{n} in the cluster")).unwrap_or_default();

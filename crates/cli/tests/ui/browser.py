@@ -135,6 +135,15 @@ def main():
         b.wait_for(f"(document.getElementById('log')?.textContent || '').includes({json.dumps(later)})", f"a new line ({later.strip()}) in the live log")
         b.screenshot(os.path.join(shots, "task.png"))
 
+        # Arrays: the list with progress, one array with its failed index and its graph.
+        b.go(base + "/ui/#/arrays")
+        b.wait_for(f"!!document.querySelector('tr[data-array-id=\"{plan['array']}\"] .progress')", "the array with its progress")
+        b.screenshot(os.path.join(shots, "arrays.png"))
+        b.go(base + f"/ui/#/array/{plan['array']}")
+        b.wait_for("(document.getElementById('failed-indices')?.textContent || '') === '1'", "the array's failed index")
+        b.wait_for("document.querySelectorAll('#graph rect').length >= 2", "the array's dependency graph")
+        b.screenshot(os.path.join(shots, "array.png"))
+
         b.go(base + "/ui/#/nodes")
         b.wait_for("!!document.querySelector('tr[data-node-id]')", "the node list")
         b.screenshot(os.path.join(shots, "nodes.png"))

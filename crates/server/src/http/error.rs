@@ -68,6 +68,14 @@ impl From<FieldError> for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
+        match e {
+            StoreError::Invalid { field, message } => return ApiError::field(field, message),
+            StoreError::IdempotencyConflict(key) => {
+                let message = format!("Idempotency-Key `{key}` was used within 24 hours for a different request");
+                return ApiError::new(StatusCode::CONFLICT, "idempotency_key_reused", message).with_field("Idempotency-Key");
+            }
+            _ => {}
+        }
         tracing::error!(error = %e, "store error while serving a request");
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", format!("the store failed: {e}"))
     }

@@ -359,7 +359,7 @@ async fn upload_code(
 /// IronWorker's status of a task.
 pub fn status_of(task: &Task) -> &'static str {
     match task.state {
-        TaskState::Queued => "queued",
+        TaskState::Waiting | TaskState::Queued => "queued",
         TaskState::Scheduled => "preparing",
         TaskState::Running => "running",
         TaskState::Succeeded => "complete",
@@ -373,7 +373,7 @@ pub fn status_of(task: &Task) -> &'static str {
 /// The Shepherd states behind IronWorker's status filters.
 fn states_of(status: &str) -> &'static [TaskState] {
     match status {
-        "queued" => &[TaskState::Queued, TaskState::Scheduled],
+        "queued" => &[TaskState::Waiting, TaskState::Queued, TaskState::Scheduled],
         "running" => &[TaskState::Running],
         "complete" => &[TaskState::Succeeded],
         "error" | "killed" => &[TaskState::Failed],

@@ -212,6 +212,13 @@ pub async fn prune(
             Ok(rows) => tracing::debug!(rows, "pruned old events"),
             Err(e) => tracing::warn!(error = %e, "could not prune old events"),
         }
+        // Idempotency keys live 24 hours.
+        let expired = shepherd_core::Timestamp(shepherd_core::Timestamp::now().millis() - shepherd_store::workflow::IDEMPOTENCY_TTL_MS);
+        match store.prune_idempotency(expired).await {
+            Ok(0) => {}
+            Ok(rows) => tracing::debug!(rows, "pruned expired idempotency keys"),
+            Err(e) => tracing::warn!(error = %e, "could not prune expired idempotency keys"),
+        }
     }
 }
 

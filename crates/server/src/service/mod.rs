@@ -17,6 +17,7 @@ pub mod projects;
 pub mod schedules;
 pub mod tasks;
 pub mod volumes;
+pub mod workflows;
 
 pub use agents::{AgentError, AgentService};
 pub use codes::CodeService;

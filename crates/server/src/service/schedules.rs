@@ -71,6 +71,10 @@ impl ScheduleService {
             ServiceError::Invalid(e) => ServiceError::Invalid(e.within("task")),
             other => other,
         })?;
+        if made.array.is_some() || !made.depends_on.is_empty() {
+            let field = if made.array.is_some() { "task.array" } else { "task.depends_on" };
+            return Err(FieldError::new(field, "a schedule's slots make single tasks (no arrays, no dependencies)").into());
+        }
         self.tasks.check(&owner, vec![made]).map_err(|e| match e {
             ServiceError::Invalid(e) => ServiceError::Invalid(e.within("task")),
             other => other,

@@ -28,7 +28,7 @@ pub struct TaskService {
     pub wakeup: Arc<Notify>,
     /// Counts quota refusals.
     pub metrics: Arc<crate::metrics::Metrics>,
-    ids: Mutex<ulid::Generator>,
+    pub(crate) ids: Mutex<ulid::Generator>,
 }
 
 impl TaskService {
@@ -115,7 +115,7 @@ impl TaskService {
     pub async fn prepare_new(&self, caller: &Caller, specs: Vec<TaskSpec>) -> Result<(Vec<NewTask>, Vec<AuditEntry>), ServiceError> {
         let prefix = |_| String::new();
         let tasks = self.prepare(caller, specs, &prefix)?;
-        self.admit(&tasks, &prefix).await?;
+        self.admit(&tasks, &prefix, &[]).await?;
         let audit = audit_lines(caller, &tasks, false);
         Ok((tasks, audit))
     }
@@ -128,7 +128,7 @@ impl TaskService {
         batch: bool,
     ) -> Result<Vec<Task>, ServiceError> {
         let tasks = self.prepare(caller, specs, prefix)?;
-        self.admit(&tasks, prefix).await?;
+        self.admit(&tasks, prefix, &[]).await?;
         let created: Vec<Task> = tasks.iter().map(Task::from_new).collect();
         let audit = audit_lines(caller, &tasks, batch);
         self.store.create_tasks_audited(tasks, audit).await?;
@@ -276,7 +276,7 @@ impl TaskService {
         self.create(caller, spec).await
     }
 
-    fn prepare(
+    pub(crate) fn prepare(
         &self,
         caller: &Caller,
         specs: Vec<TaskSpec>,
@@ -303,10 +303,19 @@ impl TaskService {
 
     /// Refuses tasks beyond a project's `max_queued`, and tasks naming
     /// secrets the project does not have.
-    async fn admit(&self, tasks: &[NewTask], prefix: &(dyn Fn(usize) -> String + Sync)) -> Result<(), ServiceError> {
+    /// `extra`: tasks to count beyond one per entry (an array's children).
+    pub(crate) async fn admit(
+        &self,
+        tasks: &[NewTask],
+        prefix: &(dyn Fn(usize) -> String + Sync),
+        extra: &[(String, u64)],
+    ) -> Result<(), ServiceError> {
         let mut per_project: BTreeMap<&str, u64> = BTreeMap::new();
         for task in tasks {
             *per_project.entry(task.spec.project.as_str()).or_default() += 1;
+        }
+        for (project, more) in extra {
+            *per_project.entry(project.as_str()).or_default() += more;
         }
         for (project, adding) in per_project {
             let Some(limits) = self.auth.project_limits(self.store.as_ref(), project).await? else { continue };

@@ -94,11 +94,10 @@ impl VolumeService {
         let volume = self.get(caller, project, name).await?;
         // Tasks that still need it: the newest 10,000 unfinished ones of the project.
         let filter = TaskFilter {
-            states: vec![TaskState::Queued, TaskState::Scheduled, TaskState::Running],
+            states: vec![TaskState::Waiting, TaskState::Queued, TaskState::Scheduled, TaskState::Running],
             project: Some(project.to_string()),
-            labels: Vec::new(),
-            before: None,
             limit: 10_000,
+            ..Default::default()
         };
         let page = self.store.list_tasks(filter).await?;
         if let Some(user) = page.tasks.iter().find(|t| t.volumes.iter().any(|m| m.name == name)) {

@@ -7,6 +7,10 @@
 //! new attempts, changed attempts and changed tasks, each one `UNNEST` of
 //! arrays. Event by event it was three round trips per event.
 //!
+//! What a change does beyond its task (its array's counts and next
+//! children, its dependents, transitively) runs after the batch's own
+//! writes, in the same transaction: see [`super::workflow`].
+//!
 //! [`Combiner`] is group commit for [`Store::apply`](crate::Store::apply):
 //! requests that arrive while a transaction is in flight wait, and the next
 //! transaction takes all of them, so a thousand agents' reports cost a
@@ -33,7 +37,12 @@ struct Current {
     project: String,
     created_at: Timestamp,
     started_at: Option<Timestamp>,
+    /// Its array and index, a child of one.
+    member: Option<Member>,
 }
+
+/// A child's array and index.
+pub(super) type Member = (String, i64);
 
 /// An attempt row a batch writes.
 #[derive(Default)]
@@ -49,12 +58,34 @@ struct AttemptWrite {
 /// that reported it (if one did: the task's current attempt must be there).
 pub(super) type BatchEvent<'a> = (TaskId, &'a Event, Timestamp, Option<&'a str>);
 
-/// Applies events in one transaction, in the order given. Returns one
-/// result per event, in order.
+/// Applies events in one transaction, in the order given, then what they
+/// do to tasks they did not name (their arrays' next children, their
+/// dependents), and records all of it in the event stream. Returns one
+/// result per event, in order, and apart, those of the tasks they did
+/// not name (`cascade`).
 pub(super) async fn apply_batch(
     tx: &deadpool_postgres::Transaction<'_>,
     events: &[BatchEvent<'_>],
-) -> Result<Vec<ApplyResult>, StoreError> {
+) -> Result<(Vec<ApplyResult>, Vec<ApplyResult>), StoreError> {
+    let Some(first) = events.first() else { return Ok((Vec::new(), Vec::new())) };
+    let applied = apply_set(tx, events).await?;
+    let now = events.iter().map(|(_, _, now, _)| *now).max().unwrap_or(first.2);
+    let mut cascade = Vec::new();
+    super::workflow::after_all(tx, &applied, now, &mut cascade).await?;
+    let results: Vec<ApplyResult> = applied.into_iter().map(|(result, _)| result).collect();
+    let changes: Vec<shepherd_core::ClusterEvent> =
+        results.iter().chain(&cascade).filter_map(|r| r.as_ref().ok()).map(Applied::event).collect();
+    append_events(tx, first.2, &changes).await?;
+    Ok((results, cascade))
+}
+
+/// Applies events to the tasks they name, and nothing beyond them, in the
+/// order given: one result per event, in order, each with the task's array
+/// and index if it is a child of one. Records nothing in the event stream.
+pub(super) async fn apply_set(
+    tx: &deadpool_postgres::Transaction<'_>,
+    events: &[BatchEvent<'_>],
+) -> Result<Vec<(ApplyResult, Option<Member>)>, StoreError> {
     if events.is_empty() {
         return Ok(Vec::new());
     }
@@ -64,7 +95,7 @@ pub(super) async fn apply_batch(
     let select = tx
         .prepare_cached(
             "SELECT id, state, attempt, charged_attempts, max_attempts, backoff_seconds, cancel_requested, node_id, \
-             project, created_at, started_at FROM tasks WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+             project, created_at, started_at, array_id, array_index FROM tasks WHERE id = ANY($1) ORDER BY id FOR UPDATE",
         )
         .await
         .map_err(error)?;
@@ -86,6 +117,7 @@ pub(super) async fn apply_batch(
                 project: row.get(8),
                 created_at: Timestamp(row.get(9)),
                 started_at: row.get::<_, Option<i64>>(10).map(Timestamp),
+                member: row.get::<_, Option<String>>(11).zip(row.get::<_, Option<i64>>(12)),
             },
         );
     }
@@ -101,19 +133,19 @@ pub(super) async fn apply_batch(
     for (id, event, now, reporter) in events {
         let key = id.to_string();
         let Some(task) = current.get_mut(&key) else {
-            results.push(Err(ApplyError::NotFound(*id)));
+            results.push((Err(ApplyError::NotFound(*id)), None));
             continue;
         };
         // A node reports only about its own attempts: never a placement or
         // a cancel request (events without an attempt), never another node's task.
         if reporter.is_some() && (event.attempt().is_none() || task.node_id.as_deref() != *reporter) {
-            results.push(Err(ApplyError::NotOnNode(*id)));
+            results.push((Err(ApplyError::NotOnNode(*id)), None));
             continue;
         }
         let change = match shepherd_core::change(&task.ctx, task.node_id.as_deref(), event, *now) {
             Ok(change) => change,
             Err(illegal) => {
-                results.push(Err(ApplyError::Illegal(illegal)));
+                results.push((Err(ApplyError::Illegal(illegal)), None));
                 continue;
             }
         };
@@ -138,7 +170,7 @@ pub(super) async fn apply_batch(
         if let Some(closed) = &change.close_attempt {
             attempt_row(&mut attempts, &mut attempt_order, &key, closed.number).closed = Some(closed.clone());
         }
-        results.push(Ok(Applied {
+        let applied = Applied {
             task_id: *id,
             from,
             decision: change.decision.clone(),
@@ -148,7 +180,8 @@ pub(super) async fn apply_batch(
             created_at: task.created_at,
             started_at: task.started_at,
             at: change.updated_at,
-        }));
+        };
+        results.push((Ok(applied), task.member.clone()));
         match tasks.get_mut(&key) {
             Some(c) => {
                 // Fields a change leaves alone when `None` keep the last one set.
@@ -168,8 +201,6 @@ pub(super) async fn apply_batch(
 
     write_attempts(tx, &attempts, &attempt_order).await?;
     write_tasks(tx, &tasks, &task_order).await?;
-    let changes: Vec<shepherd_core::ClusterEvent> = results.iter().filter_map(|r| r.as_ref().ok()).map(Applied::event).collect();
-    append_events(tx, events[0].2, &changes).await?;
     Ok(results)
 }
 
@@ -502,7 +533,7 @@ async fn commit(pool: &deadpool_postgres::Pool, group: &[Request]) -> Result<Vec
         group.iter().flat_map(|r| r.events.iter().map(|(id, event)| (*id, event, r.now, r.reporter.as_deref()))).collect();
     let mut client = pool.get().await.map_err(pool_error)?;
     let tx = client.transaction().await.map_err(error)?;
-    let results = apply_batch(&tx, &events).await?;
+    let (results, _) = apply_batch(&tx, &events).await?;
     tx.commit().await.map_err(error)?;
     Ok(results)
 }

@@ -160,7 +160,8 @@ impl PgStore {
         let pattern = format!("%\"digest\":\"{digest}\"%");
         let row = client
             .query_opt(
-                "SELECT 1 FROM tasks WHERE project = $1 AND state IN ('queued', 'scheduled', 'running') AND spec LIKE $2 LIMIT 1",
+                "SELECT 1 FROM tasks WHERE project = $1 AND state IN ('waiting', 'queued', 'scheduled', 'running') AND spec LIKE $2 \
+                 UNION ALL SELECT 1 FROM arrays WHERE project = $1 AND state IN ('waiting', 'running') AND spec LIKE $2 LIMIT 1",
                 &[&project, &pattern],
             )
             .await

@@ -64,7 +64,7 @@ impl PgStore {
         let tx = client.transaction().await.map_err(error)?;
         check_lease(&tx, lease).await?;
         let batch: Vec<apply::BatchEvent<'_>> = events.iter().map(|(id, event)| (*id, event, now, None)).collect();
-        let results = apply::apply_batch(&tx, &batch).await?;
+        let (results, _) = apply::apply_batch(&tx, &batch).await?;
         tx.commit().await.map_err(error)?;
         self.observer.applied(&results);
         Ok(results)

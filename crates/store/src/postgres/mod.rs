@@ -11,7 +11,10 @@
 //! `schedules`, `webhooks`), as `pg_` methods that the [`Store`] impl here
 //! hands each call to. What they share is in `sql` (errors, decoding, the
 //! event stream's append) and `rows` (tasks as rows); `apply` is lifecycle
-//! events in bulk, `schema` the migrations.
+//! events in bulk, `workflow` what a task's end does to its array and its
+//! dependents (in the same transaction), `submit` submissions of tasks and
+//! arrays with dependencies and the reads of arrays, `schema` the
+//! migrations.
 
 mod apply;
 mod codes;
@@ -26,10 +29,12 @@ mod rows;
 mod schedules;
 mod schema;
 mod sql;
+mod submit;
 mod tasks;
 mod tenants;
 mod volumes;
 mod webhooks;
+mod workflow;
 
 use crate::*;
 use shepherd_core::shape::ShapeKey;
@@ -74,6 +79,43 @@ impl Store for PgStore {
 
     async fn create_tasks_audited(&self, tasks: Vec<NewTask>, audit: Vec<AuditEntry>) -> Result<(), StoreError> {
         self.pg_create_tasks_audited(tasks, audit).await
+    }
+
+    async fn submit(&self, submission: Submission) -> Result<Submitted, StoreError> {
+        self.pg_submit(submission).await
+    }
+
+    async fn idempotent_answer(&self, project: &str, key: &str, now: Timestamp) -> Result<Option<(String, u16, String)>, StoreError> {
+        self.pg_idempotent_answer(project, key, now).await
+    }
+
+    async fn prune_idempotency(&self, before: Timestamp) -> Result<u64, StoreError> {
+        self.pg_prune_idempotency(before).await
+    }
+
+    async fn get_array(&self, id: &str) -> Result<Option<shepherd_core::ArrayStatus>, StoreError> {
+        self.pg_get_array(id).await
+    }
+
+    async fn list_arrays(
+        &self,
+        project: Option<String>,
+        before: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<shepherd_core::ArrayStatus>, StoreError> {
+        self.pg_list_arrays(project, before, limit).await
+    }
+
+    async fn array_source(&self, id: &str) -> Result<Option<ArraySource>, StoreError> {
+        self.pg_array_source(id).await
+    }
+
+    async fn cancel_array(&self, project: Option<String>, id: &str, now: Timestamp) -> Result<Option<Vec<ApplyResult>>, StoreError> {
+        self.pg_cancel_array(project, id, now).await
+    }
+
+    async fn dependency_edges(&self, id: &str, limit: usize) -> Result<Vec<(String, String, shepherd_core::DependOn)>, StoreError> {
+        self.pg_dependency_edges(id, limit).await
     }
 
     async fn get_task(&self, id: TaskId) -> Result<Option<Task>, StoreError> {

@@ -4,7 +4,7 @@
 
 use super::connection::PgStore;
 use super::rows::{active_from_row, ACTIVE_COLUMNS};
-use super::sql::{corrupt, error, parse_id, parse_state};
+use super::sql::{error, parse_id, parse_state};
 use crate::{ActiveTask, QueueCursor, QueuePage, QueueQuery, QueuedTask, StoreError, UsageQuery, UsageRow, QUEUE_COUNT_CAP, USAGE_SQL};
 use shepherd_core::{TaskId, TaskState, Timestamp};
 
@@ -41,8 +41,12 @@ impl PgStore {
         }
         let per_project = (query.limit / projects.len()).max(16);
         let skip: Vec<i64> = query.skip_shapes;
+        // A child of an array reads its array's spec (and has a payload
+        // if its array has one).
         let base =
-            "SELECT id, spec, shape, payload IS NOT NULL FROM tasks WHERE state = 'queued' AND project = $1 AND not_before <= $2 AND shape <> ALL($3)";
+            "SELECT id, CASE WHEN tasks.spec = '' THEN (SELECT a.spec FROM arrays a WHERE a.id = tasks.array_id) ELSE tasks.spec END, \
+             shape, payload IS NOT NULL OR (array_id IS NOT NULL AND payload_bytes > 0), array_index \
+             FROM tasks WHERE state = 'queued' AND project = $1 AND not_before <= $2 AND shape <> ALL($3)";
         let order = "ORDER BY priority DESC, id LIMIT $4";
         let head = client.prepare_cached(&format!("{base} {order}")).await.map_err(error)?;
         let same = client.prepare_cached(&format!("{base} AND priority = $5 AND id > $6 {order}")).await.map_err(error)?;
@@ -65,7 +69,8 @@ impl PgStore {
             for row in rows {
                 page.tasks.push(QueuedTask {
                     id: parse_id(row.get::<_, &str>(0))?,
-                    spec: serde_json::from_str(row.get::<_, &str>(1)).map_err(|e| corrupt("spec", e))?,
+                    // A child's spec with its index (the scheduler may hand it to the agent as it is).
+                    spec: crate::workflow::child_spec(row.get::<_, &str>(1), row.get::<_, Option<i64>>(4))?,
                     shape: row.get(2),
                     has_payload: row.get::<_, bool>(3),
                 });
@@ -106,8 +111,15 @@ impl PgStore {
 
     pub(super) async fn pg_count_queued(&self, project: &str) -> Result<u64, StoreError> {
         let client = self.client().await?;
-        let row =
-            client.query_one("SELECT COUNT(*) FROM tasks WHERE project = $1 AND state = 'queued'", &[&project]).await.map_err(error)?;
+        // Waiting tasks count: they are in line for the queue.
+        let row = client
+            .query_one(
+                "SELECT (SELECT COUNT(*) FROM tasks WHERE project = $1 AND state = 'queued') + \
+                 (SELECT COUNT(*) FROM tasks WHERE state = 'waiting' AND project = $1)",
+                &[&project],
+            )
+            .await
+            .map_err(error)?;
         Ok(row.get::<_, i64>(0) as u64)
     }
 

@@ -6,27 +6,34 @@ use deadpool_postgres::GenericClient;
 use shepherd_core::{Resources, Task, Timestamp};
 use tokio_postgres::Row;
 
-/// The columns [`task_from_row`] reads, in its order.
+/// The columns [`task_from_row`] reads, in its order (a child of an array
+/// reads its array's spec: [`crate::workflow::SPEC_SQL`]).
 pub(super) const TASK_COLUMNS: &str =
-    "id, state, spec, payload_bytes, created_at, scheduled_at, started_at, finished_at, node_id, exit_code, \
-     reason, cancel_requested, not_before, progress_percent, progress_message";
+    "id, state, CASE WHEN tasks.spec = '' THEN (SELECT a.spec FROM arrays a WHERE a.id = tasks.array_id) ELSE tasks.spec END, \
+     payload_bytes, created_at, scheduled_at, started_at, finished_at, node_id, exit_code, \
+     reason, cancel_requested, not_before, progress_percent, progress_message, array_id, array_index, waiting_on";
 
 /// A task (without its attempts) from a row of [`TASK_COLUMNS`].
 pub(super) fn task_from_row(row: &Row) -> Result<Task, StoreError> {
     let id: String = row.get(0);
     let state: String = row.get(1);
-    let spec: shepherd_core::TaskSpec = serde_json::from_str(row.get::<_, &str>(2)).map_err(|e| corrupt("spec", e))?;
+    let (array_id, index): (Option<String>, Option<i64>) = (row.get(15), row.get(16));
+    let spec = crate::workflow::child_spec(row.get::<_, &str>(2), index).map_err(|e| corrupt(&format!("task {id}"), e))?;
+    let array = crate::workflow::member(&spec, array_id, index);
+    let waiting = (state == "waiting").then(|| crate::workflow::waiting_reason(&spec, array.is_some(), row.get(17)));
     let created_at = Timestamp(row.get(4));
     let task = Task::from_spec(parse_id(&id)?, spec, row.get::<_, i64>(3) as u64, created_at);
     let not_before = Timestamp(row.get(12));
+    let reason: Option<String> = row.get(10);
     Ok(Task {
+        array,
+        reason: waiting.or(reason),
         state: parse_state(&state)?,
         scheduled_at: row.get::<_, Option<i64>>(5).map(Timestamp),
         started_at: row.get::<_, Option<i64>>(6).map(Timestamp),
         finished_at: row.get::<_, Option<i64>>(7).map(Timestamp),
         node_id: row.get(8),
         exit_code: row.get(9),
-        reason: row.get(10),
         cancel_requested: row.get(11),
         retry_at: Some(not_before).filter(|at| state == "queued" && *at > created_at),
         progress: row.get::<_, Option<i64>>(13).map(|percent| shepherd_core::Progress {
@@ -74,7 +81,8 @@ pub(super) async fn load_attempts(client: &impl GenericClient, task: &mut Task) 
 }
 
 /// The query [`active_from_row`] decodes the rows of, less its `WHERE`.
-pub(super) const ACTIVE_COLUMNS: &str = "SELECT id, state, node_id, attempt, cpu_millicores, memory_mib, cancel_requested, spec FROM tasks";
+pub(super) const ACTIVE_COLUMNS: &str = "SELECT id, state, node_id, attempt, cpu_millicores, memory_mib, cancel_requested, \
+     CASE WHEN tasks.spec = '' THEN (SELECT a.spec FROM arrays a WHERE a.id = tasks.array_id) ELSE tasks.spec END FROM tasks";
 
 /// An active task from a row of [`ACTIVE_COLUMNS`].
 pub(super) fn active_from_row(row: &tokio_postgres::Row) -> Result<ActiveTask, StoreError> {

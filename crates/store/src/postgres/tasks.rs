@@ -8,7 +8,7 @@ use super::rows::{load_attempts, task_from_row, TASK_COLUMNS};
 use super::sql::{append_events, corrupt, error, parse_id, parse_state};
 use crate::{ApplyResult, AuditEntry, LaunchSpec, StoreError, TaskFilter, TaskPage};
 use shepherd_core::shape::ShapeKey;
-use shepherd_core::{Event, NewTask, Task, TaskId, Timestamp};
+use shepherd_core::{Event, NewTask, Task, TaskId, TaskState, Timestamp};
 use std::collections::BTreeMap;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
@@ -16,6 +16,23 @@ use tokio_postgres::types::ToSql;
 /// Inserts new tasks, their labels and their webhooks, a batch in one
 /// multi-row insert each; a task id already taken fails the whole batch.
 pub(super) async fn insert_tasks(tx: &deadpool_postgres::Transaction<'_>, tasks: &[NewTask], key: &ShapeKey) -> Result<(), StoreError> {
+    let tasks: Vec<&NewTask> = tasks.iter().collect();
+    insert_tasks_as(tx, &tasks, key, &vec![(TaskState::Queued, 0); tasks.len()]).await
+}
+
+/// [`insert_tasks`], each task in its own state with its count of unmet
+/// dependencies (`states`, one per task).
+pub(super) async fn insert_tasks_as(
+    tx: &deadpool_postgres::Transaction<'_>,
+    tasks: &[&NewTask],
+    key: &ShapeKey,
+    states: &[(TaskState, i64)],
+) -> Result<(), StoreError> {
+    if tasks.is_empty() {
+        return Ok(());
+    }
+    let state_names: Vec<&str> = states.iter().map(|(state, _)| state.as_str()).collect();
+    let waiting_on: Vec<i64> = states.iter().map(|(_, n)| *n).collect();
     let mut ids = Vec::with_capacity(tasks.len());
     let (mut projects, mut priorities, mut images, mut cpus, mut memories) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut constraints, mut specs, mut payloads, mut payload_bytes, mut created) =
@@ -60,13 +77,14 @@ pub(super) async fn insert_tasks(tx: &deadpool_postgres::Transaction<'_>, tasks:
     let insert = tx
         .prepare_cached(
             "INSERT INTO tasks (id, project, state, priority, image, cpu_millicores, memory_mib, constraints, spec, payload, payload_bytes, \
-             created_at, attempt, charged_attempts, max_attempts, backoff_seconds, cancel_requested, not_before, updated_at, shape) \
-             SELECT id, project, 'queued', priority, image, cpu, memory, constraints, spec, payload, payload_bytes, created, 0, 0, \
-             max_attempts, backoff, false, not_before, created, shape \
+             created_at, attempt, charged_attempts, max_attempts, backoff_seconds, cancel_requested, not_before, updated_at, shape, \
+             waiting_on) \
+             SELECT id, project, state, priority, image, cpu, memory, constraints, spec, payload, payload_bytes, created, 0, 0, \
+             max_attempts, backoff, false, not_before, created, shape, waiting_on \
              FROM UNNEST($1::text[], $2::text[], $3::int[], $4::text[], $5::bigint[], $6::bigint[], $7::text[], $8::text[], $9::bytea[], \
-             $10::bigint[], $11::bigint[], $12::bigint[], $13::bigint[], $14::bigint[], $15::bigint[]) \
+             $10::bigint[], $11::bigint[], $12::bigint[], $13::bigint[], $14::bigint[], $15::bigint[], $16::text[], $17::bigint[]) \
              AS t(id, project, priority, image, cpu, memory, constraints, spec, payload, payload_bytes, created, max_attempts, backoff, shape, \
-             not_before)",
+             not_before, state, waiting_on)",
         )
         .await
         .map_err(error)?;
@@ -89,22 +107,12 @@ pub(super) async fn insert_tasks(tx: &deadpool_postgres::Transaction<'_>, tasks:
                 &backoffs,
                 &shapes,
                 &not_before,
+                &state_names,
+                &waiting_on,
             ],
         )
         .await;
-    match inserted {
-        Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
-            // Which one: the server says "Key (id)=(01…) already exists."
-            let named =
-                e.as_db_error().and_then(|db| db.detail()).and_then(|d| d.split("=(").nth(1)).and_then(|rest| rest.split(')').next());
-            let id = match named.map(parse_id) {
-                Some(Ok(id)) => id,
-                _ => parse_id(&ids[0])?,
-            };
-            return Err(StoreError::Duplicate(id));
-        }
-        other => other.map_err(error)?,
-    };
+    inserted.map_err(|e| duplicate(e, &ids[0]))?;
     if !label_tasks.is_empty() {
         let insert = tx
             .prepare_cached("INSERT INTO task_labels (task_id, key, value) SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[])")
@@ -123,6 +131,21 @@ pub(super) async fn insert_tasks(tx: &deadpool_postgres::Transaction<'_>, tasks:
         tx.execute(&insert, &[&hook_tasks, &hook_projects, &hook_urls, &hook_at]).await.map_err(error)?;
     }
     Ok(())
+}
+
+/// A failed insert of tasks as the store's error: a task id already
+/// taken (the one the server names, else `first`) is a duplicate.
+pub(super) fn duplicate(e: tokio_postgres::Error, first: &str) -> StoreError {
+    if e.code() != Some(&SqlState::UNIQUE_VIOLATION) {
+        return error(e);
+    }
+    // Which one: the server says "Key (id)=(01…) already exists."
+    let named = e.as_db_error().and_then(|db| db.detail()).and_then(|d| d.split("=(").nth(1)).and_then(|rest| rest.split(')').next());
+    let id = match named.map(parse_id) {
+        Some(Ok(id)) => Ok(id),
+        _ => parse_id(first),
+    };
+    id.map_or_else(|e| e, StoreError::Duplicate)
 }
 
 /// The [`Store`](crate::Store) methods on tasks, as `pg_` methods its impl
@@ -184,6 +207,10 @@ impl PgStore {
             args.push(Box::new(before.to_string()));
             sql.push_str(&format!(" AND id < ${}", args.len()));
         }
+        if let Some(array) = &filter.array {
+            args.push(Box::new(array.clone()));
+            sql.push_str(&format!(" AND array_id = ${}", args.len()));
+        }
         let limit = filter.limit.clamp(1, 10_000);
         sql.push_str(&format!(" ORDER BY id DESC LIMIT {}", limit + 1));
         let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| a.as_ref() as &(dyn ToSql + Sync)).collect();
@@ -228,13 +255,15 @@ impl PgStore {
         let client = self.client().await?;
         let stmt = client
             .prepare_cached(
-                "SELECT t.state, t.attempt, t.node_id, t.cancel_requested, t.spec, t.payload, a.started_at FROM tasks t \
-                 LEFT JOIN attempts a ON a.task_id = t.id AND a.number = t.attempt WHERE t.id = $1",
+                "SELECT t.state, t.attempt, t.node_id, t.cancel_requested, COALESCE(NULLIF(t.spec, ''), r.spec), \
+                 CASE WHEN t.array_id IS NULL THEN t.payload ELSE r.payload END, a.started_at, t.array_index FROM tasks t \
+                 LEFT JOIN attempts a ON a.task_id = t.id AND a.number = t.attempt LEFT JOIN arrays r ON r.id = t.array_id \
+                 WHERE t.id = $1",
             )
             .await
             .map_err(error)?;
         let Some(row) = client.query_opt(&stmt, &[&id.to_string()]).await.map_err(error)? else { return Ok(None) };
-        let spec: shepherd_core::TaskSpec = serde_json::from_str(row.get::<_, &str>(4)).map_err(|e| corrupt("spec", e))?;
+        let spec = crate::workflow::child_spec(row.get::<_, &str>(4), row.get(7))?;
         let mut secrets = BTreeMap::new();
         if !spec.secrets.is_empty() {
             let names: Vec<String> = spec.secrets.iter().map(|s| s.name.clone()).collect();

@@ -246,7 +246,10 @@ pub fn delete_package(conn: &Connection, project: &str, digest: &str) -> Result<
 pub fn package_in_use(conn: &Connection, project: &str, digest: &str) -> Result<bool, StoreError> {
     let pattern = format!("%\"digest\":\"{digest}\"%");
     let found: Option<i64> = conn
-        .prepare_cached("SELECT 1 FROM tasks WHERE project = ?1 AND state IN ('queued', 'scheduled', 'running') AND spec LIKE ?2 LIMIT 1")?
+        .prepare_cached(
+            "SELECT 1 FROM tasks WHERE project = ?1 AND state IN ('waiting', 'queued', 'scheduled', 'running') AND spec LIKE ?2 \
+             UNION ALL SELECT 1 FROM arrays WHERE project = ?1 AND state IN ('waiting', 'running') AND spec LIKE ?2 LIMIT 1",
+        )?
         .query_row(params![project, pattern], |row| row.get(0))
         .optional()?;
     Ok(found.is_some())

@@ -10,6 +10,7 @@ mod rows;
 mod schema;
 mod tenants;
 mod volumes;
+mod workflow;
 pub mod writer;
 
 use crate::*;
@@ -302,8 +303,9 @@ impl Store for SqliteStore {
         let results = self
             .write_with(move |conn| {
                 check_lease(conn, &lease, Timestamp::now())?;
-                let results = writer::apply_events(conn, &events, now, None)?;
+                let (results, cascade) = writer::apply_events(conn, &events, now, None)?;
                 writer::append_applied(conn, now, &results)?;
+                writer::append_applied(conn, now, &cascade)?;
                 Ok(results)
             })
             .await?;
@@ -365,6 +367,103 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn submit(&self, submission: Submission) -> Result<Submitted, StoreError> {
+        let key = self.shape_key.clone();
+        let counts: Vec<(String, u64)> = submission
+            .entries
+            .iter()
+            .map(|e| match e {
+                Entry::Task(t) => (t.spec.project.clone(), 1),
+                Entry::Array(a) => (a.spec.project.clone(), a.children.len() as u64),
+            })
+            .collect();
+        let (submitted, cascade) = self
+            .write_with(move |conn| {
+                let mut events = Vec::new();
+                let mut cascade = Vec::new();
+                let submitted = workflow::submit(conn, &submission, &key, Timestamp::now(), &mut events, &mut cascade)?;
+                if submitted == Submitted::Created {
+                    events.extend(crate::audit_events(&submission.audit));
+                    writer::append_events(conn, Timestamp::now(), &events)?;
+                    writer::append_applied(conn, Timestamp::now(), &cascade)?;
+                }
+                Ok((submitted, cascade))
+            })
+            .await?;
+        if submitted == Submitted::Created {
+            if let Some(o) = self.observer.get() {
+                for (project, n) in counts {
+                    o.created(&project, n);
+                }
+                o.applied(&cascade);
+            }
+        }
+        Ok(submitted)
+    }
+
+    async fn idempotent_answer(&self, project: &str, key: &str, now: Timestamp) -> Result<Option<(String, u16, String)>, StoreError> {
+        let (project, key) = (project.to_string(), key.to_string());
+        self.read(move |conn| {
+            use rusqlite::OptionalExtension;
+            Ok(conn
+                .prepare_cached(
+                    "SELECT request, status, response FROM idempotency_keys WHERE project = ?1 AND key = ?2 AND created_at > ?3",
+                )?
+                .query_row(rusqlite::params![project, key, now.millis() - crate::workflow::IDEMPOTENCY_TTL_MS], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn prune_idempotency(&self, before: Timestamp) -> Result<u64, StoreError> {
+        self.write_with(move |conn| {
+            Ok(conn.prepare_cached("DELETE FROM idempotency_keys WHERE created_at < ?1")?.execute([before.millis()])? as u64)
+        })
+        .await
+    }
+
+    async fn get_array(&self, id: &str) -> Result<Option<shepherd_core::ArrayStatus>, StoreError> {
+        let id = id.to_string();
+        self.read(move |conn| workflow::get_array(conn, &id)).await
+    }
+
+    async fn list_arrays(
+        &self,
+        project: Option<String>,
+        before: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<shepherd_core::ArrayStatus>, StoreError> {
+        self.read(move |conn| workflow::list_arrays(conn, project.as_deref(), before.as_deref(), limit)).await
+    }
+
+    async fn array_source(&self, id: &str) -> Result<Option<ArraySource>, StoreError> {
+        let id = id.to_string();
+        self.read(move |conn| workflow::array_source(conn, &id)).await
+    }
+
+    async fn cancel_array(&self, project: Option<String>, id: &str, now: Timestamp) -> Result<Option<Vec<ApplyResult>>, StoreError> {
+        let id = id.to_string();
+        let results = self
+            .write_with(move |conn| {
+                let mut cascade = Vec::new();
+                let found = workflow::cancel_array(conn, project.as_deref(), &id, now, &mut cascade)?;
+                writer::append_applied(conn, now, &cascade)?;
+                Ok(found.map(|()| cascade))
+            })
+            .await?;
+        if let Some(results) = &results {
+            self.observer.applied(results);
+        }
+        Ok(results)
+    }
+
+    async fn dependency_edges(&self, id: &str, limit: usize) -> Result<Vec<(String, String, shepherd_core::DependOn)>, StoreError> {
+        let id = id.to_string();
+        self.read(move |conn| workflow::dependency_edges(conn, &id, limit)).await
+    }
+
     async fn get_task(&self, id: TaskId) -> Result<Option<Task>, StoreError> {
         self.read(move |conn| rows::get_task(conn, id)).await
     }
@@ -400,6 +499,10 @@ impl Store for SqliteStore {
             if let Some(before) = filter.before {
                 args.push(before.to_string());
                 sql.push_str(&format!(" AND id < ?{}", args.len()));
+            }
+            if let Some(array) = &filter.array {
+                args.push(array.clone());
+                sql.push_str(&format!(" AND array_id = ?{}", args.len()));
             }
             let limit = filter.limit.clamp(1, 10_000);
             sql.push_str(&format!(" ORDER BY id DESC LIMIT {}", limit + 1));
@@ -488,7 +591,9 @@ impl Store for SqliteStore {
             // After a cursor the read is two index seeks: the rest of the
             // cursor's priority, then the lower priorities.
             let base =
-                "SELECT id, spec, shape, payload IS NOT NULL FROM tasks WHERE state = 'queued' AND project = ?1 AND not_before <= ?2";
+                "SELECT id, CASE WHEN tasks.spec = '' THEN (SELECT a.spec FROM arrays a WHERE a.id = tasks.array_id) ELSE tasks.spec END, \
+                 shape, payload IS NOT NULL OR (array_id IS NOT NULL AND payload_bytes > 0), array_index \
+                 FROM tasks WHERE state = 'queued' AND project = ?1 AND not_before <= ?2";
             let order = "ORDER BY priority DESC, id LIMIT ?3";
             let head = format!("{base}{skip_clause} {order}");
             let same = format!("{base} AND priority = ?4 AND id > ?5{skip_clause} {order}");
@@ -519,7 +624,8 @@ impl Store for SqliteStore {
                         let spec: String = row.get(1)?;
                         page.tasks.push(QueuedTask {
                             id: rows::parse_id(&row.get::<_, String>(0)?)?,
-                            spec: serde_json::from_str(&spec).map_err(|e| StoreError::Corrupt(format!("spec: {e}")))?,
+                            // A child's spec with its index (the scheduler may hand it to the agent as it is).
+                            spec: crate::workflow::child_spec(&spec, row.get(4)?)?,
                             shape: row.get(2)?,
                             has_payload: row.get::<_, i64>(3)? != 0,
                         });
@@ -652,7 +758,10 @@ impl Store for SqliteStore {
         let project = project.to_string();
         self.read(move |conn| {
             let count: i64 = conn
-                .prepare_cached("SELECT COUNT(*) FROM tasks WHERE project = ?1 AND state = 'queued'")?
+                .prepare_cached(
+                    "SELECT (SELECT COUNT(*) FROM tasks WHERE project = ?1 AND state = 'queued') + \
+                     (SELECT COUNT(*) FROM tasks WHERE state = 'waiting' AND project = ?1)",
+                )?
                 .query_row([project], |row| row.get(0))?;
             Ok(count as u64)
         })
@@ -1074,7 +1183,8 @@ impl Store for SqliteStore {
 
 /// The active tasks, all or one node's (by the partial index on node_id).
 fn active_in(conn: &Connection, node_id: Option<&str>) -> Result<Vec<ActiveTask>, StoreError> {
-    const COLUMNS: &str = "SELECT id, state, node_id, attempt, cpu_millicores, memory_mib, cancel_requested, spec FROM tasks";
+    const COLUMNS: &str = "SELECT id, state, node_id, attempt, cpu_millicores, memory_mib, cancel_requested, \
+         CASE WHEN tasks.spec = '' THEN (SELECT a.spec FROM arrays a WHERE a.id = tasks.array_id) ELSE tasks.spec END FROM tasks";
     let (mut stmt, args) = match node_id {
         None => (conn.prepare_cached(&format!("{COLUMNS} WHERE state IN ('scheduled', 'running')"))?, Vec::new()),
         Some(node) => {
@@ -1106,8 +1216,9 @@ fn active_in(conn: &Connection, node_id: Option<&str>) -> Result<Vec<ActiveTask>
 fn launch_spec_in(conn: &Connection, id: TaskId) -> Result<Option<LaunchSpec>, StoreError> {
     use rusqlite::OptionalExtension;
     let mut stmt = conn.prepare_cached(
-        "SELECT t.state, t.attempt, t.node_id, t.cancel_requested, t.spec, t.payload, a.started_at FROM tasks t \
-         LEFT JOIN attempts a ON a.task_id = t.id AND a.number = t.attempt WHERE t.id = ?1",
+        "SELECT t.state, t.attempt, t.node_id, t.cancel_requested, COALESCE(NULLIF(t.spec, ''), r.spec), \
+         CASE WHEN t.array_id IS NULL THEN t.payload ELSE r.payload END, a.started_at, t.array_index FROM tasks t \
+         LEFT JOIN attempts a ON a.task_id = t.id AND a.number = t.attempt LEFT JOIN arrays r ON r.id = t.array_id WHERE t.id = ?1",
     )?;
     let row = stmt
         .query_row([id.to_string()], |row| {
@@ -1119,13 +1230,14 @@ fn launch_spec_in(conn: &Connection, id: TaskId) -> Result<Option<LaunchSpec>, S
                 row.get::<_, String>(4)?,
                 row.get::<_, Option<Vec<u8>>>(5)?,
                 row.get::<_, Option<i64>>(6)?,
+                row.get::<_, Option<i64>>(7)?,
             ))
         })
         .optional()?;
-    let Some((state, attempt, node_id, cancel_requested, spec, payload, started_at)) = row else {
+    let Some((state, attempt, node_id, cancel_requested, spec, payload, started_at, index)) = row else {
         return Ok(None);
     };
-    let spec: shepherd_core::TaskSpec = serde_json::from_str(&spec).map_err(|e| StoreError::Corrupt(format!("spec: {e}")))?;
+    let spec = crate::workflow::child_spec(&spec, index)?;
     let secrets = if spec.secrets.is_empty() {
         Default::default()
     } else {

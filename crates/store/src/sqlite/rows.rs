@@ -4,9 +4,13 @@ use crate::{NodeRecord, NodeState, StoreError};
 use rusqlite::{Connection, OptionalExtension, Row};
 use shepherd_core::{Attempt, AttemptOutcome, Resources, Task, TaskId, TaskSpec, TaskState, Timestamp};
 
-/// Columns read by [`task_from_row`], in order.
-pub const TASK_COLUMNS: &str = "id, state, spec, payload_bytes, created_at, scheduled_at, started_at, \
-     finished_at, node_id, exit_code, reason, cancel_requested, not_before, progress_percent, progress_message";
+/// Columns read by [`task_from_row`], in order (a child of an array reads
+/// its array's spec: [`crate::workflow::SPEC_SQL`]).
+pub const TASK_COLUMNS: &str =
+    "id, state, CASE WHEN tasks.spec = '' THEN (SELECT a.spec FROM arrays a WHERE a.id = tasks.array_id) ELSE tasks.spec END, \
+     payload_bytes, created_at, scheduled_at, started_at, \
+     finished_at, node_id, exit_code, reason, cancel_requested, not_before, progress_percent, progress_message, \
+     array_id, array_index, waiting_on";
 
 pub fn parse_id(text: &str) -> Result<TaskId, StoreError> {
     text.parse().map_err(|_| StoreError::Corrupt(format!("bad task id `{text}`")))
@@ -25,16 +29,21 @@ pub fn task_from_row(row: &Row<'_>) -> Result<Task, StoreError> {
     let id: String = row.get(0)?;
     let state: String = row.get(1)?;
     let spec_json: String = row.get(2)?;
-    let spec: TaskSpec = serde_json::from_str(&spec_json).map_err(|e| StoreError::Corrupt(format!("task {id}: bad spec: {e}")))?;
+    let (array_id, index): (Option<String>, Option<i64>) = (row.get(15)?, row.get(16)?);
+    let spec: TaskSpec = crate::workflow::child_spec(&spec_json, index).map_err(|e| StoreError::Corrupt(format!("task {id}: {e}")))?;
+    let array = crate::workflow::member(&spec, array_id, index);
+    let waiting = (state == "waiting").then(|| crate::workflow::waiting_reason(&spec, array.is_some(), row.get(17).unwrap_or(0)));
     let task = Task::from_spec(parse_id(&id)?, spec, row.get::<_, i64>(3)? as u64, Timestamp(row.get(4)?));
+    let reason: Option<String> = row.get(10)?;
     Ok(Task {
+        array,
+        reason: waiting.or(reason),
         state: parse_state(&state)?,
         scheduled_at: ts(row.get(5)?),
         started_at: ts(row.get(6)?),
         finished_at: ts(row.get(7)?),
         node_id: row.get(8)?,
         exit_code: row.get(9)?,
-        reason: row.get(10)?,
         cancel_requested: row.get::<_, i64>(11)? != 0,
         // Set past its creation only when a failed attempt is to be retried later.
         retry_at: Some(Timestamp(row.get(12)?)).filter(|at| state == "queued" && *at > task.created_at),

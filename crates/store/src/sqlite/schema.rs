@@ -305,6 +305,57 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE schedules ADD COLUMN failed BIGINT NOT NULL DEFAULT 0;
     ALTER TABLE schedules ADD COLUMN reason TEXT;
     "#,
+    // 22: workflows: arrays (the spec once, children in `tasks` with an
+    // empty spec), dependencies (a waiting task counts its unmet ones;
+    // waiting tasks sit apart from the queue's index), idempotency keys.
+    r#"
+    CREATE TABLE arrays (
+        id              TEXT PRIMARY KEY,
+        project         TEXT NOT NULL,
+        spec            TEXT NOT NULL,
+        payload         BLOB,
+        payload_bytes   INTEGER NOT NULL,
+        size            INTEGER NOT NULL,
+        children        INTEGER NOT NULL,
+        parallelism     INTEGER,
+        fail_fast       INTEGER NOT NULL,
+        state           TEXT NOT NULL,
+        waiting_on      INTEGER NOT NULL,
+        admitted        INTEGER NOT NULL,
+        remaining       INTEGER NOT NULL,
+        succeeded       INTEGER NOT NULL DEFAULT 0,
+        failed          INTEGER NOT NULL DEFAULT 0,
+        cancelled       INTEGER NOT NULL DEFAULT 0,
+        stopping        INTEGER NOT NULL DEFAULT 0,
+        reason          TEXT,
+        retry_of        TEXT,
+        created_at      BIGINT NOT NULL,
+        finished_at     BIGINT
+    );
+    CREATE INDEX arrays_by_project ON arrays (project, id);
+    ALTER TABLE tasks ADD COLUMN array_id TEXT;
+    ALTER TABLE tasks ADD COLUMN array_index INTEGER;
+    ALTER TABLE tasks ADD COLUMN waiting_on INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX tasks_by_array ON tasks (array_id, array_index) WHERE array_id IS NOT NULL;
+    CREATE INDEX tasks_waiting ON tasks (array_id, waiting_on, array_index) WHERE state = 'waiting';
+    CREATE TABLE task_deps (
+        task_id TEXT NOT NULL,
+        dep_id  TEXT NOT NULL,
+        cond    TEXT NOT NULL,
+        PRIMARY KEY (task_id, dep_id)
+    );
+    CREATE INDEX task_deps_by_dep ON task_deps (dep_id, task_id);
+    CREATE TABLE idempotency_keys (
+        project    TEXT NOT NULL,
+        key        TEXT NOT NULL,
+        request    TEXT NOT NULL,
+        status     INTEGER NOT NULL,
+        response   TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        PRIMARY KEY (project, key)
+    );
+    CREATE INDEX idempotency_keys_by_age ON idempotency_keys (created_at);
+    "#,
 ];
 
 /// Data changes a migration needs that SQL alone cannot make.

@@ -182,9 +182,10 @@ fn execute(
         }
         WriteOp::Apply(applied, now, reporter, reply) => {
             let result = in_savepoint(tx, |t| apply_events(t, &applied, now, reporter.as_deref()));
-            if let Ok(results) = &result {
-                events.extend(results.iter().filter_map(|r| r.as_ref().ok()).map(crate::Applied::event));
-            }
+            let result = result.map(|(results, cascade)| {
+                events.extend(results.iter().chain(&cascade).filter_map(|r| r.as_ref().ok()).map(crate::Applied::event));
+                results
+            });
             Outcome::Applied(reply, result)
         }
         WriteOp::AppendLogs(chunks, reply) => Outcome::Unit(reply, in_savepoint(tx, |t| append_logs(t, &chunks))),
@@ -295,20 +296,41 @@ fn node_event(id: &str, state: crate::NodeState, at: Timestamp) -> ClusterEvent 
 
 /// Applies events in order; with a `reporter`, only those about tasks whose
 /// current attempt is on that node.
+/// What the events did to tasks they did not name (their arrays' next
+/// children, their dependents) comes back apart, as `cascade`.
 pub(crate) fn apply_events(
     tx: &Connection,
     events: &[(TaskId, Event)],
     now: Timestamp,
     reporter: Option<&str>,
-) -> Result<Vec<ApplyResult>, StoreError> {
-    events.iter().map(|(id, event)| apply_one(tx, *id, event, now, reporter)).collect()
+) -> Result<(Vec<ApplyResult>, Vec<ApplyResult>), StoreError> {
+    let mut results = Vec::with_capacity(events.len());
+    let mut follow = super::workflow::FollowUps::new();
+    let mut cascade = Vec::new();
+    for (id, event) in events {
+        let (result, member) = apply_one(tx, *id, event, now, reporter)?;
+        if let Ok(applied) = &result {
+            super::workflow::after(tx, applied, member, now, &mut follow, &mut cascade)?;
+        }
+        results.push(result);
+    }
+    super::workflow::run_follow_ups(tx, follow, now, &mut cascade)?;
+    Ok((results, cascade))
 }
 
-fn apply_one(tx: &Connection, id: TaskId, event: &Event, now: Timestamp, reporter: Option<&str>) -> Result<ApplyResult, StoreError> {
+/// Applies one event to one task (nothing beyond it); with the task's
+/// array and index if it is a child of one.
+pub(crate) fn apply_one(
+    tx: &Connection,
+    id: TaskId,
+    event: &Event,
+    now: Timestamp,
+    reporter: Option<&str>,
+) -> Result<(ApplyResult, Option<(String, i64)>), StoreError> {
     let key = id.to_string();
     let mut select = tx.prepare_cached(
         "SELECT state, attempt, charged_attempts, max_attempts, backoff_seconds, cancel_requested, node_id, \
-         project, created_at, started_at FROM tasks WHERE id = ?1",
+         project, created_at, started_at, array_id, array_index FROM tasks WHERE id = ?1",
     )?;
     let row = select
         .query_row([&key], |row| {
@@ -323,17 +345,19 @@ fn apply_one(tx: &Connection, id: TaskId, event: &Event, now: Timestamp, reporte
                 row.get::<_, String>(7)?,
                 row.get::<_, i64>(8)?,
                 row.get::<_, Option<i64>>(9)?,
+                row.get::<_, Option<String>>(10)?.zip(row.get::<_, Option<i64>>(11)?),
             ))
         })
         .optional()?;
-    let Some((state, attempt, charged, max_attempts, backoff_seconds, cancel_requested, node_id, project, created_at, started_at)) = row
+    let Some((state, attempt, charged, max_attempts, backoff_seconds, cancel_requested, node_id, project, created_at, started_at, member)) =
+        row
     else {
-        return Ok(Err(ApplyError::NotFound(id)));
+        return Ok((Err(ApplyError::NotFound(id)), None));
     };
     // A node reports only about its own attempts: never a placement or a
     // cancel request (events without an attempt), never another node's task.
     if reporter.is_some() && (event.attempt().is_none() || node_id.as_deref() != reporter) {
-        return Ok(Err(ApplyError::NotOnNode(id)));
+        return Ok((Err(ApplyError::NotOnNode(id)), None));
     }
     let ctx = LifecycleContext {
         state: rows::parse_state(&state)?,
@@ -345,7 +369,7 @@ fn apply_one(tx: &Connection, id: TaskId, event: &Event, now: Timestamp, reporte
     };
     let change = match shepherd_core::change(&ctx, node_id.as_deref(), event, now) {
         Ok(change) => change,
-        Err(illegal) => return Ok(Err(ApplyError::Illegal(illegal))),
+        Err(illegal) => return Ok((Err(ApplyError::Illegal(illegal)), None)),
     };
     // From here on, only what the lifecycle worked out is written.
     if let Some((number, node, at)) = &change.open_attempt {
@@ -413,7 +437,7 @@ fn apply_one(tx: &Connection, id: TaskId, event: &Event, now: Timestamp, reporte
     }
     let started_at = change.started_at.or(started_at.map(Timestamp));
     let Change { decision, attempt, node_id, updated_at, .. } = change;
-    Ok(Ok(Applied {
+    let applied = Applied {
         task_id: id,
         from: ctx.state,
         decision,
@@ -423,7 +447,8 @@ fn apply_one(tx: &Connection, id: TaskId, event: &Event, now: Timestamp, reporte
         created_at: Timestamp(created_at),
         started_at,
         at: updated_at,
-    }))
+    };
+    Ok((Ok(applied), member))
 }
 
 fn append_logs(tx: &Connection, chunks: &[LogChunk]) -> Result<(), StoreError> {

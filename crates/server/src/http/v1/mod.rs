@@ -2,6 +2,7 @@
 //! translation over the services (`crate::service`), and [`routes`], which
 //! puts them behind authentication and the request timeout.
 
+pub mod arrays;
 pub mod codes;
 pub mod events;
 pub mod health;
@@ -43,6 +44,11 @@ pub fn routes(state: &AppState) -> Router<AppState> {
         .route("/v1/tasks/batch", post(tasks::create_batch))
         .route("/v1/tasks/{id}", get(tasks::get))
         .route("/v1/tasks/{id}/cancel", post(tasks::cancel))
+        .route("/v1/tasks/{id}/dependencies", get(arrays::dependencies))
+        .route("/v1/arrays", get(arrays::list))
+        .route("/v1/arrays/{id}", get(arrays::get))
+        .route("/v1/arrays/{id}/cancel", post(arrays::cancel))
+        .route("/v1/arrays/{id}/retry", post(arrays::retry))
         .route("/v1/tasks/{id}/placement", get(tasks::placement))
         .route("/v1/tasks/{id}/progress", post(tasks::progress))
         .route("/v1/tasks/{id}/webhook", get(webhooks::of_task))

@@ -6,8 +6,12 @@ use crate::http::error::ApiError;
 use crate::http::error::ApiJsonBody;
 use crate::http::state::AppState;
 use crate::service::auth::Caller;
+use crate::service::error::ServiceError;
+use crate::service::workflows::{Answer, Created, Idempotency, Render};
+use crate::service::TaskService;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -23,11 +27,10 @@ pub struct BatchRequest {
     pub tasks: Vec<TaskSpec>,
 }
 
-/// The ids of a stored batch, in request order.
+/// The ids of a stored batch, in request order (an array's id for an array).
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BatchResponse {
-    #[schema(value_type = Vec<String>)]
-    pub ids: Vec<TaskId>,
+    pub ids: Vec<String>,
 }
 
 /// A page of tasks.
@@ -40,14 +43,28 @@ pub struct TaskList {
     pub next_cursor: Option<TaskId>,
 }
 
-/// Submit one task. It is on disk before this answers 201.
+/// Submit one task, or an array of tasks (`array`), or a task that waits
+/// for others (`depends_on`). It is on disk before this answers 201: a
+/// task's JSON, or, for an array, an `ArrayCreated`. With an
+/// `Idempotency-Key` header the same request within 24 hours answers the
+/// same again (header `Idempotent-Replayed: true`) and stores nothing; the
+/// same key with another body is refused (409).
 #[utoipa::path(post, path = "/v1/tasks", tag = "tasks", request_body = TaskSpec,
-    responses((status = 201, body = Task), (status = 400, body = crate::http::error::ErrorBody), (status = 413, body = crate::http::error::ErrorBody)))]
+    params(("Idempotency-Key" = Option<String>, Header, description = "1-255 visible ASCII characters; the same request answers the same for 24 h")),
+    responses((status = 201, body = Task, description = "the task, or an `ArrayCreated` for an array"), (status = 400, body = crate::http::error::ErrorBody),
+        (status = 409, body = crate::http::error::ErrorBody), (status = 413, body = crate::http::error::ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
     ApiJsonBody(spec, body): ApiJsonBody<TaskSpec>,
-) -> Result<(StatusCode, Json<Task>), ApiError> {
+) -> Result<Response, ApiError> {
+    let idempotency = idempotency_of(&headers, "POST /v1/tasks", &body)?;
+    if let Some(key) = &idempotency {
+        if let Some((status, answer)) = state.tasks.replay(&caller, &project_of(&spec), key).await? {
+            return Ok(raw_json(status, answer, true));
+        }
+    }
     let spec = if spec.code.is_some() {
         let object: Option<Map<String, Value>> = serde_json::from_slice(&body).ok();
         let mut specs = state.tasks.expand_codes(&caller, vec![spec], &|_| object.clone(), &|_| String::new()).await?;
@@ -55,17 +72,39 @@ pub async fn create(
     } else {
         spec
     };
-    Ok((StatusCode::CREATED, Json(state.tasks.create(&caller, spec).await?)))
+    if !TaskService::is_workflow(std::slice::from_ref(&spec), idempotency.as_ref()) {
+        return Ok((StatusCode::CREATED, Json(state.tasks.create(&caller, spec).await?)).into_response());
+    }
+    let answer = |created: &[Created]| -> Result<(u16, String), ServiceError> {
+        let text = match created.first() {
+            Some(Created::Task(task)) => serde_json::to_string(task),
+            Some(Created::Array(array)) => serde_json::to_string(array),
+            None => Ok("{}".to_string()),
+        };
+        Ok((201, text.map_err(|e| ServiceError::Store(shepherd_store::StoreError::Corrupt(e.to_string())))?))
+    };
+    answer_of(state.tasks.submit(&caller, vec![spec], false, idempotency, &answer).await?, &answer)
 }
 
-/// Submit up to 10,000 tasks in one durable transaction.
+/// Submit up to 10,000 tasks (or arrays) in one durable transaction. An
+/// entry may depend on an earlier one by its position (`"task": 0`), so a
+/// whole graph goes in one call. `Idempotency-Key` as for one task.
 #[utoipa::path(post, path = "/v1/tasks/batch", tag = "tasks", request_body = BatchRequest,
-    responses((status = 201, body = BatchResponse), (status = 400, body = crate::http::error::ErrorBody), (status = 413, body = crate::http::error::ErrorBody)))]
+    params(("Idempotency-Key" = Option<String>, Header, description = "1-255 visible ASCII characters; the same request answers the same for 24 h")),
+    responses((status = 201, body = BatchResponse), (status = 400, body = crate::http::error::ErrorBody),
+        (status = 409, body = crate::http::error::ErrorBody), (status = 413, body = crate::http::error::ErrorBody)))]
 pub async fn create_batch(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
     ApiJsonBody(batch, body): ApiJsonBody<BatchRequest>,
-) -> Result<(StatusCode, Json<BatchResponse>), ApiError> {
+) -> Result<Response, ApiError> {
+    let idempotency = idempotency_of(&headers, "POST /v1/tasks/batch", &body)?;
+    if let (Some(key), Some(first)) = (&idempotency, batch.tasks.first()) {
+        if let Some((status, answer)) = state.tasks.replay(&caller, &project_of(first), key).await? {
+            return Ok(raw_json(status, answer, true));
+        }
+    }
     let mut specs = batch.tasks;
     if specs.iter().any(|s| s.code.is_some()) {
         /// The batch's task objects as sent, for the tasks that name a code.
@@ -77,8 +116,52 @@ pub async fn create_batch(
         let object = |i: usize| objects.as_ref().and_then(|o| o.tasks.get(i).cloned());
         specs = state.tasks.expand_codes(&caller, specs, &object, &|i| format!("tasks[{i}]")).await?;
     }
-    let created = state.tasks.create_batch(&caller, specs).await?;
-    Ok((StatusCode::CREATED, Json(BatchResponse { ids: created.iter().map(|t| t.id).collect() })))
+    if !TaskService::is_workflow(&specs, idempotency.as_ref()) {
+        let created = state.tasks.create_batch(&caller, specs).await?;
+        return Ok((StatusCode::CREATED, Json(BatchResponse { ids: created.iter().map(|t| t.id.to_string()).collect() })).into_response());
+    }
+    let answer = |created: &[Created]| -> Result<(u16, String), ServiceError> {
+        let ids = created.iter().map(Created::id).collect();
+        let text = serde_json::to_string(&BatchResponse { ids });
+        Ok((201, text.map_err(|e| ServiceError::Store(shepherd_store::StoreError::Corrupt(e.to_string())))?))
+    };
+    answer_of(state.tasks.submit(&caller, specs, true, idempotency, &answer).await?, &answer)
+}
+
+/// The project a request is about, as its idempotency key is kept under.
+fn project_of(spec: &TaskSpec) -> String {
+    if spec.project.is_empty() {
+        TaskSpec::default_project()
+    } else {
+        spec.project.clone()
+    }
+}
+
+/// The request's `Idempotency-Key`, if it has one (400 naming the header if it is not one).
+fn idempotency_of(headers: &HeaderMap, route: &str, body: &[u8]) -> Result<Option<Idempotency>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
+    let text = value.to_str().map_err(|_| ApiError::field("Idempotency-Key", "1 to 255 visible ASCII characters"))?;
+    Ok(Some(Idempotency::new(text, route, body)?))
+}
+
+/// A JSON answer as stored (so that a replay is the same bytes).
+fn raw_json(status: u16, body: String, replayed: bool) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::CREATED);
+    let mut response = (status, [(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response();
+    if replayed {
+        response.headers_mut().insert("idempotent-replayed", axum::http::HeaderValue::from_static("true"));
+    }
+    response
+}
+
+fn answer_of(answer: Answer, render: &Render) -> Result<Response, ApiError> {
+    match answer {
+        Answer::Created(created) => {
+            let (status, body) = render(&created)?;
+            Ok(raw_json(status, body, false))
+        }
+        Answer::Replayed { status, body } => Ok(raw_json(status, body, true)),
+    }
 }
 
 /// One task with its attempts.
@@ -120,7 +203,11 @@ fn list_filter(query: Option<String>) -> Result<TaskFilter, ApiError> {
             "cursor" => {
                 filter.before = Some(value.parse().map_err(|_| ApiError::field("cursor", "not a cursor from a previous page"))?);
             }
-            other => return Err(ApiError::field(other, "unknown query parameter; use state, project, label, limit, cursor")),
+            "array" => {
+                value.parse::<TaskId>().map_err(|_| ApiError::field("array", format!("`{value}` is not an array id")))?;
+                filter.array = Some(value);
+            }
+            other => return Err(ApiError::field(other, "unknown query parameter; use state, project, label, array, limit, cursor")),
         }
     }
     Ok(filter)
@@ -132,6 +219,7 @@ fn list_filter(query: Option<String>) -> Result<TaskFilter, ApiError> {
         ("state" = Option<String>, Query, description = "comma-separated states"),
         ("project" = Option<String>, Query, description = "project name"),
         ("label" = Option<String>, Query, description = "key=value; repeat to require several"),
+        ("array" = Option<String>, Query, description = "only the children of this array"),
         ("limit" = Option<u32>, Query, description = "page size, 1 to 1000 (default 50)"),
         ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
     ),

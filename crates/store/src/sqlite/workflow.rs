@@ -1,0 +1,693 @@
+//! Workflows on SQLite: submissions with arrays and dependencies, and
+//! what a task's end does to its array and its dependents, in the
+//! transaction that ends it (see [`crate::workflow`]).
+
+use super::writer;
+use crate::workflow::{ArrayCounts, Entry, NewArray, Submission, Submitted, IDEMPOTENCY_TTL_MS};
+use crate::{ApplyResult, StoreError};
+use rusqlite::{params, Connection, OptionalExtension};
+use shepherd_core::shape::ShapeKey;
+use shepherd_core::workflow::{array_end, dependency_failed};
+use shepherd_core::{ClusterEvent, DependOn, Event, NewTask, TaskId, TaskState, Timestamp};
+use std::collections::{HashMap, VecDeque};
+
+/// Events the hooks queue for the same transaction: a dependent to end.
+pub(crate) type FollowUps = VecDeque<(TaskId, Event)>;
+
+/// What a dependency is, as found in the transaction.
+enum Found {
+    Task { state: TaskState },
+    Array { state: String, size: i64 },
+}
+
+fn find(tx: &Connection, id: &str, project: &str) -> Result<Option<Found>, StoreError> {
+    let task = tx
+        .prepare_cached("SELECT project, state FROM tasks WHERE id = ?1")?
+        .query_row([id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+        .optional()?;
+    if let Some((owner, state)) = task {
+        return Ok((owner == project).then(|| super::rows::parse_state(&state)).transpose()?.map(|state| Found::Task { state }));
+    }
+    let array = tx
+        .prepare_cached("SELECT project, state, size FROM arrays WHERE id = ?1")?
+        .query_row([id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?)))
+        .optional()?;
+    Ok(array.filter(|(owner, ..)| owner == project).map(|(_, state, size)| Found::Array { state, size }))
+}
+
+/// An array's end as a task state (`None` while it has not ended).
+fn array_state(state: &str) -> Option<TaskState> {
+    match state {
+        "succeeded" => Some(TaskState::Succeeded),
+        "failed" => Some(TaskState::Failed),
+        "cancelled" => Some(TaskState::Cancelled),
+        _ => None,
+    }
+}
+
+/// Stores a submission; runs in the writer's transaction. Dependents of
+/// dependencies that already failed end at once (`cascade`).
+pub(crate) fn submit(
+    tx: &Connection,
+    sub: &Submission,
+    key: &ShapeKey,
+    now: Timestamp,
+    events: &mut Vec<ClusterEvent>,
+    cascade: &mut Vec<ApplyResult>,
+) -> Result<Submitted, StoreError> {
+    if let Some(idem) = &sub.idempotency {
+        let found = tx
+            .prepare_cached("SELECT request, status, response, created_at FROM idempotency_keys WHERE project = ?1 AND key = ?2")?
+            .query_row(params![idem.project, idem.key], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, u16>(1)?, r.get::<_, String>(2)?, r.get::<_, i64>(3)?))
+            })
+            .optional()?;
+        if let Some((request, status, response, at)) = found {
+            if at > now.millis() - IDEMPOTENCY_TTL_MS {
+                if request != idem.request {
+                    return Err(StoreError::IdempotencyConflict(idem.key.clone()));
+                }
+                return Ok(Submitted::Replayed { status, response });
+            }
+            tx.prepare_cached("DELETE FROM idempotency_keys WHERE project = ?1 AND key = ?2")?.execute(params![idem.project, idem.key])?;
+        }
+    }
+    let mut follow = FollowUps::new();
+    for (index, entry) in sub.entries.iter().enumerate() {
+        let spec = entry.spec();
+        let mut waiting_on = 0i64;
+        let mut failed: Option<String> = None;
+        let mut each: Vec<String> = Vec::new();
+        for (j, dep) in spec.depends_on.iter().enumerate() {
+            let shepherd_core::DependencyTarget::Id(dep_id) = &dep.task else {
+                return Err(StoreError::Invalid {
+                    field: sub.field(index, &format!("depends_on[{j}].task")),
+                    message: "unresolved position".into(),
+                });
+            };
+            let field = sub.field(index, &format!("depends_on[{j}].task"));
+            if *dep_id == entry.id().to_string() {
+                return Err(StoreError::Invalid { field, message: "a task cannot depend on itself".into() });
+            }
+            let Some(found) = find(tx, dep_id, &spec.project)? else {
+                return Err(StoreError::Invalid { field, message: format!("project `{}` has no task or array `{dep_id}`", spec.project) });
+            };
+            let end = match (&found, dep.on) {
+                (Found::Array { size, .. }, DependOn::Each) => {
+                    let own = spec.array.map_or(0, |a| i64::from(a.size));
+                    if *size != own {
+                        return Err(StoreError::Invalid {
+                            field: sub.field(index, &format!("depends_on[{j}].on")),
+                            message: format!("`each` pairs arrays of the same size: `{dep_id}` has {size} children, this one {own}"),
+                        });
+                    }
+                    each.push(dep_id.clone());
+                    continue;
+                }
+                (Found::Task { .. }, DependOn::Each) => {
+                    return Err(StoreError::Invalid {
+                        field: sub.field(index, &format!("depends_on[{j}].on")),
+                        message: format!("`each` pairs the children of two arrays; `{dep_id}` is a task"),
+                    });
+                }
+                (Found::Task { state }, _) => state.is_terminal().then_some(*state),
+                (Found::Array { state, .. }, _) => array_state(state),
+            };
+            match end {
+                None => waiting_on += 1,
+                Some(end) if dep.on.satisfied_by(end) => {}
+                Some(_) => {
+                    failed.get_or_insert_with(|| dep_id.clone());
+                }
+            }
+        }
+        let id = entry.id().to_string();
+        match entry {
+            Entry::Task(task) => {
+                let state = if waiting_on > 0 || failed.is_some() { TaskState::Waiting } else { TaskState::Queued };
+                insert_task(tx, task, key, state, waiting_on)?;
+                events.push(created_event(task.id, &task.spec.project, state, task.created_at));
+                if let Some(dep) = failed {
+                    follow.push_back((task.id, Event::DependencyFailed { reason: dependency_failed(&dep) }));
+                }
+            }
+            Entry::Array(array) => {
+                // (No event per child: an array of 100,000 would be one
+                // row of 100,000 events. Children show up as they change.)
+                insert_array(tx, array, key, waiting_on, &each, failed.is_some(), &mut follow)?;
+                if let Some(dep) = failed {
+                    stop_array(tx, &id, &dependency_failed(&dep), true, &mut follow)?;
+                }
+            }
+        }
+        let mut insert = tx.prepare_cached("INSERT INTO task_deps (task_id, dep_id, cond) VALUES (?1, ?2, ?3)")?;
+        for (dep_id, on) in crate::workflow::dep_rows(spec) {
+            insert.execute(params![id, dep_id, on.as_str()])?;
+        }
+    }
+    super::tenants::append_audit(tx, &sub.audit)?;
+    if let Some(idem) = &sub.idempotency {
+        tx.prepare_cached(
+            "INSERT INTO idempotency_keys (project, key, request, status, response, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?
+        .execute(params![idem.project, idem.key, idem.request, idem.status, idem.response, idem.at.millis()])?;
+    }
+    run_follow_ups(tx, follow, now, cascade)?;
+    Ok(Submitted::Created)
+}
+
+fn created_event(id: TaskId, project: &str, state: TaskState, at: Timestamp) -> ClusterEvent {
+    ClusterEvent::Task(shepherd_core::events::TaskChange {
+        task: id,
+        project: project.to_string(),
+        state,
+        from: None,
+        attempt: 0,
+        node: None,
+        exit_code: None,
+        reason: None,
+        at,
+    })
+}
+
+const INSERT_TASK: &str = "INSERT INTO tasks (id, project, state, priority, image, cpu_millicores, memory_mib, constraints, \
+     spec, payload, payload_bytes, created_at, attempt, charged_attempts, max_attempts, backoff_seconds, \
+     cancel_requested, not_before, updated_at, shape, waiting_on, array_id, array_index) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 0, 0, ?13, ?14, 0, ?15, ?12, ?16, ?17, ?18, ?19)";
+
+fn constraints_of(spec: &shepherd_core::TaskSpec) -> Result<Option<String>, StoreError> {
+    if spec.constraints.is_empty() {
+        return Ok(None);
+    }
+    serde_json::to_string(&spec.constraints).map(Some).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn insert_task(tx: &Connection, task: &NewTask, key: &ShapeKey, state: TaskState, waiting_on: i64) -> Result<(), StoreError> {
+    let spec = &task.spec;
+    let id = task.id.to_string();
+    let spec_json = serde_json::to_string(spec).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let inserted = tx.prepare_cached(INSERT_TASK)?.execute(params![
+        id,
+        spec.project,
+        state.as_str(),
+        spec.priority,
+        spec.image,
+        spec.resources.cpu_millicores,
+        spec.resources.memory_mib,
+        constraints_of(spec)?,
+        spec_json,
+        task.payload,
+        task.payload.as_ref().map_or(0, |p| p.len() as i64),
+        task.created_at.millis(),
+        spec.retry.max_attempts,
+        spec.retry.backoff_seconds,
+        task.not_before().millis(),
+        spec.placement_shape(key),
+        waiting_on,
+        Option::<String>::None,
+        Option::<i64>::None,
+    ]);
+    match inserted {
+        Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
+            return Err(StoreError::Duplicate(task.id))
+        }
+        other => other?,
+    };
+    let mut label = tx.prepare_cached("INSERT INTO task_labels (task_id, key, value) VALUES (?1, ?2, ?3)")?;
+    for (k, v) in &spec.labels {
+        label.execute(params![id, k, v])?;
+    }
+    if let Some(url) = &spec.webhook {
+        tx.prepare_cached(
+            "INSERT INTO webhook_deliveries (task_id, project, url, state, attempts, next_at, created_at) VALUES (?1, ?2, ?3, 'pending', 0, ?4, ?4)",
+        )?
+        .execute(params![id, spec.project, url, task.created_at.millis()])?;
+    }
+    Ok(())
+}
+
+/// The children's index → state of array `id` (for `each`).
+fn child_states(tx: &Connection, id: &str) -> Result<HashMap<i64, TaskState>, StoreError> {
+    let mut stmt = tx.prepare_cached("SELECT array_index, state FROM tasks WHERE array_id = ?1")?;
+    let mut rows = stmt.query([id])?;
+    let mut out = HashMap::new();
+    while let Some(row) = rows.next()? {
+        out.insert(row.get::<_, i64>(0)?, super::rows::parse_state(&row.get::<_, String>(1)?)?);
+    }
+    Ok(out)
+}
+
+fn insert_array(
+    tx: &Connection,
+    array: &NewArray,
+    key: &ShapeKey,
+    waiting_on: i64,
+    each: &[String],
+    doomed: bool,
+    follow: &mut FollowUps,
+) -> Result<(), StoreError> {
+    let spec = &array.spec;
+    let settings = array.array();
+    let id = array.id.to_string();
+    let spec_json = serde_json::to_string(spec).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let payload_bytes = array.payload.as_ref().map_or(0, |p| p.len() as i64);
+    let running = waiting_on == 0 && !doomed;
+    let pairs: Vec<HashMap<i64, TaskState>> = each.iter().map(|dep| child_states(tx, dep)).collect::<Result<_, _>>()?;
+    let cap = settings.parallelism.map_or(i64::MAX, i64::from);
+    let mut admitted = 0i64;
+    let shape = spec.placement_shape(key);
+    let constraints = constraints_of(spec)?;
+    let not_before = spec.first_start(array.created_at).millis();
+    let mut insert = tx.prepare_cached(INSERT_TASK)?;
+    for (child, index) in &array.children {
+        let index = i64::from(*index);
+        let mut child_waiting = 0i64;
+        let mut failed: Option<String> = None;
+        for (dep, states) in each.iter().zip(&pairs) {
+            match states.get(&index) {
+                Some(TaskState::Succeeded) => {}
+                Some(state) if state.is_terminal() => {
+                    failed.get_or_insert_with(|| format!("{dep}[{index}]"));
+                }
+                Some(_) => child_waiting += 1,
+                None => {
+                    failed.get_or_insert_with(|| format!("{dep}[{index}] (no such child)"));
+                }
+            }
+        }
+        // A child whose pair already failed is never released: it ends with the follow-ups.
+        child_waiting += i64::from(failed.is_some());
+        let queued = running && child_waiting == 0 && admitted < cap;
+        admitted += i64::from(queued);
+        let state = if queued { TaskState::Queued } else { TaskState::Waiting };
+        let inserted = insert.execute(params![
+            child.to_string(),
+            spec.project,
+            state.as_str(),
+            spec.priority,
+            spec.image,
+            spec.resources.cpu_millicores,
+            spec.resources.memory_mib,
+            constraints,
+            "",
+            Option::<Vec<u8>>::None,
+            payload_bytes,
+            array.created_at.millis(),
+            spec.retry.max_attempts,
+            spec.retry.backoff_seconds,
+            not_before,
+            shape,
+            child_waiting,
+            id,
+            index,
+        ]);
+        match inserted {
+            Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
+                return Err(StoreError::Duplicate(*child))
+            }
+            other => other?,
+        };
+        if let Some(dep) = failed {
+            follow.push_back((*child, Event::DependencyFailed { reason: dependency_failed(&dep) }));
+        }
+    }
+    let inserted = tx
+        .prepare_cached(
+            "INSERT INTO arrays (id, project, spec, payload, payload_bytes, size, children, parallelism, fail_fast, state, \
+             waiting_on, admitted, remaining, retry_of, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?7, ?13, ?14)",
+        )?
+        .execute(params![
+            id,
+            spec.project,
+            spec_json,
+            array.payload,
+            payload_bytes,
+            settings.size,
+            array.children.len() as i64,
+            settings.parallelism,
+            settings.failure_policy == shepherd_core::FailurePolicy::FailFast,
+            if running { "running" } else { "waiting" },
+            waiting_on,
+            admitted,
+            array.retry_of,
+            array.created_at.millis(),
+        ]);
+    match inserted {
+        Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
+            Err(StoreError::Duplicate(array.id))
+        }
+        other => other.map(drop).map_err(Into::into),
+    }
+}
+
+fn counts(tx: &Connection, array: &str) -> Result<Option<ArrayCounts>, StoreError> {
+    Ok(tx
+        .prepare_cached(
+            "SELECT children, succeeded, failed, remaining, admitted, waiting_on, parallelism, fail_fast, stopping, state \
+             FROM arrays WHERE id = ?1",
+        )?
+        .query_row([array], |r| {
+            Ok((
+                ArrayCounts {
+                    children: r.get(0)?,
+                    succeeded: r.get(1)?,
+                    failed: r.get(2)?,
+                    remaining: r.get(3)?,
+                    admitted: r.get(4)?,
+                    parallelism: r.get(6)?,
+                    fail_fast: r.get::<_, i64>(7)? != 0,
+                    stopping: r.get::<_, i64>(8)? != 0,
+                },
+                r.get::<_, String>(9)?,
+            ))
+        })
+        .optional()?
+        .map(|(c, _)| c))
+}
+
+/// Moves waiting children of a running array whose own dependencies are
+/// met to the queue, lowest index first, up to its parallelism.
+fn release_array(tx: &Connection, array: &str, now: Timestamp, cascade: &mut Vec<ApplyResult>) -> Result<(), StoreError> {
+    let state: Option<String> = tx.prepare_cached("SELECT state FROM arrays WHERE id = ?1")?.query_row([array], |r| r.get(0)).optional()?;
+    let Some(c) = counts(tx, array)? else { return Ok(()) };
+    if state.as_deref() != Some("running") || c.stopping {
+        return Ok(());
+    }
+    let room = c.parallelism.map_or(i64::MAX, |p| p - c.admitted);
+    if room <= 0 {
+        return Ok(());
+    }
+    let ids: Vec<String> = tx
+        .prepare_cached("SELECT id FROM tasks WHERE array_id = ?1 AND state = 'waiting' AND waiting_on = 0 ORDER BY array_index LIMIT ?2")?
+        .query_map(params![array, room.min(1 << 40)], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    if ids.is_empty() {
+        return Ok(());
+    }
+    tx.prepare_cached("UPDATE arrays SET admitted = admitted + ?2 WHERE id = ?1")?.execute(params![array, ids.len() as i64])?;
+    for id in ids {
+        let (result, _) = writer::apply_one(tx, super::rows::parse_id(&id)?, &Event::Release, now, None)?;
+        cascade.push(result);
+    }
+    Ok(())
+}
+
+/// Stops an array: no more children are released; those not yet on a
+/// node end (`reason`), those on one are stopped. `cancelled`: the array
+/// ends cancelled, not failed, if no child failed.
+fn stop_array(tx: &Connection, array: &str, reason: &str, cancelled: bool, follow: &mut FollowUps) -> Result<(), StoreError> {
+    let changed = tx
+        .prepare_cached("UPDATE arrays SET stopping = 1, reason = COALESCE(reason, ?2) WHERE id = ?1 AND stopping = 0")?
+        .execute(params![array, reason])?;
+    if changed == 0 {
+        return Ok(());
+    }
+    let _ = cancelled;
+    let ids: Vec<String> = tx
+        .prepare_cached(
+            "SELECT id FROM tasks WHERE array_id = ?1 AND state IN ('waiting', 'queued', 'scheduled', 'running') ORDER BY array_index",
+        )?
+        .query_map([array], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    for id in ids {
+        follow.push_back((super::rows::parse_id(&id)?, Event::DependencyFailed { reason: reason.to_string() }));
+    }
+    Ok(())
+}
+
+/// What a change does beyond its task: its array's counts and the next
+/// children, its dependents. Runs in the transaction of the change.
+pub(crate) fn after(
+    tx: &Connection,
+    applied: &crate::Applied,
+    member: Option<(String, i64)>,
+    now: Timestamp,
+    follow: &mut FollowUps,
+    cascade: &mut Vec<ApplyResult>,
+) -> Result<(), StoreError> {
+    let to = applied.decision.to;
+    if !to.is_terminal() {
+        return Ok(());
+    }
+    let id = applied.task_id.to_string();
+    if let Some((array, index)) = member {
+        let was_admitted = applied.from != TaskState::Waiting;
+        tx.prepare_cached(
+            "UPDATE arrays SET remaining = remaining - 1, admitted = admitted - ?2, succeeded = succeeded + ?3, \
+             failed = failed + ?4, cancelled = cancelled + ?5 WHERE id = ?1",
+        )?
+        .execute(params![
+            array,
+            i64::from(was_admitted),
+            i64::from(to == TaskState::Succeeded),
+            i64::from(matches!(to, TaskState::Failed | TaskState::TimedOut)),
+            i64::from(to == TaskState::Cancelled),
+        ])?;
+        // `each`: the same index of the arrays that pair with this one.
+        let pairs: Vec<String> = tx
+            .prepare_cached("SELECT task_id FROM task_deps WHERE dep_id = ?1 AND cond = 'each'")?
+            .query_map([&array], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        for other in pairs {
+            let child: Option<String> = tx
+                .prepare_cached("SELECT id FROM tasks WHERE array_id = ?1 AND array_index = ?2 AND state = 'waiting'")?
+                .query_row(params![other, index], |r| r.get(0))
+                .optional()?;
+            let Some(child) = child else { continue };
+            if DependOn::Each.satisfied_by(to) {
+                tx.prepare_cached("UPDATE tasks SET waiting_on = waiting_on - 1 WHERE id = ?1")?.execute([&child])?;
+                release_array(tx, &other, now, cascade)?;
+            } else {
+                follow.push_back((super::rows::parse_id(&child)?, Event::DependencyFailed { reason: dependency_failed(&id) }));
+            }
+        }
+        if let Some(c) = counts(tx, &array)? {
+            if matches!(to, TaskState::Failed | TaskState::TimedOut) && c.fail_fast {
+                stop_array(tx, &array, &format!("array_failed: index {index} ({id}) {to}"), false, follow)?;
+            }
+            if c.remaining <= 0 {
+                let state: Option<String> =
+                    tx.prepare_cached("SELECT state FROM arrays WHERE id = ?1")?.query_row([&array], |r| r.get(0)).optional()?;
+                if array_state(state.as_deref().unwrap_or("")).is_none() {
+                    let end = array_end(c.children as u64, c.succeeded as u64, c.failed as u64, c.stopping);
+                    tx.prepare_cached("UPDATE arrays SET state = ?2, finished_at = ?3 WHERE id = ?1")?.execute(params![
+                        array,
+                        end.as_str(),
+                        now.millis()
+                    ])?;
+                    ended(tx, &array, end, now, follow, cascade)?;
+                }
+            } else {
+                release_array(tx, &array, now, cascade)?;
+            }
+        }
+    }
+    ended(tx, &id, to, now, follow, cascade)
+}
+
+/// Tells the dependents of `id` (a task or an array) that it ended `end`.
+fn ended(
+    tx: &Connection,
+    id: &str,
+    end: TaskState,
+    now: Timestamp,
+    follow: &mut FollowUps,
+    cascade: &mut Vec<ApplyResult>,
+) -> Result<(), StoreError> {
+    let dependents: Vec<(String, String)> = tx
+        .prepare_cached("SELECT task_id, cond FROM task_deps WHERE dep_id = ?1 AND cond <> 'each'")?
+        .query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    for (dependent, cond) in dependents {
+        let on = DependOn::parse(&cond).ok_or_else(|| StoreError::Corrupt(format!("dependency condition `{cond}`")))?;
+        let ok = on.satisfied_by(end);
+        let array: Option<(String, i64)> = tx
+            .prepare_cached("SELECT state, waiting_on FROM arrays WHERE id = ?1")?
+            .query_row([&dependent], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        match (array, ok) {
+            (Some((state, _)), true) => {
+                if state == "waiting" {
+                    tx.prepare_cached(
+                        "UPDATE arrays SET waiting_on = waiting_on - 1, state = CASE WHEN waiting_on <= 1 THEN 'running' ELSE state END WHERE id = ?1",
+                    )?
+                    .execute([&dependent])?;
+                    release_array(tx, &dependent, now, cascade)?;
+                }
+            }
+            (Some(_), false) => stop_array(tx, &dependent, &dependency_failed(id), true, follow)?,
+            (None, true) => {
+                let left: Option<i64> = tx
+                    .prepare_cached(
+                        "UPDATE tasks SET waiting_on = waiting_on - 1 WHERE id = ?1 AND state = 'waiting' RETURNING waiting_on",
+                    )?
+                    .query_row([&dependent], |r| r.get(0))
+                    .optional()?;
+                if left == Some(0) {
+                    let (result, _) = writer::apply_one(tx, super::rows::parse_id(&dependent)?, &Event::Release, now, None)?;
+                    cascade.push(result);
+                }
+            }
+            (None, false) => {
+                follow.push_back((super::rows::parse_id(&dependent)?, Event::DependencyFailed { reason: dependency_failed(id) }));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Applies queued follow-ups (and theirs) in the same transaction.
+pub(crate) fn run_follow_ups(
+    tx: &Connection,
+    mut follow: FollowUps,
+    now: Timestamp,
+    cascade: &mut Vec<ApplyResult>,
+) -> Result<(), StoreError> {
+    while let Some((id, event)) = follow.pop_front() {
+        let (result, member) = writer::apply_one(tx, id, &event, now, None)?;
+        if let Ok(applied) = &result {
+            after(tx, applied, member, now, &mut follow, cascade)?;
+        }
+        // A dependent that ended meanwhile (a cancel that raced) is no news.
+        if result.is_ok() {
+            cascade.push(result);
+        }
+    }
+    Ok(())
+}
+
+/// Cancels every child of an array that has not ended (and so the array),
+/// in one transaction; `None` if the project has no such array.
+pub(crate) fn cancel_array(
+    tx: &Connection,
+    project: Option<&str>,
+    array: &str,
+    now: Timestamp,
+    cascade: &mut Vec<ApplyResult>,
+) -> Result<Option<()>, StoreError> {
+    let owner: Option<String> =
+        tx.prepare_cached("SELECT project FROM arrays WHERE id = ?1")?.query_row([array], |r| r.get(0)).optional()?;
+    match owner {
+        Some(owner) if project.is_none_or(|p| p == owner) => {}
+        _ => return Ok(None),
+    }
+    tx.prepare_cached("UPDATE arrays SET stopping = 1, reason = COALESCE(reason, 'cancelled by user') WHERE id = ?1")?.execute([array])?;
+    let ids: Vec<String> = tx
+        .prepare_cached(
+            "SELECT id FROM tasks WHERE array_id = ?1 AND state IN ('waiting', 'queued', 'scheduled', 'running') ORDER BY array_index",
+        )?
+        .query_map([array], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let follow: FollowUps = ids.iter().map(|id| super::rows::parse_id(id).map(|id| (id, Event::Cancel))).collect::<Result<_, _>>()?;
+    // An array with no child left to cancel (all ended) is already over.
+    let mut all = Vec::new();
+    run_follow_ups(tx, follow, now, &mut all)?;
+    cascade.extend(all);
+    Ok(Some(()))
+}
+
+const ARRAY_COLUMNS: &str = "id, project, spec, state, size, children, parallelism, fail_fast, reason, retry_of, created_at, finished_at";
+
+/// An array's row as its status, counts filled in from its children.
+fn array_status(conn: &Connection, row: &rusqlite::Row<'_>) -> Result<shepherd_core::ArrayStatus, StoreError> {
+    let id: String = row.get(0)?;
+    let spec: shepherd_core::TaskSpec =
+        serde_json::from_str(&row.get::<_, String>(2)?).map_err(|e| StoreError::Corrupt(format!("array {id}: spec: {e}")))?;
+    let mut counts: std::collections::BTreeMap<String, u64> = TaskState::ALL.iter().map(|s| (s.as_str().to_string(), 0)).collect();
+    let mut stmt = conn.prepare_cached("SELECT state, COUNT(*) FROM tasks WHERE array_id = ?1 GROUP BY state")?;
+    let mut rows = stmt.query([&id])?;
+    while let Some(r) = rows.next()? {
+        counts.insert(r.get(0)?, r.get::<_, i64>(1)? as u64);
+    }
+    let failed_indices: Vec<u32> = conn
+        .prepare_cached(
+            "SELECT array_index FROM tasks WHERE array_id = ?1 AND state IN ('failed', 'timed_out') ORDER BY array_index LIMIT 1000",
+        )?
+        .query_map([&id], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let state: String = row.get(3)?;
+    let reason: Option<String> = row.get(8)?;
+    let reason = if state == "waiting" {
+        let left: i64 = conn.prepare_cached("SELECT waiting_on FROM arrays WHERE id = ?1")?.query_row([&id], |r| r.get(0))?;
+        Some(format!("waiting for {left} of {} dependencies", spec.depends_on.iter().filter(|d| d.on != DependOn::Each).count()))
+    } else {
+        reason
+    };
+    Ok(shepherd_core::ArrayStatus {
+        project: row.get(1)?,
+        state,
+        size: row.get(4)?,
+        children: row.get(5)?,
+        parallelism: row.get(6)?,
+        failure_policy: if row.get::<_, i64>(7)? != 0 {
+            shepherd_core::FailurePolicy::FailFast
+        } else {
+            shepherd_core::FailurePolicy::FinishAll
+        },
+        counts,
+        failed_indices,
+        reason,
+        depends_on: spec.depends_on.clone(),
+        retry_of: row.get(9)?,
+        image: spec.image.clone(),
+        command: spec.command.clone(),
+        created_at: Timestamp(row.get(10)?),
+        finished_at: row.get::<_, Option<i64>>(11)?.map(Timestamp),
+        id,
+    })
+}
+
+pub(crate) fn get_array(conn: &Connection, id: &str) -> Result<Option<shepherd_core::ArrayStatus>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!("SELECT {ARRAY_COLUMNS} FROM arrays WHERE id = ?1"))?;
+    let mut rows = stmt.query([id])?;
+    match rows.next()? {
+        Some(row) => Ok(Some(array_status(conn, row)?)),
+        None => Ok(None),
+    }
+}
+
+pub(crate) fn list_arrays(
+    conn: &Connection,
+    project: Option<&str>,
+    before: Option<&str>,
+    limit: usize,
+) -> Result<Vec<shepherd_core::ArrayStatus>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {ARRAY_COLUMNS} FROM arrays WHERE (?1 IS NULL OR project = ?1) AND (?2 IS NULL OR id < ?2) ORDER BY id DESC LIMIT ?3"
+    ))?;
+    let mut rows = stmt.query(params![project, before, limit.clamp(1, 1000) as i64])?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push(array_status(conn, row)?);
+    }
+    Ok(out)
+}
+
+pub(crate) fn array_source(conn: &Connection, id: &str) -> Result<Option<crate::ArraySource>, StoreError> {
+    let row: Option<(String, String, Option<Vec<u8>>)> = conn
+        .prepare_cached("SELECT project, spec, payload FROM arrays WHERE id = ?1")?
+        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .optional()?;
+    let Some((project, spec, payload)) = row else { return Ok(None) };
+    let spec = serde_json::from_str(&spec).map_err(|e| StoreError::Corrupt(format!("array {id}: spec: {e}")))?;
+    let failed = conn
+        .prepare_cached("SELECT array_index FROM tasks WHERE array_id = ?1 AND state IN ('failed', 'timed_out') ORDER BY array_index")?
+        .query_map([id], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    Ok(Some(crate::ArraySource { project, spec, payload, failed }))
+}
+
+pub(crate) fn dependency_edges(conn: &Connection, id: &str, limit: usize) -> Result<Vec<(String, String, DependOn)>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT task_id, dep_id, cond FROM task_deps WHERE task_id = ?1 UNION ALL \
+         SELECT task_id, dep_id, cond FROM task_deps WHERE dep_id = ?1 LIMIT ?2",
+    )?;
+    let rows =
+        stmt.query_map(params![id, limit as i64], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)))?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (a, b, cond) = row?;
+        out.push((a, b, DependOn::parse(&cond).ok_or_else(|| StoreError::Corrupt(format!("dependency condition `{cond}`")))?));
+    }
+    Ok(out)
+}

@@ -1,0 +1,178 @@
+//! Workflows in the store: what a submission with arrays and dependencies
+//! stores, and the records it reads back. Both backends keep the same
+//! tables: `arrays` (one row per array: its spec once, its counts),
+//! children in `tasks` with an empty `spec` (read through their array's),
+//! `task_deps` (one row per dependency, `each` between arrays as one row),
+//! and `idempotency_keys`.
+
+use shepherd_core::{ArraySpec, DependOn, NewTask, TaskId, TaskSpec, Timestamp};
+
+/// A new array: its spec (with `array` set, payload stripped) stored once,
+/// and its children's ids, one per index, in index order.
+#[derive(Debug, Clone)]
+pub struct NewArray {
+    pub id: TaskId,
+    pub created_at: Timestamp,
+    pub spec: TaskSpec,
+    pub payload: Option<Vec<u8>>,
+    /// `(child id, index)`, in index order: every index of the array, or,
+    /// for a retry of failed children, only those.
+    pub children: Vec<(TaskId, u32)>,
+    /// The array whose failed children this one runs again.
+    pub retry_of: Option<String>,
+}
+
+impl NewArray {
+    /// Its array settings (the spec's `array`).
+    pub fn array(&self) -> ArraySpec {
+        self.spec.array.unwrap_or(ArraySpec { size: self.children.len() as u32, parallelism: None, failure_policy: Default::default() })
+    }
+}
+
+/// One entry of a submission, in request order.
+#[derive(Debug, Clone)]
+pub enum Entry {
+    Task(NewTask),
+    Array(NewArray),
+}
+
+impl Entry {
+    /// Its id (a task's or an array's).
+    pub fn id(&self) -> TaskId {
+        match self {
+            Entry::Task(t) => t.id,
+            Entry::Array(a) => a.id,
+        }
+    }
+
+    /// Its spec.
+    pub fn spec(&self) -> &TaskSpec {
+        match self {
+            Entry::Task(t) => &t.spec,
+            Entry::Array(a) => &a.spec,
+        }
+    }
+}
+
+/// What [`crate::Store::submit`] stores in one transaction: tasks and
+/// arrays, each with its dependencies (by id: the caller resolved batch
+/// positions), the audit lines, and the idempotency key that stands for
+/// the request.
+#[derive(Debug, Clone, Default)]
+pub struct Submission {
+    pub entries: Vec<Entry>,
+    pub audit: Vec<crate::AuditEntry>,
+    /// How errors name an entry's fields: `tasks[3].` for a batch, nothing
+    /// for one task.
+    pub batch: bool,
+    pub idempotency: Option<IdempotencyKey>,
+}
+
+impl Submission {
+    /// The field path of entry `index`'s `field`.
+    pub fn field(&self, index: usize, field: &str) -> String {
+        if self.batch {
+            format!("tasks[{index}].{field}")
+        } else {
+            field.to_string()
+        }
+    }
+}
+
+/// An `Idempotency-Key` and the answer it stands for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey {
+    pub project: String,
+    pub key: String,
+    /// SHA-256 (hex) of the route and body: the same key with another
+    /// request is refused.
+    pub request: String,
+    /// The answer given the first time: its HTTP status and JSON body.
+    pub status: u16,
+    pub response: String,
+    pub at: Timestamp,
+}
+
+/// What [`crate::Store::submit`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Submitted {
+    /// Stored.
+    Created,
+    /// The key was used within its lifetime by the same request: nothing
+    /// was stored; this is the first answer.
+    Replayed { status: u16, response: String },
+}
+
+/// What an array's children share, and which of them failed.
+#[derive(Debug, Clone)]
+pub struct ArraySource {
+    pub project: String,
+    /// The spec, `array` included, payload stripped.
+    pub spec: TaskSpec,
+    pub payload: Option<Vec<u8>>,
+    /// Indices of the children that failed or timed out, ascending.
+    pub failed: Vec<u32>,
+}
+
+/// How long an idempotency key is kept (24 h).
+pub const IDEMPOTENCY_TTL_MS: i64 = 24 * 3600 * 1000;
+
+/// The SQL both stores read a task's spec with: a child of an array keeps
+/// an empty spec and reads its array's.
+pub const SPEC_SQL: &str = "CASE WHEN tasks.spec = '' THEN (SELECT a.spec FROM arrays a WHERE a.id = tasks.array_id) ELSE tasks.spec END";
+
+/// The same for its payload.
+pub const PAYLOAD_SQL: &str =
+    "CASE WHEN tasks.array_id IS NULL THEN tasks.payload ELSE (SELECT a.payload FROM arrays a WHERE a.id = tasks.array_id) END";
+
+/// A stored spec as the task reads it: a child of an array gets its index
+/// and the array's size in its environment.
+pub fn child_spec(text: &str, index: Option<i64>) -> Result<TaskSpec, crate::StoreError> {
+    let mut spec: TaskSpec = serde_json::from_str(text).map_err(|e| crate::StoreError::Corrupt(format!("spec: {e}")))?;
+    if let (Some(index), Some(array)) = (index, spec.array) {
+        spec.env.extend(shepherd_core::workflow::child_env(index.max(0) as u32, array.size));
+    }
+    Ok(spec)
+}
+
+/// Where a child stands in its array, from its row.
+pub fn member(spec: &TaskSpec, array_id: Option<String>, index: Option<i64>) -> Option<shepherd_core::ArrayMember> {
+    let (id, index) = (array_id?, index?);
+    Some(shepherd_core::ArrayMember { id, index: index.max(0) as u32, size: spec.array.map_or(0, |a| a.size) })
+}
+
+/// Why a waiting task waits, from its count of unmet dependencies.
+pub fn waiting_reason(spec: &TaskSpec, child: bool, waiting_on: i64) -> String {
+    match (child, waiting_on) {
+        (false, n) => format!("waiting for {n} of {} dependencies", spec.depends_on.len().max(n as usize)),
+        (true, 0) => match spec.array.and_then(|a| a.parallelism) {
+            Some(p) => format!("waiting for a place: the array runs at most {p} children at once (or for its dependencies)"),
+            None => "waiting for its array's dependencies".to_string(),
+        },
+        (true, n) => format!("waiting for {n} dependencies (the same index of another array)"),
+    }
+}
+
+/// A dependency as a row keeps it.
+pub(crate) fn dep_rows(spec: &TaskSpec) -> Vec<(String, DependOn)> {
+    spec.depends_on
+        .iter()
+        .filter_map(|d| match &d.task {
+            shepherd_core::DependencyTarget::Id(id) => Some((id.clone(), d.on)),
+            shepherd_core::DependencyTarget::Position(_) => None,
+        })
+        .collect()
+}
+
+/// An array row's counters, as the hooks read them.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct ArrayCounts {
+    pub children: i64,
+    pub succeeded: i64,
+    pub failed: i64,
+    pub remaining: i64,
+    pub admitted: i64,
+    pub parallelism: Option<i64>,
+    pub fail_fast: bool,
+    pub stopping: bool,
+}
