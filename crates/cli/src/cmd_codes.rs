@@ -228,7 +228,7 @@ pub async fn code(client: &Client, args: CodeArgs) -> Result<ExitCode> {
             if let Some(t) = s.timeout_seconds {
                 println!("Timeout:     {t}s");
             }
-            if let Some(r) = s.retry {
+            if let Some(r) = &s.retry {
                 println!("Attempts:    {}", r.max_attempts);
             }
             if let Some(m) = s.max_concurrency {

@@ -129,6 +129,42 @@ async fn arrays_from_the_command_line() {
     let again = wait_array(&http, &retry, Duration::from_secs(60)).await;
     assert_eq!((again["children"].as_u64(), again["size"].as_u64(), again["retry_of"].as_str()), (Some(1), Some(5), Some(id.as_str())));
     assert_eq!(again["failed_indices"], json!([2]), "the same index, and it fails again: {again}");
+    // Retry rules: exit 3 ends the task at once, with attempts left.
+    let out = server.cli(&[
+        "run",
+        "--retries",
+        "3",
+        "--backoff",
+        "0",
+        "--retry-rule",
+        "exit=3,4:fail",
+        "--retry-rule",
+        "lost:retry_free",
+        "--wait",
+        "busybox",
+        "--",
+        "sh",
+        "-c",
+        "exit 3",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    let (_, page) = http.get("/v1/tasks?limit=1").await;
+    let task = &page["tasks"][0];
+    assert_eq!(task["attempts"].as_array().unwrap().len(), 1, "{task}");
+    let out = server.cli(&["inspect", task["id"].as_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("attempt 1 of 4")
+            && text.contains("exit 3, 4 ends the task")
+            && text.contains("lost is retried without spending an attempt"),
+        "{text}"
+    );
+    let out = server.cli(&["run", "--retry-rule", "exit=0:fail", "busybox", "--", "true"]);
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--retry-rule"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Cancel an array that is running: the running children stop, the rest end.
     let out = server.cli(&["run", "--array", "6", "--parallelism", "2", "busybox", "--", "sleep", "30"]);
     let long = String::from_utf8_lossy(&out.stdout).trim().to_string();

@@ -136,7 +136,7 @@ impl CodeSpec {
         let optional: [(&str, Option<Value>); 10] = [
             ("resources", self.resources.map(|r| serde_json::json!(r))),
             ("timeout_seconds", self.timeout_seconds.map(Value::from)),
-            ("retry", self.retry.map(|r| serde_json::json!(r))),
+            ("retry", self.retry.as_ref().map(|r| serde_json::json!(r))),
             ("priority", self.priority.map(Value::from)),
             ("profile", self.profile.clone().map(Value::String)),
             ("pool", self.pool.clone().map(Value::String)),

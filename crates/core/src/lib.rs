@@ -38,15 +38,15 @@ pub use constraint::{Constraint, ConstraintError, Operator};
 pub use decode::{decode_json, DecodeError};
 pub use events::{ClusterEvent, EventCursor, StoredEvent};
 pub use launch::{LaunchSpec, LogChunk, LogStream, ResolvedNetwork};
-pub use lifecycle::{change, Change, ClosedAttempt, Decision, Event, IllegalTransition, LifecycleContext};
+pub use lifecycle::{change, change_with, decide_with, Change, ClosedAttempt, Decision, Event, IllegalTransition, LifecycleContext};
 pub use machine::{IllegalMachineChange, Machine, MachineShape, MachineState};
 pub use node::{IllegalNodeEvent, NodeEvent, NodeState};
 pub use registry::{RegistryAuth, RegistryLogin};
 pub use schedule::{CatchUp, Overlap, Schedule, ScheduleSpec, ScheduleState};
 pub use state::TaskState;
 pub use task::{
-    AntiAffinitySpec, Attempt, AttemptOutcome, AttemptRuntime, NewTask, Progress, PullPolicy, QueuePosition, Resources, RetryPolicy,
-    ReusePolicy, ScratchSpec, Task, TaskId, TaskSpec, Usage,
+    AntiAffinitySpec, Attempt, AttemptOutcome, AttemptRuntime, FailureReason, NewTask, Progress, PullPolicy, QueuePosition, Resources,
+    RetryAction, RetryPolicy, RetryRule, ReusePolicy, ScratchSpec, Task, TaskId, TaskSpec, Usage,
 };
 pub use tenant::{
     engine_network_name, is_env_name, is_project_name, is_secret_name, is_short_name, Egress, NetworkSpec, ProjectLimits, ProjectPolicy,

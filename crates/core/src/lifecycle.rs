@@ -174,6 +174,13 @@ impl Event {
 
 /// Decides what `event` does to a task in `ctx`.
 pub fn decide(ctx: &LifecycleContext, event: &Event) -> Result<Decision, IllegalTransition> {
+    decide_with(ctx, &[], event)
+}
+
+/// [`decide`] for a task with retry rules (`RetryPolicy::on`): the first
+/// rule that matches a failed attempt decides whether the task is retried,
+/// retried without spending an attempt, or ends now.
+pub fn decide_with(ctx: &LifecycleContext, rules: &[crate::RetryRule], event: &Event) -> Result<Decision, IllegalTransition> {
     use TaskState::*;
     if ctx.state.is_terminal() {
         return Err(IllegalTransition::AlreadyTerminal(ctx.state));
@@ -196,7 +203,9 @@ pub fn decide(ctx: &LifecycleContext, event: &Event) -> Result<Decision, Illegal
         }
         Event::Exit { code, oom_killed, .. } if ctx.state == Running => {
             let reason = if *oom_killed { "oom_killed".to_string() } else { format!("exited with code {code}") };
-            Decision { exit_code: Some(*code), ..retry_or_fail(ctx, AttemptOutcome::Failed, reason) }
+            let why = oom_killed.then_some(crate::FailureReason::OomKilled);
+            let rule = rules.iter().find(|r| r.matches(Some(*code), why));
+            Decision { exit_code: Some(*code), ..retry_or_fail(ctx, rule, AttemptOutcome::Failed, reason) }
         }
         Event::TimedOut { .. } if ctx.state == Running => Decision {
             close_attempt: Some(AttemptOutcome::TimedOut),
@@ -204,9 +213,20 @@ pub fn decide(ctx: &LifecycleContext, event: &Event) -> Result<Decision, Illegal
             reason: Some("timed out".to_string()),
             ..Decision::to(TimedOut)
         },
-        Event::StartFailed { reason, .. } if on_node => retry_or_fail(ctx, AttemptOutcome::StartFailed, reason.clone()),
+        Event::StartFailed { reason, .. } if on_node => {
+            let why = if reason.starts_with("image_pull_failed") {
+                crate::FailureReason::ImagePullFailed
+            } else {
+                crate::FailureReason::StartFailed
+            };
+            let rule = rules.iter().find(|r| r.matches(None, Some(why)));
+            retry_or_fail(ctx, rule, AttemptOutcome::StartFailed, reason.clone())
+        }
         Event::Lost { .. } if on_node && ctx.cancel_requested => cancelled(AttemptOutcome::Lost),
-        Event::Lost { .. } if on_node => retry_or_fail(ctx, AttemptOutcome::Lost, "lost".to_string()),
+        Event::Lost { .. } if on_node => {
+            let rule = rules.iter().find(|r| r.matches(None, Some(crate::FailureReason::Lost)));
+            retry_or_fail(ctx, rule, AttemptOutcome::Lost, "lost".to_string())
+        }
         Event::Interrupted { .. } if on_node && ctx.cancel_requested => cancelled(AttemptOutcome::Interrupted),
         Event::Interrupted { .. } if on_node => Decision { close_attempt: Some(AttemptOutcome::Interrupted), ..Decision::to(Queued) },
         Event::Release if ctx.state == Waiting => Decision::to(Queued),
@@ -275,7 +295,18 @@ pub struct ClosedAttempt {
 /// own time (a start or exit timed by the node or the engine) happens then,
 /// never later than `now`.
 pub fn change(ctx: &LifecycleContext, node_id: Option<&str>, event: &Event, now: Timestamp) -> Result<Change, IllegalTransition> {
-    let decision = decide(ctx, event)?;
+    change_with(ctx, &[], node_id, event, now)
+}
+
+/// [`change`] for a task with retry rules (see [`decide_with`]).
+pub fn change_with(
+    ctx: &LifecycleContext,
+    rules: &[crate::RetryRule],
+    node_id: Option<&str>,
+    event: &Event,
+    now: Timestamp,
+) -> Result<Change, IllegalTransition> {
+    let decision = decide_with(ctx, rules, event)?;
     let at = event.at().map_or(now, |at| at.min(now));
     let attempt = decision.open_attempt.unwrap_or(ctx.attempt);
     let node_id = match event {
@@ -331,15 +362,27 @@ fn cancelled(outcome: AttemptOutcome) -> Decision {
     }
 }
 
-/// Back to the queue while attempts remain, else failed with `reason`.
-fn retry_or_fail(ctx: &LifecycleContext, outcome: AttemptOutcome, reason: String) -> Decision {
+/// Back to the queue while attempts remain, else failed with `reason`;
+/// a matching retry rule may end it now or retry it without charge.
+fn retry_or_fail(ctx: &LifecycleContext, rule: Option<&crate::RetryRule>, outcome: AttemptOutcome, reason: String) -> Decision {
     let charged = ctx.charged_attempts + 1;
     let base = Decision { close_attempt: Some(outcome), charge_attempt: true, reason: Some(reason), ..Decision::to(TaskState::Failed) };
     if ctx.cancel_requested {
         return cancelled(outcome);
     }
+    let policy = crate::RetryPolicy { max_attempts: ctx.max_attempts, backoff_seconds: ctx.backoff_seconds, on: Vec::new() };
+    match rule.map(|r| r.action) {
+        Some(crate::RetryAction::Fail) => {
+            let reason = base.reason.clone().map(|r| format!("{r}; a retry rule ends the task"));
+            return Decision { reason, ..base };
+        }
+        Some(crate::RetryAction::RetryFree) if ctx.attempt.saturating_sub(ctx.charged_attempts) < crate::task::MAX_FREE_RETRIES => {
+            let wait = policy.backoff_before(ctx.charged_attempts + 2);
+            return Decision { to: TaskState::Queued, charge_attempt: false, retry_after: Some(wait), ..base };
+        }
+        _ => {}
+    }
     if charged < ctx.max_attempts {
-        let policy = crate::RetryPolicy { max_attempts: ctx.max_attempts, backoff_seconds: ctx.backoff_seconds };
         let wait = policy.backoff_before(ctx.attempt + 1);
         Decision { to: TaskState::Queued, retry_after: Some(wait), ..base }
     } else {
@@ -464,6 +507,28 @@ mod tests {
         // A fail-fast sibling stops a running child as a cancel would.
         let d = decide(&ctx(Running), &Event::DependencyFailed { reason: "array_failed: 3".into() }).unwrap();
         assert_eq!((d.to, d.request_cancel), (Running, true));
+    }
+
+    #[test]
+    fn retry_rules_end_a_task_or_retry_it_free() {
+        use crate::{FailureReason, RetryAction, RetryRule};
+        let rules = vec![
+            RetryRule { exit_codes: vec![3, 4], reason: None, action: RetryAction::Fail },
+            RetryRule { exit_codes: vec![], reason: Some(FailureReason::Lost), action: RetryAction::RetryFree },
+        ];
+        let running = LifecycleContext { max_attempts: 5, ..ctx(Running) };
+        let exit = |code| Event::Exit { attempt: 1, code, oom_killed: false, at: None, usage: None };
+        let d = decide_with(&running, &rules, &exit(3)).unwrap();
+        assert_eq!((d.to, d.reason.as_deref()), (Failed, Some("exited with code 3; a retry rule ends the task")));
+        assert_eq!(decide_with(&running, &rules, &exit(1)).unwrap().to, Queued, "no rule: retried");
+        let d = decide_with(&running, &rules, &Event::Lost { attempt: 1, reason: "node down".into() }).unwrap();
+        assert_eq!((d.to, d.charge_attempt), (Queued, false));
+        // Even on the last attempt, a lost one is retried free...
+        let last = LifecycleContext { max_attempts: 1, ..ctx(Running) };
+        assert_eq!(decide_with(&last, &rules, &Event::Lost { attempt: 1, reason: "x".into() }).unwrap().to, Queued);
+        // ...but not forever.
+        let worn = LifecycleContext { attempt: 101, charged_attempts: 0, max_attempts: 1, ..ctx(Running) };
+        assert_eq!(decide_with(&worn, &rules, &Event::Lost { attempt: 101, reason: "x".into() }).unwrap().to, Failed);
     }
 
     #[test]

@@ -78,7 +78,7 @@ impl Default for Resources {
 }
 
 /// How often a failed or lost task is tried again, and how long to wait.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetryPolicy {
     /// Attempts in all, the first included (1 = never retry).
@@ -87,7 +87,77 @@ pub struct RetryPolicy {
     /// Wait before the second attempt; doubles for each later one, capped at an hour.
     #[serde(default = "RetryPolicy::default_backoff")]
     pub backoff_seconds: u32,
+    /// Rules by outcome, the first that matches decides (at most 16): an
+    /// exit code that ends the task at once, an infrastructure failure
+    /// retried without spending an attempt. None matching: retried while
+    /// attempts remain.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub on: Vec<RetryRule>,
 }
+
+/// One rule of a [`RetryPolicy`]: which failed attempts it is about (exit
+/// codes, or a reason), and what happens to the task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetryRule {
+    /// Attempts that exited with one of these codes (1 to 64 codes).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exit_codes: Vec<i32>,
+    /// Or attempts that failed for this reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<FailureReason>,
+    pub action: RetryAction,
+}
+
+/// Why an attempt failed, as a [`RetryRule`] names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureReason {
+    /// Its node or agent went away.
+    Lost,
+    /// It could not start (a bad command, a missing image).
+    StartFailed,
+    /// Its image could not be pulled in time.
+    ImagePullFailed,
+    /// The kernel killed it for its memory limit.
+    OomKilled,
+}
+
+/// What a matching [`RetryRule`] does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RetryAction {
+    /// Retried while attempts remain (as with no rule).
+    Retry,
+    /// Retried without spending an attempt (at most 100 such retries).
+    RetryFree,
+    /// Ends the task `failed` now, attempts left or not.
+    Fail,
+}
+
+impl RetryRule {
+    /// Whether an attempt that failed this way is this rule's.
+    pub fn matches(&self, exit_code: Option<i32>, reason: Option<FailureReason>) -> bool {
+        exit_code.is_some_and(|c| self.exit_codes.contains(&c)) || (reason.is_some() && self.reason == reason)
+    }
+
+    /// Says the rule as `inspect` shows it: `exit 3, 4 ends the task`.
+    pub fn describe(&self) -> String {
+        let what = match (&self.exit_codes[..], self.reason) {
+            ([], Some(reason)) => serde_json::to_value(reason).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
+            (codes, _) => format!("exit {}", codes.iter().map(i32::to_string).collect::<Vec<_>>().join(", ")),
+        };
+        let does = match self.action {
+            RetryAction::Retry => "is retried",
+            RetryAction::RetryFree => "is retried without spending an attempt",
+            RetryAction::Fail => "ends the task",
+        };
+        format!("{what} {does}")
+    }
+}
+
+/// The most free retries (`retry_free`) one task gets.
+pub const MAX_FREE_RETRIES: u32 = 100;
 
 impl RetryPolicy {
     fn default_attempts() -> u32 {
@@ -107,7 +177,7 @@ impl RetryPolicy {
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        RetryPolicy { max_attempts: Self::default_attempts(), backoff_seconds: Self::default_backoff() }
+        RetryPolicy { max_attempts: Self::default_attempts(), backoff_seconds: Self::default_backoff(), on: Vec::new() }
     }
 }
 

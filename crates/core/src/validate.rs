@@ -179,6 +179,14 @@ pub fn validate(mut spec: TaskSpec, limits: &Limits, id: TaskId, now: Timestamp)
     check((-1000..=1000).contains(&spec.priority), "priority", || "must be between -1000 and 1000".into())?;
     check((1..=100).contains(&spec.retry.max_attempts), "retry.max_attempts", || "must be between 1 and 100".into())?;
     check(spec.retry.backoff_seconds <= 3600, "retry.backoff_seconds", || "at most 3600".into())?;
+    check(spec.retry.on.len() <= 16, "retry.on", || "at most 16 rules".into())?;
+    for (i, rule) in spec.retry.on.iter().enumerate() {
+        check(rule.exit_codes.is_empty() != rule.reason.is_none(), &format!("retry.on[{i}]"), || {
+            "give exit_codes or a reason, not both".into()
+        })?;
+        check(rule.exit_codes.len() <= 64, &format!("retry.on[{i}].exit_codes"), || "at most 64 codes".into())?;
+        check(!rule.exit_codes.contains(&0), &format!("retry.on[{i}].exit_codes"), || "0 is success, never retried".into())?;
+    }
     check(spec.labels.len() <= 64, "labels", || "at most 64 labels".into())?;
     for (key, value) in &spec.labels {
         check(is_label_key(key), "labels", || format!("`{key}` is not a valid key (1-63 of letters, digits, . _ - /)"))?;

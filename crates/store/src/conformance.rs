@@ -264,6 +264,39 @@ pub async fn workflow_array_dependencies(store: &dyn Store) {
     let _ = b_id;
 }
 
+/// Retry rules by outcome: a lost attempt retried without spending one,
+/// an exit code that ends the task with attempts left.
+pub async fn retry_rules(store: &dyn Store) {
+    use shepherd_core::{FailureReason, RetryAction, RetryRule};
+    let mut gen = ulid::Generator::new();
+    let mut s = spec("p");
+    s.retry = shepherd_core::RetryPolicy {
+        max_attempts: 3,
+        backoff_seconds: 0,
+        on: vec![
+            RetryRule { exit_codes: vec![3], reason: None, action: RetryAction::Fail },
+            RetryRule { exit_codes: vec![], reason: Some(FailureReason::Lost), action: RetryAction::RetryFree },
+        ],
+    };
+    let plain = new_task(&mut gen, s.clone());
+    let child = new_array(&mut gen, s, 1, None, false);
+    let child_id = child.children[0].0;
+    let id = plain.id;
+    store.create_tasks(vec![plain]).await.unwrap();
+    submit_all(store, vec![Entry::Array(child)]).await;
+    for id in [id, child_id] {
+        let now = Timestamp::now();
+        store.apply(vec![(id, Event::Schedule { node_id: "n1".into() })], now).await.unwrap().remove(0).unwrap();
+        let lost = store.apply(vec![(id, Event::Lost { attempt: 1, reason: "node down".into() })], now).await.unwrap().remove(0).unwrap();
+        assert_eq!((lost.decision.to, lost.decision.charge_attempt), (TaskState::Queued, false), "lost: retried free");
+        run_to_end(store, id, 3).await;
+        let task = store.get_task(id).await.unwrap().unwrap();
+        assert_eq!(task.state, TaskState::Failed, "exit 3 ends it with attempts left");
+        assert_eq!(task.attempts.len(), 2);
+        assert_eq!(task.retry.on.len(), 2, "the rules are shown");
+    }
+}
+
 /// An idempotency key stands for its first answer for 24 hours: the same
 /// request stores nothing again, another request with it is refused.
 pub async fn idempotency_keys(store: &dyn Store) {
@@ -324,7 +357,7 @@ pub async fn create_get_and_batches(store: &dyn Store) {
 pub async fn apply_every_event(store: &dyn Store) {
     let mut gen = ulid::Generator::new();
     let mut s = spec("p");
-    s.retry = shepherd_core::RetryPolicy { max_attempts: 2, backoff_seconds: 0 };
+    s.retry = shepherd_core::RetryPolicy { max_attempts: 2, backoff_seconds: 0, on: Vec::new() };
     let task = new_task(&mut gen, s);
     let id = task.id;
     store.create_tasks(vec![task]).await.unwrap();
@@ -377,7 +410,7 @@ pub async fn apply_every_event(store: &dyn Store) {
     // A whole life in one call (two attempts, a retry between them) leaves
     // the same rows as the same events one call each.
     let mut s = spec("p");
-    s.retry = shepherd_core::RetryPolicy { max_attempts: 3, backoff_seconds: 0 };
+    s.retry = shepherd_core::RetryPolicy { max_attempts: 3, backoff_seconds: 0, on: Vec::new() };
     let (one, all) = (new_task(&mut gen, s.clone()), new_task(&mut gen, s));
     store.create_tasks(vec![one.clone(), all.clone()]).await.unwrap();
     let life = vec![
@@ -513,7 +546,7 @@ pub async fn queue_pages_shares_and_shapes(store: &dyn Store) {
     assert_eq!(store.count_queued("big").await.unwrap(), 41);
     // A task waiting out its retry backoff is not ready.
     let mut s = spec("retry");
-    s.retry = shepherd_core::RetryPolicy { max_attempts: 2, backoff_seconds: 600 };
+    s.retry = shepherd_core::RetryPolicy { max_attempts: 2, backoff_seconds: 600, on: Vec::new() };
     let retried = new_task(&mut gen, s);
     store.create_tasks(vec![retried.clone()]).await.unwrap();
     store.apply(vec![(retried.id, Event::Schedule { node_id: "n".into() })], now).await.unwrap();
@@ -1538,6 +1571,7 @@ macro_rules! store_conformance {
         $crate::store_conformance!(@one $fixture, workflow_arrays);
         $crate::store_conformance!(@one $fixture, workflow_array_dependencies);
         $crate::store_conformance!(@one $fixture, idempotency_keys);
+        $crate::store_conformance!(@one $fixture, retry_rules);
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn concurrent_writers() {
             let fixture = $fixture().await;

@@ -153,6 +153,23 @@ pub fn waiting_reason(spec: &TaskSpec, child: bool, waiting_on: i64) -> String {
     }
 }
 
+/// A task's retry rules as its row keeps them (`None`: it has none), so
+/// that applying an event needs no spec.
+pub fn rules_text(spec: &TaskSpec) -> Result<Option<String>, crate::StoreError> {
+    if spec.retry.on.is_empty() {
+        return Ok(None);
+    }
+    serde_json::to_string(&spec.retry.on).map(Some).map_err(|e| crate::StoreError::Corrupt(format!("retry rules: {e}")))
+}
+
+/// A row's retry rules.
+pub fn parse_rules(text: Option<&str>) -> Result<Vec<shepherd_core::RetryRule>, crate::StoreError> {
+    match text {
+        None => Ok(Vec::new()),
+        Some(text) => serde_json::from_str(text).map_err(|e| crate::StoreError::Corrupt(format!("retry rules: {e}"))),
+    }
+}
+
 /// A dependency as a row keeps it.
 pub(crate) fn dep_rows(spec: &TaskSpec) -> Vec<(String, DependOn)> {
     spec.depends_on

@@ -38,6 +38,13 @@ pub struct RunArgs {
     /// Seconds before the first retry; doubles each time (at most 3600; default 5).
     #[arg(long, value_parser = clap::value_parser!(u32).range(0..=3600))]
     backoff: Option<u32>,
+    /// A retry rule, the first that matches decides (repeatable):
+    /// `exit=3,4:fail` (those exit codes end the task at once),
+    /// `lost:retry_free` (a lost attempt is retried without spending one;
+    /// also start_failed, image_pull_failed, oom_killed), action retry,
+    /// retry_free or fail.
+    #[arg(long = "retry-rule", value_name = "WHAT:ACTION", value_parser = parse_retry_rule)]
+    retry_rules: Vec<shepherd_core::RetryRule>,
     /// Environment variable KEY=VALUE (repeatable).
     #[arg(short = 'e', long = "env", value_name = "KEY=VALUE", value_parser = parse_pair)]
     env: Vec<(String, String)>,
@@ -195,6 +202,7 @@ pub async fn run(client: &Client, args: RunArgs) -> Result<ExitCode> {
     spec.retry = RetryPolicy {
         max_attempts: args.retries.unwrap_or(0).saturating_add(1),
         backoff_seconds: args.backoff.unwrap_or(defaults.backoff_seconds),
+        on: args.retry_rules.clone(),
     };
     spec.env = args.env.iter().cloned().collect();
     spec.labels = args.labels.iter().cloned().collect();
@@ -311,7 +319,7 @@ fn code_request(args: &RunArgs, code: &str, spec: TaskSpec) -> Result<serde_json
     keep("constraints", !args.constraints.is_empty());
     keep("timeout_seconds", args.timeout.is_some());
     keep("priority", args.priority.is_some());
-    keep("retry", args.retries.is_some() || args.backoff.is_some());
+    keep("retry", args.retries.is_some() || args.backoff.is_some() || !args.retry_rules.is_empty());
     keep("network", !args.network.is_empty());
     keep("networks", !spec.networks.is_empty());
     keep("volumes", !args.volumes.is_empty());
@@ -338,6 +346,23 @@ fn code_request(args: &RunArgs, code: &str, spec: TaskSpec) -> Result<serde_json
         body.insert("code_revision".into(), revision.into());
     }
     Ok(body)
+}
+
+/// `exit=3,4:fail` or `lost:retry_free`: a retry rule.
+fn parse_retry_rule(text: &str) -> Result<shepherd_core::RetryRule, String> {
+    let (what, action) = text.rsplit_once(':').ok_or_else(|| format!("`{text}`: use exit=CODES:ACTION or REASON:ACTION"))?;
+    let action = serde_json::from_value(serde_json::Value::String(action.to_string()))
+        .map_err(|_| format!("`{action}`: the action is retry, retry_free or fail"))?;
+    if let Some(codes) = what.strip_prefix("exit=") {
+        let exit_codes = codes
+            .split(',')
+            .map(|c| c.trim().parse::<i32>().map_err(|_| format!("`{c}` is not an exit code")))
+            .collect::<Result<Vec<_>, _>>()?;
+        return Ok(shepherd_core::RetryRule { exit_codes, reason: None, action });
+    }
+    let reason = serde_json::from_value(serde_json::Value::String(what.to_string()))
+        .map_err(|_| format!("`{what}`: use exit=CODES, or lost, start_failed, image_pull_failed, oom_killed"))?;
+    Ok(shepherd_core::RetryRule { exit_codes: Vec::new(), reason: Some(reason), action })
 }
 
 /// `ID[:succeeded|finished|each]`: a dependency.
@@ -375,6 +400,7 @@ fn in_flag_terms(error: anyhow::Error) -> anyhow::Error {
         "priority" => "--priority",
         "retry.max_attempts" => return anyhow::anyhow!("--retries: at most 99 extra attempts ({})", failure.message),
         "retry.backoff_seconds" => "--backoff",
+        "retry.on" => "--retry-rule",
         "env" => "--env",
         "labels" => "--label",
         "constraints" => "--constraint",

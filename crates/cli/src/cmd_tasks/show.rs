@@ -160,7 +160,16 @@ pub async fn inspect(client: &Client, args: InspectArgs) -> Result<ExitCode> {
     println!("Resources:   {} millicores, {} MiB", task.resources.cpu_millicores, task.resources.memory_mib);
     println!("Timeout:     {}s", task.timeout_seconds);
     println!("Priority:    {}", task.priority);
-    println!("Retry:       {} in all, {}s backoff", plural(u64::from(task.retry.max_attempts), "attempt"), task.retry.backoff_seconds);
+    let tried = task.attempts.len();
+    let now = if tried > 0 { format!("attempt {tried} of {}; ", task.retry.max_attempts) } else { String::new() };
+    let rules: Vec<String> = task.retry.on.iter().map(shepherd_core::RetryRule::describe).collect();
+    let rules = if rules.is_empty() { String::new() } else { format!("; {}", rules.join("; ")) };
+    println!(
+        "Retry:       {now}{} in all, {}s backoff{}",
+        plural(u64::from(task.retry.max_attempts), "attempt"),
+        task.retry.backoff_seconds,
+        safe(&rules)
+    );
     println!("Payload:     {}", plural(task.payload_bytes, "byte"));
     if let Some(reuse) = &task.reuse {
         println!(

@@ -164,8 +164,8 @@ fn code_json(code: &Code) -> Value {
         "file_name": package.map(|p| p.executable.clone()),
         "image": code.spec.image,
         "max_concurrency": code.spec.max_concurrency.map_or(-1, i64::from),
-        "retries": code.spec.retry.map_or(0, |r| r.max_attempts.saturating_sub(1)),
-        "retries_delay": code.spec.retry.map_or(0, |r| r.backoff_seconds),
+        "retries": code.spec.retry.as_ref().map_or(0, |r| r.max_attempts.saturating_sub(1)),
+        "retries_delay": code.spec.retry.as_ref().map_or(0, |r| r.backoff_seconds),
     })
 }
 
@@ -346,6 +346,7 @@ async fn upload_code(
         spec.retry = Some(shepherd_core::RetryPolicy {
             max_attempts: data.retries.unwrap_or(0).saturating_add(1),
             backoff_seconds: data.retries_delay.unwrap_or(60),
+            on: Vec::new(),
         });
     }
     let code = state.codes.push(&caller, spec).await?;

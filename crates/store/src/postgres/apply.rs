@@ -39,6 +39,8 @@ struct Current {
     started_at: Option<Timestamp>,
     /// Its array and index, a child of one.
     member: Option<Member>,
+    /// Its retry rules by outcome.
+    rules: Vec<shepherd_core::RetryRule>,
 }
 
 /// A child's array and index.
@@ -95,7 +97,7 @@ pub(super) async fn apply_set(
     let select = tx
         .prepare_cached(
             "SELECT id, state, attempt, charged_attempts, max_attempts, backoff_seconds, cancel_requested, node_id, \
-             project, created_at, started_at, array_id, array_index FROM tasks WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+             project, created_at, started_at, array_id, array_index, retry_rules FROM tasks WHERE id = ANY($1) ORDER BY id FOR UPDATE",
         )
         .await
         .map_err(error)?;
@@ -118,6 +120,7 @@ pub(super) async fn apply_set(
                 created_at: Timestamp(row.get(9)),
                 started_at: row.get::<_, Option<i64>>(10).map(Timestamp),
                 member: row.get::<_, Option<String>>(11).zip(row.get::<_, Option<i64>>(12)),
+                rules: crate::workflow::parse_rules(row.get::<_, Option<&str>>(13))?,
             },
         );
     }
@@ -142,7 +145,7 @@ pub(super) async fn apply_set(
             results.push((Err(ApplyError::NotOnNode(*id)), None));
             continue;
         }
-        let change = match shepherd_core::change(&task.ctx, task.node_id.as_deref(), event, *now) {
+        let change = match shepherd_core::change_with(&task.ctx, &task.rules, task.node_id.as_deref(), event, *now) {
             Ok(change) => change,
             Err(illegal) => {
                 results.push((Err(ApplyError::Illegal(illegal)), None));

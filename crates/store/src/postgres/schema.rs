@@ -325,6 +325,11 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX idempotency_keys_by_age ON idempotency_keys (created_at);
     "#,
+    // 16: a task's retry rules by outcome (JSON, NULL for none), read
+    // with its lifecycle context.
+    r#"
+    ALTER TABLE tasks ADD COLUMN retry_rules TEXT;
+    "#,
 ];
 
 /// Data changes a migration needs that SQL alone cannot make.

@@ -358,9 +358,10 @@ async fn insert_array(
             .prepare_cached(
                 "INSERT INTO tasks (id, project, state, priority, image, cpu_millicores, memory_mib, constraints, spec, payload, \
                  payload_bytes, created_at, attempt, charged_attempts, max_attempts, backoff_seconds, cancel_requested, not_before, \
-                 updated_at, shape, waiting_on, array_id, array_index) \
+                 updated_at, shape, waiting_on, array_id, array_index, retry_rules) \
                  SELECT c.id, $5::text, c.state, $6::int, $7::text, $8::bigint, $9::bigint, $10::text, '', NULL, $11::bigint, \
-                 $12::bigint, 0, 0, $13::bigint, $14::bigint, false, $15::bigint, $12::bigint, $16::bigint, c.waiting_on, $17::text, c.idx \
+                 $12::bigint, 0, 0, $13::bigint, $14::bigint, false, $15::bigint, $12::bigint, $16::bigint, c.waiting_on, $17::text, c.idx, \
+                 $18::text \
                  FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[]) AS c(id, state, waiting_on, idx)",
             )
             .await
@@ -385,6 +386,7 @@ async fn insert_array(
                 &spec.first_start(array.created_at).millis(),
                 &spec.placement_shape(key),
                 &id,
+                &crate::workflow::rules_text(spec)?,
             ],
         )
         .await

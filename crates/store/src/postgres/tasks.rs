@@ -38,6 +38,7 @@ pub(super) async fn insert_tasks_as(
     let (mut constraints, mut specs, mut payloads, mut payload_bytes, mut created) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut max_attempts, mut backoffs, mut shapes, mut not_before) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut rules: Vec<Option<String>> = Vec::with_capacity(tasks.len());
     let (mut label_tasks, mut label_keys, mut label_values) = (Vec::new(), Vec::new(), Vec::new());
     let (mut hook_tasks, mut hook_projects, mut hook_urls, mut hook_at) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for task in tasks {
@@ -73,18 +74,19 @@ pub(super) async fn insert_tasks_as(
         backoffs.push(i64::from(spec.retry.backoff_seconds));
         shapes.push(spec.placement_shape(key));
         not_before.push(task.not_before().millis());
+        rules.push(crate::workflow::rules_text(spec)?);
     }
     let insert = tx
         .prepare_cached(
             "INSERT INTO tasks (id, project, state, priority, image, cpu_millicores, memory_mib, constraints, spec, payload, payload_bytes, \
              created_at, attempt, charged_attempts, max_attempts, backoff_seconds, cancel_requested, not_before, updated_at, shape, \
-             waiting_on) \
+             waiting_on, retry_rules) \
              SELECT id, project, state, priority, image, cpu, memory, constraints, spec, payload, payload_bytes, created, 0, 0, \
-             max_attempts, backoff, false, not_before, created, shape, waiting_on \
+             max_attempts, backoff, false, not_before, created, shape, waiting_on, rules \
              FROM UNNEST($1::text[], $2::text[], $3::int[], $4::text[], $5::bigint[], $6::bigint[], $7::text[], $8::text[], $9::bytea[], \
-             $10::bigint[], $11::bigint[], $12::bigint[], $13::bigint[], $14::bigint[], $15::bigint[], $16::text[], $17::bigint[]) \
+             $10::bigint[], $11::bigint[], $12::bigint[], $13::bigint[], $14::bigint[], $15::bigint[], $16::text[], $17::bigint[], $18::text[]) \
              AS t(id, project, priority, image, cpu, memory, constraints, spec, payload, payload_bytes, created, max_attempts, backoff, shape, \
-             not_before, state, waiting_on)",
+             not_before, state, waiting_on, rules)",
         )
         .await
         .map_err(error)?;
@@ -109,6 +111,7 @@ pub(super) async fn insert_tasks_as(
                 &not_before,
                 &state_names,
                 &waiting_on,
+                &rules,
             ],
         )
         .await;

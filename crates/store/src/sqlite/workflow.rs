@@ -172,8 +172,8 @@ fn created_event(id: TaskId, project: &str, state: TaskState, at: Timestamp) -> 
 
 const INSERT_TASK: &str = "INSERT INTO tasks (id, project, state, priority, image, cpu_millicores, memory_mib, constraints, \
      spec, payload, payload_bytes, created_at, attempt, charged_attempts, max_attempts, backoff_seconds, \
-     cancel_requested, not_before, updated_at, shape, waiting_on, array_id, array_index) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 0, 0, ?13, ?14, 0, ?15, ?12, ?16, ?17, ?18, ?19)";
+     cancel_requested, not_before, updated_at, shape, waiting_on, array_id, array_index, retry_rules) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 0, 0, ?13, ?14, 0, ?15, ?12, ?16, ?17, ?18, ?19, ?20)";
 
 fn constraints_of(spec: &shepherd_core::TaskSpec) -> Result<Option<String>, StoreError> {
     if spec.constraints.is_empty() {
@@ -206,6 +206,7 @@ fn insert_task(tx: &Connection, task: &NewTask, key: &ShapeKey, state: TaskState
         waiting_on,
         Option::<String>::None,
         Option::<i64>::None,
+        crate::workflow::rules_text(spec)?,
     ]);
     match inserted {
         Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
@@ -258,6 +259,7 @@ fn insert_array(
     let shape = spec.placement_shape(key);
     let constraints = constraints_of(spec)?;
     let not_before = spec.first_start(array.created_at).millis();
+    let rules = crate::workflow::rules_text(spec)?;
     let mut insert = tx.prepare_cached(INSERT_TASK)?;
     for (child, index) in &array.children {
         let index = i64::from(*index);
@@ -300,6 +302,7 @@ fn insert_array(
             child_waiting,
             id,
             index,
+            rules,
         ]);
         match inserted {
             Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {

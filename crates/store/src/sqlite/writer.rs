@@ -217,8 +217,8 @@ pub fn insert_tasks(tx: &Connection, tasks: &[NewTask], key: &ShapeKey) -> Resul
     let mut insert = tx.prepare_cached(
         "INSERT INTO tasks (id, project, state, priority, image, cpu_millicores, memory_mib, constraints, \
          spec, payload, payload_bytes, created_at, attempt, charged_attempts, max_attempts, backoff_seconds, \
-         cancel_requested, not_before, updated_at, shape) \
-         VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 0, 0, ?12, ?13, 0, ?15, ?11, ?14)",
+         cancel_requested, not_before, updated_at, shape, retry_rules) \
+         VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 0, 0, ?12, ?13, 0, ?15, ?11, ?14, ?16)",
     )?;
     let mut label = tx.prepare_cached("INSERT INTO task_labels (task_id, key, value) VALUES (?1, ?2, ?3)")?;
     let mut webhook = tx.prepare_cached(
@@ -249,6 +249,7 @@ pub fn insert_tasks(tx: &Connection, tasks: &[NewTask], key: &ShapeKey) -> Resul
             spec.retry.backoff_seconds,
             spec.placement_shape(key),
             task.not_before().millis(),
+            crate::workflow::rules_text(spec)?,
         ]);
         match inserted {
             Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
@@ -330,7 +331,7 @@ pub(crate) fn apply_one(
     let key = id.to_string();
     let mut select = tx.prepare_cached(
         "SELECT state, attempt, charged_attempts, max_attempts, backoff_seconds, cancel_requested, node_id, \
-         project, created_at, started_at, array_id, array_index FROM tasks WHERE id = ?1",
+         project, created_at, started_at, array_id, array_index, retry_rules FROM tasks WHERE id = ?1",
     )?;
     let row = select
         .query_row([&key], |row| {
@@ -346,11 +347,24 @@ pub(crate) fn apply_one(
                 row.get::<_, i64>(8)?,
                 row.get::<_, Option<i64>>(9)?,
                 row.get::<_, Option<String>>(10)?.zip(row.get::<_, Option<i64>>(11)?),
+                row.get::<_, Option<String>>(12)?,
             ))
         })
         .optional()?;
-    let Some((state, attempt, charged, max_attempts, backoff_seconds, cancel_requested, node_id, project, created_at, started_at, member)) =
-        row
+    let Some((
+        state,
+        attempt,
+        charged,
+        max_attempts,
+        backoff_seconds,
+        cancel_requested,
+        node_id,
+        project,
+        created_at,
+        started_at,
+        member,
+        rules,
+    )) = row
     else {
         return Ok((Err(ApplyError::NotFound(id)), None));
     };
@@ -367,7 +381,8 @@ pub(crate) fn apply_one(
         backoff_seconds,
         cancel_requested,
     };
-    let change = match shepherd_core::change(&ctx, node_id.as_deref(), event, now) {
+    let rules = crate::workflow::parse_rules(rules.as_deref())?;
+    let change = match shepherd_core::change_with(&ctx, &rules, node_id.as_deref(), event, now) {
         Ok(change) => change,
         Err(illegal) => return Ok((Err(ApplyError::Illegal(illegal)), None)),
     };
