@@ -294,6 +294,30 @@ async fn idempotent_submits_under_a_retry_storm_and_a_crash() {
     let (status, answer, _) = post_with_key(&http, "/v1/tasks", "bad key with spaces", &body).await;
     assert_eq!((status, answer["error"]["field"].as_str()), (400, Some("Idempotency-Key")), "{answer}");
 
+    // IronWorker's queue route takes the key too.
+    let (status, code) = http.post("/v1/codes", &json!({"name": "hello", "image": "busybox", "command": ["true"]})).await;
+    assert_eq!(status, 201, "{code}");
+    let iron = |key: &'static str| {
+        let (client, base) = (http.client.clone(), http.base.clone());
+        async move {
+            let r = client
+                .post(format!("{base}/2/projects/default/tasks"))
+                .header("authorization", format!("OAuth {}", common::ADMIN_TOKEN))
+                .header("idempotency-key", key)
+                .header("content-type", "application/json")
+                .body(json!({"tasks": [{"code_name": "hello", "payload": "{}"}]}).to_string())
+                .send()
+                .await
+                .unwrap();
+            let replayed = r.headers().get("idempotent-replayed").is_some();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap(), replayed)
+        }
+    };
+    let (s1, first, _) = iron("iron-1").await;
+    let (s2, second, replayed) = iron("iron-1").await;
+    assert_eq!((s1, s2, replayed), (200, 200, true), "{first} {second}");
+    assert_eq!(first["tasks"], second["tasks"]);
+
     // A crash between the commit and the answer: the retry creates nothing twice.
     server.kill();
     let crashing = Server::start_env(&data, "127.0.0.1:0", &[], &[("SHEPHERD_FAILPOINT_CRASH_AFTER_SUBMIT", "1")]);

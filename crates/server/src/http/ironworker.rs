@@ -20,6 +20,7 @@
 use crate::http::state::AppState;
 use crate::service::auth::Caller;
 use crate::service::error::{Refusal, ServiceError};
+use crate::service::workflows::{Answer, Created, Idempotency};
 use axum::extract::{Multipart, Path, RawQuery, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
@@ -484,22 +485,59 @@ struct QueueBody {
     tasks: Vec<QueuedTask>,
 }
 
+/// Queues tasks. With an `Idempotency-Key` header, the same request in
+/// the project within 24 hours answers the same again and queues nothing
+/// (as Shepherd's own `POST /v1/tasks/batch`).
 async fn queue_tasks(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(project): Path<String>,
-    body: axum::body::Bytes,
-) -> IronResult<(StatusCode, Json<Value>)> {
-    let body: QueueBody = serde_json::from_slice(&body).map_err(|e| IronError::bad(format!("bad body: {e}")))?;
+    headers: axum::http::HeaderMap,
+    raw: axum::body::Bytes,
+) -> IronResult<Response> {
+    let body: QueueBody = serde_json::from_slice(&raw).map_err(|e| IronError::bad(format!("bad body: {e}")))?;
     if body.tasks.is_empty() {
         return Err(IronError::bad("no tasks"));
+    }
+    let idempotency = match headers.get("idempotency-key") {
+        None => None,
+        Some(value) => {
+            let text = value.to_str().map_err(|_| IronError::bad("Idempotency-Key: 1 to 255 visible ASCII characters"))?;
+            let route = format!("POST /2/projects/{project}/tasks");
+            Some(Idempotency::new(text, &route, &raw).map_err(|e| IronError::bad(e.to_string()))?)
+        }
+    };
+    let replay = |status: u16, text: String| {
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+        let mut response = (status, [(axum::http::header::CONTENT_TYPE, "application/json")], text).into_response();
+        response.headers_mut().insert("idempotent-replayed", axum::http::HeaderValue::from_static("true"));
+        response
+    };
+    if let Some(key) = &idempotency {
+        if let Some((status, text)) = state.tasks.replay(&caller, &project, key).await? {
+            return Ok(replay(status, text));
+        }
     }
     let objects = body.tasks.iter().map(|t| task_object(&project, t)).collect::<IronResult<Vec<_>>>()?;
     let specs = objects.iter().map(decode_spec).collect::<IronResult<Vec<_>>>()?;
     let specs = state.tasks.expand_codes(&caller, specs, &|i| objects.get(i).cloned(), &|i| format!("tasks[{i}]")).await?;
-    let created = state.tasks.create_batch(&caller, specs).await?;
-    let ids: Vec<Value> = created.iter().map(|t| json!({ "id": t.id.to_string() })).collect();
-    Ok((StatusCode::OK, Json(json!({ "msg": "Queued up", "tasks": ids }))))
+    let answer = |created: &[Created]| -> Result<(u16, String), crate::service::ServiceError> {
+        let ids: Vec<Value> = created.iter().map(|c| json!({ "id": c.id() })).collect();
+        Ok((200, json!({ "msg": "Queued up", "tasks": ids }).to_string()))
+    };
+    if idempotency.is_none() {
+        let created = state.tasks.create_batch(&caller, specs).await?;
+        let ids: Vec<Value> = created.iter().map(|t| json!({ "id": t.id.to_string() })).collect();
+        return Ok((StatusCode::OK, Json(json!({ "msg": "Queued up", "tasks": ids }))).into_response());
+    }
+    match state.tasks.submit(&caller, specs, true, idempotency, &answer).await? {
+        Answer::Created(created) => {
+            let (status, text) = answer(&created)?;
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+            Ok((status, [(axum::http::header::CONTENT_TYPE, "application/json")], text).into_response())
+        }
+        Answer::Replayed { status, body } => Ok(replay(status, body)),
+    }
 }
 
 #[derive(Deserialize, Default)]
