@@ -116,10 +116,10 @@ async fn check(nodes: Vec<Node>) {
         ended.insert(i, end_of(nodes[i].outcome));
         // Whatever the store ended on its own (dependents that never can run).
         for (j, id) in ids.iter().enumerate() {
-            if !ended.contains_key(&j) {
+            if let std::collections::hash_map::Entry::Vacant(slot) = ended.entry(j) {
                 let task = store.get_task(*id).await.unwrap().unwrap();
                 if task.state.is_terminal() {
-                    ended.insert(j, task.state);
+                    slot.insert(task.state);
                 }
             }
         }
