@@ -651,6 +651,23 @@ async fn start(
         }
         Some(dir)
     };
+    // A directory the task may write its result into (mounted writable in
+    // a cold container, whatever user it runs as; the attempt's directory
+    // above it stays private on the host).
+    let out_dir = {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = work_dir.join("out");
+        tokio::fs::create_dir_all(&dir).await.map_err(StartError::WorkDir)?;
+        tokio::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).await.map_err(StartError::WorkDir)?;
+        Some(dir)
+    };
+    let inputs_dir = if launch.inputs.is_empty() {
+        None
+    } else {
+        let dir = work_dir.join("inputs");
+        write_secrets(&dir, &launch.inputs).await.map_err(StartError::Payload)?;
+        Some(dir)
+    };
     let spec = AttemptSpec {
         task_id,
         attempt,
@@ -669,6 +686,8 @@ async fn start(
         reuse,
         project: launch.spec.project,
         secrets_dir,
+        out_dir,
+        inputs_dir,
         package_dir,
         scratch: launch.spec.scratch,
         volumes: launch.volumes,
@@ -836,10 +855,27 @@ async fn run_attempt_inner(
             oom_killed: status.oom_killed,
             at: Some(status.finished_at.unwrap_or(exited_at)),
             usage,
+            result: read_result(&work_dir.join("out")),
         },
         (None, false, Err(e)) => Event::Lost { attempt, reason: format!("driver lost track of the attempt: {e}") },
     };
     report(inner, task_id, event).await;
+}
+
+/// What the task wrote to its result file, at most
+/// [`shepherd_core::lifecycle::MAX_RESULT_BYTES`]: a regular file only,
+/// never through a link (the task owns the directory: a link to a host
+/// file, a FIFO, or a device is no result).
+fn read_result(dir: &std::path::Path) -> Option<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(dir.join("result")).ok()?;
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut bytes = Vec::new();
+    file.take(shepherd_core::lifecycle::MAX_RESULT_BYTES as u64).read_to_end(&mut bytes).ok()?;
+    Some(bytes)
 }
 
 /// SIGTERM, then SIGKILL after the grace period. The SIGTERM is sent once

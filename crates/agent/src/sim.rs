@@ -557,9 +557,10 @@ impl Fleet {
                 if let Ok(mut inner) = node.inner.lock() {
                     if inner.running.get(&task) == Some(&attempt) {
                         inner.running.remove(&task);
-                        inner
-                            .pending
-                            .push((task, Event::Exit { attempt, code, oom_killed: false, at: Some(Timestamp::now()), usage: None }));
+                        inner.pending.push((
+                            task,
+                            Event::Exit { attempt, code, oom_killed: false, at: Some(Timestamp::now()), usage: None, result: None },
+                        ));
                     }
                 }
                 node.wake.notify_one();

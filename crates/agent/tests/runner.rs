@@ -31,6 +31,7 @@ fn launch(task: TaskId, attempt: u32, timeout_seconds: u32) -> LaunchSpec {
         volumes: Vec::new(),
         networks: Vec::new(),
         registry_auth: None,
+        inputs: Default::default(),
     }
 }
 

@@ -159,6 +159,8 @@ pub fn attempt_spec(image: &str) -> AttemptSpec {
         payload_file: None,
         project: "default".into(),
         secrets_dir: None,
+        out_dir: None,
+        inputs_dir: None,
         reuse: None,
         warm_key: None,
         package_dir: None,

@@ -113,7 +113,7 @@ async fn release(store: &dyn Store, dependents: usize, releases: usize) -> Resul
         store.apply(vec![(root_id, Event::Schedule { node_id: "n".into() })], now).await?;
         store.apply(vec![(root_id, Event::Start { attempt: 1, at: None, runtime: None })], now).await?;
         let started = Instant::now();
-        let exit = Event::Exit { attempt: 1, code: 0, oom_killed: false, at: None, usage: None };
+        let exit = Event::Exit { attempt: 1, code: 0, oom_killed: false, at: None, usage: None, result: None };
         store.apply(vec![(root_id, exit)], Timestamp::now()).await?;
         out.push(started.elapsed().as_secs_f64() * 1000.0);
         if let Some(last) = last {

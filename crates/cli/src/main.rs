@@ -79,6 +79,8 @@ enum Command {
     Retry(Client<cmd_tasks::RetryArgs>),
     /// Show the dependency graph around a task or an array, with states.
     Graph(Client<cmd_tasks::GraphArgs>),
+    /// Print what a task wrote to $SHEPHERD_RESULT_FILE.
+    Result(Client<cmd_tasks::ResultArgs>),
     /// Wait for a task to end and exit with its exit code.
     Wait(Client<cmd_tasks::WaitArgs>),
     /// List the cluster's nodes.
@@ -191,6 +193,7 @@ fn main() -> ExitCode {
             Command::Cancel(c) => cmd_tasks::cancel(&make_client(&c.client)?, c.args).await,
             Command::Retry(c) => cmd_tasks::retry(&make_client(&c.client)?, c.args).await,
             Command::Graph(c) => cmd_tasks::graph(&make_client(&c.client)?, c.args).await,
+            Command::Result(c) => cmd_tasks::result(&make_client(&c.client)?, c.args).await,
             Command::Wait(c) => cmd_tasks::wait(&make_client(&c.client)?, c.args).await,
             Command::Nodes(c) => cmd_nodes::nodes(&make_client(&c.client)?, c.args).await,
             Command::Machines(c) => cmd_machines::machines(&make_client(&c.client)?, c.args).await,

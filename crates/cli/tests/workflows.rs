@@ -457,3 +457,64 @@ async fn workflows_on_postgresql() {
     let (_, page) = http.get(&format!("/v1/tasks?array={}&limit=100", ids[4])).await;
     assert_eq!(page["tasks"].as_array().unwrap().len(), 8);
 }
+
+/// A diamond whose join reads its inputs: results pass along the edges
+/// with no store of the user's own.
+async fn diamond_with_results(http: &Http, image: &str) -> (Vec<String>, Value) {
+    let task = |script: &str, deps: Value| json!({"image": image, "command": ["sh", "-c", script], "depends_on": deps});
+    let batch = json!({"tasks": [
+        task("printf 'seed=42' > $SHEPHERD_RESULT_FILE", json!([])),
+        task("printf \"b saw [$(cat $SHEPHERD_INPUTS_DIR/*)]\" > $SHEPHERD_RESULT_FILE", json!([{"task": 0}])),
+        task("printf \"c saw [$(cat $SHEPHERD_INPUTS_DIR/*)]\" > $SHEPHERD_RESULT_FILE", json!([{"task": 0}])),
+        task("for f in $SHEPHERD_INPUTS_DIR/*; do cat $f; echo; done; ls $SHEPHERD_INPUTS_DIR | wc -l", json!([{"task": 1}, {"task": 2}])),
+    ]});
+    let (status, created) = http.post("/v1/tasks/batch", &batch).await;
+    assert_eq!(status, 201, "{created}");
+    let ids: Vec<String> = created["ids"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
+    let d = http.wait_terminal(&ids[3], Duration::from_secs(120)).await;
+    (ids, d)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_pass_to_dependents_and_stay_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &[]);
+    let http = server.http();
+    let (ids, d) = diamond_with_results(&http, "busybox").await;
+    assert_eq!(d["state"], "succeeded", "{d}");
+    let (_, logs) = http.text(&format!("/v1/tasks/{}/logs", ids[3])).await;
+    assert_eq!(logs, "b saw [seed=42]\nc saw [seed=42]\n2\n", "D read B's and C's results");
+    let out = server.cli(&["result", &ids[1]]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "b saw [seed=42]");
+    // Hostile results: a link to a host file is no result; a huge one is cut at 64 KiB.
+    let (link, _) = common::run_to_end(&http, sh("ln -s /etc/passwd $SHEPHERD_RESULT_FILE")).await;
+    assert_eq!(http.get(&format!("/v1/tasks/{}/result", link["id"].as_str().unwrap())).await.0, 404);
+    let (fifo, _) = common::run_to_end(&http, sh("mkfifo $SHEPHERD_RESULT_FILE")).await;
+    assert_eq!(fifo["state"], "succeeded", "a FIFO does not hang the agent: {fifo}");
+    assert_eq!(http.get(&format!("/v1/tasks/{}/result", fifo["id"].as_str().unwrap())).await.0, 404);
+    let (huge, _) = common::run_to_end(&http, sh("head -c 200000 /dev/zero > $SHEPHERD_RESULT_FILE")).await;
+    let (status, bytes) = http.text(&format!("/v1/tasks/{}/result", huge["id"].as_str().unwrap())).await;
+    assert_eq!((status, bytes.len()), (200, 64 * 1024));
+    // Another project's result is not there.
+    let (_, created) = http.post("/v1/projects", &json!({ "name": "alpha" })).await;
+    let alpha = server.http_as(Some(created["token"]["token"].as_str().unwrap()));
+    assert_eq!(alpha.get(&format!("/v1/tasks/{}/result", ids[1])).await.0, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_diamond_on_the_real_engine_reads_its_inputs() {
+    common::ensure_test_image();
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &["--driver", "docker"]);
+    let http = server.http();
+    let (ids, d) = diamond_with_results(&http, common::TEST_IMAGE).await;
+    assert_eq!(d["state"], "succeeded", "{d}");
+    let (_, logs) = http.text(&format!("/v1/tasks/{}/logs", ids[3])).await;
+    assert_eq!(logs, "b saw [seed=42]\nc saw [seed=42]\n2\n", "D read B's and C's results in its container");
+    // Inputs are read-only in the container.
+    let mut deps = sh("(echo x > $SHEPHERD_INPUTS_DIR/new) 2>/dev/null && echo wrote || echo refused");
+    deps["image"] = json!(common::TEST_IMAGE);
+    deps["depends_on"] = json!([{"task": ids[0]}]);
+    let (t, logs) = common::run_to_end(&http, deps).await;
+    assert_eq!((t["state"].as_str(), logs.as_str()), (Some("succeeded"), "refused\n"), "{t}");
+}

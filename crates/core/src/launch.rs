@@ -31,6 +31,9 @@ pub struct LaunchSpec {
     /// The project's login to the registry its image comes from, if it
     /// has one (its `Debug` leaves the password out).
     pub registry_auth: Option<crate::RegistryAuth>,
+    /// The results of the task's dependencies that left one, by the
+    /// dependency's id (at most 64 KiB each): files under `$SHEPHERD_INPUTS_DIR`.
+    pub inputs: BTreeMap<String, Vec<u8>>,
 }
 
 /// A network an attempt joins, resolved from its project's policy.

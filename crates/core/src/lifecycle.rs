@@ -50,6 +50,10 @@ pub enum Event {
         /// What it used, if the node measured it.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         usage: Option<crate::Usage>,
+        /// What it wrote to `$SHEPHERD_RESULT_FILE` (at most
+        /// [`MAX_RESULT_BYTES`]; more is cut there), base64 on the wire.
+        #[serde(default, skip_serializing_if = "Option::is_none", with = "result_base64")]
+        result: Option<Vec<u8>>,
     },
     /// The attempt ran past the timeout and was stopped.
     TimedOut {
@@ -278,6 +282,27 @@ pub struct Change {
     pub close_attempt: Option<ClosedAttempt>,
 }
 
+/// The most a task's result may hold: 64 KiB.
+pub const MAX_RESULT_BYTES: usize = 64 * 1024;
+
+/// An attempt's result as base64 in JSON.
+mod result_base64 {
+    use base64::Engine;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &Option<Vec<u8>>, serializer: S) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(bytes) => serializer.serialize_str(&base64::engine::general_purpose::STANDARD.encode(bytes)),
+            None => serializer.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Vec<u8>>, D::Error> {
+        let text: Option<String> = Option::deserialize(deserializer)?;
+        text.map(|t| base64::engine::general_purpose::STANDARD.decode(t).map_err(serde::de::Error::custom)).transpose()
+    }
+}
+
 /// How an attempt ended, as its row records it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClosedAttempt {
@@ -288,6 +313,8 @@ pub struct ClosedAttempt {
     pub reason: Option<String>,
     /// What the attempt used, if its node measured it.
     pub usage: Option<crate::Usage>,
+    /// What it wrote to its result file (at most [`MAX_RESULT_BYTES`]).
+    pub result: Option<Vec<u8>>,
 }
 
 /// Decides what `event` does to a task in `ctx` (on node `node_id`) at
@@ -330,6 +357,11 @@ pub fn change_with(
         },
         usage: match event {
             Event::Exit { usage, .. } | Event::TimedOut { usage, .. } | Event::Cancelled { usage, .. } => *usage,
+            _ => None,
+        },
+        // Cut at the bound, whatever a node sends.
+        result: match event {
+            Event::Exit { result: Some(bytes), .. } => Some(bytes[..bytes.len().min(MAX_RESULT_BYTES)].to_vec()),
             _ => None,
         },
     });
@@ -403,8 +435,8 @@ mod tests {
         vec![
             Event::Schedule { node_id: "n".into() },
             Event::Start { attempt: 1, at: None, runtime: None },
-            Event::Exit { attempt: 1, code: 0, oom_killed: false, at: None, usage: None },
-            Event::Exit { attempt: 1, code: 3, oom_killed: false, at: None, usage: None },
+            Event::Exit { attempt: 1, code: 0, oom_killed: false, at: None, usage: None, result: None },
+            Event::Exit { attempt: 1, code: 3, oom_killed: false, at: None, usage: None, result: None },
             Event::TimedOut { attempt: 1, usage: None },
             Event::StartFailed { attempt: 1, reason: "no such image".into() },
             Event::Lost { attempt: 1, reason: "node down".into() },
@@ -446,25 +478,27 @@ mod tests {
         let d = decide(&LifecycleContext { attempt: 0, ..ctx(Queued) }, &Event::Schedule { node_id: "n".into() }).unwrap();
         assert_eq!((d.to, d.open_attempt), (Scheduled, Some(1)));
         assert_eq!(decide(&ctx(Scheduled), &Event::Start { attempt: 1, at: None, runtime: None }).unwrap().to, Running);
-        let d = decide(&ctx(Running), &Event::Exit { attempt: 1, code: 0, oom_killed: false, at: None, usage: None }).unwrap();
+        let d =
+            decide(&ctx(Running), &Event::Exit { attempt: 1, code: 0, oom_killed: false, at: None, usage: None, result: None }).unwrap();
         assert_eq!((d.to, d.exit_code, d.close_attempt), (Succeeded, Some(0), Some(AttemptOutcome::Succeeded)));
     }
 
     #[test]
     fn failures_retry_while_attempts_remain() {
         let running = LifecycleContext { max_attempts: 2, ..ctx(Running) };
-        let d = decide(&running, &Event::Exit { attempt: 1, code: 1, oom_killed: false, at: None, usage: None }).unwrap();
+        let d = decide(&running, &Event::Exit { attempt: 1, code: 1, oom_killed: false, at: None, usage: None, result: None }).unwrap();
         assert_eq!((d.to, d.exit_code), (Queued, Some(1)));
         assert!(d.retry_after.is_some());
         let last = LifecycleContext { attempt: 2, charged_attempts: 1, ..running };
-        let d = decide(&last, &Event::Exit { attempt: 2, code: 1, oom_killed: false, at: None, usage: None }).unwrap();
+        let d = decide(&last, &Event::Exit { attempt: 2, code: 1, oom_killed: false, at: None, usage: None, result: None }).unwrap();
         assert_eq!(d.to, Failed);
         assert_eq!(d.reason.as_deref(), Some("exited with code 1"));
     }
 
     #[test]
     fn an_oom_kill_fails_with_reason_oom_killed() {
-        let d = decide(&ctx(Running), &Event::Exit { attempt: 1, code: 137, oom_killed: true, at: None, usage: None }).unwrap();
+        let d =
+            decide(&ctx(Running), &Event::Exit { attempt: 1, code: 137, oom_killed: true, at: None, usage: None, result: None }).unwrap();
         assert_eq!((d.to, d.reason.as_deref(), d.exit_code), (Failed, Some("oom_killed"), Some(137)));
     }
 
@@ -490,7 +524,7 @@ mod tests {
         let flagged = LifecycleContext { cancel_requested: true, max_attempts: 5, ..ctx(Running) };
         assert_eq!(decide(&flagged, &Event::Cancelled { attempt: 1, usage: None }).unwrap().to, Cancelled);
         assert_eq!(
-            decide(&flagged, &Event::Exit { attempt: 1, code: 137, oom_killed: false, at: None, usage: None }).unwrap().to,
+            decide(&flagged, &Event::Exit { attempt: 1, code: 137, oom_killed: false, at: None, usage: None, result: None }).unwrap().to,
             Cancelled
         );
         assert_eq!(decide(&flagged, &Event::Lost { attempt: 1, reason: "x".into() }).unwrap().to, Cancelled);
@@ -517,7 +551,7 @@ mod tests {
             RetryRule { exit_codes: vec![], reason: Some(FailureReason::Lost), action: RetryAction::RetryFree },
         ];
         let running = LifecycleContext { max_attempts: 5, ..ctx(Running) };
-        let exit = |code| Event::Exit { attempt: 1, code, oom_killed: false, at: None, usage: None };
+        let exit = |code| Event::Exit { attempt: 1, code, oom_killed: false, at: None, usage: None, result: None };
         let d = decide_with(&running, &rules, &exit(3)).unwrap();
         assert_eq!((d.to, d.reason.as_deref()), (Failed, Some("exited with code 3; a retry rule ends the task")));
         assert_eq!(decide_with(&running, &rules, &exit(1)).unwrap().to, Queued, "no rule: retried");
@@ -535,7 +569,7 @@ mod tests {
     fn stale_attempt_reports_are_refused() {
         let c = LifecycleContext { attempt: 2, ..ctx(Running) };
         assert_eq!(
-            decide(&c, &Event::Exit { attempt: 1, code: 0, oom_killed: false, at: None, usage: None }),
+            decide(&c, &Event::Exit { attempt: 1, code: 0, oom_killed: false, at: None, usage: None, result: None }),
             Err(IllegalTransition::StaleAttempt { reported: 1, current: 2 })
         );
     }
@@ -552,7 +586,7 @@ mod tests {
             Err(IllegalTransition::Repeated { event: "start", attempt: 1 })
         ));
         assert!(matches!(
-            decide(&ctx(Scheduled), &Event::Exit { attempt: 1, code: 0, oom_killed: false, at: None, usage: None }),
+            decide(&ctx(Scheduled), &Event::Exit { attempt: 1, code: 0, oom_killed: false, at: None, usage: None, result: None }),
             Err(IllegalTransition::WrongState { .. })
         ));
         assert!(matches!(decide(&ctx(Running), &Event::Schedule { node_id: "n".into() }), Err(IllegalTransition::WrongState { .. })));

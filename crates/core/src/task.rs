@@ -537,6 +537,10 @@ pub struct Attempt {
     /// What it used, once it ended, if its node measured it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
+    /// The size of what it wrote to `$SHEPHERD_RESULT_FILE`, if it wrote
+    /// one (`GET /v1/tasks/{id}/result`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result_bytes: Option<u64>,
 }
 
 /// What an attempt used, as its node measured it: the process driver and a

@@ -12,7 +12,7 @@ fn event(kind: u8, attempt_offset: u8, code: i32) -> impl Fn(u32) -> Event {
         match kind % 9 {
             0 => Event::Schedule { node_id: "n".into() },
             1 => Event::Start { attempt, at: None, runtime: None },
-            2 => Event::Exit { attempt, code, oom_killed: code == 137, at: None, usage: None },
+            2 => Event::Exit { attempt, code, oom_killed: code == 137, at: None, usage: None, result: None },
             3 => Event::TimedOut { attempt, usage: None },
             4 => Event::StartFailed { attempt, reason: "x".into() },
             5 => Event::Lost { attempt, reason: "x".into() },

@@ -149,6 +149,9 @@ pub struct WireLaunch {
     /// the secrets are; its `Debug` leaves the password out).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registry_auth: Option<shepherd_core::RegistryAuth>,
+    /// Its dependencies' results by id (base64).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub inputs: BTreeMap<String, String>,
 }
 
 impl std::fmt::Debug for WireLaunch {
@@ -177,6 +180,7 @@ impl From<LaunchSpec> for WireLaunch {
             volumes: l.volumes,
             networks: l.networks,
             registry_auth: l.registry_auth,
+            inputs: l.inputs.into_iter().map(|(k, v)| (k, b64().encode(v))).collect(),
         }
     }
 }
@@ -197,6 +201,7 @@ impl WireLaunch {
             volumes: self.volumes,
             networks: self.networks,
             registry_auth: self.registry_auth,
+            inputs: self.inputs.into_iter().filter_map(|(k, v)| b64().decode(v).ok().map(|v| (k, v))).collect(),
         }
     }
 }
@@ -290,6 +295,7 @@ mod tests {
             volumes: Vec::new(),
             networks: Vec::new(),
             registry_auth: None,
+            inputs: BTreeMap::new(),
         };
         let wire = WireLaunch::from(launch.clone());
         assert!(!format!("{wire:?}").contains("hunter2"));

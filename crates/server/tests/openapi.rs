@@ -65,8 +65,9 @@ fn every_route_is_documented() {
         "/v1/arrays/{id}/cancel",
         "/v1/arrays/{id}/retry",
         "/v1/tasks/{id}/dependencies",
+        "/v1/tasks/{id}/result",
     ] {
         assert!(documented.contains(&path), "{path} is routed but not documented");
     }
-    assert_eq!(documented.len(), 51, "documented paths: {documented:?}");
+    assert_eq!(documented.len(), 52, "documented paths: {documented:?}");
 }

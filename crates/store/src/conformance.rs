@@ -60,7 +60,7 @@ async fn run_to_end(store: &dyn Store, id: TaskId, code: i32) {
     let placed = store.apply(vec![(id, Event::Schedule { node_id: "n1".into() })], now).await.unwrap().remove(0).expect("placed");
     let attempt = placed.attempt;
     store.apply(vec![(id, Event::Start { attempt, at: None, runtime: None })], now).await.unwrap().remove(0).expect("started");
-    let exit = Event::Exit { attempt, code, oom_killed: false, at: None, usage: None };
+    let exit = Event::Exit { attempt, code, oom_killed: false, at: None, usage: None, result: None };
     store.apply(vec![(id, exit)], now).await.unwrap().remove(0).expect("exited");
 }
 
@@ -297,6 +297,34 @@ pub async fn retry_rules(store: &dyn Store) {
     }
 }
 
+/// A task's result is stored with its attempt (cut at 64 KiB) and given
+/// to its dependents in their launch specs.
+pub async fn results_and_inputs(store: &dyn Store) {
+    let mut gen = ulid::Generator::new();
+    let a = new_task(&mut gen, spec("p"));
+    let big = new_task(&mut gen, spec("p"));
+    let mut b = new_task(&mut gen, spec("p"));
+    b.spec.depends_on = vec![dep(a.id, shepherd_core::DependOn::Succeeded), dep(big.id, shepherd_core::DependOn::Succeeded)];
+    let (a_id, big_id, b_id) = (a.id, big.id, b.id);
+    submit_all(store, vec![Entry::Task(a), Entry::Task(big), Entry::Task(b)]).await;
+    let finish = |id: TaskId, result: Vec<u8>| async move {
+        let now = Timestamp::now();
+        store.apply(vec![(id, Event::Schedule { node_id: "n1".into() })], now).await.unwrap().remove(0).unwrap();
+        store.apply(vec![(id, Event::Start { attempt: 1, at: None, runtime: None })], now).await.unwrap().remove(0).unwrap();
+        let exit = Event::Exit { attempt: 1, code: 0, oom_killed: false, at: None, usage: None, result: Some(result) };
+        store.apply(vec![(id, exit)], now).await.unwrap().remove(0).unwrap();
+    };
+    finish(a_id, b"from a".to_vec()).await;
+    finish(big_id, vec![7u8; 70_000]).await;
+    assert_eq!(store.task_result(a_id).await.unwrap().as_deref(), Some(&b"from a"[..]));
+    assert_eq!(store.task_result(big_id).await.unwrap().map(|r| r.len()), Some(64 * 1024), "cut at 64 KiB");
+    assert_eq!(store.get_task(a_id).await.unwrap().unwrap().attempts[0].result_bytes, Some(6));
+    assert_eq!(store.task_result(b_id).await.unwrap(), None);
+    let launch = store.launch_spec(b_id).await.unwrap().unwrap();
+    assert_eq!(launch.inputs.get(&a_id.to_string()).map(Vec::as_slice), Some(&b"from a"[..]));
+    assert_eq!(launch.inputs.get(&big_id.to_string()).map(Vec::len), Some(64 * 1024));
+}
+
 /// An idempotency key stands for its first answer for 24 hours: the same
 /// request stores nothing again, another request with it is refused.
 pub async fn idempotency_keys(store: &dyn Store) {
@@ -371,7 +399,10 @@ pub async fn apply_every_event(store: &dyn Store) {
     let started_at = Timestamp(now.millis() - 5000);
     apply(Event::Start { attempt: 1, at: Some(started_at), runtime: None }).await.unwrap();
     assert!(
-        matches!(apply(Event::Exit { attempt: 7, code: 0, oom_killed: false, at: None, usage: None }).await, Err(ApplyError::Illegal(_))),
+        matches!(
+            apply(Event::Exit { attempt: 7, code: 0, oom_killed: false, at: None, usage: None, result: None }).await,
+            Err(ApplyError::Illegal(_))
+        ),
         "stale attempt"
     );
     let lost = apply(Event::Lost { attempt: 1, reason: "node n1 missed its heartbeats".into() }).await.unwrap();
@@ -391,7 +422,7 @@ pub async fn apply_every_event(store: &dyn Store) {
     assert!(cancel.decision.request_cancel);
     assert_eq!(store.active_tasks().await.unwrap().iter().find(|t| t.id == id).map(|t| t.cancel_requested), Some(true));
     let exited_at = Timestamp(now.millis() - 1000);
-    apply(Event::Exit { attempt: 2, code: 3, oom_killed: false, at: Some(exited_at), usage: None }).await.unwrap();
+    apply(Event::Exit { attempt: 2, code: 3, oom_killed: false, at: Some(exited_at), usage: None, result: None }).await.unwrap();
     let task = store.get_task(id).await.unwrap().unwrap();
     assert_eq!((task.state, task.exit_code, task.node_id.as_deref()), (TaskState::Cancelled, Some(3), Some("n2")), "{task:?}");
     assert_eq!(task.finished_at, Some(exited_at), "an exit keeps the engine's time");
@@ -416,7 +447,7 @@ pub async fn apply_every_event(store: &dyn Store) {
     let life = vec![
         Event::Schedule { node_id: "n1".into() },
         Event::Start { attempt: 1, at: Some(Timestamp(now.millis() - 900)), runtime: None },
-        Event::Exit { attempt: 1, code: 137, oom_killed: true, at: Some(Timestamp(now.millis() - 800)), usage: None },
+        Event::Exit { attempt: 1, code: 137, oom_killed: true, at: Some(Timestamp(now.millis() - 800)), usage: None, result: None },
         Event::Start { attempt: 1, at: None, runtime: None },
         Event::Schedule { node_id: "n2".into() },
         Event::Start {
@@ -428,7 +459,7 @@ pub async fn apply_every_event(store: &dyn Store) {
                 image_digest: Some("sha256:feed".into()),
             }),
         },
-        Event::Exit { attempt: 2, code: 0, oom_killed: false, at: Some(Timestamp(now.millis() - 600)), usage: None },
+        Event::Exit { attempt: 2, code: 0, oom_killed: false, at: Some(Timestamp(now.millis() - 600)), usage: None, result: None },
     ];
     let mut each = Vec::new();
     for event in &life {
@@ -695,7 +726,10 @@ pub async fn lookups_in_batches(store: &dyn Store) {
     assert_eq!(on_a, vec![ids[0], ids[2]]);
     assert!(store.active_tasks_on("nowhere").await.unwrap().is_empty());
     // Ended tasks leave the node's list.
-    store.apply(vec![(ids[2], Event::Exit { attempt: 1, code: 0, oom_killed: false, at: None, usage: None })], now).await.unwrap();
+    store
+        .apply(vec![(ids[2], Event::Exit { attempt: 1, code: 0, oom_killed: false, at: None, usage: None, result: None })], now)
+        .await
+        .unwrap();
     assert_eq!(store.active_tasks_on("a").await.unwrap().len(), 1);
     let unknown = TaskId(ulid::Ulid::new());
     let specs = store.launch_specs(vec![ids[1], unknown, ids[0]]).await.unwrap();
@@ -1197,7 +1231,11 @@ pub async fn events(store: &dyn Store) {
     assert!(store.apply(vec![(ids[1], Event::Start { attempt: 1, at: None, runtime: None })], now).await.unwrap()[0].is_err());
     store.apply_reported("n1".into(), vec![(ids[0], Event::Start { attempt: 1, at: None, runtime: None })], now).await.unwrap();
     store
-        .apply_reported("n1".into(), vec![(ids[0], Event::Exit { attempt: 1, code: 3, oom_killed: false, at: None, usage: None })], now)
+        .apply_reported(
+            "n1".into(),
+            vec![(ids[0], Event::Exit { attempt: 1, code: 3, oom_killed: false, at: None, usage: None, result: None })],
+            now,
+        )
         .await
         .unwrap();
     assert!(store.set_node_state("n1", NodeState::Draining).await.unwrap());
@@ -1308,7 +1346,7 @@ pub async fn usage(store: &dyn Store) {
         let events = vec![
             (*id, Event::Schedule { node_id: "n".into() }),
             (*id, Event::Start { attempt: 1, at: Some(at(10)), runtime: None }),
-            (*id, Event::Exit { attempt: 1, code: 0, oom_killed: false, at: Some(at(20)), usage }),
+            (*id, Event::Exit { attempt: 1, code: 0, oom_killed: false, at: Some(at(20)), usage, result: None }),
         ];
         let results = store.apply(events, at(3700)).await.unwrap();
         assert!(results.iter().all(Result::is_ok), "{results:?}");
@@ -1572,6 +1610,7 @@ macro_rules! store_conformance {
         $crate::store_conformance!(@one $fixture, workflow_array_dependencies);
         $crate::store_conformance!(@one $fixture, idempotency_keys);
         $crate::store_conformance!(@one $fixture, retry_rules);
+        $crate::store_conformance!(@one $fixture, results_and_inputs);
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn concurrent_writers() {
             let fixture = $fixture().await;

@@ -135,6 +135,9 @@ pub trait Store: Send + Sync + 'static {
     /// as edges `(dependent, dependency, on)`, at most `limit`.
     async fn dependency_edges(&self, id: &str, limit: usize) -> Result<Vec<(String, String, shepherd_core::DependOn)>, StoreError>;
 
+    /// What a task's latest attempt that wrote one put in its result file.
+    async fn task_result(&self, id: TaskId) -> Result<Option<Vec<u8>>, StoreError>;
+
     /// One task with its attempts.
     async fn get_task(&self, id: TaskId) -> Result<Option<Task>, StoreError>;
 

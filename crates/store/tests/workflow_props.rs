@@ -106,7 +106,7 @@ async fn check(nodes: Vec<Node>) {
                 store.apply(vec![(id, Event::Start { attempt: 1, at: None, runtime: None })], t).await.unwrap().remove(0).unwrap();
                 let code = if outcome == Outcome::Succeed { 0 } else { 1 };
                 store
-                    .apply(vec![(id, Event::Exit { attempt: 1, code, oom_killed: false, at: None, usage: None })], t)
+                    .apply(vec![(id, Event::Exit { attempt: 1, code, oom_killed: false, at: None, usage: None, result: None })], t)
                     .await
                     .unwrap()
                     .remove(0)

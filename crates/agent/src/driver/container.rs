@@ -23,6 +23,13 @@ pub const LABEL_GPUS: &str = "io.shepherd.gpus";
 /// Where the payload file appears inside the container.
 pub const PAYLOAD_PATH: &str = "/run/shepherd/payload";
 
+/// Where a cold container's result file is (in a directory mounted
+/// writable for it: `$SHEPHERD_RESULT_FILE`).
+pub const RESULT_DIR: &str = "/run/shepherd/out";
+/// Where the results of a task's dependencies appear, read-only, one file
+/// per dependency named by its id (`$SHEPHERD_INPUTS_DIR`).
+pub const INPUTS_PATH: &str = "/run/shepherd/inputs";
+
 /// Where the secrets directory appears inside the container.
 pub const SECRETS_PATH: &str = "/run/secrets";
 /// Where a task's code package is mounted, read-only.

@@ -152,6 +152,12 @@ impl Driver for ProcessDriver {
         if let Some(dir) = &spec.package_dir {
             command.env("SHEPHERD_TASK_DIR", dir);
         }
+        if let Some(dir) = &spec.out_dir {
+            command.env("SHEPHERD_RESULT_FILE", dir.join("result"));
+        }
+        if let Some(dir) = &spec.inputs_dir {
+            command.env("SHEPHERD_INPUTS_DIR", dir);
+        }
         if !spec.volumes.is_empty() || !spec.networks.is_empty() || spec.gpus > 0 || !spec.devices.is_empty() {
             // No mounts, network namespaces or device cgroups here: refused, not ignored.
             return Err(DriverError::StartFailed(

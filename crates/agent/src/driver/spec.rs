@@ -33,6 +33,12 @@ pub struct AttemptSpec {
     pub project: String,
     /// A directory holding one read-only file per secret (already written).
     pub secrets_dir: Option<PathBuf>,
+    /// A writable directory for the task's result file (`result`, read by
+    /// the agent after the attempt); cold containers and processes only.
+    pub out_dir: Option<PathBuf>,
+    /// A directory of read-only files, one per dependency that left a
+    /// result, named by its id (already written).
+    pub inputs_dir: Option<PathBuf>,
     /// Run in a warm container, if the driver has them.
     pub reuse: Option<shepherd_core::ReusePolicy>,
     /// The task's warm key ([`shepherd_core::shape::WarmKey`]), with `reuse`.

@@ -139,6 +139,32 @@ pub async fn wait_array(client: &Client, id: &str, quiet: bool) -> Result<ArrayS
 }
 
 #[derive(Args)]
+pub struct ResultArgs {
+    /// Task id (or, with --index, an array's).
+    id: String,
+    /// The child of array ID at this index.
+    #[arg(long, value_name = "N")]
+    index: Option<u32>,
+}
+
+/// `shepherd result ID`: what the task wrote to `$SHEPHERD_RESULT_FILE`,
+/// as it wrote it, on standard output.
+pub async fn result(client: &Client, args: ResultArgs) -> Result<ExitCode> {
+    use std::io::Write;
+    let id = match args.index {
+        None => args.id.clone(),
+        Some(index) => child_at(client, &args.id, index).await?,
+    };
+    let mut response = client.stream(&format!("/v1/tasks/{}/result", encode(&id))).await?;
+    let mut stdout = std::io::stdout();
+    while let Some(chunk) = response.chunk().await.context("the result's download broke")? {
+        stdout.write_all(&chunk)?;
+    }
+    stdout.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args)]
 pub struct RetryArgs {
     /// The array whose failed children run again.
     id: String,

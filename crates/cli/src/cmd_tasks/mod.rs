@@ -12,7 +12,7 @@ mod parse;
 mod run;
 mod show;
 
-pub use arrays::{graph, retry, GraphArgs, RetryArgs};
+pub use arrays::{graph, result, retry, GraphArgs, ResultArgs, RetryArgs};
 pub use follow::{logs, wait, LogsArgs, Outage, WaitArgs};
 pub(crate) use parse::{parse_pair, parse_time, parse_timeout};
 pub use run::{cancel, run, CancelArgs, RunArgs};

@@ -247,6 +247,9 @@ pub async fn inspect(client: &Client, args: InspectArgs) -> Result<ExitCode> {
             if let Some(digest) = a.runtime.as_ref().and_then(|r| r.image_digest.as_deref()) {
                 println!("Attempt {} ran image {}", a.number, safe(digest));
             }
+            if let Some(bytes) = a.result_bytes {
+                println!("Attempt {} left a result of {} (shepherd result {})", a.number, plural(bytes, "byte"), task.id);
+            }
         }
     }
     if args.explain {

@@ -20,6 +20,7 @@ use utoipa::OpenApi;
         super::v1::tasks::placement,
         super::v1::tasks::progress,
         super::v1::arrays::dependencies,
+        super::v1::arrays::result,
         super::v1::arrays::list,
         super::v1::arrays::get,
         super::v1::arrays::cancel,

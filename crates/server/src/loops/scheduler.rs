@@ -450,6 +450,7 @@ impl Scheduler {
                     volumes: Vec::new(),
                     networks: Vec::new(),
                     registry_auth: None,
+                    inputs: Default::default(),
                 }),
                 None => read.remove(&applied.task_id),
             };
@@ -577,7 +578,8 @@ fn place_pages(
                         logins = Some(runtime.block_on(store.registry_login_projects())?.into_iter().collect());
                     }
                     let login = logins.as_ref().is_some_and(|l| l.contains(&spec.project));
-                    if !task.has_payload && spec.secrets.is_empty() && resolved && !login {
+                    // (A task with dependencies reads their results: the store's read too.)
+                    if !task.has_payload && spec.secrets.is_empty() && spec.depends_on.is_empty() && resolved && !login {
                         pages.plain.insert(placement.task_id, task.spec.clone());
                     }
                 }

@@ -332,6 +332,12 @@ impl TaskService {
         }
     }
 
+    /// What a task's latest attempt that wrote one left in its result file.
+    pub async fn result(&self, caller: &Caller, id: &str) -> Result<Vec<u8>, ServiceError> {
+        let task = self.load_visible(caller, id).await?;
+        self.store.task_result(task.id).await?.ok_or_else(|| ServiceError::Missing(format!("result: task {id} has written none")))
+    }
+
     /// The edges around a task or an array: `(dependent, dependency, on)`.
     pub async fn edges(&self, caller: &Caller, id: &str) -> Result<Vec<(String, String, shepherd_core::DependOn)>, ServiceError> {
         let visible = match self.store.get_array(id).await? {

@@ -244,6 +244,7 @@ async fn write_attempts(
         reason: Vec<Option<String>>,
         cpu_ms: Vec<Option<i64>>,
         peak_memory: Vec<Option<i64>>,
+        result: Vec<Option<Vec<u8>>>,
     }
     let (mut new, mut changed) = (Columns::default(), Columns::default());
     for slot in order {
@@ -267,14 +268,15 @@ async fn write_attempts(
         let usage = write.closed.as_ref().and_then(|c| c.usage);
         columns.cpu_ms.push(usage.map(|u| u.cpu_ms.min(crate::MAX_USAGE) as i64));
         columns.peak_memory.push(usage.map(|u| u.peak_memory_bytes.min(crate::MAX_USAGE) as i64));
+        columns.result.push(write.closed.as_ref().and_then(|c| c.result.clone()));
     }
     if !new.task_id.is_empty() {
         let insert = tx
             .prepare_cached(
                 "INSERT INTO attempts (task_id, number, node_id, scheduled_at, started_at, finished_at, outcome, exit_code, reason, \
-                 container, warm, cpu_ms, peak_memory_bytes, image_digest) \
+                 container, warm, cpu_ms, peak_memory_bytes, image_digest, result) \
                  SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[], $7::text[], \
-                 $8::integer[], $9::text[], $10::text[], $11::bool[], $12::bigint[], $13::bigint[], $14::text[])",
+                 $8::integer[], $9::text[], $10::text[], $11::bool[], $12::bigint[], $13::bigint[], $14::text[], $15::bytea[])",
             )
             .await
             .map_err(error)?;
@@ -295,6 +297,7 @@ async fn write_attempts(
                 &new.cpu_ms,
                 &new.peak_memory,
                 &new.image_digest,
+                &new.result,
             ],
         )
         .await
@@ -313,11 +316,12 @@ async fn write_attempts(
                  exit_code = CASE WHEN u.closed THEN u.exit_code ELSE a.exit_code END, \
                  reason = CASE WHEN u.closed THEN u.reason ELSE a.reason END, \
                  cpu_ms = CASE WHEN u.closed THEN u.cpu_ms ELSE a.cpu_ms END, \
-                 peak_memory_bytes = CASE WHEN u.closed THEN u.peak_memory ELSE a.peak_memory_bytes END \
+                 peak_memory_bytes = CASE WHEN u.closed THEN u.peak_memory ELSE a.peak_memory_bytes END, \
+                 result = CASE WHEN u.closed THEN u.result ELSE a.result END \
                  FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::bool[], $5::bigint[], $6::text[], $7::integer[], $8::text[], \
-                 $9::text[], $10::bool[], $11::bigint[], $12::bigint[], $13::text[]) \
+                 $9::text[], $10::bool[], $11::bigint[], $12::bigint[], $13::text[], $14::bytea[]) \
                  AS u(task_id, number, started_at, closed, finished_at, outcome, exit_code, reason, container, warm, cpu_ms, peak_memory, \
-                 image_digest) \
+                 image_digest, result) \
                  WHERE a.task_id = u.task_id AND a.number = u.number",
             )
             .await
@@ -338,6 +342,7 @@ async fn write_attempts(
                 &changed.cpu_ms,
                 &changed.peak_memory,
                 &changed.image_digest,
+                &changed.result,
             ],
         )
         .await

@@ -118,6 +118,10 @@ impl Store for PgStore {
         self.pg_dependency_edges(id, limit).await
     }
 
+    async fn task_result(&self, id: TaskId) -> Result<Option<Vec<u8>>, StoreError> {
+        self.pg_task_result(id).await
+    }
+
     async fn get_task(&self, id: TaskId) -> Result<Option<Task>, StoreError> {
         self.pg_get_task(id).await
     }

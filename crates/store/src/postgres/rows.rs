@@ -49,7 +49,7 @@ pub(super) async fn load_attempts(client: &impl GenericClient, task: &mut Task) 
     let stmt = client
         .prepare_cached(
             "SELECT number, node_id, scheduled_at, started_at, finished_at, outcome, exit_code, reason, container, warm, \
-             cpu_ms, peak_memory_bytes, image_digest FROM attempts WHERE task_id = $1 ORDER BY number",
+             cpu_ms, peak_memory_bytes, image_digest, octet_length(result)::bigint FROM attempts WHERE task_id = $1 ORDER BY number",
         )
         .await
         .map_err(error)?;
@@ -75,6 +75,7 @@ pub(super) async fn load_attempts(client: &impl GenericClient, task: &mut Task) 
                 }
                 _ => None,
             },
+            result_bytes: row.get::<_, Option<i64>>(13).map(|n| n.max(0) as u64),
         });
     }
     Ok(())

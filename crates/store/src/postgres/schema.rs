@@ -330,6 +330,10 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE tasks ADD COLUMN retry_rules TEXT;
     "#,
+    // 17: what each attempt wrote to its result file (at most 64 KiB).
+    r#"
+    ALTER TABLE attempts ADD COLUMN result BYTEA;
+    "#,
 ];
 
 /// Data changes a migration needs that SQL alone cannot make.

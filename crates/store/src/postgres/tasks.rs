@@ -285,6 +285,30 @@ impl PgStore {
             .map_err(error)?
             .map(|row| row.get::<_, Vec<u8>>(0));
         let registry_auth = crate::registry_auth_from(&spec.image, value);
+        // Its dependencies' results (tasks it depends on; an array's are read through the API).
+        let deps: Vec<String> = spec
+            .depends_on
+            .iter()
+            .filter(|d| d.on != shepherd_core::DependOn::Each)
+            .filter_map(|d| match &d.task {
+                shepherd_core::DependencyTarget::Id(id) => Some(id.clone()),
+                shepherd_core::DependencyTarget::Position(_) => None,
+            })
+            .collect();
+        let mut inputs = BTreeMap::new();
+        if !deps.is_empty() {
+            for row in client
+                .query(
+                    "SELECT DISTINCT ON (task_id) task_id, result FROM attempts WHERE task_id = ANY($1) AND result IS NOT NULL \
+                     ORDER BY task_id, number DESC",
+                    &[&deps],
+                )
+                .await
+                .map_err(error)?
+            {
+                inputs.insert(row.get::<_, String>(0), row.get::<_, Vec<u8>>(1));
+            }
+        }
         drop(client);
         let mounts = if spec.volumes.is_empty() {
             Vec::new()
@@ -310,7 +334,20 @@ impl PgStore {
             volumes: mounts,
             networks,
             registry_auth,
+            inputs,
         }))
+    }
+
+    pub(super) async fn pg_task_result(&self, id: TaskId) -> Result<Option<Vec<u8>>, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT result FROM attempts WHERE task_id = $1 AND result IS NOT NULL ORDER BY number DESC LIMIT 1",
+                &[&id.to_string()],
+            )
+            .await
+            .map_err(error)?;
+        Ok(row.map(|r| r.get(0)))
     }
 
     pub(super) async fn pg_set_progress(&self, id: shepherd_core::TaskId, progress: shepherd_core::Progress) -> Result<bool, StoreError> {

@@ -464,6 +464,10 @@ impl Store for SqliteStore {
         self.read(move |conn| workflow::dependency_edges(conn, &id, limit)).await
     }
 
+    async fn task_result(&self, id: TaskId) -> Result<Option<Vec<u8>>, StoreError> {
+        self.read(move |conn| task_result_in(conn, &id.to_string())).await
+    }
+
     async fn get_task(&self, id: TaskId) -> Result<Option<Task>, StoreError> {
         self.read(move |conn| rows::get_task(conn, id)).await
     }
@@ -1212,6 +1216,15 @@ fn active_in(conn: &Connection, node_id: Option<&str>) -> Result<Vec<ActiveTask>
     Ok(active)
 }
 
+/// The result of a task's latest attempt that left one.
+fn task_result_in(conn: &Connection, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    use rusqlite::OptionalExtension;
+    Ok(conn
+        .prepare_cached("SELECT result FROM attempts WHERE task_id = ?1 AND result IS NOT NULL ORDER BY number DESC LIMIT 1")?
+        .query_row([id], |row| row.get(0))
+        .optional()?)
+}
+
 /// One task's launch spec, on a reader connection.
 fn launch_spec_in(conn: &Connection, id: TaskId) -> Result<Option<LaunchSpec>, StoreError> {
     use rusqlite::OptionalExtension;
@@ -1255,6 +1268,15 @@ fn launch_spec_in(conn: &Connection, id: TaskId) -> Result<Option<LaunchSpec>, S
         let policy = tenants::get_project(conn, &spec.project)?.map(|p| p.policy).unwrap_or_default();
         shepherd_core::launch::resolve_networks(&spec, &policy)
     };
+    // Its dependencies' results (tasks it depends on; an array's are read through the API).
+    let mut inputs = std::collections::BTreeMap::new();
+    for dep in &spec.depends_on {
+        if let (shepherd_core::DependencyTarget::Id(dep_id), false) = (&dep.task, dep.on == shepherd_core::DependOn::Each) {
+            if let Some(bytes) = task_result_in(conn, dep_id)? {
+                inputs.insert(dep_id.clone(), bytes);
+            }
+        }
+    }
     let login = shepherd_core::registry::secret_name(&shepherd_core::registry::registry_of(&spec.image));
     let registry_auth =
         crate::registry_auth_from(&spec.image, tenants::secret_values(conn, &spec.project, std::slice::from_ref(&login))?.remove(&login));
@@ -1271,6 +1293,7 @@ fn launch_spec_in(conn: &Connection, id: TaskId) -> Result<Option<LaunchSpec>, S
         volumes: mounts,
         networks,
         registry_auth,
+        inputs,
     }))
 }
 

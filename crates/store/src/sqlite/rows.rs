@@ -58,7 +58,7 @@ pub fn task_from_row(row: &Row<'_>) -> Result<Task, StoreError> {
 pub fn load_attempts(conn: &Connection, task: &mut Task) -> Result<(), StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT number, node_id, scheduled_at, started_at, finished_at, outcome, exit_code, reason, container, warm, \
-         cpu_ms, peak_memory_bytes, image_digest FROM attempts WHERE task_id = ?1 ORDER BY number",
+         cpu_ms, peak_memory_bytes, image_digest, length(result) FROM attempts WHERE task_id = ?1 ORDER BY number",
     )?;
     let mut rows = stmt.query([task.id.to_string()])?;
     while let Some(row) = rows.next()? {
@@ -83,6 +83,7 @@ pub fn load_attempts(conn: &Connection, task: &mut Task) -> Result<(), StoreErro
                 }
                 _ => None,
             },
+            result_bytes: row.get::<_, Option<i64>>(13)?.map(|n| n.max(0) as u64),
         });
     }
     Ok(())

@@ -410,8 +410,8 @@ pub(crate) fn apply_one(
     }
     if let Some(closed) = &change.close_attempt {
         tx.prepare_cached(
-            "UPDATE attempts SET finished_at = ?3, outcome = ?4, exit_code = ?5, reason = ?6, cpu_ms = ?7, peak_memory_bytes = ?8 \
-             WHERE task_id = ?1 AND number = ?2",
+            "UPDATE attempts SET finished_at = ?3, outcome = ?4, exit_code = ?5, reason = ?6, cpu_ms = ?7, peak_memory_bytes = ?8, \
+             result = ?9 WHERE task_id = ?1 AND number = ?2",
         )?
         .execute(params![
             key,
@@ -422,6 +422,7 @@ pub(crate) fn apply_one(
             closed.reason,
             closed.usage.map(|u| u.cpu_ms.min(crate::MAX_USAGE) as i64),
             closed.usage.map(|u| u.peak_memory_bytes.min(crate::MAX_USAGE) as i64),
+            closed.result,
         ])?;
     }
     tx.prepare_cached(

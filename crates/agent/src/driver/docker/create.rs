@@ -4,8 +4,8 @@
 
 use super::DockerDriver;
 use crate::driver::container::{
-    hardened_host_config, scratch_options, task_env, LABEL_ATTEMPT, LABEL_GPUS, LABEL_NODE, LABEL_TASK, PACKAGE_PATH, PAYLOAD_PATH,
-    SECRETS_PATH,
+    hardened_host_config, scratch_options, task_env, INPUTS_PATH, LABEL_ATTEMPT, LABEL_GPUS, LABEL_NODE, LABEL_TASK, PACKAGE_PATH,
+    PAYLOAD_PATH, RESULT_DIR, SECRETS_PATH,
 };
 use crate::driver::engine::{engine_error, is_missing_image, is_status};
 use crate::driver::spec::{AttemptSpec, DriverError};
@@ -66,8 +66,17 @@ impl DockerDriver {
     /// The create body of an attempt's container: the hardened defaults, the
     /// task's limits, env and labels. Public so benchmarks compare like with like.
     pub fn container_body(&self, spec: &AttemptSpec) -> ContainerCreateBody {
-        let env: Vec<String> = task_env(spec).into_iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let mut env: Vec<String> = task_env(spec).into_iter().map(|(k, v)| format!("{k}={v}")).collect();
         let mut binds = Vec::new();
+        // Results and inputs: cold containers only (a warm one's mounts are its own).
+        if let Some(dir) = &spec.out_dir {
+            binds.push(format!("{}:{RESULT_DIR}:rw", dir.display()));
+            env.push(format!("SHEPHERD_RESULT_FILE={RESULT_DIR}/result"));
+        }
+        if let Some(dir) = &spec.inputs_dir {
+            binds.push(format!("{}:{INPUTS_PATH}:ro", dir.display()));
+            env.push(format!("SHEPHERD_INPUTS_DIR={INPUTS_PATH}"));
+        }
         if let Some(file) = &spec.payload_file {
             binds.push(format!("{}:{PAYLOAD_PATH}:ro", file.display()));
         }

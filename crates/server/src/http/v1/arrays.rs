@@ -113,6 +113,19 @@ pub async fn retry(
     Ok((StatusCode::CREATED, Json(state.tasks.retry_failed(&caller, &id).await?)))
 }
 
+/// What a task wrote to `$SHEPHERD_RESULT_FILE` (its latest attempt that
+/// wrote one; at most 64 KiB), as it wrote it.
+#[utoipa::path(get, path = "/v1/tasks/{id}/result", tag = "tasks", params(("id" = String, Path, description = "task id")),
+    responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>), (status = 404, body = crate::http::error::ErrorBody)))]
+pub async fn result(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<impl axum::response::IntoResponse, ApiError> {
+    let bytes = state.tasks.result(&caller, &id).await?;
+    Ok(([(axum::http::header::CONTENT_TYPE, "application/octet-stream")], bytes))
+}
+
 /// One edge of the dependency graph: `task` waits for `depends_on`.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Edge {

@@ -45,6 +45,7 @@ pub fn routes(state: &AppState) -> Router<AppState> {
         .route("/v1/tasks/{id}", get(tasks::get))
         .route("/v1/tasks/{id}/cancel", post(tasks::cancel))
         .route("/v1/tasks/{id}/dependencies", get(arrays::dependencies))
+        .route("/v1/tasks/{id}/result", get(arrays::result))
         .route("/v1/arrays", get(arrays::list))
         .route("/v1/arrays/{id}", get(arrays::get))
         .route("/v1/arrays/{id}/cancel", post(arrays::cancel))
