@@ -21,6 +21,7 @@ mod codes;
 mod connection;
 mod events;
 mod leases;
+mod lifecycle;
 mod logs;
 mod machines;
 mod nodes;

@@ -8,7 +8,7 @@
 //! batch's ends together: each array's children at once, the dependents
 //! of every task that ended in one read. The events they make (releases,
 //! dependency failures) are applied with
-//! [`apply_set`](super::apply::apply_set) a wave at a time, and each
+//! [`apply_set`](super::lifecycle::apply_set) a wave at a time, and each
 //! wave's own ends run through the hooks again until none is left: a
 //! cascade through a thousand dependents, or the cancel of an array of
 //! 100,000 children, costs a few statements per level of the graph and
@@ -23,7 +23,7 @@
 //! breaks the deadlock and the loser fails with
 //! [`StoreError::Conflict`], to be tried again.
 
-use super::apply::{apply_set, BatchEvent, Member};
+use super::lifecycle::{apply_set, BatchEvent, Member};
 use super::sql::{error, parse_id};
 use crate::{Applied, ApplyResult, StoreError};
 use deadpool_postgres::Transaction;

@@ -5,6 +5,7 @@
 //! which WAL lets run alongside the writer.
 
 mod codes;
+mod lifecycle;
 mod machines;
 mod rows;
 mod schema;
@@ -303,7 +304,7 @@ impl Store for SqliteStore {
         let results = self
             .write_with(move |conn| {
                 check_lease(conn, &lease, Timestamp::now())?;
-                let (results, cascade) = writer::apply_events(conn, &events, now, None)?;
+                let (results, cascade) = lifecycle::apply_events(conn, &events, now, None)?;
                 writer::append_applied(conn, now, &results)?;
                 writer::append_applied(conn, now, &cascade)?;
                 Ok(results)

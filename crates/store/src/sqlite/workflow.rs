@@ -2,17 +2,14 @@
 //! what a task's end does to its array and its dependents, in the
 //! transaction that ends it (see [`crate::workflow`]).
 
-use super::writer;
-use crate::workflow::{ArrayCounts, Entry, NewArray, Submission, Submitted, IDEMPOTENCY_TTL_MS};
+use super::lifecycle::{array_state, run_follow_ups, stop_array, FollowUps};
+use crate::workflow::{Entry, NewArray, Submission, Submitted, IDEMPOTENCY_TTL_MS};
 use crate::{ApplyResult, StoreError};
 use rusqlite::{params, Connection, OptionalExtension};
 use shepherd_core::shape::ShapeKey;
-use shepherd_core::workflow::{array_end, dependency_failed};
+use shepherd_core::workflow::dependency_failed;
 use shepherd_core::{ClusterEvent, DependOn, Event, NewTask, TaskId, TaskState, Timestamp};
-use std::collections::{HashMap, VecDeque};
-
-/// Events the hooks queue for the same transaction: a dependent to end.
-pub(crate) type FollowUps = VecDeque<(TaskId, Event)>;
+use std::collections::HashMap;
 
 /// What a dependency is, as found in the transaction.
 enum Found {
@@ -33,16 +30,6 @@ fn find(tx: &Connection, id: &str, project: &str) -> Result<Option<Found>, Store
         .query_row([id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?)))
         .optional()?;
     Ok(array.filter(|(owner, ..)| owner == project).map(|(_, state, size)| Found::Array { state, size }))
-}
-
-/// An array's end as a task state (`None` while it has not ended).
-fn array_state(state: &str) -> Option<TaskState> {
-    match state {
-        "succeeded" => Some(TaskState::Succeeded),
-        "failed" => Some(TaskState::Failed),
-        "cancelled" => Some(TaskState::Cancelled),
-        _ => None,
-    }
 }
 
 /// Stores a submission; runs in the writer's transaction. Dependents of
@@ -341,222 +328,6 @@ fn insert_array(
         }
         other => other.map(drop).map_err(Into::into),
     }
-}
-
-fn counts(tx: &Connection, array: &str) -> Result<Option<ArrayCounts>, StoreError> {
-    Ok(tx
-        .prepare_cached(
-            "SELECT children, succeeded, failed, remaining, admitted, waiting_on, parallelism, fail_fast, stopping, state \
-             FROM arrays WHERE id = ?1",
-        )?
-        .query_row([array], |r| {
-            Ok((
-                ArrayCounts {
-                    children: r.get(0)?,
-                    succeeded: r.get(1)?,
-                    failed: r.get(2)?,
-                    remaining: r.get(3)?,
-                    admitted: r.get(4)?,
-                    parallelism: r.get(6)?,
-                    fail_fast: r.get::<_, i64>(7)? != 0,
-                    stopping: r.get::<_, i64>(8)? != 0,
-                },
-                r.get::<_, String>(9)?,
-            ))
-        })
-        .optional()?
-        .map(|(c, _)| c))
-}
-
-/// Moves waiting children of a running array whose own dependencies are
-/// met to the queue, lowest index first, up to its parallelism.
-fn release_array(tx: &Connection, array: &str, now: Timestamp, cascade: &mut Vec<ApplyResult>) -> Result<(), StoreError> {
-    let state: Option<String> = tx.prepare_cached("SELECT state FROM arrays WHERE id = ?1")?.query_row([array], |r| r.get(0)).optional()?;
-    let Some(c) = counts(tx, array)? else { return Ok(()) };
-    if state.as_deref() != Some("running") || c.stopping {
-        return Ok(());
-    }
-    let room = c.parallelism.map_or(i64::MAX, |p| p - c.admitted);
-    if room <= 0 {
-        return Ok(());
-    }
-    let ids: Vec<String> = tx
-        .prepare_cached("SELECT id FROM tasks WHERE array_id = ?1 AND state = 'waiting' AND waiting_on = 0 ORDER BY array_index LIMIT ?2")?
-        .query_map(params![array, room.min(1 << 40)], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
-    if ids.is_empty() {
-        return Ok(());
-    }
-    tx.prepare_cached("UPDATE arrays SET admitted = admitted + ?2 WHERE id = ?1")?.execute(params![array, ids.len() as i64])?;
-    for id in ids {
-        let (result, _) = writer::apply_one(tx, super::rows::parse_id(&id)?, &Event::Release, now, None)?;
-        cascade.push(result);
-    }
-    Ok(())
-}
-
-/// Stops an array: no more children are released; those not yet on a
-/// node end (`reason`), those on one are stopped. `cancelled`: the array
-/// ends cancelled, not failed, if no child failed.
-fn stop_array(tx: &Connection, array: &str, reason: &str, cancelled: bool, follow: &mut FollowUps) -> Result<(), StoreError> {
-    let changed = tx
-        .prepare_cached("UPDATE arrays SET stopping = 1, reason = COALESCE(reason, ?2) WHERE id = ?1 AND stopping = 0")?
-        .execute(params![array, reason])?;
-    if changed == 0 {
-        return Ok(());
-    }
-    let _ = cancelled;
-    let ids: Vec<String> = tx
-        .prepare_cached(
-            "SELECT id FROM tasks WHERE array_id = ?1 AND state IN ('waiting', 'queued', 'scheduled', 'running') ORDER BY array_index",
-        )?
-        .query_map([array], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
-    for id in ids {
-        follow.push_back((super::rows::parse_id(&id)?, Event::DependencyFailed { reason: reason.to_string() }));
-    }
-    Ok(())
-}
-
-/// What a change does beyond its task: its array's counts and the next
-/// children, its dependents. Runs in the transaction of the change.
-pub(crate) fn after(
-    tx: &Connection,
-    applied: &crate::Applied,
-    member: Option<(String, i64)>,
-    now: Timestamp,
-    follow: &mut FollowUps,
-    cascade: &mut Vec<ApplyResult>,
-) -> Result<(), StoreError> {
-    let to = applied.decision.to;
-    if !to.is_terminal() {
-        return Ok(());
-    }
-    let id = applied.task_id.to_string();
-    if let Some((array, index)) = member {
-        let was_admitted = applied.from != TaskState::Waiting;
-        tx.prepare_cached(
-            "UPDATE arrays SET remaining = remaining - 1, admitted = admitted - ?2, succeeded = succeeded + ?3, \
-             failed = failed + ?4, cancelled = cancelled + ?5 WHERE id = ?1",
-        )?
-        .execute(params![
-            array,
-            i64::from(was_admitted),
-            i64::from(to == TaskState::Succeeded),
-            i64::from(matches!(to, TaskState::Failed | TaskState::TimedOut)),
-            i64::from(to == TaskState::Cancelled),
-        ])?;
-        // `each`: the same index of the arrays that pair with this one.
-        let pairs: Vec<String> = tx
-            .prepare_cached("SELECT task_id FROM task_deps WHERE dep_id = ?1 AND cond = 'each'")?
-            .query_map([&array], |r| r.get(0))?
-            .collect::<Result<_, _>>()?;
-        for other in pairs {
-            let child: Option<String> = tx
-                .prepare_cached("SELECT id FROM tasks WHERE array_id = ?1 AND array_index = ?2 AND state = 'waiting'")?
-                .query_row(params![other, index], |r| r.get(0))
-                .optional()?;
-            let Some(child) = child else { continue };
-            if DependOn::Each.satisfied_by(to) {
-                tx.prepare_cached("UPDATE tasks SET waiting_on = waiting_on - 1 WHERE id = ?1")?.execute([&child])?;
-                release_array(tx, &other, now, cascade)?;
-            } else {
-                follow.push_back((super::rows::parse_id(&child)?, Event::DependencyFailed { reason: dependency_failed(&id) }));
-            }
-        }
-        if let Some(c) = counts(tx, &array)? {
-            if matches!(to, TaskState::Failed | TaskState::TimedOut) && c.fail_fast {
-                stop_array(tx, &array, &format!("array_failed: index {index} ({id}) {to}"), false, follow)?;
-            }
-            if c.remaining <= 0 {
-                let state: Option<String> =
-                    tx.prepare_cached("SELECT state FROM arrays WHERE id = ?1")?.query_row([&array], |r| r.get(0)).optional()?;
-                if array_state(state.as_deref().unwrap_or("")).is_none() {
-                    let end = array_end(c.children as u64, c.succeeded as u64, c.failed as u64, c.stopping);
-                    tx.prepare_cached("UPDATE arrays SET state = ?2, finished_at = ?3 WHERE id = ?1")?.execute(params![
-                        array,
-                        end.as_str(),
-                        now.millis()
-                    ])?;
-                    ended(tx, &array, end, now, follow, cascade)?;
-                }
-            } else {
-                release_array(tx, &array, now, cascade)?;
-            }
-        }
-    }
-    ended(tx, &id, to, now, follow, cascade)
-}
-
-/// Tells the dependents of `id` (a task or an array) that it ended `end`.
-fn ended(
-    tx: &Connection,
-    id: &str,
-    end: TaskState,
-    now: Timestamp,
-    follow: &mut FollowUps,
-    cascade: &mut Vec<ApplyResult>,
-) -> Result<(), StoreError> {
-    let dependents: Vec<(String, String)> = tx
-        .prepare_cached("SELECT task_id, cond FROM task_deps WHERE dep_id = ?1 AND cond <> 'each'")?
-        .query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<Result<_, _>>()?;
-    for (dependent, cond) in dependents {
-        let on = DependOn::parse(&cond).ok_or_else(|| StoreError::Corrupt(format!("dependency condition `{cond}`")))?;
-        let ok = on.satisfied_by(end);
-        let array: Option<(String, i64)> = tx
-            .prepare_cached("SELECT state, waiting_on FROM arrays WHERE id = ?1")?
-            .query_row([&dependent], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?;
-        match (array, ok) {
-            (Some((state, _)), true) => {
-                if state == "waiting" {
-                    tx.prepare_cached(
-                        "UPDATE arrays SET waiting_on = waiting_on - 1, state = CASE WHEN waiting_on <= 1 THEN 'running' ELSE state END WHERE id = ?1",
-                    )?
-                    .execute([&dependent])?;
-                    release_array(tx, &dependent, now, cascade)?;
-                }
-            }
-            (Some(_), false) => stop_array(tx, &dependent, &dependency_failed(id), true, follow)?,
-            (None, true) => {
-                let left: Option<i64> = tx
-                    .prepare_cached(
-                        "UPDATE tasks SET waiting_on = waiting_on - 1 WHERE id = ?1 AND state = 'waiting' RETURNING waiting_on",
-                    )?
-                    .query_row([&dependent], |r| r.get(0))
-                    .optional()?;
-                if left == Some(0) {
-                    let (result, _) = writer::apply_one(tx, super::rows::parse_id(&dependent)?, &Event::Release, now, None)?;
-                    cascade.push(result);
-                }
-            }
-            (None, false) => {
-                follow.push_back((super::rows::parse_id(&dependent)?, Event::DependencyFailed { reason: dependency_failed(id) }));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Applies queued follow-ups (and theirs) in the same transaction.
-pub(crate) fn run_follow_ups(
-    tx: &Connection,
-    mut follow: FollowUps,
-    now: Timestamp,
-    cascade: &mut Vec<ApplyResult>,
-) -> Result<(), StoreError> {
-    while let Some((id, event)) = follow.pop_front() {
-        let (result, member) = writer::apply_one(tx, id, &event, now, None)?;
-        if let Ok(applied) = &result {
-            after(tx, applied, member, now, &mut follow, cascade)?;
-        }
-        // A dependent that ended meanwhile (a cancel that raced) is no news.
-        if result.is_ok() {
-            cascade.push(result);
-        }
-    }
-    Ok(())
 }
 
 /// Cancels every child of an array that has not ended (and so the array),

@@ -4,11 +4,10 @@
 //! thousand. Each request runs in its own savepoint: one refused request
 //! never undoes another's work.
 
-use super::rows;
-use crate::{Applied, ApplyError, ApplyResult, LogChunk, NodeRecord, StoreError};
+use crate::{ApplyResult, LogChunk, NodeRecord, StoreError};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use shepherd_core::shape::ShapeKey;
-use shepherd_core::{Change, ClusterEvent, Event, LifecycleContext, NewTask, TaskId, TaskState, Timestamp};
+use shepherd_core::{ClusterEvent, Event, NewTask, TaskId, Timestamp};
 use std::sync::mpsc;
 use tokio::sync::oneshot;
 
@@ -181,7 +180,7 @@ fn execute(
             Outcome::Unit(reply, result)
         }
         WriteOp::Apply(applied, now, reporter, reply) => {
-            let result = in_savepoint(tx, |t| apply_events(t, &applied, now, reporter.as_deref()));
+            let result = in_savepoint(tx, |t| super::lifecycle::apply_events(t, &applied, now, reporter.as_deref()));
             let result = result.map(|(results, cascade)| {
                 events.extend(results.iter().chain(&cascade).filter_map(|r| r.as_ref().ok()).map(crate::Applied::event));
                 results
@@ -293,178 +292,6 @@ pub(crate) fn append_applied(tx: &Connection, now: Timestamp, results: &[ApplyRe
 /// A node's new state, as the event stream says it.
 fn node_event(id: &str, state: crate::NodeState, at: Timestamp) -> ClusterEvent {
     ClusterEvent::Node(shepherd_core::events::NodeChange { node: id.to_string(), state: state.as_str().to_string(), at })
-}
-
-/// Applies events in order; with a `reporter`, only those about tasks whose
-/// current attempt is on that node.
-/// What the events did to tasks they did not name (their arrays' next
-/// children, their dependents) comes back apart, as `cascade`.
-pub(crate) fn apply_events(
-    tx: &Connection,
-    events: &[(TaskId, Event)],
-    now: Timestamp,
-    reporter: Option<&str>,
-) -> Result<(Vec<ApplyResult>, Vec<ApplyResult>), StoreError> {
-    let mut results = Vec::with_capacity(events.len());
-    let mut follow = super::workflow::FollowUps::new();
-    let mut cascade = Vec::new();
-    for (id, event) in events {
-        let (result, member) = apply_one(tx, *id, event, now, reporter)?;
-        if let Ok(applied) = &result {
-            super::workflow::after(tx, applied, member, now, &mut follow, &mut cascade)?;
-        }
-        results.push(result);
-    }
-    super::workflow::run_follow_ups(tx, follow, now, &mut cascade)?;
-    Ok((results, cascade))
-}
-
-/// Applies one event to one task (nothing beyond it); with the task's
-/// array and index if it is a child of one.
-pub(crate) fn apply_one(
-    tx: &Connection,
-    id: TaskId,
-    event: &Event,
-    now: Timestamp,
-    reporter: Option<&str>,
-) -> Result<(ApplyResult, Option<(String, i64)>), StoreError> {
-    let key = id.to_string();
-    let mut select = tx.prepare_cached(
-        "SELECT state, attempt, charged_attempts, max_attempts, backoff_seconds, cancel_requested, node_id, \
-         project, created_at, started_at, array_id, array_index, retry_rules FROM tasks WHERE id = ?1",
-    )?;
-    let row = select
-        .query_row([&key], |row| {
-            Ok((
-                row.get::<_, String>(0)?,
-                row.get::<_, u32>(1)?,
-                row.get::<_, u32>(2)?,
-                row.get::<_, u32>(3)?,
-                row.get::<_, u32>(4)?,
-                row.get::<_, i64>(5)? != 0,
-                row.get::<_, Option<String>>(6)?,
-                row.get::<_, String>(7)?,
-                row.get::<_, i64>(8)?,
-                row.get::<_, Option<i64>>(9)?,
-                row.get::<_, Option<String>>(10)?.zip(row.get::<_, Option<i64>>(11)?),
-                row.get::<_, Option<String>>(12)?,
-            ))
-        })
-        .optional()?;
-    let Some((
-        state,
-        attempt,
-        charged,
-        max_attempts,
-        backoff_seconds,
-        cancel_requested,
-        node_id,
-        project,
-        created_at,
-        started_at,
-        member,
-        rules,
-    )) = row
-    else {
-        return Ok((Err(ApplyError::NotFound(id)), None));
-    };
-    // A node reports only about its own attempts: never a placement or a
-    // cancel request (events without an attempt), never another node's task.
-    if reporter.is_some() && (event.attempt().is_none() || node_id.as_deref() != reporter) {
-        return Ok((Err(ApplyError::NotOnNode(id)), None));
-    }
-    let ctx = LifecycleContext {
-        state: rows::parse_state(&state)?,
-        attempt,
-        charged_attempts: charged,
-        max_attempts,
-        backoff_seconds,
-        cancel_requested,
-    };
-    let rules = crate::workflow::parse_rules(rules.as_deref())?;
-    let change = match shepherd_core::change_with(&ctx, &rules, node_id.as_deref(), event, now) {
-        Ok(change) => change,
-        Err(illegal) => return Ok((Err(ApplyError::Illegal(illegal)), None)),
-    };
-    // From here on, only what the lifecycle worked out is written.
-    if let Some((number, node, at)) = &change.open_attempt {
-        tx.prepare_cached("INSERT INTO attempts (task_id, number, node_id, scheduled_at) VALUES (?1, ?2, ?3, ?4)")?.execute(params![
-            key,
-            number,
-            node,
-            at.millis()
-        ])?;
-    }
-    if let Some((number, at, runtime)) = &change.start_attempt {
-        tx.prepare_cached(
-            "UPDATE attempts SET started_at = ?3, container = ?4, warm = ?5, image_digest = ?6 WHERE task_id = ?1 AND number = ?2",
-        )?
-        .execute(params![
-            key,
-            number,
-            at.millis(),
-            runtime.as_ref().map(|r| r.container.as_str()),
-            runtime.as_ref().is_some_and(|r| r.warm),
-            runtime.as_ref().and_then(|r| r.image_digest.as_deref())
-        ])?;
-    }
-    if let Some(closed) = &change.close_attempt {
-        tx.prepare_cached(
-            "UPDATE attempts SET finished_at = ?3, outcome = ?4, exit_code = ?5, reason = ?6, cpu_ms = ?7, peak_memory_bytes = ?8, \
-             result = ?9 WHERE task_id = ?1 AND number = ?2",
-        )?
-        .execute(params![
-            key,
-            closed.number,
-            closed.finished_at.millis(),
-            closed.outcome.as_str(),
-            closed.exit_code,
-            closed.reason,
-            closed.usage.map(|u| u.cpu_ms.min(crate::MAX_USAGE) as i64),
-            closed.usage.map(|u| u.peak_memory_bytes.min(crate::MAX_USAGE) as i64),
-            closed.result,
-        ])?;
-    }
-    tx.prepare_cached(
-        "UPDATE tasks SET state = ?2, attempt = ?3, charged_attempts = ?4, cancel_requested = ?5, not_before = ?6, node_id = ?7, \
-         exit_code = COALESCE(?8, exit_code), reason = COALESCE(?9, reason), scheduled_at = COALESCE(?10, scheduled_at), \
-         started_at = COALESCE(?11, started_at), finished_at = COALESCE(?12, finished_at), updated_at = ?13, \
-         progress_percent = CASE WHEN ?2 <> 'scheduled' AND progress_message LIKE 'pulling image:%' THEN NULL ELSE progress_percent END, \
-         progress_message = CASE WHEN ?2 <> 'scheduled' AND progress_message LIKE 'pulling image:%' THEN NULL ELSE progress_message END \
-         WHERE id = ?1",
-    )?
-    .execute(params![
-        key,
-        change.state.as_str(),
-        change.attempt,
-        change.charged_attempts,
-        i64::from(change.cancel_requested),
-        change.not_before.millis(),
-        change.node_id,
-        change.exit_code,
-        change.reason,
-        change.scheduled_at.map(Timestamp::millis),
-        change.started_at.map(Timestamp::millis),
-        change.finished_at.map(Timestamp::millis),
-        change.updated_at.millis(),
-    ])?;
-    if change.state == TaskState::Queued && ctx.state != TaskState::Queued {
-        tracing::debug!(task = %id, attempt = change.attempt, "attempt ended; task queued again");
-    }
-    let started_at = change.started_at.or(started_at.map(Timestamp));
-    let Change { decision, attempt, node_id, updated_at, .. } = change;
-    let applied = Applied {
-        task_id: id,
-        from: ctx.state,
-        decision,
-        attempt,
-        node_id,
-        project,
-        created_at: Timestamp(created_at),
-        started_at,
-        at: updated_at,
-    };
-    Ok((Ok(applied), member))
 }
 
 fn append_logs(tx: &Connection, chunks: &[LogChunk]) -> Result<(), StoreError> {
