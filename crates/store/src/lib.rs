@@ -563,22 +563,7 @@ pub fn count_by_project(tasks: &[NewTask]) -> Vec<(&str, u64)> {
 
 /// The events that creating `tasks` records: each one queued.
 pub fn created_events(tasks: &[NewTask]) -> Vec<shepherd_core::ClusterEvent> {
-    tasks
-        .iter()
-        .map(|t| {
-            shepherd_core::ClusterEvent::Task(shepherd_core::events::TaskChange {
-                task: t.id,
-                project: t.spec.project.clone(),
-                state: shepherd_core::TaskState::Queued,
-                from: None,
-                attempt: 0,
-                node: None,
-                exit_code: None,
-                reason: None,
-                at: t.created_at,
-            })
-        })
-        .collect()
+    tasks.iter().map(|t| workflow::created_event(t.id, &t.spec.project, shepherd_core::TaskState::Queued, t.created_at)).collect()
 }
 
 /// Appends the events of one stored row (`cursor` with index 0) that

@@ -170,6 +170,29 @@ pub fn parse_rules(text: Option<&str>) -> Result<Vec<shepherd_core::RetryRule>, 
     }
 }
 
+/// A task's constraints as its row keeps them (`None`: it has none).
+pub(crate) fn constraints_text(spec: &TaskSpec) -> Result<Option<String>, crate::StoreError> {
+    if spec.constraints.is_empty() {
+        return Ok(None);
+    }
+    serde_json::to_string(&spec.constraints).map(Some).map_err(|e| crate::StoreError::Corrupt(e.to_string()))
+}
+
+/// The event of a task just stored, in `state` (queued or waiting).
+pub(crate) fn created_event(id: TaskId, project: &str, state: shepherd_core::TaskState, at: Timestamp) -> shepherd_core::ClusterEvent {
+    shepherd_core::ClusterEvent::Task(shepherd_core::events::TaskChange {
+        task: id,
+        project: project.to_string(),
+        state,
+        from: None,
+        attempt: 0,
+        node: None,
+        exit_code: None,
+        reason: None,
+        at,
+    })
+}
+
 /// A dependency as a row keeps it.
 pub(crate) fn dep_rows(spec: &TaskSpec) -> Vec<(String, DependOn)> {
     spec.depends_on

@@ -241,7 +241,7 @@ async fn submit(
                 let state = if waiting_on > 0 || failed.is_some() { TaskState::Waiting } else { TaskState::Queued };
                 tasks.push(task);
                 states.push((state, waiting_on));
-                events.push(created_event(task.id, &task.spec.project, state, task.created_at));
+                events.push(crate::workflow::created_event(task.id, &task.spec.project, state, task.created_at));
                 if let Some(dep) = failed {
                     then.push(Then::Follow(task.id, Event::DependencyFailed { reason: dependency_failed(&dep) }));
                 }
@@ -282,20 +282,6 @@ async fn submit(
     }
     workflow::run_follow_ups(tx, follow, now, cascade).await?;
     Ok(Submitted::Created)
-}
-
-fn created_event(id: TaskId, project: &str, state: TaskState, at: Timestamp) -> ClusterEvent {
-    ClusterEvent::Task(shepherd_core::events::TaskChange {
-        task: id,
-        project: project.to_string(),
-        state,
-        from: None,
-        attempt: 0,
-        node: None,
-        exit_code: None,
-        reason: None,
-        at,
-    })
 }
 
 /// An array's children: queued if the array may run, their `each` pairs

@@ -8,7 +8,7 @@ use crate::{ApplyResult, StoreError};
 use rusqlite::{params, Connection, OptionalExtension};
 use shepherd_core::shape::ShapeKey;
 use shepherd_core::workflow::dependency_failed;
-use shepherd_core::{ClusterEvent, DependOn, Event, NewTask, TaskId, TaskState, Timestamp};
+use shepherd_core::{ClusterEvent, DependOn, Event, NewTask, TaskState, Timestamp};
 use std::collections::HashMap;
 
 /// What a dependency is, as found in the transaction.
@@ -113,7 +113,7 @@ pub(crate) fn submit(
             Entry::Task(task) => {
                 let state = if waiting_on > 0 || failed.is_some() { TaskState::Waiting } else { TaskState::Queued };
                 insert_task(tx, task, key, state, waiting_on)?;
-                events.push(created_event(task.id, &task.spec.project, state, task.created_at));
+                events.push(crate::workflow::created_event(task.id, &task.spec.project, state, task.created_at));
                 if let Some(dep) = failed {
                     follow.push_back((task.id, Event::DependencyFailed { reason: dependency_failed(&dep) }));
                 }
@@ -143,75 +143,13 @@ pub(crate) fn submit(
     Ok(Submitted::Created)
 }
 
-fn created_event(id: TaskId, project: &str, state: TaskState, at: Timestamp) -> ClusterEvent {
-    ClusterEvent::Task(shepherd_core::events::TaskChange {
-        task: id,
-        project: project.to_string(),
-        state,
-        from: None,
-        attempt: 0,
-        node: None,
-        exit_code: None,
-        reason: None,
-        at,
-    })
-}
-
 const INSERT_TASK: &str = "INSERT INTO tasks (id, project, state, priority, image, cpu_millicores, memory_mib, constraints, \
      spec, payload, payload_bytes, created_at, attempt, charged_attempts, max_attempts, backoff_seconds, \
      cancel_requested, not_before, updated_at, shape, waiting_on, array_id, array_index, retry_rules) \
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 0, 0, ?13, ?14, 0, ?15, ?12, ?16, ?17, ?18, ?19, ?20)";
 
-fn constraints_of(spec: &shepherd_core::TaskSpec) -> Result<Option<String>, StoreError> {
-    if spec.constraints.is_empty() {
-        return Ok(None);
-    }
-    serde_json::to_string(&spec.constraints).map(Some).map_err(|e| StoreError::Corrupt(e.to_string()))
-}
-
 fn insert_task(tx: &Connection, task: &NewTask, key: &ShapeKey, state: TaskState, waiting_on: i64) -> Result<(), StoreError> {
-    let spec = &task.spec;
-    let id = task.id.to_string();
-    let spec_json = serde_json::to_string(spec).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    let inserted = tx.prepare_cached(INSERT_TASK)?.execute(params![
-        id,
-        spec.project,
-        state.as_str(),
-        spec.priority,
-        spec.image,
-        spec.resources.cpu_millicores,
-        spec.resources.memory_mib,
-        constraints_of(spec)?,
-        spec_json,
-        task.payload,
-        task.payload.as_ref().map_or(0, |p| p.len() as i64),
-        task.created_at.millis(),
-        spec.retry.max_attempts,
-        spec.retry.backoff_seconds,
-        task.not_before().millis(),
-        spec.placement_shape(key),
-        waiting_on,
-        Option::<String>::None,
-        Option::<i64>::None,
-        crate::workflow::rules_text(spec)?,
-    ]);
-    match inserted {
-        Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
-            return Err(StoreError::Duplicate(task.id))
-        }
-        other => other?,
-    };
-    let mut label = tx.prepare_cached("INSERT INTO task_labels (task_id, key, value) VALUES (?1, ?2, ?3)")?;
-    for (k, v) in &spec.labels {
-        label.execute(params![id, k, v])?;
-    }
-    if let Some(url) = &spec.webhook {
-        tx.prepare_cached(
-            "INSERT INTO webhook_deliveries (task_id, project, url, state, attempts, next_at, created_at) VALUES (?1, ?2, ?3, 'pending', 0, ?4, ?4)",
-        )?
-        .execute(params![id, spec.project, url, task.created_at.millis()])?;
-    }
-    Ok(())
+    super::writer::insert_tasks_as(tx, std::slice::from_ref(task), key, state, waiting_on)
 }
 
 /// The children's index → state of array `id` (for `each`).
@@ -244,7 +182,7 @@ fn insert_array(
     let cap = settings.parallelism.map_or(i64::MAX, i64::from);
     let mut admitted = 0i64;
     let shape = spec.placement_shape(key);
-    let constraints = constraints_of(spec)?;
+    let constraints = crate::workflow::constraints_text(spec)?;
     let not_before = spec.first_start(array.created_at).millis();
     let rules = crate::workflow::rules_text(spec)?;
     let mut insert = tx.prepare_cached(INSERT_TASK)?;

@@ -213,11 +213,22 @@ fn execute(
 /// Inserts tasks with prepared statements; also used by the ingest benchmark's
 /// raw baseline so that both sides write exactly the same rows.
 pub fn insert_tasks(tx: &Connection, tasks: &[NewTask], key: &ShapeKey) -> Result<(), StoreError> {
+    insert_tasks_as(tx, tasks, key, shepherd_core::TaskState::Queued, 0)
+}
+
+/// [`insert_tasks`], each in `state` with `waiting_on` unmet dependencies.
+pub(crate) fn insert_tasks_as(
+    tx: &Connection,
+    tasks: &[NewTask],
+    key: &ShapeKey,
+    state: shepherd_core::TaskState,
+    waiting_on: i64,
+) -> Result<(), StoreError> {
     let mut insert = tx.prepare_cached(
         "INSERT INTO tasks (id, project, state, priority, image, cpu_millicores, memory_mib, constraints, \
          spec, payload, payload_bytes, created_at, attempt, charged_attempts, max_attempts, backoff_seconds, \
-         cancel_requested, not_before, updated_at, shape, retry_rules) \
-         VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 0, 0, ?12, ?13, 0, ?15, ?11, ?14, ?16)",
+         cancel_requested, not_before, updated_at, shape, retry_rules, waiting_on) \
+         VALUES (?1, ?2, ?17, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 0, 0, ?12, ?13, 0, ?15, ?11, ?14, ?16, ?18)",
     )?;
     let mut label = tx.prepare_cached("INSERT INTO task_labels (task_id, key, value) VALUES (?1, ?2, ?3)")?;
     let mut webhook = tx.prepare_cached(
@@ -227,11 +238,7 @@ pub fn insert_tasks(tx: &Connection, tasks: &[NewTask], key: &ShapeKey) -> Resul
         let spec = &task.spec;
         let id = task.id.to_string();
         let spec_json = serde_json::to_string(spec).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let constraints = if spec.constraints.is_empty() {
-            None
-        } else {
-            Some(serde_json::to_string(&spec.constraints).map_err(|e| StoreError::Corrupt(e.to_string()))?)
-        };
+        let constraints = crate::workflow::constraints_text(spec)?;
         let inserted = insert.execute(params![
             id,
             spec.project,
@@ -249,6 +256,8 @@ pub fn insert_tasks(tx: &Connection, tasks: &[NewTask], key: &ShapeKey) -> Resul
             spec.placement_shape(key),
             task.not_before().millis(),
             crate::workflow::rules_text(spec)?,
+            state.as_str(),
+            waiting_on,
         ]);
         match inserted {
             Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
