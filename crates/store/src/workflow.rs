@@ -193,6 +193,30 @@ pub(crate) fn created_event(id: TaskId, project: &str, state: shepherd_core::Tas
     })
 }
 
+/// How child `index` of a new array stands with the arrays it pairs with
+/// (`each`, their children's states by index): how many pairs it still
+/// waits for, and the first that can never succeed (ended otherwise, or
+/// missing), which ends it.
+pub(crate) fn pair_wait<'a>(
+    index: i64,
+    pairs: impl IntoIterator<Item = (&'a str, &'a std::collections::HashMap<i64, shepherd_core::TaskState>)>,
+) -> (i64, Option<String>) {
+    let (mut waiting, mut failed) = (0i64, None);
+    for (dep, states) in pairs {
+        match states.get(&index) {
+            Some(shepherd_core::TaskState::Succeeded) => {}
+            Some(state) if state.is_terminal() => {
+                failed.get_or_insert_with(|| format!("{dep}[{index}]"));
+            }
+            Some(_) => waiting += 1,
+            None => {
+                failed.get_or_insert_with(|| format!("{dep}[{index}] (no such child)"));
+            }
+        }
+    }
+    (waiting, failed)
+}
+
 /// A dependency as a row keeps it.
 pub(crate) fn dep_rows(spec: &TaskSpec) -> Vec<(String, DependOn)> {
     spec.depends_on

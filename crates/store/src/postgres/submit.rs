@@ -292,20 +292,7 @@ fn children(array: &NewArray, running: bool, each: &[(&str, HashMap<i64, TaskSta
     let mut out = Children::default();
     for (child, index) in &array.children {
         let index = i64::from(*index);
-        let mut child_waiting = 0i64;
-        let mut failed: Option<String> = None;
-        for (dep, states) in each {
-            match states.get(&index) {
-                Some(TaskState::Succeeded) => {}
-                Some(state) if state.is_terminal() => {
-                    failed.get_or_insert_with(|| format!("{dep}[{index}]"));
-                }
-                Some(_) => child_waiting += 1,
-                None => {
-                    failed.get_or_insert_with(|| format!("{dep}[{index}] (no such child)"));
-                }
-            }
-        }
+        let (child_waiting, failed) = crate::workflow::pair_wait(index, each.iter().map(|(dep, states)| (*dep, states)));
         let queued = running && child_waiting == 0 && failed.is_none() && out.admitted < cap;
         out.admitted += i64::from(queued);
         out.ids.push(child.to_string());

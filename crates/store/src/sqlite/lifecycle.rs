@@ -252,16 +252,15 @@ fn release_array(tx: &Connection, array: &str, now: Timestamp, cascade: &mut Vec
 }
 
 /// Stops an array: no more children are released; those not yet on a
-/// node end (`reason`), those on one are stopped. `cancelled`: the array
-/// ends cancelled, not failed, if no child failed.
-pub(crate) fn stop_array(tx: &Connection, array: &str, reason: &str, cancelled: bool, follow: &mut FollowUps) -> Result<(), StoreError> {
+/// node end (`reason`), those on one are stopped. The array ends
+/// cancelled if no child failed, failed otherwise.
+pub(crate) fn stop_array(tx: &Connection, array: &str, reason: &str, follow: &mut FollowUps) -> Result<(), StoreError> {
     let changed = tx
         .prepare_cached("UPDATE arrays SET stopping = 1, reason = COALESCE(reason, ?2) WHERE id = ?1 AND stopping = 0")?
         .execute(params![array, reason])?;
     if changed == 0 {
         return Ok(());
     }
-    let _ = cancelled;
     let ids: Vec<String> = tx
         .prepare_cached(
             "SELECT id FROM tasks WHERE array_id = ?1 AND state IN ('waiting', 'queued', 'scheduled', 'running') ORDER BY array_index",
@@ -322,7 +321,7 @@ pub(crate) fn after(
         }
         if let Some(c) = counts(tx, &array)? {
             if matches!(to, TaskState::Failed | TaskState::TimedOut) && c.fail_fast {
-                stop_array(tx, &array, &format!("array_failed: index {index} ({id}) {to}"), false, follow)?;
+                stop_array(tx, &array, &format!("array_failed: index {index} ({id}) {to}"), follow)?;
             }
             if c.remaining <= 0 {
                 let state: Option<String> =
@@ -374,7 +373,7 @@ fn ended(
                     release_array(tx, &dependent, now, cascade)?;
                 }
             }
-            (Some(_), false) => stop_array(tx, &dependent, &dependency_failed(id), true, follow)?,
+            (Some(_), false) => stop_array(tx, &dependent, &dependency_failed(id), follow)?,
             (None, true) => {
                 let left: Option<i64> = tx
                     .prepare_cached(

@@ -123,7 +123,7 @@ pub(crate) fn submit(
                 // row of 100,000 events. Children show up as they change.)
                 insert_array(tx, array, key, waiting_on, &each, failed.is_some(), &mut follow)?;
                 if let Some(dep) = failed {
-                    stop_array(tx, &id, &dependency_failed(&dep), true, &mut follow)?;
+                    stop_array(tx, &id, &dependency_failed(&dep), &mut follow)?;
                 }
             }
         }
@@ -188,20 +188,7 @@ fn insert_array(
     let mut insert = tx.prepare_cached(INSERT_TASK)?;
     for (child, index) in &array.children {
         let index = i64::from(*index);
-        let mut child_waiting = 0i64;
-        let mut failed: Option<String> = None;
-        for (dep, states) in each.iter().zip(&pairs) {
-            match states.get(&index) {
-                Some(TaskState::Succeeded) => {}
-                Some(state) if state.is_terminal() => {
-                    failed.get_or_insert_with(|| format!("{dep}[{index}]"));
-                }
-                Some(_) => child_waiting += 1,
-                None => {
-                    failed.get_or_insert_with(|| format!("{dep}[{index}] (no such child)"));
-                }
-            }
-        }
+        let (mut child_waiting, failed) = crate::workflow::pair_wait(index, each.iter().map(String::as_str).zip(&pairs));
         // A child whose pair already failed is never released: it ends with the follow-ups.
         child_waiting += i64::from(failed.is_some());
         let queued = running && child_waiting == 0 && admitted < cap;
