@@ -24,6 +24,32 @@ impl TaskId {
     }
 }
 
+impl TaskId {
+    /// The first id of a block of up to 2^32 ids that follow it
+    /// ([`TaskId::offset`]): made at `now` with a random part that leaves
+    /// room above it, so that an array's children have ids that need no
+    /// storing (the first and a position). Two blocks of the same
+    /// millisecond meet only if 79 random bits land within a block's
+    /// length of each other.
+    pub fn block(now: Timestamp) -> TaskId {
+        let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(now.millis().max(0) as u64);
+        let id = ulid::Ulid::from_datetime(time).0;
+        // Bit 79 clear: the random part has 2^79 of room above it.
+        TaskId(ulid::Ulid(id & !(1u128 << 79)))
+    }
+
+    /// The id `k` places after this one (the `k`-th of a [`TaskId::block`]).
+    pub fn offset(self, k: u32) -> TaskId {
+        TaskId(ulid::Ulid(self.0 .0 + u128::from(k)))
+    }
+
+    /// How many places after `first` this id is, if it is within `count` of it.
+    pub fn position_after(self, first: TaskId, count: u32) -> Option<u32> {
+        let k = self.0 .0.checked_sub(first.0 .0)?;
+        u32::try_from(k).ok().filter(|k| *k < count)
+    }
+}
+
 impl fmt::Display for TaskId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.0)
@@ -782,5 +808,25 @@ mod progress_tests {
         assert_eq!(Progress::new(49.6, "x".into()).unwrap(), Progress { percent: 50, message: "x".into() });
         assert!(Progress::new(101.0, String::new()).is_err());
         assert!(Progress::new(5.0, "m".repeat(1001)).is_err());
+    }
+}
+
+#[cfg(test)]
+mod block_tests {
+    use super::{TaskId, Timestamp};
+
+    #[test]
+    fn a_block_of_ids_sorts_by_position_and_keeps_its_time() {
+        let now = Timestamp::now();
+        let first = TaskId::block(now);
+        let last = first.offset(u32::MAX);
+        assert!(first < first.offset(1) && first.offset(1) < last);
+        assert_eq!(last.0.timestamp_ms(), first.0.timestamp_ms());
+        assert_eq!(first.offset(99_999).position_after(first, 100_000), Some(99_999));
+        assert_eq!(first.offset(100_000).position_after(first, 100_000), None);
+        assert_eq!(first.position_after(first.offset(1), 10), None);
+        // Its text parses back to the same id.
+        let text = first.offset(7).to_string();
+        assert_eq!(text.parse::<TaskId>().unwrap(), first.offset(7));
     }
 }

@@ -45,7 +45,7 @@ fn new_array(gen: &mut ulid::Generator, mut spec: TaskSpec, size: u32, paralleli
         failure_policy: if fail_fast { shepherd_core::FailurePolicy::FailFast } else { shepherd_core::FailurePolicy::FinishAll },
     });
     let task = new_task(gen, spec);
-    let children = (0..size).map(|i| (TaskId::generate(gen, now), i)).collect();
+    let children = crate::workflow::Children::all(TaskId::block(now), size);
     NewArray { id: task.id, created_at: task.created_at, spec: task.spec, payload: task.payload, children, retry_of: None }
 }
 
@@ -173,7 +173,7 @@ pub async fn workflow_arrays(store: &dyn Store) {
     let mut s = spec("p");
     s.payload = Some("aGk=".into());
     let array = new_array(&mut gen, s, 10, Some(3), false);
-    let (array_id, children) = (array.id, array.children.clone());
+    let (array_id, children) = (array.id, array.children.iter().collect::<Vec<_>>());
     submit_all(store, vec![Entry::Array(array)]).await;
     let status = store.get_array(&array_id.to_string()).await.unwrap().expect("array");
     assert_eq!((status.state.as_str(), status.size, status.children), ("running", 10, 10));
@@ -216,7 +216,7 @@ pub async fn workflow_array_dependencies(store: &dyn Store) {
     b.spec.depends_on = vec![dep(a.id, Each)];
     let mut t = new_task(&mut gen, spec("p"));
     t.spec.depends_on = vec![dep(a.id, Finished)];
-    let (a_children, b_children, t_id, b_id) = (a.children.clone(), b.children.clone(), t.id, b.id);
+    let (a_children, b_children, t_id, b_id) = (a.children.iter().collect::<Vec<_>>(), b.children.iter().collect::<Vec<_>>(), t.id, b.id);
     submit_all(store, vec![Entry::Array(a.clone()), Entry::Array(b), Entry::Task(t)]).await;
     assert_eq!(state_of(store, b_children[0].0).await, TaskState::Waiting);
     run_to_end(store, a_children[0].0, 0).await;
@@ -238,7 +238,7 @@ pub async fn workflow_array_dependencies(store: &dyn Store) {
 
     // Fail fast: the first failure ends the rest.
     let f = new_array(&mut gen, spec("p"), 5, Some(2), true);
-    let (f_id, f_children) = (f.id, f.children.clone());
+    let (f_id, f_children) = (f.id, f.children.iter().collect::<Vec<_>>());
     submit_all(store, vec![Entry::Array(f)]).await;
     run_to_end(store, f_children[0].0, 3).await;
     let status = store.get_array(&f_id.to_string()).await.unwrap().unwrap();
@@ -249,7 +249,7 @@ pub async fn workflow_array_dependencies(store: &dyn Store) {
 
     // Cancel: every child that has not ended, the array with them.
     let g = new_array(&mut gen, spec("p"), 4, None, false);
-    let (g_id, g_children) = (g.id, g.children.clone());
+    let (g_id, g_children) = (g.id, g.children.iter().collect::<Vec<_>>());
     submit_all(store, vec![Entry::Array(g)]).await;
     run_to_end(store, g_children[0].0, 0).await;
     let placed = store.apply(vec![(g_children[1].0, Event::Schedule { node_id: "n1".into() })], Timestamp::now()).await.unwrap();
@@ -262,6 +262,100 @@ pub async fn workflow_array_dependencies(store: &dyn Store) {
     store.apply(vec![(g_children[1].0, Event::Cancelled { attempt: 1, usage: None })], Timestamp::now()).await.unwrap();
     assert_eq!(store.get_array(&g_id.to_string()).await.unwrap().unwrap().state, "cancelled");
     let _ = b_id;
+}
+
+/// Runs whole queue pages to their ends (each placed, started and exited
+/// in one call per step) until the queue is empty or `rounds` pages ran;
+/// `code` says each task's exit code. What ran, in order.
+async fn drain(store: &dyn Store, rounds: usize, code: &dyn Fn(TaskId) -> i32, check: &dyn Fn(&[QueuedTask])) -> Vec<TaskId> {
+    let mut ran = Vec::new();
+    for _ in 0..rounds {
+        let page = store.queued_tasks(Timestamp::now(), QueueQuery { limit: 1000, ..Default::default() }).await.unwrap();
+        if page.tasks.is_empty() {
+            break;
+        }
+        check(&page.tasks);
+        let ids: Vec<TaskId> = page.tasks.iter().map(|t| t.id).collect();
+        let now = Timestamp::now();
+        let placed = store.apply(ids.iter().map(|id| (*id, Event::Schedule { node_id: "n1".into() })).collect(), now).await.unwrap();
+        let attempts: Vec<u32> = placed.into_iter().map(|r| r.expect("placed").attempt).collect();
+        let starts = ids.iter().zip(&attempts).map(|(id, a)| (*id, Event::Start { attempt: *a, at: None, runtime: None })).collect();
+        store.apply(starts, now).await.unwrap().into_iter().for_each(|r| drop(r.expect("started")));
+        let exits = ids
+            .iter()
+            .zip(&attempts)
+            .map(|(id, a)| (*id, Event::Exit { attempt: *a, code: code(*id), oom_killed: false, at: None, usage: None, result: None }))
+            .collect();
+        store.apply(exits, now).await.unwrap().into_iter().for_each(|r| drop(r.expect("exited")));
+        ran.extend(ids);
+    }
+    ran
+}
+
+/// Arrays larger than the rows a store makes ahead of the queue
+/// ([`crate::ARRAY_WINDOW`]): every index runs exactly once, `each`
+/// pairs hold past the window (a failure there ends its pair), counts and
+/// the queue quota see every child, parallelism holds, and a cancelled or
+/// fail-fast array ends children it never made as `cancelled`.
+pub async fn workflow_arrays_beyond_the_window(store: &dyn Store) {
+    use shepherd_core::DependOn::Each;
+    let n = crate::ARRAY_WINDOW * 2 + crate::ARRAY_WINDOW / 2;
+    let bad = n - 3;
+    let mut gen = ulid::Generator::new();
+    let a = new_array(&mut gen, spec("p"), n, None, false);
+    let mut b = new_array(&mut gen, spec("p"), n, None, false);
+    b.spec.depends_on = vec![dep(a.id, Each)];
+    let (a_id, b_id, a_kids, b_kids) = (a.id.to_string(), b.id.to_string(), a.children.clone(), b.children.clone());
+    submit_all(store, vec![Entry::Array(a), Entry::Array(b)]).await;
+    let status = store.get_array(&a_id).await.unwrap().unwrap();
+    assert_eq!((status.counts["queued"], status.children), (u64::from(n), n), "every child counts, made or not");
+    assert_eq!(store.get_array(&b_id).await.unwrap().unwrap().counts["waiting"], u64::from(n));
+    assert_eq!(store.count_queued("p").await.unwrap(), 2 * u64::from(n), "the quota sees every child");
+    let fails = |id: TaskId| i32::from(id == a_kids.id(bad));
+    let ran = drain(store, 200, &fails, &|_| {}).await;
+    let mut a_ran: Vec<u32> = ran.iter().filter_map(|id| id.position_after(a_kids.first, n)).collect();
+    let mut b_ran: Vec<u32> = ran.iter().filter_map(|id| id.position_after(b_kids.first, n)).collect();
+    assert_eq!(a_ran.len() + b_ran.len(), ran.len(), "only their children ran");
+    a_ran.sort_unstable();
+    b_ran.sort_unstable();
+    assert!(a_ran == (0..n).collect::<Vec<_>>(), "every index of a ran once: {} of {n} ran", a_ran.len());
+    let b_all = (0..n).filter(|i| *i != bad).collect::<Vec<_>>();
+    assert!(b_ran == b_all, "every index of b ran once but the failed pair's: {} of {} ran", b_ran.len(), n - 1);
+    let a_status = store.get_array(&a_id).await.unwrap().unwrap();
+    assert_eq!((a_status.state.as_str(), a_status.failed_indices.clone()), ("failed", vec![bad]));
+    let b_status = store.get_array(&b_id).await.unwrap().unwrap();
+    assert_eq!((b_status.counts["succeeded"], b_status.counts["cancelled"]), (u64::from(n) - 1, 1));
+    let b_bad = store.get_task(b_kids.id(bad)).await.unwrap().expect("the pair of a failed child");
+    assert_eq!((b_bad.state, b_bad.reason), (TaskState::Cancelled, Some(format!("dependency_failed: {}", a_kids.id(bad)))));
+    assert_eq!(store.count_queued("p").await.unwrap(), 0);
+
+    // Parallelism past the window; a cancel ends what was never made.
+    let c = new_array(&mut gen, spec("p"), n, Some(700), false);
+    let (c_id, c_kids) = (c.id.to_string(), c.children.clone());
+    submit_all(store, vec![Entry::Array(c)]).await;
+    let ran = drain(store, 20, &|_| 0, &|page| assert!(page.len() <= 700, "parallelism 700, {} queued", page.len())).await;
+    assert_eq!(ran.len(), 20 * 700);
+    assert!(ran.iter().all(|id| id.position_after(c_kids.first, n).is_some()));
+    store.cancel_array(Some("p".into()), &c_id, Timestamp::now()).await.unwrap().expect("cancelled");
+    let status = store.get_array(&c_id).await.unwrap().unwrap();
+    assert_eq!(
+        (status.state.as_str(), status.counts["succeeded"], status.counts["cancelled"]),
+        ("cancelled", 14_000, u64::from(n) - 14_000)
+    );
+    assert_eq!(store.count_queued("p").await.unwrap(), 0, "nothing of it is left to queue");
+    assert!(drain(store, 1, &|_| 0, &|_| {}).await.is_empty());
+
+    // Fail fast past the window: what was never made ends cancelled.
+    let d = new_array(&mut gen, spec("p"), n, None, true);
+    let (d_id, d_kids) = (d.id.to_string(), d.children.clone());
+    submit_all(store, vec![Entry::Array(d)]).await;
+    let stop = crate::ARRAY_WINDOW + 5;
+    let ran = drain(store, 200, &|id| i32::from(id == d_kids.id(stop)), &|_| {}).await;
+    let status = store.get_array(&d_id).await.unwrap().unwrap();
+    assert_eq!((status.state.as_str(), status.counts["failed"]), ("failed", 1));
+    assert_eq!(status.counts["succeeded"] + status.counts["cancelled"] + 1, u64::from(n), "{status:?}");
+    assert_eq!(status.counts["succeeded"] as usize, ran.len() - 1);
+    assert_eq!(store.count_queued("p").await.unwrap(), 0);
 }
 
 /// Retry rules by outcome: a lost attempt retried without spending one,
@@ -280,7 +374,7 @@ pub async fn retry_rules(store: &dyn Store) {
     };
     let plain = new_task(&mut gen, s.clone());
     let child = new_array(&mut gen, s, 1, None, false);
-    let child_id = child.children[0].0;
+    let child_id = child.children.id(0);
     let id = plain.id;
     store.create_tasks(vec![plain]).await.unwrap();
     submit_all(store, vec![Entry::Array(child)]).await;
@@ -1608,6 +1702,7 @@ macro_rules! store_conformance {
         $crate::store_conformance!(@one $fixture, workflow_cascade);
         $crate::store_conformance!(@one $fixture, workflow_arrays);
         $crate::store_conformance!(@one $fixture, workflow_array_dependencies);
+        $crate::store_conformance!(@one $fixture, workflow_arrays_beyond_the_window);
         $crate::store_conformance!(@one $fixture, idempotency_keys);
         $crate::store_conformance!(@one $fixture, retry_rules);
         $crate::store_conformance!(@one $fixture, results_and_inputs);

@@ -24,7 +24,7 @@ pub use postgres::PgStore;
 /// Kept by the store, defined in `shepherd-core` (the agent shares them).
 pub use shepherd_core::{LaunchSpec, LogChunk, LogStream, NodeState};
 pub use sqlite::{SqliteOptions, SqliteStore, Synchronous};
-pub use workflow::{ArraySource, Entry, IdempotencyKey, NewArray, Submission, Submitted};
+pub use workflow::{ArraySource, Children, Entry, IdempotencyKey, NewArray, Submission, Submitted, ARRAY_WINDOW};
 
 use async_trait::async_trait;
 use shepherd_core::{

@@ -8,16 +8,15 @@
 use shepherd_core::{ArraySpec, DependOn, NewTask, TaskId, TaskSpec, Timestamp};
 
 /// A new array: its spec (with `array` set, payload stripped) stored once,
-/// and its children's ids, one per index, in index order.
+/// and its children, by id and index.
 #[derive(Debug, Clone)]
 pub struct NewArray {
     pub id: TaskId,
     pub created_at: Timestamp,
     pub spec: TaskSpec,
     pub payload: Option<Vec<u8>>,
-    /// `(child id, index)`, in index order: every index of the array, or,
-    /// for a retry of failed children, only those.
-    pub children: Vec<(TaskId, u32)>,
+    /// Every index of the array, or, for a retry of failed children, only those.
+    pub children: Children,
     /// The array whose failed children this one runs again.
     pub retry_of: Option<String>,
 }
@@ -25,7 +24,86 @@ pub struct NewArray {
 impl NewArray {
     /// Its array settings (the spec's `array`).
     pub fn array(&self) -> ArraySpec {
-        self.spec.array.unwrap_or(ArraySpec { size: self.children.len() as u32, parallelism: None, failure_policy: Default::default() })
+        self.spec.array.unwrap_or(ArraySpec { size: self.children.count, parallelism: None, failure_policy: Default::default() })
+    }
+}
+
+/// How many children of an array exist as rows ahead of the queue: a store
+/// makes the first ones with the array and the next ones as the queue
+/// reaches them (a child of the last half placed or ended), so that
+/// creating an array of 100,000 writes 10,000 rows, and a scheduling pass
+/// (at most 10 pages of 1,000) never runs out of an array's children.
+pub const ARRAY_WINDOW: u32 = 10_000;
+
+/// An array's children: child `k` (0-based, in index order) has the id
+/// `first.offset(k)` and the index `k`, or for a retry of some indices,
+/// the `k`-th of them. Nothing per child is stored to know it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Children {
+    /// The first child's id (a [`TaskId::block`]).
+    pub first: TaskId,
+    /// Their indices, ascending, when not `0..count`.
+    pub indices: Option<Vec<u32>>,
+    /// How many.
+    pub count: u32,
+}
+
+impl Children {
+    /// Children `0..count`.
+    pub fn all(first: TaskId, count: u32) -> Children {
+        Children { first, indices: None, count }
+    }
+
+    /// Children of some indices (ascending, distinct).
+    pub fn of(first: TaskId, indices: Vec<u32>) -> Children {
+        Children { first, count: indices.len() as u32, indices: Some(indices) }
+    }
+
+    /// The `k`-th child's id.
+    pub fn id(&self, k: u32) -> TaskId {
+        self.first.offset(k)
+    }
+
+    /// The `k`-th child's index.
+    pub fn index(&self, k: u32) -> u32 {
+        self.indices.as_ref().and_then(|i| i.get(k as usize).copied()).unwrap_or(k)
+    }
+
+    /// Which child has `index`, if one does.
+    pub fn position(&self, index: u32) -> Option<u32> {
+        match &self.indices {
+            None => (index < self.count).then_some(index),
+            Some(indices) => indices.binary_search(&index).ok().map(|k| k as u32),
+        }
+    }
+
+    /// Every child, `(id, index)`, in index order.
+    pub fn iter(&self) -> impl Iterator<Item = (TaskId, u32)> + '_ {
+        (0..self.count).map(|k| (self.id(k), self.index(k)))
+    }
+
+    /// The indices as a row keeps them (`None`: `0..count`).
+    pub(crate) fn indices_text(&self) -> Option<String> {
+        self.indices.as_ref().map(|i| i.iter().map(u32::to_string).collect::<Vec<_>>().join(","))
+    }
+
+    /// Children from an array row's columns; `None` for an array made
+    /// before children were numbered from a first id (all its rows exist).
+    pub(crate) fn from_row(first: Option<&str>, indices: Option<&str>, count: i64) -> Result<Option<Children>, crate::StoreError> {
+        let Some(first) = first else { return Ok(None) };
+        let first = first.parse().map_err(|e| crate::StoreError::Corrupt(format!("array first child `{first}`: {e}")))?;
+        let count = u32::try_from(count).map_err(|_| crate::StoreError::Corrupt(format!("array of {count} children")))?;
+        match indices {
+            None => Ok(Some(Children::all(first, count))),
+            Some(text) => {
+                let indices = text
+                    .split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(|s| s.parse::<u32>().map_err(|e| crate::StoreError::Corrupt(format!("array indices: {e}"))))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(Some(Children::of(first, indices)))
+            }
+        }
     }
 }
 

@@ -7,7 +7,7 @@ use crate::service::error::{Refusal, ServiceError};
 use crate::service::tasks::{audit_entry, TaskService};
 use serde::{Deserialize, Serialize};
 use shepherd_core::{ArrayStatus, DependencyTarget, FieldError, NewTask, Task, TaskId, TaskSpec, Timestamp};
-use shepherd_store::{ApplyResult, Entry, IdempotencyKey, NewArray, Submission, Submitted};
+use shepherd_store::{ApplyResult, Children, Entry, IdempotencyKey, NewArray, Submission, Submitted};
 
 /// What creating an array answers (`POST /v1/tasks` with `array`): its id
 /// and size; `GET /v1/arrays/{id}` follows it.
@@ -153,7 +153,7 @@ impl TaskService {
                     entries.push(Entry::Task(task));
                 }
                 Some(array) => {
-                    let children = self.child_ids(array.size, now).into_iter().zip(0..array.size).collect();
+                    let children = Children::all(TaskId::block(now), array.size);
                     created.push(Created::Array(ArrayCreated {
                         id: task.id.to_string(),
                         project: task.spec.project.clone(),
@@ -218,12 +218,6 @@ impl TaskService {
             Err(shepherd_store::StoreError::Invalid { field, message }) => Err(FieldError::new(field, message).into()),
             Err(e) => Err(e.into()),
         }
-    }
-
-    /// Ids for an array's children, in index order.
-    fn child_ids(&self, size: u32, now: Timestamp) -> Vec<TaskId> {
-        let mut ids = self.ids.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        (0..size).map(|_| TaskId::generate(&mut ids, now)).collect()
     }
 
     /// `admit`, counting each array as its children.
@@ -309,7 +303,6 @@ impl TaskService {
         let extra = vec![(task.spec.project.clone(), (source.failed.len() as u64).saturating_sub(1))];
         self.admit(std::slice::from_ref(&task), &|_| String::new(), &extra).await?;
         let size = task.spec.array.map_or(0, |a| a.size);
-        let ids = self.child_ids(source.failed.len() as u32, Timestamp::now());
         let created = ArrayCreated {
             id: task.id.to_string(),
             project: task.spec.project.clone(),
@@ -322,7 +315,7 @@ impl TaskService {
             created_at: task.created_at,
             spec: task.spec,
             payload: task.payload,
-            children: ids.into_iter().zip(source.failed).collect(),
+            children: Children::of(TaskId::block(Timestamp::now()), source.failed),
             retry_of: Some(id.to_string()),
         });
         let never = |_: &[Created]| Ok((201, String::new()));
@@ -365,7 +358,7 @@ fn audit_lines(caller: &Caller, entries: &[Entry], batch: bool) -> Vec<shepherd_
     let action = |e: &Entry| if matches!(e, Entry::Array(_)) { "array.create" } else { "task.create" };
     if let (false, [entry]) = (batch, entries) {
         let detail = match entry {
-            Entry::Array(a) => Some(format!("{} children", a.children.len())),
+            Entry::Array(a) => Some(format!("{} children", a.children.count)),
             Entry::Task(_) => None,
         };
         return vec![audit_entry(caller, Some(&entry.spec().project), action(entry), &entry.id().to_string(), detail)];

@@ -97,7 +97,7 @@ fn find<'a>(sub: &'a Submission, stored: &'a Stored, pos: usize, id: &'a str, pr
             size: i64::from(a.array().size),
             at: ArrayAt::Submitted(a),
         })),
-        Entry::Array(a) if a.children.iter().any(|(c, _)| *c == task_id) => {
+        Entry::Array(a) if task_id.position_after(a.children.first, a.children.count).is_some() => {
             Some((a.spec.project == project).then_some(Found::Task { state: TaskState::Waiting }))
         }
         _ => None,
@@ -107,7 +107,7 @@ fn find<'a>(sub: &'a Submission, stored: &'a Stored, pos: usize, id: &'a str, pr
 /// The children's index → state of an array (for `each`).
 async fn child_states(tx: &Transaction<'_>, at: &ArrayAt<'_>) -> Result<HashMap<i64, TaskState>, StoreError> {
     match at {
-        ArrayAt::Submitted(a) => Ok(a.children.iter().map(|(_, i)| (i64::from(*i), TaskState::Waiting)).collect()),
+        ArrayAt::Submitted(a) => Ok(a.children.iter().map(|(_, i)| (i64::from(i), TaskState::Waiting)).collect()),
         ArrayAt::Stored(id) => {
             let stmt = tx.prepare_cached("SELECT array_index, state FROM tasks WHERE array_id = $1").await.map_err(error)?;
             let mut out = HashMap::new();
@@ -290,8 +290,8 @@ async fn submit(
 fn children(array: &NewArray, running: bool, each: &[(&str, HashMap<i64, TaskState>)], then: &mut Vec<Then>) -> Children {
     let cap = array.array().parallelism.map_or(i64::MAX, i64::from);
     let mut out = Children::default();
-    for (child, index) in &array.children {
-        let index = i64::from(*index);
+    for (child, index) in array.children.iter() {
+        let index = i64::from(index);
         let (child_waiting, failed) = crate::workflow::pair_wait(index, each.iter().map(|(dep, states)| (*dep, states)));
         let queued = running && child_waiting == 0 && failed.is_none() && out.admitted < cap;
         out.admitted += i64::from(queued);
@@ -300,7 +300,7 @@ fn children(array: &NewArray, running: bool, each: &[(&str, HashMap<i64, TaskSta
         out.waiting_on.push(child_waiting);
         out.indexes.push(index);
         if let Some(dep) = failed {
-            then.push(Then::Follow(*child, Event::DependencyFailed { reason: dependency_failed(&dep) }));
+            then.push(Then::Follow(child, Event::DependencyFailed { reason: dependency_failed(&dep) }));
         }
     }
     out
@@ -381,7 +381,7 @@ async fn insert_array(
             &array.payload,
             &payload_bytes,
             &i64::from(settings.size),
-            &(array.children.len() as i64),
+            &i64::from(array.children.count),
             &settings.parallelism.map(i64::from),
             &(settings.failure_policy == shepherd_core::FailurePolicy::FailFast),
             &if running { "running" } else { "waiting" },
@@ -478,7 +478,7 @@ impl PgStore {
             for entry in &submission.entries {
                 match entry {
                     Entry::Task(t) => observer.created(&t.spec.project, 1),
-                    Entry::Array(a) => observer.created(&a.spec.project, a.children.len() as u64),
+                    Entry::Array(a) => observer.created(&a.spec.project, u64::from(a.children.count)),
                 }
             }
             observer.applied(&cascade);

@@ -12,7 +12,6 @@ use crate::{Applied, ApplyError, ApplyResult, StoreError};
 use rusqlite::{params, Connection, OptionalExtension};
 use shepherd_core::workflow::{array_end, dependency_failed};
 use shepherd_core::{Change, DependOn, Event, LifecycleContext, TaskId, TaskState, Timestamp};
-use std::collections::VecDeque;
 
 /// Applies events in order; with a `reporter`, only those about tasks whose
 /// current attempt is on that node.
@@ -186,8 +185,7 @@ pub(crate) fn apply_one(
     Ok((Ok(applied), member))
 }
 
-/// Events the hooks queue for the same transaction: a dependent to end.
-pub(crate) type FollowUps = VecDeque<(TaskId, Event)>;
+pub(crate) use super::children::FollowUps;
 
 /// An array's end as a task state (`None` while it has not ended).
 pub(crate) fn array_state(state: &str) -> Option<TaskState> {
@@ -251,26 +249,71 @@ fn release_array(tx: &Connection, array: &str, now: Timestamp, cascade: &mut Vec
     Ok(())
 }
 
-/// Stops an array: no more children are released; those not yet on a
-/// node end (`reason`), those on one are stopped. The array ends
-/// cancelled if no child failed, failed otherwise.
-pub(crate) fn stop_array(tx: &Connection, array: &str, reason: &str, follow: &mut FollowUps) -> Result<(), StoreError> {
+/// Stops an array: no more children are released or made; those not yet
+/// on a node end (`reason`), those on one are stopped, those never made
+/// count as cancelled. The array ends cancelled if no child failed, failed
+/// otherwise (now, if no child it made is left to end).
+pub(crate) fn stop_array(
+    tx: &Connection,
+    array: &str,
+    reason: &str,
+    now: Timestamp,
+    follow: &mut FollowUps,
+    cascade: &mut Vec<ApplyResult>,
+) -> Result<(), StoreError> {
     let changed = tx
         .prepare_cached("UPDATE arrays SET stopping = 1, reason = COALESCE(reason, ?2) WHERE id = ?1 AND stopping = 0")?
         .execute(params![array, reason])?;
     if changed == 0 {
         return Ok(());
     }
+    super::children::skip_unmade(tx, array, follow)?;
+    for id in unended_children(tx, array)? {
+        follow.push_back((id, Event::DependencyFailed { reason: reason.to_string() }));
+    }
+    finish_if_done(tx, array, now, follow, cascade)
+}
+
+/// The children of an array that have not ended, by index.
+pub(crate) fn unended_children(tx: &Connection, array: &str) -> Result<Vec<TaskId>, StoreError> {
     let ids: Vec<String> = tx
         .prepare_cached(
             "SELECT id FROM tasks WHERE array_id = ?1 AND state IN ('waiting', 'queued', 'scheduled', 'running') ORDER BY array_index",
         )?
         .query_map([array], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
-    for id in ids {
-        follow.push_back((rows::parse_id(&id)?, Event::DependencyFailed { reason: reason.to_string() }));
+    ids.iter().map(|id| rows::parse_id(id)).collect()
+}
+
+/// Ends an array whose children have all ended (and tells its
+/// dependents), unless it has ended already.
+pub(crate) fn finish_if_done(
+    tx: &Connection,
+    array: &str,
+    now: Timestamp,
+    follow: &mut FollowUps,
+    cascade: &mut Vec<ApplyResult>,
+) -> Result<(), StoreError> {
+    let Some(c) = counts(tx, array)? else { return Ok(()) };
+    if c.remaining > 0 {
+        return Ok(());
     }
-    Ok(())
+    let state: Option<String> = tx.prepare_cached("SELECT state FROM arrays WHERE id = ?1")?.query_row([array], |r| r.get(0)).optional()?;
+    if array_state(state.as_deref().unwrap_or("")).is_some() {
+        return Ok(());
+    }
+    let end = array_end(c.children as u64, c.succeeded as u64, c.failed as u64, c.stopping);
+    tx.prepare_cached("UPDATE arrays SET state = ?2, finished_at = ?3 WHERE id = ?1")?.execute(params![
+        array,
+        end.as_str(),
+        now.millis()
+    ])?;
+    ended(tx, array, end, now, follow, cascade)
+}
+
+/// Waiting or queued: not yet on a node, not ended.
+fn pending(state: TaskState) -> bool {
+    matches!(state, TaskState::Waiting | TaskState::Queued)
 }
 
 /// What a change does beyond its task: its array's counts and the next
@@ -284,7 +327,12 @@ pub(crate) fn after(
     cascade: &mut Vec<ApplyResult>,
 ) -> Result<(), StoreError> {
     let to = applied.decision.to;
+    // A child that left the queue may make room for the next ones.
+    let left_queue = pending(applied.from) && !pending(to);
     if !to.is_terminal() {
+        if let (Some((array, _)), true) = (&member, left_queue) {
+            super::children::top_up(tx, array, applied.task_id, follow)?;
+        }
         return Ok(());
     }
     let id = applied.task_id.to_string();
@@ -311,6 +359,7 @@ pub(crate) fn after(
                 .prepare_cached("SELECT id FROM tasks WHERE array_id = ?1 AND array_index = ?2 AND state = 'waiting'")?
                 .query_row(params![other, index], |r| r.get(0))
                 .optional()?;
+            // (One not made yet looks for this one when it is made.)
             let Some(child) = child else { continue };
             if DependOn::Each.satisfied_by(to) {
                 tx.prepare_cached("UPDATE tasks SET waiting_on = waiting_on - 1 WHERE id = ?1")?.execute([&child])?;
@@ -321,23 +370,13 @@ pub(crate) fn after(
         }
         if let Some(c) = counts(tx, &array)? {
             if matches!(to, TaskState::Failed | TaskState::TimedOut) && c.fail_fast {
-                stop_array(tx, &array, &format!("array_failed: index {index} ({id}) {to}"), follow)?;
+                stop_array(tx, &array, &format!("array_failed: index {index} ({id}) {to}"), now, follow, cascade)?;
             }
-            if c.remaining <= 0 {
-                let state: Option<String> =
-                    tx.prepare_cached("SELECT state FROM arrays WHERE id = ?1")?.query_row([&array], |r| r.get(0)).optional()?;
-                if array_state(state.as_deref().unwrap_or("")).is_none() {
-                    let end = array_end(c.children as u64, c.succeeded as u64, c.failed as u64, c.stopping);
-                    tx.prepare_cached("UPDATE arrays SET state = ?2, finished_at = ?3 WHERE id = ?1")?.execute(params![
-                        array,
-                        end.as_str(),
-                        now.millis()
-                    ])?;
-                    ended(tx, &array, end, now, follow, cascade)?;
-                }
-            } else {
-                release_array(tx, &array, now, cascade)?;
-            }
+        }
+        finish_if_done(tx, &array, now, follow, cascade)?;
+        release_array(tx, &array, now, cascade)?;
+        if left_queue {
+            super::children::top_up(tx, &array, applied.task_id, follow)?;
         }
     }
     ended(tx, &id, to, now, follow, cascade)
@@ -373,7 +412,7 @@ fn ended(
                     release_array(tx, &dependent, now, cascade)?;
                 }
             }
-            (Some(_), false) => stop_array(tx, &dependent, &dependency_failed(id), follow)?,
+            (Some(_), false) => stop_array(tx, &dependent, &dependency_failed(id), now, follow, cascade)?,
             (None, true) => {
                 let left: Option<i64> = tx
                     .prepare_cached(

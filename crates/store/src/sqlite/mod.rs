@@ -4,6 +4,7 @@
 //! commits ([`writer`]); reads use a small pool of read-only connections,
 //! which WAL lets run alongside the writer.
 
+mod children;
 mod codes;
 mod lifecycle;
 mod machines;
@@ -375,7 +376,7 @@ impl Store for SqliteStore {
             .iter()
             .map(|e| match e {
                 Entry::Task(t) => (t.spec.project.clone(), 1),
-                Entry::Array(a) => (a.spec.project.clone(), a.children.len() as u64),
+                Entry::Array(a) => (a.spec.project.clone(), u64::from(a.children.count)),
             })
             .collect();
         let (submitted, cascade) = self
@@ -765,7 +766,9 @@ impl Store for SqliteStore {
             let count: i64 = conn
                 .prepare_cached(
                     "SELECT (SELECT COUNT(*) FROM tasks WHERE project = ?1 AND state = 'queued') + \
-                     (SELECT COUNT(*) FROM tasks WHERE state = 'waiting' AND project = ?1)",
+                     (SELECT COUNT(*) FROM tasks WHERE state = 'waiting' AND project = ?1) + \
+                     (SELECT COALESCE(SUM(children - made), 0) FROM arrays \
+                      WHERE project = ?1 AND stopping = 0 AND state IN ('waiting', 'running'))",
                 )?
                 .query_row([project], |row| row.get(0))?;
             Ok(count as u64)

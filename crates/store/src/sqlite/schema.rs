@@ -365,6 +365,18 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE attempts ADD COLUMN result BLOB;
     "#,
+    // 25: an array's children made as the queue reaches them: how many
+    // exist as rows (`made`), the first child's id (child k's id is the
+    // first's plus k), the indices of a retry of some (comma-separated;
+    // NULL: 0..children), and the shape its children are placed by.
+    // Arrays from before made every child at once.
+    r#"
+    ALTER TABLE arrays ADD COLUMN made INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE arrays ADD COLUMN first_child TEXT;
+    ALTER TABLE arrays ADD COLUMN indices TEXT;
+    ALTER TABLE arrays ADD COLUMN shape INTEGER;
+    UPDATE arrays SET made = children;
+    "#,
 ];
 
 /// Data changes a migration needs that SQL alone cannot make.

@@ -2,14 +2,14 @@
 //! what a task's end does to its array and its dependents, in the
 //! transaction that ends it (see [`crate::workflow`]).
 
-use super::lifecycle::{array_state, run_follow_ups, stop_array, FollowUps};
-use crate::workflow::{Entry, NewArray, Submission, Submitted, IDEMPOTENCY_TTL_MS};
+use super::children::{make, skip_unmade, FollowUps, Maker};
+use super::lifecycle::{array_state, finish_if_done, run_follow_ups, stop_array, unended_children};
+use crate::workflow::{Entry, NewArray, Submission, Submitted, ARRAY_WINDOW, IDEMPOTENCY_TTL_MS};
 use crate::{ApplyResult, StoreError};
 use rusqlite::{params, Connection, OptionalExtension};
 use shepherd_core::shape::ShapeKey;
 use shepherd_core::workflow::dependency_failed;
 use shepherd_core::{ClusterEvent, DependOn, Event, NewTask, TaskState, Timestamp};
-use std::collections::HashMap;
 
 /// What a dependency is, as found in the transaction.
 enum Found {
@@ -123,7 +123,7 @@ pub(crate) fn submit(
                 // row of 100,000 events. Children show up as they change.)
                 insert_array(tx, array, key, waiting_on, &each, failed.is_some(), &mut follow)?;
                 if let Some(dep) = failed {
-                    stop_array(tx, &id, &dependency_failed(&dep), &mut follow)?;
+                    stop_array(tx, &id, &dependency_failed(&dep), now, &mut follow, cascade)?;
                 }
             }
         }
@@ -143,26 +143,12 @@ pub(crate) fn submit(
     Ok(Submitted::Created)
 }
 
-const INSERT_TASK: &str = "INSERT INTO tasks (id, project, state, priority, image, cpu_millicores, memory_mib, constraints, \
-     spec, payload, payload_bytes, created_at, attempt, charged_attempts, max_attempts, backoff_seconds, \
-     cancel_requested, not_before, updated_at, shape, waiting_on, array_id, array_index, retry_rules) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 0, 0, ?13, ?14, 0, ?15, ?12, ?16, ?17, ?18, ?19, ?20)";
-
 fn insert_task(tx: &Connection, task: &NewTask, key: &ShapeKey, state: TaskState, waiting_on: i64) -> Result<(), StoreError> {
     super::writer::insert_tasks_as(tx, std::slice::from_ref(task), key, state, waiting_on)
 }
 
-/// The children's index → state of array `id` (for `each`).
-fn child_states(tx: &Connection, id: &str) -> Result<HashMap<i64, TaskState>, StoreError> {
-    let mut stmt = tx.prepare_cached("SELECT array_index, state FROM tasks WHERE array_id = ?1")?;
-    let mut rows = stmt.query([id])?;
-    let mut out = HashMap::new();
-    while let Some(row) = rows.next()? {
-        out.insert(row.get::<_, i64>(0)?, super::rows::parse_state(&row.get::<_, String>(1)?)?);
-    }
-    Ok(out)
-}
-
+/// Stores an array's row and makes its first children (none if it is
+/// `doomed`: a dependency already failed, and it stops at once).
 fn insert_array(
     tx: &Connection,
     array: &NewArray,
@@ -178,58 +164,12 @@ fn insert_array(
     let spec_json = serde_json::to_string(spec).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let payload_bytes = array.payload.as_ref().map_or(0, |p| p.len() as i64);
     let running = waiting_on == 0 && !doomed;
-    let pairs: Vec<HashMap<i64, TaskState>> = each.iter().map(|dep| child_states(tx, dep)).collect::<Result<_, _>>()?;
-    let cap = settings.parallelism.map_or(i64::MAX, i64::from);
-    let mut admitted = 0i64;
     let shape = spec.placement_shape(key);
-    let constraints = crate::workflow::constraints_text(spec)?;
-    let not_before = spec.first_start(array.created_at).millis();
-    let rules = crate::workflow::rules_text(spec)?;
-    let mut insert = tx.prepare_cached(INSERT_TASK)?;
-    for (child, index) in &array.children {
-        let index = i64::from(*index);
-        let (mut child_waiting, failed) = crate::workflow::pair_wait(index, each.iter().map(String::as_str).zip(&pairs));
-        // A child whose pair already failed is never released: it ends with the follow-ups.
-        child_waiting += i64::from(failed.is_some());
-        let queued = running && child_waiting == 0 && admitted < cap;
-        admitted += i64::from(queued);
-        let state = if queued { TaskState::Queued } else { TaskState::Waiting };
-        let inserted = insert.execute(params![
-            child.to_string(),
-            spec.project,
-            state.as_str(),
-            spec.priority,
-            spec.image,
-            spec.resources.cpu_millicores,
-            spec.resources.memory_mib,
-            constraints,
-            "",
-            Option::<Vec<u8>>::None,
-            payload_bytes,
-            array.created_at.millis(),
-            spec.retry.max_attempts,
-            spec.retry.backoff_seconds,
-            not_before,
-            shape,
-            child_waiting,
-            id,
-            index,
-            rules,
-        ]);
-        match inserted {
-            Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
-                return Err(StoreError::Duplicate(*child))
-            }
-            other => other?,
-        };
-        if let Some(dep) = failed {
-            follow.push_back((*child, Event::DependencyFailed { reason: dependency_failed(&dep) }));
-        }
-    }
     let inserted = tx
         .prepare_cached(
             "INSERT INTO arrays (id, project, spec, payload, payload_bytes, size, children, parallelism, fail_fast, state, \
-             waiting_on, admitted, remaining, retry_of, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?7, ?13, ?14)",
+             waiting_on, admitted, remaining, retry_of, created_at, made, first_child, indices, shape) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 0, ?7, ?12, ?13, 0, ?14, ?15, ?16)",
         )?
         .execute(params![
             id,
@@ -238,21 +178,39 @@ fn insert_array(
             array.payload,
             payload_bytes,
             settings.size,
-            array.children.len() as i64,
+            array.children.count,
             settings.parallelism,
             settings.failure_policy == shepherd_core::FailurePolicy::FailFast,
             if running { "running" } else { "waiting" },
             waiting_on,
-            admitted,
             array.retry_of,
             array.created_at.millis(),
+            array.children.first.to_string(),
+            array.children.indices_text(),
+            shape,
         ]);
     match inserted {
         Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
-            Err(StoreError::Duplicate(array.id))
+            return Err(StoreError::Duplicate(array.id))
         }
-        other => other.map(drop).map_err(Into::into),
+        other => other?,
+    };
+    if doomed {
+        return Ok(());
     }
+    let maker = Maker {
+        id: &id,
+        spec,
+        children: &array.children,
+        made: 0,
+        running,
+        admitted: 0,
+        each,
+        shape,
+        created_at: array.created_at,
+        payload_bytes,
+    };
+    make(tx, &maker, ARRAY_WINDOW, follow)
 }
 
 /// Cancels every child of an array that has not ended (and so the array),
@@ -270,22 +228,26 @@ pub(crate) fn cancel_array(
         Some(owner) if project.is_none_or(|p| p == owner) => {}
         _ => return Ok(None),
     }
-    tx.prepare_cached("UPDATE arrays SET stopping = 1, reason = COALESCE(reason, 'cancelled by user') WHERE id = ?1")?.execute([array])?;
-    let ids: Vec<String> = tx
-        .prepare_cached(
-            "SELECT id FROM tasks WHERE array_id = ?1 AND state IN ('waiting', 'queued', 'scheduled', 'running') ORDER BY array_index",
-        )?
-        .query_map([array], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
-    let follow: FollowUps = ids.iter().map(|id| super::rows::parse_id(id).map(|id| (id, Event::Cancel))).collect::<Result<_, _>>()?;
-    // An array with no child left to cancel (all ended) is already over.
+    let stopped = tx
+        .prepare_cached("UPDATE arrays SET stopping = 1, reason = COALESCE(reason, 'cancelled by user') WHERE id = ?1 AND stopping = 0")?
+        .execute([array])?;
+    let mut follow = FollowUps::new();
+    if stopped > 0 {
+        skip_unmade(tx, array, &mut follow)?;
+    }
+    follow.extend(unended_children(tx, array)?.into_iter().map(|id| (id, Event::Cancel)));
     let mut all = Vec::new();
+    run_follow_ups(tx, follow, now, &mut all)?;
+    // An array with no child left to cancel (none made, or all ended) ends here.
+    let mut follow = FollowUps::new();
+    finish_if_done(tx, array, now, &mut follow, &mut all)?;
     run_follow_ups(tx, follow, now, &mut all)?;
     cascade.extend(all);
     Ok(Some(()))
 }
 
-const ARRAY_COLUMNS: &str = "id, project, spec, state, size, children, parallelism, fail_fast, reason, retry_of, created_at, finished_at";
+const ARRAY_COLUMNS: &str =
+    "id, project, spec, state, size, children, parallelism, fail_fast, reason, retry_of, created_at, finished_at, made, stopping";
 
 /// An array's row as its status, counts filled in from its children.
 fn array_status(conn: &Connection, row: &rusqlite::Row<'_>) -> Result<shepherd_core::ArrayStatus, StoreError> {
@@ -297,6 +259,21 @@ fn array_status(conn: &Connection, row: &rusqlite::Row<'_>) -> Result<shepherd_c
     let mut rows = stmt.query([&id])?;
     while let Some(r) = rows.next()? {
         counts.insert(r.get(0)?, r.get::<_, i64>(1)? as u64);
+    }
+    // Children not made yet: cancelled if the array stopped, else waiting
+    // or (nothing holding them back but the queue's reach) queued.
+    let unmade = row.get::<_, i64>(5)? - row.get::<_, i64>(12)?;
+    if unmade > 0 {
+        let state: String = row.get(3)?;
+        let held = spec.array.is_some_and(|a| a.parallelism.is_some()) || spec.depends_on.iter().any(|d| d.on == DependOn::Each);
+        let as_state = if row.get::<_, i64>(13)? != 0 {
+            "cancelled"
+        } else if state == "running" && !held {
+            "queued"
+        } else {
+            "waiting"
+        };
+        *counts.entry(as_state.to_string()).or_default() += unmade as u64;
     }
     let failed_indices: Vec<u32> = conn
         .prepare_cached(
