@@ -368,3 +368,51 @@ async fn reconciles_never_take_a_busy_warm_container_and_a_project_holds_a_bound
         assert!(held.len() <= 3, "the project holds {} warm containers: {held:?}", held.len());
     }
 }
+
+/// Results and inputs in warm containers, as in cold ones: a diamond whose
+/// tasks all run warm passes its results along the edges; a link, a FIFO
+/// or a huge file as a result is no result or is cut at 64 KiB; the next
+/// task of the same container sees nothing of the last one's result.
+#[tokio::test]
+async fn warm_tasks_write_results_and_read_their_inputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = warm_server(&dir.path().join("data"), &[]);
+    let http = server.http();
+    let task = |script: &str, deps: Value| {
+        let mut t = warm(script);
+        t["depends_on"] = deps;
+        t
+    };
+    let batch = json!({"tasks": [
+        task("printf 'seed=42' > $SHEPHERD_RESULT_FILE", json!([])),
+        task("printf \"b saw [$(cat $SHEPHERD_INPUTS_DIR/*)]\" > $SHEPHERD_RESULT_FILE", json!([{"task": 0}])),
+        task("printf \"c saw [$(cat $SHEPHERD_INPUTS_DIR/*)]\" > $SHEPHERD_RESULT_FILE", json!([{"task": 0}])),
+        task("for f in $SHEPHERD_INPUTS_DIR/*; do cat $f; echo; done; ls $SHEPHERD_INPUTS_DIR | wc -l; ls /run/shepherd/out | wc -l",
+             json!([{"task": 1}, {"task": 2}])),
+    ]});
+    let (status, created) = http.post("/v1/tasks/batch", &batch).await;
+    assert_eq!(status, 201, "{created}");
+    let ids: Vec<String> = created["ids"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
+    let d = http.wait_terminal(&ids[3], Duration::from_secs(120)).await;
+    assert_eq!(d["state"], "succeeded", "{d}");
+    let (_, logs) = http.text(&format!("/v1/tasks/{}/logs", ids[3])).await;
+    assert_eq!(logs, "b saw [seed=42]\nc saw [seed=42]\n2\n0\n", "D read B's and C's results; no result left from before");
+    let mut warm_runs = 0;
+    for id in &ids {
+        let (_, t) = http.get(&format!("/v1/tasks/{id}")).await;
+        warm_runs += usize::from(ran_in(&t).1);
+    }
+    assert!(warm_runs >= 2, "the diamond reused its warm container: {warm_runs} warm runs");
+    let (status, bytes) = http.text(&format!("/v1/tasks/{}/result", ids[1])).await;
+    assert_eq!((status, bytes.as_str()), (200, "b saw [seed=42]"));
+    // Hostile results: a link, a FIFO, a huge file.
+    let (link, _) = run(&http, warm("ln -s /etc/passwd $SHEPHERD_RESULT_FILE")).await;
+    assert_eq!(http.get(&format!("/v1/tasks/{}/result", link["id"].as_str().unwrap())).await.0, 404);
+    let (fifo, _) = run(&http, warm("mkfifo $SHEPHERD_RESULT_FILE")).await;
+    assert_eq!(fifo["state"], "succeeded", "a FIFO does not hang the runner: {fifo}");
+    assert_eq!(http.get(&format!("/v1/tasks/{}/result", fifo["id"].as_str().unwrap())).await.0, 404);
+    let (huge, _) = run(&http, warm("head -c 200000 /dev/zero > $SHEPHERD_RESULT_FILE")).await;
+    let (status, bytes) = http.text(&format!("/v1/tasks/{}/result", huge["id"].as_str().unwrap())).await;
+    assert_eq!((status, bytes.len()), (200, 64 * 1024));
+    assert!(ran_in(&huge).1, "ran warm: {huge}");
+}

@@ -316,6 +316,10 @@ fn start_writing(
         files.push(path.clone());
         write_file(&path, &data, file.mode).map_err(|e| format!("cannot write `{}`: {e}", file.path))?;
     }
+    if let Some(result) = &request.result_file {
+        make_result_dir(Path::new(result)).map_err(|e| format!("cannot make the result directory of `{result}`: {e}"))?;
+    }
+    let result_file = request.result_file.clone().map(PathBuf::from);
     let mut command = Command::new(program);
     command
         .args(args)
@@ -379,7 +383,9 @@ fn start_writing(
                 },
                 None => (255, None),
             };
-            let exited = Exited { code, signal, cpu_ms: used.map(|u| u.cpu_ms), peak_memory_bytes: used.map(|u| u.peak_memory_bytes) };
+            let result = result_file.as_deref().and_then(read_result).map(|bytes| base64::engine::general_purpose::STANDARD.encode(bytes));
+            let exited =
+                Exited { code, signal, cpu_ms: used.map(|u| u.cpu_ms), peak_memory_bytes: used.map(|u| u.peak_memory_bytes), result };
             // Output written from now on (a background process) is not the
             // task's any more. Under the output lock, so that no output
             // frame of this task can follow its `Exited`.
@@ -394,6 +400,29 @@ fn start_writing(
         })
     };
     Ok(Task { pid, files: std::mem::take(files), readers, waiter: Some(waiter), ended })
+}
+
+/// The result file's directory, writable for whatever user the task runs
+/// as (the reset empties `/run/shepherd`, where it lives).
+fn make_result_dir(file: &Path) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(dir) = file.parent() else { return Err(io::Error::other("no directory")) };
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777))
+}
+
+/// What the task left in its result file: a regular file only (a link, a
+/// FIFO, a device are no result; opening never blocks nor follows the last
+/// link), at most [`protocol::MAX_RESULT`] bytes.
+fn read_result(path: &Path) -> Option<Vec<u8>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path).ok()?;
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut bytes = Vec::new();
+    file.take(protocol::MAX_RESULT).read_to_end(&mut bytes).ok()?;
+    Some(bytes)
 }
 
 fn write_file(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {

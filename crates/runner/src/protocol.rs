@@ -80,11 +80,20 @@ pub struct RunRequest {
     /// The working directory (default `/`).
     #[serde(default)]
     pub workdir: Option<String>,
-    /// Files written before the task starts (payload, secrets) and removed
-    /// by the reset.
+    /// Files written before the task starts (payload, secrets, its
+    /// dependencies' results) and removed by the reset.
     #[serde(default)]
     pub files: Vec<FileSpec>,
+    /// Where the task may write its result (`$SHEPHERD_RESULT_FILE`): the
+    /// runner makes its directory writable for any user before the task
+    /// starts, and sends what is there (a regular file, at most
+    /// [`MAX_RESULT`] bytes) with the exit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result_file: Option<String>,
 }
+
+/// The most of a result file the runner sends (64 KiB, as for a cold container).
+pub const MAX_RESULT: u64 = 64 * 1024;
 
 /// A file the runner writes for a task.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -121,7 +130,7 @@ pub struct Started {
 }
 
 /// How the task's process ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Exited {
     /// The exit code, or 128 + the signal that killed it (the shell's
     /// convention, as for a cold container).
@@ -134,6 +143,10 @@ pub struct Exited {
     /// The most memory it held at once, in bytes (as PID 1 only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peak_memory_bytes: Option<u64>,
+    /// What the task wrote to its result file (base64), if the request
+    /// named one and the task left a regular file there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<String>,
 }
 
 /// The reset's outcome.

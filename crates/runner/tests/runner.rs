@@ -132,7 +132,7 @@ fn runs_tasks_one_after_another_with_their_own_output_env_files_and_exit_codes()
         // The previous task's file is gone: only this task's payload is there.
         assert_eq!(stdout, format!("payload {k}\nbar{k}\npayload\n"));
         assert_eq!(stderr, "oops\n");
-        assert_eq!(exit, Exited { code: k, signal: None, cpu_ms: None, peak_memory_bytes: None });
+        assert_eq!(exit, Exited { code: k, signal: None, cpu_ms: None, peak_memory_bytes: None, result: None });
         assert_reset_clean_but_not_pid1(&runner.reset());
         assert_eq!(std::fs::read_dir(scratch.path()).unwrap().count(), 0, "scratch emptied");
     }
@@ -148,7 +148,7 @@ fn signals_reach_the_task_and_what_it_leaves_behind_is_cut_off_and_killed() {
     assert_eq!(runner.next(), (Kind::Stdout, b"started\n".to_vec()));
     runner.send(Kind::Signal, &serde_json::to_vec(&SignalRequest { signal: 15 }).unwrap());
     let (_, _, exit) = runner.until_exit();
-    assert_eq!(exit, Exited { code: 143, signal: Some(15), cpu_ms: None, peak_memory_bytes: None });
+    assert_eq!(exit, Exited { code: 143, signal: Some(15), cpu_ms: None, peak_memory_bytes: None, result: None });
     assert_reset_clean_but_not_pid1(&runner.reset());
 
     // A background process that keeps the output open: the exit is still
@@ -205,7 +205,7 @@ fn bad_requests_are_refused_and_the_runner_goes_on() {
     runner.run(&sh("true"));
     assert!(failure(&mut runner).contains("already running"));
     runner.send(Kind::Signal, &serde_json::to_vec(&SignalRequest { signal: 9 }).unwrap());
-    assert_eq!(runner.until_exit().2, Exited { code: 137, signal: Some(9), cpu_ms: None, peak_memory_bytes: None });
+    assert_eq!(runner.until_exit().2, Exited { code: 137, signal: Some(9), cpu_ms: None, peak_memory_bytes: None, result: None });
     runner.run(&sh("true"));
     assert!(failure(&mut runner).contains("reset before"));
     runner.reset();
@@ -242,4 +242,35 @@ fn the_runner_ends_with_its_input_and_takes_the_task_with_it() {
     drop(runner.stdin.take());
     let status = runner.child.wait().unwrap();
     assert_eq!(status.code(), Some(1));
+}
+
+/// A task's result file: sent with its exit when it is a regular file (cut
+/// at 64 KiB), not when it is a link or a FIFO (which never blocks the
+/// runner); its directory is made writable and emptied by the reset.
+#[test]
+fn the_result_file_comes_back_with_the_exit_bounded_and_only_as_a_regular_file() {
+    let scratch = tempfile::tempdir().unwrap();
+    let mut runner = Runner::start(scratch.path());
+    let file = scratch.path().join("out/result");
+    let outcomes = [
+        ("printf 'forty-two' > \"$R\"", Some(b"forty-two".len())),
+        ("head -c 200000 /dev/zero > \"$R\"", Some(64 * 1024)),
+        ("ln -s /etc/passwd \"$R\"", None),
+        ("mkfifo \"$R\"", None),
+        ("true", None),
+    ];
+    for (script, expected) in outcomes {
+        let mut request = sh(script);
+        request.env.push(("R".into(), file.display().to_string()));
+        request.result_file = Some(file.display().to_string());
+        runner.run(&request);
+        let (_, _, exit) = runner.until_exit();
+        let result = exit.result.map(|r| base64::engine::general_purpose::STANDARD.decode(r).unwrap());
+        assert_eq!(result.as_ref().map(Vec::len), expected, "{script}");
+        if expected == Some(9) {
+            assert_eq!(result.as_deref(), Some(&b"forty-two"[..]));
+        }
+        assert_reset_clean_but_not_pid1(&runner.reset());
+        assert!(!file.exists() && !file.parent().unwrap().exists(), "the reset empties the scratch it lives in");
+    }
 }

@@ -270,6 +270,9 @@ struct Plan {
     /// The image the task runs, exactly.
     image_digest: String,
     request: RunRequest,
+    /// Where the task's result goes on the host (the attempt's `out`
+    /// directory, read as for a cold container).
+    out_dir: Option<std::path::PathBuf>,
 }
 
 impl Pool {
@@ -408,7 +411,7 @@ impl Pool {
         }
         // The task's environment; the runner puts it over the container's
         // own (the image's, PATH, HOSTNAME, HOME), as the engine would.
-        let env = super::container::task_env(spec);
+        let mut env = super::container::task_env(spec);
         let workdir = spec.workdir.clone().or_else(|| image.working_dir.clone());
         let mut files = Vec::new();
         use base64::Engine as _;
@@ -425,10 +428,27 @@ impl Pool {
                 files.push(FileSpec { path: format!("{}/{name}", super::container::SECRETS_PATH), mode: 0o444, data: encode(&bytes) });
             }
         }
+        // Its dependencies' results, read-only files on the container's
+        // tmpfs; its own result file, in a directory the runner makes
+        // writable and sends back with the exit.
+        if let Some(dir) = &spec.inputs_dir {
+            let mut entries = tokio::fs::read_dir(dir).await?;
+            while let Some(entry) = entries.next_entry().await? {
+                let bytes = tokio::fs::read(entry.path()).await?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                files.push(FileSpec { path: format!("{}/{name}", super::container::INPUTS_PATH), mode: 0o444, data: encode(&bytes) });
+            }
+            env.push(("SHEPHERD_INPUTS_DIR".into(), super::container::INPUTS_PATH.into()));
+        }
+        let result_file = spec.out_dir.as_ref().map(|_| format!("{}/result", super::container::RESULT_DIR));
+        if let Some(file) = &result_file {
+            env.push(("SHEPHERD_RESULT_FILE".into(), file.clone()));
+        }
         Ok(Some(Plan {
             key: PoolKey { task_key, image_id: image.id.clone() },
             image_digest: image.digest.clone(),
-            request: RunRequest { argv, env, workdir, files },
+            request: RunRequest { argv, env, workdir, files, result_file },
+            out_dir: spec.out_dir.clone(),
         }))
     }
 
@@ -559,6 +579,7 @@ impl Pool {
                     reuse,
                     since,
                     exited: None,
+                    out_dir: plan.out_dir.clone(),
                     status: None,
                     broken: false,
                     killed: false,
@@ -709,6 +730,8 @@ struct WarmAttempt {
     /// When the task was given to the runner (for the `oom` event query).
     since: std::time::SystemTime,
     exited: Option<Exited>,
+    /// Where the result the runner sent is written for the agent to read.
+    out_dir: Option<std::path::PathBuf>,
     status: Option<ExitStatus>,
     /// The conversation broke: the container is never reused.
     broken: bool,
@@ -739,7 +762,18 @@ impl AttemptHandle for WarmAttempt {
                 }
             }
         }
-        let exited = self.exited.unwrap_or(Exited { code: 255, signal: None, cpu_ms: None, peak_memory_bytes: None });
+        let exited = self.exited.clone().unwrap_or(Exited { code: 255, signal: None, cpu_ms: None, peak_memory_bytes: None, result: None });
+        // The result, where the agent reads a cold container's (the
+        // attempt's own directory on the host; the runner cut it already).
+        if let (Some(dir), Some(result)) = (&self.out_dir, &exited.result) {
+            use base64::Engine as _;
+            match base64::engine::general_purpose::STANDARD.decode(result) {
+                Ok(bytes) => tokio::fs::write(dir.join("result"), &bytes[..bytes.len().min(protocol::MAX_RESULT as usize)]).await?,
+                Err(e) => {
+                    tracing::warn!(container = %self.runtime.container, error = %e, "the runner sent a result that is not base64; none kept")
+                }
+            }
+        }
         // A SIGKILL that Shepherd did not send: the kernel's OOM killer, if
         // the engine logged an `oom` event for the container since the task
         // began (it lands a moment after the kill).

@@ -34,7 +34,10 @@ pub async fn child_at(client: &Client, array: &str, index: u32) -> Result<String
         }
         match page["next_cursor"].as_str() {
             Some(next) => cursor = Some(next.to_string()),
-            None => bail!("array {array} has no child at index {index}"),
+            None => bail!(
+                "array {array} has no child at index {index} (an index past its size, or one the queue has not reached: \
+                 children are made as the queue reaches them)"
+            ),
         }
     }
 }
