@@ -231,6 +231,16 @@ pub fn waiting_reason(spec: &TaskSpec, child: bool, waiting_on: i64) -> String {
     }
 }
 
+/// The condition (for a task list) that a task has the label `key` =
+/// `value` (placeholders of the backend's SQL), itself or through the array
+/// it is a child of (an array's labels are kept once, under its id).
+pub(crate) fn label_condition(key: &str, value: &str) -> String {
+    format!(
+        " AND (id IN (SELECT task_id FROM task_labels WHERE key = {key} AND value = {value}) \
+         OR array_id IN (SELECT task_id FROM task_labels WHERE key = {key} AND value = {value}))"
+    )
+}
+
 /// A task's retry rules as its row keeps them (`None`: it has none), so
 /// that applying an event needs no spec.
 pub fn rules_text(spec: &TaskSpec) -> Result<Option<String>, crate::StoreError> {

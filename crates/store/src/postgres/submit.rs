@@ -365,6 +365,16 @@ async fn insert_array(
         .await
         .map_err(|e| duplicate(e, &children.ids[0]))?;
     }
+    // Its labels, once, under its id: a list by label finds its children.
+    if !spec.labels.is_empty() {
+        let (keys, values): (Vec<&str>, Vec<&str>) = spec.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).unzip();
+        let ids = vec![id.as_str(); keys.len()];
+        let insert = tx
+            .prepare_cached("INSERT INTO task_labels (task_id, key, value) SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[])")
+            .await
+            .map_err(error)?;
+        tx.execute(&insert, &[&ids, &keys, &values]).await.map_err(error)?;
+    }
     let insert = tx
         .prepare_cached(
             "INSERT INTO arrays (id, project, spec, payload, payload_bytes, size, children, parallelism, fail_fast, state, \

@@ -496,11 +496,7 @@ impl Store for SqliteStore {
             for (key, value) in &filter.labels {
                 args.push(key.clone());
                 args.push(value.clone());
-                sql.push_str(&format!(
-                    " AND id IN (SELECT task_id FROM task_labels WHERE key = ?{} AND value = ?{})",
-                    args.len() - 1,
-                    args.len()
-                ));
+                sql.push_str(&crate::workflow::label_condition(&format!("?{}", args.len() - 1), &format!("?{}", args.len())));
             }
             if let Some(before) = filter.before {
                 args.push(before.to_string());

@@ -195,6 +195,11 @@ fn insert_array(
         }
         other => other?,
     };
+    // Its labels, once, under its id: a list by label finds its children.
+    let mut label = tx.prepare_cached("INSERT INTO task_labels (task_id, key, value) VALUES (?1, ?2, ?3)")?;
+    for (key, value) in &spec.labels {
+        label.execute(params![id, key, value])?;
+    }
     if doomed {
         return Ok(());
     }
