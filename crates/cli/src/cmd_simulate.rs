@@ -1,17 +1,36 @@
-//! `shepherd simulate`: compare placement profiles offline on a workload.
+//! `shepherd simulate`: compare placement profiles offline on a workload,
+//! or replay the cluster's own history (`--history FILE`, `--from-history`)
+//! under other settings beside what really happened.
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use shepherd_sched::{Engine, SchedulerConfig};
-use shepherd_sim::{generate, parse_workload, report, simulate, svg, GeneratorConfig, SimConfig};
+use shepherd_sim::{
+    generate, parse_workload, replay, report, simulate, svg, GeneratorConfig, Overlay, ReplayConfig, ReplayReport, SimConfig,
+};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Args)]
 pub struct SimulateArgs {
     /// Workload file: JSON Lines or CSV (see docs/scheduling.md). Default: generate one.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["history", "from_history"])]
     workload: Option<PathBuf>,
+    /// Replay a history file (`shepherd history export`) beside what really happened.
+    #[arg(long, conflicts_with = "from_history")]
+    history: Option<PathBuf>,
+    /// Replay the server's own history (admin; the window below) beside what really happened.
+    #[arg(long)]
+    from_history: bool,
+    #[command(flatten)]
+    window: crate::cmd_history::Window,
+    /// A replay's changes to try (TOML): `remove_nodes = ["id"]`,
+    /// `[scale_pools] gpu = 0.5`, `[[add_nodes]] count = 10, cpu = 16000, memory = 65536`.
+    #[arg(long)]
+    overlay: Option<PathBuf>,
+    /// A replay places every task with this profile (default: each task's own, else its project's).
+    #[arg(long)]
+    profile: Option<String>,
     /// Tasks to generate when no workload is given.
     #[arg(long, default_value_t = 5000)]
     generate: usize,
@@ -45,9 +64,9 @@ pub struct SimulateArgs {
     /// Extra profiles (TOML), as for `shepherd up --scheduler-config`.
     #[arg(long)]
     scheduler_config: Option<PathBuf>,
-    /// Virtual seconds between scheduling passes.
-    #[arg(long, default_value_t = 1.0)]
-    tick: f64,
+    /// Virtual seconds between scheduling passes (default 1; 0.05 for a replay).
+    #[arg(long)]
+    tick: Option<f64>,
     #[arg(long, default_value_t = 42)]
     seed: u64,
     /// Where to write the plot.
@@ -58,7 +77,15 @@ pub struct SimulateArgs {
     json: Option<PathBuf>,
 }
 
-pub fn simulate_cmd(args: SimulateArgs) -> Result<ExitCode> {
+pub async fn simulate_cmd(client: impl FnOnce() -> Result<crate::client::Client>, args: SimulateArgs) -> Result<ExitCode> {
+    if args.history.is_some() || args.from_history {
+        return replay_cmd(client, args).await;
+    }
+    tokio::task::block_in_place(|| workload_cmd(args))
+}
+
+fn workload_cmd(args: SimulateArgs) -> Result<ExitCode> {
+    let tick = args.tick.unwrap_or(1.0);
     // The same engine a server makes of the file, run-time plugins included.
     let loaded = match &args.scheduler_config {
         Some(path) => Some(shepherd_plugins::load_file(path).with_context(|| format!("scheduler config {}", path.display()))?),
@@ -74,7 +101,7 @@ pub fn simulate_cmd(args: SimulateArgs) -> Result<ExitCode> {
             bail!("--profiles: unknown profile `{profile}`; known: {}", engine.profile_names().join(", "));
         }
     }
-    if args.nodes == 0 || args.tick.is_nan() || args.tick <= 0.0 {
+    if args.nodes == 0 || tick.is_nan() || tick <= 0.0 {
         bail!("--nodes and --tick must be positive");
     }
     let workload = match &args.workload {
@@ -94,7 +121,7 @@ pub fn simulate_cmd(args: SimulateArgs) -> Result<ExitCode> {
         nodes: args.nodes,
         node_cpu: args.node_cpu,
         node_memory: args.node_memory,
-        tick_seconds: args.tick,
+        tick_seconds: tick,
         seed: args.seed,
         gpu_nodes: args.gpu_nodes,
         node_gpus: args.node_gpus,
@@ -135,4 +162,127 @@ pub fn simulate_cmd(args: SimulateArgs) -> Result<ExitCode> {
         println!("results: {}", path.display());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The engine of `--scheduler-config` (or the default one).
+fn engine_of(path: Option<&std::path::Path>) -> Result<Engine> {
+    match path {
+        Some(path) => Ok(shepherd_plugins::load_file(path).with_context(|| format!("scheduler config {}", path.display()))?.engine),
+        None => Ok(Engine::new(&SchedulerConfig::default())?),
+    }
+}
+
+/// `--history FILE` / `--from-history`: the replay beside the real run.
+async fn replay_cmd(client: impl FnOnce() -> Result<crate::client::Client>, args: SimulateArgs) -> Result<ExitCode> {
+    let engine = engine_of(args.scheduler_config.as_deref())?;
+    if let Some(profile) = &args.profile {
+        if !engine.has_profile(profile) {
+            bail!("--profile: unknown profile `{profile}`; known: {}", engine.profile_names().join(", "));
+        }
+    }
+    let tick = args.tick.unwrap_or(0.05);
+    if tick.is_nan() || tick <= 0.0 {
+        bail!("--tick must be positive");
+    }
+    let overlay: Overlay = match &args.overlay {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            toml::from_str(&text).with_context(|| format!("overlay {}", path.display()))?
+        }
+        None => Overlay::default(),
+    };
+    // The server's history goes to a file first: the replay reads it as a stream.
+    let (path, _keep) = match (&args.history, args.from_history) {
+        (Some(path), _) => (path.clone(), None),
+        (None, _) => {
+            let path = std::env::temp_dir().join(format!(
+                "shepherd-history-{}-{}.jsonl",
+                std::process::id(),
+                shepherd_core::Timestamp::now().millis()
+            ));
+            let keep = Removed(path.clone());
+            let mut out =
+                std::io::BufWriter::new(std::fs::File::create_new(&path).with_context(|| format!("creating {}", path.display()))?);
+            let lines = crate::cmd_history::download(&client()?, &args.window, &mut out).await?;
+            eprintln!("history: {lines} lines from the server");
+            (path, Some(keep))
+        }
+    };
+    let same_settings = args.scheduler_config.is_none() && args.overlay.is_none() && args.profile.is_none();
+    let config = ReplayConfig { tick_seconds: tick, seed: args.seed, profile: args.profile.clone(), overlay };
+    let report = tokio::task::block_in_place(|| -> Result<ReplayReport> {
+        let file = std::fs::File::open(&path).with_context(|| format!("reading {}", path.display()))?;
+        let lines = std::io::BufRead::lines(std::io::BufReader::new(file));
+        let records = lines.enumerate().map(|(i, line)| match line {
+            Ok(line) => shepherd_core::history::HistoryRecord::parse(&line)
+                .map_err(|e| shepherd_core::history::HistoryError(format!("line {}: {}", i + 1, e.0))),
+            Err(e) => Err(shepherd_core::history::HistoryError(format!("line {}: {e}", i + 1))),
+        });
+        replay(&engine, records, &config).map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.0))
+    })?;
+    print!("{}", replay_table(&report, same_settings));
+    let title = format!("replay of {} tasks on {} nodes beside what happened", report.real.tasks, report.replay_nodes);
+    std::fs::write(&args.plot, svg::plot(&[report.real.clone(), report.replay.clone()], &title))
+        .with_context(|| format!("writing {}", args.plot.display()))?;
+    println!("\nplot: {}", args.plot.display());
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?).with_context(|| format!("writing {}", path.display()))?;
+        println!("results: {}", path.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The replay beside the real run, per project and for the cluster.
+fn replay_table(r: &ReplayReport, same_settings: bool) -> String {
+    let mut out = format!(
+        "replayed {} of {} tasks ({} never ran: left out) on {} nodes ({} real) in {:.1} s\n\n",
+        r.replay.placed, r.real.tasks, r.never_ran, r.replay_nodes, r.nodes, r.seconds
+    );
+    out.push_str(
+        "| project | tasks | wait p50 real | replay | p99 real | replay | max real | replay |\n|---|---|---|---|---|---|---|---|\n",
+    );
+    for real in &r.real.waits {
+        let replay = r.replay.waits.iter().find(|w| w.project == real.project);
+        let (p50, p99, max) = replay.map_or((f64::NAN, f64::NAN, f64::NAN), |w| (w.p50_seconds, w.p99_seconds, w.max_seconds));
+        out.push_str(&format!(
+            "| {} | {} | {:.2}s | {:.2}s | {:.2}s | {:.2}s | {:.2}s | {:.2}s |\n",
+            crate::output::safe(&real.project),
+            real.tasks,
+            real.p50_seconds,
+            p50,
+            real.p99_seconds,
+            p99,
+            real.max_seconds,
+            max
+        ));
+    }
+    out.push_str(&format!(
+        "\nmean CPU allocated: real {:.1}%, replay {:.1}% ({:+.1} points); peak: real {:.1}%, replay {:.1}%\n",
+        r.real.mean_cpu_utilization * 100.0,
+        r.replay.mean_cpu_utilization * 100.0,
+        (r.replay.mean_cpu_utilization - r.real.mean_cpu_utilization) * 100.0,
+        r.real.peak_cpu_utilization * 100.0,
+        r.replay.peak_cpu_utilization * 100.0
+    ));
+    let unplaced: usize = r.replay.unplaced.iter().map(|(_, n)| n).sum();
+    out.push_str(&format!("tasks that fit no node in the replay: {unplaced}\n"));
+    for (reason, n) in &r.replay.unplaced {
+        out.push_str(&format!("  {n}: {}\n", crate::output::safe(reason)));
+    }
+    if same_settings {
+        out.push_str(
+            "\nThese are the settings the history ran under (no --scheduler-config, --overlay or --profile): the differences \
+             above are the replay's own error. Read a replay under other settings against them.\n",
+        );
+    }
+    out
+}
+
+/// A file removed when this goes out of scope.
+struct Removed(PathBuf);
+
+impl Drop for Removed {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }

@@ -5,6 +5,7 @@ mod client;
 mod cmd_agent;
 mod cmd_codes;
 mod cmd_events;
+mod cmd_history;
 mod cmd_images;
 mod cmd_machines;
 mod cmd_nodes;
@@ -115,8 +116,10 @@ enum Command {
     Usage(Client<cmd_usage::UsageArgs>),
     /// Follow the cluster's event stream: task and node state changes, tenant changes.
     Events(Client<cmd_events::EventsArgs>),
-    /// Compare placement profiles offline: replay a workload on a virtual clock.
-    Simulate(cmd_simulate::SimulateArgs),
+    /// Compare placement profiles offline: replay a workload, or the cluster's own history, on a virtual clock.
+    Simulate(Client<cmd_simulate::SimulateArgs>),
+    /// The cluster's scheduling history (shapes and times only): export it for `simulate --history`.
+    History(Client<cmd_history::HistoryArgs>),
     /// Join many simulated nodes to a server (benchmarks and scale tests).
     #[command(hide = true)]
     Nodesim(cmd_nodesim::NodesimArgs),
@@ -183,7 +186,8 @@ fn main() -> ExitCode {
             Command::Up(args) => cmd_up::up(args).await,
             Command::Server(args) => cmd_up::server(args).await,
             Command::Agent(args) => cmd_agent::agent(args).await,
-            Command::Simulate(args) => cmd_simulate::simulate_cmd(args),
+            Command::Simulate(c) => cmd_simulate::simulate_cmd(|| make_client(&c.client), c.args).await,
+            Command::History(c) => cmd_history::history(&make_client(&c.client)?, c.args).await,
             Command::Nodesim(args) => cmd_nodesim::nodesim(args).await,
             Command::Node(c) => cmd_nodes::node(|| make_client(&c.client), c.args).await,
             Command::Run(c) => cmd_tasks::run(&make_client(&c.client)?, c.args).await,

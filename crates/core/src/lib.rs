@@ -15,6 +15,7 @@ mod code_ref;
 pub mod constraint;
 pub mod decode;
 pub mod events;
+pub mod history;
 pub mod launch;
 pub mod lifecycle;
 pub mod machine;

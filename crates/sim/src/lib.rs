@@ -13,11 +13,13 @@
 //! only to time the engine's decisions.
 
 pub mod autoscale;
+pub mod replay;
 pub mod report;
 pub mod run;
 pub mod svg;
 pub mod workload;
 
+pub use replay::{replay, Overlay, ReplayConfig, ReplayReport};
 pub use report::ProfileReport;
 pub use run::{simulate, SimConfig};
 pub use workload::{generate, parse_workload, GeneratorConfig, WorkloadError, WorkloadTask};

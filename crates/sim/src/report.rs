@@ -21,6 +21,8 @@ pub struct Wait {
     pub tasks: usize,
     pub p50_seconds: f64,
     pub p99_seconds: f64,
+    /// The longest wait.
+    pub max_seconds: f64,
 }
 
 /// The results of one profile.

@@ -158,7 +158,13 @@ pub fn simulate(engine: &Engine, profile: &str, workload: &[WorkloadTask], confi
             .into_iter()
             .map(|(project, mut w)| {
                 w.sort_by(|a, b| a.total_cmp(b));
-                Wait { p50_seconds: percentile(&w, 50.0), p99_seconds: percentile(&w, 99.0), tasks: w.len(), project }
+                Wait {
+                    p50_seconds: percentile(&w, 50.0),
+                    p99_seconds: percentile(&w, 99.0),
+                    max_seconds: w.last().copied().unwrap_or(0.0),
+                    tasks: w.len(),
+                    project,
+                }
             })
             .collect(),
         unplaced: reasons.into_iter().collect(),

@@ -326,6 +326,10 @@ pub async fn workflow_arrays_beyond_the_window(store: &dyn Store) {
     assert_eq!((status.counts["queued"], status.children), (u64::from(n), n), "every child counts, made or not");
     assert_eq!(store.get_array(&b_id).await.unwrap().unwrap().counts["waiting"], u64::from(n));
     assert_eq!(store.count_queued("p").await.unwrap(), 2 * u64::from(n), "the quota sees every child");
+    let by_state: BTreeMap<TaskState, u64> = store.count_by_state(Some("p".into())).await.unwrap().into_iter().collect();
+    assert_eq!((by_state.get(&TaskState::Queued), by_state.get(&TaskState::Waiting)), (Some(&u64::from(n)), Some(&u64::from(n))));
+    let active = store.active_counts().await.unwrap();
+    assert!(active.contains(&("p".to_string(), TaskState::Queued, u64::from(n))), "the metrics see every child: {active:?}");
     let fails = |id: TaskId| i32::from(id == a_kids.id(bad));
     let ran = drain(store, 200, &fails, &|_| {}).await;
     let mut a_ran: Vec<u32> = ran.iter().filter_map(|id| id.position_after(a_kids.first, n)).collect();
@@ -371,6 +375,35 @@ pub async fn workflow_arrays_beyond_the_window(store: &dyn Store) {
     assert_eq!(status.counts["succeeded"] + status.counts["cancelled"] + 1, u64::from(n), "{status:?}");
     assert_eq!(status.counts["succeeded"] as usize, ran.len() - 1);
     assert_eq!(store.count_queued("p").await.unwrap(), 0);
+}
+
+/// The history a replay reads: tasks in order of creation within a time
+/// window, each with its attempts' nodes and times, page by page.
+pub async fn history_pages(store: &dyn Store) {
+    let mut gen = ulid::Generator::new();
+    let mut s = spec("p");
+    s.constraints = vec!["node.labels.zone==a".into()];
+    s.priority = 3;
+    let tasks: Vec<NewTask> = (0..3).map(|_| new_task(&mut gen, s.clone())).collect();
+    let ids: Vec<TaskId> = tasks.iter().map(|t| t.id).collect();
+    store.create_tasks(tasks).await.unwrap();
+    run_to_end(store, ids[0], 0).await;
+    let now = Timestamp::now();
+    let (after, until) = crate::history::window(Timestamp(now.millis() - 60_000), Timestamp(now.millis() + 60_000));
+    let page = store.history_tasks(after, until, 2).await.unwrap();
+    assert_eq!(page.iter().map(|(id, _)| *id).collect::<Vec<_>>(), ids[..2].to_vec(), "in order of creation, a page at a time");
+    let first = &page[0].1;
+    assert_eq!((first.project.as_str(), first.cpu, first.memory, first.priority), ("p", 100, 128, 3));
+    assert_eq!(first.constraints, vec!["node.labels.zone==a".to_string()]);
+    assert_eq!(first.attempts.len(), 1);
+    assert_eq!((first.attempts[0].node.as_str(), first.attempts[0].outcome.as_deref()), ("n1", Some("succeeded")));
+    assert!(first.attempts[0].ended.is_some() && first.wait_ms().is_some());
+    assert!(page[1].1.attempts.is_empty(), "a queued task has no attempt yet");
+    let rest = store.history_tasks(page[1].0, until, 2).await.unwrap();
+    assert_eq!(rest.iter().map(|(id, _)| *id).collect::<Vec<_>>(), vec![ids[2]]);
+    // Outside the window: nothing.
+    let (after, until) = crate::history::window(Timestamp(now.millis() - 120_000), Timestamp(now.millis() - 60_000));
+    assert!(store.history_tasks(after, until, 10).await.unwrap().is_empty());
 }
 
 /// Retry rules by outcome: a lost attempt retried without spending one,
@@ -1718,6 +1751,7 @@ macro_rules! store_conformance {
         $crate::store_conformance!(@one $fixture, workflow_arrays);
         $crate::store_conformance!(@one $fixture, workflow_array_dependencies);
         $crate::store_conformance!(@one $fixture, workflow_arrays_beyond_the_window);
+        $crate::store_conformance!(@one $fixture, history_pages);
         $crate::store_conformance!(@one $fixture, idempotency_keys);
         $crate::store_conformance!(@one $fixture, retry_rules);
         $crate::store_conformance!(@one $fixture, results_and_inputs);

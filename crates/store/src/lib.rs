@@ -14,6 +14,7 @@
 //!   PostgreSQL implementation can share the semantics.
 
 pub mod conformance;
+pub mod history;
 mod model;
 pub mod postgres;
 pub mod sqlite;
@@ -406,6 +407,17 @@ pub trait Store: Send + Sync + 'static {
 
     /// What attempts used, summed per project and bucket of time.
     async fn usage(&self, query: UsageQuery) -> Result<Vec<UsageRow>, StoreError>;
+
+    /// A page of the cluster's history: the tasks whose ids are after
+    /// `after` and before `until` (ids sort by creation:
+    /// [`history::window`]), at most `limit`, in order, each with its
+    /// attempts, as shapes and times only.
+    async fn history_tasks(
+        &self,
+        after: TaskId,
+        until: TaskId,
+        limit: usize,
+    ) -> Result<Vec<(TaskId, shepherd_core::history::TaskRecord)>, StoreError>;
 
     /// How many tasks each project has queued, scheduled and running.
     async fn active_counts(&self) -> Result<Vec<(String, shepherd_core::TaskState, u64)>, StoreError>;

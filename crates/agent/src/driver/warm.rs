@@ -767,8 +767,13 @@ impl AttemptHandle for WarmAttempt {
         // attempt's own directory on the host; the runner cut it already).
         if let (Some(dir), Some(result)) = (&self.out_dir, &exited.result) {
             use base64::Engine as _;
+            // A result that cannot be kept is no result: the exit stands.
             match base64::engine::general_purpose::STANDARD.decode(result) {
-                Ok(bytes) => tokio::fs::write(dir.join("result"), &bytes[..bytes.len().min(protocol::MAX_RESULT as usize)]).await?,
+                Ok(bytes) => {
+                    if let Err(e) = tokio::fs::write(dir.join("result"), &bytes[..bytes.len().min(protocol::MAX_RESULT as usize)]).await {
+                        tracing::warn!(container = %self.runtime.container, error = %e, "could not keep the task's result; none kept");
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(container = %self.runtime.container, error = %e, "the runner sent a result that is not base64; none kept")
                 }

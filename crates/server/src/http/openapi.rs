@@ -75,6 +75,7 @@ use utoipa::OpenApi;
         super::v1::schedules::cancel_schedule,
         super::v1::events::events,
         super::v1::usage::usage,
+        super::v1::history::history,
         crate::http::ui::overview,
         super::v1::health::metrics,
         document,

@@ -350,6 +350,15 @@ impl Store for PgStore {
         self.pg_active_counts().await
     }
 
+    async fn history_tasks(
+        &self,
+        after: TaskId,
+        until: TaskId,
+        limit: usize,
+    ) -> Result<Vec<(TaskId, shepherd_core::history::TaskRecord)>, StoreError> {
+        self.pg_history_tasks(after, until, limit).await
+    }
+
     async fn put_machine(&self, machine: Machine, expected: Option<MachineState>) -> Result<bool, StoreError> {
         self.pg_put_machine(machine, expected).await
     }

@@ -172,6 +172,41 @@ impl PgStore {
             .collect())
     }
 
+    pub(super) async fn pg_history_tasks(
+        &self,
+        after: TaskId,
+        until: TaskId,
+        limit: usize,
+    ) -> Result<Vec<(TaskId, shepherd_core::history::TaskRecord)>, StoreError> {
+        let client = self.client().await?;
+        let (after, until) = (after.to_string(), until.to_string());
+        let rows = client.query(&crate::history::tasks_sql(), &[&after, &until, &(limit.clamp(1, 10_000) as i64)]).await.map_err(error)?;
+        let mut out: Vec<(TaskId, shepherd_core::history::TaskRecord)> = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let id = super::sql::parse_id(row.get::<_, &str>(0))?;
+            let record = crate::history::record(
+                row.get(1),
+                row.get(2),
+                row.get(3),
+                row.get(4),
+                row.get(5),
+                row.get::<_, Option<&str>>(6),
+                row.get::<_, &str>(7),
+            )?;
+            out.push((id, record));
+        }
+        if let (Some((first, _)), Some((last, _))) = (out.first(), out.last()) {
+            let (first, last) = (first.to_string(), last.to_string());
+            let index: std::collections::HashMap<String, usize> = out.iter().enumerate().map(|(i, (id, _))| (id.to_string(), i)).collect();
+            for row in client.query(crate::history::ATTEMPTS_SQL, &[&first, &last]).await.map_err(error)? {
+                if let Some(i) = index.get(row.get::<_, &str>(0)) {
+                    out[*i].1.attempts.push(crate::history::attempt(row.get(1), row.get(2), row.get(3), row.get(4)));
+                }
+            }
+        }
+        Ok(out)
+    }
+
     pub(super) async fn pg_active_counts(&self) -> Result<Vec<(String, TaskState, u64)>, StoreError> {
         let client = self.client().await?;
         let rows = client

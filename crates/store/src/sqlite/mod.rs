@@ -26,6 +26,10 @@ use std::sync::{mpsc, Arc, Mutex};
 use tokio::sync::oneshot;
 use writer::WriteOp;
 
+/// Whether an array's children not made yet wait for more than the queue
+/// (a parallelism, or pairs in another array): they count as waiting.
+const UNMADE_HELD: &str = "parallelism IS NOT NULL OR EXISTS (SELECT 1 FROM task_deps d WHERE d.task_id = arrays.id AND d.cond = 'each')";
+
 /// SQLite's errors as the store's.
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> StoreError {
@@ -751,6 +755,21 @@ impl Store for SqliteStore {
             while let Some(row) = rows.next()? {
                 counts.push((rows::parse_state(&row.get::<_, String>(0)?)?, row.get::<_, i64>(1)? as u64));
             }
+            drop(rows);
+            // Children not made yet (see `children.rs`): queued or waiting
+            // with their array, cancelled if it stopped.
+            let mut unmade = conn.prepare_cached(&format!(
+                "SELECT CASE WHEN stopping = 1 THEN 'cancelled' WHEN state = 'running' AND NOT ({UNMADE_HELD}) THEN 'queued' \
+                 ELSE 'waiting' END AS s, SUM(children - made) FROM arrays WHERE children > made AND (?1 IS NULL OR project = ?1) GROUP BY s"
+            ))?;
+            let mut rows = unmade.query([args.first()])?;
+            while let Some(row) = rows.next()? {
+                let (state, n) = (rows::parse_state(&row.get::<_, String>(0)?)?, row.get::<_, i64>(1)?.max(0) as u64);
+                match counts.iter_mut().find(|(s, _)| *s == state) {
+                    Some((_, count)) => *count += n,
+                    None => counts.push((state, n)),
+                }
+            }
             Ok(counts)
         })
         .await
@@ -1057,6 +1076,47 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn history_tasks(
+        &self,
+        after: TaskId,
+        until: TaskId,
+        limit: usize,
+    ) -> Result<Vec<(TaskId, shepherd_core::history::TaskRecord)>, StoreError> {
+        self.read(move |conn| {
+            let mut out: Vec<(TaskId, shepherd_core::history::TaskRecord)> = Vec::new();
+            let mut stmt = conn.prepare_cached(&crate::history::tasks_sql().replace('$', "?"))?;
+            let mut rows = stmt.query(rusqlite::params![after.to_string(), until.to_string(), limit.clamp(1, 10_000) as i64])?;
+            while let Some(row) = rows.next()? {
+                let id = rows::parse_id(&row.get::<_, String>(0)?)?;
+                let record = crate::history::record(
+                    row.get(1)?,
+                    row.get(2)?,
+                    row.get(3)?,
+                    row.get(4)?,
+                    row.get(5)?,
+                    row.get::<_, Option<String>>(6)?.as_deref(),
+                    &row.get::<_, String>(7)?,
+                )?;
+                out.push((id, record));
+            }
+            if let (Some((first, _)), Some((last, _))) = (out.first(), out.last()) {
+                let (first, last) = (first.to_string(), last.to_string());
+                let mut stmt = conn.prepare_cached(&crate::history::ATTEMPTS_SQL.replace('$', "?"))?;
+                let mut rows = stmt.query(rusqlite::params![first, last])?;
+                let index: std::collections::HashMap<String, usize> =
+                    out.iter().enumerate().map(|(i, (id, _))| (id.to_string(), i)).collect();
+                while let Some(row) = rows.next()? {
+                    let task: String = row.get(0)?;
+                    if let Some(i) = index.get(&task) {
+                        out[*i].1.attempts.push(crate::history::attempt(row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?));
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn active_counts(&self) -> Result<Vec<(String, TaskState, u64)>, StoreError> {
         self.read(|conn| {
             let mut stmt = conn.prepare_cached(
@@ -1066,6 +1126,20 @@ impl Store for SqliteStore {
             let mut counts = Vec::new();
             while let Some(row) = rows.next()? {
                 counts.push((row.get::<_, String>(0)?, rows::parse_state(&row.get::<_, String>(1)?)?, row.get::<_, i64>(2)? as u64));
+            }
+            drop(rows);
+            // Children of running arrays not made yet are queued.
+            let mut unmade = conn.prepare_cached(&format!(
+                "SELECT project, SUM(children - made) FROM arrays WHERE children > made AND stopping = 0 AND state = 'running' \
+                 AND NOT ({UNMADE_HELD}) GROUP BY project"
+            ))?;
+            let mut rows = unmade.query([])?;
+            while let Some(row) = rows.next()? {
+                let (project, n) = (row.get::<_, String>(0)?, row.get::<_, i64>(1)?.max(0) as u64);
+                match counts.iter_mut().find(|(p, s, _)| *p == project && *s == TaskState::Queued) {
+                    Some((.., count)) => *count += n,
+                    None => counts.push((project, TaskState::Queued, n)),
+                }
             }
             Ok(counts)
         })

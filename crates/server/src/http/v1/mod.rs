@@ -6,6 +6,7 @@ pub mod arrays;
 pub mod codes;
 pub mod events;
 pub mod health;
+pub mod history;
 pub mod images;
 pub mod logs;
 pub mod machines;
@@ -75,6 +76,7 @@ pub fn routes(state: &AppState) -> Router<AppState> {
         .route("/v1/projects/{project}/registries/{registry}", put(registries::login).delete(registries::logout))
         .route("/v1/audit", get(projects::audit))
         .route("/v1/usage", get(usage::usage))
+        .route("/v1/history", get(history::history))
         .route("/v1/overview", get(crate::http::ui::overview))
         .route("/v1/codes", post(codes::push).get(codes::list))
         .route("/v1/codes/{name}", get(codes::get).delete(codes::delete))

@@ -1,0 +1,225 @@
+//! A cluster's scheduling history as a file (JSON Lines): what
+//! `shepherd history export` writes and `shepherd simulate --history`
+//! replays. Only shapes and times: a task's project, resources, priority,
+//! constraints, pool and profile, when it arrived, and where and when each
+//! of its attempts held a node; a node's capacity, labels and when it was
+//! ready. Never a command, an image, an environment, a payload, a secret
+//! or a task's labels: a history can be handed to someone else.
+//!
+//! The first line is a [`HistoryHeader`]; node lines come before the task
+//! lines; tasks are in order of arrival. Every record is checked when read
+//! ([`HistoryRecord::parse`]): a file is input like any other.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// This format's version.
+pub const VERSION: u32 = 1;
+
+/// The longest line a reader accepts (a task with 64 constraints fits).
+pub const MAX_LINE: usize = 64 * 1024;
+
+/// One line of a history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum HistoryRecord {
+    Header(HistoryHeader),
+    Node(NodeRecord),
+    Task(TaskRecord),
+}
+
+/// What a history covers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryHeader {
+    pub version: u32,
+    /// Tasks that arrived in `[from, to)`, epoch milliseconds.
+    pub from: i64,
+    pub to: i64,
+    /// Only these projects' tasks (empty: every project's).
+    #[serde(default)]
+    pub projects: Vec<String>,
+}
+
+/// A node's state from a moment on: `ready` (it takes tasks, with this
+/// capacity), or `gone` (down, drained or removed: it takes none).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeRecord {
+    pub node: String,
+    /// Epoch milliseconds.
+    pub at: i64,
+    pub state: NodeHistoryState,
+    pub cpu: u32,
+    pub memory: u32,
+    #[serde(default)]
+    pub gpus: u32,
+    #[serde(default)]
+    pub max_tasks: u32,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A node's state in a history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeHistoryState {
+    Ready,
+    Gone,
+}
+
+/// A task as its scheduling saw it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskRecord {
+    pub project: String,
+    /// When it arrived (could first be placed), epoch milliseconds.
+    pub at: i64,
+    pub cpu: u32,
+    pub memory: u32,
+    #[serde(default)]
+    pub gpus: u32,
+    #[serde(default)]
+    pub priority: i32,
+    #[serde(default)]
+    pub constraints: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+    /// Each time it held a node, in order.
+    #[serde(default)]
+    pub attempts: Vec<AttemptRecord>,
+}
+
+/// One attempt: the node it held from `placed` until `ended` (`None`:
+/// still held when the history was taken).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttemptRecord {
+    pub node: String,
+    pub placed: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended: Option<i64>,
+    /// `succeeded`, `failed`, `lost`, … (`None` while running).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
+}
+
+impl TaskRecord {
+    /// How long it really waited from arrival to its first placement
+    /// (`None`: never placed).
+    pub fn wait_ms(&self) -> Option<i64> {
+        self.attempts.first().map(|a| (a.placed - self.at).max(0))
+    }
+
+    /// How long it holds a node when it runs: its last attempt's time on
+    /// its node (the one that ran to the end; earlier ones were lost or
+    /// retried). `None` if no attempt ended.
+    pub fn service_ms(&self) -> Option<i64> {
+        self.attempts.iter().rev().find_map(|a| a.ended.map(|e| (e - a.placed).max(1)))
+    }
+}
+
+/// A line that cannot be used, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct HistoryError(pub String);
+
+impl HistoryRecord {
+    /// One line, checked: size, shape and bounds.
+    pub fn parse(line: &str) -> Result<HistoryRecord, HistoryError> {
+        if line.len() > MAX_LINE {
+            return Err(HistoryError(format!("a line of {} bytes (at most {MAX_LINE})", line.len())));
+        }
+        let record: HistoryRecord = serde_json::from_str(line).map_err(|e| HistoryError(e.to_string()))?;
+        record.check()?;
+        Ok(record)
+    }
+
+    fn check(&self) -> Result<(), HistoryError> {
+        let bad = |m: String| Err(HistoryError(m));
+        let name = |n: &str, what: &str| -> Result<(), HistoryError> {
+            if n.is_empty() || n.len() > 255 {
+                return Err(HistoryError(format!("{what}: 1 to 255 characters")));
+            }
+            Ok(())
+        };
+        match self {
+            HistoryRecord::Header(h) => {
+                if h.version != VERSION {
+                    return bad(format!("version {} (this build reads {VERSION})", h.version));
+                }
+                if h.to < h.from {
+                    return bad("`to` is before `from`".into());
+                }
+            }
+            HistoryRecord::Node(n) => {
+                name(&n.node, "node")?;
+                if n.state == NodeHistoryState::Ready && (n.cpu == 0 || n.memory == 0) {
+                    return bad(format!("node {}: a ready node needs cpu and memory", n.node));
+                }
+                if n.labels.len() > 64 {
+                    return bad(format!("node {}: at most 64 labels", n.node));
+                }
+            }
+            HistoryRecord::Task(t) => {
+                name(&t.project, "project")?;
+                if t.cpu == 0 || t.memory == 0 {
+                    return bad("a task needs cpu and memory".into());
+                }
+                if t.constraints.len() > 64 || t.attempts.len() > 1000 {
+                    return bad("at most 64 constraints and 1,000 attempts".into());
+                }
+                for c in &t.constraints {
+                    crate::Constraint::parse(c).map_err(|e| HistoryError(format!("constraint `{c}`: {e}")))?;
+                }
+                for a in &t.attempts {
+                    name(&a.node, "attempt node")?;
+                    if a.placed < t.at - 1000 || a.ended.is_some_and(|e| e < a.placed) {
+                        return bad("an attempt placed before its task arrived, or ended before it was placed".into());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_and_bad_ones_are_refused() {
+        let task = HistoryRecord::Task(TaskRecord {
+            project: "a".into(),
+            at: 1000,
+            cpu: 100,
+            memory: 64,
+            gpus: 0,
+            priority: 0,
+            constraints: vec!["node.labels.zone==a".into()],
+            pool: None,
+            profile: None,
+            attempts: vec![AttemptRecord { node: "n1".into(), placed: 1500, ended: Some(4500), outcome: Some("succeeded".into()) }],
+        });
+        let line = serde_json::to_string(&task).unwrap();
+        assert_eq!(HistoryRecord::parse(&line).unwrap(), task);
+        let HistoryRecord::Task(t) = &task else { unreachable!() };
+        assert_eq!((t.wait_ms(), t.service_ms()), (Some(500), Some(3000)));
+        for bad in [
+            r#"{"kind":"task","project":"","at":0,"cpu":1,"memory":1}"#,
+            r#"{"kind":"task","project":"a","at":0,"cpu":0,"memory":1}"#,
+            r#"{"kind":"task","project":"a","at":0,"cpu":1,"memory":1,"command":["rm"]}"#,
+            r#"{"kind":"task","project":"a","at":0,"cpu":1,"memory":1,"constraints":["nope"]}"#,
+            r#"{"kind":"task","project":"a","at":5000,"cpu":1,"memory":1,"attempts":[{"node":"n","placed":100}]}"#,
+            r#"{"kind":"header","version":9,"from":0,"to":1}"#,
+            r#"{"kind":"node","node":"n","at":0,"state":"ready","cpu":0,"memory":0}"#,
+            r#"{"kind":"other"}"#,
+        ] {
+            assert!(HistoryRecord::parse(bad).is_err(), "{bad}");
+        }
+        assert!(HistoryRecord::parse(&"x".repeat(MAX_LINE + 1)).is_err());
+    }
+}

@@ -1,0 +1,82 @@
+//! A cluster's history as the store reads it for `GET /v1/history`: tasks
+//! in order of creation (ids sort by it), each with the times and nodes of
+//! its attempts, as [`shepherd_core::history::TaskRecord`]s: shapes and
+//! times only (see there). Both backends run the same SQL.
+
+use shepherd_core::history::{AttemptRecord, TaskRecord};
+use shepherd_core::{TaskId, Timestamp};
+
+/// The tasks of a page (`$1` after, `$2` until, `$3` limit); the spec is
+/// read for the few fields a history keeps, never handed on.
+pub(crate) fn tasks_sql() -> String {
+    format!(
+        "SELECT id, project, created_at, CAST(cpu_millicores AS BIGINT), CAST(memory_mib AS BIGINT), CAST(priority AS BIGINT), constraints, {} FROM tasks \
+         WHERE id > $1 AND id < $2 ORDER BY id LIMIT $3",
+        crate::workflow::SPEC_SQL
+    )
+}
+
+/// A page's attempts (`$1` the first id, `$2` the last), in order.
+pub(crate) const ATTEMPTS_SQL: &str = "SELECT task_id, node_id, scheduled_at, finished_at, outcome FROM attempts \
+     WHERE task_id >= $1 AND task_id <= $2 ORDER BY task_id, number";
+
+/// The fields of a spec a history keeps (the rest is never parsed).
+#[derive(serde::Deserialize)]
+struct Kept {
+    #[serde(default)]
+    gpus: u32,
+    #[serde(default)]
+    pool: Option<String>,
+    #[serde(default)]
+    profile: Option<String>,
+    #[serde(default)]
+    start_at: Option<Timestamp>,
+    #[serde(default)]
+    delay_seconds: Option<u32>,
+}
+
+/// A task row as a record (without its attempts).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn record(
+    project: String,
+    created_at: i64,
+    cpu: i64,
+    memory: i64,
+    priority: i64,
+    constraints: Option<&str>,
+    spec: &str,
+) -> Result<TaskRecord, crate::StoreError> {
+    let kept: Kept = serde_json::from_str(spec).map_err(|e| crate::StoreError::Corrupt(format!("spec: {e}")))?;
+    let constraints: Vec<String> = match constraints {
+        Some(text) => serde_json::from_str(text).map_err(|e| crate::StoreError::Corrupt(format!("constraints: {e}")))?,
+        None => Vec::new(),
+    };
+    let created = Timestamp(created_at);
+    let delayed = kept.delay_seconds.map(|d| created.plus(std::time::Duration::from_secs(u64::from(d))));
+    let at = kept.start_at.or(delayed).map_or(created, |at| at.max(created));
+    Ok(TaskRecord {
+        project,
+        at: at.millis(),
+        cpu: cpu.clamp(0, i64::from(u32::MAX)) as u32,
+        memory: memory.clamp(0, i64::from(u32::MAX)) as u32,
+        gpus: kept.gpus,
+        priority: priority.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32,
+        constraints,
+        pool: kept.pool,
+        profile: kept.profile,
+        attempts: Vec::new(),
+    })
+}
+
+/// An attempt row as a record.
+pub(crate) fn attempt(node: Option<String>, scheduled_at: i64, finished_at: Option<i64>, outcome: Option<String>) -> AttemptRecord {
+    AttemptRecord { node: node.unwrap_or_default(), placed: scheduled_at, ended: finished_at, outcome }
+}
+
+/// The id window of tasks created in `[from, to)`: `(after, until)`, both
+/// exclusive.
+pub fn window(from: Timestamp, to: Timestamp) -> (TaskId, TaskId) {
+    let id_at = |t: Timestamp| ulid::Ulid::from_parts(t.millis().max(0) as u64, 0);
+    let after = id_at(from).0.saturating_sub(1);
+    (TaskId(ulid::Ulid(after)), TaskId(id_at(to)))
+}
