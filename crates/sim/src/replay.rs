@@ -109,6 +109,11 @@ struct Node {
     changes: Vec<(i64, NodeHistoryState, Resources)>,
 }
 
+/// How long before `now` (and after `origin`) something at `at` happened.
+fn since(at: i64, now: i64, origin: i64) -> i64 {
+    (now - at.max(origin)).max(0)
+}
+
 /// Rounds `t` up to the next pass.
 fn pass_at(t: i64, origin: i64, tick: i64) -> i64 {
     origin + (t - origin + tick - 1).div_euclid(tick) * tick
@@ -133,18 +138,13 @@ pub fn replay(
             node_records.push(n);
         }
     }
+    // The real inventory over time (for the real side's utilization),
+    // whatever the overlay changes.
+    let mut real_changes: Vec<(i64, String, NodeHistoryState, Resources)> =
+        node_records.iter().map(|r| (r.at, r.node.clone(), r.state, Resources { cpu_millicores: r.cpu, memory_mib: r.memory })).collect();
     let (mut nodes, real_nodes) = inventory(node_records, &config.overlay);
     if nodes.is_empty() {
         return Err(HistoryError("the history has no node (nor does the overlay add one)".into()));
-    }
-    // The real inventory over time (for the real side's utilization).
-    let mut real_changes: Vec<(i64, String, NodeHistoryState, Resources)> = Vec::new();
-    for n in &nodes {
-        if real_nodes.contains(&n.snapshot.id) {
-            for (at, state, r) in &n.changes {
-                real_changes.push((*at, n.snapshot.id.clone(), *state, *r));
-            }
-        }
     }
     real_changes.sort_by_key(|c| c.0);
     let mut changes: Vec<(i64, usize, NodeHistoryState, Resources)> =
@@ -155,7 +155,15 @@ pub fn replay(
     }
     let mut placer = engine.placer(nodes.iter().map(|n| n.snapshot.clone()).collect(), config.seed);
     let tick = ((config.tick_seconds * 1000.0).round() as i64).max(1);
-    let origin = header.from;
+    // The clock starts with the first task (a window's quiet start would
+    // only dilute the figures), or the header's start without one.
+    let mut next_task: Option<TaskRecord> = match records.next().transpose()? {
+        None => None,
+        Some(HistoryRecord::Task(t)) => Some(t),
+        Some(HistoryRecord::Node(n)) => return Err(HistoryError(format!("node {} after the first task: node lines come first", n.node))),
+        Some(HistoryRecord::Header(_)) => return Err(HistoryError("a second header".into())),
+    };
+    let origin = next_task.as_ref().map_or(header.from, |t| t.at);
 
     // The replay's state.
     let mut queues: BTreeMap<String, BinaryHeap<(i32, Reverse<u64>)>> = BTreeMap::new();
@@ -166,9 +174,14 @@ pub fn replay(
     let mut replay_waits: BTreeMap<String, Vec<f32>> = BTreeMap::new();
     let mut first_placed: HashMap<u64, ()> = HashMap::new();
     // The real side.
-    let mut real_events: BinaryHeap<Reverse<(i64, i64, i64)>> = BinaryHeap::new(); // (time, Δcpu, Δqueued)
+    // (time, Δcpu, Δqueued, node): the real attempts' holds, per node.
+    let mut real_events: BinaryHeap<Reverse<(i64, i64, i64, usize)>> = BinaryHeap::new();
+    let real_index: HashMap<String, usize> = real_nodes.iter().enumerate().map(|(i, id)| (id.clone(), i)).collect();
+    let mut real_held: Vec<i64> = vec![0; real_nodes.len() + 1];
     let mut real_waits: BTreeMap<String, Vec<f32>> = BTreeMap::new();
-    let (mut real_cpu, mut real_queued, mut real_running, mut real_capacity) = (0i64, 0i64, 0i64, 0i64);
+    let (mut real_queued, mut real_running, mut real_capacity, mut real_cpu) = (0i64, 0i64, 0i64, 0i64);
+    let (mut replay_used, mut replay_cap) = (0i64, 0i64);
+    let mut integrals = [0f64; 4];
     let mut real_ready: HashMap<String, i64> = HashMap::new();
     let mut real_change = 0usize;
 
@@ -182,8 +195,7 @@ pub fn replay(
     let mut decision_seconds = 0.0f64;
     let mut last_end = origin;
     let mut now = origin;
-    let mut next_task: Option<TaskRecord> = None;
-    let mut input_done = false;
+    let mut input_done = next_task.is_none();
     let pull = |records: &mut std::iter::Peekable<_>| -> Result<Option<TaskRecord>, HistoryError> {
         match records.next() {
             None => Ok(None),
@@ -208,17 +220,29 @@ pub fn replay(
             change += 1;
             let node = &mut placer.cluster.nodes[i];
             match state {
+                // (Changes land at their own time in the integrals, though
+                // the loop sees them at the pass after.)
                 NodeHistoryState::Ready => {
+                    let before = if node.ready { i64::from(node.capacity.cpu_millicores) } else { 0 };
                     node.ready = true;
                     node.capacity = resources;
+                    let delta = i64::from(resources.cpu_millicores) - before;
+                    replay_cap += delta;
+                    integrals[3] += (delta * since(at, now, origin)) as f64;
                 }
                 NodeHistoryState::Gone => {
+                    if node.ready {
+                        replay_cap -= i64::from(node.capacity.cpu_millicores);
+                        integrals[3] -= (i64::from(node.capacity.cpu_millicores) * since(at, now, origin)) as f64;
+                    }
                     node.ready = false;
                     // What the replay ran there is lost: back to the queue.
                     let lost: Vec<u64> = on_node.iter().filter(|(_, (n, ..))| *n == i).map(|(k, _)| *k).collect();
                     for key in lost {
                         if let Some((n, job, _)) = on_node.remove(&key) {
                             placer.release(n, &job.task);
+                            replay_used -= i64::from(job.task.resources.cpu_millicores);
+                            integrals[2] -= (i64::from(job.task.resources.cpu_millicores) * since(at, now, origin)) as f64;
                             unhold(&mut usage, &job.task);
                             queues.entry(job.task.project.clone()).or_default().push((job.task.priority, Reverse(key)));
                             waiting.insert(key, job);
@@ -236,6 +260,9 @@ pub fn replay(
             if on_node.get(&key).is_some_and(|(.., e)| *e == end) {
                 if let Some((n, job, _)) = on_node.remove(&key) {
                     placer.release(n, &job.task);
+                    replay_used -= i64::from(job.task.resources.cpu_millicores);
+                    // Free from its end, though the next pass places on it.
+                    integrals[2] -= (i64::from(job.task.resources.cpu_millicores) * since(end, now, origin)) as f64;
                     unhold(&mut usage, &job.task);
                 }
             }
@@ -248,14 +275,16 @@ pub fn replay(
             }
             tasks += 1;
             for a in &task.attempts {
-                real_events.push(Reverse((a.placed, i64::from(task.cpu), 0)));
+                // (An attempt on a node the history lacks counts on none.)
+                let node = real_index.get(&a.node).copied().unwrap_or(real_nodes.len());
+                real_events.push(Reverse((a.placed, i64::from(task.cpu), 0, node)));
                 if let Some(end) = a.ended {
-                    real_events.push(Reverse((end, -i64::from(task.cpu), 0)));
+                    real_events.push(Reverse((end, -i64::from(task.cpu), 0, node)));
                 }
             }
-            real_events.push(Reverse((task.at, 0, 1)));
+            real_events.push(Reverse((task.at, 0, 1, real_nodes.len())));
             if let Some(first) = task.attempts.first() {
-                real_events.push(Reverse((first.placed.max(task.at), 0, -1)));
+                real_events.push(Reverse((first.placed.max(task.at), 0, -1, real_nodes.len())));
             }
             let (Some(service), Some(wait)) = (task.service_ms(), task.wait_ms()) else {
                 never_ran += 1;
@@ -297,6 +326,7 @@ pub fn replay(
                         let held = usage.entry(task.project.clone()).or_insert(Resources { cpu_millicores: 0, memory_mib: 0 });
                         held.cpu_millicores += task.resources.cpu_millicores;
                         held.memory_mib += task.resources.memory_mib;
+                        replay_used += i64::from(task.resources.cpu_millicores);
                         let end = now + job.service_ms;
                         last_end = last_end.max(end);
                         running.push(Reverse((end, key)));
@@ -317,23 +347,37 @@ pub fn replay(
                 break;
             }
             real_change += 1;
-            let before = real_ready.remove(&id).unwrap_or(0);
-            real_capacity -= before;
+            let i = real_index.get(&id).copied().unwrap_or(real_nodes.len());
+            if let Some(before) = real_ready.remove(&id) {
+                real_capacity -= before;
+                real_cpu -= real_held[i];
+                integrals[1] -= (before * since(at, now, origin)) as f64;
+                integrals[0] -= (real_held[i] * since(at, now, origin)) as f64;
+            }
             if state == NodeHistoryState::Ready {
                 real_ready.insert(id, i64::from(r.cpu_millicores));
                 real_capacity += i64::from(r.cpu_millicores);
+                real_cpu += real_held[i];
+                integrals[1] += (i64::from(r.cpu_millicores) * since(at, now, origin)) as f64;
+                integrals[0] += (real_held[i] * since(at, now, origin)) as f64;
             }
         }
-        while let Some(Reverse((at, cpu, queued))) = real_events.peek().copied() {
+        while let Some(Reverse((at, cpu, queued, node))) = real_events.peek().copied() {
             if at > now {
                 break;
             }
             real_events.pop();
-            real_cpu += cpu;
+            real_held[node] += cpu;
+            // What attempts hold on nodes that are up (a dead node's
+            // attempts are held until the server notices: not on a node).
+            if real_nodes.get(node).is_some_and(|id| real_ready.contains_key(id)) {
+                real_cpu += cpu;
+                integrals[0] += (cpu * since(at, now, origin)) as f64;
+            }
             real_queued += queued;
             real_running += cpu.signum();
         }
-        if now - last_sample >= sample_every {
+        if now.saturating_sub(last_sample) >= sample_every {
             last_sample = now;
             let at_seconds = (now - origin) as f64 / 1000.0;
             real_samples.push(Sample {
@@ -344,15 +388,9 @@ pub fn replay(
                 queued: real_queued.max(0) as usize,
                 running: real_running.max(0) as usize,
             });
-            let (cap, used) = placer
-                .cluster
-                .nodes
-                .iter()
-                .filter(|n| n.ready)
-                .fold((0u64, 0u64), |(c, u), n| (c + u64::from(n.capacity.cpu_millicores), u + u64::from(n.allocated.cpu_millicores)));
             replay_samples.push(Sample {
                 at_seconds,
-                cpu_utilization: used as f64 / cap.max(1) as f64,
+                cpu_utilization: replay_used.max(0) as f64 / replay_cap.max(1) as f64,
                 memory_utilization: 0.0,
                 fragmentation: 0.0,
                 queued: waiting.len(),
@@ -390,7 +428,15 @@ pub fn replay(
         }
         // Sample the quiet stretches too.
         next = next.min(now + sample_every);
-        now = pass_at(next.max(now + 1), origin, tick);
+        let then = pass_at(next.max(now + 1), origin, tick);
+        // Both sides' CPU held and offered, over time (the means are
+        // these integrals' ratios, not averages of instants).
+        let dt = (then - now) as f64;
+        integrals[0] += real_cpu.max(0) as f64 * dt;
+        integrals[1] += real_capacity.max(0) as f64 * dt;
+        integrals[2] += replay_used.max(0) as f64 * dt;
+        integrals[3] += replay_cap.max(0) as f64 * dt;
+        now = then;
     }
     let unplaced = {
         let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
@@ -418,27 +464,29 @@ pub fn replay(
             })
             .collect()
     };
-    let mean = |s: &[Sample]| if s.is_empty() { 0.0 } else { s.iter().map(|s| s.cpu_utilization).sum::<f64>() / s.len() as f64 };
+    let real_mean = integrals[0] / integrals[1].max(1.0);
+    let replay_mean = integrals[2] / integrals[3].max(1.0);
     let peak = |s: &[Sample]| s.iter().map(|s| s.cpu_utilization).fold(0.0, f64::max);
     let real_placed: usize = real_waits.values().map(Vec::len).sum();
-    let report = |name: &str, placed: usize, waits: Vec<Wait>, samples: Vec<Sample>, unplaced: Vec<(String, usize)>| ProfileReport {
-        profile: name.to_string(),
-        tasks,
-        placed,
-        decisions: 0,
-        decisions_per_second: 0.0,
-        decision_p50_us: 0.0,
-        decision_p99_us: 0.0,
-        makespan_seconds: span,
-        mean_cpu_utilization: mean(&samples),
-        peak_cpu_utilization: peak(&samples),
-        mean_fragmentation: 0.0,
-        waits,
-        unplaced,
-        samples,
-    };
-    let real = report("real", real_placed, waits(real_waits), real_samples, Vec::new());
-    let mut replayed = report("replay", placed, waits(replay_waits), replay_samples, unplaced);
+    let report =
+        |name: &str, placed: usize, mean: f64, waits: Vec<Wait>, samples: Vec<Sample>, unplaced: Vec<(String, usize)>| ProfileReport {
+            profile: name.to_string(),
+            tasks,
+            placed,
+            decisions: 0,
+            decisions_per_second: 0.0,
+            decision_p50_us: 0.0,
+            decision_p99_us: 0.0,
+            makespan_seconds: span,
+            mean_cpu_utilization: mean,
+            peak_cpu_utilization: peak(&samples),
+            mean_fragmentation: 0.0,
+            waits,
+            unplaced,
+            samples,
+        };
+    let real = report("real", real_placed, real_mean, waits(real_waits), real_samples, Vec::new());
+    let mut replayed = report("replay", placed, replay_mean, waits(replay_waits), replay_samples, unplaced);
     replayed.decisions = decisions;
     replayed.decisions_per_second = decisions as f64 / decision_seconds.max(1e-9);
     Ok(ReplayReport {
@@ -489,7 +537,7 @@ fn pending(key: u64, task: &TaskRecord, profile: Option<&str>) -> PendingTask {
 
 /// The nodes of the history as the overlay changes them; and the ids of
 /// the real ones.
-fn inventory(records: Vec<NodeRecord>, overlay: &Overlay) -> (Vec<Node>, std::collections::HashSet<String>) {
+fn inventory(records: Vec<NodeRecord>, overlay: &Overlay) -> (Vec<Node>, Vec<String>) {
     let mut by_id: BTreeMap<String, Node> = BTreeMap::new();
     for r in records {
         let resources = Resources { cpu_millicores: r.cpu, memory_mib: r.memory };
@@ -505,7 +553,7 @@ fn inventory(records: Vec<NodeRecord>, overlay: &Overlay) -> (Vec<Node>, std::co
         });
         node.changes.push((r.at, r.state, resources));
     }
-    let real: std::collections::HashSet<String> = by_id.keys().cloned().collect();
+    let real: Vec<String> = by_id.keys().cloned().collect();
     for id in &overlay.remove_nodes {
         by_id.remove(id);
     }

@@ -1,0 +1,154 @@
+//! Replays of histories built here (the CLI's tests replay one recorded
+//! from a real server): what the replay reproduces, and changes whose
+//! effect is known.
+
+use shepherd_core::history::*;
+use shepherd_sched::{Engine, SchedulerConfig};
+use shepherd_sim::{replay, Overlay, ReplayConfig, ReplayReport};
+use std::collections::BTreeMap;
+
+fn node(id: &str, at: i64, state: NodeHistoryState, cpu: u32, pool: Option<&str>) -> HistoryRecord {
+    let labels: BTreeMap<String, String> = pool.map(|p| [("pool".to_string(), p.to_string())].into()).unwrap_or_default();
+    HistoryRecord::Node(NodeRecord { node: id.into(), at, state, cpu, memory: 65_536, gpus: 0, max_tasks: 0, labels })
+}
+
+/// A task that really arrived at `at`, waited `wait` and ran `run` ms.
+fn task(project: &str, at: i64, wait: i64, run: i64, cpu: u32) -> TaskRecord {
+    TaskRecord {
+        project: project.into(),
+        at,
+        cpu,
+        memory: 256,
+        gpus: 0,
+        priority: 0,
+        constraints: Vec::new(),
+        pool: None,
+        profile: None,
+        attempts: vec![AttemptRecord {
+            node: "n0".into(),
+            placed: at + wait,
+            ended: Some(at + wait + run),
+            outcome: Some("succeeded".into()),
+        }],
+    }
+}
+
+fn history(nodes: Vec<HistoryRecord>, mut tasks: Vec<TaskRecord>) -> Vec<Result<HistoryRecord, HistoryError>> {
+    tasks.sort_by_key(|t| t.at);
+    let to = tasks.iter().map(|t| t.at).max().unwrap_or(0) + 1;
+    let mut out = vec![Ok(HistoryRecord::Header(HistoryHeader { version: VERSION, from: 0, to, projects: Vec::new() }))];
+    out.extend(nodes.into_iter().map(Ok));
+    out.extend(tasks.into_iter().map(|t| Ok(HistoryRecord::Task(t))));
+    out
+}
+
+fn wait_of<'a>(report: &'a shepherd_sim::ProfileReport, project: &str) -> &'a shepherd_sim::report::Wait {
+    report.waits.iter().find(|w| w.project == project).expect("the project's waits")
+}
+
+fn run(engine: &Engine, records: Vec<Result<HistoryRecord, HistoryError>>, overlay: Overlay) -> ReplayReport {
+    replay(engine, records, &ReplayConfig { overlay, ..Default::default() }).expect("a replay")
+}
+
+/// With room for everything, the replay places each task when it arrives
+/// and holds the same CPU as the real run did, within a pass.
+#[test]
+fn an_uncontended_history_replays_as_it_happened() {
+    let nodes = (0..4).map(|i| node(&format!("n{i}"), -1, NodeHistoryState::Ready, 8000, None)).collect();
+    let tasks: Vec<TaskRecord> =
+        (0..400).map(|i| task(if i % 3 == 0 { "b" } else { "a" }, i * 100, 0, 2_000 + (i % 7) * 300, 500)).collect();
+    let report = run(&Engine::default(), history(nodes, tasks), Overlay::default());
+    assert_eq!((report.replay.placed, report.real.placed, report.never_ran), (400, 400, 0));
+    for project in ["a", "b"] {
+        let (real, replayed) = (wait_of(&report.real, project), wait_of(&report.replay, project));
+        assert_eq!(real.p99_seconds, 0.0);
+        assert!(replayed.max_seconds <= 0.05, "{project}: a task waits one pass at most, not {}", replayed.max_seconds);
+    }
+    let gap = (report.real.mean_cpu_utilization - report.replay.mean_cpu_utilization).abs();
+    assert!(gap < 0.01, "utilization real {} replay {}", report.real.mean_cpu_utilization, report.replay.mean_cpu_utilization);
+    assert!(report.real.peak_cpu_utilization > 0.2);
+}
+
+/// Under contention, a project whose fair-share weight doubles waits less.
+#[test]
+fn a_heavier_weight_lowers_a_projects_wait_under_contention() {
+    let nodes = (0..2).map(|i| node(&format!("n{i}"), -1, NodeHistoryState::Ready, 4000, None)).collect::<Vec<_>>();
+    let mut tasks: Vec<TaskRecord> = (0..400).map(|i| task("big", i, 0, 5_000, 1000)).collect();
+    tasks.extend((0..200).map(|i| task("small", 1_000 + i * 10, 0, 5_000, 1000)));
+    let records = history(nodes, tasks);
+    let equal = run(&Engine::default(), records.clone(), Overlay::default());
+    let config = SchedulerConfig::from_toml("[projects.small]\nweight = 2.0\n").unwrap();
+    let weighted = run(&Engine::new(&config).unwrap(), records, Overlay::default());
+    let (before, after) = (wait_of(&equal.replay, "small"), wait_of(&weighted.replay, "small"));
+    assert!(after.p99_seconds < before.p99_seconds, "small's p99: weight 1 {} s, weight 2 {} s", before.p99_seconds, after.p99_seconds);
+    assert!(after.p50_seconds < before.p50_seconds);
+    assert!(wait_of(&weighted.replay, "big").p50_seconds >= wait_of(&equal.replay, "big").p50_seconds, "big pays for it");
+    assert_eq!(weighted.replay.placed, 600);
+}
+
+/// Half of a pool's nodes: its tasks wait longer; an overlay's added
+/// nodes: they wait less.
+#[test]
+fn resizing_a_pool_moves_waits_the_expected_way() {
+    let nodes: Vec<HistoryRecord> = (0..4).map(|i| node(&format!("n{i}"), -1, NodeHistoryState::Ready, 4000, Some("batch"))).collect();
+    let tasks: Vec<TaskRecord> = (0..300)
+        .map(|i| {
+            let mut t = task("a", i * 50, 0, 3_000, 1000);
+            t.pool = Some("batch".into());
+            t
+        })
+        .collect();
+    let records = history(nodes, tasks);
+    let base = run(&Engine::default(), records.clone(), Overlay::default());
+    let halved = run(&Engine::default(), records.clone(), toml::from_str("[scale_pools]\nbatch = 0.5\n").unwrap());
+    let grown: Overlay = toml::from_str("[[add_nodes]]\ncount = 4\ncpu = 4000\nmemory = 65536\nlabels = { pool = \"batch\" }\n").unwrap();
+    let grown = run(&Engine::default(), records, grown);
+    assert_eq!((halved.replay_nodes, grown.replay_nodes), (2, 8));
+    let p99 = |r: &ReplayReport| wait_of(&r.replay, "a").p99_seconds;
+    assert!(
+        p99(&halved) > p99(&base) && p99(&base) > p99(&grown),
+        "p99: halved {} base {} grown {}",
+        p99(&halved),
+        p99(&base),
+        p99(&grown)
+    );
+    assert_eq!(halved.replay.placed, 300);
+}
+
+/// A node that goes away loses what the replay ran there: those tasks go
+/// back to the queue and run on the node left, after what holds it.
+#[test]
+fn a_node_that_goes_away_puts_its_tasks_back_in_the_queue() {
+    let nodes = vec![
+        node("n0", -1, NodeHistoryState::Ready, 4000, None),
+        node("n1", -1, NodeHistoryState::Ready, 4000, None),
+        node("n1", 5_000, NodeHistoryState::Gone, 4000, None),
+    ];
+    let tasks: Vec<TaskRecord> = (0..8).map(|i| task("a", i, 0, 20_000, 1000)).collect();
+    let report = run(&Engine::default(), history(nodes, tasks), Overlay::default());
+    assert_eq!(report.replay.placed, 8, "every task placed once at first");
+    // The four lost at 5 s start again when n0 frees up at 20 s, and run 20 s more.
+    assert!(report.replay.makespan_seconds >= 39.9, "makespan {}", report.replay.makespan_seconds);
+    let samples = &report.replay.samples;
+    let at = |t: f64| samples.iter().rev().find(|s| s.at_seconds <= t).expect("a sample");
+    assert_eq!((at(4.0).running, at(6.0).running, at(6.0).queued), (8, 4, 4));
+}
+
+/// A history that breaks the format's rules is refused, not half-replayed.
+#[test]
+fn a_malformed_history_is_refused() {
+    let engine = Engine::default();
+    let no_header = vec![Ok(node("n0", 0, NodeHistoryState::Ready, 1000, None))];
+    assert!(replay(&engine, no_header, &ReplayConfig::default()).is_err());
+    let mut late_node = history(vec![node("n0", 0, NodeHistoryState::Ready, 1000, None)], vec![task("a", 0, 0, 100, 100)]);
+    late_node.push(Ok(node("n1", 0, NodeHistoryState::Ready, 1000, None)));
+    let err = replay(&engine, late_node, &ReplayConfig::default()).unwrap_err();
+    assert!(err.0.contains("node lines come first"), "{err}");
+    let no_nodes = history(Vec::new(), vec![task("a", 0, 0, 100, 100)]);
+    assert!(replay(&engine, no_nodes, &ReplayConfig::default()).is_err());
+    let bad_line = vec![
+        Ok(HistoryRecord::Header(HistoryHeader { version: VERSION, from: 0, to: 1, projects: Vec::new() })),
+        Err(HistoryError("line 2: nope".into())),
+    ];
+    assert!(replay(&engine, bad_line, &ReplayConfig::default()).is_err());
+}
