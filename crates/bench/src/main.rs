@@ -7,6 +7,7 @@ mod docker;
 mod ha;
 mod ingest;
 mod placement;
+mod replay;
 mod scale;
 mod workflow;
 
@@ -40,6 +41,8 @@ enum Bench {
     Scale(scale::Args),
     /// Workflows: an array vs batches, dependency release, another project's wait beside an array.
     Workflow(workflow::Args),
+    /// History replay: a long, large history through `simulate --history`'s replay vs reading the file alone.
+    Replay(replay::Args),
 }
 
 /// The shepherd binary to benchmark: the given path, else the one next to this binary.
@@ -63,5 +66,6 @@ async fn main() -> Result<()> {
         Bench::Workflow(args) => workflow::run(args).await,
         Bench::AutoscaleLatency(args) => autoscale::latency(args).await,
         Bench::AutoscaleDay(args) => autoscale::day(args),
+        Bench::Replay(args) => replay::run(args),
     }
 }
