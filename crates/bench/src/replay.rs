@@ -11,7 +11,7 @@
 use anyhow::{Context, Result};
 use serde_json::json;
 use shepherd_core::history::*;
-use std::io::{BufRead, BufWriter, Write};
+use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -86,10 +86,7 @@ fn write_history(path: &std::path::Path, args: &Args) -> Result<()> {
 
 fn lines(path: &std::path::Path) -> Result<impl Iterator<Item = Result<HistoryRecord, HistoryError>>> {
     let file = std::fs::File::open(path)?;
-    Ok(std::io::BufReader::with_capacity(1 << 20, file).lines().map(|l| match l {
-        Ok(l) => HistoryRecord::parse(&l),
-        Err(e) => Err(HistoryError(e.to_string())),
-    }))
+    Ok(shepherd_sim::read_history(std::io::BufReader::with_capacity(1 << 20, file)))
 }
 
 pub fn run(args: Args) -> Result<()> {

@@ -212,12 +212,7 @@ async fn replay_cmd(client: impl FnOnce() -> Result<crate::client::Client>, args
     let config = ReplayConfig { tick_seconds: tick, seed: args.seed, profile: args.profile.clone(), overlay };
     let report = tokio::task::block_in_place(|| -> Result<ReplayReport> {
         let file = std::fs::File::open(&path).with_context(|| format!("reading {}", path.display()))?;
-        let lines = std::io::BufRead::lines(std::io::BufReader::new(file));
-        let records = lines.enumerate().map(|(i, line)| match line {
-            Ok(line) => shepherd_core::history::HistoryRecord::parse(&line)
-                .map_err(|e| shepherd_core::history::HistoryError(format!("line {}: {}", i + 1, e.0))),
-            Err(e) => Err(shepherd_core::history::HistoryError(format!("line {}: {e}", i + 1))),
-        });
+        let records = shepherd_sim::read_history(std::io::BufReader::with_capacity(1 << 20, file));
         replay(&engine, records, &config).map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.0))
     })?;
     print!("{}", replay_table(&report, same_settings));

@@ -19,6 +19,13 @@ pub const VERSION: u32 = 1;
 /// The longest line a reader accepts (a task with 64 constraints fits).
 pub const MAX_LINE: usize = 64 * 1024;
 
+/// The most nodes a history may hold.
+pub const MAX_NODES: usize = 100_000;
+
+/// Times in a history: epoch milliseconds within ±10^14 (some 3,000 years),
+/// so that sums of them never overflow.
+pub const MAX_TIME: i64 = 100_000_000_000_000;
+
 /// One line of a history.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -145,8 +152,16 @@ impl HistoryRecord {
             }
             Ok(())
         };
+        let time = |t: i64| -> Result<(), HistoryError> {
+            if t.abs() > MAX_TIME {
+                return Err(HistoryError(format!("time {t} is out of range")));
+            }
+            Ok(())
+        };
         match self {
             HistoryRecord::Header(h) => {
+                time(h.from)?;
+                time(h.to)?;
                 if h.version != VERSION {
                     return bad(format!("version {} (this build reads {VERSION})", h.version));
                 }
@@ -156,6 +171,7 @@ impl HistoryRecord {
             }
             HistoryRecord::Node(n) => {
                 name(&n.node, "node")?;
+                time(n.at)?;
                 if n.state == NodeHistoryState::Ready && (n.cpu == 0 || n.memory == 0) {
                     return bad(format!("node {}: a ready node needs cpu and memory", n.node));
                 }
@@ -165,6 +181,7 @@ impl HistoryRecord {
             }
             HistoryRecord::Task(t) => {
                 name(&t.project, "project")?;
+                time(t.at)?;
                 if t.cpu == 0 || t.memory == 0 {
                     return bad("a task needs cpu and memory".into());
                 }
@@ -176,6 +193,8 @@ impl HistoryRecord {
                 }
                 for a in &t.attempts {
                     name(&a.node, "attempt node")?;
+                    time(a.placed)?;
+                    a.ended.map(time).transpose()?;
                     if a.placed < t.at - 1000 || a.ended.is_some_and(|e| e < a.placed) {
                         return bad("an attempt placed before its task arrived, or ended before it was placed".into());
                     }
@@ -217,6 +236,7 @@ mod tests {
             r#"{"kind":"header","version":9,"from":0,"to":1}"#,
             r#"{"kind":"node","node":"n","at":0,"state":"ready","cpu":0,"memory":0}"#,
             r#"{"kind":"other"}"#,
+            r#"{"kind":"task","project":"a","at":9223372036854775807,"cpu":1,"memory":1}"#,
         ] {
             assert!(HistoryRecord::parse(bad).is_err(), "{bad}");
         }

@@ -19,7 +19,7 @@ pub mod run;
 pub mod svg;
 pub mod workload;
 
-pub use replay::{replay, Overlay, ReplayConfig, ReplayReport};
+pub use replay::{read_history, replay, Overlay, ReplayConfig, ReplayReport};
 pub use report::ProfileReport;
 pub use run::{simulate, SimConfig};
 pub use workload::{generate, parse_workload, GeneratorConfig, WorkloadError, WorkloadTask};

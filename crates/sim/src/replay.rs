@@ -66,6 +66,65 @@ pub struct Overlay {
     pub scale_pools: BTreeMap<String, f64>,
 }
 
+impl Overlay {
+    /// Refuses sizes a replay could not hold.
+    pub fn check(&self) -> Result<(), HistoryError> {
+        let max = shepherd_core::history::MAX_NODES as u64;
+        let added: u64 = self.add_nodes.iter().map(|a| u64::from(a.count)).sum();
+        if added > max {
+            return Err(HistoryError(format!("add_nodes: {added} nodes (at most {max})")));
+        }
+        if self.add_nodes.iter().any(|a| a.cpu == 0 || a.memory == 0) {
+            return Err(HistoryError("add_nodes: cpu and memory must be > 0".into()));
+        }
+        if let Some((pool, f)) = self.scale_pools.iter().find(|(_, f)| !(0.0..=100.0).contains(*f)) {
+            return Err(HistoryError(format!("scale_pools.{pool}: {f} (0 to 100)")));
+        }
+        Ok(())
+    }
+}
+
+/// A history read from JSON Lines, line by line, each at most
+/// [`shepherd_core::history::MAX_LINE`] bytes (never more is held), each
+/// checked; an error names its line.
+pub fn read_history(reader: impl std::io::BufRead) -> impl Iterator<Item = Result<HistoryRecord, HistoryError>> {
+    let mut reader = reader;
+    let mut number = 0usize;
+    let mut done = false;
+    std::iter::from_fn(move || {
+        if done {
+            return None;
+        }
+        number += 1;
+        let mut line = Vec::new();
+        let limit = shepherd_core::history::MAX_LINE as u64 + 1;
+        match std::io::BufRead::read_until(&mut std::io::Read::take(&mut reader, limit), b'\n', &mut line) {
+            Ok(0) => None,
+            Err(e) => {
+                done = true;
+                Some(Err(HistoryError(format!("line {number}: {e}"))))
+            }
+            Ok(_) if line.len() as u64 == limit && line.last() != Some(&b'\n') => {
+                done = true;
+                Some(Err(HistoryError(format!("line {number}: longer than {} bytes", shepherd_core::history::MAX_LINE))))
+            }
+            Ok(_) => {
+                let text = match std::str::from_utf8(&line) {
+                    Ok(text) => text.trim_end_matches(['\n', '\r']),
+                    Err(e) => {
+                        done = true;
+                        return Some(Err(HistoryError(format!("line {number}: {e}"))));
+                    }
+                };
+                Some(HistoryRecord::parse(text).map_err(|e| {
+                    done = true;
+                    HistoryError(format!("line {number}: {}", e.0))
+                }))
+            }
+        }
+    })
+}
+
 /// Nodes an overlay adds.
 #[derive(Debug, Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -101,6 +160,8 @@ struct Job {
     task: PendingTask,
     at_ms: i64,
     service_ms: i64,
+    /// Placed before (and lost since): its wait is counted already.
+    placed: bool,
 }
 
 struct Node {
@@ -142,7 +203,14 @@ pub fn replay(
     // whatever the overlay changes.
     let mut real_changes: Vec<(i64, String, NodeHistoryState, Resources)> =
         node_records.iter().map(|r| (r.at, r.node.clone(), r.state, Resources { cpu_millicores: r.cpu, memory_mib: r.memory })).collect();
+    if node_records.len() > shepherd_core::history::MAX_NODES {
+        return Err(HistoryError(format!("more than {} node lines", shepherd_core::history::MAX_NODES)));
+    }
+    config.overlay.check()?;
     let (mut nodes, real_nodes) = inventory(node_records, &config.overlay);
+    if nodes.len() > shepherd_core::history::MAX_NODES {
+        return Err(HistoryError(format!("the overlay makes {} nodes (at most {})", nodes.len(), shepherd_core::history::MAX_NODES)));
+    }
     if nodes.is_empty() {
         return Err(HistoryError("the history has no node (nor does the overlay add one)".into()));
     }
@@ -172,7 +240,6 @@ pub fn replay(
     let mut on_node: HashMap<u64, (usize, Job, i64)> = HashMap::new();
     let mut usage: HashMap<String, Resources> = HashMap::new();
     let mut replay_waits: BTreeMap<String, Vec<f32>> = BTreeMap::new();
-    let mut first_placed: HashMap<u64, ()> = HashMap::new();
     // The real side.
     // (time, Δcpu, Δqueued, node): the real attempts' holds, per node.
     let mut real_events: BinaryHeap<Reverse<(i64, i64, i64, usize)>> = BinaryHeap::new();
@@ -292,7 +359,7 @@ pub fn replay(
             };
             real_waits.entry(task.project.clone()).or_default().push(wait as f32 / 1000.0);
             seq += 1;
-            let job = Job { task: pending(seq, &task, config.profile.as_deref()), at_ms: task.at, service_ms: service };
+            let job = Job { task: pending(seq, &task, config.profile.as_deref()), at_ms: task.at, service_ms: service, placed: false };
             queues.entry(task.project.clone()).or_default().push((task.priority, Reverse(seq)));
             waiting.insert(seq, job);
             if next_task.is_none() && !input_done {
@@ -318,8 +385,8 @@ pub fn replay(
                 decisions += 1;
                 match placer.place(&task) {
                     Ok(n) => {
-                        let Some(job) = waiting.remove(&key) else { continue };
-                        if first_placed.insert(key, ()).is_none() {
+                        let Some(mut job) = waiting.remove(&key) else { continue };
+                        if !std::mem::replace(&mut job.placed, true) {
                             replay_waits.entry(task.project.clone()).or_default().push((now - job.at_ms).max(0) as f32 / 1000.0);
                             placed += 1;
                         }

@@ -6,6 +6,7 @@ use shepherd_core::history::*;
 use shepherd_sched::{Engine, SchedulerConfig};
 use shepherd_sim::{replay, Overlay, ReplayConfig, ReplayReport};
 use std::collections::BTreeMap;
+use std::io::Read as _;
 
 fn node(id: &str, at: i64, state: NodeHistoryState, cpu: u32, pool: Option<&str>) -> HistoryRecord {
     let labels: BTreeMap<String, String> = pool.map(|p| [("pool".to_string(), p.to_string())].into()).unwrap_or_default();
@@ -151,4 +152,34 @@ fn a_malformed_history_is_refused() {
         Err(HistoryError("line 2: nope".into())),
     ];
     assert!(replay(&engine, bad_line, &ReplayConfig::default()).is_err());
+}
+
+/// A history file is read a bounded line at a time: a line past the limit
+/// (even one with no end), bad UTF-8 or a time out of range is an error
+/// naming the line; an overlay that would make too many nodes is refused.
+#[test]
+fn reading_a_history_is_bounded_and_names_the_line() {
+    use shepherd_sim::read_history;
+    let header = r#"{"kind":"header","version":1,"from":0,"to":1}"#;
+    let ok: Vec<_> = read_history(format!("{header}\n").as_bytes()).collect();
+    assert!(matches!(ok.as_slice(), [Ok(HistoryRecord::Header(_))]));
+    // 100 MiB of one line: refused after the limit, never held whole.
+    let first = format!("{header}\n");
+    let huge = std::io::Read::chain(first.as_bytes(), std::io::repeat(b'x').take(100 << 20));
+    let records: Vec<_> = read_history(std::io::BufReader::new(huge)).collect();
+    assert_eq!(records.len(), 2);
+    assert!(records[1].as_ref().unwrap_err().0.starts_with("line 2: longer than"), "{:?}", records[1]);
+    let bad_utf8: Vec<u8> = [header.as_bytes(), b"\n\xff\xfe\n"].concat();
+    let records: Vec<_> = read_history(bad_utf8.as_slice()).collect();
+    assert!(records[1].as_ref().unwrap_err().0.starts_with("line 2:"));
+    let far = format!("{header}\n{}\n", r#"{"kind":"task","project":"a","at":9000000000000000000,"cpu":1,"memory":1}"#);
+    assert!(read_history(far.as_bytes()).nth(1).unwrap().is_err());
+    let engine = Engine::default();
+    for overlay in
+        ["[[add_nodes]]\ncount = 4294967295\ncpu = 1\nmemory = 1\n", "[scale_pools]\nbatch = 1e9\n", "[scale_pools]\nbatch = -1\n"]
+    {
+        let overlay: Overlay = toml::from_str(overlay).unwrap();
+        let records = history(vec![node("n0", 0, NodeHistoryState::Ready, 1000, Some("batch"))], vec![task("a", 0, 0, 100, 100)]);
+        assert!(replay(&engine, records, &ReplayConfig { overlay, ..Default::default() }).is_err());
+    }
 }
