@@ -215,7 +215,7 @@ async fn replay_cmd(client: impl FnOnce() -> Result<crate::client::Client>, args
         let records = shepherd_sim::read_history(std::io::BufReader::with_capacity(1 << 20, file));
         replay(&engine, records, &config).map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.0))
     })?;
-    print!("{}", replay_table(&report, same_settings));
+    print!("{}", shepherd_sim::replay::table(&report, same_settings));
     let title = format!("replay of {} tasks on {} nodes beside what happened", report.real.tasks, report.replay_nodes);
     std::fs::write(&args.plot, svg::plot(&[report.real.clone(), report.replay.clone()], &title))
         .with_context(|| format!("writing {}", args.plot.display()))?;
@@ -225,52 +225,6 @@ async fn replay_cmd(client: impl FnOnce() -> Result<crate::client::Client>, args
         println!("results: {}", path.display());
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// The replay beside the real run, per project and for the cluster.
-fn replay_table(r: &ReplayReport, same_settings: bool) -> String {
-    let mut out = format!(
-        "replayed {} of {} tasks ({} never ran: left out) on {} nodes ({} real) in {:.1} s\n\n",
-        r.replay.placed, r.real.tasks, r.never_ran, r.replay_nodes, r.nodes, r.seconds
-    );
-    out.push_str(
-        "| project | tasks | wait p50 real | replay | p99 real | replay | max real | replay |\n|---|---|---|---|---|---|---|---|\n",
-    );
-    for real in &r.real.waits {
-        let replay = r.replay.waits.iter().find(|w| w.project == real.project);
-        let (p50, p99, max) = replay.map_or((f64::NAN, f64::NAN, f64::NAN), |w| (w.p50_seconds, w.p99_seconds, w.max_seconds));
-        out.push_str(&format!(
-            "| {} | {} | {:.2}s | {:.2}s | {:.2}s | {:.2}s | {:.2}s | {:.2}s |\n",
-            crate::output::safe(&real.project),
-            real.tasks,
-            real.p50_seconds,
-            p50,
-            real.p99_seconds,
-            p99,
-            real.max_seconds,
-            max
-        ));
-    }
-    out.push_str(&format!(
-        "\nmean CPU allocated: real {:.1}%, replay {:.1}% ({:+.1} points); peak: real {:.1}%, replay {:.1}%\n",
-        r.real.mean_cpu_utilization * 100.0,
-        r.replay.mean_cpu_utilization * 100.0,
-        (r.replay.mean_cpu_utilization - r.real.mean_cpu_utilization) * 100.0,
-        r.real.peak_cpu_utilization * 100.0,
-        r.replay.peak_cpu_utilization * 100.0
-    ));
-    let unplaced: usize = r.replay.unplaced.iter().map(|(_, n)| n).sum();
-    out.push_str(&format!("tasks that fit no node in the replay: {unplaced}\n"));
-    for (reason, n) in &r.replay.unplaced {
-        out.push_str(&format!("  {n}: {}\n", crate::output::safe(reason)));
-    }
-    if same_settings {
-        out.push_str(
-            "\nThese are the settings the history ran under (no --scheduler-config, --overlay or --profile): the differences \
-             above are the replay's own error. Read a replay under other settings against them.\n",
-        );
-    }
-    out
 }
 
 /// A file removed when this goes out of scope.

@@ -272,7 +272,7 @@ async fn every_documented_operation_is_routed() {
             operations += 1;
         }
     }
-    assert_eq!(operations, 69);
+    assert_eq!(operations, 70);
 }
 
 #[tokio::test]

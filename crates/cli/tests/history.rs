@@ -190,6 +190,20 @@ async fn a_recorded_history_replays_near_what_happened_and_carries_no_secret() {
     };
     assert!(p99(&fewer, "default") > p99(&report, "default"), "fewer nodes, longer waits");
 
+    // The server replays its own history under its own settings (the dashboard's page).
+    let from = shepherd_core::Timestamp(shepherd_core::Timestamp::now().millis() - 3_600_000).to_rfc3339();
+    let (status, answer) = http.get(&format!("/v1/history/replay?from={}", from.replace(':', "%3A"))).await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer["table"].as_str().unwrap().contains("| beta |") && answer["plot"].as_str().unwrap().starts_with("<svg"));
+    assert_eq!(answer["report"]["replay"]["placed"], 1500);
+    assert_eq!(beta.get("/v1/history/replay").await.0, 403, "a project token may not");
+    let (status, body) = http.get("/v1/history/replay?tick=0").await;
+    assert_eq!((status, body["error"]["field"].as_str()), (400, Some("tick")), "{body}");
+    let (status, body) = http.get("/v1/history?from=2026-13-01T00:00:00Z").await;
+    assert_eq!((status, body["error"]["field"].as_str()), (400, Some("from")), "{body}");
+    let (status, body) = http.get("/v1/history?nope=1").await;
+    assert_eq!(status, 400, "{body}");
+
     // Bad input: a broken file names its line; an unknown field is refused.
     let bad = dir.path().join("bad.jsonl");
     let head: Vec<&str> = text.lines().take(2).collect();

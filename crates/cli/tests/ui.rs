@@ -88,7 +88,7 @@ async fn the_dashboard_shows_each_page_follows_a_live_log_and_keeps_projects_apa
     let output = tokio::task::spawn_blocking(move || child.wait_with_output()).await.unwrap().expect("driver output");
     let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     assert!(output.status.success() && stdout.trim() == "ok", "the browser check failed:\n{stdout}\n{stderr}");
-    for page in ["login", "overview", "tasks", "task", "arrays", "array", "nodes", "projects", "audit"] {
+    for page in ["login", "overview", "tasks", "task", "arrays", "array", "nodes", "projects", "audit", "whatif"] {
         let shot = screenshots.join(format!("{page}.png"));
         assert!(std::fs::metadata(&shot).map(|m| m.len() > 1000).unwrap_or(false), "no screenshot {}", shot.display());
     }

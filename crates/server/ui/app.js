@@ -336,6 +336,26 @@ async function nodes(mine) {
     el("tbody", {}, rows)));
 }
 
+// The cluster's own history replayed under the settings this server runs
+// with, beside what happened (GET /v1/history/replay).
+async function whatif(params, mine) {
+  const hours = Math.max(1, Math.min(24 * 31, Number(params.get("hours")) || 24));
+  const form = el("form", { id: "whatif-form" },
+    el("label", {}, "Last ", el("input", { name: "hours", type: "number", min: "1", max: String(24 * 31), value: String(hours) }), " hours "),
+    el("button", { type: "submit" }, "Replay"));
+  form.addEventListener("submit", (e) => { e.preventDefault(); location.hash = "#/whatif?hours=" + encodeURIComponent(form.hours.value) + "&run=1"; });
+  view.replaceChildren(el("h1", {}, "What if"), el("p", {}, "The tasks of a window replayed through this server's scheduler settings on a virtual clock, beside what really happened (shepherd simulate --from-history does the same with other settings)."), form);
+  if (!params.get("run")) return;
+  const status = el("p", { id: "whatif-status" }, "Replaying…");
+  view.append(status);
+  const from = new Date(Date.now() - hours * 3600 * 1000).toISOString();
+  const r = await api("/v1/history/replay?from=" + encodeURIComponent(from));
+  current(mine);
+  // The plot is Shepherd's own SVG, shown as an image: nothing in it runs.
+  const img = el("img", { id: "whatif-plot", alt: "CPU allocated and tasks waiting, real and replayed", src: "data:image/svg+xml;base64," + btoa(unescape(encodeURIComponent(r.plot))) });
+  status.replaceWith(el("pre", { id: "whatif-table" }, r.table), img);
+}
+
 async function projects(mine) {
   const [list, usage] = await Promise.all([api("/v1/projects"), api("/v1/usage?by=day")]);
   current(mine);
@@ -418,6 +438,7 @@ async function route() {
     else if (path === "/arrays") await arrays(params, mine);
     else if (path.startsWith("/array/")) await array(decodeURIComponent(path.slice(7)), mine);
     else if (path === "/nodes") await nodes(mine);
+    else if (path === "/whatif") await whatif(params, mine);
     else if (path === "/projects") await projects(mine);
     else if (path === "/audit") await audit(mine);
     else view.replaceChildren(el("p", {}, "No such page."));

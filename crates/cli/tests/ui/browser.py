@@ -153,11 +153,18 @@ def main():
         b.go(base + "/ui/#/audit")
         b.wait_for("document.querySelectorAll('#audit tbody tr').length > 0", "the audit log")
         b.screenshot(os.path.join(shots, "audit.png"))
+        # What if: the last hours replayed beside what happened, with the plot.
+        b.go(base + "/ui/#/whatif?hours=1&run=1")
+        b.wait_for("(document.getElementById('whatif-table')?.textContent || '').includes('| alpha |')", "the replay's table")
+        b.wait_for("(document.getElementById('whatif-plot')?.naturalWidth || 0) > 0", "the replay's plot")
+        b.screenshot(os.path.join(shots, "whatif.png"))
 
         # A project token sees its own project only.
         login(b, base, plan["beta_token"])
         if not b.eval("document.querySelector('a[href=\"#/nodes\"]').hidden"):
             raise SystemExit("a project token is offered the nodes page")
+        if not b.eval("document.querySelector('a[href=\"#/whatif\"]').hidden"):
+            raise SystemExit("a project token is offered the what-if page")
         b.go(base + "/ui/#/tasks")
         b.wait_for(f"!!document.querySelector('tr[data-task-id=\"{plan['beta_task']}\"]')", "beta's own task")
         if b.eval("[...document.querySelectorAll('tr[data-task-id]')].some(r => r.querySelector('td:nth-child(2)').textContent !== 'beta')"):

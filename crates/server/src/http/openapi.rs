@@ -76,6 +76,7 @@ use utoipa::OpenApi;
         super::v1::events::events,
         super::v1::usage::usage,
         super::v1::history::history,
+        super::v1::history::replay,
         crate::http::ui::overview,
         super::v1::health::metrics,
         document,

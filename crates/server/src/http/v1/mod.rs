@@ -77,6 +77,7 @@ pub fn routes(state: &AppState) -> Router<AppState> {
         .route("/v1/audit", get(projects::audit))
         .route("/v1/usage", get(usage::usage))
         .route("/v1/history", get(history::history))
+        .route("/v1/history/replay", get(history::replay))
         .route("/v1/overview", get(crate::http::ui::overview))
         .route("/v1/codes", post(codes::push).get(codes::list))
         .route("/v1/codes/{name}", get(codes::get).delete(codes::delete))
