@@ -49,7 +49,8 @@ pub struct HistoryHeader {
 }
 
 /// A node's state from a moment on: `ready` (it takes tasks, with this
-/// capacity), or `gone` (down, drained or removed: it takes none).
+/// capacity), `draining` (it takes none; what runs there finishes), or
+/// `gone` (down or removed: what ran there is lost).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeRecord {
@@ -72,7 +73,19 @@ pub struct NodeRecord {
 #[serde(rename_all = "snake_case")]
 pub enum NodeHistoryState {
     Ready,
+    Draining,
     Gone,
+}
+
+impl NodeHistoryState {
+    /// A node's state as the store keeps it (`ready`, `draining`, `down`).
+    pub fn of(state: &str) -> NodeHistoryState {
+        match state {
+            "ready" => NodeHistoryState::Ready,
+            "draining" => NodeHistoryState::Draining,
+            _ => NodeHistoryState::Gone,
+        }
+    }
 }
 
 /// A task as its scheduling saw it.

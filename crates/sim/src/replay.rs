@@ -272,6 +272,7 @@ pub fn replay(
             Some(Ok(HistoryRecord::Header(_))) => Err(HistoryError("a second header".into())),
         }
     };
+    let mut counted = vec![false; placer.cluster.nodes.len()];
     let mut sample_every = tick.max(1000);
     let mut last_sample = i64::MIN;
     loop {
@@ -289,16 +290,23 @@ pub fn replay(
             match state {
                 // (Changes land at their own time in the integrals, though
                 // the loop sees them at the pass after.)
+                // A node's capacity counts while it is up (ready or
+                // draining), as on the real side.
                 NodeHistoryState::Ready => {
-                    let before = if node.ready { i64::from(node.capacity.cpu_millicores) } else { 0 };
+                    let before = if counted[i] { i64::from(node.capacity.cpu_millicores) } else { 0 };
                     node.ready = true;
                     node.capacity = resources;
+                    counted[i] = true;
                     let delta = i64::from(resources.cpu_millicores) - before;
                     replay_cap += delta;
                     integrals[3] += (delta * since(at, now, origin)) as f64;
                 }
+                NodeHistoryState::Draining => {
+                    // No new tasks; what runs there finishes.
+                    node.ready = false;
+                }
                 NodeHistoryState::Gone => {
-                    if node.ready {
+                    if std::mem::replace(&mut counted[i], false) {
                         replay_cap -= i64::from(node.capacity.cpu_millicores);
                         integrals[3] -= (i64::from(node.capacity.cpu_millicores) * since(at, now, origin)) as f64;
                     }
@@ -421,7 +429,7 @@ pub fn replay(
                 integrals[1] -= (before * since(at, now, origin)) as f64;
                 integrals[0] -= (real_held[i] * since(at, now, origin)) as f64;
             }
-            if state == NodeHistoryState::Ready {
+            if state != NodeHistoryState::Gone {
                 real_ready.insert(id, i64::from(r.cpu_millicores));
                 real_capacity += i64::from(r.cpu_millicores);
                 real_cpu += real_held[i];

@@ -401,6 +401,33 @@ pub async fn history_pages(store: &dyn Store) {
     assert!(page[1].1.attempts.is_empty(), "a queued task has no attempt yet");
     let rest = store.history_tasks(page[1].0, until, 2).await.unwrap();
     assert_eq!(rest.iter().map(|(id, _)| *id).collect::<Vec<_>>(), vec![ids[2]]);
+    // The inventory over time: every state change, with the node's
+    // capacity then, kept after the node is removed.
+    let node = |id: &str, state: NodeState, at: i64| NodeRecord {
+        id: id.into(),
+        hostname: id.into(),
+        state,
+        driver: "process".into(),
+        capacity: Resources { cpu_millicores: 4000, memory_mib: 8192 },
+        max_tasks: 16,
+        labels: [("zone".to_string(), "a".to_string())].into(),
+        images: Vec::new(),
+        registered_at: Timestamp(at),
+        last_heartbeat_at: Timestamp(at),
+    };
+    let before = store.node_history(Timestamp::now()).await.unwrap().len();
+    store.upsert_node(node("h1", NodeState::Ready, 1_000)).await.unwrap();
+    assert!(store.set_node_state("h1", NodeState::Draining).await.unwrap());
+    assert!(store.set_node_state("h1", NodeState::Down).await.unwrap());
+    store.upsert_node(node("h1", NodeState::Ready, Timestamp::now().millis())).await.unwrap();
+    store.delete_node("h1").await.unwrap();
+    let history = store.node_history(Timestamp(Timestamp::now().millis() + 1)).await.unwrap();
+    let h1: Vec<_> = history.iter().skip(before).filter(|r| r.node == "h1").map(|r| r.state).collect();
+    use shepherd_core::history::NodeHistoryState as S;
+    assert_eq!(h1, vec![S::Ready, S::Draining, S::Gone, S::Ready], "{history:?}");
+    let first = history.iter().find(|r| r.node == "h1").unwrap();
+    assert_eq!((first.at, first.cpu, first.max_tasks, first.labels.get("zone").map(String::as_str)), (1_000, 4000, 16, Some("a")));
+    assert!(store.node_history(Timestamp(1_000)).await.unwrap().iter().all(|r| r.node != "h1"), "only what came before");
     // Outside the window: nothing.
     let (after, until) = crate::history::window(Timestamp(now.millis() - 120_000), Timestamp(now.millis() - 60_000));
     assert!(store.history_tasks(after, until, 10).await.unwrap().is_empty());

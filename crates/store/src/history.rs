@@ -80,3 +80,38 @@ pub fn window(from: Timestamp, to: Timestamp) -> (TaskId, TaskId) {
     let after = id_at(from).0.saturating_sub(1);
     (TaskId(ulid::Ulid(after)), TaskId(id_at(to)))
 }
+
+/// Records a node's state in `node_history` with its capacity and labels
+/// as the nodes table has them now (`$1` id, `$2` state, `$3` at): in the
+/// transaction that changed it, so a replay knows the inventory over time
+/// even of nodes since removed.
+pub(crate) const NODE_HISTORY_INSERT: &str =
+    "INSERT INTO node_history (node_id, state, at, cpu_millicores, memory_mib, max_tasks, labels) \
+     SELECT id, $2, $3, cpu_millicores, memory_mib, max_tasks, labels FROM nodes WHERE id = $1";
+
+/// Every node state recorded before `$1`, in order.
+pub(crate) const NODE_HISTORY_SQL: &str = "SELECT node_id, state, at, CAST(cpu_millicores AS BIGINT), CAST(memory_mib AS BIGINT), \
+     CAST(max_tasks AS BIGINT), labels FROM node_history WHERE at < $1 ORDER BY at, seq";
+
+/// A `node_history` row as a record.
+pub(crate) fn node_record(
+    node: String,
+    state: &str,
+    at: i64,
+    cpu: i64,
+    memory: i64,
+    max_tasks: i64,
+    labels: &str,
+) -> Result<shepherd_core::history::NodeRecord, crate::StoreError> {
+    let clamp = |v: i64| v.clamp(0, i64::from(u32::MAX)) as u32;
+    Ok(shepherd_core::history::NodeRecord {
+        node,
+        at,
+        state: shepherd_core::history::NodeHistoryState::of(state),
+        cpu: clamp(cpu),
+        memory: clamp(memory),
+        gpus: 0,
+        max_tasks: clamp(max_tasks),
+        labels: serde_json::from_str(labels).map_err(|e| crate::StoreError::Corrupt(format!("node labels: {e}")))?,
+    })
+}

@@ -419,6 +419,10 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<(TaskId, shepherd_core::history::TaskRecord)>, StoreError>;
 
+    /// Every node state recorded before `until`, in order, each with the
+    /// node's capacity and labels then (nodes since removed included).
+    async fn node_history(&self, until: Timestamp) -> Result<Vec<shepherd_core::history::NodeRecord>, StoreError>;
+
     /// How many tasks each project has queued, scheduled and running.
     async fn active_counts(&self) -> Result<Vec<(String, shepherd_core::TaskState, u64)>, StoreError>;
 

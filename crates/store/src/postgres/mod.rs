@@ -359,6 +359,24 @@ impl Store for PgStore {
         self.pg_history_tasks(after, until, limit).await
     }
 
+    async fn node_history(&self, until: Timestamp) -> Result<Vec<shepherd_core::history::NodeRecord>, StoreError> {
+        let client = self.client().await?;
+        let rows = client.query(crate::history::NODE_HISTORY_SQL, &[&until.millis()]).await.map_err(sql::error)?;
+        rows.iter()
+            .map(|row| {
+                crate::history::node_record(
+                    row.get(0),
+                    row.get::<_, &str>(1),
+                    row.get(2),
+                    row.get(3),
+                    row.get(4),
+                    row.get(5),
+                    row.get::<_, &str>(6),
+                )
+            })
+            .collect()
+    }
+
     async fn put_machine(&self, machine: Machine, expected: Option<MachineState>) -> Result<bool, StoreError> {
         self.pg_put_machine(machine, expected).await
     }

@@ -28,6 +28,8 @@ fn node_from_row(row: &Row) -> Result<NodeRecord, StoreError> {
 
 /// Records a node's new state in the event stream.
 async fn append_node_event(tx: &impl GenericClient, id: &str, state: NodeState, at: Timestamp) -> Result<(), StoreError> {
+    // And in `node_history`, for replays (see `crate::history`).
+    tx.execute(crate::history::NODE_HISTORY_INSERT, &[&id, &state.as_str(), &at.millis()]).await.map_err(error)?;
     let event = shepherd_core::ClusterEvent::Node(shepherd_core::events::NodeChange {
         node: id.to_string(),
         state: state.as_str().to_string(),

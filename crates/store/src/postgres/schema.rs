@@ -334,6 +334,26 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE attempts ADD COLUMN result BYTEA;
     "#,
+    // 18: every node state change with the node's capacity and labels at
+    // the time, kept when the node is removed (a replay's inventory);
+    // the nodes there now start it.
+    r#"
+    CREATE TABLE node_history (
+        seq            BIGSERIAL PRIMARY KEY,
+        node_id        TEXT NOT NULL,
+        state          TEXT NOT NULL,
+        at             BIGINT NOT NULL,
+        cpu_millicores BIGINT NOT NULL,
+        memory_mib     BIGINT NOT NULL,
+        max_tasks      BIGINT NOT NULL,
+        labels         TEXT NOT NULL
+    );
+    CREATE INDEX node_history_at ON node_history (at);
+    INSERT INTO node_history (node_id, state, at, cpu_millicores, memory_mib, max_tasks, labels)
+        SELECT id, 'ready', registered_at, cpu_millicores, memory_mib, max_tasks, labels FROM nodes;
+    INSERT INTO node_history (node_id, state, at, cpu_millicores, memory_mib, max_tasks, labels)
+        SELECT id, state, last_heartbeat_at, cpu_millicores, memory_mib, max_tasks, labels FROM nodes WHERE state <> 'ready';
+    "#,
 ];
 
 /// Data changes a migration needs that SQL alone cannot make.

@@ -1117,6 +1117,27 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn node_history(&self, until: Timestamp) -> Result<Vec<shepherd_core::history::NodeRecord>, StoreError> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(&crate::history::NODE_HISTORY_SQL.replace('$', "?"))?;
+            let mut rows = stmt.query([until.millis()])?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next()? {
+                out.push(crate::history::node_record(
+                    row.get(0)?,
+                    &row.get::<_, String>(1)?,
+                    row.get(2)?,
+                    row.get(3)?,
+                    row.get(4)?,
+                    row.get(5)?,
+                    &row.get::<_, String>(6)?,
+                )?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn active_counts(&self) -> Result<Vec<(String, TaskState, u64)>, StoreError> {
         self.read(|conn| {
             let mut stmt = conn.prepare_cached(

@@ -377,6 +377,26 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE arrays ADD COLUMN shape INTEGER;
     UPDATE arrays SET made = children;
     "#,
+    // 26: every node state change with the node's capacity and labels at
+    // the time, kept when the node is removed (a replay's inventory);
+    // the nodes there now start it.
+    r#"
+    CREATE TABLE node_history (
+        seq            INTEGER PRIMARY KEY AUTOINCREMENT,
+        node_id        TEXT NOT NULL,
+        state          TEXT NOT NULL,
+        at             BIGINT NOT NULL,
+        cpu_millicores INTEGER NOT NULL,
+        memory_mib     INTEGER NOT NULL,
+        max_tasks      INTEGER NOT NULL,
+        labels         TEXT NOT NULL
+    );
+    CREATE INDEX node_history_at ON node_history (at);
+    INSERT INTO node_history (node_id, state, at, cpu_millicores, memory_mib, max_tasks, labels)
+        SELECT id, 'ready', registered_at, cpu_millicores, memory_mib, max_tasks, labels FROM nodes;
+    INSERT INTO node_history (node_id, state, at, cpu_millicores, memory_mib, max_tasks, labels)
+        SELECT id, state, last_heartbeat_at, cpu_millicores, memory_mib, max_tasks, labels FROM nodes WHERE state <> 'ready';
+    "#,
 ];
 
 /// Data changes a migration needs that SQL alone cannot make.

@@ -189,7 +189,10 @@ fn execute(
         }
         WriteOp::AppendLogs(chunks, reply) => Outcome::Unit(reply, in_savepoint(tx, |t| append_logs(t, &chunks))),
         WriteOp::UpsertNode(node, reply) => {
-            let result = in_savepoint(tx, |t| upsert_node(t, &node));
+            let result = in_savepoint(tx, |t| {
+                upsert_node(t, &node)?;
+                node_history(t, &node.id, node.state, node.last_heartbeat_at)
+            });
             if result.is_ok() {
                 events.push(node_event(&node.id, node.state, node.last_heartbeat_at));
             }
@@ -201,7 +204,9 @@ fn execute(
             in_savepoint(tx, |t| {
                 let changed = t.prepare_cached("UPDATE nodes SET state = ?2 WHERE id = ?1")?.execute(params![id, state.as_str()])? > 0;
                 if changed {
-                    events.push(node_event(&id, state, Timestamp::now()));
+                    let now = Timestamp::now();
+                    node_history(t, &id, state, now)?;
+                    events.push(node_event(&id, state, now));
                 }
                 Ok(changed)
             }),
@@ -299,6 +304,12 @@ pub(crate) fn append_applied(tx: &Connection, now: Timestamp, results: &[ApplyRe
 }
 
 /// A node's new state, as the event stream says it.
+/// Records a node's new state in `node_history` (see `crate::history`).
+fn node_history(tx: &Connection, id: &str, state: crate::NodeState, at: Timestamp) -> Result<(), StoreError> {
+    tx.prepare_cached(&crate::history::NODE_HISTORY_INSERT.replace('$', "?"))?.execute(params![id, state.as_str(), at.millis()])?;
+    Ok(())
+}
+
 fn node_event(id: &str, state: crate::NodeState, at: Timestamp) -> ClusterEvent {
     ClusterEvent::Node(shepherd_core::events::NodeChange { node: id.to_string(), state: state.as_str().to_string(), at })
 }

@@ -12,9 +12,9 @@ use axum::extract::{Extension, RawQuery, State};
 use axum::http::header;
 use axum::response::Response;
 use serde::Deserialize;
-use shepherd_core::history::{HistoryHeader, HistoryRecord, NodeHistoryState, NodeRecord, VERSION};
+use shepherd_core::history::{HistoryHeader, HistoryRecord, VERSION};
 use shepherd_core::{TaskId, Timestamp};
-use shepherd_store::{NodeState, Store};
+use shepherd_store::Store;
 use std::sync::Arc;
 
 #[derive(Deserialize)]
@@ -99,24 +99,19 @@ impl Window {
             to: self.to.millis(),
             projects: self.projects.clone(),
         })];
-        for node in store.list_nodes().await? {
-            if node.registered_at >= self.to {
-                continue;
+        // The inventory over time: every recorded state change before the
+        // window's end (nodes since removed included); a node's states
+        // before the window matter only as where it starts.
+        let records = store.node_history(self.to).await?;
+        let mut last_before: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+        for (i, r) in records.iter().enumerate() {
+            if r.at < self.from.millis() {
+                last_before.insert(r.node.clone(), i);
             }
-            let record = |at: Timestamp, state: NodeHistoryState| NodeRecord {
-                node: node.id.clone(),
-                at: at.millis(),
-                state,
-                cpu: node.capacity.cpu_millicores,
-                memory: node.capacity.memory_mib,
-                gpus: 0,
-                max_tasks: node.max_tasks,
-                labels: node.labels.clone(),
-            };
-            out.push(HistoryRecord::Node(record(node.registered_at, NodeHistoryState::Ready)));
-            // A node down now went away with its last heartbeat.
-            if node.state == NodeState::Down && node.last_heartbeat_at < self.to {
-                out.push(HistoryRecord::Node(record(node.last_heartbeat_at, NodeHistoryState::Gone)));
+        }
+        for (i, r) in records.into_iter().enumerate() {
+            if r.at >= self.from.millis() || last_before.get(&r.node) == Some(&i) {
+                out.push(HistoryRecord::Node(r));
             }
         }
         Ok(out)
