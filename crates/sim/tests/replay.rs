@@ -183,3 +183,23 @@ fn reading_a_history_is_bounded_and_names_the_line() {
         assert!(replay(&engine, records, &ReplayConfig { overlay, ..Default::default() }).is_err());
     }
 }
+
+/// A draining node takes no new task but keeps what runs there; a node
+/// that comes back takes tasks again.
+#[test]
+fn a_draining_node_finishes_its_tasks_and_a_node_back_takes_new_ones() {
+    let nodes = vec![
+        node("n0", -1, NodeHistoryState::Ready, 4000, None),
+        node("n0", 5_000, NodeHistoryState::Draining, 4000, None),
+        node("n0", 30_000, NodeHistoryState::Ready, 4000, None),
+    ];
+    // Four at once (all of n0), four more at 6 s: they wait for n0 to be back.
+    let mut tasks: Vec<TaskRecord> = (0..4).map(|i| task("a", i, 0, 10_000, 1000)).collect();
+    tasks.extend((0..4).map(|i| task("a", 6_000 + i, 0, 10_000, 1000)));
+    let report = run(&Engine::default(), history(nodes, tasks), Overlay::default());
+    assert_eq!(report.replay.placed, 8);
+    let w = wait_of(&report.replay, "a");
+    assert!(w.max_seconds >= 23.9, "the last four wait for n0 to be back at 30 s: max {}", w.max_seconds);
+    // Lost at the drain, the first four would run again from 30 s and end at 50 s.
+    assert!((report.replay.makespan_seconds - 40.0).abs() < 0.2, "makespan {}", report.replay.makespan_seconds);
+}
