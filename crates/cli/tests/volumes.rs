@@ -146,7 +146,7 @@ async fn a_volume_keeps_its_data_for_its_own_project_only() {
     assert_eq!(status, 409, "{body}");
     let (status, _) = a.post(&format!("/v1/tasks/{holder}/cancel"), &json!({})).await;
     assert_eq!(status, 200);
-    a.wait_terminal(&holder, Duration::from_secs(30)).await;
+    a.wait_terminal(&holder, Duration::from_secs(90)).await;
     let out = server.cli_as(&token_a, &["volume", "rm", "cache"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let deadline = Instant::now() + Duration::from_secs(20);
