@@ -417,14 +417,15 @@ pub async fn history_pages(store: &dyn Store) {
     };
     let before = store.node_history(Timestamp::now()).await.unwrap().len();
     store.upsert_node(node("h1", NodeState::Ready, 1_000)).await.unwrap();
-    assert!(store.set_node_state("h1", NodeState::Draining).await.unwrap());
     assert!(store.set_node_state("h1", NodeState::Down).await.unwrap());
     store.upsert_node(node("h1", NodeState::Ready, Timestamp::now().millis())).await.unwrap();
+    assert!(store.set_node_state("h1", NodeState::Draining).await.unwrap());
     store.delete_node("h1").await.unwrap();
     let history = store.node_history(Timestamp(Timestamp::now().millis() + 1)).await.unwrap();
-    let h1: Vec<_> = history.iter().skip(before).filter(|r| r.node == "h1").map(|r| r.state).collect();
+    let h1: Vec<_> = history.iter().skip(before).filter(|r| r.node == "h1").map(|r| (r.state, r.at)).collect();
     use shepherd_core::history::NodeHistoryState as S;
-    assert_eq!(h1, vec![S::Ready, S::Draining, S::Gone, S::Ready], "{history:?}");
+    assert_eq!(h1.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![S::Ready, S::Gone, S::Ready, S::Draining], "{history:?}");
+    assert_eq!(h1[1].1, 1_000, "a node found down went away with its last heartbeat");
     let first = history.iter().find(|r| r.node == "h1").unwrap();
     assert_eq!((first.at, first.cpu, first.max_tasks, first.labels.get("zone").map(String::as_str)), (1_000, 4000, 16, Some("a")));
     assert!(store.node_history(Timestamp(1_000)).await.unwrap().iter().all(|r| r.node != "h1"), "only what came before");

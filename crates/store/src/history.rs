@@ -84,10 +84,13 @@ pub fn window(from: Timestamp, to: Timestamp) -> (TaskId, TaskId) {
 /// Records a node's state in `node_history` with its capacity and labels
 /// as the nodes table has them now (`$1` id, `$2` state, `$3` at): in the
 /// transaction that changed it, so a replay knows the inventory over time
-/// even of nodes since removed.
+/// even of nodes since removed. A node found down went away with its last
+/// heartbeat, not when the server noticed: a replay must not run tasks on
+/// it in between.
 pub(crate) const NODE_HISTORY_INSERT: &str =
     "INSERT INTO node_history (node_id, state, at, cpu_millicores, memory_mib, max_tasks, labels) \
-     SELECT id, $2, $3, cpu_millicores, memory_mib, max_tasks, labels FROM nodes WHERE id = $1";
+     SELECT id, $2, CASE WHEN $2 = 'down' AND last_heartbeat_at < $3 THEN last_heartbeat_at ELSE $3 END, \
+     cpu_millicores, memory_mib, max_tasks, labels FROM nodes WHERE id = $1";
 
 /// Every node state recorded before `$1`, in order.
 pub(crate) const NODE_HISTORY_SQL: &str = "SELECT node_id, state, at, CAST(cpu_millicores AS BIGINT), CAST(memory_mib AS BIGINT), \

@@ -51,6 +51,12 @@ pub async fn run(
             if liveness.is_local(&node.id) {
                 continue;
             }
+            if node.state == shepherd_core::NodeState::Down {
+                // Down already: what is still on it was not reported lost
+                // (a report that failed, fenced or not): report it again.
+                give_away(&store, &observer, &leadership, &wakeup, &lease, &node.id, now).await;
+                continue;
+            }
             let heard_here = now.millis() - liveness.silent_for(&node.id).as_millis() as i64;
             let last = heard_here.max(node.last_heartbeat_at.millis()).max(since);
             let silent = now.millis() - last;
@@ -69,22 +75,41 @@ pub async fn run(
                 continue;
             }
             observer.view.nodes_changed();
-            let lost: Vec<_> = match store.active_tasks_on(&id).await {
-                Ok(active) => active
-                    .into_iter()
-                    .map(|t| (t.id, shepherd_core::Event::Lost { attempt: t.attempt, reason: format!("node {id} missed its heartbeats") }))
-                    .collect(),
-                Err(_) => continue,
-            };
-            if !lost.is_empty() {
-                tracing::info!(node = %id, count = lost.len(), "attempts lost with their node");
-                match store.apply_as_leader(lost, now, &lease).await {
-                    Err(e) if fenced(&e) => leadership.step_down(),
-                    Err(e) => tracing::warn!(error = %e, "could not report the attempts lost"),
-                    Ok(results) => observer.observe(&results),
-                }
-                wakeup.notify_one();
-            }
+            give_away(&store, &observer, &leadership, &wakeup, &lease, &id, now).await;
         }
     }
+}
+
+/// Reports the attempts still on a down node lost (the state machine
+/// retries them elsewhere or fails them), unless the node came back.
+async fn give_away(
+    store: &Arc<dyn shepherd_store::Store>,
+    observer: &Observer,
+    leadership: &Leadership,
+    wakeup: &Notify,
+    lease: &shepherd_store::Lease,
+    id: &str,
+    now: Timestamp,
+) {
+    let lost: Vec<_> = match store.active_tasks_on(id).await {
+        Ok(active) => active
+            .into_iter()
+            .map(|t| (t.id, shepherd_core::Event::Lost { attempt: t.attempt, reason: format!("node {id} missed its heartbeats") }))
+            .collect(),
+        Err(_) => return,
+    };
+    if lost.is_empty() {
+        return;
+    }
+    // A node that registered again meanwhile keeps what it runs.
+    if !matches!(store.get_node(id).await, Ok(Some(node)) if node.state == shepherd_core::NodeState::Down) {
+        return;
+    }
+    tracing::info!(node = %id, count = lost.len(), "attempts lost with their node");
+    match store.apply_as_leader(lost, now, lease).await {
+        Err(e) if fenced(&e) => leadership.step_down(),
+        Err(e) => tracing::warn!(error = %e, "could not report the attempts lost"),
+        Ok(results) => observer.observe(&results),
+    }
+    wakeup.notify_one();
 }
