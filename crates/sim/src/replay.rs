@@ -17,7 +17,7 @@
 //! server's scheduler reads its queue; the engine orders them by fair
 //! share and places them.
 
-use crate::report::{percentile, ProfileReport, Sample, Wait};
+use crate::report::{ProfileReport, Sample, Wait};
 use shepherd_core::history::{HistoryError, HistoryRecord, NodeHistoryState, NodeRecord, TaskRecord};
 use shepherd_core::{Constraint, Resources, TaskId};
 use shepherd_sched::{Engine, NodeSnapshot, PendingTask};
@@ -525,19 +525,7 @@ pub fn replay(
     };
     let span = ((last_end - origin).max(0) as f64 / 1000.0).max(real_samples.last().map_or(0.0, |s| s.at_seconds));
     let waits = |w: BTreeMap<String, Vec<f32>>| -> Vec<Wait> {
-        w.into_iter()
-            .map(|(project, w)| {
-                let mut w: Vec<f64> = w.into_iter().map(f64::from).collect();
-                w.sort_by(|a, b| a.total_cmp(b));
-                Wait {
-                    p50_seconds: percentile(&w, 50.0),
-                    p99_seconds: percentile(&w, 99.0),
-                    max_seconds: w.last().copied().unwrap_or(0.0),
-                    tasks: w.len(),
-                    project,
-                }
-            })
-            .collect()
+        w.into_iter().map(|(project, w)| Wait::of(project, w.into_iter().map(f64::from).collect())).collect()
     };
     let real_mean = integrals[0] / integrals[1].max(1.0);
     let replay_mean = integrals[2] / integrals[3].max(1.0);

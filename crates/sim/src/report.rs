@@ -47,6 +47,20 @@ pub struct ProfileReport {
     pub samples: Vec<Sample>,
 }
 
+impl Wait {
+    /// A project's waits (seconds, in any order) summed up.
+    pub fn of(project: String, mut waits: Vec<f64>) -> Wait {
+        waits.sort_by(|a, b| a.total_cmp(b));
+        Wait {
+            p50_seconds: percentile(&waits, 50.0),
+            p99_seconds: percentile(&waits, 99.0),
+            max_seconds: waits.last().copied().unwrap_or(0.0),
+            tasks: waits.len(),
+            project,
+        }
+    }
+}
+
 /// The value at percentile `p` of sorted values.
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {

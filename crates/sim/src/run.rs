@@ -154,19 +154,7 @@ pub fn simulate(engine: &Engine, profile: &str, workload: &[WorkloadTask], confi
         mean_cpu_utilization: mean(|s| s.cpu_utilization),
         peak_cpu_utilization: samples.iter().map(|s| s.cpu_utilization).fold(0.0, f64::max),
         mean_fragmentation: mean(|s| s.fragmentation),
-        waits: waits
-            .into_iter()
-            .map(|(project, mut w)| {
-                w.sort_by(|a, b| a.total_cmp(b));
-                Wait {
-                    p50_seconds: percentile(&w, 50.0),
-                    p99_seconds: percentile(&w, 99.0),
-                    max_seconds: w.last().copied().unwrap_or(0.0),
-                    tasks: w.len(),
-                    project,
-                }
-            })
-            .collect(),
+        waits: waits.into_iter().map(|(project, w)| Wait::of(project, w)).collect(),
         unplaced: reasons.into_iter().collect(),
         samples,
     }

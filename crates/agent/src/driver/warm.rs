@@ -421,23 +421,13 @@ impl Pool {
             files.push(FileSpec { path: super::container::PAYLOAD_PATH.into(), mode: 0o444, data: encode(&bytes) });
         }
         if let Some(dir) = &spec.secrets_dir {
-            let mut entries = tokio::fs::read_dir(dir).await?;
-            while let Some(entry) = entries.next_entry().await? {
-                let bytes = tokio::fs::read(entry.path()).await?;
-                let name = entry.file_name().to_string_lossy().into_owned();
-                files.push(FileSpec { path: format!("{}/{name}", super::container::SECRETS_PATH), mode: 0o444, data: encode(&bytes) });
-            }
+            files.extend(read_only_files(dir, super::container::SECRETS_PATH).await?);
         }
         // Its dependencies' results, read-only files on the container's
         // tmpfs; its own result file, in a directory the runner makes
         // writable and sends back with the exit.
         if let Some(dir) = &spec.inputs_dir {
-            let mut entries = tokio::fs::read_dir(dir).await?;
-            while let Some(entry) = entries.next_entry().await? {
-                let bytes = tokio::fs::read(entry.path()).await?;
-                let name = entry.file_name().to_string_lossy().into_owned();
-                files.push(FileSpec { path: format!("{}/{name}", super::container::INPUTS_PATH), mode: 0o444, data: encode(&bytes) });
-            }
+            files.extend(read_only_files(dir, super::container::INPUTS_PATH).await?);
             env.push(("SHEPHERD_INPUTS_DIR".into(), super::container::INPUTS_PATH.into()));
         }
         let result_file = spec.out_dir.as_ref().map(|_| format!("{}/result", super::container::RESULT_DIR));
@@ -708,6 +698,24 @@ impl Pool {
             ..Default::default()
         }
     }
+}
+
+/// Every file of a host directory as a read-only file under `target` in
+/// the container (secrets, dependencies' results).
+async fn read_only_files(dir: &std::path::Path, target: &str) -> std::io::Result<Vec<FileSpec>> {
+    use base64::Engine as _;
+    let mut files = Vec::new();
+    let mut entries = tokio::fs::read_dir(dir).await?;
+    while let Some(entry) = entries.next_entry().await? {
+        let bytes = tokio::fs::read(entry.path()).await?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        files.push(FileSpec {
+            path: format!("{target}/{name}"),
+            mode: 0o444,
+            data: base64::engine::general_purpose::STANDARD.encode(&bytes),
+        });
+    }
+    Ok(files)
 }
 
 async fn remove_container(docker: &Docker, name: &str) {
