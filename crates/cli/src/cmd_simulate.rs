@@ -25,7 +25,9 @@ pub struct SimulateArgs {
     #[command(flatten)]
     window: crate::cmd_history::Window,
     /// A replay's changes to try (TOML): `remove_nodes = ["id"]`,
-    /// `[scale_pools] gpu = 0.5`, `[[add_nodes]] count = 10, cpu = 16000, memory = 65536`.
+    /// `[scale_pools] gpu = 0.5`, `[[add_nodes]] count = 10, cpu = 16000, memory = 65536`,
+    /// `[quotas.PROJECT] max_running = 20`, `[autoscale.POOL] max = 10, idle_seconds = 60`
+    /// (the replay scales that pool itself; see docs/replay.md).
     #[arg(long)]
     overlay: Option<PathBuf>,
     /// A replay places every task with this profile (default: each task's own, else its project's).

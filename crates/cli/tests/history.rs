@@ -198,6 +198,15 @@ async fn a_recorded_history_replays_near_what_happened_and_carries_no_secret() {
     assert!(answer["table"].as_str().unwrap().contains("| beta |") && answer["plot"].as_str().unwrap().starts_with("<svg"));
     assert_eq!(answer["report"]["replay"]["placed"], 1500);
     assert_eq!(beta.get("/v1/history/replay").await.0, 403, "a project token may not");
+    // Replays racing each other: one at a time, the rest told to come back; the server keeps serving.
+    let path = "/v1/history/replay?tick=0.01";
+    let (a, b, c, d) = tokio::join!(http.get(path), http.get(path), http.get(path), http.get(path));
+    let answers = [a, b, c, d];
+    assert!(answers.iter().any(|(status, _)| *status == 200), "one replay ran");
+    for (status, body) in &answers {
+        assert!(*status == 200 || (*status == 429 && body["error"]["code"] == "busy"), "{status} {body}");
+    }
+    assert_eq!(http.get("/v1/health").await.0, 200);
     let (status, body) = http.get("/v1/history/replay?tick=0").await;
     assert_eq!((status, body["error"]["field"].as_str()), (400, Some("tick")), "{body}");
     let (status, body) = http.get("/v1/history?from=2026-13-01T00:00:00Z").await;

@@ -6,8 +6,9 @@
 //! ready. Never a command, an image, an environment, a payload, a secret
 //! or a task's labels: a history can be handed to someone else.
 //!
-//! The first line is a [`HistoryHeader`]; node lines come before the task
-//! lines; tasks are in order of arrival. Every record is checked when read
+//! The first line is a [`HistoryHeader`]; quota, pool, machine and node
+//! lines (the settings and the inventory) come before the task lines;
+//! tasks are in order of arrival. Every record is checked when read
 //! ([`HistoryRecord::parse`]): a file is input like any other.
 
 use serde::{Deserialize, Serialize};
@@ -26,13 +27,88 @@ pub const MAX_NODES: usize = 100_000;
 /// so that sums of them never overflow.
 pub const MAX_TIME: i64 = 100_000_000_000_000;
 
+/// The longest duration a pool's settings may give: a year.
+pub const MAX_SECONDS: f64 = 366.0 * 86_400.0;
+
 /// One line of a history.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum HistoryRecord {
     Header(HistoryHeader),
+    /// A project's quota (as it was when the history was taken).
+    Quota(QuotaRecord),
+    /// An autoscaled pool's settings (as they were when the history was taken).
+    Pool(PoolRecord),
+    /// An autoscaled machine's life: asked for, joined, gone.
+    Machine(MachineRecord),
     Node(NodeRecord),
     Task(TaskRecord),
+}
+
+/// A project's limits on what it holds at once (`None`: no limit).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaRecord {
+    pub project: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_running: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_cpu_millicores: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_memory_mib: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_gpus: Option<u64>,
+}
+
+impl QuotaRecord {
+    /// The limits as the scheduler's quota ledger takes them.
+    pub fn limits(&self) -> crate::ProjectLimits {
+        crate::ProjectLimits {
+            max_running: self.max_running,
+            max_cpu_millicores: self.max_cpu_millicores,
+            max_memory_mib: self.max_memory_mib,
+            max_gpus: self.max_gpus,
+            ..Default::default()
+        }
+    }
+}
+
+/// An autoscaled pool: its machines' shape and how it grows and shrinks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolRecord {
+    pub pool: String,
+    #[serde(default)]
+    pub min: u32,
+    pub max: u32,
+    /// Most machines being made at once.
+    pub max_creating: u32,
+    /// Each machine's node: CPU (millicores), memory (MiB), task limit, labels.
+    pub cpu: u32,
+    pub memory: u32,
+    pub max_tasks: u32,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Least time between two scale-ups.
+    pub cooldown_seconds: f64,
+    /// How long a machine runs no task before it goes.
+    pub idle_seconds: f64,
+    /// How often the autoscaler looks.
+    pub interval_seconds: f64,
+}
+
+/// One autoscaled machine: asked for (it is paid for from then), its node
+/// joined, gone (destroyed). Epoch milliseconds; `None`: not (yet).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MachineRecord {
+    pub machine: String,
+    pub pool: String,
+    pub asked: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub joined: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gone: Option<i64>,
 }
 
 /// What a history covers.
@@ -182,6 +258,28 @@ impl HistoryRecord {
                     return bad("`to` is before `from`".into());
                 }
             }
+            HistoryRecord::Quota(q) => name(&q.project, "project")?,
+            HistoryRecord::Pool(p) => {
+                name(&p.pool, "pool")?;
+                if p.max > MAX_NODES as u32 || p.min > p.max || p.cpu == 0 || p.memory == 0 || p.labels.len() > 64 {
+                    return bad(format!("pool {}: min <= max <= {MAX_NODES}, cpu and memory > 0, at most 64 labels", p.pool));
+                }
+                for s in [p.cooldown_seconds, p.idle_seconds, p.interval_seconds] {
+                    if !(0.0..=MAX_SECONDS).contains(&s) {
+                        return bad(format!("pool {}: durations 0 to {MAX_SECONDS} seconds", p.pool));
+                    }
+                }
+            }
+            HistoryRecord::Machine(m) => {
+                name(&m.machine, "machine")?;
+                name(&m.pool, "pool")?;
+                time(m.asked)?;
+                m.joined.map(time).transpose()?;
+                m.gone.map(time).transpose()?;
+                if m.joined.is_some_and(|j| j < m.asked) || m.gone.is_some_and(|g| g < m.asked) {
+                    return bad(format!("machine {}: joined or gone before it was asked for", m.machine));
+                }
+            }
             HistoryRecord::Node(n) => {
                 name(&n.node, "node")?;
                 time(n.at)?;
@@ -249,10 +347,23 @@ mod tests {
             r#"{"kind":"header","version":9,"from":0,"to":1}"#,
             r#"{"kind":"node","node":"n","at":0,"state":"ready","cpu":0,"memory":0}"#,
             r#"{"kind":"other"}"#,
+            r#"{"kind":"quota","project":"a","max_running":-1}"#,
+            r#"{"kind":"pool","pool":"p","min":3,"max":2,"max_creating":1,"cpu":1,"memory":1,"max_tasks":1,"cooldown_seconds":0,"idle_seconds":0,"interval_seconds":1}"#,
+            r#"{"kind":"pool","pool":"p","max":2,"max_creating":1,"cpu":1,"memory":1,"max_tasks":1,"cooldown_seconds":0,"idle_seconds":1e300,"interval_seconds":1}"#,
+            r#"{"kind":"pool","pool":"p","max":2,"max_creating":1,"cpu":1,"memory":1,"max_tasks":1,"cooldown_seconds":0,"idle_seconds":"NaN","interval_seconds":1}"#,
+            r#"{"kind":"machine","machine":"m","pool":"p","asked":100,"gone":50}"#,
             r#"{"kind":"task","project":"a","at":9223372036854775807,"cpu":1,"memory":1}"#,
         ] {
             assert!(HistoryRecord::parse(bad).is_err(), "{bad}");
         }
         assert!(HistoryRecord::parse(&"x".repeat(MAX_LINE + 1)).is_err());
+        for good in [
+            r#"{"kind":"quota","project":"a","max_running":4}"#,
+            r#"{"kind":"pool","pool":"p","max":2,"max_creating":1,"cpu":1,"memory":1,"max_tasks":1,"cooldown_seconds":5,"idle_seconds":60,"interval_seconds":1}"#,
+            r#"{"kind":"machine","machine":"m","pool":"p","asked":100,"joined":200,"gone":900}"#,
+        ] {
+            let record = HistoryRecord::parse(good).unwrap();
+            assert_eq!(HistoryRecord::parse(&serde_json::to_string(&record).unwrap()).unwrap(), record);
+        }
     }
 }

@@ -144,7 +144,7 @@ fn a_malformed_history_is_refused() {
     let mut late_node = history(vec![node("n0", 0, NodeHistoryState::Ready, 1000, None)], vec![task("a", 0, 0, 100, 100)]);
     late_node.push(Ok(node("n1", 0, NodeHistoryState::Ready, 1000, None)));
     let err = replay(&engine, late_node, &ReplayConfig::default()).unwrap_err();
-    assert!(err.0.contains("node lines come first"), "{err}");
+    assert!(err.0.contains("they come first"), "{err}");
     let no_nodes = history(Vec::new(), vec![task("a", 0, 0, 100, 100)]);
     assert!(replay(&engine, no_nodes, &ReplayConfig::default()).is_err());
     let bad_line = vec![
@@ -202,4 +202,119 @@ fn a_draining_node_finishes_its_tasks_and_a_node_back_takes_new_ones() {
     assert!(w.max_seconds >= 23.9, "the last four wait for n0 to be back at 30 s: max {}", w.max_seconds);
     // Lost at the drain, the first four would run again from 30 s and end at 50 s.
     assert!((report.replay.makespan_seconds - 40.0).abs() < 0.2, "makespan {}", report.replay.makespan_seconds);
+}
+
+/// A recorded quota holds the replay's tasks as it held the real ones; an
+/// overlay's quota changes it (a looser one: shorter waits; an empty
+/// table: none).
+#[test]
+fn quotas_are_replayed_and_an_overlay_changes_them() {
+    let mut head: Vec<HistoryRecord> = (0..5).map(|i| node(&format!("n{i}"), -1, NodeHistoryState::Ready, 8000, None)).collect();
+    head.push(HistoryRecord::Quota(QuotaRecord { project: "a".into(), max_running: Some(2), ..Default::default() }));
+    let mut tasks: Vec<TaskRecord> = (0..20).map(|i| task("a", i, 0, 5_000, 1000)).collect();
+    tasks.extend((0..20).map(|i| task("b", i, 0, 5_000, 1000)));
+    let records = history(head, tasks);
+    let p99 = |r: &ReplayReport, p: &str| wait_of(&r.replay, p).p99_seconds;
+    let recorded = run(&Engine::default(), records.clone(), Overlay::default());
+    // Two at a time: the last of 20 starts after 9 rounds of 5 s.
+    assert!(p99(&recorded, "a") >= 44.0, "a's p99 under max_running 2: {}", p99(&recorded, "a"));
+    assert!(p99(&recorded, "b") < 1.0, "b has no quota: {}", p99(&recorded, "b"));
+    assert_eq!(recorded.quotas.iter().map(|q| (q.project.as_str(), q.max_running)).collect::<Vec<_>>(), [("a", Some(2))]);
+    let looser = run(&Engine::default(), records.clone(), toml::from_str("[quotas.a]\nmax_running = 10\n").unwrap());
+    assert!(p99(&looser, "a") < p99(&recorded, "a") && p99(&looser, "a") >= 4.0, "max_running 10: {}", p99(&looser, "a"));
+    let none = run(&Engine::default(), records.clone(), toml::from_str("[quotas.a]\n").unwrap());
+    assert!(p99(&none, "a") < 1.0 && none.quotas.is_empty(), "no quota: {}", p99(&none, "a"));
+    let cpu = run(&Engine::default(), records, toml::from_str("[quotas.b]\nmax_cpu_millicores = 5000\n").unwrap());
+    assert!(p99(&cpu, "b") >= 14.0, "b at 5 tasks of 1000m at once: {}", p99(&cpu, "b"));
+    assert_eq!(cpu.replay.placed, 40);
+    assert!(toml::from_str::<Overlay>("[quotas.a]\nmax_running = -1\n").is_err());
+    assert!(toml::from_str::<Overlay>("[quotas.a]\nmax_queued = 1\n").is_err(), "only the limits a replay models");
+}
+
+/// An autoscaled pool: two machines asked for at 0, joined at 10 s, gone at 100 s.
+fn autoscaled_history(tasks: usize) -> Vec<Result<HistoryRecord, HistoryError>> {
+    let mut head = vec![HistoryRecord::Pool(PoolRecord {
+        pool: "burst".into(),
+        min: 0,
+        max: 4,
+        max_creating: 4,
+        cpu: 2000,
+        memory: 4096,
+        max_tasks: 10,
+        labels: BTreeMap::new(),
+        cooldown_seconds: 0.0,
+        idle_seconds: 30.0,
+        interval_seconds: 1.0,
+    })];
+    for m in ["m1", "m2"] {
+        head.push(HistoryRecord::Machine(MachineRecord {
+            machine: m.into(),
+            pool: "burst".into(),
+            asked: 0,
+            joined: Some(10_000),
+            gone: Some(100_000),
+        }));
+        head.push(node(&format!("node-{m}"), 10_000, NodeHistoryState::Ready, 2000, Some("burst")));
+        head.push(node(&format!("node-{m}"), 100_000, NodeHistoryState::Gone, 2000, Some("burst")));
+    }
+    let tasks = (0..tasks)
+        .map(|i| {
+            let mut t = task("a", i as i64, 10_000, 20_000, 1000);
+            t.pool = Some("burst".into());
+            t.attempts[0].node = format!("node-m{}", 1 + i % 2);
+            t
+        })
+        .collect();
+    history(head, tasks)
+}
+
+/// As recorded, the pool's machines come and go as they did; scaled by the
+/// replay (`[autoscale.burst]`), its autoscaler asks for what the queue
+/// needs, up to max, and retires idle machines: a smaller max waits
+/// longer, a longer idle time pays more machine-hours.
+#[test]
+fn the_replay_scales_an_autoscaled_pool_itself_when_asked() {
+    let hours = |r: &ReplayReport| r.pools.iter().find(|p| p.pool == "burst").cloned().expect("the pool's hours");
+    let recorded = run(&Engine::default(), autoscaled_history(16), Overlay::default());
+    let h = hours(&recorded);
+    assert!(!h.scaled_by_replay);
+    assert!((h.real_machine_hours - 2.0 * 100.0 / 3600.0).abs() < 1e-3, "{h:?}");
+    assert_eq!((h.real_machines, h.real_peak, h.replay_machine_hours), (2, 2, h.real_machine_hours));
+    assert_eq!(recorded.replay_nodes, 2);
+
+    let scaled = run(&Engine::default(), autoscaled_history(16), toml::from_str("[autoscale.burst]\n").unwrap());
+    let s = hours(&scaled);
+    assert!(s.scaled_by_replay);
+    assert_eq!(scaled.replay.placed, 16);
+    // Eight machines' worth of tasks, four allowed: four made at once,
+    // taking tasks after the recorded 10 s, in two waves of 20 s.
+    assert_eq!((s.replay_machines, s.replay_peak), (4, 4), "{s:?}");
+    let p99 = |r: &ReplayReport| wait_of(&r.replay, "a").p99_seconds;
+    assert!((29.0..=32.0).contains(&p99(&scaled)), "second wave waits 10 s + 20 s: {}", p99(&scaled));
+    // Four machines from 0 to the end of the second wave (50 s) and 30 s idle.
+    assert!((4.0 * 80.0 / 3600.0..=4.0 * 83.0 / 3600.0).contains(&s.replay_machine_hours), "{s:?}");
+
+    let smaller = run(&Engine::default(), autoscaled_history(16), toml::from_str("[autoscale.burst]\nmax = 2\n").unwrap());
+    assert_eq!(hours(&smaller).replay_peak, 2);
+    assert!(p99(&smaller) > p99(&scaled) + 15.0, "max 2: {} s, max 4: {} s", p99(&smaller), p99(&scaled));
+    let lingering = run(&Engine::default(), autoscaled_history(16), toml::from_str("[autoscale.burst]\nidle_seconds = 600\n").unwrap());
+    assert!(hours(&lingering).replay_machine_hours > s.replay_machine_hours + 4.0 * 500.0 / 3600.0, "{:?}", hours(&lingering));
+    let faster = run(&Engine::default(), autoscaled_history(16), toml::from_str("[autoscale.burst]\nprovision_seconds = 1\n").unwrap());
+    assert!(p99(&faster) < p99(&scaled) - 8.0, "provisioned in 1 s: {} s", p99(&faster));
+    let kept = run(&Engine::default(), autoscaled_history(2), toml::from_str("[autoscale.burst]\nmin = 1\n").unwrap());
+    assert!(wait_of(&kept.replay, "a").p50_seconds < 1.0, "a machine kept up runs the first tasks at once");
+
+    // Bad overlays name what is wrong.
+    for (bad, says) in [
+        ("[autoscale.other]\nmax = 2\n", "autoscale.other"),
+        ("[autoscale.burst]\nmin = 5\n", "autoscale.burst"),
+        ("[autoscale.burst]\nidle_seconds = -1\n", "autoscale.burst"),
+        ("[autoscale.burst]\nmax_creating = 0\n", "autoscale.burst"),
+        ("[autoscale.burst]\n[scale_pools]\nburst = 2.0\n", "autoscale.burst"),
+    ] {
+        let overlay: Overlay = toml::from_str(bad).unwrap();
+        let err = replay(&Engine::default(), autoscaled_history(4), &ReplayConfig { overlay, ..Default::default() }).err();
+        assert!(err.as_ref().is_some_and(|e| e.0.contains(says)), "{bad}: {err:?}");
+    }
+    assert!(toml::from_str::<Overlay>("[autoscale.burst]\nnope = 1\n").is_err());
 }

@@ -1606,7 +1606,13 @@ pub async fn machines(store: &dyn Store) {
     };
     assert!(store.put_machine(machine.clone(), None).await.unwrap());
     assert!(!store.put_machine(machine.clone(), None).await.unwrap(), "an id is taken once");
-    let joined = Machine { state: MachineState::Joined, node_id: Some("n9".into()), provider_id: Some("c1".into()), ..machine.clone() };
+    let joined = Machine {
+        state: MachineState::Joined,
+        node_id: Some("n9".into()),
+        provider_id: Some("c1".into()),
+        joined_at: Some(Timestamp(now.millis() + 5)),
+        ..machine.clone()
+    };
     assert!(!store.put_machine(joined.clone(), Some(MachineState::Joined)).await.unwrap(), "the state did not match");
     assert!(store.put_machine(joined.clone(), Some(MachineState::Creating)).await.unwrap());
     assert!(store.put_machine(Machine { id: "m-0".into(), ..machine.clone() }, None).await.unwrap());
@@ -1616,6 +1622,14 @@ pub async fn machines(store: &dyn Store) {
     assert!(store.delete_machine("m-1").await.unwrap());
     assert!(!store.delete_machine("m-1").await.unwrap());
     assert_eq!(store.machines().await.unwrap().len(), 1);
+    // Their lives outlast them: asked, joined, gone (a replay's machine-hours).
+    let lives = store.machine_history(Timestamp(now.millis() + 3_600_000)).await.unwrap();
+    let life = |id: &str| lives.iter().find(|m| m.machine == id).cloned().unwrap();
+    let (m1, m0) = (life("m-1"), life("m-0"));
+    assert_eq!((m1.pool.as_str(), m1.asked, m1.joined), ("burst", now.millis(), Some(now.millis() + 5)));
+    assert!(m1.gone.is_some_and(|g| g >= now.millis()), "{m1:?}");
+    assert_eq!((m0.joined, m0.gone), (None, None));
+    assert!(store.machine_history(now).await.unwrap().iter().all(|m| m.machine != "m-1"), "only machines asked for before");
 
     // A node holding a task stays; once the task is gone, it can go.
     let node = NodeRecord {

@@ -118,3 +118,17 @@ pub(crate) fn node_record(
         labels: serde_json::from_str(labels).map_err(|e| crate::StoreError::Corrupt(format!("node labels: {e}")))?,
     })
 }
+
+/// Records a machine asked for (`$1` id, `$2` pool, `$3` asked): once.
+pub(crate) const MACHINE_ASKED: &str =
+    "INSERT INTO machine_history (machine_id, pool, asked) VALUES ($1, $2, $3) ON CONFLICT (machine_id) DO NOTHING";
+
+/// Records when a machine's node joined (`$1` id, `$2` at): the first time.
+pub(crate) const MACHINE_JOINED: &str = "UPDATE machine_history SET joined = $2 WHERE machine_id = $1 AND joined IS NULL";
+
+/// Records a machine destroyed (`$1` id, `$2` at).
+pub(crate) const MACHINE_GONE: &str = "UPDATE machine_history SET gone = $2 WHERE machine_id = $1 AND gone IS NULL";
+
+/// Every machine asked for before `$1`, in order.
+pub(crate) const MACHINE_HISTORY_SQL: &str =
+    "SELECT machine_id, pool, asked, joined, gone FROM machine_history WHERE asked < $1 ORDER BY asked, machine_id";

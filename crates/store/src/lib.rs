@@ -434,6 +434,11 @@ pub trait Store: Send + Sync + 'static {
     /// still `expected` (compare-and-set: false if it changed meanwhile).
     async fn put_machine(&self, machine: Machine, expected: Option<MachineState>) -> Result<bool, StoreError>;
 
+    /// Every autoscaled machine asked for before `until`: when it was
+    /// asked for, joined and destroyed, kept after it is gone (what a
+    /// replay counts machine-hours from).
+    async fn machine_history(&self, until: Timestamp) -> Result<Vec<shepherd_core::history::MachineRecord>, StoreError>;
+
     /// Every provisioned machine, by id.
     async fn machines(&self) -> Result<Vec<Machine>, StoreError>;
 

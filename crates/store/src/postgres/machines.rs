@@ -29,6 +29,12 @@ impl PgStore {
                 .await
                 .map_err(error)?,
         };
+        if changed == 1 {
+            tx.execute(crate::history::MACHINE_ASKED, &[&machine.id, &machine.pool, &machine.created_at.millis()]).await.map_err(error)?;
+            if let Some(joined) = machine.joined_at {
+                tx.execute(crate::history::MACHINE_JOINED, &[&machine.id, &joined.millis()]).await.map_err(error)?;
+            }
+        }
         if changed == 1 && expected != Some(machine.state) {
             let at = Timestamp::now();
             append_events(&tx, at, &[shepherd_core::events::MachineChange::of(&machine, at)]).await?;
@@ -54,9 +60,25 @@ impl PgStore {
         let machine: Machine =
             serde_json::from_str(row.get::<_, &str>(0)).map_err(|e| StoreError::Corrupt(format!("machine record: {e}")))?;
         let at = Timestamp::now();
+        tx.execute(crate::history::MACHINE_GONE, &[&id, &at.millis()]).await.map_err(error)?;
         append_events(&tx, at, &[shepherd_core::events::MachineChange::destroyed(&machine, at)]).await?;
         tx.commit().await.map_err(error)?;
         Ok(true)
+    }
+
+    pub(super) async fn pg_machine_history(&self, until: Timestamp) -> Result<Vec<shepherd_core::history::MachineRecord>, StoreError> {
+        let client = self.client().await?;
+        let rows = client.query(crate::history::MACHINE_HISTORY_SQL, &[&until.millis()]).await.map_err(error)?;
+        Ok(rows
+            .iter()
+            .map(|row| shepherd_core::history::MachineRecord {
+                machine: row.get(0),
+                pool: row.get(1),
+                asked: row.get(2),
+                joined: row.get(3),
+                gone: row.get(4),
+            })
+            .collect())
     }
 
     pub(super) async fn pg_cluster_value(&self, key: &str, proposed: &str) -> Result<String, StoreError> {

@@ -377,6 +377,10 @@ impl Store for PgStore {
             .collect()
     }
 
+    async fn machine_history(&self, until: Timestamp) -> Result<Vec<shepherd_core::history::MachineRecord>, StoreError> {
+        self.pg_machine_history(until).await
+    }
+
     async fn put_machine(&self, machine: Machine, expected: Option<MachineState>) -> Result<bool, StoreError> {
         self.pg_put_machine(machine, expected).await
     }

@@ -26,6 +26,13 @@ pub fn put(conn: &Connection, machine: &Machine, expected: Option<MachineState>)
             params![machine.id, machine.state.as_str(), record, expected.as_str()],
         )?,
     };
+    if changed == 1 {
+        let sql = |q: &str| q.replace('$', "?");
+        conn.execute(&sql(crate::history::MACHINE_ASKED), params![machine.id, machine.pool, machine.created_at.millis()])?;
+        if let Some(joined) = machine.joined_at {
+            conn.execute(&sql(crate::history::MACHINE_JOINED), params![machine.id, joined.millis()])?;
+        }
+    }
     if changed == 1 && changes_state {
         let at = shepherd_core::Timestamp::now();
         super::writer::append_events(conn, at, &[shepherd_core::events::MachineChange::of(machine, at)])?;
@@ -44,6 +51,7 @@ pub fn delete(conn: &Connection, id: &str) -> Result<bool, StoreError> {
     let Some(record) = record else { return Ok(false) };
     conn.execute("DELETE FROM machines WHERE id = ?1", [id])?;
     let at = shepherd_core::Timestamp::now();
+    conn.execute(&crate::history::MACHINE_GONE.replace('$', "?"), params![id, at.millis()])?;
     super::writer::append_events(conn, at, &[shepherd_core::events::MachineChange::destroyed(&decode(&record)?, at)])?;
     Ok(true)
 }
@@ -76,4 +84,19 @@ pub fn cluster_value(conn: &Connection, key: &str, proposed: &str) -> Result<Str
     conn.execute("INSERT INTO cluster_meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO NOTHING", [key, proposed])?;
     let value: Option<String> = conn.query_row("SELECT value FROM cluster_meta WHERE key = ?1", [key], |row| row.get(0)).optional()?;
     value.ok_or_else(|| StoreError::Corrupt(format!("no cluster value {key} after storing one")))
+}
+
+/// Every machine asked for before `until`.
+pub fn history(conn: &Connection, until: i64) -> Result<Vec<shepherd_core::history::MachineRecord>, StoreError> {
+    let mut stmt = conn.prepare_cached(&crate::history::MACHINE_HISTORY_SQL.replace('$', "?"))?;
+    let rows = stmt.query_map([until], |row| {
+        Ok(shepherd_core::history::MachineRecord {
+            machine: row.get(0)?,
+            pool: row.get(1)?,
+            asked: row.get(2)?,
+            joined: row.get(3)?,
+            gone: row.get(4)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }

@@ -1167,6 +1167,10 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn machine_history(&self, until: Timestamp) -> Result<Vec<shepherd_core::history::MachineRecord>, StoreError> {
+        self.read(move |conn| machines::history(conn, until.millis())).await
+    }
+
     async fn put_machine(&self, machine: Machine, expected: Option<MachineState>) -> Result<bool, StoreError> {
         self.write_with(move |conn| machines::put(conn, &machine, expected)).await
     }

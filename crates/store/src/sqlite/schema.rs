@@ -397,6 +397,19 @@ const MIGRATIONS: &[&str] = &[
     INSERT INTO node_history (node_id, state, at, cpu_millicores, memory_mib, max_tasks, labels)
         SELECT id, state, last_heartbeat_at, cpu_millicores, memory_mib, max_tasks, labels FROM nodes WHERE state <> 'ready';
     "#,
+    // 27: every autoscaled machine's life (asked, joined, gone), kept
+    // after the machine is destroyed (a replay's machine-hours; machines
+    // made before this version are not in it).
+    r#"
+    CREATE TABLE machine_history (
+        machine_id TEXT PRIMARY KEY,
+        pool       TEXT NOT NULL,
+        asked      BIGINT NOT NULL,
+        joined     BIGINT,
+        gone       BIGINT
+    );
+    CREATE INDEX machine_history_asked ON machine_history (asked);
+    "#,
 ];
 
 /// Data changes a migration needs that SQL alone cannot make.

@@ -12,7 +12,7 @@ use axum::extract::{Extension, RawQuery, State};
 use axum::http::header;
 use axum::response::Response;
 use serde::Deserialize;
-use shepherd_core::history::{HistoryHeader, HistoryRecord, VERSION};
+use shepherd_core::history::{HistoryHeader, HistoryRecord, QuotaRecord, VERSION};
 use shepherd_core::{TaskId, Timestamp};
 use shepherd_store::Store;
 use std::sync::Arc;
@@ -53,7 +53,7 @@ pub async fn history(
         .map_err(|e| ApiError::field("query", format!("bad query: {e}; use from=, to= (RFC 3339) and projects=a,b")))?;
     let window = Window::of(query.from, query.to, query.projects)?;
     let mut head = String::new();
-    for record in window.head(state.store.as_ref()).await? {
+    for record in window.head(&state).await? {
         push(&mut head, &record)?;
     }
     let (after, until) = shepherd_store::history::window(window.from, window.to);
@@ -91,14 +91,44 @@ impl Window {
         Ok(Window { from, to, projects })
     }
 
-    /// The header and the node records.
-    async fn head(&self, store: &dyn Store) -> Result<Vec<HistoryRecord>, ApiError> {
+    /// The header, the settings (projects' quotas, autoscaled pools, as
+    /// they are now) and the inventory over time (machines and nodes).
+    async fn head(&self, state: &AppState) -> Result<Vec<HistoryRecord>, ApiError> {
+        let store: &dyn Store = state.store.as_ref();
         let mut out = vec![HistoryRecord::Header(HistoryHeader {
             version: VERSION,
             from: self.from.millis(),
             to: self.to.millis(),
             projects: self.projects.clone(),
         })];
+        for project in store.list_projects().await? {
+            let limits = &project.limits;
+            if !self.projects.is_empty() && !self.projects.contains(&project.name) {
+                continue;
+            }
+            if limits.max_running.is_some()
+                || limits.max_cpu_millicores.is_some()
+                || limits.max_memory_mib.is_some()
+                || limits.max_gpus.is_some()
+            {
+                out.push(HistoryRecord::Quota(QuotaRecord {
+                    project: project.name,
+                    max_running: limits.max_running,
+                    max_cpu_millicores: limits.max_cpu_millicores,
+                    max_memory_mib: limits.max_memory_mib,
+                    max_gpus: limits.max_gpus,
+                }));
+            }
+        }
+        if let Some(autoscaler) = &state.autoscaler {
+            out.extend(autoscaler.config().history().into_iter().map(HistoryRecord::Pool));
+        }
+        // Machines alive at some time in the window.
+        for machine in store.machine_history(self.to).await? {
+            if machine.gone.is_none_or(|gone| gone >= self.from.millis()) {
+                out.push(HistoryRecord::Machine(machine));
+            }
+        }
         // The inventory over time: every recorded state change before the
         // window's end (nodes since removed included); a node's states
         // before the window matter only as where it starts.
@@ -178,7 +208,7 @@ pub async fn replay(
     // The store's pages feed the replay as it goes (it runs on a blocking
     // thread): the history is never held whole.
     let (send, mut receive) = tokio::sync::mpsc::channel::<Result<Vec<HistoryRecord>, String>>(4);
-    let head = window.head(state.store.as_ref()).await?;
+    let head = window.head(&state).await?;
     let _ = send.send(Ok(head)).await;
     let (store, projects) = (state.store.clone(), window.projects.clone());
     let (mut after, until) = shepherd_store::history::window(window.from, window.to);

@@ -84,6 +84,11 @@ pub enum AutoscaleError {
 }
 
 impl Autoscaler {
+    /// The configuration it runs with.
+    pub fn config(&self) -> &AutoscaleConfig {
+        &self.config
+    }
+
     /// Builds the provisioners and learns the cluster's id. `server_url`
     /// is where machines join unless the configuration says otherwise;
     /// `machines_dir` is the default data root of docker machines.

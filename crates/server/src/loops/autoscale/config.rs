@@ -115,6 +115,28 @@ fn default_join_timeout() -> Duration {
     Duration::from_secs(300)
 }
 
+impl AutoscaleConfig {
+    /// Its pools as a history carries them (what a replay's autoscaler runs with).
+    pub fn history(&self) -> Vec<shepherd_core::history::PoolRecord> {
+        self.pools
+            .iter()
+            .map(|(name, p)| shepherd_core::history::PoolRecord {
+                pool: name.clone(),
+                min: p.min,
+                max: p.max,
+                max_creating: p.max_creating,
+                cpu: p.cpu_millicores,
+                memory: p.memory_mib,
+                max_tasks: p.max_tasks,
+                labels: p.labels.clone(),
+                cooldown_seconds: p.scale_up_cooldown.as_secs_f64(),
+                idle_seconds: p.idle_time.as_secs_f64(),
+                interval_seconds: self.interval.as_secs_f64(),
+            })
+            .collect()
+    }
+}
+
 impl PoolConfig {
     /// What its machines are made as.
     pub fn shape(&self) -> MachineShape {

@@ -17,10 +17,24 @@
 //! server's scheduler reads its queue; the engine orders them by fair
 //! share and places them.
 
+mod autoscaled;
+mod outcome;
+mod overlay;
+mod read;
+mod table;
+
+pub use outcome::{PoolHours, ReplayReport};
+use overlay::{inventory, Node};
+pub use overlay::{AddNodes, AutoscaleOverlay, Overlay, QuotaOverlay};
+pub use read::read_history;
+pub use table::table;
+
 use crate::report::{ProfileReport, Sample, Wait};
-use shepherd_core::history::{HistoryError, HistoryRecord, NodeHistoryState, NodeRecord, TaskRecord};
-use shepherd_core::{Constraint, Resources, TaskId};
-use shepherd_sched::{Engine, NodeSnapshot, PendingTask};
+use autoscaled::Autoscaled;
+use shepherd_core::history::{HistoryError, HistoryRecord, MachineRecord, NodeHistoryState, NodeRecord, PoolRecord, TaskRecord};
+use shepherd_core::{Constraint, ProjectLimits, Resources, TaskId};
+use shepherd_sched::quota::ProjectUsage;
+use shepherd_sched::{Engine, NodeSnapshot, PendingTask, Placer, QuotaLedger};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 
@@ -50,109 +64,10 @@ impl Default for ReplayConfig {
     }
 }
 
-/// Changes to the real inventory for a what-if replay.
-#[derive(Debug, Clone, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Overlay {
-    /// Nodes added for the whole replay (`count` copies of a shape).
-    #[serde(default)]
-    pub add_nodes: Vec<AddNodes>,
-    /// Nodes left out of the replay, by id.
-    #[serde(default)]
-    pub remove_nodes: Vec<String>,
-    /// Pools scaled: `pool name = factor` (0.5 keeps every second node of
-    /// the pool, 2 doubles each node of it).
-    #[serde(default)]
-    pub scale_pools: BTreeMap<String, f64>,
-}
+const HEAD_FIRST: &str = "a node, machine, pool or quota line after the first task: they come first";
 
-impl Overlay {
-    /// Refuses sizes a replay could not hold.
-    pub fn check(&self) -> Result<(), HistoryError> {
-        let max = shepherd_core::history::MAX_NODES as u64;
-        let added: u64 = self.add_nodes.iter().map(|a| u64::from(a.count)).sum();
-        if added > max {
-            return Err(HistoryError(format!("add_nodes: {added} nodes (at most {max})")));
-        }
-        if self.add_nodes.iter().any(|a| a.cpu == 0 || a.memory == 0) {
-            return Err(HistoryError("add_nodes: cpu and memory must be > 0".into()));
-        }
-        if let Some((pool, f)) = self.scale_pools.iter().find(|(_, f)| !(0.0..=100.0).contains(*f)) {
-            return Err(HistoryError(format!("scale_pools.{pool}: {f} (0 to 100)")));
-        }
-        Ok(())
-    }
-}
-
-/// A history read from JSON Lines, line by line, each at most
-/// [`shepherd_core::history::MAX_LINE`] bytes (never more is held), each
-/// checked; an error names its line.
-pub fn read_history(reader: impl std::io::BufRead) -> impl Iterator<Item = Result<HistoryRecord, HistoryError>> {
-    let mut reader = reader;
-    let mut number = 0usize;
-    let mut done = false;
-    std::iter::from_fn(move || {
-        if done {
-            return None;
-        }
-        number += 1;
-        let mut line = Vec::new();
-        let limit = shepherd_core::history::MAX_LINE as u64 + 1;
-        match std::io::BufRead::read_until(&mut std::io::Read::take(&mut reader, limit), b'\n', &mut line) {
-            Ok(0) => None,
-            Err(e) => {
-                done = true;
-                Some(Err(HistoryError(format!("line {number}: {e}"))))
-            }
-            Ok(_) if line.len() as u64 == limit && line.last() != Some(&b'\n') => {
-                done = true;
-                Some(Err(HistoryError(format!("line {number}: longer than {} bytes", shepherd_core::history::MAX_LINE))))
-            }
-            Ok(_) => {
-                let text = match std::str::from_utf8(&line) {
-                    Ok(text) => text.trim_end_matches(['\n', '\r']),
-                    Err(e) => {
-                        done = true;
-                        return Some(Err(HistoryError(format!("line {number}: {e}"))));
-                    }
-                };
-                Some(HistoryRecord::parse(text).map_err(|e| {
-                    done = true;
-                    HistoryError(format!("line {number}: {}", e.0))
-                }))
-            }
-        }
-    })
-}
-
-/// Nodes an overlay adds.
-#[derive(Debug, Clone, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AddNodes {
-    pub count: u32,
-    pub cpu: u32,
-    pub memory: u32,
-    #[serde(default)]
-    pub gpus: u32,
-    #[serde(default)]
-    pub labels: BTreeMap<String, String>,
-}
-
-/// What a replay found beside what really happened.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct ReplayReport {
-    /// The history as it happened (waits, utilization, queue over time).
-    pub real: ProfileReport,
-    /// The same arrivals under the replay's settings.
-    pub replay: ProfileReport,
-    /// Tasks of the history that never ran (no attempt ended): left out.
-    pub never_ran: usize,
-    /// Nodes in the real inventory, and in the replay's.
-    pub nodes: usize,
-    pub replay_nodes: usize,
-    /// Wall-clock seconds the replay took.
-    pub seconds: f64,
-}
+/// The most machine lines a history may hold.
+pub const MAX_MACHINES: usize = 1_000_000;
 
 /// A task waiting or running in the replay.
 #[derive(Clone)]
@@ -162,12 +77,6 @@ struct Job {
     service_ms: i64,
     /// Placed before (and lost since): its wait is counted already.
     placed: bool,
-}
-
-struct Node {
-    snapshot: NodeSnapshot,
-    /// Changes from the history, in time order.
-    changes: Vec<(i64, NodeHistoryState, Resources)>,
 }
 
 /// How long before `now` (and after `origin`) something at `at` happened.
@@ -192,26 +101,63 @@ pub fn replay(
         Some(HistoryRecord::Header(h)) => h,
         _ => return Err(HistoryError("a history starts with its header".into())),
     };
-    // The inventory: every node record, before the first task.
+    // The settings and the inventory: every quota, pool, machine and node
+    // record, before the first task.
     let mut node_records: Vec<NodeRecord> = Vec::new();
-    while let Some(Ok(HistoryRecord::Node(_))) = records.peek() {
-        if let Some(Ok(HistoryRecord::Node(n))) = records.next() {
-            node_records.push(n);
+    let mut machines: Vec<MachineRecord> = Vec::new();
+    let mut pool_records: BTreeMap<String, PoolRecord> = BTreeMap::new();
+    let mut limits: HashMap<String, ProjectLimits> = HashMap::new();
+    while let Some(Ok(HistoryRecord::Node(_) | HistoryRecord::Machine(_) | HistoryRecord::Pool(_) | HistoryRecord::Quota(_))) =
+        records.peek()
+    {
+        match records.next() {
+            Some(Ok(HistoryRecord::Node(n))) if node_records.len() < shepherd_core::history::MAX_NODES * 4 => node_records.push(n),
+            Some(Ok(HistoryRecord::Machine(m))) if machines.len() < MAX_MACHINES => machines.push(m),
+            Some(Ok(HistoryRecord::Pool(p))) if pool_records.len() < 10_000 => {
+                pool_records.insert(p.pool.clone(), p);
+            }
+            Some(Ok(HistoryRecord::Quota(q))) if limits.len() < 100_000 => {
+                limits.insert(q.project.clone(), q.limits());
+            }
+            _ => return Err(HistoryError("too many node, machine, pool or quota lines".into())),
         }
     }
+    for (project, q) in &config.overlay.quotas {
+        let record = shepherd_core::history::QuotaRecord {
+            project: project.clone(),
+            max_running: q.max_running,
+            max_cpu_millicores: q.max_cpu_millicores,
+            max_memory_mib: q.max_memory_mib,
+            max_gpus: q.max_gpus,
+        };
+        limits.insert(project.clone(), record.limits());
+    }
+    limits.retain(|_, l| l.max_running.is_some() || l.max_cpu_millicores.is_some() || l.max_memory_mib.is_some() || l.max_gpus.is_some());
     // The real inventory over time (for the real side's utilization),
     // whatever the overlay changes.
     let mut real_changes: Vec<(i64, String, NodeHistoryState, Resources)> =
         node_records.iter().map(|r| (r.at, r.node.clone(), r.state, Resources { cpu_millicores: r.cpu, memory_mib: r.memory })).collect();
-    if node_records.len() > shepherd_core::history::MAX_NODES {
-        return Err(HistoryError(format!("more than {} node lines", shepherd_core::history::MAX_NODES)));
-    }
     config.overlay.check()?;
     let (mut nodes, real_nodes) = inventory(node_records, &config.overlay);
+    if real_nodes.len() > shepherd_core::history::MAX_NODES {
+        return Err(HistoryError(format!("more than {} nodes", shepherd_core::history::MAX_NODES)));
+    }
+    // The pools the replay scales itself, their machines after the rest.
+    let mut scaled: Vec<Autoscaled> = Vec::new();
+    let mut slot_nodes: Vec<NodeSnapshot> = Vec::new();
+    for (name, changes) in &config.overlay.autoscale {
+        let record = changes.apply(name, pool_records.get(name))?;
+        let (pool, made) = Autoscaled::new(record, nodes.len() + slot_nodes.len(), changes.provision_seconds, &machines);
+        slot_nodes.extend(made);
+        scaled.push(pool);
+    }
     if nodes.len() > shepherd_core::history::MAX_NODES {
         return Err(HistoryError(format!("the overlay makes {} nodes (at most {})", nodes.len(), shepherd_core::history::MAX_NODES)));
     }
-    if nodes.is_empty() {
+    if nodes.len() + slot_nodes.len() > shepherd_core::history::MAX_NODES {
+        return Err(HistoryError(format!("the autoscaled pools make more than {} nodes", shepherd_core::history::MAX_NODES)));
+    }
+    if nodes.is_empty() && slot_nodes.is_empty() {
         return Err(HistoryError("the history has no node (nor does the overlay add one)".into()));
     }
     real_changes.sort_by_key(|c| c.0);
@@ -221,6 +167,7 @@ pub fn replay(
     for node in &mut nodes {
         node.snapshot.ready = false;
     }
+    nodes.extend(slot_nodes.into_iter().map(|snapshot| Node { snapshot, changes: Vec::new() }));
     let mut placer = engine.placer(nodes.iter().map(|n| n.snapshot.clone()).collect(), config.seed);
     let tick = ((config.tick_seconds * 1000.0).round() as i64).max(1);
     // The clock starts with the first task (a window's quiet start would
@@ -228,8 +175,8 @@ pub fn replay(
     let mut next_task: Option<TaskRecord> = match records.next().transpose()? {
         None => None,
         Some(HistoryRecord::Task(t)) => Some(t),
-        Some(HistoryRecord::Node(n)) => return Err(HistoryError(format!("node {} after the first task: node lines come first", n.node))),
         Some(HistoryRecord::Header(_)) => return Err(HistoryError("a second header".into())),
+        Some(_) => return Err(HistoryError(HEAD_FIRST.into())),
     };
     let origin = next_task.as_ref().map_or(header.from, |t| t.at);
 
@@ -238,7 +185,9 @@ pub fn replay(
     let mut waiting: HashMap<u64, Job> = HashMap::new();
     let mut running: BinaryHeap<Reverse<(i64, u64)>> = BinaryHeap::new();
     let mut on_node: HashMap<u64, (usize, Job, i64)> = HashMap::new();
-    let mut usage: HashMap<String, Resources> = HashMap::new();
+    // What each project holds (its fair share's usage and its quota's).
+    let mut held: HashMap<String, ProjectUsage> = HashMap::new();
+    let mut unfit: Vec<PendingTask> = Vec::new();
     let mut replay_waits: BTreeMap<String, Vec<f32>> = BTreeMap::new();
     // The real side.
     // (time, Δcpu, Δqueued, node): the real attempts' holds, per node.
@@ -268,11 +217,16 @@ pub fn replay(
             None => Ok(None),
             Some(Err(e)) => Err(e),
             Some(Ok(HistoryRecord::Task(t))) => Ok(Some(t)),
-            Some(Ok(HistoryRecord::Node(n))) => Err(HistoryError(format!("node {} after the first task: node lines come first", n.node))),
             Some(Ok(HistoryRecord::Header(_))) => Err(HistoryError("a second header".into())),
+            Some(Ok(_)) => Err(HistoryError(HEAD_FIRST.into())),
         }
     };
     let mut counted = vec![false; placer.cluster.nodes.len()];
+    for pool in &mut scaled {
+        for i in pool.start(origin) {
+            turn(&mut placer, &mut counted, &mut replay_cap, i, true);
+        }
+    }
     let mut sample_every = tick.max(1000);
     let mut last_sample = i64::MIN;
     loop {
@@ -318,7 +272,7 @@ pub fn replay(
                             placer.release(n, &job.task);
                             replay_used -= i64::from(job.task.resources.cpu_millicores);
                             integrals[2] -= (i64::from(job.task.resources.cpu_millicores) * since(at, now, origin)) as f64;
-                            unhold(&mut usage, &job.task);
+                            unhold(&mut held, &job.task);
                             queues.entry(job.task.project.clone()).or_default().push((job.task.priority, Reverse(key)));
                             waiting.insert(key, job);
                         }
@@ -338,8 +292,15 @@ pub fn replay(
                     replay_used -= i64::from(job.task.resources.cpu_millicores);
                     // Free from its end, though the next pass places on it.
                     integrals[2] -= (i64::from(job.task.resources.cpu_millicores) * since(end, now, origin)) as f64;
-                    unhold(&mut usage, &job.task);
+                    unhold(&mut held, &job.task);
+                    scaled.iter_mut().for_each(Autoscaled::wake);
                 }
+            }
+        }
+        // Machines made by the replay's autoscaler that are ready now.
+        for pool in &mut scaled {
+            for i in pool.joins(now) {
+                turn(&mut placer, &mut counted, &mut replay_cap, i, true);
             }
         }
         // Arrivals due.
@@ -370,6 +331,7 @@ pub fn replay(
             let job = Job { task: pending(seq, &task, config.profile.as_deref()), at_ms: task.at, service_ms: service, placed: false };
             queues.entry(task.project.clone()).or_default().push((task.priority, Reverse(seq)));
             waiting.insert(seq, job);
+            scaled.iter_mut().for_each(Autoscaled::wake);
             if next_task.is_none() && !input_done {
                 next_task = pull(&mut records)?;
                 input_done = next_task.is_none();
@@ -380,14 +342,24 @@ pub fn replay(
             placer.new_pass();
             let batch = take_fairly(&mut queues, PASS_TASKS);
             let tasks_in: Vec<PendingTask> = batch.iter().filter_map(|k| waiting.get(k).map(|j| j.task.clone())).collect();
-            let ordered = engine.order(tasks_in, &placer.cluster.nodes, &usage);
+            let ordered = engine.order(tasks_in, &placer.cluster.nodes, &usage_of(&held));
             let pass_started = std::time::Instant::now();
             let mut misses = 0usize;
+            let mut quota = (!limits.is_empty()).then(|| QuotaLedger::new(held.clone(), limits.clone()));
+            unfit.clear();
             for task in ordered {
                 let key = task.id.0 .0 as u64;
+                if quota.as_ref().is_some_and(|q| q.check(&task).is_some()) {
+                    // Held by its project's quota: waits, found no node.
+                    queues.entry(task.project.clone()).or_default().push((task.priority, Reverse(key)));
+                    continue;
+                }
                 if misses >= PASS_MISSES {
                     // The cluster is full for this pass: the rest wait.
                     queues.entry(task.project.clone()).or_default().push((task.priority, Reverse(key)));
+                    if unfit.len() < autoscaled::PLAN_TASKS && !scaled.is_empty() {
+                        unfit.push(task);
+                    }
                     continue;
                 }
                 decisions += 1;
@@ -398,9 +370,10 @@ pub fn replay(
                             replay_waits.entry(task.project.clone()).or_default().push((now - job.at_ms).max(0) as f32 / 1000.0);
                             placed += 1;
                         }
-                        let held = usage.entry(task.project.clone()).or_insert(Resources { cpu_millicores: 0, memory_mib: 0 });
-                        held.cpu_millicores += task.resources.cpu_millicores;
-                        held.memory_mib += task.resources.memory_mib;
+                        if let Some(quota) = &mut quota {
+                            quota.charge(&task);
+                        }
+                        hold(&mut held, &task);
                         replay_used += i64::from(task.resources.cpu_millicores);
                         let end = now + job.service_ms;
                         last_end = last_end.max(end);
@@ -411,10 +384,25 @@ pub fn replay(
                     Err(_) => {
                         misses += 1;
                         queues.entry(task.project.clone()).or_default().push((task.priority, Reverse(key)));
+                        if unfit.len() < autoscaled::PLAN_TASKS && !scaled.is_empty() {
+                            unfit.push(task);
+                        }
                     }
                 }
             }
             decision_seconds += pass_started.elapsed().as_secs_f64();
+        } else {
+            unfit.clear();
+        }
+        // The replay's autoscaler.
+        if !scaled.is_empty() {
+            let usage = usage_of(&held);
+            for pool in &mut scaled {
+                let ledger = QuotaLedger::new(held.clone(), limits.clone());
+                for i in pool.look(now, &placer.cluster.nodes, engine, &usage, ledger, &unfit, config.seed) {
+                    turn(&mut placer, &mut counted, &mut replay_cap, i, false);
+                }
+            }
         }
         // The real side up to now.
         while let Some((at, id, state, r)) = real_changes.get(real_change).cloned() {
@@ -497,6 +485,11 @@ pub fn replay(
         if let Some((at, ..)) = real_changes.get(real_change) {
             next = next.min(*at);
         }
+        for pool in &scaled {
+            if let Some(at) = pool.next_event(&placer.cluster.nodes, !waiting.is_empty()) {
+                next = next.min(at);
+            }
+        }
         if next == i64::MAX {
             // Nothing will change any more (what still waits fits nowhere).
             break;
@@ -511,6 +504,9 @@ pub fn replay(
         integrals[1] += real_capacity.max(0) as f64 * dt;
         integrals[2] += replay_used.max(0) as f64 * dt;
         integrals[3] += replay_cap.max(0) as f64 * dt;
+        for pool in &mut scaled {
+            pool.machine_ms += f64::from(pool.count()) * dt;
+        }
         now = then;
     }
     let unplaced = {
@@ -552,20 +548,86 @@ pub fn replay(
     let mut replayed = report("replay", placed, replay_mean, waits(replay_waits), replay_samples, unplaced);
     replayed.decisions = decisions;
     replayed.decisions_per_second = decisions as f64 / decision_seconds.max(1e-9);
+    // Machine-hours up to the history's end (or the replay's, if later).
+    let horizon = header.to.max(now);
+    let mut pools: Vec<PoolHours> = Vec::new();
+    let mut names: Vec<&String> = pool_records.keys().chain(machines.iter().map(|m| &m.pool)).collect();
+    names.extend(scaled.iter().map(|p| &p.record.pool));
+    names.sort();
+    names.dedup();
+    for name in names {
+        let (real_hours, real_peak, real_machines) = autoscaled::real_hours(&machines, name, origin, horizon);
+        let mut hours = PoolHours {
+            pool: name.clone(),
+            scaled_by_replay: false,
+            real_machine_hours: real_hours,
+            replay_machine_hours: real_hours,
+            real_machines,
+            replay_machines: real_machines,
+            real_peak,
+            replay_peak: real_peak,
+        };
+        if let Some(pool) = scaled.iter().find(|p| &p.record.pool == name) {
+            hours.scaled_by_replay = true;
+            hours.replay_machine_hours = (pool.machine_ms + f64::from(pool.count()) * (horizon - now) as f64) / 3_600_000.0;
+            hours.replay_machines = pool.made;
+            hours.replay_peak = pool.peak;
+        }
+        pools.push(hours);
+    }
+    let mut quotas: Vec<shepherd_core::history::QuotaRecord> = limits
+        .into_iter()
+        .map(|(project, l)| shepherd_core::history::QuotaRecord {
+            project,
+            max_running: l.max_running,
+            max_cpu_millicores: l.max_cpu_millicores,
+            max_memory_mib: l.max_memory_mib,
+            max_gpus: l.max_gpus,
+        })
+        .collect();
+    quotas.sort_by(|a, b| a.project.cmp(&b.project));
     Ok(ReplayReport {
         real,
         replay: replayed,
         never_ran,
         nodes: real_nodes.len(),
         replay_nodes: nodes.len(),
+        pools,
+        quotas,
         seconds: started.elapsed().as_secs_f64(),
     })
 }
 
-fn unhold(usage: &mut HashMap<String, Resources>, task: &PendingTask) {
-    if let Some(held) = usage.get_mut(&task.project) {
-        held.cpu_millicores = held.cpu_millicores.saturating_sub(task.resources.cpu_millicores);
-        held.memory_mib = held.memory_mib.saturating_sub(task.resources.memory_mib);
+fn hold(held: &mut HashMap<String, ProjectUsage>, task: &PendingTask) {
+    let now = held.entry(task.project.clone()).or_insert(ProjectUsage::NONE);
+    now.tasks += 1;
+    now.resources.cpu_millicores = now.resources.cpu_millicores.saturating_add(task.resources.cpu_millicores);
+    now.resources.memory_mib = now.resources.memory_mib.saturating_add(task.resources.memory_mib);
+    now.gpus = now.gpus.saturating_add(task.gpus);
+}
+
+fn unhold(held: &mut HashMap<String, ProjectUsage>, task: &PendingTask) {
+    if let Some(now) = held.get_mut(&task.project) {
+        now.tasks = now.tasks.saturating_sub(1);
+        now.resources.cpu_millicores = now.resources.cpu_millicores.saturating_sub(task.resources.cpu_millicores);
+        now.resources.memory_mib = now.resources.memory_mib.saturating_sub(task.resources.memory_mib);
+        now.gpus = now.gpus.saturating_sub(task.gpus);
+    }
+}
+
+/// What each project holds, as fair share reads it.
+fn usage_of(held: &HashMap<String, ProjectUsage>) -> HashMap<String, Resources> {
+    held.iter().map(|(p, u)| (p.clone(), u.resources)).collect()
+}
+
+/// Turns a node on (it takes tasks, its capacity counts) or off, now.
+fn turn(placer: &mut Placer<'_>, counted: &mut [bool], capacity: &mut i64, i: usize, on: bool) {
+    let node = &mut placer.cluster.nodes[i];
+    node.ready = on;
+    if counted[i] != on {
+        counted[i] = on;
+        let cpu = i64::from(node.capacity.cpu_millicores);
+        *capacity += if on { cpu } else { -cpu };
     }
 }
 
@@ -596,111 +658,4 @@ fn pending(key: u64, task: &TaskRecord, profile: Option<&str>) -> PendingTask {
     p.profile = profile.map(String::from).or_else(|| task.profile.clone());
     p.gpus = task.gpus;
     p
-}
-
-/// The nodes of the history as the overlay changes them; and the ids of
-/// the real ones.
-fn inventory(records: Vec<NodeRecord>, overlay: &Overlay) -> (Vec<Node>, Vec<String>) {
-    let mut by_id: BTreeMap<String, Node> = BTreeMap::new();
-    for r in records {
-        let resources = Resources { cpu_millicores: r.cpu, memory_mib: r.memory };
-        let node = by_id.entry(r.node.clone()).or_insert_with(|| {
-            let mut snapshot = NodeSnapshot::new(r.node.clone(), resources);
-            snapshot.pool = r.labels.get("pool").cloned();
-            snapshot.labels = r.labels.clone();
-            snapshot.gpus = r.gpus;
-            if r.max_tasks > 0 {
-                snapshot.max_tasks = r.max_tasks;
-            }
-            Node { snapshot, changes: Vec::new() }
-        });
-        node.changes.push((r.at, r.state, resources));
-    }
-    let real: Vec<String> = by_id.keys().cloned().collect();
-    for id in &overlay.remove_nodes {
-        by_id.remove(id);
-    }
-    for (pool, factor) in &overlay.scale_pools {
-        let members: Vec<String> =
-            by_id.values().filter(|n| n.snapshot.pool.as_deref() == Some(pool.as_str())).map(|n| n.snapshot.id.clone()).collect();
-        let keep = ((members.len() as f64) * factor.max(0.0)).round() as usize;
-        if keep < members.len() {
-            for id in members.iter().skip(keep) {
-                by_id.remove(id);
-            }
-        } else {
-            for k in 0..keep - members.len() {
-                let source = &by_id[&members[k % members.len()]];
-                let mut copy = Node { snapshot: source.snapshot.clone(), changes: source.changes.clone() };
-                copy.snapshot.id = format!("{}+{k}", source.snapshot.id);
-                copy.snapshot.hostname = copy.snapshot.id.clone();
-                by_id.insert(copy.snapshot.id.clone(), copy);
-            }
-        }
-    }
-    let mut nodes: Vec<Node> = by_id.into_values().collect();
-    for (g, add) in overlay.add_nodes.iter().enumerate() {
-        for k in 0..add.count {
-            let resources = Resources { cpu_millicores: add.cpu, memory_mib: add.memory };
-            let mut snapshot = NodeSnapshot::new(format!("added-{g}-{k}"), resources);
-            snapshot.pool = add.labels.get("pool").cloned();
-            snapshot.labels = add.labels.clone();
-            snapshot.gpus = add.gpus;
-            nodes.push(Node { snapshot, changes: vec![(i64::MIN, NodeHistoryState::Ready, resources)] });
-        }
-    }
-    (nodes, real)
-}
-
-/// The replay beside the real run, per project and for the cluster, as a
-/// Markdown table a person reads (project names and reasons with control
-/// characters shown escaped).
-pub fn table(r: &ReplayReport, same_settings: bool) -> String {
-    let mut out = format!(
-        "replayed {} of {} tasks ({} never ran: left out) on {} nodes ({} real) in {:.1} s\n\n",
-        r.replay.placed, r.real.tasks, r.never_ran, r.replay_nodes, r.nodes, r.seconds
-    );
-    out.push_str(
-        "| project | tasks | wait p50 real | replay | p99 real | replay | max real | replay |\n|---|---|---|---|---|---|---|---|\n",
-    );
-    for real in &r.real.waits {
-        let replay = r.replay.waits.iter().find(|w| w.project == real.project);
-        let (p50, p99, max) = replay.map_or((f64::NAN, f64::NAN, f64::NAN), |w| (w.p50_seconds, w.p99_seconds, w.max_seconds));
-        out.push_str(&format!(
-            "| {} | {} | {:.2}s | {:.2}s | {:.2}s | {:.2}s | {:.2}s | {:.2}s |\n",
-            safe(&real.project),
-            real.tasks,
-            real.p50_seconds,
-            p50,
-            real.p99_seconds,
-            p99,
-            real.max_seconds,
-            max
-        ));
-    }
-    out.push_str(&format!(
-        "\nmean CPU allocated: real {:.1}%, replay {:.1}% ({:+.1} points); peak: real {:.1}%, replay {:.1}%\n",
-        r.real.mean_cpu_utilization * 100.0,
-        r.replay.mean_cpu_utilization * 100.0,
-        (r.replay.mean_cpu_utilization - r.real.mean_cpu_utilization) * 100.0,
-        r.real.peak_cpu_utilization * 100.0,
-        r.replay.peak_cpu_utilization * 100.0
-    ));
-    let unplaced: usize = r.replay.unplaced.iter().map(|(_, n)| n).sum();
-    out.push_str(&format!("tasks that fit no node in the replay: {unplaced}\n"));
-    for (reason, n) in &r.replay.unplaced {
-        out.push_str(&format!("  {n}: {}\n", safe(reason)));
-    }
-    if same_settings {
-        out.push_str(
-            "\nThese are the settings the history ran under (nothing changed for the replay): the differences above are \
-             the replay's own error. Read a replay under other settings against them.\n",
-        );
-    }
-    out
-}
-
-/// Text with control characters escaped (names come from tenants).
-fn safe(text: &str) -> String {
-    text.chars().flat_map(|c| if c.is_control() || c == '|' { c.escape_default().collect::<Vec<_>>() } else { vec![c] }).collect()
 }
