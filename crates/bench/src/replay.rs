@@ -2,7 +2,7 @@
 //! history (issue 31: a week of 10 million tasks on 5,000 nodes should
 //! replay in minutes). A synthetic history (three projects, arrivals over
 //! the span with a daily swing, exponential run times for about 60% of the
-//! CPU on average) is written as JSON Lines, then replayed from the file
+//! CPU on average, or `--load`) is written as JSON Lines, then replayed from the file
 //! as the CLI does. Baseline in the same run: reading and checking every
 //! line of the same file without replaying it (the floor any replay pays).
 //! Peak memory is reported: the replay streams, so it must not grow with
@@ -26,6 +26,11 @@ pub struct Args {
     /// Days the history spans.
     #[arg(long, default_value_t = 7.0)]
     days: f64,
+    /// CPU the tasks ask for, on average, as a share of the cluster's
+    /// (0.6: uncontended; above 1, with the daily swing, the queue grows
+    /// through each day's peak and drains after: a contended week).
+    #[arg(long, default_value_t = 0.6)]
+    load: f64,
     /// Where the history file goes (default: a temporary file, removed after).
     #[arg(long)]
     file: Option<PathBuf>,
@@ -59,20 +64,28 @@ fn write_history(path: &std::path::Path, args: &Args) -> Result<()> {
         };
         writeln!(out, "{}", serde_json::to_string(&HistoryRecord::Node(node))?)?;
     }
-    // Mean run time for ~60% of the cores on average.
+    // Mean run time for `load` of the cores on average.
     let cores = f64::from(args.nodes) * 16.0;
-    let mean_ms = 0.6 * cores * span_ms as f64 / args.tasks as f64;
+    let mean_ms = args.load * cores * span_ms as f64 / args.tasks as f64;
     let mut state = 42u64;
     let mut unit = move || {
         state = shepherd_sched::rng::mix(state);
         (state >> 11) as f64 / (1u64 << 53) as f64
     };
     let step = span_ms as f64 / args.tasks as f64;
+    let mut last_at = 0i64;
     for k in 0..args.tasks {
-        // A daily swing around the mean rate.
-        let t = k as f64 * step;
-        let swing = 0.5 * (2.0 * std::f64::consts::PI * t / 86_400_000.0).sin() * step;
-        let at = (t + swing) as i64;
+        // A daily swing of ±50% around the mean rate: the k-th arrival is
+        // where the rate's integral, t + (1 - cos ωt) / 2ω, reaches k steps.
+        let omega = 2.0 * std::f64::consts::PI / 86_400_000.0;
+        let target = k as f64 * step;
+        let mut t = target;
+        for _ in 0..8 {
+            let f = t + (1.0 - (omega * t).cos()) / (2.0 * omega) - target;
+            t -= f / (1.0 + 0.5 * (omega * t).sin());
+        }
+        let at = (t.clamp(0.0, span_ms as f64) as i64).max(last_at);
+        last_at = at;
         let run = ((-mean_ms * (1.0 - unit()).max(1e-12).ln()) as i64).clamp(1_000, 24 * 3_600_000);
         let project = ["etl", "ml", "web"][(unit() * 3.0) as usize % 3];
         let node = format!("n{:05}", (unit() * f64::from(args.nodes)) as u32 % args.nodes);
@@ -132,7 +145,7 @@ pub fn run(args: Args) -> Result<()> {
         report.replay.decisions
     );
     if let Some(out) = &args.json {
-        let value = json!({"tasks": args.tasks, "nodes": args.nodes, "days": args.days, "file_bytes": bytes,
+        let value = json!({"tasks": args.tasks, "nodes": args.nodes, "days": args.days, "load": args.load, "file_bytes": bytes,
             "replay_seconds": replay_seconds, "read_seconds": read_seconds, "peak_rss_mib": rss,
             "placed": report.replay.placed, "decisions": report.replay.decisions,
             "real_mean_cpu": report.real.mean_cpu_utilization, "replay_mean_cpu": report.replay.mean_cpu_utilization});
