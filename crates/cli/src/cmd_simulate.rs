@@ -211,7 +211,7 @@ async fn replay_cmd(client: impl FnOnce() -> Result<crate::client::Client>, args
         }
     };
     let same_settings = args.scheduler_config.is_none() && args.overlay.is_none() && args.profile.is_none();
-    let config = ReplayConfig { tick_seconds: tick, seed: args.seed, profile: args.profile.clone(), overlay };
+    let config = ReplayConfig { tick_seconds: tick, seed: args.seed, profile: args.profile.clone(), overlay, ..Default::default() };
     let report = tokio::task::block_in_place(|| -> Result<ReplayReport> {
         let file = std::fs::File::open(&path).with_context(|| format!("reading {}", path.display()))?;
         let records = shepherd_sim::read_history(std::io::BufReader::with_capacity(1 << 20, file));

@@ -102,6 +102,20 @@ impl Engine {
         fairness::order(tasks, usage, total_capacity(nodes), &self.weights, |t| self.profile_for(t).batch_order == BatchOrder::LargestFirst)
     }
 
+    /// The fair order over `nodes` one task at a time, for a caller that
+    /// reads its queue lazily ([`fairness::FairMerge`]; the same order as
+    /// [`Engine::order`] unless a profile packs largest first, which needs
+    /// a project's whole batch: see [`Engine::sorts_batch_of`]).
+    pub fn fair_merge<'a>(&'a self, nodes: &[NodeSnapshot], usage: &'a HashMap<String, Resources>) -> fairness::FairMerge<'a> {
+        fairness::FairMerge::new(usage, total_capacity(nodes), &self.weights)
+    }
+
+    /// Whether `task`'s profile sorts its batch (largest first) before
+    /// placing it: a lazy reader must then read the whole batch.
+    pub fn sorts_batch_of(&self, task: &PendingTask) -> bool {
+        self.profile_for(task).batch_order == BatchOrder::LargestFirst
+    }
+
     /// Orders and places a batch against `nodes`: the whole pass in one call.
     pub fn place_batch(
         &self,

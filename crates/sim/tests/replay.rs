@@ -318,3 +318,41 @@ fn the_replay_scales_an_autoscaled_pool_itself_when_asked() {
     }
     assert!(toml::from_str::<Overlay>("[autoscale.burst]\nnope = 1\n").is_err());
 }
+
+/// A contended pass is read lazily (only as far as it gets); it places
+/// exactly what reading each pass's whole batch at once places: five
+/// projects with weights, priorities and quotas, the cluster full for
+/// long stretches, a node going away. (A queue longer than a pass is cut
+/// the same way on both: `pass::allotment`'s own test.)
+#[test]
+fn reading_a_pass_lazily_places_what_the_whole_batch_places() {
+    let mut head: Vec<HistoryRecord> =
+        (0..6).map(|i| node(&format!("n{i}"), -1, NodeHistoryState::Ready, 4000 + 1000 * (i as u32 % 3), None)).collect();
+    head.push(node("n0", 40_000, NodeHistoryState::Gone, 4000, None));
+    head.push(HistoryRecord::Quota(QuotaRecord { project: "p3".into(), max_running: Some(3), ..Default::default() }));
+    let mut state = 7u64;
+    let mut unit = move || {
+        state = shepherd_sched::rng::mix(state);
+        (state >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let mut tasks = Vec::new();
+    for i in 0..3_000i64 {
+        let project = format!("p{}", (unit() * 5.0) as u32);
+        let at = if i < 2_000 { i * 4 } else { 8_000 + i * 20 };
+        let mut t = task(&project, at, 0, 200 + (unit() * 3_000.0) as i64, 250 * (1 + (unit() * 4.0) as u32));
+        t.priority = if unit() < 0.1 { 5 } else { 0 };
+        tasks.push(t);
+    }
+    let records = history(head, tasks);
+    let config = SchedulerConfig::from_toml("[projects.p1]\nweight = 3.0\n[projects.p4]\nweight = 0.5\n").unwrap();
+    let engine = Engine::new(&config).unwrap();
+    let lazy = replay(&engine, records.clone(), &ReplayConfig::default()).unwrap();
+    let whole = replay(&engine, records, &ReplayConfig { whole_batches: true, ..Default::default() }).unwrap();
+    assert_eq!(lazy.replay.placed, 3_000);
+    eprintln!("{:?}\n{:?}", lazy.replay.waits, whole.replay.waits);
+    assert_eq!(serde_json::to_value(&lazy.replay.waits).unwrap(), serde_json::to_value(&whole.replay.waits).unwrap());
+    assert_eq!(lazy.replay.makespan_seconds, whole.replay.makespan_seconds);
+    assert_eq!(lazy.replay.mean_cpu_utilization, whole.replay.mean_cpu_utilization);
+    assert!(lazy.replay.decisions < whole.replay.decisions * 2, "the same tries: {} {}", lazy.replay.decisions, whole.replay.decisions);
+    assert!(wait_of(&lazy.replay, "p0").p99_seconds > 5.0, "contended: {:?}", wait_of(&lazy.replay, "p0"));
+}

@@ -20,12 +20,14 @@
 mod autoscaled;
 mod outcome;
 mod overlay;
+mod pass;
 mod read;
 mod table;
 
 pub use outcome::{PoolHours, ReplayReport};
 use overlay::{inventory, Node};
 pub use overlay::{AddNodes, AutoscaleOverlay, Overlay, QuotaOverlay};
+use pass::{PassOrder, Queues};
 pub use read::read_history;
 pub use table::table;
 
@@ -36,7 +38,7 @@ use shepherd_core::{Constraint, ProjectLimits, Resources, TaskId};
 use shepherd_sched::quota::ProjectUsage;
 use shepherd_sched::{Engine, NodeSnapshot, PendingTask, Placer, QuotaLedger};
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 
 /// The most tasks one pass reads from the queue (the server's 10 pages of 1,000).
 pub const PASS_TASKS: usize = 10_000;
@@ -56,11 +58,15 @@ pub struct ReplayConfig {
     pub profile: Option<String>,
     /// Changes to try: nodes added or removed, pools resized.
     pub overlay: Overlay,
+    /// Take each pass's whole batch from the queues and order it at once,
+    /// as the server does, instead of lazily as far as the pass gets (the
+    /// same placements, slower on a contended history: for checking).
+    pub whole_batches: bool,
 }
 
 impl Default for ReplayConfig {
     fn default() -> ReplayConfig {
-        ReplayConfig { tick_seconds: 0.05, seed: 42, profile: None, overlay: Overlay::default() }
+        ReplayConfig { tick_seconds: 0.05, seed: 42, profile: None, overlay: Overlay::default(), whole_batches: false }
     }
 }
 
@@ -77,6 +83,8 @@ struct Job {
     service_ms: i64,
     /// Placed before (and lost since): its wait is counted already.
     placed: bool,
+    /// Its profile sorts its batch (largest first).
+    sorts: bool,
 }
 
 /// How long before `now` (and after `origin`) something at `at` happened.
@@ -181,13 +189,15 @@ pub fn replay(
     let origin = next_task.as_ref().map_or(header.from, |t| t.at);
 
     // The replay's state.
-    let mut queues: BTreeMap<String, BinaryHeap<(i32, Reverse<u64>)>> = BTreeMap::new();
+    let mut queues: Queues = BTreeMap::new();
     let mut waiting: HashMap<u64, Job> = HashMap::new();
     let mut running: BinaryHeap<Reverse<(i64, u64)>> = BinaryHeap::new();
     let mut on_node: HashMap<u64, (usize, Job, i64)> = HashMap::new();
     // What each project holds (its fair share's usage and its quota's).
     let mut held: HashMap<String, ProjectUsage> = HashMap::new();
     let mut unfit: Vec<PendingTask> = Vec::new();
+    // Waiting tasks whose profile sorts its batch: passes read whole batches.
+    let mut sorting = 0usize;
     let mut replay_waits: BTreeMap<String, Vec<f32>> = BTreeMap::new();
     // The real side.
     // (time, Δcpu, Δqueued, node): the real attempts' holds, per node.
@@ -274,6 +284,7 @@ pub fn replay(
                             integrals[2] -= (i64::from(job.task.resources.cpu_millicores) * since(at, now, origin)) as f64;
                             unhold(&mut held, &job.task);
                             queues.entry(job.task.project.clone()).or_default().push((job.task.priority, Reverse(key)));
+                            sorting += usize::from(job.sorts);
                             waiting.insert(key, job);
                         }
                     }
@@ -328,8 +339,11 @@ pub fn replay(
             };
             real_waits.entry(task.project.clone()).or_default().push(wait as f32 / 1000.0);
             seq += 1;
-            let job = Job { task: pending(seq, &task, config.profile.as_deref()), at_ms: task.at, service_ms: service, placed: false };
+            let pending = pending(seq, &task, config.profile.as_deref());
+            let sorts = engine.sorts_batch_of(&pending);
+            let job = Job { task: pending, at_ms: task.at, service_ms: service, placed: false, sorts };
             queues.entry(task.project.clone()).or_default().push((task.priority, Reverse(seq)));
+            sorting += usize::from(job.sorts);
             waiting.insert(seq, job);
             scaled.iter_mut().for_each(Autoscaled::wake);
             if next_task.is_none() && !input_done {
@@ -340,41 +354,45 @@ pub fn replay(
         // A pass.
         if !waiting.is_empty() {
             placer.new_pass();
-            let batch = take_fairly(&mut queues, PASS_TASKS);
-            let tasks_in: Vec<PendingTask> = batch.iter().filter_map(|k| waiting.get(k).map(|j| j.task.clone())).collect();
-            let ordered = engine.order(tasks_in, &placer.cluster.nodes, &usage_of(&held));
+            let usage = usage_of(&held);
+            let mut order = PassOrder::new(
+                engine,
+                &placer.cluster.nodes,
+                &usage,
+                &mut queues,
+                |k| waiting.get(&k).map(|j| j.task.clone()),
+                PASS_TASKS,
+                config.whole_batches || sorting > 0,
+            );
             let pass_started = std::time::Instant::now();
             let mut misses = 0usize;
             let mut quota = (!limits.is_empty()).then(|| QuotaLedger::new(held.clone(), limits.clone()));
             unfit.clear();
-            for task in ordered {
-                let key = task.id.0 .0 as u64;
-                if quota.as_ref().is_some_and(|q| q.check(&task).is_some()) {
+            // Tasks tried and left waiting: back in their queues after the pass.
+            let mut back: Vec<u64> = Vec::new();
+            while misses < PASS_MISSES {
+                let Some(key) = order.next(&mut queues, |k| waiting.get(&k).map(|j| j.task.resources)) else { break };
+                let Some(job) = waiting.get(&key) else { continue };
+                if quota.as_ref().is_some_and(|q| q.check(&job.task).is_some()) {
                     // Held by its project's quota: waits, found no node.
-                    queues.entry(task.project.clone()).or_default().push((task.priority, Reverse(key)));
-                    continue;
-                }
-                if misses >= PASS_MISSES {
-                    // The cluster is full for this pass: the rest wait.
-                    queues.entry(task.project.clone()).or_default().push((task.priority, Reverse(key)));
-                    if unfit.len() < autoscaled::PLAN_TASKS && !scaled.is_empty() {
-                        unfit.push(task);
-                    }
+                    back.push(key);
                     continue;
                 }
                 decisions += 1;
-                match placer.place(&task) {
+                match placer.place(&job.task) {
                     Ok(n) => {
                         let Some(mut job) = waiting.remove(&key) else { continue };
+                        sorting -= usize::from(job.sorts);
+                        let task = &job.task;
+                        if let Some(quota) = &mut quota {
+                            quota.charge(task);
+                        }
+                        hold(&mut held, task);
+                        replay_used += i64::from(task.resources.cpu_millicores);
                         if !std::mem::replace(&mut job.placed, true) {
-                            replay_waits.entry(task.project.clone()).or_default().push((now - job.at_ms).max(0) as f32 / 1000.0);
+                            replay_waits.entry(job.task.project.clone()).or_default().push((now - job.at_ms).max(0) as f32 / 1000.0);
                             placed += 1;
                         }
-                        if let Some(quota) = &mut quota {
-                            quota.charge(&task);
-                        }
-                        hold(&mut held, &task);
-                        replay_used += i64::from(task.resources.cpu_millicores);
                         let end = now + job.service_ms;
                         last_end = last_end.max(end);
                         running.push(Reverse((end, key)));
@@ -383,11 +401,24 @@ pub fn replay(
                     }
                     Err(_) => {
                         misses += 1;
-                        queues.entry(task.project.clone()).or_default().push((task.priority, Reverse(key)));
+                        back.push(key);
                         if unfit.len() < autoscaled::PLAN_TASKS && !scaled.is_empty() {
-                            unfit.push(task);
+                            unfit.push(job.task.clone());
                         }
                     }
+                }
+            }
+            // The cluster is full for this pass: the rest wait (what an
+            // autoscaled pool could run is planned for).
+            while !scaled.is_empty() && unfit.len() < autoscaled::PLAN_TASKS {
+                let Some(key) = order.next(&mut queues, |k| waiting.get(&k).map(|j| j.task.resources)) else { break };
+                back.push(key);
+                unfit.extend(waiting.get(&key).map(|j| j.task.clone()));
+            }
+            back.extend(order.untaken());
+            for key in back {
+                if let Some(job) = waiting.get(&key) {
+                    queues.entry(job.task.project.clone()).or_default().push((job.task.priority, Reverse(key)));
                 }
             }
             decision_seconds += pass_started.elapsed().as_secs_f64();
@@ -629,24 +660,6 @@ fn turn(placer: &mut Placer<'_>, counted: &mut [bool], capacity: &mut i64, i: us
         let cpu = i64::from(node.capacity.cpu_millicores);
         *capacity += if on { cpu } else { -cpu };
     }
-}
-
-/// Up to `limit` queued tasks, the projects taking turns, each in its own
-/// order (priority, then arrival).
-fn take_fairly(queues: &mut BTreeMap<String, BinaryHeap<(i32, Reverse<u64>)>>, limit: usize) -> Vec<u64> {
-    let mut out = Vec::new();
-    let mut projects: VecDeque<String> = queues.iter().filter(|(_, q)| !q.is_empty()).map(|(p, _)| p.clone()).collect();
-    while out.len() < limit {
-        let Some(project) = projects.pop_front() else { break };
-        let Some(queue) = queues.get_mut(&project) else { continue };
-        if let Some((_, Reverse(key))) = queue.pop() {
-            out.push(key);
-            if !queue.is_empty() {
-                projects.push_back(project);
-            }
-        }
-    }
-    out
 }
 
 fn pending(key: u64, task: &TaskRecord, profile: Option<&str>) -> PendingTask {
