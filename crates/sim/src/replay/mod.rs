@@ -85,6 +85,55 @@ struct Job {
     placed: bool,
     /// Its profile sorts its batch (largest first).
     sorts: bool,
+    /// Its shape: tasks of one shape fit the same nodes.
+    shape: u32,
+}
+
+/// What decides where a task fits (two tasks with the same fit the same
+/// nodes): compared whole.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct ShapeKey {
+    cpu: u32,
+    memory: u32,
+    gpus: u32,
+    pool: Option<String>,
+    profile: Option<String>,
+    constraints: Vec<String>,
+}
+
+/// The shapes of the tasks waiting, and how many of each.
+#[derive(Default)]
+struct Shapes {
+    ids: HashMap<ShapeKey, u32>,
+    waiting: HashMap<u32, usize>,
+}
+
+impl Shapes {
+    fn of(&mut self, task: &TaskRecord, profile: Option<&String>) -> u32 {
+        let key = ShapeKey {
+            cpu: task.cpu,
+            memory: task.memory,
+            gpus: task.gpus,
+            pool: task.pool.clone(),
+            profile: profile.cloned(),
+            constraints: task.constraints.clone(),
+        };
+        let next = self.ids.len() as u32;
+        *self.ids.entry(key).or_insert(next)
+    }
+
+    fn add(&mut self, shape: u32) {
+        *self.waiting.entry(shape).or_default() += 1;
+    }
+
+    fn remove(&mut self, shape: u32) {
+        if let Some(n) = self.waiting.get_mut(&shape) {
+            *n -= 1;
+            if *n == 0 {
+                self.waiting.remove(&shape);
+            }
+        }
+    }
 }
 
 /// How long before `now` (and after `origin`) something at `at` happened.
@@ -198,6 +247,7 @@ pub fn replay(
     let mut unfit: Vec<PendingTask> = Vec::new();
     // Waiting tasks whose profile sorts its batch: passes read whole batches.
     let mut sorting = 0usize;
+    let mut shapes = Shapes::default();
     let mut replay_waits: BTreeMap<String, Vec<f32>> = BTreeMap::new();
     // The real side.
     // (time, Δcpu, Δqueued, node): the real attempts' holds, per node.
@@ -285,6 +335,7 @@ pub fn replay(
                             unhold(&mut held, &job.task);
                             queues.entry(job.task.project.clone()).or_default().push((job.task.priority, Reverse(key)));
                             sorting += usize::from(job.sorts);
+                            shapes.add(job.shape);
                             waiting.insert(key, job);
                         }
                     }
@@ -341,9 +392,11 @@ pub fn replay(
             seq += 1;
             let pending = pending(seq, &task, config.profile.as_deref());
             let sorts = engine.sorts_batch_of(&pending);
-            let job = Job { task: pending, at_ms: task.at, service_ms: service, placed: false, sorts };
+            let shape = shapes.of(&task, pending.profile.as_ref());
+            let job = Job { task: pending, at_ms: task.at, service_ms: service, placed: false, sorts, shape };
             queues.entry(task.project.clone()).or_default().push((task.priority, Reverse(seq)));
             sorting += usize::from(job.sorts);
+            shapes.add(job.shape);
             waiting.insert(seq, job);
             scaled.iter_mut().for_each(Autoscaled::wake);
             if next_task.is_none() && !input_done {
@@ -370,6 +423,8 @@ pub fn replay(
             unfit.clear();
             // Tasks tried and left waiting: back in their queues after the pass.
             let mut back: Vec<u64> = Vec::new();
+            // The shapes that found no node in this pass.
+            let mut failed: std::collections::HashSet<u32> = std::collections::HashSet::new();
             while misses < PASS_MISSES {
                 let Some(key) = order.next(&mut queues, |k| waiting.get(&k).map(|j| j.task.resources)) else { break };
                 let Some(job) = waiting.get(&key) else { continue };
@@ -383,6 +438,7 @@ pub fn replay(
                     Ok(n) => {
                         let Some(mut job) = waiting.remove(&key) else { continue };
                         sorting -= usize::from(job.sorts);
+                        shapes.remove(job.shape);
                         let task = &job.task;
                         if let Some(quota) = &mut quota {
                             quota.charge(task);
@@ -404,6 +460,13 @@ pub fn replay(
                         back.push(key);
                         if unfit.len() < autoscaled::PLAN_TASKS && !scaled.is_empty() {
                             unfit.push(job.task.clone());
+                        }
+                        // Every shape waiting has found no node: nothing
+                        // more can be placed in this pass (what fits no node
+                        // now fits none until the pass ends).
+                        failed.insert(job.shape);
+                        if failed.len() == shapes.waiting.len() {
+                            break;
                         }
                     }
                 }
