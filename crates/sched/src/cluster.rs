@@ -104,6 +104,12 @@ impl NodeIndex {
         self.by_load.remove(&(load_key(node), i as u32));
     }
 
+    /// The most CPU and the most memory free on any node (each on its
+    /// own: a task asking more of either fits no node).
+    pub fn most_free(&self) -> (u32, u32) {
+        (self.by_free_cpu.last().map_or(0, |k| k.0), self.by_free_memory.last().map_or(0, |k| k.0))
+    }
+
     /// The read-only view score plugins get.
     pub fn view(&self) -> ClusterView<'_> {
         ClusterView { cluster: self, seed: self.seed }

@@ -93,6 +93,7 @@ impl Engine {
             cluster: NodeIndex::new(nodes, &keys, seed),
             infeasible: HashMap::new(),
             record_scores: false,
+            explain: true,
             scores: Vec::new(),
         }
     }
@@ -275,6 +276,10 @@ pub struct Placer<'e> {
     infeasible: HashMap<Shape, Unfit>,
     /// Keep the scores of the best candidates of each placement.
     pub record_scores: bool,
+    /// Say why a task fits nowhere, node by node (a simulator that only
+    /// needs whether it fits turns this off: the counts take two walks
+    /// over every node).
+    pub explain: bool,
     scores: Vec<NodeScore>,
 }
 
@@ -344,7 +349,11 @@ impl Placer<'_> {
             return Err(reason.clone());
         }
         let start = (crate::rng::mix(self.cluster.seed ^ (task.id.0 .0 as u64)) % (self.cluster.nodes.len().max(1) as u64)) as usize;
-        let candidates = self.feasible_candidates(task, profile, start);
+        // No node has that much CPU or memory free: no candidate to seek.
+        let (cpu, memory) = self.cluster.most_free();
+        let hopeless = (task.resources.cpu_millicores > cpu || task.resources.memory_mib > memory)
+            && profile.filters.iter().any(|f| f.name() == crate::plugins::resources::NAME && !f.batched());
+        let candidates = if hopeless { Vec::new() } else { self.feasible_candidates(task, profile, start) };
         let scored = match self.score_candidates(task, profile, &candidates) {
             Ok(scored) => scored,
             Err(failure) => {
@@ -373,7 +382,18 @@ impl Placer<'_> {
                 Ok(i)
             }
             None => {
-                let unfit = self.explain(task, profile);
+                let unfit = if self.explain {
+                    self.explain(task, profile)
+                } else {
+                    Unfit {
+                        nodes: self.cluster.nodes.len(),
+                        rejections: Vec::new(),
+                        wait: Wait::Room,
+                        asks: task.resources,
+                        largest: Resources { cpu_millicores: 0, memory_mib: 0 },
+                        asks_gpus: task.gpus,
+                    }
+                };
                 self.infeasible.insert(shape, unfit.clone());
                 Err(unfit)
             }

@@ -226,6 +226,8 @@ pub fn replay(
     }
     nodes.extend(slot_nodes.into_iter().map(|snapshot| Node { snapshot, changes: Vec::new() }));
     let mut placer = engine.placer(nodes.iter().map(|n| n.snapshot.clone()).collect(), config.seed);
+    // Whether a task fits is all a pass needs; why not, only at the end.
+    placer.explain = false;
     let tick = ((config.tick_seconds * 1000.0).round() as i64).max(1);
     // The clock starts with the first task (a window's quiet start would
     // only dilute the figures), or the header's start without one.
@@ -605,6 +607,7 @@ pub fn replay(
     }
     let unplaced = {
         let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+        placer.explain = true;
         placer.new_pass();
         for job in waiting.values() {
             if let Err(unfit) = placer.place(&job.task) {
