@@ -356,3 +356,27 @@ fn reading_a_pass_lazily_places_what_the_whole_batch_places() {
     assert!(lazy.replay.decisions < whole.replay.decisions * 2, "the same tries: {} {}", lazy.replay.decisions, whole.replay.decisions);
     assert!(wait_of(&lazy.replay, "p0").p99_seconds > 5.0, "contended: {:?}", wait_of(&lazy.replay, "p0"));
 }
+
+/// Fragmentation over time on both sides: free CPU on nodes without room
+/// for a typical task. Two nodes of 4 cores, tasks of 3 cores: each node
+/// keeps one core nobody can use.
+#[test]
+fn fragmentation_is_measured_on_both_sides() {
+    let nodes = (0..2).map(|i| node(&format!("n{i}"), -1, NodeHistoryState::Ready, 4000, None)).collect();
+    let tasks: Vec<TaskRecord> = (0..20)
+        .map(|i| {
+            let mut t = task("a", i * 5_000, 0, 4_900, 3000);
+            t.attempts[0].node = format!("n{}", i % 2);
+            t
+        })
+        .collect();
+    let report = run(&Engine::default(), history(nodes, tasks), Overlay::default());
+    for side in [&report.real, &report.replay] {
+        // While one node runs a task, its free core is stranded; the idle one's 4 are not.
+        let busy = side.samples.iter().filter(|s| s.running == 1).collect::<Vec<_>>();
+        assert!(!busy.is_empty());
+        assert!(busy.iter().all(|s| (s.fragmentation - 0.2).abs() < 1e-9), "{}: {:?}", side.profile, busy[0]);
+        assert!(side.mean_fragmentation > 0.1 && side.mean_fragmentation < 0.25, "{}: {}", side.profile, side.mean_fragmentation);
+        assert!(busy.iter().all(|s| (s.memory_utilization - 256.0 / 131_072.0).abs() < 1e-9));
+    }
+}

@@ -253,9 +253,16 @@ pub fn replay(
     let mut replay_waits: BTreeMap<String, Vec<f32>> = BTreeMap::new();
     // The real side.
     // (time, Δcpu, Δqueued, node): the real attempts' holds, per node.
-    let mut real_events: BinaryHeap<Reverse<(i64, i64, i64, usize)>> = BinaryHeap::new();
+    // (time, Δcpu, Δmemory, Δqueued, node): the real attempts' holds, per node.
+    let mut real_events: BinaryHeap<Reverse<(i64, i64, i64, i64, usize)>> = BinaryHeap::new();
     let real_index: HashMap<String, usize> = real_nodes.iter().enumerate().map(|(i, id)| (id.clone(), i)).collect();
     let mut real_held: Vec<i64> = vec![0; real_nodes.len() + 1];
+    let mut real_memory: Vec<i64> = vec![0; real_nodes.len() + 1];
+    // Each real node's capacity while it is up.
+    let mut real_up: Vec<Option<Resources>> = vec![None; real_nodes.len() + 1];
+    // A typical task (the median of the first 10,000): free CPU on a node
+    // without room for one is stranded (fragmentation).
+    let mut typical = Typical::default();
     let mut real_waits: BTreeMap<String, Vec<f32>> = BTreeMap::new();
     let (mut real_queued, mut real_running, mut real_capacity, mut real_cpu) = (0i64, 0i64, 0i64, 0i64);
     let (mut replay_used, mut replay_cap) = (0i64, 0i64);
@@ -377,14 +384,15 @@ pub fn replay(
             for a in &task.attempts {
                 // (An attempt on a node the history lacks counts on none.)
                 let node = real_index.get(&a.node).copied().unwrap_or(real_nodes.len());
-                real_events.push(Reverse((a.placed, i64::from(task.cpu), 0, node)));
+                real_events.push(Reverse((a.placed, i64::from(task.cpu), i64::from(task.memory), 0, node)));
                 if let Some(end) = a.ended {
-                    real_events.push(Reverse((end, -i64::from(task.cpu), 0, node)));
+                    real_events.push(Reverse((end, -i64::from(task.cpu), -i64::from(task.memory), 0, node)));
                 }
             }
-            real_events.push(Reverse((task.at, 0, 1, real_nodes.len())));
+            real_events.push(Reverse((task.at, 0, 0, 1, real_nodes.len())));
+            typical.see(task.cpu, task.memory);
             if let Some(first) = task.attempts.first() {
-                real_events.push(Reverse((first.placed.max(task.at), 0, -1, real_nodes.len())));
+                real_events.push(Reverse((first.placed.max(task.at), 0, 0, -1, real_nodes.len())));
             }
             let (Some(service), Some(wait)) = (task.service_ms(), task.wait_ms()) else {
                 never_ran += 1;
@@ -507,6 +515,7 @@ pub fn replay(
             }
             real_change += 1;
             let i = real_index.get(&id).copied().unwrap_or(real_nodes.len());
+            real_up[i] = (state != NodeHistoryState::Gone).then_some(r);
             if let Some(before) = real_ready.remove(&id) {
                 real_capacity -= before;
                 real_cpu -= real_held[i];
@@ -521,12 +530,13 @@ pub fn replay(
                 integrals[0] += (real_held[i] * since(at, now, origin)) as f64;
             }
         }
-        while let Some(Reverse((at, cpu, queued, node))) = real_events.peek().copied() {
+        while let Some(Reverse((at, cpu, memory, queued, node))) = real_events.peek().copied() {
             if at > now {
                 break;
             }
             real_events.pop();
             real_held[node] += cpu;
+            real_memory[node] += memory;
             // What attempts hold on nodes that are up (a dead node's
             // attempts are held until the server notices: not on a node).
             if real_nodes.get(node).is_some_and(|id| real_ready.contains_key(id)) {
@@ -539,19 +549,34 @@ pub fn replay(
         if now.saturating_sub(last_sample) >= sample_every {
             last_sample = now;
             let at_seconds = (now - origin) as f64 / 1000.0;
+            let median = typical.median();
+            let real_nodes_now = real_up.iter().enumerate().filter_map(|(i, up)| {
+                up.map(|capacity| {
+                    (
+                        capacity,
+                        Resources {
+                            cpu_millicores: real_held[i].clamp(0, i64::from(u32::MAX)) as u32,
+                            memory_mib: real_memory[i].clamp(0, i64::from(u32::MAX)) as u32,
+                        },
+                    )
+                })
+            });
+            let (real_memory_use, real_fragmentation) = spread(real_nodes_now, median);
+            let replay_nodes_now = placer.cluster.nodes.iter().zip(&counted).filter(|(_, up)| **up).map(|(n, _)| (n.capacity, n.allocated));
+            let (replay_memory_use, replay_fragmentation) = spread(replay_nodes_now, median);
             real_samples.push(Sample {
                 at_seconds,
                 cpu_utilization: real_cpu.max(0) as f64 / real_capacity.max(1) as f64,
-                memory_utilization: 0.0,
-                fragmentation: 0.0,
+                memory_utilization: real_memory_use,
+                fragmentation: real_fragmentation,
                 queued: real_queued.max(0) as usize,
                 running: real_running.max(0) as usize,
             });
             replay_samples.push(Sample {
                 at_seconds,
                 cpu_utilization: replay_used.max(0) as f64 / replay_cap.max(1) as f64,
-                memory_utilization: 0.0,
-                fragmentation: 0.0,
+                memory_utilization: replay_memory_use,
+                fragmentation: replay_fragmentation,
                 queued: waiting.len(),
                 running: on_node.len(),
             });
@@ -636,7 +661,7 @@ pub fn replay(
             makespan_seconds: span,
             mean_cpu_utilization: mean,
             peak_cpu_utilization: peak(&samples),
-            mean_fragmentation: 0.0,
+            mean_fragmentation: samples.iter().map(|s| s.fragmentation).sum::<f64>() / samples.len().max(1) as f64,
             waits,
             unplaced,
             samples,
@@ -715,6 +740,55 @@ fn unhold(held: &mut HashMap<String, ProjectUsage>, task: &PendingTask) {
 /// What each project holds, as fair share reads it.
 fn usage_of(held: &HashMap<String, ProjectUsage>) -> HashMap<String, Resources> {
     held.iter().map(|(p, u)| (p.clone(), u.resources)).collect()
+}
+
+/// The median task of the first [`Typical::KEPT`] seen.
+#[derive(Default)]
+struct Typical {
+    seen: Vec<(u32, u32)>,
+    fixed: Option<(u32, u32)>,
+}
+
+impl Typical {
+    const KEPT: usize = 10_000;
+
+    fn see(&mut self, cpu: u32, memory: u32) {
+        if self.seen.len() < Self::KEPT {
+            self.seen.push((cpu, memory));
+            if self.seen.len() == Self::KEPT {
+                self.fixed = Some(self.compute());
+            }
+        }
+    }
+
+    fn compute(&self) -> (u32, u32) {
+        let mut cpu: Vec<u32> = self.seen.iter().map(|s| s.0).collect();
+        let mut memory: Vec<u32> = self.seen.iter().map(|s| s.1).collect();
+        cpu.sort_unstable();
+        memory.sort_unstable();
+        (cpu.get(cpu.len() / 2).copied().unwrap_or(0), memory.get(memory.len() / 2).copied().unwrap_or(0))
+    }
+
+    fn median(&self) -> (u32, u32) {
+        self.fixed.unwrap_or_else(|| self.compute())
+    }
+}
+
+/// Memory allocated over offered, and the share of free CPU stranded on
+/// nodes without room for a typical task, of nodes (capacity, allocated).
+fn spread(nodes: impl Iterator<Item = (Resources, Resources)>, typical: (u32, u32)) -> (f64, f64) {
+    let (mut memory, mut used, mut free_cpu, mut stranded) = (0u64, 0u64, 0u64, 0u64);
+    for (capacity, allocated) in nodes {
+        memory += u64::from(capacity.memory_mib);
+        used += u64::from(allocated.memory_mib.min(capacity.memory_mib));
+        let free =
+            (capacity.cpu_millicores.saturating_sub(allocated.cpu_millicores), capacity.memory_mib.saturating_sub(allocated.memory_mib));
+        free_cpu += u64::from(free.0);
+        if free.0 < typical.0 || free.1 < typical.1 {
+            stranded += u64::from(free.0);
+        }
+    }
+    (used as f64 / memory.max(1) as f64, if free_cpu == 0 { 0.0 } else { stranded as f64 / free_cpu as f64 })
 }
 
 /// Turns a node on (it takes tasks, its capacity counts) or off, now.

@@ -36,6 +36,11 @@ pub fn table(r: &ReplayReport, same_settings: bool) -> String {
         r.real.peak_cpu_utilization * 100.0,
         r.replay.peak_cpu_utilization * 100.0
     ));
+    out.push_str(&format!(
+        "mean fragmentation (free CPU stranded on nodes without room for a typical task): real {:.1}%, replay {:.1}%\n",
+        r.real.mean_fragmentation * 100.0,
+        r.replay.mean_fragmentation * 100.0
+    ));
     if !r.pools.is_empty() {
         out.push_str(
             "\n| autoscaled pool | machine-hours real | replay | machines real | replay | peak real | replay |\n|---|---|---|---|---|---|---|\n",
