@@ -310,6 +310,7 @@ fn the_replay_scales_an_autoscaled_pool_itself_when_asked() {
         ("[autoscale.burst]\nmin = 5\n", "autoscale.burst"),
         ("[autoscale.burst]\nidle_seconds = -1\n", "autoscale.burst"),
         ("[autoscale.burst]\nmax_creating = 0\n", "autoscale.burst"),
+        ("[autoscale.burst]\nmax = 100000\n[autoscale.other]\nmax = 100000\ncpu = 1\nmemory = 1\n", "more than"),
         ("[autoscale.burst]\n[scale_pools]\nburst = 2.0\n", "autoscale.burst"),
     ] {
         let overlay: Overlay = toml::from_str(bad).unwrap();

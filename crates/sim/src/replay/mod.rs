@@ -204,6 +204,9 @@ pub fn replay(
     let mut slot_nodes: Vec<NodeSnapshot> = Vec::new();
     for (name, changes) in &config.overlay.autoscale {
         let record = changes.apply(name, pool_records.get(name))?;
+        if nodes.len() + slot_nodes.len() + record.max as usize > shepherd_core::history::MAX_NODES {
+            return Err(HistoryError(format!("autoscale.{name}: the pools make more than {} nodes", shepherd_core::history::MAX_NODES)));
+        }
         let (pool, made) = Autoscaled::new(record, nodes.len() + slot_nodes.len(), changes.provision_seconds, &machines);
         slot_nodes.extend(made);
         scaled.push(pool);
@@ -253,8 +256,7 @@ pub fn replay(
     let mut replay_waits: BTreeMap<String, Vec<f32>> = BTreeMap::new();
     // The real side.
     // (time, Δcpu, Δqueued, node): the real attempts' holds, per node.
-    // (time, Δcpu, Δmemory, Δqueued, node): the real attempts' holds, per node.
-    let mut real_events: BinaryHeap<Reverse<(i64, i64, i64, i64, usize)>> = BinaryHeap::new();
+    let mut real_events: BinaryHeap<Reverse<RealEvent>> = BinaryHeap::new();
     let real_index: HashMap<String, usize> = real_nodes.iter().enumerate().map(|(i, id)| (id.clone(), i)).collect();
     let mut real_held: Vec<i64> = vec![0; real_nodes.len() + 1];
     let mut real_memory: Vec<i64> = vec![0; real_nodes.len() + 1];
@@ -741,6 +743,10 @@ fn unhold(held: &mut HashMap<String, ProjectUsage>, task: &PendingTask) {
 fn usage_of(held: &HashMap<String, ProjectUsage>) -> HashMap<String, Resources> {
     held.iter().map(|(p, u)| (p.clone(), u.resources)).collect()
 }
+
+/// (time, Δcpu, Δmemory, Δqueued, node): a change on the real side (an
+/// attempt's hold on its node; a task arriving or first placed).
+type RealEvent = (i64, i64, i64, i64, usize);
 
 /// The median task of the first [`Typical::KEPT`] seen.
 #[derive(Default)]
