@@ -61,6 +61,23 @@ pub struct QuotaRecord {
 }
 
 impl QuotaRecord {
+    /// A project's quota as a history carries it; `None` if it limits
+    /// nothing the scheduler holds tasks to.
+    pub fn of(project: String, limits: &crate::ProjectLimits) -> Option<QuotaRecord> {
+        let record = QuotaRecord {
+            project,
+            max_running: limits.max_running,
+            max_cpu_millicores: limits.max_cpu_millicores,
+            max_memory_mib: limits.max_memory_mib,
+            max_gpus: limits.max_gpus,
+        };
+        let any = record.max_running.is_some()
+            || record.max_cpu_millicores.is_some()
+            || record.max_memory_mib.is_some()
+            || record.max_gpus.is_some();
+        any.then_some(record)
+    }
+
     /// The limits as the scheduler's quota ledger takes them.
     pub fn limits(&self) -> crate::ProjectLimits {
         crate::ProjectLimits {

@@ -33,7 +33,9 @@ pub use table::table;
 
 use crate::report::{ProfileReport, Sample, Wait};
 use autoscaled::Autoscaled;
-use shepherd_core::history::{HistoryError, HistoryRecord, MachineRecord, NodeHistoryState, NodeRecord, PoolRecord, TaskRecord};
+use shepherd_core::history::{
+    HistoryError, HistoryRecord, MachineRecord, NodeHistoryState, NodeRecord, PoolRecord, QuotaRecord, TaskRecord,
+};
 use shepherd_core::{Constraint, ProjectLimits, Resources, TaskId};
 use shepherd_sched::quota::ProjectUsage;
 use shepherd_sched::{Engine, NodeSnapshot, PendingTask, Placer, QuotaLedger};
@@ -180,16 +182,9 @@ pub fn replay(
         }
     }
     for (project, q) in &config.overlay.quotas {
-        let record = shepherd_core::history::QuotaRecord {
-            project: project.clone(),
-            max_running: q.max_running,
-            max_cpu_millicores: q.max_cpu_millicores,
-            max_memory_mib: q.max_memory_mib,
-            max_gpus: q.max_gpus,
-        };
-        limits.insert(project.clone(), record.limits());
+        limits.insert(project.clone(), q.limits());
     }
-    limits.retain(|_, l| l.max_running.is_some() || l.max_cpu_millicores.is_some() || l.max_memory_mib.is_some() || l.max_gpus.is_some());
+    limits.retain(|project, l| QuotaRecord::of(project.clone(), l).is_some());
     // The real inventory over time (for the real side's utilization),
     // whatever the overlay changes.
     let mut real_changes: Vec<(i64, String, NodeHistoryState, Resources)> =
@@ -699,16 +694,7 @@ pub fn replay(
         }
         pools.push(hours);
     }
-    let mut quotas: Vec<shepherd_core::history::QuotaRecord> = limits
-        .into_iter()
-        .map(|(project, l)| shepherd_core::history::QuotaRecord {
-            project,
-            max_running: l.max_running,
-            max_cpu_millicores: l.max_cpu_millicores,
-            max_memory_mib: l.max_memory_mib,
-            max_gpus: l.max_gpus,
-        })
-        .collect();
+    let mut quotas: Vec<QuotaRecord> = limits.into_iter().filter_map(|(project, l)| QuotaRecord::of(project, &l)).collect();
     quotas.sort_by(|a, b| a.project.cmp(&b.project));
     Ok(ReplayReport {
         real,

@@ -49,6 +49,19 @@ pub struct QuotaOverlay {
     pub max_gpus: Option<u64>,
 }
 
+impl QuotaOverlay {
+    /// The limits it sets.
+    pub fn limits(&self) -> shepherd_core::ProjectLimits {
+        shepherd_core::ProjectLimits {
+            max_running: self.max_running,
+            max_cpu_millicores: self.max_cpu_millicores,
+            max_memory_mib: self.max_memory_mib,
+            max_gpus: self.max_gpus,
+            ..Default::default()
+        }
+    }
+}
+
 /// An autoscaled pool's settings in a what-if replay: each left out is the
 /// recorded one (a pool the history lacks needs `max`, `cpu` and `memory`).
 #[derive(Debug, Clone, Default, serde::Deserialize)]

@@ -102,22 +102,8 @@ impl Window {
             projects: self.projects.clone(),
         })];
         for project in store.list_projects().await? {
-            let limits = &project.limits;
-            if !self.projects.is_empty() && !self.projects.contains(&project.name) {
-                continue;
-            }
-            if limits.max_running.is_some()
-                || limits.max_cpu_millicores.is_some()
-                || limits.max_memory_mib.is_some()
-                || limits.max_gpus.is_some()
-            {
-                out.push(HistoryRecord::Quota(QuotaRecord {
-                    project: project.name,
-                    max_running: limits.max_running,
-                    max_cpu_millicores: limits.max_cpu_millicores,
-                    max_memory_mib: limits.max_memory_mib,
-                    max_gpus: limits.max_gpus,
-                }));
+            if self.projects.is_empty() || self.projects.contains(&project.name) {
+                out.extend(QuotaRecord::of(project.name, &project.limits).map(HistoryRecord::Quota));
             }
         }
         if let Some(autoscaler) = &state.autoscaler {
