@@ -9,6 +9,7 @@ mod ingest;
 mod placement;
 mod replay;
 mod scale;
+mod stages;
 mod workflow;
 
 use anyhow::Result;

@@ -10,6 +10,7 @@
 //! reported so that it shows which one was measured.
 
 use crate::ingest::{bench_client, start_shepherd, ServerProcess, BENCH_JOIN_TOKEN};
+use crate::stages::{Breakdown, Scrape};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use shepherd_core::{Resources, TaskSpec};
@@ -89,6 +90,8 @@ struct Measure {
     server_rss_mib: f64,
     /// (seconds, tasks started) samples.
     timeline: Vec<(f64, u64)>,
+    /// Where the time went, stage by stage (servers that count stages).
+    stages: Option<crate::stages::Breakdown>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -232,6 +235,8 @@ async fn measure(
         eprintln!("  {running} long tasks running after {:.1}s", started.elapsed().as_secs_f64());
     }
     let base = starts(&stats);
+    let client = bench_client();
+    let scraped = Scrape::take(&client, &server.1).await.unwrap_or_default();
     let (server_before, sim_before) = (cpu_seconds(pid), cpu_seconds(sim.0.id()));
     let started = Instant::now();
     let spec = task_spec(None, "measure");
@@ -242,6 +247,7 @@ async fn measure(
     submitter.await??;
     let seconds = timeline.last().map_or(1.0, |(t, _)| *t);
     let server_cores = (cpu_seconds(pid) - server_before) / seconds;
+    let stages = Breakdown::between(&scraped, &Scrape::take(&client, &server.1).await.unwrap_or_default(), seconds);
     let sim_cores = (cpu_seconds(sim.0.id()) - sim_before) / seconds;
     let measure = Measure {
         server: if server_binary == binary { "this".into() } else { "baseline".into() },
@@ -255,11 +261,15 @@ async fn measure(
         idle_server_cores,
         server_rss_mib: rss_mib(pid),
         timeline: timeline.into_iter().map(|(t, n)| (t, n - base.min(n))).collect(),
+        stages,
     };
     eprintln!(
         "  {:.0} tasks/s started; server {:.2} cores, simulator {:.2} cores, server RSS {:.0} MiB",
         measure.started_per_second, server_cores, sim_cores, measure.server_rss_mib
     );
+    if let Some(stages) = &measure.stages {
+        eprint!("{}", stages.render());
+    }
     Ok((measure, server, sim, dir))
 }
 

@@ -65,6 +65,12 @@ pub struct PoolOutcomeLabel {
     pub outcome: &'static str,
 }
 
+/// A stage of the task pipeline whose busy time is counted.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabel {
+    pub stage: &'static str,
+}
+
 /// What the agent API refused of a node.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RefusalLabel {
@@ -105,6 +111,7 @@ pub struct Metrics {
     plugin_failures: Family<PluginLabel, Counter>,
     plugin_seconds: Family<PluginLabel, Counter<f64, std::sync::atomic::AtomicU64>>,
     plugin_disabled: Family<PluginLabel, Gauge>,
+    stage_seconds: Family<StageLabel, Counter<f64, std::sync::atomic::AtomicU64>>,
     /// Held while a scrape refills the gauges.
     scraping: tokio::sync::Mutex<()>,
     /// The request histograms met so far, by a hash of their labels.
@@ -206,6 +213,7 @@ impl Metrics {
             plugin_failures: Family::default(),
             plugin_seconds: Family::default(),
             plugin_disabled: Family::default(),
+            stage_seconds: Family::default(),
             recent: Default::default(),
             ended: Default::default(),
             request_handles: Default::default(),
@@ -267,6 +275,13 @@ impl Metrics {
             "What the agent API refused of nodes: reports and output about attempts not theirs, output past its bounds, registrations with another node's id",
             m.agent_refusals.clone(),
         );
+        registry.register(
+            "shepherd_stage_busy_seconds",
+            "Time spent in each stage of the task pipeline: the scheduler's queue reads (sched_read), placement (sched_place), \
+             commit of placements (sched_commit) and assignment to nodes (sched_assign); the store's writer (store_write); \
+             task submissions checked (api_submit) and stored (api_submit_store), and agents' reports (agent_report). A serial stage busy all the time is saturated.",
+            m.stage_seconds.clone(),
+        );
         shepherd_agent::metrics::metrics().register(&mut registry);
         Metrics { registry, ..m }
     }
@@ -293,6 +308,11 @@ impl Metrics {
         self.pass_seconds.observe(took.as_secs_f64());
         self.pass_placed.observe(placed as f64);
         self.placed.inc_by(placed as u64);
+    }
+
+    /// `took` more of the pipeline's `stage` (see `shepherd_stage_busy_seconds`).
+    pub fn stage(&self, stage: &'static str, took: Duration) {
+        self.stage_seconds.get_or_create(&StageLabel { stage }).inc_by(took.as_secs_f64());
     }
 
     /// An API request answered.
@@ -441,6 +461,7 @@ impl Metrics {
 impl StoreObserver for Metrics {
     fn committed(&self, requests: usize, took: Duration) {
         self.commit_seconds.observe(took.as_secs_f64());
+        self.stage("store_write", took);
         self.commit_requests.observe(requests as f64);
     }
 

@@ -334,6 +334,7 @@ impl Scheduler {
             memory.resume.clear();
             let shapes = memory.never_fits.clone();
             self.restore(memory);
+            self.metrics.stage("sched_read", began.elapsed());
             // What no node could ever take is still explained.
             self.notes.record(Vec::new(), Vec::new(), shapes);
             return Ok(PassOutcome::default());
@@ -370,6 +371,7 @@ impl Scheduler {
             }
         };
         let quota = QuotaLedger::new(held, limits).with_codes(self.view.code_usage(), code_limits);
+        let first_read = began.elapsed();
         let seed = self.passes.fetch_add(1, Ordering::Relaxed);
         let (engine, store, runtime) = (self.engine.get(), self.store.clone(), tokio::runtime::Handle::current());
         // Placement is CPU work: the whole pass runs on a blocking thread,
@@ -383,6 +385,9 @@ impl Scheduler {
         let shape_reasons = memory.never_fits.clone();
         self.restore(memory);
         let mut pages = result?;
+        let read = first_read + pages.read;
+        self.metrics.stage("sched_read", read);
+        self.metrics.stage("sched_place", placed_at.saturating_sub(read));
         // Bind the volumes first placements chose; a placement whose volume
         // turns out to live elsewhere (bound meanwhile) stays queued.
         let mut unbound: std::collections::HashSet<TaskId> = std::collections::HashSet::new();
@@ -412,6 +417,7 @@ impl Scheduler {
             }
         };
         let committed_at = began.elapsed();
+        self.metrics.stage("sched_commit", committed_at.saturating_sub(placed_at));
         let mut applied = Vec::new();
         for result in results {
             match result {
@@ -467,6 +473,7 @@ impl Scheduler {
             placed.push(applied.task_id);
         }
         let count = placed.len();
+        self.metrics.stage("sched_assign", began.elapsed().saturating_sub(committed_at));
         self.metrics.pass(began.elapsed(), count);
         tracing::debug!(
             placed = count,
@@ -502,6 +509,8 @@ struct Pages {
     /// volume, node).
     binds: Vec<(TaskId, String, String, String)>,
     more: bool,
+    /// Time spent reading the store (queue pages, volumes, logins).
+    read: Duration,
 }
 
 /// Reads the queue page by page and places each page, skipping shapes
@@ -536,7 +545,10 @@ fn place_pages(
             Some(first) => first,
             None => {
                 let query = QueueQuery { limit: PAGE, projects: projects.clone(), skip_shapes: skip.keys().copied().collect() };
-                runtime.block_on(store.queued_tasks(now, query))?
+                let reading = Instant::now();
+                let page = runtime.block_on(store.queued_tasks(now, query))?;
+                pages.read += reading.elapsed();
+                page
             }
         };
         if page.tasks.is_empty() {
@@ -545,7 +557,9 @@ fn place_pages(
         }
         let shapes: HashMap<TaskId, i64> = page.tasks.iter().map(|t| (t.id, t.shape)).collect();
         if homes.is_none() && page.tasks.iter().any(|t| !t.spec.volumes.is_empty()) {
+            let reading = Instant::now();
             homes = Some(runtime.block_on(volume_homes(store.as_ref()))?);
+            pages.read += reading.elapsed();
         }
         let empty = VolumeHomes::new();
         let known = homes.as_ref().unwrap_or(&empty);
@@ -575,7 +589,9 @@ fn place_pages(
                     // Volumes, networks and registry logins are resolved by the store's read.
                     let resolved = spec.volumes.is_empty() && spec.networks.is_empty() && spec.network != "bridge";
                     if logins.is_none() {
+                        let reading = Instant::now();
                         logins = Some(runtime.block_on(store.registry_login_projects())?.into_iter().collect());
+                        pages.read += reading.elapsed();
                     }
                     let login = logins.as_ref().is_some_and(|l| l.contains(&spec.project));
                     // (A task with dependencies reads their results: the store's read too.)

@@ -232,7 +232,10 @@ impl AgentService {
         self.liveness.beat(node);
         // Only reports about tasks placed on this node are considered: the
         // store checks, in the transaction that writes them.
-        let results = self.store.apply_reported(node.to_string(), request.events, Timestamp::now()).await?;
+        let began = std::time::Instant::now();
+        let results = self.store.apply_reported(node.to_string(), request.events, Timestamp::now()).await;
+        self.metrics.stage("agent_report", began.elapsed());
+        let results = results?;
         self.observer.observe(&results);
         let mut refused = 0;
         let mut example = None;

@@ -127,11 +127,15 @@ impl TaskService {
         prefix: &(dyn Fn(usize) -> String + Sync),
         batch: bool,
     ) -> Result<Vec<Task>, ServiceError> {
+        let began = std::time::Instant::now();
         let tasks = self.prepare(caller, specs, prefix)?;
         self.admit(&tasks, prefix, &[]).await?;
         let created: Vec<Task> = tasks.iter().map(Task::from_new).collect();
         let audit = audit_lines(caller, &tasks, batch);
+        self.metrics.stage("api_submit", began.elapsed());
+        let storing = std::time::Instant::now();
         self.store.create_tasks_audited(tasks, audit).await?;
+        self.metrics.stage("api_submit_store", storing.elapsed());
         self.wakeup.notify_one();
         Ok(created)
     }
