@@ -12,6 +12,7 @@ mod cmd_nodes;
 mod cmd_nodesim;
 mod cmd_registry;
 mod cmd_simulate;
+mod cmd_store;
 mod cmd_tasks;
 mod cmd_tenants;
 mod cmd_up;
@@ -120,6 +121,8 @@ enum Command {
     Simulate(Client<cmd_simulate::SimulateArgs>),
     /// The cluster's scheduling history (shapes and times only): export it for `simulate --history`.
     History(Client<cmd_history::HistoryArgs>),
+    /// The cluster's store itself, where it is: `shepherd store migrate --from sqlite:DIR --to postgres://…`.
+    Store(cmd_store::StoreArgs),
     /// Join many simulated nodes to a server (benchmarks and scale tests).
     #[command(hide = true)]
     Nodesim(cmd_nodesim::NodesimArgs),
@@ -189,6 +192,7 @@ fn main() -> ExitCode {
             Command::Simulate(c) => cmd_simulate::simulate_cmd(|| make_client(&c.client), c.args).await,
             Command::History(c) => cmd_history::history(&make_client(&c.client)?, c.args).await,
             Command::Nodesim(args) => cmd_nodesim::nodesim(args).await,
+            Command::Store(args) => cmd_store::store(args).await,
             Command::Node(c) => cmd_nodes::node(|| make_client(&c.client), c.args).await,
             Command::Run(c) => cmd_tasks::run(&make_client(&c.client)?, c.args).await,
             Command::Ps(c) => cmd_tasks::ps(&make_client(&c.client)?, c.args).await,

@@ -15,6 +15,7 @@
 
 pub mod conformance;
 pub mod history;
+pub mod migrate;
 mod model;
 pub mod postgres;
 pub mod sqlite;

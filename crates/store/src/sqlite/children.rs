@@ -152,64 +152,121 @@ pub(crate) fn make(tx: &Connection, m: &Maker<'_>, upto: u32, follow: &mut Follo
 /// After child `child` of `array` left the queue (placed or ended): if it
 /// was among the last half of the children made, makes the next window.
 pub(crate) fn top_up(tx: &Connection, array: &str, child: TaskId, follow: &mut FollowUps) -> Result<(), StoreError> {
-    let row = tx
-        .prepare_cached(
-            "SELECT made, children, first_child, indices, stopping, state, spec, admitted, shape, created_at, payload_bytes \
-             FROM arrays WHERE id = ?1",
-        )?
-        .query_row([array], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, Option<String>>(2)?,
-                r.get::<_, Option<String>>(3)?,
-                r.get::<_, i64>(4)? != 0,
-                r.get::<_, String>(5)?,
-                r.get::<_, String>(6)?,
-                r.get::<_, i64>(7)?,
-                r.get::<_, Option<i64>>(8)?,
-                r.get::<_, i64>(9)?,
-                r.get::<_, i64>(10)?,
-            ))
-        })
-        .optional()?;
-    let Some((made, count, first, indices, stopping, state, spec, admitted, shape, created_at, payload_bytes)) = row else {
-        return Ok(());
-    };
-    if made >= count || stopping || !matches!(state.as_str(), "running" | "waiting") {
+    let Some(row) = ArrayRow::read(tx, array)? else { return Ok(()) };
+    if !row.growing() {
         return Ok(());
     }
     // The child's place among the children, from its id.
     let Some(first_id) =
-        first.as_deref().map(str::parse::<TaskId>).transpose().map_err(|e| StoreError::Corrupt(format!("first child: {e}")))?
+        row.first.as_deref().map(str::parse::<TaskId>).transpose().map_err(|e| StoreError::Corrupt(format!("first child: {e}")))?
     else {
         return Ok(());
     };
-    let Some(position) = child.position_after(first_id, count as u32) else { return Ok(()) };
-    let made = made as u32;
-    if i64::from(position) + i64::from(ARRAY_WINDOW / 2) < i64::from(made) {
+    let Some(position) = child.position_after(first_id, row.count as u32) else { return Ok(()) };
+    if i64::from(position) + i64::from(ARRAY_WINDOW / 2) < row.made {
         return Ok(());
     }
-    let Some(children) = Children::from_row(first.as_deref(), indices.as_deref(), count)? else { return Ok(()) };
-    let spec: TaskSpec = serde_json::from_str(&spec).map_err(|e| StoreError::Corrupt(format!("array {array}: spec: {e}")))?;
-    let each: Vec<String> = tx
-        .prepare_cached("SELECT dep_id FROM task_deps WHERE task_id = ?1 AND cond = 'each' ORDER BY dep_id")?
-        .query_map([array], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
-    let shape = shape.ok_or_else(|| StoreError::Corrupt(format!("array {array} has no shape")))?;
-    let maker = Maker {
-        id: array,
-        spec: &spec,
-        children: &children,
-        made,
-        running: state == "running",
-        admitted,
-        each: &each,
-        shape,
-        created_at: Timestamp(created_at),
-        payload_bytes,
-    };
-    make(tx, &maker, position.saturating_add(ARRAY_WINDOW), follow)
+    row.make(tx, array, position.saturating_add(ARRAY_WINDOW), follow)
+}
+
+/// Makes every child of a running array not made yet, as the queue would
+/// as it reached them (before a copy to a store that holds every child
+/// as a row from the start).
+pub(crate) fn make_rest(tx: &Connection, array: &str, follow: &mut FollowUps) -> Result<(), StoreError> {
+    match ArrayRow::read(tx, array)? {
+        Some(row) if row.growing() => row.make(tx, array, u32::MAX, follow),
+        _ => Ok(()),
+    }
+}
+
+/// Makes the children a stopped array never made, as `cancelled` rows (its
+/// counts have them cancelled already).
+pub(crate) fn make_cancelled(tx: &Connection, array: &str) -> Result<(), StoreError> {
+    let Some(row) = ArrayRow::read(tx, array)? else { return Ok(()) };
+    if row.made >= row.count || row.growing() {
+        return Ok(());
+    }
+    let before: i64 = tx.query_row("SELECT COALESCE(MAX(rowid), 0) FROM tasks", [], |r| r.get(0))?;
+    // Made as waiting children of an array that does not run, then ended.
+    let stopped = ArrayRow { stopping: false, state: "waiting".into(), ..row };
+    stopped.make(tx, array, u32::MAX, &mut FollowUps::new())?;
+    tx.prepare_cached(
+        "UPDATE tasks SET state = 'cancelled', waiting_on = 0, reason = 'its array stopped before it was made', \
+         finished_at = COALESCE((SELECT finished_at FROM arrays WHERE id = ?1), updated_at) \
+         WHERE array_id = ?1 AND rowid > ?2",
+    )?
+    .execute(params![array, before])?;
+    Ok(())
+}
+
+/// An array's row, as making its children needs it.
+struct ArrayRow {
+    made: i64,
+    count: i64,
+    first: Option<String>,
+    indices: Option<String>,
+    stopping: bool,
+    state: String,
+    spec: String,
+    admitted: i64,
+    shape: Option<i64>,
+    created_at: i64,
+    payload_bytes: i64,
+}
+
+impl ArrayRow {
+    fn read(tx: &Connection, array: &str) -> Result<Option<ArrayRow>, StoreError> {
+        Ok(tx
+            .prepare_cached(
+                "SELECT made, children, first_child, indices, stopping, state, spec, admitted, shape, created_at, payload_bytes \
+                 FROM arrays WHERE id = ?1",
+            )?
+            .query_row([array], |r| {
+                Ok(ArrayRow {
+                    made: r.get(0)?,
+                    count: r.get(1)?,
+                    first: r.get(2)?,
+                    indices: r.get(3)?,
+                    stopping: r.get::<_, i64>(4)? != 0,
+                    state: r.get(5)?,
+                    spec: r.get(6)?,
+                    admitted: r.get(7)?,
+                    shape: r.get(8)?,
+                    created_at: r.get(9)?,
+                    payload_bytes: r.get(10)?,
+                })
+            })
+            .optional()?)
+    }
+
+    /// Whether it still makes children: some are not made, and it runs or waits.
+    fn growing(&self) -> bool {
+        self.made < self.count && !self.stopping && matches!(self.state.as_str(), "running" | "waiting")
+    }
+
+    /// Makes its children up to `upto`.
+    fn make(&self, tx: &Connection, array: &str, upto: u32, follow: &mut FollowUps) -> Result<(), StoreError> {
+        let Some(children) = Children::from_row(self.first.as_deref(), self.indices.as_deref(), self.count)? else { return Ok(()) };
+        let spec: TaskSpec = serde_json::from_str(&self.spec).map_err(|e| StoreError::Corrupt(format!("array {array}: spec: {e}")))?;
+        let each: Vec<String> = tx
+            .prepare_cached("SELECT dep_id FROM task_deps WHERE task_id = ?1 AND cond = 'each' ORDER BY dep_id")?
+            .query_map([array], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        let shape = self.shape.ok_or_else(|| StoreError::Corrupt(format!("array {array} has no shape")))?;
+        let maker = Maker {
+            id: array,
+            spec: &spec,
+            children: &children,
+            made: self.made as u32,
+            running: self.state == "running",
+            admitted: self.admitted,
+            each: &each,
+            shape,
+            created_at: Timestamp(self.created_at),
+            payload_bytes: self.payload_bytes,
+        };
+        make(tx, &maker, upto, follow)
+    }
 }
 
 /// When an array stops: its children never made end `cancelled` in its

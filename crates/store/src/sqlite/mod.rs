@@ -14,6 +14,8 @@ mod tenants;
 mod volumes;
 mod workflow;
 pub mod writer;
+#[cfg(test)]
+mod writer_tests;
 
 use crate::*;
 use rusqlite::{params_from_iter, Connection, OpenFlags};
@@ -77,6 +79,8 @@ pub struct SqliteStore {
     path: PathBuf,
     writes: Mutex<Option<mpsc::Sender<WriteOp>>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Dropped to stop the checkpointer thread.
+    checkpoints: Mutex<Option<mpsc::Sender<()>>>,
     readers: Arc<Vec<Mutex<Connection>>>,
     next_reader: AtomicUsize,
     observer: ObserverSlot,
@@ -90,8 +94,15 @@ pub struct SqliteStore {
     package_files: tokio::sync::Mutex<()>,
 }
 
-/// WAL pages between automatic checkpoints.
-const WAL_CHECKPOINT_PAGES: i64 = 10_000;
+/// WAL pages past which the writer checkpoints itself: a backstop, for
+/// when the checkpointer thread falls behind.
+const WAL_CHECKPOINT_PAGES: i64 = 40_000;
+
+/// How often the checkpointer thread copies the WAL into the database.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The writer connection's page cache, KiB.
+const WRITER_CACHE_KIB: i64 = 64 * 1024;
 
 /// Opens a connection with the pragmas every Shepherd connection uses.
 pub fn open_connection(path: &Path, synchronous: Synchronous, read_only: bool) -> rusqlite::Result<Connection> {
@@ -104,12 +115,22 @@ pub fn open_connection(path: &Path, synchronous: Synchronous, read_only: bool) -
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
     if !read_only {
         conn.pragma_update(None, "journal_mode", "WAL")?;
-        // Checkpoint every 10,000 pages (40 MiB) of WAL, not SQLite's 1,000:
-        // the same hot pages (recent tasks, the indexes' tails) are written
-        // by most commits, and a checkpoint copies each once however often
-        // it changed. At 5,000 nodes this took the writer from checkpointing
-        // a few times a second to once every few seconds (+16% tasks/s).
+        // Checkpoints are the checkpointer thread's (`checkpointer`), once
+        // a second, off the writer's thread. The writer checkpoints itself
+        // only past 40,000 pages (160 MiB) of WAL, if that thread falls
+        // behind. (SQLite's default, 1,000 pages in the writer's commit,
+        // cost the writer a checkpoint a few times a second at 5,000 nodes.)
         conn.pragma_update(None, "wal_autocheckpoint", WAL_CHECKPOINT_PAGES)?;
+        // Every request of a group commit runs in its own savepoint, and a
+        // savepoint keeps the pages it changes in a statement journal. By
+        // default that journal spills to a temporary file past 64 KiB: at
+        // 5,000 nodes two thirds of the writer's write calls went there,
+        // not to the WAL. In memory it costs at most a group's pages.
+        conn.pragma_update(None, "temp_store", "MEMORY")?;
+        // A larger page cache for the writer (SQLite's default is 2 MiB):
+        // the tails of the tasks table and its indexes stay in memory
+        // instead of being read again by every commit.
+        conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)?;
     }
     let sync = match synchronous {
         Synchronous::Full => "FULL",
@@ -118,6 +139,18 @@ pub fn open_connection(path: &Path, synchronous: Synchronous, read_only: bool) -
     conn.pragma_update(None, "synchronous", sync)?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
+}
+
+/// Copies the WAL into the database once a second (a passive checkpoint:
+/// it never waits for the writer or a reader), on its own connection and
+/// thread, so that the single writer only writes. Stops when `stop`'s
+/// sender is dropped.
+fn checkpointer(conn: Connection, stop: mpsc::Receiver<()>) {
+    while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY) {
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::debug!(error = %e, "checkpoint not done");
+        }
+    }
 }
 
 /// The database and its WAL and shared-memory files hold secrets: readable
@@ -171,8 +204,12 @@ impl SqliteStore {
         let slot = observer.clone();
         let key = shape_key.clone();
         let writer = std::thread::Builder::new().name("store-writer".into()).spawn(move || writer::run(conn, rx, slot, key))?;
+        let (stop, stopped) = mpsc::channel();
+        let checkpoint_conn = open_connection(&path, options.synchronous, false)?;
+        std::thread::Builder::new().name("store-checkpoint".into()).spawn(move || checkpointer(checkpoint_conn, stopped))?;
         Ok(SqliteStore {
             writes: Mutex::new(Some(tx)),
+            checkpoints: Mutex::new(Some(stop)),
             writer: Mutex::new(Some(writer)),
             readers: Arc::new(readers),
             next_reader: AtomicUsize::new(0),
@@ -184,6 +221,30 @@ impl SqliteStore {
         })
     }
 
+    /// Makes every array's children not made yet as rows: running
+    /// arrays' as the queue would make them, stopped arrays' as cancelled
+    /// (before the store is copied to PostgreSQL, which holds every child
+    /// as a row). Returns how many arrays it completed.
+    pub async fn make_every_child(&self) -> Result<usize, StoreError> {
+        self.write_with(|conn| {
+            let arrays: Vec<String> = conn
+                .prepare("SELECT id FROM arrays WHERE made < children ORDER BY id")?
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            let now = Timestamp::now();
+            for array in &arrays {
+                let mut follow = children::FollowUps::new();
+                children::make_rest(conn, array, &mut follow)?;
+                let mut cascade = Vec::new();
+                lifecycle::run_follow_ups(conn, follow, now, &mut cascade)?;
+                writer::append_applied(conn, now, &cascade)?;
+                children::make_cancelled(conn, array)?;
+            }
+            Ok(arrays.len())
+        })
+        .await
+    }
+
     /// Where the database lives.
     pub fn path(&self) -> &Path {
         &self.path
@@ -191,6 +252,9 @@ impl SqliteStore {
 
     /// Stops the writer after the writes already queued, and waits for it.
     pub fn close_writer(&self) {
+        if let Ok(mut checkpoints) = self.checkpoints.lock() {
+            checkpoints.take();
+        }
         if let Ok(mut writes) = self.writes.lock() {
             writes.take();
         }
@@ -360,11 +424,12 @@ impl Store for SqliteStore {
     }
 
     async fn create_tasks_audited(&self, tasks: Vec<NewTask>, audit: Vec<AuditEntry>) -> Result<(), StoreError> {
+        // The rows' JSON and shapes are worked out here, not on the writer's thread.
+        let rows = writer::TaskRow::all(&tasks, &self.shape_key)?;
         let tasks = Arc::new(tasks);
         let stored = tasks.clone();
-        let key = self.shape_key.clone();
         self.write_with(move |conn| {
-            writer::insert_tasks(conn, &stored, &key)?;
+            writer::insert_rows(conn, &stored, &rows, TaskState::Queued, 0)?;
             writer::append_created(conn, &stored)?;
             tenants::append_audit(conn, &audit)
         })
