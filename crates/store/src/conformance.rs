@@ -1029,6 +1029,35 @@ pub async fn leases_and_fencing(store: &dyn Store) {
         .unwrap();
 }
 
+/// A node's state set by the leader is fenced as its placements are: a
+/// paused old leader cannot mark a node down under a lease that is over.
+pub async fn node_state_fenced_by_the_lease(store: &dyn Store) {
+    use std::time::Duration;
+    let now = Timestamp::now();
+    let node = NodeRecord {
+        id: "n1".into(),
+        hostname: "host".into(),
+        state: NodeState::Ready,
+        driver: "docker".into(),
+        capacity: Resources { cpu_millicores: 2000, memory_mib: 4096 },
+        max_tasks: 10,
+        labels: BTreeMap::new(),
+        images: Vec::new(),
+        registered_at: now,
+        last_heartbeat_at: now,
+    };
+    store.upsert_node(node).await.unwrap();
+    let old = store.acquire_lease("old", Duration::from_secs(30)).await.unwrap().expect("free");
+    store.release_lease("old").await.unwrap();
+    let new = store.acquire_lease("new", Duration::from_secs(30)).await.unwrap().expect("released");
+    let late = store.set_node_state_as_leader("n1", NodeState::Down, &old).await;
+    assert!(matches!(late, Err(StoreError::Fenced { .. })), "the old leader is fenced: {late:?}");
+    assert_eq!(store.get_node("n1").await.unwrap().unwrap().state, NodeState::Ready, "nothing written");
+    assert!(store.set_node_state_as_leader("n1", NodeState::Down, &new).await.unwrap(), "the leader marks it down");
+    assert_eq!(store.get_node("n1").await.unwrap().unwrap().state, NodeState::Down);
+    assert!(!store.set_node_state_as_leader("gone", NodeState::Down, &new).await.unwrap(), "no such node");
+}
+
 /// Servers say who they are; messages reach every subscriber (for stores
 /// servers share).
 /// A node id is bound to the credential of its first registration: the
@@ -1775,6 +1804,7 @@ macro_rules! store_conformance {
         $crate::store_conformance!(@one $fixture, tenants);
         $crate::store_conformance!(@one $fixture, audit);
         $crate::store_conformance!(@one $fixture, leases_and_fencing);
+        $crate::store_conformance!(@one $fixture, node_state_fenced_by_the_lease);
         $crate::store_conformance!(@one $fixture, servers_and_messages);
         $crate::store_conformance!(@one $fixture, node_credentials);
         $crate::store_conformance!(@one $fixture, codes);

@@ -205,6 +205,12 @@ pub trait Store: Send + Sync + 'static {
     /// Sets a node's state (drain, down, ready). False if the node is unknown.
     async fn set_node_state(&self, id: &str, state: NodeState) -> Result<bool, StoreError>;
 
+    /// [`Store::set_node_state`] by the leader: refused (`Fenced`) unless
+    /// `lease` is still the current lease, checked in the same transaction,
+    /// so a paused old leader that wakes cannot mark a node down that the
+    /// new one hears from.
+    async fn set_node_state_as_leader(&self, id: &str, state: NodeState, lease: &Lease) -> Result<bool, StoreError>;
+
     /// Counts of tasks per state, of one project or of all.
     async fn count_by_state(&self, project: Option<String>) -> Result<Vec<(shepherd_core::TaskState, u64)>, StoreError>;
 

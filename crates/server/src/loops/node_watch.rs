@@ -12,7 +12,8 @@ use tokio::sync::{watch, Notify};
 
 /// Declares nodes that stopped heartbeating down, and reports their
 /// attempts lost: the state machine retries them elsewhere or fails them.
-/// Only the leader does, with its lease on every report. A node's last sign
+/// Only the leader does, with its lease on every write (the node's state
+/// and the reports). A node's last sign
 /// of life is the latest of its heartbeats here (`Liveness`: in memory,
 /// before any store write), its heartbeat time in the store (written by
 /// whichever server it talks to), and the moment this server began to lead
@@ -70,9 +71,17 @@ pub async fn run(
             // Its heartbeats are refused from now on: it must reconnect and reconcile.
             liveness.mark_down(&id);
             remote.disconnect(&id);
-            if let Err(e) = store.set_node_state(&id, down).await {
-                tracing::warn!(error = %e, "could not mark node down");
-                continue;
+            match store.set_node_state_as_leader(&id, down, &lease).await {
+                Ok(_) => {}
+                Err(e) if fenced(&e) => {
+                    // Another server leads now: it watches the nodes.
+                    leadership.step_down();
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not mark node down");
+                    continue;
+                }
             }
             observer.view.nodes_changed();
             give_away(&store, &observer, &leadership, &wakeup, &lease, &id, now).await;

@@ -187,6 +187,10 @@ impl Store for PgStore {
         self.pg_set_node_state(id, state).await
     }
 
+    async fn set_node_state_as_leader(&self, id: &str, state: NodeState, lease: &Lease) -> Result<bool, StoreError> {
+        self.pg_set_node_state_as(id, state, Some(lease)).await
+    }
+
     async fn count_by_state(&self, project: Option<String>) -> Result<Vec<(TaskState, u64)>, StoreError> {
         self.pg_count_by_state(project).await
     }

@@ -147,8 +147,16 @@ impl PgStore {
     }
 
     pub(super) async fn pg_set_node_state(&self, id: &str, state: NodeState) -> Result<bool, StoreError> {
+        self.pg_set_node_state_as(id, state, None).await
+    }
+
+    /// Sets a node's state; with a `lease`, only while it is the current one.
+    pub(super) async fn pg_set_node_state_as(&self, id: &str, state: NodeState, lease: Option<&crate::Lease>) -> Result<bool, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(error)?;
+        if let Some(lease) = lease {
+            super::leases::check_lease(&tx, lease).await?;
+        }
         let changed = tx.execute("UPDATE nodes SET state = $2 WHERE id = $1", &[&id, &state.as_str()]).await.map_err(error)? > 0;
         if changed {
             append_node_event(&tx, id, state, Timestamp::now()).await?;

@@ -808,6 +808,19 @@ impl Store for SqliteStore {
         self.write(|reply| WriteOp::SetNodeState(id, state, reply)).await
     }
 
+    async fn set_node_state_as_leader(&self, id: &str, state: NodeState, lease: &Lease) -> Result<bool, StoreError> {
+        let (id, lease) = (id.to_string(), lease.clone());
+        self.write_with(move |conn| {
+            let now = Timestamp::now();
+            check_lease(conn, &lease, now)?;
+            let mut events = Vec::new();
+            let changed = writer::set_node_state(conn, &id, state, now, &mut events)?;
+            writer::append_events(conn, now, &events)?;
+            Ok(changed)
+        })
+        .await
+    }
+
     async fn count_by_state(&self, project: Option<String>) -> Result<Vec<(TaskState, u64)>, StoreError> {
         self.read(move |conn| {
             // Two statements, so that each can use its index.

@@ -306,18 +306,9 @@ fn execute(
             }
             Outcome::Unit(reply, result)
         }
-        WriteOp::SetNodeState(id, state, reply) => Outcome::Flag(
-            reply,
-            in_savepoint(tx, |t| {
-                let changed = t.prepare_cached("UPDATE nodes SET state = ?2 WHERE id = ?1")?.execute(params![id, state.as_str()])? > 0;
-                if changed {
-                    let now = Timestamp::now();
-                    node_history(t, &id, state, now)?;
-                    events.push(node_event(&id, state, now));
-                }
-                Ok(changed)
-            }),
-        ),
+        WriteOp::SetNodeState(id, state, reply) => {
+            Outcome::Flag(reply, in_savepoint(tx, |t| set_node_state(t, &id, state, Timestamp::now(), events)))
+        }
         WriteOp::Run(work, reply) => Outcome::Any(reply, in_savepoint(tx, work)),
     }
 }
@@ -454,6 +445,23 @@ pub(crate) fn append_applied(tx: &Connection, now: Timestamp, results: &[ApplyRe
 
 /// A node's new state, as the event stream says it.
 /// Records a node's new state in `node_history` (see `crate::history`).
+/// Sets a node's state, with its history line and event (in `events`);
+/// whether there was such a node.
+pub(crate) fn set_node_state(
+    t: &Connection,
+    id: &str,
+    state: crate::NodeState,
+    now: Timestamp,
+    events: &mut Vec<ClusterEvent>,
+) -> Result<bool, StoreError> {
+    let changed = t.prepare_cached("UPDATE nodes SET state = ?2 WHERE id = ?1")?.execute(params![id, state.as_str()])? > 0;
+    if changed {
+        node_history(t, id, state, now)?;
+        events.push(node_event(id, state, now));
+    }
+    Ok(changed)
+}
+
 fn node_history(tx: &Connection, id: &str, state: crate::NodeState, at: Timestamp) -> Result<(), StoreError> {
     tx.prepare_cached(&crate::history::NODE_HISTORY_INSERT.replace('$', "?"))?.execute(params![id, state.as_str(), at.millis()])?;
     Ok(())
