@@ -43,6 +43,14 @@ pub struct ServerFlags {
     /// Durability of the embedded SQLite store.
     #[arg(long, value_enum, default_value = "full")]
     sync: SyncMode,
+    /// A PostgreSQL store: most connections this server opens (requests past
+    /// it wait; `shepherd_store_pool_wait_seconds` on /metrics shows how long).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(2..=1000))]
+    store_pool_size: u32,
+    /// A PostgreSQL store: longest a statement may run before PostgreSQL
+    /// cancels it (`0s`: no limit). Schema migrations at start are exempt.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    store_statement_timeout: Duration,
     /// Agents on other hosts join with this secret (`shepherd agent --join`).
     #[arg(long, env = "SHEPHERD_JOIN_TOKEN", hide_env_values = true)]
     join_token: Option<String>,
@@ -226,7 +234,13 @@ async fn run_cluster(server: ServerFlags, node: Option<&NodeFlags>, write_cli_co
                     SyncMode::Normal => Synchronous::Normal,
                 },
             },
-            StoreChoice::Postgres(url) => StoreConfig::Postgres { url: url.clone() },
+            StoreChoice::Postgres(url) => StoreConfig::Postgres {
+                url: url.clone(),
+                options: shepherd_store::postgres::PgOptions {
+                    max_connections: server.store_pool_size as usize,
+                    statement_timeout: Some(server.store_statement_timeout).filter(|t| !t.is_zero()),
+                },
+            },
         },
         limits: Limits::default(),
         local_node: local.as_ref().map(|(flags, node)| LocalNodeConfig {

@@ -23,8 +23,11 @@ async fn a_server_on_postgres_runs_tasks_and_keeps_them_across_a_restart() {
     server.stop();
     // The SQLite file is not where the state is.
     assert!(!data.join("shepherd.db").exists());
-    let server = Server::start(&data, &["--store", &url]);
+    let server = Server::start(&data, &["--store", &url, "--store-pool-size", "5", "--store-statement-timeout", "10s"]);
     let http = server.http();
+    let (_, metrics) = http.text("/metrics").await;
+    assert!(metrics.contains("shepherd_store_pool_connections{state=\"max\"} 5"), "{metrics}");
+    assert!(metrics.contains("shepherd_store_pool_wait_seconds_total"), "{metrics}");
     let (status, task) = http.get(&format!("/v1/tasks/{id}")).await;
     assert_eq!(status, 200, "{task}");
     assert_eq!(task["state"], "queued");

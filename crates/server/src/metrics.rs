@@ -112,6 +112,10 @@ pub struct Metrics {
     plugin_seconds: Family<PluginLabel, Counter<f64, std::sync::atomic::AtomicU64>>,
     plugin_disabled: Family<PluginLabel, Gauge>,
     stage_seconds: Family<StageLabel, Counter<f64, std::sync::atomic::AtomicU64>>,
+    pool_connections: Family<StateLabel, Gauge>,
+    pool_waiting: Gauge,
+    pool_waits: Counter,
+    pool_wait_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
     /// Held while a scrape refills the gauges.
     scraping: tokio::sync::Mutex<()>,
     /// The request histograms met so far, by a hash of their labels.
@@ -214,6 +218,10 @@ impl Metrics {
             plugin_seconds: Family::default(),
             plugin_disabled: Family::default(),
             stage_seconds: Family::default(),
+            pool_connections: Family::default(),
+            pool_waiting: Gauge::default(),
+            pool_waits: Counter::default(),
+            pool_wait_seconds: Counter::default(),
             recent: Default::default(),
             ended: Default::default(),
             request_handles: Default::default(),
@@ -281,6 +289,26 @@ impl Metrics {
              commit of placements (sched_commit) and assignment to nodes (sched_assign); the store's writer (store_write); \
              task submissions checked (api_submit) and stored (api_submit_store), and agents' reports (agent_report). A serial stage busy all the time is saturated.",
             m.stage_seconds.clone(),
+        );
+        registry.register(
+            "shepherd_store_pool_connections",
+            "The store's connection pool (PostgreSQL): connections open, idle, and at most (state)",
+            m.pool_connections.clone(),
+        );
+        registry.register(
+            "shepherd_store_pool_waiting",
+            "Callers waiting for a connection of the store's pool now",
+            m.pool_waiting.clone(),
+        );
+        registry.register(
+            "shepherd_store_pool_waits",
+            "Callers that found no idle connection in the store's pool and waited",
+            m.pool_waits.clone(),
+        );
+        registry.register(
+            "shepherd_store_pool_wait_seconds",
+            "Time callers waited for a connection of the store's pool (grow --store-pool-size if it climbs)",
+            m.pool_wait_seconds.clone(),
         );
         shepherd_agent::metrics::metrics().register(&mut registry);
         Metrics { registry, ..m }
@@ -422,6 +450,18 @@ impl Metrics {
             let delta = plugin.seconds - seconds.get();
             seconds.inc_by(if delta >= 0.0 { delta } else { plugin.seconds });
             self.plugin_disabled.get_or_create(&label).set(i64::from(plugin.state == "disabled"));
+        }
+        if let Some(pool) = store.pool_status() {
+            for (state, count) in [("open", pool.open), ("idle", pool.idle), ("max", pool.max)] {
+                self.pool_connections.get_or_create(&StateLabel { state }).set(count as i64);
+            }
+            self.pool_waiting.set(pool.waiting as i64);
+            // Counters move up by what the store counted since the last scrape.
+            self.pool_waits.inc_by(pool.waits.saturating_sub(self.pool_waits.get()));
+            let delta = pool.waited_seconds - self.pool_wait_seconds.get();
+            if delta > 0.0 {
+                self.pool_wait_seconds.inc_by(delta);
+            }
         }
         match store.active_counts().await {
             Ok(counts) => {

@@ -73,6 +73,18 @@ pub enum StoreError {
     IdempotencyConflict(String),
 }
 
+/// A store's connection pool: connections at most, open and idle, callers
+/// waiting now, and how many waited and for how long in all.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PoolStatus {
+    pub max: u64,
+    pub open: u64,
+    pub idle: u64,
+    pub waiting: u64,
+    pub waits: u64,
+    pub waited_seconds: f64,
+}
+
 impl StoreError {
     /// Whether trying the same request again later may succeed.
     pub fn is_transient(&self) -> bool {
@@ -510,6 +522,11 @@ pub trait Store: Send + Sync + 'static {
     /// The cluster's secret key of placement shapes, which this store
     /// gives every task it stores ([`shepherd_core::shape`]).
     fn shape_key(&self) -> &shepherd_core::shape::ShapeKey;
+
+    /// The connection pool's state, for a store that has one (PostgreSQL).
+    fn pool_status(&self) -> Option<PoolStatus> {
+        None
+    }
 }
 
 /// What a store tells an observer about its writes, after they committed.

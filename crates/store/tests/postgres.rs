@@ -66,3 +66,38 @@ async fn a_database_from_a_newer_shepherd_is_refused() {
     let err = PgStore::connect(&url, 2).await.err().expect("refused");
     assert!(matches!(err, StoreError::NewerSchema { found: 999, .. }), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pool_size_and_statement_timeout_are_the_servers_to_choose() {
+    use shepherd_store::postgres::PgOptions;
+    let url = fresh_database().await;
+    let options = PgOptions { max_connections: 2, statement_timeout: Some(std::time::Duration::from_millis(1500)) };
+    let store = PgStore::connect_with(&url, options).await.unwrap();
+    assert_eq!(store.setting("statement_timeout").await.unwrap(), "1500ms");
+    assert!(store.setting("statement_timeout; DROP TABLE tasks").await.is_err());
+    // More callers than connections: they wait, and the waits are counted.
+    let store = std::sync::Arc::new(store);
+    let readers: Vec<_> = (0..16)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for _ in 0..10 {
+                    store.list_nodes().await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for reader in readers {
+        reader.await.unwrap();
+    }
+    let status = Store::pool_status(store.as_ref()).expect("a pool");
+    assert_eq!(status.max, 2);
+    assert!(status.open <= 2, "{status:?}");
+    assert!(status.waits > 0 && status.waited_seconds > 0.0, "{status:?}");
+    // A URL's own setting wins; `None` leaves PostgreSQL's default (no limit).
+    let own = format!("{url}?options=-c%20statement_timeout%3D2500");
+    let store = PgStore::connect_with(&own, PgOptions::default()).await.unwrap();
+    assert_eq!(store.setting("statement_timeout").await.unwrap(), "2500ms");
+    let store = PgStore::connect_with(&url, PgOptions { statement_timeout: None, ..PgOptions::default() }).await.unwrap();
+    assert_eq!(store.setting("statement_timeout").await.unwrap(), "0");
+}

@@ -106,7 +106,7 @@ pub enum StoreConfig {
     Sqlite { synchronous: Synchronous },
     /// A PostgreSQL database (`postgres://user:password@host:port/database`),
     /// which several servers may share.
-    Postgres { url: String },
+    Postgres { url: String, options: shepherd_store::postgres::PgOptions },
 }
 
 /// The local node's size and settings.
@@ -216,7 +216,7 @@ impl Cluster {
                 config.data_dir.join("shepherd.db"),
                 SqliteOptions { synchronous: *synchronous, ..Default::default() },
             )?),
-            StoreConfig::Postgres { url } => Arc::new(PgStore::connect(url, 16).await?),
+            StoreConfig::Postgres { url, options } => Arc::new(PgStore::connect_with(url, options.clone()).await?),
         };
         let dyn_store = store.clone();
         let metrics = Arc::new(crate::metrics::Metrics::new());

@@ -23,6 +23,25 @@ pub struct PgStore {
     pub(super) observer: ObserverSlot,
     /// Keys placement shapes (the cluster's secret, in `cluster_meta`).
     pub(super) shape_key: ShapeKey,
+    /// Time callers waited for a connection of `pool`, in microseconds, and how many waited.
+    pub(super) waited_micros: std::sync::atomic::AtomicU64,
+    pub(super) waits: std::sync::atomic::AtomicU64,
+}
+
+/// How a server uses its PostgreSQL database.
+#[derive(Debug, Clone)]
+pub struct PgOptions {
+    /// Most connections in the pool (a request past it waits for one).
+    pub max_connections: usize,
+    /// Longest a statement may run before PostgreSQL cancels it (`None`:
+    /// no limit). Schema migrations at start are not limited.
+    pub statement_timeout: Option<std::time::Duration>,
+}
+
+impl Default for PgOptions {
+    fn default() -> PgOptions {
+        PgOptions { max_connections: 16, statement_timeout: Some(std::time::Duration::from_secs(30)) }
+    }
 }
 
 /// The NOTIFY channel servers talk on.
@@ -91,6 +110,13 @@ impl PgStore {
     /// Connects to `url` (`postgres://user:password@host:port/database`),
     /// migrates the schema, and keeps a pool of up to `max_connections`.
     pub async fn connect(url: &str, max_connections: usize) -> Result<PgStore, StoreError> {
+        PgStore::connect_with(url, PgOptions { max_connections, ..PgOptions::default() }).await
+    }
+
+    /// [`PgStore::connect`] with every setting: the pool's size and the
+    /// statements' timeout (a URL's own `options=-c statement_timeout=…` wins).
+    pub async fn connect_with(url: &str, settings: PgOptions) -> Result<PgStore, StoreError> {
+        let max_connections = settings.max_connections;
         let mut config: tokio_postgres::Config =
             url.parse().map_err(|e| StoreError::Unavailable(format!("`{}` is not a PostgreSQL URL: {e}", redact(url))))?;
         // A server that stalls inside a transaction (frozen, swapped out,
@@ -101,6 +127,12 @@ impl PgStore {
         let options = config.get_options().unwrap_or("").to_string();
         if !options.contains("idle_in_transaction_session_timeout") {
             config.options(format!("{options} -c idle_in_transaction_session_timeout={}", IDLE_IN_TRANSACTION.as_millis()).trim());
+        }
+        if let Some(timeout) = settings.statement_timeout {
+            let options = config.get_options().unwrap_or("").to_string();
+            if !options.contains("statement_timeout") {
+                config.options(format!("{options} -c statement_timeout={}", timeout.as_millis().max(1)).trim());
+            }
         }
         let manager = Manager::from_config(config.clone(), NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager).max_size(max_connections.max(2)).build().map_err(|e| StoreError::Unavailable(e.to_string()))?;
@@ -118,7 +150,10 @@ impl PgStore {
             }
             other => StoreError::Unavailable(other.to_string()),
         })?;
+        // Migrations may rewrite large tables: no statement timeout for them.
+        client.batch_execute("SET statement_timeout = 0").await.map_err(error)?;
         let version = schema::migrate(&mut client).await?;
+        client.batch_execute("RESET statement_timeout").await.map_err(error)?;
         let row = client.query_one("SELECT value FROM cluster_meta WHERE key = $1", &[&crate::SHAPE_KEY]).await.map_err(error)?;
         let shape_key = crate::shape_key_from(row.get(0))?;
         drop(client);
@@ -127,12 +162,55 @@ impl PgStore {
         let listener = tokio::spawn(listen(config, messages.clone()));
         let observer = ObserverSlot::default();
         let combiner = apply::Combiner::start(pool.clone(), observer.clone());
-        Ok(PgStore { pool, counters, messages, listener, combiner, observer, shape_key })
+        Ok(PgStore {
+            pool,
+            counters,
+            messages,
+            listener,
+            combiner,
+            observer,
+            shape_key,
+            waited_micros: Default::default(),
+            waits: Default::default(),
+        })
     }
 
     /// A connection from the pool.
     pub(super) async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
-        self.pool.get().await.map_err(pool_error)
+        use std::sync::atomic::Ordering;
+        // Only a caller that found no idle connection waited.
+        if self.pool.status().available > 0 {
+            return self.pool.get().await.map_err(pool_error);
+        }
+        let began = std::time::Instant::now();
+        let client = self.pool.get().await.map_err(pool_error);
+        self.waited_micros.fetch_add(began.elapsed().as_micros() as u64, Ordering::Relaxed);
+        self.waits.fetch_add(1, Ordering::Relaxed);
+        client
+    }
+
+    /// A setting of this store's sessions (`SHOW name`), as PostgreSQL says it.
+    pub async fn setting(&self, name: &str) -> Result<String, StoreError> {
+        if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return Err(StoreError::Invalid { field: "name".into(), message: "a setting's name is letters, digits and _".into() });
+        }
+        let client = self.client().await?;
+        Ok(client.query_one(&format!("SHOW {name}"), &[]).await.map_err(error)?.get(0))
+    }
+
+    /// The pool now: connections open, idle, at most; callers waiting; and
+    /// the time callers have waited for one so far.
+    pub fn pool_status(&self) -> crate::PoolStatus {
+        use std::sync::atomic::Ordering;
+        let status = self.pool.status();
+        crate::PoolStatus {
+            max: status.max_size as u64,
+            open: status.size as u64,
+            idle: status.available as u64,
+            waiting: status.waiting as u64,
+            waits: self.waits.load(Ordering::Relaxed),
+            waited_seconds: self.waited_micros.load(Ordering::Relaxed) as f64 / 1e6,
+        }
     }
 }
 

@@ -41,7 +41,7 @@ use crate::*;
 use shepherd_core::shape::ShapeKey;
 use shepherd_core::{Event, EventCursor, NewTask, StoredEvent, Task, TaskId, TaskState, Timestamp, Volume};
 
-pub use connection::{redact, PgStore, IDLE_IN_TRANSACTION, RESYNC};
+pub use connection::{redact, PgOptions, PgStore, IDLE_IN_TRANSACTION, RESYNC};
 pub use schema::VERSION;
 
 #[async_trait::async_trait]
@@ -415,6 +415,10 @@ impl Store for PgStore {
 
     fn shape_key(&self) -> &ShapeKey {
         &self.shape_key
+    }
+
+    fn pool_status(&self) -> Option<PoolStatus> {
+        Some(PgStore::pool_status(self))
     }
 
     fn set_observer(&self, observer: std::sync::Arc<dyn StoreObserver>) {
