@@ -262,3 +262,98 @@ async fn a_schedule_fires_each_slot_once_across_a_leader_change() {
     }
     assert_eq!(paused["skipped"], 0, "{paused}");
 }
+
+/// PostgreSQL's own tool for this database's server version.
+fn pg_tool(name: &str) -> std::path::PathBuf {
+    let mut dirs: Vec<_> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL is installed (scripts/postgres.sh installs it)")
+        .filter_map(|e| e.ok().map(|e| e.path().join("bin").join(name)))
+        .filter(|p| p.exists())
+        .collect();
+    dirs.sort();
+    dirs.pop().unwrap_or_else(|| panic!("no {name}"))
+}
+
+/// Backups as docs/storage.md says: `pg_dump` of a live cluster while it
+/// takes tasks, `pg_restore` into a fresh database, a server started on it:
+/// everything acknowledged before the dump is there, and it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_cluster_is_dumped_restored_and_runs_again() {
+    let url = common::fresh_postgres_database().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut server = Server::start(&data, &["--store", &url]);
+    let http = server.http();
+    let (status, created) = http.post("/v1/projects", &json!({"name": "acme"})).await;
+    assert_eq!(status, 201, "{created}");
+    let token = created["token"]["token"].as_str().unwrap().to_string();
+    let (status, _) = http.send(reqwest::Method::PUT, "/v1/projects/acme/secrets/db", &json!({"value": "s3cret"})).await;
+    assert_eq!(status, 204);
+    let (done, logs) = common::run_to_end(&http, common::sh("echo before the dump")).await;
+    assert_eq!(logs, "before the dump\n");
+    let done = done["id"].as_str().unwrap().to_string();
+    let (_, queued) =
+        http.post("/v1/tasks", &json!({"image": "busybox", "command": ["true"], "constraints": ["node.labels.later==yes"]})).await;
+    let queued = queued["id"].as_str().unwrap().to_string();
+    let mut acknowledged = vec![done.clone(), queued.clone()];
+    // The cluster keeps taking tasks while it is dumped.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (base, flag) = (server.url.clone(), stop.clone());
+    let submitter = tokio::spawn(async move {
+        let client = common::client();
+        let mut ids = Vec::new();
+        while !flag.load(Ordering::Relaxed) {
+            let body =
+                json!({"tasks": vec![json!({"image": "busybox", "command": ["true"], "constraints": ["node.labels.later==yes"]}); 20]});
+            let response = client.post(format!("{base}/v1/tasks/batch")).json(&body).send().await.unwrap();
+            assert_eq!(response.status().as_u16(), 201);
+            let body: Value = response.json().await.unwrap();
+            ids.extend(body["ids"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()));
+        }
+        ids
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Everything acknowledged by now must be in the dump.
+    let (_, page) = http.get("/v1/tasks?limit=1000").await;
+    let before_dump: Vec<String> = page["tasks"].as_array().unwrap().iter().map(|t| t["id"].as_str().unwrap().to_string()).collect();
+    let dump = dir.path().join("cluster.dump");
+    let out = std::process::Command::new(pg_tool("pg_dump")).args(["-Fc", "-f"]).arg(&dump).args(["-d", &url]).output().unwrap();
+    assert!(out.status.success(), "pg_dump: {}", String::from_utf8_lossy(&out.stderr));
+    stop.store(true, Ordering::Relaxed);
+    acknowledged.extend(submitter.await.unwrap());
+    server.stop();
+
+    let restored = common::fresh_postgres_database().await;
+    let out = std::process::Command::new(pg_tool("pg_restore"))
+        .args(["--no-owner", "--exit-on-error", "-d", &restored])
+        .arg(&dump)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "pg_restore: {}", String::from_utf8_lossy(&out.stderr));
+    let server = Server::start(&data, &["--store", &restored, "--node-label", "later=yes"]);
+    let http = server.http();
+    for id in &before_dump {
+        let (status, task) = http.get(&format!("/v1/tasks/{id}")).await;
+        assert_eq!(status, 200, "acknowledged before the dump, so in it: {id} {task}");
+    }
+    let (_, logs) = http.text(&format!("/v1/tasks/{done}/logs")).await;
+    assert_eq!(logs, "before the dump\n");
+    assert_eq!(http.wait_terminal(&queued, Duration::from_secs(60)).await["state"], "succeeded");
+    let as_acme = server.http_as(Some(&token));
+    let (secret_task, _) = common::run_to_end(
+        &as_acme,
+        json!({"image": "busybox", "command": ["sh", "-c", "test \"$DB\" = s3cret"], "secrets": [{"name": "db", "env": "DB"}]}),
+    )
+    .await;
+    assert_eq!(secret_task["state"], "succeeded", "the token and the secret came back: {secret_task}");
+    // New tasks take new ids and audit numbers after the restored ones.
+    let (_, audit) = http.get("/v1/audit?project=acme").await;
+    let seqs: Vec<i64> = audit["entries"].as_array().unwrap().iter().map(|e| e["seq"].as_i64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] > w[1]) && seqs.len() >= 3, "{audit}");
+    // Every task the restore holds is one that was acknowledged.
+    let (_, page) = http.get("/v1/tasks?limit=1000").await;
+    for task in page["tasks"].as_array().unwrap() {
+        let id = task["id"].as_str().unwrap();
+        assert!(acknowledged.iter().any(|a| a == id) || task["project"] == "acme", "{id} was never acknowledged");
+    }
+}
