@@ -357,3 +357,32 @@ async fn a_live_cluster_is_dumped_restored_and_runs_again() {
         assert!(acknowledged.iter().any(|a| a == id) || task["project"] == "acme", "{id} was never acknowledged");
     }
 }
+
+/// A task stored by a follower wakes the leader through the store's
+/// messages: with idle passes 60 s apart, it is still placed at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_wakes_the_leader_for_what_it_stored() {
+    let url = common::fresh_postgres_database().await;
+    let dir = tempfile::tempdir().unwrap();
+    let servers: Vec<Option<Server>> = (0..2)
+        .map(|i| {
+            let listen = format!("127.0.0.1:{}", common::free_port());
+            Some(Server::start_env(
+                &dir.path().join(format!("s{i}")),
+                &listen,
+                &["--store", &url, "--leader-lease", "2s"],
+                &[("SHEPHERD_IDLE_PASS_MS", "60000")],
+            ))
+        })
+        .collect();
+    let leader = leader_of(&servers).await;
+    let follower = servers[1 - leader].as_ref().unwrap().http();
+    for round in 0..5 {
+        let (status, task) = follower.post("/v1/tasks", &common::sh("true")).await;
+        assert_eq!(status, 201, "{task}");
+        let id = task["id"].as_str().unwrap().to_string();
+        // Far less than the idle pass: only a wake places it this soon.
+        let done = follower.wait_terminal(&id, Duration::from_secs(20)).await;
+        assert_eq!(done["state"], "succeeded", "round {round}: {done}");
+    }
+}

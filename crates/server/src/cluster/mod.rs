@@ -299,6 +299,7 @@ impl Cluster {
                 dyn_store.clone(),
                 remote.clone(),
                 view.clone(),
+                crate::loops::relay::Wake { scheduler: wakeup.clone(), leadership: leadership.clone() },
                 shutdown_rx.clone(),
             )));
         }

@@ -7,6 +7,12 @@ use crate::nodes::links::NodeLinks;
 use crate::nodes::remote::RemoteAgents;
 use crate::nodes::view::ClusterView;
 
+/// The leader's scheduler, woken by followers' [`Dispatch::Wake`].
+pub struct Wake {
+    pub scheduler: std::sync::Arc<tokio::sync::Notify>,
+    pub leadership: crate::loops::leader::Leadership,
+}
+
 /// Acts on what other servers publish, for the agents connected here:
 /// assignments (with the launch spec read from the store) and cancels.
 /// After the store's listener reconnected (messages may have been missed),
@@ -16,6 +22,7 @@ pub async fn run(
     store: std::sync::Arc<dyn shepherd_store::Store>,
     remote: std::sync::Arc<RemoteAgents>,
     view: std::sync::Arc<ClusterView>,
+    wake: Wake,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     use tokio::sync::broadcast::error::RecvError;
@@ -68,6 +75,8 @@ pub async fn run(
                 remote.prefetch_here(&node, &image, project.as_deref(), auth, timeout);
             }
             Ok(Dispatch::Reconcile) => remote.reconcile_all(),
+            // Only the leader places (a follower hears its own wakes too).
+            Ok(Dispatch::Wake) if wake.leadership.is_leader() => wake.scheduler.notify_one(),
             Ok(Dispatch::Released { tasks }) => {
                 for (task, attempt) in tasks {
                     view.released(task, attempt);

@@ -38,6 +38,15 @@ const MAX_PAGES: usize = 10;
 /// Longest sleep between passes: retry backoffs expire without a wakeup.
 const IDLE_PASS: Duration = Duration::from_millis(250);
 
+/// A follower wakes the leader at most this often.
+const WAKE_EVERY: Duration = Duration::from_millis(5);
+
+/// The idle pass: [`IDLE_PASS`], or `SHEPHERD_IDLE_PASS_MS` (tests that
+/// show a wake does not wait for it).
+fn idle_pass() -> Duration {
+    std::env::var("SHEPHERD_IDLE_PASS_MS").ok().and_then(|v| v.parse().ok()).map_or(IDLE_PASS, Duration::from_millis)
+}
+
 /// The loop's inputs.
 pub struct Scheduler {
     pub store: Arc<dyn Store>,
@@ -220,7 +229,21 @@ impl Scheduler {
     /// Runs until `shutdown` turns true.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let mut last_check = Instant::now();
+        // Woken here (a task stored, a report) while another server leads:
+        // that server is told, so that it places now (`Dispatch::Wake`
+        // over the store's messages), not at its next idle pass.
+        let mut woken = false;
+        let idle = idle_pass();
         loop {
+            if woken && !self.leadership.is_leader() {
+                let text = serde_json::to_string(&crate::nodes::dispatch::Dispatch::Wake).unwrap_or_default();
+                if let Err(e) = self.store.publish(text).await {
+                    tracing::debug!(error = %e, "could not wake the leader");
+                }
+                // At most one wake per WAKE_EVERY: a burst of creates costs one message.
+                tokio::time::sleep(WAKE_EVERY).await;
+            }
+            woken = false;
             if self.check_every.is_some_and(|every| last_check.elapsed() >= every) {
                 last_check = Instant::now();
                 self.check_view().await;
@@ -239,8 +262,8 @@ impl Scheduler {
                 continue;
             }
             tokio::select! {
-                _ = self.wakeup.notified() => {}
-                _ = tokio::time::sleep(IDLE_PASS) => {}
+                _ = self.wakeup.notified() => woken = true,
+                _ = tokio::time::sleep(idle) => {}
                 _ = shutdown.changed() => break,
             }
         }

@@ -25,6 +25,9 @@ pub enum Dispatch {
     /// These attempts (task, attempt) left their nodes: the leader's view
     /// releases what they held.
     Released { tasks: Vec<(TaskId, u32)> },
+    /// Something to place arrived at a follower (tasks stored, capacity
+    /// freed): the leader runs a pass now, not at its next idle pass.
+    Wake,
 }
 
 /// Asks every server to have its agents reconcile.
