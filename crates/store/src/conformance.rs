@@ -1029,6 +1029,45 @@ pub async fn leases_and_fencing(store: &dyn Store) {
         .unwrap();
 }
 
+/// Single creates at once, one of them with a task id already taken: they
+/// share commits (group commit), and the duplicate fails alone, with
+/// nothing of it written; every other one is stored with its audit line.
+pub async fn concurrent_creates_fail_alone(store: &dyn Store) {
+    let mut gen = ulid::Generator::new();
+    let taken = new_task(&mut gen, spec("p"));
+    store.create_tasks(vec![taken.clone()]).await.unwrap();
+    let mut requests = Vec::new();
+    for i in 0..100 {
+        let mut tasks = vec![new_task(&mut gen, spec("p"))];
+        if i == 50 {
+            tasks.push(taken.clone());
+        }
+        let audit = vec![AuditEntry {
+            seq: 0,
+            at: Timestamp::now(),
+            actor: "test".into(),
+            project: Some("p".into()),
+            action: "task.create".into(),
+            target: tasks[0].id.to_string(),
+            detail: None,
+        }];
+        requests.push((tasks, audit));
+    }
+    let results = futures_util::future::join_all(requests.iter().map(|(t, a)| store.create_tasks_audited(t.clone(), a.clone()))).await;
+    let failed: Vec<usize> = results.iter().enumerate().filter(|(_, r)| r.is_err()).map(|(i, _)| i).collect();
+    assert_eq!(failed, vec![50], "only the request with the taken id fails: {results:?}");
+    for (i, (tasks, _)) in requests.iter().enumerate() {
+        let stored = store.get_task(tasks[0].id).await.unwrap().is_some();
+        assert_eq!(stored, i != 50, "request {i}'s first task");
+    }
+    let counts: BTreeMap<TaskState, u64> = store.count_by_state(Some("p".into())).await.unwrap().into_iter().collect();
+    assert_eq!(counts.get(&TaskState::Queued), Some(&100), "99 created and the one taken before");
+    let audit = store.list_audit(Some("p".into()), None, 1000).await.unwrap();
+    let seqs: std::collections::BTreeSet<i64> = audit.iter().map(|e| e.seq).collect();
+    assert_eq!(audit.len(), 99, "an audit line for each stored request");
+    assert_eq!(seqs.len(), 99, "numbered without a repeat");
+}
+
 /// A node's state set by the leader is fenced as its placements are: a
 /// paused old leader cannot mark a node down under a lease that is over.
 pub async fn node_state_fenced_by_the_lease(store: &dyn Store) {
@@ -1805,6 +1844,7 @@ macro_rules! store_conformance {
         $crate::store_conformance!(@one $fixture, audit);
         $crate::store_conformance!(@one $fixture, leases_and_fencing);
         $crate::store_conformance!(@one $fixture, node_state_fenced_by_the_lease);
+        $crate::store_conformance!(@one $fixture, concurrent_creates_fail_alone);
         $crate::store_conformance!(@one $fixture, servers_and_messages);
         $crate::store_conformance!(@one $fixture, node_credentials);
         $crate::store_conformance!(@one $fixture, codes);

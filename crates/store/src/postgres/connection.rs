@@ -20,6 +20,8 @@ pub struct PgStore {
     pub(super) listener: tokio::task::JoinHandle<()>,
     /// Group commit for [`Store::apply`](crate::Store::apply).
     pub(super) combiner: apply::Combiner,
+    /// Group commit for creates ([`Store::create_tasks_audited`](crate::Store::create_tasks_audited)).
+    pub(super) creates: super::group::Combiner<super::tasks::Create>,
     pub(super) observer: ObserverSlot,
     /// Keys placement shapes (the cluster's secret, in `cluster_meta`).
     pub(super) shape_key: ShapeKey,
@@ -162,12 +164,14 @@ impl PgStore {
         let listener = tokio::spawn(listen(config, messages.clone()));
         let observer = ObserverSlot::default();
         let combiner = apply::Combiner::start(pool.clone(), observer.clone());
+        let creates = super::group::Combiner::start(pool.clone(), observer.clone(), super::tasks::MAX_CREATED);
         Ok(PgStore {
             pool,
             counters,
             messages,
             listener,
             combiner,
+            creates,
             observer,
             shape_key,
             waited_micros: Default::default(),

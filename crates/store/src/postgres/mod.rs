@@ -20,6 +20,7 @@ mod apply;
 mod codes;
 mod connection;
 mod events;
+mod group;
 mod leases;
 mod lifecycle;
 mod logs;

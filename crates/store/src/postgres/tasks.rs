@@ -13,6 +13,55 @@ use std::collections::BTreeMap;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 
+/// Most tasks one combined create takes.
+pub(super) const MAX_CREATED: usize = 5_000;
+
+/// One caller's new tasks with their audit lines (numbers reserved),
+/// waiting for a combined transaction ([`super::group`]): a thousand single
+/// creates cost a few commits.
+pub(super) struct Create {
+    tasks: Vec<NewTask>,
+    audit: Vec<AuditEntry>,
+    numbers: Vec<Option<i64>>,
+    key: ShapeKey,
+    reply: tokio::sync::oneshot::Sender<Result<(), StoreError>>,
+}
+
+impl super::group::Request for Create {
+    type Out = ();
+
+    fn weight(&self) -> usize {
+        self.tasks.len().max(1)
+    }
+
+    fn write<'a>(
+        tx: &'a deadpool_postgres::Transaction<'a>,
+        group: &'a [Self],
+    ) -> futures_util::future::BoxFuture<'a, Result<Vec<()>, StoreError>> {
+        Box::pin(async move {
+            let Some(first) = group.first() else { return Ok(Vec::new()) };
+            let tasks: Vec<&NewTask> = group.iter().flat_map(|c| c.tasks.iter()).collect();
+            insert_tasks_as(tx, &tasks, &first.key, &vec![(TaskState::Queued, 0); tasks.len()]).await?;
+            let created: Vec<shepherd_core::ClusterEvent> = group.iter().flat_map(|c| crate::created_events(&c.tasks)).collect();
+            if let Some(task) = tasks.first() {
+                append_events(tx, task.created_at, &created).await?;
+            }
+            let audit: Vec<AuditEntry> = group.iter().flat_map(|c| c.audit.iter().cloned()).collect();
+            let numbers: Vec<Option<i64>> = group.iter().flat_map(|c| c.numbers.iter().copied()).collect();
+            append_audit(tx, &audit, &numbers).await?;
+            Ok(vec![(); group.len()])
+        })
+    }
+
+    fn committed(&self, observer: &crate::ObserverSlot) {
+        observer.created(&self.tasks);
+    }
+
+    fn reply(self, result: Result<(), StoreError>) {
+        let _ = self.reply.send(result);
+    }
+}
+
 /// Inserts new tasks, their labels and their webhooks, a batch in one
 /// multi-row insert each; a task id already taken fails the whole batch.
 pub(super) async fn insert_tasks(tx: &deadpool_postgres::Transaction<'_>, tasks: &[NewTask], key: &ShapeKey) -> Result<(), StoreError> {
@@ -160,20 +209,10 @@ impl PgStore {
 
     pub(super) async fn pg_create_tasks_audited(&self, tasks: Vec<NewTask>, audit: Vec<AuditEntry>) -> Result<(), StoreError> {
         let numbers = reserve_audit_numbers(&self.counters, &audit).await?;
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(error)?;
-        let started = std::time::Instant::now();
-        insert_tasks(&tx, &tasks, &self.shape_key).await?;
-        if let Some(first) = tasks.first() {
-            append_events(&tx, first.created_at, &crate::created_events(&tasks)).await?;
-        }
-        append_audit(&tx, &audit, &numbers).await?;
-        tx.commit().await.map_err(error)?;
-        if let Some(observer) = self.observer.get() {
-            observer.committed(1, started.elapsed());
-        }
-        self.observer.created(&tasks);
-        Ok(())
+        // Group-committed with the other creates waiting (`Create`).
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.creates.send(Create { tasks, audit, numbers, key: self.shape_key.clone(), reply })?;
+        answer.await.map_err(|_| StoreError::Closed)?
     }
 
     pub(super) async fn pg_get_task(&self, id: TaskId) -> Result<Option<Task>, StoreError> {
