@@ -21,7 +21,7 @@ pub struct PgStore {
     /// Group commit for [`Store::apply`](crate::Store::apply).
     pub(super) combiner: apply::Combiner,
     /// Group commit for creates ([`Store::create_tasks_audited`](crate::Store::create_tasks_audited)).
-    pub(super) creates: super::group::Combiner<super::tasks::Create>,
+    pub(super) creates: super::group::Combiner<super::inserts::Create>,
     pub(super) observer: ObserverSlot,
     /// Keys placement shapes (the cluster's secret, in `cluster_meta`).
     pub(super) shape_key: ShapeKey,
@@ -164,7 +164,7 @@ impl PgStore {
         let listener = tokio::spawn(listen(config, messages.clone()));
         let observer = ObserverSlot::default();
         let combiner = apply::Combiner::start(pool.clone(), observer.clone());
-        let creates = super::group::Combiner::start(pool.clone(), observer.clone(), super::tasks::MAX_CREATED);
+        let creates = super::group::Combiner::start(pool.clone(), observer.clone(), super::inserts::MAX_CREATED);
         Ok(PgStore {
             pool,
             counters,

@@ -3,7 +3,7 @@
 //! the write that uses them.
 
 use super::connection::PgStore;
-use super::sql::{append_events, error, pool_error};
+use super::sql::{error, pool_error};
 use crate::{AuditEntry, StoreError};
 use deadpool_postgres::{GenericClient, Pool};
 use shepherd_core::{EventCursor, StoredEvent, Timestamp};
@@ -56,24 +56,7 @@ pub(super) async fn reserve_audit_numbers(counters: &Pool, entries: &[AuditEntry
         .collect())
 }
 
-/// Writes audit entries, with the numbers reserved for them, and their
-/// events, in the transaction of the write they record.
-pub(super) async fn append_audit(tx: &impl GenericClient, entries: &[AuditEntry], numbers: &[Option<i64>]) -> Result<(), StoreError> {
-    if entries.is_empty() {
-        return Ok(());
-    }
-    append_events(tx, entries[0].at, &crate::audit_events(entries)).await?;
-    let insert = tx
-        .prepare_cached(
-            "INSERT INTO audit_log (at, actor, project, action, target, detail, project_seq) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .await
-        .map_err(error)?;
-    for (e, project_seq) in entries.iter().zip(numbers) {
-        tx.execute(&insert, &[&e.at.millis(), &e.actor, &e.project, &e.action, &e.target, &e.detail, project_seq]).await.map_err(error)?;
-    }
-    Ok(())
-}
+pub(super) use super::inserts::append_audit;
 
 /// The [`Store`](crate::Store) methods on the event stream and the audit
 /// log, as `pg_` methods its impl (in `mod.rs`) hands each call to; the

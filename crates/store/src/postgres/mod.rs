@@ -21,6 +21,7 @@ mod codes;
 mod connection;
 mod events;
 mod group;
+mod inserts;
 mod leases;
 mod lifecycle;
 mod logs;
