@@ -826,21 +826,31 @@ pub async fn logs_in_order(store: &dyn Store) {
     assert_eq!(store.read_logs(id, 0, 1).await.unwrap().len(), 1);
 }
 
-/// Nodes: registered, touched without undoing a drain, state changed.
-pub async fn nodes(store: &dyn Store) {
+/// A ready node of 2 cores, 4 GiB and 10 slots, heard from now.
+fn ready_node(id: &str) -> NodeRecord {
     let now = Timestamp::now();
-    let node = NodeRecord {
-        id: "n1".into(),
+    NodeRecord {
+        id: id.into(),
         hostname: "host".into(),
         state: NodeState::Ready,
         driver: "docker".into(),
         capacity: Resources { cpu_millicores: 2000, memory_mib: 4096 },
         max_tasks: 10,
-        labels: BTreeMap::from([("zone".to_string(), "a".to_string())]),
-        images: vec!["busybox:latest".into()],
+        labels: BTreeMap::new(),
+        images: Vec::new(),
         registered_at: now,
         last_heartbeat_at: now,
+    }
+}
+
+/// Nodes: registered, touched without undoing a drain, state changed.
+pub async fn nodes(store: &dyn Store) {
+    let node = NodeRecord {
+        labels: BTreeMap::from([("zone".to_string(), "a".to_string())]),
+        images: vec!["busybox:latest".into()],
+        ..ready_node("n1")
     };
+    let now = node.last_heartbeat_at;
     store.upsert_node(node.clone()).await.unwrap();
     assert!(store.set_node_state("n1", NodeState::Draining).await.unwrap());
     let later = now.plus(std::time::Duration::from_secs(2));
@@ -1072,20 +1082,7 @@ pub async fn concurrent_creates_fail_alone(store: &dyn Store) {
 /// paused old leader cannot mark a node down under a lease that is over.
 pub async fn node_state_fenced_by_the_lease(store: &dyn Store) {
     use std::time::Duration;
-    let now = Timestamp::now();
-    let node = NodeRecord {
-        id: "n1".into(),
-        hostname: "host".into(),
-        state: NodeState::Ready,
-        driver: "docker".into(),
-        capacity: Resources { cpu_millicores: 2000, memory_mib: 4096 },
-        max_tasks: 10,
-        labels: BTreeMap::new(),
-        images: Vec::new(),
-        registered_at: now,
-        last_heartbeat_at: now,
-    };
-    store.upsert_node(node).await.unwrap();
+    store.upsert_node(ready_node("n1")).await.unwrap();
     let old = store.acquire_lease("old", Duration::from_secs(30)).await.unwrap().expect("free");
     store.release_lease("old").await.unwrap();
     let new = store.acquire_lease("new", Duration::from_secs(30)).await.unwrap().expect("released");
