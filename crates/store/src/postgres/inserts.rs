@@ -204,14 +204,24 @@ pub(super) async fn append_audit(tx: &impl GenericClient, entries: &[AuditEntry]
         return Ok(());
     }
     append_events(tx, entries[0].at, &crate::audit_events(entries)).await?;
+    // One statement for them all (a combined create carries one entry per
+    // request), numbered in their order.
     let insert = tx
         .prepare_cached(
-            "INSERT INTO audit_log (at, actor, project, action, target, detail, project_seq) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO audit_log (at, actor, project, action, target, detail, project_seq) \
+             SELECT at, actor, project, action, target, detail, project_seq FROM UNNEST($1::bigint[], $2::text[], $3::text[], \
+             $4::text[], $5::text[], $6::text[], $7::bigint[]) WITH ORDINALITY \
+             AS e(at, actor, project, action, target, detail, project_seq, n) ORDER BY n",
         )
         .await
         .map_err(error)?;
-    for (e, project_seq) in entries.iter().zip(numbers) {
-        tx.execute(&insert, &[&e.at.millis(), &e.actor, &e.project, &e.action, &e.target, &e.detail, project_seq]).await.map_err(error)?;
-    }
+    let at: Vec<i64> = entries.iter().map(|e| e.at.millis()).collect();
+    let actor: Vec<&str> = entries.iter().map(|e| e.actor.as_str()).collect();
+    let project: Vec<Option<&str>> = entries.iter().map(|e| e.project.as_deref()).collect();
+    let action: Vec<&str> = entries.iter().map(|e| e.action.as_str()).collect();
+    let target: Vec<&str> = entries.iter().map(|e| e.target.as_str()).collect();
+    let detail: Vec<Option<&str>> = entries.iter().map(|e| e.detail.as_deref()).collect();
+    let numbers: Vec<Option<i64>> = (0..entries.len()).map(|i| numbers.get(i).copied().flatten()).collect();
+    tx.execute(&insert, &[&at, &actor, &project, &action, &target, &detail, &numbers]).await.map_err(error)?;
     Ok(())
 }
