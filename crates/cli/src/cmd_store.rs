@@ -55,16 +55,17 @@ async fn migrate_cmd(args: MigrateArgs) -> Result<()> {
         bail!("--to: expected a postgres:// URL");
     }
     let path = PathBuf::from(path);
-    // A data directory in use by `shepherd up` is refused: stop it first.
-    let dir = if path.is_dir() { Some(path.clone()) } else { path.parent().filter(|p| p.join("lock").exists()).map(PathBuf::from) };
-    let _lock = match &dir {
-        Some(dir) => Some(crate::host::claim_data_dir(dir).context("--from")?),
-        None => None,
-    };
     let file = migrate::sqlite_file(&path);
     if !file.is_file() {
         bail!("--from: no SQLite store at {}", file.display());
     }
+    // A data directory in use by `shepherd up` is refused: stop it first.
+    // (Only a directory that holds a store is claimed: never any other.)
+    let dir = file.parent().filter(|p| p.join("lock").exists() || path.is_dir()).map(PathBuf::from);
+    let _lock = match &dir {
+        Some(dir) => Some(crate::host::claim_data_dir(dir).context("--from")?),
+        None => None,
+    };
     let options = Options { batch: args.batch as usize, append: args.append };
     let started = Instant::now();
     let mut shown = Reporter::default();

@@ -28,8 +28,25 @@ async fn a_cluster_moves_from_sqlite_to_postgres_with_its_history_and_tenants() 
     let url = common::fresh_postgres_database().await;
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let mut server = Server::start(&data, &[]);
+    // Bad arguments: a clear message and a failure, nothing touched.
+    for (args, says) in [
+        (vec!["--from", "/etc", "--to", url.as_str()], "expected sqlite:PATH"),
+        (vec!["--from", "sqlite:/nonexistent/dir", "--to", url.as_str()], "no SQLite store"),
+        (vec!["--from", "sqlite:/tmp", "--to", "mysql://x/y"], "expected a postgres:// URL"),
+        (vec!["--from", "sqlite:/tmp", "--to", url.as_str(), "--batch", "0"], "--batch"),
+    ] {
+        let out = Command::new(common::BIN).args(["store", "migrate"]).args(&args).output().unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains(says), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let mut server = Server::start(&data, &["--stack", "sh=busybox"]);
     let http = server.http();
+    // A code with a zip package: SQLite keeps its bytes in a file beside the database.
+    let worker = "while [ $# -gt 0 ]; do case $1 in -d) D=$2; shift;; esac; shift; done; cat \"$D/lib/data.txt\"\n";
+    let zip = dir.path().join("worker.zip");
+    std::fs::write(&zip, common::zip_of(&[("worker.sh", worker), ("lib/data.txt", "packaged before the move")])).unwrap();
+    let pushed = server.cli(&["code", "push", "zipped", "--zip", zip.to_str().unwrap(), "--exec", "worker.sh"]);
+    assert!(pushed.status.success(), "{}", String::from_utf8_lossy(&pushed.stderr));
     // A tenant with a token and a secret, and tasks in every state.
     let (status, _) = http.post("/v1/projects", &json!({"name": "acme", "limits": {"max_running": 5}})).await;
     assert_eq!(status, 201);
@@ -110,8 +127,12 @@ async fn a_cluster_moves_from_sqlite_to_postgres_with_its_history_and_tenants() 
     assert!(err.contains("already holds a cluster's data") && err.contains("--append"), "{err}");
 
     // The cluster on PostgreSQL (the same data directory: its node keeps its id).
-    let server = Server::start(&data, &["--store", &url, "--node-label", "later=yes"]);
+    let server = Server::start(&data, &["--store", &url, "--node-label", "later=yes", "--stack", "sh=busybox"]);
     let http = server.http();
+    // The package's bytes came along into the row.
+    let ran = server.cli(&["run", "--code", "zipped", "--wait"]);
+    assert!(ran.status.success(), "{}", String::from_utf8_lossy(&ran.stderr));
+    assert_eq!(String::from_utf8_lossy(&ran.stdout), "packaged before the move");
     let (status, task) = http.get(&format!("/v1/tasks/{done}")).await;
     assert_eq!(status, 200, "{task}");
     assert_eq!(task["state"], "succeeded");
@@ -148,7 +169,9 @@ async fn a_cluster_moves_from_sqlite_to_postgres_with_its_history_and_tenants() 
     assert_eq!(secret_task["state"], "succeeded", "{secret_task}");
     // The audit log as it was, and a project's numbers go on after the copied ones.
     let (_, after) = http.get("/v1/audit?project=default&limit=1000").await;
-    assert_eq!(after["entries"], before["entries"], "the default project's audit log is as it was");
+    let (after, before) = (after["entries"].as_array().unwrap(), before["entries"].as_array().unwrap());
+    assert_eq!(after[1..], before[..], "the default project's audit log is as it was, then the code's run");
+    assert_eq!(after[0]["seq"].as_i64(), before[0]["seq"].as_i64().map(|s| s + 1), "numbered on: {after:?}");
     let (_, acme) = http.get("/v1/audit?project=acme&limit=1000").await;
     let entries = acme["entries"].as_array().unwrap();
     let seqs: Vec<i64> = entries.iter().map(|e| e["seq"].as_i64().unwrap()).collect();

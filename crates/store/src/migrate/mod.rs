@@ -412,13 +412,12 @@ fn package_bytes(plan: &Plan, values: &mut [Value], dir: &Path) -> Result<(), St
     if inline || *size == 0 {
         return Ok(());
     }
-    // The digest names the file: hex only, never a path.
+    // The digest names the file (as the SQLite store writes it): hex, never a path.
     let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
     if hex.is_empty() || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(StoreError::Corrupt(format!("package digest `{digest}` is not hex")));
     }
-    let bytes =
-        std::fs::read(dir.join("package-zips").join(digest.as_str())).or_else(|_| std::fs::read(dir.join("package-zips").join(hex)))?;
+    let bytes = std::fs::read(dir.join("package-zips").join(digest.as_str()))?;
     if bytes.len() as i64 != *size {
         return Err(StoreError::Corrupt(format!("package {digest}: the file holds {} bytes, the row says {size}", bytes.len())));
     }
