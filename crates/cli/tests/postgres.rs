@@ -377,12 +377,31 @@ async fn a_follower_wakes_the_leader_for_what_it_stored() {
         .collect();
     let leader = leader_of(&servers).await;
     let follower = servers[1 - leader].as_ref().unwrap().http();
-    for round in 0..5 {
-        let (status, task) = follower.post("/v1/tasks", &common::sh("true")).await;
+    // Each server runs a node in its own process; tasks go to each in
+    // turn. The leader learns of the follower's node through the store's
+    // messages (its node records are otherwise read again only on a
+    // pass), and an attempt placed there reaches it the same way (its
+    // agent reconciles only every 30 s).
+    let mut nodes = Vec::new();
+    for _ in 0..100 {
+        let (_, listed) = follower.get("/v1/nodes").await;
+        nodes = listed["nodes"].as_array().cloned().unwrap_or_default();
+        if nodes.len() == 2 && nodes.iter().all(|n| n["state"] == "ready") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(nodes.len(), 2, "{nodes:?}");
+    for round in 0..6 {
+        let node = nodes[round % 2]["id"].as_str().unwrap();
+        let mut spec = common::sh("true");
+        spec["constraints"] = json!([format!("node.id=={node}")]);
+        let (status, task) = follower.post("/v1/tasks", &spec).await;
         assert_eq!(status, 201, "{task}");
         let id = task["id"].as_str().unwrap().to_string();
-        // Far less than the idle pass: only a wake places it this soon.
+        // Far less than the idle pass or a reconcile: only a wake places
+        // it this soon, and only a message starts it on another server.
         let done = follower.wait_terminal(&id, Duration::from_secs(20)).await;
-        assert_eq!(done["state"], "succeeded", "round {round}: {done}");
+        assert_eq!(done["state"], "succeeded", "round {round} on {node}: {done}");
     }
 }

@@ -198,7 +198,7 @@ impl Http {
             if ["succeeded", "failed", "timed_out", "cancelled"].contains(&state.as_str()) {
                 return task;
             }
-            assert!(Instant::now() < deadline, "task {id} still {state} after {limit:?}");
+            assert!(Instant::now() < deadline, "task {id} still {state} after {limit:?}: {task}");
         }
     }
 }

@@ -268,6 +268,8 @@ impl Cluster {
                 last_heartbeat_at: now,
             };
             dyn_store.upsert_node(record.clone()).await?;
+            // The leader, if another server leads, places on it now.
+            crate::nodes::dispatch::nodes_changed_everywhere(dyn_store.as_ref()).await;
             let local = Agent::new(
                 AgentConfig {
                     node_id: id,
@@ -297,7 +299,7 @@ impl Cluster {
             background.push(tokio::spawn(crate::loops::relay::run(
                 messages,
                 dyn_store.clone(),
-                remote.clone(),
+                links.clone(),
                 view.clone(),
                 crate::loops::relay::Wake { scheduler: wakeup.clone(), leadership: leadership.clone() },
                 shutdown_rx.clone(),

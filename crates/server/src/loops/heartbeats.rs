@@ -87,6 +87,7 @@ pub async fn local_node(store: Arc<dyn Store>, agent: Agent, node_id: String, mu
                     Ok(()) => {
                         if let Ok(ready) = NodeState::Down.next(shepherd_core::NodeEvent::Fenced) {
                             let _ = store.set_node_state(&node_id, ready).await;
+                            crate::nodes::dispatch::nodes_changed_everywhere(store.as_ref()).await;
                         }
                     }
                     Err(e) => tracing::warn!(error = %e, "could not reconcile the local node"),

@@ -2,9 +2,8 @@
 //! here (assignments, cancels, drains, volume removals, prefetches), and
 //! on releases for the leader's view.
 
+use crate::nodes::cluster_links::ClusterLinks;
 use crate::nodes::dispatch::Dispatch;
-use crate::nodes::links::NodeLinks;
-use crate::nodes::remote::RemoteAgents;
 use crate::nodes::view::ClusterView;
 
 /// The leader's scheduler, woken by followers' [`Dispatch::Wake`].
@@ -13,14 +12,16 @@ pub struct Wake {
     pub leadership: crate::loops::leader::Leadership,
 }
 
-/// Acts on what other servers publish, for the agents connected here:
-/// assignments (with the launch spec read from the store) and cancels.
+/// Acts on what other servers publish, for the agents reached from here
+/// (the one in this process and those connected to it): assignments (with
+/// the launch spec read from the store), cancels, drains, volume removals
+/// and prefetches.
 /// After the store's listener reconnected (messages may have been missed),
 /// every agent here reconciles.
 pub async fn run(
     mut messages: tokio::sync::broadcast::Receiver<String>,
     store: std::sync::Arc<dyn shepherd_store::Store>,
-    remote: std::sync::Arc<RemoteAgents>,
+    links: std::sync::Arc<ClusterLinks>,
     view: std::sync::Arc<ClusterView>,
     wake: Wake,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
@@ -35,36 +36,36 @@ pub async fn run(
             Ok(text) => text,
             Err(RecvError::Lagged(missed)) => {
                 tracing::warn!(missed, "fell behind the other servers' messages; agents reconcile");
-                remote.reconcile_all();
+                links.reconcile_here();
                 view.mark_stale();
                 continue;
             }
             Err(RecvError::Closed) => return,
         };
         if text == shepherd_store::postgres::RESYNC {
-            remote.reconcile_all();
+            links.reconcile_here();
             // Releases may have been missed too: the scheduler reads them again.
             view.mark_stale();
             continue;
         }
         match serde_json::from_str::<Dispatch>(&text) {
-            Ok(Dispatch::Assign { node, task, attempt }) if remote.holds(&node) => match store.launch_spec(task).await {
+            Ok(Dispatch::Assign { node, task, attempt }) if links.holds_here(&node) => match store.launch_spec(task).await {
                 Ok(Some(launch)) if launch.attempt == attempt && launch.node_id.as_deref() == Some(node.as_str()) => {
-                    remote.assign(&node, launch);
+                    links.assign_here(&node, launch);
                 }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, %task, "could not read an assignment for an agent here"),
             },
             Ok(Dispatch::Cancel { node, task }) => {
-                remote.cancel_here(&node, task);
+                links.cancel_here(&node, task);
             }
             Ok(Dispatch::Drain { node }) => {
-                remote.drain_here(&node);
+                links.drain_here(&node);
             }
             Ok(Dispatch::RemoveVolume { node, engine_name, project }) => {
-                remote.remove_volume_here(&node, &engine_name, &project);
+                links.remove_volume_here(&node, &engine_name, &project);
             }
-            Ok(Dispatch::Prefetch { node, image, project, timeout }) if remote.holds(&node) => {
+            Ok(Dispatch::Prefetch { node, image, project, timeout }) if links.holds_here(&node) => {
                 let auth = match &project {
                     Some(project) => store.registry_auth(project, &image).await.unwrap_or_else(|e| {
                         tracing::warn!(error = %e, "could not read a registry login for a prefetch");
@@ -72,11 +73,17 @@ pub async fn run(
                     }),
                     None => None,
                 };
-                remote.prefetch_here(&node, &image, project.as_deref(), auth, timeout);
+                links.prefetch_here(&node, &image, project.as_deref(), auth, timeout);
             }
-            Ok(Dispatch::Reconcile) => remote.reconcile_all(),
+            Ok(Dispatch::Reconcile) => links.reconcile_here(),
             // Only the leader places (a follower hears its own wakes too).
             Ok(Dispatch::Wake) if wake.leadership.is_leader() => wake.scheduler.notify_one(),
+            Ok(Dispatch::NodesChanged) => {
+                view.nodes_changed();
+                if wake.leadership.is_leader() {
+                    wake.scheduler.notify_one();
+                }
+            }
             Ok(Dispatch::Released { tasks }) => {
                 for (task, attempt) in tasks {
                     view.released(task, attempt);

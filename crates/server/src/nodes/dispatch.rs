@@ -28,6 +28,19 @@ pub enum Dispatch {
     /// Something to place arrived at a follower (tasks stored, capacity
     /// freed): the leader runs a pass now, not at its next idle pass.
     Wake,
+    /// A node registered or changed state at another server: every
+    /// server reads the node records again, and the leader runs a pass
+    /// (what waited for that node may fit now).
+    NodesChanged,
+}
+
+/// Tells every other server that a node registered or changed state
+/// here (a no-op on a store only one server uses).
+pub async fn nodes_changed_everywhere(store: &dyn shepherd_store::Store) {
+    let text = serde_json::to_string(&Dispatch::NodesChanged).unwrap_or_default();
+    if let Err(e) = store.publish(text).await {
+        tracing::warn!(error = %e, "could not tell the other servers of a node change");
+    }
 }
 
 /// Asks every server to have its agents reconcile.

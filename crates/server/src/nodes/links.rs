@@ -41,6 +41,19 @@ impl LocalAgents {
     pub fn new(agents: impl IntoIterator<Item = Agent>) -> LocalAgents {
         LocalAgents { agents: agents.into_iter().map(|a| (a.node_id().to_string(), a)).collect() }
     }
+
+    /// Has every agent here reconcile with the store, in the background
+    /// (messages between servers may have been missed).
+    pub fn reconcile_all(&self) {
+        for agent in self.agents.values() {
+            let agent = agent.clone();
+            tokio::spawn(async move {
+                if let Err(e) = agent.reconcile().await {
+                    tracing::warn!(error = %e, "could not reconcile the local node");
+                }
+            });
+        }
+    }
 }
 
 impl NodeLinks for LocalAgents {

@@ -143,6 +143,7 @@ impl AgentService {
         }
         self.liveness.registered(&reg.node_id);
         self.observer.view.nodes_changed();
+        crate::nodes::dispatch::nodes_changed_everywhere(self.store.as_ref()).await;
         tracing::info!(node = %reg.node_id, "agent registered");
         self.wakeup.notify_one();
         let every = self.liveness.interval(self.node_timeout);

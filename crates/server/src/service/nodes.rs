@@ -60,6 +60,7 @@ impl NodeService {
             return Err(ServiceError::Missing(format!("node with id {id}")));
         }
         self.view.nodes_changed();
+        crate::nodes::dispatch::nodes_changed_everywhere(self.store.as_ref()).await;
         self.links.drain(id);
         tracing::info!(node = %id, "node draining");
         audit::record(self.store.as_ref(), caller, None, "node.drain", id, None).await;
