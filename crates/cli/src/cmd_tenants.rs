@@ -149,6 +149,10 @@ enum ProjectCommand {
         /// (repeatable; replaces the lists).
         #[arg(long = "volume-option", value_name = "DRIVER=KEY")]
         volume_options: Vec<String>,
+        /// How long its finished tasks are kept after they finish (e.g.
+        /// 30d, 12h), or `default` for the cluster's `--task-retention`.
+        #[arg(long, value_name = "DURATION|default")]
+        retention: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -188,6 +192,10 @@ fn print_policy(project: &str, policy: &Value) {
     println!("egress:         {}", policy["egress"].as_str().unwrap_or("allowed"));
     println!("devices:        {}", list("devices", "none"));
     println!("nfs servers:    {}", list("nfs_servers", "none"));
+    match policy["retention_seconds"].as_u64() {
+        Some(seconds) => println!("retention:      {}", humantime::format_duration(std::time::Duration::from_secs(seconds))),
+        None => println!("retention:      the cluster's (--task-retention)"),
+    }
     for (driver, keys) in policy["volume_options"].as_object().into_iter().flatten() {
         let keys: Vec<&str> = keys.as_array().into_iter().flatten().filter_map(Value::as_str).collect();
         println!("volume options: {driver}: {}", keys.join(", "));
@@ -234,14 +242,31 @@ pub async fn project(client: &Client, args: ProjectArgs) -> Result<ExitCode> {
                 .collect();
             print_table(&["NAME", "LIMITS"], &rows);
         }
-        ProjectCommand::Policy { name, volume_drivers, egress, devices, nfs_servers, volume_options, json } => {
+        ProjectCommand::Policy { name, volume_drivers, egress, devices, nfs_servers, volume_options, retention, json } => {
             let path = format!("/v1/projects/{}/policy", encode(&name));
             let mut policy: Value = admin.get(&path).await?;
             let changing = !volume_drivers.is_empty()
                 || egress.is_some()
                 || !devices.is_empty()
                 || !nfs_servers.is_empty()
-                || !volume_options.is_empty();
+                || !volume_options.is_empty()
+                || retention.is_some();
+            match retention.as_deref() {
+                None => {}
+                Some("default") => {
+                    if let Some(map) = policy.as_object_mut() {
+                        map.remove("retention_seconds");
+                    }
+                }
+                Some(text) => {
+                    let keep = humantime::parse_duration(text)
+                        .map_err(|e| anyhow::anyhow!("--retention {text}: {e} (use 30d, 12h, or default)"))?;
+                    if keep.as_secs() == 0 {
+                        bail!("--retention {text}: must be at least 1s (or `default`)");
+                    }
+                    policy["retention_seconds"] = json!(keep.as_secs());
+                }
+            }
             if !nfs_servers.is_empty() {
                 policy["nfs_servers"] = json!(nfs_servers);
             }

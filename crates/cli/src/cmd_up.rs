@@ -110,6 +110,19 @@ pub struct ServerFlags {
     /// (`Last-Event-ID`).
     #[arg(long, default_value = "1h", value_parser = positive_duration)]
     event_retention: Duration,
+    /// How long finished tasks (with their attempts and output) are kept
+    /// after they finish, where a project's policy says nothing
+    /// (`project policy NAME --retention`); e.g. 30d. By default they are
+    /// kept forever. Usage sums and audit lines stay.
+    #[arg(long, value_name = "DURATION", value_parser = retention_duration)]
+    task_retention: Option<Duration>,
+    /// Write each task that retention removes to this directory first, one
+    /// JSON line with its attempts and output, in PROJECT/YYYY-MM-DD.jsonl.
+    #[arg(long, value_name = "DIR")]
+    retention_export: Option<std::path::PathBuf>,
+    /// How often the leader looks for finished tasks past their retention.
+    #[arg(long, default_value = "1m", value_parser = positive_duration)]
+    retention_interval: Duration,
     /// Autoscaled pools and the provisioners that make their machines (a
     /// TOML file; see docs/provisioning.md). Only the leader acts on it.
     #[arg(long, value_name = "FILE", env = "SHEPHERD_AUTOSCALE_CONFIG")]
@@ -140,6 +153,14 @@ fn parse_store(text: &str) -> Result<StoreChoice, String> {
     } else {
         Err("use `sqlite` or a PostgreSQL URL, postgres://USER:PASSWORD@HOST:PORT/DATABASE".into())
     }
+}
+
+fn retention_duration(text: &str) -> Result<Duration, String> {
+    let d = positive_duration(text)?;
+    if d.as_secs() == 0 || d.as_secs() > shepherd_core::MAX_RETENTION_SECONDS {
+        return Err("must be 1s to 100 years".into());
+    }
+    Ok(Duration::from_secs(d.as_secs()))
 }
 
 fn positive_duration(text: &str) -> Result<Duration, String> {
@@ -266,6 +287,11 @@ async fn run_cluster(server: ServerFlags, node: Option<&NodeFlags>, write_cli_co
         max_attempt_log_bytes: server.max_attempt_log_bytes,
         metrics_listen: server.metrics_listen,
         event_retention: server.event_retention,
+        retention: shepherd_server::loops::retention::RetentionConfig {
+            default: server.task_retention,
+            export: server.retention_export.clone(),
+            every: server.retention_interval,
+        },
         autoscale: match &server.autoscale_config {
             Some(path) => {
                 let text = std::fs::read_to_string(path).with_context(|| format!("--autoscale-config {}", path.display()))?;

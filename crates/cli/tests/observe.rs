@@ -382,3 +382,97 @@ async fn what_each_attempt_used_is_measured_and_summed_per_project_for_billing()
     let out = server.cli_as(ADMIN_TOKEN, &["inspect", busy["id"].as_str().unwrap()]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("s cpu, "), "{}", String::from_utf8_lossy(&out.stdout));
 }
+
+/// A project's retention removes its finished tasks (exported first, one
+/// JSON line each with attempts and output), keeps their usage and audit,
+/// leaves running tasks and other projects alone, and shows in metrics;
+/// bad retentions are refused naming the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_tasks_past_their_projects_retention_are_exported_then_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let export = dir.path().join("export");
+    let server = Server::start(
+        &dir.path().join("data"),
+        &["--retention-export", export.to_str().unwrap(), "--retention-interval", "1s", "--max-tasks", "8"],
+    );
+    let admin = server.http();
+    let acme = server.http_as(Some(&project(&admin, "acme").await));
+    let other = server.http_as(Some(&project(&admin, "other").await));
+
+    // Refused, each naming the field; the policy is unchanged.
+    for bad in [json!(0), json!(-1), json!(4_000_000_000_000u64), json!("30d"), json!(1.5)] {
+        let (status, body) = admin.send(reqwest::Method::PUT, "/v1/projects/acme/policy", &json!({ "retention_seconds": bad })).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert!(body["error"]["field"].as_str().unwrap_or_default().contains("retention_seconds"), "{bad}: {body}");
+    }
+    let refused = server.cli(&["project", "policy", "acme", "--retention", "0s"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--retention"), "{refused:?}");
+
+    // Tasks of both projects finish; one of acme's is still running when
+    // the retention is set.
+    let (kept_text, _) = common::run_to_end(&acme, sh("echo kept; printf '\\377\\376' >&2")).await;
+    let (second, _) = common::run_to_end(&acme, sh("exit 3")).await;
+    let (theirs, _) = common::run_to_end(&other, sh("echo theirs")).await;
+    let running = common::submit(&acme, sh("sleep 4")).await;
+    common::wait_running(&acme, &running).await;
+    let usage_before = acme.get("/v1/usage?by=day").await.1;
+    let out = server.cli(&["project", "policy", "acme", "--retention", "2s"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("retention:      2s"), "{out:?}");
+
+    let gone = |http: &Http, id: String| {
+        let http = http.clone();
+        async move { http.get(&format!("/v1/tasks/{id}")).await.0 == 404 }
+    };
+    let finished = [kept_text["id"].as_str().unwrap().to_string(), second["id"].as_str().unwrap().to_string()];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !(gone(&acme, finished[0].clone()).await && gone(&acme, finished[1].clone()).await) {
+        assert!(Instant::now() < deadline, "acme's finished tasks were not removed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The running task stays while it runs; another project's stays.
+    let (status, still) = acme.get(&format!("/v1/tasks/{running}")).await;
+    assert_eq!(status, 200, "a running task is never removed: {still}");
+    assert_eq!(other.get(&format!("/v1/tasks/{}", theirs["id"].as_str().unwrap())).await.0, 200);
+
+    // Exported first: one line per task, its attempts, its output (text as
+    // text, other bytes in base64).
+    let day = std::fs::read_dir(export.join("acme")).unwrap().next().expect("a day's file").unwrap().path();
+    let lines: Vec<Value> = std::fs::read_to_string(&day).unwrap().lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect();
+    let line_of = |id: &str| lines.iter().find(|l| l["task"]["id"] == id).unwrap_or_else(|| panic!("{id} not exported: {lines:?}"));
+    let first = line_of(&finished[0]);
+    assert_eq!(first["task"]["state"], "succeeded");
+    assert_eq!(first["task"]["attempts"][0]["exit_code"], 0, "{first}");
+    let logs = first["logs"].as_array().unwrap();
+    assert!(logs.iter().any(|c| c["stream"] == "stdout" && c["text"] == "kept\n"), "{first}");
+    assert!(logs.iter().any(|c| c["stream"] == "stderr" && c["base64"] == "//4="), "{first}");
+    assert_eq!(line_of(&finished[1])["task"]["exit_code"], 3);
+    assert!(!export.join("other").exists(), "a project without a retention exports nothing");
+
+    // Usage is what it was; the audit says what went.
+    let usage_after = acme.get("/v1/usage?by=day").await.1;
+    assert_eq!(usage_after["usage"], usage_before["usage"], "{usage_before} / {usage_after}");
+    let (_, audit) = admin.get("/v1/audit?project=acme").await;
+    assert!(audit["entries"].as_array().unwrap().iter().any(|e| e["action"] == "task.expire" && e["actor"] == "retention"), "{audit}");
+
+    // The running task goes too, once it has finished and its retention passed.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !gone(&acme, running.clone()).await {
+        assert!(Instant::now() < deadline, "the task that was running was not removed after it finished");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let metrics = admin.text("/metrics").await.1;
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} not in the metrics"))
+    };
+    assert_eq!(value("shepherd_retention_removed_tasks_total{project=\"acme\"}"), 3.0);
+    assert_eq!(value("shepherd_retention_exported_tasks_total"), 3.0);
+    assert!(value("shepherd_store_size_bytes") > 0.0);
+    assert!(value("shepherd_store_oldest_task_timestamp_seconds") > 1.7e9);
+}

@@ -51,7 +51,7 @@ pub use task::{
 };
 pub use tenant::{
     engine_network_name, is_env_name, is_project_name, is_secret_name, is_short_name, Egress, NetworkSpec, ProjectLimits, ProjectPolicy,
-    SecretRef,
+    SecretRef, MAX_RETENTION_SECONDS,
 };
 pub use time::Timestamp;
 pub use validate::{validate, FieldError, Limits};

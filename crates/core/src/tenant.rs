@@ -181,7 +181,8 @@ pub fn is_driver_name(name: &str) -> bool {
 }
 
 /// What a project's tasks may use beyond CPU and memory: volume drivers,
-/// named networks, egress and devices. Set by the admin
+/// named networks, egress and devices; and how long its finished tasks
+/// are kept. Set by the admin
 /// (`PUT /v1/projects/{name}/policy`); the defaults are the closed ones.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -205,7 +206,17 @@ pub struct ProjectPolicy {
     /// a plugin driver gets no options the admin did not name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub volume_options: BTreeMap<String, Vec<String>>,
+    /// How long its finished tasks (with their attempts and logs) are kept
+    /// after they finish, in seconds; then they are removed (exported
+    /// first, where the cluster names a directory for it), their usage
+    /// kept as hourly sums and their audit lines as they are. Absent: the
+    /// cluster's `--task-retention` (by default, kept forever).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_seconds: Option<u64>,
 }
+
+/// The longest retention a project may be given (100 years, in seconds).
+pub const MAX_RETENTION_SECONDS: u64 = 100 * 365 * 24 * 3600;
 
 /// A project's egress policy.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -270,6 +281,14 @@ impl ProjectPolicy {
 
     /// Refuses names and drivers the engine could not take, naming the field.
     pub fn validate(&self) -> Result<(), crate::FieldError> {
+        if let Some(seconds) = self.retention_seconds {
+            if !(1..=MAX_RETENTION_SECONDS).contains(&seconds) {
+                return Err(crate::FieldError::new(
+                    "retention_seconds",
+                    format!("must be 1 to {MAX_RETENTION_SECONDS} (100 years); leave it out for the cluster's retention"),
+                ));
+            }
+        }
         if self.nfs_servers.len() > 64 {
             return Err(crate::FieldError::new("nfs_servers", "at most 64 servers"));
         }

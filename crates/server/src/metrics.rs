@@ -116,6 +116,10 @@ pub struct Metrics {
     pool_waiting: Gauge,
     pool_waits: Counter,
     pool_wait_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
+    store_bytes: Gauge,
+    oldest_task: Gauge,
+    retention_removed: Family<ProjectLabel, Counter>,
+    retention_exported: Counter,
     /// Held while a scrape refills the gauges.
     scraping: tokio::sync::Mutex<()>,
     /// The request histograms met so far, by a hash of their labels.
@@ -222,6 +226,10 @@ impl Metrics {
             pool_waiting: Gauge::default(),
             pool_waits: Counter::default(),
             pool_wait_seconds: Counter::default(),
+            store_bytes: Gauge::default(),
+            oldest_task: Gauge::default(),
+            retention_removed: Family::default(),
+            retention_exported: Counter::default(),
             recent: Default::default(),
             ended: Default::default(),
             request_handles: Default::default(),
@@ -310,8 +318,41 @@ impl Metrics {
             "Time callers waited for a connection of the store's pool (grow --store-pool-size if it climbs)",
             m.pool_wait_seconds.clone(),
         );
+        registry.register(
+            "shepherd_store_size_bytes",
+            "Bytes the store's data takes (SQLite: pages in use; PostgreSQL: the database)",
+            m.store_bytes.clone(),
+        );
+        registry.register(
+            "shepherd_store_oldest_task_timestamp_seconds",
+            "When the oldest task the store keeps was created (Unix seconds; 0 with no tasks)",
+            m.oldest_task.clone(),
+        );
+        registry.register(
+            "shepherd_retention_removed_tasks",
+            "Finished tasks removed by their project's retention (with their attempts and logs)",
+            m.retention_removed.clone(),
+        );
+        registry.register(
+            "shepherd_retention_exported_tasks",
+            "Tasks written to the retention export directory before they were removed",
+            m.retention_exported.clone(),
+        );
         shepherd_agent::metrics::metrics().register(&mut registry);
         Metrics { registry, ..m }
+    }
+
+    /// The store's size and oldest task, as last measured.
+    pub fn store_size(&self, size: shepherd_store::retention::StoreSize) {
+        self.store_bytes.set(i64::try_from(size.bytes).unwrap_or(i64::MAX));
+        self.oldest_task.set(size.oldest_task.map_or(0, |t| t.millis() / 1000));
+    }
+
+    /// Retention removed `removed` of `project`'s tasks, `exported` of them
+    /// written to the export directory first.
+    pub fn retention_removed(&self, project: &str, removed: u64, exported: u64) {
+        self.retention_removed.get_or_create(&ProjectLabel { project: project.to_string() }).inc_by(removed);
+        self.retention_exported.inc_by(exported);
     }
 
     /// The agent API refused `count` things of `kind` from a node.

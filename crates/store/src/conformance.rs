@@ -1603,6 +1603,91 @@ pub async fn usage(store: &dyn Store) {
     assert!(store.usage(UsageQuery { project: None, from: at(21), to: at(7200), bucket_ms: hour }).await.unwrap().is_empty());
 }
 
+/// Retention: finished tasks past the cut are listed by project in id
+/// order, in pages; removing them takes their attempts, logs, labels and
+/// dependency edges, and their usage stays in usage reports; tasks not
+/// finished, not yet past the cut, or of another project stay; removing
+/// twice removes nothing more.
+pub async fn retention(store: &dyn Store) {
+    use shepherd_core::DependOn::*;
+    let mut gen = ulid::Generator::new();
+    let now = Timestamp::now();
+    let base = Timestamp((now.millis() - 3 * 3_600_000) / 3_600_000 * 3_600_000);
+    let at = |s: u64| base.plus(std::time::Duration::from_secs(s));
+    let mut labelled = spec("a");
+    labelled.labels.insert("team".into(), "x".into());
+    let a0 = new_task(&mut gen, labelled);
+    let a1 = new_task(&mut gen, spec("a"));
+    let b0 = new_task(&mut gen, spec("b"));
+    let mut waits = new_task(&mut gen, spec("a"));
+    waits.spec.depends_on = vec![dep(a0.id, Succeeded)];
+    let queued = new_task(&mut gen, spec("a"));
+    let ids = [a0.id, a1.id, b0.id, waits.id, queued.id];
+    submit_all(store, vec![Entry::Task(a0), Entry::Task(a1), Entry::Task(b0), Entry::Task(waits), Entry::Task(queued)]).await;
+    for (i, id) in ids[..3].iter().enumerate() {
+        let usage = Some(shepherd_core::Usage { cpu_ms: 1000 * (i as u64 + 1), peak_memory_bytes: 1 << 20 });
+        let events = vec![
+            (*id, Event::Schedule { node_id: "n".into() }),
+            (*id, Event::Start { attempt: 1, at: Some(at(10)), runtime: None }),
+            (*id, Event::Exit { attempt: 1, code: 0, oom_killed: false, at: Some(at(20)), usage, result: None }),
+        ];
+        let results = store.apply(events, at(30)).await.unwrap();
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+    }
+    let chunk = |text: &str| LogChunk { task_id: ids[0], attempt: 1, stream: LogStream::Stdout, data: text.as_bytes().to_vec() };
+    store.append_logs(vec![chunk("kept until removed")]).await.unwrap();
+    assert_eq!(state_of(store, ids[3]).await, TaskState::Queued, "its dependency succeeded");
+    let hour = 3_600_000;
+    let usage_query = UsageQuery { project: None, from: base, to: now, bucket_ms: hour };
+    let usage_before = store.usage(usage_query.clone()).await.unwrap();
+    assert_eq!(usage_before.len(), 2, "{usage_before:?}");
+
+    let cut = Timestamp(now.millis() + 60_000);
+    assert_eq!(store.expired_tasks("a", cut, None, 10).await.unwrap(), vec![ids[0], ids[1]]);
+    assert_eq!(store.expired_tasks("a", cut, None, 1).await.unwrap(), vec![ids[0]], "pages");
+    assert_eq!(store.expired_tasks("a", cut, Some(ids[0]), 10).await.unwrap(), vec![ids[1]], "after a cursor");
+    assert_eq!(store.expired_tasks("b", cut, None, 10).await.unwrap(), vec![ids[2]]);
+    assert!(store.expired_tasks("a", at(20), None, 10).await.unwrap().is_empty(), "finished at the cut, not before it");
+    assert!(store.expired_tasks("c", cut, None, 10).await.unwrap().is_empty());
+
+    // Project a's finished tasks, and ones that are not expired: only the
+    // expired ones go.
+    let removed = store.remove_tasks(vec![ids[0], ids[1], ids[3], ids[4]], cut).await.unwrap();
+    assert_eq!(removed, vec![ids[0], ids[1]]);
+    assert!(store.get_task(ids[0]).await.unwrap().is_none());
+    assert!(store.get_task(ids[1]).await.unwrap().is_none());
+    assert!(store.read_logs(ids[0], 0, 10).await.unwrap().is_empty());
+    assert_eq!(state_of(store, ids[3]).await, TaskState::Queued);
+    assert_eq!(state_of(store, ids[4]).await, TaskState::Queued);
+    assert_eq!(state_of(store, ids[2]).await, TaskState::Succeeded, "another project's task stays");
+    let labelled =
+        store.list_tasks(TaskFilter { labels: vec![("team".into(), "x".into())], limit: 10, ..Default::default() }).await.unwrap();
+    assert!(labelled.tasks.is_empty(), "its labels went with it");
+    assert!(store.dependency_edges(&ids[3].to_string(), 10).await.unwrap().is_empty(), "its edges went with it");
+    // Usage reports say the same as before.
+    let usage_after = store.usage(usage_query.clone()).await.unwrap();
+    assert_eq!(usage_after.len(), usage_before.len(), "{usage_after:?}");
+    for (before, after) in usage_before.iter().zip(&usage_after) {
+        assert_eq!(
+            (&before.project, before.start, before.tasks, before.attempts, before.cpu_ms, before.wall_ms),
+            (&after.project, after.start, after.tasks, after.attempts, after.cpu_ms, after.wall_ms)
+        );
+        assert!((before.memory_byte_ms - after.memory_byte_ms).abs() < 1.0);
+    }
+    let daily = store.usage(UsageQuery { project: Some("a".into()), from: Timestamp(0), to: now, bucket_ms: 24 * hour }).await.unwrap();
+    assert_eq!(daily.iter().map(|r| r.cpu_ms).sum::<u64>(), 3000, "{daily:?}");
+    assert!(store.remove_tasks(vec![ids[0], ids[1]], cut).await.unwrap().is_empty(), "twice removes nothing more");
+    assert!(store.expired_tasks("a", cut, None, 10).await.unwrap().is_empty());
+    // A second removal of b's task adds to the same hour's sums.
+    assert_eq!(store.remove_tasks(vec![ids[2]], cut).await.unwrap(), vec![ids[2]]);
+    let usage_all = store.usage(usage_query).await.unwrap();
+    assert_eq!(usage_all.iter().map(|r| r.cpu_ms).sum::<u64>(), 6000, "{usage_all:?}");
+    let size = store.store_size().await.unwrap();
+    assert!(size.bytes > 0);
+    let oldest = size.oldest_task.expect("tasks are kept");
+    assert!(oldest <= Timestamp::now() && oldest.millis() >= now.millis() - 1000, "{oldest:?}");
+}
+
 /// The observer hears of stored tasks by project, of applied events, and
 /// of commits.
 pub async fn observer(store: &dyn Store) {
@@ -1852,6 +1937,7 @@ macro_rules! store_conformance {
         $crate::store_conformance!(@one $fixture, observer);
         $crate::store_conformance!(@one $fixture, queue_positions);
         $crate::store_conformance!(@one $fixture, usage);
+        $crate::store_conformance!(@one $fixture, retention);
         $crate::store_conformance!(@one $fixture, machines);
         $crate::store_conformance!(@one $fixture, volumes_and_policies);
         $crate::store_conformance!(@one $fixture, registry_logins);

@@ -18,6 +18,7 @@ pub mod history;
 pub mod migrate;
 mod model;
 pub mod postgres;
+pub mod retention;
 pub mod sqlite;
 pub mod workflow;
 
@@ -448,6 +449,24 @@ pub trait Store: Send + Sync + 'static {
     /// Removes the events recorded before `before`; returns how many rows went.
     async fn prune_events(&self, before: Timestamp) -> Result<u64, StoreError>;
 
+    /// Finished tasks of `project` that retention may remove at `before`
+    /// (finished before it; an array's child only once its array finished
+    /// before it; none with a webhook still to deliver), with ids after
+    /// `after`, in id order, at most `limit` (capped at
+    /// [`retention::MAX_BATCH`]).
+    async fn expired_tasks(&self, project: &str, before: Timestamp, after: Option<TaskId>, limit: usize)
+        -> Result<Vec<TaskId>, StoreError>;
+
+    /// Removes those of `ids` that are still expired at `before`, in one
+    /// transaction: their logs, attempts (whose usage is first added to the
+    /// hourly sums usage reports read), labels, dependency edges, webhook
+    /// records and rows, and their arrays once no child is left. Returns
+    /// the ids removed. Audit lines and events stay.
+    async fn remove_tasks(&self, ids: Vec<TaskId>, before: Timestamp) -> Result<Vec<TaskId>, StoreError>;
+
+    /// The store's size and the creation time of its oldest task.
+    async fn store_size(&self) -> Result<retention::StoreSize, StoreError>;
+
     /// Records a provisioned machine: a new one when `expected` is `None`
     /// (false if the id is taken), else only while its stored state is
     /// still `expected` (compare-and-set: false if it changed meanwhile).
@@ -586,13 +605,23 @@ pub const MAX_USAGE: u64 = 1 << 40;
 /// bucket, and the project or NULL for all). An attempt's start as its node
 /// saw it can fall after its end as the engine recorded it (a container that
 /// exits at once): such an attempt counts no run time, not a negative one.
-pub const USAGE_SQL: &str = "SELECT t.project, (a.finished_at / $3) * $3 AS bucket, COUNT(DISTINCT a.task_id), COUNT(*), \
-     CAST(COALESCE(SUM(a.cpu_ms), 0) AS BIGINT), \
-     CAST(COALESCE(SUM(CAST(a.peak_memory_bytes AS DOUBLE PRECISION) * (CASE WHEN a.finished_at > a.started_at THEN a.finished_at - a.started_at ELSE 0 END)), 0) AS DOUBLE PRECISION), \
-     CAST(COALESCE(SUM(CASE WHEN a.finished_at > a.started_at THEN a.finished_at - a.started_at ELSE 0 END), 0) AS BIGINT) \
+/// Tasks retention removed count from their hourly sums (`usage_hours`),
+/// placed by the hour their attempts ended in: exact for hourly and daily
+/// buckets; a removed task whose attempts ended in different hours counts
+/// once in each.
+pub const USAGE_SQL: &str = "SELECT project, bucket, CAST(SUM(tasks) AS BIGINT), CAST(SUM(attempts) AS BIGINT), \
+     CAST(SUM(cpu) AS BIGINT), CAST(SUM(memory) AS DOUBLE PRECISION), CAST(SUM(wall) AS BIGINT) FROM ( \
+     SELECT t.project AS project, (a.finished_at / $3) * $3 AS bucket, COUNT(DISTINCT a.task_id) AS tasks, COUNT(*) AS attempts, \
+     CAST(COALESCE(SUM(a.cpu_ms), 0) AS BIGINT) AS cpu, \
+     CAST(COALESCE(SUM(CAST(a.peak_memory_bytes AS DOUBLE PRECISION) * (CASE WHEN a.finished_at > a.started_at THEN a.finished_at - a.started_at ELSE 0 END)), 0) AS DOUBLE PRECISION) AS memory, \
+     CAST(COALESCE(SUM(CASE WHEN a.finished_at > a.started_at THEN a.finished_at - a.started_at ELSE 0 END), 0) AS BIGINT) AS wall \
      FROM attempts a JOIN tasks t ON t.id = a.task_id \
      WHERE a.finished_at >= $1 AND a.finished_at < $2 AND a.started_at IS NOT NULL AND ($4 IS NULL OR t.project = $4) \
-     GROUP BY t.project, (a.finished_at / $3) * $3 ORDER BY 2, 1";
+     GROUP BY t.project, (a.finished_at / $3) * $3 \
+     UNION ALL \
+     SELECT u.project, (u.hour / $3) * $3, u.tasks, u.attempts, u.cpu_ms, u.memory_byte_ms, u.wall_ms FROM usage_hours u \
+     WHERE u.hour >= $1 AND u.hour < $2 AND ($4 IS NULL OR u.project = $4) \
+     ) usage GROUP BY project, bucket ORDER BY 2, 1";
 
 /// How many of `tasks` each project has, in the order first seen.
 pub fn count_by_project(tasks: &[NewTask]) -> Vec<(&str, u64)> {

@@ -142,6 +142,7 @@ impl Drop for Server {
 }
 
 /// A JSON client for the API.
+#[derive(Clone)]
 pub struct Http {
     pub base: String,
     pub client: reqwest::Client,

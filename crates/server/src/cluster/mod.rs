@@ -58,6 +58,8 @@ pub struct ClusterConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// Events are kept this long for clients resuming the stream.
     pub event_retention: Duration,
+    /// How long finished tasks are kept, and where they go first.
+    pub retention: crate::loops::retention::RetentionConfig,
     /// Autoscaled pools and the provisioners that make their machines.
     pub autoscale: Option<crate::loops::autoscale::config::AutoscaleConfig>,
 }
@@ -94,6 +96,7 @@ impl ClusterConfig {
             max_attempt_log_bytes: crate::nodes::guard::DEFAULT_MAX_ATTEMPT_LOG_BYTES,
             metrics_listen: None,
             event_retention: Duration::from_secs(3600),
+            retention: crate::loops::retention::RetentionConfig::default(),
             autoscale: None,
         }
     }
@@ -383,6 +386,15 @@ impl Cluster {
             config.event_retention,
             shutdown_rx.clone(),
         )));
+        background.push(tokio::spawn(
+            crate::loops::retention::Retention {
+                store: dyn_store.clone(),
+                leadership: leadership.clone(),
+                config: config.retention.clone(),
+                metrics: metrics.clone(),
+            }
+            .run(shutdown_rx.clone()),
+        ));
         match crate::loops::webhooks::Dispatcher::new(dyn_store.clone(), config.webhook_allow_private) {
             Ok(dispatcher) => background.push(tokio::spawn(dispatcher.run(leadership.clone(), shutdown_rx.clone()))),
             Err(e) => tracing::error!(error = %e, "webhooks are off: no HTTP client"),

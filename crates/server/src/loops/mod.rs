@@ -14,6 +14,7 @@ pub mod leader;
 pub mod node_watch;
 pub mod relay;
 pub mod reload;
+pub mod retention;
 pub mod scheduler;
 pub mod schedules;
 pub mod timeline;

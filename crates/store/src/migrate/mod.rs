@@ -59,6 +59,7 @@ pub const TABLES: &[(&str, Treatment)] = &[
     ("idempotency_keys", Treatment::Rows),
     ("audit_log", Treatment::Rows),
     ("events", Treatment::Rows),
+    ("usage_hours", Treatment::Rows),
     ("audit_counters", Treatment::Derived),
     ("leadership", Treatment::Skip),
     ("servers", Treatment::Skip),

@@ -28,6 +28,7 @@ mod logs;
 mod machines;
 mod nodes;
 mod queue;
+mod retention;
 mod rows;
 mod schedules;
 mod schema;
@@ -393,6 +394,24 @@ impl Store for PgStore {
 
     async fn machines(&self) -> Result<Vec<Machine>, StoreError> {
         self.pg_machines().await
+    }
+
+    async fn expired_tasks(
+        &self,
+        project: &str,
+        before: Timestamp,
+        after: Option<TaskId>,
+        limit: usize,
+    ) -> Result<Vec<TaskId>, StoreError> {
+        self.pg_expired_tasks(project, before, after, limit).await
+    }
+
+    async fn remove_tasks(&self, ids: Vec<TaskId>, before: Timestamp) -> Result<Vec<TaskId>, StoreError> {
+        self.pg_remove_tasks(ids, before).await
+    }
+
+    async fn store_size(&self) -> Result<crate::retention::StoreSize, StoreError> {
+        self.pg_store_size().await
     }
 
     async fn delete_machine(&self, id: &str) -> Result<bool, StoreError> {

@@ -8,6 +8,7 @@ mod children;
 mod codes;
 mod lifecycle;
 mod machines;
+mod retention;
 mod rows;
 mod schema;
 mod tenants;
@@ -1255,6 +1256,28 @@ impl Store for SqliteStore {
 
     async fn machines(&self) -> Result<Vec<Machine>, StoreError> {
         self.read(machines::list).await
+    }
+
+    async fn expired_tasks(
+        &self,
+        project: &str,
+        before: Timestamp,
+        after: Option<TaskId>,
+        limit: usize,
+    ) -> Result<Vec<TaskId>, StoreError> {
+        let project = project.to_string();
+        self.read(move |conn| retention::expired(conn, &project, before, after, limit)).await
+    }
+
+    async fn remove_tasks(&self, ids: Vec<TaskId>, before: Timestamp) -> Result<Vec<TaskId>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.write_with(move |conn| retention::remove(conn, &ids, before)).await
+    }
+
+    async fn store_size(&self) -> Result<crate::retention::StoreSize, StoreError> {
+        self.read(retention::size).await
     }
 
     async fn delete_machine(&self, id: &str) -> Result<bool, StoreError> {

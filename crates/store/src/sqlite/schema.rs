@@ -410,6 +410,20 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX machine_history_asked ON machine_history (asked);
     "#,
+    // 28: usage of tasks that retention removed, summed per project and
+    // hour (usage reports add it to what the attempts still kept say).
+    r#"
+    CREATE TABLE usage_hours (
+        project        TEXT NOT NULL,
+        hour           BIGINT NOT NULL,
+        tasks          BIGINT NOT NULL,
+        attempts       BIGINT NOT NULL,
+        cpu_ms         BIGINT NOT NULL,
+        memory_byte_ms DOUBLE PRECISION NOT NULL,
+        wall_ms        BIGINT NOT NULL,
+        PRIMARY KEY (project, hour)
+    );
+    "#,
 ];
 
 /// Data changes a migration needs that SQL alone cannot make.
