@@ -8,6 +8,7 @@ mod ha;
 mod ingest;
 mod placement;
 mod replay;
+mod retention;
 mod scale;
 mod stages;
 mod workflow;
@@ -42,6 +43,8 @@ enum Bench {
     Scale(scale::Args),
     /// Workflows: an array vs batches, dependency release, another project's wait beside an array.
     Workflow(workflow::Args),
+    /// Retention: removing a million finished tasks while tasks are created, vs before and after.
+    Retention(retention::Args),
     /// History replay: a long, large history through `simulate --history`'s replay vs reading the file alone.
     Replay(replay::Args),
 }
@@ -68,5 +71,6 @@ async fn main() -> Result<()> {
         Bench::AutoscaleLatency(args) => autoscale::latency(args).await,
         Bench::AutoscaleDay(args) => autoscale::day(args),
         Bench::Replay(args) => replay::run(args),
+        Bench::Retention(args) => retention::run(args).await,
     }
 }
