@@ -31,6 +31,9 @@ pub struct Args {
     /// Seconds each measurement runs.
     #[arg(long, default_value_t = 15.0)]
     seconds: f64,
+    /// The server's `--retention-share`.
+    #[arg(long, default_value_t = 0.1)]
+    share: f64,
     /// Also export what is removed (`--retention-export`).
     #[arg(long)]
     export: bool,
@@ -187,8 +190,9 @@ pub async fn run(args: Args) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("data");
     println!(
-        "retention benchmark: {} finished tasks removed while tasks are created (closed loop x{}, paced at {}/s, {} s each){}",
+        "retention benchmark: {} finished tasks removed (share {}) while tasks are created (closed loop x{}, paced at {}/s, {} s each){}",
         args.finished,
+        args.share,
         args.concurrency,
         args.rate,
         args.seconds,
@@ -196,7 +200,8 @@ pub async fn run(args: Args) -> Result<()> {
     );
     seed(&data, args.finished)?;
     let export = dir.path().join("export");
-    let mut server_args = vec!["--no-agent", "--retention-interval", "1s"];
+    let share = args.share.to_string();
+    let mut server_args = vec!["--no-agent", "--retention-interval", "1s", "--retention-share", &share];
     if args.export {
         server_args.extend(["--retention-export", export.to_str().context("export path")?]);
     }
@@ -264,7 +269,7 @@ pub async fn run(args: Args) -> Result<()> {
     if let Some(path) = &args.json {
         let report = serde_json::json!({
             "finished": args.finished, "rate": args.rate, "concurrency": args.concurrency, "seconds": args.seconds,
-            "export": args.export, "before": before, "during": during, "after": after,
+            "export": args.export, "share": args.share, "before": before, "during": during, "after": after,
             "removal_seconds": removal_secs, "closed_loop_ratio": during.closed_loop / baseline,
         });
         std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")?;

@@ -123,6 +123,11 @@ pub struct ServerFlags {
     /// How often the leader looks for finished tasks past their retention.
     #[arg(long, default_value = "1m", value_parser = positive_duration)]
     retention_interval: Duration,
+    /// The most of the time removal may take (0.01 to 1): after each batch
+    /// it rests so that the store's writer stays with the clients. Raise it
+    /// where tasks finish faster than removal keeps up with.
+    #[arg(long, default_value_t = 0.1, value_parser = share)]
+    retention_share: f64,
     /// Autoscaled pools and the provisioners that make their machines (a
     /// TOML file; see docs/provisioning.md). Only the leader acts on it.
     #[arg(long, value_name = "FILE", env = "SHEPHERD_AUTOSCALE_CONFIG")]
@@ -152,6 +157,13 @@ fn parse_store(text: &str) -> Result<StoreChoice, String> {
         Ok(StoreChoice::Postgres(text.to_string()))
     } else {
         Err("use `sqlite` or a PostgreSQL URL, postgres://USER:PASSWORD@HOST:PORT/DATABASE".into())
+    }
+}
+
+fn share(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(v) if (0.01..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("`{text}`: a share of the time, 0.01 to 1")),
     }
 }
 
@@ -291,6 +303,7 @@ async fn run_cluster(server: ServerFlags, node: Option<&NodeFlags>, write_cli_co
             default: server.task_retention,
             export: server.retention_export.clone(),
             every: server.retention_interval,
+            share: server.retention_share,
         },
         autoscale: match &server.autoscale_config {
             Some(path) => {

@@ -2,9 +2,10 @@
 //! retention (`retention_seconds` in its policy, else the cluster's
 //! `--task-retention`) are removed in small batches, each exported first
 //! (one JSON line per task, with its attempts and output) when the cluster
-//! names a directory for it. Between batches the loop rests as long as the
-//! batch took, so removal never holds more than half of the store's
-//! writer. Every server measures the store's size and its oldest task.
+//! names a directory for it. Between batches the loop rests so that
+//! removal takes at most its share of the time (`--retention-share`, a
+//! tenth by default): the store's writer stays with the clients. Every
+//! server measures the store's size and its oldest task.
 
 use shepherd_core::{TaskId, Timestamp};
 use shepherd_store::{AuditEntry, Store, StoreError};
@@ -14,8 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
-/// Tasks per batch: one short write each.
-pub const BATCH: usize = 500;
+/// Tasks per batch: one short write each (about 10 ms of SQLite's writer).
+pub const BATCH: usize = 200;
 
 /// The cluster's retention settings.
 #[derive(Debug, Clone)]
@@ -29,11 +30,14 @@ pub struct RetentionConfig {
     /// How often the leader looks for expired tasks (and every server
     /// measures the store).
     pub every: Duration,
+    /// The most of its time removal takes, in (0, 1]: after a batch that
+    /// took t, it rests t × (1 / share − 1).
+    pub share: f64,
 }
 
 impl Default for RetentionConfig {
     fn default() -> RetentionConfig {
-        RetentionConfig { default: None, export: None, every: Duration::from_secs(60) }
+        RetentionConfig { default: None, export: None, every: Duration::from_secs(60), share: 0.1 }
     }
 }
 
@@ -133,13 +137,19 @@ impl Retention {
             let gone = self.store.remove_tasks(ids, cut).await?.len() as u64;
             removed += gone;
             self.metrics.retention_removed(project, gone, exported);
-            // Rest as long as the batch took: at most half the writer's time.
             tokio::select! {
-                _ = tokio::time::sleep(began.elapsed()) => {}
+                _ = tokio::time::sleep(rest(began.elapsed(), self.config.share)) => {}
                 _ = shutdown.changed() => return Ok(removed),
             }
         }
     }
+}
+
+/// How long to rest after a batch that took `took`, to take at most
+/// `share` of the time.
+pub fn rest(took: Duration, share: f64) -> Duration {
+    let share = if share.is_finite() { share.clamp(0.01, 1.0) } else { 1.0 };
+    took.mul_f64(1.0 / share - 1.0)
 }
 
 /// One exported task: the task as the API shows it (with its attempts),
@@ -228,6 +238,16 @@ async fn export(store: &dyn Store, dir: &Path, project: &str, ids: &[TaskId]) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn removal_rests_to_keep_its_share() {
+        let took = Duration::from_millis(10);
+        assert_eq!(rest(took, 1.0), Duration::ZERO);
+        assert_eq!(rest(took, 0.5), took);
+        assert_eq!(rest(took, 0.1), Duration::from_millis(90));
+        assert_eq!(rest(took, 0.0), Duration::from_millis(990), "at least 1%");
+        assert_eq!(rest(took, f64::NAN), Duration::ZERO);
+    }
 
     #[test]
     fn export_files_are_per_project_and_day_and_only_for_project_names() {
