@@ -64,6 +64,11 @@ if ! "$iron_venv/bin/python" -c 'import iron_worker, websocket' >/dev/null 2>&1;
     python3 -m venv "$iron_venv"
     "$iron_venv/bin/pip" install -q iron-worker==1.3.8 iron-core==1.2.1 websocket-client==1.9.0
 fi
+# libfaketime for the chaos test's follower with a skewed clock (Debian's package).
+if [ ! -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ]; then
+    echo "test.sh: installing faketime" >&2
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq faketime >/dev/null
+fi
 # Headless Chromium for the dashboard's browser test (Debian's package).
 if ! command -v chromium >/dev/null 2>&1; then
     echo "test.sh: installing chromium" >&2

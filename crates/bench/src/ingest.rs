@@ -99,6 +99,33 @@ async fn raw_postgres_rate(url: &str, total: usize, batch: usize) -> Result<f64>
     Ok(total as f64 / started.elapsed().as_secs_f64())
 }
 
+/// Raw single-row baseline on PostgreSQL: one task per transaction, the
+/// store's own insert statements, `concurrency` at once over a pool the
+/// size of a server's (16), no API, no group commit, no audit line.
+async fn raw_postgres_single_rate(url: &str, total: usize, concurrency: usize) -> Result<f64> {
+    let db = fresh_database(url, "shepherd_bench_raw_single").await?;
+    let store = Arc::new(shepherd_store::PgStore::connect(&db, 16).await?);
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..concurrency {
+        let (store, next) = (store.clone(), next.clone());
+        workers.push(tokio::spawn(async move {
+            let mut ids = ulid::Generator::new();
+            while next.fetch_add(1, Ordering::Relaxed) < total {
+                let now = Timestamp::now();
+                let task = validate(spec(), &Limits::default(), TaskId::generate(&mut ids, now), now)?;
+                store.raw_insert(vec![task]).await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for worker in workers {
+        worker.await??;
+    }
+    Ok(total as f64 / started.elapsed().as_secs_f64())
+}
+
 pub struct ServerProcess(pub Child, pub String);
 
 impl Drop for ServerProcess {
@@ -223,6 +250,19 @@ pub async fn run(args: Args) -> Result<()> {
     let single_secs = drive(&server.1, "/v1/tasks", one, args.singles, args.single_concurrency).await?;
     let single = args.singles as f64 / single_secs;
     println!("API single creates (x{} in flight):     {single:>10.0} tasks/s  ({:.2} of raw)", args.single_concurrency, single / raw);
+    // On PostgreSQL, against the same rows inserted one per transaction.
+    let raw_single = match &args.postgres {
+        Some(url) => {
+            let rate = raw_postgres_single_rate(url, args.singles, args.single_concurrency).await?;
+            println!(
+                "raw PostgreSQL single-row inserts (x{}): {rate:>8.0} rows/s  (API singles: {:.2} of it)",
+                args.single_concurrency,
+                single / rate
+            );
+            Some(rate)
+        }
+        None => None,
+    };
 
     let requests = args.batched / args.batch_size;
     let batch_body = serde_json::to_string(&serde_json::json!({ "tasks": vec![spec(); args.batch_size] }))?;
@@ -263,7 +303,8 @@ pub async fn run(args: Args) -> Result<()> {
         let report = serde_json::json!({
             "store": if args.postgres.is_some() { "postgres" } else { "sqlite" },
             "sync": args.sync, "raw_rows_per_s": raw, "single_tasks_per_s": single, "batch_tasks_per_s": batched,
-            "single_ratio": single / raw, "batch_ratio": batched / raw, "batch_size": args.batch_size,
+            "single_ratio": single / raw, "raw_single_rows_per_s": raw_single,
+            "single_ratio_to_raw_single": raw_single.map(|r| single / r), "batch_ratio": batched / raw, "batch_size": args.batch_size,
             "code_single_tasks_per_s": code_single, "code_batch_tasks_per_s": code_batched,
             "code_single_ratio_to_plain": code_single / single, "code_batch_ratio_to_plain": code_batched / batched,
         });

@@ -76,7 +76,10 @@ fn seed(data: &Path, count: usize) -> Result<()> {
          SELECT id, 1, 'gone', ?1, ?1, ?1 + 1000, 'succeeded', 0, 10, 1048576 FROM tasks WHERE project = 'old'",
         [at],
     )?;
-    tx.execute("INSERT INTO task_logs (task_id, attempt, stream, data) SELECT id, 1, 1, X'68656c6c6f0a' FROM tasks WHERE project = 'old'", [])?;
+    tx.execute(
+        "INSERT INTO task_logs (task_id, attempt, stream, data) SELECT id, 1, 1, X'68656c6c6f0a' FROM tasks WHERE project = 'old'",
+        [],
+    )?;
     tx.execute(
         "UPDATE tasks SET state = 'succeeded', scheduled_at = ?1, started_at = ?1, finished_at = ?1 + 1000, node_id = 'gone', \
          exit_code = 0, attempt = 1, charged_attempts = 1 WHERE project = 'old'",
@@ -102,7 +105,8 @@ async fn closed_loop(url: &str, concurrency: usize, seconds: f64) -> Result<f64>
         let target = format!("{url}/v1/tasks");
         workers.push(tokio::spawn(async move {
             while Instant::now() < until {
-                let response = client.post(&target).header("content-type", "application/json").body(body.as_str().to_owned()).send().await?;
+                let response =
+                    client.post(&target).header("content-type", "application/json").body(body.as_str().to_owned()).send().await?;
                 if response.status().as_u16() != 201 {
                     bail!("server answered {}", response.status());
                 }

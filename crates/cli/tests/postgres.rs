@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::Server;
+use common::{Http, Server};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -404,4 +404,271 @@ async fn a_follower_wakes_the_leader_for_what_it_stored() {
         let done = follower.wait_terminal(&id, Duration::from_secs(20)).await;
         assert_eq!(done["state"], "succeeded", "round {round} on {node}: {done}");
     }
+}
+
+/// A network namespace of the test's own, joined to the host by a veth
+/// pair (the host's end `host`, the namespace's `inside`, a /30), removed
+/// with its firewall rules when dropped.
+struct Netns {
+    name: String,
+    host: String,
+    inside: String,
+}
+
+fn sh_ok(args: &[&str]) {
+    let out = std::process::Command::new(args[0]).args(&args[1..]).output().unwrap();
+    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+impl Netns {
+    fn make() -> Netns {
+        let pid = std::process::id();
+        let name = format!("shp{pid}");
+        let (a, b) = (20 + pid % 200, (pid / 200 % 60) * 4);
+        let (host, inside) = (format!("10.213.{a}.{}", b + 1), format!("10.213.{a}.{}", b + 2));
+        let (host_end, inside_end) = (format!("shp{pid}h"), format!("shp{pid}n"));
+        let netns = Netns { name: name.clone(), host: host.clone(), inside: inside.clone() };
+        sh_ok(&["ip", "netns", "add", &name]);
+        sh_ok(&["ip", "link", "add", &host_end, "type", "veth", "peer", "name", &inside_end]);
+        sh_ok(&["ip", "link", "set", &inside_end, "netns", &name]);
+        sh_ok(&["ip", "addr", "add", &format!("{host}/30"), "dev", &host_end]);
+        sh_ok(&["ip", "link", "set", &host_end, "up"]);
+        sh_ok(&["ip", "netns", "exec", &name, "ip", "addr", "add", &format!("{inside}/30"), "dev", &inside_end]);
+        sh_ok(&["ip", "netns", "exec", &name, "ip", "link", "set", &inside_end, "up"]);
+        sh_ok(&["ip", "netns", "exec", &name, "ip", "link", "set", "lo", "up"]);
+        netns
+    }
+
+    /// Drops (`-A`) or lets through again (`-D`) everything the namespace
+    /// sends to `port` on the host's end: a partition from that service.
+    fn firewall(&self, rule: &str, port: u16) {
+        let port = port.to_string();
+        sh_ok(&[
+            "ip", "netns", "exec", &self.name, "iptables", rule, "OUTPUT", "-p", "tcp", "-d", &self.host, "--dport", &port, "-j", "DROP",
+        ]);
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip").args(["netns", "del", &self.name]).output();
+    }
+}
+
+/// Forwards TCP connections from `listen` to `to` (PostgreSQL, for a
+/// server in the namespace); returns the port it listens on.
+async fn tcp_proxy(listen: &str, to: String) -> u16 {
+    let listener = tokio::net::TcpListener::bind(format!("{listen}:0")).await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let to = to.clone();
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(&to).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    port
+}
+
+/// The role a server says it has, if it answers within half a second.
+async fn role(client: &reqwest::Client, base: &str) -> Option<String> {
+    let response = tokio::time::timeout(Duration::from_millis(500), client.get(format!("{base}/v1/health")).send()).await.ok()?.ok()?;
+    let health: Value = tokio::time::timeout(Duration::from_millis(500), response.json()).await.ok()?.ok()?;
+    health["server"]["role"].as_str().map(str::to_string)
+}
+
+/// Submits a task every 50 ms to the first of `bases` that takes it, until
+/// `stop`; returns the ids acknowledged.
+async fn submit_anywhere(bases: Vec<String>, markers: std::path::PathBuf, stop: Arc<AtomicBool>) -> Vec<String> {
+    let client = common::client();
+    let task = json!({
+        "image": "busybox",
+        "command": ["sh", "-c", format!("echo ran >> {}/$SHEPHERD_TASK_ID", markers.display())],
+        "resources": {"cpu_millicores": 10, "memory_mib": 4},
+    });
+    let mut acknowledged = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        for base in &bases {
+            let sent = tokio::time::timeout(Duration::from_secs(3), client.post(format!("{base}/v1/tasks")).json(&task).send()).await;
+            let Ok(Ok(response)) = sent else { continue };
+            if response.status().as_u16() == 201 {
+                let body: Value = response.json().await.unwrap_or_default();
+                acknowledged.push(body["id"].as_str().expect("an id").to_string());
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    acknowledged
+}
+
+const FAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
+/// Chaos beyond a dead leader: two servers, the leader in a network
+/// namespace of the test's own and the follower's clock 30 s behind
+/// (libfaketime), one agent heartbeating through the follower.
+/// - The skewed follower never takes the lease from a live leader, and the
+///   node whose heartbeats it writes is never declared down by the leader.
+/// - The leader is cut off from PostgreSQL (its packets to it dropped in
+///   its namespace): the follower leads once the lease has run out, and
+///   the old leader had stepped down by then; healed, it follows.
+/// - The leader is killed while PostgreSQL restarts: the other server
+///   takes over once the database is back.
+/// Through it all a client submits tasks to whichever server answers:
+/// every acknowledged task succeeds, and runs exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_partition_from_postgres_a_restart_during_a_leader_change_and_a_skewed_follower() {
+    let _ = common::fresh_postgres_database().await;
+    assert!(std::path::Path::new(FAKETIME).exists(), "libfaketime is needed (apt-get install faketime; scripts/test.sh does)");
+    let postgres = Arc::new(OwnPostgres::start());
+    let netns = Netns::make();
+    let pg_port = postgres.url.rsplit_once(':').unwrap().1.split('/').next().unwrap().to_string();
+    let proxy = tcp_proxy(&netns.host, format!("127.0.0.1:{pg_port}")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let markers = dir.path().join("markers");
+    std::fs::create_dir_all(&markers).unwrap();
+    let token = "chaos-join-token";
+    let server_args = |store: &str, listen: &str, data: &str| -> Vec<String> {
+        [
+            "server",
+            "--store",
+            store,
+            "--listen",
+            listen,
+            "--data-dir",
+            data,
+            "--join-token",
+            token,
+            "--leader-lease",
+            "2s",
+            "--node-timeout",
+            "8s",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    // The leader-to-be, in the namespace, reaching PostgreSQL through the proxy.
+    let inside_url = format!("postgres://shepherd@{}:{proxy}/postgres", netns.host);
+    let inside_listen = format!("{}:{}", netns.inside, free_port_inside());
+    let inside_base = format!("http://{inside_listen}");
+    let args = server_args(&inside_url, &inside_listen, dir.path().join("s0").to_str().unwrap());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let _s0 = common::Process::start_in(
+        &["ip", "netns", "exec", &netns.name],
+        &[],
+        &args,
+        &dir.path().join("s0.log"),
+        "shepherd: API listening on ",
+    );
+    let client = common::client();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while role(&client, &inside_base).await.as_deref() != Some("leader") {
+        assert!(std::time::Instant::now() < deadline, "the server in the namespace did not lead");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The follower, its clock 30 s behind.
+    let host_listen = format!("127.0.0.1:{}", common::free_port());
+    let host_base = format!("http://{host_listen}");
+    let start_follower = |log: &str| {
+        let args = server_args(&postgres.url, &host_listen, dir.path().join("s1").to_str().unwrap());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let env = [("LD_PRELOAD", FAKETIME), ("FAKETIME", "-30s"), ("FAKETIME_DONT_FAKE_MONOTONIC", "1")];
+        common::Process::start_in(&[], &env, &args, &dir.path().join(log), "shepherd: API listening on ")
+    };
+    let mut s1 = Some(start_follower("s1.log"));
+    let agent_data = dir.path().join("agent");
+    let join = format!("{host_base},{inside_base}");
+    let agent_args = [
+        "agent",
+        "--join",
+        &join,
+        "--join-token",
+        token,
+        "--data-dir",
+        agent_data.to_str().unwrap(),
+        "--driver",
+        "process",
+        "--max-tasks",
+        "30",
+    ];
+    let _agent = common::Process::start(&agent_args, &dir.path().join("agent.log"), "shepherd agent: node ");
+    let stop = Arc::new(AtomicBool::new(false));
+    let submitter = tokio::spawn(submit_anywhere(vec![host_base.clone(), inside_base.clone()], markers.clone(), stop.clone()));
+
+    // Past a node timeout and many leases: the leader stays, the node stays ready.
+    for _ in 0..24 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(role(&client, &inside_base).await.as_deref(), Some("leader"), "the skewed follower took the lease");
+    }
+    let http = Http { base: inside_base.clone(), client: client.clone() };
+    let (_, nodes) = http.get("/v1/nodes").await;
+    assert_eq!(nodes["nodes"][0]["state"], "ready", "a node beating through the skewed follower was declared down: {nodes}");
+    let s0_log = dir.path().join("s0.log");
+    let logged = std::fs::read_to_string(&s0_log).unwrap_or_default();
+    assert!(!logged.contains("missed its heartbeats"), "a node beating through the skewed follower was declared down: {logged}");
+
+    // The partition: the leader steps down before the follower can lead.
+    netns.firewall("-A", proxy);
+    let cut = std::time::Instant::now();
+    let (mut stepped_down, mut follower_led) = (None, None);
+    while follower_led.is_none() {
+        if stepped_down.is_none() && std::fs::read_to_string(&s0_log).unwrap_or_default().contains("cannot renew the lease") {
+            stepped_down = Some(cut.elapsed());
+        }
+        if role(&client, &host_base).await.as_deref() == Some("leader") {
+            follower_led = Some(cut.elapsed());
+        }
+        assert!(cut.elapsed() < Duration::from_secs(30), "the follower did not lead after the partition");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let stepped_down = stepped_down.expect("the cut-off leader stepped down before another led");
+    eprintln!("partition: leader stepped down after {stepped_down:?}, the follower led after {follower_led:?}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    netns.firewall("-D", proxy);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while role(&client, &inside_base).await.as_deref() != Some("follower") {
+        assert!(std::time::Instant::now() < deadline, "the healed server did not follow");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // The leader dies while PostgreSQL restarts.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    if let Some(mut leader) = s1.take() {
+        leader.kill();
+    }
+    let pg = postgres.clone();
+    tokio::task::spawn_blocking(move || pg.restart("immediate", Duration::from_secs(1))).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(40);
+    while role(&client, &inside_base).await.as_deref() != Some("leader") {
+        assert!(std::time::Instant::now() < deadline, "no leader after the restart");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _s1 = start_follower("s1-2.log");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, Ordering::Relaxed);
+    let acknowledged = submitter.await.unwrap();
+    assert!(acknowledged.len() > 100, "the load went on: {}", acknowledged.len());
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    for id in &acknowledged {
+        loop {
+            let (status, task) = http.get(&format!("/v1/tasks/{id}")).await;
+            if status == 200 && task["state"] == "succeeded" {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "acknowledged task {id} did not succeed: {status} {task}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let ran = std::fs::read_to_string(markers.join(id)).unwrap_or_default();
+        assert_eq!(ran.lines().count(), 1, "task {id} ran {} times", ran.lines().count());
+    }
+}
+
+/// A port free on the host (the namespace's ports are all free).
+fn free_port_inside() -> u16 {
+    common::free_port()
 }

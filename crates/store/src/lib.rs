@@ -464,6 +464,14 @@ pub trait Store: Send + Sync + 'static {
     /// the ids removed. Audit lines and events stay.
     async fn remove_tasks(&self, ids: Vec<TaskId>, before: Timestamp) -> Result<Vec<TaskId>, StoreError>;
 
+    /// The time by the clock node heartbeat times are stored in: the
+    /// database's on PostgreSQL (every server converts the heartbeats it
+    /// writes to it), this process's on SQLite. Whoever judges a node's
+    /// silence from its stored heartbeat compares with this.
+    async fn clock(&self) -> Result<Timestamp, StoreError> {
+        Ok(Timestamp::now())
+    }
+
     /// The store's size and the creation time of its oldest task.
     async fn store_size(&self) -> Result<retention::StoreSize, StoreError>;
 

@@ -275,9 +275,24 @@ pub struct Process {
 impl Process {
     /// Starts `shepherd ARGS` and waits for a stdout line starting with `ready_prefix`.
     pub fn start(args: &[&str], log: &Path, ready_prefix: &str) -> Process {
+        Process::start_in(&[], &[], args, log, ready_prefix)
+    }
+
+    /// [`Process::start`] under `prefix` (e.g. `ip netns exec NS`), with
+    /// `env` added.
+    pub fn start_in(prefix: &[&str], env: &[(&str, &str)], args: &[&str], log: &Path, ready_prefix: &str) -> Process {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("log file");
-        let mut child = Command::new(BIN)
+        let mut command = match prefix.split_first() {
+            Some((program, rest)) => {
+                let mut command = Command::new(program);
+                command.args(rest).arg(BIN);
+                command
+            }
+            None => Command::new(BIN),
+        };
+        let mut child = command
             .args(args)
+            .envs(env.iter().copied())
             .env("SHEPHERD_LOG", "info")
             .env("SHEPHERD_ADMIN_TOKEN", ADMIN_TOKEN)
             .stdout(Stdio::piped())

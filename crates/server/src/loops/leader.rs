@@ -76,7 +76,15 @@ impl Leadership {
     /// One round: take or renew the lease.
     pub async fn round(&self, store: &dyn Store) {
         let asked = Instant::now();
-        match store.acquire_lease(&self.id, self.ttl).await {
+        // A round that hangs (the database cut off, its packets dropped)
+        // ends as a failed one within half a lease, so that leadership
+        // lapses visibly (logged, and told to `watch`ers), not only by
+        // `lease()`'s clock.
+        let answer = match tokio::time::timeout(self.ttl / 2, store.acquire_lease(&self.id, self.ttl)).await {
+            Ok(answer) => answer,
+            Err(_) => Err(shepherd_store::StoreError::Unavailable(format!("no answer within {:?}", self.ttl / 2))),
+        };
+        match answer {
             Ok(Some(lease)) => {
                 // The lease counts from before the request: margin for the round trip and clock drift.
                 let valid_until = asked + self.ttl.mul_f64(0.8);

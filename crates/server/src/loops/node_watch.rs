@@ -29,7 +29,7 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let store = observer.store.clone();
-    let mut leading_since: Option<i64> = None;
+    let mut leading_since: Option<std::time::Instant> = None;
     // A tenth of the timeout between looks (1 to 5 s): listing thousands of
     // nodes every second would cost more than it tells.
     let every = (timeout / 10).clamp(Duration::from_secs(1), Duration::from_secs(5));
@@ -43,7 +43,11 @@ pub async fn run(
             continue;
         };
         let now = Timestamp::now();
-        let since = *leading_since.get_or_insert(now.millis());
+        let leading = leading_since.get_or_insert_with(std::time::Instant::now).elapsed();
+        // Stored heartbeat times are in the store's clock (PostgreSQL's,
+        // whichever server wrote them): compared with the same clock, so
+        // no server's skew makes a live node look silent.
+        let Ok(store_now) = store.clock().await else { continue };
         let nodes = match store.list_nodes().await {
             Ok(nodes) => nodes,
             Err(_) => continue,
@@ -58,15 +62,15 @@ pub async fn run(
                 give_away(&store, &observer, &leadership, &wakeup, &lease, &node.id, now).await;
                 continue;
             }
-            let heard_here = now.millis() - liveness.silent_for(&node.id).as_millis() as i64;
-            let last = heard_here.max(node.last_heartbeat_at.millis()).max(since);
-            let silent = now.millis() - last;
-            if silent <= timeout.as_millis() as i64 {
+            let heard_here = liveness.silent_for(&node.id);
+            let stored = std::time::Duration::from_millis(u64::try_from(store_now.millis() - node.last_heartbeat_at.millis()).unwrap_or(0));
+            let silent = heard_here.min(stored).min(leading);
+            if silent <= timeout {
                 continue;
             }
             // Already down (no change) or not one that can go down: nothing to do.
             let Ok(down) = node.state.next(shepherd_core::NodeEvent::MissedHeartbeats) else { continue };
-            tracing::warn!(node = %node.id, silent_ms = silent, "node missed its heartbeats: down");
+            tracing::warn!(node = %node.id, silent_ms = silent.as_millis() as u64, "node missed its heartbeats: down");
             let id = node.id.clone();
             // Its heartbeats are refused from now on: it must reconnect and reconcile.
             liveness.mark_down(&id);

@@ -126,7 +126,6 @@ impl Retention {
             if !self.leadership.is_leader() || *shutdown.borrow() {
                 return Ok(removed);
             }
-            let began = Instant::now();
             let ids = self.store.expired_tasks(project, cut, after, BATCH).await?;
             let Some(last) = ids.last().copied() else { return Ok(removed) };
             after = Some(last);
@@ -134,6 +133,9 @@ impl Retention {
                 Some(dir) => export(self.store.as_ref(), dir, project, &ids).await?,
                 None => 0,
             };
+            // The share is of the writer's time: the removal's write (the
+            // export only reads, on the readers).
+            let began = Instant::now();
             let gone = self.store.remove_tasks(ids, cut).await?.len() as u64;
             removed += gone;
             self.metrics.retention_removed(project, gone, exported);

@@ -28,6 +28,9 @@ pub struct PgStore {
     /// Time callers waited for a connection of `pool`, in microseconds, and how many waited.
     pub(super) waited_micros: std::sync::atomic::AtomicU64,
     pub(super) waits: std::sync::atomic::AtomicU64,
+    /// The database's clock less this server's, as last measured, and
+    /// when ([`PgStore::clock_offset`]).
+    pub(super) offset: std::sync::Mutex<Option<(std::time::Instant, i64)>>,
 }
 
 /// How a server uses its PostgreSQL database.
@@ -176,6 +179,7 @@ impl PgStore {
             shape_key,
             waited_micros: Default::default(),
             waits: Default::default(),
+            offset: Default::default(),
         })
     }
 

@@ -410,6 +410,10 @@ impl Store for PgStore {
         self.pg_remove_tasks(ids, before).await
     }
 
+    async fn clock(&self) -> Result<Timestamp, StoreError> {
+        self.pg_clock().await
+    }
+
     async fn store_size(&self) -> Result<crate::retention::StoreSize, StoreError> {
         self.pg_store_size().await
     }
@@ -506,5 +510,18 @@ impl Store for PgStore {
 
     async fn list_audit(&self, project: Option<String>, before: Option<i64>, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
         self.pg_list_audit(project, before, limit).await
+    }
+}
+
+impl PgStore {
+    /// Inserts `tasks` in a transaction of their own with the store's own
+    /// statements, nothing else: no group commit, audit line, event or
+    /// observer. The benchmarks' raw baseline (`shepherd-bench ingest`),
+    /// not a way to create tasks.
+    pub async fn raw_insert(&self, tasks: Vec<NewTask>) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(sql::error)?;
+        inserts::insert_tasks(&tx, &tasks, &self.shape_key).await?;
+        tx.commit().await.map_err(sql::error)
     }
 }

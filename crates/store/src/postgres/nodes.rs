@@ -38,10 +38,50 @@ async fn append_node_event(tx: &impl GenericClient, id: &str, state: NodeState, 
     append_events(tx, at, &[event]).await
 }
 
+/// How often a server measures the database's clock against its own.
+const OFFSET_FOR: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Offsets below this are taken as none: clocks that agree this well
+/// need no correction, and times written on one host stay exact.
+const OFFSET_FLOOR_MS: i64 = 1_000;
+
+impl PgStore {
+    /// The database's clock less this server's, in milliseconds, measured
+    /// at most every [`OFFSET_FOR`] (half the round trip counted), and 0
+    /// below [`OFFSET_FLOOR_MS`]. Node heartbeat times are written in the
+    /// database's clock (this server's time plus the offset), so that a
+    /// server whose clock is off makes no live node look silent.
+    pub(super) async fn clock_offset(&self) -> Result<i64, StoreError> {
+        if let Some((at, offset)) = *self.offset.lock().map_err(|_| StoreError::Corrupt("clock offset lock".into()))? {
+            if at.elapsed() < OFFSET_FOR {
+                return Ok(offset);
+            }
+        }
+        let client = self.client().await?;
+        let before = Timestamp::now().millis();
+        let row = client.query_one("SELECT (extract(epoch from clock_timestamp()) * 1000)::int8", &[]).await.map_err(error)?;
+        let after = Timestamp::now().millis();
+        let measured = row.get::<_, i64>(0) - (before + after) / 2;
+        let offset = if measured.abs() < OFFSET_FLOOR_MS { 0 } else { measured };
+        if offset != 0 {
+            tracing::debug!(offset_ms = offset, "this server's clock differs from the database's");
+        }
+        if let Ok(mut slot) = self.offset.lock() {
+            *slot = Some((std::time::Instant::now(), offset));
+        }
+        Ok(offset)
+    }
+
+    pub(super) async fn pg_clock(&self) -> Result<Timestamp, StoreError> {
+        Ok(Timestamp(Timestamp::now().millis() + self.clock_offset().await?))
+    }
+}
+
 /// The [`Store`](crate::Store) methods on nodes, as `pg_` methods its impl
 /// (in `mod.rs`) hands each call to; the trait documents each.
 impl PgStore {
     pub(super) async fn pg_upsert_node(&self, node: NodeRecord) -> Result<(), StoreError> {
+        let offset = self.clock_offset().await?;
         let mut client = self.client().await?;
         let client = client.transaction().await.map_err(error)?;
         let labels = serde_json::to_string(&node.labels).map_err(|e| corrupt("labels", e))?;
@@ -63,7 +103,7 @@ impl PgStore {
                     &i64::from(node.max_tasks),
                     &labels,
                     &node.registered_at.millis(),
-                    &node.last_heartbeat_at.millis(),
+                    &(node.last_heartbeat_at.millis() + offset),
                     &images,
                 ],
             )
@@ -98,6 +138,7 @@ impl PgStore {
     }
 
     pub(super) async fn pg_touch_node(&self, id: &str, at: Timestamp, images: Vec<String>) -> Result<Option<NodeState>, StoreError> {
+        let at = Timestamp(at.millis() + self.clock_offset().await?);
         let client = self.client().await?;
         let images = serde_json::to_string(&images).map_err(|e| corrupt("images", e))?;
         let row = client
@@ -123,7 +164,8 @@ impl PgStore {
         let mut sorted: Vec<&NodeBeat> = beats.iter().collect();
         sorted.sort_by(|a, b| a.id.cmp(&b.id));
         let ids: Vec<&str> = sorted.iter().map(|b| b.id.as_str()).collect();
-        let times: Vec<i64> = sorted.iter().map(|b| b.at.millis()).collect();
+        let offset = self.clock_offset().await?;
+        let times: Vec<i64> = sorted.iter().map(|b| b.at.millis() + offset).collect();
         let images = sorted
             .iter()
             .map(|b| b.images.as_ref().map(serde_json::to_string).transpose().map_err(|e| corrupt("images", e)))
