@@ -1650,6 +1650,12 @@ pub async fn retention(store: &dyn Store) {
     assert!(store.expired_tasks("a", at(20), None, 10).await.unwrap().is_empty(), "finished at the cut, not before it");
     assert!(store.expired_tasks("c", cut, None, 10).await.unwrap().is_empty());
 
+    // What an export reads: the tasks still there, with their attempts and output.
+    let exported = store.export_tasks(vec![ids[0], TaskId(ulid::Ulid::new()), ids[1]]).await.unwrap();
+    assert_eq!(exported.iter().map(|(t, _)| t.id).collect::<Vec<_>>(), vec![ids[0], ids[1]]);
+    assert_eq!(exported[0].0.attempts.len(), 1);
+    assert_eq!(exported[0].1.iter().map(|c| c.data.clone()).collect::<Vec<_>>(), vec![b"kept until removed".to_vec()]);
+    assert!(exported[1].1.is_empty());
     // Project a's finished tasks, and ones that are not expired: only the
     // expired ones go.
     let removed = store.remove_tasks(vec![ids[0], ids[1], ids[3], ids[4]], cut).await.unwrap();

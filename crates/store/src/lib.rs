@@ -464,6 +464,28 @@ pub trait Store: Send + Sync + 'static {
     /// the ids removed. Audit lines and events stay.
     async fn remove_tasks(&self, ids: Vec<TaskId>, before: Timestamp) -> Result<Vec<TaskId>, StoreError>;
 
+    /// Tasks as retention exports them: each of `ids` still there, with
+    /// its attempts and all its output in order. (A store may read them
+    /// all at once; this default reads task by task.)
+    async fn export_tasks(&self, ids: Vec<TaskId>) -> Result<Vec<(Task, Vec<StoredLogChunk>)>, StoreError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let Some(task) = self.get_task(id).await? else { continue };
+            let mut logs: Vec<StoredLogChunk> = Vec::new();
+            loop {
+                let after = logs.last().map_or(0, |c| c.seq);
+                let page = self.read_logs(id, after, 1000).await?;
+                let full = page.len() == 1000;
+                logs.extend(page);
+                if !full {
+                    break;
+                }
+            }
+            out.push((task, logs));
+        }
+        Ok(out)
+    }
+
     /// The time by the clock node heartbeat times are stored in: the
     /// database's on PostgreSQL (every server converts the heartbeats it
     /// writes to it), this process's on SQLite. Whoever judges a node's

@@ -194,15 +194,10 @@ async fn export(store: &dyn Store, dir: &Path, project: &str, ids: &[TaskId]) ->
     };
     let mut out = Vec::new();
     let mut written = 0u64;
-    for id in ids {
-        let Some(task) = store.get_task(*id).await? else { continue };
-        let mut logs = Vec::new();
-        let mut after = 0;
-        loop {
-            let chunks = store.read_logs(*id, after, 1000).await?;
-            let full = chunks.len() == 1000;
-            for chunk in chunks {
-                after = chunk.seq;
+    for (task, chunks) in store.export_tasks(ids.to_vec()).await? {
+        let logs = chunks
+            .into_iter()
+            .map(|chunk| {
                 let (text, base64) = match String::from_utf8(chunk.data) {
                     Ok(text) => (Some(text), None),
                     Err(e) => {
@@ -210,12 +205,9 @@ async fn export(store: &dyn Store, dir: &Path, project: &str, ids: &[TaskId]) ->
                         (None, Some(base64::engine::general_purpose::STANDARD.encode(e.into_bytes())))
                     }
                 };
-                logs.push(ExportedChunk { attempt: chunk.attempt, stream: chunk.stream.as_str(), text, base64 });
-            }
-            if !full {
-                break;
-            }
-        }
+                ExportedChunk { attempt: chunk.attempt, stream: chunk.stream.as_str(), text, base64 }
+            })
+            .collect();
         let line = serde_json::to_vec(&Exported { task: &task, logs, removed_at: now })
             .map_err(|e| RetentionError::Export { path: path.clone(), source: std::io::Error::new(std::io::ErrorKind::InvalidData, e) })?;
         out.extend_from_slice(&line);

@@ -1276,6 +1276,30 @@ impl Store for SqliteStore {
         self.write_with(move |conn| retention::remove(conn, &ids, before)).await
     }
 
+    async fn export_tasks(&self, ids: Vec<TaskId>) -> Result<Vec<(Task, Vec<StoredLogChunk>)>, StoreError> {
+        // One read for the batch: a task and its output each, on one connection.
+        self.read(move |conn| {
+            let mut out = Vec::with_capacity(ids.len());
+            let mut logs = conn.prepare_cached("SELECT seq, attempt, stream, data FROM task_logs WHERE task_id = ?1 ORDER BY seq")?;
+            for id in ids {
+                let Some(task) = rows::get_task(conn, id)? else { continue };
+                let mut rows = logs.query([id.to_string()])?;
+                let mut chunks = Vec::new();
+                while let Some(row) = rows.next()? {
+                    chunks.push(StoredLogChunk {
+                        seq: row.get(0)?,
+                        attempt: row.get(1)?,
+                        stream: LogStream::from_code(row.get(2)?),
+                        data: row.get(3)?,
+                    });
+                }
+                out.push((task, chunks));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn store_size(&self) -> Result<crate::retention::StoreSize, StoreError> {
         self.read(retention::size).await
     }
