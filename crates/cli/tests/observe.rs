@@ -405,6 +405,8 @@ async fn finished_tasks_past_their_projects_retention_are_exported_then_removed(
         assert_eq!(status, 400, "{bad}: {body}");
         assert!(body["error"]["field"].as_str().unwrap_or_default().contains("retention_seconds"), "{bad}: {body}");
     }
+    let (status, body) = acme.send(reqwest::Method::PUT, "/v1/projects/acme/policy", &json!({ "retention_seconds": 1 })).await;
+    assert_eq!(status, 403, "a project sets no retention of its own: {body}");
     let refused = server.cli(&["project", "policy", "acme", "--retention", "0s"]);
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("--retention"), "{refused:?}");
@@ -448,6 +450,9 @@ async fn finished_tasks_past_their_projects_retention_are_exported_then_removed(
     assert!(logs.iter().any(|c| c["stream"] == "stdout" && c["text"] == "kept\n"), "{first}");
     assert!(logs.iter().any(|c| c["stream"] == "stderr" && c["base64"] == "//4="), "{first}");
     assert_eq!(line_of(&finished[1])["task"]["exit_code"], 3);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&day).unwrap().permissions().mode() & 0o777, 0o600, "the export holds tasks' environments");
+    assert_eq!(std::fs::metadata(export.join("acme")).unwrap().permissions().mode() & 0o777, 0o700);
     assert!(!export.join("other").exists(), "a project without a retention exports nothing");
 
     // Usage is what it was; the audit says what went.

@@ -216,10 +216,12 @@ async fn export(store: &dyn Store, dir: &Path, project: &str, ids: &[TaskId]) ->
     }
     let target = path.clone();
     tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        // Tasks' environments and output: readable by this user only.
         if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent)?;
+            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(parent)?;
         }
-        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&target)?;
+        let mut file = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(&target)?;
         file.write_all(&out)?;
         file.sync_data()
     })
