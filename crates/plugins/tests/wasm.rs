@@ -234,13 +234,25 @@ fn a_reload_swaps_versions_between_passes_and_a_broken_file_keeps_the_old_one() 
         })
         .collect();
     let version_of = |id: &str| nodes.iter().find(|n| n.id == id).unwrap().labels["v"].clone();
-    // 10,000 tasks in passes of 100 while another thread flips the config.
+    // Passes of 100 tasks while another thread flips the config.
+    // Each flip waits until a whole pass ran after the one before, so both
+    // versions place passes however long a reload takes (with a fixed
+    // period, passes and reloads fell into step and one version could
+    // place every pass).
+    let passes_done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let flipper = {
         let scheduling = scheduling.clone();
         let config = config.clone();
+        let passes_done = passes_done.clone();
         std::thread::spawn(move || {
             for i in 0..20 {
-                std::thread::sleep(std::time::Duration::from_millis(15));
+                let seen = passes_done.load(std::sync::atomic::Ordering::SeqCst);
+                let waited = std::time::Instant::now();
+                while passes_done.load(std::sync::atomic::Ordering::SeqCst) < seen + 2
+                    && waited.elapsed() < std::time::Duration::from_secs(10)
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
                 std::fs::write(
                     &config,
                     format!("[plugins.gate]\nwasm = \"gate.wasm\"\n[profiles.gated]\nfilters = [\"resources\", \"gate\"]\nscores = {{ spread = 1.0 }}\n[profiles.gated.args.gate]\nlabel = \"v\"\nvalue = \"{}\"\n", 2 - i % 2),
@@ -252,7 +264,10 @@ fn a_reload_swaps_versions_between_passes_and_a_broken_file_keeps_the_old_one() 
     };
     let mut placed = std::collections::HashSet::new();
     let mut versions_seen = std::collections::HashSet::new();
-    for pass in 0..100u128 {
+    // At least 100 passes, and passes for as long as the flipper runs (a
+    // loaded machine may take longer over its reloads than 100 passes take).
+    let mut pass = 0u128;
+    while pass < 100 || !flipper.is_finished() {
         let engine = scheduling.engine().get();
         let plan = place(&engine, &nodes, tasks(pass * 100, 100, "gated"));
         assert_eq!(plan.placements.len(), 100);
@@ -263,9 +278,11 @@ fn a_reload_swaps_versions_between_passes_and_a_broken_file_keeps_the_old_one() 
             assert!(placed.insert(p.task_id), "placed twice");
         }
         std::thread::sleep(std::time::Duration::from_millis(3));
+        pass += 1;
+        passes_done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
     flipper.join().unwrap();
-    assert_eq!(placed.len(), 10_000);
+    assert_eq!(placed.len(), pass as usize * 100);
     assert_eq!(versions_seen.len(), 2, "both versions placed some passes");
     let version = scheduling.report().version;
     // A broken plugin file: the reload fails, says why, and the old version stays.
