@@ -163,7 +163,18 @@ pub fn start_shepherd(binary: &Path, command: &str, data: &Path, args: &[&str]) 
 
 /// [`start_shepherd`] listening on `listen`.
 pub fn start_shepherd_on(binary: &Path, command: &str, listen: &str, data: &Path, args: &[&str]) -> Result<ServerProcess> {
-    let mut child = Command::new(binary)
+    let mut server = Command::new(binary);
+    // The server dies with the benchmark, even one killed by a signal (a
+    // server left behind would weigh on the next measurements).
+    // SAFETY: only an async-signal-safe call (prctl) between fork and exec.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        server.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let mut child = server
         .args([command, "--listen", listen])
         .args(args)
         .arg("--data-dir")
