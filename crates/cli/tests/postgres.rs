@@ -553,7 +553,7 @@ async fn a_partition_from_postgres_a_restart_during_a_leader_change_and_a_skewed
     };
     // The leader-to-be, in the namespace, reaching PostgreSQL through the proxy.
     let inside_url = format!("postgres://shepherd@{}:{proxy}/postgres", netns.host);
-    let inside_listen = format!("{}:{}", netns.inside, free_port_inside());
+    let inside_listen = format!("{}:{}", netns.inside, common::free_port());
     let inside_base = format!("http://{inside_listen}");
     let args = server_args(&inside_url, &inside_listen, dir.path().join("s0").to_str().unwrap());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -666,9 +666,4 @@ async fn a_partition_from_postgres_a_restart_during_a_leader_change_and_a_skewed
         let ran = std::fs::read_to_string(markers.join(id)).unwrap_or_default();
         assert_eq!(ran.lines().count(), 1, "task {id} ran {} times", ran.lines().count());
     }
-}
-
-/// A port free on the host (the namespace's ports are all free).
-fn free_port_inside() -> u16 {
-    common::free_port()
 }

@@ -58,13 +58,6 @@ pub struct Retention {
     pub metrics: Arc<crate::metrics::Metrics>,
 }
 
-/// What one round did, per project.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Round {
-    /// (project, tasks removed), for projects that had any.
-    pub removed: Vec<(String, u64)>,
-}
-
 impl Retention {
     /// Runs until `shutdown` turns true.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
@@ -91,15 +84,13 @@ impl Retention {
     }
 
     /// One pass over every project with a retention.
-    pub async fn round(&self, shutdown: &mut watch::Receiver<bool>) -> Result<Round, RetentionError> {
-        let mut round = Round::default();
+    pub async fn round(&self, shutdown: &mut watch::Receiver<bool>) -> Result<(), RetentionError> {
         for project in self.store.list_projects().await? {
             let Some(keep) = self.keep(&project.policy) else { continue };
             let now = Timestamp::now();
             let cut = Timestamp(now.millis().saturating_sub(i64::try_from(keep.as_millis()).unwrap_or(i64::MAX)));
             let removed = self.project(&project.name, cut, shutdown).await?;
             if removed > 0 {
-                round.removed.push((project.name.clone(), removed));
                 let entry = AuditEntry {
                     seq: 0,
                     at: Timestamp::now(),
@@ -115,7 +106,7 @@ impl Retention {
                 tracing::info!(project = %project.name, removed, "retention removed finished tasks");
             }
         }
-        Ok(round)
+        Ok(())
     }
 
     /// Removes `project`'s tasks that finished before `cut`, batch by batch.

@@ -743,17 +743,8 @@ impl Store for SqliteStore {
         self.read(move |conn| {
             let mut stmt = conn
                 .prepare_cached("SELECT seq, attempt, stream, data FROM task_logs WHERE task_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3")?;
-            let mut rows = stmt.query(rusqlite::params![id.to_string(), after, limit as i64])?;
-            let mut chunks = Vec::new();
-            while let Some(row) = rows.next()? {
-                chunks.push(StoredLogChunk {
-                    seq: row.get(0)?,
-                    attempt: row.get(1)?,
-                    stream: LogStream::from_code(row.get(2)?),
-                    data: row.get(3)?,
-                });
-            }
-            Ok(chunks)
+            let chunks = stmt.query_map(rusqlite::params![id.to_string(), after, limit as i64], rows::log_chunk)?;
+            Ok(chunks.collect::<rusqlite::Result<Vec<_>>>()?)
         })
         .await
     }
@@ -1283,16 +1274,7 @@ impl Store for SqliteStore {
             let mut logs = conn.prepare_cached("SELECT seq, attempt, stream, data FROM task_logs WHERE task_id = ?1 ORDER BY seq")?;
             for id in ids {
                 let Some(task) = rows::get_task(conn, id)? else { continue };
-                let mut rows = logs.query([id.to_string()])?;
-                let mut chunks = Vec::new();
-                while let Some(row) = rows.next()? {
-                    chunks.push(StoredLogChunk {
-                        seq: row.get(0)?,
-                        attempt: row.get(1)?,
-                        stream: LogStream::from_code(row.get(2)?),
-                        data: row.get(3)?,
-                    });
-                }
+                let chunks = logs.query_map([id.to_string()], rows::log_chunk)?.collect::<rusqlite::Result<Vec<_>>>()?;
                 out.push((task, chunks));
             }
             Ok(out)

@@ -12,6 +12,16 @@ pub const TASK_COLUMNS: &str =
      finished_at, node_id, exit_code, reason, cancel_requested, not_before, progress_percent, progress_message, \
      array_id, array_index, waiting_on";
 
+/// A `task_logs` row read as `seq, attempt, stream, data`.
+pub fn log_chunk(row: &rusqlite::Row<'_>) -> rusqlite::Result<crate::StoredLogChunk> {
+    Ok(crate::StoredLogChunk {
+        seq: row.get(0)?,
+        attempt: row.get(1)?,
+        stream: shepherd_core::LogStream::from_code(row.get(2)?),
+        data: row.get(3)?,
+    })
+}
+
 pub fn parse_id(text: &str) -> Result<TaskId, StoreError> {
     text.parse().map_err(|_| StoreError::Corrupt(format!("bad task id `{text}`")))
 }
